@@ -1,0 +1,131 @@
+/*
+ * engine.h -- THE interface of uringloop's completion engine.
+ *
+ * Python submits operations, each tagged with a user_data it owns
+ * (slot | generation << 32; the slot indexes the engine's op table), and
+ * receives fixed-size completion records from ul_run(). Two backends sit
+ * behind this interface: io_uring (native completions) and epoll (readiness
+ * turned into the same records inside C). Python never asks which one runs.
+ *
+ * Everything between the CDEF markers is also the cffi cdef, so it must stay
+ * in the subset cffi parses: no #include, no macros with arguments.
+ */
+#ifndef UL_ENGINE_H
+#define UL_ENGINE_H
+#include <stdint.h>
+
+/* CDEF BEGIN */
+#define UL_F_MORE 1     /* the op lives on: more records follow */
+#define UL_F_BUFFER 2   /* bid names a pool buffer holding res bytes */
+#define UL_F_ADDR 4     /* a peer address can be read with ul_op_addr() */
+
+#define UL_BACKEND_AUTO 0
+#define UL_BACKEND_URING 1
+#define UL_BACKEND_EPOLL 2
+
+/* ul_config.options */
+#define UL_OPT_NO_MULTISHOT 1   /* emulate multishot recv/accept by resubmission */
+#define UL_OPT_NO_BUFRING 2     /* no provided-buffer ring: engine picks buffers */
+#define UL_OPT_NO_DEFER 4       /* skip the SINGLE_ISSUER|DEFER_TASKRUN rung */
+#define UL_OPT_NO_CANCEL_FD 8   /* cancel per op even where CANCEL_FD exists */
+
+typedef struct ul_record {
+    uint64_t user_data;
+    int32_t res;
+    uint16_t flags;
+    uint16_t bid;
+} ul_record;
+
+typedef struct ul_config {
+    uint32_t sq_entries;    /* 0 = default (1024) */
+    uint32_t cq_entries;    /* 0 = default (16384) */
+    uint32_t buf_count;     /* pool buffers, power of two; 0 = 1024 */
+    uint32_t buf_size;      /* bytes per pool buffer; 0 = 16384 */
+    uint32_t record_cap;    /* records per run; 0 = 4096 */
+    uint32_t options;       /* UL_OPT_* */
+} ul_config;
+
+typedef struct ul_info {
+    int backend;                 /* UL_BACKEND_URING or UL_BACKEND_EPOLL */
+    uint32_t ring_flags;         /* IORING_SETUP_* obtained */
+    uint32_t features;           /* IORING_FEAT_* */
+    uint32_t sq_entries, cq_entries;
+    int multishot_recv, multishot_accept, buffer_ring, cancel_fd, registered_ring;
+    uint32_t buf_count, buf_size;
+    char reason[256];            /* why this backend (fallback reason) */
+} ul_info;
+
+typedef struct ul_probe {
+    int available;               /* io_uring can run here */
+    int err;                     /* errno of the failure, 0 when available */
+    uint32_t features;
+    int last_op;                 /* highest opcode the kernel knows, -1 if unknown */
+    uint8_t ops[256];            /* 1 = opcode supported */
+    char reason[256];
+} ul_probe;
+
+typedef struct ul_stats {
+    uint64_t enters;             /* io_uring_enter / epoll_wait calls */
+    uint64_t waits;              /* of which blocked (timeout != 0) */
+    uint64_t submitted;          /* SQEs / syscalls issued for ops */
+    uint64_t records;            /* records emitted */
+    uint64_t cq_overflows;       /* times the CQ overflow flag was seen */
+    uint64_t rearms;             /* internal multishot / poll re-arms */
+    uint64_t eagain_retries;     /* EAGAIN turned into a readiness wait */
+    uint64_t wakeups;            /* eventfd writes by ul_wake */
+    uint32_t in_flight;          /* ops whose final record is pending */
+    uint32_t bufs_free;          /* pool buffers available to the kernel */
+} ul_stats;
+
+typedef struct ul_engine ul_engine;
+
+/* Process-wide io_uring probe (cached after the first call). */
+int ul_probe_uring(ul_probe *out);
+
+/* backend: UL_BACKEND_*; on failure returns NULL and writes a message to err. */
+ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errlen);
+/* Cancel everything, reap until nothing is in flight (bounded by timeout_ns),
+ * free. Returns the number of ops that never completed (their memory is
+ * leaked on purpose rather than freed under the kernel). */
+int ul_free(ul_engine *e, int64_t timeout_ns);
+
+void ul_get_info(ul_engine *e, ul_info *out);
+void ul_get_stats(ul_engine *e, ul_stats *out);
+ul_record *ul_records(ul_engine *e);
+uint8_t *ul_pool(ul_engine *e);
+
+/* Operations. Return 0, or -errno when the op cannot be accepted (bad slot,
+ * slot busy, bad arguments); then no record will come for it. */
+int ul_nop(ul_engine *e, uint64_t ud);
+int ul_recv(ul_engine *e, uint64_t ud, int fd, int multishot);
+int ul_recv_into(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len, int flags);
+int ul_send(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len, int flags);
+int ul_sendmsg(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len,
+               const char *addr, uint32_t addrlen, int flags);
+int ul_recvmsg(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len, int flags);
+int ul_accept(ul_engine *e, uint64_t ud, int fd, int multishot);
+int ul_connect(ul_engine *e, uint64_t ud, int fd, const char *addr, uint32_t addrlen);
+int ul_poll(ul_engine *e, uint64_t ud, int fd, uint32_t events, int level);
+int ul_read(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len, int64_t offset);
+int ul_write(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len, int64_t offset);
+int ul_shutdown(ul_engine *e, uint64_t ud, int fd, int how);
+int ul_close_fd(ul_engine *e, uint64_t ud, int fd);
+
+/* 0 when found (its record will come), -ENOENT otherwise. */
+int ul_cancel(ul_engine *e, uint64_t target_ud);
+/* Number of ops asked to cancel. */
+int ul_cancel_fd(ul_engine *e, int fd);
+
+/* Copy the peer address of a completed recvmsg/ accept slot; returns its length. */
+int ul_op_addr(ul_engine *e, uint32_t slot, char *out, uint32_t cap);
+
+/* Thread-safe. Makes a sleeping ul_run return; no syscall when awake. */
+void ul_wake(ul_engine *e);
+
+/* One loop turn. timeout_ns < 0: wait until something completes; 0: never
+ * wait. Returns the number of records written to ul_records(), or -errno
+ * (-EINTR: a signal arrived; call again after running Python handlers). */
+int ul_run(ul_engine *e, int64_t timeout_ns);
+/* CDEF END */
+
+#endif
