@@ -1,0 +1,822 @@
+/*
+ * common.c -- the backend-independent half of the engine.
+ *
+ * Why this layer exists: the rules that make a completion engine safe do not
+ * depend on how the kernel is asked. Writes on one stream must leave in the
+ * order they were submitted, so send/write/shutdown on an fd form a queue of
+ * which only the head is ever in the kernel (two SENDs in flight on one socket
+ * may interleave). close must not race operations in flight, so close_fd first
+ * cancels every live op on the fd, waits until each has delivered its final
+ * record, and only then calls close(2): a reused fd number can never receive a
+ * stale operation, and no buffer is released while the kernel may still write
+ * into it. Both backends get these rules from here.
+ *
+ * Records: during ul_run they go straight into the array Python reads;
+ * outside it (a cancel of a queued send, a submit on a closing fd, epoll's
+ * speculative completions) they wait in `pend` and lead the next run.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define EXPORT __attribute__((visibility("default")))
+
+/* ------------------------------------------------------------------ ops */
+
+struct ul_op *ul__op(ul_engine *e, uint32_t slot)
+{
+    uint32_t c = slot >> CHUNK_SHIFT;
+    if (slot >= MAX_SLOTS)
+        return NULL;
+    if (c >= e->nchunks) {
+        uint32_t n = e->nchunks ? e->nchunks : 8;
+        while (n <= c)
+            n *= 2;
+        struct ul_op **p = realloc(e->chunks, n * sizeof *p);
+        if (!p)
+            return NULL;
+        memset(p + e->nchunks, 0, (n - e->nchunks) * sizeof *p);
+        e->chunks = p;
+        e->nchunks = n;
+    }
+    if (!e->chunks[c]) {
+        e->chunks[c] = calloc(CHUNK_SIZE, sizeof(struct ul_op));
+        if (!e->chunks[c])
+            return NULL;
+    }
+    return &e->chunks[c][slot & (CHUNK_SIZE - 1)];
+}
+
+static struct ul_op *op_at(ul_engine *e, int32_t slot)
+{
+    return &e->chunks[(uint32_t)slot >> CHUNK_SHIFT][slot & (CHUNK_SIZE - 1)];
+}
+
+static void fd_reset(struct ul_fd *f)
+{
+    memset(f, 0, sizeof *f);
+    f->ops_head = f->oq_head = f->oq_tail = f->close_slot = -1;
+    f->rq_head = f->rq_tail = f->wq_head = f->wq_tail = -1;
+    f->pq_head = f->pq_tail = f->ready_next = -1;
+}
+
+struct ul_fd *ul__fd(ul_engine *e, int fd)
+{
+    if (fd >= e->nfds) {
+        int n = e->nfds ? e->nfds : 64;
+        while (n <= fd)
+            n *= 2;
+        struct ul_fd *p = realloc(e->fds, (size_t)n * sizeof *p);
+        if (!p)
+            return NULL;
+        for (int i = e->nfds; i < n; i++)
+            fd_reset(&p[i]);
+        e->fds = p;
+        e->nfds = n;
+    }
+    return &e->fds[fd];
+}
+
+/* ------------------------------------------------------------- records */
+
+static int pend_push(ul_engine *e, ul_record r)
+{
+    if (e->npend == e->pend_cap) {
+        uint32_t n = e->pend_cap ? e->pend_cap * 2 : 256;
+        ul_record *p = realloc(e->pend, n * sizeof *p);
+        if (!p)
+            return -ENOMEM;  /* cannot happen in practice; record is lost */
+        e->pend = p;
+        e->pend_cap = n;
+    }
+    e->pend[e->npend++] = r;
+    return 0;
+}
+
+void ul__emit(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid)
+{
+    ul_record r = {op->ud, res, flags, bid};
+    if (e->in_run && e->nrec < e->cfg.record_cap && e->npend == 0) {
+        e->rec[e->nrec++] = r;
+        if (flags & UL_F_BUFFER)
+            ul__pool_used(e, bid);
+    } else {
+        pend_push(e, r);
+    }
+}
+
+static void pend_move(ul_engine *e)
+{
+    uint32_t n = UL_MIN(e->npend, e->cfg.record_cap - e->nrec);
+    for (uint32_t i = 0; i < n; i++) {
+        e->rec[e->nrec++] = e->pend[i];
+        if (e->pend[i].flags & UL_F_BUFFER)
+            ul__pool_used(e, e->pend[i].bid);
+    }
+    memmove(e->pend, e->pend + n, (e->npend - n) * sizeof *e->pend);
+    e->npend -= n;
+}
+
+/* ---------------------------------------------------------------- pool */
+
+int ul__pool_take(ul_engine *e)
+{
+    return e->nfree ? e->free_bids[--e->nfree] : -1;
+}
+
+void ul__pool_put(ul_engine *e, uint16_t bid)
+{
+    e->free_bids[e->nfree++] = bid;
+}
+
+void ul__pool_used(ul_engine *e, uint16_t bid)
+{
+    e->used_bids[e->nused++] = bid;
+}
+
+/* ------------------------------------------------------------- backlog */
+
+void ul__backlog_push(ul_engine *e, struct ul_op *op)
+{
+    if (e->bl_tail - e->bl_head == e->bl_cap) {
+        uint32_t n = e->bl_cap ? e->bl_cap * 2 : 256;
+        void *p = malloc(n * sizeof *e->backlog);
+        if (!p)
+            return;
+        for (uint32_t i = 0; i < e->bl_tail - e->bl_head; i++)
+            ((typeof(e->backlog))p)[i] = e->backlog[(e->bl_head + i) % e->bl_cap];
+        free(e->backlog);
+        e->backlog = p;
+        e->bl_tail -= e->bl_head;
+        e->bl_head = 0;
+        e->bl_cap = n;
+    }
+    op->state = S_BACKLOG;
+    e->backlog[e->bl_tail % e->bl_cap].slot = ul__slot(op->ud);
+    e->backlog[e->bl_tail % e->bl_cap].ud = op->ud;
+    e->bl_tail++;
+}
+
+/* Pops the next op still waiting in the backlog (stale entries, whose op was
+ * cancelled or finished meanwhile, are skipped). */
+int ul__backlog_pop(ul_engine *e, struct ul_op **out)
+{
+    while (e->bl_head != e->bl_tail) {
+        uint32_t slot = e->backlog[e->bl_head % e->bl_cap].slot;
+        uint64_t ud = e->backlog[e->bl_head % e->bl_cap].ud;
+        e->bl_head++;
+        struct ul_op *op = op_at(e, (int32_t)slot);
+        if (op->ud == ud && op->state == S_BACKLOG) {
+            *out = op;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- wake */
+
+/* Returns 1 when the caller may block; 0 when a wake arrived meanwhile. */
+int ul__wake_prepare_sleep(ul_engine *e)
+{
+    atomic_store(&e->sleeping, 1);
+    if (atomic_exchange(&e->wake_pending, 0)) {
+        atomic_store(&e->sleeping, 0);
+        return 0;
+    }
+    return 1;
+}
+
+void ul__wake_after_sleep(ul_engine *e)
+{
+    atomic_store(&e->sleeping, 0);
+    atomic_store(&e->wake_pending, 0);
+    atomic_store(&e->wake_sent, 0);
+}
+
+void ul__wake_drain(ul_engine *e)
+{
+    uint64_t v;
+    while (read(e->wake_fd, &v, sizeof v) > 0)
+        ;
+}
+
+EXPORT void ul_wake(ul_engine *e)
+{
+    atomic_store(&e->wake_pending, 1);
+    if (atomic_load(&e->sleeping) && !atomic_exchange(&e->wake_sent, 1)) {
+        uint64_t one = 1;
+        if (write(e->wake_fd, &one, sizeof one) == sizeof one)
+            __atomic_fetch_add(&e->st.wakeups, 1, __ATOMIC_RELAXED);
+    }
+}
+
+/* ------------------------------------------------------ op life cycle */
+
+static void fd_link(ul_engine *e, struct ul_fd *f, struct ul_op *op)
+{
+    int32_t slot = (int32_t)ul__slot(op->ud);
+    op->fd_prev = -1;
+    op->fd_next = f->ops_head;
+    if (f->ops_head >= 0)
+        op_at(e, f->ops_head)->fd_prev = slot;
+    f->ops_head = slot;
+    f->nops++;
+}
+
+static void fd_unlink(ul_engine *e, struct ul_fd *f, struct ul_op *op)
+{
+    if (op->fd_prev >= 0)
+        op_at(e, op->fd_prev)->fd_next = op->fd_next;
+    else
+        f->ops_head = op->fd_next;
+    if (op->fd_next >= 0)
+        op_at(e, op->fd_next)->fd_prev = op->fd_prev;
+    f->nops--;
+}
+
+static void do_close(ul_engine *e, int fd);
+static void oq_advance(ul_engine *e, int fd);
+
+static int is_ordered(const struct ul_op *op)
+{
+    return op->kind == K_SEND || op->kind == K_SHUTDOWN ||
+           (op->kind == K_WRITE && op->offset < 0);
+}
+
+void ul__finish(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid)
+{
+    int fd = op->fd;
+    int ordered_head = 0;
+    ul__emit(e, op, res, flags & ~UL_F_MORE, bid);
+    op->ud = 0;
+    op->state = S_FREE;
+    e->in_flight--;
+    if (op->kind == K_CLOSE || op->kind == K_NOP || fd < 0)
+        return;
+    struct ul_fd *f = &e->fds[fd];
+    fd_unlink(e, f, op);
+    if (is_ordered(op) && f->oq_head >= 0 && op_at(e, f->oq_head) == op) {
+        f->oq_head = op->oq_next;
+        if (f->oq_head < 0)
+            f->oq_tail = -1;
+        ordered_head = 1;
+    }
+    if (ordered_head)
+        oq_advance(e, fd);
+    f = &e->fds[fd];
+    if (f->closing && f->nops == 0)
+        do_close(e, fd);
+}
+
+/* A send or ordered write made progress (res > 0) or failed (res < 0). */
+void ul__sent(ul_engine *e, struct ul_op *op, int32_t res)
+{
+    if (res < 0) {
+        ul__finish(e, op, res, 0, 0);
+        return;
+    }
+    op->done += (uint32_t)res;
+    if (op->offset >= 0)
+        op->offset += res;
+    if (op->done >= op->len || (res == 0 && op->len != 0)) {
+        ul__finish(e, op, (int32_t)op->done, 0, 0);
+    } else if (op->cancelled) {
+        ul__finish(e, op, -ECANCELED, 0, 0);
+    } else if (e->be->submit(e, op) < 0) {
+        ul__finish(e, op, -EIO, 0, 0);
+    }
+}
+
+static void start_op(ul_engine *e, struct ul_op *op)
+{
+    op->state = S_ACTIVE;
+    if (op->kind == K_SHUTDOWN) {
+        int r = shutdown(op->fd, (int)op->events);
+        ul__finish(e, op, r < 0 ? -errno : 0, 0, 0);
+        return;
+    }
+    int r = e->be->submit(e, op);
+    if (r < 0)
+        ul__finish(e, op, r, 0, 0);
+}
+
+/* Start queued ordered ops until one stays in progress. Iterative on purpose:
+ * a long queue of sends that complete at once must not recurse. */
+static void oq_advance(ul_engine *e, int fd)
+{
+    static __thread int depth;
+    if (depth)
+        return;  /* the outer call continues the loop */
+    depth++;
+    for (;;) {
+        struct ul_fd *f = &e->fds[fd];
+        if (f->oq_head < 0)
+            break;
+        struct ul_op *op = op_at(e, f->oq_head);
+        if (op->state != S_QUEUED)
+            break;
+        start_op(e, op);
+    }
+    depth--;
+}
+
+static void do_close(ul_engine *e, int fd)
+{
+    struct ul_fd *f = &e->fds[fd];
+    int32_t slot = f->close_slot;
+    f->closing = 0;
+    if (e->be->before_close)
+        e->be->before_close(e, fd);
+    int r = close(fd);
+    int res = (r < 0 && errno != EINTR) ? -errno : 0;
+    fd_reset(&e->fds[fd]);
+    if (slot >= 0)
+        ul__finish(e, op_at(e, slot), res, 0, 0);
+}
+
+/* Validates and takes the slot. Returns the op, or NULL with *err set. */
+static struct ul_op *op_begin(ul_engine *e, uint64_t ud, int kind, int fd, int *err)
+{
+    if (e->closed) {
+        *err = -EBADF;
+        return NULL;
+    }
+    if (ud == 0 || (ud & KUD_SPECIAL) || (kind != K_NOP && fd < 0)) {
+        *err = -EINVAL;
+        return NULL;
+    }
+    struct ul_op *op = ul__op(e, ul__slot(ud));
+    if (!op) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    if (op->ud != 0) {
+        *err = -EBUSY;
+        return NULL;
+    }
+    struct ul_fd *f = NULL;
+    if (kind != K_NOP && !(f = ul__fd(e, fd))) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    memset(op, 0, offsetof(struct ul_op, addr));
+    op->ud = ud;
+    op->kind = (uint8_t)kind;
+    op->fd = kind == K_NOP ? -1 : fd;
+    op->fd_prev = op->fd_next = op->oq_next = op->wq_next = op->bid = -1;
+    e->in_flight++;
+    if (f && f->closing) {
+        /* an fd being closed takes no new work */
+        op->fd = -1;
+        ul__finish(e, op, -EBADF, 0, 0);
+        return NULL;  /* *err stays 0: accepted, its record will come */
+    }
+    if (f && kind != K_CLOSE)
+        fd_link(e, f, op);
+    return op;
+}
+
+#define BEGIN(kind, fd)                                  \
+    int err_ = 0;                                        \
+    struct ul_op *op = op_begin(e, ud, kind, fd, &err_); \
+    if (!op)                                             \
+        return err_;
+
+static int submit(ul_engine *e, struct ul_op *op)
+{
+    if (is_ordered(op)) {
+        struct ul_fd *f = &e->fds[op->fd];
+        int32_t slot = (int32_t)ul__slot(op->ud);
+        op->state = S_QUEUED;
+        if (f->oq_tail >= 0)
+            op_at(e, f->oq_tail)->oq_next = slot;
+        else
+            f->oq_head = slot;
+        f->oq_tail = slot;
+        oq_advance(e, op->fd);
+        return 0;
+    }
+    start_op(e, op);
+    return 0;
+}
+
+/* ----------------------------------------------------------- operations */
+
+EXPORT int ul_nop(ul_engine *e, uint64_t ud)
+{
+    BEGIN(K_NOP, -1);
+    return submit(e, op);
+}
+
+EXPORT int ul_recv(ul_engine *e, uint64_t ud, int fd, int multishot)
+{
+    BEGIN(K_RECV, fd);
+    op->multishot = multishot != 0;
+    return submit(e, op);
+}
+
+EXPORT int ul_recv_into(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len, int flags)
+{
+    BEGIN(K_RECV_INTO, fd);
+    op->buf = buf;
+    op->len = len;
+    op->msg_flags = flags;
+    return submit(e, op);
+}
+
+EXPORT int ul_send(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len, int flags)
+{
+    BEGIN(K_SEND, fd);
+    op->buf = (char *)buf;
+    op->len = len;
+    op->msg_flags = flags | MSG_NOSIGNAL;
+    op->offset = -1;
+    return submit(e, op);
+}
+
+static void msg_setup(struct ul_op *op, char *buf, uint32_t len, int with_name)
+{
+    op->iov.iov_base = buf;
+    op->iov.iov_len = len;
+    memset(&op->msg, 0, sizeof op->msg);
+    op->msg.msg_iov = &op->iov;
+    op->msg.msg_iovlen = 1;
+    if (with_name) {
+        op->msg.msg_name = &op->addr;
+        op->msg.msg_namelen = op->addrlen;
+    }
+}
+
+EXPORT int ul_sendmsg(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len,
+                      const char *addr, uint32_t addrlen, int flags)
+{
+    if (addrlen > sizeof(struct sockaddr_storage))
+        return -EINVAL;
+    BEGIN(K_SENDMSG, fd);
+    op->buf = (char *)buf;
+    op->len = len;
+    op->msg_flags = flags | MSG_NOSIGNAL;
+    op->addrlen = addr ? addrlen : 0;
+    if (addr)
+        memcpy(&op->addr, addr, addrlen);
+    msg_setup(op, op->buf, len, addr != NULL);
+    return submit(e, op);
+}
+
+EXPORT int ul_recvmsg(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len, int flags)
+{
+    BEGIN(K_RECVMSG, fd);
+    op->buf = buf;
+    op->len = len;
+    op->msg_flags = flags;
+    op->addrlen = sizeof(struct sockaddr_storage);
+    msg_setup(op, buf, len, 1);
+    return submit(e, op);
+}
+
+EXPORT int ul_accept(ul_engine *e, uint64_t ud, int fd, int multishot)
+{
+    BEGIN(K_ACCEPT, fd);
+    op->multishot = multishot != 0;
+    return submit(e, op);
+}
+
+EXPORT int ul_connect(ul_engine *e, uint64_t ud, int fd, const char *addr, uint32_t addrlen)
+{
+    if (addrlen > sizeof(struct sockaddr_storage) || addrlen == 0)
+        return -EINVAL;
+    BEGIN(K_CONNECT, fd);
+    memcpy(&op->addr, addr, addrlen);
+    op->addrlen = addrlen;
+    return submit(e, op);
+}
+
+EXPORT int ul_poll(ul_engine *e, uint64_t ud, int fd, uint32_t events, int level)
+{
+    BEGIN(K_POLL, fd);
+    op->events = events;
+    op->level = level != 0;
+    return submit(e, op);
+}
+
+EXPORT int ul_read(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len, int64_t offset)
+{
+    BEGIN(K_READ, fd);
+    op->buf = buf;
+    op->len = len;
+    op->offset = offset < 0 ? -1 : offset;
+    return submit(e, op);
+}
+
+EXPORT int ul_write(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len,
+                    int64_t offset)
+{
+    BEGIN(K_WRITE, fd);
+    op->buf = (char *)buf;
+    op->len = len;
+    op->offset = offset < 0 ? -1 : offset;
+    return submit(e, op);
+}
+
+EXPORT int ul_shutdown(ul_engine *e, uint64_t ud, int fd, int how)
+{
+    BEGIN(K_SHUTDOWN, fd);
+    op->events = (uint32_t)how;
+    op->offset = -1;
+    return submit(e, op);
+}
+
+/* ------------------------------------------------------------- cancel */
+
+/* Returns 1 when a cancel was started (its final record will come). */
+static int cancel_op(ul_engine *e, struct ul_op *op)
+{
+    if (op->cancelled || op->kind == K_CLOSE)
+        return 0;
+    op->cancelled = 1;
+    switch (op->state) {
+    case S_QUEUED: {
+        /* behind the head of the ordered queue: unlink and finish now */
+        struct ul_fd *f = &e->fds[op->fd];
+        int32_t slot = (int32_t)ul__slot(op->ud), prev = -1;
+        for (int32_t s = f->oq_head; s >= 0; prev = s, s = op_at(e, s)->oq_next) {
+            if (s != slot)
+                continue;
+            if (prev >= 0)
+                op_at(e, prev)->oq_next = op->oq_next;
+            else
+                f->oq_head = op->oq_next;
+            if (f->oq_tail == slot)
+                f->oq_tail = prev;
+            break;
+        }
+        ul__finish(e, op, -ECANCELED, 0, 0);
+        break;
+    }
+    case S_BACKLOG:
+        if (op->bid >= 0) {
+            ul__pool_put(e, (uint16_t)op->bid);
+            op->bid = -1;
+        }
+        ul__finish(e, op, -ECANCELED, 0, 0);
+        break;
+    case S_ACTIVE:
+        e->be->cancel(e, op);
+        break;
+    default:
+        break;
+    }
+    return 1;
+}
+
+EXPORT int ul_cancel(ul_engine *e, uint64_t target_ud)
+{
+    if (e->closed || target_ud == 0 || (target_ud & KUD_SPECIAL))
+        return -ENOENT;
+    uint32_t slot = ul__slot(target_ud);
+    if ((slot >> CHUNK_SHIFT) >= e->nchunks || !e->chunks[slot >> CHUNK_SHIFT])
+        return -ENOENT;
+    struct ul_op *op = op_at(e, (int32_t)slot);
+    if (op->ud != target_ud || op->state == S_FREE)
+        return -ENOENT;
+    cancel_op(e, op);
+    return 0;
+}
+
+static int cancel_fd(ul_engine *e, int fd)
+{
+    if (fd < 0 || fd >= e->nfds)
+        return 0;
+    int n = 0;
+    /* the backend may cancel all of the fd's kernel requests in one go */
+    if (e->be->cancel_fd && e->fds[fd].nops > 0 && e->be->cancel_fd(e, fd) >= 0) {
+        for (int32_t s = e->fds[fd].ops_head; s >= 0; s = op_at(e, s)->fd_next) {
+            struct ul_op *op = op_at(e, s);
+            if (!op->cancelled && op->state == S_ACTIVE) {
+                op->cancelled = 1;
+                n++;
+            }
+        }
+    }
+    int32_t s = fd < e->nfds ? e->fds[fd].ops_head : -1;
+    while (s >= 0) {
+        struct ul_op *op = op_at(e, s);
+        s = op->fd_next;  /* op may be finished (unlinked) below */
+        n += cancel_op(e, op);
+    }
+    return n;
+}
+
+EXPORT int ul_cancel_fd(ul_engine *e, int fd)
+{
+    if (e->closed)
+        return 0;
+    return cancel_fd(e, fd);
+}
+
+EXPORT int ul_close_fd(ul_engine *e, uint64_t ud, int fd)
+{
+    if (fd >= 0 && fd < e->nfds && e->fds[fd].closing)
+        return -EALREADY;
+    BEGIN(K_CLOSE, fd);
+    op->state = S_ACTIVE;
+    struct ul_fd *f = &e->fds[fd];
+    f->closing = 1;
+    f->close_slot = (int32_t)ul__slot(ud);
+    cancel_fd(e, fd);
+    f = &e->fds[fd];
+    if (f->closing && f->nops == 0)
+        do_close(e, fd);
+    return 0;
+}
+
+EXPORT int ul_op_addr(ul_engine *e, uint32_t slot, char *out, uint32_t cap)
+{
+    if ((slot >> CHUNK_SHIFT) >= e->nchunks || !e->chunks[slot >> CHUNK_SHIFT])
+        return -ENOENT;
+    struct ul_op *op = op_at(e, (int32_t)slot);
+    uint32_t n = UL_MIN(op->addrlen, cap);
+    memcpy(out, &op->addr, n);
+    return (int)n;
+}
+
+/* ---------------------------------------------------------------- run */
+
+EXPORT int ul_run(ul_engine *e, int64_t timeout_ns)
+{
+    if (e->closed)
+        return -EBADF;
+    for (uint32_t i = 0; i < e->nused; i++)
+        e->be->recycle(e, e->used_bids[i]);
+    e->nused = 0;
+    e->nrec = 0;
+    e->in_run = 1;
+    pend_move(e);
+    int r = e->be->run(e, e->npend ? 0 : timeout_ns);
+    e->in_run = 0;
+    e->st.records += e->nrec;
+    if (e->nrec > 0 || r >= 0)
+        return (int)e->nrec;
+    return r;
+}
+
+EXPORT ul_record *ul_records(ul_engine *e) { return e->rec; }
+EXPORT uint8_t *ul_pool(ul_engine *e) { return e->pool; }
+
+EXPORT void ul_get_info(ul_engine *e, ul_info *out) { *out = e->info; }
+
+EXPORT void ul_get_stats(ul_engine *e, ul_stats *out)
+{
+    *out = e->st;
+    out->wakeups = __atomic_load_n(&e->st.wakeups, __ATOMIC_RELAXED);
+    out->in_flight = e->in_flight;
+    out->bufs_free = e->info.buffer_ring ? e->cfg.buf_count - e->nused : e->nfree;
+}
+
+/* ------------------------------------------------------- life cycle */
+
+static void config_defaults(ul_config *c)
+{
+    if (!c->sq_entries)
+        c->sq_entries = 1024;
+    if (!c->cq_entries)
+        c->cq_entries = 16384;
+    if (!c->buf_count)
+        c->buf_count = 1024;
+    if (!c->buf_size)
+        c->buf_size = 16384;
+    if (!c->record_cap)
+        c->record_cap = 4096;
+}
+
+static void engine_free_memory(ul_engine *e)
+{
+    for (uint32_t i = 0; i < e->nchunks; i++)
+        free(e->chunks[i]);
+    free(e->chunks);
+    free(e->fds);
+    free(e->rec);
+    free(e->pend);
+    free(e->free_bids);
+    free(e->used_bids);
+    free(e->backlog);
+    if (e->pool)
+        munmap(e->pool, e->pool_bytes);
+    free(e);
+}
+
+EXPORT ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errlen)
+{
+    ul_engine *e = calloc(1, sizeof *e);
+    if (!e) {
+        snprintf(err, (size_t)errlen, "out of memory");
+        return NULL;
+    }
+    if (cfg)
+        e->cfg = *cfg;
+    config_defaults(&e->cfg);
+    e->wake_fd = -1;
+    uint32_t bc = e->cfg.buf_count;
+    if ((bc & (bc - 1)) || bc > 32768 || e->cfg.buf_size > (1U << 30) ||
+        e->cfg.record_cap > (1U << 20)) {
+        snprintf(err, (size_t)errlen,
+                 "invalid config: buf_count must be a power of two <= 32768");
+        free(e);
+        return NULL;
+    }
+    e->pool_bytes = (size_t)bc * e->cfg.buf_size;
+    e->pool = mmap(NULL, e->pool_bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    e->rec = calloc(e->cfg.record_cap, sizeof *e->rec);
+    e->free_bids = calloc(bc, sizeof *e->free_bids);
+    e->used_bids = calloc(bc, sizeof *e->used_bids);
+    e->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (e->pool == MAP_FAILED || !e->rec || !e->free_bids || !e->used_bids ||
+        e->wake_fd < 0) {
+        snprintf(err, (size_t)errlen, "engine allocation failed: %s", strerror(errno));
+        if (e->pool == MAP_FAILED)
+            e->pool = NULL;
+        if (e->wake_fd >= 0)
+            close(e->wake_fd);
+        engine_free_memory(e);
+        return NULL;
+    }
+    madvise(e->pool, e->pool_bytes, MADV_DONTFORK);
+    for (uint32_t i = 0; i < bc; i++)
+        e->free_bids[e->nfree++] = (uint16_t)(bc - 1 - i);
+
+    int rc = -1;
+    char why[256] = "";
+    if (backend == UL_BACKEND_URING || backend == UL_BACKEND_AUTO) {
+        rc = ul__uring_init(e, why, sizeof why);
+        if (rc < 0 && backend == UL_BACKEND_URING) {
+            snprintf(err, (size_t)errlen, "io_uring cannot run here: %s", why);
+            close(e->wake_fd);
+            engine_free_memory(e);
+            return NULL;
+        }
+    }
+    if (rc < 0) {
+        char eerr[256];
+        if (ul__epoll_init(e, eerr, sizeof eerr) < 0) {
+            snprintf(err, (size_t)errlen, "epoll backend failed: %s", eerr);
+            close(e->wake_fd);
+            engine_free_memory(e);
+            return NULL;
+        }
+        if (backend == UL_BACKEND_AUTO)
+            snprintf(e->info.reason, sizeof e->info.reason, "io_uring unavailable: %s", why);
+        else
+            snprintf(e->info.reason, sizeof e->info.reason, "epoll requested");
+    }
+    e->info.buf_count = bc;
+    e->info.buf_size = e->cfg.buf_size;
+    return e;
+}
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+EXPORT int ul_free(ul_engine *e, int64_t timeout_ns)
+{
+    /* cancel everything still live, then reap until nothing is in flight */
+    for (uint32_t c = 0; c < e->nchunks; c++) {
+        if (!e->chunks[c])
+            continue;
+        for (uint32_t i = 0; i < CHUNK_SIZE; i++) {
+            struct ul_op *op = &e->chunks[c][i];
+            if (op->ud && op->state != S_FREE)
+                cancel_op(e, op);
+        }
+    }
+    int64_t deadline = now_ns() + timeout_ns;
+    while (e->in_flight > 0) {
+        int r = ul_run(e, 10 * 1000000LL);
+        if (r < 0 && r != -EINTR && r != -ETIME)
+            break;
+        if (now_ns() > deadline)
+            break;
+    }
+    int left = (int)e->in_flight;
+    e->closed = 1;
+    e->be->destroy(e);
+    close(e->wake_fd);
+    if (left == 0)
+        engine_free_memory(e);
+    /* else: the kernel may still own buffers in the pool or in ops; leak them */
+    return left;
+}

@@ -1,0 +1,560 @@
+/*
+ * epoll.c -- the epoll backend: readiness turned into completions in C.
+ *
+ * Why it has this shape. epoll only says "you may try now", so this backend
+ * performs each operation itself and reports the result as the very record
+ * io_uring would have produced. An op is tried at once when submitted (as
+ * io_uring does inline); only on EAGAIN does it wait, in one of three queues
+ * of its fd: readers, writers, polls. Each fd is registered once, edge-
+ * triggered, for IN|OUT|RDHUP, and stays registered until close_fd (one
+ * epoll_ctl per fd lifetime instead of one per op). Edge triggering means an
+ * event must be followed by attempts until EAGAIN; an fd whose readers stop
+ * early (the per-turn budget, or an empty buffer pool) goes on a ready list
+ * and is tried again next turn without waiting, so no edge is ever lost.
+ *
+ * The fd-number trap. A user may close a socket behind our back and get the
+ * same number for a new one; the kernel then dropped our registration. So
+ * whenever an fd goes from "nothing waiting" to "something waiting" we
+ * EPOLL_CTL_MOD it (ADD on ENOENT): that also re-reports current readiness.
+ *
+ * Regular files cannot be watched (epoll_ctl says EPERM). Reads and writes on
+ * them never return EAGAIN, so they complete at submission; a poll on one
+ * completes at once with POLLIN|POLLOUT, which is what poll(2) reports.
+ *
+ * Level-triggered polls (add_reader semantics) are one-shot polls re-armed at
+ * the next turn through the backlog; re-arming is a MOD, which re-reports the
+ * current state, so a still-readable fd fires again.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define WAKE_TAG UINT64_MAX
+#define NEVENTS 512
+#define BUDGET 32   /* reads or accepts per op per turn */
+
+enum { TRY_WAIT = 0, TRY_DONE = 1, TRY_YIELD = 2 };
+enum { Q_READ, Q_WRITE, Q_POLL };
+
+struct ep {
+    int epfd;
+    int *ready;             /* fds to retry next turn */
+    uint32_t nready, ready_cap;
+    struct epoll_event evs[NEVENTS];
+};
+
+static struct ul_op *op_at(ul_engine *e, int32_t slot)
+{
+    return &e->chunks[(uint32_t)slot >> CHUNK_SHIFT][slot & (CHUNK_SIZE - 1)];
+}
+
+static int32_t slot_of(const struct ul_op *op) { return (int32_t)ul__slot(op->ud); }
+
+static int queue_of(const struct ul_op *op)
+{
+    switch (op->kind) {
+    case K_POLL:
+        return Q_POLL;
+    case K_SEND:
+    case K_SENDMSG:
+    case K_WRITE:
+    case K_CONNECT:
+        return Q_WRITE;
+    default:
+        return Q_READ;
+    }
+}
+
+static int32_t *qhead(struct ul_fd *f, int q)
+{
+    return q == Q_READ ? &f->rq_head : q == Q_WRITE ? &f->wq_head : &f->pq_head;
+}
+
+static int32_t *qtail(struct ul_fd *f, int q)
+{
+    return q == Q_READ ? &f->rq_tail : q == Q_WRITE ? &f->wq_tail : &f->pq_tail;
+}
+
+static int fd_idle(const struct ul_fd *f)
+{
+    return f->rq_head < 0 && f->wq_head < 0 && f->pq_head < 0;
+}
+
+static void q_push(ul_engine *e, struct ul_fd *f, struct ul_op *op, int front)
+{
+    int q = queue_of(op);
+    int32_t *h = qhead(f, q), *t = qtail(f, q), s = slot_of(op);
+    op->in_wait = 1;
+    if (front) {
+        op->wq_next = *h;
+        *h = s;
+        if (*t < 0)
+            *t = s;
+    } else {
+        op->wq_next = -1;
+        if (*t >= 0)
+            op_at(e, *t)->wq_next = s;
+        else
+            *h = s;
+        *t = s;
+    }
+}
+
+static void q_remove(ul_engine *e, struct ul_fd *f, struct ul_op *op)
+{
+    int q = queue_of(op);
+    int32_t *h = qhead(f, q), *t = qtail(f, q), s = slot_of(op), prev = -1;
+    for (int32_t i = *h; i >= 0; prev = i, i = op_at(e, i)->wq_next) {
+        if (i != s)
+            continue;
+        if (prev >= 0)
+            op_at(e, prev)->wq_next = op->wq_next;
+        else
+            *h = op->wq_next;
+        if (*t == s)
+            *t = prev;
+        break;
+    }
+    op->in_wait = 0;
+    op->wq_next = -1;
+}
+
+static void mark_ready(ul_engine *e, int fd)
+{
+    struct ep *p = e->bs;
+    struct ul_fd *f = &e->fds[fd];
+    if (f->on_ready_list)
+        return;
+    if (p->nready == p->ready_cap) {
+        uint32_t n = p->ready_cap ? p->ready_cap * 2 : 64;
+        int *r = realloc(p->ready, n * sizeof *r);
+        if (!r)
+            return;
+        p->ready = r;
+        p->ready_cap = n;
+    }
+    p->ready[p->nready++] = fd;
+    f->on_ready_list = 1;
+}
+
+/* (Re)register fd. Returns 0, or -errno; EPERM marks a regular file. */
+static int arm(ul_engine *e, int fd, int force_mod)
+{
+    struct ep *p = e->bs;
+    struct ul_fd *f = &e->fds[fd];
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+                             .data.u64 = (uint64_t)fd};
+    if (f->registered && !force_mod)
+        return 0;
+    int op = f->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    int r = epoll_ctl(p->epfd, op, fd, &ev);
+    if (r < 0 && op == EPOLL_CTL_MOD && errno == ENOENT)
+        r = epoll_ctl(p->epfd, op = EPOLL_CTL_ADD, fd, &ev);
+    else if (r < 0 && op == EPOLL_CTL_ADD && errno == EEXIST)
+        r = epoll_ctl(p->epfd, op = EPOLL_CTL_MOD, fd, &ev);
+    e->st.submitted++;
+    if (r < 0) {
+        if (errno == EPERM)
+            f->regular = 1;
+        return -errno;
+    }
+    f->registered = 1;
+    return 0;
+}
+
+static void ensure_nonblocking(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0 && !(fl & O_NONBLOCK))
+        fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+/* ------------------------------------------------------------- attempts */
+
+static int try_recv_pool(ul_engine *e, struct ul_op *op)
+{
+    for (int n = 0; n < BUDGET; n++) {
+        int bid = ul__pool_take(e);
+        if (bid < 0)
+            return TRY_YIELD;  /* buffers come back at the next recycle */
+        char *b = (char *)e->pool + (size_t)bid * e->cfg.buf_size;
+        ssize_t r = recv(op->fd, b, e->cfg.buf_size, MSG_DONTWAIT);
+        e->st.submitted++;
+        if (r > 0) {
+            if (!op->multishot) {
+                ul__finish(e, op, (int32_t)r, UL_F_BUFFER, (uint16_t)bid);
+                return TRY_DONE;
+            }
+            ul__emit(e, op, (int32_t)r, UL_F_MORE | UL_F_BUFFER, (uint16_t)bid);
+            continue;
+        }
+        ul__pool_put(e, (uint16_t)bid);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return TRY_WAIT;
+        ul__finish(e, op, r == 0 ? 0 : -errno, 0, 0);
+        return TRY_DONE;
+    }
+    return TRY_YIELD;
+}
+
+static int try_accept(ul_engine *e, struct ul_op *op)
+{
+    for (int n = 0; n < BUDGET; n++) {
+        int r = accept4(op->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        e->st.submitted++;
+        if (r >= 0) {
+            if (!op->multishot) {
+                ul__finish(e, op, r, 0, 0);
+                return TRY_DONE;
+            }
+            ul__emit(e, op, r, UL_F_MORE, 0);
+            continue;
+        }
+        if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return TRY_WAIT;
+        ul__finish(e, op, -errno, 0, 0);
+        return TRY_DONE;
+    }
+    return TRY_YIELD;
+}
+
+/* send / ordered or positional write: all of it, or an error */
+static int try_write_all(ul_engine *e, struct ul_op *op)
+{
+    while (op->done < op->len) {
+        ssize_t r;
+        char *b = op->buf + op->done;
+        size_t n = op->len - op->done;
+        if (op->kind == K_SEND)
+            r = send(op->fd, b, n, op->msg_flags | MSG_DONTWAIT);
+        else if (op->offset >= 0)
+            r = pwrite(op->fd, b, n, op->offset);
+        else
+            r = write(op->fd, b, n);
+        e->st.submitted++;
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return TRY_WAIT;
+        if (r <= 0) {
+            ul__finish(e, op, r < 0 ? -errno : (int32_t)op->done, 0, 0);
+            return TRY_DONE;
+        }
+        op->done += (uint32_t)r;
+        if (op->offset >= 0)
+            op->offset += r;
+    }
+    ul__finish(e, op, (int32_t)op->done, 0, 0);
+    return TRY_DONE;
+}
+
+static int try_op(ul_engine *e, struct ul_op *op)
+{
+    ssize_t r;
+    uint16_t fl = 0;
+    switch (op->kind) {
+    case K_RECV:
+        return try_recv_pool(e, op);
+    case K_ACCEPT:
+        return try_accept(e, op);
+    case K_SEND:
+    case K_WRITE:
+        return try_write_all(e, op);
+    case K_RECV_INTO:
+        r = recv(op->fd, op->buf, op->len, op->msg_flags | MSG_DONTWAIT);
+        break;
+    case K_RECVMSG:
+        op->msg.msg_namelen = sizeof(struct sockaddr_storage);
+        r = recvmsg(op->fd, &op->msg, op->msg_flags | MSG_DONTWAIT);
+        if (r >= 0) {
+            op->addrlen = op->msg.msg_namelen;
+            fl = UL_F_ADDR;
+        }
+        break;
+    case K_SENDMSG:
+        r = sendmsg(op->fd, &op->msg, op->msg_flags | MSG_DONTWAIT);
+        break;
+    case K_READ:
+        r = op->offset >= 0 ? pread(op->fd, op->buf, op->len, op->offset)
+                            : read(op->fd, op->buf, op->len);
+        break;
+    case K_CONNECT:
+        if (op->connecting) {
+            int err = 0;
+            socklen_t len = sizeof err;
+            if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+                err = errno;
+            if (err == EINPROGRESS || err == EALREADY)
+                return TRY_WAIT;
+            ul__finish(e, op, -err, 0, 0);
+            return TRY_DONE;
+        }
+        r = connect(op->fd, (struct sockaddr *)&op->addr, op->addrlen);
+        if (r < 0 && errno == EINPROGRESS) {
+            op->connecting = 1;
+            return TRY_WAIT;
+        }
+        break;
+    default:
+        r = 0;
+        break;
+    }
+    e->st.submitted++;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return TRY_WAIT;
+    ul__finish(e, op, r < 0 ? -errno : (int32_t)r, fl, 0);
+    return TRY_DONE;
+}
+
+/* op could not complete now: queue it and make sure its fd is watched */
+static void wait_for(ul_engine *e, struct ul_op *op)
+{
+    struct ul_fd *f = &e->fds[op->fd];
+    int was_idle = fd_idle(f);
+    q_push(e, f, op, 0);
+    if (!was_idle && f->registered)
+        return;
+    int r = arm(e, op->fd, 1);
+    if (r < 0) {
+        q_remove(e, f, op);
+        ul__finish(e, op, r == -EPERM ? -EINVAL : r, 0, 0);
+    }
+}
+
+static void poll_arm(ul_engine *e, struct ul_op *op)
+{
+    struct ul_fd *f = &e->fds[op->fd];
+    q_push(e, f, op, 0);
+    int r = arm(e, op->fd, 1);
+    if (r == -EPERM) {  /* regular file: always ready */
+        q_remove(e, f, op);
+        int32_t rev = (int32_t)(op->events & (POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM));
+        if (op->level && !op->cancelled) {
+            ul__emit(e, op, rev, UL_F_MORE, 0);
+            ul__backlog_push(e, op);
+        } else {
+            ul__finish(e, op, rev, 0, 0);
+        }
+    } else if (r < 0) {
+        q_remove(e, f, op);
+        ul__finish(e, op, r, 0, 0);
+    }
+}
+
+static int ep_submit(ul_engine *e, struct ul_op *op)
+{
+    op->state = S_ACTIVE;
+    switch (op->kind) {
+    case K_NOP:
+        ul__finish(e, op, 0, 0, 0);
+        return 0;
+    case K_POLL:
+        poll_arm(e, op);
+        return 0;
+    case K_ACCEPT:
+    case K_READ:
+    case K_WRITE:
+    case K_CONNECT:
+        ensure_nonblocking(op->fd);
+        break;
+    default:
+        break;
+    }
+    struct ul_fd *f = &e->fds[op->fd];
+    int r = (op->kind != K_SEND && queue_of(op) == Q_READ && f->rq_head >= 0)
+                ? TRY_WAIT  /* earlier readers go first */
+                : try_op(e, op);
+    if (r == TRY_WAIT)
+        wait_for(e, op);
+    else if (r == TRY_YIELD) {
+        q_push(e, f, op, 0);
+        arm(e, op->fd, 0);
+        mark_ready(e, op->fd);
+    }
+    return 0;
+}
+
+static void ep_cancel(ul_engine *e, struct ul_op *op)
+{
+    if (op->in_wait)
+        q_remove(e, &e->fds[op->fd], op);
+    ul__finish(e, op, -ECANCELED, 0, 0);
+}
+
+/* Attempt the ops of one queue, in order, until one has to wait. */
+static void run_queue(ul_engine *e, int fd, int q)
+{
+    for (;;) {
+        struct ul_fd *f = &e->fds[fd];
+        int32_t s = *qhead(f, q);
+        if (s < 0)
+            return;
+        struct ul_op *op = op_at(e, s);
+        q_remove(e, f, op);
+        int r = try_op(e, op);
+        if (r == TRY_DONE)
+            continue;
+        q_push(e, &e->fds[fd], op, 1);
+        if (r == TRY_YIELD)
+            mark_ready(e, fd);
+        return;
+    }
+}
+
+static void run_polls(ul_engine *e, int fd, uint32_t events)
+{
+    struct ul_fd *f = &e->fds[fd];
+    int32_t s = f->pq_head;
+    while (s >= 0) {
+        struct ul_op *op = op_at(e, s);
+        s = op->wq_next;
+        uint32_t rev = events & (op->events | POLLERR | POLLHUP);
+        if (!rev)
+            continue;
+        q_remove(e, f, op);
+        if (op->level && !op->cancelled) {
+            ul__emit(e, op, (int32_t)rev, UL_F_MORE, 0);
+            e->st.rearms++;
+            ul__backlog_push(e, op);
+        } else {
+            ul__finish(e, op, (int32_t)rev, 0, 0);
+        }
+    }
+}
+
+static int ep_run(ul_engine *e, int64_t timeout_ns)
+{
+    struct ep *p = e->bs;
+    int err = 0;
+    struct ul_op *op;
+    for (uint32_t n = e->bl_tail - e->bl_head; n-- && ul__backlog_pop(e, &op);) {
+        op->state = S_ACTIVE;
+        if (op->kind == K_POLL)
+            poll_arm(e, op);
+        else
+            ep_submit(e, op);
+    }
+    int wait = timeout_ns != 0 && e->nrec == 0 && e->npend == 0 && p->nready == 0;
+    if (wait && !ul__wake_prepare_sleep(e))
+        wait = 0;
+    int ms = 0;
+    if (wait)
+        ms = timeout_ns < 0 ? -1
+             : timeout_ns > 2000000000LL * 1000000LL ? 2000000000
+             : (int)((timeout_ns + 999999) / 1000000);
+    int n = epoll_wait(p->epfd, p->evs, NEVENTS, ms);
+    int saved = errno;
+    if (wait) {
+        ul__wake_after_sleep(e);
+        e->st.waits++;
+    }
+    e->st.enters++;
+    if (n < 0) {
+        n = 0;
+        if (saved == EINTR)
+            err = -EINTR;
+    }
+    for (int i = 0; i < n; i++) {
+        uint64_t tag = p->evs[i].data.u64;
+        uint32_t ev = p->evs[i].events;
+        if (tag == WAKE_TAG) {
+            ul__wake_drain(e);
+            continue;
+        }
+        int fd = (int)tag;
+        if (fd >= e->nfds || !e->fds[fd].registered)
+            continue;
+        if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI))
+            run_queue(e, fd, Q_READ);
+        if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+            run_queue(e, fd, Q_WRITE);
+        if (e->fds[fd].pq_head >= 0)
+            run_polls(e, fd, ev);
+    }
+    /* fds that stopped early last time (budget, pool): go on, no waiting */
+    uint32_t nr = p->nready;
+    for (uint32_t i = 0; i < nr; i++) {
+        int fd = p->ready[i];
+        if (fd >= e->nfds || !e->fds[fd].on_ready_list)
+            continue;
+        e->fds[fd].on_ready_list = 0;
+        run_queue(e, fd, Q_READ);
+        run_queue(e, fd, Q_WRITE);
+    }
+    memmove(p->ready, p->ready + nr, (p->nready - nr) * sizeof *p->ready);
+    p->nready -= nr;
+    return err;
+}
+
+static void ep_recycle(ul_engine *e, uint16_t bid)
+{
+    ul__pool_put(e, bid);
+}
+
+static void ep_before_close(ul_engine *e, int fd)
+{
+    struct ep *p = e->bs;
+    if (e->fds[fd].registered)
+        epoll_ctl(p->epfd, EPOLL_CTL_DEL, fd, NULL);
+}
+
+static void ep_destroy(ul_engine *e)
+{
+    struct ep *p = e->bs;
+    if (!p)
+        return;
+    close(p->epfd);
+    free(p->ready);
+    free(p);
+    e->bs = NULL;
+}
+
+const struct ul_backend ul_epoll_backend = {
+    .name = "epoll",
+    .submit = ep_submit,
+    .cancel = ep_cancel,
+    .cancel_fd = NULL,
+    .run = ep_run,
+    .recycle = ep_recycle,
+    .before_close = ep_before_close,
+    .destroy = ep_destroy,
+};
+
+int ul__epoll_init(ul_engine *e, char *err, int errlen)
+{
+    struct ep *p = calloc(1, sizeof *p);
+    if (!p) {
+        snprintf(err, (size_t)errlen, "out of memory");
+        return -1;
+    }
+    p->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (p->epfd < 0) {
+        snprintf(err, (size_t)errlen, "epoll_create1: %s", strerror(errno));
+        free(p);
+        return -1;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = WAKE_TAG};
+    if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, e->wake_fd, &ev) < 0) {
+        snprintf(err, (size_t)errlen, "epoll_ctl(eventfd): %s", strerror(errno));
+        close(p->epfd);
+        free(p);
+        return -1;
+    }
+    e->bs = p;
+    e->be = &ul_epoll_backend;
+    e->info.backend = UL_BACKEND_EPOLL;
+    e->info.buf_count = e->cfg.buf_count;
+    return 0;
+}

@@ -1,0 +1,156 @@
+/*
+ * internal.h -- what common.c shares with the two backends.
+ *
+ * Ownership in one paragraph. Python owns user_data (slot | gen << 32) and the
+ * objects behind a slot. C owns an op record per slot, in chunks that never
+ * move, because the kernel may write into memory inside the op (a recvmsg's
+ * sockaddr) until the op's final completion. An op is "live" from submission
+ * until common.c emits its final record (ul__finish); only then may Python
+ * reuse the slot. Every live op is linked into its fd's list, which is how
+ * cancel-by-fd and close find them without a kernel index and how close waits
+ * until the last one is gone before it calls close(2).
+ *
+ * Kernel user_data (io_uring) is derived from Python's: the op's own request
+ * uses ud itself; an internal readiness poll (EAGAIN turned into a wait) uses
+ * ud | KUD_POLL; the engine's own requests use KUD_SPECIAL values. Python's
+ * generation is kept below 2^30, so these never collide.
+ */
+#ifndef UL_INTERNAL_H
+#define UL_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include "engine.h"
+
+#define KUD_POLL (1ULL << 63)
+#define KUD_SPECIAL (3ULL << 62)
+#define KUD_WAKE (KUD_SPECIAL | 1)
+#define KUD_IGNORE (KUD_SPECIAL | 2)
+
+#define CHUNK_SHIFT 10
+#define CHUNK_SIZE (1U << CHUNK_SHIFT)
+#define MAX_SLOTS (1U << 24)
+
+enum op_kind {
+    K_NOP, K_RECV, K_RECV_INTO, K_SEND, K_SENDMSG, K_RECVMSG, K_ACCEPT,
+    K_CONNECT, K_POLL, K_READ, K_WRITE, K_SHUTDOWN, K_CLOSE,
+};
+
+enum op_state {
+    S_FREE,     /* no op in this slot */
+    S_QUEUED,   /* waiting behind the head of its fd's ordered queue */
+    S_BACKLOG,  /* waiting for a submission slot or for the next run */
+    S_ACTIVE,   /* handed to the backend (kernel request / epoll wait) */
+};
+
+struct ul_op {
+    uint64_t ud;            /* 0 = free */
+    uint64_t kud;           /* io_uring: user_data of the request in flight */
+    uint8_t kind, state, cancelled, multishot;
+    uint8_t level, connecting, in_wait, pad;
+    int fd;
+    int32_t fd_prev, fd_next;   /* list of live ops on fd */
+    int32_t oq_next;            /* ordered queue (send/write/shutdown) */
+    int32_t wq_next;            /* epoll wait queue */
+    int32_t bid;                /* pool buffer taken by a one-shot pool recv */
+    char *buf;
+    uint32_t len, done;
+    int64_t offset;
+    int msg_flags;
+    uint32_t events;            /* poll mask, or shutdown's how */
+    uint32_t addrlen;
+    struct sockaddr_storage addr;
+    struct msghdr msg;
+    struct iovec iov;
+};
+
+struct ul_fd {
+    int32_t ops_head;           /* live ops on this fd */
+    uint32_t nops;
+    int32_t oq_head, oq_tail;   /* ordered queue; the head is in progress */
+    int32_t close_slot;         /* slot of the pending close, -1 if none */
+    uint8_t closing;
+    /* epoll backend */
+    uint8_t registered, regular, nonblock_checked, on_ready_list;
+    int32_t rq_head, rq_tail;   /* ops waiting for readability */
+    int32_t wq_head, wq_tail;   /* ops waiting for writability */
+    int32_t pq_head, pq_tail;   /* poll ops */
+    int32_t ready_next;
+};
+
+struct ul_backend {
+    const char *name;
+    int (*submit)(ul_engine *e, struct ul_op *op);   /* start an op (state ACTIVE) */
+    void (*cancel)(ul_engine *e, struct ul_op *op);  /* op is ACTIVE */
+    int (*cancel_fd)(ul_engine *e, int fd);          /* fast path, or -1 to do per op */
+    int (*run)(ul_engine *e, int64_t timeout_ns);    /* submit, wait, reap */
+    void (*recycle)(ul_engine *e, uint16_t bid);     /* give a pool buffer back */
+    void (*before_close)(ul_engine *e, int fd);      /* last chance before close(2) */
+    void (*destroy)(ul_engine *e);
+};
+
+struct ul_engine {
+    const struct ul_backend *be;
+    void *bs;                   /* backend state */
+    ul_config cfg;
+    ul_info info;
+    ul_stats st;
+    int closed;
+    int in_run;
+
+    struct ul_op **chunks;
+    uint32_t nchunks;
+    uint32_t in_flight;
+
+    struct ul_fd *fds;
+    int nfds;
+
+    ul_record *rec;             /* what Python reads after ul_run */
+    uint32_t nrec;
+    ul_record *pend;            /* records made outside a run, or past rec's capacity */
+    uint32_t npend, pend_cap;
+
+    uint8_t *pool;
+    size_t pool_bytes;
+    uint16_t *free_bids;        /* engine-picked buffers (no buffer ring) */
+    uint32_t nfree;
+    uint16_t *used_bids;        /* delivered in the last run: recycled at the next */
+    uint32_t nused;
+
+    struct { uint32_t slot; uint64_t ud; } *backlog;  /* FIFO of ops to (re)start */
+    uint32_t bl_head, bl_tail, bl_cap;
+
+    int wake_fd;
+    atomic_int sleeping;
+    atomic_int wake_pending;
+    atomic_int wake_sent;
+};
+
+/* common.c, for the backends */
+struct ul_op *ul__op(ul_engine *e, uint32_t slot);
+static inline uint32_t ul__slot(uint64_t ud) { return (uint32_t)ud; }
+void ul__emit(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid);
+void ul__finish(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid);
+void ul__sent(ul_engine *e, struct ul_op *op, int32_t res);
+void ul__backlog_push(ul_engine *e, struct ul_op *op);
+int ul__backlog_pop(ul_engine *e, struct ul_op **out);
+int ul__pool_take(ul_engine *e);
+void ul__pool_put(ul_engine *e, uint16_t bid);
+void ul__pool_used(ul_engine *e, uint16_t bid);
+int ul__wake_prepare_sleep(ul_engine *e);
+void ul__wake_after_sleep(ul_engine *e);
+void ul__wake_drain(ul_engine *e);
+struct ul_fd *ul__fd(ul_engine *e, int fd);
+
+/* backends */
+extern const struct ul_backend ul_uring_backend;
+extern const struct ul_backend ul_epoll_backend;
+int ul__uring_init(ul_engine *e, char *err, int errlen);
+int ul__epoll_init(ul_engine *e, char *err, int errlen);
+
+#define UL_MIN(a, b) ((a) < (b) ? (a) : (b))
+
+#endif

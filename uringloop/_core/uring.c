@@ -1,0 +1,790 @@
+/*
+ * uring.c -- the io_uring backend, on raw syscalls (no liburing).
+ *
+ * Shape of a loop turn (uring_run):
+ *   1. restart what waits in the backlog (ops that found the SQ full, multishot
+ *      ops the kernel ended for its own reasons, level polls to re-arm);
+ *   2. one io_uring_enter that both submits and, when nothing is ready, waits
+ *      (EXT_ARG timeout) -- skipped entirely when there is nothing to submit,
+ *      no reason to wait, and the SQ flags say no deferred work is pending;
+ *   3. reap the mapped CQ in C and turn CQEs into records.
+ *
+ * The ring is created R_DISABLED and enabled by the thread that first runs
+ * it: with SINGLE_ISSUER only that thread may submit, and Python often makes a
+ * loop in one thread and runs it in another. Until then SQEs just accumulate.
+ *
+ * EAGAIN: sockets stay O_NONBLOCK (asyncio requires it), and on some kernels
+ * an op on such a socket completes with -EAGAIN instead of waiting. We never
+ * surface that: the op waits on an internal one-shot POLL_ADD (user_data
+ * ud | KUD_POLL) and is reissued when it fires.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "uapi.h"
+
+#define EXPORT __attribute__((visibility("default")))
+
+struct uring {
+    int ring_fd, enter_fd;
+    uint32_t enter_flags;
+    uint32_t setup_flags, features;
+    int enabled, wake_armed;
+    const void *owner;
+    unsigned *sq_khead, *sq_ktail, *sq_kflags;
+    unsigned sq_mask, sq_entries, sqe_tail;
+    struct ul_sqe *sqes;
+    unsigned *cq_khead, *cq_ktail, cq_mask;
+    struct ul_cqe *cqes;
+    void *ring_ptr;
+    size_t ring_sz, sqes_sz;
+    struct ul_buf *br;
+    size_t br_sz;
+    uint16_t br_tail;
+    unsigned br_mask;
+    int ms_recv, ms_accept, bufring, cancel_fd;
+    uint64_t *cancels;          /* cancel requests that found no SQE */
+    uint32_t ncancels, cancels_cap;
+};
+
+static __thread char tls_marker;
+
+static int sys_setup(unsigned entries, struct ul_uring_params *p)
+{
+    return (int)syscall(UL_NR_io_uring_setup, entries, p);
+}
+
+static int sys_enter(int fd, unsigned to_submit, unsigned min, unsigned flags, void *arg,
+                     size_t argsz)
+{
+    return (int)syscall(UL_NR_io_uring_enter, fd, to_submit, min, flags, arg, argsz);
+}
+
+static int sys_register(int fd, unsigned op, void *arg, unsigned nr)
+{
+    return (int)syscall(UL_NR_io_uring_register, fd, op, arg, nr);
+}
+
+/* ------------------------------------------------------------- probe */
+
+static ul_probe g_probe;
+static pthread_once_t g_probe_once = PTHREAD_ONCE_INIT;
+
+static const struct { int op; const char *name; } required_ops[] = {
+    {UL_OP_NOP, "NOP"}, {UL_OP_POLL_ADD, "POLL_ADD"}, {UL_OP_SENDMSG, "SENDMSG"},
+    {UL_OP_RECVMSG, "RECVMSG"}, {UL_OP_ACCEPT, "ACCEPT"}, {UL_OP_ASYNC_CANCEL, "ASYNC_CANCEL"},
+    {UL_OP_CONNECT, "CONNECT"}, {UL_OP_READ, "READ"}, {UL_OP_WRITE, "WRITE"},
+    {UL_OP_SEND, "SEND"}, {UL_OP_RECV, "RECV"},
+};
+
+static void probe_once(void)
+{
+    ul_probe *p = &g_probe;
+    struct ul_uring_params params;
+    memset(p, 0, sizeof *p);
+    memset(&params, 0, sizeof params);
+    p->last_op = -1;
+    int fd = sys_setup(8, &params);
+    if (fd < 0) {
+        p->err = errno;
+        if (errno == EPERM) {
+            char v[16] = "?";
+            FILE *f = fopen("/proc/sys/kernel/io_uring_disabled", "r");
+            if (f) {
+                if (!fgets(v, sizeof v, f))
+                    strcpy(v, "?");
+                v[strcspn(v, "\n")] = 0;
+                fclose(f);
+            }
+            snprintf(p->reason, sizeof p->reason,
+                     "io_uring_setup failed with EPERM (kernel.io_uring_disabled=%s; "
+                     "a seccomp profile such as Docker's default also refuses it)", v);
+        } else if (errno == ENOSYS) {
+            snprintf(p->reason, sizeof p->reason,
+                     "io_uring_setup failed with ENOSYS (kernel without io_uring, or a "
+                     "sandbox that hides it)");
+        } else {
+            snprintf(p->reason, sizeof p->reason, "io_uring_setup failed: %s (errno %d)",
+                     strerror(errno), errno);
+        }
+        return;
+    }
+    p->features = params.features;
+    uint32_t need = UL_FEAT_SINGLE_MMAP | UL_FEAT_NODROP | UL_FEAT_SUBMIT_STABLE |
+                    UL_FEAT_FAST_POLL | UL_FEAT_EXT_ARG;
+    struct ul_uring_probe *pr = calloc(1, sizeof *pr);
+    if (pr && sys_register(fd, UL_REGISTER_PROBE, pr, 256) == 0) {
+        p->last_op = pr->last_op;
+        for (int i = 0; i < pr->ops_len && i < 256; i++)
+            if (pr->ops[i].flags & UL_PROBE_OP_SUPPORTED)
+                p->ops[pr->ops[i].op] = 1;
+    }
+    free(pr);
+    close(fd);
+    if ((p->features & need) != need) {
+        p->err = ENOTSUP;
+        snprintf(p->reason, sizeof p->reason,
+                 "kernel io_uring lacks required features (have 0x%x, need 0x%x: "
+                 "NODROP, SUBMIT_STABLE, FAST_POLL, EXT_ARG; Linux 5.11+)", p->features, need);
+        return;
+    }
+    for (size_t i = 0; i < sizeof required_ops / sizeof required_ops[0]; i++) {
+        if (!p->ops[required_ops[i].op]) {
+            p->err = ENOTSUP;
+            snprintf(p->reason, sizeof p->reason, "kernel io_uring lacks opcode %s",
+                     required_ops[i].name);
+            return;
+        }
+    }
+    p->available = 1;
+}
+
+EXPORT int ul_probe_uring(ul_probe *out)
+{
+    pthread_once(&g_probe_once, probe_once);
+    *out = g_probe;
+    return g_probe.available ? 0 : -g_probe.err;
+}
+
+/* --------------------------------------------------------- submission */
+
+static int flush(ul_engine *e, struct uring *u)
+{
+    __atomic_store_n(u->sq_ktail, u->sqe_tail, __ATOMIC_RELEASE);
+    unsigned n = u->sqe_tail - __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
+    if (!n)
+        return 0;
+    int r = sys_enter(u->enter_fd, n, 0, u->enter_flags, NULL, 0);
+    e->st.enters++;
+    return r < 0 ? -errno : r;
+}
+
+static struct ul_sqe *get_sqe(ul_engine *e, struct uring *u)
+{
+    unsigned head = __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
+    if (u->sqe_tail - head >= u->sq_entries) {
+        if (!u->enabled || u->owner != &tls_marker || flush(e, u) < 0)
+            return NULL;
+        head = __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
+        if (u->sqe_tail - head >= u->sq_entries)
+            return NULL;
+    }
+    struct ul_sqe *s = &u->sqes[u->sqe_tail & u->sq_mask];
+    u->sqe_tail++;
+    memset(s, 0, sizeof *s);
+    e->st.submitted++;
+    return s;
+}
+
+static void arm_wake(ul_engine *e, struct uring *u)
+{
+    struct ul_sqe *s = get_sqe(e, u);
+    if (!s) {
+        u->wake_armed = 0;
+        return;
+    }
+    s->opcode = UL_OP_POLL_ADD;
+    s->fd = e->wake_fd;
+    s->op_flags = POLLIN;
+    s->len = UL_POLL_ADD_MULTI;
+    s->user_data = KUD_WAKE;
+    u->wake_armed = 1;
+}
+
+static int wants_write(const struct ul_op *op)
+{
+    return op->kind == K_SEND || op->kind == K_SENDMSG || op->kind == K_WRITE ||
+           op->kind == K_CONNECT;
+}
+
+/* Wait for readiness of op's fd before (re)issuing it. */
+static void issue_poll(ul_engine *e, struct uring *u, struct ul_op *op)
+{
+    struct ul_sqe *s = get_sqe(e, u);
+    if (!s) {
+        ul__backlog_push(e, op);
+        return;
+    }
+    s->opcode = UL_OP_POLL_ADD;
+    s->fd = op->fd;
+    s->op_flags = wants_write(op) ? POLLOUT : POLLIN;
+    s->user_data = op->kud = op->ud | KUD_POLL;
+    op->state = S_ACTIVE;
+}
+
+static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
+{
+    if (op->kind == K_RECV && !u->bufring && op->bid < 0) {
+        int bid = ul__pool_take(e);
+        if (bid < 0) {  /* pool exhausted: retry after the next recycle */
+            ul__backlog_push(e, op);
+            return;
+        }
+        op->bid = bid;
+    }
+    struct ul_sqe *s = get_sqe(e, u);
+    if (!s) {
+        ul__backlog_push(e, op);
+        return;
+    }
+    op->state = S_ACTIVE;
+    s->fd = op->fd;
+    s->user_data = op->kud = op->ud;
+    switch (op->kind) {
+    case K_NOP:
+        s->opcode = UL_OP_NOP;
+        s->fd = -1;
+        break;
+    case K_RECV:
+        s->opcode = UL_OP_RECV;
+        if (u->bufring) {
+            s->flags = UL_SQE_BUFFER_SELECT;
+            s->buf_group = 0;
+            if (op->multishot && u->ms_recv)
+                s->ioprio = UL_RECV_MULTISHOT;
+            else
+                s->len = e->cfg.buf_size;
+        } else {
+            s->addr = (uint64_t)(uintptr_t)(e->pool + (size_t)op->bid * e->cfg.buf_size);
+            s->len = e->cfg.buf_size;
+        }
+        break;
+    case K_RECV_INTO:
+        s->opcode = UL_OP_RECV;
+        s->addr = (uint64_t)(uintptr_t)op->buf;
+        s->len = op->len;
+        s->op_flags = (uint32_t)op->msg_flags;
+        break;
+    case K_SEND:
+        s->opcode = UL_OP_SEND;
+        s->addr = (uint64_t)(uintptr_t)(op->buf + op->done);
+        s->len = op->len - op->done;
+        s->op_flags = (uint32_t)op->msg_flags;
+        break;
+    case K_WRITE:
+    case K_READ:
+        s->opcode = op->kind == K_WRITE ? UL_OP_WRITE : UL_OP_READ;
+        s->addr = (uint64_t)(uintptr_t)(op->buf + (op->kind == K_WRITE ? op->done : 0));
+        s->len = op->len - (op->kind == K_WRITE ? op->done : 0);
+        s->off = op->offset < 0 ? (uint64_t)-1 : (uint64_t)op->offset;
+        break;
+    case K_SENDMSG:
+    case K_RECVMSG:
+        s->opcode = op->kind == K_SENDMSG ? UL_OP_SENDMSG : UL_OP_RECVMSG;
+        if (op->kind == K_RECVMSG)
+            op->msg.msg_namelen = sizeof(struct sockaddr_storage);
+        s->addr = (uint64_t)(uintptr_t)&op->msg;
+        s->op_flags = (uint32_t)op->msg_flags;
+        break;
+    case K_ACCEPT:
+        s->opcode = UL_OP_ACCEPT;
+        s->op_flags = SOCK_NONBLOCK | SOCK_CLOEXEC;
+        if (op->multishot && u->ms_accept)
+            s->ioprio = UL_ACCEPT_MULTISHOT;
+        break;
+    case K_CONNECT:
+        s->opcode = UL_OP_CONNECT;
+        s->addr = (uint64_t)(uintptr_t)&op->addr;
+        s->off = op->addrlen;
+        break;
+    case K_POLL:
+        s->opcode = UL_OP_POLL_ADD;
+        s->op_flags = op->events;
+        break;
+    default:
+        s->opcode = UL_OP_NOP;
+        s->fd = -1;
+        break;
+    }
+}
+
+static int uring_submit(ul_engine *e, struct ul_op *op)
+{
+    issue(e, e->bs, op);
+    return 0;
+}
+
+static void cancel_kud(ul_engine *e, struct uring *u, uint64_t kud)
+{
+    struct ul_sqe *s = get_sqe(e, u);
+    if (!s) {
+        if (u->ncancels == u->cancels_cap) {
+            uint32_t n = u->cancels_cap ? u->cancels_cap * 2 : 64;
+            uint64_t *p = realloc(u->cancels, n * sizeof *p);
+            if (!p)
+                return;
+            u->cancels = p;
+            u->cancels_cap = n;
+        }
+        u->cancels[u->ncancels++] = kud;
+        return;
+    }
+    s->opcode = UL_OP_ASYNC_CANCEL;
+    s->fd = -1;
+    s->addr = kud;
+    s->user_data = KUD_IGNORE;
+}
+
+static void uring_cancel(ul_engine *e, struct ul_op *op)
+{
+    cancel_kud(e, e->bs, op->kud);
+}
+
+static int uring_cancel_fd(ul_engine *e, int fd)
+{
+    struct uring *u = e->bs;
+    if (!u->cancel_fd)
+        return -1;
+    struct ul_sqe *s = get_sqe(e, u);
+    if (!s)
+        return -1;
+    s->opcode = UL_OP_ASYNC_CANCEL;
+    s->fd = fd;
+    s->op_flags = UL_ASYNC_CANCEL_FD | UL_ASYNC_CANCEL_ALL;
+    s->user_data = KUD_IGNORE;
+    return 0;
+}
+
+static void uring_recycle(ul_engine *e, uint16_t bid)
+{
+    struct uring *u = e->bs;
+    if (!u->bufring) {
+        ul__pool_put(e, bid);
+        return;
+    }
+    struct ul_buf *b = &u->br[u->br_tail & u->br_mask];
+    b->addr = (uint64_t)(uintptr_t)(e->pool + (size_t)bid * e->cfg.buf_size);
+    b->len = e->cfg.buf_size;
+    b->bid = bid;
+    u->br_tail++;
+    /* entry 0's resv field is the ring's tail */
+    __atomic_store_n((uint16_t *)((char *)u->br + 14), u->br_tail, __ATOMIC_RELEASE);
+}
+
+/* ------------------------------------------------------------ completion */
+
+static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uint32_t cflags)
+{
+    if (kud == KUD_WAKE) {
+        ul__wake_drain(e);
+        if (!(cflags & UL_CQE_F_MORE))
+            arm_wake(e, u);
+        return;
+    }
+    if (kud == KUD_IGNORE)
+        return;
+    uint64_t ud = kud & ~KUD_POLL;
+    uint32_t slot = ul__slot(ud);
+    struct ul_op *op = (slot >> CHUNK_SHIFT) < e->nchunks && e->chunks[slot >> CHUNK_SHIFT]
+                           ? ul__op(e, slot)
+                           : NULL;
+    int kmore = (cflags & UL_CQE_F_MORE) != 0;
+    if (!op || op->ud != ud || op->state != S_ACTIVE || op->kud != kud) {
+        /* stale: cannot happen while the rules hold; never leak a buffer */
+        if (cflags & UL_CQE_F_BUFFER)
+            ul__pool_used(e, (uint16_t)(cflags >> UL_CQE_BUFFER_SHIFT));
+        return;
+    }
+    if (res == -EINTR)
+        res = op->cancelled ? -ECANCELED : -EAGAIN;
+
+    if (kud & KUD_POLL) {  /* readiness wait after EAGAIN */
+        if (op->cancelled || res < 0) {
+            ul__finish(e, op, op->cancelled ? -ECANCELED : res, 0, 0);
+        } else if (op->kind == K_CONNECT) {
+            int err = 0;
+            socklen_t len = sizeof err;
+            if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+                err = errno;
+            ul__finish(e, op, -err, 0, 0);
+        } else {
+            issue(e, u, op);
+        }
+        return;
+    }
+    if (!op->cancelled && op->kind != K_NOP && op->kind != K_POLL &&
+        (res == -EAGAIN || (op->kind == K_CONNECT && (res == -EINPROGRESS || res == -EALREADY)))) {
+        if (op->kind == K_RECV && !u->bufring && op->bid >= 0) {
+            ul__pool_put(e, (uint16_t)op->bid);
+            op->bid = -1;
+        }
+        e->st.eagain_retries++;
+        issue_poll(e, u, op);
+        return;
+    }
+
+    switch (op->kind) {
+    case K_RECV: {
+        int has_buf = 0;
+        uint16_t bid = 0;
+        if (cflags & UL_CQE_F_BUFFER) {
+            has_buf = 1;
+            bid = (uint16_t)(cflags >> UL_CQE_BUFFER_SHIFT);
+        } else if (op->bid >= 0) {
+            bid = (uint16_t)op->bid;
+            op->bid = -1;
+            if (res > 0)
+                has_buf = 1;
+            else
+                ul__pool_put(e, bid);
+        }
+        if (has_buf && res <= 0) {  /* a buffer with no data: give it back */
+            ul__pool_used(e, bid);
+            has_buf = 0;
+        }
+        if (res > 0) {
+            if (!op->multishot || (!kmore && op->cancelled)) {
+                ul__finish(e, op, res, UL_F_BUFFER, bid);
+            } else {
+                ul__emit(e, op, res, UL_F_MORE | UL_F_BUFFER, bid);
+                if (!kmore) {  /* kernel ended it, or one-shot emulation: go again */
+                    e->st.rearms++;
+                    if (u->ms_recv)
+                        ul__backlog_push(e, op);
+                    else
+                        issue(e, u, op);
+                }
+            }
+        } else if (res == -ENOBUFS && !op->cancelled && !kmore) {
+            e->st.rearms++;
+            ul__backlog_push(e, op);  /* after the next recycle */
+        } else if (!kmore) {
+            ul__finish(e, op, res, 0, 0);
+        }
+        break;
+    }
+    case K_ACCEPT:
+        if (res >= 0) {
+            if (!op->multishot || (!kmore && op->cancelled)) {
+                ul__finish(e, op, res, 0, 0);
+            } else {
+                ul__emit(e, op, res, UL_F_MORE, 0);
+                if (!kmore) {
+                    e->st.rearms++;
+                    if (u->ms_accept)
+                        ul__backlog_push(e, op);
+                    else
+                        issue(e, u, op);
+                }
+            }
+        } else if (!kmore) {
+            if (!op->cancelled && (res == -ECONNABORTED || res == -EPROTO))
+                issue(e, u, op);  /* the peer gave up before we took it */
+            else
+                ul__finish(e, op, res, 0, 0);
+        }
+        break;
+    case K_SEND:
+    case K_WRITE:
+        ul__sent(e, op, res);
+        break;
+    case K_POLL:
+        if (res >= 0 && op->level && !op->cancelled) {
+            ul__emit(e, op, res, UL_F_MORE, 0);
+            e->st.rearms++;
+            ul__backlog_push(e, op);  /* level-triggered: re-arm next run */
+        } else {
+            ul__finish(e, op, res, 0, 0);
+        }
+        break;
+    case K_RECVMSG:
+        if (res >= 0)
+            op->addrlen = op->msg.msg_namelen;
+        ul__finish(e, op, res, res >= 0 ? UL_F_ADDR : 0, 0);
+        break;
+    default:
+        ul__finish(e, op, res, 0, 0);
+        break;
+    }
+}
+
+static void reap(ul_engine *e, struct uring *u)
+{
+    unsigned head = *u->cq_khead;
+    unsigned tail = __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE);
+    while (head != tail && e->nrec < e->cfg.record_cap) {
+        struct ul_cqe *c = &u->cqes[head & u->cq_mask];
+        uint64_t kud = c->user_data;
+        int32_t res = c->res;
+        uint32_t flags = c->flags;
+        head++;
+        __atomic_store_n(u->cq_khead, head, __ATOMIC_RELEASE);
+        on_cqe(e, u, kud, res, flags);
+        if (head == tail)
+            tail = __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE);
+    }
+}
+
+/* ----------------------------------------------------------------- run */
+
+static int enable(ul_engine *e, struct uring *u)
+{
+    if ((u->setup_flags & UL_SETUP_R_DISABLED) &&
+        sys_register(u->ring_fd, UL_REGISTER_ENABLE_RINGS, NULL, 0) < 0)
+        return -errno;
+    struct ul_rsrc_update up = {.offset = (uint32_t)-1, .data = (uint64_t)u->ring_fd};
+    if (sys_register(u->ring_fd, UL_REGISTER_RING_FDS, &up, 1) == 1) {
+        u->enter_fd = (int)up.offset;
+        u->enter_flags = UL_ENTER_REGISTERED_RING;
+        e->info.registered_ring = 1;
+    }
+    u->enabled = 1;
+    u->owner = &tls_marker;
+    return 0;
+}
+
+static int uring_run(ul_engine *e, int64_t timeout_ns)
+{
+    struct uring *u = e->bs;
+    int err = 0;
+    if (!u->enabled) {
+        int r = enable(e, u);
+        if (r < 0)
+            return r;
+    } else if (u->owner != &tls_marker) {
+        return -EEXIST;  /* the engine belongs to the thread that first ran it */
+    }
+    if (!u->wake_armed)
+        arm_wake(e, u);
+    while (u->ncancels) {
+        uint64_t kud = u->cancels[--u->ncancels];
+        cancel_kud(e, u, kud);
+        if (u->ncancels && u->cancels[u->ncancels - 1] == kud)
+            break;  /* still no SQE: try next run */
+    }
+    struct ul_op *op;
+    for (uint32_t n = e->bl_tail - e->bl_head; n-- && ul__backlog_pop(e, &op);)
+        issue(e, u, op);
+
+    __atomic_store_n(u->sq_ktail, u->sqe_tail, __ATOMIC_RELEASE);
+    unsigned to_submit = u->sqe_tail - __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
+    unsigned ready = __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) - *u->cq_khead;
+    unsigned sqflags = __atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE);
+    int wait = timeout_ns != 0 && e->nrec == 0 && ready == 0;
+    int need = to_submit || wait || (sqflags & (UL_SQ_CQ_OVERFLOW | UL_SQ_TASKRUN)) ||
+               !(u->setup_flags & UL_SETUP_TASKRUN_FLAG);
+    if (need) {
+        struct ul_getevents_arg arg;
+        struct ul_kernel_timespec ts;
+        unsigned flags = u->enter_flags | UL_ENTER_GETEVENTS;
+        unsigned min = 0;
+        if (wait && !ul__wake_prepare_sleep(e))
+            wait = 0;
+        if (wait) {
+            memset(&arg, 0, sizeof arg);
+            if (timeout_ns > 0) {
+                ts.tv_sec = timeout_ns / 1000000000LL;
+                ts.tv_nsec = timeout_ns % 1000000000LL;
+                arg.ts = (uint64_t)(uintptr_t)&ts;
+            }
+            flags |= UL_ENTER_EXT_ARG;
+            min = 1;
+        }
+        int r = sys_enter(u->enter_fd, to_submit, min, flags, wait ? &arg : NULL,
+                          wait ? sizeof arg : 0);
+        int saved = errno;
+        if (wait) {
+            ul__wake_after_sleep(e);
+            e->st.waits++;
+        }
+        e->st.enters++;
+        if (r < 0 && saved != ETIME && saved != EBUSY && saved != EAGAIN)
+            err = -saved;
+    }
+    reap(e, u);
+    while ((__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & UL_SQ_CQ_OVERFLOW) &&
+           e->nrec < e->cfg.record_cap) {
+        /* NODROP kept the CQEs that did not fit: flush them into the CQ */
+        e->st.cq_overflows++;
+        e->st.enters++;
+        if (sys_enter(u->enter_fd, 0, 0, u->enter_flags | UL_ENTER_GETEVENTS, NULL, 0) < 0 &&
+            errno != EBUSY && errno != EAGAIN && errno != EINTR)
+            break;
+        reap(e, u);
+    }
+    return err;
+}
+
+static void uring_destroy(ul_engine *e)
+{
+    struct uring *u = e->bs;
+    if (!u)
+        return;
+    if (u->enter_flags & UL_ENTER_REGISTERED_RING && u->owner == &tls_marker) {
+        struct ul_rsrc_update up = {.offset = (uint32_t)u->enter_fd};
+        sys_register(u->ring_fd, UL_UNREGISTER_RING_FDS, &up, 1);
+    }
+    if (u->sqes)
+        munmap(u->sqes, u->sqes_sz);
+    if (u->ring_ptr)
+        munmap(u->ring_ptr, u->ring_sz);
+    close(u->ring_fd);
+    if (u->br && e->in_flight == 0)
+        munmap(u->br, u->br_sz);
+    free(u->cancels);
+    free(u);
+    e->bs = NULL;
+}
+
+const struct ul_backend ul_uring_backend = {
+    .name = "io_uring",
+    .submit = uring_submit,
+    .cancel = uring_cancel,
+    .cancel_fd = uring_cancel_fd,
+    .run = uring_run,
+    .recycle = uring_recycle,
+    .before_close = NULL,
+    .destroy = uring_destroy,
+};
+
+/* ---------------------------------------------------------------- init */
+
+static int setup_ring(ul_engine *e, struct uring *u, char *err, int errlen)
+{
+    static const uint32_t ladder[] = {
+        UL_SETUP_SINGLE_ISSUER | UL_SETUP_DEFER_TASKRUN | UL_SETUP_TASKRUN_FLAG |
+            UL_SETUP_SUBMIT_ALL | UL_SETUP_NO_SQARRAY,
+        UL_SETUP_SINGLE_ISSUER | UL_SETUP_DEFER_TASKRUN | UL_SETUP_TASKRUN_FLAG |
+            UL_SETUP_SUBMIT_ALL,
+        UL_SETUP_COOP_TASKRUN | UL_SETUP_TASKRUN_FLAG | UL_SETUP_SUBMIT_ALL,
+        UL_SETUP_SUBMIT_ALL,
+        0,
+    };
+    struct ul_uring_params p;
+    int fd = -1;
+    unsigned sq = e->cfg.sq_entries;
+    unsigned cq = e->cfg.cq_entries < sq ? sq : e->cfg.cq_entries;
+    for (size_t i = 0; i < sizeof ladder / sizeof ladder[0]; i++) {
+        if ((e->cfg.options & UL_OPT_NO_DEFER) && (ladder[i] & UL_SETUP_DEFER_TASKRUN))
+            continue;
+        memset(&p, 0, sizeof p);
+        p.flags = ladder[i] | UL_SETUP_CQSIZE | UL_SETUP_CLAMP | UL_SETUP_R_DISABLED;
+        p.cq_entries = cq;
+        fd = sys_setup(sq, &p);
+        if (fd >= 0 || errno != EINVAL)
+            break;
+    }
+    if (fd < 0) {
+        snprintf(err, (size_t)errlen, "io_uring_setup: %s", strerror(errno));
+        return -1;
+    }
+    u->ring_fd = u->enter_fd = fd;
+    u->setup_flags = p.flags;
+    u->features = p.features;
+    u->sq_entries = p.sq_entries;
+
+    u->ring_sz = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    size_t cq_sz = p.cq_off.cqes + p.cq_entries * sizeof(struct ul_cqe);
+    if (cq_sz > u->ring_sz)
+        u->ring_sz = cq_sz;
+    u->ring_ptr = mmap(NULL, u->ring_sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                       UL_OFF_SQ_RING);
+    u->sqes_sz = p.sq_entries * sizeof(struct ul_sqe);
+    u->sqes = mmap(NULL, u->sqes_sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                   UL_OFF_SQES);
+    if (u->ring_ptr == MAP_FAILED || u->sqes == MAP_FAILED) {
+        snprintf(err, (size_t)errlen, "mmap of the rings failed: %s", strerror(errno));
+        if (u->ring_ptr == MAP_FAILED)
+            u->ring_ptr = NULL;
+        if (u->sqes == MAP_FAILED)
+            u->sqes = NULL;
+        return -1;
+    }
+    madvise(u->ring_ptr, u->ring_sz, MADV_DONTFORK);
+    madvise(u->sqes, u->sqes_sz, MADV_DONTFORK);
+    char *r = u->ring_ptr;
+    u->sq_khead = (unsigned *)(r + p.sq_off.head);
+    u->sq_ktail = (unsigned *)(r + p.sq_off.tail);
+    u->sq_kflags = (unsigned *)(r + p.sq_off.flags);
+    u->sq_mask = *(unsigned *)(r + p.sq_off.ring_mask);
+    u->sqe_tail = *u->sq_ktail;
+    if (!(p.flags & UL_SETUP_NO_SQARRAY)) {
+        unsigned *array = (unsigned *)(r + p.sq_off.array);
+        for (unsigned i = 0; i < p.sq_entries; i++)
+            array[i] = i;  /* identity map, set once */
+    }
+    u->cq_khead = (unsigned *)(r + p.cq_off.head);
+    u->cq_ktail = (unsigned *)(r + p.cq_off.tail);
+    u->cq_mask = *(unsigned *)(r + p.cq_off.ring_mask);
+    u->cqes = (struct ul_cqe *)(r + p.cq_off.cqes);
+    e->info.sq_entries = p.sq_entries;
+    e->info.cq_entries = p.cq_entries;
+    return 0;
+}
+
+static void setup_bufring(ul_engine *e, struct uring *u)
+{
+    unsigned n = e->cfg.buf_count;
+    u->br_sz = (size_t)n * sizeof(struct ul_buf);
+    u->br = mmap(NULL, u->br_sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (u->br == MAP_FAILED) {
+        u->br = NULL;
+        return;
+    }
+    struct ul_buf_reg reg;
+    memset(&reg, 0, sizeof reg);
+    reg.ring_addr = (uint64_t)(uintptr_t)u->br;
+    reg.ring_entries = n;
+    reg.bgid = 0;
+    if (sys_register(u->ring_fd, UL_REGISTER_PBUF_RING, &reg, 1) < 0) {
+        munmap(u->br, u->br_sz);
+        u->br = NULL;
+        return;
+    }
+    u->bufring = 1;
+    u->br_mask = n - 1;
+    /* every pool buffer now belongs to the kernel's ring */
+    e->nfree = 0;
+    for (unsigned i = 0; i < n; i++)
+        uring_recycle(e, (uint16_t)i);
+}
+
+int ul__uring_init(ul_engine *e, char *err, int errlen)
+{
+    ul_probe pr;
+    if (ul_probe_uring(&pr) < 0) {
+        snprintf(err, (size_t)errlen, "%s", pr.reason);
+        return -1;
+    }
+    struct uring *u = calloc(1, sizeof *u);
+    if (!u) {
+        snprintf(err, (size_t)errlen, "out of memory");
+        return -1;
+    }
+    u->ring_fd = -1;
+    e->bs = u;
+    e->be = &ul_uring_backend;
+    if (setup_ring(e, u, err, errlen) < 0) {
+        uring_destroy(e);
+        return -1;
+    }
+    /* opcode proxies for what the probe cannot show: SOCKET => 5.19 (multishot
+     * accept, CANCEL_FD|ALL, buffer rings); SEND_ZC => 6.0 (multishot recv) */
+    int k519 = pr.ops[UL_OP_SOCKET], k60 = pr.ops[UL_OP_SEND_ZC];
+    uint32_t opt = e->cfg.options;
+    if (k519 && !(opt & UL_OPT_NO_BUFRING))
+        setup_bufring(e, u);
+    u->ms_recv = u->bufring && k60 && !(opt & UL_OPT_NO_MULTISHOT);
+    u->ms_accept = k519 && !(opt & UL_OPT_NO_MULTISHOT);
+    u->cancel_fd = k519 && !(opt & UL_OPT_NO_CANCEL_FD);
+    arm_wake(e, u);
+
+    e->info.backend = UL_BACKEND_URING;
+    e->info.ring_flags = u->setup_flags;
+    e->info.features = u->features;
+    e->info.multishot_recv = u->ms_recv;
+    e->info.multishot_accept = u->ms_accept;
+    e->info.buffer_ring = u->bufring;
+    e->info.cancel_fd = u->cancel_fd;
+    e->info.reason[0] = 0;
+    return 0;
+}
