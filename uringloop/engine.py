@@ -237,7 +237,8 @@ class Engine:
         self._buf_size = info.buf_size
         cap = record_cap or 4096
         self._records = memoryview(ffi.buffer(lib.ul_records(e), cap * _RECORD.size))
-        self._pool = memoryview(ffi.buffer(lib.ul_pool(e), info.buf_count * info.buf_size))
+        # slicing a cffi buffer yields bytes in one step (cheaper than memoryview.tobytes)
+        self._pool = ffi.buffer(lib.ul_pool(e), info.buf_count * info.buf_size)
         self._cbs: list = []
         self._keep: list = []
         self._gen: list = []
@@ -410,7 +411,7 @@ class Engine:
             cb = cbs[slot]
             if flags & _F_BUFFER:
                 start = bid * bs
-                data = pool[start : start + res].tobytes()
+                data = pool[start : start + res]
             elif flags & _F_ADDR:
                 data = decode_sockaddr(
                     ffi.unpack(self._addr, lib.ul_op_addr(e, slot, self._addr, 128))
@@ -418,14 +419,14 @@ class Engine:
             else:
                 data = None
             more = bool(flags & _F_MORE)
-            if not more:
-                cbs[slot] = keep[slot] = None
-                free.append(slot)
             try:
                 cb(res, more, data)
             except BaseException as exc:  # keep dispatching; no completion is dropped
                 if error is None:
                     error = exc
+            if not more:  # final record: the slot lets go of its objects only now
+                cbs[slot] = keep[slot] = None
+                free.append(slot)
         if error is not None:
             raise error
         return n
@@ -473,7 +474,7 @@ class Engine:
         if e is None:
             return
         self._records.release()
-        self._pool.release()
+        self._pool = None
         left = lib.ul_free(e, int(timeout * 1e9))
         if left:
             _graveyard.append((self._keep, self._cbs))

@@ -206,6 +206,7 @@ void ul__wake_after_sleep(ul_engine *e)
 void ul__wake_drain(ul_engine *e)
 {
     uint64_t v;
+    e->woken = 1;
     while (read(e->wake_fd, &v, sizeof v) > 0)
         ;
 }
@@ -314,20 +315,21 @@ static void start_op(ul_engine *e, struct ul_op *op)
  * a long queue of sends that complete at once must not recurse. */
 static void oq_advance(ul_engine *e, int fd)
 {
-    static __thread int depth;
-    if (depth)
+    struct ul_fd *f = &e->fds[fd];
+    if (f->advancing)
         return;  /* the outer call continues the loop */
-    depth++;
+    f->advancing = 1;
     for (;;) {
-        struct ul_fd *f = &e->fds[fd];
-        if (f->oq_head < 0)
+        f = &e->fds[fd];
+        /* a closing fd starts nothing new: close_fd cancels what is queued */
+        if (f->oq_head < 0 || f->closing)
             break;
         struct ul_op *op = op_at(e, f->oq_head);
         if (op->state != S_QUEUED)
             break;
         start_op(e, op);
     }
-    depth--;
+    e->fds[fd].advancing = 0;
 }
 
 static void do_close(ul_engine *e, int fd)
@@ -652,6 +654,14 @@ EXPORT int ul_op_addr(ul_engine *e, uint32_t slot, char *out, uint32_t cap)
 
 /* ---------------------------------------------------------------- run */
 
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+
 EXPORT int ul_run(ul_engine *e, int64_t timeout_ns)
 {
     if (e->closed)
@@ -662,7 +672,20 @@ EXPORT int ul_run(ul_engine *e, int64_t timeout_ns)
     e->nrec = 0;
     e->in_run = 1;
     pend_move(e);
-    int r = e->be->run(e, e->npend ? 0 : timeout_ns);
+    /* A blocking run returns with records, on a wake, or at its timeout; a
+     * kernel wakeup that produced no record (an edge with nothing to do, a
+     * cancel's own CQE) just waits again for the time that is left. */
+    int64_t deadline = timeout_ns > 0 ? now_ns() + timeout_ns : 0;
+    int64_t t = e->npend ? 0 : timeout_ns;
+    int r;
+    for (;;) {
+        r = e->be->run(e, t);
+        if (e->nrec || e->npend || r < 0 || t == 0 || e->woken)
+            break;
+        if (timeout_ns > 0 && (t = deadline - now_ns()) <= 0)
+            break;
+    }
+    e->woken = 0;
     e->in_run = 0;
     e->st.records += e->nrec;
     if (e->nrec > 0 || r >= 0)
@@ -782,13 +805,6 @@ EXPORT ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errle
     e->info.buf_count = bc;
     e->info.buf_size = e->cfg.buf_size;
     return e;
-}
-
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
 EXPORT int ul_free(ul_engine *e, int64_t timeout_ns)

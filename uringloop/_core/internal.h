@@ -72,7 +72,7 @@ struct ul_fd {
     uint32_t nops;
     int32_t oq_head, oq_tail;   /* ordered queue; the head is in progress */
     int32_t close_slot;         /* slot of the pending close, -1 if none */
-    uint8_t closing;
+    uint8_t closing, advancing;
     /* epoll backend */
     uint8_t registered, regular, nonblock_checked, on_ready_list;
     int32_t rq_head, rq_tail;   /* ops waiting for readability */
@@ -100,6 +100,7 @@ struct ul_engine {
     ul_stats st;
     int closed;
     int in_run;
+    int woken;                  /* the wake eventfd fired during this run */
 
     struct ul_op **chunks;
     uint32_t nchunks;
