@@ -36,4 +36,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `python -m uringloop | head`
+        sys.stderr.close()
+        sys.exit(0)

@@ -283,11 +283,14 @@ class Engine:
         ud = self._take(cb, None)
         return self._submitted(ud, lib.ul_nop(self._e, ud))
 
-    def recv(self, fd: int, cb, multishot: bool = True) -> int:
-        """Receive into the engine's pool; ``data`` is the bytes received."""
+    def recv(self, fd: int, cb, multishot: bool = True, nbytes: int = 0) -> int:
+        """Receive into the engine's pool; ``data`` is the bytes received.
+        nbytes caps a one-shot receive (0: the pool buffer size)."""
         fd = _check_fd(fd)
+        if nbytes < 0:
+            raise ValueError("negative buffersize in recv")
         ud = self._take(cb, None)
-        return self._submitted(ud, lib.ul_recv(self._e, ud, fd, bool(multishot)))
+        return self._submitted(ud, lib.ul_recv(self._e, ud, fd, bool(multishot), nbytes))
 
     def recv_into(self, fd: int, buf, cb, nbytes: int = 0, flags: int = 0) -> int:
         fd = _check_fd(fd)
@@ -394,6 +397,11 @@ class Engine:
         else:
             ns = int(timeout * 1e9) if timeout > 0 else 0
         n = lib.ul_run(e, ns)
+        while n == -errno.EINTR and ns < 0:
+            # back in Python, so signal handlers have run (or raised); a blocking
+            # run then goes on waiting. EINTR also comes without a signal, e.g.
+            # from io_uring task_work after another ring was torn down.
+            n = lib.ul_run(e, ns)
         if n <= 0:
             if n == 0 or n == -errno.EINTR:
                 return 0

@@ -420,10 +420,11 @@ EXPORT int ul_nop(ul_engine *e, uint64_t ud)
     return submit(e, op);
 }
 
-EXPORT int ul_recv(ul_engine *e, uint64_t ud, int fd, int multishot)
+EXPORT int ul_recv(ul_engine *e, uint64_t ud, int fd, int multishot, uint32_t max)
 {
     BEGIN(K_RECV, fd);
     op->multishot = multishot != 0;
+    op->len = (max == 0 || max > e->cfg.buf_size) ? e->cfg.buf_size : max;
     return submit(e, op);
 }
 
@@ -783,7 +784,7 @@ EXPORT ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errle
     if (backend == UL_BACKEND_URING || backend == UL_BACKEND_AUTO) {
         rc = ul__uring_init(e, why, sizeof why);
         if (rc < 0 && backend == UL_BACKEND_URING) {
-            snprintf(err, (size_t)errlen, "io_uring cannot run here: %s", why);
+            snprintf(err, (size_t)errlen, "io_uring cannot run here: %.220s", why);
             close(e->wake_fd);
             engine_free_memory(e);
             return NULL;
@@ -792,13 +793,13 @@ EXPORT ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errle
     if (rc < 0) {
         char eerr[256];
         if (ul__epoll_init(e, eerr, sizeof eerr) < 0) {
-            snprintf(err, (size_t)errlen, "epoll backend failed: %s", eerr);
+            snprintf(err, (size_t)errlen, "epoll backend failed: %.200s", eerr);
             close(e->wake_fd);
             engine_free_memory(e);
             return NULL;
         }
         if (backend == UL_BACKEND_AUTO)
-            snprintf(e->info.reason, sizeof e->info.reason, "io_uring unavailable: %s", why);
+            snprintf(e->info.reason, sizeof e->info.reason, "io_uring unavailable: %.220s", why);
         else
             snprintf(e->info.reason, sizeof e->info.reason, "epoll requested");
     }

@@ -97,7 +97,8 @@ uint8_t *ul_pool(ul_engine *e);
 /* Operations. Return 0, or -errno when the op cannot be accepted (bad slot,
  * slot busy, bad arguments); then no record will come for it. */
 int ul_nop(ul_engine *e, uint64_t ud);
-int ul_recv(ul_engine *e, uint64_t ud, int fd, int multishot);
+/* max caps a one-shot receive (0 = the pool buffer size) */
+int ul_recv(ul_engine *e, uint64_t ud, int fd, int multishot, uint32_t max);
 int ul_recv_into(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len, int flags);
 int ul_send(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len, int flags);
 int ul_sendmsg(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len,

@@ -186,7 +186,7 @@ static int try_recv_pool(ul_engine *e, struct ul_op *op)
         if (bid < 0)
             return TRY_YIELD;  /* buffers come back at the next recycle */
         char *b = (char *)e->pool + (size_t)bid * e->cfg.buf_size;
-        ssize_t r = recv(op->fd, b, e->cfg.buf_size, MSG_DONTWAIT);
+        ssize_t r = recv(op->fd, b, op->len, MSG_DONTWAIT);
         e->st.submitted++;
         if (r > 0) {
             if (!op->multishot) {

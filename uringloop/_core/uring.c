@@ -252,10 +252,10 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
             if (op->multishot && u->ms_recv)
                 s->ioprio = UL_RECV_MULTISHOT;
             else
-                s->len = e->cfg.buf_size;
+                s->len = op->len;
         } else {
             s->addr = (uint64_t)(uintptr_t)(e->pool + (size_t)op->bid * e->cfg.buf_size);
-            s->len = e->cfg.buf_size;
+            s->len = op->len;
         }
         break;
     case K_RECV_INTO:

@@ -1,0 +1,381 @@
+"""Shared fixtures and helpers for the engine tests.
+
+Every engine test takes the ``eng`` fixture (or ``make_engine`` when it needs a
+non-default configuration) and so runs once per backend:
+
+* ``io_uring``            -- the native backend with everything the kernel offers
+* ``epoll``               -- the readiness backend
+* ``io_uring-fallbacks``  -- io_uring with every OPT_NO_* bit set, so the
+                             emulation paths (one-shot resubmission, engine-picked
+                             buffers, per-op cancel, no DEFER_TASKRUN) run too
+
+Nothing here may block without a bound: ``run_until`` fails the test on timeout,
+sockets read by plain Python carry a timeout, threads are joined with a timeout.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import os
+import resource
+import socket
+import time
+import warnings
+
+import pytest
+
+try:
+    from uringloop import engine
+except ImportError as exc:  # the C extension is not built yet
+    engine = None
+    _IMPORT_ERROR: ImportError | None = exc
+else:
+    _IMPORT_ERROR = None
+
+
+# --------------------------------------------------------------------------
+# backends
+
+
+BACKEND_PARAMS = [
+    pytest.param(("io_uring", False), id="io_uring"),
+    pytest.param(("epoll", False), id="epoll"),
+    pytest.param(("io_uring", True), id="io_uring-fallbacks"),
+]
+
+
+def fallback_options() -> int:
+    return (
+        engine.OPT_NO_MULTISHOT
+        | engine.OPT_NO_BUFRING
+        | engine.OPT_NO_DEFER
+        | engine.OPT_NO_CANCEL_FD
+    )
+
+
+@functools.cache
+def uring_unavailable_reason() -> str | None:
+    """None when io_uring can run here, else the reason string."""
+    info = engine.backend_info()
+    if info["backend"] != "io_uring":
+        return info.get("reason") or "auto selection did not pick io_uring"
+    try:
+        probe = engine.Engine(backend="io_uring")
+    except OSError as exc:
+        return str(exc)
+    probe.close()
+    return None
+
+
+class EngineFactory:
+    """Creates engines of one backend flavour and closes them all afterwards."""
+
+    def __init__(self, backend: str, fallbacks: bool):
+        self.backend = backend
+        self.fallbacks = fallbacks
+        self.engines: list = []
+
+    def __call__(self, **config):
+        if self.fallbacks:
+            config["options"] = config.get("options", 0) | fallback_options()
+        eng = engine.Engine(backend=self.backend, **config)
+        assert eng.backend == self.backend
+        self.engines.append(eng)
+        return eng
+
+    def close_all(self) -> list[str]:
+        """Close every engine; return descriptions of anything that leaked."""
+        problems = []
+        for eng in self.engines:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    eng.close()
+                except RuntimeError:
+                    pass  # already closed by the test itself
+            # close() warns (ResourceWarning) when ops never completed
+            problems += [f"close(): {w.message}" for w in caught if w.category is ResourceWarning]
+            try:
+                left = eng.in_flight
+            except RuntimeError:
+                continue  # a closed engine may refuse attribute access: close succeeded
+            if left != 0:
+                problems.append(f"{left} ops still in flight after close()")
+        self.engines.clear()
+        return problems
+
+
+@pytest.fixture(params=BACKEND_PARAMS)
+def make_engine(request, res_tracker):
+    """Factory: ``make_engine(sq_entries=..., cq_entries=..., ...)`` -> Engine."""
+    if engine is None:
+        pytest.fail(f"uringloop.engine cannot be imported: {_IMPORT_ERROR}")
+    backend, fallbacks = request.param
+    if backend == "io_uring":
+        reason = uring_unavailable_reason()
+        if reason is not None:
+            pytest.skip(f"io_uring unavailable: {reason}")
+    factory = EngineFactory(backend, fallbacks)
+    yield factory
+    problems = factory.close_all()
+    gc.collect()
+    assert not problems, problems
+
+
+@pytest.fixture
+def eng(make_engine):
+    """An Engine with the default configuration, on each backend."""
+    return make_engine()
+
+
+# --------------------------------------------------------------------------
+# waiting and collecting
+
+
+def run_until(eng, predicate, timeout: float = 5.0, what: str = "") -> None:
+    """Run the engine in 50 ms turns until predicate() holds; fail on timeout."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"timed out after {timeout}s waiting for {what or predicate!r} "
+                f"(in_flight={eng.in_flight}, stats={eng.stats()})"
+            )
+        eng.run(0.05)
+
+
+def drain(eng, timeout: float = 5.0) -> None:
+    """Run until no op is in flight."""
+    run_until(eng, lambda: eng.in_flight == 0, timeout, "in_flight == 0")
+
+
+def settle(eng, turns: int = 3) -> None:
+    """A few short turns, for tests that check that nothing (more) happens."""
+    for _ in range(turns):
+        eng.run(0.02)
+
+
+class Collector:
+    """Callback for one op (or a group of ops): keeps every record.
+
+    ``records`` holds ``(res, more, data)`` tuples in arrival order; ``finals``
+    counts records with ``more`` False.
+    """
+
+    def __init__(self, name: str = "", log: list | None = None):
+        self.name = name
+        self.records: list[tuple[int, bool, object]] = []
+        self.finals = 0
+        self.log = log  # optional shared list of (name, res, more) in global order
+
+    def __call__(self, res, more, data):
+        assert isinstance(res, int)
+        self.records.append((res, bool(more), data))
+        if not more:
+            self.finals += 1
+        if self.log is not None:
+            self.log.append((self.name, res, bool(more)))
+
+    @property
+    def done(self) -> bool:
+        return self.finals > 0
+
+    @property
+    def final(self):
+        """The final record (res, more, data); asserts exactly one arrived last."""
+        assert self.finals == 1, f"{self.name}: {self.finals} final records: {self.records}"
+        assert not self.records[-1][1], f"{self.name}: records after the final one"
+        return self.records[-1]
+
+    @property
+    def res(self) -> int:
+        return self.final[0]
+
+    def payload(self) -> bytes:
+        """Concatenated ``data`` of pool receives (records with res > 0)."""
+        return b"".join(d for r, _, d in self.records if r > 0 and d)
+
+    def __repr__(self):
+        return f"Collector({self.name!r}, {len(self.records)} records, finals={self.finals})"
+
+
+def wait_done(eng, *collectors: Collector, timeout: float = 5.0) -> None:
+    run_until(
+        eng,
+        lambda: all(c.done for c in collectors),
+        timeout,
+        f"final records of {collectors}",
+    )
+
+
+# --------------------------------------------------------------------------
+# sockets, pipes, files
+
+
+class Resources:
+    """Closes everything a test opened.
+
+    ``make_engine`` depends on ``res_tracker``, so engines are closed first and
+    the sockets and fds they used only after that.
+    """
+
+    def __init__(self):
+        self.socks: list[socket.socket] = []
+        self.fds: list[int] = []
+
+    def sock(self, s: socket.socket) -> socket.socket:
+        self.socks.append(s)
+        return s
+
+    def fd(self, fd: int) -> int:
+        self.fds.append(fd)
+        return fd
+
+    def forget(self, fd: int) -> None:
+        """The fd was closed elsewhere (e.g. by close_fd): never close its number."""
+        while fd in self.fds:
+            self.fds.remove(fd)
+
+    def close(self):
+        for s in self.socks:
+            s.close()
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # closed by the test or by the engine (close_fd)
+
+
+@pytest.fixture
+def res_tracker():
+    r = Resources()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def socketpair(res_tracker):
+    """Factory: a non-blocking AF_UNIX stream socketpair (closed at teardown)."""
+
+    def make(family=socket.AF_UNIX, type=socket.SOCK_STREAM):
+        a, b = socket.socketpair(family, type)
+        for s in (a, b):
+            s.setblocking(False)
+            res_tracker.sock(s)
+        return a, b
+
+    return make
+
+
+@pytest.fixture
+def tcp_listener(res_tracker):
+    """Factory: a non-blocking TCP listener on 127.0.0.1 (ephemeral port)."""
+
+    def make(backlog: int = 64) -> socket.socket:
+        s = res_tracker.sock(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", 0))
+        s.listen(backlog)
+        s.setblocking(False)
+        return s
+
+    return make
+
+
+@pytest.fixture
+def tcp_pair(res_tracker, tcp_listener):
+    """Factory: a connected TCP pair (client, server) on 127.0.0.1, non-blocking."""
+
+    def make(sndbuf: int = 0):
+        # Only the sender's buffer is shrunk: a receive buffer shrunk after the
+        # handshake can stall loopback TCP in the kernel, engine or not.
+        lst = tcp_listener(1)
+        c = res_tracker.sock(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        if sndbuf:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        c.settimeout(5)
+        c.connect(lst.getsockname())
+        lst.settimeout(5)
+        s, _ = lst.accept()
+        res_tracker.sock(s)
+        lst.close()
+        for x in (c, s):
+            x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            x.setblocking(False)
+        return c, s
+
+    return make
+
+
+@pytest.fixture
+def udp_socket(res_tracker):
+    """Factory: a non-blocking UDP socket bound to 127.0.0.1 (ephemeral port)."""
+
+    def make() -> socket.socket:
+        s = res_tracker.sock(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+        return s
+
+    return make
+
+
+@pytest.fixture
+def pipe(res_tracker):
+    """Factory: a non-blocking pipe (read_fd, write_fd), closed at teardown."""
+
+    def make():
+        r, w = os.pipe()
+        for fd in (r, w):
+            os.set_blocking(fd, False)
+            res_tracker.fd(fd)
+        return r, w
+
+    return make
+
+
+def recv_exact(sock: socket.socket, n: int, timeout: float = 5.0) -> bytes:
+    """Blocking (bounded) read of exactly n bytes from a plain socket."""
+    sock.settimeout(timeout)
+    out = bytearray()
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def fd_is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def ensure_nofile(n: int) -> int:
+    """Raise the soft RLIMIT_NOFILE towards n (up to hard); return the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < n:
+        new = n if hard == resource.RLIM_INFINITY else min(n, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        soft = new
+    return soft
+
+
+def pump_send(eng, sock: socket.socket, data: bytes, timeout: float = 10.0) -> None:
+    """Send all of data from plain Python on a non-blocking socket, running the
+    engine whenever the socket buffer is full (so an engine reader makes room)."""
+    view = memoryview(data)
+    deadline = time.monotonic() + timeout
+    while view:
+        try:
+            n = sock.send(view)
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"pump_send: {len(view)} bytes still unsent after {timeout}s")
+            eng.run(0.01)
+            continue
+        view = view[n:]

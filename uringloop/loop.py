@@ -1,0 +1,289 @@
+"""uringloop.Loop: asyncio's BaseEventLoop driven by the completion engine.
+
+Why inherit BaseEventLoop: it already is the scheduler every asyncio loop
+shares (ready queue, timer heap, executor, exception handling, debug mode,
+async generators, getaddrinfo), and CPython's own selector and proactor loops
+are built the same way. What a subclass must supply is the I/O: the turn
+(``_selector.select(timeout)`` then ``_process_events``), ``_write_to_self``,
+readers/writers, signals, the sock_* methods and the make-transport hooks.
+Here the turn is one ``Engine.run(timeout)``: completions are dispatched
+inside it and schedule their callbacks through ``call_soon``-style appends, so
+callback order is exactly the base loop's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import select
+import signal
+import socket
+import stat
+import sys
+import warnings
+from asyncio import events
+
+from . import engine
+from .sock import SockMixin
+
+_POLLIN = select.POLLIN
+_POLLOUT = select.POLLOUT
+
+
+def _fileobj_to_fd(fileobj) -> int:
+    """The selectors module's rules: an int, or an object with fileno()."""
+    if isinstance(fileobj, int):
+        fd = fileobj
+    else:
+        try:
+            fd = int(fileobj.fileno())
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"Invalid file object: {fileobj!r}") from None
+    if fd < 0:
+        raise ValueError(f"Invalid file descriptor: {fd}")
+    return fd
+
+
+def _sighandler_noop(signum, frame):
+    """Signals arrive through set_wakeup_fd; the Python-level handler does nothing."""
+
+
+class _Turn:
+    """What BaseEventLoop._run_once calls ``self._selector``: one engine run."""
+
+    __slots__ = ("_engine", "_loop")
+
+    def __init__(self, loop: Loop):
+        self._loop = loop
+        self._engine = loop._engine
+
+    def select(self, timeout=None):
+        try:
+            self._engine.run(timeout)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # a completion callback failed
+            self._loop.call_exception_handler(
+                {"message": "Exception in engine completion callback", "exception": exc}
+            )
+        return ()
+
+    def close(self):
+        pass
+
+
+class Loop(SockMixin, asyncio.BaseEventLoop):
+    """An asyncio event loop on io_uring (or epoll where io_uring is refused)."""
+
+    def __init__(self, *, backend: str | None = None):
+        super().__init__()
+        self._engine = engine.Engine(backend)
+        self._selector = _Turn(self)
+        self._readers: dict[int, list] = {}
+        self._writers: dict[int, list] = {}
+        self._transports: dict[int, object] = {}
+        self._signal_handlers: dict[int, events.Handle] = {}
+        self._ssock = self._csock = None
+        self._sock_state: dict = {}
+
+    # ------------------------------------------------------------ identity
+
+    @property
+    def backend(self) -> str:
+        """'io_uring' or 'epoll'."""
+        return self._engine.backend
+
+    @property
+    def backend_reason(self) -> str:
+        """Why this backend runs (empty when io_uring was simply available)."""
+        return self._engine.reason
+
+    def engine_stats(self) -> dict:
+        """Cheap counters from the engine: kernel entries, records, ops in flight."""
+        return self._engine.stats()
+
+    # ------------------------------------------------------ run-turn hooks
+
+    def _process_events(self, event_list):
+        pass  # completions were dispatched inside the turn
+
+    def _write_to_self(self):
+        self._engine.wake()
+
+    def close(self):
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        for sig in list(self._signal_handlers):
+            if sys.is_finalizing():
+                warnings.warn(
+                    f"Closing the loop {self!r} on interpreter shutdown "
+                    f"stage, skipping signal handlers removal",
+                    ResourceWarning,
+                    source=self,
+                    stacklevel=2,
+                )
+                self._signal_handlers.clear()
+                break
+            self.remove_signal_handler(sig)
+        super().close()
+        for table in (self._readers, self._writers):
+            for _ud, handle in table.values():
+                handle.cancel()
+            table.clear()
+        # cancels and reaps every operation still in flight, then frees the engine
+        self._engine.close()
+        self._close_self_pipe()
+
+    # ---------------------------------------------------- readers / writers
+
+    def _ensure_fd_no_transport(self, fd):
+        fileno = fd if isinstance(fd, int) else _fileobj_to_fd(fd)
+        transport = self._transports.get(fileno)
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(
+                f"File descriptor {fd!r} is used by transport {transport!r}"
+            )
+
+    def _watch(self, table, fd, events_mask, callback, args):
+        self._check_closed()
+        fd = _fileobj_to_fd(fd)
+        handle = events.Handle(callback, args, self, None)
+        entry = table.get(fd)
+        if entry is not None:
+            entry[1].cancel()
+            entry[1] = handle
+            return handle
+        mode = os.fstat(fd).st_mode  # EBADF for a closed fd, as epoll would say
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+        entry = [None, handle]
+        table[fd] = entry
+
+        def on_ready(res, more, data, entry=entry, table=table, fd=fd):
+            if res <= 0:
+                if table.get(fd) is entry and not more:
+                    # the op ended (fd closed under it): keep the registration
+                    # honest, as a selector would after the fd vanished
+                    del table[fd]
+                return
+            h = entry[1]
+            if not h._cancelled:
+                self._ready.append(h)
+
+        entry[0] = self._engine.poll(fd, events_mask, on_ready, level=True)
+        return handle
+
+    def _unwatch(self, table, fd) -> bool:
+        if self.is_closed():
+            return False
+        fd = _fileobj_to_fd(fd)
+        entry = table.pop(fd, None)
+        if entry is None:
+            return False
+        self._engine.cancel(entry[0])
+        entry[1].cancel()
+        return True
+
+    def add_reader(self, fd, callback, *args):
+        self._ensure_fd_no_transport(fd)
+        self._watch(self._readers, fd, _POLLIN, callback, args)
+
+    def remove_reader(self, fd):
+        self._ensure_fd_no_transport(fd)
+        return self._unwatch(self._readers, fd)
+
+    def add_writer(self, fd, callback, *args):
+        self._ensure_fd_no_transport(fd)
+        self._watch(self._writers, fd, _POLLOUT, callback, args)
+
+    def remove_writer(self, fd):
+        self._ensure_fd_no_transport(fd)
+        return self._unwatch(self._writers, fd)
+
+    # ------------------------------------------------------------- signals
+
+    def _make_self_pipe(self):
+        self._ssock, self._csock = socket.socketpair()
+        self._ssock.setblocking(False)
+        self._csock.setblocking(False)
+        self._engine.recv(self._ssock.fileno(), self._on_signal_bytes, multishot=True)
+
+    def _close_self_pipe(self):
+        if self._ssock is not None:
+            self._ssock.close()
+            self._csock.close()
+            self._ssock = self._csock = None
+
+    def _on_signal_bytes(self, res, more, data):
+        if res > 0:
+            for signum in data:
+                self._handle_signal(signum)
+        elif not more and self._ssock is not None and not self.is_closed():
+            # EOF or error on our own socketpair cannot normally happen
+            self.call_exception_handler({"message": f"signal wakeup socket failed ({res})"})
+
+    def _handle_signal(self, sig):
+        handle = self._signal_handlers.get(sig)
+        if handle is None:
+            return
+        if handle._cancelled:
+            self.remove_signal_handler(sig)
+        else:
+            self._add_callback_signalsafe(handle)
+
+    def _check_signal(self, sig):
+        if not isinstance(sig, int):
+            raise TypeError(f"sig must be an int, not {sig!r}")
+        if sig not in signal.valid_signals():
+            raise ValueError(f"invalid signal number {sig}")
+
+    def add_signal_handler(self, sig, callback, *args):
+        if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
+        self._check_signal(sig)
+        self._check_closed()
+        if self._ssock is None:
+            self._make_self_pipe()
+        try:
+            # raises ValueError outside the main thread
+            signal.set_wakeup_fd(self._csock.fileno())
+        except (ValueError, OSError) as exc:
+            raise RuntimeError(str(exc)) from None
+        handle = events.Handle(callback, args, self, None)
+        self._signal_handlers[sig] = handle
+        try:
+            signal.signal(sig, _sighandler_noop)
+            signal.siginterrupt(sig, False)
+        except OSError as exc:
+            del self._signal_handlers[sig]
+            if not self._signal_handlers:
+                try:
+                    signal.set_wakeup_fd(-1)
+                except (ValueError, OSError) as nexc:
+                    asyncio.log.logger.info("set_wakeup_fd(-1) failed: %s", nexc)
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught") from None
+            raise
+
+    def remove_signal_handler(self, sig):
+        self._check_signal(sig)
+        try:
+            del self._signal_handlers[sig]
+        except KeyError:
+            return False
+        handler = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        try:
+            signal.signal(sig, handler)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught") from None
+            raise
+        if not self._signal_handlers:
+            try:
+                signal.set_wakeup_fd(-1)
+            except (ValueError, OSError) as exc:
+                asyncio.log.logger.info("set_wakeup_fd(-1) failed: %s", exc)
+        return True
