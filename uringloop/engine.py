@@ -367,6 +367,14 @@ class Engine:
         ud = self._take(cb, None)
         return self._submitted(ud, lib.ul_close_fd(self._e, ud, fd))
 
+    def flush(self) -> None:
+        """Hand queued operations to the kernel now, without waiting for any."""
+        if self._e is None:
+            raise RuntimeError("engine is closed")
+        rc = lib.ul_flush(self._e)
+        if rc < 0:
+            raise OSError(-rc, os.strerror(-rc))
+
     def cancel(self, ud: int) -> bool:
         """Ask the op to stop. Its final record still comes."""
         if self._e is None:

@@ -45,6 +45,10 @@ def _fileobj_to_fd(fileobj) -> int:
     return fd
 
 
+def _ignore_completion(res, more, data):
+    pass
+
+
 def _sighandler_noop(signum, frame):
     """Signals arrive through set_wakeup_fd; the Python-level handler does nothing."""
 
@@ -136,6 +140,15 @@ class Loop(SockMixin, asyncio.BaseEventLoop):
         # cancels and reaps every operation still in flight, then frees the engine
         self._engine.close()
         self._close_self_pipe()
+
+    def _stop_serving(self, sock):
+        """Stop accepting on a listening socket and close it (Server.close() calls
+        this). The fd is closed by the engine once the ops on it have ended, so a
+        reused fd number can never receive a stale accept."""
+        if sock.fileno() < 0 or self.is_closed():
+            sock.close()
+            return
+        self._engine.close_fd(sock.detach(), _ignore_completion)
 
     # ---------------------------------------------------- readers / writers
 

@@ -267,7 +267,11 @@ class SockMixin:
         except (OSError, ValueError, TypeError):
             # not a numeric address of sock's family: let the socket module
             # resolve it or raise exactly what the stock loop raises
-            return sock.sendto(data, address)
+            while True:
+                try:
+                    return sock.sendto(data, address)
+                except (BlockingIOError, InterruptedError):
+                    await self._sock_writable(fd)
         fut, cb = self._sock_begin(fd, sock, _count_result)
         ud = self._engine.sendmsg(fd, data, address, cb, sock.family)
         return await self._sock_await(fut, fd, sock, ud, _count_result, track=False)
@@ -295,6 +299,9 @@ class SockMixin:
                 fut.set_result(None)
 
         ud = self._engine.connect(fd, sock.family, address, done)
+        # the stock loop calls connect() in this very step: the connection is
+        # under way before the caller's next statement, and code relies on that
+        self._engine.flush()
         try:
             return await fut
         except _CancelledError:

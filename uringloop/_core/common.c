@@ -185,12 +185,22 @@ int ul__backlog_pop(ul_engine *e, struct ul_op **out)
 
 /* ---------------------------------------------------------------- wake */
 
-/* Returns 1 when the caller may block; 0 when a wake arrived meanwhile. */
+/*
+ * The wake protocol. ul_wake() stores wake_pending, then reads sleeping; a run
+ * about to block stores sleeping, then takes wake_pending. Both seq_cst, so at
+ * least one side sees the other: either the run does not block, or the waker
+ * writes the eventfd. wake_pending is consumed ONLY here, and consuming it
+ * ends the run (woken), so Python always gets to look at its ready queue: a
+ * wake is never absorbed by a run that then goes back to sleep.
+ *
+ * Returns 1 when the caller may block; 0 when a wake arrived meanwhile.
+ */
 int ul__wake_prepare_sleep(ul_engine *e)
 {
     atomic_store(&e->sleeping, 1);
     if (atomic_exchange(&e->wake_pending, 0)) {
         atomic_store(&e->sleeping, 0);
+        e->woken = 1;
         return 0;
     }
     return 1;
@@ -199,7 +209,6 @@ int ul__wake_prepare_sleep(ul_engine *e)
 void ul__wake_after_sleep(ul_engine *e)
 {
     atomic_store(&e->sleeping, 0);
-    atomic_store(&e->wake_pending, 0);
     atomic_store(&e->wake_sent, 0);
 }
 
@@ -692,6 +701,13 @@ EXPORT int ul_run(ul_engine *e, int64_t timeout_ns)
     if (e->nrec > 0 || r >= 0)
         return (int)e->nrec;
     return r;
+}
+
+EXPORT int ul_flush(ul_engine *e)
+{
+    if (e->closed)
+        return -EBADF;
+    return e->be->flush ? e->be->flush(e) : 0;
 }
 
 EXPORT ul_record *ul_records(ul_engine *e) { return e->rec; }

@@ -120,6 +120,11 @@ int ul_cancel_fd(ul_engine *e, int fd);
 /* Copy the peer address of a completed recvmsg/ accept slot; returns its length. */
 int ul_op_addr(ul_engine *e, uint32_t slot, char *out, uint32_t cap);
 
+/* Hand what is queued to the kernel now, without waiting (one syscall on
+ * io_uring; nothing on epoll, which starts ops as they are submitted). For
+ * ops whose start is observable, such as connect. Returns 0 or -errno. */
+int ul_flush(ul_engine *e);
+
 /* Thread-safe. Makes a sleeping ul_run return; no syscall when awake. */
 void ul_wake(ul_engine *e);
 

@@ -527,6 +527,7 @@ const struct ul_backend ul_epoll_backend = {
     .cancel = ep_cancel,
     .cancel_fd = NULL,
     .run = ep_run,
+    .flush = NULL,
     .recycle = ep_recycle,
     .before_close = ep_before_close,
     .destroy = ep_destroy,

@@ -87,6 +87,7 @@ struct ul_backend {
     void (*cancel)(ul_engine *e, struct ul_op *op);  /* op is ACTIVE */
     int (*cancel_fd)(ul_engine *e, int fd);          /* fast path, or -1 to do per op */
     int (*run)(ul_engine *e, int64_t timeout_ns);    /* submit, wait, reap */
+    int (*flush)(ul_engine *e);                      /* submit now, no wait */
     void (*recycle)(ul_engine *e, uint16_t bid);     /* give a pool buffer back */
     void (*before_close)(ul_engine *e, int fd);      /* last chance before close(2) */
     void (*destroy)(ul_engine *e);

@@ -614,6 +614,15 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
     return err;
 }
 
+static int uring_flush(ul_engine *e)
+{
+    struct uring *u = e->bs;
+    if (!u->enabled || u->owner != &tls_marker)
+        return 0;  /* the first run submits it */
+    int r = flush(e, u);
+    return r < 0 ? r : 0;
+}
+
 static void uring_destroy(ul_engine *e)
 {
     struct uring *u = e->bs;
@@ -641,6 +650,7 @@ const struct ul_backend ul_uring_backend = {
     .cancel = uring_cancel,
     .cancel_fd = uring_cancel_fd,
     .run = uring_run,
+    .flush = uring_flush,
     .recycle = uring_recycle,
     .before_close = NULL,
     .destroy = uring_destroy,

@@ -1,0 +1,613 @@
+#!/usr/bin/env python3
+"""Event-loop micro-benchmarks: stock asyncio, uvloop and uringloop, side by side, in one run.
+
+Loops (one fresh loop per repetition):
+
+``stock``     ``asyncio.SelectorEventLoop()``
+``uvloop``    ``uvloop.new_event_loop()`` (left out, with a note, if uvloop is not installed)
+``io_uring``  ``uringloop.Loop(backend="io_uring")``
+``epoll``     ``uringloop.Loop(backend="epoll")``
+
+Scenarios (ops counted in brackets):
+
+``call_soon``      1000 ``loop.call_soon(cb)`` scheduled, then the loop runs them; repeated
+                   [callbacks]
+``chain``          one callback re-scheduling itself with ``call_soon``, N times [callbacks]
+``call_later``     1000 timers, delays spread over 0-1 ms, all fire; repeated [timers fired]
+``timer_churn``    ``loop.call_later(60, cb).cancel()``, one loop turn per 1000 [timers]
+``create_task``    tasks of a trivial coroutine, created 1000 at a time [tasks]
+``sleep0``         8 tasks each looping on ``await asyncio.sleep(0)`` [sleeps]
+``future``         ``create_future()``, ``call_soon(fut.set_result, None)``, ``await fut``
+                   [round trips]
+``pingpong``       ``sock_sendall`` / ``sock_recv`` of 64 bytes over one socketpair [round trips]
+``pingpong16``     the same over 16 socketpairs at once [round trips, all pairs]
+
+Each scenario runs on every loop ``--repeat`` times, the loops interleaved (and their
+order rotated per repetition) so machine noise spreads evenly. The report is the median
+ops/s per loop and ratios to uvloop. See benchmarks/README.md.
+
+This is a report: nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import os
+import platform
+import pstats
+import shlex
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+MSG_LEN = 64
+BATCH = 1000  # ops per batch: the loop turns (and drains) between two batches
+SLEEP_TASKS = 8
+LOOPS = ("stock", "uvloop", "io_uring", "epoll")
+LABELS = {
+    "stock": "stock asyncio",
+    "uvloop": "uvloop",
+    "io_uring": "uringloop io_uring",
+    "epoll": "uringloop epoll",
+}
+# per repetition, the slowest loop is given about this long; counts are cut to fit
+ENGINE_COUNTERS = ("enters", "submitted", "records")
+TARGET_S = 0.6
+QUICK_TARGET_S = 0.03
+
+uvloop = None  # the module, when it imports
+uringloop = None
+
+
+class BenchError(Exception):
+    """A scenario did not do its work (a bug to report, not a slow result)."""
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _import_loops() -> list[str]:
+    """Import uringloop (required) and uvloop (optional); returns notes."""
+    global uvloop, uringloop
+    notes = []
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    try:
+        import uringloop as mod
+    except ImportError as exc:
+        sys.exit(
+            f"cannot import uringloop ({exc}); build it first:\n"
+            "    python setup.py build_ext --inplace"
+        )
+    uringloop = mod
+    try:
+        import uvloop as uv
+    except ImportError as exc:
+        notes.append(
+            f"uvloop is not installed ({exc}): its column is left out and ratios are to "
+            "stock asyncio. Install it with `pip install uvloop` (or `pip install -e .[bench]`)."
+        )
+        _log(f"note: {notes[-1]}")
+    else:
+        uvloop = uv
+    return notes
+
+
+def new_loop(name: str) -> asyncio.AbstractEventLoop:
+    if name == "stock":
+        return asyncio.SelectorEventLoop()
+    if name == "uvloop":
+        return uvloop.new_event_loop()
+    return uringloop.Loop(backend=name)
+
+
+# --------------------------------------------------------------------------------------
+# Scenarios: each is a coroutine (loop, n) -> (ops, seconds), timed from the inside
+# --------------------------------------------------------------------------------------
+
+
+async def bench_call_soon(loop, n):
+    ran = [0]
+
+    def cb():
+        ran[0] += 1
+
+    call_soon = loop.call_soon
+    create_future = loop.create_future
+    batches = max(1, n // BATCH)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        done = create_future()
+        for _ in range(BATCH - 1):
+            call_soon(cb)
+        call_soon(done.set_result, None)  # callbacks run in order: the last one ends it
+        await done
+    elapsed = time.perf_counter() - t0
+    if ran[0] != batches * (BATCH - 1):
+        raise BenchError(f"call_soon: {ran[0]} of {batches * (BATCH - 1)} callbacks ran")
+    return batches * BATCH, elapsed
+
+
+async def bench_chain(loop, n):
+    left = [n]
+    done = loop.create_future()
+    call_soon = loop.call_soon
+
+    def step():
+        left[0] -= 1
+        if left[0]:
+            call_soon(step)
+        else:
+            done.set_result(None)
+
+    t0 = time.perf_counter()
+    call_soon(step)
+    await done
+    return n, time.perf_counter() - t0
+
+
+async def bench_call_later(loop, n):
+    left = [0]
+    done = [None]
+
+    def fire():
+        left[0] -= 1
+        if not left[0]:
+            done[0].set_result(None)
+
+    call_later = loop.call_later
+    create_future = loop.create_future
+    # 0 to 999 µs, in a scrambled order so that the timer queue does real work
+    delays = [((i * 7919) % BATCH) * 1e-6 for i in range(BATCH)]
+    batches = max(1, n // BATCH)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        done[0] = create_future()
+        left[0] = BATCH
+        for delay in delays:
+            call_later(delay, fire)
+        await done[0]
+    return batches * BATCH, time.perf_counter() - t0
+
+
+async def bench_timer_churn(loop, n):
+    fired = [0]
+
+    def cb():
+        fired[0] += 1
+
+    call_later = loop.call_later
+    sleep = asyncio.sleep
+    batches = max(1, n // BATCH)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        for _ in range(BATCH):
+            call_later(60.0, cb).cancel()
+        await sleep(0)  # one loop turn: the loop may purge its cancelled timers
+    elapsed = time.perf_counter() - t0
+    if fired[0]:
+        raise BenchError(f"timer_churn: {fired[0]} cancelled timers fired")
+    return batches * BATCH, elapsed
+
+
+async def _trivial():
+    return None
+
+
+async def bench_create_task(loop, n):
+    create_task = loop.create_task
+    batches = max(1, n // BATCH)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        for _ in range(BATCH):
+            task = create_task(_trivial())
+        await task  # tasks start in creation order: the last one done means all are
+    return batches * BATCH, time.perf_counter() - t0
+
+
+async def bench_sleep0(loop, n):
+    per_task = max(1, n // SLEEP_TASKS)
+    sleep = asyncio.sleep
+
+    async def worker():
+        for _ in range(per_task):
+            await sleep(0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*[loop.create_task(worker()) for _ in range(SLEEP_TASKS)])
+    return per_task * SLEEP_TASKS, time.perf_counter() - t0
+
+
+async def bench_future(loop, n):
+    create_future = loop.create_future
+    call_soon = loop.call_soon
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fut = create_future()
+        call_soon(fut.set_result, None)
+        await fut
+    return n, time.perf_counter() - t0
+
+
+async def _pingpong(loop, n, pairs):
+    rounds = max(1, n // pairs)
+    msg = bytes(range(MSG_LEN))
+    sock_recv = loop.sock_recv
+    sock_sendall = loop.sock_sendall
+    socks = []
+    for _ in range(pairs):
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        socks.append((a, b))
+
+    async def recv_exact(sock):
+        data = await sock_recv(sock, MSG_LEN)
+        while len(data) < MSG_LEN:  # a stream socket may split a message (rarely does)
+            more = await sock_recv(sock, MSG_LEN - len(data))
+            if not more:
+                raise BenchError("pingpong: EOF in the middle of a message")
+            data += more
+        return data
+
+    async def client(a):
+        for _ in range(rounds):
+            await sock_sendall(a, msg)
+            if await recv_exact(a) != msg:
+                raise BenchError("pingpong: the echo differs from the message sent")
+
+    async def server(b):
+        for _ in range(rounds):
+            await sock_sendall(b, await recv_exact(b))
+
+    try:
+        tasks = [loop.create_task(server(b)) for _, b in socks]
+        tasks += [loop.create_task(client(a)) for a, _ in socks]
+        t0 = time.perf_counter()
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - t0
+    finally:
+        for a, b in socks:
+            a.close()
+            b.close()
+    return rounds * pairs, elapsed
+
+
+async def bench_pingpong(loop, n):
+    return await _pingpong(loop, n, 1)
+
+
+async def bench_pingpong16(loop, n):
+    return await _pingpong(loop, n, 16)
+
+
+class Scenario(NamedTuple):
+    name: str
+    fn: Callable
+    n: int  # ops per repetition in a full run (cut if the slowest loop would exceed TARGET_S)
+    unit: str
+
+
+SCENARIOS = {
+    s.name: s
+    for s in (
+        Scenario("call_soon", bench_call_soon, 1_000_000, "callbacks"),
+        Scenario("chain", bench_chain, 500_000, "callbacks"),
+        Scenario("call_later", bench_call_later, 300_000, "timers fired"),
+        Scenario("timer_churn", bench_timer_churn, 500_000, "call_later+cancel"),
+        Scenario("create_task", bench_create_task, 300_000, "tasks"),
+        Scenario("sleep0", bench_sleep0, 500_000, "sleep(0)s"),
+        Scenario("future", bench_future, 200_000, "future round trips"),
+        Scenario("pingpong", bench_pingpong, 20_000, "64 B round trips"),
+        Scenario("pingpong16", bench_pingpong16, 32_000, "64 B round trips"),
+    )
+}
+
+
+def run_once(loop_name: str, scen: Scenario, n: int) -> tuple[int, float, dict | None]:
+    """One repetition on a fresh loop; returns (ops, seconds, engine counters per op).
+
+    The counters (uringloop only) cover the whole run_until_complete, set-up included.
+    """
+    loop = new_loop(loop_name)
+    stats = getattr(loop, "engine_stats", None)
+    try:
+        gc.collect()
+        before = stats() if stats else None
+        ops, elapsed = loop.run_until_complete(scen.fn(loop, n))
+        after = stats() if stats else None
+    finally:
+        loop.close()
+    if elapsed <= 0:
+        raise BenchError(f"{scen.name}: non-positive elapsed time {elapsed}")
+    per_op = None
+    if before is not None and after is not None:
+        per_op = {k: (after[k] - before[k]) / ops for k in ENGINE_COUNTERS if k in after}
+    return ops, elapsed, per_op
+
+
+# --------------------------------------------------------------------------------------
+# Profile mode
+# --------------------------------------------------------------------------------------
+
+
+def profile(loop_name: str, scen: Scenario, n: int, top: int) -> str:
+    """cProfile one run; the functions of uringloop/*.py by own time, with per-call cost."""
+    loop = new_loop(loop_name)
+    prof = cProfile.Profile()
+    try:
+        gc.collect()
+        prof.enable()
+        ops, elapsed = loop.run_until_complete(scen.fn(loop, n))
+        prof.disable()
+    finally:
+        loop.close()
+    st = pstats.Stats(prof)
+    pkg = os.path.join(ROOT, "uringloop") + os.sep
+    rows = []
+    total_tt = 0.0
+    for (path, line, func), (_cc, nc, tt, ct, _callers) in st.stats.items():
+        total_tt += tt
+        if path.startswith(pkg):
+            rows.append((tt, nc, ct, f"{os.path.relpath(path, ROOT)}:{line} {func}"))
+    rows.sort(reverse=True)
+    out = [
+        f"\n### cProfile: {scen.name} on {LABELS[loop_name]} ({ops} ops, {elapsed:.3f} s "
+        f"under the profiler, {total_tt:.3f} s of own time profiled)\n",
+        "cProfile counts a coroutine (async def) once per start or resumption, so an awaited "
+        "coroutine that suspends once shows 2 calls per invocation.\n",
+        "| function (uringloop/*.py) | calls | calls/op | own s | own µs/call | cum µs/call |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for tt, nc, ct, name in rows[:top]:
+        out.append(
+            f"| {name} | {nc} | {nc / ops:.2f} | {tt:.3f} | {tt / nc * 1e6:.2f} "
+            f"| {ct / nc * 1e6:.2f} |"
+        )
+    if not rows:
+        out.append("| (no uringloop function was called) | | | | | |")
+    # the heaviest functions anywhere, to see what the uringloop ones sit under
+    others = sorted(
+        (
+            (tt, nc, ct, f"{os.path.basename(p)}:{ln} {fn}")
+            for (p, ln, fn), (_c, nc, tt, ct, _r) in st.stats.items()
+        ),
+        reverse=True,
+    )[:top]
+    out.append("\nall functions by own time:\n")
+    out.append("| function | calls | calls/op | own s | own µs/call | cum µs/call |")
+    out.append("|---|---:|---:|---:|---:|---:|")
+    for tt, nc, ct, name in others:
+        out.append(
+            f"| {name} | {nc} | {nc / ops:.2f} | {tt:.3f} | {tt / nc * 1e6:.2f} "
+            f"| {ct / nc * 1e6:.2f} |"
+        )
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------
+
+
+def _fmt_rate(x: float) -> str:
+    if x >= 1e6:
+        return f"{x / 1e6:.2f} M"
+    if x >= 1e3:
+        return f"{x / 1e3:.1f} k"
+    return f"{x:.0f}"
+
+
+def print_report(args, loops, counts, rates, counters, skipped, notes, wall) -> None:
+    ref = "uvloop" if "uvloop" in loops else "stock"
+    ratio_of = [x for x in ("io_uring", "epoll", "stock") if x in loops and x != ref]
+    out = ["## uringloop event-loop benchmark\n"]
+    argv = getattr(sys, "orig_argv", [sys.executable, *sys.argv])
+    out.append(
+        f"kernel {platform.release()} | Python {platform.python_version()} "
+        f"({platform.python_implementation()}) | {os.cpu_count()} CPUs | "
+        f"command: `{shlex.join(argv)}`"
+    )
+    versions = [f"uringloop {uringloop.__version__}"]
+    if uvloop is not None:
+        versions.append(f"uvloop {uvloop.__version__}")
+    out.append(
+        f"\n{', '.join(versions)} | median ops/s of {args.repeat} repetitions, loops "
+        f"interleaved | whole run {wall:.1f} s\n"
+    )
+    head = ["scenario", "ops/rep"] + [f"{LABELS[x]} ops/s" for x in loops]
+    head += [f"{LABELS[x]} / {LABELS[ref]}" for x in ratio_of]
+    out.append("| " + " | ".join(head) + " |")
+    out.append("|---|" + "---:|" * (len(head) - 1))
+    for name in args.scenarios:
+        med = {}
+        cells = [name, str(counts.get(name, "—"))]
+        for x in loops:
+            rs = rates.get((name, x))
+            if (name, x) in skipped:
+                cells.append(skipped[(name, x)])
+            elif rs:
+                med[x] = statistics.median(rs)
+                cells.append(_fmt_rate(med[x]))
+            else:
+                cells.append("—")
+        for x in ratio_of:
+            cells.append(f"{med[x] / med[ref]:.2f}x" if x in med and ref in med else "—")
+        out.append("| " + " | ".join(cells) + " |")
+
+    out.append("\n### spread (min–max ops/s over the repetitions)\n")
+    out.append("| scenario | unit | " + " | ".join(LABELS[x] for x in loops) + " |")
+    out.append("|---|---|" + "---:|" * len(loops))
+    for name in args.scenarios:
+        cells = [name, SCENARIOS[name].unit]
+        for x in loops:
+            rs = rates.get((name, x))
+            cells.append(f"{_fmt_rate(min(rs))}–{_fmt_rate(max(rs))}" if rs else "—")
+        out.append("| " + " | ".join(cells) + " |")
+    engines = [x for x in loops if any((name, x) in counters for name in args.scenarios)]
+    if engines:
+        out.append("\n### uringloop engine counters per op (median over the repetitions)\n")
+        out.append(
+            "kernel entries (`io_uring_enter`, or `epoll_wait` on epoll), operations "
+            "submitted and completion records, from `loop.engine_stats()`\n"
+        )
+        head = ["scenario"]
+        for x in engines:
+            head += [f"{LABELS[x]} {k}/op" for k in ENGINE_COUNTERS]
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|---|" + "---:|" * (len(head) - 1))
+        for name in args.scenarios:
+            cells = [name]
+            for x in engines:
+                cs = counters.get((name, x))
+                for k in ENGINE_COUNTERS:
+                    vals = [c[k] for c in cs or () if k in c]
+                    cells.append(f"{statistics.median(vals):.3f}" if vals else "—")
+            out.append("| " + " | ".join(cells) + " |")
+    for note in notes:
+        out.append(f"\n- note: {note}")
+    print("\n".join(out))
+
+
+# --------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeat", type=int, default=5, help="repetitions; median reported (5)")
+    p.add_argument("--quick", action="store_true", help="small counts, a smoke run (< 10 s)")
+    p.add_argument(
+        "--scenario",
+        dest="scenarios",
+        action="append",
+        choices=list(SCENARIOS),
+        help="run only this scenario (repeatable)",
+    )
+    p.add_argument(
+        "--loop",
+        dest="loops",
+        action="append",
+        choices=LOOPS,
+        help="run only this loop (repeatable)",
+    )
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply every scenario's op count (1.0); counts are still cut to fit the time",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="LOOP",
+        choices=LOOPS,
+        help="instead of timing: run each selected scenario once on LOOP under cProfile "
+        "and list the hottest uringloop/*.py functions",
+    )
+    p.add_argument("--top", type=int, default=12, help="rows per --profile table (12)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.repeat = min(args.repeat, 2)
+    args.scenarios = args.scenarios or list(SCENARIOS)
+    if args.repeat < 1:
+        p.error("--repeat must be >= 1")
+    if args.scale <= 0:
+        p.error("--scale must be > 0")
+    return args
+
+
+def _available_loops(wanted) -> tuple[list[str], dict[str, str]]:
+    loops, why = [], {}
+    for name in wanted:
+        if name == "uvloop" and uvloop is None:
+            continue
+        try:
+            new_loop(name).close()
+        except (OSError, RuntimeError) as exc:
+            why[name] = f"unavailable: {exc}"
+            continue
+        loops.append(name)
+    return loops, why
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    notes = _import_loops()
+    if os.environ.get("PYTHONASYNCIODEBUG"):
+        notes.append("PYTHONASYNCIODEBUG is set: asyncio debug mode slows every loop")
+    if args.profile:
+        if args.profile == "uvloop" and uvloop is None:
+            sys.exit("uvloop is not installed: pip install uvloop")
+        for name in args.scenarios:
+            scen = SCENARIOS[name]
+            n = max(1, int(scen.n * args.scale / (20 if args.quick else 1)))
+            _log(f"profiling {name} on {args.profile} ({n} ops)")
+            print(profile(args.profile, scen, n, args.top))
+        return 0
+
+    loops, unavailable = _available_loops([x for x in LOOPS if x in (args.loops or LOOPS)])
+    for name, why in unavailable.items():
+        notes.append(f"{LABELS[name]}: {why}")
+    if not loops:
+        sys.exit("no loop can run here")
+    target = QUICK_TARGET_S if args.quick else TARGET_S
+    counts: dict[str, int] = {}
+    rates: dict[tuple[str, str], list[float]] = {}
+    counters: dict[tuple[str, str], list[dict]] = {}
+    skipped: dict[tuple[str, str], str] = {}
+    failed = False
+    t_start = time.monotonic()
+    for name in args.scenarios:
+        scen = SCENARIOS[name]
+        # warm-up, unmeasured: imports, allocator, caches; its rate sizes the count so
+        # that the slowest loop takes about `target` per repetition
+        warm_n = max(BATCH, int(scen.n * args.scale) // 50)
+        slowest = float("inf")
+        for x in loops:
+            try:
+                ops, el, _ = run_once(x, scen, warm_n)
+                slowest = min(slowest, ops / el)
+            except (BenchError, OSError) as exc:
+                skipped[(name, x)] = "FAILED (see notes)"
+                notes.append(f"{name} on {LABELS[x]}: {exc!r}")
+                failed = True
+        n = int(scen.n * args.scale)
+        if slowest != float("inf"):
+            n = min(n, max(warm_n, int(slowest * target)))
+        counts[name] = n
+        for rep in range(args.repeat):
+            k = rep % len(loops)
+            for x in loops[k:] + loops[:k]:  # interleaved, order rotated per repetition
+                if (name, x) in skipped:
+                    continue
+                _log(f"{name} {x} repetition {rep + 1}/{args.repeat} ({n} ops)")
+                try:
+                    ops, el, per_op = run_once(x, scen, n)
+                except (BenchError, OSError) as exc:
+                    skipped[(name, x)] = "FAILED (see notes)"
+                    notes.append(f"{name} on {LABELS[x]}: {exc!r}")
+                    failed = True
+                    continue
+                counts[name] = ops
+                rates.setdefault((name, x), []).append(ops / el)
+                if per_op is not None:
+                    counters.setdefault((name, x), []).append(per_op)
+    wall = time.monotonic() - t_start
+    _log(f"done in {wall:.1f} s")
+    print_report(args, loops, counts, rates, counters, skipped, notes, wall)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
