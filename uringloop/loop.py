@@ -90,6 +90,7 @@ class Loop(SockMixin, asyncio.BaseEventLoop):
         self._signal_handlers: dict[int, events.Handle] = {}
         self._ssock = self._csock = None
         self._sock_state: dict = {}
+        self._sock_sending: dict[int, int] = {}  # fd -> sock_sendall ops in the engine
 
     # ------------------------------------------------------------ identity
 

@@ -29,11 +29,10 @@ _CancelledError = asyncio.CancelledError
 _SENDFILE_CHUNK = 1 << 30
 
 
-def _check_ssl_socket(sock):
-    import ssl  # only to recognize SSLSocket, as the stock loop does
-
-    if isinstance(sock, ssl.SSLSocket):
-        raise TypeError("Socket cannot be of type SSLSocket")
+try:
+    from ssl import SSLSocket as _SSLSocket
+except ImportError:  # Python built without ssl
+    _SSLSocket = ()
 
 
 def _error(res: int, what: str | None = None) -> OSError:
@@ -63,7 +62,8 @@ class SockMixin:
     # ------------------------------------------------------------ helpers
 
     def _sock_fd(self, sock) -> int:
-        _check_ssl_socket(sock)
+        if isinstance(sock, _SSLSocket):
+            raise TypeError("Socket cannot be of type SSLSocket")
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
         self._check_closed()
@@ -127,19 +127,23 @@ class SockMixin:
         fut = self.create_future()
         return fut, functools.partial(self._sock_done, fut, fd, sock, convert)
 
+    def _sock_on_cancel(self, fut, fd, sock, ud, convert, track):
+        """The awaiting task was cancelled: cancel the op, keep what it brings."""
+        if fut.cancelled():
+            if track:  # its final record is still to come: hold later receives
+                self._sock_get_state(fd, sock, create=True).pending += 1
+            if not self._engine.closed:
+                self._engine.cancel(ud)
+        elif track:  # it completed, but the task was cancelled before resuming
+            res, data = fut.result()
+            if res >= 0:
+                self._sock_keep(fd, sock, convert(res, data, True))
+
     async def _sock_await(self, fut, fd, sock, ud, convert, track=True):
         try:
             res, data = await fut
         except _CancelledError:
-            if fut.cancelled():
-                if track:  # its final record is still to come: hold later receives
-                    self._sock_get_state(fd, sock, create=True).pending += 1
-                if not self._engine.closed:
-                    self._engine.cancel(ud)
-            elif track:  # it completed, but the task was cancelled before resuming
-                res, data = fut.result()
-                if res >= 0:
-                    self._sock_keep(fd, sock, convert(res, data, True))
+            self._sock_on_cancel(fut, fd, sock, ud, convert, track)
             raise
         if res < 0:
             raise _error(res)
@@ -164,7 +168,14 @@ class SockMixin:
             return b""
         fut, cb = self._sock_begin(fd, sock, _recv_result)
         ud = self._engine.recv(fd, cb, multishot=False, nbytes=n)
-        return await self._sock_await(fut, fd, sock, ud, _recv_result)
+        try:  # _sock_await inlined: this is the hottest await of all
+            res, data = await fut
+        except _CancelledError:
+            self._sock_on_cancel(fut, fd, sock, ud, _recv_result, True)
+            raise
+        if res < 0:
+            raise _error(res)
+        return data if data is not None else b""
 
     async def sock_recv_into(self, sock, buf):
         """Receive into buf; returns the number of bytes received."""
@@ -249,13 +260,39 @@ class SockMixin:
     async def sock_sendall(self, sock, data):
         """Send all of data; returns None once the kernel has taken it."""
         fd = self._sock_fd(sock)
+        sending = self._sock_sending
+        if not sending.get(fd):
+            # Nothing of ours is queued on fd: one plain non-blocking send, as the
+            # stock loop does. Usually it takes everything and no loop turn is
+            # needed; the rest goes to the engine's ordered queue.
+            try:
+                n = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            if n == len(data):
+                return None
+            data = memoryview(data)[n:]
         if type(data) is not bytes:
             data = memoryview(data).tobytes()  # the caller may reuse a mutable buffer
         if not data:
             return None
         fut, cb = self._sock_begin(fd, sock, _none_result)
         ud = self._engine.send(fd, data, cb)
-        return await self._sock_await(fut, fd, sock, ud, _none_result, track=False)
+        sending[fd] = sending.get(fd, 0) + 1
+        try:
+            res, _ = await fut
+        except _CancelledError:
+            self._sock_on_cancel(fut, fd, sock, ud, _none_result, False)
+            raise
+        finally:
+            left = sending[fd] - 1
+            if left:
+                sending[fd] = left
+            else:
+                del sending[fd]
+        if res < 0:
+            raise _error(res)
+        return None
 
     async def sock_sendto(self, sock, data, address):
         """Send a datagram to address; returns the number of bytes sent."""
