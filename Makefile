@@ -50,10 +50,11 @@ lint:
 ## bench: side-by-side engine measurements (no assertions)
 bench: build
 	$(PY) benchmarks/engine_bench.py
+	$(PY) benchmarks/loop_bench.py
 
 ## demo: the engine echo demo
 demo: build
-	$(PY) examples/engine_echo.py
+	$(PY) examples/echo.py
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .ruff_cache tests/_bin
