@@ -82,12 +82,16 @@ def _check_fd(fd) -> int:
 def _read_buffer(data):
     """(pointer-able object, length) for data the kernel will read."""
     if type(data) is bytes:
+        if len(data) > _U32:
+            raise ValueError("more than 4 GiB in one operation")
         return data, len(data)  # cffi passes bytes to `const char *` without a copy
     if isinstance(data, str) or not _has_buffer(data):
         raise TypeError(f"a bytes-like object is required, not {type(data).__name__}")
     view = memoryview(data)
     if not view.c_contiguous:
         raise ValueError("buffer must be contiguous")
+    if view.nbytes > _U32:
+        raise ValueError("more than 4 GiB in one operation")
     return ffi.from_buffer(view), view.nbytes
 
 
@@ -302,8 +306,6 @@ class Engine:
         """Send all of data, after every send queued before it on fd."""
         fd = _check_fd(fd)
         ptr, size = _read_buffer(data)
-        if size > _U32:
-            raise ValueError("send of more than 4 GiB at once")
         ud = self._take(cb, (data, ptr))
         return self._submitted(ud, lib.ul_send(self._e, ud, fd, ptr, size, flags))
 
@@ -349,8 +351,6 @@ class Engine:
     def write(self, fd: int, data, cb, offset: int = -1) -> int:
         fd = _check_fd(fd)
         ptr, size = _read_buffer(data)
-        if size > _U32:
-            raise ValueError("write of more than 4 GiB at once")
         ud = self._take(cb, (data, ptr))
         return self._submitted(ud, lib.ul_write(self._e, ud, fd, ptr, size, offset))
 

@@ -56,6 +56,14 @@ struct ul_op *ul__op(ul_engine *e, uint32_t slot)
     return &e->chunks[c][slot & (CHUNK_SIZE - 1)];
 }
 
+/* The op in slot, or NULL when no op was ever submitted there. */
+struct ul_op *ul__op_find(ul_engine *e, uint32_t slot)
+{
+    if ((slot >> CHUNK_SHIFT) >= e->nchunks || !e->chunks[slot >> CHUNK_SHIFT])
+        return NULL;
+    return &e->chunks[slot >> CHUNK_SHIFT][slot & (CHUNK_SIZE - 1)];
+}
+
 static struct ul_op *op_at(ul_engine *e, int32_t slot)
 {
     return &e->chunks[(uint32_t)slot >> CHUNK_SHIFT][slot & (CHUNK_SIZE - 1)];
@@ -595,11 +603,8 @@ EXPORT int ul_cancel(ul_engine *e, uint64_t target_ud)
 {
     if (e->closed || target_ud == 0 || (target_ud & KUD_SPECIAL))
         return -ENOENT;
-    uint32_t slot = ul__slot(target_ud);
-    if ((slot >> CHUNK_SHIFT) >= e->nchunks || !e->chunks[slot >> CHUNK_SHIFT])
-        return -ENOENT;
-    struct ul_op *op = op_at(e, (int32_t)slot);
-    if (op->ud != target_ud || op->state == S_FREE)
+    struct ul_op *op = ul__op_find(e, ul__slot(target_ud));
+    if (!op || op->ud != target_ud || op->state == S_FREE)
         return -ENOENT;
     cancel_op(e, op);
     return 0;
@@ -654,9 +659,9 @@ EXPORT int ul_close_fd(ul_engine *e, uint64_t ud, int fd)
 
 EXPORT int ul_op_addr(ul_engine *e, uint32_t slot, char *out, uint32_t cap)
 {
-    if ((slot >> CHUNK_SHIFT) >= e->nchunks || !e->chunks[slot >> CHUNK_SHIFT])
+    struct ul_op *op = ul__op_find(e, slot);
+    if (!op)
         return -ENOENT;
-    struct ul_op *op = op_at(e, (int32_t)slot);
     uint32_t n = UL_MIN(op->addrlen, cap);
     memcpy(out, &op->addr, n);
     return (int)n;

@@ -133,6 +133,7 @@ struct ul_engine {
 
 /* common.c, for the backends */
 struct ul_op *ul__op(ul_engine *e, uint32_t slot);
+struct ul_op *ul__op_find(ul_engine *e, uint32_t slot);
 static inline uint32_t ul__slot(uint64_t ud) { return (uint32_t)ud; }
 void ul__emit(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid);
 void ul__finish(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid);

@@ -383,10 +383,7 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
     if (kud == KUD_IGNORE)
         return;
     uint64_t ud = kud & ~KUD_POLL;
-    uint32_t slot = ul__slot(ud);
-    struct ul_op *op = (slot >> CHUNK_SHIFT) < e->nchunks && e->chunks[slot >> CHUNK_SHIFT]
-                           ? ul__op(e, slot)
-                           : NULL;
+    struct ul_op *op = ul__op_find(e, ul__slot(ud));
     int kmore = (cflags & UL_CQE_F_MORE) != 0;
     if (!op || op->ud != ud || op->state != S_ACTIVE || op->kud != kud) {
         /* stale: cannot happen while the rules hold; never leak a buffer */
