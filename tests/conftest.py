@@ -379,3 +379,91 @@ def pump_send(eng, sock: socket.socket, data: bytes, timeout: float = 10.0) -> N
             eng.run(0.01)
             continue
         view = view[n:]
+
+
+# --------------------------------------------------------------------------
+# asyncio loops (tests/test_loop_*.py)
+#
+# ``loop`` runs a test once per uringloop backend; ``any_loop`` adds the stock
+# asyncio.SelectorEventLoop, for tests whose point is that uringloop behaves
+# exactly as the stock loop does (one test, many loops).
+
+LOOP_KINDS = ["io_uring", "epoll"]
+ANY_LOOP_KINDS = [*LOOP_KINDS, "stock"]
+
+
+def make_loop(kind: str):
+    """A new event loop of one kind: 'io_uring', 'epoll' or 'stock'."""
+    import asyncio
+
+    if kind == "stock":
+        return asyncio.SelectorEventLoop()
+    if engine is None:
+        pytest.fail(f"uringloop.engine cannot be imported: {_IMPORT_ERROR}")
+    if kind == "io_uring":
+        reason = uring_unavailable_reason()
+        if reason is not None:
+            pytest.skip(f"io_uring unavailable: {reason}")
+    from uringloop import Loop
+
+    lp = Loop(backend=kind)
+    assert lp.backend == kind
+    return lp
+
+
+def finish_loop(lp) -> list[str]:
+    """Cancel what a test left running (bounded), close the loop; return problems."""
+    import asyncio
+
+    problems = []
+    if lp.is_closed():
+        return problems
+    if lp.is_running():  # cannot happen from a fixture, but never hang on it
+        return ["loop still running at teardown"]
+    try:
+        tasks = [t for t in asyncio.all_tasks(lp) if not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            lp.run_until_complete(
+                asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+            )
+        lp.run_until_complete(asyncio.wait_for(lp.shutdown_asyncgens(), 5))
+    except Exception as exc:  # report, but still close the loop below
+        problems.append(f"teardown: {exc!r}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lp.close()
+    # the engine warns (ResourceWarning) when operations outlived close()
+    problems += [f"close(): {w.message}" for w in caught if w.category is ResourceWarning]
+    return problems
+
+
+def _loop_fixture(request):
+    import asyncio
+
+    lp = make_loop(request.param)
+    yield lp
+    problems = finish_loop(lp)
+    asyncio.set_event_loop(None)
+    gc.collect()
+    assert not problems, problems
+
+
+@pytest.fixture(params=LOOP_KINDS)
+def loop(request, res_tracker):
+    """A uringloop.Loop on each backend, closed after the test."""
+    yield from _loop_fixture(request)
+
+
+@pytest.fixture(params=ANY_LOOP_KINDS)
+def any_loop(request, res_tracker):
+    """Each uringloop backend and the stock SelectorEventLoop, closed after the test."""
+    yield from _loop_fixture(request)
+
+
+def run_in(lp, coro, timeout: float = 10.0):
+    """run_until_complete(coro) bounded by ``timeout`` seconds."""
+    import asyncio
+
+    return lp.run_until_complete(asyncio.wait_for(coro, timeout))

@@ -42,6 +42,8 @@ if sys.version_info >= (3, 11):
 
     def run(main, *, debug=None):
         """Run a coroutine on a new uringloop loop, as asyncio.run does."""
+        if asyncio.events._get_running_loop() is not None:
+            raise RuntimeError("asyncio.run() cannot be called from a running event loop")
         with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
             return runner.run(main)
 

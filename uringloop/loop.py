@@ -82,8 +82,6 @@ class Loop(SockMixin, asyncio.BaseEventLoop):
 
     def __init__(self, *, backend: str | None = None):
         super().__init__()
-        self._engine = engine.Engine(backend)
-        self._selector = _Turn(self)
         self._readers: dict[int, list] = {}
         self._writers: dict[int, list] = {}
         self._transports: dict[int, object] = {}
@@ -91,6 +89,12 @@ class Loop(SockMixin, asyncio.BaseEventLoop):
         self._ssock = self._csock = None
         self._sock_state: dict = {}
         self._sock_sending: dict[int, int] = {}  # fd -> sock_sendall ops in the engine
+        try:
+            self._engine = engine.Engine(backend)
+        except BaseException:
+            self._closed = True  # nothing to release; keeps __del__ quiet
+            raise
+        self._selector = _Turn(self)
 
     # ------------------------------------------------------------ identity
 
@@ -135,7 +139,7 @@ class Loop(SockMixin, asyncio.BaseEventLoop):
             self.remove_signal_handler(sig)
         super().close()
         for table in (self._readers, self._writers):
-            for _ud, handle in table.values():
+            for _ud, handle, _obj in table.values():
                 handle.cancel()
             table.clear()
         # cancels and reaps every operation still in flight, then frees the engine
@@ -154,16 +158,21 @@ class Loop(SockMixin, asyncio.BaseEventLoop):
     # ---------------------------------------------------- readers / writers
 
     def _ensure_fd_no_transport(self, fd):
-        fileno = fd if isinstance(fd, int) else _fileobj_to_fd(fd)
+        fileno = fd
+        if not isinstance(fileno, int):
+            try:
+                fileno = int(fileno.fileno())
+            except (AttributeError, TypeError, ValueError):
+                raise ValueError(f"Invalid file object: {fd!r}") from None
         transport = self._transports.get(fileno)
         if transport is not None and not transport.is_closing():
             raise RuntimeError(
                 f"File descriptor {fd!r} is used by transport {transport!r}"
             )
 
-    def _watch(self, table, fd, events_mask, callback, args):
+    def _watch(self, table, fileobj, events_mask, callback, args):
         self._check_closed()
-        fd = _fileobj_to_fd(fd)
+        fd = _fileobj_to_fd(fileobj)
         handle = events.Handle(callback, args, self, None)
         entry = table.get(fd)
         if entry is not None:
@@ -173,7 +182,7 @@ class Loop(SockMixin, asyncio.BaseEventLoop):
         mode = os.fstat(fd).st_mode  # EBADF for a closed fd, as epoll would say
         if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
             raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
-        entry = [None, handle]
+        entry = [None, handle, fileobj]
         table[fd] = entry
 
         def on_ready(res, more, data, entry=entry, table=table, fd=fd):
@@ -190,10 +199,17 @@ class Loop(SockMixin, asyncio.BaseEventLoop):
         entry[0] = self._engine.poll(fd, events_mask, on_ready, level=True)
         return handle
 
-    def _unwatch(self, table, fd) -> bool:
+    def _unwatch(self, table, fileobj) -> bool:
         if self.is_closed():
             return False
-        fd = _fileobj_to_fd(fd)
+        try:
+            fd = _fileobj_to_fd(fileobj)
+        except ValueError:
+            # a closed socket says fileno() == -1: find it by identity, as
+            # the selectors module does
+            fd = next((k for k, e in table.items() if e[2] is fileobj), None)
+            if fd is None:
+                raise
         entry = table.pop(fd, None)
         if entry is None:
             return False

@@ -39,6 +39,27 @@ def _error(res: int, what: str | None = None) -> OSError:
     return OSError(-res, what or os.strerror(-res))
 
 
+class _OpFuture(asyncio.Future):
+    """The future of one engine op. Its cancel() cancels the op at once.
+
+    Task.cancel() cancels the future the task awaits synchronously, but the
+    task only runs again later, and completions dispatched in between must
+    already find the op marked as cancelled, so that what it brings is kept
+    (and later receives wait for it) instead of being dropped.
+    """
+
+    _on_cancel = None
+
+    def cancel(self, msg=None):
+        if not super().cancel(msg=msg):
+            return False
+        hook = self._on_cancel
+        if hook is not None:
+            self._on_cancel = None
+            hook()
+        return True
+
+
 class _SockState:
     """What a socket owes its next receive or accept after a cancel."""
 
@@ -124,17 +145,24 @@ class SockMixin:
             del self._sock_state[fd]
 
     def _sock_begin(self, fd, sock, convert):
-        fut = self.create_future()
+        fut = _OpFuture(loop=self)
         return fut, functools.partial(self._sock_done, fut, fd, sock, convert)
 
+    def _sock_started(self, fut, fd, sock, ud, track=True):
+        fut._on_cancel = functools.partial(self._sock_cancel_op, fd, sock, ud, track)
+
+    def _sock_cancel_op(self, fd, sock, ud, track):
+        """The op's future was cancelled: cancel the op now. With track, its
+        final record is still owed to the socket: later receives wait for it."""
+        if track:
+            self._sock_get_state(fd, sock, create=True).pending += 1
+        if not self._engine.closed:
+            self._engine.cancel(ud)
+
     def _sock_on_cancel(self, fut, fd, sock, ud, convert, track):
-        """The awaiting task was cancelled: cancel the op, keep what it brings."""
-        if fut.cancelled():
-            if track:  # its final record is still to come: hold later receives
-                self._sock_get_state(fd, sock, create=True).pending += 1
-            if not self._engine.closed:
-                self._engine.cancel(ud)
-        elif track:  # it completed, but the task was cancelled before resuming
+        """The awaiting task got CancelledError."""
+        if not fut.cancelled() and track:
+            # it completed, but the task was cancelled before it could resume
             res, data = fut.result()
             if res >= 0:
                 self._sock_keep(fd, sock, convert(res, data, True))
@@ -168,6 +196,7 @@ class SockMixin:
             return b""
         fut, cb = self._sock_begin(fd, sock, _recv_result)
         ud = self._engine.recv(fd, cb, multishot=False, nbytes=n)
+        self._sock_started(fut, fd, sock, ud)
         try:  # _sock_await inlined: this is the hottest await of all
             res, data = await fut
         except _CancelledError:
@@ -180,8 +209,11 @@ class SockMixin:
     async def sock_recv_into(self, sock, buf):
         """Receive into buf; returns the number of bytes received."""
         fd = self._sock_fd(sock)
-        view = memoryview(buf)
-        if view.readonly:
+        try:
+            view = memoryview(buf)
+        except TypeError:
+            view = None
+        if view is None or view.readonly:
             raise TypeError(
                 f"recv_into() argument 'buffer' must be read-write bytes-like object, "
                 f"not {type(buf).__name__}"
@@ -202,6 +234,7 @@ class SockMixin:
         convert = functools.partial(_into_result, view)
         fut, cb = self._sock_begin(fd, sock, convert)
         ud = self._engine.recv(fd, cb, multishot=False, nbytes=n)
+        self._sock_started(fut, fd, sock, ud)
         return await self._sock_await(fut, fd, sock, ud, convert)
 
     async def sock_recvfrom(self, sock, bufsize):
@@ -217,6 +250,7 @@ class SockMixin:
         convert = functools.partial(_from_result, buf)
         fut, cb = self._sock_begin(fd, sock, convert)
         ud = self._engine.recvmsg(fd, buf, cb, sock.family)
+        self._sock_started(fut, fd, sock, ud)
         return await self._sock_await(fut, fd, sock, ud, convert)
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
@@ -242,6 +276,7 @@ class SockMixin:
         convert = functools.partial(_from_into_result, tmp, view)
         fut, cb = self._sock_begin(fd, sock, convert)
         ud = self._engine.recvmsg(fd, tmp, cb, sock.family)
+        self._sock_started(fut, fd, sock, ud)
         return await self._sock_await(fut, fd, sock, ud, convert)
 
     async def _sock_next_datagram(self, fd, sock):
@@ -278,6 +313,7 @@ class SockMixin:
             return None
         fut, cb = self._sock_begin(fd, sock, _none_result)
         ud = self._engine.send(fd, data, cb)
+        self._sock_started(fut, fd, sock, ud, track=False)
         sending[fd] = sending.get(fd, 0) + 1
         try:
             res, _ = await fut
@@ -311,6 +347,7 @@ class SockMixin:
                     await self._sock_writable(fd)
         fut, cb = self._sock_begin(fd, sock, _count_result)
         ud = self._engine.sendmsg(fd, data, address, cb, sock.family)
+        self._sock_started(fut, fd, sock, ud, track=False)
         return await self._sock_await(fut, fd, sock, ud, _count_result, track=False)
 
     # ----------------------------------------------------- connect/accept
@@ -331,7 +368,10 @@ class SockMixin:
             if fut.done():
                 return
             if res < 0:
-                fut.set_exception(OSError(-res, f"Connect call failed {address}"))
+                # the stock loop's words: a unix connect fails in connect()
+                # itself (strerror); an inet one later, through SO_ERROR
+                what = None if sock.family == socket.AF_UNIX else f"Connect call failed {address}"
+                fut.set_exception(_error(res, what))
             else:
                 fut.set_result(None)
 
@@ -358,6 +398,7 @@ class SockMixin:
                 return pair
         fut, cb = self._sock_begin(fd, sock, _accept_result)
         ud = self._engine.accept(fd, cb, multishot=False)
+        self._sock_started(fut, fd, sock, ud)
         return await self._sock_await(fut, fd, sock, ud, _accept_result)
 
     # ---------------------------------------------------------- sendfile

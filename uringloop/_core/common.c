@@ -199,7 +199,10 @@ int ul__backlog_pop(ul_engine *e, struct ul_op **out)
  * least one side sees the other: either the run does not block, or the waker
  * writes the eventfd. wake_pending is consumed ONLY here, and consuming it
  * ends the run (woken), so Python always gets to look at its ready queue: a
- * wake is never absorbed by a run that then goes back to sleep.
+ * wake is never absorbed by a run that then goes back to sleep. Every waker
+ * that sees the loop asleep writes: no "already sent" flag, whose reset would
+ * race with a drain of the eventfd in a non-blocking turn (a lost wakeup that
+ * CPython 3.13's timing exposed).
  *
  * Returns 1 when the caller may block; 0 when a wake arrived meanwhile.
  */
@@ -217,7 +220,6 @@ int ul__wake_prepare_sleep(ul_engine *e)
 void ul__wake_after_sleep(ul_engine *e)
 {
     atomic_store(&e->sleeping, 0);
-    atomic_store(&e->wake_sent, 0);
 }
 
 void ul__wake_drain(ul_engine *e)
@@ -231,7 +233,7 @@ void ul__wake_drain(ul_engine *e)
 EXPORT void ul_wake(ul_engine *e)
 {
     atomic_store(&e->wake_pending, 1);
-    if (atomic_load(&e->sleeping) && !atomic_exchange(&e->wake_sent, 1)) {
+    if (atomic_load(&e->sleeping)) {
         uint64_t one = 1;
         if (write(e->wake_fd, &one, sizeof one) == sizeof one)
             __atomic_fetch_add(&e->st.wakeups, 1, __ATOMIC_RELAXED);

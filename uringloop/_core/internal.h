@@ -128,7 +128,6 @@ struct ul_engine {
     int wake_fd;
     atomic_int sleeping;
     atomic_int wake_pending;
-    atomic_int wake_sent;
 };
 
 /* common.c, for the backends */
