@@ -477,3 +477,34 @@ def test_cancelled_ops_leave_nothing_in_flight(loop, res_tracker, tcp_listener):
 
     base, now = run_in(loop, main())
     assert now == base
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_cancelled_send_does_not_release_a_cancelled_recv(loop, res_tracker, flavour):
+    """A cancelled sock_sendall and a cancelled sock_recv on the same socket: the
+    send's final record owes nothing to later receives, so it must not count
+    as the receive's. The next receive still gets every byte, in order."""
+    lp = loop
+
+    async def main():
+        for i in range(ITERATIONS):
+            a, b = _pair(res_tracker)
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            while True:  # fill a's send buffer so the next sendall has to wait
+                try:
+                    a.send(b"x" * 65536)
+                except BlockingIOError:
+                    break
+            send = asyncio.ensure_future(lp.sock_sendall(a, b"y" * 65536))
+            recv = asyncio.ensure_future(lp.sock_recv(a, 100))
+            await _turns(1 + i % 3)
+            await _cancel(recv, flavour)
+            await _cancel(send, flavour)
+            b.send(b"abc")
+            b.send(b"def")
+            got = await _recv_n(lp, a, 6, 1 + i % 5, f"iteration {i}: recv after cancels")
+            assert got == b"abcdef", (i, got)
+            a.close()
+            b.close()
+
+    run_in(lp, main(), timeout=40)

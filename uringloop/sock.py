@@ -123,13 +123,15 @@ class SockMixin:
         else:
             st.accepted.append(value)
 
-    def _sock_done(self, fut, fd, sock, convert, res, more, data):
+    def _sock_done(self, fut, fd, sock, convert, track, res, more, data):
         """Completion of a sock_* op. The await converts; a late one is kept."""
         if not fut.done():
             fut.set_result((res, data))
             return
+        if not track:  # a send: nothing is owed to later calls
+            return
         st = self._sock_get_state(fd, sock)
-        if st is None:  # no await is owed anything (sends, or the socket is gone)
+        if st is None:  # the socket is gone: nobody can receive this
             if res >= 0 and convert is _accept_result:
                 os.close(res)
             return
@@ -144,9 +146,9 @@ class SockMixin:
         if st.empty():
             del self._sock_state[fd]
 
-    def _sock_begin(self, fd, sock, convert):
+    def _sock_begin(self, fd, sock, convert, track=True):
         fut = _OpFuture(loop=self)
-        return fut, functools.partial(self._sock_done, fut, fd, sock, convert)
+        return fut, functools.partial(self._sock_done, fut, fd, sock, convert, track)
 
     def _sock_started(self, fut, fd, sock, ud, track=True):
         fut._on_cancel = functools.partial(self._sock_cancel_op, fd, sock, ud, track)
@@ -159,7 +161,7 @@ class SockMixin:
         if not self._engine.closed:
             self._engine.cancel(ud)
 
-    def _sock_on_cancel(self, fut, fd, sock, ud, convert, track):
+    def _sock_on_cancel(self, fut, fd, sock, convert, track):
         """The awaiting task got CancelledError."""
         if not fut.cancelled() and track:
             # it completed, but the task was cancelled before it could resume
@@ -167,11 +169,11 @@ class SockMixin:
             if res >= 0:
                 self._sock_keep(fd, sock, convert(res, data, True))
 
-    async def _sock_await(self, fut, fd, sock, ud, convert, track=True):
+    async def _sock_await(self, fut, convert, fd, sock, track=True):
         try:
             res, data = await fut
         except _CancelledError:
-            self._sock_on_cancel(fut, fd, sock, ud, convert, track)
+            self._sock_on_cancel(fut, fd, sock, convert, track)
             raise
         if res < 0:
             raise _error(res)
@@ -200,7 +202,7 @@ class SockMixin:
         try:  # _sock_await inlined: this is the hottest await of all
             res, data = await fut
         except _CancelledError:
-            self._sock_on_cancel(fut, fd, sock, ud, _recv_result, True)
+            self._sock_on_cancel(fut, fd, sock, _recv_result, True)
             raise
         if res < 0:
             raise _error(res)
@@ -235,7 +237,7 @@ class SockMixin:
         fut, cb = self._sock_begin(fd, sock, convert)
         ud = self._engine.recv(fd, cb, multishot=False, nbytes=n)
         self._sock_started(fut, fd, sock, ud)
-        return await self._sock_await(fut, fd, sock, ud, convert)
+        return await self._sock_await(fut, convert, fd, sock)
 
     async def sock_recvfrom(self, sock, bufsize):
         """Receive a datagram of up to bufsize bytes; returns (data, address)."""
@@ -251,7 +253,7 @@ class SockMixin:
         fut, cb = self._sock_begin(fd, sock, convert)
         ud = self._engine.recvmsg(fd, buf, cb, sock.family)
         self._sock_started(fut, fd, sock, ud)
-        return await self._sock_await(fut, fd, sock, ud, convert)
+        return await self._sock_await(fut, convert, fd, sock)
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         """Receive a datagram into buf; returns (nbytes, address)."""
@@ -277,7 +279,7 @@ class SockMixin:
         fut, cb = self._sock_begin(fd, sock, convert)
         ud = self._engine.recvmsg(fd, tmp, cb, sock.family)
         self._sock_started(fut, fd, sock, ud)
-        return await self._sock_await(fut, fd, sock, ud, convert)
+        return await self._sock_await(fut, convert, fd, sock)
 
     async def _sock_next_datagram(self, fd, sock):
         if fd not in self._sock_state:
@@ -311,14 +313,14 @@ class SockMixin:
             data = memoryview(data).tobytes()  # the caller may reuse a mutable buffer
         if not data:
             return None
-        fut, cb = self._sock_begin(fd, sock, _none_result)
+        fut, cb = self._sock_begin(fd, sock, _none_result, track=False)
         ud = self._engine.send(fd, data, cb)
         self._sock_started(fut, fd, sock, ud, track=False)
         sending[fd] = sending.get(fd, 0) + 1
         try:
             res, _ = await fut
         except _CancelledError:
-            self._sock_on_cancel(fut, fd, sock, ud, _none_result, False)
+            self._sock_on_cancel(fut, fd, sock, _none_result, False)
             raise
         finally:
             left = sending[fd] - 1
@@ -345,10 +347,10 @@ class SockMixin:
                     return sock.sendto(data, address)
                 except (BlockingIOError, InterruptedError):
                     await self._sock_writable(fd)
-        fut, cb = self._sock_begin(fd, sock, _count_result)
+        fut, cb = self._sock_begin(fd, sock, _count_result, track=False)
         ud = self._engine.sendmsg(fd, data, address, cb, sock.family)
         self._sock_started(fut, fd, sock, ud, track=False)
-        return await self._sock_await(fut, fd, sock, ud, _count_result, track=False)
+        return await self._sock_await(fut, _count_result, fd, sock, track=False)
 
     # ----------------------------------------------------- connect/accept
 
@@ -399,7 +401,7 @@ class SockMixin:
         fut, cb = self._sock_begin(fd, sock, _accept_result)
         ud = self._engine.accept(fd, cb, multishot=False)
         self._sock_started(fut, fd, sock, ud)
-        return await self._sock_await(fut, fd, sock, ud, _accept_result)
+        return await self._sock_await(fut, _accept_result, fd, sock)
 
     # ---------------------------------------------------------- sendfile
 
