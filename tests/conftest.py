@@ -20,6 +20,7 @@ import gc
 import os
 import resource
 import socket
+import sys
 import time
 import warnings
 
@@ -460,6 +461,28 @@ def loop(request, res_tracker):
 def any_loop(request, res_tracker):
     """Each uringloop backend and the stock SelectorEventLoop, closed after the test."""
     yield from _loop_fixture(request)
+
+
+# sock_* methods the stock loop gained only in Python 3.11
+STOCK_311_METHODS = ("sock_recvfrom", "sock_recvfrom_into", "sock_sendto")
+
+
+def is_stock(lp) -> bool:
+    import asyncio
+
+    return isinstance(lp, asyncio.SelectorEventLoop)
+
+
+def skip_if_stock_lacks(lp, *names: str) -> None:
+    """Skip a comparison with the stock loop on a Python whose stock loop has no
+    such method; uringloop must always have them (a missing one there fails)."""
+    if is_stock(lp):
+        missing = [n for n in names if not hasattr(lp, n)]
+        if missing:
+            pytest.skip(
+                f"the stock loop of Python {sys.version_info[0]}.{sys.version_info[1]} has no "
+                f"{', '.join(missing)} (added in 3.11)"
+            )
 
 
 def run_in(lp, coro, timeout: float = 10.0):

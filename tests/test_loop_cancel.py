@@ -27,7 +27,7 @@ import random
 import socket
 
 import pytest
-from conftest import run_in
+from conftest import run_in, skip_if_stock_lacks
 
 ITERATIONS = 30
 STEP = 2.0  # bound for every single await that expects data
@@ -375,6 +375,7 @@ def test_accept_under_random_timeouts_loses_no_client(loop, tcp_listener, res_tr
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_cancelled_recvfrom_keeps_datagram(any_loop, udp_socket, flavour):
     lp = any_loop
+    skip_if_stock_lacks(lp, "sock_recvfrom")
     u, v = udp_socket(), udp_socket()
 
     async def main():
@@ -395,6 +396,7 @@ def test_cancelled_recvfrom_keeps_datagram(any_loop, udp_socket, flavour):
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_cancelled_recvfrom_into_keeps_datagram(any_loop, udp_socket, flavour):
     lp = any_loop
+    skip_if_stock_lacks(lp, "sock_recvfrom_into")
     u, v = udp_socket(), udp_socket()
 
     async def main():
