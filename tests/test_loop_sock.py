@@ -671,12 +671,14 @@ def test_negative_sizes(any_loop, socketpair):
     async def main():
         with pytest.raises(ValueError, match="negative buffersize in recv"):
             await lp.sock_recv(a, -1)
-        with pytest.raises(ValueError, match="negative buffersize in recvfrom"):
-            await lp.sock_recvfrom(a, -1)
-        with pytest.raises(ValueError, match="negative buffersize in recvfrom_into"):
-            await lp.sock_recvfrom_into(a, bytearray(4), -1)
-        with pytest.raises(ValueError, match="nbytes is greater than the length"):
-            await lp.sock_recvfrom_into(a, bytearray(4), 5)
+        # the stock loop of 3.10 has no datagram sock_* methods; uringloop always does
+        if not is_stock(lp) or hasattr(lp, "sock_recvfrom"):
+            with pytest.raises(ValueError, match="negative buffersize in recvfrom"):
+                await lp.sock_recvfrom(a, -1)
+            with pytest.raises(ValueError, match="negative buffersize in recvfrom_into"):
+                await lp.sock_recvfrom_into(a, bytearray(4), -1)
+            with pytest.raises(ValueError, match="nbytes is greater than the length"):
+                await lp.sock_recvfrom_into(a, bytearray(4), 5)
         with pytest.raises(TypeError):
             await lp.sock_recv_into(a, b"read-only")
         assert await lp.sock_recv(a, 0) == b""
