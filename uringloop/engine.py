@@ -85,9 +85,7 @@ def _read_buffer(data):
         if len(data) > _U32:
             raise ValueError("more than 4 GiB in one operation")
         return data, len(data)  # cffi passes bytes to `const char *` without a copy
-    if isinstance(data, str) or not _has_buffer(data):
-        raise TypeError(f"a bytes-like object is required, not {type(data).__name__}")
-    view = memoryview(data)
+    view = _view(data, "a bytes-like object is required")
     if not view.c_contiguous:
         raise ValueError("buffer must be contiguous")
     if view.nbytes > _U32:
@@ -95,19 +93,20 @@ def _read_buffer(data):
     return ffi.from_buffer(view), view.nbytes
 
 
-def _has_buffer(obj) -> bool:
+def _view(obj, need: str) -> memoryview:
+    if isinstance(obj, str):
+        raise TypeError(f"{need}, not str")
     try:
-        memoryview(obj)
+        return memoryview(obj)
     except TypeError:
-        return False
-    return True
+        raise TypeError(f"{need}, not {type(obj).__name__}") from None
 
 
 def _write_buffer(buf, nbytes: int = 0):
     """(cdata, length) for a buffer the kernel will write."""
-    if isinstance(buf, (bytes, str)) or not _has_buffer(buf):
-        raise TypeError(f"a writable bytes-like object is required, not {type(buf).__name__}")
-    view = memoryview(buf)
+    if isinstance(buf, bytes):
+        raise TypeError("a writable bytes-like object is required, not bytes")
+    view = _view(buf, "a writable bytes-like object is required")
     if view.readonly:
         raise TypeError(
             f"a writable bytes-like object is required, not read-only {type(buf).__name__}"

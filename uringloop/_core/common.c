@@ -32,7 +32,8 @@
 
 /* ------------------------------------------------------------------ ops */
 
-struct ul_op *ul__op(ul_engine *e, uint32_t slot)
+/* The op record for slot, allocating its chunk on first use. */
+static struct ul_op *op_alloc(ul_engine *e, uint32_t slot)
 {
     uint32_t c = slot >> CHUNK_SHIFT;
     if (slot >= MAX_SLOTS)
@@ -376,7 +377,7 @@ static struct ul_op *op_begin(ul_engine *e, uint64_t ud, int kind, int fd, int *
         *err = -EINVAL;
         return NULL;
     }
-    struct ul_op *op = ul__op(e, ul__slot(ud));
+    struct ul_op *op = op_alloc(e, ul__slot(ud));
     if (!op) {
         *err = -ENOMEM;
         return NULL;

@@ -522,7 +522,6 @@ static void ep_destroy(ul_engine *e)
 }
 
 const struct ul_backend ul_epoll_backend = {
-    .name = "epoll",
     .submit = ep_submit,
     .cancel = ep_cancel,
     .cancel_fd = NULL,
@@ -556,6 +555,5 @@ int ul__epoll_init(ul_engine *e, char *err, int errlen)
     e->bs = p;
     e->be = &ul_epoll_backend;
     e->info.backend = UL_BACKEND_EPOLL;
-    e->info.buf_count = e->cfg.buf_count;
     return 0;
 }

@@ -82,7 +82,6 @@ struct ul_fd {
 };
 
 struct ul_backend {
-    const char *name;
     int (*submit)(ul_engine *e, struct ul_op *op);   /* start an op (state ACTIVE) */
     void (*cancel)(ul_engine *e, struct ul_op *op);  /* op is ACTIVE */
     int (*cancel_fd)(ul_engine *e, int fd);          /* fast path, or -1 to do per op */
@@ -131,7 +130,6 @@ struct ul_engine {
 };
 
 /* common.c, for the backends */
-struct ul_op *ul__op(ul_engine *e, uint32_t slot);
 struct ul_op *ul__op_find(ul_engine *e, uint32_t slot);
 static inline uint32_t ul__slot(uint64_t ud) { return (uint32_t)ud; }
 void ul__emit(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid);

@@ -313,6 +313,14 @@ static int uring_submit(ul_engine *e, struct ul_op *op)
     return 0;
 }
 
+static void prep_cancel(struct ul_sqe *s, uint64_t kud)
+{
+    s->opcode = UL_OP_ASYNC_CANCEL;
+    s->fd = -1;
+    s->addr = kud;
+    s->user_data = KUD_IGNORE;
+}
+
 static void cancel_kud(ul_engine *e, struct uring *u, uint64_t kud)
 {
     struct ul_sqe *s = get_sqe(e, u);
@@ -328,10 +336,7 @@ static void cancel_kud(ul_engine *e, struct uring *u, uint64_t kud)
         u->cancels[u->ncancels++] = kud;
         return;
     }
-    s->opcode = UL_OP_ASYNC_CANCEL;
-    s->fd = -1;
-    s->addr = kud;
-    s->user_data = KUD_IGNORE;
+    prep_cancel(s, kud);
 }
 
 static void uring_cancel(ul_engine *e, struct ul_op *op)
@@ -552,12 +557,9 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
     }
     if (!u->wake_armed)
         arm_wake(e, u);
-    while (u->ncancels) {
-        uint64_t kud = u->cancels[--u->ncancels];
-        cancel_kud(e, u, kud);
-        if (u->ncancels && u->cancels[u->ncancels - 1] == kud)
-            break;  /* still no SQE: try next run */
-    }
+    struct ul_sqe *s;
+    while (u->ncancels && (s = get_sqe(e, u)))  /* cancels that found no SQE before */
+        prep_cancel(s, u->cancels[--u->ncancels]);
     struct ul_op *op;
     for (uint32_t n = e->bl_tail - e->bl_head; n-- && ul__backlog_pop(e, &op);)
         issue(e, u, op);
@@ -642,7 +644,6 @@ static void uring_destroy(ul_engine *e)
 }
 
 const struct ul_backend ul_uring_backend = {
-    .name = "io_uring",
     .submit = uring_submit,
     .cancel = uring_cancel,
     .cancel_fd = uring_cancel_fd,
