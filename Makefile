@@ -4,14 +4,15 @@ PY ?= python
 CC ?= cc
 
 ASAN_TESTS = tests/test_engine_ops.py tests/test_engine_cancel_close.py \
-             tests/test_engine_stress.py tests/test_engine_bad_input.py
+             tests/test_engine_stress.py tests/test_engine_bad_input.py \
+             tests/test_sched.py tests/test_loop_sock.py
 # CPython itself is not ASan-built: its allocations look leaked, so leak
 # detection stays off; any other ASan report aborts the test process.
 ASAN_OPTIONS_RUN = detect_leaks=0:abort_on_error=1
 
 .PHONY: build test test-epoll asan lint bench demo clean
 
-## build: compile the cffi engine extension in place
+## build: compile the extensions (cffi engine, C scheduler) in place
 build:
 	$(PY) setup.py build_ext --inplace -q
 
@@ -23,7 +24,7 @@ test: build
 test-epoll: build
 	URINGLOOP_BACKEND=epoll $(PY) -m pytest -q
 
-## asan: engine under AddressSanitizer, then rebuild normally (even on failure)
+## asan: engine and scheduler under AddressSanitizer, then rebuild normally (even on failure)
 asan:
 	UL_SANITIZE=address $(PY) setup.py build_ext --inplace --force -q
 	@libasan="$$($(CC) -print-file-name=libasan.so)"; \
@@ -31,8 +32,9 @@ asan:
 	    echo "asan: $(CC) has no libasan.so (install libasan for this compiler)" >&2; \
 	    $(PY) setup.py build_ext --inplace --force -q; exit 1; \
 	fi; \
-	if ! ldd uringloop/_engine_cffi*.so | grep -q libasan; then \
-	    echo "asan: the extension is not ASan-built" >&2; \
+	if ! ldd uringloop/_engine_cffi*.so | grep -q libasan || \
+	   ! ldd uringloop/_sched*.so | grep -q libasan; then \
+	    echo "asan: the extensions are not ASan-built" >&2; \
 	    $(PY) setup.py build_ext --inplace --force -q; exit 1; \
 	fi; \
 	status=0; \
@@ -58,5 +60,5 @@ demo: build
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .ruff_cache tests/_bin
-	rm -f uringloop/_engine_cffi*.so uringloop/_engine_cffi.c uringloop/_engine_cffi.o
+	rm -f uringloop/_engine_cffi*.so uringloop/_engine_cffi.c uringloop/_engine_cffi.o uringloop/_sched*.so
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

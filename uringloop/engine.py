@@ -409,6 +409,23 @@ class Engine:
             # run then goes on waiting. EINTR also comes without a signal, e.g.
             # from io_uring task_work after another ring was torn down.
             n = lib.ul_run(e, ns)
+        return self.dispatch(n)
+
+    def native(self) -> tuple[int, int]:
+        """(engine address, ul_run address): for uringloop._sched, which calls
+        ul_run itself and hands each positive result to dispatch(). Valid until
+        close()."""
+        if self._e is None:
+            raise RuntimeError("engine is closed")
+        return (
+            int(ffi.cast("uintptr_t", self._e)),
+            int(ffi.cast("uintptr_t", ffi.addressof(lib, "ul_run"))),
+        )
+
+    def dispatch(self, n: int) -> int:
+        """Deliver the n records a ul_run just returned (n < 0: its error, raised).
+        The first exception a callback raises is re-raised once all are delivered."""
+        e = self._e
         if n <= 0:
             if n == 0 or n == -errno.EINTR:
                 return 0

@@ -14,7 +14,9 @@ callback order is exactly the base loop's.
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
+import heapq
 import os
 import select
 import signal
@@ -22,9 +24,10 @@ import socket
 import stat
 import sys
 import warnings
-from asyncio import events
+from asyncio import base_events, events, format_helpers
+from asyncio.log import logger
 
-from . import engine
+from . import _sched, engine
 from .sock import SockMixin
 
 _POLLIN = select.POLLIN
@@ -53,6 +56,48 @@ def _sighandler_noop(signum, frame):
     """Signals arrive through set_wakeup_fd; the Python-level handler does nothing."""
 
 
+def _callback_failed(handle, exc):
+    """Handle._run's except clause, for a callback the native turn ran."""
+    if sys.version_info >= (3, 13):
+        cb = format_helpers._format_callback_source(
+            handle._callback, handle._args, debug=handle._loop.get_debug()
+        )
+    else:
+        cb = format_helpers._format_callback_source(handle._callback, handle._args)
+    context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
+    if handle._source_traceback:
+        context["source_traceback"] = handle._source_traceback
+    handle._loop.call_exception_handler(context)
+
+
+def _run_handle_debug(loop, handle):
+    """BaseEventLoop._run_once's debug branch, for a turn that entered debug mode
+    while running (a turn that starts in debug mode is the stock Python one)."""
+    try:
+        loop._current_handle = handle
+        t0 = loop.time()
+        handle._run()
+        dt = loop.time() - t0
+        if dt >= loop.slow_callback_duration:
+            logger.warning("Executing %s took %.3f seconds", base_events._format_handle(handle), dt)
+    finally:
+        loop._current_handle = None
+
+
+_sched.setup(
+    events.Handle,
+    events.TimerHandle,
+    collections.deque,
+    base_events.BaseEventLoop,
+    _callback_failed,
+    _run_handle_debug,
+    heapq.heapify,
+    base_events.MAXIMUM_SELECT_TIMEOUT,
+    base_events._MIN_SCHEDULED_TIMER_HANDLES,
+    base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION,
+)
+
+
 class _Turn:
     """What BaseEventLoop._run_once calls ``self._selector``: one engine run."""
 
@@ -68,16 +113,28 @@ class _Turn:
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:  # a completion callback failed
-            self._loop.call_exception_handler(
-                {"message": "Exception in engine completion callback", "exception": exc}
-            )
+            self._report(exc)
         return ()
+
+    def dispatch(self, n):
+        """The native turn ran the engine: deliver its n records (or its error)."""
+        try:
+            self._engine.dispatch(n)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._report(exc)
+
+    def _report(self, exc):
+        self._loop.call_exception_handler(
+            {"message": "Exception in engine completion callback", "exception": exc}
+        )
 
     def close(self):
         pass
 
 
-class Loop(SockMixin, asyncio.BaseEventLoop):
+class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
     """An asyncio event loop on io_uring (or epoll where io_uring is refused)."""
 
     def __init__(self, *, backend: str | None = None):
@@ -95,6 +152,7 @@ class Loop(SockMixin, asyncio.BaseEventLoop):
             self._closed = True  # nothing to release; keeps __del__ quiet
             raise
         self._selector = _Turn(self)
+        self._sched_attach(*self._engine.native(), self._selector.dispatch)
 
     # ------------------------------------------------------------ identity
 
@@ -143,6 +201,7 @@ class Loop(SockMixin, asyncio.BaseEventLoop):
                 handle.cancel()
             table.clear()
         # cancels and reaps every operation still in flight, then frees the engine
+        self._sched_detach()
         self._engine.close()
         self._close_self_pipe()
 

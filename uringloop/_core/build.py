@@ -2,7 +2,8 @@
 
 setuptools runs this through ``cffi_modules`` (see setup.py). The cdef is the
 part of engine.h between the CDEF markers, so the interface lives in one file.
-``UL_SANITIZE=address`` builds the engine under AddressSanitizer (see Makefile).
+``UL_SANITIZE=address`` builds the engine (and, through setup.py, the scheduler
+extension) under AddressSanitizer (see Makefile).
 """
 
 import os
@@ -20,7 +21,8 @@ def _cdef() -> str:
     return text[start : text.index("/* CDEF END */")]
 
 
-def _flags() -> tuple[list[str], list[str]]:
+def compile_flags() -> tuple[list[str], list[str]]:
+    """Flags for both extensions (the engine here, the scheduler in setup.py)."""
     cflags = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden"]
     ldflags: list[str] = []
     if os.environ.get("UL_WERROR"):
@@ -34,7 +36,7 @@ def _flags() -> tuple[list[str], list[str]]:
 
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef())
-_cflags, _ldflags = _flags()
+_cflags, _ldflags = compile_flags()
 ffibuilder.set_source(
     "uringloop._engine_cffi",
     '#include "engine.h"',

@@ -1,0 +1,439 @@
+"""The native scheduler (uringloop/_core/sched.c) against the stock loop.
+
+Each test runs one script on a uringloop.Loop (both backends, through the
+``loop`` fixture) and on a fresh stock asyncio.SelectorEventLoop, and compares
+what they did: the order callbacks ran in, the handles made, the errors raised,
+the exception-handler contexts, the timer heap's bookkeeping. The stock run
+proves the expectation; the native scheduler must not differ from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import gc
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import weakref
+from asyncio import events
+
+import pytest
+from conftest import run_in
+
+import uringloop
+from uringloop import _sched
+
+
+@pytest.fixture
+def stock():
+    lp = asyncio.SelectorEventLoop()
+    yield lp
+    lp.close()
+
+
+def both(loop, stock, script):
+    """script(lp) on each loop; returns (uringloop's result, stock's result)."""
+    return script(loop), script(stock)
+
+
+def test_loop_uses_the_native_core(loop):
+    assert isinstance(loop, _sched.Core)
+    assert isinstance(loop, asyncio.BaseEventLoop)
+    for name in ("call_soon", "_call_soon", "call_at", "call_later", "time", "_run_once"):
+        assert getattr(type(loop), name) is getattr(_sched.Core, name), name
+    assert type(loop._ready) is collections.deque
+    assert type(loop._scheduled) is list
+
+
+def test_handles_are_the_stock_classes(loop, stock):
+    def script(lp):
+        ctx = contextvars.copy_context()
+        h = lp.call_soon(print, "a", 1)
+        t1 = lp.call_later(10, print, context=ctx)
+        t2 = lp.call_at(lp.time() + 5, print)
+        out = [
+            (type(h), type(t1), type(t2)),
+            h._args, h._callback, h._cancelled, h._source_traceback, h._repr,
+            h._loop is lp, type(h._context), t1._context is ctx,
+            t1._scheduled, t2._scheduled, t1.when() > t2.when(),
+            repr(h), h.cancelled(),
+        ]
+        h.cancel()
+        t1.cancel()
+        out += [h.cancelled(), h._callback, h._args, t1.cancelled(), lp._timer_cancelled_count]
+        out += [repr(h), len(lp._ready), len(lp._scheduled)]
+        t2.cancel()
+        return out
+
+    mine, theirs = both(loop, stock, script)
+    assert mine[0] == (events.Handle, events.TimerHandle, events.TimerHandle)
+    assert mine == theirs
+
+
+def _order_script(seed):
+    """Soon callbacks, timers with many equal deadlines, cancels, callbacks that
+    schedule more: returns the order everything ran in."""
+
+    def script(lp):
+        rng = random.Random(seed)
+        ran = []
+        # deadlines in the past: every timer is due at once, so what decides the
+        # order is the heap (ties included), not how fast a turn comes around
+        base = lp.time() - 1.0
+        timers = []
+
+        def note(tag):
+            ran.append(tag)
+            if tag.startswith("s") and len(ran) < 60:
+                lp.call_soon(note, f"c{tag}")
+            if tag.startswith("t") and rng.random() < 0.3:
+                lp.call_at(base + 0.002, note, f"late-{tag}")
+                victim = rng.choice(timers)
+                victim.cancel()
+
+        for i in range(120):
+            kind = rng.random()
+            if kind < 0.3:
+                lp.call_soon(note, f"s{i}")
+            else:
+                # 4 distinct deadlines only: the heap sees lots of ties
+                when = base + rng.choice((0.0, 0.0005, 0.001, 0.0015))
+                timers.append(lp.call_at(when, note, f"t{i}"))
+            if rng.random() < 0.1 and timers:
+                rng.choice(timers).cancel()
+        done = lp.create_future()
+        lp.call_later(0.05, done.set_result, None)
+        run_in(lp, done)
+        return ran
+
+    return script
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_callback_order_matches_stock_with_tied_deadlines(loop, stock, seed):
+    mine, theirs = both(loop, stock, _order_script(seed))
+    assert len(mine) > 100
+    assert mine == theirs
+
+
+def test_cancelled_timers_purged_as_stock(loop, stock):
+    def script(lp):
+        out = []
+        hs = [lp.call_later(100 + i, print) for i in range(300)]
+        for h in hs[:200]:
+            h.cancel()
+        out.append((len(lp._scheduled), lp._timer_cancelled_count))
+        lp.run_until_complete(asyncio.sleep(0))  # one turn: too many cancelled, rebuilt
+        out.append((len(lp._scheduled), lp._timer_cancelled_count, type(lp._scheduled)))
+        out.append([h._scheduled for h in hs[195:205]])
+        out.append(sorted(h.when() for h in lp._scheduled)[:3] == [h.when() for h in hs[200:203]])
+        # a cancelled head is popped off at the next turn
+        lp._scheduled[0].cancel()
+        lp.run_until_complete(asyncio.sleep(0))
+        out.append((len(lp._scheduled), lp._timer_cancelled_count))
+        for h in hs:
+            h.cancel()
+        return out
+
+    mine, theirs = both(loop, stock, script)
+    assert mine[1][:2] == (100, 0)
+    assert mine == theirs
+
+
+def test_exception_in_callback_reported_as_stock(loop, stock):
+    def script(lp):
+        seen = []
+        lp.set_exception_handler(lambda _lp, ctx: seen.append(ctx))
+
+        def boom(x):
+            raise ValueError(f"boom {x}")
+
+        h = lp.call_soon(boom, 1)
+        t = lp.call_later(0, boom, 2)
+        lp.call_soon(lp.stop)
+        lp.run_forever()
+        lp.run_until_complete(asyncio.sleep(0.01))
+        out = []
+        for ctx, handle in zip(seen, (h, t), strict=True):
+            out.append(
+                (
+                    sorted(ctx),
+                    ctx["message"],
+                    type(ctx["exception"]),
+                    str(ctx["exception"]),
+                    ctx["handle"] is handle,
+                )
+            )
+        return out
+
+    mine, theirs = both(loop, stock, script)
+    assert len(mine) == 2
+    assert mine == theirs
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_keyboard_interrupt_and_system_exit_propagate(loop, stock, exc_type):
+    def script(lp):
+        ran = []
+
+        def stop_hard():
+            raise exc_type("out")
+
+        lp.call_soon(ran.append, 1)
+        lp.call_soon(stop_hard)
+        lp.call_soon(ran.append, 2)
+        try:
+            lp.run_forever()
+        except exc_type as e:
+            caught = str(e)
+        else:
+            caught = None
+        # the callbacks after the one that raised stay ready for the next turn
+        left = len(lp._ready)
+        lp.call_soon(lp.stop)
+        lp.run_forever()
+        return caught, left, ran
+
+    mine, theirs = both(loop, stock, script)
+    assert mine == ("out", 1, [1, 2])
+    assert mine == theirs
+
+
+def test_context_argument(loop, stock):
+    var = contextvars.ContextVar("var", default="unset")
+
+    def script(lp):
+        seen = []
+        errors = []
+        lp.set_exception_handler(lambda _lp, ctx: errors.append(repr(ctx["exception"])))
+        ctx = contextvars.copy_context()
+        ctx.run(var.set, "in ctx")
+        lp.call_soon(lambda: seen.append(var.get()), context=ctx)
+        lp.call_later(0, lambda: seen.append(var.get()), context=ctx)
+        lp.call_soon(lambda: seen.append(var.get()))
+        # not a Context: stock fails when it runs (no .run), through the handler
+        lp.call_soon(print, context=42)
+        token = var.set("outside")
+        lp.call_soon(lambda: seen.append(var.get()))  # copies the current context
+        var.reset(token)
+        lp.run_until_complete(asyncio.sleep(0.01))
+        return seen, errors
+
+    mine, theirs = both(loop, stock, script)
+    assert mine == (["in ctx", "unset", "outside", "in ctx"], [mine[1][0]])
+    assert "AttributeError" in mine[1][0]
+    assert mine == theirs
+
+
+def _error(fn, *args, **kw):
+    try:
+        fn(*args, **kw)
+    except Exception as exc:
+        return type(exc), str(exc)
+    return None
+
+
+def test_bad_input_same_exceptions(loop, stock):
+    def script(lp):
+        out = [
+            _error(lp.call_soon),
+            _error(lp.call_soon, print, foo=1),
+            _error(lp.call_soon, print, context=None, foo=1),
+            _error(lp.call_later, 1),
+            _error(lp.call_later, "soon", print),
+            _error(lp.call_later, 1, print, bogus=2),
+            _error(lp.call_at, lp.time()),
+            _error(lp._call_soon, print, ()),
+        ]
+        if sys.version_info >= (3, 11):  # 3.10's stock loop asserts instead
+            out += [_error(lp.call_later, None, print), _error(lp.call_at, None, print)]
+        # no check outside debug mode: a non-callable fails when it runs
+        errors = []
+        lp.set_exception_handler(lambda _lp, ctx: errors.append(repr(ctx["exception"])))
+        lp.call_soon(42)
+        lp.call_later(0, "nope")
+        lp.run_until_complete(asyncio.sleep(0.01))
+        out.append(errors)
+        return out
+
+    mine, theirs = both(loop, stock, script)
+    assert all(e is not None for e in mine[:-1]), mine
+    assert len(mine[-1]) == 2
+    assert mine == theirs
+
+
+def test_closed_loop_errors(stock):
+    def script(lp):
+        lp.close()
+        return [
+            _error(lp.call_soon, print),
+            _error(lp.call_later, 1, print),
+            _error(lp.call_at, 1, print),
+            _error(lp.run_forever),
+        ]
+
+    mine, theirs = script(uringloop.new_event_loop()), script(stock)
+    assert mine[0] == (RuntimeError, "Event loop is closed")
+    assert mine == theirs
+
+
+def test_debug_mode_takes_the_stock_paths(loop, stock, caplog):
+    async def coro():
+        pass
+
+    def script(lp):
+        lp.set_debug(True)
+        lp.slow_callback_duration = 0.01
+        h = lp.call_soon(time.sleep, 0.02)
+        t = lp.call_later(0, print)
+        out = [
+            bool(h._source_traceback),
+            bool(t._source_traceback),
+            h._source_traceback[-1].name,
+            _error(lp.call_soon, coro),
+            _error(lp.call_soon, 42),
+            _error(lp.call_later, 0, coro),
+        ]
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            lp.run_until_complete(asyncio.sleep(0.01))
+        out.append(any("Executing <Handle sleep(0.02)" in r.getMessage() for r in caplog.records))
+        lp.set_debug(False)
+        return out
+
+    mine, theirs = both(loop, stock, script)
+    assert mine[0] and mine[-1]
+    assert mine == theirs
+
+
+def test_debug_switched_on_by_a_callback(loop, stock, caplog):
+    """A turn that starts out of debug mode and enters it: the callbacks after
+    the switch are timed, as the stock turn checks _debug per callback."""
+
+    def script(lp):
+        lp.slow_callback_duration = 0.01
+        lp.call_soon(lp.set_debug, True)
+        lp.call_soon(time.sleep, 0.02)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            lp.run_until_complete(asyncio.sleep(0))
+        lp.set_debug(False)
+        return [r.getMessage().split(" took ")[0] for r in caplog.records
+                if r.getMessage().startswith("Executing")]
+
+    mine, theirs = both(loop, stock, script)
+    assert mine == ["Executing <Handle sleep(0.02)>"]
+    assert mine == theirs
+
+
+def test_time_overridden_by_subclass_and_instance():
+    class Fake(uringloop.Loop):
+        def time(self):
+            return 1000.0
+
+    lp = Fake()
+    try:
+        assert lp.call_later(5, print).when() == 1005.0
+        lp.time = lambda: 2000.0
+        assert lp.call_later(5, print).when() == 2005.0
+    finally:
+        lp.close()
+
+
+def test_call_at_overridden_by_subclass_is_used_by_call_later():
+    calls = []
+
+    class Sub(uringloop.Loop):
+        def call_at(self, when, callback, *args, context=None):
+            calls.append(when)
+            return super().call_at(when, callback, *args, context=context)
+
+    lp = Sub()
+    try:
+        h = lp.call_later(3, print)
+        assert calls == [h.when()]
+    finally:
+        lp.close()
+
+
+def test_time_is_monotonic(loop):
+    a = time.monotonic()
+    b = loop.time()
+    c = time.monotonic()
+    assert a <= b <= c
+
+
+def test_replaced_containers_still_work(loop):
+    """A _ready or _scheduled replaced by something else sends the turn down the
+    stock Python path instead of misreading it."""
+    ran = []
+    loop._ready = collections.deque()
+    loop.call_soon(ran.append, 1)
+    loop._scheduled = []
+    loop.call_later(0, ran.append, 2)
+    run_in(loop, asyncio.sleep(0.01))
+    assert ran == [1, 2]
+
+
+def test_call_soon_threadsafe_from_many_threads_while_blocked(loop):
+    got = []
+    done = loop.create_future()
+    n = 400
+
+    def add(i):
+        got.append(i)
+        if len(got) == n:
+            done.set_result(None)
+
+    def worker(k):
+        for i in range(100):
+            loop.call_soon_threadsafe(add, k * 100 + i)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+
+    async def main():
+        for t in threads:
+            t.start()
+        await done
+
+    run_in(loop, main())
+    for t in threads:
+        t.join(5)
+    assert sorted(got) == list(range(n))
+
+
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(),
+    reason="signals are delivered to the main thread only",
+)
+def test_sigint_interrupts_a_blocking_turn(loop):
+    """A signal that arrives while the native turn waits in the kernel runs
+    Python's handler at once: here the default SIGINT handler raises."""
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(asyncio.sleep(10))
+    finally:
+        timer.cancel()
+    assert time.monotonic() - t0 < 5
+
+
+def test_loop_is_collected(loop):
+    """Handles and the loop reference each other; the core's GC support must let
+    a closed, dropped loop go."""
+    lp = uringloop.new_event_loop()
+    lp.call_soon(print)
+    lp.call_later(10, print)
+    ref = weakref.ref(lp)
+    lp.close()
+    del lp
+    gc.collect()
+    assert ref() is None

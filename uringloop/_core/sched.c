@@ -1,0 +1,973 @@
+/* uringloop._sched: the scheduler half of the loop in C.
+ *
+ * Core is a base class of uringloop.Loop, placed before asyncio.BaseEventLoop
+ * in its MRO. It takes over the scheduler's hot paths (call_soon, _call_soon,
+ * call_at, call_later, time, _run_once) while keeping everything the rest of
+ * asyncio sees exactly the stock loop's:
+ *
+ *  - the handles ARE asyncio.events.Handle / TimerHandle instances. They are
+ *    allocated here and their __slots__ filled through the offsets of the
+ *    classes' own member descriptors, which is what their __init__ would do
+ *    with the loop out of debug mode (no source traceback);
+ *  - _ready stays a collections.deque and _scheduled a list kept in heapq's
+ *    order by heapq's own sift algorithms (so equal deadlines come out in the
+ *    stock order); both are ordinary attributes stored in this struct, so
+ *    BaseEventLoop's Python code (close, the debug turn) works on them;
+ *  - a turn is BaseEventLoop._run_once step for step; a callback runs as
+ *    Handle._run runs it (context.run(callback, *args)) and one that raises is
+ *    reported by uringloop.loop's copy of Handle._run's except clause.
+ *
+ * Anything unusual takes the stock Python code instead: debug mode (source
+ * tracebacks, slow-callback timing, thread checks), a closed loop (the stock
+ * error), unexpected keyword arguments, a replaced _ready/_scheduled of another
+ * type, handles that are not exact Handle/TimerHandle or whose slots were
+ * deleted, a context that is not a contextvars.Context.
+ *
+ * The I/O step calls the engine's ul_run directly (its address comes from
+ * cffi) and only goes back to Python to dispatch completion records.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <errno.h>
+#include <stdint.h>
+#include <time.h>
+
+#ifndef Py_T_OBJECT_EX
+#define Py_T_OBJECT_EX T_OBJECT_EX
+#endif
+
+typedef int (*ul_run_fn)(void *engine, int64_t timeout_ns);
+
+/* set once by setup(); the interpreter has one asyncio */
+static struct {
+    int ready;
+    PyTypeObject *handle_type, *timer_type, *deque_type;
+    PyObject *deque_append, *deque_popleft, *heapify;
+    PyObject *base_call_soon, *base_internal_call_soon, *base_call_at;
+    PyObject *base_call_later, *base_run_once;
+    PyObject *report;    /* report(handle, exc): Handle._run's except clause */
+    PyObject *run_debug; /* run_debug(loop, handle): the debug branch of a turn */
+    Py_ssize_t off_callback, off_args, off_cancelled, off_loop, off_tb, off_repr;
+    Py_ssize_t off_context, off_when, off_scheduled;
+    double max_timeout, min_cancelled_fraction;
+    Py_ssize_t min_scheduled;
+    PyObject *s_time, *s_context, *s_cancelled, *s_scheduled, *s_when, *s_run;
+    PyObject *s_popleft, *s_append, *s_select, *s_process_events, *s_selector, *s_call_at;
+    PyObject *own_call_at; /* Core.call_at's descriptor */
+} S;
+
+#define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
+
+static inline void slot_put(PyObject *o, Py_ssize_t off, PyObject *v)
+{
+    PyObject *old = SLOT(o, off);
+    SLOT(o, off) = Py_NewRef(v);
+    Py_XDECREF(old);
+}
+
+static inline int is_handle(PyObject *h)
+{
+    return Py_IS_TYPE(h, S.handle_type) || Py_IS_TYPE(h, S.timer_type);
+}
+
+/* truth value; -1 with an exception set */
+static inline int truthy(PyObject *o)
+{
+    if (o == Py_True)
+        return 1;
+    if (o == Py_False || o == Py_None)
+        return 0;
+    return PyObject_IsTrue(o);
+}
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *ready;      /* _ready */
+    PyObject *scheduled;  /* _scheduled */
+    PyObject *stopping;   /* _stopping */
+    PyObject *debug;      /* _debug */
+    PyObject *closed;     /* _closed */
+    PyObject *tcc;        /* _timer_cancelled_count */
+    PyObject *clock_res;  /* _clock_resolution */
+    void *engine;         /* ul_engine *, while attached */
+    ul_run_fn run;
+    PyObject *dispatch;   /* dispatch(n): hands n records to Python */
+} Core;
+
+/* ------------------------------------------------------------ helpers */
+
+static PyObject *field(Core *self, PyObject *v, const char *name)
+{
+    if (v == NULL)
+        PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '%s'",
+                     Py_TYPE(self)->tp_name, name);
+    return v;
+}
+
+/* fn(self, *args, **kw): the stock Python method */
+static PyObject *delegate(PyObject *fn, Core *self, PyObject *const *args,
+                          Py_ssize_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+    PyObject *small[8], **stack = small, *res;
+
+    if (total + 1 > 8) {
+        stack = PyMem_Malloc((size_t)(total + 1) * sizeof(PyObject *));
+        if (stack == NULL)
+            return PyErr_NoMemory();
+    }
+    stack[0] = (PyObject *)self;
+    for (Py_ssize_t i = 0; i < total; i++)
+        stack[i + 1] = args[i];
+    res = PyObject_Vectorcall(fn, stack, nargs + 1, kwnames);
+    if (stack != small)
+        PyMem_Free(stack);
+    return res;
+}
+
+/* keyword arguments: none, or exactly context=. 0 ok, -1 anything else. */
+static int parse_context(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                         PyObject **ctx)
+{
+    *ctx = NULL;
+    if (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0)
+        return 0;
+    if (PyTuple_GET_SIZE(kwnames) != 1)
+        return -1;
+    PyObject *k = PyTuple_GET_ITEM(kwnames, 0);
+    if (k != S.s_context && !(PyUnicode_Check(k) && PyUnicode_Compare(k, S.s_context) == 0))
+        return -1;
+    *ctx = args[nargs];
+    return 0;
+}
+
+/* the stock fast path applies: open loop, not in debug mode, stock containers */
+static int plain(Core *self)
+{
+    return self->closed == Py_False && self->debug == Py_False && self->ready != NULL &&
+           Py_IS_TYPE(self->ready, S.deque_type) && self->scheduled != NULL &&
+           PyList_CheckExact(self->scheduled);
+}
+
+static PyObject *tuple_of(PyObject *const *items, Py_ssize_t n)
+{
+    PyObject *t = PyTuple_New(n);
+    if (t == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(t, i, Py_NewRef(items[i]));
+    return t;
+}
+
+/* events.Handle(callback, args, loop, context) with the loop out of debug
+ * mode: what __init__ stores, stored straight into the slots. */
+static PyObject *make_handle(PyTypeObject *tp, PyObject *callback, PyObject *args,
+                             PyObject *loop, PyObject *ctx)
+{
+    PyObject *h = tp->tp_alloc(tp, 0);
+    if (h == NULL)
+        return NULL;
+    if (ctx == NULL || ctx == Py_None) {
+        ctx = PyContext_CopyCurrent();
+        if (ctx == NULL) {
+            Py_DECREF(h);
+            return NULL;
+        }
+    } else {
+        Py_INCREF(ctx);
+    }
+    SLOT(h, S.off_context) = ctx;
+    SLOT(h, S.off_loop) = Py_NewRef(loop);
+    SLOT(h, S.off_callback) = Py_NewRef(callback);
+    SLOT(h, S.off_args) = Py_NewRef(args);
+    SLOT(h, S.off_cancelled) = Py_NewRef(Py_False);
+    SLOT(h, S.off_repr) = Py_NewRef(Py_None);
+    SLOT(h, S.off_tb) = Py_NewRef(Py_None);
+    return h;
+}
+
+static int ready_append(Core *self, PyObject *h)
+{
+    PyObject *res;
+    if (self->ready != NULL && Py_IS_TYPE(self->ready, S.deque_type)) {
+        PyObject *stack[2] = {self->ready, h};
+        res = PyObject_Vectorcall(S.deque_append, stack, 2, NULL);
+    } else {
+        PyObject *ready = field(self, self->ready, "_ready");
+        if (ready == NULL)
+            return -1;
+        res = PyObject_CallMethodOneArg(ready, S.s_append, h);
+    }
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
+static PyObject *ready_popleft(Core *self)
+{
+    if (self->ready != NULL && Py_IS_TYPE(self->ready, S.deque_type)) {
+        PyObject *stack[1] = {self->ready};
+        return PyObject_Vectorcall(S.deque_popleft, stack, 1, NULL);
+    }
+    PyObject *ready = field(self, self->ready, "_ready");
+    return ready ? PyObject_CallMethodNoArgs(ready, S.s_popleft) : NULL;
+}
+
+/* handle._cancelled as a truth value */
+static int handle_cancelled(PyObject *h)
+{
+    if (is_handle(h)) {
+        PyObject *c = SLOT(h, S.off_cancelled);
+        if (c == Py_True)
+            return 1;
+        if (c == Py_False)
+            return 0;
+    }
+    PyObject *c = PyObject_GetAttr(h, S.s_cancelled);
+    if (c == NULL)
+        return -1;
+    int r = truthy(c);
+    Py_DECREF(c);
+    return r;
+}
+
+static int set_scheduled(PyObject *h, PyObject *v)
+{
+    if (Py_IS_TYPE(h, S.timer_type)) {
+        slot_put(h, S.off_scheduled, v);
+        return 0;
+    }
+    return PyObject_SetAttr(h, S.s_scheduled, v);
+}
+
+/* new reference to handle._when */
+static PyObject *timer_when(PyObject *h)
+{
+    if (Py_IS_TYPE(h, S.timer_type) && SLOT(h, S.off_when) != NULL)
+        return Py_NewRef(SLOT(h, S.off_when));
+    return PyObject_GetAttr(h, S.s_when);
+}
+
+/* ---------------------------------------------------------- the heap
+ * heapq's siftdown/siftup, step for step, so that timers with equal deadlines
+ * leave the heap in the order the stock loop's heapq would give them. The
+ * comparison is TimerHandle.__lt__ (when < when), done on the doubles when
+ * both are exact TimerHandles with float deadlines. */
+
+static int timer_lt(PyObject *a, PyObject *b)
+{
+    if (Py_IS_TYPE(a, S.timer_type) && Py_IS_TYPE(b, S.timer_type)) {
+        PyObject *wa = SLOT(a, S.off_when), *wb = SLOT(b, S.off_when);
+        if (wa != NULL && wb != NULL && PyFloat_CheckExact(wa) && PyFloat_CheckExact(wb))
+            return PyFloat_AS_DOUBLE(wa) < PyFloat_AS_DOUBLE(wb);
+    }
+    Py_INCREF(a);
+    Py_INCREF(b);
+    int r = PyObject_RichCompareBool(a, b, Py_LT);
+    Py_DECREF(a);
+    Py_DECREF(b);
+    return r;
+}
+
+static int size_changed(PyObject *heap, Py_ssize_t size)
+{
+    if (PyList_GET_SIZE(heap) == size)
+        return 0;
+    PyErr_SetString(PyExc_RuntimeError, "list changed size during iteration");
+    return -1;
+}
+
+static int siftdown(PyObject *heap, Py_ssize_t startpos, Py_ssize_t pos)
+{
+    Py_ssize_t size = PyList_GET_SIZE(heap);
+    while (pos > startpos) {
+        Py_ssize_t parentpos = (pos - 1) >> 1;
+        int cmp = timer_lt(PyList_GET_ITEM(heap, pos), PyList_GET_ITEM(heap, parentpos));
+        if (cmp < 0 || size_changed(heap, size) < 0)
+            return -1;
+        if (cmp == 0)
+            break;
+        PyObject *parent = PyList_GET_ITEM(heap, parentpos);
+        PyList_SET_ITEM(heap, parentpos, PyList_GET_ITEM(heap, pos));
+        PyList_SET_ITEM(heap, pos, parent);
+        pos = parentpos;
+    }
+    return 0;
+}
+
+static int siftup(PyObject *heap, Py_ssize_t pos)
+{
+    Py_ssize_t endpos = PyList_GET_SIZE(heap), startpos = pos, limit = endpos >> 1;
+    while (pos < limit) {
+        Py_ssize_t childpos = 2 * pos + 1;
+        if (childpos + 1 < endpos) {
+            int cmp = timer_lt(PyList_GET_ITEM(heap, childpos),
+                               PyList_GET_ITEM(heap, childpos + 1));
+            if (cmp < 0 || size_changed(heap, endpos) < 0)
+                return -1;
+            childpos += (unsigned)cmp ^ 1;
+        }
+        PyObject *child = PyList_GET_ITEM(heap, childpos);
+        PyList_SET_ITEM(heap, childpos, PyList_GET_ITEM(heap, pos));
+        PyList_SET_ITEM(heap, pos, child);
+        pos = childpos;
+    }
+    return siftdown(heap, startpos, pos);
+}
+
+static int heappush(PyObject *heap, PyObject *item)
+{
+    if (PyList_Append(heap, item) < 0)
+        return -1;
+    return siftdown(heap, 0, PyList_GET_SIZE(heap) - 1);
+}
+
+/* new reference; the heap is not empty */
+static PyObject *heappop(PyObject *heap)
+{
+    Py_ssize_t n = PyList_GET_SIZE(heap);
+    PyObject *last = Py_NewRef(PyList_GET_ITEM(heap, n - 1));
+    if (PyList_SetSlice(heap, n - 1, n, NULL) < 0) {
+        Py_DECREF(last);
+        return NULL;
+    }
+    if (n == 1)
+        return last;
+    PyObject *top = PyList_GET_ITEM(heap, 0);
+    PyList_SET_ITEM(heap, 0, last);
+    if (siftup(heap, 0) < 0) {
+        Py_DECREF(top);
+        return NULL;
+    }
+    return top;
+}
+
+/* ------------------------------------------------------------ the clock */
+
+static PyObject *Core_time(Core *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    /* as time.monotonic() converts: integer nanoseconds, then / 1e9 */
+    return PyFloat_FromDouble((double)((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec) / 1e9);
+}
+
+/* self.time(), through the attribute (a subclass or a patch may replace it) */
+static PyObject *now(Core *self)
+{
+    PyObject *stack[1] = {(PyObject *)self};
+    return PyObject_VectorcallMethod(S.s_time, stack, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* ------------------------------------------------------------ scheduling */
+
+static PyObject *Core_call_soon(Core *self, PyObject *const *args, Py_ssize_t nargsf,
+                                PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *ctx;
+    if (nargs < 1 || parse_context(args, nargs, kwnames, &ctx) < 0 || !plain(self))
+        return delegate(S.base_call_soon, self, args, nargsf, kwnames);
+    PyObject *argt = tuple_of(args + 1, nargs - 1);
+    if (argt == NULL)
+        return NULL;
+    PyObject *h = make_handle(S.handle_type, args[0], argt, (PyObject *)self, ctx);
+    Py_DECREF(argt);
+    if (h == NULL)
+        return NULL;
+    if (ready_append(self, h) < 0) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    return h;
+}
+
+/* _call_soon(callback, args, context): call_soon_threadsafe's path */
+static PyObject *Core_internal_call_soon(Core *self, PyObject *const *args,
+                                         Py_ssize_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL || !plain(self))
+        return delegate(S.base_internal_call_soon, self, args, nargsf, kwnames);
+    PyObject *h = make_handle(S.handle_type, args[0], args[1], (PyObject *)self, args[2]);
+    if (h == NULL)
+        return NULL;
+    if (ready_append(self, h) < 0) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    return h;
+}
+
+static PyObject *schedule_at(Core *self, PyObject *when, PyObject *const *cbargs,
+                             Py_ssize_t ncbargs, PyObject *ctx)
+{
+    PyObject *argt = tuple_of(cbargs + 1, ncbargs - 1);
+    if (argt == NULL)
+        return NULL;
+    PyObject *h = make_handle(S.timer_type, cbargs[0], argt, (PyObject *)self, ctx);
+    Py_DECREF(argt);
+    if (h == NULL)
+        return NULL;
+    SLOT(h, S.off_when) = Py_NewRef(when);
+    SLOT(h, S.off_scheduled) = Py_NewRef(Py_False);
+    PyObject *heap = Py_NewRef(self->scheduled);
+    int r = heappush(heap, h);
+    Py_DECREF(heap);
+    if (r < 0) {
+        Py_DECREF(h);
+        return NULL;
+    }
+    slot_put(h, S.off_scheduled, Py_True);
+    return h;
+}
+
+static PyObject *Core_call_at(Core *self, PyObject *const *args, Py_ssize_t nargsf,
+                              PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *ctx;
+    if (nargs < 2 || args[0] == Py_None || parse_context(args, nargs, kwnames, &ctx) < 0 ||
+        !plain(self))
+        return delegate(S.base_call_at, self, args, nargsf, kwnames);
+    return schedule_at(self, args[0], args + 1, nargs - 1, ctx);
+}
+
+static PyObject *Core_call_later(Core *self, PyObject *const *args, Py_ssize_t nargsf,
+                                 PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *ctx;
+    /* stock: self.call_at(self.time() + delay, ...); a subclass that replaces
+     * call_at gets the stock method, which calls it */
+    if (nargs < 2 || args[0] == Py_None || parse_context(args, nargs, kwnames, &ctx) < 0 ||
+        !plain(self) || _PyType_Lookup(Py_TYPE(self), S.s_call_at) != S.own_call_at)
+        return delegate(S.base_call_later, self, args, nargsf, kwnames);
+    PyObject *t = now(self);
+    if (t == NULL)
+        return NULL;
+    PyObject *when = PyNumber_Add(t, args[0]);
+    Py_DECREF(t);
+    if (when == NULL)
+        return NULL;
+    PyObject *res;
+    if (plain(self)) /* a replaced time() is Python code: it may do anything */
+        res = schedule_at(self, when, args + 1, nargs - 1, ctx);
+    else
+        res = delegate(S.base_call_later, self, args, nargsf, kwnames);
+    Py_DECREF(when);
+    return res;
+}
+
+/* ---------------------------------------------------------------- a turn */
+
+/* Handle._run for one handle; 0, or -1 when an exception must propagate */
+static int run_handle(Core *self, PyObject *h)
+{
+    int c = handle_cancelled(h);
+    if (c != 0)
+        return c < 0 ? -1 : 0;
+    int debug = truthy(self->debug);
+    if (debug != 0) {
+        if (debug < 0)
+            return -1;
+        PyObject *r = PyObject_CallFunctionObjArgs(S.run_debug, (PyObject *)self, h, NULL);
+        Py_XDECREF(r);
+        return r ? 0 : -1;
+    }
+    PyObject *ctx = is_handle(h) ? SLOT(h, S.off_context) : NULL;
+    PyObject *cb = is_handle(h) ? SLOT(h, S.off_callback) : NULL;
+    PyObject *args = is_handle(h) ? SLOT(h, S.off_args) : NULL;
+    if (ctx == NULL || cb == NULL || args == NULL || !PyContext_CheckExact(ctx) ||
+        !PyTuple_CheckExact(args)) {
+        PyObject *r = PyObject_CallMethodNoArgs(h, S.s_run);
+        Py_XDECREF(r);
+        return r ? 0 : -1;
+    }
+    /* self._context.run(self._callback, *self._args) */
+    Py_INCREF(ctx);
+    Py_INCREF(cb);
+    Py_INCREF(args);
+    PyObject *res = NULL;
+    if (PyContext_Enter(ctx) == 0) {
+        res = PyObject_Vectorcall(cb, &PyTuple_GET_ITEM(args, 0), PyTuple_GET_SIZE(args), NULL);
+        if (PyContext_Exit(ctx) < 0)
+            Py_CLEAR(res);
+    }
+    Py_DECREF(ctx);
+    Py_DECREF(cb);
+    Py_DECREF(args);
+    if (res != NULL) {
+        Py_DECREF(res);
+        return 0;
+    }
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+        return -1;
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc = PyErr_GetRaisedException();
+#else
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (tb != NULL)
+        PyException_SetTraceback(exc, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+#endif
+    PyObject *r = PyObject_CallFunctionObjArgs(S.report, h, exc, NULL);
+    Py_DECREF(exc);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* the I/O step: timeout < 0 waits without limit */
+static int io_step(Core *self, double timeout)
+{
+    if (self->engine == NULL) {
+        /* event_list = self._selector.select(timeout); self._process_events(...) */
+        PyObject *sel = PyObject_GetAttr((PyObject *)self, S.s_selector);
+        if (sel == NULL)
+            return -1;
+        PyObject *t = timeout < 0 ? Py_NewRef(Py_None) : PyFloat_FromDouble(timeout);
+        PyObject *ev = t ? PyObject_CallMethodOneArg(sel, S.s_select, t) : NULL;
+        Py_DECREF(sel);
+        Py_XDECREF(t);
+        if (ev == NULL)
+            return -1;
+        PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, S.s_process_events, ev);
+        Py_DECREF(ev);
+        Py_XDECREF(r);
+        return r ? 0 : -1;
+    }
+    int64_t ns = timeout < 0 ? -1 : timeout > 0 ? (int64_t)(timeout * 1e9) : 0;
+    for (;;) {
+        int n;
+        if (ns == 0) {
+            n = self->run(self->engine, 0);
+        } else {
+            Py_BEGIN_ALLOW_THREADS
+            n = self->run(self->engine, ns);
+            Py_END_ALLOW_THREADS
+        }
+        if (n == -EINTR) {
+            /* signal handlers run now (and may raise); a blocking wait goes on */
+            if (PyErr_CheckSignals() < 0)
+                return -1;
+            if (ns < 0 && self->engine != NULL)
+                continue;
+            return 0;
+        }
+        if (n == 0)
+            return 0;
+        /* records to dispatch, or an error for Python to raise */
+        PyObject *num = PyLong_FromLong(n);
+        PyObject *r = num ? PyObject_CallOneArg(self->dispatch, num) : NULL;
+        Py_XDECREF(num);
+        Py_XDECREF(r);
+        return r ? 0 : -1;
+    }
+}
+
+/* deadline - now as a double (generic arithmetic when not both floats) */
+static int seconds_until(PyObject *when, PyObject *t, double *out)
+{
+    if (PyFloat_CheckExact(when) && PyFloat_CheckExact(t)) {
+        *out = PyFloat_AS_DOUBLE(when) - PyFloat_AS_DOUBLE(t);
+        return 0;
+    }
+    PyObject *d = PyNumber_Subtract(when, t);
+    if (d == NULL)
+        return -1;
+    *out = PyFloat_AsDouble(d);
+    Py_DECREF(d);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int purge_cancelled(Core *self)
+{
+    PyObject *heap = self->scheduled;
+    Py_ssize_t count = PyList_GET_SIZE(heap);
+    Py_ssize_t tcc = PyLong_AsSsize_t(self->tcc);
+    if (tcc == -1 && PyErr_Occurred())
+        return -1;
+    if (count > S.min_scheduled && (double)tcc / (double)count > S.min_cancelled_fraction) {
+        /* too many cancelled timers: rebuild the heap without them */
+        PyObject *fresh = PyList_New(0);
+        if (fresh == NULL)
+            return -1;
+        Py_INCREF(heap);
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(heap); i++) {
+            PyObject *h = Py_NewRef(PyList_GET_ITEM(heap, i));
+            int c = handle_cancelled(h);
+            int r = c < 0 ? -1 : c ? set_scheduled(h, Py_False) : PyList_Append(fresh, h);
+            Py_DECREF(h);
+            if (r < 0) {
+                Py_DECREF(heap);
+                Py_DECREF(fresh);
+                return -1;
+            }
+        }
+        Py_DECREF(heap);
+        PyObject *r = PyObject_CallOneArg(S.heapify, fresh);
+        if (r == NULL) {
+            Py_DECREF(fresh);
+            return -1;
+        }
+        Py_DECREF(r);
+        Py_XSETREF(self->scheduled, fresh);
+        Py_XSETREF(self->tcc, PyLong_FromLong(0));
+        return 0;
+    }
+    /* drop cancelled timers from the head */
+    while (PyList_GET_SIZE(self->scheduled) > 0) {
+        PyObject *first = Py_NewRef(PyList_GET_ITEM(self->scheduled, 0));
+        int c = handle_cancelled(first);
+        Py_DECREF(first);
+        if (c <= 0)
+            return c;
+        Py_ssize_t left = PyLong_AsSsize_t(self->tcc);
+        if (left == -1 && PyErr_Occurred())
+            return -1;
+        PyObject *n = PyLong_FromSsize_t(left - 1);
+        if (n == NULL)
+            return -1;
+        Py_XSETREF(self->tcc, n);
+        PyObject *heap2 = Py_NewRef(self->scheduled);
+        PyObject *h = heappop(heap2);
+        Py_DECREF(heap2);
+        if (h == NULL)
+            return -1;
+        int r = set_scheduled(h, Py_False);
+        Py_DECREF(h);
+        if (r < 0)
+            return -1;
+        if (!plain(self))
+            return 0;
+    }
+    return 0;
+}
+
+/* the due timers move to _ready */
+static int collect_due(Core *self)
+{
+    if (PyList_GET_SIZE(self->scheduled) == 0)
+        return 0;
+    PyObject *t = now(self);
+    if (t == NULL)
+        return -1;
+    PyObject *end = PyNumber_Add(t, self->clock_res);
+    Py_DECREF(t);
+    if (end == NULL)
+        return -1;
+    int rc = 0;
+    double end_d = PyFloat_CheckExact(end) ? PyFloat_AS_DOUBLE(end) : 0.0;
+    while (plain(self) && PyList_GET_SIZE(self->scheduled) > 0) {
+        PyObject *h = PyList_GET_ITEM(self->scheduled, 0);
+        PyObject *w = Py_IS_TYPE(h, S.timer_type) ? SLOT(h, S.off_when) : NULL;
+        int later;
+        if (w != NULL && PyFloat_CheckExact(w) && PyFloat_CheckExact(end)) {
+            later = PyFloat_AS_DOUBLE(w) >= end_d;
+        } else {
+            Py_INCREF(h);
+            PyObject *when = timer_when(h);
+            Py_DECREF(h);
+            later = when ? PyObject_RichCompareBool(when, end, Py_GE) : -1;
+            Py_XDECREF(when);
+        }
+        if (later != 0) {
+            rc = later < 0 ? -1 : 0;
+            break;
+        }
+        PyObject *heap = Py_NewRef(self->scheduled);
+        h = heappop(heap);
+        Py_DECREF(heap);
+        if (h == NULL || set_scheduled(h, Py_False) < 0 || ready_append(self, h) < 0) {
+            Py_XDECREF(h);
+            rc = -1;
+            break;
+        }
+        Py_DECREF(h);
+    }
+    Py_DECREF(end);
+    return rc;
+}
+
+static PyObject *Core_run_once(Core *self, PyObject *unused)
+{
+    (void)unused;
+    if (!plain(self) || self->tcc == NULL || self->clock_res == NULL || self->stopping == NULL)
+        return PyObject_CallOneArg(S.base_run_once, (PyObject *)self);
+
+    if (purge_cancelled(self) < 0)
+        return NULL;
+    if (!plain(self))
+        return PyObject_CallOneArg(S.base_run_once, (PyObject *)self);
+
+    /* timeout: 0 with work ready or a stop pending, else until the first timer */
+    double timeout = -1.0;
+    Py_ssize_t nready = PyObject_Size(self->ready);
+    if (nready < 0)
+        return NULL;
+    int stopping = truthy(self->stopping);
+    if (stopping < 0)
+        return NULL;
+    if (nready > 0 || stopping) {
+        timeout = 0.0;
+    } else if (PyList_GET_SIZE(self->scheduled) > 0) {
+        PyObject *first = Py_NewRef(PyList_GET_ITEM(self->scheduled, 0));
+        PyObject *when = timer_when(first);
+        Py_DECREF(first);
+        PyObject *t = when ? now(self) : NULL;
+        int r = t ? seconds_until(when, t, &timeout) : -1;
+        Py_XDECREF(when);
+        Py_XDECREF(t);
+        if (r < 0)
+            return NULL;
+        if (timeout > S.max_timeout)
+            timeout = S.max_timeout;
+        else if (!(timeout >= 0))
+            timeout = 0.0;
+    }
+
+    if (io_step(self, timeout) < 0)
+        return NULL;
+
+    if (plain(self) && collect_due(self) < 0)
+        return NULL;
+
+    /* run what is ready now; what these callbacks schedule waits a turn */
+    PyObject *ready = field(self, self->ready, "_ready");
+    Py_ssize_t ntodo = ready ? PyObject_Size(ready) : -1;
+    if (ntodo < 0)
+        return NULL;
+    for (Py_ssize_t i = 0; i < ntodo; i++) {
+        PyObject *h = ready_popleft(self);
+        if (h == NULL)
+            return NULL;
+        int r = run_handle(self, h);
+        Py_DECREF(h);
+        if (r < 0)
+            return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------- engine hookup */
+
+static PyObject *Core_sched_attach(Core *self, PyObject *args)
+{
+    unsigned long long engine, run;
+    PyObject *dispatch;
+    if (!PyArg_ParseTuple(args, "KKO:_sched_attach", &engine, &run, &dispatch))
+        return NULL;
+    if (engine == 0 || run == 0 || !PyCallable_Check(dispatch)) {
+        PyErr_SetString(PyExc_ValueError, "_sched_attach: engine, run and dispatch needed");
+        return NULL;
+    }
+    self->engine = (void *)(uintptr_t)engine;
+    self->run = (ul_run_fn)(uintptr_t)run;
+    Py_XSETREF(self->dispatch, Py_NewRef(dispatch));
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_sched_detach(Core *self, PyObject *unused)
+{
+    (void)unused;
+    self->engine = NULL;
+    self->run = NULL;
+    Py_CLEAR(self->dispatch);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------ the type */
+
+static int Core_traverse(Core *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->ready);
+    Py_VISIT(self->scheduled);
+    Py_VISIT(self->stopping);
+    Py_VISIT(self->debug);
+    Py_VISIT(self->closed);
+    Py_VISIT(self->tcc);
+    Py_VISIT(self->clock_res);
+    Py_VISIT(self->dispatch);
+    return 0;
+}
+
+static int Core_clear(Core *self)
+{
+    Py_CLEAR(self->ready);
+    Py_CLEAR(self->scheduled);
+    Py_CLEAR(self->stopping);
+    Py_CLEAR(self->debug);
+    Py_CLEAR(self->closed);
+    Py_CLEAR(self->tcc);
+    Py_CLEAR(self->clock_res);
+    Py_CLEAR(self->dispatch);
+    self->engine = NULL;
+    return 0;
+}
+
+static void Core_dealloc(Core *self)
+{
+    PyObject_GC_UnTrack(self);
+    Core_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMemberDef Core_members[] = {
+    {"_ready", Py_T_OBJECT_EX, offsetof(Core, ready), 0, NULL},
+    {"_scheduled", Py_T_OBJECT_EX, offsetof(Core, scheduled), 0, NULL},
+    {"_stopping", Py_T_OBJECT_EX, offsetof(Core, stopping), 0, NULL},
+    {"_debug", Py_T_OBJECT_EX, offsetof(Core, debug), 0, NULL},
+    {"_closed", Py_T_OBJECT_EX, offsetof(Core, closed), 0, NULL},
+    {"_timer_cancelled_count", Py_T_OBJECT_EX, offsetof(Core, tcc), 0, NULL},
+    {"_clock_resolution", Py_T_OBJECT_EX, offsetof(Core, clock_res), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
+static PyMethodDef Core_methods[] = {
+    {"call_soon", (PyCFunction)(void (*)(void))Core_call_soon, FASTKW, NULL},
+    {"_call_soon", (PyCFunction)(void (*)(void))Core_internal_call_soon, FASTKW, NULL},
+    {"call_at", (PyCFunction)(void (*)(void))Core_call_at, FASTKW, NULL},
+    {"call_later", (PyCFunction)(void (*)(void))Core_call_later, FASTKW, NULL},
+    {"time", (PyCFunction)Core_time, METH_NOARGS,
+     "Return the time according to the event loop's clock (time.monotonic())."},
+    {"_run_once", (PyCFunction)Core_run_once, METH_NOARGS, NULL},
+    {"_sched_attach", (PyCFunction)Core_sched_attach, METH_VARARGS, NULL},
+    {"_sched_detach", (PyCFunction)Core_sched_detach, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringloop._sched.Core",
+    .tp_basicsize = sizeof(Core),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The scheduler's hot paths in C (a base of uringloop.Loop).",
+    .tp_traverse = (traverseproc)Core_traverse,
+    .tp_clear = (inquiry)Core_clear,
+    .tp_dealloc = (destructor)Core_dealloc,
+    .tp_members = Core_members,
+    .tp_methods = Core_methods,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ------------------------------------------------------------ setup() */
+
+static int slot_offset(PyTypeObject *tp, const char *name, Py_ssize_t *out)
+{
+    PyObject *d = PyObject_GetAttrString((PyObject *)tp, name);
+    if (d == NULL)
+        return -1;
+    int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) &&
+             ((PyMemberDescrObject *)d)->d_member->type == Py_T_OBJECT_EX;
+    if (ok)
+        *out = ((PyMemberDescrObject *)d)->d_member->offset;
+    Py_DECREF(d);
+    if (!ok)
+        PyErr_Format(PyExc_TypeError, "%s.%s is not an object slot", tp->tp_name, name);
+    return ok ? 0 : -1;
+}
+
+static PyObject *method_of(PyObject *cls, const char *name)
+{
+    return PyObject_GetAttrString(cls, name);
+}
+
+static PyObject *setup(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    PyObject *handle, *timer, *deque, *base, *report, *run_debug, *heapify;
+    double max_timeout, fraction;
+    Py_ssize_t min_scheduled;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!OOOdnd:setup", &PyType_Type, &handle, &PyType_Type,
+                          &timer, &PyType_Type, &deque, &PyType_Type, &base, &report,
+                          &run_debug, &heapify, &max_timeout, &min_scheduled, &fraction))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)timer, (PyTypeObject *)handle)) {
+        PyErr_SetString(PyExc_TypeError, "setup: TimerHandle must derive from Handle");
+        return NULL;
+    }
+    S.handle_type = (PyTypeObject *)Py_NewRef(handle);
+    S.timer_type = (PyTypeObject *)Py_NewRef(timer);
+    S.deque_type = (PyTypeObject *)Py_NewRef(deque);
+    S.report = Py_NewRef(report);
+    S.run_debug = Py_NewRef(run_debug);
+    S.heapify = Py_NewRef(heapify);
+    S.max_timeout = max_timeout;
+    S.min_scheduled = min_scheduled;
+    S.min_cancelled_fraction = fraction;
+    if (slot_offset(S.handle_type, "_callback", &S.off_callback) < 0 ||
+        slot_offset(S.handle_type, "_args", &S.off_args) < 0 ||
+        slot_offset(S.handle_type, "_cancelled", &S.off_cancelled) < 0 ||
+        slot_offset(S.handle_type, "_loop", &S.off_loop) < 0 ||
+        slot_offset(S.handle_type, "_source_traceback", &S.off_tb) < 0 ||
+        slot_offset(S.handle_type, "_repr", &S.off_repr) < 0 ||
+        slot_offset(S.handle_type, "_context", &S.off_context) < 0 ||
+        slot_offset(S.timer_type, "_when", &S.off_when) < 0 ||
+        slot_offset(S.timer_type, "_scheduled", &S.off_scheduled) < 0)
+        return NULL;
+    if (!(S.deque_append = method_of(deque, "append")) ||
+        !(S.deque_popleft = method_of(deque, "popleft")) ||
+        !(S.base_call_soon = method_of(base, "call_soon")) ||
+        !(S.base_internal_call_soon = method_of(base, "_call_soon")) ||
+        !(S.base_call_at = method_of(base, "call_at")) ||
+        !(S.base_call_later = method_of(base, "call_later")) ||
+        !(S.base_run_once = method_of(base, "_run_once")))
+        return NULL;
+    S.ready = 1;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"setup", setup, METH_VARARGS,
+     "setup(Handle, TimerHandle, deque, BaseEventLoop, report, run_debug, heapify, "
+     "max_timeout, min_scheduled, min_cancelled_fraction)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "uringloop._sched",
+    "The scheduler's hot paths in C; see uringloop/_core/sched.c.", -1, module_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+#define INTERN(var, text) \
+    if (!(S.var = PyUnicode_InternFromString(text))) return NULL
+
+PyMODINIT_FUNC PyInit__sched(void)
+{
+    INTERN(s_time, "time");
+    INTERN(s_context, "context");
+    INTERN(s_cancelled, "_cancelled");
+    INTERN(s_scheduled, "_scheduled");
+    INTERN(s_when, "_when");
+    INTERN(s_run, "_run");
+    INTERN(s_popleft, "popleft");
+    INTERN(s_append, "append");
+    INTERN(s_select, "select");
+    INTERN(s_process_events, "_process_events");
+    INTERN(s_selector, "_selector");
+    INTERN(s_call_at, "call_at");
+    if (PyType_Ready(&CoreType) < 0)
+        return NULL;
+    S.own_call_at = PyDict_GetItemWithError(CoreType.tp_dict, S.s_call_at);
+    if (S.own_call_at == NULL)
+        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_SystemError, "no Core.call_at");
+    Py_INCREF(S.own_call_at);
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObject(m, "Core", Py_NewRef((PyObject *)&CoreType)) < 0) {
+        Py_DECREF((PyObject *)&CoreType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
