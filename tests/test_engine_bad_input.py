@@ -134,6 +134,34 @@ def test_ops_on_closed_engine_raise_runtime_error(make_engine, socketpair):
         eng.poll(a.fileno(), select.POLLIN, noop_cb)
 
 
+def test_run_or_close_from_a_completion_callback_is_refused(eng):
+    """The records being delivered live in the engine: a callback may neither
+    overwrite them (run) nor free them (close). Both raise; the engine goes on."""
+    seen = []
+
+    def cb(res, more, data):
+        for what in (lambda: eng.run(0), eng.close):
+            try:
+                what()
+            except RuntimeError as exc:
+                seen.append(str(exc))
+
+    first, second = Collector(), Collector()
+    eng.nop(first)
+    eng.nop(cb)
+    eng.nop(second)
+    wait_done(eng, first, second)
+    assert seen == [
+        "run() from a completion callback",
+        "close() from a completion callback: close after run() returns",
+    ]
+    assert eng.in_flight == 0
+    col = Collector()
+    eng.nop(col)
+    wait_done(eng, col)
+    assert col.res == 0
+
+
 def closed_fd_number() -> int:
     s = socket.socket()
     n = s.fileno()

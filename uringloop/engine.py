@@ -23,6 +23,7 @@ import socket
 import struct
 import warnings
 
+from . import _sched
 from ._engine_cffi import ffi, lib
 
 __all__ = [
@@ -39,16 +40,11 @@ OPT_NO_BUFRING = lib.UL_OPT_NO_BUFRING
 OPT_NO_DEFER = lib.UL_OPT_NO_DEFER
 OPT_NO_CANCEL_FD = lib.UL_OPT_NO_CANCEL_FD
 
-_F_MORE = lib.UL_F_MORE
-_F_BUFFER = lib.UL_F_BUFFER
-_F_ADDR = lib.UL_F_ADDR
-
 _BACKENDS = {
     "auto": lib.UL_BACKEND_AUTO,
     "io_uring": lib.UL_BACKEND_URING,
     "epoll": lib.UL_BACKEND_EPOLL,
 }
-_RECORD = struct.Struct("=QiHH")
 _GEN_MASK = (1 << 30) - 1
 _U32 = 0xFFFFFFFF
 _SLOT_CHUNK = 1024
@@ -238,16 +234,16 @@ class Engine:
             reason = "forced by URINGLOOP_BACKEND=io_uring"
         self.reason = reason
         self._buf_size = info.buf_size
-        cap = record_cap or 4096
-        self._records = memoryview(ffi.buffer(lib.ul_records(e), cap * _RECORD.size))
-        # slicing a cffi buffer yields bytes in one step (cheaper than memoryview.tobytes)
-        self._pool = ffi.buffer(lib.ul_pool(e), info.buf_count * info.buf_size)
+        self._record_cap = record_cap or 4096
+        self._pool_size = info.buf_count * info.buf_size
         self._cbs: list = []
         self._keep: list = []
         self._gen: list = []
         self._free: list = []
         self._addr = ffi.new("char[128]")
         self._stats = ffi.new("ul_stats *")
+        self._dispatching = False  # set while records are being delivered
+        self._native = self.native()
 
     # ------------------------------------------------------------ slots
 
@@ -399,6 +395,8 @@ class Engine:
         e = self._e
         if e is None:
             raise RuntimeError("engine is closed")
+        if self._dispatching:
+            raise RuntimeError("run() from a completion callback")
         if timeout is None:
             ns = -1
         else:
@@ -411,54 +409,39 @@ class Engine:
             n = lib.ul_run(e, ns)
         return self.dispatch(n)
 
-    def native(self) -> tuple[int, int]:
-        """(engine address, ul_run address): for uringloop._sched, which calls
-        ul_run itself and hands each positive result to dispatch(). Valid until
-        close()."""
-        if self._e is None:
+    def native(self) -> tuple:
+        """What uringloop._sched needs to run this engine and deliver its records
+        from C: (engine, ul_engine *, ul_run, records, record_cap, pool,
+        pool_size, buf_size, cbs, keep, free, addr_of). The addresses are valid
+        until close()."""
+        e = self._e
+        if e is None:
             raise RuntimeError("engine is closed")
+
+        def addr(ptr) -> int:
+            return int(ffi.cast("uintptr_t", ptr))
+
         return (
-            int(ffi.cast("uintptr_t", self._e)),
-            int(ffi.cast("uintptr_t", ffi.addressof(lib, "ul_run"))),
+            self, addr(e), addr(ffi.addressof(lib, "ul_run")), addr(lib.ul_records(e)),
+            self._record_cap, addr(lib.ul_pool(e)), self._pool_size, self._buf_size,
+            self._cbs, self._keep, self._free, self._addr_of,
         )
+
+    def _addr_of(self, slot: int):
+        """The peer address of a record flagged UL_F_ADDR, decoded."""
+        e = self._e
+        return decode_sockaddr(ffi.unpack(self._addr, lib.ul_op_addr(e, slot, self._addr, 128)))
 
     def dispatch(self, n: int) -> int:
         """Deliver the n records a ul_run just returned (n < 0: its error, raised).
         The first exception a callback raises is re-raised once all are delivered."""
-        e = self._e
         if n <= 0:
             if n == 0 or n == -errno.EINTR:
                 return 0
             if n == -errno.EEXIST:
                 raise RuntimeError("the engine belongs to the thread that first ran it")
             raise OSError(-n, os.strerror(-n))
-        cbs = self._cbs
-        keep = self._keep
-        free = self._free
-        pool = self._pool
-        bs = self._buf_size
-        error = None
-        for ud, res, flags, bid in _RECORD.iter_unpack(self._records[: n * 16]):
-            slot = ud & _U32
-            cb = cbs[slot]
-            if flags & _F_BUFFER:
-                start = bid * bs
-                data = pool[start : start + res]
-            elif flags & _F_ADDR:
-                data = decode_sockaddr(
-                    ffi.unpack(self._addr, lib.ul_op_addr(e, slot, self._addr, 128))
-                )
-            else:
-                data = None
-            more = bool(flags & _F_MORE)
-            try:
-                cb(res, more, data)
-            except BaseException as exc:  # keep dispatching; no completion is dropped
-                if error is None:
-                    error = exc
-            if not more:  # final record: the slot lets go of its objects only now
-                cbs[slot] = keep[slot] = None
-                free.append(slot)
+        error = _sched.deliver(self._native, n)
         if error is not None:
             raise error
         return n
@@ -502,11 +485,12 @@ class Engine:
 
     def close(self, timeout: float = 5.0) -> None:
         """Cancel everything in flight, reap it, and free the engine."""
+        if self._dispatching:
+            raise RuntimeError("close() from a completion callback: close after run() returns")
         e, self._e = self._e, None
         if e is None:
             return
-        self._records.release()
-        self._pool = None
+        self._native = None
         left = lib.ul_free(e, int(timeout * 1e9))
         if left:
             _graveyard.append((self._keep, self._cbs))

@@ -28,7 +28,7 @@ from asyncio import base_events, events, format_helpers
 from asyncio.log import logger
 
 from . import _sched, engine
-from .sock import SockMixin
+from .sock import SockMixin, _OpFuture
 
 _POLLIN = select.POLLIN
 _POLLOUT = select.POLLOUT
@@ -89,6 +89,7 @@ _sched.setup(
     events.TimerHandle,
     collections.deque,
     base_events.BaseEventLoop,
+    _OpFuture,
     _callback_failed,
     _run_handle_debug,
     heapq.heapify,
@@ -113,19 +114,12 @@ class _Turn:
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:  # a completion callback failed
-            self._report(exc)
+            self.report(exc)
         return ()
 
-    def dispatch(self, n):
-        """The native turn ran the engine: deliver its n records (or its error)."""
-        try:
-            self._engine.dispatch(n)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._report(exc)
-
-    def _report(self, exc):
+    def report(self, exc):
+        """A completion callback raised (or the engine failed): the loop's
+        exception handler hears of it, the turn goes on."""
         self._loop.call_exception_handler(
             {"message": "Exception in engine completion callback", "exception": exc}
         )
@@ -152,7 +146,7 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
             self._closed = True  # nothing to release; keeps __del__ quiet
             raise
         self._selector = _Turn(self)
-        self._sched_attach(*self._engine.native(), self._selector.dispatch)
+        self._sched_attach(self._engine.native(), self._selector.report)
 
     # ------------------------------------------------------------ identity
 

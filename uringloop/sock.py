@@ -40,23 +40,34 @@ def _error(res: int, what: str | None = None) -> OSError:
 
 
 class _OpFuture(asyncio.Future):
-    """The future of one engine op. Its cancel() cancels the op at once.
+    """The future of one engine op, and the op's completion callback.
 
-    Task.cancel() cancels the future the task awaits synchronously, but the
-    task only runs again later, and completions dispatched in between must
-    already find the op marked as cancelled, so that what it brings is kept
-    (and later receives wait for it) instead of being dropped.
+    The engine calls it with each record: a pending future takes the result
+    (converted by the awaiting coroutine); a record that comes after the await
+    was cancelled goes to the socket's state, to be returned later.
+
+    Its cancel() cancels the op at once. Task.cancel() cancels the future the
+    task awaits synchronously, but the task only runs again later, and
+    completions dispatched in between must already find the op marked as
+    cancelled, so that what it brings is kept (and later receives wait for it)
+    instead of being dropped.
     """
 
-    _on_cancel = None
+    __slots__ = ("_fd", "_sock", "_convert", "_track", "_ud")
+
+    def __call__(self, res, more, data):
+        if not self.done():
+            self.set_result((res, data))
+        elif self._track:  # a send owes nothing to later calls
+            self.get_loop()._sock_late(self, res, data)
 
     def cancel(self, msg=None):
         if not super().cancel(msg=msg):
             return False
-        hook = self._on_cancel
-        if hook is not None:
-            self._on_cancel = None
-            hook()
+        ud = self._ud
+        if ud is not None:
+            self._ud = None
+            self.get_loop()._sock_cancel_op(self._fd, self._sock, ud, self._track)
         return True
 
 
@@ -123,13 +134,9 @@ class SockMixin:
         else:
             st.accepted.append(value)
 
-    def _sock_done(self, fut, fd, sock, convert, track, res, more, data):
-        """Completion of a sock_* op. The await converts; a late one is kept."""
-        if not fut.done():
-            fut.set_result((res, data))
-            return
-        if not track:  # a send: nothing is owed to later calls
-            return
+    def _sock_late(self, fut, res, data):
+        """A record for an op whose await was cancelled: keep what it brought."""
+        fd, sock, convert = fut._fd, fut._sock, fut._convert
         st = self._sock_get_state(fd, sock)
         if st is None:  # the socket is gone: nobody can receive this
             if res >= 0 and convert is _accept_result:
@@ -146,12 +153,16 @@ class SockMixin:
         if st.empty():
             del self._sock_state[fd]
 
-    def _sock_begin(self, fd, sock, convert, track=True):
+    def _sock_op(self, fd, sock, convert, track=True):
+        """The future (and engine callback) of a sock_* op about to start; the
+        caller sets its ``_ud`` once the engine has the op."""
         fut = _OpFuture(loop=self)
-        return fut, functools.partial(self._sock_done, fut, fd, sock, convert, track)
-
-    def _sock_started(self, fut, fd, sock, ud, track=True):
-        fut._on_cancel = functools.partial(self._sock_cancel_op, fd, sock, ud, track)
+        fut._fd = fd
+        fut._sock = sock
+        fut._convert = convert
+        fut._track = track
+        fut._ud = None
+        return fut
 
     def _sock_cancel_op(self, fd, sock, ud, track):
         """The op's future was cancelled: cancel the op now. With track, its
@@ -196,9 +207,8 @@ class SockMixin:
                 return out
         if n == 0:
             return b""
-        fut, cb = self._sock_begin(fd, sock, _recv_result)
-        ud = self._engine.recv(fd, cb, multishot=False, nbytes=n)
-        self._sock_started(fut, fd, sock, ud)
+        fut = self._sock_op(fd, sock, _recv_result)
+        fut._ud = self._engine.recv(fd, fut, multishot=False, nbytes=n)
         try:  # _sock_await inlined: this is the hottest await of all
             res, data = await fut
         except _CancelledError:
@@ -234,9 +244,8 @@ class SockMixin:
         if n == 0:
             return 0
         convert = functools.partial(_into_result, view)
-        fut, cb = self._sock_begin(fd, sock, convert)
-        ud = self._engine.recv(fd, cb, multishot=False, nbytes=n)
-        self._sock_started(fut, fd, sock, ud)
+        fut = self._sock_op(fd, sock, convert)
+        fut._ud = self._engine.recv(fd, fut, multishot=False, nbytes=n)
         return await self._sock_await(fut, convert, fd, sock)
 
     async def sock_recvfrom(self, sock, bufsize):
@@ -250,9 +259,8 @@ class SockMixin:
             return data[:bufsize], addr
         buf = bytearray(bufsize)
         convert = functools.partial(_from_result, buf)
-        fut, cb = self._sock_begin(fd, sock, convert)
-        ud = self._engine.recvmsg(fd, buf, cb, sock.family)
-        self._sock_started(fut, fd, sock, ud)
+        fut = self._sock_op(fd, sock, convert)
+        fut._ud = self._engine.recvmsg(fd, buf, fut, sock.family)
         return await self._sock_await(fut, convert, fd, sock)
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
@@ -276,9 +284,8 @@ class SockMixin:
             return k, addr
         tmp = bytearray(size)
         convert = functools.partial(_from_into_result, tmp, view)
-        fut, cb = self._sock_begin(fd, sock, convert)
-        ud = self._engine.recvmsg(fd, tmp, cb, sock.family)
-        self._sock_started(fut, fd, sock, ud)
+        fut = self._sock_op(fd, sock, convert)
+        fut._ud = self._engine.recvmsg(fd, tmp, fut, sock.family)
         return await self._sock_await(fut, convert, fd, sock)
 
     async def _sock_next_datagram(self, fd, sock):
@@ -313,9 +320,8 @@ class SockMixin:
             data = memoryview(data).tobytes()  # the caller may reuse a mutable buffer
         if not data:
             return None
-        fut, cb = self._sock_begin(fd, sock, _none_result, track=False)
-        ud = self._engine.send(fd, data, cb)
-        self._sock_started(fut, fd, sock, ud, track=False)
+        fut = self._sock_op(fd, sock, _none_result, track=False)
+        fut._ud = self._engine.send(fd, data, fut)
         sending[fd] = sending.get(fd, 0) + 1
         try:
             res, _ = await fut
@@ -347,9 +353,8 @@ class SockMixin:
                     return sock.sendto(data, address)
                 except (BlockingIOError, InterruptedError):
                     await self._sock_writable(fd)
-        fut, cb = self._sock_begin(fd, sock, _count_result, track=False)
-        ud = self._engine.sendmsg(fd, data, address, cb, sock.family)
-        self._sock_started(fut, fd, sock, ud, track=False)
+        fut = self._sock_op(fd, sock, _count_result, track=False)
+        fut._ud = self._engine.sendmsg(fd, data, address, fut, sock.family)
         return await self._sock_await(fut, _count_result, fd, sock, track=False)
 
     # ----------------------------------------------------- connect/accept
@@ -398,9 +403,8 @@ class SockMixin:
                 if st.empty():
                     del self._sock_state[fd]
                 return pair
-        fut, cb = self._sock_begin(fd, sock, _accept_result)
-        ud = self._engine.accept(fd, cb, multishot=False)
-        self._sock_started(fut, fd, sock, ud)
+        fut = self._sock_op(fd, sock, _accept_result)
+        fut._ud = self._engine.accept(fd, fut, multishot=False)
         return await self._sock_await(fut, _accept_result, fd, sock)
 
     # ---------------------------------------------------------- sendfile

@@ -24,7 +24,8 @@
  * deleted, a context that is not a contextvars.Context.
  *
  * The I/O step calls the engine's ul_run directly (its address comes from
- * cffi) and only goes back to Python to dispatch completion records.
+ * cffi, Engine.native()) and delivers the completion records here too
+ * (deliver(), also what Engine.dispatch uses).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -32,6 +33,8 @@
 #include <errno.h>
 #include <stdint.h>
 #include <time.h>
+
+#include "engine.h" /* ul_record, UL_F_* */
 
 #ifndef Py_T_OBJECT_EX
 #define Py_T_OBJECT_EX T_OBJECT_EX
@@ -46,6 +49,7 @@ static struct {
     PyObject *deque_append, *deque_popleft, *heapify;
     PyObject *base_call_soon, *base_internal_call_soon, *base_call_at;
     PyObject *base_call_later, *base_run_once;
+    PyTypeObject *op_future_type; /* uringloop.sock._OpFuture */
     PyObject *report;    /* report(handle, exc): Handle._run's except clause */
     PyObject *run_debug; /* run_debug(loop, handle): the debug branch of a turn */
     Py_ssize_t off_callback, off_args, off_cancelled, off_loop, off_tb, off_repr;
@@ -54,6 +58,7 @@ static struct {
     Py_ssize_t min_scheduled;
     PyObject *s_time, *s_context, *s_cancelled, *s_scheduled, *s_when, *s_run;
     PyObject *s_popleft, *s_append, *s_select, *s_process_events, *s_selector, *s_call_at;
+    PyObject *s_done, *s_set_result, *s_dispatching, *s_dispatch;
     PyObject *own_call_at; /* Core.call_at's descriptor */
 } S;
 
@@ -81,6 +86,17 @@ static inline int truthy(PyObject *o)
     return PyObject_IsTrue(o);
 }
 
+/* What delivering an engine's records needs: see Engine.native() */
+typedef struct {
+    PyObject *engine;  /* the Engine; its _dispatching flag is set meanwhile */
+    const ul_record *records;
+    Py_ssize_t record_cap;
+    const char *pool;
+    Py_ssize_t pool_size, buf_size;
+    PyObject *cbs, *keep, *free; /* the Engine's slot lists */
+    PyObject *addr_of;           /* addr_of(slot): the peer address of a UL_F_ADDR record */
+} Deliver;
+
 typedef struct {
     PyObject_HEAD
     PyObject *ready;      /* _ready */
@@ -92,7 +108,8 @@ typedef struct {
     PyObject *clock_res;  /* _clock_resolution */
     void *engine;         /* ul_engine *, while attached */
     ul_run_fn run;
-    PyObject *dispatch;   /* dispatch(n): hands n records to Python */
+    Deliver deliver;
+    PyObject *report;     /* report(exc): a completion callback raised */
 } Core;
 
 /* ------------------------------------------------------------ helpers */
@@ -463,6 +480,209 @@ static PyObject *Core_call_later(Core *self, PyObject *const *args, Py_ssize_t n
     return res;
 }
 
+/* the exception being raised, taken out (new reference, normalized) */
+static PyObject *take_exception(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (tb != NULL && exc != NULL)
+        PyException_SetTraceback(exc, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return exc;
+#endif
+}
+
+/* raise exc again (steals the reference) */
+static void give_exception(PyObject *exc)
+{
+    if (exc == NULL)
+        return;
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
+#endif
+}
+
+/* ------------------------------------------------- completion records */
+
+static void deliver_clear(Deliver *d)
+{
+    Py_CLEAR(d->engine);
+    Py_CLEAR(d->cbs);
+    Py_CLEAR(d->keep);
+    Py_CLEAR(d->free);
+    Py_CLEAR(d->addr_of);
+    d->records = NULL;
+    d->pool = NULL;
+}
+
+/* from Engine.native(): (engine, ul_engine *, ul_run, records, record_cap,
+ * pool, pool_size, buf_size, cbs, keep, free, addr_of) */
+static int deliver_init(Deliver *d, PyObject *native, void **engine, ul_run_fn *run)
+{
+    PyObject *eng, *cbs, *keep, *free, *addr_of;
+    unsigned long long e, r, records, pool;
+    Py_ssize_t cap, pool_size, buf_size;
+    if (!PyArg_ParseTuple(native, "OKKKnKnnO!O!O!O:native", &eng, &e, &r, &records, &cap,
+                          &pool, &pool_size, &buf_size, &PyList_Type, &cbs, &PyList_Type,
+                          &keep, &PyList_Type, &free, &addr_of))
+        return -1;
+    if (e == 0 || r == 0 || records == 0 || cap <= 0 || buf_size < 0 || pool_size < 0) {
+        PyErr_SetString(PyExc_ValueError, "native: an engine that is not open");
+        return -1;
+    }
+    deliver_clear(d);
+    d->engine = Py_NewRef(eng);
+    d->records = (const ul_record *)(uintptr_t)records;
+    d->record_cap = cap;
+    d->pool = (const char *)(uintptr_t)pool;
+    d->pool_size = pool_size;
+    d->buf_size = buf_size;
+    d->cbs = Py_NewRef(cbs);
+    d->keep = Py_NewRef(keep);
+    d->free = Py_NewRef(free);
+    d->addr_of = Py_NewRef(addr_of);
+    if (engine != NULL)
+        *engine = (void *)(uintptr_t)e;
+    if (run != NULL)
+        *run = (ul_run_fn)(uintptr_t)r;
+    return 0;
+}
+
+/* the data a record carries: pool bytes, a peer address, or None */
+static PyObject *record_data(Deliver *d, const ul_record *r, Py_ssize_t slot)
+{
+    if (r->flags & UL_F_BUFFER) {
+        Py_ssize_t start = (Py_ssize_t)r->bid * d->buf_size;
+        if (r->res < 0 || r->res > d->buf_size || start + r->res > d->pool_size)
+            return PyErr_Format(PyExc_SystemError, "record names bytes outside the pool "
+                                "(bid %d, %d bytes)", (int)r->bid, (int)r->res);
+        return PyBytes_FromStringAndSize(d->pool + start, r->res);
+    }
+    if (r->flags & UL_F_ADDR) {
+        PyObject *num = PyLong_FromSsize_t(slot);
+        PyObject *addr = num ? PyObject_CallOneArg(d->addr_of, num) : NULL;
+        Py_XDECREF(num);
+        return addr;
+    }
+    return Py_NewRef(Py_None);
+}
+
+/* one record to its callback: cb(res, more, data). The future of a sock_*
+ * op takes (res, data) as its result straight from here while it is pending. */
+static int call_back(PyObject *cb, const ul_record *r, PyObject *data)
+{
+    PyObject *res = PyLong_FromLong(r->res), *out = NULL;
+    if (res == NULL)
+        return -1;
+    if (S.op_future_type != NULL && Py_IS_TYPE(cb, S.op_future_type)) {
+        PyObject *done = PyObject_CallMethodNoArgs(cb, S.s_done);
+        if (done == Py_False) {
+            Py_DECREF(done);
+            PyObject *pair = PyTuple_Pack(2, res, data);
+            out = pair ? PyObject_CallMethodOneArg(cb, S.s_set_result, pair) : NULL;
+            Py_XDECREF(pair);
+            Py_DECREF(res);
+            Py_XDECREF(out);
+            return out ? 0 : -1;
+        }
+        if (done == NULL) {
+            Py_DECREF(res);
+            return -1;
+        }
+        Py_DECREF(done);
+    }
+    PyObject *args[3] = {res, (r->flags & UL_F_MORE) ? Py_True : Py_False, data};
+    out = PyObject_Vectorcall(cb, args, 3, NULL);
+    Py_DECREF(res);
+    Py_XDECREF(out);
+    return out ? 0 : -1;
+}
+
+static int set_dispatching(Deliver *d, PyObject *v)
+{
+    return PyObject_SetAttr(d->engine, S.s_dispatching, v);
+}
+
+/* Deliver n records. A callback that raises does not stop the others: the
+ * first exception is returned in *first (new reference; later ones are
+ * dropped). -1 only when the records themselves cannot be delivered. */
+static int deliver(Deliver *d, int n, PyObject **first)
+{
+    *first = NULL;
+    if (n > d->record_cap) {
+        PyErr_Format(PyExc_SystemError, "%d records for an array of %zd", n, d->record_cap);
+        return -1;
+    }
+    if (set_dispatching(d, Py_True) < 0)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        const ul_record *r = &d->records[i];
+        Py_ssize_t slot = (Py_ssize_t)(r->user_data & 0xffffffffu);
+        if (slot >= PyList_GET_SIZE(d->cbs)) {
+            PyErr_Format(PyExc_SystemError, "record for slot %zd, beyond the table", slot);
+            goto fail;
+        }
+        PyObject *cb = Py_NewRef(PyList_GET_ITEM(d->cbs, slot));
+        PyObject *data = record_data(d, r, slot);
+        int ok = data != NULL && call_back(cb, r, data) == 0;
+        Py_XDECREF(data);
+        Py_DECREF(cb);
+        if (!ok) {
+            PyObject *exc = take_exception();
+            if (*first == NULL)
+                *first = exc;
+            else
+                Py_XDECREF(exc);
+        }
+        if (!(r->flags & UL_F_MORE)) {
+            /* final record: the slot lets go of its objects only now */
+            PyObject *num = PyLong_FromSsize_t(slot);
+            int bad = num == NULL || PyList_SetItem(d->cbs, slot, Py_NewRef(Py_None)) < 0 ||
+                      PyList_SetItem(d->keep, slot, Py_NewRef(Py_None)) < 0 ||
+                      PyList_Append(d->free, num) < 0;
+            Py_XDECREF(num);
+            if (bad)
+                goto fail;
+        }
+    }
+    if (set_dispatching(d, Py_False) == 0)
+        return 0;
+fail:
+    Py_CLEAR(*first);
+    PyObject *exc = take_exception();
+    set_dispatching(d, Py_False);
+    give_exception(exc);
+    return -1;
+}
+
+/* deliver(native, n): Engine.dispatch's body; returns the first exception a
+ * callback raised, or None */
+static PyObject *deliver_fn(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    PyObject *native, *first;
+    int n;
+    Deliver d = {0};
+    if (!PyArg_ParseTuple(args, "O!i:deliver", &PyTuple_Type, &native, &n))
+        return NULL;
+    if (deliver_init(&d, native, NULL, NULL) < 0)
+        return NULL;
+    int rc = n > 0 ? deliver(&d, n, &first) : (first = NULL, 0);
+    deliver_clear(&d);
+    if (rc < 0) {
+        Py_XDECREF(first);
+        return NULL;
+    }
+    return first ? first : Py_NewRef(Py_None);
+}
+
 /* ---------------------------------------------------------------- a turn */
 
 /* Handle._run for one handle; 0, or -1 when an exception must propagate */
@@ -507,18 +727,22 @@ static int run_handle(Core *self, PyObject *h)
     }
     if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
         return -1;
-#if PY_VERSION_HEX >= 0x030C0000
-    PyObject *exc = PyErr_GetRaisedException();
-#else
-    PyObject *type, *exc, *tb;
-    PyErr_Fetch(&type, &exc, &tb);
-    PyErr_NormalizeException(&type, &exc, &tb);
-    if (tb != NULL)
-        PyException_SetTraceback(exc, tb);
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
-#endif
+    PyObject *exc = take_exception();
     PyObject *r = PyObject_CallFunctionObjArgs(S.report, h, exc, NULL);
+    Py_DECREF(exc);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* the exception set comes from the engine or a completion callback: a
+ * SystemExit or KeyboardInterrupt propagates, anything else goes to the loop's
+ * exception handler (as _Turn.select does on the Python path) */
+static int report_or_raise(Core *self)
+{
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+        return -1;
+    PyObject *exc = take_exception();
+    PyObject *r = PyObject_CallOneArg(self->report, exc);
     Py_DECREF(exc);
     Py_XDECREF(r);
     return r ? 0 : -1;
@@ -563,12 +787,23 @@ static int io_step(Core *self, double timeout)
         }
         if (n == 0)
             return 0;
-        /* records to dispatch, or an error for Python to raise */
-        PyObject *num = PyLong_FromLong(n);
-        PyObject *r = num ? PyObject_CallOneArg(self->dispatch, num) : NULL;
-        Py_XDECREF(num);
-        Py_XDECREF(r);
-        return r ? 0 : -1;
+        if (n < 0) { /* the engine's error, raised by the stock turn's code */
+            PyObject *num = PyLong_FromLong(n);
+            PyObject *r = num ? PyObject_CallMethodOneArg(self->deliver.engine, S.s_dispatch, num)
+                              : NULL;
+            Py_XDECREF(num);
+            if (r == NULL)
+                return report_or_raise(self);
+            Py_DECREF(r);
+            return 0;
+        }
+        PyObject *first;
+        if (deliver(&self->deliver, n, &first) < 0)
+            return -1;
+        if (first == NULL)
+            return 0;
+        give_exception(first);
+        return report_or_raise(self);
     }
 }
 
@@ -758,28 +993,26 @@ static PyObject *Core_run_once(Core *self, PyObject *unused)
 
 /* ------------------------------------------------------- engine hookup */
 
+/* _sched_attach(engine.native(), report): the turn runs this engine itself */
 static PyObject *Core_sched_attach(Core *self, PyObject *args)
 {
-    unsigned long long engine, run;
-    PyObject *dispatch;
-    if (!PyArg_ParseTuple(args, "KKO:_sched_attach", &engine, &run, &dispatch))
+    PyObject *native, *report;
+    if (!PyArg_ParseTuple(args, "O!O:_sched_attach", &PyTuple_Type, &native, &report))
         return NULL;
-    if (engine == 0 || run == 0 || !PyCallable_Check(dispatch)) {
-        PyErr_SetString(PyExc_ValueError, "_sched_attach: engine, run and dispatch needed");
+    if (deliver_init(&self->deliver, native, &self->engine, &self->run) < 0)
         return NULL;
-    }
-    self->engine = (void *)(uintptr_t)engine;
-    self->run = (ul_run_fn)(uintptr_t)run;
-    Py_XSETREF(self->dispatch, Py_NewRef(dispatch));
+    Py_XSETREF(self->report, Py_NewRef(report));
     Py_RETURN_NONE;
 }
 
+/* before the engine is freed: the turn goes back to self._selector */
 static PyObject *Core_sched_detach(Core *self, PyObject *unused)
 {
     (void)unused;
     self->engine = NULL;
     self->run = NULL;
-    Py_CLEAR(self->dispatch);
+    deliver_clear(&self->deliver);
+    Py_CLEAR(self->report);
     Py_RETURN_NONE;
 }
 
@@ -794,7 +1027,12 @@ static int Core_traverse(Core *self, visitproc visit, void *arg)
     Py_VISIT(self->closed);
     Py_VISIT(self->tcc);
     Py_VISIT(self->clock_res);
-    Py_VISIT(self->dispatch);
+    Py_VISIT(self->deliver.engine);
+    Py_VISIT(self->deliver.cbs);
+    Py_VISIT(self->deliver.keep);
+    Py_VISIT(self->deliver.free);
+    Py_VISIT(self->deliver.addr_of);
+    Py_VISIT(self->report);
     return 0;
 }
 
@@ -807,7 +1045,8 @@ static int Core_clear(Core *self)
     Py_CLEAR(self->closed);
     Py_CLEAR(self->tcc);
     Py_CLEAR(self->clock_res);
-    Py_CLEAR(self->dispatch);
+    deliver_clear(&self->deliver);
+    Py_CLEAR(self->report);
     self->engine = NULL;
     return 0;
 }
@@ -883,12 +1122,13 @@ static PyObject *method_of(PyObject *cls, const char *name)
 static PyObject *setup(PyObject *mod, PyObject *args)
 {
     (void)mod;
-    PyObject *handle, *timer, *deque, *base, *report, *run_debug, *heapify;
+    PyObject *handle, *timer, *deque, *base, *op_future, *report, *run_debug, *heapify;
     double max_timeout, fraction;
     Py_ssize_t min_scheduled;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!OOOdnd:setup", &PyType_Type, &handle, &PyType_Type,
-                          &timer, &PyType_Type, &deque, &PyType_Type, &base, &report,
-                          &run_debug, &heapify, &max_timeout, &min_scheduled, &fraction))
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!OOOdnd:setup", &PyType_Type, &handle, &PyType_Type,
+                          &timer, &PyType_Type, &deque, &PyType_Type, &base, &PyType_Type,
+                          &op_future, &report, &run_debug, &heapify, &max_timeout,
+                          &min_scheduled, &fraction))
         return NULL;
     if (!PyType_IsSubtype((PyTypeObject *)timer, (PyTypeObject *)handle)) {
         PyErr_SetString(PyExc_TypeError, "setup: TimerHandle must derive from Handle");
@@ -897,6 +1137,7 @@ static PyObject *setup(PyObject *mod, PyObject *args)
     S.handle_type = (PyTypeObject *)Py_NewRef(handle);
     S.timer_type = (PyTypeObject *)Py_NewRef(timer);
     S.deque_type = (PyTypeObject *)Py_NewRef(deque);
+    S.op_future_type = (PyTypeObject *)Py_NewRef(op_future);
     S.report = Py_NewRef(report);
     S.run_debug = Py_NewRef(run_debug);
     S.heapify = Py_NewRef(heapify);
@@ -926,8 +1167,11 @@ static PyObject *setup(PyObject *mod, PyObject *args)
 }
 
 static PyMethodDef module_methods[] = {
+    {"deliver", deliver_fn, METH_VARARGS,
+     "deliver(native, n): hand n completion records to their callbacks; returns the "
+     "first exception a callback raised, or None"},
     {"setup", setup, METH_VARARGS,
-     "setup(Handle, TimerHandle, deque, BaseEventLoop, report, run_debug, heapify, "
+     "setup(Handle, TimerHandle, deque, BaseEventLoop, OpFuture, report, run_debug, heapify, "
      "max_timeout, min_scheduled, min_cancelled_fraction)"},
     {NULL, NULL, 0, NULL},
 };
@@ -955,6 +1199,10 @@ PyMODINIT_FUNC PyInit__sched(void)
     INTERN(s_process_events, "_process_events");
     INTERN(s_selector, "_selector");
     INTERN(s_call_at, "call_at");
+    INTERN(s_done, "done");
+    INTERN(s_set_result, "set_result");
+    INTERN(s_dispatching, "_dispatching");
+    INTERN(s_dispatch, "dispatch");
     if (PyType_Ready(&CoreType) < 0)
         return NULL;
     S.own_call_at = PyDict_GetItemWithError(CoreType.tp_dict, S.s_call_at);
