@@ -437,3 +437,30 @@ def test_loop_is_collected(loop):
     del lp
     gc.collect()
     assert ref() is None
+
+
+@pytest.mark.parametrize("name", ["_debug", "_clock_resolution", "_stopping", "_ready"])
+def test_attribute_deleted_by_a_callback_is_an_error_not_a_crash(loop, stock, name):
+    """BaseEventLoop's attributes live in the C struct: one deleted under the
+    turn raises AttributeError as the stock turn does, and puts back works."""
+
+    def script(lp):
+        saved = getattr(lp, name)
+
+        def delete():
+            delattr(lp, name)
+            lp.call_later(0, print)  # a timer: the next turn reads _clock_resolution
+
+        lp.call_soon(delete)
+        lp.call_soon(print)
+        try:
+            with pytest.raises(AttributeError, match=name):
+                lp.run_forever()
+        finally:
+            setattr(lp, name, saved)
+            lp._stopping = False
+        lp.call_soon(lp.stop)
+        lp.run_forever()
+        return True
+
+    assert both(loop, stock, script) == (True, True)

@@ -392,6 +392,12 @@ class Engine:
     def run(self, timeout: float | None = None) -> int:
         """One turn: submit, wait up to timeout (None = until something completes,
         0 = not at all), and dispatch the completions. Returns how many."""
+        return self.dispatch(self.wait(timeout))
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The first half of run(): submit and wait; returns how many records are
+        ready for dispatch() or deliver(). An exception a signal handler raises
+        while it waits comes out of here."""
         e = self._e
         if e is None:
             raise RuntimeError("engine is closed")
@@ -407,7 +413,16 @@ class Engine:
             # run then goes on waiting. EINTR also comes without a signal, e.g.
             # from io_uring task_work after another ring was torn down.
             n = lib.ul_run(e, ns)
-        return self.dispatch(n)
+        if n < 0 and n != -errno.EINTR:
+            self._raise_run_error(n)
+        return max(n, 0)
+
+    @staticmethod
+    def _raise_run_error(n: int) -> None:
+        """ul_run failed with n (< 0): the exception that says why."""
+        if n == -errno.EEXIST:
+            raise RuntimeError("the engine belongs to the thread that first ran it")
+        raise OSError(-n, os.strerror(-n))
 
     def native(self) -> tuple:
         """What uringloop._sched needs to run this engine and deliver its records
@@ -433,18 +448,21 @@ class Engine:
         return decode_sockaddr(ffi.unpack(self._addr, lib.ul_op_addr(e, slot, self._addr, 128)))
 
     def dispatch(self, n: int) -> int:
-        """Deliver the n records a ul_run just returned (n < 0: its error, raised).
-        The first exception a callback raises is re-raised once all are delivered."""
-        if n <= 0:
-            if n == 0 or n == -errno.EINTR:
-                return 0
-            if n == -errno.EEXIST:
-                raise RuntimeError("the engine belongs to the thread that first ran it")
-            raise OSError(-n, os.strerror(-n))
-        error = _sched.deliver(self._native, n)
+        """Deliver the n records wait() (or a C-side ul_run) made ready. The first
+        exception a callback raises is re-raised once all are delivered."""
+        error = self.deliver(n)
         if error is not None:
             raise error
         return n
+
+    def deliver(self, n: int):
+        """As dispatch(), but the first exception a callback raised is returned
+        (None if none did), for a caller that reports rather than raises."""
+        if n <= 0:
+            return None
+        if self._e is None:
+            raise RuntimeError("engine is closed")
+        return _sched.deliver(self._native, n)
 
     # -------------------------------------------------------------- state
 

@@ -109,12 +109,13 @@ class _Turn:
         self._engine = loop._engine
 
     def select(self, timeout=None):
-        try:
-            self._engine.run(timeout)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:  # a completion callback failed
-            self.report(exc)
+        # an exception from a signal handler comes out of wait() and propagates;
+        # one from a completion callback is reported, and the turn goes on
+        error = self._engine.deliver(self._engine.wait(timeout))
+        if error is not None:
+            if isinstance(error, (SystemExit, KeyboardInterrupt)):
+                raise error
+            self.report(error)
         return ()
 
     def report(self, exc):

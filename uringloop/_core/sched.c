@@ -58,7 +58,7 @@ static struct {
     Py_ssize_t min_scheduled;
     PyObject *s_time, *s_context, *s_cancelled, *s_scheduled, *s_when, *s_run;
     PyObject *s_popleft, *s_append, *s_select, *s_process_events, *s_selector, *s_call_at;
-    PyObject *s_done, *s_set_result, *s_dispatching, *s_dispatch;
+    PyObject *s_done, *s_set_result, *s_dispatching, *s_raise_error;
     PyObject *own_call_at; /* Core.call_at's descriptor */
 } S;
 
@@ -691,6 +691,8 @@ static int run_handle(Core *self, PyObject *h)
     int c = handle_cancelled(h);
     if (c != 0)
         return c < 0 ? -1 : 0;
+    if (field(self, self->debug, "_debug") == NULL) /* deleted by a callback */
+        return -1;
     int debug = truthy(self->debug);
     if (debug != 0) {
         if (debug < 0)
@@ -787,15 +789,13 @@ static int io_step(Core *self, double timeout)
         }
         if (n == 0)
             return 0;
-        if (n < 0) { /* the engine's error, raised by the stock turn's code */
+        if (n < 0) { /* the engine failed: Engine.wait's error, raised */
             PyObject *num = PyLong_FromLong(n);
-            PyObject *r = num ? PyObject_CallMethodOneArg(self->deliver.engine, S.s_dispatch, num)
+            PyObject *r = num ? PyObject_CallMethodOneArg(self->deliver.engine, S.s_raise_error, num)
                               : NULL;
             Py_XDECREF(num);
-            if (r == NULL)
-                return report_or_raise(self);
-            Py_DECREF(r);
-            return 0;
+            Py_XDECREF(r);
+            return r ? 0 : -1;
         }
         PyObject *first;
         if (deliver(&self->deliver, n, &first) < 0)
@@ -894,6 +894,10 @@ static int collect_due(Core *self)
     PyObject *t = now(self);
     if (t == NULL)
         return -1;
+    if (field(self, self->clock_res, "_clock_resolution") == NULL) {
+        Py_DECREF(t);
+        return -1;
+    }
     PyObject *end = PyNumber_Add(t, self->clock_res);
     Py_DECREF(t);
     if (end == NULL)
@@ -931,15 +935,21 @@ static int collect_due(Core *self)
     return rc;
 }
 
+/* the native turn can run: plain(), and every attribute it reads is there */
+static int turn_ready(Core *self)
+{
+    return plain(self) && self->tcc != NULL && self->clock_res != NULL && self->stopping != NULL;
+}
+
 static PyObject *Core_run_once(Core *self, PyObject *unused)
 {
     (void)unused;
-    if (!plain(self) || self->tcc == NULL || self->clock_res == NULL || self->stopping == NULL)
+    if (!turn_ready(self))
         return PyObject_CallOneArg(S.base_run_once, (PyObject *)self);
 
     if (purge_cancelled(self) < 0)
         return NULL;
-    if (!plain(self))
+    if (!turn_ready(self)) /* a foreign timer's __lt__ or _cancelled ran Python code */
         return PyObject_CallOneArg(S.base_run_once, (PyObject *)self);
 
     /* timeout: 0 with work ready or a stop pending, else until the first timer */
@@ -1202,7 +1212,7 @@ PyMODINIT_FUNC PyInit__sched(void)
     INTERN(s_done, "done");
     INTERN(s_set_result, "set_result");
     INTERN(s_dispatching, "_dispatching");
-    INTERN(s_dispatch, "dispatch");
+    INTERN(s_raise_error, "_raise_run_error");
     if (PyType_Ready(&CoreType) < 0)
         return NULL;
     S.own_call_at = PyDict_GetItemWithError(CoreType.tp_dict, S.s_call_at);

@@ -598,6 +598,13 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
         e->st.enters++;
         if (r < 0 && saved != ETIME && saved != EBUSY && saved != EAGAIN)
             err = -saved;
+        /* A wait cut short by a signal returns the count submitted, not EINTR,
+         * when the same call submitted: an empty CQ after a successful wait
+         * for one CQE means exactly that. Say EINTR, so the caller runs the
+         * signal handlers before waiting again. */
+        if (wait && r >= 0 && to_submit > 0 &&
+            __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) == *u->cq_khead)
+            err = -EINTR;
     }
     reap(e, u);
     while ((__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & UL_SQ_CQ_OVERFLOW) &&
