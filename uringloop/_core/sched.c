@@ -60,6 +60,7 @@ static struct {
     PyObject *s_popleft, *s_append, *s_select, *s_process_events, *s_selector, *s_call_at;
     PyObject *s_done, *s_set_result, *s_dispatching, *s_raise_error;
     PyObject *own_call_at; /* Core.call_at's descriptor */
+    PyObject *context_kwnames; /* the last kwnames tuple seen to be ("context",) */
 } S;
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
@@ -153,9 +154,14 @@ static int parse_context(PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
         return 0;
     if (PyTuple_GET_SIZE(kwnames) != 1)
         return -1;
-    PyObject *k = PyTuple_GET_ITEM(kwnames, 0);
-    if (k != S.s_context && !(PyUnicode_Check(k) && PyUnicode_Compare(k, S.s_context) == 0))
-        return -1;
+    if (kwnames != S.context_kwnames) {
+        /* callers pass the same kwnames tuple every time (a code object's
+         * constant, _asyncio's own): remember the last one that matched */
+        PyObject *k = PyTuple_GET_ITEM(kwnames, 0);
+        if (k != S.s_context && !(PyUnicode_Check(k) && PyUnicode_Compare(k, S.s_context) == 0))
+            return -1;
+        Py_XSETREF(S.context_kwnames, Py_NewRef(kwnames));
+    }
     *ctx = args[nargs];
     return 0;
 }
