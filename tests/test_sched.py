@@ -464,3 +464,22 @@ def test_attribute_deleted_by_a_callback_is_an_error_not_a_crash(loop, stock, na
         return True
 
     assert both(loop, stock, script) == (True, True)
+
+
+def test_call_soon_bound_once_and_still_patchable(loop):
+    """loop.call_soon is made once per loop (Task and Future look it up on every
+    step); an instance attribute still replaces it, as on the stock loop, and
+    the class attribute is the plain method."""
+    from unittest import mock
+
+    assert loop.call_soon is loop.call_soon
+    ran = []
+    type(loop).call_soon(loop, ran.append, "via the class")
+    with mock.patch.object(loop, "call_soon") as patched:
+        loop.call_soon(ran.append, "patched")
+        patched.assert_called_once_with(ran.append, "patched")
+    loop.call_soon(ran.append, "restored")
+    run_in(loop, asyncio.sleep(0))
+    assert ran == ["via the class", "restored"]
+    with pytest.raises(TypeError):
+        type(loop).call_soon(object(), print)

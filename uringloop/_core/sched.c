@@ -2,8 +2,9 @@
  *
  * Core is a base class of uringloop.Loop, placed before asyncio.BaseEventLoop
  * in its MRO. It takes over the scheduler's hot paths (call_soon, _call_soon,
- * call_at, call_later, time, _run_once) while keeping everything the rest of
- * asyncio sees exactly the stock loop's:
+ * call_at, call_later, time, _run_once; call_soon is bound once per loop, see
+ * CachedMethod) while keeping everything the rest of asyncio sees exactly the
+ * stock loop's:
  *
  *  - the handles ARE asyncio.events.Handle / TimerHandle instances. They are
  *    allocated here and their __slots__ filled through the offsets of the
@@ -111,6 +112,7 @@ typedef struct {
     ul_run_fn run;
     Deliver deliver;
     PyObject *report;     /* report(exc): a completion callback raised */
+    PyObject *bound_call_soon; /* loop.call_soon, made once (see CachedMethod) */
 } Core;
 
 /* ------------------------------------------------------------ helpers */
@@ -1049,6 +1051,7 @@ static int Core_traverse(Core *self, visitproc visit, void *arg)
     Py_VISIT(self->deliver.free);
     Py_VISIT(self->deliver.addr_of);
     Py_VISIT(self->report);
+    Py_VISIT(self->bound_call_soon);
     return 0;
 }
 
@@ -1063,6 +1066,7 @@ static int Core_clear(Core *self)
     Py_CLEAR(self->clock_res);
     deliver_clear(&self->deliver);
     Py_CLEAR(self->report);
+    Py_CLEAR(self->bound_call_soon);
     self->engine = NULL;
     return 0;
 }
@@ -1112,6 +1116,72 @@ static PyTypeObject CoreType = {
     .tp_methods = Core_methods,
     .tp_new = PyType_GenericNew,
 };
+
+/* ------------------------------------------------------- CachedMethod
+ * _asyncio looks up loop.call_soon on every Task step and every future
+ * callback: a bound method allocated (and tracked by the GC) each time. This
+ * descriptor hands out one bound method per loop instead. It is a non-data
+ * descriptor like the method descriptor it wraps, so an instance attribute
+ * (loop.call_soon = ..., mock.patch.object) still wins, and on the class it
+ * gives the plain method descriptor. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *method; /* the method_descriptor of Core.call_soon */
+} CachedMethod;
+
+static PyObject *CachedMethod_get(CachedMethod *d, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None || !PyObject_TypeCheck(obj, &CoreType))
+        return Py_TYPE(d->method)->tp_descr_get(d->method, obj, type);
+    Core *core = (Core *)obj;
+    if (core->bound_call_soon == NULL) {
+        core->bound_call_soon = Py_TYPE(d->method)->tp_descr_get(d->method, obj, type);
+        if (core->bound_call_soon == NULL)
+            return NULL;
+    }
+    return Py_NewRef(core->bound_call_soon);
+}
+
+static void CachedMethod_dealloc(CachedMethod *d)
+{
+    Py_XDECREF(d->method);
+    Py_TYPE(d)->tp_free((PyObject *)d);
+}
+
+static PyTypeObject CachedMethodType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringloop._sched.CachedMethod",
+    .tp_basicsize = sizeof(CachedMethod),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A method descriptor that makes its bound method once per loop.",
+    .tp_dealloc = (destructor)CachedMethod_dealloc,
+    .tp_descr_get = (descrgetfunc)CachedMethod_get,
+};
+
+/* replace Core.call_soon's method descriptor by a CachedMethod wrapping it */
+static int cache_call_soon(void)
+{
+    PyObject *name = PyUnicode_InternFromString("call_soon");
+    PyObject *method = name ? PyDict_GetItemWithError(CoreType.tp_dict, name) : NULL;
+    if (method == NULL) {
+        Py_XDECREF(name);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_SystemError, "no Core.call_soon");
+        return -1;
+    }
+    CachedMethod *d = PyObject_New(CachedMethod, &CachedMethodType);
+    if (d == NULL) {
+        Py_DECREF(name);
+        return -1;
+    }
+    d->method = Py_NewRef(method);
+    int r = PyDict_SetItem(CoreType.tp_dict, name, (PyObject *)d);
+    Py_DECREF(d);
+    Py_DECREF(name);
+    PyType_Modified(&CoreType);
+    return r;
+}
 
 /* ------------------------------------------------------------ setup() */
 
@@ -1219,7 +1289,8 @@ PyMODINIT_FUNC PyInit__sched(void)
     INTERN(s_set_result, "set_result");
     INTERN(s_dispatching, "_dispatching");
     INTERN(s_raise_error, "_raise_run_error");
-    if (PyType_Ready(&CoreType) < 0)
+    if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&CachedMethodType) < 0 ||
+        cache_call_soon() < 0)
         return NULL;
     S.own_call_at = PyDict_GetItemWithError(CoreType.tp_dict, S.s_call_at);
     if (S.own_call_at == NULL)
