@@ -45,7 +45,6 @@ typedef int (*ul_run_fn)(void *engine, int64_t timeout_ns);
 
 /* set once by setup(); the interpreter has one asyncio */
 static struct {
-    int ready;
     PyTypeObject *handle_type, *timer_type, *deque_type;
     PyObject *deque_append, *deque_popleft, *heapify;
     PyObject *base_call_soon, *base_internal_call_soon, *base_call_at;
@@ -58,7 +57,7 @@ static struct {
     double max_timeout, min_cancelled_fraction;
     Py_ssize_t min_scheduled;
     PyObject *s_time, *s_context, *s_cancelled, *s_scheduled, *s_when, *s_run;
-    PyObject *s_popleft, *s_append, *s_select, *s_process_events, *s_selector, *s_call_at;
+    PyObject *s_popleft, *s_append, *s_call_at;
     PyObject *s_done, *s_set_result, *s_dispatching, *s_raise_error;
     PyObject *own_call_at; /* Core.call_at's descriptor */
     PyObject *context_kwnames; /* the last kwnames tuple seen to be ("context",) */
@@ -391,6 +390,15 @@ static PyObject *now(Core *self)
 
 /* ------------------------------------------------------------ scheduling */
 
+/* a Handle for callback(*args), appended to _ready */
+static PyObject *soon(Core *self, PyObject *callback, PyObject *args, PyObject *ctx)
+{
+    PyObject *h = make_handle(S.handle_type, callback, args, (PyObject *)self, ctx);
+    if (h != NULL && ready_append(self, h) < 0)
+        Py_CLEAR(h);
+    return h;
+}
+
 static PyObject *Core_call_soon(Core *self, PyObject *const *args, Py_ssize_t nargsf,
                                 PyObject *kwnames)
 {
@@ -401,14 +409,8 @@ static PyObject *Core_call_soon(Core *self, PyObject *const *args, Py_ssize_t na
     PyObject *argt = tuple_of(args + 1, nargs - 1);
     if (argt == NULL)
         return NULL;
-    PyObject *h = make_handle(S.handle_type, args[0], argt, (PyObject *)self, ctx);
+    PyObject *h = soon(self, args[0], argt, ctx);
     Py_DECREF(argt);
-    if (h == NULL)
-        return NULL;
-    if (ready_append(self, h) < 0) {
-        Py_DECREF(h);
-        return NULL;
-    }
     return h;
 }
 
@@ -418,14 +420,7 @@ static PyObject *Core_internal_call_soon(Core *self, PyObject *const *args,
 {
     if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL || !plain(self))
         return delegate(S.base_internal_call_soon, self, args, nargsf, kwnames);
-    PyObject *h = make_handle(S.handle_type, args[0], args[1], (PyObject *)self, args[2]);
-    if (h == NULL)
-        return NULL;
-    if (ready_append(self, h) < 0) {
-        Py_DECREF(h);
-        return NULL;
-    }
-    return h;
+    return soon(self, args[0], args[1], args[2]);
 }
 
 static PyObject *schedule_at(Core *self, PyObject *when, PyObject *const *cbargs,
@@ -744,39 +739,25 @@ static int run_handle(Core *self, PyObject *h)
     return r ? 0 : -1;
 }
 
-/* the exception set comes from the engine or a completion callback: a
- * SystemExit or KeyboardInterrupt propagates, anything else goes to the loop's
- * exception handler (as _Turn.select does on the Python path) */
-static int report_or_raise(Core *self)
+/* exc (stolen) came from a completion callback: a SystemExit or
+ * KeyboardInterrupt is raised, anything else goes to the loop's exception
+ * handler (as _Turn.select does on the Python path) */
+static int report_or_raise(Core *self, PyObject *exc)
 {
-    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+    if (PyErr_GivenExceptionMatches(exc, PyExc_SystemExit) ||
+        PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt)) {
+        give_exception(exc);
         return -1;
-    PyObject *exc = take_exception();
+    }
     PyObject *r = PyObject_CallOneArg(self->report, exc);
     Py_DECREF(exc);
     Py_XDECREF(r);
     return r ? 0 : -1;
 }
 
-/* the I/O step: timeout < 0 waits without limit */
+/* the I/O step (engine attached): timeout < 0 waits without limit */
 static int io_step(Core *self, double timeout)
 {
-    if (self->engine == NULL) {
-        /* event_list = self._selector.select(timeout); self._process_events(...) */
-        PyObject *sel = PyObject_GetAttr((PyObject *)self, S.s_selector);
-        if (sel == NULL)
-            return -1;
-        PyObject *t = timeout < 0 ? Py_NewRef(Py_None) : PyFloat_FromDouble(timeout);
-        PyObject *ev = t ? PyObject_CallMethodOneArg(sel, S.s_select, t) : NULL;
-        Py_DECREF(sel);
-        Py_XDECREF(t);
-        if (ev == NULL)
-            return -1;
-        PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, S.s_process_events, ev);
-        Py_DECREF(ev);
-        Py_XDECREF(r);
-        return r ? 0 : -1;
-    }
     int64_t ns = timeout < 0 ? -1 : timeout > 0 ? (int64_t)(timeout * 1e9) : 0;
     for (;;) {
         int n;
@@ -808,10 +789,7 @@ static int io_step(Core *self, double timeout)
         PyObject *first;
         if (deliver(&self->deliver, n, &first) < 0)
             return -1;
-        if (first == NULL)
-            return 0;
-        give_exception(first);
-        return report_or_raise(self);
+        return first == NULL ? 0 : report_or_raise(self, first);
     }
 }
 
@@ -943,10 +921,12 @@ static int collect_due(Core *self)
     return rc;
 }
 
-/* the native turn can run: plain(), and every attribute it reads is there */
+/* the native turn can run: plain(), every attribute it reads is there, and
+ * the engine is attached (it is from Loop.__init__ until close) */
 static int turn_ready(Core *self)
 {
-    return plain(self) && self->tcc != NULL && self->clock_res != NULL && self->stopping != NULL;
+    return plain(self) && self->tcc != NULL && self->clock_res != NULL &&
+           self->stopping != NULL && self->engine != NULL;
 }
 
 static PyObject *Core_run_once(Core *self, PyObject *unused)
@@ -1200,11 +1180,6 @@ static int slot_offset(PyTypeObject *tp, const char *name, Py_ssize_t *out)
     return ok ? 0 : -1;
 }
 
-static PyObject *method_of(PyObject *cls, const char *name)
-{
-    return PyObject_GetAttrString(cls, name);
-}
-
 static PyObject *setup(PyObject *mod, PyObject *args)
 {
     (void)mod;
@@ -1240,15 +1215,14 @@ static PyObject *setup(PyObject *mod, PyObject *args)
         slot_offset(S.timer_type, "_when", &S.off_when) < 0 ||
         slot_offset(S.timer_type, "_scheduled", &S.off_scheduled) < 0)
         return NULL;
-    if (!(S.deque_append = method_of(deque, "append")) ||
-        !(S.deque_popleft = method_of(deque, "popleft")) ||
-        !(S.base_call_soon = method_of(base, "call_soon")) ||
-        !(S.base_internal_call_soon = method_of(base, "_call_soon")) ||
-        !(S.base_call_at = method_of(base, "call_at")) ||
-        !(S.base_call_later = method_of(base, "call_later")) ||
-        !(S.base_run_once = method_of(base, "_run_once")))
+    if (!(S.deque_append = PyObject_GetAttrString(deque, "append")) ||
+        !(S.deque_popleft = PyObject_GetAttrString(deque, "popleft")) ||
+        !(S.base_call_soon = PyObject_GetAttrString(base, "call_soon")) ||
+        !(S.base_internal_call_soon = PyObject_GetAttrString(base, "_call_soon")) ||
+        !(S.base_call_at = PyObject_GetAttrString(base, "call_at")) ||
+        !(S.base_call_later = PyObject_GetAttrString(base, "call_later")) ||
+        !(S.base_run_once = PyObject_GetAttrString(base, "_run_once")))
         return NULL;
-    S.ready = 1;
     Py_RETURN_NONE;
 }
 
@@ -1281,9 +1255,6 @@ PyMODINIT_FUNC PyInit__sched(void)
     INTERN(s_run, "_run");
     INTERN(s_popleft, "popleft");
     INTERN(s_append, "append");
-    INTERN(s_select, "select");
-    INTERN(s_process_events, "_process_events");
-    INTERN(s_selector, "_selector");
     INTERN(s_call_at, "call_at");
     INTERN(s_done, "done");
     INTERN(s_set_result, "set_result");
