@@ -45,7 +45,8 @@ def both(loop, stock, script):
 def test_loop_uses_the_native_core(loop):
     assert isinstance(loop, _sched.Core)
     assert isinstance(loop, asyncio.BaseEventLoop)
-    for name in ("call_soon", "_call_soon", "call_at", "call_later", "time", "_run_once"):
+    for name in ("call_soon", "_call_soon", "call_at", "call_later", "time", "_run_once",
+                 "create_task"):
         assert getattr(type(loop), name) is getattr(_sched.Core, name), name
     assert type(loop._ready) is collections.deque
     assert type(loop._scheduled) is list
@@ -483,3 +484,123 @@ def test_call_soon_bound_once_and_still_patchable(loop):
     assert ran == ["via the class", "restored"]
     with pytest.raises(TypeError):
         type(loop).call_soon(object(), print)
+
+
+async def _named():
+    await asyncio.sleep(0)
+    return asyncio.current_task().get_name()
+
+
+def test_create_task_as_stock(loop, stock):
+    """create_task's C path (no factory, not debug) makes the same Task the stock
+    method makes; every other case is the stock method itself."""
+    var = contextvars.ContextVar("var", default="unset")
+
+    async def read_var():
+        return var.get()
+
+    def script(lp):
+        made = []
+        out = []
+        t1 = lp.create_task(_named(), name="one")
+        t2 = lp.create_task(_named())
+        t3 = lp.create_task(coro=_named())  # coro is positional-or-keyword
+        made += [t1, t2, t3]
+        out.append([type(t) for t in made])
+        out.append([t._source_traceback for t in made])
+        if sys.version_info >= (3, 11):
+            ctx = contextvars.copy_context()
+            ctx.run(var.set, "from ctx")
+            made += [lp.create_task(read_var(), context=ctx, name="ctx"),
+                     lp.create_task(read_var(), context=None)]
+        out.append(lp.run_until_complete(asyncio.gather(*made))[:1])
+        out.append([t.get_name() for t in made][:1] + [t.get_name() for t in made][3:4])
+        coro = _named()
+        out.append(_error(lp.create_task, coro, bogus=1))
+        out.append(_error(lp.create_task, coro, coro))
+        out.append(_error(lp.create_task))
+        coro.close()
+        out.append(_error(lp.create_task, 42))
+        out.append(_error(lp.create_task, None, name="x"))
+        return out
+
+    mine, theirs = both(loop, stock, script)
+    assert mine[0] == [asyncio.Task] * 3
+    assert mine[3] == ["one"] + (["ctx"] if sys.version_info >= (3, 11) else [])
+    assert all(e is not None for e in mine[4:]), mine[4:]
+    assert mine == theirs
+
+
+def test_create_task_context_values(loop, stock):
+    if sys.version_info < (3, 11):
+        pytest.skip("create_task(context=) exists from Python 3.11")
+    var = contextvars.ContextVar("var", default="unset")
+
+    async def read_var():
+        await asyncio.sleep(0)
+        return var.get()
+
+    def script(lp):
+        ctx = contextvars.copy_context()
+        ctx.run(var.set, "from ctx")
+        a = lp.create_task(read_var(), context=ctx)
+        b = lp.create_task(read_var())
+        return lp.run_until_complete(asyncio.gather(a, b))
+
+    assert both(loop, stock, script) == (["from ctx", "unset"], ["from ctx", "unset"])
+
+
+def test_create_task_debug_factory_closed_and_patched_as_stock(loop, stock):
+    """The cases the C path hands to the stock method, and the lookups it must
+    repeat per call: debug mode (the traceback ends at the caller), a task
+    factory, a closed loop, a replaced asyncio.tasks.Task, a subclass whose
+    get_debug() says yes."""
+    from unittest import mock
+
+    class Mine(asyncio.Task):
+        pass
+
+    def script(lp):
+        out = []
+        lp.set_debug(True)
+        t = lp.create_task(_named())
+        out.append((t._source_traceback[-1].name, t._source_traceback[-1].line))
+        lp.run_until_complete(t)
+        lp.set_debug(False)
+        lp.set_task_factory(lambda loop, coro, **kw: Mine(coro, loop=loop, **kw))
+        t = lp.create_task(_named(), name="f")
+        out.append((type(t), lp.run_until_complete(t)))
+        lp.set_task_factory(None)
+        with mock.patch("asyncio.tasks.Task", Mine):
+            t = lp.create_task(_named(), name="p")
+        out.append((type(t), lp.run_until_complete(t)))
+        return out
+
+    mine, theirs = both(loop, stock, script)
+    assert mine[0][0] == "script"
+    assert mine[1] == (Mine, "f") and mine[2] == (Mine, "p")
+    assert mine == theirs
+
+    class Noisy(uringloop.Loop):
+        def get_debug(self):
+            return True
+
+    class StockNoisy(asyncio.SelectorEventLoop):
+        def get_debug(self):
+            return True
+
+    def traced(lp):
+        try:
+            t = lp.create_task(_named())
+            frame = t._source_traceback[-1]
+            lp.run_until_complete(t)
+            lp.close()
+            coro = _named()
+            err = _error(lp.create_task, coro)
+            coro.close()
+            return frame.name, err
+        finally:
+            lp.close()
+
+    assert traced(Noisy()) == traced(StockNoisy()) == (
+        "traced", (RuntimeError, "Event loop is closed"))

@@ -24,7 +24,7 @@ import socket
 import stat
 import sys
 import warnings
-from asyncio import base_events, events, format_helpers
+from asyncio import base_events, events, format_helpers, tasks
 from asyncio.log import logger
 
 from . import _sched, engine
@@ -96,6 +96,7 @@ _sched.setup(
     base_events.MAXIMUM_SELECT_TIMEOUT,
     base_events._MIN_SCHEDULED_TIMER_HANDLES,
     base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION,
+    tasks,
 )
 
 

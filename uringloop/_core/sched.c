@@ -2,9 +2,9 @@
  *
  * Core is a base class of uringloop.Loop, placed before asyncio.BaseEventLoop
  * in its MRO. It takes over the scheduler's hot paths (call_soon, _call_soon,
- * call_at, call_later, time, _run_once; call_soon is bound once per loop, see
- * CachedMethod) while keeping everything the rest of asyncio sees exactly the
- * stock loop's:
+ * call_at, call_later, time, _run_once, create_task; call_soon is bound once
+ * per loop, see CachedMethod) while keeping everything the rest of asyncio
+ * sees exactly the stock loop's:
  *
  *  - the handles ARE asyncio.events.Handle / TimerHandle instances. They are
  *    allocated here and their __slots__ filled through the offsets of the
@@ -20,9 +20,10 @@
  *
  * Anything unusual takes the stock Python code instead: debug mode (source
  * tracebacks, slow-callback timing, thread checks), a closed loop (the stock
- * error), unexpected keyword arguments, a replaced _ready/_scheduled of another
- * type, handles that are not exact Handle/TimerHandle or whose slots were
- * deleted, a context that is not a contextvars.Context.
+ * error), unexpected keyword arguments, a task factory, a replaced
+ * _ready/_scheduled of another type, handles that are not exact
+ * Handle/TimerHandle or whose slots were deleted, a context that is not a
+ * contextvars.Context.
  *
  * The I/O step calls the engine's ul_run directly (its address comes from
  * cffi, Engine.native()) and delivers the completion records here too
@@ -48,7 +49,8 @@ static struct {
     PyTypeObject *handle_type, *timer_type, *deque_type;
     PyObject *deque_append, *deque_popleft, *heapify;
     PyObject *base_call_soon, *base_internal_call_soon, *base_call_at;
-    PyObject *base_call_later, *base_run_once;
+    PyObject *base_call_later, *base_run_once, *base_create_task;
+    PyObject *tasks, *tasks_dict; /* asyncio.tasks: create_task looks up tasks.Task */
     PyTypeObject *op_future_type; /* uringloop.sock._OpFuture */
     PyObject *report;    /* report(handle, exc): Handle._run's except clause */
     PyObject *run_debug; /* run_debug(loop, handle): the debug branch of a turn */
@@ -59,6 +61,8 @@ static struct {
     PyObject *s_time, *s_context, *s_cancelled, *s_scheduled, *s_when, *s_run;
     PyObject *s_popleft, *s_append, *s_call_at;
     PyObject *s_done, *s_set_result, *s_dispatching, *s_raise_error;
+    PyObject *s_name, *s_task;
+    PyObject *task_kwnames; /* ("loop", "name", "context"); 3.10: ("loop", "name") */
     PyObject *own_call_at; /* Core.call_at's descriptor */
     PyObject *context_kwnames; /* the last kwnames tuple seen to be ("context",) */
 } S;
@@ -107,6 +111,7 @@ typedef struct {
     PyObject *closed;     /* _closed */
     PyObject *tcc;        /* _timer_cancelled_count */
     PyObject *clock_res;  /* _clock_resolution */
+    PyObject *task_factory; /* _task_factory */
     void *engine;         /* ul_engine *, while attached */
     ul_run_fn run;
     Deliver deliver;
@@ -386,6 +391,55 @@ static PyObject *now(Core *self)
 {
     PyObject *stack[1] = {(PyObject *)self};
     return PyObject_VectorcallMethod(S.s_time, stack, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* The keyword arguments stock create_task takes, by name: name= and (3.11+)
+ * context=. 0 ok, -1 anything else (the stock method then raises). */
+static int parse_task_kw(PyObject *const *kw, PyObject *kwnames, PyObject **name,
+                         PyObject **ctx)
+{
+    Py_ssize_t n = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        if (k == S.s_name || PyUnicode_Compare(k, S.s_name) == 0)
+            *name = kw[i];
+#if PY_VERSION_HEX >= 0x030B0000
+        else if (k == S.s_context || PyUnicode_Compare(k, S.s_context) == 0)
+            *ctx = kw[i];
+#endif
+        else
+            return -1; /* keyword names are always str: no error can be pending */
+    }
+    return 0;
+}
+
+/* create_task(coro, *, name=None, context=None): BaseEventLoop.create_task
+ * without its two Python frames, when it would make a plain Task: no task
+ * factory, not in debug mode. Anything else is the stock method. */
+static PyObject *Core_create_task(Core *self, PyObject *const *args, Py_ssize_t nargsf,
+                                  PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *name = Py_None, *ctx = Py_None;
+    if (nargs != 1 || self->closed != Py_False || self->debug != Py_False ||
+        parse_task_kw(args + 1, kwnames, &name, &ctx) < 0)
+        return delegate(S.base_create_task, self, args, nargsf, kwnames);
+    if (self->task_factory != Py_None) /* a factory, or unset: the stock method */
+        return delegate(S.base_create_task, self, args, nargsf, kwnames);
+    /* tasks.Task, looked up per call as the stock method does */
+    PyObject *task_type = PyDict_GetItemWithError(S.tasks_dict, S.s_task);
+    if (task_type == NULL)
+        return PyErr_Occurred() ? NULL : PyObject_GetAttr(S.tasks, S.s_task);
+    Py_INCREF(task_type);
+    PyObject *stack[4] = {args[0], (PyObject *)self, name, ctx};
+    PyObject *task = PyObject_Vectorcall(task_type, stack, 1, S.task_kwnames);
+    Py_DECREF(task_type);
+    if (task == NULL)
+        return NULL;
+    /* stock then drops its own frame from task._source_traceback (set when
+     * get_debug() says so, which a subclass may override): this C method has
+     * no frame, the traceback already ends at the caller */
+    return task;
 }
 
 /* ------------------------------------------------------------ scheduling */
@@ -1025,6 +1079,7 @@ static int Core_traverse(Core *self, visitproc visit, void *arg)
     Py_VISIT(self->closed);
     Py_VISIT(self->tcc);
     Py_VISIT(self->clock_res);
+    Py_VISIT(self->task_factory);
     Py_VISIT(self->deliver.engine);
     Py_VISIT(self->deliver.cbs);
     Py_VISIT(self->deliver.keep);
@@ -1044,6 +1099,7 @@ static int Core_clear(Core *self)
     Py_CLEAR(self->closed);
     Py_CLEAR(self->tcc);
     Py_CLEAR(self->clock_res);
+    Py_CLEAR(self->task_factory);
     deliver_clear(&self->deliver);
     Py_CLEAR(self->report);
     Py_CLEAR(self->bound_call_soon);
@@ -1066,6 +1122,7 @@ static PyMemberDef Core_members[] = {
     {"_closed", Py_T_OBJECT_EX, offsetof(Core, closed), 0, NULL},
     {"_timer_cancelled_count", Py_T_OBJECT_EX, offsetof(Core, tcc), 0, NULL},
     {"_clock_resolution", Py_T_OBJECT_EX, offsetof(Core, clock_res), 0, NULL},
+    {"_task_factory", Py_T_OBJECT_EX, offsetof(Core, task_factory), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1075,6 +1132,7 @@ static PyMethodDef Core_methods[] = {
     {"_call_soon", (PyCFunction)(void (*)(void))Core_internal_call_soon, FASTKW, NULL},
     {"call_at", (PyCFunction)(void (*)(void))Core_call_at, FASTKW, NULL},
     {"call_later", (PyCFunction)(void (*)(void))Core_call_later, FASTKW, NULL},
+    {"create_task", (PyCFunction)(void (*)(void))Core_create_task, FASTKW, NULL},
     {"time", (PyCFunction)Core_time, METH_NOARGS,
      "Return the time according to the event loop's clock (time.monotonic())."},
     {"_run_once", (PyCFunction)Core_run_once, METH_NOARGS, NULL},
@@ -1183,13 +1241,13 @@ static int slot_offset(PyTypeObject *tp, const char *name, Py_ssize_t *out)
 static PyObject *setup(PyObject *mod, PyObject *args)
 {
     (void)mod;
-    PyObject *handle, *timer, *deque, *base, *op_future, *report, *run_debug, *heapify;
+    PyObject *handle, *timer, *deque, *base, *op_future, *report, *run_debug, *heapify, *tasks;
     double max_timeout, fraction;
     Py_ssize_t min_scheduled;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!O!OOOdnd:setup", &PyType_Type, &handle, &PyType_Type,
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!OOOdndO!:setup", &PyType_Type, &handle, &PyType_Type,
                           &timer, &PyType_Type, &deque, &PyType_Type, &base, &PyType_Type,
                           &op_future, &report, &run_debug, &heapify, &max_timeout,
-                          &min_scheduled, &fraction))
+                          &min_scheduled, &fraction, &PyModule_Type, &tasks))
         return NULL;
     if (!PyType_IsSubtype((PyTypeObject *)timer, (PyTypeObject *)handle)) {
         PyErr_SetString(PyExc_TypeError, "setup: TimerHandle must derive from Handle");
@@ -1202,6 +1260,8 @@ static PyObject *setup(PyObject *mod, PyObject *args)
     S.report = Py_NewRef(report);
     S.run_debug = Py_NewRef(run_debug);
     S.heapify = Py_NewRef(heapify);
+    S.tasks = Py_NewRef(tasks);
+    S.tasks_dict = Py_NewRef(PyModule_GetDict(tasks));
     S.max_timeout = max_timeout;
     S.min_scheduled = min_scheduled;
     S.min_cancelled_fraction = fraction;
@@ -1221,7 +1281,8 @@ static PyObject *setup(PyObject *mod, PyObject *args)
         !(S.base_internal_call_soon = PyObject_GetAttrString(base, "_call_soon")) ||
         !(S.base_call_at = PyObject_GetAttrString(base, "call_at")) ||
         !(S.base_call_later = PyObject_GetAttrString(base, "call_later")) ||
-        !(S.base_run_once = PyObject_GetAttrString(base, "_run_once")))
+        !(S.base_run_once = PyObject_GetAttrString(base, "_run_once")) ||
+        !(S.base_create_task = PyObject_GetAttrString(base, "create_task")))
         return NULL;
     Py_RETURN_NONE;
 }
@@ -1232,7 +1293,7 @@ static PyMethodDef module_methods[] = {
      "first exception a callback raised, or None"},
     {"setup", setup, METH_VARARGS,
      "setup(Handle, TimerHandle, deque, BaseEventLoop, OpFuture, report, run_debug, heapify, "
-     "max_timeout, min_scheduled, min_cancelled_fraction)"},
+     "max_timeout, min_scheduled, min_cancelled_fraction, asyncio.tasks)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1260,6 +1321,19 @@ PyMODINIT_FUNC PyInit__sched(void)
     INTERN(s_set_result, "set_result");
     INTERN(s_dispatching, "_dispatching");
     INTERN(s_raise_error, "_raise_run_error");
+    INTERN(s_name, "name");
+    INTERN(s_task, "Task");
+    PyObject *s_loop = PyUnicode_InternFromString("loop");
+    if (s_loop == NULL)
+        return NULL;
+#if PY_VERSION_HEX >= 0x030B0000
+    S.task_kwnames = PyTuple_Pack(3, s_loop, S.s_name, S.s_context);
+#else
+    S.task_kwnames = PyTuple_Pack(2, s_loop, S.s_name);
+#endif
+    Py_DECREF(s_loop);
+    if (S.task_kwnames == NULL)
+        return NULL;
     if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&CachedMethodType) < 0 ||
         cache_call_soon() < 0)
         return NULL;
