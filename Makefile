@@ -10,7 +10,7 @@ ASAN_TESTS = tests/test_engine_ops.py tests/test_engine_cancel_close.py \
 # detection stays off; any other ASan report aborts the test process.
 ASAN_OPTIONS_RUN = detect_leaks=0:abort_on_error=1
 
-.PHONY: build test test-epoll asan lint bench demo clean
+.PHONY: build test test-epoll test-debug asan lint bench demo clean
 
 ## build: compile the extensions (cffi engine, C scheduler) in place
 build:
@@ -23,6 +23,11 @@ test: build
 ## test-epoll: the suite with URINGLOOP_BACKEND=epoll (auto-backend tests then see epoll)
 test-epoll: build
 	URINGLOOP_BACKEND=epoll $(PY) -m pytest -q
+
+## test-debug: the suite with PYTHONASYNCIODEBUG=1: every loop starts in debug mode,
+## so the stock Python turn and checks run where the C fast paths would
+test-debug: build
+	PYTHONASYNCIODEBUG=1 $(PY) -m pytest -q
 
 ## asan: engine and scheduler under AddressSanitizer, then rebuild normally (even on failure)
 asan:

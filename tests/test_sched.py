@@ -242,6 +242,7 @@ def _error(fn, *args, **kw):
 
 def test_bad_input_same_exceptions(loop, stock):
     def script(lp):
+        lp.set_debug(False)  # debug mode checks callables at once (PYTHONASYNCIODEBUG)
         out = [
             _error(lp.call_soon),
             _error(lp.call_soon, print, foo=1),
@@ -318,6 +319,7 @@ def test_debug_switched_on_by_a_callback(loop, stock, caplog):
     the switch are timed, as the stock turn checks _debug per callback."""
 
     def script(lp):
+        lp.set_debug(False)  # even under PYTHONASYNCIODEBUG
         lp.slow_callback_duration = 0.01
         lp.call_soon(lp.set_debug, True)
         lp.call_soon(time.sleep, 0.02)
