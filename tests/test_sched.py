@@ -576,11 +576,17 @@ def test_create_task_debug_factory_closed_and_patched_as_stock(loop, stock):
         with mock.patch("asyncio.tasks.Task", Mine):
             t = lp.create_task(_named(), name="p")
         out.append((type(t), lp.run_until_complete(t)))
+        coro = _named()
+        with mock.patch.dict(asyncio.tasks.__dict__):
+            del asyncio.tasks.Task
+            out.append(_error(lp.create_task, coro))
+        coro.close()
         return out
 
     mine, theirs = both(loop, stock, script)
     assert mine[0][0] == "script"
     assert mine[1] == (Mine, "f") and mine[2] == (Mine, "p")
+    assert mine[3][0] is AttributeError
     assert mine == theirs
 
     class Noisy(uringloop.Loop):

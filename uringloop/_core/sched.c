@@ -421,15 +421,15 @@ static PyObject *Core_create_task(Core *self, PyObject *const *args, Py_ssize_t 
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     PyObject *name = Py_None, *ctx = Py_None;
-    if (nargs != 1 || self->closed != Py_False || self->debug != Py_False ||
-        parse_task_kw(args + 1, kwnames, &name, &ctx) < 0)
-        return delegate(S.base_create_task, self, args, nargsf, kwnames);
-    if (self->task_factory != Py_None) /* a factory, or unset: the stock method */
-        return delegate(S.base_create_task, self, args, nargsf, kwnames);
     /* tasks.Task, looked up per call as the stock method does */
     PyObject *task_type = PyDict_GetItemWithError(S.tasks_dict, S.s_task);
-    if (task_type == NULL)
-        return PyErr_Occurred() ? NULL : PyObject_GetAttr(S.tasks, S.s_task);
+    if (task_type == NULL && PyErr_Occurred())
+        return NULL;
+    /* a task factory (or none set), no tasks.Task: the stock method */
+    if (nargs != 1 || self->closed != Py_False || self->debug != Py_False ||
+        self->task_factory != Py_None || task_type == NULL ||
+        parse_task_kw(args + 1, kwnames, &name, &ctx) < 0)
+        return delegate(S.base_create_task, self, args, nargsf, kwnames);
     Py_INCREF(task_type);
     PyObject *stack[4] = {args[0], (PyObject *)self, name, ctx};
     PyObject *task = PyObject_Vectorcall(task_type, stack, 1, S.task_kwnames);
