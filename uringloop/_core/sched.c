@@ -758,9 +758,10 @@ static int run_handle(Core *self, PyObject *h)
         Py_XDECREF(r);
         return r ? 0 : -1;
     }
-    PyObject *ctx = is_handle(h) ? SLOT(h, S.off_context) : NULL;
-    PyObject *cb = is_handle(h) ? SLOT(h, S.off_callback) : NULL;
-    PyObject *args = is_handle(h) ? SLOT(h, S.off_args) : NULL;
+    int exact = is_handle(h);
+    PyObject *ctx = exact ? SLOT(h, S.off_context) : NULL;
+    PyObject *cb = exact ? SLOT(h, S.off_callback) : NULL;
+    PyObject *args = exact ? SLOT(h, S.off_args) : NULL;
     if (ctx == NULL || cb == NULL || args == NULL || !PyContext_CheckExact(ctx) ||
         !PyTuple_CheckExact(args)) {
         PyObject *r = PyObject_CallMethodNoArgs(h, S.s_run);
@@ -862,6 +863,18 @@ static int seconds_until(PyObject *when, PyObject *t, double *out)
     return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
+/* heappop(self._scheduled), the timer marked as no longer scheduled (new
+ * reference). The heap is held meanwhile: a __lt__ may replace the attribute. */
+static PyObject *pop_timer(Core *self)
+{
+    PyObject *heap = Py_NewRef(self->scheduled);
+    PyObject *h = heappop(heap);
+    Py_DECREF(heap);
+    if (h != NULL && set_scheduled(h, Py_False) < 0)
+        Py_CLEAR(h);
+    return h;
+}
+
 static int purge_cancelled(Core *self)
 {
     PyObject *heap = self->scheduled;
@@ -911,15 +924,10 @@ static int purge_cancelled(Core *self)
         if (n == NULL)
             return -1;
         Py_XSETREF(self->tcc, n);
-        PyObject *heap2 = Py_NewRef(self->scheduled);
-        PyObject *h = heappop(heap2);
-        Py_DECREF(heap2);
+        PyObject *h = pop_timer(self);
         if (h == NULL)
             return -1;
-        int r = set_scheduled(h, Py_False);
         Py_DECREF(h);
-        if (r < 0)
-            return -1;
         if (!plain(self))
             return 0;
     }
@@ -961,10 +969,8 @@ static int collect_due(Core *self)
             rc = later < 0 ? -1 : 0;
             break;
         }
-        PyObject *heap = Py_NewRef(self->scheduled);
-        h = heappop(heap);
-        Py_DECREF(heap);
-        if (h == NULL || set_scheduled(h, Py_False) < 0 || ready_append(self, h) < 0) {
+        h = pop_timer(self);
+        if (h == NULL || ready_append(self, h) < 0) {
             Py_XDECREF(h);
             rc = -1;
             break;
