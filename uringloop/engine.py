@@ -22,6 +22,7 @@ import os
 import socket
 import struct
 import warnings
+import weakref
 
 from . import _sched
 from ._engine_cffi import ffi, lib
@@ -48,6 +49,9 @@ _BACKENDS = {
 _GEN_MASK = (1 << 30) - 1
 _U32 = 0xFFFFFFFF
 _SLOT_CHUNK = 1024
+
+# Every open engine, so that a fork()ed child can forget its copies (below).
+_live: weakref.WeakSet = weakref.WeakSet()
 
 # Objects of engines whose ops never completed (close() timed out): the kernel
 # may still own their buffers, so they are kept alive for the process lifetime.
@@ -221,6 +225,8 @@ class Engine:
                 raise OSError(code, message + where)
             raise OSError(errno.EINVAL, message)
         self._e = e
+        self._forked = False
+        _live.add(self)
         info = ffi.new("ul_info *")
         lib.ul_get_info(e, info)
         self._info = info
@@ -254,9 +260,17 @@ class Engine:
         self._gen.extend([0] * _SLOT_CHUNK)
         self._free.extend(range(base + _SLOT_CHUNK - 1, base - 1, -1))
 
+    def _closed_error(self) -> RuntimeError:
+        if self._forked:
+            return RuntimeError(
+                "this engine belongs to the parent process: a fork()ed child "
+                "must create its own loop"
+            )
+        return RuntimeError("engine is closed")
+
     def _take(self, cb, keep) -> int:
         if self._e is None:
-            raise RuntimeError("engine is closed")
+            raise self._closed_error()
         if not callable(cb):
             raise TypeError("callback must be callable")
         if not self._free:
@@ -365,7 +379,7 @@ class Engine:
     def flush(self) -> None:
         """Hand queued operations to the kernel now, without waiting for any."""
         if self._e is None:
-            raise RuntimeError("engine is closed")
+            raise self._closed_error()
         rc = lib.ul_flush(self._e)
         if rc < 0:
             raise OSError(-rc, os.strerror(-rc))
@@ -400,7 +414,7 @@ class Engine:
         while it waits comes out of here."""
         e = self._e
         if e is None:
-            raise RuntimeError("engine is closed")
+            raise self._closed_error()
         if self._dispatching:
             raise RuntimeError("run() from a completion callback")
         if timeout is None:
@@ -520,6 +534,19 @@ class Engine:
             )
         self._cbs, self._keep, self._free, self._gen = [], [], [], []
 
+    def _forget(self) -> None:
+        """In a fork()ed child: this engine is the parent's. Close the child's
+        copies of its fds and free its heap memory, touching no ring or pool
+        (they are not mapped in the child) and no kernel request (the parent's).
+        The ops' callbacks never run here; their objects are dropped."""
+        e, self._e = self._e, None
+        if e is None:
+            return
+        self._forked = True
+        self._native = None
+        lib.ul_forget(e)
+        self._cbs, self._keep, self._free, self._gen = [], [], [], []
+
     def __enter__(self):
         return self
 
@@ -529,6 +556,14 @@ class Engine:
     def __del__(self):
         if getattr(self, "_e", None) is not None:
             self.close(timeout=1.0)
+
+
+def _forget_all_after_fork() -> None:
+    for eng in list(_live):
+        eng._forget()
+
+
+os.register_at_fork(after_in_child=_forget_all_after_fork)
 
 
 _STATS = (

@@ -24,6 +24,7 @@ import socket
 import stat
 import sys
 import warnings
+import weakref
 from asyncio import base_events, events, format_helpers, tasks
 from asyncio.log import logger
 
@@ -100,6 +101,19 @@ _sched.setup(
 )
 
 
+# Loops whose native turn runs an engine, so that a fork()ed child can unhook
+# them (engine.py forgets the engines themselves).
+_attached: weakref.WeakSet = weakref.WeakSet()
+
+
+def _detach_after_fork() -> None:
+    for loop in list(_attached):
+        loop._sched_detach()
+
+
+os.register_at_fork(after_in_child=_detach_after_fork)
+
+
 class _Turn:
     """What BaseEventLoop._run_once calls ``self._selector``: one engine run."""
 
@@ -149,6 +163,7 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
             raise
         self._selector = _Turn(self)
         self._sched_attach(self._engine.native(), self._selector.report)
+        _attached.add(self)
 
     # ------------------------------------------------------------ identity
 

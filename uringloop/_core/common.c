@@ -747,7 +747,8 @@ static void config_defaults(ul_config *c)
         c->record_cap = 4096;
 }
 
-static void engine_free_memory(ul_engine *e)
+/* Frees what the engine allocated, the pool included when unmap_pool. */
+static void engine_free(ul_engine *e, int unmap_pool)
 {
     for (uint32_t i = 0; i < e->nchunks; i++)
         free(e->chunks[i]);
@@ -758,9 +759,14 @@ static void engine_free_memory(ul_engine *e)
     free(e->free_bids);
     free(e->used_bids);
     free(e->backlog);
-    if (e->pool)
+    if (e->pool && unmap_pool)
         munmap(e->pool, e->pool_bytes);
     free(e);
+}
+
+static void engine_free_memory(ul_engine *e)
+{
+    engine_free(e, 1);
 }
 
 EXPORT ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errlen)
@@ -860,4 +866,18 @@ EXPORT int ul_free(ul_engine *e, int64_t timeout_ns)
         engine_free_memory(e);
     /* else: the kernel may still own buffers in the pool or in ops; leak them */
     return left;
+}
+
+EXPORT void ul_forget(ul_engine *e)
+{
+    /* The child's copy: its ring, buffer ring and pool are not mapped here
+     * (MADV_DONTFORK; unmapping their addresses could hit a new mapping), its
+     * kernel requests and epoll registrations are the parent's (an
+     * EPOLL_CTL_DEL here would change the parent's set, which the child
+     * shares). So: close our copies of the engine's own fds, free the heap. */
+    if (e->be && e->be->forget)
+        e->be->forget(e);
+    if (e->wake_fd >= 0)
+        close(e->wake_fd);
+    engine_free(e, 0);
 }

@@ -88,6 +88,11 @@ ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errlen);
  * free. Returns the number of ops that never completed (their memory is
  * leaked on purpose rather than freed under the kernel). */
 int ul_free(ul_engine *e, int64_t timeout_ns);
+/* In a fork()ed child, for an engine the parent made: close the child's copies
+ * of the engine's fds and free its plain heap memory. Touches no ring, buffer
+ * ring or pool memory (they are MADV_DONTFORK: not mapped in the child) and
+ * no kernel request (they are the parent's). e is invalid afterwards. */
+void ul_forget(ul_engine *e);
 
 void ul_get_info(ul_engine *e, ul_info *out);
 void ul_get_stats(ul_engine *e, ul_stats *out);

@@ -521,6 +521,12 @@ static void ep_destroy(ul_engine *e)
     e->bs = NULL;
 }
 
+/* fork child: the epoll set is shared with the parent, so it is only closed */
+static void ep_forget(ul_engine *e)
+{
+    ep_destroy(e);
+}
+
 const struct ul_backend ul_epoll_backend = {
     .submit = ep_submit,
     .cancel = ep_cancel,
@@ -530,6 +536,7 @@ const struct ul_backend ul_epoll_backend = {
     .recycle = ep_recycle,
     .before_close = ep_before_close,
     .destroy = ep_destroy,
+    .forget = ep_forget,
 };
 
 int ul__epoll_init(ul_engine *e, char *err, int errlen)

@@ -90,6 +90,7 @@ struct ul_backend {
     void (*recycle)(ul_engine *e, uint16_t bid);     /* give a pool buffer back */
     void (*before_close)(ul_engine *e, int fd);      /* last chance before close(2) */
     void (*destroy)(ul_engine *e);
+    void (*forget)(ul_engine *e);                    /* fork child: close fds, free heap */
 };
 
 struct ul_engine {

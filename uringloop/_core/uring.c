@@ -650,6 +650,18 @@ static void uring_destroy(ul_engine *e)
     e->bs = NULL;
 }
 
+/* fork child: the rings are not mapped here and the requests are the parent's */
+static void uring_forget(ul_engine *e)
+{
+    struct uring *u = e->bs;
+    if (!u)
+        return;
+    close(u->ring_fd);
+    free(u->cancels);
+    free(u);
+    e->bs = NULL;
+}
+
 const struct ul_backend ul_uring_backend = {
     .submit = uring_submit,
     .cancel = uring_cancel,
@@ -659,6 +671,7 @@ const struct ul_backend ul_uring_backend = {
     .recycle = uring_recycle,
     .before_close = NULL,
     .destroy = uring_destroy,
+    .forget = uring_forget,
 };
 
 /* ---------------------------------------------------------------- init */
@@ -745,6 +758,7 @@ static void setup_bufring(ul_engine *e, struct uring *u)
         u->br = NULL;
         return;
     }
+    madvise(u->br, u->br_sz, MADV_DONTFORK);  /* the kernel reads it: the parent's */
     struct ul_buf_reg reg;
     memset(&reg, 0, sizeof reg);
     reg.ring_addr = (uint64_t)(uintptr_t)u->br;
