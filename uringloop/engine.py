@@ -287,7 +287,7 @@ class Engine:
             slot = ud & _U32
             self._cbs[slot] = self._keep[slot] = None
             self._free.append(slot)
-            raise OSError(-rc, os.strerror(-rc))
+            _raise_submit_error(rc)
         return ud
 
     # --------------------------------------------------------- operations
@@ -382,18 +382,39 @@ class Engine:
             raise self._closed_error()
         rc = lib.ul_flush(self._e)
         if rc < 0:
-            raise OSError(-rc, os.strerror(-rc))
+            _raise_submit_error(rc)
 
     def cancel(self, ud: int) -> bool:
         """Ask the op to stop. Its final record still comes."""
         if self._e is None:
-            raise RuntimeError("engine is closed")
-        return lib.ul_cancel(self._e, ud) == 0
+            raise self._closed_error()
+        rc = lib.ul_cancel(self._e, ud)
+        if rc == -errno.EEXIST:
+            _raise_submit_error(rc)
+        return rc == 0
 
     def cancel_fd(self, fd: int) -> int:
         if self._e is None:
-            raise RuntimeError("engine is closed")
-        return lib.ul_cancel_fd(self._e, _check_fd(fd))
+            raise self._closed_error()
+        rc = lib.ul_cancel_fd(self._e, _check_fd(fd))
+        if rc < 0:
+            _raise_submit_error(rc)
+        return rc
+
+    def park(self) -> bool:
+        """The loop stops running: every request leaves the kernel and waits in
+        the engine for the next run, which may then come from any thread. Call
+        it from the thread that ran the engine, never from a callback. True when
+        parked (always on epoll); False when a request would not leave the
+        kernel (the engine then stays bound to this thread)."""
+        if self._e is None:
+            raise self._closed_error()
+        if self._dispatching:
+            raise RuntimeError("park() from a completion callback")
+        rc = lib.ul_park(self._e)
+        if rc == -errno.EEXIST:
+            raise RuntimeError("park() from a thread other than the one that ran the engine")
+        return rc == 0
 
     def wake(self) -> None:
         """Thread-safe: make a sleeping run() return."""
@@ -435,7 +456,11 @@ class Engine:
     def _raise_run_error(n: int) -> None:
         """ul_run failed with n (< 0): the exception that says why."""
         if n == -errno.EEXIST:
-            raise RuntimeError("the engine belongs to the thread that first ran it")
+            raise RuntimeError(
+                "the engine is bound to the thread that last ran it: it must be "
+                "parked there (Engine.park(), which a loop does when it stops "
+                "running) before another thread runs it"
+            )
         raise OSError(-n, os.strerror(-n))
 
     def native(self) -> tuple:
@@ -556,6 +581,15 @@ class Engine:
     def __del__(self):
         if getattr(self, "_e", None) is not None:
             self.close(timeout=1.0)
+
+
+def _raise_submit_error(rc: int):
+    if rc == -errno.EEXIST:
+        raise RuntimeError(
+            "engine operation from another thread while the loop runs in its own "
+            "(use loop.call_soon_threadsafe or asyncio.run_coroutine_threadsafe)"
+        )
+    raise OSError(-rc, os.strerror(-rc))
 
 
 def _forget_all_after_fork() -> None:

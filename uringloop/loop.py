@@ -183,6 +183,17 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
 
     # ------------------------------------------------------ run-turn hooks
 
+    def run_forever(self):
+        # When it stops, the engine lets go of this thread (Engine.park: no
+        # request left in the kernel), so that another thread may run the loop
+        # next, as asyncio allows.
+        started = not self.is_running()
+        try:
+            super().run_forever()
+        finally:
+            if started and not self.is_closed() and not self.is_running():
+                self._engine.park()
+
     def _process_events(self, event_list):
         pass  # completions were dispatched inside the turn
 

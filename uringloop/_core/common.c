@@ -30,6 +30,18 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
+/* Its address names the calling thread (cheaper than pthread_self()). */
+static __thread char this_thread;
+
+/* A submission from a thread other than the one blocked in ul_run would race
+ * it on the SQ, the op table and the fd table: refused (one load and a branch
+ * when the loop is not in ul_run). Not a lock: it catches the mistake while
+ * the loop waits, not every interleaving. */
+static int foreign_thread(ul_engine *e)
+{
+    return __atomic_load_n(&e->in_run, __ATOMIC_ACQUIRE) && e->run_thread != &this_thread;
+}
+
 /* ------------------------------------------------------------------ ops */
 
 /* The op record for slot, allocating its chunk on first use. */
@@ -373,6 +385,10 @@ static struct ul_op *op_begin(ul_engine *e, uint64_t ud, int kind, int fd, int *
         *err = -EBADF;
         return NULL;
     }
+    if (foreign_thread(e)) {
+        *err = -EEXIST;
+        return NULL;
+    }
     if (ud == 0 || (ud & KUD_SPECIAL) || (kind != K_NOP && fd < 0)) {
         *err = -EINVAL;
         return NULL;
@@ -606,6 +622,8 @@ EXPORT int ul_cancel(ul_engine *e, uint64_t target_ud)
 {
     if (e->closed || target_ud == 0 || (target_ud & KUD_SPECIAL))
         return -ENOENT;
+    if (foreign_thread(e))
+        return -EEXIST;
     struct ul_op *op = ul__op_find(e, ul__slot(target_ud));
     if (!op || op->ud != target_ud || op->state == S_FREE)
         return -ENOENT;
@@ -641,11 +659,15 @@ EXPORT int ul_cancel_fd(ul_engine *e, int fd)
 {
     if (e->closed)
         return 0;
+    if (foreign_thread(e))
+        return -EEXIST;
     return cancel_fd(e, fd);
 }
 
 EXPORT int ul_close_fd(ul_engine *e, uint64_t ud, int fd)
 {
+    if (foreign_thread(e))
+        return -EEXIST;
     if (fd >= 0 && fd < e->nfds && e->fds[fd].closing)
         return -EALREADY;
     BEGIN(K_CLOSE, fd);
@@ -688,7 +710,8 @@ EXPORT int ul_run(ul_engine *e, int64_t timeout_ns)
         e->be->recycle(e, e->used_bids[i]);
     e->nused = 0;
     e->nrec = 0;
-    e->in_run = 1;
+    e->run_thread = &this_thread;
+    __atomic_store_n(&e->in_run, 1, __ATOMIC_RELEASE);
     pend_move(e);
     /* A blocking run returns with records, on a wake, or at its timeout; a
      * kernel wakeup that produced no record (an edge with nothing to do, a
@@ -704,7 +727,7 @@ EXPORT int ul_run(ul_engine *e, int64_t timeout_ns)
             break;
     }
     e->woken = 0;
-    e->in_run = 0;
+    __atomic_store_n(&e->in_run, 0, __ATOMIC_RELEASE);
     e->st.records += e->nrec;
     if (e->nrec > 0 || r >= 0)
         return (int)e->nrec;
@@ -715,7 +738,18 @@ EXPORT int ul_flush(ul_engine *e)
 {
     if (e->closed)
         return -EBADF;
+    if (foreign_thread(e))
+        return -EEXIST;
     return e->be->flush ? e->be->flush(e) : 0;
+}
+
+EXPORT int ul_park(ul_engine *e)
+{
+    if (e->closed)
+        return -EBADF;
+    if (e->in_run)
+        return -EBUSY;
+    return e->be->park ? e->be->park(e) : 0;
 }
 
 EXPORT ul_record *ul_records(ul_engine *e) { return e->rec; }

@@ -100,7 +100,8 @@ ul_record *ul_records(ul_engine *e);
 uint8_t *ul_pool(ul_engine *e);
 
 /* Operations. Return 0, or -errno when the op cannot be accepted (bad slot,
- * slot busy, bad arguments); then no record will come for it. */
+ * slot busy, bad arguments; -EEXIST: submitted from another thread while
+ * ul_run runs); then no record will come for it. */
 int ul_nop(ul_engine *e, uint64_t ud);
 /* max caps a one-shot receive (0 = the pool buffer size) */
 int ul_recv(ul_engine *e, uint64_t ud, int fd, int multishot, uint32_t max);
@@ -129,6 +130,14 @@ int ul_op_addr(ul_engine *e, uint32_t slot, char *out, uint32_t cap);
  * io_uring; nothing on epoll, which starts ops as they are submitted). For
  * ops whose start is observable, such as connect. Returns 0 or -errno. */
 int ul_flush(ul_engine *e);
+
+/* The loop stops running: take every request out of the kernel (ops wait in
+ * the engine, to be issued again by the next ul_run) and let go of the thread
+ * that ran it, so that the next ul_run may come from any thread. Costs one
+ * cancel per request in the kernel; nothing on epoll. Returns 0, or -errno:
+ * -EEXIST from a thread other than the one that ran it, -ETIME when a
+ * request would not leave the kernel in time (the engine stays bound). */
+int ul_park(ul_engine *e);
 
 /* Thread-safe. Makes a sleeping ul_run return; no syscall when awake. */
 void ul_wake(ul_engine *e);

@@ -50,7 +50,7 @@ struct ul_op {
     uint64_t ud;            /* 0 = free */
     uint64_t kud;           /* io_uring: user_data of the request in flight */
     uint8_t kind, state, cancelled, multishot;
-    uint8_t level, connecting, in_wait, pad;
+    uint8_t level, connecting, in_wait, parked;  /* parked: taken out of the kernel by ul_park */
     int fd;
     int32_t fd_prev, fd_next;   /* list of live ops on fd */
     int32_t oq_next;            /* ordered queue (send/write/shutdown) */
@@ -91,6 +91,7 @@ struct ul_backend {
     void (*before_close)(ul_engine *e, int fd);      /* last chance before close(2) */
     void (*destroy)(ul_engine *e);
     void (*forget)(ul_engine *e);                    /* fork child: close fds, free heap */
+    int (*park)(ul_engine *e);                       /* no kernel request left (ul_park) */
 };
 
 struct ul_engine {
@@ -100,7 +101,8 @@ struct ul_engine {
     ul_info info;
     ul_stats st;
     int closed;
-    int in_run;
+    int in_run;                 /* atomic: read by other threads' submissions */
+    const void *run_thread;     /* the thread in ul_run while in_run */
     int woken;                  /* the wake eventfd fired during this run */
 
     struct ul_op **chunks;
