@@ -42,6 +42,20 @@ static int foreign_thread(ul_engine *e)
     return __atomic_load_n(&e->in_run, __ATOMIC_ACQUIRE) && e->run_thread != &this_thread;
 }
 
+/* ---------------------------------------------------------- allocation */
+
+static int fail_allocs;  /* tests: ul_test_fail_allocs */
+
+EXPORT void ul_test_fail_allocs(int on)
+{
+    __atomic_store_n(&fail_allocs, on, __ATOMIC_RELAXED);
+}
+
+void *ul__realloc(void *p, size_t n)
+{
+    return __atomic_load_n(&fail_allocs, __ATOMIC_RELAXED) ? NULL : realloc(p, n);
+}
+
 /* ------------------------------------------------------------------ ops */
 
 /* The op record for slot, allocating its chunk on first use. */
@@ -54,7 +68,7 @@ static struct ul_op *op_alloc(ul_engine *e, uint32_t slot)
         uint32_t n = e->nchunks ? e->nchunks : 8;
         while (n <= c)
             n *= 2;
-        struct ul_op **p = realloc(e->chunks, n * sizeof *p);
+        struct ul_op **p = ul__realloc(e->chunks, n * sizeof *p);
         if (!p)
             return NULL;
         memset(p + e->nchunks, 0, (n - e->nchunks) * sizeof *p);
@@ -62,9 +76,10 @@ static struct ul_op *op_alloc(ul_engine *e, uint32_t slot)
         e->nchunks = n;
     }
     if (!e->chunks[c]) {
-        e->chunks[c] = calloc(CHUNK_SIZE, sizeof(struct ul_op));
+        e->chunks[c] = ul__realloc(NULL, CHUNK_SIZE * sizeof(struct ul_op));
         if (!e->chunks[c])
             return NULL;
+        memset(e->chunks[c], 0, CHUNK_SIZE * sizeof(struct ul_op));
     }
     return &e->chunks[c][slot & (CHUNK_SIZE - 1)];
 }
@@ -96,7 +111,7 @@ struct ul_fd *ul__fd(ul_engine *e, int fd)
         int n = e->nfds ? e->nfds : 64;
         while (n <= fd)
             n *= 2;
-        struct ul_fd *p = realloc(e->fds, (size_t)n * sizeof *p);
+        struct ul_fd *p = ul__realloc(e->fds, (size_t)n * sizeof *p);
         if (!p)
             return NULL;
         for (int i = e->nfds; i < n; i++)
@@ -109,17 +124,55 @@ struct ul_fd *ul__fd(ul_engine *e, int fd)
 
 /* ------------------------------------------------------------- records */
 
-static int pend_push(ul_engine *e, ul_record r)
+/*
+ * Allocation never happens where a failure could only drop work. A final
+ * record is due for every live op, and a record naming a pool buffer for
+ * every buffer, so pend is grown at submission (op_begin, which can say
+ * -ENOMEM) to hold that many; the backlog is a list through the ops; the
+ * backends reserve what they keep per op the same way. Only records that
+ * carry neither (multishot accepts, level polls) can go past that bound,
+ * under a sustained overload; pend then grows, and if it cannot, the process
+ * stops with a message rather than lose a record silently.
+ */
+void ul__out_of_memory(const char *what)
 {
-    if (e->npend == e->pend_cap) {
-        uint32_t n = e->pend_cap ? e->pend_cap * 2 : 256;
-        ul_record *p = realloc(e->pend, n * sizeof *p);
-        if (!p)
-            return -ENOMEM;  /* cannot happen in practice; record is lost */
-        e->pend = p;
-        e->pend_cap = n;
-    }
+    fprintf(stderr, "uringloop engine: out of memory (%s); a completion would be lost, "
+                    "aborting\n", what);
+    abort();
+}
+
+static int pend_grow(ul_engine *e, uint32_t n)
+{
+    ul_record *p = ul__realloc(e->pend, n * sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    e->pend = p;
+    e->pend_cap = n;
+    return 0;
+}
+
+static void pend_push(ul_engine *e, ul_record r)
+{
+    if (e->npend == e->pend_cap && pend_grow(e, e->pend_cap ? e->pend_cap * 2 : 256) < 0)
+        ul__out_of_memory("records past the reserve");
     e->pend[e->npend++] = r;
+}
+
+/* Room for ops live ops' records (and the backend's per-op state): at
+ * submission, so that a failure is this submission's -ENOMEM. */
+static int reserve(ul_engine *e, uint32_t ops)
+{
+    if (ops <= e->reserved)
+        return 0;
+    uint32_t n = e->reserved ? e->reserved : 64;
+    while (n < ops)
+        n *= 2;
+    uint32_t need = n + e->cfg.buf_count;
+    if (need > e->pend_cap && pend_grow(e, need) < 0)
+        return -ENOMEM;
+    if (e->be->reserve && e->be->reserve(e, n) < 0)
+        return -ENOMEM;
+    e->reserved = n;
     return 0;
 }
 
@@ -168,40 +221,52 @@ void ul__pool_used(ul_engine *e, uint16_t bid)
 
 void ul__backlog_push(ul_engine *e, struct ul_op *op)
 {
-    if (e->bl_tail - e->bl_head == e->bl_cap) {
-        uint32_t n = e->bl_cap ? e->bl_cap * 2 : 256;
-        void *p = malloc(n * sizeof *e->backlog);
-        if (!p)
-            return;
-        for (uint32_t i = 0; i < e->bl_tail - e->bl_head; i++)
-            ((typeof(e->backlog))p)[i] = e->backlog[(e->bl_head + i) % e->bl_cap];
-        free(e->backlog);
-        e->backlog = p;
-        e->bl_tail -= e->bl_head;
-        e->bl_head = 0;
-        e->bl_cap = n;
-    }
     op->state = S_BACKLOG;
-    e->backlog[e->bl_tail % e->bl_cap].slot = ul__slot(op->ud);
-    e->backlog[e->bl_tail % e->bl_cap].ud = op->ud;
-    e->bl_tail++;
+    if (op->on_backlog)
+        return;
+    int32_t slot = (int32_t)ul__slot(op->ud);
+    op->on_backlog = 1;
+    op->bl_next = -1;
+    if (e->bl_tail >= 0)
+        op_at(e, e->bl_tail)->bl_next = slot;
+    else
+        e->bl_head = slot;
+    e->bl_tail = slot;
+    e->bl_count++;
 }
 
-/* Pops the next op still waiting in the backlog (stale entries, whose op was
- * cancelled or finished meanwhile, are skipped). */
+/* Pops the op at the head of the backlog; its state is still S_BACKLOG. */
 int ul__backlog_pop(ul_engine *e, struct ul_op **out)
 {
-    while (e->bl_head != e->bl_tail) {
-        uint32_t slot = e->backlog[e->bl_head % e->bl_cap].slot;
-        uint64_t ud = e->backlog[e->bl_head % e->bl_cap].ud;
-        e->bl_head++;
-        struct ul_op *op = op_at(e, (int32_t)slot);
-        if (op->ud == ud && op->state == S_BACKLOG) {
-            *out = op;
-            return 1;
-        }
+    if (e->bl_head < 0)
+        return 0;
+    struct ul_op *op = op_at(e, e->bl_head);
+    e->bl_head = op->bl_next;
+    if (e->bl_head < 0)
+        e->bl_tail = -1;
+    op->on_backlog = 0;
+    e->bl_count--;
+    *out = op;
+    return 1;
+}
+
+/* An op that ends while in the backlog (a cancel) leaves it. Rare: a scan. */
+static void backlog_unlink(ul_engine *e, struct ul_op *op)
+{
+    int32_t slot = (int32_t)ul__slot(op->ud), prev = -1;
+    for (int32_t s = e->bl_head; s >= 0; prev = s, s = op_at(e, s)->bl_next) {
+        if (s != slot)
+            continue;
+        if (prev >= 0)
+            op_at(e, prev)->bl_next = op->bl_next;
+        else
+            e->bl_head = op->bl_next;
+        if (e->bl_tail == slot)
+            e->bl_tail = prev;
+        e->bl_count--;
+        break;
     }
-    return 0;
+    op->on_backlog = 0;
 }
 
 /* ---------------------------------------------------------------- wake */
@@ -290,6 +355,8 @@ void ul__finish(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uin
 {
     int fd = op->fd;
     int ordered_head = 0;
+    if (op->on_backlog)
+        backlog_unlink(e, op);
     ul__emit(e, op, res, flags & ~UL_F_MORE, bid);
     op->ud = 0;
     op->state = S_FREE;
@@ -402,6 +469,10 @@ static struct ul_op *op_begin(ul_engine *e, uint64_t ud, int kind, int fd, int *
         *err = -EBUSY;
         return NULL;
     }
+    if (e->in_flight >= e->reserved && reserve(e, e->in_flight + 1) < 0) {
+        *err = -ENOMEM;
+        return NULL;
+    }
     struct ul_fd *f = NULL;
     if (kind != K_NOP && !(f = ul__fd(e, fd))) {
         *err = -ENOMEM;
@@ -411,7 +482,7 @@ static struct ul_op *op_begin(ul_engine *e, uint64_t ud, int kind, int fd, int *
     op->ud = ud;
     op->kind = (uint8_t)kind;
     op->fd = kind == K_NOP ? -1 : fd;
-    op->fd_prev = op->fd_next = op->oq_next = op->wq_next = op->bid = -1;
+    op->fd_prev = op->fd_next = op->oq_next = op->wq_next = op->bl_next = op->bid = -1;
     e->in_flight++;
     if (f && f->closing) {
         /* an fd being closed takes no new work */
@@ -792,7 +863,6 @@ static void engine_free(ul_engine *e, int unmap_pool)
     free(e->pend);
     free(e->free_bids);
     free(e->used_bids);
-    free(e->backlog);
     if (e->pool && unmap_pool)
         munmap(e->pool, e->pool_bytes);
     free(e);
@@ -814,6 +884,7 @@ EXPORT ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errle
         e->cfg = *cfg;
     config_defaults(&e->cfg);
     e->wake_fd = -1;
+    e->bl_head = e->bl_tail = -1;
     uint32_t bc = e->cfg.buf_count;
     if ((bc & (bc - 1)) || bc > 32768 || e->cfg.buf_size > (1U << 30) ||
         e->cfg.record_cap > (1U << 20)) {

@@ -142,6 +142,10 @@ int ul_park(ul_engine *e);
 /* Thread-safe. Makes a sleeping ul_run return; no syscall when awake. */
 void ul_wake(ul_engine *e);
 
+/* Tests only: while on != 0, every allocation the engine makes after
+ * ul_new fails, as if memory were exhausted. */
+void ul_test_fail_allocs(int on);
+
 /* One loop turn. timeout_ns < 0: wait until something completes; 0: never
  * wait. Returns the number of records written to ul_records(), or -errno
  * (-EINTR: a signal arrived; call again after running Python handlers). */

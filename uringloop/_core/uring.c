@@ -381,22 +381,52 @@ static void prep_cancel(struct ul_sqe *s, uint64_t kud)
     s->user_data = KUD_IGNORE;
 }
 
+/* Does a stored cancel still name a request of a live op? */
+static int cancel_live(ul_engine *e, uint64_t kud)
+{
+    uint64_t ud = kud & ~KUD_POLL;
+    struct ul_op *op = ul__op_find(e, ul__slot(ud));
+    return op && op->ud == ud && op->state == S_ACTIVE && op->kud == kud;
+}
+
 static void cancel_kud(ul_engine *e, struct uring *u, uint64_t kud)
 {
     struct ul_sqe *s = get_sqe(e, u);
-    if (!s) {
-        if (u->ncancels == u->cancels_cap) {
-            uint32_t n = u->cancels_cap ? u->cancels_cap * 2 : 64;
-            uint64_t *p = realloc(u->cancels, n * sizeof *p);
-            if (!p)
-                return;
-            u->cancels = p;
-            u->cancels_cap = n;
-        }
-        u->cancels[u->ncancels++] = kud;
+    if (s) {
+        prep_cancel(s, kud);
         return;
     }
-    prep_cancel(s, kud);
+    if (u->ncancels == u->cancels_cap) {
+        /* room for one per live op is reserved at submission: drop the
+         * entries of ops that ended meanwhile */
+        uint32_t n = 0;
+        for (uint32_t i = 0; i < u->ncancels; i++)
+            if (cancel_live(e, u->cancels[i]))
+                u->cancels[n++] = u->cancels[i];
+        u->ncancels = n;
+    }
+    if (u->ncancels == u->cancels_cap) {
+        uint32_t n = u->cancels_cap ? u->cancels_cap * 2 : 64;
+        uint64_t *p = ul__realloc(u->cancels, n * sizeof *p);
+        if (!p)
+            ul__out_of_memory("io_uring cancels");
+        u->cancels = p;
+        u->cancels_cap = n;
+    }
+    u->cancels[u->ncancels++] = kud;
+}
+
+static int uring_reserve(ul_engine *e, uint32_t ops)
+{
+    struct uring *u = e->bs;
+    if (ops <= u->cancels_cap)
+        return 0;
+    uint64_t *p = ul__realloc(u->cancels, ops * sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    u->cancels = p;
+    u->cancels_cap = ops;
+    return 0;
 }
 
 static void uring_cancel(ul_engine *e, struct ul_op *op)
@@ -579,9 +609,10 @@ static void reap(ul_engine *e, struct uring *u)
 {
     unsigned head = *u->cq_khead;
     unsigned tail = __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE);
-    /* in a run, stop when the records array is full (the rest stays in the CQ);
+    /* in a run, stop when records no longer fit the array (the rest stays in
+     * the CQ, where the kernel keeps it, instead of piling up in pend);
      * outside one (ul_park) every record waits in pend */
-    while (head != tail && (!e->in_run || e->nrec < e->cfg.record_cap)) {
+    while (head != tail && (!e->in_run || (e->nrec < e->cfg.record_cap && e->npend == 0))) {
         struct ul_cqe *c = &u->cqes[head & u->cq_mask];
         uint64_t kud = c->user_data;
         int32_t res = c->res;
@@ -652,7 +683,7 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
     while (u->ncancels && (s = get_sqe(e, u)))  /* cancels that found no SQE before */
         prep_cancel(s, u->cancels[--u->ncancels]);
     struct ul_op *op;
-    for (uint32_t n = e->bl_tail - e->bl_head; n-- && ul__backlog_pop(e, &op);)
+    for (uint32_t n = e->bl_count; n-- && ul__backlog_pop(e, &op);)
         issue(e, u, op);
 
     __atomic_store_n(u->sq_ktail, u->sqe_tail, __ATOMIC_RELEASE);
@@ -699,7 +730,7 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
     }
     reap(e, u);
     while ((__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & UL_SQ_CQ_OVERFLOW) &&
-           e->nrec < e->cfg.record_cap) {
+           e->nrec < e->cfg.record_cap && e->npend == 0) {
         /* NODROP kept the CQEs that did not fit: flush them into the CQ */
         e->st.cq_overflows++;
         e->st.enters++;
@@ -763,6 +794,7 @@ const struct ul_backend ul_uring_backend = {
     .destroy = uring_destroy,
     .forget = uring_forget,
     .park = uring_park,
+    .reserve = uring_reserve,
 };
 
 /* ---------------------------------------------------------------- init */
