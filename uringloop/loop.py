@@ -191,8 +191,11 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         try:
             super().run_forever()
         finally:
-            if started and not self.is_closed() and not self.is_running():
-                self._engine.park()
+            if started and not self.is_closed() and not self._engine.closed:
+                try:
+                    self._engine.park()
+                except RuntimeError:
+                    pass  # not this thread's engine: the run itself said so
 
     def _process_events(self, event_list):
         pass  # completions were dispatched inside the turn
