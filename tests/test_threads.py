@@ -280,3 +280,51 @@ def test_close_from_another_thread_with_op_pending_leaks_nothing(kind):
     gc.collect()
     assert _fds() == fds
     assert _maps() - maps < 10  # 50 leaked engines would add >= 50 mappings
+
+
+def _tcp_state(sock: socket.socket) -> int:
+    """tcpi_state from TCP_INFO (1 = ESTABLISHED)."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+
+def test_connect_pending_across_park_completes(any_loop):
+    """A sock_connect still in progress when the loop stops (its SYN dropped by
+    a full accept queue), whose handshake then completes while the loop is not
+    running, succeeds when a new thread runs the loop (the parked connect is
+    issued again, and Linux then reports the handshake's outcome)."""
+    loop = any_loop
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    addr = srv.getsockname()
+    fillers = []
+    c = socket.socket()
+    c.setblocking(False)
+    try:
+        # fill the accept queue so that the next SYN is dropped
+        for _ in range(4):
+            f = socket.socket()
+            f.setblocking(False)
+            fillers.append(f)
+            try:
+                f.connect(addr)
+            except BlockingIOError:
+                pass
+        task = loop.create_task(loop.sock_connect(c, addr))
+        loop.run_until_complete(asyncio.sleep(0.05))
+        if task.done():
+            pytest.skip("the accept queue did not hold the connect back here")
+        srv.settimeout(0.5)
+        deadline = time.monotonic() + 15
+        while _tcp_state(c) != 1 and time.monotonic() < deadline:
+            try:
+                fillers.append(srv.accept()[0])  # make room; the SYN is retried
+            except TimeoutError:
+                pass
+        assert _tcp_state(c) == 1, "the handshake never completed"
+        assert in_thread(lambda: loop.run_until_complete(asyncio.wait_for(task, 10))) is None
+    finally:
+        c.close()
+        srv.close()
+        for f in fillers:
+            f.close()

@@ -275,6 +275,7 @@ static void issue_poll(ul_engine *e, struct uring *u, struct ul_op *op)
     s->op_flags = wants_write(op) ? POLLOUT : POLLIN;
     s->user_data = op->kud = op->ud | KUD_POLL;
     op->state = S_ACTIVE;
+    op->parked = 0;
 }
 
 static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
@@ -299,6 +300,7 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
     op->state = S_ACTIVE;
     s->fd = op->fd;
     s->user_data = op->kud = op->ud;
+    op->parked = 0;
     switch (op->kind) {
     case K_NOP:
         s->opcode = UL_OP_NOP;
@@ -487,7 +489,9 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
         return;
     }
     if (op->parked && !op->cancelled && !kmore && (res == -ECANCELED || res == -EINTR)) {
-        /* ul_park took it out of the kernel: it waits for the next run */
+        /* ul_park took it out of the kernel: it waits for the next run. (A
+         * connect issued again is what Linux expects: on a TCP socket whose
+         * handshake went on meanwhile it says 0, EALREADY or the error.) */
         op->parked = 0;
         ul__backlog_push(e, op);
         return;
