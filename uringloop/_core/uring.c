@@ -12,6 +12,8 @@
  * The ring is created R_DISABLED and enabled by the thread that first runs
  * it: with SINGLE_ISSUER only that thread may submit, and Python often makes a
  * loop in one thread and runs it in another. Until then SQEs just accumulate.
+ * When the loop stops running, ul_park takes every request out of the kernel
+ * and a later run from another thread gets a ring of its own (see "park").
  *
  * EAGAIN: sockets stay O_NONBLOCK (asyncio requires it), and on some kernels
  * an op on such a socket completes with -EAGAIN instead of waiting. We never
