@@ -158,8 +158,9 @@ static void pend_push(ul_engine *e, ul_record r)
     e->pend[e->npend++] = r;
 }
 
-/* Room for ops live ops' records (and the backend's per-op state): at
- * submission, so that a failure is this submission's -ENOMEM. */
+/* Room for the records of ops live ops (and the backend's per-op state),
+ * plus one per pool buffer: at submission, so that a failure is this
+ * submission's -ENOMEM. */
 static int reserve(ul_engine *e, uint32_t ops)
 {
     if (ops <= e->reserved)
@@ -469,7 +470,9 @@ static struct ul_op *op_begin(ul_engine *e, uint64_t ud, int kind, int fd, int *
         *err = -EBUSY;
         return NULL;
     }
-    if (e->in_flight >= e->reserved && reserve(e, e->in_flight + 1) < 0) {
+    /* records already waiting count too: ops submitted and cancelled over and
+     * over between two runs leave one final each */
+    if (e->in_flight + e->npend >= e->reserved && reserve(e, e->in_flight + e->npend + 1) < 0) {
         *err = -ENOMEM;
         return NULL;
     }
