@@ -33,6 +33,7 @@
 #include "uapi.h"
 
 #define EXPORT __attribute__((visibility("default")))
+#define UL_IOV_MAX 1024   /* UIO_MAXIOV: more iovecs go out in the next SENDMSG */
 
 struct uring {
     int ring_fd, enter_fd;
@@ -202,8 +203,8 @@ static void arm_wake(ul_engine *e, struct uring *u)
 
 static int wants_write(const struct ul_op *op)
 {
-    return op->kind == K_SEND || op->kind == K_SENDMSG || op->kind == K_WRITE ||
-           op->kind == K_CONNECT;
+    return op->kind == K_SEND || op->kind == K_SENDV || op->kind == K_SENDMSG ||
+           op->kind == K_WRITE || op->kind == K_CONNECT;
 }
 
 /* Wait for readiness of op's fd before (re)issuing it. */
@@ -269,6 +270,16 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
         s->addr = (uint64_t)(uintptr_t)(op->buf + op->done);
         s->len = op->len - op->done;
         s->op_flags = (uint32_t)op->msg_flags;
+        break;
+    case K_SENDV:
+        /* MSG_WAITALL: on a stream socket the kernel finishes a short send
+         * itself; a cancel still reports the bytes that went out */
+        s->opcode = UL_OP_SENDMSG;
+        memset(&op->msg, 0, sizeof op->msg);
+        op->msg.msg_iov = op->iovs + op->iov_idx;
+        op->msg.msg_iovlen = UL_MIN(op->niov - op->iov_idx, (uint32_t)UL_IOV_MAX);
+        s->addr = (uint64_t)(uintptr_t)&op->msg;
+        s->op_flags = (uint32_t)(op->msg_flags | MSG_WAITALL);
         break;
     case K_WRITE:
     case K_READ:
@@ -401,7 +412,7 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
 
     if (kud & KUD_POLL) {  /* readiness wait after EAGAIN */
         if (op->cancelled || res < 0) {
-            ul__finish(e, op, op->cancelled ? -ECANCELED : res, 0, 0);
+            ul__stop(e, op, op->cancelled ? ECANCELED : -res);  /* a send says what it sent */
         } else if (op->kind == K_CONNECT) {
             int err = 0;
             socklen_t len = sizeof err;
@@ -423,6 +434,8 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
         issue_poll(e, u, op);
         return;
     }
+    if (res == -EAGAIN && op->cancelled)
+        res = -ECANCELED;  /* EAGAIN is never surfaced, not even for a cancelled op */
 
     switch (op->kind) {
     case K_RECV: {
@@ -443,7 +456,11 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
             ul__pool_used(e, bid);
             has_buf = 0;
         }
-        if (res > 0) {
+        if (res > 0 && !has_buf) {
+            /* data with no buffer: the kernel broke the buffer-select contract.
+             * Never name a buffer we do not hold (bid 0 would be provided twice). */
+            ul__finish(e, op, -EIO, 0, 0);
+        } else if (res > 0) {
             if (!op->multishot || (!kmore && op->cancelled)) {
                 ul__finish(e, op, res, UL_F_BUFFER, bid);
             } else {
@@ -486,6 +503,7 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
         }
         break;
     case K_SEND:
+    case K_SENDV:
     case K_WRITE:
         ul__sent(e, op, res);
         break;
@@ -527,6 +545,19 @@ static void reap(ul_engine *e, struct uring *u)
 }
 
 /* ----------------------------------------------------------------- run */
+
+/* submit what is in the SQ and reap, without waiting */
+static int flush_reap(ul_engine *e, struct uring *u)
+{
+    __atomic_store_n(u->sq_ktail, u->sqe_tail, __ATOMIC_RELEASE);
+    unsigned n = u->sqe_tail - __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
+    int r = sys_enter(u->enter_fd, n, 0, u->enter_flags | UL_ENTER_GETEVENTS, NULL, 0);
+    e->st.enters++;
+    if (r < 0 && errno != EBUSY && errno != EAGAIN && errno != EINTR)
+        return -errno;
+    reap(e, u);
+    return 0;
+}
 
 static int enable(ul_engine *e, struct uring *u)
 {
@@ -606,7 +637,18 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
             __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) == *u->cq_khead)
             err = -EINTR;
     }
+    unsigned sent_tail = u->sqe_tail;
     reap(e, u);
+    /* Reaping can start work: the next queued send of an fd (ordered queue),
+     * the rest of a short send, an EAGAIN readiness wait. Hand it to the
+     * kernel in this run rather than the next turn's, so N queued sends take
+     * one turn, not N (a few passes at most: each needs a completion). */
+    for (int pass = 0; pass < 16 && u->sqe_tail != sent_tail && e->nrec < e->cfg.record_cap;
+         pass++) {
+        sent_tail = u->sqe_tail;
+        if (flush_reap(e, u) < 0)
+            break;
+    }
     while ((__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & UL_SQ_CQ_OVERFLOW) &&
            e->nrec < e->cfg.record_cap) {
         /* NODROP kept the CQEs that did not fit: flush them into the CQ */
