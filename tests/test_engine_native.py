@@ -487,3 +487,39 @@ def test_no_fcntl_per_read_or_write(tmp_path, backend):
                           timeout=60, env=dict(os.environ, LD_PRELOAD=shim), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout.strip()) == 0
+
+
+# ------------------------------------- sock_sendall and a short send
+
+
+def test_sock_sendall_raises_when_the_peer_resets_midway(any_loop, tcp_pair):
+    """The engine's part of a sock_sendall stops after some bytes went out
+    (the peer resets): its record is short (UL_F_SHORT with the errno), and
+    sock_sendall raises as the stock loop does instead of returning."""
+    import asyncio
+    import struct
+
+    from conftest import run_in
+
+    c, s = tcp_pair(sndbuf=4096)
+    big = b"r" * (32 << 20)
+
+    async def main():
+        task = asyncio.ensure_future(any_loop.sock_sendall(c, big))
+        got = 0
+        while got < (2 << 20):  # more than the buffers hold: the engine sent some
+            try:
+                chunk = s.recv(1 << 20)
+            except BlockingIOError:
+                await asyncio.sleep(0.005)
+                continue
+            assert chunk
+            got += len(chunk)
+        assert not task.done()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # RST
+        with pytest.raises(OSError) as info:
+            await asyncio.wait_for(task, 10)
+        assert info.value.errno in (errno.ECONNRESET, errno.EPIPE), info.value
+
+    run_in(any_loop, main(), timeout=30)
