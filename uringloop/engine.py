@@ -48,6 +48,13 @@ _BACKENDS = {
 _U32 = 0xFFFFFFFF
 _I32 = 0x7FFFFFFF
 
+# The C functions _sched.Table calls directly (their addresses, taken once).
+_ENTRY_POINTS = tuple(
+    int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+    for name in ("ul_run", "ul_nop", "ul_recv", "ul_send", "ul_sendv", "ul_accept",
+                 "ul_shutdown", "ul_close_fd", "ul_cancel", "ul_cancel_fd", "ul_wake")
+)
+
 # Objects of engines whose ops never completed (close() timed out): the kernel
 # may still own their buffers, so they are kept alive for the process lifetime.
 _graveyard: list = []
@@ -269,17 +276,16 @@ class Engine:
         def addr(ptr) -> int:
             return int(ffi.cast("uintptr_t", ptr))
 
-        fns = ("ul_run", "ul_nop", "ul_recv", "ul_send", "ul_sendv", "ul_accept",
-               "ul_shutdown", "ul_close_fd", "ul_cancel", "ul_cancel_fd", "ul_wake")
         return (
             addr(e), addr(lib.ul_records(e)), self._record_cap, addr(lib.ul_pool(e)),
-            self._pool_size, self._buf_size, *(addr(ffi.addressof(lib, f)) for f in fns),
+            self._pool_size, self._buf_size, *_ENTRY_POINTS,
         )
 
     @property
     def _dispatching(self) -> bool:
         """True while records are being delivered (run/close are refused then)."""
-        return self._t.dispatching
+        t = self.__dict__.get("_t")
+        return t is not None and t.dispatching
 
     def _cold(self, cb, keep, submit) -> int:
         """A submission through cffi (the cold ops): the slot comes from the
@@ -418,7 +424,9 @@ class Engine:
             ns = -1
         else:
             ns = int(timeout * 1e9) if timeout > 0 else 0
-        n = lib.ul_run(e, ns)
+        # a turn that cannot block keeps the GIL (no cffi call); one that may
+        # wait releases it, through cffi
+        n = self._t.run_nowait() if ns == 0 else lib.ul_run(e, ns)
         while n == -errno.EINTR and ns < 0:
             # back in Python, so signal handlers have run (or raised); a blocking
             # run then goes on waiting. EINTR also comes without a signal, e.g.

@@ -1068,6 +1068,15 @@ static PyObject *Table_wake(Table *t, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* run_nowait() -> ul_run(engine, 0): a turn that cannot block keeps the GIL
+ * (as the native turn does); Engine.wait(0) uses it */
+static PyObject *Table_run_nowait(Table *t, PyObject *unused)
+{
+    (void)unused;
+    TABLE_OPEN(t);
+    return PyLong_FromLong(t->run(t->engine, 0));
+}
+
 /* take(cb, keep) -> ud and refused(ud, rc): the cold submissions that
  * engine.py makes through cffi take their slots here too */
 static PyObject *Table_take(Table *t, PyObject *const *args, Py_ssize_t nargs)
@@ -1419,6 +1428,8 @@ static PyMethodDef Table_methods[] = {
     {"cancel", (PyCFunction)Table_cancel, METH_O, "cancel(ud) -> bool"},
     {"cancel_fd", (PyCFunction)Table_cancel_fd, METH_O, "cancel_fd(fd) -> int"},
     {"wake", (PyCFunction)Table_wake, METH_NOARGS, "wake(): thread-safe"},
+    {"run_nowait", (PyCFunction)Table_run_nowait, METH_NOARGS,
+     "run_nowait() -> ul_run(engine, 0), the GIL kept"},
     {"take", (PyCFunction)(void (*)(void))Table_take, METH_FASTCALL, "take(cb, keep) -> ud"},
     {"refused", (PyCFunction)(void (*)(void))Table_refused, METH_FASTCALL,
      "refused(ud, rc): C did not accept the op; raises OSError"},
