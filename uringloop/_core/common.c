@@ -626,6 +626,28 @@ EXPORT int ul_shutdown(ul_engine *e, uint64_t ud, int fd, int how)
 
 /* ------------------------------------------------------------- cancel */
 
+struct ul_op *ul__op_at(ul_engine *e, int32_t slot) { return op_at(e, slot); }
+
+/* An op waiting behind the head of its fd's ordered queue (nothing of it was
+ * sent) leaves the queue and finishes with res. */
+void ul__oq_drop(ul_engine *e, struct ul_op *op, int32_t res)
+{
+    struct ul_fd *f = &e->fds[op->fd];
+    int32_t slot = (int32_t)ul__slot(op->ud), prev = -1;
+    for (int32_t s = f->oq_head; s >= 0; prev = s, s = op_at(e, s)->oq_next) {
+        if (s != slot)
+            continue;
+        if (prev >= 0)
+            op_at(e, prev)->oq_next = op->oq_next;
+        else
+            f->oq_head = op->oq_next;
+        if (f->oq_tail == slot)
+            f->oq_tail = prev;
+        break;
+    }
+    ul__finish(e, op, res, 0, 0);
+}
+
 /* Returns 1 when a cancel was started (its final record will come). */
 static int cancel_op(ul_engine *e, struct ul_op *op)
 {
@@ -633,24 +655,9 @@ static int cancel_op(ul_engine *e, struct ul_op *op)
         return 0;
     op->cancelled = 1;
     switch (op->state) {
-    case S_QUEUED: {
-        /* behind the head of the ordered queue: unlink and finish now */
-        struct ul_fd *f = &e->fds[op->fd];
-        int32_t slot = (int32_t)ul__slot(op->ud), prev = -1;
-        for (int32_t s = f->oq_head; s >= 0; prev = s, s = op_at(e, s)->oq_next) {
-            if (s != slot)
-                continue;
-            if (prev >= 0)
-                op_at(e, prev)->oq_next = op->oq_next;
-            else
-                f->oq_head = op->oq_next;
-            if (f->oq_tail == slot)
-                f->oq_tail = prev;
-            break;
-        }
-        ul__finish(e, op, -ECANCELED, 0, 0);
+    case S_QUEUED:
+        ul__oq_drop(e, op, -ECANCELED);
         break;
-    }
     case S_BACKLOG:
         if (op->bid >= 0) {
             ul__pool_put(e, (uint16_t)op->bid);

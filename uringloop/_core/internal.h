@@ -61,6 +61,9 @@ struct ul_op {
     int64_t offset;
     struct iovec *iovs;         /* K_SENDV: the cursor's iovecs (op->iov when one) */
     uint32_t niov, iov_idx;     /* K_SENDV: count, first iovec not fully sent */
+    struct iovec *batch;        /* io_uring: a head's SENDMSG over it and its riders */
+    uint32_t nbatch;            /* ops in that batch, the head included */
+    uint8_t rider;              /* queued send whose bytes ride in its head's SENDMSG */
     int msg_flags;
     uint32_t events;            /* poll mask, or shutdown's how */
     uint32_t addrlen;
@@ -139,6 +142,8 @@ void ul__finish(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uin
 void ul__sent(ul_engine *e, struct ul_op *op, int32_t res);
 void ul__stop(ul_engine *e, struct ul_op *op, int err);
 void ul__iov_advance(struct ul_op *op, uint32_t n);
+void ul__oq_drop(ul_engine *e, struct ul_op *op, int32_t res);
+struct ul_op *ul__op_at(ul_engine *e, int32_t slot);
 static inline int ul__is_send(const struct ul_op *op)
 {
     return op->kind == K_SEND || op->kind == K_SENDV || op->kind == K_WRITE;
