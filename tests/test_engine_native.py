@@ -279,7 +279,7 @@ def test_cancelling_a_queued_send_keeps_the_stream_exact(eng, tcp_pair):
     c, s = tcp_pair(sndbuf=4096)
     payloads = [bytes([65 + i]) * (300_000 + i) for i in range(5)]
     cols = [Collector(f"s{i}") for i in range(5)]
-    uds = [eng.send(c.fileno(), p, col) for p, col in zip(payloads, cols)]
+    uds = [eng.send(c.fileno(), p, col) for p, col in zip(payloads, cols, strict=True)]
     settle(eng, 1)
     assert not cols[2].done
     eng.cancel(uds[2])
@@ -294,7 +294,7 @@ def test_cancelling_a_queued_send_keeps_the_stream_exact(eng, tcp_pair):
             got += s.recv(1 << 20)
         except BlockingIOError:
             pass
-    for p, col in zip(payloads, cols):
+    for p, col in zip(payloads, cols, strict=True):
         [(res, more, data)] = col.records
         if res == len(p):
             expect += p
