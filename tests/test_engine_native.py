@@ -377,6 +377,12 @@ def test_recv_coalesce_joins_the_records_of_a_run(make_engine, socketpair, coale
 # --------------------------------------------------- D2: wake vs close
 
 
+def _preload(shim: str) -> str:
+    """LD_PRELOAD for a child: the shim after what this process preloads
+    (libasan under `make asan` must stay first)."""
+    return " ".join(filter(None, [os.environ.get("LD_PRELOAD", ""), shim]))
+
+
 def _build_shim(name: str, tmp_path: Path) -> str:
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
@@ -458,7 +464,8 @@ def test_wake_racing_close_never_writes_into_a_reused_fd(tmp_path, backend, how)
     mark = tmp_path / "mark"
     script = tmp_path / "race.py"
     script.write_text(WAKE_RACE.format(root=str(ROOT)))
-    env = dict(os.environ, LD_PRELOAD=shim, SLOW_EVENTFD_MARK=str(mark), SLOW_EVENTFD_MS="400")
+    env = dict(os.environ, LD_PRELOAD=_preload(shim), SLOW_EVENTFD_MARK=str(mark),
+               SLOW_EVENTFD_MS="400")
     proc = subprocess.run([sys.executable, str(script), backend, how], capture_output=True,
                           text=True, timeout=60, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -526,7 +533,7 @@ def test_no_fcntl_per_read_or_write(tmp_path, backend):
     script = tmp_path / "count.py"
     script.write_text(COUNT_FCNTL.format(root=str(ROOT)))
     proc = subprocess.run([sys.executable, str(script), backend], capture_output=True, text=True,
-                          timeout=60, env=dict(os.environ, LD_PRELOAD=shim), cwd=tmp_path)
+                          timeout=60, env=dict(os.environ, LD_PRELOAD=_preload(shim)), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout.strip()) == 0
 
