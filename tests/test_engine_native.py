@@ -572,3 +572,23 @@ def test_sock_sendall_raises_when_the_peer_resets_midway(any_loop, tcp_pair):
         assert info.value.errno in (errno.ECONNRESET, errno.EPIPE), info.value
 
     run_in(any_loop, main(), timeout=30)
+
+
+def test_accept_on_a_blocking_listener_neither_blocks_nor_changes_it(eng, tcp_listener):
+    """accept4 has no per-call "don't wait" flag: on epoll the engine reads
+    the listener's mode once and, for a blocking one, accepts only when poll()
+    says a connection waits. The listener stays blocking."""
+    lst = tcp_listener()
+    lst.setblocking(True)
+    col = Collector()
+    eng.accept(lst.fileno(), col, multishot=False)
+    settle(eng)  # a blocking accept4 would hang the test here
+    assert not col.done
+    c = socket.create_connection(lst.getsockname(), timeout=5)
+    try:
+        wait_done(eng, col)
+        assert col.res >= 0
+        os.close(col.res)
+    finally:
+        c.close()
+    assert os.get_blocking(lst.fileno())
