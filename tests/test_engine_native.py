@@ -592,3 +592,18 @@ def test_accept_on_a_blocking_listener_neither_blocks_nor_changes_it(eng, tcp_li
     finally:
         c.close()
     assert os.get_blocking(lst.fileno())
+
+
+def test_flush_hands_over_sends_waiting_for_the_run(eng, socketpair):
+    """On io_uring a send waits for the run so that the turn's later sends
+    can ride with it; flush() ("hand queued ops to the kernel now") must
+    still send it at once."""
+    a, b = socketpair()
+    eng.run(0)  # the ring is enabled by its first run
+    col = Collector()
+    eng.send(a.fileno(), b"hello", col)
+    eng.flush()
+    b.settimeout(5)
+    assert b.recv(10) == b"hello"
+    wait_done(eng, col)
+    assert col.res == 5

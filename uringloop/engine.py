@@ -55,6 +55,10 @@ _ENTRY_POINTS = tuple(
                  "ul_shutdown", "ul_close_fd", "ul_cancel", "ul_cancel_fd", "ul_wake")
 )
 
+# Engine methods that are the C table's own (bound per instance in __init__)
+_HOT = ("nop", "recv", "send", "sendv", "accept", "shutdown", "close_fd", "cancel",
+        "cancel_fd", "wake")
+
 # Objects of engines whose ops never completed (close() timed out): the kernel
 # may still own their buffers, so they are kept alive for the process lifetime.
 _graveyard: list = []
@@ -268,9 +272,10 @@ class Engine:
         # GIL release per submission. Bound once here, so eng.send(...) is one
         # C call; the methods below say the same for help() and subclasses.
         t = self._t = _sched.Table(self._entry_points(e), self._addr_of)
-        self.nop, self.recv, self.send, self.sendv = t.nop, t.recv, t.send, t.sendv
-        self.accept, self.shutdown, self.close_fd = t.accept, t.shutdown, t.close_fd
-        self.cancel, self.cancel_fd, self.wake = t.cancel, t.cancel_fd, t.wake
+        cls = type(self)
+        for name in _HOT:
+            if getattr(cls, name) is getattr(Engine, name):  # a subclass's override wins
+                setattr(self, name, getattr(t, name))
 
     def _entry_points(self, e) -> tuple:
         def addr(ptr) -> int:

@@ -838,6 +838,9 @@ static int uring_flush(ul_engine *e)
     struct uring *u = e->bs;
     if (!u->enabled || u->owner != &tls_marker)
         return 0;  /* the first run submits it */
+    struct ul_op *op;  /* sends wait in the backlog for the run: now is now */
+    for (uint32_t n = e->bl_tail - e->bl_head; n-- && ul__backlog_pop(e, &op);)
+        issue(e, u, op);
     int r = flush(e, u);
     return r < 0 ? r : 0;
 }
