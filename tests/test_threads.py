@@ -328,3 +328,44 @@ def test_connect_pending_across_park_completes(any_loop):
         srv.close()
         for f in fillers:
             f.close()
+
+
+def test_engine_park_with_sends_queued_and_in_flight(eng, socketpair):
+    """Ordered sends, the first blocked in the kernel with nothing sent (the
+    peer's buffer is full) and the rest queued behind it (on io_uring, riders
+    of its SENDMSG): after a park, another thread finishes them all, bytes in
+    order."""
+    a, b = socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    prefix = bytearray()
+    try:  # fill the socket buffer: the batch then sends nothing before the park
+        while True:
+            prefix += b"p" * a.send(b"p" * 65536)
+    except BlockingIOError:
+        pass
+    chunks = [bytes([65 + i]) * (4096 + i) for i in range(6)]
+    done = Collector("sends")
+    for c in chunks:
+        eng.send(a.fileno(), c, done)
+    for _ in range(3):
+        eng.run(0)
+    assert done.finals == 0
+    assert eng.park()
+    want = bytes(prefix) + b"".join(chunks)
+
+    def other():
+        got = bytearray()
+        deadline = time.monotonic() + 20
+        while (len(got) < len(want) or done.finals < len(chunks)) and time.monotonic() < deadline:
+            eng.run(0.01)
+            try:
+                while True:
+                    got += b.recv(1 << 20)
+            except BlockingIOError:
+                pass
+        eng.park()
+        return bytes(got)
+
+    assert in_thread(other) == want
+    assert [r for r, _, _ in done.records] == [len(c) for c in chunks]
