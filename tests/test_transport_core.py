@@ -404,12 +404,13 @@ def test_flow_control(any_loop):
         assert tr.get_write_buffer_limits() == (1024, 4096)
         with pytest.raises(ValueError):
             tr.set_write_buffer_limits(high=1, low=2)
-        # one write the kernel takes at once pauses nobody (stock behaviour)
-        tr.write(b"a" * 3000)
+        # one write past the mark that the kernel takes at once pauses nobody
+        # (stock behaviour; sslproto relies on it)
+        tr.write(b"a" * 60000)
         assert pr.paused == 0
-        assert await _read_all(loop, peer, 3000) == b"a" * 3000
+        assert await _read_all(loop, peer, 60000) == b"a" * 60000
         # the peer stops reading: writes pile up and pause the protocol
-        total = 3000
+        total = 60000
         while not pr.paused:
             tr.write(b"b" * 65536)
             total += 65536
@@ -417,8 +418,8 @@ def test_flow_control(any_loop):
             assert total < 256 << 20
         assert pr.paused == 1 and pr.resumed == 0
         assert tr.get_write_buffer_size() > 4096
-        got = await _read_all(loop, peer, total - 3000)
-        assert got == b"b" * (total - 3000)
+        got = await _read_all(loop, peer, total - 60000)
+        assert got == b"b" * (total - 60000)
         while not pr.resumed:
             await asyncio.sleep(0.001)
         assert tr.get_write_buffer_size() <= 1024
@@ -494,7 +495,9 @@ def test_server_close_stops_accepting_at_once(any_loop):
 
 def test_accept_survives_descriptor_exhaustion(any_loop):
     """EMFILE: the exception handler hears of it, accepting pauses for
-    ACCEPT_RETRY_DELAY and resumes; the waiting connection is not lost."""
+    ACCEPT_RETRY_DELAY and resumes; the waiting connection is not lost.
+    (The limit is lowered before the server starts: io_uring's accept takes
+    RLIMIT_NOFILE when the op is armed, not when a connection comes.)"""
     loop = any_loop
     contexts = []
     loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
@@ -507,15 +510,15 @@ def test_accept_survives_descriptor_exhaustion(any_loop):
             protos.append(Recorder(loop))
             return protos[-1]
 
-        server = await loop.create_server(factory, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
+        listener = socket.create_server(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
         client = socket.socket()
         client.setblocking(False)
-        # no descriptor left for the accepted socket
         probe = os.open(os.devnull, os.O_RDONLY)
         os.close(probe)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (probe, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (probe, hard))  # no descriptor left
         try:
+            server = await loop.create_server(factory, sock=listener)
             try:
                 client.connect(("127.0.0.1", port))
             except BlockingIOError:
@@ -561,6 +564,40 @@ def test_unix_server_and_connection(any_loop, tmp_path):
         assert await reader.read() == b"OVER UNIX"
         writer.close()
         await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run_in(loop, main())
+
+
+def test_data_waits_for_callbacks_queued_before_it(any_loop):
+    """The peer's first bytes are already there when the connection is made:
+    the task that awaits create_connection resumes before data_received (the
+    stock loop queues its reader behind the ready queue)."""
+    loop = any_loop
+
+    async def main():
+        seen = []
+        result = {}
+
+        class P(Recorder):
+            def data_received(self, data):
+                seen.append("transport" in result)
+                super().data_received(data)
+
+        async def greet(reader, writer):
+            writer.write(b"hello")
+            await writer.drain()
+
+        server = await asyncio.start_server(greet, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        tr, pr = await loop.create_connection(lambda: P(loop), "127.0.0.1", port)
+        result["transport"] = tr
+        while bytes(pr.data) != b"hello":
+            await asyncio.sleep(0.001)
+        assert seen and all(seen)
+        tr.close()
+        await pr.lost
         server.close()
         await server.wait_closed()
 
