@@ -36,7 +36,7 @@ import os
 import socket
 import sys
 import warnings
-from asyncio import base_events, constants, futures, protocols, transports, trsock
+from asyncio import base_events, constants, events, futures, protocols, transports, trsock
 from asyncio.log import logger
 
 __all__ = ["SocketTransport", "Acceptor"]
@@ -106,7 +106,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         self._context = ctx = contextvars.copy_context()
         self._on_recv_cb = functools.partial(ctx.run, self._on_recv)
         self._on_sent_cb = functools.partial(ctx.run, self._on_sent)
-        self._on_closed_cb = functools.partial(ctx.run, self._on_closed)
+        self._on_closed_cb = self._on_closed  # runs a Handle in ctx itself
         if server is not None:
             if _SERVER_TRACKS_TRANSPORTS:
                 server._attach(self)
@@ -343,7 +343,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         elif self._buffer_size > self._high_water:
             self._send_now()
 
-    def _send_now(self):
+    def _send_now(self, pause=True):
         """More than the high-water mark is queued and no send is in flight:
         one non-blocking send() now, as the stock transport does on every
         write, and pause the protocol only if the kernel left more than the
@@ -364,7 +364,16 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             return
         self._buffer = [data[n:]] if n < len(data) else []
         self._buffer_size -= n
-        self._maybe_pause_protocol()
+        if pause:
+            self._maybe_pause_protocol()
+            if self._protocol_paused and self._buffer_size <= self._low_water:
+                # paused earlier, drained now: resume as the stock writer
+                # callback would, from the loop, not from inside write()
+                self._loop.call_soon(self._resume_if_drained, context=self._context)
+
+    def _resume_if_drained(self):
+        if not self._sending and not self._conn_lost:
+            self._maybe_resume_protocol()
 
     if _PY312:
 
@@ -448,6 +457,15 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             return
         self._closing = True
         self._stop_reading()
+        if self._buffer and not self._sending and not self._protocol_paused:
+            # what the kernel takes leaves now, as the stock write() would
+            # already have sent it: a closing transport does not wait a turn
+            # for its last bytes (sslproto's close_notify, for one). Not while
+            # the protocol is paused: it may still hold bytes (sslproto's BIO)
+            # that it writes on resume_writing, which _on_sent will call.
+            self._send_now(pause=False)
+            if self._conn_lost:
+                return  # the send failed: _fatal_error closed
         if not self._buffer and not self._sending:
             self._conn_lost += 1
             self._close_fd(None)
@@ -487,7 +505,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         connection_lost(exc) is scheduled now, as the stock loop schedules it,
         but runs only once the close has completed: usually the close record
         comes in the very next engine run, before that callback; if not, the
-        close record schedules it."""
+        close record calls it."""
         if self._fd_closing:
             return
         self._fd_closing = True
@@ -503,7 +521,11 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
     def _on_closed(self, res, more, data):
         self._fd_closed = True
         if self._lost_is_due and self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon(self._call_connection_lost, self._lost_exc, context=self._context)
+            # the stock loop would have called it already: now, not a turn
+            # later, run as a handle so an exception is reported as stock
+            events.Handle(
+                self._call_connection_lost, (self._lost_exc,), self._loop, self._context
+            )._run()
 
     def _lost_due(self):
         self._lost_is_due = True
