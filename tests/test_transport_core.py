@@ -606,3 +606,38 @@ def test_data_waits_for_callbacks_queued_before_it(any_loop):
         await server.wait_closed()
 
     run_in(loop, main())
+
+
+def test_engine_view_receive_is_released_after_the_callback(loop):
+    """Engine.recv(view=True), what a BufferedProtocol's transport uses: the
+    callback gets a read-only memoryview of the pool buffer (no bytes object),
+    released as soon as the callback returns."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    kept = []
+    got = []
+
+    def cb(res, more, data):
+        if res > 0:
+            assert type(data) is memoryview and data.readonly
+            got.append(bytes(data))
+            kept.append(data)
+
+    try:
+        ud = loop._engine.recv(a.fileno(), cb, multishot=True, view=True)
+        b.send(b"pool bytes")
+
+        async def wait():
+            while not got:
+                await asyncio.sleep(0.001)
+
+        run_in(loop, wait())
+        assert got == [b"pool bytes"]
+        with pytest.raises(ValueError, match="released"):
+            kept[0].tobytes()
+        loop._engine.cancel(ud)
+        run_in(loop, asyncio.sleep(0.01))
+    finally:
+        a.close()
+        b.close()

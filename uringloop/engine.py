@@ -282,13 +282,15 @@ class Engine:
         ud = self._take(cb, None)
         return self._submitted(ud, lib.ul_nop(self._e, ud))
 
-    def recv(self, fd: int, cb, multishot: bool = True, nbytes: int = 0) -> int:
+    def recv(self, fd: int, cb, multishot: bool = True, nbytes: int = 0, view: bool = False) -> int:
         """Receive into the engine's pool; ``data`` is the bytes received.
-        nbytes caps a one-shot receive (0: the pool buffer size)."""
+        nbytes caps a one-shot receive (0: the pool buffer size). With view,
+        ``data`` is a read-only memoryview of the pool buffer instead, valid
+        only during the callback (released after it; no bytes object made)."""
         fd = _check_fd(fd)
         if nbytes < 0:
             raise ValueError("negative buffersize in recv")
-        ud = self._take(cb, None)
+        ud = self._take(cb, _sched.VIEW if view else None)
         return self._submitted(ud, lib.ul_recv(self._e, ud, fd, bool(multishot), nbytes))
 
     def recv_into(self, fd: int, buf, cb, nbytes: int = 0, flags: int = 0) -> int:

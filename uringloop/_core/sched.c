@@ -63,6 +63,7 @@ static struct {
     PyObject *s_done, *s_set_result, *s_dispatching, *s_raise_error;
     PyObject *s_name, *s_task;
     PyObject *s_flush_dirty;
+    PyObject *view_marker; /* _sched.VIEW: a slot kept with it receives memoryviews */
     PyObject *task_kwnames; /* ("loop", "name", "context"); 3.10: ("loop", "name") */
     PyObject *own_call_at; /* Core.call_at's descriptor */
     PyObject *context_kwnames; /* the last kwnames tuple seen to be ("context",) */
@@ -622,6 +623,8 @@ static PyObject *record_data(Deliver *d, const ul_record *r, Py_ssize_t slot)
         if (r->res < 0 || r->res > d->buf_size || start + r->res > d->pool_size)
             return PyErr_Format(PyExc_SystemError, "record names bytes outside the pool "
                                 "(bid %d, %d bytes)", (int)r->bid, (int)r->res);
+        if (PyList_GET_ITEM(d->keep, slot) == S.view_marker) /* see deliver() */
+            return PyMemoryView_FromMemory((char *)d->pool + start, r->res, PyBUF_READ);
         return PyBytes_FromStringAndSize(d->pool + start, r->res);
     }
     if (r->flags & UL_F_ADDR) {
@@ -691,6 +694,20 @@ static int deliver(Deliver *d, int n, PyObject **first)
         PyObject *cb = Py_NewRef(PyList_GET_ITEM(d->cbs, slot));
         PyObject *data = record_data(d, r, slot);
         int ok = data != NULL && call_back(cb, r, data) == 0;
+        if (data != NULL && PyMemoryView_Check(data)) {
+            /* a receive kept with _sched.VIEW got the pool buffer itself: the
+             * view dies with the call (the buffer is recycled at the next run) */
+            PyObject *rel = PyObject_CallMethod(data, "release", NULL);
+            if (rel == NULL) {
+                /* still exported by the callback: it broke the rule */
+                PyObject *exc = take_exception();
+                if (ok && *first == NULL)
+                    *first = exc;
+                else
+                    Py_XDECREF(exc);
+            }
+            Py_XDECREF(rel);
+        }
         Py_XDECREF(data);
         Py_DECREF(cb);
         if (!ok) {
@@ -1370,6 +1387,11 @@ PyMODINIT_FUNC PyInit__sched(void)
         return NULL;
     if (PyModule_AddObject(m, "Core", Py_NewRef((PyObject *)&CoreType)) < 0) {
         Py_DECREF((PyObject *)&CoreType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    S.view_marker = PyUnicode_InternFromString("uringloop._sched.VIEW");
+    if (S.view_marker == NULL || PyModule_AddObject(m, "VIEW", Py_NewRef(S.view_marker)) < 0) {
         Py_DECREF(m);
         return NULL;
     }

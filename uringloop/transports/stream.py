@@ -195,7 +195,11 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             and not self._paused
             and not self._held
         ):
-            self._recv_ud = self._engine.recv(self._sock_fd, self._on_recv_cb, multishot=True)
+            # a BufferedProtocol's bytes go from the pool buffer straight into
+            # its own buffer: the record comes as a short-lived memoryview
+            self._recv_ud = self._engine.recv(
+                self._sock_fd, self._on_recv_cb, multishot=True, view=self._buffered
+            )
 
     def _stop_reading(self):
         if self._recv_ud is not None and not self._engine.closed:
@@ -210,6 +214,10 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         if res == _ECANCELED and not more:
             self._start_reading()  # pause_reading cancelled it; resumed since?
             return
+        if data is not None and type(data) is not bytes and (
+            not self._buffered or self._paused or self._held is not None or self._loop._ready
+        ):
+            data = data.tobytes()  # a pool view lives only during this call
         held = self._held
         if held is not None or self._paused or self._loop._ready:
             # The stock loop queues a reader callback behind what is already
@@ -277,7 +285,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
                 return
             k = min(len(view), n - pos)
             view[:k] = data if (pos == 0 and k == n) else memoryview(data)[pos:pos + k]
-            view.release()
+            view.release()  # the temporary slice above is already gone
             pos += k
             try:
                 self._protocol.buffer_updated(k)
@@ -291,7 +299,8 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             if pos < n and self._paused:
                 if self._held is None:
                     self._held = collections.deque()
-                self._held.appendleft((n - pos, data[pos:]))
+                rest = data[pos:]
+                self._held.appendleft((n - pos, rest if type(rest) is bytes else rest.tobytes()))
                 return
 
     def _on_eof(self):
