@@ -106,19 +106,23 @@ def test_one_send_per_turn(loop):
     async def main():
         tr, pr, peer = await _pair(loop, lambda: Recorder(loop))
         sends = []
-        real_send = loop._engine.send
+        real_send, real_sendv = loop._engine.send, loop._engine.sendv
 
         def counting_send(fd, data, cb, flags=0):
             sends.append(len(data))
             return real_send(fd, data, cb, flags)
 
-        loop._engine.send = counting_send
+        def counting_sendv(fd, buffers, cb, flags=0):
+            sends.append(sum(map(len, buffers)))
+            return real_sendv(fd, buffers, cb, flags)
+
+        loop._engine.send, loop._engine.sendv = counting_send, counting_sendv
         try:
             for _ in range(50):
                 tr.write(b"x" * 10)
             assert await _read_all(loop, peer, 500) == b"x" * 500
         finally:
-            del loop._engine.send
+            loop._engine.send, loop._engine.sendv = real_send, real_sendv
         assert sends == [500]
         tr.close()
         await pr.lost

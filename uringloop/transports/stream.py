@@ -195,10 +195,13 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             and not self._paused
             and not self._held
         ):
-            # a BufferedProtocol's bytes go from the pool buffer straight into
-            # its own buffer: the record comes as a short-lived memoryview
+            # a Protocol gets one turn's records joined (coalesce: one
+            # data_received per turn); a BufferedProtocol's bytes go from the
+            # pool buffer straight into its own: each record comes as a
+            # short-lived memoryview
+            buffered = self._buffered
             self._recv_ud = self._engine.recv(
-                self._sock_fd, self._on_recv_cb, multishot=True, view=self._buffered
+                self._sock_fd, self._on_recv_cb, True, 0, not buffered, buffered
             )
 
     def _stop_reading(self):
@@ -425,10 +428,13 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             return
         buf = self._buffer
         if buf and not self._sending:
-            data = buf[0] if len(buf) == 1 else b"".join(buf)
             self._buffer = []
-            self._sending = len(data)
-            self._engine.send(self._sock_fd, data, self._on_sent_cb)
+            if len(buf) == 1:
+                self._sending = len(buf[0])
+                self._engine.send(self._sock_fd, buf[0], self._on_sent_cb)
+            else:  # one vectored send, no join
+                self._sending = sum(map(len, buf))
+                self._engine.sendv(self._sock_fd, buf, self._on_sent_cb)
             buf = self._buffer
         if self._eof and not self._shut and not buf:
             self._shut = True
@@ -438,8 +444,10 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         sent, self._sending = self._sending, 0
         if self._conn_lost:
             return  # aborted: close_fd cancelled it
-        if res < 0:
-            exc = _os_error(res)
+        if res < 0 or data is not None:
+            # an error, nothing sent; or (data = -errno) one after res bytes
+            # went out: the stock transport reports the error either way
+            exc = _os_error(res if res < 0 else (data or -errno.EIO))
             self._buffer = []
             self._buffer_size = 0
             self._fatal_error(exc, "Fatal write error on socket transport")
