@@ -481,3 +481,34 @@ def test_subprocess_transport_api(loop):
 
     run_in(loop, main())
     assert not is_stock(loop)
+
+
+def test_popen_parameters_as_stock(any_loop, tmp_path):
+    """stdio as PIPE/DEVNULL/STDOUT/fd/file object, env, cwd, pass_fds,
+    start_new_session: the stock transport's Popen, so the stock results."""
+    r, w = os.pipe()
+    log = open(tmp_path / "log", "wb")
+
+    async def main():
+        proc = await asyncio.create_subprocess_shell(
+            f'echo out; echo err >&2; echo "$FOO" >/dev/fd/{w}; pwd; ps -o sid= -p $$ | tr -d " "',
+            stdin=asyncio.subprocess.DEVNULL, stdout=PIPE, stderr=asyncio.subprocess.STDOUT,
+            env={"FOO": "bar", "PATH": os.environ["PATH"]}, cwd=str(tmp_path),
+            pass_fds=(w,), start_new_session=True,
+        )
+        os.close(w)
+        out, err = await proc.communicate()
+        lines = out.decode().split("\n")
+        assert lines[:3] == ["out", "err", str(tmp_path)]
+        assert int(lines[3]) == proc.pid  # its own session
+        assert err is None
+        assert os.read(r, 100) == b"bar\n"
+        proc = await asyncio.create_subprocess_exec("echo", "to file", stdout=log)
+        assert await proc.wait() == 0
+
+    try:
+        run_in(any_loop, main())
+    finally:
+        os.close(r)
+        log.close()
+    assert (tmp_path / "log").read_bytes() == b"to file\n"
