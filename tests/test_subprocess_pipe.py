@@ -16,6 +16,8 @@ import signal
 import socket
 import subprocess
 import threading
+import warnings
+from asyncio import unix_events
 
 import pytest
 from conftest import is_stock, make_loop, run_in
@@ -253,6 +255,12 @@ def test_pidfd_refused_falls_back_to_stock_watcher(loop, monkeypatch, caplog):
 
     monkeypatch.setattr(ul_subprocess, "_pidfd_ok", None)
     monkeypatch.setattr(os, "pidfd_open", refused)
+    # what the stock policy picks where pidfd_open fails (3.12+ would take
+    # PidfdChildWatcher here, as the patch above does not reach its probe)
+    policy = asyncio.get_event_loop_policy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        policy.set_child_watcher(unix_events.ThreadedChildWatcher())
 
     async def main():
         proc = await asyncio.create_subprocess_exec(
@@ -261,8 +269,13 @@ def test_pidfd_refused_falls_back_to_stock_watcher(loop, monkeypatch, caplog):
         out, _ = await proc.communicate()
         assert out == b"hi\n" and proc.returncode == 4
 
-    with caplog.at_level(logging.WARNING, logger="asyncio"):
-        run_in(loop, main())
+    try:
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            run_in(loop, main())
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            policy.set_child_watcher(None)
     assert "pidfd_open() refused" in caplog.text
 
 
