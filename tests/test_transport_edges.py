@@ -1,0 +1,432 @@
+"""Transport edge cases, same on io_uring, epoll and the stock loop: what a
+protocol sees when it misbehaves, when the peer goes away, while reading is
+paused, with many small writes, sendfile, TLS upgrades and server objects."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+
+import pytest
+from conftest import is_stock
+from transport_helpers import pattern, plain_listener, run_in, tloop, tls, wait_for
+
+assert tloop and tls  # fixtures, imported for the tests below
+
+MiB = 1 << 20
+
+
+async def _connected(loop, factory):
+    """(transport, protocol, peer): a transport on loop and a plain socket peer."""
+    lst = plain_listener()
+    with lst:
+        conn = loop.create_connection(factory, *lst.getsockname())
+        (tr, proto), (peer, _) = await wait_for(asyncio.gather(conn, loop.sock_accept(lst)))
+    return tr, proto, peer
+
+
+class Recorder(asyncio.Protocol):
+    def __init__(self):
+        loop = asyncio.get_running_loop()
+        self.events: list = []
+        self.buf = bytearray()
+        self.lost = loop.create_future()
+        self.eof = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.fd = transport.get_extra_info("socket").fileno()
+        self.events.append("made")
+
+    def data_received(self, data):
+        if not self.events or self.events[-1] != "data":
+            self.events.append("data")
+        self.buf += data
+
+    def eof_received(self):
+        self.events.append("eof")
+        self.eof.set_result(None)
+        return True
+
+    def connection_lost(self, exc):
+        self.events.append("lost")
+        self.lost.set_result(exc)
+
+
+def _log_count(caplog, text: str) -> int:
+    return sum(1 for r in caplog.records if text in r.getMessage())
+
+
+def test_writes_after_close_are_dropped_then_warned(tloop, caplog):
+    """After close(), write() drops the data; from the 5th such write on, each
+    one logs 'socket.send() raised exception.' (the stock threshold)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Recorder)
+        with peer:
+            tr.close()
+            assert await wait_for(proto.lost) is None
+            with caplog.at_level(logging.WARNING, logger="asyncio"):
+                for _ in range(10):
+                    tr.write(b"late")
+            assert _log_count(caplog, "socket.send() raised exception.") == 6
+            peer.settimeout(5)
+            assert peer.recv(100) == b""  # nothing of it left: EOF
+
+    run_in(tloop, main())
+
+
+def test_data_received_raises(tloop, caplog):
+    """An exception from data_received: logged as a fatal error, the transport
+    closed, connection_lost gets that exception."""
+    boom = ZeroDivisionError("boom")
+
+    class Bad(Recorder):
+        def data_received(self, data):
+            raise boom
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Bad)
+        with peer:
+            with caplog.at_level(logging.ERROR, logger="asyncio"):
+                await wait_for(loop.sock_sendall(peer, b"x"))
+                exc = await wait_for(proto.lost)
+            assert exc is boom
+            assert tr.is_closing()
+            assert _log_count(caplog, "Fatal error: protocol.data_received() call failed.") == 1
+
+    run_in(tloop, main())
+
+
+@pytest.mark.parametrize("bad", ["empty", "raises"])
+def test_get_buffer_misbehaves(tloop, caplog, bad):
+    """get_buffer() returning an empty buffer or raising: a fatal error, as stock."""
+
+    class Bad(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.lost = asyncio.get_running_loop().create_future()
+
+        def get_buffer(self, sizehint):
+            if bad == "empty":
+                return bytearray()
+            raise KeyError("no buffer")
+
+        def buffer_updated(self, nbytes):
+            raise AssertionError("buffer_updated after a bad get_buffer")
+
+        def connection_lost(self, exc):
+            self.lost.set_result(exc)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Bad)
+        with peer:
+            with caplog.at_level(logging.ERROR, logger="asyncio"):
+                await wait_for(loop.sock_sendall(peer, b"data"))
+                exc = await wait_for(proto.lost)
+            if bad == "empty":
+                assert isinstance(exc, RuntimeError) and "empty buffer" in str(exc)
+            else:
+                assert isinstance(exc, KeyError)
+            assert _log_count(caplog, "Fatal error: protocol.get_buffer() call failed.") == 1
+
+    run_in(tloop, main())
+
+
+def test_eof_held_while_paused(tloop):
+    """Data and EOF that arrive while reading is paused reach the protocol only
+    after resume_reading(), data first, then eof_received."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Recorder)
+        with peer:
+            tr.pause_reading()
+            data = pattern(200_000, 30)
+            await wait_for(loop.sock_sendall(peer, data))
+            peer.shutdown(socket.SHUT_WR)
+            for _ in range(20):
+                await asyncio.sleep(0.005)
+            assert proto.events == ["made"]
+            tr.resume_reading()
+            await wait_for(proto.eof)
+            assert proto.events == ["made", "data", "eof"]
+            assert proto.buf == data
+            tr.close()
+            assert await wait_for(proto.lost) is None
+
+    run_in(tloop, main())
+
+
+def test_connection_lost_once_and_fd_closed(tloop):
+    """connection_lost comes once; on uringloop the fd is already closed then
+    (the engine closes it first), on every loop it is closed right after."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        seen = {}
+
+        class P(Recorder):
+            def connection_lost(self, exc):
+                try:
+                    os.fstat(self.fd)
+                    seen["open_in_lost"] = True
+                except OSError:
+                    seen["open_in_lost"] = False
+                super().connection_lost(exc)
+
+        tr, proto, peer = await _connected(loop, P)
+        with peer:
+            tr.write(b"bye")
+            tr.close()
+            tr.close()  # a second close is a no-op
+            assert await wait_for(proto.lost) is None
+            await asyncio.sleep(0)
+            assert proto.events == ["made", "lost"]
+            with pytest.raises(OSError):
+                os.fstat(proto.fd)
+            if not is_stock(loop):
+                assert seen["open_in_lost"] is False
+            peer.settimeout(5)
+            assert peer.recv(10) == b"bye"
+
+    run_in(tloop, main())
+
+
+def test_abort_drops_queued_data(tloop):
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Recorder)
+        with peer:
+            tr.write(pattern(32 * MiB, 31))  # more than loopback buffers take
+            await asyncio.sleep(0.01)
+            tr.abort()
+            assert tr.is_closing()
+            assert await wait_for(proto.lost) is None
+            assert proto.events == ["made", "lost"]
+            got = 0
+            peer.setblocking(False)
+            while True:
+                try:
+                    chunk = await wait_for(loop.sock_recv(peer, MiB))
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                got += len(chunk)
+            assert got < 32 * MiB
+
+    run_in(tloop, main())
+
+
+def test_many_small_writes_keep_order(tloop):
+    """Tens of thousands of small writes in one turn and across turns, mixed
+    with writelines and memoryviews, arrive whole and in order."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Recorder)
+        expected = bytearray()
+        with peer:
+            for turn in range(5):
+                for i in range(10_000):
+                    piece = (b"%d:%d," % (turn, i)) * (1 + i % 3)
+                    if i % 7 == 0:
+                        tr.writelines([piece[:2], memoryview(piece)[2:]])
+                    elif i % 5 == 0:
+                        tr.write(bytearray(piece))
+                    else:
+                        tr.write(piece)
+                    expected += piece
+                await asyncio.sleep(0)
+            tr.write_eof()
+            got = bytearray()
+            while chunk := await wait_for(loop.sock_recv(peer, MiB)):
+                got += chunk
+            assert got == expected
+            tr.close()
+
+    run_in(tloop, main())
+
+
+def test_write_then_mutate_bytearray(tloop):
+    """A bytearray changed right after write() is sent as it was at write()."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Recorder)
+        with peer:
+            buf = bytearray(b"original")
+            tr.write(buf)
+            buf[:] = b"MUTATED!"
+            tr.write_eof()
+            got = bytearray()
+            while chunk := await wait_for(loop.sock_recv(peer, 100)):
+                got += chunk
+            assert got == b"original"
+            tr.close()
+
+    run_in(tloop, main())
+
+
+def test_refused_connection(tloop):
+    async def main():
+        lst = plain_listener()
+        addr = lst.getsockname()
+        lst.close()  # nothing listens there now
+        with pytest.raises(ConnectionRefusedError):
+            await wait_for(asyncio.open_connection(*addr))
+        loop = asyncio.get_running_loop()
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with udp, pytest.raises(ValueError, match="Stream Socket was expected"):
+            await loop.create_connection(asyncio.Protocol, sock=udp)
+
+    run_in(tloop, main())
+
+
+def test_sendfile(tloop, tmp_path):
+    """loop.sendfile on a transport: the file range arrives exact, the file
+    position ends after it."""
+    path = tmp_path / "blob"
+    data = pattern(5 * MiB + 123, 32)
+    path.write_bytes(data)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Recorder)
+        with peer, open(path, "rb") as f:
+            count = len(data) - 1000
+
+            async def receive():
+                got = bytearray()
+                while len(got) < count:
+                    chunk = await loop.sock_recv(peer, MiB)
+                    assert chunk
+                    got += chunk
+                return got
+
+            sent, got = await wait_for(asyncio.gather(loop.sendfile(tr, f, 7, count), receive()))
+            assert sent == count
+            assert got == data[7 : 7 + count]
+            assert f.tell() == 7 + count
+            tr.write(b"after")  # the transport still works
+            assert await wait_for(loop.sock_recv(peer, 10)) == b"after"
+            tr.close()
+
+    run_in(tloop, main(), 30)
+
+
+def test_tls_streams_and_start_tls(tloop, tls):
+    """TLS through asyncio's sslproto over the loop's transports: an 8 MiB echo
+    both ways at once, then a plain connection upgraded with loop.start_tls on
+    both sides."""
+
+    async def echo(reader, writer):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=tls.server_context())
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await wait_for(
+            asyncio.open_connection(
+                "127.0.0.1", port, ssl=tls.client_context(), server_hostname="localhost"
+            )
+        )
+        assert isinstance(writer.get_extra_info("ssl_object"), ssl.SSLObject)
+        assert writer.get_extra_info("peercert")["subjectAltName"]
+        data = pattern(8 * MiB, 33)
+
+        async def send():
+            for off in range(0, len(data), MiB):
+                writer.write(data[off : off + MiB])
+                await writer.drain()
+
+        async def receive():
+            return await reader.readexactly(len(data))
+
+        _, got = await wait_for(asyncio.gather(send(), receive()), 30)
+        assert got == data
+        writer.close()
+        await wait_for(writer.wait_closed())
+        server.close()
+        await wait_for(server.wait_closed())
+
+        # start_tls, protocol level, both sides
+        upgraded = loop.create_future()
+
+        class ServerSide(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def data_received(self, data):
+                if data == b"STARTTLS":
+                    self.transport.pause_reading()  # nothing more as plain text
+                    loop.create_task(self.upgrade())
+                else:
+                    self.transport.write(b"tls:" + data)
+
+            async def upgrade(self):
+                new = await loop.start_tls(
+                    self.transport, self, tls.server_context(), server_side=True
+                )
+                self.transport = new
+                upgraded.set_result(new)
+
+        server = await loop.create_server(ServerSide, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        proto = Recorder()
+        tr, _ = await wait_for(loop.create_connection(lambda: proto, "127.0.0.1", port))
+        tr.write(b"STARTTLS")
+        await asyncio.sleep(0)
+        new_tr = await wait_for(
+            loop.start_tls(tr, proto, tls.client_context(), server_hostname="localhost")
+        )
+        server_tr = await wait_for(upgraded)
+        assert new_tr.get_extra_info("ssl_object") is not None
+        assert server_tr.get_extra_info("ssl_object") is not None
+        new_tr.write(b"hello")
+        while len(proto.buf) < 9:
+            await asyncio.sleep(0.005)
+        assert proto.buf == b"tls:hello"
+        new_tr.close()
+        await wait_for(proto.lost)
+        server.close()
+        await wait_for(server.wait_closed())
+
+    run_in(tloop, main(), 60)
+
+
+def test_server_object(tloop):
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0, start_serving=False)
+        assert server.get_loop() is loop
+        assert not server.is_serving()
+        await server.start_serving()
+        assert server.is_serving()
+        (sock,) = server.sockets
+        assert isinstance(sock, asyncio.trsock.TransportSocket)
+        port = sock.getsockname()[1]
+        task = loop.create_task(server.serve_forever())
+        await asyncio.sleep(0)
+        reader, writer = await wait_for(asyncio.open_connection("127.0.0.1", port))
+        writer.close()
+        await wait_for(writer.wait_closed())
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await wait_for(task)
+        assert not server.is_serving()
+        await wait_for(server.wait_closed())
+        with pytest.raises(ConnectionRefusedError):
+            await wait_for(asyncio.open_connection("127.0.0.1", port))
+
+    run_in(tloop, main())
