@@ -11,6 +11,8 @@ import sys
 import typing
 from pathlib import Path
 
+import pytest
+
 import uringloop
 
 PKG = Path(uringloop.__file__).resolve().parent
@@ -84,3 +86,36 @@ def test_unbuilt_message_only_when_really_unbuilt(tmp_path):
     assert proc.returncode != 0
     assert "No module named 'no_such_module_here'" in proc.stdout, proc.stdout
     assert "are not built" not in proc.stdout, proc.stdout
+
+
+def test_every_subpackage_is_packaged():
+    """Each directory of the source package with an __init__.py is listed in
+    pyproject's [tool.setuptools] packages (else `pip install .` leaves it out
+    and the installed package cannot be imported)."""
+    if sys.version_info < (3, 11):
+        pytest.skip("tomllib is in the standard library from Python 3.11 on")
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(root).parts)
+        for init in (root / "uringloop").rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    found.add("uringloop._core")  # C sources only: package data, listed on purpose
+    assert found <= listed, f"not in pyproject's packages: {sorted(found - listed)}"
+
+
+def test_installed_package_has_every_module():
+    """Run against an installed package (CI), every module of the source tree is there."""
+    root = Path(__file__).resolve().parent.parent / "uringloop"
+    if root == PKG or not root.is_dir():
+        pytest.skip("the tests import the source tree itself (in-place build)")
+    missing = [
+        str(p.relative_to(root))
+        for p in root.rglob("*.py")
+        if "__pycache__" not in p.parts and not (PKG / p.relative_to(root)).is_file()
+    ]
+    assert not missing, f"source modules missing from the installed package: {missing}"
