@@ -430,3 +430,59 @@ def test_server_object(tloop):
             await wait_for(asyncio.open_connection("127.0.0.1", port))
 
     run_in(tloop, main())
+
+
+def test_accept_out_of_fds_resumes(tloop, caplog):
+    """accept() failing with EMFILE: the server logs it, stops accepting for a
+    while and resumes, and every connection queued meanwhile is served."""
+    import resource
+
+    from transport_helpers import open_fds
+
+    async def echo(reader, writer):
+        writer.write(await reader.read(100))
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        lst = plain_listener(64)
+        port = lst.getsockname()[1]
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        clients = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(10)]
+        server = None
+        try:
+            # No new fd can be made from here on (the limit is the lowest free fd
+            # number; the open fds above it stay usable). The server starts
+            # serving only now: io_uring takes the limit when the accept is
+            # armed, as accept(2) takes it when called.
+            used = open_fds()
+            lowest_free = next(n for n in range(len(used) + 1) if n not in used)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+            server = await asyncio.start_server(echo, sock=lst)
+            for c in clients:
+                c.settimeout(5)
+                c.connect(("127.0.0.1", port))  # lands in the accept queue
+                c.setblocking(False)
+            with caplog.at_level(logging.ERROR, logger="asyncio"):
+                for _ in range(50):
+                    await asyncio.sleep(0.01)
+                    if _log_count(caplog, "socket.accept() out of system resource"):
+                        break
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            assert _log_count(caplog, "socket.accept() out of system resource") >= 1
+            for i, c in enumerate(clients):
+                await wait_for(loop.sock_sendall(c, b"hello %d" % i))
+            for i, c in enumerate(clients):
+                assert await wait_for(loop.sock_recv(c, 100)) == b"hello %d" % i
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            for c in clients:
+                c.close()
+            if server is None:
+                lst.close()
+            else:
+                server.close()
+                await wait_for(server.wait_closed())
+
+    run_in(tloop, main(), 30)
