@@ -153,7 +153,8 @@ def test_unix_protocol_and_accepted_socket(tloop, tmp_path):
         tr, _ = await wait_for(loop.create_unix_connection(lambda: proto, path))
         data = pattern(1 * MiB, 4)
         tr.write(data[:1000])
-        tr.writelines([data[1000:5000], memoryview(data)[5000:], b""])
+        # (no empty item: the stock loop of 3.12.1/3.13.0 then never sends the EOF)
+        tr.writelines([data[1000:5000], memoryview(data)[5000:]])
         tr.write_eof()
         await wait_for(proto.eof)
         assert bytes(proto.buf) == data
