@@ -486,3 +486,265 @@ def test_accept_out_of_fds_resumes(tloop, caplog):
                 await wait_for(server.wait_closed())
 
     run_in(tloop, main(), 30)
+
+
+# --------------------------------------------------------------------------
+# what the protocol does inside its own callbacks, with more data already there
+
+
+async def _preloaded(loop, factory, data: bytes):
+    """A transport whose peer sent ``data`` (and nothing else) before the
+    transport's first receive can run: several receives are ready at once."""
+    lst = plain_listener()
+    with lst:
+        peer = socket.create_connection(lst.getsockname(), timeout=5)
+        conn, _ = lst.accept()
+    peer.setblocking(False)
+    try:
+        sent = peer.send(data)  # what the kernel takes now, before the loop reads
+        conn.setblocking(False)
+        tr, proto = await loop.connect_accepted_socket(factory, sock=conn)
+    except BaseException:
+        peer.close()
+        conn.close()
+        raise
+    return tr, proto, peer, sent
+
+
+def test_close_inside_data_received_stops_delivery(tloop):
+    """close() in data_received: no further data_received or eof_received,
+    although more data was waiting; connection_lost(None) once."""
+
+    class P(Recorder):
+        calls = 0
+
+        def data_received(self, data):
+            self.calls += 1
+            super().data_received(data)
+            self.transport.close()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer, sent = await _preloaded(loop, P, pattern(2 * MiB, 40))
+        with peer:
+            assert await wait_for(proto.lost) is None
+            for _ in range(5):
+                await asyncio.sleep(0.005)
+            assert proto.calls == 1
+            assert proto.events == ["made", "data", "lost"]
+            assert 0 < len(proto.buf) < sent
+
+    run_in(tloop, main())
+
+
+def test_pause_inside_data_received_with_data_waiting(tloop):
+    """pause_reading() in data_received while more data already waits: nothing
+    more arrives until resume_reading(); then the rest, exact and in order."""
+
+    class P(Recorder):
+        paused_calls = 0
+
+        def data_received(self, data):
+            if not self.transport.is_reading():
+                self.paused_calls += 1
+            super().data_received(data)
+            self.transport.pause_reading()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        data = pattern(2 * MiB, 41)
+        tr, proto, peer, sent = await _preloaded(loop, P, data)
+        with peer:
+            peer.shutdown(socket.SHUT_WR)
+            while not proto.buf:
+                await asyncio.sleep(0.005)
+            for _ in range(200):  # resume after each delivery until EOF
+                first = len(proto.buf)
+                for _ in range(3):
+                    await asyncio.sleep(0.002)
+                assert len(proto.buf) == first, "data arrived while paused"
+                if proto.eof.done():
+                    break
+                tr.resume_reading()
+                while len(proto.buf) == first and not proto.eof.done():
+                    await asyncio.sleep(0.001)
+            await wait_for(proto.eof)
+            assert proto.paused_calls == 0
+            assert proto.buf == data[:sent]
+            tr.close()
+            await wait_for(proto.lost)
+
+    run_in(tloop, main(), 30)
+
+
+def test_abort_inside_data_received(tloop):
+    class P(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            self.transport.abort()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer, sent = await _preloaded(loop, P, pattern(MiB, 42))
+        with peer:
+            assert await wait_for(proto.lost) is None
+            await asyncio.sleep(0.01)
+            assert proto.events == ["made", "data", "lost"]
+
+    run_in(tloop, main())
+
+
+def test_set_protocol_mid_stream(tloop):
+    """A Protocol reads a header line, then hands the transport to a
+    BufferedProtocol with set_protocol(): the body goes to the new one, exact."""
+    body = pattern(3 * MiB, 43)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        class Body(asyncio.BufferedProtocol):
+            def __init__(self):
+                self.buf = bytearray(10_000)
+                self.got = bytearray()
+
+            def get_buffer(self, sizehint):
+                return self.buf
+
+            def buffer_updated(self, nbytes):
+                self.got += self.buf[:nbytes]
+
+            def eof_received(self):
+                done.set_result(bytes(self.got))
+
+            def connection_lost(self, exc):
+                pass
+
+        class Head(Recorder):
+            def data_received(self, data):
+                super().data_received(data)
+                assert data == b"HEAD\n"
+                self.transport.set_protocol(Body())
+                self.transport.write(b"go")
+
+        tr, proto, peer = await _connected(loop, Head)
+        with peer:
+            await wait_for(loop.sock_sendall(peer, b"HEAD\n"))
+            assert await wait_for(loop.sock_recv(peer, 2)) == b"go"
+            assert isinstance(tr.get_protocol(), Body)
+            await wait_for(loop.sock_sendall(peer, body))
+            peer.shutdown(socket.SHUT_WR)
+            assert await wait_for(done) == body
+            assert proto.buf == b"HEAD\n"
+
+    run_in(tloop, main())
+
+
+def test_pause_resume_churn_through_streams(tloop):
+    """A StreamReader with a tiny limit pauses and resumes its transport
+    thousands of times; reads of odd sizes still get every byte, in order."""
+    data = pattern(4 * MiB, 44)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        lst = plain_listener()
+        with lst:
+            conn = asyncio.open_connection(*lst.getsockname(), limit=64)
+            (reader, writer), (server_side, _) = await wait_for(
+                asyncio.gather(conn, loop.sock_accept(lst))
+            )
+        with server_side:
+            sender = loop.create_task(loop.sock_sendall(server_side, data))
+            got = bytearray()
+            n = 0
+            while len(got) < len(data):
+                n += 1
+                size = 1 + (n * 7919) % 3000
+                chunk = await wait_for(reader.read(size))
+                assert chunk
+                got += chunk
+                if n % 97 == 0:
+                    await asyncio.sleep(0)
+            await wait_for(sender)
+            assert got == data
+            writer.close()
+            await wait_for(writer.wait_closed())
+
+    run_in(tloop, main(), 60)
+
+
+# --------------------------------------------------------------------------
+# connection set-up options
+
+
+def test_ssl_handshake_timeout(tloop, tls):
+    """A server that accepts and never answers the TLS handshake: the client's
+    ssl_handshake_timeout aborts it with ConnectionAbortedError, as stock."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        lst = plain_listener()
+        with lst:
+            conn = loop.create_connection(
+                asyncio.Protocol,
+                *lst.getsockname(),
+                ssl=tls.client_context(),
+                server_hostname="localhost",
+                ssl_handshake_timeout=0.3,
+            )
+            task = loop.create_task(conn)
+            peer, _ = await wait_for(loop.sock_accept(lst))
+            with peer:
+                with pytest.raises(ConnectionAbortedError, match="SSL handshake is taking longer"):
+                    await wait_for(task)
+
+    run_in(tloop, main())
+
+
+def test_local_addr_and_happy_eyeballs(tloop):
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Recorder, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        local = plain_listener()
+        local_port = local.getsockname()[1]
+        local.close()
+        proto = Recorder()
+        tr, _ = await wait_for(
+            loop.create_connection(
+                lambda: proto, "127.0.0.1", port, local_addr=("127.0.0.1", local_port)
+            )
+        )
+        assert tr.get_extra_info("sockname") == ("127.0.0.1", local_port)
+        tr.close()
+        await wait_for(proto.lost)
+        # "localhost" may resolve to ::1 first, where nothing listens
+        proto = Recorder()
+        tr, _ = await wait_for(
+            loop.create_connection(lambda: proto, "localhost", port, happy_eyeballs_delay=0.05)
+        )
+        assert tr.get_extra_info("peername")[:2] == ("127.0.0.1", port)
+        tr.close()
+        await wait_for(proto.lost)
+        server.close()
+        await wait_for(server.wait_closed())
+
+    run_in(tloop, main())
+
+
+def test_unix_server_replaces_stale_socket_file(tloop, tmp_path):
+    path = str(tmp_path / "stale.sock")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()  # the file stays, nobody listens
+
+    async def main():
+        server = await asyncio.start_unix_server(lambda r, w: w.close(), path)
+        reader, writer = await wait_for(asyncio.open_unix_connection(path))
+        assert await wait_for(reader.read()) == b""
+        writer.close()
+        await wait_for(writer.wait_closed())
+        server.close()
+        await wait_for(server.wait_closed())
+
+    run_in(tloop, main())
