@@ -42,7 +42,7 @@ def _explain_missing_build() -> None:
             " `python setup.py build_ext --inplace`), or install the package with"
             " `pip install .` and run from outside the checkout.",
             name=missing[0],
-        ) from None  # the original error only misleads (circular import)
+        ) from None  # the original error would only mislead
 
 
 try:
