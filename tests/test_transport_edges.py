@@ -748,3 +748,125 @@ def test_unix_server_replaces_stale_socket_file(tloop, tmp_path):
         await wait_for(server.wait_closed())
 
     run_in(tloop, main())
+
+
+def test_pause_in_connection_made(tloop):
+    """pause_reading() from connection_made: nothing is read until resumed."""
+
+    class P(Recorder):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            transport.pause_reading()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, P)
+        with peer:
+            await wait_for(loop.sock_sendall(peer, b"early"))
+            for _ in range(10):
+                await asyncio.sleep(0.002)
+            assert proto.events == ["made"] and not tr.is_reading()
+            tr.resume_reading()
+            while len(proto.buf) < 5:
+                await asyncio.sleep(0.002)
+            assert proto.buf == b"early"
+            tr.close()
+            await wait_for(proto.lost)
+
+    run_in(tloop, main())
+
+
+def test_sendfile_over_tls(tloop, tls, tmp_path):
+    """loop.sendfile on a TLS transport takes the read-and-write fallback."""
+    path = tmp_path / "blob"
+    data = pattern(3 * MiB + 5, 45)
+    path.write_bytes(data)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        received = loop.create_future()
+
+        async def handle(reader, writer):
+            received.set_result(await reader.readexactly(len(data)))
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls.server_context())
+        port = server.sockets[0].getsockname()[1]
+        proto = Recorder()
+        tr, _ = await wait_for(
+            loop.create_connection(
+                lambda: proto, "127.0.0.1", port, ssl=tls.client_context(),
+                server_hostname="localhost",
+            )
+        )  # fmt: skip
+        with open(path, "rb") as f:
+            with pytest.raises(RuntimeError, match="native sendfile is not supported"):
+                await loop.sendfile(tr, f, fallback=False)
+            assert await wait_for(loop.sendfile(tr, f), 30) == len(data)
+        assert await wait_for(received) == data
+        tr.close()
+        await wait_for(proto.lost)
+        server.close()
+        await wait_for(server.wait_closed())
+
+    run_in(tloop, main(), 60)
+
+
+def test_server_on_several_hosts(tloop):
+    hosts = ["127.0.0.1"]
+    try:
+        with socket.socket(socket.AF_INET6) as s6:
+            s6.bind(("::1", 0))
+        hosts.append("::1")
+    except OSError:
+        pass  # no IPv6 loopback here: one host still checks the list form
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Recorder, hosts, 0, reuse_address=True)
+        assert len(server.sockets) == len(hosts)
+        for s in server.sockets:
+            host, port = s.getsockname()[:2]
+            reader, writer = await wait_for(asyncio.open_connection(host, port))
+            writer.close()
+            await wait_for(writer.wait_closed())
+        server.close()
+        await wait_for(server.wait_closed())
+
+    run_in(tloop, main())
+
+
+@pytest.mark.skipif(
+    not hasattr(asyncio.Server, "close_clients"), reason="Server.close_clients is new in 3.13"
+)
+@pytest.mark.parametrize("how", ["close_clients", "abort_clients"])
+def test_server_close_clients(tloop, how):
+    async def main():
+        loop = asyncio.get_running_loop()
+        server_protos = []
+
+        def factory():
+            p = Recorder()
+            server_protos.append(p)
+            return p
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        clients = [
+            await wait_for(asyncio.open_connection("127.0.0.1", port)) for _ in range(3)
+        ]
+        while len(server_protos) < 3:
+            await asyncio.sleep(0.002)
+        server.close()
+        getattr(server, how)()
+        await wait_for(server.wait_closed())  # returns once every connection is gone
+        assert all(p.lost.done() for p in server_protos)
+        for reader, writer in clients:
+            try:
+                assert await wait_for(reader.read()) == b""
+            except ConnectionResetError:
+                assert how == "abort_clients"
+            writer.close()
+            await wait_for(writer.wait_closed())
+
+    run_in(tloop, main())
