@@ -704,7 +704,7 @@ def test_ssl_handshake_timeout(tloop, tls):
 def test_local_addr_and_happy_eyeballs(tloop):
     async def main():
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(Recorder, "127.0.0.1", 0)
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         local = plain_listener()
         local_port = local.getsockname()[1]
@@ -823,7 +823,7 @@ def test_server_on_several_hosts(tloop):
 
     async def main():
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(Recorder, hosts, 0, reuse_address=True)
+        server = await loop.create_server(asyncio.Protocol, hosts, 0, reuse_address=True)
         assert len(server.sockets) == len(hosts)
         for s in server.sockets:
             host, port = s.getsockname()[:2]
