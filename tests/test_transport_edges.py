@@ -870,3 +870,60 @@ def test_server_close_clients(tloop, how):
             await wait_for(writer.wait_closed())
 
     run_in(tloop, main())
+
+
+# --------------------------------------------------------------------------
+# the loop stops or closes with transports and servers still open
+
+
+def test_write_just_before_stop_leaves(tloop):
+    """A write in the loop's last callback before stop(), or from a coroutine
+    run_until_complete() just finished, reaches the peer without another turn."""
+    lst = plain_listener()
+    with lst:
+        tr, _ = run_in(tloop, tloop.create_connection(asyncio.Protocol, *lst.getsockname()))
+        lst.setblocking(True)
+        lst.settimeout(5)
+        peer, _ = lst.accept()
+    with peer:
+        peer.settimeout(5)
+        tloop.call_soon(tr.write, b"one")
+        tloop.call_soon(tloop.stop)
+        tloop.run_forever()
+        assert peer.recv(10) == b"one"
+
+        async def write():
+            tr.write(b"two")
+
+        tloop.run_until_complete(write())
+        assert peer.recv(10) == b"two"
+        tr.close()
+        run_in(tloop, asyncio.sleep(0.01))
+        assert peer.recv(10) == b""
+
+
+def test_loop_close_releases_an_unclosed_server(tloop):
+    """A server the program never closed: once the loop is closed and the
+    server dropped, its listening socket is closed (by the garbage collector,
+    with a ResourceWarning, as on the stock loop), the port free again."""
+    import gc
+    import warnings
+
+    from transport_helpers import open_fds
+
+    before = open_fds()
+
+    async def main():
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        return server.sockets[0].getsockname()[1]
+
+    port = run_in(tloop, main())
+    tloop.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    left = {fd: what for fd, what in open_fds().items() if fd not in before}
+    assert not left, f"still open after loop.close(): {left}"
+    with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+        s.settimeout(5)
+        s.connect(("127.0.0.1", port))
