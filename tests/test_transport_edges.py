@@ -927,3 +927,67 @@ def test_loop_close_releases_an_unclosed_server(tloop):
     with socket.socket() as s, pytest.raises(ConnectionRefusedError):
         s.settimeout(5)
         s.connect(("127.0.0.1", port))
+
+
+# --------------------------------------------------------------------------
+# flow control through asyncio's TLS layer (sslproto over the loop's transport)
+
+
+def test_tls_paused_reader_stops_the_peer(tloop, tls):
+    """Over TLS (sslproto on the loop's transport): 12 MiB arrive exact; then a
+    paused TLS reader stops the peer's drain() (nothing is read from the socket
+    underneath) until it resumes; every byte arrives, in order."""
+    data = pattern(12 * MiB, 46)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        handler_reader = loop.create_future()
+
+        async def handle(reader, writer):
+            handler_reader.set_result((reader, writer))
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls.server_context())
+        port = server.sockets[0].getsockname()[1]
+        proto = Recorder()
+        tr, _ = await wait_for(
+            loop.create_connection(
+                lambda: proto, "127.0.0.1", port, ssl=tls.client_context(),
+                server_hostname="localhost",
+            )
+        )  # fmt: skip
+        reader, writer = await wait_for(handler_reader)
+        tr.write(data)
+        got = await wait_for(reader.readexactly(len(data)), 30)
+        assert got == data
+
+        # reading side: the client pauses; the server's drain() stops
+        tr.pause_reading()
+        sent = 0
+        chunk = pattern(256 * 1024, 47)
+        stalled = False
+        while sent < 256 * MiB:
+            writer.write(chunk)
+            try:
+                await asyncio.wait_for(writer.drain(), 0.5)
+            except asyncio.TimeoutError:
+                stalled = True
+                break
+            sent += len(chunk)
+        assert stalled, "a paused TLS reader kept taking data"
+        received_while_paused = len(proto.buf)
+        for _ in range(5):
+            await asyncio.sleep(0.005)
+        assert len(proto.buf) == received_while_paused
+        tr.resume_reading()
+        await wait_for(writer.drain(), 30)
+        sent += len(chunk)
+        writer.close()
+        await wait_for(proto.eof, 30)
+        assert len(proto.buf) == sent
+        assert proto.buf == chunk * (sent // len(chunk))
+        tr.close()
+        await wait_for(proto.lost)
+        server.close()
+        await wait_for(server.wait_closed())
+
+    run_in(tloop, main(), 90)
