@@ -301,10 +301,12 @@ def test_sendfile(tloop, tmp_path):
         tr, proto, peer = await _connected(loop, Recorder)
         with peer, open(path, "rb") as f:
             count = len(data) - 1000
+            head = pattern(2 * MiB, 34)
+            tr.write(head)  # queued data leaves before the file
 
             async def receive():
                 got = bytearray()
-                while len(got) < count:
+                while len(got) < len(head) + count:
                     chunk = await loop.sock_recv(peer, MiB)
                     assert chunk
                     got += chunk
@@ -312,8 +314,11 @@ def test_sendfile(tloop, tmp_path):
 
             sent, got = await wait_for(asyncio.gather(loop.sendfile(tr, f, 7, count), receive()))
             assert sent == count
-            assert got == data[7 : 7 + count]
+            assert got[: len(head)] == head
+            assert got[len(head) :] == data[7 : 7 + count]
             assert f.tell() == 7 + count
+            # an offset at the end of the file sends nothing
+            assert await wait_for(loop.sendfile(tr, f, len(data))) == 0
             tr.write(b"after")  # the transport still works
             assert await wait_for(loop.sock_recv(peer, 10)) == b"after"
             tr.close()
