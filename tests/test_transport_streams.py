@@ -260,6 +260,38 @@ def test_1000_concurrent_connections(tloop):
     run_in(tloop, main(), 90)
 
 
+def test_many_connections_streaming_at_once(tloop):
+    """64 connections each echo 512 KiB at the same time: more data in
+    flight than the engine's receive buffer pool holds, every byte exact."""
+    n, size = 64, 512 * 1024
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(EchoProtocol, "127.0.0.1", 0, backlog=n)
+        port = server.sockets[0].getsockname()[1]
+
+        async def client(i):
+            data = pattern(size, 100 + i)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+            async def send():
+                writer.write(data)
+                await writer.drain()
+                writer.write_eof()
+
+            _, got = await asyncio.gather(send(), reader.read())
+            writer.close()
+            await writer.wait_closed()
+            return got == data
+
+        results = await wait_for(asyncio.gather(*(client(i) for i in range(n))), 60)
+        assert results.count(True) == n
+        server.close()
+        await wait_for(server.wait_closed())
+
+    run_in(tloop, main(), 90)
+
+
 # --------------------------------------------------------------------------
 # half-close
 
