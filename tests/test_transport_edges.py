@@ -434,6 +434,16 @@ def test_server_object(tloop):
         with pytest.raises(ConnectionRefusedError):
             await wait_for(asyncio.open_connection("127.0.0.1", port))
 
+        # closed under serve_forever: serve_forever ends with CancelledError
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        task = loop.create_task(server.serve_forever())
+        await asyncio.sleep(0)
+        server.close()
+        with pytest.raises(asyncio.CancelledError):
+            await wait_for(task)
+        await wait_for(server.wait_closed())
+        assert not server.is_serving()
+
     run_in(tloop, main())
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import socket
 import struct
@@ -386,7 +387,7 @@ def _reset(sock: socket.socket) -> None:
     sock.close()
 
 
-def test_peer_reset_reaches_connection_lost(tloop):
+def test_peer_reset_reaches_connection_lost(tloop, caplog):
     """The peer closes with SO_LINGER 0 (RST): connection_lost gets a
     ConnectionResetError, as on the stock loop, exactly once; no EOF first."""
 
@@ -408,10 +409,15 @@ def test_peer_reset_reaches_connection_lost(tloop):
         assert isinstance(exc, ConnectionResetError), repr(exc)
         assert proto.events == ["made", "lost"]
         assert tr.is_closing()
-        # writes after the loss are dropped, never raise
-        tr.write(b"late")
+        # writes after the loss are dropped, never raise; from the 5th on
+        # each one logs the stock warning
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            for _ in range(10):
+                tr.write(b"late")
         await asyncio.sleep(0)
         assert proto.events == ["made", "lost"]
+        warned = [r for r in caplog.records if r.getMessage() == "socket.send() raised exception."]
+        assert len(warned) == 6
 
     run_in(tloop, main())
 
