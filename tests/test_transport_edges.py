@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import ssl
+import sys
 
 import pytest
 from conftest import is_stock
@@ -772,6 +773,12 @@ def test_pause_in_connection_made(tloop):
         def connection_made(self, transport):
             super().connection_made(transport)
             transport.pause_reading()
+
+    if is_stock(tloop) and sys.version_info < (3, 11):
+        pytest.skip(
+            "the stock loop of 3.10 arms its reader after connection_made even when "
+            "pause_reading() was called there (fixed in 3.11)"
+        )
 
     async def main():
         loop = asyncio.get_running_loop()
