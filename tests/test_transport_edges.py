@@ -5,6 +5,7 @@ paused, with many small writes, sendfile, TLS upgrades and server objects."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import socket
@@ -1013,3 +1014,71 @@ def test_tls_paused_reader_stops_the_peer(tloop, tls):
         await wait_for(server.wait_closed())
 
     run_in(tloop, main(), 90)
+
+
+# --------------------------------------------------------------------------
+# context variables seen by protocol callbacks
+
+_var: contextvars.ContextVar[str] = contextvars.ContextVar("_var", default="unset")
+
+
+def test_protocol_callbacks_context(tloop):
+    """What a context variable reads in each protocol callback, client and
+    server side, as on the stock loop: the value of the task that made the
+    transport (or the server), and what data_received itself set persists to
+    the later callbacks of that transport; connection_made's own is its own."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        seen = {"client": [], "server": []}
+
+        class P(asyncio.Protocol):
+            def __init__(self, side):
+                self.side = side
+                self.n = 0
+
+            def connection_made(self, transport):
+                self.transport = transport
+                seen[self.side].append(("made", _var.get()))
+                _var.set(f"{self.side}-made")
+
+            def data_received(self, data):
+                self.n += 1
+                seen[self.side].append(("data", _var.get()))
+                _var.set(f"{self.side}-data{self.n}")
+                if self.side == "server" and data.endswith(b"!"):
+                    self.transport.write(b"ok")
+                    self.transport.close()
+
+            def eof_received(self):
+                seen[self.side].append(("eof", _var.get()))
+
+            def connection_lost(self, exc):
+                seen[self.side].append(("lost", _var.get()))
+                done[self.side].set_result(None)
+
+        done = {"client": loop.create_future(), "server": loop.create_future()}
+        _var.set("task-server")
+        server = await loop.create_server(lambda: P("server"), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _var.set("task-client")
+        tr, proto = await wait_for(loop.create_connection(lambda: P("client"), "127.0.0.1", port))
+        tr.write(b"one")
+        await asyncio.sleep(0.02)
+        tr.write(b"two!")
+        await wait_for(asyncio.gather(*done.values()))
+        assert _var.get() == "task-client"
+        server.close()
+        await wait_for(server.wait_closed())
+        return seen
+
+    seen = run_in(tloop, main())
+    assert seen["client"] == [
+        ("made", "task-client"),
+        ("data", "task-client"),
+        ("eof", "client-data1"),
+        ("lost", "client-data1"),
+    ], seen
+    assert seen["server"][0] == ("made", "task-server"), seen
+    assert seen["server"][1] == ("data", "task-server"), seen
+    assert seen["server"][-1] == ("lost", f"server-data{len(seen['server']) - 2}"), seen
