@@ -1085,3 +1085,40 @@ def test_protocol_callbacks_context(tloop):
     assert seen["server"][0] == ("made", "task-server"), seen
     assert seen["server"][1] == ("data", "task-server"), seen
     assert seen["server"][-1] == ("lost", f"server-data{len(seen['server']) - 2}"), seen
+
+
+@pytest.mark.parametrize("how", ["close", "abort", "write-close"])
+def test_close_inside_connection_made(tloop, how):
+    """close()/abort() (after a write, for write-close) inside connection_made:
+    create_connection still returns, connection_lost(None) comes once, the peer
+    gets the data written before close() (and nothing after abort())."""
+
+    class P(Recorder):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            if how == "write-close":
+                transport.write(b"hello and bye")
+                transport.close()
+            else:
+                getattr(transport, how)()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, P)
+        with peer:
+            assert tr.is_closing()
+            assert await wait_for(proto.lost) is None
+            got = bytearray()
+            while True:
+                try:
+                    chunk = await wait_for(loop.sock_recv(peer, 100))
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                got += chunk
+            assert got == (b"hello and bye" if how == "write-close" else b"")
+            await asyncio.sleep(0)
+            assert proto.events == ["made", "lost"]
+
+    run_in(tloop, main())
