@@ -310,6 +310,15 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         if sock.fileno() < 0 or self.is_closed():
             sock.close()
         else:
+            # The stock loop's close() stops the listener at once: new connects
+            # are refused from here on. close_fd alone cannot promise that (the
+            # close waits for the accept op, which holds the file), but a
+            # shutdown of a listening socket ends its listening state now (and
+            # wakes the accept), TCP and Unix alike.
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._engine.close_fd(sock.detach(), _ignore_completion)
         if sock in self._unix_server_sockets:
             prev_ino = self._unix_server_sockets.pop(sock)

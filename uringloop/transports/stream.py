@@ -95,13 +95,18 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         self._eof = False  # write_eof() called
         self._shut = False  # its shutdown submitted
         self._fd_closing = False  # close_fd submitted
+        self._fd_closed = False  # ... and its record came
+        self._lost_is_due = False  # the stock loop would call connection_lost by now
+        self._lost_exc = None
         self._empty_waiter = None
         self._recv_ud = None  # the multishot recv, until its final record
         self._read_done = False  # EOF or a read error was seen
-        self._held = None  # deque of (res, data) kept while reading is paused
+        self._held = None  # deque of (res, data) records not yet handed over
+        self._draining = False  # a _drain_held is scheduled
         self._context = ctx = contextvars.copy_context()
         self._on_recv_cb = functools.partial(ctx.run, self._on_recv)
         self._on_sent_cb = functools.partial(ctx.run, self._on_sent)
+        self._on_closed_cb = functools.partial(ctx.run, self._on_closed)
         if server is not None:
             if _SERVER_TRACKS_TRANSPORTS:
                 server._attach(self)
@@ -172,7 +177,9 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             return
         self._paused = False
         if self._held:
-            self._loop.call_soon(self._drain_held, context=self._context)
+            if not self._draining:
+                self._draining = True
+                self._loop.call_soon(self._drain_held, context=self._context)
         else:
             self._start_reading()
         if self._loop.get_debug():
@@ -203,16 +210,24 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         if res == _ECANCELED and not more:
             self._start_reading()  # pause_reading cancelled it; resumed since?
             return
-        if self._paused or self._held:
-            if self._held is None:
-                self._held = collections.deque()
-            self._held.append((res, data))
+        held = self._held
+        if held is not None or self._paused or self._loop._ready:
+            # The stock loop queues a reader callback behind what is already
+            # in _ready; so do we when anything is (a task woken this turn, a
+            # connection_made not yet run): the record waits in order.
+            if held is None:
+                held = self._held = collections.deque()
+            held.append((res, data))
+            if not self._paused and not self._draining:
+                self._draining = True
+                self._loop.call_soon(self._drain_held, context=self._context)
             return
         self._process(res, data)
         if not more:
             self._start_reading()  # the op ended on data (emulated multishot)
 
     def _drain_held(self):
+        self._draining = False
         held = self._held
         while held and self.is_reading():
             res, data = held.popleft()
@@ -323,6 +338,32 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         if not self._dirty:
             self._dirty = True
             self._loop._dirty.append(self)
+        if self._sending:
+            self._maybe_pause_protocol()
+        elif self._buffer_size > self._high_water:
+            self._send_now()
+
+    def _send_now(self):
+        """More than the high-water mark is queued and no send is in flight:
+        one non-blocking send() now, as the stock transport does on every
+        write, and pause the protocol only if the kernel left more than the
+        mark. Two reasons not to wait for the end of the turn here: the stock
+        loop never pauses for bytes the kernel takes at once (sslproto asserts
+        on a resume it did not expect), and a protocol that writes in a loop
+        whose drain() does not yield would never let the turn end."""
+        buf = self._buffer
+        data = buf[0] if len(buf) == 1 else b"".join(buf)
+        try:
+            n = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal write error on socket transport")
+            return
+        self._buffer = [data[n:]] if n < len(data) else []
+        self._buffer_size -= n
         self._maybe_pause_protocol()
 
     if _PY312:
@@ -344,7 +385,10 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             if self._buffer and not self._dirty:
                 self._dirty = True
                 self._loop._dirty.append(self)
-            self._maybe_pause_protocol()
+            if self._sending:
+                self._maybe_pause_protocol()  # as in write()
+            elif self._buffer_size > self._high_water:
+                self._send_now()
 
     def write_eof(self):
         if self._closing or self._eof:
@@ -439,22 +483,32 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         self._close_fd(exc)
 
     def _close_fd(self, exc):
-        """The fd goes through the engine's close (cancel all, wait, close);
-        connection_lost is scheduled from the close's own record."""
+        """The fd goes through the engine's close (cancel all, wait, close).
+        connection_lost(exc) is scheduled now, as the stock loop schedules it,
+        but runs only once the close has completed: usually the close record
+        comes in the very next engine run, before that callback; if not, the
+        close record schedules it."""
         if self._fd_closing:
             return
         self._fd_closing = True
+        self._lost_exc = exc
         loop = self._loop
+        loop.call_soon(self._lost_due, context=self._context)
         if self._engine.closed or self._sock.fileno() < 0:
             self._sock.close()
-            loop.call_soon(self._call_connection_lost, exc, context=self._context)
+            self._fd_closed = True
             return
+        self._engine.close_fd(self._sock.detach(), self._on_closed_cb)
 
-        def closed(res, more, data):
-            if not loop.is_closed():
-                loop.call_soon(self._call_connection_lost, exc, context=self._context)
+    def _on_closed(self, res, more, data):
+        self._fd_closed = True
+        if self._lost_is_due and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon(self._call_connection_lost, self._lost_exc, context=self._context)
 
-        self._engine.close_fd(self._sock.detach(), closed)
+    def _lost_due(self):
+        self._lost_is_due = True
+        if self._fd_closed:
+            self._call_connection_lost(self._lost_exc)
 
     def _call_connection_lost(self, exc):
         if self._sock is None:
