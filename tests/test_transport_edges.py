@@ -1122,3 +1122,52 @@ def test_close_inside_connection_made(tloop, how):
             assert proto.events == ["made", "lost"]
 
     run_in(tloop, main())
+
+
+def test_reading_while_the_ready_queue_is_never_empty(tloop):
+    """A task that yields on every turn keeps the ready queue busy, so every
+    receive waits behind it (the stock loop queues its reader callback there
+    too). Through that path: pause_reading() in data_received and
+    resume_reading() from a later callback, thousands of times; no data while
+    paused, every byte in order, then EOF, then connection_lost once."""
+    data = pattern(4 * MiB, 48)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        stop = False
+
+        async def spin():
+            while not stop:
+                await asyncio.sleep(0)
+
+        spinner = loop.create_task(spin())
+
+        class P(Recorder):
+            bad = 0
+            pauses = 0
+
+            def data_received(self, data):
+                if not self.transport.is_reading():
+                    self.bad += 1
+                super().data_received(data)
+                self.pauses += 1
+                self.transport.pause_reading()
+                loop.call_soon(self.transport.resume_reading)
+
+        try:
+            tr, proto, peer = await _connected(loop, P)
+            with peer:
+                await wait_for(loop.sock_sendall(peer, data), 30)
+                peer.shutdown(socket.SHUT_WR)
+                await wait_for(proto.eof, 30)
+                assert proto.bad == 0
+                assert proto.buf == data
+                assert proto.pauses > 1
+                tr.close()
+                assert await wait_for(proto.lost) is None
+                assert proto.events == ["made", "data", "eof", "lost"]
+        finally:
+            stop = True
+            await wait_for(spinner)
+
+    run_in(tloop, main(), 60)
