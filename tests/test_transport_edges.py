@@ -226,13 +226,17 @@ def test_abort_drops_queued_data(tloop):
     run_in(tloop, main())
 
 
-def test_many_small_writes_keep_order(tloop):
+@pytest.mark.parametrize("limits", [None, (64, 256)], ids=["default-limits", "tiny-limits"])
+def test_many_small_writes_keep_order(tloop, limits):
     """Tens of thousands of small writes in one turn and across turns, mixed
-    with writelines and memoryviews, arrive whole and in order."""
+    with writelines and memoryviews, arrive whole and in order; with tiny
+    write-buffer limits too (every few writes cross the high-water mark)."""
 
     async def main():
         loop = asyncio.get_running_loop()
         tr, proto, peer = await _connected(loop, Recorder)
+        if limits:
+            tr.set_write_buffer_limits(low=limits[0], high=limits[1])
         expected = bytearray()
         with peer:
             for turn in range(5):
