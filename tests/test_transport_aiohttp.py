@@ -257,3 +257,30 @@ def test_aiohttp_run_app_on_a_given_loop(tloop):
     assert task.done()
     text = str(task.exception())
     assert text == f"{type(tloop).__module__}.{type(tloop).__qualname__}"
+
+
+def test_aiohttp_over_unix_socket(tloop, tmp_path):
+    """aiohttp's UnixSite and UnixConnector: HTTP over a Unix socket."""
+    path = str(tmp_path / "http.sock")
+
+    async def main():
+        runner = web.AppRunner(make_app())
+        await runner.setup()
+        try:
+            await web.UnixSite(runner, path).start()
+            connector = aiohttp.UnixConnector(path=path)
+            timeout = aiohttp.ClientTimeout(total=30)
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+                async with session.get("http://unix/") as r:
+                    assert await r.text() == "hello"
+                size = 2 * MiB + 1
+                async with session.get(f"http://unix/stream/{size}") as r:
+                    assert await r.read() == pattern(size, 21)
+                async with session.post("http://unix/sha256", data=_body(MiB, 30_000)) as r:
+                    got = await r.json()
+                assert got["length"] == MiB
+                assert got["sha256"] == hashlib.sha256(pattern(MiB, 22)).hexdigest()
+        finally:
+            await wait_for(runner.cleanup())
+
+    run_in(tloop, main(), 60)
