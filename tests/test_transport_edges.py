@@ -1181,3 +1181,61 @@ def test_reading_while_the_ready_queue_is_never_empty(tloop):
             await wait_for(spinner)
 
     run_in(tloop, main(), 60)
+
+
+def test_reuse_port_servers_share_a_port(tloop):
+    if not hasattr(socket, "SO_REUSEPORT"):
+        pytest.skip("no SO_REUSEPORT on this platform")
+
+    async def echo(reader, writer):
+        writer.write(await reader.read(100))
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        s1 = await asyncio.start_server(echo, "127.0.0.1", 0, reuse_port=True)
+        port = s1.sockets[0].getsockname()[1]
+        s2 = await asyncio.start_server(echo, "127.0.0.1", port, reuse_port=True)
+
+        async def one(i):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"%d" % i)
+            got = await reader.read()
+            writer.close()
+            await writer.wait_closed()
+            return got == b"%d" % i
+
+        assert all(await wait_for(asyncio.gather(*(one(i) for i in range(50)))))
+        for s in (s1, s2):
+            s.close()
+            await wait_for(s.wait_closed())
+
+    run_in(tloop, main())
+
+
+def test_unix_server_on_a_given_socket_and_cleanup(tloop, tmp_path):
+    """create_unix_server(sock=...) serves a pre-bound socket; closing the server
+    removes the socket file where the Python's loop does (3.13's cleanup_socket)."""
+    path = str(tmp_path / "given.sock")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(path)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(asyncio.Protocol, sock=sock)
+        reader, writer = await wait_for(asyncio.open_unix_connection(path))
+        writer.close()
+        await wait_for(writer.wait_closed())
+        server.close()
+        await wait_for(server.wait_closed())
+
+        path2 = str(tmp_path / "own.sock")
+        server = await loop.create_unix_server(asyncio.Protocol, path2)
+        assert os.path.exists(path2)
+        server.close()
+        await wait_for(server.wait_closed())
+        return os.path.exists(path2)
+
+    still_there = run_in(tloop, main())
+    # 3.13 removes the file it created; earlier Pythons leave it
+    assert still_there is (sys.version_info < (3, 13))
