@@ -929,24 +929,12 @@ def test_write_just_before_stop_leaves(tloop):
         assert peer.recv(10) == b""
 
 
-def test_loop_close_releases_an_unclosed_server(tloop, request):
+def test_loop_close_releases_an_unclosed_server(tloop):
     """A server the program never closed: once the loop is closed and the
     server dropped, its listening socket is closed (by the garbage collector,
     with a ResourceWarning, as on the stock loop), the port free again."""
     import gc
     import warnings
-
-    if not is_stock(tloop):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="uringloop bug: Loop.close() leaves loop._acceptors (listening "
-                "socket -> Acceptor -> Server) in place, so an unclosed server's "
-                "listening socket stays open and its port keeps accepting while the "
-                "closed loop object lives; the stock loop drops its accept handles at "
-                "close(). Fix: clear _acceptors in Loop.close().",
-            )
-        )
 
     from transport_helpers import open_fds
 
