@@ -255,6 +255,12 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
             for _ud, handle, _obj in table.values():
                 handle.cancel()
             table.clear()
+        # a server never closed: drop its accepting (the stock loop's close
+        # drops its accept handles), so the listening socket is left to its
+        # owner and the garbage collector, not kept alive by the closed loop
+        for acceptor in self._acceptors.values():
+            acceptor.stop()
+        self._acceptors.clear()
         # cancels and reaps every operation still in flight, then frees the engine
         self._sched_detach()
         self._engine.close()
