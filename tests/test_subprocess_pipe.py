@@ -525,3 +525,24 @@ def test_popen_parameters_as_stock(any_loop, tmp_path):
         os.close(r)
         log.close()
     assert (tmp_path / "log").read_bytes() == b"to file\n"
+
+
+def test_pidfd_open_out_of_fds_still_waits(loop, monkeypatch, caplog):
+    """pidfd_open failing for one child (EMFILE) after the child started:
+    it is still waited for (no zombie), its status still comes."""
+    real = os.pidfd_open
+
+    def emfile(pid, flags=0):
+        if pid != os.getpid():
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(pid, flags)
+
+    monkeypatch.setattr(os, "pidfd_open", emfile)
+
+    async def main():
+        proc = await asyncio.create_subprocess_exec("sh", "-c", "exit 6")
+        assert await proc.wait() == 6
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        run_in(loop, main())
+    assert "a thread waits for the child" in caplog.text

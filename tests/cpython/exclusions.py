@@ -1,8 +1,8 @@
 """CPython test_asyncio tests that do not run against uringloop, each with its reason.
 
 Keys are "module.test_name"; the value is the reason. Every test here calls a
-transport API (create_connection/create_server, datagram endpoints, pipes,
-ptys, TLS), and uringloop's transports are not written yet: the loop's
+transport API (create_connection/create_server, datagram endpoints,
+TLS), and uringloop's transports are not written yet: the loop's
 make-transport hooks still raise NotImplementedError. They are listed one by
 one so that each comes back when its transport lands.
 """

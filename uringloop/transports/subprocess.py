@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import threading
 from asyncio import unix_events
 from asyncio.log import logger
 
@@ -82,6 +83,14 @@ def watch_child(loop, pid: int, transp) -> None:
         # is lost, as the stock watchers say
         _reap(loop, pid, transp)
         return
+    except OSError as exc:
+        # out of fds (EMFILE, ENFILE) or memory: the child runs already and
+        # must not become a zombie nobody waits for; a thread waits for this
+        # one (the stock ThreadedChildWatcher's way)
+        logger.warning("pidfd_open(%d) failed (%s): a thread waits for the child", pid, exc)
+        threading.Thread(target=_wait_in_thread, args=(loop, pid, transp), daemon=True,
+                         name=f"uringloop-waitpid-{pid}").start()
+        return
     pidfds = loop._child_pidfds
 
     def on_exit(res, more, data):
@@ -98,6 +107,16 @@ def watch_child(loop, pid: int, transp) -> None:
         del pidfds[pidfd]
         os.close(pidfd)
         raise
+
+
+def _wait_in_thread(loop, pid, transp):
+    try:
+        _, status = os.waitpid(pid, 0)
+        returncode = os.waitstatus_to_exitcode(status)
+    except ChildProcessError:
+        returncode = 255
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(transp._process_exited, returncode)
 
 
 def _reap(loop, pid, transp):
