@@ -318,19 +318,32 @@ static int try_op(ul_engine *e, struct ul_op *op)
     return TRY_DONE;
 }
 
-/* op could not complete now: queue it and make sure its fd is watched */
-static void wait_for(ul_engine *e, struct ul_op *op)
+/* Queue op on its fd. Whenever the fd leaves idle it is (re)registered, MOD
+ * then ADD on ENOENT, whatever `registered` says: the user may have closed the
+ * number behind our back (the kernel then dropped the registration) and the
+ * number may now name another file. Trusting the flag here is how a receive
+ * on a reused number waited forever (review D3). Registration failure ends
+ * the op with the error. Returns 0 when op is queued. */
+static int enqueue(ul_engine *e, struct ul_op *op)
 {
     struct ul_fd *f = &e->fds[op->fd];
     int was_idle = fd_idle(f);
     q_push(e, f, op, 0);
     if (!was_idle && f->registered)
-        return;
+        return 0;
     int r = arm(e, op->fd, 1);
     if (r < 0) {
         q_remove(e, f, op);
         ul__finish(e, op, r == -EPERM ? -EINVAL : r, 0, 0);
+        return r;
     }
+    return 0;
+}
+
+/* op could not complete now: queue it and make sure its fd is watched */
+static void wait_for(ul_engine *e, struct ul_op *op)
+{
+    enqueue(e, op);
 }
 
 static void poll_arm(ul_engine *e, struct ul_op *op)
@@ -378,11 +391,8 @@ static int ep_submit(ul_engine *e, struct ul_op *op)
                 : try_op(e, op);
     if (r == TRY_WAIT)
         wait_for(e, op);
-    else if (r == TRY_YIELD) {
-        q_push(e, f, op, 0);
-        arm(e, op->fd, 0);
-        mark_ready(e, op->fd);
-    }
+    else if (r == TRY_YIELD && enqueue(e, op) == 0)
+        mark_ready(e, op->fd);  /* go on next turn without waiting for an edge */
     return 0;
 }
 

@@ -1,0 +1,45 @@
+"""Engine ops and fd numbers that user code closed and reused behind the
+engine's back (review D3, issue 7 parts 2 and 6).
+
+The engine is told about fd numbers, not files. A user may close a socket
+without telling the engine and get the same number for a new socket; what
+the engine does with the number afterwards must never hang nor act on the new
+file on behalf of an op that was asked for the old one.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from conftest import Collector, run_until, settle
+
+
+def test_recv_on_reused_number_with_exhausted_pool_completes(make_engine, res_tracker):
+    """Review P2: on epoll a receive whose first try yields (pool empty) on a
+    number whose registration the kernel dropped at close() must still be
+    armed: it used to wait forever."""
+    eng = make_engine(buf_count=1)
+    x1, x2 = socket.socketpair()
+    x1.setblocking(False)
+    first = Collector("x")
+    eng.recv(x1.fileno(), first, multishot=False)
+    eng.run(0)
+    x2.send(b"a")
+    run_until(eng, lambda: first.done)
+    n = x1.fileno()
+    x1.close()  # behind the engine's back: the kernel drops the registration
+    x2.close()
+    y1, y2 = (res_tracker.sock(s) for s in socket.socketpair())
+    y1.setblocking(False)
+    assert y1.fileno() == n
+    z1, z2 = (res_tracker.sock(s) for s in socket.socketpair())
+    z1.setblocking(False)
+    z2.send(b"z")
+    took = Collector("z")
+    eng.recv(z1.fileno(), took, multishot=False)  # takes the only pool buffer
+    got = Collector("y")
+    eng.recv(y1.fileno(), got, multishot=False)  # finds the pool empty: yields
+    settle(eng)
+    y2.send(b"hello")
+    run_until(eng, lambda: got.done, timeout=5, what="the receive on the reused number")
+    assert got.final[0] == 5 and got.final[2] == b"hello"
