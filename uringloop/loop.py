@@ -142,7 +142,8 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         self._signal_handlers: dict[int, events.Handle] = {}
         self._ssock = self._csock = None
         self._sock_state: dict = {}
-        self._sock_sending: dict[int, int] = {}  # fd -> sock_sendall ops in the engine
+        self._sock_sending: dict = {}  # socket -> its sock_sendall ops in the engine
+        self._sock_owner: dict = {}  # fd -> weakref of the socket last seen there
         try:
             self._engine = engine.Engine(backend)
         except BaseException:
@@ -198,6 +199,8 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
                 handle.cancel()
             table.clear()
         self._polls.clear()
+        for fd in list(self._sock_state):
+            self._sock_drop_state(fd)  # closes connections kept for a next accept
         # cancels and reaps every operation still in flight, then frees the engine
         self._sched_detach()
         self._engine.close()
