@@ -9,6 +9,7 @@ file on behalf of an op that was asked for the old one.
 
 from __future__ import annotations
 
+import errno
 import socket
 
 from conftest import Collector, run_until, settle
@@ -43,3 +44,28 @@ def test_recv_on_reused_number_with_exhausted_pool_completes(make_engine, res_tr
     y2.send(b"hello")
     run_until(eng, lambda: got.done, timeout=5, what="the receive on the reused number")
     assert got.final[0] == 5 and got.final[2] == b"hello"
+
+
+def test_op_cancelled_before_the_kernel_saw_it_never_touches_the_reused_number(
+    eng, res_tracker
+):
+    """A receive submitted but not yet handed to the kernel (no run since), its
+    socket closed behind the engine's back, the number reused, then the op
+    cancelled: on io_uring the SQE would resolve the number only at the next
+    enter, i.e. read the new socket. The cancel ends it before that."""
+    x1, x2 = (res_tracker.sock(s) for s in socket.socketpair())
+    x1.setblocking(False)
+    old = Collector("old")
+    ud = eng.recv(x1.fileno(), old, multishot=False)
+    n = x1.fileno()
+    x1.close()
+    y1, y2 = (res_tracker.sock(s) for s in socket.socketpair())
+    y1.setblocking(False)
+    assert y1.fileno() == n
+    y2.send(b"new")
+    eng.cancel(ud)
+    new = Collector("new")
+    eng.recv(y1.fileno(), new, multishot=False)
+    run_until(eng, lambda: old.done and new.done)
+    assert old.res == -errno.ECANCELED
+    assert new.final[2] == b"new"

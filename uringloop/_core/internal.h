@@ -52,6 +52,7 @@ struct ul_op {
     uint8_t kind, state, cancelled, multishot;
     uint8_t level, connecting, in_wait, pad;
     int fd;
+    uint32_t sqe_idx;           /* io_uring: SQ index of the op's latest SQE */
     int32_t fd_prev, fd_next;   /* list of live ops on fd */
     int32_t oq_next;            /* ordered queue (send/write/shutdown) */
     int32_t wq_next;            /* epoll wait queue */

@@ -218,6 +218,7 @@ static void issue_poll(ul_engine *e, struct uring *u, struct ul_op *op)
     s->fd = op->fd;
     s->op_flags = wants_write(op) ? POLLOUT : POLLIN;
     s->user_data = op->kud = op->ud | KUD_POLL;
+    op->sqe_idx = u->sqe_tail - 1;
     op->state = S_ACTIVE;
 }
 
@@ -237,6 +238,7 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
         return;
     }
     op->state = S_ACTIVE;
+    op->sqe_idx = u->sqe_tail - 1;
     s->fd = op->fd;
     s->user_data = op->kud = op->ud;
     switch (op->kind) {
@@ -339,9 +341,42 @@ static void cancel_kud(ul_engine *e, struct uring *u, uint64_t kud)
     prep_cancel(s, kud);
 }
 
+/*
+ * Cancel before the kernel has seen the request: the kernel resolves an SQE's
+ * fd number only when io_uring_enter consumes it, and we are the only ones
+ * who enter (no SQPOLL). An op whose latest SQE is still between the kernel's
+ * head and our tail has not touched any file yet, and if the user closed its
+ * fd and the number was reused meanwhile, that SQE would act on the new file
+ * (a receive swallowing the new socket's bytes, the rest of a send going out
+ * on it). So such an SQE becomes a NOP and the op ends now, with -ECANCELED.
+ * The window covers every op issued since the last enter: fresh submissions,
+ * short-send continuations, multishot re-arms and EAGAIN reissues alike.
+ */
+static int cancel_unsubmitted(ul_engine *e, struct uring *u, struct ul_op *op)
+{
+    unsigned head = __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
+    if (op->sqe_idx - head >= u->sqe_tail - head)
+        return 0;
+    struct ul_sqe *s = &u->sqes[op->sqe_idx & u->sq_mask];
+    if (s->user_data != op->kud)
+        return 0;
+    memset(s, 0, sizeof *s);
+    s->opcode = UL_OP_NOP;
+    s->fd = -1;
+    s->user_data = KUD_IGNORE;
+    if (op->kind == K_RECV && op->bid >= 0) {  /* engine-picked buffer, unused */
+        ul__pool_put(e, (uint16_t)op->bid);
+        op->bid = -1;
+    }
+    ul__finish(e, op, -ECANCELED, 0, 0);
+    return 1;
+}
+
 static void uring_cancel(ul_engine *e, struct ul_op *op)
 {
-    cancel_kud(e, e->bs, op->kud);
+    struct uring *u = e->bs;
+    if (!cancel_unsubmitted(e, u, op))
+        cancel_kud(e, u, op->kud);
 }
 
 static int uring_cancel_fd(ul_engine *e, int fd)
