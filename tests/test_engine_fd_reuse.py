@@ -10,7 +10,10 @@ file on behalf of an op that was asked for the old one.
 from __future__ import annotations
 
 import errno
+import select
 import socket
+
+import pytest
 
 from conftest import Collector, run_until, settle
 
@@ -69,3 +72,44 @@ def test_op_cancelled_before_the_kernel_saw_it_never_touches_the_reused_number(
     run_until(eng, lambda: old.done and new.done)
     assert old.res == -errno.ECANCELED
     assert new.final[2] == b"new"
+
+
+def test_rest_of_a_send_never_goes_to_the_file_that_reused_its_number(eng, res_tracker):
+    """A long send in progress, its socket closed behind the engine's back
+    (not cancelled) and the number reused: when the old send could go on (its
+    peer reads; io_uring's request still holds the old file), its rest must
+    not go out on the new socket. It ends with EBADF instead."""
+    x1, x2 = socket.socketpair()
+    res_tracker.sock(x2)
+    x1.setblocking(False)
+    x2.setblocking(False)
+    x1.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    sent = Collector("send")
+    eng.send(x1.fileno(), b"o" * (16 << 20), sent)
+    settle(eng)
+    n = x1.fileno()
+    x1.close()  # behind the engine's back
+    y1, y2 = (res_tracker.sock(s) for s in socket.socketpair())
+    y1.setblocking(False)
+    y2.setblocking(False)
+    assert y1.fileno() == n
+    # a readiness poll registers the new file (epoll: the number is watched
+    # again, so the old send is tried on it)
+    polled = Collector("poll")
+    eng.poll(y1.fileno(), select.POLLOUT, polled)
+    for _ in range(20):  # the old peer reads: the old send can progress
+        try:
+            while x2.recv(1 << 20):
+                pass
+        except BlockingIOError:
+            pass
+        eng.run(0.01)
+        if sent.done:
+            break
+    assert sent.done, "the old send neither finished nor ended"
+    assert sent.res == -errno.EBADF
+    with pytest.raises(BlockingIOError):
+        got = y2.recv(1 << 20)
+        raise AssertionError(f"{len(got)} bytes of the old send reached the new socket")
+    assert eng.stats()["ident_checks"] > 0
+    run_until(eng, lambda: polled.done)

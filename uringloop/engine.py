@@ -533,7 +533,7 @@ class Engine:
 
 _STATS = (
     "enters", "waits", "submitted", "records", "cq_overflows", "rearms",
-    "eagain_retries", "wakeups", "in_flight", "bufs_free",
+    "eagain_retries", "wakeups", "in_flight", "bufs_free", "ident_captures", "ident_checks",
 )
 
 _SETUP_FLAGS = {

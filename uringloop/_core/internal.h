@@ -50,9 +50,11 @@ struct ul_op {
     uint64_t ud;            /* 0 = free */
     uint64_t kud;           /* io_uring: user_data of the request in flight */
     uint8_t kind, state, cancelled, multishot;
-    uint8_t level, connecting, in_wait, pad;
+    uint8_t level, connecting, in_wait, has_ident;
     int fd;
     uint32_t sqe_idx;           /* io_uring: SQ index of the op's latest SQE */
+    uint64_t ident;             /* the file fd named when the op was asked for
+                                   (ul__ident), valid when has_ident */
     int32_t fd_prev, fd_next;   /* list of live ops on fd */
     int32_t oq_next;            /* ordered queue (send/write/shutdown) */
     int32_t wq_next;            /* epoll wait queue */
@@ -145,6 +147,10 @@ int ul__wake_prepare_sleep(ul_engine *e);
 void ul__wake_after_sleep(ul_engine *e);
 void ul__wake_drain(ul_engine *e);
 struct ul_fd *ul__fd(ul_engine *e, int fd);
+int ul__may_continue(const struct ul_op *op);
+void ul__ident_capture(ul_engine *e, struct ul_op *op);
+int ul__ident_gone(ul_engine *e, struct ul_op *op);
+uint64_t ul__ident_now(ul_engine *e, int fd);
 
 /* backends */
 extern const struct ul_backend ul_uring_backend;

@@ -54,6 +54,8 @@ struct uring {
     int ms_recv, ms_accept, bufring, cancel_fd;
     uint64_t *cancels;          /* cancel requests that found no SQE */
     uint32_t ncancels, cancels_cap;
+    struct { uint32_t slot; uint64_t ud; } *fresh;  /* issued, may continue, no identity */
+    uint32_t nfresh, fresh_cap;
 };
 
 static __thread char tls_marker;
@@ -206,9 +208,58 @@ static int wants_write(const struct ul_op *op)
            op->kind == K_CONNECT;
 }
 
+/* An op that may go on by itself and has no identity yet: note it, so the
+ * run that hands it to the kernel takes its file's identity (see common.c). */
+static void note_fresh(struct uring *u, struct ul_op *op)
+{
+    if (op->has_ident || !ul__may_continue(op))
+        return;
+    if (u->nfresh == u->fresh_cap) {
+        uint32_t n = u->fresh_cap ? u->fresh_cap * 2 : 64;
+        void *p = realloc(u->fresh, n * sizeof *u->fresh);
+        if (!p)
+            return;  /* it goes on unchecked, as before identities existed */
+        u->fresh = p;
+        u->fresh_cap = n;
+    }
+    u->fresh[u->nfresh].slot = ul__slot(op->ud);
+    u->fresh[u->nfresh].ud = op->ud;
+    u->nfresh++;
+}
+
+/* After the enter that consumed them (no user code ran since): identities of
+ * the noted ops still in flight. Ops noted during this run's reap were not
+ * consumed yet, but no user code ran since their first request was, so their
+ * fd still names their file too. */
+static void capture_fresh(ul_engine *e, struct uring *u)
+{
+    for (uint32_t i = 0; i < u->nfresh; i++) {
+        struct ul_op *op = ul__op_find(e, u->fresh[i].slot);
+        if (op && op->ud == u->fresh[i].ud && op->state != S_FREE)
+            ul__ident_capture(e, op);
+    }
+    u->nfresh = 0;
+}
+
+/* A continuation (reissue, re-arm, rest of a send) of an op whose fd no
+ * longer names the file it was asked for ends here, with -EBADF. */
+static int gone(ul_engine *e, struct ul_op *op)
+{
+    if (!ul__ident_gone(e, op))
+        return 0;
+    if (op->kind == K_RECV && op->bid >= 0) {
+        ul__pool_put(e, (uint16_t)op->bid);
+        op->bid = -1;
+    }
+    ul__finish(e, op, -EBADF, 0, 0);
+    return 1;
+}
+
 /* Wait for readiness of op's fd before (re)issuing it. */
 static void issue_poll(ul_engine *e, struct uring *u, struct ul_op *op)
 {
+    if (gone(e, op))
+        return;
     struct ul_sqe *s = get_sqe(e, u);
     if (!s) {
         ul__backlog_push(e, op);
@@ -220,10 +271,13 @@ static void issue_poll(ul_engine *e, struct uring *u, struct ul_op *op)
     s->user_data = op->kud = op->ud | KUD_POLL;
     op->sqe_idx = u->sqe_tail - 1;
     op->state = S_ACTIVE;
+    note_fresh(u, op);
 }
 
 static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
 {
+    if (op->has_ident && gone(e, op))
+        return;
     if (op->kind == K_RECV && !u->bufring && op->bid < 0) {
         int bid = ul__pool_take(e);
         if (bid < 0) {  /* pool exhausted: retry after the next recycle */
@@ -239,6 +293,7 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
     }
     op->state = S_ACTIVE;
     op->sqe_idx = u->sqe_tail - 1;
+    note_fresh(u, op);
     s->fd = op->fd;
     s->user_data = op->kud = op->ud;
     switch (op->kind) {
@@ -438,6 +493,8 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
         if (op->cancelled || res < 0) {
             ul__finish(e, op, op->cancelled ? -ECANCELED : res, 0, 0);
         } else if (op->kind == K_CONNECT) {
+            if (gone(e, op))
+                return;
             int err = 0;
             socklen_t len = sizeof err;
             if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
@@ -642,6 +699,8 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
             err = -EINTR;
     }
     reap(e, u);
+    if (u->nfresh)
+        capture_fresh(e, u);
     while ((__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & UL_SQ_CQ_OVERFLOW) &&
            e->nrec < e->cfg.record_cap) {
         /* NODROP kept the CQEs that did not fit: flush them into the CQ */
@@ -681,6 +740,7 @@ static void uring_destroy(ul_engine *e)
     if (u->br && e->in_flight == 0)
         munmap(u->br, u->br_sz);
     free(u->cancels);
+    free(u->fresh);
     free(u);
     e->bs = NULL;
 }
