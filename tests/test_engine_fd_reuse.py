@@ -14,7 +14,6 @@ import select
 import socket
 
 import pytest
-
 from conftest import Collector, run_until, settle
 
 
