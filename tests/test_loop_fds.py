@@ -210,7 +210,7 @@ async def _keep_one_accept(lp, lst, res_tracker):
     return c
 
 
-@pytest.mark.parametrize("how", ["loop.close", "sock_close", "number reused"])
+@pytest.mark.parametrize("how", ["loop.close", "sock_close", "_stop_serving", "number reused"])
 def test_kept_connection_closed_with_its_listener(loop, tcp_listener, res_tracker, how):
     """A connection kept for the next accept is closed when the listener is
     closed (through the loop, or plainly and its number reused) or the loop
@@ -222,6 +222,8 @@ def test_kept_connection_closed_with_its_listener(loop, tcp_listener, res_tracke
         c = await _keep_one_accept(lp, lst, res_tracker)
         if how == "sock_close":
             lp.sock_close(lst)
+        elif how == "_stop_serving":  # what Server.close() calls
+            lp._stop_serving(lst)
         elif how == "number reused":
             n = lst.fileno()
             lst.close()

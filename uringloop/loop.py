@@ -213,6 +213,9 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         if sock.fileno() < 0 or self.is_closed():
             sock.close()
             return
+        st = self._sock_state.get(sock.fileno())
+        if st is not None and st.sockref() is sock:
+            self._sock_drop_state(sock.fileno())  # connections kept for an accept
         self._engine.close_fd(sock.detach(), _ignore_completion)
 
     # ---------------------------------------------------- readers / writers
