@@ -112,3 +112,28 @@ def test_rest_of_a_send_never_goes_to_the_file_that_reused_its_number(eng, res_t
         raise AssertionError(f"{len(got)} bytes of the old send reached the new socket")
     assert eng.stats()["ident_checks"] > 0
     run_until(eng, lambda: polled.done)
+
+
+def test_identity_costs_nothing_per_event_of_a_multishot_receive(make_engine, res_tracker):
+    """A long-lived multishot receive takes its file's identity once and
+    compares it on no ordinary event (epoll: only after a re-registration;
+    io_uring: only when the engine re-arms it). The emulation of multishot on
+    kernels without it (the fallbacks flavour) reissues by number on every
+    record, and compares each time: there the check is the price of safety."""
+    eng = make_engine()
+    fallbacks = make_engine.fallbacks
+    a, b = (res_tracker.sock(s) for s in socket.socketpair())
+    a.setblocking(False)
+    got = Collector("ms")
+    eng.recv(a.fileno(), got, multishot=True)
+    settle(eng)
+    for i in range(10):
+        b.send(b"m%d" % i)
+        run_until(eng, lambda i=i: len(got.records) > i)
+    stats = eng.stats()
+    assert stats["ident_captures"] <= 1
+    if not fallbacks:
+        assert stats["ident_checks"] == 0
+    assert got.payload() == b"".join(b"m%d" % i for i in range(10))
+    eng.cancel_fd(a.fileno())
+    run_until(eng, lambda: got.done)

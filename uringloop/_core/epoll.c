@@ -167,6 +167,7 @@ static int arm(ul_engine *e, int fd, int force_mod)
         return -errno;
     }
     f->registered = 1;
+    f->reg_gen++;  /* events may come from another file than before */
     return 0;
 }
 
@@ -370,6 +371,7 @@ static int enqueue(ul_engine *e, struct ul_op *op)
         was_idle = 1;
     f = &e->fds[op->fd];
     q_push(e, f, op, 0);
+    op->reg_gen = f->reg_gen;
     if (!was_idle && f->registered)
         return 0;
     int r = arm(e, op->fd, 1);
@@ -378,6 +380,7 @@ static int enqueue(ul_engine *e, struct ul_op *op)
         ul__finish(e, op, r == -EPERM ? -EINVAL : r, 0, 0);
         return r;
     }
+    op->reg_gen = e->fds[op->fd].reg_gen;
     return 0;
 }
 
@@ -454,9 +457,16 @@ static void run_queue(ul_engine *e, int fd, int q)
             return;
         struct ul_op *op = op_at(e, s);
         q_remove(e, f, op);
-        if (ul__ident_gone(e, op)) {  /* the number names another file now */
-            ul__finish(e, op, -EBADF, 0, 0);
-            continue;
+        /* Events for fd come from the file that was registered last; only
+         * when that may be another file than op's (a re-registration since
+         * op's identity was last known to hold) is the identity compared:
+         * one syscall per re-registration, not per event. */
+        if (op->has_ident && op->reg_gen != f->reg_gen) {
+            if (ul__ident_gone(e, op)) {  /* the number names another file now */
+                ul__finish(e, op, -EBADF, 0, 0);
+                continue;
+            }
+            op->reg_gen = f->reg_gen;
         }
         int r = try_op(e, op);
         if (r == TRY_DONE)

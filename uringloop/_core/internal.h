@@ -55,6 +55,8 @@ struct ul_op {
     uint32_t sqe_idx;           /* io_uring: SQ index of the op's latest SQE */
     uint64_t ident;             /* the file fd named when the op was asked for
                                    (ul__ident), valid when has_ident */
+    uint32_t reg_gen;           /* epoll: the fd's reg_gen when ident was last
+                                   known to hold */
     int32_t fd_prev, fd_next;   /* list of live ops on fd */
     int32_t oq_next;            /* ordered queue (send/write/shutdown) */
     int32_t wq_next;            /* epoll wait queue */
@@ -82,6 +84,7 @@ struct ul_fd {
     int32_t wq_head, wq_tail;   /* ops waiting for writability */
     int32_t pq_head, pq_tail;   /* poll ops */
     int32_t ready_next;
+    uint32_t reg_gen;           /* epoll: (re)registrations so far */
 };
 
 struct ul_backend {
