@@ -106,7 +106,10 @@ def test_rest_of_a_send_never_goes_to_the_file_that_reused_its_number(eng, res_t
         if sent.done:
             break
     assert sent.done, "the old send neither finished nor ended"
-    assert sent.res == -errno.EBADF
+    res, _more, data = sent.final
+    # ended by EBADF: with nothing sent (-EBADF), or short (UL_F_SHORT: res
+    # bytes went out, data is the errno that stopped it)
+    assert res == -errno.EBADF or (res > 0 and data == -errno.EBADF), (res, data)
     with pytest.raises(BlockingIOError):
         got = y2.recv(1 << 20)
         raise AssertionError(f"{len(got)} bytes of the old send reached the new socket")

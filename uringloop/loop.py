@@ -173,8 +173,8 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
     def _process_events(self, event_list):
         pass  # completions were dispatched inside the turn
 
-    def _write_to_self(self):
-        self._engine.wake()
+    # _write_to_self (call_soon_threadsafe's wakeup) is _sched.Core's: it reads
+    # the engine and wakes it under the GIL, so it is safe against close().
 
     def close(self):
         if self.is_running():

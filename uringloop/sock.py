@@ -19,6 +19,7 @@ import asyncio
 import collections
 import errno
 import functools
+import gc
 import mmap
 import os
 import socket
@@ -191,7 +192,11 @@ class SockMixin:
         eng = self._engine
         if eng.closed:
             return
-        for cb in list(eng._cbs):
+        # The op slots live in C (_sched.Table); what it holds for each slot
+        # (the callback, here the op's future) is what the garbage collector
+        # sees of it. A cold path: only for a socket closed behind our back
+        # whose number is taken by another socket, or sock_close.
+        for cb in gc.get_referents(eng._t):
             if type(cb) is _OpFuture and cb._sock is sock and cb._ud is not None:
                 ud, cb._ud = cb._ud, None
                 eng.cancel(ud)
@@ -483,7 +488,7 @@ class SockMixin:
         fut._ud = self._engine.send(fd, data, fut)
         sending[sock] = sending.get(sock, 0) + 1
         try:
-            res, _ = await fut
+            res, short = await fut
         except _CancelledError:
             self._sock_on_cancel(fut, fd, sock, _none_result, False)
             raise
@@ -491,7 +496,16 @@ class SockMixin:
             self._sending_done(sock)
         if res < 0:
             raise self._sock_error(res, sock)
+        if short is not None:
+            raise self._sock_short(res, short, len(data), sock)
         return None
+
+    def _sock_short(self, res, short, n, sock):
+        """A send stopped after res of n bytes (UL_F_SHORT): short is -errno,
+        or 0 when the kernel took no more without saying why."""
+        if short:
+            return self._sock_error(short, sock)
+        return OSError(errno.EIO, f"the kernel took {res} of {n} bytes")
 
     def _sending_done(self, sock, k=1):
         sending = self._sock_sending
@@ -509,16 +523,19 @@ class SockMixin:
         futs = []
         try:
             for start in range(0, len(view), _SEND_CHUNK):
+                chunk = view[start : start + _SEND_CHUNK]
                 fut = self._sock_op(fd, sock, _none_result, track=False)
-                fut._ud = self._engine.send(fd, view[start : start + _SEND_CHUNK], fut)
-                futs.append(fut)
+                fut._ud = self._engine.send(fd, chunk, fut)
+                futs.append((fut, len(chunk)))
                 self._sock_sending[sock] = self._sock_sending.get(sock, 0) + 1
-            for fut in futs:
-                res, _ = await fut
+            for fut, n in futs:
+                res, short = await fut
                 if res < 0:
                     raise self._sock_error(res, sock)
+                if short is not None:
+                    raise self._sock_short(res, short, n, sock)
         finally:
-            for fut in futs:
+            for fut, _n in futs:
                 fut.cancel()  # nothing when done; a queued rest goes at once
             self._sending_done(sock, len(futs))
         return None

@@ -232,6 +232,7 @@ int ul__may_continue(const struct ul_op *op)
 {
     switch (op->kind) {
     case K_SEND:
+    case K_SENDV:
     case K_WRITE:
     case K_CONNECT:
         return 1;
@@ -344,7 +345,7 @@ static void oq_advance(ul_engine *e, int fd);
 
 static int is_ordered(const struct ul_op *op)
 {
-    return op->kind == K_SEND || op->kind == K_SHUTDOWN ||
+    return op->kind == K_SEND || op->kind == K_SENDV || op->kind == K_SHUTDOWN ||
            (op->kind == K_WRITE && op->offset < 0);
 }
 
@@ -353,6 +354,9 @@ void ul__finish(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uin
     int fd = op->fd;
     int ordered_head = 0;
     ul__emit(e, op, res, flags & ~UL_F_MORE, bid);
+    if (op->kind == K_SENDV && op->iovs != &op->iov)
+        free(op->iovs);  /* the kernel is done with the iovecs at the final CQE */
+    op->iovs = NULL;
     op->ud = 0;
     op->state = S_FREE;
     e->in_flight--;
@@ -373,22 +377,52 @@ void ul__finish(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uin
         do_close(e, fd);
 }
 
-/* A send or ordered write made progress (res > 0) or failed (res < 0). */
+/* The op ends early because of err (0: a write that returned 0). A send or
+ * write that already put bytes out says how many (UL_F_SHORT, errno in bid):
+ * the caller must know what reached the peer. Anything else ends with -err. */
+void ul__stop(ul_engine *e, struct ul_op *op, int err)
+{
+    if (ul__is_send(op) && (op->done > 0 || err == 0))
+        ul__finish(e, op, (int32_t)op->done, UL_F_SHORT, (uint16_t)err);
+    else
+        ul__finish(e, op, -err, 0, 0);
+}
+
+/* K_SENDV's cursor: n more bytes went out */
+void ul__iov_advance(struct ul_op *op, uint32_t n)
+{
+    while (op->iov_idx < op->niov) {
+        struct iovec *v = &op->iovs[op->iov_idx];
+        if (n < v->iov_len) {
+            v->iov_base = (char *)v->iov_base + n;
+            v->iov_len -= n;
+            return;
+        }
+        n -= (uint32_t)v->iov_len;
+        op->iov_idx++;
+    }
+}
+
+/* A send or ordered write made progress (res >= 0) or failed (res < 0). */
 void ul__sent(ul_engine *e, struct ul_op *op, int32_t res)
 {
     if (res < 0) {
-        ul__finish(e, op, res, 0, 0);
+        ul__stop(e, op, -res);
         return;
     }
     op->done += (uint32_t)res;
     if (op->offset >= 0)
         op->offset += res;
-    if (op->done >= op->len || (res == 0 && op->len != 0)) {
+    if (op->kind == K_SENDV)
+        ul__iov_advance(op, (uint32_t)res);
+    if (op->done >= op->len) {
         ul__finish(e, op, (int32_t)op->done, 0, 0);
+    } else if (res == 0) {
+        ul__stop(e, op, 0);
     } else if (op->cancelled) {
-        ul__finish(e, op, -ECANCELED, 0, 0);
+        ul__stop(e, op, ECANCELED);
     } else if (e->be->submit(e, op) < 0) {
-        ul__finish(e, op, -EIO, 0, 0);
+        ul__stop(e, op, EIO);
     }
 }
 
@@ -541,6 +575,38 @@ EXPORT int ul_send(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t 
     return submit(e, op);
 }
 
+EXPORT int ul_sendv(ul_engine *e, uint64_t ud, int fd, const void *iov, uint32_t niov, int flags)
+{
+    const struct iovec *v = iov;
+    uint64_t total = 0;
+    if (niov && !v)
+        return -EINVAL;
+    for (uint32_t i = 0; i < niov; i++)
+        total += v[i].iov_len;
+    if (total > INT32_MAX)
+        return -EINVAL;  /* a record's res must be able to say it */
+    struct iovec *copy = NULL;
+    if (niov > 1) {
+        if (!(copy = malloc(niov * sizeof *copy)))
+            return -ENOMEM;
+        memcpy(copy, v, niov * sizeof *copy);
+    }
+    int err = 0;
+    struct ul_op *op = op_begin(e, ud, K_SENDV, fd, &err);
+    if (!op) {
+        free(copy);
+        return err;
+    }
+    if (niov == 1)
+        op->iov = v[0];
+    op->iovs = copy ? copy : &op->iov;
+    op->niov = niov;
+    op->len = (uint32_t)total;
+    op->msg_flags = flags | MSG_NOSIGNAL;
+    op->offset = -1;
+    return submit(e, op);
+}
+
 static void msg_setup(struct ul_op *op, char *buf, uint32_t len, int with_name)
 {
     op->iov.iov_base = buf;
@@ -635,6 +701,28 @@ EXPORT int ul_shutdown(ul_engine *e, uint64_t ud, int fd, int how)
 
 /* ------------------------------------------------------------- cancel */
 
+struct ul_op *ul__op_at(ul_engine *e, int32_t slot) { return op_at(e, slot); }
+
+/* An op waiting behind the head of its fd's ordered queue (nothing of it was
+ * sent) leaves the queue and finishes with res. */
+void ul__oq_drop(ul_engine *e, struct ul_op *op, int32_t res)
+{
+    struct ul_fd *f = &e->fds[op->fd];
+    int32_t slot = (int32_t)ul__slot(op->ud), prev = -1;
+    for (int32_t s = f->oq_head; s >= 0; prev = s, s = op_at(e, s)->oq_next) {
+        if (s != slot)
+            continue;
+        if (prev >= 0)
+            op_at(e, prev)->oq_next = op->oq_next;
+        else
+            f->oq_head = op->oq_next;
+        if (f->oq_tail == slot)
+            f->oq_tail = prev;
+        break;
+    }
+    ul__finish(e, op, res, 0, 0);
+}
+
 /* Returns 1 when a cancel was started (its final record will come). */
 static int cancel_op(ul_engine *e, struct ul_op *op)
 {
@@ -642,30 +730,15 @@ static int cancel_op(ul_engine *e, struct ul_op *op)
         return 0;
     op->cancelled = 1;
     switch (op->state) {
-    case S_QUEUED: {
-        /* behind the head of the ordered queue: unlink and finish now */
-        struct ul_fd *f = &e->fds[op->fd];
-        int32_t slot = (int32_t)ul__slot(op->ud), prev = -1;
-        for (int32_t s = f->oq_head; s >= 0; prev = s, s = op_at(e, s)->oq_next) {
-            if (s != slot)
-                continue;
-            if (prev >= 0)
-                op_at(e, prev)->oq_next = op->oq_next;
-            else
-                f->oq_head = op->oq_next;
-            if (f->oq_tail == slot)
-                f->oq_tail = prev;
-            break;
-        }
-        ul__finish(e, op, -ECANCELED, 0, 0);
+    case S_QUEUED:
+        ul__oq_drop(e, op, -ECANCELED);
         break;
-    }
     case S_BACKLOG:
         if (op->bid >= 0) {
             ul__pool_put(e, (uint16_t)op->bid);
             op->bid = -1;
         }
-        ul__finish(e, op, -ECANCELED, 0, 0);
+        ul__stop(e, op, ECANCELED);  /* a send resumed after a short one: may have sent */
         break;
     case S_ACTIVE:
         e->be->cancel(e, op);

@@ -18,6 +18,10 @@
 #define UL_F_MORE 1     /* the op lives on: more records follow */
 #define UL_F_BUFFER 2   /* bid names a pool buffer holding res bytes */
 #define UL_F_ADDR 4     /* a peer address can be read with ul_op_addr() */
+#define UL_F_SHORT 8    /* a send/write that stopped early: res counts the bytes that
+                           went out (> 0, or 0 when the kernel took nothing and said no
+                           error), bid holds the errno that stopped it (0: a write that
+                           returned 0) */
 
 #define UL_BACKEND_AUTO 0
 #define UL_BACKEND_URING 1
@@ -103,6 +107,9 @@ int ul_nop(ul_engine *e, uint64_t ud);
 int ul_recv(ul_engine *e, uint64_t ud, int fd, int multishot, uint32_t max);
 int ul_recv_into(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len, int flags);
 int ul_send(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len, int flags);
+/* Ordered like ul_send: iov points to niov `struct iovec`s, copied at submit;
+ * the buffers they name belong to the op until its final record. */
+int ul_sendv(ul_engine *e, uint64_t ud, int fd, const void *iov, uint32_t niov, int flags);
 int ul_sendmsg(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len,
                const char *addr, uint32_t addrlen, int flags);
 int ul_recvmsg(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len, int flags);

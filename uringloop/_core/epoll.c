@@ -64,6 +64,7 @@ static int queue_of(const struct ul_op *op)
     case K_POLL:
         return Q_POLL;
     case K_SEND:
+    case K_SENDV:
     case K_SENDMSG:
     case K_WRITE:
     case K_CONNECT:
@@ -171,11 +172,64 @@ static int arm(ul_engine *e, int fd, int force_mod)
     return 0;
 }
 
-static void ensure_nonblocking(int fd)
+/*
+ * Never block, never touch the caller's file flags. The engine does not own
+ * O_NONBLOCK of an fd it did not create (a pipe or tty may be shared with
+ * another process), and a fcntl per submission costs a syscall. So each
+ * attempt says "don't wait" itself: MSG_DONTWAIT for sockets, RWF_NOWAIT
+ * (preadv2/pwritev2) for reads and writes. Where RWF_NOWAIT is refused (a
+ * regular file on some filesystems, a tty), and for accept, which has no
+ * per-call flag, the fd's own mode is read once for the op (F_GETFL): a
+ * blocking fd is then tried only when poll() says it is ready.
+ */
+#define NB_NOWAIT 0     /* RWF_NOWAIT / MSG_DONTWAIT do the job */
+#define NB_PLAIN 1      /* plain read/write/accept4: the fd is non-blocking */
+#define NB_GATED 2      /* the fd blocks: try only when poll() says ready */
+
+static uint8_t plain_mode(int fd)
 {
     int fl = fcntl(fd, F_GETFL);
-    if (fl >= 0 && !(fl & O_NONBLOCK))
-        fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    return (fl >= 0 && !(fl & O_NONBLOCK)) ? NB_GATED : NB_PLAIN;
+}
+
+/* NB_GATED: 1 when fd is ready for op now (a regular file always is) */
+static int gate_open(const struct ul_op *op, short events)
+{
+    struct pollfd p = {.fd = op->fd, .events = events};
+    return op->nb != NB_GATED || poll(&p, 1, 0) != 0;
+}
+
+/* read (offset -1) without blocking */
+static ssize_t nowait_read(struct ul_op *op)
+{
+    struct iovec v = {op->buf, op->len};
+    if (op->nb == NB_NOWAIT) {
+        ssize_t r = preadv2(op->fd, &v, 1, -1, RWF_NOWAIT);
+        if (r >= 0 || (errno != EOPNOTSUPP && errno != EINVAL))
+            return r;
+        op->nb = plain_mode(op->fd);
+    }
+    if (!gate_open(op, POLLIN)) {
+        errno = EAGAIN;
+        return -1;
+    }
+    return read(op->fd, op->buf, op->len);
+}
+
+static ssize_t nowait_write(struct ul_op *op, char *b, size_t n)
+{
+    struct iovec v = {b, n};
+    if (op->nb == NB_NOWAIT) {
+        ssize_t r = pwritev2(op->fd, &v, 1, -1, RWF_NOWAIT);
+        if (r >= 0 || (errno != EOPNOTSUPP && errno != EINVAL))
+            return r;
+        op->nb = plain_mode(op->fd);
+    }
+    if (!gate_open(op, POLLOUT)) {
+        errno = EAGAIN;
+        return -1;
+    }
+    return write(op->fd, b, n);
 }
 
 /* ------------------------------------------------------------- attempts */
@@ -211,6 +265,8 @@ static int try_recv_pool(ul_engine *e, struct ul_op *op)
 static int try_accept(ul_engine *e, struct ul_op *op)
 {
     for (int n = 0; n < BUDGET; n++) {
+        if (!gate_open(op, POLLIN))
+            return TRY_WAIT;
         int r = accept4(op->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         e->st.submitted++;
         if (r >= 0) {
@@ -238,24 +294,31 @@ static int try_write_all(ul_engine *e, struct ul_op *op)
         ssize_t r;
         char *b = op->buf + op->done;
         size_t n = op->len - op->done;
-        if (op->kind == K_SEND)
+        if (op->kind == K_SENDV) {
+            struct msghdr m = {.msg_iov = op->iovs + op->iov_idx,
+                               .msg_iovlen = UL_MIN(op->niov - op->iov_idx, 1024u)};
+            r = sendmsg(op->fd, &m, op->msg_flags | MSG_DONTWAIT);
+        } else if (op->kind == K_SEND) {
             r = send(op->fd, b, n, op->msg_flags | MSG_DONTWAIT);
-        else if (op->offset >= 0)
+        } else if (op->offset >= 0) {
             r = pwrite(op->fd, b, n, op->offset);
-        else
-            r = write(op->fd, b, n);
+        } else {
+            r = nowait_write(op, b, n);
+        }
         e->st.submitted++;
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return TRY_WAIT;
         if (r <= 0) {
-            ul__finish(e, op, r < 0 ? -errno : (int32_t)op->done, 0, 0);
+            ul__stop(e, op, r < 0 ? errno : 0);  /* says what went out before */
             return TRY_DONE;
         }
         op->done += (uint32_t)r;
         if (op->offset >= 0)
             op->offset += r;
+        if (op->kind == K_SENDV)
+            ul__iov_advance(op, (uint32_t)r);
     }
     ul__finish(e, op, (int32_t)op->done, 0, 0);
     return TRY_DONE;
@@ -271,6 +334,7 @@ static int try_op(ul_engine *e, struct ul_op *op)
     case K_ACCEPT:
         return try_accept(e, op);
     case K_SEND:
+    case K_SENDV:
     case K_WRITE:
         return try_write_all(e, op);
     case K_RECV_INTO:
@@ -288,8 +352,7 @@ static int try_op(ul_engine *e, struct ul_op *op)
         r = sendmsg(op->fd, &op->msg, op->msg_flags | MSG_DONTWAIT);
         break;
     case K_READ:
-        r = op->offset >= 0 ? pread(op->fd, op->buf, op->len, op->offset)
-                            : read(op->fd, op->buf, op->len);
+        r = op->offset >= 0 ? pread(op->fd, op->buf, op->len, op->offset) : nowait_read(op);
         break;
     case K_CONNECT:
         if (op->connecting) {
@@ -341,7 +404,7 @@ static int purge_stale(ul_engine *e, int fd)
             s = op->wq_next;
             if (op->has_ident && op->ident != now) {
                 q_remove(e, &e->fds[fd], op);
-                ul__finish(e, op, -EBADF, 0, 0);
+                ul__stop(e, op, EBADF);
                 n++;
             }
         }
@@ -421,10 +484,8 @@ static int ep_submit(ul_engine *e, struct ul_op *op)
         poll_arm(e, op);
         return 0;
     case K_ACCEPT:
-    case K_READ:
-    case K_WRITE:
-    case K_CONNECT:
-        ensure_nonblocking(op->fd);
+        if (op->nb == NB_NOWAIT)  /* accept4 has no per-call flag: read the mode once */
+            op->nb = plain_mode(op->fd);
         break;
     default:
         break;
@@ -444,7 +505,7 @@ static void ep_cancel(ul_engine *e, struct ul_op *op)
 {
     if (op->in_wait)
         q_remove(e, &e->fds[op->fd], op);
-    ul__finish(e, op, -ECANCELED, 0, 0);
+    ul__stop(e, op, ECANCELED);  /* a send that already sent part says so */
 }
 
 /* Attempt the ops of one queue, in order, until one has to wait. */
@@ -463,7 +524,7 @@ static void run_queue(ul_engine *e, int fd, int q)
          * one syscall per re-registration, not per event. */
         if (op->has_ident && op->reg_gen != f->reg_gen) {
             if (ul__ident_gone(e, op)) {  /* the number names another file now */
-                ul__finish(e, op, -EBADF, 0, 0);
+                ul__stop(e, op, EBADF);
                 continue;
             }
             op->reg_gen = f->reg_gen;

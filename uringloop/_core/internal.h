@@ -36,7 +36,7 @@
 
 enum op_kind {
     K_NOP, K_RECV, K_RECV_INTO, K_SEND, K_SENDMSG, K_RECVMSG, K_ACCEPT,
-    K_CONNECT, K_POLL, K_READ, K_WRITE, K_SHUTDOWN, K_CLOSE,
+    K_CONNECT, K_POLL, K_READ, K_WRITE, K_SHUTDOWN, K_CLOSE, K_SENDV,
 };
 
 enum op_state {
@@ -50,7 +50,8 @@ struct ul_op {
     uint64_t ud;            /* 0 = free */
     uint64_t kud;           /* io_uring: user_data of the request in flight */
     uint8_t kind, state, cancelled, multishot;
-    uint8_t level, connecting, in_wait, has_ident;
+    uint8_t level, connecting, in_wait, nb;  /* nb: epoll's NB_* mode of a read/write/accept */
+    uint8_t has_ident;          /* ident is valid */
     int fd;
     uint32_t sqe_idx;           /* io_uring: SQ index of the op's latest SQE */
     uint64_t ident;             /* the file fd named when the op was asked for
@@ -64,6 +65,11 @@ struct ul_op {
     char *buf;
     uint32_t len, done;
     int64_t offset;
+    struct iovec *iovs;         /* K_SENDV: the cursor's iovecs (op->iov when one) */
+    uint32_t niov, iov_idx;     /* K_SENDV: count, first iovec not fully sent */
+    struct iovec *batch;        /* io_uring: a head's SENDMSG over it and its riders */
+    uint32_t nbatch;            /* ops in that batch, the head included */
+    uint8_t rider;              /* queued send whose bytes ride in its head's SENDMSG */
     int msg_flags;
     uint32_t events;            /* poll mask, or shutdown's how */
     uint32_t addrlen;
@@ -141,6 +147,14 @@ static inline uint32_t ul__slot(uint64_t ud) { return (uint32_t)ud; }
 void ul__emit(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid);
 void ul__finish(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid);
 void ul__sent(ul_engine *e, struct ul_op *op, int32_t res);
+void ul__stop(ul_engine *e, struct ul_op *op, int err);
+void ul__iov_advance(struct ul_op *op, uint32_t n);
+void ul__oq_drop(ul_engine *e, struct ul_op *op, int32_t res);
+struct ul_op *ul__op_at(ul_engine *e, int32_t slot);
+static inline int ul__is_send(const struct ul_op *op)
+{
+    return op->kind == K_SEND || op->kind == K_SENDV || op->kind == K_WRITE;
+}
 void ul__backlog_push(ul_engine *e, struct ul_op *op);
 int ul__backlog_pop(ul_engine *e, struct ul_op **out);
 int ul__pool_take(ul_engine *e);

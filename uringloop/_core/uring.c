@@ -33,6 +33,7 @@
 #include "uapi.h"
 
 #define EXPORT __attribute__((visibility("default")))
+#define UL_IOV_MAX 1024   /* UIO_MAXIOV: more iovecs go out in the next SENDMSG */
 
 struct uring {
     int ring_fd, enter_fd;
@@ -204,8 +205,8 @@ static void arm_wake(ul_engine *e, struct uring *u)
 
 static int wants_write(const struct ul_op *op)
 {
-    return op->kind == K_SEND || op->kind == K_SENDMSG || op->kind == K_WRITE ||
-           op->kind == K_CONNECT;
+    return op->kind == K_SEND || op->kind == K_SENDV || op->kind == K_SENDMSG ||
+           op->kind == K_WRITE || op->kind == K_CONNECT;
 }
 
 /* An op that may go on by itself and has no identity yet: note it, so the
@@ -242,7 +243,8 @@ static void capture_fresh(ul_engine *e, struct uring *u)
 }
 
 /* A continuation (reissue, re-arm, rest of a send) of an op whose fd no
- * longer names the file it was asked for ends here, with -EBADF. */
+ * longer names the file it was asked for ends here, with EBADF (a send
+ * that already put bytes out says how many: ul__stop). */
 static int gone(ul_engine *e, struct ul_op *op)
 {
     if (!ul__ident_gone(e, op))
@@ -251,7 +253,7 @@ static int gone(ul_engine *e, struct ul_op *op)
         ul__pool_put(e, (uint16_t)op->bid);
         op->bid = -1;
     }
-    ul__finish(e, op, -EBADF, 0, 0);
+    ul__stop(e, op, EBADF);
     return 1;
 }
 
@@ -272,6 +274,154 @@ static void issue_poll(ul_engine *e, struct uring *u, struct ul_op *op)
     op->sqe_idx = u->sqe_tail - 1;
     op->state = S_ACTIVE;
     note_fresh(u, op);
+}
+
+/*
+ * Batching of ordered sends (D6). Sends queued on one fd in one turn leave in
+ * one SENDMSG: the head of the fd's ordered queue carries the iovecs of the
+ * sends queued behind it (its "riders") in one array, with MSG_WAITALL. A
+ * send submitted from Python therefore waits for the run (the backlog)
+ * instead of taking an SQE at once, so the whole turn's sends are queued by
+ * the time the head is issued. Riders are S_ACTIVE with their head's kernel
+ * user_data, so cancelling one cancels the SENDMSG; at its completion the
+ * bytes are handed out in queue order: whole sends finish, the first one
+ * short goes on as the new head (or stops: cancelled, error), and the riders
+ * after it go back to the queue untouched (a cancelled one ends there).
+ */
+#define MAX_BATCH_IOV UL_IOV_MAX
+
+static int batchable(const struct ul_op *h, const struct ul_op *x)
+{
+    return x->state == S_QUEUED && (x->kind == K_SEND || x->kind == K_SENDV) &&
+           x->msg_flags == h->msg_flags && !x->cancelled;
+}
+
+static uint32_t op_iovs(const struct ul_op *x)
+{
+    return x->kind == K_SEND ? (x->len > x->done ? 1 : 0) : x->niov - x->iov_idx;
+}
+
+/* the iovecs of x's unsent bytes, appended at v */
+static uint32_t put_iovs(struct ul_op *x, struct iovec *v)
+{
+    if (x->kind == K_SEND) {
+        if (x->len <= x->done)
+            return 0;
+        v->iov_base = x->buf + x->done;
+        v->iov_len = x->len - x->done;
+        return 1;
+    }
+    uint32_t n = x->niov - x->iov_idx;
+    memcpy(v, x->iovs + x->iov_idx, n * sizeof *v);
+    return n;
+}
+
+/* Gathers h's riders; returns the iovec count of the batch, 0 for none. */
+static uint32_t batch_gather(ul_engine *e, struct ul_op *h)
+{
+    uint32_t niov = op_iovs(h), nops = 1;
+    uint64_t bytes = h->len - h->done;
+    int32_t s = h->oq_next;
+    for (; s >= 0; s = ul__op_at(e, s)->oq_next) {
+        struct ul_op *x = ul__op_at(e, s);
+        if (!batchable(h, x) || niov + op_iovs(x) > MAX_BATCH_IOV ||
+            bytes + (x->len - x->done) > INT32_MAX)
+            break;
+        niov += op_iovs(x);
+        bytes += x->len - x->done;
+        nops++;
+    }
+    if (nops == 1 || niov == 0)
+        return 0;
+    struct iovec *v = malloc(niov * sizeof *v);
+    if (!v)
+        return 0;  /* no batch: the head goes alone */
+    uint32_t at = put_iovs(h, v);
+    s = h->oq_next;
+    for (uint32_t i = 1; i < nops; i++, s = ul__op_at(e, s)->oq_next) {
+        struct ul_op *x = ul__op_at(e, s);
+        at += put_iovs(x, v + at);
+        x->rider = 1;
+        x->state = S_ACTIVE;
+    }
+    h->batch = v;
+    h->nbatch = nops;
+    return at;
+}
+
+/* The batch ends without a result for the riders (h goes on alone or waits):
+ * they go back to the queue, a cancelled one finishes there. */
+static void batch_release(ul_engine *e, struct ul_op *h)
+{
+    int32_t slots[MAX_BATCH_IOV];
+    uint32_t n = h->nbatch;
+    int32_t s = h->oq_next;
+    for (uint32_t i = 1; i < n; i++, s = ul__op_at(e, s)->oq_next)
+        slots[i] = s;
+    free(h->batch);
+    h->batch = NULL;
+    h->nbatch = 0;
+    for (uint32_t i = 1; i < n; i++) {
+        struct ul_op *x = ul__op_at(e, slots[i]);
+        x->rider = 0;
+        x->state = S_QUEUED;
+    }
+    for (uint32_t i = 1; i < n; i++) {
+        struct ul_op *x = ul__op_at(e, slots[i]);
+        if (x->cancelled)
+            ul__oq_drop(e, x, -ECANCELED);
+    }
+}
+
+static void issue(ul_engine *e, struct uring *u, struct ul_op *op);
+
+static void batch_done(ul_engine *e, struct uring *u, struct ul_op *h, int32_t res)
+{
+    int32_t slots[MAX_BATCH_IOV];
+    uint32_t n = h->nbatch, left = res > 0 ? (uint32_t)res : 0, cut = n;
+    int32_t s = (int32_t)ul__slot(h->ud);
+    for (uint32_t i = 0; i < n; i++, s = ul__op_at(e, s)->oq_next)
+        slots[i] = s;
+    free(h->batch);
+    h->batch = NULL;
+    h->nbatch = 0;
+    for (uint32_t i = 0; i < n; i++) {  /* the bytes, in queue order */
+        struct ul_op *x = ul__op_at(e, slots[i]);
+        uint32_t take = UL_MIN(left, x->len - x->done);
+        x->done += take;
+        if (x->kind == K_SENDV)
+            ul__iov_advance(x, take);
+        left -= take;
+        if (x->done < x->len && cut == n)
+            cut = i;
+    }
+    for (uint32_t i = cut + 1; i < n; i++) {  /* untouched: back to the queue */
+        struct ul_op *x = ul__op_at(e, slots[i]);
+        x->rider = 0;
+        x->state = S_QUEUED;
+    }
+    for (uint32_t i = cut + 1; i < n; i++) {
+        struct ul_op *x = ul__op_at(e, slots[i]);
+        if (x->cancelled)
+            ul__oq_drop(e, x, -ECANCELED);
+    }
+    for (uint32_t i = 0; i < cut && i < n; i++) {  /* whole: done, in order */
+        struct ul_op *x = ul__op_at(e, slots[i]);
+        x->rider = 0;
+        ul__finish(e, x, (int32_t)x->len, 0, 0);
+    }
+    if (cut < n) {  /* the first short one is the head now */
+        struct ul_op *x = ul__op_at(e, slots[cut]);
+        x->rider = 0;
+        if (res < 0)
+            ul__stop(e, x, -res);
+        else if (x->cancelled)
+            ul__stop(e, x, ECANCELED);
+        else if (res == 0)
+            ul__stop(e, x, 0);
+        else
+            issue(e, u, x);
+    }
 }
 
 static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
@@ -322,11 +472,33 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
         s->op_flags = (uint32_t)op->msg_flags;
         break;
     case K_SEND:
-        s->opcode = UL_OP_SEND;
-        s->addr = (uint64_t)(uintptr_t)(op->buf + op->done);
-        s->len = op->len - op->done;
-        s->op_flags = (uint32_t)op->msg_flags;
+    case K_SENDV: {
+        /* MSG_WAITALL: on a stream socket the kernel finishes a short send
+         * itself; a cancel still reports the bytes that went out */
+        uint32_t nb = op->nbatch ? 0 : batch_gather(e, op);
+        if (nb == 0 && op->kind == K_SEND) {
+            s->opcode = UL_OP_SEND;
+            s->addr = (uint64_t)(uintptr_t)(op->buf + op->done);
+            s->len = op->len - op->done;
+            s->op_flags = (uint32_t)op->msg_flags;
+            break;
+        }
+        s->opcode = UL_OP_SENDMSG;
+        memset(&op->msg, 0, sizeof op->msg);
+        if (nb) {
+            op->msg.msg_iov = op->batch;
+            op->msg.msg_iovlen = nb;
+            int32_t r = op->oq_next;
+            for (uint32_t i = 1; i < op->nbatch; i++, r = ul__op_at(e, r)->oq_next)
+                ul__op_at(e, r)->kud = op->ud;  /* a rider's cancel cancels the batch */
+        } else {
+            op->msg.msg_iov = op->iovs + op->iov_idx;
+            op->msg.msg_iovlen = UL_MIN(op->niov - op->iov_idx, (uint32_t)UL_IOV_MAX);
+        }
+        s->addr = (uint64_t)(uintptr_t)&op->msg;
+        s->op_flags = (uint32_t)(op->msg_flags | MSG_WAITALL);
         break;
+    }
     case K_WRITE:
     case K_READ:
         s->opcode = op->kind == K_WRITE ? UL_OP_WRITE : UL_OP_READ;
@@ -366,6 +538,12 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
 
 static int uring_submit(ul_engine *e, struct ul_op *op)
 {
+    /* a send from Python waits for the run: the turn's later sends on the fd
+     * can then ride with it (see batching above) */
+    if ((op->kind == K_SEND || op->kind == K_SENDV) && !e->in_run && op->done == 0) {
+        ul__backlog_push(e, op);
+        return 0;
+    }
     issue(e, e->bs, op);
     return 0;
 }
@@ -409,6 +587,11 @@ static void cancel_kud(ul_engine *e, struct uring *u, uint64_t kud)
  */
 static int cancel_unsubmitted(ul_engine *e, struct uring *u, struct ul_op *op)
 {
+    /* a batch of sends (a head and its riders) ends through its completion;
+     * batches are issued and submitted within one run, so they are hardly
+     * ever found unsubmitted */
+    if (op->rider || op->nbatch)
+        return 0;
     unsigned head = __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
     if (op->sqe_idx - head >= u->sqe_tail - head)
         return 0;
@@ -423,7 +606,7 @@ static int cancel_unsubmitted(ul_engine *e, struct uring *u, struct ul_op *op)
         ul__pool_put(e, (uint16_t)op->bid);
         op->bid = -1;
     }
-    ul__finish(e, op, -ECANCELED, 0, 0);
+    ul__stop(e, op, ECANCELED);  /* a send's earlier bytes are reported */
     return 1;
 }
 
@@ -491,7 +674,7 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
 
     if (kud & KUD_POLL) {  /* readiness wait after EAGAIN */
         if (op->cancelled || res < 0) {
-            ul__finish(e, op, op->cancelled ? -ECANCELED : res, 0, 0);
+            ul__stop(e, op, op->cancelled ? ECANCELED : -res);  /* a send says what it sent */
         } else if (op->kind == K_CONNECT) {
             if (gone(e, op))
                 return;
@@ -507,6 +690,8 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
     }
     if (!op->cancelled && op->kind != K_NOP && op->kind != K_POLL &&
         (res == -EAGAIN || (op->kind == K_CONNECT && (res == -EINPROGRESS || res == -EALREADY)))) {
+        if (op->nbatch)
+            batch_release(e, op);  /* the head waits alone; the riders queue again */
         if (op->kind == K_RECV && !u->bufring && op->bid >= 0) {
             ul__pool_put(e, (uint16_t)op->bid);
             op->bid = -1;
@@ -515,6 +700,8 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
         issue_poll(e, u, op);
         return;
     }
+    if (res == -EAGAIN && op->cancelled)
+        res = -ECANCELED;  /* EAGAIN is never surfaced, not even for a cancelled op */
 
     switch (op->kind) {
     case K_RECV: {
@@ -535,7 +722,11 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
             ul__pool_used(e, bid);
             has_buf = 0;
         }
-        if (res > 0) {
+        if (res > 0 && !has_buf) {
+            /* data with no buffer: the kernel broke the buffer-select contract.
+             * Never name a buffer we do not hold (bid 0 would be provided twice). */
+            ul__finish(e, op, -EIO, 0, 0);
+        } else if (res > 0) {
             if (!op->multishot || (!kmore && op->cancelled)) {
                 ul__finish(e, op, res, UL_F_BUFFER, bid);
             } else {
@@ -578,8 +769,12 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
         }
         break;
     case K_SEND:
+    case K_SENDV:
     case K_WRITE:
-        ul__sent(e, op, res);
+        if (op->nbatch)
+            batch_done(e, u, op, res);
+        else
+            ul__sent(e, op, res);
         break;
     case K_POLL:
         if (res >= 0 && op->level && !op->cancelled) {
@@ -619,6 +814,19 @@ static void reap(ul_engine *e, struct uring *u)
 }
 
 /* ----------------------------------------------------------------- run */
+
+/* submit what is in the SQ and reap, without waiting */
+static int flush_reap(ul_engine *e, struct uring *u)
+{
+    __atomic_store_n(u->sq_ktail, u->sqe_tail, __ATOMIC_RELEASE);
+    unsigned n = u->sqe_tail - __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
+    int r = sys_enter(u->enter_fd, n, 0, u->enter_flags | UL_ENTER_GETEVENTS, NULL, 0);
+    e->st.enters++;
+    if (r < 0 && errno != EBUSY && errno != EAGAIN && errno != EINTR)
+        return -errno;
+    reap(e, u);
+    return 0;
+}
 
 static int enable(ul_engine *e, struct uring *u)
 {
@@ -698,8 +906,19 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
             __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) == *u->cq_khead)
             err = -EINTR;
     }
+    unsigned sent_tail = u->sqe_tail;
     reap(e, u);
-    if (u->nfresh)
+    /* Reaping can start work: the next queued send of an fd (ordered queue),
+     * the rest of a short send, an EAGAIN readiness wait. Hand it to the
+     * kernel in this run rather than the next turn's, so N queued sends take
+     * one turn, not N (a few passes at most: each needs a completion). */
+    for (int pass = 0; pass < 16 && u->sqe_tail != sent_tail && e->nrec < e->cfg.record_cap;
+         pass++) {
+        sent_tail = u->sqe_tail;
+        if (flush_reap(e, u) < 0)
+            break;
+    }
+    if (u->nfresh)  /* after every pass: what they handed over is consumed */
         capture_fresh(e, u);
     while ((__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & UL_SQ_CQ_OVERFLOW) &&
            e->nrec < e->cfg.record_cap) {
@@ -719,6 +938,9 @@ static int uring_flush(ul_engine *e)
     struct uring *u = e->bs;
     if (!u->enabled || u->owner != &tls_marker)
         return 0;  /* the first run submits it */
+    struct ul_op *op;  /* sends wait in the backlog for the run: now is now */
+    for (uint32_t n = e->bl_tail - e->bl_head; n-- && ul__backlog_pop(e, &op);)
+        issue(e, u, op);
     int r = flush(e, u);
     return r < 0 ? r : 0;
 }
