@@ -26,6 +26,7 @@ import socket
 import weakref
 from asyncio import exceptions
 
+from ._sched import owner_is as _owner_is
 from .engine import encode_sockaddr
 
 _CancelledError = asyncio.CancelledError
@@ -284,11 +285,9 @@ class SockMixin:
         """The future (and engine callback) of a sock_* op about to start; the
         caller sets its ``_ud`` once the engine has the op."""
         # Is sock the socket last seen with an op on fd? Checked only where
-        # an op goes to the engine (not on sock_sendall's plain-send path):
-        # ~700 instructions, about 1% of a ping-pong round trip.
-        ref = self._sock_owner.get(fd)
-        if ref is None or ref() is not sock:
-            self._sock_claim(fd, sock, ref)
+        # an op goes to the engine (not on sock_sendall's plain-send path).
+        if not _owner_is(self._sock_owner, fd, sock):
+            self._sock_claim(fd, sock, self._sock_owner.get(fd))
         fut = _OpFuture(loop=self)
         fut._fd = fd
         fut._sock = sock
@@ -594,9 +593,8 @@ class SockMixin:
             else:
                 fut.set_result(None)
 
-        ref = self._sock_owner.get(fd)
-        if ref is None or ref() is not sock:
-            self._sock_claim(fd, sock, ref)
+        if not _owner_is(self._sock_owner, fd, sock):
+            self._sock_claim(fd, sock, self._sock_owner.get(fd))
         ud = self._engine.connect(fd, sock.family, address, done)
         # the stock loop calls connect() in this very step: the connection is
         # under way before the caller's next statement, and code relies on that
