@@ -149,6 +149,7 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         except BaseException:
             self._closed = True  # nothing to release; keeps __del__ quiet
             raise
+        self._sock_bufsize = self._engine._buf_size  # a pool buffer (sock.py)
         self._selector = _Turn(self)
         self._sched_attach(self._engine.native(), self._selector.report)
 

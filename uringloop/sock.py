@@ -345,7 +345,7 @@ class SockMixin:
                 return out
         if n == 0:
             return b""
-        if n > self._engine._buf_size:
+        if n > self._sock_bufsize:
             if _sock_type(sock) == _SOCK_DGRAM:
                 # a datagram comes whole or not at all: never through a pool
                 # buffer smaller than it may be
@@ -402,7 +402,7 @@ class SockMixin:
                 return k
         if n == 0:
             return 0
-        if n > self._engine._buf_size:
+        if n > self._sock_bufsize:
             if _sock_type(sock) == _SOCK_DGRAM:
                 data, _addr = await self._sock_recv_datagram(fd, sock, n)
                 view[: len(data)] = data
