@@ -24,6 +24,7 @@ import socket
 import stat
 import sys
 import warnings
+import weakref
 from asyncio import base_events, events, format_helpers, tasks
 from asyncio.log import logger
 
@@ -100,6 +101,19 @@ _sched.setup(
 )
 
 
+# Loops whose native turn runs an engine, so that a fork()ed child can unhook
+# them (engine.py forgets the engines themselves).
+_attached: weakref.WeakSet = weakref.WeakSet()
+
+
+def _detach_after_fork() -> None:
+    for loop in list(_attached):
+        loop._sched_detach()
+
+
+os.register_at_fork(after_in_child=_detach_after_fork)
+
+
 class _Turn:
     """What BaseEventLoop._run_once calls ``self._selector``: one engine run."""
 
@@ -152,6 +166,7 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         self._sock_bufsize = self._engine._buf_size  # a pool buffer (sock.py)
         self._selector = _Turn(self)
         self._sched_attach(self._engine.native(), self._selector.report)
+        _attached.add(self)
 
     # ------------------------------------------------------------ identity
 
@@ -170,6 +185,20 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         return self._engine.stats()
 
     # ------------------------------------------------------ run-turn hooks
+
+    def run_forever(self):
+        # When it stops, the engine lets go of this thread (Engine.park: no
+        # request left in the kernel), so that another thread may run the loop
+        # next, as asyncio allows.
+        started = not self.is_running()
+        try:
+            super().run_forever()
+        finally:
+            if started and not self.is_closed() and not self._engine.closed:
+                try:
+                    self._engine.park()
+                except RuntimeError:
+                    pass  # not this thread's engine: the run itself said so
 
     def _process_events(self, event_list):
         pass  # completions were dispatched inside the turn
