@@ -486,3 +486,22 @@ def test_rest_of_a_cancelled_send_never_goes_to_a_new_socket(any_loop, res_track
                 s.close()
 
     run_in(lp, main(), timeout=30)
+
+
+def test_receive_pending_across_a_stop_never_reaches_a_reused_number(loop, res_tracker):
+    """A receive still pending when the loop stops running (io_uring parks it:
+    taken out of the kernel, issued again by the next run); meanwhile its
+    socket is closed and the number reused. The next run must not issue it on
+    the new socket, whose bytes belong to the new socket's own receive."""
+    lp = loop
+    a, b = _pair(res_tracker)
+    old = lp.create_task(lp.sock_recv(a, 100))
+    lp.run_until_complete(asyncio.sleep(0.01))  # old's receive is in the engine
+    n = a.fileno()
+    a.close()
+    c, d = _pair(res_tracker)
+    assert c.fileno() == n
+    d.send(b"new")
+    assert run_in(lp, lp.sock_recv(c, 100), timeout=5) == b"new"
+    run_in(lp, asyncio.gather(old, return_exceptions=True))
+    assert isinstance(old.exception(), OSError) and old.exception().errno == errno.EBADF
