@@ -58,7 +58,7 @@ static size_t msg_size = 1024;
 static int verify = 0, use_tls = 0;
 static unsigned char *rbuf;
 static uint32_t *hist;
-static uint64_t measured, errors_verify;
+static uint64_t measured, errors_verify, completed; /* completed: warm-up included */
 static int measuring;
 #ifndef LOADGEN_NO_TLS
 static SSL_CTX *ssl_ctx;
@@ -200,6 +200,7 @@ static void start_msg(int ep, Conn *c, unsigned char *sbuf)
 
 static void record(uint64_t ns)
 {
+    completed++;
     if (!measuring)
         return;
     uint64_t us = ns / 1000;
@@ -397,10 +398,10 @@ int main(int argc, char **argv)
     double secs = (double)(now_ns() - t_real_start) / 1e9;
     printf("{\"requests\": %llu, \"seconds\": %.6f, \"rps\": %.1f, \"p50_us\": %.1f, "
            "\"p99_us\": %.1f, \"conns\": %d, \"size\": %zu, \"verified\": %s, "
-           "\"verify_errors\": %llu}\n",
+           "\"verify_errors\": %llu, \"completed\": %llu}\n",
            (unsigned long long)measured, secs, (double)measured / secs, percentile(0.50),
            percentile(0.99), conns, msg_size, verify ? "true" : "false",
-           (unsigned long long)errors_verify);
+           (unsigned long long)errors_verify, (unsigned long long)completed);
     fflush(stdout);
     return errors_verify ? 2 : 0;
 }

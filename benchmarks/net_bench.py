@@ -261,7 +261,7 @@ def client_target(wl, server):
     return ["--tcp", f"127.0.0.1:{server.addr}"]
 
 
-def run_loadgen(wl, server, opts):
+def run_loadgen(wl, server, opts, strace_out=None):
     args = (
         [LOADGEN]
         + client_target(wl, server)
@@ -280,6 +280,16 @@ def run_loadgen(wl, server, opts):
         args.append("--verify")
     if wl["kind"] == "tls":
         args.append("--tls")
+    tracer = None
+    if strace_out:
+        # attached before the client connects, detached after it exits: the
+        # counts cover every request loadgen completed (warm-up included)
+        tracer = subprocess.Popen(
+            ["strace", "-c", "-f", "-p", str(server.proc.pid), "-o", strace_out],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)
     cli = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=pin(opts.client_cpu)
     )
@@ -302,7 +312,25 @@ def run_loadgen(wl, server, opts):
         )
     res = json.loads(line)
     res["cpu_us_per_req"] = (t1 - t0) / CLK_TCK * 1e6 / max(res["requests"], 1)
+    if tracer is not None:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=60)
+        res["syscalls_per_req"] = parse_strace(strace_out, res["completed"])
     return res
+
+
+def parse_strace(path, requests):
+    """strace -c's summary -> {syscall: calls per request}, with "total"."""
+    calls = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            # % time, seconds, usecs/call, calls, [errors], syscall
+            if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+                calls[parts[-1]] = int(parts[3])
+    out = {k: v / max(requests, 1) for k, v in sorted(calls.items(), key=lambda kv: -kv[1])}
+    out["total"] = sum(calls.values()) / max(requests, 1)
+    return out
 
 
 WRK_RE = {
@@ -437,6 +465,35 @@ def fmt(v, nd=0):
     return f"{v:,.{nd}f}"
 
 
+def summary(rows):
+    """One line per workload: uvloop's median, then each loop's ratios against it
+    (req/s, server CPU/request; for idle: RSS/connection)."""
+    loops = []
+    for r in rows:
+        if r["loop"] != "uvloop" and r["loop"] not in loops:
+            loops.append(r["loop"])
+    head = ["| workload | uvloop | " + " | ".join(loops) + " |", "|---|---|" + "---|" * len(loops)]
+    lines = []
+    for wid in dict.fromkeys(r["workload"] for r in rows):
+        by = {r["loop"]: r for r in rows if r["workload"] == wid}
+        ref = by.get("uvloop", {})
+        if "n" not in ref:
+            continue
+        idle = ref["kind"] == "idle"
+        base = f"{ref['kib_per_conn']:.2f} KiB/conn" if idle else f"{ref['rps']:,.0f}/s"
+        cells = []
+        for lp in loops:
+            r = by.get(lp, {})
+            if "n" not in r:
+                cells.append("skip")
+            elif idle:
+                cells.append(f"{r['ratio']:.2f}")
+            else:
+                cells.append(f"{r['ratio']:.2f} / {r.get('cpu_ratio', 0):.2f}")
+        lines.append(f"| {wid} | {base} | " + " | ".join(cells) + " |")
+    return head + lines
+
+
 def markdown(rows, meta):
     out = [
         f"# Network benchmark, {meta['date']}",
@@ -446,6 +503,13 @@ def markdown(rows, meta):
         f"Settings: {meta['settings']}  ",
         f"Loops: {meta['versions']}  ",
         f"Malloc: {meta['malloc']}",
+        "",
+        "## Summary: ratios of medians against uvloop in the same run",
+        "",
+        "Each cell: requests/s ×uvloop / server CPU per request ×uvloop (higher is better, "
+        "then lower is better); idle: RSS per connection ×uvloop (lower is better).",
+        "",
+        *summary(rows),
         "",
     ]
     notes = []
@@ -488,6 +552,23 @@ def markdown(rows, meta):
                 f"| {fmt(r.get('ratio'), 2)} | {fmt(r['p50_us'], 0)} | {fmt(r['p99_us'], 0)} "
                 f"| {fmt(r['cpu_us_per_req'], 2)} | {fmt(r.get('cpu_ratio'), 2)} |"
             )
+    traced = [
+        (wid, lp, e["strace"])
+        for wid, per in meta.get("_results", {}).items()
+        for lp, e in per.items()
+        if e.get("strace")
+    ]
+    if traced:
+        out += [
+            "",
+            "## Server syscalls per request (strace -c -f, one extra run each)",
+            "",
+            "| workload | loop | syscalls/request | the largest |",
+            "|---|---|---|---|",
+        ]
+        for wid, lp, st in traced:
+            top = ", ".join(f"{k} {v:.3f}" for k, v in list(st.items())[:4] if k != "total")
+            out.append(f"| {wid} | {lp} | {st['total']:.3f} | {top} |")
     if notes:
         # a loop that does not start at all gives the same note for every workload: say it once
         seen, uniq = set(), []
@@ -648,6 +729,12 @@ def main():
     )
     ap.add_argument("--no-chart", action="store_true")
     ap.add_argument(
+        "--strace",
+        action="store_true",
+        help="after the repetitions, one more echo run per loop under strace -c -f "
+        "(syscalls per request; that run's speed is not used)",
+    )
+    ap.add_argument(
         "--render",
         metavar="RESULTS_JSON",
         help="measure nothing: rewrite results.md and chart.png next to a saved results.json",
@@ -762,6 +849,24 @@ def main():
                             f"{run['cpu_us_per_req']:6.2f} µs CPU/req p99 {run['p99_us']:.0f} µs"
                             + (f" ({run['note']})" if run.get("note") else "")
                         )
+            if opts.strace and wl["client"] == "loadgen":
+                for lp in loops:
+                    entry = per.get(lp, {})
+                    if entry.get("skip") or entry.get("error"):
+                        continue
+                    server = Server(lp, wl, opts.server_cpu, tmp, cert)
+                    try:
+                        run = run_loadgen(wl, server, opts, os.path.join(tmp, "strace.txt"))
+                    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                        log(f"  {wl['id']:28} {lp:20} strace run failed: {exc}")
+                        continue
+                    finally:
+                        server.stop()
+                    entry["strace"] = run["syscalls_per_req"]
+                    log(
+                        f"  {wl['id']:28} {lp:20} strace: "
+                        f"{run['syscalls_per_req']['total']:.2f} syscalls/request"
+                    )
     meta["loops"] = loops
     write_report(meta, results, out, opts)
     return 1 if failed else 0
@@ -774,7 +879,7 @@ def write_report(meta, results, out, opts):
     rows = summarise(results, loops)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"meta": meta, "results": results, "rows": rows}, f, indent=1)
-    md = markdown(rows, meta)
+    md = markdown(rows, dict(meta, _results=results))
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(md)
     if not opts.no_chart:
