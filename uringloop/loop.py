@@ -114,6 +114,19 @@ _sched.setup(
 )
 
 
+# Loops whose native turn runs an engine, so that a fork()ed child can unhook
+# them (engine.py forgets the engines themselves).
+_attached: weakref.WeakSet = weakref.WeakSet()
+
+
+def _detach_after_fork() -> None:
+    for loop in list(_attached):
+        loop._sched_detach()
+
+
+os.register_at_fork(after_in_child=_detach_after_fork)
+
+
 class _Turn:
     """What BaseEventLoop._run_once calls ``self._selector``: one engine run."""
 
@@ -173,6 +186,7 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
             raise
         self._selector = _Turn(self)
         self._sched_attach(self._engine.native(), self._selector.report)
+        _attached.add(self)
 
     # ------------------------------------------------------------ identity
 
@@ -191,6 +205,25 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         return self._engine.stats()
 
     # ------------------------------------------------------ run-turn hooks
+
+    def run_forever(self):
+        # When it stops, the engine lets go of this thread (Engine.park: no
+        # request left in the kernel), so that another thread may run the loop
+        # next, as asyncio allows.
+        started = not self.is_running()
+        try:
+            super().run_forever()
+        finally:
+            # writes of the last turn would otherwise wait for the next run
+            # (flushed before the park, which then carries them like any send)
+            if self._dirty and not self.is_closed():
+                self._flush_dirty()
+                self._engine.flush()
+            if started and not self.is_closed() and not self._engine.closed:
+                try:
+                    self._engine.park()
+                except RuntimeError:
+                    pass  # not this thread's engine: the run itself said so
 
     def _process_events(self, event_list):
         pass  # completions were dispatched inside the turn
@@ -224,15 +257,6 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         self._sched_detach()
         self._engine.close()
         self._close_self_pipe()
-
-    def run_forever(self):
-        try:
-            super().run_forever()
-        finally:
-            # writes of the last turn would otherwise wait for the next run
-            if self._dirty and not self.is_closed():
-                self._flush_dirty()
-                self._engine.flush()
 
     # ---------------------------------------------------------- transports
 

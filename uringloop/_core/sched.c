@@ -698,8 +698,19 @@ static void table_put(Table *t, uint32_t i)
     Py_XDECREF(keep);
 }
 
+/* -EEXIST from a submission: another thread is inside ul_run (the engine
+ * refuses rather than race it) */
+static PyObject *foreign_thread_error(void)
+{
+    PyErr_SetString(PyExc_RuntimeError,
+                    "engine operation from another thread while the loop runs in its own "
+                    "(use loop.call_soon_threadsafe or asyncio.run_coroutine_threadsafe)");
+    return NULL;
+}
+
 /* A submission C did not accept (rc < 0): the slot comes back, except on
- * -EBUSY, which says C still owns an op in that slot. Raises OSError. */
+ * -EBUSY, which says C still owns an op in that slot. Raises OSError
+ * (RuntimeError for a foreign thread's submission). */
 static PyObject *table_refused(Table *t, uint64_t ud, int rc)
 {
     uint32_t i = (uint32_t)ud;
@@ -713,6 +724,8 @@ static PyObject *table_refused(Table *t, uint64_t ud, int rc)
     } else {
         table_put(t, i);
     }
+    if (rc == -EEXIST)
+        return foreign_thread_error();
     errno = -rc;
     return PyErr_SetFromErrno(PyExc_OSError);
 }
@@ -1048,7 +1061,10 @@ static PyObject *Table_cancel(Table *t, PyObject *arg)
         PyErr_Clear(); /* no op has that user_data */
         Py_RETURN_FALSE;
     }
-    return PyBool_FromLong(t->cancel(t->engine, ud) == 0);
+    int rc = t->cancel(t->engine, ud);
+    if (rc == -EEXIST)
+        return foreign_thread_error();
+    return PyBool_FromLong(rc == 0);
 }
 
 static PyObject *Table_cancel_fd(Table *t, PyObject *arg)
@@ -1057,7 +1073,10 @@ static PyObject *Table_cancel_fd(Table *t, PyObject *arg)
     TABLE_OPEN(t);
     if (get_fd(arg, &fd) < 0)
         return NULL;
-    return PyLong_FromLong(t->cancel_fd(t->engine, fd));
+    int rc = t->cancel_fd(t->engine, fd);
+    if (rc < 0)
+        return foreign_thread_error();
+    return PyLong_FromLong(rc);
 }
 
 /* Thread-safe: the engine pointer is read and used under the GIL, which
