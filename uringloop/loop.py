@@ -209,18 +209,17 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
     def run_forever(self):
         # When it stops, the engine lets go of this thread (Engine.park: no
         # request left in the kernel), so that another thread may run the loop
-        # next, as asyncio allows.
+        # next, as asyncio allows. Before that, the writes of the last turn
+        # leave (they would otherwise wait for the next run).
         started = not self.is_running()
         try:
             super().run_forever()
         finally:
-            # writes of the last turn would otherwise wait for the next run
-            # (flushed before the park, which then carries them like any send)
-            if self._dirty and not self.is_closed():
-                self._flush_dirty()
-                self._engine.flush()
             if started and not self.is_closed() and not self._engine.closed:
                 try:
+                    if self._dirty:
+                        self._flush_dirty()
+                        self._engine.flush()
                     self._engine.park()
                 except RuntimeError:
                     pass  # not this thread's engine: the run itself said so

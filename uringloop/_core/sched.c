@@ -601,6 +601,7 @@ typedef void (*ul_wake_fn)(void *);
 #define SLOT_USED 1
 #define SLOT_COALESCE 2 /* buffer records of one turn are joined into one chunk */
 #define SLOT_LEAKED 4   /* C still owns an op there (-EBUSY): never reused */
+#define SLOT_VIEW 8     /* buffer records come as a pool memoryview, released after the call */
 #define SLOT_CHUNK 1024
 #define GEN_MASK ((1u << 30) - 1)
 #define MAX_IOV 1024
@@ -906,12 +907,12 @@ static PyObject *Table_nop(Table *t, PyObject *cb)
 
 static PyObject *Table_recv(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
 {
-    static const char *const names[] = {"fd", "cb", "multishot", "nbytes", "coalesce"};
-    PyObject *a[5];
+    static const char *const names[] = {"fd", "cb", "multishot", "nbytes", "coalesce", "view"};
+    PyObject *a[6];
     int fd;
     long long nbytes = 0;
     TABLE_OPEN(t);
-    if (parse_args("recv", args, nargs, kw, names, 2, 5, a) < 0 || get_fd(a[0], &fd) < 0 ||
+    if (parse_args("recv", args, nargs, kw, names, 2, 6, a) < 0 || get_fd(a[0], &fd) < 0 ||
         check_cb(a[1]) < 0)
         return NULL;
     if (get_int(a[3], -(1LL << 62), UINT32_MAX, "nbytes", &nbytes) < 0)
@@ -920,10 +921,11 @@ static PyObject *Table_recv(Table *t, PyObject *const *args, Py_ssize_t nargs, P
         PyErr_SetString(PyExc_ValueError, "negative buffersize in recv");
         return NULL;
     }
-    int multishot = get_bool(a[2], 1), coalesce = get_bool(a[4], 0);
-    if (multishot < 0 || coalesce < 0)
+    int multishot = get_bool(a[2], 1), coalesce = get_bool(a[4], 0), view = get_bool(a[5], 0);
+    if (multishot < 0 || coalesce < 0 || view < 0)
         return NULL;
-    uint64_t ud = table_take(t, a[1], NULL, coalesce ? SLOT_COALESCE : 0);
+    uint64_t ud = table_take(t, a[1], NULL,
+                             (coalesce ? SLOT_COALESCE : 0) | (view ? SLOT_VIEW : 0));
     if (!ud)
         return NULL;
     return submitted(t, ud, t->recv(t->engine, ud, fd, multishot, (uint32_t)nbytes));
@@ -1164,6 +1166,8 @@ static PyObject *record_data(Table *t, const ul_record *r, uint32_t slot)
         if (r->res < 0 || r->res > t->buf_size || start + r->res > t->pool_size)
             return PyErr_Format(PyExc_SystemError, "record names bytes outside the pool "
                                 "(bid %d, %d bytes)", (int)r->bid, (int)r->res);
+        if (t->slots[slot].flags & SLOT_VIEW) /* see table_deliver */
+            return PyMemoryView_FromMemory((char *)t->pool + start, r->res, PyBUF_READ);
         return PyBytes_FromStringAndSize(t->pool + start, r->res);
     }
     if (r->flags & UL_F_SHORT)
@@ -1308,6 +1312,15 @@ static int table_deliver(Table *t, int n, PyObject **first)
         if (call_back(cb, res, !final, data) < 0)
             keep_first(first);
         Py_DECREF(cb);
+        if (PyMemoryView_Check(data)) {
+            /* SLOT_VIEW: the callback had the pool buffer itself; the view
+             * dies with the call (the buffer is recycled at the next run). A
+             * callback that still exports it broke the rule: reported. */
+            PyObject *rel = PyObject_CallMethod(data, "release", NULL);
+            if (rel == NULL)
+                keep_first(first);
+            Py_XDECREF(rel);
+        }
         Py_DECREF(data);
         if (final)
             table_put(t, slot); /* the slot lets go of its objects only now */
