@@ -11,7 +11,7 @@ ASAN_TESTS = tests/test_engine_ops.py tests/test_engine_cancel_close.py \
 # detection stays off; any other ASan report aborts the test process.
 ASAN_OPTIONS_RUN = detect_leaks=0:abort_on_error=1
 
-.PHONY: build test test-epoll test-debug asan lint bench demo clean
+.PHONY: build test test-epoll test-debug asan lint bench bench-net demo clean
 
 ## build: compile the extensions (cffi engine, C scheduler) in place
 build:
@@ -60,6 +60,14 @@ bench: build
 	$(PY) benchmarks/engine_bench.py
 	$(PY) benchmarks/loop_bench.py
 
+## bench-net: echo/HTTP/TLS/idle servers on every loop side by side (benchmarks/net_bench.py);
+## BENCH_ARGS passes options, e.g. make bench-net BENCH_ARGS="--quick --workloads echo-1k-c100"
+## (needs cc; wrk for HTTP: apt-get install -y wrk; matplotlib for the chart)
+BENCH_ARGS ?=
+bench-net: build
+	@command -v wrk >/dev/null || echo "bench-net: wrk is not installed, the HTTP workloads will be skipped (apt-get update && apt-get install -y wrk)" >&2
+	$(PY) benchmarks/net_bench.py $(BENCH_ARGS)
+
 ## demo: the examples against the in-place build (aiohttp_hello.py needs aiohttp, tls_echo.py trustme)
 demo: build
 	PYTHONPATH=. $(PY) examples/echo.py
@@ -68,6 +76,6 @@ demo: build
 	PYTHONPATH=. $(PY) examples/tls_echo.py
 
 clean:
-	rm -rf build *.egg-info .pytest_cache .ruff_cache tests/_bin
+	rm -rf build *.egg-info .pytest_cache .ruff_cache tests/_bin benchmarks/_build
 	rm -f uringloop/_engine_cffi*.so uringloop/_engine_cffi.c uringloop/_engine_cffi.o uringloop/_sched*.so
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
