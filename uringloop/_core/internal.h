@@ -50,7 +50,7 @@ struct ul_op {
     uint64_t ud;            /* 0 = free */
     uint64_t kud;           /* io_uring: user_data of the request in flight */
     uint8_t kind, state, cancelled, multishot;
-    uint8_t level, connecting, in_wait, pad;
+    uint8_t level, connecting, in_wait, forced;  /* forced: UL_OPT_TEST_EAGAIN state */
     int fd;
     int32_t fd_prev, fd_next;   /* list of live ops on fd */
     int32_t oq_next;            /* ordered queue (send/write/shutdown) */
@@ -99,6 +99,7 @@ struct ul_engine {
     ul_info info;
     ul_stats st;
     int closed;
+    int guard;                  /* pool guard mode: see ul__guard() */
     int in_run;
     int woken;                  /* the wake eventfd fired during this run */
 
@@ -140,6 +141,7 @@ int ul__backlog_pop(ul_engine *e, struct ul_op **out);
 int ul__pool_take(ul_engine *e);
 void ul__pool_put(ul_engine *e, uint16_t bid);
 void ul__pool_used(ul_engine *e, uint16_t bid);
+void ul__guard(ul_engine *e, uint16_t bid, int open);
 int ul__wake_prepare_sleep(ul_engine *e);
 void ul__wake_after_sleep(ul_engine *e);
 void ul__wake_drain(ul_engine *e);

@@ -221,6 +221,11 @@ static void issue_poll(ul_engine *e, struct uring *u, struct ul_op *op)
     op->state = S_ACTIVE;
 }
 
+/* ul_op.forced bits (UL_OPT_TEST_EAGAIN) */
+#define FORCED_DONE 1        /* the op was issued once: never force it again */
+#define FORCED_NOP 2         /* a NOP stands in for the op's first issue */
+#define FORCED_INPROGRESS 4  /* the first connect result becomes EINPROGRESS */
+
 static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
 {
     if (op->kind == K_RECV && !u->bufring && op->bid < 0) {
@@ -239,6 +244,18 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
     op->state = S_ACTIVE;
     s->fd = op->fd;
     s->user_data = op->kud = op->ud;
+    if ((e->cfg.options & UL_OPT_TEST_EAGAIN) && !(op->forced & FORCED_DONE)) {
+        op->forced |= FORCED_DONE;
+        if (op->kind == K_CONNECT) {
+            op->forced |= FORCED_INPROGRESS;  /* on_cqe turns its success into EINPROGRESS */
+        } else if (op->kind == K_RECV || op->kind == K_RECV_INTO || op->kind == K_RECVMSG ||
+                   op->kind == K_SEND || op->kind == K_SENDMSG || op->kind == K_ACCEPT) {
+            op->forced |= FORCED_NOP;  /* a NOP stands in; on_cqe says -EAGAIN */
+            s->opcode = UL_OP_NOP;
+            s->fd = -1;
+            return;
+        }
+    }
     switch (op->kind) {
     case K_NOP:
         s->opcode = UL_OP_NOP;
@@ -366,6 +383,8 @@ static void uring_recycle(ul_engine *e, uint16_t bid)
         ul__pool_put(e, bid);
         return;
     }
+    if (e->guard)
+        ul__guard(e, bid, 1);  /* the kernel may write into it from now on */
     struct ul_buf *b = &u->br[u->br_tail & u->br_mask];
     b->addr = (uint64_t)(uintptr_t)(e->pool + (size_t)bid * e->cfg.buf_size);
     b->len = e->cfg.buf_size;
@@ -398,6 +417,18 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
     }
     if (res == -EINTR)
         res = op->cancelled ? -ECANCELED : -EAGAIN;
+    if (op->forced & (FORCED_NOP | FORCED_INPROGRESS) && !(kud & KUD_POLL)) {
+        /* UL_OPT_TEST_EAGAIN: the stand-in NOP did nothing, so a cancel that
+         * reached it cancelled the op; a connect that went through already
+         * reports it the way a non-blocking connect would */
+        if (op->forced & FORCED_NOP) {
+            res = op->cancelled ? -ECANCELED : -EAGAIN;
+            cflags = 0;
+        } else if (res == 0 && !op->cancelled) {
+            res = -EINPROGRESS;
+        }
+        op->forced &= (uint8_t)~(FORCED_NOP | FORCED_INPROGRESS);
+    }
 
     if (kud & KUD_POLL) {  /* readiness wait after EAGAIN */
         if (op->cancelled || res < 0) {
