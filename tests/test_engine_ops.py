@@ -96,7 +96,7 @@ def test_recv_pool_multishot(make_engine, tcp_pair):
     assert col.finals == 0, "multishot recv ended before EOF"
     for res, more, data in col.records:
         assert more and res > 0
-        assert isinstance(data, bytes) and len(data) == res and res <= 1024
+        assert isinstance(data, bytes) and len(data) == res and res <= eng.info()["buf_size"]
     assert col.payload() == payload
     c.shutdown(socket.SHUT_WR)
     wait_done(eng, col)
