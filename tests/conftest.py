@@ -413,6 +413,33 @@ def recv_exact(sock: socket.socket, n: int, timeout: float = 5.0) -> bytes:
     return bytes(out)
 
 
+# the system calls a loop sleeps in: io_uring_enter, epoll_wait, epoll_pwait(2)
+# (the stock selector loop sleeps in epoll_wait/epoll_pwait as well)
+_WAIT_SYSCALLS = {"x86_64": {426, 232, 281, 441}, "aarch64": {426, 22, 441}}
+
+
+def skip_unless_wait_syscalls_known() -> None:
+    if os.uname().machine not in _WAIT_SYSCALLS:
+        pytest.skip(f"no table of wait system call numbers for {os.uname().machine}")
+
+
+def sleeping_in_wait(tid: int) -> bool:
+    """True while thread tid sleeps in a loop's wait system call. /proc's
+    syscall file names the call a blocked thread is in ("running" when it
+    runs; a thread queued for the GIL shows futex, not these)."""
+    with open(f"/proc/self/task/{tid}/syscall") as f:
+        first = f.read().split()[0]
+    return first != "running" and int(first) in _WAIT_SYSCALLS[os.uname().machine]
+
+
+def wait_until_sleeping(tid: int) -> None:
+    """From another thread: return once thread tid sleeps in its wait system
+    call. A state check, not a guess at how long falling asleep takes; a thread
+    that never sleeps leaves the test to pytest-timeout."""
+    while not sleeping_in_wait(tid):
+        time.sleep(0.001)
+
+
 def fd_is_open(fd: int) -> bool:
     try:
         os.fstat(fd)
