@@ -22,6 +22,7 @@ import os
 import socket
 import struct
 import warnings
+import weakref
 
 from . import _sched
 from ._engine_cffi import ffi, lib
@@ -52,9 +53,22 @@ _BACKENDS = {
     "io_uring": lib.UL_BACKEND_URING,
     "epoll": lib.UL_BACKEND_EPOLL,
 }
-_GEN_MASK = (1 << 30) - 1
 _U32 = 0xFFFFFFFF
-_SLOT_CHUNK = 1024
+_I32 = 0x7FFFFFFF
+
+# The C functions _sched.Table calls directly (their addresses, taken once).
+_ENTRY_POINTS = tuple(
+    int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+    for name in ("ul_run", "ul_nop", "ul_recv", "ul_send", "ul_sendv", "ul_accept",
+                 "ul_shutdown", "ul_close_fd", "ul_cancel", "ul_cancel_fd", "ul_wake")
+)
+
+# Engine methods that are the C table's own (bound per instance in __init__)
+_HOT = ("nop", "recv", "send", "sendv", "accept", "shutdown", "close_fd", "cancel",
+        "cancel_fd", "wake")
+
+# Every open engine, so that a fork()ed child can forget its copies (below).
+_live: weakref.WeakSet = weakref.WeakSet()
 
 # Objects of engines whose ops never completed (close() timed out): the kernel
 # may still own their buffers, so they are kept alive for the process lifetime.
@@ -79,7 +93,26 @@ def _check_fd(fd) -> int:
         raise TypeError(f"file descriptor must be an int, not {type(fd).__name__}")
     if fd < 0:
         raise ValueError(f"invalid file descriptor {fd}")
+    if fd > _I32:
+        raise ValueError(f"file descriptor {fd} out of range")
     return fd
+
+
+def _c_int(value, what: str) -> int:
+    """A C int, checked before a slot is taken (cffi would raise after)."""
+    if not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if not -_I32 - 1 <= value <= _I32:
+        raise ValueError(f"{what} {value} out of range")
+    return value
+
+
+def _c_offset(offset) -> int:
+    if not isinstance(offset, int):
+        raise TypeError(f"offset must be an int, not {type(offset).__name__}")
+    if offset >= 1 << 63:
+        raise ValueError(f"offset {offset} out of range")
+    return max(offset, -1)
 
 
 def _read_buffer(data):
@@ -228,6 +261,8 @@ class Engine:
                 raise OSError(code, message + where)
             raise OSError(errno.EINVAL, message)
         self._e = e
+        self._forked = False
+        _live.add(self)
         info = ffi.new("ul_info *")
         lib.ul_get_info(e, info)
         self._info = info
@@ -243,156 +278,172 @@ class Engine:
         self._buf_size = info.buf_size
         self._record_cap = record_cap or 4096
         self._pool_size = info.buf_count * info.buf_size
-        self._cbs: list = []
-        self._keep: list = []
-        self._gen: list = []
-        self._free: list = []
         self._addr = ffi.new("char[128]")
         self._stats = ffi.new("ul_stats *")
-        self._dispatching = False  # set while records are being delivered
-        self._native = self.native()
+        # The slots and the hot submissions live in C (uringloop._sched.Table),
+        # which calls the engine's functions directly: no cffi wrapper, so no
+        # GIL release per submission. Bound once here, so eng.send(...) is one
+        # C call; the methods below say the same for help() and subclasses.
+        t = self._t = _sched.Table(self._entry_points(e), self._addr_of)
+        cls = type(self)
+        for name in _HOT:
+            if getattr(cls, name) is getattr(Engine, name):  # a subclass's override wins
+                setattr(self, name, getattr(t, name))
 
-    # ------------------------------------------------------------ slots
+    def _entry_points(self, e) -> tuple:
+        def addr(ptr) -> int:
+            return int(ffi.cast("uintptr_t", ptr))
 
-    def _grow(self):
-        base = len(self._cbs)
-        self._cbs.extend([None] * _SLOT_CHUNK)
-        self._keep.extend([None] * _SLOT_CHUNK)
-        self._gen.extend([0] * _SLOT_CHUNK)
-        self._free.extend(range(base + _SLOT_CHUNK - 1, base - 1, -1))
+        return (
+            addr(e), addr(lib.ul_records(e)), self._record_cap, addr(lib.ul_pool(e)),
+            self._pool_size, self._buf_size, *_ENTRY_POINTS,
+        )
 
-    def _take(self, cb, keep) -> int:
+    def _closed_error(self) -> RuntimeError:
+        if self._forked:
+            return RuntimeError(
+                "this engine belongs to the parent process: a fork()ed child "
+                "must create its own loop"
+            )
+        return RuntimeError("engine is closed")
+
+    @property
+    def _dispatching(self) -> bool:
+        """True while records are being delivered (run/close are refused then)."""
+        t = self.__dict__.get("_t")
+        return t is not None and t.dispatching
+
+    def _cold(self, cb, keep, submit) -> int:
+        """A submission through cffi (the cold ops): the slot comes from the
+        table; submit(ud) -> rc. Arguments were checked before."""
         if self._e is None:
-            raise RuntimeError("engine is closed")
-        if not callable(cb):
-            raise TypeError("callback must be callable")
-        if not self._free:
-            self._grow()
-        slot = self._free.pop()
-        gen = (self._gen[slot] + 1) & _GEN_MASK or 1
-        self._gen[slot] = gen
-        self._cbs[slot] = cb
-        self._keep[slot] = keep
-        return slot | (gen << 32)
-
-    def _submitted(self, ud: int, rc: int) -> int:
+            raise self._closed_error()
+        ud = self._t.take(cb, keep)
+        rc = submit(ud)
         if rc < 0:
-            slot = ud & _U32
-            self._cbs[slot] = self._keep[slot] = None
-            self._free.append(slot)
-            raise OSError(-rc, os.strerror(-rc))
+            self._t.refused(ud, rc)  # raises OSError; keeps the slot on -EBUSY
         return ud
 
     # --------------------------------------------------------- operations
 
+    # The hot ones (nop, recv, send, sendv, accept, shutdown, close_fd,
+    # cancel, cancel_fd, wake) are the C table's, bound in __init__; these
+    # class methods say what they do and serve Engine.method(eng, ...).
+
     def nop(self, cb) -> int:
-        ud = self._take(cb, None)
-        return self._submitted(ud, lib.ul_nop(self._e, ud))
+        return self._t.nop(cb)
 
-    def recv(self, fd: int, cb, multishot: bool = True, nbytes: int = 0) -> int:
+    def recv(self, fd: int, cb, multishot: bool = True, nbytes: int = 0,
+             coalesce: bool = False) -> int:
         """Receive into the engine's pool; ``data`` is the bytes received.
-        nbytes caps a one-shot receive (0: the pool buffer size)."""
-        fd = _check_fd(fd)
-        if nbytes < 0:
-            raise ValueError("negative buffersize in recv")
-        ud = self._take(cb, None)
-        return self._submitted(ud, lib.ul_recv(self._e, ud, fd, bool(multishot), nbytes))
-
-    def recv_into(self, fd: int, buf, cb, nbytes: int = 0, flags: int = 0) -> int:
-        fd = _check_fd(fd)
-        ptr, size = _write_buffer(buf, nbytes)
-        ud = self._take(cb, (buf, ptr))
-        return self._submitted(ud, lib.ul_recv_into(self._e, ud, fd, ptr, size, flags))
+        nbytes caps a one-shot receive (0: the pool buffer size). coalesce:
+        the records one turn brings for this op come as one callback with the
+        bytes joined (a stream transport wants one data_received per turn)."""
+        return self._t.recv(fd, cb, multishot, nbytes, coalesce)
 
     def send(self, fd: int, data, cb, flags: int = 0) -> int:
         """Send all of data, after every send queued before it on fd."""
+        return self._t.send(fd, data, cb, flags)
+
+    def sendv(self, fd: int, buffers, cb, flags: int = 0) -> int:
+        """Send every buffer of the sequence, in order, as one op ordered with
+        send/write/shutdown on fd (one SENDMSG on io_uring, one sendmsg per
+        try on epoll; short sends go on where they stopped)."""
+        return self._t.sendv(fd, buffers, cb, flags)
+
+    def accept(self, fd: int, cb, multishot: bool = True) -> int:
+        return self._t.accept(fd, cb, multishot)
+
+    def shutdown(self, fd: int, how: int, cb) -> int:
+        return self._t.shutdown(fd, how, cb)
+
+    def close_fd(self, fd: int, cb) -> int:
+        """Cancel every op on fd, wait for their final records, then close it."""
+        return self._t.close_fd(fd, cb)
+
+    def cancel(self, ud: int) -> bool:
+        """Ask the op to stop. Its final record still comes."""
+        return self._t.cancel(ud)
+
+    def cancel_fd(self, fd: int) -> int:
+        return self._t.cancel_fd(fd)
+
+    def wake(self) -> None:
+        """Thread-safe: make a sleeping run() return."""
+        self._t.wake()
+
+    def recv_into(self, fd: int, buf, cb, nbytes: int = 0, flags: int = 0) -> int:
         fd = _check_fd(fd)
-        ptr, size = _read_buffer(data)
-        ud = self._take(cb, (data, ptr))
-        return self._submitted(ud, lib.ul_send(self._e, ud, fd, ptr, size, flags))
+        flags = _c_int(flags, "flags")
+        ptr, size = _write_buffer(buf, nbytes)
+        return self._cold(cb, (buf, ptr),
+                          lambda ud: lib.ul_recv_into(self._e, ud, fd, ptr, size, flags))
 
     def sendmsg(self, fd: int, data, addr, cb, family: int = socket.AF_INET, flags: int = 0):
         fd = _check_fd(fd)
+        flags = _c_int(flags, "flags")
         ptr, size = _read_buffer(data)
         raw = encode_sockaddr(family, addr) if addr is not None else ffi.NULL
-        ud = self._take(cb, (data, ptr, raw))
         alen = len(raw) if addr is not None else 0
-        return self._submitted(ud, lib.ul_sendmsg(self._e, ud, fd, ptr, size, raw, alen, flags))
+        return self._cold(cb, (data, ptr, raw),
+                          lambda ud: lib.ul_sendmsg(self._e, ud, fd, ptr, size, raw, alen, flags))
 
     def recvmsg(self, fd: int, buf, cb, family: int = socket.AF_INET, flags: int = 0) -> int:
         """Receive a datagram into buf; ``data`` is the sender's address."""
         fd = _check_fd(fd)
+        flags = _c_int(flags, "flags")
         ptr, size = _write_buffer(buf)
-        ud = self._take(cb, (buf, ptr))
-        return self._submitted(ud, lib.ul_recvmsg(self._e, ud, fd, ptr, size, flags))
-
-    def accept(self, fd: int, cb, multishot: bool = True) -> int:
-        fd = _check_fd(fd)
-        ud = self._take(cb, None)
-        return self._submitted(ud, lib.ul_accept(self._e, ud, fd, bool(multishot)))
+        return self._cold(cb, (buf, ptr),
+                          lambda ud: lib.ul_recvmsg(self._e, ud, fd, ptr, size, flags))
 
     def connect(self, fd: int, family: int, addr, cb) -> int:
         fd = _check_fd(fd)
         raw = encode_sockaddr(family, addr)
-        ud = self._take(cb, raw)
-        return self._submitted(ud, lib.ul_connect(self._e, ud, fd, raw, len(raw)))
+        return self._cold(cb, raw, lambda ud: lib.ul_connect(self._e, ud, fd, raw, len(raw)))
 
     def poll(self, fd: int, events: int, cb, level: bool = False) -> int:
         fd = _check_fd(fd)
         if not isinstance(events, int) or events < 0 or events > _U32:
             raise ValueError("events must be a poll mask")
-        ud = self._take(cb, None)
-        return self._submitted(ud, lib.ul_poll(self._e, ud, fd, events, bool(level)))
+        level = bool(level)
+        return self._cold(cb, None, lambda ud: lib.ul_poll(self._e, ud, fd, events, level))
 
     def read(self, fd: int, buf, cb, offset: int = -1) -> int:
         fd = _check_fd(fd)
+        offset = _c_offset(offset)
         ptr, size = _write_buffer(buf)
-        ud = self._take(cb, (buf, ptr))
-        return self._submitted(ud, lib.ul_read(self._e, ud, fd, ptr, size, offset))
+        return self._cold(cb, (buf, ptr),
+                          lambda ud: lib.ul_read(self._e, ud, fd, ptr, size, offset))
 
     def write(self, fd: int, data, cb, offset: int = -1) -> int:
         fd = _check_fd(fd)
+        offset = _c_offset(offset)
         ptr, size = _read_buffer(data)
-        ud = self._take(cb, (data, ptr))
-        return self._submitted(ud, lib.ul_write(self._e, ud, fd, ptr, size, offset))
-
-    def shutdown(self, fd: int, how: int, cb) -> int:
-        fd = _check_fd(fd)
-        if how not in (socket.SHUT_RD, socket.SHUT_WR, socket.SHUT_RDWR):
-            raise ValueError(f"invalid shutdown mode {how!r}")
-        ud = self._take(cb, None)
-        return self._submitted(ud, lib.ul_shutdown(self._e, ud, fd, how))
-
-    def close_fd(self, fd: int, cb) -> int:
-        """Cancel every op on fd, wait for their final records, then close it."""
-        fd = _check_fd(fd)
-        ud = self._take(cb, None)
-        return self._submitted(ud, lib.ul_close_fd(self._e, ud, fd))
+        return self._cold(cb, (data, ptr),
+                          lambda ud: lib.ul_write(self._e, ud, fd, ptr, size, offset))
 
     def flush(self) -> None:
         """Hand queued operations to the kernel now, without waiting for any."""
         if self._e is None:
-            raise RuntimeError("engine is closed")
+            raise self._closed_error()
         rc = lib.ul_flush(self._e)
         if rc < 0:
-            raise OSError(-rc, os.strerror(-rc))
+            _raise_submit_error(rc)
 
-    def cancel(self, ud: int) -> bool:
-        """Ask the op to stop. Its final record still comes."""
+    def park(self) -> bool:
+        """The loop stops running: every request leaves the kernel and waits in
+        the engine for the next run, which may then come from any thread. Call
+        it from the thread that ran the engine, never from a callback. True when
+        parked (always on epoll); False when a request would not leave the
+        kernel (the engine then stays bound to this thread)."""
         if self._e is None:
-            raise RuntimeError("engine is closed")
-        return lib.ul_cancel(self._e, ud) == 0
-
-    def cancel_fd(self, fd: int) -> int:
-        if self._e is None:
-            raise RuntimeError("engine is closed")
-        return lib.ul_cancel_fd(self._e, _check_fd(fd))
-
-    def wake(self) -> None:
-        """Thread-safe: make a sleeping run() return."""
-        e = self._e
-        if e is not None:
-            lib.ul_wake(e)
+            raise self._closed_error()
+        if self._dispatching:
+            raise RuntimeError("park() from a completion callback")
+        rc = lib.ul_park(self._e)
+        if rc == -errno.EEXIST:
+            raise RuntimeError("park() from a thread other than the one that ran the engine")
+        return rc == 0
 
     # ---------------------------------------------------------------- run
 
@@ -407,14 +458,16 @@ class Engine:
         while it waits comes out of here."""
         e = self._e
         if e is None:
-            raise RuntimeError("engine is closed")
+            raise self._closed_error()
         if self._dispatching:
             raise RuntimeError("run() from a completion callback")
         if timeout is None:
             ns = -1
         else:
             ns = int(timeout * 1e9) if timeout > 0 else 0
-        n = lib.ul_run(e, ns)
+        # a turn that cannot block keeps the GIL (no cffi call); one that may
+        # wait releases it, through cffi
+        n = self._t.run_nowait() if ns == 0 else lib.ul_run(e, ns)
         while n == -errno.EINTR and ns < 0:
             # back in Python, so signal handlers have run (or raised); a blocking
             # run then goes on waiting. EINTR also comes without a signal, e.g.
@@ -428,26 +481,19 @@ class Engine:
     def _raise_run_error(n: int) -> None:
         """ul_run failed with n (< 0): the exception that says why."""
         if n == -errno.EEXIST:
-            raise RuntimeError("the engine belongs to the thread that first ran it")
+            raise RuntimeError(
+                "the engine is bound to the thread that last ran it: it must be "
+                "parked there (Engine.park(), which a loop does when it stops "
+                "running) before another thread runs it"
+            )
         raise OSError(-n, os.strerror(-n))
 
     def native(self) -> tuple:
-        """What uringloop._sched needs to run this engine and deliver its records
-        from C: (engine, ul_engine *, ul_run, records, record_cap, pool,
-        pool_size, buf_size, cbs, keep, free, addr_of). The addresses are valid
-        until close()."""
-        e = self._e
-        if e is None:
-            raise RuntimeError("engine is closed")
-
-        def addr(ptr) -> int:
-            return int(ffi.cast("uintptr_t", ptr))
-
-        return (
-            self, addr(e), addr(ffi.addressof(lib, "ul_run")), addr(lib.ul_records(e)),
-            self._record_cap, addr(lib.ul_pool(e)), self._pool_size, self._buf_size,
-            self._cbs, self._keep, self._free, self._addr_of,
-        )
+        """What uringloop._sched's turn needs: (engine, table). The table holds
+        the engine's entry points; they are valid until close() detaches it."""
+        if self._e is None:
+            raise self._closed_error()
+        return (self, self._t)
 
     def _addr_of(self, slot: int):
         """The peer address of a record flagged UL_F_ADDR, decoded."""
@@ -468,14 +514,14 @@ class Engine:
         if n <= 0:
             return None
         if self._e is None:
-            raise RuntimeError("engine is closed")
-        return _sched.deliver(self._native, n)
+            raise self._closed_error()
+        return self._t.deliver(n)
 
     # -------------------------------------------------------------- state
 
     @property
     def in_flight(self) -> int:
-        return len(self._cbs) - len(self._free)
+        return self._t.in_flight
 
     @property
     def closed(self) -> bool:
@@ -504,7 +550,7 @@ class Engine:
 
     def stats(self) -> dict:
         if self._e is None:
-            raise RuntimeError("engine is closed")
+            raise self._closed_error()
         s = self._stats
         lib.ul_get_stats(self._e, s)
         return {name: getattr(s, name) for name in _STATS}
@@ -516,17 +562,33 @@ class Engine:
         e, self._e = self._e, None
         if e is None:
             return
-        self._native = None
+        # No wake may read the engine pointer from here on (D2: wake() runs
+        # under the GIL, which this holds): only then is the engine freed.
+        self._t.detach()
         left = lib.ul_free(e, int(timeout * 1e9))
         if left:
-            _graveyard.append((self._keep, self._cbs))
+            _graveyard.append(self._t)  # its slots keep the kernel's buffers alive
             warnings.warn(
                 f"engine closed with {left} operations still owned by the kernel; "
                 "their buffers are kept alive",
                 ResourceWarning,
                 stacklevel=2,
             )
-        self._cbs, self._keep, self._free, self._gen = [], [], [], []
+        else:
+            self._t.release_all()
+
+    def _forget(self) -> None:
+        """In a fork()ed child: this engine is the parent's. Close the child's
+        copies of its fds and free its heap memory, touching no ring or pool
+        (they are not mapped in the child) and no kernel request (the parent's).
+        The ops' callbacks never run here; their objects are dropped."""
+        e, self._e = self._e, None
+        if e is None:
+            return
+        self._forked = True
+        self._t.detach()  # the C table's submissions and wakes see a closed engine
+        lib.ul_forget(e)
+        self._t.release_all()
 
     def __enter__(self):
         return self
@@ -537,6 +599,23 @@ class Engine:
     def __del__(self):
         if getattr(self, "_e", None) is not None:
             self.close(timeout=1.0)
+
+
+def _raise_submit_error(rc: int):
+    if rc == -errno.EEXIST:
+        raise RuntimeError(
+            "engine operation from another thread while the loop runs in its own "
+            "(use loop.call_soon_threadsafe or asyncio.run_coroutine_threadsafe)"
+        )
+    raise OSError(-rc, os.strerror(-rc))
+
+
+def _forget_all_after_fork() -> None:
+    for eng in list(_live):
+        eng._forget()
+
+
+os.register_at_fork(after_in_child=_forget_all_after_fork)
 
 
 _STATS = (

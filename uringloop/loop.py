@@ -24,6 +24,7 @@ import socket
 import stat
 import sys
 import warnings
+import weakref
 from asyncio import base_events, events, format_helpers, tasks
 from asyncio.log import logger
 
@@ -100,6 +101,19 @@ _sched.setup(
 )
 
 
+# Loops whose native turn runs an engine, so that a fork()ed child can unhook
+# them (engine.py forgets the engines themselves).
+_attached: weakref.WeakSet = weakref.WeakSet()
+
+
+def _detach_after_fork() -> None:
+    for loop in list(_attached):
+        loop._sched_detach()
+
+
+os.register_at_fork(after_in_child=_detach_after_fork)
+
+
 class _Turn:
     """What BaseEventLoop._run_once calls ``self._selector``: one engine run."""
 
@@ -152,6 +166,7 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
             raise
         self._selector = _Turn(self)
         self._sched_attach(self._engine.native(), self._selector.report)
+        _attached.add(self)
 
     # ------------------------------------------------------------ identity
 
@@ -171,11 +186,25 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
 
     # ------------------------------------------------------ run-turn hooks
 
+    def run_forever(self):
+        # When it stops, the engine lets go of this thread (Engine.park: no
+        # request left in the kernel), so that another thread may run the loop
+        # next, as asyncio allows.
+        started = not self.is_running()
+        try:
+            super().run_forever()
+        finally:
+            if started and not self.is_closed() and not self._engine.closed:
+                try:
+                    self._engine.park()
+                except RuntimeError:
+                    pass  # not this thread's engine: the run itself said so
+
     def _process_events(self, event_list):
         pass  # completions were dispatched inside the turn
 
-    def _write_to_self(self):
-        self._engine.wake()
+    # _write_to_self (call_soon_threadsafe's wakeup) is _sched.Core's: it reads
+    # the engine and wakes it under the GIL, so it is safe against close().
 
     def close(self):
         if self.is_running():

@@ -324,7 +324,7 @@ class SockMixin:
         fut._ud = self._engine.send(fd, data, fut)
         sending[fd] = sending.get(fd, 0) + 1
         try:
-            res, _ = await fut
+            res, short = await fut
         except _CancelledError:
             self._sock_on_cancel(fut, fd, sock, _none_result, False)
             raise
@@ -336,6 +336,12 @@ class SockMixin:
                 del sending[fd]
         if res < 0:
             raise _error(res)
+        if short is not None:
+            # the send stopped after res bytes (UL_F_SHORT): short is -errno, or
+            # 0 when the kernel took no more without saying why
+            if short:
+                raise _error(short)
+            raise OSError(errno.EIO, f"the kernel took {res} of {len(data)} bytes")
         return None
 
     async def sock_sendto(self, sock, data, address):

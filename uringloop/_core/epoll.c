@@ -46,8 +46,8 @@ enum { Q_READ, Q_WRITE, Q_POLL };
 
 struct ep {
     int epfd;
-    int *ready;             /* fds to retry next turn */
-    uint32_t nready, ready_cap;
+    int32_t ready_head, ready_tail;  /* fds to retry next turn, linked through
+                                        ul_fd.ready_next: never allocates */
     struct epoll_event evs[NEVENTS];
 };
 
@@ -64,6 +64,7 @@ static int queue_of(const struct ul_op *op)
     case K_POLL:
         return Q_POLL;
     case K_SEND:
+    case K_SENDV:
     case K_SENDMSG:
     case K_WRITE:
     case K_CONNECT:
@@ -133,16 +134,32 @@ static void mark_ready(ul_engine *e, int fd)
     struct ul_fd *f = &e->fds[fd];
     if (f->on_ready_list)
         return;
-    if (p->nready == p->ready_cap) {
-        uint32_t n = p->ready_cap ? p->ready_cap * 2 : 64;
-        int *r = realloc(p->ready, n * sizeof *r);
-        if (!r)
-            return;
-        p->ready = r;
-        p->ready_cap = n;
-    }
-    p->ready[p->nready++] = fd;
     f->on_ready_list = 1;
+    f->ready_next = -1;
+    if (p->ready_tail >= 0)
+        e->fds[p->ready_tail].ready_next = fd;
+    else
+        p->ready_head = fd;
+    p->ready_tail = fd;
+}
+
+/* fd is being closed (its ul_fd is reset next): off the retry list */
+static void unmark_ready(ul_engine *e, int fd)
+{
+    struct ep *p = e->bs;
+    int32_t prev = -1;
+    for (int32_t i = p->ready_head; i >= 0; prev = i, i = e->fds[i].ready_next) {
+        if (i != fd)
+            continue;
+        if (prev >= 0)
+            e->fds[prev].ready_next = e->fds[fd].ready_next;
+        else
+            p->ready_head = e->fds[fd].ready_next;
+        if (p->ready_tail == fd)
+            p->ready_tail = prev;
+        break;
+    }
+    e->fds[fd].on_ready_list = 0;
 }
 
 /* (Re)register fd. Returns 0, or -errno; EPERM marks a regular file. */
@@ -170,11 +187,64 @@ static int arm(ul_engine *e, int fd, int force_mod)
     return 0;
 }
 
-static void ensure_nonblocking(int fd)
+/*
+ * Never block, never touch the caller's file flags. The engine does not own
+ * O_NONBLOCK of an fd it did not create (a pipe or tty may be shared with
+ * another process), and a fcntl per submission costs a syscall. So each
+ * attempt says "don't wait" itself: MSG_DONTWAIT for sockets, RWF_NOWAIT
+ * (preadv2/pwritev2) for reads and writes. Where RWF_NOWAIT is refused (a
+ * regular file on some filesystems, a tty), and for accept, which has no
+ * per-call flag, the fd's own mode is read once for the op (F_GETFL): a
+ * blocking fd is then tried only when poll() says it is ready.
+ */
+#define NB_NOWAIT 0     /* RWF_NOWAIT / MSG_DONTWAIT do the job */
+#define NB_PLAIN 1      /* plain read/write/accept4: the fd is non-blocking */
+#define NB_GATED 2      /* the fd blocks: try only when poll() says ready */
+
+static uint8_t plain_mode(int fd)
 {
     int fl = fcntl(fd, F_GETFL);
-    if (fl >= 0 && !(fl & O_NONBLOCK))
-        fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    return (fl >= 0 && !(fl & O_NONBLOCK)) ? NB_GATED : NB_PLAIN;
+}
+
+/* NB_GATED: 1 when fd is ready for op now (a regular file always is) */
+static int gate_open(const struct ul_op *op, short events)
+{
+    struct pollfd p = {.fd = op->fd, .events = events};
+    return op->nb != NB_GATED || poll(&p, 1, 0) != 0;
+}
+
+/* read (offset -1) without blocking */
+static ssize_t nowait_read(struct ul_op *op)
+{
+    struct iovec v = {op->buf, op->len};
+    if (op->nb == NB_NOWAIT) {
+        ssize_t r = preadv2(op->fd, &v, 1, -1, RWF_NOWAIT);
+        if (r >= 0 || (errno != EOPNOTSUPP && errno != EINVAL))
+            return r;
+        op->nb = plain_mode(op->fd);
+    }
+    if (!gate_open(op, POLLIN)) {
+        errno = EAGAIN;
+        return -1;
+    }
+    return read(op->fd, op->buf, op->len);
+}
+
+static ssize_t nowait_write(struct ul_op *op, char *b, size_t n)
+{
+    struct iovec v = {b, n};
+    if (op->nb == NB_NOWAIT) {
+        ssize_t r = pwritev2(op->fd, &v, 1, -1, RWF_NOWAIT);
+        if (r >= 0 || (errno != EOPNOTSUPP && errno != EINVAL))
+            return r;
+        op->nb = plain_mode(op->fd);
+    }
+    if (!gate_open(op, POLLOUT)) {
+        errno = EAGAIN;
+        return -1;
+    }
+    return write(op->fd, b, n);
 }
 
 /* ------------------------------------------------------------- attempts */
@@ -210,6 +280,8 @@ static int try_recv_pool(ul_engine *e, struct ul_op *op)
 static int try_accept(ul_engine *e, struct ul_op *op)
 {
     for (int n = 0; n < BUDGET; n++) {
+        if (!gate_open(op, POLLIN))
+            return TRY_WAIT;
         int r = accept4(op->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         e->st.submitted++;
         if (r >= 0) {
@@ -237,24 +309,31 @@ static int try_write_all(ul_engine *e, struct ul_op *op)
         ssize_t r;
         char *b = op->buf + op->done;
         size_t n = op->len - op->done;
-        if (op->kind == K_SEND)
+        if (op->kind == K_SENDV) {
+            struct msghdr m = {.msg_iov = op->iovs + op->iov_idx,
+                               .msg_iovlen = UL_MIN(op->niov - op->iov_idx, 1024u)};
+            r = sendmsg(op->fd, &m, op->msg_flags | MSG_DONTWAIT);
+        } else if (op->kind == K_SEND) {
             r = send(op->fd, b, n, op->msg_flags | MSG_DONTWAIT);
-        else if (op->offset >= 0)
+        } else if (op->offset >= 0) {
             r = pwrite(op->fd, b, n, op->offset);
-        else
-            r = write(op->fd, b, n);
+        } else {
+            r = nowait_write(op, b, n);
+        }
         e->st.submitted++;
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return TRY_WAIT;
         if (r <= 0) {
-            ul__finish(e, op, r < 0 ? -errno : (int32_t)op->done, 0, 0);
+            ul__stop(e, op, r < 0 ? errno : 0);  /* says what went out before */
             return TRY_DONE;
         }
         op->done += (uint32_t)r;
         if (op->offset >= 0)
             op->offset += r;
+        if (op->kind == K_SENDV)
+            ul__iov_advance(op, (uint32_t)r);
     }
     ul__finish(e, op, (int32_t)op->done, 0, 0);
     return TRY_DONE;
@@ -270,6 +349,7 @@ static int try_op(ul_engine *e, struct ul_op *op)
     case K_ACCEPT:
         return try_accept(e, op);
     case K_SEND:
+    case K_SENDV:
     case K_WRITE:
         return try_write_all(e, op);
     case K_RECV_INTO:
@@ -287,8 +367,7 @@ static int try_op(ul_engine *e, struct ul_op *op)
         r = sendmsg(op->fd, &op->msg, op->msg_flags | MSG_DONTWAIT);
         break;
     case K_READ:
-        r = op->offset >= 0 ? pread(op->fd, op->buf, op->len, op->offset)
-                            : read(op->fd, op->buf, op->len);
+        r = op->offset >= 0 ? pread(op->fd, op->buf, op->len, op->offset) : nowait_read(op);
         break;
     case K_CONNECT:
         if (op->connecting) {
@@ -364,10 +443,8 @@ static int ep_submit(ul_engine *e, struct ul_op *op)
         poll_arm(e, op);
         return 0;
     case K_ACCEPT:
-    case K_READ:
-    case K_WRITE:
-    case K_CONNECT:
-        ensure_nonblocking(op->fd);
+        if (op->nb == NB_NOWAIT)  /* accept4 has no per-call flag: read the mode once */
+            op->nb = plain_mode(op->fd);
         break;
     default:
         break;
@@ -390,7 +467,7 @@ static void ep_cancel(ul_engine *e, struct ul_op *op)
 {
     if (op->in_wait)
         q_remove(e, &e->fds[op->fd], op);
-    ul__finish(e, op, -ECANCELED, 0, 0);
+    ul__stop(e, op, ECANCELED);  /* a send that already sent part says so */
 }
 
 /* Attempt the ops of one queue, in order, until one has to wait. */
@@ -439,14 +516,14 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
     struct ep *p = e->bs;
     int err = 0;
     struct ul_op *op;
-    for (uint32_t n = e->bl_tail - e->bl_head; n-- && ul__backlog_pop(e, &op);) {
+    for (uint32_t n = e->bl_count; n-- && ul__backlog_pop(e, &op);) {
         op->state = S_ACTIVE;
         if (op->kind == K_POLL)
             poll_arm(e, op);
         else
             ep_submit(e, op);
     }
-    int wait = timeout_ns != 0 && e->nrec == 0 && e->npend == 0 && p->nready == 0;
+    int wait = timeout_ns != 0 && e->nrec == 0 && e->npend == 0 && p->ready_head < 0;
     if (wait && !ul__wake_prepare_sleep(e))
         wait = 0;
     int ms = 0;
@@ -483,18 +560,19 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
         if (e->fds[fd].pq_head >= 0)
             run_polls(e, fd, ev);
     }
-    /* fds that stopped early last time (budget, pool): go on, no waiting */
-    uint32_t nr = p->nready;
-    for (uint32_t i = 0; i < nr; i++) {
-        int fd = p->ready[i];
-        if (fd >= e->nfds || !e->fds[fd].on_ready_list)
-            continue;
-        e->fds[fd].on_ready_list = 0;
+    /* fds that stopped early last time (budget, pool): go on, no waiting. The
+     * list is taken whole; fds that stop early again go on a new one. */
+    int32_t fd = p->ready_head;
+    p->ready_head = p->ready_tail = -1;
+    while (fd >= 0) {
+        struct ul_fd *f = &e->fds[fd];
+        int32_t next = f->ready_next;
+        f->on_ready_list = 0;
+        f->ready_next = -1;
         run_queue(e, fd, Q_READ);
         run_queue(e, fd, Q_WRITE);
+        fd = next;
     }
-    memmove(p->ready, p->ready + nr, (p->nready - nr) * sizeof *p->ready);
-    p->nready -= nr;
     return err;
 }
 
@@ -506,6 +584,8 @@ static void ep_recycle(ul_engine *e, uint16_t bid)
 static void ep_before_close(ul_engine *e, int fd)
 {
     struct ep *p = e->bs;
+    if (e->fds[fd].on_ready_list)
+        unmark_ready(e, fd);
     if (e->fds[fd].registered)
         epoll_ctl(p->epfd, EPOLL_CTL_DEL, fd, NULL);
 }
@@ -516,9 +596,14 @@ static void ep_destroy(ul_engine *e)
     if (!p)
         return;
     close(p->epfd);
-    free(p->ready);
     free(p);
     e->bs = NULL;
+}
+
+/* fork child: the epoll set is shared with the parent, so it is only closed */
+static void ep_forget(ul_engine *e)
+{
+    ep_destroy(e);
 }
 
 const struct ul_backend ul_epoll_backend = {
@@ -530,6 +615,7 @@ const struct ul_backend ul_epoll_backend = {
     .recycle = ep_recycle,
     .before_close = ep_before_close,
     .destroy = ep_destroy,
+    .forget = ep_forget,
 };
 
 int ul__epoll_init(ul_engine *e, char *err, int errlen)
@@ -552,6 +638,7 @@ int ul__epoll_init(ul_engine *e, char *err, int errlen)
         free(p);
         return -1;
     }
+    p->ready_head = p->ready_tail = -1;
     e->bs = p;
     e->be = &ul_epoll_backend;
     e->info.backend = UL_BACKEND_EPOLL;

@@ -36,7 +36,7 @@
 
 enum op_kind {
     K_NOP, K_RECV, K_RECV_INTO, K_SEND, K_SENDMSG, K_RECVMSG, K_ACCEPT,
-    K_CONNECT, K_POLL, K_READ, K_WRITE, K_SHUTDOWN, K_CLOSE,
+    K_CONNECT, K_POLL, K_READ, K_WRITE, K_SHUTDOWN, K_CLOSE, K_SENDV,
 };
 
 enum op_state {
@@ -50,15 +50,24 @@ struct ul_op {
     uint64_t ud;            /* 0 = free */
     uint64_t kud;           /* io_uring: user_data of the request in flight */
     uint8_t kind, state, cancelled, multishot;
-    uint8_t level, connecting, in_wait, forced;  /* forced: UL_OPT_TEST_EAGAIN state */
+    uint8_t level, connecting, in_wait, nb;  /* nb: epoll's NB_* mode of a read/write/accept */
+    uint8_t parked;             /* taken out of the kernel by ul_park */
+    uint8_t on_backlog;
+    uint8_t forced;             /* UL_OPT_TEST_EAGAIN state (uring.c FORCED_*) */
     int fd;
     int32_t fd_prev, fd_next;   /* list of live ops on fd */
     int32_t oq_next;            /* ordered queue (send/write/shutdown) */
     int32_t wq_next;            /* epoll wait queue */
+    int32_t bl_next;            /* backlog (a list through the ops: never allocates) */
     int32_t bid;                /* pool buffer taken by a one-shot pool recv */
     char *buf;
     uint32_t len, done;
     int64_t offset;
+    struct iovec *iovs;         /* K_SENDV: the cursor's iovecs (op->iov when one) */
+    uint32_t niov, iov_idx;     /* K_SENDV: count, first iovec not fully sent */
+    struct iovec *batch;        /* io_uring: a head's SENDMSG over it and its riders */
+    uint32_t nbatch;            /* ops in that batch, the head included */
+    uint8_t rider;              /* queued send whose bytes ride in its head's SENDMSG */
     int msg_flags;
     uint32_t events;            /* poll mask, or shutdown's how */
     uint32_t addrlen;
@@ -90,6 +99,9 @@ struct ul_backend {
     void (*recycle)(ul_engine *e, uint16_t bid);     /* give a pool buffer back */
     void (*before_close)(ul_engine *e, int fd);      /* last chance before close(2) */
     void (*destroy)(ul_engine *e);
+    void (*forget)(ul_engine *e);                    /* fork child: close fds, free heap */
+    int (*reserve)(ul_engine *e, uint32_t ops);      /* room for ops live ops, or -ENOMEM */
+    int (*park)(ul_engine *e);                       /* no kernel request left (ul_park) */
 };
 
 struct ul_engine {
@@ -100,7 +112,8 @@ struct ul_engine {
     ul_stats st;
     int closed;
     int guard;                  /* pool guard mode: see ul__guard() */
-    int in_run;
+    int in_run;                 /* atomic: read by other threads' submissions */
+    const void *run_thread;     /* the thread in ul_run while in_run */
     int woken;                  /* the wake eventfd fired during this run */
 
     struct ul_op **chunks;
@@ -122,8 +135,9 @@ struct ul_engine {
     uint16_t *used_bids;        /* delivered in the last run: recycled at the next */
     uint32_t nused;
 
-    struct { uint32_t slot; uint64_t ud; } *backlog;  /* FIFO of ops to (re)start */
-    uint32_t bl_head, bl_tail, bl_cap;
+    int32_t bl_head, bl_tail;   /* FIFO of ops to (re)start, linked by slot */
+    uint32_t bl_count;
+    uint32_t reserved;          /* live ops that pend (and the backend) have room for */
 
     int wake_fd;
     atomic_int sleeping;
@@ -131,11 +145,21 @@ struct ul_engine {
 };
 
 /* common.c, for the backends */
+void *ul__realloc(void *p, size_t n);   /* realloc, failing when a test says so */
+void ul__out_of_memory(const char *what) __attribute__((noreturn));
 struct ul_op *ul__op_find(ul_engine *e, uint32_t slot);
 static inline uint32_t ul__slot(uint64_t ud) { return (uint32_t)ud; }
 void ul__emit(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid);
 void ul__finish(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid);
 void ul__sent(ul_engine *e, struct ul_op *op, int32_t res);
+void ul__stop(ul_engine *e, struct ul_op *op, int err);
+void ul__iov_advance(struct ul_op *op, uint32_t n);
+void ul__oq_drop(ul_engine *e, struct ul_op *op, int32_t res);
+struct ul_op *ul__op_at(ul_engine *e, int32_t slot);
+static inline int ul__is_send(const struct ul_op *op)
+{
+    return op->kind == K_SEND || op->kind == K_SENDV || op->kind == K_WRITE;
+}
 void ul__backlog_push(ul_engine *e, struct ul_op *op);
 int ul__backlog_pop(ul_engine *e, struct ul_op **out);
 int ul__pool_take(ul_engine *e);

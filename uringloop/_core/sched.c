@@ -27,13 +27,18 @@
  *
  * The I/O step calls the engine's ul_run directly (its address comes from
  * cffi, Engine.native()) and delivers the completion records here too
- * (deliver(), also what Engine.dispatch uses).
+ * (Table: the engine's slots, its hot submissions and deliver(), also what
+ * Engine.dispatch uses).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include "engine.h" /* ul_record, UL_F_* */
@@ -43,6 +48,7 @@
 #endif
 
 typedef int (*ul_run_fn)(void *engine, int64_t timeout_ns);
+#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
 
 /* set once by setup(); the interpreter has one asyncio */
 static struct {
@@ -91,16 +97,7 @@ static inline int truthy(PyObject *o)
     return PyObject_IsTrue(o);
 }
 
-/* What delivering an engine's records needs: see Engine.native() */
-typedef struct {
-    PyObject *engine;  /* the Engine; its _dispatching flag is set meanwhile */
-    const ul_record *records;
-    Py_ssize_t record_cap;
-    const char *pool;
-    Py_ssize_t pool_size, buf_size;
-    PyObject *cbs, *keep, *free; /* the Engine's slot lists */
-    PyObject *addr_of;           /* addr_of(slot): the peer address of a UL_F_ADDR record */
-} Deliver;
+typedef struct Table Table;
 
 typedef struct {
     PyObject_HEAD
@@ -112,9 +109,8 @@ typedef struct {
     PyObject *tcc;        /* _timer_cancelled_count */
     PyObject *clock_res;  /* _clock_resolution */
     PyObject *task_factory; /* _task_factory */
-    void *engine;         /* ul_engine *, while attached */
-    ul_run_fn run;
-    Deliver deliver;
+    PyObject *engine_obj; /* the Engine, while attached */
+    Table *table;         /* its slots and entry points; table->engine is NULL once closed */
     PyObject *report;     /* report(exc): a completion callback raised */
     PyObject *bound_call_soon; /* loop.call_soon, made once (see CachedMethod) */
 } Core;
@@ -566,76 +562,666 @@ static void give_exception(PyObject *exc)
 #endif
 }
 
-/* ------------------------------------------------- completion records */
+/* ------------------------------------------------------ the slot table
+ *
+ * Table owns the engine's slots: user_data is slot | gen << 32, and slot i
+ * holds the op's owner (its callback: cb(res, more, data)) and every Python
+ * object the kernel may read or write (keep) until the op's final record.
+ * It lives in C so that a C caller (this module's turn, a transport core)
+ * can submit and free slots without Python lists, and it calls the engine's
+ * submission functions directly through the addresses cffi gives
+ * (Engine.native()): no cffi wrapper, so the GIL is never released for a
+ * submission (a cffi call offers the GIL to every other thread each time).
+ *
+ * Rules kept here:
+ *  - arguments are checked before a slot is taken: a bad int never leaks a
+ *    slot nor pins a buffer;
+ *  - a slot comes back only when C said the op was not accepted; -EBUSY means
+ *    C still has an op in that slot, so it is never handed out again;
+ *  - deliver() never abandons a batch: a record whose data cannot be built
+ *    (MemoryError) still reaches its owner as -ENOMEM, every final record
+ *    frees its slot, and the first internal error is reported afterwards;
+ *  - wake() reads the engine pointer and writes the eventfd under the GIL;
+ *    detach() clears the pointer (under the GIL) before ul_free runs, so a
+ *    wake racing close never touches freed memory or a reused fd number.
+ */
+typedef int (*ul_nop_fn)(void *, uint64_t);
+typedef int (*ul_recv_fn)(void *, uint64_t, int, int, uint32_t);
+typedef int (*ul_send_fn)(void *, uint64_t, int, const char *, uint32_t, int);
+typedef int (*ul_sendv_fn)(void *, uint64_t, int, const void *, uint32_t, int);
+typedef int (*ul_accept_fn)(void *, uint64_t, int, int);
+typedef int (*ul_shutdown_fn)(void *, uint64_t, int, int);
+typedef int (*ul_close_fd_fn)(void *, uint64_t, int);
+typedef int (*ul_cancel_fn)(void *, uint64_t);
+typedef int (*ul_cancel_fd_fn)(void *, int);
+typedef void (*ul_wake_fn)(void *);
 
-static void deliver_clear(Deliver *d)
-{
-    Py_CLEAR(d->engine);
-    Py_CLEAR(d->cbs);
-    Py_CLEAR(d->keep);
-    Py_CLEAR(d->free);
-    Py_CLEAR(d->addr_of);
-    d->records = NULL;
-    d->pool = NULL;
-}
+#define SLOT_USED 1
+#define SLOT_COALESCE 2 /* buffer records of one turn are joined into one chunk */
+#define SLOT_LEAKED 4   /* C still owns an op there (-EBUSY): never reused */
+#define SLOT_CHUNK 1024
+#define GEN_MASK ((1u << 30) - 1)
+#define MAX_IOV 1024
 
-/* from Engine.native(): (engine, ul_engine *, ul_run, records, record_cap,
- * pool, pool_size, buf_size, cbs, keep, free, addr_of) */
-static int deliver_init(Deliver *d, PyObject *native, void **engine, ul_run_fn *run)
+typedef struct {
+    PyObject *owner, *keep;
+    uint32_t gen, flags;
+} Slot;
+
+struct Table {
+    PyObject_HEAD
+    void *engine; /* ul_engine *; NULL once detached (engine closing) */
+    ul_run_fn run;
+    ul_nop_fn nop;
+    ul_recv_fn recv;
+    ul_send_fn send;
+    ul_sendv_fn sendv;
+    ul_accept_fn accept;
+    ul_shutdown_fn shutdown;
+    ul_close_fd_fn close_fd;
+    ul_cancel_fn cancel;
+    ul_cancel_fd_fn cancel_fd;
+    ul_wake_fn wake;
+    Slot *slots;
+    uint32_t nslots, used;
+    uint32_t *free; /* stack of free slots, lowest on top */
+    uint32_t nfree;
+    const ul_record *records;
+    Py_ssize_t record_cap;
+    const char *pool;
+    Py_ssize_t pool_size, buf_size;
+    PyObject *addr_of; /* addr_of(slot): the peer address of a UL_F_ADDR record */
+    int dispatching;
+};
+
+static PyTypeObject TableType;
+
+static int table_grow(Table *t)
 {
-    PyObject *eng, *cbs, *keep, *free, *addr_of;
-    unsigned long long e, r, records, pool;
-    Py_ssize_t cap, pool_size, buf_size;
-    if (!PyArg_ParseTuple(native, "OKKKnKnnO!O!O!O:native", &eng, &e, &r, &records, &cap,
-                          &pool, &pool_size, &buf_size, &PyList_Type, &cbs, &PyList_Type,
-                          &keep, &PyList_Type, &free, &addr_of))
-        return -1;
-    if (e == 0 || r == 0 || records == 0 || cap <= 0 || buf_size < 0 || pool_size < 0) {
-        PyErr_SetString(PyExc_ValueError, "native: an engine that is not open");
+    uint32_t n = t->nslots + SLOT_CHUNK;
+    if (n > (1u << 24)) {
+        PyErr_SetString(PyExc_RuntimeError, "too many operations in flight");
         return -1;
     }
-    deliver_clear(d);
-    d->engine = Py_NewRef(eng);
-    d->records = (const ul_record *)(uintptr_t)records;
-    d->record_cap = cap;
-    d->pool = (const char *)(uintptr_t)pool;
-    d->pool_size = pool_size;
-    d->buf_size = buf_size;
-    d->cbs = Py_NewRef(cbs);
-    d->keep = Py_NewRef(keep);
-    d->free = Py_NewRef(free);
-    d->addr_of = Py_NewRef(addr_of);
-    if (engine != NULL)
-        *engine = (void *)(uintptr_t)e;
-    if (run != NULL)
-        *run = (ul_run_fn)(uintptr_t)r;
+    Slot *s = PyMem_Realloc(t->slots, n * sizeof *s);
+    if (s == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    t->slots = s;
+    uint32_t *f = PyMem_Realloc(t->free, n * sizeof *f);
+    if (f == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    t->free = f;
+    memset(s + t->nslots, 0, SLOT_CHUNK * sizeof *s);
+    for (uint32_t i = n; i-- > t->nslots;)
+        t->free[t->nfree++] = i;
+    t->nslots = n;
     return 0;
 }
 
-/* the data a record carries: pool bytes, a peer address, or None */
-static PyObject *record_data(Deliver *d, const ul_record *r, Py_ssize_t slot)
+/* Takes a slot for owner and keep (new references). 0 with an exception set
+ * when the engine is closed or memory is short. */
+static uint64_t table_take(Table *t, PyObject *owner, PyObject *keep, uint32_t flags)
+{
+    if (t->engine == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "engine is closed");
+        return 0;
+    }
+    if (t->nfree == 0 && table_grow(t) < 0)
+        return 0;
+    uint32_t i = t->free[--t->nfree];
+    Slot *s = &t->slots[i];
+    s->gen = ((s->gen + 1) & GEN_MASK) ? ((s->gen + 1) & GEN_MASK) : 1;
+    s->flags = SLOT_USED | flags;
+    s->owner = Py_NewRef(owner);
+    s->keep = Py_XNewRef(keep);
+    t->used++;
+    return (uint64_t)i | ((uint64_t)s->gen << 32);
+}
+
+/* The slot's op is over: drop its objects (which may run arbitrary code, so
+ * after the table is consistent again). */
+static void table_put(Table *t, uint32_t i)
+{
+    Slot *s = &t->slots[i];
+    PyObject *owner = s->owner, *keep = s->keep;
+    s->owner = s->keep = NULL;
+    s->flags = 0;
+    t->used--;
+    t->free[t->nfree++] = i;
+    Py_XDECREF(owner);
+    Py_XDECREF(keep);
+}
+
+/* -EEXIST from a submission: another thread is inside ul_run (the engine
+ * refuses rather than race it) */
+static PyObject *foreign_thread_error(void)
+{
+    PyErr_SetString(PyExc_RuntimeError,
+                    "engine operation from another thread while the loop runs in its own "
+                    "(use loop.call_soon_threadsafe or asyncio.run_coroutine_threadsafe)");
+    return NULL;
+}
+
+/* A submission C did not accept (rc < 0): the slot comes back, except on
+ * -EBUSY, which says C still owns an op in that slot. Raises OSError
+ * (RuntimeError for a foreign thread's submission). */
+static PyObject *table_refused(Table *t, uint64_t ud, int rc)
+{
+    uint32_t i = (uint32_t)ud;
+    if (rc == -EBUSY) {
+        Slot *s = &t->slots[i];
+        PyObject *owner = s->owner, *keep = s->keep;
+        s->owner = s->keep = NULL;
+        s->flags = SLOT_USED | SLOT_LEAKED;
+        Py_XDECREF(owner);
+        Py_XDECREF(keep);
+    } else {
+        table_put(t, i);
+    }
+    if (rc == -EEXIST)
+        return foreign_thread_error();
+    errno = -rc;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+static PyObject *submitted(Table *t, uint64_t ud, int rc)
+{
+    if (rc < 0)
+        return table_refused(t, ud, rc);
+    return PyLong_FromUnsignedLongLong(ud);
+}
+
+/* ---- argument checks (all before a slot is taken) */
+
+/* positional-or-keyword arguments: out[i] = the i-th of names, or NULL */
+static int parse_args(const char *fn, PyObject *const *args, Py_ssize_t nargs,
+                      PyObject *kwnames, const char *const *names, int nreq, int nmax,
+                      PyObject **out)
+{
+    for (int i = 0; i < nmax; i++)
+        out[i] = i < nargs ? args[i] : NULL;
+    if (nargs > nmax) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)", fn, nmax,
+                     nargs);
+        return -1;
+    }
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+        int found = 0;
+        for (int i = 0; i < nmax; i++) {
+            if (PyUnicode_CompareWithASCIIString(key, names[i]) == 0) {
+                if (out[i] != NULL) {
+                    PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'",
+                                 fn, names[i]);
+                    return -1;
+                }
+                out[i] = args[nargs + k];
+                found = 1;
+                break;
+            }
+        }
+        if (!found) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fn, key);
+            return -1;
+        }
+    }
+    for (int i = 0; i < nreq; i++) {
+        if (out[i] == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fn, names[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int get_fd(PyObject *o, int *out)
+{
+    if (!PyLong_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "file descriptor must be an int, not %.100s",
+                     Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow < 0 || v < 0) {
+        PyErr_Format(PyExc_ValueError, "invalid file descriptor %R", o);
+        return -1;
+    }
+    if (overflow > 0 || v > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "file descriptor %R out of range", o);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+/* an int in [lo, hi]; what names it in the error */
+static int get_int(PyObject *o, long long lo, long long hi, const char *what, long long *out)
+{
+    if (o == NULL)
+        return 0; /* keeps the default in *out */
+    if (!PyLong_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", what,
+                     Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow || v < lo || v > hi) {
+        PyErr_Format(PyExc_ValueError, "%s %R out of range", what, o);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int as_int(PyObject *o, int *out)
+{
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < INT_MIN || v > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "int out of range");
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int get_bool(PyObject *o, int dflt)
+{
+    return o == NULL ? dflt : PyObject_IsTrue(o);
+}
+
+static int check_cb(PyObject *cb)
+{
+    if (PyCallable_Check(cb))
+        return 0;
+    PyErr_SetString(PyExc_TypeError, "callback must be callable");
+    return -1;
+}
+
+/* Data the kernel will read: *keep holds it (bytes as is, anything else as a
+ * memoryview, which pins the exporter: a bytearray cannot be resized). */
+static int read_buffer(PyObject *data, PyObject **keep, const char **ptr, Py_ssize_t *len)
+{
+    if (PyBytes_CheckExact(data)) {
+        *keep = Py_NewRef(data);
+        *ptr = PyBytes_AS_STRING(data);
+        *len = PyBytes_GET_SIZE(data);
+    } else {
+        if (PyUnicode_Check(data) || !PyObject_CheckBuffer(data)) {
+            PyErr_Format(PyExc_TypeError, "a bytes-like object is required, not %.100s",
+                         Py_TYPE(data)->tp_name);
+            return -1;
+        }
+        PyObject *mv = PyMemoryView_FromObject(data);
+        if (mv == NULL)
+            return -1;
+        Py_buffer *view = PyMemoryView_GET_BUFFER(mv);
+        if (!PyBuffer_IsContiguous(view, 'C')) {
+            Py_DECREF(mv);
+            PyErr_SetString(PyExc_ValueError, "buffer must be contiguous");
+            return -1;
+        }
+        *keep = mv;
+        *ptr = view->buf;
+        *len = view->len;
+    }
+    if ((uint64_t)*len > UINT32_MAX) {
+        Py_CLEAR(*keep);
+        PyErr_SetString(PyExc_ValueError, "more than 4 GiB in one operation");
+        return -1;
+    }
+    return 0;
+}
+
+#define TABLE_OPEN(t)                                                   \
+    if ((t)->engine == NULL) {                                          \
+        PyErr_SetString(PyExc_RuntimeError, "engine is closed");        \
+        return NULL;                                                    \
+    }
+
+/* ---- submissions */
+
+static PyObject *Table_nop(Table *t, PyObject *cb)
+{
+    TABLE_OPEN(t);
+    if (check_cb(cb) < 0)
+        return NULL;
+    uint64_t ud = table_take(t, cb, NULL, 0);
+    return ud ? submitted(t, ud, t->nop(t->engine, ud)) : NULL;
+}
+
+static PyObject *Table_recv(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
+{
+    static const char *const names[] = {"fd", "cb", "multishot", "nbytes", "coalesce"};
+    PyObject *a[5];
+    int fd;
+    long long nbytes = 0;
+    TABLE_OPEN(t);
+    if (parse_args("recv", args, nargs, kw, names, 2, 5, a) < 0 || get_fd(a[0], &fd) < 0 ||
+        check_cb(a[1]) < 0)
+        return NULL;
+    if (get_int(a[3], -(1LL << 62), UINT32_MAX, "nbytes", &nbytes) < 0)
+        return NULL;
+    if (nbytes < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative buffersize in recv");
+        return NULL;
+    }
+    int multishot = get_bool(a[2], 1), coalesce = get_bool(a[4], 0);
+    if (multishot < 0 || coalesce < 0)
+        return NULL;
+    uint64_t ud = table_take(t, a[1], NULL, coalesce ? SLOT_COALESCE : 0);
+    if (!ud)
+        return NULL;
+    return submitted(t, ud, t->recv(t->engine, ud, fd, multishot, (uint32_t)nbytes));
+}
+
+static PyObject *Table_send(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
+{
+    static const char *const names[] = {"fd", "data", "cb", "flags"};
+    PyObject *a[4], *keep;
+    int fd;
+    long long flags = 0;
+    const char *ptr;
+    Py_ssize_t len;
+    TABLE_OPEN(t);
+    if (parse_args("send", args, nargs, kw, names, 3, 4, a) < 0 || get_fd(a[0], &fd) < 0 ||
+        get_int(a[3], INT32_MIN, INT32_MAX, "flags", &flags) < 0 || check_cb(a[2]) < 0 ||
+        read_buffer(a[1], &keep, &ptr, &len) < 0)
+        return NULL;
+    uint64_t ud = table_take(t, a[2], keep, 0);
+    Py_DECREF(keep);
+    if (!ud)
+        return NULL;
+    return submitted(t, ud, t->send(t->engine, ud, fd, ptr, (uint32_t)len, (int)flags));
+}
+
+static PyObject *Table_sendv(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
+{
+    static const char *const names[] = {"fd", "buffers", "cb", "flags"};
+    PyObject *a[4];
+    int fd;
+    long long flags = 0;
+    TABLE_OPEN(t);
+    if (parse_args("sendv", args, nargs, kw, names, 3, 4, a) < 0 || get_fd(a[0], &fd) < 0 ||
+        get_int(a[3], INT32_MIN, INT32_MAX, "flags", &flags) < 0 || check_cb(a[2]) < 0)
+        return NULL;
+    PyObject *seq = PySequence_Fast(a[1], "buffers must be a sequence of bytes-like objects");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    struct iovec small[8], *iov = small;
+    PyObject *keep = PyTuple_New(n);
+    if (keep == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    if (n > 8 && !(iov = PyMem_Malloc((size_t)n * sizeof *iov))) {
+        Py_DECREF(seq);
+        Py_DECREF(keep);
+        return PyErr_NoMemory();
+    }
+    uint64_t total = 0;
+    PyObject *result = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *k;
+        const char *p;
+        Py_ssize_t len;
+        if (read_buffer(PySequence_Fast_GET_ITEM(seq, i), &k, &p, &len) < 0)
+            goto done;
+        PyTuple_SET_ITEM(keep, i, k);
+        iov[i].iov_base = (void *)p;
+        iov[i].iov_len = (size_t)len;
+        total += (uint64_t)len;
+    }
+    if (total > INT32_MAX || (uint64_t)n > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "more than 2 GiB in one sendv");
+        goto done;
+    }
+    uint64_t ud = table_take(t, a[2], keep, 0);
+    if (ud)
+        result = submitted(t, ud, t->sendv(t->engine, ud, fd, iov, (uint32_t)n, (int)flags));
+done:
+    if (iov != small)
+        PyMem_Free(iov);
+    Py_DECREF(keep);
+    Py_DECREF(seq);
+    return result;
+}
+
+static PyObject *Table_accept(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
+{
+    static const char *const names[] = {"fd", "cb", "multishot"};
+    PyObject *a[3];
+    int fd;
+    TABLE_OPEN(t);
+    if (parse_args("accept", args, nargs, kw, names, 2, 3, a) < 0 || get_fd(a[0], &fd) < 0 ||
+        check_cb(a[1]) < 0)
+        return NULL;
+    int multishot = get_bool(a[2], 1);
+    if (multishot < 0)
+        return NULL;
+    uint64_t ud = table_take(t, a[1], NULL, 0);
+    return ud ? submitted(t, ud, t->accept(t->engine, ud, fd, multishot)) : NULL;
+}
+
+static PyObject *Table_shutdown(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
+{
+    static const char *const names[] = {"fd", "how", "cb"};
+    PyObject *a[3];
+    int fd;
+    long long how = -1;
+    TABLE_OPEN(t);
+    if (parse_args("shutdown", args, nargs, kw, names, 3, 3, a) < 0 || get_fd(a[0], &fd) < 0)
+        return NULL;
+    if (!PyLong_Check(a[1]) || get_int(a[1], SHUT_RD, SHUT_RDWR, "shutdown mode", &how) < 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "invalid shutdown mode %R", a[1]);
+        return NULL;
+    }
+    if (check_cb(a[2]) < 0)
+        return NULL;
+    uint64_t ud = table_take(t, a[2], NULL, 0);
+    return ud ? submitted(t, ud, t->shutdown(t->engine, ud, fd, (int)how)) : NULL;
+}
+
+static PyObject *Table_close_fd(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
+{
+    static const char *const names[] = {"fd", "cb"};
+    PyObject *a[2];
+    int fd;
+    TABLE_OPEN(t);
+    if (parse_args("close_fd", args, nargs, kw, names, 2, 2, a) < 0 || get_fd(a[0], &fd) < 0 ||
+        check_cb(a[1]) < 0)
+        return NULL;
+    uint64_t ud = table_take(t, a[1], NULL, 0);
+    return ud ? submitted(t, ud, t->close_fd(t->engine, ud, fd)) : NULL;
+}
+
+static PyObject *Table_cancel(Table *t, PyObject *arg)
+{
+    TABLE_OPEN(t);
+    unsigned long long ud = PyLong_AsUnsignedLongLong(arg);
+    if (ud == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError) || !PyLong_Check(arg))
+            return NULL;
+        PyErr_Clear(); /* no op has that user_data */
+        Py_RETURN_FALSE;
+    }
+    int rc = t->cancel(t->engine, ud);
+    if (rc == -EEXIST)
+        return foreign_thread_error();
+    return PyBool_FromLong(rc == 0);
+}
+
+static PyObject *Table_cancel_fd(Table *t, PyObject *arg)
+{
+    int fd;
+    TABLE_OPEN(t);
+    if (get_fd(arg, &fd) < 0)
+        return NULL;
+    int rc = t->cancel_fd(t->engine, fd);
+    if (rc < 0)
+        return foreign_thread_error();
+    return PyLong_FromLong(rc);
+}
+
+/* Thread-safe: the engine pointer is read and used under the GIL, which
+ * detach() (before ul_free) also holds. */
+static PyObject *Table_wake(Table *t, PyObject *unused)
+{
+    (void)unused;
+    if (t->engine != NULL)
+        t->wake(t->engine);
+    Py_RETURN_NONE;
+}
+
+/* run_nowait() -> ul_run(engine, 0): a turn that cannot block keeps the GIL
+ * (as the native turn does); Engine.wait(0) uses it */
+static PyObject *Table_run_nowait(Table *t, PyObject *unused)
+{
+    (void)unused;
+    TABLE_OPEN(t);
+    return PyLong_FromLong(t->run(t->engine, 0));
+}
+
+/* take(cb, keep) -> ud and refused(ud, rc): the cold submissions that
+ * engine.py makes through cffi take their slots here too */
+static PyObject *Table_take(Table *t, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "take(cb, keep)");
+        return NULL;
+    }
+    TABLE_OPEN(t);
+    if (check_cb(args[0]) < 0)
+        return NULL;
+    uint64_t ud = table_take(t, args[0], args[1], 0);
+    return ud ? PyLong_FromUnsignedLongLong(ud) : NULL;
+}
+
+static PyObject *Table_refused(Table *t, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned long long ud;
+    int rc;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "refused(ud, rc)");
+        return NULL;
+    }
+    ud = PyLong_AsUnsignedLongLong(args[0]);
+    if ((ud == (unsigned long long)-1 && PyErr_Occurred()) || as_int(args[1], &rc) < 0)
+        return NULL;
+    uint32_t i = (uint32_t)ud;
+    if (rc >= 0 || i >= t->nslots || !(t->slots[i].flags & SLOT_USED) ||
+        t->slots[i].gen != (uint32_t)(ud >> 32)) {
+        PyErr_SetString(PyExc_ValueError, "refused(): not a slot taken for this submission");
+        return NULL;
+    }
+    return table_refused(t, ud, rc);
+}
+
+static PyObject *Table_detach(Table *t, PyObject *unused)
+{
+    (void)unused;
+    t->engine = NULL;
+    t->records = NULL;
+    t->pool = NULL;
+    Py_RETURN_NONE;
+}
+
+/* after the engine is freed: every slot lets go of its objects */
+static PyObject *Table_release_all(Table *t, PyObject *unused)
+{
+    (void)unused;
+    for (uint32_t i = 0; i < t->nslots; i++) {
+        if (t->slots[i].flags & SLOT_USED)
+            table_put(t, i);
+    }
+    Py_RETURN_NONE;
+}
+
+/* ---- records */
+
+/* the data a record carries: pool bytes, a peer address, the errno of a
+ * short send (UL_F_SHORT), or None */
+static PyObject *record_data(Table *t, const ul_record *r, uint32_t slot)
 {
     if (r->flags & UL_F_BUFFER) {
-        Py_ssize_t start = (Py_ssize_t)r->bid * d->buf_size;
-        if (r->res < 0 || r->res > d->buf_size || start + r->res > d->pool_size)
+        Py_ssize_t start = (Py_ssize_t)r->bid * t->buf_size;
+        if (r->res < 0 || r->res > t->buf_size || start + r->res > t->pool_size)
             return PyErr_Format(PyExc_SystemError, "record names bytes outside the pool "
                                 "(bid %d, %d bytes)", (int)r->bid, (int)r->res);
-        return PyBytes_FromStringAndSize(d->pool + start, r->res);
+        return PyBytes_FromStringAndSize(t->pool + start, r->res);
     }
+    if (r->flags & UL_F_SHORT)
+        return PyLong_FromLong(-(long)r->bid);
     if (r->flags & UL_F_ADDR) {
-        PyObject *num = PyLong_FromSsize_t(slot);
-        PyObject *addr = num ? PyObject_CallOneArg(d->addr_of, num) : NULL;
+        PyObject *num = PyLong_FromUnsignedLong(slot);
+        PyObject *addr = num ? PyObject_CallOneArg(t->addr_of, num) : NULL;
         Py_XDECREF(num);
         return addr;
     }
     return Py_NewRef(Py_None);
 }
 
-/* one record to its callback: cb(res, more, data). The future of a sock_*
- * op takes (res, data) as its result straight from here while it is pending. */
-static int call_back(PyObject *cb, const ul_record *r, PyObject *data)
+static int in_pool(Table *t, const ul_record *r)
 {
-    PyObject *res = PyLong_FromLong(r->res), *out = NULL;
+    Py_ssize_t start = (Py_ssize_t)r->bid * t->buf_size;
+    return r->res >= 0 && r->res <= t->buf_size && start + r->res <= t->pool_size;
+}
+
+/* Coalescing: the buffer records of slot i's op that follow record k in this
+ * batch, up to its final record, become one chunk. Marks them in skip;
+ * returns the joined bytes (the total in *res, *final when the op ended). */
+static PyObject *coalesce(Table *t, int k, int n, uint8_t *skip, int32_t *res, int *final)
+{
+    const ul_record *rk = &t->records[k];
+    Py_ssize_t total = 0;
+    int last = k;
+    for (int j = k; j < n; j++) {
+        const ul_record *r = &t->records[j];
+        if (r->user_data != rk->user_data || (j > k && skip[j]))
+            continue;
+        if (!(r->flags & UL_F_BUFFER) || !in_pool(t, r))
+            break; /* EOF, an error, or a bad record: it comes on its own, later */
+        total += r->res;
+        last = j;
+        if (!(r->flags & UL_F_MORE))
+            break;
+    }
+    PyObject *b = PyBytes_FromStringAndSize(NULL, total);
+    if (b == NULL)
+        return NULL;
+    char *p = PyBytes_AS_STRING(b);
+    for (int j = k; j <= last; j++) {
+        const ul_record *r = &t->records[j];
+        if (r->user_data != rk->user_data || (j > k && skip[j]))
+            continue;
+        memcpy(p, t->pool + (Py_ssize_t)r->bid * t->buf_size, (size_t)r->res);
+        p += r->res;
+        skip[j] = 1;
+        *final = !(r->flags & UL_F_MORE);
+    }
+    *res = (int32_t)total;
+    return b;
+}
+
+/* one record to its owner: cb(res, more, data). The future of a sock_* op
+ * takes (res, data) as its result straight from here while it is pending. */
+static int call_back(PyObject *cb, int32_t res_v, int more, PyObject *data)
+{
+    PyObject *res = PyLong_FromLong(res_v), *out = NULL;
     if (res == NULL)
         return -1;
     if (S.op_future_type != NULL && Py_IS_TYPE(cb, S.op_future_type)) {
@@ -655,90 +1241,239 @@ static int call_back(PyObject *cb, const ul_record *r, PyObject *data)
         }
         Py_DECREF(done);
     }
-    PyObject *args[3] = {res, (r->flags & UL_F_MORE) ? Py_True : Py_False, data};
+    PyObject *args[3] = {res, more ? Py_True : Py_False, data};
     out = PyObject_Vectorcall(cb, args, 3, NULL);
     Py_DECREF(res);
     Py_XDECREF(out);
     return out ? 0 : -1;
 }
 
-static int set_dispatching(Deliver *d, PyObject *v)
+static void keep_first(PyObject **first)
 {
-    return PyObject_SetAttr(d->engine, S.s_dispatching, v);
+    PyObject *exc = take_exception();
+    if (*first == NULL)
+        *first = exc;
+    else
+        Py_XDECREF(exc);
 }
 
-/* Deliver n records. A callback that raises does not stop the others: the
- * first exception is returned in *first (new reference; later ones are
- * dropped). -1 only when the records themselves cannot be delivered. */
-static int deliver(Deliver *d, int n, PyObject **first)
+/* Deliver n records. Nothing stops the batch: a callback that raises, a
+ * record whose bytes cannot be made (its owner gets -ENOMEM, or -EIO for a
+ * corrupt record), a record for no live slot (skipped). The first exception
+ * is returned in *first (new reference). -1 only for n beyond the array. */
+static int table_deliver(Table *t, int n, PyObject **first)
 {
     *first = NULL;
-    if (n > d->record_cap) {
-        PyErr_Format(PyExc_SystemError, "%d records for an array of %zd", n, d->record_cap);
+    if (t->records == NULL || n > t->record_cap) {
+        PyErr_Format(PyExc_SystemError, "%d records for an array of %zd", n, t->record_cap);
         return -1;
     }
-    if (set_dispatching(d, Py_True) < 0)
-        return -1;
+    uint8_t *skip = NULL;
+    Py_INCREF(t);
+    t->dispatching = 1;
     for (int i = 0; i < n; i++) {
-        const ul_record *r = &d->records[i];
-        Py_ssize_t slot = (Py_ssize_t)(r->user_data & 0xffffffffu);
-        if (slot >= PyList_GET_SIZE(d->cbs)) {
-            PyErr_Format(PyExc_SystemError, "record for slot %zd, beyond the table", slot);
-            goto fail;
+        const ul_record *r = &t->records[i];
+        if (skip != NULL && skip[i])
+            continue;
+        uint32_t slot = (uint32_t)r->user_data;
+        if (slot >= t->nslots || !(t->slots[slot].flags & SLOT_USED) ||
+            (t->slots[slot].flags & SLOT_LEAKED) ||
+            t->slots[slot].gen != (uint32_t)(r->user_data >> 32)) {
+            PyErr_Format(PyExc_SystemError, "record for slot %u, which has no such op "
+                         "(user_data %llx)", slot, (unsigned long long)r->user_data);
+            keep_first(first);
+            continue;
         }
-        PyObject *cb = Py_NewRef(PyList_GET_ITEM(d->cbs, slot));
-        PyObject *data = record_data(d, r, slot);
-        int ok = data != NULL && call_back(cb, r, data) == 0;
-        Py_XDECREF(data);
-        Py_DECREF(cb);
-        if (!ok) {
-            PyObject *exc = take_exception();
-            if (*first == NULL)
-                *first = exc;
+        int final = !(r->flags & UL_F_MORE);
+        int32_t res = r->res;
+        PyObject *data = NULL;
+        if ((t->slots[slot].flags & SLOT_COALESCE) && (r->flags & UL_F_BUFFER) && !final &&
+            in_pool(t, r)) {
+            if (skip == NULL && !(skip = PyMem_Calloc((size_t)n, 1)))
+                PyErr_NoMemory();
             else
-                Py_XDECREF(exc);
+                data = coalesce(t, i, n, skip, &res, &final);
+        } else {
+            data = record_data(t, r, slot);
         }
-        if (!(r->flags & UL_F_MORE)) {
-            /* final record: the slot lets go of its objects only now */
-            PyObject *num = PyLong_FromSsize_t(slot);
-            int bad = num == NULL || PyList_SetItem(d->cbs, slot, Py_NewRef(Py_None)) < 0 ||
-                      PyList_SetItem(d->keep, slot, Py_NewRef(Py_None)) < 0 ||
-                      PyList_Append(d->free, num) < 0;
-            Py_XDECREF(num);
-            if (bad)
-                goto fail;
+        if (data == NULL) {
+            /* the owner still hears of its op: an error instead of the data */
+            res = PyErr_ExceptionMatches(PyExc_MemoryError) ? -ENOMEM : -EIO;
+            keep_first(first);
+            data = Py_NewRef(Py_None);
         }
+        PyObject *cb = Py_NewRef(t->slots[slot].owner);
+        if (call_back(cb, res, !final, data) < 0)
+            keep_first(first);
+        Py_DECREF(cb);
+        Py_DECREF(data);
+        if (final)
+            table_put(t, slot); /* the slot lets go of its objects only now */
     }
-    if (set_dispatching(d, Py_False) == 0)
-        return 0;
-fail:
-    Py_CLEAR(*first);
-    PyObject *exc = take_exception();
-    set_dispatching(d, Py_False);
-    give_exception(exc);
-    return -1;
+    t->dispatching = 0;
+    PyMem_Free(skip);
+    Py_DECREF(t);
+    return 0;
 }
 
-/* deliver(native, n): Engine.dispatch's body; returns the first exception a
- * callback raised, or None */
-static PyObject *deliver_fn(PyObject *mod, PyObject *args)
+/* deliver(n): Engine.dispatch's body; the first exception a callback raised, or None */
+static PyObject *Table_deliver(Table *t, PyObject *arg)
 {
-    (void)mod;
-    PyObject *native, *first;
     int n;
-    Deliver d = {0};
-    if (!PyArg_ParseTuple(args, "O!i:deliver", &PyTuple_Type, &native, &n))
+    if (as_int(arg, &n) < 0)
         return NULL;
-    if (deliver_init(&d, native, NULL, NULL) < 0)
+    PyObject *first = NULL;
+    if (n > 0 && table_deliver(t, n, &first) < 0)
         return NULL;
-    int rc = n > 0 ? deliver(&d, n, &first) : (first = NULL, 0);
-    deliver_clear(&d);
-    if (rc < 0) {
-        Py_XDECREF(first);
-        return NULL;
-    }
     return first ? first : Py_NewRef(Py_None);
 }
+
+/* Table(native, addr_of): native = (ul_engine *, records, record_cap, pool,
+ * pool_size, buf_size, ul_run, ul_nop, ul_recv, ul_send, ul_sendv, ul_accept,
+ * ul_shutdown, ul_close_fd, ul_cancel, ul_cancel_fd, ul_wake), addresses as ints */
+static int Table_init(Table *t, PyObject *args, PyObject *kwds)
+{
+    PyObject *native, *addr_of;
+    unsigned long long e, rec, pool, f[11];
+    Py_ssize_t cap, pool_size, buf_size;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "Table() takes no keyword arguments");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "O!O:Table", &PyTuple_Type, &native, &addr_of) ||
+        !PyArg_ParseTuple(native, "KKnKnnKKKKKKKKKKK:native", &e, &rec, &cap, &pool, &pool_size,
+                          &buf_size, &f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6], &f[7],
+                          &f[8], &f[9], &f[10]))
+        return -1;
+    for (int i = 0; i < 11; i++) {
+        if (f[i] == 0) {
+            PyErr_SetString(PyExc_ValueError, "Table: a null function address");
+            return -1;
+        }
+    }
+    if (e == 0 || rec == 0 || cap <= 0 || buf_size < 0 || pool_size < 0) {
+        PyErr_SetString(PyExc_ValueError, "Table: an engine that is not open");
+        return -1;
+    }
+    t->engine = (void *)(uintptr_t)e;
+    t->records = (const ul_record *)(uintptr_t)rec;
+    t->record_cap = cap;
+    t->pool = (const char *)(uintptr_t)pool;
+    t->pool_size = pool_size;
+    t->buf_size = buf_size;
+    t->run = (ul_run_fn)(uintptr_t)f[0];
+    t->nop = (ul_nop_fn)(uintptr_t)f[1];
+    t->recv = (ul_recv_fn)(uintptr_t)f[2];
+    t->send = (ul_send_fn)(uintptr_t)f[3];
+    t->sendv = (ul_sendv_fn)(uintptr_t)f[4];
+    t->accept = (ul_accept_fn)(uintptr_t)f[5];
+    t->shutdown = (ul_shutdown_fn)(uintptr_t)f[6];
+    t->close_fd = (ul_close_fd_fn)(uintptr_t)f[7];
+    t->cancel = (ul_cancel_fn)(uintptr_t)f[8];
+    t->cancel_fd = (ul_cancel_fd_fn)(uintptr_t)f[9];
+    t->wake = (ul_wake_fn)(uintptr_t)f[10];
+    Py_XSETREF(t->addr_of, Py_NewRef(addr_of));
+    return 0;
+}
+
+static int Table_traverse(Table *t, visitproc visit, void *arg)
+{
+    Py_VISIT(t->addr_of);
+    for (uint32_t i = 0; i < t->nslots; i++) {
+        Py_VISIT(t->slots[i].owner);
+        Py_VISIT(t->slots[i].keep);
+    }
+    return 0;
+}
+
+static int Table_clear(Table *t)
+{
+    Py_CLEAR(t->addr_of);
+    for (uint32_t i = 0; i < t->nslots; i++) {
+        Py_CLEAR(t->slots[i].owner);
+        Py_CLEAR(t->slots[i].keep);
+    }
+    return 0;
+}
+
+static void Table_dealloc(Table *t)
+{
+    PyObject_GC_UnTrack(t);
+    Table_clear(t);
+    PyMem_Free(t->slots);
+    PyMem_Free(t->free);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static PyObject *Table_get_in_flight(Table *t, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLong(t->used);
+}
+
+static PyObject *Table_get_dispatching(Table *t, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(t->dispatching);
+}
+
+static PyObject *Table_get_attached(Table *t, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(t->engine != NULL);
+}
+
+static PyGetSetDef Table_getset[] = {
+    {"in_flight", (getter)Table_get_in_flight, NULL, "slots taken (ops not yet final)", NULL},
+    {"dispatching", (getter)Table_get_dispatching, NULL, "records are being delivered", NULL},
+    {"attached", (getter)Table_get_attached, NULL, "the engine is open", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef Table_methods[] = {
+    {"nop", (PyCFunction)Table_nop, METH_O, "nop(cb) -> user_data"},
+    {"recv", (PyCFunction)(void (*)(void))Table_recv, FASTKW,
+     "recv(fd, cb, multishot=True, nbytes=0, coalesce=False) -> user_data"},
+    {"send", (PyCFunction)(void (*)(void))Table_send, FASTKW,
+     "send(fd, data, cb, flags=0) -> user_data"},
+    {"sendv", (PyCFunction)(void (*)(void))Table_sendv, FASTKW,
+     "sendv(fd, buffers, cb, flags=0) -> user_data"},
+    {"accept", (PyCFunction)(void (*)(void))Table_accept, FASTKW,
+     "accept(fd, cb, multishot=True) -> user_data"},
+    {"shutdown", (PyCFunction)(void (*)(void))Table_shutdown, FASTKW,
+     "shutdown(fd, how, cb) -> user_data"},
+    {"close_fd", (PyCFunction)(void (*)(void))Table_close_fd, FASTKW,
+     "close_fd(fd, cb) -> user_data"},
+    {"cancel", (PyCFunction)Table_cancel, METH_O, "cancel(ud) -> bool"},
+    {"cancel_fd", (PyCFunction)Table_cancel_fd, METH_O, "cancel_fd(fd) -> int"},
+    {"wake", (PyCFunction)Table_wake, METH_NOARGS, "wake(): thread-safe"},
+    {"run_nowait", (PyCFunction)Table_run_nowait, METH_NOARGS,
+     "run_nowait() -> ul_run(engine, 0), the GIL kept"},
+    {"take", (PyCFunction)(void (*)(void))Table_take, METH_FASTCALL, "take(cb, keep) -> ud"},
+    {"refused", (PyCFunction)(void (*)(void))Table_refused, METH_FASTCALL,
+     "refused(ud, rc): C did not accept the op; raises OSError"},
+    {"deliver", (PyCFunction)Table_deliver, METH_O,
+     "deliver(n): the first exception a callback raised, or None"},
+    {"detach", (PyCFunction)Table_detach, METH_NOARGS, "the engine is about to be freed"},
+    {"release_all", (PyCFunction)Table_release_all, METH_NOARGS,
+     "every slot drops its objects (the engine is freed)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject TableType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringloop._sched.Table",
+    .tp_basicsize = sizeof(Table),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "An engine's op slots and its hot submissions, in C.",
+    .tp_traverse = (traverseproc)Table_traverse,
+    .tp_clear = (inquiry)Table_clear,
+    .tp_dealloc = (destructor)Table_dealloc,
+    .tp_methods = Table_methods,
+    .tp_getset = Table_getset,
+    .tp_init = (initproc)Table_init,
+    .tp_new = PyType_GenericNew,
+};
 
 /* ---------------------------------------------------------------- a turn */
 
@@ -810,24 +1545,35 @@ static int report_or_raise(Core *self, PyObject *exc)
     return r ? 0 : -1;
 }
 
+static int io_step_table(Core *self, Table *t, int64_t ns);
+
 /* the I/O step (engine attached): timeout < 0 waits without limit */
 static int io_step(Core *self, double timeout)
 {
     int64_t ns = timeout < 0 ? -1 : timeout > 0 ? (int64_t)(timeout * 1e9) : 0;
+    Table *t = self->table; /* held: a callback may detach the loop */
+    Py_INCREF(t);
+    int rc = io_step_table(self, t, ns);
+    Py_DECREF(t);
+    return rc;
+}
+
+static int io_step_table(Core *self, Table *t, int64_t ns)
+{
     for (;;) {
         int n;
         if (ns == 0) {
-            n = self->run(self->engine, 0);
+            n = t->run(t->engine, 0);
         } else {
             Py_BEGIN_ALLOW_THREADS
-            n = self->run(self->engine, ns);
+            n = t->run(t->engine, ns);
             Py_END_ALLOW_THREADS
         }
         if (n == -EINTR) {
             /* signal handlers run now (and may raise); a blocking wait goes on */
             if (PyErr_CheckSignals() < 0)
                 return -1;
-            if (ns < 0 && self->engine != NULL)
+            if (ns < 0 && t->engine != NULL)
                 continue;
             return 0;
         }
@@ -835,14 +1581,14 @@ static int io_step(Core *self, double timeout)
             return 0;
         if (n < 0) { /* the engine failed: Engine.wait's error, raised */
             PyObject *num = PyLong_FromLong(n);
-            PyObject *r = num ? PyObject_CallMethodOneArg(self->deliver.engine, S.s_raise_error, num)
+            PyObject *r = num ? PyObject_CallMethodOneArg(self->engine_obj, S.s_raise_error, num)
                               : NULL;
             Py_XDECREF(num);
             Py_XDECREF(r);
             return r ? 0 : -1;
         }
         PyObject *first;
-        if (deliver(&self->deliver, n, &first) < 0)
+        if (table_deliver(t, n, &first) < 0)
             return -1;
         return first == NULL ? 0 : report_or_raise(self, first);
     }
@@ -986,7 +1732,7 @@ static int collect_due(Core *self)
 static int turn_ready(Core *self)
 {
     return plain(self) && self->tcc != NULL && self->clock_res != NULL &&
-           self->stopping != NULL && self->engine != NULL;
+           self->stopping != NULL && self->table != NULL && self->table->engine != NULL;
 }
 
 static PyObject *Core_run_once(Core *self, PyObject *unused)
@@ -1051,14 +1797,20 @@ static PyObject *Core_run_once(Core *self, PyObject *unused)
 
 /* ------------------------------------------------------- engine hookup */
 
-/* _sched_attach(engine.native(), report): the turn runs this engine itself */
+/* _sched_attach(engine.native(), report): the turn runs this engine itself;
+ * native = (Engine, Table) */
 static PyObject *Core_sched_attach(Core *self, PyObject *args)
 {
-    PyObject *native, *report;
-    if (!PyArg_ParseTuple(args, "O!O:_sched_attach", &PyTuple_Type, &native, &report))
+    PyObject *eng, *report;
+    Table *table;
+    if (!PyArg_ParseTuple(args, "(OO!)O:_sched_attach", &eng, &TableType, &table, &report))
         return NULL;
-    if (deliver_init(&self->deliver, native, &self->engine, &self->run) < 0)
+    if (table->engine == NULL) {
+        PyErr_SetString(PyExc_ValueError, "_sched_attach: an engine that is not open");
         return NULL;
+    }
+    Py_XSETREF(self->engine_obj, Py_NewRef(eng));
+    Py_XSETREF(self->table, (Table *)Py_NewRef(table));
     Py_XSETREF(self->report, Py_NewRef(report));
     Py_RETURN_NONE;
 }
@@ -1067,10 +1819,22 @@ static PyObject *Core_sched_attach(Core *self, PyObject *args)
 static PyObject *Core_sched_detach(Core *self, PyObject *unused)
 {
     (void)unused;
-    self->engine = NULL;
-    self->run = NULL;
-    deliver_clear(&self->deliver);
+    Py_CLEAR(self->engine_obj);
+    Py_CLEAR(self->table);
     Py_CLEAR(self->report);
+    Py_RETURN_NONE;
+}
+
+/* call_soon_threadsafe's wakeup, from any thread. The engine pointer is read
+ * and the eventfd written under the GIL: Engine.close detaches the table
+ * (under the GIL) before ul_free, so a wake racing loop.close() never touches
+ * freed memory nor writes into an fd number the engine no longer owns. */
+static PyObject *Core_write_to_self(Core *self, PyObject *unused)
+{
+    (void)unused;
+    Table *t = self->table;
+    if (t != NULL && t->engine != NULL)
+        t->wake(t->engine);
     Py_RETURN_NONE;
 }
 
@@ -1086,11 +1850,8 @@ static int Core_traverse(Core *self, visitproc visit, void *arg)
     Py_VISIT(self->tcc);
     Py_VISIT(self->clock_res);
     Py_VISIT(self->task_factory);
-    Py_VISIT(self->deliver.engine);
-    Py_VISIT(self->deliver.cbs);
-    Py_VISIT(self->deliver.keep);
-    Py_VISIT(self->deliver.free);
-    Py_VISIT(self->deliver.addr_of);
+    Py_VISIT(self->engine_obj);
+    Py_VISIT(self->table);
     Py_VISIT(self->report);
     Py_VISIT(self->bound_call_soon);
     return 0;
@@ -1106,10 +1867,10 @@ static int Core_clear(Core *self)
     Py_CLEAR(self->tcc);
     Py_CLEAR(self->clock_res);
     Py_CLEAR(self->task_factory);
-    deliver_clear(&self->deliver);
+    Py_CLEAR(self->engine_obj);
+    Py_CLEAR(self->table);
     Py_CLEAR(self->report);
     Py_CLEAR(self->bound_call_soon);
-    self->engine = NULL;
     return 0;
 }
 
@@ -1132,7 +1893,6 @@ static PyMemberDef Core_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
-#define FASTKW (METH_FASTCALL | METH_KEYWORDS)
 static PyMethodDef Core_methods[] = {
     {"call_soon", (PyCFunction)(void (*)(void))Core_call_soon, FASTKW, NULL},
     {"_call_soon", (PyCFunction)(void (*)(void))Core_internal_call_soon, FASTKW, NULL},
@@ -1144,6 +1904,7 @@ static PyMethodDef Core_methods[] = {
     {"_run_once", (PyCFunction)Core_run_once, METH_NOARGS, NULL},
     {"_sched_attach", (PyCFunction)Core_sched_attach, METH_VARARGS, NULL},
     {"_sched_detach", (PyCFunction)Core_sched_detach, METH_NOARGS, NULL},
+    {"_write_to_self", (PyCFunction)Core_write_to_self, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1294,9 +2055,6 @@ static PyObject *setup(PyObject *mod, PyObject *args)
 }
 
 static PyMethodDef module_methods[] = {
-    {"deliver", deliver_fn, METH_VARARGS,
-     "deliver(native, n): hand n completion records to their callbacks; returns the "
-     "first exception a callback raised, or None"},
     {"setup", setup, METH_VARARGS,
      "setup(Handle, TimerHandle, deque, BaseEventLoop, OpFuture, report, run_debug, heapify, "
      "max_timeout, min_scheduled, min_cancelled_fraction, asyncio.tasks)"},
@@ -1341,6 +2099,7 @@ PyMODINIT_FUNC PyInit__sched(void)
     if (S.task_kwnames == NULL)
         return NULL;
     if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&CachedMethodType) < 0 ||
+        PyType_Ready(&TableType) < 0 ||
         cache_call_soon() < 0)
         return NULL;
     S.own_call_at = PyDict_GetItemWithError(CoreType.tp_dict, S.s_call_at);
@@ -1350,6 +2109,11 @@ PyMODINIT_FUNC PyInit__sched(void)
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
+    if (PyModule_AddObject(m, "Table", Py_NewRef((PyObject *)&TableType)) < 0) {
+        Py_DECREF((PyObject *)&TableType);
+        Py_DECREF(m);
+        return NULL;
+    }
     if (PyModule_AddObject(m, "Core", Py_NewRef((PyObject *)&CoreType)) < 0) {
         Py_DECREF((PyObject *)&CoreType);
         Py_DECREF(m);

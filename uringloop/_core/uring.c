@@ -12,6 +12,8 @@
  * The ring is created R_DISABLED and enabled by the thread that first runs
  * it: with SINGLE_ISSUER only that thread may submit, and Python often makes a
  * loop in one thread and runs it in another. Until then SQEs just accumulate.
+ * When the loop stops running, ul_park takes every request out of the kernel
+ * and a later run from another thread gets a ring of its own (see "park").
  *
  * EAGAIN: sockets stay O_NONBLOCK (asyncio requires it), and on some kernels
  * an op on such a socket completes with -EAGAIN instead of waiting. We never
@@ -27,18 +29,22 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
 #include "uapi.h"
 
 #define EXPORT __attribute__((visibility("default")))
+#define UL_IOV_MAX 1024   /* UIO_MAXIOV: more iovecs go out in the next SENDMSG */
 
 struct uring {
     int ring_fd, enter_fd;
     uint32_t enter_flags;
     uint32_t setup_flags, features;
     int enabled, wake_armed;
+    int parked;                 /* ul_park: no request of ours in the kernel; ops wait in
+                                   the backlog, the ring fd is not registered */
     const void *owner;
     unsigned *sq_khead, *sq_ktail, *sq_kflags;
     unsigned sq_mask, sq_entries, sqe_tail;
@@ -86,6 +92,49 @@ static const struct { int op; const char *name; } required_ops[] = {
     {UL_OP_SEND, "SEND"}, {UL_OP_RECV, "RECV"},
 };
 
+/* Some sandboxes filter io_uring_enter separately from io_uring_setup: the
+ * probe submits a NOP through the ring and reaps it. Returns 0, or the errno
+ * that refused it. */
+static int probe_enter(int fd, const struct ul_uring_params *p)
+{
+    size_t sz = p->sq_off.array + p->sq_entries * sizeof(unsigned);
+    size_t cq_sz = p->cq_off.cqes + p->cq_entries * sizeof(struct ul_cqe);
+    if (cq_sz > sz)
+        sz = cq_sz;
+    char *r = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                   UL_OFF_SQ_RING);
+    size_t sqes_sz = p->sq_entries * sizeof(struct ul_sqe);
+    struct ul_sqe *sqes = mmap(NULL, sqes_sz, PROT_READ | PROT_WRITE,
+                               MAP_SHARED | MAP_POPULATE, fd, UL_OFF_SQES);
+    int err = 0;
+    if (r == MAP_FAILED || sqes == MAP_FAILED) {
+        err = errno;
+    } else {
+        unsigned tail = *(unsigned *)(r + p->sq_off.tail);
+        unsigned idx = tail & *(unsigned *)(r + p->sq_off.ring_mask);
+        ((unsigned *)(r + p->sq_off.array))[idx] = idx;
+        memset(&sqes[idx], 0, sizeof sqes[idx]);
+        sqes[idx].opcode = UL_OP_NOP;
+        sqes[idx].fd = -1;
+        sqes[idx].user_data = 1;
+        __atomic_store_n((unsigned *)(r + p->sq_off.tail), tail + 1, __ATOMIC_RELEASE);
+        int n;
+        do
+            n = sys_enter(fd, 1, 1, UL_ENTER_GETEVENTS, NULL, 0);
+        while (n < 0 && errno == EINTR);
+        if (n < 0)
+            err = errno;
+        else if (__atomic_load_n((unsigned *)(r + p->cq_off.tail), __ATOMIC_ACQUIRE) ==
+                 *(unsigned *)(r + p->cq_off.head))
+            err = EIO;  /* entered, yet the NOP never completed */
+    }
+    if (r != MAP_FAILED)
+        munmap(r, sz);
+    if (sqes != MAP_FAILED)
+        munmap(sqes, sqes_sz);
+    return err;
+}
+
 static void probe_once(void)
 {
     ul_probe *p = &g_probe;
@@ -129,7 +178,17 @@ static void probe_once(void)
                 p->ops[pr->ops[i].op] = 1;
     }
     free(pr);
+    int enter_err = (p->features & UL_FEAT_SINGLE_MMAP) ? probe_enter(fd, &params) : 0;
     close(fd);
+    if (enter_err) {
+        p->err = enter_err;
+        snprintf(p->reason, sizeof p->reason,
+                 "io_uring_enter failed with %s (%s; a sandbox that allows io_uring_setup "
+                 "but filters io_uring_enter)",
+                 enter_err == EPERM ? "EPERM" : enter_err == ENOSYS ? "ENOSYS" : "an error",
+                 strerror(enter_err));
+        return;
+    }
     if ((p->features & need) != need) {
         p->err = ENOTSUP;
         snprintf(p->reason, sizeof p->reason,
@@ -202,14 +261,14 @@ static void arm_wake(ul_engine *e, struct uring *u)
 
 static int wants_write(const struct ul_op *op)
 {
-    return op->kind == K_SEND || op->kind == K_SENDMSG || op->kind == K_WRITE ||
-           op->kind == K_CONNECT;
+    return op->kind == K_SEND || op->kind == K_SENDV || op->kind == K_SENDMSG ||
+           op->kind == K_WRITE || op->kind == K_CONNECT;
 }
 
 /* Wait for readiness of op's fd before (re)issuing it. */
 static void issue_poll(ul_engine *e, struct uring *u, struct ul_op *op)
 {
-    struct ul_sqe *s = get_sqe(e, u);
+    struct ul_sqe *s = u->parked ? NULL : get_sqe(e, u);
     if (!s) {
         ul__backlog_push(e, op);
         return;
@@ -219,6 +278,155 @@ static void issue_poll(ul_engine *e, struct uring *u, struct ul_op *op)
     s->op_flags = wants_write(op) ? POLLOUT : POLLIN;
     s->user_data = op->kud = op->ud | KUD_POLL;
     op->state = S_ACTIVE;
+    op->parked = 0;
+}
+
+/*
+ * Batching of ordered sends (D6). Sends queued on one fd in one turn leave in
+ * one SENDMSG: the head of the fd's ordered queue carries the iovecs of the
+ * sends queued behind it (its "riders") in one array, with MSG_WAITALL. A
+ * send submitted from Python therefore waits for the run (the backlog)
+ * instead of taking an SQE at once, so the whole turn's sends are queued by
+ * the time the head is issued. Riders are S_ACTIVE with their head's kernel
+ * user_data, so cancelling one cancels the SENDMSG; at its completion the
+ * bytes are handed out in queue order: whole sends finish, the first one
+ * short goes on as the new head (or stops: cancelled, error), and the riders
+ * after it go back to the queue untouched (a cancelled one ends there).
+ */
+#define MAX_BATCH_IOV UL_IOV_MAX
+
+static int batchable(const struct ul_op *h, const struct ul_op *x)
+{
+    return x->state == S_QUEUED && (x->kind == K_SEND || x->kind == K_SENDV) &&
+           x->msg_flags == h->msg_flags && !x->cancelled;
+}
+
+static uint32_t op_iovs(const struct ul_op *x)
+{
+    return x->kind == K_SEND ? (x->len > x->done ? 1 : 0) : x->niov - x->iov_idx;
+}
+
+/* the iovecs of x's unsent bytes, appended at v */
+static uint32_t put_iovs(struct ul_op *x, struct iovec *v)
+{
+    if (x->kind == K_SEND) {
+        if (x->len <= x->done)
+            return 0;
+        v->iov_base = x->buf + x->done;
+        v->iov_len = x->len - x->done;
+        return 1;
+    }
+    uint32_t n = x->niov - x->iov_idx;
+    memcpy(v, x->iovs + x->iov_idx, n * sizeof *v);
+    return n;
+}
+
+/* Gathers h's riders; returns the iovec count of the batch, 0 for none. */
+static uint32_t batch_gather(ul_engine *e, struct ul_op *h)
+{
+    uint32_t niov = op_iovs(h), nops = 1;
+    uint64_t bytes = h->len - h->done;
+    int32_t s = h->oq_next;
+    for (; s >= 0; s = ul__op_at(e, s)->oq_next) {
+        struct ul_op *x = ul__op_at(e, s);
+        if (!batchable(h, x) || niov + op_iovs(x) > MAX_BATCH_IOV ||
+            bytes + (x->len - x->done) > INT32_MAX)
+            break;
+        niov += op_iovs(x);
+        bytes += x->len - x->done;
+        nops++;
+    }
+    if (nops == 1 || niov == 0)
+        return 0;
+    struct iovec *v = malloc(niov * sizeof *v);
+    if (!v)
+        return 0;  /* no batch: the head goes alone */
+    uint32_t at = put_iovs(h, v);
+    s = h->oq_next;
+    for (uint32_t i = 1; i < nops; i++, s = ul__op_at(e, s)->oq_next) {
+        struct ul_op *x = ul__op_at(e, s);
+        at += put_iovs(x, v + at);
+        x->rider = 1;
+        x->state = S_ACTIVE;
+    }
+    h->batch = v;
+    h->nbatch = nops;
+    return at;
+}
+
+/* The batch ends without a result for the riders (h goes on alone or waits):
+ * they go back to the queue, a cancelled one finishes there. */
+static void batch_release(ul_engine *e, struct ul_op *h)
+{
+    int32_t slots[MAX_BATCH_IOV];
+    uint32_t n = h->nbatch;
+    int32_t s = h->oq_next;
+    for (uint32_t i = 1; i < n; i++, s = ul__op_at(e, s)->oq_next)
+        slots[i] = s;
+    free(h->batch);
+    h->batch = NULL;
+    h->nbatch = 0;
+    for (uint32_t i = 1; i < n; i++) {
+        struct ul_op *x = ul__op_at(e, slots[i]);
+        x->rider = 0;
+        x->state = S_QUEUED;
+    }
+    for (uint32_t i = 1; i < n; i++) {
+        struct ul_op *x = ul__op_at(e, slots[i]);
+        if (x->cancelled)
+            ul__oq_drop(e, x, -ECANCELED);
+    }
+}
+
+static void issue(ul_engine *e, struct uring *u, struct ul_op *op);
+
+static void batch_done(ul_engine *e, struct uring *u, struct ul_op *h, int32_t res)
+{
+    int32_t slots[MAX_BATCH_IOV];
+    uint32_t n = h->nbatch, left = res > 0 ? (uint32_t)res : 0, cut = n;
+    int32_t s = (int32_t)ul__slot(h->ud);
+    for (uint32_t i = 0; i < n; i++, s = ul__op_at(e, s)->oq_next)
+        slots[i] = s;
+    free(h->batch);
+    h->batch = NULL;
+    h->nbatch = 0;
+    for (uint32_t i = 0; i < n; i++) {  /* the bytes, in queue order */
+        struct ul_op *x = ul__op_at(e, slots[i]);
+        uint32_t take = UL_MIN(left, x->len - x->done);
+        x->done += take;
+        if (x->kind == K_SENDV)
+            ul__iov_advance(x, take);
+        left -= take;
+        if (x->done < x->len && cut == n)
+            cut = i;
+    }
+    for (uint32_t i = cut + 1; i < n; i++) {  /* untouched: back to the queue */
+        struct ul_op *x = ul__op_at(e, slots[i]);
+        x->rider = 0;
+        x->state = S_QUEUED;
+    }
+    for (uint32_t i = cut + 1; i < n; i++) {
+        struct ul_op *x = ul__op_at(e, slots[i]);
+        if (x->cancelled)
+            ul__oq_drop(e, x, -ECANCELED);
+    }
+    for (uint32_t i = 0; i < cut && i < n; i++) {  /* whole: done, in order */
+        struct ul_op *x = ul__op_at(e, slots[i]);
+        x->rider = 0;
+        ul__finish(e, x, (int32_t)x->len, 0, 0);
+    }
+    if (cut < n) {  /* the first short one is the head now */
+        struct ul_op *x = ul__op_at(e, slots[cut]);
+        x->rider = 0;
+        if (res < 0)
+            ul__stop(e, x, -res);
+        else if (x->cancelled)
+            ul__stop(e, x, ECANCELED);
+        else if (res == 0)
+            ul__stop(e, x, 0);
+        else
+            issue(e, u, x);
+    }
 }
 
 /* ul_op.forced bits (UL_OPT_TEST_EAGAIN) */
@@ -228,6 +436,10 @@ static void issue_poll(ul_engine *e, struct uring *u, struct ul_op *op)
 
 static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
 {
+    if (u->parked) {  /* the next run issues it, from whichever thread runs */
+        ul__backlog_push(e, op);
+        return;
+    }
     if (op->kind == K_RECV && !u->bufring && op->bid < 0) {
         int bid = ul__pool_take(e);
         if (bid < 0) {  /* pool exhausted: retry after the next recycle */
@@ -244,12 +456,15 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
     op->state = S_ACTIVE;
     s->fd = op->fd;
     s->user_data = op->kud = op->ud;
+    op->parked = 0;
+    op->forced &= FORCED_DONE;  /* a stand-in taken out by ul_park is not reissued as one */
     if ((e->cfg.options & UL_OPT_TEST_EAGAIN) && !(op->forced & FORCED_DONE)) {
         op->forced |= FORCED_DONE;
         if (op->kind == K_CONNECT) {
             op->forced |= FORCED_INPROGRESS;  /* on_cqe turns its success into EINPROGRESS */
         } else if (op->kind == K_RECV || op->kind == K_RECV_INTO || op->kind == K_RECVMSG ||
-                   op->kind == K_SEND || op->kind == K_SENDMSG || op->kind == K_ACCEPT) {
+                   op->kind == K_SEND || op->kind == K_SENDV || op->kind == K_SENDMSG ||
+                   op->kind == K_ACCEPT) {
             op->forced |= FORCED_NOP;  /* a NOP stands in; on_cqe says -EAGAIN */
             s->opcode = UL_OP_NOP;
             s->fd = -1;
@@ -282,11 +497,33 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
         s->op_flags = (uint32_t)op->msg_flags;
         break;
     case K_SEND:
-        s->opcode = UL_OP_SEND;
-        s->addr = (uint64_t)(uintptr_t)(op->buf + op->done);
-        s->len = op->len - op->done;
-        s->op_flags = (uint32_t)op->msg_flags;
+    case K_SENDV: {
+        /* MSG_WAITALL: on a stream socket the kernel finishes a short send
+         * itself; a cancel still reports the bytes that went out */
+        uint32_t nb = op->nbatch ? 0 : batch_gather(e, op);
+        if (nb == 0 && op->kind == K_SEND) {
+            s->opcode = UL_OP_SEND;
+            s->addr = (uint64_t)(uintptr_t)(op->buf + op->done);
+            s->len = op->len - op->done;
+            s->op_flags = (uint32_t)op->msg_flags;
+            break;
+        }
+        s->opcode = UL_OP_SENDMSG;
+        memset(&op->msg, 0, sizeof op->msg);
+        if (nb) {
+            op->msg.msg_iov = op->batch;
+            op->msg.msg_iovlen = nb;
+            int32_t r = op->oq_next;
+            for (uint32_t i = 1; i < op->nbatch; i++, r = ul__op_at(e, r)->oq_next)
+                ul__op_at(e, r)->kud = op->ud;  /* a rider's cancel cancels the batch */
+        } else {
+            op->msg.msg_iov = op->iovs + op->iov_idx;
+            op->msg.msg_iovlen = UL_MIN(op->niov - op->iov_idx, (uint32_t)UL_IOV_MAX);
+        }
+        s->addr = (uint64_t)(uintptr_t)&op->msg;
+        s->op_flags = (uint32_t)(op->msg_flags | MSG_WAITALL);
         break;
+    }
     case K_WRITE:
     case K_READ:
         s->opcode = op->kind == K_WRITE ? UL_OP_WRITE : UL_OP_READ;
@@ -326,6 +563,12 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
 
 static int uring_submit(ul_engine *e, struct ul_op *op)
 {
+    /* a send from Python waits for the run: the turn's later sends on the fd
+     * can then ride with it (see batching above) */
+    if ((op->kind == K_SEND || op->kind == K_SENDV) && !e->in_run && op->done == 0) {
+        ul__backlog_push(e, op);
+        return 0;
+    }
     issue(e, e->bs, op);
     return 0;
 }
@@ -338,22 +581,52 @@ static void prep_cancel(struct ul_sqe *s, uint64_t kud)
     s->user_data = KUD_IGNORE;
 }
 
+/* Does a stored cancel still name a request of a live op? */
+static int cancel_live(ul_engine *e, uint64_t kud)
+{
+    uint64_t ud = kud & ~KUD_POLL;
+    struct ul_op *op = ul__op_find(e, ul__slot(ud));
+    return op && op->ud == ud && op->state == S_ACTIVE && op->kud == kud;
+}
+
 static void cancel_kud(ul_engine *e, struct uring *u, uint64_t kud)
 {
     struct ul_sqe *s = get_sqe(e, u);
-    if (!s) {
-        if (u->ncancels == u->cancels_cap) {
-            uint32_t n = u->cancels_cap ? u->cancels_cap * 2 : 64;
-            uint64_t *p = realloc(u->cancels, n * sizeof *p);
-            if (!p)
-                return;
-            u->cancels = p;
-            u->cancels_cap = n;
-        }
-        u->cancels[u->ncancels++] = kud;
+    if (s) {
+        prep_cancel(s, kud);
         return;
     }
-    prep_cancel(s, kud);
+    if (u->ncancels == u->cancels_cap) {
+        /* room for one per live op is reserved at submission: drop the
+         * entries of ops that ended meanwhile */
+        uint32_t n = 0;
+        for (uint32_t i = 0; i < u->ncancels; i++)
+            if (cancel_live(e, u->cancels[i]))
+                u->cancels[n++] = u->cancels[i];
+        u->ncancels = n;
+    }
+    if (u->ncancels == u->cancels_cap) {
+        uint32_t n = u->cancels_cap ? u->cancels_cap * 2 : 64;
+        uint64_t *p = ul__realloc(u->cancels, n * sizeof *p);
+        if (!p)
+            ul__out_of_memory("io_uring cancels");
+        u->cancels = p;
+        u->cancels_cap = n;
+    }
+    u->cancels[u->ncancels++] = kud;
+}
+
+static int uring_reserve(ul_engine *e, uint32_t ops)
+{
+    struct uring *u = e->bs;
+    if (ops <= u->cancels_cap)
+        return 0;
+    uint64_t *p = ul__realloc(u->cancels, ops * sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    u->cancels = p;
+    u->cancels_cap = ops;
+    return 0;
 }
 
 static void uring_cancel(ul_engine *e, struct ul_op *op)
@@ -364,8 +637,8 @@ static void uring_cancel(ul_engine *e, struct ul_op *op)
 static int uring_cancel_fd(ul_engine *e, int fd)
 {
     struct uring *u = e->bs;
-    if (!u->cancel_fd)
-        return -1;
+    if (!u->cancel_fd || u->parked)
+        return -1;  /* parked: the fd's ops wait in the backlog, cancelled one by one */
     struct ul_sqe *s = get_sqe(e, u);
     if (!s)
         return -1;
@@ -415,6 +688,16 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
             ul__pool_used(e, (uint16_t)(cflags >> UL_CQE_BUFFER_SHIFT));
         return;
     }
+    if (op->parked && !op->cancelled && !kmore && (res == -ECANCELED || res == -EINTR)) {
+        /* ul_park took it out of the kernel: it waits for the next run. (A
+         * connect issued again is what Linux expects: on a TCP socket whose
+         * handshake went on meanwhile it says 0, EALREADY or the error.) */
+        op->parked = 0;
+        if (op->nbatch)
+            batch_release(e, op);  /* its riders go back to the queue */
+        ul__backlog_push(e, op);
+        return;
+    }
     if (res == -EINTR)
         res = op->cancelled ? -ECANCELED : -EAGAIN;
     if (op->forced & (FORCED_NOP | FORCED_INPROGRESS) && !(kud & KUD_POLL)) {
@@ -432,7 +715,7 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
 
     if (kud & KUD_POLL) {  /* readiness wait after EAGAIN */
         if (op->cancelled || res < 0) {
-            ul__finish(e, op, op->cancelled ? -ECANCELED : res, 0, 0);
+            ul__stop(e, op, op->cancelled ? ECANCELED : -res);  /* a send says what it sent */
         } else if (op->kind == K_CONNECT) {
             int err = 0;
             socklen_t len = sizeof err;
@@ -446,6 +729,8 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
     }
     if (!op->cancelled && op->kind != K_NOP && op->kind != K_POLL &&
         (res == -EAGAIN || (op->kind == K_CONNECT && (res == -EINPROGRESS || res == -EALREADY)))) {
+        if (op->nbatch)
+            batch_release(e, op);  /* the head waits alone; the riders queue again */
         if (op->kind == K_RECV && !u->bufring && op->bid >= 0) {
             ul__pool_put(e, (uint16_t)op->bid);
             op->bid = -1;
@@ -454,6 +739,8 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
         issue_poll(e, u, op);
         return;
     }
+    if (res == -EAGAIN && op->cancelled)
+        res = -ECANCELED;  /* EAGAIN is never surfaced, not even for a cancelled op */
 
     switch (op->kind) {
     case K_RECV: {
@@ -474,7 +761,11 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
             ul__pool_used(e, bid);
             has_buf = 0;
         }
-        if (res > 0) {
+        if (res > 0 && !has_buf) {
+            /* data with no buffer: the kernel broke the buffer-select contract.
+             * Never name a buffer we do not hold (bid 0 would be provided twice). */
+            ul__finish(e, op, -EIO, 0, 0);
+        } else if (res > 0) {
             if (!op->multishot || (!kmore && op->cancelled)) {
                 ul__finish(e, op, res, UL_F_BUFFER, bid);
             } else {
@@ -517,8 +808,12 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
         }
         break;
     case K_SEND:
+    case K_SENDV:
     case K_WRITE:
-        ul__sent(e, op, res);
+        if (op->nbatch)
+            batch_done(e, u, op, res);
+        else
+            ul__sent(e, op, res);
         break;
     case K_POLL:
         if (res >= 0 && op->level && !op->cancelled) {
@@ -544,7 +839,10 @@ static void reap(ul_engine *e, struct uring *u)
 {
     unsigned head = *u->cq_khead;
     unsigned tail = __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE);
-    while (head != tail && e->nrec < e->cfg.record_cap) {
+    /* in a run, stop when records no longer fit the array (the rest stays in
+     * the CQ, where the kernel keeps it, instead of piling up in pend);
+     * outside one (ul_park) every record waits in pend */
+    while (head != tail && (!e->in_run || (e->nrec < e->cfg.record_cap && e->npend == 0))) {
         struct ul_cqe *c = &u->cqes[head & u->cq_mask];
         uint64_t kud = c->user_data;
         int32_t res = c->res;
@@ -559,26 +857,62 @@ static void reap(ul_engine *e, struct uring *u)
 
 /* ----------------------------------------------------------------- run */
 
-static int enable(ul_engine *e, struct uring *u)
+/* submit what is in the SQ and reap, without waiting */
+static int flush_reap(ul_engine *e, struct uring *u)
 {
-    if ((u->setup_flags & UL_SETUP_R_DISABLED) &&
-        sys_register(u->ring_fd, UL_REGISTER_ENABLE_RINGS, NULL, 0) < 0)
+    __atomic_store_n(u->sq_ktail, u->sqe_tail, __ATOMIC_RELEASE);
+    unsigned n = u->sqe_tail - __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
+    int r = sys_enter(u->enter_fd, n, 0, u->enter_flags | UL_ENTER_GETEVENTS, NULL, 0);
+    e->st.enters++;
+    if (r < 0 && errno != EBUSY && errno != EAGAIN && errno != EINTR)
         return -errno;
+    reap(e, u);
+    return 0;
+}
+
+/* The registration is the calling thread's (a per-task table). */
+static void register_ring_fd(ul_engine *e, struct uring *u)
+{
     struct ul_rsrc_update up = {.offset = (uint32_t)-1, .data = (uint64_t)u->ring_fd};
     if (sys_register(u->ring_fd, UL_REGISTER_RING_FDS, &up, 1) == 1) {
         u->enter_fd = (int)up.offset;
         u->enter_flags = UL_ENTER_REGISTERED_RING;
         e->info.registered_ring = 1;
     }
+}
+
+static void unregister_ring_fd(struct uring *u)
+{
+    if (!(u->enter_flags & UL_ENTER_REGISTERED_RING) || u->owner != &tls_marker)
+        return;
+    struct ul_rsrc_update up = {.offset = (uint32_t)u->enter_fd};
+    sys_register(u->ring_fd, UL_UNREGISTER_RING_FDS, &up, 1);
+    u->enter_fd = u->ring_fd;
+    u->enter_flags = 0;
+}
+
+static int enable(ul_engine *e, struct uring *u)
+{
+    if ((u->setup_flags & UL_SETUP_R_DISABLED) &&
+        sys_register(u->ring_fd, UL_REGISTER_ENABLE_RINGS, NULL, 0) < 0)
+        return -errno;
     u->enabled = 1;
     u->owner = &tls_marker;
+    register_ring_fd(e, u);
     return 0;
 }
+
+static int unpark(ul_engine *e, struct uring *u);
 
 static int uring_run(ul_engine *e, int64_t timeout_ns)
 {
     struct uring *u = e->bs;
     int err = 0;
+    if (u->parked) {
+        int r = unpark(e, u);
+        if (r < 0)
+            return r;
+    }
     if (!u->enabled) {
         int r = enable(e, u);
         if (r < 0)
@@ -592,7 +926,7 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
     while (u->ncancels && (s = get_sqe(e, u)))  /* cancels that found no SQE before */
         prep_cancel(s, u->cancels[--u->ncancels]);
     struct ul_op *op;
-    for (uint32_t n = e->bl_tail - e->bl_head; n-- && ul__backlog_pop(e, &op);)
+    for (uint32_t n = e->bl_count; n-- && ul__backlog_pop(e, &op);)
         issue(e, u, op);
 
     __atomic_store_n(u->sq_ktail, u->sqe_tail, __ATOMIC_RELEASE);
@@ -637,9 +971,20 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
             __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) == *u->cq_khead)
             err = -EINTR;
     }
+    unsigned sent_tail = u->sqe_tail;
     reap(e, u);
+    /* Reaping can start work: the next queued send of an fd (ordered queue),
+     * the rest of a short send, an EAGAIN readiness wait. Hand it to the
+     * kernel in this run rather than the next turn's, so N queued sends take
+     * one turn, not N (a few passes at most: each needs a completion). */
+    for (int pass = 0; pass < 16 && u->sqe_tail != sent_tail && e->nrec < e->cfg.record_cap;
+         pass++) {
+        sent_tail = u->sqe_tail;
+        if (flush_reap(e, u) < 0)
+            break;
+    }
     while ((__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & UL_SQ_CQ_OVERFLOW) &&
-           e->nrec < e->cfg.record_cap) {
+           e->nrec < e->cfg.record_cap && e->npend == 0) {
         /* NODROP kept the CQEs that did not fit: flush them into the CQ */
         e->st.cq_overflows++;
         e->st.enters++;
@@ -654,8 +999,11 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
 static int uring_flush(ul_engine *e)
 {
     struct uring *u = e->bs;
-    if (!u->enabled || u->owner != &tls_marker)
-        return 0;  /* the first run submits it */
+    if (!u->enabled || u->owner != &tls_marker || u->parked)
+        return 0;  /* the next run submits it */
+    struct ul_op *op;  /* sends wait in the backlog for the run: now is now */
+    for (uint32_t n = e->bl_count; n-- && ul__backlog_pop(e, &op);)
+        issue(e, u, op);
     int r = flush(e, u);
     return r < 0 ? r : 0;
 }
@@ -665,10 +1013,7 @@ static void uring_destroy(ul_engine *e)
     struct uring *u = e->bs;
     if (!u)
         return;
-    if (u->enter_flags & UL_ENTER_REGISTERED_RING && u->owner == &tls_marker) {
-        struct ul_rsrc_update up = {.offset = (uint32_t)u->enter_fd};
-        sys_register(u->ring_fd, UL_UNREGISTER_RING_FDS, &up, 1);
-    }
+    unregister_ring_fd(u);
     if (u->sqes)
         munmap(u->sqes, u->sqes_sz);
     if (u->ring_ptr)
@@ -676,6 +1021,20 @@ static void uring_destroy(ul_engine *e)
     close(u->ring_fd);
     if (u->br && e->in_flight == 0)
         munmap(u->br, u->br_sz);
+    free(u->cancels);
+    free(u);
+    e->bs = NULL;
+}
+
+static int uring_park(ul_engine *e);
+
+/* fork child: the rings are not mapped here and the requests are the parent's */
+static void uring_forget(ul_engine *e)
+{
+    struct uring *u = e->bs;
+    if (!u)
+        return;
+    close(u->ring_fd);
     free(u->cancels);
     free(u);
     e->bs = NULL;
@@ -690,6 +1049,9 @@ const struct ul_backend ul_uring_backend = {
     .recycle = uring_recycle,
     .before_close = NULL,
     .destroy = uring_destroy,
+    .forget = uring_forget,
+    .park = uring_park,
+    .reserve = uring_reserve,
 };
 
 /* ---------------------------------------------------------------- init */
@@ -767,15 +1129,18 @@ static int setup_ring(ul_engine *e, struct uring *u, char *err, int errlen)
     return 0;
 }
 
-static void setup_bufring(ul_engine *e, struct uring *u)
+/* Register a buffer ring and give it every pool buffer not marked in held
+ * (NULL: none is). Returns 0, or -1 when the kernel refuses it. */
+static int setup_bufring(ul_engine *e, struct uring *u, const uint8_t *held)
 {
     unsigned n = e->cfg.buf_count;
     u->br_sz = (size_t)n * sizeof(struct ul_buf);
     u->br = mmap(NULL, u->br_sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (u->br == MAP_FAILED) {
         u->br = NULL;
-        return;
+        return -1;
     }
+    madvise(u->br, u->br_sz, MADV_DONTFORK);  /* the kernel reads it: the parent's */
     struct ul_buf_reg reg;
     memset(&reg, 0, sizeof reg);
     reg.ring_addr = (uint64_t)(uintptr_t)u->br;
@@ -784,14 +1149,173 @@ static void setup_bufring(ul_engine *e, struct uring *u)
     if (sys_register(u->ring_fd, UL_REGISTER_PBUF_RING, &reg, 1) < 0) {
         munmap(u->br, u->br_sz);
         u->br = NULL;
-        return;
+        return -1;
     }
     u->bufring = 1;
     u->br_mask = n - 1;
-    /* every pool buffer now belongs to the kernel's ring */
+    u->br_tail = 0;
+    /* every pool buffer not held by a record now belongs to the kernel's ring */
     e->nfree = 0;
     for (unsigned i = 0; i < n; i++)
-        uring_recycle(e, (uint16_t)i);
+        if (!held || !held[i])
+            uring_recycle(e, (uint16_t)i);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- park */
+
+/*
+ * Why park. An io_uring request belongs to the task that issued it: with
+ * SINGLE_ISSUER|DEFER_TASKRUN only that thread may submit or reap, and even on
+ * the other rungs its completion work runs in that thread. asyncio lets a loop
+ * be run by one thread and later by another, so when the loop stops running
+ * (ul_park, called at the end of run_forever) every request of ours leaves the
+ * kernel: each is cancelled and reaped, and its op waits in the backlog (a
+ * result that won the race becomes a record, as for any cancel). The next run
+ * issues them again. If it comes from another thread, nothing of ours is in the
+ * old ring any more, so the ring is rebuilt for that thread: closed and made
+ * again, with the free pool buffers given to a new buffer ring. Ops never see
+ * any of this.
+ */
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Is a request of ours in the kernel (or in the SQ on its way there)? A close
+ * waiting for its fd's ops has no request; a shutdown never waits. */
+static int kernel_requests(ul_engine *e)
+{
+    for (uint32_t c = 0; c < e->nchunks; c++) {
+        if (!e->chunks[c])
+            continue;
+        for (uint32_t i = 0; i < CHUNK_SIZE; i++) {
+            struct ul_op *op = &e->chunks[c][i];
+            if (op->ud && op->state == S_ACTIVE && op->kind != K_CLOSE)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+static int uring_park(ul_engine *e)
+{
+    struct uring *u = e->bs;
+    if (!u->enabled || u->parked)
+        return 0;  /* never ran: nothing reached the kernel, nothing is bound */
+    if (u->owner != &tls_marker)
+        return -EEXIST;
+    u->parked = 1;  /* from here on, issue() sends ops to the backlog */
+    for (uint32_t c = 0; c < e->nchunks; c++) {
+        if (!e->chunks[c])
+            continue;
+        for (uint32_t i = 0; i < CHUNK_SIZE; i++) {
+            struct ul_op *op = &e->chunks[c][i];
+            if (op->ud && op->state == S_ACTIVE && op->kind != K_CLOSE && !op->cancelled &&
+                !op->rider) {  /* a rider leaves with its batch's head */
+                op->parked = 1;
+                cancel_kud(e, u, op->kud);
+            }
+        }
+    }
+    /* A request that does not let go in time (a read blocked in an io-wq
+     * worker) leaves the engine bound to this thread; the next run here
+     * carries on as if nothing happened. */
+    int64_t deadline = mono_ns() + 2000000000LL;
+    for (;;) {
+        reap(e, u);
+        if (!kernel_requests(e))
+            break;
+        if (mono_ns() > deadline)
+            return -ETIME;
+        struct ul_sqe *s;
+        while (u->ncancels && (s = get_sqe(e, u)))
+            prep_cancel(s, u->cancels[--u->ncancels]);
+        __atomic_store_n(u->sq_ktail, u->sqe_tail, __ATOMIC_RELEASE);
+        unsigned to_submit = u->sqe_tail - __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
+        struct ul_kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 10000000};
+        struct ul_getevents_arg arg;
+        memset(&arg, 0, sizeof arg);
+        arg.ts = (uint64_t)(uintptr_t)&ts;
+        sys_enter(u->enter_fd, to_submit, 1,
+                  u->enter_flags | UL_ENTER_GETEVENTS | UL_ENTER_EXT_ARG, &arg, sizeof arg);
+        e->st.enters++;
+    }
+    /* the registration pins the ring in this thread's table: let it go */
+    unregister_ring_fd(u);
+    return 0;
+}
+
+/* A new ring for the calling thread, replacing one with no request of ours. */
+static int rebuild(ul_engine *e, struct uring *u)
+{
+    struct uring old = *u;
+    char why[256];
+    uint8_t *held = NULL;
+    u->ring_fd = -1;
+    u->ring_ptr = NULL;
+    u->sqes = NULL;
+    u->br = NULL;
+    if (setup_ring(e, u, why, sizeof why) < 0)
+        goto fail;
+    if (old.bufring) {
+        /* buffers named by records not yet recycled stay out of the new ring */
+        held = calloc(e->cfg.buf_count, 1);
+        if (!held)
+            goto fail;
+        for (uint32_t i = 0; i < e->nused; i++)
+            held[e->used_bids[i]] = 1;
+        for (uint32_t i = 0; i < e->npend; i++)
+            if (e->pend[i].flags & UL_F_BUFFER)
+                held[e->pend[i].bid] = 1;
+        if (setup_bufring(e, u, held) < 0)
+            goto fail;
+        free(held);
+    }
+    /* the old ring holds nothing of ours (parked): close it */
+    munmap(old.sqes, old.sqes_sz);
+    munmap(old.ring_ptr, old.ring_sz);
+    close(old.ring_fd);
+    if (old.br)
+        munmap(old.br, old.br_sz);
+    u->enabled = 0;
+    u->wake_armed = 0;
+    u->ncancels = 0;  /* they named requests of the old ring */
+    u->enter_fd = u->ring_fd;
+    u->enter_flags = 0;
+    e->info.ring_flags = u->setup_flags;
+    return 0;
+fail:
+    free(held);
+    if (u->sqes)
+        munmap(u->sqes, u->sqes_sz);
+    if (u->ring_ptr)
+        munmap(u->ring_ptr, u->ring_sz);
+    if (u->ring_fd >= 0)
+        close(u->ring_fd);
+    if (u->br)
+        munmap(u->br, u->br_sz);
+    *u = old;
+    return -ENOMEM;
+}
+
+static int unpark(ul_engine *e, struct uring *u)
+{
+    if (u->owner == &tls_marker) {
+        if (!(u->enter_flags & UL_ENTER_REGISTERED_RING))
+            register_ring_fd(e, u);
+    } else {
+        if (kernel_requests(e))
+            return -EEXIST;  /* a park that timed out: still bound to its thread */
+        int r = rebuild(e, u);
+        if (r < 0)
+            return r;
+    }
+    u->parked = 0;
+    return 0;
 }
 
 int ul__uring_init(ul_engine *e, char *err, int errlen)
@@ -818,7 +1342,7 @@ int ul__uring_init(ul_engine *e, char *err, int errlen)
     int k519 = pr.ops[UL_OP_SOCKET], k60 = pr.ops[UL_OP_SEND_ZC];
     uint32_t opt = e->cfg.options;
     if (k519 && !(opt & UL_OPT_NO_BUFRING))
-        setup_bufring(e, u);
+        setup_bufring(e, u, NULL);
     u->ms_recv = u->bufring && k60 && !(opt & UL_OPT_NO_MULTISHOT);
     u->ms_accept = k519 && !(opt & UL_OPT_NO_MULTISHOT);
     u->cancel_fd = k519 && !(opt & UL_OPT_NO_CANCEL_FD);
