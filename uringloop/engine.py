@@ -261,6 +261,7 @@ class Engine:
                 raise OSError(code, message + where)
             raise OSError(errno.EINVAL, message)
         self._e = e
+        self.options = options  # the OPT_* bits asked for
         self._forked = False
         _live.add(self)
         info = ffi.new("ul_info *")

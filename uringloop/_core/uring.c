@@ -429,6 +429,16 @@ static void batch_done(ul_engine *e, struct uring *u, struct ul_op *h, int32_t r
     }
 }
 
+/* UL_OPT_TEST_EAGAIN: an accept on a socket that does not listen fails at
+ * once (EINVAL) and never becomes readable, so it gets no stand-in; every
+ * other stand-in's readiness wait ends on data, room, or an error/hangup. */
+static int listening(int fd)
+{
+    int on = 0;
+    socklen_t len = sizeof on;
+    return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) == 0 && on;
+}
+
 /* ul_op.forced bits (UL_OPT_TEST_EAGAIN) */
 #define FORCED_DONE 1        /* the op was issued once: never force it again */
 #define FORCED_NOP 2         /* a NOP stands in for the op's first issue */
@@ -464,7 +474,7 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
             op->forced |= FORCED_INPROGRESS;  /* on_cqe turns its success into EINPROGRESS */
         } else if (op->kind == K_RECV || op->kind == K_RECV_INTO || op->kind == K_RECVMSG ||
                    op->kind == K_SEND || op->kind == K_SENDV || op->kind == K_SENDMSG ||
-                   op->kind == K_ACCEPT) {
+                   (op->kind == K_ACCEPT && listening(op->fd))) {
             op->forced |= FORCED_NOP;  /* a NOP stands in; on_cqe says -EAGAIN */
             s->opcode = UL_OP_NOP;
             s->fd = -1;
