@@ -335,12 +335,14 @@ class Engine:
         return self._t.nop(cb)
 
     def recv(self, fd: int, cb, multishot: bool = True, nbytes: int = 0,
-             coalesce: bool = False) -> int:
+             coalesce: bool = False, view: bool = False) -> int:
         """Receive into the engine's pool; ``data`` is the bytes received.
         nbytes caps a one-shot receive (0: the pool buffer size). coalesce:
         the records one turn brings for this op come as one callback with the
-        bytes joined (a stream transport wants one data_received per turn)."""
-        return self._t.recv(fd, cb, multishot, nbytes, coalesce)
+        bytes joined (a stream transport wants one data_received per turn).
+        view: ``data`` is a read-only memoryview of the pool buffer instead,
+        valid only during the callback (released after it; no bytes made)."""
+        return self._t.recv(fd, cb, multishot, nbytes, coalesce, view)
 
     def send(self, fd: int, data, cb, flags: int = 0) -> int:
         """Send all of data, after every send queued before it on fd."""

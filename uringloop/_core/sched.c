@@ -68,6 +68,7 @@ static struct {
     PyObject *s_popleft, *s_append, *s_call_at;
     PyObject *s_done, *s_set_result, *s_dispatching, *s_raise_error;
     PyObject *s_name, *s_task;
+    PyObject *s_flush_dirty;
     PyObject *task_kwnames; /* ("loop", "name", "context"); 3.10: ("loop", "name") */
     PyObject *own_call_at; /* Core.call_at's descriptor */
     PyObject *context_kwnames; /* the last kwnames tuple seen to be ("context",) */
@@ -113,6 +114,7 @@ typedef struct {
     Table *table;         /* its slots and entry points; table->engine is NULL once closed */
     PyObject *report;     /* report(exc): a completion callback raised */
     PyObject *bound_call_soon; /* loop.call_soon, made once (see CachedMethod) */
+    PyObject *dirty;      /* _dirty: transports with writes to flush before the wait */
 } Core;
 
 /* ------------------------------------------------------------ helpers */
@@ -599,6 +601,7 @@ typedef void (*ul_wake_fn)(void *);
 #define SLOT_USED 1
 #define SLOT_COALESCE 2 /* buffer records of one turn are joined into one chunk */
 #define SLOT_LEAKED 4   /* C still owns an op there (-EBUSY): never reused */
+#define SLOT_VIEW 8     /* buffer records come as a pool memoryview, released after the call */
 #define SLOT_CHUNK 1024
 #define GEN_MASK ((1u << 30) - 1)
 #define MAX_IOV 1024
@@ -904,12 +907,12 @@ static PyObject *Table_nop(Table *t, PyObject *cb)
 
 static PyObject *Table_recv(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
 {
-    static const char *const names[] = {"fd", "cb", "multishot", "nbytes", "coalesce"};
-    PyObject *a[5];
+    static const char *const names[] = {"fd", "cb", "multishot", "nbytes", "coalesce", "view"};
+    PyObject *a[6];
     int fd;
     long long nbytes = 0;
     TABLE_OPEN(t);
-    if (parse_args("recv", args, nargs, kw, names, 2, 5, a) < 0 || get_fd(a[0], &fd) < 0 ||
+    if (parse_args("recv", args, nargs, kw, names, 2, 6, a) < 0 || get_fd(a[0], &fd) < 0 ||
         check_cb(a[1]) < 0)
         return NULL;
     if (get_int(a[3], -(1LL << 62), UINT32_MAX, "nbytes", &nbytes) < 0)
@@ -918,10 +921,11 @@ static PyObject *Table_recv(Table *t, PyObject *const *args, Py_ssize_t nargs, P
         PyErr_SetString(PyExc_ValueError, "negative buffersize in recv");
         return NULL;
     }
-    int multishot = get_bool(a[2], 1), coalesce = get_bool(a[4], 0);
-    if (multishot < 0 || coalesce < 0)
+    int multishot = get_bool(a[2], 1), coalesce = get_bool(a[4], 0), view = get_bool(a[5], 0);
+    if (multishot < 0 || coalesce < 0 || view < 0)
         return NULL;
-    uint64_t ud = table_take(t, a[1], NULL, coalesce ? SLOT_COALESCE : 0);
+    uint64_t ud = table_take(t, a[1], NULL,
+                             (coalesce ? SLOT_COALESCE : 0) | (view ? SLOT_VIEW : 0));
     if (!ud)
         return NULL;
     return submitted(t, ud, t->recv(t->engine, ud, fd, multishot, (uint32_t)nbytes));
@@ -1162,6 +1166,8 @@ static PyObject *record_data(Table *t, const ul_record *r, uint32_t slot)
         if (r->res < 0 || r->res > t->buf_size || start + r->res > t->pool_size)
             return PyErr_Format(PyExc_SystemError, "record names bytes outside the pool "
                                 "(bid %d, %d bytes)", (int)r->bid, (int)r->res);
+        if (t->slots[slot].flags & SLOT_VIEW) /* see table_deliver */
+            return PyMemoryView_FromMemory((char *)t->pool + start, r->res, PyBUF_READ);
         return PyBytes_FromStringAndSize(t->pool + start, r->res);
     }
     if (r->flags & UL_F_SHORT)
@@ -1306,6 +1312,15 @@ static int table_deliver(Table *t, int n, PyObject **first)
         if (call_back(cb, res, !final, data) < 0)
             keep_first(first);
         Py_DECREF(cb);
+        if (PyMemoryView_Check(data)) {
+            /* SLOT_VIEW: the callback had the pool buffer itself; the view
+             * dies with the call (the buffer is recycled at the next run). A
+             * callback that still exports it broke the rule: reported. */
+            PyObject *rel = PyObject_CallMethod(data, "release", NULL);
+            if (rel == NULL)
+                keep_first(first);
+            Py_XDECREF(rel);
+        }
         Py_DECREF(data);
         if (final)
             table_put(t, slot); /* the slot lets go of its objects only now */
@@ -1746,6 +1761,18 @@ static PyObject *Core_run_once(Core *self, PyObject *unused)
     if (!turn_ready(self)) /* a foreign timer's __lt__ or _cancelled ran Python code */
         return PyObject_CallOneArg(S.base_run_once, (PyObject *)self);
 
+    /* transports written to since the last wait: their sends go out in the
+     * same kernel entry that waits (loop._flush_dirty; it may schedule
+     * callbacks, so it runs before the timeout is chosen) */
+    if (self->dirty != NULL && PyList_CheckExact(self->dirty) && PyList_GET_SIZE(self->dirty) > 0) {
+        PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, S.s_flush_dirty);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+        if (!turn_ready(self))
+            return PyObject_CallOneArg(S.base_run_once, (PyObject *)self);
+    }
+
     /* timeout: 0 with work ready or a stop pending, else until the first timer */
     double timeout = -1.0;
     Py_ssize_t nready = PyObject_Size(self->ready);
@@ -1854,6 +1881,7 @@ static int Core_traverse(Core *self, visitproc visit, void *arg)
     Py_VISIT(self->table);
     Py_VISIT(self->report);
     Py_VISIT(self->bound_call_soon);
+    Py_VISIT(self->dirty);
     return 0;
 }
 
@@ -1871,6 +1899,7 @@ static int Core_clear(Core *self)
     Py_CLEAR(self->table);
     Py_CLEAR(self->report);
     Py_CLEAR(self->bound_call_soon);
+    Py_CLEAR(self->dirty);
     return 0;
 }
 
@@ -1890,6 +1919,7 @@ static PyMemberDef Core_members[] = {
     {"_timer_cancelled_count", Py_T_OBJECT_EX, offsetof(Core, tcc), 0, NULL},
     {"_clock_resolution", Py_T_OBJECT_EX, offsetof(Core, clock_res), 0, NULL},
     {"_task_factory", Py_T_OBJECT_EX, offsetof(Core, task_factory), 0, NULL},
+    {"_dirty", Py_T_OBJECT_EX, offsetof(Core, dirty), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -2073,6 +2103,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__sched(void)
 {
     INTERN(s_time, "time");
+    INTERN(s_flush_dirty, "_flush_dirty");
     INTERN(s_context, "context");
     INTERN(s_cancelled, "_cancelled");
     INTERN(s_scheduled, "_scheduled");
