@@ -66,15 +66,6 @@ def fallback_options() -> int:
     )
 
 
-def skip_if_forced_eagain(eng) -> None:
-    """For tests that count runs or kernel entries: under OPT_TEST_EAGAIN (the
-    io_uring-fallbacks kind) each op's first issue takes a readiness wait, a
-    run of its own, by design."""
-    if eng.options & engine.OPT_TEST_EAGAIN:
-        pytest.skip("OPT_TEST_EAGAIN: each op's first issue waits for readiness first "
-                    "(an extra run by design), so run counts differ")
-
-
 def guard_problems(eng) -> list[str]:
     """Guard mode (URINGLOOP_GUARD=1): no record may have hit a protected buffer."""
     faults = eng.stats()["guard_faults"]

@@ -23,7 +23,7 @@ import textwrap
 
 import conftest
 import pytest
-from conftest import Collector, make_loop, require_uring, run_in, wait_done
+from conftest import Collector, make_loop, require_uring, run_in, settle, wait_done
 
 from uringloop import Loop, engine
 
@@ -102,27 +102,47 @@ def test_forced_eagain_paths(eagain_engine, tcp_listener, res_tracker):
     s.setblocking(False)
     assert eng.stats()["eagain_retries"] == 2  # the accept and the connect
 
+    # a send on a full socket buffer: the one case a send can say EAGAIN
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    filled = 0
+    while True:
+        try:
+            filled += c.send(b"f" * 65536)
+        except BlockingIOError:
+            break
     payload = os.urandom(100_000)
-    sent, got = Collector("send"), Collector("recv")
+    sent = Collector("send")
     eng.send(c.fileno(), payload, sent)
-    eng.recv(s.fileno(), got, multishot=False)
-    wait_done(eng, sent, got)
+    settle(eng)
+    assert eng.stats()["eagain_retries"] == 3  # the send's stand-in came back EAGAIN
+    assert not sent.done
+    got = bytearray()
+    while len(got) < filled + len(payload):
+        try:
+            got += s.recv(1 << 20)
+        except BlockingIOError:
+            eng.run(0.01)
+    wait_done(eng, sent)
     assert sent.res == len(payload)
-    have = got.payload()
-    assert 0 < len(have) < len(payload)  # one pool buffer's worth at most
-    buf = bytearray(len(payload))
-    view = memoryview(buf)
-    view[: len(have)] = have
-    n = len(have)
-    while n < len(payload):
-        col = Collector("recv_into")
-        eng.recv_into(s.fileno(), view[n:], col)
-        wait_done(eng, col)
-        assert col.res > 0
-        n += col.res
-    assert bytes(buf) == payload
-    # accept, connect, send, recv and each recv_into: every first issue waited
-    assert eng.stats()["eagain_retries"] >= 5
+    assert bytes(got[filled:]) == payload
+
+    # a receive before any data is there
+    rcv = Collector("recv")
+    eng.recv(s.fileno(), rcv, multishot=False)
+    settle(eng)
+    assert eng.stats()["eagain_retries"] == 4
+    c.send(b"late")
+    wait_done(eng, rcv)
+    assert rcv.payload() == b"late"
+    # a receive with data waiting, and a send with room, never say EAGAIN
+    c.send(b"now")
+    more, out = Collector("recv"), Collector("send")
+    eng.recv(s.fileno(), more, multishot=False)
+    wait_done(eng, more)
+    eng.send(s.fileno(), b"back", out)
+    wait_done(eng, out)
+    assert more.payload() == b"now" and out.res == 4
+    assert eng.stats()["eagain_retries"] == 4
 
 
 def test_forced_eagain_datagrams(eagain_engine, udp_socket):
@@ -135,7 +155,8 @@ def test_forced_eagain_datagrams(eagain_engine, udp_socket):
     wait_done(eng, sent, got)
     assert sent.res == 4 and got.res == 4 and bytes(buf[:4]) == b"ping"
     assert got.final[2] == a.getsockname()
-    assert eng.stats()["eagain_retries"] == 2
+    # the receive waited (no datagram yet); the send had room, so no EAGAIN
+    assert eng.stats()["eagain_retries"] == 1
 
 
 def test_forced_eagain_cancel_and_refused_connect(eagain_engine, socketpair, res_tracker):
@@ -184,7 +205,7 @@ def test_fallbacks_loop_kind_runs_the_fallbacks(res_tracker):
 
         before = lp.engine_stats()["eagain_retries"]
         run_in(lp, main())
-        assert lp.engine_stats()["eagain_retries"] >= before + 3
+        assert lp.engine_stats()["eagain_retries"] > before
     finally:
         lp.close()
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Collector, settle, skip_if_forced_eagain, wait_done
+from conftest import Collector, settle, wait_done
 
 from uringloop import engine
 
@@ -255,7 +255,6 @@ def test_sendv_bad_input_takes_no_slot(eng, socketpair):
 def test_queued_sends_take_one_run(eng, socketpair):
     """8 sends queued in one turn complete in one run on every backend (the
     review's P5: io_uring needed 8 runs, one kernel entry each)."""
-    skip_if_forced_eagain(eng)
     a, b = socketpair()
     done = []
     eng.run(0)
@@ -599,7 +598,6 @@ def test_flush_hands_over_sends_waiting_for_the_run(eng, socketpair):
     """On io_uring a send waits for the run so that the turn's later sends
     can ride with it; flush() ("hand queued ops to the kernel now") must
     still send it at once."""
-    skip_if_forced_eagain(eng)
     a, b = socketpair()
     eng.run(0)  # the ring is enabled by its first run
     col = Collector()

@@ -32,11 +32,12 @@
 #define UL_OPT_NO_BUFRING 2     /* no provided-buffer ring: engine picks buffers */
 #define UL_OPT_NO_DEFER 4       /* skip the SINGLE_ISSUER|DEFER_TASKRUN rung */
 #define UL_OPT_NO_CANCEL_FD 8   /* cancel per op even where CANCEL_FD exists */
-/* Test only (io_uring; epoll ignores it): the first time an op is issued,
- * recv/recv_into/recvmsg/send/sendmsg/accept complete with -EAGAIN without
- * doing anything (a NOP stands in for them) and a connect that succeeded
- * reports -EINPROGRESS, so the EAGAIN -> poll -> reissue and the connect
- * SO_ERROR paths run on kernels that never take them. */
+/* Test only (io_uring; epoll ignores it): the first time an op is issued on
+ * an fd that is not ready for it, recv/recv_into/recvmsg/send/sendv/sendmsg/
+ * accept complete with -EAGAIN without doing anything (a NOP stands in, as a
+ * non-blocking call would say), and a connect that succeeded reports
+ * -EINPROGRESS, so the EAGAIN -> poll -> reissue and the connect SO_ERROR
+ * paths run on kernels that never take them. */
 #define UL_OPT_TEST_EAGAIN 16
 /* Pool guard mode (also URINGLOOP_GUARD=1 at engine creation): pool buffers are
  * page-aligned and PROT_NONE while neither the kernel nor a record holds them. */

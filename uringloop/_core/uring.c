@@ -439,6 +439,16 @@ static int listening(int fd)
     return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) == 0 && on;
 }
 
+/* UL_OPT_TEST_EAGAIN stands in only where a non-blocking call could say
+ * EAGAIN: the fd is not ready for the op now (a send on a writable socket,
+ * a receive with data waiting, would not). */
+static int would_block(const struct ul_op *op)
+{
+    int out = op->kind == K_SEND || op->kind == K_SENDV || op->kind == K_SENDMSG;
+    struct pollfd p = {.fd = op->fd, .events = out ? POLLOUT : POLLIN};
+    return poll(&p, 1, 0) == 0;
+}
+
 /* ul_op.forced bits (UL_OPT_TEST_EAGAIN) */
 #define FORCED_DONE 1        /* the op was issued once: never force it again */
 #define FORCED_NOP 2         /* a NOP stands in for the op's first issue */
@@ -472,9 +482,10 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
         op->forced |= FORCED_DONE;
         if (op->kind == K_CONNECT) {
             op->forced |= FORCED_INPROGRESS;  /* on_cqe turns its success into EINPROGRESS */
-        } else if (op->kind == K_RECV || op->kind == K_RECV_INTO || op->kind == K_RECVMSG ||
-                   op->kind == K_SEND || op->kind == K_SENDV || op->kind == K_SENDMSG ||
-                   (op->kind == K_ACCEPT && listening(op->fd))) {
+        } else if ((op->kind == K_RECV || op->kind == K_RECV_INTO || op->kind == K_RECVMSG ||
+                    op->kind == K_SEND || op->kind == K_SENDV || op->kind == K_SENDMSG ||
+                    (op->kind == K_ACCEPT && listening(op->fd))) &&
+                   would_block(op)) {
             op->forced |= FORCED_NOP;  /* a NOP stands in; on_cqe says -EAGAIN */
             s->opcode = UL_OP_NOP;
             s->fd = -1;
