@@ -18,7 +18,14 @@ import uringloop
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNNER = os.path.join(HERE, "cpython", "runner.py")
 
-MIXIN_MODULES = ["test_sock_lowlevel", "test_events"]
+MIXIN_MODULES = [
+    "test_sock_lowlevel",
+    "test_events",
+    "test_server",
+    "test_sendfile",
+    "test_sslproto",
+    "test_buffered_proto",
+]
 POLICY_MODULES = [
     "test_tasks",
     "test_futures2",
@@ -30,6 +37,8 @@ POLICY_MODULES = [
     "test_threads",
     "test_context",
     "test_pep492",
+    "test_streams",
+    "test_ssl",
 ]
 # Modules none of whose tests create a loop through the policy, so running them
 # only shows that nothing in them breaks with our policy installed:
@@ -37,7 +46,7 @@ POLICY_MODULES = [
 # test_queues runs every test on test_utils.TestLoop (fake time).
 NO_LOOP_EXPECTED = {"test_pep492": (99,), "test_queues": (3, 11)}
 # Added in later Pythons than our oldest.
-SINCE = {"test_timeouts": (3, 11), "test_taskgroups": (3, 11)}
+SINCE = {"test_timeouts": (3, 11), "test_taskgroups": (3, 11), "test_ssl": (3, 11)}
 
 
 def _have(module: str) -> bool:

@@ -24,11 +24,25 @@ import socket
 import stat
 import sys
 import warnings
-from asyncio import base_events, events, format_helpers, tasks
+import weakref
+from asyncio import (
+    base_events,
+    constants,
+    events,
+    format_helpers,
+    selector_events,
+    sslproto,
+    tasks,
+    unix_events,
+)
 from asyncio.log import logger
 
 from . import _sched, engine
 from .sock import SockMixin, _OpFuture
+from .transports.stream import Acceptor, SocketTransport
+
+_SSL_SHUTDOWN_TIMEOUT = getattr(constants, "SSL_SHUTDOWN_TIMEOUT", 30.0)
+_HAS_SSL_SHUTDOWN_TIMEOUT = sys.version_info >= (3, 11)
 
 _POLLIN = select.POLLIN
 _POLLOUT = select.POLLOUT
@@ -110,6 +124,13 @@ class _Turn:
         self._engine = loop._engine
 
     def select(self, timeout=None):
+        loop = self._loop
+        if loop._dirty:
+            # the debug/Python turn flushes written transports before it waits,
+            # as the native turn does (sched.c, Core_run_once)
+            loop._flush_dirty()
+            if loop._ready:
+                timeout = 0
         # an exception from a signal handler comes out of wait() and propagates;
         # one from a completion callback is reported, and the turn goes on
         error = self._engine.deliver(self._engine.wait(timeout))
@@ -137,7 +158,10 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         super().__init__()
         self._readers: dict[int, list] = {}
         self._writers: dict[int, list] = {}
-        self._transports: dict[int, object] = {}
+        self._transports = weakref.WeakValueDictionary()
+        self._dirty: list = []  # transports written to since the last flush
+        self._acceptors: dict = {}  # listening socket -> Acceptor
+        self._unix_server_sockets: dict = {}  # 3.13's cleanup_socket: sock -> inode
         self._signal_handlers: dict[int, events.Handle] = {}
         self._ssock = self._csock = None
         self._sock_state: dict = {}
@@ -201,14 +225,130 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         self._engine.close()
         self._close_self_pipe()
 
+    def run_forever(self):
+        try:
+            super().run_forever()
+        finally:
+            # writes of the last turn would otherwise wait for the next run
+            if self._dirty and not self.is_closed():
+                self._flush_dirty()
+                self._engine.flush()
+
+    # ---------------------------------------------------------- transports
+
+    def _flush_dirty(self):
+        """Every transport written to since the last flush hands its queue to
+        the engine: one send per transport per turn. The turn calls this right
+        before the engine waits, so all of them leave in that kernel entry."""
+        dirty = self._dirty
+        self._dirty = []
+        for transport in dirty:
+            try:
+                transport._flush()
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                transport._fatal_error(exc, "Fatal write error on socket transport")
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        self._ensure_fd_no_transport(sock)
+        return SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(
+        self, rawsock, protocol, sslcontext, waiter=None, *, server_side=False,
+        server_hostname=None, extra=None, server=None,
+        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout=_SSL_SHUTDOWN_TIMEOUT,
+    ):
+        """The stdlib's SSLProtocol over our stream transport, as the stock
+        selector loop does."""
+        self._ensure_fd_no_transport(rawsock)
+        kw = {"ssl_handshake_timeout": ssl_handshake_timeout}
+        if _HAS_SSL_SHUTDOWN_TIMEOUT:
+            kw["ssl_shutdown_timeout"] = ssl_shutdown_timeout
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname, **kw
+        )
+        SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
+    def _start_serving(self, protocol_factory, sock, sslcontext=None, server=None,
+                       backlog=100, ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+                       ssl_shutdown_timeout=_SSL_SHUTDOWN_TIMEOUT):
+        """Accept on a listening socket (Server._start_serving calls this once
+        the socket listens): a multishot engine accept, see Acceptor."""
+        acceptor = self._acceptors.get(sock)
+        if acceptor is None or acceptor.stopped:
+            acceptor = Acceptor(self, protocol_factory, sock, sslcontext, server, backlog,
+                                ssl_handshake_timeout, ssl_shutdown_timeout)
+            self._acceptors[sock] = acceptor
+        acceptor.start()
+
+    if _HAS_SSL_SHUTDOWN_TIMEOUT:
+        _accept_connection2 = selector_events.BaseSelectorEventLoop._accept_connection2
+    else:
+        def _accept_connection2(self, protocol_factory, conn, extra, sslcontext=None,
+                                server=None, ssl_handshake_timeout=None,
+                                ssl_shutdown_timeout=None):
+            return selector_events.BaseSelectorEventLoop._accept_connection2(
+                self, protocol_factory, conn, extra, sslcontext, server, ssl_handshake_timeout
+            )
+
     def _stop_serving(self, sock):
         """Stop accepting on a listening socket and close it (Server.close() calls
         this). The fd is closed by the engine once the ops on it have ended, so a
         reused fd number can never receive a stale accept."""
+        acceptor = self._acceptors.pop(sock, None)
+        if acceptor is not None:
+            acceptor.stop()
+        path = None
+        if sock in self._unix_server_sockets:  # 3.13's cleanup_socket
+            try:
+                path = sock.getsockname()
+            except OSError:
+                pass
         if sock.fileno() < 0 or self.is_closed():
             sock.close()
-            return
-        self._engine.close_fd(sock.detach(), _ignore_completion)
+        else:
+            # The stock loop's close() stops the listener at once: new connects
+            # are refused from here on. close_fd alone cannot promise that (the
+            # close waits for the accept op, which holds the file), but a
+            # shutdown of a listening socket ends its listening state now (and
+            # wakes the accept), TCP and Unix alike.
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._engine.close_fd(sock.detach(), _ignore_completion)
+        if sock in self._unix_server_sockets:
+            prev_ino = self._unix_server_sockets.pop(sock)
+            if path:
+                try:
+                    if os.stat(path).st_ino == prev_ino:
+                        os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as err:
+                    logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
+
+    async def _sendfile_native(self, transp, file, offset, count):
+        """loop.sendfile on our transport: sendfile(2) on its socket once the
+        queued writes have left (the stock selector loop's way)."""
+        self._transports.pop(transp._sock_fd, None)
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        await transp._make_empty_waiter()
+        try:
+            return await self.sock_sendfile(transp._sock, file, offset, count, fallback=False)
+        finally:
+            transp._reset_empty_waiter()
+            if resume_reading:
+                transp.resume_reading()
+            self._transports[transp._sock_fd] = transp
+
+    # the stock unix loop's own methods: they only call hooks this loop has
+    create_unix_connection = unix_events._UnixSelectorEventLoop.create_unix_connection
+    create_unix_server = unix_events._UnixSelectorEventLoop.create_unix_server
 
     # ---------------------------------------------------- readers / writers
 

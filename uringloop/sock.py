@@ -102,6 +102,10 @@ class SockMixin:
         fd = sock.fileno()
         if fd < 0:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        # a socket a transport owns is not for sock_* (the stock loop's rule);
+        # the WeakValueDictionary's own dict is read first: no Python frame
+        if fd in self._transports.data:
+            self._ensure_fd_no_transport(fd)
         return fd
 
     def _sock_get_state(self, fd, sock, create=False):

@@ -41,10 +41,22 @@ def _counting_init(self, *args, **kwargs):
 
 Loop.__init__ = _counting_init
 
+# module -> [(class, the method that makes the loop)]. A mixin is bound to
+# uringloop.Loop in a TestCase of our own; a stock-loop class (Selector...) is
+# subclassed with the factory replaced, so its extra tests run on ours too.
 MIXINS = {
-    "test_sock_lowlevel": ["BaseSockTestsMixin"],
-    "test_events": ["EventLoopTestsMixin"],
+    "test_sock_lowlevel": [("BaseSockTestsMixin", "create_event_loop")],
+    "test_events": [("EventLoopTestsMixin", "create_event_loop")],
+    "test_server": [("SelectorStartServerTests", "new_loop")],
+    "test_sendfile": [("SendfileTestsBase", "create_event_loop")],
+    "test_sslproto": [("SelectorStartTLSTests", "new_loop")],
+    "test_buffered_proto": [("BufferedProtocolSelectorTests", "new_loop")],
 }
+# Mixin modules whose other TestCases also run, with uringloop's policy
+# installed, except those that bind a stock loop themselves (they define their
+# own new_loop/create_event_loop: SelectorStartServerTests, ...). test_events
+# is not one: its other classes test the stock loops' internals.
+WITH_POLICY_CLASSES = {"test_server", "test_sendfile", "test_sslproto", "test_buffered_proto"}
 
 
 def bound_suite(modname: str) -> unittest.TestSuite:
@@ -54,18 +66,32 @@ def bound_suite(modname: str) -> unittest.TestSuite:
 
     mod = importlib.import_module(f"test.test_asyncio.{modname}")
     suite = unittest.TestSuite()
-    for mixin_name in MIXINS[modname]:
-        mixin = getattr(mod, mixin_name)
+    for class_name, factory in MIXINS[modname]:
+        mixin = getattr(mod, class_name)
+        bases = (mixin,) if issubclass(mixin, unittest.TestCase) else (mixin, test_utils.TestCase)
 
         def create_event_loop(self):
             return uringloop.Loop()
 
+        name = class_name.replace("Mixin", "").replace("Selector", "")
         cls = type(
-            f"Uringloop{mixin_name.replace('Mixin', '')}",
-            (mixin, test_utils.TestCase),
-            {"create_event_loop": create_event_loop, "__module__": mod.__name__},
+            f"Uringloop{name}",
+            bases,
+            {factory: create_event_loop, "__module__": mod.__name__},
         )
         suite.addTests(unittest.defaultTestLoader.loadTestsFromTestCase(cls))
+    if modname in WITH_POLICY_CLASSES:
+        uringloop.install()
+        for name in dir(mod):
+            obj = getattr(mod, name)
+            if (
+                isinstance(obj, type)
+                and issubclass(obj, unittest.TestCase)
+                and obj.__module__ == mod.__name__
+                and "new_loop" not in obj.__dict__
+                and "create_event_loop" not in obj.__dict__
+            ):
+                suite.addTests(unittest.defaultTestLoader.loadTestsFromTestCase(obj))
     return suite
 
 

@@ -68,6 +68,7 @@ static struct {
     PyObject *s_popleft, *s_append, *s_call_at;
     PyObject *s_done, *s_set_result, *s_dispatching, *s_raise_error;
     PyObject *s_name, *s_task;
+    PyObject *s_flush_dirty;
     PyObject *task_kwnames; /* ("loop", "name", "context"); 3.10: ("loop", "name") */
     PyObject *own_call_at; /* Core.call_at's descriptor */
     PyObject *context_kwnames; /* the last kwnames tuple seen to be ("context",) */
@@ -113,6 +114,7 @@ typedef struct {
     Table *table;         /* its slots and entry points; table->engine is NULL once closed */
     PyObject *report;     /* report(exc): a completion callback raised */
     PyObject *bound_call_soon; /* loop.call_soon, made once (see CachedMethod) */
+    PyObject *dirty;      /* _dirty: transports with writes to flush before the wait */
 } Core;
 
 /* ------------------------------------------------------------ helpers */
@@ -1727,6 +1729,18 @@ static PyObject *Core_run_once(Core *self, PyObject *unused)
     if (!turn_ready(self)) /* a foreign timer's __lt__ or _cancelled ran Python code */
         return PyObject_CallOneArg(S.base_run_once, (PyObject *)self);
 
+    /* transports written to since the last wait: their sends go out in the
+     * same kernel entry that waits (loop._flush_dirty; it may schedule
+     * callbacks, so it runs before the timeout is chosen) */
+    if (self->dirty != NULL && PyList_CheckExact(self->dirty) && PyList_GET_SIZE(self->dirty) > 0) {
+        PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, S.s_flush_dirty);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+        if (!turn_ready(self))
+            return PyObject_CallOneArg(S.base_run_once, (PyObject *)self);
+    }
+
     /* timeout: 0 with work ready or a stop pending, else until the first timer */
     double timeout = -1.0;
     Py_ssize_t nready = PyObject_Size(self->ready);
@@ -1835,6 +1849,7 @@ static int Core_traverse(Core *self, visitproc visit, void *arg)
     Py_VISIT(self->table);
     Py_VISIT(self->report);
     Py_VISIT(self->bound_call_soon);
+    Py_VISIT(self->dirty);
     return 0;
 }
 
@@ -1852,6 +1867,7 @@ static int Core_clear(Core *self)
     Py_CLEAR(self->table);
     Py_CLEAR(self->report);
     Py_CLEAR(self->bound_call_soon);
+    Py_CLEAR(self->dirty);
     return 0;
 }
 
@@ -1871,6 +1887,7 @@ static PyMemberDef Core_members[] = {
     {"_timer_cancelled_count", Py_T_OBJECT_EX, offsetof(Core, tcc), 0, NULL},
     {"_clock_resolution", Py_T_OBJECT_EX, offsetof(Core, clock_res), 0, NULL},
     {"_task_factory", Py_T_OBJECT_EX, offsetof(Core, task_factory), 0, NULL},
+    {"_dirty", Py_T_OBJECT_EX, offsetof(Core, dirty), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -2054,6 +2071,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__sched(void)
 {
     INTERN(s_time, "time");
+    INTERN(s_flush_dirty, "_flush_dirty");
     INTERN(s_context, "context");
     INTERN(s_cancelled, "_cancelled");
     INTERN(s_scheduled, "_scheduled");

@@ -1,0 +1,669 @@
+"""Stream socket transports (TCP, Unix) and server accept, on the engine.
+
+What the engine gives a stream transport, and how this module uses it:
+
+* Receiving is one multishot ``recv`` into the engine's buffer pool that lives
+  as long as the transport reads. Each record becomes one ``data_received``
+  (or, for a BufferedProtocol, a copy into ``get_buffer()``'s buffer and
+  ``buffer_updated``). ``pause_reading`` cancels the op, so the kernel keeps
+  nothing armed; records that still arrive after the cancel (the cancel race)
+  are held and handed over first when reading resumes, which re-arms.
+* Writing never enters the kernel from ``write()``: the bytes are appended to
+  a list and the transport goes on the loop's dirty list. Right before the
+  loop waits (``Loop._flush_dirty``, called by the turn), everything a
+  transport was given during the turn leaves as ONE ordered engine ``send``;
+  at most one send is in flight per transport, what comes meanwhile waits for
+  its completion and leaves as the next single send. ``write_eof`` is an
+  engine ``shutdown``, which the engine orders after the queued send.
+* Closing goes through the engine's ``close_fd`` (cancel every op on the fd,
+  wait for their final records, close): ``connection_lost`` is called only
+  after the fd is really closed, so a reused fd number never meets a stale op.
+
+Everything the protocol sees follows ``selector_events._SelectorSocketTransport``
+of the running Python: the same messages, the same error paths, the same
+calls through ``call_soon``. Engine callbacks run inside a context copied
+when the transport was made (as the stock loop's reader handle does), so a
+protocol that sets a context variable never touches the loop's own context.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextvars
+import errno
+import functools
+import os
+import socket
+import sys
+import warnings
+from asyncio import base_events, constants, futures, protocols, transports, trsock
+from asyncio.log import logger
+
+__all__ = ["SocketTransport", "Acceptor"]
+
+_ECANCELED = -errno.ECANCELED
+_PY312 = sys.version_info >= (3, 12)
+# Server._attach()/_detach() take the transport from 3.13 on (close_clients)
+_SERVER_TRACKS_TRANSPORTS = base_events.Server._attach.__code__.co_argcount == 2
+_ACCEPT_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def _ignore(res, more, data):
+    pass
+
+
+def _os_error(res: int) -> OSError:
+    # OSError(errno, ...) picks the subclass itself: ECONNRESET gives
+    # ConnectionResetError, EPIPE BrokenPipeError, as the socket module raises
+    return OSError(-res, os.strerror(-res))
+
+
+class SocketTransport(transports._FlowControlMixin, transports.Transport):
+    """A stream socket's transport: the stock selector transport's behaviour,
+    the engine's I/O."""
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+    max_size = 256 * 1024  # as the stock transport; reads are pool-buffer sized
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        super().__init__(extra, loop)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._sock = sock
+        self._sock_fd = sock.fileno()
+        self._engine = loop._engine
+        self._protocol_connected = False
+        self._buffered = False
+        self.set_protocol(protocol)
+        self._server = server
+        self._buffer: list = []  # bytes written since the last flush
+        self._buffer_size = 0  # queued + in the send in flight
+        self._sending = 0  # length of the send in flight (0: none)
+        self._dirty = False  # on loop._dirty
+        self._conn_lost = 0
+        self._closing = False
+        self._paused = False
+        self._eof = False  # write_eof() called
+        self._shut = False  # its shutdown submitted
+        self._fd_closing = False  # close_fd submitted
+        self._fd_closed = False  # ... and its record came
+        self._lost_is_due = False  # the stock loop would call connection_lost by now
+        self._lost_exc = None
+        self._empty_waiter = None
+        self._recv_ud = None  # the multishot recv, until its final record
+        self._read_done = False  # EOF or a read error was seen
+        self._held = None  # deque of (res, data) records not yet handed over
+        self._draining = False  # a _drain_held is scheduled
+        self._context = ctx = contextvars.copy_context()
+        self._on_recv_cb = functools.partial(ctx.run, self._on_recv)
+        self._on_sent_cb = functools.partial(ctx.run, self._on_sent)
+        self._on_closed_cb = functools.partial(ctx.run, self._on_closed)
+        if server is not None:
+            if _SERVER_TRACKS_TRANSPORTS:
+                server._attach(self)
+            else:
+                server._attach()
+        loop._transports[self._sock_fd] = self
+        base_events._set_nodelay(sock)
+        loop.call_soon(protocol.connection_made, self)
+        # only start reading when connection_made() has been called
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self):
+        info = [self.__class__.__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        if self._loop is not None and not self._loop.is_closed():
+            reading = self._recv_ud is not None and not self._paused and not self._closing
+            info.append("read=polling" if reading else "read=idle")
+            state = "polling" if self._sending else "idle"
+            info.append(f"write=<{state}, bufsize={self.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn=warnings.warn):
+        if self._sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._sock.close()
+            if _SERVER_TRACKS_TRANSPORTS and self._server is not None:
+                self._server._detach(self)
+
+    # ------------------------------------------------------------ protocol
+
+    def set_protocol(self, protocol):
+        # the kind of protocol decides, once, how received bytes are handed over
+        self._buffered = isinstance(protocol, protocols.BufferedProtocol)
+        self._protocol = protocol
+        self._protocol_connected = True
+
+    def get_protocol(self):
+        return self._protocol
+
+    def is_closing(self):
+        return self._closing
+
+    def can_write_eof(self):
+        return True
+
+    # ------------------------------------------------------------- reading
+
+    def is_reading(self):
+        return not self._closing and not self._paused
+
+    def pause_reading(self):
+        if not self.is_reading():
+            return
+        self._paused = True
+        if self._recv_ud is not None:
+            self._engine.cancel(self._recv_ud)  # its late records get held
+        if self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self):
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self._held:
+            if not self._draining:
+                self._draining = True
+                self._loop.call_soon(self._drain_held, context=self._context)
+        else:
+            self._start_reading()
+        if self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    def _start_reading(self):
+        """Arm the multishot receive, unless one is still alive (a cancelled
+        one re-arms from its final record) or there is nothing left to read."""
+        if (
+            self._recv_ud is None
+            and not self._read_done
+            and not self._closing
+            and not self._paused
+            and not self._held
+        ):
+            self._recv_ud = self._engine.recv(self._sock_fd, self._on_recv_cb, multishot=True)
+
+    def _stop_reading(self):
+        if self._recv_ud is not None and not self._engine.closed:
+            self._engine.cancel(self._recv_ud)
+
+    def _on_recv(self, res, more, data):
+        """The engine's callback for the multishot receive."""
+        if not more:
+            self._recv_ud = None
+        if self._closing:
+            return  # the stock transport stops reading at close()
+        if res == _ECANCELED and not more:
+            self._start_reading()  # pause_reading cancelled it; resumed since?
+            return
+        held = self._held
+        if held is not None or self._paused or self._loop._ready:
+            # The stock loop queues a reader callback behind what is already
+            # in _ready; so do we when anything is (a task woken this turn, a
+            # connection_made not yet run): the record waits in order.
+            if held is None:
+                held = self._held = collections.deque()
+            held.append((res, data))
+            if not self._paused and not self._draining:
+                self._draining = True
+                self._loop.call_soon(self._drain_held, context=self._context)
+            return
+        self._process(res, data)
+        if not more:
+            self._start_reading()  # the op ended on data (emulated multishot)
+
+    def _drain_held(self):
+        self._draining = False
+        held = self._held
+        while held and self.is_reading():
+            res, data = held.popleft()
+            self._process(res, data)
+        if not held:
+            self._held = None
+            self._start_reading()
+
+    def _process(self, res, data):
+        if res > 0:
+            if self._conn_lost:
+                return
+            if self._buffered:
+                self._feed_buffer(data)
+                return
+            try:
+                self._protocol.data_received(data)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+        elif res == 0:
+            self._read_done = True
+            self._on_eof()
+        else:
+            self._read_done = True
+            self._fatal_error(_os_error(res), "Fatal read error on socket transport")
+
+    def _feed_buffer(self, data):
+        """BufferedProtocol: the received bytes go into get_buffer()'s buffer,
+        as many buffers as it takes. What is left when the protocol pauses
+        reading is held for resume_reading."""
+        n = len(data)
+        pos = 0
+        while pos < n:
+            try:
+                buf = self._protocol.get_buffer(n - pos)
+                if not len(buf):
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+                view = memoryview(buf).cast("B")
+                if view.readonly:
+                    raise TypeError("get_buffer() returned a read-only buffer")
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+                return
+            k = min(len(view), n - pos)
+            view[:k] = data if (pos == 0 and k == n) else memoryview(data)[pos:pos + k]
+            view.release()
+            pos += k
+            try:
+                self._protocol.buffer_updated(k)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+                return
+            if pos < n and (self._conn_lost or self._closing):
+                return
+            if pos < n and self._paused:
+                if self._held is None:
+                    self._held = collections.deque()
+                self._held.appendleft((n - pos, data[pos:]))
+                return
+
+    def _on_eof(self):
+        if self._loop.get_debug():
+            logger.debug("%r received EOF", self)
+        try:
+            keep_open = self._protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if not keep_open:
+            self.close()
+        # else: the receive op has ended; the protocol may still write
+
+    # ------------------------------------------------------------- writing
+
+    def get_write_buffer_size(self):
+        return self._buffer_size
+
+    def write(self, data):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
+            )
+        if self._eof:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if self._empty_waiter is not None:
+            raise RuntimeError("unable to write; sendfile is in progress")
+        if not data:
+            return
+        if self._conn_lost:
+            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        if type(data) is not bytes:
+            # the send leaves later: a mutable buffer is copied now, as the
+            # stock loop of 3.10/3.11 copies into its bytearray
+            data = bytes(data)
+        self._buffer.append(data)
+        self._buffer_size += len(data)
+        if not self._dirty:
+            self._dirty = True
+            self._loop._dirty.append(self)
+        if self._sending:
+            self._maybe_pause_protocol()
+        elif self._buffer_size > self._high_water:
+            self._send_now()
+
+    def _send_now(self):
+        """More than the high-water mark is queued and no send is in flight:
+        one non-blocking send() now, as the stock transport does on every
+        write, and pause the protocol only if the kernel left more than the
+        mark. Two reasons not to wait for the end of the turn here: the stock
+        loop never pauses for bytes the kernel takes at once (sslproto asserts
+        on a resume it did not expect), and a protocol that writes in a loop
+        whose drain() does not yield would never let the turn end."""
+        buf = self._buffer
+        data = buf[0] if len(buf) == 1 else b"".join(buf)
+        try:
+            n = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal write error on socket transport")
+            return
+        self._buffer = [data[n:]] if n < len(data) else []
+        self._buffer_size -= n
+        self._maybe_pause_protocol()
+
+    if _PY312:
+
+        def writelines(self, list_of_data):
+            if self._eof:
+                raise RuntimeError("Cannot call writelines() after write_eof()")
+            if self._empty_waiter is not None:
+                raise RuntimeError("unable to writelines; sendfile is in progress")
+            if not list_of_data:
+                return
+            chunks = [memoryview(data).tobytes() for data in list_of_data]
+            if self._conn_lost:
+                return  # the stock transport drops them silently here
+            for chunk in chunks:
+                if chunk:
+                    self._buffer.append(chunk)
+                    self._buffer_size += len(chunk)
+            if self._buffer and not self._dirty:
+                self._dirty = True
+                self._loop._dirty.append(self)
+            if self._sending:
+                self._maybe_pause_protocol()  # as in write()
+            elif self._buffer_size > self._high_water:
+                self._send_now()
+
+    def write_eof(self):
+        if self._closing or self._eof:
+            return
+        self._eof = True
+        if not self._dirty:  # the shutdown leaves with (after) the queued data
+            self._dirty = True
+            self._loop._dirty.append(self)
+
+    def _flush(self):
+        """Called by the loop right before it waits: what was written this
+        turn leaves as one send (unless one is in flight: then it leaves as
+        the next one, when that completes)."""
+        self._dirty = False
+        if self._conn_lost or self._fd_closing:
+            return
+        buf = self._buffer
+        if buf and not self._sending:
+            data = buf[0] if len(buf) == 1 else b"".join(buf)
+            self._buffer = []
+            self._sending = len(data)
+            self._engine.send(self._sock_fd, data, self._on_sent_cb)
+            buf = self._buffer
+        if self._eof and not self._shut and not buf:
+            self._shut = True
+            self._engine.shutdown(self._sock_fd, socket.SHUT_WR, _ignore)
+
+    def _on_sent(self, res, more, data):
+        sent, self._sending = self._sending, 0
+        if self._conn_lost:
+            return  # aborted: close_fd cancelled it
+        if res < 0:
+            exc = _os_error(res)
+            self._buffer = []
+            self._buffer_size = 0
+            self._fatal_error(exc, "Fatal write error on socket transport")
+            if self._empty_waiter is not None and not self._empty_waiter.done():
+                self._empty_waiter.set_exception(exc)
+            return
+        self._buffer_size -= sent
+        self._maybe_resume_protocol()  # may write more
+        if self._buffer:
+            if not self._dirty:
+                self._dirty = True
+                self._loop._dirty.append(self)
+            return
+        if self._empty_waiter is not None and not self._empty_waiter.done():
+            self._empty_waiter.set_result(None)
+        if self._closing:
+            self._conn_lost += 1
+            self._close_fd(None)
+
+    # ------------------------------------------------------------- closing
+
+    def close(self):
+        if self._closing:
+            return
+        self._closing = True
+        self._stop_reading()
+        if not self._buffer and not self._sending:
+            self._conn_lost += 1
+            self._close_fd(None)
+        # else: the queued data leaves first (_on_sent closes)
+
+    def abort(self):
+        self._force_close(None)
+
+    def _fatal_error(self, exc, message="Fatal error on transport"):
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+        self._force_close(exc)
+
+    def _force_close(self, exc):
+        if self._conn_lost:
+            return
+        self._buffer = []
+        self._buffer_size = 0
+        if not self._closing:
+            self._closing = True
+            self._stop_reading()
+        self._conn_lost += 1
+        self._close_fd(exc)
+
+    def _close_fd(self, exc):
+        """The fd goes through the engine's close (cancel all, wait, close).
+        connection_lost(exc) is scheduled now, as the stock loop schedules it,
+        but runs only once the close has completed: usually the close record
+        comes in the very next engine run, before that callback; if not, the
+        close record schedules it."""
+        if self._fd_closing:
+            return
+        self._fd_closing = True
+        self._lost_exc = exc
+        loop = self._loop
+        loop.call_soon(self._lost_due, context=self._context)
+        if self._engine.closed or self._sock.fileno() < 0:
+            self._sock.close()
+            self._fd_closed = True
+            return
+        self._engine.close_fd(self._sock.detach(), self._on_closed_cb)
+
+    def _on_closed(self, res, more, data):
+        self._fd_closed = True
+        if self._lost_is_due and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon(self._call_connection_lost, self._lost_exc, context=self._context)
+
+    def _lost_due(self):
+        self._lost_is_due = True
+        if self._fd_closed:
+            self._call_connection_lost(self._lost_exc)
+
+    def _call_connection_lost(self, exc):
+        if self._sock is None:
+            return
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            self._sock.close()
+            self._sock = None
+            self._protocol = None
+            self._loop = None
+            server = self._server
+            if server is not None:
+                if _SERVER_TRACKS_TRANSPORTS:
+                    server._detach(self)
+                else:
+                    server._detach()
+                self._server = None
+            if self._empty_waiter is not None and not self._empty_waiter.done():
+                self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
+
+    # ------------------------------------------------------------ sendfile
+
+    def _make_empty_waiter(self):
+        if self._empty_waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        self._empty_waiter = self._loop.create_future()
+        if not self._buffer and not self._sending:
+            self._empty_waiter.set_result(None)
+        return self._empty_waiter
+
+    def _reset_empty_waiter(self):
+        self._empty_waiter = None
+
+
+class Acceptor:
+    """One listening socket served by a multishot engine accept.
+
+    Each accepted fd becomes a socket built from the listener's own family,
+    type and proto (no probing syscalls), then protocol_factory() and a
+    transport, as the stock loop's _accept_connection2 does; TLS connections
+    go through that very coroutine (it awaits the handshake). When the process
+    runs out of descriptors (EMFILE, ENFILE, ENOBUFS, ENOMEM) accepting stops
+    for constants.ACCEPT_RETRY_DELAY and resumes, as in the stock loop; the
+    connections meanwhile wait in the kernel's backlog.
+    """
+
+    def __init__(self, loop, protocol_factory, sock, sslcontext, server, backlog,
+                 ssl_handshake_timeout, ssl_shutdown_timeout):
+        self.loop = loop
+        self.protocol_factory = protocol_factory
+        self.sock = sock
+        self.sslcontext = sslcontext
+        self.server = server
+        self.backlog = backlog
+        self.ssl_handshake_timeout = ssl_handshake_timeout
+        self.ssl_shutdown_timeout = ssl_shutdown_timeout
+        self.family, self.type, self.proto = sock.family, sock.type, sock.proto
+        self.ud = None
+        self.stopped = False
+        self.resting = False  # out of descriptors: accepting waits a while
+        self._cb = functools.partial(contextvars.copy_context().run, self._on_accept)
+
+    def start(self):
+        if self.stopped or self.resting or self.ud is not None or self.sock.fileno() < 0:
+            return
+        self.ud = self.loop._engine.accept(self.sock.fileno(), self._cb, multishot=True)
+
+    def stop(self):
+        self.stopped = True
+
+    def _on_accept(self, res, more, data):
+        if not more:
+            self.ud = None
+        if res >= 0:
+            if self.stopped:
+                os.close(res)  # won the race against the server's close
+                return
+            self._connection(res)
+            if not more:
+                self.start()
+            return
+        if self.stopped or res == _ECANCELED:
+            if not more and not self.stopped:
+                self.start()  # cancelled while resting, and the rest is over
+            return
+        exc = _os_error(res)
+        loop = self.loop
+        if -res in _ACCEPT_EXHAUSTED:
+            loop.call_exception_handler(
+                {
+                    "message": "socket.accept() out of system resource",
+                    "exception": exc,
+                    "socket": trsock.TransportSocket(self.sock),
+                }
+            )
+            self.resting = True
+            if self.ud is not None:
+                loop._engine.cancel(self.ud)
+            loop.call_later(constants.ACCEPT_RETRY_DELAY, self._rest_over)
+            return
+        # The stock loop lets such an error escape its reader callback, which
+        # logs it; the listener stays registered.
+        loop.call_exception_handler(
+            {
+                "message": f"Exception in callback {self!r}",
+                "exception": exc,
+                "socket": trsock.TransportSocket(self.sock),
+            }
+        )
+        if not more:
+            self.start()
+
+    def _rest_over(self):
+        self.resting = False
+        self.start()
+
+    def _connection(self, fd):
+        loop = self.loop
+        try:
+            conn = socket.socket(self.family, self.type, self.proto, fileno=fd)
+        except OSError:
+            os.close(fd)
+            raise
+        conn.setblocking(False)
+        if loop._debug:
+            logger.debug("%r got a new connection: %r", self.server, conn)
+        if self.sslcontext:
+            loop.create_task(
+                loop._accept_connection2(
+                    self.protocol_factory, conn, {}, self.sslcontext, self.server,
+                    self.ssl_handshake_timeout, self.ssl_shutdown_timeout,
+                )
+            )
+            return
+        # a plain connection needs no task: nothing is awaited but the
+        # waiter that connection_made() has run, which no one else sees
+        protocol = transport = None
+        try:
+            protocol = self.protocol_factory()
+            transport = loop._make_socket_transport(conn, protocol, server=self.server)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            if transport is None:
+                conn.close()
+            if loop._debug:
+                context = {
+                    "message": "Error on transport creation for incoming connection",
+                    "exception": exc,
+                }
+                if protocol is not None:
+                    context["protocol"] = protocol
+                loop.call_exception_handler(context)
+
+    def __repr__(self):
+        return f"<Acceptor fd={self.sock.fileno()} server={self.server!r}>"
