@@ -9,15 +9,9 @@ one so that each comes back when its transport lands.
 
 _STREAM = "needs socket stream transports (create_connection/create_server), not written yet"
 _SSL = "needs TLS over socket transports (sslproto on our stream transport), not written yet"
-_DGRAM = "needs datagram transports (create_datagram_endpoint), not written yet"
 _PIPE = "needs pipe transports (connect_read_pipe/connect_write_pipe), not written yet"
 
 EXCLUDED: dict = {
-    "test_events.test_create_datagram_endpoint": _DGRAM,
-    "test_events.test_create_datagram_endpoint_ipv6": _DGRAM,
-    "test_events.test_create_datagram_endpoint_sock": _DGRAM,
-    "test_events.test_datagram_send_to_non_listening_address": _DGRAM,
-    "test_sendfile.test_sendfile_not_supported": _DGRAM,
     "test_streams.test_read_all_from_pipe_reader": _PIPE,
     "test_events.test_read_pipe": _PIPE,
     "test_events.test_write_pipe": _PIPE,
