@@ -261,6 +261,40 @@ static int try_recv_pool(ul_engine *e, struct ul_op *op)
     return TRY_YIELD;
 }
 
+/* Datagrams into the datagram pool, one recvmsg per datagram, in the layout
+ * of io_uring's multishot recvmsg (ul__dmsg_setup); multishot emulated. */
+static int try_recvmsg_pool(ul_engine *e, struct ul_op *op)
+{
+    for (int n = 0; n < BUDGET; n++) {
+        int bid = ul__dpool_take(e);
+        if (bid < 0)
+            return TRY_YIELD;  /* buffers come back at the next recycle */
+        op->bid = bid;
+        ul__dmsg_setup(e, op);
+        ssize_t r = recvmsg(op->fd, &op->msg, op->msg_flags | MSG_DONTWAIT);
+        e->st.submitted++;
+        op->bid = -1;
+        if (r >= 0) {
+            int rearm;
+            op->bid = bid;
+            int32_t len = ul__dmsg_done(e, op, (int32_t)r);
+            op->bid = -1;
+            ul__dgram_result(e, op, len, (uint16_t)bid, 1, &rearm);
+            if (!op->multishot)
+                return TRY_DONE;
+            continue;
+        }
+        ul__pool_put(e, (uint16_t)bid);
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return TRY_WAIT;
+        ul__finish(e, op, -errno, 0, 0);
+        return TRY_DONE;
+    }
+    return TRY_YIELD;
+}
+
 static int try_accept(ul_engine *e, struct ul_op *op)
 {
     for (int n = 0; n < BUDGET; n++) {
@@ -332,6 +366,8 @@ static int try_op(ul_engine *e, struct ul_op *op)
         return try_recv_pool(e, op);
     case K_ACCEPT:
         return try_accept(e, op);
+    case K_RECVMSG_POOL:
+        return try_recvmsg_pool(e, op);
     case K_SEND:
     case K_SENDV:
     case K_WRITE:
@@ -561,7 +597,7 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
 
 static void ep_recycle(ul_engine *e, uint16_t bid)
 {
-    ul__pool_put(e, bid);
+    ul__pool_put(e, bid);  /* either pool: the bid says which */
 }
 
 static void ep_before_close(ul_engine *e, int fd)

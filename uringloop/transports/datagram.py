@@ -7,11 +7,13 @@ What the engine gives a datagram transport, and how this module uses it:
   a datagram split or two merged. Where the engine can, that receive is a
   multishot ``recvmsg`` into its datagram pool (``Engine.recvmsg_pool``: the
   kernel writes header, sender address and payload into one pool buffer, in
-  the ``io_uring_recvmsg_out`` layout); a datagram the pool buffer cannot hold
-  whole is never handed over cut: the receive says EMSGSIZE and the transport
-  reads datagrams from then on one at a time into a buffer of the stock
-  transport's ``max_size`` (256 KiB, what the stock loop's ``recvfrom`` gets),
-  so what is delivered is exactly what the stock loop delivers.
+  the ``io_uring_recvmsg_out`` layout). A pool buffer holds any UDP datagram
+  whole (68 KiB). Unix datagrams can be longer (up to the sender's SO_SNDBUF),
+  so a Unix endpoint receives one datagram at a time into a buffer of the
+  stock transport's ``max_size`` (256 KiB, what the stock loop's ``recvfrom``
+  asks for): what is delivered is exactly what the stock loop delivers. Should
+  a pool receive ever meet a datagram too long for its buffer, it is reported
+  (``error_received(OSError(EMSGSIZE))``), never handed over cut.
   ``pause_reading`` cancels the op; records that still arrive after the
   cancel (the cancel race) are held and handed over first on resume.
 * Sending is the stock transport's: ``sendto`` tries the socket at once (the
@@ -33,6 +35,7 @@ import functools
 import inspect
 import os
 import select
+import socket
 import sys
 import warnings
 from asyncio import constants, events, futures, selector_events, transports, trsock
@@ -42,6 +45,7 @@ __all__ = ["DatagramTransport"]
 
 _ECANCELED = -errno.ECANCELED
 _EMSGSIZE = -errno.EMSGSIZE
+_POOL_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
 def _stock_sendto_rules():
@@ -101,7 +105,8 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         self._lost_is_due = False
         self._lost_exc = None
         self._recv_ud = None  # the receive op, until its final record
-        self._pool = hasattr(self._engine, "recvmsg_pool")  # switched off by EMSGSIZE
+        # UDP on the datagram pool; Unix datagrams may outgrow its buffers
+        self._pool = sock.family in _POOL_FAMILIES and hasattr(self._engine, "recvmsg_pool")
         self._rbuf = None  # one-datagram buffer of the fallback receive
         self._held = None  # deque of (data, addr, exc) not yet handed over
         self._draining = False
@@ -206,13 +211,10 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
                     self._start_reading()  # pause_reading cancelled it; resumed since?
                 return
             if res == _EMSGSIZE and self._pool:
-                # a datagram longer than a pool buffer is waiting (the engine
-                # has not taken it): from now on one at a time, whole
-                self._pool = False
-                if not more:
-                    self._start_reading()
-                return
-            item = (None, None, _os_error(res))
+                exc = OSError(errno.EMSGSIZE, "datagram longer than the receive buffer: dropped")
+            else:
+                exc = _os_error(res)
+            item = (None, None, exc)
         elif self._pool:  # pool receive: data is (payload, address)
             item = (data[0], data[1], None)
         else:  # one-shot into _rbuf: data is the address
