@@ -371,8 +371,11 @@ def test_close_with_sends_queued(any_loop):
                 await asyncio.sleep(0.001)
         assert got == [b"%06d" % i for i in range(n)]
         assert await pr.lost is None
-        assert pr.resumed == 1
-        assert tr.get_write_buffer_size() == 0
+        if not (is_stock(loop) and _stock_counts_header()):
+            # 3.13's stock transport adds 8 header bytes per queued datagram and
+            # takes back only the payload: it never resumes. Not copied.
+            assert pr.resumed == 1
+            assert tr.get_write_buffer_size() == 0
         b.close()
 
     run_in(loop, main())
