@@ -59,9 +59,12 @@ bench: build
 	$(PY) benchmarks/engine_bench.py
 	$(PY) benchmarks/loop_bench.py
 
-## demo: the engine echo demo
+## demo: the examples against the in-place build (aiohttp_hello.py needs aiohttp, tls_echo.py trustme)
 demo: build
-	$(PY) examples/echo.py
+	PYTHONPATH=. $(PY) examples/echo.py
+	PYTHONPATH=. $(PY) examples/echo_server.py streams --selftest
+	PYTHONPATH=. $(PY) examples/aiohttp_hello.py
+	PYTHONPATH=. $(PY) examples/tls_echo.py
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .ruff_cache tests/_bin

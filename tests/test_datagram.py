@@ -556,3 +556,46 @@ def test_sendto_after_close_is_quiet(any_loop):
         assert pr.errors == []
 
     run_in(loop, main())
+
+
+def test_endpoint_survives_a_run_from_another_thread(any_loop):
+    """The loop stops (io_uring: its requests leave the kernel) and is run
+    again from another thread (io_uring: a new ring, the datagram buffer ring
+    registered again): the endpoint goes on receiving, nothing lost."""
+    import threading
+
+    loop = any_loop
+
+    async def setup():
+        return await loop.create_datagram_endpoint(
+            lambda: Recorder(loop), local_addr=("127.0.0.1", 0)
+        )
+
+    rx, rp = run_in(loop, setup())
+    addr = rx.get_extra_info("sockname")
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(3):
+        tx.sendto(b"before %d" % i, addr)  # arrive while the loop is stopped
+    errors = []
+
+    async def later():
+        for i in range(3):
+            tx.sendto(b"after %d" % i, addr)
+        await rp.until(lambda: len(rp.datagrams) == 6)
+        rx.close()
+        await rp.lost
+
+    def other():
+        try:
+            run_in(loop, later())
+        except BaseException as exc:  # noqa: BLE001 -- reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(30)
+    tx.close()
+    assert not t.is_alive() and not errors, errors
+    assert [d for d, _ in rp.datagrams] == [b"before %d" % i for i in range(3)] + [
+        b"after %d" % i for i in range(3)
+    ]

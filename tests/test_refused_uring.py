@@ -249,3 +249,73 @@ def test_main_bogus_backend_is_an_error(workdir):
     out = proc.stdout + proc.stderr
     assert "bogus" in out, _describe(proc)
     assert "backend: " not in proc.stdout, _describe(proc)
+
+
+# ----------------------------------------------- io_uring_enter refused alone
+
+RAW_SETUP_AND_ENTER = RAW_SETUP + textwrap.dedent(
+    """
+    fd = libc.syscall(425, 8, params)
+    r = libc.syscall(426, fd, 0, 0, 1, None, 0)   # io_uring_enter(GETEVENTS)
+    print("io_uring_enter:", "ok" if r >= 0 else "errno %d" % ctypes.get_errno())
+    os.close(fd)
+    """
+)
+
+
+def test_helper_only_enter_refuses_io_uring_enter(deny_uring, workdir):
+    """--only-enter: setup works, enter fails with EPERM."""
+    proc = _run([deny_uring, "--only-enter", sys.executable, "-c", RAW_SETUP_AND_ENTER], None,
+                workdir)
+    assert proc.returncode == 0, _describe(proc)
+    assert proc.stdout.split() == ["io_uring_setup:", "ok", "io_uring_enter:", "errno",
+                                   str(errno.EPERM)], _describe(proc)
+
+
+@pytest.mark.parametrize("backend", [None, "auto"])
+def test_enter_refused_auto_picks_epoll_with_reason(deny_uring, workdir, backend):
+    """setup allowed, enter refused: auto comes up on epoll and says why
+    (it used to pick io_uring and fail at the first run)."""
+    proc = _run([deny_uring, "--only-enter", sys.executable, "-m", "uringloop"], backend,
+                workdir)
+    assert proc.returncode == 0, _describe(proc)
+    info = _report(proc.stdout)
+    assert info.get("backend") == "epoll", _describe(proc)
+    assert "io_uring_enter" in info.get("reason", ""), _describe(proc)
+    assert "EPERM" in info.get("reason", ""), _describe(proc)
+
+
+LOOP_ROUND_TRIP = textwrap.dedent(
+    """
+    import asyncio, socket, uringloop
+    loop = uringloop.new_event_loop()
+    async def main():
+        a, b = socket.socketpair()
+        a.setblocking(False); b.setblocking(False)
+        await loop.sock_sendall(a, b"ping")
+        data = await asyncio.wait_for(loop.sock_recv(b, 10), 10)
+        a.close(); b.close()
+        return data
+    print(loop.backend, loop.run_until_complete(main()), loop.backend_reason)
+    loop.close()
+    """
+)
+
+
+def test_enter_refused_loop_runs_on_epoll(deny_uring, workdir):
+    proc = _run([deny_uring, "--only-enter", sys.executable, "-c", LOOP_ROUND_TRIP], None,
+                workdir)
+    assert proc.returncode == 0, _describe(proc)
+    assert proc.stdout.startswith("epoll b'ping' "), _describe(proc)
+    assert "io_uring_enter" in proc.stdout, _describe(proc)
+
+
+@pytest.mark.parametrize("how", ["env", "argument"])
+def test_enter_refused_forced_io_uring_raises(deny_uring, workdir, how):
+    argv, backend = ([], "io_uring") if how == "env" else (["io_uring"], None)
+    proc = _run([deny_uring, "--only-enter", sys.executable, "-c", FORCED, *argv], backend,
+                workdir)
+    assert proc.returncode == 0, _describe(proc)
+    out = proc.stdout.strip()
+    assert out.startswith("OSError:"), _describe(proc)
+    assert "io_uring_enter" in out and "EPERM" in out, _describe(proc)

@@ -22,6 +22,7 @@ import os
 import socket
 import struct
 import warnings
+import weakref
 
 from . import _sched
 from ._engine_cffi import ffi, lib
@@ -58,6 +59,9 @@ _ENTRY_POINTS = tuple(
 # Engine methods that are the C table's own (bound per instance in __init__)
 _HOT = ("nop", "recv", "send", "sendv", "accept", "shutdown", "close_fd", "cancel",
         "cancel_fd", "wake")
+
+# Every open engine, so that a fork()ed child can forget its copies (below).
+_live: weakref.WeakSet = weakref.WeakSet()
 
 # Objects of engines whose ops never completed (close() timed out): the kernel
 # may still own their buffers, so they are kept alive for the process lifetime.
@@ -250,6 +254,8 @@ class Engine:
                 raise OSError(code, message + where)
             raise OSError(errno.EINVAL, message)
         self._e = e
+        self._forked = False
+        _live.add(self)
         info = ffi.new("ul_info *")
         lib.ul_get_info(e, info)
         self._info = info
@@ -290,6 +296,14 @@ class Engine:
             self._pool_size, self._buf_size, *_ENTRY_POINTS,
         )
 
+    def _closed_error(self) -> RuntimeError:
+        if self._forked:
+            return RuntimeError(
+                "this engine belongs to the parent process: a fork()ed child "
+                "must create its own loop"
+            )
+        return RuntimeError("engine is closed")
+
     @property
     def _dispatching(self) -> bool:
         """True while records are being delivered (run/close are refused then)."""
@@ -300,7 +314,7 @@ class Engine:
         """A submission through cffi (the cold ops): the slot comes from the
         table; submit(ud) -> rc. Arguments were checked before."""
         if self._e is None:
-            raise RuntimeError("engine is closed")
+            raise self._closed_error()
         ud = self._t.take(cb, keep)
         rc = submit(ud)
         if rc < 0:
@@ -317,12 +331,14 @@ class Engine:
         return self._t.nop(cb)
 
     def recv(self, fd: int, cb, multishot: bool = True, nbytes: int = 0,
-             coalesce: bool = False) -> int:
+             coalesce: bool = False, view: bool = False) -> int:
         """Receive into the engine's pool; ``data`` is the bytes received.
         nbytes caps a one-shot receive (0: the pool buffer size). coalesce:
         the records one turn brings for this op come as one callback with the
-        bytes joined (a stream transport wants one data_received per turn)."""
-        return self._t.recv(fd, cb, multishot, nbytes, coalesce)
+        bytes joined (a stream transport wants one data_received per turn).
+        view: ``data`` is a read-only memoryview of the pool buffer instead,
+        valid only during the callback (released after it; no bytes made)."""
+        return self._t.recv(fd, cb, multishot, nbytes, coalesce, view)
 
     def send(self, fd: int, data, cb, flags: int = 0) -> int:
         """Send all of data, after every send queued before it on fd."""
@@ -418,10 +434,25 @@ class Engine:
     def flush(self) -> None:
         """Hand queued operations to the kernel now, without waiting for any."""
         if self._e is None:
-            raise RuntimeError("engine is closed")
+            raise self._closed_error()
         rc = lib.ul_flush(self._e)
         if rc < 0:
-            raise OSError(-rc, os.strerror(-rc))
+            _raise_submit_error(rc)
+
+    def park(self) -> bool:
+        """The loop stops running: every request leaves the kernel and waits in
+        the engine for the next run, which may then come from any thread. Call
+        it from the thread that ran the engine, never from a callback. True when
+        parked (always on epoll); False when a request would not leave the
+        kernel (the engine then stays bound to this thread)."""
+        if self._e is None:
+            raise self._closed_error()
+        if self._dispatching:
+            raise RuntimeError("park() from a completion callback")
+        rc = lib.ul_park(self._e)
+        if rc == -errno.EEXIST:
+            raise RuntimeError("park() from a thread other than the one that ran the engine")
+        return rc == 0
 
     # ---------------------------------------------------------------- run
 
@@ -436,7 +467,7 @@ class Engine:
         while it waits comes out of here."""
         e = self._e
         if e is None:
-            raise RuntimeError("engine is closed")
+            raise self._closed_error()
         if self._dispatching:
             raise RuntimeError("run() from a completion callback")
         if timeout is None:
@@ -459,14 +490,18 @@ class Engine:
     def _raise_run_error(n: int) -> None:
         """ul_run failed with n (< 0): the exception that says why."""
         if n == -errno.EEXIST:
-            raise RuntimeError("the engine belongs to the thread that first ran it")
+            raise RuntimeError(
+                "the engine is bound to the thread that last ran it: it must be "
+                "parked there (Engine.park(), which a loop does when it stops "
+                "running) before another thread runs it"
+            )
         raise OSError(-n, os.strerror(-n))
 
     def native(self) -> tuple:
         """What uringloop._sched's turn needs: (engine, table). The table holds
         the engine's entry points; they are valid until close() detaches it."""
         if self._e is None:
-            raise RuntimeError("engine is closed")
+            raise self._closed_error()
         return (self, self._t)
 
     def _addr_of(self, slot: int):
@@ -488,7 +523,7 @@ class Engine:
         if n <= 0:
             return None
         if self._e is None:
-            raise RuntimeError("engine is closed")
+            raise self._closed_error()
         return self._t.deliver(n)
 
     # -------------------------------------------------------------- state
@@ -523,7 +558,7 @@ class Engine:
 
     def stats(self) -> dict:
         if self._e is None:
-            raise RuntimeError("engine is closed")
+            raise self._closed_error()
         s = self._stats
         lib.ul_get_stats(self._e, s)
         return {name: getattr(s, name) for name in _STATS}
@@ -550,6 +585,19 @@ class Engine:
         else:
             self._t.release_all()
 
+    def _forget(self) -> None:
+        """In a fork()ed child: this engine is the parent's. Close the child's
+        copies of its fds and free its heap memory, touching no ring or pool
+        (they are not mapped in the child) and no kernel request (the parent's).
+        The ops' callbacks never run here; their objects are dropped."""
+        e, self._e = self._e, None
+        if e is None:
+            return
+        self._forked = True
+        self._t.detach()  # the C table's submissions and wakes see a closed engine
+        lib.ul_forget(e)
+        self._t.release_all()
+
     def __enter__(self):
         return self
 
@@ -559,6 +607,23 @@ class Engine:
     def __del__(self):
         if getattr(self, "_e", None) is not None:
             self.close(timeout=1.0)
+
+
+def _raise_submit_error(rc: int):
+    if rc == -errno.EEXIST:
+        raise RuntimeError(
+            "engine operation from another thread while the loop runs in its own "
+            "(use loop.call_soon_threadsafe or asyncio.run_coroutine_threadsafe)"
+        )
+    raise OSError(-rc, os.strerror(-rc))
+
+
+def _forget_all_after_fork() -> None:
+    for eng in list(_live):
+        eng._forget()
+
+
+os.register_at_fork(after_in_child=_forget_all_after_fork)
 
 
 _STATS = (

@@ -115,6 +115,19 @@ _sched.setup(
 )
 
 
+# Loops whose native turn runs an engine, so that a fork()ed child can unhook
+# them (engine.py forgets the engines themselves).
+_attached: weakref.WeakSet = weakref.WeakSet()
+
+
+def _detach_after_fork() -> None:
+    for loop in list(_attached):
+        loop._sched_detach()
+
+
+os.register_at_fork(after_in_child=_detach_after_fork)
+
+
 class _Turn:
     """What BaseEventLoop._run_once calls ``self._selector``: one engine run."""
 
@@ -174,6 +187,7 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
             raise
         self._selector = _Turn(self)
         self._sched_attach(self._engine.native(), self._selector.report)
+        _attached.add(self)
 
     # ------------------------------------------------------------ identity
 
@@ -192,6 +206,24 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         return self._engine.stats()
 
     # ------------------------------------------------------ run-turn hooks
+
+    def run_forever(self):
+        # When it stops, the engine lets go of this thread (Engine.park: no
+        # request left in the kernel), so that another thread may run the loop
+        # next, as asyncio allows. Before that, the writes of the last turn
+        # leave (they would otherwise wait for the next run).
+        started = not self.is_running()
+        try:
+            super().run_forever()
+        finally:
+            if started and not self.is_closed() and not self._engine.closed:
+                try:
+                    if self._dirty:
+                        self._flush_dirty()
+                        self._engine.flush()
+                    self._engine.park()
+                except RuntimeError:
+                    pass  # not this thread's engine: the run itself said so
 
     def _process_events(self, event_list):
         pass  # completions were dispatched inside the turn
@@ -221,19 +253,16 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
             for _ud, handle, _obj in table.values():
                 handle.cancel()
             table.clear()
+        # a server never closed: drop its accepting (the stock loop's close
+        # drops its accept handles), so the listening socket is left to its
+        # owner and the garbage collector, not kept alive by the closed loop
+        for acceptor in self._acceptors.values():
+            acceptor.stop()
+        self._acceptors.clear()
         # cancels and reaps every operation still in flight, then frees the engine
         self._sched_detach()
         self._engine.close()
         self._close_self_pipe()
-
-    def run_forever(self):
-        try:
-            super().run_forever()
-        finally:
-            # writes of the last turn would otherwise wait for the next run
-            if self._dirty and not self.is_closed():
-                self._flush_dirty()
-                self._engine.flush()
 
     # ---------------------------------------------------------- transports
 

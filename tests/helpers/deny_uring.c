@@ -1,11 +1,13 @@
 /*
  * deny_uring -- run a command where io_uring_setup(2) is refused.
  *
- *   deny_uring [--errno=EPERM|ENOSYS] CMD [ARGS...]
+ *   deny_uring [--errno=EPERM|ENOSYS] [--only-enter] CMD [ARGS...]
  *
  * Sets PR_SET_NO_NEW_PRIVS, installs a seccomp BPF filter that makes
  * io_uring_setup fail with EPERM (default) or ENOSYS and allows every other
- * system call, then execvp()s CMD. The filter is inherited by every child, so
+ * system call, then execvp()s CMD. With --only-enter, io_uring_setup is
+ * allowed and io_uring_enter is refused instead (some sandboxes filter the
+ * two separately). The filter is inherited by every child, so
  * the whole process tree sees a kernel that refuses io_uring, as a container
  * runtime's default seccomp profile would. Used by tests/test_refused_uring.py
  * to check the engine's fallback to epoll.
@@ -38,17 +40,20 @@
 /* x86_64's x32 ABI numbers its syscalls with this bit set. */
 #define X32_SYSCALL_BIT 0x40000000u
 
-/* io_uring_setup is 425 on x86_64 and aarch64 alike (the unified table). */
+/* io_uring_setup is 425 and io_uring_enter 426 on x86_64 and aarch64 alike
+ * (the unified table). */
 #define IO_URING_SETUP_NR 425u
+#define IO_URING_ENTER_NR 426u
 
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: deny_uring [--errno=EPERM|ENOSYS] CMD [ARGS...]\n"
-            "  runs CMD with io_uring_setup(2) failing (default errno EPERM)\n");
+            "usage: deny_uring [--errno=EPERM|ENOSYS] [--only-enter] CMD [ARGS...]\n"
+            "  runs CMD with io_uring_setup(2) failing (default errno EPERM),\n"
+            "  or with --only-enter io_uring_enter(2) failing instead\n");
 }
 
-static int install_filter(unsigned int err)
+static int install_filter(unsigned int err, unsigned int nr)
 {
     struct sock_filter prog[] = {
         /* 0 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
@@ -58,7 +63,7 @@ static int install_filter(unsigned int err)
         /* 4 */ BPF_JUMP(BPF_JMP | BPF_JA, 2, 0, 0), /* -> 7 */
         /* 5 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_AARCH64, 0, 3), /* -> 6 : 9 */
         /* 6 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        /* 7 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, IO_URING_SETUP_NR, 0, 1), /* -> 8 : 9 */
+        /* 7 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 1), /* -> 8 : 9 */
         /* 8 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (err & SECCOMP_RET_DATA)),
         /* 9 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
@@ -81,6 +86,7 @@ static int install_filter(unsigned int err)
 int main(int argc, char **argv)
 {
     unsigned int err = EPERM;
+    unsigned int nr = IO_URING_SETUP_NR;
     int i = 1;
 
     while (i < argc && strncmp(argv[i], "--", 2) == 0) {
@@ -92,6 +98,8 @@ int main(int argc, char **argv)
             err = EPERM;
         } else if (strcmp(opt, "--errno=ENOSYS") == 0) {
             err = ENOSYS;
+        } else if (strcmp(opt, "--only-enter") == 0) {
+            nr = IO_URING_ENTER_NR;
         } else if (strcmp(opt, "--help") == 0 || strcmp(opt, "-h") == 0) {
             usage();
             return 0;
@@ -106,7 +114,7 @@ int main(int argc, char **argv)
         usage();
         return 2;
     }
-    if (install_filter(err) != 0)
+    if (install_filter(err, nr) != 0)
         return 1;
     execvp(argv[i], &argv[i]);
     fprintf(stderr, "deny_uring: cannot run %s: %s\n", argv[i], strerror(errno));

@@ -30,6 +30,32 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
+/* Its address names the calling thread (cheaper than pthread_self()). */
+static __thread char this_thread;
+
+/* A submission from a thread other than the one blocked in ul_run would race
+ * it on the SQ, the op table and the fd table: refused (one load and a branch
+ * when the loop is not in ul_run). Not a lock: it catches the mistake while
+ * the loop waits, not every interleaving. */
+static int foreign_thread(ul_engine *e)
+{
+    return __atomic_load_n(&e->in_run, __ATOMIC_ACQUIRE) && e->run_thread != &this_thread;
+}
+
+/* ---------------------------------------------------------- allocation */
+
+static int fail_allocs;  /* tests: ul_test_fail_allocs */
+
+EXPORT void ul_test_fail_allocs(int on)
+{
+    __atomic_store_n(&fail_allocs, on, __ATOMIC_RELAXED);
+}
+
+void *ul__realloc(void *p, size_t n)
+{
+    return __atomic_load_n(&fail_allocs, __ATOMIC_RELAXED) ? NULL : realloc(p, n);
+}
+
 /* ------------------------------------------------------------------ ops */
 
 /* The op record for slot, allocating its chunk on first use. */
@@ -42,7 +68,7 @@ static struct ul_op *op_alloc(ul_engine *e, uint32_t slot)
         uint32_t n = e->nchunks ? e->nchunks : 8;
         while (n <= c)
             n *= 2;
-        struct ul_op **p = realloc(e->chunks, n * sizeof *p);
+        struct ul_op **p = ul__realloc(e->chunks, n * sizeof *p);
         if (!p)
             return NULL;
         memset(p + e->nchunks, 0, (n - e->nchunks) * sizeof *p);
@@ -50,9 +76,10 @@ static struct ul_op *op_alloc(ul_engine *e, uint32_t slot)
         e->nchunks = n;
     }
     if (!e->chunks[c]) {
-        e->chunks[c] = calloc(CHUNK_SIZE, sizeof(struct ul_op));
+        e->chunks[c] = ul__realloc(NULL, CHUNK_SIZE * sizeof(struct ul_op));
         if (!e->chunks[c])
             return NULL;
+        memset(e->chunks[c], 0, CHUNK_SIZE * sizeof(struct ul_op));
     }
     return &e->chunks[c][slot & (CHUNK_SIZE - 1)];
 }
@@ -84,7 +111,7 @@ struct ul_fd *ul__fd(ul_engine *e, int fd)
         int n = e->nfds ? e->nfds : 64;
         while (n <= fd)
             n *= 2;
-        struct ul_fd *p = realloc(e->fds, (size_t)n * sizeof *p);
+        struct ul_fd *p = ul__realloc(e->fds, (size_t)n * sizeof *p);
         if (!p)
             return NULL;
         for (int i = e->nfds; i < n; i++)
@@ -97,17 +124,56 @@ struct ul_fd *ul__fd(ul_engine *e, int fd)
 
 /* ------------------------------------------------------------- records */
 
-static int pend_push(ul_engine *e, ul_record r)
+/*
+ * Allocation never happens where a failure could only drop work. A final
+ * record is due for every live op, and a record naming a pool buffer for
+ * every buffer, so pend is grown at submission (op_begin, which can say
+ * -ENOMEM) to hold that many; the backlog is a list through the ops; the
+ * backends reserve what they keep per op the same way. Only records that
+ * carry neither (multishot accepts, level polls) can go past that bound,
+ * under a sustained overload; pend then grows, and if it cannot, the process
+ * stops with a message rather than lose a record silently.
+ */
+void ul__out_of_memory(const char *what)
 {
-    if (e->npend == e->pend_cap) {
-        uint32_t n = e->pend_cap ? e->pend_cap * 2 : 256;
-        ul_record *p = realloc(e->pend, n * sizeof *p);
-        if (!p)
-            return -ENOMEM;  /* cannot happen in practice; record is lost */
-        e->pend = p;
-        e->pend_cap = n;
-    }
+    fprintf(stderr, "uringloop engine: out of memory (%s); a completion would be lost, "
+                    "aborting\n", what);
+    abort();
+}
+
+static int pend_grow(ul_engine *e, uint32_t n)
+{
+    ul_record *p = ul__realloc(e->pend, n * sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    e->pend = p;
+    e->pend_cap = n;
+    return 0;
+}
+
+static void pend_push(ul_engine *e, ul_record r)
+{
+    if (e->npend == e->pend_cap && pend_grow(e, e->pend_cap ? e->pend_cap * 2 : 256) < 0)
+        ul__out_of_memory("records past the reserve");
     e->pend[e->npend++] = r;
+}
+
+/* Room for the records of ops live ops (and the backend's per-op state),
+ * plus one per pool buffer: at submission, so that a failure is this
+ * submission's -ENOMEM. */
+static int reserve(ul_engine *e, uint32_t ops)
+{
+    if (ops <= e->reserved)
+        return 0;
+    uint32_t n = e->reserved ? e->reserved : 64;
+    while (n < ops)
+        n *= 2;
+    uint32_t need = n + e->cfg.buf_count + UL_DGRAM_BUFS;  /* a record per pool buffer */
+    if (need > e->pend_cap && pend_grow(e, need) < 0)
+        return -ENOMEM;
+    if (e->be->reserve && e->be->reserve(e, n) < 0)
+        return -ENOMEM;
+    e->reserved = n;
     return 0;
 }
 
@@ -214,40 +280,52 @@ void ul__pool_used(ul_engine *e, uint16_t bid)
 
 void ul__backlog_push(ul_engine *e, struct ul_op *op)
 {
-    if (e->bl_tail - e->bl_head == e->bl_cap) {
-        uint32_t n = e->bl_cap ? e->bl_cap * 2 : 256;
-        void *p = malloc(n * sizeof *e->backlog);
-        if (!p)
-            return;
-        for (uint32_t i = 0; i < e->bl_tail - e->bl_head; i++)
-            ((typeof(e->backlog))p)[i] = e->backlog[(e->bl_head + i) % e->bl_cap];
-        free(e->backlog);
-        e->backlog = p;
-        e->bl_tail -= e->bl_head;
-        e->bl_head = 0;
-        e->bl_cap = n;
-    }
     op->state = S_BACKLOG;
-    e->backlog[e->bl_tail % e->bl_cap].slot = ul__slot(op->ud);
-    e->backlog[e->bl_tail % e->bl_cap].ud = op->ud;
-    e->bl_tail++;
+    if (op->on_backlog)
+        return;
+    int32_t slot = (int32_t)ul__slot(op->ud);
+    op->on_backlog = 1;
+    op->bl_next = -1;
+    if (e->bl_tail >= 0)
+        op_at(e, e->bl_tail)->bl_next = slot;
+    else
+        e->bl_head = slot;
+    e->bl_tail = slot;
+    e->bl_count++;
 }
 
-/* Pops the next op still waiting in the backlog (stale entries, whose op was
- * cancelled or finished meanwhile, are skipped). */
+/* Pops the op at the head of the backlog; its state is still S_BACKLOG. */
 int ul__backlog_pop(ul_engine *e, struct ul_op **out)
 {
-    while (e->bl_head != e->bl_tail) {
-        uint32_t slot = e->backlog[e->bl_head % e->bl_cap].slot;
-        uint64_t ud = e->backlog[e->bl_head % e->bl_cap].ud;
-        e->bl_head++;
-        struct ul_op *op = op_at(e, (int32_t)slot);
-        if (op->ud == ud && op->state == S_BACKLOG) {
-            *out = op;
-            return 1;
-        }
+    if (e->bl_head < 0)
+        return 0;
+    struct ul_op *op = op_at(e, e->bl_head);
+    e->bl_head = op->bl_next;
+    if (e->bl_head < 0)
+        e->bl_tail = -1;
+    op->on_backlog = 0;
+    e->bl_count--;
+    *out = op;
+    return 1;
+}
+
+/* An op that ends while in the backlog (a cancel) leaves it. Rare: a scan. */
+static void backlog_unlink(ul_engine *e, struct ul_op *op)
+{
+    int32_t slot = (int32_t)ul__slot(op->ud), prev = -1;
+    for (int32_t s = e->bl_head; s >= 0; prev = s, s = op_at(e, s)->bl_next) {
+        if (s != slot)
+            continue;
+        if (prev >= 0)
+            op_at(e, prev)->bl_next = op->bl_next;
+        else
+            e->bl_head = op->bl_next;
+        if (e->bl_tail == slot)
+            e->bl_tail = prev;
+        e->bl_count--;
+        break;
     }
-    return 0;
+    op->on_backlog = 0;
 }
 
 /* ---------------------------------------------------------------- wake */
@@ -336,6 +414,8 @@ void ul__finish(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uin
 {
     int fd = op->fd;
     int ordered_head = 0;
+    if (op->on_backlog)
+        backlog_unlink(e, op);
     ul__emit(e, op, res, flags & ~UL_F_MORE, bid);
     if (op->kind == K_SENDV && op->iovs != &op->iov)
         free(op->iovs);  /* the kernel is done with the iovecs at the final CQE */
@@ -464,6 +544,10 @@ static struct ul_op *op_begin(ul_engine *e, uint64_t ud, int kind, int fd, int *
         *err = -EBADF;
         return NULL;
     }
+    if (foreign_thread(e)) {
+        *err = -EEXIST;
+        return NULL;
+    }
     if (ud == 0 || (ud & KUD_SPECIAL) || (kind != K_NOP && fd < 0)) {
         *err = -EINVAL;
         return NULL;
@@ -477,6 +561,12 @@ static struct ul_op *op_begin(ul_engine *e, uint64_t ud, int kind, int fd, int *
         *err = -EBUSY;
         return NULL;
     }
+    /* records already waiting count too: ops submitted and cancelled over and
+     * over between two runs leave one final each */
+    if (e->in_flight + e->npend >= e->reserved && reserve(e, e->in_flight + e->npend + 1) < 0) {
+        *err = -ENOMEM;
+        return NULL;
+    }
     struct ul_fd *f = NULL;
     if (kind != K_NOP && !(f = ul__fd(e, fd))) {
         *err = -ENOMEM;
@@ -486,7 +576,7 @@ static struct ul_op *op_begin(ul_engine *e, uint64_t ud, int kind, int fd, int *
     op->ud = ud;
     op->kind = (uint8_t)kind;
     op->fd = kind == K_NOP ? -1 : fd;
-    op->fd_prev = op->fd_next = op->oq_next = op->wq_next = op->bid = -1;
+    op->fd_prev = op->fd_next = op->oq_next = op->wq_next = op->bl_next = op->bid = -1;
     e->in_flight++;
     if (f && f->closing) {
         /* an fd being closed takes no new work */
@@ -753,6 +843,8 @@ EXPORT int ul_cancel(ul_engine *e, uint64_t target_ud)
 {
     if (e->closed || target_ud == 0 || (target_ud & KUD_SPECIAL))
         return -ENOENT;
+    if (foreign_thread(e))
+        return -EEXIST;
     struct ul_op *op = ul__op_find(e, ul__slot(target_ud));
     if (!op || op->ud != target_ud || op->state == S_FREE)
         return -ENOENT;
@@ -788,11 +880,15 @@ EXPORT int ul_cancel_fd(ul_engine *e, int fd)
 {
     if (e->closed)
         return 0;
+    if (foreign_thread(e))
+        return -EEXIST;
     return cancel_fd(e, fd);
 }
 
 EXPORT int ul_close_fd(ul_engine *e, uint64_t ud, int fd)
 {
+    if (foreign_thread(e))
+        return -EEXIST;
     if (fd >= 0 && fd < e->nfds && e->fds[fd].closing)
         return -EALREADY;
     BEGIN(K_CLOSE, fd);
@@ -835,7 +931,8 @@ EXPORT int ul_run(ul_engine *e, int64_t timeout_ns)
         e->be->recycle(e, e->used_bids[i]);
     e->nused = 0;
     e->nrec = 0;
-    e->in_run = 1;
+    e->run_thread = &this_thread;
+    __atomic_store_n(&e->in_run, 1, __ATOMIC_RELEASE);
     pend_move(e);
     /* A blocking run returns with records, on a wake, or at its timeout; a
      * kernel wakeup that produced no record (an edge with nothing to do, a
@@ -851,7 +948,7 @@ EXPORT int ul_run(ul_engine *e, int64_t timeout_ns)
             break;
     }
     e->woken = 0;
-    e->in_run = 0;
+    __atomic_store_n(&e->in_run, 0, __ATOMIC_RELEASE);
     e->st.records += e->nrec;
     if (e->nrec > 0 || r >= 0)
         return (int)e->nrec;
@@ -862,7 +959,18 @@ EXPORT int ul_flush(ul_engine *e)
 {
     if (e->closed)
         return -EBADF;
+    if (foreign_thread(e))
+        return -EEXIST;
     return e->be->flush ? e->be->flush(e) : 0;
+}
+
+EXPORT int ul_park(ul_engine *e)
+{
+    if (e->closed)
+        return -EBADF;
+    if (e->in_run)
+        return -EBUSY;
+    return e->be->park ? e->be->park(e) : 0;
 }
 
 EXPORT ul_record *ul_records(ul_engine *e) { return e->rec; }
@@ -894,7 +1002,8 @@ static void config_defaults(ul_config *c)
         c->record_cap = 4096;
 }
 
-static void engine_free_memory(ul_engine *e)
+/* Frees what the engine allocated, the pool included when unmap_pool. */
+static void engine_free(ul_engine *e, int unmap_pool)
 {
     for (uint32_t i = 0; i < e->nchunks; i++)
         free(e->chunks[i]);
@@ -905,12 +1014,16 @@ static void engine_free_memory(ul_engine *e)
     free(e->free_bids);
     free(e->used_bids);
     free(e->dfree);
-    free(e->backlog);
-    if (e->pool)
+    if (e->pool && unmap_pool)
         munmap(e->pool, e->pool_bytes);
-    if (e->dpool)
+    if (e->dpool && unmap_pool)
         munmap(e->dpool, e->dpool_bytes);
     free(e);
+}
+
+static void engine_free_memory(ul_engine *e)
+{
+    engine_free(e, 1);
 }
 
 EXPORT ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errlen)
@@ -924,6 +1037,7 @@ EXPORT ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errle
         e->cfg = *cfg;
     config_defaults(&e->cfg);
     e->wake_fd = -1;
+    e->bl_head = e->bl_tail = -1;
     uint32_t bc = e->cfg.buf_count;
     if ((bc & (bc - 1)) || bc > 32768 || e->cfg.buf_size > (1U << 30) ||
         e->cfg.record_cap > (1U << 20)) {
@@ -1021,4 +1135,18 @@ EXPORT int ul_free(ul_engine *e, int64_t timeout_ns)
         engine_free_memory(e);
     /* else: the kernel may still own buffers in the pool or in ops; leak them */
     return left;
+}
+
+EXPORT void ul_forget(ul_engine *e)
+{
+    /* The child's copy: its ring, buffer ring and pool are not mapped here
+     * (MADV_DONTFORK; unmapping their addresses could hit a new mapping), its
+     * kernel requests and epoll registrations are the parent's (an
+     * EPOLL_CTL_DEL here would change the parent's set, which the child
+     * shares). So: close our copies of the engine's own fds, free the heap. */
+    if (e->be && e->be->forget)
+        e->be->forget(e);
+    if (e->wake_fd >= 0)
+        close(e->wake_fd);
+    engine_free(e, 0);
 }

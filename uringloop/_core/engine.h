@@ -98,6 +98,11 @@ ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errlen);
  * free. Returns the number of ops that never completed (their memory is
  * leaked on purpose rather than freed under the kernel). */
 int ul_free(ul_engine *e, int64_t timeout_ns);
+/* In a fork()ed child, for an engine the parent made: close the child's copies
+ * of the engine's fds and free its plain heap memory. Touches no ring, buffer
+ * ring or pool memory (they are MADV_DONTFORK: not mapped in the child) and
+ * no kernel request (they are the parent's). e is invalid afterwards. */
+void ul_forget(ul_engine *e);
 
 void ul_get_info(ul_engine *e, ul_info *out);
 void ul_get_stats(ul_engine *e, ul_stats *out);
@@ -105,7 +110,8 @@ ul_record *ul_records(ul_engine *e);
 uint8_t *ul_pool(ul_engine *e);
 
 /* Operations. Return 0, or -errno when the op cannot be accepted (bad slot,
- * slot busy, bad arguments); then no record will come for it. */
+ * slot busy, bad arguments; -EEXIST: submitted from another thread while
+ * ul_run runs); then no record will come for it. */
 int ul_nop(ul_engine *e, uint64_t ud);
 /* max caps a one-shot receive (0 = the pool buffer size) */
 int ul_recv(ul_engine *e, uint64_t ud, int fd, int multishot, uint32_t max);
@@ -146,8 +152,20 @@ int ul_op_addr(ul_engine *e, uint32_t slot, char *out, uint32_t cap);
  * ops whose start is observable, such as connect. Returns 0 or -errno. */
 int ul_flush(ul_engine *e);
 
+/* The loop stops running: take every request out of the kernel (ops wait in
+ * the engine, to be issued again by the next ul_run) and let go of the thread
+ * that ran it, so that the next ul_run may come from any thread. Costs one
+ * cancel per request in the kernel; nothing on epoll. Returns 0, or -errno:
+ * -EEXIST from a thread other than the one that ran it, -ETIME when a
+ * request would not leave the kernel in time (the engine stays bound). */
+int ul_park(ul_engine *e);
+
 /* Thread-safe. Makes a sleeping ul_run return; no syscall when awake. */
 void ul_wake(ul_engine *e);
+
+/* Tests only: while on != 0, every allocation the engine makes after
+ * ul_new fails, as if memory were exhausted. */
+void ul_test_fail_allocs(int on);
 
 /* One loop turn. timeout_ns < 0: wait until something completes; 0: never
  * wait. Returns the number of records written to ul_records(), or -errno

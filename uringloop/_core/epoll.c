@@ -46,8 +46,8 @@ enum { Q_READ, Q_WRITE, Q_POLL };
 
 struct ep {
     int epfd;
-    int *ready;             /* fds to retry next turn */
-    uint32_t nready, ready_cap;
+    int32_t ready_head, ready_tail;  /* fds to retry next turn, linked through
+                                        ul_fd.ready_next: never allocates */
     struct epoll_event evs[NEVENTS];
 };
 
@@ -134,16 +134,32 @@ static void mark_ready(ul_engine *e, int fd)
     struct ul_fd *f = &e->fds[fd];
     if (f->on_ready_list)
         return;
-    if (p->nready == p->ready_cap) {
-        uint32_t n = p->ready_cap ? p->ready_cap * 2 : 64;
-        int *r = realloc(p->ready, n * sizeof *r);
-        if (!r)
-            return;
-        p->ready = r;
-        p->ready_cap = n;
-    }
-    p->ready[p->nready++] = fd;
     f->on_ready_list = 1;
+    f->ready_next = -1;
+    if (p->ready_tail >= 0)
+        e->fds[p->ready_tail].ready_next = fd;
+    else
+        p->ready_head = fd;
+    p->ready_tail = fd;
+}
+
+/* fd is being closed (its ul_fd is reset next): off the retry list */
+static void unmark_ready(ul_engine *e, int fd)
+{
+    struct ep *p = e->bs;
+    int32_t prev = -1;
+    for (int32_t i = p->ready_head; i >= 0; prev = i, i = e->fds[i].ready_next) {
+        if (i != fd)
+            continue;
+        if (prev >= 0)
+            e->fds[prev].ready_next = e->fds[fd].ready_next;
+        else
+            p->ready_head = e->fds[fd].ready_next;
+        if (p->ready_tail == fd)
+            p->ready_tail = prev;
+        break;
+    }
+    e->fds[fd].on_ready_list = 0;
 }
 
 /* (Re)register fd. Returns 0, or -errno; EPERM marks a regular file. */
@@ -536,14 +552,14 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
     struct ep *p = e->bs;
     int err = 0;
     struct ul_op *op;
-    for (uint32_t n = e->bl_tail - e->bl_head; n-- && ul__backlog_pop(e, &op);) {
+    for (uint32_t n = e->bl_count; n-- && ul__backlog_pop(e, &op);) {
         op->state = S_ACTIVE;
         if (op->kind == K_POLL)
             poll_arm(e, op);
         else
             ep_submit(e, op);
     }
-    int wait = timeout_ns != 0 && e->nrec == 0 && e->npend == 0 && p->nready == 0;
+    int wait = timeout_ns != 0 && e->nrec == 0 && e->npend == 0 && p->ready_head < 0;
     if (wait && !ul__wake_prepare_sleep(e))
         wait = 0;
     int ms = 0;
@@ -580,18 +596,19 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
         if (e->fds[fd].pq_head >= 0)
             run_polls(e, fd, ev);
     }
-    /* fds that stopped early last time (budget, pool): go on, no waiting */
-    uint32_t nr = p->nready;
-    for (uint32_t i = 0; i < nr; i++) {
-        int fd = p->ready[i];
-        if (fd >= e->nfds || !e->fds[fd].on_ready_list)
-            continue;
-        e->fds[fd].on_ready_list = 0;
+    /* fds that stopped early last time (budget, pool): go on, no waiting. The
+     * list is taken whole; fds that stop early again go on a new one. */
+    int32_t fd = p->ready_head;
+    p->ready_head = p->ready_tail = -1;
+    while (fd >= 0) {
+        struct ul_fd *f = &e->fds[fd];
+        int32_t next = f->ready_next;
+        f->on_ready_list = 0;
+        f->ready_next = -1;
         run_queue(e, fd, Q_READ);
         run_queue(e, fd, Q_WRITE);
+        fd = next;
     }
-    memmove(p->ready, p->ready + nr, (p->nready - nr) * sizeof *p->ready);
-    p->nready -= nr;
     return err;
 }
 
@@ -603,6 +620,8 @@ static void ep_recycle(ul_engine *e, uint16_t bid)
 static void ep_before_close(ul_engine *e, int fd)
 {
     struct ep *p = e->bs;
+    if (e->fds[fd].on_ready_list)
+        unmark_ready(e, fd);
     if (e->fds[fd].registered)
         epoll_ctl(p->epfd, EPOLL_CTL_DEL, fd, NULL);
 }
@@ -613,9 +632,14 @@ static void ep_destroy(ul_engine *e)
     if (!p)
         return;
     close(p->epfd);
-    free(p->ready);
     free(p);
     e->bs = NULL;
+}
+
+/* fork child: the epoll set is shared with the parent, so it is only closed */
+static void ep_forget(ul_engine *e)
+{
+    ep_destroy(e);
 }
 
 const struct ul_backend ul_epoll_backend = {
@@ -627,6 +651,7 @@ const struct ul_backend ul_epoll_backend = {
     .recycle = ep_recycle,
     .before_close = ep_before_close,
     .destroy = ep_destroy,
+    .forget = ep_forget,
 };
 
 int ul__epoll_init(ul_engine *e, char *err, int errlen)
@@ -649,6 +674,7 @@ int ul__epoll_init(ul_engine *e, char *err, int errlen)
         free(p);
         return -1;
     }
+    p->ready_head = p->ready_tail = -1;
     e->bs = p;
     e->be = &ul_epoll_backend;
     e->info.backend = UL_BACKEND_EPOLL;

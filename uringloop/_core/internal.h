@@ -56,10 +56,13 @@ struct ul_op {
     uint64_t kud;           /* io_uring: user_data of the request in flight */
     uint8_t kind, state, cancelled, multishot;
     uint8_t level, connecting, in_wait, nb;  /* nb: epoll's NB_* mode of a read/write/accept */
+    uint8_t parked;             /* taken out of the kernel by ul_park */
+    uint8_t on_backlog;
     int fd;
     int32_t fd_prev, fd_next;   /* list of live ops on fd */
     int32_t oq_next;            /* ordered queue (send/write/shutdown) */
     int32_t wq_next;            /* epoll wait queue */
+    int32_t bl_next;            /* backlog (a list through the ops: never allocates) */
     int32_t bid;                /* pool buffer taken by a one-shot pool recv */
     char *buf;
     uint32_t len, done;
@@ -100,6 +103,9 @@ struct ul_backend {
     void (*recycle)(ul_engine *e, uint16_t bid);     /* give a pool buffer back */
     void (*before_close)(ul_engine *e, int fd);      /* last chance before close(2) */
     void (*destroy)(ul_engine *e);
+    void (*forget)(ul_engine *e);                    /* fork child: close fds, free heap */
+    int (*reserve)(ul_engine *e, uint32_t ops);      /* room for ops live ops, or -ENOMEM */
+    int (*park)(ul_engine *e);                       /* no kernel request left (ul_park) */
 };
 
 struct ul_engine {
@@ -109,7 +115,8 @@ struct ul_engine {
     ul_info info;
     ul_stats st;
     int closed;
-    int in_run;
+    int in_run;                 /* atomic: read by other threads' submissions */
+    const void *run_thread;     /* the thread in ul_run while in_run */
     int woken;                  /* the wake eventfd fired during this run */
 
     struct ul_op **chunks;
@@ -136,8 +143,9 @@ struct ul_engine {
     uint32_t ndfree;
     uint32_t nused;
 
-    struct { uint32_t slot; uint64_t ud; } *backlog;  /* FIFO of ops to (re)start */
-    uint32_t bl_head, bl_tail, bl_cap;
+    int32_t bl_head, bl_tail;   /* FIFO of ops to (re)start, linked by slot */
+    uint32_t bl_count;
+    uint32_t reserved;          /* live ops that pend (and the backend) have room for */
 
     int wake_fd;
     atomic_int sleeping;
@@ -145,6 +153,8 @@ struct ul_engine {
 };
 
 /* common.c, for the backends */
+void *ul__realloc(void *p, size_t n);   /* realloc, failing when a test says so */
+void ul__out_of_memory(const char *what) __attribute__((noreturn));
 struct ul_op *ul__op_find(ul_engine *e, uint32_t slot);
 static inline uint32_t ul__slot(uint64_t ud) { return (uint32_t)ud; }
 void ul__emit(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid);

@@ -603,6 +603,7 @@ typedef void (*ul_wake_fn)(void *);
 #define SLOT_USED 1
 #define SLOT_COALESCE 2 /* buffer records of one turn are joined into one chunk */
 #define SLOT_LEAKED 4   /* C still owns an op there (-EBUSY): never reused */
+#define SLOT_VIEW 8     /* buffer records come as a pool memoryview, released after the call */
 #define SLOT_CHUNK 1024
 #define GEN_MASK ((1u << 30) - 1)
 #define MAX_IOV 1024
@@ -708,8 +709,19 @@ static void table_put(Table *t, uint32_t i)
     Py_XDECREF(keep);
 }
 
+/* -EEXIST from a submission: another thread is inside ul_run (the engine
+ * refuses rather than race it) */
+static PyObject *foreign_thread_error(void)
+{
+    PyErr_SetString(PyExc_RuntimeError,
+                    "engine operation from another thread while the loop runs in its own "
+                    "(use loop.call_soon_threadsafe or asyncio.run_coroutine_threadsafe)");
+    return NULL;
+}
+
 /* A submission C did not accept (rc < 0): the slot comes back, except on
- * -EBUSY, which says C still owns an op in that slot. Raises OSError. */
+ * -EBUSY, which says C still owns an op in that slot. Raises OSError
+ * (RuntimeError for a foreign thread's submission). */
 static PyObject *table_refused(Table *t, uint64_t ud, int rc)
 {
     uint32_t i = (uint32_t)ud;
@@ -723,6 +735,8 @@ static PyObject *table_refused(Table *t, uint64_t ud, int rc)
     } else {
         table_put(t, i);
     }
+    if (rc == -EEXIST)
+        return foreign_thread_error();
     errno = -rc;
     return PyErr_SetFromErrno(PyExc_OSError);
 }
@@ -903,12 +917,12 @@ static PyObject *Table_nop(Table *t, PyObject *cb)
 
 static PyObject *Table_recv(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
 {
-    static const char *const names[] = {"fd", "cb", "multishot", "nbytes", "coalesce"};
-    PyObject *a[5];
+    static const char *const names[] = {"fd", "cb", "multishot", "nbytes", "coalesce", "view"};
+    PyObject *a[6];
     int fd;
     long long nbytes = 0;
     TABLE_OPEN(t);
-    if (parse_args("recv", args, nargs, kw, names, 2, 5, a) < 0 || get_fd(a[0], &fd) < 0 ||
+    if (parse_args("recv", args, nargs, kw, names, 2, 6, a) < 0 || get_fd(a[0], &fd) < 0 ||
         check_cb(a[1]) < 0)
         return NULL;
     if (get_int(a[3], -(1LL << 62), UINT32_MAX, "nbytes", &nbytes) < 0)
@@ -917,10 +931,11 @@ static PyObject *Table_recv(Table *t, PyObject *const *args, Py_ssize_t nargs, P
         PyErr_SetString(PyExc_ValueError, "negative buffersize in recv");
         return NULL;
     }
-    int multishot = get_bool(a[2], 1), coalesce = get_bool(a[4], 0);
-    if (multishot < 0 || coalesce < 0)
+    int multishot = get_bool(a[2], 1), coalesce = get_bool(a[4], 0), view = get_bool(a[5], 0);
+    if (multishot < 0 || coalesce < 0 || view < 0)
         return NULL;
-    uint64_t ud = table_take(t, a[1], NULL, coalesce ? SLOT_COALESCE : 0);
+    uint64_t ud = table_take(t, a[1], NULL,
+                             (coalesce ? SLOT_COALESCE : 0) | (view ? SLOT_VIEW : 0));
     if (!ud)
         return NULL;
     return submitted(t, ud, t->recv(t->engine, ud, fd, multishot, (uint32_t)nbytes));
@@ -1058,7 +1073,10 @@ static PyObject *Table_cancel(Table *t, PyObject *arg)
         PyErr_Clear(); /* no op has that user_data */
         Py_RETURN_FALSE;
     }
-    return PyBool_FromLong(t->cancel(t->engine, ud) == 0);
+    int rc = t->cancel(t->engine, ud);
+    if (rc == -EEXIST)
+        return foreign_thread_error();
+    return PyBool_FromLong(rc == 0);
 }
 
 static PyObject *Table_cancel_fd(Table *t, PyObject *arg)
@@ -1067,7 +1085,10 @@ static PyObject *Table_cancel_fd(Table *t, PyObject *arg)
     TABLE_OPEN(t);
     if (get_fd(arg, &fd) < 0)
         return NULL;
-    return PyLong_FromLong(t->cancel_fd(t->engine, fd));
+    int rc = t->cancel_fd(t->engine, fd);
+    if (rc < 0)
+        return foreign_thread_error();
+    return PyLong_FromLong(rc);
 }
 
 /* Thread-safe: the engine pointer is read and used under the GIL, which
@@ -1159,6 +1180,8 @@ static PyObject *record_data(Table *t, const ul_record *r, uint32_t slot)
         if (r->res < 0 || r->res > t->buf_size || start + r->res > t->pool_size)
             return PyErr_Format(PyExc_SystemError, "record names bytes outside the pool "
                                 "(bid %d, %d bytes)", (int)r->bid, (int)r->res);
+        if (t->slots[slot].flags & SLOT_VIEW) /* see table_deliver */
+            return PyMemoryView_FromMemory((char *)t->pool + start, r->res, PyBUF_READ);
         return PyBytes_FromStringAndSize(t->pool + start, r->res);
     }
     if (r->flags & UL_F_SHORT)
@@ -1375,6 +1398,15 @@ static int table_deliver(Table *t, int n, PyObject **first)
         if (call_back(cb, res, !final, data) < 0)
             keep_first(first);
         Py_DECREF(cb);
+        if (PyMemoryView_Check(data)) {
+            /* SLOT_VIEW: the callback had the pool buffer itself; the view
+             * dies with the call (the buffer is recycled at the next run). A
+             * callback that still exports it broke the rule: reported. */
+            PyObject *rel = PyObject_CallMethod(data, "release", NULL);
+            if (rel == NULL)
+                keep_first(first);
+            Py_XDECREF(rel);
+        }
         Py_DECREF(data);
         if (final)
             table_put(t, slot); /* the slot lets go of its objects only now */

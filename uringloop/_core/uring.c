@@ -12,6 +12,8 @@
  * The ring is created R_DISABLED and enabled by the thread that first runs
  * it: with SINGLE_ISSUER only that thread may submit, and Python often makes a
  * loop in one thread and runs it in another. Until then SQEs just accumulate.
+ * When the loop stops running, ul_park takes every request out of the kernel
+ * and a later run from another thread gets a ring of its own (see "park").
  *
  * EAGAIN: sockets stay O_NONBLOCK (asyncio requires it), and on some kernels
  * an op on such a socket completes with -EAGAIN instead of waiting. We never
@@ -27,6 +29,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -40,6 +43,8 @@ struct uring {
     uint32_t enter_flags;
     uint32_t setup_flags, features;
     int enabled, wake_armed;
+    int parked;                 /* ul_park: no request of ours in the kernel; ops wait in
+                                   the backlog, the ring fd is not registered */
     const void *owner;
     unsigned *sq_khead, *sq_ktail, *sq_kflags;
     unsigned sq_mask, sq_entries, sqe_tail;
@@ -91,6 +96,49 @@ static const struct { int op; const char *name; } required_ops[] = {
     {UL_OP_SEND, "SEND"}, {UL_OP_RECV, "RECV"},
 };
 
+/* Some sandboxes filter io_uring_enter separately from io_uring_setup: the
+ * probe submits a NOP through the ring and reaps it. Returns 0, or the errno
+ * that refused it. */
+static int probe_enter(int fd, const struct ul_uring_params *p)
+{
+    size_t sz = p->sq_off.array + p->sq_entries * sizeof(unsigned);
+    size_t cq_sz = p->cq_off.cqes + p->cq_entries * sizeof(struct ul_cqe);
+    if (cq_sz > sz)
+        sz = cq_sz;
+    char *r = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd,
+                   UL_OFF_SQ_RING);
+    size_t sqes_sz = p->sq_entries * sizeof(struct ul_sqe);
+    struct ul_sqe *sqes = mmap(NULL, sqes_sz, PROT_READ | PROT_WRITE,
+                               MAP_SHARED | MAP_POPULATE, fd, UL_OFF_SQES);
+    int err = 0;
+    if (r == MAP_FAILED || sqes == MAP_FAILED) {
+        err = errno;
+    } else {
+        unsigned tail = *(unsigned *)(r + p->sq_off.tail);
+        unsigned idx = tail & *(unsigned *)(r + p->sq_off.ring_mask);
+        ((unsigned *)(r + p->sq_off.array))[idx] = idx;
+        memset(&sqes[idx], 0, sizeof sqes[idx]);
+        sqes[idx].opcode = UL_OP_NOP;
+        sqes[idx].fd = -1;
+        sqes[idx].user_data = 1;
+        __atomic_store_n((unsigned *)(r + p->sq_off.tail), tail + 1, __ATOMIC_RELEASE);
+        int n;
+        do
+            n = sys_enter(fd, 1, 1, UL_ENTER_GETEVENTS, NULL, 0);
+        while (n < 0 && errno == EINTR);
+        if (n < 0)
+            err = errno;
+        else if (__atomic_load_n((unsigned *)(r + p->cq_off.tail), __ATOMIC_ACQUIRE) ==
+                 *(unsigned *)(r + p->cq_off.head))
+            err = EIO;  /* entered, yet the NOP never completed */
+    }
+    if (r != MAP_FAILED)
+        munmap(r, sz);
+    if (sqes != MAP_FAILED)
+        munmap(sqes, sqes_sz);
+    return err;
+}
+
 static void probe_once(void)
 {
     ul_probe *p = &g_probe;
@@ -134,7 +182,17 @@ static void probe_once(void)
                 p->ops[pr->ops[i].op] = 1;
     }
     free(pr);
+    int enter_err = (p->features & UL_FEAT_SINGLE_MMAP) ? probe_enter(fd, &params) : 0;
     close(fd);
+    if (enter_err) {
+        p->err = enter_err;
+        snprintf(p->reason, sizeof p->reason,
+                 "io_uring_enter failed with %s (%s; a sandbox that allows io_uring_setup "
+                 "but filters io_uring_enter)",
+                 enter_err == EPERM ? "EPERM" : enter_err == ENOSYS ? "ENOSYS" : "an error",
+                 strerror(enter_err));
+        return;
+    }
     if ((p->features & need) != need) {
         p->err = ENOTSUP;
         snprintf(p->reason, sizeof p->reason,
@@ -214,7 +272,7 @@ static int wants_write(const struct ul_op *op)
 /* Wait for readiness of op's fd before (re)issuing it. */
 static void issue_poll(ul_engine *e, struct uring *u, struct ul_op *op)
 {
-    struct ul_sqe *s = get_sqe(e, u);
+    struct ul_sqe *s = u->parked ? NULL : get_sqe(e, u);
     if (!s) {
         ul__backlog_push(e, op);
         return;
@@ -224,6 +282,7 @@ static void issue_poll(ul_engine *e, struct uring *u, struct ul_op *op)
     s->op_flags = wants_write(op) ? POLLOUT : POLLIN;
     s->user_data = op->kud = op->ud | KUD_POLL;
     op->state = S_ACTIVE;
+    op->parked = 0;
 }
 
 /*
@@ -376,6 +435,10 @@ static void batch_done(ul_engine *e, struct uring *u, struct ul_op *h, int32_t r
 
 static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
 {
+    if (u->parked) {  /* the next run issues it, from whichever thread runs */
+        ul__backlog_push(e, op);
+        return;
+    }
     if (op->kind == K_RECV && !u->bufring && op->bid < 0) {
         int bid = ul__pool_take(e);
         if (bid < 0) {  /* pool exhausted: retry after the next recycle */
@@ -401,6 +464,7 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
     op->state = S_ACTIVE;
     s->fd = op->fd;
     s->user_data = op->kud = op->ud;
+    op->parked = 0;
     switch (op->kind) {
     case K_NOP:
         s->opcode = UL_OP_NOP;
@@ -538,22 +602,52 @@ static void prep_cancel(struct ul_sqe *s, uint64_t kud)
     s->user_data = KUD_IGNORE;
 }
 
+/* Does a stored cancel still name a request of a live op? */
+static int cancel_live(ul_engine *e, uint64_t kud)
+{
+    uint64_t ud = kud & ~KUD_POLL;
+    struct ul_op *op = ul__op_find(e, ul__slot(ud));
+    return op && op->ud == ud && op->state == S_ACTIVE && op->kud == kud;
+}
+
 static void cancel_kud(ul_engine *e, struct uring *u, uint64_t kud)
 {
     struct ul_sqe *s = get_sqe(e, u);
-    if (!s) {
-        if (u->ncancels == u->cancels_cap) {
-            uint32_t n = u->cancels_cap ? u->cancels_cap * 2 : 64;
-            uint64_t *p = realloc(u->cancels, n * sizeof *p);
-            if (!p)
-                return;
-            u->cancels = p;
-            u->cancels_cap = n;
-        }
-        u->cancels[u->ncancels++] = kud;
+    if (s) {
+        prep_cancel(s, kud);
         return;
     }
-    prep_cancel(s, kud);
+    if (u->ncancels == u->cancels_cap) {
+        /* room for one per live op is reserved at submission: drop the
+         * entries of ops that ended meanwhile */
+        uint32_t n = 0;
+        for (uint32_t i = 0; i < u->ncancels; i++)
+            if (cancel_live(e, u->cancels[i]))
+                u->cancels[n++] = u->cancels[i];
+        u->ncancels = n;
+    }
+    if (u->ncancels == u->cancels_cap) {
+        uint32_t n = u->cancels_cap ? u->cancels_cap * 2 : 64;
+        uint64_t *p = ul__realloc(u->cancels, n * sizeof *p);
+        if (!p)
+            ul__out_of_memory("io_uring cancels");
+        u->cancels = p;
+        u->cancels_cap = n;
+    }
+    u->cancels[u->ncancels++] = kud;
+}
+
+static int uring_reserve(ul_engine *e, uint32_t ops)
+{
+    struct uring *u = e->bs;
+    if (ops <= u->cancels_cap)
+        return 0;
+    uint64_t *p = ul__realloc(u->cancels, ops * sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    u->cancels = p;
+    u->cancels_cap = ops;
+    return 0;
 }
 
 static void uring_cancel(ul_engine *e, struct ul_op *op)
@@ -564,8 +658,8 @@ static void uring_cancel(ul_engine *e, struct ul_op *op)
 static int uring_cancel_fd(ul_engine *e, int fd)
 {
     struct uring *u = e->bs;
-    if (!u->cancel_fd)
-        return -1;
+    if (!u->cancel_fd || u->parked)
+        return -1;  /* parked: the fd's ops wait in the backlog, cancelled one by one */
     struct ul_sqe *s = get_sqe(e, u);
     if (!s)
         return -1;
@@ -624,6 +718,16 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
         /* stale: cannot happen while the rules hold; never leak a buffer */
         if (cflags & UL_CQE_F_BUFFER)
             ul__pool_used(e, (uint16_t)(cflags >> UL_CQE_BUFFER_SHIFT));
+        return;
+    }
+    if (op->parked && !op->cancelled && !kmore && (res == -ECANCELED || res == -EINTR)) {
+        /* ul_park took it out of the kernel: it waits for the next run. (A
+         * connect issued again is what Linux expects: on a TCP socket whose
+         * handshake went on meanwhile it says 0, EALREADY or the error.) */
+        op->parked = 0;
+        if (op->nbatch)
+            batch_release(e, op);  /* its riders go back to the queue */
+        ul__backlog_push(e, op);
         return;
     }
     if (res == -EINTR)
@@ -819,7 +923,10 @@ static void reap(ul_engine *e, struct uring *u)
 {
     unsigned head = *u->cq_khead;
     unsigned tail = __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE);
-    while (head != tail && e->nrec < e->cfg.record_cap) {
+    /* in a run, stop when records no longer fit the array (the rest stays in
+     * the CQ, where the kernel keeps it, instead of piling up in pend);
+     * outside one (ul_park) every record waits in pend */
+    while (head != tail && (!e->in_run || (e->nrec < e->cfg.record_cap && e->npend == 0))) {
         struct ul_cqe *c = &u->cqes[head & u->cq_mask];
         uint64_t kud = c->user_data;
         int32_t res = c->res;
@@ -847,26 +954,49 @@ static int flush_reap(ul_engine *e, struct uring *u)
     return 0;
 }
 
-static int enable(ul_engine *e, struct uring *u)
+/* The registration is the calling thread's (a per-task table). */
+static void register_ring_fd(ul_engine *e, struct uring *u)
 {
-    if ((u->setup_flags & UL_SETUP_R_DISABLED) &&
-        sys_register(u->ring_fd, UL_REGISTER_ENABLE_RINGS, NULL, 0) < 0)
-        return -errno;
     struct ul_rsrc_update up = {.offset = (uint32_t)-1, .data = (uint64_t)u->ring_fd};
     if (sys_register(u->ring_fd, UL_REGISTER_RING_FDS, &up, 1) == 1) {
         u->enter_fd = (int)up.offset;
         u->enter_flags = UL_ENTER_REGISTERED_RING;
         e->info.registered_ring = 1;
     }
+}
+
+static void unregister_ring_fd(struct uring *u)
+{
+    if (!(u->enter_flags & UL_ENTER_REGISTERED_RING) || u->owner != &tls_marker)
+        return;
+    struct ul_rsrc_update up = {.offset = (uint32_t)u->enter_fd};
+    sys_register(u->ring_fd, UL_UNREGISTER_RING_FDS, &up, 1);
+    u->enter_fd = u->ring_fd;
+    u->enter_flags = 0;
+}
+
+static int enable(ul_engine *e, struct uring *u)
+{
+    if ((u->setup_flags & UL_SETUP_R_DISABLED) &&
+        sys_register(u->ring_fd, UL_REGISTER_ENABLE_RINGS, NULL, 0) < 0)
+        return -errno;
     u->enabled = 1;
     u->owner = &tls_marker;
+    register_ring_fd(e, u);
     return 0;
 }
+
+static int unpark(ul_engine *e, struct uring *u);
 
 static int uring_run(ul_engine *e, int64_t timeout_ns)
 {
     struct uring *u = e->bs;
     int err = 0;
+    if (u->parked) {
+        int r = unpark(e, u);
+        if (r < 0)
+            return r;
+    }
     if (!u->enabled) {
         int r = enable(e, u);
         if (r < 0)
@@ -880,7 +1010,7 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
     while (u->ncancels && (s = get_sqe(e, u)))  /* cancels that found no SQE before */
         prep_cancel(s, u->cancels[--u->ncancels]);
     struct ul_op *op;
-    for (uint32_t n = e->bl_tail - e->bl_head; n-- && ul__backlog_pop(e, &op);)
+    for (uint32_t n = e->bl_count; n-- && ul__backlog_pop(e, &op);)
         issue(e, u, op);
 
     __atomic_store_n(u->sq_ktail, u->sqe_tail, __ATOMIC_RELEASE);
@@ -938,7 +1068,7 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
             break;
     }
     while ((__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & UL_SQ_CQ_OVERFLOW) &&
-           e->nrec < e->cfg.record_cap) {
+           e->nrec < e->cfg.record_cap && e->npend == 0) {
         /* NODROP kept the CQEs that did not fit: flush them into the CQ */
         e->st.cq_overflows++;
         e->st.enters++;
@@ -953,10 +1083,10 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
 static int uring_flush(ul_engine *e)
 {
     struct uring *u = e->bs;
-    if (!u->enabled || u->owner != &tls_marker)
-        return 0;  /* the first run submits it */
+    if (!u->enabled || u->owner != &tls_marker || u->parked)
+        return 0;  /* the next run submits it */
     struct ul_op *op;  /* sends wait in the backlog for the run: now is now */
-    for (uint32_t n = e->bl_tail - e->bl_head; n-- && ul__backlog_pop(e, &op);)
+    for (uint32_t n = e->bl_count; n-- && ul__backlog_pop(e, &op);)
         issue(e, u, op);
     int r = flush(e, u);
     return r < 0 ? r : 0;
@@ -967,10 +1097,7 @@ static void uring_destroy(ul_engine *e)
     struct uring *u = e->bs;
     if (!u)
         return;
-    if (u->enter_flags & UL_ENTER_REGISTERED_RING && u->owner == &tls_marker) {
-        struct ul_rsrc_update up = {.offset = (uint32_t)u->enter_fd};
-        sys_register(u->ring_fd, UL_UNREGISTER_RING_FDS, &up, 1);
-    }
+    unregister_ring_fd(u);
     if (u->sqes)
         munmap(u->sqes, u->sqes_sz);
     if (u->ring_ptr)
@@ -985,6 +1112,20 @@ static void uring_destroy(ul_engine *e)
     e->bs = NULL;
 }
 
+static int uring_park(ul_engine *e);
+
+/* fork child: the rings are not mapped here and the requests are the parent's */
+static void uring_forget(ul_engine *e)
+{
+    struct uring *u = e->bs;
+    if (!u)
+        return;
+    close(u->ring_fd);
+    free(u->cancels);
+    free(u);
+    e->bs = NULL;
+}
+
 const struct ul_backend ul_uring_backend = {
     .submit = uring_submit,
     .cancel = uring_cancel,
@@ -994,6 +1135,9 @@ const struct ul_backend ul_uring_backend = {
     .recycle = uring_recycle,
     .before_close = NULL,
     .destroy = uring_destroy,
+    .forget = uring_forget,
+    .park = uring_park,
+    .reserve = uring_reserve,
 };
 
 /* ---------------------------------------------------------------- init */
@@ -1071,15 +1215,18 @@ static int setup_ring(ul_engine *e, struct uring *u, char *err, int errlen)
     return 0;
 }
 
-static void setup_bufring(ul_engine *e, struct uring *u)
+/* Register a buffer ring and give it every pool buffer not marked in held
+ * (NULL: none is). Returns 0, or -1 when the kernel refuses it. */
+static int setup_bufring(ul_engine *e, struct uring *u, const uint8_t *held)
 {
     unsigned n = e->cfg.buf_count;
     u->br_sz = (size_t)n * sizeof(struct ul_buf);
     u->br = mmap(NULL, u->br_sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (u->br == MAP_FAILED) {
         u->br = NULL;
-        return;
+        return -1;
     }
+    madvise(u->br, u->br_sz, MADV_DONTFORK);  /* the kernel reads it: the parent's */
     struct ul_buf_reg reg;
     memset(&reg, 0, sizeof reg);
     reg.ring_addr = (uint64_t)(uintptr_t)u->br;
@@ -1088,26 +1235,118 @@ static void setup_bufring(ul_engine *e, struct uring *u)
     if (sys_register(u->ring_fd, UL_REGISTER_PBUF_RING, &reg, 1) < 0) {
         munmap(u->br, u->br_sz);
         u->br = NULL;
-        return;
+        return -1;
     }
     u->bufring = 1;
     u->br_mask = n - 1;
-    /* every pool buffer now belongs to the kernel's ring */
+    u->br_tail = 0;
+    /* every pool buffer not held by a record now belongs to the kernel's ring */
     e->nfree = 0;
     for (unsigned i = 0; i < n; i++)
-        uring_recycle(e, (uint16_t)i);
+        if (!held || !held[i])
+            uring_recycle(e, (uint16_t)i);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- park */
+
+/*
+ * Why park. An io_uring request belongs to the task that issued it: with
+ * SINGLE_ISSUER|DEFER_TASKRUN only that thread may submit or reap, and even on
+ * the other rungs its completion work runs in that thread. asyncio lets a loop
+ * be run by one thread and later by another, so when the loop stops running
+ * (ul_park, called at the end of run_forever) every request of ours leaves the
+ * kernel: each is cancelled and reaped, and its op waits in the backlog (a
+ * result that won the race becomes a record, as for any cancel). The next run
+ * issues them again. If it comes from another thread, nothing of ours is in the
+ * old ring any more, so the ring is rebuilt for that thread: closed and made
+ * again, with the free pool buffers given to a new buffer ring. Ops never see
+ * any of this.
+ */
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Is a request of ours in the kernel (or in the SQ on its way there)? A close
+ * waiting for its fd's ops has no request; a shutdown never waits. */
+static int kernel_requests(ul_engine *e)
+{
+    for (uint32_t c = 0; c < e->nchunks; c++) {
+        if (!e->chunks[c])
+            continue;
+        for (uint32_t i = 0; i < CHUNK_SIZE; i++) {
+            struct ul_op *op = &e->chunks[c][i];
+            if (op->ud && op->state == S_ACTIVE && op->kind != K_CLOSE)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+static int uring_park(ul_engine *e)
+{
+    struct uring *u = e->bs;
+    if (!u->enabled || u->parked)
+        return 0;  /* never ran: nothing reached the kernel, nothing is bound */
+    if (u->owner != &tls_marker)
+        return -EEXIST;
+    u->parked = 1;  /* from here on, issue() sends ops to the backlog */
+    for (uint32_t c = 0; c < e->nchunks; c++) {
+        if (!e->chunks[c])
+            continue;
+        for (uint32_t i = 0; i < CHUNK_SIZE; i++) {
+            struct ul_op *op = &e->chunks[c][i];
+            if (op->ud && op->state == S_ACTIVE && op->kind != K_CLOSE && !op->cancelled &&
+                !op->rider) {  /* a rider leaves with its batch's head */
+                op->parked = 1;
+                cancel_kud(e, u, op->kud);
+            }
+        }
+    }
+    /* A request that does not let go in time (a read blocked in an io-wq
+     * worker) leaves the engine bound to this thread; the next run here
+     * carries on as if nothing happened. */
+    int64_t deadline = mono_ns() + 2000000000LL;
+    for (;;) {
+        reap(e, u);
+        if (!kernel_requests(e))
+            break;
+        if (mono_ns() > deadline)
+            return -ETIME;
+        struct ul_sqe *s;
+        while (u->ncancels && (s = get_sqe(e, u)))
+            prep_cancel(s, u->cancels[--u->ncancels]);
+        __atomic_store_n(u->sq_ktail, u->sqe_tail, __ATOMIC_RELEASE);
+        unsigned to_submit = u->sqe_tail - __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
+        struct ul_kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 10000000};
+        struct ul_getevents_arg arg;
+        memset(&arg, 0, sizeof arg);
+        arg.ts = (uint64_t)(uintptr_t)&ts;
+        sys_enter(u->enter_fd, to_submit, 1,
+                  u->enter_flags | UL_ENTER_GETEVENTS | UL_ENTER_EXT_ARG, &arg, sizeof arg);
+        e->st.enters++;
+    }
+    /* the registration pins the ring in this thread's table: let it go */
+    unregister_ring_fd(u);
+    return 0;
 }
 
 /* The datagram pool's ring (group 1), for multishot RECVMSG: only where
- * multishot receives run (a ring's buffers cannot also be engine-picked). */
-static void setup_dring(ul_engine *e, struct uring *u)
+ * multishot receives run (a ring's buffers cannot also be engine-picked).
+ * Every datagram buffer not marked in held (indexed by bid) goes to it. */
+static int setup_dring(ul_engine *e, struct uring *u, const uint8_t *held)
 {
     u->dr_sz = (size_t)UL_DGRAM_BUFS * sizeof(struct ul_buf);
     u->dr = mmap(NULL, u->dr_sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (u->dr == MAP_FAILED) {
         u->dr = NULL;
-        return;
+        return -1;
     }
+    madvise(u->dr, u->dr_sz, MADV_DONTFORK);  /* the kernel reads it: the parent's */
     struct ul_buf_reg reg;
     memset(&reg, 0, sizeof reg);
     reg.ring_addr = (uint64_t)(uintptr_t)u->dr;
@@ -1116,12 +1355,91 @@ static void setup_dring(ul_engine *e, struct uring *u)
     if (sys_register(u->ring_fd, UL_REGISTER_PBUF_RING, &reg, 1) < 0) {
         munmap(u->dr, u->dr_sz);
         u->dr = NULL;
-        return;
+        return -1;
     }
     u->dring = 1;
+    u->dr_tail = 0;
     e->ndfree = 0;
     for (unsigned i = 0; i < UL_DGRAM_BUFS; i++)
-        uring_recycle(e, (uint16_t)(e->cfg.buf_count + i));
+        if (!held || !held[e->cfg.buf_count + i])
+            uring_recycle(e, (uint16_t)(e->cfg.buf_count + i));
+    return 0;
+}
+
+/* A new ring for the calling thread, replacing one with no request of ours. */
+static int rebuild(ul_engine *e, struct uring *u)
+{
+    struct uring old = *u;
+    char why[256];
+    uint8_t *held = NULL;
+    u->ring_fd = -1;
+    u->ring_ptr = NULL;
+    u->sqes = NULL;
+    u->br = NULL;
+    u->dr = NULL;
+    if (setup_ring(e, u, why, sizeof why) < 0)
+        goto fail;
+    if (old.bufring || old.dring) {
+        /* buffers named by records not yet recycled stay out of the new rings */
+        held = calloc(e->cfg.buf_count + UL_DGRAM_BUFS, 1);
+        if (!held)
+            goto fail;
+        for (uint32_t i = 0; i < e->nused; i++)
+            held[e->used_bids[i]] = 1;
+        for (uint32_t i = 0; i < e->npend; i++)
+            if (e->pend[i].flags & UL_F_BUFFER)
+                held[e->pend[i].bid] = 1;
+        if (old.bufring && setup_bufring(e, u, held) < 0)
+            goto fail;
+        if (old.dring && setup_dring(e, u, held) < 0)
+            goto fail;
+        free(held);
+    }
+    /* the old ring holds nothing of ours (parked): close it */
+    munmap(old.sqes, old.sqes_sz);
+    munmap(old.ring_ptr, old.ring_sz);
+    close(old.ring_fd);
+    if (old.br)
+        munmap(old.br, old.br_sz);
+    if (old.dr)
+        munmap(old.dr, old.dr_sz);
+    u->enabled = 0;
+    u->wake_armed = 0;
+    u->ncancels = 0;  /* they named requests of the old ring */
+    u->enter_fd = u->ring_fd;
+    u->enter_flags = 0;
+    e->info.ring_flags = u->setup_flags;
+    return 0;
+fail:
+    free(held);
+    if (u->sqes)
+        munmap(u->sqes, u->sqes_sz);
+    if (u->ring_ptr)
+        munmap(u->ring_ptr, u->ring_sz);
+    if (u->ring_fd >= 0)
+        close(u->ring_fd);
+    if (u->br)
+        munmap(u->br, u->br_sz);
+    if (u->dr)
+        munmap(u->dr, u->dr_sz);
+    *u = old;
+    return -ENOMEM;
+}
+
+static int unpark(ul_engine *e, struct uring *u)
+{
+    if (u->owner == &tls_marker) {
+        if (!(u->enter_flags & UL_ENTER_REGISTERED_RING))
+            register_ring_fd(e, u);
+    } else {
+        if (kernel_requests(e))
+            return -EEXIST;  /* a park that timed out: still bound to its thread */
+        int r = rebuild(e, u);
+        if (r < 0)
+            return r;
+    }
+    u->parked = 0;
+    return 0;
 }
 
 int ul__uring_init(ul_engine *e, char *err, int errlen)
@@ -1148,11 +1466,11 @@ int ul__uring_init(ul_engine *e, char *err, int errlen)
     int k519 = pr.ops[UL_OP_SOCKET], k60 = pr.ops[UL_OP_SEND_ZC];
     uint32_t opt = e->cfg.options;
     if (k519 && !(opt & UL_OPT_NO_BUFRING))
-        setup_bufring(e, u);
+        setup_bufring(e, u, NULL);
     u->ms_recv = u->bufring && k60 && !(opt & UL_OPT_NO_MULTISHOT);
     u->ms_accept = k519 && !(opt & UL_OPT_NO_MULTISHOT);
     if (u->ms_recv)
-        setup_dring(e, u);
+        setup_dring(e, u, NULL);  /* else datagram buffers are engine-picked */
     u->cancel_fd = k519 && !(opt & UL_OPT_NO_CANCEL_FD);
     arm_wake(e, u);
 

@@ -36,7 +36,7 @@ import os
 import socket
 import sys
 import warnings
-from asyncio import base_events, constants, futures, protocols, transports, trsock
+from asyncio import base_events, constants, events, futures, protocols, transports, trsock
 from asyncio.log import logger
 
 __all__ = ["SocketTransport", "Acceptor"]
@@ -106,7 +106,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         self._context = ctx = contextvars.copy_context()
         self._on_recv_cb = functools.partial(ctx.run, self._on_recv)
         self._on_sent_cb = functools.partial(ctx.run, self._on_sent)
-        self._on_closed_cb = functools.partial(ctx.run, self._on_closed)
+        self._on_closed_cb = self._on_closed  # runs a Handle in ctx itself
         if server is not None:
             if _SERVER_TRACKS_TRANSPORTS:
                 server._attach(self)
@@ -195,7 +195,14 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             and not self._paused
             and not self._held
         ):
-            self._recv_ud = self._engine.recv(self._sock_fd, self._on_recv_cb, multishot=True)
+            # a Protocol gets one turn's records joined (coalesce: one
+            # data_received per turn); a BufferedProtocol's bytes go from the
+            # pool buffer straight into its own: each record comes as a
+            # short-lived memoryview
+            buffered = self._buffered
+            self._recv_ud = self._engine.recv(
+                self._sock_fd, self._on_recv_cb, True, 0, not buffered, buffered
+            )
 
     def _stop_reading(self):
         if self._recv_ud is not None and not self._engine.closed:
@@ -210,6 +217,10 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         if res == _ECANCELED and not more:
             self._start_reading()  # pause_reading cancelled it; resumed since?
             return
+        if data is not None and type(data) is not bytes and (
+            not self._buffered or self._paused or self._held is not None or self._loop._ready
+        ):
+            data = data.tobytes()  # a pool view lives only during this call
         held = self._held
         if held is not None or self._paused or self._loop._ready:
             # The stock loop queues a reader callback behind what is already
@@ -277,7 +288,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
                 return
             k = min(len(view), n - pos)
             view[:k] = data if (pos == 0 and k == n) else memoryview(data)[pos:pos + k]
-            view.release()
+            view.release()  # the temporary slice above is already gone
             pos += k
             try:
                 self._protocol.buffer_updated(k)
@@ -291,7 +302,8 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             if pos < n and self._paused:
                 if self._held is None:
                     self._held = collections.deque()
-                self._held.appendleft((n - pos, data[pos:]))
+                rest = data[pos:]
+                self._held.appendleft((n - pos, rest if type(rest) is bytes else rest.tobytes()))
                 return
 
     def _on_eof(self):
@@ -343,7 +355,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         elif self._buffer_size > self._high_water:
             self._send_now()
 
-    def _send_now(self):
+    def _send_now(self, pause=True):
         """More than the high-water mark is queued and no send is in flight:
         one non-blocking send() now, as the stock transport does on every
         write, and pause the protocol only if the kernel left more than the
@@ -364,7 +376,16 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             return
         self._buffer = [data[n:]] if n < len(data) else []
         self._buffer_size -= n
-        self._maybe_pause_protocol()
+        if pause:
+            self._maybe_pause_protocol()
+            if self._protocol_paused and self._buffer_size <= self._low_water:
+                # paused earlier, drained now: resume as the stock writer
+                # callback would, from the loop, not from inside write()
+                self._loop.call_soon(self._resume_if_drained, context=self._context)
+
+    def _resume_if_drained(self):
+        if not self._sending and not self._conn_lost:
+            self._maybe_resume_protocol()
 
     if _PY312:
 
@@ -407,10 +428,13 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             return
         buf = self._buffer
         if buf and not self._sending:
-            data = buf[0] if len(buf) == 1 else b"".join(buf)
             self._buffer = []
-            self._sending = len(data)
-            self._engine.send(self._sock_fd, data, self._on_sent_cb)
+            if len(buf) == 1:
+                self._sending = len(buf[0])
+                self._engine.send(self._sock_fd, buf[0], self._on_sent_cb)
+            else:  # one vectored send, no join
+                self._sending = sum(map(len, buf))
+                self._engine.sendv(self._sock_fd, buf, self._on_sent_cb)
             buf = self._buffer
         if self._eof and not self._shut and not buf:
             self._shut = True
@@ -420,8 +444,10 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         sent, self._sending = self._sending, 0
         if self._conn_lost:
             return  # aborted: close_fd cancelled it
-        if res < 0:
-            exc = _os_error(res)
+        if res < 0 or data is not None:
+            # an error, nothing sent; or (data = -errno) one after res bytes
+            # went out: the stock transport reports the error either way
+            exc = _os_error(res if res < 0 else (data or -errno.EIO))
             self._buffer = []
             self._buffer_size = 0
             self._fatal_error(exc, "Fatal write error on socket transport")
@@ -448,6 +474,15 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             return
         self._closing = True
         self._stop_reading()
+        if self._buffer and not self._sending and not self._protocol_paused:
+            # what the kernel takes leaves now, as the stock write() would
+            # already have sent it: a closing transport does not wait a turn
+            # for its last bytes (sslproto's close_notify, for one). Not while
+            # the protocol is paused: it may still hold bytes (sslproto's BIO)
+            # that it writes on resume_writing, which _on_sent will call.
+            self._send_now(pause=False)
+            if self._conn_lost:
+                return  # the send failed: _fatal_error closed
         if not self._buffer and not self._sending:
             self._conn_lost += 1
             self._close_fd(None)
@@ -487,7 +522,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         connection_lost(exc) is scheduled now, as the stock loop schedules it,
         but runs only once the close has completed: usually the close record
         comes in the very next engine run, before that callback; if not, the
-        close record schedules it."""
+        close record calls it."""
         if self._fd_closing:
             return
         self._fd_closing = True
@@ -503,7 +538,11 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
     def _on_closed(self, res, more, data):
         self._fd_closed = True
         if self._lost_is_due and self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon(self._call_connection_lost, self._lost_exc, context=self._context)
+            # the stock loop would have called it already: now, not a turn
+            # later, run as a handle so an exception is reported as stock
+            events.Handle(
+                self._call_connection_lost, (self._lost_exc,), self._loop, self._context
+            )._run()
 
     def _lost_due(self):
         self._lost_is_due = True

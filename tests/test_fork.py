@@ -1,0 +1,149 @@
+"""fork() with a live loop (review D1).
+
+The rings, the buffer ring and the pool are MADV_DONTFORK: a fork()ed child has
+no mapping there, and the kernel requests in flight are the parent's. A child
+that drops, closes or exits with the parent's loop must touch none of it (it
+used to segfault in the child reading the SQ head during close), a child that
+tries to run the parent's loop gets a clear RuntimeError, and a child can make
+a loop of its own. The parent's loop is unaffected by all of this.
+
+Each scenario runs in a fresh interpreter (a subprocess) that forks, so the
+child's normal exit (finalizers, atexit) is the real one and pytest never
+forks; the scenario prints one line per process and the parent's line
+carries the child's exit status.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import ANY_LOOP_KINDS, uring_unavailable_reason
+
+TIMEOUT = 60
+
+PRELUDE = textwrap.dedent(
+    """
+    import asyncio, gc, os, socket, sys, warnings
+    warnings.simplefilter("ignore")
+    kind = sys.argv[1]
+
+    def new_loop():
+        if kind == "stock":
+            return asyncio.SelectorEventLoop()
+        import uringloop
+        loop = uringloop.Loop(backend=kind)
+        assert loop.backend == kind, loop.backend
+        return loop
+
+    def status(st):
+        if os.WIFSIGNALED(st):
+            return "signal %d" % os.WTERMSIG(st)
+        return "exit %d" % os.WEXITSTATUS(st)
+
+    loop = new_loop()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    task = loop.create_task(loop.sock_recv(a, 100))   # an op in flight at fork
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert not task.done()
+    """
+)
+
+# After the child ended, the parent's op must still complete normally.
+PARENT_CHECK = textwrap.dedent(
+    """
+    _, st = os.waitpid(pid, 0)
+    b.send(b"parent data")
+    got = loop.run_until_complete(asyncio.wait_for(task, 10))
+    assert got == b"parent data", got
+    loop.close()
+    print("child", status(st))
+    """
+)
+
+SCENARIOS = {
+    # the child drops the loop with the op in flight and collects it
+    "gc": """
+        del task, loop
+        gc.collect()
+        os._exit(0)
+    """,
+    # the child returns normally; the loop is still referenced by a global,
+    # so interpreter shutdown finalizes it
+    "exit": """
+        sys.exit(0)
+    """,
+    # the child closes the parent's loop explicitly
+    "close": """
+        task.cancel()   # a pending task on a closed loop; never runs
+        loop.close()
+        assert loop.is_closed()
+        os._exit(0)
+    """,
+    # the child tries to run the parent's loop: a clear error, no crash
+    "run": """
+        try:
+            loop.run_until_complete(asyncio.sleep(0))
+        except RuntimeError as exc:
+            ok = kind == "stock" or "parent process" in str(exc)
+            print("child error:", exc, flush=True)
+            os._exit(0 if ok else 3)
+        os._exit(0 if kind == "stock" else 4)   # only the stock loop runs on
+    """,
+    # the child makes a loop of its own and does a socket round trip on it
+    "new_loop": """
+        async def round_trip(lp):
+            c, d = socket.socketpair()
+            c.setblocking(False)
+            d.setblocking(False)
+            await lp.sock_sendall(c, b"ping from the child")
+            data = await asyncio.wait_for(lp.sock_recv(d, 100), 10)
+            c.close()
+            d.close()
+            return data
+        asyncio.set_event_loop(None)
+        mine = new_loop()
+        data = mine.run_until_complete(round_trip(mine))
+        mine.close()
+        os._exit(0 if data == b"ping from the child" else 5)
+    """,
+}
+
+
+def _package_parent() -> str:
+    spec = importlib.util.find_spec("uringloop")
+    assert spec is not None and spec.submodule_search_locations
+    return str(Path(next(iter(spec.submodule_search_locations))).resolve().parent)
+
+
+def _script(child: str) -> str:
+    body = "pid = os.fork()\nif pid == 0:\n" + textwrap.indent(textwrap.dedent(child), "    ")
+    return PRELUDE + body + PARENT_CHECK
+
+
+@pytest.mark.parametrize("kind", ANY_LOOP_KINDS)
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_fork_child_with_parent_loop(kind, scenario, tmp_path):
+    if kind == "io_uring" and uring_unavailable_reason() is not None:
+        pytest.skip(f"io_uring unavailable: {uring_unavailable_reason()}")
+    env = dict(os.environ)
+    env.pop("URINGLOOP_BACKEND", None)
+    env["PYTHONPATH"] = _package_parent() + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-c", _script(SCENARIOS[scenario]), kind],
+        env=env,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    detail = f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout}--- stderr ---\n{proc.stderr}"
+    assert proc.returncode == 0, detail
+    assert proc.stdout.strip().splitlines()[-1] == "child exit 0", detail
