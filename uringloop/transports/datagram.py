@@ -92,6 +92,7 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         self._sock_fd = sock.fileno()
         self._engine = loop._engine
         self._address = address
+        self._connected = bool(self._extra["peername"])  # the stock test, made once
         self._protocol_connected = False
         self.set_protocol(protocol)
         self._buffer = collections.deque()  # (bytes, addr) waiting for writability
@@ -201,6 +202,24 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
 
     def _on_recv(self, res, more, data):
         """The engine's callback: one record, one datagram (or one error)."""
+        if (
+            more
+            and res >= 0
+            and self._pool
+            and self._held is None
+            and not self._paused
+            and not self._closing
+            and not self._conn_lost
+            and not self._loop._ready
+        ):
+            # the common case, first: a pool datagram handed over at once
+            try:
+                self._protocol.datagram_received(*data)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal read error on datagram transport")
+            return
         if not more:
             self._recv_ud = None
         if self._closing:
@@ -284,7 +303,7 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         if not self._buffer:
             # the stock transport's first try: straight to the socket
             try:
-                if self._extra["peername"]:
+                if self._connected:
                     self._sock.send(data)
                 else:
                     self._sock.sendto(data, addr)
@@ -326,7 +345,7 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
             data, addr = self._buffer.popleft()
             self._buffer_size -= len(data) + _HEADER
             try:
-                if self._extra["peername"]:
+                if self._connected:
                     self._sock.send(data)
                 else:
                     self._sock.sendto(data, addr)
