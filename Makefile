@@ -6,7 +6,7 @@ CC ?= cc
 ASAN_TESTS = tests/test_engine_ops.py tests/test_engine_cancel_close.py \
              tests/test_engine_stress.py tests/test_engine_bad_input.py \
              tests/test_sched.py tests/test_loop_sock.py tests/test_engine_native.py \
-             tests/test_engine_dgram.py
+             tests/test_engine_fd_reuse.py tests/test_loop_fds.py tests/test_engine_dgram.py
 # CPython itself is not ASan-built: its allocations look leaked, so leak
 # detection stays off; any other ASan report aborts the test process.
 ASAN_OPTIONS_RUN = detect_leaks=0:abort_on_error=1

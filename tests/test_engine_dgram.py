@@ -146,3 +146,34 @@ def test_close_fd_during_receive(eng, res_tracker):
         assert exc.errno == errno.EBADF
     else:
         raise AssertionError(f"fd {fd} still open after its close record")
+
+
+def test_rearm_never_reaches_a_reused_number(eng, res_tracker):
+    """The datagram receive re-arms by itself (here: after the pool ran dry);
+    if user code closed its socket meanwhile and the number names another
+    socket now, the re-arm ends the op (EBADF) instead of taking that
+    socket's datagrams."""
+    a, b = _pair(res_tracker)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    got = Collector()
+    ud = eng.recvmsg_pool(a.fileno(), got)
+    for i in range(300):  # more than the pool's 128 buffers
+        b.sendto(b"old %d" % i, a.getsockname())
+    run_until(eng, lambda: len(got.records) >= 100, what="the first datagrams")
+    n = a.fileno()
+    a.close()  # behind the engine's back
+    c = res_tracker.sock(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    assert c.fileno() == n
+    c.bind(("127.0.0.1", 0))
+    c.setblocking(False)
+    b.sendto(b"for the new socket", c.getsockname())
+    # io_uring's multishot op holds the old file and stays on it; a re-arm or
+    # a retry by number (emulation, epoll) compares the identity: EBADF
+    for _ in range(20):
+        eng.run(0.01)
+    if not got.done:
+        eng.cancel(ud)  # (by fd would name the new file: the kernel's cancel-by-fd)
+        run_until(eng, lambda: got.done, what="the end of the old receive")
+    assert all(r[2] is None or r[2][0].startswith(b"old ") for r in got.records)
+    assert got.final[0] in (-errno.EBADF, -errno.ECANCELED)
+    assert c.recv(100) == b"for the new socket"
