@@ -25,6 +25,7 @@ MIXIN_MODULES = [
     "test_sendfile",
     "test_sslproto",
     "test_buffered_proto",
+    "test_subprocess",
 ]
 POLICY_MODULES = [
     "test_tasks",

@@ -39,7 +39,9 @@ from asyncio.log import logger
 
 from . import _sched, engine
 from .sock import SockMixin, _OpFuture
+from .transports import subprocess as _subprocess
 from .transports.datagram import DatagramTransport
+from .transports.pipe import ReadPipeTransport, WritePipeTransport
 from .transports.stream import Acceptor, SocketTransport
 
 _SSL_SHUTDOWN_TIMEOUT = getattr(constants, "SSL_SHUTDOWN_TIMEOUT", 30.0)
@@ -182,6 +184,7 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         self._sock_state: dict = {}
         self._sock_sending: dict = {}  # socket -> its sock_sendall ops in the engine
         self._sock_owner: dict = {}  # fd -> weakref of the socket last seen there
+        self._child_pidfds: dict[int, int] = {}  # pidfd -> pid (transports/subprocess.py)
         try:
             self._engine = engine.Engine(backend)
         except BaseException:
@@ -268,6 +271,7 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         # cancels and reaps every operation still in flight, then frees the engine
         self._sched_detach()
         self._engine.close()
+        _subprocess.close_pidfds(self)
         self._close_self_pipe()
 
     # ---------------------------------------------------------- transports
@@ -388,6 +392,22 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
             if resume_reading:
                 transp.resume_reading()
             self._transports[transp._sock_fd] = transp
+
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return ReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return WritePipeTransport(self, pipe, protocol, waiter, extra)
+
+    async def _make_subprocess_transport(self, protocol, args, shell, stdin, stdout, stderr,
+                                         bufsize, extra=None, **kwargs):
+        """The stock transport; the child's exit comes through a pidfd."""
+        return await _subprocess.make_subprocess_transport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=extra, **kwargs
+        )
+
+    # the stock path where pidfds are refused (transports/subprocess.py) calls it
+    _child_watcher_callback = unix_events._UnixSelectorEventLoop._child_watcher_callback
 
     # the stock unix loop's own methods: they only call hooks this loop has
     create_unix_connection = unix_events._UnixSelectorEventLoop.create_unix_connection
