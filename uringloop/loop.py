@@ -170,7 +170,10 @@ class _Turn:
 class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
     """An asyncio event loop on io_uring (or epoll where io_uring is refused)."""
 
-    def __init__(self, *, backend: str | None = None):
+    def __init__(self, *, backend: str | None = None, options: int = 0):
+        """backend: 'io_uring', 'epoll', 'auto' or None (URINGLOOP_BACKEND, else
+        auto). options: engine.OPT_* bits, for tests that force the engine's
+        fallback paths (OPT_NO_*) or its test-only modes."""
         super().__init__()
         self._readers: dict[int, list] = {}
         self._writers: dict[int, list] = {}
@@ -186,7 +189,7 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         self._sock_owner: dict = {}  # fd -> weakref of the socket last seen there
         self._child_pidfds: dict[int, int] = {}  # pidfd -> pid (transports/subprocess.py)
         try:
-            self._engine = engine.Engine(backend)
+            self._engine = engine.Engine(backend, options=options)
         except BaseException:
             self._closed = True  # nothing to release; keeps __del__ quiet
             raise
