@@ -30,7 +30,8 @@ test: build
 ## a pool buffer no one owns is PROT_NONE, so a stray kernel write fails the test
 GUARD_TESTS = tests/test_engine_ops.py tests/test_engine_cancel_close.py \
               tests/test_engine_stress.py tests/test_engine_bad_input.py \
-              tests/test_loop_sock.py tests/test_loop_cancel.py tests/test_backend_modes.py
+              tests/test_loop_sock.py tests/test_loop_cancel.py tests/test_backend_modes.py \
+              tests/test_engine_dgram.py
 test-guard: build
 	URINGLOOP_GUARD=1 $(PY) -m pytest -q -p no:cacheprovider $(GUARD_TESTS)
 
