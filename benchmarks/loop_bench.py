@@ -21,6 +21,13 @@ Scenarios (ops counted in brackets):
                    [round trips]
 ``pingpong``       ``sock_sendall`` / ``sock_recv`` of 64 bytes over one socketpair [round trips]
 ``pingpong16``     the same over 16 socketpairs at once [round trips, all pairs]
+``udp_pingpong``   UDP echo through ``create_datagram_endpoint`` transports on 127.0.0.1:
+                   one client endpoint, 64 B datagrams, the next sent from
+                   ``datagram_received`` [round trips]
+``udp_pingpong16`` the same with 16 client endpoints at once [round trips, all clients]
+``udp_pingpong_1k`` one client, 1 KiB datagrams [round trips]
+``udp_flood``      a separate process sends 64 B datagrams as fast as it can to one endpoint;
+                   datagrams received per second, first to last [datagrams received]
 
 Each scenario runs on every loop ``--repeat`` times, the loops interleaved (and their
 order rotated per repetition) so machine noise spreads evenly. The report is the median
@@ -41,6 +48,7 @@ import pstats
 import shlex
 import socket
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -291,6 +299,124 @@ async def bench_pingpong16(loop, n):
     return await _pingpong(loop, n, 16)
 
 
+class _UdpEcho(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data, addr)
+
+
+class _UdpClient(asyncio.DatagramProtocol):
+    def __init__(self, msg, rounds, done):
+        self.msg, self.left, self.done = msg, rounds, done
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        if data != self.msg:
+            self.done.set_exception(BenchError("udp: the echo differs from the datagram sent"))
+            return
+        self.left -= 1
+        if self.left:
+            self.transport.sendto(self.msg)
+        elif not self.done.done():
+            self.done.set_result(None)
+
+    def error_received(self, exc):
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+
+async def _udp_pingpong(loop, n, clients, size):
+    rounds = max(1, n // clients)
+    msg = bytes(i & 0xFF for i in range(size))
+    server, _ = await loop.create_datagram_endpoint(_UdpEcho, local_addr=("127.0.0.1", 0))
+    addr = server.get_extra_info("sockname")
+    ends = []
+    try:
+        for _ in range(clients):
+            done = loop.create_future()
+            tr, _ = await loop.create_datagram_endpoint(
+                lambda done=done: _UdpClient(msg, rounds, done), remote_addr=addr
+            )
+            ends.append((tr, done))
+        t0 = time.perf_counter()
+        for tr, _ in ends:
+            tr.sendto(msg)
+        await asyncio.wait_for(asyncio.gather(*(d for _, d in ends)), 120)
+        elapsed = time.perf_counter() - t0
+    finally:
+        server.close()
+        for tr, _ in ends:
+            tr.close()
+    return rounds * clients, elapsed
+
+
+async def bench_udp_pingpong(loop, n):
+    return await _udp_pingpong(loop, n, 1, MSG_LEN)
+
+
+async def bench_udp_pingpong16(loop, n):
+    return await _udp_pingpong(loop, n, 16, MSG_LEN)
+
+
+async def bench_udp_pingpong_1k(loop, n):
+    return await _udp_pingpong(loop, n, 1, 1024)
+
+
+_FLOOD_SENDER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect(("127.0.0.1", int(sys.argv[1])))
+msg = bytes(64)
+for _ in range(int(sys.argv[2])):
+    try:
+        s.send(msg)
+    except OSError:
+        pass
+"""
+
+
+class _FloodSink(asyncio.DatagramProtocol):
+    def __init__(self, loop):
+        self.count = 0
+        self.first = self.last = 0.0
+        self.loop = loop
+
+    def datagram_received(self, data, addr):
+        now = time.perf_counter()
+        if not self.count:
+            self.first = now
+        self.count += 1
+        self.last = now
+
+
+async def bench_udp_flood(loop, n):
+    sink = _FloodSink(loop)
+    tr, _ = await loop.create_datagram_endpoint(lambda: sink, local_addr=("127.0.0.1", 0))
+    tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    port = tr.get_extra_info("sockname")[1]
+    # a plain subprocess (not the loop's subprocess support, which a loop may lack)
+    proc = subprocess.Popen([sys.executable, "-c", _FLOOD_SENDER, str(port), str(n)])
+    try:
+        idle = 0
+        last = -1
+        while proc.poll() is None or idle < 3:
+            await asyncio.sleep(0.05)
+            if sink.count == last:
+                idle += 1
+            else:
+                idle, last = 0, sink.count
+    finally:
+        proc.wait()
+        tr.close()
+    if sink.count < 2:
+        raise BenchError("udp_flood: nothing received")
+    return sink.count, sink.last - sink.first
+
+
 class Scenario(NamedTuple):
     name: str
     fn: Callable
@@ -310,6 +436,10 @@ SCENARIOS = {
         Scenario("future", bench_future, 200_000, "future round trips"),
         Scenario("pingpong", bench_pingpong, 20_000, "64 B round trips"),
         Scenario("pingpong16", bench_pingpong16, 32_000, "64 B round trips"),
+        Scenario("udp_pingpong", bench_udp_pingpong, 20_000, "64 B round trips"),
+        Scenario("udp_pingpong16", bench_udp_pingpong16, 32_000, "64 B round trips"),
+        Scenario("udp_pingpong_1k", bench_udp_pingpong_1k, 20_000, "1 KiB round trips"),
+        Scenario("udp_flood", bench_udp_flood, 300_000, "datagrams received"),
     )
 }
 

@@ -286,6 +286,10 @@ class Engine:
         # GIL release per submission. Bound once here, so eng.send(...) is one
         # C call; the methods below say the same for help() and subclasses.
         t = self._t = _sched.Table(self._entry_points(e), self._addr_of)
+        dsize, dcount, dfirst = ffi.new("uint32_t *"), ffi.new("uint32_t *"), ffi.new("uint32_t *")
+        dpool = lib.ul_dgram_pool(e, dsize, dcount, dfirst)
+        t.set_dgram_pool(int(ffi.cast("uintptr_t", dpool)), dsize[0], dcount[0], dfirst[0],
+                         decode_sockaddr)
         cls = type(self)
         for name in _HOT:
             if getattr(cls, name) is getattr(Engine, name):  # a subclass's override wins
@@ -398,6 +402,16 @@ class Engine:
         ptr, size = _write_buffer(buf)
         return self._cold(cb, (buf, ptr),
                           lambda ud: lib.ul_recvmsg(self._e, ud, fd, ptr, size, flags))
+
+    def recvmsg_pool(self, fd: int, cb, multishot: bool = True) -> int:
+        """Receive datagrams into the engine's datagram pool, one record each:
+        ``data`` is ``(payload, address)``. Multishot where the kernel has it
+        (emulated elsewhere). A datagram longer than a pool buffer (64 KiB and
+        more: only Unix datagrams can be) is consumed and reported as
+        ``-EMSGSIZE`` with ``more`` set: never delivered cut."""
+        fd = _check_fd(fd)
+        ms = 1 if multishot else 0
+        return self._cold(cb, None, lambda ud: lib.ul_recvmsg_pool(self._e, ud, fd, ms))
 
     def connect(self, fd: int, family: int, addr, cb) -> int:
         fd = _check_fd(fd)

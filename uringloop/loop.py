@@ -40,6 +40,7 @@ from asyncio.log import logger
 from . import _sched, engine
 from .sock import SockMixin, _OpFuture
 from .transports import subprocess as _subprocess
+from .transports.datagram import DatagramTransport
 from .transports.pipe import ReadPipeTransport, WritePipeTransport
 from .transports.stream import Acceptor, SocketTransport
 
@@ -295,6 +296,10 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         self._ensure_fd_no_transport(sock)
         return SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        self._ensure_fd_no_transport(sock)
+        return DatagramTransport(self, sock, protocol, address, waiter, extra)
 
     def _make_ssl_transport(
         self, rawsock, protocol, sslcontext, waiter=None, *, server_side=False,

@@ -169,7 +169,7 @@ static int reserve(ul_engine *e, uint32_t ops)
     uint32_t n = e->reserved ? e->reserved : 64;
     while (n < ops)
         n *= 2;
-    uint32_t need = n + e->cfg.buf_count;
+    uint32_t need = n + e->cfg.buf_count + UL_DGRAM_BUFS;  /* a record per pool buffer */
     if (need > e->pend_cap && pend_grow(e, need) < 0)
         return -ENOMEM;
     if (e->be->reserve && e->be->reserve(e, n) < 0)
@@ -215,6 +215,8 @@ static void pend_move(ul_engine *e)
  * access faults. Off, it costs one predictable branch per take/put/recycle. */
 void ul__guard(ul_engine *e, uint16_t bid, int open)
 {
+    if (ul__is_dbid(e, bid))
+        return;  /* the datagram pool is not guarded (see docs/design.md) */
     if (mprotect(e->pool + (size_t)bid * e->cfg.buf_size, e->cfg.buf_size,
                  open ? PROT_READ | PROT_WRITE : PROT_NONE) < 0)
         abort();  /* guard mode is for tests: a wrong protection must not pass */
@@ -230,11 +232,70 @@ int ul__pool_take(ul_engine *e)
     return bid;
 }
 
+int ul__dpool_take(ul_engine *e)
+{
+    return e->ndfree ? e->dfree[--e->ndfree] : -1;
+}
+
 void ul__pool_put(ul_engine *e, uint16_t bid)
 {
+    if (ul__is_dbid(e, bid)) {
+        e->dfree[e->ndfree++] = bid;
+        return;
+    }
     if (e->guard)
         ul__guard(e, bid, 0);
     e->free_bids[e->nfree++] = bid;
+}
+
+/* A datagram receive into the engine-picked buffer op->bid (no kernel ring for
+ * it): the msghdr points into the buffer, in the layout of the kernel's
+ * multishot recvmsg, so every path hands Python the same thing. */
+void ul__dmsg_setup(ul_engine *e, struct ul_op *op)
+{
+    uint8_t *b = ul__dbuf(e, (uint32_t)op->bid);
+    op->iov.iov_base = b + UL_DGRAM_HDR;
+    op->iov.iov_len = UL_DGRAM_BUF_SIZE - UL_DGRAM_HDR;
+    memset(&op->msg, 0, sizeof op->msg);
+    op->msg.msg_name = b + 16;
+    op->msg.msg_namelen = UL_DGRAM_NAME;
+    op->msg.msg_iov = &op->iov;
+    op->msg.msg_iovlen = 1;
+}
+
+/* That receive returned res >= 0 (recvmsg with MSG_TRUNC: the datagram's
+ * real length): write the header the kernel would have written. Returns the
+ * payload length, or -EMSGSIZE when the datagram did not fit. */
+int32_t ul__dmsg_done(ul_engine *e, struct ul_op *op, int32_t res)
+{
+    uint32_t h[4] = {op->msg.msg_namelen, 0, (uint32_t)res, 0};
+    memcpy(ul__dbuf(e, (uint32_t)op->bid), h, sizeof h);
+    return res > (int32_t)(UL_DGRAM_BUF_SIZE - UL_DGRAM_HDR) ? -EMSGSIZE : res;
+}
+
+/* One datagram's outcome in buffer bid (n = payload bytes, or -EMSGSIZE: the
+ * buffer goes back and the receive goes on). more: the kernel's op lives on;
+ * *rearm: the backend must start the op again (emulated multishot, or the
+ * kernel ended it for its own reasons). */
+void ul__dgram_result(ul_engine *e, struct ul_op *op, int32_t n, uint16_t bid, int more,
+                      int *rearm)
+{
+    uint16_t fl = UL_F_BUFFER | UL_F_MSG;
+    *rearm = 0;
+    if (n < 0) {
+        ul__pool_used(e, bid);  /* recycled at the next run */
+        fl = 0;
+        bid = 0;
+    }
+    if (!op->multishot || (!more && op->cancelled)) {
+        ul__finish(e, op, n, fl, bid);
+        return;
+    }
+    ul__emit(e, op, n, UL_F_MORE | fl, bid);
+    if (!more) {
+        e->st.rearms++;
+        *rearm = 1;
+    }
 }
 
 void ul__pool_used(ul_engine *e, uint16_t bid)
@@ -338,6 +399,7 @@ int ul__may_continue(const struct ul_op *op)
     case K_CONNECT:
         return 1;
     case K_RECV:
+    case K_RECVMSG_POOL:
     case K_ACCEPT:
         return op->multishot;
     default:
@@ -760,6 +822,23 @@ EXPORT int ul_recvmsg(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len
     return submit(e, op);
 }
 
+EXPORT int ul_recvmsg_pool(ul_engine *e, uint64_t ud, int fd, int multishot)
+{
+    BEGIN(K_RECVMSG_POOL, fd);
+    op->multishot = multishot != 0;
+    op->msg_flags = MSG_TRUNC;  /* the real length: a datagram cut is detected */
+    return submit(e, op);
+}
+
+EXPORT uint8_t *ul_dgram_pool(ul_engine *e, uint32_t *buf_size, uint32_t *count,
+                              uint32_t *first_bid)
+{
+    *buf_size = UL_DGRAM_BUF_SIZE;
+    *count = UL_DGRAM_BUFS;
+    *first_bid = e->cfg.buf_count;
+    return e->dpool;
+}
+
 EXPORT int ul_accept(ul_engine *e, uint64_t ud, int fd, int multishot)
 {
     BEGIN(K_ACCEPT, fd);
@@ -1036,8 +1115,11 @@ static void engine_free(ul_engine *e, int unmap_pool)
     free(e->pend);
     free(e->free_bids);
     free(e->used_bids);
+    free(e->dfree);
     if (e->pool && unmap_pool)
         munmap(e->pool, e->pool_bytes);
+    if (e->dpool && unmap_pool)
+        munmap(e->dpool, e->dpool_bytes);
     free(e);
 }
 
@@ -1083,21 +1165,32 @@ EXPORT ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errle
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     e->rec = calloc(e->cfg.record_cap, sizeof *e->rec);
     e->free_bids = calloc(bc, sizeof *e->free_bids);
-    e->used_bids = calloc(bc, sizeof *e->used_bids);
+    e->used_bids = calloc(bc + UL_DGRAM_BUFS, sizeof *e->used_bids);
+    /* the datagram pool is address space until datagrams arrive: a small
+     * datagram touches one page of its buffer */
+    e->dpool_bytes = (size_t)UL_DGRAM_BUFS * UL_DGRAM_BUF_SIZE;
+    e->dpool = mmap(NULL, e->dpool_bytes, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    e->dfree = calloc(UL_DGRAM_BUFS, sizeof *e->dfree);
     e->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (e->pool == MAP_FAILED || !e->rec || !e->free_bids || !e->used_bids ||
-        e->wake_fd < 0) {
+    if (e->pool == MAP_FAILED || e->dpool == MAP_FAILED || !e->rec || !e->free_bids ||
+        !e->used_bids || !e->dfree || e->wake_fd < 0) {
         snprintf(err, (size_t)errlen, "engine allocation failed: %s", strerror(errno));
         if (e->pool == MAP_FAILED)
             e->pool = NULL;
+        if (e->dpool == MAP_FAILED)
+            e->dpool = NULL;
         if (e->wake_fd >= 0)
             close(e->wake_fd);
         engine_free_memory(e);
         return NULL;
     }
     madvise(e->pool, e->pool_bytes, MADV_DONTFORK);
+    madvise(e->dpool, e->dpool_bytes, MADV_DONTFORK);
     for (uint32_t i = 0; i < bc; i++)
         e->free_bids[e->nfree++] = (uint16_t)(bc - 1 - i);
+    for (uint32_t i = 0; i < UL_DGRAM_BUFS; i++)
+        e->dfree[e->ndfree++] = (uint16_t)(bc + UL_DGRAM_BUFS - 1 - i);
 
     int rc = -1;
     char why[256] = "";

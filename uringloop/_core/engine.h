@@ -22,6 +22,12 @@
                            went out (> 0, or 0 when the kernel took nothing and said no
                            error), bid holds the errno that stopped it (0: a write that
                            returned 0) */
+#define UL_F_MSG 16     /* with UL_F_BUFFER: bid names a datagram-pool buffer laid out
+                           as io_uring_recvmsg_out (namelen, controllen, payloadlen,
+                           flags: 4 x u32), the sender's address (UL_DGRAM_NAME bytes
+                           reserved), then res bytes of payload */
+#define UL_DGRAM_NAME 128       /* address bytes reserved in a datagram buffer */
+#define UL_DGRAM_HDR 144        /* header + address: the payload starts here */
 
 #define UL_BACKEND_AUTO 0
 #define UL_BACKEND_URING 1
@@ -131,6 +137,14 @@ int ul_sendv(ul_engine *e, uint64_t ud, int fd, const void *iov, uint32_t niov, 
 int ul_sendmsg(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len,
                const char *addr, uint32_t addrlen, int flags);
 int ul_recvmsg(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len, int flags);
+/* Datagrams into the engine's datagram pool, one record per datagram
+ * (UL_F_BUFFER|UL_F_MSG); multishot where the kernel has it, else emulated.
+ * A datagram longer than a pool buffer is consumed and reported as -EMSGSIZE
+ * (UL_F_MORE: the receive goes on): never delivered cut. */
+int ul_recvmsg_pool(ul_engine *e, uint64_t ud, int fd, int multishot);
+/* The datagram pool: its address; buffer size, count and the bid of its first
+ * buffer (bids of datagram buffers follow the stream pool's). */
+uint8_t *ul_dgram_pool(ul_engine *e, uint32_t *buf_size, uint32_t *count, uint32_t *first_bid);
 int ul_accept(ul_engine *e, uint64_t ud, int fd, int multishot);
 int ul_connect(ul_engine *e, uint64_t ud, int fd, const char *addr, uint32_t addrlen);
 int ul_poll(ul_engine *e, uint64_t ud, int fd, uint32_t events, int level);

@@ -278,6 +278,40 @@ static int try_recv_pool(ul_engine *e, struct ul_op *op)
     return TRY_YIELD;
 }
 
+/* Datagrams into the datagram pool, one recvmsg per datagram, in the layout
+ * of io_uring's multishot recvmsg (ul__dmsg_setup); multishot emulated. */
+static int try_recvmsg_pool(ul_engine *e, struct ul_op *op)
+{
+    for (int n = 0; n < BUDGET; n++) {
+        int bid = ul__dpool_take(e);
+        if (bid < 0)
+            return TRY_YIELD;  /* buffers come back at the next recycle */
+        op->bid = bid;
+        ul__dmsg_setup(e, op);
+        ssize_t r = recvmsg(op->fd, &op->msg, op->msg_flags | MSG_DONTWAIT);
+        e->st.submitted++;
+        op->bid = -1;
+        if (r >= 0) {
+            int rearm;
+            op->bid = bid;
+            int32_t len = ul__dmsg_done(e, op, (int32_t)r);
+            op->bid = -1;
+            ul__dgram_result(e, op, len, (uint16_t)bid, 1, &rearm);
+            if (!op->multishot)
+                return TRY_DONE;
+            continue;
+        }
+        ul__pool_put(e, (uint16_t)bid);
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return TRY_WAIT;
+        ul__finish(e, op, -errno, 0, 0);
+        return TRY_DONE;
+    }
+    return TRY_YIELD;
+}
+
 static int try_accept(ul_engine *e, struct ul_op *op)
 {
     for (int n = 0; n < BUDGET; n++) {
@@ -349,6 +383,8 @@ static int try_op(ul_engine *e, struct ul_op *op)
         return try_recv_pool(e, op);
     case K_ACCEPT:
         return try_accept(e, op);
+    case K_RECVMSG_POOL:
+        return try_recvmsg_pool(e, op);
     case K_SEND:
     case K_SENDV:
     case K_WRITE:
@@ -525,7 +561,10 @@ static void ep_cancel(ul_engine *e, struct ul_op *op)
 }
 
 /* Attempt the ops of one queue, in order, until one has to wait. */
-static void run_queue(ul_engine *e, int fd, int q)
+/* retried: the fd is tried again without an event (the ready list): its
+ * number may name another file since the last try, with no re-registration
+ * to tell, so an op that carries an identity compares it. */
+static void run_queue(ul_engine *e, int fd, int q, int retried)
 {
     for (;;) {
         struct ul_fd *f = &e->fds[fd];
@@ -538,7 +577,7 @@ static void run_queue(ul_engine *e, int fd, int q)
          * when that may be another file than op's (a re-registration since
          * op's identity was last known to hold) is the identity compared:
          * one syscall per re-registration, not per event. */
-        if (op->has_ident && op->reg_gen != f->reg_gen) {
+        if (op->has_ident && (retried || op->reg_gen != f->reg_gen)) {
             if (ul__ident_gone(e, op)) {  /* the number names another file now */
                 ul__stop(e, op, EBADF);
                 continue;
@@ -619,9 +658,9 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
         if (fd >= e->nfds || !e->fds[fd].registered)
             continue;
         if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI))
-            run_queue(e, fd, Q_READ);
+            run_queue(e, fd, Q_READ, 0);
         if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR))
-            run_queue(e, fd, Q_WRITE);
+            run_queue(e, fd, Q_WRITE, 0);
         if (e->fds[fd].pq_head >= 0)
             run_polls(e, fd, ev);
     }
@@ -634,8 +673,8 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
         int32_t next = f->ready_next;
         f->on_ready_list = 0;
         f->ready_next = -1;
-        run_queue(e, fd, Q_READ);
-        run_queue(e, fd, Q_WRITE);
+        run_queue(e, fd, Q_READ, 1);
+        run_queue(e, fd, Q_WRITE, 1);
         fd = next;
     }
     return err;
@@ -643,7 +682,7 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
 
 static void ep_recycle(ul_engine *e, uint16_t bid)
 {
-    ul__pool_put(e, bid);
+    ul__pool_put(e, bid);  /* either pool: the bid says which */
 }
 
 static void ep_before_close(ul_engine *e, int fd)

@@ -25,6 +25,11 @@
 
 #include "engine.h"
 
+/* The datagram pool: buffers big enough for any UDP datagram (65,527 bytes of
+ * IPv6 payload) after the header and address, so one is never cut. */
+#define UL_DGRAM_BUFS 128
+#define UL_DGRAM_BUF_SIZE (UL_DGRAM_HDR + 65536 + 3952)  /* 68 KiB */
+
 #define KUD_POLL (1ULL << 63)
 #define KUD_SPECIAL (3ULL << 62)
 #define KUD_WAKE (KUD_SPECIAL | 1)
@@ -36,7 +41,7 @@
 
 enum op_kind {
     K_NOP, K_RECV, K_RECV_INTO, K_SEND, K_SENDMSG, K_RECVMSG, K_ACCEPT,
-    K_CONNECT, K_POLL, K_READ, K_WRITE, K_SHUTDOWN, K_CLOSE, K_SENDV,
+    K_CONNECT, K_POLL, K_READ, K_WRITE, K_SHUTDOWN, K_CLOSE, K_SENDV, K_RECVMSG_POOL,
 };
 
 enum op_state {
@@ -140,6 +145,11 @@ struct ul_engine {
     uint16_t *free_bids;        /* engine-picked buffers (no buffer ring) */
     uint32_t nfree;
     uint16_t *used_bids;        /* delivered in the last run: recycled at the next */
+    uint8_t *dpool;             /* datagram pool: UL_DGRAM_BUFS x UL_DGRAM_BUF_SIZE, bids
+                                   from cfg.buf_count on */
+    size_t dpool_bytes;
+    uint16_t *dfree;            /* engine-picked datagram buffers (no ring for them) */
+    uint32_t ndfree;
     uint32_t nused;
 
     int32_t bl_head, bl_tail;   /* FIFO of ops to (re)start, linked by slot */
@@ -170,6 +180,16 @@ static inline int ul__is_send(const struct ul_op *op)
 void ul__backlog_push(ul_engine *e, struct ul_op *op);
 int ul__backlog_pop(ul_engine *e, struct ul_op **out);
 int ul__pool_take(ul_engine *e);
+int ul__dpool_take(ul_engine *e);
+static inline int ul__is_dbid(ul_engine *e, uint32_t bid) { return bid >= e->cfg.buf_count; }
+static inline uint8_t *ul__dbuf(ul_engine *e, uint32_t bid)
+{
+    return e->dpool + (size_t)(bid - e->cfg.buf_count) * UL_DGRAM_BUF_SIZE;
+}
+void ul__dmsg_setup(ul_engine *e, struct ul_op *op);
+int32_t ul__dmsg_done(ul_engine *e, struct ul_op *op, int32_t res);
+void ul__dgram_result(ul_engine *e, struct ul_op *op, int32_t n, uint16_t bid, int more,
+                      int *rearm);
 void ul__pool_put(ul_engine *e, uint16_t bid);
 void ul__pool_used(ul_engine *e, uint16_t bid);
 void ul__guard(ul_engine *e, uint16_t bid, int open);

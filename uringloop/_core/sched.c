@@ -37,6 +37,8 @@
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -635,6 +637,14 @@ struct Table {
     Py_ssize_t pool_size, buf_size;
     PyObject *addr_of; /* addr_of(slot): the peer address of a UL_F_ADDR record */
     int dispatching;
+    /* the datagram pool (UL_F_MSG records), once set_dgram_pool() was called */
+    const char *dpool;
+    Py_ssize_t dsize;
+    uint32_t dfirst, dcount;
+    PyObject *decode;    /* decode(raw sockaddr) -> address, for what C does not build */
+    PyObject *last_addr; /* the last address built from last_raw: a peer that sends */
+    uint8_t last_raw[sizeof(struct sockaddr_in6)]; /* again gets the same object */
+    uint32_t last_len;
 };
 
 static PyTypeObject TableType;
@@ -1157,10 +1167,14 @@ static PyObject *Table_release_all(Table *t, PyObject *unused)
 
 /* ---- records */
 
+static PyObject *msg_data(Table *t, const ul_record *r);
+
 /* the data a record carries: pool bytes, a peer address, the errno of a
  * short send (UL_F_SHORT), or None */
 static PyObject *record_data(Table *t, const ul_record *r, uint32_t slot)
 {
+    if (r->flags & UL_F_MSG)
+        return msg_data(t, r);
     if (r->flags & UL_F_BUFFER) {
         Py_ssize_t start = (Py_ssize_t)r->bid * t->buf_size;
         if (r->res < 0 || r->res > t->buf_size || start + r->res > t->pool_size)
@@ -1179,6 +1193,78 @@ static PyObject *record_data(Table *t, const ul_record *r, uint32_t slot)
         return addr;
     }
     return Py_NewRef(Py_None);
+}
+
+/* The sender's address as the socket module gives it (IPv4 and IPv6 built
+ * here, the rest by decode()); None for no address. */
+static PyObject *sockaddr_obj(Table *t, const uint8_t *raw, uint32_t len)
+{
+    if (len < sizeof(sa_family_t))
+        Py_RETURN_NONE;
+    if (t->last_addr != NULL && len == t->last_len && memcmp(raw, t->last_raw, len) == 0)
+        return Py_NewRef(t->last_addr);
+    sa_family_t fam;
+    memcpy(&fam, raw, sizeof fam);
+    char host[INET6_ADDRSTRLEN];
+    PyObject *a;
+    if (fam == AF_INET && len >= sizeof(struct sockaddr_in)) {
+        struct sockaddr_in sin;
+        memcpy(&sin, raw, sizeof sin);
+        if (!inet_ntop(AF_INET, &sin.sin_addr, host, sizeof host))
+            return PyErr_SetFromErrno(PyExc_OSError);
+        a = Py_BuildValue("(si)", host, (int)ntohs(sin.sin_port));
+        len = sizeof sin;
+    } else if (fam == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
+        struct sockaddr_in6 sin6;
+        memcpy(&sin6, raw, sizeof sin6);
+        if (!inet_ntop(AF_INET6, &sin6.sin6_addr, host, sizeof host))
+            return PyErr_SetFromErrno(PyExc_OSError);
+        a = Py_BuildValue("(siII)", host, (int)ntohs(sin6.sin6_port),
+                          (unsigned int)ntohl(sin6.sin6_flowinfo),
+                          (unsigned int)sin6.sin6_scope_id);
+        len = sizeof sin6;
+    } else {
+        PyObject *b = PyBytes_FromStringAndSize((const char *)raw, len);
+        a = b ? PyObject_CallOneArg(t->decode, b) : NULL;
+        Py_XDECREF(b);
+        return a;
+    }
+    if (a != NULL) {
+        Py_XSETREF(t->last_addr, Py_NewRef(a));
+        memcpy(t->last_raw, raw, len);
+        t->last_len = len;
+    }
+    return a;
+}
+
+/* A UL_F_MSG record: (payload, address) from its datagram-pool buffer. */
+static PyObject *msg_data(Table *t, const ul_record *r)
+{
+    if (t->dpool == NULL || r->bid < t->dfirst || r->bid >= t->dfirst + t->dcount ||
+        r->res < 0 || r->res > t->dsize - UL_DGRAM_HDR)
+        return PyErr_Format(PyExc_SystemError, "record names a datagram outside the pool "
+                            "(bid %d, %d bytes)", (int)r->bid, (int)r->res);
+    const uint8_t *b = (const uint8_t *)t->dpool + (Py_ssize_t)(r->bid - t->dfirst) * t->dsize;
+    uint32_t namelen;
+    memcpy(&namelen, b, sizeof namelen);
+    if (namelen > UL_DGRAM_NAME)
+        namelen = UL_DGRAM_NAME;
+    PyObject *out = PyTuple_New(2);
+    if (out == NULL)
+        return NULL;
+    PyObject *payload = PyBytes_FromStringAndSize((const char *)b + UL_DGRAM_HDR, r->res);
+    if (payload == NULL) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, payload);
+    PyObject *addr = sockaddr_obj(t, b + 16, namelen);
+    if (addr == NULL) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(out, 1, addr);
+    return out;
 }
 
 static int in_pool(Table *t, const ul_record *r)
@@ -1391,9 +1477,32 @@ static int Table_init(Table *t, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+/* set_dgram_pool(address, buf_size, count, first_bid, decode) */
+static PyObject *Table_set_dgram_pool(Table *t, PyObject *args)
+{
+    unsigned long long addr;
+    Py_ssize_t size;
+    unsigned int count, first;
+    PyObject *decode;
+    if (!PyArg_ParseTuple(args, "KnIIO:set_dgram_pool", &addr, &size, &count, &first, &decode))
+        return NULL;
+    if (addr == 0 || size <= UL_DGRAM_HDR || !PyCallable_Check(decode)) {
+        PyErr_SetString(PyExc_ValueError, "set_dgram_pool: no pool");
+        return NULL;
+    }
+    t->dpool = (const char *)(uintptr_t)addr;
+    t->dsize = size;
+    t->dcount = count;
+    t->dfirst = first;
+    Py_XSETREF(t->decode, Py_NewRef(decode));
+    Py_RETURN_NONE;
+}
+
 static int Table_traverse(Table *t, visitproc visit, void *arg)
 {
     Py_VISIT(t->addr_of);
+    Py_VISIT(t->decode);
+    Py_VISIT(t->last_addr);
     for (uint32_t i = 0; i < t->nslots; i++) {
         Py_VISIT(t->slots[i].owner);
         Py_VISIT(t->slots[i].keep);
@@ -1404,6 +1513,8 @@ static int Table_traverse(Table *t, visitproc visit, void *arg)
 static int Table_clear(Table *t)
 {
     Py_CLEAR(t->addr_of);
+    Py_CLEAR(t->decode);
+    Py_CLEAR(t->last_addr);
     for (uint32_t i = 0; i < t->nslots; i++) {
         Py_CLEAR(t->slots[i].owner);
         Py_CLEAR(t->slots[i].keep);
@@ -1467,6 +1578,9 @@ static PyMethodDef Table_methods[] = {
     {"take", (PyCFunction)(void (*)(void))Table_take, METH_FASTCALL, "take(cb, keep) -> ud"},
     {"refused", (PyCFunction)(void (*)(void))Table_refused, METH_FASTCALL,
      "refused(ud, rc): C did not accept the op; raises OSError"},
+    {"set_dgram_pool", (PyCFunction)Table_set_dgram_pool, METH_VARARGS,
+     "set_dgram_pool(address, buf_size, count, first_bid, decode): where UL_F_MSG "
+     "records point"},
     {"deliver", (PyCFunction)Table_deliver, METH_O,
      "deliver(n): the first exception a callback raised, or None"},
     {"detach", (PyCFunction)Table_detach, METH_NOARGS, "the engine is about to be freed"},

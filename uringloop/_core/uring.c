@@ -57,7 +57,11 @@ struct uring {
     size_t br_sz;
     uint16_t br_tail;
     unsigned br_mask;
+    struct ul_buf *dr;          /* the datagram pool's ring (buffer group 1) */
+    size_t dr_sz;
+    uint16_t dr_tail;
     int ms_recv, ms_accept, bufring, cancel_fd;
+    int dring;                  /* datagrams: multishot RECVMSG on group 1 */
     uint64_t *cancels;          /* cancel requests that found no SQE */
     uint32_t ncancels, cancels_cap;
     struct { uint32_t slot; uint64_t ud; } *fresh;  /* issued, may continue, no identity */
@@ -307,7 +311,7 @@ static int gone(ul_engine *e, struct ul_op *op)
 {
     if (!ul__ident_gone(e, op))
         return 0;
-    if (op->kind == K_RECV && op->bid >= 0) {
+    if ((op->kind == K_RECV || op->kind == K_RECVMSG_POOL) && op->bid >= 0) {
         ul__pool_put(e, (uint16_t)op->bid);
         op->bid = -1;
     }
@@ -524,6 +528,15 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
         }
         op->bid = bid;
     }
+    if (op->kind == K_RECVMSG_POOL && !u->dring && op->bid < 0) {
+        int bid = ul__dpool_take(e);
+        if (bid < 0) {  /* pool exhausted: retry after the next recycle */
+            ul__backlog_push(e, op);
+            return;
+        }
+        op->bid = bid;
+        ul__dmsg_setup(e, op);
+    }
     struct ul_sqe *s = get_sqe(e, u);
     if (!s) {
         ul__backlog_push(e, op);
@@ -617,6 +630,33 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
             op->msg.msg_namelen = sizeof(struct sockaddr_storage);
         s->addr = (uint64_t)(uintptr_t)&op->msg;
         s->op_flags = (uint32_t)op->msg_flags;
+        break;
+    case K_RECVMSG_POOL:
+        s->opcode = UL_OP_RECVMSG;
+        s->addr = (uint64_t)(uintptr_t)&op->msg;
+        s->op_flags = (uint32_t)op->msg_flags;
+        if (u->dring) {
+            /* the kernel lays out header, address and payload in a group-1
+             * buffer (io_uring_recvmsg_out); the msghdr only says how much
+             * room the address gets */
+            memset(&op->msg, 0, sizeof op->msg);
+            op->msg.msg_namelen = UL_DGRAM_NAME;
+            s->flags = UL_SQE_BUFFER_SELECT;
+            s->buf_group = 1;
+            if (op->multishot) {
+                s->ioprio = UL_RECV_MULTISHOT;
+            } else {
+                /* one-shot: the payload lands at the buffer's start and the
+                 * address in the op; the completion lays them out as above */
+                op->msg.msg_name = &op->addr;
+                op->iov.iov_base = NULL;
+                op->iov.iov_len = UL_DGRAM_BUF_SIZE;
+                op->msg.msg_iov = &op->iov;
+                op->msg.msg_iovlen = 1;
+            }
+        } else {
+            op->msg.msg_namelen = UL_DGRAM_NAME;  /* the kernel wrote the last one's */
+        }
         break;
     case K_ACCEPT:
         s->opcode = UL_OP_ACCEPT;
@@ -736,7 +776,8 @@ static int cancel_unsubmitted(ul_engine *e, struct uring *u, struct ul_op *op)
     s->opcode = UL_OP_NOP;
     s->fd = -1;
     s->user_data = KUD_IGNORE;
-    if (op->kind == K_RECV && op->bid >= 0) {  /* engine-picked buffer, unused */
+    if ((op->kind == K_RECV || op->kind == K_RECVMSG_POOL) && op->bid >= 0) {
+        /* engine-picked buffer, unused */
         ul__pool_put(e, (uint16_t)op->bid);
         op->bid = -1;
     }
@@ -769,6 +810,19 @@ static int uring_cancel_fd(ul_engine *e, int fd)
 static void uring_recycle(ul_engine *e, uint16_t bid)
 {
     struct uring *u = e->bs;
+    if (ul__is_dbid(e, bid)) {
+        if (!u->dring) {
+            ul__pool_put(e, bid);
+            return;
+        }
+        struct ul_buf *b = &u->dr[u->dr_tail & (UL_DGRAM_BUFS - 1)];
+        b->addr = (uint64_t)(uintptr_t)ul__dbuf(e, bid);
+        b->len = UL_DGRAM_BUF_SIZE;
+        b->bid = bid;  /* the engine-wide bid: a CQE names its pool by itself */
+        u->dr_tail++;
+        __atomic_store_n((uint16_t *)((char *)u->dr + 14), u->dr_tail, __ATOMIC_RELEASE);
+        return;
+    }
     if (!u->bufring) {
         ul__pool_put(e, bid);
         return;
@@ -850,7 +904,8 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
         (res == -EAGAIN || (op->kind == K_CONNECT && (res == -EINPROGRESS || res == -EALREADY)))) {
         if (op->nbatch)
             batch_release(e, op);  /* the head waits alone; the riders queue again */
-        if (op->kind == K_RECV && !u->bufring && op->bid >= 0) {
+        if (((op->kind == K_RECV && !u->bufring) || (op->kind == K_RECVMSG_POOL && !u->dring)) &&
+            op->bid >= 0) {
             ul__pool_put(e, (uint16_t)op->bid);
             op->bid = -1;
         }
@@ -902,6 +957,69 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
             ul__backlog_push(e, op);  /* after the next recycle */
         } else if (!kmore) {
             ul__finish(e, op, res, 0, 0);
+        }
+        break;
+    }
+    case K_RECVMSG_POOL: {
+        int has_buf = 0, rearm = 0;
+        uint16_t bid = 0;
+        if (cflags & UL_CQE_F_BUFFER) {
+            has_buf = 1;
+            bid = (uint16_t)(cflags >> UL_CQE_BUFFER_SHIFT);  /* engine-wide (recycle) */
+        } else if (op->bid >= 0) {
+            has_buf = 1;
+            bid = (uint16_t)op->bid;
+            op->bid = -1;
+        }
+        if (res < 0) {
+            if (has_buf)
+                ul__pool_used(e, bid);  /* back to its ring (or free list) next run */
+            if (res == -ENOBUFS && !op->cancelled && !kmore) {
+                e->st.rearms++;
+                ul__backlog_push(e, op);  /* after the next recycle */
+            } else if (!kmore) {
+                ul__finish(e, op, res, 0, 0);
+            } else {
+                ul__emit(e, op, res, UL_F_MORE, 0);
+            }
+            break;
+        }
+        if (!has_buf || !ul__is_dbid(e, bid) ||
+            bid >= e->cfg.buf_count + UL_DGRAM_BUFS) {
+            if (!kmore)
+                ul__finish(e, op, -EIO, 0, 0);
+            break;
+        }
+        int32_t n;
+        if ((cflags & UL_CQE_F_BUFFER) && !op->multishot) {
+            uint8_t *b = ul__dbuf(e, bid);
+            uint32_t h[4] = {op->msg.msg_namelen, 0, (uint32_t)res, 0};
+            n = res > (int32_t)(UL_DGRAM_BUF_SIZE - UL_DGRAM_HDR) ? -EMSGSIZE : res;
+            if (n >= 0) {
+                memmove(b + UL_DGRAM_HDR, b, (size_t)n);
+                memcpy(b, h, sizeof h);
+                memcpy(b + 16, &op->addr, UL_DGRAM_NAME);
+            }
+        } else if (cflags & UL_CQE_F_BUFFER) {
+            /* res counts header + address room + payload put in the buffer */
+            uint32_t h[4];
+            memcpy(h, ul__dbuf(e, bid), sizeof h);
+            n = res - UL_DGRAM_HDR;
+            if (n < 0)
+                n = -EIO;
+            else if ((h[3] & MSG_TRUNC) || h[2] > (uint32_t)n)
+                n = -EMSGSIZE;
+        } else {
+            op->bid = bid;  /* for ul__dmsg_done */
+            n = ul__dmsg_done(e, op, res);
+            op->bid = -1;
+        }
+        ul__dgram_result(e, op, n, bid, kmore, &rearm);
+        if (rearm) {
+            if (u->dring)
+                ul__backlog_push(e, op);
+            else
+                issue(e, u, op);
         }
         break;
     }
@@ -1102,6 +1220,12 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
         if (flush_reap(e, u) < 0)
             break;
     }
+    /* What the last pass produced (a busy socket re-arms an emulated
+     * multishot receive on every pass) goes to the kernel now: left in the SQ
+     * it would be submitted by the next run, after user code may have closed
+     * the number and opened another file on it. */
+    if (u->sqe_tail != sent_tail)
+        flush(e, u);
     if (u->nfresh)  /* after every pass: what they handed over is consumed */
         capture_fresh(e, u);
     while ((__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & UL_SQ_CQ_OVERFLOW) &&
@@ -1142,6 +1266,8 @@ static void uring_destroy(ul_engine *e)
     close(u->ring_fd);
     if (u->br && e->in_flight == 0)
         munmap(u->br, u->br_sz);
+    if (u->dr && e->in_flight == 0)
+        munmap(u->dr, u->dr_sz);
     free(u->cancels);
     free(u->fresh);
     free(u);
@@ -1374,6 +1500,37 @@ static int uring_park(ul_engine *e)
     return 0;
 }
 
+/* The datagram pool's ring (group 1), for multishot RECVMSG: only where
+ * multishot receives run (a ring's buffers cannot also be engine-picked).
+ * Every datagram buffer not marked in held (indexed by bid) goes to it. */
+static int setup_dring(ul_engine *e, struct uring *u, const uint8_t *held)
+{
+    u->dr_sz = (size_t)UL_DGRAM_BUFS * sizeof(struct ul_buf);
+    u->dr = mmap(NULL, u->dr_sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (u->dr == MAP_FAILED) {
+        u->dr = NULL;
+        return -1;
+    }
+    madvise(u->dr, u->dr_sz, MADV_DONTFORK);  /* the kernel reads it: the parent's */
+    struct ul_buf_reg reg;
+    memset(&reg, 0, sizeof reg);
+    reg.ring_addr = (uint64_t)(uintptr_t)u->dr;
+    reg.ring_entries = UL_DGRAM_BUFS;
+    reg.bgid = 1;
+    if (sys_register(u->ring_fd, UL_REGISTER_PBUF_RING, &reg, 1) < 0) {
+        munmap(u->dr, u->dr_sz);
+        u->dr = NULL;
+        return -1;
+    }
+    u->dring = 1;
+    u->dr_tail = 0;
+    e->ndfree = 0;
+    for (unsigned i = 0; i < UL_DGRAM_BUFS; i++)
+        if (!held || !held[e->cfg.buf_count + i])
+            uring_recycle(e, (uint16_t)(e->cfg.buf_count + i));
+    return 0;
+}
+
 /* A new ring for the calling thread, replacing one with no request of ours. */
 static int rebuild(ul_engine *e, struct uring *u)
 {
@@ -1384,11 +1541,12 @@ static int rebuild(ul_engine *e, struct uring *u)
     u->ring_ptr = NULL;
     u->sqes = NULL;
     u->br = NULL;
+    u->dr = NULL;
     if (setup_ring(e, u, why, sizeof why) < 0)
         goto fail;
-    if (old.bufring) {
-        /* buffers named by records not yet recycled stay out of the new ring */
-        held = calloc(e->cfg.buf_count, 1);
+    if (old.bufring || old.dring) {
+        /* buffers named by records not yet recycled stay out of the new rings */
+        held = calloc(e->cfg.buf_count + UL_DGRAM_BUFS, 1);
         if (!held)
             goto fail;
         for (uint32_t i = 0; i < e->nused; i++)
@@ -1396,7 +1554,9 @@ static int rebuild(ul_engine *e, struct uring *u)
         for (uint32_t i = 0; i < e->npend; i++)
             if (e->pend[i].flags & UL_F_BUFFER)
                 held[e->pend[i].bid] = 1;
-        if (setup_bufring(e, u, held) < 0)
+        if (old.bufring && setup_bufring(e, u, held) < 0)
+            goto fail;
+        if (old.dring && setup_dring(e, u, held) < 0)
             goto fail;
         free(held);
     }
@@ -1406,6 +1566,8 @@ static int rebuild(ul_engine *e, struct uring *u)
     close(old.ring_fd);
     if (old.br)
         munmap(old.br, old.br_sz);
+    if (old.dr)
+        munmap(old.dr, old.dr_sz);
     u->enabled = 0;
     u->wake_armed = 0;
     u->ncancels = 0;  /* they named requests of the old ring */
@@ -1423,6 +1585,8 @@ fail:
         close(u->ring_fd);
     if (u->br)
         munmap(u->br, u->br_sz);
+    if (u->dr)
+        munmap(u->dr, u->dr_sz);
     *u = old;
     return -ENOMEM;
 }
@@ -1470,6 +1634,8 @@ int ul__uring_init(ul_engine *e, char *err, int errlen)
         setup_bufring(e, u, NULL);
     u->ms_recv = u->bufring && k60 && !(opt & UL_OPT_NO_MULTISHOT);
     u->ms_accept = k519 && !(opt & UL_OPT_NO_MULTISHOT);
+    if (u->ms_recv)
+        setup_dring(e, u, NULL);  /* else datagram buffers are engine-picked */
     u->cancel_fd = k519 && !(opt & UL_OPT_NO_CANCEL_FD);
     arm_wake(e, u);
 

@@ -1,0 +1,457 @@
+"""Datagram socket transports (UDP, Unix datagram), on the engine.
+
+What the engine gives a datagram transport, and how this module uses it:
+
+* Receiving is one engine receive that lives as long as the transport reads.
+  Every record is one datagram: one ``datagram_received(data, addr)``, never
+  a datagram split or two merged. Where the engine can, that receive is a
+  multishot ``recvmsg`` into its datagram pool (``Engine.recvmsg_pool``: the
+  kernel writes header, sender address and payload into one pool buffer, in
+  the ``io_uring_recvmsg_out`` layout). A pool buffer holds any UDP datagram
+  whole (68 KiB). Unix datagrams can be longer (up to the sender's SO_SNDBUF),
+  so a Unix endpoint receives one datagram at a time into a buffer of the
+  stock transport's ``max_size`` (256 KiB, what the stock loop's ``recvfrom``
+  asks for): what is delivered is exactly what the stock loop delivers. Should
+  a pool receive ever meet a datagram too long for its buffer, it is reported
+  (``error_received(OSError(EMSGSIZE))``), never handed over cut.
+  ``pause_reading`` cancels the op; records that still arrive after the
+  cancel (the cancel race) are held and handed over first on resume.
+* Sending is the stock transport's: ``sendto`` tries the socket at once (the
+  same syscall, the same errors, reported the same way: ``error_received``
+  for an OSError such as ECONNREFUSED on a connected endpoint); only when the
+  kernel says EAGAIN do datagrams queue, in order, behind a one-shot engine
+  poll for writability, and the protocol is paused past the high-water mark.
+* Closing goes through the engine's ``close_fd`` (cancel every op on the fd,
+  wait for their final records, close): ``connection_lost`` runs exactly once,
+  after the fd is really closed, so a reused fd number never meets a stale op.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextvars
+import errno
+import functools
+import inspect
+import os
+import select
+import socket
+import sys
+import warnings
+from asyncio import constants, events, futures, selector_events, transports, trsock
+from asyncio.log import logger
+
+__all__ = ["DatagramTransport"]
+
+_ECANCELED = -errno.ECANCELED
+_EMSGSIZE = -errno.EMSGSIZE
+_POOL_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
+def _stock_sendto_rules():
+    """(empty datagrams are sent, bytes counted per queued datagram beyond its
+    length): the running Python's own stock transport decides (3.13 sends
+    empty datagrams and counts 8 header bytes; patch releases differ)."""
+    try:
+        src = inspect.getsource(selector_events._SelectorDatagramTransport.sendto)
+    except (OSError, TypeError):
+        return sys.version_info >= (3, 13), 8 if sys.version_info >= (3, 13) else 0
+    return "if not data:" not in src, 8 if "+ 8" in src else 0
+
+
+_SEND_EMPTY, _HEADER = _stock_sendto_rules()
+
+
+def _os_error(res: int) -> OSError:
+    return OSError(-res, os.strerror(-res))
+
+
+def _ignore(res, more, data):
+    pass
+
+
+class DatagramTransport(transports._FlowControlMixin, transports.DatagramTransport):
+    """A datagram socket's transport: the stock selector transport's behaviour,
+    the engine's I/O."""
+
+    max_size = 256 * 1024  # what the stock transport's recvfrom() asks for
+
+    def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
+        super().__init__(extra, loop)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._sock = sock
+        self._sock_fd = sock.fileno()
+        self._engine = loop._engine
+        self._address = address
+        self._connected = bool(self._extra["peername"])  # the stock test, made once
+        self._protocol_connected = False
+        self.set_protocol(protocol)
+        self._buffer = collections.deque()  # (bytes, addr) waiting for writability
+        self._buffer_size = 0
+        self._poll_ud = None  # the writability poll while datagrams wait
+        self._conn_lost = 0
+        self._closing = False
+        self._paused = False
+        self._fd_closing = False
+        self._fd_closed = False
+        self._lost_is_due = False
+        self._lost_exc = None
+        self._recv_ud = None  # the receive op, until its final record
+        # UDP on the datagram pool; Unix datagrams may outgrow its buffers
+        self._pool = sock.family in _POOL_FAMILIES and hasattr(self._engine, "recvmsg_pool")
+        self._rbuf = None  # one-datagram buffer of the fallback receive
+        self._held = None  # deque of (data, addr, exc) not yet handed over
+        self._draining = False
+        self._context = ctx = contextvars.copy_context()
+        self._on_recv_cb = functools.partial(ctx.run, self._on_recv)
+        self._on_writable_cb = functools.partial(ctx.run, self._on_writable)
+        loop._transports[self._sock_fd] = self
+        loop.call_soon(self._protocol.connection_made, self)
+        # only start reading when connection_made() has been called
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self):
+        info = [self.__class__.__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        if self._loop is not None and not self._loop.is_closed():
+            reading = self._recv_ud is not None and not self._paused and not self._closing
+            info.append("read=polling" if reading else "read=idle")
+            state = "polling" if self._poll_ud is not None else "idle"
+            info.append(f"write=<{state}, bufsize={self.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn=warnings.warn):
+        if self._sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._sock.close()
+
+    # ------------------------------------------------------------ protocol
+
+    def set_protocol(self, protocol):
+        self._protocol = protocol
+        self._protocol_connected = True
+
+    def get_protocol(self):
+        return self._protocol
+
+    def is_closing(self):
+        return self._closing
+
+    def get_write_buffer_size(self):
+        if _HEADER or sys.version_info >= (3, 11):
+            return self._buffer_size
+        return sum(len(data) for data, _ in self._buffer)  # 3.10's way
+
+    # ------------------------------------------------------------- reading
+
+    def is_reading(self):
+        return not self._closing and not self._paused
+
+    def pause_reading(self):
+        if not self.is_reading():
+            return
+        self._paused = True
+        if self._recv_ud is not None:
+            self._engine.cancel(self._recv_ud)  # its late records get held
+        if self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self):
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self._held:
+            self._schedule_drain()
+        else:
+            self._start_reading()
+        if self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    def _start_reading(self):
+        if (
+            self._recv_ud is not None
+            or self._closing
+            or self._paused
+            or self._held
+            or self._fd_closing
+        ):
+            return
+        if self._pool:
+            self._recv_ud = self._engine.recvmsg_pool(self._sock_fd, self._on_recv_cb)
+        else:
+            if self._rbuf is None:
+                self._rbuf = bytearray(self.max_size)
+            self._recv_ud = self._engine.recvmsg(
+                self._sock_fd, self._rbuf, self._on_recv_cb, self._sock.family
+            )
+
+    def _on_recv(self, res, more, data):
+        """The engine's callback: one record, one datagram (or one error)."""
+        if (
+            more
+            and res >= 0
+            and self._pool
+            and self._held is None
+            and not self._paused
+            and not self._closing
+            and not self._conn_lost
+            and not self._loop._ready
+        ):
+            # the common case, first: a pool datagram handed over at once
+            try:
+                self._protocol.datagram_received(*data)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal read error on datagram transport")
+            return
+        if not more:
+            self._recv_ud = None
+        if self._closing:
+            return  # the stock transport stops reading at close()
+        if res < 0:
+            if res == _ECANCELED:
+                if not more:
+                    self._start_reading()  # pause_reading cancelled it; resumed since?
+                return
+            if res == _EMSGSIZE and self._pool:
+                exc = OSError(errno.EMSGSIZE, "datagram longer than the receive buffer: dropped")
+            else:
+                exc = _os_error(res)
+            item = (None, None, exc)
+        elif self._pool:  # pool receive: data is (payload, address)
+            item = (data[0], data[1], None)
+        else:  # one-shot into _rbuf: data is the address
+            item = (bytes(self._rbuf[:res]), data, None)
+        held = self._held
+        if held is not None or self._paused or self._loop._ready:
+            # the stock loop queues its reader callback behind what is already
+            # in _ready: the datagram waits in order
+            if held is None:
+                held = self._held = collections.deque()
+            held.append(item)
+            if not self._paused:
+                self._schedule_drain()
+            return
+        self._process(item)
+        if not more:
+            self._start_reading()
+
+    def _schedule_drain(self):
+        if not self._draining:
+            self._draining = True
+            self._loop.call_soon(self._drain_held, context=self._context)
+
+    def _drain_held(self):
+        self._draining = False
+        held = self._held
+        while held and self.is_reading():
+            self._process(held.popleft())
+        if not held:
+            self._held = None
+            self._start_reading()
+
+    def _process(self, item):
+        if self._conn_lost:
+            return
+        data, addr, exc = item
+        try:
+            if exc is None:
+                self._protocol.datagram_received(data, addr)
+            else:
+                self._protocol.error_received(exc)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal read error on datagram transport")
+
+    # ------------------------------------------------------------- writing
+
+    def sendto(self, data, addr=None):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
+            )
+        if not data and not _SEND_EMPTY:
+            return
+        if self._address:
+            if addr not in (None, self._address):
+                raise ValueError(f"Invalid address: must be None or {self._address}")
+            addr = self._address
+        if self._conn_lost and (self._address or self._fd_closing):
+            # (unconnected after close: the fd is the engine's now; the stock
+            # transport would still send, or fail once connection_lost ran)
+            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        if not self._buffer:
+            # the stock transport's first try: straight to the socket
+            try:
+                if self._connected:
+                    self._sock.send(data)
+                else:
+                    self._sock.sendto(data, addr)
+                return
+            except (BlockingIOError, InterruptedError):
+                self._wait_writable()
+            except OSError as exc:
+                self._protocol.error_received(exc)
+                return
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal write error on datagram transport")
+                return
+        # what waits must not change under us
+        self._buffer.append((bytes(data), addr))
+        self._buffer_size += len(data) + _HEADER
+        self._maybe_pause_protocol()
+
+    def _wait_writable(self):
+        if self._poll_ud is None and not self._fd_closing:
+            self._poll_ud = self._engine.poll(
+                self._sock_fd, select.POLLOUT, self._on_writable_cb
+            )
+
+    def _on_writable(self, res, more, data):
+        self._poll_ud = None
+        if self._fd_closing or not self._buffer:
+            return
+        if res < 0:
+            if res != _ECANCELED:
+                self._fatal_error(_os_error(res), "Fatal write error on datagram transport")
+            return
+        self._sendto_ready()
+
+    def _sendto_ready(self):
+        """The stock transport's writer callback: the queue, in order."""
+        while self._buffer:
+            data, addr = self._buffer.popleft()
+            self._buffer_size -= len(data) + _HEADER
+            try:
+                if self._connected:
+                    self._sock.send(data)
+                else:
+                    self._sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                self._buffer.appendleft((data, addr))  # try again later
+                self._buffer_size += len(data) + _HEADER
+                break
+            except OSError as exc:
+                self._protocol.error_received(exc)
+                # the stock writer stays registered: the rest goes next time
+                self._wait_writable()
+                return
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal write error on datagram transport")
+                return
+        self._maybe_resume_protocol()  # may append to the buffer
+        if self._buffer:
+            self._wait_writable()
+        elif self._closing:
+            self._conn_lost += 1
+            self._close_fd(None)
+
+    # ------------------------------------------------------------- closing
+
+    def close(self):
+        if self._closing:
+            return
+        self._closing = True
+        self._stop_reading()
+        if not self._buffer:
+            self._conn_lost += 1
+            self._close_fd(None)
+        # else: the queued datagrams leave first (_sendto_ready closes)
+
+    def abort(self):
+        self._force_close(None)
+
+    def _stop_reading(self):
+        if self._recv_ud is not None and not self._engine.closed:
+            self._engine.cancel(self._recv_ud)
+
+    def _fatal_error(self, exc, message="Fatal error on transport"):
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+        self._force_close(exc)
+
+    def _force_close(self, exc):
+        if self._conn_lost:
+            return
+        self._buffer.clear()
+        self._buffer_size = 0
+        if not self._closing:
+            self._closing = True
+            self._stop_reading()
+        self._conn_lost += 1
+        self._close_fd(exc)
+
+    def _close_fd(self, exc):
+        """The fd goes through the engine's close (cancel all, wait, close).
+        connection_lost(exc) is scheduled now, as the stock loop schedules it,
+        and runs once the close has completed."""
+        if self._fd_closing:
+            return
+        self._fd_closing = True
+        self._lost_exc = exc
+        self._loop.call_soon(self._lost_due, context=self._context)
+        if self._engine.closed or self._sock.fileno() < 0:
+            self._sock.close()
+            self._fd_closed = True
+            return
+        self._engine.close_fd(self._sock.detach(), self._on_closed)
+
+    def _on_closed(self, res, more, data):
+        self._fd_closed = True
+        if self._lost_is_due and self._loop is not None and not self._loop.is_closed():
+            # the stock loop would have called it already: now, as a handle,
+            # so an exception is reported as stock
+            events.Handle(
+                self._call_connection_lost, (self._lost_exc,), self._loop, self._context
+            )._run()
+
+    def _lost_due(self):
+        self._lost_is_due = True
+        if self._fd_closed:
+            self._call_connection_lost(self._lost_exc)
+
+    def _call_connection_lost(self, exc):
+        if self._sock is None:
+            return
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            self._sock.close()
+            self._sock = None
+            self._protocol = None
+            self._loop = None
