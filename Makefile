@@ -5,7 +5,8 @@ CC ?= cc
 
 ASAN_TESTS = tests/test_engine_ops.py tests/test_engine_cancel_close.py \
              tests/test_engine_stress.py tests/test_engine_bad_input.py \
-             tests/test_sched.py tests/test_loop_sock.py tests/test_engine_native.py
+             tests/test_sched.py tests/test_loop_sock.py tests/test_engine_native.py \
+             tests/test_engine_fd_reuse.py tests/test_loop_fds.py
 # CPython itself is not ASan-built: its allocations look leaked, so leak
 # detection stays off; any other ASan report aborts the test process.
 ASAN_OPTIONS_RUN = detect_leaks=0:abort_on_error=1
@@ -59,9 +60,12 @@ bench: build
 	$(PY) benchmarks/engine_bench.py
 	$(PY) benchmarks/loop_bench.py
 
-## demo: the engine echo demo
+## demo: the examples against the in-place build (aiohttp_hello.py needs aiohttp, tls_echo.py trustme)
 demo: build
-	$(PY) examples/echo.py
+	PYTHONPATH=. $(PY) examples/echo.py
+	PYTHONPATH=. $(PY) examples/echo_server.py streams --selftest
+	PYTHONPATH=. $(PY) examples/aiohttp_hello.py
+	PYTHONPATH=. $(PY) examples/tls_echo.py
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .ruff_cache tests/_bin

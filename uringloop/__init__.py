@@ -13,9 +13,44 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
-from .engine import Engine, backend_info
-from .loop import Loop
+_T = TypeVar("_T")
+
+
+def _explain_missing_build() -> None:
+    """Raise a clear ImportError when the compiled extensions are missing.
+
+    Importing the package from a source checkout that was never built (say
+    ``python -m uringloop`` from the repository root, which puts the checkout
+    first on sys.path) otherwise fails deep inside with a misleading
+    "partially initialized module ... circular import" error.
+    """
+    import importlib.util
+
+    missing = [
+        f"{__name__}.{name}"
+        for name in ("_engine_cffi", "_sched")
+        if importlib.util.find_spec(f"{__name__}.{name}") is None
+    ]
+    if missing:
+        where = __path__[0]
+        raise ImportError(
+            f"uringloop's compiled extensions ({', '.join(missing)}) are not built in {where}"
+            " (a source checkout?). Build them in place with `make build` (or"
+            " `python setup.py build_ext --inplace`), or install the package with"
+            " `pip install .` and run from outside the checkout.",
+            name=missing[0],
+        ) from None  # the original error would only mislead
+
+
+try:
+    from .engine import Engine, backend_info
+    from .loop import Loop
+except ImportError:
+    _explain_missing_build()
+    raise
 
 __all__ = ["Engine", "EventLoopPolicy", "Loop", "backend_info", "install", "new_event_loop", "run"]
 __version__ = "0.1.0"
@@ -40,7 +75,7 @@ def install() -> None:
 
 if sys.version_info >= (3, 11):
 
-    def run(main, *, debug=None):
+    def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:
         """Run a coroutine on a new uringloop loop, as asyncio.run does."""
         if asyncio.events._get_running_loop() is not None:
             raise RuntimeError("asyncio.run() cannot be called from a running event loop")
@@ -49,7 +84,7 @@ if sys.version_info >= (3, 11):
 
 else:
 
-    def run(main, *, debug=None):
+    def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:
         """Run a coroutine on a new uringloop loop, as asyncio.run does."""
         if asyncio.events._get_running_loop() is not None:
             raise RuntimeError("asyncio.run() cannot be called from a running event loop")
@@ -70,7 +105,7 @@ else:
                 asyncio.set_event_loop(None)
                 loop.close()
 
-    def _cancel_all_tasks(loop):
+    def _cancel_all_tasks(loop: Loop) -> None:
         to_cancel = asyncio.all_tasks(loop)
         if not to_cancel:
             return

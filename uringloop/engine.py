@@ -614,7 +614,7 @@ os.register_at_fork(after_in_child=_forget_all_after_fork)
 
 _STATS = (
     "enters", "waits", "submitted", "records", "cq_overflows", "rearms",
-    "eagain_retries", "wakeups", "in_flight", "bufs_free",
+    "eagain_retries", "wakeups", "in_flight", "bufs_free", "ident_captures", "ident_checks",
 )
 
 _SETUP_FLAGS = {

@@ -175,15 +175,18 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         self._dirty: list = []  # transports written to since the last flush
         self._acceptors: dict = {}  # listening socket -> Acceptor
         self._unix_server_sockets: dict = {}  # 3.13's cleanup_socket: sock -> inode
+        self._polls: dict[int, list] = {}  # fd -> [ud, mask] of its reader/writer poll
         self._signal_handlers: dict[int, events.Handle] = {}
         self._ssock = self._csock = None
         self._sock_state: dict = {}
-        self._sock_sending: dict[int, int] = {}  # fd -> sock_sendall ops in the engine
+        self._sock_sending: dict = {}  # socket -> its sock_sendall ops in the engine
+        self._sock_owner: dict = {}  # fd -> weakref of the socket last seen there
         try:
             self._engine = engine.Engine(backend)
         except BaseException:
             self._closed = True  # nothing to release; keeps __del__ quiet
             raise
+        self._sock_bufsize = self._engine._buf_size  # a pool buffer (sock.py)
         self._selector = _Turn(self)
         self._sched_attach(self._engine.native(), self._selector.report)
         _attached.add(self)
@@ -249,9 +252,18 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
             self.remove_signal_handler(sig)
         super().close()
         for table in (self._readers, self._writers):
-            for _ud, handle, _obj in table.values():
+            for handle, _obj in table.values():
                 handle.cancel()
             table.clear()
+        self._polls.clear()
+        for fd in list(self._sock_state):
+            self._sock_drop_state(fd)  # closes connections kept for a next accept
+        # a server never closed: drop its accepting (the stock loop's close
+        # drops its accept handles), so the listening socket is left to its
+        # owner and the garbage collector, not kept alive by the closed loop
+        for acceptor in self._acceptors.values():
+            acceptor.stop()
+        self._acceptors.clear()
         # cancels and reaps every operation still in flight, then frees the engine
         self._sched_detach()
         self._engine.close()
@@ -333,6 +345,9 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         if sock.fileno() < 0 or self.is_closed():
             sock.close()
         else:
+            st = self._sock_state.get(sock.fileno())
+            if st is not None and st.sockref() is sock:
+                self._sock_drop_state(sock.fileno())  # connections kept for an accept
             # The stock loop's close() stops the listener at once: new connects
             # are refused from here on. close_fd alone cannot promise that (the
             # close waits for the accept op, which holds the file), but a
@@ -388,34 +403,71 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
                 f"File descriptor {fd!r} is used by transport {transport!r}"
             )
 
-    def _watch(self, table, fileobj, events_mask, callback, args):
+    # A reader and a writer on one fd share one level-triggered poll whose mask
+    # is the union, as a selector registers one key per fd: when both are
+    # ready in one turn the reader's handle is queued before the writer's (the
+    # stock order), and a writer removed by the reader's callback is cancelled
+    # before its turn comes. _polls[fd] is [ud, mask] of the live poll; a
+    # record of a poll that was replaced (mask changed) is recognised by
+    # identity and ignored.
+
+    def _watch(self, table, fileobj, callback, args):
         self._check_closed()
         fd = _fileobj_to_fd(fileobj)
         handle = events.Handle(callback, args, self, None)
         entry = table.get(fd)
         if entry is not None:
-            entry[1].cancel()
-            entry[1] = handle
+            entry[0].cancel()
+            entry[0] = handle
             return handle
         mode = os.fstat(fd).st_mode  # EBADF for a closed fd, as epoll would say
         if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
             raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
-        entry = [None, handle, fileobj]
-        table[fd] = entry
+        table[fd] = [handle, fileobj]
+        try:
+            self._repoll(fd)
+        except BaseException:
+            del table[fd]
+            raise
+        return handle
 
-        def on_ready(res, more, data, entry=entry, table=table, fd=fd):
+    def _repoll(self, fd):
+        """Make fd's poll ask for exactly what its reader and writer want."""
+        mask = (_POLLIN if fd in self._readers else 0) | (_POLLOUT if fd in self._writers else 0)
+        cur = self._polls.get(fd)
+        if cur is not None:
+            if cur[1] == mask:
+                return
+            del self._polls[fd]
+            self._engine.cancel(cur[0])
+        if not mask:
+            return
+        token = [None, mask]
+        readers, writers, polls = self._readers, self._writers, self._polls
+
+        def on_ready(res, more, data):
+            if polls.get(fd) is not token:
+                return  # a poll that was replaced or removed
             if res <= 0:
-                if table.get(fd) is entry and not more:
+                if not more:
                     # the op ended (fd closed under it): keep the registration
                     # honest, as a selector would after the fd vanished
-                    del table[fd]
+                    del polls[fd]
+                    readers.pop(fd, None)
+                    writers.pop(fd, None)
                 return
-            h = entry[1]
-            if not h._cancelled:
-                self._ready.append(h)
+            # the selectors module's mapping: an error or hangup wakes both
+            if res & ~_POLLOUT:
+                r = readers.get(fd)
+                if r is not None and not r[0]._cancelled:
+                    self._ready.append(r[0])
+            if res & ~_POLLIN:
+                w = writers.get(fd)
+                if w is not None and not w[0]._cancelled:
+                    self._ready.append(w[0])
 
-        entry[0] = self._engine.poll(fd, events_mask, on_ready, level=True)
-        return handle
+        token[0] = self._engine.poll(fd, mask, on_ready, level=True)
+        polls[fd] = token
 
     def _unwatch(self, table, fileobj) -> bool:
         if self.is_closed():
@@ -425,19 +477,19 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         except ValueError:
             # a closed socket says fileno() == -1: find it by identity, as
             # the selectors module does
-            fd = next((k for k, e in table.items() if e[2] is fileobj), None)
+            fd = next((k for k, e in table.items() if e[1] is fileobj), None)
             if fd is None:
                 raise
         entry = table.pop(fd, None)
         if entry is None:
             return False
-        self._engine.cancel(entry[0])
-        entry[1].cancel()
+        entry[0].cancel()
+        self._repoll(fd)
         return True
 
     def add_reader(self, fd, callback, *args):
         self._ensure_fd_no_transport(fd)
-        self._watch(self._readers, fd, _POLLIN, callback, args)
+        self._watch(self._readers, fd, callback, args)
 
     def remove_reader(self, fd):
         self._ensure_fd_no_transport(fd)
@@ -445,7 +497,7 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
 
     def add_writer(self, fd, callback, *args):
         self._ensure_fd_no_transport(fd)
-        self._watch(self._writers, fd, _POLLOUT, callback, args)
+        self._watch(self._writers, fd, callback, args)
 
     def remove_writer(self, fd):
         self._ensure_fd_no_transport(fd)

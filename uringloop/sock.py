@@ -14,25 +14,53 @@ still running, so the buffer is never written after the await has ended.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import collections
 import errno
 import functools
+import gc
+import mmap
 import os
 import socket
 import weakref
 from asyncio import exceptions
 
+from ._sched import owner_is as _owner_is
 from .engine import encode_sockaddr
 
 _CancelledError = asyncio.CancelledError
 _SENDFILE_CHUNK = 1 << 30
+# One engine send carries at most this much: a record's result is an int32,
+# and io_uring refuses a longer SEND (EINVAL). Longer sendall data is queued
+# as several sends, in order, without a copy.
+_SEND_CHUNK = 1 << 30
+# A datagram receive larger than this gets a lazily mapped buffer instead of a
+# zero-filled bytearray (what recv(2**32) costs the stock loop: address space).
+_BIG_DGRAM = 1 << 20
+_U32_MAX = (1 << 32) - 1
+# errors a non-blocking inet connect() returns itself, before any handshake
+# (the stock loop raises them with strerror); the others come through SO_ERROR
+_CONNECT_SYNC_ERRORS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EISCONN", "EALREADY", "EINVAL", "EAFNOSUPPORT", "EBADF", "ENOTSOCK",
+        "EADDRNOTAVAIL", "EADDRINUSE", "ENETUNREACH", "EACCES", "EPERM",
+    )
+)
+_SOCK_DGRAM = socket.SOCK_DGRAM
+# the C member behind socket.type, without the enum conversion (75 ns, not 1 us)
+_sock_type = _socket.socket.__dict__["type"].__get__
 
 
 try:
     from ssl import SSLSocket as _SSLSocket
 except ImportError:  # Python built without ssl
     _SSLSocket = ()
+
+
+def _ignore(res, more, data):
+    pass
 
 
 def _error(res: int, what: str | None = None) -> OSError:
@@ -76,8 +104,8 @@ class _SockState:
 
     __slots__ = ("sockref", "pending", "waiters", "data", "datagrams", "accepted")
 
-    def __init__(self, sock):
-        self.sockref = weakref.ref(sock)
+    def __init__(self, sock, gone=None):
+        self.sockref = weakref.ref(sock, gone)
         self.pending = 0  # cancelled ops whose final record is still to come
         self.waiters: list = []
         self.data = bytearray()
@@ -109,13 +137,102 @@ class SockMixin:
         return fd
 
     def _sock_get_state(self, fd, sock, create=False):
+        """sock's state. The state under fd belongs to one socket object; a
+        stale socket (closed, its number reused) never sees nor wipes the
+        state of the socket that has the number now."""
         st = self._sock_state.get(fd)
         if st is not None and st.sockref() is not sock:
-            del self._sock_state[fd]  # the number now belongs to another socket
+            if not create:
+                return None
+            self._sock_drop_state(fd)  # only the current owner creates
             st = None
         if st is None and create:
-            st = self._sock_state[fd] = _SockState(sock)
+            st = self._sock_state[fd] = _SockState(sock, self._sock_state_gone(fd))
         return st
+
+    def _sock_state_gone(self, fd):
+        """Weakref callback: a socket with kept results was collected."""
+        loopref = weakref.ref(self)
+
+        def gone(ref):
+            loop = loopref()
+            if loop is not None:
+                st = loop._sock_state.get(fd)
+                if st is not None and st.sockref is ref:
+                    loop._sock_drop_state(fd)
+
+        return gone
+
+    def _sock_drop_state(self, fd):
+        """Forget what fd's socket was owed; close connections kept for it."""
+        st = self._sock_state.pop(fd, None)
+        if st is None:
+            return
+        for conn, _addr in st.accepted:
+            conn.close()
+        st.accepted.clear()
+        for w in st.waiters:
+            if not w.done():
+                w.set_result(None)  # they look again and find no state
+        st.waiters.clear()
+
+    def _sock_claim(self, fd, sock, ref):
+        """sock is not the socket last seen on fd. If that one was closed
+        behind the loop's back (its number now names sock's file), whatever
+        it still has in the engine on this number is stale: cancel it, so the
+        old file is let go (on io_uring an op in flight holds it open) and
+        nothing of it can act on the new file; its kept results go too."""
+        old = ref() if ref is not None else None
+        self._sock_owner[fd] = weakref.ref(sock)
+        if old is not None and old.fileno() == fd:
+            return  # two socket objects for one open file: nothing is stale
+        st = self._sock_state.get(fd)
+        if st is not None and st.sockref() is not sock:
+            self._sock_drop_state(fd)
+        if old is not None:
+            self._sock_cancel_ops_of(old)
+
+    def _sock_cancel_ops_of(self, sock):
+        """Cancel every engine op that a sock_* call started for sock."""
+        eng = self._engine
+        if eng.closed:
+            return
+        # The op slots live in C (_sched.Table); what it holds for each slot
+        # (the callback, here the op's future) is what the garbage collector
+        # sees of it. A cold path: only for a socket closed behind our back
+        # whose number is taken by another socket, or sock_close.
+        for cb in gc.get_referents(eng._t):
+            if type(cb) is _OpFuture and cb._sock is sock and cb._ud is not None:
+                ud, cb._ud = cb._ud, None
+                eng.cancel(ud)
+
+    def sock_close(self, sock):
+        """Close sock the way the loop can make safe: cancel the sock_* ops it
+        has in the engine, then close it once they have ended. On io_uring an
+        op in flight holds the file open, so a plain ``sock.close()`` with a
+        sock_* op pending leaves the connection open (the peer sees no EOF)
+        until that op ends; this closes it at once. Pending sock_* calls on
+        sock raise OSError(EBADF), as calls on a closed socket do."""
+        fd = sock.fileno()
+        if fd < 0:
+            return
+        if self.is_closed() or self._engine.closed:
+            sock.close()
+            return
+        self._sock_cancel_ops_of(sock)
+        if self._sock_owner.get(fd) is not None:
+            del self._sock_owner[fd]
+        st = self._sock_state.get(fd)
+        if st is not None and st.sockref() is sock:
+            self._sock_drop_state(fd)
+        self._engine.close_fd(sock.detach(), _ignore)
+
+    def _sock_error(self, res, sock):
+        """The exception for a failed sock_* op. An op that ended because its
+        socket was closed under it says so (EBADF), not ECANCELED."""
+        if res == -errno.ECANCELED and sock.fileno() < 0:
+            res = -errno.EBADF
+        return _error(res)
 
     async def _sock_settled(self, fd, sock):
         """The socket's state once no cancelled op is still to complete."""
@@ -130,6 +247,14 @@ class SockMixin:
     def _sock_keep(self, fd, sock, keep):
         """Keep a result that arrived for an await that was cancelled."""
         kind, value = keep
+        if kind == "data" and _sock_type(sock) == _SOCK_DGRAM:
+            # a datagram from a pool receive: keep its boundary (and the peer
+            # address where the socket is connected: recv() gives none)
+            try:
+                addr = sock.getpeername()
+            except OSError:
+                addr = None
+            kind, value = "datagram", (bytes(value), addr)
         st = self._sock_get_state(fd, sock, create=True)
         if kind == "data":
             st.data += value
@@ -142,11 +267,14 @@ class SockMixin:
         """A record for an op whose await was cancelled: keep what it brought."""
         fd, sock, convert = fut._fd, fut._sock, fut._convert
         st = self._sock_get_state(fd, sock)
-        if st is None:  # the socket is gone: nobody can receive this
-            if res >= 0 and convert is _accept_result:
+        if st is None or sock.fileno() != fd:
+            # the socket was closed (its number may be another socket's now):
+            # nobody can receive this
+            if res >= 0 and getattr(convert, "func", convert) is _accept_result:
                 os.close(res)
-            return
-        if res >= 0:
+            if st is None:
+                return
+        elif res >= 0:
             self._sock_keep(fd, sock, convert(res, data, True))
         st.pending -= 1
         if not st.pending:
@@ -160,6 +288,10 @@ class SockMixin:
     def _sock_op(self, fd, sock, convert, track=True):
         """The future (and engine callback) of a sock_* op about to start; the
         caller sets its ``_ud`` once the engine has the op."""
+        # Is sock the socket last seen with an op on fd? Checked only where
+        # an op goes to the engine (not on sock_sendall's plain-send path).
+        if not _owner_is(self._sock_owner, fd, sock):
+            self._sock_claim(fd, sock, self._sock_owner.get(fd))
         fut = _OpFuture(loop=self)
         fut._fd = fd
         fut._sock = sock
@@ -182,7 +314,10 @@ class SockMixin:
             # it completed, but the task was cancelled before it could resume
             res, data = fut.result()
             if res >= 0:
-                self._sock_keep(fd, sock, convert(res, data, True))
+                if sock.fileno() == fd:
+                    self._sock_keep(fd, sock, convert(res, data, True))
+                elif getattr(convert, "func", convert) is _accept_result:
+                    os.close(res)
 
     async def _sock_await(self, fut, convert, fd, sock, track=True):
         try:
@@ -191,7 +326,7 @@ class SockMixin:
             self._sock_on_cancel(fut, fd, sock, convert, track)
             raise
         if res < 0:
-            raise _error(res)
+            raise self._sock_error(res, sock)
         return convert(res, data, False)
 
     # ----------------------------------------------------------- receive
@@ -203,14 +338,24 @@ class SockMixin:
             raise ValueError("negative buffersize in recv")
         if fd in self._sock_state:
             st = await self._sock_settled(fd, sock)
-            if st is not None and st.data:
-                out = bytes(st.data[:n])
-                del st.data[:n]
+            if st is not None and (st.data or st.datagrams):
+                if st.data:
+                    out = bytes(st.data[:n])
+                    del st.data[:n]
+                else:  # a datagram socket: one datagram, what does not fit is lost
+                    out = st.datagrams.popleft()[0][:n]
                 if st.empty():
                     del self._sock_state[fd]
                 return out
         if n == 0:
             return b""
+        if n > self._sock_bufsize:
+            if _sock_type(sock) == _SOCK_DGRAM:
+                # a datagram comes whole or not at all: never through a pool
+                # buffer smaller than it may be
+                data, _addr = await self._sock_recv_datagram(fd, sock, n)
+                return data
+            n = 0  # a pool buffer's worth, as a stream receive may return less
         fut = self._sock_op(fd, sock, _recv_result)
         fut._ud = self._engine.recv(fd, fut, multishot=False, nbytes=n)
         try:  # _sock_await inlined: this is the hottest await of all
@@ -219,8 +364,17 @@ class SockMixin:
             self._sock_on_cancel(fut, fd, sock, _recv_result, True)
             raise
         if res < 0:
-            raise _error(res)
+            raise self._sock_error(res, sock)
         return data if data is not None else b""
+
+    def _sock_recv_datagram(self, fd, sock, n):
+        """recvmsg of one datagram of up to n bytes into a buffer of our own;
+        awaits (bytes, address)."""
+        buf = bytearray(n) if n <= _BIG_DGRAM else mmap.mmap(-1, min(n, _U32_MAX))
+        convert = functools.partial(_from_result, buf)
+        fut = self._sock_op(fd, sock, convert)
+        fut._ud = self._engine.recvmsg(fd, buf, fut, sock.family)
+        return self._sock_await(fut, convert, fd, sock)
 
     async def sock_recv_into(self, sock, buf):
         """Receive into buf; returns the number of bytes received."""
@@ -238,15 +392,26 @@ class SockMixin:
         n = view.nbytes
         if fd in self._sock_state:
             st = await self._sock_settled(fd, sock)
-            if st is not None and st.data:
-                k = min(n, len(st.data))
-                view[:k] = st.data[:k]
-                del st.data[:k]
+            if st is not None and (st.data or st.datagrams):
+                if st.data:
+                    k = min(n, len(st.data))
+                    view[:k] = st.data[:k]
+                    del st.data[:k]
+                else:
+                    data = st.datagrams.popleft()[0]
+                    k = min(n, len(data))
+                    view[:k] = data[:k]
                 if st.empty():
                     del self._sock_state[fd]
                 return k
         if n == 0:
             return 0
+        if n > self._sock_bufsize:
+            if _sock_type(sock) == _SOCK_DGRAM:
+                data, _addr = await self._sock_recv_datagram(fd, sock, n)
+                view[: len(data)] = data
+                return len(data)
+            n = 0  # a pool buffer's worth
         convert = functools.partial(_into_result, view)
         fut = self._sock_op(fd, sock, convert)
         fut._ud = self._engine.recv(fd, fut, multishot=False, nbytes=n)
@@ -261,11 +426,7 @@ class SockMixin:
         if datagram is not None:
             data, addr = datagram
             return data[:bufsize], addr
-        buf = bytearray(bufsize)
-        convert = functools.partial(_from_result, buf)
-        fut = self._sock_op(fd, sock, convert)
-        fut._ud = self._engine.recvmsg(fd, buf, fut, sock.family)
-        return await self._sock_await(fut, convert, fd, sock)
+        return await self._sock_recv_datagram(fd, sock, bufsize)
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         """Receive a datagram into buf; returns (nbytes, address)."""
@@ -308,8 +469,8 @@ class SockMixin:
     async def sock_sendall(self, sock, data):
         """Send all of data; returns None once the kernel has taken it."""
         fd = self._sock_fd(sock)
-        sending = self._sock_sending
-        if not sending.get(fd):
+        sending = self._sock_sending  # per socket object, not per fd number
+        if not sending.get(sock):
             # Nothing of ours is queued on fd: one plain non-blocking send, as the
             # stock loop does. Usually it takes everything and no loop turn is
             # needed; the rest goes to the engine's ordered queue.
@@ -320,32 +481,66 @@ class SockMixin:
             if n == len(data):
                 return None
             data = memoryview(data)[n:]
+        if len(data) > _SEND_CHUNK:
+            return await self._sock_sendall_chunks(fd, sock, memoryview(data).cast("B"))
         if type(data) is not bytes:
             data = memoryview(data).tobytes()  # the caller may reuse a mutable buffer
         if not data:
             return None
         fut = self._sock_op(fd, sock, _none_result, track=False)
         fut._ud = self._engine.send(fd, data, fut)
-        sending[fd] = sending.get(fd, 0) + 1
+        sending[sock] = sending.get(sock, 0) + 1
         try:
             res, short = await fut
         except _CancelledError:
             self._sock_on_cancel(fut, fd, sock, _none_result, False)
             raise
         finally:
-            left = sending[fd] - 1
-            if left:
-                sending[fd] = left
-            else:
-                del sending[fd]
+            self._sending_done(sock)
         if res < 0:
-            raise _error(res)
+            raise self._sock_error(res, sock)
         if short is not None:
-            # the send stopped after res bytes (UL_F_SHORT): short is -errno, or
-            # 0 when the kernel took no more without saying why
-            if short:
-                raise _error(short)
-            raise OSError(errno.EIO, f"the kernel took {res} of {len(data)} bytes")
+            raise self._sock_short(res, short, len(data), sock)
+        return None
+
+    def _sock_short(self, res, short, n, sock):
+        """A send stopped after res of n bytes (UL_F_SHORT): short is -errno,
+        or 0 when the kernel took no more without saying why."""
+        if short:
+            return self._sock_error(short, sock)
+        return OSError(errno.EIO, f"the kernel took {res} of {n} bytes")
+
+    def _sending_done(self, sock, k=1):
+        sending = self._sock_sending
+        left = sending.get(sock, 0) - k
+        if left > 0:
+            sending[sock] = left
+        else:
+            sending.pop(sock, None)
+
+    async def _sock_sendall_chunks(self, fd, sock, view):
+        """More than one engine send can carry: all chunks are queued at once
+        (the engine keeps their order) as views of the caller's buffer; a copy
+        of gigabytes would cost more than the send. The caller must not change
+        the buffer until the await ends (the stock loop has the same rule)."""
+        futs = []
+        try:
+            for start in range(0, len(view), _SEND_CHUNK):
+                chunk = view[start : start + _SEND_CHUNK]
+                fut = self._sock_op(fd, sock, _none_result, track=False)
+                fut._ud = self._engine.send(fd, chunk, fut)
+                futs.append((fut, len(chunk)))
+                self._sock_sending[sock] = self._sock_sending.get(sock, 0) + 1
+            for fut, n in futs:
+                res, short = await fut
+                if res < 0:
+                    raise self._sock_error(res, sock)
+                if short is not None:
+                    raise self._sock_short(res, short, n, sock)
+        finally:
+            for fut, _n in futs:
+                fut.cancel()  # nothing when done; a queued rest goes at once
+            self._sending_done(sock, len(futs))
         return None
 
     async def sock_sendto(self, sock, data, address):
@@ -379,19 +574,31 @@ class SockMixin:
                 address, family=sock.family, type=sock.type, proto=sock.proto, loop=self
             )
             _, _, _, _, address = resolved[0]
+        try:
+            encode_sockaddr(sock.family, address)
+        except (OSError, ValueError, TypeError, OverflowError):
+            # not an address we can encode (a port out of range, say): the
+            # socket module's own connect() raises what the stock loop raises
+            return await self._sock_connect_plain(fd, sock, address)
         fut = self.create_future()
 
         def done(res, more, data):
             if fut.done():
                 return
             if res < 0:
-                # the stock loop's words: a unix connect fails in connect()
-                # itself (strerror); an inet one later, through SO_ERROR
-                what = None if sock.family == socket.AF_UNIX else f"Connect call failed {address}"
+                # the stock loop's words: an error that connect() itself
+                # returns says strerror (a unix connect's every error, and
+                # the errors an inet connect finds before the handshake); an
+                # inet connect that fails later, through SO_ERROR, says
+                # "Connect call failed"
+                sync = sock.family == socket.AF_UNIX or -res in _CONNECT_SYNC_ERRORS
+                what = None if sync else f"Connect call failed {address}"
                 fut.set_exception(_error(res, what))
             else:
                 fut.set_result(None)
 
+        if not _owner_is(self._sock_owner, fd, sock):
+            self._sock_claim(fd, sock, self._sock_owner.get(fd))
         ud = self._engine.connect(fd, sock.family, address, done)
         # the stock loop calls connect() in this very step: the connection is
         # under way before the caller's next statement, and code relies on that
@@ -403,6 +610,19 @@ class SockMixin:
                 self._engine.cancel(ud)
             raise
 
+    async def _sock_connect_plain(self, fd, sock, address):
+        """The stock loop's connect, for addresses the engine cannot take."""
+        try:
+            sock.connect(address)
+            return None
+        except (BlockingIOError, InterruptedError):
+            pass
+        await self._sock_writable(fd)
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, f"Connect call failed {address}")
+        return None
+
     async def sock_accept(self, sock):
         """Accept a connection; returns (conn, address) with conn non-blocking."""
         fd = self._sock_fd(sock)
@@ -413,9 +633,10 @@ class SockMixin:
                 if st.empty():
                     del self._sock_state[fd]
                 return pair
-        fut = self._sock_op(fd, sock, _accept_result)
+        convert = functools.partial(_accept_result, sock.family, sock.type, sock.proto)
+        fut = self._sock_op(fd, sock, convert)
         fut._ud = self._engine.accept(fd, fut, multishot=False)
-        return await self._sock_await(fut, _accept_result, fd, sock)
+        return await self._sock_await(fut, convert, fd, sock)
 
     # ---------------------------------------------------------- sendfile
 
@@ -513,9 +734,11 @@ def _count_result(res, data, late):
     return res
 
 
-def _accept_result(res, data, late):
-    conn = socket.socket(fileno=res)
-    conn.setblocking(False)
+def _accept_result(family, type, proto, res, data, late):
+    # what socket.accept() builds (the listener's family, type and proto), with
+    # SOCK_NONBLOCK saying the fd already is non-blocking (accept4 made it so):
+    # no probing getsockopt, no fcntl
+    conn = socket.socket(family, type | socket.SOCK_NONBLOCK, proto, fileno=res)
     try:
         addr = conn.getpeername()
     except OSError:

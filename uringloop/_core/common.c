@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -268,6 +269,80 @@ static void backlog_unlink(ul_engine *e, struct ul_op *op)
         break;
     }
     op->on_backlog = 0;
+}
+
+/* ------------------------------------------------------------ identity */
+
+/*
+ * An op names its file by fd number, and the kernel resolves the number
+ * again each time the engine goes on with the op by itself: the rest of a
+ * short send, a multishot re-arm, a reissue after EAGAIN or a readiness wait,
+ * connect's SO_ERROR. User code may have closed the number meanwhile, and a
+ * new file may have it now; going on would act on that file (the rest of an
+ * old send going out on a new socket, an old accept taking the new
+ * listener's connection). So ops that may go on by themselves carry the
+ * identity of their file, taken while the number is known to still name it
+ * (a socket's SO_COOKIE, unique for the boot; st_dev/st_ino otherwise), and
+ * each continuation compares it first: a different file, or none, ends the op
+ * with -EBADF. Taking it costs a syscall, so only these ops pay, only once,
+ * and only when they did not finish at once (io_uring: after the run that
+ * handed them to the kernel, if still in flight; epoll: when they start to
+ * wait). One-shot receives and accepts (sock_recv's hot path) carry none:
+ * theirs is the EAGAIN reissue only, which this kernel does not take; see
+ * docs/design.md.
+ */
+static uint64_t fd_ident(int fd)
+{
+    uint64_t cookie = 0;
+    socklen_t len = sizeof cookie;
+    if (getsockopt(fd, SOL_SOCKET, 57 /* SO_COOKIE */, &cookie, &len) == 0 && cookie)
+        return cookie;
+    if (errno == EBADF)
+        return 0;
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return 0;
+    /* never equal to a cookie (top bit), never 0 */
+    return (1ULL << 63) | (((uint64_t)st.st_dev << 40) ^ (uint64_t)st.st_ino) | 1;
+}
+
+int ul__may_continue(const struct ul_op *op)
+{
+    switch (op->kind) {
+    case K_SEND:
+    case K_SENDV:
+    case K_WRITE:
+    case K_CONNECT:
+        return 1;
+    case K_RECV:
+    case K_ACCEPT:
+        return op->multishot;
+    default:
+        return 0;
+    }
+}
+
+/* Call only while op->fd is known to name the op's file. */
+void ul__ident_capture(ul_engine *e, struct ul_op *op)
+{
+    if (!op->has_ident) {
+        e->st.ident_captures++;
+        op->ident = fd_ident(op->fd);
+        op->has_ident = op->ident != 0;
+    }
+}
+
+/* The identity of the file fd names now (one syscall), 0 if none. */
+uint64_t ul__ident_now(ul_engine *e, int fd)
+{
+    e->st.ident_checks++;
+    return fd_ident(fd);
+}
+
+/* 1 when op carries an identity and its fd no longer names that file. */
+int ul__ident_gone(ul_engine *e, struct ul_op *op)
+{
+    return op->has_ident && ul__ident_now(e, op->fd) != op->ident;
 }
 
 /* ---------------------------------------------------------------- wake */

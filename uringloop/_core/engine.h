@@ -79,6 +79,8 @@ typedef struct ul_stats {
     uint64_t wakeups;            /* eventfd writes by ul_wake */
     uint32_t in_flight;          /* ops whose final record is pending */
     uint32_t bufs_free;          /* pool buffers available to the kernel */
+    uint64_t ident_captures;     /* file identities taken (one syscall each) */
+    uint64_t ident_checks;       /* continuations that compared it (one each) */
 } ul_stats;
 
 typedef struct ul_engine ul_engine;

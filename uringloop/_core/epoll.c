@@ -184,6 +184,7 @@ static int arm(ul_engine *e, int fd, int force_mod)
         return -errno;
     }
     f->registered = 1;
+    f->reg_gen++;  /* events may come from another file than before */
     return 0;
 }
 
@@ -397,19 +398,75 @@ static int try_op(ul_engine *e, struct ul_op *op)
     return TRY_DONE;
 }
 
-/* op could not complete now: queue it and make sure its fd is watched */
-static void wait_for(ul_engine *e, struct ul_op *op)
+/* Waiting ops of fd that were asked for another file than the one fd names
+ * now (user code closed the number and it was reused): they end with -EBADF.
+ * Returns 1 when some did (the fd may be idle now and must be re-armed). */
+static int purge_stale(ul_engine *e, int fd)
+{
+    struct ul_fd *f = &e->fds[fd];
+    int32_t heads[2] = {f->rq_head, f->wq_head};
+    int any = 0;
+    for (int q = 0; q < 2; q++)
+        for (int32_t s = heads[q]; s >= 0; s = op_at(e, s)->wq_next)
+            any |= op_at(e, s)->has_ident;
+    if (!any)
+        return 0;
+    uint64_t now = ul__ident_now(e, fd);
+    int n = 0;
+    for (int q = Q_READ; q <= Q_WRITE; q++) {
+        int32_t s = *qhead(&e->fds[fd], q);
+        while (s >= 0) {
+            struct ul_op *op = op_at(e, s);
+            s = op->wq_next;
+            if (op->has_ident && op->ident != now) {
+                q_remove(e, &e->fds[fd], op);
+                ul__stop(e, op, EBADF);
+                n++;
+            }
+        }
+    }
+    return n > 0;
+}
+
+/* Queue op on its fd. Whenever the fd leaves idle it is (re)registered, MOD
+ * then ADD on ENOENT, whatever `registered` says: the user may have closed the
+ * number behind our back (the kernel then dropped the registration) and the
+ * number may now name another file. Trusting the flag here is how a receive
+ * on a reused number waited forever (review D3). Registration failure ends
+ * the op with the error. Returns 0 when op is queued. */
+static int enqueue(ul_engine *e, struct ul_op *op)
 {
     struct ul_fd *f = &e->fds[op->fd];
     int was_idle = fd_idle(f);
+    /* it will be tried again later by number: remember which file it is
+     * for (common.c, identity); ops start to wait only while the number is
+     * known to name their file (at submission, or in a run) */
+    if (ul__may_continue(op))
+        ul__ident_capture(e, op);
+    /* the fd is busy: with ops of a file that is gone from this number, the
+     * kernel dropped its registration and only they kept the fd from going
+     * idle (and being re-armed) */
+    if (!was_idle && purge_stale(e, op->fd))
+        was_idle = 1;
+    f = &e->fds[op->fd];
     q_push(e, f, op, 0);
+    op->reg_gen = f->reg_gen;
     if (!was_idle && f->registered)
-        return;
+        return 0;
     int r = arm(e, op->fd, 1);
     if (r < 0) {
         q_remove(e, f, op);
         ul__finish(e, op, r == -EPERM ? -EINVAL : r, 0, 0);
+        return r;
     }
+    op->reg_gen = e->fds[op->fd].reg_gen;
+    return 0;
+}
+
+/* op could not complete now: queue it and make sure its fd is watched */
+static void wait_for(ul_engine *e, struct ul_op *op)
+{
+    enqueue(e, op);
 }
 
 static void poll_arm(ul_engine *e, struct ul_op *op)
@@ -455,11 +512,8 @@ static int ep_submit(ul_engine *e, struct ul_op *op)
                 : try_op(e, op);
     if (r == TRY_WAIT)
         wait_for(e, op);
-    else if (r == TRY_YIELD) {
-        q_push(e, f, op, 0);
-        arm(e, op->fd, 0);
-        mark_ready(e, op->fd);
-    }
+    else if (r == TRY_YIELD && enqueue(e, op) == 0)
+        mark_ready(e, op->fd);  /* go on next turn without waiting for an edge */
     return 0;
 }
 
@@ -480,6 +534,17 @@ static void run_queue(ul_engine *e, int fd, int q)
             return;
         struct ul_op *op = op_at(e, s);
         q_remove(e, f, op);
+        /* Events for fd come from the file that was registered last; only
+         * when that may be another file than op's (a re-registration since
+         * op's identity was last known to hold) is the identity compared:
+         * one syscall per re-registration, not per event. */
+        if (op->has_ident && op->reg_gen != f->reg_gen) {
+            if (ul__ident_gone(e, op)) {  /* the number names another file now */
+                ul__stop(e, op, EBADF);
+                continue;
+            }
+            op->reg_gen = f->reg_gen;
+        }
         int r = try_op(e, op);
         if (r == TRY_DONE)
             continue;

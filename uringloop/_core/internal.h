@@ -53,7 +53,13 @@ struct ul_op {
     uint8_t level, connecting, in_wait, nb;  /* nb: epoll's NB_* mode of a read/write/accept */
     uint8_t parked;             /* taken out of the kernel by ul_park */
     uint8_t on_backlog;
+    uint8_t has_ident;          /* ident is valid */
     int fd;
+    uint32_t sqe_idx;           /* io_uring: SQ index of the op's latest SQE */
+    uint64_t ident;             /* the file fd named when the op was asked for
+                                   (ul__ident), valid when has_ident */
+    uint32_t reg_gen;           /* epoll: the fd's reg_gen when ident was last
+                                   known to hold */
     int32_t fd_prev, fd_next;   /* list of live ops on fd */
     int32_t oq_next;            /* ordered queue (send/write/shutdown) */
     int32_t wq_next;            /* epoll wait queue */
@@ -87,6 +93,7 @@ struct ul_fd {
     int32_t wq_head, wq_tail;   /* ops waiting for writability */
     int32_t pq_head, pq_tail;   /* poll ops */
     int32_t ready_next;
+    uint32_t reg_gen;           /* epoll: (re)registrations so far */
 };
 
 struct ul_backend {
@@ -167,6 +174,10 @@ int ul__wake_prepare_sleep(ul_engine *e);
 void ul__wake_after_sleep(ul_engine *e);
 void ul__wake_drain(ul_engine *e);
 struct ul_fd *ul__fd(ul_engine *e, int fd);
+int ul__may_continue(const struct ul_op *op);
+void ul__ident_capture(ul_engine *e, struct ul_op *op);
+int ul__ident_gone(ul_engine *e, struct ul_op *op);
+uint64_t ul__ident_now(ul_engine *e, int fd);
 
 /* backends */
 extern const struct ul_backend ul_uring_backend;

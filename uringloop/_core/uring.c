@@ -60,6 +60,8 @@ struct uring {
     int ms_recv, ms_accept, bufring, cancel_fd;
     uint64_t *cancels;          /* cancel requests that found no SQE */
     uint32_t ncancels, cancels_cap;
+    struct { uint32_t slot; uint64_t ud; } *fresh;  /* issued, may continue, no identity */
+    uint32_t nfresh, fresh_cap;
 };
 
 static __thread char tls_marker;
@@ -265,9 +267,59 @@ static int wants_write(const struct ul_op *op)
            op->kind == K_WRITE || op->kind == K_CONNECT;
 }
 
+/* An op that may go on by itself and has no identity yet: note it, so the
+ * run that hands it to the kernel takes its file's identity (see common.c). */
+static void note_fresh(struct uring *u, struct ul_op *op)
+{
+    if (op->has_ident || !ul__may_continue(op))
+        return;
+    if (u->nfresh == u->fresh_cap) {
+        uint32_t n = u->fresh_cap ? u->fresh_cap * 2 : 64;
+        void *p = realloc(u->fresh, n * sizeof *u->fresh);
+        if (!p)
+            return;  /* it goes on unchecked, as before identities existed */
+        u->fresh = p;
+        u->fresh_cap = n;
+    }
+    u->fresh[u->nfresh].slot = ul__slot(op->ud);
+    u->fresh[u->nfresh].ud = op->ud;
+    u->nfresh++;
+}
+
+/* After the enter that consumed them (no user code ran since): identities of
+ * the noted ops still in flight. Ops noted during this run's reap were not
+ * consumed yet, but no user code ran since their first request was, so their
+ * fd still names their file too. */
+static void capture_fresh(ul_engine *e, struct uring *u)
+{
+    for (uint32_t i = 0; i < u->nfresh; i++) {
+        struct ul_op *op = ul__op_find(e, u->fresh[i].slot);
+        if (op && op->ud == u->fresh[i].ud && op->state != S_FREE)
+            ul__ident_capture(e, op);
+    }
+    u->nfresh = 0;
+}
+
+/* A continuation (reissue, re-arm, rest of a send) of an op whose fd no
+ * longer names the file it was asked for ends here, with EBADF (a send
+ * that already put bytes out says how many: ul__stop). */
+static int gone(ul_engine *e, struct ul_op *op)
+{
+    if (!ul__ident_gone(e, op))
+        return 0;
+    if (op->kind == K_RECV && op->bid >= 0) {
+        ul__pool_put(e, (uint16_t)op->bid);
+        op->bid = -1;
+    }
+    ul__stop(e, op, EBADF);
+    return 1;
+}
+
 /* Wait for readiness of op's fd before (re)issuing it. */
 static void issue_poll(ul_engine *e, struct uring *u, struct ul_op *op)
 {
+    if (!u->parked && gone(e, op))
+        return;
     struct ul_sqe *s = u->parked ? NULL : get_sqe(e, u);
     if (!s) {
         ul__backlog_push(e, op);
@@ -277,8 +329,10 @@ static void issue_poll(ul_engine *e, struct uring *u, struct ul_op *op)
     s->fd = op->fd;
     s->op_flags = wants_write(op) ? POLLOUT : POLLIN;
     s->user_data = op->kud = op->ud | KUD_POLL;
+    op->sqe_idx = u->sqe_tail - 1;
     op->state = S_ACTIVE;
     op->parked = 0;
+    note_fresh(u, op);
 }
 
 /*
@@ -435,6 +489,8 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
         ul__backlog_push(e, op);
         return;
     }
+    if (op->has_ident && gone(e, op))
+        return;
     if (op->kind == K_RECV && !u->bufring && op->bid < 0) {
         int bid = ul__pool_take(e);
         if (bid < 0) {  /* pool exhausted: retry after the next recycle */
@@ -449,6 +505,8 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
         return;
     }
     op->state = S_ACTIVE;
+    op->sqe_idx = u->sqe_tail - 1;
+    note_fresh(u, op);
     s->fd = op->fd;
     s->user_data = op->kud = op->ud;
     op->parked = 0;
@@ -610,9 +668,47 @@ static int uring_reserve(ul_engine *e, uint32_t ops)
     return 0;
 }
 
+/*
+ * Cancel before the kernel has seen the request: the kernel resolves an SQE's
+ * fd number only when io_uring_enter consumes it, and we are the only ones
+ * who enter (no SQPOLL). An op whose latest SQE is still between the kernel's
+ * head and our tail has not touched any file yet, and if the user closed its
+ * fd and the number was reused meanwhile, that SQE would act on the new file
+ * (a receive swallowing the new socket's bytes, the rest of a send going out
+ * on it). So such an SQE becomes a NOP and the op ends now, with -ECANCELED.
+ * The window covers every op issued since the last enter: fresh submissions,
+ * short-send continuations, multishot re-arms and EAGAIN reissues alike.
+ */
+static int cancel_unsubmitted(ul_engine *e, struct uring *u, struct ul_op *op)
+{
+    /* a batch of sends (a head and its riders) ends through its completion;
+     * batches are issued and submitted within one run, so they are hardly
+     * ever found unsubmitted */
+    if (op->rider || op->nbatch)
+        return 0;
+    unsigned head = __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
+    if (op->sqe_idx - head >= u->sqe_tail - head)
+        return 0;
+    struct ul_sqe *s = &u->sqes[op->sqe_idx & u->sq_mask];
+    if (s->user_data != op->kud)
+        return 0;
+    memset(s, 0, sizeof *s);
+    s->opcode = UL_OP_NOP;
+    s->fd = -1;
+    s->user_data = KUD_IGNORE;
+    if (op->kind == K_RECV && op->bid >= 0) {  /* engine-picked buffer, unused */
+        ul__pool_put(e, (uint16_t)op->bid);
+        op->bid = -1;
+    }
+    ul__stop(e, op, ECANCELED);  /* a send's earlier bytes are reported */
+    return 1;
+}
+
 static void uring_cancel(ul_engine *e, struct ul_op *op)
 {
-    cancel_kud(e, e->bs, op->kud);
+    struct uring *u = e->bs;
+    if (!cancel_unsubmitted(e, u, op))
+        cancel_kud(e, u, op->kud);
 }
 
 static int uring_cancel_fd(ul_engine *e, int fd)
@@ -684,6 +780,8 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
         if (op->cancelled || res < 0) {
             ul__stop(e, op, op->cancelled ? ECANCELED : -res);  /* a send says what it sent */
         } else if (op->kind == K_CONNECT) {
+            if (gone(e, op))
+                return;
             int err = 0;
             socklen_t len = sizeof err;
             if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
@@ -950,6 +1048,8 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
         if (flush_reap(e, u) < 0)
             break;
     }
+    if (u->nfresh)  /* after every pass: what they handed over is consumed */
+        capture_fresh(e, u);
     while ((__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & UL_SQ_CQ_OVERFLOW) &&
            e->nrec < e->cfg.record_cap && e->npend == 0) {
         /* NODROP kept the CQEs that did not fit: flush them into the CQ */
@@ -989,6 +1089,7 @@ static void uring_destroy(ul_engine *e)
     if (u->br && e->in_flight == 0)
         munmap(u->br, u->br_sz);
     free(u->cancels);
+    free(u->fresh);
     free(u);
     e->bs = NULL;
 }
@@ -1184,6 +1285,9 @@ static int uring_park(ul_engine *e)
             if (op->ud && op->state == S_ACTIVE && op->kind != K_CLOSE && !op->cancelled &&
                 !op->rider) {  /* a rider leaves with its batch's head */
                 op->parked = 1;
+                /* the next run issues it again by number, after user code
+                 * ran: remember which file it is for (see common.c) */
+                ul__ident_capture(e, op);
                 cancel_kud(e, u, op->kud);
             }
         }
