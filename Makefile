@@ -5,13 +5,18 @@ CC ?= cc
 
 ASAN_TESTS = tests/test_engine_ops.py tests/test_engine_cancel_close.py \
              tests/test_engine_stress.py tests/test_engine_bad_input.py \
-             tests/test_sched.py tests/test_loop_sock.py tests/test_engine_native.py \
-             tests/test_engine_fd_reuse.py tests/test_loop_fds.py
+             tests/test_engine_wake.py tests/test_engine_native.py tests/test_sched.py \
+             tests/test_loop_sock.py tests/test_loop_cancel.py tests/test_loop_api.py \
+             tests/test_interrupted_wait.py tests/test_backend_modes.py \
+             tests/test_engine_fd_reuse.py tests/test_loop_fds.py \
+             tests/test_engine_nomem.py tests/test_threads.py
 # CPython itself is not ASan-built: its allocations look leaked, so leak
-# detection stays off; any other ASan report aborts the test process.
+# detection stays off; any other ASan report aborts the test process. pytest
+# captures sys.stdout/stderr only (--capture=sys), so a report written to fd 2
+# reaches the log even when it aborts the process mid-test.
 ASAN_OPTIONS_RUN = detect_leaks=0:abort_on_error=1
 
-.PHONY: build test test-epoll test-debug asan lint bench demo clean
+.PHONY: build test test-guard list-guard-tests test-debug asan lint bench bench-net demo clean
 
 ## build: compile the extensions (cffi engine, C scheduler) in place
 build:
@@ -21,9 +26,16 @@ build:
 test: build
 	$(PY) -m pytest -q
 
-## test-epoll: the suite with URINGLOOP_BACKEND=epoll (auto-backend tests then see epoll)
-test-epoll: build
-	URINGLOOP_BACKEND=epoll $(PY) -m pytest -q
+## test-guard: engine and loop socket tests with pool guard mode on (URINGLOOP_GUARD=1):
+## a pool buffer no one owns is PROT_NONE, so a stray kernel write fails the test
+GUARD_TESTS = tests/test_engine_ops.py tests/test_engine_cancel_close.py \
+              tests/test_engine_stress.py tests/test_engine_bad_input.py \
+              tests/test_loop_sock.py tests/test_loop_cancel.py tests/test_backend_modes.py
+test-guard: build
+	URINGLOOP_GUARD=1 $(PY) -m pytest -q -p no:cacheprovider $(GUARD_TESTS)
+
+list-guard-tests:
+	@echo $(GUARD_TESTS)
 
 ## test-debug: the suite with PYTHONASYNCIODEBUG=1: every loop starts in debug mode,
 ## so the stock Python turn and checks run where the C fast paths would
@@ -46,7 +58,7 @@ asan:
 	status=0; \
 	echo "asan: LD_PRELOAD=$$libasan ASAN_OPTIONS=$(ASAN_OPTIONS_RUN)"; \
 	LD_PRELOAD="$$libasan" ASAN_OPTIONS=$(ASAN_OPTIONS_RUN) \
-	    $(PY) -m pytest -q -p no:cacheprovider $(ASAN_TESTS) || status=$$?; \
+	    $(PY) -m pytest -q -p no:cacheprovider --capture=sys $(ASAN_TESTS) || status=$$?; \
 	echo "asan: rebuilding the normal extension"; \
 	$(PY) setup.py build_ext --inplace --force -q || status=$$?; \
 	exit $$status
@@ -60,6 +72,14 @@ bench: build
 	$(PY) benchmarks/engine_bench.py
 	$(PY) benchmarks/loop_bench.py
 
+## bench-net: echo/HTTP/TLS/idle servers on every loop side by side (benchmarks/net_bench.py);
+## BENCH_ARGS passes options, e.g. make bench-net BENCH_ARGS="--quick --workloads echo-1k-c100"
+## (needs cc; wrk for HTTP: apt-get install -y wrk; matplotlib for the chart)
+BENCH_ARGS ?=
+bench-net: build
+	@command -v wrk >/dev/null || echo "bench-net: wrk is not installed, the HTTP workloads will be skipped (apt-get update && apt-get install -y wrk)" >&2
+	$(PY) benchmarks/net_bench.py $(BENCH_ARGS)
+
 ## demo: the examples against the in-place build (aiohttp_hello.py needs aiohttp, tls_echo.py trustme)
 demo: build
 	PYTHONPATH=. $(PY) examples/echo.py
@@ -68,6 +88,6 @@ demo: build
 	PYTHONPATH=. $(PY) examples/tls_echo.py
 
 clean:
-	rm -rf build *.egg-info .pytest_cache .ruff_cache tests/_bin
+	rm -rf build *.egg-info .pytest_cache .ruff_cache tests/_bin benchmarks/_build
 	rm -f uringloop/_engine_cffi*.so uringloop/_engine_cffi.c uringloop/_engine_cffi.o uringloop/_sched*.so
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

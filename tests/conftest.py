@@ -7,7 +7,14 @@ non-default configuration) and so runs once per backend:
 * ``epoll``               -- the readiness backend
 * ``io_uring-fallbacks``  -- io_uring with every OPT_NO_* bit set, so the
                              emulation paths (one-shot resubmission, engine-picked
-                             buffers, per-op cancel, no DEFER_TASKRUN) run too
+                             buffers, per-op cancel, no DEFER_TASKRUN) run too,
+                             plus OPT_TEST_EAGAIN (the EAGAIN/EINPROGRESS paths)
+
+With URINGLOOP_REQUIRE_IO_URING=1 an io_uring case that cannot run fails
+instead of skipping; with URINGLOOP_GUARD=1 every engine runs in pool guard
+mode and a test fails if any record hit a protected buffer. Every test that
+takes ``res_tracker`` (all engine and loop tests do) fails if it leaves an fd
+open.
 
 Nothing here may block without a bound: ``run_until`` fails the test on timeout,
 sockets read by plain Python carry a timeout, threads are joined with a timeout.
@@ -47,26 +54,74 @@ BACKEND_PARAMS = [
 
 
 def fallback_options() -> int:
+    """Every fallback forced, and the test-only OPT_TEST_EAGAIN: each op's
+    first issue takes the EAGAIN -> readiness wait -> reissue path (connect:
+    EINPROGRESS -> POLLOUT -> SO_ERROR), which this kernel never takes."""
     return (
         engine.OPT_NO_MULTISHOT
         | engine.OPT_NO_BUFRING
         | engine.OPT_NO_DEFER
         | engine.OPT_NO_CANCEL_FD
+        | engine.OPT_TEST_EAGAIN
     )
+
+
+def guard_problems(eng) -> list[str]:
+    """Guard mode (URINGLOOP_GUARD=1): no record may have hit a protected buffer."""
+    faults = eng.stats()["guard_faults"]
+    return [f"{faults} records completed with -EFAULT in guard mode"] if faults else []
+
+
+# URINGLOOP_REQUIRE_IO_URING=1 (set by .ci/run): an io_uring test that would
+# skip because io_uring cannot run here FAILS instead, with the reason. A host
+# where io_uring works but the io_uring half of the suite silently skipped (an
+# init regression, a sandbox) would otherwise pass CI on epoll alone.
+REQUIRE_IO_URING = os.environ.get("URINGLOOP_REQUIRE_IO_URING", "") == "1"
 
 
 @functools.cache
 def uring_unavailable_reason() -> str | None:
-    """None when io_uring can run here, else the reason string."""
-    info = engine.backend_info()
-    if info["backend"] != "io_uring":
-        return info.get("reason") or "auto selection did not pick io_uring"
+    """None when an io_uring engine can be made here, else the reason string.
+
+    Asks the backend itself (not ``backend_info()``, whose answer follows
+    URINGLOOP_BACKEND): tests that name io_uring run it whatever the default."""
     try:
         probe = engine.Engine(backend="io_uring")
     except OSError as exc:
         return str(exc)
     probe.close()
     return None
+
+
+def require_uring() -> None:
+    """Skip (or, under URINGLOOP_REQUIRE_IO_URING=1, fail) when io_uring cannot run."""
+    reason = uring_unavailable_reason()
+    if reason is None:
+        return
+    if REQUIRE_IO_URING:
+        pytest.fail(
+            f"io_uring unavailable: {reason} -- and URINGLOOP_REQUIRE_IO_URING=1 "
+            "says the io_uring tests must run on this host"
+        )
+    pytest.skip(f"io_uring unavailable: {reason}")
+
+
+def open_fds() -> set[int]:
+    """This process's open fd numbers (Linux /proc). The listing shows its own
+    directory fd, closed by the time we look: fd_is_open drops it."""
+    return {fd for fd in map(int, os.listdir("/proc/self/fd")) if fd_is_open(fd)}
+
+
+def fd_leaks(before: set[int]) -> list[str]:
+    """fds open now that were not open before, described."""
+    out = []
+    for fd in sorted(open_fds() - before):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = "?"
+        out.append(f"fd {fd} -> {target} left open")
+    return out
 
 
 class EngineFactory:
@@ -86,23 +141,28 @@ class EngineFactory:
         return eng
 
     def close_all(self) -> list[str]:
-        """Close every engine; return descriptions of anything that leaked."""
+        """Close every engine; return descriptions of anything that leaked.
+
+        Ops still in flight are counted BEFORE close(): close() cancels and
+        reaps them and then forgets every slot, so a count taken after it
+        is always 0 and could never fail."""
         problems = []
         for eng in self.engines:
+            if eng.closed:
+                continue  # closed by the test itself
+            problems += guard_problems(eng)
+            left = eng.in_flight
+            c_left = eng.stats()["in_flight"]
+            if left or c_left:
+                problems.append(
+                    f"{left} ops still in flight at the end of the test "
+                    f"(engine's own count: {c_left})"
+                )
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                try:
-                    eng.close()
-                except RuntimeError:
-                    pass  # already closed by the test itself
+                eng.close()
             # close() warns (ResourceWarning) when ops never completed
             problems += [f"close(): {w.message}" for w in caught if w.category is ResourceWarning]
-            try:
-                left = eng.in_flight
-            except RuntimeError:
-                continue  # a closed engine may refuse attribute access: close succeeded
-            if left != 0:
-                problems.append(f"{left} ops still in flight after close()")
         self.engines.clear()
         return problems
 
@@ -114,9 +174,7 @@ def make_engine(request, res_tracker):
         pytest.fail(f"uringloop.engine cannot be imported: {_IMPORT_ERROR}")
     backend, fallbacks = request.param
     if backend == "io_uring":
-        reason = uring_unavailable_reason()
-        if reason is not None:
-            pytest.skip(f"io_uring unavailable: {reason}")
+        require_uring()
     factory = EngineFactory(backend, fallbacks)
     yield factory
     problems = factory.close_all()
@@ -250,9 +308,16 @@ class Resources:
 
 @pytest.fixture
 def res_tracker():
+    """Closes what a test registered, then checks that the test (engines and
+    loops included: their fixtures depend on this one, so they are closed
+    first) left no fd open that was not open before it."""
+    before = open_fds()
     r = Resources()
     yield r
     r.close()
+    gc.collect()  # sockets a test dropped without closing are closed by GC
+    leaks = fd_leaks(before)
+    assert not leaks, leaks
 
 
 @pytest.fixture
@@ -348,6 +413,33 @@ def recv_exact(sock: socket.socket, n: int, timeout: float = 5.0) -> bytes:
     return bytes(out)
 
 
+# the system calls a loop sleeps in: io_uring_enter, epoll_wait, epoll_pwait(2)
+# (the stock selector loop sleeps in epoll_wait/epoll_pwait as well)
+_WAIT_SYSCALLS = {"x86_64": {426, 232, 281, 441}, "aarch64": {426, 22, 441}}
+
+
+def skip_unless_wait_syscalls_known() -> None:
+    if os.uname().machine not in _WAIT_SYSCALLS:
+        pytest.skip(f"no table of wait system call numbers for {os.uname().machine}")
+
+
+def sleeping_in_wait(tid: int) -> bool:
+    """True while thread tid sleeps in a loop's wait system call. /proc's
+    syscall file names the call a blocked thread is in ("running" when it
+    runs; a thread queued for the GIL shows futex, not these)."""
+    with open(f"/proc/self/task/{tid}/syscall") as f:
+        first = f.read().split()[0]
+    return first != "running" and int(first) in _WAIT_SYSCALLS[os.uname().machine]
+
+
+def wait_until_sleeping(tid: int) -> None:
+    """From another thread: return once thread tid sleeps in its wait system
+    call. A state check, not a guess at how long falling asleep takes; a thread
+    that never sleeps leaves the test to pytest-timeout."""
+    while not sleeping_in_wait(tid):
+        time.sleep(0.001)
+
+
 def fd_is_open(fd: int) -> bool:
     try:
         os.fstat(fd)
@@ -389,26 +481,28 @@ def pump_send(eng, sock: socket.socket, data: bytes, timeout: float = 10.0) -> N
 # asyncio.SelectorEventLoop, for tests whose point is that uringloop behaves
 # exactly as the stock loop does (one test, many loops).
 
-LOOP_KINDS = ["io_uring", "epoll"]
+LOOP_KINDS = ["io_uring", "epoll", "io_uring-fallbacks"]
 ANY_LOOP_KINDS = [*LOOP_KINDS, "stock"]
 
 
 def make_loop(kind: str):
-    """A new event loop of one kind: 'io_uring', 'epoll' or 'stock'."""
+    """A new event loop of one kind: 'io_uring', 'epoll', 'io_uring-fallbacks'
+    (every engine fallback forced, as the engine tests' kind) or 'stock'."""
     import asyncio
 
     if kind == "stock":
         return asyncio.SelectorEventLoop()
     if engine is None:
         pytest.fail(f"uringloop.engine cannot be imported: {_IMPORT_ERROR}")
-    if kind == "io_uring":
-        reason = uring_unavailable_reason()
-        if reason is not None:
-            pytest.skip(f"io_uring unavailable: {reason}")
+    backend, options = kind, 0
+    if kind == "io_uring-fallbacks":
+        backend, options = "io_uring", fallback_options()
+    if backend == "io_uring":
+        require_uring()
     from uringloop import Loop
 
-    lp = Loop(backend=kind)
-    assert lp.backend == kind
+    lp = Loop(backend=backend, options=options)
+    assert lp.backend == backend
     return lp
 
 
@@ -421,6 +515,7 @@ def finish_loop(lp) -> list[str]:
         return problems
     if lp.is_running():  # cannot happen from a fixture, but never hang on it
         return ["loop still running at teardown"]
+    eng = getattr(lp, "_engine", None)  # None: the stock loop
     try:
         tasks = [t for t in asyncio.all_tasks(lp) if not t.done()]
         for t in tasks:
@@ -432,6 +527,8 @@ def finish_loop(lp) -> list[str]:
         lp.run_until_complete(asyncio.wait_for(lp.shutdown_asyncgens(), 5))
     except Exception as exc:  # report, but still close the loop below
         problems.append(f"teardown: {exc!r}")
+    if eng is not None and not eng.closed:
+        problems += guard_problems(eng)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         lp.close()

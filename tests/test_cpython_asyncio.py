@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import require_uring
 
 import uringloop
 
@@ -25,6 +26,7 @@ MIXIN_MODULES = [
     "test_sendfile",
     "test_sslproto",
     "test_buffered_proto",
+    "test_subprocess",
 ]
 POLICY_MODULES = [
     "test_tasks",
@@ -57,18 +59,12 @@ def _have(module: str) -> bool:
     return True
 
 
-def _backends():
-    out = ["epoll"]
-    info = uringloop.backend_info()
-    if info["io_uring_available"]:
-        out.insert(0, "io_uring")
-    return out
-
-
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", ["io_uring", "epoll"])
 @pytest.mark.parametrize("module", MIXIN_MODULES + POLICY_MODULES)
 def test_cpython_asyncio(module, backend, tmp_path):
+    if backend == "io_uring":
+        require_uring()  # skips with the reason (fails under URINGLOOP_REQUIRE_IO_URING=1)
     if sys.version_info < SINCE.get(module, (0,)):
         pytest.skip(f"test.test_asyncio.{module} does not exist before Python {SINCE[module]}")
     if not _have(module):

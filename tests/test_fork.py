@@ -23,7 +23,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import ANY_LOOP_KINDS, uring_unavailable_reason
+from conftest import ANY_LOOP_KINDS, fallback_options, require_uring
 
 TIMEOUT = 60
 
@@ -31,14 +31,15 @@ PRELUDE = textwrap.dedent(
     """
     import asyncio, gc, os, socket, sys, warnings
     warnings.simplefilter("ignore")
-    kind = sys.argv[1]
+    kind, options = sys.argv[1], int(sys.argv[2])
+    backend = kind.split("-")[0]  # io_uring-fallbacks: io_uring with options
 
     def new_loop():
         if kind == "stock":
             return asyncio.SelectorEventLoop()
         import uringloop
-        loop = uringloop.Loop(backend=kind)
-        assert loop.backend == kind, loop.backend
+        loop = uringloop.Loop(backend=backend, options=options)
+        assert loop.backend == backend, loop.backend
         return loop
 
     def status(st):
@@ -130,13 +131,14 @@ def _script(child: str) -> str:
 @pytest.mark.parametrize("kind", ANY_LOOP_KINDS)
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_fork_child_with_parent_loop(kind, scenario, tmp_path):
-    if kind == "io_uring" and uring_unavailable_reason() is not None:
-        pytest.skip(f"io_uring unavailable: {uring_unavailable_reason()}")
+    if kind.startswith("io_uring"):
+        require_uring()
+    options = fallback_options() if kind == "io_uring-fallbacks" else 0
     env = dict(os.environ)
     env.pop("URINGLOOP_BACKEND", None)
     env["PYTHONPATH"] = _package_parent() + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, "-c", _script(SCENARIOS[scenario]), kind],
+        [sys.executable, "-c", _script(SCENARIOS[scenario]), kind, str(options)],
         env=env,
         cwd=tmp_path,
         stdin=subprocess.DEVNULL,

@@ -13,9 +13,9 @@ import asyncio
 import os
 import signal
 import threading
-import time
 
 import pytest
+from conftest import drain, skip_unless_wait_syscalls_known, wait_until_sleeping
 
 pytestmark = pytest.mark.skipif(
     threading.current_thread() is not threading.main_thread(),
@@ -29,23 +29,38 @@ class Alarm(Exception):
 
 @pytest.fixture
 def alarm():
-    """alarm(seconds): SIGUSR1 after that long, whose handler raises Alarm.
+    """alarm(stats=None): SIGUSR1, whose handler raises Alarm, as soon as this
+    (the main) thread sleeps in its wait system call -- a state check, so the
+    signal always lands in the wait under test, however slow the machine. With
+    ``stats`` (an engine's stats function) it returns a dict whose "waits" is
+    the engine's count of finished waits at the moment of the kill (the
+    sleeping thread cannot change it then).
     (Not SIGALRM: pytest-timeout's own timer uses it, and must keep working.)"""
+    skip_unless_wait_syscalls_known()
 
     def raise_alarm(signum, frame):
         raise Alarm
 
     old = signal.signal(signal.SIGUSR1, raise_alarm)
-    timers = []
+    threads = []
+    main_tid = threading.get_native_id()
 
-    def arm(seconds):
-        t = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGUSR1))
-        timers.append(t)
+    def arm(stats=None):
+        seen = {}
+
+        def kill_when_asleep():
+            wait_until_sleeping(main_tid)
+            if stats is not None:
+                seen["waits"] = stats()["waits"]
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+        t = threading.Thread(target=kill_when_asleep, daemon=True)
+        threads.append(t)
         t.start()
+        return seen
 
     yield arm
-    for t in timers:
-        t.cancel()
+    for t in threads:
         t.join(5)
     signal.signal(signal.SIGUSR1, old)
 
@@ -53,16 +68,14 @@ def alarm():
 def test_engine_run_returns_to_the_handler(eng, socketpair, alarm):
     a, _ = socketpair()
     ud = eng.recv(a.fileno(), lambda res, more, data: None, multishot=False)
-    alarm(0.2)  # the recv above is submitted by the same enter that waits
-    t0 = time.monotonic()
+    at_kill = alarm(eng.stats)  # the recv above is submitted by the same enter that waits
     with pytest.raises(Alarm):
         eng.run(None)
-    assert time.monotonic() - t0 < 5
+    # the interrupted wait returned to Python: it did not wait again (a run
+    # that swallowed the EINTR would sleep on until some later signal)
+    assert eng.stats()["waits"] == at_kill["waits"] + 1
     eng.cancel(ud)
-    deadline = time.monotonic() + 5
-    while eng.in_flight and time.monotonic() < deadline:
-        eng.run(0.05)
-    assert eng.in_flight == 0
+    drain(eng)
 
 
 @pytest.mark.parametrize("debug", [False, True], ids=["native-turn", "debug-python-turn"])
@@ -73,15 +86,16 @@ def test_loop_turn_returns_to_the_handler(loop, socketpair, alarm, debug):
     loop.set_debug(debug)
     a, _ = socketpair()
 
+    at_kill = []
+
     async def main():
-        alarm(0.2)
+        at_kill.append(alarm(loop.engine_stats))
         await loop.sock_recv(a, 10)  # submitted in the turn that then waits
 
-    t0 = time.monotonic()
     task = loop.create_task(main())
     with pytest.raises(Alarm):
         loop.run_until_complete(task)
-    assert time.monotonic() - t0 < 5
+    assert loop.engine_stats()["waits"] == at_kill[0]["waits"] + 1  # no second wait
     task.cancel()
     loop.run_until_complete(asyncio.wait([task], timeout=5))
     assert task.cancelled()
@@ -95,7 +109,7 @@ def test_stock_loop_agrees(socketpair, alarm):
         a, _ = socketpair()
 
         async def main():
-            alarm(0.2)
+            alarm()
             await lp.sock_recv(a, 10)
 
         task = lp.create_task(main())

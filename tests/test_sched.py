@@ -24,7 +24,7 @@ import weakref
 from asyncio import events
 
 import pytest
-from conftest import run_in
+from conftest import run_in, skip_unless_wait_syscalls_known, wait_until_sleeping
 
 import uringloop
 from uringloop import _sched
@@ -418,15 +418,25 @@ def test_call_soon_threadsafe_from_many_threads_while_blocked(loop):
 def test_sigint_interrupts_a_blocking_turn(loop):
     """A signal that arrives while the native turn waits in the kernel runs
     Python's handler at once: here the default SIGINT handler raises."""
-    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
-    t0 = time.monotonic()
+    skip_unless_wait_syscalls_known()
+    main_tid = threading.get_native_id()
+    at_kill = {}
+
+    def kill_when_asleep():  # a state check: the signal always lands in the wait
+        wait_until_sleeping(main_tid)
+        at_kill["waits"] = loop.engine_stats()["waits"]  # the sleeper cannot change it now
+        os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=kill_when_asleep, daemon=True)
+    thread.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             loop.run_until_complete(asyncio.sleep(10))
     finally:
-        timer.cancel()
-    assert time.monotonic() - t0 < 5
+        thread.join(10)
+    # the interrupted wait itself returned to Python: no further wait ran (the
+    # sleep's own timer would otherwise be what ended it)
+    assert loop.engine_stats()["waits"] == at_kill["waits"] + 1
 
 
 def test_loop_is_collected(loop):

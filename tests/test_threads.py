@@ -25,7 +25,7 @@ import time
 import warnings
 
 import pytest
-from conftest import Collector, drain, make_loop, run_until, uring_unavailable_reason
+from conftest import Collector, drain, make_loop, require_uring, run_until
 
 JOIN = 20
 
@@ -252,8 +252,8 @@ def _fds() -> int:
 
 @pytest.mark.parametrize("kind", ["io_uring", "epoll"])
 def test_close_from_another_thread_with_op_pending_leaks_nothing(kind):
-    if kind == "io_uring" and uring_unavailable_reason() is not None:
-        pytest.skip(f"io_uring unavailable: {uring_unavailable_reason()}")
+    if kind == "io_uring":
+        require_uring()
 
     def one():
         a, b = socket.socketpair()

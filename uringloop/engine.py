@@ -34,12 +34,19 @@ __all__ = [
     "OPT_NO_BUFRING",
     "OPT_NO_DEFER",
     "OPT_NO_CANCEL_FD",
+    "OPT_TEST_EAGAIN",
+    "OPT_GUARD",
 ]
 
 OPT_NO_MULTISHOT = lib.UL_OPT_NO_MULTISHOT
 OPT_NO_BUFRING = lib.UL_OPT_NO_BUFRING
 OPT_NO_DEFER = lib.UL_OPT_NO_DEFER
 OPT_NO_CANCEL_FD = lib.UL_OPT_NO_CANCEL_FD
+# test only: an op's first issue completes with EAGAIN (a connect with
+# EINPROGRESS), so the readiness-retry paths run on kernels that never take them
+OPT_TEST_EAGAIN = lib.UL_OPT_TEST_EAGAIN
+# pool guard mode (also URINGLOOP_GUARD=1): unowned pool buffers are PROT_NONE
+OPT_GUARD = lib.UL_OPT_GUARD
 
 _BACKENDS = {
     "auto": lib.UL_BACKEND_AUTO,
@@ -254,6 +261,7 @@ class Engine:
                 raise OSError(code, message + where)
             raise OSError(errno.EINVAL, message)
         self._e = e
+        self.options = options  # the OPT_* bits asked for
         self._forked = False
         _live.add(self)
         info = ffi.new("ul_info *")
@@ -540,6 +548,7 @@ class Engine:
             "registered_ring": bool(i.registered_ring),
             "buf_count": i.buf_count,
             "buf_size": i.buf_size,
+            "guard": bool(i.guard),
         }
 
     def stats(self) -> dict:
@@ -614,7 +623,8 @@ os.register_at_fork(after_in_child=_forget_all_after_fork)
 
 _STATS = (
     "enters", "waits", "submitted", "records", "cq_overflows", "rearms",
-    "eagain_retries", "wakeups", "in_flight", "bufs_free", "ident_captures", "ident_checks",
+    "eagain_retries", "wakeups", "guard_faults", "in_flight", "bufs_free", "ident_captures",
+    "ident_checks",
 )
 
 _SETUP_FLAGS = {

@@ -39,6 +39,8 @@ from asyncio.log import logger
 
 from . import _sched, engine
 from .sock import SockMixin, _OpFuture
+from .transports import subprocess as _subprocess
+from .transports.pipe import ReadPipeTransport, WritePipeTransport
 from .transports.stream import Acceptor, SocketTransport
 
 _SSL_SHUTDOWN_TIMEOUT = getattr(constants, "SSL_SHUTDOWN_TIMEOUT", 30.0)
@@ -167,7 +169,10 @@ class _Turn:
 class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
     """An asyncio event loop on io_uring (or epoll where io_uring is refused)."""
 
-    def __init__(self, *, backend: str | None = None):
+    def __init__(self, *, backend: str | None = None, options: int = 0):
+        """backend: 'io_uring', 'epoll', 'auto' or None (URINGLOOP_BACKEND, else
+        auto). options: engine.OPT_* bits, for tests that force the engine's
+        fallback paths (OPT_NO_*) or its test-only modes."""
         super().__init__()
         self._readers: dict[int, list] = {}
         self._writers: dict[int, list] = {}
@@ -181,8 +186,9 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         self._sock_state: dict = {}
         self._sock_sending: dict = {}  # socket -> its sock_sendall ops in the engine
         self._sock_owner: dict = {}  # fd -> weakref of the socket last seen there
+        self._child_pidfds: dict[int, int] = {}  # pidfd -> pid (transports/subprocess.py)
         try:
-            self._engine = engine.Engine(backend)
+            self._engine = engine.Engine(backend, options=options)
         except BaseException:
             self._closed = True  # nothing to release; keeps __del__ quiet
             raise
@@ -267,6 +273,7 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         # cancels and reaps every operation still in flight, then frees the engine
         self._sched_detach()
         self._engine.close()
+        _subprocess.close_pidfds(self)
         self._close_self_pipe()
 
     # ---------------------------------------------------------- transports
@@ -383,6 +390,22 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
             if resume_reading:
                 transp.resume_reading()
             self._transports[transp._sock_fd] = transp
+
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return ReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return WritePipeTransport(self, pipe, protocol, waiter, extra)
+
+    async def _make_subprocess_transport(self, protocol, args, shell, stdin, stdout, stderr,
+                                         bufsize, extra=None, **kwargs):
+        """The stock transport; the child's exit comes through a pidfd."""
+        return await _subprocess.make_subprocess_transport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=extra, **kwargs
+        )
+
+    # the stock path where pidfds are refused (transports/subprocess.py) calls it
+    _child_watcher_callback = unix_events._UnixSelectorEventLoop._child_watcher_callback
 
     # the stock unix loop's own methods: they only call hooks this loop has
     create_unix_connection = unix_events._UnixSelectorEventLoop.create_unix_connection

@@ -51,6 +51,8 @@ MIXINS = {
     "test_sendfile": [("SendfileTestsBase", "create_event_loop")],
     "test_sslproto": [("SelectorStartTLSTests", "new_loop")],
     "test_buffered_proto": [("BufferedProtocolSelectorTests", "new_loop")],
+    # SubprocessMixin makes its loop in the TestCase's setUp (see below)
+    "test_subprocess": [("SubprocessMixin", "setUp")],
 }
 # Mixin modules whose other TestCases also run, with uringloop's policy
 # installed, except those that bind a stock loop themselves (they define their
@@ -72,6 +74,13 @@ def bound_suite(modname: str) -> unittest.TestSuite:
 
         def create_event_loop(self):
             return uringloop.Loop()
+
+        if factory == "setUp":
+
+            def create_event_loop(self):
+                test_utils.TestCase.setUp(self)
+                self.loop = uringloop.Loop()
+                self.set_event_loop(self.loop)
 
         name = class_name.replace("Mixin", "").replace("Selector", "")
         cls = type(

@@ -181,6 +181,8 @@ static int reserve(ul_engine *e, uint32_t ops)
 void ul__emit(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid)
 {
     ul_record r = {op->ud, res, flags, bid};
+    if (e->guard && res == -EFAULT)
+        e->st.guard_faults++;  /* a kernel write hit a buffer the engine gave up? */
     if (e->in_run && e->nrec < e->cfg.record_cap && e->npend == 0) {
         e->rec[e->nrec++] = r;
         if (flags & UL_F_BUFFER)
@@ -204,13 +206,34 @@ static void pend_move(ul_engine *e)
 
 /* ---------------------------------------------------------------- pool */
 
+/* Guard mode (UL_OPT_GUARD, or URINGLOOP_GUARD=1 when the engine is made):
+ * every pool buffer is a whole number of pages, and is PROT_NONE while no one
+ * may touch it: not provided to the kernel (buffer ring, or an op in flight),
+ * not named by a record of the last run. A kernel write into a buffer the
+ * engine already gave up then fails with -EFAULT (counted in
+ * stats.guard_faults, which the tests require to stay 0) and a user-space
+ * access faults. Off, it costs one predictable branch per take/put/recycle. */
+void ul__guard(ul_engine *e, uint16_t bid, int open)
+{
+    if (mprotect(e->pool + (size_t)bid * e->cfg.buf_size, e->cfg.buf_size,
+                 open ? PROT_READ | PROT_WRITE : PROT_NONE) < 0)
+        abort();  /* guard mode is for tests: a wrong protection must not pass */
+}
+
 int ul__pool_take(ul_engine *e)
 {
-    return e->nfree ? e->free_bids[--e->nfree] : -1;
+    if (!e->nfree)
+        return -1;
+    uint16_t bid = e->free_bids[--e->nfree];
+    if (e->guard)
+        ul__guard(e, bid, 1);
+    return bid;
 }
 
 void ul__pool_put(ul_engine *e, uint16_t bid)
 {
+    if (e->guard)
+        ul__guard(e, bid, 0);
     e->free_bids[e->nfree++] = bid;
 }
 
@@ -1035,6 +1058,17 @@ EXPORT ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errle
     config_defaults(&e->cfg);
     e->wake_fd = -1;
     e->bl_head = e->bl_tail = -1;
+    const char *g = getenv("URINGLOOP_GUARD");
+    if (g && strcmp(g, "1") == 0)
+        e->cfg.options |= UL_OPT_GUARD;
+    if (e->cfg.options & UL_OPT_GUARD) {
+        /* page-aligned buffers: the pool mapping is, and the size is rounded up */
+        size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        size_t sz = (e->cfg.buf_size + page - 1) / page * page;
+        if (sz <= (1U << 30))
+            e->cfg.buf_size = (uint32_t)sz;
+        e->guard = 1;
+    }
     uint32_t bc = e->cfg.buf_count;
     if ((bc & (bc - 1)) || bc > 32768 || e->cfg.buf_size > (1U << 30) ||
         e->cfg.record_cap > (1U << 20)) {
@@ -1044,7 +1078,8 @@ EXPORT ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errle
         return NULL;
     }
     e->pool_bytes = (size_t)bc * e->cfg.buf_size;
-    e->pool = mmap(NULL, e->pool_bytes, PROT_READ | PROT_WRITE,
+    /* guard mode: every buffer starts free, so inaccessible */
+    e->pool = mmap(NULL, e->pool_bytes, e->guard ? PROT_NONE : PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     e->rec = calloc(e->cfg.record_cap, sizeof *e->rec);
     e->free_bids = calloc(bc, sizeof *e->free_bids);
@@ -1090,6 +1125,7 @@ EXPORT ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errle
     }
     e->info.buf_count = bc;
     e->info.buf_size = e->cfg.buf_size;
+    e->info.guard = e->guard;
     return e;
 }
 

@@ -32,6 +32,16 @@
 #define UL_OPT_NO_BUFRING 2     /* no provided-buffer ring: engine picks buffers */
 #define UL_OPT_NO_DEFER 4       /* skip the SINGLE_ISSUER|DEFER_TASKRUN rung */
 #define UL_OPT_NO_CANCEL_FD 8   /* cancel per op even where CANCEL_FD exists */
+/* Test only (io_uring; epoll ignores it): the first time an op is issued on
+ * an fd that is not ready for it, recv/recv_into/recvmsg/send/sendv/sendmsg/
+ * accept complete with -EAGAIN without doing anything (a NOP stands in, as a
+ * non-blocking call would say), and a connect that succeeded reports
+ * -EINPROGRESS, so the EAGAIN -> poll -> reissue and the connect SO_ERROR
+ * paths run on kernels that never take them. */
+#define UL_OPT_TEST_EAGAIN 16
+/* Pool guard mode (also URINGLOOP_GUARD=1 at engine creation): pool buffers are
+ * page-aligned and PROT_NONE while neither the kernel nor a record holds them. */
+#define UL_OPT_GUARD 32
 
 typedef struct ul_record {
     uint64_t user_data;
@@ -55,6 +65,7 @@ typedef struct ul_info {
     uint32_t features;           /* IORING_FEAT_* */
     uint32_t sq_entries, cq_entries;
     int multishot_recv, multishot_accept, buffer_ring, cancel_fd, registered_ring;
+    int guard;                   /* pool guard mode (UL_OPT_GUARD / URINGLOOP_GUARD=1) */
     uint32_t buf_count, buf_size;
     char reason[256];            /* why this backend (fallback reason) */
 } ul_info;
@@ -77,6 +88,7 @@ typedef struct ul_stats {
     uint64_t rearms;             /* internal multishot / poll re-arms */
     uint64_t eagain_retries;     /* EAGAIN turned into a readiness wait */
     uint64_t wakeups;            /* eventfd writes by ul_wake */
+    uint64_t guard_faults;       /* guard mode: records with -EFAULT (must stay 0) */
     uint32_t in_flight;          /* ops whose final record is pending */
     uint32_t bufs_free;          /* pool buffers available to the kernel */
     uint64_t ident_captures;     /* file identities taken (one syscall each) */

@@ -54,6 +54,7 @@ struct ul_op {
     uint8_t parked;             /* taken out of the kernel by ul_park */
     uint8_t on_backlog;
     uint8_t has_ident;          /* ident is valid */
+    uint8_t forced;             /* UL_OPT_TEST_EAGAIN state (uring.c FORCED_*) */
     int fd;
     uint32_t sqe_idx;           /* io_uring: SQ index of the op's latest SQE */
     uint64_t ident;             /* the file fd named when the op was asked for
@@ -117,6 +118,7 @@ struct ul_engine {
     ul_info info;
     ul_stats st;
     int closed;
+    int guard;                  /* pool guard mode: see ul__guard() */
     int in_run;                 /* atomic: read by other threads' submissions */
     const void *run_thread;     /* the thread in ul_run while in_run */
     int woken;                  /* the wake eventfd fired during this run */
@@ -170,6 +172,7 @@ int ul__backlog_pop(ul_engine *e, struct ul_op **out);
 int ul__pool_take(ul_engine *e);
 void ul__pool_put(ul_engine *e, uint16_t bid);
 void ul__pool_used(ul_engine *e, uint16_t bid);
+void ul__guard(ul_engine *e, uint16_t bid, int open);
 int ul__wake_prepare_sleep(ul_engine *e);
 void ul__wake_after_sleep(ul_engine *e);
 void ul__wake_drain(ul_engine *e);

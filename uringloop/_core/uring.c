@@ -483,6 +483,31 @@ static void batch_done(ul_engine *e, struct uring *u, struct ul_op *h, int32_t r
     }
 }
 
+/* UL_OPT_TEST_EAGAIN: an accept on a socket that does not listen fails at
+ * once (EINVAL) and never becomes readable, so it gets no stand-in; every
+ * other stand-in's readiness wait ends on data, room, or an error/hangup. */
+static int listening(int fd)
+{
+    int on = 0;
+    socklen_t len = sizeof on;
+    return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) == 0 && on;
+}
+
+/* UL_OPT_TEST_EAGAIN stands in only where a non-blocking call could say
+ * EAGAIN: the fd is not ready for the op now (a send on a writable socket,
+ * a receive with data waiting, would not). */
+static int would_block(const struct ul_op *op)
+{
+    int out = op->kind == K_SEND || op->kind == K_SENDV || op->kind == K_SENDMSG;
+    struct pollfd p = {.fd = op->fd, .events = out ? POLLOUT : POLLIN};
+    return poll(&p, 1, 0) == 0;
+}
+
+/* ul_op.forced bits (UL_OPT_TEST_EAGAIN) */
+#define FORCED_DONE 1        /* the op was issued once: never force it again */
+#define FORCED_NOP 2         /* a NOP stands in for the op's first issue */
+#define FORCED_INPROGRESS 4  /* the first connect result becomes EINPROGRESS */
+
 static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
 {
     if (u->parked) {  /* the next run issues it, from whichever thread runs */
@@ -510,6 +535,21 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
     s->fd = op->fd;
     s->user_data = op->kud = op->ud;
     op->parked = 0;
+    op->forced &= FORCED_DONE;  /* a stand-in taken out by ul_park is not reissued as one */
+    if ((e->cfg.options & UL_OPT_TEST_EAGAIN) && !(op->forced & FORCED_DONE)) {
+        op->forced |= FORCED_DONE;
+        if (op->kind == K_CONNECT) {
+            op->forced |= FORCED_INPROGRESS;  /* on_cqe turns its success into EINPROGRESS */
+        } else if ((op->kind == K_RECV || op->kind == K_RECV_INTO || op->kind == K_RECVMSG ||
+                    op->kind == K_SEND || op->kind == K_SENDV || op->kind == K_SENDMSG ||
+                    (op->kind == K_ACCEPT && listening(op->fd))) &&
+                   would_block(op)) {
+            op->forced |= FORCED_NOP;  /* a NOP stands in; on_cqe says -EAGAIN */
+            s->opcode = UL_OP_NOP;
+            s->fd = -1;
+            return;
+        }
+    }
     switch (op->kind) {
     case K_NOP:
         s->opcode = UL_OP_NOP;
@@ -733,6 +773,8 @@ static void uring_recycle(ul_engine *e, uint16_t bid)
         ul__pool_put(e, bid);
         return;
     }
+    if (e->guard)
+        ul__guard(e, bid, 1);  /* the kernel may write into it from now on */
     struct ul_buf *b = &u->br[u->br_tail & u->br_mask];
     b->addr = (uint64_t)(uintptr_t)(e->pool + (size_t)bid * e->cfg.buf_size);
     b->len = e->cfg.buf_size;
@@ -775,6 +817,18 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
     }
     if (res == -EINTR)
         res = op->cancelled ? -ECANCELED : -EAGAIN;
+    if (op->forced & (FORCED_NOP | FORCED_INPROGRESS) && !(kud & KUD_POLL)) {
+        /* UL_OPT_TEST_EAGAIN: the stand-in NOP did nothing, so a cancel that
+         * reached it cancelled the op; a connect that went through already
+         * reports it the way a non-blocking connect would */
+        if (op->forced & FORCED_NOP) {
+            res = op->cancelled ? -ECANCELED : -EAGAIN;
+            cflags = 0;
+        } else if (res == 0 && !op->cancelled) {
+            res = -EINPROGRESS;
+        }
+        op->forced &= (uint8_t)~(FORCED_NOP | FORCED_INPROGRESS);
+    }
 
     if (kud & KUD_POLL) {  /* readiness wait after EAGAIN */
         if (op->cancelled || res < 0) {

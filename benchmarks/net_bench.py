@@ -1,0 +1,895 @@
+"""The network benchmark: echo, HTTP, TLS and idle connections, every loop side by side.
+
+    python benchmarks/net_bench.py                 # everything, 3 repetitions, 5 s each
+    python benchmarks/net_bench.py --quick         # 1 s windows, 0.5 s warm-up (~20 min in all)
+    python benchmarks/net_bench.py --workloads echo-1k-c100 --loops uvloop,uringloop-io_uring
+
+Each server runs in its own process (benchmarks/net_server.py) pinned to one
+core; the client (benchmarks/loadgen.c, or wrk for HTTP) runs pinned to the
+other, and so does this driver. Server CPU time per request is the server
+process's utime+stime growth (/proc/<pid>/stat) over the measured window
+divided by the requests the client completed in it. Repetitions are
+interleaved: for each workload, every repetition runs every loop once, the
+starting loop rotating, so drift on a shared machine hits all loops alike.
+
+Writes results.json, results.md (medians, min-max, ratios against uvloop) and
+chart.png into --out (default benchmarks/results/<UTC date>/). A report, not a
+test: nothing here is asserted; the exit status is 1 only when a client saw
+wrong bytes or a server died.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+LOADGEN = os.path.join(HERE, "_build", "loadgen")
+SERVER = os.path.join(HERE, "net_server.py")
+ALL_LOOPS = ["asyncio", "uvloop", "rloop", "rsloop", "uringloop-io_uring", "uringloop-epoll"]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ------------------------------------------------------------------ workloads
+
+
+def _workloads():
+    wl = []
+    for size, conns, fam in (
+        (1024, 1, "echo 1 KiB, 1 conn"),
+        (1024, 100, "echo 1 KiB, 100 conns"),
+        (102400, 10, "echo 100 KiB, 10 conns"),
+    ):
+        for kind in ("protocol", "buffered", "streams", "sock"):
+            for transport in ("tcp", "unix"):
+                tag = f"echo-{size // 1024}k-c{conns}"
+                wl.append(
+                    {
+                        "id": f"{tag}-{kind}-{transport}",
+                        "family": fam,
+                        "client": "loadgen",
+                        "kind": kind,
+                        "transport": transport,
+                        "size": size,
+                        "conns": conns,
+                        "label": f"{kind} {transport}",
+                    }
+                )
+    wl.append(
+        {
+            "id": "http-aiohttp",
+            "family": "HTTP keep-alive, wrk, 100 conns",
+            "client": "wrk",
+            "kind": "aiohttp",
+            "transport": "tcp",
+            "conns": 100,
+            "label": "aiohttp",
+        }
+    )
+    wl.append(
+        {
+            "id": "http-httptools",
+            "family": "HTTP keep-alive, wrk, 100 conns",
+            "client": "wrk",
+            "kind": "httptools",
+            "transport": "tcp",
+            "conns": 100,
+            "label": "httptools",
+        }
+    )
+    wl.append(
+        {
+            "id": "tls-1k-c10",
+            "family": "TLS echo 1 KiB, 10 conns",
+            "client": "loadgen",
+            "kind": "tls",
+            "transport": "tcp",
+            "size": 1024,
+            "conns": 10,
+            "label": "protocol+TLS",
+        }
+    )
+    wl.append(
+        {
+            "id": "idle-10000",
+            "family": "10,000 idle connections",
+            "client": "idle",
+            "kind": "protocol",
+            "transport": "tcp",
+            "size": 16,
+            "conns": 10000,
+            "label": "RSS per connection",
+        }
+    )
+    return wl
+
+
+WORKLOADS = _workloads()
+
+
+def select_workloads(spec):
+    """Comma-separated prefixes of workload ids ('echo-1k-c100', 'http', 'tls-1k-c10-')."""
+    if not spec:
+        return list(WORKLOADS)
+    keys = [s.strip() for s in spec.split(",") if s.strip()]
+    chosen = [w for w in WORKLOADS if any(w["id"] == k or w["id"].startswith(k) for k in keys)]
+    if not chosen:
+        sys.exit(
+            f"net_bench: no workload matches {spec!r}; ids: "
+            + ", ".join(w["id"] for w in WORKLOADS)
+        )
+    return chosen
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def readline(proc, timeout):
+    """One line of proc's stdout within timeout seconds, or None."""
+    r, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not r:
+        return None
+    return proc.stdout.readline().decode(errors="replace").strip()
+
+
+def pin(cpu):
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def build_loadgen(cc="cc"):
+    os.makedirs(os.path.dirname(LOADGEN), exist_ok=True)
+    src = os.path.join(HERE, "loadgen.c")
+    base = [cc, "-O2", "-Wall", "-Wextra", "-o", LOADGEN, src]
+    r = subprocess.run(base + ["-lssl", "-lcrypto"], capture_output=True, text=True)
+    if r.returncode == 0:
+        return True
+    log("net_bench: loadgen without OpenSSL (no TLS workload):", r.stderr.strip().splitlines()[-1:])
+    r = subprocess.run(base[:-2] + ["-DLOADGEN_NO_TLS"] + base[-2:], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit("net_bench: cannot build loadgen:\n" + r.stderr)
+    return False
+
+
+def make_cert(tmp):
+    cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+    try:
+        import trustme
+
+        ca = trustme.CA()
+        leaf = ca.issue_cert("localhost", "127.0.0.1")
+        leaf.cert_chain_pems[0].write_to_path(cert)
+        leaf.private_key_pem.write_to_path(key)
+    except ImportError:
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                key,
+                "-out",
+                cert,
+            ],
+            check=True,
+            capture_output=True,
+        )
+    return cert, key
+
+
+class Server:
+    def __init__(self, loop, wl, cpu, tmp, cert):
+        self.addr = self.skip = None
+        args = [sys.executable, SERVER, "--loop", loop, "--kind", wl["kind"], "--cpu", str(cpu)]
+        if wl["transport"] == "unix":
+            path = os.path.join(tmp, f"s{os.getpid()}-{time.monotonic_ns()}.sock")
+            args += ["--unix", path]
+        else:
+            args += ["--tcp", "0"]
+        if wl["kind"] == "tls":
+            args += ["--cert", cert[0], "--key", cert[1]]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        env.pop("URINGLOOP_BACKEND", None)
+        env.pop("PYTHONASYNCIODEBUG", None)
+        self.errf = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.errf, env=env)
+        line = readline(self.proc, 30)
+        if line is None or not line:
+            self.stop()
+            raise RuntimeError(f"server {loop} {wl['id']} did not start: {self.stderr()}")
+        if line.startswith("SKIP "):
+            self.skip = line[5:]
+            self.stop()
+        elif line.startswith("READY "):
+            self.addr = line[6:]
+        else:
+            self.stop()
+            raise RuntimeError(f"server {loop} {wl['id']} said {line!r}: {self.stderr()}")
+
+    def stderr(self):
+        self.errf.seek(0)
+        return self.errf.read().decode(errors="replace")[-2000:]
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+def client_target(wl, server):
+    if wl["transport"] == "unix":
+        return ["--unix", server.addr]
+    return ["--tcp", f"127.0.0.1:{server.addr}"]
+
+
+def run_loadgen(wl, server, opts, strace_out=None):
+    args = (
+        [LOADGEN]
+        + client_target(wl, server)
+        + [
+            "-c",
+            str(wl["conns"]),
+            "-s",
+            str(wl["size"]),
+            "-d",
+            str(opts.duration),
+            "-w",
+            str(opts.warmup),
+        ]
+    )
+    if opts.verify:
+        args.append("--verify")
+    if wl["kind"] == "tls":
+        args.append("--tls")
+    tracer = None
+    if strace_out:
+        # attached before the client connects, detached after it exits: the
+        # counts cover every request loadgen completed (warm-up included)
+        tracer = subprocess.Popen(
+            ["strace", "-c", "-f", "-p", str(server.proc.pid), "-o", strace_out],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)
+    cli = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=pin(opts.client_cpu)
+    )
+    limit = opts.warmup + opts.duration + 60
+    line = readline(cli, limit)
+    if line != "START":
+        cli.kill()
+        _, err = cli.communicate()
+        raise RuntimeError(
+            f"loadgen did not start measuring ({line!r}): {err.decode(errors='replace')[-500:]}"
+        )
+    t0 = cpu_ticks(server.proc.pid)
+    line = readline(cli, limit)
+    t1 = cpu_ticks(server.proc.pid) if server.alive() else None
+    _, err = cli.communicate(timeout=60)
+    if cli.returncode != 0 or not line or t1 is None:
+        raise RuntimeError(
+            f"loadgen exit {cli.returncode}: {err.decode(errors='replace')[-500:]}"
+            f" server: {server.stderr()[-500:]}"
+        )
+    res = json.loads(line)
+    res["cpu_us_per_req"] = (t1 - t0) / CLK_TCK * 1e6 / max(res["requests"], 1)
+    if tracer is not None:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=60)
+        res["syscalls_per_req"] = parse_strace(strace_out, res["completed"])
+    return res
+
+
+def parse_strace(path, requests):
+    """strace -c's summary -> {syscall: calls per request}, with "total"."""
+    calls = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            # % time, seconds, usecs/call, calls, [errors], syscall
+            if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+                calls[parts[-1]] = int(parts[3])
+    out = {k: v / max(requests, 1) for k, v in sorted(calls.items(), key=lambda kv: -kv[1])}
+    out["total"] = sum(calls.values()) / max(requests, 1)
+    return out
+
+
+WRK_RE = {
+    "requests": re.compile(r"(\d+) requests in ([\d.]+)(\w+)"),
+    "p50": re.compile(r"^\s+50%\s+([\d.]+)(\w+)", re.M),
+    "p99": re.compile(r"^\s+99%\s+([\d.]+)(\w+)", re.M),
+}
+
+
+def _us(value, unit):
+    return float(value) * {"us": 1, "ms": 1e3, "s": 1e6, "m": 6e7}[unit]
+
+
+def run_wrk(wl, server, opts):
+    url = f"http://127.0.0.1:{server.addr}/"
+    base = [opts.wrk, "-t1", f"-c{wl['conns']}"]
+    if opts.warmup > 0:
+        subprocess.run(
+            base + [f"-d{max(1, round(opts.warmup))}s", url],
+            capture_output=True,
+            preexec_fn=pin(opts.client_cpu),
+            timeout=opts.warmup + 60,
+        )
+    t0 = cpu_ticks(server.proc.pid)
+    r = subprocess.run(
+        base + [f"-d{max(1, round(opts.duration))}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        preexec_fn=pin(opts.client_cpu),
+        timeout=opts.duration + 60,
+    )
+    t1 = cpu_ticks(server.proc.pid) if server.alive() else None
+    m = WRK_RE["requests"].search(r.stdout)
+    if r.returncode != 0 or not m or t1 is None:
+        raise RuntimeError(f"wrk failed ({r.returncode}): {r.stdout[-500:]} {r.stderr[-300:]}")
+    requests = int(m.group(1))
+    secs = _us(m.group(2), m.group(3)) / 1e6
+    res = {
+        "requests": requests,
+        "seconds": secs,
+        "rps": requests / secs,
+        "p50_us": _us(*WRK_RE["p50"].search(r.stdout).groups()),
+        "p99_us": _us(*WRK_RE["p99"].search(r.stdout).groups()),
+        "cpu_us_per_req": (t1 - t0) / CLK_TCK * 1e6 / max(requests, 1),
+    }
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", r.stdout)
+    errs = re.search(r"Socket errors: (.*)", r.stdout)
+    if bad or errs:
+        res["note"] = "; ".join(x.group(0) for x in (bad, errs) if x)
+    return res
+
+
+def run_idle(wl, server, opts):
+    base = rss_kib(server.proc.pid)
+    args = (
+        [LOADGEN]
+        + client_target(wl, server)
+        + ["-c", str(wl["conns"]), "-s", str(wl["size"]), "--idle"]
+    )
+    if opts.verify:
+        args.append("--verify")
+    cli = subprocess.Popen(
+        args,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=pin(opts.client_cpu),
+    )
+    line = readline(cli, 120)
+    time.sleep(0.5)  # let the server settle (its last callbacks, any lazy frees)
+    held = rss_kib(server.proc.pid) if server.alive() else None
+    cli.stdin.close()  # the client's signal to close its connections and exit
+    cli.wait(timeout=60)
+    err = cli.stderr.read()
+    if not line or not line.startswith("READY") or held is None:
+        raise RuntimeError(
+            f"idle client failed ({line!r}, exit {cli.returncode}): "
+            f"{err.decode(errors='replace')[-500:]} server: {server.stderr()[-500:]}"
+        )
+    return {"rss_base_kib": base, "rss_held_kib": held, "kib_per_conn": (held - base) / wl["conns"]}
+
+
+# ------------------------------------------------------------------ report
+
+
+def summarise(results, loops):
+    """results: {wid: {loop: {"runs": [...], "skip": str|None}}} -> rows."""
+    rows = []
+    for wl in WORKLOADS:
+        if wl["id"] not in results:
+            continue
+        per = results[wl["id"]]
+        key = "kib_per_conn" if wl["client"] == "idle" else "rps"
+        med = {}
+        for loop in loops:
+            runs = per.get(loop, {}).get("runs", [])
+            if runs:
+                med[loop] = {
+                    k: statistics.median(r[k] for r in runs)
+                    for k in runs[0]
+                    if isinstance(runs[0][k], (int, float))
+                }
+                med[loop]["min"] = min(r[key] for r in runs)
+                med[loop]["max"] = max(r[key] for r in runs)
+                med[loop]["n"] = len(runs)
+        ref = med.get("uvloop")
+        for loop in loops:
+            entry = per.get(loop, {})
+            row = {
+                "workload": wl["id"],
+                "family": wl["family"],
+                "label": wl["label"],
+                "loop": loop,
+                "kind": wl["client"],
+                "skip": entry.get("skip"),
+                "error": entry.get("error"),
+            }
+            m = med.get(loop)
+            if m:
+                row.update(m)
+                if ref:
+                    row["ratio"] = m[key] / ref[key] if ref[key] else None
+                    if wl["client"] != "idle" and ref.get("cpu_us_per_req"):
+                        row["cpu_ratio"] = m["cpu_us_per_req"] / ref["cpu_us_per_req"]
+            rows.append(row)
+    return rows
+
+
+def fmt(v, nd=0):
+    if v is None:
+        return "–"
+    return f"{v:,.{nd}f}"
+
+
+def summary(rows):
+    """One line per workload: uvloop's median, then each loop's ratios against it
+    (req/s, server CPU/request; for idle: RSS/connection)."""
+    loops = []
+    for r in rows:
+        if r["loop"] != "uvloop" and r["loop"] not in loops:
+            loops.append(r["loop"])
+    head = ["| workload | uvloop | " + " | ".join(loops) + " |", "|---|---|" + "---|" * len(loops)]
+    lines = []
+    for wid in dict.fromkeys(r["workload"] for r in rows):
+        by = {r["loop"]: r for r in rows if r["workload"] == wid}
+        ref = by.get("uvloop", {})
+        if "n" not in ref:
+            continue
+        idle = ref["kind"] == "idle"
+        base = f"{ref['kib_per_conn']:.2f} KiB/conn" if idle else f"{ref['rps']:,.0f}/s"
+        cells = []
+        for lp in loops:
+            r = by.get(lp, {})
+            if "n" not in r:
+                cells.append("skip")
+            elif idle:
+                cells.append(f"{r['ratio']:.2f}")
+            else:
+                cells.append(f"{r['ratio']:.2f} / {r.get('cpu_ratio', 0):.2f}")
+        lines.append(f"| {wid} | {base} | " + " | ".join(cells) + " |")
+    return head + lines
+
+
+def markdown(rows, meta):
+    out = [
+        f"# Network benchmark, {meta['date']}",
+        "",
+        f"Machine: {meta['machine']}  ",
+        f"Command: `{meta['command']}`  ",
+        f"Settings: {meta['settings']}  ",
+        f"Loops: {meta['versions']}  ",
+        f"Malloc: {meta['malloc']}",
+        "",
+        "## Summary: ratios of medians against uvloop in the same run",
+        "",
+        "Each cell: requests/s ×uvloop / server CPU per request ×uvloop (higher is better, "
+        "then lower is better); idle: RSS per connection ×uvloop (lower is better).",
+        "",
+        *summary(rows),
+        "",
+    ]
+    notes = []
+    fam = None
+    for r in rows:
+        if r["family"] != fam:
+            fam = r["family"]
+            out += ["", f"## {fam}", ""]
+            if r["kind"] == "idle":
+                out += [
+                    "| workload | loop | KiB RSS/conn (min–max) | ratio vs uvloop |",
+                    "|---|---|---|---|",
+                ]
+            else:
+                out += [
+                    "| workload | loop | req/s median (min–max) | ×uvloop | p50 µs | p99 µs "
+                    "| server CPU µs/req | CPU ×uvloop |",
+                    "|---|---|---|---|---|---|---|---|",
+                ]
+        if r.get("skip") or r.get("error"):
+            why = r.get("skip") or r.get("error")
+            notes.append(f"- {r['workload']} / {r['loop']}: {why}")
+            cols = 4 if r["kind"] == "idle" else 8
+            out.append(
+                f"| {r['label']} | {r['loop']} "
+                f"| skipped ({'see note' if r.get('skip') else 'error'}) |"
+                + " |" * (cols - 3)
+            )
+            continue
+        if "n" not in r:
+            continue
+        if r["kind"] == "idle":
+            out.append(
+                f"| {r['label']} | {r['loop']} | {fmt(r['kib_per_conn'], 2)} "
+                f"({fmt(r['min'], 2)}–{fmt(r['max'], 2)}) | {fmt(r.get('ratio'), 2)} |"
+            )
+        else:
+            out.append(
+                f"| {r['label']} | {r['loop']} | {fmt(r['rps'])} ({fmt(r['min'])}–{fmt(r['max'])}) "
+                f"| {fmt(r.get('ratio'), 2)} | {fmt(r['p50_us'], 0)} | {fmt(r['p99_us'], 0)} "
+                f"| {fmt(r['cpu_us_per_req'], 2)} | {fmt(r.get('cpu_ratio'), 2)} |"
+            )
+    traced = [
+        (wid, lp, e["strace"])
+        for wid, per in meta.get("_results", {}).items()
+        for lp, e in per.items()
+        if e.get("strace")
+    ]
+    if traced:
+        out += [
+            "",
+            "## Server syscalls per request (strace -c -f, one extra run each)",
+            "",
+            "| workload | loop | syscalls/request | the largest |",
+            "|---|---|---|---|",
+        ]
+        for wid, lp, st in traced:
+            top = ", ".join(f"{k} {v:.3f}" for k, v in list(st.items())[:4] if k != "total")
+            out.append(f"| {wid} | {lp} | {st['total']:.3f} | {top} |")
+    if notes:
+        # a loop that does not start at all gives the same note for every workload: say it once
+        seen, uniq = set(), []
+        for n in notes:
+            head, key = n.split(": ", 1)
+            if "does not start here" in key:
+                if key in seen:
+                    continue
+                n = f"- {head.split(' / ')[1]} (every workload): {key}"
+            seen.add(key)
+            uniq.append(n)
+        out += ["", "## Notes (skipped runs)", ""] + uniq
+    return "\n".join(out) + "\n"
+
+
+def chart(rows, loops, path, meta):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fams = []
+    for r in rows:
+        if r["family"] not in fams:
+            fams.append(r["family"])
+    shown = [lp for lp in loops if any("n" in r for r in rows if r["loop"] == lp)]
+    colors = {
+        "asyncio": "#9e9e9e",
+        "uvloop": "#1f77b4",
+        "rloop": "#ff7f0e",
+        "rsloop": "#8c564b",
+        "uringloop-io_uring": "#2ca02c",
+        "uringloop-epoll": "#98df8a",
+    }
+    # families with many server kinds get a full-width row; the small ones
+    # (HTTP, TLS, idle) share the last row, so their few bars stay narrow
+    nlabels = {f: len({r["label"] for r in rows if r["family"] == f}) for f in fams}
+    wide = [f for f in fams if nlabels[f] > 2]
+    small = [f for f in fams if nlabels[f] <= 2]
+    nrows = len(wide) + (1 if small else 0)
+    fig = plt.figure(figsize=(13, 3.4 * nrows))
+    grid = fig.add_gridspec(nrows, max(len(small), 1))
+    axes = [fig.add_subplot(grid[i, :]) for i in range(len(wide))]
+    axes += [fig.add_subplot(grid[nrows - 1, j]) for j in range(len(small))]
+    width = 0.8 / max(len(shown), 1)
+    for ax, fam in zip(axes, wide + small, strict=True):
+        frows = [r for r in rows if r["family"] == fam]
+        labels = []
+        for r in frows:
+            if r["label"] not in labels:
+                labels.append(r["label"])
+        idle = frows[0]["kind"] == "idle"
+        for i, lp in enumerate(shown):
+            xs, ys, lo, hi = [], [], [], []
+            for j, lab in enumerate(labels):
+                r = next(
+                    (r for r in frows if r["label"] == lab and r["loop"] == lp and "n" in r), None
+                )
+                if r is None:
+                    continue
+                v = r["kib_per_conn"] if idle else r["rps"] / 1000
+                scale = 1 if idle else 1000
+                xs.append(j + (i - (len(shown) - 1) / 2) * width)
+                ys.append(v)
+                lo.append(v - r["min"] / scale)
+                hi.append(r["max"] / scale - v)
+            ax.bar(
+                xs,
+                ys,
+                width * 0.95,
+                yerr=[lo, hi],
+                capsize=2,
+                color=colors.get(lp),
+                label=lp,
+                error_kw={"elinewidth": 0.8},
+            )
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels)
+        ax.set_title(fam + (" (lower is better)" if idle else ""), fontsize=10, loc="left")
+        ax.set_ylabel("KiB RSS / connection" if idle else "k requests/s")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(ncol=len(shown), loc="upper right", fontsize=9, bbox_to_anchor=(1, 1.32))
+    fig.suptitle(
+        f"uringloop network benchmark, {meta['date']}: median of {meta['reps']} "
+        f"(whiskers: min–max; no bar: skipped, see results.md); {meta['machine_short']}",
+        fontsize=12,
+        y=0.995,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def machine():
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (
+        f"{model}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
+        f"glibc {platform.libc_ver()[1]}, Python {platform.python_version()}"
+    ), f"{os.cpu_count()} CPUs, Linux {platform.release()}"
+
+
+def versions(loops):
+    out = []
+    for lp in loops:
+        mod = "uringloop" if lp.startswith("uringloop") else lp
+        if mod == "asyncio" or lp == "uringloop-epoll":
+            continue
+        try:
+            from importlib.metadata import version
+
+            out.append(f"{mod} {version(mod)}")
+        except Exception:
+            if mod == "uringloop":
+                out.append("uringloop (in-place build)")
+            else:
+                out.append(f"{mod} not installed")
+    return ", ".join(out)
+
+
+# ------------------------------------------------------------------ main
+
+
+def main():
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="1 s windows, 0.5 s warm-up, 3 repetitions"
+    )
+    ap.add_argument("--duration", type=float, default=None, help="measured seconds per run (5)")
+    ap.add_argument("--warmup", type=float, default=None, help="warm-up seconds per run (1)")
+    ap.add_argument(
+        "--reps", type=int, default=3, help="repetitions (at least 3 for a published table)"
+    )
+    ap.add_argument(
+        "--loops", default=",".join(ALL_LOOPS), help="comma-separated, of: " + ", ".join(ALL_LOOPS)
+    )
+    ap.add_argument(
+        "--workloads",
+        default="",
+        help="comma-separated id prefixes (echo-1k-c100, http, tls, idle, "
+        "echo-100k-c10-sock-unix, ...); --list shows them",
+    )
+    ap.add_argument("--list", action="store_true", help="list the workload ids and exit")
+    ap.add_argument("--out", default=None, help="results folder (benchmarks/results/<UTC date>)")
+    ap.add_argument("--server-cpu", type=int, default=0)
+    ap.add_argument("--client-cpu", type=int, default=1)
+    ap.add_argument(
+        "--no-verify", dest="verify", action="store_false", help="do not compare echoed bytes"
+    )
+    ap.add_argument("--no-chart", action="store_true")
+    ap.add_argument(
+        "--strace",
+        action="store_true",
+        help="after the repetitions, one more echo run per loop under strace -c -f "
+        "(syscalls per request; that run's speed is not used)",
+    )
+    ap.add_argument(
+        "--render",
+        metavar="RESULTS_JSON",
+        help="measure nothing: rewrite results.md and chart.png next to a saved results.json",
+    )
+    opts = ap.parse_args()
+    if opts.list:
+        for w in WORKLOADS:
+            print(f"{w['id']:32} {w['family']}")
+        return 0
+    if opts.render:
+        with open(opts.render) as f:
+            saved = json.load(f)
+        out = os.path.dirname(os.path.abspath(opts.render))
+        write_report(saved["meta"], saved["results"], out, opts)
+        return 0
+    opts.duration = opts.duration if opts.duration is not None else (1.0 if opts.quick else 5.0)
+    opts.warmup = opts.warmup if opts.warmup is not None else (0.5 if opts.quick else 1.0)
+    loops = [x.strip() for x in opts.loops.split(",") if x.strip()]
+    for lp in loops:
+        if lp not in ALL_LOOPS:
+            sys.exit(f"net_bench: unknown loop {lp!r}; loops: {', '.join(ALL_LOOPS)}")
+    wls = select_workloads(opts.workloads)
+    if os.cpu_count() < 2:
+        log("net_bench: fewer than 2 CPUs: server and client share one core")
+    os.sched_setaffinity(0, {opts.client_cpu})
+    have_tls = build_loadgen()
+    opts.wrk = shutil.which("wrk")
+    if not opts.wrk and any(w["client"] == "wrk" for w in wls):
+        log(
+            "net_bench: wrk is not installed: the HTTP workloads are skipped.\n"
+            "           Install it with: apt-get update && apt-get install -y wrk"
+        )
+
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    out = opts.out or os.path.join(HERE, "results", date)
+    os.makedirs(out, exist_ok=True)
+    mach, mach_short = machine()
+    malloc_env = {
+        k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"
+    }
+    meta = {
+        "date": date,
+        "machine": mach,
+        "machine_short": mach_short,
+        "reps": opts.reps,
+        "command": "python benchmarks/net_bench.py " + " ".join(sys.argv[1:]),
+        "settings": f"{opts.duration:g} s measured after {opts.warmup:g} s warm-up, "
+        f"{opts.reps} repetitions "
+        f"interleaved, server on CPU {opts.server_cpu}, client on CPU {opts.client_cpu}, "
+        f"echo bytes verified: {'yes' if opts.verify else 'no'}; TLS client: loadgen.c with "
+        f"OpenSSL (TLS 1.3)",
+        "versions": versions(loops),
+        "malloc": ("glibc malloc with " + ", ".join(f"{k}={v}" for k, v in malloc_env.items()))
+        if malloc_env
+        else "glibc malloc, default settings (no MALLOC_* or GLIBC_TUNABLES set)",
+    }
+
+    results = {}
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="netbench-") as tmp:
+        cert = make_cert(tmp) if any(w["kind"] == "tls" for w in wls) else None
+        for wl in wls:
+            per = results.setdefault(wl["id"], {})
+            if wl["client"] == "wrk" and not opts.wrk:
+                for lp in loops:
+                    per[lp] = {"skip": "wrk not installed (apt-get install -y wrk)", "runs": []}
+                continue
+            if wl["kind"] == "tls" and not have_tls:
+                for lp in loops:
+                    per[lp] = {
+                        "skip": "loadgen built without OpenSSL (install libssl-dev)",
+                        "runs": [],
+                    }
+                continue
+            for rep in range(opts.reps):
+                order = loops[rep % len(loops) :] + loops[: rep % len(loops)]
+                for lp in order:
+                    entry = per.setdefault(lp, {"runs": []})
+                    if entry.get("skip") or entry.get("error"):
+                        continue
+                    try:
+                        server = Server(lp, wl, opts.server_cpu, tmp, cert)
+                    except RuntimeError as exc:
+                        entry["error"] = str(exc).splitlines()[0][:300]
+                        log(f"  {wl['id']:28} {lp:20} ERROR {entry['error']}")
+                        failed = True
+                        continue
+                    if server.skip:
+                        entry["skip"] = server.skip
+                        log(f"  {wl['id']:28} {lp:20} skip: {server.skip}")
+                        continue
+                    try:
+                        run = {"wrk": run_wrk, "idle": run_idle}.get(wl["client"], run_loadgen)(
+                            wl, server, opts
+                        )
+                    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                        entry["error"] = " ".join(str(exc).split())[:300]
+                        log(f"  {wl['id']:28} {lp:20} ERROR {entry['error']}")
+                        failed = True
+                        continue
+                    finally:
+                        server.stop()
+                    entry["runs"].append(run)
+                    if wl["client"] == "idle":
+                        log(
+                            f"  {wl['id']:28} {lp:20} rep {rep + 1}: "
+                            f"{run['kib_per_conn']:.2f} KiB/conn"
+                        )
+                    else:
+                        log(
+                            f"  {wl['id']:28} {lp:20} rep {rep + 1}: {run['rps']:>10,.0f} req/s "
+                            f"{run['cpu_us_per_req']:6.2f} µs CPU/req p99 {run['p99_us']:.0f} µs"
+                            + (f" ({run['note']})" if run.get("note") else "")
+                        )
+            if opts.strace and wl["client"] == "loadgen":
+                for lp in loops:
+                    entry = per.get(lp, {})
+                    if entry.get("skip") or entry.get("error"):
+                        continue
+                    server = Server(lp, wl, opts.server_cpu, tmp, cert)
+                    try:
+                        run = run_loadgen(wl, server, opts, os.path.join(tmp, "strace.txt"))
+                    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                        log(f"  {wl['id']:28} {lp:20} strace run failed: {exc}")
+                        continue
+                    finally:
+                        server.stop()
+                    entry["strace"] = run["syscalls_per_req"]
+                    log(
+                        f"  {wl['id']:28} {lp:20} strace: "
+                        f"{run['syscalls_per_req']['total']:.2f} syscalls/request"
+                    )
+    meta["loops"] = loops
+    write_report(meta, results, out, opts)
+    return 1 if failed else 0
+
+
+def write_report(meta, results, out, opts):
+    loops = meta.get("loops") or [
+        lp for lp in ALL_LOOPS if any(lp in per for per in results.values())
+    ]
+    rows = summarise(results, loops)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"meta": meta, "results": results, "rows": rows}, f, indent=1)
+    md = markdown(rows, dict(meta, _results=results))
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(md)
+    if not opts.no_chart:
+        try:
+            chart(rows, loops, os.path.join(out, "chart.png"), meta)
+        except ImportError:
+            log("net_bench: matplotlib is not installed: no chart (pip install matplotlib)")
+    print(md)
+    log(f"net_bench: results in {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,454 @@
+"""Pipe transports (connect_read_pipe / connect_write_pipe, subprocess pipes)
+on the engine.
+
+They follow ``unix_events._UnixReadPipeTransport`` and
+``_UnixWritePipeTransport`` of the running Python (the same checks, messages,
+error paths and calls through ``call_soon``); only the I/O differs:
+
+* Reading is one engine ``read`` at a time into a buffer the transport owns
+  (``max_size`` as the stock transport). The engine's pool receive is a
+  ``recv``, which pipes, FIFOs, ptys and character devices refuse (ENOTSOCK),
+  so a pipe read takes a buffer of its own. ``pause_reading`` cancels the read
+  in flight; a result that still comes is held for ``resume_reading``.
+* ``write()`` with nothing queued writes at once, as the stock transport
+  does (a pipe's reader is often a process that reacts right away, or code
+  that reads the other end synchronously). What the kernel does not take,
+  and every write after it, is queued: the turn's buffers are joined and
+  leave as ONE ordered engine ``write`` when the loop flushes its dirty
+  transports (``Loop._flush_dirty``, right before it waits); one write in
+  flight at a time, what comes meanwhile leaves with the next.
+* The write end of a pipe or socket is polled for POLLIN, as the stock
+  transport adds a reader: it fires when the read end is closed.
+* The pipe object is closed only after every op of ours on its fd has had
+  its final record (a cancelled op included), so a reused fd number never
+  meets a stale op; ``connection_lost`` then runs as the stock loop schedules
+  it, or when that last record comes if it came later.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import errno
+import functools
+import os
+import select
+import stat
+import warnings
+from asyncio import constants, events, futures, transports
+from asyncio.log import logger
+
+__all__ = ["ReadPipeTransport", "WritePipeTransport"]
+
+_ECANCELED = -errno.ECANCELED
+
+
+def _os_error(res: int) -> OSError:
+    return OSError(-res, os.strerror(-res))  # EPIPE gives BrokenPipeError
+
+
+class _PipeBase:
+    """What both directions share: the deferred connection_lost."""
+
+    def _ops_pending(self) -> bool:
+        raise NotImplementedError
+
+    def _call_connection_lost(self, exc):
+        if self._pipe is None:
+            return
+        if self._ops_pending():
+            # a cancelled op has not had its final record yet: the pipe is
+            # closed (and connection_lost called) when it comes
+            self._lost_pending = (exc,)
+            return
+        self._lost_pending = None
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            self._pipe.close()
+            self._pipe = None
+            self._protocol = None
+            self._loop = None
+
+    def _op_ended(self):
+        """An op's final record came: the connection_lost that waited for it."""
+        if self._lost_pending is not None and not self._ops_pending():
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                loop.call_soon(self._call_connection_lost, *self._lost_pending,
+                               context=self._context)
+
+    def __del__(self, _warn=warnings.warn):
+        if self._pipe is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._pipe.close()
+
+
+class ReadPipeTransport(_PipeBase, transports.ReadTransport):
+    max_size = 256 * 1024  # as the stock transport: at most this per read
+
+    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
+        super().__init__(extra)
+        self._extra["pipe"] = pipe
+        self._loop = loop
+        self._pipe = pipe
+        self._fileno = pipe.fileno()
+        self._protocol = protocol
+        self._closing = False
+        self._paused = False
+        self._lost_pending = None
+
+        mode = os.fstat(self._fileno).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+            self._pipe = None
+            self._fileno = None
+            self._protocol = None
+            raise ValueError("Pipe transport is for pipes/sockets only.")
+
+        os.set_blocking(self._fileno, False)
+        self._engine = loop._engine
+        self._buf = bytearray(self.max_size)
+        self._ud = None  # the read in flight, until its final record
+        self._held = None  # (res, data) that came after pause_reading
+        # data_received runs in this context, as the stock reader handle's
+        self._context = contextvars.copy_context()
+        self._on_read_cb = self._on_read
+
+        self._loop.call_soon(self._protocol.connection_made, self)
+        # only start reading when connection_made() has been called
+        self._loop.call_soon(self._start_reading)
+        if waiter is not None:
+            # only wake up the waiter when connection_made() has been called
+            self._loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self):
+        info = [self.__class__.__name__]
+        if self._pipe is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._fileno}")
+        if self._pipe is not None and not self._loop.is_closed():
+            info.append("polling" if self._ud is not None and self.is_reading() else "idle")
+        elif self._pipe is not None:
+            info.append("open")
+        else:
+            info.append("closed")
+        return "<{}>".format(" ".join(info))
+
+    def _ops_pending(self):
+        return self._ud is not None
+
+    def is_reading(self):
+        return not self._paused and not self._closing
+
+    def _start_reading(self):
+        if self._ud is None and self.is_reading() and self._held is None:
+            self._ud = self._engine.read(self._fileno, self._buf, self._on_read_cb)
+
+    def _on_read(self, res, more, data):
+        self._ud = None
+        if self._closing:
+            self._op_ended()
+            return
+        if res == _ECANCELED:
+            self._start_reading()  # cancelled by pause_reading; resumed since?
+            return
+        data = bytes(memoryview(self._buf)[:res]) if res > 0 else None
+        if self._paused:
+            self._held = (res, data)  # came before the cancel did
+            return
+        self._process(res, data)
+
+    def _process(self, res, data):
+        if res > 0:
+            # the stock reader handle runs data_received: an exception is
+            # reported as a callback's, and reading goes on
+            events.Handle(self._protocol.data_received, (data,), self._loop, self._context)._run()
+            self._start_reading()
+        elif res == 0:
+            if self._loop.get_debug():
+                logger.info("%r was closed by peer", self)
+            self._closing = True
+            self._loop.call_soon(self._protocol.eof_received, context=self._context)
+            self._loop.call_soon(self._call_connection_lost, None, context=self._context)
+        else:
+            self._fatal_error(_os_error(res), "Fatal read error on pipe transport")
+
+    def _drain_held(self):
+        if self._held is None or not self.is_reading():
+            return
+        res, data = self._held
+        self._held = None
+        self._process(res, data)
+
+    def pause_reading(self):
+        if not self.is_reading():
+            return
+        self._paused = True
+        if self._ud is not None:
+            self._engine.cancel(self._ud)
+        if self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self):
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self._held is not None:
+            self._loop.call_soon(self._drain_held)  # data_received enters the context itself
+        else:
+            self._start_reading()
+        if self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    def set_protocol(self, protocol):
+        self._protocol = protocol
+
+    def get_protocol(self):
+        return self._protocol
+
+    def is_closing(self):
+        return self._closing
+
+    def close(self):
+        if not self._closing:
+            self._close(None)
+
+    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
+        # should be called by exception handler only
+        if isinstance(exc, OSError) and exc.errno == errno.EIO:
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+        self._close(exc)
+
+    def _close(self, exc):
+        self._closing = True
+        self._held = None
+        if self._ud is not None and not self._engine.closed:
+            self._engine.cancel(self._ud)
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+
+class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.WriteTransport):
+    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
+        super().__init__(extra, loop)
+        self._extra["pipe"] = pipe
+        self._pipe = pipe
+        self._fileno = pipe.fileno()
+        self._protocol = protocol
+        self._buffer: list = []  # written since the last flush
+        self._buffer_size = 0  # queued + the write in flight
+        self._conn_lost = 0
+        self._closing = False  # Set when close() or write_eof() called.
+        self._lost_pending = None
+
+        mode = os.fstat(self._fileno).st_mode
+        is_char = stat.S_ISCHR(mode)
+        is_fifo = stat.S_ISFIFO(mode)
+        is_socket = stat.S_ISSOCK(mode)
+        if not (is_char or is_fifo or is_socket):
+            self._pipe = None
+            self._fileno = None
+            self._protocol = None
+            raise ValueError("Pipe transport is only for pipes, sockets and character devices")
+
+        os.set_blocking(self._fileno, False)
+        self._engine = loop._engine
+        self._writing = 0  # length of the write in flight (0: none)
+        self._write_ud = None
+        self._poll_ud = None  # the "read end closed" poll
+        self._dirty = False
+        self._context = ctx = contextvars.copy_context()
+        self._on_written_cb = functools.partial(ctx.run, self._on_written)
+        self._on_peer_cb = functools.partial(ctx.run, self._on_peer_closed)
+        self._loop.call_soon(self._protocol.connection_made, self)
+        if is_socket or is_fifo:
+            # only start watching when connection_made() has been called
+            self._loop.call_soon(self._watch_peer)
+        if waiter is not None:
+            self._loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self):
+        info = [self.__class__.__name__]
+        if self._pipe is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._fileno}")
+        if self._pipe is not None and not self._loop.is_closed():
+            info.append("polling" if self._writing else "idle")
+            info.append(f"bufsize={self.get_write_buffer_size()}")
+        elif self._pipe is not None:
+            info.append("open")
+        else:
+            info.append("closed")
+        return "<{}>".format(" ".join(info))
+
+    def _ops_pending(self):
+        return self._write_ud is not None or self._poll_ud is not None
+
+    def get_write_buffer_size(self):
+        return self._buffer_size
+
+    def _watch_peer(self):
+        if self._pipe is not None and not self._conn_lost and self._poll_ud is None:
+            self._poll_ud = self._engine.poll(self._fileno, select.POLLIN, self._on_peer_cb)
+
+    def _on_peer_closed(self, res, more, data):
+        self._poll_ud = None
+        if res == _ECANCELED or self._pipe is None or self._lost_pending is not None:
+            self._op_ended()
+            return
+        if self._conn_lost:
+            return
+        # the read end was closed (the stock transport's _read_ready)
+        if self._loop.get_debug():
+            logger.info("%r was closed by peer", self)
+        if self._buffer_size:
+            self._close(BrokenPipeError())
+        else:
+            self._close()
+
+    def write(self, data):
+        assert isinstance(data, (bytes, bytearray, memoryview)), repr(data)
+        if not data:
+            return
+        if self._conn_lost or self._closing:
+            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning("pipe closed by peer or os.write(pipe, data) raised exception.")
+            self._conn_lost += 1
+            return
+        if not self._buffer_size:
+            # Nothing queued: write now, as the stock transport does. A pipe's
+            # reader is often a process (or a thread) that reacts at once, and
+            # code may read the other end synchronously right after write().
+            # Only what the kernel does not take waits for the turn's engine
+            # write, gathered with what comes after it.
+            try:
+                n = os.write(self._fileno, data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._conn_lost += 1
+                self._fatal_error(exc, "Fatal write error on pipe transport")
+                return
+            if n == len(data):
+                return
+            data = memoryview(data)[n:]
+        # leaves later: copy what the caller may change (the stock transport
+        # copies what the kernel did not take into its bytearray)
+        data = data if type(data) is bytes else bytes(data)
+        self._buffer.append(data)
+        self._buffer_size += len(data)
+        if not self._dirty:
+            self._dirty = True
+            self._loop._dirty.append(self)
+        self._maybe_pause_protocol()
+
+    def _flush(self):
+        """Called by the loop right before it waits: the turn's writes leave as
+        one ordered engine write (or with the next, if one is in flight)."""
+        self._dirty = False
+        if self._conn_lost or self._writing or not self._buffer:
+            return
+        buf = self._buffer
+        self._buffer = []
+        data = buf[0] if len(buf) == 1 else b"".join(buf)
+        self._writing = len(data)
+        self._write_ud = self._engine.write(self._fileno, data, self._on_written_cb)
+
+    def _on_written(self, res, more, data):
+        self._write_ud = None
+        sent, self._writing = self._writing, 0
+        if self._conn_lost:
+            self._op_ended()
+            return
+        if res < 0 or data is not None:
+            # an error (a short write says its errno in data): as the stock
+            # transport's failed os.write
+            self._buffer = []
+            self._buffer_size = 0
+            self._conn_lost += 1
+            exc = _os_error(res if res < 0 else data)
+            self._fatal_error(exc, "Fatal write error on pipe transport")
+            return
+        self._buffer_size -= sent
+        self._maybe_resume_protocol()  # May append to buffer.
+        if self._buffer:
+            if not self._dirty:
+                self._dirty = True
+                self._loop._dirty.append(self)
+            return
+        if self._closing:
+            self._stop_watching()
+            self._call_connection_lost(None)
+
+    def _stop_watching(self):
+        if self._poll_ud is not None and not self._engine.closed:
+            self._engine.cancel(self._poll_ud)
+
+    def can_write_eof(self):
+        return True
+
+    def write_eof(self):
+        if self._closing:
+            return
+        assert self._pipe
+        self._closing = True
+        if not self._buffer_size:
+            self._stop_watching()
+            self._loop.call_soon(self._call_connection_lost, None)
+
+    def set_protocol(self, protocol):
+        self._protocol = protocol
+
+    def get_protocol(self):
+        return self._protocol
+
+    def is_closing(self):
+        return self._closing
+
+    def close(self):
+        if self._pipe is not None and not self._closing:
+            # write_eof is all we need to close the write pipe
+            self.write_eof()
+
+    def abort(self):
+        self._close(None)
+
+    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
+        # should be called by exception handler only
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+        self._close(exc)
+
+    def _close(self, exc=None):
+        self._closing = True
+        self._buffer = []
+        self._buffer_size = 0
+        self._conn_lost += 1
+        if self._write_ud is not None and not self._engine.closed:
+            self._engine.cancel(self._write_ud)
+        self._stop_watching()
+        self._loop.call_soon(self._call_connection_lost, exc)
