@@ -410,6 +410,9 @@ static int parse_task_kw(PyObject *const *kw, PyObject *kwnames, PyObject **name
         else
             return -1; /* keyword names are always str: no error can be pending */
     }
+#if PY_VERSION_HEX < 0x030B0000
+    (void)ctx; /* create_task has no context= before 3.11 */
+#endif
     return 0;
 }
 
