@@ -23,7 +23,9 @@ from conftest import Collector, settle, wait_done
 from uringloop import engine
 
 TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
+# where the uringloop under test lives (site-packages in CI, the checkout with
+# an in-place build otherwise): the scripts run in subprocesses import that one
+ROOT = Path(engine.__file__).resolve().parent.parent
 
 
 def drain_peer(sock: socket.socket, want: int, eng=None, timeout: float = 10.0) -> bytes:
