@@ -19,6 +19,7 @@ setup(
         Extension(
             "uringloop._sched",
             sources=["uringloop/_core/sched.c"],
+            depends=["uringloop/_core/stream.c", "uringloop/_core/engine.h"],
             extra_compile_args=_cflags,
             extra_link_args=_ldflags,
         )

@@ -1607,6 +1607,8 @@ static PyTypeObject TableType = {
     .tp_new = PyType_GenericNew,
 };
 
+#include "stream.c" /* the stream transports' hot half (Stream) */
+
 /* ---------------------------------------------------------------- a turn */
 
 /* Handle._run for one handle; 0, or -1 when an exception must propagate */
@@ -1882,10 +1884,8 @@ static PyObject *Core_run_once(Core *self, PyObject *unused)
      * same kernel entry that waits (loop._flush_dirty; it may schedule
      * callbacks, so it runs before the timeout is chosen) */
     if (self->dirty != NULL && PyList_CheckExact(self->dirty) && PyList_GET_SIZE(self->dirty) > 0) {
-        PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, S.s_flush_dirty);
-        if (r == NULL)
+        if (stream_flush_dirty(self) < 0) /* Loop._flush_dirty, in stream.c */
             return NULL;
-        Py_DECREF(r);
         if (!turn_ready(self))
             return PyObject_CallOneArg(S.base_run_once, (PyObject *)self);
     }
@@ -2297,6 +2297,10 @@ PyMODINIT_FUNC PyInit__sched(void)
     }
     if (PyModule_AddObject(m, "Core", Py_NewRef((PyObject *)&CoreType)) < 0) {
         Py_DECREF((PyObject *)&CoreType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (stream_init_module(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

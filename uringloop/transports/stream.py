@@ -39,6 +39,8 @@ import warnings
 from asyncio import base_events, constants, events, futures, protocols, transports, trsock
 from asyncio.log import logger
 
+from .. import _sched
+
 __all__ = ["SocketTransport", "Acceptor"]
 
 _ECANCELED = -errno.ECANCELED
@@ -83,12 +85,15 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         self._engine = loop._engine
         self._protocol_connected = False
         self._buffered = False
-        self.set_protocol(protocol)
+        self._context = ctx = contextvars.copy_context()
+        # the hot half, in C (uringloop/_core/stream.c): the write queue
+        # (c.buffer, c.buffer_size, c.sending, c.dirty), the receive and send
+        # callbacks, and write() itself, found on the instance before the
+        # class's _write_slow-based fallback
+        self._core = c = _sched.Stream(self, loop, self._sock_fd, ctx)
+        c.high, c.low = self._high_water, self._low_water
+        self.write = c.write
         self._server = server
-        self._buffer: list = []  # bytes written since the last flush
-        self._buffer_size = 0  # queued + in the send in flight
-        self._sending = 0  # length of the send in flight (0: none)
-        self._dirty = False  # on loop._dirty
         self._conn_lost = 0
         self._closing = False
         self._paused = False
@@ -103,10 +108,8 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         self._read_done = False  # EOF or a read error was seen
         self._held = None  # deque of (res, data) records not yet handed over
         self._draining = False  # a _drain_held is scheduled
-        self._context = ctx = contextvars.copy_context()
-        self._on_recv_cb = functools.partial(ctx.run, self._on_recv)
-        self._on_sent_cb = functools.partial(ctx.run, self._on_sent)
         self._on_closed_cb = self._on_closed  # runs a Handle in ctx itself
+        self.set_protocol(protocol)  # also sets the fast-path flags (_sync)
         if server is not None:
             if _SERVER_TRACKS_TRANSPORTS:
                 server._attach(self)
@@ -130,7 +133,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         if self._loop is not None and not self._loop.is_closed():
             reading = self._recv_ud is not None and not self._paused and not self._closing
             info.append("read=polling" if reading else "read=idle")
-            state = "polling" if self._sending else "idle"
+            state = "polling" if self._core.sending else "idle"
             info.append(f"write=<{state}, bufsize={self.get_write_buffer_size()}>")
         return "<{}>".format(" ".join(info))
 
@@ -148,6 +151,38 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         self._buffered = isinstance(protocol, protocols.BufferedProtocol)
         self._protocol = protocol
         self._protocol_connected = True
+        self._core.set_protocol(protocol, self._buffered)
+        self._sync()
+
+    def _sync(self):
+        """The C core's fast paths run only while nothing unusual is going on;
+        called after every change of the state they depend on."""
+        c = self._core
+        c.rfast = not (self._closing or self._paused or self._held is not None or self._conn_lost)
+        c.wfast = not (
+            self._eof or self._empty_waiter is not None or self._conn_lost
+            or self._fd_closing or self._closing
+        )
+
+    def _mark_dirty(self):
+        c = self._core
+        if not c.dirty:
+            c.dirty = True
+            self._loop._dirty.append(c)
+
+    def _set_write_buffer_limits(self, high=None, low=None):
+        super()._set_write_buffer_limits(high, low)
+        c = self.__dict__.get("_core")
+        if c is not None:
+            c.high, c.low = self._high_water, self._low_water
+
+    def _maybe_pause_protocol(self):
+        super()._maybe_pause_protocol()
+        self._core.wpaused = self._protocol_paused
+
+    def _maybe_resume_protocol(self):
+        super()._maybe_resume_protocol()
+        self._core.wpaused = self._protocol_paused
 
     def get_protocol(self):
         return self._protocol
@@ -167,6 +202,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         if not self.is_reading():
             return
         self._paused = True
+        self._sync()
         if self._recv_ud is not None:
             self._engine.cancel(self._recv_ud)  # its late records get held
         if self._loop.get_debug():
@@ -176,6 +212,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         if self._closing or not self._paused:
             return
         self._paused = False
+        self._sync()
         if self._held:
             if not self._draining:
                 self._draining = True
@@ -201,7 +238,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             # short-lived memoryview
             buffered = self._buffered
             self._recv_ud = self._engine.recv(
-                self._sock_fd, self._on_recv_cb, True, 0, not buffered, buffered
+                self._sock_fd, self._core, True, 0, not buffered, buffered
             )
 
     def _stop_reading(self):
@@ -209,7 +246,10 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             self._engine.cancel(self._recv_ud)
 
     def _on_recv(self, res, more, data):
-        """The engine's callback for the multishot receive."""
+        """The multishot receive's records that the C core (stream.c) does not
+        hand over itself: the final one, errors, EOF, and any while the
+        transport is paused, closing, holding records or has callbacks ahead
+        of it in _ready."""
         if not more:
             self._recv_ud = None
         if self._closing:
@@ -228,6 +268,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             # connection_made not yet run): the record waits in order.
             if held is None:
                 held = self._held = collections.deque()
+                self._sync()
             held.append((res, data))
             if not self._paused and not self._draining:
                 self._draining = True
@@ -245,6 +286,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             self._process(res, data)
         if not held:
             self._held = None
+            self._sync()
             self._start_reading()
 
     def _process(self, res, data):
@@ -267,15 +309,19 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             self._read_done = True
             self._fatal_error(_os_error(res), "Fatal read error on socket transport")
 
-    def _feed_buffer(self, data):
+    def _feed_buffer(self, data, pos=0, buf=None):
         """BufferedProtocol: the received bytes go into get_buffer()'s buffer,
         as many buffers as it takes. What is left when the protocol pauses
-        reading is held for resume_reading."""
+        reading is held for resume_reading. The C core calls this to go on
+        after it filled a first buffer (pos > 0) or with a first buffer it
+        did not take (buf: read-only, empty, not contiguous)."""
         n = len(data)
-        pos = 0
+        if pos and self._feeding_stops(data, pos, n):
+            return
         while pos < n:
             try:
-                buf = self._protocol.get_buffer(n - pos)
+                if buf is None:
+                    buf = self._protocol.get_buffer(n - pos)
                 if not len(buf):
                     raise RuntimeError("get_buffer() returned an empty buffer")
                 view = memoryview(buf).cast("B")
@@ -286,6 +332,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
                 return
+            buf = None
             k = min(len(view), n - pos)
             view[:k] = data if (pos == 0 and k == n) else memoryview(data)[pos:pos + k]
             view.release()  # the temporary slice above is already gone
@@ -297,14 +344,20 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
                 return
-            if pos < n and (self._conn_lost or self._closing):
+            if self._feeding_stops(data, pos, n):
                 return
-            if pos < n and self._paused:
-                if self._held is None:
-                    self._held = collections.deque()
-                rest = data[pos:]
-                self._held.appendleft((n - pos, rest if type(rest) is bytes else rest.tobytes()))
-                return
+
+    def _feeding_stops(self, data, pos, n):
+        if pos < n and (self._conn_lost or self._closing):
+            return True
+        if pos < n and self._paused:
+            if self._held is None:
+                self._held = collections.deque()
+                self._sync()
+            rest = data[pos:]
+            self._held.appendleft((n - pos, rest if type(rest) is bytes else rest.tobytes()))
+            return True
+        return False
 
     def _on_eof(self):
         if self._loop.get_debug():
@@ -323,9 +376,17 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
     # ------------------------------------------------------------- writing
 
     def get_write_buffer_size(self):
-        return self._buffer_size
+        return self._core.buffer_size
 
     def write(self, data):
+        # the instance's write is the C core's (set in __init__); this one
+        # serves a call through the class
+        self._core.write(data)
+
+    def _write_slow(self, data):
+        """write() when the C core's fast path does not apply (at EOF, during
+        sendfile, once the connection is lost or closing, a type it does not
+        take): the stock checks, then the same queue."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(
                 f"data argument must be a bytes-like object, not {type(data).__name__!r}"
@@ -340,19 +401,19 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 logger.warning("socket.send() raised exception.")
             self._conn_lost += 1
+            self._sync()
             return
         if type(data) is not bytes:
             # the send leaves later: a mutable buffer is copied now, as the
             # stock loop of 3.10/3.11 copies into its bytearray
             data = bytes(data)
-        self._buffer.append(data)
-        self._buffer_size += len(data)
-        if not self._dirty:
-            self._dirty = True
-            self._loop._dirty.append(self)
-        if self._sending:
+        c = self._core
+        c.buffer.append(data)
+        c.buffer_size += len(data)
+        self._mark_dirty()
+        if c.sending:
             self._maybe_pause_protocol()
-        elif self._buffer_size > self._high_water:
+        elif c.buffer_size > self._high_water:
             self._send_now()
 
     def _send_now(self, pause=True):
@@ -363,7 +424,8 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         loop never pauses for bytes the kernel takes at once (sslproto asserts
         on a resume it did not expect), and a protocol that writes in a loop
         whose drain() does not yield would never let the turn end."""
-        buf = self._buffer
+        c = self._core
+        buf = c.buffer
         data = buf[0] if len(buf) == 1 else b"".join(buf)
         try:
             n = self._sock.send(data)
@@ -374,17 +436,17 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         except BaseException as exc:
             self._fatal_error(exc, "Fatal write error on socket transport")
             return
-        self._buffer = [data[n:]] if n < len(data) else []
-        self._buffer_size -= n
+        c.buffer = [data[n:]] if n < len(data) else []
+        c.buffer_size -= n
         if pause:
             self._maybe_pause_protocol()
-            if self._protocol_paused and self._buffer_size <= self._low_water:
+            if self._protocol_paused and c.buffer_size <= self._low_water:
                 # paused earlier, drained now: resume as the stock writer
                 # callback would, from the loop, not from inside write()
                 self._loop.call_soon(self._resume_if_drained, context=self._context)
 
     def _resume_if_drained(self):
-        if not self._sending and not self._conn_lost:
+        if not self._core.sending and not self._conn_lost:
             self._maybe_resume_protocol()
 
     if _PY312:
@@ -399,72 +461,84 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             chunks = [memoryview(data).tobytes() for data in list_of_data]
             if self._conn_lost:
                 return  # the stock transport drops them silently here
+            c = self._core
             for chunk in chunks:
                 if chunk:
-                    self._buffer.append(chunk)
-                    self._buffer_size += len(chunk)
-            if self._buffer and not self._dirty:
-                self._dirty = True
-                self._loop._dirty.append(self)
-            if self._sending:
+                    c.buffer.append(chunk)
+                    c.buffer_size += len(chunk)
+            if c.buffer:
+                self._mark_dirty()
+            if c.sending:
                 self._maybe_pause_protocol()  # as in write()
-            elif self._buffer_size > self._high_water:
+            elif c.buffer_size > self._high_water:
                 self._send_now()
 
     def write_eof(self):
         if self._closing or self._eof:
             return
         self._eof = True
-        if not self._dirty:  # the shutdown leaves with (after) the queued data
-            self._dirty = True
-            self._loop._dirty.append(self)
+        self._sync()
+        self._mark_dirty()  # the shutdown leaves with (after) the queued data
 
     def _flush(self):
         """Called by the loop right before it waits: what was written this
         turn leaves as one send (unless one is in flight: then it leaves as
-        the next one, when that completes)."""
-        self._dirty = False
+        the next one, when that completes). The C core does this (its _flush
+        is what the loop's dirty list holds); this serves a call through the
+        transport."""
+        self._core._flush()
+
+    def _flush_slow(self):
+        """The C core's _flush when its fast path does not apply."""
+        c = self._core
+        c.dirty = False
         if self._conn_lost or self._fd_closing:
             return
-        buf = self._buffer
-        if buf and not self._sending:
-            self._buffer = []
+        buf = c.buffer
+        if buf and not c.sending:
+            c.buffer = []
+            c.sends += 1
             if len(buf) == 1:
-                self._sending = len(buf[0])
-                self._engine.send(self._sock_fd, buf[0], self._on_sent_cb)
+                c.sending = len(buf[0])
+                self._engine.send(self._sock_fd, buf[0], c.sent_cb)
             else:  # one vectored send, no join
-                self._sending = sum(map(len, buf))
-                self._engine.sendv(self._sock_fd, buf, self._on_sent_cb)
-            buf = self._buffer
+                c.sending = sum(map(len, buf))
+                self._engine.sendv(self._sock_fd, buf, c.sent_cb)
+            buf = c.buffer
         if self._eof and not self._shut and not buf:
             self._shut = True
             self._engine.shutdown(self._sock_fd, socket.SHUT_WR, _ignore)
 
     def _on_sent(self, res, more, data):
-        sent, self._sending = self._sending, 0
+        """A send's completion that the C core (Stream.sent) does not handle
+        itself: errors, and any while closing, at EOF or during sendfile."""
+        c = self._core
+        sent, c.sending = c.sending, 0
         if self._conn_lost:
             return  # aborted: close_fd cancelled it
         if res < 0 or data is not None:
             # an error, nothing sent; or (data = -errno) one after res bytes
             # went out: the stock transport reports the error either way
             exc = _os_error(res if res < 0 else (data or -errno.EIO))
-            self._buffer = []
-            self._buffer_size = 0
+            c.buffer = []
+            c.buffer_size = 0
             self._fatal_error(exc, "Fatal write error on socket transport")
             if self._empty_waiter is not None and not self._empty_waiter.done():
                 self._empty_waiter.set_exception(exc)
             return
-        self._buffer_size -= sent
+        c.buffer_size -= sent
         self._maybe_resume_protocol()  # may write more
-        if self._buffer:
-            if not self._dirty:
-                self._dirty = True
-                self._loop._dirty.append(self)
+        self._after_sent()
+
+    def _after_sent(self):
+        if self._core.buffer:
+            self._mark_dirty()
             return
         if self._empty_waiter is not None and not self._empty_waiter.done():
             self._empty_waiter.set_result(None)
         if self._closing:
             self._conn_lost += 1
+            self._sync()
             self._close_fd(None)
 
     # ------------------------------------------------------------- closing
@@ -473,8 +547,10 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         if self._closing:
             return
         self._closing = True
+        self._sync()
         self._stop_reading()
-        if self._buffer and not self._sending and not self._protocol_paused:
+        c = self._core
+        if c.buffer and not c.sending and not self._protocol_paused:
             # what the kernel takes leaves now, as the stock write() would
             # already have sent it: a closing transport does not wait a turn
             # for its last bytes (sslproto's close_notify, for one). Not while
@@ -483,8 +559,9 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             self._send_now(pause=False)
             if self._conn_lost:
                 return  # the send failed: _fatal_error closed
-        if not self._buffer and not self._sending:
+        if not c.buffer and not c.sending:
             self._conn_lost += 1
+            self._sync()
             self._close_fd(None)
         # else: the queued data leaves first (_on_sent closes)
 
@@ -509,12 +586,14 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
     def _force_close(self, exc):
         if self._conn_lost:
             return
-        self._buffer = []
-        self._buffer_size = 0
+        c = self._core
+        c.buffer = []
+        c.buffer_size = 0
         if not self._closing:
             self._closing = True
             self._stop_reading()
         self._conn_lost += 1
+        self._sync()
         self._close_fd(exc)
 
     def _close_fd(self, exc):
@@ -526,6 +605,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         if self._fd_closing:
             return
         self._fd_closing = True
+        self._sync()
         self._lost_exc = exc
         loop = self._loop
         loop.call_soon(self._lost_due, context=self._context)
@@ -559,6 +639,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             self._sock.close()
             self._sock = None
             self._protocol = None
+            self._core.set_protocol(None, False)
             self._loop = None
             server = self._server
             if server is not None:
@@ -576,12 +657,14 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         if self._empty_waiter is not None:
             raise RuntimeError("Empty waiter is already set")
         self._empty_waiter = self._loop.create_future()
-        if not self._buffer and not self._sending:
+        self._sync()
+        if not self._core.buffer and not self._core.sending:
             self._empty_waiter.set_result(None)
         return self._empty_waiter
 
     def _reset_empty_waiter(self):
         self._empty_waiter = None
+        self._sync()
 
 
 class Acceptor:

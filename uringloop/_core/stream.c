@@ -1,0 +1,607 @@
+/* uringloop._sched.Stream: the hot half of a stream socket transport in C.
+ *
+ * Included by sched.c (it uses the slot table and the loop's Core). One
+ * Stream belongs to one uringloop.transports.stream.SocketTransport (as its
+ * _core: composition, because asyncio.BaseTransport has __slots__ and a C
+ * base with its own layout cannot be mixed in). It holds what the hot path
+ * touches: the write queue (buffer, buffer_size, sending, dirty), the water
+ * marks, the protocol's receive methods (bound once in set_protocol), the
+ * transport's context; and it is itself the owner of the transport's engine
+ * ops:
+ *
+ *  - calling the Stream (res, more, data) is the multishot receive's
+ *    callback: a record that nothing unusual surrounds goes straight to
+ *    protocol.data_received(bytes), or for a BufferedProtocol into
+ *    get_buffer()'s buffer and buffer_updated(n);
+ *  - write(data) (installed as the transport's own write attribute) queues
+ *    the bytes and puts the Stream on the loop's dirty list;
+ *  - _flush() (the turn calls it right before the engine waits) submits the
+ *    whole queue as one send or sendv whose owner is sent(), the Stream's
+ *    bound completion method.
+ *
+ * Anything unusual (rfast/wfast cleared by the transport whenever it is
+ * closing, paused, holding records, lost, at EOF, sendfile; a final record,
+ * an error, callbacks queued in _ready) takes the transport's Python methods,
+ * which are the stock selector transport's behaviour: _on_recv, _write_slow,
+ * _flush_slow, _on_sent, _feed_buffer, _fatal_error. Records are handled in
+ * the transport's context, as the Python callbacks were (ctx.run).
+ */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall; /* self(res, more, data): the receive callback */
+    PyObject *transport;
+    Core *loop;
+    PyObject *ctx;
+    PyObject *on_data;    /* data_received, or get_buffer for a BufferedProtocol */
+    PyObject *on_updated; /* buffer_updated (BufferedProtocol) */
+    PyObject *buffer;     /* list of bytes written since the last flush */
+    PyObject *sent_cb;    /* self.sent, bound once: the owner of every send */
+    Py_ssize_t buffer_size; /* queued + in the send in flight */
+    Py_ssize_t sending;     /* length of the send in flight (0: none) */
+    Py_ssize_t high, low;   /* the transport's water marks */
+    Py_ssize_t sends;       /* sends submitted (tests count them) */
+    int fd;
+    char buffered, rfast, wfast, dirty, wpaused;
+} Stream;
+
+static PyTypeObject StreamType;
+static PyTypeObject CoreType; /* sched.c, below */
+static PyObject *s_on_recv, *s_write_slow, *s_flush_slow, *s_on_sent, *s_after_sent;
+static PyObject *s_feed_buffer, *s_fatal_error, *s_maybe_pause, *s_maybe_resume, *s_send_now;
+static PyObject *s_flush, *m_data_failed, *m_get_buffer_failed, *m_updated_failed, *m_write_failed;
+
+/* transport.<name>(*args), inside the transport's context when enter */
+static PyObject *stream_call(Stream *s, PyObject *name, PyObject *const *args, Py_ssize_t n,
+                             int enter)
+{
+    PyObject *argv[4];
+    argv[0] = s->transport;
+    for (Py_ssize_t i = 0; i < n; i++)
+        argv[i + 1] = args[i];
+    if (enter && PyContext_Enter(s->ctx) < 0)
+        return NULL;
+    PyObject *r = PyObject_VectorcallMethod(name, argv, (size_t)(n + 1), NULL);
+    if (enter && PyContext_Exit(s->ctx) < 0)
+        Py_CLEAR(r);
+    return r;
+}
+
+/* A protocol callback raised (the exception is set): SystemExit and
+ * KeyboardInterrupt go on (-1); anything else is the transport's fatal error
+ * with the stock message (0, or -1 if that raised). */
+static int stream_protocol_failed(Stream *s, PyObject *msg)
+{
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+        return -1;
+    PyObject *exc = take_exception();
+    PyObject *args[2] = {exc, msg};
+    PyObject *r = stream_call(s, s_fatal_error, args, 2, 0);
+    Py_DECREF(exc);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* a BufferedProtocol: the pool bytes into get_buffer()'s buffer. The common
+ * case (one buffer takes it all) is here; an unusual buffer or a rest goes
+ * on in the transport's _feed_buffer(data, pos, buf). 0 or -1. */
+static int stream_feed(Stream *s, PyObject *data)
+{
+    Py_buffer *src = PyMemoryView_GET_BUFFER(data);
+    Py_ssize_t n = src->len;
+    PyObject *get_buffer = Py_NewRef(s->on_data), *updated = Py_NewRef(s->on_updated);
+    int rc = 0;
+    PyObject *num = PyLong_FromSsize_t(n);
+    PyObject *buf = num ? PyObject_CallOneArg(get_buffer, num) : NULL;
+    Py_XDECREF(num);
+    if (buf == NULL) {
+        rc = stream_protocol_failed(s, m_get_buffer_failed);
+        goto done;
+    }
+    Py_buffer dst;
+    if (PyObject_GetBuffer(buf, &dst, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0 || dst.len == 0) {
+        /* read-only, empty, not contiguous...: Python says what is wrong */
+        if (PyErr_Occurred())
+            PyErr_Clear();
+        else
+            PyBuffer_Release(&dst);
+        PyObject *args[3] = {data, NULL, buf};
+        args[1] = PyLong_FromLong(0);
+        PyObject *r = args[1] ? stream_call(s, s_feed_buffer, args, 3, 0) : NULL;
+        Py_XDECREF(args[1]);
+        Py_XDECREF(r);
+        Py_DECREF(buf);
+        rc = r ? 0 : -1;
+        goto done;
+    }
+    Py_ssize_t k = dst.len < n ? dst.len : n;
+    memcpy(dst.buf, src->buf, (size_t)k);
+    PyBuffer_Release(&dst);
+    Py_DECREF(buf);
+    num = PyLong_FromSsize_t(k);
+    PyObject *r = num ? PyObject_CallOneArg(updated, num) : NULL;
+    Py_XDECREF(num);
+    if (r == NULL) {
+        rc = stream_protocol_failed(s, m_updated_failed);
+        goto done;
+    }
+    Py_DECREF(r);
+    if (k < n) { /* the rest, with the stock checks between buffers */
+        PyObject *args[3] = {data, NULL, Py_None};
+        args[1] = PyLong_FromSsize_t(k);
+        r = args[1] ? stream_call(s, s_feed_buffer, args, 3, 0) : NULL;
+        Py_XDECREF(args[1]);
+        Py_XDECREF(r);
+        rc = r ? 0 : -1;
+    }
+done:
+    Py_DECREF(get_buffer);
+    Py_DECREF(updated);
+    return rc;
+}
+
+/* nothing waits in the loop's _ready (the stock loop would queue a reader
+ * callback behind it: then the transport holds the record, in Python) */
+static int ready_empty(Core *loop)
+{
+    PyObject *r = loop->ready;
+    return r != NULL && Py_IS_TYPE(r, S.deque_type) && Py_SIZE(r) == 0;
+}
+
+/* the receive callback: self(res, more, data) */
+static PyObject *Stream_vectorcall(Stream *s, PyObject *const *args, size_t nargsf,
+                                   PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 3 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
+        PyErr_SetString(PyExc_TypeError, "Stream(res, more, data)");
+        return NULL;
+    }
+    PyObject *data = args[2];
+    if (s->rfast && args[1] == Py_True && s->on_data != NULL && s->transport != NULL &&
+        ready_empty(s->loop) &&
+        (s->buffered ? (PyMemoryView_Check(data) && PyMemoryView_GET_BUFFER(data)->len > 0)
+                     : (PyBytes_CheckExact(data) && PyBytes_GET_SIZE(data) > 0))) {
+        Py_INCREF(s);
+        int rc = -1;
+        if (PyContext_Enter(s->ctx) == 0) {
+            if (s->buffered) {
+                rc = stream_feed(s, data);
+            } else {
+                PyObject *cb = Py_NewRef(s->on_data); /* set_protocol may replace it */
+                PyObject *r = PyObject_CallOneArg(cb, data);
+                Py_DECREF(cb);
+                rc = r ? 0 : stream_protocol_failed(s, m_data_failed);
+                Py_XDECREF(r);
+            }
+            if (PyContext_Exit(s->ctx) < 0)
+                rc = -1;
+        }
+        Py_DECREF(s);
+        if (rc < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    if (s->transport == NULL)
+        Py_RETURN_NONE;
+    return stream_call(s, s_on_recv, args, 3, 1);
+}
+
+static int stream_mark_dirty(Stream *s)
+{
+    if (s->dirty)
+        return 0;
+    PyObject *dirty = s->loop->dirty;
+    if (dirty == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "the loop has no _dirty list");
+        return -1;
+    }
+    int rc;
+    if (PyList_CheckExact(dirty)) {
+        rc = PyList_Append(dirty, (PyObject *)s);
+    } else {
+        PyObject *r = PyObject_CallMethodOneArg(dirty, S.s_append, (PyObject *)s);
+        rc = r ? 0 : -1;
+        Py_XDECREF(r);
+    }
+    if (rc == 0)
+        s->dirty = 1;
+    return rc;
+}
+
+/* write(data): the transport's write() */
+static PyObject *Stream_write(Stream *s, PyObject *data)
+{
+    if (!s->wfast || s->transport == NULL || s->buffer == NULL || !PyList_CheckExact(s->buffer))
+        goto slow;
+    PyObject *b;
+    if (PyBytes_CheckExact(data)) {
+        b = Py_NewRef(data);
+    } else if (PyByteArray_CheckExact(data) || PyMemoryView_Check(data)) {
+        /* the send leaves later: a mutable buffer is copied now, as the
+         * stock loop of 3.10/3.11 copies into its bytearray */
+        b = PyBytes_FromObject(data);
+        if (b == NULL)
+            return NULL;
+    } else {
+        goto slow;
+    }
+    Py_ssize_t len = PyBytes_GET_SIZE(b);
+    if (len == 0) {
+        Py_DECREF(b);
+        Py_RETURN_NONE;
+    }
+    int rc = PyList_Append(s->buffer, b);
+    Py_DECREF(b);
+    if (rc < 0)
+        return NULL;
+    s->buffer_size += len;
+    if (stream_mark_dirty(s) < 0)
+        return NULL;
+    if (s->buffer_size > s->high) {
+        /* more than the high-water mark: the transport decides (pause the
+         * protocol behind a send in flight, or send now) */
+        PyObject *r = stream_call(s, s->sending ? s_maybe_pause : s_send_now, NULL, 0, 0);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
+slow:
+    if (s->transport == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the transport is gone");
+        return NULL;
+    }
+    return stream_call(s, s_write_slow, &data, 1, 0);
+}
+
+/* _flush(): the turn's writes leave as one send (unless one is in flight:
+ * then when it completes) */
+static PyObject *Stream_flush(Stream *s, PyObject *unused)
+{
+    (void)unused;
+    s->dirty = 0;
+    Table *t = s->loop->table;
+    PyObject *buf = s->buffer;
+    if (!s->wfast || s->transport == NULL || t == NULL || t->engine == NULL || buf == NULL ||
+        !PyList_CheckExact(buf))
+        return s->transport ? stream_call(s, s_flush_slow, NULL, 0, 0) : Py_NewRef(Py_None);
+    Py_ssize_t n = PyList_GET_SIZE(buf);
+    if (n == 0 || s->sending)
+        Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!PyBytes_CheckExact(PyList_GET_ITEM(buf, i)))
+            return stream_call(s, s_flush_slow, NULL, 0, 0);
+    Py_INCREF(t);
+    PyObject *result = NULL;
+    uint64_t ud;
+    int rc;
+    Py_ssize_t total = 0;
+    if (n == 1) {
+        PyObject *b = PyList_GET_ITEM(buf, 0);
+        total = PyBytes_GET_SIZE(b);
+        if (total > INT32_MAX)
+            goto slow;
+        if (!(ud = table_take(t, s->sent_cb, b, 0)))
+            goto out;
+        rc = t->send(t->engine, ud, s->fd, PyBytes_AS_STRING(b), (uint32_t)total, 0);
+    } else {
+        struct iovec small[16], *iov = small;
+        if (n > 16 && !(iov = PyMem_Malloc((size_t)n * sizeof *iov))) {
+            PyErr_NoMemory();
+            goto out;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *b = PyList_GET_ITEM(buf, i);
+            iov[i].iov_base = PyBytes_AS_STRING(b);
+            iov[i].iov_len = (size_t)PyBytes_GET_SIZE(b);
+            total += PyBytes_GET_SIZE(b);
+        }
+        PyObject *keep = total <= INT32_MAX && n <= MAX_IOV ? PyList_AsTuple(buf) : NULL;
+        if (keep == NULL) {
+            if (iov != small)
+                PyMem_Free(iov);
+            if (PyErr_Occurred())
+                goto out;
+            goto slow; /* more than one send takes: Python sends it */
+        }
+        ud = table_take(t, s->sent_cb, keep, 0);
+        Py_DECREF(keep);
+        rc = ud ? t->sendv(t->engine, ud, s->fd, iov, (uint32_t)n, 0) : 0;
+        if (iov != small)
+            PyMem_Free(iov);
+        if (!ud)
+            goto out;
+    }
+    /* the queue is the op's now (as Python's _flush swaps the list first) */
+    if (PyList_SetSlice(buf, 0, n, NULL) < 0)
+        goto out;
+    if (rc < 0) {
+        result = table_refused(t, ud, rc);
+        goto out;
+    }
+    s->sending = total;
+    s->sends++;
+    result = Py_NewRef(Py_None);
+    goto out;
+slow:
+    result = stream_call(s, s_flush_slow, NULL, 0, 0);
+out:
+    Py_DECREF(t);
+    return result;
+}
+
+/* sent(res, more, data): a send's completion */
+static PyObject *Stream_sent(Stream *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "sent(res, more, data)");
+        return NULL;
+    }
+    if (s->transport == NULL)
+        Py_RETURN_NONE;
+    long res = PyLong_AsLong(args[0]);
+    if (res == -1 && PyErr_Occurred())
+        return NULL;
+    if (!s->wfast || res < 0 || args[2] != Py_None)
+        return stream_call(s, s_on_sent, args, 3, 1);
+    s->buffer_size -= s->sending;
+    s->sending = 0;
+    Py_INCREF(s);
+    PyObject *r = NULL;
+    if (PyContext_Enter(s->ctx) < 0)
+        goto out;
+    if (s->wpaused && s->buffer_size <= s->low) { /* may write more */
+        r = stream_call(s, s_maybe_resume, NULL, 0, 0);
+        if (r == NULL)
+            goto exit;
+        Py_DECREF(r);
+    }
+    if (s->wfast && s->buffer != NULL && PyList_CheckExact(s->buffer) &&
+        PyList_GET_SIZE(s->buffer) > 0)
+        r = stream_mark_dirty(s) < 0 ? NULL : Py_NewRef(Py_None);
+    else if (s->wfast && s->buffer != NULL && PyList_CheckExact(s->buffer))
+        r = Py_NewRef(Py_None); /* nothing queued, no waiter, not closing */
+    else
+        r = stream_call(s, s_after_sent, NULL, 0, 0); /* resume_writing changed things */
+exit:
+    if (PyContext_Exit(s->ctx) < 0)
+        Py_CLEAR(r);
+out:
+    Py_DECREF(s);
+    return r;
+}
+
+/* set_protocol(protocol, buffered): bind its receive methods once; None unbinds */
+static PyObject *Stream_set_protocol(Stream *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_protocol(protocol, buffered)");
+        return NULL;
+    }
+    int buffered = PyObject_IsTrue(args[1]);
+    if (buffered < 0)
+        return NULL;
+    PyObject *on_data = NULL, *on_updated = NULL;
+    if (args[0] != Py_None) {
+        /* a protocol without these methods takes the Python path, which
+         * fails as the stock transport does, when data comes */
+        on_data = PyObject_GetAttrString(args[0], buffered ? "get_buffer" : "data_received");
+        if (on_data != NULL && buffered) {
+            on_updated = PyObject_GetAttrString(args[0], "buffer_updated");
+            if (on_updated == NULL)
+                Py_CLEAR(on_data);
+        }
+        if (on_data == NULL)
+            PyErr_Clear();
+    }
+    s->buffered = (char)buffered;
+    Py_XSETREF(s->on_data, on_data);
+    Py_XSETREF(s->on_updated, on_updated);
+    Py_RETURN_NONE;
+}
+
+/* _fatal_error(exc, message): the transport's (the loop's flush calls it on
+ * what is on its dirty list) */
+static PyObject *Stream_fatal_error(Stream *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (s->transport == NULL || nargs > 2)
+        Py_RETURN_NONE;
+    return stream_call(s, s_fatal_error, args, nargs, 0);
+}
+
+/* Stream(transport, loop, fd, context) */
+static PyObject *Stream_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    PyObject *transport, *loop, *ctx;
+    int fd;
+    if (kw != NULL && PyDict_GET_SIZE(kw) > 0) {
+        PyErr_SetString(PyExc_TypeError, "Stream() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OO!iO!:Stream", &transport, &CoreType, &loop, &fd,
+                          &PyContext_Type, &ctx))
+        return NULL;
+    Stream *s = (Stream *)tp->tp_alloc(tp, 0);
+    if (s == NULL)
+        return NULL;
+    s->vectorcall = (vectorcallfunc)Stream_vectorcall;
+    s->transport = Py_NewRef(transport);
+    s->loop = (Core *)Py_NewRef(loop);
+    s->ctx = Py_NewRef(ctx);
+    s->fd = fd;
+    s->high = 64 * 1024;
+    s->low = 16 * 1024;
+    s->buffer = PyList_New(0);
+    s->sent_cb = s->buffer ? PyObject_GetAttrString((PyObject *)s, "sent") : NULL;
+    if (s->sent_cb == NULL) {
+        Py_DECREF(s);
+        return NULL;
+    }
+    return (PyObject *)s;
+}
+
+static int Stream_traverse(Stream *s, visitproc visit, void *arg)
+{
+    Py_VISIT(s->transport);
+    Py_VISIT(s->loop);
+    Py_VISIT(s->ctx);
+    Py_VISIT(s->on_data);
+    Py_VISIT(s->on_updated);
+    Py_VISIT(s->buffer);
+    Py_VISIT(s->sent_cb);
+    return 0;
+}
+
+static int Stream_clear(Stream *s)
+{
+    Py_CLEAR(s->transport);
+    Py_CLEAR(s->loop);
+    Py_CLEAR(s->ctx);
+    Py_CLEAR(s->on_data);
+    Py_CLEAR(s->on_updated);
+    Py_CLEAR(s->buffer);
+    Py_CLEAR(s->sent_cb);
+    return 0;
+}
+
+static void Stream_dealloc(Stream *s)
+{
+    PyObject_GC_UnTrack(s);
+    Stream_clear(s);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static PyObject *Stream_get_bool(Stream *s, void *c)
+{
+    return PyBool_FromLong(*((char *)s + (Py_ssize_t)c));
+}
+
+static int Stream_set_bool(Stream *s, PyObject *v, void *c)
+{
+    int b = v ? PyObject_IsTrue(v) : -1;
+    if (b < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "cannot delete this attribute");
+        return -1;
+    }
+    *((char *)s + (Py_ssize_t)c) = (char)b;
+    return 0;
+}
+
+#define BOOL_ATTR(name, field) \
+    {name, (getter)Stream_get_bool, (setter)Stream_set_bool, NULL, (void *)offsetof(Stream, field)}
+
+static PyGetSetDef Stream_getset[] = {
+    BOOL_ATTR("rfast", rfast),       /* the receive fast path may run */
+    BOOL_ATTR("wfast", wfast),       /* the write/flush/sent fast paths may run */
+    BOOL_ATTR("dirty", dirty),       /* on the loop's dirty list */
+    BOOL_ATTR("wpaused", wpaused),   /* the protocol's writing is paused */
+    BOOL_ATTR("buffered", buffered), /* a BufferedProtocol */
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef Stream_members[] = {
+    {"buffer", Py_T_OBJECT_EX, offsetof(Stream, buffer), 0, NULL},
+    {"buffer_size", T_PYSSIZET, offsetof(Stream, buffer_size), 0, NULL},
+    {"sending", T_PYSSIZET, offsetof(Stream, sending), 0, NULL},
+    {"high", T_PYSSIZET, offsetof(Stream, high), 0, NULL},
+    {"low", T_PYSSIZET, offsetof(Stream, low), 0, NULL},
+    {"sends", T_PYSSIZET, offsetof(Stream, sends), 0, NULL},
+    {"sent_cb", Py_T_OBJECT_EX, offsetof(Stream, sent_cb), READONLY, NULL},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(Stream, vectorcall), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMethodDef Stream_methods[] = {
+    {"write", (PyCFunction)Stream_write, METH_O, "the transport's write(data)"},
+    {"_flush", (PyCFunction)Stream_flush, METH_NOARGS, "the turn's writes leave"},
+    {"sent", (PyCFunction)(void (*)(void))Stream_sent, METH_FASTCALL, "a send's completion"},
+    {"set_protocol", (PyCFunction)(void (*)(void))Stream_set_protocol, METH_FASTCALL, NULL},
+    {"_fatal_error", (PyCFunction)(void (*)(void))Stream_fatal_error, METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject StreamType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringloop._sched.Stream",
+    .tp_basicsize = sizeof(Stream),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "The hot half of a stream transport (see uringloop/_core/stream.c).",
+    .tp_vectorcall_offset = offsetof(Stream, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_traverse = (traverseproc)Stream_traverse,
+    .tp_clear = (inquiry)Stream_clear,
+    .tp_dealloc = (destructor)Stream_dealloc,
+    .tp_methods = Stream_methods,
+    .tp_members = Stream_members,
+    .tp_getset = Stream_getset,
+    .tp_new = Stream_new,
+};
+
+/* The loop's _flush_dirty in C: every transport written to since the last
+ * flush hands its queue to the engine (a Stream in C, others by _flush()); an
+ * exception is that transport's fatal write error. 0 or -1. */
+static int stream_flush_dirty(Core *self)
+{
+    PyObject *dirty = self->dirty;
+    PyObject *fresh = PyList_New(0);
+    if (fresh == NULL)
+        return -1;
+    self->dirty = fresh; /* the old list is ours now */
+    int rc = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dirty); i++) {
+        PyObject *item = Py_NewRef(PyList_GET_ITEM(dirty, i));
+        PyObject *r = Py_IS_TYPE(item, &StreamType) ? Stream_flush((Stream *)item, NULL)
+                                                     : PyObject_CallMethodNoArgs(item, s_flush);
+        if (r == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
+                PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+                Py_DECREF(item);
+                rc = -1;
+                break;
+            }
+            PyObject *exc = take_exception();
+            r = PyObject_CallMethodObjArgs(item, s_fatal_error, exc, m_write_failed, NULL);
+            Py_DECREF(exc);
+            if (r == NULL) {
+                Py_DECREF(item);
+                rc = -1;
+                break;
+            }
+        }
+        Py_DECREF(r);
+        Py_DECREF(item);
+    }
+    Py_DECREF(dirty);
+    return rc;
+}
+
+static int stream_init_module(PyObject *m)
+{
+#define STREAM_INTERN(var, text) \
+    if (!(var = PyUnicode_InternFromString(text))) return -1
+    STREAM_INTERN(s_on_recv, "_on_recv");
+    STREAM_INTERN(s_write_slow, "_write_slow");
+    STREAM_INTERN(s_flush_slow, "_flush_slow");
+    STREAM_INTERN(s_on_sent, "_on_sent");
+    STREAM_INTERN(s_after_sent, "_after_sent");
+    STREAM_INTERN(s_feed_buffer, "_feed_buffer");
+    STREAM_INTERN(s_fatal_error, "_fatal_error");
+    STREAM_INTERN(s_maybe_pause, "_maybe_pause_protocol");
+    STREAM_INTERN(s_maybe_resume, "_maybe_resume_protocol");
+    STREAM_INTERN(s_send_now, "_send_now");
+    STREAM_INTERN(s_flush, "_flush");
+    STREAM_INTERN(m_data_failed, "Fatal error: protocol.data_received() call failed.");
+    STREAM_INTERN(m_get_buffer_failed, "Fatal error: protocol.get_buffer() call failed.");
+    STREAM_INTERN(m_updated_failed, "Fatal error: protocol.buffer_updated() call failed.");
+    STREAM_INTERN(m_write_failed, "Fatal write error on socket transport");
+#undef STREAM_INTERN
+    if (PyType_Ready(&StreamType) < 0)
+        return -1;
+    if (PyModule_AddObject(m, "Stream", Py_NewRef((PyObject *)&StreamType)) < 0) {
+        Py_DECREF((PyObject *)&StreamType);
+        return -1;
+    }
+    return 0;
+}
