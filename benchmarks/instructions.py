@@ -41,6 +41,8 @@ COUNTS = {
     "future": 10_000,
     "pingpong": 2_000,
     "pingpong16": 3_200,
+    "stream_pingpong16": 3_200,
+    "buffered_pingpong16": 3_200,
 }
 
 CHILD = """

@@ -21,6 +21,11 @@ Scenarios (ops counted in brackets):
                    [round trips]
 ``pingpong``       ``sock_sendall`` / ``sock_recv`` of 64 bytes over one socketpair [round trips]
 ``pingpong16``     the same over 16 socketpairs at once [round trips, all pairs]
+``stream_pingpong16`` ``asyncio.Protocol`` transports over 16 socketpairs (both ends on the
+                   loop, made with ``create_connection(sock=)``): the server protocol
+                   echoes from ``data_received``, each client sends its next 64 B message
+                   when the echo is complete [round trips, all pairs]
+``buffered_pingpong16`` the same with a ``BufferedProtocol`` server [round trips, all pairs]
 ``udp_pingpong``   UDP echo through ``create_datagram_endpoint`` transports on 127.0.0.1:
                    one client endpoint, 64 B datagrams, the next sent from
                    ``datagram_received`` [round trips]
@@ -366,6 +371,83 @@ async def bench_udp_pingpong_1k(loop, n):
     return await _udp_pingpong(loop, n, 1, 1024)
 
 
+class _StreamEcho(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+class _BufferedEcho(asyncio.BufferedProtocol):
+    def __init__(self):
+        self.buf = bytearray(65536)
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.transport.write(self.buf[:nbytes])
+
+
+class _StreamClient(asyncio.Protocol):
+    def __init__(self, msg, rounds, done):
+        self.msg, self.left, self.done, self.got = msg, rounds, done, b""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.got += data
+        if len(self.got) < len(self.msg):
+            return
+        if self.got != self.msg:
+            self.done.set_exception(BenchError("stream: the echo differs from the message sent"))
+            return
+        self.got = b""
+        self.left -= 1
+        if self.left:
+            self.transport.write(self.msg)
+        elif not self.done.done():
+            self.done.set_result(None)
+
+
+async def _stream_pingpong(loop, n, pairs, server_protocol):
+    rounds = max(1, n // pairs)
+    msg = bytes(i & 0xFF for i in range(MSG_LEN))
+    ends = []
+    try:
+        for _ in range(pairs):
+            a, b = socket.socketpair()
+            done = loop.create_future()
+            srv, _ = await loop.create_connection(server_protocol, sock=a)
+            cli, _ = await loop.create_connection(
+                lambda done=done: _StreamClient(msg, rounds, done), sock=b
+            )
+            ends.append((srv, cli, done))
+        t0 = time.perf_counter()
+        for _, cli, _ in ends:
+            cli.write(msg)
+        await asyncio.wait_for(asyncio.gather(*(d for _, _, d in ends)), 120)
+        elapsed = time.perf_counter() - t0
+    finally:
+        for srv, cli, _ in ends:
+            srv.close()
+            cli.close()
+    return rounds * pairs, elapsed
+
+
+async def bench_stream_pingpong16(loop, n):
+    return await _stream_pingpong(loop, n, 16, _StreamEcho)
+
+
+async def bench_buffered_pingpong16(loop, n):
+    return await _stream_pingpong(loop, n, 16, _BufferedEcho)
+
+
 _FLOOD_SENDER = """
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -436,6 +518,8 @@ SCENARIOS = {
         Scenario("future", bench_future, 200_000, "future round trips"),
         Scenario("pingpong", bench_pingpong, 20_000, "64 B round trips"),
         Scenario("pingpong16", bench_pingpong16, 32_000, "64 B round trips"),
+        Scenario("stream_pingpong16", bench_stream_pingpong16, 32_000, "64 B round trips"),
+        Scenario("buffered_pingpong16", bench_buffered_pingpong16, 32_000, "64 B round trips"),
         Scenario("udp_pingpong", bench_udp_pingpong, 20_000, "64 B round trips"),
         Scenario("udp_pingpong16", bench_udp_pingpong16, 32_000, "64 B round trips"),
         Scenario("udp_pingpong_1k", bench_udp_pingpong_1k, 20_000, "1 KiB round trips"),

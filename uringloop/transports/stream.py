@@ -324,13 +324,24 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
                     buf = self._protocol.get_buffer(n - pos)
                 if not len(buf):
                     raise RuntimeError("get_buffer() returned an empty buffer")
-                view = memoryview(buf).cast("B")
-                if view.readonly:
-                    raise TypeError("get_buffer() returned a read-only buffer")
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+                return
+            try:
+                # a buffer recv_into() would refuse: the stock transport's
+                # read fails, with its message
+                view = memoryview(buf).cast("B")
+                if view.readonly:
+                    raise TypeError(
+                        "recv_into() argument 1 must be read-write bytes-like object, "
+                        f"not {type(buf).__name__}"
+                    )
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal read error on socket transport")
                 return
             buf = None
             k = min(len(view), n - pos)

@@ -1,0 +1,346 @@
+"""What the stream transports' C core (uringloop/_core/stream.c) could get
+wrong that the other transport suites do not already pin down: the same
+scenarios on io_uring, epoll and the stock loop (the stock loop proves the
+expectation), plus reference and object counts of the C core itself."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import socket
+import sys
+
+import pytest
+from conftest import is_stock
+from transport_helpers import plain_listener, run_in, tloop, wait_for
+
+assert tloop  # a fixture, imported for the tests below
+
+
+async def _connected(loop, factory):
+    lst = plain_listener()
+    with lst:
+        conn = loop.create_connection(factory, *lst.getsockname())
+        (tr, proto), (peer, _) = await wait_for(asyncio.gather(conn, loop.sock_accept(lst)))
+    return tr, proto, peer
+
+
+async def _read_until_eof(loop, peer):
+    got = bytearray()
+    while chunk := await wait_for(loop.sock_recv(peer, 65536)):
+        got += chunk
+    return bytes(got)
+
+
+class Lost(asyncio.Protocol):
+    def __init__(self):
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def connection_lost(self, exc):
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+def test_write_then_mutate_memoryview(tloop):
+    """A memoryview (of a bytearray, and a non-byte format) changed right after
+    write() is sent as it was at write()."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Lost)
+        with peer:
+            buf = bytearray(b"original")
+            tr.write(memoryview(buf))
+            buf[:] = b"MUTATED!"
+            ints = bytearray(b"\x01\x00\x02\x00")
+            tr.write(memoryview(ints).cast("H"))
+            ints[:] = b"XXXX"
+            tr.write(memoryview(b"")[:])  # empty: nothing
+            tr.write_eof()
+            assert await _read_until_eof(loop, peer) == b"original\x01\x00\x02\x00"
+            tr.close()
+            await wait_for(proto.lost)
+
+    run_in(tloop, main())
+
+
+def test_write_rejects_what_stock_rejects(tloop):
+    """write() of a str, None or a bytes subclass: the stock checks and result."""
+
+    class Sub(bytes):
+        pass
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Lost)
+        with peer:
+            for bad in ("text", None, 3):
+                with pytest.raises(TypeError, match="bytes-like object"):
+                    tr.write(bad)
+            tr.write(Sub(b"sub"))
+            type(tr).write(tr, b"+class")  # through the class, not the instance
+            tr.write_eof()
+            with pytest.raises(RuntimeError, match="write_eof"):
+                tr.write(b"late")
+            assert await _read_until_eof(loop, peer) == b"sub+class"
+            tr.close()
+            await wait_for(proto.lost)
+
+    run_in(tloop, main())
+
+
+@pytest.mark.parametrize("bad", ["readonly", "noncontiguous"])
+def test_get_buffer_unusable(tloop, caplog, bad):
+    """get_buffer() returning a read-only or non-contiguous buffer: a fatal
+    error with the stock message, that of a failed read (the stock loop's
+    recv_into refuses the buffer; the C core hands it to Python to say so)."""
+
+    class Bad(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.lost = asyncio.get_running_loop().create_future()
+
+        def get_buffer(self, sizehint):
+            if bad == "readonly":
+                return b"x" * 100
+            return memoryview(bytearray(200))[::2]
+
+        def buffer_updated(self, nbytes):
+            raise AssertionError("buffer_updated after a bad get_buffer")
+
+        def connection_lost(self, exc):
+            self.lost.set_result(exc)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Bad)
+        with peer:
+            with caplog.at_level(logging.ERROR, logger="asyncio"):
+                await wait_for(loop.sock_sendall(peer, b"data"))
+                exc = await wait_for(proto.lost)
+            assert isinstance(exc, (TypeError, ValueError, BufferError)), exc
+            msgs = [r.getMessage() for r in caplog.records]
+            assert sum("Fatal read error on socket transport" in m for m in msgs) == 1
+
+    run_in(tloop, main())
+
+
+def test_small_buffers_then_pause_inside_buffer_updated(tloop):
+    """A BufferedProtocol whose buffers are smaller than what arrives, and that
+    pauses reading from buffer_updated: the rest waits, in order, for resume."""
+    payload = bytes(range(256)) * 40
+
+    class Small(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.buf = bytearray(7)
+            self.got = bytearray()
+            self.calls = 0
+            self.paused = asyncio.get_running_loop().create_future()
+            self.lost = asyncio.get_running_loop().create_future()
+
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def get_buffer(self, sizehint):
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            self.got += self.buf[:nbytes]
+            self.calls += 1
+            if self.calls == 3:
+                self.transport.pause_reading()
+                self.paused.set_result(len(self.got))
+
+        def eof_received(self):
+            return False
+
+        def connection_lost(self, exc):
+            self.lost.set_result(exc)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Small)
+        with peer:
+            await wait_for(loop.sock_sendall(peer, payload))
+            assert await wait_for(proto.paused) == 21
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert len(proto.got) == 21  # nothing while paused
+            tr.resume_reading()
+            peer.shutdown(socket.SHUT_WR)
+            await wait_for(proto.lost)
+            assert bytes(proto.got) == payload
+
+    run_in(tloop, main())
+
+
+def test_protocol_replaced_inside_data_received_gets_the_rest(tloop):
+    """set_protocol() to another Protocol inside data_received: every later
+    byte goes to the new one, none to the old one."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        second_got = bytearray()
+        done = loop.create_future()
+
+        lost = loop.create_future()
+
+        class Second(asyncio.Protocol):
+            def data_received(self, data):
+                second_got.extend(data)
+                if second_got.endswith(b"END"):
+                    done.set_result(None)
+
+            def connection_lost(self, exc):
+                lost.set_result(exc)
+
+        class First(Lost):
+            got = b""
+
+            def data_received(self, data):
+                assert not self.got, "the first protocol got data twice"
+                self.got = data
+                self.transport.set_protocol(Second())
+                self.transport.write(b"ok")
+
+        tr, proto, peer = await _connected(loop, First)
+        with peer:
+            await wait_for(loop.sock_sendall(peer, b"one"))
+            assert await wait_for(loop.sock_recv(peer, 2)) == b"ok"
+            for i in range(20):
+                await wait_for(loop.sock_sendall(peer, b"%d," % i))
+                await asyncio.sleep(0)
+            await wait_for(loop.sock_sendall(peer, b"END"))
+            await wait_for(done)
+            assert proto.got == b"one"
+            assert bytes(second_got) == b"".join(b"%d," % i for i in range(20)) + b"END"
+            tr.close()
+            assert await wait_for(lost) is None  # the current protocol's
+            assert not proto.lost.done()
+
+    run_in(tloop, main())
+
+
+def test_write_inside_resume_writing_then_close(tloop):
+    """The flow-control round trip through the C send completion: a protocol
+    that writes until paused, writes again from resume_writing, and closes
+    when done; all bytes arrive once, in order, and connection_lost comes once."""
+    chunk = bytes(range(256)) * 256  # 64 KiB
+    rounds = 200  # 12.5 MiB: more than the kernel's socket buffers hold
+    paused_once = None
+
+    class Writer(Lost):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            transport.set_write_buffer_limits(high=100_000, low=10_000)
+            self.sent = 0
+            self.pauses = 0
+            self.fill()
+
+        def fill(self):
+            while self.sent < rounds:
+                self.sent += 1
+                self.transport.write(chunk)
+                if self.sent == rounds:
+                    self.transport.close()
+                    return
+                if self.paused:
+                    return
+
+        paused = False
+
+        def pause_writing(self):
+            self.paused = True
+            self.pauses += 1
+            if not paused_once.done():
+                paused_once.set_result(None)
+
+        def resume_writing(self):
+            self.paused = False
+            self.fill()
+
+    async def main():
+        nonlocal paused_once
+        loop = asyncio.get_running_loop()
+        paused_once = loop.create_future()
+        lst = plain_listener()
+        with lst:
+            lst.setblocking(False)
+            conn = loop.create_connection(Writer, *lst.getsockname())
+            (tr, proto), (peer, _) = await wait_for(asyncio.gather(conn, loop.sock_accept(lst)))
+        with peer:
+            await wait_for(paused_once)  # the peer reads nothing until then
+            got = await _read_until_eof(loop, peer)
+            assert got == chunk * rounds
+            assert await wait_for(proto.lost) is None
+            assert proto.pauses >= 1
+
+    run_in(tloop, main())
+
+
+@pytest.mark.skipif(sys.implementation.name != "cpython", reason="sys.getrefcount is CPython's")
+def test_no_leaks_across_many_writes_and_connections(tloop):
+    """10,000 writes of one bytes object and 300 connections: afterwards the
+    object has its old reference count back (no send kept a reference) and no
+    transport, C core or protocol is left alive."""
+    msg = bytes(range(200))
+    from uringloop import _sched
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    def cores():
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if type(o) is _sched.Stream)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        before_cores = cores()
+        before_refs = sys.getrefcount(msg)
+        tr, proto, peer = await _connected(loop, Lost)
+        with peer:
+            for i in range(10_000):
+                tr.write(msg)
+                if i % 500 == 0:
+                    await asyncio.sleep(0)
+            tr.write_eof()
+            got = await _read_until_eof(loop, peer)
+            assert got == msg * 10_000
+            tr.close()
+            await wait_for(proto.lost)
+        del tr, proto
+        srv = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        for _ in range(3):
+            socks = []
+            for _ in range(100):
+                s = socket.socket()
+                s.setblocking(False)
+                await wait_for(loop.sock_connect(s, ("127.0.0.1", port)))
+                socks.append(s)
+            for s in socks:
+                await wait_for(loop.sock_sendall(s, msg))
+            for s in socks:
+                got = b""
+                while len(got) < len(msg):
+                    got += await wait_for(loop.sock_recv(s, 1000))
+                assert got == msg
+                s.close()
+        srv.close()
+        await srv.wait_closed()
+        for _ in range(20):  # the server side sees the closes and lets go
+            await asyncio.sleep(0.01)
+            if not is_stock(loop) and cores() == before_cores:
+                break
+        assert sys.getrefcount(msg) == before_refs
+        if not is_stock(loop):
+            assert cores() == before_cores
+
+    run_in(tloop, main(), timeout=60)
