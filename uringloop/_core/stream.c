@@ -49,7 +49,7 @@ static PyTypeObject StreamType;
 static PyTypeObject CoreType; /* sched.c, below */
 static PyObject *s_on_recv, *s_write_slow, *s_flush_slow, *s_on_sent, *s_after_sent;
 static PyObject *s_feed_buffer, *s_fatal_error, *s_maybe_pause, *s_maybe_resume, *s_send_now;
-static PyObject *s_flush, *m_data_failed, *m_get_buffer_failed, *m_updated_failed, *m_write_failed;
+static PyObject *s_send_now_tail, *s_flush, *m_data_failed, *m_get_buffer_failed, *m_updated_failed, *m_write_failed;
 
 /* transport.<name>(*args), inside the transport's context when enter */
 static PyObject *stream_call(Stream *s, PyObject *name, PyObject *const *args, Py_ssize_t n,
@@ -209,6 +209,60 @@ static int stream_mark_dirty(Stream *s)
     return rc;
 }
 
+/* More than the high-water mark is queued and no send is in flight: one
+ * non-blocking sendmsg() of the queue now, as the stock transport sends on
+ * every write (see SocketTransport._send_now for why not at the end of the
+ * turn), without joining the chunks. What the kernel left stays queued; the
+ * transport then decides about pausing the protocol. */
+static PyObject *stream_send_now(Stream *s)
+{
+    PyObject *buf = s->buffer;
+    Py_ssize_t n = PyList_GET_SIZE(buf);
+    if (n > 64)
+        return stream_call(s, s_send_now, NULL, 0, 0);
+    struct iovec iov[64];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *b = PyList_GET_ITEM(buf, i);
+        if (!PyBytes_CheckExact(b))
+            return stream_call(s, s_send_now, NULL, 0, 0);
+        iov[i].iov_base = PyBytes_AS_STRING(b);
+        iov[i].iov_len = (size_t)PyBytes_GET_SIZE(b);
+    }
+    struct msghdr msg = {0};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = (size_t)n;
+    ssize_t k = sendmsg(s->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (k < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            PyObject *exc = take_exception();
+            PyObject *args[2] = {exc, m_write_failed};
+            PyObject *r = stream_call(s, s_fatal_error, args, 2, 0);
+            Py_DECREF(exc);
+            return r;
+        }
+        k = 0;
+    }
+    /* drop what left; the first chunk left partly is cut (a copy of its rest) */
+    Py_ssize_t left = k, i = 0;
+    while (i < n && left >= PyBytes_GET_SIZE(PyList_GET_ITEM(buf, i)))
+        left -= PyBytes_GET_SIZE(PyList_GET_ITEM(buf, i++));
+    if (left > 0) {
+        PyObject *b = PyList_GET_ITEM(buf, i);
+        PyObject *rest = PyBytes_FromStringAndSize(PyBytes_AS_STRING(b) + left,
+                                                   PyBytes_GET_SIZE(b) - left);
+        if (rest == NULL)
+            return NULL;
+        PyList_SetItem(buf, i, rest); /* steals rest, drops b */
+    }
+    if (i > 0 && PyList_SetSlice(buf, 0, i, NULL) < 0)
+        return NULL;
+    s->buffer_size -= k;
+    if (s->buffer_size > s->high || s->wpaused)
+        return stream_call(s, s_send_now_tail, NULL, 0, 0);
+    Py_RETURN_NONE;
+}
+
 /* write(data): the transport's write() */
 static PyObject *Stream_write(Stream *s, PyObject *data)
 {
@@ -241,7 +295,7 @@ static PyObject *Stream_write(Stream *s, PyObject *data)
     if (s->buffer_size > s->high) {
         /* more than the high-water mark: the transport decides (pause the
          * protocol behind a send in flight, or send now) */
-        PyObject *r = stream_call(s, s->sending ? s_maybe_pause : s_send_now, NULL, 0, 0);
+        PyObject *r = s->sending ? stream_call(s, s_maybe_pause, NULL, 0, 0) : stream_send_now(s);
         if (r == NULL)
             return NULL;
         Py_DECREF(r);
@@ -592,6 +646,7 @@ static int stream_init_module(PyObject *m)
     STREAM_INTERN(s_maybe_resume, "_maybe_resume_protocol");
     STREAM_INTERN(s_send_now, "_send_now");
     STREAM_INTERN(s_flush, "_flush");
+    STREAM_INTERN(s_send_now_tail, "_send_now_tail");
     STREAM_INTERN(m_data_failed, "Fatal error: protocol.data_received() call failed.");
     STREAM_INTERN(m_get_buffer_failed, "Fatal error: protocol.get_buffer() call failed.");
     STREAM_INTERN(m_updated_failed, "Fatal error: protocol.buffer_updated() call failed.");

@@ -450,11 +450,16 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         c.buffer = [data[n:]] if n < len(data) else []
         c.buffer_size -= n
         if pause:
-            self._maybe_pause_protocol()
-            if self._protocol_paused and c.buffer_size <= self._low_water:
-                # paused earlier, drained now: resume as the stock writer
-                # callback would, from the loop, not from inside write()
-                self._loop.call_soon(self._resume_if_drained, context=self._context)
+            self._send_now_tail()
+
+    def _send_now_tail(self):
+        """After a direct send (here or in the C core's write): pause the
+        protocol only if the kernel left more than the mark."""
+        self._maybe_pause_protocol()
+        if self._protocol_paused and self._core.buffer_size <= self._low_water:
+            # paused earlier, drained now: resume as the stock writer
+            # callback would, from the loop, not from inside write()
+            self._loop.call_soon(self._resume_if_drained, context=self._context)
 
     def _resume_if_drained(self):
         if not self._core.sending and not self._conn_lost:
