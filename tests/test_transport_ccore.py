@@ -344,3 +344,35 @@ def test_no_leaks_across_many_writes_and_connections(tloop):
             assert cores() == before_cores
 
     run_in(tloop, main(), timeout=60)
+
+
+def test_callbacks_of_one_poll_run_after_all_its_data(tloop):
+    """Data for two transports that arrives in one poll: both data_received
+    run before a callback the first one scheduled, as the stock loop runs
+    every reader callback of one select() before what they schedule."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        events = []
+
+        class Tagged(Lost):
+            def data_received(self, data):
+                events.append(data)
+                loop.call_soon(events.append, data + b"-cb")
+
+        tr1, p1, peer1 = await _connected(loop, Tagged)
+        tr2, p2, peer2 = await _connected(loop, Tagged)
+        with peer1, peer2:
+            for _ in range(3):
+                await asyncio.sleep(0)
+            peer1.send(b"a")
+            peer2.send(b"b")
+            # nothing is ready: the loop waits, and both records come in one poll
+            await asyncio.sleep(0.1)
+            assert sorted(events[:2]) == [b"a", b"b"], events
+            assert sorted(events[2:]) == [b"a-cb", b"b-cb"], events
+            tr1.close()
+            tr2.close()
+            await wait_for(p1.lost)
+            await wait_for(p2.lost)
+
+    run_in(tloop, main())

@@ -117,6 +117,8 @@ typedef struct {
     PyObject *report;     /* report(exc): a completion callback raised */
     PyObject *bound_call_soon; /* loop.call_soon, made once (see CachedMethod) */
     PyObject *dirty;      /* _dirty: transports with writes to flush before the wait */
+    int in_batch;         /* the native turn is delivering records (stream.c) */
+    Py_ssize_t batch_ready; /* ... and len(_ready) was this when it began */
 } Core;
 
 /* ------------------------------------------------------------ helpers */
@@ -1722,7 +1724,15 @@ static int io_step_table(Core *self, Table *t, int64_t ns)
             return r ? 0 : -1;
         }
         PyObject *first;
-        if (table_deliver(t, n, &first) < 0)
+        /* what is in _ready now would run before these records' callbacks
+         * in the stock loop; what their callbacks add would run after them
+         * (stream.c's receive fast path needs to know which is which) */
+        PyObject *ready = self->ready;
+        self->batch_ready = ready != NULL && Py_IS_TYPE(ready, S.deque_type) ? Py_SIZE(ready) : -1;
+        self->in_batch = self->batch_ready >= 0;
+        int rc = table_deliver(t, n, &first);
+        self->in_batch = 0;
+        if (rc < 0)
             return -1;
         return first == NULL ? 0 : report_or_raise(self, first);
     }

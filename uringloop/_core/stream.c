@@ -140,10 +140,15 @@ done:
     return rc;
 }
 
-/* nothing waits in the loop's _ready (the stock loop would queue a reader
- * callback behind it: then the transport holds the record, in Python) */
+/* nothing in the loop's _ready would run before this record's callback in
+ * the stock loop (which queues its reader callbacks behind what is ready:
+ * then the transport holds the record, in Python). While the native turn
+ * delivers a batch, what earlier records' callbacks added does not count:
+ * the stock loop runs all reader callbacks of one poll before any of those. */
 static int ready_empty(Core *loop)
 {
+    if (loop->in_batch)
+        return loop->batch_ready == 0;
     PyObject *r = loop->ready;
     return r != NULL && Py_IS_TYPE(r, S.deque_type) && Py_SIZE(r) == 0;
 }
