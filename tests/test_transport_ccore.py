@@ -376,3 +376,36 @@ def test_callbacks_of_one_poll_run_after_all_its_data(tloop):
             await wait_for(p2.lost)
 
     run_in(tloop, main())
+
+
+def test_accepted_socket_is_non_blocking(tloop):
+    """A server's accepted connection: its fd is O_NONBLOCK and the socket
+    object behind the transport has timeout 0, as stock (the Acceptor makes
+    it so without a setblocking() syscall)."""
+    import fcntl
+    import os
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        made = loop.create_future()
+
+        class Server(Lost):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                made.set_result(transport)
+
+        srv = await loop.create_server(Server, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        with socket.socket() as peer:
+            peer.setblocking(False)
+            await wait_for(loop.sock_connect(peer, ("127.0.0.1", port)))
+            tr = await wait_for(made)
+            fd = tr.get_extra_info("socket").fileno()
+            assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK
+            assert tr._sock.gettimeout() == 0.0
+            assert tr.get_extra_info("socket").type == socket.SOCK_STREAM
+            tr.close()
+        srv.close()
+        await srv.wait_closed()
+
+    run_in(tloop, main())

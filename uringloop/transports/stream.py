@@ -47,6 +47,7 @@ _ECANCELED = -errno.ECANCELED
 _PY312 = sys.version_info >= (3, 12)
 # Server._attach()/_detach() take the transport from 3.13 on (close_clients)
 _SERVER_TRACKS_TRANSPORTS = base_events.Server._attach.__code__.co_argcount == 2
+_SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 _ACCEPT_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -768,11 +769,13 @@ class Acceptor:
     def _connection(self, fd):
         loop = self.loop
         try:
-            conn = socket.socket(self.family, self.type, self.proto, fileno=fd)
+            # the engine accepts with SOCK_NONBLOCK: saying so here makes the
+            # socket object non-blocking (timeout 0) without the ioctl that
+            # setblocking(False) would cost per connection
+            conn = socket.socket(self.family, self.type | _SOCK_NONBLOCK, self.proto, fileno=fd)
         except OSError:
             os.close(fd)
             raise
-        conn.setblocking(False)
         if loop._debug:
             logger.debug("%r got a new connection: %r", self.server, conn)
         if self.sslcontext:
