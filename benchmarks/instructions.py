@@ -43,6 +43,8 @@ COUNTS = {
     "pingpong16": 3_200,
     "stream_pingpong16": 3_200,
     "buffered_pingpong16": 3_200,
+    "streams_pingpong16": 3_200,
+    "stream_100k_pingpong4": 400,
 }
 
 CHILD = """

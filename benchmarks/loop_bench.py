@@ -26,6 +26,10 @@ Scenarios (ops counted in brackets):
                    echoes from ``data_received``, each client sends its next 64 B message
                    when the echo is complete [round trips, all pairs]
 ``buffered_pingpong16`` the same with a ``BufferedProtocol`` server [round trips, all pairs]
+``stream_100k_pingpong4`` ``stream_pingpong16``'s Protocol echo with 100 KiB messages over 4
+                   socketpairs [round trips, all pairs]
+``streams_pingpong16`` the same with an asyncio streams server (``open_connection(sock=)``:
+                   ``read()``, ``write()``, ``drain()``) [round trips, all pairs]
 ``udp_pingpong``   UDP echo through ``create_datagram_endpoint`` transports on 127.0.0.1:
                    one client endpoint, 64 B datagrams, the next sent from
                    ``datagram_received`` [round trips]
@@ -415,9 +419,9 @@ class _StreamClient(asyncio.Protocol):
             self.done.set_result(None)
 
 
-async def _stream_pingpong(loop, n, pairs, server_protocol):
+async def _stream_pingpong(loop, n, pairs, server_protocol, size=MSG_LEN):
     rounds = max(1, n // pairs)
-    msg = bytes(i & 0xFF for i in range(MSG_LEN))
+    msg = bytes(i & 0xFF for i in range(size))
     ends = []
     try:
         for _ in range(pairs):
@@ -446,6 +450,49 @@ async def bench_stream_pingpong16(loop, n):
 
 async def bench_buffered_pingpong16(loop, n):
     return await _stream_pingpong(loop, n, 16, _BufferedEcho)
+
+
+async def bench_stream_100k_pingpong4(loop, n):
+    return await _stream_pingpong(loop, n, 4, _StreamEcho, 100 * 1024)
+
+
+async def bench_streams_pingpong16(loop, n):
+    """The server side is asyncio streams: read() -> write() -> drain()."""
+    pairs = 16
+    rounds = max(1, n // pairs)
+    msg = bytes(i & 0xFF for i in range(MSG_LEN))
+    ends, servers = [], []
+
+    async def serve(reader, writer):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    try:
+        for _ in range(pairs):
+            a, b = socket.socketpair()
+            done = loop.create_future()
+            reader, writer = await asyncio.open_connection(sock=a)
+            servers.append((loop.create_task(serve(reader, writer)), writer))
+            cli, _ = await loop.create_connection(
+                lambda done=done: _StreamClient(msg, rounds, done), sock=b
+            )
+            ends.append((cli, done))
+        t0 = time.perf_counter()
+        for cli, _ in ends:
+            cli.write(msg)
+        await asyncio.wait_for(asyncio.gather(*(d for _, d in ends)), 120)
+        elapsed = time.perf_counter() - t0
+    finally:
+        for cli, _ in ends:
+            cli.close()
+        for task, _ in servers:
+            try:
+                await asyncio.wait_for(task, 5)
+            except (asyncio.TimeoutError, OSError):
+                pass
+    return rounds * pairs, elapsed
 
 
 _FLOOD_SENDER = """
@@ -520,6 +567,8 @@ SCENARIOS = {
         Scenario("pingpong16", bench_pingpong16, 32_000, "64 B round trips"),
         Scenario("stream_pingpong16", bench_stream_pingpong16, 32_000, "64 B round trips"),
         Scenario("buffered_pingpong16", bench_buffered_pingpong16, 32_000, "64 B round trips"),
+        Scenario("streams_pingpong16", bench_streams_pingpong16, 32_000, "64 B round trips"),
+        Scenario("stream_100k_pingpong4", bench_stream_100k_pingpong4, 4_000, "100 KiB round trips"),
         Scenario("udp_pingpong", bench_udp_pingpong, 20_000, "64 B round trips"),
         Scenario("udp_pingpong16", bench_udp_pingpong16, 32_000, "64 B round trips"),
         Scenario("udp_pingpong_1k", bench_udp_pingpong_1k, 20_000, "1 KiB round trips"),
