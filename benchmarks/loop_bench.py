@@ -568,7 +568,9 @@ SCENARIOS = {
         Scenario("stream_pingpong16", bench_stream_pingpong16, 32_000, "64 B round trips"),
         Scenario("buffered_pingpong16", bench_buffered_pingpong16, 32_000, "64 B round trips"),
         Scenario("streams_pingpong16", bench_streams_pingpong16, 32_000, "64 B round trips"),
-        Scenario("stream_100k_pingpong4", bench_stream_100k_pingpong4, 4_000, "100 KiB round trips"),
+        Scenario(
+            "stream_100k_pingpong4", bench_stream_100k_pingpong4, 4_000, "100 KiB round trips"
+        ),
         Scenario("udp_pingpong", bench_udp_pingpong, 20_000, "64 B round trips"),
         Scenario("udp_pingpong16", bench_udp_pingpong16, 32_000, "64 B round trips"),
         Scenario("udp_pingpong_1k", bench_udp_pingpong_1k, 20_000, "1 KiB round trips"),

@@ -109,7 +109,6 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         self._read_done = False  # EOF or a read error was seen
         self._held = None  # deque of (res, data) records not yet handed over
         self._draining = False  # a _drain_held is scheduled
-        self._on_closed_cb = self._on_closed  # runs a Handle in ctx itself
         self.set_protocol(protocol)  # also sets the fast-path flags (_sync)
         if server is not None:
             if _SERVER_TRACKS_TRANSPORTS:
@@ -630,7 +629,7 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             self._sock.close()
             self._fd_closed = True
             return
-        self._engine.close_fd(self._sock.detach(), self._on_closed_cb)
+        self._engine.close_fd(self._sock.detach(), self._on_closed)
 
     def _on_closed(self, res, more, data):
         self._fd_closed = True
