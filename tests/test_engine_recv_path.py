@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import socket
+import sys
+import termios
+import time
 
-from conftest import Collector, run_until, settle
+import pytest
+from conftest import Collector, run_in, run_until, settle
 
 from uringloop import engine
 
@@ -61,3 +67,61 @@ def test_short_datagram_reads_do_not_stop_a_pool_receive(eng, socketpair):
     assert [d for _, _, d in c.records] == [b"A" * 10, b"B" * 11, b"C" * 12]
     eng.cancel(ud)
     run_until(eng, lambda: c.done, what="cancel")
+
+
+# --------------------------------------------------------------------------
+# sock_recv(n) with n above a pool buffer: up to n bytes of what is there
+
+
+def _queued(sock) -> int:
+    return int.from_bytes(
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"), sys.byteorder
+    )
+
+
+def _wait_queued(sock, n: int) -> None:
+    """Until sock's receive queue holds n bytes (bounded, not timed)."""
+    deadline = time.monotonic() + 5
+    while _queued(sock) < n:
+        assert time.monotonic() < deadline, f"only {_queued(sock)} of {n} bytes arrived"
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+def test_sock_recv_large_n_returns_what_is_there(any_loop, socketpair, tcp_pair, kind):
+    lp = any_loop
+    a, b = socketpair() if kind == "unix" else tcp_pair()
+    data = os.urandom(100 * 1024)
+    b.sendall(data)
+    _wait_queued(a, len(data))
+
+    async def main():
+        first = await lp.sock_recv(a, 65536)
+        buf = bytearray(65536)
+        k = await lp.sock_recv_into(a, buf)
+        return first, bytes(buf[:k])
+
+    first, second = run_in(lp, main())
+    assert len(first) == 65536  # the stock loop: one recv(65536)
+    assert first + second == data
+
+
+def test_sock_recv_large_n_keeps_a_reset_for_the_next_receive(any_loop, tcp_pair):
+    """A reset met while reading on past a full pool buffer is the next
+    receive's error, as on the stock loop (recv(n) returns the data, the next
+    recv raises), not an EOF."""
+    lp = any_loop
+    c, s = tcp_pair()
+    data = os.urandom(16384)  # exactly one pool buffer
+    s.sendall(data)
+    _wait_queued(c, len(data))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+    s.close()
+
+    async def main():
+        first = await lp.sock_recv(c, 65536)
+        with pytest.raises(ConnectionResetError):
+            await lp.sock_recv(c, 65536)
+        return first
+
+    assert run_in(lp, main()) == data
