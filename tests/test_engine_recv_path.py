@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
@@ -125,3 +126,50 @@ def test_sock_recv_large_n_keeps_a_reset_for_the_next_receive(any_loop, tcp_pair
         return first
 
     assert run_in(lp, main()) == data
+
+
+# --------------------------------------------------------------------------
+# branches no kernel path here takes by itself
+
+
+def test_cancelled_op_that_says_eagain_ends_cancelled(eng, socketpair):
+    """EAGAIN is never surfaced, not even for an op cancelled after the kernel
+    answered EAGAIN (a recv with MSG_DONTWAIT on an empty socket completes
+    with -EAGAIN on io_uring; the cancel comes before the engine reaps it)."""
+    a, b = socketpair()
+    buf = bytearray(64)
+    c = Collector()
+    eng.run(0)  # a ring is enabled by its first run: flush() submits from then on
+    ud = eng.recv_into(a.fileno(), buf, c, flags=socket.MSG_DONTWAIT)
+    eng.flush()  # the kernel has it (and, on io_uring, has answered it)
+    assert eng.cancel(ud)
+    run_until(eng, lambda: c.done, what="the cancelled receive")
+    assert c.records == [(-errno.ECANCELED, False, None)]
+    b.send(b"after")  # nothing of the cancelled op is left to take it
+    assert a.recv(64) == b"after"
+
+
+def test_data_without_a_buffer_id_ends_the_receive(res_tracker, socketpair):
+    """A pool receive completion that brings data but names no buffer (a kernel
+    breaking the buffer-select contract; OPT_TEST_NOBUF makes one) ends the
+    op with -EIO: no record names buffer 0 (which would then be provided
+    twice), and no buffer leaks."""
+    from conftest import require_uring
+
+    require_uring()
+    for options in (0, engine.OPT_NO_MULTISHOT, engine.OPT_NO_BUFRING | engine.OPT_NO_MULTISHOT):
+        eng = engine.Engine("io_uring", options=options | engine.OPT_TEST_NOBUF)
+        try:
+            free = eng.stats()["bufs_free"]
+            a, b = socketpair()
+            c = Collector()
+            eng.recv(a.fileno(), c)
+            settle(eng, 2)
+            b.send(b"data")
+            run_until(eng, lambda c=c: c.done, what="the receive's end")
+            assert c.records == [(-errno.EIO, False, None)], options
+            settle(eng, 2)  # buffers named by nothing come back at the next run
+            assert eng.stats()["bufs_free"] == free, options
+            assert eng.stats().get("guard_faults", 0) == 0
+        finally:
+            eng.close()

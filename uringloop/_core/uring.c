@@ -916,6 +916,15 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
     if (res == -EAGAIN && op->cancelled)
         res = -ECANCELED;  /* EAGAIN is never surfaced, not even for a cancelled op */
 
+    if ((e->cfg.options & UL_OPT_TEST_NOBUF) && op->kind == K_RECV && res > 0) {
+        /* test only: data with no buffer; the buffer goes back unread */
+        if (cflags & UL_CQE_F_BUFFER)
+            ul__pool_used(e, (uint16_t)(cflags >> UL_CQE_BUFFER_SHIFT));
+        else if (op->bid >= 0)
+            ul__pool_put(e, (uint16_t)op->bid);
+        cflags &= ~(uint32_t)UL_CQE_F_BUFFER;
+        op->bid = -1;
+    }
     switch (op->kind) {
     case K_RECV: {
         int has_buf = 0;
