@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 import termios
+import threading
 import time
 
 import pytest
@@ -173,3 +174,42 @@ def test_data_without_a_buffer_id_ends_the_receive(res_tracker, socketpair):
             assert eng.stats().get("guard_faults", 0) == 0
         finally:
             eng.close()
+
+
+def test_park_takes_out_an_op_in_a_high_slot(res_tracker, socketpair):
+    """park() finds every request of ours however far up the slot table it
+    sits (its scan stops after the last live op): a receive above 1,500 freed
+    slots leaves the kernel, and another thread's run gets its data."""
+    from conftest import require_uring
+
+    require_uring()
+    eng = engine.Engine("io_uring")
+    try:
+        a, b = socketpair()
+        nops = [Collector() for _ in range(1500)]
+        for c in nops:
+            eng.nop(c)
+        c = Collector()
+        eng.recv(a.fileno(), c)
+        run_until(eng, lambda: all(n.done for n in nops), what="the nops")
+        assert eng.in_flight == 1
+        assert eng.park()
+        b.send(b"for the other thread")
+        errors = []
+
+        def other():
+            try:
+                run_until(eng, lambda: len(c.records) == 1, what="the receive")
+                assert eng.park()  # and back to the main thread
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(30)
+        assert not t.is_alive() and not errors, errors
+        assert c.records == [(20, True, b"for the other thread")]
+        eng.cancel_fd(a.fileno())
+        run_until(eng, lambda: c.done, what="the cancel")
+    finally:
+        eng.close()

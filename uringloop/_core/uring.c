@@ -1446,12 +1446,16 @@ static int64_t mono_ns(void)
  * waiting for its fd's ops has no request; a shutdown never waits. */
 static int kernel_requests(ul_engine *e)
 {
-    for (uint32_t c = 0; c < e->nchunks; c++) {
+    uint32_t live = e->in_flight;  /* ops with a ud: the scan stops after the last */
+    for (uint32_t c = 0; c < e->nchunks && live; c++) {
         if (!e->chunks[c])
             continue;
-        for (uint32_t i = 0; i < CHUNK_SIZE; i++) {
+        for (uint32_t i = 0; i < CHUNK_SIZE && live; i++) {
             struct ul_op *op = &e->chunks[c][i];
-            if (op->ud && op->state == S_ACTIVE && op->kind != K_CLOSE)
+            if (!op->ud)
+                continue;
+            live--;
+            if (op->state == S_ACTIVE && op->kind != K_CLOSE)
                 return 1;
         }
     }
@@ -1466,11 +1470,17 @@ static int uring_park(ul_engine *e)
     if (u->owner != &tls_marker)
         return -EEXIST;
     u->parked = 1;  /* from here on, issue() sends ops to the backlog */
-    for (uint32_t c = 0; c < e->nchunks; c++) {
+    /* the scan stops after the last of the in_flight live ops, not at the
+     * table's end (1,024 ops a chunk): live ops gather in low slots, since
+     * the slot table hands out the lowest free slots first */
+    uint32_t live = e->in_flight;
+    for (uint32_t c = 0; c < e->nchunks && live; c++) {
         if (!e->chunks[c])
             continue;
-        for (uint32_t i = 0; i < CHUNK_SIZE; i++) {
+        for (uint32_t i = 0; i < CHUNK_SIZE && live; i++) {
             struct ul_op *op = &e->chunks[c][i];
+            if (op->ud)
+                live--;
             if (op->ud && op->state == S_ACTIVE && op->kind != K_CLOSE && !op->cancelled &&
                 !op->rider) {  /* a rider leaves with its batch's head */
                 op->parked = 1;
