@@ -213,3 +213,58 @@ def test_park_takes_out_an_op_in_a_high_slot(res_tracker, socketpair):
         run_until(eng, lambda: c.done, what="the cancel")
     finally:
         eng.close()
+
+
+COUNT_REGISTER = """
+import asyncio, ctypes, socket, sys
+sys.path.insert(0, {root!r})
+import uringloop
+count = ctypes.CDLL(None).uring_register_count
+lp = uringloop.Loop(backend="io_uring")
+a, b = socket.socketpair()
+a.setblocking(False)
+task = lp.create_task(lp.sock_recv(a, 100))
+
+async def noop():
+    pass
+
+lp.run_until_complete(noop())
+before = count()
+for _ in range(50):
+    lp.run_until_complete(noop())
+print(count() - before)
+
+async def turns():
+    for _ in range(100):
+        await asyncio.sleep(0)
+
+before = count()
+lp.run_until_complete(turns())  # register at its 64th run, unregister at the park
+print(count() - before)
+b.send(b"x")
+print(lp.run_until_complete(task))
+lp.close()
+"""
+
+
+def test_short_runs_do_not_register_the_ring_each_time(tmp_path):
+    """Parking (at every run_forever's end) used to drop the ring fd's
+    registration and the next run to make it again: two io_uring_register
+    calls per run_until_complete. A loop that runs only a few turns at a
+    time now registers nothing; a long run still registers (once, and lets
+    go at its park)."""
+    import subprocess
+
+    from conftest import require_uring
+    from test_engine_native import ROOT, _build_shim, _preload
+
+    require_uring()
+    shim = _build_shim("count_uring_register", tmp_path)
+    script = tmp_path / "count.py"
+    script.write_text(COUNT_REGISTER.format(root=str(ROOT)))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ, LD_PRELOAD=_preload(shim)),
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    short, long, got = proc.stdout.split()
+    assert (int(short), int(long), got) == (0, 2, "b'x'")

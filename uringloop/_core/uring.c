@@ -46,6 +46,8 @@ struct uring {
     int parked;                 /* ul_park: no request of ours in the kernel; ops wait in
                                    the backlog, the ring fd is not registered */
     const void *owner;
+    unsigned reg_countdown;     /* runs after an unpark before the ring fd is
+                                   registered again (see unpark) */
     unsigned *sq_khead, *sq_ktail, *sq_kflags;
     unsigned sq_mask, sq_entries, sqe_tail;
     struct ul_sqe *sqes;
@@ -1165,6 +1167,9 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
             return r;
     } else if (u->owner != &tls_marker) {
         return -EEXIST;  /* the engine belongs to the thread that first ran it */
+    } else if (u->reg_countdown && --u->reg_countdown == 0 &&
+               !(u->enter_flags & UL_ENTER_REGISTERED_RING)) {
+        register_ring_fd(e, u);
     }
     if (!u->wake_armed)
         arm_wake(e, u);
@@ -1613,8 +1618,13 @@ fail:
 static int unpark(ul_engine *e, struct uring *u)
 {
     if (u->owner == &tls_marker) {
+        /* The same thread again. Registering the ring fd costs a syscall here
+         * and another at the next park; it saves only a little per entry. A
+         * run_forever that lasts a few turns (run_until_complete over and
+         * over) is better off without it: register once the loop has run a
+         * while (64 runs) */
         if (!(u->enter_flags & UL_ENTER_REGISTERED_RING))
-            register_ring_fd(e, u);
+            u->reg_countdown = 64;
     } else {
         if (kernel_requests(e))
             return -EEXIST;  /* a park that timed out: still bound to its thread */
