@@ -8,7 +8,8 @@
  * of its fd: readers, writers, polls. Each fd is registered once, edge-
  * triggered, for IN|OUT|RDHUP, and stays registered until close_fd (one
  * epoll_ctl per fd lifetime instead of one per op). Edge triggering means an
- * event must be followed by attempts until EAGAIN; an fd whose readers stop
+ * event must be followed by attempts until EAGAIN (or a short stream read,
+ * which drained the socket: drained_by_short_read); an fd whose readers stop
  * early (the per-turn budget, or an empty buffer pool) goes on a ready list
  * and is tried again next turn without waiting, so no edge is ever lost.
  *
