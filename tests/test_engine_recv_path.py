@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import os
@@ -268,3 +269,25 @@ def test_short_runs_do_not_register_the_ring_each_time(tmp_path):
     assert proc.returncode == 0, proc.stderr
     short, long, got = proc.stdout.split()
     assert (int(short), int(long), got) == (0, 2, "b'x'")
+
+
+def test_sock_recv_large_n_never_reads_past_a_later_receive(loop, socketpair):
+    """Two receives asked for at once on one socket (the stock loop cannot
+    even do this): the first, above a pool buffer, must not read on past its
+    buffer, since the second holds the bytes that come right after it."""
+    a, b = socketpair()
+    data = os.urandom(100 * 1024)
+    b.sendall(data)  # there already: each receive is answered in order
+
+    async def main():
+        first = asyncio.ensure_future(loop.sock_recv(a, 65536))
+        second = asyncio.ensure_future(loop.sock_recv(a, 100))
+        one, two = await first, await second
+        rest = bytearray()
+        while len(one) + len(two) + len(rest) < len(data):
+            rest += await loop.sock_recv(a, 65536)
+        return one, two, bytes(rest)
+
+    one, two, rest = run_in(loop, main())
+    assert len(two) <= 100
+    assert one + two + rest == data

@@ -337,7 +337,12 @@ class SockMixin:
 
     def _sock_recv_more(self, fd, sock, k, view):
         """What a stream socket holds now, up to k bytes (or into view),
-        without waiting; see the note above the result converters."""
+        without waiting; see the note above the result converters.
+
+        ``_sock_big_recvs`` (fd -> ud of the receive above a pool buffer in
+        flight there, None once another receive was asked for after it) says
+        whether this may run: only with no later receive on the socket. It
+        is empty but for those receives, so others pay one truth test."""
         try:
             if view is None:
                 return sock.recv(k, _MSG_DONTWAIT)
@@ -382,18 +387,24 @@ class SockMixin:
             big, n = n, 0  # a pool buffer's worth first, the rest below
         fut = self._sock_op(fd, sock, _recv_result)
         fut._ud = ud = self._engine.recv(fd, fut, multishot=False, nbytes=n)
-        self._sock_last_recv[fd] = ud
+        bigs = self._sock_big_recvs
+        if bigs and fd in bigs:
+            bigs[fd] = None  # a receive after a big one: see _sock_recv_more
+        if big:
+            bigs[fd] = ud
         try:  # _sock_await inlined: this is the hottest await of all
             res, data = await fut
         except _CancelledError:
+            if big:
+                bigs.pop(fd, None)
             self._sock_on_cancel(fut, fd, sock, _recv_result, True)
             raise
-        if res < 0:
-            raise self._sock_error(res, sock)
-        if big and res == self._sock_bufsize and self._sock_last_recv.get(fd) == ud:
+        if big and bigs.pop(fd, None) == ud and res == self._sock_bufsize:
             more = self._sock_recv_more(fd, sock, big - res, None)
             if more:
                 return data + more
+        if res < 0:
+            raise self._sock_error(res, sock)
         return data if data is not None else b""
 
     def _sock_recv_datagram(self, fd, sock, n):
@@ -450,9 +461,17 @@ class SockMixin:
         convert = functools.partial(_into_result, view)
         fut = self._sock_op(fd, sock, convert)
         fut._ud = ud = self._engine.recv(fd, fut, multishot=False, nbytes=n)
-        self._sock_last_recv[fd] = ud
-        res = await self._sock_await(fut, convert, fd, sock)
-        if big and res == self._sock_bufsize and self._sock_last_recv.get(fd) == ud:
+        bigs = self._sock_big_recvs
+        if bigs and fd in bigs:
+            bigs[fd] = None  # a receive after a big one: see _sock_recv_more
+        if not big:
+            return await self._sock_await(fut, convert, fd, sock)
+        bigs[fd] = ud
+        try:
+            res = await self._sock_await(fut, convert, fd, sock)
+        finally:
+            mine = bigs.pop(fd, None) == ud
+        if mine and res == self._sock_bufsize:
             res += self._sock_recv_more(fd, sock, 0, view[res:])
         return res
 
@@ -740,7 +759,7 @@ class SockMixin:
 # A stream receive asked for more than a pool buffer and the buffer came back
 # full: the stock loop's recv(n) would have returned up to n bytes of what is
 # there, so read the rest of what is there now, without waiting. Only when no
-# receive on the socket was asked for after this one (_sock_last_recv): such a
+# receive on the socket was asked for after this one (_sock_big_recvs): such a
 # receive may hold bytes that came before these. EOF met here is met again by
 # the next receive; an error is taken from the kernel by reading it, so the
 # socket keeps it for its next receive (SockMixin._sock_recv_more).
