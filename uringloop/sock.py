@@ -335,6 +335,15 @@ class SockMixin:
 
     # ----------------------------------------------------------- receive
 
+    def _sock_big_recv(self, fd, ud):
+        """A stream receive (ud: one above a pool buffer, else 0) was asked
+        for on fd: a big one in flight there may no longer read on."""
+        bigs = self._sock_big_recvs
+        if fd in bigs:
+            bigs[fd] = None
+        if ud:
+            bigs[fd] = ud
+
     def _sock_recv_more(self, fd, sock, k, view):
         """What a stream socket holds now, up to k bytes (or into view),
         without waiting; see the note above the result converters.
@@ -386,20 +395,17 @@ class SockMixin:
                 return data
             big, n = n, 0  # a pool buffer's worth first, the rest below
         fut = self._sock_op(fd, sock, _recv_result)
-        fut._ud = ud = self._engine.recv(fd, fut, multishot=False, nbytes=n)
-        bigs = self._sock_big_recvs
-        if bigs and fd in bigs:
-            bigs[fd] = None  # a receive after a big one: see _sock_recv_more
-        if big:
-            bigs[fd] = ud
+        ud = fut._ud = self._engine.recv(fd, fut, multishot=False, nbytes=n)
+        if big or self._sock_big_recvs:
+            self._sock_big_recv(fd, big and ud)
         try:  # _sock_await inlined: this is the hottest await of all
             res, data = await fut
         except _CancelledError:
             if big:
-                bigs.pop(fd, None)
+                self._sock_big_recvs.pop(fd, None)
             self._sock_on_cancel(fut, fd, sock, _recv_result, True)
             raise
-        if big and bigs.pop(fd, None) == ud and res == self._sock_bufsize:
+        if big and self._sock_big_recvs.pop(fd, None) == ud and res == self._sock_bufsize:
             more = self._sock_recv_more(fd, sock, big - res, None)
             if more:
                 return data + more
@@ -460,17 +466,15 @@ class SockMixin:
             big, n = n, 0  # a pool buffer's worth first, the rest below
         convert = functools.partial(_into_result, view)
         fut = self._sock_op(fd, sock, convert)
-        fut._ud = ud = self._engine.recv(fd, fut, multishot=False, nbytes=n)
-        bigs = self._sock_big_recvs
-        if bigs and fd in bigs:
-            bigs[fd] = None  # a receive after a big one: see _sock_recv_more
+        ud = fut._ud = self._engine.recv(fd, fut, multishot=False, nbytes=n)
+        if big or self._sock_big_recvs:
+            self._sock_big_recv(fd, big and ud)
         if not big:
             return await self._sock_await(fut, convert, fd, sock)
-        bigs[fd] = ud
         try:
             res = await self._sock_await(fut, convert, fd, sock)
         finally:
-            mine = bigs.pop(fd, None) == ud
+            mine = self._sock_big_recvs.pop(fd, None) == ud
         if mine and res == self._sock_bufsize:
             res += self._sock_recv_more(fd, sock, 0, view[res:])
         return res
