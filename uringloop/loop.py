@@ -187,7 +187,6 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         self._sock_state: dict = {}
         self._sock_sending: dict = {}  # socket -> its sock_sendall ops in the engine
         self._sock_owner: dict = {}  # fd -> weakref of the socket last seen there
-        self._sock_big_recvs: dict = {}  # fd -> ud of a sock_recv above a pool buffer (sock.py)
         self._child_pidfds: dict[int, int] = {}  # pidfd -> pid (transports/subprocess.py)
         try:
             self._engine = engine.Engine(backend, options=options)

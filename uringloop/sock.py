@@ -335,23 +335,11 @@ class SockMixin:
 
     # ----------------------------------------------------------- receive
 
-    def _sock_big_recv(self, fd, ud):
-        """A stream receive (ud: one above a pool buffer, else 0) was asked
-        for on fd: a big one in flight there may no longer read on."""
-        bigs = self._sock_big_recvs
-        if fd in bigs:
-            bigs[fd] = None
-        if ud:
-            bigs[fd] = ud
-
     def _sock_recv_more(self, fd, sock, k, view):
         """What a stream socket holds now, up to k bytes (or into view),
         without waiting; see the note above the result converters.
 
-        ``_sock_big_recvs`` (fd -> ud of the receive above a pool buffer in
-        flight there, None once another receive was asked for after it) says
-        whether this may run: only with no later receive on the socket. It
-        is empty but for those receives, so others pay one truth test."""
+        Only with no later receive on the socket: see _big_recvs."""
         try:
             if view is None:
                 return sock.recv(k, _MSG_DONTWAIT)
@@ -395,17 +383,17 @@ class SockMixin:
                 return data
             big, n = n, 0  # a pool buffer's worth first, the rest below
         fut = self._sock_op(fd, sock, _recv_result)
-        ud = fut._ud = self._engine.recv(fd, fut, multishot=False, nbytes=n)
-        if big or self._sock_big_recvs:
-            self._sock_big_recv(fd, big and ud)
+        fut._ud = self._engine.recv(fd, fut, multishot=False, nbytes=n)
+        if big or _big_recvs:
+            ud = _big_recv(fd, big, fut._ud)
         try:  # _sock_await inlined: this is the hottest await of all
             res, data = await fut
         except _CancelledError:
             if big:
-                self._sock_big_recvs.pop(fd, None)
+                _big_recvs.pop(fd, None)
             self._sock_on_cancel(fut, fd, sock, _recv_result, True)
             raise
-        if big and self._sock_big_recvs.pop(fd, None) == ud and res == self._sock_bufsize:
+        if big and _big_recvs.pop(fd, None) == ud and res == self._sock_bufsize:
             more = self._sock_recv_more(fd, sock, big - res, None)
             if more:
                 return data + more
@@ -466,15 +454,15 @@ class SockMixin:
             big, n = n, 0  # a pool buffer's worth first, the rest below
         convert = functools.partial(_into_result, view)
         fut = self._sock_op(fd, sock, convert)
-        ud = fut._ud = self._engine.recv(fd, fut, multishot=False, nbytes=n)
-        if big or self._sock_big_recvs:
-            self._sock_big_recv(fd, big and ud)
+        fut._ud = self._engine.recv(fd, fut, multishot=False, nbytes=n)
+        if big or _big_recvs:
+            ud = _big_recv(fd, big, fut._ud)
         if not big:
             return await self._sock_await(fut, convert, fd, sock)
         try:
             res = await self._sock_await(fut, convert, fd, sock)
         finally:
-            mine = self._sock_big_recvs.pop(fd, None) == ud
+            mine = _big_recvs.pop(fd, None) == ud
         if mine and res == self._sock_bufsize:
             res += self._sock_recv_more(fd, sock, 0, view[res:])
         return res
@@ -763,11 +751,27 @@ class SockMixin:
 # A stream receive asked for more than a pool buffer and the buffer came back
 # full: the stock loop's recv(n) would have returned up to n bytes of what is
 # there, so read the rest of what is there now, without waiting. Only when no
-# receive on the socket was asked for after this one (_sock_big_recvs): such a
+# receive on the socket was asked for after this one (_big_recvs): such a
 # receive may hold bytes that came before these. EOF met here is met again by
 # the next receive; an error is taken from the kernel by reading it, so the
 # socket keeps it for its next receive (SockMixin._sock_recv_more).
 
+
+
+# fd -> user_data of the stream receive above a pool buffer in flight there,
+# None once another receive was asked for on fd after it (it may then no longer
+# read on: _sock_recv_more). Process-wide, keyed by fd (a socket is one loop's
+# at a time; a clash only makes a receive return less): a module global is
+# the cheapest test for the receives that are not big (the dict is empty).
+_big_recvs: dict = {}
+
+
+def _big_recv(fd, big, ud):
+    if fd in _big_recvs:
+        _big_recvs[fd] = None
+    if big:
+        _big_recvs[fd] = ud
+    return ud
 
 
 # Result converters: (res, data, late) -> the await's value, or, when late, what
