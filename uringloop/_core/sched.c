@@ -44,6 +44,7 @@
 #include <time.h>
 
 #include "engine.h" /* ul_record, UL_F_* */
+#include "dgram.h"  /* the datagram transport's hot half */
 
 #ifndef Py_T_OBJECT_EX
 #define Py_T_OBJECT_EX T_OBJECT_EX
@@ -2297,6 +2298,10 @@ PyMODINIT_FUNC PyInit__sched(void)
     }
     if (PyModule_AddObject(m, "Core", Py_NewRef((PyObject *)&CoreType)) < 0) {
         Py_DECREF((PyObject *)&CoreType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (ul_dgram_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
