@@ -394,6 +394,122 @@ static PyTypeObject DgramType = {
     .tp_members = Dgram_members,
 };
 
+/* ---- sender addresses */
+
+#define ADDR_SLOTS 64 /* direct-mapped: a server's working set of peers */
+
+struct ul_addr_cache {
+    struct {
+        PyObject *addr;
+        uint32_t len;
+        uint8_t raw[sizeof(struct sockaddr_in6)];
+    } e[ADDR_SLOTS];
+};
+
+static uint32_t addr_hash(const uint8_t *raw, uint32_t len)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (uint32_t i = 0; i < len; i++)
+        h = (h ^ raw[i]) * 16777619u;
+    return h ^ (h >> 16);
+}
+
+/* "a.b.c.d", what inet_ntop writes, without its cost */
+static PyObject *ipv4_str(const uint8_t *a)
+{
+    char buf[16], *p = buf;
+    for (int i = 0; i < 4; i++) {
+        unsigned v = a[i];
+        if (v >= 100)
+            *p++ = (char)('0' + v / 100);
+        if (v >= 10)
+            *p++ = (char)('0' + v / 10 % 10);
+        *p++ = (char)('0' + v % 10);
+        *p++ = '.';
+    }
+    return PyUnicode_DecodeASCII(buf, p - buf - 1, NULL);
+}
+
+static PyObject *build_addr(const uint8_t *raw, uint32_t len, PyObject *decode, uint32_t *keylen)
+{
+    sa_family_t fam;
+    memcpy(&fam, raw, sizeof fam);
+    PyObject *host;
+    if (fam == AF_INET && len >= sizeof(struct sockaddr_in)) {
+        struct sockaddr_in sin;
+        memcpy(&sin, raw, sizeof sin);
+        *keylen = sizeof sin;
+        if (!(host = ipv4_str((const uint8_t *)&sin.sin_addr)))
+            return NULL;
+        PyObject *port = PyLong_FromLong(ntohs(sin.sin_port));
+        PyObject *a = port ? PyTuple_Pack(2, host, port) : NULL;
+        Py_DECREF(host);
+        Py_XDECREF(port);
+        return a;
+    }
+    if (fam == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
+        struct sockaddr_in6 sin6;
+        char text[INET6_ADDRSTRLEN];
+        memcpy(&sin6, raw, sizeof sin6);
+        *keylen = sizeof sin6;
+        if (!inet_ntop(AF_INET6, &sin6.sin6_addr, text, sizeof text))
+            return PyErr_SetFromErrno(PyExc_OSError);
+        return Py_BuildValue("(siII)", text, (int)ntohs(sin6.sin6_port),
+                             (unsigned int)ntohl(sin6.sin6_flowinfo),
+                             (unsigned int)sin6.sin6_scope_id);
+    }
+    *keylen = 0; /* not cached */
+    PyObject *b = PyBytes_FromStringAndSize((const char *)raw, len);
+    PyObject *a = b ? PyObject_CallOneArg(decode, b) : NULL;
+    Py_XDECREF(b);
+    return a;
+}
+
+PyObject *ul_addr_obj(ul_addr_cache **cache, const uint8_t *raw, uint32_t len,
+                      PyObject *decode)
+{
+    if (len < sizeof(sa_family_t))
+        Py_RETURN_NONE;
+    sa_family_t fam;
+    memcpy(&fam, raw, sizeof fam);
+    uint32_t key = fam == AF_INET ? sizeof(struct sockaddr_in)
+                   : fam == AF_INET6 ? sizeof(struct sockaddr_in6) : 0;
+    if (key == 0 || len < key)
+        return build_addr(raw, len, decode, &key);
+    if (*cache == NULL && !(*cache = PyMem_Calloc(1, sizeof **cache)))
+        return PyErr_NoMemory();
+    uint32_t i = addr_hash(raw, key) % ADDR_SLOTS;
+    ul_addr_cache *c = *cache;
+    if (c->e[i].addr != NULL && c->e[i].len == key && memcmp(c->e[i].raw, raw, key) == 0)
+        return Py_NewRef(c->e[i].addr);
+    PyObject *a = build_addr(raw, len, decode, &key);
+    if (a != NULL && key != 0) {
+        Py_XSETREF(c->e[i].addr, Py_NewRef(a));
+        memcpy(c->e[i].raw, raw, key);
+        c->e[i].len = key;
+    }
+    return a;
+}
+
+int ul_addr_cache_traverse(ul_addr_cache *c, visitproc visit, void *arg)
+{
+    if (c != NULL)
+        for (int i = 0; i < ADDR_SLOTS; i++)
+            Py_VISIT(c->e[i].addr);
+    return 0;
+}
+
+void ul_addr_cache_free(ul_addr_cache **cache)
+{
+    ul_addr_cache *c = *cache;
+    *cache = NULL;
+    if (c == NULL)
+        return;
+    for (int i = 0; i < ADDR_SLOTS; i++)
+        Py_XDECREF(c->e[i].addr);
+    PyMem_Free(c);
+}
+
 int ul_dgram_init(PyObject *module)
 {
     if (!(s_datagram_received = PyUnicode_InternFromString("datagram_received")) ||
