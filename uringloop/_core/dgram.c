@@ -12,6 +12,8 @@
  *    already due, as the stock reader handle would not), it calls
  *    protocol.datagram_received(payload, address) in the transport's context.
  *    Any other record goes to `slow` (the Python _on_recv, in the context).
+ *    What the protocol raises goes to transport._protocol_raised (reported
+ *    as the stock loop reports a raising reader handle; reading goes on).
  *
  *  - send: `sendto(data, addr=None)`, bound over the transport's own method
  *    as an instance attribute. With nothing queued and the fd open
@@ -81,8 +83,7 @@ typedef struct {
     struct sockaddr_in6 last_sa; /* big enough for AF_INET too */
 } Dgram;
 
-static PyObject *s_datagram_received, *s_fatal_error, *s_sendto_py, *s_sendto_failed,
-    *s_read_error;
+static PyObject *s_datagram_received, *s_protocol_raised, *s_sendto_py, *s_sendto_failed;
 
 static PyObject *Dgram_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
                                   PyObject *kwnames);
@@ -160,19 +161,6 @@ static int is_fatal(void)
            PyErr_ExceptionMatches(PyExc_KeyboardInterrupt);
 }
 
-/* The protocol raised: what the Python path does (SystemExit and
- * KeyboardInterrupt go up; anything else is the transport's fatal error). */
-static int protocol_raised(Dgram *d)
-{
-    if (is_fatal())
-        return -1;
-    PyObject *exc = PyErr_GetRaisedException();
-    PyObject *r = PyObject_CallMethodObjArgs(d->transport, s_fatal_error, exc, s_read_error,
-                                             NULL);
-    Py_DECREF(exc);
-    Py_XDECREF(r);
-    return r ? 0 : -1;
-}
 
 static PyObject *Dgram_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
                                   PyObject *kwnames)
@@ -198,23 +186,26 @@ static PyObject *Dgram_vectorcall(PyObject *op, PyObject *const *args, size_t na
             }
             PyObject *r = PyObject_VectorcallMethod(
                 s_datagram_received, stack + 1, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-            int rc = 0;
-            if (r == NULL)
-                rc = protocol_raised(d);
-            Py_XDECREF(r);
             Py_DECREF(proto);
-            PyObject *exc = rc < 0 ? PyErr_GetRaisedException() : NULL;
+            int fatal = r == NULL && is_fatal();
+            PyObject *exc = r == NULL ? PyErr_GetRaisedException() : NULL;
+            Py_XDECREF(r);
             if (PyContext_Exit(ctx) < 0) {
                 Py_XDECREF(exc);
                 Py_DECREF(ctx);
                 return NULL;
             }
             Py_DECREF(ctx);
-            if (exc != NULL) {
+            if (exc == NULL)
+                Py_RETURN_NONE;
+            if (fatal) { /* SystemExit, KeyboardInterrupt: up, as from a handle */
                 PyErr_SetRaisedException(exc);
                 return NULL;
             }
-            Py_RETURN_NONE;
+            /* reported as the stock reader handle reports it; reading goes on */
+            r = PyObject_CallMethodOneArg(d->transport, s_protocol_raised, exc);
+            Py_DECREF(exc);
+            return r;
         }
     }
     if (d->slow == NULL)
@@ -513,10 +504,9 @@ void ul_addr_cache_free(ul_addr_cache **cache)
 int ul_dgram_init(PyObject *module)
 {
     if (!(s_datagram_received = PyUnicode_InternFromString("datagram_received")) ||
-        !(s_fatal_error = PyUnicode_InternFromString("_fatal_error")) ||
+        !(s_protocol_raised = PyUnicode_InternFromString("_protocol_raised")) ||
         !(s_sendto_py = PyUnicode_InternFromString("_sendto_py")) ||
-        !(s_sendto_failed = PyUnicode_InternFromString("_sendto_failed")) ||
-        !(s_read_error = PyUnicode_InternFromString("Fatal read error on datagram transport")))
+        !(s_sendto_failed = PyUnicode_InternFromString("_sendto_failed")))
         return -1;
     if (PyType_Ready(&DgramType) < 0)
         return -1;

@@ -287,7 +287,20 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._fatal_error(exc, "Fatal read error on datagram transport")
+            self._protocol_raised(exc)
+
+    def _protocol_raised(self, exc):
+        """datagram_received or error_received raised: the stock transport
+        calls them from its reader callback and lets the exception out to the
+        callback's handle, which reports it (and the transport reads on)."""
+        self._raised = exc
+        # (a copy of the current context: ours may be the one running)
+        events.Handle(self._read_ready, (), self._loop, None)._run()
+
+    def _read_ready(self):
+        # named after the stock reader callback: the handle's report names it
+        exc, self._raised = self._raised, None
+        raise exc
 
     # ------------------------------------------------------------- writing
 
