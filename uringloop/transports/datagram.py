@@ -121,7 +121,7 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         # common case and hands the rest to the Python methods below.
         self._dg = Dgram(
             self, protocol, ctx, loop._ready, self._on_recv_cb, sock, self._buffer,
-            address, self._sock_fd, sock.family, self._connected,
+            address or None, self._sock_fd, sock.family, self._connected,
         )
         self._dg.send_fast = 1
         self.sendto = self._dg.sendto  # over the class's: no Python frame
