@@ -44,7 +44,7 @@ COUNTS = {
     "udp_pingpong": 2_000,
     "udp_pingpong16": 3_200,
     "udp_pingpong_1k": 2_000,
-    "udp_flood": 20_000,
+    "udp_flood": 4_000,
 }
 
 CHILD = """
