@@ -45,6 +45,10 @@ COUNTS = {
     "buffered_pingpong16": 3_200,
     "streams_pingpong16": 3_200,
     "stream_100k_pingpong4": 400,
+    "udp_pingpong": 2_000,
+    "udp_pingpong16": 3_200,
+    "udp_pingpong_1k": 2_000,
+    "udp_flood": 4_000,
 }
 
 CHILD = """
