@@ -215,10 +215,10 @@ static int gate_open(const struct ul_op *op, short events)
     return op->nb != NB_GATED || poll(&p, 1, 0) != 0;
 }
 
-/* read (offset -1) without blocking */
-static ssize_t nowait_read(struct ul_op *op)
+/* read (offset -1) of n bytes into b without blocking */
+static ssize_t nowait_read_into(struct ul_op *op, char *b, size_t n)
 {
-    struct iovec v = {op->buf, op->len};
+    struct iovec v = {b, n};
     if (op->nb == NB_NOWAIT) {
         ssize_t r = preadv2(op->fd, &v, 1, -1, RWF_NOWAIT);
         if (r >= 0 || (errno != EOPNOTSUPP && errno != EINVAL))
@@ -229,8 +229,10 @@ static ssize_t nowait_read(struct ul_op *op)
         errno = EAGAIN;
         return -1;
     }
-    return read(op->fd, op->buf, op->len);
+    return read(op->fd, b, n);
 }
+
+static ssize_t nowait_read(struct ul_op *op) { return nowait_read_into(op, op->buf, op->len); }
 
 static ssize_t nowait_write(struct ul_op *op, char *b, size_t n)
 {
@@ -257,7 +259,8 @@ static int try_recv_pool(ul_engine *e, struct ul_op *op)
         if (bid < 0)
             return TRY_YIELD;  /* buffers come back at the next recycle */
         char *b = (char *)e->pool + (size_t)bid * e->cfg.buf_size;
-        ssize_t r = recv(op->fd, b, op->len, MSG_DONTWAIT);
+        ssize_t r = op->kind == K_READ_POOL ? nowait_read_into(op, b, op->len)
+                                            : recv(op->fd, b, op->len, MSG_DONTWAIT);
         e->st.submitted++;
         if (r > 0) {
             if (!op->multishot) {
@@ -380,6 +383,7 @@ static int try_op(ul_engine *e, struct ul_op *op)
     uint16_t fl = 0;
     switch (op->kind) {
     case K_RECV:
+    case K_READ_POOL:
         return try_recv_pool(e, op);
     case K_ACCEPT:
         return try_accept(e, op);
