@@ -493,7 +493,13 @@ static int enqueue(ul_engine *e, struct ul_op *op)
     op->reg_gen = f->reg_gen;
     if (!was_idle && f->registered)
         return 0;
-    int r = arm(e, op->fd, 1);
+    int r = (f->regular && op->kind == K_READ_POOL) ? -EPERM : arm(e, op->fd, 1);
+    if (r == -EPERM && op->kind == K_READ_POOL) {
+        /* a file epoll cannot watch (a regular file, /dev/zero) is always
+         * ready: the pool read goes on from the ready list, turn by turn */
+        mark_ready(e, op->fd);
+        return 0;
+    }
     if (r < 0) {
         q_remove(e, f, op);
         ul__finish(e, op, r == -EPERM ? -EINVAL : r, 0, 0);

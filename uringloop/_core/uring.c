@@ -22,6 +22,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -504,6 +505,8 @@ static int listening(int fd)
 static int would_block(const struct ul_op *op)
 {
     int out = op->kind == K_SEND || op->kind == K_SENDV || op->kind == K_SENDMSG;
+    if (op->kind == K_READ_POOL && (fcntl(op->fd, F_GETFL) & O_ACCMODE) == O_WRONLY)
+        return 0;  /* read(2) says EBADF at once: never readable, never EAGAIN */
     struct pollfd p = {.fd = op->fd, .events = out ? POLLOUT : POLLIN};
     return poll(&p, 1, 0) == 0;
 }
