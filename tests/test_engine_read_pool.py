@@ -65,7 +65,7 @@ def test_multishot_bytes_exact_then_eof(make_engine, source, res_tracker):
     sent = 0
     while sent < len(payload):
         sent += os.write(w, payload[sent:sent + 1000])
-        run_until(eng, lambda: len(col.payload()) >= sent, 10, f"{sent} bytes")
+        run_until(eng, lambda n=sent: len(col.payload()) >= n, 10, f"{sent} bytes")
     assert col.finals == 0, "multishot read ended before EOF"
     for res, more, data in col.records:
         assert more and res > 0 and isinstance(data, bytes) and len(data) == res <= 1024
@@ -181,7 +181,7 @@ def _one_shot_buffer_select(eng, pipe, res_tracker):
     sent = 0
     while sent < len(payload):
         sent += os.write(w, payload[sent:sent + 3000])
-        run_until(eng, lambda: len(col.payload()) >= sent, 10, f"{sent} bytes")
+        run_until(eng, lambda n=sent: len(col.payload()) >= n, 10, f"{sent} bytes")
     assert col.finals == 0 and col.payload() == payload
     assert eng.stats()["rearms"] > 0
     os.close(w)
