@@ -8,7 +8,11 @@ error paths and calls through ``call_soon``); only the I/O differs:
 * Reading is one multishot engine ``read_pool`` (read(2) into the engine's
   buffer pool: READ_MULTISHOT on io_uring 6.7+, emulated elsewhere) while
   reading; a turn's chunks come as one ``data_received``. ``pause_reading``
-  cancels it; records that still come are held for ``resume_reading``.
+  leaves it armed and holds what it reads, up to ``max_size`` bytes (what the
+  stock transport may read at once past the pause), and cancels it only
+  beyond that: a consumer that drains at once (a StreamReader) then pauses
+  and resumes at no engine cost. Everything held goes out, in order, before
+  newer bytes, after ``resume_reading``.
 * ``write()`` with nothing queued writes at once, as the stock transport
   does (a pipe's reader is often a process that reacts right away, or code
   that reads the other end synchronously). What the kernel does not take,
@@ -108,6 +112,8 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
         self._engine = loop._engine
         self._ud = None  # the multishot read, until its final record
         self._held = collections.deque()  # (res, data) that came after pause_reading
+        self._held_bytes = 0
+        self._cancelled = False  # the read in flight was asked to stop
         # data_received runs in this context, as the stock reader handle's
         self._context = contextvars.copy_context()
         self._on_read_cb = self._on_read
@@ -144,6 +150,7 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
         if self._ud is None and self.is_reading() and not self._held:
             # coalesce: a turn's pool chunks come joined, one data_received
             self._ud = self._engine.read_pool(self._fileno, self._on_read_cb, True, 0, True)
+            self._cancelled = False
 
     def _on_read(self, res, more, data):
         if not more:
@@ -156,7 +163,13 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
             self._start_reading()  # cancelled by pause_reading; resumed since?
             return
         if self._paused or self._held:
-            self._held.append((res, data))  # came before the cancel did
+            self._held.append((res, data))
+            if res > 0:
+                self._held_bytes += res
+                if (self._paused and more and not self._cancelled
+                        and self._held_bytes >= self.max_size):
+                    self._cancelled = True  # enough held: leave the rest in the pipe
+                    self._engine.cancel(self._ud)
             return
         self._process(res, data)
         if not more and res > 0:
@@ -179,15 +192,16 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
     def _drain_held(self):
         held = self._held
         while held and self.is_reading():
-            self._process(*held.popleft())
+            res, data = held.popleft()
+            if res > 0:
+                self._held_bytes -= res
+            self._process(res, data)
         self._start_reading()
 
     def pause_reading(self):
         if not self.is_reading():
             return
-        self._paused = True
-        if self._ud is not None:
-            self._engine.cancel(self._ud)
+        self._paused = True  # the read stays armed: see _on_read
         if self._loop.get_debug():
             logger.debug("%r pauses reading", self)
 
@@ -234,6 +248,7 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
     def _close(self, exc):
         self._closing = True
         self._held.clear()
+        self._held_bytes = 0
         if self._ud is not None and not self._engine.closed:
             self._engine.cancel(self._ud)
         self._loop.call_soon(self._call_connection_lost, exc)
