@@ -244,3 +244,29 @@ def test_guard_and_pool_accounting(make_engine, pipe, res_tracker):
     eng.run(0)
     assert eng.stats()["bufs_free"] == 2
     assert col.payload() == b"".join(b"%05d" % i * 100 for i in range(50))
+
+
+def test_epoll_reads_a_pipe_worth_per_turn_and_goes_on_without_an_edge(pipe, res_tracker):
+    """epoll: a pool read takes at most 32 KiB per attempt and is tried at most
+    twice per run (64 KiB per turn; the first turn also delivers what the
+    submission itself read: 96 KiB), decision 165; the rest comes in the next
+    runs with no new event (the writer is done: no edge will come again)."""
+    eng = engine.Engine("epoll")
+    try:
+        r, w = pipe()
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
+        payload = os.urandom(600_000)
+        assert os.write(w, payload) == len(payload)
+        col = Collector()
+        eng.read_pool(r, col)
+        per_run = []
+        while len(col.payload()) < len(payload) and len(per_run) < 100:
+            before = len(col.payload())
+            eng.run(0)  # never waits: each run must bring the next part
+            per_run.append(len(col.payload()) - before)
+        assert col.payload() == payload
+        assert per_run[0] <= 3 * 32768 and max(per_run[1:]) <= 65536, per_run
+        eng.cancel_fd(r)
+        wait_done(eng, col)
+    finally:
+        eng.close()
