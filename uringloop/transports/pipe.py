@@ -88,7 +88,7 @@ class _PipeBase:
 
 
 class ReadPipeTransport(_PipeBase, transports.ReadTransport):
-    max_size = 256 * 1024  # as the stock transport: at most this per read
+    max_size = 256 * 1024  # as stock; here: what a paused transport may hold (decision 162)
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         super().__init__(extra)
