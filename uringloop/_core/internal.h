@@ -63,6 +63,8 @@ struct ul_op {
     uint8_t forced;             /* UL_OPT_TEST_EAGAIN state (uring.c FORCED_*) */
     uint8_t no_ms;              /* K_READ_POOL: the file refused READ_MULTISHOT (not
                                    pollable): one-shot reads from then on */
+    uint8_t stream;             /* epoll K_RECV: 0 not known yet, 1 a stream socket,
+                                   2 not one (SO_TYPE read once per op) */
     int fd;
     uint32_t sqe_idx;           /* io_uring: SQ index of the op's latest SQE */
     uint64_t ident;             /* the file fd named when the op was asked for
