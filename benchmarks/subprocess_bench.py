@@ -4,14 +4,19 @@ uringloop (io_uring, epoll), side by side.
 
 * pipe: a child (``dd``, C) writes ``--mib`` MiB to its stdout in blocks of
   64 KiB and of 1 MiB; the parent reads it through
-  ``create_subprocess_exec(stdout=PIPE)``. Reported in MiB/s.
+  ``create_subprocess_exec(stdout=PIPE)`` and ``read(1 MiB)``. MiB/s, and the
+  parent's CPU (user + system) per MiB.
 * spawn: ``/bin/true`` spawned and waited for, ``--spawns`` times one after
-  the other, then the same number 20 at a time. Reported in processes/s.
+  the other, then the same number 20 at a time. Processes/s, and the parent's
+  CPU per process.
 
-Each loop runs in a fresh interpreter; best of ``--repeat`` runs. Loops that
-are not installed, or do not support subprocesses, say so.
+Each measurement runs in a fresh interpreter; repetition r runs every loop
+once, the order rotated by r, so drift on a shared machine reaches every loop
+alike. Reported: the median over ``--repeat`` repetitions, [min-max], and the
+ratio of medians against uvloop (``x uv``; for CPU lower is better). Loops
+that are not installed, or do not support subprocesses, say so.
 
-    python benchmarks/subprocess_bench.py --mib 256 --spawns 300
+    python benchmarks/subprocess_bench.py --mib 256 --spawns 300 --repeat 5
 
 This is a report: nothing here asserts a timing.
 """
@@ -52,9 +57,16 @@ def make_loop(kind):
     return uringloop.Loop(backend=kind)
 
 
+def _cpu():
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)  # this interpreter, not dd
+    return r.ru_utime + r.ru_stime
+
+
 async def pipe_mibs(mib, block):
     count = mib * 1024 * 1024 // block
-    t0 = time.perf_counter()
+    c0, t0 = _cpu(), time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
         "dd", "if=/dev/zero", f"bs={block}", f"count={count}", "status=none",
         stdout=asyncio.subprocess.PIPE,
@@ -66,9 +78,9 @@ async def pipe_mibs(mib, block):
             break
         total += len(chunk)
     await proc.wait()
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, _cpu() - c0
     assert total == count * block, total
-    return total / dt / (1024 * 1024)
+    return total / dt / (1024 * 1024), cpu * 1e3 / mib  # MiB/s, CPU ms/MiB
 
 
 async def spawn_rate(n, parallel):
@@ -76,13 +88,22 @@ async def spawn_rate(n, parallel):
         proc = await asyncio.create_subprocess_exec("/bin/true")
         await proc.wait()
 
-    t0 = time.perf_counter()
+    c0, t0 = _cpu(), time.perf_counter()
     for _ in range(n // parallel):
         await asyncio.gather(*(one() for _ in range(parallel)))
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), (_cpu() - c0) * 1e6 / n  # /s, CPU us/process
 
 
-def child(kind, mib, spawns, repeat):
+# (name, higher is better)
+COLS = (
+    ("pipe 64K MiB/s", True), ("pipe 64K cpu ms/MiB", False),
+    ("pipe 1M MiB/s", True), ("pipe 1M cpu ms/MiB", False),
+    ("spawn seq /s", True), ("spawn seq cpu us", False),
+    ("spawn x20 /s", True), ("spawn x20 cpu us", False),
+)
+
+
+def child(kind, mib, spawns):
     try:
         loop = make_loop(kind)
     except ImportError as exc:
@@ -90,12 +111,15 @@ def child(kind, mib, spawns, repeat):
     out = {}
     try:
         for name, coro_fn in (
-            ("pipe 64K MiB/s", lambda: pipe_mibs(mib, 64 * 1024)),
-            ("pipe 1M MiB/s", lambda: pipe_mibs(mib, 1024 * 1024)),
-            ("spawn seq /s", lambda: spawn_rate(spawns, 1)),
-            ("spawn x20 /s", lambda: spawn_rate(spawns, 20)),
+            ("pipe 64K", lambda: pipe_mibs(mib, 64 * 1024)),
+            ("pipe 1M", lambda: pipe_mibs(mib, 1024 * 1024)),
+            ("spawn seq", lambda: spawn_rate(spawns, 1)),
+            ("spawn x20", lambda: spawn_rate(spawns, 20)),
         ):
-            out[name] = max(loop.run_until_complete(coro_fn()) for _ in range(repeat))
+            rate, cpu = loop.run_until_complete(coro_fn())
+            unit = "MiB/s" if name.startswith("pipe") else "/s"
+            out[f"{name} {unit}"] = rate
+            out[f"{name} cpu {'ms/MiB' if name.startswith('pipe') else 'us'}"] = cpu
     except (NotImplementedError, AttributeError) as exc:
         out["error"] = f"unsupported ({type(exc).__name__}: {exc})"
     finally:
@@ -104,6 +128,8 @@ def child(kind, mib, spawns, repeat):
 
 
 def main():
+    import statistics
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--spawns", type=int, default=300)
@@ -112,25 +138,43 @@ def main():
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.mib, args.spawns, args.repeat)))
+        print(json.dumps(child(args.child, args.mib, args.spawns)))
         return
-    cols = ("pipe 64K MiB/s", "pipe 1M MiB/s", "spawn seq /s", "spawn x20 /s")
-    print(f"{'loop':10}" + "".join(f"{c:>16}" for c in cols))
-    for kind in args.loops:
-        res = subprocess.run(
-            [sys.executable, __file__, "--child", kind, "--mib", str(args.mib),
-             "--spawns", str(args.spawns), "--repeat", str(args.repeat)],
-            capture_output=True, text=True, timeout=900,
-        )
-        try:
-            r = json.loads(res.stdout.strip().splitlines()[-1])
-        except (IndexError, ValueError):
-            r = {"error": (res.stderr.strip().splitlines() or ["failed"])[-1]}
-        if "error" in r and len(r) == 1:
-            print(f"{kind:10}  {r['error']}")
-            continue
-        print(f"{kind:10}" + "".join(f"{r.get(c, float('nan')):16.0f}" for c in cols)
-              + (f"  {r['error']}" if "error" in r else ""))
+    runs = {k: [] for k in args.loops}
+    errors = {}
+    for rep in range(args.repeat):
+        order = args.loops[rep % len(args.loops):] + args.loops[:rep % len(args.loops)]
+        for kind in order:
+            if kind in errors:
+                continue
+            res = subprocess.run(
+                [sys.executable, __file__, "--child", kind, "--mib", str(args.mib),
+                 "--spawns", str(args.spawns)],
+                capture_output=True, text=True, timeout=900,
+            )
+            try:
+                r = json.loads(res.stdout.strip().splitlines()[-1])
+            except (IndexError, ValueError):
+                r = {"error": (res.stderr.strip().splitlines() or ["failed"])[-1]}
+            if "error" in r:
+                errors[kind] = r["error"]
+            if len(r) > 1 or "error" not in r:
+                runs[kind].append(r)
+    med = {k: {c: statistics.median(r[c] for r in v) for c, _ in COLS if all(c in r for r in v)}
+           for k, v in runs.items() if v}
+    print(f"{args.repeat} repetitions, {args.mib} MiB per pipe run, {args.spawns} spawns; "
+          "median [min-max], x uv = ratio of medians against uvloop")
+    for col, _ in COLS:
+        print(f"\n{col}")
+        for kind in args.loops:
+            if kind not in med or col not in med[kind]:
+                print(f"  {kind:10} {errors.get(kind, 'no result')}")
+                continue
+            vals = [r[col] for r in runs[kind]]
+            m = med[kind][col]
+            uv = med.get("uvloop", {}).get(col)
+            ratio = f"  x uv {m / uv:5.2f}" if uv else ""
+            print(f"  {kind:10} {m:9.2f} [{min(vals):.2f}-{max(vals):.2f}]{ratio}")
 
 
 if __name__ == "__main__":

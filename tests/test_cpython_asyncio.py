@@ -27,6 +27,7 @@ MIXIN_MODULES = [
     "test_sslproto",
     "test_buffered_proto",
     "test_subprocess",
+    "test_unix_events",  # its pipe transport tests only (runner.py PIPE_CLASSES)
 ]
 POLICY_MODULES = [
     "test_tasks",

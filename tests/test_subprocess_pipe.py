@@ -411,6 +411,54 @@ def test_pause_resume_reading_pipe(any_loop):
     run_in(any_loop, main())
 
 
+def test_paused_read_pipe_leaves_the_rest_in_the_pipe(any_loop):
+    """While paused, the transport takes a bounded amount from the pipe (ours:
+    up to max_size held, plus what one turn brings; stock: nothing), so a
+    writer that never stops is held back by the full pipe. On resume every
+    byte arrives, in order."""
+    import fcntl
+
+    async def main():
+        got = []
+
+        class P(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.done = any_loop.create_future()
+
+            def data_received(self, data):
+                got.append(data)
+
+            def connection_lost(self, exc):
+                self.done.set_result(exc)
+
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        cap = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+        p = P()
+        t, _ = await any_loop.connect_read_pipe(lambda: p, os.fdopen(r, "rb", 0))
+        t.pause_reading()
+        sent = bytearray()
+        full = 0
+        while full < 10 and len(sent) < 8 * MIB:
+            chunk = bytes([len(sent) // 65536 % 251]) * 65536
+            try:
+                n = os.write(w, chunk)
+                sent += chunk[:n]
+                full = 0
+            except BlockingIOError:
+                full += 1
+            await asyncio.sleep(0.005)
+        assert got == []
+        assert len(sent) <= cap + 256 * 1024 + 2 * cap, len(sent)
+        t.resume_reading()
+        os.set_blocking(w, True)
+        os.close(w)
+        assert await p.done is None
+        assert b"".join(got) == bytes(sent)
+
+    run_in(any_loop, main())
+
+
 @pytest.mark.parametrize(
     "kwargs, exc",
     [

@@ -68,7 +68,7 @@ _ENTRY_POINTS = tuple(
 )
 
 # Engine methods that are the C table's own (bound per instance in __init__)
-_HOT = ("nop", "recv", "send", "sendv", "accept", "shutdown", "close_fd", "cancel",
+_HOT = ("nop", "recv", "read_pool", "send", "sendv", "accept", "shutdown", "close_fd", "cancel",
         "cancel_fd", "wake")
 
 # Every open engine, so that a fork()ed child can forget its copies (below).
@@ -294,6 +294,7 @@ class Engine:
         dpool = lib.ul_dgram_pool(e, dsize, dcount, dfirst)
         t.set_dgram_pool(int(ffi.cast("uintptr_t", dpool)), dsize[0], dcount[0], dfirst[0],
                          decode_sockaddr)
+        t.set_read_pool(int(ffi.cast("uintptr_t", ffi.addressof(lib, "ul_read_pool"))))
         cls = type(self)
         for name in _HOT:
             if getattr(cls, name) is getattr(Engine, name):  # a subclass's override wins
@@ -351,6 +352,14 @@ class Engine:
         view: ``data`` is a read-only memoryview of the pool buffer instead,
         valid only during the callback (released after it; no bytes made)."""
         return self._t.recv(fd, cb, multishot, nbytes, coalesce, view)
+
+    def read_pool(self, fd: int, cb, multishot: bool = True, nbytes: int = 0,
+                  coalesce: bool = False, view: bool = False) -> int:
+        """As recv, with read(2): for pipes, FIFOs, ptys and character devices
+        (which refuse recv). Records as recv's: bytes, a final 0 at EOF, -errno;
+        multishot through READ_MULTISHOT where the kernel has it (6.7+),
+        emulated elsewhere."""
+        return self._t.read_pool(fd, cb, multishot, nbytes, coalesce, view)
 
     def send(self, fd: int, data, cb, flags: int = 0) -> int:
         """Send all of data, after every send queued before it on fd."""
@@ -562,6 +571,7 @@ class Engine:
             "buffer_ring": bool(i.buffer_ring),
             "multishot_recv": bool(i.multishot_recv),
             "multishot_accept": bool(i.multishot_accept),
+            "multishot_read": bool(i.multishot_read),
             "cancel_fd": bool(i.cancel_fd),
             "registered_ring": bool(i.registered_ring),
             "buf_count": i.buf_count,
@@ -707,6 +717,6 @@ def backend_info() -> dict:
         except OSError as exc:
             info.update(backend="none", reason=str(exc), ring_flags=[], features=[],
                         buffer_ring=False, multishot_recv=False, multishot_accept=False,
-                        cancel_fd=False, registered_ring=False)
+                        multishot_read=False, cancel_fd=False, registered_ring=False)
         _info_cache = info
     return dict(_info_cache)

@@ -399,6 +399,7 @@ int ul__may_continue(const struct ul_op *op)
     case K_CONNECT:
         return 1;
     case K_RECV:
+    case K_READ_POOL:
     case K_RECVMSG_POOL:
     case K_ACCEPT:
         return op->multishot;
@@ -726,6 +727,14 @@ EXPORT int ul_nop(ul_engine *e, uint64_t ud)
 EXPORT int ul_recv(ul_engine *e, uint64_t ud, int fd, int multishot, uint32_t max)
 {
     BEGIN(K_RECV, fd);
+    op->multishot = multishot != 0;
+    op->len = (max == 0 || max > e->cfg.buf_size) ? e->cfg.buf_size : max;
+    return submit(e, op);
+}
+
+EXPORT int ul_read_pool(ul_engine *e, uint64_t ud, int fd, int multishot, uint32_t max)
+{
+    BEGIN(K_READ_POOL, fd);
     op->multishot = multishot != 0;
     op->len = (max == 0 || max > e->cfg.buf_size) ? e->cfg.buf_size : max;
     return submit(e, op);

@@ -78,6 +78,7 @@ typedef struct ul_info {
     int multishot_recv, multishot_accept, buffer_ring, cancel_fd, registered_ring;
     int guard;                   /* pool guard mode (UL_OPT_GUARD / URINGLOOP_GUARD=1) */
     uint32_t buf_count, buf_size;
+    int multishot_read;          /* ul_read_pool uses READ_MULTISHOT */
     char reason[256];            /* why this backend (fallback reason) */
 } ul_info;
 
@@ -150,6 +151,10 @@ int ul_recvmsg_pool(ul_engine *e, uint64_t ud, int fd, int multishot);
 /* The datagram pool: its address; buffer size, count and the bid of its first
  * buffer (bids of datagram buffers follow the stream pool's). */
 uint8_t *ul_dgram_pool(ul_engine *e, uint32_t *buf_size, uint32_t *count, uint32_t *first_bid);
+/* As ul_recv, with read(2): pipes, FIFOs, ptys, character devices (and
+ * sockets). io_uring: READ_MULTISHOT (6.7+) on the buffer ring, else one-shot
+ * READs; epoll: a read without waiting per attempt. EOF is a final res 0. */
+int ul_read_pool(ul_engine *e, uint64_t ud, int fd, int multishot, uint32_t max);
 int ul_accept(ul_engine *e, uint64_t ud, int fd, int multishot);
 int ul_connect(ul_engine *e, uint64_t ud, int fd, const char *addr, uint32_t addrlen);
 int ul_poll(ul_engine *e, uint64_t ud, int fd, uint32_t events, int level);

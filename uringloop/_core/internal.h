@@ -42,6 +42,7 @@
 enum op_kind {
     K_NOP, K_RECV, K_RECV_INTO, K_SEND, K_SENDMSG, K_RECVMSG, K_ACCEPT,
     K_CONNECT, K_POLL, K_READ, K_WRITE, K_SHUTDOWN, K_CLOSE, K_SENDV, K_RECVMSG_POOL,
+    K_READ_POOL,  /* read(2) into the stream pool: pipes, FIFOs, ttys, char devices */
 };
 
 enum op_state {
@@ -60,6 +61,8 @@ struct ul_op {
     uint8_t on_backlog;
     uint8_t has_ident;          /* ident is valid */
     uint8_t forced;             /* UL_OPT_TEST_EAGAIN state (uring.c FORCED_*) */
+    uint8_t no_ms;              /* K_READ_POOL: the file refused READ_MULTISHOT (not
+                                   pollable): one-shot reads from then on */
     uint8_t stream;             /* epoll K_RECV: 0 not known yet, 1 a stream socket,
                                    2 not one (SO_TYPE read once per op) */
     int fd;
@@ -175,6 +178,11 @@ void ul__stop(ul_engine *e, struct ul_op *op, int err);
 void ul__iov_advance(struct ul_op *op, uint32_t n);
 void ul__oq_drop(ul_engine *e, struct ul_op *op, int32_t res);
 struct ul_op *ul__op_at(ul_engine *e, int32_t slot);
+/* ops that take a stream-pool buffer per read (engine-picked without a ring) */
+static inline int ul__is_pool_read(const struct ul_op *op)
+{
+    return op->kind == K_RECV || op->kind == K_READ_POOL;
+}
 static inline int ul__is_send(const struct ul_op *op)
 {
     return op->kind == K_SEND || op->kind == K_SENDV || op->kind == K_WRITE;

@@ -649,6 +649,7 @@ struct Table {
     uint32_t dfirst, dcount;
     PyObject *decode;    /* decode(raw sockaddr) -> address, for what C does not build */
     ul_addr_cache *addrs; /* sender addresses, one object per peer (dgram.c) */
+    ul_recv_fn read_pool; /* ul_read_pool, once set_read_pool() was called */
 };
 
 static PyTypeObject TableType;
@@ -919,20 +920,26 @@ static PyObject *Table_nop(Table *t, PyObject *cb)
     return ud ? submitted(t, ud, t->nop(t->engine, ud)) : NULL;
 }
 
-static PyObject *Table_recv(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
+/* recv and read_pool: the same arguments, the same records */
+static PyObject *pool_read(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw,
+                           const char *name, ul_recv_fn fn)
 {
     static const char *const names[] = {"fd", "cb", "multishot", "nbytes", "coalesce", "view"};
     PyObject *a[6];
     int fd;
     long long nbytes = 0;
     TABLE_OPEN(t);
-    if (parse_args("recv", args, nargs, kw, names, 2, 6, a) < 0 || get_fd(a[0], &fd) < 0 ||
+    if (fn == NULL) {
+        PyErr_Format(PyExc_RuntimeError, "%s: not set up", name);
+        return NULL;
+    }
+    if (parse_args(name, args, nargs, kw, names, 2, 6, a) < 0 || get_fd(a[0], &fd) < 0 ||
         check_cb(a[1]) < 0)
         return NULL;
     if (get_int(a[3], -(1LL << 62), UINT32_MAX, "nbytes", &nbytes) < 0)
         return NULL;
     if (nbytes < 0) {
-        PyErr_SetString(PyExc_ValueError, "negative buffersize in recv");
+        PyErr_Format(PyExc_ValueError, "negative buffersize in %s", name);
         return NULL;
     }
     int multishot = get_bool(a[2], 1), coalesce = get_bool(a[4], 0), view = get_bool(a[5], 0);
@@ -942,7 +949,32 @@ static PyObject *Table_recv(Table *t, PyObject *const *args, Py_ssize_t nargs, P
                              (coalesce ? SLOT_COALESCE : 0) | (view ? SLOT_VIEW : 0));
     if (!ud)
         return NULL;
-    return submitted(t, ud, t->recv(t->engine, ud, fd, multishot, (uint32_t)nbytes));
+    return submitted(t, ud, fn(t->engine, ud, fd, multishot, (uint32_t)nbytes));
+}
+
+static PyObject *Table_recv(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
+{
+    return pool_read(t, args, nargs, kw, "recv", t->recv);
+}
+
+static PyObject *Table_read_pool(Table *t, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kw)
+{
+    return pool_read(t, args, nargs, kw, "read_pool", t->read_pool);
+}
+
+/* set_read_pool(address of ul_read_pool) */
+static PyObject *Table_set_read_pool(Table *t, PyObject *arg)
+{
+    unsigned long long f = PyLong_AsUnsignedLongLong(arg);
+    if (f == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (f == 0) {
+        PyErr_SetString(PyExc_ValueError, "set_read_pool: a null function address");
+        return NULL;
+    }
+    t->read_pool = (ul_recv_fn)(uintptr_t)f;
+    Py_RETURN_NONE;
 }
 
 static PyObject *Table_send(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
@@ -1542,6 +1574,11 @@ static PyMethodDef Table_methods[] = {
     {"take", (PyCFunction)(void (*)(void))Table_take, METH_FASTCALL, "take(cb, keep) -> ud"},
     {"refused", (PyCFunction)(void (*)(void))Table_refused, METH_FASTCALL,
      "refused(ud, rc): C did not accept the op; raises OSError"},
+    {"read_pool", (PyCFunction)(void (*)(void))Table_read_pool, FASTKW,
+     "read_pool(fd, cb, multishot=True, nbytes=0, coalesce=False, view=False) -> user_data: "
+     "recv's records, read(2) for pipes, FIFOs, ttys and character devices"},
+    {"set_read_pool", (PyCFunction)Table_set_read_pool, METH_O,
+     "set_read_pool(address): the engine's ul_read_pool"},
     {"set_dgram_pool", (PyCFunction)Table_set_dgram_pool, METH_VARARGS,
      "set_dgram_pool(address, buf_size, count, first_bid, decode): where UL_F_MSG "
      "records point"},

@@ -22,6 +22,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -63,6 +64,7 @@ struct uring {
     size_t dr_sz;
     uint16_t dr_tail;
     int ms_recv, ms_accept, bufring, cancel_fd;
+    int ms_read;                /* READ_MULTISHOT (6.7+) on the buffer ring */
     int dring;                  /* datagrams: multishot RECVMSG on group 1 */
     uint64_t *cancels;          /* cancel requests that found no SQE */
     uint32_t ncancels, cancels_cap;
@@ -313,7 +315,7 @@ static int gone(ul_engine *e, struct ul_op *op)
 {
     if (!ul__ident_gone(e, op))
         return 0;
-    if ((op->kind == K_RECV || op->kind == K_RECVMSG_POOL) && op->bid >= 0) {
+    if ((ul__is_pool_read(op) || op->kind == K_RECVMSG_POOL) && op->bid >= 0) {
         ul__pool_put(e, (uint16_t)op->bid);
         op->bid = -1;
     }
@@ -505,6 +507,8 @@ static int listening(int fd)
 static int would_block(const struct ul_op *op)
 {
     int out = op->kind == K_SEND || op->kind == K_SENDV || op->kind == K_SENDMSG;
+    if (op->kind == K_READ_POOL && (fcntl(op->fd, F_GETFL) & O_ACCMODE) == O_WRONLY)
+        return 0;  /* read(2) says EBADF at once: never readable, never EAGAIN */
     struct pollfd p = {.fd = op->fd, .events = out ? POLLOUT : POLLIN};
     return poll(&p, 1, 0) == 0;
 }
@@ -522,7 +526,7 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
     }
     if (op->has_ident && gone(e, op))
         return;
-    if (op->kind == K_RECV && !u->bufring && op->bid < 0) {
+    if (ul__is_pool_read(op) && !u->bufring && op->bid < 0) {
         int bid = ul__pool_take(e);
         if (bid < 0) {  /* pool exhausted: retry after the next recycle */
             ul__backlog_push(e, op);
@@ -555,7 +559,7 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
         op->forced |= FORCED_DONE;
         if (op->kind == K_CONNECT) {
             op->forced |= FORCED_INPROGRESS;  /* on_cqe turns its success into EINPROGRESS */
-        } else if ((op->kind == K_RECV || op->kind == K_RECV_INTO || op->kind == K_RECVMSG ||
+        } else if ((ul__is_pool_read(op) || op->kind == K_RECV_INTO || op->kind == K_RECVMSG ||
                     op->kind == K_SEND || op->kind == K_SENDV || op->kind == K_SENDMSG ||
                     (op->kind == K_ACCEPT && listening(op->fd))) &&
                    would_block(op)) {
@@ -580,6 +584,24 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
             else
                 s->len = op->len;
         } else {
+            s->addr = (uint64_t)(uintptr_t)(e->pool + (size_t)op->bid * e->cfg.buf_size);
+            s->len = op->len;
+        }
+        break;
+    case K_READ_POOL:
+        /* offset -1: the file's position, as read(2) (pipes have none) */
+        s->off = (uint64_t)-1;
+        if (u->bufring) {
+            s->flags = UL_SQE_BUFFER_SELECT;
+            s->buf_group = 0;
+            if (op->multishot && u->ms_read && !op->no_ms) {
+                s->opcode = UL_OP_READ_MULTISHOT;  /* len 0: the whole buffer */
+            } else {
+                s->opcode = UL_OP_READ;
+                s->len = op->len;
+            }
+        } else {
+            s->opcode = UL_OP_READ;
             s->addr = (uint64_t)(uintptr_t)(e->pool + (size_t)op->bid * e->cfg.buf_size);
             s->len = op->len;
         }
@@ -778,7 +800,7 @@ static int cancel_unsubmitted(ul_engine *e, struct uring *u, struct ul_op *op)
     s->opcode = UL_OP_NOP;
     s->fd = -1;
     s->user_data = KUD_IGNORE;
-    if ((op->kind == K_RECV || op->kind == K_RECVMSG_POOL) && op->bid >= 0) {
+    if ((ul__is_pool_read(op) || op->kind == K_RECVMSG_POOL) && op->bid >= 0) {
         /* engine-picked buffer, unused */
         ul__pool_put(e, (uint16_t)op->bid);
         op->bid = -1;
@@ -906,7 +928,7 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
         (res == -EAGAIN || (op->kind == K_CONNECT && (res == -EINPROGRESS || res == -EALREADY)))) {
         if (op->nbatch)
             batch_release(e, op);  /* the head waits alone; the riders queue again */
-        if (((op->kind == K_RECV && !u->bufring) || (op->kind == K_RECVMSG_POOL && !u->dring)) &&
+        if (((ul__is_pool_read(op) && !u->bufring) || (op->kind == K_RECVMSG_POOL && !u->dring)) &&
             op->bid >= 0) {
             ul__pool_put(e, (uint16_t)op->bid);
             op->bid = -1;
@@ -927,7 +949,17 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
         cflags &= ~(uint32_t)UL_CQE_F_BUFFER;
         op->bid = -1;
     }
+    if (op->kind == K_READ_POOL && res == -EBADFD && !kmore && !op->cancelled && !op->no_ms &&
+        op->multishot && u->ms_read) {
+        /* READ_MULTISHOT wants a pollable file (a character device may not
+         * be): this op goes on with one-shot reads */
+        op->no_ms = 1;
+        issue(e, u, op);
+        return;
+    }
+
     switch (op->kind) {
+    case K_READ_POOL:
     case K_RECV: {
         int has_buf = 0;
         uint16_t bid = 0;
@@ -957,7 +989,7 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
                 ul__emit(e, op, res, UL_F_MORE | UL_F_BUFFER, bid);
                 if (!kmore) {  /* kernel ended it, or one-shot emulation: go again */
                     e->st.rearms++;
-                    if (u->ms_recv)
+                    if (op->kind == K_RECV ? u->ms_recv : (u->ms_read && !op->no_ms))
                         ul__backlog_push(e, op);
                     else
                         issue(e, u, op);
@@ -1665,6 +1697,7 @@ int ul__uring_init(ul_engine *e, char *err, int errlen)
     u->ms_accept = k519 && !(opt & UL_OPT_NO_MULTISHOT);
     if (u->ms_recv)
         setup_dring(e, u, NULL);  /* else datagram buffers are engine-picked */
+    u->ms_read = u->bufring && pr.ops[UL_OP_READ_MULTISHOT] && !(opt & UL_OPT_NO_MULTISHOT);
     u->cancel_fd = k519 && !(opt & UL_OPT_NO_CANCEL_FD);
     arm_wake(e, u);
 
@@ -1673,6 +1706,7 @@ int ul__uring_init(ul_engine *e, char *err, int errlen)
     e->info.features = u->features;
     e->info.multishot_recv = u->ms_recv;
     e->info.multishot_accept = u->ms_accept;
+    e->info.multishot_read = u->ms_read;
     e->info.buffer_ring = u->bufring;
     e->info.cancel_fd = u->cancel_fd;
     e->info.reason[0] = 0;

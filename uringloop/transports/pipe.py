@@ -5,11 +5,14 @@ They follow ``unix_events._UnixReadPipeTransport`` and
 ``_UnixWritePipeTransport`` of the running Python (the same checks, messages,
 error paths and calls through ``call_soon``); only the I/O differs:
 
-* Reading is one engine ``read`` at a time into a buffer the transport owns
-  (``max_size`` as the stock transport). The engine's pool receive is a
-  ``recv``, which pipes, FIFOs, ptys and character devices refuse (ENOTSOCK),
-  so a pipe read takes a buffer of its own. ``pause_reading`` cancels the read
-  in flight; a result that still comes is held for ``resume_reading``.
+* Reading is one multishot engine ``read_pool`` (read(2) into the engine's
+  buffer pool: READ_MULTISHOT on io_uring 6.7+, emulated elsewhere) while
+  reading; a turn's chunks come as one ``data_received``. ``pause_reading``
+  leaves it armed and holds what it reads, up to ``max_size`` bytes (what the
+  stock transport may read at once past the pause), and cancels it only
+  beyond that: a consumer that drains at once (a StreamReader) then pauses
+  and resumes at no engine cost. Everything held goes out, in order, before
+  newer bytes, after ``resume_reading``.
 * ``write()`` with nothing queued writes at once, as the stock transport
   does (a pipe's reader is often a process that reacts right away, or code
   that reads the other end synchronously). What the kernel does not take,
@@ -27,6 +30,7 @@ error paths and calls through ``call_soon``); only the I/O differs:
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import errno
 import functools
@@ -84,7 +88,7 @@ class _PipeBase:
 
 
 class ReadPipeTransport(_PipeBase, transports.ReadTransport):
-    max_size = 256 * 1024  # as the stock transport: at most this per read
+    max_size = 256 * 1024  # as stock; here: what a paused transport may hold (decision 162)
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         super().__init__(extra)
@@ -106,9 +110,10 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
 
         os.set_blocking(self._fileno, False)
         self._engine = loop._engine
-        self._buf = bytearray(self.max_size)
-        self._ud = None  # the read in flight, until its final record
-        self._held = None  # (res, data) that came after pause_reading
+        self._ud = None  # the multishot read, until its final record
+        self._held = collections.deque()  # (res, data) that came after pause_reading
+        self._held_bytes = 0
+        self._cancelled = False  # the read in flight was asked to stop
         # data_received runs in this context, as the stock reader handle's
         self._context = contextvars.copy_context()
         self._on_read_cb = self._on_read
@@ -142,29 +147,39 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
         return not self._paused and not self._closing
 
     def _start_reading(self):
-        if self._ud is None and self.is_reading() and self._held is None:
-            self._ud = self._engine.read(self._fileno, self._buf, self._on_read_cb)
+        if self._ud is None and self.is_reading() and not self._held:
+            # coalesce: a turn's pool chunks come joined, one data_received
+            self._ud = self._engine.read_pool(self._fileno, self._on_read_cb, True, 0, True)
+            self._cancelled = False
 
     def _on_read(self, res, more, data):
-        self._ud = None
+        if not more:
+            self._ud = None
         if self._closing:
-            self._op_ended()
+            if not more:
+                self._op_ended()
             return
-        if res == _ECANCELED:
+        if res == _ECANCELED and not more:
             self._start_reading()  # cancelled by pause_reading; resumed since?
             return
-        data = bytes(memoryview(self._buf)[:res]) if res > 0 else None
-        if self._paused:
-            self._held = (res, data)  # came before the cancel did
+        if self._paused or self._held:
+            self._held.append((res, data))
+            if res > 0:
+                self._held_bytes += res
+                if (self._paused and more and not self._cancelled
+                        and self._held_bytes >= self.max_size):
+                    self._cancelled = True  # enough held: leave the rest in the pipe
+                    self._engine.cancel(self._ud)
             return
         self._process(res, data)
+        if not more and res > 0:
+            self._start_reading()  # the op ended on data (a cancel that lost its race)
 
     def _process(self, res, data):
         if res > 0:
             # the stock reader handle runs data_received: an exception is
             # reported as a callback's, and reading goes on
             events.Handle(self._protocol.data_received, (data,), self._loop, self._context)._run()
-            self._start_reading()
         elif res == 0:
             if self._loop.get_debug():
                 logger.info("%r was closed by peer", self)
@@ -175,18 +190,18 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
             self._fatal_error(_os_error(res), "Fatal read error on pipe transport")
 
     def _drain_held(self):
-        if self._held is None or not self.is_reading():
-            return
-        res, data = self._held
-        self._held = None
-        self._process(res, data)
+        held = self._held
+        while held and self.is_reading():
+            res, data = held.popleft()
+            if res > 0:
+                self._held_bytes -= res
+            self._process(res, data)
+        self._start_reading()
 
     def pause_reading(self):
         if not self.is_reading():
             return
-        self._paused = True
-        if self._ud is not None:
-            self._engine.cancel(self._ud)
+        self._paused = True  # the read stays armed: see _on_read
         if self._loop.get_debug():
             logger.debug("%r pauses reading", self)
 
@@ -194,7 +209,7 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
         if self._closing or not self._paused:
             return
         self._paused = False
-        if self._held is not None:
+        if self._held:
             self._loop.call_soon(self._drain_held)  # data_received enters the context itself
         else:
             self._start_reading()
@@ -232,7 +247,8 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
 
     def _close(self, exc):
         self._closing = True
-        self._held = None
+        self._held.clear()
+        self._held_bytes = 0
         if self._ud is not None and not self._engine.closed:
             self._engine.cancel(self._ud)
         self._loop.call_soon(self._call_connection_lost, exc)
