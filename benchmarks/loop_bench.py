@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Event-loop micro-benchmarks: stock asyncio, uvloop and uringloop, side by side, in one run.
+"""Event-loop micro-benchmarks: stock asyncio, uvloop, rloop, rsloop and uringloop, side by side, in one run.
 
 Loops (one fresh loop per repetition):
 
 ``stock``     ``asyncio.SelectorEventLoop()``
 ``uvloop``    ``uvloop.new_event_loop()`` (left out, with a note, if uvloop is not installed)
+``rloop``     ``rloop.new_event_loop()`` (left out, with a note, if rloop is not installed)
+``rsloop``    ``rsloop.new_event_loop()`` (left out, with a note, if rsloop is not installed:
+              its Linux wheels need glibc 2.38)
 ``io_uring``  ``uringloop.Loop(backend="io_uring")``
 ``epoll``     ``uringloop.Loop(backend="epoll")``
 
@@ -60,10 +63,13 @@ ROOT = os.path.dirname(HERE)
 MSG_LEN = 64
 BATCH = 1000  # ops per batch: the loop turns (and drains) between two batches
 SLEEP_TASKS = 8
-LOOPS = ("stock", "uvloop", "io_uring", "epoll")
+LOOPS = ("stock", "uvloop", "rloop", "rsloop", "io_uring", "epoll")
+PEERS = ("uvloop", "rloop", "rsloop")  # third-party loops, each imported if it can be
 LABELS = {
     "stock": "stock asyncio",
     "uvloop": "uvloop",
+    "rloop": "rloop",
+    "rsloop": "rsloop",
     "io_uring": "uringloop io_uring",
     "epoll": "uringloop epoll",
 }
@@ -74,6 +80,7 @@ QUICK_TARGET_S = 0.03
 
 uvloop = None  # the module, when it imports
 uringloop = None
+peers: dict = {}  # name -> module, for the peers in PEERS that import
 
 
 class BenchError(Exception):
@@ -85,7 +92,7 @@ def _log(msg: str) -> None:
 
 
 def _import_loops() -> list[str]:
-    """Import uringloop (required) and uvloop (optional); returns notes."""
+    """Import uringloop (required) and the peers (optional); returns notes."""
     global uvloop, uringloop
     notes = []
     if ROOT not in sys.path:
@@ -108,14 +115,21 @@ def _import_loops() -> list[str]:
         _log(f"note: {notes[-1]}")
     else:
         uvloop = uv
+        peers["uvloop"] = uv
+    for name in PEERS[1:]:
+        try:
+            peers[name] = __import__(name)
+        except ImportError as exc:
+            notes.append(f"{name} is not installed ({exc}): its column is left out")
+            _log(f"note: {notes[-1]}")
     return notes
 
 
 def new_loop(name: str) -> asyncio.AbstractEventLoop:
     if name == "stock":
         return asyncio.SelectorEventLoop()
-    if name == "uvloop":
-        return uvloop.new_event_loop()
+    if name in PEERS:
+        return peers[name].new_event_loop()
     return uringloop.Loop(backend=name)
 
 
@@ -540,7 +554,9 @@ def _fmt_rate(x: float) -> str:
 
 def print_report(args, loops, counts, rates, counters, skipped, notes, wall) -> None:
     ref = "uvloop" if "uvloop" in loops else "stock"
-    ratio_of = [x for x in ("io_uring", "epoll", "stock") if x in loops and x != ref]
+    ratio_of = [
+        x for x in ("io_uring", "epoll", "rloop", "rsloop", "stock") if x in loops and x != ref
+    ]
     out = ["## uringloop event-loop benchmark\n"]
     argv = getattr(sys, "orig_argv", [sys.executable, *sys.argv])
     out.append(
@@ -549,8 +565,8 @@ def print_report(args, loops, counts, rates, counters, skipped, notes, wall) -> 
         f"command: `{shlex.join(argv)}`"
     )
     versions = [f"uringloop {uringloop.__version__}"]
-    if uvloop is not None:
-        versions.append(f"uvloop {uvloop.__version__}")
+    for name, mod in peers.items():
+        versions.append(f"{name} {getattr(mod, '__version__', '?')}")
     out.append(
         f"\n{', '.join(versions)} | median ops/s of {args.repeat} repetitions, loops "
         f"interleaved | whole run {wall:.1f} s\n"
@@ -660,7 +676,7 @@ def parse_args(argv=None):
 def _available_loops(wanted) -> tuple[list[str], dict[str, str]]:
     loops, why = [], {}
     for name in wanted:
-        if name == "uvloop" and uvloop is None:
+        if name in PEERS and name not in peers:
             continue
         try:
             new_loop(name).close()
@@ -677,8 +693,8 @@ def main(argv=None) -> int:
     if os.environ.get("PYTHONASYNCIODEBUG"):
         notes.append("PYTHONASYNCIODEBUG is set: asyncio debug mode slows every loop")
     if args.profile:
-        if args.profile == "uvloop" and uvloop is None:
-            sys.exit("uvloop is not installed: pip install uvloop")
+        if args.profile in PEERS and args.profile not in peers:
+            sys.exit(f"{args.profile} is not installed")
         for name in args.scenarios:
             scen = SCENARIOS[name]
             n = max(1, int(scen.n * args.scale / (20 if args.quick else 1)))
