@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Event-loop micro-benchmarks: stock asyncio, uvloop, rloop, rsloop and uringloop, side by side, in one run.
+"""Event-loop micro-benchmarks: stock asyncio, uvloop, rloop, rsloop, uringloop side by side.
 
 Loops (one fresh loop per repetition):
 

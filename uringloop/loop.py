@@ -257,6 +257,7 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
                 self._signal_handlers.clear()
                 break
             self.remove_signal_handler(sig)
+        self._sched_track_ready()  # before _ready is cleared (sched.c, lazy tracking)
         super().close()
         for table in (self._readers, self._writers):
             for handle, _obj in table.values():

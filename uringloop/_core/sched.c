@@ -44,6 +44,7 @@
 #include <time.h>
 
 #include "engine.h" /* ul_record, UL_F_* */
+#include "handles.h" /* our Handle/TimerHandle types */
 
 #ifndef Py_T_OBJECT_EX
 #define Py_T_OBJECT_EX T_OBJECT_EX
@@ -74,6 +75,16 @@ static struct {
     PyObject *task_kwnames; /* ("loop", "name", "context"); 3.10: ("loop", "name") */
     PyObject *own_call_at; /* Core.call_at's descriptor */
     PyObject *context_kwnames; /* the last kwnames tuple seen to be ("context",) */
+    /* handle.cancel(): the stock methods, and the loop methods they call */
+    PyObject *stock_handle_cancel, *stock_timer_cancel;
+    PyObject *base_get_debug, *base_timer_handle_cancelled, *base_create_future;
+    PyObject *s_get_debug, *s_timer_handle_cancelled, *s_future, *loop_kwnames;
+    PyObject *futures_dict; /* asyncio.futures: create_future looks up futures.Future */
+    PyObject *s_cancel, *one;
+    /* deque.append and deque.popleft's C functions (what their method
+     * descriptors call), for an exact deque; NULL: call the descriptors */
+    PyCFunction deque_append_c, deque_popleft_c;
+    PyObject *stock_run; /* events.Handle._run */
 } S;
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
@@ -85,9 +96,15 @@ static inline void slot_put(PyObject *o, Py_ssize_t off, PyObject *v)
     Py_XDECREF(old);
 }
 
+/* a TimerHandle whose slots may be read directly: ours or the stock class */
+static inline int is_timer(PyObject *h)
+{
+    return Py_IS_TYPE(h, ul_timer_type) || Py_IS_TYPE(h, S.timer_type);
+}
+
 static inline int is_handle(PyObject *h)
 {
-    return Py_IS_TYPE(h, S.handle_type) || Py_IS_TYPE(h, S.timer_type);
+    return Py_IS_TYPE(h, ul_handle_type) || is_timer(h) || Py_IS_TYPE(h, S.handle_type);
 }
 
 /* truth value; -1 with an exception set */
@@ -117,6 +134,7 @@ typedef struct {
     PyObject *report;     /* report(exc): a completion callback raised */
     PyObject *bound_call_soon; /* loop.call_soon, made once (see CachedMethod) */
     PyObject *dirty;      /* _dirty: transports with writes to flush before the wait */
+    int patched;          /* an instance attribute replaced a method handles call */
 } Core;
 
 /* ------------------------------------------------------------ helpers */
@@ -191,11 +209,13 @@ static PyObject *tuple_of(PyObject *const *items, Py_ssize_t n)
 }
 
 /* events.Handle(callback, args, loop, context) with the loop out of debug
- * mode: what __init__ stores, stored straight into the slots. */
+ * mode: what __init__ stores, stored straight into the slots of one of our
+ * handle types (handles.c). */
 static PyObject *make_handle(PyTypeObject *tp, PyObject *callback, PyObject *args,
                              PyObject *loop, PyObject *ctx)
 {
-    PyObject *h = tp->tp_alloc(tp, 0);
+    /* a call_soon handle starts untracked (see "lazy tracking" below) */
+    PyObject *h = ul_handle_alloc(tp, tp != ul_handle_type);
     if (h == NULL)
         return NULL;
     if (ctx == NULL || ctx == Py_None) {
@@ -221,8 +241,12 @@ static int ready_append(Core *self, PyObject *h)
 {
     PyObject *res;
     if (self->ready != NULL && Py_IS_TYPE(self->ready, S.deque_type)) {
-        PyObject *stack[2] = {self->ready, h};
-        res = PyObject_Vectorcall(S.deque_append, stack, 2, NULL);
+        if (S.deque_append_c != NULL) {
+            res = S.deque_append_c(self->ready, h);
+        } else {
+            PyObject *stack[2] = {self->ready, h};
+            res = PyObject_Vectorcall(S.deque_append, stack, 2, NULL);
+        }
     } else {
         PyObject *ready = field(self, self->ready, "_ready");
         if (ready == NULL)
@@ -238,6 +262,8 @@ static int ready_append(Core *self, PyObject *h)
 static PyObject *ready_popleft(Core *self)
 {
     if (self->ready != NULL && Py_IS_TYPE(self->ready, S.deque_type)) {
+        if (S.deque_popleft_c != NULL)
+            return S.deque_popleft_c(self->ready, NULL);
         PyObject *stack[1] = {self->ready};
         return PyObject_Vectorcall(S.deque_popleft, stack, 1, NULL);
     }
@@ -265,7 +291,7 @@ static int handle_cancelled(PyObject *h)
 
 static int set_scheduled(PyObject *h, PyObject *v)
 {
-    if (Py_IS_TYPE(h, S.timer_type)) {
+    if (is_timer(h)) {
         slot_put(h, S.off_scheduled, v);
         return 0;
     }
@@ -275,7 +301,7 @@ static int set_scheduled(PyObject *h, PyObject *v)
 /* new reference to handle._when */
 static PyObject *timer_when(PyObject *h)
 {
-    if (Py_IS_TYPE(h, S.timer_type) && SLOT(h, S.off_when) != NULL)
+    if (is_timer(h) && SLOT(h, S.off_when) != NULL)
         return Py_NewRef(SLOT(h, S.off_when));
     return PyObject_GetAttr(h, S.s_when);
 }
@@ -288,7 +314,7 @@ static PyObject *timer_when(PyObject *h)
 
 static int timer_lt(PyObject *a, PyObject *b)
 {
-    if (Py_IS_TYPE(a, S.timer_type) && Py_IS_TYPE(b, S.timer_type)) {
+    if (is_timer(a) && is_timer(b)) {
         PyObject *wa = SLOT(a, S.off_when), *wb = SLOT(b, S.off_when);
         if (wa != NULL && wb != NULL && PyFloat_CheckExact(wa) && PyFloat_CheckExact(wb))
             return PyFloat_AS_DOUBLE(wa) < PyFloat_AS_DOUBLE(wb);
@@ -445,12 +471,30 @@ static PyObject *Core_create_task(Core *self, PyObject *const *args, Py_ssize_t 
     return task;
 }
 
+/* create_future(): BaseEventLoop.create_future (futures.Future(loop=self),
+ * futures.Future looked up per call as there) without its Python frame. In
+ * debug mode the stock method, so a future's source traceback is the stock one. */
+static PyObject *Core_create_future(Core *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *fut_type = PyDict_GetItemWithError(S.futures_dict, S.s_future);
+    if (fut_type == NULL && PyErr_Occurred())
+        return NULL;
+    if (fut_type == NULL || self->debug != Py_False)
+        return PyObject_CallOneArg(S.base_create_future, (PyObject *)self);
+    Py_INCREF(fut_type);
+    PyObject *stack[1] = {(PyObject *)self};
+    PyObject *fut = PyObject_Vectorcall(fut_type, stack, 0, S.loop_kwnames);
+    Py_DECREF(fut_type);
+    return fut;
+}
+
 /* ------------------------------------------------------------ scheduling */
 
 /* a Handle for callback(*args), appended to _ready */
 static PyObject *soon(Core *self, PyObject *callback, PyObject *args, PyObject *ctx)
 {
-    PyObject *h = make_handle(S.handle_type, callback, args, (PyObject *)self, ctx);
+    PyObject *h = make_handle(ul_handle_type, callback, args, (PyObject *)self, ctx);
     if (h != NULL && ready_append(self, h) < 0)
         Py_CLEAR(h);
     return h;
@@ -486,7 +530,7 @@ static PyObject *schedule_at(Core *self, PyObject *when, PyObject *const *cbargs
     PyObject *argt = tuple_of(cbargs + 1, ncbargs - 1);
     if (argt == NULL)
         return NULL;
-    PyObject *h = make_handle(S.timer_type, cbargs[0], argt, (PyObject *)self, ctx);
+    PyObject *h = make_handle(ul_timer_type, cbargs[0], argt, (PyObject *)self, ctx);
     Py_DECREF(argt);
     if (h == NULL)
         return NULL;
@@ -1609,6 +1653,36 @@ static PyTypeObject TableType = {
 
 /* ---------------------------------------------------------------- a turn */
 
+/* ------------------------------------------------------ lazy tracking
+ * A call_soon handle is made untracked by the GC: nearly all of them are
+ * referenced by the ready queue alone and die right after they ran, and a
+ * young-generation collection would otherwise traverse every one still
+ * queued (the largest cost of a turn of many callbacks). That is safe: the
+ * GC treats an untracked object as a root, so what a queued handle refers to
+ * is never freed early. It only must not hide a cycle for ever, so a handle
+ * of ours becomes tracked as soon as something else may keep it:
+ *  - the native turn ran it (or skipped it, cancelled) and it is still
+ *    referenced elsewhere;
+ *  - cancel() or _run() was called on it from Python (the Python turn, code
+ *    that kept it);
+ *  - the loop is closed while it is queued (Loop.close calls
+ *    _sched_track_ready before BaseEventLoop.close clears _ready).
+ * Timer handles are tracked from the start: they are kept (to cancel them)
+ * and wait in the heap. */
+static inline void track(PyObject *h)
+{
+    if (Py_IS_TYPE(h, ul_handle_type) && !PyObject_GC_IsTracked(h))
+        PyObject_GC_Track(h);
+}
+
+/* the native turn is done with h (a new reference, dropped here) */
+static inline void release(PyObject *h)
+{
+    if (Py_REFCNT(h) > 1)
+        track(h);
+    Py_DECREF(h);
+}
+
 /* Handle._run for one handle; 0, or -1 when an exception must propagate */
 static int run_handle(Core *self, PyObject *h)
 {
@@ -1832,7 +1906,7 @@ static int collect_due(Core *self)
     double end_d = PyFloat_CheckExact(end) ? PyFloat_AS_DOUBLE(end) : 0.0;
     while (plain(self) && PyList_GET_SIZE(self->scheduled) > 0) {
         PyObject *h = PyList_GET_ITEM(self->scheduled, 0);
-        PyObject *w = Py_IS_TYPE(h, S.timer_type) ? SLOT(h, S.off_when) : NULL;
+        PyObject *w = is_timer(h) ? SLOT(h, S.off_when) : NULL;
         int later;
         if (w != NULL && PyFloat_CheckExact(w) && PyFloat_CheckExact(end)) {
             later = PyFloat_AS_DOUBLE(w) >= end_d;
@@ -1932,7 +2006,7 @@ static PyObject *Core_run_once(Core *self, PyObject *unused)
         if (h == NULL)
             return NULL;
         int r = run_handle(self, h);
-        Py_DECREF(h);
+        release(h);
         if (r < 0)
             return NULL;
     }
@@ -2027,6 +2101,18 @@ static void Core_dealloc(Core *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* An instance attribute that replaces a loop method our handles' cancel()
+ * would otherwise call as the stock one (loop.get_debug = ..., a mock.patch)
+ * turns that shortcut off for this loop, for good. */
+static int Core_setattro(PyObject *self, PyObject *name, PyObject *v)
+{
+    if (name == S.s_get_debug || name == S.s_timer_handle_cancelled ||
+        (PyUnicode_Check(name) && (PyUnicode_Compare(name, S.s_get_debug) == 0 ||
+                                   PyUnicode_Compare(name, S.s_timer_handle_cancelled) == 0)))
+        ((Core *)self)->patched = 1;
+    return PyObject_GenericSetAttr(self, name, v);
+}
+
 static PyMemberDef Core_members[] = {
     {"_ready", Py_T_OBJECT_EX, offsetof(Core, ready), 0, NULL},
     {"_scheduled", Py_T_OBJECT_EX, offsetof(Core, scheduled), 0, NULL},
@@ -2040,17 +2126,22 @@ static PyMemberDef Core_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
+static PyObject *Core_sched_track_ready(Core *self, PyObject *unused);
+
 static PyMethodDef Core_methods[] = {
     {"call_soon", (PyCFunction)(void (*)(void))Core_call_soon, FASTKW, NULL},
     {"_call_soon", (PyCFunction)(void (*)(void))Core_internal_call_soon, FASTKW, NULL},
     {"call_at", (PyCFunction)(void (*)(void))Core_call_at, FASTKW, NULL},
     {"call_later", (PyCFunction)(void (*)(void))Core_call_later, FASTKW, NULL},
     {"create_task", (PyCFunction)(void (*)(void))Core_create_task, FASTKW, NULL},
+    {"create_future", (PyCFunction)Core_create_future, METH_NOARGS,
+     "Create a Future object attached to the loop."},
     {"time", (PyCFunction)Core_time, METH_NOARGS,
      "Return the time according to the event loop's clock (time.monotonic())."},
     {"_run_once", (PyCFunction)Core_run_once, METH_NOARGS, NULL},
     {"_sched_attach", (PyCFunction)Core_sched_attach, METH_VARARGS, NULL},
     {"_sched_detach", (PyCFunction)Core_sched_detach, METH_NOARGS, NULL},
+    {"_sched_track_ready", (PyCFunction)Core_sched_track_ready, METH_NOARGS, NULL},
     {"_write_to_self", (PyCFunction)Core_write_to_self, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -2066,7 +2157,135 @@ static PyTypeObject CoreType = {
     .tp_dealloc = (destructor)Core_dealloc,
     .tp_members = Core_members,
     .tp_methods = Core_methods,
+    .tp_setattro = Core_setattro,
     .tp_new = PyType_GenericNew,
+};
+
+/* ------------------------------------------------------ handle.cancel()
+ * Our handles' cancel() (handles.c makes the types) does the stock methods'
+ * steps in C when everything they call is stock:
+ *
+ *   Handle.cancel:       if not self._cancelled:
+ *                            self._cancelled = True
+ *                            if self._loop.get_debug(): self._repr = repr(self)
+ *                            self._callback = None; self._args = None
+ *   TimerHandle.cancel:  if not self._cancelled:
+ *                            self._loop._timer_handle_cancelled(self)
+ *                        super().cancel()
+ *   BaseEventLoop._timer_handle_cancelled:
+ *                        if handle._scheduled: self._timer_cancelled_count += 1
+ *
+ * that is: the stock class's cancel is still the stock function, the loop is
+ * one of ours, out of debug mode, with the stock get_debug and
+ * _timer_handle_cancelled (no subclass override, no instance attribute), the
+ * slots hold the bools the stock code stores. Anything else calls the stock
+ * class's cancel as it is now. */
+
+static int stock_loop_method(PyObject *loop, PyObject *name, PyObject *fn)
+{
+    return _PyType_Lookup(Py_TYPE(loop), name) == fn;
+}
+
+static PyObject *handle_cancel(PyObject *h, int timer)
+{
+    PyTypeObject *base = timer ? S.timer_type : S.handle_type;
+    PyObject *stock = timer ? S.stock_timer_cancel : S.stock_handle_cancel;
+    PyObject *meth = _PyType_Lookup(base, S.s_cancel); /* borrowed */
+    PyObject *loop = SLOT(h, S.off_loop);
+    PyObject *cancelled = SLOT(h, S.off_cancelled);
+    PyObject *scheduled = timer ? SLOT(h, S.off_scheduled) : Py_False;
+    Core *core = loop != NULL && PyObject_TypeCheck(loop, &CoreType) ? (Core *)loop : NULL;
+    int fast = meth == stock && core != NULL && core->debug == Py_False && !core->patched &&
+               (cancelled == Py_True || cancelled == Py_False) &&
+               (scheduled == Py_True || scheduled == Py_False) &&
+               stock_loop_method(loop, S.s_get_debug, S.base_get_debug) &&
+               (!timer || (stock_loop_method(loop, S.s_timer_handle_cancelled,
+                                             S.base_timer_handle_cancelled) &&
+                           core->tcc != NULL));
+    if (!fast) {
+        if (meth == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "cancel");
+            return NULL;
+        }
+        /* the attribute as Python would fetch it from the stock class */
+        descrgetfunc get = Py_TYPE(meth)->tp_descr_get;
+        if (get == NULL)
+            return PyObject_CallNoArgs(meth);
+        PyObject *bound = get(meth, h, (PyObject *)Py_TYPE(h));
+        if (bound == NULL)
+            return NULL;
+        PyObject *r = PyObject_CallNoArgs(bound);
+        Py_DECREF(bound);
+        return r;
+    }
+    if (cancelled == Py_True)
+        Py_RETURN_NONE;
+    if (scheduled == Py_True) {
+        PyObject *n = PyNumber_Add(core->tcc, S.one);
+        if (n == NULL)
+            return NULL;
+        Py_XSETREF(core->tcc, n);
+    }
+    slot_put(h, S.off_cancelled, Py_True);
+    /* dropping the callback may run its finalizer: hold the handle meanwhile */
+    Py_INCREF(h);
+    slot_put(h, S.off_callback, Py_None);
+    slot_put(h, S.off_args, Py_None);
+    Py_DECREF(h);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Handle_cancel(PyObject *h, PyObject *unused)
+{
+    (void)unused;
+    track(h); /* kept by its caller */
+    return handle_cancel(h, 0);
+}
+
+/* _run() called from Python (the debug turn, a test): the stock method */
+static PyObject *Handle_run(PyObject *h, PyObject *unused)
+{
+    (void)unused;
+    track(h);
+    return PyObject_CallOneArg(S.stock_run, h);
+}
+
+/* before BaseEventLoop.close clears _ready: every queued handle of ours
+ * becomes tracked, so one kept elsewhere cannot hide a cycle for ever */
+static PyObject *Core_sched_track_ready(Core *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->ready == NULL)
+        Py_RETURN_NONE;
+    PyObject *it = PyObject_GetIter(self->ready);
+    if (it == NULL)
+        return NULL;
+    PyObject *h;
+    while ((h = PyIter_Next(it)) != NULL) {
+        track(h);
+        Py_DECREF(h);
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *TimerHandle_cancel(PyObject *h, PyObject *unused)
+{
+    (void)unused;
+    return handle_cancel(h, 1);
+}
+
+static PyMethodDef Handle_methods[] = {
+    {"cancel", (PyCFunction)Handle_cancel, METH_NOARGS, NULL},
+    {"_run", (PyCFunction)Handle_run, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef TimerHandle_methods[] = {
+    {"cancel", (PyCFunction)TimerHandle_cancel, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
 };
 
 /* ------------------------------------------------------- CachedMethod
@@ -2196,7 +2415,32 @@ static PyObject *setup(PyObject *mod, PyObject *args)
         !(S.base_call_at = PyObject_GetAttrString(base, "call_at")) ||
         !(S.base_call_later = PyObject_GetAttrString(base, "call_later")) ||
         !(S.base_run_once = PyObject_GetAttrString(base, "_run_once")) ||
-        !(S.base_create_task = PyObject_GetAttrString(base, "create_task")))
+        !(S.base_create_task = PyObject_GetAttrString(base, "create_task")) ||
+        !(S.base_create_future = PyObject_GetAttrString(base, "create_future")) ||
+        !(S.base_get_debug = PyObject_GetAttrString(base, "get_debug")) ||
+        !(S.base_timer_handle_cancelled = PyObject_GetAttrString(base, "_timer_handle_cancelled")) ||
+        !(S.stock_handle_cancel = PyObject_GetAttrString(handle, "cancel")) ||
+        !(S.stock_timer_cancel = PyObject_GetAttrString(timer, "cancel")) ||
+        !(S.stock_run = PyObject_GetAttrString(handle, "_run")))
+        return NULL;
+    for (PyMethodDef *m = S.deque_type->tp_methods; m != NULL && m->ml_name != NULL; m++) {
+        if (strcmp(m->ml_name, "append") == 0 && m->ml_flags == METH_O)
+            S.deque_append_c = m->ml_meth;
+        else if (strcmp(m->ml_name, "popleft") == 0 && m->ml_flags == METH_NOARGS)
+            S.deque_popleft_c = m->ml_meth;
+    }
+    PyObject *futures = PyImport_ImportModule("asyncio.futures");
+    if (futures == NULL)
+        return NULL;
+    S.futures_dict = Py_NewRef(PyModule_GetDict(futures));
+    Py_DECREF(futures);
+    ul_handle_offsets off = {
+        .callback = S.off_callback, .args = S.off_args, .cancelled = S.off_cancelled,
+        .loop = S.off_loop, .tb = S.off_tb, .repr = S.off_repr, .context = S.off_context,
+        .when = S.off_when, .scheduled = S.off_scheduled,
+    };
+    if (ul_handles_setup(S.handle_type, S.timer_type, &off, Handle_methods,
+                         TimerHandle_methods) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -2268,6 +2512,12 @@ PyMODINIT_FUNC PyInit__sched(void)
     INTERN(s_raise_error, "_raise_run_error");
     INTERN(s_name, "name");
     INTERN(s_task, "Task");
+    INTERN(s_get_debug, "get_debug");
+    INTERN(s_timer_handle_cancelled, "_timer_handle_cancelled");
+    INTERN(s_future, "Future");
+    INTERN(s_cancel, "cancel");
+    if (!(S.one = PyLong_FromLong(1)))
+        return NULL;
     PyObject *s_loop = PyUnicode_InternFromString("loop");
     if (s_loop == NULL)
         return NULL;
@@ -2276,8 +2526,9 @@ PyMODINIT_FUNC PyInit__sched(void)
 #else
     S.task_kwnames = PyTuple_Pack(2, s_loop, S.s_name);
 #endif
+    S.loop_kwnames = PyTuple_Pack(1, s_loop);
     Py_DECREF(s_loop);
-    if (S.task_kwnames == NULL)
+    if (S.task_kwnames == NULL || S.loop_kwnames == NULL)
         return NULL;
     if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&CachedMethodType) < 0 ||
         PyType_Ready(&TableType) < 0 ||
