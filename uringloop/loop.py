@@ -222,9 +222,13 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         # next, as asyncio allows. Before that, the writes of the last turn
         # leave (they would otherwise wait for the next run).
         started = not self.is_running()
+        if started:
+            self._sched_looping(True)  # _run_once loops until a stop (sched.c)
         try:
             super().run_forever()
         finally:
+            if started:
+                self._sched_looping(False)
             if started and not self.is_closed() and not self._engine.closed:
                 try:
                     if self._dirty:

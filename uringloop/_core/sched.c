@@ -135,6 +135,8 @@ typedef struct {
     PyObject *bound_call_soon; /* loop.call_soon, made once (see CachedMethod) */
     PyObject *dirty;      /* _dirty: transports with writes to flush before the wait */
     int patched;          /* an instance attribute replaced a method handles call */
+    int looping;          /* inside Loop.run_forever: _run_once runs turns until a stop */
+    int depth;            /* _run_once calls in progress (a callback may call it) */
 } Core;
 
 /* ------------------------------------------------------------ helpers */
@@ -1941,9 +1943,9 @@ static int turn_ready(Core *self)
            self->stopping != NULL && self->table != NULL && self->table->engine != NULL;
 }
 
-static PyObject *Core_run_once(Core *self, PyObject *unused)
+/* one turn: BaseEventLoop._run_once, step for step */
+static PyObject *run_turn(Core *self)
 {
-    (void)unused;
     if (!turn_ready(self))
         return PyObject_CallOneArg(S.base_run_once, (PyObject *)self);
 
@@ -2010,6 +2012,53 @@ static PyObject *Core_run_once(Core *self, PyObject *unused)
         if (r < 0)
             return NULL;
     }
+    Py_RETURN_NONE;
+}
+
+/* _run_once(). BaseEventLoop.run_forever is `while True: self._run_once();
+ * if self._stopping: break`; inside Loop.run_forever (looping) the outermost
+ * _run_once runs that loop itself and returns when _stopping is set, so the
+ * Python loop ends after one iteration: a turn costs no Python bytecode. The
+ * eval loop would run signal handlers between iterations; so does this one.
+ * Anywhere else (a test calling _run_once, a callback calling it, a subclass
+ * with its own run_forever) it is exactly one turn. */
+static PyObject *Core_run_once(Core *self, PyObject *unused)
+{
+    (void)unused;
+    if (!self->looping || self->depth > 0) {
+        self->depth++;
+        PyObject *r = run_turn(self);
+        self->depth--;
+        return r;
+    }
+    self->depth++;
+    PyObject *r;
+    for (;;) {
+        r = run_turn(self);
+        if (r == NULL || !self->looping)
+            break;
+        Py_DECREF(r);
+        int stop = self->stopping == NULL ? 1 : truthy(self->stopping);
+        if (stop != 0) { /* a deleted _stopping: the Python loop raises the stock error */
+            r = stop < 0 ? NULL : Py_NewRef(Py_None);
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            r = NULL;
+            break;
+        }
+    }
+    self->depth--;
+    return r;
+}
+
+/* _sched_looping(flag): Loop.run_forever says whether it is running */
+static PyObject *Core_sched_looping(Core *self, PyObject *flag)
+{
+    int v = PyObject_IsTrue(flag);
+    if (v < 0)
+        return NULL;
+    self->looping = v;
     Py_RETURN_NONE;
 }
 
@@ -2142,6 +2191,7 @@ static PyMethodDef Core_methods[] = {
     {"_sched_attach", (PyCFunction)Core_sched_attach, METH_VARARGS, NULL},
     {"_sched_detach", (PyCFunction)Core_sched_detach, METH_NOARGS, NULL},
     {"_sched_track_ready", (PyCFunction)Core_sched_track_ready, METH_NOARGS, NULL},
+    {"_sched_looping", (PyCFunction)Core_sched_looping, METH_O, NULL},
     {"_write_to_self", (PyCFunction)Core_write_to_self, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
