@@ -25,6 +25,8 @@
  */
 #include "handles.h"
 
+#include <string.h>
+
 PyTypeObject *ul_handle_type, *ul_timer_type;
 
 static ul_handle_offsets OFF;
@@ -134,6 +136,11 @@ static PyObject *make_type(const char *name, PyTypeObject *base, PyMethodDef *me
         return NULL;
     PyObject *tp = PyType_FromSpecWithBases(&spec, bases);
     Py_DECREF(bases);
+    /* error messages name a type by tp_name: the stock class's (a Python
+     * class's tp_name is its bare name); __module__ stays uringloop._sched.
+     * The types are never freed, so a static string may stand there. */
+    if (tp != NULL)
+        ((PyTypeObject *)tp)->tp_name = strrchr(name, '.') + 1;
     return tp;
 }
 
@@ -151,8 +158,8 @@ int ul_handles_setup(PyTypeObject *handle_base, PyTypeObject *timer_base,
         return -1;
     }
     OFF = *off;
-    /* "Handle" and "TimerHandle" are what the stock __repr__ prints (the
-     * class's __name__) */
+    /* "Handle" and "TimerHandle": what the stock __repr__ prints (the class's
+     * __name__) and what error messages say (tp_name) */
     PyObject *h = make_type("uringloop._sched.Handle", handle_base, handle_methods);
     if (h == NULL)
         return -1;

@@ -200,6 +200,15 @@ static int plain(Core *self)
            PyList_CheckExact(self->scheduled);
 }
 
+/* plain(), and a handle made now would ask a stock get_debug() (Handle.__init__
+ * calls loop.get_debug(): a subclass's or an instance attribute's answer
+ * would decide its source traceback, so those take the stock method) */
+static int makes_handles(Core *self)
+{
+    return plain(self) && !self->patched &&
+           _PyType_Lookup(Py_TYPE(self), S.s_get_debug) == S.base_get_debug;
+}
+
 static PyObject *tuple_of(PyObject *const *items, Py_ssize_t n)
 {
     PyObject *t = PyTuple_New(n);
@@ -507,7 +516,7 @@ static PyObject *Core_call_soon(Core *self, PyObject *const *args, Py_ssize_t na
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     PyObject *ctx;
-    if (nargs < 1 || parse_context(args, nargs, kwnames, &ctx) < 0 || !plain(self))
+    if (nargs < 1 || parse_context(args, nargs, kwnames, &ctx) < 0 || !makes_handles(self))
         return delegate(S.base_call_soon, self, args, nargsf, kwnames);
     PyObject *argt = tuple_of(args + 1, nargs - 1);
     if (argt == NULL)
@@ -521,7 +530,7 @@ static PyObject *Core_call_soon(Core *self, PyObject *const *args, Py_ssize_t na
 static PyObject *Core_internal_call_soon(Core *self, PyObject *const *args,
                                          Py_ssize_t nargsf, PyObject *kwnames)
 {
-    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL || !plain(self))
+    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL || !makes_handles(self))
         return delegate(S.base_internal_call_soon, self, args, nargsf, kwnames);
     return soon(self, args[0], args[1], args[2]);
 }
@@ -555,7 +564,7 @@ static PyObject *Core_call_at(Core *self, PyObject *const *args, Py_ssize_t narg
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     PyObject *ctx;
     if (nargs < 2 || args[0] == Py_None || parse_context(args, nargs, kwnames, &ctx) < 0 ||
-        !plain(self))
+        !makes_handles(self))
         return delegate(S.base_call_at, self, args, nargsf, kwnames);
     return schedule_at(self, args[0], args + 1, nargs - 1, ctx);
 }
@@ -568,7 +577,7 @@ static PyObject *Core_call_later(Core *self, PyObject *const *args, Py_ssize_t n
     /* stock: self.call_at(self.time() + delay, ...); a subclass that replaces
      * call_at gets the stock method, which calls it */
     if (nargs < 2 || args[0] == Py_None || parse_context(args, nargs, kwnames, &ctx) < 0 ||
-        !plain(self) || _PyType_Lookup(Py_TYPE(self), S.s_call_at) != S.own_call_at)
+        !makes_handles(self) || _PyType_Lookup(Py_TYPE(self), S.s_call_at) != S.own_call_at)
         return delegate(S.base_call_later, self, args, nargsf, kwnames);
     PyObject *t = now(self);
     if (t == NULL)
@@ -578,7 +587,7 @@ static PyObject *Core_call_later(Core *self, PyObject *const *args, Py_ssize_t n
     if (when == NULL)
         return NULL;
     PyObject *res;
-    if (plain(self)) /* a replaced time() is Python code: it may do anything */
+    if (makes_handles(self)) /* a replaced time() is Python code: it may do anything */
         res = schedule_at(self, when, args + 1, nargs - 1, ctx);
     else
         res = delegate(S.base_call_later, self, args, nargsf, kwnames);
