@@ -340,3 +340,37 @@ def test_create_future_as_stock(loop, stock, monkeypatch):
     monkeypatch.setattr(futures, "Future", Mine)  # looked up per call, as stock
     assert type(loop.create_future()) is Mine
     assert type(stock.create_future()) is Mine
+
+
+def test_get_debug_replaced_on_the_class_later_as_stock():
+    """Handle.__init__ asks loop.get_debug(): a class changed after the loop
+    was made (and its first handles) decides the next handles' tracebacks."""
+
+    class Mine(uringloop.Loop):
+        pass
+
+    class Stock(asyncio.SelectorEventLoop):
+        pass
+
+    def script(lp):
+        first = lp.call_soon(_noop)
+        type(lp).get_debug = lambda self: True
+        try:
+            second = lp.call_soon(_noop)
+            third = lp.call_later(1, _noop)
+        finally:
+            del type(lp).get_debug
+        fourth = lp.call_soon(_noop)
+        out = [bool(h._source_traceback) for h in (first, second, third, fourth)]
+        for h in (first, second, third, fourth):
+            h.cancel()
+        return out
+
+    mine_lp, stock_lp = Mine(), Stock()
+    try:
+        mine, theirs = script(mine_lp), script(stock_lp)
+    finally:
+        mine_lp.close()
+        stock_lp.close()
+    assert mine == [False, True, True, False]
+    assert mine == theirs

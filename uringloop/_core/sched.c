@@ -137,6 +137,8 @@ typedef struct {
     int patched;          /* an instance attribute replaced a method handles call */
     int looping;          /* inside Loop.run_forever: _run_once runs turns until a stop */
     int depth;            /* _run_once calls in progress (a callback may call it) */
+    unsigned int stock_debug_tag; /* type version tag seen with the stock get_debug */
+    unsigned int turns;   /* turns run by _run_once's loop (signals every 32) */
 } Core;
 
 /* ------------------------------------------------------------ helpers */
@@ -205,8 +207,19 @@ static int plain(Core *self)
  * would decide its source traceback, so those take the stock method) */
 static int makes_handles(Core *self)
 {
-    return plain(self) && !self->patched &&
-           _PyType_Lookup(Py_TYPE(self), S.s_get_debug) == S.base_get_debug;
+    if (!plain(self) || self->patched)
+        return 0;
+    /* the answer holds until the class (or a base) changes, which changes
+     * its version tag */
+    PyTypeObject *tp = Py_TYPE(self);
+    if ((tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) && tp->tp_version_tag != 0 &&
+        tp->tp_version_tag == self->stock_debug_tag)
+        return 1;
+    if (_PyType_Lookup(tp, S.s_get_debug) != S.base_get_debug)
+        return 0;
+    if (tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)
+        self->stock_debug_tag = tp->tp_version_tag;
+    return 1;
 }
 
 static PyObject *tuple_of(PyObject *const *items, Py_ssize_t n)
@@ -1958,10 +1971,13 @@ static PyObject *run_turn(Core *self)
     if (!turn_ready(self))
         return PyObject_CallOneArg(S.base_run_once, (PyObject *)self);
 
-    if (purge_cancelled(self) < 0)
-        return NULL;
-    if (!turn_ready(self)) /* a foreign timer's __lt__ or _cancelled ran Python code */
-        return PyObject_CallOneArg(S.base_run_once, (PyObject *)self);
+    /* no timer: nothing to purge (stock tests the count first, then the head) */
+    if (PyList_GET_SIZE(self->scheduled) > 0) {
+        if (purge_cancelled(self) < 0)
+            return NULL;
+        if (!turn_ready(self)) /* a foreign timer's __lt__ or _cancelled ran Python code */
+            return PyObject_CallOneArg(S.base_run_once, (PyObject *)self);
+    }
 
     /* transports written to since the last wait: their sends go out in the
      * same kernel entry that waits (loop._flush_dirty; it may schedule
@@ -1977,7 +1993,7 @@ static PyObject *run_turn(Core *self)
 
     /* timeout: 0 with work ready or a stop pending, else until the first timer */
     double timeout = -1.0;
-    Py_ssize_t nready = PyObject_Size(self->ready);
+    Py_ssize_t nready = Py_SIZE(self->ready); /* an exact deque (plain()): its length */
     if (nready < 0)
         return NULL;
     int stopping = truthy(self->stopping);
@@ -2009,7 +2025,8 @@ static PyObject *run_turn(Core *self)
 
     /* run what is ready now; what these callbacks schedule waits a turn */
     PyObject *ready = field(self, self->ready, "_ready");
-    Py_ssize_t ntodo = ready ? PyObject_Size(ready) : -1;
+    Py_ssize_t ntodo = ready == NULL ? -1 : Py_IS_TYPE(ready, S.deque_type) ? Py_SIZE(ready)
+                                                                        : PyObject_Size(ready);
     if (ntodo < 0)
         return NULL;
     for (Py_ssize_t i = 0; i < ntodo; i++) {
@@ -2028,7 +2045,9 @@ static PyObject *run_turn(Core *self)
  * if self._stopping: break`; inside Loop.run_forever (looping) the outermost
  * _run_once runs that loop itself and returns when _stopping is set, so the
  * Python loop ends after one iteration: a turn costs no Python bytecode. The
- * eval loop would run signal handlers between iterations; so does this one.
+ * eval loop would run signal handlers between iterations; this one runs them
+ * every 32 turns (and a turn that waits runs them when the wait is cut short;
+ * any Python callback runs them too).
  * Anywhere else (a test calling _run_once, a callback calling it, a subclass
  * with its own run_forever) it is exactly one turn. */
 static PyObject *Core_run_once(Core *self, PyObject *unused)
@@ -2052,7 +2071,7 @@ static PyObject *Core_run_once(Core *self, PyObject *unused)
             r = stop < 0 ? NULL : Py_NewRef(Py_None);
             break;
         }
-        if (PyErr_CheckSignals() < 0) {
+        if ((++self->turns & 31) == 0 && PyErr_CheckSignals() < 0) {
             r = NULL;
             break;
         }
