@@ -85,6 +85,7 @@ static struct {
      * descriptors call), for an exact deque; NULL: call the descriptors */
     PyCFunction deque_append_c, deque_popleft_c;
     PyObject *stock_run; /* events.Handle._run */
+    PyObject *own_time;  /* Core.time's descriptor */
 } S;
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
@@ -139,6 +140,8 @@ typedef struct {
     int depth;            /* _run_once calls in progress (a callback may call it) */
     unsigned int stock_debug_tag; /* type version tag seen with the stock get_debug */
     unsigned int turns;   /* turns run by _run_once's loop (signals every 32) */
+    unsigned int own_time_tag; /* type version tag seen with Core.time */
+    int time_patched;     /* an instance attribute named time was set */
 } Core;
 
 /* ------------------------------------------------------------ helpers */
@@ -408,11 +411,10 @@ static int heappush(PyObject *heap, PyObject *item)
 static PyObject *heappop(PyObject *heap)
 {
     Py_ssize_t n = PyList_GET_SIZE(heap);
-    PyObject *last = Py_NewRef(PyList_GET_ITEM(heap, n - 1));
-    if (PyList_SetSlice(heap, n - 1, n, NULL) < 0) {
-        Py_DECREF(last);
-        return NULL;
-    }
+    /* list.pop(): the list's reference to its last item becomes ours (the
+     * allocation stays, as a list shrunk by one may keep it) */
+    PyObject *last = PyList_GET_ITEM(heap, n - 1);
+    Py_SET_SIZE(heap, n - 1);
     if (n == 1)
         return last;
     PyObject *top = PyList_GET_ITEM(heap, 0);
@@ -439,6 +441,17 @@ static PyObject *Core_time(Core *self, PyObject *unused)
 /* self.time(), through the attribute (a subclass or a patch may replace it) */
 static PyObject *now(Core *self)
 {
+    /* our own time() (no subclass override, no instance attribute: cached by
+     * the class's version tag like makes_handles) is called directly */
+    PyTypeObject *tp = Py_TYPE(self);
+    if (!self->time_patched && (tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) &&
+        tp->tp_version_tag != 0 && tp->tp_version_tag == self->own_time_tag)
+        return Core_time(self, NULL);
+    if (!self->time_patched && _PyType_Lookup(tp, S.s_time) == S.own_time &&
+        (tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) {
+        self->own_time_tag = tp->tp_version_tag;
+        return Core_time(self, NULL);
+    }
     PyObject *stack[1] = {(PyObject *)self};
     return PyObject_VectorcallMethod(S.s_time, stack, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
@@ -2187,6 +2200,8 @@ static int Core_setattro(PyObject *self, PyObject *name, PyObject *v)
         (PyUnicode_Check(name) && (PyUnicode_Compare(name, S.s_get_debug) == 0 ||
                                    PyUnicode_Compare(name, S.s_timer_handle_cancelled) == 0)))
         ((Core *)self)->patched = 1;
+    if (name == S.s_time || (PyUnicode_Check(name) && PyUnicode_Compare(name, S.s_time) == 0))
+        ((Core *)self)->time_patched = 1;
     return PyObject_GenericSetAttr(self, name, v);
 }
 
@@ -2612,6 +2627,10 @@ PyMODINIT_FUNC PyInit__sched(void)
         PyType_Ready(&TableType) < 0 ||
         cache_call_soon() < 0)
         return NULL;
+    S.own_time = PyDict_GetItemWithError(CoreType.tp_dict, S.s_time);
+    if (S.own_time == NULL)
+        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_SystemError, "no Core.time");
+    Py_INCREF(S.own_time);
     S.own_call_at = PyDict_GetItemWithError(CoreType.tp_dict, S.s_call_at);
     if (S.own_call_at == NULL)
         return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_SystemError, "no Core.call_at");
