@@ -86,6 +86,7 @@ static struct {
     PyCFunction deque_append_c, deque_popleft_c;
     PyObject *stock_run; /* events.Handle._run */
     PyObject *own_time;  /* Core.time's descriptor */
+    PyObject *empty_tuple;
 } S;
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
@@ -142,6 +143,10 @@ typedef struct {
     unsigned int turns;   /* turns run by _run_once's loop (signals every 32) */
     unsigned int own_time_tag; /* type version tag seen with Core.time */
     int time_patched;     /* an instance attribute named time was set */
+    /* {"loop": self} and {"loop": self, "name": None[, "context": None]}:
+     * the keyword arguments of futures.Future/tasks.Task, made once (a call
+     * with keyword names would build this dict on every call) */
+    PyObject *future_kw, *task_kw;
 } Core;
 
 /* ------------------------------------------------------------ helpers */
@@ -456,6 +461,24 @@ static PyObject *now(Core *self)
     return PyObject_VectorcallMethod(S.s_time, stack, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
 
+/* self->future_kw (task 0) or self->task_kw (task 1): the dict
+ * dict(zip(kwnames, (self, None, None))) */
+static int make_kw(Core *self, int task)
+{
+    PyObject *names = task ? S.task_kwnames : S.loop_kwnames;
+    PyObject *d = PyDict_New();
+    if (d == NULL)
+        return -1;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++) {
+        if (PyDict_SetItem(d, PyTuple_GET_ITEM(names, i), i ? Py_None : (PyObject *)self) < 0) {
+            Py_DECREF(d);
+            return -1;
+        }
+    }
+    Py_XSETREF(*(task ? &self->task_kw : &self->future_kw), d);
+    return 0;
+}
+
 /* The keyword arguments stock create_task takes, by name: name= and (3.11+)
  * context=. 0 ok, -1 anything else (the stock method then raises). */
 static int parse_task_kw(PyObject *const *kw, PyObject *kwnames, PyObject **name,
@@ -497,8 +520,21 @@ static PyObject *Core_create_task(Core *self, PyObject *const *args, Py_ssize_t 
         parse_task_kw(args + 1, kwnames, &name, &ctx) < 0)
         return delegate(S.base_create_task, self, args, nargsf, kwnames);
     Py_INCREF(task_type);
-    PyObject *stack[4] = {args[0], (PyObject *)self, name, ctx};
-    PyObject *task = PyObject_Vectorcall(task_type, stack, 1, S.task_kwnames);
+    PyObject *task;
+    /* a class (type_call hands its __init__ a copy or parses the dict) */
+    int cached = name == Py_None && ctx == Py_None && PyType_Check(task_type);
+    if (cached && self->task_kw == NULL && make_kw(self, 1) < 0) {
+        Py_DECREF(task_type);
+        return NULL;
+    }
+    if (cached) {
+        PyObject *argt = PyTuple_Pack(1, args[0]);
+        task = argt ? PyObject_Call(task_type, argt, self->task_kw) : NULL;
+        Py_XDECREF(argt);
+    } else {
+        PyObject *stack[4] = {args[0], (PyObject *)self, name, ctx};
+        task = PyObject_Vectorcall(task_type, stack, 1, S.task_kwnames);
+    }
     Py_DECREF(task_type);
     if (task == NULL)
         return NULL;
@@ -517,11 +553,12 @@ static PyObject *Core_create_future(Core *self, PyObject *unused)
     PyObject *fut_type = PyDict_GetItemWithError(S.futures_dict, S.s_future);
     if (fut_type == NULL && PyErr_Occurred())
         return NULL;
-    if (fut_type == NULL || self->debug != Py_False)
+    if (fut_type == NULL || self->debug != Py_False || !PyType_Check(fut_type))
         return PyObject_CallOneArg(S.base_create_future, (PyObject *)self);
+    if (self->future_kw == NULL && make_kw(self, 0) < 0)
+        return NULL;
     Py_INCREF(fut_type);
-    PyObject *stack[1] = {(PyObject *)self};
-    PyObject *fut = PyObject_Vectorcall(fut_type, stack, 0, S.loop_kwnames);
+    PyObject *fut = PyObject_Call(fut_type, S.empty_tuple, self->future_kw);
     Py_DECREF(fut_type);
     return fut;
 }
@@ -2163,6 +2200,8 @@ static int Core_traverse(Core *self, visitproc visit, void *arg)
     Py_VISIT(self->report);
     Py_VISIT(self->bound_call_soon);
     Py_VISIT(self->dirty);
+    Py_VISIT(self->future_kw);
+    Py_VISIT(self->task_kw);
     return 0;
 }
 
@@ -2181,6 +2220,8 @@ static int Core_clear(Core *self)
     Py_CLEAR(self->report);
     Py_CLEAR(self->bound_call_soon);
     Py_CLEAR(self->dirty);
+    Py_CLEAR(self->future_kw);
+    Py_CLEAR(self->task_kw);
     return 0;
 }
 
@@ -2609,7 +2650,7 @@ PyMODINIT_FUNC PyInit__sched(void)
     INTERN(s_timer_handle_cancelled, "_timer_handle_cancelled");
     INTERN(s_future, "Future");
     INTERN(s_cancel, "cancel");
-    if (!(S.one = PyLong_FromLong(1)))
+    if (!(S.one = PyLong_FromLong(1)) || !(S.empty_tuple = PyTuple_New(0)))
         return NULL;
     PyObject *s_loop = PyUnicode_InternFromString("loop");
     if (s_loop == NULL)
