@@ -89,6 +89,7 @@ def test_handles_are_the_stock_classes(loop, stock):
     # the native scheduler's handles derive from the stock classes and add
     # nothing a Python program sees but C cancel() and _run() (decision 140)
     h, t = loop.call_soon(print), loop.call_later(1, print)
+    assert type(h) is _sched.Handle and type(t) is _sched.TimerHandle
     assert type(h).__mro__[1:] == events.Handle.__mro__
     assert type(t).__mro__[1:] == events.TimerHandle.__mro__
     for tp in (type(h), type(t)):

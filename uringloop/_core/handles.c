@@ -136,11 +136,19 @@ static PyObject *make_type(const char *name, PyTypeObject *base, PyMethodDef *me
         return NULL;
     PyObject *tp = PyType_FromSpecWithBases(&spec, bases);
     Py_DECREF(bases);
-    /* error messages name a type by tp_name: the stock class's (a Python
-     * class's tp_name is its bare name); __module__ stays uringloop._sched.
-     * The types are never freed, so a static string may stand there. */
+    /* Error messages name a type by tp_name (3.10-3.12: a Python class's is
+     * its bare name) or by __module__.__qualname__ (3.13): both say what the
+     * stock class's say. The types are never freed, so a static string may
+     * stand in tp_name. (uringloop._sched.Handle/TimerHandle are the types.) */
     if (tp != NULL)
         ((PyTypeObject *)tp)->tp_name = strrchr(name, '.') + 1;
+    PyObject *mod = tp ? PyUnicode_FromString("asyncio.events") : NULL;
+    if (mod == NULL || PyObject_SetAttrString(tp, "__module__", mod) < 0) {
+        Py_XDECREF(mod);
+        Py_XDECREF(tp);
+        return NULL;
+    }
+    Py_DECREF(mod);
     return tp;
 }
 

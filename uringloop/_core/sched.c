@@ -2507,7 +2507,6 @@ static int slot_offset(PyTypeObject *tp, const char *name, Py_ssize_t *out)
 
 static PyObject *setup(PyObject *mod, PyObject *args)
 {
-    (void)mod;
     PyObject *handle, *timer, *deque, *base, *op_future, *report, *run_debug, *heapify, *tasks;
     double max_timeout, fraction;
     Py_ssize_t min_scheduled;
@@ -2574,7 +2573,9 @@ static PyObject *setup(PyObject *mod, PyObject *args)
         .when = S.off_when, .scheduled = S.off_scheduled,
     };
     if (ul_handles_setup(S.handle_type, S.timer_type, &off, Handle_methods,
-                         TimerHandle_methods) < 0)
+                         TimerHandle_methods) < 0 ||
+        PyModule_AddObject(mod, "Handle", Py_NewRef((PyObject *)ul_handle_type)) < 0 ||
+        PyModule_AddObject(mod, "TimerHandle", Py_NewRef((PyObject *)ul_timer_type)) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
