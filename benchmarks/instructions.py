@@ -41,6 +41,10 @@ COUNTS = {
     "future": 10_000,
     "pingpong": 2_000,
     "pingpong16": 3_200,
+    "udp_pingpong": 2_000,
+    "udp_pingpong16": 3_200,
+    "udp_pingpong_1k": 2_000,
+    "udp_flood": 4_000,
 }
 
 CHILD = """

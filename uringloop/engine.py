@@ -36,6 +36,7 @@ __all__ = [
     "OPT_NO_CANCEL_FD",
     "OPT_TEST_EAGAIN",
     "OPT_GUARD",
+    "OPT_TEST_NOBUF",
 ]
 
 OPT_NO_MULTISHOT = lib.UL_OPT_NO_MULTISHOT
@@ -47,6 +48,9 @@ OPT_NO_CANCEL_FD = lib.UL_OPT_NO_CANCEL_FD
 OPT_TEST_EAGAIN = lib.UL_OPT_TEST_EAGAIN
 # pool guard mode (also URINGLOOP_GUARD=1): unowned pool buffers are PROT_NONE
 OPT_GUARD = lib.UL_OPT_GUARD
+# test only (io_uring): pool receives complete with data but no buffer id, so
+# the engine's guard for a kernel that breaks buffer selection runs
+OPT_TEST_NOBUF = lib.UL_OPT_TEST_NOBUF
 
 _BACKENDS = {
     "auto": lib.UL_BACKEND_AUTO,

@@ -49,6 +49,7 @@ _CONNECT_SYNC_ERRORS = frozenset(
     )
 )
 _SOCK_DGRAM = socket.SOCK_DGRAM
+_MSG_DONTWAIT = socket.MSG_DONTWAIT
 # the C member behind socket.type, without the enum conversion (75 ns, not 1 us)
 _sock_type = _socket.socket.__dict__["type"].__get__
 
@@ -102,7 +103,7 @@ class _OpFuture(asyncio.Future):
 class _SockState:
     """What a socket owes its next receive or accept after a cancel."""
 
-    __slots__ = ("sockref", "pending", "waiters", "data", "datagrams", "accepted")
+    __slots__ = ("sockref", "pending", "waiters", "data", "datagrams", "accepted", "error")
 
     def __init__(self, sock, gone=None):
         self.sockref = weakref.ref(sock, gone)
@@ -111,9 +112,12 @@ class _SockState:
         self.data = bytearray()
         self.datagrams: collections.deque = collections.deque()
         self.accepted: collections.deque = collections.deque()
+        self.error = None  # met (and so taken from the kernel) after data: the next recv's
 
     def empty(self) -> bool:
-        return not (self.pending or self.data or self.datagrams or self.accepted)
+        return not (
+            self.pending or self.data or self.datagrams or self.accepted or self.error
+        )
 
 
 class SockMixin:
@@ -331,6 +335,22 @@ class SockMixin:
 
     # ----------------------------------------------------------- receive
 
+    def _sock_recv_more(self, fd, sock, k, view):
+        """What a stream socket holds now, up to k bytes (or into view),
+        without waiting; see the note above the result converters.
+
+        Only with no later receive on the socket: see _big_recvs."""
+        try:
+            if view is None:
+                return sock.recv(k, _MSG_DONTWAIT)
+            return sock.recv_into(view, 0, _MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            if sock.fileno() == fd:
+                self._sock_get_state(fd, sock, create=True).error = exc
+        return b"" if view is None else 0
+
     async def sock_recv(self, sock, n):
         """Receive up to n bytes from sock (non-blocking)."""
         fd = self._sock_fd(sock)
@@ -338,6 +358,11 @@ class SockMixin:
             raise ValueError("negative buffersize in recv")
         if fd in self._sock_state:
             st = await self._sock_settled(fd, sock)
+            if st is not None and st.error is not None and not st.data:
+                exc, st.error = st.error, None
+                if st.empty():
+                    del self._sock_state[fd]
+                raise exc
             if st is not None and (st.data or st.datagrams):
                 if st.data:
                     out = bytes(st.data[:n])
@@ -349,20 +374,29 @@ class SockMixin:
                 return out
         if n == 0:
             return b""
+        big = 0
         if n > self._sock_bufsize:
             if _sock_type(sock) == _SOCK_DGRAM:
                 # a datagram comes whole or not at all: never through a pool
                 # buffer smaller than it may be
                 data, _addr = await self._sock_recv_datagram(fd, sock, n)
                 return data
-            n = 0  # a pool buffer's worth, as a stream receive may return less
+            big, n = n, 0  # a pool buffer's worth first, the rest below
         fut = self._sock_op(fd, sock, _recv_result)
         fut._ud = self._engine.recv(fd, fut, multishot=False, nbytes=n)
+        if big or _big_recvs:
+            ud = _big_recv(fd, big, fut._ud)
         try:  # _sock_await inlined: this is the hottest await of all
             res, data = await fut
         except _CancelledError:
+            if big:
+                _big_recvs.pop(fd, None)
             self._sock_on_cancel(fut, fd, sock, _recv_result, True)
             raise
+        if big and _big_recvs.pop(fd, None) == ud and res == self._sock_bufsize:
+            more = self._sock_recv_more(fd, sock, big - res, None)
+            if more:
+                return data + more
         if res < 0:
             raise self._sock_error(res, sock)
         return data if data is not None else b""
@@ -392,6 +426,11 @@ class SockMixin:
         n = view.nbytes
         if fd in self._sock_state:
             st = await self._sock_settled(fd, sock)
+            if st is not None and st.error is not None and not st.data:
+                exc, st.error = st.error, None
+                if st.empty():
+                    del self._sock_state[fd]
+                raise exc
             if st is not None and (st.data or st.datagrams):
                 if st.data:
                     k = min(n, len(st.data))
@@ -406,16 +445,27 @@ class SockMixin:
                 return k
         if n == 0:
             return 0
+        big = 0
         if n > self._sock_bufsize:
             if _sock_type(sock) == _SOCK_DGRAM:
                 data, _addr = await self._sock_recv_datagram(fd, sock, n)
                 view[: len(data)] = data
                 return len(data)
-            n = 0  # a pool buffer's worth
+            big, n = n, 0  # a pool buffer's worth first, the rest below
         convert = functools.partial(_into_result, view)
         fut = self._sock_op(fd, sock, convert)
         fut._ud = self._engine.recv(fd, fut, multishot=False, nbytes=n)
-        return await self._sock_await(fut, convert, fd, sock)
+        if big or _big_recvs:
+            ud = _big_recv(fd, big, fut._ud)
+        if not big:
+            return await self._sock_await(fut, convert, fd, sock)
+        try:
+            res = await self._sock_await(fut, convert, fd, sock)
+        finally:
+            mine = _big_recvs.pop(fd, None) == ud
+        if mine and res == self._sock_bufsize:
+            res += self._sock_recv_more(fd, sock, 0, view[res:])
+        return res
 
     async def sock_recvfrom(self, sock, bufsize):
         """Receive a datagram of up to bufsize bytes; returns (data, address)."""
@@ -696,6 +746,32 @@ class SockMixin:
             if not self._engine.closed:
                 self._engine.cancel(ud)
             raise
+
+
+# A stream receive asked for more than a pool buffer and the buffer came back
+# full: the stock loop's recv(n) would have returned up to n bytes of what is
+# there, so read the rest of what is there now, without waiting. Only when no
+# receive on the socket was asked for after this one (_big_recvs): such a
+# receive may hold bytes that came before these. EOF met here is met again by
+# the next receive; an error is taken from the kernel by reading it, so the
+# socket keeps it for its next receive (SockMixin._sock_recv_more).
+
+
+
+# fd -> user_data of the stream receive above a pool buffer in flight there,
+# None once another receive was asked for on fd after it (it may then no longer
+# read on: _sock_recv_more). Process-wide, keyed by fd (a socket is one loop's
+# at a time; a clash only makes a receive return less): a module global is
+# the cheapest test for the receives that are not big (the dict is empty).
+_big_recvs: dict = {}
+
+
+def _big_recv(fd, big, ud):
+    if fd in _big_recvs:
+        _big_recvs[fd] = None
+    if big:
+        _big_recvs[fd] = ud
+    return ud
 
 
 # Result converters: (res, data, late) -> the await's value, or, when late, what

@@ -48,6 +48,11 @@
 /* Pool guard mode (also URINGLOOP_GUARD=1 at engine creation): pool buffers are
  * page-aligned and PROT_NONE while neither the kernel nor a record holds them. */
 #define UL_OPT_GUARD 32
+/* Test only (io_uring): every pool receive completion that brings data has
+ * its buffer taken back from it before it is read, as if the kernel had
+ * broken the buffer-select contract (data, no buffer id), so the engine's
+ * guard for that case runs (it ends the op with -EIO, never naming bid 0). */
+#define UL_OPT_TEST_NOBUF 4096
 
 typedef struct ul_record {
     uint64_t user_data;

@@ -8,7 +8,8 @@
  * of its fd: readers, writers, polls. Each fd is registered once, edge-
  * triggered, for IN|OUT|RDHUP, and stays registered until close_fd (one
  * epoll_ctl per fd lifetime instead of one per op). Edge triggering means an
- * event must be followed by attempts until EAGAIN; an fd whose readers stop
+ * event must be followed by attempts until EAGAIN (or a short stream read,
+ * which drained the socket: drained_by_short_read); an fd whose readers stop
  * early (the per-turn budget, or an empty buffer pool) goes on a ready list
  * and is tried again next turn without waiting, so no edge is ever lost.
  *
@@ -46,6 +47,9 @@ enum { Q_READ, Q_WRITE, Q_POLL };
 
 struct ep {
     int epfd;
+    int drained_ok;  /* the readers being run were woken by an event that
+                        carried no hang-up or error: a short stream read
+                        drained the socket (try_recv_pool) */
     int32_t ready_head, ready_tail;  /* fds to retry next turn, linked through
                                         ul_fd.ready_next: never allocates */
     struct epoll_event evs[NEVENTS];
@@ -250,6 +254,25 @@ static ssize_t nowait_write(struct ul_op *op, char *b, size_t n)
 
 /* ------------------------------------------------------------- attempts */
 
+/* After a short read (less than the buffer) from a stream socket, the
+ * socket's receive queue was empty at that moment: another read would only
+ * say EAGAIN. Any byte, FIN or error that arrives later raises a new edge,
+ * so waiting is safe, except when the event we are serving already carried
+ * a hang-up or an error (FIN queued behind the data: no new edge will come,
+ * read on to the 0). Datagram sockets are never drained by a short read. */
+static int drained_by_short_read(ul_engine *e, struct ul_op *op)
+{
+    if (!((struct ep *)e->bs)->drained_ok)
+        return 0;
+    if (!op->stream) {
+        int type = 0;
+        socklen_t len = sizeof type;
+        op->stream = (getsockopt(op->fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 &&
+                      type == SOCK_STREAM) ? 1 : 2;
+    }
+    return op->stream == 1;
+}
+
 static int try_recv_pool(ul_engine *e, struct ul_op *op)
 {
     for (int n = 0; n < BUDGET; n++) {
@@ -265,6 +288,8 @@ static int try_recv_pool(ul_engine *e, struct ul_op *op)
                 return TRY_DONE;
             }
             ul__emit(e, op, (int32_t)r, UL_F_MORE | UL_F_BUFFER, (uint16_t)bid);
+            if ((uint32_t)r < op->len && drained_by_short_read(e, op))
+                return TRY_WAIT;
             continue;
         }
         ul__pool_put(e, (uint16_t)bid);
@@ -657,8 +682,11 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
         int fd = (int)tag;
         if (fd >= e->nfds || !e->fds[fd].registered)
             continue;
-        if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI))
+        if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI)) {
+            p->drained_ok = !(ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
             run_queue(e, fd, Q_READ, 0);
+            p->drained_ok = 0;
+        }
         if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR))
             run_queue(e, fd, Q_WRITE, 0);
         if (e->fds[fd].pq_head >= 0)

@@ -60,6 +60,8 @@ struct ul_op {
     uint8_t on_backlog;
     uint8_t has_ident;          /* ident is valid */
     uint8_t forced;             /* UL_OPT_TEST_EAGAIN state (uring.c FORCED_*) */
+    uint8_t stream;             /* epoll K_RECV: 0 not known yet, 1 a stream socket,
+                                   2 not one (SO_TYPE read once per op) */
     int fd;
     uint32_t sqe_idx;           /* io_uring: SQ index of the op's latest SQE */
     uint64_t ident;             /* the file fd named when the op was asked for

@@ -45,6 +45,7 @@
 
 #include "engine.h" /* ul_record, UL_F_* */
 #include "handles.h" /* our Handle/TimerHandle types */
+#include "dgram.h"  /* the datagram transport's hot half */
 
 #ifndef Py_T_OBJECT_EX
 #define Py_T_OBJECT_EX T_OBJECT_EX
@@ -763,9 +764,7 @@ struct Table {
     Py_ssize_t dsize;
     uint32_t dfirst, dcount;
     PyObject *decode;    /* decode(raw sockaddr) -> address, for what C does not build */
-    PyObject *last_addr; /* the last address built from last_raw: a peer that sends */
-    uint8_t last_raw[sizeof(struct sockaddr_in6)]; /* again gets the same object */
-    uint32_t last_len;
+    ul_addr_cache *addrs; /* sender addresses, one object per peer (dgram.c) */
 };
 
 static PyTypeObject TableType;
@@ -1316,48 +1315,6 @@ static PyObject *record_data(Table *t, const ul_record *r, uint32_t slot)
     return Py_NewRef(Py_None);
 }
 
-/* The sender's address as the socket module gives it (IPv4 and IPv6 built
- * here, the rest by decode()); None for no address. */
-static PyObject *sockaddr_obj(Table *t, const uint8_t *raw, uint32_t len)
-{
-    if (len < sizeof(sa_family_t))
-        Py_RETURN_NONE;
-    if (t->last_addr != NULL && len == t->last_len && memcmp(raw, t->last_raw, len) == 0)
-        return Py_NewRef(t->last_addr);
-    sa_family_t fam;
-    memcpy(&fam, raw, sizeof fam);
-    char host[INET6_ADDRSTRLEN];
-    PyObject *a;
-    if (fam == AF_INET && len >= sizeof(struct sockaddr_in)) {
-        struct sockaddr_in sin;
-        memcpy(&sin, raw, sizeof sin);
-        if (!inet_ntop(AF_INET, &sin.sin_addr, host, sizeof host))
-            return PyErr_SetFromErrno(PyExc_OSError);
-        a = Py_BuildValue("(si)", host, (int)ntohs(sin.sin_port));
-        len = sizeof sin;
-    } else if (fam == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
-        struct sockaddr_in6 sin6;
-        memcpy(&sin6, raw, sizeof sin6);
-        if (!inet_ntop(AF_INET6, &sin6.sin6_addr, host, sizeof host))
-            return PyErr_SetFromErrno(PyExc_OSError);
-        a = Py_BuildValue("(siII)", host, (int)ntohs(sin6.sin6_port),
-                          (unsigned int)ntohl(sin6.sin6_flowinfo),
-                          (unsigned int)sin6.sin6_scope_id);
-        len = sizeof sin6;
-    } else {
-        PyObject *b = PyBytes_FromStringAndSize((const char *)raw, len);
-        a = b ? PyObject_CallOneArg(t->decode, b) : NULL;
-        Py_XDECREF(b);
-        return a;
-    }
-    if (a != NULL) {
-        Py_XSETREF(t->last_addr, Py_NewRef(a));
-        memcpy(t->last_raw, raw, len);
-        t->last_len = len;
-    }
-    return a;
-}
-
 /* A UL_F_MSG record: (payload, address) from its datagram-pool buffer. */
 static PyObject *msg_data(Table *t, const ul_record *r)
 {
@@ -1379,7 +1336,7 @@ static PyObject *msg_data(Table *t, const ul_record *r)
         return NULL;
     }
     PyTuple_SET_ITEM(out, 0, payload);
-    PyObject *addr = sockaddr_obj(t, b + 16, namelen);
+    PyObject *addr = ul_addr_obj(&t->addrs, b + 16, namelen, t->decode);
     if (addr == NULL) {
         Py_DECREF(out);
         return NULL;
@@ -1623,7 +1580,9 @@ static int Table_traverse(Table *t, visitproc visit, void *arg)
 {
     Py_VISIT(t->addr_of);
     Py_VISIT(t->decode);
-    Py_VISIT(t->last_addr);
+    int rc = ul_addr_cache_traverse(t->addrs, visit, arg);
+    if (rc)
+        return rc;
     for (uint32_t i = 0; i < t->nslots; i++) {
         Py_VISIT(t->slots[i].owner);
         Py_VISIT(t->slots[i].keep);
@@ -1635,7 +1594,7 @@ static int Table_clear(Table *t)
 {
     Py_CLEAR(t->addr_of);
     Py_CLEAR(t->decode);
-    Py_CLEAR(t->last_addr);
+    ul_addr_cache_free(&t->addrs);
     for (uint32_t i = 0; i < t->nslots; i++) {
         Py_CLEAR(t->slots[i].owner);
         Py_CLEAR(t->slots[i].keep);
@@ -2687,6 +2646,10 @@ PyMODINIT_FUNC PyInit__sched(void)
     }
     if (PyModule_AddObject(m, "Core", Py_NewRef((PyObject *)&CoreType)) < 0) {
         Py_DECREF((PyObject *)&CoreType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (ul_dgram_init(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -41,6 +41,8 @@ import warnings
 from asyncio import constants, events, futures, selector_events, transports, trsock
 from asyncio.log import logger
 
+from .._sched import Dgram
+
 __all__ = ["DatagramTransport"]
 
 _ECANCELED = -errno.ECANCELED
@@ -94,6 +96,7 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         self._address = address
         self._connected = bool(self._extra["peername"])  # the stock test, made once
         self._protocol_connected = False
+        self._dg = None  # the hot half in C (uringloop/_core/dgram.c)
         self.set_protocol(protocol)
         self._buffer = collections.deque()  # (bytes, addr) waiting for writability
         self._buffer_size = 0
@@ -114,6 +117,14 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         self._context = ctx = contextvars.copy_context()
         self._on_recv_cb = functools.partial(ctx.run, self._on_recv)
         self._on_writable_cb = functools.partial(ctx.run, self._on_writable)
+        # The receive's owner and sendto's first try, in C: each takes the
+        # common case and hands the rest to the Python methods below.
+        self._dg = Dgram(
+            self, protocol, ctx, loop._ready, self._on_recv_cb, sock, self._buffer,
+            address or None, self._sock_fd, sock.family, self._connected,
+        )
+        self._dg.send_fast = 1
+        self.sendto = self._dg.sendto  # over the class's: no Python frame
         loop._transports[self._sock_fd] = self
         loop.call_soon(self._protocol.connection_made, self)
         # only start reading when connection_made() has been called
@@ -145,6 +156,15 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
     def set_protocol(self, protocol):
         self._protocol = protocol
         self._protocol_connected = True
+        if self._dg is not None:
+            self._dg.protocol = protocol
+
+    def _update_fast(self):
+        """Whether the C half may hand a record straight to datagram_received:
+        the plain reading state (the loop's ready queue it checks itself)."""
+        self._dg.recv_fast = (
+            self._pool and self._held is None and not self._paused and not self._closing
+        )
 
     def get_protocol(self):
         return self._protocol
@@ -166,6 +186,7 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         if not self.is_reading():
             return
         self._paused = True
+        self._update_fast()
         if self._recv_ud is not None:
             self._engine.cancel(self._recv_ud)  # its late records get held
         if self._loop.get_debug():
@@ -175,6 +196,7 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         if self._closing or not self._paused:
             return
         self._paused = False
+        self._update_fast()
         if self._held:
             self._schedule_drain()
         else:
@@ -192,7 +214,8 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         ):
             return
         if self._pool:
-            self._recv_ud = self._engine.recvmsg_pool(self._sock_fd, self._on_recv_cb)
+            self._update_fast()
+            self._recv_ud = self._engine.recvmsg_pool(self._sock_fd, self._dg)
         else:
             if self._rbuf is None:
                 self._rbuf = bytearray(self.max_size)
@@ -201,25 +224,9 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
             )
 
     def _on_recv(self, res, more, data):
-        """The engine's callback: one record, one datagram (or one error)."""
-        if (
-            more
-            and res >= 0
-            and self._pool
-            and self._held is None
-            and not self._paused
-            and not self._closing
-            and not self._conn_lost
-            and not self._loop._ready
-        ):
-            # the common case, first: a pool datagram handed over at once
-            try:
-                self._protocol.datagram_received(*data)
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal_error(exc, "Fatal read error on datagram transport")
-            return
+        """The engine's callback: one record, one datagram (or one error).
+        (A pool datagram while plainly reading went straight to the protocol
+        from C, see Dgram; this is the rest.)"""
         if not more:
             self._recv_ud = None
         if self._closing:
@@ -244,6 +251,7 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
             # in _ready: the datagram waits in order
             if held is None:
                 held = self._held = collections.deque()
+                self._update_fast()
             held.append(item)
             if not self._paused:
                 self._schedule_drain()
@@ -264,6 +272,7 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
             self._process(held.popleft())
         if not held:
             self._held = None
+            self._update_fast()
             self._start_reading()
 
     def _process(self, item):
@@ -278,7 +287,20 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._fatal_error(exc, "Fatal read error on datagram transport")
+            self._protocol_raised(exc)
+
+    def _protocol_raised(self, exc):
+        """datagram_received or error_received raised: the stock transport
+        calls them from its reader callback and lets the exception out to the
+        callback's handle, which reports it (and the transport reads on)."""
+        self._raised = exc
+        # (a copy of the current context: ours may be the one running)
+        events.Handle(self._read_ready, (), self._loop, None)._run()
+
+    def _read_ready(self):
+        # named after the stock reader callback: the handle's report names it
+        exc, self._raised = self._raised, None
+        raise exc
 
     # ------------------------------------------------------------- writing
 
@@ -293,9 +315,7 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
             if addr not in (None, self._address):
                 raise ValueError(f"Invalid address: must be None or {self._address}")
             addr = self._address
-        if self._conn_lost and (self._address or self._fd_closing):
-            # (unconnected after close: the fd is the engine's now; the stock
-            # transport would still send, or fail once connection_lost ran)
+        if self._conn_lost and self._address:
             if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 logger.warning("socket.send() raised exception.")
             self._conn_lost += 1
@@ -308,16 +328,31 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
                 else:
                     self._sock.sendto(data, addr)
                 return
-            except (BlockingIOError, InterruptedError):
-                self._wait_writable()
-            except OSError as exc:
-                self._protocol.error_received(exc)
-                return
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
-                self._fatal_error(exc, "Fatal write error on datagram transport")
+                self._sendto_failed(data, addr, exc)
                 return
+        self._queue(data, addr)
+
+    # Dgram.sendto (C, bound over sendto on the instance) hands over to these
+    _sendto_py = sendto
+
+    def _sendto_failed(self, data, addr, exc):
+        """The first try's syscall raised exc: the stock transport's except
+        branches (EAGAIN: queue behind a writability wait; an OSError goes to
+        error_received; anything else is fatal)."""
+        if self._address:
+            addr = self._address
+        if isinstance(exc, (BlockingIOError, InterruptedError)):
+            self._wait_writable()
+            self._queue(data, addr)
+        elif isinstance(exc, OSError):
+            self._protocol.error_received(exc)
+        else:
+            self._fatal_error(exc, "Fatal write error on datagram transport")
+
+    def _queue(self, data, addr):
         # what waits must not change under us
         self._buffer.append((bytes(data), addr))
         self._buffer_size += len(data) + _HEADER
@@ -386,6 +421,7 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         self._force_close(None)
 
     def _stop_reading(self):
+        self._update_fast()
         if self._recv_ud is not None and not self._engine.closed:
             self._engine.cancel(self._recv_ud)
 
@@ -422,13 +458,23 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         if self._fd_closing:
             return
         self._fd_closing = True
+        self._dg.send_fast = 0  # the fd number is the engine's from here on
         self._lost_exc = exc
         self._loop.call_soon(self._lost_due, context=self._context)
         if self._engine.closed or self._sock.fileno() < 0:
             self._sock.close()
             self._fd_closed = True
             return
-        self._engine.close_fd(self._sock.detach(), self._on_closed)
+        sock = self._sock
+        if not self._address:
+            # The stock transport still sends an unconnected endpoint's
+            # datagrams until connection_lost (and fails after): a duplicate
+            # of the fd does that while the engine closes the original.
+            try:
+                self._sock = sock.dup()
+            except OSError:
+                pass  # then such a send fails (EBADF) and error_received says so
+        self._engine.close_fd(sock.detach(), self._on_closed)
 
     def _on_closed(self, res, more, data):
         self._fd_closed = True

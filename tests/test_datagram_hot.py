@@ -1,0 +1,348 @@
+"""The datagram transport's hot half in C (uringloop/_core/dgram.c): records
+handed straight to datagram_received, sendto's first try, sender addresses
+cached per peer. Every test runs on both backends and on the stock loop, so
+what the C half does is compared with the stock transport by construction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import socket
+
+import pytest
+from conftest import run_in
+from test_datagram import Recorder
+
+
+def _rx_socket():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(5)
+    return s
+
+
+def test_sendto_after_close_unconnected_as_stock(any_loop):
+    """The stock transport still sends an unconnected endpoint's datagrams
+    after close() until connection_lost (through its socket), and fails with
+    the AttributeError of its cleared loop after."""
+    loop = any_loop
+    rx = _rx_socket()
+
+    async def main(how):
+        tr, pr = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop), local_addr=("127.0.0.1", 0)
+        )
+        getattr(tr, how)()
+        tr.sendto(b"after " + how.encode(), rx.getsockname())
+        await pr.lost
+        with pytest.raises(AttributeError):
+            tr.sendto(b"after connection_lost", rx.getsockname())
+        assert pr.errors == []
+
+    try:
+        for how in ("close", "abort"):
+            run_in(loop, main(how))
+            assert rx.recv(100) == b"after " + how.encode()
+        rx.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            rx.recv(100)
+    finally:
+        rx.close()
+
+
+def test_sender_addresses_of_many_peers(any_loop):
+    """More peers than the address cache has slots, sending in turns: each
+    datagram comes with its own sender's address, as recvfrom gives it."""
+    loop = any_loop
+    peers = []
+
+    async def main():
+        tr, pr = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop), local_addr=("127.0.0.1", 0)
+        )
+        addr = tr.get_extra_info("sockname")
+        for _ in range(80):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            peers.append(s)
+        sent = []
+        for rnd in range(3):
+            for i, s in enumerate(peers):
+                s.sendto(b"%d/%d" % (rnd, i), addr)
+                sent.append((b"%d/%d" % (rnd, i), s.getsockname()))
+            await pr.until(lambda: len(pr.datagrams) == len(sent))
+        assert sorted(pr.datagrams) == sorted(sent)
+        for _data, a in pr.datagrams:
+            assert type(a) is tuple and type(a[0]) is str and type(a[1]) is int
+        tr.close()
+        await pr.lost
+
+    try:
+        run_in(loop, main())
+    finally:
+        for s in peers:
+            s.close()
+
+
+def _has_ipv6():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback here")
+def test_ipv6_addresses_both_ways(any_loop):
+    loop = any_loop
+    peer = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    peer.bind(("::1", 0))
+    peer.settimeout(5)
+
+    async def main():
+        tr, pr = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop), local_addr=("::1", 0)
+        )
+        addr = tr.get_extra_info("sockname")
+        peer.sendto(b"to endpoint", addr)
+        await pr.until(lambda: pr.datagrams)
+        assert pr.datagrams == [(b"to endpoint", peer.getsockname())]
+        host, port = peer.getsockname()[:2]
+        tr.sendto(b"2-tuple", (host, port))
+        tr.sendto(b"4-tuple", (host, port, 0, 0))
+        tr.sendto(b"the address received", pr.datagrams[0][1])
+        got = [await loop.run_in_executor(None, peer.recvfrom, 100) for _ in range(3)]
+        assert [d for d, _ in got] == [b"2-tuple", b"4-tuple", b"the address received"]
+        assert all(a == addr for _, a in got)
+        tr.close()
+        await pr.lost
+
+    try:
+        run_in(loop, main())
+    finally:
+        peer.close()
+
+
+def test_sendto_argument_forms_as_stock(any_loop):
+    """Data types, keyword address, names the socket module resolves: sent."""
+    loop = any_loop
+    rx = _rx_socket()
+    host, port = rx.getsockname()
+
+    async def main():
+        tr, pr = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop), local_addr=("127.0.0.1", 0)
+        )
+        tr.sendto(b"bytes", (host, port))
+        tr.sendto(bytearray(b"bytearray"), (host, port))
+        tr.sendto(memoryview(b"..memoryview")[2:], (host, port))
+        tr.sendto(b"keyword", addr=(host, port))
+        tr.sendto(data=b"keywords", addr=(host, port))
+        tr.sendto(b"resolved", ("localhost", port))
+        assert pr.errors == []
+        tr.close()
+        await pr.lost
+
+    try:
+        run_in(loop, main())
+        got = [rx.recv(100) for _ in range(6)]
+        assert got == [b"bytes", b"bytearray", b"memoryview", b"keyword", b"keywords",
+                       b"resolved"]
+    finally:
+        rx.close()
+
+
+@pytest.mark.parametrize(
+    "data, addr, outcome",
+    [
+        (b"port", ("127.0.0.1", 70000), ("-", "OverflowError", True)),
+        (b"port type", ("127.0.0.1", "x"), ("-", "TypeError", True)),
+        (b"no address", None, ("-", "TypeError", True)),
+        (b"3-tuple", ("127.0.0.1", 9, 0), ("-", "TypeError", True)),
+        (b"a list", ["127.0.0.1", 9], ("-", "TypeError", True)),
+        (memoryview(b"abcdef")[::2], ("127.0.0.1", 9), ("-", "BufferError", True)),
+        ("str", ("127.0.0.1", 9), ("TypeError", None, False)),
+    ],
+)
+def test_sendto_bad_arguments_as_stock(any_loop, data, addr, outcome):
+    """What sendto raises, what the exception handler hears, whether the
+    endpoint is closed: the stock transport's answer for each."""
+    loop = any_loop
+    contexts = []
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+
+    async def main():
+        tr, pr = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop), local_addr=("127.0.0.1", 0)
+        )
+        raised = "-"
+        try:
+            tr.sendto(data, addr)
+        except Exception as exc:  # noqa: BLE001 -- the type is compared
+            raised = type(exc).__name__
+        handled = [type(c.get("exception")).__name__ for c in contexts]
+        closing = tr.is_closing()
+        tr.close()
+        await pr.lost
+        return raised, handled[0] if handled else None, closing
+
+    assert run_in(loop, main()) == outcome
+
+
+def test_connected_sendto_rules(any_loop):
+    loop = any_loop
+    rx = _rx_socket()
+    addr = rx.getsockname()
+
+    async def main():
+        tr, pr = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop), remote_addr=addr
+        )
+        tr.sendto(b"no address")
+        tr.sendto(b"the same address", addr)
+        tr.sendto(b"an equal address", tuple(list(addr)))
+        with pytest.raises(ValueError):
+            tr.sendto(b"another address", ("127.0.0.1", addr[1] + 1))
+        tr.close()
+        await pr.lost
+
+    try:
+        run_in(loop, main())
+        assert [rx.recv(100) for _ in range(3)] == [
+            b"no address", b"the same address", b"an equal address"
+        ]
+    finally:
+        rx.close()
+
+
+def test_set_protocol_takes_the_next_datagram(any_loop):
+    loop = any_loop
+
+    async def main():
+        tr, first = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop), local_addr=("127.0.0.1", 0)
+        )
+        addr = tr.get_extra_info("sockname")
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            tx.sendto(b"one", addr)
+            await first.until(lambda: first.datagrams)
+            second = Recorder(loop)
+            tr.set_protocol(second)
+            tx.sendto(b"two", addr)
+            await second.until(lambda: second.datagrams)
+        finally:
+            tx.close()
+        assert [d for d, _ in first.datagrams] == [b"one"]
+        assert [d for d, _ in second.datagrams] == [b"two"]
+        tr.close()
+        await second.lost
+
+    run_in(loop, main())
+
+
+def test_datagram_received_raising_is_reported_as_stock(any_loop):
+    """The stock transport calls datagram_received from its reader callback
+    and lets an exception out to that callback's handle: it is reported as a
+    raising callback and the endpoint reads on."""
+    loop = any_loop
+    contexts = []
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+
+    class Boom(Recorder):
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            if data == b"boom":
+                raise ZeroDivisionError("boom")
+
+    async def main():
+        tr, pr = await loop.create_datagram_endpoint(
+            lambda: Boom(loop), local_addr=("127.0.0.1", 0)
+        )
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            tx.sendto(b"boom", tr.get_extra_info("sockname"))
+            await pr.until(lambda: pr.datagrams)
+            tx.sendto(b"after", tr.get_extra_info("sockname"))
+            await pr.until(lambda: len(pr.datagrams) == 2)
+        finally:
+            tx.close()
+        assert not tr.is_closing()
+        assert [d for d, _ in pr.datagrams] == [b"boom", b"after"]
+        assert len(contexts) == 1
+        assert contexts[0]["message"].startswith("Exception in callback ")
+        assert contexts[0]["message"].endswith("._read_ready()")
+        assert isinstance(contexts[0]["exception"], ZeroDivisionError)
+        assert isinstance(contexts[0]["handle"], asyncio.Handle)
+        tr.close()
+        await pr.lost
+
+    run_in(loop, main())
+
+
+VAR = contextvars.ContextVar("VAR", default=0)
+
+
+def test_datagram_received_runs_in_the_transports_context(any_loop):
+    """One context for the endpoint's reading, copied when it was made: a
+    value set in datagram_received is seen by the next one, not outside."""
+    loop = any_loop
+    seen = []
+
+    class Counting(Recorder):
+        def datagram_received(self, data, addr):
+            seen.append(VAR.get())
+            VAR.set(VAR.get() + 1)
+            super().datagram_received(data, addr)
+
+    async def main():
+        VAR.set(100)
+        tr, pr = await loop.create_datagram_endpoint(
+            lambda: Counting(loop), local_addr=("127.0.0.1", 0)
+        )
+        VAR.set(200)
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for i in range(3):
+                tx.sendto(b"%d" % i, tr.get_extra_info("sockname"))
+                await pr.until(lambda i=i: len(pr.datagrams) == i + 1)
+        finally:
+            tx.close()
+        assert seen == [100, 101, 102]
+        assert VAR.get() == 200
+        tr.close()
+        await pr.lost
+
+    run_in(loop, main())
+
+
+def test_flood_benchmark_sender_builds_and_sends(tmp_path):
+    """benchmarks/udp_flood.c (loop_bench's udp_flood sender) builds without
+    warnings and sends 64-byte datagrams; nothing here measures speed."""
+    import os
+    import shutil
+    import subprocess
+
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler (cc/gcc) to build benchmarks/udp_flood.c")
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "benchmarks", "udp_flood.c")
+    exe = str(tmp_path / "udp_flood")
+    subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", exe, src], check=True)
+    rx = _rx_socket()
+    try:
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        subprocess.run([exe, str(rx.getsockname()[1]), "100"], check=True, timeout=30)
+        got = [rx.recv(100)]  # loopback: at least one arrives (UDP may drop the rest)
+        rx.setblocking(False)
+        while True:
+            try:
+                got.append(rx.recv(100))
+            except BlockingIOError:
+                break
+        assert 1 <= len(got) <= 100 and all(d == bytes(64) for d in got)
+    finally:
+        rx.close()

@@ -1,0 +1,293 @@
+"""The engine's receive path: what a pool receive reads, and how often it asks."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+import socket
+import sys
+import termios
+import threading
+import time
+
+import pytest
+from conftest import Collector, run_in, run_until, settle
+
+from uringloop import engine
+
+
+def _waiting_recv(eng, sock):
+    """A multishot pool receive on sock, already waiting for data."""
+    c = Collector()
+    ud = eng.recv(sock.fileno(), c)
+    settle(eng, 2)
+    assert c.records == []
+    return c, ud
+
+
+def test_epoll_short_stream_read_is_not_followed_by_a_read(res_tracker, socketpair):
+    """A read shorter than the buffer drained a stream socket: epoll waits for
+    the next edge instead of reading again for an EAGAIN (one recv per chunk)."""
+    eng = engine.Engine("epoll")
+    try:
+        a, b = socketpair()
+        c, ud = _waiting_recv(eng, a)
+        for i in range(3):
+            before = eng.stats()["submitted"]
+            b.send(b"x" * (100 + i))
+            run_until(eng, lambda i=i: len(c.records) == i + 1, what="chunk")
+            assert c.records[-1] == (100 + i, True, b"x" * (100 + i))
+            assert eng.stats()["submitted"] - before == 1
+        b.close()
+        run_until(eng, lambda: c.done, what="EOF")
+        assert c.records[-1] == (0, False, None)
+    finally:
+        eng.close()
+
+
+def test_data_and_eof_in_one_wakeup(eng, socketpair):
+    """Data followed by FIN before the engine looks: a short read must not
+    stop there (no further edge will come for the FIN)."""
+    a, b = socketpair()
+    c, ud = _waiting_recv(eng, a)
+    b.send(b"last words")
+    b.shutdown(socket.SHUT_WR)
+    run_until(eng, lambda: c.done, what="EOF after the data")
+    assert c.payload() == b"last words"
+    assert c.records[-1] == (0, False, None)
+
+
+def test_short_datagram_reads_do_not_stop_a_pool_receive(eng, socketpair):
+    """A datagram shorter than the buffer says nothing about the next one:
+    every queued datagram is read in the same wakeup's turns."""
+    a, b = socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    c, ud = _waiting_recv(eng, a)
+    for i in range(3):
+        b.send(bytes([65 + i]) * (10 + i))
+    run_until(eng, lambda: len(c.records) == 3, what="three datagrams")
+    assert [d for _, _, d in c.records] == [b"A" * 10, b"B" * 11, b"C" * 12]
+    eng.cancel(ud)
+    run_until(eng, lambda: c.done, what="cancel")
+
+
+# --------------------------------------------------------------------------
+# sock_recv(n) with n above a pool buffer: up to n bytes of what is there
+
+
+def _queued(sock) -> int:
+    return int.from_bytes(
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"), sys.byteorder
+    )
+
+
+def _wait_queued(sock, n: int) -> None:
+    """Until sock's receive queue holds n bytes (bounded, not timed)."""
+    deadline = time.monotonic() + 5
+    while _queued(sock) < n:
+        assert time.monotonic() < deadline, f"only {_queued(sock)} of {n} bytes arrived"
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+def test_sock_recv_large_n_returns_what_is_there(any_loop, socketpair, tcp_pair, kind):
+    lp = any_loop
+    a, b = socketpair() if kind == "unix" else tcp_pair()
+    data = os.urandom(100 * 1024)
+    b.sendall(data)
+    _wait_queued(a, len(data))
+
+    async def main():
+        first = await lp.sock_recv(a, 65536)
+        buf = bytearray(65536)
+        k = await lp.sock_recv_into(a, buf)
+        return first, bytes(buf[:k])
+
+    first, second = run_in(lp, main())
+    assert len(first) == 65536  # the stock loop: one recv(65536)
+    assert first + second == data
+
+
+def test_sock_recv_large_n_keeps_a_reset_for_the_next_receive(any_loop, tcp_pair):
+    """A reset met while reading on past a full pool buffer is the next
+    receive's error, as on the stock loop (recv(n) returns the data, the next
+    recv raises), not an EOF."""
+    lp = any_loop
+    c, s = tcp_pair()
+    data = os.urandom(16384)  # exactly one pool buffer
+    s.sendall(data)
+    _wait_queued(c, len(data))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+    s.close()
+
+    async def main():
+        first = await lp.sock_recv(c, 65536)
+        with pytest.raises(ConnectionResetError):
+            await lp.sock_recv(c, 65536)
+        return first
+
+    assert run_in(lp, main()) == data
+
+
+# --------------------------------------------------------------------------
+# branches no kernel path here takes by itself
+
+
+def test_cancelled_op_that_says_eagain_ends_cancelled(eng, socketpair):
+    """EAGAIN is never surfaced, not even for an op cancelled after the kernel
+    answered EAGAIN (a recv with MSG_DONTWAIT on an empty socket completes
+    with -EAGAIN on io_uring; the cancel comes before the engine reaps it)."""
+    a, b = socketpair()
+    buf = bytearray(64)
+    c = Collector()
+    eng.run(0)  # a ring is enabled by its first run: flush() submits from then on
+    ud = eng.recv_into(a.fileno(), buf, c, flags=socket.MSG_DONTWAIT)
+    eng.flush()  # the kernel has it (and, on io_uring, has answered it)
+    assert eng.cancel(ud)
+    run_until(eng, lambda: c.done, what="the cancelled receive")
+    assert c.records == [(-errno.ECANCELED, False, None)]
+    b.send(b"after")  # nothing of the cancelled op is left to take it
+    assert a.recv(64) == b"after"
+
+
+def test_data_without_a_buffer_id_ends_the_receive(res_tracker, socketpair):
+    """A pool receive completion that brings data but names no buffer (a kernel
+    breaking the buffer-select contract; OPT_TEST_NOBUF makes one) ends the
+    op with -EIO: no record names buffer 0 (which would then be provided
+    twice), and no buffer leaks."""
+    from conftest import require_uring
+
+    require_uring()
+    for options in (0, engine.OPT_NO_MULTISHOT, engine.OPT_NO_BUFRING | engine.OPT_NO_MULTISHOT):
+        eng = engine.Engine("io_uring", options=options | engine.OPT_TEST_NOBUF)
+        try:
+            free = eng.stats()["bufs_free"]
+            a, b = socketpair()
+            c = Collector()
+            eng.recv(a.fileno(), c)
+            settle(eng, 2)
+            b.send(b"data")
+            run_until(eng, lambda c=c: c.done, what="the receive's end")
+            assert c.records == [(-errno.EIO, False, None)], options
+            settle(eng, 2)  # buffers named by nothing come back at the next run
+            assert eng.stats()["bufs_free"] == free, options
+            assert eng.stats().get("guard_faults", 0) == 0
+        finally:
+            eng.close()
+
+
+def test_park_takes_out_an_op_in_a_high_slot(res_tracker, socketpair):
+    """park() finds every request of ours however far up the slot table it
+    sits (its scan stops after the last live op): a receive above 1,500 freed
+    slots leaves the kernel, and another thread's run gets its data."""
+    from conftest import require_uring
+
+    require_uring()
+    eng = engine.Engine("io_uring")
+    try:
+        a, b = socketpair()
+        nops = [Collector() for _ in range(1500)]
+        for c in nops:
+            eng.nop(c)
+        c = Collector()
+        eng.recv(a.fileno(), c)
+        run_until(eng, lambda: all(n.done for n in nops), what="the nops")
+        assert eng.in_flight == 1
+        assert eng.park()
+        b.send(b"for the other thread")
+        errors = []
+
+        def other():
+            try:
+                run_until(eng, lambda: len(c.records) == 1, what="the receive")
+                assert eng.park()  # and back to the main thread
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(30)
+        assert not t.is_alive() and not errors, errors
+        assert c.records == [(20, True, b"for the other thread")]
+        eng.cancel_fd(a.fileno())
+        run_until(eng, lambda: c.done, what="the cancel")
+    finally:
+        eng.close()
+
+
+COUNT_REGISTER = """
+import asyncio, ctypes, socket, sys
+sys.path.insert(0, {root!r})
+import uringloop
+count = ctypes.CDLL(None).uring_register_count
+lp = uringloop.Loop(backend="io_uring")
+a, b = socket.socketpair()
+a.setblocking(False)
+task = lp.create_task(lp.sock_recv(a, 100))
+
+async def noop():
+    pass
+
+lp.run_until_complete(noop())
+before = count()
+for _ in range(50):
+    lp.run_until_complete(noop())
+print(count() - before)
+
+async def turns():
+    for _ in range(100):
+        await asyncio.sleep(0)
+
+before = count()
+lp.run_until_complete(turns())  # register at its 64th run, unregister at the park
+print(count() - before)
+b.send(b"x")
+print(lp.run_until_complete(task))
+lp.close()
+"""
+
+
+def test_short_runs_do_not_register_the_ring_each_time(tmp_path):
+    """Parking (at every run_forever's end) used to drop the ring fd's
+    registration and the next run to make it again: two io_uring_register
+    calls per run_until_complete. A loop that runs only a few turns at a
+    time now registers nothing; a long run still registers (once, and lets
+    go at its park)."""
+    import subprocess
+
+    from conftest import require_uring
+    from test_engine_native import ROOT, _build_shim, _preload
+
+    require_uring()
+    shim = _build_shim("count_uring_register", tmp_path)
+    script = tmp_path / "count.py"
+    script.write_text(COUNT_REGISTER.format(root=str(ROOT)))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ, LD_PRELOAD=_preload(shim)),
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    short, long, got = proc.stdout.split()
+    assert (int(short), int(long), got) == (0, 2, "b'x'")
+
+
+def test_sock_recv_large_n_never_reads_past_a_later_receive(loop, socketpair):
+    """Two receives asked for at once on one socket (the stock loop cannot
+    even do this): the first, above a pool buffer, must not read on past its
+    buffer, since the second holds the bytes that come right after it."""
+    a, b = socketpair()
+    data = os.urandom(100 * 1024)
+    b.sendall(data)  # there already: each receive is answered in order
+
+    async def main():
+        first = asyncio.ensure_future(loop.sock_recv(a, 65536))
+        second = asyncio.ensure_future(loop.sock_recv(a, 100))
+        one, two = await first, await second
+        rest = bytearray()
+        while len(one) + len(two) + len(rest) < len(data):
+            rest += await loop.sock_recv(a, 65536)
+        return one, two, bytes(rest)
+
+    one, two, rest = run_in(loop, main())
+    assert len(two) <= 100
+    assert one + two + rest == data

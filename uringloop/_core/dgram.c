@@ -1,0 +1,518 @@
+/* The datagram transport's hot half (uringloop/transports/datagram.py).
+ *
+ * One Dgram object per transport does two things without a Python frame of
+ * ours, and hands everything else to the transport's Python methods, which
+ * remain the definition of the behaviour (the stock selector transport's):
+ *
+ *  - receive: it is the owner of the transport's pool receive in the engine
+ *    table. The table calls it with (res, more, (payload, address)) for every
+ *    record; while the transport is plainly reading (`recv_fast`, kept by
+ *    the transport: pool receive, not paused, not closing, nothing held) and
+ *    the loop's ready queue is empty (a datagram must not overtake callbacks
+ *    already due, as the stock reader handle would not), it calls
+ *    protocol.datagram_received(payload, address) in the transport's context.
+ *    Any other record goes to `slow` (the Python _on_recv, in the context).
+ *    What the protocol raises goes to transport._protocol_raised (reported
+ *    as the stock loop reports a raising reader handle; reading goes on).
+ *
+ *  - send: `sendto(data, addr=None)`, bound over the transport's own method
+ *    as an instance attribute. With nothing queued and the fd open
+ *    (`send_fast`), bytes-like data and an address it can convert (the
+ *    connected peer, or a numeric IPv4/IPv6 tuple: the socket module's own
+ *    inet_pton path) it makes the syscall the stock transport makes (send or
+ *    sendto, once, non-blocking). A failed syscall goes to
+ *    transport._sendto_failed(data, addr, exc) (the stock except branches:
+ *    EAGAIN queues, an OSError goes to error_received); anything else,
+ *    including keyword arguments, to transport._sendto_py (the Python
+ *    sendto, the stock one).
+ *
+ * The last address converted is kept (by identity): a server answering the
+ * address datagram_received gave it converts it once per peer change.
+ */
+
+#include "dgram.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <structmember.h>
+
+#ifndef Py_T_INT
+#define Py_T_INT T_INT
+#define Py_T_OBJECT_EX T_OBJECT_EX
+#endif
+
+#if PY_VERSION_HEX < 0x030C0000
+static PyObject *PyErr_GetRaisedException(void)
+{
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    if (type == NULL)
+        return NULL;
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (tb != NULL)
+        PyException_SetTraceback(exc, tb);
+    Py_DECREF(type);
+    Py_XDECREF(tb);
+    return exc;
+}
+
+static void PyErr_SetRaisedException(PyObject *exc)
+{
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
+}
+#endif
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *transport;
+    PyObject *protocol;
+    PyObject *context;
+    PyObject *ready;       /* the loop's _ready deque */
+    PyObject *slow;        /* slow(res, more, data): every record recv_fast does not take */
+    PyObject *sock;        /* the socket object (for the audit event) */
+    PyObject *buffer;      /* the transport's send queue (a deque, never replaced) */
+    PyObject *address;     /* the transport's _address: None, or the one allowed */
+    PyObject *last_addr;   /* the address last_sa was made from */
+    int fd, family, connected;
+    int recv_fast, send_fast;
+    socklen_t last_len;
+    struct sockaddr_in6 last_sa; /* big enough for AF_INET too */
+} Dgram;
+
+static PyObject *s_datagram_received, *s_protocol_raised, *s_sendto_py, *s_sendto_failed;
+
+static PyObject *Dgram_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
+                                  PyObject *kwnames);
+
+/* Dgram(transport, protocol, context, ready, slow, sock, buffer, address,
+ *       fd, family, connected) */
+static PyObject *Dgram_new(PyTypeObject *tp, PyObject *args, PyObject *kwds)
+{
+    (void)kwds;
+    PyObject *transport, *protocol, *context, *ready, *slow, *sock, *buffer, *address;
+    int fd, family, connected;
+    if (!PyArg_ParseTuple(args, "OOO!OOOOOiip:Dgram", &transport, &protocol, &PyContext_Type,
+                          &context, &ready, &slow, &sock, &buffer, &address, &fd, &family,
+                          &connected))
+        return NULL;
+    Dgram *d = (Dgram *)tp->tp_alloc(tp, 0);
+    if (d == NULL)
+        return NULL;
+    d->vectorcall = Dgram_vectorcall;
+    d->transport = Py_NewRef(transport);
+    d->protocol = Py_NewRef(protocol);
+    d->context = Py_NewRef(context);
+    d->ready = Py_NewRef(ready);
+    d->slow = Py_NewRef(slow);
+    d->sock = Py_NewRef(sock);
+    d->buffer = Py_NewRef(buffer);
+    d->address = Py_NewRef(address);
+    d->fd = fd;
+    d->family = family;
+    d->connected = connected;
+    return (PyObject *)d;
+}
+
+static int Dgram_traverse(Dgram *d, visitproc visit, void *arg)
+{
+    Py_VISIT(d->transport);
+    Py_VISIT(d->protocol);
+    Py_VISIT(d->context);
+    Py_VISIT(d->ready);
+    Py_VISIT(d->slow);
+    Py_VISIT(d->sock);
+    Py_VISIT(d->buffer);
+    Py_VISIT(d->address);
+    Py_VISIT(d->last_addr);
+    return 0;
+}
+
+static int Dgram_clear(Dgram *d)
+{
+    d->recv_fast = d->send_fast = 0;
+    Py_CLEAR(d->transport);
+    Py_CLEAR(d->protocol);
+    Py_CLEAR(d->context);
+    Py_CLEAR(d->ready);
+    Py_CLEAR(d->slow);
+    Py_CLEAR(d->sock);
+    Py_CLEAR(d->buffer);
+    Py_CLEAR(d->address);
+    Py_CLEAR(d->last_addr);
+    return 0;
+}
+
+static void Dgram_dealloc(Dgram *d)
+{
+    PyObject_GC_UnTrack(d);
+    Dgram_clear(d);
+    Py_TYPE(d)->tp_free((PyObject *)d);
+}
+
+/* ---- receive */
+
+static int is_fatal(void)
+{
+    return PyErr_ExceptionMatches(PyExc_SystemExit) ||
+           PyErr_ExceptionMatches(PyExc_KeyboardInterrupt);
+}
+
+
+static PyObject *Dgram_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
+                                  PyObject *kwnames)
+{
+    Dgram *d = (Dgram *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (d->recv_fast && nargs == 3 && kwnames == NULL && args[1] == Py_True &&
+        PyLong_CheckExact(args[0]) && PyTuple_CheckExact(args[2]) &&
+        PyTuple_GET_SIZE(args[2]) == 2 && d->ready != NULL) {
+        int overflow;
+        long res = PyLong_AsLongAndOverflow(args[0], &overflow);
+        Py_ssize_t waiting = PyObject_Size(d->ready);
+        if (waiting < 0)
+            return NULL;
+        if (res >= 0 && !overflow && waiting == 0) {
+            PyObject *stack[4] = {NULL, d->protocol, PyTuple_GET_ITEM(args[2], 0),
+                                  PyTuple_GET_ITEM(args[2], 1)};
+            PyObject *ctx = Py_NewRef(d->context), *proto = Py_NewRef(d->protocol);
+            if (PyContext_Enter(ctx) < 0) {
+                Py_DECREF(ctx);
+                Py_DECREF(proto);
+                return NULL;
+            }
+            PyObject *r = PyObject_VectorcallMethod(
+                s_datagram_received, stack + 1, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            Py_DECREF(proto);
+            int fatal = r == NULL && is_fatal();
+            PyObject *exc = r == NULL ? PyErr_GetRaisedException() : NULL;
+            Py_XDECREF(r);
+            if (PyContext_Exit(ctx) < 0) {
+                Py_XDECREF(exc);
+                Py_DECREF(ctx);
+                return NULL;
+            }
+            Py_DECREF(ctx);
+            if (exc == NULL)
+                Py_RETURN_NONE;
+            if (fatal) { /* SystemExit, KeyboardInterrupt: up, as from a handle */
+                PyErr_SetRaisedException(exc);
+                return NULL;
+            }
+            /* reported as the stock reader handle reports it; reading goes on */
+            r = PyObject_CallMethodOneArg(d->transport, s_protocol_raised, exc);
+            Py_DECREF(exc);
+            return r;
+        }
+    }
+    if (d->slow == NULL)
+        Py_RETURN_NONE; /* cleared by the GC */
+    return PyObject_Vectorcall(d->slow, args, nargsf, kwnames);
+}
+
+/* ---- send */
+
+/* addr (a numeric IPv4/IPv6 tuple, as the socket module takes it) into
+ * d->last_sa; 0 when this is not the simple case (the socket module then
+ * decides, errors included). */
+static int convert(Dgram *d, PyObject *addr)
+{
+    if (!PyTuple_CheckExact(addr))
+        return 0;
+    Py_ssize_t n = PyTuple_GET_SIZE(addr);
+    if (n < 2 || (d->family == AF_INET ? n != 2 : n > 4))
+        return 0;
+    PyObject *host = PyTuple_GET_ITEM(addr, 0);
+    if (!PyUnicode_CheckExact(host) || !PyUnicode_IS_ASCII(host))
+        return 0;
+    const char *name = PyUnicode_AsUTF8(host);
+    if (name == NULL || strlen(name) != (size_t)PyUnicode_GET_LENGTH(host)) {
+        PyErr_Clear();
+        return 0;
+    }
+    unsigned long v[3] = {0, 0, 0};
+    static const unsigned long max[3] = {0xffff, 0xfffff, 0xffffffff};
+    for (Py_ssize_t i = 1; i < n; i++) {
+        PyObject *o = PyTuple_GET_ITEM(addr, i);
+        if (!PyLong_CheckExact(o))
+            return 0;
+        v[i - 1] = PyLong_AsUnsignedLong(o);
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+        if (v[i - 1] > max[i - 1])
+            return 0;
+    }
+    memset(&d->last_sa, 0, sizeof d->last_sa);
+    if (d->family == AF_INET) {
+        struct sockaddr_in *sin = (struct sockaddr_in *)&d->last_sa;
+        if (inet_pton(AF_INET, name, &sin->sin_addr) != 1)
+            return 0;
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)v[0]);
+        d->last_len = sizeof *sin;
+    } else {
+        struct sockaddr_in6 *sin6 = &d->last_sa;
+        if (inet_pton(AF_INET6, name, &sin6->sin6_addr) != 1)
+            return 0;
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons((uint16_t)v[0]);
+        sin6->sin6_flowinfo = htonl((uint32_t)v[1]);
+        sin6->sin6_scope_id = (uint32_t)v[2];
+        d->last_len = sizeof *sin6;
+    }
+    Py_XSETREF(d->last_addr, Py_NewRef(addr));
+    return 1;
+}
+
+static PyObject *Dgram_sendto(Dgram *d, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames)
+{
+    if (!d->send_fast || kwnames != NULL || nargs < 1 || nargs > 2 || d->transport == NULL)
+        goto slow;
+    PyObject *data = args[0], *addr = nargs == 2 ? args[1] : Py_None;
+    if (!(PyBytes_Check(data) || PyByteArray_Check(data) || PyMemoryView_Check(data)))
+        goto slow;
+    Py_ssize_t queued = PyObject_Size(d->buffer);
+    if (queued != 0) {
+        if (queued < 0)
+            return NULL;
+        goto slow;
+    }
+    int to_peer;
+    if (d->address != Py_None) {
+        if (addr != Py_None && addr != d->address)
+            goto slow; /* equal or not: the Python path says */
+        to_peer = d->connected;
+        addr = d->address;
+    } else {
+        to_peer = d->connected;
+    }
+    if (!to_peer) {
+        if (d->family != AF_INET && d->family != AF_INET6)
+            goto slow;
+        if (addr != d->last_addr && !convert(d, addr))
+            goto slow;
+        if (PySys_Audit("socket.sendto", "OO", d->sock, addr) < 0)
+            return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        goto slow;
+    }
+    if (view.len == 0) {
+        PyBuffer_Release(&view);
+        goto slow;
+    }
+    ssize_t n;
+    for (;;) {
+        if (to_peer)
+            n = send(d->fd, view.buf, (size_t)view.len, 0);
+        else
+            n = sendto(d->fd, view.buf, (size_t)view.len, 0, (struct sockaddr *)&d->last_sa,
+                       d->last_len);
+        if (n >= 0 || errno != EINTR)
+            break;
+        if (PyErr_CheckSignals() < 0) { /* as the socket module: a handler may raise */
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+    }
+    PyBuffer_Release(&view);
+    if (n >= 0)
+        Py_RETURN_NONE;
+    PyErr_SetFromErrno(PyExc_OSError);
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *r = PyObject_CallMethodObjArgs(d->transport, s_sendto_failed, data,
+                                             nargs == 2 ? args[1] : Py_None, exc, NULL);
+    Py_DECREF(exc);
+    return r;
+slow:
+    if (d->transport == NULL)
+        Py_RETURN_NONE;
+    {
+        PyObject *stack[4] = {NULL, d->transport, nargs > 0 ? args[0] : NULL,
+                              nargs > 1 ? args[1] : NULL};
+        Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+        if (nargs + nkw > 2) {
+            /* more than fits the stack: the general call */
+            PyObject *fn = PyObject_GetAttr(d->transport, s_sendto_py);
+            if (fn == NULL)
+                return NULL;
+            PyObject *r = PyObject_Vectorcall(fn, args, (size_t)nargs, kwnames);
+            Py_DECREF(fn);
+            return r;
+        }
+        for (Py_ssize_t i = 0; i < nkw; i++)
+            stack[2 + nargs + i] = args[nargs + i];
+        return PyObject_VectorcallMethod(s_sendto_py, stack + 1,
+                                         (size_t)(1 + nargs) | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                         kwnames);
+    }
+}
+
+static PyMethodDef Dgram_methods[] = {
+    {"sendto", (PyCFunction)(void (*)(void))Dgram_sendto, METH_FASTCALL | METH_KEYWORDS,
+     "sendto(data, addr=None): the transport's sendto"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef Dgram_members[] = {
+    {"recv_fast", Py_T_INT, offsetof(Dgram, recv_fast), 0,
+     "records go straight to datagram_received"},
+    {"send_fast", Py_T_INT, offsetof(Dgram, send_fast), 0, "sendto may go straight to the fd"},
+    {"protocol", Py_T_OBJECT_EX, offsetof(Dgram, protocol), 0, "the protocol"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject DgramType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "uringloop._sched.Dgram",
+    .tp_basicsize = sizeof(Dgram),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "a datagram transport's hot half (see uringloop/_core/dgram.c)",
+    .tp_new = Dgram_new,
+    .tp_dealloc = (destructor)Dgram_dealloc,
+    .tp_traverse = (traverseproc)Dgram_traverse,
+    .tp_clear = (inquiry)Dgram_clear,
+    .tp_vectorcall_offset = offsetof(Dgram, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_methods = Dgram_methods,
+    .tp_members = Dgram_members,
+};
+
+/* ---- sender addresses */
+
+#define ADDR_SLOTS 64 /* direct-mapped: a server's working set of peers */
+
+struct ul_addr_cache {
+    struct {
+        PyObject *addr;
+        uint32_t len;
+        uint8_t raw[sizeof(struct sockaddr_in6)];
+    } e[ADDR_SLOTS];
+};
+
+static uint32_t addr_hash(const uint8_t *raw, uint32_t len)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (uint32_t i = 0; i < len; i++)
+        h = (h ^ raw[i]) * 16777619u;
+    return h ^ (h >> 16);
+}
+
+/* "a.b.c.d", what inet_ntop writes, without its cost */
+static PyObject *ipv4_str(const uint8_t *a)
+{
+    char buf[16], *p = buf;
+    for (int i = 0; i < 4; i++) {
+        unsigned v = a[i];
+        if (v >= 100)
+            *p++ = (char)('0' + v / 100);
+        if (v >= 10)
+            *p++ = (char)('0' + v / 10 % 10);
+        *p++ = (char)('0' + v % 10);
+        *p++ = '.';
+    }
+    return PyUnicode_DecodeASCII(buf, p - buf - 1, NULL);
+}
+
+static PyObject *build_addr(const uint8_t *raw, uint32_t len, PyObject *decode, uint32_t *keylen)
+{
+    sa_family_t fam;
+    memcpy(&fam, raw, sizeof fam);
+    PyObject *host;
+    if (fam == AF_INET && len >= sizeof(struct sockaddr_in)) {
+        struct sockaddr_in sin;
+        memcpy(&sin, raw, sizeof sin);
+        *keylen = sizeof sin;
+        if (!(host = ipv4_str((const uint8_t *)&sin.sin_addr)))
+            return NULL;
+        PyObject *port = PyLong_FromLong(ntohs(sin.sin_port));
+        PyObject *a = port ? PyTuple_Pack(2, host, port) : NULL;
+        Py_DECREF(host);
+        Py_XDECREF(port);
+        return a;
+    }
+    if (fam == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
+        struct sockaddr_in6 sin6;
+        char text[INET6_ADDRSTRLEN];
+        memcpy(&sin6, raw, sizeof sin6);
+        *keylen = sizeof sin6;
+        if (!inet_ntop(AF_INET6, &sin6.sin6_addr, text, sizeof text))
+            return PyErr_SetFromErrno(PyExc_OSError);
+        return Py_BuildValue("(siII)", text, (int)ntohs(sin6.sin6_port),
+                             (unsigned int)ntohl(sin6.sin6_flowinfo),
+                             (unsigned int)sin6.sin6_scope_id);
+    }
+    *keylen = 0; /* not cached */
+    PyObject *b = PyBytes_FromStringAndSize((const char *)raw, len);
+    PyObject *a = b ? PyObject_CallOneArg(decode, b) : NULL;
+    Py_XDECREF(b);
+    return a;
+}
+
+PyObject *ul_addr_obj(ul_addr_cache **cache, const uint8_t *raw, uint32_t len,
+                      PyObject *decode)
+{
+    if (len < sizeof(sa_family_t))
+        Py_RETURN_NONE;
+    sa_family_t fam;
+    memcpy(&fam, raw, sizeof fam);
+    uint32_t key = fam == AF_INET ? sizeof(struct sockaddr_in)
+                   : fam == AF_INET6 ? sizeof(struct sockaddr_in6) : 0;
+    if (key == 0 || len < key)
+        return build_addr(raw, len, decode, &key);
+    if (*cache == NULL && !(*cache = PyMem_Calloc(1, sizeof **cache)))
+        return PyErr_NoMemory();
+    uint32_t i = addr_hash(raw, key) % ADDR_SLOTS;
+    ul_addr_cache *c = *cache;
+    if (c->e[i].addr != NULL && c->e[i].len == key && memcmp(c->e[i].raw, raw, key) == 0)
+        return Py_NewRef(c->e[i].addr);
+    PyObject *a = build_addr(raw, len, decode, &key);
+    if (a != NULL && key != 0) {
+        Py_XSETREF(c->e[i].addr, Py_NewRef(a));
+        memcpy(c->e[i].raw, raw, key);
+        c->e[i].len = key;
+    }
+    return a;
+}
+
+int ul_addr_cache_traverse(ul_addr_cache *c, visitproc visit, void *arg)
+{
+    if (c != NULL)
+        for (int i = 0; i < ADDR_SLOTS; i++)
+            Py_VISIT(c->e[i].addr);
+    return 0;
+}
+
+void ul_addr_cache_free(ul_addr_cache **cache)
+{
+    ul_addr_cache *c = *cache;
+    *cache = NULL;
+    if (c == NULL)
+        return;
+    for (int i = 0; i < ADDR_SLOTS; i++)
+        Py_XDECREF(c->e[i].addr);
+    PyMem_Free(c);
+}
+
+int ul_dgram_init(PyObject *module)
+{
+    if (!(s_datagram_received = PyUnicode_InternFromString("datagram_received")) ||
+        !(s_protocol_raised = PyUnicode_InternFromString("_protocol_raised")) ||
+        !(s_sendto_py = PyUnicode_InternFromString("_sendto_py")) ||
+        !(s_sendto_failed = PyUnicode_InternFromString("_sendto_failed")))
+        return -1;
+    if (PyType_Ready(&DgramType) < 0)
+        return -1;
+    if (PyModule_AddObject(module, "Dgram", Py_NewRef((PyObject *)&DgramType)) < 0) {
+        Py_DECREF((PyObject *)&DgramType);
+        return -1;
+    }
+    return 0;
+}

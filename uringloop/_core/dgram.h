@@ -1,0 +1,26 @@
+/* The datagram transport's hot half (dgram.c), part of uringloop._sched. */
+#ifndef UL_DGRAM_H
+#define UL_DGRAM_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+
+/* Sender addresses as the socket module makes them, cached per peer: the
+ * engine table keeps one cache (the records of every datagram endpoint come
+ * through it), so a peer that sends again gets the same tuple back. */
+typedef struct ul_addr_cache ul_addr_cache;
+
+/* raw sockaddr (len bytes) -> address (new reference); IPv4/IPv6 made here,
+ * other families by decode(raw bytes); None when len is too short for a
+ * family. *cache is allocated on first use. */
+PyObject *ul_addr_obj(ul_addr_cache **cache, const uint8_t *raw, uint32_t len,
+                      PyObject *decode);
+int ul_addr_cache_traverse(ul_addr_cache *cache, visitproc visit, void *arg);
+void ul_addr_cache_free(ul_addr_cache **cache);
+
+/* adds the Dgram type to the module; -1 with an exception set */
+int ul_dgram_init(PyObject *module);
+
+#endif
