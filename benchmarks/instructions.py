@@ -87,7 +87,9 @@ def main(argv=None) -> int:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
     notes = loop_bench._import_loops()
-    loops = args.loop or [x for x in loop_bench.LOOPS if x != "uvloop" or loop_bench.uvloop]
+    loops = args.loop or [
+        x for x in loop_bench.LOOPS if x not in loop_bench.PEERS or x in loop_bench.peers
+    ]
     scens = args.scenario or list(COUNTS)
     rows = []
     for scen in scens:

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Event-loop micro-benchmarks: stock asyncio, uvloop and uringloop, side by side, in one run.
+"""Event-loop micro-benchmarks: stock asyncio, uvloop, rloop, rsloop, uringloop side by side.
 
 Loops (one fresh loop per repetition):
 
 ``stock``     ``asyncio.SelectorEventLoop()``
 ``uvloop``    ``uvloop.new_event_loop()`` (left out, with a note, if uvloop is not installed)
-``rloop``     ``rloop.new_event_loop()`` (the same; it runs the datagram scenarios only:
-              it has no ``sock_recv``/``sock_sendall``-style workloads here worth timing)
+``rloop``     ``rloop.new_event_loop()`` (left out, with a note, if rloop is not installed)
+``rsloop``    ``rsloop.new_event_loop()`` (left out, with a note, if rsloop is not installed:
+              its Linux wheels need glibc 2.38)
 ``io_uring``  ``uringloop.Loop(backend="io_uring")``
 ``epoll``     ``uringloop.Loop(backend="epoll")``
 
@@ -74,11 +75,13 @@ ROOT = os.path.dirname(HERE)
 MSG_LEN = 64
 BATCH = 1000  # ops per batch: the loop turns (and drains) between two batches
 SLEEP_TASKS = 8
-LOOPS = ("stock", "uvloop", "rloop", "io_uring", "epoll")
+LOOPS = ("stock", "uvloop", "rloop", "rsloop", "io_uring", "epoll")
+PEERS = ("uvloop", "rloop", "rsloop")  # third-party loops, each imported if it can be
 LABELS = {
     "stock": "stock asyncio",
     "uvloop": "uvloop",
     "rloop": "rloop",
+    "rsloop": "rsloop",
     "io_uring": "uringloop io_uring",
     "epoll": "uringloop epoll",
 }
@@ -88,9 +91,8 @@ TARGET_S = 0.6
 QUICK_TARGET_S = 0.03
 
 uvloop = None  # the module, when it imports
-rloop = None
-RLOOP_SCENARIOS = ("udp_pingpong", "udp_pingpong16", "udp_pingpong_1k", "udp_flood")
 uringloop = None
+peers: dict = {}  # name -> module, for the peers in PEERS that import
 
 
 class BenchError(Exception):
@@ -102,8 +104,8 @@ def _log(msg: str) -> None:
 
 
 def _import_loops() -> list[str]:
-    """Import uringloop (required) and uvloop (optional); returns notes."""
-    global uvloop, uringloop, rloop
+    """Import uringloop (required) and the peers (optional); returns notes."""
+    global uvloop, uringloop
     notes = []
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
@@ -125,23 +127,21 @@ def _import_loops() -> list[str]:
         _log(f"note: {notes[-1]}")
     else:
         uvloop = uv
-    try:
-        import rloop as rl
-    except ImportError as exc:
-        notes.append(f"rloop is not installed ({exc}): its column is left out.")
-        _log(f"note: {notes[-1]}")
-    else:
-        rloop = rl
+        peers["uvloop"] = uv
+    for name in PEERS[1:]:
+        try:
+            peers[name] = __import__(name)
+        except ImportError as exc:
+            notes.append(f"{name} is not installed ({exc}): its column is left out")
+            _log(f"note: {notes[-1]}")
     return notes
 
 
 def new_loop(name: str) -> asyncio.AbstractEventLoop:
     if name == "stock":
         return asyncio.SelectorEventLoop()
-    if name == "uvloop":
-        return uvloop.new_event_loop()
-    if name == "rloop":
-        return rloop.new_event_loop()
+    if name in PEERS:
+        return peers[name].new_event_loop()
     return uringloop.Loop(backend=name)
 
 
@@ -707,7 +707,9 @@ def _fmt_rate(x: float) -> str:
 
 def print_report(args, loops, counts, rates, counters, skipped, notes, wall) -> None:
     ref = "uvloop" if "uvloop" in loops else "stock"
-    ratio_of = [x for x in ("io_uring", "epoll", "rloop", "stock") if x in loops and x != ref]
+    ratio_of = [
+        x for x in ("io_uring", "epoll", "rloop", "rsloop", "stock") if x in loops and x != ref
+    ]
     out = ["## uringloop event-loop benchmark\n"]
     argv = getattr(sys, "orig_argv", [sys.executable, *sys.argv])
     out.append(
@@ -716,10 +718,8 @@ def print_report(args, loops, counts, rates, counters, skipped, notes, wall) -> 
         f"command: `{shlex.join(argv)}`"
     )
     versions = [f"uringloop {uringloop.__version__}"]
-    if uvloop is not None:
-        versions.append(f"uvloop {uvloop.__version__}")
-    if rloop is not None and "rloop" in loops:
-        versions.append(f"rloop {getattr(rloop, '__version__', '?')} (datagram scenarios only)")
+    for name, mod in peers.items():
+        versions.append(f"{name} {getattr(mod, '__version__', '?')}")
     out.append(
         f"\n{', '.join(versions)} | median ops/s of {args.repeat} repetitions, loops "
         f"interleaved | whole run {wall:.1f} s\n"
@@ -829,7 +829,7 @@ def parse_args(argv=None):
 def _available_loops(wanted) -> tuple[list[str], dict[str, str]]:
     loops, why = [], {}
     for name in wanted:
-        if (name == "uvloop" and uvloop is None) or (name == "rloop" and rloop is None):
+        if name in PEERS and name not in peers:
             continue
         try:
             new_loop(name).close()
@@ -846,8 +846,8 @@ def main(argv=None) -> int:
     if os.environ.get("PYTHONASYNCIODEBUG"):
         notes.append("PYTHONASYNCIODEBUG is set: asyncio debug mode slows every loop")
     if args.profile:
-        if args.profile == "uvloop" and uvloop is None:
-            sys.exit("uvloop is not installed: pip install uvloop")
+        if args.profile in PEERS and args.profile not in peers:
+            sys.exit(f"{args.profile} is not installed")
         for name in args.scenarios:
             scen = SCENARIOS[name]
             n = max(1, int(scen.n * args.scale / (20 if args.quick else 1)))
@@ -874,8 +874,6 @@ def main(argv=None) -> int:
         warm_n = max(BATCH, int(scen.n * args.scale) // 50)
         slowest = float("inf")
         for x in loops:
-            if x == "rloop" and name not in RLOOP_SCENARIOS:
-                continue
             try:
                 ops, el, _ = run_once(x, scen, warm_n)
                 slowest = min(slowest, ops / el)
@@ -890,7 +888,7 @@ def main(argv=None) -> int:
         for rep in range(args.repeat):
             k = rep % len(loops)
             for x in loops[k:] + loops[:k]:  # interleaved, order rotated per repetition
-                if (name, x) in skipped or (x == "rloop" and name not in RLOOP_SCENARIOS):
+                if (name, x) in skipped:
                     continue
                 _log(f"{name} {x} repetition {rep + 1}/{args.repeat} ({n} ops)")
                 try:

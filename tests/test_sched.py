@@ -46,10 +46,21 @@ def test_loop_uses_the_native_core(loop):
     assert isinstance(loop, _sched.Core)
     assert isinstance(loop, asyncio.BaseEventLoop)
     for name in ("call_soon", "_call_soon", "call_at", "call_later", "time", "_run_once",
-                 "create_task"):
+                 "create_task", "create_future"):
         assert getattr(type(loop), name) is getattr(_sched.Core, name), name
     assert type(loop._ready) is collections.deque
     assert type(loop._scheduled) is list
+
+
+def _kind(h):
+    """What user code can tell about a handle's class."""
+    return (
+        type(h).__name__,
+        isinstance(h, events.Handle),
+        isinstance(h, events.TimerHandle),
+        isinstance(h, asyncio.Handle),
+        isinstance(h, asyncio.TimerHandle),
+    )
 
 
 def test_handles_are_the_stock_classes(loop, stock):
@@ -59,7 +70,7 @@ def test_handles_are_the_stock_classes(loop, stock):
         t1 = lp.call_later(10, print, context=ctx)
         t2 = lp.call_at(lp.time() + 5, print)
         out = [
-            (type(h), type(t1), type(t2)),
+            (_kind(h), _kind(t1), _kind(t2)),
             h._args, h._callback, h._cancelled, h._source_traceback, h._repr,
             h._loop is lp, type(h._context), t1._context is ctx,
             t1._scheduled, t2._scheduled, t1.when() > t2.when(),
@@ -73,8 +84,20 @@ def test_handles_are_the_stock_classes(loop, stock):
         return out
 
     mine, theirs = both(loop, stock, script)
-    assert mine[0] == (events.Handle, events.TimerHandle, events.TimerHandle)
+    assert theirs[0][0] == ("Handle", True, False, True, False)
     assert mine == theirs
+    # the native scheduler's handles derive from the stock classes and add
+    # nothing a Python program sees but C cancel() and _run() (decision 140)
+    h, t = loop.call_soon(print), loop.call_later(1, print)
+    assert type(h) is _sched.Handle and type(t) is _sched.TimerHandle
+    assert type(h).__mro__[1:] == events.Handle.__mro__
+    assert type(t).__mro__[1:] == events.TimerHandle.__mro__
+    for tp in (type(h), type(t)):
+        assert set(vars(tp)) <= {"cancel", "_run", "__module__", "__doc__"}, vars(tp)
+        with pytest.raises(TypeError):
+            type("Sub", (tp,), {})
+    h.cancel()
+    t.cancel()
 
 
 def _order_script(seed):

@@ -222,9 +222,13 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         # next, as asyncio allows. Before that, the writes of the last turn
         # leave (they would otherwise wait for the next run).
         started = not self.is_running()
+        if started:
+            self._sched_looping(True)  # _run_once loops until a stop (sched.c)
         try:
             super().run_forever()
         finally:
+            if started:
+                self._sched_looping(False)
             if started and not self.is_closed() and not self._engine.closed:
                 try:
                     if self._dirty:
@@ -257,6 +261,7 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
                 self._signal_handlers.clear()
                 break
             self.remove_signal_handler(sig)
+        self._sched_track_ready()  # before _ready is cleared (sched.c, lazy tracking)
         super().close()
         for table in (self._readers, self._writers):
             for handle, _obj in table.values():

@@ -44,6 +44,7 @@
 #include <time.h>
 
 #include "engine.h" /* ul_record, UL_F_* */
+#include "handles.h" /* our Handle/TimerHandle types */
 #include "dgram.h"  /* the datagram transport's hot half */
 
 #ifndef Py_T_OBJECT_EX
@@ -75,6 +76,18 @@ static struct {
     PyObject *task_kwnames; /* ("loop", "name", "context"); 3.10: ("loop", "name") */
     PyObject *own_call_at; /* Core.call_at's descriptor */
     PyObject *context_kwnames; /* the last kwnames tuple seen to be ("context",) */
+    /* handle.cancel(): the stock methods, and the loop methods they call */
+    PyObject *stock_handle_cancel, *stock_timer_cancel;
+    PyObject *base_get_debug, *base_timer_handle_cancelled, *base_create_future;
+    PyObject *s_get_debug, *s_timer_handle_cancelled, *s_future, *loop_kwnames;
+    PyObject *futures_dict; /* asyncio.futures: create_future looks up futures.Future */
+    PyObject *s_cancel, *one;
+    /* deque.append and deque.popleft's C functions (what their method
+     * descriptors call), for an exact deque; NULL: call the descriptors */
+    PyCFunction deque_append_c, deque_popleft_c;
+    PyObject *stock_run; /* events.Handle._run */
+    PyObject *own_time;  /* Core.time's descriptor */
+    PyObject *empty_tuple;
 } S;
 
 #define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
@@ -86,9 +99,15 @@ static inline void slot_put(PyObject *o, Py_ssize_t off, PyObject *v)
     Py_XDECREF(old);
 }
 
+/* a TimerHandle whose slots may be read directly: ours or the stock class */
+static inline int is_timer(PyObject *h)
+{
+    return Py_IS_TYPE(h, ul_timer_type) || Py_IS_TYPE(h, S.timer_type);
+}
+
 static inline int is_handle(PyObject *h)
 {
-    return Py_IS_TYPE(h, S.handle_type) || Py_IS_TYPE(h, S.timer_type);
+    return Py_IS_TYPE(h, ul_handle_type) || is_timer(h) || Py_IS_TYPE(h, S.handle_type);
 }
 
 /* truth value; -1 with an exception set */
@@ -120,6 +139,17 @@ typedef struct {
     PyObject *dirty;      /* _dirty: transports with writes to flush before the wait */
     int in_batch;         /* the native turn is delivering records (stream.c) */
     Py_ssize_t batch_ready; /* ... and len(_ready) was this when it began */
+    int patched;          /* an instance attribute replaced a method handles call */
+    int looping;          /* inside Loop.run_forever: _run_once runs turns until a stop */
+    int depth;            /* _run_once calls in progress (a callback may call it) */
+    unsigned int stock_debug_tag; /* type version tag seen with the stock get_debug */
+    unsigned int turns;   /* turns run by _run_once's loop (signals every 32) */
+    unsigned int own_time_tag; /* type version tag seen with Core.time */
+    int time_patched;     /* an instance attribute named time was set */
+    /* {"loop": self} and {"loop": self, "name": None[, "context": None]}:
+     * the keyword arguments of futures.Future/tasks.Task, made once (a call
+     * with keyword names would build this dict on every call) */
+    PyObject *future_kw, *task_kw;
 } Core;
 
 /* ------------------------------------------------------------ helpers */
@@ -183,6 +213,26 @@ static int plain(Core *self)
            PyList_CheckExact(self->scheduled);
 }
 
+/* plain(), and a handle made now would ask a stock get_debug() (Handle.__init__
+ * calls loop.get_debug(): a subclass's or an instance attribute's answer
+ * would decide its source traceback, so those take the stock method) */
+static int makes_handles(Core *self)
+{
+    if (!plain(self) || self->patched)
+        return 0;
+    /* the answer holds until the class (or a base) changes, which changes
+     * its version tag */
+    PyTypeObject *tp = Py_TYPE(self);
+    if ((tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) && tp->tp_version_tag != 0 &&
+        tp->tp_version_tag == self->stock_debug_tag)
+        return 1;
+    if (_PyType_Lookup(tp, S.s_get_debug) != S.base_get_debug)
+        return 0;
+    if (tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)
+        self->stock_debug_tag = tp->tp_version_tag;
+    return 1;
+}
+
 static PyObject *tuple_of(PyObject *const *items, Py_ssize_t n)
 {
     PyObject *t = PyTuple_New(n);
@@ -194,11 +244,13 @@ static PyObject *tuple_of(PyObject *const *items, Py_ssize_t n)
 }
 
 /* events.Handle(callback, args, loop, context) with the loop out of debug
- * mode: what __init__ stores, stored straight into the slots. */
+ * mode: what __init__ stores, stored straight into the slots of one of our
+ * handle types (handles.c). */
 static PyObject *make_handle(PyTypeObject *tp, PyObject *callback, PyObject *args,
                              PyObject *loop, PyObject *ctx)
 {
-    PyObject *h = tp->tp_alloc(tp, 0);
+    /* a call_soon handle starts untracked (see "lazy tracking" below) */
+    PyObject *h = ul_handle_alloc(tp, tp != ul_handle_type);
     if (h == NULL)
         return NULL;
     if (ctx == NULL || ctx == Py_None) {
@@ -224,8 +276,12 @@ static int ready_append(Core *self, PyObject *h)
 {
     PyObject *res;
     if (self->ready != NULL && Py_IS_TYPE(self->ready, S.deque_type)) {
-        PyObject *stack[2] = {self->ready, h};
-        res = PyObject_Vectorcall(S.deque_append, stack, 2, NULL);
+        if (S.deque_append_c != NULL) {
+            res = S.deque_append_c(self->ready, h);
+        } else {
+            PyObject *stack[2] = {self->ready, h};
+            res = PyObject_Vectorcall(S.deque_append, stack, 2, NULL);
+        }
     } else {
         PyObject *ready = field(self, self->ready, "_ready");
         if (ready == NULL)
@@ -241,6 +297,8 @@ static int ready_append(Core *self, PyObject *h)
 static PyObject *ready_popleft(Core *self)
 {
     if (self->ready != NULL && Py_IS_TYPE(self->ready, S.deque_type)) {
+        if (S.deque_popleft_c != NULL)
+            return S.deque_popleft_c(self->ready, NULL);
         PyObject *stack[1] = {self->ready};
         return PyObject_Vectorcall(S.deque_popleft, stack, 1, NULL);
     }
@@ -268,7 +326,7 @@ static int handle_cancelled(PyObject *h)
 
 static int set_scheduled(PyObject *h, PyObject *v)
 {
-    if (Py_IS_TYPE(h, S.timer_type)) {
+    if (is_timer(h)) {
         slot_put(h, S.off_scheduled, v);
         return 0;
     }
@@ -278,7 +336,7 @@ static int set_scheduled(PyObject *h, PyObject *v)
 /* new reference to handle._when */
 static PyObject *timer_when(PyObject *h)
 {
-    if (Py_IS_TYPE(h, S.timer_type) && SLOT(h, S.off_when) != NULL)
+    if (is_timer(h) && SLOT(h, S.off_when) != NULL)
         return Py_NewRef(SLOT(h, S.off_when));
     return PyObject_GetAttr(h, S.s_when);
 }
@@ -291,7 +349,7 @@ static PyObject *timer_when(PyObject *h)
 
 static int timer_lt(PyObject *a, PyObject *b)
 {
-    if (Py_IS_TYPE(a, S.timer_type) && Py_IS_TYPE(b, S.timer_type)) {
+    if (is_timer(a) && is_timer(b)) {
         PyObject *wa = SLOT(a, S.off_when), *wb = SLOT(b, S.off_when);
         if (wa != NULL && wb != NULL && PyFloat_CheckExact(wa) && PyFloat_CheckExact(wb))
             return PyFloat_AS_DOUBLE(wa) < PyFloat_AS_DOUBLE(wb);
@@ -361,11 +419,10 @@ static int heappush(PyObject *heap, PyObject *item)
 static PyObject *heappop(PyObject *heap)
 {
     Py_ssize_t n = PyList_GET_SIZE(heap);
-    PyObject *last = Py_NewRef(PyList_GET_ITEM(heap, n - 1));
-    if (PyList_SetSlice(heap, n - 1, n, NULL) < 0) {
-        Py_DECREF(last);
-        return NULL;
-    }
+    /* list.pop(): the list's reference to its last item becomes ours (the
+     * allocation stays, as a list shrunk by one may keep it) */
+    PyObject *last = PyList_GET_ITEM(heap, n - 1);
+    Py_SET_SIZE(heap, n - 1);
     if (n == 1)
         return last;
     PyObject *top = PyList_GET_ITEM(heap, 0);
@@ -392,8 +449,37 @@ static PyObject *Core_time(Core *self, PyObject *unused)
 /* self.time(), through the attribute (a subclass or a patch may replace it) */
 static PyObject *now(Core *self)
 {
+    /* our own time() (no subclass override, no instance attribute: cached by
+     * the class's version tag like makes_handles) is called directly */
+    PyTypeObject *tp = Py_TYPE(self);
+    if (!self->time_patched && (tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) &&
+        tp->tp_version_tag != 0 && tp->tp_version_tag == self->own_time_tag)
+        return Core_time(self, NULL);
+    if (!self->time_patched && _PyType_Lookup(tp, S.s_time) == S.own_time &&
+        (tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) {
+        self->own_time_tag = tp->tp_version_tag;
+        return Core_time(self, NULL);
+    }
     PyObject *stack[1] = {(PyObject *)self};
     return PyObject_VectorcallMethod(S.s_time, stack, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* self->future_kw (task 0) or self->task_kw (task 1): the dict
+ * dict(zip(kwnames, (self, None, None))) */
+static int make_kw(Core *self, int task)
+{
+    PyObject *names = task ? S.task_kwnames : S.loop_kwnames;
+    PyObject *d = PyDict_New();
+    if (d == NULL)
+        return -1;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++) {
+        if (PyDict_SetItem(d, PyTuple_GET_ITEM(names, i), i ? Py_None : (PyObject *)self) < 0) {
+            Py_DECREF(d);
+            return -1;
+        }
+    }
+    Py_XSETREF(*(task ? &self->task_kw : &self->future_kw), d);
+    return 0;
 }
 
 /* The keyword arguments stock create_task takes, by name: name= and (3.11+)
@@ -437,8 +523,21 @@ static PyObject *Core_create_task(Core *self, PyObject *const *args, Py_ssize_t 
         parse_task_kw(args + 1, kwnames, &name, &ctx) < 0)
         return delegate(S.base_create_task, self, args, nargsf, kwnames);
     Py_INCREF(task_type);
-    PyObject *stack[4] = {args[0], (PyObject *)self, name, ctx};
-    PyObject *task = PyObject_Vectorcall(task_type, stack, 1, S.task_kwnames);
+    PyObject *task;
+    /* a class (type_call hands its __init__ a copy or parses the dict) */
+    int cached = name == Py_None && ctx == Py_None && PyType_Check(task_type);
+    if (cached && self->task_kw == NULL && make_kw(self, 1) < 0) {
+        Py_DECREF(task_type);
+        return NULL;
+    }
+    if (cached) {
+        PyObject *argt = PyTuple_Pack(1, args[0]);
+        task = argt ? PyObject_Call(task_type, argt, self->task_kw) : NULL;
+        Py_XDECREF(argt);
+    } else {
+        PyObject *stack[4] = {args[0], (PyObject *)self, name, ctx};
+        task = PyObject_Vectorcall(task_type, stack, 1, S.task_kwnames);
+    }
     Py_DECREF(task_type);
     if (task == NULL)
         return NULL;
@@ -448,12 +547,31 @@ static PyObject *Core_create_task(Core *self, PyObject *const *args, Py_ssize_t 
     return task;
 }
 
+/* create_future(): BaseEventLoop.create_future (futures.Future(loop=self),
+ * futures.Future looked up per call as there) without its Python frame. In
+ * debug mode the stock method, so a future's source traceback is the stock one. */
+static PyObject *Core_create_future(Core *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *fut_type = PyDict_GetItemWithError(S.futures_dict, S.s_future);
+    if (fut_type == NULL && PyErr_Occurred())
+        return NULL;
+    if (fut_type == NULL || self->debug != Py_False || !PyType_Check(fut_type))
+        return PyObject_CallOneArg(S.base_create_future, (PyObject *)self);
+    if (self->future_kw == NULL && make_kw(self, 0) < 0)
+        return NULL;
+    Py_INCREF(fut_type);
+    PyObject *fut = PyObject_Call(fut_type, S.empty_tuple, self->future_kw);
+    Py_DECREF(fut_type);
+    return fut;
+}
+
 /* ------------------------------------------------------------ scheduling */
 
 /* a Handle for callback(*args), appended to _ready */
 static PyObject *soon(Core *self, PyObject *callback, PyObject *args, PyObject *ctx)
 {
-    PyObject *h = make_handle(S.handle_type, callback, args, (PyObject *)self, ctx);
+    PyObject *h = make_handle(ul_handle_type, callback, args, (PyObject *)self, ctx);
     if (h != NULL && ready_append(self, h) < 0)
         Py_CLEAR(h);
     return h;
@@ -464,7 +582,7 @@ static PyObject *Core_call_soon(Core *self, PyObject *const *args, Py_ssize_t na
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     PyObject *ctx;
-    if (nargs < 1 || parse_context(args, nargs, kwnames, &ctx) < 0 || !plain(self))
+    if (nargs < 1 || parse_context(args, nargs, kwnames, &ctx) < 0 || !makes_handles(self))
         return delegate(S.base_call_soon, self, args, nargsf, kwnames);
     PyObject *argt = tuple_of(args + 1, nargs - 1);
     if (argt == NULL)
@@ -478,7 +596,7 @@ static PyObject *Core_call_soon(Core *self, PyObject *const *args, Py_ssize_t na
 static PyObject *Core_internal_call_soon(Core *self, PyObject *const *args,
                                          Py_ssize_t nargsf, PyObject *kwnames)
 {
-    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL || !plain(self))
+    if (PyVectorcall_NARGS(nargsf) != 3 || kwnames != NULL || !makes_handles(self))
         return delegate(S.base_internal_call_soon, self, args, nargsf, kwnames);
     return soon(self, args[0], args[1], args[2]);
 }
@@ -489,7 +607,7 @@ static PyObject *schedule_at(Core *self, PyObject *when, PyObject *const *cbargs
     PyObject *argt = tuple_of(cbargs + 1, ncbargs - 1);
     if (argt == NULL)
         return NULL;
-    PyObject *h = make_handle(S.timer_type, cbargs[0], argt, (PyObject *)self, ctx);
+    PyObject *h = make_handle(ul_timer_type, cbargs[0], argt, (PyObject *)self, ctx);
     Py_DECREF(argt);
     if (h == NULL)
         return NULL;
@@ -512,7 +630,7 @@ static PyObject *Core_call_at(Core *self, PyObject *const *args, Py_ssize_t narg
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     PyObject *ctx;
     if (nargs < 2 || args[0] == Py_None || parse_context(args, nargs, kwnames, &ctx) < 0 ||
-        !plain(self))
+        !makes_handles(self))
         return delegate(S.base_call_at, self, args, nargsf, kwnames);
     return schedule_at(self, args[0], args + 1, nargs - 1, ctx);
 }
@@ -525,7 +643,7 @@ static PyObject *Core_call_later(Core *self, PyObject *const *args, Py_ssize_t n
     /* stock: self.call_at(self.time() + delay, ...); a subclass that replaces
      * call_at gets the stock method, which calls it */
     if (nargs < 2 || args[0] == Py_None || parse_context(args, nargs, kwnames, &ctx) < 0 ||
-        !plain(self) || _PyType_Lookup(Py_TYPE(self), S.s_call_at) != S.own_call_at)
+        !makes_handles(self) || _PyType_Lookup(Py_TYPE(self), S.s_call_at) != S.own_call_at)
         return delegate(S.base_call_later, self, args, nargsf, kwnames);
     PyObject *t = now(self);
     if (t == NULL)
@@ -535,7 +653,7 @@ static PyObject *Core_call_later(Core *self, PyObject *const *args, Py_ssize_t n
     if (when == NULL)
         return NULL;
     PyObject *res;
-    if (plain(self)) /* a replaced time() is Python code: it may do anything */
+    if (makes_handles(self)) /* a replaced time() is Python code: it may do anything */
         res = schedule_at(self, when, args + 1, nargs - 1, ctx);
     else
         res = delegate(S.base_call_later, self, args, nargsf, kwnames);
@@ -1609,6 +1727,36 @@ static PyTypeObject TableType = {
 
 /* ---------------------------------------------------------------- a turn */
 
+/* ------------------------------------------------------ lazy tracking
+ * A call_soon handle is made untracked by the GC: nearly all of them are
+ * referenced by the ready queue alone and die right after they ran, and a
+ * young-generation collection would otherwise traverse every one still
+ * queued (the largest cost of a turn of many callbacks). That is safe: the
+ * GC treats an untracked object as a root, so what a queued handle refers to
+ * is never freed early. It only must not hide a cycle for ever, so a handle
+ * of ours becomes tracked as soon as something else may keep it:
+ *  - the native turn ran it (or skipped it, cancelled) and it is still
+ *    referenced elsewhere;
+ *  - cancel() or _run() was called on it from Python (the Python turn, code
+ *    that kept it);
+ *  - the loop is closed while it is queued (Loop.close calls
+ *    _sched_track_ready before BaseEventLoop.close clears _ready).
+ * Timer handles are tracked from the start: they are kept (to cancel them)
+ * and wait in the heap. */
+static inline void track(PyObject *h)
+{
+    if (Py_IS_TYPE(h, ul_handle_type) && !PyObject_GC_IsTracked(h))
+        PyObject_GC_Track(h);
+}
+
+/* the native turn is done with h (a new reference, dropped here) */
+static inline void release(PyObject *h)
+{
+    if (Py_REFCNT(h) > 1)
+        track(h);
+    Py_DECREF(h);
+}
+
 /* Handle._run for one handle; 0, or -1 when an exception must propagate */
 static int run_handle(Core *self, PyObject *h)
 {
@@ -1840,7 +1988,7 @@ static int collect_due(Core *self)
     double end_d = PyFloat_CheckExact(end) ? PyFloat_AS_DOUBLE(end) : 0.0;
     while (plain(self) && PyList_GET_SIZE(self->scheduled) > 0) {
         PyObject *h = PyList_GET_ITEM(self->scheduled, 0);
-        PyObject *w = Py_IS_TYPE(h, S.timer_type) ? SLOT(h, S.off_when) : NULL;
+        PyObject *w = is_timer(h) ? SLOT(h, S.off_when) : NULL;
         int later;
         if (w != NULL && PyFloat_CheckExact(w) && PyFloat_CheckExact(end)) {
             later = PyFloat_AS_DOUBLE(w) >= end_d;
@@ -1875,16 +2023,19 @@ static int turn_ready(Core *self)
            self->stopping != NULL && self->table != NULL && self->table->engine != NULL;
 }
 
-static PyObject *Core_run_once(Core *self, PyObject *unused)
+/* one turn: BaseEventLoop._run_once, step for step */
+static PyObject *run_turn(Core *self)
 {
-    (void)unused;
     if (!turn_ready(self))
         return PyObject_CallOneArg(S.base_run_once, (PyObject *)self);
 
-    if (purge_cancelled(self) < 0)
-        return NULL;
-    if (!turn_ready(self)) /* a foreign timer's __lt__ or _cancelled ran Python code */
-        return PyObject_CallOneArg(S.base_run_once, (PyObject *)self);
+    /* no timer: nothing to purge (stock tests the count first, then the head) */
+    if (PyList_GET_SIZE(self->scheduled) > 0) {
+        if (purge_cancelled(self) < 0)
+            return NULL;
+        if (!turn_ready(self)) /* a foreign timer's __lt__ or _cancelled ran Python code */
+            return PyObject_CallOneArg(S.base_run_once, (PyObject *)self);
+    }
 
     /* transports written to since the last wait: their sends go out in the
      * same kernel entry that waits (loop._flush_dirty; it may schedule
@@ -1898,7 +2049,7 @@ static PyObject *Core_run_once(Core *self, PyObject *unused)
 
     /* timeout: 0 with work ready or a stop pending, else until the first timer */
     double timeout = -1.0;
-    Py_ssize_t nready = PyObject_Size(self->ready);
+    Py_ssize_t nready = Py_SIZE(self->ready); /* an exact deque (plain()): its length */
     if (nready < 0)
         return NULL;
     int stopping = truthy(self->stopping);
@@ -1930,7 +2081,8 @@ static PyObject *Core_run_once(Core *self, PyObject *unused)
 
     /* run what is ready now; what these callbacks schedule waits a turn */
     PyObject *ready = field(self, self->ready, "_ready");
-    Py_ssize_t ntodo = ready ? PyObject_Size(ready) : -1;
+    Py_ssize_t ntodo = ready == NULL ? -1 : Py_IS_TYPE(ready, S.deque_type) ? Py_SIZE(ready)
+                                                                        : PyObject_Size(ready);
     if (ntodo < 0)
         return NULL;
     for (Py_ssize_t i = 0; i < ntodo; i++) {
@@ -1938,10 +2090,59 @@ static PyObject *Core_run_once(Core *self, PyObject *unused)
         if (h == NULL)
             return NULL;
         int r = run_handle(self, h);
-        Py_DECREF(h);
+        release(h);
         if (r < 0)
             return NULL;
     }
+    Py_RETURN_NONE;
+}
+
+/* _run_once(). BaseEventLoop.run_forever is `while True: self._run_once();
+ * if self._stopping: break`; inside Loop.run_forever (looping) the outermost
+ * _run_once runs that loop itself and returns when _stopping is set, so the
+ * Python loop ends after one iteration: a turn costs no Python bytecode. The
+ * eval loop would run signal handlers between iterations; this one runs them
+ * every 32 turns (and a turn that waits runs them when the wait is cut short;
+ * any Python callback runs them too).
+ * Anywhere else (a test calling _run_once, a callback calling it, a subclass
+ * with its own run_forever) it is exactly one turn. */
+static PyObject *Core_run_once(Core *self, PyObject *unused)
+{
+    (void)unused;
+    if (!self->looping || self->depth > 0) {
+        self->depth++;
+        PyObject *r = run_turn(self);
+        self->depth--;
+        return r;
+    }
+    self->depth++;
+    PyObject *r;
+    for (;;) {
+        r = run_turn(self);
+        if (r == NULL || !self->looping)
+            break;
+        Py_DECREF(r);
+        int stop = self->stopping == NULL ? 1 : truthy(self->stopping);
+        if (stop != 0) { /* a deleted _stopping: the Python loop raises the stock error */
+            r = stop < 0 ? NULL : Py_NewRef(Py_None);
+            break;
+        }
+        if ((++self->turns & 31) == 0 && PyErr_CheckSignals() < 0) {
+            r = NULL;
+            break;
+        }
+    }
+    self->depth--;
+    return r;
+}
+
+/* _sched_looping(flag): Loop.run_forever says whether it is running */
+static PyObject *Core_sched_looping(Core *self, PyObject *flag)
+{
+    int v = PyObject_IsTrue(flag);
+    if (v < 0)
+        return NULL;
+    self->looping = v;
     Py_RETURN_NONE;
 }
 
@@ -2005,6 +2206,8 @@ static int Core_traverse(Core *self, visitproc visit, void *arg)
     Py_VISIT(self->report);
     Py_VISIT(self->bound_call_soon);
     Py_VISIT(self->dirty);
+    Py_VISIT(self->future_kw);
+    Py_VISIT(self->task_kw);
     return 0;
 }
 
@@ -2023,6 +2226,8 @@ static int Core_clear(Core *self)
     Py_CLEAR(self->report);
     Py_CLEAR(self->bound_call_soon);
     Py_CLEAR(self->dirty);
+    Py_CLEAR(self->future_kw);
+    Py_CLEAR(self->task_kw);
     return 0;
 }
 
@@ -2031,6 +2236,20 @@ static void Core_dealloc(Core *self)
     PyObject_GC_UnTrack(self);
     Core_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* An instance attribute that replaces a loop method our handles' cancel()
+ * would otherwise call as the stock one (loop.get_debug = ..., a mock.patch)
+ * turns that shortcut off for this loop, for good. */
+static int Core_setattro(PyObject *self, PyObject *name, PyObject *v)
+{
+    if (name == S.s_get_debug || name == S.s_timer_handle_cancelled ||
+        (PyUnicode_Check(name) && (PyUnicode_Compare(name, S.s_get_debug) == 0 ||
+                                   PyUnicode_Compare(name, S.s_timer_handle_cancelled) == 0)))
+        ((Core *)self)->patched = 1;
+    if (name == S.s_time || (PyUnicode_Check(name) && PyUnicode_Compare(name, S.s_time) == 0))
+        ((Core *)self)->time_patched = 1;
+    return PyObject_GenericSetAttr(self, name, v);
 }
 
 static PyMemberDef Core_members[] = {
@@ -2046,17 +2265,23 @@ static PyMemberDef Core_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
+static PyObject *Core_sched_track_ready(Core *self, PyObject *unused);
+
 static PyMethodDef Core_methods[] = {
     {"call_soon", (PyCFunction)(void (*)(void))Core_call_soon, FASTKW, NULL},
     {"_call_soon", (PyCFunction)(void (*)(void))Core_internal_call_soon, FASTKW, NULL},
     {"call_at", (PyCFunction)(void (*)(void))Core_call_at, FASTKW, NULL},
     {"call_later", (PyCFunction)(void (*)(void))Core_call_later, FASTKW, NULL},
     {"create_task", (PyCFunction)(void (*)(void))Core_create_task, FASTKW, NULL},
+    {"create_future", (PyCFunction)Core_create_future, METH_NOARGS,
+     "Create a Future object attached to the loop."},
     {"time", (PyCFunction)Core_time, METH_NOARGS,
      "Return the time according to the event loop's clock (time.monotonic())."},
     {"_run_once", (PyCFunction)Core_run_once, METH_NOARGS, NULL},
     {"_sched_attach", (PyCFunction)Core_sched_attach, METH_VARARGS, NULL},
     {"_sched_detach", (PyCFunction)Core_sched_detach, METH_NOARGS, NULL},
+    {"_sched_track_ready", (PyCFunction)Core_sched_track_ready, METH_NOARGS, NULL},
+    {"_sched_looping", (PyCFunction)Core_sched_looping, METH_O, NULL},
     {"_write_to_self", (PyCFunction)Core_write_to_self, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -2072,7 +2297,135 @@ static PyTypeObject CoreType = {
     .tp_dealloc = (destructor)Core_dealloc,
     .tp_members = Core_members,
     .tp_methods = Core_methods,
+    .tp_setattro = Core_setattro,
     .tp_new = PyType_GenericNew,
+};
+
+/* ------------------------------------------------------ handle.cancel()
+ * Our handles' cancel() (handles.c makes the types) does the stock methods'
+ * steps in C when everything they call is stock:
+ *
+ *   Handle.cancel:       if not self._cancelled:
+ *                            self._cancelled = True
+ *                            if self._loop.get_debug(): self._repr = repr(self)
+ *                            self._callback = None; self._args = None
+ *   TimerHandle.cancel:  if not self._cancelled:
+ *                            self._loop._timer_handle_cancelled(self)
+ *                        super().cancel()
+ *   BaseEventLoop._timer_handle_cancelled:
+ *                        if handle._scheduled: self._timer_cancelled_count += 1
+ *
+ * that is: the stock class's cancel is still the stock function, the loop is
+ * one of ours, out of debug mode, with the stock get_debug and
+ * _timer_handle_cancelled (no subclass override, no instance attribute), the
+ * slots hold the bools the stock code stores. Anything else calls the stock
+ * class's cancel as it is now. */
+
+static int stock_loop_method(PyObject *loop, PyObject *name, PyObject *fn)
+{
+    return _PyType_Lookup(Py_TYPE(loop), name) == fn;
+}
+
+static PyObject *handle_cancel(PyObject *h, int timer)
+{
+    PyTypeObject *base = timer ? S.timer_type : S.handle_type;
+    PyObject *stock = timer ? S.stock_timer_cancel : S.stock_handle_cancel;
+    PyObject *meth = _PyType_Lookup(base, S.s_cancel); /* borrowed */
+    PyObject *loop = SLOT(h, S.off_loop);
+    PyObject *cancelled = SLOT(h, S.off_cancelled);
+    PyObject *scheduled = timer ? SLOT(h, S.off_scheduled) : Py_False;
+    Core *core = loop != NULL && PyObject_TypeCheck(loop, &CoreType) ? (Core *)loop : NULL;
+    int fast = meth == stock && core != NULL && core->debug == Py_False && !core->patched &&
+               (cancelled == Py_True || cancelled == Py_False) &&
+               (scheduled == Py_True || scheduled == Py_False) &&
+               stock_loop_method(loop, S.s_get_debug, S.base_get_debug) &&
+               (!timer || (stock_loop_method(loop, S.s_timer_handle_cancelled,
+                                             S.base_timer_handle_cancelled) &&
+                           core->tcc != NULL));
+    if (!fast) {
+        if (meth == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "cancel");
+            return NULL;
+        }
+        /* the attribute as Python would fetch it from the stock class */
+        descrgetfunc get = Py_TYPE(meth)->tp_descr_get;
+        if (get == NULL)
+            return PyObject_CallNoArgs(meth);
+        PyObject *bound = get(meth, h, (PyObject *)Py_TYPE(h));
+        if (bound == NULL)
+            return NULL;
+        PyObject *r = PyObject_CallNoArgs(bound);
+        Py_DECREF(bound);
+        return r;
+    }
+    if (cancelled == Py_True)
+        Py_RETURN_NONE;
+    if (scheduled == Py_True) {
+        PyObject *n = PyNumber_Add(core->tcc, S.one);
+        if (n == NULL)
+            return NULL;
+        Py_XSETREF(core->tcc, n);
+    }
+    slot_put(h, S.off_cancelled, Py_True);
+    /* dropping the callback may run its finalizer: hold the handle meanwhile */
+    Py_INCREF(h);
+    slot_put(h, S.off_callback, Py_None);
+    slot_put(h, S.off_args, Py_None);
+    Py_DECREF(h);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Handle_cancel(PyObject *h, PyObject *unused)
+{
+    (void)unused;
+    track(h); /* kept by its caller */
+    return handle_cancel(h, 0);
+}
+
+/* _run() called from Python (the debug turn, a test): the stock method */
+static PyObject *Handle_run(PyObject *h, PyObject *unused)
+{
+    (void)unused;
+    track(h);
+    return PyObject_CallOneArg(S.stock_run, h);
+}
+
+/* before BaseEventLoop.close clears _ready: every queued handle of ours
+ * becomes tracked, so one kept elsewhere cannot hide a cycle for ever */
+static PyObject *Core_sched_track_ready(Core *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->ready == NULL)
+        Py_RETURN_NONE;
+    PyObject *it = PyObject_GetIter(self->ready);
+    if (it == NULL)
+        return NULL;
+    PyObject *h;
+    while ((h = PyIter_Next(it)) != NULL) {
+        track(h);
+        Py_DECREF(h);
+    }
+    Py_DECREF(it);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *TimerHandle_cancel(PyObject *h, PyObject *unused)
+{
+    (void)unused;
+    return handle_cancel(h, 1);
+}
+
+static PyMethodDef Handle_methods[] = {
+    {"cancel", (PyCFunction)Handle_cancel, METH_NOARGS, NULL},
+    {"_run", (PyCFunction)Handle_run, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef TimerHandle_methods[] = {
+    {"cancel", (PyCFunction)TimerHandle_cancel, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
 };
 
 /* ------------------------------------------------------- CachedMethod
@@ -2160,7 +2513,6 @@ static int slot_offset(PyTypeObject *tp, const char *name, Py_ssize_t *out)
 
 static PyObject *setup(PyObject *mod, PyObject *args)
 {
-    (void)mod;
     PyObject *handle, *timer, *deque, *base, *op_future, *report, *run_debug, *heapify, *tasks;
     double max_timeout, fraction;
     Py_ssize_t min_scheduled;
@@ -2202,7 +2554,34 @@ static PyObject *setup(PyObject *mod, PyObject *args)
         !(S.base_call_at = PyObject_GetAttrString(base, "call_at")) ||
         !(S.base_call_later = PyObject_GetAttrString(base, "call_later")) ||
         !(S.base_run_once = PyObject_GetAttrString(base, "_run_once")) ||
-        !(S.base_create_task = PyObject_GetAttrString(base, "create_task")))
+        !(S.base_create_task = PyObject_GetAttrString(base, "create_task")) ||
+        !(S.base_create_future = PyObject_GetAttrString(base, "create_future")) ||
+        !(S.base_get_debug = PyObject_GetAttrString(base, "get_debug")) ||
+        !(S.base_timer_handle_cancelled = PyObject_GetAttrString(base, "_timer_handle_cancelled")) ||
+        !(S.stock_handle_cancel = PyObject_GetAttrString(handle, "cancel")) ||
+        !(S.stock_timer_cancel = PyObject_GetAttrString(timer, "cancel")) ||
+        !(S.stock_run = PyObject_GetAttrString(handle, "_run")))
+        return NULL;
+    for (PyMethodDef *m = S.deque_type->tp_methods; m != NULL && m->ml_name != NULL; m++) {
+        if (strcmp(m->ml_name, "append") == 0 && m->ml_flags == METH_O)
+            S.deque_append_c = m->ml_meth;
+        else if (strcmp(m->ml_name, "popleft") == 0 && m->ml_flags == METH_NOARGS)
+            S.deque_popleft_c = m->ml_meth;
+    }
+    PyObject *futures = PyImport_ImportModule("asyncio.futures");
+    if (futures == NULL)
+        return NULL;
+    S.futures_dict = Py_NewRef(PyModule_GetDict(futures));
+    Py_DECREF(futures);
+    ul_handle_offsets off = {
+        .callback = S.off_callback, .args = S.off_args, .cancelled = S.off_cancelled,
+        .loop = S.off_loop, .tb = S.off_tb, .repr = S.off_repr, .context = S.off_context,
+        .when = S.off_when, .scheduled = S.off_scheduled,
+    };
+    if (ul_handles_setup(S.handle_type, S.timer_type, &off, Handle_methods,
+                         TimerHandle_methods) < 0 ||
+        PyModule_AddObject(mod, "Handle", Py_NewRef((PyObject *)ul_handle_type)) < 0 ||
+        PyModule_AddObject(mod, "TimerHandle", Py_NewRef((PyObject *)ul_timer_type)) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -2274,6 +2653,12 @@ PyMODINIT_FUNC PyInit__sched(void)
     INTERN(s_raise_error, "_raise_run_error");
     INTERN(s_name, "name");
     INTERN(s_task, "Task");
+    INTERN(s_get_debug, "get_debug");
+    INTERN(s_timer_handle_cancelled, "_timer_handle_cancelled");
+    INTERN(s_future, "Future");
+    INTERN(s_cancel, "cancel");
+    if (!(S.one = PyLong_FromLong(1)) || !(S.empty_tuple = PyTuple_New(0)))
+        return NULL;
     PyObject *s_loop = PyUnicode_InternFromString("loop");
     if (s_loop == NULL)
         return NULL;
@@ -2282,13 +2667,18 @@ PyMODINIT_FUNC PyInit__sched(void)
 #else
     S.task_kwnames = PyTuple_Pack(2, s_loop, S.s_name);
 #endif
+    S.loop_kwnames = PyTuple_Pack(1, s_loop);
     Py_DECREF(s_loop);
-    if (S.task_kwnames == NULL)
+    if (S.task_kwnames == NULL || S.loop_kwnames == NULL)
         return NULL;
     if (PyType_Ready(&CoreType) < 0 || PyType_Ready(&CachedMethodType) < 0 ||
         PyType_Ready(&TableType) < 0 ||
         cache_call_soon() < 0)
         return NULL;
+    S.own_time = PyDict_GetItemWithError(CoreType.tp_dict, S.s_time);
+    if (S.own_time == NULL)
+        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_SystemError, "no Core.time");
+    Py_INCREF(S.own_time);
     S.own_call_at = PyDict_GetItemWithError(CoreType.tp_dict, S.s_call_at);
     if (S.own_call_at == NULL)
         return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_SystemError, "no Core.call_at");
