@@ -587,3 +587,28 @@ def run_in(lp, coro, timeout: float = 10.0):
     import asyncio
 
     return lp.run_until_complete(asyncio.wait_for(coro, timeout))
+
+
+# --- one script on a uringloop and on the stock loop (tests/test_sched*.py)
+
+
+@pytest.fixture
+def stock():
+    """A stock SelectorEventLoop beside the test's loop, closed after the test."""
+    lp = make_loop("stock")
+    yield lp
+    lp.close()
+
+
+def both(loop, stock, script):
+    """script(lp) on each loop; returns (uringloop's result, stock's result)."""
+    return script(loop), script(stock)
+
+
+def error_of(fn, *args, **kw):
+    """(type, message) of what fn(*args, **kw) raised, or None."""
+    try:
+        fn(*args, **kw)
+    except Exception as exc:
+        return type(exc), str(exc)
+    return None

@@ -24,22 +24,16 @@ import weakref
 from asyncio import events
 
 import pytest
-from conftest import run_in, skip_unless_wait_syscalls_known, wait_until_sleeping
+from conftest import (
+    both,
+    error_of,
+    run_in,
+    skip_unless_wait_syscalls_known,
+    wait_until_sleeping,
+)
 
 import uringloop
 from uringloop import _sched
-
-
-@pytest.fixture
-def stock():
-    lp = asyncio.SelectorEventLoop()
-    yield lp
-    lp.close()
-
-
-def both(loop, stock, script):
-    """script(lp) on each loop; returns (uringloop's result, stock's result)."""
-    return script(loop), script(stock)
 
 
 def test_loop_uses_the_native_core(loop):
@@ -255,29 +249,21 @@ def test_context_argument(loop, stock):
     assert mine == theirs
 
 
-def _error(fn, *args, **kw):
-    try:
-        fn(*args, **kw)
-    except Exception as exc:
-        return type(exc), str(exc)
-    return None
-
-
 def test_bad_input_same_exceptions(loop, stock):
     def script(lp):
         lp.set_debug(False)  # debug mode checks callables at once (PYTHONASYNCIODEBUG)
         out = [
-            _error(lp.call_soon),
-            _error(lp.call_soon, print, foo=1),
-            _error(lp.call_soon, print, context=None, foo=1),
-            _error(lp.call_later, 1),
-            _error(lp.call_later, "soon", print),
-            _error(lp.call_later, 1, print, bogus=2),
-            _error(lp.call_at, lp.time()),
-            _error(lp._call_soon, print, ()),
+            error_of(lp.call_soon),
+            error_of(lp.call_soon, print, foo=1),
+            error_of(lp.call_soon, print, context=None, foo=1),
+            error_of(lp.call_later, 1),
+            error_of(lp.call_later, "soon", print),
+            error_of(lp.call_later, 1, print, bogus=2),
+            error_of(lp.call_at, lp.time()),
+            error_of(lp._call_soon, print, ()),
         ]
         if sys.version_info >= (3, 11):  # 3.10's stock loop asserts instead
-            out += [_error(lp.call_later, None, print), _error(lp.call_at, None, print)]
+            out += [error_of(lp.call_later, None, print), error_of(lp.call_at, None, print)]
         # no check outside debug mode: a non-callable fails when it runs
         errors = []
         lp.set_exception_handler(lambda _lp, ctx: errors.append(repr(ctx["exception"])))
@@ -297,10 +283,10 @@ def test_closed_loop_errors(stock):
     def script(lp):
         lp.close()
         return [
-            _error(lp.call_soon, print),
-            _error(lp.call_later, 1, print),
-            _error(lp.call_at, 1, print),
-            _error(lp.run_forever),
+            error_of(lp.call_soon, print),
+            error_of(lp.call_later, 1, print),
+            error_of(lp.call_at, 1, print),
+            error_of(lp.run_forever),
         ]
 
     mine, theirs = script(uringloop.new_event_loop()), script(stock)
@@ -321,9 +307,9 @@ def test_debug_mode_takes_the_stock_paths(loop, stock, caplog):
             bool(h._source_traceback),
             bool(t._source_traceback),
             h._source_traceback[-1].name,
-            _error(lp.call_soon, coro),
-            _error(lp.call_soon, 42),
-            _error(lp.call_later, 0, coro),
+            error_of(lp.call_soon, coro),
+            error_of(lp.call_soon, 42),
+            error_of(lp.call_later, 0, coro),
         ]
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="asyncio"):
@@ -551,12 +537,12 @@ def test_create_task_as_stock(loop, stock):
         out.append(lp.run_until_complete(asyncio.gather(*made))[:1])
         out.append([t.get_name() for t in made][:1] + [t.get_name() for t in made][3:4])
         coro = _named()
-        out.append(_error(lp.create_task, coro, bogus=1))
-        out.append(_error(lp.create_task, coro, coro))
-        out.append(_error(lp.create_task))
+        out.append(error_of(lp.create_task, coro, bogus=1))
+        out.append(error_of(lp.create_task, coro, coro))
+        out.append(error_of(lp.create_task))
         coro.close()
-        out.append(_error(lp.create_task, 42))
-        out.append(_error(lp.create_task, None, name="x"))
+        out.append(error_of(lp.create_task, 42))
+        out.append(error_of(lp.create_task, None, name="x"))
         return out
 
     mine, theirs = both(loop, stock, script)
@@ -612,7 +598,7 @@ def test_create_task_debug_factory_closed_and_patched_as_stock(loop, stock):
         coro = _named()
         with mock.patch.dict(asyncio.tasks.__dict__):
             del asyncio.tasks.Task
-            out.append(_error(lp.create_task, coro))
+            out.append(error_of(lp.create_task, coro))
         coro.close()
         return out
 
@@ -637,7 +623,7 @@ def test_create_task_debug_factory_closed_and_patched_as_stock(loop, stock):
             lp.run_until_complete(t)
             lp.close()
             coro = _named()
-            err = _error(lp.create_task, coro)
+            err = error_of(lp.create_task, coro)
             coro.close()
             return frame.name, err
         finally:

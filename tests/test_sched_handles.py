@@ -18,27 +18,9 @@ import weakref
 from asyncio import events, futures
 
 import pytest
+from conftest import both, error_of
 
 import uringloop
-
-
-@pytest.fixture
-def stock():
-    lp = asyncio.SelectorEventLoop()
-    yield lp
-    lp.close()
-
-
-def both(loop, stock, script):
-    return script(loop), script(stock)
-
-
-def _error(fn, *args, **kw):
-    try:
-        fn(*args, **kw)
-    except Exception as exc:
-        return type(exc), str(exc)
-    return None
 
 
 def _noop(*args):
@@ -61,7 +43,7 @@ def test_timer_handles_compare_and_hash_as_stock(loop, stock):
             a < c, c > a, a <= b, a >= b, sorted([c, made, a])[-1] is c,
             a == "x", a.__eq__("x"), a.__lt__(1),
             h1 == h2, h1 == h1, hash(h1) == id(h1) >> 4 or hash(h1) == hash(h1),
-            _error(lambda: h1 < h2),
+            error_of(lambda: h1 < h2),
             a.when() == when, a.cancelled(), a.get_context() is a._context
             if sys.version_info >= (3, 12) else True,
         ]
@@ -200,18 +182,18 @@ def test_bad_handle_use_as_stock(loop, stock):
             (ctx["message"][:30], repr(ctx.get("exception")), ctx.get("handle") is h)))
         h = lp.call_soon(_noop)
         h.cancel()
-        out = [_error(h._run), _error(h._run)]
+        out = [error_of(h._run), error_of(h._run)]
 
         def boom():
             raise ZeroDivisionError("x")
 
         h = lp.call_soon(boom)
-        out.append(_error(h._run))
+        out.append(error_of(h._run))
         lp.run_until_complete(asyncio.sleep(0))  # runs it again, as queued
         t = lp.call_later(1, _noop)
         del t._when
-        out.append(_error(t.when))
-        out.append(_error(t.cancel))
+        out.append(error_of(t.when))
+        out.append(error_of(t.cancel))
         out.append(errors)
         return out
 

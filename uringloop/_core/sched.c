@@ -72,7 +72,6 @@ static struct {
     PyObject *s_popleft, *s_append, *s_call_at;
     PyObject *s_done, *s_set_result, *s_dispatching, *s_raise_error;
     PyObject *s_name, *s_task;
-    PyObject *s_flush_dirty;
     PyObject *task_kwnames; /* ("loop", "name", "context"); 3.10: ("loop", "name") */
     PyObject *own_call_at; /* Core.call_at's descriptor */
     PyObject *context_kwnames; /* the last kwnames tuple seen to be ("context",) */
@@ -2638,7 +2637,6 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__sched(void)
 {
     INTERN(s_time, "time");
-    INTERN(s_flush_dirty, "_flush_dirty");
     INTERN(s_context, "context");
     INTERN(s_cancelled, "_cancelled");
     INTERN(s_scheduled, "_scheduled");
