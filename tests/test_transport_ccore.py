@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 import socket
 import sys
 
@@ -89,41 +88,6 @@ def test_write_rejects_what_stock_rejects(tloop):
             assert await _read_until_eof(loop, peer) == b"sub+class"
             tr.close()
             await wait_for(proto.lost)
-
-    run_in(tloop, main())
-
-
-@pytest.mark.parametrize("bad", ["readonly", "noncontiguous"])
-def test_get_buffer_unusable(tloop, caplog, bad):
-    """get_buffer() returning a read-only or non-contiguous buffer: a fatal
-    error with the stock message, that of a failed read (the stock loop's
-    recv_into refuses the buffer; the C core hands it to Python to say so)."""
-
-    class Bad(asyncio.BufferedProtocol):
-        def __init__(self):
-            self.lost = asyncio.get_running_loop().create_future()
-
-        def get_buffer(self, sizehint):
-            if bad == "readonly":
-                return b"x" * 100
-            return memoryview(bytearray(200))[::2]
-
-        def buffer_updated(self, nbytes):
-            raise AssertionError("buffer_updated after a bad get_buffer")
-
-        def connection_lost(self, exc):
-            self.lost.set_result(exc)
-
-    async def main():
-        loop = asyncio.get_running_loop()
-        tr, proto, peer = await _connected(loop, Bad)
-        with peer:
-            with caplog.at_level(logging.ERROR, logger="asyncio"):
-                await wait_for(loop.sock_sendall(peer, b"data"))
-                exc = await wait_for(proto.lost)
-            assert isinstance(exc, (TypeError, ValueError, BufferError)), exc
-            msgs = [r.getMessage() for r in caplog.records]
-            assert sum("Fatal read error on socket transport" in m for m in msgs) == 1
 
     run_in(tloop, main())
 

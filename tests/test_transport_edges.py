@@ -105,9 +105,26 @@ def test_data_received_raises(tloop, caplog):
     run_in(tloop, main())
 
 
-@pytest.mark.parametrize("bad", ["empty", "raises"])
-def test_get_buffer_misbehaves(tloop, caplog, bad):
-    """get_buffer() returning an empty buffer or raising: a fatal error, as stock."""
+# what get_buffer() gives, and the fatal error's log message then: an empty
+# buffer or an exception is the protocol's fault ("get_buffer() call failed");
+# a read-only or non-contiguous buffer makes the stock transport's recv_into
+# fail, a read error (our C core hands it back to Python to say so)
+_GET_BUFFER_FAILED = "Fatal error: protocol.get_buffer() call failed."
+_READ_ERROR = "Fatal read error on socket transport"
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("empty", _GET_BUFFER_FAILED),
+        ("raises", _GET_BUFFER_FAILED),
+        ("readonly", _READ_ERROR),
+        ("noncontiguous", _READ_ERROR),
+    ],
+)
+def test_get_buffer_misbehaves(tloop, caplog, bad, message):
+    """get_buffer() returning an unusable buffer or raising: a fatal error
+    with the stock exception and log message."""
 
     class Bad(asyncio.BufferedProtocol):
         def __init__(self):
@@ -116,6 +133,10 @@ def test_get_buffer_misbehaves(tloop, caplog, bad):
         def get_buffer(self, sizehint):
             if bad == "empty":
                 return bytearray()
+            if bad == "readonly":
+                return b"x" * 100
+            if bad == "noncontiguous":
+                return memoryview(bytearray(200))[::2]
             raise KeyError("no buffer")
 
         def buffer_updated(self, nbytes):
@@ -133,9 +154,11 @@ def test_get_buffer_misbehaves(tloop, caplog, bad):
                 exc = await wait_for(proto.lost)
             if bad == "empty":
                 assert isinstance(exc, RuntimeError) and "empty buffer" in str(exc)
-            else:
+            elif bad == "raises":
                 assert isinstance(exc, KeyError)
-            assert _log_count(caplog, "Fatal error: protocol.get_buffer() call failed.") == 1
+            else:
+                assert isinstance(exc, (TypeError, ValueError, BufferError)), exc
+            assert _log_count(caplog, message) == 1
 
     run_in(tloop, main())
 
