@@ -70,15 +70,6 @@ async def asgi_app(scope, receive, send):
     await send({"type": "http.response.body", "body": body})
 
 
-def _http_impls():
-    impls = ["h11"]
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
-        impls.append(pytest.param("httptools", marks=pytest.mark.skip("httptools not installed")))
-    else:
-        impls.append("httptools")
-    return impls
 
 
 async def _request(port: int, path: str, body: bytes = b"") -> dict:
@@ -98,7 +89,7 @@ async def _request(port: int, path: str, body: bytes = b"") -> dict:
     return json.loads(payload)
 
 
-@pytest.mark.parametrize("http", _http_impls())
+@pytest.mark.parametrize("http", ["h11", "httptools"])  # both a test dependency
 def test_uvicorn_in_process(tloop, http):
     async def main():
         sock = socket.socket()
