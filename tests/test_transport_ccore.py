@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import socket
 import sys
 
@@ -88,6 +89,64 @@ def test_write_rejects_what_stock_rejects(tloop):
             assert await _read_until_eof(loop, peer) == b"sub+class"
             tr.close()
             await wait_for(proto.lost)
+
+    run_in(tloop, main())
+
+
+# what get_buffer() gives, and the fatal error's log message then: an empty
+# buffer or an exception is the protocol's fault ("get_buffer() call failed");
+# a read-only or non-contiguous buffer makes the stock transport's recv_into
+# fail, a read error (our C core hands it back to Python to say so)
+_GET_BUFFER_FAILED = "Fatal error: protocol.get_buffer() call failed."
+_READ_ERROR = "Fatal read error on socket transport"
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("empty", _GET_BUFFER_FAILED),
+        ("raises", _GET_BUFFER_FAILED),
+        ("readonly", _READ_ERROR),
+        ("noncontiguous", _READ_ERROR),
+    ],
+)
+def test_get_buffer_misbehaves(tloop, caplog, bad, message):
+    """get_buffer() returning an unusable buffer or raising: a fatal error
+    with the stock exception and log message."""
+
+    class Bad(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.lost = asyncio.get_running_loop().create_future()
+
+        def get_buffer(self, sizehint):
+            if bad == "empty":
+                return bytearray()
+            if bad == "readonly":
+                return b"x" * 100
+            if bad == "noncontiguous":
+                return memoryview(bytearray(200))[::2]
+            raise KeyError("no buffer")
+
+        def buffer_updated(self, nbytes):
+            raise AssertionError("buffer_updated after a bad get_buffer")
+
+        def connection_lost(self, exc):
+            self.lost.set_result(exc)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Bad)
+        with peer:
+            with caplog.at_level(logging.ERROR, logger="asyncio"):
+                await wait_for(loop.sock_sendall(peer, b"data"))
+                exc = await wait_for(proto.lost)
+            if bad == "empty":
+                assert isinstance(exc, RuntimeError) and "empty buffer" in str(exc)
+            elif bad == "raises":
+                assert isinstance(exc, KeyError)
+            else:
+                assert isinstance(exc, (TypeError, ValueError, BufferError)), exc
+            assert sum(message in r.getMessage() for r in caplog.records) == 1
 
     run_in(tloop, main())
 
