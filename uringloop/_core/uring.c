@@ -1423,28 +1423,35 @@ static int setup_ring(ul_engine *e, struct uring *u, char *err, int errlen)
     return 0;
 }
 
+/* Map a provided-buffer ring of n entries and register it as group bgid;
+ * its size goes to *sz. NULL when the memory or the kernel refuses it. */
+static struct ul_buf *map_pbuf_ring(struct uring *u, unsigned n, uint16_t bgid, size_t *sz)
+{
+    *sz = (size_t)n * sizeof(struct ul_buf);
+    void *ring = mmap(NULL, *sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (ring == MAP_FAILED)
+        return NULL;
+    madvise(ring, *sz, MADV_DONTFORK);  /* the kernel reads it: the parent's */
+    struct ul_buf_reg reg;
+    memset(&reg, 0, sizeof reg);
+    reg.ring_addr = (uint64_t)(uintptr_t)ring;
+    reg.ring_entries = n;
+    reg.bgid = bgid;
+    if (sys_register(u->ring_fd, UL_REGISTER_PBUF_RING, &reg, 1) < 0) {
+        munmap(ring, *sz);
+        return NULL;
+    }
+    return ring;
+}
+
 /* Register a buffer ring and give it every pool buffer not marked in held
  * (NULL: none is). Returns 0, or -1 when the kernel refuses it. */
 static int setup_bufring(ul_engine *e, struct uring *u, const uint8_t *held)
 {
     unsigned n = e->cfg.buf_count;
-    u->br_sz = (size_t)n * sizeof(struct ul_buf);
-    u->br = mmap(NULL, u->br_sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (u->br == MAP_FAILED) {
-        u->br = NULL;
+    u->br = map_pbuf_ring(u, n, 0, &u->br_sz);
+    if (!u->br)
         return -1;
-    }
-    madvise(u->br, u->br_sz, MADV_DONTFORK);  /* the kernel reads it: the parent's */
-    struct ul_buf_reg reg;
-    memset(&reg, 0, sizeof reg);
-    reg.ring_addr = (uint64_t)(uintptr_t)u->br;
-    reg.ring_entries = n;
-    reg.bgid = 0;
-    if (sys_register(u->ring_fd, UL_REGISTER_PBUF_RING, &reg, 1) < 0) {
-        munmap(u->br, u->br_sz);
-        u->br = NULL;
-        return -1;
-    }
     u->bufring = 1;
     u->br_mask = n - 1;
     u->br_tail = 0;
@@ -1561,23 +1568,9 @@ static int uring_park(ul_engine *e)
  * Every datagram buffer not marked in held (indexed by bid) goes to it. */
 static int setup_dring(ul_engine *e, struct uring *u, const uint8_t *held)
 {
-    u->dr_sz = (size_t)UL_DGRAM_BUFS * sizeof(struct ul_buf);
-    u->dr = mmap(NULL, u->dr_sz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (u->dr == MAP_FAILED) {
-        u->dr = NULL;
+    u->dr = map_pbuf_ring(u, UL_DGRAM_BUFS, 1, &u->dr_sz);
+    if (!u->dr)
         return -1;
-    }
-    madvise(u->dr, u->dr_sz, MADV_DONTFORK);  /* the kernel reads it: the parent's */
-    struct ul_buf_reg reg;
-    memset(&reg, 0, sizeof reg);
-    reg.ring_addr = (uint64_t)(uintptr_t)u->dr;
-    reg.ring_entries = UL_DGRAM_BUFS;
-    reg.bgid = 1;
-    if (sys_register(u->ring_fd, UL_REGISTER_PBUF_RING, &reg, 1) < 0) {
-        munmap(u->dr, u->dr_sz);
-        u->dr = NULL;
-        return -1;
-    }
     u->dring = 1;
     u->dr_tail = 0;
     e->ndfree = 0;
