@@ -68,6 +68,54 @@ def test_write_then_mutate_memoryview(tloop):
     run_in(tloop, main())
 
 
+def test_write_partly_taken_then_mutate(tloop):
+    """write() on an idle transport whose kernel buffer fills: what the kernel
+    did not take is still sent as it was at write() when the caller reuses its
+    bytearray at once (epoll sends at once and queues a copy of the rest;
+    io_uring queues a copy); then another, behind it."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Lost)
+        with peer:
+            tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            buf = bytearray(bytes(range(256)) * 8192)  # 2 MiB: more than the kernel takes
+            expected = bytes(buf)
+            tr.write(buf)
+            assert 0 < tr.get_write_buffer_size() <= len(buf)
+            buf[:] = bytes(len(buf))  # reused by the caller
+            more = bytearray(b"a" * 1000)
+            tr.write(more)  # queued behind
+            more[:] = bytes(len(more))
+            expected += b"a" * 1000
+            tr.write_eof()
+            assert await _read_until_eof(loop, peer) == expected
+            tr.close()
+            await wait_for(proto.lost)
+
+    run_in(tloop, main())
+
+
+def test_write_to_a_reset_peer(tloop):
+    """write() right after the peer reset the connection (before the loop saw
+    it): connection_lost gets a ConnectionError, as on the stock loop (whose
+    write() sends at once, as epoll's C core does)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Lost)
+        await asyncio.sleep(0)  # connection_made
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        peer.close()  # RST
+        tr.write(b"after the reset")
+        tr.write(b"and more")
+        exc = await wait_for(proto.lost)
+        assert isinstance(exc, ConnectionError), exc
+        assert tr.is_closing()
+
+    run_in(tloop, main())
+
+
 def test_write_rejects_what_stock_rejects(tloop):
     """write() of a str, None or a bytes subclass: the stock checks and result."""
 

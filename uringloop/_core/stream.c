@@ -41,8 +41,10 @@ typedef struct {
     Py_ssize_t sending;     /* length of the send in flight (0: none) */
     Py_ssize_t high, low;   /* the transport's water marks */
     Py_ssize_t sends;       /* sends submitted (tests count them) */
+    Py_ssize_t directs;     /* send() calls made by write() itself (tests count them) */
     int fd;
     char buffered, rfast, wfast, dirty, wpaused;
+    char direct; /* write() sends at once when idle (the epoll backend; decision 210) */
 } Stream;
 
 static PyTypeObject StreamType;
@@ -268,12 +270,77 @@ static PyObject *stream_send_now(Stream *s)
     Py_RETURN_NONE;
 }
 
+/* write() on an idle transport (nothing queued, none in flight, no write
+ * yet this turn) with direct set: one non-blocking send() now, as the stock
+ * transport and uvloop do; only what the kernel leaves is queued (a copy of
+ * the rest: the caller may reuse a mutable buffer), and the Stream goes on
+ * the dirty list either way, so later writes of the turn gather behind it
+ * into one send at the turn's flush. Returns 1 if it took the write (*r is
+ * the result), 0 if data has no simple buffer (the caller queues a copy). */
+static int stream_write_direct(Stream *s, PyObject *data, PyObject **r)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear(); /* not contiguous: bytes(data) sorts it out */
+        return 0;
+    }
+    *r = NULL;
+    const char *p = view.buf;
+    Py_ssize_t len = view.len, k = 0;
+    if (len > 0) {
+        do
+            k = send(s->fd, p, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        while (k < 0 && errno == EINTR);
+        s->directs++;
+    }
+    if (k < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            PyBuffer_Release(&view);
+            PyObject *exc = take_exception();
+            PyObject *args[2] = {exc, m_write_failed};
+            *r = stream_call(s, s_fatal_error, args, 2, 0);
+            Py_DECREF(exc);
+            return 1;
+        }
+        k = 0;
+    }
+    if (k == len) {
+        PyBuffer_Release(&view);
+        *r = stream_mark_dirty(s) < 0 ? NULL : Py_NewRef(Py_None);
+        return 1;
+    }
+    PyObject *rest = k == 0 && PyBytes_CheckExact(data)
+                         ? Py_NewRef(data)
+                         : PyBytes_FromStringAndSize(p + k, len - k);
+    PyBuffer_Release(&view);
+    if (rest == NULL)
+        return 1;
+    int rc = PyList_Append(s->buffer, rest);
+    Py_DECREF(rest);
+    if (rc < 0)
+        return 1;
+    s->buffer_size += len - k;
+    if (stream_mark_dirty(s) < 0)
+        return 1;
+    /* the kernel left more than the mark: pause as the stock write() does */
+    *r = s->buffer_size > s->high ? stream_call(s, s_send_now_tail, NULL, 0, 0)
+                                  : Py_NewRef(Py_None);
+    return 1;
+}
+
 /* write(data): the transport's write() */
 static PyObject *Stream_write(Stream *s, PyObject *data)
 {
     if (!s->wfast || s->transport == NULL || s->buffer == NULL || !PyList_CheckExact(s->buffer))
         goto slow;
     PyObject *b;
+    if (s->direct && !s->dirty && !s->sending && PyList_GET_SIZE(s->buffer) == 0 &&
+        (PyBytes_CheckExact(data) || PyByteArray_CheckExact(data) || PyMemoryView_Check(data))) {
+        PyObject *r;
+        if (stream_write_direct(s, data, &r))
+            return r;
+    }
     if (PyBytes_CheckExact(data)) {
         b = Py_NewRef(data);
     } else if (PyByteArray_CheckExact(data) || PyMemoryView_Check(data)) {
@@ -557,6 +624,7 @@ static PyGetSetDef Stream_getset[] = {
     BOOL_ATTR("dirty", dirty),       /* on the loop's dirty list */
     BOOL_ATTR("wpaused", wpaused),   /* the protocol's writing is paused */
     BOOL_ATTR("buffered", buffered), /* a BufferedProtocol */
+    BOOL_ATTR("direct", direct),     /* write() sends at once when idle */
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -567,6 +635,7 @@ static PyMemberDef Stream_members[] = {
     {"high", T_PYSSIZET, offsetof(Stream, high), 0, NULL},
     {"low", T_PYSSIZET, offsetof(Stream, low), 0, NULL},
     {"sends", T_PYSSIZET, offsetof(Stream, sends), 0, NULL},
+    {"directs", T_PYSSIZET, offsetof(Stream, directs), 0, NULL},
     {"sent_cb", Py_T_OBJECT_EX, offsetof(Stream, sent_cb), READONLY, NULL},
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(Stream, vectorcall), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
