@@ -88,13 +88,13 @@ def count(loop: str, scen: str, n: int, keep: str | None = None) -> tuple[int, i
 def functions(path: str) -> dict[str, int]:
     """function -> exclusive instructions, from callgrind_annotate."""
     out = subprocess.run(
-        ["callgrind_annotate", "--inclusive=no", "--threshold=100", path],
+        ["callgrind_annotate", "--inclusive=no", "--threshold=100", "--auto=no", path],
         capture_output=True, text=True, timeout=600,
     ).stdout
     costs = {}
     for line in out.splitlines():
-        m = re.match(r"\s*([\d,]+)\s+(?:\([\d.]+%\)\s+)?(\S.*?)\s*(?:\[.*\])?$", line)
-        if m and ":" in m.group(2):
+        m = re.match(r"\s*([\d,]+)\s+(?:\(\s*[\d.]+%\)\s+)?(\S.*?)\s*(?:\[.*\])?$", line)
+        if m and ":" in m.group(2) and "=>" not in line:
             name = m.group(2)
             costs[name] = costs.get(name, 0) + int(m.group(1).replace(",", ""))
     return costs

@@ -335,10 +335,14 @@ static PyObject *Stream_write(Stream *s, PyObject *data)
     if (!s->wfast || s->transport == NULL || s->buffer == NULL || !PyList_CheckExact(s->buffer))
         goto slow;
     PyObject *b;
-    if (s->direct && !s->dirty && !s->sending && PyList_GET_SIZE(s->buffer) == 0 &&
+    if (!s->dirty && !s->sending && PyList_GET_SIZE(s->buffer) == 0 &&
         (PyBytes_CheckExact(data) || PyByteArray_CheckExact(data) || PyMemoryView_Check(data))) {
+        /* idle: epoll sends at once; io_uring only what is over the
+         * high-water mark (sent at once anyway: no copy of it first) */
+        Py_ssize_t len = PyMemoryView_Check(data) ? PyMemoryView_GET_BUFFER(data)->len
+                                                   : Py_SIZE(data);
         PyObject *r;
-        if (stream_write_direct(s, data, &r))
+        if ((s->direct || len > s->high) && stream_write_direct(s, data, &r))
             return r;
     }
     if (PyBytes_CheckExact(data)) {
