@@ -417,6 +417,60 @@ def test_no_leaks_across_many_writes_and_connections(tloop):
     run_in(tloop, main(), timeout=60)
 
 
+def test_records_behind_ready_callbacks_wait_in_c(tloop):
+    """Data that arrives while callbacks were ready before the poll waits
+    behind them (the stock order: reader callbacks join the end of _ready),
+    then comes whole and in order, EOF last; on uringloop the C core holds
+    such records itself (the transport's Python _on_recv is not called for
+    ordinary data, only for the EOF)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        events = []
+        spin = {"on": True}
+
+        def spinner():  # keeps _ready non-empty at every poll
+            if spin["on"]:
+                loop.call_soon(spinner)
+
+        class Rec(Lost):
+            def data_received(self, data):
+                events.append(bytes(data))
+
+            def eof_received(self):
+                events.append("eof")
+
+        tr, proto, peer = await _connected(loop, Rec)
+        calls = []
+        if not is_stock(loop):
+            real = tr._on_recv
+
+            def counting(res, more, data):
+                calls.append(res)
+                return real(res, more, data)
+
+            tr._on_recv = counting  # the C core calls the transport's method
+        with peer:
+            await asyncio.sleep(0)
+            loop.call_soon(spinner)
+            marks = []
+            for i in range(20):
+                peer.send(b"%02d;" % i)
+                loop.call_soon(marks.append, i)  # ready before the next poll
+                await asyncio.sleep(0.005)
+            peer.shutdown(socket.SHUT_WR)
+            await wait_for(proto.lost)
+            spin["on"] = False
+        got = b"".join(e for e in events if e != "eof")
+        assert got == b"".join(b"%02d;" % i for i in range(20))
+        assert events[-1] == "eof"
+        assert marks == list(range(20))
+        if not is_stock(loop):
+            assert calls == [0], calls  # only the EOF went through Python
+
+    run_in(tloop, main())
+
+
 def test_callbacks_of_one_poll_run_after_all_its_data(tloop):
     """Data for two transports that arrives in one poll: both data_received
     run before a callback the first one scheduled, as the stock loop runs
