@@ -417,12 +417,14 @@ def test_no_leaks_across_many_writes_and_connections(tloop):
     run_in(tloop, main(), timeout=60)
 
 
-def test_records_behind_ready_callbacks_wait_in_c(tloop):
+@pytest.mark.parametrize("buffered", [False, True])
+def test_records_behind_ready_callbacks_wait_in_c(tloop, buffered):
     """Data that arrives while callbacks were ready before the poll waits
     behind them (the stock order: reader callbacks join the end of _ready),
     then comes whole and in order, EOF last; on uringloop the C core holds
     such records itself (the transport's Python _on_recv is not called for
-    ordinary data, only for the EOF)."""
+    ordinary data, only for the EOF). A BufferedProtocol's 2-byte buffer
+    takes each held record in pieces."""
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -440,7 +442,16 @@ def test_records_behind_ready_callbacks_wait_in_c(tloop):
             def eof_received(self):
                 events.append("eof")
 
-        tr, proto, peer = await _connected(loop, Rec)
+        class BufRec(Rec, asyncio.BufferedProtocol):
+            buf = bytearray(2)
+
+            def get_buffer(self, sizehint):
+                return self.buf
+
+            def buffer_updated(self, nbytes):
+                events.append(bytes(self.buf[:nbytes]))
+
+        tr, proto, peer = await _connected(loop, BufRec if buffered else Rec)
         calls = []
         if not is_stock(loop):
             real = tr._on_recv

@@ -93,8 +93,11 @@ static int stream_protocol_failed(Stream *s, PyObject *msg)
  * on in the transport's _feed_buffer(data, pos, buf). 0 or -1. */
 static int stream_feed(Stream *s, PyObject *data)
 {
-    Py_buffer *src = PyMemoryView_GET_BUFFER(data);
-    Py_ssize_t n = src->len;
+    /* a pool view, or the bytes of a record that was held */
+    const char *srcbuf = PyBytes_Check(data) ? PyBytes_AS_STRING(data)
+                                             : PyMemoryView_GET_BUFFER(data)->buf;
+    Py_ssize_t n = PyBytes_Check(data) ? PyBytes_GET_SIZE(data)
+                                       : PyMemoryView_GET_BUFFER(data)->len;
     PyObject *get_buffer = Py_NewRef(s->on_data), *updated = Py_NewRef(s->on_updated);
     int rc = 0;
     PyObject *num = PyLong_FromSsize_t(n);
@@ -121,7 +124,7 @@ static int stream_feed(Stream *s, PyObject *data)
         goto done;
     }
     Py_ssize_t k = dst.len < n ? dst.len : n;
-    memcpy(dst.buf, src->buf, (size_t)k);
+    memcpy(dst.buf, srcbuf, (size_t)k);
     PyBuffer_Release(&dst);
     Py_DECREF(buf);
     num = PyLong_FromSsize_t(k);
@@ -212,13 +215,10 @@ static PyObject *stream_recv(Stream *s, PyObject *const *args, int enter)
     if (s->held != NULL && !s->draining)
         return stream_hold(s, args);
     if (s->rfast && args[1] == Py_True && s->on_data != NULL && s->transport != NULL &&
-        (s->buffered ? (PyMemoryView_Check(data) && PyMemoryView_GET_BUFFER(data)->len > 0)
-                     : (PyBytes_CheckExact(data) && PyBytes_GET_SIZE(data) > 0))) {
-        if (!s->draining && !ready_empty(s->loop)) {
-            if (!s->buffered)
-                return stream_hold(s, args);
-            goto slow; /* a BufferedProtocol's view: Python holds a copy */
-        }
+        ((s->buffered && PyMemoryView_Check(data) && PyMemoryView_GET_BUFFER(data)->len > 0) ||
+         (PyBytes_CheckExact(data) && PyBytes_GET_SIZE(data) > 0 && (!s->buffered || s->draining)))) {
+        if (!s->draining && !ready_empty(s->loop))
+            return stream_hold(s, args); /* a pool view is copied there */
         Py_INCREF(s);
         int rc = -1;
         if (!enter || PyContext_Enter(s->ctx) == 0) {
@@ -239,7 +239,6 @@ static PyObject *stream_recv(Stream *s, PyObject *const *args, int enter)
             return NULL;
         Py_RETURN_NONE;
     }
-slow:
     if (s->transport == NULL)
         Py_RETURN_NONE;
     return stream_call(s, s_on_recv, args, 3, enter);
