@@ -243,6 +243,37 @@ def test_set_protocol_takes_the_next_datagram(any_loop):
     run_in(loop, main())
 
 
+def test_datagram_waits_for_callbacks_already_due(any_loop):
+    """A datagram that arrives while callbacks are already due in the loop's
+    ready queue is handed over after them: the stock loop queues its reader
+    callback behind them (decision 170's rule, which the C half checks before
+    it calls datagram_received itself)."""
+    loop = any_loop
+
+    async def main():
+        tr, pr = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop), local_addr=("127.0.0.1", 0)
+        )
+        addr = tr.get_extra_info("sockname")
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        order = []
+        pr.datagram_received = lambda data, a: order.append(data) or Recorder.datagram_received(
+            pr, data, a)
+        try:
+            for round_ in range(3):
+                await asyncio.sleep(0)  # reading is armed
+                tx.sendto(b"d%d" % round_, addr)  # in the socket's queue now (loopback)
+                loop.call_soon(order.append, f"cb{round_}")  # due before the next poll
+                await pr.until(lambda n=round_ + 1: len(pr.datagrams) == n)
+        finally:
+            tx.close()
+        assert order == ["cb0", b"d0", "cb1", b"d1", "cb2", b"d2"]
+        tr.close()
+        await pr.lost
+
+    run_in(loop, main())
+
+
 def test_datagram_received_raising_is_reported_as_stock(any_loop):
     """The stock transport calls datagram_received from its reader callback
     and lets an exception out to that callback's handle: it is reported as a
