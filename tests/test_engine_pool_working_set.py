@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 
-import pytest
 from conftest import Collector, run_until, settle
 from uringloop._engine_cffi import ffi
 
@@ -82,30 +81,6 @@ def test_a_burst_larger_than_the_ring_is_all_received(eng, res_tracker):
         if eng.backend == "io_uring" and eng.info()["buffer_ring"]:
             # the first burst ran the ring dry and grew it; the second did not
             assert (eng.stats()["rearms"] > rearms) == (burst == 0)
-    for _, b in pairs:
-        b.close()
-    run_until(eng, lambda: all(c.done for c in cols), what="every EOF")
-
-
-def test_one_run_takes_every_ready_receive(eng, res_tracker):
-    """200 sockets with data before a run: one run returns all 200 records
-    (before: DEFER_TASKRUN ran 20 pieces of completion work per kernel entry,
-    so a blocking run returned 20 records and 200 took 10 runs)."""
-    if "DEFER_TASKRUN" not in eng.info()["ring_flags"]:
-        pytest.skip("about io_uring's DEFER_TASKRUN completion work")
-    pairs = [tuple(map(res_tracker.sock, socket.socketpair())) for _ in range(200)]
-    cols = [Collector(str(i)) for i in range(len(pairs))]
-    for (a, _), c in zip(pairs, cols, strict=True):
-        eng.recv(a.fileno(), c)
-    settle(eng, 2)
-    for burst in range(2):  # the first burst grows the buffer ring to 256
-        for _, b in pairs:
-            b.send(b"x" * 100)
-        if burst == 0:
-            run_until(eng, lambda: all(len(c.payload()) == 100 for c in cols), what="burst 0")
-            settle(eng, 1)  # the buffers named by the last records go back
-    got = eng.run(5.0)
-    assert got == 200 and all(len(c.payload()) == 200 for c in cols), eng.stats()
     for _, b in pairs:
         b.close()
     run_until(eng, lambda: all(c.done for c in cols), what="every EOF")

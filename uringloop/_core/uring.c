@@ -65,6 +65,7 @@ struct uring {
     unsigned br_mask;
     unsigned br_avail;          /* buffers in the ring the kernel has not reported yet */
     unsigned br_want;           /* how many the ring should hold: see ring_top_up */
+    int br_dry;                 /* a receive found the ring empty since the last top-up */
     struct ul_buf *dr;          /* the datagram pool's ring (buffer group 1) */
     size_t dr_sz;
     uint16_t dr_tail;
@@ -879,10 +880,13 @@ static void uring_recycle(ul_engine *e, uint16_t bid)
  * a ring holding the whole pool walks all of it (16 MiB) before it uses a
  * buffer again, and every receive lands in memory that is cold in the cache
  * and, the first time round, not even mapped. br_want starts small and
- * doubles each time a receive finds the ring empty (-ENOBUFS: the engine
- * re-arms it at the next run, after this top-up), up to the whole pool. */
+ * doubles at the next run after a receive found the ring empty (-ENOBUFS:
+ * the engine re-arms it then, after this top-up), up to the whole pool. */
 static void ring_top_up(ul_engine *e, struct uring *u)
 {
+    if (u->br_dry && u->br_want < e->cfg.buf_count)
+        u->br_want *= 2;  /* once per run, however many receives found it dry */
+    u->br_dry = 0;
     while (u->br_avail < u->br_want) {
         int bid = ul__pool_take(e);
         if (bid < 0)
@@ -1029,8 +1033,7 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
             }
         } else if (res == -ENOBUFS && !op->cancelled && !kmore) {
             e->st.rearms++;
-            if (u->br_want < e->cfg.buf_count)
-                u->br_want *= 2;  /* the ring ran dry: hold more (ring_top_up) */
+            u->br_dry = 1;  /* the ring ran dry: hold more (ring_top_up) */
             ul__backlog_push(e, op);  /* after the next top-up */
         } else if (!kmore) {
             ul__finish(e, op, res, 0, 0);
@@ -1252,10 +1255,7 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
     unsigned to_submit = u->sqe_tail - __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
     unsigned ready = __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) - *u->cq_khead;
     unsigned sqflags = __atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE);
-    /* completion work waiting for us (TASKRUN) makes CQEs without a wait:
-     * run all of it (below) rather than block for one CQE */
-    int wait = timeout_ns != 0 && e->nrec == 0 && ready == 0 &&
-               !((sqflags & UL_SQ_TASKRUN) && (u->setup_flags & UL_SETUP_DEFER_TASKRUN));
+    int wait = timeout_ns != 0 && e->nrec == 0 && ready == 0;
     int need = to_submit || wait || (sqflags & (UL_SQ_CQ_OVERFLOW | UL_SQ_TASKRUN)) ||
                !(u->setup_flags & UL_SETUP_TASKRUN_FLAG);
     if (need) {
@@ -1274,31 +1274,16 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
             }
             flags |= UL_ENTER_EXT_ARG;
             min = 1;
-        } else if (u->setup_flags & UL_SETUP_DEFER_TASKRUN) {
-            /* DEFER_TASKRUN: an entry runs at most max(20, min) pieces of the
-             * completion work waiting for us (IO_LOCAL_TW_DEFAULT_MAX), and
-             * says so with TASKRUN for the rest: at 100 busy connections that
-             * was an entry per 20 receives. Ask for as many CQEs as the CQ
-             * has room for with a timeout of zero: the kernel runs all of it
-             * and returns at once (-ETIME when fewer came). */
-            memset(&arg, 0, sizeof arg);
-            ts.tv_sec = 0;
-            ts.tv_nsec = 0;
-            arg.ts = (uint64_t)(uintptr_t)&ts;
-            flags |= UL_ENTER_EXT_ARG;
-            min = u->cq_mask + 1 - ready;
         }
-        int ext = (flags & UL_ENTER_EXT_ARG) != 0;
-        int r = sys_enter(u->enter_fd, to_submit, min, flags, ext ? &arg : NULL,
-                          ext ? sizeof arg : 0);
+        int r = sys_enter(u->enter_fd, to_submit, min, flags, wait ? &arg : NULL,
+                          wait ? sizeof arg : 0);
         int saved = errno;
         if (wait) {
             ul__wake_after_sleep(e);
             e->st.waits++;
         }
         e->st.enters++;
-        if (r < 0 && saved != ETIME && saved != EBUSY && saved != EAGAIN &&
-            (wait || saved != EINTR))  /* not waiting: a signal stopped nothing */
+        if (r < 0 && saved != ETIME && saved != EBUSY && saved != EAGAIN)
             err = -saved;
         /* A wait cut short by a signal returns the count submitted, not EINTR,
          * when the same call submitted: an empty CQ after a successful wait
