@@ -35,6 +35,7 @@ typedef struct {
     PyObject *ctx;
     PyObject *on_data;    /* data_received, or get_buffer for a BufferedProtocol */
     PyObject *on_updated; /* buffer_updated (BufferedProtocol) */
+    PyObject *protocol;   /* the first argument of on_data/on_updated where *_self */
     PyObject *buffer;     /* list of bytes written since the last flush */
     PyObject *sent_cb;    /* self.sent, bound once: the owner of every send */
     Py_ssize_t buffer_size; /* queued + in the send in flight */
@@ -43,7 +44,18 @@ typedef struct {
     Py_ssize_t sends;       /* sends submitted (tests count them) */
     int fd;
     char buffered, rfast, wfast, dirty, wpaused;
+    char data_self, updated_self; /* on_data/on_updated are functions: pass protocol */
 } Stream;
+
+/* fn(arg), or fn(protocol, arg) where fn is a function kept unbound (see
+ * stream_bind); protocol is a reference the caller holds */
+static PyObject *stream_proto_call(PyObject *fn, PyObject *protocol, PyObject *arg)
+{
+    if (protocol == NULL)
+        return PyObject_CallOneArg(fn, arg);
+    PyObject *argv[2] = {protocol, arg};
+    return PyObject_Vectorcall(fn, argv, 2, NULL);
+}
 
 static PyTypeObject StreamType;
 static PyTypeObject CoreType; /* sched.c, below */
@@ -90,9 +102,11 @@ static int stream_feed(Stream *s, PyObject *data)
     Py_buffer *src = PyMemoryView_GET_BUFFER(data);
     Py_ssize_t n = src->len;
     PyObject *get_buffer = Py_NewRef(s->on_data), *updated = Py_NewRef(s->on_updated);
+    PyObject *protocol = Py_XNewRef(s->protocol);
+    PyObject *gself = s->data_self ? protocol : NULL, *uself = s->updated_self ? protocol : NULL;
     int rc = 0;
     PyObject *num = PyLong_FromSsize_t(n);
-    PyObject *buf = num ? PyObject_CallOneArg(get_buffer, num) : NULL;
+    PyObject *buf = num ? stream_proto_call(get_buffer, gself, num) : NULL;
     Py_XDECREF(num);
     if (buf == NULL) {
         rc = stream_protocol_failed(s, m_get_buffer_failed);
@@ -119,7 +133,7 @@ static int stream_feed(Stream *s, PyObject *data)
     PyBuffer_Release(&dst);
     Py_DECREF(buf);
     num = PyLong_FromSsize_t(k);
-    PyObject *r = num ? PyObject_CallOneArg(updated, num) : NULL;
+    PyObject *r = num ? stream_proto_call(updated, uself, num) : NULL;
     Py_XDECREF(num);
     if (r == NULL) {
         rc = stream_protocol_failed(s, m_updated_failed);
@@ -137,6 +151,7 @@ static int stream_feed(Stream *s, PyObject *data)
 done:
     Py_DECREF(get_buffer);
     Py_DECREF(updated);
+    Py_XDECREF(protocol);
     return rc;
 }
 
@@ -173,9 +188,12 @@ static PyObject *Stream_vectorcall(Stream *s, PyObject *const *args, size_t narg
             if (s->buffered) {
                 rc = stream_feed(s, data);
             } else {
-                PyObject *cb = Py_NewRef(s->on_data); /* set_protocol may replace it */
-                PyObject *r = PyObject_CallOneArg(cb, data);
+                /* set_protocol may replace them */
+                PyObject *cb = Py_NewRef(s->on_data);
+                PyObject *protocol = s->data_self ? Py_NewRef(s->protocol) : NULL;
+                PyObject *r = stream_proto_call(cb, protocol, data);
                 Py_DECREF(cb);
+                Py_XDECREF(protocol);
                 rc = r ? 0 : stream_protocol_failed(s, m_data_failed);
                 Py_XDECREF(r);
             }
@@ -431,6 +449,24 @@ out:
     return r;
 }
 
+/* protocol.<name>, looked up once. A plain function found on the class (the
+ * bound method's __func__, its __self__ the protocol) is kept alone and
+ * called with the protocol first, as the interpreter calls a method: no
+ * bound-method object kept per transport (72 bytes). *self says which. */
+static PyObject *stream_bind(PyObject *protocol, const char *name, char *self)
+{
+    PyObject *m = PyObject_GetAttrString(protocol, name);
+    *self = 0;
+    if (m != NULL && PyMethod_Check(m) && PyMethod_GET_SELF(m) == protocol &&
+        PyFunction_Check(PyMethod_GET_FUNCTION(m))) {
+        PyObject *fn = Py_NewRef(PyMethod_GET_FUNCTION(m));
+        Py_DECREF(m);
+        *self = 1;
+        return fn;
+    }
+    return m;
+}
+
 /* set_protocol(protocol, buffered): bind its receive methods once; None unbinds */
 static PyObject *Stream_set_protocol(Stream *s, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -441,22 +477,28 @@ static PyObject *Stream_set_protocol(Stream *s, PyObject *const *args, Py_ssize_
     int buffered = PyObject_IsTrue(args[1]);
     if (buffered < 0)
         return NULL;
-    PyObject *on_data = NULL, *on_updated = NULL;
+    PyObject *on_data = NULL, *on_updated = NULL, *protocol = NULL;
+    char data_self = 0, updated_self = 0;
     if (args[0] != Py_None) {
         /* a protocol without these methods takes the Python path, which
          * fails as the stock transport does, when data comes */
-        on_data = PyObject_GetAttrString(args[0], buffered ? "get_buffer" : "data_received");
+        on_data = stream_bind(args[0], buffered ? "get_buffer" : "data_received", &data_self);
         if (on_data != NULL && buffered) {
-            on_updated = PyObject_GetAttrString(args[0], "buffer_updated");
+            on_updated = stream_bind(args[0], "buffer_updated", &updated_self);
             if (on_updated == NULL)
                 Py_CLEAR(on_data);
         }
         if (on_data == NULL)
             PyErr_Clear();
+        else if (data_self || updated_self)
+            protocol = Py_NewRef(args[0]);
     }
     s->buffered = (char)buffered;
+    s->data_self = data_self;
+    s->updated_self = updated_self;
     Py_XSETREF(s->on_data, on_data);
     Py_XSETREF(s->on_updated, on_updated);
+    Py_XSETREF(s->protocol, protocol);
     Py_RETURN_NONE;
 }
 
@@ -507,6 +549,7 @@ static int Stream_traverse(Stream *s, visitproc visit, void *arg)
     Py_VISIT(s->ctx);
     Py_VISIT(s->on_data);
     Py_VISIT(s->on_updated);
+    Py_VISIT(s->protocol);
     Py_VISIT(s->buffer);
     Py_VISIT(s->sent_cb);
     return 0;
@@ -519,6 +562,7 @@ static int Stream_clear(Stream *s)
     Py_CLEAR(s->ctx);
     Py_CLEAR(s->on_data);
     Py_CLEAR(s->on_updated);
+    Py_CLEAR(s->protocol);
     Py_CLEAR(s->buffer);
     Py_CLEAR(s->sent_cb);
     return 0;

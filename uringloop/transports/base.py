@@ -38,6 +38,25 @@ def ignore(res, more, data):
     pass
 
 
+# Accepted connections keep their local address and their peer's host as
+# shared objects: a server's connections mostly have one sockname (146 bytes
+# a tuple) and often few peer hosts (58 bytes a string), which an idle
+# connection would otherwise keep a copy of. Tuples and strings are
+# immutable, so sharing equal ones changes nothing but `is`. Bounded: the
+# table starts over past _SHARED_MAX values (a server seeing many hosts).
+_shared: dict = {}
+_SHARED_MAX = 256
+
+
+def _share(value):
+    got = _shared.get(value)
+    if got is None:
+        if len(_shared) >= _SHARED_MAX:
+            _shared.clear()
+        _shared[value] = got = value
+    return got
+
+
 class TransportBase:
     """Every transport of ours (mixed in before the asyncio base classes)."""
 
@@ -80,18 +99,28 @@ class SocketTransportBase(TransportBase):
 
     __slots__ = ()
 
-    def _init_socket(self, loop, sock):
-        """The stock transport's extra info, and the socket."""
-        self._extra["socket"] = trsock.TransportSocket(sock)
+    def _init_socket(self, loop, sock, share=False):
+        """The stock transport's extra info, and the socket. Asked for when
+        the transport is made, as stock (a peer that resets the connection
+        makes getpeername() fail later); with share (an accepted connection)
+        the values are shared with the server's other connections (_share)."""
+        extra = self._extra
+        extra["socket"] = trsock.TransportSocket(sock)
         try:
-            self._extra["sockname"] = sock.getsockname()
+            addr = sock.getsockname()
+            extra["sockname"] = _share(addr) if share else addr
         except OSError:
-            self._extra["sockname"] = None
-        if "peername" not in self._extra:
+            extra["sockname"] = None
+        if "peername" not in extra:
             try:
-                self._extra["peername"] = sock.getpeername()
+                addr = sock.getpeername()
+                if share and type(addr) is tuple and addr:
+                    host = _share(addr[0])
+                    if host is not addr[0]:
+                        addr = (host, *addr[1:])
+                extra["peername"] = addr
             except OSError:
-                self._extra["peername"] = None
+                extra["peername"] = None
         self._sock = sock
         self._sock_fd = sock.fileno()
         self._engine = loop._engine

@@ -50,6 +50,9 @@ _PY312 = sys.version_info >= (3, 12)
 # Server._attach()/_detach() take the transport from 3.13 on (close_clients)
 _SERVER_TRACKS_TRANSPORTS = base_events.Server._attach.__code__.co_argcount == 2
 _SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+# the stock default low-water mark (64 KiB // 4) is computed per transport:
+# a new int object each time unless this one replaces it
+_DEFAULT_LOW = 16 * 1024
 _ACCEPT_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -63,7 +66,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         super().__init__(extra, loop)
-        self._init_socket(loop, sock)
+        self._init_socket(loop, sock, server is not None)
         self._protocol_connected = False
         self._buffered = False
         self._context = ctx = contextvars.copy_context()
@@ -138,7 +141,10 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
 
     def _set_write_buffer_limits(self, high=None, low=None):
         super()._set_write_buffer_limits(high, low)
-        c = self.__dict__.get("_core")
+        if self._low_water == _DEFAULT_LOW:
+            self._low_water = _DEFAULT_LOW  # one int object for every transport
+        # (not self.__dict__: asking for it makes one, 64 bytes a transport)
+        c = getattr(self, "_core", None)
         if c is not None:
             c.high, c.low = self._high_water, self._low_water
 
