@@ -61,6 +61,7 @@ static PyTypeObject StreamType;
 static PyTypeObject CoreType; /* sched.c, below */
 static PyObject *s_on_recv, *s_write_slow, *s_flush_slow, *s_on_sent, *s_after_sent;
 static PyObject *s_feed_buffer, *s_fatal_error, *s_maybe_pause, *s_maybe_resume, *s_send_now;
+static PyObject *s_writelines_slow;
 static PyObject *s_send_now_tail, *s_flush, *m_data_failed, *m_get_buffer_failed, *m_updated_failed, *m_write_failed;
 
 /* transport.<name>(*args), inside the transport's context when enter */
@@ -330,6 +331,72 @@ slow:
         return NULL;
     }
     return stream_call(s, s_write_slow, &data, 1, 0);
+}
+
+/* writelines(list_of_data): the transport's writelines() on 3.12+ (the
+ * stock one queues every item, copied, at once; before 3.12 it is write() of
+ * the joined items). A list or tuple of bytes-like items is queued here, as
+ * write() queues; anything else (an iterator, an item that is not bytes-like,
+ * a state the fast path does not cover) goes to the transport's
+ * _writelines_slow, the stock checks and messages. */
+static PyObject *Stream_writelines(Stream *s, PyObject *items)
+{
+    if (s->transport == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the transport is gone");
+        return NULL;
+    }
+    if (!s->wfast || s->buffer == NULL || !PyList_CheckExact(s->buffer) ||
+        !(PyList_CheckExact(items) || PyTuple_CheckExact(items)))
+        return stream_call(s, s_writelines_slow, &items, 1, 0);
+    /* a list could change under the copies below: they read a snapshot */
+    PyObject *seq = PyList_CheckExact(items) ? PyList_AsTuple(items) : Py_NewRef(items);
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
+    PyObject *result = NULL, *chunks = NULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!PyObject_CheckBuffer(PyTuple_GET_ITEM(seq, i))) {
+            /* the stock memoryview(data) says what is wrong */
+            result = stream_call(s, s_writelines_slow, &items, 1, 0);
+            goto out;
+        }
+    if (n == 0) {
+        result = Py_NewRef(Py_None);
+        goto out;
+    }
+    if (!(chunks = PyList_New(0)))
+        goto out;
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *d = PyTuple_GET_ITEM(seq, i);
+        /* it leaves later: a mutable buffer is copied now, as stock */
+        PyObject *b = PyBytes_CheckExact(d) ? Py_NewRef(d) : PyBytes_FromObject(d);
+        if (b == NULL)
+            goto out;
+        int rc = PyBytes_GET_SIZE(b) ? PyList_Append(chunks, b) : 0;
+        total += PyBytes_GET_SIZE(b);
+        Py_DECREF(b);
+        if (rc < 0)
+            goto out;
+    }
+    Py_ssize_t end = PyList_GET_SIZE(s->buffer);
+    if (PyList_SetSlice(s->buffer, end, end, chunks) < 0)
+        goto out;
+    s->buffer_size += total;
+    if (PyList_GET_SIZE(s->buffer) > 0 && stream_mark_dirty(s) < 0)
+        goto out;
+    if (s->buffer_size > s->high) {
+        /* as in write(): the transport decides */
+        PyObject *r = s->sending ? stream_call(s, s_maybe_pause, NULL, 0, 0) : stream_send_now(s);
+        if (r == NULL)
+            goto out;
+        Py_DECREF(r);
+    }
+    result = Py_NewRef(Py_None);
+out:
+    Py_XDECREF(chunks);
+    Py_DECREF(seq);
+    return result;
 }
 
 /* _flush(): the turn's writes leave as one send (unless one is in flight:
@@ -618,6 +685,7 @@ static PyMemberDef Stream_members[] = {
 
 static PyMethodDef Stream_methods[] = {
     {"write", (PyCFunction)Stream_write, METH_O, "the transport's write(data)"},
+    {"writelines", (PyCFunction)Stream_writelines, METH_O, "the transport's writelines (3.12+)"},
     {"_flush", (PyCFunction)Stream_flush, METH_NOARGS, "the turn's writes leave"},
     {"sent", (PyCFunction)(void (*)(void))Stream_sent, METH_FASTCALL, "a send's completion"},
     {"set_protocol", (PyCFunction)(void (*)(void))Stream_set_protocol, METH_FASTCALL, NULL},
@@ -686,6 +754,7 @@ static int stream_init_module(PyObject *m)
     if (!(var = PyUnicode_InternFromString(text))) return -1
     STREAM_INTERN(s_on_recv, "_on_recv");
     STREAM_INTERN(s_write_slow, "_write_slow");
+    STREAM_INTERN(s_writelines_slow, "_writelines_slow");
     STREAM_INTERN(s_flush_slow, "_flush_slow");
     STREAM_INTERN(s_on_sent, "_on_sent");
     STREAM_INTERN(s_after_sent, "_after_sent");

@@ -385,6 +385,12 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     if _PY312:
 
         def writelines(self, list_of_data):
+            # the C core queues bytes-like items at once (stream.c), and
+            # hands anything else to _writelines_slow
+            self._core.writelines(list_of_data)
+
+        def _writelines_slow(self, list_of_data):
+            """The stock writelines' checks, then the same queue."""
             if self._eof:
                 raise RuntimeError("Cannot call writelines() after write_eof()")
             if self._empty_waiter is not None:
