@@ -710,6 +710,129 @@ static PyTypeObject StreamType = {
     .tp_new = Stream_new,
 };
 
+/* A method of the transport that is its Stream's (write, writelines): a
+ * class attribute the interpreter calls as m(transport, arg) with no bound
+ * method made (Py_TPFLAGS_METHOD_DESCRIPTOR, as for a function), which
+ * finds the transport's Stream in its _core slot, at a fixed offset. Each
+ * transport kept the Stream's bound write as its own attribute before (72
+ * bytes an idle connection). getattr() still gives a bound method. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyTypeObject *owner; /* the class whose instances have the _core slot */
+    Py_ssize_t offset;   /* where that slot is */
+    PyCFunction fn;      /* Stream_write or Stream_writelines (METH_O) */
+    PyObject *name;
+} CoreMethod;
+
+static PyObject *CoreMethod_vectorcall(CoreMethod *m, PyObject *const *args, size_t nargsf,
+                                       PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
+        PyErr_Format(PyExc_TypeError, "%U() takes exactly one argument (%zd given)", m->name,
+                     nargs - 1);
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(args[0], m->owner)) {
+        PyErr_Format(PyExc_TypeError, "%U() needs a %s, not %.200s", m->name, m->owner->tp_name,
+                     Py_TYPE(args[0])->tp_name);
+        return NULL;
+    }
+    PyObject *core = *(PyObject **)((char *)args[0] + m->offset);
+    if (core == NULL || !Py_IS_TYPE(core, &StreamType)) {
+        PyErr_SetString(PyExc_RuntimeError, "the transport has no C core");
+        return NULL;
+    }
+    Py_INCREF(core);
+    PyObject *r = m->fn(core, args[1]);
+    Py_DECREF(core);
+    return r;
+}
+
+static PyObject *CoreMethod_get(PyObject *m, PyObject *obj, PyObject *type)
+{
+    (void)type;
+    if (obj == NULL || obj == Py_None)
+        return Py_NewRef(m);
+    return PyMethod_New(m, obj);
+}
+
+static int CoreMethod_traverse(CoreMethod *m, visitproc visit, void *arg)
+{
+    Py_VISIT(m->owner);
+    return 0;
+}
+
+static void CoreMethod_dealloc(CoreMethod *m)
+{
+    PyObject_GC_UnTrack(m);
+    Py_CLEAR(m->owner);
+    Py_CLEAR(m->name);
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+static PyObject *CoreMethod_repr(CoreMethod *m)
+{
+    return PyUnicode_FromFormat("<core method %U of %s>", m->name, m->owner->tp_name);
+}
+
+static PyTypeObject CoreMethodType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringloop._sched.CoreMethod",
+    .tp_basicsize = sizeof(CoreMethod),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
+                Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_doc = "A transport method that is its C core's (see uringloop/_core/stream.c).",
+    .tp_vectorcall_offset = offsetof(CoreMethod, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_descr_get = CoreMethod_get,
+    .tp_traverse = (traverseproc)CoreMethod_traverse,
+    .tp_dealloc = (destructor)CoreMethod_dealloc,
+    .tp_repr = (reprfunc)CoreMethod_repr,
+};
+
+/* core_method(slot, name): the transport class's method name ("write" or
+ * "writelines") over the Stream in slot (the class's _core member) */
+static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (nargs != 2 || !Py_IS_TYPE(args[0], &PyMemberDescr_Type) || !PyUnicode_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "core_method(member descriptor, name)");
+        return NULL;
+    }
+    PyMemberDescrObject *md = (PyMemberDescrObject *)args[0];
+    if (md->d_member->type != Py_T_OBJECT_EX) {
+        PyErr_SetString(PyExc_TypeError, "core_method: not an object slot");
+        return NULL;
+    }
+    PyCFunction fn;
+    if (PyUnicode_CompareWithASCIIString(args[1], "write") == 0)
+        fn = (PyCFunction)Stream_write;
+    else if (PyUnicode_CompareWithASCIIString(args[1], "writelines") == 0)
+        fn = (PyCFunction)Stream_writelines;
+    else {
+        PyErr_SetString(PyExc_ValueError, "core_method: write or writelines");
+        return NULL;
+    }
+    CoreMethod *m = PyObject_GC_New(CoreMethod, &CoreMethodType);
+    if (m == NULL)
+        return NULL;
+    m->vectorcall = (vectorcallfunc)CoreMethod_vectorcall;
+    m->owner = (PyTypeObject *)Py_NewRef((PyObject *)md->d_common.d_type);
+    m->offset = md->d_member->offset;
+    m->fn = fn;
+    m->name = Py_NewRef(args[1]);
+    PyObject_GC_Track(m);
+    return (PyObject *)m;
+}
+
+static PyMethodDef stream_functions[] = {
+    {"core_method", (PyCFunction)(void (*)(void))core_method, METH_FASTCALL,
+     "core_method(slot, name): a transport method that is its Stream's"},
+    {NULL, NULL, 0, NULL},
+};
+
 /* The loop's _flush_dirty in C: every transport written to since the last
  * flush hands its queue to the engine (a Stream in C, others by _flush()); an
  * exception is that transport's fatal write error. 0 or -1. */
@@ -770,7 +893,8 @@ static int stream_init_module(PyObject *m)
     STREAM_INTERN(m_updated_failed, "Fatal error: protocol.buffer_updated() call failed.");
     STREAM_INTERN(m_write_failed, "Fatal write error on socket transport");
 #undef STREAM_INTERN
-    if (PyType_Ready(&StreamType) < 0)
+    if (PyType_Ready(&StreamType) < 0 || PyType_Ready(&CoreMethodType) < 0 ||
+        PyModule_AddFunctions(m, stream_functions) < 0)
         return -1;
     if (PyModule_AddObject(m, "Stream", Py_NewRef((PyObject *)&StreamType)) < 0) {
         Py_DECREF((PyObject *)&StreamType);

@@ -60,6 +60,10 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     """A stream socket's transport: the stock selector transport's behaviour,
     the engine's I/O."""
 
+    # _core in a slot: write (and writelines on 3.12+) are the C core's own,
+    # class attributes that find it there (core_method, below the class)
+    __slots__ = ("_core", "__dict__", "__weakref__")
+
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     max_size = 256 * 1024  # as the stock transport; reads are pool-buffer sized
@@ -72,11 +76,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         self._context = ctx = contextvars.copy_context()
         # the hot half, in C (uringloop/_core/stream.c): the write queue
         # (c.buffer, c.buffer_size, c.sending, c.dirty), the receive and send
-        # callbacks, and write() itself, found on the instance before the
-        # class's _write_slow-based fallback
+        # callbacks, and write() itself (the class's write is the core's)
         self._core = c = _sched.Stream(self, loop, self._sock_fd, ctx)
         c.high, c.low = self._high_water, self._low_water
-        self.write = c.write
         self._server = server
         self._conn_lost = 0
         self._closing = False
@@ -306,11 +308,6 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     def get_write_buffer_size(self):
         return self._core.buffer_size
 
-    def write(self, data):
-        # the instance's write is the C core's (set in __init__); this one
-        # serves a call through the class
-        self._core.write(data)
-
     def _write_slow(self, data):
         """write() when the C core's fast path does not apply (at EOF, during
         sendfile, once the connection is lost or closing, a type it does not
@@ -383,11 +380,6 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             self._maybe_resume_protocol()
 
     if _PY312:
-
-        def writelines(self, list_of_data):
-            # the C core queues bytes-like items at once (stream.c), and
-            # hands anything else to _writelines_slow
-            self._core.writelines(list_of_data)
 
         def _writelines_slow(self, list_of_data):
             """The stock writelines' checks, then the same queue."""
@@ -535,6 +527,13 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     def _reset_empty_waiter(self):
         self._empty_waiter = None
         self._sync()
+
+
+# write(data), and writelines(list_of_data) on 3.12+ (before, the stock one
+# calls write): the C core's, with no bound method per transport
+SocketTransport.write = _sched.core_method(SocketTransport._core, "write")
+if _PY312:
+    SocketTransport.writelines = _sched.core_method(SocketTransport._core, "writelines")
 
 
 class Acceptor:
