@@ -545,3 +545,76 @@ def test_accepted_socket_is_non_blocking(tloop):
         await srv.wait_closed()
 
     run_in(tloop, main())
+
+
+def test_writelines_items_as_stock(tloop):
+    """writelines() of lists, tuples and iterators of every bytes-like kind
+    (copied at the call, as stock), empty lists, and what stock refuses: the
+    bytes arrive in order, a refused call queues nothing. (No empty item and
+    no buffer of items wider than a byte: the stock transport of 3.12.1
+    mishandles both, counting a memoryview's length in items.)"""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Lost)
+        with peer:
+            buf = bytearray(b"ba")
+            tr.writelines([b"<", buf, memoryview(b"mv"), memoryview(b"xy")])
+            buf[:] = b"XX"
+            tr.writelines((b"(tuple)",))
+            tr.writelines(iter([b"[it", bytearray(b"er]")]))
+            tr.writelines([])
+            tr.writelines(())
+            with pytest.raises(TypeError):
+                tr.writelines([b"never", "text"])
+            with pytest.raises(TypeError):
+                tr.writelines([b"never", None])
+            tr.writelines([b">"])
+            tr.write_eof()
+            with pytest.raises(RuntimeError, match="write_eof"):
+                tr.writelines([b"late"])
+            got = await _read_until_eof(loop, peer)
+            assert got == b"<bamvxy(tuple)[iter]>"
+            tr.close()
+            await wait_for(proto.lost)
+
+    run_in(tloop, main())
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 12), reason="before 3.12 writelines is the stock write(b''.join(...))"
+)
+def test_writelines_list_is_c(tloop):
+    """On 3.12+ a list or tuple of bytes-like items is queued by the C core
+    (one send with the turn's other writes); an iterator or a refused item
+    goes to the Python path, which is the stock writelines. Items wider
+    than a byte go as their bytes (the stock 3.12.1 transport fails there)."""
+    import array
+    if is_stock(tloop):
+        pytest.skip("the C core is uringloop's")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Lost)
+        with peer:
+            slow = []
+            py = tr._writelines_slow
+            tr._writelines_slow = lambda items: (slow.append(items), py(items))[1]
+            sends = tr._core.sends
+            tr.write(b"a")
+            ints = array.array("H", [0x0101, 0x0202])
+            tr.writelines([b"b", b"", bytearray(b"c"), ints])
+            ints[0] = 0
+            tr.writelines((memoryview(b"d"), memoryview(b"x-y-")[::2]))
+            assert slow == []
+            tr.writelines(iter([b"e"]))
+            assert len(slow) == 1
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert tr._core.sends - sends == 1  # the turn's writes, gathered
+            tr.write_eof()
+            assert await _read_until_eof(loop, peer) == b"abc\x01\x01\x02\x02dxye"
+            tr.close()
+            await wait_for(proto.lost)
+
+    run_in(tloop, main())

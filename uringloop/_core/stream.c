@@ -35,6 +35,7 @@ typedef struct {
     PyObject *ctx;
     PyObject *on_data;    /* data_received, or get_buffer for a BufferedProtocol */
     PyObject *on_updated; /* buffer_updated (BufferedProtocol) */
+    PyObject *protocol;   /* the first argument of on_data/on_updated where *_self */
     PyObject *buffer;     /* list of bytes written since the last flush */
     PyObject *sent_cb;    /* self.sent, bound once: the owner of every send */
     PyObject *held;       /* list of (res, more, data) records waiting behind _ready, or NULL */
@@ -48,13 +49,25 @@ typedef struct {
     char buffered, rfast, wfast, dirty, wpaused;
     char direct; /* write() sends at once when idle (the epoll backend; decision 210) */
     char draining; /* _drain is handing held records over: _ready does not count */
+    char data_self, updated_self; /* on_data/on_updated are functions: pass protocol */
 } Stream;
+
+/* fn(arg), or fn(protocol, arg) where fn is a function kept unbound (see
+ * stream_bind); protocol is a reference the caller holds */
+static PyObject *stream_proto_call(PyObject *fn, PyObject *protocol, PyObject *arg)
+{
+    if (protocol == NULL)
+        return PyObject_CallOneArg(fn, arg);
+    PyObject *argv[2] = {protocol, arg};
+    return PyObject_Vectorcall(fn, argv, 2, NULL);
+}
 
 static PyTypeObject StreamType;
 static PyTypeObject CoreType; /* sched.c, below */
 static PyObject *s_on_recv, *s_write_slow, *s_flush_slow, *s_on_sent, *s_after_sent;
 static PyObject *s_feed_buffer, *s_fatal_error, *s_maybe_pause, *s_maybe_resume, *s_send_now;
 static PyObject *s_call_soon, *s_drain, *kw_context;
+static PyObject *s_writelines_slow;
 static PyObject *s_send_now_tail, *s_flush, *m_data_failed, *m_get_buffer_failed, *m_updated_failed, *m_write_failed;
 
 /* transport.<name>(*args), inside the transport's context when enter */
@@ -99,9 +112,11 @@ static int stream_feed(Stream *s, PyObject *data)
     Py_ssize_t n = PyBytes_Check(data) ? PyBytes_GET_SIZE(data)
                                        : PyMemoryView_GET_BUFFER(data)->len;
     PyObject *get_buffer = Py_NewRef(s->on_data), *updated = Py_NewRef(s->on_updated);
+    PyObject *protocol = Py_XNewRef(s->protocol);
+    PyObject *gself = s->data_self ? protocol : NULL, *uself = s->updated_self ? protocol : NULL;
     int rc = 0;
     PyObject *num = PyLong_FromSsize_t(n);
-    PyObject *buf = num ? PyObject_CallOneArg(get_buffer, num) : NULL;
+    PyObject *buf = num ? stream_proto_call(get_buffer, gself, num) : NULL;
     Py_XDECREF(num);
     if (buf == NULL) {
         rc = stream_protocol_failed(s, m_get_buffer_failed);
@@ -128,7 +143,7 @@ static int stream_feed(Stream *s, PyObject *data)
     PyBuffer_Release(&dst);
     Py_DECREF(buf);
     num = PyLong_FromSsize_t(k);
-    PyObject *r = num ? PyObject_CallOneArg(updated, num) : NULL;
+    PyObject *r = num ? stream_proto_call(updated, uself, num) : NULL;
     Py_XDECREF(num);
     if (r == NULL) {
         rc = stream_protocol_failed(s, m_updated_failed);
@@ -146,6 +161,7 @@ static int stream_feed(Stream *s, PyObject *data)
 done:
     Py_DECREF(get_buffer);
     Py_DECREF(updated);
+    Py_XDECREF(protocol);
     return rc;
 }
 
@@ -225,9 +241,12 @@ static PyObject *stream_recv(Stream *s, PyObject *const *args, int enter)
             if (s->buffered) {
                 rc = stream_feed(s, data);
             } else {
-                PyObject *cb = Py_NewRef(s->on_data); /* set_protocol may replace it */
-                PyObject *r = PyObject_CallOneArg(cb, data);
+                /* set_protocol may replace them */
+                PyObject *cb = Py_NewRef(s->on_data);
+                PyObject *protocol = s->data_self ? Py_NewRef(s->protocol) : NULL;
+                PyObject *r = stream_proto_call(cb, protocol, data);
                 Py_DECREF(cb);
+                Py_XDECREF(protocol);
                 rc = r ? 0 : stream_protocol_failed(s, m_data_failed);
                 Py_XDECREF(r);
             }
@@ -494,6 +513,72 @@ slow:
     return stream_call(s, s_write_slow, &data, 1, 0);
 }
 
+/* writelines(list_of_data): the transport's writelines() on 3.12+ (the
+ * stock one queues every item, copied, at once; before 3.12 it is write() of
+ * the joined items). A list or tuple of bytes-like items is queued here, as
+ * write() queues; anything else (an iterator, an item that is not bytes-like,
+ * a state the fast path does not cover) goes to the transport's
+ * _writelines_slow, the stock checks and messages. */
+static PyObject *Stream_writelines(Stream *s, PyObject *items)
+{
+    if (s->transport == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the transport is gone");
+        return NULL;
+    }
+    if (!s->wfast || s->buffer == NULL || !PyList_CheckExact(s->buffer) ||
+        !(PyList_CheckExact(items) || PyTuple_CheckExact(items)))
+        return stream_call(s, s_writelines_slow, &items, 1, 0);
+    /* a list could change under the copies below: they read a snapshot */
+    PyObject *seq = PyList_CheckExact(items) ? PyList_AsTuple(items) : Py_NewRef(items);
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
+    PyObject *result = NULL, *chunks = NULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!PyObject_CheckBuffer(PyTuple_GET_ITEM(seq, i))) {
+            /* the stock memoryview(data) says what is wrong */
+            result = stream_call(s, s_writelines_slow, &items, 1, 0);
+            goto out;
+        }
+    if (n == 0) {
+        result = Py_NewRef(Py_None);
+        goto out;
+    }
+    if (!(chunks = PyList_New(0)))
+        goto out;
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *d = PyTuple_GET_ITEM(seq, i);
+        /* it leaves later: a mutable buffer is copied now, as stock */
+        PyObject *b = PyBytes_CheckExact(d) ? Py_NewRef(d) : PyBytes_FromObject(d);
+        if (b == NULL)
+            goto out;
+        int rc = PyBytes_GET_SIZE(b) ? PyList_Append(chunks, b) : 0;
+        total += PyBytes_GET_SIZE(b);
+        Py_DECREF(b);
+        if (rc < 0)
+            goto out;
+    }
+    Py_ssize_t end = PyList_GET_SIZE(s->buffer);
+    if (PyList_SetSlice(s->buffer, end, end, chunks) < 0)
+        goto out;
+    s->buffer_size += total;
+    if (PyList_GET_SIZE(s->buffer) > 0 && stream_mark_dirty(s) < 0)
+        goto out;
+    if (s->buffer_size > s->high) {
+        /* as in write(): the transport decides */
+        PyObject *r = s->sending ? stream_call(s, s_maybe_pause, NULL, 0, 0) : stream_send_now(s);
+        if (r == NULL)
+            goto out;
+        Py_DECREF(r);
+    }
+    result = Py_NewRef(Py_None);
+out:
+    Py_XDECREF(chunks);
+    Py_DECREF(seq);
+    return result;
+}
+
 /* _flush(): the turn's writes leave as one send (unless one is in flight:
  * then when it completes) */
 static PyObject *Stream_flush(Stream *s, PyObject *unused)
@@ -611,6 +696,24 @@ out:
     return r;
 }
 
+/* protocol.<name>, looked up once. A plain function found on the class (the
+ * bound method's __func__, its __self__ the protocol) is kept alone and
+ * called with the protocol first, as the interpreter calls a method: no
+ * bound-method object kept per transport (72 bytes). *self says which. */
+static PyObject *stream_bind(PyObject *protocol, const char *name, char *self)
+{
+    PyObject *m = PyObject_GetAttrString(protocol, name);
+    *self = 0;
+    if (m != NULL && PyMethod_Check(m) && PyMethod_GET_SELF(m) == protocol &&
+        PyFunction_Check(PyMethod_GET_FUNCTION(m))) {
+        PyObject *fn = Py_NewRef(PyMethod_GET_FUNCTION(m));
+        Py_DECREF(m);
+        *self = 1;
+        return fn;
+    }
+    return m;
+}
+
 /* set_protocol(protocol, buffered): bind its receive methods once; None unbinds */
 static PyObject *Stream_set_protocol(Stream *s, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -621,22 +724,28 @@ static PyObject *Stream_set_protocol(Stream *s, PyObject *const *args, Py_ssize_
     int buffered = PyObject_IsTrue(args[1]);
     if (buffered < 0)
         return NULL;
-    PyObject *on_data = NULL, *on_updated = NULL;
+    PyObject *on_data = NULL, *on_updated = NULL, *protocol = NULL;
+    char data_self = 0, updated_self = 0;
     if (args[0] != Py_None) {
         /* a protocol without these methods takes the Python path, which
          * fails as the stock transport does, when data comes */
-        on_data = PyObject_GetAttrString(args[0], buffered ? "get_buffer" : "data_received");
+        on_data = stream_bind(args[0], buffered ? "get_buffer" : "data_received", &data_self);
         if (on_data != NULL && buffered) {
-            on_updated = PyObject_GetAttrString(args[0], "buffer_updated");
+            on_updated = stream_bind(args[0], "buffer_updated", &updated_self);
             if (on_updated == NULL)
                 Py_CLEAR(on_data);
         }
         if (on_data == NULL)
             PyErr_Clear();
+        else if (data_self || updated_self)
+            protocol = Py_NewRef(args[0]);
     }
     s->buffered = (char)buffered;
+    s->data_self = data_self;
+    s->updated_self = updated_self;
     Py_XSETREF(s->on_data, on_data);
     Py_XSETREF(s->on_updated, on_updated);
+    Py_XSETREF(s->protocol, protocol);
     Py_RETURN_NONE;
 }
 
@@ -687,6 +796,7 @@ static int Stream_traverse(Stream *s, visitproc visit, void *arg)
     Py_VISIT(s->ctx);
     Py_VISIT(s->on_data);
     Py_VISIT(s->on_updated);
+    Py_VISIT(s->protocol);
     Py_VISIT(s->buffer);
     Py_VISIT(s->sent_cb);
     Py_VISIT(s->held);
@@ -701,6 +811,7 @@ static int Stream_clear(Stream *s)
     Py_CLEAR(s->ctx);
     Py_CLEAR(s->on_data);
     Py_CLEAR(s->on_updated);
+    Py_CLEAR(s->protocol);
     Py_CLEAR(s->buffer);
     Py_CLEAR(s->sent_cb);
     Py_CLEAR(s->held);
@@ -761,6 +872,7 @@ static PyMemberDef Stream_members[] = {
 static PyMethodDef Stream_methods[] = {
     {"write", (PyCFunction)Stream_write, METH_O, "the transport's write(data)"},
     {"_drain", (PyCFunction)Stream_drain, METH_NOARGS, "hand the held records over"},
+    {"writelines", (PyCFunction)Stream_writelines, METH_O, "the transport's writelines (3.12+)"},
     {"_flush", (PyCFunction)Stream_flush, METH_NOARGS, "the turn's writes leave"},
     {"sent", (PyCFunction)(void (*)(void))Stream_sent, METH_FASTCALL, "a send's completion"},
     {"set_protocol", (PyCFunction)(void (*)(void))Stream_set_protocol, METH_FASTCALL, NULL},
@@ -783,6 +895,129 @@ static PyTypeObject StreamType = {
     .tp_members = Stream_members,
     .tp_getset = Stream_getset,
     .tp_new = Stream_new,
+};
+
+/* A method of the transport that is its Stream's (write, writelines): a
+ * class attribute the interpreter calls as m(transport, arg) with no bound
+ * method made (Py_TPFLAGS_METHOD_DESCRIPTOR, as for a function), which
+ * finds the transport's Stream in its _core slot, at a fixed offset. Each
+ * transport kept the Stream's bound write as its own attribute before (72
+ * bytes an idle connection). getattr() still gives a bound method. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyTypeObject *owner; /* the class whose instances have the _core slot */
+    Py_ssize_t offset;   /* where that slot is */
+    PyCFunction fn;      /* Stream_write or Stream_writelines (METH_O) */
+    PyObject *name;
+} CoreMethod;
+
+static PyObject *CoreMethod_vectorcall(CoreMethod *m, PyObject *const *args, size_t nargsf,
+                                       PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
+        PyErr_Format(PyExc_TypeError, "%U() takes exactly one argument (%zd given)", m->name,
+                     nargs - 1);
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(args[0], m->owner)) {
+        PyErr_Format(PyExc_TypeError, "%U() needs a %s, not %.200s", m->name, m->owner->tp_name,
+                     Py_TYPE(args[0])->tp_name);
+        return NULL;
+    }
+    PyObject *core = *(PyObject **)((char *)args[0] + m->offset);
+    if (core == NULL || !Py_IS_TYPE(core, &StreamType)) {
+        PyErr_SetString(PyExc_RuntimeError, "the transport has no C core");
+        return NULL;
+    }
+    Py_INCREF(core);
+    PyObject *r = m->fn(core, args[1]);
+    Py_DECREF(core);
+    return r;
+}
+
+static PyObject *CoreMethod_get(PyObject *m, PyObject *obj, PyObject *type)
+{
+    (void)type;
+    if (obj == NULL || obj == Py_None)
+        return Py_NewRef(m);
+    return PyMethod_New(m, obj);
+}
+
+static int CoreMethod_traverse(CoreMethod *m, visitproc visit, void *arg)
+{
+    Py_VISIT(m->owner);
+    return 0;
+}
+
+static void CoreMethod_dealloc(CoreMethod *m)
+{
+    PyObject_GC_UnTrack(m);
+    Py_CLEAR(m->owner);
+    Py_CLEAR(m->name);
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+static PyObject *CoreMethod_repr(CoreMethod *m)
+{
+    return PyUnicode_FromFormat("<core method %U of %s>", m->name, m->owner->tp_name);
+}
+
+static PyTypeObject CoreMethodType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringloop._sched.CoreMethod",
+    .tp_basicsize = sizeof(CoreMethod),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
+                Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_doc = "A transport method that is its C core's (see uringloop/_core/stream.c).",
+    .tp_vectorcall_offset = offsetof(CoreMethod, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_descr_get = CoreMethod_get,
+    .tp_traverse = (traverseproc)CoreMethod_traverse,
+    .tp_dealloc = (destructor)CoreMethod_dealloc,
+    .tp_repr = (reprfunc)CoreMethod_repr,
+};
+
+/* core_method(slot, name): the transport class's method name ("write" or
+ * "writelines") over the Stream in slot (the class's _core member) */
+static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (nargs != 2 || !Py_IS_TYPE(args[0], &PyMemberDescr_Type) || !PyUnicode_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "core_method(member descriptor, name)");
+        return NULL;
+    }
+    PyMemberDescrObject *md = (PyMemberDescrObject *)args[0];
+    if (md->d_member->type != Py_T_OBJECT_EX) {
+        PyErr_SetString(PyExc_TypeError, "core_method: not an object slot");
+        return NULL;
+    }
+    PyCFunction fn;
+    if (PyUnicode_CompareWithASCIIString(args[1], "write") == 0)
+        fn = (PyCFunction)Stream_write;
+    else if (PyUnicode_CompareWithASCIIString(args[1], "writelines") == 0)
+        fn = (PyCFunction)Stream_writelines;
+    else {
+        PyErr_SetString(PyExc_ValueError, "core_method: write or writelines");
+        return NULL;
+    }
+    CoreMethod *m = PyObject_GC_New(CoreMethod, &CoreMethodType);
+    if (m == NULL)
+        return NULL;
+    m->vectorcall = (vectorcallfunc)CoreMethod_vectorcall;
+    m->owner = (PyTypeObject *)Py_NewRef((PyObject *)md->d_common.d_type);
+    m->offset = md->d_member->offset;
+    m->fn = fn;
+    m->name = Py_NewRef(args[1]);
+    PyObject_GC_Track(m);
+    return (PyObject *)m;
+}
+
+static PyMethodDef stream_functions[] = {
+    {"core_method", (PyCFunction)(void (*)(void))core_method, METH_FASTCALL,
+     "core_method(slot, name): a transport method that is its Stream's"},
+    {NULL, NULL, 0, NULL},
 };
 
 /* The loop's _flush_dirty in C: every transport written to since the last
@@ -829,6 +1064,7 @@ static int stream_init_module(PyObject *m)
     if (!(var = PyUnicode_InternFromString(text))) return -1
     STREAM_INTERN(s_on_recv, "_on_recv");
     STREAM_INTERN(s_write_slow, "_write_slow");
+    STREAM_INTERN(s_writelines_slow, "_writelines_slow");
     STREAM_INTERN(s_flush_slow, "_flush_slow");
     STREAM_INTERN(s_on_sent, "_on_sent");
     STREAM_INTERN(s_after_sent, "_after_sent");
@@ -852,7 +1088,8 @@ static int stream_init_module(PyObject *m)
         return -1;
     }
     Py_DECREF(context);
-    if (PyType_Ready(&StreamType) < 0)
+    if (PyType_Ready(&StreamType) < 0 || PyType_Ready(&CoreMethodType) < 0 ||
+        PyModule_AddFunctions(m, stream_functions) < 0)
         return -1;
     if (PyModule_AddObject(m, "Stream", Py_NewRef((PyObject *)&StreamType)) < 0) {
         Py_DECREF((PyObject *)&StreamType);
