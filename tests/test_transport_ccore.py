@@ -68,6 +68,54 @@ def test_write_then_mutate_memoryview(tloop):
     run_in(tloop, main())
 
 
+def test_write_partly_taken_then_mutate(tloop):
+    """write() on an idle transport whose kernel buffer fills: what the kernel
+    did not take is still sent as it was at write() when the caller reuses its
+    bytearray at once (epoll sends at once and queues a copy of the rest;
+    io_uring queues a copy); then another, behind it."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Lost)
+        with peer:
+            tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            buf = bytearray(bytes(range(256)) * 8192)  # 2 MiB: more than the kernel takes
+            expected = bytes(buf)
+            tr.write(buf)
+            assert 0 < tr.get_write_buffer_size() <= len(buf)
+            buf[:] = bytes(len(buf))  # reused by the caller
+            more = bytearray(b"a" * 1000)
+            tr.write(more)  # queued behind
+            more[:] = bytes(len(more))
+            expected += b"a" * 1000
+            tr.write_eof()
+            assert await _read_until_eof(loop, peer) == expected
+            tr.close()
+            await wait_for(proto.lost)
+
+    run_in(tloop, main())
+
+
+def test_write_to_a_reset_peer(tloop):
+    """write() right after the peer reset the connection (before the loop saw
+    it): connection_lost gets a ConnectionError, as on the stock loop (whose
+    write() sends at once, as epoll's C core does)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Lost)
+        await asyncio.sleep(0)  # connection_made
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        peer.close()  # RST
+        tr.write(b"after the reset")
+        tr.write(b"and more")
+        exc = await wait_for(proto.lost)
+        assert isinstance(exc, ConnectionError), exc
+        assert tr.is_closing()
+
+    run_in(tloop, main())
+
+
 def test_write_rejects_what_stock_rejects(tloop):
     """write() of a str, None or a bytes subclass: the stock checks and result."""
 
@@ -367,6 +415,71 @@ def test_no_leaks_across_many_writes_and_connections(tloop):
             assert cores() == before_cores
 
     run_in(tloop, main(), timeout=60)
+
+
+@pytest.mark.parametrize("buffered", [False, True])
+def test_records_behind_ready_callbacks_wait_in_c(tloop, buffered):
+    """Data that arrives while callbacks were ready before the poll waits
+    behind them (the stock order: reader callbacks join the end of _ready),
+    then comes whole and in order, EOF last; on uringloop the C core holds
+    such records itself (the transport's Python _on_recv is not called for
+    ordinary data, only for the EOF). A BufferedProtocol's 2-byte buffer
+    takes each held record in pieces."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        events = []
+        spin = {"on": True}
+
+        def spinner():  # keeps _ready non-empty at every poll
+            if spin["on"]:
+                loop.call_soon(spinner)
+
+        class Rec(Lost):
+            def data_received(self, data):
+                events.append(bytes(data))
+
+            def eof_received(self):
+                events.append("eof")
+
+        class BufRec(Rec, asyncio.BufferedProtocol):
+            buf = bytearray(2)
+
+            def get_buffer(self, sizehint):
+                return self.buf
+
+            def buffer_updated(self, nbytes):
+                events.append(bytes(self.buf[:nbytes]))
+
+        tr, proto, peer = await _connected(loop, BufRec if buffered else Rec)
+        calls = []
+        if not is_stock(loop):
+            real = tr._on_recv
+
+            def counting(res, more, data):
+                calls.append(res)
+                return real(res, more, data)
+
+            tr._on_recv = counting  # the C core calls the transport's method
+        with peer:
+            await asyncio.sleep(0)
+            loop.call_soon(spinner)
+            marks = []
+            for i in range(20):
+                peer.send(b"%02d;" % i)
+                loop.call_soon(marks.append, i)  # ready before the next poll
+                await asyncio.sleep(0.005)
+            peer.shutdown(socket.SHUT_WR)
+            await wait_for(proto.lost)
+            spin["on"] = False
+        got = b"".join(e for e in events if e != "eof")
+        assert got == b"".join(b"%02d;" % i for i in range(20))
+        assert events[-1] == "eof"
+        assert marks == list(range(20))
+        if not is_stock(loop):
+            assert calls == [0], calls  # only the EOF went through Python
+
+    run_in(tloop, main())
 
 
 def test_callbacks_of_one_poll_run_after_all_its_data(tloop):

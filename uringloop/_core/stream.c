@@ -37,18 +37,24 @@ typedef struct {
     PyObject *on_updated; /* buffer_updated (BufferedProtocol) */
     PyObject *buffer;     /* list of bytes written since the last flush */
     PyObject *sent_cb;    /* self.sent, bound once: the owner of every send */
+    PyObject *held;       /* list of (res, more, data) records waiting behind _ready, or NULL */
+    PyObject *drain_cb;   /* self._drain, bound when first needed */
     Py_ssize_t buffer_size; /* queued + in the send in flight */
     Py_ssize_t sending;     /* length of the send in flight (0: none) */
     Py_ssize_t high, low;   /* the transport's water marks */
     Py_ssize_t sends;       /* sends submitted (tests count them) */
+    Py_ssize_t directs;     /* send() calls made by write() itself (tests count them) */
     int fd;
     char buffered, rfast, wfast, dirty, wpaused;
+    char direct; /* write() sends at once when idle (the epoll backend; decision 210) */
+    char draining; /* _drain is handing held records over: _ready does not count */
 } Stream;
 
 static PyTypeObject StreamType;
 static PyTypeObject CoreType; /* sched.c, below */
 static PyObject *s_on_recv, *s_write_slow, *s_flush_slow, *s_on_sent, *s_after_sent;
 static PyObject *s_feed_buffer, *s_fatal_error, *s_maybe_pause, *s_maybe_resume, *s_send_now;
+static PyObject *s_call_soon, *s_drain, *kw_context;
 static PyObject *s_send_now_tail, *s_flush, *m_data_failed, *m_get_buffer_failed, *m_updated_failed, *m_write_failed;
 
 /* transport.<name>(*args), inside the transport's context when enter */
@@ -87,8 +93,11 @@ static int stream_protocol_failed(Stream *s, PyObject *msg)
  * on in the transport's _feed_buffer(data, pos, buf). 0 or -1. */
 static int stream_feed(Stream *s, PyObject *data)
 {
-    Py_buffer *src = PyMemoryView_GET_BUFFER(data);
-    Py_ssize_t n = src->len;
+    /* a pool view, or the bytes of a record that was held */
+    const char *srcbuf = PyBytes_Check(data) ? PyBytes_AS_STRING(data)
+                                             : PyMemoryView_GET_BUFFER(data)->buf;
+    Py_ssize_t n = PyBytes_Check(data) ? PyBytes_GET_SIZE(data)
+                                       : PyMemoryView_GET_BUFFER(data)->len;
     PyObject *get_buffer = Py_NewRef(s->on_data), *updated = Py_NewRef(s->on_updated);
     int rc = 0;
     PyObject *num = PyLong_FromSsize_t(n);
@@ -115,7 +124,7 @@ static int stream_feed(Stream *s, PyObject *data)
         goto done;
     }
     Py_ssize_t k = dst.len < n ? dst.len : n;
-    memcpy(dst.buf, src->buf, (size_t)k);
+    memcpy(dst.buf, srcbuf, (size_t)k);
     PyBuffer_Release(&dst);
     Py_DECREF(buf);
     num = PyLong_FromSsize_t(k);
@@ -153,23 +162,66 @@ static int ready_empty(Core *loop)
     return r != NULL && Py_IS_TYPE(r, S.deque_type) && Py_SIZE(r) == 0;
 }
 
-/* the receive callback: self(res, more, data) */
-static PyObject *Stream_vectorcall(Stream *s, PyObject *const *args, size_t nargsf,
-                                   PyObject *kwnames)
+/* A record that must wait behind what _ready held before the poll (the
+ * stock loop queues its reader callback there): it joins the Stream's held
+ * records, and the first of them queues one _drain call (in the transport's
+ * context), as the stock loop re-queues its reader handle. Every record that
+ * comes while some are held waits with them, in order. A pool view lives
+ * only during this call: its bytes are copied. */
+static PyObject *stream_hold(Stream *s, PyObject *const *args)
 {
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs != 3 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
-        PyErr_SetString(PyExc_TypeError, "Stream(res, more, data)");
-        return NULL;
-    }
     PyObject *data = args[2];
+    PyObject *keep = data == Py_None || PyBytes_CheckExact(data) ? Py_NewRef(data)
+                                                                 : PyBytes_FromObject(data);
+    if (keep == NULL)
+        return NULL;
+    PyObject *rec = PyTuple_Pack(3, args[0], args[1], keep);
+    Py_DECREF(keep);
+    if (rec == NULL)
+        return NULL;
+    if (s->held == NULL) {
+        if (s->drain_cb == NULL &&
+            !(s->drain_cb = PyObject_GetAttr((PyObject *)s, s_drain)))
+            goto fail;
+        PyObject *held = PyList_New(0);
+        if (held == NULL)
+            goto fail;
+        PyObject *argv[3] = {(PyObject *)s->loop, s->drain_cb, s->ctx};
+        PyObject *h = PyObject_VectorcallMethod(s_call_soon, argv,
+                                                2 | PY_VECTORCALL_ARGUMENTS_OFFSET, kw_context);
+        if (h == NULL) {
+            Py_DECREF(held);
+            goto fail;
+        }
+        Py_DECREF(h);
+        s->held = held;
+    }
+    int rc = PyList_Append(s->held, rec);
+    Py_DECREF(rec);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(rec);
+    return NULL;
+}
+
+/* a record: straight to the protocol when nothing unusual surrounds it,
+ * else held (stream_hold) or the transport's _on_recv. enter: the
+ * transport's context is not current yet (it is inside _drain). */
+static PyObject *stream_recv(Stream *s, PyObject *const *args, int enter)
+{
+    PyObject *data = args[2];
+    if (s->held != NULL && !s->draining)
+        return stream_hold(s, args);
     if (s->rfast && args[1] == Py_True && s->on_data != NULL && s->transport != NULL &&
-        ready_empty(s->loop) &&
-        (s->buffered ? (PyMemoryView_Check(data) && PyMemoryView_GET_BUFFER(data)->len > 0)
-                     : (PyBytes_CheckExact(data) && PyBytes_GET_SIZE(data) > 0))) {
+        ((s->buffered && PyMemoryView_Check(data) && PyMemoryView_GET_BUFFER(data)->len > 0) ||
+         (PyBytes_CheckExact(data) && PyBytes_GET_SIZE(data) > 0 && (!s->buffered || s->draining)))) {
+        if (!s->draining && !ready_empty(s->loop))
+            return stream_hold(s, args); /* a pool view is copied there */
         Py_INCREF(s);
         int rc = -1;
-        if (PyContext_Enter(s->ctx) == 0) {
+        if (!enter || PyContext_Enter(s->ctx) == 0) {
             if (s->buffered) {
                 rc = stream_feed(s, data);
             } else {
@@ -179,7 +231,7 @@ static PyObject *Stream_vectorcall(Stream *s, PyObject *const *args, size_t narg
                 rc = r ? 0 : stream_protocol_failed(s, m_data_failed);
                 Py_XDECREF(r);
             }
-            if (PyContext_Exit(s->ctx) < 0)
+            if (enter && PyContext_Exit(s->ctx) < 0)
                 rc = -1;
         }
         Py_DECREF(s);
@@ -189,7 +241,66 @@ static PyObject *Stream_vectorcall(Stream *s, PyObject *const *args, size_t narg
     }
     if (s->transport == NULL)
         Py_RETURN_NONE;
-    return stream_call(s, s_on_recv, args, 3, 1);
+    return stream_call(s, s_on_recv, args, 3, enter);
+}
+
+/* the receive callback: self(res, more, data) */
+static PyObject *Stream_vectorcall(Stream *s, PyObject *const *args, size_t nargsf,
+                                   PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 3 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
+        PyErr_SetString(PyExc_TypeError, "Stream(res, more, data)");
+        return NULL;
+    }
+    return stream_recv(s, args, 1);
+}
+
+/* _drain(): the held records, in order, as if they came now (called from
+ * _ready in the transport's context): each goes to the protocol, or to
+ * _on_recv when the transport paused, closed or the record is unusual. */
+static PyObject *Stream_drain(Stream *s, PyObject *unused)
+{
+    (void)unused;
+    PyObject *held = s->held;
+    if (held == NULL || s->draining)
+        Py_RETURN_NONE;
+    s->held = NULL;
+    s->draining = 1;
+    Py_INCREF(s);
+    PyObject *r = Py_NewRef(Py_None);
+    Py_ssize_t i = 0;
+    for (; i < PyList_GET_SIZE(held); i++) {
+        PyObject *rec = Py_NewRef(PyList_GET_ITEM(held, i));
+        Py_DECREF(r);
+        r = stream_recv(s, &PyTuple_GET_ITEM(rec, 0), 0);
+        Py_DECREF(rec);
+        if (r == NULL)
+            break;
+    }
+    s->draining = 0;
+    if (r == NULL && i + 1 < PyList_GET_SIZE(held) && s->held == NULL) {
+        /* SystemExit or KeyboardInterrupt went through: the rest waits for
+         * another _drain, first in line (nothing was held meanwhile) */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyObject *rest = PyList_GetSlice(held, i + 1, PyList_GET_SIZE(held));
+        PyObject *argv[3] = {(PyObject *)s->loop, s->drain_cb, s->ctx};
+        PyObject *h = rest ? PyObject_VectorcallMethod(s_call_soon, argv,
+                                                       2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                                       kw_context)
+                           : NULL;
+        if (h != NULL)
+            s->held = rest;
+        else
+            Py_XDECREF(rest);
+        Py_XDECREF(h);
+        PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    }
+    Py_DECREF(held);
+    Py_DECREF(s);
+    return r;
 }
 
 static int stream_mark_dirty(Stream *s)
@@ -268,12 +379,81 @@ static PyObject *stream_send_now(Stream *s)
     Py_RETURN_NONE;
 }
 
+/* write() on an idle transport (nothing queued, none in flight, no write
+ * yet this turn) with direct set: one non-blocking send() now, as the stock
+ * transport and uvloop do; only what the kernel leaves is queued (a copy of
+ * the rest: the caller may reuse a mutable buffer), and the Stream goes on
+ * the dirty list either way, so later writes of the turn gather behind it
+ * into one send at the turn's flush. Returns 1 if it took the write (*r is
+ * the result), 0 if data has no simple buffer (the caller queues a copy). */
+static int stream_write_direct(Stream *s, PyObject *data, PyObject **r)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear(); /* not contiguous: bytes(data) sorts it out */
+        return 0;
+    }
+    *r = NULL;
+    const char *p = view.buf;
+    Py_ssize_t len = view.len, k = 0;
+    if (len > 0) {
+        do
+            k = send(s->fd, p, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        while (k < 0 && errno == EINTR);
+        s->directs++;
+    }
+    if (k < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            PyBuffer_Release(&view);
+            PyObject *exc = take_exception();
+            PyObject *args[2] = {exc, m_write_failed};
+            *r = stream_call(s, s_fatal_error, args, 2, 0);
+            Py_DECREF(exc);
+            return 1;
+        }
+        k = 0;
+    }
+    if (k == len) {
+        PyBuffer_Release(&view);
+        *r = stream_mark_dirty(s) < 0 ? NULL : Py_NewRef(Py_None);
+        return 1;
+    }
+    PyObject *rest = k == 0 && PyBytes_CheckExact(data)
+                         ? Py_NewRef(data)
+                         : PyBytes_FromStringAndSize(p + k, len - k);
+    PyBuffer_Release(&view);
+    if (rest == NULL)
+        return 1;
+    int rc = PyList_Append(s->buffer, rest);
+    Py_DECREF(rest);
+    if (rc < 0)
+        return 1;
+    s->buffer_size += len - k;
+    if (stream_mark_dirty(s) < 0)
+        return 1;
+    /* the kernel left more than the mark: pause as the stock write() does */
+    *r = s->buffer_size > s->high ? stream_call(s, s_send_now_tail, NULL, 0, 0)
+                                  : Py_NewRef(Py_None);
+    return 1;
+}
+
 /* write(data): the transport's write() */
 static PyObject *Stream_write(Stream *s, PyObject *data)
 {
     if (!s->wfast || s->transport == NULL || s->buffer == NULL || !PyList_CheckExact(s->buffer))
         goto slow;
     PyObject *b;
+    if (!s->dirty && !s->sending && PyList_GET_SIZE(s->buffer) == 0 &&
+        (PyBytes_CheckExact(data) || PyByteArray_CheckExact(data) || PyMemoryView_Check(data))) {
+        /* idle: epoll sends at once; io_uring only what is over the
+         * high-water mark (sent at once anyway: no copy of it first) */
+        Py_ssize_t len = PyMemoryView_Check(data) ? PyMemoryView_GET_BUFFER(data)->len
+                                                   : Py_SIZE(data);
+        PyObject *r;
+        if ((s->direct || len > s->high) && stream_write_direct(s, data, &r))
+            return r;
+    }
     if (PyBytes_CheckExact(data)) {
         b = Py_NewRef(data);
     } else if (PyByteArray_CheckExact(data) || PyMemoryView_Check(data)) {
@@ -509,6 +689,8 @@ static int Stream_traverse(Stream *s, visitproc visit, void *arg)
     Py_VISIT(s->on_updated);
     Py_VISIT(s->buffer);
     Py_VISIT(s->sent_cb);
+    Py_VISIT(s->held);
+    Py_VISIT(s->drain_cb);
     return 0;
 }
 
@@ -521,6 +703,8 @@ static int Stream_clear(Stream *s)
     Py_CLEAR(s->on_updated);
     Py_CLEAR(s->buffer);
     Py_CLEAR(s->sent_cb);
+    Py_CLEAR(s->held);
+    Py_CLEAR(s->drain_cb);
     return 0;
 }
 
@@ -557,6 +741,7 @@ static PyGetSetDef Stream_getset[] = {
     BOOL_ATTR("dirty", dirty),       /* on the loop's dirty list */
     BOOL_ATTR("wpaused", wpaused),   /* the protocol's writing is paused */
     BOOL_ATTR("buffered", buffered), /* a BufferedProtocol */
+    BOOL_ATTR("direct", direct),     /* write() sends at once when idle */
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -567,6 +752,7 @@ static PyMemberDef Stream_members[] = {
     {"high", T_PYSSIZET, offsetof(Stream, high), 0, NULL},
     {"low", T_PYSSIZET, offsetof(Stream, low), 0, NULL},
     {"sends", T_PYSSIZET, offsetof(Stream, sends), 0, NULL},
+    {"directs", T_PYSSIZET, offsetof(Stream, directs), 0, NULL},
     {"sent_cb", Py_T_OBJECT_EX, offsetof(Stream, sent_cb), READONLY, NULL},
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(Stream, vectorcall), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
@@ -574,6 +760,7 @@ static PyMemberDef Stream_members[] = {
 
 static PyMethodDef Stream_methods[] = {
     {"write", (PyCFunction)Stream_write, METH_O, "the transport's write(data)"},
+    {"_drain", (PyCFunction)Stream_drain, METH_NOARGS, "hand the held records over"},
     {"_flush", (PyCFunction)Stream_flush, METH_NOARGS, "the turn's writes leave"},
     {"sent", (PyCFunction)(void (*)(void))Stream_sent, METH_FASTCALL, "a send's completion"},
     {"set_protocol", (PyCFunction)(void (*)(void))Stream_set_protocol, METH_FASTCALL, NULL},
@@ -652,11 +839,19 @@ static int stream_init_module(PyObject *m)
     STREAM_INTERN(s_send_now, "_send_now");
     STREAM_INTERN(s_flush, "_flush");
     STREAM_INTERN(s_send_now_tail, "_send_now_tail");
+    STREAM_INTERN(s_call_soon, "call_soon");
+    STREAM_INTERN(s_drain, "_drain");
     STREAM_INTERN(m_data_failed, "Fatal error: protocol.data_received() call failed.");
     STREAM_INTERN(m_get_buffer_failed, "Fatal error: protocol.get_buffer() call failed.");
     STREAM_INTERN(m_updated_failed, "Fatal error: protocol.buffer_updated() call failed.");
     STREAM_INTERN(m_write_failed, "Fatal write error on socket transport");
 #undef STREAM_INTERN
+    PyObject *context = PyUnicode_InternFromString("context");
+    if (context == NULL || !(kw_context = PyTuple_Pack(1, context))) {
+        Py_XDECREF(context);
+        return -1;
+    }
+    Py_DECREF(context);
     if (PyType_Ready(&StreamType) < 0)
         return -1;
     if (PyModule_AddObject(m, "Stream", Py_NewRef((PyObject *)&StreamType)) < 0) {

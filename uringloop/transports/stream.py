@@ -93,6 +93,11 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         # class's _write_slow-based fallback
         self._core = c = _sched.Stream(self, loop, self._sock_fd, ctx)
         c.high, c.low = self._high_water, self._low_water
+        # epoll: write() sends at once when the transport is idle (as stock
+        # and uvloop), where a send op would cost a record and a completion
+        # for the same one syscall; io_uring gathers the turn's writes into
+        # its one kernel entry (decision 210)
+        c.direct = self._engine.backend == "epoll"
         self.write = c.write
         self._server = server
         self._conn_lost = 0
