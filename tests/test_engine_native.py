@@ -379,6 +379,41 @@ def test_recv_coalesce_joins_the_records_of_a_run(make_engine, socketpair, coale
     assert eng.in_flight == 0
 
 
+def test_recv_coalesce_caps_a_chunk(make_engine, socketpair):
+    """A run of records is joined into chunks of at most COALESCE_MAX bytes
+    (decision 220): one turn that brings half a MiB gives several chunks, not
+    one allocation large enough for glibc to serve with fresh pages."""
+    from uringloop import _sched
+
+    cap = _sched.COALESCE_MAX
+    eng = make_engine()
+    a, b = socketpair()
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    sent = []
+    block = bytes(range(256)) * 64
+    while len(sent) < 32:  # up to 512 KiB, as much as the socket takes unread
+        try:
+            n = b.send(block)
+        except BlockingIOError:
+            break
+        sent.append(block[:n])
+    payload = b"".join(sent)
+    assert len(payload) > 2 * cap, len(payload)
+    b.shutdown(socket.SHUT_WR)
+    calls = []
+    eng.recv(a.fileno(), lambda r, m, d: calls.append((r, m, d)), coalesce=True)
+    deadline = time.monotonic() + 5
+    while not calls or calls[-1][1]:
+        assert time.monotonic() < deadline, [c[:2] for c in calls]
+        eng.run(0.05)
+    data = [c[2] for c in calls if c[0] > 0]
+    assert b"".join(data) == payload
+    assert max(map(len, data)) <= cap, [len(d) for d in data]
+    assert max(map(len, data)) > eng._buf_size, "nothing was coalesced"
+    assert calls[-1][:2] == (0, False)
+    assert eng.in_flight == 0
+
+
 # --------------------------------------------------- D2: wake vs close
 
 

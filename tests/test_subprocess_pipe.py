@@ -594,3 +594,102 @@ def test_pidfd_open_out_of_fds_still_waits(loop, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="asyncio"):
         run_in(loop, main())
     assert "a thread waits for the child" in caplog.text
+
+
+# ----------------------------------- the read pipe's C core (decision 221)
+
+
+class _Reader(asyncio.Protocol):
+    def __init__(self, loop):
+        self.chunks = []
+        self.frames = []
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport):
+        self.t = transport
+
+    def data_received(self, data):
+        import sys
+
+        f, files = sys._getframe(1), []
+        while f is not None:
+            files.append(f.f_code.co_filename)
+            f = f.f_back
+        self.frames.append(files)
+        self.chunks.append(data)
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+def test_read_pipe_data_goes_to_the_protocol_from_c(loop):
+    """A pipe's data record reaches data_received from the C core: no Python
+    frame of the transport between the loop and the protocol."""
+
+    async def main():
+        r, w = os.pipe()
+        p = _Reader(loop)
+        await loop.connect_read_pipe(lambda: p, os.fdopen(r, "rb", 0))
+        for i in range(3):
+            os.write(w, b"x" * 1000)
+            while sum(map(len, p.chunks)) < 1000 * (i + 1):
+                await asyncio.sleep(0.01)
+        os.close(w)
+        assert await p.lost is None
+        assert b"".join(p.chunks) == b"x" * 3000
+        for files in p.frames:
+            assert not any(f.endswith(os.path.join("transports", "pipe.py")) for f in files), files
+
+    run_in(loop, main())
+
+
+def test_read_pipe_data_received_raising_is_reported_as_stock(any_loop):
+    """An exception from data_received goes to the loop's exception handler
+    and reading goes on, as with the stock reader handle."""
+    errors = []
+
+    class Raising(_Reader):
+        def data_received(self, data):
+            super().data_received(data)
+            if len(self.chunks) == 1:
+                raise ZeroDivisionError("first chunk")
+
+    async def main():
+        any_loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+        r, w = os.pipe()
+        p = Raising(any_loop)
+        t, _ = await any_loop.connect_read_pipe(lambda: p, os.fdopen(r, "rb", 0))
+        os.write(w, b"one")
+        while not p.chunks:
+            await asyncio.sleep(0.01)
+        os.write(w, b"two")
+        while len(p.chunks) < 2:
+            await asyncio.sleep(0.01)
+        assert not t.is_closing()
+        os.close(w)
+        assert await p.lost is None
+        assert p.chunks == [b"one", b"two"]
+
+    run_in(any_loop, main())
+    assert len(errors) == 1, errors
+    assert isinstance(errors[0]["exception"], ZeroDivisionError)
+    assert errors[0]["message"].startswith("Exception in callback")
+
+
+def test_read_pipe_set_protocol_takes_the_next_chunk(any_loop):
+    async def main():
+        r, w = os.pipe()
+        p1, p2 = _Reader(any_loop), _Reader(any_loop)
+        t, _ = await any_loop.connect_read_pipe(lambda: p1, os.fdopen(r, "rb", 0))
+        os.write(w, b"first")
+        while not p1.chunks:
+            await asyncio.sleep(0.01)
+        t.set_protocol(p2)
+        os.write(w, b"second")
+        while not p2.chunks:
+            await asyncio.sleep(0.01)
+        os.close(w)
+        assert await p2.lost is None
+        assert (p1.chunks, p2.chunks) == ([b"first"], [b"second"])
+
+    run_in(any_loop, main())

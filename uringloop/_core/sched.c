@@ -1397,9 +1397,17 @@ static int in_pool(Table *t, const ul_record *r)
     return r->res >= 0 && r->res <= t->buf_size && start + r->res <= t->pool_size;
 }
 
+/* A joined chunk stops at 64 KiB (decision 220): glibc serves allocations
+ * from 128 KiB up (the mmap threshold) with fresh pages, a page fault each
+ * 4 KiB, so one turn's several hundred KiB joined into one bytes cost 5-7x
+ * the CPU per MiB of 64 KiB chunks (the protocol's buffer is fed the same
+ * bytes either way). What is left of the run comes as the next chunk. */
+#define COALESCE_MAX (64 * 1024)
+
 /* Coalescing: the buffer records of slot i's op that follow record k in this
- * batch, up to its final record, become one chunk. Marks them in skip;
- * returns the joined bytes (the total in *res, *final when the op ended). */
+ * batch, up to its final record or COALESCE_MAX bytes, become one chunk.
+ * Marks them in skip; returns the joined bytes (the total in *res, *final
+ * when the op ended). */
 static PyObject *coalesce(Table *t, int k, int n, uint8_t *skip, int32_t *res, int *final)
 {
     const ul_record *rk = &t->records[k];
@@ -1411,6 +1419,8 @@ static PyObject *coalesce(Table *t, int k, int n, uint8_t *skip, int32_t *res, i
             continue;
         if (!(r->flags & UL_F_BUFFER) || !in_pool(t, r))
             break; /* EOF, an error, or a bad record: it comes on its own, later */
+        if (j > k && total + r->res > COALESCE_MAX)
+            break; /* the rest comes as the next chunk */
         total += r->res;
         last = j;
         if (!(r->flags & UL_F_MORE))
@@ -2728,7 +2738,7 @@ PyMODINIT_FUNC PyInit__sched(void)
         Py_DECREF(m);
         return NULL;
     }
-    if (ul_dgram_init(m) < 0) {
+    if (ul_dgram_init(m) < 0 || PyModule_AddIntConstant(m, "COALESCE_MAX", COALESCE_MAX) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -38,9 +38,10 @@ import os
 import select
 import stat
 import warnings
-from asyncio import constants, events, futures, transports
+from asyncio import constants, events, format_helpers, futures, transports
 from asyncio.log import logger
 
+from .. import _sched
 from .base import ECANCELED as _ECANCELED
 from .base import TransportBase
 from .base import os_error as _os_error
@@ -112,6 +113,19 @@ class _PipeBase(TransportBase):
             self._pipe.close()
 
 
+class _ReadHooks:
+    """What the read's C core (a ``_sched.Stream``, decision 221) calls by
+    name: the record it does not deliver itself, and a ``data_received`` that
+    raised (the stream transport's ``_fatal_error`` would close; a pipe reports
+    and reads on, as the stock reader handle does)."""
+
+    __slots__ = ("_on_recv", "_fatal_error")
+
+    def __init__(self, transport):
+        self._on_recv = transport._on_read
+        self._fatal_error = transport._data_failed
+
+
 class ReadPipeTransport(_PipeBase, transports.ReadTransport):
     max_size = 256 * 1024  # as stock; here: what a paused transport may hold (decision 162)
 
@@ -141,7 +155,13 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
         self._cancelled = False  # the read in flight was asked to stop
         # data_received runs in this context, as the stock reader handle's
         self._context = contextvars.copy_context()
-        self._on_read_cb = self._on_read
+        # The read's owner: the C core of the stream transports (stream.c),
+        # used for its read half only. A data record goes straight to
+        # protocol.data_received while `rfast` says nothing unusual is going
+        # on (not paused, nothing held, not closing, nothing in _ready); every
+        # other record comes to _on_read.
+        self._core = _sched.Stream(_ReadHooks(self), loop, self._fileno, self._context)
+        self._core.set_protocol(protocol, False)
 
         self._loop.call_soon(self._protocol.connection_made, self)
         # only start reading when connection_made() has been called
@@ -159,11 +179,16 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
     def is_reading(self):
         return not self._paused and not self._closing
 
+    def _sync(self):
+        """The C core's fast path runs only while nothing unusual goes on."""
+        self._core.rfast = not (self._paused or self._closing or self._held)
+
     def _start_reading(self):
         if self._ud is None and self.is_reading() and not self._held:
             # coalesce: a turn's pool chunks come joined, one data_received
-            self._ud = self._engine.read_pool(self._fileno, self._on_read_cb, True, 0, True)
+            self._ud = self._engine.read_pool(self._fileno, self._core, True, 0, True)
             self._cancelled = False
+        self._sync()
 
     def _on_read(self, res, more, data):
         if not more:
@@ -177,6 +202,7 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
             return
         if self._paused or self._held:
             self._held.append((res, data))
+            self._sync()
             if res > 0:
                 self._held_bytes += res
                 if (self._paused and more and not self._cancelled
@@ -190,17 +216,29 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
 
     def _process(self, res, data):
         if res > 0:
-            # the stock reader handle runs data_received: an exception is
-            # reported as a callback's, and reading goes on
-            events.Handle(self._protocol.data_received, (data,), self._loop, self._context)._run()
+            try:  # in the transport's context (the core enters it for _on_read)
+                self._protocol.data_received(data)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._data_failed(exc)
         elif res == 0:
             if self._loop.get_debug():
                 logger.info("%r was closed by peer", self)
             self._closing = True
+            self._sync()
             self._loop.call_soon(self._protocol.eof_received, context=self._context)
             self._loop.call_soon(self._call_connection_lost, None, context=self._context)
         else:
             self._fatal_error(_os_error(res), "Fatal read error on pipe transport")
+
+    def _data_failed(self, exc, message=None):
+        """data_received raised: the stock reader handle reports the exception
+        as a callback's, and reading goes on."""
+        handle = events.Handle(self._protocol.data_received, (), self._loop, self._context)
+        cb = format_helpers._format_callback_source(handle._callback, handle._args)
+        context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
+        self._loop.call_exception_handler(context)
 
     def _drain_held(self):
         held = self._held
@@ -215,6 +253,7 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
         if not self.is_reading():
             return
         self._paused = True  # the read stays armed: see _on_read
+        self._sync()
         if self._loop.get_debug():
             logger.debug("%r pauses reading", self)
 
@@ -222,12 +261,17 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
         if self._closing or not self._paused:
             return
         self._paused = False
+        self._sync()
         if self._held:
-            self._loop.call_soon(self._drain_held)  # data_received enters the context itself
+            self._loop.call_soon(self._drain_held, context=self._context)
         else:
             self._start_reading()
         if self._loop.get_debug():
             logger.debug("%r resumes reading", self)
+
+    def set_protocol(self, protocol):
+        self._protocol = protocol
+        self._core.set_protocol(protocol, False)
 
     def close(self):
         if not self._closing:
@@ -241,6 +285,7 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
         self._closing = True
         self._held.clear()
         self._held_bytes = 0
+        self._sync()
         if self._ud is not None and not self._engine.closed:
             self._engine.cancel(self._ud)
         self._loop.call_soon(self._call_connection_lost, exc)
