@@ -2190,9 +2190,39 @@ static PyObject *Core_write_to_self(Core *self, PyObject *unused)
 
 /* ------------------------------------------------------------ the type */
 
+/* Lazy tracking (above) leaves the queued call_soon handles out of the GC,
+ * so their references to the loop counted as outside ones and a loop dropped
+ * without close() while callbacks were queued was never collected (stock
+ * collects it, warning "unclosed event loop"). So the loop's traversal goes on
+ * through a queued untracked handle of ours, visiting what it holds, when that
+ * is exactly as if the loop held those objects itself: the deque is held by the
+ * loop alone (refcount 1) and the handle by the deque alone (refcount 1).
+ * Anything else (a handle or the deque kept elsewhere) is not seen through,
+ * which only keeps objects alive, as before. No allocation: the deque's own
+ * tp_traverse walks it. */
+typedef struct {
+    visitproc visit;
+    void *arg;
+} through_arg;
+
+static int visit_queued(PyObject *h, void *p)
+{
+    through_arg *t = p;
+    if (Py_IS_TYPE(h, ul_handle_type) && Py_REFCNT(h) == 1 && !PyObject_GC_IsTracked(h))
+        return Py_TYPE(h)->tp_traverse(h, t->visit, t->arg);
+    return 0;
+}
+
 static int Core_traverse(Core *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->ready);
+    if (self->ready != NULL && Py_IS_TYPE(self->ready, S.deque_type) &&
+        Py_REFCNT(self->ready) == 1) {
+        through_arg t = {visit, arg};
+        int r = S.deque_type->tp_traverse(self->ready, visit_queued, &t);
+        if (r)
+            return r;
+    }
     Py_VISIT(self->scheduled);
     Py_VISIT(self->stopping);
     Py_VISIT(self->debug);
