@@ -35,6 +35,7 @@
 #include <structmember.h>
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #include <arpa/inet.h>
@@ -1826,10 +1827,22 @@ static int report_or_raise(Core *self, PyObject *exc)
 
 static int io_step_table(Core *self, Table *t, int64_t ns);
 
+/* A wait for a timer is rounded up to the whole millisecond, as the stock
+ * loop's selector rounds it (EpollSelector.select: math.ceil(timeout * 1e3) *
+ * 1e-3): the stock contract is only that a timer never runs before its time.
+ * A nanosecond-precise io_uring wait woke once per timer of a dense batch
+ * (about 33 kernel waits per 1,000 timers spread over 1 ms, against 8 on
+ * epoll, whose epoll_wait takes milliseconds); rounded, every timer due within
+ * the millisecond runs after one wait. */
+static int64_t wait_ns(double timeout)
+{
+    return (int64_t)ceil(timeout * 1e3) * 1000000;
+}
+
 /* the I/O step (engine attached): timeout < 0 waits without limit */
 static int io_step(Core *self, double timeout)
 {
-    int64_t ns = timeout < 0 ? -1 : timeout > 0 ? (int64_t)(timeout * 1e9) : 0;
+    int64_t ns = timeout < 0 ? -1 : timeout > 0 ? wait_ns(timeout) : 0;
     Table *t = self->table; /* held: a callback may detach the loop */
     Py_INCREF(t);
     int rc = io_step_table(self, t, ns);
