@@ -631,20 +631,29 @@ SCENARIOS = {
 }
 
 
-def run_once(loop_name: str, scen: Scenario, n: int) -> tuple[int, float, dict | None]:
+def run_once(
+    loop_name: str, scen: Scenario, n: int, cpu: list | None = None
+) -> tuple[int, float, dict | None]:
     """One repetition on a fresh loop; returns (ops, seconds, engine counters per op).
 
     The counters (uringloop only) cover the whole run_until_complete, set-up included.
+    ``cpu``, when given, receives (CPU seconds, of which in the kernel) of this
+    process over the same span: the first from CLOCK_PROCESS_CPUTIME_ID (exact),
+    the kernel share from os.times() (tick-counted).
     """
     loop = new_loop(loop_name)
     stats = getattr(loop, "engine_stats", None)
     try:
         gc.collect()
         before = stats() if stats else None
+        c0, t0 = time.process_time(), os.times()
         ops, elapsed = loop.run_until_complete(scen.fn(loop, n))
+        c1, t1 = time.process_time(), os.times()
         after = stats() if stats else None
     finally:
         loop.close()
+    if cpu is not None:
+        cpu[:] = [c1 - c0, t1.system - t0.system]
     if elapsed <= 0:
         raise BenchError(f"{scen.name}: non-positive elapsed time {elapsed}")
     per_op = None
@@ -725,7 +734,9 @@ def _fmt_rate(x: float) -> str:
     return f"{x:.0f}"
 
 
-def print_report(args, loops, counts, rates, counters, skipped, notes, wall) -> None:
+def print_report(
+    args, loops, counts, rates, counters, skipped, notes, wall, cpus=None
+) -> None:
     ref = "uvloop" if "uvloop" in loops else "stock"
     ratio_of = [
         x for x in ("io_uring", "epoll", "rloop", "rsloop", "stock") if x in loops and x != ref
@@ -773,6 +784,28 @@ def print_report(args, loops, counts, rates, counters, skipped, notes, wall) -> 
             rs = rates.get((name, x))
             cells.append(f"{_fmt_rate(min(rs))}–{_fmt_rate(max(rs))}" if rs else "—")
         out.append("| " + " | ".join(cells) + " |")
+    if cpus:
+        out.append("\n### CPU time per op (median over the repetitions)\n")
+        out.append(
+            "this process's CPU time (user + kernel) per op over the measured run, set-up "
+            "included, and the kernel's share of it: what the loop costs the machine, "
+            "unlike ops/s not raised by waiting for a busy CPU (both ends of the "
+            "ping-pongs are in this process; the flood's sender is not)\n"
+        )
+        head = ["scenario"] + [f"{LABELS[x]} µs/op (kernel %)" for x in loops]
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|---|" + "---:|" * len(loops))
+        for name in args.scenarios:
+            cells = [name]
+            for x in loops:
+                cs = cpus.get((name, x))
+                if cs:
+                    us = statistics.median(c[0] for c in cs) * 1e6
+                    share = statistics.median(c[1] for c in cs) * 100
+                    cells.append(f"{us:.2f} ({share:.0f} %)")
+                else:
+                    cells.append("—")
+            out.append("| " + " | ".join(cells) + " |")
     engines = [x for x in loops if any((name, x) in counters for name in args.scenarios)]
     if engines:
         out.append("\n### uringloop engine counters per op (median over the repetitions)\n")
@@ -898,6 +931,7 @@ def main(argv=None) -> int:
     counts: dict[str, int] = {}
     rates: dict[tuple[str, str], list[float]] = {}
     counters: dict[tuple[str, str], list[dict]] = {}
+    cpus: dict[tuple[str, str], list[tuple[float, float]]] = {}
     skipped: dict[tuple[str, str], str] = {}
     failed = False
     t_start = time.monotonic()
@@ -925,8 +959,9 @@ def main(argv=None) -> int:
                 if (name, x) in skipped:
                     continue
                 _log(f"{name} {x} repetition {rep + 1}/{args.repeat} ({n} ops)")
+                cpu: list = []
                 try:
-                    ops, el, per_op = run_once(x, scen, n)
+                    ops, el, per_op = run_once(x, scen, n, cpu)
                 except (BenchError, OSError) as exc:
                     skipped[(name, x)] = "FAILED (see notes)"
                     notes.append(f"{name} on {LABELS[x]}: {exc!r}")
@@ -934,11 +969,12 @@ def main(argv=None) -> int:
                     continue
                 counts[name] = ops
                 rates.setdefault((name, x), []).append(ops / el)
+                cpus.setdefault((name, x), []).append((cpu[0] / ops, cpu[1] / max(cpu[0], 1e-9)))
                 if per_op is not None:
                     counters.setdefault((name, x), []).append(per_op)
     wall = time.monotonic() - t_start
     _log(f"done in {wall:.1f} s")
-    print_report(args, loops, counts, rates, counters, skipped, notes, wall)
+    print_report(args, loops, counts, rates, counters, skipped, notes, wall, cpus)
     return 1 if failed else 0
 
 

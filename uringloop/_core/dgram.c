@@ -84,6 +84,7 @@ typedef struct {
 } Dgram;
 
 static PyObject *s_datagram_received, *s_protocol_raised, *s_sendto_py, *s_sendto_failed;
+static PyTypeObject DgramType;
 
 static PyObject *Dgram_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
                                   PyObject *kwnames);
@@ -162,51 +163,79 @@ static int is_fatal(void)
 }
 
 
+/* datagram_received(payload, addr) in the transport's context; what the
+ * protocol raises is reported as the stock reader handle reports it. */
+static PyObject *deliver(Dgram *d, PyObject *payload, PyObject *addr)
+{
+    PyObject *stack[4] = {NULL, d->protocol, payload, addr};
+    PyObject *ctx = Py_NewRef(d->context), *proto = Py_NewRef(d->protocol);
+    if (PyContext_Enter(ctx) < 0) {
+        Py_DECREF(ctx);
+        Py_DECREF(proto);
+        return NULL;
+    }
+    PyObject *r = PyObject_VectorcallMethod(s_datagram_received, stack + 1,
+                                            3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(proto);
+    int fatal = r == NULL && is_fatal();
+    PyObject *exc = r == NULL ? PyErr_GetRaisedException() : NULL;
+    Py_XDECREF(r);
+    if (PyContext_Exit(ctx) < 0) {
+        Py_XDECREF(exc);
+        Py_DECREF(ctx);
+        return NULL;
+    }
+    Py_DECREF(ctx);
+    if (exc == NULL)
+        Py_RETURN_NONE;
+    if (fatal) { /* SystemExit, KeyboardInterrupt: up, as from a handle */
+        PyErr_SetRaisedException(exc);
+        return NULL;
+    }
+    /* reported as the stock reader handle reports it; reading goes on */
+    r = PyObject_CallMethodOneArg(d->transport, s_protocol_raised, exc);
+    Py_DECREF(exc);
+    return r;
+}
+
+/* the plain reading state, with nothing due in the loop's _ready before it:
+ * 1 yes, 0 no, -1 error */
+static int takes_fast(Dgram *d)
+{
+    if (!d->recv_fast || d->ready == NULL)
+        return 0;
+    Py_ssize_t waiting = PyObject_Size(d->ready);
+    return waiting < 0 ? -1 : waiting == 0;
+}
+
+int ul_dgram_takes(PyObject *owner)
+{
+    if (!Py_IS_TYPE(owner, &DgramType))
+        return 0;
+    return takes_fast((Dgram *)owner);
+}
+
+int ul_dgram_deliver(PyObject *owner, PyObject *payload, PyObject *addr)
+{
+    PyObject *r = deliver((Dgram *)owner, payload, addr);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
 static PyObject *Dgram_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
                                   PyObject *kwnames)
 {
     Dgram *d = (Dgram *)op;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (d->recv_fast && nargs == 3 && kwnames == NULL && args[1] == Py_True &&
-        PyLong_CheckExact(args[0]) && PyTuple_CheckExact(args[2]) &&
-        PyTuple_GET_SIZE(args[2]) == 2 && d->ready != NULL) {
+    if (nargs == 3 && kwnames == NULL && args[1] == Py_True && PyLong_CheckExact(args[0]) &&
+        PyTuple_CheckExact(args[2]) && PyTuple_GET_SIZE(args[2]) == 2) {
         int overflow;
         long res = PyLong_AsLongAndOverflow(args[0], &overflow);
-        Py_ssize_t waiting = PyObject_Size(d->ready);
-        if (waiting < 0)
+        int fast = takes_fast(d);
+        if (fast < 0)
             return NULL;
-        if (res >= 0 && !overflow && waiting == 0) {
-            PyObject *stack[4] = {NULL, d->protocol, PyTuple_GET_ITEM(args[2], 0),
-                                  PyTuple_GET_ITEM(args[2], 1)};
-            PyObject *ctx = Py_NewRef(d->context), *proto = Py_NewRef(d->protocol);
-            if (PyContext_Enter(ctx) < 0) {
-                Py_DECREF(ctx);
-                Py_DECREF(proto);
-                return NULL;
-            }
-            PyObject *r = PyObject_VectorcallMethod(
-                s_datagram_received, stack + 1, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-            Py_DECREF(proto);
-            int fatal = r == NULL && is_fatal();
-            PyObject *exc = r == NULL ? PyErr_GetRaisedException() : NULL;
-            Py_XDECREF(r);
-            if (PyContext_Exit(ctx) < 0) {
-                Py_XDECREF(exc);
-                Py_DECREF(ctx);
-                return NULL;
-            }
-            Py_DECREF(ctx);
-            if (exc == NULL)
-                Py_RETURN_NONE;
-            if (fatal) { /* SystemExit, KeyboardInterrupt: up, as from a handle */
-                PyErr_SetRaisedException(exc);
-                return NULL;
-            }
-            /* reported as the stock reader handle reports it; reading goes on */
-            r = PyObject_CallMethodOneArg(d->transport, s_protocol_raised, exc);
-            Py_DECREF(exc);
-            return r;
-        }
+        if (fast && res >= 0 && !overflow)
+            return deliver(d, PyTuple_GET_ITEM(args[2], 0), PyTuple_GET_ITEM(args[2], 1));
     }
     if (d->slow == NULL)
         Py_RETURN_NONE; /* cleared by the GC */
@@ -301,12 +330,17 @@ static PyObject *Dgram_sendto(Dgram *d, PyObject *const *args, Py_ssize_t nargs,
             return NULL;
     }
     Py_buffer view;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+    if (PyBytes_CheckExact(data)) { /* the common case: no buffer export */
+        view.buf = PyBytes_AS_STRING(data);
+        view.len = PyBytes_GET_SIZE(data);
+        view.obj = NULL;
+    } else if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
         PyErr_Clear();
         goto slow;
     }
     if (view.len == 0) {
-        PyBuffer_Release(&view);
+        if (view.obj != NULL)
+            PyBuffer_Release(&view);
         goto slow;
     }
     ssize_t n;
@@ -319,11 +353,13 @@ static PyObject *Dgram_sendto(Dgram *d, PyObject *const *args, Py_ssize_t nargs,
         if (n >= 0 || errno != EINTR)
             break;
         if (PyErr_CheckSignals() < 0) { /* as the socket module: a handler may raise */
-            PyBuffer_Release(&view);
+            if (view.obj != NULL)
+                PyBuffer_Release(&view);
             return NULL;
         }
     }
-    PyBuffer_Release(&view);
+    if (view.obj != NULL)
+        PyBuffer_Release(&view);
     if (n >= 0)
         Py_RETURN_NONE;
     PyErr_SetFromErrno(PyExc_OSError);
@@ -397,12 +433,20 @@ struct ul_addr_cache {
     } e[ADDR_SLOTS];
 };
 
+/* len is a sockaddr_in's or sockaddr_in6's size: whole 32-bit words (a
+ * word at a time: the byte-wise FNV-1a it replaces cost as much as the rest
+ * of a cache hit) */
 static uint32_t addr_hash(const uint8_t *raw, uint32_t len)
 {
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (uint32_t i = 0; i < len; i++)
-        h = (h ^ raw[i]) * 16777619u;
-    return h ^ (h >> 16);
+    uint32_t h = 2166136261u;
+    for (uint32_t i = 0; i + 4 <= len; i += 4) {
+        uint32_t w;
+        memcpy(&w, raw + i, sizeof w);
+        h = (h ^ w) * 0x9E3779B1u;
+    }
+    h ^= h >> 16; /* murmur3's finaliser: every input bit reaches the low bits */
+    h *= 0x85EBCA6Bu;
+    return h ^ (h >> 13);
 }
 
 /* "a.b.c.d", what inet_ntop writes, without its cost */

@@ -20,6 +20,14 @@ PyObject *ul_addr_obj(ul_addr_cache **cache, const uint8_t *raw, uint32_t len,
 int ul_addr_cache_traverse(ul_addr_cache *cache, visitproc visit, void *arg);
 void ul_addr_cache_free(ul_addr_cache **cache);
 
+/* A datagram record straight to its owner, without the (payload, address)
+ * tuple and the callback's arguments: ul_dgram_takes(owner) is 1 when owner
+ * is a Dgram that would hand the record to datagram_received now (0 when
+ * not, -1 with an exception set); ul_dgram_deliver then does (0, or -1 with
+ * the exception the owner's call raised). */
+int ul_dgram_takes(PyObject *owner);
+int ul_dgram_deliver(PyObject *owner, PyObject *payload, PyObject *addr);
+
 /* adds the Dgram type to the module; -1 with an exception set */
 int ul_dgram_init(PyObject *module);
 

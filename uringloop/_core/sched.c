@@ -1349,32 +1349,45 @@ static PyObject *record_data(Table *t, const ul_record *r, uint32_t slot)
     return Py_NewRef(Py_None);
 }
 
-/* A UL_F_MSG record: (payload, address) from its datagram-pool buffer. */
-static PyObject *msg_data(Table *t, const ul_record *r)
+/* A UL_F_MSG record's payload and sender address (new references), from its
+ * datagram-pool buffer; -1 with an exception set. */
+static int msg_parts(Table *t, const ul_record *r, PyObject **payload, PyObject **addr)
 {
     if (t->dpool == NULL || r->bid < t->dfirst || r->bid >= t->dfirst + t->dcount ||
-        r->res < 0 || r->res > t->dsize - UL_DGRAM_HDR)
-        return PyErr_Format(PyExc_SystemError, "record names a datagram outside the pool "
-                            "(bid %d, %d bytes)", (int)r->bid, (int)r->res);
+        r->res < 0 || r->res > t->dsize - UL_DGRAM_HDR) {
+        PyErr_Format(PyExc_SystemError, "record names a datagram outside the pool "
+                     "(bid %d, %d bytes)", (int)r->bid, (int)r->res);
+        return -1;
+    }
     const uint8_t *b = (const uint8_t *)t->dpool + (Py_ssize_t)(r->bid - t->dfirst) * t->dsize;
     uint32_t namelen;
     memcpy(&namelen, b, sizeof namelen);
     if (namelen > UL_DGRAM_NAME)
         namelen = UL_DGRAM_NAME;
-    PyObject *out = PyTuple_New(2);
-    if (out == NULL)
+    *payload = PyBytes_FromStringAndSize((const char *)b + UL_DGRAM_HDR, r->res);
+    if (*payload == NULL)
+        return -1;
+    *addr = ul_addr_obj(&t->addrs, b + 16, namelen, t->decode);
+    if (*addr == NULL) {
+        Py_CLEAR(*payload);
+        return -1;
+    }
+    return 0;
+}
+
+/* A UL_F_MSG record: (payload, address). */
+static PyObject *msg_data(Table *t, const ul_record *r)
+{
+    PyObject *payload, *addr;
+    if (msg_parts(t, r, &payload, &addr) < 0)
         return NULL;
-    PyObject *payload = PyBytes_FromStringAndSize((const char *)b + UL_DGRAM_HDR, r->res);
-    if (payload == NULL) {
-        Py_DECREF(out);
+    PyObject *out = PyTuple_New(2);
+    if (out == NULL) {
+        Py_DECREF(payload);
+        Py_DECREF(addr);
         return NULL;
     }
     PyTuple_SET_ITEM(out, 0, payload);
-    PyObject *addr = ul_addr_obj(&t->addrs, b + 16, namelen, t->decode);
-    if (addr == NULL) {
-        Py_DECREF(out);
-        return NULL;
-    }
     PyTuple_SET_ITEM(out, 1, addr);
     return out;
 }
@@ -1491,6 +1504,23 @@ static int table_deliver(Table *t, int n, PyObject **first)
         int final = !(r->flags & UL_F_MORE);
         int32_t res = r->res;
         PyObject *data = NULL;
+        if ((r->flags & UL_F_MSG) && !final && res >= 0) {
+            /* a datagram for a transport that plainly reads: straight to
+             * datagram_received (dgram.c); anything else the generic way */
+            PyObject *owner = t->slots[slot].owner, *payload, *addr;
+            int takes = ul_dgram_takes(owner);
+            if (takes > 0 && msg_parts(t, r, &payload, &addr) == 0) {
+                Py_INCREF(owner);
+                if (ul_dgram_deliver(owner, payload, addr) < 0)
+                    keep_first(first);
+                Py_DECREF(owner);
+                Py_DECREF(payload);
+                Py_DECREF(addr);
+                continue; /* not final: the slot stays */
+            }
+            if (takes != 0)
+                PyErr_Clear(); /* the generic way meets the same error and reports it */
+        }
         if ((t->slots[slot].flags & SLOT_COALESCE) && (r->flags & UL_F_BUFFER) && !final &&
             in_pool(t, r)) {
             if (skip == NULL && !(skip = PyMem_Calloc((size_t)n, 1)))
