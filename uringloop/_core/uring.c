@@ -37,6 +37,9 @@
 #include "uapi.h"
 
 #define EXPORT __attribute__((visibility("default")))
+/* Pool buffers the stream ring holds at first (ring_top_up): enough for a
+ * turn of 1 KiB echo at 64 connections; it doubles whenever the ring runs dry */
+#define UL_RING_WANT0 64
 #define UL_IOV_MAX 1024   /* UIO_MAXIOV: more iovecs go out in the next SENDMSG */
 
 struct uring {
@@ -60,6 +63,9 @@ struct uring {
     size_t br_sz;
     uint16_t br_tail;
     unsigned br_mask;
+    unsigned br_avail;          /* buffers in the ring the kernel has not reported yet */
+    unsigned br_want;           /* how many the ring should hold: see ring_top_up */
+    int br_dry;                 /* a receive found the ring empty since the last top-up */
     struct ul_buf *dr;          /* the datagram pool's ring (buffer group 1) */
     size_t dr_sz;
     uint16_t dr_tail;
@@ -831,6 +837,20 @@ static int uring_cancel_fd(ul_engine *e, int fd)
     return 0;
 }
 
+static void ring_push(ul_engine *e, struct uring *u, uint16_t bid)
+{
+    if (e->guard)
+        ul__guard(e, bid, 1);  /* the kernel may write into it from now on */
+    struct ul_buf *b = &u->br[u->br_tail & u->br_mask];
+    b->addr = (uint64_t)(uintptr_t)(e->pool + (size_t)bid * e->cfg.buf_size);
+    b->len = e->cfg.buf_size;
+    b->bid = bid;
+    u->br_tail++;
+    u->br_avail++;
+    /* entry 0's resv field is the ring's tail */
+    __atomic_store_n((uint16_t *)((char *)u->br + 14), u->br_tail, __ATOMIC_RELEASE);
+}
+
 static void uring_recycle(ul_engine *e, uint16_t bid)
 {
     struct uring *u = e->bs;
@@ -847,25 +867,41 @@ static void uring_recycle(ul_engine *e, uint16_t bid)
         __atomic_store_n((uint16_t *)((char *)u->dr + 14), u->dr_tail, __ATOMIC_RELEASE);
         return;
     }
-    if (!u->bufring) {
-        ul__pool_put(e, bid);
+    if (!u->bufring || u->br_avail >= u->br_want) {
+        ul__pool_put(e, bid);  /* the free stack: its top is handed out first */
         return;
     }
-    if (e->guard)
-        ul__guard(e, bid, 1);  /* the kernel may write into it from now on */
-    struct ul_buf *b = &u->br[u->br_tail & u->br_mask];
-    b->addr = (uint64_t)(uintptr_t)(e->pool + (size_t)bid * e->cfg.buf_size);
-    b->len = e->cfg.buf_size;
-    b->bid = bid;
-    u->br_tail++;
-    /* entry 0's resv field is the ring's tail */
-    __atomic_store_n((uint16_t *)((char *)u->br + 14), u->br_tail, __ATOMIC_RELEASE);
+    ring_push(e, u, bid);
+}
+
+/* Give the kernel buffers from the top of the free stack (the most recently
+ * used, so still in cache and faulted in) until the ring holds br_want.
+ * Why not every buffer: the kernel takes ring entries first in, first out, so
+ * a ring holding the whole pool walks all of it (16 MiB) before it uses a
+ * buffer again, and every receive lands in memory that is cold in the cache
+ * and, the first time round, not even mapped. br_want starts small and
+ * doubles at the next run after a receive found the ring empty (-ENOBUFS:
+ * the engine re-arms it then, after this top-up), up to the whole pool. */
+static void ring_top_up(ul_engine *e, struct uring *u)
+{
+    if (u->br_dry && u->br_want < e->cfg.buf_count)
+        u->br_want *= 2;  /* once per run, however many receives found it dry */
+    u->br_dry = 0;
+    while (u->br_avail < u->br_want) {
+        int bid = ul__pool_take(e);
+        if (bid < 0)
+            break;
+        ring_push(e, u, (uint16_t)bid);
+    }
 }
 
 /* ------------------------------------------------------------ completion */
 
 static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uint32_t cflags)
 {
+    if ((cflags & UL_CQE_F_BUFFER) && u->bufring &&
+        !ul__is_dbid(e, (uint16_t)(cflags >> UL_CQE_BUFFER_SHIFT)))
+        u->br_avail--;  /* the kernel took it from the stream ring */
     if (kud == KUD_WAKE) {
         ul__wake_drain(e);
         if (!(cflags & UL_CQE_F_MORE))
@@ -997,7 +1033,8 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
             }
         } else if (res == -ENOBUFS && !op->cancelled && !kmore) {
             e->st.rearms++;
-            ul__backlog_push(e, op);  /* after the next recycle */
+            u->br_dry = 1;  /* the ring ran dry: hold more (ring_top_up) */
+            ul__backlog_push(e, op);  /* after the next top-up */
         } else if (!kmore) {
             ul__finish(e, op, res, 0, 0);
         }
@@ -1208,6 +1245,8 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
     struct ul_sqe *s;
     while (u->ncancels && (s = get_sqe(e, u)))  /* cancels that found no SQE before */
         prep_cancel(s, u->cancels[--u->ncancels]);
+    if (u->bufring)
+        ring_top_up(e, u);
     struct ul_op *op;
     for (uint32_t n = e->bl_count; n-- && ul__backlog_pop(e, &op);)
         issue(e, u, op);
@@ -1473,11 +1512,16 @@ static int setup_bufring(ul_engine *e, struct uring *u, const uint8_t *held)
     u->bufring = 1;
     u->br_mask = n - 1;
     u->br_tail = 0;
-    /* every pool buffer not held by a record now belongs to the kernel's ring */
+    u->br_avail = 0;
+    if (!u->br_want)
+        u->br_want = UL_MIN(UL_RING_WANT0, n);
+    /* every pool buffer not held by a record: the ring takes what it wants
+     * (the lowest bids), the free stack the rest, bid 0 nearest its top */
     e->nfree = 0;
-    for (unsigned i = 0; i < n; i++)
+    for (unsigned i = n; i-- > 0;)
         if (!held || !held[i])
-            uring_recycle(e, (uint16_t)i);
+            ul__pool_put(e, (uint16_t)i);
+    ring_top_up(e, u);
     return 0;
 }
 
