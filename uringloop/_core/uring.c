@@ -1327,8 +1327,9 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
 }
 
 /* uring_run(e, 0) would do nothing: the ring is enabled and ours, nothing
- * waits to be issued or submitted, the CQ is empty and the kernel holds no
- * deferred work for us (TASKRUN_FLAG tells; without it every run enters) */
+ * waits to be issued or submitted, ring_top_up has nothing to give, the CQ is
+ * empty and the kernel holds no deferred work for us (TASKRUN_FLAG tells;
+ * without it every run enters) */
 static int uring_quiet(ul_engine *e)
 {
     struct uring *u = e->bs;
@@ -1336,6 +1337,8 @@ static int uring_quiet(ul_engine *e)
         u->ncancels || u->nfresh || u->reg_countdown || e->bl_count ||
         !(u->setup_flags & UL_SETUP_TASKRUN_FLAG))
         return 0;
+    if (u->bufring && (u->br_dry || (u->br_avail < u->br_want && e->nfree)))
+        return 0;  /* ring_top_up has buffers to give */
     if (u->sqe_tail != __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE) ||
         __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) != *u->cq_khead)
         return 0;
