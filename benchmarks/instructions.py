@@ -11,6 +11,10 @@ the socket scenarios use loop_bench.py's timings as well.
 
     python benchmarks/instructions.py                      # all scenarios, all loops
     python benchmarks/instructions.py --scenario sleep0 --loop uvloop --loop io_uring
+    python benchmarks/instructions.py --scenario http_httptools16 --loop io_uring --breakdown 25
+
+``--breakdown K`` also prints, per loop, the K functions whose own (exclusive)
+instructions grew most per op between the two runs (callgrind_annotate).
 
 Needs valgrind (``apt-get install valgrind``). This is a report: nothing is asserted.
 """
@@ -45,6 +49,9 @@ COUNTS = {
     "buffered_pingpong16": 3_200,
     "streams_pingpong16": 3_200,
     "stream_100k_pingpong4": 400,
+    "http_httptools16": 1_600,
+    "http_aiohttp16": 800,
+    "tls_pingpong16": 800,
     "udp_pingpong": 2_000,
     "udp_pingpong16": 3_200,
     "udp_pingpong_1k": 2_000,
@@ -61,10 +68,11 @@ print("OPS", ops)
 """
 
 
-def count(loop: str, scen: str, n: int) -> tuple[int, int]:
-    """(instructions, ops) of one child run under callgrind."""
+def count(loop: str, scen: str, n: int, keep: str | None = None) -> tuple[int, int]:
+    """(instructions, ops) of one child run under callgrind; keep: copy the
+    callgrind output there."""
     with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "cg.out")
+        out = keep or os.path.join(tmp, "cg.out")
         proc = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
              sys.executable, "-c", CHILD.format(here=HERE, loop=loop, scen=scen, n=n)],
@@ -77,11 +85,35 @@ def count(loop: str, scen: str, n: int) -> tuple[int, int]:
         return int(ir.group(1)), int(ops.group(1))
 
 
+def functions(path: str) -> dict[str, int]:
+    """function -> exclusive instructions, from callgrind_annotate."""
+    out = subprocess.run(
+        ["callgrind_annotate", "--inclusive=no", "--threshold=100", "--auto=no", path],
+        capture_output=True, text=True, timeout=600,
+    ).stdout
+    costs = {}
+    for line in out.splitlines():
+        m = re.match(r"\s*([\d,]+)\s+(?:\(\s*[\d.]+%\)\s+)?(\S.*?)\s*(?:\[.*\])?$", line)
+        if m and ":" in m.group(2) and "=>" not in line:
+            name = m.group(2)
+            costs[name] = costs.get(name, 0) + int(m.group(1).replace(",", ""))
+    return costs
+
+
+def breakdown(paths: tuple[str, str], ops: int, top: int) -> list[tuple[str, float]]:
+    """The top functions by exclusive instructions per op (2N run minus N run)."""
+    small, big = functions(paths[0]), functions(paths[1])
+    diff = {k: (big.get(k, 0) - small.get(k, 0)) / ops for k in set(small) | set(big)}
+    return sorted(diff.items(), key=lambda kv: -kv[1])[:top]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenario", action="append", choices=list(COUNTS))
     ap.add_argument("--loop", action="append", choices=list(loop_bench.LOOPS))
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every N")
+    ap.add_argument("--breakdown", type=int, default=0, metavar="K",
+                    help="also print the K costliest functions per op (exclusive)")
     args = ap.parse_args(argv)
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
@@ -91,16 +123,21 @@ def main(argv=None) -> int:
         x for x in loop_bench.LOOPS if x not in loop_bench.PEERS or x in loop_bench.peers
     ]
     scens = args.scenario or list(COUNTS)
-    rows = []
+    rows, tops = [], []
+    tmp = tempfile.mkdtemp(prefix="instructions-")
     for scen in scens:
         n = max(1, int(COUNTS[scen] * args.scale))
         per_op = {}
         for loop in loops:
-            ir1, ops1 = count(loop, scen, n)
-            ir2, ops2 = count(loop, scen, 2 * n)
+            keep = [os.path.join(tmp, f"{scen}-{loop}-{k}.out") for k in (1, 2)]
+            ir1, ops1 = count(loop, scen, n, keep[0] if args.breakdown else None)
+            ir2, ops2 = count(loop, scen, 2 * n, keep[1] if args.breakdown else None)
             per_op[loop] = (ir2 - ir1) / (ops2 - ops1)
             print(f"{scen} {loop}: {per_op[loop]:.0f} instructions/op", file=sys.stderr)
+            if args.breakdown:
+                tops.append((scen, loop, breakdown(keep, ops2 - ops1, args.breakdown)))
         rows.append((scen, per_op))
+    shutil.rmtree(tmp, ignore_errors=True)
     print(f"instructions per op (callgrind Ir, runs of N and 2N ops); {' '.join(notes)}\n")
     ratio_to = "uvloop" if "uvloop" in loops else None
     head = ["scenario"] + [f"{loop_bench.LABELS[x]} Ir/op" for x in loops]
@@ -113,6 +150,10 @@ def main(argv=None) -> int:
         if ratio_to:
             cells += [f"{per_op[ratio_to] / per_op[x]:.2f}x" for x in loops if x != ratio_to]
         print("| " + " | ".join(cells) + " |")
+    for scen, loop, top in tops:
+        print(f"\n{scen} on {loop_bench.LABELS[loop]}: exclusive instructions per op\n")
+        for name, ir in top:
+            print(f"  {ir:9.1f}  {name}")
     return 0
 
 

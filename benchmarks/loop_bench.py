@@ -33,6 +33,14 @@ Scenarios (ops counted in brackets):
                    socketpairs [round trips, all pairs]
 ``streams_pingpong16`` the same with an asyncio streams server (``open_connection(sock=)``:
                    ``read()``, ``write()``, ``drain()``) [round trips, all pairs]
+``http_httptools16`` HTTP/1.1 keep-alive GETs over 16 socketpairs: the server is an
+                   ``asyncio.Protocol`` with an ``httptools`` parser and a fixed response,
+                   the client a Protocol that sends the next request when the response
+                   is complete [requests, all pairs]
+``http_aiohttp16`` the same client against aiohttp's web server (hello world, no access
+                   log) [requests, all pairs]
+``tls_pingpong16`` ``stream_pingpong16`` with 1 KiB messages under TLS on both ends
+                   (trustme certificates) [round trips, all pairs]
 ``udp_pingpong``   UDP echo through ``create_datagram_endpoint`` transports on 127.0.0.1:
                    one client endpoint, 64 B datagrams, the next sent from
                    ``datagram_received`` [round trips]
@@ -532,6 +540,166 @@ async def bench_streams_pingpong16(loop, n):
     return rounds * pairs, elapsed
 
 
+_HTTP_REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: loop_bench\r\n\r\n"
+_HTTP_BODY = b"Hello, World!"
+_HTTP_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+    + str(len(_HTTP_BODY)).encode()
+    + b"\r\n\r\n"
+    + _HTTP_BODY
+)
+
+
+class _HttpToolsServer(asyncio.Protocol):
+    """net_server.py's httptools server: a parser per connection, one fixed
+    keep-alive response per request."""
+
+    def __init__(self):
+        import httptools
+
+        self.parser = httptools.HttpRequestParser(self)
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.parser.feed_data(data)
+
+    def on_message_complete(self):
+        self.transport.write(_HTTP_RESPONSE)
+
+
+class _HttpClient(asyncio.Protocol):
+    """A keep-alive HTTP/1.1 client: the next request when the response
+    (headers and its Content-Length of body) is complete."""
+
+    def __init__(self, rounds, done):
+        self.left, self.done, self.got = rounds, done, b""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        got = self.got = self.got + data
+        end = got.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = got[:end].lower()
+        at = head.find(b"content-length:")
+        if at < 0 or not head.startswith(b"http/1.1 200"):
+            self.done.set_exception(BenchError(f"http: unexpected response {got[:200]!r}"))
+            return
+        length = int(head[at + 15:].split(b"\r\n", 1)[0])
+        if len(got) < end + 4 + length:
+            return
+        if got[end + 4:end + 4 + length] != _HTTP_BODY:
+            self.done.set_exception(BenchError(f"http: unexpected body {got[end + 4:]!r}"))
+            return
+        self.got = got[end + 4 + length:]
+        self.left -= 1
+        if self.left:
+            self.transport.write(_HTTP_REQUEST)
+        elif not self.done.done():
+            self.done.set_result(None)
+
+
+async def _http_pingpong(loop, n, pairs, server_factory):
+    rounds = max(1, n // pairs)
+    ends = []
+    try:
+        for _ in range(pairs):
+            a, b = socket.socketpair()
+            done = loop.create_future()
+            srv, _ = await loop.create_connection(server_factory, sock=a)
+            cli, _ = await loop.create_connection(
+                lambda done=done: _HttpClient(rounds, done), sock=b
+            )
+            ends.append((srv, cli, done))
+        t0 = time.perf_counter()
+        for _, cli, _ in ends:
+            cli.write(_HTTP_REQUEST)
+        await asyncio.wait_for(asyncio.gather(*(d for _, _, d in ends)), 120)
+        elapsed = time.perf_counter() - t0
+    finally:
+        for srv, cli, _ in ends:
+            cli.close()
+            srv.close()
+    return rounds * pairs, elapsed
+
+
+async def bench_http_httptools16(loop, n):
+    return await _http_pingpong(loop, n, 16, _HttpToolsServer)
+
+
+async def bench_http_aiohttp16(loop, n):
+    """aiohttp's web server (hello world, no access log) behind the same client."""
+    from aiohttp import web
+
+    async def hello(request):
+        return web.Response(text=_HTTP_BODY.decode())
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        return await _http_pingpong(loop, n, 16, runner.server)
+    finally:
+        await runner.cleanup()
+
+
+_tls_contexts = None
+
+
+def _tls():
+    """(server, client) SSLContexts from one trustme CA, made once."""
+    global _tls_contexts
+    if _tls_contexts is None:
+        import ssl
+
+        import trustme
+
+        ca = trustme.CA()
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("localhost").configure_cert(server)
+        client = ssl.create_default_context()
+        ca.configure_trust(client)
+        _tls_contexts = server, client
+    return _tls_contexts
+
+
+async def bench_tls_pingpong16(loop, n):
+    """stream_pingpong16's Protocol echo with 1 KiB messages under TLS (both ends
+    asyncio's SSL protocol over the loop's transports)."""
+    server_ctx, client_ctx = _tls()
+    pairs = 16
+    rounds = max(1, n // pairs)
+    msg = bytes(i & 0xFF for i in range(1024))
+    ends = []
+    try:
+        for _ in range(pairs):
+            a, b = socket.socketpair()
+            done = loop.create_future()
+            (srv, _), (cli, _) = await asyncio.wait_for(asyncio.gather(
+                loop.connect_accepted_socket(_StreamEcho, a, ssl=server_ctx),
+                loop.create_connection(
+                    lambda done=done: _StreamClient(msg, rounds, done), sock=b,
+                    ssl=client_ctx, server_hostname="localhost",
+                ),
+            ), 60)
+            ends.append((srv, cli, done))
+        t0 = time.perf_counter()
+        for _, cli, _ in ends:
+            cli.write(msg)
+        await asyncio.wait_for(asyncio.gather(*(d for _, _, d in ends)), 120)
+        elapsed = time.perf_counter() - t0
+    finally:
+        for srv, cli, _ in ends:
+            cli.abort()
+            srv.abort()
+    return rounds * pairs, elapsed
+
+
 _FLOOD_SENDER = """
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -623,6 +791,9 @@ SCENARIOS = {
         Scenario(
             "stream_100k_pingpong4", bench_stream_100k_pingpong4, 4_000, "100 KiB round trips"
         ),
+        Scenario("http_httptools16", bench_http_httptools16, 32_000, "HTTP requests"),
+        Scenario("http_aiohttp16", bench_http_aiohttp16, 10_000, "HTTP requests"),
+        Scenario("tls_pingpong16", bench_tls_pingpong16, 16_000, "1 KiB TLS round trips"),
         Scenario("udp_pingpong", bench_udp_pingpong, 20_000, "64 B round trips"),
         Scenario("udp_pingpong16", bench_udp_pingpong16, 32_000, "64 B round trips"),
         Scenario("udp_pingpong_1k", bench_udp_pingpong_1k, 20_000, "1 KiB round trips"),

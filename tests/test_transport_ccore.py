@@ -68,6 +68,54 @@ def test_write_then_mutate_memoryview(tloop):
     run_in(tloop, main())
 
 
+def test_write_partly_taken_then_mutate(tloop):
+    """write() on an idle transport whose kernel buffer fills: what the kernel
+    did not take is still sent as it was at write() when the caller reuses its
+    bytearray at once (epoll sends at once and queues a copy of the rest;
+    io_uring queues a copy); then another, behind it."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Lost)
+        with peer:
+            tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            buf = bytearray(bytes(range(256)) * 8192)  # 2 MiB: more than the kernel takes
+            expected = bytes(buf)
+            tr.write(buf)
+            assert 0 < tr.get_write_buffer_size() <= len(buf)
+            buf[:] = bytes(len(buf))  # reused by the caller
+            more = bytearray(b"a" * 1000)
+            tr.write(more)  # queued behind
+            more[:] = bytes(len(more))
+            expected += b"a" * 1000
+            tr.write_eof()
+            assert await _read_until_eof(loop, peer) == expected
+            tr.close()
+            await wait_for(proto.lost)
+
+    run_in(tloop, main())
+
+
+def test_write_to_a_reset_peer(tloop):
+    """write() right after the peer reset the connection (before the loop saw
+    it): connection_lost gets a ConnectionError, as on the stock loop (whose
+    write() sends at once, as epoll's C core does)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Lost)
+        await asyncio.sleep(0)  # connection_made
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        peer.close()  # RST
+        tr.write(b"after the reset")
+        tr.write(b"and more")
+        exc = await wait_for(proto.lost)
+        assert isinstance(exc, ConnectionError), exc
+        assert tr.is_closing()
+
+    run_in(tloop, main())
+
+
 def test_write_rejects_what_stock_rejects(tloop):
     """write() of a str, None or a bytes subclass: the stock checks and result."""
 
@@ -369,6 +417,71 @@ def test_no_leaks_across_many_writes_and_connections(tloop):
     run_in(tloop, main(), timeout=60)
 
 
+@pytest.mark.parametrize("buffered", [False, True])
+def test_records_behind_ready_callbacks_wait_in_c(tloop, buffered):
+    """Data that arrives while callbacks were ready before the poll waits
+    behind them (the stock order: reader callbacks join the end of _ready),
+    then comes whole and in order, EOF last; on uringloop the C core holds
+    such records itself (the transport's Python _on_recv is not called for
+    ordinary data, only for the EOF). A BufferedProtocol's 2-byte buffer
+    takes each held record in pieces."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        events = []
+        spin = {"on": True}
+
+        def spinner():  # keeps _ready non-empty at every poll
+            if spin["on"]:
+                loop.call_soon(spinner)
+
+        class Rec(Lost):
+            def data_received(self, data):
+                events.append(bytes(data))
+
+            def eof_received(self):
+                events.append("eof")
+
+        class BufRec(Rec, asyncio.BufferedProtocol):
+            buf = bytearray(2)
+
+            def get_buffer(self, sizehint):
+                return self.buf
+
+            def buffer_updated(self, nbytes):
+                events.append(bytes(self.buf[:nbytes]))
+
+        tr, proto, peer = await _connected(loop, BufRec if buffered else Rec)
+        calls = []
+        if not is_stock(loop):
+            real = tr._on_recv
+
+            def counting(res, more, data):
+                calls.append(res)
+                return real(res, more, data)
+
+            tr._on_recv = counting  # the C core calls the transport's method
+        with peer:
+            await asyncio.sleep(0)
+            loop.call_soon(spinner)
+            marks = []
+            for i in range(20):
+                peer.send(b"%02d;" % i)
+                loop.call_soon(marks.append, i)  # ready before the next poll
+                await asyncio.sleep(0.005)
+            peer.shutdown(socket.SHUT_WR)
+            await wait_for(proto.lost)
+            spin["on"] = False
+        got = b"".join(e for e in events if e != "eof")
+        assert got == b"".join(b"%02d;" % i for i in range(20))
+        assert events[-1] == "eof"
+        assert marks == list(range(20))
+        if not is_stock(loop):
+            assert calls == [0], calls  # only the EOF went through Python
+
+    run_in(tloop, main())
+
+
 def test_callbacks_of_one_poll_run_after_all_its_data(tloop):
     """Data for two transports that arrives in one poll: both data_received
     run before a callback the first one scheduled, as the stock loop runs
@@ -430,5 +543,78 @@ def test_accepted_socket_is_non_blocking(tloop):
             tr.close()
         srv.close()
         await srv.wait_closed()
+
+    run_in(tloop, main())
+
+
+def test_writelines_items_as_stock(tloop):
+    """writelines() of lists, tuples and iterators of every bytes-like kind
+    (copied at the call, as stock), empty lists, and what stock refuses: the
+    bytes arrive in order, a refused call queues nothing. (No empty item and
+    no buffer of items wider than a byte: the stock transport of 3.12.1
+    mishandles both, counting a memoryview's length in items.)"""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Lost)
+        with peer:
+            buf = bytearray(b"ba")
+            tr.writelines([b"<", buf, memoryview(b"mv"), memoryview(b"xy")])
+            buf[:] = b"XX"
+            tr.writelines((b"(tuple)",))
+            tr.writelines(iter([b"[it", bytearray(b"er]")]))
+            tr.writelines([])
+            tr.writelines(())
+            with pytest.raises(TypeError):
+                tr.writelines([b"never", "text"])
+            with pytest.raises(TypeError):
+                tr.writelines([b"never", None])
+            tr.writelines([b">"])
+            tr.write_eof()
+            with pytest.raises(RuntimeError, match="write_eof"):
+                tr.writelines([b"late"])
+            got = await _read_until_eof(loop, peer)
+            assert got == b"<bamvxy(tuple)[iter]>"
+            tr.close()
+            await wait_for(proto.lost)
+
+    run_in(tloop, main())
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 12), reason="before 3.12 writelines is the stock write(b''.join(...))"
+)
+def test_writelines_list_is_c(tloop):
+    """On 3.12+ a list or tuple of bytes-like items is queued by the C core
+    (one send with the turn's other writes); an iterator or a refused item
+    goes to the Python path, which is the stock writelines. Items wider
+    than a byte go as their bytes (the stock 3.12.1 transport fails there)."""
+    import array
+    if is_stock(tloop):
+        pytest.skip("the C core is uringloop's")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Lost)
+        with peer:
+            slow = []
+            py = tr._writelines_slow
+            tr._writelines_slow = lambda items: (slow.append(items), py(items))[1]
+            sends = tr._core.sends
+            tr.write(b"a")
+            ints = array.array("H", [0x0101, 0x0202])
+            tr.writelines([b"b", b"", bytearray(b"c"), ints])
+            ints[0] = 0
+            tr.writelines((memoryview(b"d"), memoryview(b"x-y-")[::2]))
+            assert slow == []
+            tr.writelines(iter([b"e"]))
+            assert len(slow) == 1
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert tr._core.sends - sends == 1  # the turn's writes, gathered
+            tr.write_eof()
+            assert await _read_until_eof(loop, peer) == b"abc\x01\x01\x02\x02dxye"
+            tr.close()
+            await wait_for(proto.lost)
 
     run_in(tloop, main())

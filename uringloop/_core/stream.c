@@ -35,20 +35,39 @@ typedef struct {
     PyObject *ctx;
     PyObject *on_data;    /* data_received, or get_buffer for a BufferedProtocol */
     PyObject *on_updated; /* buffer_updated (BufferedProtocol) */
+    PyObject *protocol;   /* the first argument of on_data/on_updated where *_self */
     PyObject *buffer;     /* list of bytes written since the last flush */
     PyObject *sent_cb;    /* self.sent, bound once: the owner of every send */
+    PyObject *held;       /* list of (res, more, data) records waiting behind _ready, or NULL */
+    PyObject *drain_cb;   /* self._drain, bound when first needed */
     Py_ssize_t buffer_size; /* queued + in the send in flight */
     Py_ssize_t sending;     /* length of the send in flight (0: none) */
     Py_ssize_t high, low;   /* the transport's water marks */
     Py_ssize_t sends;       /* sends submitted (tests count them) */
+    Py_ssize_t directs;     /* send() calls made by write() itself (tests count them) */
     int fd;
     char buffered, rfast, wfast, dirty, wpaused;
+    char direct; /* write() sends at once when idle (the epoll backend; decision 210) */
+    char draining; /* _drain is handing held records over: _ready does not count */
+    char data_self, updated_self; /* on_data/on_updated are functions: pass protocol */
 } Stream;
+
+/* fn(arg), or fn(protocol, arg) where fn is a function kept unbound (see
+ * stream_bind); protocol is a reference the caller holds */
+static PyObject *stream_proto_call(PyObject *fn, PyObject *protocol, PyObject *arg)
+{
+    if (protocol == NULL)
+        return PyObject_CallOneArg(fn, arg);
+    PyObject *argv[2] = {protocol, arg};
+    return PyObject_Vectorcall(fn, argv, 2, NULL);
+}
 
 static PyTypeObject StreamType;
 static PyTypeObject CoreType; /* sched.c, below */
 static PyObject *s_on_recv, *s_write_slow, *s_flush_slow, *s_on_sent, *s_after_sent;
 static PyObject *s_feed_buffer, *s_fatal_error, *s_maybe_pause, *s_maybe_resume, *s_send_now;
+static PyObject *s_call_soon, *s_drain, *kw_context;
+static PyObject *s_writelines_slow;
 static PyObject *s_send_now_tail, *s_flush, *m_data_failed, *m_get_buffer_failed, *m_updated_failed, *m_write_failed;
 
 /* transport.<name>(*args), inside the transport's context when enter */
@@ -87,12 +106,17 @@ static int stream_protocol_failed(Stream *s, PyObject *msg)
  * on in the transport's _feed_buffer(data, pos, buf). 0 or -1. */
 static int stream_feed(Stream *s, PyObject *data)
 {
-    Py_buffer *src = PyMemoryView_GET_BUFFER(data);
-    Py_ssize_t n = src->len;
+    /* a pool view, or the bytes of a record that was held */
+    const char *srcbuf = PyBytes_Check(data) ? PyBytes_AS_STRING(data)
+                                             : PyMemoryView_GET_BUFFER(data)->buf;
+    Py_ssize_t n = PyBytes_Check(data) ? PyBytes_GET_SIZE(data)
+                                       : PyMemoryView_GET_BUFFER(data)->len;
     PyObject *get_buffer = Py_NewRef(s->on_data), *updated = Py_NewRef(s->on_updated);
+    PyObject *protocol = Py_XNewRef(s->protocol);
+    PyObject *gself = s->data_self ? protocol : NULL, *uself = s->updated_self ? protocol : NULL;
     int rc = 0;
     PyObject *num = PyLong_FromSsize_t(n);
-    PyObject *buf = num ? PyObject_CallOneArg(get_buffer, num) : NULL;
+    PyObject *buf = num ? stream_proto_call(get_buffer, gself, num) : NULL;
     Py_XDECREF(num);
     if (buf == NULL) {
         rc = stream_protocol_failed(s, m_get_buffer_failed);
@@ -115,11 +139,11 @@ static int stream_feed(Stream *s, PyObject *data)
         goto done;
     }
     Py_ssize_t k = dst.len < n ? dst.len : n;
-    memcpy(dst.buf, src->buf, (size_t)k);
+    memcpy(dst.buf, srcbuf, (size_t)k);
     PyBuffer_Release(&dst);
     Py_DECREF(buf);
     num = PyLong_FromSsize_t(k);
-    PyObject *r = num ? PyObject_CallOneArg(updated, num) : NULL;
+    PyObject *r = num ? stream_proto_call(updated, uself, num) : NULL;
     Py_XDECREF(num);
     if (r == NULL) {
         rc = stream_protocol_failed(s, m_updated_failed);
@@ -137,6 +161,7 @@ static int stream_feed(Stream *s, PyObject *data)
 done:
     Py_DECREF(get_buffer);
     Py_DECREF(updated);
+    Py_XDECREF(protocol);
     return rc;
 }
 
@@ -153,33 +178,79 @@ static int ready_empty(Core *loop)
     return r != NULL && Py_IS_TYPE(r, S.deque_type) && Py_SIZE(r) == 0;
 }
 
-/* the receive callback: self(res, more, data) */
-static PyObject *Stream_vectorcall(Stream *s, PyObject *const *args, size_t nargsf,
-                                   PyObject *kwnames)
+/* A record that must wait behind what _ready held before the poll (the
+ * stock loop queues its reader callback there): it joins the Stream's held
+ * records, and the first of them queues one _drain call (in the transport's
+ * context), as the stock loop re-queues its reader handle. Every record that
+ * comes while some are held waits with them, in order. A pool view lives
+ * only during this call: its bytes are copied. */
+static PyObject *stream_hold(Stream *s, PyObject *const *args)
 {
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs != 3 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
-        PyErr_SetString(PyExc_TypeError, "Stream(res, more, data)");
-        return NULL;
-    }
     PyObject *data = args[2];
+    PyObject *keep = data == Py_None || PyBytes_CheckExact(data) ? Py_NewRef(data)
+                                                                 : PyBytes_FromObject(data);
+    if (keep == NULL)
+        return NULL;
+    PyObject *rec = PyTuple_Pack(3, args[0], args[1], keep);
+    Py_DECREF(keep);
+    if (rec == NULL)
+        return NULL;
+    if (s->held == NULL) {
+        if (s->drain_cb == NULL &&
+            !(s->drain_cb = PyObject_GetAttr((PyObject *)s, s_drain)))
+            goto fail;
+        PyObject *held = PyList_New(0);
+        if (held == NULL)
+            goto fail;
+        PyObject *argv[3] = {(PyObject *)s->loop, s->drain_cb, s->ctx};
+        PyObject *h = PyObject_VectorcallMethod(s_call_soon, argv,
+                                                2 | PY_VECTORCALL_ARGUMENTS_OFFSET, kw_context);
+        if (h == NULL) {
+            Py_DECREF(held);
+            goto fail;
+        }
+        Py_DECREF(h);
+        s->held = held;
+    }
+    int rc = PyList_Append(s->held, rec);
+    Py_DECREF(rec);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(rec);
+    return NULL;
+}
+
+/* a record: straight to the protocol when nothing unusual surrounds it,
+ * else held (stream_hold) or the transport's _on_recv. enter: the
+ * transport's context is not current yet (it is inside _drain). */
+static PyObject *stream_recv(Stream *s, PyObject *const *args, int enter)
+{
+    PyObject *data = args[2];
+    if (s->held != NULL && !s->draining)
+        return stream_hold(s, args);
     if (s->rfast && args[1] == Py_True && s->on_data != NULL && s->transport != NULL &&
-        ready_empty(s->loop) &&
-        (s->buffered ? (PyMemoryView_Check(data) && PyMemoryView_GET_BUFFER(data)->len > 0)
-                     : (PyBytes_CheckExact(data) && PyBytes_GET_SIZE(data) > 0))) {
+        ((s->buffered && PyMemoryView_Check(data) && PyMemoryView_GET_BUFFER(data)->len > 0) ||
+         (PyBytes_CheckExact(data) && PyBytes_GET_SIZE(data) > 0 && (!s->buffered || s->draining)))) {
+        if (!s->draining && !ready_empty(s->loop))
+            return stream_hold(s, args); /* a pool view is copied there */
         Py_INCREF(s);
         int rc = -1;
-        if (PyContext_Enter(s->ctx) == 0) {
+        if (!enter || PyContext_Enter(s->ctx) == 0) {
             if (s->buffered) {
                 rc = stream_feed(s, data);
             } else {
-                PyObject *cb = Py_NewRef(s->on_data); /* set_protocol may replace it */
-                PyObject *r = PyObject_CallOneArg(cb, data);
+                /* set_protocol may replace them */
+                PyObject *cb = Py_NewRef(s->on_data);
+                PyObject *protocol = s->data_self ? Py_NewRef(s->protocol) : NULL;
+                PyObject *r = stream_proto_call(cb, protocol, data);
                 Py_DECREF(cb);
+                Py_XDECREF(protocol);
                 rc = r ? 0 : stream_protocol_failed(s, m_data_failed);
                 Py_XDECREF(r);
             }
-            if (PyContext_Exit(s->ctx) < 0)
+            if (enter && PyContext_Exit(s->ctx) < 0)
                 rc = -1;
         }
         Py_DECREF(s);
@@ -189,7 +260,66 @@ static PyObject *Stream_vectorcall(Stream *s, PyObject *const *args, size_t narg
     }
     if (s->transport == NULL)
         Py_RETURN_NONE;
-    return stream_call(s, s_on_recv, args, 3, 1);
+    return stream_call(s, s_on_recv, args, 3, enter);
+}
+
+/* the receive callback: self(res, more, data) */
+static PyObject *Stream_vectorcall(Stream *s, PyObject *const *args, size_t nargsf,
+                                   PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 3 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
+        PyErr_SetString(PyExc_TypeError, "Stream(res, more, data)");
+        return NULL;
+    }
+    return stream_recv(s, args, 1);
+}
+
+/* _drain(): the held records, in order, as if they came now (called from
+ * _ready in the transport's context): each goes to the protocol, or to
+ * _on_recv when the transport paused, closed or the record is unusual. */
+static PyObject *Stream_drain(Stream *s, PyObject *unused)
+{
+    (void)unused;
+    PyObject *held = s->held;
+    if (held == NULL || s->draining)
+        Py_RETURN_NONE;
+    s->held = NULL;
+    s->draining = 1;
+    Py_INCREF(s);
+    PyObject *r = Py_NewRef(Py_None);
+    Py_ssize_t i = 0;
+    for (; i < PyList_GET_SIZE(held); i++) {
+        PyObject *rec = Py_NewRef(PyList_GET_ITEM(held, i));
+        Py_DECREF(r);
+        r = stream_recv(s, &PyTuple_GET_ITEM(rec, 0), 0);
+        Py_DECREF(rec);
+        if (r == NULL)
+            break;
+    }
+    s->draining = 0;
+    if (r == NULL && i + 1 < PyList_GET_SIZE(held) && s->held == NULL) {
+        /* SystemExit or KeyboardInterrupt went through: the rest waits for
+         * another _drain, first in line (nothing was held meanwhile) */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyObject *rest = PyList_GetSlice(held, i + 1, PyList_GET_SIZE(held));
+        PyObject *argv[3] = {(PyObject *)s->loop, s->drain_cb, s->ctx};
+        PyObject *h = rest ? PyObject_VectorcallMethod(s_call_soon, argv,
+                                                       2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                                       kw_context)
+                           : NULL;
+        if (h != NULL)
+            s->held = rest;
+        else
+            Py_XDECREF(rest);
+        Py_XDECREF(h);
+        PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    }
+    Py_DECREF(held);
+    Py_DECREF(s);
+    return r;
 }
 
 static int stream_mark_dirty(Stream *s)
@@ -268,12 +398,81 @@ static PyObject *stream_send_now(Stream *s)
     Py_RETURN_NONE;
 }
 
+/* write() on an idle transport (nothing queued, none in flight, no write
+ * yet this turn) with direct set: one non-blocking send() now, as the stock
+ * transport and uvloop do; only what the kernel leaves is queued (a copy of
+ * the rest: the caller may reuse a mutable buffer), and the Stream goes on
+ * the dirty list either way, so later writes of the turn gather behind it
+ * into one send at the turn's flush. Returns 1 if it took the write (*r is
+ * the result), 0 if data has no simple buffer (the caller queues a copy). */
+static int stream_write_direct(Stream *s, PyObject *data, PyObject **r)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear(); /* not contiguous: bytes(data) sorts it out */
+        return 0;
+    }
+    *r = NULL;
+    const char *p = view.buf;
+    Py_ssize_t len = view.len, k = 0;
+    if (len > 0) {
+        do
+            k = send(s->fd, p, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        while (k < 0 && errno == EINTR);
+        s->directs++;
+    }
+    if (k < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            PyBuffer_Release(&view);
+            PyObject *exc = take_exception();
+            PyObject *args[2] = {exc, m_write_failed};
+            *r = stream_call(s, s_fatal_error, args, 2, 0);
+            Py_DECREF(exc);
+            return 1;
+        }
+        k = 0;
+    }
+    if (k == len) {
+        PyBuffer_Release(&view);
+        *r = stream_mark_dirty(s) < 0 ? NULL : Py_NewRef(Py_None);
+        return 1;
+    }
+    PyObject *rest = k == 0 && PyBytes_CheckExact(data)
+                         ? Py_NewRef(data)
+                         : PyBytes_FromStringAndSize(p + k, len - k);
+    PyBuffer_Release(&view);
+    if (rest == NULL)
+        return 1;
+    int rc = PyList_Append(s->buffer, rest);
+    Py_DECREF(rest);
+    if (rc < 0)
+        return 1;
+    s->buffer_size += len - k;
+    if (stream_mark_dirty(s) < 0)
+        return 1;
+    /* the kernel left more than the mark: pause as the stock write() does */
+    *r = s->buffer_size > s->high ? stream_call(s, s_send_now_tail, NULL, 0, 0)
+                                  : Py_NewRef(Py_None);
+    return 1;
+}
+
 /* write(data): the transport's write() */
 static PyObject *Stream_write(Stream *s, PyObject *data)
 {
     if (!s->wfast || s->transport == NULL || s->buffer == NULL || !PyList_CheckExact(s->buffer))
         goto slow;
     PyObject *b;
+    if (!s->dirty && !s->sending && PyList_GET_SIZE(s->buffer) == 0 &&
+        (PyBytes_CheckExact(data) || PyByteArray_CheckExact(data) || PyMemoryView_Check(data))) {
+        /* idle: epoll sends at once; io_uring only what is over the
+         * high-water mark (sent at once anyway: no copy of it first) */
+        Py_ssize_t len = PyMemoryView_Check(data) ? PyMemoryView_GET_BUFFER(data)->len
+                                                   : Py_SIZE(data);
+        PyObject *r;
+        if ((s->direct || len > s->high) && stream_write_direct(s, data, &r))
+            return r;
+    }
     if (PyBytes_CheckExact(data)) {
         b = Py_NewRef(data);
     } else if (PyByteArray_CheckExact(data) || PyMemoryView_Check(data)) {
@@ -312,6 +511,72 @@ slow:
         return NULL;
     }
     return stream_call(s, s_write_slow, &data, 1, 0);
+}
+
+/* writelines(list_of_data): the transport's writelines() on 3.12+ (the
+ * stock one queues every item, copied, at once; before 3.12 it is write() of
+ * the joined items). A list or tuple of bytes-like items is queued here, as
+ * write() queues; anything else (an iterator, an item that is not bytes-like,
+ * a state the fast path does not cover) goes to the transport's
+ * _writelines_slow, the stock checks and messages. */
+static PyObject *Stream_writelines(Stream *s, PyObject *items)
+{
+    if (s->transport == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the transport is gone");
+        return NULL;
+    }
+    if (!s->wfast || s->buffer == NULL || !PyList_CheckExact(s->buffer) ||
+        !(PyList_CheckExact(items) || PyTuple_CheckExact(items)))
+        return stream_call(s, s_writelines_slow, &items, 1, 0);
+    /* a list could change under the copies below: they read a snapshot */
+    PyObject *seq = PyList_CheckExact(items) ? PyList_AsTuple(items) : Py_NewRef(items);
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
+    PyObject *result = NULL, *chunks = NULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!PyObject_CheckBuffer(PyTuple_GET_ITEM(seq, i))) {
+            /* the stock memoryview(data) says what is wrong */
+            result = stream_call(s, s_writelines_slow, &items, 1, 0);
+            goto out;
+        }
+    if (n == 0) {
+        result = Py_NewRef(Py_None);
+        goto out;
+    }
+    if (!(chunks = PyList_New(0)))
+        goto out;
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *d = PyTuple_GET_ITEM(seq, i);
+        /* it leaves later: a mutable buffer is copied now, as stock */
+        PyObject *b = PyBytes_CheckExact(d) ? Py_NewRef(d) : PyBytes_FromObject(d);
+        if (b == NULL)
+            goto out;
+        int rc = PyBytes_GET_SIZE(b) ? PyList_Append(chunks, b) : 0;
+        total += PyBytes_GET_SIZE(b);
+        Py_DECREF(b);
+        if (rc < 0)
+            goto out;
+    }
+    Py_ssize_t end = PyList_GET_SIZE(s->buffer);
+    if (PyList_SetSlice(s->buffer, end, end, chunks) < 0)
+        goto out;
+    s->buffer_size += total;
+    if (PyList_GET_SIZE(s->buffer) > 0 && stream_mark_dirty(s) < 0)
+        goto out;
+    if (s->buffer_size > s->high) {
+        /* as in write(): the transport decides */
+        PyObject *r = s->sending ? stream_call(s, s_maybe_pause, NULL, 0, 0) : stream_send_now(s);
+        if (r == NULL)
+            goto out;
+        Py_DECREF(r);
+    }
+    result = Py_NewRef(Py_None);
+out:
+    Py_XDECREF(chunks);
+    Py_DECREF(seq);
+    return result;
 }
 
 /* _flush(): the turn's writes leave as one send (unless one is in flight:
@@ -431,6 +696,24 @@ out:
     return r;
 }
 
+/* protocol.<name>, looked up once. A plain function found on the class (the
+ * bound method's __func__, its __self__ the protocol) is kept alone and
+ * called with the protocol first, as the interpreter calls a method: no
+ * bound-method object kept per transport (72 bytes). *self says which. */
+static PyObject *stream_bind(PyObject *protocol, const char *name, char *self)
+{
+    PyObject *m = PyObject_GetAttrString(protocol, name);
+    *self = 0;
+    if (m != NULL && PyMethod_Check(m) && PyMethod_GET_SELF(m) == protocol &&
+        PyFunction_Check(PyMethod_GET_FUNCTION(m))) {
+        PyObject *fn = Py_NewRef(PyMethod_GET_FUNCTION(m));
+        Py_DECREF(m);
+        *self = 1;
+        return fn;
+    }
+    return m;
+}
+
 /* set_protocol(protocol, buffered): bind its receive methods once; None unbinds */
 static PyObject *Stream_set_protocol(Stream *s, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -441,22 +724,28 @@ static PyObject *Stream_set_protocol(Stream *s, PyObject *const *args, Py_ssize_
     int buffered = PyObject_IsTrue(args[1]);
     if (buffered < 0)
         return NULL;
-    PyObject *on_data = NULL, *on_updated = NULL;
+    PyObject *on_data = NULL, *on_updated = NULL, *protocol = NULL;
+    char data_self = 0, updated_self = 0;
     if (args[0] != Py_None) {
         /* a protocol without these methods takes the Python path, which
          * fails as the stock transport does, when data comes */
-        on_data = PyObject_GetAttrString(args[0], buffered ? "get_buffer" : "data_received");
+        on_data = stream_bind(args[0], buffered ? "get_buffer" : "data_received", &data_self);
         if (on_data != NULL && buffered) {
-            on_updated = PyObject_GetAttrString(args[0], "buffer_updated");
+            on_updated = stream_bind(args[0], "buffer_updated", &updated_self);
             if (on_updated == NULL)
                 Py_CLEAR(on_data);
         }
         if (on_data == NULL)
             PyErr_Clear();
+        else if (data_self || updated_self)
+            protocol = Py_NewRef(args[0]);
     }
     s->buffered = (char)buffered;
+    s->data_self = data_self;
+    s->updated_self = updated_self;
     Py_XSETREF(s->on_data, on_data);
     Py_XSETREF(s->on_updated, on_updated);
+    Py_XSETREF(s->protocol, protocol);
     Py_RETURN_NONE;
 }
 
@@ -507,8 +796,11 @@ static int Stream_traverse(Stream *s, visitproc visit, void *arg)
     Py_VISIT(s->ctx);
     Py_VISIT(s->on_data);
     Py_VISIT(s->on_updated);
+    Py_VISIT(s->protocol);
     Py_VISIT(s->buffer);
     Py_VISIT(s->sent_cb);
+    Py_VISIT(s->held);
+    Py_VISIT(s->drain_cb);
     return 0;
 }
 
@@ -519,8 +811,11 @@ static int Stream_clear(Stream *s)
     Py_CLEAR(s->ctx);
     Py_CLEAR(s->on_data);
     Py_CLEAR(s->on_updated);
+    Py_CLEAR(s->protocol);
     Py_CLEAR(s->buffer);
     Py_CLEAR(s->sent_cb);
+    Py_CLEAR(s->held);
+    Py_CLEAR(s->drain_cb);
     return 0;
 }
 
@@ -557,6 +852,7 @@ static PyGetSetDef Stream_getset[] = {
     BOOL_ATTR("dirty", dirty),       /* on the loop's dirty list */
     BOOL_ATTR("wpaused", wpaused),   /* the protocol's writing is paused */
     BOOL_ATTR("buffered", buffered), /* a BufferedProtocol */
+    BOOL_ATTR("direct", direct),     /* write() sends at once when idle */
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -567,6 +863,7 @@ static PyMemberDef Stream_members[] = {
     {"high", T_PYSSIZET, offsetof(Stream, high), 0, NULL},
     {"low", T_PYSSIZET, offsetof(Stream, low), 0, NULL},
     {"sends", T_PYSSIZET, offsetof(Stream, sends), 0, NULL},
+    {"directs", T_PYSSIZET, offsetof(Stream, directs), 0, NULL},
     {"sent_cb", Py_T_OBJECT_EX, offsetof(Stream, sent_cb), READONLY, NULL},
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(Stream, vectorcall), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
@@ -574,6 +871,8 @@ static PyMemberDef Stream_members[] = {
 
 static PyMethodDef Stream_methods[] = {
     {"write", (PyCFunction)Stream_write, METH_O, "the transport's write(data)"},
+    {"_drain", (PyCFunction)Stream_drain, METH_NOARGS, "hand the held records over"},
+    {"writelines", (PyCFunction)Stream_writelines, METH_O, "the transport's writelines (3.12+)"},
     {"_flush", (PyCFunction)Stream_flush, METH_NOARGS, "the turn's writes leave"},
     {"sent", (PyCFunction)(void (*)(void))Stream_sent, METH_FASTCALL, "a send's completion"},
     {"set_protocol", (PyCFunction)(void (*)(void))Stream_set_protocol, METH_FASTCALL, NULL},
@@ -596,6 +895,129 @@ static PyTypeObject StreamType = {
     .tp_members = Stream_members,
     .tp_getset = Stream_getset,
     .tp_new = Stream_new,
+};
+
+/* A method of the transport that is its Stream's (write, writelines): a
+ * class attribute the interpreter calls as m(transport, arg) with no bound
+ * method made (Py_TPFLAGS_METHOD_DESCRIPTOR, as for a function), which
+ * finds the transport's Stream in its _core slot, at a fixed offset. Each
+ * transport kept the Stream's bound write as its own attribute before (72
+ * bytes an idle connection). getattr() still gives a bound method. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyTypeObject *owner; /* the class whose instances have the _core slot */
+    Py_ssize_t offset;   /* where that slot is */
+    PyCFunction fn;      /* Stream_write or Stream_writelines (METH_O) */
+    PyObject *name;
+} CoreMethod;
+
+static PyObject *CoreMethod_vectorcall(CoreMethod *m, PyObject *const *args, size_t nargsf,
+                                       PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
+        PyErr_Format(PyExc_TypeError, "%U() takes exactly one argument (%zd given)", m->name,
+                     nargs - 1);
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(args[0], m->owner)) {
+        PyErr_Format(PyExc_TypeError, "%U() needs a %s, not %.200s", m->name, m->owner->tp_name,
+                     Py_TYPE(args[0])->tp_name);
+        return NULL;
+    }
+    PyObject *core = *(PyObject **)((char *)args[0] + m->offset);
+    if (core == NULL || !Py_IS_TYPE(core, &StreamType)) {
+        PyErr_SetString(PyExc_RuntimeError, "the transport has no C core");
+        return NULL;
+    }
+    Py_INCREF(core);
+    PyObject *r = m->fn(core, args[1]);
+    Py_DECREF(core);
+    return r;
+}
+
+static PyObject *CoreMethod_get(PyObject *m, PyObject *obj, PyObject *type)
+{
+    (void)type;
+    if (obj == NULL || obj == Py_None)
+        return Py_NewRef(m);
+    return PyMethod_New(m, obj);
+}
+
+static int CoreMethod_traverse(CoreMethod *m, visitproc visit, void *arg)
+{
+    Py_VISIT(m->owner);
+    return 0;
+}
+
+static void CoreMethod_dealloc(CoreMethod *m)
+{
+    PyObject_GC_UnTrack(m);
+    Py_CLEAR(m->owner);
+    Py_CLEAR(m->name);
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+static PyObject *CoreMethod_repr(CoreMethod *m)
+{
+    return PyUnicode_FromFormat("<core method %U of %s>", m->name, m->owner->tp_name);
+}
+
+static PyTypeObject CoreMethodType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringloop._sched.CoreMethod",
+    .tp_basicsize = sizeof(CoreMethod),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
+                Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_doc = "A transport method that is its C core's (see uringloop/_core/stream.c).",
+    .tp_vectorcall_offset = offsetof(CoreMethod, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_descr_get = CoreMethod_get,
+    .tp_traverse = (traverseproc)CoreMethod_traverse,
+    .tp_dealloc = (destructor)CoreMethod_dealloc,
+    .tp_repr = (reprfunc)CoreMethod_repr,
+};
+
+/* core_method(slot, name): the transport class's method name ("write" or
+ * "writelines") over the Stream in slot (the class's _core member) */
+static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (nargs != 2 || !Py_IS_TYPE(args[0], &PyMemberDescr_Type) || !PyUnicode_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "core_method(member descriptor, name)");
+        return NULL;
+    }
+    PyMemberDescrObject *md = (PyMemberDescrObject *)args[0];
+    if (md->d_member->type != Py_T_OBJECT_EX) {
+        PyErr_SetString(PyExc_TypeError, "core_method: not an object slot");
+        return NULL;
+    }
+    PyCFunction fn;
+    if (PyUnicode_CompareWithASCIIString(args[1], "write") == 0)
+        fn = (PyCFunction)Stream_write;
+    else if (PyUnicode_CompareWithASCIIString(args[1], "writelines") == 0)
+        fn = (PyCFunction)Stream_writelines;
+    else {
+        PyErr_SetString(PyExc_ValueError, "core_method: write or writelines");
+        return NULL;
+    }
+    CoreMethod *m = PyObject_GC_New(CoreMethod, &CoreMethodType);
+    if (m == NULL)
+        return NULL;
+    m->vectorcall = (vectorcallfunc)CoreMethod_vectorcall;
+    m->owner = (PyTypeObject *)Py_NewRef((PyObject *)md->d_common.d_type);
+    m->offset = md->d_member->offset;
+    m->fn = fn;
+    m->name = Py_NewRef(args[1]);
+    PyObject_GC_Track(m);
+    return (PyObject *)m;
+}
+
+static PyMethodDef stream_functions[] = {
+    {"core_method", (PyCFunction)(void (*)(void))core_method, METH_FASTCALL,
+     "core_method(slot, name): a transport method that is its Stream's"},
+    {NULL, NULL, 0, NULL},
 };
 
 /* The loop's _flush_dirty in C: every transport written to since the last
@@ -642,6 +1064,7 @@ static int stream_init_module(PyObject *m)
     if (!(var = PyUnicode_InternFromString(text))) return -1
     STREAM_INTERN(s_on_recv, "_on_recv");
     STREAM_INTERN(s_write_slow, "_write_slow");
+    STREAM_INTERN(s_writelines_slow, "_writelines_slow");
     STREAM_INTERN(s_flush_slow, "_flush_slow");
     STREAM_INTERN(s_on_sent, "_on_sent");
     STREAM_INTERN(s_after_sent, "_after_sent");
@@ -652,12 +1075,21 @@ static int stream_init_module(PyObject *m)
     STREAM_INTERN(s_send_now, "_send_now");
     STREAM_INTERN(s_flush, "_flush");
     STREAM_INTERN(s_send_now_tail, "_send_now_tail");
+    STREAM_INTERN(s_call_soon, "call_soon");
+    STREAM_INTERN(s_drain, "_drain");
     STREAM_INTERN(m_data_failed, "Fatal error: protocol.data_received() call failed.");
     STREAM_INTERN(m_get_buffer_failed, "Fatal error: protocol.get_buffer() call failed.");
     STREAM_INTERN(m_updated_failed, "Fatal error: protocol.buffer_updated() call failed.");
     STREAM_INTERN(m_write_failed, "Fatal write error on socket transport");
 #undef STREAM_INTERN
-    if (PyType_Ready(&StreamType) < 0)
+    PyObject *context = PyUnicode_InternFromString("context");
+    if (context == NULL || !(kw_context = PyTuple_Pack(1, context))) {
+        Py_XDECREF(context);
+        return -1;
+    }
+    Py_DECREF(context);
+    if (PyType_Ready(&StreamType) < 0 || PyType_Ready(&CoreMethodType) < 0 ||
+        PyModule_AddFunctions(m, stream_functions) < 0)
         return -1;
     if (PyModule_AddObject(m, "Stream", Py_NewRef((PyObject *)&StreamType)) < 0) {
         Py_DECREF((PyObject *)&StreamType);

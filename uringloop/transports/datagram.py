@@ -33,19 +33,19 @@ import contextvars
 import errno
 import functools
 import inspect
-import os
 import select
 import socket
 import sys
-import warnings
-from asyncio import constants, events, futures, selector_events, transports, trsock
+from asyncio import constants, events, futures, selector_events, transports
 from asyncio.log import logger
 
 from .._sched import Dgram
+from .base import ECANCELED as _ECANCELED
+from .base import SocketTransportBase
+from .base import os_error as _os_error
 
 __all__ = ["DatagramTransport"]
 
-_ECANCELED = -errno.ECANCELED
 _EMSGSIZE = -errno.EMSGSIZE
 _POOL_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
@@ -64,15 +64,9 @@ def _stock_sendto_rules():
 _SEND_EMPTY, _HEADER = _stock_sendto_rules()
 
 
-def _os_error(res: int) -> OSError:
-    return OSError(-res, os.strerror(-res))
-
-
-def _ignore(res, more, data):
-    pass
-
-
-class DatagramTransport(transports._FlowControlMixin, transports.DatagramTransport):
+class DatagramTransport(
+    SocketTransportBase, transports._FlowControlMixin, transports.DatagramTransport
+):
     """A datagram socket's transport: the stock selector transport's behaviour,
     the engine's I/O."""
 
@@ -80,19 +74,7 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
         super().__init__(extra, loop)
-        self._extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            self._extra["sockname"] = sock.getsockname()
-        except OSError:
-            self._extra["sockname"] = None
-        if "peername" not in self._extra:
-            try:
-                self._extra["peername"] = sock.getpeername()
-            except OSError:
-                self._extra["peername"] = None
-        self._sock = sock
-        self._sock_fd = sock.fileno()
-        self._engine = loop._engine
+        self._init_socket(loop, sock)
         self._address = address
         self._connected = bool(self._extra["peername"])  # the stock test, made once
         self._protocol_connected = False
@@ -132,24 +114,8 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
-    def __repr__(self):
-        info = [self.__class__.__name__]
-        if self._sock is None:
-            info.append("closed")
-        elif self._closing:
-            info.append("closing")
-        info.append(f"fd={self._sock_fd}")
-        if self._loop is not None and not self._loop.is_closed():
-            reading = self._recv_ud is not None and not self._paused and not self._closing
-            info.append("read=polling" if reading else "read=idle")
-            state = "polling" if self._poll_ud is not None else "idle"
-            info.append(f"write=<{state}, bufsize={self.get_write_buffer_size()}>")
-        return "<{}>".format(" ".join(info))
-
-    def __del__(self, _warn=warnings.warn):
-        if self._sock is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._sock.close()
+    def _write_busy(self):
+        return self._poll_ud is not None
 
     # ------------------------------------------------------------ protocol
 
@@ -159,18 +125,16 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         if self._dg is not None:
             self._dg.protocol = protocol
 
-    def _update_fast(self):
+    def _sync(self):
         """Whether the C half may hand a record straight to datagram_received:
-        the plain reading state (the loop's ready queue it checks itself)."""
-        self._dg.recv_fast = (
+        the plain reading state (the loop's ready queue it checks itself);
+        and whether sendto may use the fd (not once it is the engine's)."""
+        dg = self._dg
+        dg.recv_fast = (
             self._pool and self._held is None and not self._paused and not self._closing
         )
-
-    def get_protocol(self):
-        return self._protocol
-
-    def is_closing(self):
-        return self._closing
+        if self._fd_closing:
+            dg.send_fast = 0
 
     def get_write_buffer_size(self):
         if _HEADER or sys.version_info >= (3, 11):
@@ -178,31 +142,6 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         return sum(len(data) for data, _ in self._buffer)  # 3.10's way
 
     # ------------------------------------------------------------- reading
-
-    def is_reading(self):
-        return not self._closing and not self._paused
-
-    def pause_reading(self):
-        if not self.is_reading():
-            return
-        self._paused = True
-        self._update_fast()
-        if self._recv_ud is not None:
-            self._engine.cancel(self._recv_ud)  # its late records get held
-        if self._loop.get_debug():
-            logger.debug("%r pauses reading", self)
-
-    def resume_reading(self):
-        if self._closing or not self._paused:
-            return
-        self._paused = False
-        self._update_fast()
-        if self._held:
-            self._schedule_drain()
-        else:
-            self._start_reading()
-        if self._loop.get_debug():
-            logger.debug("%r resumes reading", self)
 
     def _start_reading(self):
         if (
@@ -214,7 +153,7 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         ):
             return
         if self._pool:
-            self._update_fast()
+            self._sync()
             self._recv_ud = self._engine.recvmsg_pool(self._sock_fd, self._dg)
         else:
             if self._rbuf is None:
@@ -245,40 +184,18 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
             item = (data[0], data[1], None)
         else:  # one-shot into _rbuf: data is the address
             item = (bytes(self._rbuf[:res]), data, None)
-        held = self._held
-        if held is not None or self._paused or self._loop._ready:
+        if self._held is not None or self._paused or self._loop._ready:
             # the stock loop queues its reader callback behind what is already
             # in _ready: the datagram waits in order
-            if held is None:
-                held = self._held = collections.deque()
-                self._update_fast()
-            held.append(item)
-            if not self._paused:
-                self._schedule_drain()
+            self._hold(item)
             return
-        self._process(item)
+        self._process(*item)
         if not more:
             self._start_reading()
 
-    def _schedule_drain(self):
-        if not self._draining:
-            self._draining = True
-            self._loop.call_soon(self._drain_held, context=self._context)
-
-    def _drain_held(self):
-        self._draining = False
-        held = self._held
-        while held and self.is_reading():
-            self._process(held.popleft())
-        if not held:
-            self._held = None
-            self._update_fast()
-            self._start_reading()
-
-    def _process(self, item):
+    def _process(self, data, addr, exc):
         if self._conn_lost:
             return
-        data, addr, exc = item
         try:
             if exc is None:
                 self._protocol.datagram_received(data, addr)
@@ -411,60 +328,18 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         if self._closing:
             return
         self._closing = True
+        self._sync()
         self._stop_reading()
         if not self._buffer:
             self._conn_lost += 1
             self._close_fd(None)
         # else: the queued datagrams leave first (_sendto_ready closes)
 
-    def abort(self):
-        self._force_close(None)
-
-    def _stop_reading(self):
-        self._update_fast()
-        if self._recv_ud is not None and not self._engine.closed:
-            self._engine.cancel(self._recv_ud)
-
-    def _fatal_error(self, exc, message="Fatal error on transport"):
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler(
-                {
-                    "message": message,
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
-        self._force_close(exc)
-
-    def _force_close(self, exc):
-        if self._conn_lost:
-            return
+    def _drop_queue(self):
         self._buffer.clear()
         self._buffer_size = 0
-        if not self._closing:
-            self._closing = True
-            self._stop_reading()
-        self._conn_lost += 1
-        self._close_fd(exc)
 
-    def _close_fd(self, exc):
-        """The fd goes through the engine's close (cancel all, wait, close).
-        connection_lost(exc) is scheduled now, as the stock loop schedules it,
-        and runs once the close has completed."""
-        if self._fd_closing:
-            return
-        self._fd_closing = True
-        self._dg.send_fast = 0  # the fd number is the engine's from here on
-        self._lost_exc = exc
-        self._loop.call_soon(self._lost_due, context=self._context)
-        if self._engine.closed or self._sock.fileno() < 0:
-            self._sock.close()
-            self._fd_closed = True
-            return
+    def _detach_fd(self):
         sock = self._sock
         if not self._address:
             # The stock transport still sends an unconnected endpoint's
@@ -474,30 +349,4 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
                 self._sock = sock.dup()
             except OSError:
                 pass  # then such a send fails (EBADF) and error_received says so
-        self._engine.close_fd(sock.detach(), self._on_closed)
-
-    def _on_closed(self, res, more, data):
-        self._fd_closed = True
-        if self._lost_is_due and self._loop is not None and not self._loop.is_closed():
-            # the stock loop would have called it already: now, as a handle,
-            # so an exception is reported as stock
-            events.Handle(
-                self._call_connection_lost, (self._lost_exc,), self._loop, self._context
-            )._run()
-
-    def _lost_due(self):
-        self._lost_is_due = True
-        if self._fd_closed:
-            self._call_connection_lost(self._lost_exc)
-
-    def _call_connection_lost(self, exc):
-        if self._sock is None:
-            return
-        try:
-            if self._protocol_connected:
-                self._protocol.connection_lost(exc)
-        finally:
-            self._sock.close()
-            self._sock = None
-            self._protocol = None
-            self._loop = None
+        return sock.detach()

@@ -41,17 +41,42 @@ import warnings
 from asyncio import constants, events, futures, transports
 from asyncio.log import logger
 
+from .base import ECANCELED as _ECANCELED
+from .base import TransportBase
+from .base import os_error as _os_error
+
 __all__ = ["ReadPipeTransport", "WritePipeTransport"]
 
-_ECANCELED = -errno.ECANCELED
 
+class _PipeBase(TransportBase):
+    """What both directions share: repr, the deferred connection_lost."""
 
-def _os_error(res: int) -> OSError:
-    return OSError(-res, os.strerror(-res))  # EPIPE gives BrokenPipeError
+    __slots__ = ()
 
+    def __repr__(self):
+        info = [self.__class__.__name__]
+        if self._pipe is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._fileno}")
+        if self._pipe is not None and not self._loop.is_closed():
+            info.extend(self._io_info())
+        elif self._pipe is not None:
+            info.append("open")
+        else:
+            info.append("closed")
+        return "<{}>".format(" ".join(info))
 
-class _PipeBase:
-    """What both directions share: the deferred connection_lost."""
+    def set_protocol(self, protocol):
+        self._protocol = protocol
+
+    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
+        # should be called by exception handler only
+        super()._fatal_error(exc, message)
+
+    def _force_close(self, exc):
+        self._close(exc)
 
     def _ops_pending(self) -> bool:
         raise NotImplementedError
@@ -125,20 +150,8 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
             # only wake up the waiter when connection_made() has been called
             self._loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
-    def __repr__(self):
-        info = [self.__class__.__name__]
-        if self._pipe is None:
-            info.append("closed")
-        elif self._closing:
-            info.append("closing")
-        info.append(f"fd={self._fileno}")
-        if self._pipe is not None and not self._loop.is_closed():
-            info.append("polling" if self._ud is not None and self.is_reading() else "idle")
-        elif self._pipe is not None:
-            info.append("open")
-        else:
-            info.append("closed")
-        return "<{}>".format(" ".join(info))
+    def _io_info(self):
+        return ["polling" if self._ud is not None and self.is_reading() else "idle"]
 
     def _ops_pending(self):
         return self._ud is not None
@@ -216,34 +229,13 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
         if self._loop.get_debug():
             logger.debug("%r resumes reading", self)
 
-    def set_protocol(self, protocol):
-        self._protocol = protocol
-
-    def get_protocol(self):
-        return self._protocol
-
-    def is_closing(self):
-        return self._closing
-
     def close(self):
         if not self._closing:
             self._close(None)
 
-    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
-        # should be called by exception handler only
-        if isinstance(exc, OSError) and exc.errno == errno.EIO:
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler(
-                {
-                    "message": message,
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
-        self._close(exc)
+    @staticmethod
+    def _quiet(exc):
+        return isinstance(exc, OSError) and exc.errno == errno.EIO
 
     def _close(self, exc):
         self._closing = True
@@ -293,21 +285,8 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         if waiter is not None:
             self._loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
-    def __repr__(self):
-        info = [self.__class__.__name__]
-        if self._pipe is None:
-            info.append("closed")
-        elif self._closing:
-            info.append("closing")
-        info.append(f"fd={self._fileno}")
-        if self._pipe is not None and not self._loop.is_closed():
-            info.append("polling" if self._writing else "idle")
-            info.append(f"bufsize={self.get_write_buffer_size()}")
-        elif self._pipe is not None:
-            info.append("open")
-        else:
-            info.append("closed")
-        return "<{}>".format(" ".join(info))
+    def _io_info(self):
+        return ["polling" if self._writing else "idle", f"bufsize={self.get_write_buffer_size()}"]
 
     def _ops_pending(self):
         return self._write_ud is not None or self._poll_ud is not None
@@ -426,15 +405,6 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
             self._stop_watching()
             self._loop.call_soon(self._call_connection_lost, None)
 
-    def set_protocol(self, protocol):
-        self._protocol = protocol
-
-    def get_protocol(self):
-        return self._protocol
-
-    def is_closing(self):
-        return self._closing
-
     def close(self):
         if self._pipe is not None and not self._closing:
             # write_eof is all we need to close the write pipe
@@ -442,22 +412,6 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
 
     def abort(self):
         self._close(None)
-
-    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
-        # should be called by exception handler only
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler(
-                {
-                    "message": message,
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
-        self._close(exc)
 
     def _close(self, exc=None):
         self._closing = True

@@ -35,35 +35,34 @@ import functools
 import os
 import socket
 import sys
-import warnings
-from asyncio import base_events, constants, events, futures, protocols, transports, trsock
+from asyncio import base_events, constants, futures, protocols, transports, trsock
 from asyncio.log import logger
 
 from .. import _sched
+from .base import ECANCELED as _ECANCELED
+from .base import SocketTransportBase
+from .base import ignore as _ignore
+from .base import os_error as _os_error
 
 __all__ = ["SocketTransport", "Acceptor"]
 
-_ECANCELED = -errno.ECANCELED
 _PY312 = sys.version_info >= (3, 12)
 # Server._attach()/_detach() take the transport from 3.13 on (close_clients)
 _SERVER_TRACKS_TRANSPORTS = base_events.Server._attach.__code__.co_argcount == 2
 _SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+# the stock default low-water mark (64 KiB // 4) is computed per transport:
+# a new int object each time unless this one replaces it
+_DEFAULT_LOW = 16 * 1024
 _ACCEPT_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
-def _ignore(res, more, data):
-    pass
-
-
-def _os_error(res: int) -> OSError:
-    # OSError(errno, ...) picks the subclass itself: ECONNRESET gives
-    # ConnectionResetError, EPIPE BrokenPipeError, as the socket module raises
-    return OSError(-res, os.strerror(-res))
-
-
-class SocketTransport(transports._FlowControlMixin, transports.Transport):
+class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transports.Transport):
     """A stream socket's transport: the stock selector transport's behaviour,
     the engine's I/O."""
+
+    # _core in a slot: write (and writelines on 3.12+) are the C core's own,
+    # class attributes that find it there (core_method, below the class)
+    __slots__ = ("_core", "__dict__", "__weakref__")
 
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
@@ -71,29 +70,20 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         super().__init__(extra, loop)
-        self._extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            self._extra["sockname"] = sock.getsockname()
-        except OSError:
-            self._extra["sockname"] = None
-        if "peername" not in self._extra:
-            try:
-                self._extra["peername"] = sock.getpeername()
-            except OSError:
-                self._extra["peername"] = None
-        self._sock = sock
-        self._sock_fd = sock.fileno()
-        self._engine = loop._engine
+        self._init_socket(loop, sock, server is not None)
         self._protocol_connected = False
         self._buffered = False
         self._context = ctx = contextvars.copy_context()
         # the hot half, in C (uringloop/_core/stream.c): the write queue
         # (c.buffer, c.buffer_size, c.sending, c.dirty), the receive and send
-        # callbacks, and write() itself, found on the instance before the
-        # class's _write_slow-based fallback
+        # callbacks, and write() itself (the class's write is the core's)
         self._core = c = _sched.Stream(self, loop, self._sock_fd, ctx)
         c.high, c.low = self._high_water, self._low_water
-        self.write = c.write
+        # epoll: write() sends at once when the transport is idle (as stock
+        # and uvloop), where a send op would cost a record and a completion
+        # for the same one syscall; io_uring gathers the turn's writes into
+        # its one kernel entry (decision 210)
+        c.direct = self._engine.backend == "epoll"
         self._server = server
         self._conn_lost = 0
         self._closing = False
@@ -123,26 +113,12 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
-    def __repr__(self):
-        info = [self.__class__.__name__]
-        if self._sock is None:
-            info.append("closed")
-        elif self._closing:
-            info.append("closing")
-        info.append(f"fd={self._sock_fd}")
-        if self._loop is not None and not self._loop.is_closed():
-            reading = self._recv_ud is not None and not self._paused and not self._closing
-            info.append("read=polling" if reading else "read=idle")
-            state = "polling" if self._core.sending else "idle"
-            info.append(f"write=<{state}, bufsize={self.get_write_buffer_size()}>")
-        return "<{}>".format(" ".join(info))
+    def _write_busy(self):
+        return self._core.sending
 
-    def __del__(self, _warn=warnings.warn):
-        if self._sock is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._sock.close()
-            if _SERVER_TRACKS_TRANSPORTS and self._server is not None:
-                self._server._detach(self)
+    def _unclosed(self):
+        if _SERVER_TRACKS_TRANSPORTS and self._server is not None:
+            self._server._detach(self)
 
     # ------------------------------------------------------------ protocol
 
@@ -172,7 +148,10 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
 
     def _set_write_buffer_limits(self, high=None, low=None):
         super()._set_write_buffer_limits(high, low)
-        c = self.__dict__.get("_core")
+        if self._low_water == _DEFAULT_LOW:
+            self._low_water = _DEFAULT_LOW  # one int object for every transport
+        # (not self.__dict__: asking for it makes one, 64 bytes a transport)
+        c = getattr(self, "_core", None)
         if c is not None:
             c.high, c.low = self._high_water, self._low_water
 
@@ -184,43 +163,10 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
         super()._maybe_resume_protocol()
         self._core.wpaused = self._protocol_paused
 
-    def get_protocol(self):
-        return self._protocol
-
-    def is_closing(self):
-        return self._closing
-
     def can_write_eof(self):
         return True
 
     # ------------------------------------------------------------- reading
-
-    def is_reading(self):
-        return not self._closing and not self._paused
-
-    def pause_reading(self):
-        if not self.is_reading():
-            return
-        self._paused = True
-        self._sync()
-        if self._recv_ud is not None:
-            self._engine.cancel(self._recv_ud)  # its late records get held
-        if self._loop.get_debug():
-            logger.debug("%r pauses reading", self)
-
-    def resume_reading(self):
-        if self._closing or not self._paused:
-            return
-        self._paused = False
-        self._sync()
-        if self._held:
-            if not self._draining:
-                self._draining = True
-                self._loop.call_soon(self._drain_held, context=self._context)
-        else:
-            self._start_reading()
-        if self._loop.get_debug():
-            logger.debug("%r resumes reading", self)
 
     def _start_reading(self):
         """Arm the multishot receive, unless one is still alive (a cancelled
@@ -241,10 +187,6 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
                 self._sock_fd, self._core, True, 0, not buffered, buffered
             )
 
-    def _stop_reading(self):
-        if self._recv_ud is not None and not self._engine.closed:
-            self._engine.cancel(self._recv_ud)
-
     def _on_recv(self, res, more, data):
         """The multishot receive's records that the C core (stream.c) does not
         hand over itself: the final one, errors, EOF, and any while the
@@ -261,33 +203,15 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             not self._buffered or self._paused or self._held is not None or self._loop._ready
         ):
             data = data.tobytes()  # a pool view lives only during this call
-        held = self._held
-        if held is not None or self._paused or self._loop._ready:
+        if self._held is not None or self._paused or self._loop._ready:
             # The stock loop queues a reader callback behind what is already
             # in _ready; so do we when anything is (a task woken this turn, a
             # connection_made not yet run): the record waits in order.
-            if held is None:
-                held = self._held = collections.deque()
-                self._sync()
-            held.append((res, data))
-            if not self._paused and not self._draining:
-                self._draining = True
-                self._loop.call_soon(self._drain_held, context=self._context)
+            self._hold((res, data))
             return
         self._process(res, data)
         if not more:
             self._start_reading()  # the op ended on data (emulated multishot)
-
-    def _drain_held(self):
-        self._draining = False
-        held = self._held
-        while held and self.is_reading():
-            res, data = held.popleft()
-            self._process(res, data)
-        if not held:
-            self._held = None
-            self._sync()
-            self._start_reading()
 
     def _process(self, res, data):
         if res > 0:
@@ -389,11 +313,6 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
     def get_write_buffer_size(self):
         return self._core.buffer_size
 
-    def write(self, data):
-        # the instance's write is the C core's (set in __init__); this one
-        # serves a call through the class
-        self._core.write(data)
-
     def _write_slow(self, data):
         """write() when the C core's fast path does not apply (at EOF, during
         sendfile, once the connection is lost or closing, a type it does not
@@ -467,7 +386,8 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
 
     if _PY312:
 
-        def writelines(self, list_of_data):
+        def _writelines_slow(self, list_of_data):
+            """The stock writelines' checks, then the same queue."""
             if self._eof:
                 raise RuntimeError("Cannot call writelines() after write_eof()")
             if self._empty_waiter is not None:
@@ -581,91 +501,22 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
             self._close_fd(None)
         # else: the queued data leaves first (_on_sent closes)
 
-    def abort(self):
-        self._force_close(None)
-
-    def _fatal_error(self, exc, message="Fatal error on transport"):
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler(
-                {
-                    "message": message,
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
-        self._force_close(exc)
-
-    def _force_close(self, exc):
-        if self._conn_lost:
-            return
+    def _drop_queue(self):
         c = self._core
         c.buffer = []
         c.buffer_size = 0
-        if not self._closing:
-            self._closing = True
-            self._stop_reading()
-        self._conn_lost += 1
-        self._sync()
-        self._close_fd(exc)
 
-    def _close_fd(self, exc):
-        """The fd goes through the engine's close (cancel all, wait, close).
-        connection_lost(exc) is scheduled now, as the stock loop schedules it,
-        but runs only once the close has completed: usually the close record
-        comes in the very next engine run, before that callback; if not, the
-        close record calls it."""
-        if self._fd_closing:
-            return
-        self._fd_closing = True
-        self._sync()
-        self._lost_exc = exc
-        loop = self._loop
-        loop.call_soon(self._lost_due, context=self._context)
-        if self._engine.closed or self._sock.fileno() < 0:
-            self._sock.close()
-            self._fd_closed = True
-            return
-        self._engine.close_fd(self._sock.detach(), self._on_closed)
-
-    def _on_closed(self, res, more, data):
-        self._fd_closed = True
-        if self._lost_is_due and self._loop is not None and not self._loop.is_closed():
-            # the stock loop would have called it already: now, not a turn
-            # later, run as a handle so an exception is reported as stock
-            events.Handle(
-                self._call_connection_lost, (self._lost_exc,), self._loop, self._context
-            )._run()
-
-    def _lost_due(self):
-        self._lost_is_due = True
-        if self._fd_closed:
-            self._call_connection_lost(self._lost_exc)
-
-    def _call_connection_lost(self, exc):
-        if self._sock is None:
-            return
-        try:
-            if self._protocol_connected:
-                self._protocol.connection_lost(exc)
-        finally:
-            self._sock.close()
-            self._sock = None
-            self._protocol = None
-            self._core.set_protocol(None, False)
-            self._loop = None
-            server = self._server
-            if server is not None:
-                if _SERVER_TRACKS_TRANSPORTS:
-                    server._detach(self)
-                else:
-                    server._detach()
-                self._server = None
-            if self._empty_waiter is not None and not self._empty_waiter.done():
-                self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
+    def _forget(self):
+        self._core.set_protocol(None, False)
+        server = self._server
+        if server is not None:
+            if _SERVER_TRACKS_TRANSPORTS:
+                server._detach(self)
+            else:
+                server._detach()
+            self._server = None
+        if self._empty_waiter is not None and not self._empty_waiter.done():
+            self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
 
     # ------------------------------------------------------------ sendfile
 
@@ -681,6 +532,13 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
     def _reset_empty_waiter(self):
         self._empty_waiter = None
         self._sync()
+
+
+# write(data), and writelines(list_of_data) on 3.12+ (before, the stock one
+# calls write): the C core's, with no bound method per transport
+SocketTransport.write = _sched.core_method(SocketTransport._core, "write")
+if _PY312:
+    SocketTransport.writelines = _sched.core_method(SocketTransport._core, "writelines")
 
 
 class Acceptor:

@@ -1,0 +1,185 @@
+"""What an idle stream connection keeps (issue 9's idle-RSS row): the values a
+transport answers stay the stock ones (the stock loop proves them), while the
+objects behind them are shared or never made. Object graphs, not sizes: no
+test here depends on an allocator's rounding."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import types
+
+import pytest
+from conftest import is_stock
+from transport_helpers import run_in, tloop, wait_for
+
+assert tloop  # a fixture, imported for the tests below
+
+
+class Keep(asyncio.Protocol):
+    """A plain protocol: its methods are functions on its class."""
+
+    def __init__(self, made):
+        self.made = made
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.made.append(transport)
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+async def _accepted(loop, n):
+    """n connections accepted by a server of this loop, with their clients."""
+    made = []
+    server = await loop.create_server(lambda: Keep(made), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    clients = []
+    for _ in range(n):
+        clients.append(await wait_for(asyncio.open_connection("127.0.0.1", port)))
+    while len(made) < n:
+        await asyncio.sleep(0)
+    return server, made, clients
+
+
+async def _close(server, made, clients):
+    for _, w in clients:
+        w.close()
+    for t in made:
+        t.close()
+    server.close()
+    await wait_for(server.wait_closed())
+    await asyncio.sleep(0)
+
+
+def test_extra_info_values_and_sharing(tloop):
+    """sockname and peername are the socket's own (before and after close, as
+    stock); on uringloop the connections of one server share one sockname
+    tuple and one peer host string."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server, made, clients = await _accepted(loop, 3)
+        want = [(t.get_extra_info("socket").getsockname(),
+                 t.get_extra_info("socket").getpeername()) for t in made]
+        for t, (sockname, peername) in zip(made, want, strict=True):
+            assert t.get_extra_info("sockname") == sockname
+            assert t.get_extra_info("peername") == peername
+        if not is_stock(loop):
+            first = made[0]
+            for t in made[1:]:
+                assert t.get_extra_info("sockname") is first.get_extra_info("sockname")
+                assert t.get_extra_info("peername")[0] is first.get_extra_info("peername")[0]
+        await _close(server, made, clients)
+        for t, (sockname, peername) in zip(made, want, strict=True):
+            assert t.get_extra_info("sockname") == sockname
+            assert t.get_extra_info("peername") == peername
+
+    run_in(tloop, main())
+
+
+def test_no_per_transport_dict_or_ints(tloop):
+    """The transport's attribute dict is never made into a dict object (asking
+    for __dict__ makes one), and the default low-water mark is one int."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server, made, clients = await _accepted(loop, 2)
+        if not is_stock(loop):
+            # (3.10, and 3.13 for a class with slots, keep the attributes in
+            # a real dict from the start: only 3.11 and 3.12 have values
+            # without one)
+            if (3, 11) <= sys.version_info < (3, 13):
+                for t in made:
+                    dicts = [r for r in gc.get_referents(t) if type(r) is dict]
+                    assert not any("_sock" in d for d in dicts), "a __dict__ was made"
+            assert made[0]._low_water is made[1]._low_water
+        assert [t.get_write_buffer_limits() for t in made] == [(16384, 65536)] * 2
+        await _close(server, made, clients)
+
+    run_in(tloop, main())
+
+
+def test_c_core_keeps_functions_not_bound_methods(tloop):
+    """The C core keeps a plain protocol's data_received as its function (no
+    bound method per transport) and still calls what an instance attribute or
+    a non-function callable on the class provides (looked up once, as before)."""
+
+    class Callable:
+        def __init__(self):
+            self.got = []
+
+        def __call__(self, data):
+            self.got.append(data)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server, made, clients = await _accepted(loop, 1)
+        t = made[0]
+        reader, writer = clients[0]
+        if not is_stock(loop):
+            refs = gc.get_referents(t._core)
+            assert not any(isinstance(r, types.MethodType) for r in refs)
+            assert Keep.data_received in refs
+        writer.write(b"echo")
+        assert await wait_for(reader.readexactly(4)) == b"echo"
+
+        # an instance attribute, set before set_protocol looks it up
+        proto = t.get_protocol()
+        seen = []
+        proto.data_received = seen.append
+        t.set_protocol(proto)
+        writer.write(b"own")
+        while not seen:
+            await asyncio.sleep(0.01)
+        assert b"".join(seen) == b"own"
+
+        # a callable object on the class, not a function
+        class Other(asyncio.Protocol):
+            data_received = Callable()
+
+        other = Other()
+        t.set_protocol(other)
+        writer.write(b"obj")
+        while not Other.data_received.got:
+            await asyncio.sleep(0.01)
+        assert b"".join(Other.data_received.got) == b"obj"
+        await _close(server, made, clients)
+
+    run_in(tloop, main())
+
+
+def test_write_is_the_class_method(tloop):
+    """write is found on the class, not kept per transport (on uringloop: the
+    C core's method, called with the transport first); bound, through the
+    class, shadowed by an instance attribute, and with a wrong argument count
+    it behaves as a method does."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server, made, clients = await _accepted(loop, 1)
+        t = made[0]
+        reader, writer = clients[0]
+        if not is_stock(loop):
+            assert "write" not in vars(t)
+        w = t.write  # bound: usable later, as a Python method's would be
+        w(b"a")
+        type(t).write(t, b"b")
+        t.writelines([b"c"])
+        assert await wait_for(reader.readexactly(3)) == b"abc"
+        with pytest.raises(TypeError):
+            t.write()
+        with pytest.raises(TypeError):
+            t.write(b"x", b"y")
+        got = []
+        t.write = got.append  # an instance attribute wins, as over a function
+        t.write(b"mine")
+        assert got == [b"mine"]
+        del t.write
+        t.write(b"d")
+        assert await wait_for(reader.readexactly(1)) == b"d"
+        await _close(server, made, clients)
+
+    run_in(tloop, main())

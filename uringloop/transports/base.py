@@ -1,0 +1,273 @@
+"""What the transports share: the stock fatal-error report, and for the socket
+transports (stream, datagram) the whole close sequence.
+
+Every transport here follows a stock transport of the running Python
+(``selector_events._SelectorTransport`` for sockets, ``unix_events``' pipe
+transports for pipes), and those agree on the parts gathered below. What a
+family does differently stays in its module, behind the small hooks named
+here (``_force_close``, ``_sync``, ``_drop_queue``, ``_detach_fd``,
+``_forget``, ``_write_busy``, ``_process``).
+
+The socket transports' close (decision 3 of the architecture): the fd goes
+through the engine's ``close_fd`` (cancel every op on it, wait for their final
+records, close), and ``connection_lost`` runs only once the fd is really
+closed, so a reused fd number never meets a stale op. It is scheduled when the
+stock loop would schedule it; when the close record comes later than that
+callback, the record calls it.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import warnings
+from asyncio import events, trsock
+from asyncio.log import logger
+
+ECANCELED = -errno.ECANCELED
+
+
+def os_error(res: int) -> OSError:
+    # OSError(errno, ...) picks the subclass itself: ECONNRESET gives
+    # ConnectionResetError, EPIPE BrokenPipeError, as the socket module raises
+    return OSError(-res, os.strerror(-res))
+
+
+def ignore(res, more, data):
+    pass
+
+
+# Accepted connections keep their local address and their peer's host as
+# shared objects: a server's connections mostly have one sockname (146 bytes
+# a tuple) and often few peer hosts (58 bytes a string), which an idle
+# connection would otherwise keep a copy of. Tuples and strings are
+# immutable, so sharing equal ones changes nothing but `is`. Bounded: the
+# table starts over past _SHARED_MAX values (a server seeing many hosts).
+_shared: dict = {}
+_SHARED_MAX = 256
+
+
+def _share(value):
+    got = _shared.get(value)
+    if got is None:
+        if len(_shared) >= _SHARED_MAX:
+            _shared.clear()
+        _shared[value] = got = value
+    return got
+
+
+class TransportBase:
+    """Every transport of ours (mixed in before the asyncio base classes)."""
+
+    __slots__ = ()
+
+    def get_protocol(self):
+        return self._protocol
+
+    def is_closing(self):
+        return self._closing
+
+    @staticmethod
+    def _quiet(exc):
+        """An error only logged in debug mode, not reported: the stock rule."""
+        return isinstance(exc, OSError)
+
+    def _fatal_error(self, exc, message="Fatal error on transport"):
+        if self._quiet(exc):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+        self._force_close(exc)
+
+
+class SocketTransportBase(TransportBase):
+    """The stream and datagram socket transports: reading state, held
+    records, the close sequence. Hooks: ``_sync()`` (recompute the C half's
+    fast-path flags), ``_process(*item)`` (hand one held record over),
+    ``_drop_queue()`` (an abort drops what waits to be sent), ``_detach_fd()``
+    (the fd number the engine closes), ``_forget()`` (more to clear after
+    connection_lost), ``_write_busy()`` (for repr)."""
+
+    __slots__ = ()
+
+    def _init_socket(self, loop, sock, share=False):
+        """The stock transport's extra info, and the socket. Asked for when
+        the transport is made, as stock (a peer that resets the connection
+        makes getpeername() fail later); with share (an accepted connection)
+        the values are shared with the server's other connections (_share)."""
+        extra = self._extra
+        extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            addr = sock.getsockname()
+            extra["sockname"] = _share(addr) if share else addr
+        except OSError:
+            extra["sockname"] = None
+        if "peername" not in extra:
+            try:
+                addr = sock.getpeername()
+                if share and type(addr) is tuple and addr:
+                    host = _share(addr[0])
+                    if host is not addr[0]:
+                        addr = (host, *addr[1:])
+                extra["peername"] = addr
+            except OSError:
+                extra["peername"] = None
+        self._sock = sock
+        self._sock_fd = sock.fileno()
+        self._engine = loop._engine
+
+    def __repr__(self):
+        info = [self.__class__.__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        if self._loop is not None and not self._loop.is_closed():
+            reading = self._recv_ud is not None and not self._paused and not self._closing
+            info.append("read=polling" if reading else "read=idle")
+            state = "polling" if self._write_busy() else "idle"
+            info.append(f"write=<{state}, bufsize={self.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn=warnings.warn):
+        if self._sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._sock.close()
+            self._unclosed()
+
+    def _unclosed(self):
+        """__del__ of a transport never closed: more to let go of."""
+
+    # ------------------------------------------------------------- reading
+
+    def is_reading(self):
+        return not self._closing and not self._paused
+
+    def pause_reading(self):
+        if not self.is_reading():
+            return
+        self._paused = True
+        self._sync()
+        if self._recv_ud is not None:
+            self._engine.cancel(self._recv_ud)  # its late records get held
+        if self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self):
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        self._sync()
+        if self._held:
+            self._schedule_drain()
+        else:
+            self._start_reading()
+        if self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    def _hold(self, item):
+        """A record that must wait (paused, or callbacks already in _ready:
+        the stock loop queues its reader callback behind them): in order."""
+        held = self._held
+        if held is None:
+            held = self._held = collections.deque()
+            self._sync()
+        held.append(item)
+        if not self._paused:
+            self._schedule_drain()
+
+    def _schedule_drain(self):
+        if not self._draining:
+            self._draining = True
+            self._loop.call_soon(self._drain_held, context=self._context)
+
+    def _drain_held(self):
+        self._draining = False
+        held = self._held
+        while held and self.is_reading():
+            self._process(*held.popleft())
+        if not held:
+            self._held = None
+            self._sync()
+            self._start_reading()
+
+    def _stop_reading(self):
+        if self._recv_ud is not None and not self._engine.closed:
+            self._engine.cancel(self._recv_ud)
+
+    # ------------------------------------------------------------- closing
+
+    def abort(self):
+        self._force_close(None)
+
+    def _force_close(self, exc):
+        if self._conn_lost:
+            return
+        self._drop_queue()
+        if not self._closing:
+            self._closing = True
+            self._stop_reading()
+        self._conn_lost += 1
+        self._sync()
+        self._close_fd(exc)
+
+    def _close_fd(self, exc):
+        """The fd goes through the engine's close (cancel all, wait, close).
+        connection_lost(exc) is scheduled now, as the stock loop schedules it,
+        but runs only once the close has completed: usually the close record
+        comes in the very next engine run, before that callback; if not, the
+        close record calls it."""
+        if self._fd_closing:
+            return
+        self._fd_closing = True
+        self._sync()
+        self._lost_exc = exc
+        self._loop.call_soon(self._lost_due, context=self._context)
+        if self._engine.closed or self._sock.fileno() < 0:
+            self._sock.close()
+            self._fd_closed = True
+            return
+        self._engine.close_fd(self._detach_fd(), self._on_closed)
+
+    def _detach_fd(self):
+        return self._sock.detach()
+
+    def _on_closed(self, res, more, data):
+        self._fd_closed = True
+        if self._lost_is_due and self._loop is not None and not self._loop.is_closed():
+            # the stock loop would have called it already: now, not a turn
+            # later, run as a handle so an exception is reported as stock
+            events.Handle(
+                self._call_connection_lost, (self._lost_exc,), self._loop, self._context
+            )._run()
+
+    def _lost_due(self):
+        self._lost_is_due = True
+        if self._fd_closed:
+            self._call_connection_lost(self._lost_exc)
+
+    def _call_connection_lost(self, exc):
+        if self._sock is None:
+            return
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            self._sock.close()
+            self._sock = None
+            self._protocol = None
+            self._loop = None
+            self._forget()
+
+    def _forget(self):
+        """connection_lost has run: more to let go of."""
