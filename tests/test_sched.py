@@ -381,6 +381,69 @@ def test_time_is_monotonic(loop):
     assert a <= b <= c
 
 
+@pytest.mark.parametrize("debug", [False, True], ids=["native", "debug"])
+def test_timers_within_a_millisecond_run_after_one_wait(loop, debug):
+    """A timer's wait is rounded up to the whole millisecond, as the stock
+    selector rounds it (math.ceil(timeout * 1e3) * 1e-3): nine timers 0.1 to
+    0.9 ms away all run after the first wait (none, if the machine stalled
+    past them first). A nanosecond-precise wait woke for each, up to nine
+    kernel waits per batch. Ten batches, so that a few stalls of a loaded
+    machine cannot hide precise waits. The debug turn is the Python one
+    (loop._Turn.select)."""
+    loop.set_debug(debug)
+
+    async def batch():
+        fired = []
+        done = loop.create_future()
+
+        def fire(tag):
+            fired.append(tag)
+            if tag == 9:
+                done.set_result(None)
+
+        t0 = loop.time()
+        for k in range(1, 10):
+            loop.call_at(t0 + k * 0.0001, fire, k)
+        await done
+        return fired
+
+    async def main():
+        before = loop.engine_stats()["waits"]
+        fired = [await batch() for _ in range(10)]
+        return loop.engine_stats()["waits"] - before, fired
+
+    waits, fired = run_in(loop, main())
+    assert fired == [list(range(1, 10))] * 10
+    assert waits <= 10, waits
+
+
+def test_timers_never_run_early(any_loop):
+    """The stock rule: a timer runs in the first turn after which
+    time() + clock_resolution > when; rounding the wait up keeps that."""
+    lp = any_loop
+    res = lp._clock_resolution
+    early = []
+    left = [300]
+    done = lp.create_future()
+
+    def fire(when):
+        if time.monotonic() + res <= when:
+            early.append(when - time.monotonic())
+        left[0] -= 1
+        if not left[0]:
+            done.set_result(None)
+
+    async def main():
+        rnd = random.Random(7)
+        for _ in range(left[0]):
+            when = lp.time() + rnd.uniform(0, 0.003)
+            lp.call_at(when, fire, when)
+        await done
+
+    run_in(lp, main())
+    assert early == []
+
+
 def test_replaced_containers_still_work(loop):
     """A _ready or _scheduled replaced by something else sends the turn down the
     stock Python path instead of misreading it."""

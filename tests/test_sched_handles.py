@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+import warnings
 import weakref
 from asyncio import events, futures
 
 import pytest
-from conftest import both, error_of
+from conftest import both, error_of, make_loop
 
 import uringloop
 
@@ -229,6 +230,61 @@ def test_a_cycle_through_a_kept_handle_is_collected(how):
         lp.close()
     gc.collect()
     assert ref() is None
+
+
+@pytest.mark.parametrize("kind", ["io_uring", "epoll", "stock"])
+def test_a_loop_dropped_with_callbacks_queued_is_collected(kind, res_tracker):
+    """Decision 141's gap: the untracked queued handles held the loop, so a loop
+    dropped without close() was never collected. It is now, with the stock
+    loop's "unclosed event loop" ResourceWarning (its __del__ closes it)."""
+    lp = make_loop(kind)
+    lp.call_soon(_noop)
+    lp.call_soon(_noop, 1)
+    lp.call_soon(lp.stop)  # a bound method of the loop: one more path to it
+    lp.call_later(60, _noop)
+    ref = weakref.ref(lp)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del lp
+        gc.collect()
+    assert ref() is None
+    unclosed = [
+        w for w in caught
+        if w.category is ResourceWarning and str(w.message).startswith("unclosed event loop")
+    ]
+    assert len(unclosed) == 1, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("kept", ["handle", "queue"])
+@pytest.mark.parametrize("kind", ["io_uring", "epoll", "stock"])
+def test_a_queued_handle_kept_elsewhere_keeps_the_loop(kind, kept, res_tracker):
+    """The loop's traversal sees through a queued handle only while the queue
+    alone holds it and the loop alone holds the queue: a handle (or the whole
+    _ready deque) kept elsewhere keeps the loop and what the handle holds alive
+    through collections, as a stock handle does."""
+    lp = make_loop(kind)
+    ran = []
+
+    class Callback:
+        def __call__(self):
+            ran.append(1)
+
+    h = lp.call_soon(Callback())
+    callback = weakref.ref(h._callback)
+    holder = h if kept == "handle" else lp._ready
+    ref = weakref.ref(lp)
+    del lp, h
+    gc.collect()
+    lp = ref()
+    try:
+        assert lp is not None and not lp.is_closed()
+        assert callback() is not None
+        lp.run_until_complete(asyncio.sleep(0))
+        assert ran == [1]
+    finally:
+        if lp is not None:
+            lp.close()
+    del holder
 
 
 def test_what_a_queued_handle_holds_survives_collections(loop):

@@ -17,6 +17,7 @@ import asyncio
 import collections
 import errno
 import heapq
+import math
 import os
 import select
 import signal
@@ -147,6 +148,10 @@ class _Turn:
             loop._flush_dirty()
             if loop._ready:
                 timeout = 0
+        if timeout:
+            # a timer's wait, rounded up to the millisecond as the native turn
+            # and the stock selector round it (sched.c, wait_ns)
+            timeout = math.ceil(timeout * 1e3) * 1e-3
         # an exception from a signal handler comes out of wait() and propagates;
         # one from a completion callback is reported, and the turn goes on
         error = self._engine.deliver(self._engine.wait(timeout))

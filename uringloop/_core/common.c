@@ -1038,6 +1038,15 @@ EXPORT int ul_run(ul_engine *e, int64_t timeout_ns)
 {
     if (e->closed)
         return -EBADF;
+    /* A turn that has callbacks ready runs the engine without waiting, once
+     * per turn: when there is no buffer to give back, no record waiting and
+     * the backend has nothing to submit or reap, that run is a no-op, and
+     * skipping its bookkeeping halves the cost of an idle turn. */
+    if (timeout_ns == 0 && e->nused == 0 && e->npend == 0 && e->be->quiet != NULL &&
+        e->be->quiet(e)) {
+        e->nrec = 0;
+        return 0;
+    }
     for (uint32_t i = 0; i < e->nused; i++)
         e->be->recycle(e, e->used_bids[i]);
     e->nused = 0;

@@ -119,6 +119,8 @@ struct ul_backend {
     void (*forget)(ul_engine *e);                    /* fork child: close fds, free heap */
     int (*reserve)(ul_engine *e, uint32_t ops);      /* room for ops live ops, or -ENOMEM */
     int (*park)(ul_engine *e);                       /* no kernel request left (ul_park) */
+    int (*quiet)(ul_engine *e);  /* run(e, 0) would do nothing (no submit, reap,
+                                    re-issue); NULL: never assumed */
 };
 
 struct ul_engine {

@@ -1326,6 +1326,26 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
     return err;
 }
 
+/* uring_run(e, 0) would do nothing: the ring is enabled and ours, nothing
+ * waits to be issued or submitted, ring_top_up has nothing to give, the CQ is
+ * empty and the kernel holds no deferred work for us (TASKRUN_FLAG tells;
+ * without it every run enters) */
+static int uring_quiet(ul_engine *e)
+{
+    struct uring *u = e->bs;
+    if (!u->enabled || u->parked || u->owner != &tls_marker || !u->wake_armed ||
+        u->ncancels || u->nfresh || u->reg_countdown || e->bl_count ||
+        !(u->setup_flags & UL_SETUP_TASKRUN_FLAG))
+        return 0;
+    if (u->bufring && (u->br_dry || (u->br_avail < u->br_want && e->nfree)))
+        return 0;  /* ring_top_up has buffers to give */
+    if (u->sqe_tail != __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE) ||
+        __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) != *u->cq_khead)
+        return 0;
+    return !(__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) &
+             (UL_SQ_CQ_OVERFLOW | UL_SQ_TASKRUN));
+}
+
 static int uring_flush(ul_engine *e)
 {
     struct uring *u = e->bs;
@@ -1385,6 +1405,7 @@ const struct ul_backend ul_uring_backend = {
     .forget = uring_forget,
     .park = uring_park,
     .reserve = uring_reserve,
+    .quiet = uring_quiet,
 };
 
 /* ---------------------------------------------------------------- init */
