@@ -464,28 +464,35 @@ class _StreamClient(asyncio.Protocol):
             self.done.set_result(None)
 
 
-async def _stream_pingpong(loop, n, pairs, server_protocol, size=MSG_LEN):
-    rounds = max(1, n // pairs)
-    msg = bytes(i & 0xFF for i in range(size))
+async def _pingpong(loop, pairs, server_factory, client_factory, first):
+    """pairs socketpairs, a server and a client transport on each; every client
+    writes first, then runs its closed loop until its done future is set."""
     ends = []
     try:
         for _ in range(pairs):
             a, b = socket.socketpair()
             done = loop.create_future()
-            srv, _ = await loop.create_connection(server_protocol, sock=a)
-            cli, _ = await loop.create_connection(
-                lambda done=done: _StreamClient(msg, rounds, done), sock=b
-            )
+            srv, _ = await loop.create_connection(server_factory, sock=a)
+            cli, _ = await loop.create_connection(lambda done=done: client_factory(done), sock=b)
             ends.append((srv, cli, done))
         t0 = time.perf_counter()
         for _, cli, _ in ends:
-            cli.write(msg)
+            cli.write(first)
         await asyncio.wait_for(asyncio.gather(*(d for _, _, d in ends)), 120)
         elapsed = time.perf_counter() - t0
     finally:
         for srv, cli, _ in ends:
             srv.close()
             cli.close()
+    return elapsed
+
+
+async def _stream_pingpong(loop, n, pairs, server_protocol, size=MSG_LEN):
+    rounds = max(1, n // pairs)
+    msg = bytes(i & 0xFF for i in range(size))
+    elapsed = await _pingpong(
+        loop, pairs, server_protocol, lambda done: _StreamClient(msg, rounds, done), msg
+    )
     return rounds * pairs, elapsed
 
 
@@ -605,25 +612,9 @@ class _HttpClient(asyncio.Protocol):
 
 async def _http_pingpong(loop, n, pairs, server_factory):
     rounds = max(1, n // pairs)
-    ends = []
-    try:
-        for _ in range(pairs):
-            a, b = socket.socketpair()
-            done = loop.create_future()
-            srv, _ = await loop.create_connection(server_factory, sock=a)
-            cli, _ = await loop.create_connection(
-                lambda done=done: _HttpClient(rounds, done), sock=b
-            )
-            ends.append((srv, cli, done))
-        t0 = time.perf_counter()
-        for _, cli, _ in ends:
-            cli.write(_HTTP_REQUEST)
-        await asyncio.wait_for(asyncio.gather(*(d for _, _, d in ends)), 120)
-        elapsed = time.perf_counter() - t0
-    finally:
-        for srv, cli, _ in ends:
-            cli.close()
-            srv.close()
+    elapsed = await _pingpong(
+        loop, pairs, server_factory, lambda done: _HttpClient(rounds, done), _HTTP_REQUEST
+    )
     return rounds * pairs, elapsed
 
 
