@@ -73,6 +73,12 @@ def test_write_partly_taken_then_mutate(tloop):
     did not take is still sent as it was at write() when the caller reuses its
     bytearray at once (epoll sends at once and queues a copy of the rest;
     io_uring queues a copy); then another, behind it."""
+    if is_stock(tloop) and sys.version_info >= (3, 12):
+        pytest.skip(
+            "the stock transport of 3.12+ queues a memoryview of the caller's "
+            "bytearray (selector_events write: memoryview(data)[n:]), so a "
+            "mutation after write() changes what it sends; 3.10/3.11 copy"
+        )
 
     async def main():
         loop = asyncio.get_running_loop()

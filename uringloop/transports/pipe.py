@@ -235,7 +235,12 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
     def _data_failed(self, exc, message=None):
         """data_received raised: the stock reader handle reports the exception
         as a callback's, and reading goes on."""
-        handle = events.Handle(self._protocol.data_received, (), self._loop, self._context)
+        # called inside the transport's context, which the C core entered;
+        # 3.13's call_exception_handler runs the handler in the handle's
+        # context, and an entered context cannot be entered again: a copy
+        # (the same values) stands in for it
+        ctx = contextvars.copy_context()
+        handle = events.Handle(self._protocol.data_received, (), self._loop, ctx)
         cb = format_helpers._format_callback_source(handle._callback, handle._args)
         context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
         self._loop.call_exception_handler(context)
