@@ -457,6 +457,22 @@ static int stream_write_direct(Stream *s, PyObject *data, PyObject **r)
     return 1;
 }
 
+/* after write()/writelines() queued: the turn's flush, and above the
+ * high-water mark the transport decides (pause the protocol behind a send in
+ * flight, or send now) */
+static PyObject *stream_queued(Stream *s)
+{
+    if (PyList_GET_SIZE(s->buffer) > 0 && stream_mark_dirty(s) < 0)
+        return NULL;
+    if (s->buffer_size > s->high) {
+        PyObject *r = s->sending ? stream_call(s, s_maybe_pause, NULL, 0, 0) : stream_send_now(s);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
+}
+
 /* write(data): the transport's write() */
 static PyObject *Stream_write(Stream *s, PyObject *data)
 {
@@ -494,17 +510,7 @@ static PyObject *Stream_write(Stream *s, PyObject *data)
     if (rc < 0)
         return NULL;
     s->buffer_size += len;
-    if (stream_mark_dirty(s) < 0)
-        return NULL;
-    if (s->buffer_size > s->high) {
-        /* more than the high-water mark: the transport decides (pause the
-         * protocol behind a send in flight, or send now) */
-        PyObject *r = s->sending ? stream_call(s, s_maybe_pause, NULL, 0, 0) : stream_send_now(s);
-        if (r == NULL)
-            return NULL;
-        Py_DECREF(r);
-    }
-    Py_RETURN_NONE;
+    return stream_queued(s);
 slow:
     if (s->transport == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "the transport is gone");
@@ -563,16 +569,7 @@ static PyObject *Stream_writelines(Stream *s, PyObject *items)
     if (PyList_SetSlice(s->buffer, end, end, chunks) < 0)
         goto out;
     s->buffer_size += total;
-    if (PyList_GET_SIZE(s->buffer) > 0 && stream_mark_dirty(s) < 0)
-        goto out;
-    if (s->buffer_size > s->high) {
-        /* as in write(): the transport decides */
-        PyObject *r = s->sending ? stream_call(s, s_maybe_pause, NULL, 0, 0) : stream_send_now(s);
-        if (r == NULL)
-            goto out;
-        Py_DECREF(r);
-    }
-    result = Py_NewRef(Py_None);
+    result = stream_queued(s);
 out:
     Py_XDECREF(chunks);
     Py_DECREF(seq);
