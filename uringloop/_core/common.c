@@ -248,29 +248,42 @@ void ul__pool_put(ul_engine *e, uint16_t bid)
     e->free_bids[e->nfree++] = bid;
 }
 
-/* A datagram receive into the engine-picked buffer op->bid (no kernel ring for
- * it): the msghdr points into the buffer, in the layout of the kernel's
- * multishot recvmsg, so every path hands Python the same thing. */
-void ul__dmsg_setup(ul_engine *e, struct ul_op *op)
+/* A datagram receive into the engine-picked buffer bid (no kernel ring for
+ * it): the msghdr m (with its one iovec) points into the buffer, in the
+ * layout of the kernel's multishot recvmsg, so every path hands Python the
+ * same thing. */
+void ul__dmsg_prep(ul_engine *e, uint32_t bid, struct msghdr *m, struct iovec *iov)
 {
-    uint8_t *b = ul__dbuf(e, (uint32_t)op->bid);
-    op->iov.iov_base = b + UL_DGRAM_HDR;
-    op->iov.iov_len = UL_DGRAM_BUF_SIZE - UL_DGRAM_HDR;
-    memset(&op->msg, 0, sizeof op->msg);
-    op->msg.msg_name = b + 16;
-    op->msg.msg_namelen = UL_DGRAM_NAME;
-    op->msg.msg_iov = &op->iov;
-    op->msg.msg_iovlen = 1;
+    uint8_t *b = ul__dbuf(e, bid);
+    iov->iov_base = b + UL_DGRAM_HDR;
+    iov->iov_len = UL_DGRAM_BUF_SIZE - UL_DGRAM_HDR;
+    memset(m, 0, sizeof *m);
+    m->msg_name = b + 16;
+    m->msg_namelen = UL_DGRAM_NAME;
+    m->msg_iov = iov;
+    m->msg_iovlen = 1;
 }
 
-/* That receive returned res >= 0 (recvmsg with MSG_TRUNC: the datagram's
- * real length): write the header the kernel would have written. Returns the
- * payload length, or -EMSGSIZE when the datagram did not fit. */
+/* That receive returned res >= 0 (MSG_TRUNC: the datagram's real length)
+ * with a namelen-byte address: write the header the kernel would have
+ * written. Returns the payload length, or -EMSGSIZE when the datagram did
+ * not fit. */
+int32_t ul__dmsg_fill(ul_engine *e, uint32_t bid, uint32_t namelen, int32_t res)
+{
+    uint32_t h[4] = {namelen, 0, (uint32_t)res, 0};
+    memcpy(ul__dbuf(e, bid), h, sizeof h);
+    return res > (int32_t)(UL_DGRAM_BUF_SIZE - UL_DGRAM_HDR) ? -EMSGSIZE : res;
+}
+
+/* the same for op's own msghdr and buffer op->bid */
+void ul__dmsg_setup(ul_engine *e, struct ul_op *op)
+{
+    ul__dmsg_prep(e, (uint32_t)op->bid, &op->msg, &op->iov);
+}
+
 int32_t ul__dmsg_done(ul_engine *e, struct ul_op *op, int32_t res)
 {
-    uint32_t h[4] = {op->msg.msg_namelen, 0, (uint32_t)res, 0};
-    memcpy(ul__dbuf(e, (uint32_t)op->bid), h, sizeof h);
-    return res > (int32_t)(UL_DGRAM_BUF_SIZE - UL_DGRAM_HDR) ? -EMSGSIZE : res;
+    return ul__dmsg_fill(e, (uint32_t)op->bid, op->msg.msg_namelen, res);
 }
 
 /* One datagram's outcome in buffer bid (n = payload bytes, or -EMSGSIZE: the

@@ -198,6 +198,8 @@ static inline uint8_t *ul__dbuf(ul_engine *e, uint32_t bid)
 {
     return e->dpool + (size_t)(bid - e->cfg.buf_count) * UL_DGRAM_BUF_SIZE;
 }
+void ul__dmsg_prep(ul_engine *e, uint32_t bid, struct msghdr *m, struct iovec *iov);
+int32_t ul__dmsg_fill(ul_engine *e, uint32_t bid, uint32_t namelen, int32_t res);
 void ul__dmsg_setup(ul_engine *e, struct ul_op *op);
 int32_t ul__dmsg_done(ul_engine *e, struct ul_op *op, int32_t res);
 void ul__dgram_result(ul_engine *e, struct ul_op *op, int32_t n, uint16_t bid, int more,
