@@ -318,96 +318,61 @@ static int try_recv_pool(ul_engine *e, struct ul_op *op)
     return TRY_YIELD;
 }
 
-/* The rest of a burst, after a multishot receive's recvmsg got a datagram:
- * up to max more with one recvmmsg, each into a datagram-pool buffer laid
- * out as ul__dmsg_prep says. Returns the number received (> 0), or 0 with
- * *stop = the try's end (TRY_WAIT on EAGAIN, TRY_YIELD with no buffer left,
- * TRY_DONE after ending the op with the error). A short count is not an
- * EAGAIN: recvmmsg keeps an error met after the first datagram in sk_err for
- * the next call, with no new edge, so the caller always calls again. */
-static int recv_burst(ul_engine *e, struct ul_op *op, int max, int *stop)
+/* Datagrams into the datagram pool, in the layout of io_uring's multishot
+ * recvmsg (ul__dmsg_prep); multishot emulated. They are read by recvmmsg,
+ * 4, then 8, 16 at a time up to the per-turn budget (a one-shot receive: 1),
+ * each into its own pool buffer (those left unused go back): a burst costs a
+ * syscall per batch, and a ping-pong's single datagram one syscall, the
+ * kernel meeting the EAGAIN inside it.
+ * A count short of the batch means the queue was empty at that moment, or
+ * that recvmmsg met an error after the first datagram and keeps it in
+ * sk_err for the next call. Either way a later datagram or that error has
+ * raised, or will raise, an edge of its own (sk_err is checked before each
+ * datagram, so an error met mid-batch was set after the epoll_wait that
+ * woke us), so waiting is safe, as after a short stream read, except when
+ * the event being served already carried an error or a hang-up, or the
+ * receive was tried at submission: then it reads on to EAGAIN or the
+ * error, as successive recvmsg calls would. */
+static int try_recvmsg_pool(ul_engine *e, struct ul_op *op)
 {
     struct mmsghdr mm[BUDGET];
     struct iovec iov[BUDGET];
     uint16_t bids[BUDGET];
-    int k = 0, bid;
-    while (k < max && (bid = ul__dpool_take(e)) >= 0) {
-        bids[k] = (uint16_t)bid;
-        ul__dmsg_prep(e, (uint32_t)bid, &mm[k].msg_hdr, &iov[k]);
-        k++;
-    }
-    if (k == 0) {
-        *stop = TRY_YIELD; /* buffers come back at the next recycle */
-        return 0;
-    }
-    int r;
-    do
-        r = recvmmsg(op->fd, mm, (unsigned)k, op->msg_flags | MSG_DONTWAIT, NULL);
-    while (r < 0 && errno == EINTR);
-    int err = errno;
-    e->st.submitted++;
-    for (int i = k; i-- > (r > 0 ? r : 0);)
-        ul__pool_put(e, bids[i]); /* back in the order they were taken */
-    if (r <= 0) {
-        if (r == 0 || err == EAGAIN || err == EWOULDBLOCK) {
-            *stop = TRY_WAIT;
-        } else {
-            ul__finish(e, op, -err, 0, 0);
-            *stop = TRY_DONE;
+    int batch = op->multishot ? 4 : 1;
+    for (int n = 0; n < BUDGET; batch *= 2) {
+        int want = UL_MIN(batch, BUDGET - n), k = 0, bid;
+        while (k < want && (bid = ul__dpool_take(e)) >= 0) {
+            bids[k] = (uint16_t)bid;
+            ul__dmsg_prep(e, (uint32_t)bid, &mm[k].msg_hdr, &iov[k]);
+            k++;
         }
-        return 0;
-    }
-    for (int i = 0; i < r; i++) {
-        int rearm;
-        int32_t len = ul__dmsg_fill(e, bids[i], mm[i].msg_hdr.msg_namelen, (int32_t)mm[i].msg_len);
-        ul__dgram_result(e, op, len, bids[i], 1, &rearm);
-    }
-    return r;
-}
-
-/* Datagrams into the datagram pool, in the layout of io_uring's multishot
- * recvmsg (ul__dmsg_setup); multishot emulated. The first is one recvmsg
- * (a ping-pong's one datagram, then EAGAIN); once one came, the rest of a
- * burst comes by recvmmsg, 4, 8, 16 at a time up to the budget (a flood:
- * one syscall for many datagrams, in arrival order, errors after them). */
-static int try_recvmsg_pool(ul_engine *e, struct ul_op *op)
-{
-    int burst = 4;
-    for (int n = 0; n < BUDGET;) {
-        if (n > 0) {
-            int stop, got = recv_burst(e, op, UL_MIN(burst, BUDGET - n), &stop);
-            if (got == 0)
-                return stop;
-            n += got;
-            burst *= 2;
-            continue;
-        }
-        int bid = ul__dpool_take(e);
-        if (bid < 0)
+        if (k == 0)
             return TRY_YIELD;  /* buffers come back at the next recycle */
-        op->bid = bid;
-        ul__dmsg_setup(e, op);
-        ssize_t r = recvmsg(op->fd, &op->msg, op->msg_flags | MSG_DONTWAIT);
+        int r;
+        do
+            r = recvmmsg(op->fd, mm, (unsigned)k, op->msg_flags | MSG_DONTWAIT, NULL);
+        while (r < 0 && errno == EINTR);
+        int err = errno;
         e->st.submitted++;
-        op->bid = -1;
-        if (r >= 0) {
-            int rearm;
-            op->bid = bid;
-            int32_t len = ul__dmsg_done(e, op, (int32_t)r);
-            op->bid = -1;
-            ul__dgram_result(e, op, len, (uint16_t)bid, 1, &rearm);
-            if (!op->multishot)
-                return TRY_DONE;
-            n++;
-            continue;
+        for (int i = k; i-- > (r > 0 ? r : 0);)
+            ul__pool_put(e, bids[i]);  /* back in the order they were taken */
+        if (r <= 0) {
+            if (r == 0 || err == EAGAIN || err == EWOULDBLOCK)
+                return TRY_WAIT;
+            ul__finish(e, op, -err, 0, 0);
+            return TRY_DONE;
         }
-        ul__pool_put(e, (uint16_t)bid);
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
+        for (int i = 0; i < r; i++) {
+            int rearm;
+            int32_t len =
+                ul__dmsg_fill(e, bids[i], mm[i].msg_hdr.msg_namelen, (int32_t)mm[i].msg_len);
+            ul__dgram_result(e, op, len, bids[i], 1, &rearm);
+        }
+        if (!op->multishot)
+            return TRY_DONE;
+        n += r;
+        if (r < k && ((struct ep *)e->bs)->drained_ok)
             return TRY_WAIT;
-        ul__finish(e, op, -errno, 0, 0);
-        return TRY_DONE;
     }
     return TRY_YIELD;
 }
