@@ -320,7 +320,7 @@ static int try_recv_pool(ul_engine *e, struct ul_op *op)
 
 /* Datagrams into the datagram pool, in the layout of io_uring's multishot
  * recvmsg (ul__dmsg_prep); multishot emulated. They are read by recvmmsg,
- * 4, then 8, 16 at a time up to the per-turn budget (a one-shot receive: 1),
+ * 2, then 4, 8, 16 at a time up to the per-turn budget (a one-shot: 1),
  * each into its own pool buffer (those left unused go back): a burst costs a
  * syscall per batch, and a ping-pong's single datagram one syscall, the
  * kernel meeting the EAGAIN inside it.
@@ -338,7 +338,7 @@ static int try_recvmsg_pool(ul_engine *e, struct ul_op *op)
     struct mmsghdr mm[BUDGET];
     struct iovec iov[BUDGET];
     uint16_t bids[BUDGET];
-    int batch = op->multishot ? 4 : 1;
+    int batch = op->multishot ? 2 : 1;
     for (int n = 0; n < BUDGET; batch *= 2) {
         int want = UL_MIN(batch, BUDGET - n), k = 0, bid;
         while (k < want && (bid = ul__dpool_take(e)) >= 0) {
