@@ -624,3 +624,29 @@ def test_writelines_list_is_c(tloop):
             await wait_for(proto.lost)
 
     run_in(tloop, main())
+
+
+def test_a_waiting_100k_message_is_one_data_received(tloop):
+    """100 KiB already waiting in the socket when the transport starts reading
+    reaches data_received in one call, as the stock loop's recv(256 KiB)
+    hands it over (decision 271: a chunk joins up to 112 KiB of records)."""
+
+    class Chunks(Lost):
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def data_received(self, data):
+            self.sizes.append(len(data))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        with b:
+            b.sendall(bytes(range(256)) * 400)  # 100 KiB, all of it waits in a
+            b.shutdown(socket.SHUT_WR)
+            tr, proto = await loop.create_connection(Chunks, sock=a)
+            await wait_for(proto.lost)
+        return proto.sizes
+
+    assert run_in(tloop, main()) == [100 * 1024]

@@ -1398,12 +1398,14 @@ static int in_pool(Table *t, const ul_record *r)
     return r->res >= 0 && r->res <= t->buf_size && start + r->res <= t->pool_size;
 }
 
-/* A joined chunk stops at 64 KiB (decision 220): glibc serves allocations
- * from 128 KiB up (the mmap threshold) with fresh pages, a page fault each
- * 4 KiB, so one turn's several hundred KiB joined into one bytes cost 5-7x
- * the CPU per MiB of 64 KiB chunks (the protocol's buffer is fed the same
- * bytes either way). What is left of the run comes as the next chunk. */
-#define COALESCE_MAX (64 * 1024)
+/* A joined chunk stops at 112 KiB (decisions 220, 271): glibc serves
+ * allocations from 128 KiB up (the mmap threshold) with fresh pages, a page
+ * fault each 4 KiB, so one turn's several hundred KiB joined into one bytes
+ * cost 5-7x the CPU per MiB of smaller chunks (the protocol's buffer is fed
+ * the same bytes either way). 112 KiB and the bytes header stay below it, and
+ * a 100 KiB message is one chunk. What is left of the run comes as the next
+ * chunk. */
+#define COALESCE_MAX (112 * 1024)
 
 /* Coalescing: the buffer records of slot i's op that follow record k in this
  * batch, up to its final record or COALESCE_MAX bytes, become one chunk.
