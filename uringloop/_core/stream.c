@@ -19,6 +19,10 @@
  *    whole queue as one send or sendv whose owner is sent(), the Stream's
  *    bound completion method.
  *
+ * The table's delivery hands both kinds of record to the C functions behind
+ * these (stream_recv, stream_sent) with the record's fields (stream_deliver);
+ * Python objects for a record are made only where it goes to Python.
+ *
  * Anything unusual (rfast/wfast cleared by the transport whenever it is
  * closing, paused, holding records, lost, at EOF, sendfile; a final record,
  * an error, callbacks queued in _ready) takes the transport's Python methods,
