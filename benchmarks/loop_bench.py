@@ -301,7 +301,7 @@ async def bench_future(loop, n):
     return n, time.perf_counter() - t0
 
 
-async def _pingpong(loop, n, pairs):
+async def _sock_pingpong(loop, n, pairs):
     rounds = max(1, n // pairs)
     msg = bytes(range(MSG_LEN))
     sock_recv = loop.sock_recv
@@ -346,11 +346,11 @@ async def _pingpong(loop, n, pairs):
 
 
 async def bench_pingpong(loop, n):
-    return await _pingpong(loop, n, 1)
+    return await _sock_pingpong(loop, n, 1)
 
 
 async def bench_pingpong16(loop, n):
-    return await _pingpong(loop, n, 16)
+    return await _sock_pingpong(loop, n, 16)
 
 
 class _UdpEcho(asyncio.DatagramProtocol):

@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import sys
 import threading
 import time
@@ -694,3 +695,141 @@ def test_create_task_debug_factory_closed_and_patched_as_stock(loop, stock):
 
     assert traced(Noisy()) == traced(StockNoisy()) == (
         "traced", (RuntimeError, "Event loop is closed"))
+
+
+def _chain(lp, steps, at=None):
+    """A coroutine running a call_soon chain of ``steps`` callbacks (one per
+    turn); ``at(k)`` is called from step k. Returns the steps run."""
+
+    async def main():
+        done = lp.create_future()
+        count = [0]
+
+        def step():
+            count[0] += 1
+            if at is not None:
+                at(count[0])
+            if count[0] < steps:
+                lp.call_soon(step)
+            else:
+                done.set_result(count[0])
+
+        lp.call_soon(step)
+        return await done
+
+    return main()
+
+
+def test_epoll_turn_polls_only_while_an_op_is_in_flight():
+    """Decision 291: a no-wait epoll turn skips epoll_wait(0) when no op is in
+    flight (nothing it could return concerns an op), and polls on every turn
+    while one is (the stock selector's promise: readiness is seen in the next
+    turn, never starved by a stream of callbacks). Without the skip the first
+    chain made one epoll_wait per turn."""
+    lp = uringloop.Loop(backend="epoll")
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        before = lp.engine_stats()["enters"]
+        run_in(lp, _chain(lp, 200))
+        idle = lp.engine_stats()["enters"] - before
+
+        async def waiting():
+            recv = lp.create_task(lp.sock_recv(a, 10))
+            await asyncio.sleep(0)  # the receive is in flight, waiting on a
+            start = lp.engine_stats()["enters"]
+            await _chain(lp, 200)
+            polls = lp.engine_stats()["enters"] - start
+            b.send(b"x")
+            return polls, await recv
+
+        polls, got = run_in(lp, waiting())
+    finally:
+        lp.close()
+        a.close()
+        b.close()
+    assert idle <= 5, f"{idle} epoll_wait calls for 200 turns with nothing in flight"
+    assert polls >= 200, f"only {polls} epoll_wait calls for 200 turns with a receive waiting"
+    assert got == b"x"
+
+
+def test_io_readiness_seen_within_a_turn_during_a_callback_chain(any_loop):
+    """Data that arrives while callbacks keep every turn busy completes a
+    waiting sock_recv within the next turns, as on the stock loop (whose
+    selector polls each turn): neither the epoll skip (decision 291) nor the
+    GIL-keeping probe (decision 290) may starve I/O."""
+    lp = any_loop
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    seen = {}
+
+    def at(k):
+        if k == 20:
+            b.send(b"ping")
+
+    async def main():
+        async def reader():
+            data = await lp.sock_recv(a, 10)
+            seen["step"] = steps[0]
+            return data
+
+        steps = [0]
+
+        def count(k):
+            steps[0] = k
+            at(k)
+
+        task = lp.create_task(reader())
+        await asyncio.sleep(0)
+        await _chain(lp, 60, count)
+        return await task
+
+    try:
+        assert run_in(lp, main()) == b"ping"
+    finally:
+        a.close()
+        b.close()
+    # sent from step 20: stock sees it in the next turn and resumes the task in
+    # the one after
+    assert 20 <= seen["step"] <= 22, seen
+
+
+def test_a_visible_completion_is_taken_without_a_wait():
+    """Decision 290: when the turn would wait but the ring already shows a
+    completion (deferred task work flagged by the kernel, or CQEs), the native
+    turn takes it with a no-wait run, the GIL kept; a waiting run (GIL
+    released) follows only if that found nothing. In a sock_* ping-pong inside
+    one loop every reply is flagged before the turn: no turn waits. Without
+    the probe every turn was a wait (two per round)."""
+    lp = uringloop.Loop(backend="io_uring")
+    if "TASKRUN_FLAG" not in lp._engine.info()["ring_flags"]:
+        lp.close()
+        pytest.skip("no IORING_SETUP_TASKRUN_FLAG (Linux < 5.19): deferred work is not visible")
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    rounds = 200
+
+    async def main():
+        async def echo():
+            for _ in range(rounds):
+                await lp.sock_sendall(b, await lp.sock_recv(b, 64))
+
+        server = lp.create_task(echo())
+        await lp.sock_sendall(a, b"hello")  # the first round may wait
+        await lp.sock_recv(a, 64)
+        start = lp.engine_stats()["waits"]
+        for _ in range(rounds - 1):
+            await lp.sock_sendall(a, b"hello")
+            assert await lp.sock_recv(a, 64) == b"hello"
+        waits = lp.engine_stats()["waits"] - start
+        await server
+        return waits
+
+    try:
+        waits = run_in(lp, main())
+    finally:
+        lp.close()
+        a.close()
+        b.close()
+    assert waits <= rounds // 10, f"{waits} waiting runs for {rounds - 1} round trips"

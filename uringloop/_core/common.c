@@ -1088,6 +1088,13 @@ EXPORT int ul_run(ul_engine *e, int64_t timeout_ns)
     return r;
 }
 
+EXPORT int ul_ready(ul_engine *e)
+{
+    if (e->closed)
+        return 0;
+    return e->npend > 0 || (e->be->ready != NULL && e->be->ready(e));
+}
+
 EXPORT int ul_flush(ul_engine *e)
 {
     if (e->closed)

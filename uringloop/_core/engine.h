@@ -198,6 +198,13 @@ void ul_test_fail_allocs(int on);
  * wait. Returns the number of records written to ul_records(), or -errno
  * (-EINTR: a signal arrived; call again after running Python handlers). */
 int ul_run(ul_engine *e, int64_t timeout_ns);
+
+/* 1 when a ul_run would find a completion without waiting: records are
+ * pending, the io_uring CQ holds entries or the kernel flags deferred work
+ * for us (epoll: an fd waits on the retry list). A hint read from memory, no
+ * syscall: 0 says nothing (the run may still find something). The native
+ * turn runs ul_run(e, 0) with the GIL kept when it says 1 (decision 290). */
+int ul_ready(ul_engine *e);
 /* CDEF END */
 
 #endif

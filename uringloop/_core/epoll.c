@@ -755,6 +755,25 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
     return err;
 }
 
+/* ep_run(e, 0) would find nothing: no op is in flight, so none waits on an
+ * fd's readiness, and nothing is on the backlog or the retry list. An event
+ * epoll_wait(0) could still return then concerns no op (it would be read and
+ * dropped: an op submitted later is tried at once and re-arms its fd) or is a
+ * stale eventfd count (a wake is seen through wake_pending without it). So
+ * skipping the call changes nothing that can be observed (decision 291). */
+static int ep_quiet(ul_engine *e)
+{
+    struct ep *p = e->bs;
+    return e->in_flight == 0 && e->bl_count == 0 && p->ready_head < 0;
+}
+
+/* fds wait on the retry list: the next run will not wait */
+static int ep_ready(ul_engine *e)
+{
+    struct ep *p = e->bs;
+    return p->ready_head >= 0;
+}
+
 static void ep_recycle(ul_engine *e, uint16_t bid)
 {
     ul__pool_put(e, bid);  /* either pool: the bid says which */
@@ -795,6 +814,8 @@ const struct ul_backend ul_epoll_backend = {
     .before_close = ep_before_close,
     .destroy = ep_destroy,
     .forget = ep_forget,
+    .quiet = ep_quiet,
+    .ready = ep_ready,
 };
 
 int ul__epoll_init(ul_engine *e, char *err, int errlen)

@@ -121,6 +121,8 @@ struct ul_backend {
     int (*park)(ul_engine *e);                       /* no kernel request left (ul_park) */
     int (*quiet)(ul_engine *e);  /* run(e, 0) would do nothing (no submit, reap,
                                     re-issue); NULL: never assumed */
+    int (*ready)(ul_engine *e);  /* a run would find a completion without waiting
+                                    (ul_ready); NULL: never assumed */
 };
 
 struct ul_engine {

@@ -436,30 +436,43 @@ static PyObject *heappop(PyObject *heap)
 
 /* ------------------------------------------------------------ the clock */
 
+/* time.monotonic() as a C double: integer nanoseconds, then / 1e9, as
+ * time.monotonic() converts */
+static double mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec) / 1e9;
+}
+
 static PyObject *Core_time(Core *self, PyObject *unused)
 {
     (void)self;
     (void)unused;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    /* as time.monotonic() converts: integer nanoseconds, then / 1e9 */
-    return PyFloat_FromDouble((double)((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec) / 1e9);
+    return PyFloat_FromDouble(mono());
+}
+
+/* self.time is our own time() (no subclass override, no instance attribute:
+ * cached by the class's version tag like makes_handles): the clock may then
+ * be read as a C double, with no float object (decision 292) */
+static int own_time(Core *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    if (self->time_patched || !(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG))
+        return 0;
+    if (tp->tp_version_tag != 0 && tp->tp_version_tag == self->own_time_tag)
+        return 1;
+    if (_PyType_Lookup(tp, S.s_time) != S.own_time)
+        return 0;
+    self->own_time_tag = tp->tp_version_tag;
+    return 1;
 }
 
 /* self.time(), through the attribute (a subclass or a patch may replace it) */
 static PyObject *now(Core *self)
 {
-    /* our own time() (no subclass override, no instance attribute: cached by
-     * the class's version tag like makes_handles) is called directly */
-    PyTypeObject *tp = Py_TYPE(self);
-    if (!self->time_patched && (tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) &&
-        tp->tp_version_tag != 0 && tp->tp_version_tag == self->own_time_tag)
-        return Core_time(self, NULL);
-    if (!self->time_patched && _PyType_Lookup(tp, S.s_time) == S.own_time &&
-        (tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) {
-        self->own_time_tag = tp->tp_version_tag;
-        return Core_time(self, NULL);
-    }
+    if (own_time(self))
+        return PyFloat_FromDouble(mono());
     PyObject *stack[1] = {(PyObject *)self};
     return PyObject_VectorcallMethod(S.s_time, stack, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
@@ -645,11 +658,17 @@ static PyObject *Core_call_later(Core *self, PyObject *const *args, Py_ssize_t n
     if (nargs < 2 || args[0] == Py_None || parse_context(args, nargs, kwnames, &ctx) < 0 ||
         !makes_handles(self) || _PyType_Lookup(Py_TYPE(self), S.s_call_at) != S.own_call_at)
         return delegate(S.base_call_later, self, args, nargsf, kwnames);
-    PyObject *t = now(self);
-    if (t == NULL)
-        return NULL;
-    PyObject *when = PyNumber_Add(t, args[0]);
-    Py_DECREF(t);
+    PyObject *when;
+    if (own_time(self) && PyFloat_CheckExact(args[0])) {
+        /* time() + delay on doubles: the float the stock sum makes */
+        when = PyFloat_FromDouble(mono() + PyFloat_AS_DOUBLE(args[0]));
+    } else {
+        PyObject *t = now(self);
+        if (t == NULL)
+            return NULL;
+        when = PyNumber_Add(t, args[0]);
+        Py_DECREF(t);
+    }
     if (when == NULL)
         return NULL;
     PyObject *res;
@@ -723,6 +742,7 @@ typedef int (*ul_close_fd_fn)(void *, uint64_t, int);
 typedef int (*ul_cancel_fn)(void *, uint64_t);
 typedef int (*ul_cancel_fd_fn)(void *, int);
 typedef void (*ul_wake_fn)(void *);
+typedef int (*ul_ready_fn)(void *);
 
 #define SLOT_USED 1
 #define SLOT_COALESCE 2 /* buffer records of one turn are joined into one chunk */
@@ -753,6 +773,7 @@ struct Table {
     ul_cancel_fn cancel;
     ul_cancel_fd_fn cancel_fd;
     ul_wake_fn wake;
+    ul_ready_fn ready;
     Slot *slots;
     uint32_t nslots, used;
     uint32_t *free; /* stack of free slots, lowest on top */
@@ -1602,22 +1623,22 @@ static PyObject *Table_deliver(Table *t, PyObject *arg)
 
 /* Table(native, addr_of): native = (ul_engine *, records, record_cap, pool,
  * pool_size, buf_size, ul_run, ul_nop, ul_recv, ul_send, ul_sendv, ul_accept,
- * ul_shutdown, ul_close_fd, ul_cancel, ul_cancel_fd, ul_wake), addresses as ints */
+ * ul_shutdown, ul_close_fd, ul_cancel, ul_cancel_fd, ul_wake, ul_ready), addresses as ints */
 static int Table_init(Table *t, PyObject *args, PyObject *kwds)
 {
     PyObject *native, *addr_of;
-    unsigned long long e, rec, pool, f[11];
+    unsigned long long e, rec, pool, f[12];
     Py_ssize_t cap, pool_size, buf_size;
     if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
         PyErr_SetString(PyExc_TypeError, "Table() takes no keyword arguments");
         return -1;
     }
     if (!PyArg_ParseTuple(args, "O!O:Table", &PyTuple_Type, &native, &addr_of) ||
-        !PyArg_ParseTuple(native, "KKnKnnKKKKKKKKKKK:native", &e, &rec, &cap, &pool, &pool_size,
+        !PyArg_ParseTuple(native, "KKnKnnKKKKKKKKKKKK:native", &e, &rec, &cap, &pool, &pool_size,
                           &buf_size, &f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6], &f[7],
-                          &f[8], &f[9], &f[10]))
+                          &f[8], &f[9], &f[10], &f[11]))
         return -1;
-    for (int i = 0; i < 11; i++) {
+    for (int i = 0; i < 12; i++) {
         if (f[i] == 0) {
             PyErr_SetString(PyExc_ValueError, "Table: a null function address");
             return -1;
@@ -1644,6 +1665,7 @@ static int Table_init(Table *t, PyObject *args, PyObject *kwds)
     t->cancel = (ul_cancel_fn)(uintptr_t)f[8];
     t->cancel_fd = (ul_cancel_fd_fn)(uintptr_t)f[9];
     t->wake = (ul_wake_fn)(uintptr_t)f[10];
+    t->ready = (ul_ready_fn)(uintptr_t)f[11];
     Py_XSETREF(t->addr_of, Py_NewRef(addr_of));
     return 0;
 }
@@ -1913,9 +1935,14 @@ static int io_step_table(Core *self, Table *t, int64_t ns)
 {
     for (;;) {
         int n;
-        if (ns == 0) {
-            n = t->run(t->engine, 0);
-        } else {
+        /* A run that cannot block keeps the GIL. So does a run that may
+         * wait while the engine already shows a completion (ul_ready: the
+         * CQ holds one, the kernel flags deferred work): a no-wait run takes
+         * it without releasing the GIL; only if it finds nothing after all
+         * does the waiting run follow, the GIL released (decision 290). */
+        int probe = ns != 0 && t->ready(t->engine);
+        n = ns == 0 || probe ? t->run(t->engine, 0) : 0;
+        if (ns != 0 && n == 0) {
             Py_BEGIN_ALLOW_THREADS
             n = t->run(t->engine, ns);
             Py_END_ALLOW_THREADS
@@ -2044,26 +2071,41 @@ static int collect_due(Core *self)
 {
     if (PyList_GET_SIZE(self->scheduled) == 0)
         return 0;
-    PyObject *t = now(self);
-    if (t == NULL)
-        return -1;
-    if (field(self, self->clock_res, "_clock_resolution") == NULL) {
+    /* end_time = self.time() + self._clock_resolution: a C double when both
+     * are floats we know (end stays NULL until a comparison needs it) */
+    PyObject *end = NULL;
+    double end_d = 0.0;
+    if (self->clock_res != NULL && PyFloat_CheckExact(self->clock_res) && own_time(self)) {
+        end_d = mono() + PyFloat_AS_DOUBLE(self->clock_res);
+    } else {
+        PyObject *t = now(self);
+        if (t == NULL)
+            return -1;
+        if (field(self, self->clock_res, "_clock_resolution") == NULL) {
+            Py_DECREF(t);
+            return -1;
+        }
+        end = PyNumber_Add(t, self->clock_res);
         Py_DECREF(t);
-        return -1;
+        if (end == NULL)
+            return -1;
+        if (PyFloat_CheckExact(end)) {
+            end_d = PyFloat_AS_DOUBLE(end);
+            Py_CLEAR(end);
+        }
     }
-    PyObject *end = PyNumber_Add(t, self->clock_res);
-    Py_DECREF(t);
-    if (end == NULL)
-        return -1;
     int rc = 0;
-    double end_d = PyFloat_CheckExact(end) ? PyFloat_AS_DOUBLE(end) : 0.0;
     while (plain(self) && PyList_GET_SIZE(self->scheduled) > 0) {
         PyObject *h = PyList_GET_ITEM(self->scheduled, 0);
         PyObject *w = is_timer(h) ? SLOT(h, S.off_when) : NULL;
         int later;
-        if (w != NULL && PyFloat_CheckExact(w) && PyFloat_CheckExact(end)) {
+        if (w != NULL && PyFloat_CheckExact(w) && end == NULL) {
             later = PyFloat_AS_DOUBLE(w) >= end_d;
         } else {
+            if (end == NULL && (end = PyFloat_FromDouble(end_d)) == NULL) {
+                rc = -1;
+                break;
+            }
             Py_INCREF(h);
             PyObject *when = timer_when(h);
             Py_DECREF(h);
@@ -2082,7 +2124,7 @@ static int collect_due(Core *self)
         }
         Py_DECREF(h);
     }
-    Py_DECREF(end);
+    Py_XDECREF(end);
     return rc;
 }
 
@@ -2132,10 +2174,16 @@ static PyObject *run_turn(Core *self)
         PyObject *first = Py_NewRef(PyList_GET_ITEM(self->scheduled, 0));
         PyObject *when = timer_when(first);
         Py_DECREF(first);
-        PyObject *t = when ? now(self) : NULL;
-        int r = t ? seconds_until(when, t, &timeout) : -1;
+        int r;
+        if (when != NULL && PyFloat_CheckExact(when) && own_time(self)) {
+            timeout = PyFloat_AS_DOUBLE(when) - mono(); /* no float object for now */
+            r = 0;
+        } else {
+            PyObject *t = when ? now(self) : NULL;
+            r = t ? seconds_until(when, t, &timeout) : -1;
+            Py_XDECREF(t);
+        }
         Py_XDECREF(when);
-        Py_XDECREF(t);
         if (r < 0)
             return NULL;
         if (timeout > S.max_timeout)

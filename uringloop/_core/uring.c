@@ -1390,6 +1390,20 @@ static int uring_quiet(ul_engine *e)
              (UL_SQ_CQ_OVERFLOW | UL_SQ_TASKRUN));
 }
 
+/* a GETEVENTS enter would find a CQE without sleeping: the CQ holds entries,
+ * or the kernel flags deferred task work (a completion waiting to be posted)
+ * or an overflow. Only on the ring's own thread, enabled and not parked. */
+static int uring_ready(ul_engine *e)
+{
+    struct uring *u = e->bs;
+    if (!u->enabled || u->parked || u->owner != &tls_marker)
+        return 0;
+    if (__atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) != *u->cq_khead)
+        return 1;
+    return (u->setup_flags & UL_SETUP_TASKRUN_FLAG) &&
+           (__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & (UL_SQ_CQ_OVERFLOW | UL_SQ_TASKRUN));
+}
+
 static int uring_flush(ul_engine *e)
 {
     struct uring *u = e->bs;
@@ -1452,6 +1466,7 @@ const struct ul_backend ul_uring_backend = {
     .park = uring_park,
     .reserve = uring_reserve,
     .quiet = uring_quiet,
+    .ready = uring_ready,
 };
 
 /* ---------------------------------------------------------------- init */
