@@ -79,6 +79,7 @@ typedef struct ul_info {
     int guard;                   /* pool guard mode (UL_OPT_GUARD / URINGLOOP_GUARD=1) */
     uint32_t buf_count, buf_size;
     int multishot_read;          /* ul_read_pool uses READ_MULTISHOT */
+    uint32_t op_bytes;           /* the engine's record per op slot */
     char reason[256];            /* why this backend (fallback reason) */
 } ul_info;
 
@@ -105,6 +106,10 @@ typedef struct ul_stats {
     uint32_t bufs_free;          /* pool buffers available to the kernel */
     uint64_t ident_captures;     /* file identities taken (one syscall each) */
     uint64_t ident_checks;       /* continuations that compared it (one each) */
+    uint32_t addr_blocks;        /* op slots holding an address block (sendmsg, recvmsg,
+                                    connect, datagram pool receives) */
+    uint32_t pool_resident;      /* stream pool buffers used since the engine last
+                                    handed their pages back (or ever) */
 } ul_stats;
 
 typedef struct ul_engine ul_engine;
