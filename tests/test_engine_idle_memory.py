@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import socket
 
 from conftest import Collector, drain, run_until, settle
@@ -35,6 +36,24 @@ def _pool_pages_resident(eng) -> int:
 def test_an_op_record_carries_no_address(eng):
     """The per-op record: 352 bytes with the address fields inside."""
     assert eng.info()["op_bytes"] <= 160
+
+
+def test_the_fd_table_grows_by_steps(eng, socketpair):
+    """An op on fd 1100 grows the fd table to 1,280 entries (60 bytes each,
+    all written), not to the next power of two (2,048)."""
+    a, b = socketpair()
+    hi = 1100
+    os.dup2(a.fileno(), hi)
+    try:
+        c = Collector()
+        eng.recv(hi, c)
+        assert hi < eng.stats()["fd_entries"] <= hi + 256
+        b.send(b"x")
+        run_until(eng, lambda: c.payload() == b"x", what="the byte")
+        eng.cancel_fd(hi)
+        drain(eng)
+    finally:
+        os.close(hi)
 
 
 def test_stream_ops_take_no_address_block(eng, socketpair, tcp_listener):

@@ -653,7 +653,7 @@ os.register_at_fork(after_in_child=_forget_all_after_fork)
 _STATS = (
     "enters", "waits", "submitted", "records", "cq_overflows", "rearms",
     "eagain_retries", "wakeups", "guard_faults", "in_flight", "bufs_free", "ident_captures",
-    "ident_checks", "addr_blocks", "pool_resident",
+    "ident_checks", "addr_blocks", "pool_resident", "fd_entries",
 )
 
 _SETUP_FLAGS = {

@@ -110,6 +110,7 @@ typedef struct ul_stats {
                                     connect, datagram pool receives) */
     uint32_t pool_resident;      /* stream pool buffers used since the engine last
                                     handed their pages back (or ever) */
+    uint32_t fd_entries;         /* entries of the engine's fd table */
 } ul_stats;
 
 typedef struct ul_engine ul_engine;

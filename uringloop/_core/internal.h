@@ -36,6 +36,7 @@
 #define KUD_WAKE (KUD_SPECIAL | 1)
 #define KUD_IGNORE (KUD_SPECIAL | 2)
 
+#define UL_FD_STEP 256          /* the fd table grows by this many entries */
 #define CHUNK_SHIFT 10
 #define CHUNK_SIZE (1U << CHUNK_SHIFT)
 #define MAX_SLOTS (1U << 24)
@@ -141,7 +142,7 @@ struct ul_fd {
     int32_t close_slot;         /* slot of the pending close, -1 if none */
     uint8_t closing, advancing;
     /* epoll backend */
-    uint8_t registered, regular, nonblock_checked, on_ready_list;
+    uint8_t registered, regular, on_ready_list;
     int32_t rq_head, rq_tail;   /* ops waiting for readability */
     int32_t wq_head, wq_tail;   /* ops waiting for writability */
     int32_t pq_head, pq_tail;   /* poll ops */
