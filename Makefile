@@ -12,7 +12,7 @@ ASAN_TESTS = tests/test_engine_ops.py tests/test_engine_cancel_close.py \
              tests/test_engine_nomem.py tests/test_threads.py tests/test_engine_dgram.py \
              tests/test_transport_core.py tests/test_transport_ccore.py \
              tests/test_engine_recv_path.py tests/test_datagram_hot.py \
-             tests/test_engine_pool_working_set.py
+             tests/test_engine_pool_working_set.py tests/test_engine_idle_memory.py
 # CPython itself is not ASan-built: its allocations look leaked, so leak
 # detection stays off; any other ASan report aborts the test process. pytest
 # captures sys.stdout/stderr only (--capture=sys), so a report written to fd 2
@@ -35,7 +35,7 @@ GUARD_TESTS = tests/test_engine_ops.py tests/test_engine_cancel_close.py \
               tests/test_engine_stress.py tests/test_engine_bad_input.py \
               tests/test_loop_sock.py tests/test_loop_cancel.py tests/test_backend_modes.py \
               tests/test_engine_dgram.py tests/test_engine_recv_path.py tests/test_engine_read_pool.py \
-              tests/test_engine_pool_working_set.py
+              tests/test_engine_pool_working_set.py tests/test_engine_idle_memory.py
 test-guard: build
 	URINGLOOP_GUARD=1 $(PY) -m pytest -q -p no:cacheprovider $(GUARD_TESTS)
 

@@ -580,6 +580,7 @@ class Engine:
             "buf_count": i.buf_count,
             "buf_size": i.buf_size,
             "guard": bool(i.guard),
+            "op_bytes": i.op_bytes,
         }
 
     def stats(self) -> dict:
@@ -655,7 +656,7 @@ os.register_at_fork(after_in_child=_forget_all_after_fork)
 _STATS = (
     "enters", "waits", "submitted", "records", "cq_overflows", "rearms",
     "eagain_retries", "wakeups", "guard_faults", "in_flight", "bufs_free", "ident_captures",
-    "ident_checks", "cqes",
+    "ident_checks", "cqes", "addr_blocks", "pool_resident", "fd_entries",
 )
 
 _SETUP_FLAGS = {

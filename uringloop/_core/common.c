@@ -109,9 +109,10 @@ static void fd_reset(struct ul_fd *f)
 struct ul_fd *ul__fd(ul_engine *e, int fd)
 {
     if (fd >= e->nfds) {
-        int n = e->nfds ? e->nfds : 64;
-        while (n <= fd)
-            n *= 2;
+        /* up to the next 256 fds, not double: every entry is written (fd_reset),
+         * so a doubled table keeps up to twice the entries resident, 60 bytes
+         * each (decision 252) */
+        int n = (fd / UL_FD_STEP + 1) * UL_FD_STEP;
         struct ul_fd *p = ul__realloc(e->fds, (size_t)n * sizeof *p);
         if (!p)
             return NULL;
@@ -229,6 +230,7 @@ int ul__pool_take(ul_engine *e)
     uint16_t bid = e->free_bids[--e->nfree];
     if (e->guard)
         ul__guard(e, bid, 1);
+    ul__pool_touch(e, bid);
     return bid;
 }
 
@@ -246,6 +248,51 @@ void ul__pool_put(ul_engine *e, uint16_t bid)
     if (e->guard)
         ul__guard(e, bid, 0);
     e->free_bids[e->nfree++] = bid;
+}
+
+/*
+ * Cold pool pages go back (decision 251). A burst (an accept storm, many
+ * connections receiving in one turn) needs many buffers at once, and every
+ * buffer the kernel or a record used keeps its pages, although the turns
+ * after the burst use a few. The free stack hands out its top first, so the
+ * buffers below its top `keep` are the coldest: their pages go back to the
+ * kernel (MADV_DONTNEED; the mapping stays, a later use faults in zeroed
+ * pages). Only free-stack buffers: nothing the kernel or a record holds.
+ * Each buffer's pages go back once per use (resident[]), in runs of
+ * contiguous bids: one madvise per run of bids, never one per op.
+ */
+void ul__pool_release(ul_engine *e, uint32_t keep)
+{
+    if (e->nfree <= keep)
+        return;
+    for (uint32_t i = 0; i < e->nfree - keep; i++)
+        if (e->resident[e->free_bids[i]] == 1)
+            e->resident[e->free_bids[i]] = 2;  /* to hand back */
+    size_t bs = e->cfg.buf_size;
+    for (uint32_t b = 0; b < e->cfg.buf_count;) {
+        if (e->resident[b] != 2) {
+            b++;
+            continue;
+        }
+        uint32_t start = b;
+        for (; b < e->cfg.buf_count && e->resident[b] == 2; b++)
+            e->resident[b] = 0;
+        madvise(e->pool + start * bs, (b - start) * bs, MADV_DONTNEED);
+        e->nresident -= b - start;
+    }
+}
+
+/* ul_run, idle since UL_TRIM_IDLE_NS with more than trim_at buffers resident */
+static void pool_trim(ul_engine *e)
+{
+    if (e->be->trim)
+        e->be->trim(e);
+    else
+        ul__pool_release(e, UL_POOL_KEEP);
+    /* what stays resident now (the ring, buffers held) is not worth another
+     * idle wakeup until as much again is used */
+    e->trim_at = e->nresident + UL_POOL_KEEP > 2 * UL_POOL_KEEP ? e->nresident + UL_POOL_KEEP
+                                                                 : 2 * UL_POOL_KEEP;
 }
 
 /* A datagram receive into the engine-picked buffer bid (no kernel ring for
@@ -278,12 +325,12 @@ int32_t ul__dmsg_fill(ul_engine *e, uint32_t bid, uint32_t namelen, int32_t res)
 /* the same for op's own msghdr and buffer op->bid */
 void ul__dmsg_setup(ul_engine *e, struct ul_op *op)
 {
-    ul__dmsg_prep(e, (uint32_t)op->bid, &op->msg, &op->iov);
+    ul__dmsg_prep(e, (uint32_t)op->bid, &op->ax->msg, &op->ax->iov);
 }
 
 int32_t ul__dmsg_done(ul_engine *e, struct ul_op *op, int32_t res)
 {
-    return ul__dmsg_fill(e, (uint32_t)op->bid, op->msg.msg_namelen, res);
+    return ul__dmsg_fill(e, (uint32_t)op->bid, op->ax->msg.msg_namelen, res);
 }
 
 /* One datagram's outcome in buffer bid (n = payload bytes, or -EMSGSIZE: the
@@ -533,8 +580,8 @@ void ul__finish(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uin
     if (op->on_backlog)
         backlog_unlink(e, op);
     ul__emit(e, op, res, flags & ~UL_F_MORE, bid);
-    if (op->kind == K_SENDV && op->iovs != &op->iov)
-        free(op->iovs);  /* the kernel is done with the iovecs at the final CQE */
+    if (op->kind == K_SENDV)
+        ul__iov_block_free(op->iovs);  /* the kernel is done with them at the final CQE */
     op->iovs = NULL;
     op->ud = 0;
     op->state = S_FREE;
@@ -677,6 +724,20 @@ static struct ul_op *op_begin(ul_engine *e, uint64_t ud, int kind, int fd, int *
         *err = -EBUSY;
         return NULL;
     }
+    /* the slot's address block: taken for the kinds that carry an address,
+     * given back when the slot is begun for another kind (the op before it
+     * is finished and its record was read: Python reuses a slot only then) */
+    if (ul__takes_addr(kind) && !op->ax) {
+        if (!(op->ax = ul__realloc(NULL, sizeof *op->ax))) {
+            *err = -ENOMEM;
+            return NULL;
+        }
+        e->st.addr_blocks++;
+    } else if (!ul__takes_addr(kind) && op->ax) {
+        free(op->ax);
+        op->ax = NULL;
+        e->st.addr_blocks--;
+    }
     /* records already waiting count too: ops submitted and cancelled over and
      * over between two runs leave one final each */
     if (e->in_flight + e->npend >= e->reserved && reserve(e, e->in_flight + e->npend + 1) < 0) {
@@ -688,7 +749,7 @@ static struct ul_op *op_begin(ul_engine *e, uint64_t ud, int kind, int fd, int *
         *err = -ENOMEM;
         return NULL;
     }
-    memset(op, 0, offsetof(struct ul_op, addr));
+    memset(op, 0, offsetof(struct ul_op, ax));
     op->ud = ud;
     op->kind = (uint8_t)kind;
     op->fd = kind == K_NOP ? -1 : fd;
@@ -782,21 +843,19 @@ EXPORT int ul_sendv(ul_engine *e, uint64_t ud, int fd, const void *iov, uint32_t
         total += v[i].iov_len;
     if (total > INT32_MAX)
         return -EINVAL;  /* a record's res must be able to say it */
-    struct iovec *copy = NULL;
-    if (niov > 1) {
-        if (!(copy = malloc(niov * sizeof *copy)))
-            return -ENOMEM;
-        memcpy(copy, v, niov * sizeof *copy);
-    }
+    if (niov <= 1)  /* one buffer (or none): a plain send */
+        return ul_send(e, ud, fd, niov ? v[0].iov_base : NULL, (uint32_t)total, flags);
+    struct iovec *copy = ul__iov_block_new(niov);
+    if (!copy)
+        return -ENOMEM;
+    memcpy(copy, v, niov * sizeof *copy);
     int err = 0;
     struct ul_op *op = op_begin(e, ud, K_SENDV, fd, &err);
     if (!op) {
-        free(copy);
+        ul__iov_block_free(copy);
         return err;
     }
-    if (niov == 1)
-        op->iov = v[0];
-    op->iovs = copy ? copy : &op->iov;
+    op->iovs = copy;
     op->niov = niov;
     op->len = (uint32_t)total;
     op->msg_flags = flags | MSG_NOSIGNAL;
@@ -806,14 +865,15 @@ EXPORT int ul_sendv(ul_engine *e, uint64_t ud, int fd, const void *iov, uint32_t
 
 static void msg_setup(struct ul_op *op, char *buf, uint32_t len, int with_name)
 {
-    op->iov.iov_base = buf;
-    op->iov.iov_len = len;
-    memset(&op->msg, 0, sizeof op->msg);
-    op->msg.msg_iov = &op->iov;
-    op->msg.msg_iovlen = 1;
+    struct ul_addr_block *x = op->ax;
+    x->iov.iov_base = buf;
+    x->iov.iov_len = len;
+    memset(&x->msg, 0, sizeof x->msg);
+    x->msg.msg_iov = &x->iov;
+    x->msg.msg_iovlen = 1;
     if (with_name) {
-        op->msg.msg_name = &op->addr;
-        op->msg.msg_namelen = op->addrlen;
+        x->msg.msg_name = &x->addr;
+        x->msg.msg_namelen = x->addrlen;
     }
 }
 
@@ -826,9 +886,9 @@ EXPORT int ul_sendmsg(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32
     op->buf = (char *)buf;
     op->len = len;
     op->msg_flags = flags | MSG_NOSIGNAL;
-    op->addrlen = addr ? addrlen : 0;
+    op->ax->addrlen = addr ? addrlen : 0;
     if (addr)
-        memcpy(&op->addr, addr, addrlen);
+        memcpy(&op->ax->addr, addr, addrlen);
     msg_setup(op, op->buf, len, addr != NULL);
     return submit(e, op);
 }
@@ -839,7 +899,7 @@ EXPORT int ul_recvmsg(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len
     op->buf = buf;
     op->len = len;
     op->msg_flags = flags;
-    op->addrlen = sizeof(struct sockaddr_storage);
+    op->ax->addrlen = sizeof(struct sockaddr_storage);
     msg_setup(op, buf, len, 1);
     return submit(e, op);
 }
@@ -873,8 +933,8 @@ EXPORT int ul_connect(ul_engine *e, uint64_t ud, int fd, const char *addr, uint3
     if (addrlen > sizeof(struct sockaddr_storage) || addrlen == 0)
         return -EINVAL;
     BEGIN(K_CONNECT, fd);
-    memcpy(&op->addr, addr, addrlen);
-    op->addrlen = addrlen;
+    memcpy(&op->ax->addr, addr, addrlen);
+    op->ax->addrlen = addrlen;
     return submit(e, op);
 }
 
@@ -1032,8 +1092,10 @@ EXPORT int ul_op_addr(ul_engine *e, uint32_t slot, char *out, uint32_t cap)
     struct ul_op *op = ul__op_find(e, slot);
     if (!op)
         return -ENOENT;
-    uint32_t n = UL_MIN(op->addrlen, cap);
-    memcpy(out, &op->addr, n);
+    if (!op->ax)
+        return 0;
+    uint32_t n = UL_MIN(op->ax->addrlen, cap);
+    memcpy(out, &op->ax->addr, n);
     return (int)n;
 }
 
@@ -1072,11 +1134,21 @@ EXPORT int ul_run(ul_engine *e, int64_t timeout_ns)
      * cancel's own CQE) just waits again for the time that is left. */
     int64_t deadline = timeout_ns > 0 ? now_ns() + timeout_ns : 0;
     int64_t t = e->npend ? 0 : timeout_ns;
+    /* A wait longer than UL_TRIM_IDLE_NS with more pool buffers resident
+     * than trim_at (after a burst) first waits that long; if nothing came,
+     * the loop is idle and cold pool pages go back (decision 251): an idle
+     * loop makes no other runs. One extra wakeup per burst, none in steady
+     * state. */
+    int trim = e->nresident > e->trim_at && (t < 0 || t > UL_TRIM_IDLE_NS);
     int r;
     for (;;) {
-        r = e->be->run(e, t);
+        r = e->be->run(e, trim ? UL_TRIM_IDLE_NS : t);
         if (e->nrec || e->npend || r < 0 || t == 0 || e->woken)
             break;
+        if (trim) {
+            trim = 0;
+            pool_trim(e);
+        }
         if (timeout_ns > 0 && (t = deadline - now_ns()) <= 0)
             break;
     }
@@ -1124,6 +1196,8 @@ EXPORT void ul_get_stats(ul_engine *e, ul_stats *out)
     out->wakeups = __atomic_load_n(&e->st.wakeups, __ATOMIC_RELAXED);
     out->in_flight = e->in_flight;
     out->bufs_free = e->info.buffer_ring ? e->cfg.buf_count - e->nused : e->nfree;
+    out->pool_resident = e->nresident;
+    out->fd_entries = (uint32_t)e->nfds;
 }
 
 /* ------------------------------------------------------- life cycle */
@@ -1145,14 +1219,18 @@ static void config_defaults(ul_config *c)
 /* Frees what the engine allocated, the pool included when unmap_pool. */
 static void engine_free(ul_engine *e, int unmap_pool)
 {
-    for (uint32_t i = 0; i < e->nchunks; i++)
+    for (uint32_t i = 0; i < e->nchunks; i++) {
+        for (uint32_t j = 0; e->chunks[i] && j < CHUNK_SIZE; j++)
+            free(e->chunks[i][j].ax);
         free(e->chunks[i]);
+    }
     free(e->chunks);
     free(e->fds);
     free(e->rec);
     free(e->pend);
     free(e->free_bids);
     free(e->used_bids);
+    free(e->resident);
     free(e->dfree);
     if (e->pool && unmap_pool)
         munmap(e->pool, e->pool_bytes);
@@ -1204,6 +1282,8 @@ EXPORT ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errle
     e->rec = calloc(e->cfg.record_cap, sizeof *e->rec);
     e->free_bids = calloc(bc, sizeof *e->free_bids);
     e->used_bids = calloc(bc + UL_DGRAM_BUFS, sizeof *e->used_bids);
+    e->resident = calloc(bc, 1);
+    e->trim_at = 2 * UL_POOL_KEEP;
     /* the datagram pool is address space until datagrams arrive: a small
      * datagram touches one page of its buffer */
     e->dpool_bytes = (size_t)UL_DGRAM_BUFS * UL_DGRAM_BUF_SIZE;
@@ -1212,7 +1292,7 @@ EXPORT ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errle
     e->dfree = calloc(UL_DGRAM_BUFS, sizeof *e->dfree);
     e->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (e->pool == MAP_FAILED || e->dpool == MAP_FAILED || !e->rec || !e->free_bids ||
-        !e->used_bids || !e->dfree || e->wake_fd < 0) {
+        !e->used_bids || !e->resident || !e->dfree || e->wake_fd < 0) {
         snprintf(err, (size_t)errlen, "engine allocation failed: %s", strerror(errno));
         if (e->pool == MAP_FAILED)
             e->pool = NULL;
@@ -1257,6 +1337,7 @@ EXPORT ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errle
     e->info.buf_count = bc;
     e->info.buf_size = e->cfg.buf_size;
     e->info.guard = e->guard;
+    e->info.op_bytes = sizeof(struct ul_op);
     return e;
 }
 

@@ -81,6 +81,7 @@ typedef struct ul_info {
     uint32_t buf_count, buf_size;
     int multishot_read;          /* ul_read_pool uses READ_MULTISHOT */
     int recv_bundle;             /* multishot recv fills several pool buffers per CQE */
+    uint32_t op_bytes;           /* the engine's record per op slot */
     char reason[256];            /* why this backend (fallback reason) */
 } ul_info;
 
@@ -108,6 +109,11 @@ typedef struct ul_stats {
     uint64_t ident_captures;     /* file identities taken (one syscall each) */
     uint64_t ident_checks;       /* continuations that compared it (one each) */
     uint64_t cqes;               /* io_uring: CQEs reaped (epoll: 0) */
+    uint32_t addr_blocks;        /* op slots holding an address block (sendmsg, recvmsg,
+                                    connect, datagram pool receives) */
+    uint32_t pool_resident;      /* stream pool buffers used since the engine last
+                                    handed their pages back (or ever) */
+    uint32_t fd_entries;         /* entries of the engine's fd table */
 } ul_stats;
 
 typedef struct ul_engine ul_engine;

@@ -459,15 +459,15 @@ static int try_op(ul_engine *e, struct ul_op *op)
         r = recv(op->fd, op->buf, op->len, op->msg_flags | MSG_DONTWAIT);
         break;
     case K_RECVMSG:
-        op->msg.msg_namelen = sizeof(struct sockaddr_storage);
-        r = recvmsg(op->fd, &op->msg, op->msg_flags | MSG_DONTWAIT);
+        op->ax->msg.msg_namelen = sizeof(struct sockaddr_storage);
+        r = recvmsg(op->fd, &op->ax->msg, op->msg_flags | MSG_DONTWAIT);
         if (r >= 0) {
-            op->addrlen = op->msg.msg_namelen;
+            op->ax->addrlen = op->ax->msg.msg_namelen;
             fl = UL_F_ADDR;
         }
         break;
     case K_SENDMSG:
-        r = sendmsg(op->fd, &op->msg, op->msg_flags | MSG_DONTWAIT);
+        r = sendmsg(op->fd, &op->ax->msg, op->msg_flags | MSG_DONTWAIT);
         break;
     case K_READ:
         r = op->offset >= 0 ? pread(op->fd, op->buf, op->len, op->offset) : nowait_read(op);
@@ -483,7 +483,7 @@ static int try_op(ul_engine *e, struct ul_op *op)
             ul__finish(e, op, -err, 0, 0);
             return TRY_DONE;
         }
-        r = connect(op->fd, (struct sockaddr *)&op->addr, op->addrlen);
+        r = connect(op->fd, (struct sockaddr *)&op->ax->addr, op->ax->addrlen);
         if (r < 0 && errno == EINPROGRESS) {
             op->connecting = 1;
             return TRY_WAIT;

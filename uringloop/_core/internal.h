@@ -20,6 +20,7 @@
 
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -35,6 +36,7 @@
 #define KUD_WAKE (KUD_SPECIAL | 1)
 #define KUD_IGNORE (KUD_SPECIAL | 2)
 
+#define UL_FD_STEP 256          /* the fd table grows by this many entries */
 #define CHUNK_SHIFT 10
 #define CHUNK_SIZE (1U << CHUNK_SHIFT)
 #define MAX_SLOTS (1U << 24)
@@ -52,6 +54,24 @@ enum op_state {
     S_ACTIVE,   /* handed to the backend (kernel request / epoll wait) */
 };
 
+/* What only the ops that carry a peer address use (sendmsg, recvmsg, connect,
+ * a datagram pool receive): a block of its own, so that the op every idle
+ * stream pays for (its multishot receive) is 144 bytes instead of 352
+ * (decision 250). op_begin takes it for those kinds and it stays with the
+ * slot until the slot is begun for another kind: ul_op_addr reads the
+ * address after the final record, before Python reuses the slot. */
+struct ul_addr_block {
+    struct sockaddr_storage addr;
+    struct msghdr msg;
+    struct iovec iov;
+    uint32_t addrlen;
+};
+
+static inline int ul__takes_addr(int kind)
+{
+    return kind == K_SENDMSG || kind == K_RECVMSG || kind == K_CONNECT || kind == K_RECVMSG_POOL;
+}
+
 struct ul_op {
     uint64_t ud;            /* 0 = free */
     uint64_t kud;           /* io_uring: user_data of the request in flight */
@@ -65,10 +85,9 @@ struct ul_op {
                                    pollable): one-shot reads from then on */
     uint8_t stream;             /* epoll K_RECV: 0 not known yet, 1 a stream socket,
                                    2 not one (SO_TYPE read once per op) */
+    uint8_t rider;              /* queued send whose bytes ride in its head's SENDMSG */
     int fd;
     uint32_t sqe_idx;           /* io_uring: SQ index of the op's latest SQE */
-    uint64_t ident;             /* the file fd named when the op was asked for
-                                   (ul__ident), valid when has_ident */
     uint32_t reg_gen;           /* epoll: the fd's reg_gen when ident was last
                                    known to hold */
     int32_t fd_prev, fd_next;   /* list of live ops on fd */
@@ -76,21 +95,45 @@ struct ul_op {
     int32_t wq_next;            /* epoll wait queue */
     int32_t bl_next;            /* backlog (a list through the ops: never allocates) */
     int32_t bid;                /* pool buffer taken by a one-shot pool recv */
-    char *buf;
     uint32_t len, done;
-    int64_t offset;
-    struct iovec *iovs;         /* K_SENDV: the cursor's iovecs (op->iov when one) */
     uint32_t niov, iov_idx;     /* K_SENDV: count, first iovec not fully sent */
-    struct iovec *batch;        /* io_uring: a head's SENDMSG over it and its riders */
-    uint32_t nbatch;            /* ops in that batch, the head included */
-    uint8_t rider;              /* queued send whose bytes ride in its head's SENDMSG */
+    uint32_t nbatch;            /* ops in the batch below, the head included */
     int msg_flags;
     uint32_t events;            /* poll mask, or shutdown's how */
-    uint32_t addrlen;
-    struct sockaddr_storage addr;
-    struct msghdr msg;
-    struct iovec iov;
+    uint64_t ident;             /* the file fd named when the op was asked for
+                                   (ul__ident), valid when has_ident */
+    char *buf;
+    int64_t offset;
+    struct iovec *iovs;         /* K_SENDV: the cursor's iovecs (an iovec block) */
+    struct iovec *batch;        /* io_uring: a head's SENDMSG over it and its riders
+                                   (an iovec block) */
+    struct ul_addr_block *ax;   /* ul__takes_addr kinds; kept across op_begin (above) */
 };
+
+/* K_SENDV's iovecs, and a batch of sends (uring.c), live in an iovec block:
+ * the iovecs behind the msghdr that io_uring's SENDMSG reads, one allocation
+ * for both, owned by the op until its final record. */
+struct ul_iov_block {
+    struct msghdr msg;
+    struct iovec v[];
+};
+
+static inline struct iovec *ul__iov_block_new(uint32_t n)
+{
+    struct ul_iov_block *b = malloc(sizeof *b + (size_t)n * sizeof(struct iovec));
+    return b ? b->v : NULL;
+}
+
+static inline struct msghdr *ul__iov_block_msg(struct iovec *v)
+{
+    return &((struct ul_iov_block *)((char *)v - offsetof(struct ul_iov_block, v)))->msg;
+}
+
+static inline void ul__iov_block_free(struct iovec *v)
+{
+    if (v)
+        free((char *)v - offsetof(struct ul_iov_block, v));
+}
 
 struct ul_fd {
     int32_t ops_head;           /* live ops on this fd */
@@ -99,7 +142,7 @@ struct ul_fd {
     int32_t close_slot;         /* slot of the pending close, -1 if none */
     uint8_t closing, advancing;
     /* epoll backend */
-    uint8_t registered, regular, nonblock_checked, on_ready_list;
+    uint8_t registered, regular, on_ready_list;
     int32_t rq_head, rq_tail;   /* ops waiting for readability */
     int32_t wq_head, wq_tail;   /* ops waiting for writability */
     int32_t pq_head, pq_tail;   /* poll ops */
@@ -123,6 +166,8 @@ struct ul_backend {
                                     re-issue); NULL: never assumed */
     int (*ready)(ul_engine *e);  /* a run would find a completion without waiting
                                     (ul_ready); NULL: never assumed */
+    void (*trim)(ul_engine *e);  /* idle after a burst: hand cold pool pages back
+                                    (NULL: ul__pool_release(e, UL_POOL_KEEP)) */
 };
 
 struct ul_engine {
@@ -154,6 +199,10 @@ struct ul_engine {
     uint16_t *free_bids;        /* engine-picked buffers (no buffer ring) */
     uint32_t nfree;
     uint16_t *used_bids;        /* delivered in the last run: recycled at the next */
+    uint8_t *resident;          /* per stream buffer: used since its pages were last
+                                   handed back (ul__pool_release) */
+    uint32_t nresident;
+    uint32_t trim_at;           /* ul_run trims the pool once idle with more resident */
     uint8_t *dpool;             /* datagram pool: UL_DGRAM_BUFS x UL_DGRAM_BUF_SIZE, bids
                                    from cfg.buf_count on */
     size_t dpool_bytes;
@@ -207,6 +256,17 @@ int32_t ul__dmsg_done(ul_engine *e, struct ul_op *op, int32_t res);
 void ul__dgram_result(ul_engine *e, struct ul_op *op, int32_t n, uint16_t bid, int more,
                       int *rearm);
 void ul__pool_put(ul_engine *e, uint16_t bid);
+/* bid goes to the kernel or to a record: its pages count as resident */
+static inline void ul__pool_touch(ul_engine *e, uint16_t bid)
+{
+    if (!e->resident[bid]) {
+        e->resident[bid] = 1;
+        e->nresident++;
+    }
+}
+#define UL_POOL_KEEP 64         /* free buffers ul__pool_release keeps (the stack's top) */
+#define UL_TRIM_IDLE_NS 100000000LL  /* idle this long after a burst: trim (ul_run) */
+void ul__pool_release(ul_engine *e, uint32_t keep);
 void ul__pool_used(ul_engine *e, uint16_t bid);
 void ul__guard(ul_engine *e, uint16_t bid, int open);
 int ul__wake_prepare_sleep(ul_engine *e);

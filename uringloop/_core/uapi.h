@@ -71,6 +71,7 @@ enum {
 #define UL_REGISTER_RING_FDS 20
 #define UL_UNREGISTER_RING_FDS 21
 #define UL_REGISTER_PBUF_RING 22
+#define UL_UNREGISTER_PBUF_RING 23
 
 /* op-specific flags */
 #define UL_POLL_ADD_MULTI (1U << 0)        /* sqe->len of POLL_ADD */

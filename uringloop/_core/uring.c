@@ -408,7 +408,7 @@ static uint32_t batch_gather(ul_engine *e, struct ul_op *h)
     }
     if (nops == 1 || niov == 0)
         return 0;
-    struct iovec *v = malloc(niov * sizeof *v);
+    struct iovec *v = ul__iov_block_new(niov);
     if (!v)
         return 0;  /* no batch: the head goes alone */
     uint32_t at = put_iovs(h, v);
@@ -433,7 +433,7 @@ static void batch_release(ul_engine *e, struct ul_op *h)
     int32_t s = h->oq_next;
     for (uint32_t i = 1; i < n; i++, s = ul__op_at(e, s)->oq_next)
         slots[i] = s;
-    free(h->batch);
+    ul__iov_block_free(h->batch);
     h->batch = NULL;
     h->nbatch = 0;
     for (uint32_t i = 1; i < n; i++) {
@@ -457,7 +457,7 @@ static void batch_done(ul_engine *e, struct uring *u, struct ul_op *h, int32_t r
     int32_t s = (int32_t)ul__slot(h->ud);
     for (uint32_t i = 0; i < n; i++, s = ul__op_at(e, s)->oq_next)
         slots[i] = s;
-    free(h->batch);
+    ul__iov_block_free(h->batch);
     h->batch = NULL;
     h->nbatch = 0;
     for (uint32_t i = 0; i < n; i++) {  /* the bytes, in queue order */
@@ -632,19 +632,21 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
             s->op_flags = (uint32_t)op->msg_flags;
             break;
         }
+        /* a batch, or a K_SENDV alone: the msghdr heads its iovec block */
         s->opcode = UL_OP_SENDMSG;
-        memset(&op->msg, 0, sizeof op->msg);
+        struct msghdr *m = ul__iov_block_msg(nb ? op->batch : op->iovs);
+        memset(m, 0, sizeof *m);
         if (nb) {
-            op->msg.msg_iov = op->batch;
-            op->msg.msg_iovlen = nb;
+            m->msg_iov = op->batch;
+            m->msg_iovlen = nb;
             int32_t r = op->oq_next;
             for (uint32_t i = 1; i < op->nbatch; i++, r = ul__op_at(e, r)->oq_next)
                 ul__op_at(e, r)->kud = op->ud;  /* a rider's cancel cancels the batch */
         } else {
-            op->msg.msg_iov = op->iovs + op->iov_idx;
-            op->msg.msg_iovlen = UL_MIN(op->niov - op->iov_idx, (uint32_t)UL_IOV_MAX);
+            m->msg_iov = op->iovs + op->iov_idx;
+            m->msg_iovlen = UL_MIN(op->niov - op->iov_idx, (uint32_t)UL_IOV_MAX);
         }
-        s->addr = (uint64_t)(uintptr_t)&op->msg;
+        s->addr = (uint64_t)(uintptr_t)m;
         s->op_flags = (uint32_t)(op->msg_flags | MSG_WAITALL);
         break;
     }
@@ -659,20 +661,21 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
     case K_RECVMSG:
         s->opcode = op->kind == K_SENDMSG ? UL_OP_SENDMSG : UL_OP_RECVMSG;
         if (op->kind == K_RECVMSG)
-            op->msg.msg_namelen = sizeof(struct sockaddr_storage);
-        s->addr = (uint64_t)(uintptr_t)&op->msg;
+            op->ax->msg.msg_namelen = sizeof(struct sockaddr_storage);
+        s->addr = (uint64_t)(uintptr_t)&op->ax->msg;
         s->op_flags = (uint32_t)op->msg_flags;
         break;
     case K_RECVMSG_POOL:
         s->opcode = UL_OP_RECVMSG;
-        s->addr = (uint64_t)(uintptr_t)&op->msg;
+        s->addr = (uint64_t)(uintptr_t)&op->ax->msg;
         s->op_flags = (uint32_t)op->msg_flags;
         if (u->dring) {
             /* the kernel lays out header, address and payload in a group-1
              * buffer (io_uring_recvmsg_out); the msghdr only says how much
              * room the address gets */
-            memset(&op->msg, 0, sizeof op->msg);
-            op->msg.msg_namelen = UL_DGRAM_NAME;
+            struct ul_addr_block *x = op->ax;
+            memset(&x->msg, 0, sizeof x->msg);
+            x->msg.msg_namelen = UL_DGRAM_NAME;
             s->flags = UL_SQE_BUFFER_SELECT;
             s->buf_group = 1;
             if (op->multishot) {
@@ -680,14 +683,14 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
             } else {
                 /* one-shot: the payload lands at the buffer's start and the
                  * address in the op; the completion lays them out as above */
-                op->msg.msg_name = &op->addr;
-                op->iov.iov_base = NULL;
-                op->iov.iov_len = UL_DGRAM_BUF_SIZE;
-                op->msg.msg_iov = &op->iov;
-                op->msg.msg_iovlen = 1;
+                x->msg.msg_name = &x->addr;
+                x->iov.iov_base = NULL;
+                x->iov.iov_len = UL_DGRAM_BUF_SIZE;
+                x->msg.msg_iov = &x->iov;
+                x->msg.msg_iovlen = 1;
             }
         } else {
-            op->msg.msg_namelen = UL_DGRAM_NAME;  /* the kernel wrote the last one's */
+            op->ax->msg.msg_namelen = UL_DGRAM_NAME;  /* the kernel wrote the last one's */
         }
         break;
     case K_ACCEPT:
@@ -698,8 +701,8 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
         break;
     case K_CONNECT:
         s->opcode = UL_OP_CONNECT;
-        s->addr = (uint64_t)(uintptr_t)&op->addr;
-        s->off = op->addrlen;
+        s->addr = (uint64_t)(uintptr_t)&op->ax->addr;
+        s->off = op->ax->addrlen;
         break;
     case K_POLL:
         s->opcode = UL_OP_POLL_ADD;
@@ -843,6 +846,7 @@ static void ring_push(ul_engine *e, struct uring *u, uint16_t bid)
 {
     if (e->guard)
         ul__guard(e, bid, 1);  /* the kernel may write into it from now on */
+    ul__pool_touch(e, bid);
     struct ul_buf *b = &u->br[u->br_tail & u->br_mask];
     u->br_pos[bid] = u->br_tail;  /* where a bundle that starts here goes on (ring_bid) */
     b->addr = (uint64_t)(uintptr_t)(e->pool + (size_t)bid * e->cfg.buf_size);
@@ -896,6 +900,75 @@ static void ring_top_up(ul_engine *e, struct uring *u)
             break;
         ring_push(e, u, (uint16_t)bid);
     }
+}
+
+/* Is a pool read live? A one-shot READ on a file without non-blocking reads
+ * runs in an io-wq worker, which takes its ring buffer at any time. */
+static int pool_reads_live(ul_engine *e)
+{
+    uint32_t live = e->in_flight;
+    for (uint32_t c = 0; c < e->nchunks && live; c++) {
+        if (!e->chunks[c])
+            continue;
+        for (uint32_t i = 0; i < CHUNK_SIZE && live; i++) {
+            struct ul_op *op = &e->chunks[c][i];
+            if (!op->ud)
+                continue;
+            live--;
+            if (op->kind == K_READ_POOL)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/*
+ * Idle after a burst (ul_run's trim, decision 251). br_want only grows, and
+ * the kernel walks every buffer the ring holds, so after a burst the ring
+ * keeps the whole burst's buffers resident, and a ring's entries cannot be
+ * taken back one by one. So the ring itself is taken back: unregistered, the
+ * buffers the kernel had not taken are ours again. Every one it took was
+ * reported: the CQ is empty and nothing overflowed; with DEFER_TASKRUN the
+ * kernel takes ring buffers only inside our io_uring_enter (a receive's
+ * task work runs there, never in io_uring_register), and no io-wq worker can
+ * be holding one (no pool read is live). The ring is registered again,
+ * empty, and topped up to its first size from the free stack's top, and the
+ * rest of the stack's pages go back. Two register calls per burst, never any
+ * per op. On the rungs without DEFER_TASKRUN only the free stack is trimmed.
+ */
+static void uring_trim(ul_engine *e)
+{
+    struct uring *u = e->bs;
+    if (!u->bufring) {
+        ul__pool_release(e, UL_POOL_KEEP);
+        return;
+    }
+    uint32_t want0 = UL_MIN(UL_RING_WANT0, e->cfg.buf_count);
+    if ((u->setup_flags & UL_SETUP_DEFER_TASKRUN) && u->enabled && !u->parked &&
+        u->owner == &tls_marker && u->br_avail > want0 &&
+        __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) == *u->cq_khead &&
+        !(__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & UL_SQ_CQ_OVERFLOW) &&
+        !pool_reads_live(e)) {
+        struct ul_buf_reg reg;
+        memset(&reg, 0, sizeof reg);
+        reg.bgid = 0;
+        if (sys_register(u->ring_fd, UL_UNREGISTER_PBUF_RING, &reg, 1) == 0) {
+            /* oldest first, so the most recently given sit on the stack's top */
+            for (uint16_t p = (uint16_t)(u->br_tail - u->br_avail); p != u->br_tail; p++)
+                ul__pool_put(e, u->br[p & u->br_mask].bid);
+            u->br_tail = 0;
+            u->br_avail = 0;
+            __atomic_store_n((uint16_t *)((char *)u->br + 14), 0, __ATOMIC_RELEASE);
+            reg.ring_addr = (uint64_t)(uintptr_t)u->br;
+            reg.ring_entries = u->br_mask + 1;
+            if (sys_register(u->ring_fd, UL_REGISTER_PBUF_RING, &reg, 1) < 0)
+                ul__out_of_memory("the buffer ring, registered again");
+            u->br_want = want0;
+            u->br_dry = 0;
+            ring_top_up(e, u);
+        }
+    }
+    ul__pool_release(e, 0);  /* the ring holds the hot ones */
 }
 
 /* ------------------------------------------------------------ completion */
@@ -1116,12 +1189,12 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
         int32_t n;
         if ((cflags & UL_CQE_F_BUFFER) && !op->multishot) {
             uint8_t *b = ul__dbuf(e, bid);
-            uint32_t h[4] = {op->msg.msg_namelen, 0, (uint32_t)res, 0};
+            uint32_t h[4] = {op->ax->msg.msg_namelen, 0, (uint32_t)res, 0};
             n = res > (int32_t)(UL_DGRAM_BUF_SIZE - UL_DGRAM_HDR) ? -EMSGSIZE : res;
             if (n >= 0) {
                 memmove(b + UL_DGRAM_HDR, b, (size_t)n);
                 memcpy(b, h, sizeof h);
-                memcpy(b + 16, &op->addr, UL_DGRAM_NAME);
+                memcpy(b + 16, &op->ax->addr, UL_DGRAM_NAME);
             }
         } else if (cflags & UL_CQE_F_BUFFER) {
             /* res counts header + address room + payload put in the buffer */
@@ -1186,7 +1259,7 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
         break;
     case K_RECVMSG:
         if (res >= 0)
-            op->addrlen = op->msg.msg_namelen;
+            op->ax->addrlen = op->ax->msg.msg_namelen;
         ul__finish(e, op, res, res >= 0 ? UL_F_ADDR : 0, 0);
         break;
     default:
@@ -1467,6 +1540,7 @@ const struct ul_backend ul_uring_backend = {
     .reserve = uring_reserve,
     .quiet = uring_quiet,
     .ready = uring_ready,
+    .trim = uring_trim,
 };
 
 /* ---------------------------------------------------------------- init */
