@@ -16,8 +16,9 @@
  *  - write(data) (installed as the transport's own write attribute) queues
  *    the bytes and puts the Stream on the loop's dirty list;
  *  - _flush() (the turn calls it right before the engine waits) submits the
- *    whole queue as one send or sendv whose owner is sent(), the Stream's
- *    bound completion method.
+ *    whole queue as one send or sendv whose owner is the Stream itself, in a
+ *    slot marked SLOT_SENT: the table hands its completion to stream_sent
+ *    (no bound method kept per Stream; decision 255).
  *
  * Anything unusual (rfast/wfast cleared by the transport whenever it is
  * closing, paused, holding records, lost, at EOF, sendfile; a final record,
@@ -36,8 +37,9 @@ typedef struct {
     PyObject *on_data;    /* data_received, or get_buffer for a BufferedProtocol */
     PyObject *on_updated; /* buffer_updated (BufferedProtocol) */
     PyObject *protocol;   /* the first argument of on_data/on_updated where *_self */
-    PyObject *buffer;     /* list of bytes written since the last flush */
-    PyObject *sent_cb;    /* self.sent, bound once: the owner of every send */
+    PyObject *buffer;     /* list of bytes written since the last flush; NULL when
+                           * nothing is queued (made by the first write that
+                           * queues, handed to the send that takes it) */
     PyObject *held;       /* list of (res, more, data) records waiting behind _ready, or NULL */
     PyObject *drain_cb;   /* self._drain, bound when first needed */
     Py_ssize_t buffer_size; /* queued + in the send in flight */
@@ -51,6 +53,27 @@ typedef struct {
     char draining; /* _drain is handing held records over: _ready does not count */
     char data_self, updated_self; /* on_data/on_updated are functions: pass protocol */
 } Stream;
+
+/* The write queue is a list of ours, or none yet: the C paths may use it
+ * (Python may have set anything there). */
+static inline int stream_queue_ok(Stream *s)
+{
+    return s->buffer == NULL || PyList_CheckExact(s->buffer);
+}
+
+/* chunks queued (where stream_queue_ok) */
+static inline Py_ssize_t stream_queue_len(Stream *s)
+{
+    return s->buffer != NULL ? PyList_GET_SIZE(s->buffer) : 0;
+}
+
+/* b joins the queue, which is made if there is none: 0 or -1 */
+static int stream_append(Stream *s, PyObject *b)
+{
+    if (s->buffer == NULL && !(s->buffer = PyList_New(0)))
+        return -1;
+    return PyList_Append(s->buffer, b);
+}
 
 /* fn(arg), or fn(protocol, arg) where fn is a function kept unbound (see
  * stream_bind); protocol is a reference the caller holds */
@@ -444,7 +467,7 @@ static int stream_write_direct(Stream *s, PyObject *data, PyObject **r)
     PyBuffer_Release(&view);
     if (rest == NULL)
         return 1;
-    int rc = PyList_Append(s->buffer, rest);
+    int rc = stream_append(s, rest);
     Py_DECREF(rest);
     if (rc < 0)
         return 1;
@@ -462,7 +485,7 @@ static int stream_write_direct(Stream *s, PyObject *data, PyObject **r)
  * flight, or send now) */
 static PyObject *stream_queued(Stream *s)
 {
-    if (PyList_GET_SIZE(s->buffer) > 0 && stream_mark_dirty(s) < 0)
+    if (stream_queue_len(s) > 0 && stream_mark_dirty(s) < 0)
         return NULL;
     if (s->buffer_size > s->high) {
         PyObject *r = s->sending ? stream_call(s, s_maybe_pause, NULL, 0, 0) : stream_send_now(s);
@@ -476,10 +499,10 @@ static PyObject *stream_queued(Stream *s)
 /* write(data): the transport's write() */
 static PyObject *Stream_write(Stream *s, PyObject *data)
 {
-    if (!s->wfast || s->transport == NULL || s->buffer == NULL || !PyList_CheckExact(s->buffer))
+    if (!s->wfast || s->transport == NULL || !stream_queue_ok(s))
         goto slow;
     PyObject *b;
-    if (!s->dirty && !s->sending && PyList_GET_SIZE(s->buffer) == 0 &&
+    if (!s->dirty && !s->sending && stream_queue_len(s) == 0 &&
         (PyBytes_CheckExact(data) || PyByteArray_CheckExact(data) || PyMemoryView_Check(data))) {
         /* idle: epoll sends at once; io_uring only what is over the
          * high-water mark (sent at once anyway: no copy of it first) */
@@ -505,7 +528,7 @@ static PyObject *Stream_write(Stream *s, PyObject *data)
         Py_DECREF(b);
         Py_RETURN_NONE;
     }
-    int rc = PyList_Append(s->buffer, b);
+    int rc = stream_append(s, b);
     Py_DECREF(b);
     if (rc < 0)
         return NULL;
@@ -531,7 +554,7 @@ static PyObject *Stream_writelines(Stream *s, PyObject *items)
         PyErr_SetString(PyExc_RuntimeError, "the transport is gone");
         return NULL;
     }
-    if (!s->wfast || s->buffer == NULL || !PyList_CheckExact(s->buffer) ||
+    if (!s->wfast || !stream_queue_ok(s) ||
         !(PyList_CheckExact(items) || PyTuple_CheckExact(items)))
         return stream_call(s, s_writelines_slow, &items, 1, 0);
     /* a list could change under the copies below: they read a snapshot */
@@ -565,9 +588,14 @@ static PyObject *Stream_writelines(Stream *s, PyObject *items)
         if (rc < 0)
             goto out;
     }
-    Py_ssize_t end = PyList_GET_SIZE(s->buffer);
-    if (PyList_SetSlice(s->buffer, end, end, chunks) < 0)
-        goto out;
+    if (s->buffer == NULL) {
+        s->buffer = chunks; /* the queue is these */
+        chunks = NULL;
+    } else {
+        Py_ssize_t end = PyList_GET_SIZE(s->buffer);
+        if (PyList_SetSlice(s->buffer, end, end, chunks) < 0)
+            goto out;
+    }
     s->buffer_size += total;
     result = stream_queued(s);
 out:
@@ -583,11 +611,11 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
     (void)unused;
     s->dirty = 0;
     Table *t = s->loop->table;
-    PyObject *buf = s->buffer;
-    if (!s->wfast || s->transport == NULL || t == NULL || t->engine == NULL || buf == NULL ||
-        !PyList_CheckExact(buf))
+    if (!s->wfast || s->transport == NULL || t == NULL || t->engine == NULL ||
+        !stream_queue_ok(s))
         return s->transport ? stream_call(s, s_flush_slow, NULL, 0, 0) : Py_NewRef(Py_None);
-    Py_ssize_t n = PyList_GET_SIZE(buf);
+    PyObject *buf = s->buffer;
+    Py_ssize_t n = stream_queue_len(s);
     if (n == 0 || s->sending)
         Py_RETURN_NONE;
     for (Py_ssize_t i = 0; i < n; i++)
@@ -603,7 +631,7 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
         total = PyBytes_GET_SIZE(b);
         if (total > INT32_MAX)
             goto slow;
-        if (!(ud = table_take(t, s->sent_cb, b, 0)))
+        if (!(ud = table_take(t, (PyObject *)s, b, SLOT_SENT)))
             goto out;
         rc = t->send(t->engine, ud, s->fd, PyBytes_AS_STRING(b), (uint32_t)total, 0);
     } else {
@@ -618,25 +646,22 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
             iov[i].iov_len = (size_t)PyBytes_GET_SIZE(b);
             total += PyBytes_GET_SIZE(b);
         }
-        PyObject *keep = total <= INT32_MAX && n <= MAX_IOV ? PyList_AsTuple(buf) : NULL;
-        if (keep == NULL) {
+        if (total > INT32_MAX || n > MAX_IOV) {
             if (iov != small)
                 PyMem_Free(iov);
-            if (PyErr_Occurred())
-                goto out;
             goto slow; /* more than one send takes: Python sends it */
         }
-        ud = table_take(t, s->sent_cb, keep, 0);
-        Py_DECREF(keep);
+        /* the list itself keeps the bytes: it leaves the Stream below */
+        ud = table_take(t, (PyObject *)s, buf, SLOT_SENT);
         rc = ud ? t->sendv(t->engine, ud, s->fd, iov, (uint32_t)n, 0) : 0;
         if (iov != small)
             PyMem_Free(iov);
         if (!ud)
             goto out;
     }
-    /* the queue is the op's now (as Python's _flush swaps the list first) */
-    if (PyList_SetSlice(buf, 0, n, NULL) < 0)
-        goto out;
+    /* the queue is the op's now (as Python's _flush swaps the list first);
+     * the next write that queues makes a new one */
+    Py_CLEAR(s->buffer);
     if (rc < 0) {
         result = table_refused(t, ud, rc);
         goto out;
@@ -652,18 +677,11 @@ out:
     return result;
 }
 
-/* sent(res, more, data): a send's completion */
-static PyObject *Stream_sent(Stream *s, PyObject *const *args, Py_ssize_t nargs)
+/* a send's completion: args are (res, more, data), res their first */
+static PyObject *stream_sent(Stream *s, long res, PyObject *const *args)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "sent(res, more, data)");
-        return NULL;
-    }
     if (s->transport == NULL)
         Py_RETURN_NONE;
-    long res = PyLong_AsLong(args[0]);
-    if (res == -1 && PyErr_Occurred())
-        return NULL;
     if (!s->wfast || res < 0 || args[2] != Py_None)
         return stream_call(s, s_on_sent, args, 3, 1);
     s->buffer_size -= s->sending;
@@ -678,10 +696,9 @@ static PyObject *Stream_sent(Stream *s, PyObject *const *args, Py_ssize_t nargs)
             goto exit;
         Py_DECREF(r);
     }
-    if (s->wfast && s->buffer != NULL && PyList_CheckExact(s->buffer) &&
-        PyList_GET_SIZE(s->buffer) > 0)
+    if (s->wfast && stream_queue_ok(s) && stream_queue_len(s) > 0)
         r = stream_mark_dirty(s) < 0 ? NULL : Py_NewRef(Py_None);
-    else if (s->wfast && s->buffer != NULL && PyList_CheckExact(s->buffer))
+    else if (s->wfast && stream_queue_ok(s))
         r = Py_NewRef(Py_None); /* nothing queued, no waiter, not closing */
     else
         r = stream_call(s, s_after_sent, NULL, 0, 0); /* resume_writing changed things */
@@ -691,6 +708,35 @@ exit:
 out:
     Py_DECREF(s);
     return r;
+}
+
+/* sent(res, more, data): a send's completion (the owner of a send that
+ * Python submitted, _flush_slow) */
+static PyObject *Stream_sent(Stream *s, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "sent(res, more, data)");
+        return NULL;
+    }
+    long res = PyLong_AsLong(args[0]);
+    if (res == -1 && PyErr_Occurred())
+        return NULL;
+    return stream_sent(s, res, args);
+}
+
+/* A record of a SLOT_SENT slot (a send the Stream's _flush submitted, the
+ * Stream its owner): table_deliver hands it here, not to a bound sent()
+ * kept per Stream (decision 255). 0 or -1. */
+static int stream_sent_record(PyObject *owner, int32_t res, int more, PyObject *data)
+{
+    PyObject *num = PyLong_FromLong(res);
+    if (num == NULL)
+        return -1;
+    PyObject *args[3] = {num, more ? Py_True : Py_False, data};
+    PyObject *r = stream_sent((Stream *)owner, res, args);
+    Py_DECREF(num);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
 }
 
 /* protocol.<name>, looked up once. A plain function found on the class (the
@@ -777,12 +823,6 @@ static PyObject *Stream_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     s->fd = fd;
     s->high = 64 * 1024;
     s->low = 16 * 1024;
-    s->buffer = PyList_New(0);
-    s->sent_cb = s->buffer ? PyObject_GetAttrString((PyObject *)s, "sent") : NULL;
-    if (s->sent_cb == NULL) {
-        Py_DECREF(s);
-        return NULL;
-    }
     return (PyObject *)s;
 }
 
@@ -795,7 +835,6 @@ static int Stream_traverse(Stream *s, visitproc visit, void *arg)
     Py_VISIT(s->on_updated);
     Py_VISIT(s->protocol);
     Py_VISIT(s->buffer);
-    Py_VISIT(s->sent_cb);
     Py_VISIT(s->held);
     Py_VISIT(s->drain_cb);
     return 0;
@@ -810,7 +849,6 @@ static int Stream_clear(Stream *s)
     Py_CLEAR(s->on_updated);
     Py_CLEAR(s->protocol);
     Py_CLEAR(s->buffer);
-    Py_CLEAR(s->sent_cb);
     Py_CLEAR(s->held);
     Py_CLEAR(s->drain_cb);
     return 0;
@@ -840,10 +878,32 @@ static int Stream_set_bool(Stream *s, PyObject *v, void *c)
     return 0;
 }
 
+/* buffer: the write queue, made empty when asked for and there is none (the
+ * transport's Python paths append to it) */
+static PyObject *Stream_get_buffer(Stream *s, void *unused)
+{
+    (void)unused;
+    if (s->buffer == NULL && !(s->buffer = PyList_New(0)))
+        return NULL;
+    return Py_NewRef(s->buffer);
+}
+
+static int Stream_set_buffer(Stream *s, PyObject *v, void *unused)
+{
+    (void)unused;
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete this attribute");
+        return -1;
+    }
+    Py_XSETREF(s->buffer, Py_NewRef(v));
+    return 0;
+}
+
 #define BOOL_ATTR(name, field) \
     {name, (getter)Stream_get_bool, (setter)Stream_set_bool, NULL, (void *)offsetof(Stream, field)}
 
 static PyGetSetDef Stream_getset[] = {
+    {"buffer", (getter)Stream_get_buffer, (setter)Stream_set_buffer, NULL, NULL},
     BOOL_ATTR("rfast", rfast),       /* the receive fast path may run */
     BOOL_ATTR("wfast", wfast),       /* the write/flush/sent fast paths may run */
     BOOL_ATTR("dirty", dirty),       /* on the loop's dirty list */
@@ -854,14 +914,12 @@ static PyGetSetDef Stream_getset[] = {
 };
 
 static PyMemberDef Stream_members[] = {
-    {"buffer", Py_T_OBJECT_EX, offsetof(Stream, buffer), 0, NULL},
     {"buffer_size", T_PYSSIZET, offsetof(Stream, buffer_size), 0, NULL},
     {"sending", T_PYSSIZET, offsetof(Stream, sending), 0, NULL},
     {"high", T_PYSSIZET, offsetof(Stream, high), 0, NULL},
     {"low", T_PYSSIZET, offsetof(Stream, low), 0, NULL},
     {"sends", T_PYSSIZET, offsetof(Stream, sends), 0, NULL},
     {"directs", T_PYSSIZET, offsetof(Stream, directs), 0, NULL},
-    {"sent_cb", Py_T_OBJECT_EX, offsetof(Stream, sent_cb), READONLY, NULL},
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(Stream, vectorcall), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };

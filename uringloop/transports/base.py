@@ -105,25 +105,35 @@ class SocketTransportBase(TransportBase):
         makes getpeername() fail later); with share (an accepted connection)
         the values are shared with the server's other connections (_share)."""
         extra = self._extra
-        extra["socket"] = trsock.TransportSocket(sock)
         try:
-            addr = sock.getsockname()
-            extra["sockname"] = _share(addr) if share else addr
+            sockname = sock.getsockname()
+            if share:
+                sockname = _share(sockname)
         except OSError:
-            extra["sockname"] = None
-        if "peername" not in extra:
+            sockname = None
+        if extra and "peername" in extra:
+            peername = extra["peername"]
+        else:
             try:
-                addr = sock.getpeername()
-                if share and type(addr) is tuple and addr:
-                    host = _share(addr[0])
-                    if host is not addr[0]:
-                        addr = (host, *addr[1:])
-                extra["peername"] = addr
+                peername = sock.getpeername()
+                if share and type(peername) is tuple and peername:
+                    host = _share(peername[0])
+                    if host is not peername[0]:
+                        peername = (host, *peername[1:])
             except OSError:
-                extra["peername"] = None
+                peername = None
+        self._keep_names(sock, sockname, peername)
         self._sock = sock
         self._sock_fd = sock.fileno()
         self._engine = loop._engine
+
+    def _keep_names(self, sock, sockname, peername):
+        """The stock extra info: in the extra dict (the stream transport keeps
+        them in slots instead)."""
+        extra = self._extra
+        extra["socket"] = trsock.TransportSocket(sock)
+        extra["sockname"] = sockname
+        extra["peername"] = peername
 
     def __repr__(self):
         info = [self.__class__.__name__]

@@ -61,8 +61,33 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     the engine's I/O."""
 
     # _core in a slot: write (and writelines on 3.12+) are the C core's own,
-    # class attributes that find it there (core_method, below the class)
-    __slots__ = ("_core", "__dict__", "__weakref__")
+    # class attributes that find it there (core_method, below the class).
+    # What every transport sets is in slots too, and the state an open
+    # connection is in is the class's (below), set on a transport only when
+    # it changes: an idle connection has no attribute values array (decision
+    # 256). __dict__ stays for what user code sets on a transport.
+    # The stock extra info (socket, sockname, peername) is in slots as well,
+    # not in an extra dict (184 bytes with its keys): _extra is only the
+    # dict a caller passed, or None; the socket's TransportSocket is made
+    # when first asked for.
+    __slots__ = (
+        "_core", "_sock", "_sock_fd", "_engine", "_protocol", "_context", "_server",
+        "_recv_ud", "_buffered", "_closing", "_paused", "_sockname", "_peername", "_tsock",
+        "__dict__", "__weakref__",
+    )
+
+    _protocol_connected = True  # set_protocol() ran (in __init__)
+    _conn_lost = 0
+    _eof = False  # write_eof() called
+    _shut = False  # its shutdown submitted
+    _fd_closing = False  # close_fd submitted
+    _fd_closed = False  # ... and its record came
+    _lost_is_due = False  # the stock loop would call connection_lost by now
+    _lost_exc = None
+    _empty_waiter = None
+    _read_done = False  # EOF or a read error was seen
+    _held = None  # deque of (res, data) records not yet handed over
+    _draining = False  # a _drain_held is scheduled
 
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
@@ -70,8 +95,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         super().__init__(extra, loop)
+        self._extra = extra or None
+        self._tsock = None
         self._init_socket(loop, sock, server is not None)
-        self._protocol_connected = False
         self._buffered = False
         self._context = ctx = contextvars.copy_context()
         # the hot half, in C (uringloop/_core/stream.c): the write queue
@@ -85,20 +111,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         # its one kernel entry (decision 210)
         c.direct = self._engine.backend == "epoll"
         self._server = server
-        self._conn_lost = 0
         self._closing = False
         self._paused = False
-        self._eof = False  # write_eof() called
-        self._shut = False  # its shutdown submitted
-        self._fd_closing = False  # close_fd submitted
-        self._fd_closed = False  # ... and its record came
-        self._lost_is_due = False  # the stock loop would call connection_lost by now
-        self._lost_exc = None
-        self._empty_waiter = None
         self._recv_ud = None  # the multishot recv, until its final record
-        self._read_done = False  # EOF or a read error was seen
-        self._held = None  # deque of (res, data) records not yet handed over
-        self._draining = False  # a _drain_held is scheduled
         self.set_protocol(protocol)  # also sets the fast-path flags (_sync)
         if server is not None:
             if _SERVER_TRACKS_TRANSPORTS:
@@ -113,6 +128,34 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
+    def _keep_names(self, sock, sockname, peername):
+        self._sockname = sockname
+        self._peername = peername
+
+    def get_extra_info(self, name, default=None):
+        if name == "peername":
+            return self._peername
+        if name == "sockname":
+            return self._sockname
+        if name == "socket":
+            tsock = self._tsock
+            if tsock is None:
+                tsock = self._tsock = trsock.TransportSocket(self._socket())
+            return tsock
+        extra = self._extra
+        return default if extra is None else extra.get(name, default)
+
+    def _socket(self):
+        """The socket object (what get_extra_info('socket') wraps)."""
+        return self._sock
+
+    def _call_connection_lost(self, exc):
+        if self._tsock is None and self._sock is not None:
+            # asked for after the close, the extra socket is the closed
+            # socket, as stock
+            self._tsock = trsock.TransportSocket(self._sock)
+        super()._call_connection_lost(exc)
+
     def _write_busy(self):
         return self._core.sending
 
@@ -126,7 +169,6 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         # the kind of protocol decides, once, how received bytes are handed over
         self._buffered = isinstance(protocol, protocols.BufferedProtocol)
         self._protocol = protocol
-        self._protocol_connected = True
         self._core.set_protocol(protocol, self._buffered)
         self._sync()
 
@@ -436,10 +478,10 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             c.sends += 1
             if len(buf) == 1:
                 c.sending = len(buf[0])
-                self._engine.send(self._sock_fd, buf[0], c.sent_cb)
+                self._engine.send(self._sock_fd, buf[0], c.sent)
             else:  # one vectored send, no join
                 c.sending = sum(map(len, buf))
-                self._engine.sendv(self._sock_fd, buf, c.sent_cb)
+                self._engine.sendv(self._sock_fd, buf, c.sent)
             buf = c.buffer
         if self._eof and not self._shut and not buf:
             self._shut = True
