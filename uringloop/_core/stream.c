@@ -45,14 +45,61 @@ typedef struct {
     Py_ssize_t buffer_size; /* queued + in the send in flight */
     Py_ssize_t sending;     /* length of the send in flight (0: none) */
     Py_ssize_t high, low;   /* the transport's water marks */
-    Py_ssize_t sends;       /* sends submitted (tests count them) */
-    Py_ssize_t directs;     /* send() calls made by write() itself (tests count them) */
+    unsigned int sends;     /* sends submitted (tests count them) */
+    unsigned int directs;   /* send() calls made by write() itself (tests count them) */
+    unsigned long long recv_ud; /* the transport's multishot recv (0: none) */
     int fd;
     char buffered, rfast, wfast, dirty, wpaused;
     char direct; /* write() sends at once when idle (the epoll backend; decision 210) */
     char draining; /* _drain is handing held records over: _ready does not count */
     char data_self, updated_self; /* on_data/on_updated are functions: pass protocol */
+    char registered; /* in fd_streams (the loop's fd -> transport registry) */
 } Stream;
+
+/* The stream transports' part of the loop's fd -> transport registry (the
+ * stock loop's _transports, a WeakValueDictionary: a KeyedRef and a dict
+ * entry, 125 bytes a connection): the Stream last registered for each fd
+ * number, borrowed. A Stream leaves it when it is cleared, with its
+ * transport (the transport keeps its Stream for life), so an entry never
+ * outlives the transport, as a weak value would not (decision 257). One
+ * table for the process: an fd number is one file at a time; a lookup
+ * checks the loop. */
+static Stream **fd_streams;
+static int fd_streams_cap;
+
+static int stream_register(Stream *s)
+{
+    if (s->fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "register(): the Stream has no fd");
+        return -1;
+    }
+    if (s->fd >= fd_streams_cap) {
+        int cap = fd_streams_cap ? fd_streams_cap : 256;
+        while (cap <= s->fd)
+            cap *= 2;
+        Stream **t = PyMem_Realloc(fd_streams, (size_t)cap * sizeof *t);
+        if (t == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memset(t + fd_streams_cap, 0, (size_t)(cap - fd_streams_cap) * sizeof *t);
+        fd_streams = t;
+        fd_streams_cap = cap;
+    }
+    Stream *old = fd_streams[s->fd];
+    if (old != NULL && old != s)
+        old->registered = 0; /* a closed transport's number, reused */
+    fd_streams[s->fd] = s;
+    s->registered = 1;
+    return 0;
+}
+
+static void stream_unregister(Stream *s)
+{
+    if (s->registered && s->fd >= 0 && s->fd < fd_streams_cap && fd_streams[s->fd] == s)
+        fd_streams[s->fd] = NULL;
+    s->registered = 0;
+}
 
 /* The write queue is a list of ours, or none yet: the C paths may use it
  * (Python may have set anything there). */
@@ -792,6 +839,23 @@ static PyObject *Stream_set_protocol(Stream *s, PyObject *const *args, Py_ssize_
     Py_RETURN_NONE;
 }
 
+/* register(): the transport is the loop's for its fd (stream_for_fd finds
+ * it); unregister(): no longer (sendfile hands the fd to sock_sendfile) */
+static PyObject *Stream_register(Stream *s, PyObject *unused)
+{
+    (void)unused;
+    if (stream_register(s) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Stream_unregister(Stream *s, PyObject *unused)
+{
+    (void)unused;
+    stream_unregister(s);
+    Py_RETURN_NONE;
+}
+
 /* _fatal_error(exc, message): the transport's (the loop's flush calls it on
  * what is on its dirty list) */
 static PyObject *Stream_fatal_error(Stream *s, PyObject *const *args, Py_ssize_t nargs)
@@ -842,6 +906,7 @@ static int Stream_traverse(Stream *s, visitproc visit, void *arg)
 
 static int Stream_clear(Stream *s)
 {
+    stream_unregister(s);
     Py_CLEAR(s->transport);
     Py_CLEAR(s->loop);
     Py_CLEAR(s->ctx);
@@ -918,8 +983,9 @@ static PyMemberDef Stream_members[] = {
     {"sending", T_PYSSIZET, offsetof(Stream, sending), 0, NULL},
     {"high", T_PYSSIZET, offsetof(Stream, high), 0, NULL},
     {"low", T_PYSSIZET, offsetof(Stream, low), 0, NULL},
-    {"sends", T_PYSSIZET, offsetof(Stream, sends), 0, NULL},
-    {"directs", T_PYSSIZET, offsetof(Stream, directs), 0, NULL},
+    {"sends", T_UINT, offsetof(Stream, sends), 0, NULL},
+    {"directs", T_UINT, offsetof(Stream, directs), 0, NULL},
+    {"recv_ud", T_ULONGLONG, offsetof(Stream, recv_ud), 0, NULL},
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(Stream, vectorcall), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
@@ -932,6 +998,8 @@ static PyMethodDef Stream_methods[] = {
     {"sent", (PyCFunction)(void (*)(void))Stream_sent, METH_FASTCALL, "a send's completion"},
     {"set_protocol", (PyCFunction)(void (*)(void))Stream_set_protocol, METH_FASTCALL, NULL},
     {"_fatal_error", (PyCFunction)(void (*)(void))Stream_fatal_error, METH_FASTCALL, NULL},
+    {"register", (PyCFunction)Stream_register, METH_NOARGS, "the loop's transport for its fd"},
+    {"unregister", (PyCFunction)Stream_unregister, METH_NOARGS, "no longer"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1069,7 +1137,27 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
     return (PyObject *)m;
 }
 
+/* stream_for_fd(loop, fd): the stream transport of loop registered for fd
+ * (alive: see fd_streams), or None */
+static PyObject *stream_for_fd(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "stream_for_fd(loop, fd)");
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[1]);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd >= 0 && fd < fd_streams_cap && fd_streams[fd] != NULL &&
+        (PyObject *)fd_streams[fd]->loop == args[0] && fd_streams[fd]->transport != NULL)
+        return Py_NewRef(fd_streams[fd]->transport);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef stream_functions[] = {
+    {"stream_for_fd", (PyCFunction)(void (*)(void))stream_for_fd, METH_FASTCALL,
+     "stream_for_fd(loop, fd): the stream transport registered for fd, or None"},
     {"core_method", (PyCFunction)(void (*)(void))core_method, METH_FASTCALL,
      "core_method(slot, name): a transport method that is its Stream's"},
     {NULL, NULL, 0, NULL},

@@ -72,7 +72,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     # when first asked for.
     __slots__ = (
         "_core", "_sock", "_sock_fd", "_engine", "_protocol", "_context", "_server",
-        "_recv_ud", "_buffered", "_closing", "_paused", "_sockname", "_peername", "_tsock",
+        "_buffered", "_closing", "_paused", "_sockname", "_peername", "_tsock",
         "__dict__", "__weakref__",
     )
 
@@ -113,14 +113,13 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         self._server = server
         self._closing = False
         self._paused = False
-        self._recv_ud = None  # the multishot recv, until its final record
         self.set_protocol(protocol)  # also sets the fast-path flags (_sync)
         if server is not None:
             if _SERVER_TRACKS_TRANSPORTS:
                 server._attach(self)
             else:
                 server._attach()
-        loop._transports[self._sock_fd] = self
+        c.register()  # the loop's transport for its fd (decision 257)
         base_events._set_nodelay(sock)
         loop.call_soon(protocol.connection_made, self)
         # only start reading when connection_made() has been called
@@ -155,6 +154,16 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             # socket, as stock
             self._tsock = trsock.TransportSocket(self._sock)
         super()._call_connection_lost(exc)
+
+    @property
+    def _recv_ud(self):
+        """The multishot recv's user_data, until its final record (None): kept
+        in the C core as a number, not as an int object (decision 256)."""
+        return self._core.recv_ud or None
+
+    @_recv_ud.setter
+    def _recv_ud(self, ud):
+        self._core.recv_ud = ud or 0
 
     def _write_busy(self):
         return self._core.sending
