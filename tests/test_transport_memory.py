@@ -362,3 +362,50 @@ def test_fd_registry_follows_the_transport(tloop):
         await _close(server, made, clients)
 
     run_in(tloop, main())
+
+
+def test_accepted_socket_made_only_when_asked(tloop):
+    """An accepted connection's socket object is made only when something
+    asks for it (on uringloop; decision 258): repr, writes over the
+    high-water mark, close, abort and a transport dropped unclosed all work
+    without it, and every fd is closed (the fixture counts them)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server, made, clients = await _accepted(loop, 4)
+        closing, aborting, writing, dropped = made
+        lazy = not is_stock(loop)
+
+        def unmade(t):
+            return type(t._sockobj).__name__ == "_Kind"
+
+        if lazy:
+            assert all(unmade(t) for t in made)
+        assert all(f"fd={t._sock_fd}" in repr(t) for t in made)
+        big = bytes(range(256)) * 4096  # 1 MiB: over the high-water mark
+        writing.write(big)
+        assert await wait_for(clients[2][0].readexactly(len(big))) == big
+        if lazy:
+            assert unmade(closing) and unmade(aborting)
+        closing.close()
+        aborting.abort()
+        assert await wait_for(clients[0][0].read()) == b""
+        with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+            await wait_for(clients[1][0].readexactly(1))
+        fd = dropped._sock_fd
+        dropped.pause_reading()
+        await asyncio.sleep(0.05)  # the cancelled receive's last record
+        made.remove(dropped)
+        del dropped
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            gc.collect()
+        assert any("unclosed transport" in str(w.message) for w in caught)
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed by __del__ (no other fd was opened since)
+        assert await wait_for(clients[3][0].read()) == b""
+        await _close(server, made, clients)
+        await asyncio.sleep(0.05)  # connection_lost
+        assert closing.get_extra_info("socket").fileno() == -1
+
+    run_in(tloop, main())

@@ -135,9 +135,17 @@ class SocketTransportBase(TransportBase):
         extra["sockname"] = sockname
         extra["peername"] = peername
 
+    def _has_sock(self):
+        """Not closed yet (connection_lost has not run)."""
+        return self._sock is not None
+
+    def _sock_closed(self):
+        """The socket object was closed behind the transport's back."""
+        return self._sock.fileno() < 0
+
     def __repr__(self):
         info = [self.__class__.__name__]
-        if self._sock is None:
+        if not self._has_sock():
             info.append("closed")
         elif self._closing:
             info.append("closing")
@@ -150,7 +158,7 @@ class SocketTransportBase(TransportBase):
         return "<{}>".format(" ".join(info))
 
     def __del__(self, _warn=warnings.warn):
-        if self._sock is not None:
+        if self._has_sock():
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._sock.close()
             self._unclosed()
@@ -243,7 +251,7 @@ class SocketTransportBase(TransportBase):
         self._sync()
         self._lost_exc = exc
         self._loop.call_soon(self._lost_due, context=self._context)
-        if self._engine.closed or self._sock.fileno() < 0:
+        if self._engine.closed or self._sock_closed():
             self._sock.close()
             self._fd_closed = True
             return
@@ -267,7 +275,7 @@ class SocketTransportBase(TransportBase):
             self._call_connection_lost(self._lost_exc)
 
     def _call_connection_lost(self, exc):
-        if self._sock is None:
+        if not self._has_sock():
             return
         try:
             if self._protocol_connected:

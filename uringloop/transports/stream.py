@@ -71,7 +71,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     # dict a caller passed, or None; the socket's TransportSocket is made
     # when first asked for.
     __slots__ = (
-        "_core", "_sock", "_sock_fd", "_engine", "_protocol", "_context", "_server",
+        "_core", "_sockobj", "_sock_fd", "_engine", "_protocol", "_context", "_server",
         "_buffered", "_closing", "_paused", "_sockname", "_peername", "_tsock",
         "__dict__", "__weakref__",
     )
@@ -148,8 +148,46 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         """The socket object (what get_extra_info('socket') wraps)."""
         return self._sock
 
+    # An accepted connection's socket object is the transport's alone: it
+    # keeps the fd and the Acceptor's _Kind, and makes the object again
+    # when something asks for it (decision 258). _sockobj: the socket, a
+    # _Kind, or None once connection_lost has run.
+    @property
+    def _sock(self):
+        s = self._sockobj
+        if type(s) is _Kind:
+            s = self._sockobj = socket.socket(s.family, s.type, s.proto, fileno=self._sock_fd)
+        return s
+
+    @_sock.setter
+    def _sock(self, sock):
+        self._sockobj = sock
+
+    def _shed_socket(self, kind):
+        """The Acceptor's: drop the socket object, keep its fd."""
+        sock = self._sockobj
+        if type(sock) is not _Kind and sock is not None and self._tsock is None:
+            self._sockobj = kind
+            sock.detach()
+
+    def _has_sock(self):
+        return self._sockobj is not None
+
+    def _sock_closed(self):
+        s = self._sockobj
+        return type(s) is not _Kind and s.fileno() < 0
+
+    def _detach_fd(self):
+        s = self._sockobj
+        if type(s) is _Kind:
+            # never made: after the close, the extra socket is a closed
+            # socket of the same kind, as stock
+            self._sockobj = s.closed
+            return self._sock_fd
+        return s.detach()
+
     def _call_connection_lost(self, exc):
-        if self._tsock is None and self._sock is not None:
+        if self._tsock is None and self._has_sock():
             # asked for after the close, the extra socket is the closed
             # socket, as stock
             self._tsock = trsock.TransportSocket(self._sock)
@@ -592,6 +630,25 @@ if _PY312:
     SocketTransport.writelines = _sched.core_method(SocketTransport._core, "writelines")
 
 
+class _Kind:
+    """What an accepted socket object is made from again (family, type,
+    proto: the listener's), and one closed socket of that kind, for the
+    socket extra of a closed transport whose object was never made."""
+
+    __slots__ = ("family", "type", "proto", "_closed")
+
+    def __init__(self, family, type, proto):
+        self.family, self.type, self.proto = family, type, proto
+        self._closed = None
+
+    @property
+    def closed(self):
+        if self._closed is None:
+            self._closed = socket.socket(self.family, self.type, self.proto)
+            self._closed.close()
+        return self._closed
+
+
 class Acceptor:
     """One listening socket served by a multishot engine accept.
 
@@ -615,6 +672,7 @@ class Acceptor:
         self.ssl_handshake_timeout = ssl_handshake_timeout
         self.ssl_shutdown_timeout = ssl_shutdown_timeout
         self.family, self.type, self.proto = sock.family, sock.type, sock.proto
+        self.kind = _Kind(self.family, self.type | _SOCK_NONBLOCK, self.proto)
         self.ud = None
         self.stopped = False
         self.resting = False  # out of descriptors: accepting waits a while
@@ -700,6 +758,7 @@ class Acceptor:
         try:
             protocol = self.protocol_factory()
             transport = loop._make_socket_transport(conn, protocol, server=self.server)
+            transport._shed_socket(self.kind)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
