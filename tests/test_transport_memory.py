@@ -206,11 +206,11 @@ def test_python_bytes_per_idle_connection(tloop):
     connected before the first snapshot). Each connection has had one round
     trip (a read and a write), so the write path has run. A first batch of
     connections, closed before the measured one, grows what the loop grows
-    once (the engine's op table...). Before decisions 255-257 this was about
+    once (the engine's op table...). Before decisions 255-258 this was about
     1,460-1,550 bytes here (the extra dict and its keys, the attribute values
     array, the write list, a bound sent per Stream, the KeyedRef of the fd
-    registry); after, about 790-840 (the protocol itself, with its own
-    attribute values, is about 200 of it)."""
+    registry, the socket object); after, about 700-750 (the protocol
+    itself, with its own attribute values, is about 200 of it)."""
     if is_stock(tloop):
         pytest.skip("the bound is uringloop's own (the stock loop keeps about 1,600 bytes)")
     n = 100
