@@ -62,6 +62,7 @@ def fallback_options() -> int:
         | engine.OPT_NO_BUFRING
         | engine.OPT_NO_DEFER
         | engine.OPT_NO_CANCEL_FD
+        | engine.OPT_NO_BUNDLE
         | engine.OPT_TEST_EAGAIN
     )
 

@@ -414,6 +414,47 @@ def test_recv_coalesce_caps_a_chunk(make_engine, socketpair):
     assert eng.in_flight == 0
 
 
+
+def test_recv_coalesce_several_ops_in_one_run(make_engine):
+    """Several coalescing receives with records in one run: each op's records
+    are joined into its own chunk (table_deliver bounds each op's scan by its
+    last record of the batch, decision 264), byte-exact, one data callback
+    per op and run."""
+    eng = make_engine(buf_size=4096)
+    pairs = [socket.socketpair() for _ in range(8)]
+    try:
+        calls = {i: [] for i in range(len(pairs))}
+        payloads = {}
+        turn = [0]
+        for i, (a, b) in enumerate(pairs):
+            a.setblocking(False)
+            payloads[i] = bytes((i * 7 + k) & 0xFF for k in range(3 * 4096 + 100 + i))
+            b.sendall(payloads[i])
+            b.shutdown(socket.SHUT_WR)
+        r0 = eng.stats()["records"]
+        for i, (a, _) in enumerate(pairs):
+            eng.recv(a.fileno(), lambda r, m, d, i=i: calls[i].append((turn[0], r, m, d)),
+                     coalesce=True)
+        deadline = time.monotonic() + 5
+        while any(not c or c[-1][2] for c in calls.values()):
+            assert time.monotonic() < deadline, calls
+            turn[0] += 1
+            eng.run(0.05)
+        records = eng.stats()["records"] - r0
+        for i, c in calls.items():
+            data = [x for x in c if x[1] > 0]
+            assert b"".join(x[3] for x in data) == payloads[i], i
+            turns = [x[0] for x in data]
+            assert len(turns) == len(set(turns)), ("two data callbacks in one run", i, turns)
+            assert c[-1][1:3] == (0, False)
+        assert records > sum(map(len, calls.values())), "nothing was coalesced"
+        assert eng.in_flight == 0
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
 # --------------------------------------------------- D2: wake vs close
 
 

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import fcntl
 import os
+import random
 import socket
 import sys
 import termios
@@ -13,7 +14,7 @@ import threading
 import time
 
 import pytest
-from conftest import Collector, run_in, run_until, settle
+from conftest import Collector, guard_problems, run_in, run_until, settle
 
 from uringloop import engine
 
@@ -291,3 +292,83 @@ def test_sock_recv_large_n_never_reads_past_a_later_receive(loop, socketpair):
     one, two, rest = run_in(loop, main())
     assert len(two) <= 100
     assert one + two + rest == data
+
+
+# --------------------------------------------------------------------------
+# receive bundles (decision 270): one completion, several pool buffers
+
+
+def _bundles_available() -> bool:
+    return "RECVSEND_BUNDLE" in engine.backend_info().get("features", [])
+
+
+@pytest.mark.parametrize("options", [0, engine.OPT_NO_BUNDLE], ids=["bundle", "no-bundle"])
+def test_pool_receives_are_whole_and_in_order_across_buffers(make_engine, socketpair, options):
+    """Bursts of many pool buffers on several sockets at once, in a small
+    pool whose ring wraps many times (64 x 4 KiB, guard mode): every record
+    fits a buffer, each socket's records join to exactly what was sent, no
+    buffer leaks and no kernel write hits a buffer the engine gave up."""
+    eng = make_engine(buf_count=64, buf_size=4096, options=options | engine.OPT_GUARD)
+    free = eng.stats()["bufs_free"]
+    pairs = [socketpair() for _ in range(3)]
+    cs = [Collector() for _ in pairs]
+    uds = [eng.recv(a.fileno(), c) for (a, _), c in zip(pairs, cs, strict=True)]
+    settle(eng, 2)
+    cqes = eng.stats()["cqes"]
+    rng = random.Random(270)
+    sent = [bytearray() for _ in pairs]
+    for burst in range(12):
+        for i, (_, b) in enumerate(pairs):
+            # 1 byte to 5 buffers and a bit: buffer-sized and odd sizes
+            msg = rng.randbytes(rng.choice([1, 4095, 4096, 4097, 20_001, 3 * 4096]))
+            b.sendall(msg)  # the socket buffer holds it: nothing reads yet
+            sent[i] += msg
+
+        def whole():
+            pairs_ = zip(cs, sent, strict=True)
+            return all(sum(r for r, _, _ in c.records) == len(s) for c, s in pairs_)
+
+        run_until(eng, whole, what=f"burst {burst}")
+    for c, s in zip(cs, sent, strict=True):
+        assert all(0 < r <= 4096 and more and len(d) == r for r, more, d in c.records)
+        assert b"".join(d for _, _, d in c.records) == bytes(s)
+    if eng.info()["recv_bundle"]:  # the bundles really came: fewer CQEs than records
+        assert eng.stats()["cqes"] - cqes < sum(len(c.records) for c in cs)
+    for ud in uds:
+        eng.cancel(ud)
+    run_until(eng, lambda: all(c.done for c in cs), what="cancels")
+    settle(eng, 2)
+    assert eng.stats()["bufs_free"] == free
+    assert guard_problems(eng) == []
+
+
+def test_a_burst_of_buffers_comes_in_one_completion(res_tracker, socketpair):
+    """io_uring with bundles: a receive finding 100 KiB waiting takes it with
+    one CQE for its 7 pool buffers (records stay one per buffer); with
+    OPT_NO_BUNDLE (the kernel's pre-6.10 way) one CQE per buffer."""
+    from conftest import require_uring
+
+    require_uring()
+    if not _bundles_available():
+        pytest.skip("this kernel has no receive bundles (IORING_FEAT_RECVSEND_BUNDLE, 6.10)")
+    cqes = {}
+    for options in (0, engine.OPT_NO_BUNDLE):
+        eng = engine.Engine("io_uring", options=options)
+        try:
+            assert eng.info()["recv_bundle"] == (options == 0)
+            a, b = socketpair()
+            msg = random.Random(9).randbytes(100 * 1024)
+            b.sendall(msg)  # all of it waits in the socket
+            c = Collector()
+            eng.recv(a.fileno(), c)
+            before = eng.stats()["cqes"]
+            run_until(eng, lambda c=c: sum(r for r, _, _ in c.records) == 100 * 1024, what="data")
+            cqes[options] = eng.stats()["cqes"] - before
+            assert b"".join(d for _, _, d in c.records) == msg
+            assert [r for r, _, _ in c.records] == [16384] * 6 + [4096]
+            b.close()
+            run_until(eng, lambda c=c: c.done, what="EOF")
+        finally:
+            eng.close()
+    assert cqes[0] <= 2, cqes  # the data, and perhaps the wake
+    assert cqes[engine.OPT_NO_BUNDLE] >= 7, cqes

@@ -102,6 +102,38 @@ def test_write_partly_taken_then_mutate(tloop):
     run_in(tloop, main())
 
 
+
+def test_write_while_a_send_is_in_flight_leaves_after_it(tloop):
+    """A write() made while the transport's send is still in flight (the peer
+    does not read yet) leaves once that send completes, with nothing else
+    happening on the transport: the send's completion queues it (on io_uring
+    and epoll the C core's sent, decision 260)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Lost)
+        with peer:
+            tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            tr.set_write_buffer_limits(high=8 << 20)  # no pausing, no direct send
+            first = bytes(range(256)) * 4096  # 1 MiB: more than the kernel takes
+            tr.write(first)
+            for _ in range(3):
+                await asyncio.sleep(0)  # the turn's flush: the send is in flight
+            assert tr.get_write_buffer_size() > 0
+            tail = b"tail" * 250
+            tr.write(tail)  # behind the send in flight
+            got = bytearray()
+            while len(got) < len(first) + len(tail):
+                chunk = await wait_for(loop.sock_recv(peer, 1 << 20))
+                assert chunk, "EOF before the tail"
+                got += chunk
+            assert got == first + tail
+            tr.close()
+            await wait_for(proto.lost)
+
+    run_in(tloop, main())
+
+
 def test_write_to_a_reset_peer(tloop):
     """write() right after the peer reset the connection (before the loop saw
     it): connection_lost gets a ConnectionError, as on the stock loop (whose
@@ -624,3 +656,29 @@ def test_writelines_list_is_c(tloop):
             await wait_for(proto.lost)
 
     run_in(tloop, main())
+
+
+def test_a_waiting_100k_message_is_one_data_received(tloop):
+    """100 KiB already waiting in the socket when the transport starts reading
+    reaches data_received in one call, as the stock loop's recv(256 KiB)
+    hands it over (decision 271: a chunk joins up to 112 KiB of records)."""
+
+    class Chunks(Lost):
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def data_received(self, data):
+            self.sizes.append(len(data))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        with b:
+            b.sendall(bytes(range(256)) * 400)  # 100 KiB, all of it waits in a
+            b.shutdown(socket.SHUT_WR)
+            tr, proto = await loop.create_connection(Chunks, sock=a)
+            await wait_for(proto.lost)
+        return proto.sizes
+
+    assert run_in(tloop, main()) == [100 * 1024]

@@ -34,6 +34,7 @@ __all__ = [
     "OPT_NO_BUFRING",
     "OPT_NO_DEFER",
     "OPT_NO_CANCEL_FD",
+    "OPT_NO_BUNDLE",
     "OPT_TEST_EAGAIN",
     "OPT_GUARD",
     "OPT_TEST_NOBUF",
@@ -43,6 +44,7 @@ OPT_NO_MULTISHOT = lib.UL_OPT_NO_MULTISHOT
 OPT_NO_BUFRING = lib.UL_OPT_NO_BUFRING
 OPT_NO_DEFER = lib.UL_OPT_NO_DEFER
 OPT_NO_CANCEL_FD = lib.UL_OPT_NO_CANCEL_FD
+OPT_NO_BUNDLE = lib.UL_OPT_NO_BUNDLE
 # test only: an op's first issue completes with EAGAIN (a connect with
 # EINPROGRESS), so the readiness-retry paths run on kernels that never take them
 OPT_TEST_EAGAIN = lib.UL_OPT_TEST_EAGAIN
@@ -572,6 +574,7 @@ class Engine:
             "multishot_recv": bool(i.multishot_recv),
             "multishot_accept": bool(i.multishot_accept),
             "multishot_read": bool(i.multishot_read),
+            "recv_bundle": bool(i.recv_bundle),
             "cancel_fd": bool(i.cancel_fd),
             "registered_ring": bool(i.registered_ring),
             "buf_count": i.buf_count,
@@ -652,7 +655,7 @@ os.register_at_fork(after_in_child=_forget_all_after_fork)
 _STATS = (
     "enters", "waits", "submitted", "records", "cq_overflows", "rearms",
     "eagain_retries", "wakeups", "guard_faults", "in_flight", "bufs_free", "ident_captures",
-    "ident_checks",
+    "ident_checks", "cqes",
 )
 
 _SETUP_FLAGS = {
@@ -717,6 +720,7 @@ def backend_info() -> dict:
         except OSError as exc:
             info.update(backend="none", reason=str(exc), ring_flags=[], features=[],
                         buffer_ring=False, multishot_recv=False, multishot_accept=False,
-                        multishot_read=False, cancel_fd=False, registered_ring=False)
+                        multishot_read=False, recv_bundle=False, cancel_fd=False,
+                        registered_ring=False)
         _info_cache = info
     return dict(_info_cache)

@@ -38,6 +38,7 @@
 #define UL_OPT_NO_BUFRING 2     /* no provided-buffer ring: engine picks buffers */
 #define UL_OPT_NO_DEFER 4       /* skip the SINGLE_ISSUER|DEFER_TASKRUN rung */
 #define UL_OPT_NO_CANCEL_FD 8   /* cancel per op even where CANCEL_FD exists */
+#define UL_OPT_NO_BUNDLE 64     /* multishot recv takes one pool buffer per completion */
 /* Test only (io_uring; epoll ignores it): the first time an op is issued on
  * an fd that is not ready for it, recv/recv_into/recvmsg/send/sendv/sendmsg/
  * accept complete with -EAGAIN without doing anything (a NOP stands in, as a
@@ -79,6 +80,7 @@ typedef struct ul_info {
     int guard;                   /* pool guard mode (UL_OPT_GUARD / URINGLOOP_GUARD=1) */
     uint32_t buf_count, buf_size;
     int multishot_read;          /* ul_read_pool uses READ_MULTISHOT */
+    int recv_bundle;             /* multishot recv fills several pool buffers per CQE */
     char reason[256];            /* why this backend (fallback reason) */
 } ul_info;
 
@@ -105,6 +107,7 @@ typedef struct ul_stats {
     uint32_t bufs_free;          /* pool buffers available to the kernel */
     uint64_t ident_captures;     /* file identities taken (one syscall each) */
     uint64_t ident_checks;       /* continuations that compared it (one each) */
+    uint64_t cqes;               /* io_uring: CQEs reaped (epoll: 0) */
 } ul_stats;
 
 typedef struct ul_engine ul_engine;

@@ -735,7 +735,9 @@ typedef void (*ul_wake_fn)(void *);
 
 typedef struct {
     PyObject *owner, *keep;
-    uint32_t gen, flags;
+    uint32_t gen;
+    uint16_t flags;
+    uint16_t last; /* table_deliver: the batch index of the slot's last record (coalesce) */
 } Slot;
 
 struct Table {
@@ -812,7 +814,7 @@ static uint64_t table_take(Table *t, PyObject *owner, PyObject *keep, uint32_t f
     uint32_t i = t->free[--t->nfree];
     Slot *s = &t->slots[i];
     s->gen = ((s->gen + 1) & GEN_MASK) ? ((s->gen + 1) & GEN_MASK) : 1;
-    s->flags = SLOT_USED | flags;
+    s->flags = (uint16_t)(SLOT_USED | flags);
     s->owner = Py_NewRef(owner);
     s->keep = Py_XNewRef(keep);
     t->used++;
@@ -1323,6 +1325,7 @@ static PyObject *Table_release_all(Table *t, PyObject *unused)
 /* ---- records */
 
 static PyObject *msg_data(Table *t, const ul_record *r);
+static int stream_deliver(PyObject *owner, int32_t res, int more, PyObject *data); /* stream.c */
 
 /* the data a record carries: pool bytes, a peer address, the errno of a
  * short send (UL_F_SHORT), or None */
@@ -1399,23 +1402,27 @@ static int in_pool(Table *t, const ul_record *r)
     return r->res >= 0 && r->res <= t->buf_size && start + r->res <= t->pool_size;
 }
 
-/* A joined chunk stops at 64 KiB (decision 220): glibc serves allocations
- * from 128 KiB up (the mmap threshold) with fresh pages, a page fault each
- * 4 KiB, so one turn's several hundred KiB joined into one bytes cost 5-7x
- * the CPU per MiB of 64 KiB chunks (the protocol's buffer is fed the same
- * bytes either way). What is left of the run comes as the next chunk. */
-#define COALESCE_MAX (64 * 1024)
+/* A joined chunk stops at 112 KiB (decisions 220, 271): glibc serves
+ * allocations from 128 KiB up (the mmap threshold) with fresh pages, a page
+ * fault each 4 KiB, so one turn's several hundred KiB joined into one bytes
+ * cost 5-7x the CPU per MiB of smaller chunks (the protocol's buffer is fed
+ * the same bytes either way). 112 KiB and the bytes header stay below it, and
+ * a 100 KiB message is one chunk. What is left of the run comes as the next
+ * chunk. */
+#define COALESCE_MAX (112 * 1024)
 
 /* Coalescing: the buffer records of slot i's op that follow record k in this
  * batch, up to its final record or COALESCE_MAX bytes, become one chunk.
  * Marks them in skip; returns the joined bytes (the total in *res, *final
- * when the op ended). */
-static PyObject *coalesce(Table *t, int k, int n, uint8_t *skip, int32_t *res, int *final)
+ * when the op ended). The op's records end at `end` (its last one in the
+ * batch, from table_deliver's pass, decision 264): a scan of the rest of
+ * the batch cost about 5 instructions per record behind it, per record. */
+static PyObject *coalesce(Table *t, int k, int end, uint8_t *skip, int32_t *res, int *final)
 {
     const ul_record *rk = &t->records[k];
     Py_ssize_t total = 0;
     int last = k;
-    for (int j = k; j < n; j++) {
+    for (int j = k; j <= end; j++) {
         const ul_record *r = &t->records[j];
         if (r->user_data != rk->user_data || (j > k && skip[j]))
             continue;
@@ -1499,6 +1506,9 @@ static int table_deliver(Table *t, int n, PyObject **first)
         return -1;
     }
     uint8_t *skip = NULL;
+    /* the batch index of each slot's last record lives in the slot's `last`
+     * (when every index fits: else coalesce scans to the batch's end) */
+    int lasts = n <= UINT16_MAX + 1;
     Py_INCREF(t);
     t->dispatching = 1;
     for (int i = 0; i < n; i++) {
@@ -1536,10 +1546,18 @@ static int table_deliver(Table *t, int n, PyObject **first)
         }
         if ((t->slots[slot].flags & SLOT_COALESCE) && (r->flags & UL_F_BUFFER) && !final &&
             in_pool(t, r)) {
-            if (skip == NULL && !(skip = PyMem_Calloc((size_t)n, 1)))
-                PyErr_NoMemory();
-            else
-                data = coalesce(t, i, n, skip, &res, &final);
+            if (skip == NULL) {
+                if (!(skip = PyMem_Calloc((size_t)n, 1)))
+                    PyErr_NoMemory();
+                else if (lasts) /* once per batch, from its first coalesced record on */
+                    for (int j = i; j < n; j++) {
+                        uint32_t sj = (uint32_t)t->records[j].user_data;
+                        if (sj < t->nslots)
+                            t->slots[sj].last = (uint16_t)j;
+                    }
+            }
+            if (skip != NULL)
+                data = coalesce(t, i, lasts ? t->slots[slot].last : n - 1, skip, &res, &final);
         } else {
             data = record_data(t, r, slot);
         }
@@ -1550,8 +1568,10 @@ static int table_deliver(Table *t, int n, PyObject **first)
             data = Py_NewRef(Py_None);
         }
         PyObject *cb = Py_NewRef(t->slots[slot].owner);
-        if (((t->slots[slot].flags & SLOT_SENT) ? stream_sent_record(cb, res, !final, data)
-                                                : call_back(cb, res, !final, data)) < 0)
+        int took = (t->slots[slot].flags & SLOT_SENT)
+                       ? stream_sent_record(cb, res, !final, data) /* a Stream's own send */
+                       : stream_deliver(cb, res, !final, data); /* a Stream's record: C to C */
+        if (took < 0 || (took == 0 && call_back(cb, res, !final, data) < 0))
             keep_first(first);
         Py_DECREF(cb);
         if (PyMemoryView_Check(data)) {

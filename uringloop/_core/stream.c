@@ -20,6 +20,10 @@
  *    slot marked SLOT_SENT: the table hands its completion to stream_sent
  *    (no bound method kept per Stream; decision 255).
  *
+ * The table's delivery hands both kinds of record to the C functions behind
+ * these (stream_recv, stream_sent) with the record's fields (stream_deliver);
+ * Python objects for a record are made only where it goes to Python.
+ *
  * Anything unusual (rfast/wfast cleared by the transport whenever it is
  * closing, paused, holding records, lost, at EOF, sendfile; a final record,
  * an error, callbacks queued in _ready) takes the transport's Python methods,
@@ -37,9 +41,9 @@ typedef struct {
     PyObject *on_data;    /* data_received, or get_buffer for a BufferedProtocol */
     PyObject *on_updated; /* buffer_updated (BufferedProtocol) */
     PyObject *protocol;   /* the first argument of on_data/on_updated where *_self */
-    PyObject *buffer;     /* list of bytes written since the last flush; NULL when
-                           * nothing is queued (made by the first write that
-                           * queues, handed to the send that takes it) */
+    PyObject *buffer;     /* list of bytes written since the last flush; NULL
+                           * until the first write that queues, and after a
+                           * vectored send took it */
     PyObject *held;       /* list of (res, more, data) records waiting behind _ready, or NULL */
     PyObject *drain_cb;   /* self._drain, bound when first needed */
     Py_ssize_t buffer_size; /* queued + in the send in flight */
@@ -292,19 +296,39 @@ fail:
     return NULL;
 }
 
-/* a record: straight to the protocol when nothing unusual surrounds it,
- * else held (stream_hold) or the transport's _on_recv. enter: the
- * transport's context is not current yet (it is inside _drain). */
-static PyObject *stream_recv(Stream *s, PyObject *const *args, int enter)
+/* A record (res, more, data) as Python sees it, for the paths that hand it
+ * to Python: held (stream_hold) or the transport's _on_recv. args is the
+ * caller's own (res, more, data) when it has them (a call from Python, a
+ * held record), else NULL: they are made here (the table's delivery passes
+ * the record's fields, decision 260). */
+static PyObject *stream_recv_slow(Stream *s, int32_t res, int more, PyObject *data,
+                                  PyObject *const *args, int hold, int enter)
 {
-    PyObject *data = args[2];
+    PyObject *own[3] = {NULL, more ? Py_True : Py_False, data};
+    if (args == NULL) {
+        if (!(own[0] = PyLong_FromLong(res)))
+            return NULL;
+        args = own;
+    }
+    PyObject *r = hold ? stream_hold(s, args) : stream_call(s, s_on_recv, args, 3, enter);
+    Py_XDECREF(own[0]);
+    return r;
+}
+
+/* a record: straight to the protocol when nothing unusual surrounds it,
+ * else held (stream_hold) or the transport's _on_recv. The fast path reads
+ * only more and data; res and args serve the others (stream_recv_slow).
+ * enter: the transport's context is not current yet (it is inside _drain). */
+static PyObject *stream_recv(Stream *s, int32_t res, int more, PyObject *data,
+                             PyObject *const *args, int enter)
+{
     if (s->held != NULL && !s->draining)
-        return stream_hold(s, args);
-    if (s->rfast && args[1] == Py_True && s->on_data != NULL && s->transport != NULL &&
+        return stream_recv_slow(s, res, more, data, args, 1, enter);
+    if (s->rfast && more && s->on_data != NULL && s->transport != NULL &&
         ((s->buffered && PyMemoryView_Check(data) && PyMemoryView_GET_BUFFER(data)->len > 0) ||
          (PyBytes_CheckExact(data) && PyBytes_GET_SIZE(data) > 0 && (!s->buffered || s->draining)))) {
-        if (!s->draining && !ready_empty(s->loop))
-            return stream_hold(s, args); /* a pool view is copied there */
+        if (!s->draining && !ready_empty(s->loop)) /* a pool view is copied there */
+            return stream_recv_slow(s, res, more, data, args, 1, enter);
         Py_INCREF(s);
         int rc = -1;
         if (!enter || PyContext_Enter(s->ctx) == 0) {
@@ -330,7 +354,7 @@ static PyObject *stream_recv(Stream *s, PyObject *const *args, int enter)
     }
     if (s->transport == NULL)
         Py_RETURN_NONE;
-    return stream_call(s, s_on_recv, args, 3, enter);
+    return stream_recv_slow(s, res, more, data, args, 0, enter);
 }
 
 /* the receive callback: self(res, more, data) */
@@ -342,7 +366,7 @@ static PyObject *Stream_vectorcall(Stream *s, PyObject *const *args, size_t narg
         PyErr_SetString(PyExc_TypeError, "Stream(res, more, data)");
         return NULL;
     }
-    return stream_recv(s, args, 1);
+    return stream_recv(s, 0, args[1] == Py_True, args[2], args, 1);
 }
 
 /* _drain(): the held records, in order, as if they came now (called from
@@ -362,7 +386,8 @@ static PyObject *Stream_drain(Stream *s, PyObject *unused)
     for (; i < PyList_GET_SIZE(held); i++) {
         PyObject *rec = Py_NewRef(PyList_GET_ITEM(held, i));
         Py_DECREF(r);
-        r = stream_recv(s, &PyTuple_GET_ITEM(rec, 0), 0);
+        PyObject *const *args = &PyTuple_GET_ITEM(rec, 0);
+        r = stream_recv(s, 0, args[1] == Py_True, args[2], args, 0);
         Py_DECREF(rec);
         if (r == NULL)
             break;
@@ -478,7 +503,13 @@ static PyObject *stream_send_now(Stream *s)
 static int stream_write_direct(Stream *s, PyObject *data, PyObject **r)
 {
     Py_buffer view;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+    if (PyBytes_CheckExact(data)) {
+        /* bytes are read in place: no buffer export (about 130 instructions
+         * a write, decision 263); PyBuffer_Release ignores a view without obj */
+        view.obj = NULL;
+        view.buf = PyBytes_AS_STRING(data);
+        view.len = PyBytes_GET_SIZE(data);
+    } else if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
         PyErr_Clear(); /* not contiguous: bytes(data) sorts it out */
         return 0;
     }
@@ -651,6 +682,27 @@ out:
     return result;
 }
 
+/* Empties a list as list.clear() does, without PyList_SetSlice's general
+ * path (about 100 instructions more per flush, decision 261). The write
+ * queue's storage is freed (an idle connection keeps none); keep: the
+ * storage stays (the spare dirty list, which no one else can reach: code
+ * that its items' deallocation runs cannot append to it). */
+static void stream_buffer_clear(PyObject *buf, int keep)
+{
+    PyListObject *l = (PyListObject *)buf;
+    PyObject **items = l->ob_item;
+    Py_ssize_t n = Py_SIZE(l);
+    Py_SET_SIZE(l, 0);
+    if (!keep) {
+        l->ob_item = NULL;
+        l->allocated = 0;
+    }
+    while (n-- > 0)
+        Py_DECREF(items[n]);
+    if (!keep)
+        PyMem_Free(items);
+}
+
 /* _flush(): the turn's writes leave as one send (unless one is in flight:
  * then when it completes) */
 static PyObject *Stream_flush(Stream *s, PyObject *unused)
@@ -706,9 +758,14 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
         if (!ud)
             goto out;
     }
-    /* the queue is the op's now (as Python's _flush swaps the list first);
-     * the next write that queues makes a new one */
-    Py_CLEAR(s->buffer);
+    /* the queue is the op's now (as Python's _flush swaps the list first):
+     * a vectored send keeps the list itself (the next write that queues
+     * makes a new one); after a single send the list stays, emptied and
+     * without storage (decision 261: cheaper than a new list per write) */
+    if (n == 1)
+        stream_buffer_clear(buf, 0);
+    else
+        Py_CLEAR(s->buffer);
     if (rc < 0) {
         result = table_refused(t, ud, rc);
         goto out;
@@ -724,15 +781,35 @@ out:
     return result;
 }
 
-/* a send's completion: args are (res, more, data), res their first */
-static PyObject *stream_sent(Stream *s, long res, PyObject *const *args)
+/* A send's completion (res, more, data; args as for stream_recv_slow, NULL
+ * from the table's delivery). The common case (all of it went out, nothing
+ * to resume, the queue goes on the dirty list or stays empty) runs no Python
+ * code, so it enters no context (decision 260); anything else is as before. */
+static PyObject *stream_sent(Stream *s, int32_t res, int more, PyObject *data,
+                             PyObject *const *args)
 {
     if (s->transport == NULL)
         Py_RETURN_NONE;
-    if (!s->wfast || res < 0 || args[2] != Py_None)
-        return stream_call(s, s_on_sent, args, 3, 1);
+    if (!s->wfast || res < 0 || data != Py_None) {
+        PyObject *own[3] = {NULL, more ? Py_True : Py_False, data};
+        if (args == NULL) {
+            if (!(own[0] = PyLong_FromLong(res)))
+                return NULL;
+            args = own;
+        }
+        PyObject *r = stream_call(s, s_on_sent, args, 3, 1);
+        Py_XDECREF(own[0]);
+        return r;
+    }
     s->buffer_size -= s->sending;
     s->sending = 0;
+    PyObject *dirty = s->loop->dirty;
+    if (!s->wpaused && stream_queue_ok(s) &&
+        (stream_queue_len(s) == 0 || s->dirty || (dirty != NULL && PyList_CheckExact(dirty)))) {
+        if (stream_queue_len(s) > 0 && stream_mark_dirty(s) < 0)
+            return NULL;
+        Py_RETURN_NONE; /* nothing queued, no waiter, not closing; or queued for the flush */
+    }
     Py_INCREF(s);
     PyObject *r = NULL;
     if (PyContext_Enter(s->ctx) < 0)
@@ -757,33 +834,56 @@ out:
     return r;
 }
 
-/* sent(res, more, data): a send's completion (the owner of a send that
- * Python submitted, _flush_slow) */
+/* sent(res, more, data): a send's completion (the owner of the sends that
+ * Python submits; the table hands the ones C submits over directly) */
 static PyObject *Stream_sent(Stream *s, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "sent(res, more, data)");
         return NULL;
     }
+    if (s->transport == NULL)
+        Py_RETURN_NONE;
     long res = PyLong_AsLong(args[0]);
     if (res == -1 && PyErr_Occurred())
         return NULL;
-    return stream_sent(s, res, args);
+    if (res < INT32_MIN || res > INT32_MAX) /* not a record's: the Python path says why */
+        return stream_call(s, s_on_sent, args, 3, 1);
+    return stream_sent(s, (int32_t)res, args[1] == Py_True, args[2], args);
+}
+
+/* The table's delivery of a record whose owner is a Stream (the receive)
+ * or its bound sent (a send): straight to stream_recv/stream_sent with the
+ * record's fields, without the result int, the bools and the vectorcall of
+ * the owner that the generic call builds (decision 260). 1 when handed
+ * over, 0 for any other owner, -1 with an exception set. */
+static int stream_deliver(PyObject *owner, int32_t res, int more, PyObject *data)
+{
+    PyObject *r;
+    if (Py_IS_TYPE(owner, &StreamType)) {
+        r = stream_recv((Stream *)owner, res, more, data, NULL, 1);
+    } else if (PyCFunction_CheckExact(owner) &&
+               PyCFunction_GET_FUNCTION(owner) == (PyCFunction)(void (*)(void))Stream_sent &&
+               PyCFunction_GET_SELF(owner) != NULL &&
+               Py_IS_TYPE(PyCFunction_GET_SELF(owner), &StreamType)) {
+        r = stream_sent((Stream *)PyCFunction_GET_SELF(owner), res, more, data, NULL);
+    } else {
+        return 0;
+    }
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 1;
 }
 
 /* A record of a SLOT_SENT slot (a send the Stream's _flush submitted, the
- * Stream its owner): table_deliver hands it here, not to a bound sent()
- * kept per Stream (decision 255). 0 or -1. */
+ * Stream itself its owner, not a bound sent() kept per Stream: decision
+ * 255): table_deliver hands it here. 1, or -1 with an exception set. */
 static int stream_sent_record(PyObject *owner, int32_t res, int more, PyObject *data)
 {
-    PyObject *num = PyLong_FromLong(res);
-    if (num == NULL)
-        return -1;
-    PyObject *args[3] = {num, more ? Py_True : Py_False, data};
-    PyObject *r = stream_sent((Stream *)owner, res, args);
-    Py_DECREF(num);
+    PyObject *r = stream_sent((Stream *)owner, res, more, data, NULL);
     Py_XDECREF(r);
-    return r ? 0 : -1;
+    return r ? 1 : -1;
 }
 
 /* protocol.<name>, looked up once. A plain function found on the class (the
@@ -1163,14 +1263,21 @@ static PyMethodDef stream_functions[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* An empty list with its storage kept, to be the next flush's fresh dirty
+ * list: a list made and freed per turn cost about 250 instructions a turn
+ * (decision 262). One for the process; a flush that finds it taken (another
+ * loop's flush, entered while Python code ran) makes a new one. */
+static PyObject *spare_dirty;
+
 /* The loop's _flush_dirty in C: every transport written to since the last
  * flush hands its queue to the engine (a Stream in C, others by _flush()); an
  * exception is that transport's fatal write error. 0 or -1. */
 static int stream_flush_dirty(Core *self)
 {
     PyObject *dirty = self->dirty;
-    PyObject *fresh = PyList_New(0);
-    if (fresh == NULL)
+    PyObject *fresh = spare_dirty;
+    spare_dirty = NULL;
+    if (fresh == NULL && (fresh = PyList_New(0)) == NULL)
         return -1;
     self->dirty = fresh; /* the old list is ours now */
     int rc = 0;
@@ -1196,6 +1303,13 @@ static int stream_flush_dirty(Core *self)
         }
         Py_DECREF(r);
         Py_DECREF(item);
+    }
+    if (Py_REFCNT(dirty) == 1 && PyList_CheckExact(dirty) && spare_dirty == NULL) {
+        stream_buffer_clear(dirty, 1); /* ours alone: nothing else can reach it */
+        if (spare_dirty == NULL) {
+            spare_dirty = dirty; /* our one reference moves there */
+            return rc;
+        }
     }
     Py_DECREF(dirty);
     return rc;

@@ -32,6 +32,7 @@
 #define UL_FEAT_SUBMIT_STABLE (1U << 2)
 #define UL_FEAT_FAST_POLL (1U << 5)
 #define UL_FEAT_EXT_ARG (1U << 8)
+#define UL_FEAT_RECVSEND_BUNDLE (1U << 14)
 
 /* opcodes */
 enum {
@@ -74,6 +75,7 @@ enum {
 /* op-specific flags */
 #define UL_POLL_ADD_MULTI (1U << 0)        /* sqe->len of POLL_ADD */
 #define UL_RECV_MULTISHOT (1U << 1)        /* sqe->ioprio of RECV */
+#define UL_RECVSEND_BUNDLE (1U << 4)       /* sqe->ioprio of RECV: several ring buffers */
 #define UL_ACCEPT_MULTISHOT (1U << 0)      /* sqe->ioprio of ACCEPT */
 #define UL_ASYNC_CANCEL_ALL (1U << 0)
 #define UL_ASYNC_CANCEL_FD (1U << 1)

@@ -66,6 +66,8 @@ struct uring {
     unsigned br_avail;          /* buffers in the ring the kernel has not reported yet */
     unsigned br_want;           /* how many the ring should hold: see ring_top_up */
     int br_dry;                 /* a receive found the ring empty since the last top-up */
+    uint16_t *br_pos;           /* the ring index each stream-pool bid was last pushed at */
+    int bundle;                 /* multishot recv takes several ring buffers per CQE */
     struct ul_buf *dr;          /* the datagram pool's ring (buffer group 1) */
     size_t dr_sz;
     uint16_t dr_tail;
@@ -586,7 +588,7 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
             s->flags = UL_SQE_BUFFER_SELECT;
             s->buf_group = 0;
             if (op->multishot && u->ms_recv)
-                s->ioprio = UL_RECV_MULTISHOT;
+                s->ioprio = UL_RECV_MULTISHOT | (u->bundle ? UL_RECVSEND_BUNDLE : 0);
             else
                 s->len = op->len;
         } else {
@@ -842,6 +844,7 @@ static void ring_push(ul_engine *e, struct uring *u, uint16_t bid)
     if (e->guard)
         ul__guard(e, bid, 1);  /* the kernel may write into it from now on */
     struct ul_buf *b = &u->br[u->br_tail & u->br_mask];
+    u->br_pos[bid] = u->br_tail;  /* where a bundle that starts here goes on (ring_bid) */
     b->addr = (uint64_t)(uintptr_t)(e->pool + (size_t)bid * e->cfg.buf_size);
     b->len = e->cfg.buf_size;
     b->bid = bid;
@@ -897,11 +900,36 @@ static void ring_top_up(ul_engine *e, struct uring *u)
 
 /* ------------------------------------------------------------ completion */
 
+/* Receive bundles (decision 270): one CQE of a multishot recv names the first
+ * stream-ring buffer it filled and res counts all its bytes; the kernel took
+ * consecutive ring entries from that one on, each filled whole but the last
+ * (every entry is buf_size long). So a CQE covers ceil(res / buf_size)
+ * buffers (1 for any other op: a single buffer never holds more), and the
+ * k-th is the bid we pushed k entries after the first. */
+static unsigned cqe_nbufs(const ul_engine *e, int32_t res)
+{
+    uint32_t bs = e->cfg.buf_size;
+    return res > (int32_t)bs ? ((uint32_t)res + bs - 1) / bs : 1;
+}
+
+static uint16_t ring_bid(const struct uring *u, uint16_t first, unsigned k)
+{
+    return u->br[(uint16_t)(u->br_pos[first] + k) & u->br_mask].bid;
+}
+
+/* a stream-ring CQE's buffers go back unread (to the ring or free stack next run) */
+static void cqe_bufs_used(ul_engine *e, struct uring *u, uint16_t first, int32_t res)
+{
+    unsigned nb = u->bufring ? cqe_nbufs(e, res) : 1;
+    for (unsigned k = 0; k < nb; k++)
+        ul__pool_used(e, k ? ring_bid(u, first, k) : first);
+}
+
 static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uint32_t cflags)
 {
     if ((cflags & UL_CQE_F_BUFFER) && u->bufring &&
         !ul__is_dbid(e, (uint16_t)(cflags >> UL_CQE_BUFFER_SHIFT)))
-        u->br_avail--;  /* the kernel took it from the stream ring */
+        u->br_avail -= cqe_nbufs(e, res);  /* the kernel took them from the stream ring */
     if (kud == KUD_WAKE) {
         ul__wake_drain(e);
         if (!(cflags & UL_CQE_F_MORE))
@@ -915,8 +943,13 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
     int kmore = (cflags & UL_CQE_F_MORE) != 0;
     if (!op || op->ud != ud || op->state != S_ACTIVE || op->kud != kud) {
         /* stale: cannot happen while the rules hold; never leak a buffer */
-        if (cflags & UL_CQE_F_BUFFER)
-            ul__pool_used(e, (uint16_t)(cflags >> UL_CQE_BUFFER_SHIFT));
+        if (cflags & UL_CQE_F_BUFFER) {
+            uint16_t bid = (uint16_t)(cflags >> UL_CQE_BUFFER_SHIFT);
+            if (ul__is_dbid(e, bid))
+                ul__pool_used(e, bid);
+            else
+                cqe_bufs_used(e, u, bid, res);
+        }
         return;
     }
     if (op->parked && !op->cancelled && !kmore && (res == -ECANCELED || res == -EINTR)) {
@@ -979,7 +1012,7 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
     if ((e->cfg.options & UL_OPT_TEST_NOBUF) && op->kind == K_RECV && res > 0) {
         /* test only: data with no buffer; the buffer goes back unread */
         if (cflags & UL_CQE_F_BUFFER)
-            ul__pool_used(e, (uint16_t)(cflags >> UL_CQE_BUFFER_SHIFT));
+            cqe_bufs_used(e, u, (uint16_t)(cflags >> UL_CQE_BUFFER_SHIFT), res);
         else if (op->bid >= 0)
             ul__pool_put(e, (uint16_t)op->bid);
         cflags &= ~(uint32_t)UL_CQE_F_BUFFER;
@@ -1019,6 +1052,16 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
              * Never name a buffer we do not hold (bid 0 would be provided twice). */
             ul__finish(e, op, -EIO, 0, 0);
         } else if (res > 0) {
+            if ((cflags & UL_CQE_F_BUFFER) && res > (int32_t)e->cfg.buf_size) {
+                /* a bundle: a record per buffer, in order; the last one is
+                 * this CQE's record as for a single buffer */
+                uint16_t first = bid;
+                unsigned k = 0;
+                for (; res > (int32_t)e->cfg.buf_size; k++, res -= (int32_t)e->cfg.buf_size)
+                    ul__emit(e, op, (int32_t)e->cfg.buf_size, UL_F_MORE | UL_F_BUFFER,
+                             k ? ring_bid(u, first, k) : first);
+                bid = ring_bid(u, first, k);
+            }
             if (!op->multishot || (!kmore && op->cancelled)) {
                 ul__finish(e, op, res, UL_F_BUFFER, bid);
             } else {
@@ -1166,6 +1209,7 @@ static void reap(ul_engine *e, struct uring *u)
         uint32_t flags = c->flags;
         head++;
         __atomic_store_n(u->cq_khead, head, __ATOMIC_RELEASE);
+        e->st.cqes++;
         on_cqe(e, u, kud, res, flags);
         if (head == tail)
             tail = __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE);
@@ -1375,6 +1419,7 @@ static void uring_destroy(ul_engine *e)
         munmap(u->dr, u->dr_sz);
     free(u->cancels);
     free(u->fresh);
+    free(u->br_pos);
     free(u);
     e->bs = NULL;
 }
@@ -1389,6 +1434,7 @@ static void uring_forget(ul_engine *e)
         return;
     close(u->ring_fd);
     free(u->cancels);
+    free(u->br_pos);
     free(u);
     e->bs = NULL;
 }
@@ -1509,6 +1555,8 @@ static struct ul_buf *map_pbuf_ring(struct uring *u, unsigned n, uint16_t bgid, 
 static int setup_bufring(ul_engine *e, struct uring *u, const uint8_t *held)
 {
     unsigned n = e->cfg.buf_count;
+    if (!u->br_pos && !(u->br_pos = calloc(n, sizeof *u->br_pos)))
+        return -1;
     u->br = map_pbuf_ring(u, n, 0, &u->br_sz);
     if (!u->br)
         return -1;
@@ -1752,6 +1800,8 @@ int ul__uring_init(ul_engine *e, char *err, int errlen)
     if (k519 && !(opt & UL_OPT_NO_BUFRING))
         setup_bufring(e, u, NULL);
     u->ms_recv = u->bufring && k60 && !(opt & UL_OPT_NO_MULTISHOT);
+    u->bundle = u->ms_recv && (u->features & UL_FEAT_RECVSEND_BUNDLE) &&
+                !(opt & UL_OPT_NO_BUNDLE);
     u->ms_accept = k519 && !(opt & UL_OPT_NO_MULTISHOT);
     if (u->ms_recv)
         setup_dring(e, u, NULL);  /* else datagram buffers are engine-picked */
@@ -1765,6 +1815,7 @@ int ul__uring_init(ul_engine *e, char *err, int errlen)
     e->info.multishot_recv = u->ms_recv;
     e->info.multishot_accept = u->ms_accept;
     e->info.multishot_read = u->ms_read;
+    e->info.recv_bundle = u->bundle;
     e->info.buffer_ring = u->bufring;
     e->info.cancel_fd = u->cancel_fd;
     e->info.reason[0] = 0;
