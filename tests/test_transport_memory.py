@@ -222,6 +222,9 @@ def test_python_bytes_per_idle_connection(tloop):
 
         def data_received(self, data):
             self.transport.write(data)
+            echoed.append(None)
+
+    echoed = []
 
     async def batch(measure):
         loop = asyncio.get_running_loop()
@@ -240,11 +243,11 @@ def test_python_bytes_per_idle_connection(tloop):
                 tracemalloc.start()
             try:
                 before = tracemalloc.get_traced_memory()[0] if measure else 0
-                while len(made) < n:
+                while len(echoed) < n:  # (the clients' reads below block the loop)
                     await wait_for(asyncio.sleep(0.01))
+                await asyncio.sleep(0.05)  # the echoes leave, their sends complete
                 for c in clients:
                     assert c.recv(1) == b"x"
-                await asyncio.sleep(0.05)  # the sends' completions
                 gc.collect()
                 if measure:
                     per_connection = (tracemalloc.get_traced_memory()[0] - before) / n
@@ -258,6 +261,7 @@ def test_python_bytes_per_idle_connection(tloop):
             server.close()
             await wait_for(server.wait_closed())
             await asyncio.sleep(0.05)  # connection_lost
+            echoed.clear()
         return per_connection
 
     async def main():
