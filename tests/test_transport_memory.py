@@ -1,14 +1,19 @@
 """What an idle stream connection keeps (issue 9's idle-RSS row): the values a
 transport answers stay the stock ones (the stock loop proves them), while the
-objects behind them are shared or never made. Object graphs, not sizes: no
-test here depends on an allocator's rounding."""
+objects behind them are shared or never made. Object graphs, and one
+tracemalloc total with a wide margin (the sizes asked for: no test here
+depends on an allocator's rounding)."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import socket
 import sys
+import tracemalloc
 import types
+import warnings
 
 import pytest
 from conftest import is_stock
@@ -181,5 +186,230 @@ def test_write_is_the_class_method(tloop):
         t.write(b"d")
         assert await wait_for(reader.readexactly(1)) == b"d"
         await _close(server, made, clients)
+
+    run_in(tloop, main())
+
+
+class Quiet(asyncio.Protocol):
+    """A protocol with nothing of its own per connection but the transport."""
+
+    def __init__(self, made):
+        self.made = made
+
+    def connection_made(self, transport):
+        self.made.append(transport)
+
+
+def test_python_bytes_per_idle_connection(tloop):
+    """What the Python heap keeps per accepted, idle connection, measured with
+    tracemalloc over the server side only (the clients are plain sockets,
+    connected before the first snapshot). Each connection has had one round
+    trip (a read and a write), so the write path has run. A first batch of
+    connections, closed before the measured one, grows what the loop grows
+    once (the engine's op table...). Before decisions 255-258 this was about
+    1,460-1,550 bytes here (the extra dict and its keys, the attribute values
+    array, the write list, a bound sent per Stream, the KeyedRef of the fd
+    registry, the socket object); after, about 700-750 (the protocol
+    itself, with its own attribute values, is about 200 of it)."""
+    if is_stock(tloop):
+        pytest.skip("the bound is uringloop's own (the stock loop keeps about 1,600 bytes)")
+    n = 100
+
+    class Echo(Quiet):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+            echoed.append(None)
+
+    echoed = []
+
+    async def batch(measure):
+        loop = asyncio.get_running_loop()
+        made = []
+        server = await loop.create_server(lambda: Echo(made), "127.0.0.1", 0, backlog=n + 16)
+        port = server.sockets[0].getsockname()[1]
+        clients = []
+        per_connection = None
+        try:
+            for _ in range(n):
+                clients.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+            for c in clients:
+                c.sendall(b"x")
+            gc.collect()
+            if measure:
+                tracemalloc.start()
+            try:
+                before = tracemalloc.get_traced_memory()[0] if measure else 0
+                while len(echoed) < n:  # (the clients' reads below block the loop)
+                    await wait_for(asyncio.sleep(0.01))
+                await asyncio.sleep(0.05)  # the echoes leave, their sends complete
+                for c in clients:
+                    assert c.recv(1) == b"x"
+                gc.collect()
+                if measure:
+                    per_connection = (tracemalloc.get_traced_memory()[0] - before) / n
+            finally:
+                tracemalloc.stop()
+        finally:
+            for c in clients:
+                c.close()
+            for t in made:
+                t.close()
+            server.close()
+            await wait_for(server.wait_closed())
+            await asyncio.sleep(0.05)  # connection_lost
+            echoed.clear()
+        return per_connection
+
+    async def main():
+        await batch(False)
+        per_connection = await batch(True)
+        assert per_connection < 1100, f"{per_connection:.0f} bytes per connection"
+
+    run_in(tloop, main())
+
+
+def test_extra_socket_made_when_asked(tloop):
+    """get_extra_info('socket') is one TransportSocket of the transport's own
+    socket, made when first asked for (on uringloop): before the close, and
+    first asked for only after it (the closed socket, as stock); the other
+    names answer as stock (unknown ones give the default)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server, made, clients = await _accepted(loop, 2)
+        early, late = made
+        early_fd = early.get_extra_info("socket").fileno()
+        assert early_fd >= 0
+        assert early.get_extra_info("socket") is early.get_extra_info("socket")
+        assert early.get_extra_info("socket").type == socket.SOCK_STREAM
+        assert early.get_extra_info("socket").getsockname() == early.get_extra_info("sockname")
+        assert early.get_extra_info("nothing") is None
+        assert early.get_extra_info("nothing", 7) == 7
+        assert early.get_extra_info("sslcontext") is None
+        late_names = late.get_extra_info("sockname"), late.get_extra_info("peername")
+        await _close(server, made, clients)
+        await asyncio.sleep(0.05)  # connection_lost
+        for t in made:
+            sock = t.get_extra_info("socket")
+            assert sock is not None and sock.fileno() == -1
+            assert sock is t.get_extra_info("socket")
+            assert sock.family == socket.AF_INET and sock.type == socket.SOCK_STREAM
+        assert (late.get_extra_info("sockname"), late.get_extra_info("peername")) == late_names
+
+    run_in(tloop, main())
+
+
+def test_extra_passed_by_the_caller(tloop):
+    """An extra dict given to the transport (as the stock loop's accept path
+    gives peername) answers its names; its peername is kept."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        made = []
+        t = loop._make_socket_transport(
+            a, Quiet(made), extra={"peername": "given", "mine": 1}
+        )
+        while not made:
+            await asyncio.sleep(0)
+        assert t.get_extra_info("peername") == "given"
+        assert t.get_extra_info("mine") == 1
+        assert t.get_extra_info("sockname") == a.getsockname()
+        assert t.get_extra_info("socket").fileno() == a.fileno()
+        t.close()
+        b.close()
+        await asyncio.sleep(0.05)
+
+    run_in(tloop, main())
+
+
+def test_fd_registry_follows_the_transport(tloop):
+    """A stream transport's fd is refused to add_reader and sock_* while the
+    transport is open (the stock rule, from the loop's fd -> transport
+    registry); once the transport is collected (dropped unclosed while not
+    reading: its __del__ closes the socket), the fd number is free again."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server, made, clients = await _accepted(loop, 1)
+        t = made[0]
+        tsock = t.get_extra_info("socket")
+        fd = tsock.fileno()
+        with pytest.raises(RuntimeError, match="is used by transport"):
+            loop.add_reader(fd, lambda: None)
+        with pytest.raises(RuntimeError, match="is used by transport"):
+            await loop.sock_recv(tsock._sock, 1)
+        t.pause_reading()
+        await asyncio.sleep(0.05)  # the cancelled receive's last record
+        made.clear()
+        del t, tsock
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)  # unclosed, on purpose
+            gc.collect()
+        a, b = socket.socketpair()
+        # (the lowest free number is often fd itself)
+        reused = a if a.fileno() == fd else socket.socket(fileno=os.dup2(a.fileno(), fd))
+        try:
+            loop.add_reader(fd, lambda: None)
+            assert loop.remove_reader(fd)
+            b.send(b"x")
+            assert await wait_for(loop.sock_recv(reused, 1)) == b"x"
+        finally:
+            reused.close()
+            a.close()
+            b.close()
+        await _close(server, made, clients)
+
+    run_in(tloop, main())
+
+
+def test_accepted_socket_made_only_when_asked(tloop):
+    """An accepted connection's socket object is made only when something
+    asks for it (on uringloop; decision 258): repr, writes over the
+    high-water mark, close, abort and a transport dropped unclosed all work
+    without it, and every fd is closed (the fixture counts them)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server, made, clients = await _accepted(loop, 4)
+        closing, aborting, writing, dropped = made
+        lazy = not is_stock(loop)
+
+        def unmade(t):
+            return type(t._sockobj).__name__ == "_Kind"
+
+        if lazy:
+            assert all(unmade(t) for t in made)
+        assert all(f"fd={t._sock_fd}" in repr(t) for t in made)
+        big = bytes(range(256)) * 4096  # 1 MiB: over the high-water mark
+        writing.write(big)
+        assert await wait_for(clients[2][0].readexactly(len(big))) == big
+        if lazy:
+            assert unmade(closing) and unmade(aborting)
+        closing.close()
+        aborting.abort()
+        assert await wait_for(clients[0][0].read()) == b""
+        with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+            await wait_for(clients[1][0].readexactly(1))
+        fd = dropped._sock_fd
+        dropped.pause_reading()
+        await asyncio.sleep(0.05)  # the cancelled receive's last record
+        made.remove(dropped)
+        del dropped
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            gc.collect()
+        assert any("unclosed transport" in str(w.message) for w in caught)
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed by __del__ (no other fd was opened since)
+        assert await wait_for(clients[3][0].read()) == b""
+        await _close(server, made, clients)
+        await asyncio.sleep(0.05)  # connection_lost
+        assert closing.get_extra_info("socket").fileno() == -1
 
     run_in(tloop, main())

@@ -182,6 +182,8 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         super().__init__()
         self._readers: dict[int, list] = {}
         self._writers: dict[int, list] = {}
+        # fd -> transport, as stock; stream transports are in the C registry
+        # instead (_sched.stream_for_fd, decision 257)
         self._transports = weakref.WeakValueDictionary()
         self._dirty: list = []  # transports written to since the last flush
         self._acceptors: dict = {}  # listening socket -> Acceptor
@@ -394,7 +396,7 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
     async def _sendfile_native(self, transp, file, offset, count):
         """loop.sendfile on our transport: sendfile(2) on its socket once the
         queued writes have left (the stock selector loop's way)."""
-        self._transports.pop(transp._sock_fd, None)
+        transp._core.unregister()
         resume_reading = transp.is_reading()
         transp.pause_reading()
         await transp._make_empty_waiter()
@@ -404,7 +406,7 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
             transp._reset_empty_waiter()
             if resume_reading:
                 transp.resume_reading()
-            self._transports[transp._sock_fd] = transp
+            transp._core.register()
 
     def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
         return ReadPipeTransport(self, pipe, protocol, waiter, extra)
@@ -435,7 +437,11 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
                 fileno = int(fileno.fileno())
             except (AttributeError, TypeError, ValueError):
                 raise ValueError(f"Invalid file object: {fd!r}") from None
+        # stream transports are in the C core's registry (decision 257), the
+        # others in _transports, as stock
         transport = self._transports.get(fileno)
+        if transport is None or transport.is_closing():
+            transport = _sched.stream_for_fd(self, fileno)
         if transport is not None and not transport.is_closing():
             raise RuntimeError(
                 f"File descriptor {fd!r} is used by transport {transport!r}"

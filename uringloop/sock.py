@@ -27,6 +27,7 @@ import weakref
 from asyncio import exceptions
 
 from ._sched import owner_is as _owner_is
+from ._sched import stream_for_fd as _stream_for_fd
 from .engine import encode_sockaddr
 
 _CancelledError = asyncio.CancelledError
@@ -135,8 +136,9 @@ class SockMixin:
         if fd < 0:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
         # a socket a transport owns is not for sock_* (the stock loop's rule);
-        # the WeakValueDictionary's own dict is read first: no Python frame
-        if fd in self._transports.data:
+        # the registries are read first (the WeakValueDictionary's own dict
+        # and the stream transports' C table): no Python frame
+        if fd in self._transports.data or _stream_for_fd(self, fd) is not None:
             self._ensure_fd_no_transport(fd)
         return fd
 

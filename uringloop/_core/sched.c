@@ -748,6 +748,7 @@ typedef int (*ul_ready_fn)(void *);
 #define SLOT_COALESCE 2 /* buffer records of one turn are joined into one chunk */
 #define SLOT_LEAKED 4   /* C still owns an op there (-EBUSY): never reused */
 #define SLOT_VIEW 8     /* buffer records come as a pool memoryview, released after the call */
+#define SLOT_SENT 16    /* a Stream's own send: its records go to stream_sent_record (stream.c) */
 #define SLOT_CHUNK 1024
 #define GEN_MASK ((1u << 30) - 1)
 #define MAX_IOV 1024
@@ -1503,6 +1504,8 @@ static int call_back(PyObject *cb, int32_t res_v, int more, PyObject *data)
     return out ? 0 : -1;
 }
 
+static int stream_sent_record(PyObject *owner, int32_t res, int more, PyObject *data);
+
 static void keep_first(PyObject **first)
 {
     PyObject *exc = take_exception();
@@ -1586,7 +1589,9 @@ static int table_deliver(Table *t, int n, PyObject **first)
             data = Py_NewRef(Py_None);
         }
         PyObject *cb = Py_NewRef(t->slots[slot].owner);
-        int took = stream_deliver(cb, res, !final, data); /* a Stream's record: C to C */
+        int took = (t->slots[slot].flags & SLOT_SENT)
+                       ? stream_sent_record(cb, res, !final, data) /* a Stream's own send */
+                       : stream_deliver(cb, res, !final, data); /* a Stream's record: C to C */
         if (took < 0 || (took == 0 && call_back(cb, res, !final, data) < 0))
             keep_first(first);
         Py_DECREF(cb);

@@ -16,8 +16,9 @@
  *  - write(data) (installed as the transport's own write attribute) queues
  *    the bytes and puts the Stream on the loop's dirty list;
  *  - _flush() (the turn calls it right before the engine waits) submits the
- *    whole queue as one send or sendv whose owner is sent(), the Stream's
- *    bound completion method.
+ *    whole queue as one send or sendv whose owner is the Stream itself, in a
+ *    slot marked SLOT_SENT: the table hands its completion to stream_sent
+ *    (no bound method kept per Stream; decision 255).
  *
  * The table's delivery hands both kinds of record to the C functions behind
  * these (stream_recv, stream_sent) with the record's fields (stream_deliver);
@@ -40,21 +41,90 @@ typedef struct {
     PyObject *on_data;    /* data_received, or get_buffer for a BufferedProtocol */
     PyObject *on_updated; /* buffer_updated (BufferedProtocol) */
     PyObject *protocol;   /* the first argument of on_data/on_updated where *_self */
-    PyObject *buffer;     /* list of bytes written since the last flush */
-    PyObject *sent_cb;    /* self.sent, bound once: the owner of every send */
+    PyObject *buffer;     /* list of bytes written since the last flush; NULL
+                           * until the first write that queues, and after a
+                           * vectored send took it */
     PyObject *held;       /* list of (res, more, data) records waiting behind _ready, or NULL */
     PyObject *drain_cb;   /* self._drain, bound when first needed */
     Py_ssize_t buffer_size; /* queued + in the send in flight */
     Py_ssize_t sending;     /* length of the send in flight (0: none) */
     Py_ssize_t high, low;   /* the transport's water marks */
-    Py_ssize_t sends;       /* sends submitted (tests count them) */
-    Py_ssize_t directs;     /* send() calls made by write() itself (tests count them) */
+    unsigned int sends;     /* sends submitted (tests count them) */
+    unsigned int directs;   /* send() calls made by write() itself (tests count them) */
+    unsigned long long recv_ud; /* the transport's multishot recv (0: none) */
     int fd;
     char buffered, rfast, wfast, dirty, wpaused;
     char direct; /* write() sends at once when idle (the epoll backend; decision 210) */
     char draining; /* _drain is handing held records over: _ready does not count */
     char data_self, updated_self; /* on_data/on_updated are functions: pass protocol */
+    char registered; /* in fd_streams (the loop's fd -> transport registry) */
 } Stream;
+
+/* The stream transports' part of the loop's fd -> transport registry (the
+ * stock loop's _transports, a WeakValueDictionary: a KeyedRef and a dict
+ * entry, 125 bytes a connection): the Stream last registered for each fd
+ * number, borrowed. A Stream leaves it when it is cleared, with its
+ * transport (the transport keeps its Stream for life), so an entry never
+ * outlives the transport, as a weak value would not (decision 257). One
+ * table for the process: an fd number is one file at a time; a lookup
+ * checks the loop. */
+static Stream **fd_streams;
+static int fd_streams_cap;
+
+static int stream_register(Stream *s)
+{
+    if (s->fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "register(): the Stream has no fd");
+        return -1;
+    }
+    if (s->fd >= fd_streams_cap) {
+        int cap = fd_streams_cap ? fd_streams_cap : 256;
+        while (cap <= s->fd)
+            cap *= 2;
+        Stream **t = PyMem_Realloc(fd_streams, (size_t)cap * sizeof *t);
+        if (t == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memset(t + fd_streams_cap, 0, (size_t)(cap - fd_streams_cap) * sizeof *t);
+        fd_streams = t;
+        fd_streams_cap = cap;
+    }
+    Stream *old = fd_streams[s->fd];
+    if (old != NULL && old != s)
+        old->registered = 0; /* a closed transport's number, reused */
+    fd_streams[s->fd] = s;
+    s->registered = 1;
+    return 0;
+}
+
+static void stream_unregister(Stream *s)
+{
+    if (s->registered && s->fd >= 0 && s->fd < fd_streams_cap && fd_streams[s->fd] == s)
+        fd_streams[s->fd] = NULL;
+    s->registered = 0;
+}
+
+/* The write queue is a list of ours, or none yet: the C paths may use it
+ * (Python may have set anything there). */
+static inline int stream_queue_ok(Stream *s)
+{
+    return s->buffer == NULL || PyList_CheckExact(s->buffer);
+}
+
+/* chunks queued (where stream_queue_ok) */
+static inline Py_ssize_t stream_queue_len(Stream *s)
+{
+    return s->buffer != NULL ? PyList_GET_SIZE(s->buffer) : 0;
+}
+
+/* b joins the queue, which is made if there is none: 0 or -1 */
+static int stream_append(Stream *s, PyObject *b)
+{
+    if (s->buffer == NULL && !(s->buffer = PyList_New(0)))
+        return -1;
+    return PyList_Append(s->buffer, b);
+}
 
 /* fn(arg), or fn(protocol, arg) where fn is a function kept unbound (see
  * stream_bind); protocol is a reference the caller holds */
@@ -475,7 +545,7 @@ static int stream_write_direct(Stream *s, PyObject *data, PyObject **r)
     PyBuffer_Release(&view);
     if (rest == NULL)
         return 1;
-    int rc = PyList_Append(s->buffer, rest);
+    int rc = stream_append(s, rest);
     Py_DECREF(rest);
     if (rc < 0)
         return 1;
@@ -493,7 +563,7 @@ static int stream_write_direct(Stream *s, PyObject *data, PyObject **r)
  * flight, or send now) */
 static PyObject *stream_queued(Stream *s)
 {
-    if (PyList_GET_SIZE(s->buffer) > 0 && stream_mark_dirty(s) < 0)
+    if (stream_queue_len(s) > 0 && stream_mark_dirty(s) < 0)
         return NULL;
     if (s->buffer_size > s->high) {
         PyObject *r = s->sending ? stream_call(s, s_maybe_pause, NULL, 0, 0) : stream_send_now(s);
@@ -507,10 +577,10 @@ static PyObject *stream_queued(Stream *s)
 /* write(data): the transport's write() */
 static PyObject *Stream_write(Stream *s, PyObject *data)
 {
-    if (!s->wfast || s->transport == NULL || s->buffer == NULL || !PyList_CheckExact(s->buffer))
+    if (!s->wfast || s->transport == NULL || !stream_queue_ok(s))
         goto slow;
     PyObject *b;
-    if (!s->dirty && !s->sending && PyList_GET_SIZE(s->buffer) == 0 &&
+    if (!s->dirty && !s->sending && stream_queue_len(s) == 0 &&
         (PyBytes_CheckExact(data) || PyByteArray_CheckExact(data) || PyMemoryView_Check(data))) {
         /* idle: epoll sends at once; io_uring only what is over the
          * high-water mark (sent at once anyway: no copy of it first) */
@@ -536,7 +606,7 @@ static PyObject *Stream_write(Stream *s, PyObject *data)
         Py_DECREF(b);
         Py_RETURN_NONE;
     }
-    int rc = PyList_Append(s->buffer, b);
+    int rc = stream_append(s, b);
     Py_DECREF(b);
     if (rc < 0)
         return NULL;
@@ -562,7 +632,7 @@ static PyObject *Stream_writelines(Stream *s, PyObject *items)
         PyErr_SetString(PyExc_RuntimeError, "the transport is gone");
         return NULL;
     }
-    if (!s->wfast || s->buffer == NULL || !PyList_CheckExact(s->buffer) ||
+    if (!s->wfast || !stream_queue_ok(s) ||
         !(PyList_CheckExact(items) || PyTuple_CheckExact(items)))
         return stream_call(s, s_writelines_slow, &items, 1, 0);
     /* a list could change under the copies below: they read a snapshot */
@@ -596,9 +666,14 @@ static PyObject *Stream_writelines(Stream *s, PyObject *items)
         if (rc < 0)
             goto out;
     }
-    Py_ssize_t end = PyList_GET_SIZE(s->buffer);
-    if (PyList_SetSlice(s->buffer, end, end, chunks) < 0)
-        goto out;
+    if (s->buffer == NULL) {
+        s->buffer = chunks; /* the queue is these */
+        chunks = NULL;
+    } else {
+        Py_ssize_t end = PyList_GET_SIZE(s->buffer);
+        if (PyList_SetSlice(s->buffer, end, end, chunks) < 0)
+            goto out;
+    }
     s->buffer_size += total;
     result = stream_queued(s);
 out:
@@ -635,11 +710,11 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
     (void)unused;
     s->dirty = 0;
     Table *t = s->loop->table;
-    PyObject *buf = s->buffer;
-    if (!s->wfast || s->transport == NULL || t == NULL || t->engine == NULL || buf == NULL ||
-        !PyList_CheckExact(buf))
+    if (!s->wfast || s->transport == NULL || t == NULL || t->engine == NULL ||
+        !stream_queue_ok(s))
         return s->transport ? stream_call(s, s_flush_slow, NULL, 0, 0) : Py_NewRef(Py_None);
-    Py_ssize_t n = PyList_GET_SIZE(buf);
+    PyObject *buf = s->buffer;
+    Py_ssize_t n = stream_queue_len(s);
     if (n == 0 || s->sending)
         Py_RETURN_NONE;
     for (Py_ssize_t i = 0; i < n; i++)
@@ -655,7 +730,7 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
         total = PyBytes_GET_SIZE(b);
         if (total > INT32_MAX)
             goto slow;
-        if (!(ud = table_take(t, s->sent_cb, b, 0)))
+        if (!(ud = table_take(t, (PyObject *)s, b, SLOT_SENT)))
             goto out;
         rc = t->send(t->engine, ud, s->fd, PyBytes_AS_STRING(b), (uint32_t)total, 0);
     } else {
@@ -670,24 +745,27 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
             iov[i].iov_len = (size_t)PyBytes_GET_SIZE(b);
             total += PyBytes_GET_SIZE(b);
         }
-        PyObject *keep = total <= INT32_MAX && n <= MAX_IOV ? PyList_AsTuple(buf) : NULL;
-        if (keep == NULL) {
+        if (total > INT32_MAX || n > MAX_IOV) {
             if (iov != small)
                 PyMem_Free(iov);
-            if (PyErr_Occurred())
-                goto out;
             goto slow; /* more than one send takes: Python sends it */
         }
-        ud = table_take(t, s->sent_cb, keep, 0);
-        Py_DECREF(keep);
+        /* the list itself keeps the bytes: it leaves the Stream below */
+        ud = table_take(t, (PyObject *)s, buf, SLOT_SENT);
         rc = ud ? t->sendv(t->engine, ud, s->fd, iov, (uint32_t)n, 0) : 0;
         if (iov != small)
             PyMem_Free(iov);
         if (!ud)
             goto out;
     }
-    /* the queue is the op's now (as Python's _flush swaps the list first) */
-    stream_buffer_clear(buf, 0);
+    /* the queue is the op's now (as Python's _flush swaps the list first):
+     * a vectored send keeps the list itself (the next write that queues
+     * makes a new one); after a single send the list stays, emptied and
+     * without storage (decision 261: cheaper than a new list per write) */
+    if (n == 1)
+        stream_buffer_clear(buf, 0);
+    else
+        Py_CLEAR(s->buffer);
     if (rc < 0) {
         result = table_refused(t, ud, rc);
         goto out;
@@ -725,10 +803,10 @@ static PyObject *stream_sent(Stream *s, int32_t res, int more, PyObject *data,
     }
     s->buffer_size -= s->sending;
     s->sending = 0;
-    PyObject *buf = s->buffer, *dirty = s->loop->dirty;
-    if (!s->wpaused && buf != NULL && PyList_CheckExact(buf) &&
-        (PyList_GET_SIZE(buf) == 0 || s->dirty || (dirty != NULL && PyList_CheckExact(dirty)))) {
-        if (PyList_GET_SIZE(buf) > 0 && stream_mark_dirty(s) < 0)
+    PyObject *dirty = s->loop->dirty;
+    if (!s->wpaused && stream_queue_ok(s) &&
+        (stream_queue_len(s) == 0 || s->dirty || (dirty != NULL && PyList_CheckExact(dirty)))) {
+        if (stream_queue_len(s) > 0 && stream_mark_dirty(s) < 0)
             return NULL;
         Py_RETURN_NONE; /* nothing queued, no waiter, not closing; or queued for the flush */
     }
@@ -742,10 +820,9 @@ static PyObject *stream_sent(Stream *s, int32_t res, int more, PyObject *data,
             goto exit;
         Py_DECREF(r);
     }
-    if (s->wfast && s->buffer != NULL && PyList_CheckExact(s->buffer) &&
-        PyList_GET_SIZE(s->buffer) > 0)
+    if (s->wfast && stream_queue_ok(s) && stream_queue_len(s) > 0)
         r = stream_mark_dirty(s) < 0 ? NULL : Py_NewRef(Py_None);
-    else if (s->wfast && s->buffer != NULL && PyList_CheckExact(s->buffer))
+    else if (s->wfast && stream_queue_ok(s))
         r = Py_NewRef(Py_None); /* nothing queued, no waiter, not closing */
     else
         r = stream_call(s, s_after_sent, NULL, 0, 0); /* resume_writing changed things */
@@ -797,6 +874,16 @@ static int stream_deliver(PyObject *owner, int32_t res, int more, PyObject *data
         return -1;
     Py_DECREF(r);
     return 1;
+}
+
+/* A record of a SLOT_SENT slot (a send the Stream's _flush submitted, the
+ * Stream itself its owner, not a bound sent() kept per Stream: decision
+ * 255): table_deliver hands it here. 1, or -1 with an exception set. */
+static int stream_sent_record(PyObject *owner, int32_t res, int more, PyObject *data)
+{
+    PyObject *r = stream_sent((Stream *)owner, res, more, data, NULL);
+    Py_XDECREF(r);
+    return r ? 1 : -1;
 }
 
 /* protocol.<name>, looked up once. A plain function found on the class (the
@@ -852,6 +939,23 @@ static PyObject *Stream_set_protocol(Stream *s, PyObject *const *args, Py_ssize_
     Py_RETURN_NONE;
 }
 
+/* register(): the transport is the loop's for its fd (stream_for_fd finds
+ * it); unregister(): no longer (sendfile hands the fd to sock_sendfile) */
+static PyObject *Stream_register(Stream *s, PyObject *unused)
+{
+    (void)unused;
+    if (stream_register(s) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Stream_unregister(Stream *s, PyObject *unused)
+{
+    (void)unused;
+    stream_unregister(s);
+    Py_RETURN_NONE;
+}
+
 /* _fatal_error(exc, message): the transport's (the loop's flush calls it on
  * what is on its dirty list) */
 static PyObject *Stream_fatal_error(Stream *s, PyObject *const *args, Py_ssize_t nargs)
@@ -883,12 +987,6 @@ static PyObject *Stream_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     s->fd = fd;
     s->high = 64 * 1024;
     s->low = 16 * 1024;
-    s->buffer = PyList_New(0);
-    s->sent_cb = s->buffer ? PyObject_GetAttrString((PyObject *)s, "sent") : NULL;
-    if (s->sent_cb == NULL) {
-        Py_DECREF(s);
-        return NULL;
-    }
     return (PyObject *)s;
 }
 
@@ -901,7 +999,6 @@ static int Stream_traverse(Stream *s, visitproc visit, void *arg)
     Py_VISIT(s->on_updated);
     Py_VISIT(s->protocol);
     Py_VISIT(s->buffer);
-    Py_VISIT(s->sent_cb);
     Py_VISIT(s->held);
     Py_VISIT(s->drain_cb);
     return 0;
@@ -909,6 +1006,7 @@ static int Stream_traverse(Stream *s, visitproc visit, void *arg)
 
 static int Stream_clear(Stream *s)
 {
+    stream_unregister(s);
     Py_CLEAR(s->transport);
     Py_CLEAR(s->loop);
     Py_CLEAR(s->ctx);
@@ -916,7 +1014,6 @@ static int Stream_clear(Stream *s)
     Py_CLEAR(s->on_updated);
     Py_CLEAR(s->protocol);
     Py_CLEAR(s->buffer);
-    Py_CLEAR(s->sent_cb);
     Py_CLEAR(s->held);
     Py_CLEAR(s->drain_cb);
     return 0;
@@ -946,10 +1043,32 @@ static int Stream_set_bool(Stream *s, PyObject *v, void *c)
     return 0;
 }
 
+/* buffer: the write queue, made empty when asked for and there is none (the
+ * transport's Python paths append to it) */
+static PyObject *Stream_get_buffer(Stream *s, void *unused)
+{
+    (void)unused;
+    if (s->buffer == NULL && !(s->buffer = PyList_New(0)))
+        return NULL;
+    return Py_NewRef(s->buffer);
+}
+
+static int Stream_set_buffer(Stream *s, PyObject *v, void *unused)
+{
+    (void)unused;
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete this attribute");
+        return -1;
+    }
+    Py_XSETREF(s->buffer, Py_NewRef(v));
+    return 0;
+}
+
 #define BOOL_ATTR(name, field) \
     {name, (getter)Stream_get_bool, (setter)Stream_set_bool, NULL, (void *)offsetof(Stream, field)}
 
 static PyGetSetDef Stream_getset[] = {
+    {"buffer", (getter)Stream_get_buffer, (setter)Stream_set_buffer, NULL, NULL},
     BOOL_ATTR("rfast", rfast),       /* the receive fast path may run */
     BOOL_ATTR("wfast", wfast),       /* the write/flush/sent fast paths may run */
     BOOL_ATTR("dirty", dirty),       /* on the loop's dirty list */
@@ -960,14 +1079,13 @@ static PyGetSetDef Stream_getset[] = {
 };
 
 static PyMemberDef Stream_members[] = {
-    {"buffer", Py_T_OBJECT_EX, offsetof(Stream, buffer), 0, NULL},
     {"buffer_size", T_PYSSIZET, offsetof(Stream, buffer_size), 0, NULL},
     {"sending", T_PYSSIZET, offsetof(Stream, sending), 0, NULL},
     {"high", T_PYSSIZET, offsetof(Stream, high), 0, NULL},
     {"low", T_PYSSIZET, offsetof(Stream, low), 0, NULL},
-    {"sends", T_PYSSIZET, offsetof(Stream, sends), 0, NULL},
-    {"directs", T_PYSSIZET, offsetof(Stream, directs), 0, NULL},
-    {"sent_cb", Py_T_OBJECT_EX, offsetof(Stream, sent_cb), READONLY, NULL},
+    {"sends", T_UINT, offsetof(Stream, sends), 0, NULL},
+    {"directs", T_UINT, offsetof(Stream, directs), 0, NULL},
+    {"recv_ud", T_ULONGLONG, offsetof(Stream, recv_ud), 0, NULL},
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(Stream, vectorcall), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
@@ -980,6 +1098,8 @@ static PyMethodDef Stream_methods[] = {
     {"sent", (PyCFunction)(void (*)(void))Stream_sent, METH_FASTCALL, "a send's completion"},
     {"set_protocol", (PyCFunction)(void (*)(void))Stream_set_protocol, METH_FASTCALL, NULL},
     {"_fatal_error", (PyCFunction)(void (*)(void))Stream_fatal_error, METH_FASTCALL, NULL},
+    {"register", (PyCFunction)Stream_register, METH_NOARGS, "the loop's transport for its fd"},
+    {"unregister", (PyCFunction)Stream_unregister, METH_NOARGS, "no longer"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1117,7 +1237,27 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
     return (PyObject *)m;
 }
 
+/* stream_for_fd(loop, fd): the stream transport of loop registered for fd
+ * (alive: see fd_streams), or None */
+static PyObject *stream_for_fd(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "stream_for_fd(loop, fd)");
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[1]);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd >= 0 && fd < fd_streams_cap && fd_streams[fd] != NULL &&
+        (PyObject *)fd_streams[fd]->loop == args[0] && fd_streams[fd]->transport != NULL)
+        return Py_NewRef(fd_streams[fd]->transport);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef stream_functions[] = {
+    {"stream_for_fd", (PyCFunction)(void (*)(void))stream_for_fd, METH_FASTCALL,
+     "stream_for_fd(loop, fd): the stream transport registered for fd, or None"},
     {"core_method", (PyCFunction)(void (*)(void))core_method, METH_FASTCALL,
      "core_method(slot, name): a transport method that is its Stream's"},
     {NULL, NULL, 0, NULL},

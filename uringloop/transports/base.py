@@ -105,29 +105,47 @@ class SocketTransportBase(TransportBase):
         makes getpeername() fail later); with share (an accepted connection)
         the values are shared with the server's other connections (_share)."""
         extra = self._extra
-        extra["socket"] = trsock.TransportSocket(sock)
         try:
-            addr = sock.getsockname()
-            extra["sockname"] = _share(addr) if share else addr
+            sockname = sock.getsockname()
+            if share:
+                sockname = _share(sockname)
         except OSError:
-            extra["sockname"] = None
-        if "peername" not in extra:
+            sockname = None
+        if extra and "peername" in extra:
+            peername = extra["peername"]
+        else:
             try:
-                addr = sock.getpeername()
-                if share and type(addr) is tuple and addr:
-                    host = _share(addr[0])
-                    if host is not addr[0]:
-                        addr = (host, *addr[1:])
-                extra["peername"] = addr
+                peername = sock.getpeername()
+                if share and type(peername) is tuple and peername:
+                    host = _share(peername[0])
+                    if host is not peername[0]:
+                        peername = (host, *peername[1:])
             except OSError:
-                extra["peername"] = None
+                peername = None
+        self._keep_names(sock, sockname, peername)
         self._sock = sock
         self._sock_fd = sock.fileno()
         self._engine = loop._engine
 
+    def _keep_names(self, sock, sockname, peername):
+        """The stock extra info: in the extra dict (the stream transport keeps
+        them in slots instead)."""
+        extra = self._extra
+        extra["socket"] = trsock.TransportSocket(sock)
+        extra["sockname"] = sockname
+        extra["peername"] = peername
+
+    def _has_sock(self):
+        """Not closed yet (connection_lost has not run)."""
+        return self._sock is not None
+
+    def _sock_closed(self):
+        """The socket object was closed behind the transport's back."""
+        return self._sock.fileno() < 0
+
     def __repr__(self):
         info = [self.__class__.__name__]
-        if self._sock is None:
+        if not self._has_sock():
             info.append("closed")
         elif self._closing:
             info.append("closing")
@@ -140,7 +158,7 @@ class SocketTransportBase(TransportBase):
         return "<{}>".format(" ".join(info))
 
     def __del__(self, _warn=warnings.warn):
-        if self._sock is not None:
+        if self._has_sock():
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._sock.close()
             self._unclosed()
@@ -233,7 +251,7 @@ class SocketTransportBase(TransportBase):
         self._sync()
         self._lost_exc = exc
         self._loop.call_soon(self._lost_due, context=self._context)
-        if self._engine.closed or self._sock.fileno() < 0:
+        if self._engine.closed or self._sock_closed():
             self._sock.close()
             self._fd_closed = True
             return
@@ -257,7 +275,7 @@ class SocketTransportBase(TransportBase):
             self._call_connection_lost(self._lost_exc)
 
     def _call_connection_lost(self, exc):
-        if self._sock is None:
+        if not self._has_sock():
             return
         try:
             if self._protocol_connected:

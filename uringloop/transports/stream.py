@@ -61,8 +61,33 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     the engine's I/O."""
 
     # _core in a slot: write (and writelines on 3.12+) are the C core's own,
-    # class attributes that find it there (core_method, below the class)
-    __slots__ = ("_core", "__dict__", "__weakref__")
+    # class attributes that find it there (core_method, below the class).
+    # What every transport sets is in slots too, and the state an open
+    # connection is in is the class's (below), set on a transport only when
+    # it changes: an idle connection has no attribute values array (decision
+    # 256). __dict__ stays for what user code sets on a transport.
+    # The stock extra info (socket, sockname, peername) is in slots as well,
+    # not in an extra dict (184 bytes with its keys): _extra is only the
+    # dict a caller passed, or None; the socket's TransportSocket is made
+    # when first asked for.
+    __slots__ = (
+        "_core", "_sockobj", "_sock_fd", "_engine", "_protocol", "_context", "_server",
+        "_buffered", "_closing", "_paused", "_sockname", "_peername", "_tsock",
+        "__dict__", "__weakref__",
+    )
+
+    _protocol_connected = True  # set_protocol() ran (in __init__)
+    _conn_lost = 0
+    _eof = False  # write_eof() called
+    _shut = False  # its shutdown submitted
+    _fd_closing = False  # close_fd submitted
+    _fd_closed = False  # ... and its record came
+    _lost_is_due = False  # the stock loop would call connection_lost by now
+    _lost_exc = None
+    _empty_waiter = None
+    _read_done = False  # EOF or a read error was seen
+    _held = None  # deque of (res, data) records not yet handed over
+    _draining = False  # a _drain_held is scheduled
 
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
@@ -70,8 +95,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         super().__init__(extra, loop)
+        self._extra = extra or None
+        self._tsock = None
         self._init_socket(loop, sock, server is not None)
-        self._protocol_connected = False
         self._buffered = False
         self._context = ctx = contextvars.copy_context()
         # the hot half, in C (uringloop/_core/stream.c): the write queue
@@ -85,33 +111,97 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         # its one kernel entry (decision 210)
         c.direct = self._engine.backend == "epoll"
         self._server = server
-        self._conn_lost = 0
         self._closing = False
         self._paused = False
-        self._eof = False  # write_eof() called
-        self._shut = False  # its shutdown submitted
-        self._fd_closing = False  # close_fd submitted
-        self._fd_closed = False  # ... and its record came
-        self._lost_is_due = False  # the stock loop would call connection_lost by now
-        self._lost_exc = None
-        self._empty_waiter = None
-        self._recv_ud = None  # the multishot recv, until its final record
-        self._read_done = False  # EOF or a read error was seen
-        self._held = None  # deque of (res, data) records not yet handed over
-        self._draining = False  # a _drain_held is scheduled
         self.set_protocol(protocol)  # also sets the fast-path flags (_sync)
         if server is not None:
             if _SERVER_TRACKS_TRANSPORTS:
                 server._attach(self)
             else:
                 server._attach()
-        loop._transports[self._sock_fd] = self
+        c.register()  # the loop's transport for its fd (decision 257)
         base_events._set_nodelay(sock)
         loop.call_soon(protocol.connection_made, self)
         # only start reading when connection_made() has been called
         loop.call_soon(self._start_reading)
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def _keep_names(self, sock, sockname, peername):
+        self._sockname = sockname
+        self._peername = peername
+
+    def get_extra_info(self, name, default=None):
+        if name == "peername":
+            return self._peername
+        if name == "sockname":
+            return self._sockname
+        if name == "socket":
+            tsock = self._tsock
+            if tsock is None:
+                tsock = self._tsock = trsock.TransportSocket(self._socket())
+            return tsock
+        extra = self._extra
+        return default if extra is None else extra.get(name, default)
+
+    def _socket(self):
+        """The socket object (what get_extra_info('socket') wraps)."""
+        return self._sock
+
+    # An accepted connection's socket object is the transport's alone: it
+    # keeps the fd and the Acceptor's _Kind, and makes the object again
+    # when something asks for it (decision 258). _sockobj: the socket, a
+    # _Kind, or None once connection_lost has run.
+    @property
+    def _sock(self):
+        s = self._sockobj
+        if type(s) is _Kind:
+            s = self._sockobj = socket.socket(s.family, s.type, s.proto, fileno=self._sock_fd)
+        return s
+
+    @_sock.setter
+    def _sock(self, sock):
+        self._sockobj = sock
+
+    def _shed_socket(self, kind):
+        """The Acceptor's: drop the socket object, keep its fd."""
+        sock = self._sockobj
+        if type(sock) is not _Kind and sock is not None and self._tsock is None:
+            self._sockobj = kind
+            sock.detach()
+
+    def _has_sock(self):
+        return self._sockobj is not None
+
+    def _sock_closed(self):
+        s = self._sockobj
+        return type(s) is not _Kind and s.fileno() < 0
+
+    def _detach_fd(self):
+        s = self._sockobj
+        if type(s) is _Kind:
+            # never made: after the close, the extra socket is a closed
+            # socket of the same kind, as stock
+            self._sockobj = s.closed
+            return self._sock_fd
+        return s.detach()
+
+    def _call_connection_lost(self, exc):
+        if self._tsock is None and self._has_sock():
+            # asked for after the close, the extra socket is the closed
+            # socket, as stock
+            self._tsock = trsock.TransportSocket(self._sock)
+        super()._call_connection_lost(exc)
+
+    @property
+    def _recv_ud(self):
+        """The multishot recv's user_data, until its final record (None): kept
+        in the C core as a number, not as an int object (decision 256)."""
+        return self._core.recv_ud or None
+
+    @_recv_ud.setter
+    def _recv_ud(self, ud):
+        self._core.recv_ud = ud or 0
 
     def _write_busy(self):
         return self._core.sending
@@ -126,7 +216,6 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         # the kind of protocol decides, once, how received bytes are handed over
         self._buffered = isinstance(protocol, protocols.BufferedProtocol)
         self._protocol = protocol
-        self._protocol_connected = True
         self._core.set_protocol(protocol, self._buffered)
         self._sync()
 
@@ -436,10 +525,10 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             c.sends += 1
             if len(buf) == 1:
                 c.sending = len(buf[0])
-                self._engine.send(self._sock_fd, buf[0], c.sent_cb)
+                self._engine.send(self._sock_fd, buf[0], c.sent)
             else:  # one vectored send, no join
                 c.sending = sum(map(len, buf))
-                self._engine.sendv(self._sock_fd, buf, c.sent_cb)
+                self._engine.sendv(self._sock_fd, buf, c.sent)
             buf = c.buffer
         if self._eof and not self._shut and not buf:
             self._shut = True
@@ -541,6 +630,25 @@ if _PY312:
     SocketTransport.writelines = _sched.core_method(SocketTransport._core, "writelines")
 
 
+class _Kind:
+    """What an accepted socket object is made from again (family, type,
+    proto: the listener's), and one closed socket of that kind, for the
+    socket extra of a closed transport whose object was never made."""
+
+    __slots__ = ("family", "type", "proto", "_closed")
+
+    def __init__(self, family, type, proto):
+        self.family, self.type, self.proto = family, type, proto
+        self._closed = None
+
+    @property
+    def closed(self):
+        if self._closed is None:
+            self._closed = socket.socket(self.family, self.type, self.proto)
+            self._closed.close()
+        return self._closed
+
+
 class Acceptor:
     """One listening socket served by a multishot engine accept.
 
@@ -564,6 +672,7 @@ class Acceptor:
         self.ssl_handshake_timeout = ssl_handshake_timeout
         self.ssl_shutdown_timeout = ssl_shutdown_timeout
         self.family, self.type, self.proto = sock.family, sock.type, sock.proto
+        self.kind = _Kind(self.family, self.type | _SOCK_NONBLOCK, self.proto)
         self.ud = None
         self.stopped = False
         self.resting = False  # out of descriptors: accepting waits a while
@@ -649,6 +758,7 @@ class Acceptor:
         try:
             protocol = self.protocol_factory()
             transport = loop._make_socket_transport(conn, protocol, server=self.server)
+            transport._shed_socket(self.kind)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
