@@ -436,9 +436,23 @@ def sleeping_in_wait(tid: int) -> bool:
 def wait_until_sleeping(tid: int) -> None:
     """From another thread: return once thread tid sleeps in its wait system
     call. A state check, not a guess at how long falling asleep takes; a thread
-    that never sleeps leaves the test to pytest-timeout."""
-    while not sleeping_in_wait(tid):
-        time.sleep(0.001)
+    that never sleeps leaves the test to pytest-timeout.
+
+    Seen twice in a row: the file is read with the GIL released, so one
+    reading can catch thread tid preempted inside a no-wait run it makes
+    holding the GIL (decision 290), just before it releases the GIL and
+    blocks; a signal sent then can land before the blocking call starts, and
+    the wait then sleeps its whole timeout (the stock selector has the same
+    window). The second reading is made after this thread took the GIL back,
+    so tid had released it: it is in the blocking call, or not yet, never in
+    the earlier run."""
+    seen = 0
+    while seen < 2:
+        if sleeping_in_wait(tid):
+            seen += 1
+        else:
+            seen = 0
+            time.sleep(0.001)
 
 
 def fd_is_open(fd: int) -> bool:
