@@ -902,24 +902,31 @@ static void ring_top_up(ul_engine *e, struct uring *u)
     }
 }
 
-/* Is a pool read live? A one-shot READ on a file without non-blocking reads
- * runs in an io-wq worker, which takes its ring buffer at any time. */
-static int pool_reads_live(ul_engine *e)
+/* Does a live op (one with a ud) satisfy pred? The scan stops after the
+ * last live op. */
+static int any_live_op(ul_engine *e, int (*pred)(const struct ul_op *op))
 {
     uint32_t live = e->in_flight;
     for (uint32_t c = 0; c < e->nchunks && live; c++) {
         if (!e->chunks[c])
             continue;
         for (uint32_t i = 0; i < CHUNK_SIZE && live; i++) {
-            struct ul_op *op = &e->chunks[c][i];
+            const struct ul_op *op = &e->chunks[c][i];
             if (!op->ud)
                 continue;
             live--;
-            if (op->kind == K_READ_POOL)
+            if (pred(op))
                 return 1;
         }
     }
     return 0;
+}
+
+/* A pool read: a one-shot READ on a file without non-blocking reads runs in
+ * an io-wq worker, which takes its ring buffer at any time. */
+static int is_pool_read(const struct ul_op *op)
+{
+    return op->kind == K_READ_POOL;
 }
 
 /*
@@ -948,7 +955,7 @@ static void uring_trim(ul_engine *e)
         u->owner == &tls_marker && u->br_avail > want0 &&
         __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) == *u->cq_khead &&
         !(__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & UL_SQ_CQ_OVERFLOW) &&
-        !pool_reads_live(e)) {
+        !any_live_op(e, is_pool_read)) {
         struct ul_buf_reg reg;
         memset(&reg, 0, sizeof reg);
         reg.bgid = 0;
@@ -1688,24 +1695,11 @@ static int64_t mono_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* Is a request of ours in the kernel (or in the SQ on its way there)? A close
+/* A request of ours in the kernel (or in the SQ on its way there)? A close
  * waiting for its fd's ops has no request; a shutdown never waits. */
-static int kernel_requests(ul_engine *e)
+static int in_kernel(const struct ul_op *op)
 {
-    uint32_t live = e->in_flight;  /* ops with a ud: the scan stops after the last */
-    for (uint32_t c = 0; c < e->nchunks && live; c++) {
-        if (!e->chunks[c])
-            continue;
-        for (uint32_t i = 0; i < CHUNK_SIZE && live; i++) {
-            struct ul_op *op = &e->chunks[c][i];
-            if (!op->ud)
-                continue;
-            live--;
-            if (op->state == S_ACTIVE && op->kind != K_CLOSE)
-                return 1;
-        }
-    }
-    return 0;
+    return op->state == S_ACTIVE && op->kind != K_CLOSE;
 }
 
 static int uring_park(ul_engine *e)
@@ -1743,7 +1737,7 @@ static int uring_park(ul_engine *e)
     int64_t deadline = mono_ns() + 2000000000LL;
     for (;;) {
         reap(e, u);
-        if (!kernel_requests(e))
+        if (!any_live_op(e, in_kernel))
             break;
         if (mono_ns() > deadline)
             return -ETIME;
@@ -1853,7 +1847,7 @@ static int unpark(ul_engine *e, struct uring *u)
         if (!(u->enter_flags & UL_ENTER_REGISTERED_RING))
             u->reg_countdown = 64;
     } else {
-        if (kernel_requests(e))
+        if (any_live_op(e, in_kernel))
             return -EEXIST;  /* a park that timed out: still bound to its thread */
         int r = rebuild(e, u);
         if (r < 0)
