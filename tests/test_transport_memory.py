@@ -49,13 +49,18 @@ async def _accepted(loop, n):
     return server, made, clients
 
 
-async def _close(server, made, clients):
+async def _close(server, made, clients, dropped=False):
+    """dropped: a transport of this server was collected unclosed. Its
+    __del__ closes the socket but never detaches it from the server (stock
+    and ours alike), so 3.12's wait_closed, which waits for every
+    connection, would wait forever: then the server is only closed."""
     for _, w in clients:
         w.close()
     for t in made:
         t.close()
     server.close()
-    await wait_for(server.wait_closed())
+    if not dropped:
+        await wait_for(server.wait_closed())
     await asyncio.sleep(0)
 
 
@@ -363,7 +368,7 @@ def test_fd_registry_follows_the_transport(tloop):
             reused.close()
             a.close()
             b.close()
-        await _close(server, made, clients)
+        await _close(server, made, clients, dropped=True)
 
     run_in(tloop, main())
 
@@ -408,7 +413,7 @@ def test_accepted_socket_made_only_when_asked(tloop):
         with pytest.raises(OSError):
             os.fstat(fd)  # closed by __del__ (no other fd was opened since)
         assert await wait_for(clients[3][0].read()) == b""
-        await _close(server, made, clients)
+        await _close(server, made, clients, dropped=True)
         await asyncio.sleep(0.05)  # connection_lost
         assert closing.get_extra_info("socket").fileno() == -1
 
