@@ -349,20 +349,29 @@ def test_datagram_received_runs_in_the_transports_context(any_loop):
     run_in(loop, main())
 
 
-def test_flood_benchmark_sender_builds_and_sends(tmp_path):
-    """benchmarks/udp_flood.c (loop_bench's udp_flood sender) builds without
-    warnings and sends 64-byte datagrams; nothing here measures speed."""
+def _build_benchmark(tmp_path, name):
+    """benchmarks/<name>.c built with -Wall -Wextra -Werror; its path (skips
+    when there is no C compiler)."""
     import os
     import shutil
     import subprocess
 
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if cc is None:
-        pytest.skip("no C compiler (cc/gcc) to build benchmarks/udp_flood.c")
+        pytest.skip(f"no C compiler (cc/gcc) to build benchmarks/{name}.c")
     src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       "benchmarks", "udp_flood.c")
-    exe = str(tmp_path / "udp_flood")
+                       "benchmarks", f"{name}.c")
+    exe = str(tmp_path / name)
     subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", exe, src], check=True)
+    return exe
+
+
+def test_flood_benchmark_sender_builds_and_sends(tmp_path):
+    """benchmarks/udp_flood.c (loop_bench's udp_flood sender) builds without
+    warnings and sends 64-byte datagrams; nothing here measures speed."""
+    import subprocess
+
+    exe = _build_benchmark(tmp_path, "udp_flood")
     rx = _rx_socket()
     try:
         rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -383,17 +392,9 @@ def test_floor_benchmark_builds_and_round_trips(tmp_path):
     """benchmarks/udp_floor.c (the loop-free UDP round trip the README compares
     the loops' CPU per round trip with) builds without warnings and does its
     round trips; nothing here measures speed."""
-    import os
-    import shutil
     import subprocess
 
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler (cc/gcc) to build benchmarks/udp_floor.c")
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       "benchmarks", "udp_floor.c")
-    exe = str(tmp_path / "udp_floor")
-    subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", exe, src], check=True)
+    exe = _build_benchmark(tmp_path, "udp_floor")
     out = subprocess.run([exe, "100", "1024"], check=True, timeout=30,
                          capture_output=True, text=True).stdout
     assert out.startswith("1024 B round trips: wall ") and "per round trip" in out
@@ -405,20 +406,12 @@ def test_uring_floor_benchmark_builds_and_round_trips(tmp_path):
     """benchmarks/udp_uring_floor.c (decision 280: the round trip through io_uring
     with no loop, each kernel path) builds without warnings and every variant
     does its round trips; nothing here measures speed."""
-    import os
-    import shutil
     import subprocess
 
     from conftest import require_uring
 
     require_uring()
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler (cc/gcc) to build benchmarks/udp_uring_floor.c")
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       "benchmarks", "udp_uring_floor.c")
-    exe = str(tmp_path / "udp_uring_floor")
-    subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", exe, src], check=True)
+    exe = _build_benchmark(tmp_path, "udp_uring_floor")
     out = subprocess.run([exe, "100", "1024", "1"], check=True, timeout=60,
                          capture_output=True, text=True).stdout
     rows = out.splitlines()
