@@ -43,6 +43,22 @@ else:
 
 
 # --------------------------------------------------------------------------
+# the collector's share of every test
+
+
+def pytest_collection_finish(session):
+    """Everything alive once the suite is collected (every test module, the
+    libraries they import, pytest's own objects: about 90,000 objects) is
+    moved to the collector's permanent generation (decision 301). The
+    fixtures' ``gc.collect()`` (two or three per test) then traverses only what
+    was made since: about 45 ms each became about 1 ms, some 2,000 x 2 x 45 ms
+    of every leg's CPU. What a test makes is collected exactly as before; a
+    test's leak checks concern only objects it made."""
+    gc.collect()
+    gc.freeze()
+
+
+# --------------------------------------------------------------------------
 # backends
 
 
