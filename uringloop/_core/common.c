@@ -1225,10 +1225,11 @@ static void engine_free(ul_engine *e, int unmap_pool)
         for (uint32_t j = 0; e->chunks[i] && j < CHUNK_SIZE; j++) {
             struct ul_op *op = &e->chunks[i][j];
             free(op->ax);
-            if (op->ud && op->kind == K_SENDV)
-                ul__iov_block_free(op->iovs);
-            if (op->ud)
+            if (op->ud) {
+                if (op->kind == K_SENDV)
+                    ul__iov_block_free(op->iovs);
                 ul__iov_block_free(op->batch);
+            }
         }
         free(e->chunks[i]);
     }
