@@ -16,18 +16,20 @@
  *    as the stock loop reports a raising reader handle; reading goes on).
  *
  *  - send: `sendto(data, addr=None)`, the transport class's sendto (a C
- *    method over the transport's _dg slot, decision 315). With nothing queued and the fd open
- *    (`send_fast`), bytes-like data and an address it can convert (the
- *    connected peer, or a numeric IPv4/IPv6 tuple: the socket module's own
- *    inet_pton path) it makes the syscall the stock transport makes (send or
- *    sendto, once, non-blocking). A failed syscall goes to
- *    transport._sendto_failed(data, addr, exc) (the stock except branches:
- *    EAGAIN queues, an OSError goes to error_received); anything else,
- *    including keyword arguments, to transport._sendto_py (the Python
+ *    method over the transport's _dg slot, decision 315). With nothing
+ *    queued and the fd open (`send_fast`), bytes-like data and an address
+ *    it can convert (the connected peer, or a numeric IPv4/IPv6 tuple: the
+ *    socket module's own inet_pton path) it makes the syscall the stock
+ *    transport makes (send or sendto, once, non-blocking). A failed syscall
+ *    goes to transport._sendto_failed(data, addr, exc) (the stock except
+ *    branches: EAGAIN queues, an OSError goes to error_received); anything
+ *    else, including keyword arguments, to transport._sendto_py (the Python
  *    sendto, the stock one).
  *
- * The last address converted is kept (by identity): a server answering the
- * address datagram_received gave it converts it once per peer change.
+ * The last address converted is kept (by identity), and a datagram handed
+ * to datagram_received leaves its sender's tuple and sockaddr there as if
+ * converted (decision 317): a server answering the address it was given
+ * converts nothing.
  */
 
 #include "dgram.h"
