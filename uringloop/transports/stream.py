@@ -40,7 +40,7 @@ from asyncio.log import logger
 
 from .. import _sched
 from .base import ECANCELED as _ECANCELED
-from .base import SocketTransportBase
+from .base import SocketTransportBase, _share
 from .base import ignore as _ignore
 from .base import os_error as _os_error
 
@@ -54,6 +54,8 @@ _SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 # a new int object each time unless this one replaces it
 _DEFAULT_LOW = 16 * 1024
 _ACCEPT_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# SocketTransport._peername while the C core keeps the peer's address
+_IN_CORE = object()
 
 
 class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transports.Transport):
@@ -71,7 +73,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     # dict a caller passed, or None; the socket's TransportSocket is made
     # when first asked for.
     __slots__ = (
-        "_core", "_sockobj", "_sock_fd", "_engine", "_protocol", "_context", "_server",
+        "_core", "_sockobj", "_engine", "_protocol", "_context", "_server",
         "_buffered", "_closing", "_paused", "_sockname", "_peername", "_tsock",
         "__dict__", "__weakref__",
     )
@@ -97,13 +99,14 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         super().__init__(extra, loop)
         self._extra = extra or None
         self._tsock = None
-        self._init_socket(loop, sock, server is not None)
-        self._buffered = False
         self._context = ctx = contextvars.copy_context()
         # the hot half, in C (uringloop/_core/stream.c): the write queue
         # (c.buffer, c.buffer_size, c.sending, c.dirty), the receive and send
-        # callbacks, and write() itself (the class's write is the core's)
-        self._core = c = _sched.Stream(self, loop, self._sock_fd, ctx)
+        # callbacks, and write() itself (the class's write is the core's);
+        # also the fd number and an IPv4 peer's address (decisions 311, 312)
+        self._core = c = _sched.Stream(self, loop, sock.fileno(), ctx)
+        self._init_socket(loop, sock, server is not None)
+        self._buffered = False
         c.high, c.low = self._high_water, self._low_water
         # epoll: write() sends at once when the transport is idle (as stock
         # and uvloop), where a send op would cost a record and a completion
@@ -129,11 +132,26 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
 
     def _keep_names(self, sock, sockname, peername):
         self._sockname = sockname
-        self._peername = peername
+        # an IPv4 peer's address and port, as getpeername() gave them (now,
+        # as stock: after a reset it fails), are kept in the C core, and the
+        # tuple is made when first asked for (decision 311); a peername the
+        # caller passed in extra is kept as it is
+        given = self._extra is not None and "peername" in self._extra
+        self._peername = _IN_CORE if not given and self._core.keep_peer(peername) else peername
+
+    @property
+    def _sock_fd(self):
+        """The fd number, kept in the C core as a C int: no int object per
+        transport (decision 312)."""
+        return self._core.fd
 
     def get_extra_info(self, name, default=None):
         if name == "peername":
-            return self._peername
+            peername = self._peername
+            if peername is _IN_CORE:
+                host, port = self._core.peer
+                peername = self._peername = (_share(host), port)
+            return peername
         if name == "sockname":
             return self._sockname
         if name == "socket":
