@@ -7,6 +7,7 @@ depends on an allocator's rounding)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import os
 import socket
@@ -579,5 +580,117 @@ def test_held_records_leave_nothing_behind(tloop):
                     if isinstance(r, types.BuiltinMethodType)]
             assert kept == [], f"the Stream keeps {kept!r}"
         await _close(server, made, clients)
+
+    run_in(tloop, main())
+
+
+
+
+def _backlog(n):
+    """A listening socket with n clients connected, waiting in its backlog
+    (the kernel completes the handshakes): a server given it meets them all
+    at once."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(n + 16)
+    lsock.setblocking(False)
+    clients = [socket.create_connection(lsock.getsockname(), timeout=10) for _ in range(n)]
+    return lsock, clients
+
+
+def test_accept_burst_is_made_a_budget_a_turn(tloop):
+    """Connections that wait in the backlog when a server starts accepting
+    are all served, in order of arrival, and on uringloop at most 64 are
+    made in one turn (decision 314: a multishot accept hands over a whole
+    burst in one run; made at once, their handles freed a turn later leave
+    pymalloc's pools half empty under the transports)."""
+    n = 200
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        made_in = []
+        made = []
+        echoed = []
+
+        class Echo(Keep):
+            def data_received(self, data):
+                super().data_received(data)
+                echoed.append(data)
+
+        def factory():
+            made_in.append(None if is_stock(loop) else loop._turns)  # (the loop's turn count)
+            return Echo(made)
+
+        lsock, clients = _backlog(n)
+        server = None
+        try:
+            server = await loop.create_server(factory, sock=lsock, backlog=n + 16)
+            while len(made) < n:
+                await wait_for(asyncio.sleep(0.01))
+            for i, c in enumerate(clients):
+                c.sendall(b"%d" % i)
+            while len(echoed) < n:  # (the reads below block the loop)
+                await wait_for(asyncio.sleep(0.01))
+            for i, c in enumerate(clients):
+                want = b"%d" % i
+                got = b""
+                while len(got) < len(want):
+                    got += c.recv(len(want) - len(got))
+                assert got == want
+            # in order of arrival: each transport's peer is the client of its rank
+            peers = [t.get_extra_info("peername") for t in made]
+            assert peers == [c.getsockname() for c in clients]
+            if not is_stock(loop):
+                per_turn = collections.Counter(made_in)
+                assert max(per_turn.values()) <= 64, sorted(per_turn.values())
+        finally:
+            for c in clients:
+                c.close()
+            for t in made:
+                t.close()
+            if server is None:
+                lsock.close()
+            else:
+                server.close()
+                await wait_for(server.wait_closed())
+            await asyncio.sleep(0.05)  # connection_lost
+
+    run_in(tloop, main())
+
+
+def test_server_closed_while_a_burst_waits(tloop):
+    """A server closed while accepted connections still wait to be made
+    (decision 314): each of those is closed (the fixture counts fds), and its
+    client sees the connection end."""
+    n = 200
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        made = []
+        server = None
+
+        class CloseServer(Keep):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                server.close()
+
+        lsock, clients = _backlog(n)
+        try:
+            server = await loop.create_server(lambda: CloseServer(made), sock=lsock,
+                                              backlog=n + 16)
+            while not made:
+                await wait_for(asyncio.sleep(0.01))
+            for t in made:
+                t.close()
+            await wait_for(server.wait_closed())
+            await asyncio.sleep(0.05)  # connection_lost
+            for c in clients:
+                try:
+                    assert c.recv(1) == b""
+                except ConnectionResetError:
+                    pass
+        finally:
+            for c in clients:
+                c.close()
 
     run_in(tloop, main())
