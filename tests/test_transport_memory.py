@@ -219,7 +219,7 @@ def test_python_bytes_per_idle_connection(tloop):
     registry, the socket object); after, about 700-820 (the protocol
     itself, with its own attribute values, is about 200 of it); after
     decisions 310-312 (no emptied write list, the peername tuple and its
-    port made when asked for, no fd int), about 600-625."""
+    port made when asked for, no fd int), about 600-625 (3.11)."""
     if is_stock(tloop):
         pytest.skip("the bound is uringloop's own (the stock loop keeps about 1,600 bytes)")
     n = 100
@@ -276,9 +276,10 @@ def test_python_bytes_per_idle_connection(tloop):
     async def main():
         await batch(False)
         per_connection = await batch(True)
-        # measured on 3.11; other versions lay objects out otherwise (3.10's
-        # protocol has a real dict): the wide bound there
-        bound = 680 if sys.version_info[:2] == (3, 11) else 1100
+        # measured on 3.11 (600-625; 700-820 before decisions 310-313) and
+        # 3.12 (575-590; 725-760); 3.10 and 3.13 lay objects out otherwise
+        # (3.10's protocol has a real dict): the wide bound there
+        bound = 680 if (3, 11) <= sys.version_info < (3, 13) else 1100
         assert per_connection < bound, f"{per_connection:.0f} bytes per connection"
 
     run_in(tloop, main())
