@@ -101,8 +101,10 @@ def test_writes_arrive_in_order_and_close_flushes(any_loop):
 
 
 def test_one_send_per_turn(loop):
-    """All writes of one turn leave as one engine send; on epoll the first
-    one goes at once (a send() in write(), as stock) and the rest gather."""
+    """All writes of one turn leave as one send (the flush's sendmsg(), an
+    engine send for what the socket leaves: decision 305); on epoll the
+    first one goes at once (a send() in write(), as stock) and the rest
+    gather."""
 
     async def main():
         tr, pr, peer = await _pair(loop, lambda: Recorder(loop))

@@ -15,10 +15,12 @@
  *    get_buffer()'s buffer and buffer_updated(n);
  *  - write(data) (installed as the transport's own write attribute) queues
  *    the bytes and puts the Stream on the loop's dirty list;
- *  - _flush() (the turn calls it right before the engine waits) submits the
- *    whole queue as one send or sendv whose owner is the Stream itself, in a
- *    slot marked SLOT_SENT: the table hands its completion to stream_sent
- *    (no bound method kept per Stream; decision 255).
+ *  - _flush() (the turn calls it right before the engine waits) hands the
+ *    whole queue to the socket in one non-blocking sendmsg(); what the
+ *    kernel leaves (a full socket buffer) goes as one send or sendv whose
+ *    owner is the Stream itself, in a slot marked SLOT_SENT: the table hands
+ *    its completion to stream_sent (no bound method kept per Stream;
+ *    decisions 255, 305).
  *
  * The table's delivery hands both kinds of record to the C functions behind
  * these (stream_recv, stream_sent) with the record's fields (stream_deliver);
@@ -49,7 +51,8 @@ typedef struct {
     Py_ssize_t buffer_size; /* queued + in the send in flight */
     Py_ssize_t sending;     /* length of the send in flight (0: none) */
     Py_ssize_t high, low;   /* the transport's water marks */
-    unsigned int sends;     /* sends submitted (tests count them) */
+    unsigned int sends;     /* flushes that sent (tests count them) */
+    unsigned int inline_sends; /* of those, taken whole by the socket at once: no engine op */
     unsigned int directs;   /* send() calls made by write() itself (tests count them) */
     unsigned long long recv_ud; /* the transport's multishot recv (0: none) */
     int fd;
@@ -704,7 +707,11 @@ static void stream_buffer_clear(PyObject *buf, int keep)
 }
 
 /* _flush(): the turn's writes leave as one send (unless one is in flight:
- * then when it completes) */
+ * then when it completes). The socket is asked first, with one non-blocking
+ * sendmsg() of the whole queue: what it takes needs no engine op, no slot,
+ * no record and no completion; only a rest (the socket buffer was full: a
+ * short send, or EAGAIN) goes to the engine's ordered queue, from where the
+ * kernel left off (decision 305). */
 static PyObject *Stream_flush(Stream *s, PyObject *unused)
 {
     (void)unused;
@@ -717,46 +724,75 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
     Py_ssize_t n = stream_queue_len(s);
     if (n == 0 || s->sending)
         Py_RETURN_NONE;
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (!PyBytes_CheckExact(PyList_GET_ITEM(buf, i)))
-            return stream_call(s, s_flush_slow, NULL, 0, 0);
+    if (n > MAX_IOV) /* more than one send takes: Python sends it */
+        return stream_call(s, s_flush_slow, NULL, 0, 0);
+    struct iovec small[16], *iov = small;
+    if (n > 16 && !(iov = PyMem_Malloc((size_t)n * sizeof *iov)))
+        return PyErr_NoMemory();
     Py_INCREF(t);
     PyObject *result = NULL;
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *b = PyList_GET_ITEM(buf, i);
+        if (!PyBytes_CheckExact(b))
+            goto slow;
+        iov[i].iov_base = PyBytes_AS_STRING(b);
+        iov[i].iov_len = (size_t)PyBytes_GET_SIZE(b);
+        total += PyBytes_GET_SIZE(b);
+    }
+    if (total > INT32_MAX)
+        goto slow; /* more than one send takes */
+    /* the socket first, unless the protocol is paused (its resume is the
+     * completion's business). Nothing of ours is in flight on the fd: the
+     * Stream's sends are its fd's only ordered ops (sendall refuses a
+     * transport's socket, write_eof and sendfile leave the fast path) */
+    Py_ssize_t k = 0, first = 0;
+    s->sends++;
+    if (!s->wpaused) {
+        struct msghdr msg = {0};
+        msg.msg_iov = iov;
+        msg.msg_iovlen = (size_t)n;
+        do
+            k = sendmsg(s->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        while (k < 0 && errno == EINTR);
+        if (k < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                /* the stock write's error: the flush's caller reports it as
+                 * "Fatal write error on socket transport" */
+                PyErr_SetFromErrno(PyExc_OSError);
+                goto out;
+            }
+            k = 0;
+        }
+        s->buffer_size -= k;
+        if (k == total) { /* all of it: the list stays, emptied (decision 261) */
+            s->inline_sends++;
+            stream_buffer_clear(buf, 0);
+            result = Py_NewRef(Py_None);
+            goto out;
+        }
+        /* the rest leaves from where the kernel stopped */
+        for (Py_ssize_t left = k; left > 0; first++) {
+            if ((size_t)left < iov[first].iov_len) {
+                iov[first].iov_base = (char *)iov[first].iov_base + left;
+                iov[first].iov_len -= (size_t)left;
+                break;
+            }
+            left -= (Py_ssize_t)iov[first].iov_len;
+        }
+    }
     uint64_t ud;
     int rc;
-    Py_ssize_t total = 0;
     if (n == 1) {
         PyObject *b = PyList_GET_ITEM(buf, 0);
-        total = PyBytes_GET_SIZE(b);
-        if (total > INT32_MAX)
-            goto slow;
         if (!(ud = table_take(t, (PyObject *)s, b, SLOT_SENT)))
             goto out;
-        rc = t->send(t->engine, ud, s->fd, PyBytes_AS_STRING(b), (uint32_t)total, 0);
+        rc = t->send(t->engine, ud, s->fd, iov[0].iov_base, (uint32_t)iov[0].iov_len, 0);
     } else {
-        struct iovec small[16], *iov = small;
-        if (n > 16 && !(iov = PyMem_Malloc((size_t)n * sizeof *iov))) {
-            PyErr_NoMemory();
-            goto out;
-        }
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *b = PyList_GET_ITEM(buf, i);
-            iov[i].iov_base = PyBytes_AS_STRING(b);
-            iov[i].iov_len = (size_t)PyBytes_GET_SIZE(b);
-            total += PyBytes_GET_SIZE(b);
-        }
-        if (total > INT32_MAX || n > MAX_IOV) {
-            if (iov != small)
-                PyMem_Free(iov);
-            goto slow; /* more than one send takes: Python sends it */
-        }
         /* the list itself keeps the bytes: it leaves the Stream below */
-        ud = table_take(t, (PyObject *)s, buf, SLOT_SENT);
-        rc = ud ? t->sendv(t->engine, ud, s->fd, iov, (uint32_t)n, 0) : 0;
-        if (iov != small)
-            PyMem_Free(iov);
-        if (!ud)
+        if (!(ud = table_take(t, (PyObject *)s, buf, SLOT_SENT)))
             goto out;
+        rc = t->sendv(t->engine, ud, s->fd, iov + first, (uint32_t)(n - first), 0);
     }
     /* the queue is the op's now (as Python's _flush swaps the list first):
      * a vectored send keeps the list itself (the next write that queues
@@ -770,13 +806,14 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
         result = table_refused(t, ud, rc);
         goto out;
     }
-    s->sending = total;
-    s->sends++;
+    s->sending = total - k;
     result = Py_NewRef(Py_None);
     goto out;
 slow:
     result = stream_call(s, s_flush_slow, NULL, 0, 0);
 out:
+    if (iov != small)
+        PyMem_Free(iov);
     Py_DECREF(t);
     return result;
 }
@@ -1085,6 +1122,7 @@ static PyMemberDef Stream_members[] = {
     {"low", T_PYSSIZET, offsetof(Stream, low), 0, NULL},
     {"sends", T_UINT, offsetof(Stream, sends), 0, NULL},
     {"directs", T_UINT, offsetof(Stream, directs), 0, NULL},
+    {"inline_sends", T_UINT, offsetof(Stream, inline_sends), 0, NULL},
     {"recv_ud", T_ULONGLONG, offsetof(Stream, recv_ud), 0, NULL},
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(Stream, vectorcall), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
@@ -1120,7 +1158,8 @@ static PyTypeObject StreamType = {
     .tp_new = Stream_new,
 };
 
-/* A method of the transport that is its Stream's (write, writelines): a
+/* A method of the transport that is its Stream's (write, writelines), or
+ * that reads one of its slots (is_closing, decision 306): a
  * class attribute the interpreter calls as m(transport, arg) with no bound
  * method made (Py_TPFLAGS_METHOD_DESCRIPTOR, as for a function), which
  * finds the transport's Stream in its _core slot, at a fixed offset. Each
@@ -1131,15 +1170,30 @@ typedef struct {
     vectorcallfunc vectorcall;
     PyTypeObject *owner; /* the class whose instances have the _core slot */
     Py_ssize_t offset;   /* where that slot is */
-    PyCFunction fn;      /* Stream_write or Stream_writelines (METH_O) */
+    PyCFunction fn;      /* Stream_write or Stream_writelines (METH_O); NULL: the
+                          * slot's own value, no argument (is_closing) */
     PyObject *name;
+    PyObject *slot;      /* the member descriptor (its error when the slot is empty) */
 } CoreMethod;
 
 static PyObject *CoreMethod_vectorcall(CoreMethod *m, PyObject *const *args, size_t nargsf,
                                        PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
+    if (m->fn == NULL && nargs == 1 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0) &&
+        PyObject_TypeCheck(args[0], m->owner)) {
+        /* is_closing(): return self._closing, read from its slot (decision 306) */
+        PyObject *v = *(PyObject **)((char *)args[0] + m->offset);
+        if (v == NULL) /* never set: the descriptor's own AttributeError */
+            return Py_TYPE(m->slot)->tp_descr_get(m->slot, args[0], (PyObject *)m->owner);
+        return Py_NewRef(v);
+    }
+    if (m->fn == NULL && (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0))) {
+        PyErr_Format(PyExc_TypeError, "%U() takes no arguments (%zd given)", m->name,
+                     nargs - 1);
+        return NULL;
+    }
+    if (m->fn != NULL && (nargs != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0))) {
         PyErr_Format(PyExc_TypeError, "%U() takes exactly one argument (%zd given)", m->name,
                      nargs - 1);
         return NULL;
@@ -1171,6 +1225,7 @@ static PyObject *CoreMethod_get(PyObject *m, PyObject *obj, PyObject *type)
 static int CoreMethod_traverse(CoreMethod *m, visitproc visit, void *arg)
 {
     Py_VISIT(m->owner);
+    Py_VISIT(m->slot);
     return 0;
 }
 
@@ -1179,6 +1234,7 @@ static void CoreMethod_dealloc(CoreMethod *m)
     PyObject_GC_UnTrack(m);
     Py_CLEAR(m->owner);
     Py_CLEAR(m->name);
+    Py_CLEAR(m->slot);
     Py_TYPE(m)->tp_free((PyObject *)m);
 }
 
@@ -1203,7 +1259,8 @@ static PyTypeObject CoreMethodType = {
 };
 
 /* core_method(slot, name): the transport class's method name ("write" or
- * "writelines") over the Stream in slot (the class's _core member) */
+ * "writelines") over the Stream in slot (the class's _core member); or
+ * "is_closing", which returns the value in slot (the class's _closing) */
 static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)mod;
@@ -1221,8 +1278,10 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
         fn = (PyCFunction)Stream_write;
     else if (PyUnicode_CompareWithASCIIString(args[1], "writelines") == 0)
         fn = (PyCFunction)Stream_writelines;
+    else if (PyUnicode_CompareWithASCIIString(args[1], "is_closing") == 0)
+        fn = NULL;
     else {
-        PyErr_SetString(PyExc_ValueError, "core_method: write or writelines");
+        PyErr_SetString(PyExc_ValueError, "core_method: write, writelines or is_closing");
         return NULL;
     }
     CoreMethod *m = PyObject_GC_New(CoreMethod, &CoreMethodType);
@@ -1233,6 +1292,7 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
     m->offset = md->d_member->offset;
     m->fn = fn;
     m->name = Py_NewRef(args[1]);
+    m->slot = Py_NewRef(args[0]);
     PyObject_GC_Track(m);
     return (PyObject *)m;
 }
