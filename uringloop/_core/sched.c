@@ -1347,6 +1347,13 @@ static PyObject *Table_release_all(Table *t, PyObject *unused)
 
 static PyObject *msg_data(Table *t, const ul_record *r);
 static int stream_deliver(PyObject *owner, int32_t res, int more, PyObject *data); /* stream.c */
+/* a piece of received bytes: one pool buffer's record, or a whole bytes */
+typedef struct {
+    const char *p;
+    Py_ssize_t n;
+} Piece;
+static int stream_gathers(PyObject *owner); /* stream.c */
+static int stream_deliver_pieces(PyObject *owner, const Piece *pc, int cnt, Py_ssize_t total);
 
 /* the data a record carries: pool bytes, a peer address, the errno of a
  * short send (UL_F_SHORT), or None */
@@ -1515,6 +1522,30 @@ static void keep_first(PyObject **first)
         Py_XDECREF(exc);
 }
 
+/* The batch's skip marks (records already delivered with an earlier one of
+ * their op), made at its first coalesced or gathered record, with each
+ * slot's last record index from there on when lasts. 0, or -1 with
+ * MemoryError set. */
+static int batch_skip(Table *t, uint8_t **skip, int i, int n, int lasts)
+{
+    if (*skip != NULL)
+        return 0;
+    if (!(*skip = PyMem_Calloc((size_t)n, 1))) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (lasts)
+        for (int j = i; j < n; j++) {
+            uint32_t sj = (uint32_t)t->records[j].user_data;
+            if (sj < t->nslots)
+                t->slots[sj].last = (uint16_t)j;
+        }
+    return 0;
+}
+
+/* at most this many records are gathered into one feed (1 MiB of 16 KiB buffers) */
+#define GATHER_MAX 64
+
 /* Deliver n records. Nothing stops the batch: a callback that raises, a
  * record whose bytes cannot be made (its owner gets -ENOMEM, or -EIO for a
  * corrupt record), a record for no live slot (skipped). The first exception
@@ -1565,19 +1596,41 @@ static int table_deliver(Table *t, int n, PyObject **first)
             if (takes != 0)
                 PyErr_Clear(); /* the generic way meets the same error and reports it */
         }
+        int gather = (t->slots[slot].flags & SLOT_VIEW) && (r->flags & UL_F_BUFFER) &&
+                     !final && r->res > 0 && in_pool(t, r) &&
+                     stream_gathers(t->slots[slot].owner);
+        if (gather && batch_skip(t, &skip, i, n, lasts) < 0) {
+            PyErr_Clear(); /* no marks: record by record, as a view each */
+            gather = 0;
+        }
+        if (gather) {
+            /* a BufferedProtocol's receive on its fast path: the op's pool
+             * records of the batch fill get_buffer()'s buffers in one go
+             * (decision 335); its final record comes on its own */
+            Piece pc[GATHER_MAX];
+            int cnt = 0, end = lasts ? t->slots[slot].last : n - 1;
+            Py_ssize_t total = 0;
+            for (int j = i; j <= end && cnt < GATHER_MAX; j++) {
+                const ul_record *rj = &t->records[j];
+                if (rj->user_data != r->user_data || (j > i && skip[j]))
+                    continue;
+                if ((rj->flags & (UL_F_BUFFER | UL_F_MORE)) != (UL_F_BUFFER | UL_F_MORE) ||
+                    rj->res <= 0 || !in_pool(t, rj))
+                    break;
+                pc[cnt].p = t->pool + (Py_ssize_t)rj->bid * t->buf_size;
+                pc[cnt++].n = rj->res;
+                total += rj->res;
+                skip[j] = 1;
+            }
+            PyObject *cb = Py_NewRef(t->slots[slot].owner);
+            if (stream_deliver_pieces(cb, pc, cnt, total) < 0)
+                keep_first(first);
+            Py_DECREF(cb);
+            continue; /* not final: the slot stays */
+        }
         if ((t->slots[slot].flags & SLOT_COALESCE) && (r->flags & UL_F_BUFFER) && !final &&
             in_pool(t, r)) {
-            if (skip == NULL) {
-                if (!(skip = PyMem_Calloc((size_t)n, 1)))
-                    PyErr_NoMemory();
-                else if (lasts) /* once per batch, from its first coalesced record on */
-                    for (int j = i; j < n; j++) {
-                        uint32_t sj = (uint32_t)t->records[j].user_data;
-                        if (sj < t->nslots)
-                            t->slots[sj].last = (uint16_t)j;
-                    }
-            }
-            if (skip != NULL)
+            if (batch_skip(t, &skip, i, n, lasts) == 0)
                 data = coalesce(t, i, lasts ? t->slots[slot].last : n - 1, skip, &res, &final);
         } else {
             data = record_data(t, r, slot);
