@@ -646,20 +646,31 @@ static PyObject *stream_queued(Stream *s)
     Py_RETURN_NONE;
 }
 
+/* From this size on, write() of a bytearray or memoryview to a transport
+ * with nothing queued and nothing in flight is one send() at once, on both
+ * backends (decision 336): a copy for the turn's flush costs at least a
+ * syscall from about 16 KiB up, and more with each byte. */
+#define DIRECT_MUTABLE (16 * 1024)
+
 /* write(data): the transport's write() */
 static PyObject *Stream_write(Stream *s, PyObject *data)
 {
     if (!s->wfast || s->transport == NULL || !stream_queue_ok(s))
         goto slow;
     PyObject *b;
-    if (!s->dirty && !s->sending && stream_queue_len(s) == 0 &&
+    if (!s->sending && stream_queue_len(s) == 0 &&
         (PyBytes_CheckExact(data) || PyByteArray_CheckExact(data) || PyMemoryView_Check(data))) {
         /* idle: epoll sends at once; io_uring only what is over the
-         * high-water mark (sent at once anyway: no copy of it first) */
+         * high-water mark (sent at once anyway: no copy of it first). A
+         * mutable buffer of DIRECT_MUTABLE bytes or more is sent at once on
+         * both, even after another write of the turn (decision 336): its
+         * copy for the flush costs more than the send() call */
         Py_ssize_t len = PyMemoryView_Check(data) ? PyMemoryView_GET_BUFFER(data)->len
                                                    : Py_SIZE(data);
         PyObject *r;
-        if ((s->direct || len > s->high) && stream_write_direct(s, data, &r))
+        if (((!s->dirty && (s->direct || len > s->high)) ||
+             (len >= DIRECT_MUTABLE && !PyBytes_CheckExact(data))) &&
+            stream_write_direct(s, data, &r))
             return r;
     }
     if (PyBytes_CheckExact(data)) {
