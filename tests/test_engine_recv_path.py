@@ -12,6 +12,7 @@ import sys
 import termios
 import threading
 import time
+import tracemalloc
 
 import pytest
 from conftest import Collector, guard_problems, run_in, run_until, settle
@@ -108,6 +109,35 @@ def test_sock_recv_large_n_returns_what_is_there(any_loop, socketpair, tcp_pair,
     first, second = run_in(lp, main())
     assert len(first) == 65536  # the stock loop: one recv(65536)
     assert first + second == data
+
+
+def test_sock_recv_large_n_takes_the_rest_in_place(any_loop, socketpair):
+    """sock_recv(65536) with 64 KiB waiting: what comes after the first pool
+    buffer is received straight into the result, not into a bytes of its own
+    joined to the first buffer's afterwards (decision 337). The receive's
+    peak of traced memory stays below the 64 KiB result and the 16 KiB pool
+    buffer's bytes with some change (it was 128 KiB: the 48 KiB rest and the
+    joined result on top); the stock loop's recv(65536) makes the result only."""
+    lp = any_loop
+    a, b = socketpair()
+    data = os.urandom(65536)
+
+    async def main():
+        for _ in range(2):  # the first receive pays the loop's first-use allocations
+            b.sendall(data)
+            _wait_queued(a, len(data))
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                got = await lp.sock_recv(a, 65536)
+                peak = tracemalloc.get_traced_memory()[1] - base
+            finally:
+                tracemalloc.stop()
+            assert got == data
+        return peak
+
+    peak = run_in(lp, main())
+    assert peak < 100 * 1024, peak
 
 
 def test_sock_recv_large_n_keeps_a_reset_for_the_next_receive(any_loop, tcp_pair):

@@ -27,6 +27,7 @@ import weakref
 from asyncio import exceptions
 
 from ._sched import owner_is as _owner_is
+from ._sched import recv_after as _recv_after
 from ._sched import stream_for_fd as _stream_for_fd
 from .engine import encode_sockaddr
 
@@ -337,21 +338,30 @@ class SockMixin:
 
     # ----------------------------------------------------------- receive
 
-    def _sock_recv_more(self, fd, sock, k, view):
-        """What a stream socket holds now, up to k bytes (or into view),
-        without waiting; see the note above the result converters.
+    def _sock_recv_more(self, fd, sock, view):
+        """What a stream socket holds now, into view, without waiting; see
+        the note above the result converters.
 
         Only with no later receive on the socket: see _big_recvs."""
         try:
-            if view is None:
-                return sock.recv(k, _MSG_DONTWAIT)
             return sock.recv_into(view, 0, _MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:
             if sock.fileno() == fd:
                 self._sock_get_state(fd, sock, create=True).error = exc
-        return b"" if view is None else 0
+        return 0
+
+    def _sock_recv_after(self, fd, sock, data, k):
+        """data, then what the stream socket holds now, up to k more bytes,
+        as one bytes: received in place after data (C, decision 337), as
+        _sock_recv_more receives them into a buffer."""
+        if sock.fileno() == fd:
+            try:
+                return _recv_after(fd, data, k)
+            except OSError as exc:
+                self._sock_get_state(fd, sock, create=True).error = exc
+        return data
 
     async def sock_recv(self, sock, n):
         """Receive up to n bytes from sock (non-blocking)."""
@@ -396,9 +406,7 @@ class SockMixin:
             self._sock_on_cancel(fut, fd, sock, _recv_result, True)
             raise
         if big and _big_recvs.pop(fd, None) == ud and res == self._sock_bufsize:
-            more = self._sock_recv_more(fd, sock, big - res, None)
-            if more:
-                return data + more
+            return self._sock_recv_after(fd, sock, data, big - res)
         if res < 0:
             raise self._sock_error(res, sock)
         return data if data is not None else b""
@@ -466,7 +474,7 @@ class SockMixin:
         finally:
             mine = _big_recvs.pop(fd, None) == ud
         if mine and res == self._sock_bufsize:
-            res += self._sock_recv_more(fd, sock, 0, view[res:])
+            res += self._sock_recv_more(fd, sock, view[res:])
         return res
 
     async def sock_recvfrom(self, sock, bufsize):
@@ -756,7 +764,8 @@ class SockMixin:
 # receive on the socket was asked for after this one (_big_recvs): such a
 # receive may hold bytes that came before these. EOF met here is met again by
 # the next receive; an error is taken from the kernel by reading it, so the
-# socket keeps it for its next receive (SockMixin._sock_recv_more).
+# socket keeps it for its next receive (SockMixin._sock_recv_after for
+# sock_recv, _sock_recv_more for sock_recv_into).
 
 
 
