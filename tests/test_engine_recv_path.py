@@ -402,3 +402,35 @@ def test_a_burst_of_buffers_comes_in_one_completion(res_tracker, socketpair):
             eng.close()
     assert cqes[0] <= 2, cqes  # the data, and perhaps the wake
     assert cqes[engine.OPT_NO_BUNDLE] >= 7, cqes
+
+
+def test_epoll_reads_a_burst_into_several_buffers_per_call(res_tracker, socketpair):
+    """epoll: a multishot receive finding 100 KiB waiting reads it with one
+    recvmsg into 7 pool buffers (decision 338; it was 7 recv() calls of one
+    buffer each before the EAGAINs); records stay one per buffer,
+    whole and in order. A one-shot receive still reads one buffer."""
+    eng = engine.Engine("epoll")
+    try:
+        a, b = socketpair()
+        msg = random.Random(10).randbytes(100 * 1024)
+        b.sendall(msg)  # all of it waits in the socket
+        c = Collector()
+        before = eng.stats()["submitted"]
+        eng.recv(a.fileno(), c)
+        run_until(eng, lambda: sum(r for r, _, _ in c.records) == 100 * 1024, what="data")
+        tries = eng.stats()["submitted"] - before
+        assert b"".join(d for _, _, d in c.records) == msg
+        assert [r for r, _, _ in c.records] == [16384] * 6 + [4096]
+        assert tries <= 3, tries  # the data, then EAGAIN (at submission, at the edge); was 9
+        b.sendall(msg[:40000])
+        one = Collector()
+        a2, b2 = socketpair()
+        b2.sendall(msg[:40000])
+        eng.recv(a2.fileno(), one, multishot=False)
+        run_until(eng, lambda: one.done, what="one-shot")
+        assert [r for r, _, _ in one.records] == [16384]
+        b.close()
+        run_until(eng, lambda: c.done, what="EOF")
+        assert sum(r for r, _, _ in c.records) == 100 * 1024 + 40000
+    finally:
+        eng.close()
