@@ -772,6 +772,43 @@ def test_pause_or_close_inside_buffer_updated_with_more_received(tloop, then):
     run_in(tloop, main())
 
 
+@pytest.mark.parametrize("kind", ["plain", "buffered"])
+def test_set_protocol_inside_buffer_updated_with_more_received(tloop, kind):
+    """set_protocol() inside the second buffer_updated while the rest of
+    100 KiB is already received: the rest goes to the new protocol, in
+    order, the way its kind takes bytes (data_received, or its own
+    get_buffer), and none to the old one."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        new = Lost() if kind == "plain" else _Window(3000)
+        new.got = bytearray()
+        if kind == "plain":
+            new.data_received = new.got.extend
+        old_lost = loop.create_future()
+
+        class Switch(_Window):
+            def buffer_updated(self, nbytes):
+                super().buffer_updated(nbytes)
+                if len(self.sizes) == 2:
+                    self.transport.set_protocol(new)
+                    new.transport = self.transport
+
+        a, b = socket.socketpair()
+        with b:
+            b.sendall(_100K)
+            b.shutdown(socket.SHUT_WR)
+            tr, old = await loop.create_connection(lambda: Switch(10000), sock=a)
+            old.lost = old_lost
+            await wait_for(new.lost)
+        assert old.sizes == [10000, 10000]
+        assert bytes(old.got) + bytes(new.got) == _100K
+        if kind == "buffered":
+            assert max(new.sizes) == 3000
+
+    run_in(tloop, main())
+
+
 @pytest.mark.parametrize("bad", ["empty", "readonly"])
 def test_get_buffer_misbehaves_for_the_second_buffer(tloop, caplog, bad):
     """get_buffer() gives a usable 64 KiB buffer, then an unusable one for

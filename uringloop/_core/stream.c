@@ -175,19 +175,20 @@ static int stream_protocol_failed(Stream *s, PyObject *msg)
     return r ? 0 : -1;
 }
 
-/* the pieces' bytes joined into one bytes (for the Python fallbacks) */
-static PyObject *pieces_join(const Piece *pc, int cnt)
+/* the pieces' bytes from piece i, offset off on, as one bytes (for the
+ * Python fallbacks) */
+static PyObject *pieces_rest(const Piece *pc, int cnt, int i, Py_ssize_t off)
 {
     Py_ssize_t total = 0;
-    for (int i = 0; i < cnt; i++)
-        total += pc[i].n;
-    PyObject *b = PyBytes_FromStringAndSize(NULL, total);
+    for (int j = i; j < cnt; j++)
+        total += pc[j].n;
+    PyObject *b = PyBytes_FromStringAndSize(NULL, total - off);
     if (b == NULL)
         return NULL;
     char *q = PyBytes_AS_STRING(b);
-    for (int i = 0; i < cnt; i++) {
-        memcpy(q, pc[i].p, (size_t)pc[i].n);
-        q += pc[i].n;
+    for (int j = i; j < cnt; j++, off = 0) {
+        memcpy(q, pc[j].p + off, (size_t)(pc[j].n - off));
+        q += pc[j].n - off;
     }
     return b;
 }
@@ -195,22 +196,21 @@ static PyObject *pieces_join(const Piece *pc, int cnt)
 /* a BufferedProtocol: received bytes (cnt pieces, total bytes: one record,
  * or a turn's pool records of the receive, decision 335) into get_buffer()'s
  * buffer, then buffer_updated(k); while the transport stays on its fast
- * path (rfast), the next buffer the same way, until all is fed. An unusual
- * buffer, or a rest once the transport paused or closed, goes on in the
- * transport's _feed_buffer(data, pos, buf), which has the stock checks
- * between buffers; data is the object holding the pieces' bytes (NULL: they
- * are joined into one for it). 0 or -1. */
-static int stream_feed_pieces(Stream *s, const Piece *pc, int cnt, Py_ssize_t total,
-                              PyObject *data)
+ * path (rfast) with the same protocol, the next buffer the same way, until
+ * all is fed. Otherwise the rest is a record of its own for the
+ * transport's _on_recv (which drops it after close(), holds it while paused,
+ * hands it to a protocol set meanwhile the way its kind takes it), and a
+ * buffer C does not take goes with the rest to _feed_buffer(rest, 0, buf),
+ * which reports it as stock does. 0 or -1. */
+static int stream_feed_pieces(Stream *s, const Piece *pc, int cnt, Py_ssize_t total)
 {
     PyObject *get_buffer = Py_NewRef(s->on_data), *updated = Py_NewRef(s->on_updated);
     PyObject *protocol = Py_XNewRef(s->protocol);
     PyObject *gself = s->data_self ? protocol : NULL, *uself = s->updated_self ? protocol : NULL;
-    Py_XINCREF(data);
     int rc = 0, i = 0;
     Py_ssize_t pos = 0, off = 0; /* bytes fed; the next byte is pc[i].p[off] */
     for (;;) {
-        PyObject *r, *num = PyLong_FromSsize_t(total - pos);
+        PyObject *r, *rest, *num = PyLong_FromSsize_t(total - pos);
         PyObject *buf = num ? stream_proto_call(get_buffer, gself, num) : NULL;
         Py_XDECREF(num);
         if (buf == NULL) {
@@ -225,7 +225,14 @@ static int stream_feed_pieces(Stream *s, const Piece *pc, int cnt, Py_ssize_t to
                 PyErr_Clear();
             else
                 PyBuffer_Release(&dst);
-            goto python; /* with buf */
+            PyObject *args[3] = {pieces_rest(pc, cnt, i, off), PyLong_FromLong(0), buf};
+            r = args[0] && args[1] ? stream_call(s, s_feed_buffer, args, 3, 0) : NULL;
+            Py_XDECREF(args[0]);
+            Py_XDECREF(args[1]);
+            Py_XDECREF(r);
+            Py_DECREF(buf);
+            rc = r ? 0 : -1;
+            break;
         }
         Py_ssize_t k = dst.len < total - pos ? dst.len : total - pos;
         for (Py_ssize_t done = 0; done < k;) {
@@ -249,29 +256,25 @@ static int stream_feed_pieces(Stream *s, const Piece *pc, int cnt, Py_ssize_t to
             break;
         }
         Py_DECREF(r);
-        if (pos == total)
+        if (pos == total || s->transport == NULL)
             break;
-        if (s->rfast && s->transport != NULL)
+        if (s->rfast && s->buffered && s->on_data == get_buffer && s->protocol == protocol)
             continue; /* what _feed_buffer's checks would let through */
-        buf = Py_NewRef(Py_None);
-    python:
-        if (data == NULL && !(data = pieces_join(pc, cnt))) {
-            Py_DECREF(buf);
+        if (!(rest = pieces_rest(pc, cnt, i, off))) {
             rc = -1;
             break;
         }
-        PyObject *args[3] = {data, PyLong_FromSsize_t(pos), buf};
-        r = args[1] ? stream_call(s, s_feed_buffer, args, 3, 0) : NULL;
-        Py_XDECREF(args[1]);
+        PyObject *args[3] = {PyLong_FromSsize_t(total - pos), Py_True, rest};
+        r = args[0] ? stream_call(s, s_on_recv, args, 3, 0) : NULL;
+        Py_XDECREF(args[0]);
+        Py_DECREF(rest);
         Py_XDECREF(r);
-        Py_DECREF(buf);
         rc = r ? 0 : -1;
         break;
     }
     Py_DECREF(get_buffer);
     Py_DECREF(updated);
     Py_XDECREF(protocol);
-    Py_XDECREF(data);
     return rc;
 }
 
@@ -286,7 +289,7 @@ static int stream_feed(Stream *s, PyObject *data)
         pc.p = PyMemoryView_GET_BUFFER(data)->buf;
         pc.n = PyMemoryView_GET_BUFFER(data)->len;
     }
-    return stream_feed_pieces(s, &pc, 1, pc.n, data);
+    return stream_feed_pieces(s, &pc, 1, pc.n);
 }
 
 /* nothing in the loop's _ready would run before this record's callback in
@@ -449,7 +452,7 @@ static PyObject *Stream_drain(Stream *s, PyObject *unused)
             }
             if (cnt > 0) {
                 Py_DECREF(r);
-                r = stream_feed_pieces(s, pc, cnt, total, NULL) < 0 ? NULL
+                r = stream_feed_pieces(s, pc, cnt, total) < 0 ? NULL
                                                                     : Py_NewRef(Py_None);
                 i += cnt - 1; /* the last one handed over */
             }
@@ -978,7 +981,7 @@ static int stream_deliver_pieces(PyObject *owner, const Piece *pc, int cnt, Py_s
     int rc = -1;
     Py_INCREF(s);
     if (PyContext_Enter(s->ctx) == 0) {
-        rc = stream_feed_pieces(s, pc, cnt, total, NULL);
+        rc = stream_feed_pieces(s, pc, cnt, total);
         if (PyContext_Exit(s->ctx) < 0)
             rc = -1;
     }
