@@ -143,7 +143,8 @@ typedef struct {
     int looping;          /* inside Loop.run_forever: _run_once runs turns until a stop */
     int depth;            /* _run_once calls in progress (a callback may call it) */
     unsigned int stock_debug_tag; /* type version tag seen with the stock get_debug */
-    unsigned int turns;   /* turns run by _run_once's loop (signals every 32) */
+    unsigned int turns;   /* turns run (_turns: the Acceptor's budget, decision 314;
+                           * _run_once's loop runs signal handlers every 32) */
     unsigned int own_time_tag; /* type version tag seen with Core.time */
     int time_patched;     /* an instance attribute named time was set */
     /* {"loop": self} and {"loop": self, "name": None[, "context": None]}:
@@ -2197,6 +2198,7 @@ static int turn_ready(Core *self)
 /* one turn: BaseEventLoop._run_once, step for step */
 static PyObject *run_turn(Core *self)
 {
+    self->turns++;
     if (!turn_ready(self))
         return PyObject_CallOneArg(S.base_run_once, (PyObject *)self);
 
@@ -2304,7 +2306,7 @@ static PyObject *Core_run_once(Core *self, PyObject *unused)
             r = stop < 0 ? NULL : Py_NewRef(Py_None);
             break;
         }
-        if ((++self->turns & 31) == 0 && PyErr_CheckSignals() < 0) {
+        if ((self->turns & 31) == 0 && PyErr_CheckSignals() < 0) {
             r = NULL;
             break;
         }
@@ -2469,6 +2471,7 @@ static PyMemberDef Core_members[] = {
     {"_clock_resolution", Py_T_OBJECT_EX, offsetof(Core, clock_res), 0, NULL},
     {"_task_factory", Py_T_OBJECT_EX, offsetof(Core, task_factory), 0, NULL},
     {"_dirty", Py_T_OBJECT_EX, offsetof(Core, dirty), 0, NULL},
+    {"_turns", T_UINT, offsetof(Core, turns), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -78,6 +78,8 @@ struct uring {
     uint32_t ncancels, cancels_cap;
     struct { uint32_t slot; uint64_t ud; } *fresh;  /* issued, may continue, no identity */
     uint32_t nfresh, fresh_cap;
+    int sends_queued;           /* a send from Python waits in the backlog for the run
+                                   (uring_ready; decision 340) */
 };
 
 static __thread char tls_marker;
@@ -96,6 +98,13 @@ static int sys_enter(int fd, unsigned to_submit, unsigned min, unsigned flags, v
 static int sys_register(int fd, unsigned op, void *arg, unsigned nr)
 {
     return (int)syscall(UL_NR_io_uring_register, fd, op, arg, nr);
+}
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
 /* ------------------------------------------------------------- probe */
@@ -721,6 +730,7 @@ static int uring_submit(ul_engine *e, struct ul_op *op)
      * can then ride with it (see batching above) */
     if ((op->kind == K_SEND || op->kind == K_SENDV) && !e->in_run && op->done == 0) {
         ul__backlog_push(e, op);
+        ((struct uring *)e->bs)->sends_queued = 1;
         return 0;
     }
     issue(e, e->bs, op);
@@ -1374,6 +1384,7 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
     struct ul_op *op;
     for (uint32_t n = e->bl_count; n-- && ul__backlog_pop(e, &op);)
         issue(e, u, op);
+    u->sends_queued = 0;
 
     __atomic_store_n(u->sq_ktail, u->sqe_tail, __ATOMIC_RELEASE);
     unsigned to_submit = u->sqe_tail - __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
@@ -1399,6 +1410,8 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
             flags |= UL_ENTER_EXT_ARG;
             min = 1;
         }
+        /* a timed wait that also submits: when it ends, see below */
+        int64_t until = wait && to_submit > 0 && timeout_ns > 0 ? mono_ns() + timeout_ns : 0;
         int r = sys_enter(u->enter_fd, to_submit, min, flags, wait ? &arg : NULL,
                           wait ? sizeof arg : 0);
         int saved = errno;
@@ -1411,10 +1424,15 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
             err = -saved;
         /* A wait cut short by a signal returns the count submitted, not EINTR,
          * when the same call submitted: an empty CQ after a successful wait
-         * for one CQE means exactly that. Say EINTR, so the caller runs the
-         * signal handlers before waiting again. */
+         * for one CQE means that, or, for a timed wait, that its time ran out
+         * (the kernel drops ETIME as it drops EINTR). Say EINTR, so the
+         * caller runs the signal handlers before waiting again, unless the
+         * time is up: a timed-out run says 0, as one that submitted nothing
+         * does (decision 331). The kernel's timer starts after our clock
+         * read, so a timeout is never taken for a signal. */
         if (wait && r >= 0 && to_submit > 0 &&
-            __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) == *u->cq_khead)
+            __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) == *u->cq_khead &&
+            (until == 0 || mono_ns() < until))
             err = -EINTR;
     }
     unsigned sent_tail = u->sqe_tail;
@@ -1472,13 +1490,18 @@ static int uring_quiet(ul_engine *e)
 
 /* a GETEVENTS enter would find a CQE without sleeping: the CQ holds entries,
  * or the kernel flags deferred task work (a completion waiting to be posted)
- * or an overflow. Only on the ring's own thread, enabled and not parked. */
+ * or an overflow. Or a send from Python waits to be submitted: a send to a
+ * socket with room completes within the enter that submits it (and a peer's
+ * receive on this ring with it, as deferred work the same enter runs), so the
+ * turn submits it without a wait (decision 340). Only on the ring's own
+ * thread, enabled and not parked. */
 static int uring_ready(ul_engine *e)
 {
     struct uring *u = e->bs;
     if (!u->enabled || u->parked || u->owner != &tls_marker)
         return 0;
-    if (__atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) != *u->cq_khead)
+    if (u->sends_queued ||
+        __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) != *u->cq_khead)
         return 1;
     return (u->setup_flags & UL_SETUP_TASKRUN_FLAG) &&
            (__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & (UL_SQ_CQ_OVERFLOW | UL_SQ_TASKRUN));
@@ -1496,6 +1519,19 @@ static int uring_flush(ul_engine *e)
     return r < 0 ? r : 0;
 }
 
+/* The backend's plain heap, which both destroy and forget (a fork()ed child)
+ * give back: one list, so the two cannot drift apart (forget once left
+ * `fresh` behind, decision 330). */
+static void free_heap(ul_engine *e)
+{
+    struct uring *u = e->bs;
+    free(u->cancels);
+    free(u->fresh);
+    free(u->br_pos);
+    free(u);
+    e->bs = NULL;
+}
+
 static void uring_destroy(ul_engine *e)
 {
     struct uring *u = e->bs;
@@ -1511,11 +1547,7 @@ static void uring_destroy(ul_engine *e)
         munmap(u->br, u->br_sz);
     if (u->dr && e->in_flight == 0)
         munmap(u->dr, u->dr_sz);
-    free(u->cancels);
-    free(u->fresh);
-    free(u->br_pos);
-    free(u);
-    e->bs = NULL;
+    free_heap(e);
 }
 
 static int uring_park(ul_engine *e);
@@ -1527,10 +1559,7 @@ static void uring_forget(ul_engine *e)
     if (!u)
         return;
     close(u->ring_fd);
-    free(u->cancels);
-    free(u->br_pos);
-    free(u);
-    e->bs = NULL;
+    free_heap(e);
 }
 
 const struct ul_backend ul_uring_backend = {
@@ -1687,13 +1716,6 @@ static int setup_bufring(ul_engine *e, struct uring *u, const uint8_t *held)
  * again, with the free pool buffers given to a new buffer ring. Ops never see
  * any of this.
  */
-
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 /* A request of ours in the kernel (or in the SQ on its way there)? A close
  * waiting for its fd's ops has no request; a shutdown never waits. */
