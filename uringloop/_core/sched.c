@@ -1383,8 +1383,10 @@ static PyObject *record_data(Table *t, const ul_record *r, uint32_t slot)
 }
 
 /* A UL_F_MSG record's payload and sender address (new references), from its
- * datagram-pool buffer; -1 with an exception set. */
-static int msg_parts(Table *t, const ul_record *r, PyObject **payload, PyObject **addr)
+ * datagram-pool buffer, and the raw sockaddr the address was made from (in
+ * the buffer: valid until the next run); -1 with an exception set. */
+static int msg_parts(Table *t, const ul_record *r, PyObject **payload, PyObject **addr,
+                     const uint8_t **raw, uint32_t *rawlen)
 {
     if (t->dpool == NULL || r->bid < t->dfirst || r->bid >= t->dfirst + t->dcount ||
         r->res < 0 || r->res > t->dsize - UL_DGRAM_HDR) {
@@ -1400,6 +1402,8 @@ static int msg_parts(Table *t, const ul_record *r, PyObject **payload, PyObject 
     *payload = PyBytes_FromStringAndSize((const char *)b + UL_DGRAM_HDR, r->res);
     if (*payload == NULL)
         return -1;
+    *raw = b + 16;
+    *rawlen = namelen;
     *addr = ul_addr_obj(&t->addrs, b + 16, namelen, t->decode);
     if (*addr == NULL) {
         Py_CLEAR(*payload);
@@ -1412,7 +1416,9 @@ static int msg_parts(Table *t, const ul_record *r, PyObject **payload, PyObject 
 static PyObject *msg_data(Table *t, const ul_record *r)
 {
     PyObject *payload, *addr;
-    if (msg_parts(t, r, &payload, &addr) < 0)
+    const uint8_t *raw;
+    uint32_t rawlen;
+    if (msg_parts(t, r, &payload, &addr, &raw, &rawlen) < 0)
         return NULL;
     PyObject *out = PyTuple_New(2);
     if (out == NULL) {
@@ -1584,10 +1590,12 @@ static int table_deliver(Table *t, int n, PyObject **first)
             /* a datagram for a transport that plainly reads: straight to
              * datagram_received (dgram.c); anything else the generic way */
             PyObject *owner = t->slots[slot].owner, *payload, *addr;
+            const uint8_t *raw;
+            uint32_t rawlen;
             int takes = ul_dgram_takes(owner);
-            if (takes > 0 && msg_parts(t, r, &payload, &addr) == 0) {
+            if (takes > 0 && msg_parts(t, r, &payload, &addr, &raw, &rawlen) == 0) {
                 Py_INCREF(owner);
-                if (ul_dgram_deliver(owner, payload, addr) < 0)
+                if (ul_dgram_deliver(owner, payload, addr, raw, rawlen) < 0)
                     keep_first(first);
                 Py_DECREF(owner);
                 Py_DECREF(payload);
@@ -2874,6 +2882,8 @@ static PyMethodDef module_methods[] = {
      "max_timeout, min_scheduled, min_cancelled_fraction, asyncio.tasks)"},
     {"owner_is", (PyCFunction)(void (*)(void))owner_is, METH_FASTCALL,
      "owner_is(owners, fd, sock): owners.get(fd) is a weakref to sock"},
+    {"sendto_method", (PyCFunction)(void (*)(void))ul_dgram_sendto_method, METH_FASTCALL,
+     "sendto_method(cls, slot): the datagram transport class's sendto (dgram.c)"},
     {NULL, NULL, 0, NULL},
 };
 
