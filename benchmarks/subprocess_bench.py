@@ -4,8 +4,13 @@ uringloop (io_uring, epoll), side by side.
 
 * pipe: a child (``dd``, C) writes ``--mib`` MiB to its stdout in blocks of
   64 KiB and of 1 MiB; the parent reads it through
-  ``create_subprocess_exec(stdout=PIPE)`` and ``read(1 MiB)``. MiB/s, and the
-  parent's CPU (user + system) per MiB.
+  ``create_subprocess_exec(stdout=PIPE)`` and ``read(1 MiB)``. MiB/s, the
+  parent's CPU (user + system) per MiB, and the child's waits per MiB (its
+  voluntary context switches: each time it blocked on a full pipe or socket,
+  and was woken again by the parent's read). ``--pipe-size N`` sets the
+  child's stdout pipe to N bytes (F_SETPIPE_SZ, right after the spawn) where
+  the loop gives one (the stock loop's and uringloop's; uvloop gives a
+  socketpair), to measure what a bigger pipe does (decision 325).
 * spawn: ``/bin/true`` spawned and waited for, ``--spawns`` times one after
   the other, then the same number 20 at a time. Processes/s, and the parent's
   CPU per process.
@@ -64,13 +69,32 @@ def _cpu():
     return r.ru_utime + r.ru_stime
 
 
-async def pipe_mibs(mib, block):
+def _child_waits():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw  # waited-for children
+
+
+def _set_pipe_size(proc, size):
+    import fcntl
+
+    try:
+        pipe = proc._transport.get_pipe_transport(1).get_extra_info("pipe")
+    except AttributeError:
+        pipe = None
+    if pipe is not None and os.readlink(f"/proc/self/fd/{pipe.fileno()}").startswith("pipe:"):
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, size)
+
+
+async def pipe_mibs(mib, block, pipe_size=0):
     count = mib * 1024 * 1024 // block
-    c0, t0 = _cpu(), time.perf_counter()
+    c0, w0, t0 = _cpu(), _child_waits(), time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
         "dd", "if=/dev/zero", f"bs={block}", f"count={count}", "status=none",
         stdout=asyncio.subprocess.PIPE,
     )
+    if pipe_size:
+        _set_pipe_size(proc, pipe_size)
     total = 0
     while True:
         chunk = await proc.stdout.read(1 << 20)
@@ -78,9 +102,9 @@ async def pipe_mibs(mib, block):
             break
         total += len(chunk)
     await proc.wait()
-    dt, cpu = time.perf_counter() - t0, _cpu() - c0
+    dt, cpu, waits = time.perf_counter() - t0, _cpu() - c0, _child_waits() - w0
     assert total == count * block, total
-    return total / dt / (1024 * 1024), cpu * 1e3 / mib  # MiB/s, CPU ms/MiB
+    return total / dt / (1024 * 1024), cpu * 1e3 / mib, waits / mib  # MiB/s, CPU ms/MiB
 
 
 async def spawn_rate(n, parallel):
@@ -91,19 +115,20 @@ async def spawn_rate(n, parallel):
     c0, t0 = _cpu(), time.perf_counter()
     for _ in range(n // parallel):
         await asyncio.gather(*(one() for _ in range(parallel)))
-    return n / (time.perf_counter() - t0), (_cpu() - c0) * 1e6 / n  # /s, CPU us/process
+    return n / (time.perf_counter() - t0), (_cpu() - c0) * 1e6 / n, None  # /s, CPU us/process
 
 
 # (name, higher is better)
 COLS = (
     ("pipe 64K MiB/s", True), ("pipe 64K cpu ms/MiB", False),
-    ("pipe 1M MiB/s", True), ("pipe 1M cpu ms/MiB", False),
+    ("pipe 64K child waits/MiB", False),
+    ("pipe 1M MiB/s", True), ("pipe 1M cpu ms/MiB", False), ("pipe 1M child waits/MiB", False),
     ("spawn seq /s", True), ("spawn seq cpu us", False),
     ("spawn x20 /s", True), ("spawn x20 cpu us", False),
 )
 
 
-def child(kind, mib, spawns):
+def child(kind, mib, spawns, pipe_size=0):
     try:
         loop = make_loop(kind)
     except ImportError as exc:
@@ -111,15 +136,17 @@ def child(kind, mib, spawns):
     out = {}
     try:
         for name, coro_fn in (
-            ("pipe 64K", lambda: pipe_mibs(mib, 64 * 1024)),
-            ("pipe 1M", lambda: pipe_mibs(mib, 1024 * 1024)),
+            ("pipe 64K", lambda: pipe_mibs(mib, 64 * 1024, pipe_size)),
+            ("pipe 1M", lambda: pipe_mibs(mib, 1024 * 1024, pipe_size)),
             ("spawn seq", lambda: spawn_rate(spawns, 1)),
             ("spawn x20", lambda: spawn_rate(spawns, 20)),
         ):
-            rate, cpu = loop.run_until_complete(coro_fn())
+            rate, cpu, waits = loop.run_until_complete(coro_fn())
             unit = "MiB/s" if name.startswith("pipe") else "/s"
             out[f"{name} {unit}"] = rate
             out[f"{name} cpu {'ms/MiB' if name.startswith('pipe') else 'us'}"] = cpu
+            if waits is not None:
+                out[f"{name} child waits/MiB"] = waits
     except (NotImplementedError, AttributeError) as exc:
         out["error"] = f"unsupported ({type(exc).__name__}: {exc})"
     finally:
@@ -135,10 +162,12 @@ def main():
     ap.add_argument("--spawns", type=int, default=300)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--loops", nargs="*", default=list(LOOPS))
+    ap.add_argument("--pipe-size", type=int, default=0,
+                    help="F_SETPIPE_SZ for the child's stdout pipe, where it is a pipe")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.mib, args.spawns)))
+        print(json.dumps(child(args.child, args.mib, args.spawns, args.pipe_size)))
         return
     runs = {k: [] for k in args.loops}
     errors = {}
@@ -149,7 +178,7 @@ def main():
                 continue
             res = subprocess.run(
                 [sys.executable, __file__, "--child", kind, "--mib", str(args.mib),
-                 "--spawns", str(args.spawns)],
+                 "--spawns", str(args.spawns), "--pipe-size", str(args.pipe_size)],
                 capture_output=True, text=True, timeout=900,
             )
             try:
@@ -163,7 +192,8 @@ def main():
     med = {k: {c: statistics.median(r[c] for r in v) for c, _ in COLS if all(c in r for r in v)}
            for k, v in runs.items() if v}
     print(f"{args.repeat} repetitions, {args.mib} MiB per pipe run, {args.spawns} spawns; "
-          "median [min-max], x uv = ratio of medians against uvloop")
+          "median [min-max], x uv = ratio of medians against uvloop"
+          + (f"; child's stdout pipe set to {args.pipe_size} bytes" if args.pipe_size else ""))
     for col, _ in COLS:
         print(f"\n{col}")
         for kind in args.loops:

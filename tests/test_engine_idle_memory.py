@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import select
 import socket
 
 from conftest import Collector, drain, run_until, settle
@@ -147,3 +148,34 @@ def test_pool_pages_go_back_after_a_burst(eng, res_tracker):
     for _, b in pairs:
         b.close()
     run_until(eng, lambda: all(c.done for c in cols), what="every EOF")
+
+
+def test_an_idle_wait_that_submits_still_trims(eng, res_tracker):
+    """The idle wait after a burst also hands a new op to the kernel (a poll
+    submitted just before it): its first 100 ms, timed out with nothing to
+    reap, still ends in the trim. It used to be reported as interrupted
+    (io_uring drops ETIME when the same enter submitted, and an empty CQ was
+    read as a signal), so the run returned without trimming (decision 331)."""
+    pairs = [tuple(map(res_tracker.sock, socket.socketpair())) for _ in range(200)]
+    for _, b in pairs:
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    cols = [Collector(str(i)) for i in range(len(pairs))]
+    for (a, _), c in zip(pairs, cols, strict=True):
+        eng.recv(a.fileno(), c)
+    settle(eng, 2)
+    info = eng.info()
+    held = len(pairs) if eng.backend == "io_uring" and not info["buffer_ring"] else 0
+    for _, b in pairs:
+        b.sendall(b"x" * 65536)
+    run_until(eng, lambda: all(len(c.payload()) == 65536 for c in cols), what="the burst")
+    assert eng.stats()["pool_resident"] > 2 * 64
+    eng.run(0)  # the last records' buffers go back
+    idle_a, idle_b = map(res_tracker.sock, socket.socketpair())
+    polled = Collector()
+    ud = eng.poll(idle_a.fileno(), select.POLLIN, polled)
+    assert eng.run(0.3) == 0  # submits the poll, then idle: nothing arrives
+    assert eng.stats()["pool_resident"] <= 64 + held
+    eng.cancel(ud)
+    for _, b in pairs:
+        b.close()
+    run_until(eng, lambda: all(c.done for c in cols) and polled.done, what="every end")

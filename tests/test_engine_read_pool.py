@@ -270,3 +270,31 @@ def test_epoll_reads_a_pipe_worth_per_turn_and_goes_on_without_an_edge(pipe, res
         wait_done(eng, col)
     finally:
         eng.close()
+
+
+def test_epoll_one_read_fills_the_attempts_buffers(pipe, res_tracker):
+    """epoll: one readv fills as many pool buffers as an attempt's 32 KiB has
+    room for (decision 326): a full 64 KiB pipe comes in 2 reads, not 4, with
+    a record per 16 KiB buffer, in order. (``submitted`` counts the epoll_ctl
+    that registers the pipe and every read, the EAGAIN one included.)"""
+    eng = engine.Engine("epoll")
+    try:
+        r, w = pipe()
+        payload = os.urandom(65536)
+        assert os.write(w, payload) == len(payload)
+        col = Collector()
+        before = eng.stats()["submitted"]
+        eng.read_pool(r, col)
+        run_until(eng, lambda: len(col.payload()) == len(payload))
+        eng.run(0)  # the read that meets EAGAIN, if not already made
+        syscalls = eng.stats()["submitted"] - before
+        assert col.payload() == payload
+        assert [(res, more) for res, more, _ in col.records] == [(16384, True)] * 4
+        assert syscalls == 1 + 2 + 1, syscalls  # a read per buffer: 1 + 4 + 1
+        os.write(w, b"tail")  # the op waits for an edge again, and reads on
+        run_until(eng, lambda: col.payload().endswith(b"tail"))
+        assert col.payload() == payload + b"tail"
+        eng.cancel_fd(r)
+        wait_done(eng, col)
+    finally:
+        eng.close()

@@ -693,3 +693,41 @@ def test_read_pipe_set_protocol_takes_the_next_chunk(any_loop):
         assert (p1.chunks, p2.chunks) == ([b"first"], [b"second"])
 
     run_in(any_loop, main())
+
+
+
+
+_CHILD_STDIO = """
+import fcntl, os
+for fd in (1, 2):
+    print(os.readlink(f"/proc/self/fd/{fd}").split(":")[0], fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ),
+          flush=True)
+with open("/dev/stdout", "w") as f:
+    f.write("via /dev/stdout\\n")
+with open("/dev/stderr", "w") as f:
+    f.write("via /dev/stderr\\n")
+"""
+
+
+def test_child_stdio_pipes_are_the_kernels_own(any_loop):
+    """A child's stdout and stderr are pipes of the kernel's default size, as
+    with the stock loop (decision 325: not a socketpair, not enlarged), so the
+    child can open /dev/stdout and /dev/stderr."""
+    import fcntl
+    import sys
+
+    r, w = os.pipe()
+    default = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
+    os.close(r)
+    os.close(w)
+
+    async def main():
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _CHILD_STDIO, stdout=PIPE, stderr=PIPE
+        )
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err
+        assert out.decode() == f"pipe {default}\npipe {default}\nvia /dev/stdout\n"
+        assert err == b"via /dev/stderr\n"
+
+    run_in(any_loop, main())

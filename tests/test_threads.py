@@ -278,8 +278,13 @@ def test_close_from_another_thread_with_op_pending_leaks_nothing(kind):
     for _ in range(50):
         one()
     gc.collect()
-    assert _fds() == fds
-    assert _maps() - maps < 10  # 50 leaked engines would add >= 50 mappings
+    assert _fds() == fds  # a leaked engine keeps its ring or epoll fd and its eventfd
+    # A leaked io_uring engine keeps about 4 mappings (rings, SQEs, buffer ring),
+    # so 50 would add about 190. Noise is a few mappings; under ASan (`make
+    # asan`) its allocator maps new regions as freed blocks sit in quarantine:
+    # 12-15 for these 50 rounds.
+    asan = "libasan" in os.environ.get("LD_PRELOAD", "")
+    assert _maps() - maps < (30 if asan else 10)
 
 
 def _tcp_state(sock: socket.socket) -> int:

@@ -1216,12 +1216,21 @@ static void config_defaults(ul_config *c)
         c->record_cap = 4096;
 }
 
-/* Frees what the engine allocated, the pool included when unmap_pool. */
+/* Frees what the engine allocated, the pool included when unmap_pool. An op
+ * still live here is a fork()ed child's copy (ul_forget; ul_free comes here
+ * only when none is left): its iovec blocks are plain heap too. */
 static void engine_free(ul_engine *e, int unmap_pool)
 {
     for (uint32_t i = 0; i < e->nchunks; i++) {
-        for (uint32_t j = 0; e->chunks[i] && j < CHUNK_SIZE; j++)
-            free(e->chunks[i][j].ax);
+        for (uint32_t j = 0; e->chunks[i] && j < CHUNK_SIZE; j++) {
+            struct ul_op *op = &e->chunks[i][j];
+            free(op->ax);
+            if (op->ud) {
+                if (op->kind == K_SENDV)
+                    ul__iov_block_free(op->iovs);
+                ul__iov_block_free(op->batch);
+            }
+        }
         free(e->chunks[i]);
     }
     free(e->chunks);

@@ -98,6 +98,13 @@ static int sys_register(int fd, unsigned op, void *arg, unsigned nr)
     return (int)syscall(UL_NR_io_uring_register, fd, op, arg, nr);
 }
 
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
 /* ------------------------------------------------------------- probe */
 
 static ul_probe g_probe;
@@ -1399,6 +1406,8 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
             flags |= UL_ENTER_EXT_ARG;
             min = 1;
         }
+        /* a timed wait that also submits: when it ends, see below */
+        int64_t until = wait && to_submit > 0 && timeout_ns > 0 ? mono_ns() + timeout_ns : 0;
         int r = sys_enter(u->enter_fd, to_submit, min, flags, wait ? &arg : NULL,
                           wait ? sizeof arg : 0);
         int saved = errno;
@@ -1411,10 +1420,15 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
             err = -saved;
         /* A wait cut short by a signal returns the count submitted, not EINTR,
          * when the same call submitted: an empty CQ after a successful wait
-         * for one CQE means exactly that. Say EINTR, so the caller runs the
-         * signal handlers before waiting again. */
+         * for one CQE means that, or, for a timed wait, that its time ran out
+         * (the kernel drops ETIME as it drops EINTR). Say EINTR, so the
+         * caller runs the signal handlers before waiting again, unless the
+         * time is up: a timed-out run says 0, as one that submitted nothing
+         * does (decision 331). The kernel's timer starts after our clock
+         * read, so a timeout is never taken for a signal. */
         if (wait && r >= 0 && to_submit > 0 &&
-            __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) == *u->cq_khead)
+            __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) == *u->cq_khead &&
+            (until == 0 || mono_ns() < until))
             err = -EINTR;
     }
     unsigned sent_tail = u->sqe_tail;
@@ -1496,6 +1510,19 @@ static int uring_flush(ul_engine *e)
     return r < 0 ? r : 0;
 }
 
+/* The backend's plain heap, which both destroy and forget (a fork()ed child)
+ * give back: one list, so the two cannot drift apart (forget once left
+ * `fresh` behind, decision 330). */
+static void free_heap(ul_engine *e)
+{
+    struct uring *u = e->bs;
+    free(u->cancels);
+    free(u->fresh);
+    free(u->br_pos);
+    free(u);
+    e->bs = NULL;
+}
+
 static void uring_destroy(ul_engine *e)
 {
     struct uring *u = e->bs;
@@ -1511,11 +1538,7 @@ static void uring_destroy(ul_engine *e)
         munmap(u->br, u->br_sz);
     if (u->dr && e->in_flight == 0)
         munmap(u->dr, u->dr_sz);
-    free(u->cancels);
-    free(u->fresh);
-    free(u->br_pos);
-    free(u);
-    e->bs = NULL;
+    free_heap(e);
 }
 
 static int uring_park(ul_engine *e);
@@ -1527,10 +1550,7 @@ static void uring_forget(ul_engine *e)
     if (!u)
         return;
     close(u->ring_fd);
-    free(u->cancels);
-    free(u->br_pos);
-    free(u);
-    e->bs = NULL;
+    free_heap(e);
 }
 
 const struct ul_backend ul_uring_backend = {
@@ -1687,13 +1707,6 @@ static int setup_bufring(ul_engine *e, struct uring *u, const uint8_t *held)
  * again, with the free pool buffers given to a new buffer ring. Ops never see
  * any of this.
  */
-
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 /* A request of ours in the kernel (or in the SQ on its way there)? A close
  * waiting for its fd's ops has no request; a shutdown never waits. */
