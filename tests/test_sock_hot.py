@@ -42,6 +42,30 @@ def test_layout_probe_passed():
     assert sock.setup_native() is True
 
 
+def test_a_layout_the_probe_refutes_turns_the_c_steps_off(loop, res_tracker):
+    """Probes that disagree (a socket with a timeout given as the
+    non-blocking one) turn both C steps off: the Python path serves."""
+    from uringloop import sock
+
+    lp = loop
+    a, b = _pair(res_tracker)
+    q = socket.socket(socket.AF_UNIX)
+    try:
+        q.settimeout(2.5)
+        assert _sched.sock_setup(socket.socket, sock._big_recvs, sock._recv_result, q, q) is False
+
+        async def main():
+            await lp.sock_sendall(a, b"off")
+            return await lp.sock_recv(b, 10)
+
+        before = _counts()
+        assert run_in(lp, main()) == b"off"
+        assert _counts() == before
+    finally:
+        q.close()
+        assert sock.setup_native() is True
+
+
 def test_usual_calls_take_the_c_steps(loop, res_tracker):
     """A ping-pong of sock_recv, sock_recv_into and sock_sendall: every
     receive starts in C, every sendall's send is C's, and the bytes are right."""

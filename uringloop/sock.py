@@ -873,8 +873,15 @@ def setup_native():
     """Hand sock.c what its hot steps need (once _sched.setup knows _OpFuture);
     two probe sockets let it check that it reads a socket's fd and timeout
     in place correctly (else it leaves every call to the Python path)."""
-    a = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        a = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError:  # no sockets here (a sandbox): the steps stay off
+        return False
+    try:
+        b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError:
+        a.close()
+        return False
     try:
         a.setblocking(False)
         b.settimeout(2.5)
