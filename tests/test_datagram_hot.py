@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import socket
+import sys
 
 import pytest
-from conftest import run_in
+from conftest import is_stock, run_in
 from test_datagram import Recorder
 
 
@@ -347,6 +348,155 @@ def test_datagram_received_runs_in_the_transports_context(any_loop):
         await pr.lost
 
     run_in(loop, main())
+
+
+def test_sendto_is_the_class_method(loop):
+    """sendto is the transport class's own C method (decision 315): no
+    per-instance attribute shadows it (which made every `transport.sendto`
+    a dictionary lookup and a bound method), and it works called through
+    the class, bound, and with keywords."""
+    rx = _rx_socket()
+
+    async def main():
+        tr, pr = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop), local_addr=("127.0.0.1", 0)
+        )
+        cls = type(tr)
+        own = "sendto" in vars(tr)
+        kind = type(cls.__dict__["sendto"]).__name__
+        cls.sendto(tr, b"through the class", rx.getsockname())
+        send = tr.sendto
+        send(b"bound", rx.getsockname())
+        tr.sendto(b"keywords", addr=rx.getsockname())
+        tr.close()
+        await pr.lost
+        assert pr.errors == []
+        assert not own
+        assert kind == "method_descriptor"
+
+    try:
+        run_in(loop, main())
+        assert [rx.recv(100) for _ in range(3)] == [b"through the class", b"bound", b"keywords"]
+    finally:
+        rx.close()
+
+
+def _cache_set(raw: bytes) -> int:
+    """The sender-address cache's set for a raw sockaddr (dgram.c addr_hash,
+    64 sets): words little-endian, as on the machines the engine runs on."""
+    h = 2166136261
+    for i in range(0, len(raw), 4):
+        h = ((h ^ int.from_bytes(raw[i:i + 4], "little")) * 0x9E3779B1) & 0xFFFFFFFF
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    return (h ^ (h >> 13)) % 64
+
+
+def _sockaddr_in(host: str, port: int) -> bytes:
+    return (socket.AF_INET.to_bytes(2, sys.byteorder) + port.to_bytes(2, "big")
+            + socket.inet_aton(host) + bytes(8))
+
+
+def test_two_peers_of_one_cache_set_keep_their_addresses(any_loop):
+    """Two peers whose sockaddrs fall in one set of the sender-address cache,
+    sending in turns: each keeps one address object (decision 316; a
+    direct-mapped cache evicted one with the other and rebuilt both tuples
+    on every datagram). The stock loop makes a new tuple per datagram: there
+    only the values are compared."""
+    loop = any_loop
+    socks = []
+    by_set = {}
+    pair = None
+    try:
+        while pair is None:  # 65 sockets at most: two share one of 64 sets
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+            k = _cache_set(_sockaddr_in(*s.getsockname()))
+            if k in by_set:
+                pair = (by_set[k], s)
+            by_set[k] = s
+
+        async def main():
+            tr, pr = await loop.create_datagram_endpoint(
+                lambda: Recorder(loop), local_addr=("127.0.0.1", 0)
+            )
+            addr = tr.get_extra_info("sockname")
+            for i in range(6):
+                pair[i % 2].sendto(b"%d" % i, addr)
+                await pr.until(lambda i=i: len(pr.datagrams) == i + 1)
+            tr.close()
+            await pr.lost
+            return pr.datagrams
+
+        got = run_in(loop, main())
+        assert [d for d, _ in got] == [b"%d" % i for i in range(6)]
+        for who in (0, 1):
+            addrs = [a for _, a in got[who::2]]
+            assert addrs == [pair[who].getsockname()] * 3
+            if not is_stock(loop):
+                assert all(a is addrs[0] for a in addrs)
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_answers_to_many_peers_in_turn(any_loop, family):
+    """A server answering each datagram to the address it came with, many
+    peers in turn (the address kept from the delivery serves the answer,
+    decision 317): every peer gets its own answer, and only its own."""
+    if family == "ipv6" and not _has_ipv6():
+        pytest.skip("no IPv6 loopback here")
+    loop = any_loop
+    fam, host = (socket.AF_INET, "127.0.0.1") if family == "ipv4" else (socket.AF_INET6, "::1")
+    peers = []
+
+    class Echo(asyncio.DatagramProtocol):
+        def __init__(self):
+            self.answered = 0
+            self.done = None
+
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def datagram_received(self, data, addr):
+            self.transport.sendto(data.upper(), addr)
+            self.answered += 1
+            if self.answered == len(peers):
+                self.done.set_result(None)
+
+    async def main():
+        tr, echo = await loop.create_datagram_endpoint(Echo, local_addr=(host, 0))
+        addr = tr.get_extra_info("sockname")
+        try:
+            for _ in range(20):
+                s = socket.socket(fam, socket.SOCK_DGRAM)
+                peers.append(s)
+                s.bind((host, 0))
+                s.setblocking(False)
+            for rnd in range(3):
+                # nothing else due while the server reads (a task or a
+                # sock_recv waking in _ready would make the transport hold
+                # its records for a turn): the answers are in the peers'
+                # queues (loopback) once it has made them
+                echo.answered, echo.done = 0, loop.create_future()
+                for i, s in enumerate(peers):
+                    s.sendto(b"r%d p%d" % (rnd, i), addr)
+                await asyncio.wait_for(echo.done, 5)
+                for i, s in enumerate(peers):
+                    assert s.recv(100) == b"R%d P%d" % (rnd, i)
+        finally:
+            tr.close()
+        for s in peers:
+            with pytest.raises(BlockingIOError):
+                s.recv(100)
+
+    try:
+        run_in(loop, main(), 30)
+    finally:
+        for s in peers:
+            s.close()
 
 
 def _build_benchmark(tmp_path, name):

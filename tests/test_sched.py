@@ -833,3 +833,66 @@ def test_a_visible_completion_is_taken_without_a_wait():
         a.close()
         b.close()
     assert waits <= rounds // 10, f"{waits} waiting runs for {rounds - 1} round trips"
+
+
+@pytest.mark.parametrize("kind", ["io_uring", "io_uring-fallbacks"])
+def test_a_turn_submits_its_queued_sends_without_a_wait(kind):
+    """Decision 340: a stream write leaves at the end of the turn as an engine
+    send that waits for the next run (decision 71). The next turn, with
+    nothing else ready, used to submit it in the enter that waits (GIL
+    released): the send completes inside that enter, so it never slept, but
+    every turn of a transport ping-pong was a waiting run. A queued send now
+    makes the turn run without a wait first (GIL kept): its completion and
+    the peer's receive come back from that enter, and no turn waits."""
+    from conftest import make_loop
+
+    lp = make_loop(kind)
+    a, b = socket.socketpair()
+    rounds = 200
+    msg = b"x" * 64
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, tr):
+            self.tr = tr
+
+        def data_received(self, data):
+            self.tr.write(data)
+
+    class Client(asyncio.Protocol):
+        def __init__(self):
+            self.left, self.got, self.done = rounds, b"", lp.create_future()
+            self.waits = None
+
+        def connection_made(self, tr):
+            self.tr = tr
+
+        def data_received(self, data):
+            self.got += data
+            if len(self.got) < len(msg):
+                return
+            self.got = b""
+            self.left -= 1
+            if self.left == rounds - 1:  # the first round may wait
+                self.waits = lp.engine_stats()["waits"]
+            if self.left:
+                self.tr.write(msg)
+            else:
+                self.waits = lp.engine_stats()["waits"] - self.waits
+                self.done.set_result(None)
+
+    async def main():
+        srv, _ = await lp.create_connection(Echo, sock=a)
+        cli, proto = await lp.create_connection(Client, sock=b)
+        try:
+            cli.write(msg)
+            await proto.done
+            return proto.waits
+        finally:
+            srv.close()
+            cli.close()
+
+    try:
+        waits = run_in(lp, main())
+    finally:
+        lp.close()
+    assert waits <= rounds // 10, f"{waits} waiting runs for {rounds - 1} round trips"

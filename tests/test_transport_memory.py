@@ -7,9 +7,11 @@ depends on an allocator's rounding)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import os
 import socket
+import struct
 import sys
 import tracemalloc
 import types
@@ -214,8 +216,10 @@ def test_python_bytes_per_idle_connection(tloop):
     once (the engine's op table...). Before decisions 255-258 this was about
     1,460-1,550 bytes here (the extra dict and its keys, the attribute values
     array, the write list, a bound sent per Stream, the KeyedRef of the fd
-    registry, the socket object); after, about 700-750 (the protocol
-    itself, with its own attribute values, is about 200 of it)."""
+    registry, the socket object); after, about 700-820 (the protocol
+    itself, with its own attribute values, is about 200 of it); after
+    decisions 310-312 (no emptied write list, the peername tuple and its
+    port made when asked for, no fd int), about 600-625 (3.11)."""
     if is_stock(tloop):
         pytest.skip("the bound is uringloop's own (the stock loop keeps about 1,600 bytes)")
     n = 100
@@ -272,7 +276,11 @@ def test_python_bytes_per_idle_connection(tloop):
     async def main():
         await batch(False)
         per_connection = await batch(True)
-        assert per_connection < 1100, f"{per_connection:.0f} bytes per connection"
+        # measured on 3.11 (600-625; 700-820 before decisions 310-313) and
+        # 3.12 (575-590; 725-760); 3.10 and 3.13 lay objects out otherwise
+        # (3.10's protocol has a real dict): the wide bound there
+        bound = 680 if (3, 11) <= sys.version_info < (3, 13) else 1100
+        assert per_connection < bound, f"{per_connection:.0f} bytes per connection"
 
     run_in(tloop, main())
 
@@ -416,5 +424,274 @@ def test_accepted_socket_made_only_when_asked(tloop):
         await _close(server, made, clients, dropped=True)
         await asyncio.sleep(0.05)  # connection_lost
         assert closing.get_extra_info("socket").fileno() == -1
+
+    run_in(tloop, main())
+
+
+@pytest.mark.parametrize("writes", [1, 2])
+def test_idle_connection_keeps_no_write_queue(tloop, writes):
+    """Once its echo has left, a connection keeps no write queue: no list,
+    no bytes (on uringloop, decision 310: a single queued write was kept in a
+    list, emptied after the send but kept, 56 bytes an idle connection). One
+    write per message (queued on io_uring; sent at once on epoll), and two
+    (epoll queues the second), round after round."""
+
+    class Twice(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            made.append(transport)
+
+        def data_received(self, data):
+            for _ in range(writes):
+                self.transport.write(data)
+
+    made = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Twice, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await wait_for(asyncio.open_connection("127.0.0.1", port))
+        while not made:
+            await asyncio.sleep(0)
+        t = made[0]
+        for i in range(3):
+            msg = b"round %d" % i
+            writer.write(msg)
+            assert await wait_for(reader.readexactly(len(msg) * writes)) == msg * writes
+            while t.get_write_buffer_size():  # the send's completion
+                await asyncio.sleep(0.01)
+            if not is_stock(loop):
+                await asyncio.sleep(0.01)  # (its record came: the queue was handed over)
+                kept = [r for r in gc.get_referents(t._core) if type(r) in (list, bytes)]
+                assert kept == [], f"round {i}: the Stream keeps {kept!r}"
+        writer.close()
+        t.close()
+        server.close()
+        await wait_for(server.wait_closed())
+
+    run_in(tloop, main())
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_peername_after_the_peer_reset(tloop, family):
+    """peername is the peer's address even when first asked for after the
+    peer reset the connection (getpeername() fails then): it is taken when
+    the transport is made, as stock. On uringloop an IPv4 peer's tuple is
+    made only when asked for (decision 311: the transport holds no tuple of
+    its own but the shared sockname until then); an IPv6 one is kept as it
+    is."""
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    try:
+        with socket.socket(family) as probe:
+            probe.bind((host, 0))
+    except OSError as exc:
+        pytest.skip(f"no {host} here: {exc}")
+
+    class Lost(Quiet):
+        def connection_lost(self, exc):
+            lost.append(exc)
+
+    made, lost = [], []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: Lost(made), host, 0)
+        port = server.sockets[0].getsockname()[1]
+        client = socket.socket(family)
+        client.connect((host, port))
+        want = client.getsockname()
+        while not made:
+            await asyncio.sleep(0)
+        t = made[0]
+        if not is_stock(loop) and family == socket.AF_INET:
+            sockname = t.get_extra_info("sockname")
+            tuples = [r for r in gc.get_referents(t) if type(r) is tuple]
+            assert all(r is sockname for r in tuples), tuples
+        # a second descriptor of the accepted socket, to show the premise
+        dup = socket.socket(fileno=os.dup(t.get_extra_info("socket").fileno()))
+        try:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()  # a reset
+            while not lost:
+                await wait_for(asyncio.sleep(0.01))
+            assert isinstance(lost[0], ConnectionResetError)
+            with pytest.raises(OSError):
+                dup.getpeername()  # too late to ask the kernel now
+        finally:
+            dup.close()
+        assert t.get_extra_info("peername") == want
+        assert t.get_extra_info("peername") is t.get_extra_info("peername")
+        server.close()
+        await wait_for(server.wait_closed())
+
+    run_in(tloop, main())
+
+
+def test_fd_number_is_no_object_of_the_transport(tloop):
+    """The transport's fd number is kept by its C core as a C int, not as an
+    int object the transport holds (on uringloop, decision 312: 32 bytes an
+    idle connection, fd numbers above 256 are not cached); it reads the same."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server, made, clients = await _accepted(loop, 2)
+        for t in made:
+            fd = t.get_extra_info("socket").fileno()
+            if not is_stock(loop):
+                assert t._sock_fd == fd
+                held = [r for r in gc.get_referents(t) if type(r) is int and r == fd]
+                assert held == [], "the transport holds its fd number"
+            assert f"fd={fd}" in repr(t)
+        await _close(server, made, clients)
+
+    run_in(tloop, main())
+
+
+def test_held_records_leave_nothing_behind(tloop):
+    """Records that must wait behind callbacks already queued (the stock loop
+    queues its reader callback behind them; the C core holds them and queues
+    one drain) reach the protocol in order, and leave nothing on the
+    transport once handed over (on uringloop, decision 313: the Stream kept
+    its bound _drain for good, 72 bytes a connection that ever had a record
+    wait)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server, made, clients = await _accepted(loop, 1)
+        t = made[0]
+        reader, writer = clients[0]
+        busy = [True]
+
+        def tick():  # _ready is never empty when the loop polls
+            if busy[0]:
+                loop.call_soon(tick)
+
+        loop.call_soon(tick)
+        try:
+            for i in range(3):
+                msg = b"held %d" % i
+                writer.write(msg)
+                assert await wait_for(reader.readexactly(len(msg))) == msg
+        finally:
+            busy[0] = False
+        await asyncio.sleep(0.01)
+        if not is_stock(loop):
+            kept = [r for r in gc.get_referents(t._core)
+                    if isinstance(r, types.BuiltinMethodType)]
+            assert kept == [], f"the Stream keeps {kept!r}"
+        await _close(server, made, clients)
+
+    run_in(tloop, main())
+
+
+
+
+def _backlog(n):
+    """A listening socket with n clients connected, waiting in its backlog
+    (the kernel completes the handshakes): a server given it meets them all
+    at once."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(n + 16)
+    lsock.setblocking(False)
+    clients = [socket.create_connection(lsock.getsockname(), timeout=10) for _ in range(n)]
+    return lsock, clients
+
+
+def test_accept_burst_is_made_a_budget_a_turn(tloop):
+    """Connections that wait in the backlog when a server starts accepting
+    are all served, in order of arrival, and on uringloop at most 64 are
+    made in one turn (decision 314: a multishot accept hands over a whole
+    burst in one run; made at once, their handles freed a turn later leave
+    pymalloc's pools half empty under the transports)."""
+    n = 200
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        made_in = []
+        made = []
+        echoed = []
+
+        class Echo(Keep):
+            def data_received(self, data):
+                super().data_received(data)
+                echoed.append(data)
+
+        def factory():
+            made_in.append(None if is_stock(loop) else loop._turns)  # (the loop's turn count)
+            return Echo(made)
+
+        lsock, clients = _backlog(n)
+        server = None
+        try:
+            server = await loop.create_server(factory, sock=lsock, backlog=n + 16)
+            while len(made) < n:
+                await wait_for(asyncio.sleep(0.01))
+            for i, c in enumerate(clients):
+                c.sendall(b"%d" % i)
+            while len(echoed) < n:  # (the reads below block the loop)
+                await wait_for(asyncio.sleep(0.01))
+            for i, c in enumerate(clients):
+                want = b"%d" % i
+                got = b""
+                while len(got) < len(want):
+                    got += c.recv(len(want) - len(got))
+                assert got == want
+            # in order of arrival: each transport's peer is the client of its rank
+            peers = [t.get_extra_info("peername") for t in made]
+            assert peers == [c.getsockname() for c in clients]
+            if not is_stock(loop):
+                per_turn = collections.Counter(made_in)
+                assert max(per_turn.values()) <= 64, sorted(per_turn.values())
+        finally:
+            for c in clients:
+                c.close()
+            for t in made:
+                t.close()
+            if server is None:
+                lsock.close()
+            else:
+                server.close()
+                await wait_for(server.wait_closed())
+            await asyncio.sleep(0.05)  # connection_lost
+
+    run_in(tloop, main())
+
+
+def test_server_closed_while_a_burst_waits(tloop):
+    """A server closed while accepted connections still wait to be made
+    (decision 314): each of those is closed (the fixture counts fds), and its
+    client sees the connection end."""
+    n = 200
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        made = []
+        server = None
+
+        class CloseServer(Keep):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                server.close()
+
+        lsock, clients = _backlog(n)
+        try:
+            server = await loop.create_server(lambda: CloseServer(made), sock=lsock,
+                                              backlog=n + 16)
+            while not made:
+                await wait_for(asyncio.sleep(0.01))
+            for t in made:
+                t.close()
+            await wait_for(server.wait_closed())
+            await asyncio.sleep(0.05)  # connection_lost
+            for c in clients:
+                try:
+                    assert c.recv(1) == b""
+                except ConnectionResetError:
+                    pass
+        finally:
+            for c in clients:
+                c.close()
 
     run_in(tloop, main())

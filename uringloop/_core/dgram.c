@@ -15,19 +15,21 @@
  *    What the protocol raises goes to transport._protocol_raised (reported
  *    as the stock loop reports a raising reader handle; reading goes on).
  *
- *  - send: `sendto(data, addr=None)`, bound over the transport's own method
- *    as an instance attribute. With nothing queued and the fd open
- *    (`send_fast`), bytes-like data and an address it can convert (the
- *    connected peer, or a numeric IPv4/IPv6 tuple: the socket module's own
- *    inet_pton path) it makes the syscall the stock transport makes (send or
- *    sendto, once, non-blocking). A failed syscall goes to
- *    transport._sendto_failed(data, addr, exc) (the stock except branches:
- *    EAGAIN queues, an OSError goes to error_received); anything else,
- *    including keyword arguments, to transport._sendto_py (the Python
+ *  - send: `sendto(data, addr=None)`, the transport class's sendto (a C
+ *    method over the transport's _dg slot, decision 315). With nothing
+ *    queued and the fd open (`send_fast`), bytes-like data and an address
+ *    it can convert (the connected peer, or a numeric IPv4/IPv6 tuple: the
+ *    socket module's own inet_pton path) it makes the syscall the stock
+ *    transport makes (send or sendto, once, non-blocking). A failed syscall
+ *    goes to transport._sendto_failed(data, addr, exc) (the stock except
+ *    branches: EAGAIN queues, an OSError goes to error_received); anything
+ *    else, including keyword arguments, to transport._sendto_py (the Python
  *    sendto, the stock one).
  *
- * The last address converted is kept (by identity): a server answering the
- * address datagram_received gave it converts it once per peer change.
+ * The last address converted is kept (by identity), and a datagram handed
+ * to datagram_received leaves its sender's tuple and sockaddr there as if
+ * converted (decision 317): a server answering the address it was given
+ * converts nothing.
  */
 
 #include "dgram.h"
@@ -84,6 +86,7 @@ typedef struct {
 } Dgram;
 
 static PyObject *s_datagram_received, *s_protocol_raised, *s_sendto_py, *s_sendto_failed;
+static PyTypeObject *deque_type; /* collections.deque: its length is Py_SIZE */
 static PyTypeObject DgramType;
 
 static PyObject *Dgram_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
@@ -198,13 +201,20 @@ static PyObject *deliver(Dgram *d, PyObject *payload, PyObject *addr)
     return r;
 }
 
+/* len(o), without the call for an exact deque (the loop's _ready, the
+ * send queue) */
+static Py_ssize_t length(PyObject *o)
+{
+    return Py_IS_TYPE(o, deque_type) ? Py_SIZE(o) : PyObject_Size(o);
+}
+
 /* the plain reading state, with nothing due in the loop's _ready before it:
  * 1 yes, 0 no, -1 error */
 static int takes_fast(Dgram *d)
 {
     if (!d->recv_fast || d->ready == NULL)
         return 0;
-    Py_ssize_t waiting = PyObject_Size(d->ready);
+    Py_ssize_t waiting = length(d->ready);
     return waiting < 0 ? -1 : waiting == 0;
 }
 
@@ -215,9 +225,26 @@ int ul_dgram_takes(PyObject *owner)
     return takes_fast((Dgram *)owner);
 }
 
-int ul_dgram_deliver(PyObject *owner, PyObject *payload, PyObject *addr)
+int ul_dgram_deliver(PyObject *owner, PyObject *payload, PyObject *addr, const uint8_t *raw,
+                     uint32_t rawlen)
 {
-    PyObject *r = deliver((Dgram *)owner, payload, addr);
+    Dgram *d = (Dgram *)owner;
+    /* The answer to a datagram is usually sent to the address it came with:
+     * this very tuple, converted back to this very sockaddr. Kept now as
+     * sendto's last conversion (decision 317), a server answering many
+     * peers in turn converts none of their addresses. */
+    if (addr != d->last_addr && !d->connected && PyTuple_CheckExact(addr)) {
+        uint32_t len = d->family == AF_INET ? sizeof(struct sockaddr_in)
+                       : d->family == AF_INET6 ? sizeof(struct sockaddr_in6) : 0;
+        sa_family_t fam;
+        if (len != 0 && rawlen >= len && (memcpy(&fam, raw, sizeof fam), fam == d->family)) {
+            memset(&d->last_sa, 0, sizeof d->last_sa);
+            memcpy(&d->last_sa, raw, len);
+            d->last_len = len;
+            Py_XSETREF(d->last_addr, Py_NewRef(addr));
+        }
+    }
+    PyObject *r = deliver(d, payload, addr);
     Py_XDECREF(r);
     return r == NULL ? -1 : 0;
 }
@@ -306,7 +333,7 @@ static PyObject *Dgram_sendto(Dgram *d, PyObject *const *args, Py_ssize_t nargs,
     PyObject *data = args[0], *addr = nargs == 2 ? args[1] : Py_None;
     if (!(PyBytes_Check(data) || PyByteArray_Check(data) || PyMemoryView_Check(data)))
         goto slow;
-    Py_ssize_t queued = PyObject_Size(d->buffer);
+    Py_ssize_t queued = length(d->buffer);
     if (queued != 0) {
         if (queued < 0)
             return NULL;
@@ -392,11 +419,56 @@ slow:
     }
 }
 
-static PyMethodDef Dgram_methods[] = {
-    {"sendto", (PyCFunction)(void (*)(void))Dgram_sendto, METH_FASTCALL | METH_KEYWORDS,
-     "sendto(data, addr=None): the transport's sendto"},
-    {NULL, NULL, 0, NULL},
+/* ---- the transport class's sendto (decision 315)
+ *
+ * A method descriptor of the transport class, made by sendto_method(cls,
+ * slot): `transport.sendto(...)` is then an ordinary C method call (the
+ * interpreter specialises it: no bound method, no Python frame), which finds
+ * the transport's Dgram in its _dg slot, at a fixed offset. A bound Dgram
+ * method kept on each instance instead shadowed the class's method, and the
+ * attribute lookup and call that made cost more than the C they led to. */
+
+static Py_ssize_t dg_offset = -1; /* the _dg slot of the transport class */
+
+static PyObject *transport_sendto(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames)
+{
+    PyObject *d = *(PyObject **)((char *)self + dg_offset);
+    if (d == NULL || !Py_IS_TYPE(d, &DgramType)) {
+        PyErr_SetString(PyExc_RuntimeError, "the transport has no C core");
+        return NULL;
+    }
+    Py_INCREF(d);
+    PyObject *r = Dgram_sendto((Dgram *)d, args, nargs, kwnames);
+    Py_DECREF(d);
+    return r;
+}
+
+static PyMethodDef transport_sendto_def = {
+    "sendto", (PyCFunction)(void (*)(void))transport_sendto, METH_FASTCALL | METH_KEYWORDS,
+    "sendto($self, /, data, addr=None)\n--\n\n"
+    "Send data to addr (the connected peer by default), as the stock transport does.",
 };
+
+/* sendto_method(cls, slot): the sendto of the transport class cls, whose
+ * instances keep their Dgram in slot (cls._dg, a member descriptor) */
+PyObject *ul_dgram_sendto_method(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (nargs != 2 || !PyType_Check(args[0]) || !Py_IS_TYPE(args[1], &PyMemberDescr_Type) ||
+        ((PyMemberDescrObject *)args[1])->d_member->type != Py_T_OBJECT_EX ||
+        ((PyMemberDescrObject *)args[1])->d_common.d_type != (PyTypeObject *)args[0]) {
+        PyErr_SetString(PyExc_TypeError, "sendto_method(cls, cls's own object slot)");
+        return NULL;
+    }
+    Py_ssize_t off = ((PyMemberDescrObject *)args[1])->d_member->offset;
+    if (dg_offset >= 0 && dg_offset != off) {
+        PyErr_SetString(PyExc_ValueError, "sendto_method: one transport class only");
+        return NULL;
+    }
+    dg_offset = off;
+    return PyDescr_NewMethod((PyTypeObject *)args[0], &transport_sendto_def);
+}
 
 static PyMemberDef Dgram_members[] = {
     {"recv_fast", Py_T_INT, offsetof(Dgram, recv_fast), 0,
@@ -417,29 +489,37 @@ static PyTypeObject DgramType = {
     .tp_clear = (inquiry)Dgram_clear,
     .tp_vectorcall_offset = offsetof(Dgram, vectorcall),
     .tp_call = PyVectorcall_Call,
-    .tp_methods = Dgram_methods,
     .tp_members = Dgram_members,
 };
 
 /* ---- sender addresses */
 
-#define ADDR_SLOTS 64 /* direct-mapped: a server's working set of peers */
+/* Two ways per set (decision 316): a direct-mapped table of 64 made two
+ * peers that hash to one slot (a ping-pong's two ends, 1 chance in 64 per
+ * pair of ports) evict each other on every datagram, rebuilding both
+ * tuples and making each answer convert its address again. */
+#define ADDR_SETS 64 /* a server's working set of peers */
+#define ADDR_WAYS 2
 
-struct ul_addr_cache {
-    struct {
-        PyObject *addr;
-        uint32_t len;
-        uint8_t raw[sizeof(struct sockaddr_in6)];
-    } e[ADDR_SLOTS];
+struct ul_addr_entry {
+    PyObject *addr;
+    uint32_t len;
+    uint8_t raw[sizeof(struct sockaddr_in6)];
 };
 
-/* len is a sockaddr_in's or sockaddr_in6's size: whole 32-bit words (a
- * word at a time: the byte-wise FNV-1a it replaces cost as much as the rest
- * of a cache hit) */
-static uint32_t addr_hash(const uint8_t *raw, uint32_t len)
+struct ul_addr_cache {
+    struct ul_addr_entry e[ADDR_SETS][ADDR_WAYS];
+};
+
+/* The key is a sockaddr_in's or sockaddr_in6's bytes: whole 32-bit words,
+ * hashed and compared a word at a time, each size with its own unrolled
+ * code (the byte-wise FNV-1a and memcmp they replace cost as much as the
+ * rest of a cache hit). */
+static inline __attribute__((always_inline)) uint32_t hash_words(const uint8_t *raw,
+                                                                 uint32_t len)
 {
     uint32_t h = 2166136261u;
-    for (uint32_t i = 0; i + 4 <= len; i += 4) {
+    for (uint32_t i = 0; i < len; i += 4) {
         uint32_t w;
         memcpy(&w, raw + i, sizeof w);
         h = (h ^ w) * 0x9E3779B1u;
@@ -447,6 +527,34 @@ static uint32_t addr_hash(const uint8_t *raw, uint32_t len)
     h ^= h >> 16; /* murmur3's finaliser: every input bit reaches the low bits */
     h *= 0x85EBCA6Bu;
     return h ^ (h >> 13);
+}
+
+static inline __attribute__((always_inline)) int same_words(const uint8_t *a,
+                                                            const uint8_t *b, uint32_t len)
+{
+    uint32_t diff = 0;
+    for (uint32_t i = 0; i < len; i += 4) {
+        uint32_t x, y;
+        memcpy(&x, a + i, sizeof x);
+        memcpy(&y, b + i, sizeof y);
+        diff |= x ^ y;
+    }
+    return diff == 0;
+}
+
+static uint32_t addr_hash(const uint8_t *raw, uint32_t len)
+{
+    return len == sizeof(struct sockaddr_in) ? hash_words(raw, sizeof(struct sockaddr_in))
+                                             : hash_words(raw, sizeof(struct sockaddr_in6));
+}
+
+/* entry e holds the len-byte sockaddr raw */
+static int addr_is(const struct ul_addr_entry *e, const uint8_t *raw, uint32_t len)
+{
+    if (e->addr == NULL || e->len != len)
+        return 0;
+    return len == sizeof(struct sockaddr_in) ? same_words(e->raw, raw, sizeof(struct sockaddr_in))
+                                             : same_words(e->raw, raw, sizeof(struct sockaddr_in6));
 }
 
 /* "a.b.c.d", what inet_ntop writes, without its cost */
@@ -513,15 +621,19 @@ PyObject *ul_addr_obj(ul_addr_cache **cache, const uint8_t *raw, uint32_t len,
         return build_addr(raw, len, decode, &key);
     if (*cache == NULL && !(*cache = PyMem_Calloc(1, sizeof **cache)))
         return PyErr_NoMemory();
-    uint32_t i = addr_hash(raw, key) % ADDR_SLOTS;
-    ul_addr_cache *c = *cache;
-    if (c->e[i].addr != NULL && c->e[i].len == key && memcmp(c->e[i].raw, raw, key) == 0)
-        return Py_NewRef(c->e[i].addr);
+    struct ul_addr_entry *set = (*cache)->e[addr_hash(raw, key) % ADDR_SETS];
+    for (int w = 0; w < ADDR_WAYS; w++)
+        if (addr_is(&set[w], raw, key))
+            return Py_NewRef(set[w].addr);
     PyObject *a = build_addr(raw, len, decode, &key);
     if (a != NULL && key != 0) {
-        Py_XSETREF(c->e[i].addr, Py_NewRef(a));
-        memcpy(c->e[i].raw, raw, key);
-        c->e[i].len = key;
+        /* the newest first, the oldest out */
+        PyObject *old = set[ADDR_WAYS - 1].addr;
+        memmove(&set[1], &set[0], (ADDR_WAYS - 1) * sizeof set[0]);
+        set[0].addr = Py_NewRef(a);
+        memcpy(set[0].raw, raw, key);
+        set[0].len = key;
+        Py_XDECREF(old);
     }
     return a;
 }
@@ -529,8 +641,9 @@ PyObject *ul_addr_obj(ul_addr_cache **cache, const uint8_t *raw, uint32_t len,
 int ul_addr_cache_traverse(ul_addr_cache *c, visitproc visit, void *arg)
 {
     if (c != NULL)
-        for (int i = 0; i < ADDR_SLOTS; i++)
-            Py_VISIT(c->e[i].addr);
+        for (int i = 0; i < ADDR_SETS; i++)
+            for (int w = 0; w < ADDR_WAYS; w++)
+                Py_VISIT(c->e[i][w].addr);
     return 0;
 }
 
@@ -540,8 +653,9 @@ void ul_addr_cache_free(ul_addr_cache **cache)
     *cache = NULL;
     if (c == NULL)
         return;
-    for (int i = 0; i < ADDR_SLOTS; i++)
-        Py_XDECREF(c->e[i].addr);
+    for (int i = 0; i < ADDR_SETS; i++)
+        for (int w = 0; w < ADDR_WAYS; w++)
+            Py_XDECREF(c->e[i][w].addr);
     PyMem_Free(c);
 }
 
@@ -552,6 +666,17 @@ int ul_dgram_init(PyObject *module)
         !(s_sendto_py = PyUnicode_InternFromString("_sendto_py")) ||
         !(s_sendto_failed = PyUnicode_InternFromString("_sendto_failed")))
         return -1;
+    PyObject *collections = PyImport_ImportModule("collections");
+    if (collections == NULL)
+        return -1;
+    deque_type = (PyTypeObject *)PyObject_GetAttrString(collections, "deque");
+    Py_DECREF(collections);
+    if (deque_type == NULL)
+        return -1;
+    if (!PyType_Check(deque_type)) {
+        PyErr_SetString(PyExc_TypeError, "collections.deque is not a type");
+        return -1;
+    }
     if (PyType_Ready(&DgramType) < 0)
         return -1;
     if (PyModule_AddObject(module, "Dgram", Py_NewRef((PyObject *)&DgramType)) < 0) {

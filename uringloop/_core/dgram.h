@@ -24,9 +24,15 @@ void ul_addr_cache_free(ul_addr_cache **cache);
  * tuple and the callback's arguments: ul_dgram_takes(owner) is 1 when owner
  * is a Dgram that would hand the record to datagram_received now (0 when
  * not, -1 with an exception set); ul_dgram_deliver then does (0, or -1 with
- * the exception the owner's call raised). */
+ * the exception the owner's call raised); addr was made from the rawlen-byte
+ * sockaddr raw (ul_addr_obj), which sendto may then use for it. */
 int ul_dgram_takes(PyObject *owner);
-int ul_dgram_deliver(PyObject *owner, PyObject *payload, PyObject *addr);
+int ul_dgram_deliver(PyObject *owner, PyObject *payload, PyObject *addr, const uint8_t *raw,
+                     uint32_t rawlen);
+
+/* _sched.sendto_method(cls, slot): the datagram transport class's sendto, a
+ * C method over the Dgram its instances keep in slot (decision 315) */
+PyObject *ul_dgram_sendto_method(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
 
 /* adds the Dgram type to the module; -1 with an exception set */
 int ul_dgram_init(PyObject *module);

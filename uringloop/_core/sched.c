@@ -143,7 +143,8 @@ typedef struct {
     int looping;          /* inside Loop.run_forever: _run_once runs turns until a stop */
     int depth;            /* _run_once calls in progress (a callback may call it) */
     unsigned int stock_debug_tag; /* type version tag seen with the stock get_debug */
-    unsigned int turns;   /* turns run by _run_once's loop (signals every 32) */
+    unsigned int turns;   /* turns run (_turns: the Acceptor's budget, decision 314;
+                           * _run_once's loop runs signal handlers every 32) */
     unsigned int own_time_tag; /* type version tag seen with Core.time */
     int time_patched;     /* an instance attribute named time was set */
     /* {"loop": self} and {"loop": self, "name": None[, "context": None]}:
@@ -1378,8 +1379,10 @@ static PyObject *record_data(Table *t, const ul_record *r, uint32_t slot)
 }
 
 /* A UL_F_MSG record's payload and sender address (new references), from its
- * datagram-pool buffer; -1 with an exception set. */
-static int msg_parts(Table *t, const ul_record *r, PyObject **payload, PyObject **addr)
+ * datagram-pool buffer, and the raw sockaddr the address was made from (in
+ * the buffer: valid until the next run); -1 with an exception set. */
+static int msg_parts(Table *t, const ul_record *r, PyObject **payload, PyObject **addr,
+                     const uint8_t **raw, uint32_t *rawlen)
 {
     if (t->dpool == NULL || r->bid < t->dfirst || r->bid >= t->dfirst + t->dcount ||
         r->res < 0 || r->res > t->dsize - UL_DGRAM_HDR) {
@@ -1395,6 +1398,8 @@ static int msg_parts(Table *t, const ul_record *r, PyObject **payload, PyObject 
     *payload = PyBytes_FromStringAndSize((const char *)b + UL_DGRAM_HDR, r->res);
     if (*payload == NULL)
         return -1;
+    *raw = b + 16;
+    *rawlen = namelen;
     *addr = ul_addr_obj(&t->addrs, b + 16, namelen, t->decode);
     if (*addr == NULL) {
         Py_CLEAR(*payload);
@@ -1407,7 +1412,9 @@ static int msg_parts(Table *t, const ul_record *r, PyObject **payload, PyObject 
 static PyObject *msg_data(Table *t, const ul_record *r)
 {
     PyObject *payload, *addr;
-    if (msg_parts(t, r, &payload, &addr) < 0)
+    const uint8_t *raw;
+    uint32_t rawlen;
+    if (msg_parts(t, r, &payload, &addr, &raw, &rawlen) < 0)
         return NULL;
     PyObject *out = PyTuple_New(2);
     if (out == NULL) {
@@ -1555,10 +1562,12 @@ static int table_deliver(Table *t, int n, PyObject **first)
             /* a datagram for a transport that plainly reads: straight to
              * datagram_received (dgram.c); anything else the generic way */
             PyObject *owner = t->slots[slot].owner, *payload, *addr;
+            const uint8_t *raw;
+            uint32_t rawlen;
             int takes = ul_dgram_takes(owner);
-            if (takes > 0 && msg_parts(t, r, &payload, &addr) == 0) {
+            if (takes > 0 && msg_parts(t, r, &payload, &addr, &raw, &rawlen) == 0) {
                 Py_INCREF(owner);
-                if (ul_dgram_deliver(owner, payload, addr) < 0)
+                if (ul_dgram_deliver(owner, payload, addr, raw, rawlen) < 0)
                     keep_first(first);
                 Py_DECREF(owner);
                 Py_DECREF(payload);
@@ -2147,6 +2156,7 @@ static int turn_ready(Core *self)
 /* one turn: BaseEventLoop._run_once, step for step */
 static PyObject *run_turn(Core *self)
 {
+    self->turns++;
     if (!turn_ready(self))
         return PyObject_CallOneArg(S.base_run_once, (PyObject *)self);
 
@@ -2254,7 +2264,7 @@ static PyObject *Core_run_once(Core *self, PyObject *unused)
             r = stop < 0 ? NULL : Py_NewRef(Py_None);
             break;
         }
-        if ((++self->turns & 31) == 0 && PyErr_CheckSignals() < 0) {
+        if ((self->turns & 31) == 0 && PyErr_CheckSignals() < 0) {
             r = NULL;
             break;
         }
@@ -2427,6 +2437,7 @@ static PyMemberDef Core_members[] = {
     {"_clock_resolution", Py_T_OBJECT_EX, offsetof(Core, clock_res), 0, NULL},
     {"_task_factory", Py_T_OBJECT_EX, offsetof(Core, task_factory), 0, NULL},
     {"_dirty", Py_T_OBJECT_EX, offsetof(Core, dirty), 0, NULL},
+    {"_turns", T_UINT, offsetof(Core, turns), READONLY, NULL},
     {"_transports", Py_T_OBJECT_EX, offsetof(Core, transports), 0, NULL},
     {"_sock_state", Py_T_OBJECT_EX, offsetof(Core, sock_state), 0, NULL},
     {"_sock_owner", Py_T_OBJECT_EX, offsetof(Core, sock_owner), 0, NULL},
@@ -2794,6 +2805,8 @@ static PyMethodDef module_methods[] = {
      "max_timeout, min_scheduled, min_cancelled_fraction, asyncio.tasks)"},
     {"owner_is", (PyCFunction)(void (*)(void))owner_is, METH_FASTCALL,
      "owner_is(owners, fd, sock): owners.get(fd) is a weakref to sock"},
+    {"sendto_method", (PyCFunction)(void (*)(void))ul_dgram_sendto_method, METH_FASTCALL,
+     "sendto_method(cls, slot): the datagram transport class's sendto (dgram.c)"},
     {NULL, NULL, 0, NULL},
 };
 

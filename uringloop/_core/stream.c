@@ -34,7 +34,6 @@
 
 typedef struct {
     PyObject_HEAD
-    vectorcallfunc vectorcall; /* self(res, more, data): the receive callback */
     PyObject *transport;
     Core *loop;
     PyObject *ctx;
@@ -45,7 +44,6 @@ typedef struct {
                            * until the first write that queues, and after a
                            * vectored send took it */
     PyObject *held;       /* list of (res, more, data) records waiting behind _ready, or NULL */
-    PyObject *drain_cb;   /* self._drain, bound when first needed */
     Py_ssize_t buffer_size; /* queued + in the send in flight */
     Py_ssize_t sending;     /* length of the send in flight (0: none) */
     Py_ssize_t high, low;   /* the transport's water marks */
@@ -53,6 +51,9 @@ typedef struct {
     unsigned int directs;   /* send() calls made by write() itself (tests count them) */
     unsigned long long recv_ud; /* the transport's multishot recv (0: none) */
     int fd;
+    uint32_t peer_addr;   /* an IPv4 peer's address (network order), where peer */
+    uint16_t peer_port;   /* ... and its port (host order) */
+    char peer;            /* the transport's peername is kept here (keep_peer) */
     char buffered, rfast, wfast, dirty, wpaused;
     char direct; /* write() sends at once when idle (the epoll backend; decision 210) */
     char draining; /* _drain is handing held records over: _ready does not count */
@@ -78,9 +79,10 @@ static int stream_register(Stream *s)
         return -1;
     }
     if (s->fd >= fd_streams_cap) {
-        int cap = fd_streams_cap ? fd_streams_cap : 256;
-        while (cap <= s->fd)
-            cap *= 2;
+        /* up to the next 256 numbers, as the engine's fd table (decisions
+         * 252, 312): every entry is written, so a doubled table kept up to
+         * twice them */
+        int cap = (s->fd / 256 + 1) * 256;
         Stream **t = PyMem_Realloc(fd_streams, (size_t)cap * sizeof *t);
         if (t == NULL) {
             PyErr_NoMemory();
@@ -105,25 +107,47 @@ static void stream_unregister(Stream *s)
     s->registered = 0;
 }
 
-/* The write queue is a list of ours, or none yet: the C paths may use it
- * (Python may have set anything there). */
+/* The write queue: none (NULL), one bytes object (a single write queued as
+ * itself: no list, decision 310), or a list of ours (more than one chunk;
+ * or what Python set). The C paths may use it unless Python set anything
+ * else there. */
 static inline int stream_queue_ok(Stream *s)
 {
-    return s->buffer == NULL || PyList_CheckExact(s->buffer);
+    return s->buffer == NULL || PyList_CheckExact(s->buffer) || PyBytes_CheckExact(s->buffer);
 }
 
 /* chunks queued (where stream_queue_ok) */
 static inline Py_ssize_t stream_queue_len(Stream *s)
 {
-    return s->buffer != NULL ? PyList_GET_SIZE(s->buffer) : 0;
+    if (s->buffer == NULL)
+        return 0;
+    return PyList_CheckExact(s->buffer) ? PyList_GET_SIZE(s->buffer) : 1;
 }
 
-/* b joins the queue, which is made if there is none: 0 or -1 */
+/* the queue as a list (a single bytes becomes [bytes]; none, []): for the
+ * paths that take more than one chunk, and for Python. NULL on error. */
+static PyObject *stream_queue_list(Stream *s)
+{
+    PyObject *q = s->buffer;
+    if (q != NULL && !PyBytes_CheckExact(q))
+        return q;
+    PyObject *l = PyList_New(q != NULL);
+    if (l == NULL)
+        return NULL;
+    if (q != NULL)
+        PyList_SET_ITEM(l, 0, q); /* our reference moves into the list */
+    return s->buffer = l;
+}
+
+/* b joins the queue: the first chunk is the queue itself. 0 or -1 */
 static int stream_append(Stream *s, PyObject *b)
 {
-    if (s->buffer == NULL && !(s->buffer = PyList_New(0)))
-        return -1;
-    return PyList_Append(s->buffer, b);
+    if (s->buffer == NULL) {
+        s->buffer = Py_NewRef(b);
+        return 0;
+    }
+    PyObject *l = stream_queue_list(s);
+    return l ? PyList_Append(l, b) : -1;
 }
 
 /* fn(arg), or fn(protocol, arg) where fn is a function kept unbound (see
@@ -258,6 +282,22 @@ static int ready_empty(Core *loop)
  * context), as the stock loop re-queues its reader handle. Every record that
  * comes while some are held waits with them, in order. A pool view lives
  * only during this call: its bytes are copied. */
+/* call_soon(self._drain) in the transport's context. The bound method is
+ * the queued handle's alone: a Stream kept it once made, 72 bytes for every
+ * connection that ever had a record wait (decision 313). 0 or -1. */
+static int stream_schedule_drain(Stream *s)
+{
+    PyObject *drain = PyObject_GetAttr((PyObject *)s, s_drain);
+    if (drain == NULL)
+        return -1;
+    PyObject *argv[3] = {(PyObject *)s->loop, drain, s->ctx};
+    PyObject *h = PyObject_VectorcallMethod(s_call_soon, argv,
+                                            2 | PY_VECTORCALL_ARGUMENTS_OFFSET, kw_context);
+    Py_DECREF(drain);
+    Py_XDECREF(h);
+    return h ? 0 : -1;
+}
+
 static PyObject *stream_hold(Stream *s, PyObject *const *args)
 {
     PyObject *data = args[2];
@@ -270,20 +310,13 @@ static PyObject *stream_hold(Stream *s, PyObject *const *args)
     if (rec == NULL)
         return NULL;
     if (s->held == NULL) {
-        if (s->drain_cb == NULL &&
-            !(s->drain_cb = PyObject_GetAttr((PyObject *)s, s_drain)))
-            goto fail;
         PyObject *held = PyList_New(0);
         if (held == NULL)
             goto fail;
-        PyObject *argv[3] = {(PyObject *)s->loop, s->drain_cb, s->ctx};
-        PyObject *h = PyObject_VectorcallMethod(s_call_soon, argv,
-                                                2 | PY_VECTORCALL_ARGUMENTS_OFFSET, kw_context);
-        if (h == NULL) {
+        if (stream_schedule_drain(s) < 0) {
             Py_DECREF(held);
             goto fail;
         }
-        Py_DECREF(h);
         s->held = held;
     }
     int rc = PyList_Append(s->held, rec);
@@ -357,16 +390,18 @@ static PyObject *stream_recv(Stream *s, int32_t res, int more, PyObject *data,
     return stream_recv_slow(s, res, more, data, args, 0, enter);
 }
 
-/* the receive callback: self(res, more, data) */
-static PyObject *Stream_vectorcall(Stream *s, PyObject *const *args, size_t nargsf,
-                                   PyObject *kwnames)
+/* the receive callback called from Python: self(res, more, data) (the
+ * table's records come through stream_deliver: no vectorcall pointer is
+ * kept per Stream, decision 311) */
+static PyObject *Stream_call(Stream *s, PyObject *args, PyObject *kw)
 {
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs != 3 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
+    if (!PyTuple_CheckExact(args) || PyTuple_GET_SIZE(args) != 3 ||
+        (kw != NULL && PyDict_GET_SIZE(kw) > 0)) {
         PyErr_SetString(PyExc_TypeError, "Stream(res, more, data)");
         return NULL;
     }
-    return stream_recv(s, 0, args[1] == Py_True, args[2], args, 1);
+    PyObject *const *argv = &PyTuple_GET_ITEM(args, 0);
+    return stream_recv(s, 0, argv[1] == Py_True, argv[2], argv, 1);
 }
 
 /* _drain(): the held records, in order, as if they came now (called from
@@ -399,16 +434,10 @@ static PyObject *Stream_drain(Stream *s, PyObject *unused)
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
         PyObject *rest = PyList_GetSlice(held, i + 1, PyList_GET_SIZE(held));
-        PyObject *argv[3] = {(PyObject *)s->loop, s->drain_cb, s->ctx};
-        PyObject *h = rest ? PyObject_VectorcallMethod(s_call_soon, argv,
-                                                       2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                                       kw_context)
-                           : NULL;
-        if (h != NULL)
+        if (rest != NULL && stream_schedule_drain(s) == 0)
             s->held = rest;
         else
             Py_XDECREF(rest);
-        Py_XDECREF(h);
         PyErr_Clear();
         PyErr_Restore(type, value, tb);
     }
@@ -446,7 +475,9 @@ static int stream_mark_dirty(Stream *s)
  * transport then decides about pausing the protocol. */
 static PyObject *stream_send_now(Stream *s)
 {
-    PyObject *buf = s->buffer;
+    PyObject *buf = stream_queue_list(s);
+    if (buf == NULL)
+        return NULL;
     Py_ssize_t n = PyList_GET_SIZE(buf);
     if (n > 64)
         return stream_call(s, s_send_now, NULL, 0, 0);
@@ -670,8 +701,9 @@ static PyObject *Stream_writelines(Stream *s, PyObject *items)
         s->buffer = chunks; /* the queue is these */
         chunks = NULL;
     } else {
-        Py_ssize_t end = PyList_GET_SIZE(s->buffer);
-        if (PyList_SetSlice(s->buffer, end, end, chunks) < 0)
+        PyObject *q = stream_queue_list(s);
+        Py_ssize_t end = q ? PyList_GET_SIZE(q) : 0;
+        if (q == NULL || PyList_SetSlice(q, end, end, chunks) < 0)
             goto out;
     }
     s->buffer_size += total;
@@ -682,25 +714,18 @@ out:
     return result;
 }
 
-/* Empties a list as list.clear() does, without PyList_SetSlice's general
- * path (about 100 instructions more per flush, decision 261). The write
- * queue's storage is freed (an idle connection keeps none); keep: the
- * storage stays (the spare dirty list, which no one else can reach: code
- * that its items' deallocation runs cannot append to it). */
-static void stream_buffer_clear(PyObject *buf, int keep)
+/* Empties the spare dirty list as list.clear() does, without
+ * PyList_SetSlice's general path (decisions 261, 262), and keeps its
+ * storage: no one else can reach that list (code that its items'
+ * deallocation runs cannot append to it). */
+static void stream_dirty_clear(PyObject *buf)
 {
     PyListObject *l = (PyListObject *)buf;
     PyObject **items = l->ob_item;
     Py_ssize_t n = Py_SIZE(l);
     Py_SET_SIZE(l, 0);
-    if (!keep) {
-        l->ob_item = NULL;
-        l->allocated = 0;
-    }
     while (n-- > 0)
         Py_DECREF(items[n]);
-    if (!keep)
-        PyMem_Free(items);
 }
 
 /* _flush(): the turn's writes leave as one send (unless one is in flight:
@@ -717,7 +742,9 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
     Py_ssize_t n = stream_queue_len(s);
     if (n == 0 || s->sending)
         Py_RETURN_NONE;
-    for (Py_ssize_t i = 0; i < n; i++)
+    /* a single write is the queue itself (bytes); a list's chunks are checked */
+    int listed = PyList_CheckExact(buf);
+    for (Py_ssize_t i = 0; listed && i < n; i++)
         if (!PyBytes_CheckExact(PyList_GET_ITEM(buf, i)))
             return stream_call(s, s_flush_slow, NULL, 0, 0);
     Py_INCREF(t);
@@ -726,7 +753,7 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
     int rc;
     Py_ssize_t total = 0;
     if (n == 1) {
-        PyObject *b = PyList_GET_ITEM(buf, 0);
+        PyObject *b = listed ? PyList_GET_ITEM(buf, 0) : buf;
         total = PyBytes_GET_SIZE(b);
         if (total > INT32_MAX)
             goto slow;
@@ -759,13 +786,9 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
             goto out;
     }
     /* the queue is the op's now (as Python's _flush swaps the list first):
-     * a vectored send keeps the list itself (the next write that queues
-     * makes a new one); after a single send the list stays, emptied and
-     * without storage (decision 261: cheaper than a new list per write) */
-    if (n == 1)
-        stream_buffer_clear(buf, 0);
-    else
-        Py_CLEAR(s->buffer);
+     * a single send keeps its bytes, a vectored one the list itself; the
+     * Stream keeps no queue until the next write (decision 310) */
+    Py_CLEAR(s->buffer);
     if (rc < 0) {
         result = table_refused(t, ud, rc);
         goto out;
@@ -939,6 +962,35 @@ static PyObject *Stream_set_protocol(Stream *s, PyObject *const *args, Py_ssize_
     Py_RETURN_NONE;
 }
 
+/* keep_peer(peername): an IPv4 peer's (host, port), as getpeername() gave
+ * it when the transport was made, is kept here as its address and port, and
+ * the transport makes the tuple only when asked for (decision 311): True.
+ * Kept only if it comes back the same (inet_ntop's text, as the socket
+ * module's); anything else (IPv6, a Unix address, None) stays the
+ * transport's own: False. */
+static PyObject *Stream_keep_peer(Stream *s, PyObject *peer)
+{
+    s->peer = 0;
+    if (!PyTuple_CheckExact(peer) || PyTuple_GET_SIZE(peer) != 2)
+        Py_RETURN_FALSE;
+    PyObject *host = PyTuple_GET_ITEM(peer, 0), *port = PyTuple_GET_ITEM(peer, 1);
+    if (!PyUnicode_CheckExact(host) || !PyUnicode_IS_ASCII(host) || !PyLong_CheckExact(port))
+        Py_RETURN_FALSE;
+    const char *text = (const char *)PyUnicode_DATA(host);
+    long p = PyLong_AsLong(port);
+    struct in_addr a;
+    char back[INET_ADDRSTRLEN];
+    if (p < 0 || p > 65535 || inet_pton(AF_INET, text, &a) != 1 ||
+        !inet_ntop(AF_INET, &a, back, sizeof back) || strcmp(back, text) != 0) {
+        PyErr_Clear();
+        Py_RETURN_FALSE;
+    }
+    s->peer_addr = a.s_addr;
+    s->peer_port = (uint16_t)p;
+    s->peer = 1;
+    Py_RETURN_TRUE;
+}
+
 /* register(): the transport is the loop's for its fd (stream_for_fd finds
  * it); unregister(): no longer (sendfile hands the fd to sock_sendfile) */
 static PyObject *Stream_register(Stream *s, PyObject *unused)
@@ -980,7 +1032,6 @@ static PyObject *Stream_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     Stream *s = (Stream *)tp->tp_alloc(tp, 0);
     if (s == NULL)
         return NULL;
-    s->vectorcall = (vectorcallfunc)Stream_vectorcall;
     s->transport = Py_NewRef(transport);
     s->loop = (Core *)Py_NewRef(loop);
     s->ctx = Py_NewRef(ctx);
@@ -1000,7 +1051,6 @@ static int Stream_traverse(Stream *s, visitproc visit, void *arg)
     Py_VISIT(s->protocol);
     Py_VISIT(s->buffer);
     Py_VISIT(s->held);
-    Py_VISIT(s->drain_cb);
     return 0;
 }
 
@@ -1015,7 +1065,6 @@ static int Stream_clear(Stream *s)
     Py_CLEAR(s->protocol);
     Py_CLEAR(s->buffer);
     Py_CLEAR(s->held);
-    Py_CLEAR(s->drain_cb);
     return 0;
 }
 
@@ -1043,14 +1092,13 @@ static int Stream_set_bool(Stream *s, PyObject *v, void *c)
     return 0;
 }
 
-/* buffer: the write queue, made empty when asked for and there is none (the
- * transport's Python paths append to it) */
+/* buffer: the write queue, always a list for Python (the transport's
+ * Python paths append to it): made when asked for and there is none, or
+ * made of the single bytes queued (stream_queue_list) */
 static PyObject *Stream_get_buffer(Stream *s, void *unused)
 {
     (void)unused;
-    if (s->buffer == NULL && !(s->buffer = PyList_New(0)))
-        return NULL;
-    return Py_NewRef(s->buffer);
+    return Py_XNewRef(stream_queue_list(s));
 }
 
 static int Stream_set_buffer(Stream *s, PyObject *v, void *unused)
@@ -1064,11 +1112,26 @@ static int Stream_set_buffer(Stream *s, PyObject *v, void *unused)
     return 0;
 }
 
+/* peer: what keep_peer kept, as a new (host, port) tuple (the socket
+ * module's: inet_ntop's text and an int), or None */
+static PyObject *Stream_get_peer(Stream *s, void *unused)
+{
+    (void)unused;
+    if (!s->peer)
+        Py_RETURN_NONE;
+    struct in_addr a = {.s_addr = s->peer_addr};
+    char text[INET_ADDRSTRLEN];
+    if (!inet_ntop(AF_INET, &a, text, sizeof text))
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return Py_BuildValue("(si)", text, (int)s->peer_port);
+}
+
 #define BOOL_ATTR(name, field) \
     {name, (getter)Stream_get_bool, (setter)Stream_set_bool, NULL, (void *)offsetof(Stream, field)}
 
 static PyGetSetDef Stream_getset[] = {
     {"buffer", (getter)Stream_get_buffer, (setter)Stream_set_buffer, NULL, NULL},
+    {"peer", (getter)Stream_get_peer, NULL, NULL, NULL},
     BOOL_ATTR("rfast", rfast),       /* the receive fast path may run */
     BOOL_ATTR("wfast", wfast),       /* the write/flush/sent fast paths may run */
     BOOL_ATTR("dirty", dirty),       /* on the loop's dirty list */
@@ -1086,7 +1149,7 @@ static PyMemberDef Stream_members[] = {
     {"sends", T_UINT, offsetof(Stream, sends), 0, NULL},
     {"directs", T_UINT, offsetof(Stream, directs), 0, NULL},
     {"recv_ud", T_ULONGLONG, offsetof(Stream, recv_ud), 0, NULL},
-    {"__vectorcalloffset__", T_PYSSIZET, offsetof(Stream, vectorcall), READONLY, NULL},
+    {"fd", T_INT, offsetof(Stream, fd), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1099,6 +1162,7 @@ static PyMethodDef Stream_methods[] = {
     {"set_protocol", (PyCFunction)(void (*)(void))Stream_set_protocol, METH_FASTCALL, NULL},
     {"_fatal_error", (PyCFunction)(void (*)(void))Stream_fatal_error, METH_FASTCALL, NULL},
     {"register", (PyCFunction)Stream_register, METH_NOARGS, "the loop's transport for its fd"},
+    {"keep_peer", (PyCFunction)Stream_keep_peer, METH_O, "keep an IPv4 peername here"},
     {"unregister", (PyCFunction)Stream_unregister, METH_NOARGS, "no longer"},
     {NULL, NULL, 0, NULL},
 };
@@ -1107,10 +1171,9 @@ static PyTypeObject StreamType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "uringloop._sched.Stream",
     .tp_basicsize = sizeof(Stream),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "The hot half of a stream transport (see uringloop/_core/stream.c).",
-    .tp_vectorcall_offset = offsetof(Stream, vectorcall),
-    .tp_call = PyVectorcall_Call,
+    .tp_call = (ternaryfunc)Stream_call,
     .tp_traverse = (traverseproc)Stream_traverse,
     .tp_clear = (inquiry)Stream_clear,
     .tp_dealloc = (destructor)Stream_dealloc,
@@ -1305,7 +1368,7 @@ static int stream_flush_dirty(Core *self)
         Py_DECREF(item);
     }
     if (Py_REFCNT(dirty) == 1 && PyList_CheckExact(dirty) && spare_dirty == NULL) {
-        stream_buffer_clear(dirty, 1); /* ours alone: nothing else can reach it */
+        stream_dirty_clear(dirty); /* ours alone: nothing else can reach it */
         if (spare_dirty == NULL) {
             spare_dirty = dirty; /* our one reference moves there */
             return rc;

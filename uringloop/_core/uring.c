@@ -78,6 +78,8 @@ struct uring {
     uint32_t ncancels, cancels_cap;
     struct { uint32_t slot; uint64_t ud; } *fresh;  /* issued, may continue, no identity */
     uint32_t nfresh, fresh_cap;
+    int sends_queued;           /* a send from Python waits in the backlog for the run
+                                   (uring_ready; decision 340) */
 };
 
 static __thread char tls_marker;
@@ -728,6 +730,7 @@ static int uring_submit(ul_engine *e, struct ul_op *op)
      * can then ride with it (see batching above) */
     if ((op->kind == K_SEND || op->kind == K_SENDV) && !e->in_run && op->done == 0) {
         ul__backlog_push(e, op);
+        ((struct uring *)e->bs)->sends_queued = 1;
         return 0;
     }
     issue(e, e->bs, op);
@@ -1381,6 +1384,7 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
     struct ul_op *op;
     for (uint32_t n = e->bl_count; n-- && ul__backlog_pop(e, &op);)
         issue(e, u, op);
+    u->sends_queued = 0;
 
     __atomic_store_n(u->sq_ktail, u->sqe_tail, __ATOMIC_RELEASE);
     unsigned to_submit = u->sqe_tail - __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
@@ -1486,13 +1490,18 @@ static int uring_quiet(ul_engine *e)
 
 /* a GETEVENTS enter would find a CQE without sleeping: the CQ holds entries,
  * or the kernel flags deferred task work (a completion waiting to be posted)
- * or an overflow. Only on the ring's own thread, enabled and not parked. */
+ * or an overflow. Or a send from Python waits to be submitted: a send to a
+ * socket with room completes within the enter that submits it (and a peer's
+ * receive on this ring with it, as deferred work the same enter runs), so the
+ * turn submits it without a wait (decision 340). Only on the ring's own
+ * thread, enabled and not parked. */
 static int uring_ready(ul_engine *e)
 {
     struct uring *u = e->bs;
     if (!u->enabled || u->parked || u->owner != &tls_marker)
         return 0;
-    if (__atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) != *u->cq_khead)
+    if (u->sends_queued ||
+        __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) != *u->cq_khead)
         return 1;
     return (u->setup_flags & UL_SETUP_TASKRUN_FLAG) &&
            (__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & (UL_SQ_CQ_OVERFLOW | UL_SQ_TASKRUN));

@@ -124,12 +124,12 @@ class SocketTransportBase(TransportBase):
                 peername = None
         self._keep_names(sock, sockname, peername)
         self._sock = sock
-        self._sock_fd = sock.fileno()
         self._engine = loop._engine
 
     def _keep_names(self, sock, sockname, peername):
-        """The stock extra info: in the extra dict (the stream transport keeps
-        them in slots instead)."""
+        """The stock extra info, in the extra dict, and the fd number (the
+        stream transport keeps them in slots and in its C core instead)."""
+        self._sock_fd = sock.fileno()
         extra = self._extra
         extra["socket"] = trsock.TransportSocket(sock)
         extra["sockname"] = sockname

@@ -39,6 +39,7 @@ import sys
 from asyncio import constants, events, futures, selector_events, transports
 from asyncio.log import logger
 
+from .. import _sched
 from .._sched import Dgram
 from .base import ECANCELED as _ECANCELED
 from .base import SocketTransportBase
@@ -69,6 +70,10 @@ class DatagramTransport(
 ):
     """A datagram socket's transport: the stock selector transport's behaviour,
     the engine's I/O."""
+
+    # _dg: the hot half in C (a Dgram), in a slot at a fixed offset, where the
+    # class's sendto (a C method, set below the class) finds it
+    __slots__ = ("_dg", "__dict__", "__weakref__")
 
     max_size = 256 * 1024  # what the stock transport's recvfrom() asks for
 
@@ -106,7 +111,6 @@ class DatagramTransport(
             address or None, self._sock_fd, sock.family, self._connected,
         )
         self._dg.send_fast = 1
-        self.sendto = self._dg.sendto  # over the class's: no Python frame
         loop._transports[self._sock_fd] = self
         loop.call_soon(self._protocol.connection_made, self)
         # only start reading when connection_made() has been called
@@ -221,7 +225,9 @@ class DatagramTransport(
 
     # ------------------------------------------------------------- writing
 
-    def sendto(self, data, addr=None):
+    def _sendto_py(self, data, addr=None):
+        """The stock sendto: what the class's sendto (C, set below the
+        class) does not take itself comes here."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(
                 f"data argument must be a bytes-like object, not {type(data).__name__!r}"
@@ -251,9 +257,6 @@ class DatagramTransport(
                 self._sendto_failed(data, addr, exc)
                 return
         self._queue(data, addr)
-
-    # Dgram.sendto (C, bound over sendto on the instance) hands over to these
-    _sendto_py = sendto
 
     def _sendto_failed(self, data, addr, exc):
         """The first try's syscall raised exc: the stock transport's except
@@ -350,3 +353,9 @@ class DatagramTransport(
             except OSError:
                 pass  # then such a send fails (EBADF) and error_received says so
         return sock.detach()
+
+
+# sendto is a C method of the class (dgram.c: no bound method made, no
+# Python frame) over the Dgram in the _dg slot; it hands the rest to
+# _sendto_py (decision 315)
+DatagramTransport.sendto = _sched.sendto_method(DatagramTransport, DatagramTransport._dg)

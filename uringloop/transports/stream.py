@@ -40,7 +40,7 @@ from asyncio.log import logger
 
 from .. import _sched
 from .base import ECANCELED as _ECANCELED
-from .base import SocketTransportBase
+from .base import SocketTransportBase, _share
 from .base import ignore as _ignore
 from .base import os_error as _os_error
 
@@ -54,6 +54,11 @@ _SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 # a new int object each time unless this one replaces it
 _DEFAULT_LOW = 16 * 1024
 _ACCEPT_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# connections an Acceptor makes per turn; more wait, accepted, for the next
+# turns (decision 314: as epoll's engine accepts 32 per op per run)
+_ACCEPT_BUDGET = 64
+# SocketTransport._peername while the C core keeps the peer's address
+_IN_CORE = object()
 
 
 class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transports.Transport):
@@ -71,7 +76,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     # dict a caller passed, or None; the socket's TransportSocket is made
     # when first asked for.
     __slots__ = (
-        "_core", "_sockobj", "_sock_fd", "_engine", "_protocol", "_context", "_server",
+        "_core", "_sockobj", "_engine", "_protocol", "_context", "_server",
         "_buffered", "_closing", "_paused", "_sockname", "_peername", "_tsock",
         "__dict__", "__weakref__",
     )
@@ -97,13 +102,14 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         super().__init__(extra, loop)
         self._extra = extra or None
         self._tsock = None
-        self._init_socket(loop, sock, server is not None)
-        self._buffered = False
         self._context = ctx = contextvars.copy_context()
         # the hot half, in C (uringloop/_core/stream.c): the write queue
         # (c.buffer, c.buffer_size, c.sending, c.dirty), the receive and send
-        # callbacks, and write() itself (the class's write is the core's)
-        self._core = c = _sched.Stream(self, loop, self._sock_fd, ctx)
+        # callbacks, and write() itself (the class's write is the core's);
+        # also the fd number and an IPv4 peer's address (decisions 311, 312)
+        self._core = c = _sched.Stream(self, loop, sock.fileno(), ctx)
+        self._init_socket(loop, sock, server is not None)
+        self._buffered = False
         c.high, c.low = self._high_water, self._low_water
         # epoll: write() sends at once when the transport is idle (as stock
         # and uvloop), where a send op would cost a record and a completion
@@ -129,11 +135,26 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
 
     def _keep_names(self, sock, sockname, peername):
         self._sockname = sockname
-        self._peername = peername
+        # an IPv4 peer's address and port, as getpeername() gave them (now,
+        # as stock: after a reset it fails), are kept in the C core, and the
+        # tuple is made when first asked for (decision 311); a peername the
+        # caller passed in extra is kept as it is
+        given = self._extra is not None and "peername" in self._extra
+        self._peername = _IN_CORE if not given and self._core.keep_peer(peername) else peername
+
+    @property
+    def _sock_fd(self):
+        """The fd number, kept in the C core as a C int: no int object per
+        transport (decision 312)."""
+        return self._core.fd
 
     def get_extra_info(self, name, default=None):
         if name == "peername":
-            return self._peername
+            peername = self._peername
+            if peername is _IN_CORE:
+                host, port = self._core.peer
+                peername = self._peername = (_share(host), port)
+            return peername
         if name == "sockname":
             return self._sockname
         if name == "socket":
@@ -658,7 +679,8 @@ class Acceptor:
     go through that very coroutine (it awaits the handshake). When the process
     runs out of descriptors (EMFILE, ENFILE, ENOBUFS, ENOMEM) accepting stops
     for constants.ACCEPT_RETRY_DELAY and resumes, as in the stock loop; the
-    connections meanwhile wait in the kernel's backlog.
+    connections meanwhile wait in the kernel's backlog. At most
+    _ACCEPT_BUDGET connections are made a turn (decision 314).
     """
 
     def __init__(self, loop, protocol_factory, sock, sslcontext, server, backlog,
@@ -674,6 +696,9 @@ class Acceptor:
         self.family, self.type, self.proto = sock.family, sock.type, sock.proto
         self.kind = _Kind(self.family, self.type | _SOCK_NONBLOCK, self.proto)
         self.ud = None
+        self.turn = -1  # the loop's turn of the latest connection made
+        self.made = 0  # connections made in that turn
+        self.waiting = None  # deque of accepted fds over the budget, in order
         self.stopped = False
         self.resting = False  # out of descriptors: accepting waits a while
         self._cb = functools.partial(contextvars.copy_context().run, self._on_accept)
@@ -685,6 +710,9 @@ class Acceptor:
 
     def stop(self):
         self.stopped = True
+        waiting, self.waiting = self.waiting, None
+        while waiting:
+            os.close(waiting.popleft())  # accepted, never made: their clients see the end
 
     def _on_accept(self, res, more, data):
         if not more:
@@ -693,7 +721,7 @@ class Acceptor:
             if self.stopped:
                 os.close(res)  # won the race against the server's close
                 return
-            self._connection(res)
+            self._take(res)
             if not more:
                 self.start()
             return
@@ -727,6 +755,46 @@ class Acceptor:
         )
         if not more:
             self.start()
+
+    def _take(self, fd):
+        """A connection now, unless this turn made its budget's worth: a burst
+        (a multishot accept hands over up to a batch of records, 4,096, in
+        one run) would make every transport with its handles at once, and
+        the handles freed a turn later leave pymalloc's pools half empty
+        under the transports for good (decision 314). The rest wait, in
+        order, for the next turns."""
+        turn = self.loop._turns
+        if turn != self.turn:
+            self.turn, self.made = turn, 0
+        if self.waiting is None and self.made < _ACCEPT_BUDGET:
+            self.made += 1
+            self._connection(fd)
+            return
+        if self.waiting is None:
+            self.waiting = collections.deque()
+            self.loop.call_soon(self._make_waiting)
+        self.waiting.append(fd)
+
+    def _make_waiting(self, again=False):
+        """Up to the budget of the waiting connections. again: queued by
+        this method from _ready, so this is a later turn (the first call may
+        run in the very turn whose accepts filled the budget)."""
+        waiting = self.waiting
+        if waiting is None:
+            return  # stopped meanwhile: closed
+        turn = self.loop._turns
+        if turn != self.turn or again:
+            self.turn, self.made = turn, 0
+        try:
+            while waiting and self.made < _ACCEPT_BUDGET:
+                self.made += 1
+                self._connection(waiting.popleft())
+        finally:  # (stop() empties waiting; an error here leaves the rest to the next turn)
+            if self.waiting is waiting:
+                if waiting:
+                    self.loop.call_soon(self._make_waiting, True)
+                else:
+                    self.waiting = None
 
     def _rest_over(self):
         self.resting = False
