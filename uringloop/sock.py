@@ -26,8 +26,11 @@ import socket
 import weakref
 from asyncio import exceptions
 
+from . import _sched
 from ._sched import owner_is as _owner_is
 from ._sched import recv_after as _recv_after
+from ._sched import recv_start as _recv_start
+from ._sched import send_now as _send_now
 from ._sched import stream_for_fd as _stream_for_fd
 from .engine import encode_sockaddr
 
@@ -365,6 +368,21 @@ class SockMixin:
 
     async def sock_recv(self, sock, n):
         """Receive up to n bytes from sock (non-blocking)."""
+        # the usual case's checks and submission in C (sock.c recv_start,
+        # decision 320); anything else is the path below
+        fut = _recv_start(self, sock, n)
+        if fut is None:
+            return await self._sock_recv(sock, n)
+        try:
+            res, data = await fut
+        except _CancelledError:
+            self._sock_on_cancel(fut, fut._fd, sock, _recv_result, True)
+            raise
+        if res < 0:
+            raise self._sock_error(res, sock)
+        return data if data is not None else b""
+
+    async def _sock_recv(self, sock, n):
         fd = self._sock_fd(sock)
         if n < 0:
             raise ValueError("negative buffersize in recv")
@@ -422,6 +440,23 @@ class SockMixin:
 
     async def sock_recv_into(self, sock, buf):
         """Receive into buf; returns the number of bytes received."""
+        fut = _recv_start(self, sock, buf)  # as in sock_recv (decision 320)
+        if fut is None:
+            return await self._sock_recv_into(sock, buf)
+        # pins buf (a bytearray cannot be resized) until the await ends, as below
+        view = memoryview(buf).cast("B")
+        try:
+            res, data = await fut
+        except _CancelledError:
+            self._sock_on_cancel(fut, fut._fd, sock, _recv_result, True)
+            raise
+        if res < 0:
+            raise self._sock_error(res, sock)
+        if data:
+            view[:res] = data
+        return res
+
+    async def _sock_recv_into(self, sock, buf):
         fd = self._sock_fd(sock)
         try:
             view = memoryview(buf)
@@ -528,9 +563,19 @@ class SockMixin:
 
     async def sock_sendall(self, sock, data):
         """Send all of data; returns None once the kernel has taken it."""
+        # the checks and the first send(2) in C (sock.c send_now, decision 321)
+        sent = _send_now(self, sock, data)
+        if sent is None:
+            return None
+        return await self._sock_sendall(sock, data, sent)
+
+    async def _sock_sendall(self, sock, data, sent):
+        """sock_sendall after send_now: sent bytes went out (-1: none tried)."""
         fd = self._sock_fd(sock)
         sending = self._sock_sending  # per socket object, not per fd number
-        if not sending.get(sock):
+        if sent >= 0:
+            data = memoryview(data).cast("B")[sent:]
+        elif not sending.get(sock):
             # Nothing of ours is queued on fd: one plain non-blocking send, as the
             # stock loop does. Usually it takes everything and no loop turn is
             # needed; the rest goes to the engine's ordered queue.
@@ -831,3 +876,25 @@ def _accept_result(family, type, proto, res, data, late):
     except OSError:
         addr = ""
     return ("accept", (conn, addr)) if late else (conn, addr)
+
+
+def setup_native():
+    """Hand sock.c what its hot steps need (once _sched.setup knows _OpFuture);
+    two probe sockets let it check that it reads a socket's fd and timeout
+    in place correctly (else it leaves every call to the Python path)."""
+    try:
+        a = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError:  # no sockets here (a sandbox): the steps stay off
+        return False
+    try:
+        b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError:
+        a.close()
+        return False
+    try:
+        a.setblocking(False)
+        b.settimeout(2.5)
+        return _sched.sock_setup(socket.socket, _big_recvs, _recv_result, a, b)
+    finally:
+        a.close()
+        b.close()

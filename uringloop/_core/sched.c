@@ -151,6 +151,9 @@ typedef struct {
      * the keyword arguments of futures.Future/tasks.Task, made once (a call
      * with keyword names would build this dict on every call) */
     PyObject *future_kw, *task_kw;
+    /* what the sock_* hot steps read (sock.c): _transports, _sock_state,
+     * _sock_owner, _sock_sending */
+    PyObject *transports, *sock_state, *sock_owner, *sock_sending;
 } Core;
 
 /* ------------------------------------------------------------ helpers */
@@ -2425,6 +2428,10 @@ static int Core_traverse(Core *self, visitproc visit, void *arg)
     Py_VISIT(self->dirty);
     Py_VISIT(self->future_kw);
     Py_VISIT(self->task_kw);
+    Py_VISIT(self->transports);
+    Py_VISIT(self->sock_state);
+    Py_VISIT(self->sock_owner);
+    Py_VISIT(self->sock_sending);
     return 0;
 }
 
@@ -2445,6 +2452,10 @@ static int Core_clear(Core *self)
     Py_CLEAR(self->dirty);
     Py_CLEAR(self->future_kw);
     Py_CLEAR(self->task_kw);
+    Py_CLEAR(self->transports);
+    Py_CLEAR(self->sock_state);
+    Py_CLEAR(self->sock_owner);
+    Py_CLEAR(self->sock_sending);
     return 0;
 }
 
@@ -2480,6 +2491,10 @@ static PyMemberDef Core_members[] = {
     {"_task_factory", Py_T_OBJECT_EX, offsetof(Core, task_factory), 0, NULL},
     {"_dirty", Py_T_OBJECT_EX, offsetof(Core, dirty), 0, NULL},
     {"_turns", T_UINT, offsetof(Core, turns), READONLY, NULL},
+    {"_transports", Py_T_OBJECT_EX, offsetof(Core, transports), 0, NULL},
+    {"_sock_state", Py_T_OBJECT_EX, offsetof(Core, sock_state), 0, NULL},
+    {"_sock_owner", Py_T_OBJECT_EX, offsetof(Core, sock_owner), 0, NULL},
+    {"_sock_sending", Py_T_OBJECT_EX, offsetof(Core, sock_sending), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -2874,6 +2889,8 @@ static PyObject *recv_after(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     return out;
 }
 
+#include "sock.c" /* the sock_* hot steps */
+
 static PyMethodDef module_methods[] = {
     {"recv_after", (PyCFunction)(void (*)(void))recv_after, METH_FASTCALL,
      "recv_after(fd, data, k): data and up to k more bytes the stream socket holds now"},
@@ -2956,7 +2973,7 @@ PyMODINIT_FUNC PyInit__sched(void)
         Py_DECREF(m);
         return NULL;
     }
-    if (stream_init_module(m) < 0) {
+    if (stream_init_module(m) < 0 || sock_init_module(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
