@@ -125,6 +125,32 @@ def test_one_send_per_turn(loop):
     run_in(loop, main())
 
 
+def test_big_mutable_writes_are_sent_at_once(loop):
+    """write() of a bytearray or memoryview of 16 KiB or more, with nothing
+    queued and nothing in flight, is one send() at once on both backends,
+    also after another write of the turn (decision 336): no copy of it waits
+    for the turn's flush. The caller may change the buffer right after: the
+    peer gets what it held at write() (a rest the kernel left is copied)."""
+
+    async def main():
+        tr, pr, peer = await _pair(loop, lambda: Recorder(loop))
+        c = tr._core
+        before = c.directs
+        big = bytearray(b"a" * 16384)
+        tr.write(big)
+        big[:] = b"b" * 16384
+        view = memoryview(bytearray(b"c" * 40000))
+        tr.write(view)
+        view[:] = b"d" * 40000
+        assert c.directs - before == 2
+        assert await _read_all(loop, peer, 56384) == b"a" * 16384 + b"c" * 40000
+        tr.close()
+        await pr.lost
+        peer.close()
+
+    run_in(loop, main())
+
+
 @pytest.mark.parametrize("keep_open", [False, True])
 def test_eof_received_decides(any_loop, keep_open):
     loop = any_loop

@@ -202,68 +202,121 @@ static int stream_protocol_failed(Stream *s, PyObject *msg)
     return r ? 0 : -1;
 }
 
-/* a BufferedProtocol: the pool bytes into get_buffer()'s buffer. The common
- * case (one buffer takes it all) is here; an unusual buffer or a rest goes
- * on in the transport's _feed_buffer(data, pos, buf). 0 or -1. */
-static int stream_feed(Stream *s, PyObject *data)
+/* the pieces' bytes from piece i, offset off on, as one bytes (for the
+ * Python fallbacks) */
+static PyObject *pieces_rest(const Piece *pc, int cnt, int i, Py_ssize_t off)
 {
-    /* a pool view, or the bytes of a record that was held */
-    const char *srcbuf = PyBytes_Check(data) ? PyBytes_AS_STRING(data)
-                                             : PyMemoryView_GET_BUFFER(data)->buf;
-    Py_ssize_t n = PyBytes_Check(data) ? PyBytes_GET_SIZE(data)
-                                       : PyMemoryView_GET_BUFFER(data)->len;
+    Py_ssize_t total = 0;
+    for (int j = i; j < cnt; j++)
+        total += pc[j].n;
+    PyObject *b = PyBytes_FromStringAndSize(NULL, total - off);
+    if (b == NULL)
+        return NULL;
+    char *q = PyBytes_AS_STRING(b);
+    for (int j = i; j < cnt; j++, off = 0) {
+        memcpy(q, pc[j].p + off, (size_t)(pc[j].n - off));
+        q += pc[j].n - off;
+    }
+    return b;
+}
+
+/* a BufferedProtocol: received bytes (cnt pieces, total bytes: one record,
+ * or a turn's pool records of the receive, decision 335) into get_buffer()'s
+ * buffer, then buffer_updated(k); while the transport stays on its fast
+ * path (rfast) with the same protocol, the next buffer the same way, until
+ * all is fed. Otherwise the rest is a record of its own for the
+ * transport's _on_recv (which drops it after close(), holds it while paused,
+ * hands it to a protocol set meanwhile the way its kind takes it), and a
+ * buffer C does not take goes with the rest to _feed_buffer(rest, 0, buf),
+ * which reports it as stock does. 0 or -1. */
+static int stream_feed_pieces(Stream *s, const Piece *pc, int cnt, Py_ssize_t total)
+{
     PyObject *get_buffer = Py_NewRef(s->on_data), *updated = Py_NewRef(s->on_updated);
     PyObject *protocol = Py_XNewRef(s->protocol);
     PyObject *gself = s->data_self ? protocol : NULL, *uself = s->updated_self ? protocol : NULL;
-    int rc = 0;
-    PyObject *num = PyLong_FromSsize_t(n);
-    PyObject *buf = num ? stream_proto_call(get_buffer, gself, num) : NULL;
-    Py_XDECREF(num);
-    if (buf == NULL) {
-        rc = stream_protocol_failed(s, m_get_buffer_failed);
-        goto done;
-    }
-    Py_buffer dst;
-    if (PyObject_GetBuffer(buf, &dst, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0 || dst.len == 0) {
-        /* read-only, empty, not contiguous...: Python says what is wrong */
-        if (PyErr_Occurred())
-            PyErr_Clear();
-        else
-            PyBuffer_Release(&dst);
-        PyObject *args[3] = {data, NULL, buf};
-        args[1] = PyLong_FromLong(0);
-        PyObject *r = args[1] ? stream_call(s, s_feed_buffer, args, 3, 0) : NULL;
-        Py_XDECREF(args[1]);
-        Py_XDECREF(r);
+    int rc = 0, i = 0;
+    Py_ssize_t pos = 0, off = 0; /* bytes fed; the next byte is pc[i].p[off] */
+    for (;;) {
+        PyObject *r, *rest, *num = PyLong_FromSsize_t(total - pos);
+        PyObject *buf = num ? stream_proto_call(get_buffer, gself, num) : NULL;
+        Py_XDECREF(num);
+        if (buf == NULL) {
+            rc = stream_protocol_failed(s, m_get_buffer_failed);
+            break;
+        }
+        Py_buffer dst;
+        if (PyObject_GetBuffer(buf, &dst, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0 ||
+            dst.len == 0) {
+            /* read-only, empty, not contiguous...: Python says what is wrong */
+            if (PyErr_Occurred())
+                PyErr_Clear();
+            else
+                PyBuffer_Release(&dst);
+            PyObject *args[3] = {pieces_rest(pc, cnt, i, off), PyLong_FromLong(0), buf};
+            r = args[0] && args[1] ? stream_call(s, s_feed_buffer, args, 3, 0) : NULL;
+            Py_XDECREF(args[0]);
+            Py_XDECREF(args[1]);
+            Py_XDECREF(r);
+            Py_DECREF(buf);
+            rc = r ? 0 : -1;
+            break;
+        }
+        Py_ssize_t k = dst.len < total - pos ? dst.len : total - pos;
+        for (Py_ssize_t done = 0; done < k;) {
+            Py_ssize_t m = pc[i].n - off < k - done ? pc[i].n - off : k - done;
+            memcpy((char *)dst.buf + done, pc[i].p + off, (size_t)m);
+            done += m;
+            off += m;
+            if (off == pc[i].n) {
+                i++;
+                off = 0;
+            }
+        }
+        PyBuffer_Release(&dst);
         Py_DECREF(buf);
-        rc = r ? 0 : -1;
-        goto done;
-    }
-    Py_ssize_t k = dst.len < n ? dst.len : n;
-    memcpy(dst.buf, srcbuf, (size_t)k);
-    PyBuffer_Release(&dst);
-    Py_DECREF(buf);
-    num = PyLong_FromSsize_t(k);
-    PyObject *r = num ? stream_proto_call(updated, uself, num) : NULL;
-    Py_XDECREF(num);
-    if (r == NULL) {
-        rc = stream_protocol_failed(s, m_updated_failed);
-        goto done;
-    }
-    Py_DECREF(r);
-    if (k < n) { /* the rest, with the stock checks between buffers */
-        PyObject *args[3] = {data, NULL, Py_None};
-        args[1] = PyLong_FromSsize_t(k);
-        r = args[1] ? stream_call(s, s_feed_buffer, args, 3, 0) : NULL;
-        Py_XDECREF(args[1]);
+        pos += k;
+        num = PyLong_FromSsize_t(k);
+        r = num ? stream_proto_call(updated, uself, num) : NULL;
+        Py_XDECREF(num);
+        if (r == NULL) {
+            rc = stream_protocol_failed(s, m_updated_failed);
+            break;
+        }
+        Py_DECREF(r);
+        if (pos == total || s->transport == NULL)
+            break;
+        if (s->rfast && s->buffered && s->on_data == get_buffer && s->protocol == protocol)
+            continue; /* what _feed_buffer's checks would let through */
+        if (!(rest = pieces_rest(pc, cnt, i, off))) {
+            rc = -1;
+            break;
+        }
+        PyObject *args[3] = {PyLong_FromSsize_t(total - pos), Py_True, rest};
+        r = args[0] ? stream_call(s, s_on_recv, args, 3, 0) : NULL;
+        Py_XDECREF(args[0]);
+        Py_DECREF(rest);
         Py_XDECREF(r);
         rc = r ? 0 : -1;
+        break;
     }
-done:
     Py_DECREF(get_buffer);
     Py_DECREF(updated);
     Py_XDECREF(protocol);
     return rc;
+}
+
+/* one record's bytes (a pool view, or the bytes of a record that was held) */
+static int stream_feed(Stream *s, PyObject *data)
+{
+    Piece pc;
+    if (PyBytes_Check(data)) {
+        pc.p = PyBytes_AS_STRING(data);
+        pc.n = PyBytes_GET_SIZE(data);
+    } else {
+        pc.p = PyMemoryView_GET_BUFFER(data)->buf;
+        pc.n = PyMemoryView_GET_BUFFER(data)->len;
+    }
+    return stream_feed_pieces(s, &pc, 1, pc.n);
 }
 
 /* nothing in the loop's _ready would run before this record's callback in
@@ -422,11 +475,33 @@ static PyObject *Stream_drain(Stream *s, PyObject *unused)
     PyObject *r = Py_NewRef(Py_None);
     Py_ssize_t i = 0;
     for (; i < PyList_GET_SIZE(held); i++) {
-        PyObject *rec = Py_NewRef(PyList_GET_ITEM(held, i));
-        Py_DECREF(r);
-        PyObject *const *args = &PyTuple_GET_ITEM(rec, 0);
-        r = stream_recv(s, 0, args[1] == Py_True, args[2], args, 0);
-        Py_DECREF(rec);
+        int cnt = 0;
+        if (s->buffered && s->rfast && s->on_data != NULL && s->transport != NULL) {
+            /* a BufferedProtocol's data records in a row are fed together,
+             * as when they come (decision 335); held is ours, so are they */
+            Piece pc[GATHER_MAX];
+            Py_ssize_t total = 0;
+            for (; cnt < GATHER_MAX && i + cnt < PyList_GET_SIZE(held); cnt++) {
+                PyObject *const *a = &PyTuple_GET_ITEM(PyList_GET_ITEM(held, i + cnt), 0);
+                if (a[1] != Py_True || !PyBytes_CheckExact(a[2]) || PyBytes_GET_SIZE(a[2]) == 0)
+                    break;
+                pc[cnt].p = PyBytes_AS_STRING(a[2]);
+                total += pc[cnt].n = PyBytes_GET_SIZE(a[2]);
+            }
+            if (cnt > 0) {
+                Py_DECREF(r);
+                r = stream_feed_pieces(s, pc, cnt, total) < 0 ? NULL
+                                                                    : Py_NewRef(Py_None);
+                i += cnt - 1; /* the last one handed over */
+            }
+        }
+        if (cnt == 0) {
+            PyObject *rec = Py_NewRef(PyList_GET_ITEM(held, i));
+            Py_DECREF(r);
+            PyObject *const *args = &PyTuple_GET_ITEM(rec, 0);
+            r = stream_recv(s, 0, args[1] == Py_True, args[2], args, 0);
+            Py_DECREF(rec);
+        }
         if (r == NULL)
             break;
     }
@@ -608,20 +683,31 @@ static PyObject *stream_queued(Stream *s)
     Py_RETURN_NONE;
 }
 
+/* From this size on, write() of a bytearray or memoryview to a transport
+ * with nothing queued and nothing in flight is one send() at once, on both
+ * backends (decision 336): a copy for the turn's flush costs at least a
+ * syscall from about 16 KiB up, and more with each byte. */
+#define DIRECT_MUTABLE (16 * 1024)
+
 /* write(data): the transport's write() */
 static PyObject *Stream_write(Stream *s, PyObject *data)
 {
     if (!s->wfast || s->transport == NULL || !stream_queue_ok(s))
         goto slow;
     PyObject *b;
-    if (!s->dirty && !s->sending && stream_queue_len(s) == 0 &&
+    if (!s->sending && stream_queue_len(s) == 0 &&
         (PyBytes_CheckExact(data) || PyByteArray_CheckExact(data) || PyMemoryView_Check(data))) {
         /* idle: epoll sends at once; io_uring only what is over the
-         * high-water mark (sent at once anyway: no copy of it first) */
+         * high-water mark (sent at once anyway: no copy of it first). A
+         * mutable buffer of DIRECT_MUTABLE bytes or more is sent at once on
+         * both, even after another write of the turn (decision 336): its
+         * copy for the flush costs more than the send() call */
         Py_ssize_t len = PyMemoryView_Check(data) ? PyMemoryView_GET_BUFFER(data)->len
                                                    : Py_SIZE(data);
         PyObject *r;
-        if ((s->direct || len > s->high) && stream_write_direct(s, data, &r))
+        if (((!s->dirty && (s->direct || len > s->high)) ||
+             (len >= DIRECT_MUTABLE && !PyBytes_CheckExact(data))) &&
+            stream_write_direct(s, data, &r))
             return r;
     }
     if (PyBytes_CheckExact(data)) {
@@ -934,6 +1020,33 @@ static int stream_deliver(PyObject *owner, int32_t res, int more, PyObject *data
         return -1;
     Py_DECREF(r);
     return 1;
+}
+
+/* A BufferedProtocol's receive on its fast path (nothing held, not paused
+ * or closing, nothing ahead of it in _ready): table_deliver may hand it a
+ * turn's pool records at once (stream_deliver_pieces). */
+static int stream_gathers(PyObject *owner)
+{
+    Stream *s = (Stream *)owner;
+    return Py_IS_TYPE(owner, &StreamType) && s->buffered && s->rfast && s->held == NULL &&
+           s->on_data != NULL && s->transport != NULL && ready_empty(s->loop);
+}
+
+/* a turn's pool records of the receive (cnt pieces, total bytes) into
+ * get_buffer()'s buffers, in the transport's context (decision 335). 1, or
+ * -1 with an exception set. */
+static int stream_deliver_pieces(PyObject *owner, const Piece *pc, int cnt, Py_ssize_t total)
+{
+    Stream *s = (Stream *)owner;
+    int rc = -1;
+    Py_INCREF(s);
+    if (PyContext_Enter(s->ctx) == 0) {
+        rc = stream_feed_pieces(s, pc, cnt, total);
+        if (PyContext_Exit(s->ctx) < 0)
+            rc = -1;
+    }
+    Py_DECREF(s);
+    return rc < 0 ? -1 : 1;
 }
 
 /* A record of a SLOT_SENT slot (a send the Stream's _flush submitted, the
