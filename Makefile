@@ -10,7 +10,7 @@ ASAN_TESTS = tests/test_engine_ops.py tests/test_engine_cancel_close.py \
              tests/test_interrupted_wait.py tests/test_backend_modes.py \
              tests/test_engine_fd_reuse.py tests/test_loop_fds.py tests/test_engine_read_pool.py \
              tests/test_engine_nomem.py tests/test_threads.py tests/test_engine_dgram.py \
-             tests/test_transport_core.py tests/test_transport_ccore.py \
+             tests/test_transport_core.py tests/test_transport_ccore.py tests/test_transport_send.py \
              tests/test_engine_recv_path.py tests/test_datagram_hot.py \
              tests/test_engine_pool_working_set.py tests/test_engine_idle_memory.py \
              tests/test_fork.py

@@ -20,7 +20,8 @@ setup(
             "uringloop._sched",
             sources=["uringloop/_core/sched.c", "uringloop/_core/handles.c",
                      "uringloop/_core/dgram.c"],
-            depends=["uringloop/_core/stream.c", "uringloop/_core/engine.h"],
+            depends=["uringloop/_core/stream.c", "uringloop/_core/sock.c",
+                     "uringloop/_core/engine.h"],
             extra_compile_args=_cflags,
             extra_link_args=_ldflags,
         )

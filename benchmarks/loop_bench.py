@@ -24,6 +24,8 @@ Scenarios (ops counted in brackets):
                    [round trips]
 ``pingpong``       ``sock_sendall`` / ``sock_recv`` of 64 bytes over one socketpair [round trips]
 ``pingpong16``     the same over 16 socketpairs at once [round trips, all pairs]
+``sock_100k_pingpong4`` 100 KiB messages over 4 socketpairs with sock_*: the server sends
+                   back each ``sock_recv(65536)`` as it comes [round trips, all pairs]
 ``stream_pingpong16`` ``asyncio.Protocol`` transports over 16 socketpairs (both ends on the
                    loop, made with ``create_connection(sock=)``): the server protocol
                    echoes from ``data_received``, each client sends its next 64 B message
@@ -31,6 +33,8 @@ Scenarios (ops counted in brackets):
 ``buffered_pingpong16`` the same with a ``BufferedProtocol`` server [round trips, all pairs]
 ``stream_100k_pingpong4`` ``stream_pingpong16``'s Protocol echo with 100 KiB messages over 4
                    socketpairs [round trips, all pairs]
+``buffered_100k_pingpong4`` the same with the ``BufferedProtocol`` server (a 64 KiB buffer,
+                   each ``buffer_updated`` writes a copy of what came) [round trips, all pairs]
 ``streams_pingpong16`` the same with an asyncio streams server (``open_connection(sock=)``:
                    ``read()``, ``write()``, ``drain()``) [round trips, all pairs]
 ``http_httptools16`` HTTP/1.1 keep-alive GETs over 16 socketpairs: the server is an
@@ -345,6 +349,52 @@ async def _sock_pingpong(loop, n, pairs):
     return rounds * pairs, elapsed
 
 
+async def bench_sock_100k_pingpong4(loop, n):
+    """net_server.py's sock_* echo with 100 KiB messages over 4 socketpairs:
+    the server sends back each sock_recv(65536) as it comes, the client
+    collects the whole echo before its next message."""
+    pairs, size = 4, 100 * 1024
+    rounds = max(1, n // pairs)
+    msg = bytes(i & 0xFF for i in range(size))
+    socks = []
+    for _ in range(pairs):
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        socks.append((a, b))
+
+    async def client(a):
+        for _ in range(rounds):
+            await loop.sock_sendall(a, msg)
+            got = b""
+            while len(got) < size:
+                chunk = await loop.sock_recv(a, 65536)
+                if not chunk:
+                    raise BenchError("sock 100k: EOF in the middle of a message")
+                got += chunk
+            if got != msg:
+                raise BenchError("sock 100k: the echo differs from the message sent")
+
+    async def server(b):
+        left = rounds * size
+        while left:
+            data = await loop.sock_recv(b, 65536)
+            left -= len(data)
+            await loop.sock_sendall(b, data)
+
+    try:
+        tasks = [loop.create_task(server(b)) for _, b in socks]
+        tasks += [loop.create_task(client(a)) for a, _ in socks]
+        t0 = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*tasks), 600)  # callgrind on a loaded machine is slow
+        elapsed = time.perf_counter() - t0
+    finally:
+        for a, b in socks:
+            a.close()
+            b.close()
+    return rounds * pairs, elapsed
+
+
 async def bench_pingpong(loop, n):
     return await _sock_pingpong(loop, n, 1)
 
@@ -506,6 +556,10 @@ async def bench_buffered_pingpong16(loop, n):
 
 async def bench_stream_100k_pingpong4(loop, n):
     return await _stream_pingpong(loop, n, 4, _StreamEcho, 100 * 1024)
+
+
+async def bench_buffered_100k_pingpong4(loop, n):
+    return await _stream_pingpong(loop, n, 4, _BufferedEcho, 100 * 1024)
 
 
 async def bench_streams_pingpong16(loop, n):
@@ -776,11 +830,15 @@ SCENARIOS = {
         Scenario("future", bench_future, 200_000, "future round trips"),
         Scenario("pingpong", bench_pingpong, 20_000, "64 B round trips"),
         Scenario("pingpong16", bench_pingpong16, 32_000, "64 B round trips"),
+        Scenario("sock_100k_pingpong4", bench_sock_100k_pingpong4, 4_000, "100 KiB round trips"),
         Scenario("stream_pingpong16", bench_stream_pingpong16, 32_000, "64 B round trips"),
         Scenario("buffered_pingpong16", bench_buffered_pingpong16, 32_000, "64 B round trips"),
         Scenario("streams_pingpong16", bench_streams_pingpong16, 32_000, "64 B round trips"),
         Scenario(
             "stream_100k_pingpong4", bench_stream_100k_pingpong4, 4_000, "100 KiB round trips"
+        ),
+        Scenario(
+            "buffered_100k_pingpong4", bench_buffered_100k_pingpong4, 4_000, "100 KiB round trips"
         ),
         Scenario("http_httptools16", bench_http_httptools16, 32_000, "HTTP requests"),
         Scenario("http_aiohttp16", bench_http_aiohttp16, 10_000, "HTTP requests"),

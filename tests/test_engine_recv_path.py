@@ -12,6 +12,7 @@ import sys
 import termios
 import threading
 import time
+import tracemalloc
 
 import pytest
 from conftest import Collector, guard_problems, run_in, run_until, settle
@@ -108,6 +109,35 @@ def test_sock_recv_large_n_returns_what_is_there(any_loop, socketpair, tcp_pair,
     first, second = run_in(lp, main())
     assert len(first) == 65536  # the stock loop: one recv(65536)
     assert first + second == data
+
+
+def test_sock_recv_large_n_takes_the_rest_in_place(any_loop, socketpair):
+    """sock_recv(65536) with 64 KiB waiting: what comes after the first pool
+    buffer is received straight into the result, not into a bytes of its own
+    joined to the first buffer's afterwards (decision 337). The receive's
+    peak of traced memory stays below the 64 KiB result and the 16 KiB pool
+    buffer's bytes with some change (it was 128 KiB: the 48 KiB rest and the
+    joined result on top); the stock loop's recv(65536) makes the result only."""
+    lp = any_loop
+    a, b = socketpair()
+    data = os.urandom(65536)
+
+    async def main():
+        for _ in range(2):  # the first receive pays the loop's first-use allocations
+            b.sendall(data)
+            _wait_queued(a, len(data))
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                got = await lp.sock_recv(a, 65536)
+                peak = tracemalloc.get_traced_memory()[1] - base
+            finally:
+                tracemalloc.stop()
+            assert got == data
+        return peak
+
+    peak = run_in(lp, main())
+    assert peak < 100 * 1024, peak
 
 
 def test_sock_recv_large_n_keeps_a_reset_for_the_next_receive(any_loop, tcp_pair):
@@ -372,3 +402,35 @@ def test_a_burst_of_buffers_comes_in_one_completion(res_tracker, socketpair):
             eng.close()
     assert cqes[0] <= 2, cqes  # the data, and perhaps the wake
     assert cqes[engine.OPT_NO_BUNDLE] >= 7, cqes
+
+
+def test_epoll_reads_a_burst_into_several_buffers_per_call(res_tracker, socketpair):
+    """epoll: a multishot receive finding 100 KiB waiting reads it with one
+    recvmsg into 7 pool buffers (decision 338; it was 7 recv() calls of one
+    buffer each before the EAGAINs); records stay one per buffer,
+    whole and in order. A one-shot receive still reads one buffer."""
+    eng = engine.Engine("epoll")
+    try:
+        a, b = socketpair()
+        msg = random.Random(10).randbytes(100 * 1024)
+        b.sendall(msg)  # all of it waits in the socket
+        c = Collector()
+        before = eng.stats()["submitted"]
+        eng.recv(a.fileno(), c)
+        run_until(eng, lambda: sum(r for r, _, _ in c.records) == 100 * 1024, what="data")
+        tries = eng.stats()["submitted"] - before
+        assert b"".join(d for _, _, d in c.records) == msg
+        assert [r for r, _, _ in c.records] == [16384] * 6 + [4096]
+        assert tries <= 3, tries  # the data, then EAGAIN (at submission, at the edge); was 9
+        b.sendall(msg[:40000])
+        one = Collector()
+        a2, b2 = socketpair()
+        b2.sendall(msg[:40000])
+        eng.recv(a2.fileno(), one, multishot=False)
+        run_until(eng, lambda: one.done, what="one-shot")
+        assert [r for r, _, _ in one.records] == [16384]
+        b.close()
+        run_until(eng, lambda: c.done, what="EOF")
+        assert sum(r for r, _, _ in c.records) == 100 * 1024 + 40000
+    finally:
+        eng.close()

@@ -682,3 +682,157 @@ def test_a_waiting_100k_message_is_one_data_received(tloop):
         return proto.sizes
 
     assert run_in(tloop, main()) == [100 * 1024]
+
+
+class _Window(asyncio.BufferedProtocol):
+    """A BufferedProtocol over one buffer of `size` bytes that keeps what it
+    is given and the size of each buffer_updated; after the `stop`-th one it
+    calls `then` (pause_reading, close...) on the transport."""
+
+    def __init__(self, size, stop=0, then=None):
+        self.buf = bytearray(size)
+        self.got = bytearray()
+        self.sizes = []
+        self.stop, self.then = stop, then
+        self.stopped = asyncio.get_running_loop().create_future()
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.got += self.buf[:nbytes]
+        self.sizes.append(nbytes)
+        if len(self.sizes) == self.stop:
+            getattr(self.transport, self.then)()
+            self.stopped.set_result(len(self.got))
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+_100K = bytes(range(256)) * 400
+
+
+async def _waiting_100k(loop, factory):
+    """a transport made over a socket where 100 KiB and the EOF already wait"""
+    a, b = socket.socketpair()
+    with b:
+        b.sendall(_100K)
+        b.shutdown(socket.SHUT_WR)
+        tr, proto = await loop.create_connection(factory, sock=a)
+        await wait_for(proto.stopped if proto.stop else proto.lost)
+    return tr, proto
+
+
+def test_a_waiting_100k_message_fills_whole_buffers(tloop):
+    """100 KiB already waiting when a BufferedProtocol with a 64 KiB buffer
+    starts reading: two buffer_updated calls, 64 KiB then 36 KiB, as the
+    stock loop's recv_into(buffer) gives (decision 335: a turn's pool
+    records are fed together; each 16 KiB pool buffer was one get_buffer
+    and buffer_updated before)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto = await _waiting_100k(loop, lambda: _Window(65536))
+        assert bytes(proto.got) == _100K
+        return proto.sizes
+
+    assert run_in(tloop, main()) == [65536, 36864]
+
+
+@pytest.mark.parametrize("then", ["pause_reading", "close"])
+def test_pause_or_close_inside_buffer_updated_with_more_received(tloop, then):
+    """pause_reading() or close() inside the second buffer_updated while the
+    rest of 100 KiB is already received: nothing more is handed over (after
+    close, never; after pause, only after resume_reading, in order)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto = await _waiting_100k(loop, lambda: _Window(10000, 2, then))
+        assert proto.sizes == [10000, 10000]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert len(proto.got) == 20000  # nothing while paused or closed
+        if then == "pause_reading":
+            tr.resume_reading()
+            await wait_for(proto.lost)
+            assert bytes(proto.got) == _100K
+            assert proto.sizes[:10] == [10000] * 10
+        else:
+            assert await wait_for(proto.lost) is None
+            assert len(proto.got) == 20000
+
+    run_in(tloop, main())
+
+
+@pytest.mark.parametrize("kind", ["plain", "buffered"])
+def test_set_protocol_inside_buffer_updated_with_more_received(tloop, kind):
+    """set_protocol() inside the second buffer_updated while the rest of
+    100 KiB is already received: the rest goes to the new protocol, in
+    order, the way its kind takes bytes (data_received, or its own
+    get_buffer), and none to the old one."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        new = Lost() if kind == "plain" else _Window(3000)
+        new.got = bytearray()
+        if kind == "plain":
+            new.data_received = new.got.extend
+        old_lost = loop.create_future()
+
+        class Switch(_Window):
+            def buffer_updated(self, nbytes):
+                super().buffer_updated(nbytes)
+                if len(self.sizes) == 2:
+                    self.transport.set_protocol(new)
+                    new.transport = self.transport
+
+        a, b = socket.socketpair()
+        with b:
+            b.sendall(_100K)
+            b.shutdown(socket.SHUT_WR)
+            tr, old = await loop.create_connection(lambda: Switch(10000), sock=a)
+            old.lost = old_lost
+            await wait_for(new.lost)
+        assert old.sizes == [10000, 10000]
+        assert bytes(old.got) + bytes(new.got) == _100K
+        if kind == "buffered":
+            assert max(new.sizes) == 3000
+
+    run_in(tloop, main())
+
+
+@pytest.mark.parametrize("bad", ["empty", "readonly"])
+def test_get_buffer_misbehaves_for_the_second_buffer(tloop, caplog, bad):
+    """get_buffer() gives a usable 64 KiB buffer, then an unusable one for
+    the rest of a 100 KiB message already received: one fatal error with
+    the stock message for that buffer, nothing more handed over."""
+
+    class Then(_Window):
+        def get_buffer(self, sizehint):
+            if not self.sizes:
+                return self.buf
+            return bytearray() if bad == "empty" else b"x" * 100
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            tr, proto = await _waiting_100k(loop, lambda: Then(65536))
+            exc = proto.lost.result()
+        assert proto.sizes == [65536]
+        if bad == "empty":
+            assert isinstance(exc, RuntimeError) and "empty buffer" in str(exc)
+            message = _GET_BUFFER_FAILED
+        else:
+            assert isinstance(exc, TypeError), exc
+            message = _READ_ERROR
+        assert sum(message in r.getMessage() for r in caplog.records) == 1
+
+    run_in(tloop, main())

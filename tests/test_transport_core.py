@@ -101,8 +101,10 @@ def test_writes_arrive_in_order_and_close_flushes(any_loop):
 
 
 def test_one_send_per_turn(loop):
-    """All writes of one turn leave as one engine send; on epoll the first
-    one goes at once (a send() in write(), as stock) and the rest gather."""
+    """All writes of one turn leave as one send (the flush's sendmsg(), an
+    engine send for what the socket leaves: decision 305); on epoll the
+    first one goes at once (a send() in write(), as stock) and the rest
+    gather."""
 
     async def main():
         tr, pr, peer = await _pair(loop, lambda: Recorder(loop))
@@ -116,6 +118,32 @@ def test_one_send_per_turn(loop):
         assert c.buffer_size == (490 if direct else 500)
         assert await _read_all(loop, peer, 500) == b"x" * 500
         assert c.sends - before == 1
+        tr.close()
+        await pr.lost
+        peer.close()
+
+    run_in(loop, main())
+
+
+def test_big_mutable_writes_are_sent_at_once(loop):
+    """write() of a bytearray or memoryview of 16 KiB or more, with nothing
+    queued and nothing in flight, is one send() at once on both backends,
+    also after another write of the turn (decision 336): no copy of it waits
+    for the turn's flush. The caller may change the buffer right after: the
+    peer gets what it held at write() (a rest the kernel left is copied)."""
+
+    async def main():
+        tr, pr, peer = await _pair(loop, lambda: Recorder(loop))
+        c = tr._core
+        before = c.directs
+        big = bytearray(b"a" * 16384)
+        tr.write(big)
+        big[:] = b"b" * 16384
+        view = memoryview(bytearray(b"c" * 40000))
+        tr.write(view)
+        view[:] = b"d" * 40000
+        assert c.directs - before == 2
+        assert await _read_all(loop, peer, 56384) == b"a" * 16384 + b"c" * 40000
         tr.close()
         await pr.lost
         peer.close()

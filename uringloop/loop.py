@@ -39,6 +39,7 @@ from asyncio import (
 from asyncio.log import logger
 
 from . import _sched, engine
+from . import sock as _sock
 from .sock import SockMixin, _OpFuture
 from .transports import subprocess as _subprocess
 from .transports.datagram import DatagramTransport
@@ -116,6 +117,7 @@ _sched.setup(
     base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION,
     tasks,
 )
+_sock.setup_native()  # after setup(): sock.c reads _OpFuture's slots
 
 
 # Loops whose native turn runs an engine, so that a fork()ed child can unhook

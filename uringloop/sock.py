@@ -26,7 +26,11 @@ import socket
 import weakref
 from asyncio import exceptions
 
+from . import _sched
 from ._sched import owner_is as _owner_is
+from ._sched import recv_after as _recv_after
+from ._sched import recv_start as _recv_start
+from ._sched import send_now as _send_now
 from ._sched import stream_for_fd as _stream_for_fd
 from .engine import encode_sockaddr
 
@@ -337,24 +341,48 @@ class SockMixin:
 
     # ----------------------------------------------------------- receive
 
-    def _sock_recv_more(self, fd, sock, k, view):
-        """What a stream socket holds now, up to k bytes (or into view),
-        without waiting; see the note above the result converters.
+    def _sock_recv_more(self, fd, sock, view):
+        """What a stream socket holds now, into view, without waiting; see
+        the note above the result converters.
 
         Only with no later receive on the socket: see _big_recvs."""
         try:
-            if view is None:
-                return sock.recv(k, _MSG_DONTWAIT)
             return sock.recv_into(view, 0, _MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:
             if sock.fileno() == fd:
                 self._sock_get_state(fd, sock, create=True).error = exc
-        return b"" if view is None else 0
+        return 0
+
+    def _sock_recv_after(self, fd, sock, data, k):
+        """data, then what the stream socket holds now, up to k more bytes,
+        as one bytes: received in place after data (C, decision 337), as
+        _sock_recv_more receives them into a buffer."""
+        if sock.fileno() == fd:
+            try:
+                return _recv_after(fd, data, k)
+            except OSError as exc:
+                self._sock_get_state(fd, sock, create=True).error = exc
+        return data
 
     async def sock_recv(self, sock, n):
         """Receive up to n bytes from sock (non-blocking)."""
+        # the usual case's checks and submission in C (sock.c recv_start,
+        # decision 320); anything else is the path below
+        fut = _recv_start(self, sock, n)
+        if fut is None:
+            return await self._sock_recv(sock, n)
+        try:
+            res, data = await fut
+        except _CancelledError:
+            self._sock_on_cancel(fut, fut._fd, sock, _recv_result, True)
+            raise
+        if res < 0:
+            raise self._sock_error(res, sock)
+        return data if data is not None else b""
+
+    async def _sock_recv(self, sock, n):
         fd = self._sock_fd(sock)
         if n < 0:
             raise ValueError("negative buffersize in recv")
@@ -396,9 +424,7 @@ class SockMixin:
             self._sock_on_cancel(fut, fd, sock, _recv_result, True)
             raise
         if big and _big_recvs.pop(fd, None) == ud and res == self._sock_bufsize:
-            more = self._sock_recv_more(fd, sock, big - res, None)
-            if more:
-                return data + more
+            return self._sock_recv_after(fd, sock, data, big - res)
         if res < 0:
             raise self._sock_error(res, sock)
         return data if data is not None else b""
@@ -414,6 +440,23 @@ class SockMixin:
 
     async def sock_recv_into(self, sock, buf):
         """Receive into buf; returns the number of bytes received."""
+        fut = _recv_start(self, sock, buf)  # as in sock_recv (decision 320)
+        if fut is None:
+            return await self._sock_recv_into(sock, buf)
+        # pins buf (a bytearray cannot be resized) until the await ends, as below
+        view = memoryview(buf).cast("B")
+        try:
+            res, data = await fut
+        except _CancelledError:
+            self._sock_on_cancel(fut, fut._fd, sock, _recv_result, True)
+            raise
+        if res < 0:
+            raise self._sock_error(res, sock)
+        if data:
+            view[:res] = data
+        return res
+
+    async def _sock_recv_into(self, sock, buf):
         fd = self._sock_fd(sock)
         try:
             view = memoryview(buf)
@@ -466,7 +509,7 @@ class SockMixin:
         finally:
             mine = _big_recvs.pop(fd, None) == ud
         if mine and res == self._sock_bufsize:
-            res += self._sock_recv_more(fd, sock, 0, view[res:])
+            res += self._sock_recv_more(fd, sock, view[res:])
         return res
 
     async def sock_recvfrom(self, sock, bufsize):
@@ -520,9 +563,19 @@ class SockMixin:
 
     async def sock_sendall(self, sock, data):
         """Send all of data; returns None once the kernel has taken it."""
+        # the checks and the first send(2) in C (sock.c send_now, decision 321)
+        sent = _send_now(self, sock, data)
+        if sent is None:
+            return None
+        return await self._sock_sendall(sock, data, sent)
+
+    async def _sock_sendall(self, sock, data, sent):
+        """sock_sendall after send_now: sent bytes went out (-1: none tried)."""
         fd = self._sock_fd(sock)
         sending = self._sock_sending  # per socket object, not per fd number
-        if not sending.get(sock):
+        if sent >= 0:
+            data = memoryview(data).cast("B")[sent:]
+        elif not sending.get(sock):
             # Nothing of ours is queued on fd: one plain non-blocking send, as the
             # stock loop does. Usually it takes everything and no loop turn is
             # needed; the rest goes to the engine's ordered queue.
@@ -756,7 +809,8 @@ class SockMixin:
 # receive on the socket was asked for after this one (_big_recvs): such a
 # receive may hold bytes that came before these. EOF met here is met again by
 # the next receive; an error is taken from the kernel by reading it, so the
-# socket keeps it for its next receive (SockMixin._sock_recv_more).
+# socket keeps it for its next receive (SockMixin._sock_recv_after for
+# sock_recv, _sock_recv_more for sock_recv_into).
 
 
 
@@ -822,3 +876,25 @@ def _accept_result(family, type, proto, res, data, late):
     except OSError:
         addr = ""
     return ("accept", (conn, addr)) if late else (conn, addr)
+
+
+def setup_native():
+    """Hand sock.c what its hot steps need (once _sched.setup knows _OpFuture);
+    two probe sockets let it check that it reads a socket's fd and timeout
+    in place correctly (else it leaves every call to the Python path)."""
+    try:
+        a = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError:  # no sockets here (a sandbox): the steps stay off
+        return False
+    try:
+        b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError:
+        a.close()
+        return False
+    try:
+        a.setblocking(False)
+        b.settimeout(2.5)
+        return _sched.sock_setup(socket.socket, _big_recvs, _recv_result, a, b)
+    finally:
+        a.close()
+        b.close()

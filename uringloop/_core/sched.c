@@ -151,6 +151,9 @@ typedef struct {
      * the keyword arguments of futures.Future/tasks.Task, made once (a call
      * with keyword names would build this dict on every call) */
     PyObject *future_kw, *task_kw;
+    /* what the sock_* hot steps read (sock.c): _transports, _sock_state,
+     * _sock_owner, _sock_sending */
+    PyObject *transports, *sock_state, *sock_owner, *sock_sending;
 } Core;
 
 /* ------------------------------------------------------------ helpers */
@@ -1348,6 +1351,13 @@ static PyObject *Table_release_all(Table *t, PyObject *unused)
 
 static PyObject *msg_data(Table *t, const ul_record *r);
 static int stream_deliver(PyObject *owner, int32_t res, int more, PyObject *data); /* stream.c */
+/* a piece of received bytes: one pool buffer's record, or a whole bytes */
+typedef struct {
+    const char *p;
+    Py_ssize_t n;
+} Piece;
+static int stream_gathers(PyObject *owner); /* stream.c */
+static int stream_deliver_pieces(PyObject *owner, const Piece *pc, int cnt, Py_ssize_t total);
 
 /* the data a record carries: pool bytes, a peer address, the errno of a
  * short send (UL_F_SHORT), or None */
@@ -1522,6 +1532,30 @@ static void keep_first(PyObject **first)
         Py_XDECREF(exc);
 }
 
+/* The batch's skip marks (records already delivered with an earlier one of
+ * their op), made at its first coalesced or gathered record, with each
+ * slot's last record index from there on when lasts. 0, or -1 with
+ * MemoryError set. */
+static int batch_skip(Table *t, uint8_t **skip, int i, int n, int lasts)
+{
+    if (*skip != NULL)
+        return 0;
+    if (!(*skip = PyMem_Calloc((size_t)n, 1))) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (lasts)
+        for (int j = i; j < n; j++) {
+            uint32_t sj = (uint32_t)t->records[j].user_data;
+            if (sj < t->nslots)
+                t->slots[sj].last = (uint16_t)j;
+        }
+    return 0;
+}
+
+/* at most this many records are gathered into one feed (1 MiB of 16 KiB buffers) */
+#define GATHER_MAX 64
+
 /* Deliver n records. Nothing stops the batch: a callback that raises, a
  * record whose bytes cannot be made (its owner gets -ENOMEM, or -EIO for a
  * corrupt record), a record for no live slot (skipped). The first exception
@@ -1574,19 +1608,41 @@ static int table_deliver(Table *t, int n, PyObject **first)
             if (takes != 0)
                 PyErr_Clear(); /* the generic way meets the same error and reports it */
         }
+        int gather = (t->slots[slot].flags & SLOT_VIEW) && (r->flags & UL_F_BUFFER) &&
+                     !final && r->res > 0 && in_pool(t, r) &&
+                     stream_gathers(t->slots[slot].owner);
+        if (gather && batch_skip(t, &skip, i, n, lasts) < 0) {
+            PyErr_Clear(); /* no marks: record by record, as a view each */
+            gather = 0;
+        }
+        if (gather) {
+            /* a BufferedProtocol's receive on its fast path: the op's pool
+             * records of the batch fill get_buffer()'s buffers in one go
+             * (decision 335); its final record comes on its own */
+            Piece pc[GATHER_MAX];
+            int cnt = 0, end = lasts ? t->slots[slot].last : n - 1;
+            Py_ssize_t total = 0;
+            for (int j = i; j <= end && cnt < GATHER_MAX; j++) {
+                const ul_record *rj = &t->records[j];
+                if (rj->user_data != r->user_data || (j > i && skip[j]))
+                    continue;
+                if ((rj->flags & (UL_F_BUFFER | UL_F_MORE)) != (UL_F_BUFFER | UL_F_MORE) ||
+                    rj->res <= 0 || !in_pool(t, rj))
+                    break;
+                pc[cnt].p = t->pool + (Py_ssize_t)rj->bid * t->buf_size;
+                pc[cnt++].n = rj->res;
+                total += rj->res;
+                skip[j] = 1;
+            }
+            PyObject *cb = Py_NewRef(t->slots[slot].owner);
+            if (stream_deliver_pieces(cb, pc, cnt, total) < 0)
+                keep_first(first);
+            Py_DECREF(cb);
+            continue; /* not final: the slot stays */
+        }
         if ((t->slots[slot].flags & SLOT_COALESCE) && (r->flags & UL_F_BUFFER) && !final &&
             in_pool(t, r)) {
-            if (skip == NULL) {
-                if (!(skip = PyMem_Calloc((size_t)n, 1)))
-                    PyErr_NoMemory();
-                else if (lasts) /* once per batch, from its first coalesced record on */
-                    for (int j = i; j < n; j++) {
-                        uint32_t sj = (uint32_t)t->records[j].user_data;
-                        if (sj < t->nslots)
-                            t->slots[sj].last = (uint16_t)j;
-                    }
-            }
-            if (skip != NULL)
+            if (batch_skip(t, &skip, i, n, lasts) == 0)
                 data = coalesce(t, i, lasts ? t->slots[slot].last : n - 1, skip, &res, &final);
         } else {
             data = record_data(t, r, slot);
@@ -2372,6 +2428,10 @@ static int Core_traverse(Core *self, visitproc visit, void *arg)
     Py_VISIT(self->dirty);
     Py_VISIT(self->future_kw);
     Py_VISIT(self->task_kw);
+    Py_VISIT(self->transports);
+    Py_VISIT(self->sock_state);
+    Py_VISIT(self->sock_owner);
+    Py_VISIT(self->sock_sending);
     return 0;
 }
 
@@ -2392,6 +2452,10 @@ static int Core_clear(Core *self)
     Py_CLEAR(self->dirty);
     Py_CLEAR(self->future_kw);
     Py_CLEAR(self->task_kw);
+    Py_CLEAR(self->transports);
+    Py_CLEAR(self->sock_state);
+    Py_CLEAR(self->sock_owner);
+    Py_CLEAR(self->sock_sending);
     return 0;
 }
 
@@ -2427,6 +2491,10 @@ static PyMemberDef Core_members[] = {
     {"_task_factory", Py_T_OBJECT_EX, offsetof(Core, task_factory), 0, NULL},
     {"_dirty", Py_T_OBJECT_EX, offsetof(Core, dirty), 0, NULL},
     {"_turns", T_UINT, offsetof(Core, turns), READONLY, NULL},
+    {"_transports", Py_T_OBJECT_EX, offsetof(Core, transports), 0, NULL},
+    {"_sock_state", Py_T_OBJECT_EX, offsetof(Core, sock_state), 0, NULL},
+    {"_sock_owner", Py_T_OBJECT_EX, offsetof(Core, sock_owner), 0, NULL},
+    {"_sock_sending", Py_T_OBJECT_EX, offsetof(Core, sock_sending), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -2782,7 +2850,50 @@ static PyObject *owner_is(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     return PyBool_FromLong(same);
 }
 
+/* recv_after(fd, data, k): data (bytes) followed by what the stream socket
+ * fd holds now, up to k more bytes (one recv, MSG_DONTWAIT), as one new
+ * bytes: the rest is received in place, not into a bytes of its own that is
+ * then joined to data (decision 337). data itself when nothing more is
+ * there (EAGAIN) or at EOF (the next receive meets it again); OSError for
+ * any other error. The caller checks that fd is still its socket's. */
+static PyObject *recv_after(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    int fd;
+    Py_ssize_t k;
+    if (nargs != 3 || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "recv_after(fd, data: bytes, k)");
+        return NULL;
+    }
+    if (as_int(args[0], &fd) < 0 || (k = PyLong_AsSsize_t(args[2])) == -1)
+        return NULL;
+    if (k <= 0)
+        return Py_NewRef(args[1]);
+    Py_ssize_t n0 = PyBytes_GET_SIZE(args[1]);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n0 + k);
+    if (out == NULL)
+        return NULL;
+    memcpy(PyBytes_AS_STRING(out), PyBytes_AS_STRING(args[1]), (size_t)n0);
+    ssize_t got;
+    do
+        got = recv(fd, PyBytes_AS_STRING(out) + n0, (size_t)k, MSG_DONTWAIT);
+    while (got < 0 && errno == EINTR);
+    if (got <= 0) {
+        Py_DECREF(out);
+        if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        return Py_NewRef(args[1]);
+    }
+    if (got < k && _PyBytes_Resize(&out, n0 + got) < 0)
+        return NULL;
+    return out;
+}
+
+#include "sock.c" /* the sock_* hot steps */
+
 static PyMethodDef module_methods[] = {
+    {"recv_after", (PyCFunction)(void (*)(void))recv_after, METH_FASTCALL,
+     "recv_after(fd, data, k): data and up to k more bytes the stream socket holds now"},
     {"setup", setup, METH_VARARGS,
      "setup(Handle, TimerHandle, deque, BaseEventLoop, OpFuture, report, run_debug, heapify, "
      "max_timeout, min_scheduled, min_cancelled_fraction, asyncio.tasks)"},
@@ -2862,7 +2973,7 @@ PyMODINIT_FUNC PyInit__sched(void)
         Py_DECREF(m);
         return NULL;
     }
-    if (stream_init_module(m) < 0) {
+    if (stream_init_module(m) < 0 || sock_init_module(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -15,10 +15,12 @@
  *    get_buffer()'s buffer and buffer_updated(n);
  *  - write(data) (installed as the transport's own write attribute) queues
  *    the bytes and puts the Stream on the loop's dirty list;
- *  - _flush() (the turn calls it right before the engine waits) submits the
- *    whole queue as one send or sendv whose owner is the Stream itself, in a
- *    slot marked SLOT_SENT: the table hands its completion to stream_sent
- *    (no bound method kept per Stream; decision 255).
+ *  - _flush() (the turn calls it right before the engine waits) hands the
+ *    whole queue to the socket in one non-blocking sendmsg(); what the
+ *    kernel leaves (a full socket buffer) goes as one send or sendv whose
+ *    owner is the Stream itself, in a slot marked SLOT_SENT: the table hands
+ *    its completion to stream_sent (no bound method kept per Stream;
+ *    decisions 255, 305).
  *
  * The table's delivery hands both kinds of record to the C functions behind
  * these (stream_recv, stream_sent) with the record's fields (stream_deliver);
@@ -47,7 +49,8 @@ typedef struct {
     Py_ssize_t buffer_size; /* queued + in the send in flight */
     Py_ssize_t sending;     /* length of the send in flight (0: none) */
     Py_ssize_t high, low;   /* the transport's water marks */
-    unsigned int sends;     /* sends submitted (tests count them) */
+    unsigned int sends;     /* flushes that sent (tests count them) */
+    unsigned int inline_sends; /* of those, taken whole by the socket at once: no engine op */
     unsigned int directs;   /* send() calls made by write() itself (tests count them) */
     unsigned long long recv_ud; /* the transport's multishot recv (0: none) */
     int fd;
@@ -199,68 +202,121 @@ static int stream_protocol_failed(Stream *s, PyObject *msg)
     return r ? 0 : -1;
 }
 
-/* a BufferedProtocol: the pool bytes into get_buffer()'s buffer. The common
- * case (one buffer takes it all) is here; an unusual buffer or a rest goes
- * on in the transport's _feed_buffer(data, pos, buf). 0 or -1. */
-static int stream_feed(Stream *s, PyObject *data)
+/* the pieces' bytes from piece i, offset off on, as one bytes (for the
+ * Python fallbacks) */
+static PyObject *pieces_rest(const Piece *pc, int cnt, int i, Py_ssize_t off)
 {
-    /* a pool view, or the bytes of a record that was held */
-    const char *srcbuf = PyBytes_Check(data) ? PyBytes_AS_STRING(data)
-                                             : PyMemoryView_GET_BUFFER(data)->buf;
-    Py_ssize_t n = PyBytes_Check(data) ? PyBytes_GET_SIZE(data)
-                                       : PyMemoryView_GET_BUFFER(data)->len;
+    Py_ssize_t total = 0;
+    for (int j = i; j < cnt; j++)
+        total += pc[j].n;
+    PyObject *b = PyBytes_FromStringAndSize(NULL, total - off);
+    if (b == NULL)
+        return NULL;
+    char *q = PyBytes_AS_STRING(b);
+    for (int j = i; j < cnt; j++, off = 0) {
+        memcpy(q, pc[j].p + off, (size_t)(pc[j].n - off));
+        q += pc[j].n - off;
+    }
+    return b;
+}
+
+/* a BufferedProtocol: received bytes (cnt pieces, total bytes: one record,
+ * or a turn's pool records of the receive, decision 335) into get_buffer()'s
+ * buffer, then buffer_updated(k); while the transport stays on its fast
+ * path (rfast) with the same protocol, the next buffer the same way, until
+ * all is fed. Otherwise the rest is a record of its own for the
+ * transport's _on_recv (which drops it after close(), holds it while paused,
+ * hands it to a protocol set meanwhile the way its kind takes it), and a
+ * buffer C does not take goes with the rest to _feed_buffer(rest, 0, buf),
+ * which reports it as stock does. 0 or -1. */
+static int stream_feed_pieces(Stream *s, const Piece *pc, int cnt, Py_ssize_t total)
+{
     PyObject *get_buffer = Py_NewRef(s->on_data), *updated = Py_NewRef(s->on_updated);
     PyObject *protocol = Py_XNewRef(s->protocol);
     PyObject *gself = s->data_self ? protocol : NULL, *uself = s->updated_self ? protocol : NULL;
-    int rc = 0;
-    PyObject *num = PyLong_FromSsize_t(n);
-    PyObject *buf = num ? stream_proto_call(get_buffer, gself, num) : NULL;
-    Py_XDECREF(num);
-    if (buf == NULL) {
-        rc = stream_protocol_failed(s, m_get_buffer_failed);
-        goto done;
-    }
-    Py_buffer dst;
-    if (PyObject_GetBuffer(buf, &dst, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0 || dst.len == 0) {
-        /* read-only, empty, not contiguous...: Python says what is wrong */
-        if (PyErr_Occurred())
-            PyErr_Clear();
-        else
-            PyBuffer_Release(&dst);
-        PyObject *args[3] = {data, NULL, buf};
-        args[1] = PyLong_FromLong(0);
-        PyObject *r = args[1] ? stream_call(s, s_feed_buffer, args, 3, 0) : NULL;
-        Py_XDECREF(args[1]);
-        Py_XDECREF(r);
+    int rc = 0, i = 0;
+    Py_ssize_t pos = 0, off = 0; /* bytes fed; the next byte is pc[i].p[off] */
+    for (;;) {
+        PyObject *r, *rest, *num = PyLong_FromSsize_t(total - pos);
+        PyObject *buf = num ? stream_proto_call(get_buffer, gself, num) : NULL;
+        Py_XDECREF(num);
+        if (buf == NULL) {
+            rc = stream_protocol_failed(s, m_get_buffer_failed);
+            break;
+        }
+        Py_buffer dst;
+        if (PyObject_GetBuffer(buf, &dst, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0 ||
+            dst.len == 0) {
+            /* read-only, empty, not contiguous...: Python says what is wrong */
+            if (PyErr_Occurred())
+                PyErr_Clear();
+            else
+                PyBuffer_Release(&dst);
+            PyObject *args[3] = {pieces_rest(pc, cnt, i, off), PyLong_FromLong(0), buf};
+            r = args[0] && args[1] ? stream_call(s, s_feed_buffer, args, 3, 0) : NULL;
+            Py_XDECREF(args[0]);
+            Py_XDECREF(args[1]);
+            Py_XDECREF(r);
+            Py_DECREF(buf);
+            rc = r ? 0 : -1;
+            break;
+        }
+        Py_ssize_t k = dst.len < total - pos ? dst.len : total - pos;
+        for (Py_ssize_t done = 0; done < k;) {
+            Py_ssize_t m = pc[i].n - off < k - done ? pc[i].n - off : k - done;
+            memcpy((char *)dst.buf + done, pc[i].p + off, (size_t)m);
+            done += m;
+            off += m;
+            if (off == pc[i].n) {
+                i++;
+                off = 0;
+            }
+        }
+        PyBuffer_Release(&dst);
         Py_DECREF(buf);
-        rc = r ? 0 : -1;
-        goto done;
-    }
-    Py_ssize_t k = dst.len < n ? dst.len : n;
-    memcpy(dst.buf, srcbuf, (size_t)k);
-    PyBuffer_Release(&dst);
-    Py_DECREF(buf);
-    num = PyLong_FromSsize_t(k);
-    PyObject *r = num ? stream_proto_call(updated, uself, num) : NULL;
-    Py_XDECREF(num);
-    if (r == NULL) {
-        rc = stream_protocol_failed(s, m_updated_failed);
-        goto done;
-    }
-    Py_DECREF(r);
-    if (k < n) { /* the rest, with the stock checks between buffers */
-        PyObject *args[3] = {data, NULL, Py_None};
-        args[1] = PyLong_FromSsize_t(k);
-        r = args[1] ? stream_call(s, s_feed_buffer, args, 3, 0) : NULL;
-        Py_XDECREF(args[1]);
+        pos += k;
+        num = PyLong_FromSsize_t(k);
+        r = num ? stream_proto_call(updated, uself, num) : NULL;
+        Py_XDECREF(num);
+        if (r == NULL) {
+            rc = stream_protocol_failed(s, m_updated_failed);
+            break;
+        }
+        Py_DECREF(r);
+        if (pos == total || s->transport == NULL)
+            break;
+        if (s->rfast && s->buffered && s->on_data == get_buffer && s->protocol == protocol)
+            continue; /* what _feed_buffer's checks would let through */
+        if (!(rest = pieces_rest(pc, cnt, i, off))) {
+            rc = -1;
+            break;
+        }
+        PyObject *args[3] = {PyLong_FromSsize_t(total - pos), Py_True, rest};
+        r = args[0] ? stream_call(s, s_on_recv, args, 3, 0) : NULL;
+        Py_XDECREF(args[0]);
+        Py_DECREF(rest);
         Py_XDECREF(r);
         rc = r ? 0 : -1;
+        break;
     }
-done:
     Py_DECREF(get_buffer);
     Py_DECREF(updated);
     Py_XDECREF(protocol);
     return rc;
+}
+
+/* one record's bytes (a pool view, or the bytes of a record that was held) */
+static int stream_feed(Stream *s, PyObject *data)
+{
+    Piece pc;
+    if (PyBytes_Check(data)) {
+        pc.p = PyBytes_AS_STRING(data);
+        pc.n = PyBytes_GET_SIZE(data);
+    } else {
+        pc.p = PyMemoryView_GET_BUFFER(data)->buf;
+        pc.n = PyMemoryView_GET_BUFFER(data)->len;
+    }
+    return stream_feed_pieces(s, &pc, 1, pc.n);
 }
 
 /* nothing in the loop's _ready would run before this record's callback in
@@ -419,11 +475,33 @@ static PyObject *Stream_drain(Stream *s, PyObject *unused)
     PyObject *r = Py_NewRef(Py_None);
     Py_ssize_t i = 0;
     for (; i < PyList_GET_SIZE(held); i++) {
-        PyObject *rec = Py_NewRef(PyList_GET_ITEM(held, i));
-        Py_DECREF(r);
-        PyObject *const *args = &PyTuple_GET_ITEM(rec, 0);
-        r = stream_recv(s, 0, args[1] == Py_True, args[2], args, 0);
-        Py_DECREF(rec);
+        int cnt = 0;
+        if (s->buffered && s->rfast && s->on_data != NULL && s->transport != NULL) {
+            /* a BufferedProtocol's data records in a row are fed together,
+             * as when they come (decision 335); held is ours, so are they */
+            Piece pc[GATHER_MAX];
+            Py_ssize_t total = 0;
+            for (; cnt < GATHER_MAX && i + cnt < PyList_GET_SIZE(held); cnt++) {
+                PyObject *const *a = &PyTuple_GET_ITEM(PyList_GET_ITEM(held, i + cnt), 0);
+                if (a[1] != Py_True || !PyBytes_CheckExact(a[2]) || PyBytes_GET_SIZE(a[2]) == 0)
+                    break;
+                pc[cnt].p = PyBytes_AS_STRING(a[2]);
+                total += pc[cnt].n = PyBytes_GET_SIZE(a[2]);
+            }
+            if (cnt > 0) {
+                Py_DECREF(r);
+                r = stream_feed_pieces(s, pc, cnt, total) < 0 ? NULL
+                                                                    : Py_NewRef(Py_None);
+                i += cnt - 1; /* the last one handed over */
+            }
+        }
+        if (cnt == 0) {
+            PyObject *rec = Py_NewRef(PyList_GET_ITEM(held, i));
+            Py_DECREF(r);
+            PyObject *const *args = &PyTuple_GET_ITEM(rec, 0);
+            r = stream_recv(s, 0, args[1] == Py_True, args[2], args, 0);
+            Py_DECREF(rec);
+        }
         if (r == NULL)
             break;
     }
@@ -605,20 +683,31 @@ static PyObject *stream_queued(Stream *s)
     Py_RETURN_NONE;
 }
 
+/* From this size on, write() of a bytearray or memoryview to a transport
+ * with nothing queued and nothing in flight is one send() at once, on both
+ * backends (decision 336): a copy for the turn's flush costs at least a
+ * syscall from about 16 KiB up, and more with each byte. */
+#define DIRECT_MUTABLE (16 * 1024)
+
 /* write(data): the transport's write() */
 static PyObject *Stream_write(Stream *s, PyObject *data)
 {
     if (!s->wfast || s->transport == NULL || !stream_queue_ok(s))
         goto slow;
     PyObject *b;
-    if (!s->dirty && !s->sending && stream_queue_len(s) == 0 &&
+    if (!s->sending && stream_queue_len(s) == 0 &&
         (PyBytes_CheckExact(data) || PyByteArray_CheckExact(data) || PyMemoryView_Check(data))) {
         /* idle: epoll sends at once; io_uring only what is over the
-         * high-water mark (sent at once anyway: no copy of it first) */
+         * high-water mark (sent at once anyway: no copy of it first). A
+         * mutable buffer of DIRECT_MUTABLE bytes or more is sent at once on
+         * both, even after another write of the turn (decision 336): its
+         * copy for the flush costs more than the send() call */
         Py_ssize_t len = PyMemoryView_Check(data) ? PyMemoryView_GET_BUFFER(data)->len
                                                    : Py_SIZE(data);
         PyObject *r;
-        if ((s->direct || len > s->high) && stream_write_direct(s, data, &r))
+        if (((!s->dirty && (s->direct || len > s->high)) ||
+             (len >= DIRECT_MUTABLE && !PyBytes_CheckExact(data))) &&
+            stream_write_direct(s, data, &r))
             return r;
     }
     if (PyBytes_CheckExact(data)) {
@@ -729,7 +818,11 @@ static void stream_dirty_clear(PyObject *buf)
 }
 
 /* _flush(): the turn's writes leave as one send (unless one is in flight:
- * then when it completes) */
+ * then when it completes). The socket is asked first, with one non-blocking
+ * sendmsg() of the whole queue: what it takes needs no engine op, no slot,
+ * no record and no completion; only a rest (the socket buffer was full: a
+ * short send, or EAGAIN) goes to the engine's ordered queue, from where the
+ * kernel left off (decision 305). */
 static PyObject *Stream_flush(Stream *s, PyObject *unused)
 {
     (void)unused;
@@ -742,48 +835,77 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
     Py_ssize_t n = stream_queue_len(s);
     if (n == 0 || s->sending)
         Py_RETURN_NONE;
+    if (n > MAX_IOV) /* more than one send takes: Python sends it */
+        return stream_call(s, s_flush_slow, NULL, 0, 0);
     /* a single write is the queue itself (bytes); a list's chunks are checked */
     int listed = PyList_CheckExact(buf);
-    for (Py_ssize_t i = 0; listed && i < n; i++)
-        if (!PyBytes_CheckExact(PyList_GET_ITEM(buf, i)))
-            return stream_call(s, s_flush_slow, NULL, 0, 0);
+    struct iovec small[16], *iov = small;
+    if (n > 16 && !(iov = PyMem_Malloc((size_t)n * sizeof *iov)))
+        return PyErr_NoMemory();
     Py_INCREF(t);
     PyObject *result = NULL;
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *b = listed ? PyList_GET_ITEM(buf, i) : buf;
+        if (!PyBytes_CheckExact(b))
+            goto slow;
+        iov[i].iov_base = PyBytes_AS_STRING(b);
+        iov[i].iov_len = (size_t)PyBytes_GET_SIZE(b);
+        total += PyBytes_GET_SIZE(b);
+    }
+    if (total > INT32_MAX)
+        goto slow; /* more than one send takes */
+    /* the socket first, unless the protocol is paused (its resume is the
+     * completion's business). Nothing of ours is in flight on the fd: the
+     * Stream's sends are its fd's only ordered ops (sendall refuses a
+     * transport's socket, write_eof and sendfile leave the fast path) */
+    Py_ssize_t k = 0, first = 0;
+    s->sends++;
+    if (!s->wpaused) {
+        struct msghdr msg = {0};
+        msg.msg_iov = iov;
+        msg.msg_iovlen = (size_t)n;
+        do
+            k = sendmsg(s->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        while (k < 0 && errno == EINTR);
+        if (k < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                /* the stock write's error: the flush's caller reports it as
+                 * "Fatal write error on socket transport" */
+                PyErr_SetFromErrno(PyExc_OSError);
+                goto out;
+            }
+            k = 0;
+        }
+        s->buffer_size -= k;
+        if (k == total) { /* all of it: no queue until the next write (decision 310) */
+            s->inline_sends++;
+            Py_CLEAR(s->buffer);
+            result = Py_NewRef(Py_None);
+            goto out;
+        }
+        /* the rest leaves from where the kernel stopped */
+        for (Py_ssize_t left = k; left > 0; first++) {
+            if ((size_t)left < iov[first].iov_len) {
+                iov[first].iov_base = (char *)iov[first].iov_base + left;
+                iov[first].iov_len -= (size_t)left;
+                break;
+            }
+            left -= (Py_ssize_t)iov[first].iov_len;
+        }
+    }
     uint64_t ud;
     int rc;
-    Py_ssize_t total = 0;
     if (n == 1) {
         PyObject *b = listed ? PyList_GET_ITEM(buf, 0) : buf;
-        total = PyBytes_GET_SIZE(b);
-        if (total > INT32_MAX)
-            goto slow;
         if (!(ud = table_take(t, (PyObject *)s, b, SLOT_SENT)))
             goto out;
-        rc = t->send(t->engine, ud, s->fd, PyBytes_AS_STRING(b), (uint32_t)total, 0);
+        rc = t->send(t->engine, ud, s->fd, iov[0].iov_base, (uint32_t)iov[0].iov_len, 0);
     } else {
-        struct iovec small[16], *iov = small;
-        if (n > 16 && !(iov = PyMem_Malloc((size_t)n * sizeof *iov))) {
-            PyErr_NoMemory();
-            goto out;
-        }
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *b = PyList_GET_ITEM(buf, i);
-            iov[i].iov_base = PyBytes_AS_STRING(b);
-            iov[i].iov_len = (size_t)PyBytes_GET_SIZE(b);
-            total += PyBytes_GET_SIZE(b);
-        }
-        if (total > INT32_MAX || n > MAX_IOV) {
-            if (iov != small)
-                PyMem_Free(iov);
-            goto slow; /* more than one send takes: Python sends it */
-        }
         /* the list itself keeps the bytes: it leaves the Stream below */
-        ud = table_take(t, (PyObject *)s, buf, SLOT_SENT);
-        rc = ud ? t->sendv(t->engine, ud, s->fd, iov, (uint32_t)n, 0) : 0;
-        if (iov != small)
-            PyMem_Free(iov);
-        if (!ud)
+        if (!(ud = table_take(t, (PyObject *)s, buf, SLOT_SENT)))
             goto out;
+        rc = t->sendv(t->engine, ud, s->fd, iov + first, (uint32_t)(n - first), 0);
     }
     /* the queue is the op's now (as Python's _flush swaps the list first):
      * a single send keeps its bytes, a vectored one the list itself; the
@@ -793,13 +915,14 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
         result = table_refused(t, ud, rc);
         goto out;
     }
-    s->sending = total;
-    s->sends++;
+    s->sending = total - k;
     result = Py_NewRef(Py_None);
     goto out;
 slow:
     result = stream_call(s, s_flush_slow, NULL, 0, 0);
 out:
+    if (iov != small)
+        PyMem_Free(iov);
     Py_DECREF(t);
     return result;
 }
@@ -897,6 +1020,33 @@ static int stream_deliver(PyObject *owner, int32_t res, int more, PyObject *data
         return -1;
     Py_DECREF(r);
     return 1;
+}
+
+/* A BufferedProtocol's receive on its fast path (nothing held, not paused
+ * or closing, nothing ahead of it in _ready): table_deliver may hand it a
+ * turn's pool records at once (stream_deliver_pieces). */
+static int stream_gathers(PyObject *owner)
+{
+    Stream *s = (Stream *)owner;
+    return Py_IS_TYPE(owner, &StreamType) && s->buffered && s->rfast && s->held == NULL &&
+           s->on_data != NULL && s->transport != NULL && ready_empty(s->loop);
+}
+
+/* a turn's pool records of the receive (cnt pieces, total bytes) into
+ * get_buffer()'s buffers, in the transport's context (decision 335). 1, or
+ * -1 with an exception set. */
+static int stream_deliver_pieces(PyObject *owner, const Piece *pc, int cnt, Py_ssize_t total)
+{
+    Stream *s = (Stream *)owner;
+    int rc = -1;
+    Py_INCREF(s);
+    if (PyContext_Enter(s->ctx) == 0) {
+        rc = stream_feed_pieces(s, pc, cnt, total);
+        if (PyContext_Exit(s->ctx) < 0)
+            rc = -1;
+    }
+    Py_DECREF(s);
+    return rc < 0 ? -1 : 1;
 }
 
 /* A record of a SLOT_SENT slot (a send the Stream's _flush submitted, the
@@ -1148,6 +1298,7 @@ static PyMemberDef Stream_members[] = {
     {"low", T_PYSSIZET, offsetof(Stream, low), 0, NULL},
     {"sends", T_UINT, offsetof(Stream, sends), 0, NULL},
     {"directs", T_UINT, offsetof(Stream, directs), 0, NULL},
+    {"inline_sends", T_UINT, offsetof(Stream, inline_sends), 0, NULL},
     {"recv_ud", T_ULONGLONG, offsetof(Stream, recv_ud), 0, NULL},
     {"fd", T_INT, offsetof(Stream, fd), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
@@ -1183,7 +1334,8 @@ static PyTypeObject StreamType = {
     .tp_new = Stream_new,
 };
 
-/* A method of the transport that is its Stream's (write, writelines): a
+/* A method of the transport that is its Stream's (write, writelines), or
+ * that reads one of its slots (is_closing, decision 306): a
  * class attribute the interpreter calls as m(transport, arg) with no bound
  * method made (Py_TPFLAGS_METHOD_DESCRIPTOR, as for a function), which
  * finds the transport's Stream in its _core slot, at a fixed offset. Each
@@ -1194,15 +1346,30 @@ typedef struct {
     vectorcallfunc vectorcall;
     PyTypeObject *owner; /* the class whose instances have the _core slot */
     Py_ssize_t offset;   /* where that slot is */
-    PyCFunction fn;      /* Stream_write or Stream_writelines (METH_O) */
+    PyCFunction fn;      /* Stream_write or Stream_writelines (METH_O); NULL: the
+                          * slot's own value, no argument (is_closing) */
     PyObject *name;
+    PyObject *slot;      /* the member descriptor (its error when the slot is empty) */
 } CoreMethod;
 
 static PyObject *CoreMethod_vectorcall(CoreMethod *m, PyObject *const *args, size_t nargsf,
                                        PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
+    if (m->fn == NULL && nargs == 1 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0) &&
+        PyObject_TypeCheck(args[0], m->owner)) {
+        /* is_closing(): return self._closing, read from its slot (decision 306) */
+        PyObject *v = *(PyObject **)((char *)args[0] + m->offset);
+        if (v == NULL) /* never set: the descriptor's own AttributeError */
+            return Py_TYPE(m->slot)->tp_descr_get(m->slot, args[0], (PyObject *)m->owner);
+        return Py_NewRef(v);
+    }
+    if (m->fn == NULL && (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0))) {
+        PyErr_Format(PyExc_TypeError, "%U() takes no arguments (%zd given)", m->name,
+                     nargs - 1);
+        return NULL;
+    }
+    if (m->fn != NULL && (nargs != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0))) {
         PyErr_Format(PyExc_TypeError, "%U() takes exactly one argument (%zd given)", m->name,
                      nargs - 1);
         return NULL;
@@ -1234,6 +1401,7 @@ static PyObject *CoreMethod_get(PyObject *m, PyObject *obj, PyObject *type)
 static int CoreMethod_traverse(CoreMethod *m, visitproc visit, void *arg)
 {
     Py_VISIT(m->owner);
+    Py_VISIT(m->slot);
     return 0;
 }
 
@@ -1242,6 +1410,7 @@ static void CoreMethod_dealloc(CoreMethod *m)
     PyObject_GC_UnTrack(m);
     Py_CLEAR(m->owner);
     Py_CLEAR(m->name);
+    Py_CLEAR(m->slot);
     Py_TYPE(m)->tp_free((PyObject *)m);
 }
 
@@ -1266,7 +1435,8 @@ static PyTypeObject CoreMethodType = {
 };
 
 /* core_method(slot, name): the transport class's method name ("write" or
- * "writelines") over the Stream in slot (the class's _core member) */
+ * "writelines") over the Stream in slot (the class's _core member); or
+ * "is_closing", which returns the value in slot (the class's _closing) */
 static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)mod;
@@ -1284,8 +1454,10 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
         fn = (PyCFunction)Stream_write;
     else if (PyUnicode_CompareWithASCIIString(args[1], "writelines") == 0)
         fn = (PyCFunction)Stream_writelines;
+    else if (PyUnicode_CompareWithASCIIString(args[1], "is_closing") == 0)
+        fn = NULL;
     else {
-        PyErr_SetString(PyExc_ValueError, "core_method: write or writelines");
+        PyErr_SetString(PyExc_ValueError, "core_method: write, writelines or is_closing");
         return NULL;
     }
     CoreMethod *m = PyObject_GC_New(CoreMethod, &CoreMethodType);
@@ -1296,6 +1468,7 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
     m->offset = md->d_member->offset;
     m->fn = fn;
     m->name = Py_NewRef(args[1]);
+    m->slot = Py_NewRef(args[0]);
     PyObject_GC_Track(m);
     return (PyObject *)m;
 }

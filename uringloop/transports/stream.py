@@ -649,6 +649,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
 SocketTransport.write = _sched.core_method(SocketTransport._core, "write")
 if _PY312:
     SocketTransport.writelines = _sched.core_method(SocketTransport._core, "writelines")
+# is_closing(): base.py's `return self._closing`, read from the slot in C
+# (aiohttp asks once per request; decision 306)
+SocketTransport.is_closing = _sched.core_method(SocketTransport._closing, "is_closing")
 
 
 class _Kind:

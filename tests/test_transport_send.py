@@ -1,0 +1,221 @@
+"""The stream transport's send at the end of the turn (decision 305): the
+socket is asked first, with one non-blocking sendmsg() of the turn's queue;
+only what it leaves becomes an engine send, in the fd's ordered queue, from
+where the kernel stopped. On every kind (io_uring, epoll, io_uring with
+every fallback), and on the stock loop where the point is the stock
+behaviour (what the peer receives, in order, and the errors)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+
+import pytest
+from conftest import is_stock, run_in
+
+
+class Proto(asyncio.Protocol):
+    def __init__(self, loop):
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def connection_lost(self, exc):
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+async def _pair(loop, rcvbuf=0):
+    """A transport of the loop's and its peer, a plain non-blocking socket
+    (with a small receive buffer when rcvbuf is given, set before it is
+    connected, so the window never grows past it)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    if rcvbuf:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    listener.setblocking(False)
+    with listener:
+        port = listener.getsockname()[1]
+        connect = loop.create_connection(lambda: Proto(loop), "127.0.0.1", port)
+        (tr, pr), (peer, _) = await asyncio.gather(connect, loop.sock_accept(listener))
+    peer.setblocking(False)
+    return tr, pr, peer
+
+
+async def _read_until_eof(loop, peer):
+    out = bytearray()
+    while chunk := await loop.sock_recv(peer, 1 << 20):
+        out += chunk
+    return bytes(out)
+
+
+def _pattern(i, size):
+    """size bytes that say where they belong (a reordered, repeated or
+    dropped chunk changes the whole)."""
+    unit = i.to_bytes(4, "big")
+    return (unit * (size // 4 + 1))[:size]
+
+
+def test_a_flush_the_socket_takes_whole_is_no_engine_op(loop):
+    """A turn's writes that the socket takes at once leave in the flush's
+    sendmsg(): no engine op, so no record and no completion; the queue is
+    empty when the turn ends."""
+
+    async def main():
+        tr, pr, peer = await _pair(loop)
+        with peer:
+            c, eng = tr._core, loop._engine
+            await asyncio.sleep(0)  # the receive is armed: nothing else will come
+            sends, inline, records = c.sends, c.inline_sends, eng.stats()["records"]
+            tr.write(b"a" * 100)  # epoll: sent by write() itself (decision 210)
+            tr.write(b"b" * 200)
+            tr.writelines([b"c" * 300, b"d"])
+            for _ in range(3):
+                await asyncio.sleep(0)  # the flush, then turns where a record would come
+            assert c.sends - sends == 1  # the turn's writes, one flush
+            assert c.inline_sends - inline == 1  # taken whole by the socket
+            assert eng.stats()["records"] == records  # no engine op: no record
+            assert c.buffer_size == 0 and c.sending == 0 and not c.buffer
+            want = b"a" * 100 + b"b" * 200 + b"c" * 300 + b"d"
+            got = bytearray()
+            while len(got) < len(want):
+                got += await loop.sock_recv(peer, 65536)
+            assert bytes(got) == want
+            tr.close()
+            assert await pr.lost is None
+
+    run_in(loop, main())
+
+
+@pytest.mark.parametrize("end", ["close", "write_eof"])
+def test_a_short_direct_send_goes_on_in_order(any_loop, end):
+    """The socket takes part of the turn's queue: the rest goes on through the
+    engine from the first byte it did not take, the next turns' writes leave
+    behind it, and close() (or write_eof()) while that send is in flight
+    still delivers every byte, in order, before the EOF."""
+    loop = any_loop
+
+    async def main():
+        tr, pr, peer = await _pair(loop, rcvbuf=16384)
+        with peer:
+            sock = tr.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            tr.set_write_buffer_limits(high=64 << 20)  # no send at write() time
+            tr.write(b"<")  # epoll sends this in write() (decision 210): the rest queues
+            total = bytearray(b"<")
+            # 40 chunks (more than the flush's 16 iovecs on the stack), with
+            # one odd size so the cut falls inside a chunk
+            for i in range(40):
+                piece = _pattern(i, 65536 if i != 7 else 4093)
+                tr.write(piece)
+                total += piece
+            queued = tr.get_write_buffer_size()
+            await asyncio.sleep(0)  # the flush: part leaves, the rest waits
+            if not is_stock(loop):
+                c = tr._core
+                # some went at once (the flush's sendmsg), the rest is one
+                # engine send, in flight until the peer reads
+                assert 0 < c.sending < queued
+                assert c.buffer_size == c.sending
+            for i in range(40, 50):  # later turns queue behind it
+                piece = _pattern(i, 1000 + i)
+                tr.write(piece)
+                total += piece
+                await asyncio.sleep(0)
+            if end == "close":
+                tr.close()
+            else:
+                tr.write_eof()
+            got = await _read_until_eof(loop, peer)
+            assert len(got) == len(total)
+            assert got == bytes(total)
+            if end == "write_eof":
+                tr.close()
+            assert await pr.lost is None
+
+    run_in(loop, main(), timeout=30)
+
+
+def test_abort_while_the_rest_is_in_flight(any_loop):
+    """abort() while the rest of a short direct send is in the engine: the
+    send is cancelled, connection_lost(None) comes once, the fd is closed
+    (the fixture counts fds) and what reached the peer is a prefix of what
+    was written."""
+    loop = any_loop
+
+    async def main():
+        tr, pr, peer = await _pair(loop, rcvbuf=16384)
+        with peer:
+            tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            tr.set_write_buffer_limits(high=64 << 20)
+            tr.write(b"<")  # epoll sends this in write() (decision 210): the rest queues
+            data = b"".join(_pattern(i, 65536) for i in range(16))
+            tr.write(data)
+            queued = tr.get_write_buffer_size()
+            data = b"<" + data
+            await asyncio.sleep(0)
+            if not is_stock(loop):
+                assert 0 < tr._core.sending < queued
+            tr.abort()
+            assert await pr.lost is None
+            got = bytearray()
+            while True:
+                try:
+                    chunk = await loop.sock_recv(peer, 1 << 20)
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                got += chunk
+            assert data.startswith(bytes(got))
+
+    run_in(loop, main(), timeout=30)
+
+
+def test_a_flush_error_is_the_stock_write_error(any_loop):
+    """The flush's sendmsg() fails (the socket was shut down for writing
+    behind the transport's back): the stock write error, a fatal error whose
+    connection_lost gets the BrokenPipeError, once."""
+    loop = any_loop
+
+    async def main():
+        tr, pr, peer = await _pair(loop)
+        with peer:
+            tr.write(b"<")  # epoll sends this in write() (decision 210): the rest queues
+            tr.get_extra_info("socket").shutdown(socket.SHUT_WR)
+            tr.write(b"x" * 10)
+            tr.write(b"y" * 10)
+            exc = await pr.lost
+            assert isinstance(exc, BrokenPipeError)
+            assert exc.errno == errno.EPIPE
+            assert tr.is_closing()
+            assert tr.get_write_buffer_size() == 0
+
+    run_in(loop, main())
+
+
+def test_is_closing_reads_the_slot(any_loop):
+    """is_closing() is the stock `return self._closing`, in C on uringloop
+    (decision 306): False while open, True from close() on, also through
+    the class and as a bound method; extra arguments are refused."""
+    loop = any_loop
+
+    async def main():
+        tr, pr, peer = await _pair(loop)
+        with peer:
+            cls = type(tr)
+            if not is_stock(loop):
+                assert type(cls.__dict__["is_closing"]).__name__ == "CoreMethod"
+            assert tr.is_closing() is False
+            assert cls.is_closing(tr) is False
+            bound = tr.is_closing
+            assert bound() is False
+            with pytest.raises(TypeError):
+                tr.is_closing(1)
+            tr.close()
+            assert tr.is_closing() is True and bound() is True
+            assert await pr.lost is None
+            assert tr.is_closing() is True
+
+    run_in(loop, main())

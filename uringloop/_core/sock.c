@@ -1,0 +1,333 @@
+/* The sock_* hot steps in C (decisions 320-324); included by sched.c.
+ *
+ * uringloop/sock.py keeps the sock_* coroutines and every cold path (kept
+ * results of cancelled ops, the fd-reuse claim, big and datagram receives,
+ * sends in the engine, errors). Its two hottest steps are here, each a plain
+ * function that either does the whole step or does nothing and says so
+ * (returns None / -1), so sock.py then runs its Python path unchanged:
+ *
+ *  - recv_start(loop, sock, n_or_buffer): sock_recv/sock_recv_into of a
+ *    stream socket with nothing unusual about it: the checks of _sock_fd, no
+ *    kept state for fd, the socket is the one last seen on fd, 0 < n <= a
+ *    pool buffer, no big receive in flight anywhere (_big_recvs empty); then
+ *    the _OpFuture and the one-shot pool receive, as _sock_op and
+ *    Engine.recv would make them. Returns the future (the op submitted).
+ *  - send_now(loop, sock, data): sock_sendall's first step when none of
+ *    ours is queued on the socket: the checks of _sock_fd, then one send(2),
+ *    as the stock loop's sock.send(data). Returns None when all of data went
+ *    out, else the bytes that did (0 for EAGAIN); raises what sock.send
+ *    raises.
+ *
+ * Both read the socket object's fd (and its timeout) in place: the layout of
+ * socketmodule's PySocketSockObject (fd first, then family, type, proto, the
+ * error handler and the timeout in ns) is checked once at setup against
+ * probe sockets, and without it both always say "not here".
+ */
+
+static struct {
+    PyTypeObject *socket_type; /* socket.socket: the only type taken here */
+    PyObject *big_recvs;       /* sock.py's _big_recvs */
+    PyObject *recv_result;     /* sock.py's _recv_result: a fast receive's converter */
+    PyObject *s_data;          /* "data" (WeakValueDictionary.data) */
+    Py_ssize_t off_fd, off_sock, off_convert, off_track, off_ud; /* _OpFuture's slots */
+    Py_ssize_t off_timeout;    /* PySocketSockObject.sock_timeout */
+    int layout;                /* the probes agreed: fd and timeout are read in place */
+    unsigned long long recvs, sends; /* steps taken here (tests read them) */
+} K;
+
+static inline int sock_fd_of(PyObject *sock)
+{
+    return *(int *)((char *)sock + sizeof(PyObject));
+}
+
+static inline int64_t sock_timeout_of(PyObject *sock)
+{
+    return *(int64_t *)((char *)sock + K.off_timeout);
+}
+
+/* What _sock_fd and the step's own checks ask, in C. 1: the fast step may
+ * go on with fd; 0: the Python path (which raises where it must); -1 error. */
+static int sock_usual(Core *self, PyObject *sock, int *fd)
+{
+    if (!K.layout || !Py_IS_TYPE(sock, K.socket_type) || self->debug != Py_False ||
+        self->closed != Py_False || self->table == NULL || self->table->engine == NULL ||
+        self->transports == NULL || self->sock_state == NULL || self->sock_owner == NULL ||
+        self->sock_sending == NULL || !PyDict_CheckExact(self->sock_state) ||
+        !PyDict_CheckExact(self->sock_owner) || !PyDict_CheckExact(self->sock_sending))
+        return 0;
+    *fd = sock_fd_of(sock);
+    if (*fd < 0)
+        return 0;
+    /* a socket a transport owns: _ensure_fd_no_transport raises */
+    if (*fd < fd_streams_cap && fd_streams[*fd] != NULL &&
+        (PyObject *)fd_streams[*fd]->loop == (PyObject *)self &&
+        fd_streams[*fd]->transport != NULL)
+        return 0;
+    PyObject *data = PyObject_GetAttr(self->transports, K.s_data);
+    if (data == NULL)
+        return -1;
+    int r = 1;
+    if (!PyDict_CheckExact(data)) {
+        r = 0;
+    } else if (PyDict_GET_SIZE(data)) {
+        PyObject *key = PyLong_FromLong(*fd);
+        int in = key ? PyDict_Contains(data, key) : -1;
+        r = in < 0 ? -1 : !in;
+        Py_XDECREF(key);
+    }
+    Py_DECREF(data);
+    return r;
+}
+
+/* owners.get(fd) is a weak reference to sock (sched.c owner_is). When no
+ * socket was seen on fd yet, or the one seen there is gone (collected),
+ * sock is now the owner: what _sock_claim does then, given no kept state on
+ * fd (the caller checked), with no old socket whose ops it would cancel. */
+static int sock_owner_is(PyObject *owners, PyObject *key, PyObject *sock)
+{
+    PyObject *ref = PyDict_GetItemWithError(owners, key); /* borrowed */
+    if (ref == NULL && PyErr_Occurred())
+        return -1;
+    if (ref != NULL) {
+        if (!PyWeakref_CheckRef(ref))
+            return 0;
+#if PY_VERSION_HEX >= 0x030D0000
+        PyObject *obj;
+        if (PyWeakref_GetRef(ref, &obj) < 0)
+            return -1;
+        Py_XDECREF(obj); /* only compared */
+#else
+        PyObject *obj = PyWeakref_GET_OBJECT(ref);
+        if (obj == Py_None)
+            obj = NULL;
+#endif
+        if (obj != NULL)
+            return obj == sock;
+    }
+    if ((ref = PyWeakref_NewRef(sock, NULL)) == NULL)
+        return -1;
+    int r = PyDict_SetItem(owners, key, ref);
+    Py_DECREF(ref);
+    return r < 0 ? -1 : 1;
+}
+
+/* recv_start(loop, sock, n or a writable buffer) -> the op's _OpFuture, or
+ * None: take sock.py's path */
+static PyObject *sock_recv_start(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (nargs != 3 || !PyObject_TypeCheck(args[0], &CoreType)) {
+        PyErr_SetString(PyExc_TypeError, "recv_start(loop, sock, n)");
+        return NULL;
+    }
+    Core *self = (Core *)args[0];
+    PyObject *sock = args[1], *arg = args[2];
+    int fd;
+    int r = sock_usual(self, sock, &fd);
+    if (r <= 0)
+        return r < 0 ? NULL : Py_NewRef(Py_None);
+    if (PyDict_GET_SIZE(K.big_recvs))
+        Py_RETURN_NONE; /* a big receive in flight must see later receives */
+    Table *t = self->table;
+    Py_ssize_t n;
+    if (PyLong_CheckExact(arg)) {
+        n = PyLong_AsSsize_t(arg);
+        if (n == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+    } else {
+        Py_buffer v;
+        if (PyObject_GetBuffer(arg, &v, PyBUF_WRITABLE) < 0) {
+            PyErr_Clear(); /* sock.py raises the stock TypeError */
+            Py_RETURN_NONE;
+        }
+        n = v.len;
+        PyBuffer_Release(&v);
+    }
+    if (n <= 0 || n > t->buf_size)
+        Py_RETURN_NONE;
+    PyObject *key = PyLong_FromLong(fd);
+    if (key == NULL)
+        return NULL;
+    /* kept results (or a cancelled op still to end) on fd; another socket
+     * last seen on fd (the claim of decision 41): sock.py */
+    r = PyDict_Contains(self->sock_state, key);
+    if (r == 0)
+        r = sock_owner_is(self->sock_owner, key, sock);
+    else if (r > 0)
+        r = 0;
+    if (r <= 0) {
+        Py_DECREF(key);
+        return r < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    if (self->future_kw == NULL && make_kw(self, 0) < 0) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    PyObject *fut = PyObject_Call((PyObject *)S.op_future_type, S.empty_tuple, self->future_kw);
+    if (fut == NULL) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    slot_put(fut, K.off_fd, key);
+    slot_put(fut, K.off_sock, sock);
+    slot_put(fut, K.off_convert, K.recv_result);
+    slot_put(fut, K.off_track, Py_True);
+    slot_put(fut, K.off_ud, Py_None);
+    Py_DECREF(key);
+    uint64_t ud = table_take(t, fut, NULL, 0);
+    PyObject *udo = ud ? submitted(t, ud, t->recv(t->engine, ud, fd, 0, (uint32_t)n)) : NULL;
+    if (udo == NULL) {
+        Py_DECREF(fut);
+        return NULL;
+    }
+    slot_put(fut, K.off_ud, udo);
+    Py_DECREF(udo);
+    K.recvs++;
+    return fut;
+}
+
+/* send_now(loop, sock, data) -> None (all of data went out), the bytes that
+ * did (an int, 0 for EAGAIN: the rest goes to the engine), or -1: nothing was
+ * tried here, take sock.py's path */
+static PyObject *sock_send_now(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (nargs != 3 || !PyObject_TypeCheck(args[0], &CoreType)) {
+        PyErr_SetString(PyExc_TypeError, "send_now(loop, sock, data)");
+        return NULL;
+    }
+    Core *self = (Core *)args[0];
+    PyObject *sock = args[1];
+    int fd;
+    int r = sock_usual(self, sock, &fd);
+    if (r <= 0)
+        return r < 0 ? NULL : PyLong_FromLong(-1);
+    /* a blocking socket or one with a timeout: sock.send's own waiting */
+    if (sock_timeout_of(sock) != 0)
+        return PyLong_FromLong(-1);
+    /* sends of ours in the engine on this socket: the rest queues behind them */
+    PyObject *q = PyDict_GetItemWithError(self->sock_sending, sock);
+    if (q == NULL && PyErr_Occurred())
+        return NULL;
+    if (q != NULL && (r = PyObject_IsTrue(q)) != 0)
+        return r < 0 ? NULL : PyLong_FromLong(-1);
+    Py_buffer v;
+    if (PyObject_GetBuffer(args[2], &v, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear(); /* sock.send raises the stock TypeError */
+        return PyLong_FromLong(-1);
+    }
+    ssize_t sent;
+    for (;;) {
+        sent = send(fd, v.buf, (size_t)v.len, 0);
+        if (sent >= 0)
+            break;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            sent = 0;
+            break;
+        }
+        if (errno != EINTR) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            PyBuffer_Release(&v);
+            return NULL;
+        }
+        if (PyErr_CheckSignals() < 0) { /* as sock.send: a handler may raise */
+            PyBuffer_Release(&v);
+            return NULL;
+        }
+    }
+    Py_ssize_t len = v.len;
+    PyBuffer_Release(&v);
+    K.sends++;
+    if (sent == len)
+        Py_RETURN_NONE;
+    return PyLong_FromSsize_t(sent);
+}
+
+/* sock_setup(socket.socket, _big_recvs, _recv_result, nonblocking, timed):
+ * the last two are connected sockets of socket.socket, one with timeout 0,
+ * one with 2.5 s, to check the layout read in place */
+static PyObject *sock_setup(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    PyObject *type, *big, *recv_result, *nb, *timed;
+    if (!PyArg_ParseTuple(args, "O!O!OOO:sock_setup", &PyType_Type, &type, &PyDict_Type, &big,
+                          &recv_result, &nb, &timed))
+        return NULL;
+    if (S.op_future_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "sock_setup: setup() first");
+        return NULL;
+    }
+    if (slot_offset(S.op_future_type, "_fd", &K.off_fd) < 0 ||
+        slot_offset(S.op_future_type, "_sock", &K.off_sock) < 0 ||
+        slot_offset(S.op_future_type, "_convert", &K.off_convert) < 0 ||
+        slot_offset(S.op_future_type, "_track", &K.off_track) < 0 ||
+        slot_offset(S.op_future_type, "_ud", &K.off_ud) < 0)
+        return NULL;
+    if (K.s_data == NULL && (K.s_data = PyUnicode_InternFromString("data")) == NULL)
+        return NULL;
+    Py_XSETREF(K.socket_type, (PyTypeObject *)Py_NewRef(type));
+    Py_XSETREF(K.big_recvs, Py_NewRef(big));
+    Py_XSETREF(K.recv_result, Py_NewRef(recv_result));
+    K.layout = 0;
+    /* family, the int after the fd: a member; the timeout comes after proto
+     * and the error handler's pointer */
+    Py_ssize_t off_fam = -1, off_proto = -1;
+    /* socket.socket's family is a property: the C members are _socket.socket's */
+    PyObject *base = (PyObject *)((PyTypeObject *)type)->tp_base;
+    PyObject *fam = base ? PyObject_GetAttrString(base, "family") : NULL;
+    PyObject *proto = base ? PyObject_GetAttrString(base, "proto") : NULL;
+    if (fam != NULL && Py_IS_TYPE(fam, &PyMemberDescr_Type))
+        off_fam = ((PyMemberDescrObject *)fam)->d_member->offset;
+    if (proto != NULL && Py_IS_TYPE(proto, &PyMemberDescr_Type))
+        off_proto = ((PyMemberDescrObject *)proto)->d_member->offset;
+    Py_XDECREF(fam);
+    Py_XDECREF(proto);
+    PyErr_Clear();
+    if (off_fam != (Py_ssize_t)(sizeof(PyObject) + sizeof(int)) || off_proto < off_fam ||
+        !Py_IS_TYPE(nb, (PyTypeObject *)type) || !Py_IS_TYPE(timed, (PyTypeObject *)type))
+        Py_RETURN_FALSE;
+    Py_ssize_t ptr = (Py_ssize_t)sizeof(void *);
+    K.off_timeout = (off_proto + (Py_ssize_t)sizeof(int) + ptr - 1) / ptr * ptr + ptr;
+    if ((size_t)K.off_timeout + sizeof(int64_t) > (size_t)((PyTypeObject *)type)->tp_basicsize)
+        Py_RETURN_FALSE;
+    int ok = 1;
+    PyObject *probes[2] = {nb, timed};
+    for (int i = 0; i < 2 && ok; i++) {
+        PyObject *no = PyObject_CallMethod(probes[i], "fileno", NULL);
+        long want = no ? PyLong_AsLong(no) : -1;
+        Py_XDECREF(no);
+        if (want == -1 && PyErr_Occurred())
+            return NULL;
+        ok = want >= 0 && sock_fd_of(probes[i]) == want;
+    }
+    ok = ok && sock_timeout_of(nb) == 0 && sock_timeout_of(timed) == 2500000000LL;
+    K.layout = ok;
+    return PyBool_FromLong(ok);
+}
+
+/* counts() -> (receives started here, first sends made here) */
+static PyObject *sock_counts(PyObject *mod, PyObject *unused)
+{
+    (void)mod;
+    (void)unused;
+    return Py_BuildValue("(KK)", K.recvs, K.sends);
+}
+
+static PyMethodDef sock_functions[] = {
+    {"recv_start", (PyCFunction)(void (*)(void))sock_recv_start, METH_FASTCALL,
+     "recv_start(loop, sock, n or buffer): a sock_recv's future, or None (sock.py's path)"},
+    {"send_now", (PyCFunction)(void (*)(void))sock_send_now, METH_FASTCALL,
+     "send_now(loop, sock, data): None (all sent), the bytes sent, or -1 (sock.py's path)"},
+    {"sock_setup", sock_setup, METH_VARARGS,
+     "sock_setup(socket.socket, _big_recvs, _recv_result, nonblocking, timed) -> layout ok"},
+    {"sock_counts", sock_counts, METH_NOARGS,
+     "sock_counts() -> (receives started in C, first sends made in C)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static int sock_init_module(PyObject *m)
+{
+    return PyModule_AddFunctions(m, sock_functions);
+}
