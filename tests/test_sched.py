@@ -389,8 +389,11 @@ def test_timers_within_a_millisecond_run_after_one_wait(loop, debug):
     0.9 ms away all run after the first wait (none, if the machine stalled
     past them first). A nanosecond-precise wait woke for each, up to nine
     kernel waits per batch. Ten batches, so that a few stalls of a loaded
-    machine cannot hide precise waits. The debug turn is the Python one
-    (loop._Turn.select)."""
+    machine cannot hide precise waits. The bound allows a few batches of two
+    waits: on a 2-CPU Xeon VM about 1 batch in 100 took a second wait on
+    epoll (inside pytest only; not reproduced in 20,000 batches outside it,
+    cause not found), where precise waits would take up to 90. The debug turn
+    is the Python one (loop._Turn.select)."""
     loop.set_debug(debug)
 
     async def batch():
@@ -415,7 +418,7 @@ def test_timers_within_a_millisecond_run_after_one_wait(loop, debug):
 
     waits, fired = run_in(loop, main())
     assert fired == [list(range(1, 10))] * 10
-    assert waits <= 10, waits
+    assert waits <= 15, waits
 
 
 def test_timers_never_run_early(any_loop):
