@@ -838,6 +838,33 @@ def test_a_visible_completion_is_taken_without_a_wait():
     assert waits <= rounds // 10, f"{waits} waiting runs for {rounds - 1} round trips"
 
 
+def test_a_send_queued_from_python_makes_the_engine_ready(make_engine):
+    """Decision 340 at the engine: a send submitted outside a run waits in the
+    backlog for the next run, and ul_ready says 1 for it, so the turn submits
+    it with a no-wait run (GIL kept) instead of a waiting one. Without the
+    flag, ul_ready is 0 here (nothing in the CQ yet). epoll sends at submit
+    (nothing waits), so it is not asked."""
+    from uringloop.engine import lib
+
+    eng = make_engine()
+    if eng.backend != "io_uring":
+        pytest.skip("epoll sends at submit: no send waits for the run")
+    a, b = socket.socketpair()
+    try:
+        done = []
+        eng.run(0)  # the ring is enabled and owned by this thread at its first run
+        assert lib.ul_ready(eng._e) == 0
+        eng.send(a.fileno(), b"ping", lambda *r: done.append(r))
+        assert lib.ul_ready(eng._e) == 1  # the queued send
+        eng.run(0)
+        assert [r[0] for r in done] == [4]
+        assert b.recv(16) == b"ping"
+        assert lib.ul_ready(eng._e) == 0  # submitted and reaped: nothing left
+    finally:
+        a.close()
+        b.close()
+
+
 @pytest.mark.parametrize("kind", ["io_uring", "io_uring-fallbacks"])
 def test_a_turn_submits_its_queued_sends_without_a_wait(kind):
     """Decision 340: a stream write leaves at the end of the turn as an engine
@@ -846,7 +873,10 @@ def test_a_turn_submits_its_queued_sends_without_a_wait(kind):
     released): the send completes inside that enter, so it never slept, but
     every turn of a transport ping-pong was a waiting run. A queued send now
     makes the turn run without a wait first (GIL kept): its completion and
-    the peer's receive come back from that enter, and no turn waits."""
+    the peer's receive come back from that enter, and no turn waits. Since
+    decision 305 the flush sends inline when the socket takes it all, so this
+    loop-level count passes with or without 340; the engine-level test above
+    is the one that fails without it."""
     from conftest import make_loop
 
     lp = make_loop(kind)
