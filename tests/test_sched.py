@@ -389,8 +389,11 @@ def test_timers_within_a_millisecond_run_after_one_wait(loop, debug):
     0.9 ms away all run after the first wait (none, if the machine stalled
     past them first). A nanosecond-precise wait woke for each, up to nine
     kernel waits per batch. Ten batches, so that a few stalls of a loaded
-    machine cannot hide precise waits. The debug turn is the Python one
-    (loop._Turn.select)."""
+    machine cannot hide precise waits. The bound allows a few batches of two
+    waits: on a 2-CPU Xeon VM about 1 batch in 100 took a second wait on
+    epoll (inside pytest only; not reproduced in 20,000 batches outside it,
+    cause not found), where precise waits would take up to 90. The debug turn
+    is the Python one (loop._Turn.select)."""
     loop.set_debug(debug)
 
     async def batch():
@@ -415,7 +418,7 @@ def test_timers_within_a_millisecond_run_after_one_wait(loop, debug):
 
     waits, fired = run_in(loop, main())
     assert fired == [list(range(1, 10))] * 10
-    assert waits <= 10, waits
+    assert waits <= 15, waits
 
 
 def test_timers_never_run_early(any_loop):
@@ -835,6 +838,33 @@ def test_a_visible_completion_is_taken_without_a_wait():
     assert waits <= rounds // 10, f"{waits} waiting runs for {rounds - 1} round trips"
 
 
+def test_a_send_queued_from_python_makes_the_engine_ready(make_engine):
+    """Decision 340 at the engine: a send submitted outside a run waits in the
+    backlog for the next run, and ul_ready says 1 for it, so the turn submits
+    it with a no-wait run (GIL kept) instead of a waiting one. Without the
+    flag, ul_ready is 0 here (nothing in the CQ yet). epoll sends at submit
+    (nothing waits), so it is not asked."""
+    from uringloop.engine import lib
+
+    eng = make_engine()
+    if eng.backend != "io_uring":
+        pytest.skip("epoll sends at submit: no send waits for the run")
+    a, b = socket.socketpair()
+    try:
+        done = []
+        eng.run(0)  # the ring is enabled and owned by this thread at its first run
+        assert lib.ul_ready(eng._e) == 0
+        eng.send(a.fileno(), b"ping", lambda *r: done.append(r))
+        assert lib.ul_ready(eng._e) == 1  # the queued send
+        eng.run(0)
+        assert [r[0] for r in done] == [4]
+        assert b.recv(16) == b"ping"
+        assert lib.ul_ready(eng._e) == 0  # submitted and reaped: nothing left
+    finally:
+        a.close()
+        b.close()
+
+
 @pytest.mark.parametrize("kind", ["io_uring", "io_uring-fallbacks"])
 def test_a_turn_submits_its_queued_sends_without_a_wait(kind):
     """Decision 340: a stream write leaves at the end of the turn as an engine
@@ -843,7 +873,10 @@ def test_a_turn_submits_its_queued_sends_without_a_wait(kind):
     released): the send completes inside that enter, so it never slept, but
     every turn of a transport ping-pong was a waiting run. A queued send now
     makes the turn run without a wait first (GIL kept): its completion and
-    the peer's receive come back from that enter, and no turn waits."""
+    the peer's receive come back from that enter, and no turn waits. Since
+    decision 305 the flush sends inline when the socket takes it all, so this
+    loop-level count passes with or without 340; the engine-level test above
+    is the one that fails without it."""
     from conftest import make_loop
 
     lp = make_loop(kind)
