@@ -276,10 +276,12 @@ def test_python_bytes_per_idle_connection(tloop):
     async def main():
         await batch(False)
         per_connection = await batch(True)
-        # measured on 3.11 (600-625; 700-820 before decisions 310-313) and
-        # 3.12 (575-590; 725-760); 3.10 and 3.13 lay objects out otherwise
-        # (3.10's protocol has a real dict): the wide bound there
-        bound = 680 if (3, 11) <= sys.version_info < (3, 13) else 1100
+        # measured on 3.11 (600-625 alone, up to 680 inside a full suite run;
+        # 700-820 before decisions 310-313) and 3.12 (575-590; 725-760); 3.10
+        # and 3.13 lay objects out otherwise (3.10's protocol has a real
+        # dict): the wide bound there. A guard against growth: the tests
+        # above pin each of 310-313 on its own
+        bound = 730 if (3, 11) <= sys.version_info < (3, 13) else 1100
         assert per_connection < bound, f"{per_connection:.0f} bytes per connection"
 
     run_in(tloop, main())
