@@ -129,17 +129,15 @@ def _script(child: str) -> str:
     return PRELUDE + body + PARENT_CHECK
 
 
-@pytest.mark.parametrize("kind", ANY_LOOP_KINDS)
-@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_fork_child_with_parent_loop(kind, scenario, tmp_path):
-    if kind.startswith("io_uring"):
-        require_uring()
-    options = fallback_options() if kind == "io_uring-fallbacks" else 0
+def _run_script(script, args, tmp_path, **env_extra):
+    """script as `python -c` with args, on the package under test (no forced
+    backend); returns (proc, a detail string for assertions)."""
     env = dict(os.environ)
     env.pop("URINGLOOP_BACKEND", None)
     env["PYTHONPATH"] = _package_parent() + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(env_extra)
     proc = subprocess.run(
-        [sys.executable, "-c", _script(SCENARIOS[scenario]), kind, str(options)],
+        [sys.executable, "-c", script, *args],
         env=env,
         cwd=tmp_path,
         stdin=subprocess.DEVNULL,
@@ -148,6 +146,16 @@ def test_fork_child_with_parent_loop(kind, scenario, tmp_path):
         timeout=TIMEOUT,
     )
     detail = f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout}--- stderr ---\n{proc.stderr}"
+    return proc, detail
+
+
+@pytest.mark.parametrize("kind", ANY_LOOP_KINDS)
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_fork_child_with_parent_loop(kind, scenario, tmp_path):
+    if kind.startswith("io_uring"):
+        require_uring()
+    options = fallback_options() if kind == "io_uring-fallbacks" else 0
+    proc, detail = _run_script(_script(SCENARIOS[scenario]), [kind, str(options)], tmp_path)
     assert proc.returncode == 0, detail
     assert proc.stdout.strip().splitlines()[-1] == "child exit 0", detail
 
@@ -233,19 +241,8 @@ def test_fork_child_frees_the_engines_heap(kind, what, tmp_path):
     if kind.startswith("io_uring"):
         require_uring()
     options = fallback_options() if kind == "io_uring-fallbacks" else 0
-    env = dict(os.environ)
-    env.pop("URINGLOOP_BACKEND", None)
-    env["PYTHONPATH"] = _package_parent() + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [sys.executable, "-c", HEAP_SCRIPT, kind.split("-")[0], str(options), what, str(HEAP_OPS)],
-        env=env,
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    detail = f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout}--- stderr ---\n{proc.stderr}"
+    args = [kind.split("-")[0], str(options), what, str(HEAP_OPS)]
+    proc, detail = _run_script(HEAP_SCRIPT, args, tmp_path)
     assert proc.returncode == 0, detail
     extra = int(proc.stdout.split()[-1])
     # fresh: an array of at least n 16-byte entries; sendv: a msghdr and two
@@ -297,21 +294,10 @@ def test_fork_child_leaks_nothing_of_the_engine(kind, tmp_path):
     if kind.startswith("io_uring"):
         require_uring()
     options = fallback_options() if kind == "io_uring-fallbacks" else 0
-    env = dict(os.environ)
-    env.pop("URINGLOOP_BACKEND", None)
-    env["PYTHONPATH"] = _package_parent() + os.pathsep + env.get("PYTHONPATH", "")
-    env["ASAN_OPTIONS"] = "detect_leaks=1"
-    env["PYTHONMALLOC"] = "malloc"
-    proc = subprocess.run(
-        [sys.executable, "-c", LSAN_SCRIPT, kind.split("-")[0], str(options)],
-        env=env,
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
+    proc, detail = _run_script(
+        LSAN_SCRIPT, [kind.split("-")[0], str(options)], tmp_path,
+        ASAN_OPTIONS="detect_leaks=1", PYTHONMALLOC="malloc",
     )
-    detail = f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout}--- stderr ---\n{proc.stderr}"
     assert proc.returncode == 0 and proc.stdout.strip() == "child 0", detail
     # a leak's stack names our sources (symbolized) or our module (not)
     ours = [ln for ln in proc.stderr.splitlines() if "_core/" in ln or "_engine_cffi" in ln]
