@@ -107,22 +107,29 @@ def test_a_connect_slot_gives_its_address_block_back(eng, tcp_listener, res_trac
     res_tracker.sock(socket.socket(fileno=acc.records[0][0]))
 
 
+def _armed_pairs(eng, res_tracker, n=200):
+    """n socketpairs, each with a multishot receive armed on one end (a
+    Collector each) and a 1 MiB send buffer on the other; returns (pairs,
+    collectors, how many pool buffers the armed receives hold: engine-picked
+    buffers, no ring, hold one each)."""
+    pairs = [tuple(map(res_tracker.sock, socket.socketpair())) for _ in range(n)]
+    for _, b in pairs:
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    cols = [Collector(str(i)) for i in range(n)]
+    for (a, _), c in zip(pairs, cols, strict=True):
+        eng.recv(a.fileno(), c)
+    settle(eng, 2)
+    held = n if eng.backend == "io_uring" and not eng.info()["buffer_ring"] else 0
+    return pairs, cols, held
+
+
 def test_pool_pages_go_back_after_a_burst(eng, res_tracker):
     """A burst that walks most of the pool, then an idle wait: the pool pages
     beyond the working set are handed back (before: every page the burst
     touched stayed, about 3,000 of the pool's 4,096); a second burst after
     that is received whole."""
-    pairs = [tuple(map(res_tracker.sock, socket.socketpair())) for _ in range(200)]
-    for _, b in pairs:
-        b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-    cols = [Collector(str(i)) for i in range(len(pairs))]
-    for (a, _), c in zip(pairs, cols, strict=True):
-        eng.recv(a.fileno(), c)
-    settle(eng, 2)
-    info = eng.info()
-    # engine-picked buffers (no ring): each armed receive holds one
-    held = len(pairs) if eng.backend == "io_uring" and not info["buffer_ring"] else 0
-    page_per_buf = info["buf_size"] // mmap.PAGESIZE
+    pairs, cols, held = _armed_pairs(eng, res_tracker)
+    page_per_buf = eng.info()["buf_size"] // mmap.PAGESIZE
     for burst in range(2):
         want = []
         for i, (_, b) in enumerate(pairs):
@@ -156,15 +163,7 @@ def test_an_idle_wait_that_submits_still_trims(eng, res_tracker):
     reap, still ends in the trim. It used to be reported as interrupted
     (io_uring drops ETIME when the same enter submitted, and an empty CQ was
     read as a signal), so the run returned without trimming (decision 331)."""
-    pairs = [tuple(map(res_tracker.sock, socket.socketpair())) for _ in range(200)]
-    for _, b in pairs:
-        b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-    cols = [Collector(str(i)) for i in range(len(pairs))]
-    for (a, _), c in zip(pairs, cols, strict=True):
-        eng.recv(a.fileno(), c)
-    settle(eng, 2)
-    info = eng.info()
-    held = len(pairs) if eng.backend == "io_uring" and not info["buffer_ring"] else 0
+    pairs, cols, held = _armed_pairs(eng, res_tracker)
     for _, b in pairs:
         b.sendall(b"x" * 65536)
     run_until(eng, lambda: all(len(c.payload()) == 65536 for c in cols), what="the burst")
