@@ -305,17 +305,21 @@ async def bench_future(loop, n):
     return n, time.perf_counter() - t0
 
 
+def _socketpairs(k):
+    """k non-blocking AF_UNIX stream socketpairs."""
+    socks = [socket.socketpair() for _ in range(k)]
+    for pair in socks:
+        for sock in pair:
+            sock.setblocking(False)
+    return socks
+
+
 async def _sock_pingpong(loop, n, pairs):
     rounds = max(1, n // pairs)
     msg = bytes(range(MSG_LEN))
     sock_recv = loop.sock_recv
     sock_sendall = loop.sock_sendall
-    socks = []
-    for _ in range(pairs):
-        a, b = socket.socketpair()
-        a.setblocking(False)
-        b.setblocking(False)
-        socks.append((a, b))
+    socks = _socketpairs(pairs)
 
     async def recv_exact(sock):
         data = await sock_recv(sock, MSG_LEN)
@@ -356,12 +360,7 @@ async def bench_sock_100k_pingpong4(loop, n):
     pairs, size = 4, 100 * 1024
     rounds = max(1, n // pairs)
     msg = bytes(i & 0xFF for i in range(size))
-    socks = []
-    for _ in range(pairs):
-        a, b = socket.socketpair()
-        a.setblocking(False)
-        b.setblocking(False)
-        socks.append((a, b))
+    socks = _socketpairs(pairs)
 
     async def client(a):
         for _ in range(rounds):
