@@ -656,7 +656,7 @@ os.register_at_fork(after_in_child=_forget_all_after_fork)
 _STATS = (
     "enters", "waits", "submitted", "records", "cq_overflows", "rearms",
     "eagain_retries", "wakeups", "guard_faults", "in_flight", "bufs_free", "ident_captures",
-    "ident_checks", "cqes", "addr_blocks", "pool_resident", "fd_entries",
+    "ident_checks", "cqes", "addr_blocks", "pool_resident", "fd_entries", "pool_takes",
 )
 
 _SETUP_FLAGS = {

@@ -228,6 +228,7 @@ int ul__pool_take(ul_engine *e)
     if (!e->nfree)
         return -1;
     uint16_t bid = e->free_bids[--e->nfree];
+    e->st.pool_takes++;
     if (e->guard)
         ul__guard(e, bid, 1);
     ul__pool_touch(e, bid);

@@ -114,6 +114,7 @@ typedef struct ul_stats {
     uint32_t pool_resident;      /* stream pool buffers used since the engine last
                                     handed their pages back (or ever) */
     uint32_t fd_entries;         /* entries of the engine's fd table */
+    uint64_t pool_takes;         /* stream pool buffers taken (for records or tries) */
 } ul_stats;
 
 typedef struct ul_engine ul_engine;

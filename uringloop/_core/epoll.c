@@ -345,7 +345,10 @@ static int try_read_pool(ul_engine *e, struct ul_op *op)
 
 /* A multishot stream receive fills up to this many pool buffers per call
  * (recvmsg with one iovec entry per buffer, decision 338): a 100 KiB message
- * is one syscall, not seven recv()s of 16 KiB. */
+ * is one syscall, not seven recv()s of 16 KiB. Only while the op's reads
+ * come big (op->wide: the last one took a whole buffer or more); otherwise
+ * one buffer, so a small message does not take and give back eight
+ * (decision 339). */
 #define RECV_IOV 8
 
 static int try_recv_pool(ul_engine *e, struct ul_op *op)
@@ -354,7 +357,7 @@ static int try_recv_pool(ul_engine *e, struct ul_op *op)
         return try_read_pool(e, op);
     int used = 0; /* buffers read into this turn: at most BUDGET */
     while (used < BUDGET) {
-        int want = op->multishot ? RECV_IOV : 1, m = 0;
+        int want = op->multishot && op->wide ? RECV_IOV : 1, m = 0;
         if (want > BUDGET - used)
             want = BUDGET - used;
         int bids[RECV_IOV];
@@ -394,6 +397,7 @@ static int try_recv_pool(ul_engine *e, struct ul_op *op)
             ul__pool_put(e, (uint16_t)bids[i]);
         used += k > 0 ? k : 1;
         if (r > 0) {
+            op->wide = (size_t)r >= op->len;
             if ((size_t)r < (size_t)m * op->len && drained_by_short_read(e, op))
                 return TRY_WAIT;
             continue;

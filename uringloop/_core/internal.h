@@ -86,6 +86,8 @@ struct ul_op {
     uint8_t stream;             /* epoll K_RECV: 0 not known yet, 1 a stream socket,
                                    2 not one (SO_TYPE read once per op) */
     uint8_t rider;              /* queued send whose bytes ride in its head's SENDMSG */
+    uint8_t wide;               /* epoll multishot K_RECV: its last read took a whole
+                                   buffer or more, so the next reads RECV_IOV at once */
     int fd;
     uint32_t sqe_idx;           /* io_uring: SQ index of the op's latest SQE */
     uint32_t reg_gen;           /* epoll: the fd's reg_gen when ident was last
