@@ -314,6 +314,21 @@ def _socketpairs(k):
     return socks
 
 
+async def _serve_pairs(loop, socks, server, client, timeout=None):
+    """server(b) and client(a) as tasks on each socketpair (a, b), all at
+    once; the seconds until all are done. The sockets are closed after."""
+    try:
+        tasks = [loop.create_task(server(b)) for _, b in socks]
+        tasks += [loop.create_task(client(a)) for a, _ in socks]
+        t0 = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout)
+        return time.perf_counter() - t0
+    finally:
+        for a, b in socks:
+            a.close()
+            b.close()
+
+
 async def _sock_pingpong(loop, n, pairs):
     rounds = max(1, n // pairs)
     msg = bytes(range(MSG_LEN))
@@ -340,16 +355,7 @@ async def _sock_pingpong(loop, n, pairs):
         for _ in range(rounds):
             await sock_sendall(b, await recv_exact(b))
 
-    try:
-        tasks = [loop.create_task(server(b)) for _, b in socks]
-        tasks += [loop.create_task(client(a)) for a, _ in socks]
-        t0 = time.perf_counter()
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - t0
-    finally:
-        for a, b in socks:
-            a.close()
-            b.close()
+    elapsed = await _serve_pairs(loop, socks, server, client)
     return rounds * pairs, elapsed
 
 
@@ -381,16 +387,8 @@ async def bench_sock_100k_pingpong4(loop, n):
             left -= len(data)
             await loop.sock_sendall(b, data)
 
-    try:
-        tasks = [loop.create_task(server(b)) for _, b in socks]
-        tasks += [loop.create_task(client(a)) for a, _ in socks]
-        t0 = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*tasks), 600)  # callgrind on a loaded machine is slow
-        elapsed = time.perf_counter() - t0
-    finally:
-        for a, b in socks:
-            a.close()
-            b.close()
+    # callgrind on a loaded machine is slow
+    elapsed = await _serve_pairs(loop, socks, server, client, timeout=600)
     return rounds * pairs, elapsed
 
 

@@ -337,6 +337,18 @@ def res_tracker():
     assert not leaks, leaks
 
 
+def nb_socketpair(res_tracker, sndbuf=0):
+    """A non-blocking AF_UNIX stream socketpair closed at teardown; sndbuf:
+    the first socket's SO_SNDBUF, if given."""
+    a, b = socket.socketpair()
+    for s in (a, b):
+        s.setblocking(False)
+        res_tracker.sock(s)
+    if sndbuf:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    return a, b
+
+
 @pytest.fixture
 def socketpair(res_tracker):
     """Factory: a non-blocking AF_UNIX stream socketpair (closed at teardown)."""

@@ -12,6 +12,7 @@ import mmap
 import socket
 
 import pytest
+from conftest import nb_socketpair as _pair
 from conftest import run_in
 
 
@@ -276,16 +277,6 @@ def test_connect_error_messages_are_the_stock_ones(any_loop, tcp_listener, res_t
 
 # --------------------------------------------------------------------------
 # per-socket state, closed sockets and reused numbers
-
-
-def _pair(res_tracker, sndbuf=0):
-    a, b = socket.socketpair()
-    for s in (a, b):
-        s.setblocking(False)
-        res_tracker.sock(s)
-    if sndbuf:
-        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-    return a, b
 
 
 async def _settle(task):

@@ -16,22 +16,13 @@ import socket
 
 import pytest
 from conftest import is_stock, run_in
+from conftest import nb_socketpair as _pair
 
 from uringloop import _sched
 
 
 def _counts():
     return _sched.sock_counts()
-
-
-def _pair(res_tracker, sndbuf=0):
-    a, b = socket.socketpair()
-    for s in (a, b):
-        s.setblocking(False)
-        res_tracker.sock(s)
-    if sndbuf:
-        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-    return a, b
 
 
 def test_layout_probe_passed():

@@ -295,6 +295,35 @@ static int drained_by_short_read(ul_engine *e, struct ul_op *op)
  * not once per buffer (decision 326). A record per buffer, as before. */
 #define READ_IOV_MAX 8
 
+/* Up to want free pool buffers as op->len-byte iovecs (v, with their ids in
+ * bids): how many there were. */
+static int take_bufs(ul_engine *e, struct ul_op *op, struct iovec *v, uint16_t *bids, int want)
+{
+    int n = 0;
+    for (int bid; n < want && (bid = ul__pool_take(e)) >= 0; n++) {
+        bids[n] = (uint16_t)bid;
+        v[n].iov_base = (char *)e->pool + (size_t)bid * e->cfg.buf_size;
+        v[n].iov_len = op->len;
+    }
+    return n;
+}
+
+/* A multishot read of r bytes (r <= 0: none) into the n buffers of bids: a
+ * record per buffer filled, in order; the others go back, the stack's top
+ * as it was. How many were filled. */
+static int emit_bufs(ul_engine *e, struct ul_op *op, ssize_t r, const uint16_t *bids, int n)
+{
+    int k = 0;
+    for (ssize_t left = r; left > 0; k++) {
+        uint32_t len = left < (ssize_t)op->len ? (uint32_t)left : op->len;
+        ul__emit(e, op, (int32_t)len, UL_F_MORE | UL_F_BUFFER, bids[k]);
+        left -= len;
+    }
+    for (int i = n - 1; i >= k; i--)
+        ul__pool_put(e, bids[i]);
+    return k;
+}
+
 static int try_read_pool(ul_engine *e, struct ul_op *op)
 {
     size_t got = 0;
@@ -302,33 +331,17 @@ static int try_read_pool(ul_engine *e, struct ul_op *op)
         struct iovec v[READ_IOV_MAX];
         uint16_t bids[READ_IOV_MAX];
         size_t want = op->multishot ? (READ_TURN_BYTES - got + op->len - 1) / op->len : 1;
-        int n = 0;
-        while ((size_t)n < want && n < READ_IOV_MAX) {
-            int bid = ul__pool_take(e);
-            if (bid < 0)
-                break;
-            bids[n] = (uint16_t)bid;
-            v[n].iov_base = (char *)e->pool + (size_t)bid * e->cfg.buf_size;
-            v[n].iov_len = op->len;
-            n++;
-        }
+        int n = take_bufs(e, op, v, bids, want < READ_IOV_MAX ? (int)want : READ_IOV_MAX);
         if (n == 0)
             return TRY_YIELD;  /* buffers come back at the next recycle */
         ssize_t r = nowait_readv(op, v, n);
         int err = errno;
         e->st.submitted++;
-        int used = 0;
         if (r > 0 && !op->multishot) {
             ul__finish(e, op, (int32_t)r, UL_F_BUFFER, bids[0]);
             return TRY_DONE;  /* n was 1 */
         }
-        for (size_t rest = r > 0 ? (size_t)r : 0; rest; used++) {
-            size_t len = rest < op->len ? rest : op->len;
-            ul__emit(e, op, (int32_t)len, UL_F_MORE | UL_F_BUFFER, bids[used]);
-            rest -= len;
-        }
-        for (int i = used; i < n; i++)
-            ul__pool_put(e, bids[i]);
+        emit_bufs(e, op, r, bids, n);
         if (r > 0) {
             got += (size_t)r;
             continue;
@@ -360,16 +373,9 @@ static int try_recv_pool(ul_engine *e, struct ul_op *op)
         int want = op->multishot && op->wide ? RECV_IOV : 1, m = 0;
         if (want > BUDGET - used)
             want = BUDGET - used;
-        int bids[RECV_IOV];
+        uint16_t bids[RECV_IOV];
         struct iovec iov[RECV_IOV];
-        for (; m < want; m++) {
-            int bid = ul__pool_take(e);
-            if (bid < 0)
-                break;
-            bids[m] = bid;
-            iov[m].iov_base = (char *)e->pool + (size_t)bid * e->cfg.buf_size;
-            iov[m].iov_len = op->len;
-        }
+        m = take_bufs(e, op, iov, bids, want);
         if (m == 0)
             return TRY_YIELD;  /* buffers come back at the next recycle */
         ssize_t r;
@@ -383,18 +389,11 @@ static int try_recv_pool(ul_engine *e, struct ul_op *op)
         }
         int err = errno;
         e->st.submitted++;
-        int k = 0; /* buffers filled: records, in order; the others go back */
         if (r > 0 && !op->multishot) {
-            ul__finish(e, op, (int32_t)r, UL_F_BUFFER, (uint16_t)bids[0]);
+            ul__finish(e, op, (int32_t)r, UL_F_BUFFER, bids[0]);
             return TRY_DONE; /* m == 1 */
         }
-        for (ssize_t left = r; left > 0; k++) {
-            uint32_t n = left < (ssize_t)op->len ? (uint32_t)left : op->len;
-            ul__emit(e, op, (int32_t)n, UL_F_MORE | UL_F_BUFFER, (uint16_t)bids[k]);
-            left -= n;
-        }
-        for (int i = m - 1; i >= k; i--) /* the stack's top as it was */
-            ul__pool_put(e, (uint16_t)bids[i]);
+        int k = emit_bufs(e, op, r, bids, m);
         used += k > 0 ? k : 1;
         if (r > 0) {
             op->wide = (size_t)r >= op->len;

@@ -2850,50 +2850,9 @@ static PyObject *owner_is(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     return PyBool_FromLong(same);
 }
 
-/* recv_after(fd, data, k): data (bytes) followed by what the stream socket
- * fd holds now, up to k more bytes (one recv, MSG_DONTWAIT), as one new
- * bytes: the rest is received in place, not into a bytes of its own that is
- * then joined to data (decision 337). data itself when nothing more is
- * there (EAGAIN) or at EOF (the next receive meets it again); OSError for
- * any other error. The caller checks that fd is still its socket's. */
-static PyObject *recv_after(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
-{
-    (void)mod;
-    int fd;
-    Py_ssize_t k;
-    if (nargs != 3 || !PyBytes_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "recv_after(fd, data: bytes, k)");
-        return NULL;
-    }
-    if (as_int(args[0], &fd) < 0 || (k = PyLong_AsSsize_t(args[2])) == -1)
-        return NULL;
-    if (k <= 0)
-        return Py_NewRef(args[1]);
-    Py_ssize_t n0 = PyBytes_GET_SIZE(args[1]);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, n0 + k);
-    if (out == NULL)
-        return NULL;
-    memcpy(PyBytes_AS_STRING(out), PyBytes_AS_STRING(args[1]), (size_t)n0);
-    ssize_t got;
-    do
-        got = recv(fd, PyBytes_AS_STRING(out) + n0, (size_t)k, MSG_DONTWAIT);
-    while (got < 0 && errno == EINTR);
-    if (got <= 0) {
-        Py_DECREF(out);
-        if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
-            return PyErr_SetFromErrno(PyExc_OSError);
-        return Py_NewRef(args[1]);
-    }
-    if (got < k && _PyBytes_Resize(&out, n0 + got) < 0)
-        return NULL;
-    return out;
-}
-
 #include "sock.c" /* the sock_* hot steps */
 
 static PyMethodDef module_methods[] = {
-    {"recv_after", (PyCFunction)(void (*)(void))recv_after, METH_FASTCALL,
-     "recv_after(fd, data, k): data and up to k more bytes the stream socket holds now"},
     {"setup", setup, METH_VARARGS,
      "setup(Handle, TimerHandle, deque, BaseEventLoop, OpFuture, report, run_debug, heapify, "
      "max_timeout, min_scheduled, min_cancelled_fraction, asyncio.tasks)"},

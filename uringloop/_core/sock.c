@@ -17,8 +17,10 @@
  *    as the stock loop's sock.send(data). Returns None when all of data went
  *    out, else the bytes that did (0 for EAGAIN); raises what sock.send
  *    raises.
+ *  - recv_after(fd, data, k): a big sock_recv's rest, received in place
+ *    after its first pool buffer's bytes (decision 337).
  *
- * Both read the socket object's fd (and its timeout) in place: the layout of
+ * The first two read the socket object's fd (and its timeout) in place: the layout of
  * socketmodule's PySocketSockObject (fd first, then family, type, proto, the
  * error handler and the timeout in ns) is checked once at setup against
  * probe sockets, and without it both always say "not here".
@@ -245,6 +247,45 @@ static PyObject *sock_send_now(PyObject *mod, PyObject *const *args, Py_ssize_t 
     return PyLong_FromSsize_t(sent);
 }
 
+/* recv_after(fd, data, k): data (bytes) followed by what the stream socket
+ * fd holds now, up to k more bytes (one recv, MSG_DONTWAIT), as one new
+ * bytes: the rest is received in place, not into a bytes of its own that is
+ * then joined to data (decision 337). data itself when nothing more is
+ * there (EAGAIN) or at EOF (the next receive meets it again); OSError for
+ * any other error. The caller checks that fd is still its socket's. */
+static PyObject *recv_after(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    int fd;
+    Py_ssize_t k;
+    if (nargs != 3 || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "recv_after(fd, data: bytes, k)");
+        return NULL;
+    }
+    if (as_int(args[0], &fd) < 0 || ((k = PyLong_AsSsize_t(args[2])) == -1 && PyErr_Occurred()))
+        return NULL;
+    if (k <= 0)
+        return Py_NewRef(args[1]);
+    Py_ssize_t n0 = PyBytes_GET_SIZE(args[1]);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n0 + k);
+    if (out == NULL)
+        return NULL;
+    memcpy(PyBytes_AS_STRING(out), PyBytes_AS_STRING(args[1]), (size_t)n0);
+    ssize_t got;
+    do
+        got = recv(fd, PyBytes_AS_STRING(out) + n0, (size_t)k, MSG_DONTWAIT);
+    while (got < 0 && errno == EINTR);
+    if (got <= 0) {
+        Py_DECREF(out);
+        if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        return Py_NewRef(args[1]);
+    }
+    if (got < k && _PyBytes_Resize(&out, n0 + got) < 0)
+        return NULL;
+    return out;
+}
+
 /* sock_setup(socket.socket, _big_recvs, _recv_result, nonblocking, timed):
  * the last two are connected sockets of socket.socket, one with timeout 0,
  * one with 2.5 s, to check the layout read in place */
@@ -316,6 +357,8 @@ static PyObject *sock_counts(PyObject *mod, PyObject *unused)
 }
 
 static PyMethodDef sock_functions[] = {
+    {"recv_after", (PyCFunction)(void (*)(void))recv_after, METH_FASTCALL,
+     "recv_after(fd, data, k): data and up to k more bytes the stream socket holds now"},
     {"recv_start", (PyCFunction)(void (*)(void))sock_recv_start, METH_FASTCALL,
      "recv_start(loop, sock, n or buffer): a sock_recv's future, or None (sock.py's path)"},
     {"send_now", (PyCFunction)(void (*)(void))sock_send_now, METH_FASTCALL,

@@ -332,12 +332,6 @@ static int ready_empty(Core *loop)
     return r != NULL && Py_IS_TYPE(r, S.deque_type) && Py_SIZE(r) == 0;
 }
 
-/* A record that must wait behind what _ready held before the poll (the
- * stock loop queues its reader callback there): it joins the Stream's held
- * records, and the first of them queues one _drain call (in the transport's
- * context), as the stock loop re-queues its reader handle. Every record that
- * comes while some are held waits with them, in order. A pool view lives
- * only during this call: its bytes are copied. */
 /* call_soon(self._drain) in the transport's context. The bound method is
  * the queued handle's alone: a Stream kept it once made, 72 bytes for every
  * connection that ever had a record wait (decision 313). 0 or -1. */
@@ -354,6 +348,12 @@ static int stream_schedule_drain(Stream *s)
     return h ? 0 : -1;
 }
 
+/* A record that must wait behind what _ready held before the poll (the
+ * stock loop queues its reader callback there): it joins the Stream's held
+ * records, and the first of them queues one _drain call (in the transport's
+ * context), as the stock loop re-queues its reader handle. Every record that
+ * comes while some are held waits with them, in order. A pool view lives
+ * only during this call: its bytes are copied. */
 static PyObject *stream_hold(Stream *s, PyObject *const *args)
 {
     PyObject *data = args[2];
