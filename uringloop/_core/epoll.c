@@ -297,7 +297,7 @@ static int drained_by_short_read(ul_engine *e, struct ul_op *op)
 
 /* Up to want free pool buffers as op->len-byte iovecs (v, with their ids in
  * bids): how many there were. */
-static int take_bufs(ul_engine *e, struct ul_op *op, struct iovec *v, uint16_t *bids, int want)
+static inline int take_bufs(ul_engine *e, struct ul_op *op, struct iovec *v, uint16_t *bids, int want)
 {
     int n = 0;
     for (int bid; n < want && (bid = ul__pool_take(e)) >= 0; n++) {
@@ -311,7 +311,7 @@ static int take_bufs(ul_engine *e, struct ul_op *op, struct iovec *v, uint16_t *
 /* A multishot read of r bytes (r <= 0: none) into the n buffers of bids: a
  * record per buffer filled, in order; the others go back, the stack's top
  * as it was. How many were filled. */
-static int emit_bufs(ul_engine *e, struct ul_op *op, ssize_t r, const uint16_t *bids, int n)
+static inline int emit_bufs(ul_engine *e, struct ul_op *op, ssize_t r, const uint16_t *bids, int n)
 {
     int k = 0;
     for (ssize_t left = r; left > 0; k++) {
