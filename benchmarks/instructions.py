@@ -45,6 +45,7 @@ COUNTS = {
     "future": 10_000,
     "pingpong": 2_000,
     "pingpong16": 3_200,
+    "sock_1k_pingpong": 2_000,
     "sock_100k_pingpong4": 400,
     "stream_pingpong16": 3_200,
     "buffered_pingpong16": 3_200,

@@ -24,6 +24,8 @@ Scenarios (ops counted in brackets):
                    [round trips]
 ``pingpong``       ``sock_sendall`` / ``sock_recv`` of 64 bytes over one socketpair [round trips]
 ``pingpong16``     the same over 16 socketpairs at once [round trips, all pairs]
+``sock_1k_pingpong`` net_server.py's sock_* echo at c=1: 1 KiB messages over one socketpair,
+                   each end receiving with ``sock_recv(65536)`` [round trips]
 ``sock_100k_pingpong4`` 100 KiB messages over 4 socketpairs with sock_*: the server sends
                    back each ``sock_recv(65536)`` as it comes [round trips, all pairs]
 ``stream_pingpong16`` ``asyncio.Protocol`` transports over 16 socketpairs (both ends on the
@@ -390,6 +392,36 @@ async def bench_sock_100k_pingpong4(loop, n):
     # callgrind on a loaded machine is slow
     elapsed = await _serve_pairs(loop, socks, server, client, timeout=600)
     return rounds * pairs, elapsed
+
+
+async def bench_sock_1k_pingpong(loop, n):
+    """net_server.py's sock_* echo with one connection (net_bench's
+    echo-1k-c1-sock rows): the server sends back each sock_recv(65536), the
+    client sends 1 KiB and collects its echo the same way."""
+    size = 1024
+    msg = bytes(i & 0xFF for i in range(size))
+    socks = _socketpairs(1)
+
+    async def client(a):
+        for _ in range(n):
+            await loop.sock_sendall(a, msg)
+            got = b""
+            while len(got) < size:
+                chunk = await loop.sock_recv(a, 65536)
+                if not chunk:
+                    raise BenchError("sock 1k: EOF in the middle of a message")
+                got += chunk
+            if got != msg:
+                raise BenchError("sock 1k: the echo differs from the message sent")
+
+    async def server(b):
+        left = n * size
+        while left:
+            data = await loop.sock_recv(b, 65536)
+            left -= len(data)
+            await loop.sock_sendall(b, data)
+
+    return n, await _serve_pairs(loop, socks, server, client)
 
 
 async def bench_pingpong(loop, n):
@@ -827,6 +859,7 @@ SCENARIOS = {
         Scenario("future", bench_future, 200_000, "future round trips"),
         Scenario("pingpong", bench_pingpong, 20_000, "64 B round trips"),
         Scenario("pingpong16", bench_pingpong16, 32_000, "64 B round trips"),
+        Scenario("sock_1k_pingpong", bench_sock_1k_pingpong, 20_000, "1 KiB round trips"),
         Scenario("sock_100k_pingpong4", bench_sock_100k_pingpong4, 4_000, "100 KiB round trips"),
         Scenario("stream_pingpong16", bench_stream_pingpong16, 32_000, "64 B round trips"),
         Scenario("buffered_pingpong16", bench_buffered_pingpong16, 32_000, "64 B round trips"),

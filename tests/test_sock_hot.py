@@ -99,11 +99,17 @@ def test_unusual_calls_take_the_python_path(loop, res_tracker):
     class Sub(socket.socket):
         pass
 
+    d, e = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    for x in (d, e):
+        x.setblocking(False)
+        res_tracker.sock(x)
+
     async def main():
         out = []
-        b.send(b"x" * 40000)
-        # more than a pool buffer: the big receive (decision 151)
-        out.append(len(await lp.sock_recv(a, 1 << 20)))
+        # a datagram socket's receive above a pool buffer: a datagram comes
+        # whole, never through a pool buffer (decision 45)
+        e.send(b"x" * 40000)
+        out.append(len(await lp.sock_recv(d, 1 << 20)))
         out.append(await lp.sock_recv(a, 0))
         # a socket with a timeout: sock.send's own waiting
         a.settimeout(5)
@@ -125,6 +131,40 @@ def test_unusual_calls_take_the_python_path(loop, res_tracker):
     assert _counts() == (r0, s0)
 
 
+@pytest.mark.parametrize("waiting", [0, 1024, 40000])
+def test_a_big_stream_receive_takes_the_c_step(loop, res_tracker, waiting):
+    """sock_recv(n) above a pool buffer on a stream socket starts in C too
+    (decision 355; net_server's sock echo asks for 65536): with nothing
+    there yet (1 KiB comes later), 1 KiB there, and 40,000 bytes there (the
+    rest past the first pool buffer is read in place after it, decision
+    337). Nothing is left in _big_recvs afterwards (a leftover entry would
+    send every later receive on the number down the Python path)."""
+    from uringloop import sock
+
+    lp = loop
+    a, b = _pair(res_tracker)
+    data = bytes(range(256)) * (max(waiting, 1024) // 256 + 1)
+    data = data[: max(waiting, 1024)]
+    if waiting:
+        b.sendall(data)
+
+    async def main():
+        task = asyncio.ensure_future(lp.sock_recv(a, 65536))
+        await asyncio.sleep(0)
+        if not waiting:
+            b.sendall(data)
+        return await task
+
+    r0 = _counts()[0]
+    got = run_in(lp, main())
+    assert _counts()[0] == r0 + 1
+    if waiting > 1024:
+        assert got == data  # one recv(65536) takes all 40,000 bytes on stock
+    else:
+        assert data.startswith(got) and got
+    assert sock._big_recvs == {}
+
+
 def test_debug_mode_takes_the_python_path(loop, res_tracker):
     lp = loop
     lp.set_debug(True)
@@ -139,14 +179,17 @@ def test_debug_mode_takes_the_python_path(loop, res_tracker):
     assert _counts() == before
 
 
-@pytest.mark.parametrize("how", ["sock_recv", "sock_recv_into"])
+@pytest.mark.parametrize("how", ["sock_recv", "sock_recv_big", "sock_recv_into"])
 @pytest.mark.parametrize("turns", [0, 1, 2, 3])
 def test_cancel_of_a_c_receive_keeps_its_bytes(loop, res_tracker, turns, how):
     """A receive started in C, cancelled after 0-3 turns (0: before the
     kernel saw it; 1: completed, its task not yet resumed; later: done)
     while the peer sends: the bytes come back, in order, from the next
     receives (the first of which takes the Python path: the socket has kept
-    state), and a cancelled sock_recv_into leaves its buffer alone."""
+    state), a cancelled sock_recv_into leaves its buffer alone, and a
+    cancelled big receive leaves nothing in _big_recvs."""
+    from uringloop import sock
+
     lp = loop
     a, b = _pair(res_tracker)
     buf = bytearray(100)
@@ -154,6 +197,8 @@ def test_cancel_of_a_c_receive_keeps_its_bytes(loop, res_tracker, turns, how):
     async def recv():
         if how == "sock_recv":
             return await lp.sock_recv(a, 100)
+        if how == "sock_recv_big":
+            return await lp.sock_recv(a, 65536)
         n = await lp.sock_recv_into(a, buf)
         return bytes(buf[:n])
 
@@ -177,6 +222,7 @@ def test_cancel_of_a_c_receive_keeps_its_bytes(loop, res_tracker, turns, how):
         return got
 
     assert run_in(lp, main()) == b"firstsecond"
+    assert sock._big_recvs == {}
 
 
 def test_short_first_send_goes_on_in_the_engine(loop, res_tracker):

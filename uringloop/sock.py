@@ -376,8 +376,17 @@ class SockMixin:
         try:
             res, data = await fut
         except _CancelledError:
+            if _big_recvs and n > self._sock_bufsize:  # big: C noted it in _big_recvs
+                _big_recvs.pop(fut._fd, None)
             self._sock_on_cancel(fut, fut._fd, sock, _recv_result, True)
             raise
+        if (
+            _big_recvs
+            and n > self._sock_bufsize
+            and _big_recvs.pop(fut._fd, None) == fut._ud
+            and res == self._sock_bufsize
+        ):
+            return self._sock_recv_after(fut._fd, sock, data, n - res)
         if res < 0:
             raise self._sock_error(res, sock)
         return data if data is not None else b""

@@ -9,8 +9,10 @@
  *  - recv_start(loop, sock, n_or_buffer): sock_recv/sock_recv_into of a
  *    stream socket with nothing unusual about it: the checks of _sock_fd, no
  *    kept state for fd, the socket is the one last seen on fd, 0 < n <= a
- *    pool buffer, no big receive in flight anywhere (_big_recvs empty); then
- *    the _OpFuture and the one-shot pool receive, as _sock_op and
+ *    pool buffer (any n > 0 for sock_recv on a socket that is not a datagram
+ *    socket: a big receive, registered in _big_recvs as sock.py's path does,
+ *    decision 355), no big receive in flight on fd (_big_recvs);
+ *    then the _OpFuture and the one-shot pool receive, as _sock_op and
  *    Engine.recv would make them. Returns the future (the op submitted).
  *  - send_now(loop, sock, data): sock_sendall's first step when none of
  *    ours is queued on the socket: the checks of _sock_fd, then one send(2),
@@ -20,10 +22,10 @@
  *  - recv_after(fd, data, k): a big sock_recv's rest, received in place
  *    after its first pool buffer's bytes (decision 337).
  *
- * The first two read the socket object's fd (and its timeout) in place: the layout of
- * socketmodule's PySocketSockObject (fd first, then family, type, proto, the
- * error handler and the timeout in ns) is checked once at setup against
- * probe sockets, and without it both always say "not here".
+ * The first two read the socket object's fd (its type, its timeout) in place: the
+ * layout of socketmodule's PySocketSockObject (fd first, then family, type,
+ * proto, the error handler and the timeout in ns) is checked once at setup
+ * against probe sockets, and without it both always say "not here".
  */
 
 static struct {
@@ -40,6 +42,11 @@ static struct {
 static inline int sock_fd_of(PyObject *sock)
 {
     return *(int *)((char *)sock + sizeof(PyObject));
+}
+
+static inline int sock_type_of(PyObject *sock)
+{
+    return *(int *)((char *)sock + sizeof(PyObject) + 2 * sizeof(int));
 }
 
 static inline int64_t sock_timeout_of(PyObject *sock)
@@ -128,16 +135,20 @@ static PyObject *sock_recv_start(PyObject *mod, PyObject *const *args, Py_ssize_
     int r = sock_usual(self, sock, &fd);
     if (r <= 0)
         return r < 0 ? NULL : Py_NewRef(Py_None);
-    if (PyDict_GET_SIZE(K.big_recvs))
-        Py_RETURN_NONE; /* a big receive in flight must see later receives */
     Table *t = self->table;
     Py_ssize_t n;
+    int big = 0;
     if (PyLong_CheckExact(arg)) {
         n = PyLong_AsSsize_t(arg);
         if (n == -1 && PyErr_Occurred()) {
             PyErr_Clear();
             Py_RETURN_NONE;
         }
+        /* sock_recv(n) above a pool buffer: a buffer's worth, then the rest
+         * that is there (sock.py); a datagram comes whole, never this way */
+        big = n > t->buf_size;
+        if (big && sock_type_of(sock) == SOCK_DGRAM)
+            Py_RETURN_NONE;
     } else {
         Py_buffer v;
         if (PyObject_GetBuffer(arg, &v, PyBUF_WRITABLE) < 0) {
@@ -147,14 +158,17 @@ static PyObject *sock_recv_start(PyObject *mod, PyObject *const *args, Py_ssize_
         n = v.len;
         PyBuffer_Release(&v);
     }
-    if (n <= 0 || n > t->buf_size)
+    if (n <= 0 || (n > t->buf_size && !big))
         Py_RETURN_NONE;
     PyObject *key = PyLong_FromLong(fd);
     if (key == NULL)
         return NULL;
-    /* kept results (or a cancelled op still to end) on fd; another socket
-     * last seen on fd (the claim of decision 41): sock.py */
+    /* kept results (or a cancelled op still to end) on fd; a big receive in
+     * flight on fd (it must see that a later receive was asked for); another
+     * socket last seen on fd (the claim of decision 41): sock.py */
     r = PyDict_Contains(self->sock_state, key);
+    if (r == 0 && PyDict_GET_SIZE(K.big_recvs))
+        r = PyDict_Contains(K.big_recvs, key);
     if (r == 0)
         r = sock_owner_is(self->sock_owner, key, sock);
     else if (r > 0)
@@ -177,13 +191,31 @@ static PyObject *sock_recv_start(PyObject *mod, PyObject *const *args, Py_ssize_
     slot_put(fut, K.off_convert, K.recv_result);
     slot_put(fut, K.off_track, Py_True);
     slot_put(fut, K.off_ud, Py_None);
-    Py_DECREF(key);
-    uint64_t ud = table_take(t, fut, NULL, 0);
-    PyObject *udo = ud ? submitted(t, ud, t->recv(t->engine, ud, fd, 0, (uint32_t)n)) : NULL;
-    if (udo == NULL) {
+    /* a big receive is noted in _big_recvs before it is submitted (the only
+     * step that may fail); its user_data replaces the None after, which
+     * cannot fail: the key is there */
+    if (big && PyDict_SetItem(K.big_recvs, key, Py_None) < 0) {
+        Py_DECREF(key);
         Py_DECREF(fut);
         return NULL;
     }
+    uint64_t ud = table_take(t, fut, NULL, 0);
+    PyObject *udo = ud ? submitted(t, ud, t->recv(t->engine, ud, fd, 0, big ? 0 : (uint32_t)n))
+                       : NULL;
+    if (udo == NULL) {
+        if (big) {
+            PyObject *exc = take_exception();
+            if (PyDict_DelItem(K.big_recvs, key) < 0)
+                PyErr_Clear();
+            give_exception(exc);
+        }
+        Py_DECREF(key);
+        Py_DECREF(fut);
+        return NULL;
+    }
+    if (big)
+        (void)PyDict_SetItem(K.big_recvs, key, udo);
+    Py_DECREF(key);
     slot_put(fut, K.off_ud, udo);
     Py_DECREF(udo);
     K.recvs++;
@@ -314,19 +346,20 @@ static PyObject *sock_setup(PyObject *mod, PyObject *args)
     K.layout = 0;
     /* family, the int after the fd: a member; the timeout comes after proto
      * and the error handler's pointer */
-    Py_ssize_t off_fam = -1, off_proto = -1;
+    Py_ssize_t off_fam = -1, off_type = -1, off_proto = -1;
     /* socket.socket's family is a property: the C members are _socket.socket's */
     PyObject *base = (PyObject *)((PyTypeObject *)type)->tp_base;
-    PyObject *fam = base ? PyObject_GetAttrString(base, "family") : NULL;
-    PyObject *proto = base ? PyObject_GetAttrString(base, "proto") : NULL;
-    if (fam != NULL && Py_IS_TYPE(fam, &PyMemberDescr_Type))
-        off_fam = ((PyMemberDescrObject *)fam)->d_member->offset;
-    if (proto != NULL && Py_IS_TYPE(proto, &PyMemberDescr_Type))
-        off_proto = ((PyMemberDescrObject *)proto)->d_member->offset;
-    Py_XDECREF(fam);
-    Py_XDECREF(proto);
+    const char *names[3] = {"family", "type", "proto"};
+    Py_ssize_t *offs[3] = {&off_fam, &off_type, &off_proto};
+    for (int i = 0; i < 3; i++) {
+        PyObject *m = base ? PyObject_GetAttrString(base, names[i]) : NULL;
+        if (m != NULL && Py_IS_TYPE(m, &PyMemberDescr_Type))
+            *offs[i] = ((PyMemberDescrObject *)m)->d_member->offset;
+        Py_XDECREF(m);
+    }
     PyErr_Clear();
-    if (off_fam != (Py_ssize_t)(sizeof(PyObject) + sizeof(int)) || off_proto < off_fam ||
+    if (off_fam != (Py_ssize_t)(sizeof(PyObject) + sizeof(int)) ||
+        off_type != off_fam + (Py_ssize_t)sizeof(int) || off_proto < off_type ||
         !Py_IS_TYPE(nb, (PyTypeObject *)type) || !Py_IS_TYPE(timed, (PyTypeObject *)type))
         Py_RETURN_FALSE;
     Py_ssize_t ptr = (Py_ssize_t)sizeof(void *);
@@ -343,7 +376,8 @@ static PyObject *sock_setup(PyObject *mod, PyObject *args)
             return NULL;
         ok = want >= 0 && sock_fd_of(probes[i]) == want;
     }
-    ok = ok && sock_timeout_of(nb) == 0 && sock_timeout_of(timed) == 2500000000LL;
+    ok = ok && sock_timeout_of(nb) == 0 && sock_timeout_of(timed) == 2500000000LL &&
+         sock_type_of(nb) == SOCK_STREAM;
     K.layout = ok;
     return PyBool_FromLong(ok);
 }
