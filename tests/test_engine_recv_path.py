@@ -15,7 +15,15 @@ import time
 import tracemalloc
 
 import pytest
-from conftest import Collector, guard_problems, run_in, run_until, settle
+from conftest import (
+    Collector,
+    guard_problems,
+    run_in,
+    run_until,
+    settle,
+    skip_unless_wait_syscalls_known,
+    wait_until_sleeping,
+)
 
 from uringloop import engine
 
@@ -402,6 +410,90 @@ def test_a_burst_of_buffers_comes_in_one_completion(res_tracker, socketpair):
             eng.close()
     assert cqes[0] <= 2, cqes  # the data, and perhaps the wake
     assert cqes[engine.OPT_NO_BUNDLE] >= 7, cqes
+
+
+def _receive_calls(fn):
+    """How many times the kernel ran a socket receive (sock_recvmsg, failed
+    ones included) for this process while fn() ran: the sock:sock_recv_length
+    tracepoint, counted in a tracefs instance of our own."""
+    inst = f"/sys/kernel/tracing/instances/uringloop-test-{os.getpid()}"
+    try:
+        os.mkdir(inst)
+    except OSError as exc:
+        pytest.skip(f"no tracefs instance to count receives with: {exc}")
+    try:
+        event = f"{inst}/events/sock/sock_recv_length/enable"
+        if not os.path.exists(event):
+            pytest.skip("this kernel has no sock:sock_recv_length tracepoint")
+        with open(f"{inst}/set_event_pid", "w") as f:
+            f.write(str(os.getpid()))
+        with open(event, "w") as f:
+            f.write("1")
+        try:
+            fn()
+        finally:
+            with open(event, "w") as f:
+                f.write("0")
+        with open(f"{inst}/trace") as f:
+            return sum(1 for line in f if "sock_recv_length:" in line)
+    finally:
+        os.rmdir(inst)
+
+
+def test_io_uring_one_shot_receive_waits_before_it_tries(res_tracker, socketpair):
+    """io_uring: a one-shot pool receive (sock_recv's) is submitted with
+    IORING_RECVSEND_POLL_FIRST (decision 357): asked for before its data
+    comes, it arms its poll without a receive that fails first. Five waiting
+    receives: five socket receives in the kernel, not ten."""
+    eng = engine.Engine("io_uring")
+    try:
+        if not eng.info()["buffer_ring"]:
+            pytest.skip("no buffer ring (kernel before 5.19): receives try first there")
+        a, b = socketpair()
+        c = Collector()
+
+        def five():
+            for i in range(5):
+                eng.recv(a.fileno(), c, multishot=False)
+                eng.run(0)  # submitted, waiting
+                b.send(b"%d" % i)
+                run_until(eng, lambda i=i: len(c.records) == i + 1, what="record")
+
+        assert _receive_calls(five) == 5
+        assert [d for _, _, d in c.records] == [b"0", b"1", b"2", b"3", b"4"]
+    finally:
+        eng.close()
+
+
+def test_epoll_a_waiting_receive_is_not_woken_by_writability(res_tracker, socketpair):
+    """epoll: a one-shot receive that has to wait re-arms its fd, and the
+    re-arm reports the fd's state at once. With EPOLLOUT in it, a writable
+    socket answered every such re-arm with an event no op waited for: the
+    run that should sleep until the data came woke at once with nothing to
+    do and waited again, two epoll_wait calls per sock_recv (decision 356).
+    The peer sends only once this thread sleeps in its wait: the run waits
+    once, and returns the receive's record."""
+    skip_unless_wait_syscalls_known()
+    eng = engine.Engine("epoll")
+    try:
+        a, b = socketpair()
+        c = Collector()
+        eng.recv(a.fileno(), c, multishot=False)
+        tid = threading.get_native_id()
+
+        def send_when_asleep():
+            wait_until_sleeping(tid)
+            b.send(b"x")
+
+        t = threading.Thread(target=send_when_asleep, daemon=True)
+        t.start()
+        waits = eng.stats()["waits"]
+        assert eng.run(10) == 1
+        t.join(10)
+        assert c.records == [(1, False, b"x")]
+        assert eng.stats()["waits"] - waits == 1
+    finally:
+        eng.close()
 
 
 def test_epoll_small_reads_take_one_pool_buffer(res_tracker, socketpair):

@@ -6,8 +6,8 @@
  * io_uring would have produced. An op is tried at once when submitted (as
  * io_uring does inline); only on EAGAIN does it wait, in one of three queues
  * of its fd: readers, writers, polls. Each fd is registered once, edge-
- * triggered, for IN|OUT|RDHUP, and stays registered until close_fd (one
- * epoll_ctl per fd lifetime instead of one per op). Edge triggering means an
+ * triggered, for IN|RDHUP, and OUT while something waits to write (see
+ * arm), and stays registered until close_fd. Edge triggering means an
  * event must be followed by attempts until EAGAIN (or a short stream read,
  * which drained the socket: drained_by_short_read); an fd whose readers stop
  * early (the per-turn budget, or an empty buffer pool) goes on a ready list
@@ -166,12 +166,29 @@ static void unmark_ready(ul_engine *e, int fd)
     e->fds[fd].on_ready_list = 0;
 }
 
-/* (Re)register fd. Returns 0, or -errno; EPERM marks a regular file. */
+/* EPOLLOUT is wanted: a writer (send, write, connect) or a poll for
+ * POLLOUT waits on f */
+static int wants_out(ul_engine *e, const struct ul_fd *f)
+{
+    if (f->wq_head >= 0)
+        return 1;
+    for (int32_t s = f->pq_head; s >= 0; s = op_at(e, s)->wq_next)
+        if (op_at(e, s)->events & (POLLOUT | POLLWRNORM))
+            return 1;
+    return 0;
+}
+
+/* (Re)register fd. Returns 0, or -errno; EPERM marks a regular file.
+ * EPOLLOUT only while something waits to write (decision 356): a re-arm
+ * reports the fd's current state, and a writable socket would answer a
+ * receive's re-arm with an OUT event no op waits for, so the next wait
+ * returned at once, empty-handed, and the loop turned once more. */
 static int arm(ul_engine *e, int fd, int force_mod)
 {
     struct ep *p = e->bs;
     struct ul_fd *f = &e->fds[fd];
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+    int out = wants_out(e, f);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET | (out ? EPOLLOUT : 0),
                              .data.u64 = (uint64_t)fd};
     if (f->registered && !force_mod)
         return 0;
@@ -188,6 +205,7 @@ static int arm(ul_engine *e, int fd, int force_mod)
         return -errno;
     }
     f->registered = 1;
+    f->reg_out = (uint8_t)out;
     f->reg_gen++;  /* events may come from another file than before */
     return 0;
 }
@@ -646,7 +664,7 @@ static int enqueue(ul_engine *e, struct ul_op *op)
     f = &e->fds[op->fd];
     q_push(e, f, op, 0);
     op->reg_gen = f->reg_gen;
-    if (!was_idle && f->registered)
+    if (!was_idle && f->registered && (f->reg_out || queue_of(op) != Q_WRITE))
         return 0;
     int r = (f->regular && op->kind == K_READ_POOL) ? -EPERM : arm(e, op->fd, 1);
     if (r == -EPERM && op->kind == K_READ_POOL) {

@@ -145,6 +145,7 @@ struct ul_fd {
     uint8_t closing, advancing;
     /* epoll backend */
     uint8_t registered, regular, on_ready_list;
+    uint8_t reg_out;            /* the registration asks for EPOLLOUT */
     int32_t rq_head, rq_tail;   /* ops waiting for readability */
     int32_t wq_head, wq_tail;   /* ops waiting for writability */
     int32_t pq_head, pq_tail;   /* poll ops */

@@ -75,6 +75,7 @@ enum {
 
 /* op-specific flags */
 #define UL_POLL_ADD_MULTI (1U << 0)        /* sqe->len of POLL_ADD */
+#define UL_RECVSEND_POLL_FIRST (1U << 0)   /* sqe->ioprio of RECV: wait before trying */
 #define UL_RECV_MULTISHOT (1U << 1)        /* sqe->ioprio of RECV */
 #define UL_RECVSEND_BUNDLE (1U << 4)       /* sqe->ioprio of RECV: several ring buffers */
 #define UL_ACCEPT_MULTISHOT (1U << 0)      /* sqe->ioprio of ACCEPT */

@@ -596,10 +596,16 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
         if (u->bufring) {
             s->flags = UL_SQE_BUFFER_SELECT;
             s->buf_group = 0;
-            if (op->multishot && u->ms_recv)
+            if (op->multishot && u->ms_recv) {
                 s->ioprio = UL_RECV_MULTISHOT | (u->bundle ? UL_RECVSEND_BUNDLE : 0);
-            else
+            } else {
                 s->len = op->len;
+                /* a one-shot receive (sock_recv) is asked for before its
+                 * data comes: the kernel arms its poll without a receive
+                 * that would fail first (decision 357; 5.19, as the ring) */
+                if (!op->multishot)
+                    s->ioprio = UL_RECVSEND_POLL_FIRST;
+            }
         } else {
             s->addr = (uint64_t)(uintptr_t)(e->pool + (size_t)op->bid * e->cfg.buf_size);
             s->len = op->len;
