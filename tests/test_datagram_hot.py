@@ -568,6 +568,38 @@ def test_flood_benchmark_sender_stops_on_sigterm_and_receiver_counts(tmp_path):
                 p.wait()
 
 
+def test_flood_python_sender_reports_its_count():
+    """loop_bench's Python flood sender (used where udp_flood.c does not
+    build) sends 64-byte datagrams until SIGTERM and then says how many it
+    sent, as the C sender does (loop_bench's _flood_stop reads it)."""
+    import os
+    import subprocess
+
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "benchmarks")
+    sys.path.insert(0, bench)
+    try:
+        import loop_bench
+    finally:
+        sys.path.remove(bench)
+    rx = _rx_socket()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", loop_bench._FLOOD_SENDER, str(rx.getsockname()[1])],
+            stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            assert rx.recv(100) == bytes(64)
+            sent, seconds = loop_bench._flood_stop(proc)
+            assert sent >= 1 and seconds >= 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        rx.close()
+
+
 def test_floor_benchmark_builds_and_round_trips(tmp_path):
     """benchmarks/udp_floor.c (the loop-free UDP round trip the README compares
     the loops' CPU per round trip with) builds without warnings and does its
