@@ -643,6 +643,43 @@ def test_read_pipe_data_goes_to_the_protocol_from_c(loop):
     run_in(loop, main())
 
 
+def test_read_pipe_reads_straight_into_the_chunks(loop):
+    """Decision 365: each data_received gets the bytes one read(2) of at most
+    64 KiB wrote into, no engine pool buffer between. A 1 MiB pipe filled
+    before the loop reads comes as 16 chunks of 64 KiB, and while
+    data_received runs the engine's pool is whole (a pool read's buffers are
+    in use until the next run)."""
+    import fcntl
+
+    eng = loop._engine
+    everything = eng.info()["buf_count"]
+    seen = []
+
+    class Reader(_Reader):
+        def data_received(self, data):
+            seen.append((len(data), eng.stats()["bufs_free"]))
+            self.chunks.append(data)
+
+    async def main():
+        r, w = os.pipe()
+        try:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, MIB)
+        except PermissionError:
+            os.close(r)
+            os.close(w)
+            pytest.skip("F_SETPIPE_SZ to 1 MiB refused (this user's pipe quota)")
+        data = bytes(range(256)) * (MIB // 256)
+        assert os.write(w, data) == MIB
+        os.close(w)
+        p = Reader(loop)
+        await loop.connect_read_pipe(lambda: p, os.fdopen(r, "rb", 0))
+        assert await asyncio.wait_for(p.lost, 10) is None
+        assert b"".join(p.chunks) == data
+
+    run_in(loop, main())
+    assert seen == [(64 * 1024, everything)] * 16
+
+
 def test_read_pipe_data_received_raising_is_reported_as_stock(any_loop):
     """An exception from data_received goes to the loop's exception handler
     and reading goes on, as with the stock reader handle."""
