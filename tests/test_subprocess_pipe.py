@@ -411,6 +411,47 @@ def test_pause_resume_reading_pipe(any_loop):
     run_in(any_loop, main())
 
 
+def test_read_pipe_eof_while_paused_comes_once_and_the_poll_ends(any_loop):
+    """The EOF a paused transport reads (decision 365) waits behind the data,
+    comes once after resume_reading, and the level poll that found it ends
+    at once: a hung-up pipe does not make every turn of the paused loop poll
+    and read it again."""
+    events = []
+
+    class P(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.t = transport
+            self.done = any_loop.create_future()
+
+        def data_received(self, data):
+            events.append(data)
+
+        def eof_received(self):
+            events.append("eof")
+
+        def connection_lost(self, exc):
+            self.done.set_result(exc)
+
+    async def main():
+        r, w = os.pipe()
+        p = P()
+        t, _ = await any_loop.connect_read_pipe(lambda: p, os.fdopen(r, "rb", 0))
+        t.pause_reading()
+        os.write(w, b"last words")
+        os.close(w)
+        await asyncio.sleep(0.05)
+        if not is_stock(any_loop):
+            rearms = any_loop._engine.stats()["rearms"]
+            await asyncio.sleep(0.1)
+            assert any_loop._engine.stats()["rearms"] - rearms < 5
+        assert events == []
+        t.resume_reading()
+        assert await asyncio.wait_for(p.done, 10) is None
+        assert events == [b"last words", "eof"]
+
+    run_in(any_loop, main())
+
+
 def test_paused_read_pipe_leaves_the_rest_in_the_pipe(any_loop):
     """While paused, the transport takes a bounded amount from the pipe (ours:
     up to max_size held, plus what one turn brings; stock: nothing), so a

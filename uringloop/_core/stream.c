@@ -1005,11 +1005,12 @@ static PyObject *Stream_sent(Stream *s, PyObject *const *args, Py_ssize_t nargs)
  * read(2) of up to rsize bytes straight into the bytes data_received gets,
  * no pool buffer between (decision 365), handed over as the read op's
  * record would be: (bytes read, more, bytes), or EOF (0) or -errno, after
- * which the transport ends the poll. One read a record: the level poll
- * brings the rest at the next turn, so a turn's bytes stay what one read
- * takes (more per turn made the consumer's allocations pass glibc's mmap
- * threshold). Nothing when someone else read it first (EAGAIN): the poll
- * waits on. 1, or -1 with an exception set. */
+ * which it reads no more (rsize 0) and the transport ends the poll. One
+ * read a record: the level poll brings the rest at the next turn, so a
+ * turn's bytes stay what one read takes (more per turn made the consumer's
+ * allocations pass glibc's mmap threshold, decision 366). Nothing when
+ * someone else read it first (EAGAIN): the poll waits on. 1, or -1 with an
+ * exception set. */
 static int stream_read_pipe(Stream *s)
 {
     PyObject *b = PyBytes_FromStringAndSize(NULL, s->rsize);
@@ -1025,7 +1026,8 @@ static int stream_read_pipe(Stream *s)
         Py_DECREF(b);
         return 1;
     }
-    if (n <= 0) {
+    if (n <= 0) { /* the last read: the transport ends the poll */
+        s->rsize = 0;
         Py_DECREF(b);
         b = Py_NewRef(Py_None);
     } else if (n < s->rsize && _PyBytes_Resize(&b, n) < 0) {

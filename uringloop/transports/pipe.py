@@ -201,9 +201,8 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
         elif data is None and res > 0:
             return  # a poll record the core did not read for (rsize 0)
         elif res <= 0:
-            # EOF or a read error: no more reads, and the poll (which would
-            # fire on every turn from now on) ends
-            self._core.rsize = 0
+            # EOF or a read error, the core's last read: the poll (which
+            # would fire on every turn from now on) ends
             if not self._cancelled:
                 self._cancelled = True
                 self._engine.cancel(self._ud)
