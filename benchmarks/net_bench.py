@@ -7,8 +7,10 @@
 Each server runs in its own process (benchmarks/net_server.py) pinned to one
 core; the client (benchmarks/loadgen.c, or wrk for HTTP) runs pinned to the
 other, and so does this driver. Server CPU time per request is the server
-process's utime+stime growth (/proc/<pid>/stat) over the measured window
-divided by the requests the client completed in it. Repetitions are
+process's time on a CPU (/proc/<pid>/task/*/schedstat, in nanoseconds) over
+the measured window divided by the requests the client completed in it; its
+user and system parts are split as the kernel's tick samples split them
+(utime, stime in /proc/<pid>/stat). Repetitions are
 interleaved: for each workload, every repetition runs every loop once, the
 starting loop rotating, so drift on a shared machine hits all loops alike.
 
@@ -38,7 +40,6 @@ ROOT = os.path.dirname(HERE)
 LOADGEN = os.path.join(HERE, "_build", "loadgen")
 SERVER = os.path.join(HERE, "net_server.py")
 ALL_LOOPS = ["asyncio", "uvloop", "rloop", "rsloop", "uringloop-io_uring", "uringloop-epoll"]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ------------------------------------------------------------------ workloads
@@ -140,9 +141,59 @@ def log(*a):
 
 
 def cpu_ticks(pid):
+    """pid's CPU time and sleeps: (ns on a CPU, summed over its threads'
+    /proc/<pid>/task/*/schedstat; utime and stime in clock ticks, fields 14 and
+    15 of /proc/<pid>/stat; voluntary context switches of its threads)."""
+    ns = sleeps = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                ns += int(f.read().split()[0])
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        sleeps += int(line.split()[1])
+        except FileNotFoundError:  # a thread that just ended
+            pass
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return ns, int(fields[11]), int(fields[12]), sleeps
+
+
+# engine counters reported per request (net_server.py prints them on SIGUSR1)
+ENGINE_COUNTS = ("enters", "waits", "submitted", "cqes", "records")
+
+
+def engine_stats(server):
+    """The uringloop server's engine counters now, or None for other loops."""
+    if not server.loop.startswith("uringloop-") or not server.alive():
+        return None
+    server.proc.send_signal(signal.SIGUSR1)
+    line = readline(server.proc, 10)
+    if not line or not line.startswith("STATS "):
+        raise RuntimeError(f"server said {line!r} for its engine counters: {server.stderr()}")
+    return json.loads(line[6:])
+
+
+def window(server, requests, t0, t1, s0, s1):
+    """A measured window's per-request costs: server CPU (user + system, and
+    each), and the engine's counters where the server reports them."""
+    n = max(requests, 1)
+    cpu = (t1[0] - t0[0]) / 1e3 / n
+    user, system = t1[1] - t0[1], t1[2] - t0[2]
+    # the kernel samples user against system time at its ticks: the share is
+    # theirs, the sum is the nanosecond count
+    share = user / (user + system) if user + system else 0.5
+    out = {
+        "cpu_us_per_req": cpu,
+        "user_us_per_req": cpu * share,
+        "sys_us_per_req": cpu * (1 - share),
+        "sleeps_per_req": (t1[3] - t0[3]) / n,
+    }
+    if s0 is not None and s1 is not None:
+        for k in ENGINE_COUNTS:
+            out[f"{k}_per_req"] = (s1[k] - s0[k]) / n
+    return out
 
 
 def rss_kib(pid):
@@ -215,6 +266,7 @@ def make_cert(tmp):
 class Server:
     def __init__(self, loop, wl, cpu, tmp, cert):
         self.addr = self.skip = None
+        self.loop = loop
         args = [sys.executable, SERVER, "--loop", loop, "--kind", wl["kind"], "--cpu", str(cpu)]
         if wl["transport"] == "unix":
             path = os.path.join(tmp, f"s{os.getpid()}-{time.monotonic_ns()}.sock")
@@ -302,8 +354,10 @@ def run_loadgen(wl, server, opts, strace_out=None):
             f"loadgen did not start measuring ({line!r}): {err.decode(errors='replace')[-500:]}"
         )
     t0 = cpu_ticks(server.proc.pid)
+    s0 = engine_stats(server)
     line = readline(cli, limit)
     t1 = cpu_ticks(server.proc.pid) if server.alive() else None
+    s1 = engine_stats(server) if t1 is not None else None
     _, err = cli.communicate(timeout=60)
     if cli.returncode != 0 or not line or t1 is None:
         raise RuntimeError(
@@ -311,7 +365,7 @@ def run_loadgen(wl, server, opts, strace_out=None):
             f" server: {server.stderr()[-500:]}"
         )
     res = json.loads(line)
-    res["cpu_us_per_req"] = (t1 - t0) / CLK_TCK * 1e6 / max(res["requests"], 1)
+    res.update(window(server, res["requests"], t0, t1, s0, s1))
     if tracer is not None:
         tracer.send_signal(signal.SIGINT)
         tracer.wait(timeout=60)
@@ -355,6 +409,7 @@ def run_wrk(wl, server, opts):
             timeout=opts.warmup + 60,
         )
     t0 = cpu_ticks(server.proc.pid)
+    s0 = engine_stats(server)
     r = subprocess.run(
         base + [f"-d{max(1, round(opts.duration))}s", "--latency", url],
         capture_output=True,
@@ -363,6 +418,7 @@ def run_wrk(wl, server, opts):
         timeout=opts.duration + 60,
     )
     t1 = cpu_ticks(server.proc.pid) if server.alive() else None
+    s1 = engine_stats(server) if t1 is not None else None
     m = WRK_RE["requests"].search(r.stdout)
     if r.returncode != 0 or not m or t1 is None:
         raise RuntimeError(f"wrk failed ({r.returncode}): {r.stdout[-500:]} {r.stderr[-300:]}")
@@ -374,7 +430,7 @@ def run_wrk(wl, server, opts):
         "rps": requests / secs,
         "p50_us": _us(*WRK_RE["p50"].search(r.stdout).groups()),
         "p99_us": _us(*WRK_RE["p99"].search(r.stdout).groups()),
-        "cpu_us_per_req": (t1 - t0) / CLK_TCK * 1e6 / max(requests, 1),
+        **window(server, requests, t0, t1, s0, s1),
     }
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", r.stdout)
     errs = re.search(r"Socket errors: (.*)", r.stdout)
@@ -551,6 +607,33 @@ def markdown(rows, meta):
                 f"| {r['label']} | {r['loop']} | {fmt(r['rps'])} ({fmt(r['min'])}–{fmt(r['max'])}) "
                 f"| {fmt(r.get('ratio'), 2)} | {fmt(r['p50_us'], 0)} | {fmt(r['p99_us'], 0)} "
                 f"| {fmt(r['cpu_us_per_req'], 2)} | {fmt(r.get('cpu_ratio'), 2)} |"
+            )
+    split = [r for r in rows if "n" in r and "sys_us_per_req" in r]
+    if split:
+        out += [
+            "",
+            "## Server CPU per request, user and system; engine counts per request",
+            "",
+            "Medians over the repetitions; user and system split as the kernel's tick "
+            "samples split them (utime, stime); sleeps: voluntary context switches; "
+            "the engine's counters (`loop.engine_stats()`) "
+            "for uringloop: kernel entries, of them waits, SQEs submitted (epoll: syscalls "
+            "for ops), CQEs reaped, records.",
+            "",
+            "| workload | loop | CPU µs/req | user | system | system share | sleeps "
+            "| enters | waits | SQEs | CQEs | records |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in split:
+            counts = " | ".join(
+                fmt(r.get(f"{k}_per_req"), 3) if f"{k}_per_req" in r else ""
+                for k in ENGINE_COUNTS
+            )
+            out.append(
+                f"| {r['workload']} | {r['loop']} | {fmt(r['cpu_us_per_req'], 2)} "
+                f"| {fmt(r['user_us_per_req'], 2)} | {fmt(r['sys_us_per_req'], 2)} "
+                f"| {r['sys_us_per_req'] / max(r['cpu_us_per_req'], 1e-9):.2f} "
+                f"| {fmt(r.get('sleeps_per_req'), 3)} | {counts} |"
             )
     traced = [
         (wid, lp, e["strace"])
