@@ -10,7 +10,10 @@ other, and so does this driver. Server CPU time per request is the server
 process's time on a CPU (/proc/<pid>/task/*/schedstat, in nanoseconds) over
 the measured window divided by the requests the client completed in it; its
 user and system parts are split as the kernel's tick samples split them
-(utime, stime in /proc/<pid>/stat). Repetitions are
+(utime, stime in /proc/<pid>/stat). Each side's busy % is its CPU time over
+the window / the window: a side near 100 % is the limit of that row.
+loadgen's plain echo rows use its epoll mode, or its io_uring mode with
+--client-mode uring (TLS and idle always use epoll). Repetitions are
 interleaved: for each workload, every repetition runs every loop once, the
 starting loop rotating, so drift on a shared machine hits all loops alike.
 
@@ -33,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -140,10 +144,21 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def stat_ticks(pid):
+    """pid's utime and stime in clock ticks (fields 14 and 15 of /proc/<pid>/stat;
+    for an exited, unreaped process: its whole life's)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
 def cpu_ticks(pid):
     """pid's CPU time and sleeps: (ns on a CPU, summed over its threads'
-    /proc/<pid>/task/*/schedstat; utime and stime in clock ticks, fields 14 and
-    15 of /proc/<pid>/stat; voluntary context switches of its threads)."""
+    /proc/<pid>/task/*/schedstat; utime and stime in clock ticks; voluntary
+    context switches of its threads)."""
     ns = sleeps = 0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -155,9 +170,7 @@ def cpu_ticks(pid):
                         sleeps += int(line.split()[1])
         except FileNotFoundError:  # a thread that just ended
             pass
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return ns, int(fields[11]), int(fields[12]), sleeps
+    return (ns, *stat_ticks(pid), sleeps)
 
 
 # engine counters reported per request (net_server.py prints them on SIGUSR1)
@@ -175,9 +188,9 @@ def engine_stats(server):
     return json.loads(line[6:])
 
 
-def window(server, requests, t0, t1, s0, s1):
-    """A measured window's per-request costs: server CPU (user + system, and
-    each), and the engine's counters where the server reports them."""
+def window(requests, seconds, t0, t1, s0, s1):
+    """A measured window's server costs: CPU per request (user + system, and
+    each), busy %, sleeps and the engine's counters where the server reports them."""
     n = max(requests, 1)
     cpu = (t1[0] - t0[0]) / 1e3 / n
     user, system = t1[1] - t0[1], t1[2] - t0[2]
@@ -189,6 +202,7 @@ def window(server, requests, t0, t1, s0, s1):
         "user_us_per_req": cpu * share,
         "sys_us_per_req": cpu * (1 - share),
         "sleeps_per_req": (t1[3] - t0[3]) / n,
+        "server_busy_pct": (t1[0] - t0[0]) / 1e7 / seconds,
     }
     if s0 is not None and s1 is not None:
         for k in ENGINE_COUNTS:
@@ -313,6 +327,11 @@ def client_target(wl, server):
     return ["--tcp", f"127.0.0.1:{server.addr}"]
 
 
+def client_mode(wl, opts):
+    """loadgen's mode: --client-mode for the plain echo rows, epoll for TLS."""
+    return "epoll" if wl["kind"] == "tls" else opts.client_mode
+
+
 def run_loadgen(wl, server, opts, strace_out=None):
     args = (
         [LOADGEN]
@@ -326,6 +345,8 @@ def run_loadgen(wl, server, opts, strace_out=None):
             str(opts.duration),
             "-w",
             str(opts.warmup),
+            "--mode",
+            client_mode(wl, opts),
         ]
     )
     if opts.verify:
@@ -365,7 +386,9 @@ def run_loadgen(wl, server, opts, strace_out=None):
             f" server: {server.stderr()[-500:]}"
         )
     res = json.loads(line)
-    res.update(window(server, res["requests"], t0, t1, s0, s1))
+    res.update(window(res["requests"], res["seconds"], t0, t1, s0, s1))
+    res["client_cpu_us_per_req"] = res["cpu_s"] * 1e6 / max(res["requests"], 1)
+    res["client_busy_pct"] = 100 * res["cpu_s"] / res["seconds"]
     if tracer is not None:
         tracer.send_signal(signal.SIGINT)
         tracer.wait(timeout=60)
@@ -386,6 +409,12 @@ def parse_strace(path, requests):
     out["total"] = sum(calls.values()) / max(requests, 1)
     return out
 
+
+CLIENT_MODES = {
+    "uring": "loadgen, io_uring mode",
+    "epoll": "loadgen, epoll mode",
+    "wrk": "wrk -t1",
+}
 
 WRK_RE = {
     "requests": re.compile(r"(\d+) requests in ([\d.]+)(\w+)"),
@@ -410,30 +439,43 @@ def run_wrk(wl, server, opts):
         )
     t0 = cpu_ticks(server.proc.pid)
     s0 = engine_stats(server)
-    r = subprocess.run(
+    start = time.monotonic()
+    proc = subprocess.Popen(
         base + [f"-d{max(1, round(opts.duration))}s", "--latency", url],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         preexec_fn=pin(opts.client_cpu),
-        timeout=opts.duration + 60,
     )
+    killer = threading.Timer(opts.duration + 60, proc.kill)
+    killer.start()
+    # wait for wrk's exit without reaping it: its /proc/<pid>/stat then holds
+    # the CPU time of its whole life (its output is far below a pipe's size)
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+    wall = time.monotonic() - start
     t1 = cpu_ticks(server.proc.pid) if server.alive() else None
     s1 = engine_stats(server) if t1 is not None else None
-    m = WRK_RE["requests"].search(r.stdout)
-    if r.returncode != 0 or not m or t1 is None:
-        raise RuntimeError(f"wrk failed ({r.returncode}): {r.stdout[-500:]} {r.stderr[-300:]}")
+    wrk_s = sum(stat_ticks(proc.pid)) / CLK_TCK
+    killer.cancel()
+    out, err = proc.communicate()
+    m = WRK_RE["requests"].search(out)
+    if proc.returncode != 0 or not m or t1 is None:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {out[-500:]} {err[-300:]}")
     requests = int(m.group(1))
     secs = _us(m.group(2), m.group(3)) / 1e6
     res = {
         "requests": requests,
         "seconds": secs,
         "rps": requests / secs,
-        "p50_us": _us(*WRK_RE["p50"].search(r.stdout).groups()),
-        "p99_us": _us(*WRK_RE["p99"].search(r.stdout).groups()),
-        **window(server, requests, t0, t1, s0, s1),
+        "p50_us": _us(*WRK_RE["p50"].search(out).groups()),
+        "p99_us": _us(*WRK_RE["p99"].search(out).groups()),
+        **window(requests, wall, t0, t1, s0, s1),
+        "client_cpu_us_per_req": wrk_s * 1e6 / max(requests, 1),
+        "client_busy_pct": 100 * wrk_s / wall,
+        "mode": "wrk",
     }
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", r.stdout)
-    errs = re.search(r"Socket errors: (.*)", r.stdout)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errs = re.search(r"Socket errors: (.*)", out)
     if bad or errs:
         res["note"] = "; ".join(x.group(0) for x in (bad, errs) if x)
     return res
@@ -466,7 +508,12 @@ def run_idle(wl, server, opts):
             f"idle client failed ({line!r}, exit {cli.returncode}): "
             f"{err.decode(errors='replace')[-500:]} server: {server.stderr()[-500:]}"
         )
-    return {"rss_base_kib": base, "rss_held_kib": held, "kib_per_conn": (held - base) / wl["conns"]}
+    return {
+        "rss_base_kib": base,
+        "rss_held_kib": held,
+        "kib_per_conn": (held - base) / wl["conns"],
+        "mode": "epoll",
+    }
 
 
 # ------------------------------------------------------------------ report
@@ -489,6 +536,7 @@ def summarise(results, loops):
                     for k in runs[0]
                     if isinstance(runs[0][k], (int, float))
                 }
+                med[loop]["client_mode"] = runs[0].get("mode")
                 med[loop]["min"] = min(r[key] for r in runs)
                 med[loop]["max"] = max(r[key] for r in runs)
                 med[loop]["n"] = len(runs)
@@ -574,6 +622,11 @@ def markdown(rows, meta):
         if r["family"] != fam:
             fam = r["family"]
             out += ["", f"## {fam}", ""]
+            modes = sorted(
+                {x["client_mode"] for x in rows if x["family"] == fam and x.get("client_mode")}
+            )
+            if modes:
+                out += ["Client: " + ", ".join(CLIENT_MODES.get(m, m) for m in modes) + ".", ""]
             if r["kind"] == "idle":
                 out += [
                     "| workload | loop | KiB RSS/conn (min–max) | ratio vs uvloop |",
@@ -582,17 +635,16 @@ def markdown(rows, meta):
             else:
                 out += [
                     "| workload | loop | req/s median (min–max) | ×uvloop | p50 µs | p99 µs "
-                    "| server CPU µs/req | CPU ×uvloop |",
-                    "|---|---|---|---|---|---|---|---|",
+                    "| server CPU µs/req | CPU ×uvloop | server busy % | client busy % |",
+                    "|---|---|---|---|---|---|---|---|---|---|",
                 ]
         if r.get("skip") or r.get("error"):
             why = r.get("skip") or r.get("error")
             notes.append(f"- {r['workload']} / {r['loop']}: {why}")
-            cols = 4 if r["kind"] == "idle" else 8
+            cols = 4 if r["kind"] == "idle" else 10
             out.append(
                 f"| {r['label']} | {r['loop']} "
-                f"| skipped ({'see note' if r.get('skip') else 'error'}) |"
-                + " |" * (cols - 3)
+                f"| skipped ({'see note' if r.get('skip') else 'error'}) |" + " |" * (cols - 3)
             )
             continue
         if "n" not in r:
@@ -606,7 +658,8 @@ def markdown(rows, meta):
             out.append(
                 f"| {r['label']} | {r['loop']} | {fmt(r['rps'])} ({fmt(r['min'])}–{fmt(r['max'])}) "
                 f"| {fmt(r.get('ratio'), 2)} | {fmt(r['p50_us'], 0)} | {fmt(r['p99_us'], 0)} "
-                f"| {fmt(r['cpu_us_per_req'], 2)} | {fmt(r.get('cpu_ratio'), 2)} |"
+                f"| {fmt(r['cpu_us_per_req'], 2)} | {fmt(r.get('cpu_ratio'), 2)} "
+                f"| {fmt(r.get('server_busy_pct'))} | {fmt(r.get('client_busy_pct'))} |"
             )
     split = [r for r in rows if "n" in r and "sys_us_per_req" in r]
     if split:
@@ -808,6 +861,12 @@ def main():
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
     ap.add_argument(
+        "--client-mode",
+        choices=("epoll", "uring"),
+        default="epoll",
+        help="loadgen's mode for the plain echo rows (TLS and idle always use epoll)",
+    )
+    ap.add_argument(
         "--no-verify", dest="verify", action="store_false", help="do not compare echoed bytes"
     )
     ap.add_argument("--no-chart", action="store_true")
@@ -868,7 +927,8 @@ def main():
         f"{opts.reps} repetitions "
         f"interleaved, server on CPU {opts.server_cpu}, client on CPU {opts.client_cpu}, "
         f"echo bytes verified: {'yes' if opts.verify else 'no'}; TLS client: loadgen.c with "
-        f"OpenSSL (TLS 1.3)",
+        f"OpenSSL (TLS 1.3); busy % = a side's utime+stime over the window / the window "
+        f"(server: /proc/<pid>/stat; loadgen: getrusage; wrk: /proc/<pid>/stat at its exit)",
         "versions": versions(loops),
         "malloc": ("glibc malloc with " + ", ".join(f"{k}={v}" for k, v in malloc_env.items()))
         if malloc_env
@@ -929,7 +989,9 @@ def main():
                     else:
                         log(
                             f"  {wl['id']:28} {lp:20} rep {rep + 1}: {run['rps']:>10,.0f} req/s "
-                            f"{run['cpu_us_per_req']:6.2f} µs CPU/req p99 {run['p99_us']:.0f} µs"
+                            f"{run['cpu_us_per_req']:6.2f} µs CPU/req p99 {run['p99_us']:.0f} µs "
+                            f"busy server {run['server_busy_pct']:.0f} % "
+                            f"client {run['client_busy_pct']:.0f} % ({run['mode']})"
                             + (f" ({run['note']})" if run.get("note") else "")
                         )
             if opts.strace and wl["client"] == "loadgen":
