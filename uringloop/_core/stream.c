@@ -16,8 +16,8 @@
  *  - write(data) (installed as the transport's own write attribute) queues
  *    the bytes and puts the Stream on the loop's dirty list;
  *  - _flush() (the turn calls it right before the engine waits) hands the
- *    whole queue to the socket in one non-blocking sendmsg(); what the
- *    kernel leaves (a full socket buffer) goes as one send or sendv whose
+ *    whole queue to the socket in one non-blocking send() or sendmsg(); what
+ *    the kernel leaves (a full socket buffer) goes as one send or sendv whose
  *    owner is the Stream itself, in a slot marked SLOT_SENT: the table hands
  *    its completion to stream_sent (no bound method kept per Stream;
  *    decisions 255, 305).
@@ -822,7 +822,7 @@ static void stream_dirty_clear(PyObject *buf)
 
 /* _flush(): the turn's writes leave as one send (unless one is in flight:
  * then when it completes). The socket is asked first, with one non-blocking
- * sendmsg() of the whole queue: what it takes needs no engine op, no slot,
+ * send() of a single chunk or sendmsg() of the whole queue: what it takes needs no engine op, no slot,
  * no record and no completion; only a rest (the socket buffer was full: a
  * short send, or EAGAIN) goes to the engine's ordered queue, from where the
  * kernel left off (decision 305). */
@@ -865,11 +865,14 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
     Py_ssize_t k = 0, first = 0;
     s->sends++;
     if (!s->wpaused) {
+        /* one chunk (the usual turn: one write) is send(): sendmsg() makes
+         * the kernel copy in a msghdr and an iovec first (decision 370) */
         struct msghdr msg = {0};
         msg.msg_iov = iov;
         msg.msg_iovlen = (size_t)n;
         do
-            k = sendmsg(s->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+            k = n == 1 ? send(s->fd, iov[0].iov_base, iov[0].iov_len, MSG_DONTWAIT | MSG_NOSIGNAL)
+                       : sendmsg(s->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
         while (k < 0 && errno == EINTR);
         if (k < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK) {
