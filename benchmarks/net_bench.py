@@ -7,10 +7,12 @@
 Each server runs in its own process (benchmarks/net_server.py) pinned to one
 core; the client (benchmarks/loadgen.c, or wrk for HTTP) runs pinned to the
 other, and so does this driver. Server CPU time per request is the server
-process's utime+stime growth (/proc/<pid>/stat) over the measured window
-divided by the requests the client completed in it. Each side's busy % is its
-CPU time over the window / the window: a side near 100 % is the limit of that
-row. loadgen's plain echo rows use its epoll mode, or its io_uring mode with
+process's time on a CPU (/proc/<pid>/task/*/schedstat, in nanoseconds) over
+the measured window divided by the requests the client completed in it; its
+user and system parts are split as the kernel's tick samples split them
+(utime, stime in /proc/<pid>/stat). Each side's busy % is its CPU time over
+the window / the window: a side near 100 % is the limit of that row.
+loadgen's plain echo rows use its epoll mode, or its io_uring mode with
 --client-mode uring (TLS and idle always use epoll). Repetitions are
 interleaved: for each workload, every repetition runs every loop once, the
 starting loop rotating, so drift on a shared machine hits all loops alike.
@@ -42,7 +44,6 @@ ROOT = os.path.dirname(HERE)
 LOADGEN = os.path.join(HERE, "_build", "loadgen")
 SERVER = os.path.join(HERE, "net_server.py")
 ALL_LOOPS = ["asyncio", "uvloop", "rloop", "rsloop", "uringloop-io_uring", "uringloop-epoll"]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ------------------------------------------------------------------ workloads
@@ -143,10 +144,70 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
-def cpu_ticks(pid):
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def stat_ticks(pid):
+    """pid's utime and stime in clock ticks (fields 14 and 15 of /proc/<pid>/stat;
+    for an exited, unreaped process: its whole life's)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return int(fields[11]), int(fields[12])
+
+
+def cpu_ticks(pid):
+    """pid's CPU time and sleeps: (ns on a CPU, summed over its threads'
+    /proc/<pid>/task/*/schedstat; utime and stime in clock ticks; voluntary
+    context switches of its threads)."""
+    ns = sleeps = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                ns += int(f.read().split()[0])
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        sleeps += int(line.split()[1])
+        except FileNotFoundError:  # a thread that just ended
+            pass
+    return (ns, *stat_ticks(pid), sleeps)
+
+
+# engine counters reported per request (net_server.py prints them on SIGUSR1)
+ENGINE_COUNTS = ("enters", "waits", "submitted", "cqes", "records")
+
+
+def engine_stats(server):
+    """The uringloop server's engine counters now, or None for other loops."""
+    if not server.loop.startswith("uringloop-") or not server.alive():
+        return None
+    server.proc.send_signal(signal.SIGUSR1)
+    line = readline(server.proc, 10)
+    if not line or not line.startswith("STATS "):
+        raise RuntimeError(f"server said {line!r} for its engine counters: {server.stderr()}")
+    return json.loads(line[6:])
+
+
+def window(requests, seconds, t0, t1, s0, s1):
+    """A measured window's server costs: CPU per request (user + system, and
+    each), busy %, sleeps and the engine's counters where the server reports them."""
+    n = max(requests, 1)
+    cpu = (t1[0] - t0[0]) / 1e3 / n
+    user, system = t1[1] - t0[1], t1[2] - t0[2]
+    # the kernel samples user against system time at its ticks: the share is
+    # theirs, the sum is the nanosecond count
+    share = user / (user + system) if user + system else 0.5
+    out = {
+        "cpu_us_per_req": cpu,
+        "user_us_per_req": cpu * share,
+        "sys_us_per_req": cpu * (1 - share),
+        "sleeps_per_req": (t1[3] - t0[3]) / n,
+        "server_busy_pct": (t1[0] - t0[0]) / 1e7 / seconds,
+    }
+    if s0 is not None and s1 is not None:
+        for k in ENGINE_COUNTS:
+            out[f"{k}_per_req"] = (s1[k] - s0[k]) / n
+    return out
 
 
 def rss_kib(pid):
@@ -219,6 +280,7 @@ def make_cert(tmp):
 class Server:
     def __init__(self, loop, wl, cpu, tmp, cert):
         self.addr = self.skip = None
+        self.loop = loop
         args = [sys.executable, SERVER, "--loop", loop, "--kind", wl["kind"], "--cpu", str(cpu)]
         if wl["transport"] == "unix":
             path = os.path.join(tmp, f"s{os.getpid()}-{time.monotonic_ns()}.sock")
@@ -313,8 +375,10 @@ def run_loadgen(wl, server, opts, strace_out=None):
             f"loadgen did not start measuring ({line!r}): {err.decode(errors='replace')[-500:]}"
         )
     t0 = cpu_ticks(server.proc.pid)
+    s0 = engine_stats(server)
     line = readline(cli, limit)
     t1 = cpu_ticks(server.proc.pid) if server.alive() else None
+    s1 = engine_stats(server) if t1 is not None else None
     _, err = cli.communicate(timeout=60)
     if cli.returncode != 0 or not line or t1 is None:
         raise RuntimeError(
@@ -322,10 +386,8 @@ def run_loadgen(wl, server, opts, strace_out=None):
             f" server: {server.stderr()[-500:]}"
         )
     res = json.loads(line)
-    server_s = (t1 - t0) / CLK_TCK
-    res["cpu_us_per_req"] = server_s * 1e6 / max(res["requests"], 1)
+    res.update(window(res["requests"], res["seconds"], t0, t1, s0, s1))
     res["client_cpu_us_per_req"] = res["cpu_s"] * 1e6 / max(res["requests"], 1)
-    res["server_busy_pct"] = 100 * server_s / res["seconds"]
     res["client_busy_pct"] = 100 * res["cpu_s"] / res["seconds"]
     if tracer is not None:
         tracer.send_signal(signal.SIGINT)
@@ -376,6 +438,7 @@ def run_wrk(wl, server, opts):
             timeout=opts.warmup + 60,
         )
     t0 = cpu_ticks(server.proc.pid)
+    s0 = engine_stats(server)
     start = time.monotonic()
     proc = subprocess.Popen(
         base + [f"-d{max(1, round(opts.duration))}s", "--latency", url],
@@ -391,7 +454,8 @@ def run_wrk(wl, server, opts):
     os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
     wall = time.monotonic() - start
     t1 = cpu_ticks(server.proc.pid) if server.alive() else None
-    wrk_s = cpu_ticks(proc.pid) / CLK_TCK
+    s1 = engine_stats(server) if t1 is not None else None
+    wrk_s = sum(stat_ticks(proc.pid)) / CLK_TCK
     killer.cancel()
     out, err = proc.communicate()
     m = WRK_RE["requests"].search(out)
@@ -405,9 +469,8 @@ def run_wrk(wl, server, opts):
         "rps": requests / secs,
         "p50_us": _us(*WRK_RE["p50"].search(out).groups()),
         "p99_us": _us(*WRK_RE["p99"].search(out).groups()),
-        "cpu_us_per_req": (t1 - t0) / CLK_TCK * 1e6 / max(requests, 1),
+        **window(requests, wall, t0, t1, s0, s1),
         "client_cpu_us_per_req": wrk_s * 1e6 / max(requests, 1),
-        "server_busy_pct": 100 * (t1 - t0) / CLK_TCK / wall,
         "client_busy_pct": 100 * wrk_s / wall,
         "mode": "wrk",
     }
@@ -597,6 +660,33 @@ def markdown(rows, meta):
                 f"| {fmt(r.get('ratio'), 2)} | {fmt(r['p50_us'], 0)} | {fmt(r['p99_us'], 0)} "
                 f"| {fmt(r['cpu_us_per_req'], 2)} | {fmt(r.get('cpu_ratio'), 2)} "
                 f"| {fmt(r.get('server_busy_pct'))} | {fmt(r.get('client_busy_pct'))} |"
+            )
+    split = [r for r in rows if "n" in r and "sys_us_per_req" in r]
+    if split:
+        out += [
+            "",
+            "## Server CPU per request, user and system; engine counts per request",
+            "",
+            "Medians over the repetitions; user and system split as the kernel's tick "
+            "samples split them (utime, stime); sleeps: voluntary context switches; "
+            "the engine's counters (`loop.engine_stats()`) "
+            "for uringloop: kernel entries, of them waits, SQEs submitted (epoll: syscalls "
+            "for ops), CQEs reaped, records.",
+            "",
+            "| workload | loop | CPU µs/req | user | system | system share | sleeps "
+            "| enters | waits | SQEs | CQEs | records |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in split:
+            counts = " | ".join(
+                fmt(r.get(f"{k}_per_req"), 3) if f"{k}_per_req" in r else ""
+                for k in ENGINE_COUNTS
+            )
+            out.append(
+                f"| {r['workload']} | {r['loop']} | {fmt(r['cpu_us_per_req'], 2)} "
+                f"| {fmt(r['user_us_per_req'], 2)} | {fmt(r['sys_us_per_req'], 2)} "
+                f"| {r['sys_us_per_req'] / max(r['cpu_us_per_req'], 1e-9):.2f} "
+                f"| {fmt(r.get('sleeps_per_req'), 3)} | {counts} |"
             )
     traced = [
         (wid, lp, e["strace"])

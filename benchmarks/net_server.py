@@ -5,6 +5,8 @@
 Pins itself to --cpu, makes the named loop, serves, and prints one line on
 stdout: ``READY <tcp port or unix path>``, or ``SKIP <reason>`` (exit 3) when
 this loop cannot serve this workload here. It runs until killed (SIGTERM).
+On uringloop, SIGUSR1 makes it print ``STATS <json>``: the engine's counters
+(``loop.engine_stats()``).
 
 Server kinds (all echo servers write back exactly what they read):
   protocol   asyncio.Protocol, data_received -> transport.write
@@ -18,6 +20,7 @@ Server kinds (all echo servers write back exactly what they read):
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import signal
@@ -244,6 +247,11 @@ def main():
         )
         sys.exit(3)
     signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
+    if args.loop.startswith("uringloop-"):
+        signal.signal(
+            signal.SIGUSR1,
+            lambda *a: print("STATS " + json.dumps(loop.engine_stats()), flush=True),
+        )
     where = addr if isinstance(addr, str) else addr[1]
     print(f"READY {where}", flush=True)
     loop.run_forever()

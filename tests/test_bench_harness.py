@@ -199,7 +199,7 @@ def test_wrk_cpu_is_its_whole_life(tmp_path):
     fake.write_text(f"#!{sys.executable}\n{FAKE_WRK}")
     fake.chmod(0o755)
     server = types.SimpleNamespace(
-        addr="1", proc=subprocess.Popen(["sleep", "60"]), alive=lambda: True
+        addr="1", loop="uvloop", proc=subprocess.Popen(["sleep", "60"]), alive=lambda: True
     )
     opts = types.SimpleNamespace(wrk=str(fake), warmup=0, duration=1, client_cpu=0)
     try:

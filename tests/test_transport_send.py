@@ -1,18 +1,24 @@
 """The stream transport's send at the end of the turn (decision 305): the
-socket is asked first, with one non-blocking sendmsg() of the turn's queue;
-only what it leaves becomes an engine send, in the fd's ordered queue, from
-where the kernel stopped. On every kind (io_uring, epoll, io_uring with
-every fallback), and on the stock loop where the point is the stock
-behaviour (what the peer receives, in order, and the errors)."""
+socket is asked first, with one non-blocking send() of a single chunk or
+sendmsg() of the turn's queue (decision 370); only what it leaves becomes an
+engine send, in the fd's ordered queue, from where the kernel stopped. On
+every kind (io_uring, epoll, io_uring with every fallback), and on the stock
+loop where the point is the stock behaviour (what the peer receives, in
+order, and the errors)."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
-from conftest import is_stock, run_in
+from conftest import LOOP_KINDS, is_stock, require_uring, run_in
 
 
 class Proto(asyncio.Protocol):
@@ -86,6 +92,68 @@ def test_a_flush_the_socket_takes_whole_is_no_engine_op(loop):
             assert await pr.lost is None
 
     run_in(loop, main())
+
+
+COUNT_SENDMSG = textwrap.dedent(
+    """
+    import asyncio, ctypes, socket, sys
+    sys.path[:0] = [{root!r}, {tests!r}]
+    from conftest import make_loop
+    calls = ctypes.CDLL(None).sendmsg_calls
+    calls.restype = ctypes.c_long
+
+    async def main(loop):
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        with listener:
+            connect = loop.create_connection(asyncio.Protocol, *listener.getsockname())
+            (tr, _), (peer, _) = await asyncio.gather(connect, loop.sock_accept(listener))
+        with peer:
+            c = tr._core
+            sends, inline, before = c.sends, c.inline_sends, calls()
+            for _ in range(20):
+                tr.write(b"a" * 100)
+                if loop.backend == "epoll":  # the first left in write() (decision 210)
+                    tr.write(b"b" * 100)
+                got = b""
+                while len(got) < (200 if loop.backend == "epoll" else 100):
+                    got += await asyncio.wait_for(loop.sock_recv(peer, 4096), 10)
+            print(c.sends - sends, c.inline_sends - inline, calls() - before)
+            tr.close()
+
+    loop = make_loop(sys.argv[1])
+    try:
+        loop.run_until_complete(main(loop))
+    finally:
+        loop.close()
+    """
+)
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_a_flush_of_one_chunk_is_send_not_sendmsg(tmp_path, kind):
+    """A turn's flush of a single queued chunk (the usual turn of a
+    request/response server: one write) asks the socket with send(), not
+    sendmsg(), which makes the kernel copy in a msghdr and an iovec first
+    (decision 370). Counted by an LD_PRELOAD shim around sendmsg() in a child:
+    20 flushes, each taken whole by the socket, no sendmsg()."""
+    from test_engine_native import ROOT, _build_shim, _preload
+
+    if kind != "epoll":
+        require_uring()
+    shim = _build_shim("count_sendmsg", tmp_path)
+    script = tmp_path / "count.py"
+    script.write_text(COUNT_SENDMSG.format(root=str(ROOT), tests=str(Path(__file__).parent)))
+    proc = subprocess.run(
+        [sys.executable, str(script), kind],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, LD_PRELOAD=_preload(shim)),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["20", "20", "0"]  # flushes, taken whole, sendmsg() calls
 
 
 @pytest.mark.parametrize("end", ["close", "write_eof"])

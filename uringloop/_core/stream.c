@@ -16,8 +16,8 @@
  *  - write(data) (installed as the transport's own write attribute) queues
  *    the bytes and puts the Stream on the loop's dirty list;
  *  - _flush() (the turn calls it right before the engine waits) hands the
- *    whole queue to the socket in one non-blocking sendmsg(); what the
- *    kernel leaves (a full socket buffer) goes as one send or sendv whose
+ *    whole queue to the socket in one non-blocking send() or sendmsg(); what
+ *    the kernel leaves (a full socket buffer) goes as one send or sendv whose
  *    owner is the Stream itself, in a slot marked SLOT_SENT: the table hands
  *    its completion to stream_sent (no bound method kept per Stream;
  *    decisions 255, 305).
@@ -53,6 +53,9 @@ typedef struct {
     unsigned int inline_sends; /* of those, taken whole by the socket at once: no engine op */
     unsigned int directs;   /* send() calls made by write() itself (tests count them) */
     unsigned long long recv_ud; /* the transport's multishot recv (0: none) */
+    Py_ssize_t rsize;     /* > 0: the read op is a level poll, and each of its
+                           * records is one read(2) of up to rsize bytes into a
+                           * new bytes (a pipe transport, decision 365) */
     int fd;
     uint32_t peer_addr;   /* an IPv4 peer's address (network order), where peer */
     uint16_t peer_port;   /* ... and its port (host order) */
@@ -819,7 +822,7 @@ static void stream_dirty_clear(PyObject *buf)
 
 /* _flush(): the turn's writes leave as one send (unless one is in flight:
  * then when it completes). The socket is asked first, with one non-blocking
- * sendmsg() of the whole queue: what it takes needs no engine op, no slot,
+ * send() of a single chunk or sendmsg() of the whole queue: what it takes needs no engine op, no slot,
  * no record and no completion; only a rest (the socket buffer was full: a
  * short send, or EAGAIN) goes to the engine's ordered queue, from where the
  * kernel left off (decision 305). */
@@ -862,11 +865,14 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
     Py_ssize_t k = 0, first = 0;
     s->sends++;
     if (!s->wpaused) {
+        /* one chunk (the usual turn: one write) is send(): sendmsg() makes
+         * the kernel copy in a msghdr and an iovec first (decision 370) */
         struct msghdr msg = {0};
         msg.msg_iov = iov;
         msg.msg_iovlen = (size_t)n;
         do
-            k = sendmsg(s->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+            k = n == 1 ? send(s->fd, iov[0].iov_base, iov[0].iov_len, MSG_DONTWAIT | MSG_NOSIGNAL)
+                       : sendmsg(s->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
         while (k < 0 && errno == EINTR);
         if (k < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK) {
@@ -998,6 +1004,44 @@ static PyObject *Stream_sent(Stream *s, PyObject *const *args, Py_ssize_t nargs)
     return stream_sent(s, (int32_t)res, args[1] == Py_True, args[2], args);
 }
 
+/* A pipe transport's poll record (rsize > 0): the pipe is readable. One
+ * read(2) of up to rsize bytes straight into the bytes data_received gets,
+ * no pool buffer between (decision 365), handed over as the read op's
+ * record would be: (bytes read, more, bytes), or EOF (0) or -errno, after
+ * which it reads no more (rsize 0) and the transport ends the poll. One
+ * read a record: the level poll brings the rest at the next turn, so a
+ * turn's bytes stay what one read takes (more per turn made the consumer's
+ * allocations pass glibc's mmap threshold, decision 366). Nothing when
+ * someone else read it first (EAGAIN): the poll waits on. 1, or -1 with an
+ * exception set. */
+static int stream_read_pipe(Stream *s)
+{
+    PyObject *b = PyBytes_FromStringAndSize(NULL, s->rsize);
+    if (b == NULL)
+        return -1;
+    ssize_t n;
+    int err;
+    do {
+        n = read(s->fd, PyBytes_AS_STRING(b), (size_t)s->rsize);
+        err = errno;
+    } while (n < 0 && err == EINTR);
+    if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
+        Py_DECREF(b);
+        return 1;
+    }
+    if (n <= 0) { /* the last read: the transport ends the poll */
+        s->rsize = 0;
+        Py_DECREF(b);
+        b = Py_NewRef(Py_None);
+    } else if (n < s->rsize && _PyBytes_Resize(&b, n) < 0) {
+        return -1;
+    }
+    PyObject *r = stream_recv(s, n < 0 ? -err : (int32_t)n, 1, b, NULL, 1);
+    Py_DECREF(b);
+    Py_XDECREF(r);
+    return r ? 1 : -1;
+}
+
 /* The table's delivery of a record whose owner is a Stream (the receive)
  * or its bound sent (a send): straight to stream_recv/stream_sent with the
  * record's fields, without the result int, the bools and the vectorcall of
@@ -1006,7 +1050,10 @@ static PyObject *Stream_sent(Stream *s, PyObject *const *args, Py_ssize_t nargs)
 static int stream_deliver(PyObject *owner, int32_t res, int more, PyObject *data)
 {
     PyObject *r;
-    if (Py_IS_TYPE(owner, &StreamType)) {
+    if (Py_IS_TYPE(owner, &StreamType) && ((Stream *)owner)->rsize > 0 && more && res >= 0 &&
+        data == Py_None) {
+        return stream_read_pipe((Stream *)owner);
+    } else if (Py_IS_TYPE(owner, &StreamType)) {
         r = stream_recv((Stream *)owner, res, more, data, NULL, 1);
     } else if (PyCFunction_CheckExact(owner) &&
                PyCFunction_GET_FUNCTION(owner) == (PyCFunction)(void (*)(void))Stream_sent &&
@@ -1300,6 +1347,7 @@ static PyMemberDef Stream_members[] = {
     {"directs", T_UINT, offsetof(Stream, directs), 0, NULL},
     {"inline_sends", T_UINT, offsetof(Stream, inline_sends), 0, NULL},
     {"recv_ud", T_ULONGLONG, offsetof(Stream, recv_ud), 0, NULL},
+    {"rsize", T_PYSSIZET, offsetof(Stream, rsize), 0, NULL},
     {"fd", T_INT, offsetof(Stream, fd), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
