@@ -2,18 +2,30 @@
  *
  * N connections, each with exactly one message of a fixed size in flight: send
  * it, read the same number of bytes back, (optionally) compare them with what
- * was sent, then send the next. One thread, level-triggered epoll, TCP or Unix
- * sockets, optionally TLS (OpenSSL; built without it when -DLOADGEN_NO_TLS).
+ * was sent, then send the next. One thread, TCP or Unix sockets, two modes:
+ *   uring  io_uring (raw syscalls, constants from uringloop/_core/uapi.h): per
+ *          connection one SEND and one RECV SQE per message, both MSG_WAITALL
+ *          (the kernel finishes a partial transfer itself), every batch
+ *          submitted by the io_uring_enter that also waits;
+ *   epoll  level-triggered epoll, send()/recv() (the default; TLS and --idle
+ *          always use it, and so does --mode uring when io_uring cannot start).
+ * TLS is OpenSSL (built without it when -DLOADGEN_NO_TLS).
+ *
+ * Message seq is the bytes of one shared pseudo-random table from offset
+ * seq % PAT_SHIFTS: sending needs no copy or fill, --verify is a memcmp, and
+ * a stale or reordered echo differs from what is expected.
  *
  * Protocol with the driver (stdout, line by line, flushed):
  *   START             the warm-up is over, the measured window begins
- *   {...json...}      the window is over: requests, rps, p50_us, p99_us, ...
+ *   {...json...}      the window is over: requests, rps, p50_us, p99_us,
+ *                     cpu_s (this process's utime+stime over the window), mode
  * With --idle the connections are only opened (each does one round trip so
  * the server certainly holds it), then "READY n" is printed and the program
  * waits until stdin closes, then exits (closing with RST, no TIME_WAIT).
  *
  * Usage: loadgen (--tcp HOST:PORT | --unix PATH) [-c CONNS] [-s SIZE]
- *                [-d SECONDS] [-w WARMUP_SECONDS] [--verify] [--tls] [--idle]
+ *                [-d SECONDS] [-w WARMUP_SECONDS] [--mode epoll|uring]
+ *                [--verify] [--tls] [--idle]
  * Exit status: 0 on success, 1 on a usage/connect error, 2 when a byte
  * differed under --verify or a connection closed early.
  */
@@ -29,7 +41,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -39,8 +54,12 @@
 #include <openssl/ssl.h>
 #endif
 
+#include "../uringloop/_core/uapi.h"
+
 /* latency histogram: 1 µs buckets up to 1 s, the last bucket takes the rest */
 #define HIST_MAX 1000000
+/* message seq starts at byte seq % PAT_SHIFTS of the pattern table */
+#define PAT_SHIFTS 1024
 
 typedef struct {
     int fd;
@@ -55,8 +74,11 @@ typedef struct {
 } Conn;
 
 static size_t msg_size = 1024;
-static int verify = 0, use_tls = 0;
-static unsigned char *rbuf;
+static int verify = 0, use_tls = 0, use_uring = 0;
+static unsigned char *pat;   /* msg_size + PAT_SHIFTS pseudo-random bytes */
+static unsigned char *rbufs; /* where echoes land: one per connection in uring mode with
+                                --verify (its receives are in flight at once), else one */
+static Conn *cs;
 static uint32_t *hist;
 static uint64_t measured, errors_verify, completed; /* completed: warm-up included */
 static int measuring;
@@ -77,16 +99,22 @@ static void die(const char *what)
     exit(1);
 }
 
-/* byte i of message seq: changes with both, so a reordered or stale echo shows */
-static inline unsigned char pattern(uint64_t seq, size_t i)
+static const unsigned char *msg_bytes(const Conn *c)
 {
-    return (unsigned char)((seq * 131u + i * 7u + (i >> 8)) & 0xff);
+    return pat + c->seq % PAT_SHIFTS;
 }
 
-static void fill(unsigned char *buf, uint64_t seq)
+static unsigned char *conn_rbuf(const Conn *c)
 {
-    for (size_t i = 0; i < msg_size; i++)
-        buf[i] = pattern(seq, i);
+    return use_uring && verify ? rbufs + msg_size * (size_t)(c - cs) : rbufs;
+}
+
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
 static int open_conn(const char *tcp_host, const char *tcp_port, const char *unix_path)
@@ -171,10 +199,10 @@ static void set_out(int ep, Conn *c, int on)
 }
 
 /* write as much of the current message as the socket takes */
-static void pump_write(int ep, Conn *c, unsigned char *sbuf)
+static void pump_write(int ep, Conn *c)
 {
     while (c->sent < msg_size) {
-        ssize_t r = io_write(c, sbuf + c->sent, msg_size - c->sent);
+        ssize_t r = io_write(c, msg_bytes(c) + c->sent, msg_size - c->sent);
         if (r == -1) {
             set_out(ep, c, 1);
             return;
@@ -188,14 +216,11 @@ static void pump_write(int ep, Conn *c, unsigned char *sbuf)
     set_out(ep, c, 0);
 }
 
-static void start_msg(int ep, Conn *c, unsigned char *sbuf)
+static void next_msg(Conn *c)
 {
     c->seq++;
     c->sent = c->got = 0;
-    if (verify)
-        fill(sbuf, c->seq);
     c->t0 = now_ns();
-    pump_write(ep, c, sbuf);
 }
 
 static void record(uint64_t ns)
@@ -219,6 +244,240 @@ static double percentile(double p)
             return (double)i + 0.5;
     }
     return (double)HIST_MAX;
+}
+
+/* n more bytes of the echo landed at conn_rbuf(c) + c->got: compare them,
+ * count them; 1 when the echo is whole (its latency then recorded) */
+static int take(Conn *c, size_t n)
+{
+    if (verify && memcmp(conn_rbuf(c) + c->got, msg_bytes(c) + c->got, n) != 0)
+        errors_verify++;
+    c->got += n;
+    if (c->got < msg_size)
+        return 0;
+    record(now_ns() - c->t0);
+    return 1;
+}
+
+static void closed_early(Conn *c, const char *why)
+{
+    fprintf(stderr, "loadgen: connection %d closed by the server (%s)\n", (int)(c - cs), why);
+    exit(2);
+}
+
+/* the measured window: START when the warm-up ends; 1 once the window is over */
+static uint64_t t_measure, t_end, t_real_start;
+static double cpu_start;
+
+static int window_over(void)
+{
+    uint64_t t = now_ns();
+    if (!measuring && t >= t_measure) {
+        measuring = 1;
+        t_real_start = t;
+        cpu_start = cpu_seconds();
+        printf("START\n");
+        fflush(stdout);
+    }
+    return t >= t_end;
+}
+
+/* ------------------------------------------------------------------ epoll */
+
+static void run_epoll(int conns, int idle)
+{
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0)
+        die("epoll_create1");
+    for (int i = 0; i < conns; i++) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &cs[i]};
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, cs[i].fd, &ev) < 0)
+            die("epoll_ctl");
+    }
+    int done_idle = 0;
+    for (int i = 0; i < conns; i++) {
+        next_msg(&cs[i]);
+        pump_write(ep, &cs[i]);
+    }
+    struct epoll_event evs[256];
+    while (!window_over()) {
+        int n = epoll_wait(ep, evs, 256, 50);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            die("epoll_wait");
+        }
+        for (int k = 0; k < n; k++) {
+            Conn *c = evs[k].data.ptr;
+            if ((evs[k].events & EPOLLOUT) && c->sent < msg_size)
+                pump_write(ep, c);
+            if (!(evs[k].events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
+                continue;
+            for (;;) { /* TLS may hold decrypted bytes past one read: drain */
+                ssize_t r = io_read(c, conn_rbuf(c) + c->got, msg_size - c->got);
+                if (r == -1)
+                    break;
+                if (r <= 0)
+                    closed_early(c, r == 0 ? "EOF" : strerror(errno));
+                if (!take(c, (size_t)r))
+                    continue;
+                if (idle) {
+                    if (++done_idle == conns) {
+                        printf("READY %d\n", conns);
+                        fflush(stdout);
+                        char b[64];
+                        while (read(0, b, sizeof b) > 0)
+                            ;
+                        struct linger lg = {1, 0};
+                        for (int j = 0; j < conns; j++)
+                            setsockopt(cs[j].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+                        exit(0);
+                    }
+                    break;
+                }
+                if (c->sent < msg_size) {
+                    fprintf(stderr, "loadgen: echo arrived before the send finished\n");
+                    exit(2);
+                }
+                next_msg(c);
+                pump_write(ep, c);
+                break;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ io_uring */
+
+typedef struct {
+    int fd;
+    unsigned *sq_head, *sq_tail, sq_mask, tail; /* tail: ours, published at enter */
+    unsigned *cq_head, *cq_tail, cq_mask;
+    struct ul_sqe *sqes;
+    struct ul_cqe *cqes;
+} Ring;
+
+/* 0, or -1 with errno when this kernel cannot give what run_uring needs */
+static int ring_init(Ring *r, unsigned entries)
+{
+    struct ul_uring_params p;
+    memset(&p, 0, sizeof p);
+    /* completions are reaped only inside our own enter (6.1+); plain flags before */
+    p.flags = UL_SETUP_SINGLE_ISSUER | UL_SETUP_DEFER_TASKRUN | UL_SETUP_SUBMIT_ALL;
+    r->fd = (int)syscall(UL_NR_io_uring_setup, entries, &p);
+    if (r->fd < 0 && errno == EINVAL) {
+        memset(&p, 0, sizeof p);
+        r->fd = (int)syscall(UL_NR_io_uring_setup, entries, &p);
+    }
+    if (r->fd < 0)
+        return -1;
+    if (!(p.features & UL_FEAT_SINGLE_MMAP) || !(p.features & UL_FEAT_EXT_ARG)) {
+        close(r->fd);
+        errno = ENOSYS; /* before 5.11: no timed wait in the enter */
+        return -1;
+    }
+    size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    size_t cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct ul_cqe);
+    size_t len = sq_len > cq_len ? sq_len : cq_len;
+    char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd,
+                   UL_OFF_SQ_RING);
+    void *sqes = mmap(NULL, p.sq_entries * sizeof(struct ul_sqe), PROT_READ | PROT_WRITE,
+                      MAP_SHARED | MAP_POPULATE, r->fd, UL_OFF_SQES);
+    if (m == MAP_FAILED || sqes == MAP_FAILED)
+        die("mmap io_uring");
+    r->sq_head = (unsigned *)(m + p.sq_off.head);
+    r->sq_tail = (unsigned *)(m + p.sq_off.tail);
+    r->sq_mask = *(unsigned *)(m + p.sq_off.ring_mask);
+    r->tail = *r->sq_tail;
+    unsigned *array = (unsigned *)(m + p.sq_off.array);
+    for (unsigned i = 0; i < p.sq_entries; i++)
+        array[i] = i;
+    r->cq_head = (unsigned *)(m + p.cq_off.head);
+    r->cq_tail = (unsigned *)(m + p.cq_off.tail);
+    r->cq_mask = *(unsigned *)(m + p.cq_off.ring_mask);
+    r->cqes = (struct ul_cqe *)(m + p.cq_off.cqes);
+    r->sqes = sqes;
+    return 0;
+}
+
+/* submit what is queued and wait up to 50 ms for a completion */
+static void ring_enter(Ring *r)
+{
+    __atomic_store_n(r->sq_tail, r->tail, __ATOMIC_RELEASE);
+    unsigned pending = r->tail - __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
+    struct ul_kernel_timespec ts = {0, 50000000};
+    struct ul_getevents_arg arg = {.ts = (uint64_t)(uintptr_t)&ts};
+    if (syscall(UL_NR_io_uring_enter, r->fd, pending, 1,
+                UL_ENTER_GETEVENTS | UL_ENTER_EXT_ARG, &arg, sizeof arg) < 0 &&
+        errno != ETIME && errno != EINTR && errno != EAGAIN && errno != EBUSY)
+        die("io_uring_enter");
+}
+
+/* user_data: the connection's index << 1, | 1 for its send. A connection has
+ * at most its send and its receive queued or in flight, and the ring has 2
+ * entries per connection: it is never full. */
+static void queue(Ring *r, Conn *c, int is_send)
+{
+    struct ul_sqe *s = &r->sqes[r->tail & r->sq_mask];
+    memset(s, 0, sizeof *s);
+    s->opcode = is_send ? UL_OP_SEND : UL_OP_RECV;
+    s->fd = c->fd;
+    if (is_send) {
+        s->addr = (uint64_t)(uintptr_t)(msg_bytes(c) + c->sent);
+        s->len = (uint32_t)(msg_size - c->sent);
+        s->op_flags = MSG_NOSIGNAL | MSG_WAITALL;
+    } else {
+        s->addr = (uint64_t)(uintptr_t)(conn_rbuf(c) + c->got);
+        s->len = (uint32_t)(msg_size - c->got);
+        s->op_flags = MSG_WAITALL;
+    }
+    s->user_data = (uint64_t)(c - cs) << 1 | (uint64_t)is_send;
+    r->tail++;
+}
+
+static void start_uring(Ring *r, Conn *c)
+{
+    next_msg(c);
+    queue(r, c, 1);
+    queue(r, c, 0);
+}
+
+static void run_uring(Ring *r, int conns)
+{
+    for (int i = 0; i < conns; i++)
+        start_uring(r, &cs[i]);
+    while (!window_over()) {
+        ring_enter(r);
+        unsigned head = *r->cq_head, tail = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
+        for (; head != tail; head++) {
+            struct ul_cqe *e = &r->cqes[head & r->cq_mask];
+            Conn *c = &cs[e->user_data >> 1];
+            int is_send = (int)(e->user_data & 1);
+            if (e->res < 0) {
+                if (!is_send)
+                    closed_early(c, strerror(-e->res));
+                fprintf(stderr, "loadgen: send failed: %s\n", strerror(-e->res));
+                exit(2);
+            }
+            if (is_send) {
+                c->sent += (size_t)e->res;
+                if (c->sent < msg_size) { /* cut short (a signal): the rest */
+                    queue(r, c, 1);
+                    continue;
+                }
+            } else {
+                if (e->res == 0)
+                    closed_early(c, "EOF");
+                if (!take(c, (size_t)e->res)) {
+                    queue(r, c, 0);
+                    continue;
+                }
+            }
+            if (c->sent == msg_size && c->got == msg_size)
+                start_uring(r, c);
+        }
+        __atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
+    }
 }
 
 #ifndef LOADGEN_NO_TLS
@@ -248,12 +507,14 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "-s") && v) msg_size = (size_t)atol(v), i++;
         else if (!strcmp(a, "-d") && v) duration = atof(v), i++;
         else if (!strcmp(a, "-w") && v) warmup = atof(v), i++;
+        else if (!strcmp(a, "--mode") && v && !strcmp(v, "uring")) use_uring = 1, i++;
+        else if (!strcmp(a, "--mode") && v && !strcmp(v, "epoll")) use_uring = 0, i++;
         else if (!strcmp(a, "--verify")) verify = 1;
         else if (!strcmp(a, "--tls")) use_tls = 1;
         else if (!strcmp(a, "--idle")) idle = 1;
         else {
             fprintf(stderr, "usage: loadgen (--tcp HOST:PORT | --unix PATH) [-c N] [-s SIZE] "
-                            "[-d SEC] [-w SEC] [--verify] [--tls] [--idle]\n");
+                            "[-d SEC] [-w SEC] [--mode epoll|uring] [--verify] [--tls] [--idle]\n");
             return 1;
         }
     }
@@ -284,21 +545,26 @@ int main(int argc, char **argv)
         snprintf(port, sizeof port, "%s", colon + 1);
     }
 
-    Conn *cs = calloc((size_t)conns, sizeof *cs);
-    /* one send buffer per connection only when verifying (the pattern differs
-     * per message); otherwise all share one constant buffer */
-    unsigned char *sbufs = malloc(verify ? msg_size * (size_t)conns : msg_size);
-    unsigned char *exp = malloc(msg_size);
-    rbuf = malloc(msg_size > 65536 ? msg_size : 65536);
+    Ring ring;
+    if (use_uring && (use_tls || idle))
+        use_uring = 0;
+    if (use_uring && ring_init(&ring, 2 * (unsigned)conns) < 0) {
+        fprintf(stderr, "loadgen: io_uring unavailable (%s): epoll mode\n", strerror(errno));
+        use_uring = 0;
+    }
+    cs = calloc((size_t)conns, sizeof *cs);
+    pat = malloc(msg_size + PAT_SHIFTS);
+    rbufs = malloc(use_uring && verify ? msg_size * (size_t)conns : msg_size);
     hist = calloc(HIST_MAX, sizeof *hist);
-    if (!cs || !sbufs || !exp || !rbuf || !hist)
+    if (!cs || !pat || !rbufs || !hist)
         die("malloc");
-    if (!verify)
-        memset(sbufs, 'x', msg_size);
-
-    int ep = epoll_create1(EPOLL_CLOEXEC);
-    if (ep < 0)
-        die("epoll_create1");
+    uint32_t x = 2463534242u; /* xorshift32 */
+    for (size_t i = 0; i < msg_size + PAT_SHIFTS; i++) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        pat[i] = (unsigned char)x;
+    }
     for (int i = 0; i < conns; i++) {
         Conn *c = &cs[i];
         c->fd = open_conn(host, port, unix_path);
@@ -306,102 +572,27 @@ int main(int argc, char **argv)
         if (use_tls)
             tls_attach(c);
 #endif
-        fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
-        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-        if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) < 0)
-            die("epoll_ctl");
+        if (!use_uring)
+            fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
     }
 
-    uint64_t t_start = now_ns();
-    uint64_t t_measure = t_start + (uint64_t)(warmup * 1e9);
-    uint64_t t_end = t_measure + (uint64_t)(duration * 1e9);
-    uint64_t t_real_start = 0;
+    t_measure = now_ns() + (uint64_t)(warmup * 1e9);
+    t_end = t_measure + (uint64_t)(duration * 1e9);
     if (idle) /* one round trip each, then hold */
         t_measure = t_end = UINT64_MAX;
-    int done_idle = 0;
-
-    for (int i = 0; i < conns; i++)
-        start_msg(ep, &cs[i], verify ? sbufs + msg_size * (size_t)i : sbufs);
-
-    struct epoll_event evs[256];
-    for (;;) {
-        uint64_t t = now_ns();
-        if (!measuring && t >= t_measure) {
-            measuring = 1;
-            t_real_start = t;
-            printf("START\n");
-            fflush(stdout);
-        }
-        if (t >= t_end)
-            break;
-        int n = epoll_wait(ep, evs, 256, 50);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            die("epoll_wait");
-        }
-        for (int k = 0; k < n; k++) {
-            Conn *c = evs[k].data.ptr;
-            unsigned char *sbuf = verify ? sbufs + msg_size * (size_t)(c - cs) : sbufs;
-            if ((evs[k].events & EPOLLOUT) && c->sent < msg_size)
-                pump_write(ep, c, sbuf);
-            if (!(evs[k].events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
-                continue;
-            for (;;) { /* TLS may hold decrypted bytes past one read: drain */
-                size_t room = msg_size - c->got;
-                if (room == 0)
-                    break;
-                ssize_t r = io_read(c, rbuf, room);
-                if (r == -1)
-                    break;
-                if (r <= 0) {
-                    fprintf(stderr, "loadgen: connection %d closed by the server (%s)\n",
-                            (int)(c - cs), r == 0 ? "EOF" : strerror(errno));
-                    return 2;
-                }
-                if (verify) {
-                    for (size_t j = 0; j < (size_t)r; j++) {
-                        if (rbuf[j] != pattern(c->seq, c->got + j)) {
-                            errors_verify++;
-                            break;
-                        }
-                    }
-                }
-                c->got += (size_t)r;
-                if (c->got == msg_size) {
-                    uint64_t t1 = now_ns();
-                    record(t1 - c->t0);
-                    if (idle) {
-                        if (++done_idle == conns) {
-                            printf("READY %d\n", conns);
-                            fflush(stdout);
-                            char b[64];
-                            while (read(0, b, sizeof b) > 0)
-                                ;
-                            struct linger lg = {1, 0};
-                            for (int j = 0; j < conns; j++)
-                                setsockopt(cs[j].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-                            return 0;
-                        }
-                        break;
-                    }
-                    if (c->sent < msg_size) {
-                        fprintf(stderr, "loadgen: echo arrived before the send finished\n");
-                        return 2;
-                    }
-                    start_msg(ep, c, sbuf);
-                    break;
-                }
-            }
-        }
-    }
+    if (use_uring)
+        run_uring(&ring, conns);
+    else
+        run_epoll(conns, idle);
     double secs = (double)(now_ns() - t_real_start) / 1e9;
+    double cpu = cpu_seconds() - cpu_start;
     printf("{\"requests\": %llu, \"seconds\": %.6f, \"rps\": %.1f, \"p50_us\": %.1f, "
            "\"p99_us\": %.1f, \"conns\": %d, \"size\": %zu, \"verified\": %s, "
-           "\"verify_errors\": %llu, \"completed\": %llu}\n",
+           "\"verify_errors\": %llu, \"completed\": %llu, \"cpu_s\": %.6f, \"mode\": \"%s\"}\n",
            (unsigned long long)measured, secs, (double)measured / secs, percentile(0.50),
            percentile(0.99), conns, msg_size, verify ? "true" : "false",
-           (unsigned long long)errors_verify, (unsigned long long)completed);
+           (unsigned long long)errors_verify, (unsigned long long)completed, cpu,
+           use_uring ? "uring" : "epoll");
     fflush(stdout);
     return errors_verify ? 2 : 0;
 }

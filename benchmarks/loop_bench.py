@@ -1162,6 +1162,9 @@ def main(argv=None) -> int:
             try:
                 ops, el, _ = run_once(x, scen, warm_n)
                 slowest = min(slowest, ops / el)
+            except NotImplementedError as exc:  # rloop: connect_accepted_socket, ...
+                skipped[(name, x)] = "cannot (see notes)"
+                notes.append(f"{name} on {LABELS[x]}: the loop cannot run it ({exc!r})")
             except (BenchError, OSError) as exc:
                 skipped[(name, x)] = "FAILED (see notes)"
                 notes.append(f"{name} on {LABELS[x]}: {exc!r}")

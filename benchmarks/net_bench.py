@@ -8,7 +8,10 @@ Each server runs in its own process (benchmarks/net_server.py) pinned to one
 core; the client (benchmarks/loadgen.c, or wrk for HTTP) runs pinned to the
 other, and so does this driver. Server CPU time per request is the server
 process's utime+stime growth (/proc/<pid>/stat) over the measured window
-divided by the requests the client completed in it. Repetitions are
+divided by the requests the client completed in it. Each side's busy % is its
+CPU time over the window / the window: a side near 100 % is the limit of that
+row. loadgen's plain echo rows use its epoll mode, or its io_uring mode with
+--client-mode uring (TLS and idle always use epoll). Repetitions are
 interleaved: for each workload, every repetition runs every loop once, the
 starting loop rotating, so drift on a shared machine hits all loops alike.
 
@@ -31,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -261,6 +265,11 @@ def client_target(wl, server):
     return ["--tcp", f"127.0.0.1:{server.addr}"]
 
 
+def client_mode(wl, opts):
+    """loadgen's mode: --client-mode for the plain echo rows, epoll for TLS."""
+    return "epoll" if wl["kind"] == "tls" else opts.client_mode
+
+
 def run_loadgen(wl, server, opts, strace_out=None):
     args = (
         [LOADGEN]
@@ -274,6 +283,8 @@ def run_loadgen(wl, server, opts, strace_out=None):
             str(opts.duration),
             "-w",
             str(opts.warmup),
+            "--mode",
+            client_mode(wl, opts),
         ]
     )
     if opts.verify:
@@ -311,7 +322,11 @@ def run_loadgen(wl, server, opts, strace_out=None):
             f" server: {server.stderr()[-500:]}"
         )
     res = json.loads(line)
-    res["cpu_us_per_req"] = (t1 - t0) / CLK_TCK * 1e6 / max(res["requests"], 1)
+    server_s = (t1 - t0) / CLK_TCK
+    res["cpu_us_per_req"] = server_s * 1e6 / max(res["requests"], 1)
+    res["client_cpu_us_per_req"] = res["cpu_s"] * 1e6 / max(res["requests"], 1)
+    res["server_busy_pct"] = 100 * server_s / res["seconds"]
+    res["client_busy_pct"] = 100 * res["cpu_s"] / res["seconds"]
     if tracer is not None:
         tracer.send_signal(signal.SIGINT)
         tracer.wait(timeout=60)
@@ -332,6 +347,12 @@ def parse_strace(path, requests):
     out["total"] = sum(calls.values()) / max(requests, 1)
     return out
 
+
+CLIENT_MODES = {
+    "uring": "loadgen, io_uring mode",
+    "epoll": "loadgen, epoll mode",
+    "wrk": "wrk -t1",
+}
 
 WRK_RE = {
     "requests": re.compile(r"(\d+) requests in ([\d.]+)(\w+)"),
@@ -355,29 +376,43 @@ def run_wrk(wl, server, opts):
             timeout=opts.warmup + 60,
         )
     t0 = cpu_ticks(server.proc.pid)
-    r = subprocess.run(
+    start = time.monotonic()
+    proc = subprocess.Popen(
         base + [f"-d{max(1, round(opts.duration))}s", "--latency", url],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         preexec_fn=pin(opts.client_cpu),
-        timeout=opts.duration + 60,
     )
+    killer = threading.Timer(opts.duration + 60, proc.kill)
+    killer.start()
+    # wait for wrk's exit without reaping it: its /proc/<pid>/stat then holds
+    # the CPU time of its whole life (its output is far below a pipe's size)
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+    wall = time.monotonic() - start
     t1 = cpu_ticks(server.proc.pid) if server.alive() else None
-    m = WRK_RE["requests"].search(r.stdout)
-    if r.returncode != 0 or not m or t1 is None:
-        raise RuntimeError(f"wrk failed ({r.returncode}): {r.stdout[-500:]} {r.stderr[-300:]}")
+    wrk_s = cpu_ticks(proc.pid) / CLK_TCK
+    killer.cancel()
+    out, err = proc.communicate()
+    m = WRK_RE["requests"].search(out)
+    if proc.returncode != 0 or not m or t1 is None:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {out[-500:]} {err[-300:]}")
     requests = int(m.group(1))
     secs = _us(m.group(2), m.group(3)) / 1e6
     res = {
         "requests": requests,
         "seconds": secs,
         "rps": requests / secs,
-        "p50_us": _us(*WRK_RE["p50"].search(r.stdout).groups()),
-        "p99_us": _us(*WRK_RE["p99"].search(r.stdout).groups()),
+        "p50_us": _us(*WRK_RE["p50"].search(out).groups()),
+        "p99_us": _us(*WRK_RE["p99"].search(out).groups()),
         "cpu_us_per_req": (t1 - t0) / CLK_TCK * 1e6 / max(requests, 1),
+        "client_cpu_us_per_req": wrk_s * 1e6 / max(requests, 1),
+        "server_busy_pct": 100 * (t1 - t0) / CLK_TCK / wall,
+        "client_busy_pct": 100 * wrk_s / wall,
+        "mode": "wrk",
     }
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", r.stdout)
-    errs = re.search(r"Socket errors: (.*)", r.stdout)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errs = re.search(r"Socket errors: (.*)", out)
     if bad or errs:
         res["note"] = "; ".join(x.group(0) for x in (bad, errs) if x)
     return res
@@ -410,7 +445,12 @@ def run_idle(wl, server, opts):
             f"idle client failed ({line!r}, exit {cli.returncode}): "
             f"{err.decode(errors='replace')[-500:]} server: {server.stderr()[-500:]}"
         )
-    return {"rss_base_kib": base, "rss_held_kib": held, "kib_per_conn": (held - base) / wl["conns"]}
+    return {
+        "rss_base_kib": base,
+        "rss_held_kib": held,
+        "kib_per_conn": (held - base) / wl["conns"],
+        "mode": "epoll",
+    }
 
 
 # ------------------------------------------------------------------ report
@@ -433,6 +473,7 @@ def summarise(results, loops):
                     for k in runs[0]
                     if isinstance(runs[0][k], (int, float))
                 }
+                med[loop]["client_mode"] = runs[0].get("mode")
                 med[loop]["min"] = min(r[key] for r in runs)
                 med[loop]["max"] = max(r[key] for r in runs)
                 med[loop]["n"] = len(runs)
@@ -518,6 +559,11 @@ def markdown(rows, meta):
         if r["family"] != fam:
             fam = r["family"]
             out += ["", f"## {fam}", ""]
+            modes = sorted(
+                {x["client_mode"] for x in rows if x["family"] == fam and x.get("client_mode")}
+            )
+            if modes:
+                out += ["Client: " + ", ".join(CLIENT_MODES.get(m, m) for m in modes) + ".", ""]
             if r["kind"] == "idle":
                 out += [
                     "| workload | loop | KiB RSS/conn (min–max) | ratio vs uvloop |",
@@ -526,17 +572,16 @@ def markdown(rows, meta):
             else:
                 out += [
                     "| workload | loop | req/s median (min–max) | ×uvloop | p50 µs | p99 µs "
-                    "| server CPU µs/req | CPU ×uvloop |",
-                    "|---|---|---|---|---|---|---|---|",
+                    "| server CPU µs/req | CPU ×uvloop | server busy % | client busy % |",
+                    "|---|---|---|---|---|---|---|---|---|---|",
                 ]
         if r.get("skip") or r.get("error"):
             why = r.get("skip") or r.get("error")
             notes.append(f"- {r['workload']} / {r['loop']}: {why}")
-            cols = 4 if r["kind"] == "idle" else 8
+            cols = 4 if r["kind"] == "idle" else 10
             out.append(
                 f"| {r['label']} | {r['loop']} "
-                f"| skipped ({'see note' if r.get('skip') else 'error'}) |"
-                + " |" * (cols - 3)
+                f"| skipped ({'see note' if r.get('skip') else 'error'}) |" + " |" * (cols - 3)
             )
             continue
         if "n" not in r:
@@ -550,7 +595,8 @@ def markdown(rows, meta):
             out.append(
                 f"| {r['label']} | {r['loop']} | {fmt(r['rps'])} ({fmt(r['min'])}–{fmt(r['max'])}) "
                 f"| {fmt(r.get('ratio'), 2)} | {fmt(r['p50_us'], 0)} | {fmt(r['p99_us'], 0)} "
-                f"| {fmt(r['cpu_us_per_req'], 2)} | {fmt(r.get('cpu_ratio'), 2)} |"
+                f"| {fmt(r['cpu_us_per_req'], 2)} | {fmt(r.get('cpu_ratio'), 2)} "
+                f"| {fmt(r.get('server_busy_pct'))} | {fmt(r.get('client_busy_pct'))} |"
             )
     traced = [
         (wid, lp, e["strace"])
@@ -725,6 +771,12 @@ def main():
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
     ap.add_argument(
+        "--client-mode",
+        choices=("epoll", "uring"),
+        default="epoll",
+        help="loadgen's mode for the plain echo rows (TLS and idle always use epoll)",
+    )
+    ap.add_argument(
         "--no-verify", dest="verify", action="store_false", help="do not compare echoed bytes"
     )
     ap.add_argument("--no-chart", action="store_true")
@@ -785,7 +837,8 @@ def main():
         f"{opts.reps} repetitions "
         f"interleaved, server on CPU {opts.server_cpu}, client on CPU {opts.client_cpu}, "
         f"echo bytes verified: {'yes' if opts.verify else 'no'}; TLS client: loadgen.c with "
-        f"OpenSSL (TLS 1.3)",
+        f"OpenSSL (TLS 1.3); busy % = a side's utime+stime over the window / the window "
+        f"(server: /proc/<pid>/stat; loadgen: getrusage; wrk: /proc/<pid>/stat at its exit)",
         "versions": versions(loops),
         "malloc": ("glibc malloc with " + ", ".join(f"{k}={v}" for k, v in malloc_env.items()))
         if malloc_env
@@ -846,7 +899,9 @@ def main():
                     else:
                         log(
                             f"  {wl['id']:28} {lp:20} rep {rep + 1}: {run['rps']:>10,.0f} req/s "
-                            f"{run['cpu_us_per_req']:6.2f} µs CPU/req p99 {run['p99_us']:.0f} µs"
+                            f"{run['cpu_us_per_req']:6.2f} µs CPU/req p99 {run['p99_us']:.0f} µs "
+                            f"busy server {run['server_busy_pct']:.0f} % "
+                            f"client {run['client_busy_pct']:.0f} % ({run['mode']})"
                             + (f" ({run['note']})" if run.get("note") else "")
                         )
             if opts.strace and wl["client"] == "loadgen":

@@ -1,8 +1,10 @@
-"""Smoke test of the network benchmark's harness (benchmarks/loadgen.c and
-benchmarks/net_server.py), so that it cannot rot unnoticed. Nothing here
-measures speed: it only checks that the load generator builds cleanly, that it
-completes requests against a stock-asyncio echo server with every echoed byte
-verified, and that its verification does catch a server that corrupts bytes."""
+"""Smoke test of the network benchmark's harness (benchmarks/loadgen.c,
+benchmarks/net_server.py and net_bench.py's accounting), so that it cannot rot
+unnoticed. Nothing here measures speed: it only checks that the load generator
+builds cleanly, that it completes requests against a stock-asyncio echo server
+with every echoed byte verified, in both of its modes (epoll, io_uring), that
+its verification does catch a server that corrupts bytes, and that the driver
+reports each side's CPU time (the busy columns)."""
 
 import json
 import os
@@ -12,8 +14,11 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+import types
 
 import pytest
+from conftest import require_uring
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks")
@@ -48,7 +53,12 @@ def loadgen(tmp_path_factory):
     return exe
 
 
-def run_loadgen(exe, port, *extra):
+MODES = ["epoll", "uring"]
+
+
+def run_loadgen(exe, port, mode, size=3000, *extra):
+    if mode == "uring":
+        require_uring()
     r = subprocess.run(
         [
             exe,
@@ -57,7 +67,9 @@ def run_loadgen(exe, port, *extra):
             "-c",
             "4",
             "-s",
-            "3000",
+            str(size),
+            "--mode",
+            mode,
             "-d",
             "1",
             "-w",
@@ -73,7 +85,11 @@ def run_loadgen(exe, port, *extra):
     return r.returncode, lines, r.stderr
 
 
-def test_loadgen_verifies_against_stock_echo_server(loadgen):
+@pytest.mark.parametrize("size", [3000, 300000])
+@pytest.mark.parametrize("mode", MODES)
+def test_loadgen_verifies_against_stock_echo_server(loadgen, mode, size):
+    """300 kB messages pass through the sockets in pieces: the partial sends and
+    receives (epoll's EPOLLOUT, io_uring's MSG_WAITALL) must add up."""
     env = dict(os.environ, PYTHONPATH=ROOT)
     env.pop("PYTHONASYNCIODEBUG", None)
     srv = subprocess.Popen(
@@ -96,7 +112,7 @@ def test_loadgen_verifies_against_stock_echo_server(loadgen):
         ready, _, _ = select.select([srv.stdout], [], [], 30)
         line = srv.stdout.readline().strip() if ready else ""
         assert line.startswith("READY "), line
-        rc, lines, err = run_loadgen(loadgen, line.split()[1])
+        rc, lines, err = run_loadgen(loadgen, line.split()[1], mode, size)
     finally:
         srv.kill()
         srv.wait(timeout=30)
@@ -106,10 +122,13 @@ def test_loadgen_verifies_against_stock_echo_server(loadgen):
     assert res["verified"] is True
     assert res["verify_errors"] == 0
     assert res["requests"] > 0
-    assert res["conns"] == 4 and res["size"] == 3000
+    assert res["conns"] == 4 and res["size"] == size
+    assert res["mode"] == mode
+    assert res["cpu_s"] > 0
 
 
-def test_loadgen_catches_corrupted_echo(loadgen):
+@pytest.mark.parametrize("mode", MODES)
+def test_loadgen_catches_corrupted_echo(loadgen, mode):
     """A server that echoes with one byte changed per message: --verify must say so (exit 2)."""
     lsock = socket.create_server(("127.0.0.1", 0))
     lsock.settimeout(0.2)  # the accept loop looks at `stop` this often
@@ -145,10 +164,83 @@ def test_loadgen_catches_corrupted_echo(loadgen):
     t = threading.Thread(target=accept_all, daemon=True)
     t.start()
     try:
-        rc, lines, err = run_loadgen(loadgen, lsock.getsockname()[1])
+        rc, lines, err = run_loadgen(loadgen, lsock.getsockname()[1], mode)
     finally:
         stop.set()
         t.join(timeout=30)
         lsock.close()
     assert rc == 2, (rc, lines, err)
     assert json.loads(lines[-1])["verify_errors"] > 0
+
+
+def _net_bench():
+    sys.path.insert(0, BENCH)
+    try:
+        import net_bench
+    finally:
+        sys.path.remove(BENCH)
+    return net_bench
+
+
+FAKE_WRK = """
+import sys, time
+while time.process_time() < 0.3:  # burn 0.3 s of CPU, whatever the load
+    pass
+print("  Latency Distribution\\n     50%  100.00us\\n     99%    1.00ms")
+print("  1000 requests in 1.00s, 10.00KB read")
+"""
+
+
+def test_wrk_cpu_is_its_whole_life(tmp_path):
+    """run_wrk reads wrk's CPU time from /proc/<pid>/stat after it exited and
+    before it is reaped: a fake wrk that burns 0.3 s of CPU must show it."""
+    nb = _net_bench()
+    fake = tmp_path / "wrk"
+    fake.write_text(f"#!{sys.executable}\n{FAKE_WRK}")
+    fake.chmod(0o755)
+    server = types.SimpleNamespace(
+        addr="1", proc=subprocess.Popen(["sleep", "60"]), alive=lambda: True
+    )
+    opts = types.SimpleNamespace(wrk=str(fake), warmup=0, duration=1, client_cpu=0)
+    try:
+        t0 = time.monotonic()
+        res = nb.run_wrk({"conns": 1}, server, opts)
+        wall = time.monotonic() - t0
+    finally:
+        server.proc.kill()
+        server.proc.wait(timeout=30)
+    assert res["requests"] == 1000 and res["mode"] == "wrk"
+    cpu_s = res["client_cpu_us_per_req"] * res["requests"] / 1e6
+    assert cpu_s >= 0.29  # clock ticks are 10 ms
+    assert res["client_busy_pct"] == pytest.approx(100 * cpu_s / wall, rel=0.5)
+
+
+def test_results_md_has_the_busy_columns_and_the_client_mode():
+    nb = _net_bench()
+    wl = next(w for w in nb.WORKLOADS if w["id"] == "echo-1k-c100-protocol-tcp")
+    run = {
+        "rps": 1000.0,
+        "p50_us": 10.0,
+        "p99_us": 20.0,
+        "cpu_us_per_req": 4.0,
+        "client_cpu_us_per_req": 2.0,
+        "server_busy_pct": 93.0,
+        "client_busy_pct": 47.0,
+        "mode": "uring",
+    }
+    results = {wl["id"]: {"uvloop": {"runs": [run]}}}
+    rows = nb.summarise(results, ["uvloop"])
+    md = nb.markdown(
+        rows,
+        {
+            "date": "d",
+            "machine": "m",
+            "command": "c",
+            "settings": "s",
+            "versions": "v",
+            "malloc": "x",
+        },
+    )
+    assert "| server busy % | client busy % |" in md
+    assert "| 4.00 | 1.00 | 93 | 47 |" in md
+    assert "Client: loadgen, io_uring mode." in md
