@@ -791,7 +791,7 @@ def test_big_reads_land_in_the_protocols_buffer(tloop):
             msg = bytes([i]) * 100 * 1024
             await loop.sock_sendall(b, msg)
             sent += msg
-            await wait_for(_until(lambda: len(proto.got) == len(sent)))
+            await wait_for(_until_got(proto, len(sent)))
             if i == 0:
                 first = len(proto.hints)
         for i in range(4, 6):
@@ -803,7 +803,7 @@ def test_big_reads_land_in_the_protocols_buffer(tloop):
             msg = bytes([i]) * 100 * 1024
             await loop.sock_sendall(b, msg)
             sent += msg
-            await wait_for(_until(lambda: len(proto.got) == len(sent)))
+            await wait_for(_until_got(proto, len(sent)))
         hints = proto.hints[first:]
         tr.pause_reading()
         await loop.sock_sendall(b, b"z" * 100 * 1024)
@@ -812,7 +812,7 @@ def test_big_reads_land_in_the_protocols_buffer(tloop):
         held = len(proto.got)
         tr.resume_reading()
         sent += b"z" * 100 * 1024
-        await wait_for(_until(lambda: len(proto.got) == len(sent)))
+        await wait_for(_until_got(proto, len(sent)))
         b.close()
         await wait_for(proto.lost)
         assert bytes(proto.got) == bytes(sent)
@@ -823,8 +823,8 @@ def test_big_reads_land_in_the_protocols_buffer(tloop):
     assert set(hints) == {-1}, hints
 
 
-async def _until(cond):
-    while not cond():
+async def _until_got(proto, n):
+    while len(proto.got) < n:
         await asyncio.sleep(0.001)
 
 
