@@ -50,11 +50,14 @@ Scenarios (ops counted in brackets):
                    ``datagram_received`` [round trips]
 ``udp_pingpong16`` the same with 16 client endpoints at once [round trips, all clients]
 ``udp_pingpong_1k`` one client, 1 KiB datagrams [round trips]
-``udp_flood``      a separate process (C, ``udp_flood.c``: sendmmsg, faster than any
-                   receiver here; a Python sender where no C compiler is found) sends
-                   64 B datagrams to one endpoint as fast as it can; the receiver's
-                   rate from its first to its N-th datagram (UDP drops the rest: the
-                   receiver's capacity is what is measured) [datagrams received]
+``udp_flood``      a separate process (C, ``udp_flood.c``: UDP GSO messages of 64
+                   datagrams, 16 to a sendmmsg, faster than any receiver here; a Python
+                   sender where no C compiler is found) sends 64 B datagrams to one
+                   endpoint as fast as it can; the receiver's rate from its first to its
+                   N-th datagram (UDP drops the rest: the receiver's capacity is what is
+                   measured). The report adds the receiver's CPU busy share over that
+                   span, the datagrams received of those sent, and the sender's own rate
+                   into no receiver and into a C one [datagrams received]
 
 ``--clock cpu`` times each repetition by the thread's CPU time (``time.thread_time``)
 instead of the wall clock: on a shared, loaded machine the wall clock also counts the
@@ -79,6 +82,7 @@ import gc
 import os
 import platform
 import pstats
+import resource
 import shlex
 import socket
 import statistics
@@ -743,17 +747,28 @@ async def bench_tls_pingpong16(loop, n):
 
 
 _FLOOD_SENDER = """
-import socket, sys
+import signal, socket, sys, time
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+signal.signal(signal.SIGINT, lambda *_: stop.append(1))
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.connect(("127.0.0.1", int(sys.argv[1])))
 msg = bytes(64)
-while True:
+sent, t0 = 0, None
+while not stop:
     try:
         s.send(msg)
     except OSError:
-        pass
+        continue
+    sent += 1
+    if t0 is None:
+        t0 = time.monotonic()
+print("sent", sent, time.monotonic() - t0 if t0 else 0.0, flush=True)
 """
 _flood_cmd = None  # the sender's command line without its port, built once
+UDP_GRO = getattr(socket, "UDP_GRO", 104)  # linux/udp.h
+# per udp_flood repetition, for the report: bench_udp_flood leaves its figures here
+flood_run: dict = {}
 
 
 def _flood_sender() -> list[str]:
@@ -772,40 +787,162 @@ def _flood_sender() -> list[str]:
     return _flood_cmd
 
 
+def _udp_drops(sock) -> int | None:
+    """The datagrams the kernel dropped for this UDP socket (/proc/net/udp)."""
+    inode = str(os.fstat(sock.fileno()).st_ino)
+    try:
+        with open("/proc/net/udp") as f:
+            for line in f:
+                words = line.split()
+                if len(words) > 12 and words[9] == inode:
+                    return int(words[12])
+    except OSError:
+        pass
+    return None
+
+
+def _flood_stop(proc) -> tuple[int, float]:
+    """Stop a flood sender; (datagrams it sent, seconds it sent them in)."""
+    proc.terminate()
+    out, _ = proc.communicate(timeout=30)
+    words = out.split()
+    if proc.returncode != 0 or len(words) != 3 or words[0] != "sent":
+        raise BenchError(f"udp_flood: the sender said {out!r} (exit {proc.returncode})")
+    return int(words[1]), float(words[2])
+
+
 class _FloodSink(asyncio.DatagramProtocol):
-    def __init__(self, n):
+    def __init__(self, n, done):
         self.count = 0
         self.n = n
+        self.done = done  # set at the n-th datagram
+        self.sender = None  # the sender's process, stopped at the n-th datagram
         self.first = self.last = 0.0
+        self.cpu_first = self.cpu_last = 0.0
+        self.times_first = self.times_last = None  # os.times(): the kernel's share
+        self.waits = 0  # voluntary context switches over the span: waits for datagrams
+        self.odd = None  # a datagram that is not one 64-byte segment
 
     def datagram_received(self, data, addr):
         self.count += 1
+        if len(data) != MSG_LEN:
+            self.odd = len(data)
         if self.count == 1:
             self.first = time.perf_counter()
+            self.cpu_first = time.process_time()
+            self.times_first = os.times()
+            self.waits = -resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
         elif self.count == self.n:
             self.last = time.perf_counter()
+            self.cpu_last = time.process_time()
+            self.times_last = os.times()
+            self.waits += resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+            # stopped from here: a loop that reads on while datagrams keep coming
+            # would never get back to the coroutine waiting for this count
+            self.sender.terminate()
+            self.done.set_result(None)
 
 
 async def bench_udp_flood(loop, n):
-    sink = _FloodSink(n)
+    """The receiver's capacity: datagrams from its first to its n-th, while the
+    sender outruns it. Leaves in flood_run: the receiver's CPU time over that
+    span against the wall time (busy: 1.0 is a receiver that never waited),
+    its waits (voluntary context switches) over it, and over the sender's whole
+    life what it sent and the share of that the kernel dropped for the endpoint
+    (its queue was full: the receiver was slower). (The CPU time per op of the
+    report is this span's too, not the whole run's: the run also receives what
+    the socket still holds after the n-th datagram.)"""
+    sink = _FloodSink(n, loop.create_future())
     tr, _ = await loop.create_datagram_endpoint(lambda: sink, local_addr=("127.0.0.1", 0))
-    tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    sock = tr.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    try:  # the sender's GSO messages must arrive cut into single datagrams
+        if sock.getsockopt(socket.IPPROTO_UDP, UDP_GRO):
+            raise BenchError("udp_flood: the endpoint has UDP_GRO on")
+    except OSError:
+        pass  # a kernel without UDP_GRO has no GSO either
     port = tr.get_extra_info("sockname")[1]
     # a plain subprocess (not the loop's subprocess support, which a loop may lack)
-    proc = subprocess.Popen(_flood_sender() + [str(port)])
+    proc = sink.sender = subprocess.Popen(
+        _flood_sender() + [str(port)], stdout=subprocess.PIPE, text=True
+    )
     try:
-        deadline = time.monotonic() + 120
-        while sink.count < n:
-            if proc.poll() is not None:
-                raise BenchError(f"udp_flood: the sender exited ({proc.returncode})")
-            if time.monotonic() > deadline:
-                raise BenchError(f"udp_flood: {sink.count} of {n} datagrams in 120 s")
-            await asyncio.sleep(0.02)
+        # a future, not a polling sleep: no timer wakes the loop while it receives
+        try:
+            await asyncio.wait_for(sink.done, 120)
+        except asyncio.TimeoutError:
+            state = "exited" if proc.poll() is not None else "running"
+            raise BenchError(f"udp_flood: {sink.count} of {n} datagrams in 120 s "
+                             f"(the sender {state})") from None
+        sent, _ = sent_s = _flood_stop(proc)
+        # not drained: reading on would add a varying count of datagrams to every
+        # run's cost (instructions.py subtracts two runs); the kernel counts the loss
+        dropped = _udp_drops(sock)
     finally:
-        proc.kill()
-        proc.wait()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         tr.close()
-    return n - 1, sink.last - sink.first
+    if sink.odd is not None:
+        raise BenchError(f"udp_flood: a datagram of {sink.odd} bytes, not {MSG_LEN}")
+    elapsed, cpu = sink.last - sink.first, sink.cpu_last - sink.cpu_first
+    flood_run.update(
+        cpu=(cpu, sink.times_last.system - sink.times_first.system),
+        busy=cpu / elapsed,
+        waits=sink.waits * 1000 / (n - 1),
+        dropped=dropped / sent if dropped is not None and sent else float("nan"),
+        sender=sent / sent_s[1] if sent_s[1] > 0 else 0.0,
+    )
+    return n - 1, elapsed
+
+
+def flood_sender_check(seconds: float = 1.0) -> list[str]:
+    """The sender's own rate: into a socket nobody reads, then into
+    udp_flood.c's C receiver (recvmmsg, 64 at a time). Report lines."""
+    cmd = _flood_sender()
+    out = ["\n### udp_flood: the sender against no receiver and a C receiver\n"]
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("127.0.0.1", 0))
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        proc = subprocess.Popen(cmd + [str(rx.getsockname()[1])], stdout=subprocess.PIPE,
+                                text=True)
+        time.sleep(seconds)
+        sent, s = _flood_stop(proc)
+    finally:
+        rx.close()
+    python = cmd[0] == sys.executable
+    out.append(f"- into a socket nobody reads: the sender ({'Python' if python else 'udp_flood.c'})"
+               f" sent {_fmt_rate(sent / s)} datagrams/s")
+    if python:
+        out.append("- no C receiver: udp_flood.c did not build")
+        return out
+    n = 2_000_000
+    recv = subprocess.Popen(cmd + ["-r", str(n)], stdout=subprocess.PIPE, text=True)
+    sender = None
+    try:
+        words = recv.stdout.readline().split()
+        if len(words) != 2 or words[0] != "port":
+            raise BenchError(f"udp_flood -r said {words!r}")
+        sender = subprocess.Popen(cmd + [words[1]], stdout=subprocess.PIPE, text=True)
+        said, _ = recv.communicate(timeout=120)
+        sent, s = _flood_stop(sender)
+    finally:
+        for p in (recv, sender):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    words = said.split()
+    if recv.returncode != 0 or len(words) != 5 or words[0] != "received":
+        raise BenchError(f"udp_flood -r said {said!r} (exit {recv.returncode})")
+    got, wall, cpu, waits = int(words[1]), float(words[2]), float(words[3]), int(words[4])
+    out.append(
+        f"- into `udp_flood -r` (C, recvmmsg of 64): the receiver took "
+        f"{_fmt_rate(got / wall)} datagrams/s, busy {cpu / wall:.0%} of the wall time, "
+        f"{waits * 1000 / got:.2f} waits per 1,000 datagrams; the sender sent "
+        f"{_fmt_rate(sent / s)}/s meanwhile"
+    )
+    return out
 
 
 class Scenario(NamedTuple):
@@ -952,7 +1089,8 @@ def _fmt_rate(x: float) -> str:
 
 
 def print_report(
-    args, loops, counts, rates, counters, skipped, notes, wall, cpus=None
+    args, loops, counts, rates, counters, skipped, notes, wall, cpus=None, floods=None,
+    flood_lines=(),
 ) -> None:
     ref = "uvloop" if "uvloop" in loops else "stock"
     ratio_of = [
@@ -1007,7 +1145,8 @@ def print_report(
             "this process's CPU time (user + kernel) per op over the measured run, set-up "
             "included, and the kernel's share of it: what the loop costs the machine, "
             "unlike ops/s not raised by waiting for a busy CPU (both ends of the "
-            "ping-pongs are in this process; the flood's sender is not)\n"
+            "ping-pongs are in this process; the flood's sender is not, and the flood's "
+            "figure is over its measured span only, first to N-th datagram)\n"
         )
         head = ["scenario"] + [f"{LABELS[x]} µs/op (kernel %)" for x in loops]
         out.append("| " + " | ".join(head) + " |")
@@ -1043,6 +1182,33 @@ def print_report(
                     vals = [c[k] for c in cs or () if k in c]
                     cells.append(f"{statistics.median(vals):.3f}" if vals else "—")
             out.append("| " + " | ".join(cells) + " |")
+    if floods:
+        out.append("\n### udp_flood: receiver busy, datagrams dropped of those sent\n")
+        out.append(
+            "medians over the repetitions. Over the measured span (first to N-th "
+            "datagram): the receiving process's CPU time against the wall time (100 % "
+            "on an idle machine is a receiver that never waited for the sender, so the "
+            "rate is its capacity; on a loaded one it also loses the CPU to others) and "
+            "its voluntary context switches, each a wait for datagrams, per 1,000 "
+            "datagrams (load-independent: 0 is a receiver that never waited). Over the "
+            "sender's whole run: the share of the datagrams sent that the kernel dropped "
+            "for the endpoint (/proc/net/udp: its queue was full, the receiver being "
+            "slower than the sender) and the sender's rate\n"
+        )
+        out.append(
+            "| loop | receiver busy | waits / 1,000 datagrams | dropped / sent "
+            "| sender datagrams/s |"
+        )
+        out.append("|---|---:|---:|---:|---:|")
+        for x in loops:
+            fs = floods.get(x)
+            if fs:
+                med = {k: statistics.median(f[k] for f in fs) for k in fs[0]}
+                out.append(
+                    f"| {LABELS[x]} | {med['busy']:.0%} | {med['waits']:.2f} | "
+                    f"{med['dropped']:.1%} | {_fmt_rate(med['sender'])} |"
+                )
+    out.extend(flood_lines)
     for note in notes:
         out.append(f"\n- note: {note}")
     print("\n".join(out))
@@ -1150,6 +1316,8 @@ def main(argv=None) -> int:
     counters: dict[tuple[str, str], list[dict]] = {}
     cpus: dict[tuple[str, str], list[tuple[float, float]]] = {}
     skipped: dict[tuple[str, str], str] = {}
+    floods: dict[str, list[dict]] = {}  # loop -> flood_run of each udp_flood repetition
+    flood_lines: list[str] = []
     failed = False
     t_start = time.monotonic()
     for name in args.scenarios:
@@ -1161,6 +1329,7 @@ def main(argv=None) -> int:
         for x in loops:
             try:
                 ops, el, _ = run_once(x, scen, warm_n)
+                flood_run.clear()
                 slowest = min(slowest, ops / el)
             except NotImplementedError as exc:  # rloop: connect_accepted_socket, ...
                 skipped[(name, x)] = "cannot (see notes)"
@@ -1189,12 +1358,23 @@ def main(argv=None) -> int:
                     continue
                 counts[name] = ops
                 rates.setdefault((name, x), []).append(ops / el)
+                if flood_run:
+                    cpu[:] = flood_run.pop("cpu")  # the measured span's, see bench_udp_flood
+                    floods.setdefault(x, []).append(dict(flood_run))
+                    flood_run.clear()
                 cpus.setdefault((name, x), []).append((cpu[0] / ops, cpu[1] / max(cpu[0], 1e-9)))
                 if per_op is not None:
                     counters.setdefault((name, x), []).append(per_op)
+    if "udp_flood" in args.scenarios:
+        try:
+            flood_lines = flood_sender_check()
+        except (BenchError, OSError, subprocess.SubprocessError) as exc:
+            notes.append(f"udp_flood's sender check: {exc!r}")
+            failed = True
     wall = time.monotonic() - t_start
     _log(f"done in {wall:.1f} s")
-    print_report(args, loops, counts, rates, counters, skipped, notes, wall, cpus)
+    print_report(args, loops, counts, rates, counters, skipped, notes, wall, cpus,
+                 floods, flood_lines)
     return 1 if failed else 0
 
 

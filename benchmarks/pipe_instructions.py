@@ -8,8 +8,10 @@ parent reads them through ``create_subprocess_exec(stdout=PIPE)`` and
 --tool=callgrind``, once with 16 and once with 48 MiB: the difference over 32
 is one MiB's cost, start-up cancelled out. Reported apart: memcpy (callgrind
 counts ``rep movsb`` once per byte, so copies weigh far more here than on the
-CPU; every loop copies each byte three times in user space: into the chunk,
-into the StreamReader's buffer, out of it) and everything else, the
+CPU; the other loops copy each byte three times in user space: into the
+chunk, into the StreamReader's buffer, out of it; uringloop's pipe transport
+twice, as read(2) fills the chunk itself, design.md decision 365) and
+everything else, the
 loop's and the consumer's work per chunk. Kernel work (the pipe copies, page
 faults) is not counted: see subprocess_bench.py's CPU ms/MiB for that.
 

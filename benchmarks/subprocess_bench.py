@@ -5,9 +5,13 @@ uringloop (io_uring, epoll), side by side.
 * pipe: a child (``dd``, C) writes ``--mib`` MiB to its stdout in blocks of
   64 KiB and of 1 MiB; the parent reads it through
   ``create_subprocess_exec(stdout=PIPE)`` and ``read(1 MiB)``. MiB/s, the
-  parent's CPU (user + system) per MiB, and the child's waits per MiB (its
+  parent's and the child's CPU (user + system) per MiB (the writer woken by a
+  read of its pipe takes the reader's CPU, so the two mostly run one after
+  the other: their sum sets the pace), and the child's waits per MiB (its
   voluntary context switches: each time it blocked on a full pipe or socket,
-  and was woken again by the parent's read). ``--pipe-size N`` sets the
+  and was woken again by the parent's read), the parent's waits per MiB (its
+  own voluntary context switches: each time it found nothing to read) and
+  its minor page faults per MiB. ``--pipe-size N`` sets the
   child's stdout pipe to N bytes (F_SETPIPE_SZ, right after the spawn) where
   the loop gives one (the stock loop's and uringloop's; uvloop gives a
   socketpair), to measure what a bigger pipe does (decision 325).
@@ -62,17 +66,22 @@ def make_loop(kind):
     return uringloop.Loop(backend=kind)
 
 
-def _cpu():
+def _self():
     import resource
 
     r = resource.getrusage(resource.RUSAGE_SELF)  # this interpreter, not dd
-    return r.ru_utime + r.ru_stime
+    return r.ru_utime + r.ru_stime, r.ru_minflt, r.ru_nvcsw
 
 
-def _child_waits():
+def _cpu():
+    return _self()[0]
+
+
+def _children():
     import resource
 
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw  # waited-for children
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)  # waited-for children
+    return r.ru_nvcsw, r.ru_utime + r.ru_stime
 
 
 def _set_pipe_size(proc, size):
@@ -88,7 +97,7 @@ def _set_pipe_size(proc, size):
 
 async def pipe_mibs(mib, block, pipe_size=0):
     count = mib * 1024 * 1024 // block
-    c0, w0, t0 = _cpu(), _child_waits(), time.perf_counter()
+    s0, c0, t0 = _self(), _children(), time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
         "dd", "if=/dev/zero", f"bs={block}", f"count={count}", "status=none",
         stdout=asyncio.subprocess.PIPE,
@@ -102,9 +111,14 @@ async def pipe_mibs(mib, block, pipe_size=0):
             break
         total += len(chunk)
     await proc.wait()
-    dt, cpu, waits = time.perf_counter() - t0, _cpu() - c0, _child_waits() - w0
+    dt, s1, c1 = time.perf_counter() - t0, _self(), _children()
     assert total == count * block, total
-    return total / dt / (1024 * 1024), cpu * 1e3 / mib, waits / mib  # MiB/s, CPU ms/MiB
+    cpu, faults, pwaits = (b - a for a, b in zip(s0, s1, strict=True))
+    waits, ccpu = (b - a for a, b in zip(c0, c1, strict=True))
+    # MiB/s, CPU ms/MiB, the child's CPU ms/MiB, the child's and the parent's
+    # waits per MiB, page faults per MiB
+    return (total / dt / (1024 * 1024), cpu * 1e3 / mib, ccpu * 1e3 / mib, waits / mib,
+            pwaits / mib, faults / mib)
 
 
 async def spawn_rate(n, parallel):
@@ -115,14 +129,17 @@ async def spawn_rate(n, parallel):
     c0, t0 = _cpu(), time.perf_counter()
     for _ in range(n // parallel):
         await asyncio.gather(*(one() for _ in range(parallel)))
-    return n / (time.perf_counter() - t0), (_cpu() - c0) * 1e6 / n, None  # /s, CPU us/process
+    return n / (time.perf_counter() - t0), (_cpu() - c0) * 1e6 / n  # /s, CPU us/process
 
 
 # (name, higher is better)
 COLS = (
     ("pipe 64K MiB/s", True), ("pipe 64K cpu ms/MiB", False),
-    ("pipe 64K child waits/MiB", False),
-    ("pipe 1M MiB/s", True), ("pipe 1M cpu ms/MiB", False), ("pipe 1M child waits/MiB", False),
+    ("pipe 64K child cpu ms/MiB", False), ("pipe 64K child waits/MiB", False),
+    ("pipe 64K parent waits/MiB", False), ("pipe 64K faults/MiB", False),
+    ("pipe 1M MiB/s", True), ("pipe 1M cpu ms/MiB", False), ("pipe 1M child cpu ms/MiB", False),
+    ("pipe 1M child waits/MiB", False), ("pipe 1M parent waits/MiB", False),
+    ("pipe 1M faults/MiB", False),
     ("spawn seq /s", True), ("spawn seq cpu us", False),
     ("spawn x20 /s", True), ("spawn x20 cpu us", False),
 )
@@ -141,12 +158,13 @@ def child(kind, mib, spawns, pipe_size=0):
             ("spawn seq", lambda: spawn_rate(spawns, 1)),
             ("spawn x20", lambda: spawn_rate(spawns, 20)),
         ):
-            rate, cpu, waits = loop.run_until_complete(coro_fn())
+            rate, cpu, *pipe = loop.run_until_complete(coro_fn())
             unit = "MiB/s" if name.startswith("pipe") else "/s"
             out[f"{name} {unit}"] = rate
             out[f"{name} cpu {'ms/MiB' if name.startswith('pipe') else 'us'}"] = cpu
-            if waits is not None:
-                out[f"{name} child waits/MiB"] = waits
+            cols = ("child cpu ms/MiB", "child waits/MiB", "parent waits/MiB", "faults/MiB")
+            for col, v in zip(cols, pipe, strict=False):  # none for spawn
+                out[f"{name} {col}"] = v
     except (NotImplementedError, AttributeError) as exc:
         out["error"] = f"unsupported ({type(exc).__name__}: {exc})"
     finally:

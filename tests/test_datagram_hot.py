@@ -518,22 +518,84 @@ def _build_benchmark(tmp_path, name):
 
 def test_flood_benchmark_sender_builds_and_sends(tmp_path):
     """benchmarks/udp_flood.c (loop_bench's udp_flood sender) builds without
-    warnings and sends 64-byte datagrams; nothing here measures speed."""
+    warnings and sends separate 64-byte datagrams (its GSO messages are cut
+    into single datagrams for a socket without UDP_GRO), and says how many it
+    sent; nothing here measures speed."""
     import subprocess
 
     exe = _build_benchmark(tmp_path, "udp_flood")
     rx = _rx_socket()
     try:
         rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        subprocess.run([exe, str(rx.getsockname()[1]), "100"], check=True, timeout=30)
-        got = [rx.recv(100)]  # loopback: at least one arrives (UDP may drop the rest)
+        out = subprocess.run([exe, str(rx.getsockname()[1]), "200"], check=True, timeout=30,
+                             capture_output=True, text=True).stdout.split()
+        assert out[:2] == ["sent", "200"] and float(out[2]) >= 0
+        got = [rx.recv(5000)]  # loopback: at least one arrives (UDP may drop the rest)
         rx.setblocking(False)
         while True:
             try:
-                got.append(rx.recv(100))
+                got.append(rx.recv(5000))
             except BlockingIOError:
                 break
-        assert 1 <= len(got) <= 100 and all(d == bytes(64) for d in got)
+        assert 1 <= len(got) <= 200 and all(d == bytes(64) for d in got)
+    finally:
+        rx.close()
+
+
+def test_flood_benchmark_sender_stops_on_sigterm_and_receiver_counts(tmp_path):
+    """udp_flood.c's two other modes: without a count it sends until SIGTERM
+    and then says how many it sent; `-r N` receives N 64-byte datagrams and
+    says how long it took (loop_bench's check of the sender's own rate)."""
+    import subprocess
+
+    exe = _build_benchmark(tmp_path, "udp_flood")
+    recv = subprocess.Popen([exe, "-r", "1000"], stdout=subprocess.PIPE, text=True)
+    sender = None
+    try:
+        port = recv.stdout.readline().split()
+        assert port[0] == "port"
+        sender = subprocess.Popen([exe, port[1]], stdout=subprocess.PIPE, text=True)
+        said = recv.communicate(timeout=30)[0].split()
+        assert recv.returncode == 0 and said[0] == "received" and int(said[1]) >= 1000
+        assert float(said[2]) >= 0 and float(said[3]) >= 0 and int(said[4]) >= 0
+        sender.terminate()
+        out = sender.communicate(timeout=30)[0].split()
+        assert sender.returncode == 0 and out[0] == "sent" and int(out[1]) >= 1000
+    finally:
+        for p in (recv, sender):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_flood_python_sender_reports_its_count():
+    """loop_bench's Python flood sender (used where udp_flood.c does not
+    build) sends 64-byte datagrams until SIGTERM and then says how many it
+    sent, as the C sender does (loop_bench's _flood_stop reads it)."""
+    import os
+    import subprocess
+
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "benchmarks")
+    sys.path.insert(0, bench)
+    try:
+        import loop_bench
+    finally:
+        sys.path.remove(bench)
+    rx = _rx_socket()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", loop_bench._FLOOD_SENDER, str(rx.getsockname()[1])],
+            stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            assert rx.recv(100) == bytes(64)
+            sent, seconds = loop_bench._flood_stop(proc)
+            assert sent >= 1 and seconds >= 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     finally:
         rx.close()
 

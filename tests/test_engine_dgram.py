@@ -116,6 +116,39 @@ def test_epoll_reads_datagrams_with_recvmmsg(eng, res_tracker):
     wait_done(eng, got)
 
 
+def test_epoll_reads_a_flood_a_budget_at_a_time(eng, res_tracker):
+    """epoll: once an op's recvmmsg batches come back full (a flood), each
+    turn reads its whole budget of 64 in one recvmmsg instead of growing
+    from 2 again (decision 362): 2,000 datagrams queued cost about 2,000 / 64
+    reads, where batches of 2, 4, 8, 16, 2 a turn cost 5 reads per 32. Every
+    datagram still comes, in order; after the flood a lone datagram costs one
+    read again."""
+    import pytest
+
+    if eng.backend != "epoll":
+        pytest.skip("io_uring's receive is the kernel's op: submitted counts SQEs, not reads")
+    a, b = _pair(res_tracker)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    n = 2000
+    for i in range(n):
+        b.sendto(i.to_bytes(4, "big"), a.getsockname())
+    got = Collector()
+    before = eng.stats()["submitted"]
+    eng.recvmsg_pool(a.fileno(), got)
+    run_until(eng, lambda: len(got.records) >= n, what="the flood")
+    reads = eng.stats()["submitted"] - before
+    assert [int.from_bytes(r[2][0], "big") for r in got.records] == list(range(n))
+    assert reads <= n // 64 + 8, reads
+    settle(eng)
+    before = eng.stats()["submitted"]
+    b.sendto(b"alone", a.getsockname())
+    run_until(eng, lambda: len(got.records) > n, what="the lone datagram")
+    assert got.records[n][2][0] == b"alone"
+    assert eng.stats()["submitted"] - before == 1
+    eng.cancel_fd(a.fileno())
+    wait_done(eng, got)
+
+
 def test_unix_datagram_too_long_is_reported_not_cut(eng, res_tracker):
     """A Unix datagram longer than a pool buffer: -EMSGSIZE (more set), and
     the receive goes on with the next datagram."""

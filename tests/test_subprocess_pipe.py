@@ -411,6 +411,47 @@ def test_pause_resume_reading_pipe(any_loop):
     run_in(any_loop, main())
 
 
+def test_read_pipe_eof_while_paused_comes_once_and_the_poll_ends(any_loop):
+    """The EOF a paused transport reads (decision 365) waits behind the data,
+    comes once after resume_reading, and the level poll that found it ends
+    at once: a hung-up pipe does not make every turn of the paused loop poll
+    and read it again."""
+    events = []
+
+    class P(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.t = transport
+            self.done = any_loop.create_future()
+
+        def data_received(self, data):
+            events.append(data)
+
+        def eof_received(self):
+            events.append("eof")
+
+        def connection_lost(self, exc):
+            self.done.set_result(exc)
+
+    async def main():
+        r, w = os.pipe()
+        p = P()
+        t, _ = await any_loop.connect_read_pipe(lambda: p, os.fdopen(r, "rb", 0))
+        t.pause_reading()
+        os.write(w, b"last words")
+        os.close(w)
+        await asyncio.sleep(0.05)
+        if not is_stock(any_loop):
+            rearms = any_loop._engine.stats()["rearms"]
+            await asyncio.sleep(0.1)
+            assert any_loop._engine.stats()["rearms"] - rearms < 5
+        assert events == []
+        t.resume_reading()
+        assert await asyncio.wait_for(p.done, 10) is None
+        assert events == [b"last words", "eof"]
+
+    run_in(any_loop, main())
+
+
 def test_paused_read_pipe_leaves_the_rest_in_the_pipe(any_loop):
     """While paused, the transport takes a bounded amount from the pipe (ours:
     up to max_size held, plus what one turn brings; stock: nothing), so a
@@ -641,6 +682,43 @@ def test_read_pipe_data_goes_to_the_protocol_from_c(loop):
             assert not any(f.endswith(os.path.join("transports", "pipe.py")) for f in files), files
 
     run_in(loop, main())
+
+
+def test_read_pipe_reads_straight_into_the_chunks(loop):
+    """Decision 365: each data_received gets the bytes one read(2) of at most
+    64 KiB wrote into, no engine pool buffer between. A 1 MiB pipe filled
+    before the loop reads comes as 16 chunks of 64 KiB, and while
+    data_received runs the engine's pool is whole (a pool read's buffers are
+    in use until the next run)."""
+    import fcntl
+
+    eng = loop._engine
+    everything = eng.info()["buf_count"]
+    seen = []
+
+    class Reader(_Reader):
+        def data_received(self, data):
+            seen.append((len(data), eng.stats()["bufs_free"]))
+            self.chunks.append(data)
+
+    async def main():
+        r, w = os.pipe()
+        try:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, MIB)
+        except PermissionError:
+            os.close(r)
+            os.close(w)
+            pytest.skip("F_SETPIPE_SZ to 1 MiB refused (this user's pipe quota)")
+        data = bytes(range(256)) * (MIB // 256)
+        assert os.write(w, data) == MIB
+        os.close(w)
+        p = Reader(loop)
+        await loop.connect_read_pipe(lambda: p, os.fdopen(r, "rb", 0))
+        assert await asyncio.wait_for(p.lost, 10) is None
+        assert b"".join(p.chunks) == data
+
+    run_in(loop, main())
+    assert seen == [(64 * 1024, everything)] * 16
 
 
 def test_read_pipe_data_received_raising_is_reported_as_stock(any_loop):

@@ -509,6 +509,7 @@ struct ul_addr_entry {
 
 struct ul_addr_cache {
     struct ul_addr_entry e[ADDR_SETS][ADDR_WAYS];
+    struct ul_addr_entry *last; /* the entry the last lookup gave (decision 361) */
 };
 
 /* The key is a sockaddr_in's or sockaddr_in6's bytes: whole 32-bit words,
@@ -619,12 +620,18 @@ PyObject *ul_addr_obj(ul_addr_cache **cache, const uint8_t *raw, uint32_t len,
                    : fam == AF_INET6 ? sizeof(struct sockaddr_in6) : 0;
     if (key == 0 || len < key)
         return build_addr(raw, len, decode, &key);
-    if (*cache == NULL && !(*cache = PyMem_Calloc(1, sizeof **cache)))
+    ul_addr_cache *c = *cache;
+    if (c == NULL && !(c = *cache = PyMem_Calloc(1, sizeof *c)))
         return PyErr_NoMemory();
-    struct ul_addr_entry *set = (*cache)->e[addr_hash(raw, key) % ADDR_SETS];
+    /* the peer of the last datagram, first: a burst comes from one sender */
+    if (c->last != NULL && addr_is(c->last, raw, key))
+        return Py_NewRef(c->last->addr);
+    struct ul_addr_entry *set = c->e[addr_hash(raw, key) % ADDR_SETS];
     for (int w = 0; w < ADDR_WAYS; w++)
-        if (addr_is(&set[w], raw, key))
+        if (addr_is(&set[w], raw, key)) {
+            c->last = &set[w];
             return Py_NewRef(set[w].addr);
+        }
     PyObject *a = build_addr(raw, len, decode, &key);
     if (a != NULL && key != 0) {
         /* the newest first, the oldest out */
@@ -633,6 +640,7 @@ PyObject *ul_addr_obj(ul_addr_cache **cache, const uint8_t *raw, uint32_t len,
         set[0].addr = Py_NewRef(a);
         memcpy(set[0].raw, raw, key);
         set[0].len = key;
+        c->last = &set[0];
         Py_XDECREF(old);
     }
     return a;

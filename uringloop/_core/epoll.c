@@ -413,10 +413,12 @@ static int try_recv_pool(ul_engine *e, struct ul_op *op)
 
 /* Datagrams into the datagram pool, in the layout of io_uring's multishot
  * recvmsg (ul__dmsg_prep); multishot emulated. They are read by recvmmsg,
- * 2, then 4, 8, 16 at a time up to the per-turn budget (a one-shot: 1),
+ * 2, then 4, 8, 16, 32 at a time up to DGRAM_BUDGET a turn (a one-shot: 1),
  * each into its own pool buffer (those left unused go back): a burst costs a
  * syscall per batch, and a ping-pong's single datagram one syscall, the
- * kernel meeting the EAGAIN inside it.
+ * kernel meeting the EAGAIN inside it. While an op's batches come back full
+ * (op->wide: a flood) its next try reads the whole budget at once
+ * (decision 362).
  * A count short of the batch means the queue was empty at that moment, or
  * that recvmmsg met an error after the first datagram and keeps it in
  * sk_err for the next call. Either way a later datagram or that error has
@@ -426,14 +428,15 @@ static int try_recv_pool(ul_engine *e, struct ul_op *op)
  * the event being served already carried an error or a hang-up, or the
  * receive was tried at submission: then it reads on to EAGAIN or the
  * error, as successive recvmsg calls would. */
+#define DGRAM_BUDGET 64 /* datagrams per op per turn; half the datagram pool */
 static int try_recvmsg_pool(ul_engine *e, struct ul_op *op)
 {
-    struct mmsghdr mm[BUDGET];
-    struct iovec iov[BUDGET];
-    uint16_t bids[BUDGET];
-    int batch = op->multishot ? 2 : 1;
-    for (int n = 0; n < BUDGET; batch *= 2) {
-        int want = UL_MIN(batch, BUDGET - n), k = 0, bid;
+    struct mmsghdr mm[DGRAM_BUDGET];
+    struct iovec iov[DGRAM_BUDGET];
+    uint16_t bids[DGRAM_BUDGET];
+    int batch = !op->multishot ? 1 : op->wide ? DGRAM_BUDGET : 2;
+    for (int n = 0; n < DGRAM_BUDGET; batch *= 2) {
+        int want = UL_MIN(batch, DGRAM_BUDGET - n), k = 0, bid;
         while (k < want && (bid = ul__dpool_take(e)) >= 0) {
             bids[k] = (uint16_t)bid;
             ul__dmsg_prep(e, (uint32_t)bid, &mm[k].msg_hdr, &iov[k]);
@@ -447,6 +450,7 @@ static int try_recvmsg_pool(ul_engine *e, struct ul_op *op)
         while (r < 0 && errno == EINTR);
         int err = errno;
         e->st.submitted++;
+        op->wide = r == k;
         for (int i = k; i-- > (r > 0 ? r : 0);)
             ul__pool_put(e, bids[i]);  /* back in the order they were taken */
         if (r <= 0) {

@@ -87,7 +87,9 @@ struct ul_op {
                                    2 not one (SO_TYPE read once per op) */
     uint8_t rider;              /* queued send whose bytes ride in its head's SENDMSG */
     uint8_t wide;               /* epoll multishot K_RECV: its last read took a whole
-                                   buffer or more, so the next reads RECV_IOV at once */
+                                   buffer or more, so the next reads RECV_IOV at once;
+                                   K_RECVMSG_POOL: its last recvmmsg filled its batch,
+                                   so the next takes DGRAM_BUDGET at once */
     int fd;
     uint32_t sqe_idx;           /* io_uring: SQ index of the op's latest SQE */
     uint32_t reg_gen;           /* epoll: the fd's reg_gen when ident was last

@@ -43,6 +43,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "engine.h" /* ul_record, UL_F_* */
 #include "handles.h" /* our Handle/TimerHandle types */

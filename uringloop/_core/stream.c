@@ -54,6 +54,9 @@ typedef struct {
     unsigned int inline_sends; /* of those, taken whole by the socket at once: no engine op */
     unsigned int directs;   /* send() calls made by write() itself (tests count them) */
     unsigned long long recv_ud; /* the transport's multishot recv (0: none) */
+    Py_ssize_t rsize;     /* > 0: the read op is a level poll, and each of its
+                           * records is one read(2) of up to rsize bytes into a
+                           * new bytes (a pipe transport, decision 365) */
     int fd;
     uint32_t peer_addr;   /* an IPv4 peer's address (network order), where peer */
     uint16_t peer_port;   /* ... and its port (host order) */
@@ -1223,6 +1226,44 @@ static PyObject *Stream_sent(Stream *s, PyObject *const *args, Py_ssize_t nargs)
     return stream_sent(s, (int32_t)res, args[1] == Py_True, args[2], args);
 }
 
+/* A pipe transport's poll record (rsize > 0): the pipe is readable. One
+ * read(2) of up to rsize bytes straight into the bytes data_received gets,
+ * no pool buffer between (decision 365), handed over as the read op's
+ * record would be: (bytes read, more, bytes), or EOF (0) or -errno, after
+ * which it reads no more (rsize 0) and the transport ends the poll. One
+ * read a record: the level poll brings the rest at the next turn, so a
+ * turn's bytes stay what one read takes (more per turn made the consumer's
+ * allocations pass glibc's mmap threshold, decision 366). Nothing when
+ * someone else read it first (EAGAIN): the poll waits on. 1, or -1 with an
+ * exception set. */
+static int stream_read_pipe(Stream *s)
+{
+    PyObject *b = PyBytes_FromStringAndSize(NULL, s->rsize);
+    if (b == NULL)
+        return -1;
+    ssize_t n;
+    int err;
+    do {
+        n = read(s->fd, PyBytes_AS_STRING(b), (size_t)s->rsize);
+        err = errno;
+    } while (n < 0 && err == EINTR);
+    if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
+        Py_DECREF(b);
+        return 1;
+    }
+    if (n <= 0) { /* the last read: the transport ends the poll */
+        s->rsize = 0;
+        Py_DECREF(b);
+        b = Py_NewRef(Py_None);
+    } else if (n < s->rsize && _PyBytes_Resize(&b, n) < 0) {
+        return -1;
+    }
+    PyObject *r = stream_recv(s, n < 0 ? -err : (int32_t)n, 1, b, NULL, 1);
+    Py_DECREF(b);
+    Py_XDECREF(r);
+    return r ? 1 : -1;
+}
+
 /* The table's delivery of a record whose owner is a Stream (the receive)
  * or its bound sent (a send): straight to stream_recv/stream_sent with the
  * record's fields, without the result int, the bools and the vectorcall of
@@ -1231,7 +1272,10 @@ static PyObject *Stream_sent(Stream *s, PyObject *const *args, Py_ssize_t nargs)
 static int stream_deliver(PyObject *owner, int32_t res, int more, PyObject *data)
 {
     PyObject *r;
-    if (Py_IS_TYPE(owner, &StreamType)) {
+    if (Py_IS_TYPE(owner, &StreamType) && ((Stream *)owner)->rsize > 0 && more && res >= 0 &&
+        data == Py_None) {
+        return stream_read_pipe((Stream *)owner);
+    } else if (Py_IS_TYPE(owner, &StreamType)) {
         Stream *s = (Stream *)owner;
         if (s->rdirect == R_SWITCHING && !more) {
             /* the pool receive cancelled for a direct one has ended: that
@@ -1552,6 +1596,7 @@ static PyMemberDef Stream_members[] = {
     {"directs", T_UINT, offsetof(Stream, directs), 0, NULL},
     {"inline_sends", T_UINT, offsetof(Stream, inline_sends), 0, NULL},
     {"recv_ud", T_ULONGLONG, offsetof(Stream, recv_ud), 0, NULL},
+    {"rsize", T_PYSSIZET, offsetof(Stream, rsize), 0, NULL},
     {"fd", T_INT, offsetof(Stream, fd), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };

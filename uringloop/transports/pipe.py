@@ -5,14 +5,14 @@ They follow ``unix_events._UnixReadPipeTransport`` and
 ``_UnixWritePipeTransport`` of the running Python (the same checks, messages,
 error paths and calls through ``call_soon``); only the I/O differs:
 
-* Reading is one multishot engine ``read_pool`` (read(2) into the engine's
-  buffer pool: READ_MULTISHOT on io_uring 6.7+, emulated elsewhere) while
-  reading; a turn's chunks come as one ``data_received``. ``pause_reading``
-  leaves it armed and holds what it reads, up to ``max_size`` bytes (what the
-  stock transport may read at once past the pause), and cancels it only
-  beyond that: a consumer that drains at once (a StreamReader) then pauses
-  and resumes at no engine cost. Everything held goes out, in order, before
-  newer bytes, after ``resume_reading``.
+* Reading is one level-triggered engine ``poll`` while reading; at each of
+  its records the read's C core (a ``_sched.Stream``) makes one read(2) of
+  up to 64 KiB straight into the bytes that ``data_received`` gets (decision
+  365). ``pause_reading`` leaves it armed and holds what it reads, up to
+  ``max_size`` bytes (what the stock transport may read at once past the
+  pause), and cancels it only beyond that: a consumer that drains at once (a
+  StreamReader) then pauses and resumes at no engine cost. Everything held
+  goes out, in order, before newer bytes, after ``resume_reading``.
 * ``write()`` with nothing queued writes at once, as the stock transport
   does (a pipe's reader is often a process that reacts right away, or code
   that reads the other end synchronously). What the kernel does not take,
@@ -114,8 +114,8 @@ class _PipeBase(TransportBase):
 
 
 class _ReadHooks:
-    """What the read's C core (a ``_sched.Stream``, decision 221) calls by
-    name: the record it does not deliver itself, and a ``data_received`` that
+    """What the read's C core (a ``_sched.Stream``, decisions 221, 365) calls
+    by name: the record it does not deliver itself, and a ``data_received`` that
     raised (the stream transport's ``_fatal_error`` would close; a pipe reports
     and reads on, as the stock reader handle does)."""
 
@@ -128,6 +128,9 @@ class _ReadHooks:
 
 class ReadPipeTransport(_PipeBase, transports.ReadTransport):
     max_size = 256 * 1024  # as stock; here: what a paused transport may hold (decision 162)
+    # one read(2) per poll record (decision 365): a default pipe's capacity, and
+    # a bytes below glibc's mmap threshold (128 KiB), as is a turn's bytes
+    read_size = 64 * 1024
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         super().__init__(extra)
@@ -149,19 +152,22 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
 
         os.set_blocking(self._fileno, False)
         self._engine = loop._engine
-        self._ud = None  # the multishot read, until its final record
+        self._ud = None  # the level poll the core reads at, until its final record
         self._held = collections.deque()  # (res, data) that came after pause_reading
         self._held_bytes = 0
         self._cancelled = False  # the read in flight was asked to stop
         # data_received runs in this context, as the stock reader handle's
         self._context = contextvars.copy_context()
-        # The read's owner: the C core of the stream transports (stream.c),
-        # used for its read half only. A data record goes straight to
-        # protocol.data_received while `rfast` says nothing unusual is going
-        # on (not paused, nothing held, not closing, nothing in _ready); every
-        # other record comes to _on_read.
+        # The poll's owner: the C core of the stream transports (stream.c),
+        # used for its read half only. It reads the pipe at each poll record
+        # (rsize); the bytes go straight to protocol.data_received while
+        # `rfast` says nothing unusual is going on (not paused, nothing held,
+        # not closing, nothing in _ready); every other record comes to
+        # _on_read: bytes read, EOF (0), a read error (-errno), a record it
+        # did not read for (rsize 0), the poll's final record.
         self._core = _sched.Stream(_ReadHooks(self), loop, self._fileno, self._context)
         self._core.set_protocol(protocol, False)
+        self._core.rsize = self.read_size
 
         self._loop.call_soon(self._protocol.connection_made, self)
         # only start reading when connection_made() has been called
@@ -185,20 +191,29 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
 
     def _start_reading(self):
         if self._ud is None and self.is_reading() and not self._held:
-            # coalesce: a turn's pool chunks come joined, one data_received
-            self._ud = self._engine.read_pool(self._fileno, self._core, True, 0, True)
+            self._ud = self._engine.poll(self._fileno, select.POLLIN, self._core, level=True)
             self._cancelled = False
         self._sync()
 
     def _on_read(self, res, more, data):
         if not more:
             self._ud = None
+        elif data is None and res > 0:
+            return  # a poll record the core did not read for (rsize 0)
+        elif res <= 0:
+            # EOF or a read error, the core's last read: the poll (which
+            # would fire on every turn from now on) ends
+            if not self._cancelled:
+                self._cancelled = True
+                self._engine.cancel(self._ud)
         if self._closing:
             if not more:
                 self._op_ended()
             return
-        if res == _ECANCELED and not more:
-            self._start_reading()  # cancelled by pause_reading; resumed since?
+        if not more and (res >= 0 or res == _ECANCELED):
+            # the poll ended on a cancel (pause_reading's cap, EOF, an error
+            # held while paused); it fired meanwhile if res >= 0. Resumed since?
+            self._start_reading()
             return
         if self._paused or self._held:
             self._held.append((res, data))
@@ -211,8 +226,6 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
                     self._engine.cancel(self._ud)
             return
         self._process(res, data)
-        if not more and res > 0:
-            self._start_reading()  # the op ended on data (a cancel that lost its race)
 
     def _process(self, res, data):
         if res > 0:
@@ -288,6 +301,7 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
 
     def _close(self, exc):
         self._closing = True
+        self._core.rsize = 0  # what is still in the pipe stays there, as stock
         self._held.clear()
         self._held_bytes = 0
         self._sync()
