@@ -148,6 +148,46 @@ def test_sock_recv_large_n_takes_the_rest_in_place(any_loop, socketpair):
     assert peak < 100 * 1024, peak
 
 
+def test_sock_recv_large_n_on_a_big_stream_lands_in_the_result(any_loop, socketpair):
+    """Once a stream socket's receives above a pool buffer come big, the next
+    ones are the stock loop's recv(n) when the socket is readable, straight
+    into the result (decision 351): at once when the last one filled its n,
+    after a wait otherwise. A receive's peak of traced memory is the 64 KiB
+    result alone (with a pool buffer in between it was 16 KiB more); a
+    cancelled wait takes nothing from the socket."""
+    lp = any_loop
+    a, b = socketpair()
+    data = os.urandom(65536)
+
+    async def main():
+        peaks = []
+        for _ in range(3):  # the first makes the receives big
+            b.sendall(data)
+            _wait_queued(a, len(data))
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                got = await lp.sock_recv(a, 65536)
+                peaks.append(tracemalloc.get_traced_memory()[1] - base)
+            finally:
+                tracemalloc.stop()
+            assert got == data
+        # one that must wait: cancelled first, then one that gets the data
+        task = lp.create_task(lp.sock_recv(a, 65536))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        task = lp.create_task(lp.sock_recv(a, 65536))
+        await asyncio.sleep(0)
+        b.sendall(data[:20000])
+        assert await asyncio.wait_for(task, 10) == data[:20000]
+        return peaks
+
+    peaks = run_in(lp, main())
+    assert max(peaks[1:]) < 65536 + 4096, peaks
+
+
 def test_sock_recv_large_n_keeps_a_reset_for_the_next_receive(any_loop, tcp_pair):
     """A reset met while reading on past a full pool buffer is the next
     receive's error, as on the stock loop (recv(n) returns the data, the next

@@ -747,6 +747,87 @@ def test_a_waiting_100k_message_fills_whole_buffers(tloop):
     assert run_in(tloop, main()) == [65536, 36864]
 
 
+class _Hints(asyncio.BufferedProtocol):
+    """A 64 KiB buffer; notes get_buffer's size hints and resizes its
+    bytearray inside buffer_updated (allowed once the receive is done)."""
+
+    def __init__(self):
+        self.buf = bytearray(65536)
+        self.got = bytearray()
+        self.hints = []
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        self.hints.append(sizehint)
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.got += self.buf[:nbytes]
+        self.buf.append(0)  # BufferError while the buffer is still exported
+        del self.buf[-1]
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+def test_big_reads_land_in_the_protocols_buffer(tloop):
+    """Once a BufferedProtocol's reads fill its 64 KiB buffer, they are
+    received into that buffer itself, the stock way: get_buffer(-1), then
+    the receive, then buffer_updated (decision 350; they were copied from
+    pool buffers, get_buffer(bytes waiting)). The buffer is let go before
+    buffer_updated; resizing it while a receive waits raises BufferError
+    and harms nothing; pause_reading while one waits holds what comes."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        tr, proto = await loop.create_connection(_Hints, sock=a)
+        sent = bytearray()
+        for i in range(4):
+            msg = bytes([i]) * 100 * 1024
+            await loop.sock_sendall(b, msg)
+            sent += msg
+            await wait_for(_until_got(proto, len(sent)))
+            if i == 0:
+                first = len(proto.hints)
+        for i in range(4, 6):
+            try:
+                proto.buf.append(0)  # a receive may hold the buffer now
+                del proto.buf[-1]
+            except BufferError:
+                pass
+            msg = bytes([i]) * 100 * 1024
+            await loop.sock_sendall(b, msg)
+            sent += msg
+            await wait_for(_until_got(proto, len(sent)))
+        hints = proto.hints[first:]
+        tr.pause_reading()
+        await loop.sock_sendall(b, b"z" * 100 * 1024)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        held = len(proto.got)
+        tr.resume_reading()
+        sent += b"z" * 100 * 1024
+        await wait_for(_until_got(proto, len(sent)))
+        b.close()
+        await wait_for(proto.lost)
+        assert bytes(proto.got) == bytes(sent)
+        return held, len(sent) - 100 * 1024, hints
+
+    held, before_pause, hints = run_in(tloop, main())
+    assert held == before_pause  # nothing handed over while paused
+    assert set(hints) == {-1}, hints
+
+
+async def _until_got(proto, n):
+    while len(proto.got) < n:
+        await asyncio.sleep(0.001)
+
+
 @pytest.mark.parametrize("then", ["pause_reading", "close"])
 def test_pause_or_close_inside_buffer_updated_with_more_received(tloop, then):
     """pause_reading() or close() inside the second buffer_updated while the

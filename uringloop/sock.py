@@ -29,6 +29,7 @@ from asyncio import exceptions
 from . import _sched
 from ._sched import owner_is as _owner_is
 from ._sched import recv_after as _recv_after
+from ._sched import recv_now as _recv_now
 from ._sched import recv_start as _recv_start
 from ._sched import send_now as _send_now
 from ._sched import stream_for_fd as _stream_for_fd
@@ -366,6 +367,16 @@ class SockMixin:
                 self._sock_get_state(fd, sock, create=True).error = exc
         return data
 
+    def _sock_big_done(self, fd, n, data):
+        """data from a receive above a pool buffer: when it filled its n,
+        more is likely waiting, and the next such receive on fd tries a
+        recv(n) into its result at once (_big_socks, decision 351)."""
+        if len(data) == n:
+            _big_socks.add(fd)
+        else:
+            _big_socks.discard(fd)
+        return data
+
     async def sock_recv(self, sock, n):
         """Receive up to n bytes from sock (non-blocking)."""
         # the usual case's checks and submission in C (sock.c recv_start,
@@ -420,6 +431,13 @@ class SockMixin:
                 # buffer smaller than it may be
                 data, _addr = await self._sock_recv_datagram(fd, sock, n)
                 return data
+            if fd in _big_socks and fd not in _big_recvs:
+                # the last one filled its n: the stock loop's first try, a
+                # recv(n) straight into the result (no pool buffer, no copy);
+                # not while a big receive is in flight (it reads on)
+                data = _recv_now(fd, n)
+                if data is not None:
+                    return self._sock_big_done(fd, n, data)
             big, n = n, 0  # a pool buffer's worth first, the rest below
         fut = self._sock_op(fd, sock, _recv_result)
         fut._ud = self._engine.recv(fd, fut, multishot=False, nbytes=n)
@@ -433,7 +451,7 @@ class SockMixin:
             self._sock_on_cancel(fut, fd, sock, _recv_result, True)
             raise
         if big and _big_recvs.pop(fd, None) == ud and res == self._sock_bufsize:
-            return self._sock_recv_after(fd, sock, data, big - res)
+            return self._sock_big_done(fd, big, self._sock_recv_after(fd, sock, data, big - res))
         if res < 0:
             raise self._sock_error(res, sock)
         return data if data is not None else b""
@@ -829,6 +847,13 @@ class SockMixin:
 # at a time; a clash only makes a receive return less): a module global is
 # the cheapest test for the receives that are not big (the dict is empty).
 _big_recvs: dict = {}
+
+# fds whose last stream receive above a pool buffer filled its n (more is
+# likely waiting): the next such receive first tries one recv(n) into its
+# result, as the stock loop's sock_recv does (decision 351). Keyed by fd, as
+# _big_recvs: a stale entry costs one recv that says EAGAIN, never changes
+# what a receive returns.
+_big_socks: set = set()
 
 
 def _big_recv(fd, big, ud):

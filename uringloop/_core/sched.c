@@ -739,6 +739,7 @@ static void give_exception(PyObject *exc)
  */
 typedef int (*ul_nop_fn)(void *, uint64_t);
 typedef int (*ul_recv_fn)(void *, uint64_t, int, int, uint32_t);
+typedef int (*ul_recv_into_fn)(void *, uint64_t, int, char *, uint32_t, int);
 typedef int (*ul_send_fn)(void *, uint64_t, int, const char *, uint32_t, int);
 typedef int (*ul_sendv_fn)(void *, uint64_t, int, const void *, uint32_t, int);
 typedef int (*ul_accept_fn)(void *, uint64_t, int, int);
@@ -754,6 +755,7 @@ typedef int (*ul_ready_fn)(void *);
 #define SLOT_LEAKED 4   /* C still owns an op there (-EBUSY): never reused */
 #define SLOT_VIEW 8     /* buffer records come as a pool memoryview, released after the call */
 #define SLOT_SENT 16    /* a Stream's own send: its records go to stream_sent_record (stream.c) */
+#define SLOT_DIRECT 32  /* a Stream's receive into its protocol's buffer: stream_direct_record */
 #define SLOT_CHUNK 1024
 #define GEN_MASK ((1u << 30) - 1)
 #define MAX_IOV 1024
@@ -780,6 +782,7 @@ struct Table {
     ul_cancel_fd_fn cancel_fd;
     ul_wake_fn wake;
     ul_ready_fn ready;
+    ul_recv_into_fn recv_into;
     Slot *slots;
     uint32_t nslots, used;
     uint32_t *free; /* stack of free slots, lowest on top */
@@ -1523,6 +1526,7 @@ static int call_back(PyObject *cb, int32_t res_v, int more, PyObject *data)
 }
 
 static int stream_sent_record(PyObject *owner, int32_t res, int more, PyObject *data);
+static int stream_direct_record(PyObject *owner, int32_t res);
 
 static void keep_first(PyObject **first)
 {
@@ -1655,9 +1659,10 @@ static int table_deliver(Table *t, int n, PyObject **first)
             data = Py_NewRef(Py_None);
         }
         PyObject *cb = Py_NewRef(t->slots[slot].owner);
-        int took = (t->slots[slot].flags & SLOT_SENT)
-                       ? stream_sent_record(cb, res, !final, data) /* a Stream's own send */
-                       : stream_deliver(cb, res, !final, data); /* a Stream's record: C to C */
+        uint16_t sf = t->slots[slot].flags;
+        int took = (sf & SLOT_SENT)     ? stream_sent_record(cb, res, !final, data) /* a Stream's own send */
+                   : (sf & SLOT_DIRECT) ? stream_direct_record(cb, res) /* into its protocol's buffer */
+                                        : stream_deliver(cb, res, !final, data); /* a Stream's record: C to C */
         if (took < 0 || (took == 0 && call_back(cb, res, !final, data) < 0))
             keep_first(first);
         Py_DECREF(cb);
@@ -1694,22 +1699,23 @@ static PyObject *Table_deliver(Table *t, PyObject *arg)
 
 /* Table(native, addr_of): native = (ul_engine *, records, record_cap, pool,
  * pool_size, buf_size, ul_run, ul_nop, ul_recv, ul_send, ul_sendv, ul_accept,
- * ul_shutdown, ul_close_fd, ul_cancel, ul_cancel_fd, ul_wake, ul_ready), addresses as ints */
+ * ul_shutdown, ul_close_fd, ul_cancel, ul_cancel_fd, ul_wake, ul_ready, ul_recv_into),
+ * addresses as ints */
 static int Table_init(Table *t, PyObject *args, PyObject *kwds)
 {
     PyObject *native, *addr_of;
-    unsigned long long e, rec, pool, f[12];
+    unsigned long long e, rec, pool, f[13];
     Py_ssize_t cap, pool_size, buf_size;
     if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
         PyErr_SetString(PyExc_TypeError, "Table() takes no keyword arguments");
         return -1;
     }
     if (!PyArg_ParseTuple(args, "O!O:Table", &PyTuple_Type, &native, &addr_of) ||
-        !PyArg_ParseTuple(native, "KKnKnnKKKKKKKKKKKK:native", &e, &rec, &cap, &pool, &pool_size,
+        !PyArg_ParseTuple(native, "KKnKnnKKKKKKKKKKKKK:native", &e, &rec, &cap, &pool, &pool_size,
                           &buf_size, &f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6], &f[7],
-                          &f[8], &f[9], &f[10], &f[11]))
+                          &f[8], &f[9], &f[10], &f[11], &f[12]))
         return -1;
-    for (int i = 0; i < 12; i++) {
+    for (int i = 0; i < 13; i++) {
         if (f[i] == 0) {
             PyErr_SetString(PyExc_ValueError, "Table: a null function address");
             return -1;
@@ -1737,6 +1743,7 @@ static int Table_init(Table *t, PyObject *args, PyObject *kwds)
     t->cancel_fd = (ul_cancel_fd_fn)(uintptr_t)f[9];
     t->wake = (ul_wake_fn)(uintptr_t)f[10];
     t->ready = (ul_ready_fn)(uintptr_t)f[11];
+    t->recv_into = (ul_recv_into_fn)(uintptr_t)f[12];
     Py_XSETREF(t->addr_of, Py_NewRef(addr_of));
     return 0;
 }

@@ -21,6 +21,8 @@
  *    raises.
  *  - recv_after(fd, data, k): a big sock_recv's rest, received in place
  *    after its first pool buffer's bytes (decision 337).
+ *  - recv_now(fd, n): a big sock_recv on a socket whose receives come big,
+ *    received into the result itself (decision 351).
  *
  * The first two read the socket object's fd (its type, its timeout) in place: the
  * layout of socketmodule's PySocketSockObject (fd first, then family, type,
@@ -318,6 +320,39 @@ static PyObject *recv_after(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     return out;
 }
 
+/* recv_now(fd, n): one recv(n) of the stream socket fd without waiting,
+ * into a bytes of n made smaller to what came, as the socket module's
+ * recv(n) does it: b"" at EOF, None when nothing is there (EAGAIN), OSError
+ * for any other error (decision 351). */
+static PyObject *recv_now(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    int fd;
+    Py_ssize_t n;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "recv_now(fd, n)");
+        return NULL;
+    }
+    if (as_int(args[0], &fd) < 0 || ((n = PyLong_AsSsize_t(args[1])) == -1 && PyErr_Occurred()))
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n > 0 ? n : 0);
+    if (out == NULL)
+        return NULL;
+    ssize_t got;
+    do
+        got = recv(fd, PyBytes_AS_STRING(out), (size_t)PyBytes_GET_SIZE(out), MSG_DONTWAIT);
+    while (got < 0 && errno == EINTR);
+    if (got < 0) {
+        Py_DECREF(out);
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            Py_RETURN_NONE;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (got < PyBytes_GET_SIZE(out) && _PyBytes_Resize(&out, got) < 0)
+        return NULL;
+    return out;
+}
+
 /* sock_setup(socket.socket, _big_recvs, _recv_result, nonblocking, timed):
  * the last two are connected sockets of socket.socket, one with timeout 0,
  * one with 2.5 s, to check the layout read in place */
@@ -393,6 +428,8 @@ static PyObject *sock_counts(PyObject *mod, PyObject *unused)
 static PyMethodDef sock_functions[] = {
     {"recv_after", (PyCFunction)(void (*)(void))recv_after, METH_FASTCALL,
      "recv_after(fd, data, k): data and up to k more bytes the stream socket holds now"},
+    {"recv_now", (PyCFunction)(void (*)(void))recv_now, METH_FASTCALL,
+     "recv_now(fd, n): up to n bytes the stream socket holds now; b'' at EOF, None if none"},
     {"recv_start", (PyCFunction)(void (*)(void))sock_recv_start, METH_FASTCALL,
      "recv_start(loop, sock, n or buffer): a sock_recv's future, or None (sock.py's path)"},
     {"send_now", (PyCFunction)(void (*)(void))sock_send_now, METH_FASTCALL,

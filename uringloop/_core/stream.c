@@ -46,6 +46,7 @@ typedef struct {
                            * until the first write that queues, and after a
                            * vectored send took it */
     PyObject *held;       /* list of (res, more, data) records waiting behind _ready, or NULL */
+    Py_buffer *dbuf;      /* the protocol's buffer a direct receive fills, or NULL (decision 350) */
     Py_ssize_t buffer_size; /* queued + in the send in flight */
     Py_ssize_t sending;     /* length of the send in flight (0: none) */
     Py_ssize_t high, low;   /* the transport's water marks */
@@ -65,7 +66,20 @@ typedef struct {
     char draining; /* _drain is handing held records over: _ready does not count */
     char data_self, updated_self; /* on_data/on_updated are functions: pass protocol */
     char registered; /* in fd_streams (the loop's fd -> transport registry) */
+    char rdirect;  /* R_*: where a BufferedProtocol's receive stands (decision 350) */
+    char bigfill;  /* the last feed filled a whole get_buffer() buffer of a pool buffer or more */
 } Stream;
+
+/* Stream.rdirect. A BufferedProtocol whose reads fill its buffer (of at
+ * least a pool buffer) takes them in its own buffer, no pool in between:
+ * its multishot pool receive is cancelled (R_SWITCHING until its final
+ * record), then one-shot receives into get_buffer(-1)'s buffer follow one
+ * another (R_DIRECT) while they bring a pool buffer or more; a smaller one
+ * goes back to the pool receive (_start_reading). R_HELD: one came while
+ * callbacks were ahead of it in _ready, its bytes wait in the buffer for
+ * _drain. R_STALE: set_protocol came while the buffer (dbuf) was the old
+ * protocol's. */
+enum { R_POOL, R_SWITCHING, R_DIRECT, R_HELD, R_STALE };
 
 /* The stream transports' part of the loop's fd -> transport registry (the
  * stock loop's _transports, a WeakValueDictionary: a KeyedRef and a dict
@@ -172,6 +186,7 @@ static PyObject *s_on_recv, *s_write_slow, *s_flush_slow, *s_on_sent, *s_after_s
 static PyObject *s_feed_buffer, *s_fatal_error, *s_maybe_pause, *s_maybe_resume, *s_send_now;
 static PyObject *s_call_soon, *s_drain, *kw_context;
 static PyObject *s_writelines_slow;
+static PyObject *s_start_reading;
 static PyObject *s_send_now_tail, *s_flush, *m_data_failed, *m_get_buffer_failed, *m_updated_failed, *m_write_failed;
 
 /* transport.<name>(*args), inside the transport's context when enter */
@@ -239,6 +254,7 @@ static int stream_feed_pieces(Stream *s, const Piece *pc, int cnt, Py_ssize_t to
     PyObject *gself = s->data_self ? protocol : NULL, *uself = s->updated_self ? protocol : NULL;
     int rc = 0, i = 0;
     Py_ssize_t pos = 0, off = 0; /* bytes fed; the next byte is pc[i].p[off] */
+    s->bigfill = 0;
     for (;;) {
         PyObject *r, *rest, *num = PyLong_FromSsize_t(total - pos);
         PyObject *buf = num ? stream_proto_call(get_buffer, gself, num) : NULL;
@@ -265,6 +281,8 @@ static int stream_feed_pieces(Stream *s, const Piece *pc, int cnt, Py_ssize_t to
             break;
         }
         Py_ssize_t k = dst.len < total - pos ? dst.len : total - pos;
+        if (k == dst.len && s->loop->table != NULL && k >= s->loop->table->buf_size)
+            s->bigfill = 1;
         for (Py_ssize_t done = 0; done < k;) {
             Py_ssize_t m = pc[i].n - off < k - done ? pc[i].n - off : k - done;
             memcpy((char *)dst.buf + done, pc[i].p + off, (size_t)m);
@@ -306,6 +324,19 @@ static int stream_feed_pieces(Stream *s, const Piece *pc, int cnt, Py_ssize_t to
     Py_DECREF(updated);
     Py_XDECREF(protocol);
     return rc;
+}
+
+/* After a feed of pool bytes: when it filled a whole buffer of the
+ * protocol's of a pool buffer or more, the reads come big, and the
+ * protocol's buffer takes the next ones itself once the pool receive,
+ * cancelled here, has ended (stream_deliver; decision 350). */
+static void stream_maybe_direct(Stream *s)
+{
+    Table *t = s->loop->table;
+    if (s->bigfill && s->rdirect == R_POOL && s->recv_ud != 0 && s->buffered && s->rfast &&
+        s->held == NULL && s->on_data != NULL && s->transport != NULL && t != NULL &&
+        t->engine != NULL && t->cancel(t->engine, s->recv_ud) == 0)
+        s->rdirect = R_SWITCHING;
 }
 
 /* one record's bytes (a pool view, or the bytes of a record that was held) */
@@ -463,6 +494,185 @@ static PyObject *Stream_call(Stream *s, PyObject *args, PyObject *kw)
     return stream_recv(s, 0, argv[1] == Py_True, argv[2], argv, 1);
 }
 
+/* buffer_updated(n), in the transport's context (entered). 0, or -1 with
+ * an exception set. */
+static int stream_updated(Stream *s, Py_ssize_t n)
+{
+    PyObject *updated = Py_NewRef(s->on_updated);
+    PyObject *protocol = s->updated_self ? Py_NewRef(s->protocol) : NULL;
+    PyObject *num = PyLong_FromSsize_t(n);
+    PyObject *r = num ? stream_proto_call(updated, protocol, num) : NULL;
+    Py_XDECREF(num);
+    Py_DECREF(updated);
+    Py_XDECREF(protocol);
+    int rc = r ? 0 : stream_protocol_failed(s, m_updated_failed);
+    Py_XDECREF(r);
+    return rc;
+}
+
+/* the receive may go on in the protocol's buffer (decision 350) */
+static inline int stream_direct_ok(Stream *s)
+{
+    return s->rfast && s->buffered && s->on_data != NULL && s->on_updated != NULL &&
+           s->transport != NULL && s->held == NULL && s->recv_ud == 0;
+}
+
+/* reads in a row a direct receive may make before it waits again */
+#define DIRECT_READS 16
+
+/* The receive of a BufferedProtocol whose reads come big, in the
+ * transport's context (entered; decision 350), the stock way: get_buffer(-1)
+ * and a recv_into that buffer, then buffer_updated(n). When the last read
+ * filled its buffer (again), more is likely waiting: read at once, as the
+ * stock loop and libuv read on while a read fills the buffer; otherwise,
+ * or once the socket says EAGAIN, a one-shot engine receive into the
+ * buffer, which stays exported (a bytearray cannot be resized) until its
+ * record (stream_direct_record). EOF and errors are a final record for
+ * stream_recv (the transport's _on_recv). A buffer smaller than a pool
+ * buffer, or one recv_into would refuse, is let go and the pool receive
+ * takes over (_start_reading): it asks get_buffer again when bytes come and
+ * reports a bad buffer the stock way. 0, or -1 with an exception set. */
+static int stream_read_direct(Stream *s, int now)
+{
+    Table *t = s->loop->table;
+    for (int reads = 0; t != NULL && t->engine != NULL && stream_direct_ok(s); reads++) {
+        PyObject *protocol = Py_XNewRef(s->protocol);
+        PyObject *num = PyLong_FromLong(-1);
+        PyObject *buf = num ? stream_proto_call(s->on_data, s->data_self ? protocol : NULL, num)
+                            : NULL;
+        Py_XDECREF(num);
+        Py_XDECREF(protocol);
+        if (buf == NULL)
+            return stream_protocol_failed(s, m_get_buffer_failed);
+        Py_buffer *b = PyMem_Malloc(sizeof *b);
+        int ok = b != NULL && PyObject_GetBuffer(buf, b, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) == 0;
+        Py_DECREF(buf);
+        if (!ok || b->len < t->buf_size || !stream_direct_ok(s)) {
+            if (ok)
+                PyBuffer_Release(b);
+            PyMem_Free(b);
+            PyErr_Clear();
+            if (!stream_direct_ok(s))
+                return 0;
+            PyObject *r = stream_call(s, s_start_reading, NULL, 0, 0);
+            Py_XDECREF(r);
+            return r ? 0 : -1;
+        }
+        size_t len = b->len < (1 << 30) ? (size_t)b->len : (1u << 30); /* res is an int32 */
+        ssize_t got = -1;
+        if (now && reads < DIRECT_READS) {
+            do
+                got = recv(s->fd, b->buf, len, MSG_DONTWAIT);
+            while (got < 0 && errno == EINTR);
+            if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+                got = -errno;
+            else if (got < 0)
+                got = -1; /* EAGAIN: wait below */
+        }
+        if (got >= 0 || got < -1) {
+            PyBuffer_Release(b);
+            PyMem_Free(b);
+            if (got <= 0) { /* EOF, an error: the op's final record */
+                PyObject *r = stream_recv(s, (int32_t)got, 0, Py_None, NULL, 0);
+                Py_XDECREF(r);
+                return r ? 0 : -1;
+            }
+            if (stream_updated(s, got) < 0)
+                return -1;
+            now = (size_t)got == len;
+            if (got < t->buf_size && stream_direct_ok(s)) { /* small now: the pool again */
+                PyObject *r = stream_call(s, s_start_reading, NULL, 0, 0);
+                Py_XDECREF(r);
+                return r ? 0 : -1;
+            }
+            continue;
+        }
+        uint64_t ud = table_take(t, (PyObject *)s, NULL, SLOT_DIRECT);
+        int rc = ud ? t->recv_into(t->engine, ud, s->fd, b->buf, (uint32_t)len, 0) : -1;
+        if (rc < 0) {
+            PyBuffer_Release(b);
+            PyMem_Free(b);
+            if (ud)
+                table_refused(t, ud, rc);
+            return -1;
+        }
+        s->dbuf = b;
+        s->recv_ud = ud;
+        s->rdirect = R_DIRECT;
+        return 0;
+    }
+    return 0;
+}
+
+/* The direct receive's res bytes are in the protocol's buffer (dbuf):
+ * buffer_updated(res) once the buffer is let go (the protocol may resize
+ * it then), and the next receive (stream_read_direct) while they come big.
+ * Anything unusual (paused, closing, other records held, another protocol
+ * set meanwhile) makes the bytes an ordinary final record, as an emulated
+ * multishot receive's last one, for stream_recv; so are EOF, errors and
+ * the cancel's -ECANCELED. enter: the transport's context is not current
+ * yet. 0, or -1 with an exception set. */
+static int stream_direct_done(Stream *s, int32_t res, int enter)
+{
+    Py_buffer *b = s->dbuf;
+    size_t len = (size_t)b->len;
+    int fast = res > 0 && (s->rdirect == R_DIRECT || s->rdirect == R_HELD) && s->rfast &&
+               s->buffered && s->on_updated != NULL && s->transport != NULL &&
+               (s->held == NULL || s->draining);
+    PyObject *data = res > 0 && !fast ? PyBytes_FromStringAndSize(b->buf, res) : Py_NewRef(Py_None);
+    s->dbuf = NULL;
+    s->rdirect = R_POOL;
+    PyBuffer_Release(b);
+    PyMem_Free(b);
+    if (data == NULL)
+        return -1;
+    Py_INCREF(s);
+    int rc = -1;
+    if (!fast) {
+        PyObject *r = stream_recv(s, res, 0, data, NULL, enter);
+        Py_XDECREF(r);
+        rc = r ? 0 : -1;
+    } else if (!enter || PyContext_Enter(s->ctx) == 0) {
+        rc = stream_updated(s, res);
+        if (rc == 0 && stream_direct_ok(s)) {
+            if (res >= s->loop->table->buf_size) {
+                rc = stream_read_direct(s, (size_t)res == len);
+            } else { /* small now: the pool again */
+                PyObject *r = stream_call(s, s_start_reading, NULL, 0, 0);
+                Py_XDECREF(r);
+                rc = r ? 0 : -1;
+            }
+        }
+        if (enter && PyContext_Exit(s->ctx) < 0)
+            rc = -1;
+    }
+    Py_DECREF(data);
+    Py_DECREF(s);
+    return rc;
+}
+
+/* A record of a SLOT_DIRECT slot: the direct receive ended (decision 350).
+ * Bytes that must wait behind what _ready held before the poll (or behind
+ * records held already) stay in the protocol's buffer, and a held record
+ * (res, False, None) stands for them until _drain (R_HELD). 1, or -1 with
+ * an exception set. */
+static int stream_direct_record(PyObject *owner, int32_t res)
+{
+    Stream *s = (Stream *)owner;
+    s->recv_ud = 0;
+    if (res > 0 && s->rdirect == R_DIRECT && (s->held != NULL || !ready_empty(s->loop))) {
+        PyObject *args[3] = {PyLong_FromLong(res), Py_False, Py_None};
+        PyObject *r = args[0] ? stream_hold(s, args) : NULL;
+        Py_XDECREF(args[0]);
+        Py_XDECREF(r);
+        if (r == NULL)
+            return -1;
+        s->rdirect = R_HELD;
+        return 1;
+    }
+    return stream_direct_done(s, res, 1) < 0 ? -1 : 1;
+}
+
 /* _drain(): the held records, in order, as if they came now (called from
  * _ready in the transport's context): each goes to the protocol, or to
  * _on_recv when the transport paused, closed or the record is unusual. */
@@ -479,6 +689,17 @@ static PyObject *Stream_drain(Stream *s, PyObject *unused)
     Py_ssize_t i = 0;
     for (; i < PyList_GET_SIZE(held); i++) {
         int cnt = 0;
+        PyObject *const *a = &PyTuple_GET_ITEM(PyList_GET_ITEM(held, i), 0);
+        if (a[2] == Py_None && a[1] == Py_False && s->dbuf != NULL && s->recv_ud == 0 &&
+            (s->rdirect == R_HELD || s->rdirect == R_STALE)) {
+            /* a direct receive's bytes, still in the protocol's buffer */
+            Py_DECREF(r);
+            r = stream_direct_done(s, (int32_t)PyLong_AsLong(a[0]), 0) < 0 ? NULL
+                                                                           : Py_NewRef(Py_None);
+            if (r == NULL)
+                break;
+            continue;
+        }
         if (s->buffered && s->rfast && s->on_data != NULL && s->transport != NULL) {
             /* a BufferedProtocol's data records in a row are fed together,
              * as when they come (decision 335); held is ours, so are they */
@@ -493,8 +714,12 @@ static PyObject *Stream_drain(Stream *s, PyObject *unused)
             }
             if (cnt > 0) {
                 Py_DECREF(r);
-                r = stream_feed_pieces(s, pc, cnt, total) < 0 ? NULL
-                                                                    : Py_NewRef(Py_None);
+                if (stream_feed_pieces(s, pc, cnt, total) < 0) {
+                    r = NULL;
+                } else {
+                    r = Py_NewRef(Py_None);
+                    stream_maybe_direct(s);
+                }
                 i += cnt - 1; /* the last one handed over */
             }
         }
@@ -1054,7 +1279,26 @@ static int stream_deliver(PyObject *owner, int32_t res, int more, PyObject *data
         data == Py_None) {
         return stream_read_pipe((Stream *)owner);
     } else if (Py_IS_TYPE(owner, &StreamType)) {
-        r = stream_recv((Stream *)owner, res, more, data, NULL, 1);
+        Stream *s = (Stream *)owner;
+        if (s->rdirect == R_SWITCHING && !more) {
+            /* the pool receive cancelled for a direct one has ended: that
+             * one follows, unless something else came up meanwhile */
+            s->rdirect = R_POOL;
+            if (res == -ECANCELED && s->rfast && s->buffered && s->on_data != NULL &&
+                s->transport != NULL && s->held == NULL) {
+                s->recv_ud = 0;
+                int rc = -1;
+                Py_INCREF(s);
+                if (PyContext_Enter(s->ctx) == 0) {
+                    rc = stream_read_direct(s, 0);
+                    if (PyContext_Exit(s->ctx) < 0)
+                        rc = -1;
+                }
+                Py_DECREF(s);
+                return rc < 0 ? -1 : 1;
+            }
+        }
+        r = stream_recv(s, res, more, data, NULL, 1);
     } else if (PyCFunction_CheckExact(owner) &&
                PyCFunction_GET_FUNCTION(owner) == (PyCFunction)(void (*)(void))Stream_sent &&
                PyCFunction_GET_SELF(owner) != NULL &&
@@ -1092,6 +1336,8 @@ static int stream_deliver_pieces(PyObject *owner, const Piece *pc, int cnt, Py_s
         if (PyContext_Exit(s->ctx) < 0)
             rc = -1;
     }
+    if (rc == 0)
+        stream_maybe_direct(s);
     Py_DECREF(s);
     return rc < 0 ? -1 : 1;
 }
@@ -1150,6 +1396,8 @@ static PyObject *Stream_set_protocol(Stream *s, PyObject *const *args, Py_ssize_
         else if (data_self || updated_self)
             protocol = Py_NewRef(args[0]);
     }
+    if (s->dbuf != NULL)
+        s->rdirect = R_STALE; /* its bytes are the old protocol's: handed over as bytes */
     s->buffered = (char)buffered;
     s->data_self = data_self;
     s->updated_self = updated_self;
@@ -1268,6 +1516,10 @@ static int Stream_clear(Stream *s)
 static void Stream_dealloc(Stream *s)
 {
     PyObject_GC_UnTrack(s);
+    if (s->dbuf != NULL) { /* its op's slot held s: the receive is over */
+        PyBuffer_Release(s->dbuf);
+        PyMem_Free(s->dbuf);
+    }
     Stream_clear(s);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
@@ -1618,6 +1870,7 @@ static int stream_init_module(PyObject *m)
     STREAM_INTERN(s_send_now_tail, "_send_now_tail");
     STREAM_INTERN(s_call_soon, "call_soon");
     STREAM_INTERN(s_drain, "_drain");
+    STREAM_INTERN(s_start_reading, "_start_reading");
     STREAM_INTERN(m_data_failed, "Fatal error: protocol.data_received() call failed.");
     STREAM_INTERN(m_get_buffer_failed, "Fatal error: protocol.get_buffer() call failed.");
     STREAM_INTERN(m_updated_failed, "Fatal error: protocol.buffer_updated() call failed.");
