@@ -380,7 +380,11 @@ class SockMixin:
     async def sock_recv(self, sock, n):
         """Receive up to n bytes from sock (non-blocking)."""
         # the usual case's checks and submission in C (sock.c recv_start,
-        # decision 320); anything else is the path below
+        # decision 320); anything else is the path below, and so is a big
+        # receive while some socket's receives come big: that path tries
+        # recv(n) into the result first (_big_socks, decision 351)
+        if _big_socks and n > self._sock_bufsize:
+            return await self._sock_recv(sock, n)
         fut = _recv_start(self, sock, n)
         if fut is None:
             return await self._sock_recv(sock, n)
@@ -397,7 +401,8 @@ class SockMixin:
             and _big_recvs.pop(fut._fd, None) == fut._ud
             and res == self._sock_bufsize
         ):
-            return self._sock_recv_after(fut._fd, sock, data, n - res)
+            data = self._sock_recv_after(fut._fd, sock, data, n - res)
+            return self._sock_big_done(fut._fd, n, data)
         if res < 0:
             raise self._sock_error(res, sock)
         return data if data is not None else b""
