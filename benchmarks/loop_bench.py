@@ -365,12 +365,11 @@ async def _sock_pingpong(loop, n, pairs):
     return rounds * pairs, elapsed
 
 
-async def bench_sock_100k_pingpong4(loop, n):
-    """net_server.py's sock_* echo with 100 KiB messages over 4 socketpairs:
-    the server sends back each sock_recv(65536) as it comes, the client
-    collects the whole echo before its next message."""
-    pairs, size = 4, 100 * 1024
-    rounds = max(1, n // pairs)
+async def _sock_echo(loop, pairs, size, rounds, timeout=None):
+    """net_server.py's sock_* echo over `pairs` socketpairs, `rounds` messages
+    of `size` bytes each: the server sends back each sock_recv(65536) as it
+    comes, the client collects the whole echo before its next message. The
+    seconds it took."""
     msg = bytes(i & 0xFF for i in range(size))
     socks = _socketpairs(pairs)
 
@@ -381,10 +380,10 @@ async def bench_sock_100k_pingpong4(loop, n):
             while len(got) < size:
                 chunk = await loop.sock_recv(a, 65536)
                 if not chunk:
-                    raise BenchError("sock 100k: EOF in the middle of a message")
+                    raise BenchError(f"sock {size} B: EOF in the middle of a message")
                 got += chunk
             if got != msg:
-                raise BenchError("sock 100k: the echo differs from the message sent")
+                raise BenchError(f"sock {size} B: the echo differs from the message sent")
 
     async def server(b):
         left = rounds * size
@@ -393,39 +392,20 @@ async def bench_sock_100k_pingpong4(loop, n):
             left -= len(data)
             await loop.sock_sendall(b, data)
 
+    return await _serve_pairs(loop, socks, server, client, timeout=timeout)
+
+
+async def bench_sock_100k_pingpong4(loop, n):
+    """The sock_* echo with 100 KiB messages over 4 socketpairs."""
+    rounds = max(1, n // 4)
     # callgrind on a loaded machine is slow
-    elapsed = await _serve_pairs(loop, socks, server, client, timeout=600)
-    return rounds * pairs, elapsed
+    return rounds * 4, await _sock_echo(loop, 4, 100 * 1024, rounds, timeout=600)
 
 
 async def bench_sock_1k_pingpong(loop, n):
-    """net_server.py's sock_* echo with one connection (net_bench's
-    echo-1k-c1-sock rows): the server sends back each sock_recv(65536), the
-    client sends 1 KiB and collects its echo the same way."""
-    size = 1024
-    msg = bytes(i & 0xFF for i in range(size))
-    socks = _socketpairs(1)
-
-    async def client(a):
-        for _ in range(n):
-            await loop.sock_sendall(a, msg)
-            got = b""
-            while len(got) < size:
-                chunk = await loop.sock_recv(a, 65536)
-                if not chunk:
-                    raise BenchError("sock 1k: EOF in the middle of a message")
-                got += chunk
-            if got != msg:
-                raise BenchError("sock 1k: the echo differs from the message sent")
-
-    async def server(b):
-        left = n * size
-        while left:
-            data = await loop.sock_recv(b, 65536)
-            left -= len(data)
-            await loop.sock_sendall(b, data)
-
-    return n, await _serve_pairs(loop, socks, server, client)
+    """The sock_* echo with one connection and 1 KiB messages (net_bench's
+    echo-1k-c1-sock rows)."""
+    return n, await _sock_echo(loop, 1, 1024, n)
 
 
 async def bench_pingpong(loop, n):
