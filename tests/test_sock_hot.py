@@ -43,7 +43,8 @@ def test_a_layout_the_probe_refutes_turns_the_c_steps_off(loop, res_tracker):
     q = socket.socket(socket.AF_UNIX)
     try:
         q.settimeout(2.5)
-        assert _sched.sock_setup(socket.socket, sock._big_recvs, sock._recv_result, q, q) is False
+        args = (sock._big_recvs, sock._big_socks, sock._recv_result, q, q)
+        assert _sched.sock_setup(socket.socket, *args) is False
 
         async def main():
             await lp.sock_sendall(a, b"off")
@@ -323,3 +324,36 @@ def test_c_receive_on_a_socket_a_transport_owns_is_refused(loop, res_tracker):
 
     assert run_in(lp, main()) == "ok"
     assert not is_stock(lp)
+
+
+def test_a_closed_sockets_big_entry_keeps_no_other_socket_from_c(loop, res_tracker):
+    """_big_socks (decision 351) names a socket, not only its number: once a
+    socket whose big receive filled its n is closed, a new socket on the same
+    number still starts its big receives in C (decision 355). Keyed by the
+    number alone, the stale entry sent every later big receive on that number
+    down the Python path (found in CI: this file's C-step counts failed after
+    other files had left entries)."""
+    from uringloop import sock
+
+    lp = loop
+    data = b"x" * 65536
+
+    async def fill(a, b):
+        b.sendall(data)
+        return await asyncio.wait_for(lp.sock_recv(a, 65536), 10)
+
+    a, b = _pair(res_tracker)
+    fd = a.fileno()
+    assert run_in(lp, fill(a, b)) == data
+    assert sock._big_socks[fd]() is a  # it filled its n: its next one tries recv(n)
+    a.close()
+    b.close()
+    c, d = _pair(res_tracker)
+    if c.fileno() != fd:
+        c, d = d, c
+    assert c.fileno() == fd
+    d.sendall(b"y")  # c's first receive claims the number (decision 41): Python's path
+    assert run_in(lp, asyncio.wait_for(lp.sock_recv(c, 1), 10)) == b"y"
+    r0 = _counts()[0]
+    assert run_in(lp, fill(c, d)) == data
+    assert _counts()[0] == r0 + 1

@@ -367,24 +367,20 @@ class SockMixin:
                 self._sock_get_state(fd, sock, create=True).error = exc
         return data
 
-    def _sock_big_done(self, fd, n, data):
+    def _sock_big_done(self, fd, sock, n, data):
         """data from a receive above a pool buffer: when it filled its n,
         more is likely waiting, and the next such receive on fd tries a
         recv(n) into its result at once (_big_socks, decision 351)."""
         if len(data) == n:
-            _big_socks.add(fd)
+            _big_socks[fd] = weakref.ref(sock)
         else:
-            _big_socks.discard(fd)
+            _big_socks.pop(fd, None)
         return data
 
     async def sock_recv(self, sock, n):
         """Receive up to n bytes from sock (non-blocking)."""
         # the usual case's checks and submission in C (sock.c recv_start,
-        # decision 320); anything else is the path below, and so is a big
-        # receive while some socket's receives come big: that path tries
-        # recv(n) into the result first (_big_socks, decision 351)
-        if _big_socks and n > self._sock_bufsize:
-            return await self._sock_recv(sock, n)
+        # decision 320); anything else is the path below
         fut = _recv_start(self, sock, n)
         if fut is None:
             return await self._sock_recv(sock, n)
@@ -402,7 +398,7 @@ class SockMixin:
             and res == self._sock_bufsize
         ):
             data = self._sock_recv_after(fut._fd, sock, data, n - res)
-            return self._sock_big_done(fut._fd, n, data)
+            return self._sock_big_done(fut._fd, sock, n, data)
         if res < 0:
             raise self._sock_error(res, sock)
         return data if data is not None else b""
@@ -436,13 +432,14 @@ class SockMixin:
                 # buffer smaller than it may be
                 data, _addr = await self._sock_recv_datagram(fd, sock, n)
                 return data
-            if fd in _big_socks and fd not in _big_recvs:
+            ref = _big_socks.get(fd)
+            if ref is not None and ref() is sock and fd not in _big_recvs:
                 # the last one filled its n: the stock loop's first try, a
                 # recv(n) straight into the result (no pool buffer, no copy);
                 # not while a big receive is in flight (it reads on)
                 data = _recv_now(fd, n)
                 if data is not None:
-                    return self._sock_big_done(fd, n, data)
+                    return self._sock_big_done(fd, sock, n, data)
             big, n = n, 0  # a pool buffer's worth first, the rest below
         fut = self._sock_op(fd, sock, _recv_result)
         fut._ud = self._engine.recv(fd, fut, multishot=False, nbytes=n)
@@ -456,7 +453,8 @@ class SockMixin:
             self._sock_on_cancel(fut, fd, sock, _recv_result, True)
             raise
         if big and _big_recvs.pop(fd, None) == ud and res == self._sock_bufsize:
-            return self._sock_big_done(fd, big, self._sock_recv_after(fd, sock, data, big - res))
+            data = self._sock_recv_after(fd, sock, data, big - res)
+            return self._sock_big_done(fd, sock, big, data)
         if res < 0:
             raise self._sock_error(res, sock)
         return data if data is not None else b""
@@ -853,12 +851,14 @@ class SockMixin:
 # the cheapest test for the receives that are not big (the dict is empty).
 _big_recvs: dict = {}
 
-# fds whose last stream receive above a pool buffer filled its n (more is
-# likely waiting): the next such receive first tries one recv(n) into its
-# result, as the stock loop's sock_recv does (decision 351). Keyed by fd, as
-# _big_recvs: a stale entry costs one recv that says EAGAIN, never changes
-# what a receive returns.
-_big_socks: set = set()
+# fd -> a weak reference to the socket whose last stream receive above a
+# pool buffer filled its n (more is likely waiting): its next such receive
+# first tries one recv(n) into its result, as the stock loop's sock_recv does
+# (decision 351), and so does not start in C (sock.c recv_start). Only that
+# socket's receives are concerned: an entry left by a socket since closed
+# (its number reused, perhaps by another loop's socket) names no live socket
+# and changes nothing.
+_big_socks: dict = {}
 
 
 def _big_recv(fd, big, ud):
@@ -933,7 +933,7 @@ def setup_native():
     try:
         a.setblocking(False)
         b.settimeout(2.5)
-        return _sched.sock_setup(socket.socket, _big_recvs, _recv_result, a, b)
+        return _sched.sock_setup(socket.socket, _big_recvs, _big_socks, _recv_result, a, b)
     finally:
         a.close()
         b.close()

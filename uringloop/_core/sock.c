@@ -33,6 +33,7 @@
 static struct {
     PyTypeObject *socket_type; /* socket.socket: the only type taken here */
     PyObject *big_recvs;       /* sock.py's _big_recvs */
+    PyObject *big_socks;       /* sock.py's _big_socks */
     PyObject *recv_result;     /* sock.py's _recv_result: a fast receive's converter */
     PyObject *s_data;          /* "data" (WeakValueDictionary.data) */
     Py_ssize_t off_fd, off_sock, off_convert, off_track, off_ud; /* _OpFuture's slots */
@@ -122,6 +123,26 @@ static int sock_owner_is(PyObject *owners, PyObject *key, PyObject *sock)
     return r < 0 ? -1 : 1;
 }
 
+/* Is sock the socket _big_socks names for key (its last receive above a
+ * pool buffer filled its n, decision 351)? 1 yes, 0 no, -1 error. */
+static int sock_big_is(PyObject *key, PyObject *sock)
+{
+    PyObject *ref = PyDict_GetItemWithError(K.big_socks, key); /* borrowed */
+    if (ref == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!PyWeakref_CheckRef(ref))
+        return 0;
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *obj;
+    if (PyWeakref_GetRef(ref, &obj) < 0)
+        return -1;
+    Py_XDECREF(obj); /* only compared */
+#else
+    PyObject *obj = PyWeakref_GET_OBJECT(ref);
+#endif
+    return obj == sock;
+}
+
 /* recv_start(loop, sock, n or a writable buffer) -> the op's _OpFuture, or
  * None: take sock.py's path */
 static PyObject *sock_recv_start(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
@@ -167,8 +188,12 @@ static PyObject *sock_recv_start(PyObject *mod, PyObject *const *args, Py_ssize_
         return NULL;
     /* kept results (or a cancelled op still to end) on fd; a big receive in
      * flight on fd (it must see that a later receive was asked for); another
-     * socket last seen on fd (the claim of decision 41): sock.py */
+     * socket last seen on fd (the claim of decision 41); a big receive on a
+     * socket whose last one filled its n (the inline try of decision 351):
+     * sock.py */
     r = PyDict_Contains(self->sock_state, key);
+    if (r == 0 && big && PyDict_GET_SIZE(K.big_socks))
+        r = sock_big_is(key, sock);
     if (r == 0 && PyDict_GET_SIZE(K.big_recvs))
         r = PyDict_Contains(K.big_recvs, key);
     if (r == 0)
@@ -353,15 +378,15 @@ static PyObject *recv_now(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     return out;
 }
 
-/* sock_setup(socket.socket, _big_recvs, _recv_result, nonblocking, timed):
+/* sock_setup(socket.socket, _big_recvs, _big_socks, _recv_result, nonblocking, timed):
  * the last two are connected sockets of socket.socket, one with timeout 0,
  * one with 2.5 s, to check the layout read in place */
 static PyObject *sock_setup(PyObject *mod, PyObject *args)
 {
     (void)mod;
-    PyObject *type, *big, *recv_result, *nb, *timed;
-    if (!PyArg_ParseTuple(args, "O!O!OOO:sock_setup", &PyType_Type, &type, &PyDict_Type, &big,
-                          &recv_result, &nb, &timed))
+    PyObject *type, *big, *big_socks, *recv_result, *nb, *timed;
+    if (!PyArg_ParseTuple(args, "O!O!O!OOO:sock_setup", &PyType_Type, &type, &PyDict_Type, &big,
+                          &PyDict_Type, &big_socks, &recv_result, &nb, &timed))
         return NULL;
     if (S.op_future_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "sock_setup: setup() first");
@@ -377,6 +402,7 @@ static PyObject *sock_setup(PyObject *mod, PyObject *args)
         return NULL;
     Py_XSETREF(K.socket_type, (PyTypeObject *)Py_NewRef(type));
     Py_XSETREF(K.big_recvs, Py_NewRef(big));
+    Py_XSETREF(K.big_socks, Py_NewRef(big_socks));
     Py_XSETREF(K.recv_result, Py_NewRef(recv_result));
     K.layout = 0;
     /* family, the int after the fd: a member; the timeout comes after proto
@@ -435,7 +461,8 @@ static PyMethodDef sock_functions[] = {
     {"send_now", (PyCFunction)(void (*)(void))sock_send_now, METH_FASTCALL,
      "send_now(loop, sock, data): None (all sent), the bytes sent, or -1 (sock.py's path)"},
     {"sock_setup", sock_setup, METH_VARARGS,
-     "sock_setup(socket.socket, _big_recvs, _recv_result, nonblocking, timed) -> layout ok"},
+     "sock_setup(socket.socket, _big_recvs, _big_socks, _recv_result, nonblocking, timed) -> "
+     "layout ok"},
     {"sock_counts", sock_counts, METH_NOARGS,
      "sock_counts() -> (receives started in C, first sends made in C)"},
     {NULL, NULL, 0, NULL},
