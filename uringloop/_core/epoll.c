@@ -166,14 +166,21 @@ static void unmark_ready(ul_engine *e, int fd)
     e->fds[fd].on_ready_list = 0;
 }
 
-/* EPOLLOUT is wanted: a writer (send, write, connect) or a poll for
- * POLLOUT waits on f */
+/* op waits for writability: a writer (send, write, connect) or a poll for
+ * POLLOUT */
+static int op_wants_out(const struct ul_op *op)
+{
+    return queue_of(op) == Q_WRITE ||
+           (queue_of(op) == Q_POLL && (op->events & (POLLOUT | POLLWRNORM)));
+}
+
+/* EPOLLOUT is wanted: an op of f's waits for writability */
 static int wants_out(ul_engine *e, const struct ul_fd *f)
 {
     if (f->wq_head >= 0)
         return 1;
     for (int32_t s = f->pq_head; s >= 0; s = op_at(e, s)->wq_next)
-        if (op_at(e, s)->events & (POLLOUT | POLLWRNORM))
+        if (op_wants_out(op_at(e, s)))
             return 1;
     return 0;
 }
@@ -668,7 +675,7 @@ static int enqueue(ul_engine *e, struct ul_op *op)
     f = &e->fds[op->fd];
     q_push(e, f, op, 0);
     op->reg_gen = f->reg_gen;
-    if (!was_idle && f->registered && (f->reg_out || queue_of(op) != Q_WRITE))
+    if (!was_idle && f->registered && (f->reg_out || !op_wants_out(op)))
         return 0;
     int r = (f->regular && op->kind == K_READ_POOL) ? -EPERM : arm(e, op->fd, 1);
     if (r == -EPERM && op->kind == K_READ_POOL) {

@@ -91,6 +91,22 @@ static int sock_usual(Core *self, PyObject *sock, int *fd)
     return r;
 }
 
+/* What the weak reference ref points at, for comparing only (no reference
+ * is kept): NULL when it is gone. 0, or -1 with an exception set. */
+static int weakref_peek(PyObject *ref, PyObject **obj)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    if (PyWeakref_GetRef(ref, obj) < 0)
+        return -1;
+    Py_XDECREF(*obj);
+#else
+    *obj = PyWeakref_GET_OBJECT(ref);
+    if (*obj == Py_None)
+        *obj = NULL;
+#endif
+    return 0;
+}
+
 /* owners.get(fd) is a weak reference to sock (sched.c owner_is). When no
  * socket was seen on fd yet, or the one seen there is gone (collected),
  * sock is now the owner: what _sock_claim does then, given no kept state on
@@ -103,16 +119,9 @@ static int sock_owner_is(PyObject *owners, PyObject *key, PyObject *sock)
     if (ref != NULL) {
         if (!PyWeakref_CheckRef(ref))
             return 0;
-#if PY_VERSION_HEX >= 0x030D0000
         PyObject *obj;
-        if (PyWeakref_GetRef(ref, &obj) < 0)
+        if (weakref_peek(ref, &obj) < 0)
             return -1;
-        Py_XDECREF(obj); /* only compared */
-#else
-        PyObject *obj = PyWeakref_GET_OBJECT(ref);
-        if (obj == Py_None)
-            obj = NULL;
-#endif
         if (obj != NULL)
             return obj == sock;
     }
@@ -127,20 +136,12 @@ static int sock_owner_is(PyObject *owners, PyObject *key, PyObject *sock)
  * pool buffer filled its n, decision 351)? 1 yes, 0 no, -1 error. */
 static int sock_big_is(PyObject *key, PyObject *sock)
 {
-    PyObject *ref = PyDict_GetItemWithError(K.big_socks, key); /* borrowed */
+    PyObject *ref = PyDict_GetItemWithError(K.big_socks, key), *obj; /* borrowed */
     if (ref == NULL)
         return PyErr_Occurred() ? -1 : 0;
     if (!PyWeakref_CheckRef(ref))
         return 0;
-#if PY_VERSION_HEX >= 0x030D0000
-    PyObject *obj;
-    if (PyWeakref_GetRef(ref, &obj) < 0)
-        return -1;
-    Py_XDECREF(obj); /* only compared */
-#else
-    PyObject *obj = PyWeakref_GET_OBJECT(ref);
-#endif
-    return obj == sock;
+    return weakref_peek(ref, &obj) < 0 ? -1 : obj == sock;
 }
 
 /* recv_start(loop, sock, n or a writable buffer) -> the op's _OpFuture, or
