@@ -59,42 +59,6 @@ def pytest_collection_finish(session):
 
 
 # --------------------------------------------------------------------------
-# work the session runs beside the tests (decision 385)
-
-# Child processes the session runs beside the tests (CPython's asyncio
-# runners): a test's own check for children it left behind passes over these.
-BACKGROUND_CHILDREN: set[int] = set()
-# Objects with top_up(session) and close(): topped up between two tests,
-# closed when the session ends (an interrupted one included).
-BACKGROUND: list = []
-
-
-@pytest.hookimpl(trylast=True)  # after -k/-m deselection
-def pytest_collection_modifyitems(config, items):
-    """CPython's asyncio cases run last: their runners, mostly asleep on real
-    timers, are started from the session's first test on and run beside the
-    rest of the suite (decision 385), so these cases mostly find theirs done."""
-    last = [i for i in items if getattr(i, "originalname", None) == "test_cpython_asyncio"]
-    if last:
-        ids = {id(i) for i in last}
-        items[:] = [i for i in items if id(i) not in ids] + last
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item, nextitem):
-    """Before each test's setup: outside every fixture, so nothing started here
-    falls inside a test's fd or children checks."""
-    for b in BACKGROUND:
-        b.top_up(item.session)
-    yield
-
-
-def pytest_sessionfinish(session):
-    for b in BACKGROUND:
-        b.close()
-
-
-# --------------------------------------------------------------------------
 # backends
 
 

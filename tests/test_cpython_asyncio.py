@@ -6,25 +6,21 @@ modules run whole with uringloop's policy installed. Zero failures are allowed;
 the tests we exclude are listed, with reasons, in tests/cpython/exclusions.py.
 
 The runs are mostly waiting (test_tasks: about 6 s of CPU in a 35 s run, its
-tests sleep on real timers), so they overlap: up to AHEAD run at once, the
-longest modules first (decision 300), and they run beside the rest of the
-suite: the first runners start before the session's first test, the next ones
-between two tests, and these cases run last (conftest.py BACKGROUND, decision
-385). Each case still checks only its own runner's result, and a runner is
-started only for a case that is selected and would not skip.
+tests sleep on real timers), so they overlap: while a case waits for its
+runner, the runners of other selected cases are started, up to AHEAD running
+at once, the longest modules first (decision 300). Each case still checks only
+its own runner's result, and a runner is started only for a case that is
+selected and would not skip.
 """
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
-from conftest import BACKGROUND, BACKGROUND_CHILDREN, require_uring, uring_unavailable_reason
+from conftest import require_uring, uring_unavailable_reason
 
 import uringloop
 
@@ -99,12 +95,9 @@ def _would_run(module: str, backend: str) -> bool:
 class _Runners:
     """The runner subprocesses of this session, by (module, backend). ``pending``
     holds the selected cases that would run, in the order their runners start;
-    the next ones are started whenever fewer than AHEAD run: between two tests
-    of the session (top_up, from conftest.py) and while a case waits for its
-    runner. Output goes to files, so a runner nobody waits for yet never blocks
-    on a full pipe; the files are closed here once the runner has them, so this
-    process holds no fd for a runner while other tests run. A runner that
-    outlives TIMEOUT is killed when next seen (its case then fails)."""
+    while a case waits for its runner, the next ones are started whenever fewer
+    than AHEAD run. Output goes to files, so a runner nobody waits for yet never
+    blocks on a full pipe."""
 
     def __init__(self, tmp, cases):
         self.tmp = tmp
@@ -123,31 +116,15 @@ class _Runners:
         env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
         cwd = self.tmp / f"{module}-{backend}"
         cwd.mkdir()
-        with open(cwd / "stdout", "w") as out, open(cwd / "stderr", "w") as err:
-            proc = subprocess.Popen(
-                [sys.executable, RUNNER, module], cwd=cwd, env=env, stdout=out, stderr=err
-            )
-        BACKGROUND_CHILDREN.add(proc.pid)
-        self.procs[module, backend] = [proc, time.monotonic(), False]  # [.., timed out]
-
-    def _running(self) -> int:
-        """How many runners still run; reaps those that ended (their pids may
-        be reused from then on: no longer BACKGROUND_CHILDREN)."""
-        running = 0
-        for entry in self.procs.values():
-            proc, started, _ = entry
-            if proc.poll() is None and time.monotonic() > started + TIMEOUT:
-                proc.kill()
-                entry[2] = True
-                proc.wait()
-            if proc.poll() is None:
-                running += 1
-            else:
-                BACKGROUND_CHILDREN.discard(proc.pid)
-        return running
+        out = open(cwd / "stdout", "w+")  # noqa: SIM115 -- closed in finish()/close()
+        err = open(cwd / "stderr", "w+")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, RUNNER, module], cwd=cwd, env=env, stdout=out, stderr=err, text=True
+        )
+        self.procs[module, backend] = (proc, time.monotonic(), out, err)
 
     def top_up(self) -> None:
-        running = self._running()
+        running = sum(p.poll() is None for p, _, _, _ in self.procs.values())
         while self.pending and running < AHEAD:
             self.start(*self.pending[0])
             running += 1
@@ -155,62 +132,42 @@ class _Runners:
     def finish(self, module: str, backend: str):
         """(returncode, stdout, stderr) of that runner, killed after TIMEOUT."""
         self.start(module, backend)
-        proc, _, _ = self.procs[module, backend]
+        proc, started, out, err = self.procs[module, backend]
         while proc.poll() is None:
             self.top_up()
+            if time.monotonic() > started + TIMEOUT:
+                proc.kill()
+                proc.wait()
+                pytest.fail(f"the runner of {module} on {backend} took more than {TIMEOUT}s")
             time.sleep(0.05)
         self.top_up()
-        BACKGROUND_CHILDREN.discard(proc.pid)
-        _, _, timed_out = self.procs.pop((module, backend))
-        if timed_out:
-            pytest.fail(f"the runner of {module} on {backend} took more than {TIMEOUT}s")
-        cwd = self.tmp / f"{module}-{backend}"
-        return proc.returncode, (cwd / "stdout").read_text(), (cwd / "stderr").read_text()
+        del self.procs[module, backend]
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+        out.close()
+        err.close()
+        return proc.returncode, stdout, stderr
 
     def close(self) -> None:
-        for proc, _, _ in self.procs.values():
+        for proc, _, out, err in self.procs.values():
             proc.kill()
             proc.wait()
-            BACKGROUND_CHILDREN.discard(proc.pid)
+            out.close()
+            err.close()
         self.procs.clear()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-class _Background:
-    """The session's _Runners, made at the first top-up, from the session's
-    selected cases (conftest.py calls top_up before each test, close at the
-    end: decision 385)."""
-
-    def __init__(self):
-        self.runners: _Runners | None = None
-
-    def get(self, session) -> _Runners:
-        if self.runners is None:
-            cases = [
-                (item.callspec.params["module"], item.callspec.params["backend"])
-                for item in session.items
-                if getattr(item, "originalname", None) == "test_cpython_asyncio"
-            ]
-            self.runners = _Runners(Path(tempfile.mkdtemp(prefix="uringloop-cpython-")), cases)
-        return self.runners
-
-    def top_up(self, session) -> None:
-        self.get(session).top_up()
-
-    def close(self) -> None:
-        if self.runners is not None:
-            self.runners.close()
-            self.runners = None
-
-
-_BACKGROUND = _Background()
-BACKGROUND.append(_BACKGROUND)
 
 
 @pytest.fixture(scope="module")
-def runners(request):
-    yield _BACKGROUND.get(request.session)
-    _BACKGROUND.close()
+def runners(request, tmp_path_factory):
+    cases = [
+        (item.callspec.params["module"], item.callspec.params["backend"])
+        for item in request.session.items
+        if getattr(item, "originalname", None) == "test_cpython_asyncio"
+    ]
+    r = _Runners(tmp_path_factory.mktemp("cpython"), cases)
+    yield r
+    r.close()
 
 
 @pytest.mark.timeout(600)

@@ -20,7 +20,7 @@ import warnings
 from asyncio import unix_events
 
 import pytest
-from conftest import BACKGROUND_CHILDREN, is_stock, make_loop, run_in
+from conftest import is_stock, make_loop, run_in
 
 from uringloop.transports import subprocess as ul_subprocess
 
@@ -29,12 +29,10 @@ MIB = 1024 * 1024
 
 
 def _children() -> list[int]:
-    """This process's children (running or zombie), but for those the session
-    runs beside the tests (CPython's asyncio runners, decision 385)."""
     me = str(os.getpid())
     out = []
     for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in BACKGROUND_CHILDREN:
+        if not name.isdigit():
             continue
         try:
             with open(f"/proc/{name}/stat") as f:
