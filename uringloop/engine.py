@@ -38,6 +38,7 @@ __all__ = [
     "OPT_TEST_EAGAIN",
     "OPT_GUARD",
     "OPT_TEST_NOBUF",
+    "RECV_WAIT_FIRST",
 ]
 
 OPT_NO_MULTISHOT = lib.UL_OPT_NO_MULTISHOT
@@ -53,6 +54,9 @@ OPT_GUARD = lib.UL_OPT_GUARD
 # test only (io_uring): pool receives complete with data but no buffer id, so
 # the engine's guard for a kernel that breaks buffer selection runs
 OPT_TEST_NOBUF = lib.UL_OPT_TEST_NOBUF
+# recv_into's flags: a read of the fd just came short, so the receive waits
+# for data before it tries (a hint; decision 389)
+RECV_WAIT_FIRST = lib.UL_RECV_WAIT_FIRST
 
 _BACKENDS = {
     "auto": lib.UL_BACKEND_AUTO,

@@ -737,8 +737,13 @@ static int ep_submit(ul_engine *e, struct ul_op *op)
         break;
     }
     struct ul_fd *f = &e->fds[op->fd];
-    int r = (op->kind != K_SEND && queue_of(op) == Q_READ && f->rq_head >= 0)
-                ? TRY_WAIT  /* earlier readers go first */
+    /* earlier readers go first; a receive asked to wait first (a read of
+     * the socket just came short, decision 389) waits without an attempt
+     * when the fd is idle: leaving idle re-arms it (enqueue), and the
+     * re-arm reports data (or a hang-up) that is there already */
+    int r = (op->kind != K_SEND && queue_of(op) == Q_READ &&
+             (f->rq_head >= 0 || (op->wait_first && fd_idle(f))))
+                ? TRY_WAIT
                 : try_op(e, op);
     if (r == TRY_WAIT)
         wait_for(e, op);

@@ -90,6 +90,7 @@ struct ul_op {
                                    buffer or more, so the next reads RECV_IOV at once;
                                    K_RECVMSG_POOL: its last recvmmsg filled its batch,
                                    so the next takes DGRAM_BUDGET at once */
+    uint8_t wait_first;         /* K_RECV_INTO asked with UL_RECV_WAIT_FIRST */
     int fd;
     uint32_t sqe_idx;           /* io_uring: SQ index of the op's latest SQE */
     uint32_t reg_gen;           /* epoll: the fd's reg_gen when ident was last

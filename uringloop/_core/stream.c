@@ -520,6 +520,12 @@ static inline int stream_direct_ok(Stream *s)
 /* reads in a row a direct receive may make before it waits again */
 #define DIRECT_READS 16
 
+/* stream_read_direct's how: the engine's receive tries at once (D_SUBMIT),
+ * a recv() at once first (D_NOW: the last read filled its buffer), or the
+ * engine's receive waits for data first (D_DRAINED: the last read came
+ * short, so the socket was empty; decision 389) */
+enum { D_SUBMIT, D_NOW, D_DRAINED };
+
 /* The receive of a BufferedProtocol whose reads come big, in the
  * transport's context (entered; decision 350), the stock way: get_buffer(-1)
  * and a recv_into that buffer, then buffer_updated(n). When the last read
@@ -527,12 +533,14 @@ static inline int stream_direct_ok(Stream *s)
  * stock loop and libuv read on while a read fills the buffer; otherwise,
  * or once the socket says EAGAIN, a one-shot engine receive into the
  * buffer, which stays exported (a bytearray cannot be resized) until its
- * record (stream_direct_record). EOF and errors are a final record for
+ * record (stream_direct_record); after a read that came short or said
+ * EAGAIN it waits for data before it tries (UL_RECV_WAIT_FIRST, decision
+ * 389: epoll's attempt at submit only met EAGAIN). EOF and errors are a final record for
  * stream_recv (the transport's _on_recv). A buffer smaller than a pool
  * buffer, or one recv_into would refuse, is let go and the pool receive
  * takes over (_start_reading): it asks get_buffer again when bytes come and
  * reports a bad buffer the stock way. 0, or -1 with an exception set. */
-static int stream_read_direct(Stream *s, int now)
+static int stream_read_direct(Stream *s, int how)
 {
     Table *t = s->loop->table;
     for (int reads = 0; t != NULL && t->engine != NULL && stream_direct_ok(s); reads++) {
@@ -560,14 +568,16 @@ static int stream_read_direct(Stream *s, int now)
         }
         size_t len = b->len < (1 << 30) ? (size_t)b->len : (1u << 30); /* res is an int32 */
         ssize_t got = -1;
-        if (now && reads < DIRECT_READS) {
+        if (how == D_NOW && reads < DIRECT_READS) {
             do
                 got = recv(s->fd, b->buf, len, MSG_DONTWAIT);
             while (got < 0 && errno == EINTR);
-            if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+            if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
                 got = -errno;
-            else if (got < 0)
-                got = -1; /* EAGAIN: wait below */
+            } else if (got < 0) {
+                got = -1; /* EAGAIN: wait below, without another try */
+                how = D_DRAINED;
+            }
         }
         if (got >= 0 || got < -1) {
             PyBuffer_Release(b);
@@ -579,7 +589,7 @@ static int stream_read_direct(Stream *s, int now)
             }
             if (stream_updated(s, got) < 0)
                 return -1;
-            now = (size_t)got == len;
+            how = (size_t)got == len ? D_NOW : D_DRAINED;
             if (got < t->buf_size && stream_direct_ok(s)) { /* small now: the pool again */
                 PyObject *r = stream_call(s, s_start_reading, NULL, 0, 0);
                 Py_XDECREF(r);
@@ -588,7 +598,9 @@ static int stream_read_direct(Stream *s, int now)
             continue;
         }
         uint64_t ud = table_take(t, (PyObject *)s, NULL, SLOT_DIRECT);
-        int rc = ud ? t->recv_into(t->engine, ud, s->fd, b->buf, (uint32_t)len, 0) : -1;
+        int rc = ud ? t->recv_into(t->engine, ud, s->fd, b->buf, (uint32_t)len,
+                                   how == D_DRAINED ? UL_RECV_WAIT_FIRST : 0)
+                    : -1;
         if (rc < 0) {
             PyBuffer_Release(b);
             PyMem_Free(b);
@@ -636,7 +648,7 @@ static int stream_direct_done(Stream *s, int32_t res, int enter)
         rc = stream_updated(s, res);
         if (rc == 0 && stream_direct_ok(s)) {
             if (res >= s->loop->table->buf_size) {
-                rc = stream_read_direct(s, (size_t)res == len);
+                rc = stream_read_direct(s, (size_t)res == len ? D_NOW : D_DRAINED);
             } else { /* small now: the pool again */
                 PyObject *r = stream_call(s, s_start_reading, NULL, 0, 0);
                 Py_XDECREF(r);
@@ -1290,7 +1302,7 @@ static int stream_deliver(PyObject *owner, int32_t res, int more, PyObject *data
                 int rc = -1;
                 Py_INCREF(s);
                 if (PyContext_Enter(s->ctx) == 0) {
-                    rc = stream_read_direct(s, 0);
+                    rc = stream_read_direct(s, D_SUBMIT);
                     if (PyContext_Exit(s->ctx) < 0)
                         rc = -1;
                 }
