@@ -535,8 +535,8 @@ enum { D_SUBMIT, D_NOW, D_DRAINED };
  * buffer, which stays exported (a bytearray cannot be resized) until its
  * record (stream_direct_record); after a read that came short or said
  * EAGAIN it waits for data before it tries (UL_RECV_WAIT_FIRST, decision
- * 389: epoll's attempt at submit only met EAGAIN). EOF and errors are a final record for
- * stream_recv (the transport's _on_recv). A buffer smaller than a pool
+ * 389: epoll's attempt at submit only met EAGAIN). EOF and errors are a
+ * final record for stream_recv (the transport's _on_recv). A buffer smaller than a pool
  * buffer, or one recv_into would refuse, is let go and the pool receive
  * takes over (_start_reading): it asks get_buffer again when bytes come and
  * reports a bad buffer the stock way. 0, or -1 with an exception set. */
