@@ -57,6 +57,8 @@ OPT_TEST_NOBUF = lib.UL_OPT_TEST_NOBUF
 # recv_into's flags: a read of the fd just came short, so the receive waits
 # for data before it tries (a hint; decision 389)
 RECV_WAIT_FIRST = lib.UL_RECV_WAIT_FIRST
+# poll(level=POLL_KEPT): a level poll whose owner keeps the fd open (engine.h)
+POLL_KEPT = lib.UL_POLL_KEPT
 
 _BACKENDS = {
     "auto": lib.UL_BACKEND_AUTO,
@@ -438,11 +440,15 @@ class Engine:
         raw = encode_sockaddr(family, addr)
         return self._cold(cb, raw, lambda ud: lib.ul_connect(self._e, ud, fd, raw, len(raw)))
 
-    def poll(self, fd: int, events: int, cb, level: bool = False) -> int:
+    def poll(self, fd: int, events: int, cb, level: bool | int = False) -> int:
+        """level: False, one record; True, a record (more) each run fd is
+        ready, until cancelled; POLL_KEPT, as True from an owner that keeps fd
+        open until the final record (epoll re-arms it with no syscall,
+        decision 382)."""
         fd = _check_fd(fd)
         if not isinstance(events, int) or events < 0 or events > _U32:
             raise ValueError("events must be a poll mask")
-        level = bool(level)
+        level = POLL_KEPT if level == POLL_KEPT else int(bool(level))
         return self._cold(cb, None, lambda ud: lib.ul_poll(self._e, ud, fd, events, level))
 
     def read(self, fd: int, buf, cb, offset: int = -1) -> int:

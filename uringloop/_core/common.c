@@ -944,7 +944,7 @@ EXPORT int ul_poll(ul_engine *e, uint64_t ud, int fd, uint32_t events, int level
 {
     BEGIN(K_POLL, fd);
     op->events = events;
-    op->level = level != 0;
+    op->level = level == UL_POLL_KEPT ? UL_POLL_KEPT : level != 0;
     return submit(e, op);
 }
 

@@ -175,6 +175,12 @@ uint8_t *ul_dgram_pool(ul_engine *e, uint32_t *buf_size, uint32_t *count, uint32
 int ul_read_pool(ul_engine *e, uint64_t ud, int fd, int multishot, uint32_t max);
 int ul_accept(ul_engine *e, uint64_t ud, int fd, int multishot);
 int ul_connect(ul_engine *e, uint64_t ud, int fd, const char *addr, uint32_t addrlen);
+/* level 0: one record; 1: level-triggered, a record (MORE) each run the fd
+ * is ready, as add_reader; 2 (UL_POLL_KEPT): as 1, for an owner that keeps
+ * fd open until the op's final record and reads the fd at each record (a
+ * pipe transport), so a re-arm need not check which file fd names: epoll
+ * keeps such an fd registered level-triggered, no epoll_ctl per re-arm */
+#define UL_POLL_KEPT 2
 int ul_poll(ul_engine *e, uint64_t ud, int fd, uint32_t events, int level);
 int ul_read(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len, int64_t offset);
 int ul_write(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len, int64_t offset);

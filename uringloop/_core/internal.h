@@ -149,6 +149,7 @@ struct ul_fd {
     /* epoll backend */
     uint8_t registered, regular, on_ready_list;
     uint8_t reg_out;            /* the registration asks for EPOLLOUT */
+    uint8_t reg_lt;             /* ... and is level-triggered (kept_polls_only) */
     int32_t rq_head, rq_tail;   /* ops waiting for readability */
     int32_t wq_head, wq_tail;   /* ops waiting for writability */
     int32_t pq_head, pq_tail;   /* poll ops */
