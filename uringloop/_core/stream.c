@@ -46,7 +46,10 @@ typedef struct {
                            * until the first write that queues, and after a
                            * vectored send took it */
     PyObject *held;       /* list of (res, more, data) records waiting behind _ready, or NULL */
-    Py_buffer *dbuf;      /* the protocol's buffer a direct receive fills, or NULL (decision 350) */
+    union {
+        Py_buffer *dbuf;  /* the protocol's buffer a direct receive fills, or NULL (decision 350) */
+        PyObject *dbytes; /* where dkind: the bytes a Protocol's direct receive fills (decision 373) */
+    };
     Py_ssize_t buffer_size; /* queued + in the send in flight */
     Py_ssize_t sending;     /* length of the send in flight (0: none) */
     Py_ssize_t high, low;   /* the transport's water marks */
@@ -67,7 +70,9 @@ typedef struct {
     char data_self, updated_self; /* on_data/on_updated are functions: pass protocol */
     char registered; /* in fd_streams (the loop's fd -> transport registry) */
     char rdirect;  /* R_*: where a BufferedProtocol's receive stands (decision 350) */
-    char bigfill;  /* the last feed filled a whole get_buffer() buffer of a pool buffer or more */
+    char bigfill;  /* the last feed filled a whole get_buffer() buffer of a pool buffer or more,
+                    * or a Protocol's last chunk was DIRECT_MIN pool buffers or more */
+    char dkind;    /* the direct receive in flight fills dbytes, not dbuf (decision 373) */
 } Stream;
 
 /* Stream.rdirect. A BufferedProtocol whose reads fill its buffer (of at
@@ -78,7 +83,10 @@ typedef struct {
  * goes back to the pool receive (_start_reading). R_HELD: one came while
  * callbacks were ahead of it in _ready, its bytes wait in the buffer for
  * _drain. R_STALE: set_protocol came while the buffer (dbuf) was the old
- * protocol's. */
+ * protocol's. A Protocol whose chunks come big does the same with a new
+ * bytes of DIRECT_BYTES per receive (dkind, dbytes: decision 373), which
+ * becomes data_received's argument, cut to what came; a record of it that
+ * must wait is an ordinary final record (no R_HELD). */
 enum { R_POOL, R_SWITCHING, R_DIRECT, R_HELD, R_STALE };
 
 /* The stream transports' part of the loop's fd -> transport registry (the
@@ -326,16 +334,28 @@ static int stream_feed_pieces(Stream *s, const Piece *pc, int cnt, Py_ssize_t to
     return rc;
 }
 
+/* A Protocol's chunk of this many pool buffers or more says its reads come
+ * big (decision 373): one turn's pool records, joined */
+#define DIRECT_MIN 4
+
+/* What a Protocol's direct receive asks for: a new bytes of this size,
+ * decision 271's chunk (below glibc's 128 KiB mmap threshold with the bytes
+ * header, so the bytes comes from the heap and its memory is reused warm) */
+#define DIRECT_BYTES (112 * 1024)
+
 /* After a feed of pool bytes: when it filled a whole buffer of the
- * protocol's of a pool buffer or more, the reads come big, and the
- * protocol's buffer takes the next ones itself once the pool receive,
- * cancelled here, has ended (stream_deliver; decision 350). */
+ * protocol's of a pool buffer or more, or a Protocol's chunk was of
+ * DIRECT_MIN pool buffers or more, the reads come big, and the protocol's
+ * buffer (a new bytes for a Protocol) takes the next ones itself once the
+ * pool receive, cancelled here, has ended (stream_deliver; decisions 350,
+ * 373). A read pipe's Stream has no recv_ud. */
 static void stream_maybe_direct(Stream *s)
 {
     Table *t = s->loop->table;
-    if (s->bigfill && s->rdirect == R_POOL && s->recv_ud != 0 && s->buffered && s->rfast &&
-        s->held == NULL && s->on_data != NULL && s->transport != NULL && t != NULL &&
-        t->engine != NULL && t->cancel(t->engine, s->recv_ud) == 0)
+    if (s->bigfill && s->rdirect == R_POOL && s->recv_ud != 0 && s->rfast &&
+        s->held == NULL && s->on_data != NULL && (!s->buffered || s->on_updated != NULL) &&
+        s->transport != NULL && t != NULL && t->engine != NULL &&
+        t->cancel(t->engine, s->recv_ud) == 0)
         s->rdirect = R_SWITCHING;
 }
 
@@ -466,6 +486,10 @@ static PyObject *stream_recv(Stream *s, int32_t res, int more, PyObject *data,
                 Py_XDECREF(protocol);
                 rc = r ? 0 : stream_protocol_failed(s, m_data_failed);
                 Py_XDECREF(r);
+                if (r != NULL && s->loop->table != NULL) {
+                    s->bigfill = PyBytes_GET_SIZE(data) >= DIRECT_MIN * s->loop->table->buf_size;
+                    stream_maybe_direct(s);
+                }
             }
             if (enter && PyContext_Exit(s->ctx) < 0)
                 rc = -1;
@@ -510,15 +534,117 @@ static int stream_updated(Stream *s, Py_ssize_t n)
     return rc;
 }
 
-/* the receive may go on in the protocol's buffer (decision 350) */
+/* the receive may go on in the protocol's buffer, or a Protocol's in a new
+ * bytes (decisions 350, 373) */
 static inline int stream_direct_ok(Stream *s)
 {
-    return s->rfast && s->buffered && s->on_data != NULL && s->on_updated != NULL &&
+    return s->rfast && s->on_data != NULL && (!s->buffered || s->on_updated != NULL) &&
            s->transport != NULL && s->held == NULL && s->recv_ud == 0;
 }
 
 /* reads in a row a direct receive may make before it waits again */
 #define DIRECT_READS 16
+
+/* the pool receive again (_start_reading): the reads came small, or the
+ * protocol's kind changed. 0, or -1 with an exception set. */
+static int stream_back_to_pool(Stream *s)
+{
+    PyObject *r = stream_call(s, s_start_reading, NULL, 0, 0);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* data_received(data) for a direct receive's bytes, in the transport's
+ * context (entered). 0, or -1 with an exception set. */
+static int stream_data(Stream *s, PyObject *data)
+{
+    PyObject *cb = Py_NewRef(s->on_data); /* set_protocol may replace them */
+    PyObject *protocol = s->data_self ? Py_NewRef(s->protocol) : NULL;
+    PyObject *r = stream_proto_call(cb, protocol, data);
+    Py_DECREF(cb);
+    Py_XDECREF(protocol);
+    int rc = r ? 0 : stream_protocol_failed(s, m_data_failed);
+    Py_XDECREF(r);
+    return rc;
+}
+
+/* A Protocol's direct receive waits in the engine: a one-shot recv_into
+ * b (a new bytes of DIRECT_BYTES, NULL: made here), which the Stream owns
+ * until the op's record (stream_bytes_record). 0, or -1 with an exception
+ * set. */
+static int stream_arm_bytes(Stream *s, PyObject *b)
+{
+    Table *t = s->loop->table;
+    if (b == NULL && (b = PyBytes_FromStringAndSize(NULL, DIRECT_BYTES)) == NULL)
+        return -1;
+    uint64_t ud = table_take(t, (PyObject *)s, NULL, SLOT_DIRECT);
+    int rc = ud ? t->recv_into(t->engine, ud, s->fd, PyBytes_AS_STRING(b), DIRECT_BYTES, 0) : -1;
+    if (rc < 0) {
+        Py_DECREF(b);
+        if (ud)
+            table_refused(t, ud, rc);
+        return -1;
+    }
+    s->dbytes = b;
+    s->dkind = 1;
+    s->recv_ud = ud;
+    s->rdirect = R_DIRECT;
+    return 0;
+}
+
+/* The receive of a Protocol whose chunks come big (decision 373), in the
+ * transport's context (entered): each read lands in a new bytes of
+ * DIRECT_BYTES, cut to what came (an in-place shrink of the heap block)
+ * and handed to data_received, with no pool buffer in between: one copy of
+ * every byte, the kernel's, as decision 365's pipe reader. While a read
+ * fills its bytes the next is one recv(MSG_DONTWAIT) at once (as decision
+ * 350); otherwise, or after EAGAIN, a one-shot engine recv_into the bytes,
+ * which the Stream owns (the op's slot holds the Stream) until its record
+ * (stream_direct_record). A read of less than a pool buffer, or a
+ * BufferedProtocol set meanwhile, goes back to the pool receive. EOF and
+ * errors are a final record for stream_recv (the transport's _on_recv). 0,
+ * or -1 with an exception set. */
+static int stream_read_bytes(Stream *s, int now)
+{
+    Table *t = s->loop->table;
+    for (int reads = 0; t != NULL && t->engine != NULL && stream_direct_ok(s); reads++) {
+        if (s->buffered)
+            return stream_back_to_pool(s);
+        PyObject *b = PyBytes_FromStringAndSize(NULL, DIRECT_BYTES);
+        if (b == NULL)
+            return -1;
+        ssize_t got = -1;
+        if (now && reads < DIRECT_READS) {
+            do
+                got = recv(s->fd, PyBytes_AS_STRING(b), DIRECT_BYTES, MSG_DONTWAIT);
+            while (got < 0 && errno == EINTR);
+            if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+                got = -errno;
+            else if (got < 0)
+                got = -1; /* EAGAIN: wait below */
+        }
+        if (got >= 0 || got < -1) {
+            if (got <= 0) { /* EOF, an error: the op's final record */
+                Py_DECREF(b);
+                PyObject *r = stream_recv(s, (int32_t)got, 0, Py_None, NULL, 0);
+                Py_XDECREF(r);
+                return r ? 0 : -1;
+            }
+            if (got < DIRECT_BYTES && _PyBytes_Resize(&b, got) < 0)
+                return -1;
+            int rc = stream_data(s, b);
+            Py_DECREF(b);
+            if (rc < 0)
+                return -1;
+            now = got == DIRECT_BYTES;
+            if (got < t->buf_size && stream_direct_ok(s)) /* small now: the pool again */
+                return stream_back_to_pool(s);
+            continue;
+        }
+        return stream_arm_bytes(s, b);
+    }
+    return 0;
+}
 
 /* The receive of a BufferedProtocol whose reads come big, in the
  * transport's context (entered; decision 350), the stock way: get_buffer(-1)
@@ -535,7 +661,11 @@ static inline int stream_direct_ok(Stream *s)
 static int stream_read_direct(Stream *s, int now)
 {
     Table *t = s->loop->table;
+    if (!s->buffered)
+        return stream_read_bytes(s, now);
     for (int reads = 0; t != NULL && t->engine != NULL && stream_direct_ok(s); reads++) {
+        if (!s->buffered) /* set_protocol inside buffer_updated */
+            return stream_back_to_pool(s);
         PyObject *protocol = Py_XNewRef(s->protocol);
         PyObject *num = PyLong_FromLong(-1);
         PyObject *buf = num ? stream_proto_call(s->on_data, s->data_self ? protocol : NULL, num)
@@ -651,6 +781,60 @@ static int stream_direct_done(Stream *s, int32_t res, int enter)
     return rc;
 }
 
+/* A Protocol's direct receive ended (decision 373): its res bytes are in
+ * dbytes, which is cut to them and goes to data_received, then the next
+ * receive (stream_read_direct) while they come big. Bytes that must wait
+ * behind what _ready held before the poll (or behind records held already)
+ * are held as a pool receive's record would be, and the next direct
+ * receive waits in the engine meanwhile (the held records go first, in
+ * order: what it brings is held behind them). Anything unusual (paused,
+ * closing, another protocol set meanwhile) makes the bytes an ordinary
+ * final record for stream_recv (the transport's _on_recv holds, drops or
+ * hands it over and starts the pool receive again), and so are EOF, errors
+ * and the cancel's -ECANCELED. 1, or -1 with an exception set. */
+static int stream_bytes_record(Stream *s, int32_t res)
+{
+    PyObject *b = s->dbytes;
+    int was = s->rdirect;
+    s->dbytes = NULL;
+    s->dkind = 0;
+    s->rdirect = R_POOL;
+    if (res <= 0) {
+        Py_DECREF(b);
+        b = Py_NewRef(Py_None);
+    } else if (res < PyBytes_GET_SIZE(b) && _PyBytes_Resize(&b, res) < 0) {
+        return -1;
+    }
+    int fast = res > 0 && was == R_DIRECT && s->rfast && !s->buffered && s->on_data != NULL &&
+               s->transport != NULL;
+    int rc = -1;
+    Py_INCREF(s);
+    if (fast && (s->held != NULL || !ready_empty(s->loop)) && res >= s->loop->table->buf_size) {
+        PyObject *args[3] = {PyLong_FromLong(res), Py_True, b};
+        PyObject *r = args[0] ? stream_hold(s, args) : NULL;
+        Py_XDECREF(args[0]);
+        Py_XDECREF(r);
+        rc = r ? stream_arm_bytes(s, NULL) : -1;
+    } else if (!fast || s->held != NULL || !ready_empty(s->loop)) {
+        PyObject *r = stream_recv(s, res, 0, b, NULL, 1);
+        Py_XDECREF(r);
+        rc = r ? 0 : -1;
+    } else if (PyContext_Enter(s->ctx) == 0) {
+        rc = stream_data(s, b);
+        if (rc == 0 && stream_direct_ok(s)) {
+            if (res >= s->loop->table->buf_size)
+                rc = stream_read_direct(s, res == DIRECT_BYTES);
+            else /* small now: the pool again */
+                rc = stream_back_to_pool(s);
+        }
+        if (PyContext_Exit(s->ctx) < 0)
+            rc = -1;
+    }
+    Py_DECREF(b);
+    Py_DECREF(s);
+    return rc < 0 ? -1 : 1;
+}
+
 /* A record of a SLOT_DIRECT slot: the direct receive ended (decision 350).
  * Bytes that must wait behind what _ready held before the poll (or behind
  * records held already) stay in the protocol's buffer, and a held record
@@ -660,6 +844,8 @@ static int stream_direct_record(PyObject *owner, int32_t res)
 {
     Stream *s = (Stream *)owner;
     s->recv_ud = 0;
+    if (s->dkind)
+        return stream_bytes_record(s, res);
     if (res > 0 && s->rdirect == R_DIRECT && (s->held != NULL || !ready_empty(s->loop))) {
         PyObject *args[3] = {PyLong_FromLong(res), Py_False, Py_None};
         PyObject *r = args[0] ? stream_hold(s, args) : NULL;
@@ -690,7 +876,7 @@ static PyObject *Stream_drain(Stream *s, PyObject *unused)
     for (; i < PyList_GET_SIZE(held); i++) {
         int cnt = 0;
         PyObject *const *a = &PyTuple_GET_ITEM(PyList_GET_ITEM(held, i), 0);
-        if (a[2] == Py_None && a[1] == Py_False && s->dbuf != NULL && s->recv_ud == 0 &&
+        if (a[2] == Py_None && a[1] == Py_False && s->dbuf != NULL && !s->dkind && s->recv_ud == 0 &&
             (s->rdirect == R_HELD || s->rdirect == R_STALE)) {
             /* a direct receive's bytes, still in the protocol's buffer */
             Py_DECREF(r);
@@ -1284,8 +1470,9 @@ static int stream_deliver(PyObject *owner, int32_t res, int more, PyObject *data
             /* the pool receive cancelled for a direct one has ended: that
              * one follows, unless something else came up meanwhile */
             s->rdirect = R_POOL;
-            if (res == -ECANCELED && s->rfast && s->buffered && s->on_data != NULL &&
-                s->transport != NULL && s->held == NULL) {
+            if (res == -ECANCELED && s->rfast && s->on_data != NULL &&
+                (!s->buffered || s->on_updated != NULL) && s->transport != NULL &&
+                s->held == NULL) {
                 s->recv_ud = 0;
                 int rc = -1;
                 Py_INCREF(s);
@@ -1516,7 +1703,9 @@ static int Stream_clear(Stream *s)
 static void Stream_dealloc(Stream *s)
 {
     PyObject_GC_UnTrack(s);
-    if (s->dbuf != NULL) { /* its op's slot held s: the receive is over */
+    if (s->dkind) { /* its op's slot held s: the receive is over */
+        Py_XDECREF(s->dbytes);
+    } else if (s->dbuf != NULL) {
         PyBuffer_Release(s->dbuf);
         PyMem_Free(s->dbuf);
     }
