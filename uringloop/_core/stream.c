@@ -46,10 +46,7 @@ typedef struct {
                            * until the first write that queues, and after a
                            * vectored send took it */
     PyObject *held;       /* list of (res, more, data) records waiting behind _ready, or NULL */
-    union {
-        Py_buffer *dbuf;  /* the protocol's buffer a direct receive fills, or NULL (decision 350) */
-        PyObject *dbytes; /* where dkind: the bytes a Protocol's direct receive fills (decision 373) */
-    };
+    Py_buffer *dbuf;      /* the protocol's buffer a direct receive fills, or NULL (decision 350) */
     Py_ssize_t buffer_size; /* queued + in the send in flight */
     Py_ssize_t sending;     /* length of the send in flight (0: none) */
     Py_ssize_t high, low;   /* the transport's water marks */
@@ -72,7 +69,7 @@ typedef struct {
     char rdirect;  /* R_*: where a BufferedProtocol's receive stands (decision 350) */
     char bigfill;  /* the last feed filled a whole get_buffer() buffer of a pool buffer or more,
                     * or a Protocol's last chunk was DIRECT_MIN pool buffers or more */
-    char dkind;    /* the direct receive in flight fills dbytes, not dbuf (decision 373) */
+    char dkind;    /* the SLOT_DIRECT op in flight is a Protocol's poll (decision 373) */
 } Stream;
 
 /* Stream.rdirect. A BufferedProtocol whose reads fill its buffer (of at
@@ -83,10 +80,10 @@ typedef struct {
  * goes back to the pool receive (_start_reading). R_HELD: one came while
  * callbacks were ahead of it in _ready, its bytes wait in the buffer for
  * _drain. R_STALE: set_protocol came while the buffer (dbuf) was the old
- * protocol's. A Protocol whose chunks come big does the same with a new
- * bytes of DIRECT_BYTES per receive (dkind, dbytes: decision 373), which
- * becomes data_received's argument, cut to what came; a record of it that
- * must wait is an ordinary final record (no R_HELD). */
+ * protocol's. A Protocol whose chunks come big reads into a new bytes of
+ * DIRECT_BYTES per read, which becomes data_received's argument, cut to
+ * what came; between reads it waits with a one-shot poll, no buffer (dkind,
+ * R_DIRECT; decision 373). */
 enum { R_POOL, R_SWITCHING, R_DIRECT, R_HELD, R_STALE };
 
 /* The stream transports' part of the loop's fd -> transport registry (the
@@ -568,80 +565,89 @@ static int stream_data(Stream *s, PyObject *data)
     return rc;
 }
 
-/* A Protocol's direct receive waits in the engine: a one-shot recv_into
- * b (a new bytes of DIRECT_BYTES, NULL: made here), which the Stream owns
- * until the op's record (stream_bytes_record). 0, or -1 with an exception
- * set. */
-static int stream_arm_bytes(Stream *s, PyObject *b)
+/* A Protocol's direct receive waits in the engine for the socket to
+ * become readable: a one-shot poll(POLLIN), no buffer (a connection that
+ * goes quiet holds nothing: decision 373), whose record is the Stream's
+ * (stream_poll_record). 0, or -1 with an exception set. */
+static int stream_arm_poll(Stream *s)
 {
     Table *t = s->loop->table;
-    if (b == NULL && (b = PyBytes_FromStringAndSize(NULL, DIRECT_BYTES)) == NULL)
-        return -1;
     uint64_t ud = table_take(t, (PyObject *)s, NULL, SLOT_DIRECT);
-    int rc = ud ? t->recv_into(t->engine, ud, s->fd, PyBytes_AS_STRING(b), DIRECT_BYTES, 0) : -1;
+    int rc = ud ? t->poll(t->engine, ud, s->fd, POLLIN, 0) : -1;
     if (rc < 0) {
-        Py_DECREF(b);
         if (ud)
             table_refused(t, ud, rc);
         return -1;
     }
-    s->dbytes = b;
     s->dkind = 1;
     s->recv_ud = ud;
     s->rdirect = R_DIRECT;
     return 0;
 }
 
+#define RECV_NOMEM PY_SSIZE_T_MIN
+
+/* one recv(MSG_DONTWAIT) of up to DIRECT_BYTES into a new bytes, cut to
+ * what came: > 0 bytes (*out the bytes), 0 EOF, -errno (-EAGAIN: nothing
+ * waits), or RECV_NOMEM with an exception set. */
+static ssize_t stream_recv_bytes(Stream *s, PyObject **out)
+{
+    PyObject *b = *out = PyBytes_FromStringAndSize(NULL, DIRECT_BYTES);
+    if (b == NULL)
+        return RECV_NOMEM;
+    ssize_t got;
+    do
+        got = recv(s->fd, PyBytes_AS_STRING(b), DIRECT_BYTES, MSG_DONTWAIT);
+    while (got < 0 && errno == EINTR);
+    if (got < 0)
+        got = errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    if (got <= 0) {
+        Py_CLEAR(*out);
+        return got;
+    }
+    if (got < DIRECT_BYTES && _PyBytes_Resize(out, got) < 0)
+        return RECV_NOMEM; /* the bytes are lost with the memory: as a failed read */
+    return got;
+}
+
 /* The receive of a Protocol whose chunks come big (decision 373), in the
  * transport's context (entered): each read lands in a new bytes of
  * DIRECT_BYTES, cut to what came (an in-place shrink of the heap block)
  * and handed to data_received, with no pool buffer in between: one copy of
- * every byte, the kernel's, as decision 365's pipe reader. While a read
- * fills its bytes the next is one recv(MSG_DONTWAIT) at once (as decision
- * 350); otherwise, or after EAGAIN, a one-shot engine recv_into the bytes,
- * which the Stream owns (the op's slot holds the Stream) until its record
- * (stream_direct_record). A read of less than a pool buffer, or a
- * BufferedProtocol set meanwhile, goes back to the pool receive. EOF and
- * errors are a final record for stream_recv (the transport's _on_recv). 0,
- * or -1 with an exception set. */
+ * every byte, the kernel's, as decision 365's pipe reader. now: the socket
+ * is likely readable (a poll said so), read at once; while a read fills
+ * its bytes the next one follows at once too (as decision 350), up to
+ * DIRECT_READS; otherwise the Stream waits with a poll (stream_arm_poll).
+ * A read of less than a pool buffer, or a BufferedProtocol set meanwhile,
+ * goes back to the pool receive; EAGAIN waits again. EOF and errors are a
+ * final record for stream_recv (the transport's _on_recv). 0, or -1 with
+ * an exception set. */
 static int stream_read_bytes(Stream *s, int now)
 {
     Table *t = s->loop->table;
     for (int reads = 0; t != NULL && t->engine != NULL && stream_direct_ok(s); reads++) {
         if (s->buffered)
             return stream_back_to_pool(s);
-        PyObject *b = PyBytes_FromStringAndSize(NULL, DIRECT_BYTES);
-        if (b == NULL)
+        if (!now || reads >= DIRECT_READS)
+            return stream_arm_poll(s);
+        PyObject *b;
+        ssize_t got = stream_recv_bytes(s, &b);
+        if (got == RECV_NOMEM)
             return -1;
-        ssize_t got = -1;
-        if (now && reads < DIRECT_READS) {
-            do
-                got = recv(s->fd, PyBytes_AS_STRING(b), DIRECT_BYTES, MSG_DONTWAIT);
-            while (got < 0 && errno == EINTR);
-            if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
-                got = -errno;
-            else if (got < 0)
-                got = -1; /* EAGAIN: wait below */
+        if (got == -EAGAIN)
+            return stream_arm_poll(s);
+        if (got <= 0) { /* EOF, an error: the op's final record */
+            PyObject *r = stream_recv(s, (int32_t)got, 0, Py_None, NULL, 0);
+            Py_XDECREF(r);
+            return r ? 0 : -1;
         }
-        if (got >= 0 || got < -1) {
-            if (got <= 0) { /* EOF, an error: the op's final record */
-                Py_DECREF(b);
-                PyObject *r = stream_recv(s, (int32_t)got, 0, Py_None, NULL, 0);
-                Py_XDECREF(r);
-                return r ? 0 : -1;
-            }
-            if (got < DIRECT_BYTES && _PyBytes_Resize(&b, got) < 0)
-                return -1;
-            int rc = stream_data(s, b);
-            Py_DECREF(b);
-            if (rc < 0)
-                return -1;
-            now = got == DIRECT_BYTES;
-            if (got < t->buf_size && stream_direct_ok(s)) /* small now: the pool again */
-                return stream_back_to_pool(s);
-            continue;
-        }
-        return stream_arm_bytes(s, b);
+        int rc = stream_data(s, b);
+        Py_DECREF(b);
+        if (rc < 0)
+            return -1;
+        now = got == DIRECT_BYTES;
+        if (got < t->buf_size && stream_direct_ok(s)) /* small now: the pool again */
+            return stream_back_to_pool(s);
     }
     return 0;
 }
@@ -781,56 +787,52 @@ static int stream_direct_done(Stream *s, int32_t res, int enter)
     return rc;
 }
 
-/* A Protocol's direct receive ended (decision 373): its res bytes are in
- * dbytes, which is cut to them and goes to data_received, then the next
- * receive (stream_read_direct) while they come big. Bytes that must wait
- * behind what _ready held before the poll (or behind records held already)
- * are held as a pool receive's record would be, and the next direct
- * receive waits in the engine meanwhile (the held records go first, in
- * order: what it brings is held behind them). Anything unusual (paused,
- * closing, another protocol set meanwhile) makes the bytes an ordinary
- * final record for stream_recv (the transport's _on_recv holds, drops or
- * hands it over and starts the pool receive again), and so are EOF, errors
- * and the cancel's -ECANCELED. 1, or -1 with an exception set. */
-static int stream_bytes_record(Stream *s, int32_t res)
+/* The poll of a Protocol's direct receive ended (decision 373): the
+ * socket is readable (or hung up, or in error), and the reads go on
+ * (stream_read_bytes). When what _ready held before the poll (or records
+ * held already) must go first, one read is made now and its bytes are held
+ * as a pool receive's record would be, and the poll waits again (a small
+ * read is held as the op's last record: the pool receive follows). Paused,
+ * closing, another protocol set meanwhile, or the poll cancelled or failed:
+ * nothing was read, the record says -ECANCELED (or the error) to the
+ * transport's _on_recv, whose next receive is the pool's. 1, or -1 with an
+ * exception set. */
+static int stream_poll_record(Stream *s, int32_t res)
 {
-    PyObject *b = s->dbytes;
     int was = s->rdirect;
-    s->dbytes = NULL;
     s->dkind = 0;
     s->rdirect = R_POOL;
-    if (res <= 0) {
-        Py_DECREF(b);
-        b = Py_NewRef(Py_None);
-    } else if (res < PyBytes_GET_SIZE(b) && _PyBytes_Resize(&b, res) < 0) {
-        return -1;
-    }
-    int fast = res > 0 && was == R_DIRECT && s->rfast && !s->buffered && s->on_data != NULL &&
-               s->transport != NULL;
+    int ok = res >= 0 && was == R_DIRECT && s->rfast && !s->buffered && s->on_data != NULL &&
+             s->transport != NULL && s->loop->table != NULL && s->loop->table->engine != NULL;
     int rc = -1;
     Py_INCREF(s);
-    if (fast && (s->held != NULL || !ready_empty(s->loop)) && res >= s->loop->table->buf_size) {
-        PyObject *args[3] = {PyLong_FromLong(res), Py_True, b};
-        PyObject *r = args[0] ? stream_hold(s, args) : NULL;
-        Py_XDECREF(args[0]);
-        Py_XDECREF(r);
-        rc = r ? stream_arm_bytes(s, NULL) : -1;
-    } else if (!fast || s->held != NULL || !ready_empty(s->loop)) {
-        PyObject *r = stream_recv(s, res, 0, b, NULL, 1);
+    if (!ok) {
+        PyObject *r = stream_recv(s, res < 0 ? res : -ECANCELED, 0, Py_None, NULL, 1);
         Py_XDECREF(r);
         rc = r ? 0 : -1;
-    } else if (PyContext_Enter(s->ctx) == 0) {
-        rc = stream_data(s, b);
-        if (rc == 0 && stream_direct_ok(s)) {
-            if (res >= s->loop->table->buf_size)
-                rc = stream_read_direct(s, res == DIRECT_BYTES);
-            else /* small now: the pool again */
-                rc = stream_back_to_pool(s);
+    } else if (s->held != NULL || !ready_empty(s->loop)) {
+        PyObject *b;
+        ssize_t got = stream_recv_bytes(s, &b);
+        if (got == -EAGAIN) {
+            rc = stream_arm_poll(s);
+        } else if (got > 0) {
+            int more = got >= s->loop->table->buf_size;
+            PyObject *args[3] = {PyLong_FromSsize_t(got), more ? Py_True : Py_False, b};
+            PyObject *r = args[0] ? stream_hold(s, args) : NULL;
+            Py_XDECREF(args[0]);
+            Py_DECREF(b);
+            Py_XDECREF(r);
+            rc = r == NULL ? -1 : more ? stream_arm_poll(s) : 0;
+        } else if (got != RECV_NOMEM) {
+            PyObject *r = stream_recv(s, (int32_t)got, 0, Py_None, NULL, 1);
+            Py_XDECREF(r);
+            rc = r ? 0 : -1;
         }
+    } else if (PyContext_Enter(s->ctx) == 0) {
+        rc = stream_read_bytes(s, 1);
         if (PyContext_Exit(s->ctx) < 0)
             rc = -1;
     }
-    Py_DECREF(b);
     Py_DECREF(s);
     return rc < 0 ? -1 : 1;
 }
@@ -845,7 +847,7 @@ static int stream_direct_record(PyObject *owner, int32_t res)
     Stream *s = (Stream *)owner;
     s->recv_ud = 0;
     if (s->dkind)
-        return stream_bytes_record(s, res);
+        return stream_poll_record(s, res);
     if (res > 0 && s->rdirect == R_DIRECT && (s->held != NULL || !ready_empty(s->loop))) {
         PyObject *args[3] = {PyLong_FromLong(res), Py_False, Py_None};
         PyObject *r = args[0] ? stream_hold(s, args) : NULL;
@@ -876,7 +878,7 @@ static PyObject *Stream_drain(Stream *s, PyObject *unused)
     for (; i < PyList_GET_SIZE(held); i++) {
         int cnt = 0;
         PyObject *const *a = &PyTuple_GET_ITEM(PyList_GET_ITEM(held, i), 0);
-        if (a[2] == Py_None && a[1] == Py_False && s->dbuf != NULL && !s->dkind && s->recv_ud == 0 &&
+        if (a[2] == Py_None && a[1] == Py_False && s->dbuf != NULL && s->recv_ud == 0 &&
             (s->rdirect == R_HELD || s->rdirect == R_STALE)) {
             /* a direct receive's bytes, still in the protocol's buffer */
             Py_DECREF(r);
@@ -1703,9 +1705,7 @@ static int Stream_clear(Stream *s)
 static void Stream_dealloc(Stream *s)
 {
     PyObject_GC_UnTrack(s);
-    if (s->dkind) { /* its op's slot held s: the receive is over */
-        Py_XDECREF(s->dbytes);
-    } else if (s->dbuf != NULL) {
+    if (s->dbuf != NULL) { /* its op's slot held s: the receive is over */
         PyBuffer_Release(s->dbuf);
         PyMem_Free(s->dbuf);
     }
