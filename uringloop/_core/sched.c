@@ -757,7 +757,8 @@ typedef int (*ul_ready_fn)(void *);
 #define SLOT_LEAKED 4   /* C still owns an op there (-EBUSY): never reused */
 #define SLOT_VIEW 8     /* buffer records come as a pool memoryview, released after the call */
 #define SLOT_SENT 16    /* a Stream's own send: its records go to stream_sent_record (stream.c) */
-#define SLOT_DIRECT 32  /* a Stream's receive into its protocol's buffer: stream_direct_record */
+#define SLOT_DIRECT 32  /* a Stream's receive into its protocol's buffer, or a Protocol's poll between
+                          * direct reads (decision 373): stream_direct_record */
 #define SLOT_CHUNK 1024
 #define GEN_MASK ((1u << 30) - 1)
 #define MAX_IOV 1024
