@@ -1080,3 +1080,34 @@ def test_pause_or_close_while_a_direct_read_waits(tloop, then):
         assert bytes(proto.got) == bytes(sent)
 
     run_in(tloop, main())
+
+
+def test_eof_while_a_direct_read_waits(tloop):
+    """The peer's EOF (with 50 KiB before it) while a direct read waits
+    (decision 373): the bytes, then eof_received, then connection_lost."""
+
+    class Eof(_Big):
+        def eof_received(self):
+            self.chunks.append(("eof", len(self.got)))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        tr, proto = await loop.create_connection(Eof, sock=a)
+        sent = bytearray()
+        for i in range(2):
+            msg = _message(i)
+            await loop.sock_sendall(b, msg)
+            sent += msg
+            await wait_for(_until_got(proto, len(sent)))
+        assert proto.chunks[1] in ((100 * 1024, None), (100 * 1024, True)), proto.chunks
+        tail = _message(3, 50 * 1024)
+        await loop.sock_sendall(b, tail)
+        sent += tail
+        b.close()
+        assert await wait_for(proto.lost) is None
+        assert bytes(proto.got) == bytes(sent)
+        assert proto.chunks[-1] == ("eof", len(sent)), proto.chunks
+
+    run_in(tloop, main())
