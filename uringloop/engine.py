@@ -73,7 +73,7 @@ _ENTRY_POINTS = tuple(
     int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
     for name in ("ul_run", "ul_nop", "ul_recv", "ul_send", "ul_sendv", "ul_accept",
                  "ul_shutdown", "ul_close_fd", "ul_cancel", "ul_cancel_fd", "ul_wake", "ul_ready",
-                 "ul_recv_into")
+                 "ul_recv_into", "ul_poll")
 )
 
 # Engine methods that are the C table's own (bound per instance in __init__)
