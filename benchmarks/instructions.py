@@ -58,6 +58,7 @@ COUNTS = {
     "udp_pingpong": 2_000,
     "udp_pingpong16": 3_200,
     "udp_pingpong_1k": 2_000,
+    "udp_pingpong16_1k": 3_200,
     "udp_flood": 4_000,
 }
 

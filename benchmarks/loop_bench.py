@@ -52,6 +52,7 @@ Scenarios (ops counted in brackets):
                    ``datagram_received`` [round trips]
 ``udp_pingpong16`` the same with 16 client endpoints at once [round trips, all clients]
 ``udp_pingpong_1k`` one client, 1 KiB datagrams [round trips]
+``udp_pingpong16_1k`` 16 clients, 1 KiB datagrams [round trips, all clients]
 ``udp_flood``      a separate process (C, ``udp_flood.c``: UDP GSO messages of 64
                    datagrams, 16 to a sendmmsg, faster than any receiver here; a Python
                    sender where no C compiler is found) sends 64 B datagrams to one
@@ -481,6 +482,10 @@ async def bench_udp_pingpong16(loop, n):
 
 async def bench_udp_pingpong_1k(loop, n):
     return await _udp_pingpong(loop, n, 1, 1024)
+
+
+async def bench_udp_pingpong16_1k(loop, n):
+    return await _udp_pingpong(loop, n, 16, 1024)
 
 
 class _StreamEcho(asyncio.Protocol):
@@ -993,6 +998,7 @@ SCENARIOS = {
         Scenario("udp_pingpong", bench_udp_pingpong, 20_000, "64 B round trips"),
         Scenario("udp_pingpong16", bench_udp_pingpong16, 32_000, "64 B round trips"),
         Scenario("udp_pingpong_1k", bench_udp_pingpong_1k, 20_000, "1 KiB round trips"),
+        Scenario("udp_pingpong16_1k", bench_udp_pingpong16_1k, 32_000, "1 KiB round trips"),
         Scenario("udp_flood", bench_udp_flood, 300_000, "datagrams received"),
     )
 }
