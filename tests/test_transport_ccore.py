@@ -520,6 +520,75 @@ def test_records_behind_ready_callbacks_wait_in_c(tloop, buffered):
     run_in(tloop, main())
 
 
+@pytest.mark.parametrize("buffered", [False, True], ids=["protocol", "buffered"])
+def test_data_behind_ready_callbacks_is_not_queued_through_call_soon(tloop, buffered):
+    """Data that must wait behind ready callbacks waits as the stock loop's
+    reader callback does: its handle is appended to _ready, and
+    ``loop.call_soon`` (which the stock loop never calls for I/O) is not
+    asked: a call_soon wrapped on the loop instance sees nothing of the
+    transport's while 20 chunks come behind a spinning callback; the bytes
+    still come whole, in order, each after the callback queued before it
+    (decision 377)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        got = bytearray()
+        spin = {"on": True}
+
+        def spinner():  # keeps _ready non-empty at every poll
+            if spin["on"]:
+                loop.call_soon(spinner)
+
+        class Rec(Lost):
+            def data_received(self, data):
+                got.extend(data)
+
+        class BufRec(Rec, asyncio.BufferedProtocol):
+            buf = bytearray(2)
+
+            def get_buffer(self, sizehint):
+                return self.buf
+
+            def buffer_updated(self, nbytes):
+                got.extend(self.buf[:nbytes])
+
+        tr, proto, peer = await _connected(loop, BufRec if buffered else Rec)
+        want = b"".join(b"%02d;" % i for i in range(20))
+        seen, marks = [], []
+        real = loop.call_soon
+
+        def counting(callback, *args, **kwargs):
+            seen.append(callback)
+            return real(callback, *args, **kwargs)
+
+        with peer:
+            await asyncio.sleep(0)
+            loop.call_soon = counting
+            try:
+                loop.call_soon(spinner)
+                for i in range(20):
+                    peer.send(b"%02d;" % i)
+                    loop.call_soon(marks.append, (i, len(got)))  # ready before the next poll
+                    await asyncio.sleep(0.005)
+                for _ in range(2000):  # bounded: run_in's timeout fails a hang
+                    if len(got) >= len(want):
+                        break
+                    await asyncio.sleep(0.005)
+            finally:
+                del loop.call_soon
+                spin["on"] = False
+            peer.shutdown(socket.SHUT_WR)
+            await wait_for(proto.lost)
+        assert bytes(got) == want
+        # each mark ran before the chunk sent after it was queued had come
+        assert all(n <= 3 * i for i, n in marks), marks
+        mine = [x for x in (tr, getattr(tr, "_core", None), proto) if x is not None]
+        ours = [cb for cb in seen if any(getattr(cb, "__self__", None) is x for x in mine)]
+        assert ours == [], ours
+
+    run_in(tloop, main())
+
+
 def test_callbacks_of_one_poll_run_after_all_its_data(tloop):
     """Data for two transports that arrives in one poll: both data_received
     run before a callback the first one scheduled, as the stock loop runs

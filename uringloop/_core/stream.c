@@ -383,17 +383,26 @@ static int ready_empty(Core *loop)
     return r != NULL && Py_IS_TYPE(r, S.deque_type) && Py_SIZE(r) == 0;
 }
 
-/* call_soon(self._drain) in the transport's context. The bound method is
- * the queued handle's alone: a Stream kept it once made, 72 bytes for every
- * connection that ever had a record wait (decision 313). 0 or -1. */
+/* self._drain queued at the end of _ready in the transport's context, as
+ * the stock loop queues a reader's handle: appended to _ready itself
+ * (`_add_callback`), not through `loop.call_soon`, which it never calls for
+ * I/O (decision 377). In debug mode, with a patched get_debug or a foreign
+ * _ready, loop.call_soon(self._drain, context=) as before. The bound method
+ * is the queued handle's alone: a Stream kept it once made, 72 bytes for
+ * every connection that ever had a record wait (decision 313). 0 or -1. */
 static int stream_schedule_drain(Stream *s)
 {
     PyObject *drain = PyObject_GetAttr((PyObject *)s, s_drain);
     if (drain == NULL)
         return -1;
-    PyObject *argv[3] = {(PyObject *)s->loop, drain, s->ctx};
-    PyObject *h = PyObject_VectorcallMethod(s_call_soon, argv,
-                                            2 | PY_VECTORCALL_ARGUMENTS_OFFSET, kw_context);
+    PyObject *h;
+    if (s->ctx != NULL && PyContext_CheckExact(s->ctx) && makes_handles(s->loop)) {
+        h = soon(s->loop, drain, S.empty_tuple, s->ctx);
+    } else {
+        PyObject *argv[3] = {(PyObject *)s->loop, drain, s->ctx};
+        h = PyObject_VectorcallMethod(s_call_soon, argv, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                      kw_context);
+    }
     Py_DECREF(drain);
     Py_XDECREF(h);
     return h ? 0 : -1;
