@@ -361,6 +361,105 @@ def test_poll_level(eng, socketpair):
     assert eng.in_flight == 0
 
 
+def test_poll_level_kept(eng, pipe):
+    """A kept level poll (engine.POLL_KEPT: the owner keeps the fd open and
+    reads it at each record, as a pipe transport) is a level poll: a record
+    at each run while the pipe holds data, none once it is read empty, again
+    when more comes; after its final record, nothing."""
+    r, w = pipe()
+    os.write(w, b"stays unread")
+    col = Collector()
+    ud = eng.poll(r, select.POLLIN, col, level=engine.POLL_KEPT)
+    for n in range(1, 4):
+        run_until(eng, lambda n=n: len(col.records) >= n, what="kept level record")
+    assert os.read(r, 100) == b"stays unread"
+    settle(eng)
+    n = len(col.records)
+    settle(eng)
+    assert len(col.records) == n, "fired with nothing to read"
+    os.write(w, b"more")
+    run_until(eng, lambda: len(col.records) > n, what="fired again for new data")
+    assert col.finals == 0
+    assert all(more and res & select.POLLIN for res, more, _ in col.records)
+    assert eng.cancel(ud)
+    wait_done(eng, col)
+    n = len(col.records)
+    settle(eng)
+    assert len(col.records) == n, "kept level poll fired after its final record"
+    assert eng.in_flight == 0
+
+
+def _epoll_events(tfd: int) -> int | None:
+    """The event mask this process's epoll instance registered for tfd
+    (/proc/self/fdinfo), or None."""
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if "eventpoll" not in os.readlink(f"/proc/self/fd/{fd}"):
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                info = f.read()
+        except OSError:
+            continue
+        for line in info.splitlines():
+            parts = line.split()
+            if parts[:1] == ["tfd:"] and int(parts[1]) == tfd:
+                return int(parts[3], 16)
+    return None
+
+
+def test_epoll_kept_level_poll_rearms_without_epoll_ctl(pipe):
+    """Decision 382: on epoll a kept level poll's fd is registered level-
+    triggered while such polls are all that waits on it, so its re-arm at
+    each run is no syscall (``submitted`` counts epoll_ctl calls here: the
+    poll itself makes none). A plain level poll re-arms with a MOD per
+    record. Once the kept poll is cancelled the fd goes back to edge-
+    triggered at its next event, so a readable fd nothing waits on does not
+    fire at every wait; a reader joining the fd makes it edge-triggered too."""
+    eng = engine.Engine("epoll")
+    try:
+        r, w = pipe()
+        os.write(w, b"x")  # stays unread: readable at every run
+        col = Collector()
+        before = eng.stats()["submitted"]
+        ud = eng.poll(r, select.POLLIN, col, level=engine.POLL_KEPT)
+        run_until(eng, lambda: len(col.records) >= 20, what="kept level records")
+        assert eng.stats()["submitted"] - before == 1  # the registration
+        assert not _epoll_events(r) & select.EPOLLET
+
+        r2, w2 = pipe()
+        os.write(w2, b"x")
+        plain = Collector()
+        before = eng.stats()["submitted"]
+        ud2 = eng.poll(r2, select.POLLIN, plain, level=True)
+        run_until(eng, lambda: len(plain.records) >= 20, what="level records")
+        assert eng.stats()["submitted"] - before >= 20  # a MOD per re-arm
+        assert _epoll_events(r2) & select.EPOLLET
+        assert eng.cancel(ud2)
+        wait_done(eng, plain)
+
+        assert eng.cancel(ud)
+        wait_done(eng, col)
+        settle(eng)
+        assert _epoll_events(r) & select.EPOLLET, "an fd nothing waits on stays level"
+        n = eng.stats()["submitted"]
+        settle(eng)
+        assert eng.stats()["submitted"] == n
+
+        col = Collector()
+        ud = eng.poll(r, select.POLLIN, col, level=engine.POLL_KEPT)
+        run_until(eng, lambda: len(col.records) >= 2, what="kept level records")
+        assert not _epoll_events(r) & select.EPOLLET
+        reader = Collector()
+        eng.read_pool(r, reader)  # a reader joins: edge-triggered again
+        run_until(eng, lambda: reader.payload() == b"x", what="the reader's byte")
+        assert _epoll_events(r) & select.EPOLLET
+        eng.cancel_fd(r)
+        wait_done(eng, col)
+        wait_done(eng, reader)
+    finally:
+        eng.close()
+
+
 # ------------------------------------------------------------------ read / write
 
 

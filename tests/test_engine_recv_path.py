@@ -600,3 +600,83 @@ def test_epoll_reads_a_burst_into_several_buffers_per_call(res_tracker, socketpa
         assert sum(r for r, _, _ in c.records) == 100 * 1024 + 40000
     finally:
         eng.close()
+
+
+def test_epoll_a_receive_asked_to_wait_first_is_not_tried_at_submit(res_tracker, socketpair):
+    """epoll: a recv_into with RECV_WAIT_FIRST on an idle fd makes no
+    attempt at submit (decision 389: after a short read it only met
+    EAGAIN); the re-arm that the fd's leaving idle makes reports what is
+    there already, so data or an EOF waiting before the receive was asked
+    for still comes, and data sent later comes as before."""
+    eng = engine.Engine("epoll")
+    try:
+        a, b = socketpair()
+        buf = bytearray(100)
+        c = Collector()
+        before = eng.stats()["submitted"]
+        eng.recv_into(a.fileno(), buf, c, flags=engine.RECV_WAIT_FIRST)
+        eng.run(0)
+        assert c.records == []
+        assert eng.stats()["submitted"] - before == 1  # the re-arm; was 2: a recv first
+        b.send(b"later")
+        run_until(eng, lambda: c.done, what="data sent later")
+        assert c.records[0][:2] == (5, False) and buf[:5] == b"later"
+        b.send(b"there")  # before the receive is asked for
+        c = Collector()
+        eng.recv_into(a.fileno(), buf, c, flags=engine.RECV_WAIT_FIRST)
+        run_until(eng, lambda: c.done, what="data waiting")
+        assert c.records[0][:2] == (5, False) and buf[:5] == b"there"
+        b.close()  # an EOF waiting
+        c = Collector()
+        eng.recv_into(a.fileno(), buf, c, flags=engine.RECV_WAIT_FIRST)
+        run_until(eng, lambda: c.done, what="EOF waiting")
+        assert c.records[0][:2] == (0, False)
+    finally:
+        eng.close()
+
+
+class _BigReader(asyncio.BufferedProtocol):
+    """A 64 KiB buffer: 100 KiB messages fill it, so its reads go direct
+    (decision 350)."""
+
+    def __init__(self):
+        self.buf = bytearray(65536)
+        self.got = 0
+
+    def get_buffer(self, sizehint):
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.got += nbytes
+
+
+def test_direct_receives_wait_first_after_a_short_read(loop, socketpair):
+    """A BufferedProtocol whose reads go straight into its 64 KiB buffer
+    (decision 350) reads a 100 KiB message as 64 KiB then, at once, 36 KiB;
+    that short read emptied the socket, so the engine receive for the next
+    message waits for data before it tries (decision 389). Counted as the
+    kernel's socket receives per message: 2 (the 64 KiB, the 36 KiB), not
+    3 (an attempt that met EAGAIN first: epoll's at submit, io_uring's in
+    the kernel before it armed its poll)."""
+    if loop.backend == "io_uring" and not loop._engine.info()["buffer_ring"]:
+        pytest.skip("no buffer ring (kernel before 5.19, or forced off): receives try first there")
+    a, b = socketpair()
+    msg = random.Random(389).randbytes(100 * 1024)
+    state = {}
+
+    async def start():
+        state["tr"], state["proto"] = await loop.create_connection(_BigReader, sock=a)
+
+    async def messages(n):
+        for _ in range(n):
+            want = state["proto"].got + len(msg)
+            await loop.sock_sendall(b, msg)
+            while state["proto"].got < want:
+                await asyncio.sleep(0.001)
+
+    loop.run_until_complete(asyncio.wait_for(start(), 10))
+    loop.run_until_complete(asyncio.wait_for(messages(2), 10))  # the switch to direct reads
+    calls = _receive_calls(lambda: loop.run_until_complete(asyncio.wait_for(messages(5), 10)))
+    state["tr"].close()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert calls == 2 * 5, calls

@@ -721,6 +721,82 @@ def test_read_pipe_reads_straight_into_the_chunks(loop):
     assert seen == [(64 * 1024, everything)] * 16
 
 
+def _epoll_et(tfd: int) -> bool | None:
+    """Whether this process's epoll registration of tfd is edge-triggered
+    (/proc/self/fdinfo), None when tfd is not registered."""
+    import select
+
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if "eventpoll" not in os.readlink(f"/proc/self/fd/{fd}"):
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                info = f.read()
+        except OSError:
+            continue
+        for line in info.splitlines():
+            parts = line.split()
+            if parts[:1] == ["tfd:"] and int(parts[1]) == tfd:
+                return bool(int(parts[3], 16) & select.EPOLLET)
+    return None
+
+
+def test_epoll_read_pipe_rearms_without_epoll_ctl(loop):
+    """Decision 382: on epoll a read pipe's level poll is re-armed at each
+    turn without a syscall (its fd registered level-triggered): 1 MiB read
+    as 16 chunks costs the registration and the switches around a pause, not
+    an epoll_ctl per chunk (17 before). While paused past the hold cap (the
+    poll cancelled), the fd is edge-triggered again, so the full pipe does not
+    wake every wait; after resume_reading every byte comes, in order."""
+    import fcntl
+
+    if loop._engine.backend != "epoll":
+        pytest.skip("io_uring re-arms with an SQE in the turn's one enter, no syscall of its own")
+    eng = loop._engine
+    data = os.urandom(MIB)
+    state = {}
+
+    class Reader(_Reader):
+        def data_received(self, data):
+            self.chunks.append(data)
+            if len(self.chunks) == 4:
+                self.t.pause_reading()
+
+    async def main():
+        r, w = os.pipe()
+        try:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, MIB)
+        except PermissionError:
+            os.close(r)
+            os.close(w)
+            pytest.skip("F_SETPIPE_SZ to 1 MiB refused (this user's pipe quota)")
+        assert os.write(w, data) == len(data)
+        p = Reader(loop)
+        before = eng.stats()["submitted"]
+        t, _ = await loop.connect_read_pipe(lambda: p, os.fdopen(r, "rb", 0))
+        while t._ud is not None:  # paused at 4 chunks, the cap cancels the poll at 8
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # an event for the fd nothing waits on
+        state["et_paused"] = _epoll_et(r)
+        n = eng.stats()["enters"]
+        await asyncio.sleep(0.05)
+        state["enters_paused"] = eng.stats()["enters"] - n
+        t.resume_reading()
+        while sum(map(len, p.chunks)) < len(data):
+            await asyncio.sleep(0.01)
+        state["et_reading"] = _epoll_et(r)
+        os.close(w)
+        assert await asyncio.wait_for(p.lost, 10) is None
+        state["syscalls"] = eng.stats()["submitted"] - before
+        assert b"".join(p.chunks) == data
+
+    run_in(loop, main())
+    assert state["et_paused"] is True
+    assert state["enters_paused"] <= 3, state  # a sleep's wait, not a spin
+    assert state["et_reading"] is False
+    assert state["syscalls"] <= 6, state
+
+
 def test_read_pipe_data_received_raising_is_reported_as_stock(any_loop):
     """An exception from data_received goes to the loop's exception handler
     and reading goes on, as with the stock reader handle."""

@@ -520,6 +520,75 @@ def test_records_behind_ready_callbacks_wait_in_c(tloop, buffered):
     run_in(tloop, main())
 
 
+@pytest.mark.parametrize("buffered", [False, True], ids=["protocol", "buffered"])
+def test_data_behind_ready_callbacks_is_not_queued_through_call_soon(tloop, buffered):
+    """Data that must wait behind ready callbacks waits as the stock loop's
+    reader callback does: its handle is appended to _ready, and
+    ``loop.call_soon`` (which the stock loop never calls for I/O) is not
+    asked: a call_soon wrapped on the loop instance sees nothing of the
+    transport's while 20 chunks come behind a spinning callback; the bytes
+    still come whole, in order, each after the callback queued before it
+    (decision 377)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        got = bytearray()
+        spin = {"on": True}
+
+        def spinner():  # keeps _ready non-empty at every poll
+            if spin["on"]:
+                loop.call_soon(spinner)
+
+        class Rec(Lost):
+            def data_received(self, data):
+                got.extend(data)
+
+        class BufRec(Rec, asyncio.BufferedProtocol):
+            buf = bytearray(2)
+
+            def get_buffer(self, sizehint):
+                return self.buf
+
+            def buffer_updated(self, nbytes):
+                got.extend(self.buf[:nbytes])
+
+        tr, proto, peer = await _connected(loop, BufRec if buffered else Rec)
+        want = b"".join(b"%02d;" % i for i in range(20))
+        seen, marks = [], []
+        real = loop.call_soon
+
+        def counting(callback, *args, **kwargs):
+            seen.append(callback)
+            return real(callback, *args, **kwargs)
+
+        with peer:
+            await asyncio.sleep(0)
+            loop.call_soon = counting
+            try:
+                loop.call_soon(spinner)
+                for i in range(20):
+                    peer.send(b"%02d;" % i)
+                    loop.call_soon(marks.append, (i, len(got)))  # ready before the next poll
+                    await asyncio.sleep(0.005)
+                for _ in range(2000):  # bounded: run_in's timeout fails a hang
+                    if len(got) >= len(want):
+                        break
+                    await asyncio.sleep(0.005)
+            finally:
+                del loop.call_soon
+                spin["on"] = False
+            peer.shutdown(socket.SHUT_WR)
+            await wait_for(proto.lost)
+        assert bytes(got) == want
+        # each mark ran before the chunk sent after it was queued had come
+        assert all(n <= 3 * i for i, n in marks), marks
+        mine = [x for x in (tr, getattr(tr, "_core", None), proto) if x is not None]
+        ours = [cb for cb in seen if any(getattr(cb, "__self__", None) is x for x in mine)]
+        assert ours == [], ours
+
+    run_in(tloop, main())
+
+
 def test_callbacks_of_one_poll_run_after_all_its_data(tloop):
     """Data for two transports that arrives in one poll: both data_received
     run before a callback the first one scheduled, as the stock loop runs
@@ -915,5 +984,199 @@ def test_get_buffer_misbehaves_for_the_second_buffer(tloop, caplog, bad):
             assert isinstance(exc, TypeError), exc
             message = _READ_ERROR
         assert sum(message in r.getMessage() for r in caplog.records) == 1
+
+    run_in(tloop, main())
+
+
+class _Big(asyncio.Protocol):
+    """A Protocol that keeps what it is given and, for each data_received,
+    its size and whether the engine's pool was whole then (None on the stock
+    loop); at the `stop`-th chunk it calls `then` on the transport."""
+
+    def __init__(self, stop=0, then=None):
+        loop = asyncio.get_running_loop()
+        self.eng = getattr(loop, "_engine", None)
+        self.everything = self.eng.info()["buf_count"] if self.eng else None
+        self.got = bytearray()
+        self.chunks = []
+        self.stop, self.then = stop, then
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        whole = self.eng.stats()["bufs_free"] == self.everything if self.eng else None
+        self.chunks.append((len(data), whole))
+        self.got += data
+        if len(self.chunks) == self.stop:
+            getattr(self.transport, self.then)()
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+def _message(i, n=100 * 1024):
+    return bytes((i + k) % 251 for k in range(256)) * (n // 256)
+
+
+def test_big_protocol_chunks_are_received_into_their_bytes(tloop):
+    """Decision 373: once a Protocol's chunk is four pool buffers or more,
+    its reads land in a new bytes that data_received gets (no pool buffer
+    in between: the pool is whole while data_received runs); a read of less
+    than a pool buffer goes back to the pool. Byte-exact throughout: 100 KiB
+    messages one at a time, a 1 MiB burst, small messages, EOF."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        tr, proto = await loop.create_connection(_Big, sock=a)
+        sent = bytearray()
+        marks = []
+        for i in range(6):
+            msg = _message(i)
+            await loop.sock_sendall(b, msg)
+            sent += msg
+            await wait_for(_until_got(proto, len(sent)))
+            marks.append(len(proto.chunks))
+        burst = b"".join(_message(i) for i in range(10))  # 1000 KiB at once
+        await loop.sock_sendall(b, burst)
+        sent += burst
+        await wait_for(_until_got(proto, len(sent)))
+        marks.append(len(proto.chunks))
+        for i in range(3):
+            small = bytes([i]) * 1000
+            await loop.sock_sendall(b, small)
+            sent += small
+            await wait_for(_until_got(proto, len(sent)))
+        b.close()
+        assert await wait_for(proto.lost) is None
+        assert bytes(proto.got) == bytes(sent)
+        return marks, proto.chunks
+
+    marks, chunks = run_in(tloop, main())
+    if is_stock(tloop):
+        return
+    # after the first message, every 100 KiB one came whole, in its own bytes
+    assert chunks[marks[0] : marks[5]] == [(100 * 1024, True)] * 5, (marks, chunks)
+    # the burst too (chunks of at most 112 KiB, never a pool buffer's)
+    assert all(whole and n <= 112 * 1024 for n, whole in chunks[marks[5] : marks[6]]), chunks
+    # the first small read is direct (it said so), the next ones are the pool's
+    assert chunks[-3:] == [(1000, True), (1000, False), (1000, False)], chunks
+
+
+@pytest.mark.parametrize("then", ["pause_reading", "close"])
+def test_pause_or_close_inside_a_direct_data_received_with_more_waiting(tloop, then):
+    """pause_reading() or close() inside data_received of a direct read
+    while more is waiting in the socket (a 1 MiB burst): nothing more is
+    handed over (after close, never; after pause, only after
+    resume_reading, in order and whole)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        tr, proto = await loop.create_connection(lambda: _Big(3, then), sock=a)
+        first = _message(0)
+        await loop.sock_sendall(b, first)  # the switch to direct reads
+        await wait_for(_until_got(proto, len(first)))
+        burst = b"".join(_message(i) for i in range(1, 11))
+        send = loop.create_task(loop.sock_sendall(b, burst))
+        while len(proto.chunks) < 3:
+            await asyncio.sleep(0.001)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        got = len(proto.got)
+        # uringloop: the chunk that stopped it came from a direct read
+        assert proto.chunks[2][1] in (None, True), proto.chunks
+        if then == "pause_reading":
+            assert tr.is_reading() is False
+            tr.resume_reading()
+            await wait_for(send)
+            await wait_for(_until_got(proto, len(first) + len(burst)))
+            b.close()
+            assert await wait_for(proto.lost) is None
+            assert bytes(proto.got) == first + burst
+        else:
+            assert await wait_for(proto.lost) is None
+            send.cancel()
+            b.close()
+            assert len(proto.got) == got  # nothing after close()
+        return got
+
+    got = run_in(tloop, main())
+    assert got < 100 * 1024 + 10 * 100 * 1024
+
+
+@pytest.mark.parametrize("then", ["pause_reading", "close", "abort"])
+def test_pause_or_close_while_a_direct_read_waits(tloop, then):
+    """pause_reading(), close() or abort() while a direct read waits (the
+    engine's one-shot receive into its bytes, decision 373), then 100 KiB
+    comes: paused, it is held and handed over whole after resume_reading;
+    closed, nothing more reaches the protocol and connection_lost comes
+    once. Cancel may lose the race: no byte is lost or doubled either way."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        tr, proto = await loop.create_connection(_Big, sock=a)
+        sent = bytearray()
+        for i in range(2):
+            msg = _message(i)
+            await loop.sock_sendall(b, msg)
+            sent += msg
+            await wait_for(_until_got(proto, len(sent)))
+        # uringloop: the second came from a direct read, and the next waits
+        assert proto.chunks[1] in ((100 * 1024, None), (100 * 1024, True)), proto.chunks
+        getattr(tr, then)()
+        msg = _message(7)
+        try:
+            await loop.sock_sendall(b, msg)
+        except OSError:
+            assert then != "pause_reading"  # the peer may be gone already
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert bytes(proto.got) == bytes(sent)  # nothing while paused or closed
+        if then == "pause_reading":
+            tr.resume_reading()
+            sent += msg
+            await wait_for(_until_got(proto, len(sent)))
+            b.close()
+        assert await wait_for(proto.lost) is None
+        b.close()
+        assert bytes(proto.got) == bytes(sent)
+
+    run_in(tloop, main())
+
+
+def test_eof_while_a_direct_read_waits(tloop):
+    """The peer's EOF (with 50 KiB before it) while a direct read waits
+    (decision 373): the bytes, then eof_received, then connection_lost."""
+
+    class Eof(_Big):
+        def eof_received(self):
+            self.chunks.append(("eof", len(self.got)))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        tr, proto = await loop.create_connection(Eof, sock=a)
+        sent = bytearray()
+        for i in range(2):
+            msg = _message(i)
+            await loop.sock_sendall(b, msg)
+            sent += msg
+            await wait_for(_until_got(proto, len(sent)))
+        assert proto.chunks[1] in ((100 * 1024, None), (100 * 1024, True)), proto.chunks
+        tail = _message(3, 50 * 1024)
+        await loop.sock_sendall(b, tail)
+        sent += tail
+        b.close()
+        assert await wait_for(proto.lost) is None
+        assert bytes(proto.got) == bytes(sent)
+        assert proto.chunks[-1] == ("eof", len(sent)), proto.chunks
 
     run_in(tloop, main())

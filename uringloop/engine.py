@@ -38,6 +38,7 @@ __all__ = [
     "OPT_TEST_EAGAIN",
     "OPT_GUARD",
     "OPT_TEST_NOBUF",
+    "RECV_WAIT_FIRST",
 ]
 
 OPT_NO_MULTISHOT = lib.UL_OPT_NO_MULTISHOT
@@ -53,6 +54,11 @@ OPT_GUARD = lib.UL_OPT_GUARD
 # test only (io_uring): pool receives complete with data but no buffer id, so
 # the engine's guard for a kernel that breaks buffer selection runs
 OPT_TEST_NOBUF = lib.UL_OPT_TEST_NOBUF
+# recv_into's flags: a read of the fd just came short, so the receive waits
+# for data before it tries (a hint; decision 389)
+RECV_WAIT_FIRST = lib.UL_RECV_WAIT_FIRST
+# poll(level=POLL_KEPT): a level poll whose owner keeps the fd open (engine.h)
+POLL_KEPT = lib.UL_POLL_KEPT
 
 _BACKENDS = {
     "auto": lib.UL_BACKEND_AUTO,
@@ -67,7 +73,7 @@ _ENTRY_POINTS = tuple(
     int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
     for name in ("ul_run", "ul_nop", "ul_recv", "ul_send", "ul_sendv", "ul_accept",
                  "ul_shutdown", "ul_close_fd", "ul_cancel", "ul_cancel_fd", "ul_wake", "ul_ready",
-                 "ul_recv_into")
+                 "ul_recv_into", "ul_poll")
 )
 
 # Engine methods that are the C table's own (bound per instance in __init__)
@@ -434,11 +440,15 @@ class Engine:
         raw = encode_sockaddr(family, addr)
         return self._cold(cb, raw, lambda ud: lib.ul_connect(self._e, ud, fd, raw, len(raw)))
 
-    def poll(self, fd: int, events: int, cb, level: bool = False) -> int:
+    def poll(self, fd: int, events: int, cb, level: bool | int = False) -> int:
+        """level: False, one record; True, a record (more) each run fd is
+        ready, until cancelled; POLL_KEPT, as True from an owner that keeps fd
+        open until the final record (epoll re-arms it with no syscall,
+        decision 382)."""
         fd = _check_fd(fd)
         if not isinstance(events, int) or events < 0 or events > _U32:
             raise ValueError("events must be a poll mask")
-        level = bool(level)
+        level = POLL_KEPT if level == POLL_KEPT else int(bool(level))
         return self._cold(cb, None, lambda ud: lib.ul_poll(self._e, ud, fd, events, level))
 
     def read(self, fd: int, buf, cb, offset: int = -1) -> int:

@@ -820,7 +820,8 @@ EXPORT int ul_recv_into(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t l
     BEGIN(K_RECV_INTO, fd);
     op->buf = buf;
     op->len = len;
-    op->msg_flags = flags;
+    op->wait_first = (flags & UL_RECV_WAIT_FIRST) != 0;
+    op->msg_flags = flags & ~UL_RECV_WAIT_FIRST;
     return submit(e, op);
 }
 
@@ -943,7 +944,7 @@ EXPORT int ul_poll(ul_engine *e, uint64_t ud, int fd, uint32_t events, int level
 {
     BEGIN(K_POLL, fd);
     op->events = events;
-    op->level = level != 0;
+    op->level = level == UL_POLL_KEPT ? UL_POLL_KEPT : level != 0;
     return submit(e, op);
 }
 

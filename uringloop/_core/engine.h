@@ -54,6 +54,9 @@
  * broken the buffer-select contract (data, no buffer id), so the engine's
  * guard for that case runs (it ends the op with -EIO, never naming bid 0). */
 #define UL_OPT_TEST_NOBUF 4096
+/* ul_recv_into's flags: wait for data before the first attempt (a hint;
+ * the bit is MSG_CMSG_CLOEXEC's, which means nothing to recv(2)) */
+#define UL_RECV_WAIT_FIRST 0x40000000
 
 typedef struct ul_record {
     uint64_t user_data;
@@ -145,6 +148,11 @@ uint8_t *ul_pool(ul_engine *e);
 int ul_nop(ul_engine *e, uint64_t ud);
 /* max caps a one-shot receive (0 = the pool buffer size) */
 int ul_recv(ul_engine *e, uint64_t ud, int fd, int multishot, uint32_t max);
+/* flags: MSG_* flags for recv(2), and UL_RECV_WAIT_FIRST: a read of fd
+ * has just come short or said EAGAIN, so the receive waits for data before
+ * it tries (io_uring: IORING_RECVSEND_POLL_FIRST; epoll: no attempt at
+ * submit when the fd is idle, as its re-arm reports data already there).
+ * A hint: the result is the same either way (decision 389). */
 int ul_recv_into(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len, int flags);
 int ul_send(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len, int flags);
 /* Ordered like ul_send: iov points to niov `struct iovec`s, copied at submit;
@@ -167,6 +175,12 @@ uint8_t *ul_dgram_pool(ul_engine *e, uint32_t *buf_size, uint32_t *count, uint32
 int ul_read_pool(ul_engine *e, uint64_t ud, int fd, int multishot, uint32_t max);
 int ul_accept(ul_engine *e, uint64_t ud, int fd, int multishot);
 int ul_connect(ul_engine *e, uint64_t ud, int fd, const char *addr, uint32_t addrlen);
+/* level 0: one record; 1: level-triggered, a record (MORE) each run the fd
+ * is ready, as add_reader; 2 (UL_POLL_KEPT): as 1, for an owner that keeps
+ * fd open until the op's final record and reads the fd at each record (a
+ * pipe transport), so a re-arm need not check which file fd names: epoll
+ * keeps such an fd registered level-triggered, no epoll_ctl per re-arm */
+#define UL_POLL_KEPT 2
 int ul_poll(ul_engine *e, uint64_t ud, int fd, uint32_t events, int level);
 int ul_read(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len, int64_t offset);
 int ul_write(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len, int64_t offset);

@@ -24,7 +24,14 @@
  *
  * Level-triggered polls (add_reader semantics) are one-shot polls re-armed at
  * the next turn through the backlog; re-arming is a MOD, which re-reports the
- * current state, so a still-readable fd fires again.
+ * current state, so a still-readable fd fires again. The MOD also re-checks
+ * which file the number names. A level poll whose owner keeps the fd open
+ * until the poll's final record (UL_POLL_KEPT: a pipe transport) needs no
+ * such check: while such polls are all an fd waits for, the fd is
+ * registered without EPOLLET and re-arming them is no syscall (decision
+ * 382). When anything else comes to wait on the fd, it goes back to
+ * edge-triggered; when an event finds no kept poll waiting (the poll was
+ * cancelled), too, so an fd nothing waits on does not keep firing.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -185,6 +192,20 @@ static int wants_out(ul_engine *e, const struct ul_fd *f)
     return 0;
 }
 
+/* Only kept level polls for reading wait on f: it may be registered
+ * level-triggered (decision 382) */
+static int kept_polls_only(ul_engine *e, const struct ul_fd *f)
+{
+    if (f->rq_head >= 0 || f->wq_head >= 0 || f->pq_head < 0)
+        return 0;
+    for (int32_t s = f->pq_head; s >= 0; s = op_at(e, s)->wq_next) {
+        const struct ul_op *op = op_at(e, s);
+        if (op->level != UL_POLL_KEPT || op_wants_out(op))
+            return 0;
+    }
+    return 1;
+}
+
 /* (Re)register fd. Returns 0, or -errno; EPERM marks a regular file.
  * EPOLLOUT only while something waits to write (decision 356): a re-arm
  * reports the fd's current state, and a writable socket would answer a
@@ -194,8 +215,9 @@ static int arm(ul_engine *e, int fd, int force_mod)
 {
     struct ep *p = e->bs;
     struct ul_fd *f = &e->fds[fd];
-    int out = wants_out(e, f);
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET | (out ? EPOLLOUT : 0),
+    int out = wants_out(e, f), lt = kept_polls_only(e, f);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | (lt ? 0 : EPOLLET) |
+                                       (out ? EPOLLOUT : 0),
                              .data.u64 = (uint64_t)fd};
     if (f->registered && !force_mod)
         return 0;
@@ -213,6 +235,7 @@ static int arm(ul_engine *e, int fd, int force_mod)
     }
     f->registered = 1;
     f->reg_out = (uint8_t)out;
+    f->reg_lt = (uint8_t)lt;
     f->reg_gen++;  /* events may come from another file than before */
     return 0;
 }
@@ -675,7 +698,7 @@ static int enqueue(ul_engine *e, struct ul_op *op)
     f = &e->fds[op->fd];
     q_push(e, f, op, 0);
     op->reg_gen = f->reg_gen;
-    if (!was_idle && f->registered && (f->reg_out || !op_wants_out(op)))
+    if (!was_idle && f->registered && !f->reg_lt && (f->reg_out || !op_wants_out(op)))
         return 0;
     int r = (f->regular && op->kind == K_READ_POOL) ? -EPERM : arm(e, op->fd, 1);
     if (r == -EPERM && op->kind == K_READ_POOL) {
@@ -699,10 +722,16 @@ static void wait_for(ul_engine *e, struct ul_op *op)
     enqueue(e, op);
 }
 
-static void poll_arm(ul_engine *e, struct ul_op *op)
+/* rearm: op is a level poll back from the backlog, not a new submission */
+static void poll_arm(ul_engine *e, struct ul_op *op, int rearm)
 {
     struct ul_fd *f = &e->fds[op->fd];
     q_push(e, f, op, 0);
+    /* a kept poll on its level-triggered registration: nothing to do
+     * (decision 382; its owner kept the fd, so it names the same file) */
+    if (rearm && op->level == UL_POLL_KEPT && f->registered && f->reg_lt &&
+        kept_polls_only(e, f))
+        return;
     int r = arm(e, op->fd, 1);
     if (r == -EPERM) {  /* regular file: always ready */
         q_remove(e, f, op);
@@ -727,7 +756,7 @@ static int ep_submit(ul_engine *e, struct ul_op *op)
         ul__finish(e, op, 0, 0, 0);
         return 0;
     case K_POLL:
-        poll_arm(e, op);
+        poll_arm(e, op, 0);
         return 0;
     case K_ACCEPT:
         if (op->nb == NB_NOWAIT)  /* accept4 has no per-call flag: read the mode once */
@@ -737,8 +766,13 @@ static int ep_submit(ul_engine *e, struct ul_op *op)
         break;
     }
     struct ul_fd *f = &e->fds[op->fd];
-    int r = (op->kind != K_SEND && queue_of(op) == Q_READ && f->rq_head >= 0)
-                ? TRY_WAIT  /* earlier readers go first */
+    /* earlier readers go first; a receive asked to wait first (a read of
+     * the socket just came short, decision 389) waits without an attempt
+     * when the fd is idle: leaving idle re-arms it (enqueue), and the
+     * re-arm reports data (or a hang-up) that is there already */
+    int r = (op->kind != K_SEND && queue_of(op) == Q_READ &&
+             (f->rq_head >= 0 || (op->wait_first && fd_idle(f))))
+                ? TRY_WAIT
                 : try_op(e, op);
     if (r == TRY_WAIT)
         wait_for(e, op);
@@ -817,7 +851,7 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
     for (uint32_t n = e->bl_count; n-- && ul__backlog_pop(e, &op);) {
         op->state = S_ACTIVE;
         if (op->kind == K_POLL)
-            poll_arm(e, op);
+            poll_arm(e, op, op->level != 0);
         else
             ep_submit(e, op);
     }
@@ -851,6 +885,10 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
         int fd = (int)tag;
         if (fd >= e->nfds || !e->fds[fd].registered)
             continue;
+        /* level-triggered, but no kept poll waits any more: edge-triggered
+         * again, or the fd would fire at every wait (decision 382) */
+        if (e->fds[fd].reg_lt && !kept_polls_only(e, &e->fds[fd]))
+            arm(e, fd, 1);
         if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI)) {
             p->drained_ok = !(ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
             run_queue(e, fd, Q_READ, 0);

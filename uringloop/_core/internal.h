@@ -90,6 +90,7 @@ struct ul_op {
                                    buffer or more, so the next reads RECV_IOV at once;
                                    K_RECVMSG_POOL: its last recvmmsg filled its batch,
                                    so the next takes DGRAM_BUDGET at once */
+    uint8_t wait_first;         /* K_RECV_INTO asked with UL_RECV_WAIT_FIRST */
     int fd;
     uint32_t sqe_idx;           /* io_uring: SQ index of the op's latest SQE */
     uint32_t reg_gen;           /* epoll: the fd's reg_gen when ident was last
@@ -148,6 +149,7 @@ struct ul_fd {
     /* epoll backend */
     uint8_t registered, regular, on_ready_list;
     uint8_t reg_out;            /* the registration asks for EPOLLOUT */
+    uint8_t reg_lt;             /* ... and is level-triggered (kept_polls_only) */
     int32_t rq_head, rq_tail;   /* ops waiting for readability */
     int32_t wq_head, wq_tail;   /* ops waiting for writability */
     int32_t pq_head, pq_tail;   /* poll ops */

@@ -40,6 +40,7 @@
 #include <string.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -740,6 +741,7 @@ static void give_exception(PyObject *exc)
 typedef int (*ul_nop_fn)(void *, uint64_t);
 typedef int (*ul_recv_fn)(void *, uint64_t, int, int, uint32_t);
 typedef int (*ul_recv_into_fn)(void *, uint64_t, int, char *, uint32_t, int);
+typedef int (*ul_poll_fn)(void *, uint64_t, int, uint32_t, int);
 typedef int (*ul_send_fn)(void *, uint64_t, int, const char *, uint32_t, int);
 typedef int (*ul_sendv_fn)(void *, uint64_t, int, const void *, uint32_t, int);
 typedef int (*ul_accept_fn)(void *, uint64_t, int, int);
@@ -755,7 +757,8 @@ typedef int (*ul_ready_fn)(void *);
 #define SLOT_LEAKED 4   /* C still owns an op there (-EBUSY): never reused */
 #define SLOT_VIEW 8     /* buffer records come as a pool memoryview, released after the call */
 #define SLOT_SENT 16    /* a Stream's own send: its records go to stream_sent_record (stream.c) */
-#define SLOT_DIRECT 32  /* a Stream's receive into its protocol's buffer: stream_direct_record */
+#define SLOT_DIRECT 32  /* a Stream's receive into its protocol's buffer, or a Protocol's poll between
+                          * direct reads (decision 373): stream_direct_record */
 #define SLOT_CHUNK 1024
 #define GEN_MASK ((1u << 30) - 1)
 #define MAX_IOV 1024
@@ -783,6 +786,7 @@ struct Table {
     ul_wake_fn wake;
     ul_ready_fn ready;
     ul_recv_into_fn recv_into;
+    ul_poll_fn poll;
     Slot *slots;
     uint32_t nslots, used;
     uint32_t *free; /* stack of free slots, lowest on top */
@@ -1699,23 +1703,24 @@ static PyObject *Table_deliver(Table *t, PyObject *arg)
 
 /* Table(native, addr_of): native = (ul_engine *, records, record_cap, pool,
  * pool_size, buf_size, ul_run, ul_nop, ul_recv, ul_send, ul_sendv, ul_accept,
- * ul_shutdown, ul_close_fd, ul_cancel, ul_cancel_fd, ul_wake, ul_ready, ul_recv_into),
+ * ul_shutdown, ul_close_fd, ul_cancel, ul_cancel_fd, ul_wake, ul_ready, ul_recv_into,
+ * ul_poll),
  * addresses as ints */
 static int Table_init(Table *t, PyObject *args, PyObject *kwds)
 {
     PyObject *native, *addr_of;
-    unsigned long long e, rec, pool, f[13];
+    unsigned long long e, rec, pool, f[14];
     Py_ssize_t cap, pool_size, buf_size;
     if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
         PyErr_SetString(PyExc_TypeError, "Table() takes no keyword arguments");
         return -1;
     }
     if (!PyArg_ParseTuple(args, "O!O:Table", &PyTuple_Type, &native, &addr_of) ||
-        !PyArg_ParseTuple(native, "KKnKnnKKKKKKKKKKKKK:native", &e, &rec, &cap, &pool, &pool_size,
+        !PyArg_ParseTuple(native, "KKnKnnKKKKKKKKKKKKKK:native", &e, &rec, &cap, &pool, &pool_size,
                           &buf_size, &f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6], &f[7],
-                          &f[8], &f[9], &f[10], &f[11], &f[12]))
+                          &f[8], &f[9], &f[10], &f[11], &f[12], &f[13]))
         return -1;
-    for (int i = 0; i < 13; i++) {
+    for (int i = 0; i < 14; i++) {
         if (f[i] == 0) {
             PyErr_SetString(PyExc_ValueError, "Table: a null function address");
             return -1;
@@ -1744,6 +1749,7 @@ static int Table_init(Table *t, PyObject *args, PyObject *kwds)
     t->wake = (ul_wake_fn)(uintptr_t)f[10];
     t->ready = (ul_ready_fn)(uintptr_t)f[11];
     t->recv_into = (ul_recv_into_fn)(uintptr_t)f[12];
+    t->poll = (ul_poll_fn)(uintptr_t)f[13];
     Py_XSETREF(t->addr_of, Py_NewRef(addr_of));
     return 0;
 }

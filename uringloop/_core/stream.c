@@ -67,7 +67,9 @@ typedef struct {
     char data_self, updated_self; /* on_data/on_updated are functions: pass protocol */
     char registered; /* in fd_streams (the loop's fd -> transport registry) */
     char rdirect;  /* R_*: where a BufferedProtocol's receive stands (decision 350) */
-    char bigfill;  /* the last feed filled a whole get_buffer() buffer of a pool buffer or more */
+    char bigfill;  /* the last feed filled a whole get_buffer() buffer of a pool buffer or more,
+                    * or a Protocol's last chunk was DIRECT_MIN pool buffers or more */
+    char dkind;    /* the SLOT_DIRECT op in flight is a Protocol's poll (decision 373) */
 } Stream;
 
 /* Stream.rdirect. A BufferedProtocol whose reads fill its buffer (of at
@@ -78,7 +80,10 @@ typedef struct {
  * goes back to the pool receive (_start_reading). R_HELD: one came while
  * callbacks were ahead of it in _ready, its bytes wait in the buffer for
  * _drain. R_STALE: set_protocol came while the buffer (dbuf) was the old
- * protocol's. */
+ * protocol's. A Protocol whose chunks come big reads into a new bytes of
+ * DIRECT_BYTES per read, which becomes data_received's argument, cut to
+ * what came; between reads it waits with a one-shot poll, no buffer (dkind,
+ * R_DIRECT; decision 373). */
 enum { R_POOL, R_SWITCHING, R_DIRECT, R_HELD, R_STALE };
 
 /* The stream transports' part of the loop's fd -> transport registry (the
@@ -326,16 +331,28 @@ static int stream_feed_pieces(Stream *s, const Piece *pc, int cnt, Py_ssize_t to
     return rc;
 }
 
+/* A Protocol's chunk of this many pool buffers or more says its reads come
+ * big (decision 373): one turn's pool records, joined */
+#define DIRECT_MIN 4
+
+/* What a Protocol's direct receive asks for: a new bytes of this size,
+ * decision 271's chunk (below glibc's 128 KiB mmap threshold with the bytes
+ * header, so the bytes comes from the heap and its memory is reused warm) */
+#define DIRECT_BYTES (112 * 1024)
+
 /* After a feed of pool bytes: when it filled a whole buffer of the
- * protocol's of a pool buffer or more, the reads come big, and the
- * protocol's buffer takes the next ones itself once the pool receive,
- * cancelled here, has ended (stream_deliver; decision 350). */
+ * protocol's of a pool buffer or more, or a Protocol's chunk was of
+ * DIRECT_MIN pool buffers or more, the reads come big, and the protocol's
+ * buffer (a new bytes for a Protocol) takes the next ones itself once the
+ * pool receive, cancelled here, has ended (stream_deliver; decisions 350,
+ * 373). A read pipe's Stream has no recv_ud. */
 static void stream_maybe_direct(Stream *s)
 {
     Table *t = s->loop->table;
-    if (s->bigfill && s->rdirect == R_POOL && s->recv_ud != 0 && s->buffered && s->rfast &&
-        s->held == NULL && s->on_data != NULL && s->transport != NULL && t != NULL &&
-        t->engine != NULL && t->cancel(t->engine, s->recv_ud) == 0)
+    if (s->bigfill && s->rdirect == R_POOL && s->recv_ud != 0 && s->rfast &&
+        s->held == NULL && s->on_data != NULL && (!s->buffered || s->on_updated != NULL) &&
+        s->transport != NULL && t != NULL && t->engine != NULL &&
+        t->cancel(t->engine, s->recv_ud) == 0)
         s->rdirect = R_SWITCHING;
 }
 
@@ -366,17 +383,26 @@ static int ready_empty(Core *loop)
     return r != NULL && Py_IS_TYPE(r, S.deque_type) && Py_SIZE(r) == 0;
 }
 
-/* call_soon(self._drain) in the transport's context. The bound method is
- * the queued handle's alone: a Stream kept it once made, 72 bytes for every
- * connection that ever had a record wait (decision 313). 0 or -1. */
+/* self._drain queued at the end of _ready in the transport's context, as
+ * the stock loop queues a reader's handle: appended to _ready itself
+ * (`_add_callback`), not through `loop.call_soon`, which it never calls for
+ * I/O (decision 377). In debug mode, with a patched get_debug or a foreign
+ * _ready, loop.call_soon(self._drain, context=) as before. The bound method
+ * is the queued handle's alone: a Stream kept it once made, 72 bytes for
+ * every connection that ever had a record wait (decision 313). 0 or -1. */
 static int stream_schedule_drain(Stream *s)
 {
     PyObject *drain = PyObject_GetAttr((PyObject *)s, s_drain);
     if (drain == NULL)
         return -1;
-    PyObject *argv[3] = {(PyObject *)s->loop, drain, s->ctx};
-    PyObject *h = PyObject_VectorcallMethod(s_call_soon, argv,
-                                            2 | PY_VECTORCALL_ARGUMENTS_OFFSET, kw_context);
+    PyObject *h;
+    if (s->ctx != NULL && PyContext_CheckExact(s->ctx) && makes_handles(s->loop)) {
+        h = soon(s->loop, drain, S.empty_tuple, s->ctx);
+    } else {
+        PyObject *argv[3] = {(PyObject *)s->loop, drain, s->ctx};
+        h = PyObject_VectorcallMethod(s_call_soon, argv, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                      kw_context);
+    }
     Py_DECREF(drain);
     Py_XDECREF(h);
     return h ? 0 : -1;
@@ -466,6 +492,10 @@ static PyObject *stream_recv(Stream *s, int32_t res, int more, PyObject *data,
                 Py_XDECREF(protocol);
                 rc = r ? 0 : stream_protocol_failed(s, m_data_failed);
                 Py_XDECREF(r);
+                if (r != NULL && s->loop->table != NULL) {
+                    s->bigfill = PyBytes_GET_SIZE(data) >= DIRECT_MIN * s->loop->table->buf_size;
+                    stream_maybe_direct(s);
+                }
             }
             if (enter && PyContext_Exit(s->ctx) < 0)
                 rc = -1;
@@ -510,15 +540,132 @@ static int stream_updated(Stream *s, Py_ssize_t n)
     return rc;
 }
 
-/* the receive may go on in the protocol's buffer (decision 350) */
+/* the receive may go on in the protocol's buffer, or a Protocol's in a new
+ * bytes (decisions 350, 373) */
 static inline int stream_direct_ok(Stream *s)
 {
-    return s->rfast && s->buffered && s->on_data != NULL && s->on_updated != NULL &&
+    return s->rfast && s->on_data != NULL && (!s->buffered || s->on_updated != NULL) &&
            s->transport != NULL && s->held == NULL && s->recv_ud == 0;
 }
 
 /* reads in a row a direct receive may make before it waits again */
 #define DIRECT_READS 16
+
+/* stream_read_direct's how: the engine's receive tries at once (D_SUBMIT),
+ * a recv() at once first (D_NOW: the last read filled its buffer), or the
+ * engine's receive waits for data first (D_DRAINED: the last read came
+ * short, so the socket was empty; decision 389) */
+enum { D_SUBMIT, D_NOW, D_DRAINED };
+
+/* the pool receive again (_start_reading): the reads came small, or the
+ * protocol's kind changed. 0, or -1 with an exception set. */
+static int stream_back_to_pool(Stream *s)
+{
+    PyObject *r = stream_call(s, s_start_reading, NULL, 0, 0);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* data_received(data) for a direct receive's bytes, in the transport's
+ * context (entered). 0, or -1 with an exception set. */
+static int stream_data(Stream *s, PyObject *data)
+{
+    PyObject *cb = Py_NewRef(s->on_data); /* set_protocol may replace them */
+    PyObject *protocol = s->data_self ? Py_NewRef(s->protocol) : NULL;
+    PyObject *r = stream_proto_call(cb, protocol, data);
+    Py_DECREF(cb);
+    Py_XDECREF(protocol);
+    int rc = r ? 0 : stream_protocol_failed(s, m_data_failed);
+    Py_XDECREF(r);
+    return rc;
+}
+
+/* A Protocol's direct receive waits in the engine for the socket to
+ * become readable: a one-shot poll(POLLIN), no buffer (a connection that
+ * goes quiet holds nothing: decision 373), whose record is the Stream's
+ * (stream_poll_record). 0, or -1 with an exception set. */
+static int stream_arm_poll(Stream *s)
+{
+    Table *t = s->loop->table;
+    uint64_t ud = table_take(t, (PyObject *)s, NULL, SLOT_DIRECT);
+    int rc = ud ? t->poll(t->engine, ud, s->fd, POLLIN, 0) : -1;
+    if (rc < 0) {
+        if (ud)
+            table_refused(t, ud, rc);
+        return -1;
+    }
+    s->dkind = 1;
+    s->recv_ud = ud;
+    s->rdirect = R_DIRECT;
+    return 0;
+}
+
+#define RECV_NOMEM PY_SSIZE_T_MIN
+
+/* one recv(MSG_DONTWAIT) of up to DIRECT_BYTES into a new bytes, cut to
+ * what came: > 0 bytes (*out the bytes), 0 EOF, -errno (-EAGAIN: nothing
+ * waits), or RECV_NOMEM with an exception set. */
+static ssize_t stream_recv_bytes(Stream *s, PyObject **out)
+{
+    PyObject *b = *out = PyBytes_FromStringAndSize(NULL, DIRECT_BYTES);
+    if (b == NULL)
+        return RECV_NOMEM;
+    ssize_t got;
+    do
+        got = recv(s->fd, PyBytes_AS_STRING(b), DIRECT_BYTES, MSG_DONTWAIT);
+    while (got < 0 && errno == EINTR);
+    if (got < 0)
+        got = errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    if (got <= 0) {
+        Py_CLEAR(*out);
+        return got;
+    }
+    if (got < DIRECT_BYTES && _PyBytes_Resize(out, got) < 0)
+        return RECV_NOMEM; /* the bytes are lost with the memory: as a failed read */
+    return got;
+}
+
+/* The receive of a Protocol whose chunks come big (decision 373), in the
+ * transport's context (entered): each read lands in a new bytes of
+ * DIRECT_BYTES, cut to what came (an in-place shrink of the heap block)
+ * and handed to data_received, with no pool buffer in between: one copy of
+ * every byte, the kernel's, as decision 365's pipe reader. now: the socket
+ * is likely readable (a poll said so), read at once; while a read fills
+ * its bytes the next one follows at once too (as decision 350), up to
+ * DIRECT_READS; otherwise the Stream waits with a poll (stream_arm_poll).
+ * A read of less than a pool buffer, or a BufferedProtocol set meanwhile,
+ * goes back to the pool receive; EAGAIN waits again. EOF and errors are a
+ * final record for stream_recv (the transport's _on_recv). 0, or -1 with
+ * an exception set. */
+static int stream_read_bytes(Stream *s, int now)
+{
+    Table *t = s->loop->table;
+    for (int reads = 0; t != NULL && t->engine != NULL && stream_direct_ok(s); reads++) {
+        if (s->buffered)
+            return stream_back_to_pool(s);
+        if (!now || reads >= DIRECT_READS)
+            return stream_arm_poll(s);
+        PyObject *b;
+        ssize_t got = stream_recv_bytes(s, &b);
+        if (got == RECV_NOMEM)
+            return -1;
+        if (got == -EAGAIN)
+            return stream_arm_poll(s);
+        if (got <= 0) { /* EOF, an error: the op's final record */
+            PyObject *r = stream_recv(s, (int32_t)got, 0, Py_None, NULL, 0);
+            Py_XDECREF(r);
+            return r ? 0 : -1;
+        }
+        int rc = stream_data(s, b);
+        Py_DECREF(b);
+        if (rc < 0)
+            return -1;
+        now = got == DIRECT_BYTES;
+        if (got < t->buf_size && stream_direct_ok(s)) /* small now: the pool again */
+            return stream_back_to_pool(s);
+    }
+    return 0;
+}
 
 /* The receive of a BufferedProtocol whose reads come big, in the
  * transport's context (entered; decision 350), the stock way: get_buffer(-1)
@@ -527,15 +674,21 @@ static inline int stream_direct_ok(Stream *s)
  * stock loop and libuv read on while a read fills the buffer; otherwise,
  * or once the socket says EAGAIN, a one-shot engine receive into the
  * buffer, which stays exported (a bytearray cannot be resized) until its
- * record (stream_direct_record). EOF and errors are a final record for
- * stream_recv (the transport's _on_recv). A buffer smaller than a pool
+ * record (stream_direct_record); after a read that came short or said
+ * EAGAIN it waits for data before it tries (UL_RECV_WAIT_FIRST, decision
+ * 389: epoll's attempt at submit only met EAGAIN). EOF and errors are a
+ * final record for stream_recv (the transport's _on_recv). A buffer smaller than a pool
  * buffer, or one recv_into would refuse, is let go and the pool receive
  * takes over (_start_reading): it asks get_buffer again when bytes come and
  * reports a bad buffer the stock way. 0, or -1 with an exception set. */
-static int stream_read_direct(Stream *s, int now)
+static int stream_read_direct(Stream *s, int how)
 {
     Table *t = s->loop->table;
+    if (!s->buffered)
+        return stream_read_bytes(s, how == D_NOW);
     for (int reads = 0; t != NULL && t->engine != NULL && stream_direct_ok(s); reads++) {
+        if (!s->buffered) /* set_protocol inside buffer_updated */
+            return stream_back_to_pool(s);
         PyObject *protocol = Py_XNewRef(s->protocol);
         PyObject *num = PyLong_FromLong(-1);
         PyObject *buf = num ? stream_proto_call(s->on_data, s->data_self ? protocol : NULL, num)
@@ -560,14 +713,16 @@ static int stream_read_direct(Stream *s, int now)
         }
         size_t len = b->len < (1 << 30) ? (size_t)b->len : (1u << 30); /* res is an int32 */
         ssize_t got = -1;
-        if (now && reads < DIRECT_READS) {
+        if (how == D_NOW && reads < DIRECT_READS) {
             do
                 got = recv(s->fd, b->buf, len, MSG_DONTWAIT);
             while (got < 0 && errno == EINTR);
-            if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+            if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
                 got = -errno;
-            else if (got < 0)
-                got = -1; /* EAGAIN: wait below */
+            } else if (got < 0) {
+                got = -1; /* EAGAIN: wait below, without another try */
+                how = D_DRAINED;
+            }
         }
         if (got >= 0 || got < -1) {
             PyBuffer_Release(b);
@@ -579,7 +734,7 @@ static int stream_read_direct(Stream *s, int now)
             }
             if (stream_updated(s, got) < 0)
                 return -1;
-            now = (size_t)got == len;
+            how = (size_t)got == len ? D_NOW : D_DRAINED;
             if (got < t->buf_size && stream_direct_ok(s)) { /* small now: the pool again */
                 PyObject *r = stream_call(s, s_start_reading, NULL, 0, 0);
                 Py_XDECREF(r);
@@ -588,7 +743,9 @@ static int stream_read_direct(Stream *s, int now)
             continue;
         }
         uint64_t ud = table_take(t, (PyObject *)s, NULL, SLOT_DIRECT);
-        int rc = ud ? t->recv_into(t->engine, ud, s->fd, b->buf, (uint32_t)len, 0) : -1;
+        int rc = ud ? t->recv_into(t->engine, ud, s->fd, b->buf, (uint32_t)len,
+                                   how == D_DRAINED ? UL_RECV_WAIT_FIRST : 0)
+                    : -1;
         if (rc < 0) {
             PyBuffer_Release(b);
             PyMem_Free(b);
@@ -636,7 +793,7 @@ static int stream_direct_done(Stream *s, int32_t res, int enter)
         rc = stream_updated(s, res);
         if (rc == 0 && stream_direct_ok(s)) {
             if (res >= s->loop->table->buf_size) {
-                rc = stream_read_direct(s, (size_t)res == len);
+                rc = stream_read_direct(s, (size_t)res == len ? D_NOW : D_DRAINED);
             } else { /* small now: the pool again */
                 PyObject *r = stream_call(s, s_start_reading, NULL, 0, 0);
                 Py_XDECREF(r);
@@ -651,6 +808,56 @@ static int stream_direct_done(Stream *s, int32_t res, int enter)
     return rc;
 }
 
+/* The poll of a Protocol's direct receive ended (decision 373): the
+ * socket is readable (or hung up, or in error), and the reads go on
+ * (stream_read_bytes). When what _ready held before the poll (or records
+ * held already) must go first, one read is made now and its bytes are held
+ * as a pool receive's record would be, and the poll waits again (a small
+ * read is held as the op's last record: the pool receive follows). Paused,
+ * closing, another protocol set meanwhile, or the poll cancelled or failed:
+ * nothing was read, the record says -ECANCELED (or the error) to the
+ * transport's _on_recv, whose next receive is the pool's. 1, or -1 with an
+ * exception set. */
+static int stream_poll_record(Stream *s, int32_t res)
+{
+    int was = s->rdirect;
+    s->dkind = 0;
+    s->rdirect = R_POOL;
+    int ok = res >= 0 && was == R_DIRECT && s->rfast && !s->buffered && s->on_data != NULL &&
+             s->transport != NULL && s->loop->table != NULL && s->loop->table->engine != NULL;
+    int rc = -1;
+    Py_INCREF(s);
+    if (!ok) {
+        PyObject *r = stream_recv(s, res < 0 ? res : -ECANCELED, 0, Py_None, NULL, 1);
+        Py_XDECREF(r);
+        rc = r ? 0 : -1;
+    } else if (s->held != NULL || !ready_empty(s->loop)) {
+        PyObject *b;
+        ssize_t got = stream_recv_bytes(s, &b);
+        if (got == -EAGAIN) {
+            rc = stream_arm_poll(s);
+        } else if (got > 0) {
+            int more = got >= s->loop->table->buf_size;
+            PyObject *args[3] = {PyLong_FromSsize_t(got), more ? Py_True : Py_False, b};
+            PyObject *r = args[0] ? stream_hold(s, args) : NULL;
+            Py_XDECREF(args[0]);
+            Py_DECREF(b);
+            Py_XDECREF(r);
+            rc = r == NULL ? -1 : more ? stream_arm_poll(s) : 0;
+        } else if (got != RECV_NOMEM) {
+            PyObject *r = stream_recv(s, (int32_t)got, 0, Py_None, NULL, 1);
+            Py_XDECREF(r);
+            rc = r ? 0 : -1;
+        }
+    } else if (PyContext_Enter(s->ctx) == 0) {
+        rc = stream_read_bytes(s, 1);
+        if (PyContext_Exit(s->ctx) < 0)
+            rc = -1;
+    }
+    Py_DECREF(s);
+    return rc < 0 ? -1 : 1;
+}
+
 /* A record of a SLOT_DIRECT slot: the direct receive ended (decision 350).
  * Bytes that must wait behind what _ready held before the poll (or behind
  * records held already) stay in the protocol's buffer, and a held record
@@ -660,6 +867,8 @@ static int stream_direct_record(PyObject *owner, int32_t res)
 {
     Stream *s = (Stream *)owner;
     s->recv_ud = 0;
+    if (s->dkind)
+        return stream_poll_record(s, res);
     if (res > 0 && s->rdirect == R_DIRECT && (s->held != NULL || !ready_empty(s->loop))) {
         PyObject *args[3] = {PyLong_FromLong(res), Py_False, Py_None};
         PyObject *r = args[0] ? stream_hold(s, args) : NULL;
@@ -1284,13 +1493,14 @@ static int stream_deliver(PyObject *owner, int32_t res, int more, PyObject *data
             /* the pool receive cancelled for a direct one has ended: that
              * one follows, unless something else came up meanwhile */
             s->rdirect = R_POOL;
-            if (res == -ECANCELED && s->rfast && s->buffered && s->on_data != NULL &&
-                s->transport != NULL && s->held == NULL) {
+            if (res == -ECANCELED && s->rfast && s->on_data != NULL &&
+                (!s->buffered || s->on_updated != NULL) && s->transport != NULL &&
+                s->held == NULL) {
                 s->recv_ud = 0;
                 int rc = -1;
                 Py_INCREF(s);
                 if (PyContext_Enter(s->ctx) == 0) {
-                    rc = stream_read_direct(s, 0);
+                    rc = stream_read_direct(s, D_SUBMIT);
                     if (PyContext_Exit(s->ctx) < 0)
                         rc = -1;
                 }

@@ -634,6 +634,10 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
         s->addr = (uint64_t)(uintptr_t)op->buf;
         s->len = op->len;
         s->op_flags = (uint32_t)op->msg_flags;
+        /* a read of the socket just came short: poll before the receive,
+         * as decision 357's one-shot pool receive (5.19, as the ring) */
+        if (op->wait_first && u->bufring)
+            s->ioprio = UL_RECVSEND_POLL_FIRST;
         break;
     case K_SEND:
     case K_SENDV: {

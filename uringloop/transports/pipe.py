@@ -41,7 +41,7 @@ import warnings
 from asyncio import constants, events, format_helpers, futures, transports
 from asyncio.log import logger
 
-from .. import _sched
+from .. import _sched, engine
 from .base import ECANCELED as _ECANCELED
 from .base import TransportBase
 from .base import os_error as _os_error
@@ -191,7 +191,9 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
 
     def _start_reading(self):
         if self._ud is None and self.is_reading() and not self._held:
-            self._ud = self._engine.poll(self._fileno, select.POLLIN, self._core, level=True)
+            self._ud = self._engine.poll(
+                self._fileno, select.POLLIN, self._core, level=engine.POLL_KEPT
+            )
             self._cancelled = False
         self._sync()
 
