@@ -123,6 +123,24 @@ def require_uring() -> None:
     pytest.skip(f"io_uring unavailable: {reason}")
 
 
+def epoll_events(tfd: int) -> int | None:
+    """The event mask this process's epoll instance registered for tfd
+    (/proc/self/fdinfo), or None."""
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if "eventpoll" not in os.readlink(f"/proc/self/fd/{fd}"):
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                info = f.read()
+        except OSError:
+            continue
+        for line in info.splitlines():
+            parts = line.split()
+            if parts[:1] == ["tfd:"] and int(parts[1]) == tfd:
+                return int(parts[3], 16)
+    return None
+
+
 def open_fds() -> set[int]:
     """This process's open fd numbers (Linux /proc). The listing shows its own
     directory fd, closed by the time we look: fd_is_open drops it."""

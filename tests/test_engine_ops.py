@@ -12,6 +12,7 @@ import pytest
 from conftest import (
     Collector,
     drain,
+    epoll_events,
     fd_is_open,
     pump_send,
     recv_exact,
@@ -389,24 +390,6 @@ def test_poll_level_kept(eng, pipe):
     assert eng.in_flight == 0
 
 
-def _epoll_events(tfd: int) -> int | None:
-    """The event mask this process's epoll instance registered for tfd
-    (/proc/self/fdinfo), or None."""
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if "eventpoll" not in os.readlink(f"/proc/self/fd/{fd}"):
-                continue
-            with open(f"/proc/self/fdinfo/{fd}") as f:
-                info = f.read()
-        except OSError:
-            continue
-        for line in info.splitlines():
-            parts = line.split()
-            if parts[:1] == ["tfd:"] and int(parts[1]) == tfd:
-                return int(parts[3], 16)
-    return None
-
-
 def test_epoll_kept_level_poll_rearms_without_epoll_ctl(pipe):
     """Decision 382: on epoll a kept level poll's fd is registered level-
     triggered while such polls are all that waits on it, so its re-arm at
@@ -424,7 +407,7 @@ def test_epoll_kept_level_poll_rearms_without_epoll_ctl(pipe):
         ud = eng.poll(r, select.POLLIN, col, level=engine.POLL_KEPT)
         run_until(eng, lambda: len(col.records) >= 20, what="kept level records")
         assert eng.stats()["submitted"] - before == 1  # the registration
-        assert not _epoll_events(r) & select.EPOLLET
+        assert not epoll_events(r) & select.EPOLLET
 
         r2, w2 = pipe()
         os.write(w2, b"x")
@@ -433,14 +416,14 @@ def test_epoll_kept_level_poll_rearms_without_epoll_ctl(pipe):
         ud2 = eng.poll(r2, select.POLLIN, plain, level=True)
         run_until(eng, lambda: len(plain.records) >= 20, what="level records")
         assert eng.stats()["submitted"] - before >= 20  # a MOD per re-arm
-        assert _epoll_events(r2) & select.EPOLLET
+        assert epoll_events(r2) & select.EPOLLET
         assert eng.cancel(ud2)
         wait_done(eng, plain)
 
         assert eng.cancel(ud)
         wait_done(eng, col)
         settle(eng)
-        assert _epoll_events(r) & select.EPOLLET, "an fd nothing waits on stays level"
+        assert epoll_events(r) & select.EPOLLET, "an fd nothing waits on stays level"
         n = eng.stats()["submitted"]
         settle(eng)
         assert eng.stats()["submitted"] == n
@@ -448,11 +431,11 @@ def test_epoll_kept_level_poll_rearms_without_epoll_ctl(pipe):
         col = Collector()
         ud = eng.poll(r, select.POLLIN, col, level=engine.POLL_KEPT)
         run_until(eng, lambda: len(col.records) >= 2, what="kept level records")
-        assert not _epoll_events(r) & select.EPOLLET
+        assert not epoll_events(r) & select.EPOLLET
         reader = Collector()
         eng.read_pool(r, reader)  # a reader joins: edge-triggered again
         run_until(eng, lambda: reader.payload() == b"x", what="the reader's byte")
-        assert _epoll_events(r) & select.EPOLLET
+        assert epoll_events(r) & select.EPOLLET
         eng.cancel_fd(r)
         wait_done(eng, col)
         wait_done(eng, reader)

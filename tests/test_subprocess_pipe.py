@@ -20,7 +20,7 @@ import warnings
 from asyncio import unix_events
 
 import pytest
-from conftest import is_stock, make_loop, run_in
+from conftest import epoll_events, is_stock, make_loop, run_in
 
 from uringloop.transports import subprocess as ul_subprocess
 
@@ -684,13 +684,26 @@ def test_read_pipe_data_goes_to_the_protocol_from_c(loop):
     run_in(loop, main())
 
 
+def _mib_pipe() -> tuple[int, int]:
+    """A pipe of 1 MiB (F_SETPIPE_SZ), so that a MiB written waits whole."""
+    import fcntl
+
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, MIB)
+    except PermissionError:
+        os.close(r)
+        os.close(w)
+        pytest.skip("F_SETPIPE_SZ to 1 MiB refused (this user's pipe quota)")
+    return r, w
+
+
 def test_read_pipe_reads_straight_into_the_chunks(loop):
     """Decision 365: each data_received gets the bytes one read(2) of at most
     64 KiB wrote into, no engine pool buffer between. A 1 MiB pipe filled
     before the loop reads comes as 16 chunks of 64 KiB, and while
     data_received runs the engine's pool is whole (a pool read's buffers are
     in use until the next run)."""
-    import fcntl
 
     eng = loop._engine
     everything = eng.info()["buf_count"]
@@ -702,13 +715,7 @@ def test_read_pipe_reads_straight_into_the_chunks(loop):
             self.chunks.append(data)
 
     async def main():
-        r, w = os.pipe()
-        try:
-            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, MIB)
-        except PermissionError:
-            os.close(r)
-            os.close(w)
-            pytest.skip("F_SETPIPE_SZ to 1 MiB refused (this user's pipe quota)")
+        r, w = _mib_pipe()
         data = bytes(range(256)) * (MIB // 256)
         assert os.write(w, data) == MIB
         os.close(w)
@@ -722,23 +729,12 @@ def test_read_pipe_reads_straight_into_the_chunks(loop):
 
 
 def _epoll_et(tfd: int) -> bool | None:
-    """Whether this process's epoll registration of tfd is edge-triggered
-    (/proc/self/fdinfo), None when tfd is not registered."""
+    """Whether this process's epoll registration of tfd is edge-triggered,
+    None when tfd is not registered."""
     import select
 
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if "eventpoll" not in os.readlink(f"/proc/self/fd/{fd}"):
-                continue
-            with open(f"/proc/self/fdinfo/{fd}") as f:
-                info = f.read()
-        except OSError:
-            continue
-        for line in info.splitlines():
-            parts = line.split()
-            if parts[:1] == ["tfd:"] and int(parts[1]) == tfd:
-                return bool(int(parts[3], 16) & select.EPOLLET)
-    return None
+    events = epoll_events(tfd)
+    return None if events is None else bool(events & select.EPOLLET)
 
 
 def test_epoll_read_pipe_rearms_without_epoll_ctl(loop):
@@ -748,7 +744,6 @@ def test_epoll_read_pipe_rearms_without_epoll_ctl(loop):
     an epoll_ctl per chunk (17 before). While paused past the hold cap (the
     poll cancelled), the fd is edge-triggered again, so the full pipe does not
     wake every wait; after resume_reading every byte comes, in order."""
-    import fcntl
 
     if loop._engine.backend != "epoll":
         pytest.skip("io_uring re-arms with an SQE in the turn's one enter, no syscall of its own")
@@ -763,13 +758,7 @@ def test_epoll_read_pipe_rearms_without_epoll_ctl(loop):
                 self.t.pause_reading()
 
     async def main():
-        r, w = os.pipe()
-        try:
-            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, MIB)
-        except PermissionError:
-            os.close(r)
-            os.close(w)
-            pytest.skip("F_SETPIPE_SZ to 1 MiB refused (this user's pipe quota)")
+        r, w = _mib_pipe()
         assert os.write(w, data) == len(data)
         p = Reader(loop)
         before = eng.stats()["submitted"]

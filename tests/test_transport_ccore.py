@@ -1109,27 +1109,34 @@ def test_pause_or_close_inside_a_direct_data_received_with_more_waiting(tloop, t
     assert got < 100 * 1024 + 10 * 100 * 1024
 
 
+async def _two_big_messages(loop, protocol):
+    """A connection over a socketpair whose second 100 KiB message came by a
+    direct read (decision 373) on uringloop, so that the next read waits:
+    (transport, protocol, the peer's socket, the bytes sent)."""
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    tr, proto = await loop.create_connection(protocol, sock=a)
+    sent = bytearray()
+    for i in range(2):
+        msg = _message(i)
+        await loop.sock_sendall(b, msg)
+        sent += msg
+        await wait_for(_until_got(proto, len(sent)))
+    assert proto.chunks[1] in ((100 * 1024, None), (100 * 1024, True)), proto.chunks
+    return tr, proto, b, sent
+
+
 @pytest.mark.parametrize("then", ["pause_reading", "close", "abort"])
 def test_pause_or_close_while_a_direct_read_waits(tloop, then):
     """pause_reading(), close() or abort() while a direct read waits (the
-    engine's one-shot receive into its bytes, decision 373), then 100 KiB
+    engine's one-shot poll, decision 373), then 100 KiB
     comes: paused, it is held and handed over whole after resume_reading;
     closed, nothing more reaches the protocol and connection_lost comes
     once. Cancel may lose the race: no byte is lost or doubled either way."""
 
     async def main():
         loop = asyncio.get_running_loop()
-        a, b = socket.socketpair()
-        b.setblocking(False)
-        tr, proto = await loop.create_connection(_Big, sock=a)
-        sent = bytearray()
-        for i in range(2):
-            msg = _message(i)
-            await loop.sock_sendall(b, msg)
-            sent += msg
-            await wait_for(_until_got(proto, len(sent)))
-        # uringloop: the second came from a direct read, and the next waits
-        assert proto.chunks[1] in ((100 * 1024, None), (100 * 1024, True)), proto.chunks
+        tr, proto, b, sent = await _two_big_messages(loop, _Big)
         getattr(tr, then)()
         msg = _message(7)
         try:
@@ -1161,16 +1168,7 @@ def test_eof_while_a_direct_read_waits(tloop):
 
     async def main():
         loop = asyncio.get_running_loop()
-        a, b = socket.socketpair()
-        b.setblocking(False)
-        tr, proto = await loop.create_connection(Eof, sock=a)
-        sent = bytearray()
-        for i in range(2):
-            msg = _message(i)
-            await loop.sock_sendall(b, msg)
-            sent += msg
-            await wait_for(_until_got(proto, len(sent)))
-        assert proto.chunks[1] in ((100 * 1024, None), (100 * 1024, True)), proto.chunks
+        tr, proto, b, sent = await _two_big_messages(loop, Eof)
         tail = _message(3, 50 * 1024)
         await loop.sock_sendall(b, tail)
         sent += tail
