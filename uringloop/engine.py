@@ -39,6 +39,7 @@ __all__ = [
     "OPT_GUARD",
     "OPT_TEST_NOBUF",
     "RECV_WAIT_FIRST",
+    "POLL_KEPT",
 ]
 
 OPT_NO_MULTISHOT = lib.UL_OPT_NO_MULTISHOT

@@ -566,6 +566,16 @@ static int stream_back_to_pool(Stream *s)
     return r ? 0 : -1;
 }
 
+/* the direct op's final record res (EOF, an error, -ECANCELED) for
+ * stream_recv, as a receive's last record. enter: the transport's context
+ * is not current yet. 0, or -1 with an exception set. */
+static int stream_final(Stream *s, int32_t res, int enter)
+{
+    PyObject *r = stream_recv(s, res, 0, Py_None, NULL, enter);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
 /* data_received(data) for a direct receive's bytes, in the transport's
  * context (entered). 0, or -1 with an exception set. */
 static int stream_data(Stream *s, PyObject *data)
@@ -651,11 +661,8 @@ static int stream_read_bytes(Stream *s, int now)
             return -1;
         if (got == -EAGAIN)
             return stream_arm_poll(s);
-        if (got <= 0) { /* EOF, an error: the op's final record */
-            PyObject *r = stream_recv(s, (int32_t)got, 0, Py_None, NULL, 0);
-            Py_XDECREF(r);
-            return r ? 0 : -1;
-        }
+        if (got <= 0) /* EOF, an error: the op's final record */
+            return stream_final(s, (int32_t)got, 0);
         int rc = stream_data(s, b);
         Py_DECREF(b);
         if (rc < 0)
@@ -707,9 +714,7 @@ static int stream_read_direct(Stream *s, int how)
             PyErr_Clear();
             if (!stream_direct_ok(s))
                 return 0;
-            PyObject *r = stream_call(s, s_start_reading, NULL, 0, 0);
-            Py_XDECREF(r);
-            return r ? 0 : -1;
+            return stream_back_to_pool(s);
         }
         size_t len = b->len < (1 << 30) ? (size_t)b->len : (1u << 30); /* res is an int32 */
         ssize_t got = -1;
@@ -727,19 +732,13 @@ static int stream_read_direct(Stream *s, int how)
         if (got >= 0 || got < -1) {
             PyBuffer_Release(b);
             PyMem_Free(b);
-            if (got <= 0) { /* EOF, an error: the op's final record */
-                PyObject *r = stream_recv(s, (int32_t)got, 0, Py_None, NULL, 0);
-                Py_XDECREF(r);
-                return r ? 0 : -1;
-            }
+            if (got <= 0) /* EOF, an error: the op's final record */
+                return stream_final(s, (int32_t)got, 0);
             if (stream_updated(s, got) < 0)
                 return -1;
             how = (size_t)got == len ? D_NOW : D_DRAINED;
-            if (got < t->buf_size && stream_direct_ok(s)) { /* small now: the pool again */
-                PyObject *r = stream_call(s, s_start_reading, NULL, 0, 0);
-                Py_XDECREF(r);
-                return r ? 0 : -1;
-            }
+            if (got < t->buf_size && stream_direct_ok(s)) /* small now: the pool again */
+                return stream_back_to_pool(s);
             continue;
         }
         uint64_t ud = table_take(t, (PyObject *)s, NULL, SLOT_DIRECT);
@@ -795,9 +794,7 @@ static int stream_direct_done(Stream *s, int32_t res, int enter)
             if (res >= s->loop->table->buf_size) {
                 rc = stream_read_direct(s, (size_t)res == len ? D_NOW : D_DRAINED);
             } else { /* small now: the pool again */
-                PyObject *r = stream_call(s, s_start_reading, NULL, 0, 0);
-                Py_XDECREF(r);
-                rc = r ? 0 : -1;
+                rc = stream_back_to_pool(s);
             }
         }
         if (enter && PyContext_Exit(s->ctx) < 0)
@@ -828,9 +825,7 @@ static int stream_poll_record(Stream *s, int32_t res)
     int rc = -1;
     Py_INCREF(s);
     if (!ok) {
-        PyObject *r = stream_recv(s, res < 0 ? res : -ECANCELED, 0, Py_None, NULL, 1);
-        Py_XDECREF(r);
-        rc = r ? 0 : -1;
+        rc = stream_final(s, res < 0 ? res : -ECANCELED, 1);
     } else if (s->held != NULL || !ready_empty(s->loop)) {
         PyObject *b;
         ssize_t got = stream_recv_bytes(s, &b);
@@ -845,9 +840,7 @@ static int stream_poll_record(Stream *s, int32_t res)
             Py_XDECREF(r);
             rc = r == NULL ? -1 : more ? stream_arm_poll(s) : 0;
         } else if (got != RECV_NOMEM) {
-            PyObject *r = stream_recv(s, (int32_t)got, 0, Py_None, NULL, 1);
-            Py_XDECREF(r);
-            rc = r ? 0 : -1;
+            rc = stream_final(s, (int32_t)got, 1);
         }
     } else if (PyContext_Enter(s->ctx) == 0) {
         rc = stream_read_bytes(s, 1);
