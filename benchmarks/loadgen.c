@@ -1,12 +1,18 @@
-/* loadgen: a closed-loop echo load generator for benchmarks/net_bench.py.
+/* loadgen: a closed-loop echo and HTTP load generator for benchmarks/net_bench.py.
  *
  * N connections, each with exactly one message of a fixed size in flight: send
  * it, read the same number of bytes back, (optionally) compare them with what
- * was sent, then send the next. One thread, TCP or Unix sockets, two modes:
+ * was sent, then send the next. With --http PATH a message is instead one
+ * HTTP/1.1 keep-alive `GET PATH` and its reply is a response read whole (status
+ * line, headers, a Content-Length body; a chunked response, one without a
+ * length or one that asks to close is refused, exit 2): its status must be 200
+ * (status_errors counts the others) and under --verify its body must be
+ * --expect's bytes (verify_errors). One thread, TCP or Unix sockets, two modes:
  *   uring  io_uring (raw syscalls, constants from uringloop/_core/uapi.h): per
  *          connection one SEND and one RECV SQE per message, both MSG_WAITALL
- *          (the kernel finishes a partial transfer itself), every batch
- *          submitted by the io_uring_enter that also waits;
+ *          for echo (the kernel finishes a partial transfer itself; an HTTP
+ *          receive has no known length: one more RECV per missing piece),
+ *          every batch submitted by the io_uring_enter that also waits;
  *   epoll  level-triggered epoll, send()/recv() (the default; TLS and --idle
  *          always use it, and so does --mode uring when io_uring cannot start).
  * TLS is OpenSSL (built without it when -DLOADGEN_NO_TLS).
@@ -18,16 +24,18 @@
  * Protocol with the driver (stdout, line by line, flushed):
  *   START             the warm-up is over, the measured window begins
  *   {...json...}      the window is over: requests, rps, p50_us, p99_us,
- *                     cpu_s (this process's utime+stime over the window), mode
+ *                     cpu_s (this process's utime+stime over the window), mode,
+ *                     http (size is then the last response's length)
  * With --idle the connections are only opened (each does one round trip so
  * the server certainly holds it), then "READY n" is printed and the program
  * waits until stdin closes, then exits (closing with RST, no TIME_WAIT).
  *
  * Usage: loadgen (--tcp HOST:PORT | --unix PATH) [-c CONNS] [-s SIZE]
  *                [-d SECONDS] [-w WARMUP_SECONDS] [--mode epoll|uring]
- *                [--verify] [--tls] [--idle]
+ *                [--verify] [--tls] [--idle] [--http PATH [--expect BODY]]
  * Exit status: 0 on success, 1 on a usage/connect error, 2 when a byte
- * differed under --verify or a connection closed early.
+ * differed under --verify, a response was not 200 or could not be read, or a
+ * connection closed early.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -40,6 +48,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -60,14 +69,24 @@
 #define HIST_MAX 1000000
 /* message seq starts at byte seq % PAT_SHIFTS of the pattern table */
 #define PAT_SHIFTS 1024
+/* --http: a connection's first response buffer; it grows for a bigger one */
+#define HTTP_BUF 2048
+/* --http: a longer head is refused */
+#define HTTP_MAX_HEAD 65536
 
 typedef struct {
     int fd;
     uint64_t seq;       /* message number: the payload pattern depends on it */
     size_t sent;        /* bytes of the current message written */
-    size_t got;         /* bytes of its echo read */
+    size_t got;         /* bytes of its reply read */
     uint64_t t0;        /* send time of the current message, ns */
     int want_out;       /* EPOLLOUT currently armed */
+    int rdone;          /* the current message's reply is whole */
+    /* --http: the response so far (got bytes of hcap), its head's length once
+     * parsed (0 before), its Content-Length and status */
+    unsigned char *hbuf;
+    size_t hcap, hhead, hbody;
+    int hstatus;
 #ifndef LOADGEN_NO_TLS
     SSL *ssl;
 #endif
@@ -81,6 +100,13 @@ static unsigned char *rbufs; /* where echoes land: one per connection in uring m
 static Conn *cs;
 static uint32_t *hist;
 static uint64_t measured, errors_verify, completed; /* completed: warm-up included */
+static const char *http_path;     /* --http: GET this path on every connection */
+static const char *expect;        /* --expect: the body --verify wants */
+static size_t expect_len;
+static char *req;                 /* --http: the request, the same for every message */
+static size_t out_len;            /* bytes of one message: msg_size or the request's */
+static uint64_t errors_status;    /* --http: responses whose status was not 200 */
+static size_t last_resp;          /* --http: the last whole response's length */
 static int measuring;
 #ifndef LOADGEN_NO_TLS
 static SSL_CTX *ssl_ctx;
@@ -104,9 +130,26 @@ static const unsigned char *msg_bytes(const Conn *c)
     return pat + c->seq % PAT_SHIFTS;
 }
 
+/* what is sent: the echo message, or the request */
+static const unsigned char *out_bytes(const Conn *c)
+{
+    return http_path ? (const unsigned char *)req : msg_bytes(c);
+}
+
 static unsigned char *conn_rbuf(const Conn *c)
 {
     return use_uring && verify ? rbufs + msg_size * (size_t)(c - cs) : rbufs;
+}
+
+/* where the next bytes of the reply go, and how many may come there (> 0) */
+static unsigned char *in_ptr(Conn *c)
+{
+    return http_path ? c->hbuf + c->got : conn_rbuf(c) + c->got;
+}
+
+static size_t in_room(const Conn *c)
+{
+    return http_path ? c->hcap - c->got : msg_size - c->got;
 }
 
 static double cpu_seconds(void)
@@ -201,8 +244,8 @@ static void set_out(int ep, Conn *c, int on)
 /* write as much of the current message as the socket takes */
 static void pump_write(int ep, Conn *c)
 {
-    while (c->sent < msg_size) {
-        ssize_t r = io_write(c, msg_bytes(c) + c->sent, msg_size - c->sent);
+    while (c->sent < out_len) {
+        ssize_t r = io_write(c, out_bytes(c) + c->sent, out_len - c->sent);
         if (r == -1) {
             set_out(ep, c, 1);
             return;
@@ -219,7 +262,8 @@ static void pump_write(int ep, Conn *c)
 static void next_msg(Conn *c)
 {
     c->seq++;
-    c->sent = c->got = 0;
+    c->sent = c->got = c->hhead = 0;
+    c->rdone = 0;
     c->t0 = now_ns();
 }
 
@@ -246,23 +290,159 @@ static double percentile(double p)
     return (double)HIST_MAX;
 }
 
-/* n more bytes of the echo landed at conn_rbuf(c) + c->got: compare them,
- * count them; 1 when the echo is whole (its latency then recorded) */
+static void closed_early(Conn *c, const char *why)
+{
+    fprintf(stderr, "loadgen: connection %d closed by the server (%s)\n", (int)(c - cs), why);
+    exit(2);
+}
+
+/* ------------------------------------------------------------------ --http */
+
+/* the first line of what c has buffered, for a message */
+static const char *first_line(const Conn *c)
+{
+    static char line[120];
+    size_t n = 0;
+    while (n < c->got && n < sizeof line - 1 && c->hbuf[n] != '\r' && c->hbuf[n] != '\n')
+        n++;
+    memcpy(line, c->hbuf, n);
+    line[n] = 0;
+    return line;
+}
+
+static void bad_response(const Conn *c, const char *why)
+{
+    fprintf(stderr, "loadgen: connection %d: %s (response \"%s\")\n", (int)(c - cs), why,
+            first_line(c));
+    exit(2);
+}
+
+/* does the header value [v, end) hold the token tok (case-insensitive)? */
+static int has_token(const unsigned char *v, const unsigned char *end, const char *tok)
+{
+    size_t n = strlen(tok);
+    for (; v + n <= end; v++)
+        if (!strncasecmp((const char *)v, tok, n))
+            return 1;
+    return 0;
+}
+
+/* parse the response head in c->hbuf: 0 while it is incomplete; else set
+ * hhead (its length, blank line included), hbody and hstatus and return 1.
+ * Refuses (exit 2) what a keep-alive Content-Length reader cannot follow. */
+static int http_head(Conn *c)
+{
+    const unsigned char *b = c->hbuf, *end = b + c->got;
+    const unsigned char *eol = memchr(b, '\n', (size_t)(end - b));
+    if (!eol)
+        return 0;
+    /* "HTTP/1.x NNN reason" */
+    if (eol - b < 12 || memcmp(b, "HTTP/1.", 7) != 0 || b[8] != ' ' || b[9] < '0' ||
+        b[9] > '9' || b[10] < '0' || b[10] > '9' || b[11] < '0' || b[11] > '9')
+        bad_response(c, "no HTTP/1.x status line");
+    int status = (b[9] - '0') * 100 + (b[10] - '0') * 10 + (b[11] - '0');
+    long long clen = -1;
+    const unsigned char *p = eol + 1;
+    for (;;) {
+        eol = memchr(p, '\n', (size_t)(end - p));
+        if (!eol)
+            return 0;
+        size_t len = (size_t)(eol - p); /* the '\r' included */
+        if (len == 0 || (len == 1 && p[0] == '\r'))
+            break;
+        unsigned char h = p[0] | 0x20;
+        if (h == 'c' && len > 15 && !strncasecmp((const char *)p, "content-length:", 15)) {
+            const unsigned char *v = p + 15;
+            while (v < eol && (*v == ' ' || *v == '\t'))
+                v++;
+            if (v == eol || *v < '0' || *v > '9')
+                bad_response(c, "a Content-Length that is not a number");
+            clen = 0;
+            for (; v < eol && *v >= '0' && *v <= '9'; v++)
+                if ((clen = clen * 10 + (*v - '0')) > (1LL << 40))
+                    bad_response(c, "a Content-Length above 1 TiB");
+        } else if (h == 'c' && len > 11 && !strncasecmp((const char *)p, "connection:", 11)) {
+            if (has_token(p + 11, eol, "close"))
+                bad_response(c, "the server closes the connection (Connection: close); "
+                                "--http keeps connections alive");
+        } else if (h == 't' && len > 18 &&
+                   !strncasecmp((const char *)p, "transfer-encoding:", 18)) {
+            if (has_token(p + 18, eol, "chunked"))
+                bad_response(c, "a chunked response: --http reads Content-Length bodies only");
+        }
+        p = eol + 1;
+    }
+    if (clen < 0) {
+        if (status / 100 != 1 && status != 204 && status != 304)
+            bad_response(c, "a response without Content-Length: --http reads Content-Length "
+                            "bodies only");
+        clen = 0;
+    }
+    c->hhead = (size_t)(eol + 1 - b);
+    c->hbody = (size_t)clen;
+    c->hstatus = status;
+    return 1;
+}
+
+static void http_grow(Conn *c, size_t want)
+{
+    unsigned char *nb = realloc(c->hbuf, want);
+    if (!nb)
+        die("realloc");
+    c->hbuf = nb;
+    c->hcap = want;
+}
+
+/* n more bytes of the response landed at c->hbuf + c->got: 1 when it is whole
+ * (checked, its latency recorded); else 0 with room for more at in_ptr(c) */
+static int http_take(Conn *c, size_t n)
+{
+    c->got += n;
+    if (!c->hhead && !http_head(c)) {
+        if (c->got == c->hcap) {
+            if (c->hcap >= HTTP_MAX_HEAD)
+                bad_response(c, "a response head above 64 KiB");
+            http_grow(c, 2 * c->hcap);
+        }
+        return 0;
+    }
+    size_t whole = c->hhead + c->hbody;
+    if (c->got < whole) {
+        if (c->hcap < whole)
+            http_grow(c, whole);
+        return 0;
+    }
+    if (c->got > whole)
+        bad_response(c, "bytes after the response, where one request was in flight");
+    if (c->hstatus != 200 && errors_status++ == 0)
+        fprintf(stderr, "loadgen: a response with status %d (the first): \"%s\"\n", c->hstatus,
+                first_line(c));
+    if (verify && (c->hbody != expect_len || memcmp(c->hbuf + c->hhead, expect, expect_len)) &&
+        errors_verify++ == 0)
+        fprintf(stderr, "loadgen: a body other than --expect's (the first): %zu bytes\n",
+                c->hbody);
+    last_resp = whole;
+    record(now_ns() - c->t0);
+    c->rdone = 1;
+    return 1;
+}
+
+/* ------------------------------------------------------------------ replies */
+
+/* n more bytes of the reply landed at in_ptr(c): compare them, count them; 1
+ * when the reply is whole (its latency then recorded) */
 static int take(Conn *c, size_t n)
 {
+    if (http_path)
+        return http_take(c, n);
     if (verify && memcmp(conn_rbuf(c) + c->got, msg_bytes(c) + c->got, n) != 0)
         errors_verify++;
     c->got += n;
     if (c->got < msg_size)
         return 0;
     record(now_ns() - c->t0);
+    c->rdone = 1;
     return 1;
-}
-
-static void closed_early(Conn *c, const char *why)
-{
-    fprintf(stderr, "loadgen: connection %d closed by the server (%s)\n", (int)(c - cs), why);
-    exit(2);
 }
 
 /* the measured window: START when the warm-up ends; 1 once the window is over */
@@ -309,12 +489,12 @@ static void run_epoll(int conns, int idle)
         }
         for (int k = 0; k < n; k++) {
             Conn *c = evs[k].data.ptr;
-            if ((evs[k].events & EPOLLOUT) && c->sent < msg_size)
+            if ((evs[k].events & EPOLLOUT) && c->sent < out_len)
                 pump_write(ep, c);
             if (!(evs[k].events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
                 continue;
             for (;;) { /* TLS may hold decrypted bytes past one read: drain */
-                ssize_t r = io_read(c, conn_rbuf(c) + c->got, msg_size - c->got);
+                ssize_t r = io_read(c, in_ptr(c), in_room(c));
                 if (r == -1)
                     break;
                 if (r <= 0)
@@ -335,8 +515,8 @@ static void run_epoll(int conns, int idle)
                     }
                     break;
                 }
-                if (c->sent < msg_size) {
-                    fprintf(stderr, "loadgen: echo arrived before the send finished\n");
+                if (c->sent < out_len) {
+                    fprintf(stderr, "loadgen: reply arrived before the send finished\n");
                     exit(2);
                 }
                 next_msg(c);
@@ -423,13 +603,14 @@ static void queue(Ring *r, Conn *c, int is_send)
     s->opcode = is_send ? UL_OP_SEND : UL_OP_RECV;
     s->fd = c->fd;
     if (is_send) {
-        s->addr = (uint64_t)(uintptr_t)(msg_bytes(c) + c->sent);
-        s->len = (uint32_t)(msg_size - c->sent);
+        s->addr = (uint64_t)(uintptr_t)(out_bytes(c) + c->sent);
+        s->len = (uint32_t)(out_len - c->sent);
         s->op_flags = MSG_NOSIGNAL | MSG_WAITALL;
     } else {
-        s->addr = (uint64_t)(uintptr_t)(conn_rbuf(c) + c->got);
-        s->len = (uint32_t)(msg_size - c->got);
-        s->op_flags = MSG_WAITALL;
+        /* an HTTP response's length is known only once its head is in */
+        s->addr = (uint64_t)(uintptr_t)in_ptr(c);
+        s->len = (uint32_t)in_room(c);
+        s->op_flags = http_path ? 0 : MSG_WAITALL;
     }
     s->user_data = (uint64_t)(c - cs) << 1 | (uint64_t)is_send;
     r->tail++;
@@ -461,7 +642,7 @@ static void run_uring(Ring *r, int conns)
             }
             if (is_send) {
                 c->sent += (size_t)e->res;
-                if (c->sent < msg_size) { /* cut short (a signal): the rest */
+                if (c->sent < out_len) { /* cut short (a signal): the rest */
                     queue(r, c, 1);
                     continue;
                 }
@@ -473,7 +654,7 @@ static void run_uring(Ring *r, int conns)
                     continue;
                 }
             }
-            if (c->sent == msg_size && c->got == msg_size)
+            if (c->sent == out_len && c->rdone)
                 start_uring(r, c);
         }
         __atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
@@ -512,9 +693,12 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--verify")) verify = 1;
         else if (!strcmp(a, "--tls")) use_tls = 1;
         else if (!strcmp(a, "--idle")) idle = 1;
+        else if (!strcmp(a, "--http") && v) http_path = v, i++;
+        else if (!strcmp(a, "--expect") && v) expect = v, i++;
         else {
             fprintf(stderr, "usage: loadgen (--tcp HOST:PORT | --unix PATH) [-c N] [-s SIZE] "
-                            "[-d SEC] [-w SEC] [--mode epoll|uring] [--verify] [--tls] [--idle]\n");
+                            "[-d SEC] [-w SEC] [--mode epoll|uring] [--verify] [--tls] [--idle] "
+                            "[--http PATH [--expect BODY]]\n");
             return 1;
         }
     }
@@ -522,6 +706,20 @@ int main(int argc, char **argv)
         fprintf(stderr, "loadgen: give exactly one of --tcp/--unix, -c >= 1, -s >= 1\n");
         return 1;
     }
+    if (http_path && (idle || http_path[0] != '/' || strpbrk(http_path, " \r\n"))) {
+        fprintf(stderr, "loadgen: --http wants a PATH starting with '/' (no blanks), not --idle\n");
+        return 1;
+    }
+    if (http_path && verify && !expect) {
+        fprintf(stderr, "loadgen: --verify with --http wants --expect BODY\n");
+        return 1;
+    }
+    if (expect && !http_path) {
+        fprintf(stderr, "loadgen: --expect goes with --http\n");
+        return 1;
+    }
+    if (expect)
+        expect_len = strlen(expect);
 #ifdef LOADGEN_NO_TLS
     if (use_tls) {
         fprintf(stderr, "loadgen: built without OpenSSL (LOADGEN_NO_TLS)\n");
@@ -544,6 +742,15 @@ int main(int argc, char **argv)
         memcpy(host, tcp, (size_t)(colon - tcp));
         snprintf(port, sizeof port, "%s", colon + 1);
     }
+    out_len = msg_size;
+    if (http_path) { /* wrk's request: the request line and Host */
+        size_t n = strlen(http_path) + (tcp ? strlen(tcp) : 9) + 32;
+        req = malloc(n);
+        if (!req)
+            die("malloc");
+        out_len = (size_t)snprintf(req, n, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", http_path,
+                                   tcp ? tcp : "localhost");
+    }
 
     Ring ring;
     if (use_uring && (use_tls || idle))
@@ -554,7 +761,7 @@ int main(int argc, char **argv)
     }
     cs = calloc((size_t)conns, sizeof *cs);
     pat = malloc(msg_size + PAT_SHIFTS);
-    rbufs = malloc(use_uring && verify ? msg_size * (size_t)conns : msg_size);
+    rbufs = malloc(use_uring && verify && !http_path ? msg_size * (size_t)conns : msg_size);
     hist = calloc(HIST_MAX, sizeof *hist);
     if (!cs || !pat || !rbufs || !hist)
         die("malloc");
@@ -574,6 +781,12 @@ int main(int argc, char **argv)
 #endif
         if (!use_uring)
             fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
+        if (http_path) {
+            c->hbuf = malloc(HTTP_BUF);
+            if (!c->hbuf)
+                die("malloc");
+            c->hcap = HTTP_BUF;
+        }
     }
 
     t_measure = now_ns() + (uint64_t)(warmup * 1e9);
@@ -588,11 +801,13 @@ int main(int argc, char **argv)
     double cpu = cpu_seconds() - cpu_start;
     printf("{\"requests\": %llu, \"seconds\": %.6f, \"rps\": %.1f, \"p50_us\": %.1f, "
            "\"p99_us\": %.1f, \"conns\": %d, \"size\": %zu, \"verified\": %s, "
-           "\"verify_errors\": %llu, \"completed\": %llu, \"cpu_s\": %.6f, \"mode\": \"%s\"}\n",
+           "\"verify_errors\": %llu, \"completed\": %llu, \"cpu_s\": %.6f, \"mode\": \"%s\", "
+           "\"http\": %s, \"status_errors\": %llu}\n",
            (unsigned long long)measured, secs, (double)measured / secs, percentile(0.50),
-           percentile(0.99), conns, msg_size, verify ? "true" : "false",
+           percentile(0.99), conns, http_path ? last_resp : msg_size, verify ? "true" : "false",
            (unsigned long long)errors_verify, (unsigned long long)completed, cpu,
-           use_uring ? "uring" : "epoll");
+           use_uring ? "uring" : "epoll", http_path ? "true" : "false",
+           (unsigned long long)errors_status);
     fflush(stdout);
-    return errors_verify ? 2 : 0;
+    return errors_verify || errors_status ? 2 : 0;
 }

@@ -5,15 +5,19 @@
     python benchmarks/net_bench.py --workloads echo-1k-c100 --loops uvloop,uringloop-io_uring
 
 Each server runs in its own process (benchmarks/net_server.py) pinned to one
-core; the client (benchmarks/loadgen.c, or wrk for HTTP) runs pinned to the
-other, and so does this driver. Server CPU time per request is the server
-process's time on a CPU (/proc/<pid>/task/*/schedstat, in nanoseconds) over
-the measured window divided by the requests the client completed in it; its
-user and system parts are split as the kernel's tick samples split them
-(utime, stime in /proc/<pid>/stat). Each side's busy % is its CPU time over
+core; the client (benchmarks/loadgen.c, or wrk for the http-aiohttp and
+http-httptools rows) runs pinned to the other, and so does this driver. The
+same two HTTP servers are also driven by loadgen's --http mode (the
+http-loadgen-* rows), a client that costs less per request than wrk -t1, so
+that the server, not the client, is the side near 100 % busy. Server CPU
+time per request is the server process's time on a CPU
+(/proc/<pid>/task/*/schedstat, in nanoseconds) over the measured window
+divided by the requests the client completed in it; its user and system
+parts are split as the kernel's tick samples split them (utime, stime in
+/proc/<pid>/stat). Each side's busy % is its CPU time over
 the window / the window: a side near 100 % is the limit of that row.
-loadgen's plain echo rows use its epoll mode, or its io_uring mode with
---client-mode uring (TLS and idle always use epoll). Repetitions are
+loadgen's plain echo and HTTP rows use its epoll mode, or its io_uring mode
+with --client-mode uring (TLS and idle always use epoll). Repetitions are
 interleaved: for each workload, every repetition runs every loop once, the
 starting loop rotating, so drift on a shared machine hits all loops alike.
 
@@ -44,6 +48,8 @@ ROOT = os.path.dirname(HERE)
 LOADGEN = os.path.join(HERE, "_build", "loadgen")
 SERVER = os.path.join(HERE, "net_server.py")
 ALL_LOOPS = ["asyncio", "uvloop", "rloop", "rsloop", "uringloop-io_uring", "uringloop-epoll"]
+# the body of both HTTP servers' response (net_server.py): loadgen --http checks it
+HTTP_BODY = "Hello, World!"
 
 
 # ------------------------------------------------------------------ workloads
@@ -93,6 +99,21 @@ def _workloads():
             "label": "httptools",
         }
     )
+    # the same servers, with loadgen --http as the client (wrk -t1 is the busy
+    # side of the httptools row: decision 378)
+    for kind in ("aiohttp", "httptools"):
+        wl.append(
+            {
+                "id": f"http-loadgen-{kind}",
+                "family": "HTTP keep-alive, loadgen --http, 100 conns",
+                "client": "loadgen",
+                "http": "/",
+                "kind": kind,
+                "transport": "tcp",
+                "conns": 100,
+                "label": kind,
+            }
+        )
     wl.append(
         {
             "id": "tls-1k-c10",
@@ -328,19 +349,18 @@ def client_target(wl, server):
 
 
 def client_mode(wl, opts):
-    """loadgen's mode: --client-mode for the plain echo rows, epoll for TLS."""
+    """loadgen's mode: --client-mode for the plain echo and HTTP rows, epoll for TLS."""
     return "epoll" if wl["kind"] == "tls" else opts.client_mode
 
 
-def run_loadgen(wl, server, opts, strace_out=None):
+def loadgen_args(wl, server, opts):
+    """loadgen's command line for an echo, TLS or HTTP row."""
     args = (
         [LOADGEN]
         + client_target(wl, server)
         + [
             "-c",
             str(wl["conns"]),
-            "-s",
-            str(wl["size"]),
             "-d",
             str(opts.duration),
             "-w",
@@ -349,8 +369,19 @@ def run_loadgen(wl, server, opts, strace_out=None):
             client_mode(wl, opts),
         ]
     )
-    if opts.verify:
-        args.append("--verify")
+    if wl.get("http"):
+        args += ["--http", wl["http"]]
+        if opts.verify:
+            args += ["--verify", "--expect", HTTP_BODY]
+    else:
+        args += ["-s", str(wl["size"])]
+        if opts.verify:
+            args.append("--verify")
+    return args
+
+
+def run_loadgen(wl, server, opts, strace_out=None):
+    args = loadgen_args(wl, server, opts)
     if wl["kind"] == "tls":
         args.append("--tls")
     tracer = None
@@ -386,6 +417,8 @@ def run_loadgen(wl, server, opts, strace_out=None):
             f" server: {server.stderr()[-500:]}"
         )
     res = json.loads(line)
+    if res.get("http"):
+        res["mode"] = "http-" + res["mode"]
     res.update(window(res["requests"], res["seconds"], t0, t1, s0, s1))
     res["client_cpu_us_per_req"] = res["cpu_s"] * 1e6 / max(res["requests"], 1)
     res["client_busy_pct"] = 100 * res["cpu_s"] / res["seconds"]
@@ -413,6 +446,8 @@ def parse_strace(path, requests):
 CLIENT_MODES = {
     "uring": "loadgen, io_uring mode",
     "epoll": "loadgen, epoll mode",
+    "http-uring": "loadgen --http, io_uring mode",
+    "http-epoll": "loadgen --http, epoll mode",
     "wrk": "wrk -t1",
 }
 
@@ -864,7 +899,7 @@ def main():
         "--client-mode",
         choices=("epoll", "uring"),
         default="epoll",
-        help="loadgen's mode for the plain echo rows (TLS and idle always use epoll)",
+        help="loadgen's mode for the plain echo and HTTP rows (TLS and idle always use epoll)",
     )
     ap.add_argument(
         "--no-verify", dest="verify", action="store_false", help="do not compare echoed bytes"
@@ -926,7 +961,8 @@ def main():
         "settings": f"{opts.duration:g} s measured after {opts.warmup:g} s warm-up, "
         f"{opts.reps} repetitions "
         f"interleaved, server on CPU {opts.server_cpu}, client on CPU {opts.client_cpu}, "
-        f"echo bytes verified: {'yes' if opts.verify else 'no'}; TLS client: loadgen.c with "
+        f"echo bytes and HTTP bodies verified: {'yes' if opts.verify else 'no'} (loadgen "
+        f"--http always checks the status, 200); TLS client: loadgen.c with "
         f"OpenSSL (TLS 1.3); busy % = a side's utime+stime over the window / the window "
         f"(server: /proc/<pid>/stat; loadgen: getrusage; wrk: /proc/<pid>/stat at its exit)",
         "versions": versions(loops),

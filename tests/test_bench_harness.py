@@ -3,9 +3,12 @@ benchmarks/net_server.py and net_bench.py's accounting), so that it cannot rot
 unnoticed. Nothing here measures speed: it only checks that the load generator
 builds cleanly, that it completes requests against a stock-asyncio echo server
 with every echoed byte verified, in both of its modes (epoll, io_uring), that
-its verification does catch a server that corrupts bytes, and that the driver
+its verification does catch a server that corrupts bytes, that its HTTP mode
+reads the benchmark's HTTP servers' responses (and responses in pieces) and
+catches a wrong status or body and refuses a chunked one, and that the driver
 reports each side's CPU time (the busy columns)."""
 
+import contextlib
 import json
 import os
 import select
@@ -85,11 +88,9 @@ def run_loadgen(exe, port, mode, size=3000, *extra):
     return r.returncode, lines, r.stderr
 
 
-@pytest.mark.parametrize("size", [3000, 300000])
-@pytest.mark.parametrize("mode", MODES)
-def test_loadgen_verifies_against_stock_echo_server(loadgen, mode, size):
-    """300 kB messages pass through the sockets in pieces: the partial sends and
-    receives (epoll's EPOLLOUT, io_uring's MSG_WAITALL) must add up."""
+@contextlib.contextmanager
+def stock_server(kind):
+    """net_server.py's `kind` server on the stock loop; yields its TCP port."""
     env = dict(os.environ, PYTHONPATH=ROOT)
     env.pop("PYTHONASYNCIODEBUG", None)
     srv = subprocess.Popen(
@@ -99,7 +100,7 @@ def test_loadgen_verifies_against_stock_echo_server(loadgen, mode, size):
             "--loop",
             "asyncio",
             "--kind",
-            "protocol",
+            kind,
             "--tcp",
             "0",
         ],
@@ -112,10 +113,19 @@ def test_loadgen_verifies_against_stock_echo_server(loadgen, mode, size):
         ready, _, _ = select.select([srv.stdout], [], [], 30)
         line = srv.stdout.readline().strip() if ready else ""
         assert line.startswith("READY "), line
-        rc, lines, err = run_loadgen(loadgen, line.split()[1], mode, size)
+        yield line.split()[1]
     finally:
         srv.kill()
         srv.wait(timeout=30)
+
+
+@pytest.mark.parametrize("size", [3000, 300000])
+@pytest.mark.parametrize("mode", MODES)
+def test_loadgen_verifies_against_stock_echo_server(loadgen, mode, size):
+    """300 kB messages pass through the sockets in pieces: the partial sends and
+    receives (epoll's EPOLLOUT, io_uring's MSG_WAITALL) must add up."""
+    with stock_server("protocol") as port:
+        rc, lines, err = run_loadgen(loadgen, port, mode, size)
     assert rc == 0, err
     assert lines[0] == "START"
     res = json.loads(lines[1])
@@ -171,6 +181,136 @@ def test_loadgen_catches_corrupted_echo(loadgen, mode):
         lsock.close()
     assert rc == 2, (rc, lines, err)
     assert json.loads(lines[-1])["verify_errors"] > 0
+
+
+# ------------------------------------------------------------------ --http
+
+HTTP_ARGS = ("--http", "/", "--expect", "Hello, World!")
+
+
+@pytest.mark.parametrize("kind", ["httptools", "aiohttp"])
+@pytest.mark.parametrize("mode", MODES)
+def test_loadgen_http_against_the_benchmark_servers(loadgen, mode, kind):
+    """The net_bench HTTP servers (stock loop): every response 200 with the body."""
+    pytest.importorskip(kind, reason=f"{kind} is not installed (net_server.py's {kind} kind)")
+    with stock_server(kind) as port:
+        rc, lines, err = run_loadgen(loadgen, port, mode, 3000, *HTTP_ARGS)
+    assert rc == 0, err
+    assert lines[0] == "START"
+    res = json.loads(lines[1])
+    assert res["http"] is True and res["verified"] is True
+    assert res["verify_errors"] == 0 and res["status_errors"] == 0
+    assert res["requests"] > 0 and res["mode"] == mode
+    assert res["size"] > len("Hello, World!")  # a whole response, head and body
+
+
+HTTP_OK = b"HTTP/1.1 200 OK\r\ncontent-length: 13\r\nX-Seq: %d\r\n\r\nHello, World!"
+
+
+@contextlib.contextmanager
+def http_server(respond):
+    """A keep-alive HTTP server, a thread per connection: respond(n) gives the
+    pieces of the reply to a connection's n-th request, sent one by one with
+    a pause between them (TCP_NODELAY: each its own segment)."""
+    lsock = socket.create_server(("127.0.0.1", 0))
+    lsock.settimeout(0.2)  # the accept loop looks at `stop` this often
+    stop = threading.Event()
+
+    def serve(conn):
+        conn.settimeout(30)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf, n = b"", 0
+        try:
+            while not stop.is_set():
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+                while b"\r\n\r\n" in buf:
+                    _, buf = buf.split(b"\r\n\r\n", 1)
+                    pieces = respond(n)
+                    for i, piece in enumerate(pieces):
+                        if i:
+                            time.sleep(0.002)
+                        conn.sendall(piece)
+                    n += 1
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def accept_all():
+        while not stop.is_set():
+            try:
+                conn, _ = lsock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    t = threading.Thread(target=accept_all, daemon=True)
+    t.start()
+    try:
+        yield lsock.getsockname()[1]
+    finally:
+        stop.set()
+        t.join(timeout=30)
+        lsock.close()
+
+
+def split_ok(n):
+    """Every 4th response in four pieces: the status line cut in two, the head
+    without its blank line, then the body in two."""
+    whole = HTTP_OK % n
+    if n % 4 != 1:
+        return [whole]
+    head = whole.index(b"\r\n\r\n")
+    return [whole[:10], whole[10:head], whole[head:-6], whole[-6:]]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_loadgen_http_reads_responses_in_pieces(loadgen, mode):
+    with http_server(split_ok) as port:
+        rc, lines, err = run_loadgen(loadgen, port, mode, 3000, *HTTP_ARGS)
+    assert rc == 0, err
+    res = json.loads(lines[1])
+    assert res["verify_errors"] == 0 and res["status_errors"] == 0
+    # the pieces took 6 ms: at least one such response completed in the window
+    assert res["requests"] > 1
+
+
+def bad_status(n):
+    status = b"500 Internal Server Error" if n % 5 == 3 else b"200 OK"
+    return [b"HTTP/1.1 %s\r\nContent-Length: 13\r\n\r\nHello, World!" % status]
+
+
+def bad_body(n):
+    body = b"Hello, World?" if n % 5 == 3 else b"Hello, World!"
+    return [b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n" + body]
+
+
+def chunked(n):
+    return [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nd\r\nHello, World!\r\n0\r\n\r\n"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("respond", [bad_status, bad_body, chunked])
+def test_loadgen_http_catches_bad_responses(loadgen, mode, respond):
+    """One response in five with status 500 (status_errors), or with one byte of
+    the body changed (verify_errors), or chunked (refused at once): exit 2."""
+    with http_server(respond) as port:
+        rc, lines, err = run_loadgen(loadgen, port, mode, 3000, *HTTP_ARGS)
+    assert rc == 2, (rc, lines, err)
+    if respond is chunked:
+        assert "chunked" in err and not any(x.startswith("{") for x in lines)
+        return
+    res = json.loads(lines[-1])
+    if respond is bad_status:
+        assert res["status_errors"] > 0 and res["verify_errors"] == 0, res
+        assert "status 500" in err
+    else:
+        assert res["verify_errors"] > 0 and res["status_errors"] == 0, res
 
 
 def _net_bench():
@@ -244,3 +384,49 @@ def test_results_md_has_the_busy_columns_and_the_client_mode():
     assert "| server busy % | client busy % |" in md
     assert "| 4.00 | 1.00 | 93 | 47 |" in md
     assert "Client: loadgen, io_uring mode." in md
+
+
+def test_http_rows_drive_both_servers_with_loadgen_http():
+    """net_bench has loadgen --http rows for both HTTP servers beside wrk's,
+    asks for net_server.py's body, and its table names that client."""
+    nb = _net_bench()
+    sys.path.insert(0, BENCH)
+    try:
+        import net_server
+    finally:
+        sys.path.remove(BENCH)
+    assert nb.HTTP_BODY.encode() == net_server.HTTP_BODY
+    rows = {w["id"]: w for w in nb.select_workloads("http")}
+    for kind in ("aiohttp", "httptools"):
+        assert rows[f"http-{kind}"]["client"] == "wrk"
+        wl = rows[f"http-loadgen-{kind}"]
+        assert wl["client"] == "loadgen" and wl["kind"] == kind and wl["conns"] == 100
+        server = types.SimpleNamespace(addr="8080")
+        opts = types.SimpleNamespace(duration=1.0, warmup=0.5, client_mode="epoll", verify=True)
+        args = nb.loadgen_args(wl, server, opts)
+        assert args[1:3] == ["--tcp", "127.0.0.1:8080"]
+        assert args[-5:] == ["--http", "/", "--verify", "--expect", nb.HTTP_BODY]
+        assert "-s" not in args
+    run = {
+        "rps": 1000.0,
+        "p50_us": 10.0,
+        "p99_us": 20.0,
+        "cpu_us_per_req": 4.0,
+        "server_busy_pct": 99.0,
+        "client_busy_pct": 40.0,
+        "mode": "http-epoll",
+    }
+    results = {"http-loadgen-httptools": {"uvloop": {"runs": [run]}}}
+    md = nb.markdown(
+        nb.summarise(results, ["uvloop"]),
+        {
+            "date": "d",
+            "machine": "m",
+            "command": "c",
+            "settings": "s",
+            "versions": "v",
+            "malloc": "x",
+        },
+    )
+    assert "## HTTP keep-alive, loadgen --http, 100 conns" in md
+    assert "Client: loadgen --http, epoll mode." in md
