@@ -105,7 +105,7 @@ def _workloads():
         wl.append(
             {
                 "id": f"http-loadgen-{kind}",
-                "family": "HTTP keep-alive, loadgen --http, 100 conns",
+                "family": "HTTP keep-alive, loadgen, 100 conns",
                 "client": "loadgen",
                 "http": "/",
                 "kind": kind,
@@ -818,7 +818,9 @@ def chart(rows, loops, path, meta):
             )
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels)
-        ax.set_title(fam + (" (lower is better)" if idle else ""), fontsize=10, loc="left")
+        # the small panels share a row (four with both HTTP families): a second
+        # line keeps the idle panel's title inside it
+        ax.set_title(fam + ("\n(lower is better)" if idle else ""), fontsize=10, loc="left")
         ax.set_ylabel("KiB RSS / connection" if idle else "k requests/s")
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(ncol=len(shown), loc="upper right", fontsize=9, bbox_to_anchor=(1, 1.32))

@@ -428,5 +428,5 @@ def test_http_rows_drive_both_servers_with_loadgen_http():
             "malloc": "x",
         },
     )
-    assert "## HTTP keep-alive, loadgen --http, 100 conns" in md
+    assert "## HTTP keep-alive, loadgen, 100 conns" in md
     assert "Client: loadgen --http, epoll mode." in md
