@@ -52,6 +52,7 @@ COUNTS = {
     "streams_pingpong16": 3_200,
     "stream_100k_pingpong4": 400,
     "buffered_100k_pingpong4": 400,
+    "streams_100k_pingpong4": 400,
     "http_httptools16": 1_600,
     "http_aiohttp16": 800,
     "tls_pingpong16": 800,

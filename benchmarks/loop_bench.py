@@ -39,6 +39,8 @@ Scenarios (ops counted in brackets):
                    each ``buffer_updated`` writes a copy of what came) [round trips, all pairs]
 ``streams_pingpong16`` the same with an asyncio streams server (``open_connection(sock=)``:
                    ``read()``, ``write()``, ``drain()``) [round trips, all pairs]
+``streams_100k_pingpong4`` the streams server with 100 KiB messages over 4 socketpairs
+                   (``read(65536)``: two writes a message) [round trips, all pairs]
 ``http_httptools16`` HTTP/1.1 keep-alive GETs over 16 socketpairs: the server is an
                    ``asyncio.Protocol`` with an ``httptools`` parser and a fixed response,
                    the client a Protocol that sends the next request when the response
@@ -582,9 +584,17 @@ async def bench_buffered_100k_pingpong4(loop, n):
 
 async def bench_streams_pingpong16(loop, n):
     """The server side is asyncio streams: read() -> write() -> drain()."""
-    pairs = 16
+    return await _streams_pingpong(loop, n, 16, MSG_LEN)
+
+
+async def bench_streams_100k_pingpong4(loop, n):
+    """net_server.py's streams echo at 100 KiB: each read(65536) written back."""
+    return await _streams_pingpong(loop, n, 4, 100 * 1024)
+
+
+async def _streams_pingpong(loop, n, pairs, size):
     rounds = max(1, n // pairs)
-    msg = bytes(i & 0xFF for i in range(MSG_LEN))
+    msg = bytes(i & 0xFF for i in range(size))
     ends, servers = [], []
 
     async def serve(reader, writer):
@@ -991,6 +1001,9 @@ SCENARIOS = {
         ),
         Scenario(
             "buffered_100k_pingpong4", bench_buffered_100k_pingpong4, 4_000, "100 KiB round trips"
+        ),
+        Scenario(
+            "streams_100k_pingpong4", bench_streams_100k_pingpong4, 4_000, "100 KiB round trips"
         ),
         Scenario("http_httptools16", bench_http_httptools16, 32_000, "HTTP requests"),
         Scenario("http_aiohttp16", bench_http_aiohttp16, 10_000, "HTTP requests"),

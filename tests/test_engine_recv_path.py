@@ -7,6 +7,7 @@ import errno
 import fcntl
 import os
 import random
+import select
 import socket
 import sys
 import termios
@@ -17,6 +18,7 @@ import tracemalloc
 import pytest
 from conftest import (
     Collector,
+    epoll_events,
     guard_problems,
     run_in,
     run_until,
@@ -452,32 +454,38 @@ def test_a_burst_of_buffers_comes_in_one_completion(res_tracker, socketpair):
     assert cqes[engine.OPT_NO_BUNDLE] >= 7, cqes
 
 
-def _receive_calls(fn):
-    """How many times the kernel ran a socket receive (sock_recvmsg, failed
-    ones included) for this process while fn() ran: the sock:sock_recv_length
-    tracepoint, counted in a tracefs instance of our own."""
+def _traced(fn, event: str) -> int:
+    """How many times this process's main thread hit the tracepoint event
+    ("group/name") while fn() ran, counted in a tracefs instance of our own."""
     inst = f"/sys/kernel/tracing/instances/uringloop-test-{os.getpid()}"
     try:
         os.mkdir(inst)
     except OSError as exc:
-        pytest.skip(f"no tracefs instance to count receives with: {exc}")
+        pytest.skip(f"no tracefs instance to count {event} with: {exc}")
     try:
-        event = f"{inst}/events/sock/sock_recv_length/enable"
-        if not os.path.exists(event):
-            pytest.skip("this kernel has no sock:sock_recv_length tracepoint")
+        enable = f"{inst}/events/{event}/enable"
+        if not os.path.exists(enable):
+            pytest.skip(f"this kernel has no {event} tracepoint")
         with open(f"{inst}/set_event_pid", "w") as f:
             f.write(str(os.getpid()))
-        with open(event, "w") as f:
+        with open(enable, "w") as f:
             f.write("1")
         try:
             fn()
         finally:
-            with open(event, "w") as f:
+            with open(enable, "w") as f:
                 f.write("0")
-        with open(f"{inst}/trace") as f:
-            return sum(1 for line in f if "sock_recv_length:" in line)
+        with open(f"{inst}/trace") as f:  # one line per hit, after "#" headers
+            return sum(1 for line in f if line.strip() and not line.startswith("#"))
     finally:
         os.rmdir(inst)
+
+
+def _receive_calls(fn):
+    """How many times the kernel ran a socket receive (sock_recvmsg, failed
+    ones included) for this process while fn() ran: the sock:sock_recv_length
+    tracepoint."""
+    return _traced(fn, "sock/sock_recv_length")
 
 
 def test_io_uring_one_shot_receive_waits_before_it_tries(res_tracker, socketpair):
@@ -643,6 +651,104 @@ def test_epoll_a_receive_asked_to_wait_first_is_not_tried_at_submit(res_tracker,
         eng.close()
 
 
+def _drained_wait(eng, a, b, c, op):
+    """op ("recv" or "poll") on a's fd with the drained hint (decision 391):
+    a recv_into with RECV_DRAINED, or a POLL_DRAINED poll."""
+    if op == "recv":
+        buf = bytearray(100)
+        eng.recv_into(a.fileno(), buf, c, flags=engine.RECV_DRAINED)
+        return buf
+    eng.poll(a.fileno(), select.POLLIN, c, level=engine.POLL_DRAINED)
+    return None
+
+
+def _registered_and_drained(eng, a, b):
+    """a's fd registered with epoll (a receive waited on it) and read empty
+    by its last read, a short one."""
+    c = Collector()
+    buf = bytearray(100)
+    eng.recv_into(a.fileno(), buf, c)
+    settle(eng, 1)
+    b.send(b"first")
+    run_until(eng, lambda: c.done, what="the first bytes")
+    assert c.records[0][:2] == (5, False) and buf[:5] == b"first"
+
+
+@pytest.mark.parametrize("op", ["recv", "poll"])
+def test_epoll_a_drained_wait_makes_no_syscall(res_tracker, socketpair, op):
+    """epoll: a receive or a poll whose owner keeps the fd open and whose
+    last read of it came short (RECV_DRAINED, POLL_DRAINED: a stream
+    transport's direct reads) waits on the fd's edge-triggered registration
+    as it is: no attempt, no epoll_ctl (decision 391; a re-arm each before:
+    1 syscall at submit). Bytes sent later raise an edge of their own, and
+    come; so does the peer's EOF."""
+    eng = engine.Engine("epoll")
+    try:
+        a, b = socketpair()
+        _registered_and_drained(eng, a, b)
+        for i, data in enumerate([b"later", b"again", b""]):
+            c = Collector()
+            before = eng.stats()["submitted"]
+            buf = _drained_wait(eng, a, b, c, op)
+            settle(eng, 1)
+            assert c.records == [] and eng.stats()["submitted"] == before
+            if data:
+                b.send(data)
+            else:
+                b.shutdown(socket.SHUT_WR)
+            run_until(eng, lambda c=c: c.done, what=f"what came after the wait began ({i})")
+            if op == "recv":
+                assert c.records[0][:2] == (len(data), False) and buf[: len(data)] == data
+            else:
+                assert c.records[0][0] & select.POLLIN
+                assert a.recv(100) == data
+            assert epoll_events(a.fileno()) & select.EPOLLET
+    finally:
+        eng.close()
+
+
+@pytest.mark.parametrize("op", ["recv", "poll"])
+@pytest.mark.parametrize("case", ["missed", "hang-up"])
+def test_epoll_a_drained_wait_rearms_when_an_edge_is_spent(res_tracker, socketpair, op, case):
+    """epoll: a drained wait (decision 391) re-arms the fd as any wait did
+    when no edge can be counted on: "missed", bytes came after the owner's
+    read and a wait reported them with nothing waiting (their edge is
+    spent); "hang-up", the peer's FIN came with bytes that a short read
+    took, before the FIN (no edge comes after it). The re-arm reports what
+    is there: the bytes, or the EOF, come. Without those checks both waited
+    for ever (the run_until below times out)."""
+    eng = engine.Engine("epoll")
+    try:
+        a, b = socketpair()
+        _registered_and_drained(eng, a, b)
+        if case == "missed":
+            b.send(b"unseen")
+            settle(eng, 1)  # the edge, reported to no one
+            want = (6, b"unseen")
+        else:
+            c = Collector()
+            buf = bytearray(100)
+            eng.recv_into(a.fileno(), buf, c)
+            settle(eng, 1)
+            b.send(b"bye")
+            b.shutdown(socket.SHUT_WR)  # in the same event as the bytes
+            run_until(eng, lambda: c.done, what="the bytes before the FIN")
+            assert c.records[0][:2] == (3, False)  # short: the FIN is still there
+            want = (0, b"")
+        c = Collector()
+        before = eng.stats()["submitted"]
+        buf = _drained_wait(eng, a, b, c, op)
+        run_until(eng, lambda: c.done, what=case)
+        assert eng.stats()["submitted"] - before >= 1  # the re-arm
+        if op == "recv":
+            assert c.records[0][:2] == (want[0], False) and buf[: want[0]] == want[1]
+        else:
+            assert c.records[0][0] & select.POLLIN
+            assert a.recv(100) == want[1]
+    finally:
+        eng.close()
+
+
 class _BigReader(asyncio.BufferedProtocol):
     """A 64 KiB buffer: 100 KiB messages fill it, so its reads go direct
     (decision 350)."""
@@ -688,3 +794,52 @@ def test_direct_receives_wait_first_after_a_short_read(loop, socketpair):
     state["tr"].close()
     loop.run_until_complete(asyncio.sleep(0.01))
     assert calls == 2 * 5, calls
+
+
+class _BigChunks(asyncio.Protocol):
+    """A Protocol that counts what it is given: 100 KiB chunks make its
+    reads direct (decision 373)."""
+
+    def __init__(self):
+        self.got = 0
+
+    def data_received(self, data):
+        self.got += len(data)
+
+
+@pytest.mark.parametrize("kind", ["protocol", "buffered"])
+def test_big_direct_reads_make_no_epoll_ctl_per_message(loop, socketpair, kind):
+    """Once a stream's 100 KiB messages are read direct (a Protocol's into
+    a new bytes, decision 373; a BufferedProtocol's into its 64 KiB buffer,
+    350), the wait between two messages follows a read that came short, and
+    the transport keeps its fd open: on epoll it waits on the fd's
+    registration as it is (decision 391), no epoll_ctl per message (5 for 5
+    messages before: a re-arm each). Counted with the
+    syscalls:sys_enter_epoll_ctl tracepoint; the peer sends from a plain
+    blocking socket (no engine op of its own). Every byte comes."""
+    a, b = socketpair()
+    b.setblocking(True)
+    msg = random.Random(391).randbytes(100 * 1024)
+    state = {}
+
+    async def start():
+        factory = _BigChunks if kind == "protocol" else _BigReader
+        state["tr"], state["proto"] = await loop.create_connection(factory, sock=a)
+
+    async def messages(n):
+        for _ in range(n):
+            want = state["proto"].got + len(msg)
+            b.sendall(msg)
+            while state["proto"].got < want:
+                await asyncio.sleep(0.001)
+
+    loop.run_until_complete(asyncio.wait_for(start(), 10))
+    loop.run_until_complete(asyncio.wait_for(messages(2), 10))  # the switch to direct reads
+    ctls = _traced(
+        lambda: loop.run_until_complete(asyncio.wait_for(messages(5), 10)),
+        "syscalls/sys_enter_epoll_ctl",
+    )
+    assert state["proto"].got == 7 * len(msg)
+    state["tr"].close()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert ctls == 0, ctls

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import socket
+import struct
 import sys
 
 import pytest
@@ -1176,5 +1178,176 @@ def test_eof_while_a_direct_read_waits(tloop):
         assert await wait_for(proto.lost) is None
         assert bytes(proto.got) == bytes(sent)
         assert proto.chunks[-1] == ("eof", len(sent)), proto.chunks
+
+    run_in(tloop, main())
+
+
+class _Keeps:
+    """Keeps what its protocol is given, and when its EOF came."""
+
+    def __init__(self):
+        self.got = bytearray()
+        self.eof_at = None
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def eof_received(self):
+        self.eof_at = len(self.got)
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+class _Sink(_Keeps, asyncio.Protocol):
+    def data_received(self, data):
+        self.got += data
+
+
+class _SinkBuffered(_Keeps, asyncio.BufferedProtocol):
+    """A 64 KiB buffer: 100 KiB messages make its reads direct (decision
+    350)."""
+
+    def __init__(self):
+        super().__init__()
+        self.buf = bytearray(65536)
+
+    def get_buffer(self, sizehint):
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.got += self.buf[:nbytes]
+
+
+async def _turns(n=10):
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def _drained_direct_wait(loop, kind, tcp):
+    """A connection whose second 100 KiB message came by a direct read
+    (decisions 350, 373), so that the next read waits with the drained hint
+    (decision 391): (transport, protocol, the peer's socket, the bytes
+    sent)."""
+    if tcp:
+        lst = plain_listener()
+        with lst:
+            a = socket.create_connection(lst.getsockname())
+            b, _ = lst.accept()
+    else:
+        a, b = socket.socketpair()
+    b.setblocking(False)
+    factory = _Sink if kind == "protocol" else _SinkBuffered
+    tr, proto = await loop.create_connection(factory, sock=a)
+    sent = bytearray()
+    for i in range(2):
+        msg = _message(i)
+        await loop.sock_sendall(b, msg)
+        sent += msg
+        await wait_for(_until_got(proto, len(sent)))
+    return tr, proto, b, sent
+
+
+async def _send(loop, b, sent, msg, proto):
+    await loop.sock_sendall(b, msg)
+    sent += msg
+    await wait_for(_until_got(proto, len(sent)))
+
+
+@pytest.mark.parametrize("kind", ["protocol", "buffered"])
+@pytest.mark.parametrize(
+    "way", ["small", "pause", "set_protocol", "close", "abort", "eof", "reset"]
+)
+def test_every_way_out_of_a_drained_direct_wait(tloop, kind, way):
+    """A Protocol's or a BufferedProtocol's direct read waits after a read
+    that came short, on epoll with no re-arm (decision 391); every way out
+    of that wait: a small message (back to the pool receive, then direct
+    again), pause_reading/resume_reading, set_protocol to the other kind,
+    close, abort, the peer's EOF, a connection reset. No byte is lost,
+    doubled or reordered; after connection_lost no op of the transport's is
+    left in the engine; the fd number, closed, then reused by a new
+    connection, serves that connection (direct reads and drained waits
+    included) and nothing of the old one."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        eng = getattr(loop, "_engine", None)
+        ops = eng.in_flight if eng else None
+        tr, proto, b, sent = await _drained_direct_wait(loop, kind, way == "reset")
+        fd = tr.get_extra_info("socket").fileno()
+        with b:
+            if way == "small":
+                for msg in (b"s" * 1000, _message(3), b"t" * 1000, _message(4)):
+                    await _send(loop, b, sent, msg, proto)
+                b.close()
+            elif way == "pause":
+                tr.pause_reading()
+                await loop.sock_sendall(b, _message(3))
+                await _turns()
+                assert bytes(proto.got) == bytes(sent)  # nothing while paused
+                sent += _message(3)
+                tr.resume_reading()
+                await wait_for(_until_got(proto, len(sent)))
+                await _send(loop, b, sent, _message(4), proto)
+                b.close()
+            elif way == "set_protocol":
+                old, proto = proto, (_SinkBuffered if kind == "protocol" else _Sink)()
+                tr.set_protocol(proto)
+                proto.transport = tr
+                mark = len(sent)
+                for i in (3, 4, 5):
+                    await loop.sock_sendall(b, _message(i))
+                    sent += _message(i)
+                    await wait_for(_until_got(proto, len(sent) - mark))
+                assert bytes(old.got) == bytes(sent[:mark])  # none to the old one
+                sent = sent[mark:]
+                b.close()
+            elif way in ("close", "abort"):
+                getattr(tr, way)()
+                try:
+                    await loop.sock_sendall(b, _message(3))
+                except OSError:
+                    pass  # the peer may be gone already
+                await _turns()
+            elif way == "eof":
+                tail = _message(3, 50 * 1024)
+                await loop.sock_sendall(b, tail)
+                sent += tail
+                b.shutdown(socket.SHUT_WR)
+            else:  # reset: the bytes, then (the drained wait waiting again) an RST
+                await _send(loop, b, sent, _message(3), proto)
+                b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                b.close()
+            exc = await wait_for(proto.lost)
+        assert bytes(proto.got) == bytes(sent)
+        if way == "reset":
+            assert isinstance(exc, ConnectionResetError), exc
+        else:
+            assert exc is None, exc
+        assert proto.eof_at == (None if way in ("close", "abort", "reset") else len(sent))
+        await _turns(3)
+        if eng is not None:
+            assert eng.in_flight == ops  # nothing of the transport's is left
+
+        # the number again, for a new connection (the lowest free number)
+        c, d = socket.socketpair()
+        if d.fileno() == fd:
+            c, d = d, c
+        with d:
+            if c.fileno() != fd:
+                with pytest.raises(OSError):
+                    os.fstat(fd)  # closed with the transport
+                os.dup2(c.fileno(), fd)
+                c.close()
+                c = socket.socket(fileno=fd)
+            d.setblocking(False)
+            tr2, new = await loop.create_connection(_Sink, sock=c)
+            again = bytearray()
+            for msg in (_message(5), _message(6), _message(7), b"u" * 1000):
+                await _send(loop, d, again, msg, new)
+            tr2.close()
+            assert await wait_for(new.lost) is None
+        assert bytes(new.got) == bytes(again)
 
     run_in(tloop, main())

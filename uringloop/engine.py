@@ -39,7 +39,9 @@ __all__ = [
     "OPT_GUARD",
     "OPT_TEST_NOBUF",
     "RECV_WAIT_FIRST",
+    "RECV_DRAINED",
     "POLL_KEPT",
+    "POLL_DRAINED",
 ]
 
 OPT_NO_MULTISHOT = lib.UL_OPT_NO_MULTISHOT
@@ -58,8 +60,14 @@ OPT_TEST_NOBUF = lib.UL_OPT_TEST_NOBUF
 # recv_into's flags: a read of the fd just came short, so the receive waits
 # for data before it tries (a hint; decision 389)
 RECV_WAIT_FIRST = lib.UL_RECV_WAIT_FIRST
+# ... from an owner that keeps the fd open until the record: epoll waits on
+# the fd's registration as it is, no epoll_ctl (decision 391)
+RECV_DRAINED = lib.UL_RECV_DRAINED
 # poll(level=POLL_KEPT): a level poll whose owner keeps the fd open (engine.h)
 POLL_KEPT = lib.UL_POLL_KEPT
+# poll(level=POLL_DRAINED): one record, from an owner that keeps the fd open
+# and has just read it until a read came short (engine.h; decision 391)
+POLL_DRAINED = lib.UL_POLL_DRAINED
 
 _BACKENDS = {
     "auto": lib.UL_BACKEND_AUTO,
@@ -445,11 +453,14 @@ class Engine:
         """level: False, one record; True, a record (more) each run fd is
         ready, until cancelled; POLL_KEPT, as True from an owner that keeps fd
         open until the final record (epoll re-arms it with no syscall,
-        decision 382)."""
+        decision 382); POLL_DRAINED, as False from an owner that keeps fd
+        open and whose last read of it came short (epoll waits with no
+        syscall, decision 391)."""
         fd = _check_fd(fd)
         if not isinstance(events, int) or events < 0 or events > _U32:
             raise ValueError("events must be a poll mask")
-        level = POLL_KEPT if level == POLL_KEPT else int(bool(level))
+        if level not in (POLL_KEPT, POLL_DRAINED):
+            level = int(bool(level))
         return self._cold(cb, None, lambda ud: lib.ul_poll(self._e, ud, fd, events, level))
 
     def read(self, fd: int, buf, cb, offset: int = -1) -> int:

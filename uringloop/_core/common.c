@@ -820,8 +820,9 @@ EXPORT int ul_recv_into(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t l
     BEGIN(K_RECV_INTO, fd);
     op->buf = buf;
     op->len = len;
-    op->wait_first = (flags & UL_RECV_WAIT_FIRST) != 0;
-    op->msg_flags = flags & ~UL_RECV_WAIT_FIRST;
+    op->wait_first = (flags & (UL_RECV_WAIT_FIRST | UL_RECV_DRAINED)) != 0;
+    op->drained = (flags & UL_RECV_DRAINED) != 0;
+    op->msg_flags = flags & ~(UL_RECV_WAIT_FIRST | UL_RECV_DRAINED);
     return submit(e, op);
 }
 
@@ -944,7 +945,8 @@ EXPORT int ul_poll(ul_engine *e, uint64_t ud, int fd, uint32_t events, int level
 {
     BEGIN(K_POLL, fd);
     op->events = events;
-    op->level = level == UL_POLL_KEPT ? UL_POLL_KEPT : level != 0;
+    op->level = level == UL_POLL_KEPT ? UL_POLL_KEPT : level != 0 && level != UL_POLL_DRAINED;
+    op->drained = level == UL_POLL_DRAINED;
     return submit(e, op);
 }
 

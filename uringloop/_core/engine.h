@@ -57,6 +57,11 @@
 /* ul_recv_into's flags: wait for data before the first attempt (a hint;
  * the bit is MSG_CMSG_CLOEXEC's, which means nothing to recv(2)) */
 #define UL_RECV_WAIT_FIRST 0x40000000
+/* ... and, more: the owner keeps fd open until the op's final record and
+ * its last read of fd came short or said EAGAIN (UL_POLL_DRAINED's promise,
+ * below; implies UL_RECV_WAIT_FIRST; the bit is MSG_FASTOPEN's, a send flag
+ * that means nothing to recv(2); decision 391) */
+#define UL_RECV_DRAINED 0x20000000
 
 typedef struct ul_record {
     uint64_t user_data;
@@ -152,7 +157,10 @@ int ul_recv(ul_engine *e, uint64_t ud, int fd, int multishot, uint32_t max);
  * has just come short or said EAGAIN, so the receive waits for data before
  * it tries (io_uring: IORING_RECVSEND_POLL_FIRST; epoll: no attempt at
  * submit when the fd is idle, as its re-arm reports data already there).
- * A hint: the result is the same either way (decision 389). */
+ * A hint: the result is the same either way (decision 389).
+ * UL_RECV_DRAINED: as UL_RECV_WAIT_FIRST, from an owner that keeps fd open
+ * until the record; epoll may then wait on the fd's registration as it is,
+ * no re-arm (as UL_POLL_DRAINED, decision 391). */
 int ul_recv_into(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len, int flags);
 int ul_send(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len, int flags);
 /* Ordered like ul_send: iov points to niov `struct iovec`s, copied at submit;
@@ -181,6 +189,15 @@ int ul_connect(ul_engine *e, uint64_t ud, int fd, const char *addr, uint32_t add
  * pipe transport), so a re-arm need not check which file fd names: epoll
  * keeps such an fd registered level-triggered, no epoll_ctl per re-arm */
 #define UL_POLL_KEPT 2
+/* 3 (UL_POLL_DRAINED): one record, as 0, from an owner that keeps fd open
+ * until the record and whose last read of fd came short or said EAGAIN
+ * (nothing read since): epoll may then wait on the fd's edge-triggered
+ * registration as it is, no epoll_ctl, since any byte, hang-up or error
+ * after that read raises an edge of its own; it re-arms as for 0 when an
+ * edge may have been missed meanwhile (a wait reported the fd readable
+ * with nothing waiting on it) or a hang-up was seen (decision 391).
+ * io_uring treats it as 0. */
+#define UL_POLL_DRAINED 3
 int ul_poll(ul_engine *e, uint64_t ud, int fd, uint32_t events, int level);
 int ul_read(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len, int64_t offset);
 int ul_write(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len, int64_t offset);

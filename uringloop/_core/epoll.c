@@ -32,6 +32,13 @@
  * 382). When anything else comes to wait on the fd, it goes back to
  * edge-triggered; when an event finds no kept poll waiting (the poll was
  * cancelled), too, so an fd nothing waits on does not keep firing.
+ *
+ * A one-shot read or poll from such an owner that has just read the socket
+ * empty (UL_RECV_DRAINED, UL_POLL_DRAINED: a stream transport's direct
+ * reads) needs neither the check nor the re-report: every edge since that
+ * read is still to come, so it waits on the registration as it is, unless
+ * an edge was spent meanwhile on nobody, or the peer hung up already
+ * (waits_as_registered, decision 391).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -236,8 +243,37 @@ static int arm(ul_engine *e, int fd, int force_mod)
     f->registered = 1;
     f->reg_out = (uint8_t)out;
     f->reg_lt = (uint8_t)lt;
+    f->missed = 0;  /* the MOD re-reports what is there (waits_as_registered) */
     f->reg_gen++;  /* events may come from another file than before */
     return 0;
+}
+
+/* A poll of f's waits for what a read would take */
+static int polls_want_in(ul_engine *e, const struct ul_fd *f)
+{
+    for (int32_t s = f->pq_head; s >= 0; s = op_at(e, s)->wq_next)
+        if (op_at(e, s)->events & (POLLIN | POLLRDNORM | POLLPRI | POLLRDHUP))
+            return 1;
+    return 0;
+}
+
+/* op, leaving f idle, may wait on f's registration as it is, with no
+ * epoll_ctl (decision 391). Its owner keeps the fd open until op's record,
+ * so the number names the file registered (the fd-number trap of the
+ * contract cannot spring: decision 382's reasoning), and read it until a
+ * read came short or said EAGAIN (op->drained): the socket was empty then,
+ * so every byte, hang-up or error since has raised an edge of the
+ * registration (edge-triggered, for reading only) that a wait has yet to
+ * report, unless a wait reported the fd readable while nothing waited to
+ * read (missed: that edge is spent) or the peer hung up already (hup: a
+ * FIN queued behind the bytes a short read stopped before raises no edge
+ * after it). Otherwise the re-arm, which reports what is there now. A
+ * registration asking for EPOLLOUT is re-armed too, which drops it
+ * (decision 356). */
+static int waits_as_registered(const struct ul_fd *f, const struct ul_op *op)
+{
+    return op->drained && f->registered && !f->reg_lt && !f->reg_out && !f->missed && !f->hup &&
+           !op_wants_out(op);
 }
 
 /*
@@ -700,6 +736,8 @@ static int enqueue(ul_engine *e, struct ul_op *op)
     op->reg_gen = f->reg_gen;
     if (!was_idle && f->registered && !f->reg_lt && (f->reg_out || !op_wants_out(op)))
         return 0;
+    if (was_idle && waits_as_registered(f, op))
+        return 0;  /* a drained receive (decision 391) */
     int r = (f->regular && op->kind == K_READ_POOL) ? -EPERM : arm(e, op->fd, 1);
     if (r == -EPERM && op->kind == K_READ_POOL) {
         /* a file epoll cannot watch (a regular file, /dev/zero) is always
@@ -726,11 +764,15 @@ static void wait_for(ul_engine *e, struct ul_op *op)
 static void poll_arm(ul_engine *e, struct ul_op *op, int rearm)
 {
     struct ul_fd *f = &e->fds[op->fd];
+    int was_idle = fd_idle(f);
     q_push(e, f, op, 0);
     /* a kept poll on its level-triggered registration: nothing to do
      * (decision 382; its owner kept the fd, so it names the same file) */
     if (rearm && op->level == UL_POLL_KEPT && f->registered && f->reg_lt &&
         kept_polls_only(e, f))
+        return;
+    /* a drained poll on an edge-triggered one: nothing to do (decision 391) */
+    if (!rearm && was_idle && waits_as_registered(f, op))
         return;
     int r = arm(e, op->fd, 1);
     if (r == -EPERM) {  /* regular file: always ready */
@@ -889,6 +931,12 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
          * again, or the fd would fire at every wait (decision 382) */
         if (e->fds[fd].reg_lt && !kept_polls_only(e, &e->fds[fd]))
             arm(e, fd, 1);
+        /* what a drained op may not wait through (waits_as_registered) */
+        struct ul_fd *f = &e->fds[fd];
+        if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+            f->hup = 1;
+        if ((ev & (EPOLLIN | EPOLLPRI)) && f->rq_head < 0 && !polls_want_in(e, f))
+            f->missed = 1;
         if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI)) {
             p->drained_ok = !(ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
             run_queue(e, fd, Q_READ, 0);

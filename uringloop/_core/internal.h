@@ -91,6 +91,8 @@ struct ul_op {
                                    K_RECVMSG_POOL: its last recvmmsg filled its batch,
                                    so the next takes DGRAM_BUDGET at once */
     uint8_t wait_first;         /* K_RECV_INTO asked with UL_RECV_WAIT_FIRST */
+    uint8_t drained;            /* K_RECV_INTO with UL_RECV_DRAINED, or K_POLL with
+                                   UL_POLL_DRAINED: epoll may wait with no re-arm */
     int fd;
     uint32_t sqe_idx;           /* io_uring: SQ index of the op's latest SQE */
     uint32_t reg_gen;           /* epoll: the fd's reg_gen when ident was last
@@ -150,6 +152,9 @@ struct ul_fd {
     uint8_t registered, regular, on_ready_list;
     uint8_t reg_out;            /* the registration asks for EPOLLOUT */
     uint8_t reg_lt;             /* ... and is level-triggered (kept_polls_only) */
+    uint8_t missed;             /* a wait reported fd readable with no op to take it,
+                                   since the last (re)registration (decision 391) */
+    uint8_t hup;                /* a wait reported a hang-up or an error on fd */
     int32_t rq_head, rq_tail;   /* ops waiting for readability */
     int32_t wq_head, wq_tail;   /* ops waiting for writability */
     int32_t pq_head, pq_tail;   /* poll ops */

@@ -593,12 +593,16 @@ static int stream_data(Stream *s, PyObject *data)
 /* A Protocol's direct receive waits in the engine for the socket to
  * become readable: a one-shot poll(POLLIN), no buffer (a connection that
  * goes quiet holds nothing: decision 373), whose record is the Stream's
- * (stream_poll_record). 0, or -1 with an exception set. */
-static int stream_arm_poll(Stream *s)
+ * (stream_poll_record). drained: the Stream's last read came short or said
+ * EAGAIN; the transport keeps its fd open until the poll's record (close
+ * goes through the engine's close_fd), so epoll may wait on the fd's
+ * registration with no epoll_ctl (UL_POLL_DRAINED, decision 391). 0, or -1
+ * with an exception set. */
+static int stream_arm_poll(Stream *s, int drained)
 {
     Table *t = s->loop->table;
     uint64_t ud = table_take(t, (PyObject *)s, NULL, SLOT_DIRECT);
-    int rc = ud ? t->poll(t->engine, ud, s->fd, POLLIN, 0) : -1;
+    int rc = ud ? t->poll(t->engine, ud, s->fd, POLLIN, drained ? UL_POLL_DRAINED : 0) : -1;
     if (rc < 0) {
         if (ud)
             table_refused(t, ud, rc);
@@ -653,14 +657,14 @@ static int stream_read_bytes(Stream *s, int now)
     for (int reads = 0; t != NULL && t->engine != NULL && stream_direct_ok(s); reads++) {
         if (s->buffered)
             return stream_back_to_pool(s);
-        if (!now || reads >= DIRECT_READS)
-            return stream_arm_poll(s);
+        if (!now || reads >= DIRECT_READS) /* drained: a read here came short */
+            return stream_arm_poll(s, !now && reads > 0);
         PyObject *b;
         ssize_t got = stream_recv_bytes(s, &b);
         if (got == RECV_NOMEM)
             return -1;
         if (got == -EAGAIN)
-            return stream_arm_poll(s);
+            return stream_arm_poll(s, 1);
         if (got <= 0) /* EOF, an error: the op's final record */
             return stream_final(s, (int32_t)got, 0);
         int rc = stream_data(s, b);
@@ -742,8 +746,10 @@ static int stream_read_direct(Stream *s, int how)
             continue;
         }
         uint64_t ud = table_take(t, (PyObject *)s, NULL, SLOT_DIRECT);
+        /* D_DRAINED: the transport keeps its fd open until the record, so
+         * epoll may wait on its registration as it is (decision 391) */
         int rc = ud ? t->recv_into(t->engine, ud, s->fd, b->buf, (uint32_t)len,
-                                   how == D_DRAINED ? UL_RECV_WAIT_FIRST : 0)
+                                   how == D_DRAINED ? UL_RECV_DRAINED : 0)
                     : -1;
         if (rc < 0) {
             PyBuffer_Release(b);
@@ -830,7 +836,7 @@ static int stream_poll_record(Stream *s, int32_t res)
         PyObject *b;
         ssize_t got = stream_recv_bytes(s, &b);
         if (got == -EAGAIN) {
-            rc = stream_arm_poll(s);
+            rc = stream_arm_poll(s, 1);
         } else if (got > 0) {
             int more = got >= s->loop->table->buf_size;
             PyObject *args[3] = {PyLong_FromSsize_t(got), more ? Py_True : Py_False, b};
@@ -838,7 +844,7 @@ static int stream_poll_record(Stream *s, int32_t res)
             Py_XDECREF(args[0]);
             Py_DECREF(b);
             Py_XDECREF(r);
-            rc = r == NULL ? -1 : more ? stream_arm_poll(s) : 0;
+            rc = r == NULL ? -1 : more ? stream_arm_poll(s, got < DIRECT_BYTES) : 0;
         } else if (got != RECV_NOMEM) {
             rc = stream_final(s, (int32_t)got, 1);
         }
