@@ -137,14 +137,40 @@ def test_loadgen_verifies_against_stock_echo_server(loadgen, mode, size):
     assert res["cpu_s"] > 0
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_loadgen_catches_corrupted_echo(loadgen, mode):
-    """A server that echoes with one byte changed per message: --verify must say so (exit 2)."""
+@contextlib.contextmanager
+def thread_server(serve):
+    """A loopback TCP server running serve(conn, stop) in a thread per
+    connection; yields its port. On exit: stop set, the accept loop joined,
+    the listener closed."""
     lsock = socket.create_server(("127.0.0.1", 0))
     lsock.settimeout(0.2)  # the accept loop looks at `stop` this often
     stop = threading.Event()
 
-    def corrupt_echo(conn):
+    def accept_all():
+        while not stop.is_set():
+            try:
+                conn, _ = lsock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn, stop), daemon=True).start()
+
+    t = threading.Thread(target=accept_all, daemon=True)
+    t.start()
+    try:
+        yield lsock.getsockname()[1]
+    finally:
+        stop.set()
+        t.join(timeout=30)
+        lsock.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_loadgen_catches_corrupted_echo(loadgen, mode):
+    """A server that echoes with one byte changed per message: --verify must say so (exit 2)."""
+
+    def corrupt_echo(conn, stop):
         conn.settimeout(30)
         got = 0
         try:
@@ -161,24 +187,8 @@ def test_loadgen_catches_corrupted_echo(loadgen, mode):
         finally:
             conn.close()
 
-    def accept_all():
-        while not stop.is_set():
-            try:
-                conn, _ = lsock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=corrupt_echo, args=(conn,), daemon=True).start()
-
-    t = threading.Thread(target=accept_all, daemon=True)
-    t.start()
-    try:
-        rc, lines, err = run_loadgen(loadgen, lsock.getsockname()[1], mode)
-    finally:
-        stop.set()
-        t.join(timeout=30)
-        lsock.close()
+    with thread_server(corrupt_echo) as port:
+        rc, lines, err = run_loadgen(loadgen, port, mode)
     assert rc == 2, (rc, lines, err)
     assert json.loads(lines[-1])["verify_errors"] > 0
 
@@ -212,11 +222,8 @@ def http_server(respond):
     """A keep-alive HTTP server, a thread per connection: respond(n) gives the
     pieces of the reply to a connection's n-th request, sent one by one with
     a pause between them (TCP_NODELAY: each its own segment)."""
-    lsock = socket.create_server(("127.0.0.1", 0))
-    lsock.settimeout(0.2)  # the accept loop looks at `stop` this often
-    stop = threading.Event()
 
-    def serve(conn):
+    def serve(conn, stop):
         conn.settimeout(30)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf, n = b"", 0
@@ -239,24 +246,8 @@ def http_server(respond):
         finally:
             conn.close()
 
-    def accept_all():
-        while not stop.is_set():
-            try:
-                conn, _ = lsock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    t = threading.Thread(target=accept_all, daemon=True)
-    t.start()
-    try:
-        yield lsock.getsockname()[1]
-    finally:
-        stop.set()
-        t.join(timeout=30)
-        lsock.close()
+    with thread_server(serve) as port:
+        yield port
 
 
 def split_ok(n):
@@ -331,6 +322,12 @@ print("  1000 requests in 1.00s, 10.00KB read")
 """
 
 
+def _render(nb, results):
+    """net_bench's markdown for results (workload -> loop -> runs), uvloop only."""
+    meta = dict.fromkeys(["date", "machine", "command", "settings", "versions", "malloc"], "-")
+    return nb.markdown(nb.summarise(results, ["uvloop"]), meta)
+
+
 def test_wrk_cpu_is_its_whole_life(tmp_path):
     """run_wrk reads wrk's CPU time from /proc/<pid>/stat after it exited and
     before it is reaped: a fake wrk that burns 0.3 s of CPU must show it."""
@@ -369,18 +366,7 @@ def test_results_md_has_the_busy_columns_and_the_client_mode():
         "mode": "uring",
     }
     results = {wl["id"]: {"uvloop": {"runs": [run]}}}
-    rows = nb.summarise(results, ["uvloop"])
-    md = nb.markdown(
-        rows,
-        {
-            "date": "d",
-            "machine": "m",
-            "command": "c",
-            "settings": "s",
-            "versions": "v",
-            "malloc": "x",
-        },
-    )
+    md = _render(nb, results)
     assert "| server busy % | client busy % |" in md
     assert "| 4.00 | 1.00 | 93 | 47 |" in md
     assert "Client: loadgen, io_uring mode." in md
@@ -417,16 +403,6 @@ def test_http_rows_drive_both_servers_with_loadgen_http():
         "mode": "http-epoll",
     }
     results = {"http-loadgen-httptools": {"uvloop": {"runs": [run]}}}
-    md = nb.markdown(
-        nb.summarise(results, ["uvloop"]),
-        {
-            "date": "d",
-            "machine": "m",
-            "command": "c",
-            "settings": "s",
-            "versions": "v",
-            "malloc": "x",
-        },
-    )
+    md = _render(nb, results)
     assert "## HTTP keep-alive, loadgen, 100 conns" in md
     assert "Client: loadgen --http, epoll mode." in md
