@@ -353,18 +353,19 @@ def client_mode(wl, opts):
     return "epoll" if wl["kind"] == "tls" else opts.client_mode
 
 
-def loadgen_args(wl, server, opts):
-    """loadgen's command line for an echo, TLS or HTTP row."""
+def loadgen_args(wl, server, opts, conns=None, duration=None, warmup=None):
+    """loadgen's command line for an echo, TLS or HTTP row (conns, duration
+    and warmup: the row's and the options' unless given)."""
     args = (
         [LOADGEN]
         + client_target(wl, server)
         + [
             "-c",
-            str(wl["conns"]),
+            str(wl["conns"] if conns is None else conns),
             "-d",
-            str(opts.duration),
+            str(opts.duration if duration is None else duration),
             "-w",
-            str(opts.warmup),
+            str(opts.warmup if warmup is None else warmup),
             "--mode",
             client_mode(wl, opts),
         ]
@@ -377,13 +378,37 @@ def loadgen_args(wl, server, opts):
         args += ["-s", str(wl["size"])]
         if opts.verify:
             args.append("--verify")
+    if wl["kind"] == "tls":
+        args.append("--tls")
     return args
+
+
+# the warm-up connection's client run (decision 376): one connection, this long
+WARM_CONN_S = 0.1
+
+
+def warm_connection(wl, server, opts):
+    """Before a loadgen row's measured client: the row's own client with one
+    connection for WARM_CONN_S, then it exits and its connection closes, as
+    wrk's rows have their warm-up wrk's closed connections before the measured
+    one (decision 376: a stock-asyncio server's first EOF frees a whole
+    256 KiB read buffer, and glibc raises its mmap threshold then). Nothing
+    of it is measured; a failure is the row's."""
+    args = loadgen_args(wl, server, opts, conns=1, duration=WARM_CONN_S, warmup=0)
+    try:
+        r = subprocess.run(args, capture_output=True, preexec_fn=pin(opts.client_cpu), timeout=60)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"warm-up client did not finish: {exc}") from None
+    if r.returncode != 0:
+        raise RuntimeError(
+            f"warm-up client exit {r.returncode}: {r.stderr.decode(errors='replace')[-500:]}"
+        )
 
 
 def run_loadgen(wl, server, opts, strace_out=None):
     args = loadgen_args(wl, server, opts)
-    if wl["kind"] == "tls":
-        args.append("--tls")
+    if opts.warmup > 0:
+        warm_connection(wl, server, opts)
     tracer = None
     if strace_out:
         # attached before the client connects, detached after it exits: the
@@ -574,6 +599,9 @@ def summarise(results, loops):
                 med[loop]["client_mode"] = runs[0].get("mode")
                 med[loop]["min"] = min(r[key] for r in runs)
                 med[loop]["max"] = max(r[key] for r in runs)
+                if key == "rps" and all("cpu_us_per_req" in r for r in runs):
+                    med[loop]["cpu_min"] = min(r["cpu_us_per_req"] for r in runs)
+                    med[loop]["cpu_max"] = max(r["cpu_us_per_req"] for r in runs)
                 med[loop]["n"] = len(runs)
         ref = med.get("uvloop")
         for loop in loops:
@@ -639,6 +667,7 @@ def markdown(rows, meta):
         "",
         f"Machine: {meta['machine']}  ",
         f"Command: `{meta['command']}`  ",
+        *([f"{meta['note']}  "] if meta.get("note") else []),
         f"Settings: {meta['settings']}  ",
         f"Loops: {meta['versions']}  ",
         f"Malloc: {meta['malloc']}",
@@ -714,8 +743,7 @@ def markdown(rows, meta):
         ]
         for r in split:
             counts = " | ".join(
-                fmt(r.get(f"{k}_per_req"), 3) if f"{k}_per_req" in r else ""
-                for k in ENGINE_COUNTS
+                fmt(r.get(f"{k}_per_req"), 3) if f"{k}_per_req" in r else "" for k in ENGINE_COUNTS
             )
             out.append(
                 f"| {r['workload']} | {r['loop']} | {fmt(r['cpu_us_per_req'], 2)} "
@@ -755,16 +783,56 @@ def markdown(rows, meta):
     return "\n".join(out) + "\n"
 
 
-def chart(rows, loops, path, meta):
+# what each kind of chart panel shows: (row value, its min and max, scale, y label, title tail)
+PANELS = {
+    "rps": ("rps", "min", "max", 1000, "k requests/s", "requests/s, higher is better"),
+    "cpu": (
+        "cpu_us_per_req",
+        "cpu_min",
+        "cpu_max",
+        1,
+        "server CPU µs / request",
+        "server CPU per request, LOWER is better",
+    ),
+    "idle": ("kib_per_conn", "min", "max", 1, "KiB RSS / connection", "LOWER is better"),
+}
+
+
+def chart_layout(rows):
+    """The chart's panels: [(grid row, first column, columns, family, panel kind)]
+    on a 4-column grid, and the number of rows. Each family with more than two
+    server kinds (the echo families) gets a row: requests/s on its left half,
+    server CPU per request on its right (decision 379); the others (HTTP, TLS,
+    idle) put their pair side by side, several families to a row; idle has one
+    panel, RSS per connection."""
+    fams = []
+    for r in rows:
+        if r["family"] not in fams:
+            fams.append(r["family"])
+    panels, row, col = [], 0, 0
+    for fam in fams:
+        frows = [r for r in rows if r["family"] == fam]
+        if frows[0]["kind"] == "idle":
+            kinds, span = ["idle"], 1
+        elif len({r["label"] for r in frows}) > 2:
+            kinds, span = ["rps", "cpu"], 2
+        else:
+            kinds, span = ["rps", "cpu"], 1
+        if col + span * len(kinds) > 4:
+            row, col = row + 1, 0
+        for kind in kinds:
+            panels.append((row, col, span, fam, kind))
+            col += span
+    return panels, (row + 1 if panels else 0)
+
+
+def chart_figure(rows, loops, meta):
+    """The chart as a matplotlib figure (chart() saves it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fams = []
-    for r in rows:
-        if r["family"] not in fams:
-            fams.append(r["family"])
     shown = [lp for lp in loops if any("n" in r for r in rows if r["loop"] == lp)]
     colors = {
         "asyncio": "#9e9e9e",
@@ -774,38 +842,34 @@ def chart(rows, loops, path, meta):
         "uringloop-io_uring": "#2ca02c",
         "uringloop-epoll": "#98df8a",
     }
-    # families with many server kinds get a full-width row; the small ones
-    # (HTTP, TLS, idle) share the last row, so their few bars stay narrow
-    nlabels = {f: len({r["label"] for r in rows if r["family"] == f}) for f in fams}
-    wide = [f for f in fams if nlabels[f] > 2]
-    small = [f for f in fams if nlabels[f] <= 2]
-    nrows = len(wide) + (1 if small else 0)
-    fig = plt.figure(figsize=(13, 3.4 * nrows))
-    grid = fig.add_gridspec(nrows, max(len(small), 1))
-    axes = [fig.add_subplot(grid[i, :]) for i in range(len(wide))]
-    axes += [fig.add_subplot(grid[nrows - 1, j]) for j in range(len(small))]
+    panels, nrows = chart_layout(rows)
+    fig = plt.figure(figsize=(18, 3.6 * max(nrows, 1)))
+    grid = fig.add_gridspec(nrows, 4)
     width = 0.8 / max(len(shown), 1)
-    for ax, fam in zip(axes, wide + small, strict=True):
+    axes = []
+    for grow, col, span, fam, kind in panels:
+        ax = fig.add_subplot(grid[grow, col : col + span])
+        ax.panel = (fam, kind)
+        axes.append(ax)
+        value, low, high, scale, ylabel, what = PANELS[kind]
         frows = [r for r in rows if r["family"] == fam]
         labels = []
         for r in frows:
             if r["label"] not in labels:
                 labels.append(r["label"])
-        idle = frows[0]["kind"] == "idle"
         for i, lp in enumerate(shown):
             xs, ys, lo, hi = [], [], [], []
             for j, lab in enumerate(labels):
                 r = next(
                     (r for r in frows if r["label"] == lab and r["loop"] == lp and "n" in r), None
                 )
-                if r is None:
+                if r is None or r.get(value) is None:
                     continue
-                v = r["kib_per_conn"] if idle else r["rps"] / 1000
-                scale = 1 if idle else 1000
+                v = r[value] / scale
                 xs.append(j + (i - (len(shown) - 1) / 2) * width)
                 ys.append(v)
-                lo.append(v - r["min"] / scale)
-                hi.append(r["max"] / scale - v)
+                lo.append(v - r.get(low, r[value]) / scale)
+                hi.append(r.get(high, r[value]) / scale - v)
             ax.bar(
                 xs,
                 ys,
@@ -817,20 +881,39 @@ def chart(rows, loops, path, meta):
                 error_kw={"elinewidth": 0.8},
             )
         ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels)
-        # the small panels share a row (four with both HTTP families): a second
-        # line keeps the idle panel's title inside it
-        ax.set_title(fam + ("\n(lower is better)" if idle else ""), fontsize=10, loc="left")
-        ax.set_ylabel("KiB RSS / connection" if idle else "k requests/s")
+        ax.set_xticklabels(labels, fontsize=8 if span == 2 else 9)
+        ax.set_title(f"{fam}:\n{what}", fontsize=10, loc="left")
+        ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(ncol=len(shown), loc="upper right", fontsize=9, bbox_to_anchor=(1, 1.32))
+    height = 3.6 * max(nrows, 1)
+    top = 1 - 0.55 / height  # the title's two lines and the legend
+    if axes:
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(
+            handles,
+            names,
+            ncol=len(shown),
+            loc="upper center",
+            fontsize=10,
+            bbox_to_anchor=(0.5, 1 - 0.42 / height),
+        )
     fig.suptitle(
         f"uringloop network benchmark, {meta['date']}: median of {meta['reps']} "
-        f"(whiskers: min–max; no bar: skipped, see results.md); {meta['machine_short']}",
+        f"(whiskers: min–max; no bar: skipped, see results.md); {meta['machine_short']}\n"
+        "Left of each pair: requests/s (higher is better; on a shared VM it moves 2-5x "
+        "between runs). Right: the server's CPU time per request (LOWER is better; "
+        "it holds from run to run).",
         fontsize=12,
-        y=0.995,
+        y=0.998,
     )
-    fig.tight_layout(rect=(0, 0, 1, 0.985))
+    fig.tight_layout(rect=(0, 0, 1, top))
+    return fig
+
+
+def chart(rows, loops, path, meta):
+    import matplotlib.pyplot as plt
+
+    fig = chart_figure(rows, loops, meta)
     fig.savefig(path, dpi=90)
     plt.close(fig)
 

@@ -406,3 +406,149 @@ def test_http_rows_drive_both_servers_with_loadgen_http():
     md = _render(nb, results)
     assert "## HTTP keep-alive, loadgen, 100 conns" in md
     assert "Client: loadgen --http, epoll mode." in md
+
+
+# ------------------------------------------------------------------ decisions 376, 379
+
+
+def _at_eof(conn):
+    """Whether the peer of conn has closed (a FIN waiting or already read)."""
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:  # closed on our side
+        return True
+
+
+def test_loadgen_rows_close_a_warm_up_connection_first(loadgen, monkeypatch):
+    """run_loadgen opens and closes a warm-up connection before the measured
+    client connects, as wrk's rows have their warm-up wrk's (decision 376): a
+    stock-asyncio server's first EOF is what raises glibc's mmap threshold."""
+    nb = _net_bench()
+    monkeypatch.setattr(nb, "LOADGEN", loadgen)
+    seen, lock = [], threading.Lock()
+
+    def echo(conn, stop):
+        conn.settimeout(30)
+        with lock:
+            # for each connection: had the first one been closed by the client?
+            seen.append((conn, bool(seen) and _at_eof(seen[0][0])))
+        try:
+            while not stop.is_set():
+                data = conn.recv(65536)
+                if not data:
+                    return
+                conn.sendall(data)
+        except OSError:
+            pass
+
+    wl = dict(next(w for w in nb.WORKLOADS if w["id"] == "echo-1k-c1-protocol-tcp"), conns=4)
+    opts = types.SimpleNamespace(
+        duration=0.3, warmup=0.1, client_mode="epoll", verify=True, client_cpu=0
+    )
+    try:
+        with thread_server(echo) as port:
+            server = types.SimpleNamespace(
+                addr=str(port),
+                loop="uvloop",
+                proc=subprocess.Popen(["sleep", "60"]),
+                alive=lambda: True,
+                stderr=lambda: "",
+            )
+            try:
+                res = nb.run_loadgen(wl, server, opts)
+            finally:
+                server.proc.kill()
+                server.proc.wait(timeout=30)
+    finally:
+        for c, _ in seen:
+            c.close()
+    assert res["verify_errors"] == 0 and res["requests"] > 0 and res["conns"] == 4
+    # the warm-up's one connection, then the measured four, each after its close
+    assert len(seen) == 5, seen
+    assert all(first_closed for _, first_closed in seen[1:]), seen
+
+
+def _rows(nb, wids, loops=("asyncio", "uvloop")):
+    """summarise()'s rows for fake runs: req/s 1000 * (loop index + 1), server
+    CPU per request 10 * (loop index + 1) + repetition (0, 1, 2)."""
+    results = {}
+    for wid in wids:
+        per = results.setdefault(wid, {})
+        for i, lp in enumerate(loops):
+            runs = []
+            for rep in range(3):
+                if wid.startswith("idle"):
+                    runs.append({"kib_per_conn": 1.0 + i, "mode": "epoll"})
+                    continue
+                runs.append(
+                    {
+                        "rps": 1000.0 * (i + 1),
+                        "p50_us": 10.0,
+                        "p99_us": 20.0,
+                        "cpu_us_per_req": 10.0 * (i + 1) + rep,
+                        "server_busy_pct": 90.0,
+                        "client_busy_pct": 40.0,
+                        "mode": "epoll",
+                    }
+                )
+            per[lp] = {"runs": runs}
+    return nb.summarise(results, list(loops))
+
+
+def test_chart_shows_cpu_per_request_next_to_requests_per_second():
+    """Every family's req/s panel has a server-CPU-per-request panel beside it
+    (lower is better, said in its title), bars at the medians, whiskers at the
+    min-max of the CPU (decision 379); idle keeps its one RSS panel."""
+    pytest.importorskip("matplotlib", reason="matplotlib draws net_bench's chart")
+    import matplotlib.pyplot as plt
+
+    nb = _net_bench()
+    wids = [
+        "echo-1k-c100-protocol-tcp",
+        "echo-1k-c100-streams-tcp",
+        "echo-1k-c100-sock-unix",
+        "http-httptools",
+        "http-loadgen-aiohttp",
+        "tls-1k-c10",
+        "idle-10000",
+    ]
+    rows = _rows(nb, wids)
+    meta = {"date": "-", "reps": 3, "machine_short": "-"}
+    fig = nb.chart_figure(rows, ["asyncio", "uvloop"], meta)
+    try:
+        panels = {ax.panel: ax for ax in fig.axes}
+        fams = dict.fromkeys(r["family"] for r in rows)
+        for fam in fams:
+            if fam.startswith("10,000 idle"):
+                assert (fam, "idle") in panels and (fam, "cpu") not in panels
+                continue
+            rps, cpu = panels[(fam, "rps")], panels[(fam, "cpu")]
+            assert "higher is better" in rps.get_title(loc="left")
+            assert "CPU per request, LOWER is better" in cpu.get_title(loc="left")
+            assert "CPU" in cpu.get_ylabel()
+            # side by side: the same grid row, the CPU panel to the right
+            assert cpu.get_position().y0 == pytest.approx(rps.get_position().y0)
+            assert cpu.get_position().x0 > rps.get_position().x0
+            nlabels = len({r["label"] for r in rows if r["family"] == fam})
+            # asyncio's bars, then uvloop's: medians 11 and 21 µs
+            heights = [p.get_height() for p in cpu.patches]
+            assert heights == [11.0] * nlabels + [21.0] * nlabels
+            assert [p.get_height() for p in rps.patches] == [1.0] * nlabels + [2.0] * nlabels
+            # whiskers: min-max of the CPU, 10-12 and 20-22
+            segs = [s for c in cpu.collections for s in c.get_segments()]
+            assert sorted({(s[0][1], s[1][1]) for s in segs}) == [(10.0, 12.0), (20.0, 22.0)]
+        assert "LOWER is better" in fig._suptitle.get_text()
+    finally:
+        plt.close(fig)
+
+
+def test_results_md_keeps_the_runs_note():
+    """A note kept in results.json's meta (what the run's conditions were)
+    survives --render: results.md prints it under the command."""
+    nb = _net_bench()
+    rows = _rows(nb, ["echo-1k-c100-protocol-tcp"])
+    meta = dict.fromkeys(["date", "machine", "command", "settings", "versions", "malloc"], "-")
+    md = nb.markdown(rows, dict(meta, note="(main at abc, load 0.25)"))
+    assert "Command: `-`  \n(main at abc, load 0.25)  \nSettings: -" in md
