@@ -9,7 +9,9 @@ core; the client (benchmarks/loadgen.c, or wrk for the http-aiohttp and
 http-httptools rows) runs pinned to the other, and so does this driver. The
 same two HTTP servers are also driven by loadgen's --http mode (the
 http-loadgen-* rows), a client that costs less per request than wrk -t1, so
-that the server, not the client, is the side near 100 % busy. Server CPU
+that the server, not the client, is the side near 100 % busy. Every loadgen
+row's measured client follows a one-connection warm-up client that has closed
+its connection, as wrk's rows follow their warm-up wrk (decision 376). Server CPU
 time per request is the server process's time on a CPU
 (/proc/<pid>/task/*/schedstat, in nanoseconds) over the measured window
 divided by the requests the client completed in it; its user and system
@@ -22,9 +24,10 @@ interleaved: for each workload, every repetition runs every loop once, the
 starting loop rotating, so drift on a shared machine hits all loops alike.
 
 Writes results.json, results.md (medians, min-max, ratios against uvloop) and
-chart.png into --out (default benchmarks/results/<UTC date>/). A report, not a
-test: nothing here is asserted; the exit status is 1 only when a client saw
-wrong bytes or a server died.
+chart.png (per family: req/s beside server CPU per request) into --out
+(default benchmarks/results/<UTC date>/). A report, not a test: nothing here
+is asserted; the exit status is 1 only when a client saw wrong bytes or a
+server died.
 """
 
 import argparse
