@@ -422,6 +422,8 @@ static int try_read_pool(ul_engine *e, struct ul_op *op)
         int err = errno;
         e->st.submitted++;
         if (r > 0 && !op->multishot) {
+            if ((size_t)r >= op->len)  /* more is likely there: try first again */
+                e->fds[op->fd].rwait = 0;
             ul__finish(e, op, (int32_t)r, UL_F_BUFFER, bids[0]);
             return TRY_DONE;  /* n was 1 */
         }
@@ -474,6 +476,8 @@ static int try_recv_pool(ul_engine *e, struct ul_op *op)
         int err = errno;
         e->st.submitted++;
         if (r > 0 && !op->multishot) {
+            if ((size_t)r >= op->len)  /* more is likely there: try first again */
+                e->fds[op->fd].rwait = 0;
             ul__finish(e, op, (int32_t)r, UL_F_BUFFER, bids[0]);
             return TRY_DONE; /* m == 1 */
         }
@@ -487,8 +491,11 @@ static int try_recv_pool(ul_engine *e, struct ul_op *op)
         }
         if (r < 0 && err == EINTR)
             continue;
-        if (r < 0 && (err == EAGAIN || err == EWOULDBLOCK))
+        if (r < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
+            if (!op->multishot)  /* the next sock_recv waits first (decision 368) */
+                e->fds[op->fd].rwait = 1;
             return TRY_WAIT;
+        }
         ul__finish(e, op, r == 0 ? 0 : -err, 0, 0);
         return TRY_DONE;
     }
@@ -811,9 +818,14 @@ static int ep_submit(ul_engine *e, struct ul_op *op)
     /* earlier readers go first; a receive asked to wait first (a read of
      * the socket just came short, decision 389) waits without an attempt
      * when the fd is idle: leaving idle re-arms it (enqueue), and the
-     * re-arm reports data (or a hang-up) that is there already */
+     * re-arm reports data (or a hang-up) that is there already. So does a
+     * one-shot pool receive (sock_recv) after one that found fd empty and
+     * no one-shot receive since that filled its length: in a request /
+     * response exchange it is asked for before its data comes, and its
+     * attempt would only say EAGAIN (decision 368; io_uring: 357) */
+    int wait_first = op->wait_first || (op->kind == K_RECV && !op->multishot && f->rwait);
     int r = (op->kind != K_SEND && queue_of(op) == Q_READ &&
-             (f->rq_head >= 0 || (op->wait_first && fd_idle(f))))
+             (f->rq_head >= 0 || (wait_first && fd_idle(f))))
                 ? TRY_WAIT
                 : try_op(e, op);
     if (r == TRY_WAIT)

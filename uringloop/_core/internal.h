@@ -155,6 +155,9 @@ struct ul_fd {
     uint8_t missed;             /* a wait reported fd readable with no op to take it,
                                    since the last (re)registration (decision 391) */
     uint8_t hup;                /* a wait reported a hang-up or an error on fd */
+    uint8_t rwait;              /* the last one-shot pool receive (sock_recv) on fd
+                                   found it empty and has not filled its length
+                                   since: the next one waits first (decision 368) */
     int32_t rq_head, rq_tail;   /* ops waiting for readability */
     int32_t wq_head, wq_tail;   /* ops waiting for writability */
     int32_t pq_head, pq_tail;   /* poll ops */
