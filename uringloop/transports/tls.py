@@ -21,8 +21,11 @@ Nothing in asyncio is patched: only the loops' own SSL transports
 
 from __future__ import annotations
 
+import ssl
 from asyncio import constants, sslproto
 from asyncio.log import logger
+
+from .. import _sched
 
 _S = sslproto.SSLProtocolState
 _UNWRAPPED = _S.UNWRAPPED
@@ -33,23 +36,31 @@ _SHUTDOWN = _S.SHUTDOWN
 _SSLAgainErrors = sslproto.SSLAgainErrors
 _LOG_THRESHOLD = constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 
+_sched.ssl_setup(
+    (_WRAPPED, _DO_HANDSHAKE, _FLUSHING, _SHUTDOWN),
+    _SSLAgainErrors,
+    ssl.SSLObject,
+    sslproto.SSLProtocol.get_buffer,
+)
 
-class SSLProtocol(sslproto.SSLProtocol):
-    """asyncio's SSL protocol; reads while bytes are pending (decision 393)."""
+
+class _SSLProtocolTransport(_sched.SSLTransportCore, sslproto._SSLProtocolTransport):
+    """The stock app transport; its write() is C in the steady state (decision 395)."""
 
     __slots__ = ()
 
-    def buffer_updated(self, nbytes):
-        self._incoming.write(self._ssl_buffer_view[:nbytes])
-        state = self._state
-        if state is _WRAPPED:
-            self._do_read()
-        elif state is _DO_HANDSHAKE:
-            self._do_handshake()
-        elif state is _FLUSHING:
-            self._do_flush()
-        elif state is _SHUTDOWN:
-            self._do_shutdown()
+
+class SSLProtocol(_sched.SSLProtocolCore, sslproto.SSLProtocol):
+    """asyncio's SSL protocol; reads while bytes are pending (decision 393);
+    get_buffer/buffer_updated are C (_sched.SSLProtocolCore, decision 394)."""
+
+    def _get_app_transport(self):
+        if self._app_transport is None:
+            if self._app_transport_created:
+                raise RuntimeError("Creating _SSLProtocolTransport twice")
+            self._app_transport = _SSLProtocolTransport(self._loop, self)
+            self._app_transport_created = True
+        return self._app_transport
 
     def _write_appdata(self, list_of_data):
         state = self._state
