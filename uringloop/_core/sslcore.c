@@ -40,6 +40,9 @@
 
 #include "sslcore.h"
 
+#include <stddef.h>
+#include <structmember.h>
+
 #if PY_VERSION_HEX >= 0x030B0000
 
 /* set once by ssl_setup() (tls.py, at import) */
@@ -61,6 +64,29 @@ static PyObject *s_state, *s_incoming, *s_outgoing, *s_sslobj, *s_pending, *s_re
     *s_start_shutdown, *s_loop, *s_call_soon, *s_do_read, *s_max_size, *s_ssl_buffer,
     *s_ssl_buffer_view, *s_do_handshake, *s_do_flush, *s_do_shutdown, *s_ssl_protocol,
     *s_write_appdata, *s_process_outgoing, *s_join, *s_append;
+
+/* The protocol's hot attributes live here, not in its __dict__: each is a
+ * member (T_OBJECT_EX) of SSLProtocolCore, so the stock Python methods
+ * read and assign them as before (self._state = ...), and the C paths read
+ * them without a lookup. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *state, *incoming, *outgoing, *sslobj, *app_protocol, *transport, *write_backlog,
+        *loop, *app_reading_paused, *app_is_buffer, *app_get_buffer, *app_buffer_updated,
+        *ssl_writing_paused, *app_writing_paused, *ssl_reading_paused, *write_buffer_size,
+        *out_high, *out_low, *in_high, *in_low, *ssl_buffer, *ssl_buffer_view;
+    /* not attributes: the object whose read/write/pending are called for
+     * sslobj (ssl_target), and the sslobj it was found for */
+    PyObject *target, *target_for;
+} Proto;
+
+#define NFIELDS 22 /* state .. ssl_buffer_view */
+_Static_assert(offsetof(Proto, target) == offsetof(Proto, state) + NFIELDS * sizeof(PyObject *),
+               "Proto: the fields from state to target_for are contiguous");
+
+static PyTypeObject ProtoCoreType;
+
+#define PROTO(o) ((Proto *)(o))
 
 /* ---- helpers */
 
@@ -206,23 +232,80 @@ static int catch_fatal(PyObject *self)
     return 0;
 }
 
+/* ---- fields */
+
+/* a field's value (borrowed), or NULL with the AttributeError Python code
+ * would get for an attribute never set */
+static PyObject *fld(PyObject *self, PyObject *v, PyObject *name)
+{
+    if (v == NULL)
+        PyErr_Format(PyExc_AttributeError, "'%.200s' object has no attribute '%U'",
+                     Py_TYPE(self)->tp_name, name);
+    return v;
+}
+
+#define F(self, f, name) fld((self), PROTO(self)->f, (name))
+
+/* truth of a field: 1, 0 or -1 */
+static int ftrue(PyObject *self, PyObject *v, PyObject *name)
+{
+    if (v == Py_True)
+        return 1;
+    if (v == Py_False)
+        return 0;
+    if (fld(self, v, name) == NULL)
+        return -1;
+    return PyObject_IsTrue(v);
+}
+
+#define T(self, f, name) ftrue((self), PROTO(self)->f, (name))
+
+/* an exact int field's value: 1 (in *out), 0 (not an exact int), -1 */
+static int fsize(PyObject *self, PyObject *v, PyObject *name, Py_ssize_t *out)
+{
+    if (fld(self, v, name) == NULL)
+        return -1;
+    return exact_ssize(v, out);
+}
+
+/* the read/write/pending target for the protocol's sslobj (borrowed) */
+static PyObject *proto_target(PyObject *self)
+{
+    Proto *p = PROTO(self);
+    PyObject *sslobj = F(self, sslobj, s_sslobj);
+    if (sslobj == NULL)
+        return NULL;
+    if (p->target_for != sslobj || p->target == NULL) {
+        PyObject *t = ssl_target(sslobj);
+        if (t == NULL)
+            return NULL;
+        Py_XSETREF(p->target, t);
+        Py_XSETREF(p->target_for, Py_NewRef(sslobj));
+    }
+    return p->target;
+}
+
 /* ---- flow control: the stock methods, called only when their state changes */
 
 /* _control_app_writing: size = outgoing.pending + _write_buffer_size */
-static int control_app_writing(PyObject *self, PyObject *outgoing)
+static int control_app_writing(PyObject *self)
 {
+    Proto *p = PROTO(self);
     Py_ssize_t pend, wsize, high, low;
+    PyObject *outgoing = F(self, outgoing, s_outgoing);
+    if (outgoing == NULL)
+        return -1;
     int r = attr_ssize(outgoing, s_pending, &pend);
     if (r > 0)
-        r = attr_ssize(self, s_write_buffer_size, &wsize);
+        r = fsize(self, p->write_buffer_size, s_write_buffer_size, &wsize);
     if (r > 0)
-        r = attr_ssize(self, s_out_high, &high);
+        r = fsize(self, p->out_high, s_out_high, &high);
     if (r > 0)
-        r = attr_ssize(self, s_out_low, &low);
+        r = fsize(self, p->out_low, s_out_low, &low);
     if (r < 0)
         return -1;
     if (r > 0) {
-        int paused = attr_true(self, s_app_writing_paused);
+        int paused = T(self, app_writing_paused, s_app_writing_paused);
         if (paused < 0)
             return -1;
         Py_ssize_t size = pend + wsize;
@@ -233,18 +316,22 @@ static int control_app_writing(PyObject *self, PyObject *outgoing)
 }
 
 /* _control_ssl_reading: size = incoming.pending */
-static int control_ssl_reading(PyObject *self, PyObject *incoming)
+static int control_ssl_reading(PyObject *self)
 {
+    Proto *p = PROTO(self);
     Py_ssize_t size, high, low;
+    PyObject *incoming = F(self, incoming, s_incoming);
+    if (incoming == NULL)
+        return -1;
     int r = attr_ssize(incoming, s_pending, &size);
     if (r > 0)
-        r = attr_ssize(self, s_in_high, &high);
+        r = fsize(self, p->in_high, s_in_high, &high);
     if (r > 0)
-        r = attr_ssize(self, s_in_low, &low);
+        r = fsize(self, p->in_low, s_in_low, &low);
     if (r < 0)
         return -1;
     if (r > 0) {
-        int paused = attr_true(self, s_ssl_reading_paused);
+        int paused = T(self, ssl_reading_paused, s_ssl_reading_paused);
         if (paused < 0)
             return -1;
         if (!((size >= high && !paused) || (size <= low && paused)))
@@ -254,13 +341,14 @@ static int control_ssl_reading(PyObject *self, PyObject *incoming)
 }
 
 /* _process_outgoing */
-static int process_outgoing(PyObject *self, PyObject *outgoing)
+static int process_outgoing(PyObject *self)
 {
-    int paused = attr_true(self, s_ssl_writing_paused);
+    int paused = T(self, ssl_writing_paused, s_ssl_writing_paused);
     if (paused < 0)
         return -1;
     if (!paused) {
-        PyObject *data = call0(outgoing, s_read);
+        PyObject *outgoing = F(self, outgoing, s_outgoing);
+        PyObject *data = outgoing == NULL ? NULL : call0(outgoing, s_read);
         if (data == NULL)
             return -1;
         Py_ssize_t n = PyObject_Size(data);
@@ -269,9 +357,8 @@ static int process_outgoing(PyObject *self, PyObject *outgoing)
             return -1;
         }
         if (n > 0) {
-            PyObject *tr = PyObject_GetAttr(self, s_transport);
+            PyObject *tr = F(self, transport, s_transport);
             PyObject *r = tr == NULL ? NULL : call1(tr, s_write, data);
-            Py_XDECREF(tr);
             if (r == NULL) {
                 Py_DECREF(data);
                 return -1;
@@ -280,7 +367,7 @@ static int process_outgoing(PyObject *self, PyObject *outgoing)
         }
         Py_DECREF(data);
     }
-    return control_app_writing(self, outgoing);
+    return control_app_writing(self);
 }
 
 /* close_notify: _call_eof_received(), _start_shutdown() */
@@ -351,9 +438,8 @@ static int read_copied(PyObject *self, PyObject *incoming, PyObject *target)
         else {
             first = NULL;
         }
-        PyObject *app = PyObject_GetAttr(self, s_app_protocol);
+        PyObject *app = F(self, app_protocol, s_app_protocol);
         PyObject *r = app == NULL ? NULL : call1(app, s_data_received, data);
-        Py_XDECREF(app);
         Py_DECREF(data);
         if (r == NULL)
             goto done;
@@ -377,7 +463,8 @@ static int read_buffered(PyObject *self, PyObject *incoming, PyObject *target)
     PyObject *hint = PyObject_GetAttr(incoming, s_pending);
     if (hint == NULL)
         return -1;
-    PyObject *get_buffer = PyObject_GetAttr(self, s_app_get_buffer);
+    PyObject *get_buffer = F(self, app_get_buffer, s_app_get_buffer);
+    Py_XINCREF(get_buffer);
     PyObject *buf = get_buffer == NULL ? NULL : PyObject_CallOneArg(get_buffer, hint);
     Py_XDECREF(get_buffer);
     Py_DECREF(hint);
@@ -425,17 +512,17 @@ static int read_buffered(PyObject *self, PyObject *incoming, PyObject *target)
     }
     if (filled) {
         /* the app's buffer is full: read the rest next turn */
-        PyObject *loop = PyObject_GetAttr(self, s_loop);
+        PyObject *loop = F(self, loop, s_loop);
         PyObject *meth = loop == NULL ? NULL : PyObject_GetAttr(self, s_do_read);
         PyObject *h = meth == NULL ? NULL : call1(loop, s_call_soon, meth);
-        Py_XDECREF(loop);
         Py_XDECREF(meth);
         if (h == NULL)
             goto done;
         Py_DECREF(h);
     }
     if (offset > 0) {
-        PyObject *updated = PyObject_GetAttr(self, s_app_buffer_updated);
+        PyObject *updated = F(self, app_buffer_updated, s_app_buffer_updated);
+        Py_XINCREF(updated);
         PyObject *off = updated == NULL ? NULL : PyLong_FromSsize_t(offset);
         PyObject *r = off == NULL ? NULL : PyObject_CallOneArg(updated, off);
         Py_XDECREF(updated);
@@ -456,43 +543,33 @@ done:
  * except Exception clause included. 0 or -1. */
 static int do_read_wrapped(PyObject *self)
 {
-    PyObject *incoming = NULL, *outgoing = NULL, *sslobj = NULL, *target = NULL;
-    int rc = -1;
-    int paused = attr_true(self, s_app_reading_paused);
+    Proto *p = PROTO(self);
+    int paused = T(self, app_reading_paused, s_app_reading_paused);
     if (paused < 0)
         goto fail;
-    if (!(incoming = PyObject_GetAttr(self, s_incoming)))
-        goto fail;
     if (!paused) {
-        int is_buffer = attr_true(self, s_app_is_buffer);
-        if (is_buffer < 0 || !(sslobj = PyObject_GetAttr(self, s_sslobj)) ||
-            !(target = ssl_target(sslobj)))
+        /* held across calls that may replace the fields */
+        PyObject *incoming = Py_XNewRef(F(self, incoming, s_incoming));
+        PyObject *target = incoming == NULL ? NULL : Py_XNewRef(proto_target(self));
+        int is_buffer = target == NULL ? -1 : T(self, app_is_buffer, s_app_is_buffer);
+        int e = is_buffer < 0 ? -1
+                              : (is_buffer ? read_buffered : read_copied)(self, incoming, target);
+        Py_XDECREF(incoming);
+        Py_XDECREF(target);
+        if (e < 0)
             goto fail;
-        if ((is_buffer ? read_buffered : read_copied)(self, incoming, target) < 0)
-            goto fail;
-        int backlog = attr_true(self, s_write_backlog);
+        int backlog = T(self, write_backlog, s_write_backlog);
         if (backlog < 0)
             goto fail;
-        if (backlog) {
-            if (run0(self, s_do_write) < 0)
-                goto fail;
-        }
-        else if (!(outgoing = PyObject_GetAttr(self, s_outgoing)) ||
-                 process_outgoing(self, outgoing) < 0)
+        if (backlog ? run0(self, s_do_write) : process_outgoing(self))
             goto fail;
     }
-    if (control_ssl_reading(self, incoming) < 0)
+    (void)p;
+    if (control_ssl_reading(self) < 0)
         goto fail;
-    rc = 0;
-    goto done;
+    return 0;
 fail:
-    rc = catch_fatal(self);
-done:
-    Py_XDECREF(incoming);
-    Py_XDECREF(outgoing);
-    Py_XDECREF(sslobj);
-    Py_XDECREF(target);
-    return rc;
+    return catch_fatal(self);
 }
 
 /* ---- SSLProtocolCore */
@@ -501,24 +578,19 @@ done:
  * is big enough (the stock method grows it) */
 static PyObject *proto_get_buffer(PyObject *self, PyObject *n)
 {
+    Proto *p = PROTO(self);
     Py_ssize_t want, max;
     PyObject *max_size = PyObject_GetAttr(self, s_max_size);
     if (max_size == NULL)
         return NULL;
-    int ok = exact_ssize(n, &want) && exact_ssize(max_size, &max);
+    int ok = exact_ssize(n, &want) && exact_ssize(max_size, &max) && p->ssl_buffer != NULL &&
+             p->ssl_buffer_view != NULL && PyByteArray_CheckExact(p->ssl_buffer);
     Py_DECREF(max_size);
     if (ok) {
         if (want <= 0 || want > max)
             want = max;
-        PyObject *buf = PyObject_GetAttr(self, s_ssl_buffer);
-        if (buf == NULL)
-            return NULL;
-        Py_ssize_t have = PyObject_Size(buf);
-        Py_DECREF(buf);
-        if (have < 0)
-            return NULL;
-        if (have >= want)
-            return PyObject_GetAttr(self, s_ssl_buffer_view);
+        if (PyByteArray_GET_SIZE(p->ssl_buffer) >= want)
+            return Py_NewRef(p->ssl_buffer_view);
     }
     PyObject *args[2] = {self, n};
     return PyObject_Vectorcall(C.stock_get_buffer, args, 2, NULL);
@@ -526,23 +598,22 @@ static PyObject *proto_get_buffer(PyObject *self, PyObject *n)
 
 static PyObject *proto_buffer_updated(PyObject *self, PyObject *nbytes)
 {
-    PyObject *view = PyObject_GetAttr(self, s_ssl_buffer_view);
+    Proto *p = PROTO(self);
+    PyObject *view = F(self, ssl_buffer_view, s_ssl_buffer_view);
     if (view == NULL)
         return NULL;
     PyObject *slice = PySlice_New(Py_None, nbytes, Py_None);
     PyObject *part = slice == NULL ? NULL : PyObject_GetItem(view, slice);
     Py_XDECREF(slice);
-    Py_DECREF(view);
     if (part == NULL)
         return NULL;
-    PyObject *incoming = PyObject_GetAttr(self, s_incoming);
+    PyObject *incoming = F(self, incoming, s_incoming);
     PyObject *r = incoming == NULL ? NULL : call1(incoming, s_write, part);
-    Py_XDECREF(incoming);
     Py_DECREF(part);
     if (r == NULL)
         return NULL;
     Py_DECREF(r);
-    PyObject *state = PyObject_GetAttr(self, s_state);
+    PyObject *state = F(self, state, s_state);
     if (state == NULL)
         return NULL;
     int rc = 0;
@@ -554,7 +625,7 @@ static PyObject *proto_buffer_updated(PyObject *self, PyObject *nbytes)
         rc = run0(self, s_do_flush);
     else if (state == C.shutdown)
         rc = run0(self, s_do_shutdown);
-    Py_DECREF(state);
+    (void)p;
     if (rc < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -567,12 +638,67 @@ static PyMethodDef proto_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+#define M(name, field) {name, T_OBJECT_EX, offsetof(Proto, field), 0, NULL}
+static PyMemberDef proto_members[] = {
+    M("_state", state),
+    M("_incoming", incoming),
+    M("_outgoing", outgoing),
+    M("_sslobj", sslobj),
+    M("_app_protocol", app_protocol),
+    M("_transport", transport),
+    M("_write_backlog", write_backlog),
+    M("_loop", loop),
+    M("_app_reading_paused", app_reading_paused),
+    M("_app_protocol_is_buffer", app_is_buffer),
+    M("_app_protocol_get_buffer", app_get_buffer),
+    M("_app_protocol_buffer_updated", app_buffer_updated),
+    M("_ssl_writing_paused", ssl_writing_paused),
+    M("_app_writing_paused", app_writing_paused),
+    M("_ssl_reading_paused", ssl_reading_paused),
+    M("_write_buffer_size", write_buffer_size),
+    M("_outgoing_high_water", out_high),
+    M("_outgoing_low_water", out_low),
+    M("_incoming_high_water", in_high),
+    M("_incoming_low_water", in_low),
+    M("_ssl_buffer", ssl_buffer),
+    M("_ssl_buffer_view", ssl_buffer_view),
+    {NULL, 0, 0, 0, NULL},
+};
+#undef M
+
+static int proto_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    PyObject **f = &PROTO(self)->state;
+    for (int i = 0; i < NFIELDS + 2; i++)
+        Py_VISIT(f[i]);
+    return 0;
+}
+
+static int proto_clear(PyObject *self)
+{
+    PyObject **f = &PROTO(self)->state;
+    for (int i = 0; i < NFIELDS + 2; i++)
+        Py_CLEAR(f[i]);
+    return 0;
+}
+
+static void proto_dealloc(PyObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    proto_clear(self);
+    Py_TYPE(self)->tp_free(self);
+}
+
 static PyTypeObject ProtoCoreType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "uringloop._sched.SSLProtocolCore",
-    .tp_basicsize = sizeof(PyObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "C mixin of uringloop.transports.tls.SSLProtocol (see _core/sslcore.c)",
+    .tp_basicsize = sizeof(Proto),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "C base of uringloop.transports.tls.SSLProtocol (see _core/sslcore.c)",
     .tp_methods = proto_methods,
+    .tp_members = proto_members,
+    .tp_traverse = proto_traverse,
+    .tp_clear = proto_clear,
+    .tp_dealloc = proto_dealloc,
 };
 
 /* ---- SSLTransportCore */
@@ -591,20 +717,16 @@ static PyObject *write_slow(PyObject *proto, PyObject *data)
 /* stock: data goes into the backlog (and its size) before the write */
 static int backlog_add(PyObject *proto, PyObject *data, Py_ssize_t n)
 {
-    PyObject *backlog = PyObject_GetAttr(proto, s_write_backlog);
-    if (backlog == NULL)
-        return -1;
-    PyObject *r = call1(backlog, s_append, data);
-    Py_DECREF(backlog);
+    PyObject *backlog = F(proto, write_backlog, s_write_backlog);
+    PyObject *r = backlog == NULL ? NULL : call1(backlog, s_append, data);
     if (r == NULL)
         return -1;
     Py_DECREF(r);
-    PyObject *size = PyObject_GetAttr(proto, s_write_buffer_size);
+    PyObject *size = F(proto, write_buffer_size, s_write_buffer_size);
     if (size == NULL)
         return -1;
     PyObject *add = PyLong_FromSsize_t(n);
     PyObject *sum = add == NULL ? NULL : PyNumber_Add(size, add);
-    Py_DECREF(size);
     Py_XDECREF(add);
     if (sum == NULL)
         return -1;
@@ -613,10 +735,10 @@ static int backlog_add(PyObject *proto, PyObject *data, Py_ssize_t n)
     return e;
 }
 
-/* the part of the write after the type test: 0 or -1 */
-static int write_fast(PyObject *proto, PyObject *data, PyObject *sslobj)
+/* the part of the write after the tests: 0 or -1 */
+static int write_fast(PyObject *proto, PyObject *data)
 {
-    PyObject *target = ssl_target(sslobj);
+    PyObject *target = Py_XNewRef(proto_target(proto));
     if (target == NULL)
         return -1;
     PyObject *count = call1(target, s_write, data);
@@ -658,12 +780,7 @@ static int write_fast(PyObject *proto, PyObject *data, PyObject *sslobj)
         return run0(proto, s_do_write);
     }
     Py_DECREF(count);
-    PyObject *outgoing = PyObject_GetAttr(proto, s_outgoing);
-    if (outgoing == NULL)
-        return -1;
-    int e = process_outgoing(proto, outgoing);
-    Py_DECREF(outgoing);
-    return e;
+    return process_outgoing(proto);
 }
 
 static PyObject *transport_write(PyObject *self, PyObject *data)
@@ -682,24 +799,23 @@ static PyObject *transport_write(PyObject *self, PyObject *data)
     PyObject *proto = PyObject_GetAttr(self, s_ssl_protocol);
     if (proto == NULL)
         return NULL;
-    PyObject *state = NULL, *sslobj = NULL, *r = NULL;
-    int backlog, wpaused;
-    if (!(state = PyObject_GetAttr(proto, s_state)) ||
-        (backlog = attr_true(proto, s_write_backlog)) < 0 ||
-        (wpaused = attr_true(proto, s_ssl_writing_paused)) < 0)
-        goto done;
-    if (state != C.wrapped || backlog || wpaused) {
+    PyObject *r = NULL;
+    if (!PyObject_TypeCheck(proto, &ProtoCoreType)) {
         r = write_slow(proto, data);
         goto done;
     }
-    if (!(sslobj = PyObject_GetAttr(proto, s_sslobj)))
+    int backlog, wpaused;
+    if ((backlog = T(proto, write_backlog, s_write_backlog)) < 0 ||
+        (wpaused = T(proto, ssl_writing_paused, s_ssl_writing_paused)) < 0)
         goto done;
-    if (write_fast(proto, data, sslobj) < 0 && catch_fatal(proto) < 0)
+    if (PROTO(proto)->state != C.wrapped || backlog || wpaused) {
+        r = write_slow(proto, data);
+        goto done;
+    }
+    if (write_fast(proto, data) < 0 && catch_fatal(proto) < 0)
         goto done;
     r = Py_NewRef(Py_None);
 done:
-    Py_XDECREF(state);
-    Py_XDECREF(sslobj);
     Py_DECREF(proto);
     return r;
 }
