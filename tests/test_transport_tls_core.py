@@ -476,6 +476,94 @@ def test_write_flow_control_and_raw_pause(tloop, tls):
     assert "app.pause_writing" in log and "app.resume_writing" in log
 
 
+class PartialWriter(ssl.SSLObject):
+    """Takes at most 1000 bytes a write (as SSL_MODE_ENABLE_PARTIAL_WRITE
+    would), and raises SSLWantReadError on every 5th write."""
+
+    n = 0
+
+    def write(self, data):
+        type(self).n += 1
+        if type(self).n % 5 == 0:
+            raise ssl.SSLWantReadError("test")
+        return super().write(memoryview(data)[:1000])
+
+
+def test_partial_and_again_writes_as_stock(tloop, tls):
+    """A write that takes part of the data, or raises an SSLAgainError, takes
+    the stock path (backlog, _do_write) in the same order."""
+
+    def run(cls):
+        log = []
+        k = type("PW", (PartialWriter,), {"n": 0})
+        p = Pair(tloop, tls, cls, App(log), sslobject_class=k)
+        p.app_tr.set_write_buffer_limits(high=3000, low=500)
+        out = []
+        for i, size in enumerate([10, 999, 1000, 1001, 2500, 7000, 3]):
+            p.app_tr.write(pattern(size, i))
+            log.append(("buffered", p.app_tr.get_write_buffer_size(), k.n))
+            if i % 2:
+                out.append(p.peer_read_all())
+        for _ in range(10):
+            data, _ = p.peer_records(b"kick")
+            p.feed(data)  # each read also writes the backlog (_do_write)
+            log.append(("kick", p.app_tr.get_write_buffer_size(), k.n))
+        out.append(p.peer_read_all())
+        return log, b"".join(out)
+
+    log, data = both(run)
+    sizes = [10, 999, 1000, 1001, 2500, 7000, 3]
+    assert data == b"".join(pattern(size, i) for i, size in enumerate(sizes))
+    assert "app.pause_writing" in log and "app.resume_writing" in log
+
+
+class FailingWriter(ssl.SSLObject):
+    def write(self, data):
+        raise ValueError("write failed")
+
+
+def test_write_exception_reaches_handler_as_stock(tloop, tls):
+    def run(cls):
+        log = []
+        p = Pair(tloop, tls, cls, App(log), sslobject_class=FailingWriter)
+        contexts = []
+        tloop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+        p.app_tr.write(b"data")
+        p.turn()
+        tloop.set_exception_handler(None)
+        (ctx,) = contexts
+        log.append((ctx["message"], type(ctx["exception"]), ctx["protocol"] is p.proto))
+        log.append(p.proto._write_buffer_size)
+        return log
+
+    log = both(run)
+    assert log[-2] == ("Fatal error on SSL protocol", ValueError, True)
+
+
+@pytest.mark.parametrize("high", [0, 1500])
+def test_write_flow_control_raw_not_paused(tloop, tls, high):
+    """The flow-control calls of writes and reads that go straight through
+    (the raw transport takes everything): high=0 pauses after every write
+    and resumes at the next; 1500 never pauses with a drained BIO."""
+
+    def run(cls):
+        log = []
+        p = Pair(tloop, tls, cls, App(log))
+        p.app_tr.set_write_buffer_limits(high=high, low=0)
+        for i in range(6):
+            p.app_tr.write(pattern(1000 + i))
+            log.append(("written", i, p.app_tr.get_write_buffer_size()))
+            data, _ = p.peer_records(b"in")
+            p.feed(data)
+            log.append(("read", i))
+        log.append(p.peer_read_all() == b"".join(pattern(1000 + i) for i in range(6)))
+        return log
+
+    log = both(run)
+    # high=0: set_write_buffer_limits pauses too (size 0 >= 0), then each write
+    assert log.count("app.pause_writing") == (7 if high == 0 else 0)
+
+
 # --------------------------------------------------------------------------
 # close_notify, errors, writes after close
 
@@ -519,6 +607,29 @@ def test_close_notify_in_same_feed_as_data(tloop, tls):
 
     log, data = both(run)
     assert data == b"abc" * 1000 and "app.eof" in log
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["copied", "buffered"])
+def test_close_reads_what_waits_in_the_bio(tloop, tls, buffered):
+    """close() right after resume_reading(): the FLUSHING state's read hands
+    the waiting bytes to the app before the shutdown."""
+
+    def run(cls):
+        log = []
+        app = BufApp(log) if buffered else App(log)
+        p = Pair(tloop, tls, cls, app)
+        p.app_tr.pause_reading()
+        data, _ = p.peer_records(pattern(30000))
+        p.feed(data)
+        p.app_tr.resume_reading()
+        p.app_tr.close()
+        log.append(("closed", p.proto._state.name, len(app.data)))
+        p.turn()
+        log.append(("peer got", p.peer_read_all()))
+        return log, bytes(app.data)
+
+    log, data = both(run)
+    assert data == pattern(30000)
 
 
 @pytest.mark.parametrize("buffered", [False, True], ids=["copied", "buffered"])
@@ -660,13 +771,14 @@ def test_loopback_want_read_per_round_trip(tloop, tls):
         proto.done, proto.rounds = done2, 100
         cli.write(msg)
         await wait_for(done2)
-        counts = k.reads, k.want_read
+        counts = k.reads, k.want_read, k.writes
         cli.close()
         srv.close()
         await asyncio.sleep(0.05)
         return counts
 
-    reads, want_read = run_in(tloop, main())
+    reads, want_read, writes = run_in(tloop, main())
+    assert writes == 200  # the subclass's write is called on every path
     if is_stock(tloop):
         assert want_read >= 200
     else:

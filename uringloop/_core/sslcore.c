@@ -539,7 +539,7 @@ done:
     return rc;
 }
 
-/* the stock _do_read in the WRAPPED state, less its state test; its
+/* the stock _do_read less its state test (WRAPPED or FLUSHING); its
  * except Exception clause included. 0 or -1. */
 static int do_read_wrapped(PyObject *self)
 {
@@ -631,8 +631,22 @@ static PyObject *proto_buffer_updated(PyObject *self, PyObject *nbytes)
     Py_RETURN_NONE;
 }
 
+/* _do_read(): the stock method (WRAPPED or FLUSHING), with the reads above */
+static PyObject *proto_do_read(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *state = F(self, state, s_state);
+    if (state == NULL)
+        return NULL;
+    if ((state == C.wrapped || state == C.flushing) && do_read_wrapped(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef proto_methods[] = {
     {"get_buffer", proto_get_buffer, METH_O, "the SSL protocol's get_buffer (stock behaviour)"},
+    {"_do_read", proto_do_read, METH_NOARGS,
+     "the SSL protocol's _do_read: reads while bytes are pending (decisions 393, 394)"},
     {"buffer_updated", proto_buffer_updated, METH_O,
      "the SSL protocol's buffer_updated; the WRAPPED state's read in C (decision 394)"},
     {NULL, NULL, 0, NULL},

@@ -1,22 +1,29 @@
-"""TLS: the stdlib's ``asyncio.sslproto.SSLProtocol`` with a cheaper steady state.
+"""TLS: the stdlib's ``asyncio.sslproto.SSLProtocol`` with a compiled steady state.
 
 Python 3.11+ only (3.10's sslproto is the older ``_SSLPipe`` design; the
 loop uses the stock class there). ``SSLProtocol`` below is a subclass of the
-stock class: the state machine, flow control, shutdown, errors and their
-handler contexts are the stock methods. What it changes is how the hot
-methods are run (decisions 393-395):
+stock class with a C base first (``_sched.SSLProtocolCore``,
+_core/sslcore.c); its app transport likewise (``_sched.SSLTransportCore``).
+The state machine, flow-control transitions, handshake, shutdown, errors and
+their handler contexts are the stock methods. What changes (decisions
+393-395):
 
 - reads stop when no byte is left to decrypt (``incoming.pending`` and
   ``sslobj.pending()`` both 0) instead of reading until ``SSLWantReadError``:
   a raised and caught SSLError costs about 12,000 instructions (decision
   384). A read that finds a partial record still raises, as in the stock
-  loop, and a read that finds nothing to do is not made (it would only
+  class, and a read that finds nothing to do is not made (it would only
   raise);
-- the state tests compare with the members themselves (``is``), not through
+- ``get_buffer``, ``buffer_updated`` and ``_do_read`` (the read itself, the
+  app's ``data_received`` or ``get_buffer``/``buffer_updated``, the outgoing
+  flush, the flow-control tests) and the app transport's ``write`` in the
+  WRAPPED state are C; the protocol's hot attributes are members of the C
+  base (the stock methods read and assign them as before);
+- states are compared with the members themselves (``is``), not through
   ``SSLProtocolState.X``, which on 3.11 goes through ``EnumType.__getattr__``.
 
-Nothing in asyncio is patched: only the loops' own SSL transports
-(``_make_ssl_transport`` and ``start_tls``) use this class.
+Nothing in asyncio is patched: only the loop's own SSL transports
+(``_make_ssl_transport`` and ``start_tls``) use these classes.
 """
 
 from __future__ import annotations
@@ -52,7 +59,8 @@ class _SSLProtocolTransport(_sched.SSLTransportCore, sslproto._SSLProtocolTransp
 
 class SSLProtocol(_sched.SSLProtocolCore, sslproto.SSLProtocol):
     """asyncio's SSL protocol; reads while bytes are pending (decision 393);
-    get_buffer/buffer_updated are C (_sched.SSLProtocolCore, decision 394)."""
+    get_buffer, buffer_updated and _do_read are C (_sched.SSLProtocolCore,
+    decision 394)."""
 
     def _get_app_transport(self):
         if self._app_transport is None:
@@ -79,87 +87,3 @@ class SSLProtocol(_sched.SSLProtocolCore, sslproto.SSLProtocol):
                 self._do_write()
         except Exception as ex:
             self._fatal_error(ex, "Fatal error on SSL protocol")
-
-    def _do_read(self):
-        state = self._state
-        if state is not _WRAPPED and state is not _FLUSHING:
-            return
-        try:
-            if not self._app_reading_paused:
-                if self._app_protocol_is_buffer:
-                    self._do_read__buffered()
-                else:
-                    self._do_read__copied()
-                if self._write_backlog:
-                    self._do_write()
-                else:
-                    self._process_outgoing()
-            self._control_ssl_reading()
-        except Exception as ex:
-            self._fatal_error(ex, "Fatal error on SSL protocol")
-
-    def _do_read__buffered(self):
-        offset = 0
-        count = 1
-        incoming = self._incoming
-        sslobj = self._sslobj
-
-        buf = self._app_protocol_get_buffer(incoming.pending)
-        wants = len(buf)
-
-        try:
-            if not wants or incoming.pending or sslobj.pending():
-                count = sslobj.read(wants, buf)
-                if count > 0:
-                    offset = count
-                    while offset < wants:
-                        if not (incoming.pending or sslobj.pending()):
-                            break
-                        count = sslobj.read(wants - offset, buf[offset:])
-                        if count > 0:
-                            offset += count
-                        else:
-                            break
-                    else:
-                        # the app's buffer is full: read the rest next turn
-                        self._loop.call_soon(self._do_read)
-        except _SSLAgainErrors:
-            pass
-        if offset > 0:
-            self._app_protocol_buffer_updated(offset)
-        if not count:
-            # close_notify
-            self._call_eof_received()
-            self._start_shutdown()
-
-    def _do_read__copied(self):
-        chunk = b"1"
-        zero = True
-        one = False
-        incoming = self._incoming
-        sslobj = self._sslobj
-
-        try:
-            while incoming.pending or sslobj.pending():
-                chunk = sslobj.read(self.max_size)
-                if not chunk:
-                    break
-                if zero:
-                    zero = False
-                    one = True
-                    first = chunk
-                elif one:
-                    one = False
-                    data = [first, chunk]
-                else:
-                    data.append(chunk)
-        except _SSLAgainErrors:
-            pass
-        if one:
-            self._app_protocol.data_received(first)
-        elif not zero:
-            self._app_protocol.data_received(b"".join(data))
-        if not chunk:
-            # close_notify
-            self._call_eof_received()
-            self._start_shutdown()
