@@ -527,17 +527,24 @@ def test_write_exception_reaches_handler_as_stock(tloop, tls):
         log = []
         p = Pair(tloop, tls, cls, App(log), sslobject_class=FailingWriter)
         contexts = []
-        tloop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+        tloop.set_exception_handler(lambda lp, ctx: contexts.append((ctx, sys.exc_info()[1])))
         p.app_tr.write(b"data")
         p.turn()
         tloop.set_exception_handler(None)
-        (ctx,) = contexts
-        log.append((ctx["message"], type(ctx["exception"]), ctx["protocol"] is p.proto))
+        ((ctx, handled),) = contexts
+        log.append(
+            (
+                ctx["message"],
+                type(ctx["exception"]),
+                ctx["protocol"] is p.proto,
+                handled is ctx["exception"],
+            )
+        )
         log.append(p.proto._write_buffer_size)
         return log
 
     log = both(run)
-    assert log[-2] == ("Fatal error on SSL protocol", ValueError, True)
+    assert log[-2] == ("Fatal error on SSL protocol", ValueError, True, True)
 
 
 @pytest.mark.parametrize("high", [0, 1500])
@@ -642,7 +649,7 @@ def test_exception_in_app_reaches_handler_as_stock(tloop, tls, buffered):
         app = BufApp(log) if buffered else App(log)
         p = Pair(tloop, tls, cls, app)
         contexts = []
-        tloop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+        tloop.set_exception_handler(lambda lp, ctx: contexts.append((ctx, sys.exc_info()[1])))
 
         def bad(*args):
             raise Boom("app failed")
@@ -656,19 +663,20 @@ def test_exception_in_app_reaches_handler_as_stock(tloop, tls, buffered):
         p.feed(data)
         p.turn()
         tloop.set_exception_handler(None)
-        (ctx,) = contexts
+        ((ctx, handled),) = contexts
         log.append(
             (
                 ctx["message"],
                 type(ctx["exception"]),
                 ctx["transport"] is p.raw,
                 ctx["protocol"] is p.proto,
+                handled is ctx["exception"],  # called inside the except clause
             )
         )
         return log
 
     log = both(run)
-    assert log[-1] == ("Fatal error on SSL protocol", Boom, True, True)
+    assert log[-1] == ("Fatal error on SSL protocol", Boom, True, True, True)
 
 
 def test_base_exception_passes_through(tloop, tls):

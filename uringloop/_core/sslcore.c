@@ -224,7 +224,13 @@ static int catch_fatal(PyObject *self)
     if (!PyErr_ExceptionMatches(PyExc_Exception))
         return -1;
     PyObject *exc = take_exc();
+    /* called while exc is being handled, as in the stock except clause
+     * (sys.exc_info() in an exception handler, __context__) */
+    PyObject *prev = PyErr_GetHandledException();
+    PyErr_SetHandledException(exc);
     PyObject *r = call2(self, s_fatal_error, exc, C.msg);
+    PyErr_SetHandledException(prev);
+    Py_XDECREF(prev);
     Py_DECREF(exc);
     if (r == NULL)
         return -1;
