@@ -19,9 +19,10 @@ setup(
         Extension(
             "uringloop._sched",
             sources=["uringloop/_core/sched.c", "uringloop/_core/handles.c",
-                     "uringloop/_core/dgram.c"],
+                     "uringloop/_core/dgram.c", "uringloop/_core/sslcore.c"],
             depends=["uringloop/_core/stream.c", "uringloop/_core/sock.c",
-                     "uringloop/_core/engine.h"],
+                     "uringloop/_core/engine.h", "uringloop/_core/dgram.h",
+                     "uringloop/_core/sslcore.h"],
             extra_compile_args=_cflags,
             extra_link_args=_ldflags,
         )

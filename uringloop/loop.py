@@ -48,6 +48,15 @@ from .transports.stream import Acceptor, SocketTransport
 
 _SSL_SHUTDOWN_TIMEOUT = getattr(constants, "SSL_SHUTDOWN_TIMEOUT", 30.0)
 _HAS_SSL_SHUTDOWN_TIMEOUT = sys.version_info >= (3, 11)
+try:
+    import ssl
+except ImportError:  # pragma: no cover
+    ssl = None
+# 3.11+: our SSL protocol (decision 393); 3.10: the stock one
+if _HAS_SSL_SHUTDOWN_TIMEOUT and ssl is not None:
+    from .transports.tls import SSLProtocol as _SSLProtocol
+else:
+    _SSLProtocol = sslproto.SSLProtocol
 
 _POLLIN = select.POLLIN
 _POLLOUT = select.POLLOUT
@@ -327,11 +336,50 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         kw = {"ssl_handshake_timeout": ssl_handshake_timeout}
         if _HAS_SSL_SHUTDOWN_TIMEOUT:
             kw["ssl_shutdown_timeout"] = ssl_shutdown_timeout
-        ssl_protocol = sslproto.SSLProtocol(
+        ssl_protocol = _SSLProtocol(
             self, protocol, sslcontext, waiter, server_side, server_hostname, **kw
         )
         SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
+
+    if _HAS_SSL_SHUTDOWN_TIMEOUT:
+
+        async def start_tls(self, transport, protocol, sslcontext, *, server_side=False,
+                            server_hostname=None, ssl_handshake_timeout=None,
+                            ssl_shutdown_timeout=None):
+            """BaseEventLoop.start_tls with our SSL protocol class (decision 393):
+            the same checks, exceptions, waiter and cancellation."""
+            if ssl is None:
+                raise RuntimeError("Python ssl module is not available")
+            if not isinstance(sslcontext, ssl.SSLContext):
+                raise TypeError(
+                    f"sslcontext is expected to be an instance of ssl.SSLContext, "
+                    f"got {sslcontext!r}"
+                )
+            if not getattr(transport, "_start_tls_compatible", False):
+                raise TypeError(f"transport {transport!r} is not supported by start_tls()")
+
+            waiter = self.create_future()
+            ssl_protocol = _SSLProtocol(
+                self, protocol, sslcontext, waiter, server_side, server_hostname,
+                ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout,
+                call_connection_made=False,
+            )
+            # paused early, so that the SSL protocol sees no data before
+            # connection_made (as stock)
+            transport.pause_reading()
+            transport.set_protocol(ssl_protocol)
+            conmade_cb = self.call_soon(ssl_protocol.connection_made, transport)
+            resume_cb = self.call_soon(transport.resume_reading)
+            try:
+                await waiter
+            except BaseException:
+                transport.close()
+                conmade_cb.cancel()
+                resume_cb.cancel()
+                raise
+            return ssl_protocol._app_transport
 
     def _start_serving(self, protocol_factory, sock, sslcontext=None, server=None,
                        backlog=100, ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,

@@ -49,6 +49,7 @@
 #include "engine.h" /* ul_record, UL_F_* */
 #include "handles.h" /* our Handle/TimerHandle types */
 #include "dgram.h"  /* the datagram transport's hot half */
+#include "sslcore.h" /* the SSL protocol's steady state */
 
 #ifndef Py_T_OBJECT_EX
 #define Py_T_OBJECT_EX T_OBJECT_EX
@@ -2950,7 +2951,8 @@ PyMODINIT_FUNC PyInit__sched(void)
         Py_DECREF(m);
         return NULL;
     }
-    if (ul_dgram_init(m) < 0 || PyModule_AddIntConstant(m, "COALESCE_MAX", COALESCE_MAX) < 0) {
+    if (ul_dgram_init(m) < 0 || ul_ssl_init(m) < 0 ||
+        PyModule_AddIntConstant(m, "COALESCE_MAX", COALESCE_MAX) < 0) {
         Py_DECREF(m);
         return NULL;
     }
