@@ -32,7 +32,9 @@
  * is seen as Python code would see it). The SSLObject's inner _ssl object
  * is called directly only when type(sslobj) is ssl.SSLObject, whose read,
  * write and pending are plain forwards to it; a subclass set as
- * SSLContext.sslobject_class gets its own methods called.
+ * SSLContext.sslobject_class gets its own read and write called, and its
+ * inner object's pending() (the stock protocol never calls pending(),
+ * decision 402).
  *
  * Python 3.11+ (tls.py is not used on 3.10): on 3.10 this compiles to an
  * init that adds nothing.
