@@ -13,6 +13,7 @@ pending misbehave.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hashlib
 import ssl
@@ -557,3 +558,105 @@ def test_many_protocols_are_freed(tloop, tls):
         del p
     gc.collect()
     assert [r() for r in refs] == [None, None, None]
+
+
+class ListApp(list, asyncio.Protocol):
+    """An app whose data_received is a C method (list.count) that runs
+    Python code (its items' __eq__) while it walks the list."""
+
+    data_received = list.count
+
+    def connection_made(self, transport):
+        pass
+
+
+def test_app_replaced_inside_a_c_data_received(tloop, tls):
+    """data_received replaces the app protocol (set_protocol) while a C
+    method of the app runs: the app stays alive until the call returns, as
+    the stock frame's reference keeps it (without that: a use after free)."""
+    import weakref
+
+    def run(cls):
+        log = []
+        new = App(log)
+        app = ListApp()
+        p = Pair(tloop, tls, cls, App(log))
+        p.app_tr.set_protocol(app)
+        ref = weakref.ref(app)
+
+        class Item:
+            def __eq__(self, other):
+                if not log.count("swap"):
+                    log.append("swap")
+                    p.app_tr.set_protocol(new)
+                    gc.collect()
+                    log.append(("old app alive in its data_received", ref() is not None))
+                return False
+
+        app.extend([Item(), 0, 1])
+        del app
+        data, _ = p.peer_records(b"z" * 20)
+        p.feed(data)
+        p.turn()
+        data, _ = p.peer_records(b"y" * 20)
+        p.feed(data)
+        p.turn()
+        log.append(bytes(new.data))
+        return list(log)
+
+    log = both(run)
+    assert ("old app alive in its data_received", True) in log
+    assert log[-1] == b"y" * 20
+
+
+class ListRaw(list):
+    """A raw transport whose write is a C method (list.count) that runs
+    Python code (its items' __eq__) while it walks the list."""
+
+    write = list.count
+
+    def abort(self):
+        pass
+
+    def _force_close(self, exc):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_raw_transport_dropped_inside_its_c_write(tloop, tls):
+    """A synchronous connection_lost inside the raw transport's write clears
+    _transport: the raw transport stays alive until its write returns, as
+    the stock frame's reference keeps it (without that: a use after free)."""
+    import weakref
+
+    def run(cls):
+        log = []
+        app = App(log)
+        p = Pair(tloop, tls, cls, app)
+        raw = ListRaw()
+        ref = weakref.ref(raw)
+
+        class Item:
+            def __eq__(self, other):
+                if not log.count("lost"):
+                    log.append("lost")
+                    p.proto.connection_lost(None)
+                    gc.collect()
+                    log.append(("raw alive in its write", ref() is not None))
+                return False
+
+        raw.extend([Item(), 0])
+        p.proto._transport = raw
+        del raw
+        catch_handler(tloop, log)
+        try:
+            p.app_tr.write(b"w" * 100)  # the flush after the SSL write: raw.write
+            p.turn()
+        finally:
+            tloop.set_exception_handler(None)
+        return [x[:3] if x[0] == "handler" else x for x in log]
+
+    log = both(run)
+    assert ("raw alive in its write", True) in log

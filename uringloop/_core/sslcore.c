@@ -385,8 +385,9 @@ static int process_outgoing(PyObject *self)
     if (paused < 0)
         return -1;
     if (!paused) {
-        PyObject *outgoing = F(self, outgoing, s_outgoing);
+        PyObject *outgoing = Py_XNewRef(F(self, outgoing, s_outgoing));
         PyObject *data = outgoing == NULL ? NULL : call0(outgoing, s_read);
+        Py_XDECREF(outgoing);
         if (data == NULL)
             return -1;
         Py_ssize_t n = PyObject_Size(data);
@@ -395,8 +396,11 @@ static int process_outgoing(PyObject *self)
             return -1;
         }
         if (n > 0) {
-            PyObject *tr = F(self, transport, s_transport);
+            /* held across the raw write (a synchronous connection_lost
+             * clears the field, decision 403) */
+            PyObject *tr = Py_XNewRef(F(self, transport, s_transport));
             PyObject *r = tr == NULL ? NULL : call1(tr, s_write, data);
+            Py_XDECREF(tr);
             if (r == NULL) {
                 Py_DECREF(data);
                 return -1;
@@ -476,8 +480,11 @@ static int read_copied(PyObject *self, PyObject *incoming, PyObject *target, PyO
         else {
             first = NULL;
         }
-        PyObject *app = F(self, app_protocol, s_app_protocol);
+        /* held: a C data_received may replace the app (set_protocol) while
+         * it runs, as a stock frame's reference would (decision 403) */
+        PyObject *app = Py_XNewRef(F(self, app_protocol, s_app_protocol));
         PyObject *r = app == NULL ? NULL : call1(app, s_data_received, data);
+        Py_XDECREF(app);
         Py_DECREF(data);
         if (r == NULL)
             goto done;
@@ -559,10 +566,11 @@ static int read_buffered(PyObject *self, PyObject *incoming, PyObject *target, P
     }
     if (filled) {
         /* the app's buffer is full: read the rest next turn */
-        PyObject *loop = F(self, loop, s_loop);
+        PyObject *loop = Py_XNewRef(F(self, loop, s_loop));
         PyObject *meth = loop == NULL ? NULL : PyObject_GetAttr(self, s_do_read);
         PyObject *h = meth == NULL ? NULL : call1(loop, s_call_soon, meth);
         Py_XDECREF(meth);
+        Py_XDECREF(loop);
         if (h == NULL)
             goto done;
         Py_DECREF(h);
@@ -658,8 +666,9 @@ static PyObject *proto_buffer_updated(PyObject *self, PyObject *nbytes)
     Py_DECREF(view);
     if (part == NULL)
         return NULL;
-    PyObject *incoming = F(self, incoming, s_incoming);
+    PyObject *incoming = Py_XNewRef(F(self, incoming, s_incoming));
     PyObject *r = incoming == NULL ? NULL : call1(incoming, s_write, part);
+    Py_XDECREF(incoming);
     Py_DECREF(part);
     if (r == NULL)
         return NULL;
