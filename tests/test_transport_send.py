@@ -74,7 +74,7 @@ def test_a_flush_the_socket_takes_whole_is_no_engine_op(loop):
             c, eng = tr._core, loop._engine
             await asyncio.sleep(0)  # the receive is armed: nothing else will come
             sends, inline, records = c.sends, c.inline_sends, eng.stats()["records"]
-            tr.write(b"a" * 100)  # epoll: sent by write() itself (decision 210)
+            tr.write(b"a" * 100)  # from a task: queued on epoll too (decision 398)
             tr.write(b"b" * 200)
             tr.writelines([b"c" * 300, b"d"])
             for _ in range(3):
@@ -112,11 +112,9 @@ COUNT_SENDMSG = textwrap.dedent(
             c = tr._core
             sends, inline, before = c.sends, c.inline_sends, calls()
             for _ in range(20):
-                tr.write(b"a" * 100)
-                if loop.backend == "epoll":  # the first left in write() (decision 210)
-                    tr.write(b"b" * 100)
+                tr.write(b"a" * 100)  # from a task: the flush's, on epoll too (398)
                 got = b""
-                while len(got) < (200 if loop.backend == "epoll" else 100):
+                while len(got) < 100:
                     got += await asyncio.wait_for(loop.sock_recv(peer, 4096), 10)
             print(c.sends - sends, c.inline_sends - inline, calls() - before)
             tr.close()
@@ -128,6 +126,60 @@ COUNT_SENDMSG = textwrap.dedent(
         loop.close()
     """
 )
+
+
+def test_a_tasks_writes_leave_together_in_the_turns_flush(loop):
+    """A write from a task (asyncio streams: read, write, drain) waits for
+    the turn's flush on every backend, so that the turn's responses leave
+    together and a response written in pieces is one send(); epoll's send()
+    in write() stays for a protocol callback of the turn's records
+    (decisions 210, 398). Counted by the Stream: sends made in write()
+    (`directs`) and flushes that sent (`sends`), a syscall each."""
+    served = []
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            served.append(transport)
+
+        def data_received(self, data):
+            served[-1].write(data)
+
+    async def handler(reader, writer):
+        served.append(writer.transport)
+        while data := await reader.read(65536):
+            writer.write(b"<")
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def twenty(server, reply):
+        """20 round trips to server; its transport's (directs, sends) for them"""
+        r, w = await asyncio.open_connection(*server.sockets[0].getsockname())
+        w.write(b"x")
+        assert await r.readexactly(len(reply(b"x"))) == reply(b"x")
+        c = served[-1]._core
+        directs, sends = c.directs, c.sends
+        for i in range(20):
+            msg = b"%03d" % i
+            w.write(msg)
+            # no wait_for here: its callbacks left in _ready would have the
+            # next record held and handed over from _ready (decision 211)
+            assert await r.readexactly(len(reply(msg))) == reply(msg)
+        counts = c.directs - directs, c.sends - sends
+        w.close()
+        await w.wait_closed()
+        return counts
+
+    async def main():
+        async with await asyncio.start_server(handler, "127.0.0.1", 0) as srv:
+            # one syscall a response, its two writes gathered (epoll before
+            # 398: 20 directs and 20 sends)
+            assert await twenty(srv, lambda m: b"<" + m) == (0, 20)
+        async with await loop.create_server(Echo, "127.0.0.1", 0) as srv:
+            on_epoll = loop.backend == "epoll"
+            assert await twenty(srv, lambda m: m) == ((20, 0) if on_epoll else (0, 20))
+
+    run_in(loop, main())  # bounded: 10 s
 
 
 @pytest.mark.parametrize("kind", LOOP_KINDS)
@@ -170,7 +222,7 @@ def test_a_short_direct_send_goes_on_in_order(any_loop, end):
             sock = tr.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
             tr.set_write_buffer_limits(high=64 << 20)  # no send at write() time
-            tr.write(b"<")  # epoll sends this in write() (decision 210): the rest queues
+            tr.write(b"<")  # the stock loop sends this in write(); here the flush does (398)
             total = bytearray(b"<")
             # 40 chunks (more than the flush's 16 iovecs on the stack), with
             # one odd size so the cut falls inside a chunk
@@ -217,7 +269,7 @@ def test_abort_while_the_rest_is_in_flight(any_loop):
         with peer:
             tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
             tr.set_write_buffer_limits(high=64 << 20)
-            tr.write(b"<")  # epoll sends this in write() (decision 210): the rest queues
+            tr.write(b"<")  # the stock loop sends this in write(); here the flush does (398)
             data = b"".join(_pattern(i, 65536) for i in range(16))
             tr.write(data)
             queued = tr.get_write_buffer_size()
@@ -250,7 +302,7 @@ def test_a_flush_error_is_the_stock_write_error(any_loop):
     async def main():
         tr, pr, peer = await _pair(loop)
         with peer:
-            tr.write(b"<")  # epoll sends this in write() (decision 210): the rest queues
+            tr.write(b"<")  # the stock loop sends this in write(); here the flush does (398)
             tr.get_extra_info("socket").shutdown(socket.SHUT_WR)
             tr.write(b"x" * 10)
             tr.write(b"y" * 10)

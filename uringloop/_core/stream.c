@@ -62,7 +62,8 @@ typedef struct {
     uint16_t peer_port;   /* ... and its port (host order) */
     char peer;            /* the transport's peername is kept here (keep_peer) */
     char buffered, rfast, wfast, dirty, wpaused;
-    char direct; /* write() sends at once when idle (the epoll backend; decision 210) */
+    char direct; /* write() sends at once when idle while the turn delivers
+                    records (the epoll backend; decisions 210, 398) */
     char draining; /* _drain is handing held records over: _ready does not count */
     char data_self, updated_self; /* on_data/on_updated are functions: pass protocol */
     char registered; /* in fd_streams (the loop's fd -> transport registry) */
@@ -1039,7 +1040,8 @@ static PyObject *stream_send_now(Stream *s)
 }
 
 /* write() on an idle transport (nothing queued, none in flight, no write
- * yet this turn) with direct set: one non-blocking send() now, as the stock
+ * yet this turn) with direct set, from a callback of the turn's records
+ * (decision 398): one non-blocking send() now, as the stock
  * transport and uvloop do; only what the kernel leaves is queued (a copy of
  * the rest: the caller may reuse a mutable buffer), and the Stream goes on
  * the dirty list either way, so later writes of the turn gather behind it
@@ -1133,15 +1135,19 @@ static PyObject *Stream_write(Stream *s, PyObject *data)
     PyObject *b;
     if (!s->sending && stream_queue_len(s) == 0 &&
         (PyBytes_CheckExact(data) || PyByteArray_CheckExact(data) || PyMemoryView_Check(data))) {
-        /* idle: epoll sends at once; io_uring only what is over the
-         * high-water mark (sent at once anyway: no copy of it first). A
-         * mutable buffer of DIRECT_MUTABLE bytes or more is sent at once on
-         * both, even after another write of the turn (decision 336): its
-         * copy for the flush costs more than the send() call */
+        /* idle: epoll sends at once while the turn delivers records (a
+         * protocol callback's write, decision 210); a write from _ready (a
+         * task, a call_soon callback) waits for the turn's flush, as on
+         * io_uring, so the turn's responses leave together (decision 398);
+         * io_uring only what is over the high-water mark (sent at once
+         * anyway: no copy of it first). A mutable buffer of DIRECT_MUTABLE
+         * bytes or more is sent at once on both, even after another write
+         * of the turn (decision 336): its copy for the flush costs more
+         * than the send() call */
         Py_ssize_t len = PyMemoryView_Check(data) ? PyMemoryView_GET_BUFFER(data)->len
                                                    : Py_SIZE(data);
         PyObject *r;
-        if (((!s->dirty && (s->direct || len > s->high)) ||
+        if (((!s->dirty && ((s->direct && s->loop->in_batch) || len > s->high)) ||
              (len >= DIRECT_MUTABLE && !PyBytes_CheckExact(data))) &&
             stream_write_direct(s, data, &r))
             return r;

@@ -112,9 +112,10 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         self._buffered = False
         c.high, c.low = self._high_water, self._low_water
         # epoll: write() sends at once when the transport is idle (as stock
-        # and uvloop), where a send op would cost a record and a completion
-        # for the same one syscall; io_uring gathers the turn's writes into
-        # its one kernel entry (decision 210)
+        # and uvloop) while the turn delivers records (a protocol callback's
+        # write, decision 210); a task's write waits for the turn's flush, as
+        # every write on io_uring does, so the turn's responses leave
+        # together (decision 398)
         c.direct = self._engine.backend == "epoll"
         self._server = server
         self._closing = False
