@@ -32,7 +32,9 @@
  * is seen as Python code would see it). The SSLObject's inner _ssl object
  * is called directly only when type(sslobj) is ssl.SSLObject, whose read,
  * write and pending are plain forwards to it; a subclass set as
- * SSLContext.sslobject_class gets its own methods called.
+ * SSLContext.sslobject_class gets its own read and write called, and its
+ * inner object's pending() (the stock protocol never calls pending(),
+ * decision 402).
  *
  * Python 3.11+ (tls.py is not used on 3.10): on 3.10 this compiles to an
  * init that adds nothing.
@@ -75,14 +77,18 @@ typedef struct {
         *loop, *app_reading_paused, *app_is_buffer, *app_get_buffer, *app_buffer_updated,
         *ssl_writing_paused, *app_writing_paused, *ssl_reading_paused, *write_buffer_size,
         *out_high, *out_low, *in_high, *in_low, *ssl_buffer, *ssl_buffer_view;
-    /* not attributes: the object whose read/write/pending are called for
-     * sslobj (ssl_target), and the sslobj it was found for */
-    PyObject *target, *target_for;
+    /* not attributes: the object whose read/write are called for sslobj
+     * (ssl_target), the sslobj it was found for, and the object whose
+     * pending() tells whether bytes are left (pend_target) */
+    PyObject *target, *target_for, *pend;
 } Proto;
 
 #define NFIELDS 22 /* state .. ssl_buffer_view */
 _Static_assert(offsetof(Proto, target) == offsetof(Proto, state) + NFIELDS * sizeof(PyObject *),
                "Proto: the fields from state to target_for are contiguous");
+
+_Static_assert(offsetof(Proto, pend) == offsetof(Proto, state) + (NFIELDS + 2) * sizeof(PyObject *),
+               "Proto: pend follows target_for");
 
 static PyTypeObject ProtoCoreType;
 
@@ -162,6 +168,26 @@ static PyObject *ssl_target(PyObject *sslobj)
 {
     if ((PyObject *)Py_TYPE(sslobj) == C.sslobject)
         return PyObject_GetAttr(sslobj, s_sslobj);
+    return Py_NewRef(sslobj);
+}
+
+/* the object whose pending() decides whether to read: the inner _ssl
+ * object of any SSLObject (a sslobject_class's own pending() is not
+ * called: the stock protocol never calls it, decision 402), else sslobj.
+ * New reference. */
+static PyObject *pend_target(PyObject *sslobj)
+{
+    int is = PyObject_IsInstance(sslobj, C.sslobject);
+    if (is < 0)
+        return NULL;
+    if (is) {
+        PyObject *inner = PyObject_GetAttr(sslobj, s_sslobj);
+        if (inner != NULL)
+            return inner;
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            return NULL;
+        PyErr_Clear();
+    }
     return Py_NewRef(sslobj);
 }
 
@@ -285,7 +311,13 @@ static PyObject *proto_target(PyObject *self)
         PyObject *t = ssl_target(sslobj);
         if (t == NULL)
             return NULL;
+        PyObject *pt = pend_target(sslobj);
+        if (pt == NULL) {
+            Py_DECREF(t);
+            return NULL;
+        }
         Py_XSETREF(p->target, t);
+        Py_XSETREF(p->pend, pt);
         Py_XSETREF(p->target_for, Py_NewRef(sslobj));
     }
     return p->target;
@@ -353,8 +385,9 @@ static int process_outgoing(PyObject *self)
     if (paused < 0)
         return -1;
     if (!paused) {
-        PyObject *outgoing = F(self, outgoing, s_outgoing);
+        PyObject *outgoing = Py_XNewRef(F(self, outgoing, s_outgoing));
         PyObject *data = outgoing == NULL ? NULL : call0(outgoing, s_read);
+        Py_XDECREF(outgoing);
         if (data == NULL)
             return -1;
         Py_ssize_t n = PyObject_Size(data);
@@ -363,8 +396,11 @@ static int process_outgoing(PyObject *self)
             return -1;
         }
         if (n > 0) {
-            PyObject *tr = F(self, transport, s_transport);
+            /* held across the raw write (a synchronous connection_lost
+             * clears the field, decision 403) */
+            PyObject *tr = Py_XNewRef(F(self, transport, s_transport));
             PyObject *r = tr == NULL ? NULL : call1(tr, s_write, data);
+            Py_XDECREF(tr);
             if (r == NULL) {
                 Py_DECREF(data);
                 return -1;
@@ -387,7 +423,7 @@ static int close_notify(PyObject *self)
 /* ---- reads */
 
 /* _do_read__copied: 0 or -1 */
-static int read_copied(PyObject *self, PyObject *incoming, PyObject *target)
+static int read_copied(PyObject *self, PyObject *incoming, PyObject *target, PyObject *pend)
 {
     PyObject *max_size = PyObject_GetAttr(self, s_max_size);
     if (max_size == NULL)
@@ -395,7 +431,7 @@ static int read_copied(PyObject *self, PyObject *incoming, PyObject *target)
     PyObject *first = NULL, *list = NULL;
     int eof = 0, rc = -1;
     for (;;) {
-        int left = bytes_left(incoming, target);
+        int left = bytes_left(incoming, pend);
         if (left < 0)
             goto done;
         if (!left)
@@ -444,8 +480,11 @@ static int read_copied(PyObject *self, PyObject *incoming, PyObject *target)
         else {
             first = NULL;
         }
-        PyObject *app = F(self, app_protocol, s_app_protocol);
+        /* held: a C data_received may replace the app (set_protocol) while
+         * it runs, as a stock frame's reference would (decision 403) */
+        PyObject *app = Py_XNewRef(F(self, app_protocol, s_app_protocol));
         PyObject *r = app == NULL ? NULL : call1(app, s_data_received, data);
+        Py_XDECREF(app);
         Py_DECREF(data);
         if (r == NULL)
             goto done;
@@ -462,7 +501,7 @@ done:
 }
 
 /* _do_read__buffered: 0 or -1 */
-static int read_buffered(PyObject *self, PyObject *incoming, PyObject *target)
+static int read_buffered(PyObject *self, PyObject *incoming, PyObject *target, PyObject *pend)
 {
     Py_ssize_t offset = 0, wants;
     int count_zero = 0, filled = 0, rc = -1;
@@ -479,7 +518,13 @@ static int read_buffered(PyObject *self, PyObject *incoming, PyObject *target)
     wants = PyObject_Size(buf);
     if (wants < 0)
         goto done;
-    int left = wants == 0 ? 1 : bytes_left(incoming, target);
+    /* the stock method reads once whatever is pending; the read is left out
+     * when nothing is (it would only raise SSLWantReadError), unless buf
+     * is empty or the app's get_buffer took the protocol out of WRAPPED and
+     * FLUSHING (a close() that shut the SSL object down: the read raises
+     * what the stock one raises, decision 402) */
+    PyObject *st = PROTO(self)->state;
+    int left = wants == 0 || (st != C.wrapped && st != C.flushing) ? 1 : bytes_left(incoming, pend);
     if (left < 0)
         goto done;
     while (left) {
@@ -496,10 +541,13 @@ static int read_buffered(PyObject *self, PyObject *incoming, PyObject *target)
                 break;
             goto done;
         }
-        Py_ssize_t c;
-        if (!exact_ssize(count, &c)) {
+        /* an int subclass counts as its value, as the stock comparisons
+         * and sums take it (decision 403) */
+        Py_ssize_t c = PyLong_Check(count) ? PyLong_AsSsize_t(count) : -1;
+        if (c == -1 && (!PyLong_Check(count) || PyErr_Occurred())) {
             Py_DECREF(count);
-            PyErr_SetString(PyExc_TypeError, "SSLObject.read() did not return an int");
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "SSLObject.read() did not return an int");
             goto done;
         }
         Py_DECREF(count);
@@ -512,16 +560,17 @@ static int read_buffered(PyObject *self, PyObject *incoming, PyObject *target)
             filled = 1;
             break;
         }
-        left = bytes_left(incoming, target);
+        left = bytes_left(incoming, pend);
         if (left < 0)
             goto done;
     }
     if (filled) {
         /* the app's buffer is full: read the rest next turn */
-        PyObject *loop = F(self, loop, s_loop);
+        PyObject *loop = Py_XNewRef(F(self, loop, s_loop));
         PyObject *meth = loop == NULL ? NULL : PyObject_GetAttr(self, s_do_read);
         PyObject *h = meth == NULL ? NULL : call1(loop, s_call_soon, meth);
         Py_XDECREF(meth);
+        Py_XDECREF(loop);
         if (h == NULL)
             goto done;
         Py_DECREF(h);
@@ -557,11 +606,13 @@ static int do_read_wrapped(PyObject *self)
         /* held across calls that may replace the fields */
         PyObject *incoming = Py_XNewRef(F(self, incoming, s_incoming));
         PyObject *target = incoming == NULL ? NULL : Py_XNewRef(proto_target(self));
+        PyObject *pend = target == NULL ? NULL : Py_NewRef(p->pend);
         int is_buffer = target == NULL ? -1 : T(self, app_is_buffer, s_app_is_buffer);
         int e = is_buffer < 0 ? -1
-                              : (is_buffer ? read_buffered : read_copied)(self, incoming, target);
+                              : (is_buffer ? read_buffered : read_copied)(self, incoming, target, pend);
         Py_XDECREF(incoming);
         Py_XDECREF(target);
+        Py_XDECREF(pend);
         if (e < 0)
             goto fail;
         int backlog = T(self, write_backlog, s_write_backlog);
@@ -570,7 +621,6 @@ static int do_read_wrapped(PyObject *self)
         if (backlog ? run0(self, s_do_write) : process_outgoing(self))
             goto fail;
     }
-    (void)p;
     if (control_ssl_reading(self) < 0)
         goto fail;
     return 0;
@@ -605,16 +655,20 @@ static PyObject *proto_get_buffer(PyObject *self, PyObject *n)
 static PyObject *proto_buffer_updated(PyObject *self, PyObject *nbytes)
 {
     Proto *p = PROTO(self);
-    PyObject *view = F(self, ssl_buffer_view, s_ssl_buffer_view);
+    /* held: nbytes.__index__ may replace the field while the view is sliced
+     * (decision 403) */
+    PyObject *view = Py_XNewRef(F(self, ssl_buffer_view, s_ssl_buffer_view));
     if (view == NULL)
         return NULL;
     PyObject *slice = PySlice_New(Py_None, nbytes, Py_None);
     PyObject *part = slice == NULL ? NULL : PyObject_GetItem(view, slice);
     Py_XDECREF(slice);
+    Py_DECREF(view);
     if (part == NULL)
         return NULL;
-    PyObject *incoming = F(self, incoming, s_incoming);
+    PyObject *incoming = Py_XNewRef(F(self, incoming, s_incoming));
     PyObject *r = incoming == NULL ? NULL : call1(incoming, s_write, part);
+    Py_XDECREF(incoming);
     Py_DECREF(part);
     if (r == NULL)
         return NULL;
@@ -689,7 +743,7 @@ static PyMemberDef proto_members[] = {
 static int proto_traverse(PyObject *self, visitproc visit, void *arg)
 {
     PyObject **f = &PROTO(self)->state;
-    for (int i = 0; i < NFIELDS + 2; i++)
+    for (int i = 0; i < NFIELDS + 3; i++)
         Py_VISIT(f[i]);
     return 0;
 }
@@ -697,7 +751,7 @@ static int proto_traverse(PyObject *self, visitproc visit, void *arg)
 static int proto_clear(PyObject *self)
 {
     PyObject **f = &PROTO(self)->state;
-    for (int i = 0; i < NFIELDS + 2; i++)
+    for (int i = 0; i < NFIELDS + 3; i++)
         Py_CLEAR(f[i]);
     return 0;
 }
@@ -755,19 +809,62 @@ static int backlog_add(PyObject *proto, PyObject *data, Py_ssize_t n)
     return e;
 }
 
+/* SSLObject.write() returned something other than an exact int (an
+ * sslobject_class's write): the stock _do_write's steps with that object,
+ * from the backlog that holds data (decision 403):
+ *   if count < len(data): backlog[0] = data[count:]; size -= count
+ *   else: del backlog[0]; size -= len(data)
+ * then the rest of the loop (_do_write) or _process_outgoing. 0 or -1. */
+static int write_count_odd(PyObject *proto, PyObject *data, Py_ssize_t n, PyObject *count)
+{
+    if (backlog_add(proto, data, n) < 0)
+        return -1;
+    PyObject *len = PyLong_FromSsize_t(n);
+    int lt = len == NULL ? -1 : PyObject_RichCompareBool(count, len, Py_LT);
+    Py_XDECREF(len);
+    if (lt < 0)
+        return -1;
+    if (!lt) {
+        /* all written: the backlog and its size as they were */
+        PyObject *backlog = F(proto, write_backlog, s_write_backlog);
+        if (backlog == NULL || PySequence_DelItem(backlog, 0) < 0)
+            return -1;
+        PyObject *size = F(proto, write_buffer_size, s_write_buffer_size);
+        PyObject *add = size == NULL ? NULL : PyLong_FromSsize_t(n);
+        PyObject *sub = add == NULL ? NULL : PyNumber_Subtract(size, add);
+        Py_XDECREF(add);
+        int e = sub == NULL ? -1 : PyObject_SetAttr(proto, s_write_buffer_size, sub);
+        Py_XDECREF(sub);
+        return e < 0 ? -1 : run0(proto, s_process_outgoing);
+    }
+    PyObject *slice = PySlice_New(count, Py_None, Py_None);
+    PyObject *rest = slice == NULL ? NULL : PyObject_GetItem(data, slice);
+    Py_XDECREF(slice);
+    PyObject *backlog = rest == NULL ? NULL : F(proto, write_backlog, s_write_backlog);
+    int e = backlog == NULL ? -1 : PySequence_SetItem(backlog, 0, rest);
+    Py_XDECREF(rest);
+    if (e < 0)
+        return -1;
+    PyObject *size = F(proto, write_buffer_size, s_write_buffer_size);
+    PyObject *sub = size == NULL ? NULL : PyNumber_Subtract(size, count);
+    e = sub == NULL ? -1 : PyObject_SetAttr(proto, s_write_buffer_size, sub);
+    Py_XDECREF(sub);
+    return e < 0 ? -1 : run0(proto, s_do_write);
+}
+
 /* the part of the write after the tests: 0 or -1 */
 static int write_fast(PyObject *proto, PyObject *data)
 {
+    /* the size first: no C-API call while the write's exception is set
+     * (decision 403) */
+    Py_ssize_t n = PyObject_Size(data);
+    if (n < 0)
+        return -1;
     PyObject *target = Py_XNewRef(proto_target(proto));
     if (target == NULL)
         return -1;
     PyObject *count = call1(target, s_write, data);
     Py_DECREF(target);
-    Py_ssize_t n = PyObject_Size(data);
-    if (n < 0) {
-        Py_XDECREF(count);
-        return -1;
-    }
     if (count == NULL) {
         /* stock: the data was in the backlog when the write raised */
         PyObject *exc = take_exc();
@@ -782,17 +879,18 @@ static int write_fast(PyObject *proto, PyObject *data)
         return run0(proto, s_process_outgoing);
     }
     Py_ssize_t c;
-    int ok = exact_ssize(count, &c);
-    if (!ok || c < n) {
+    if (!exact_ssize(count, &c)) {
+        int e = write_count_odd(proto, data, n, count);
+        Py_DECREF(count);
+        return e;
+    }
+    if (c < n) {
         /* a partial write: the rest is the backlog's, and the stock loop
          * goes on with it (_do_write) */
-        PyObject *rest = ok ? PySequence_GetSlice(data, c, PY_SSIZE_T_MAX) : NULL;
+        PyObject *rest = PySequence_GetSlice(data, c, PY_SSIZE_T_MAX);
         Py_DECREF(count);
-        if (rest == NULL) {
-            if (!ok)
-                PyErr_SetString(PyExc_TypeError, "SSLObject.write() did not return an int");
+        if (rest == NULL)
             return -1;
-        }
         int e = backlog_add(proto, rest, n - c);
         Py_DECREF(rest);
         if (e < 0)
