@@ -192,11 +192,7 @@ def test_eof_received_writes_and_closes(tloop, tls):
 
         run_scenario(tloop, tls, cls, app, act2, payloads=[pattern(100, 1)])
         p = p_holder[0]
-        try:
-            p.peer.unwrap()
-        except ssl.SSLWantReadError:
-            pass
-        p.feed(p.pout.read())
+        p.feed(p.peer_close_notify())
         p.turn()
         log.append(("end", p.proto._state.name, p.raw.closed))
         return log
@@ -316,11 +312,7 @@ def test_exception_in_app_callback(tloop, tls, exc, where):
             payload = pattern(2000, 1)
             data, _ = p.peer_records(payload)
             if where == "eof_received":
-                try:
-                    p.peer.unwrap()
-                except ssl.SSLWantReadError:
-                    pass
-                data += p.pout.read()
+                data += p.peer_close_notify()
             try:
                 p.feed(data)
             except BaseException as e:
