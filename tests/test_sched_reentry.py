@@ -119,6 +119,72 @@ def test_loop_closed_while_the_turn_computes_its_timeout(loop, stock):
     assert mine == (RuntimeError, [], True)  # "engine is closed"
 
 
+@pytest.mark.parametrize("debug", [False, True])
+def test_nested_turn_from_a_completion_callback_is_refused(loop, debug, res_tracker):
+    """data_received, run while the engine delivers a batch of records, runs
+    a nested turn (nest_asyncio does, from run_until_complete). The nested
+    turn's engine run overwrote the batch being delivered: the other stream's
+    bytes of that batch were lost (B got b"b2" without b"b1"). Now it is
+    refused as the Python (debug) turn's Engine.wait refuses it, and every
+    byte arrives, in order. (The stock loop runs reader callbacks from _ready,
+    after its poll: nothing to compare.)"""
+    got = {"A": b"", "B": b""}
+    nested = []
+    a1, a2 = socket.socketpair()
+    b1, b2 = socket.socketpair()
+    for s in (a2, b2):
+        s.settimeout(5)
+
+    class Proto(asyncio.Protocol):
+        def __init__(self, name):
+            self.name = name
+
+        def data_received(self, data):
+            got[self.name] += data
+            if self.name == "A" and not nested:
+                b2.send(b"b2")  # more for B, behind its first chunk
+                if not loop._engine._dispatching:
+                    # a record held behind ready callbacks, run from _ready:
+                    # a nested turn would take the outer turn's handles
+                    nested.append("not dispatching")
+                    return
+                try:
+                    loop._run_once()
+                except RuntimeError as exc:
+                    nested.append(str(exc))
+                else:
+                    nested.append(None)
+            if len(got["B"]) == 4:
+                done.set_result(None)
+
+    async def accept():
+        ta, _ = await loop.connect_accepted_socket(lambda: Proto("A"), a1)
+        tb, _ = await loop.connect_accepted_socket(lambda: Proto("B"), b1)
+        return ta, tb
+
+    ta, tb = loop.run_until_complete(asyncio.wait_for(accept(), 5))
+    loop.run_until_complete(asyncio.sleep(0.01))
+    loop.set_debug(debug)
+
+    def kick():
+        a2.send(b"a1")
+        b2.send(b"b1")
+
+    done = loop.create_future()
+    loop.call_soon(kick)
+    try:
+        loop.run_until_complete(asyncio.wait_for(done, 5))
+    finally:
+        loop.set_debug(False)
+        ta.close()
+        tb.close()
+        a2.close()
+        b2.close()
+        loop.run_until_complete(asyncio.sleep(0.01))
+    assert got == {"A": b"a1", "B": b"b1b2"}
+    assert nested == ["run() from a completion callback"]
+
+
 # ------------------------ decision 411: due timers in a turn entering debug
 
 

@@ -2012,6 +2012,15 @@ static int io_step(Core *self, double timeout)
 {
     int64_t ns = timeout < 0 ? -1 : timeout > 0 ? wait_ns(timeout) : 0;
     Table *t = self->table; /* held: a callback may detach the loop */
+    if (t->dispatching) {
+        /* a nested turn from a completion callback (data_received calling
+         * _run_once, a nest_asyncio-style run_until_complete): a run now would
+         * overwrite the records being delivered and recycle their buffers
+         * (the rest of the batch lost). Refused as Engine.wait refuses it on
+         * the Python turn (decision 410). */
+        PyErr_SetString(PyExc_RuntimeError, "run() from a completion callback");
+        return -1;
+    }
     Py_INCREF(t);
     int rc = io_step_table(self, t, ns);
     Py_DECREF(t);
