@@ -17,6 +17,7 @@ import asyncio
 import contextvars
 import math
 import socket
+import sys
 
 import pytest
 from conftest import both
@@ -325,6 +326,77 @@ def test_run_once_overridden_by_a_subclass_sees_every_turn(loop, stock):
     assert mine == theirs
 
 
+def _spied(lp, name, seen):
+    """lp.<name> replaced on the instance by a wrapper noting each call."""
+    inner = getattr(lp, name)
+
+    def spy(*args, **kw):
+        seen.append(name)
+        return inner(*args, **kw)
+
+    setattr(lp, name, spy)
+
+
+def _schedule_some(lp):
+    """call_soon, call_later, call_at, call_soon_threadsafe, a future's
+    done callback, then a turn."""
+    lp.call_soon(_noop)
+    lp.call_later(0, _noop).cancel()
+    lp.call_at(lp.time(), _noop).cancel()
+    lp.call_soon_threadsafe(_noop)
+    fut = lp.create_future()
+    fut.add_done_callback(_noop)
+    fut.set_result(None)
+    lp.run_until_complete(asyncio.sleep(0))
+
+
+def _noop(*args):
+    pass
+
+
+@pytest.mark.parametrize("name", ["call_at", "_call_soon"])
+def test_methods_stock_calls_replaced_on_the_instance(loop, stock, name):
+    """Stock call_later calls self.call_at, stock call_soon and
+    call_soon_threadsafe call self._call_soon: a wrapper set on the loop sees
+    those calls (the C methods went around it)."""
+
+    def script(lp):
+        seen = []
+        _spied(lp, name, seen)
+        _schedule_some(lp)
+        delattr(lp, name)
+        return seen
+
+    mine, theirs = both(loop, stock, script)
+    assert len(theirs) >= (2 if name == "call_at" else 4), theirs
+    assert mine == theirs
+
+
+def test_call_soon_overridden_by_a_subclass(loop, stock):
+    def counted(base):
+        class Counted(base):
+            def _call_soon(self, callback, args, context):
+                self.seen.append(getattr(callback, "__name__", "?"))
+                return super()._call_soon(callback, args, context)
+
+        return Counted
+
+    def script(lp):
+        lp.seen = []
+        _schedule_some(lp)
+        return lp.seen
+
+    mine_lp = counted(uringloop.Loop)(backend=loop.backend)
+    theirs_lp = counted(type(stock))()
+    try:
+        mine, theirs = script(mine_lp), script(theirs_lp)
+    finally:
+        mine_lp.close()
+        theirs_lp.close()
+    assert theirs[:2] == ["_noop", "_noop"]
+    assert mine == theirs
+
+
 # ----------------------------------- paths no other test takes (pass as is)
 
 
@@ -358,7 +430,8 @@ def test_context_already_entered_by_a_nested_turn(loop, stock):
         return seen, out
 
     mine, theirs = both(loop, stock, script)
-    assert theirs[0] == [("Exception in callback list.append('inner')", "RuntimeError")]
+    if sys.version_info < (3, 12):  # 3.12+ calls the handler in that context too: it fails, logged
+        assert theirs[0] == [("Exception in callback list.append('inner')", "RuntimeError")]
     assert mine == theirs
 
 

@@ -91,6 +91,7 @@ static struct {
     PyObject *stock_run; /* events.Handle._run */
     PyObject *own_time;  /* Core.time's descriptor */
     PyObject *own_run_once, *s_run_once; /* Core._run_once's descriptor, its name */
+    PyObject *own_internal_call_soon, *s_internal_call_soon; /* Core._call_soon's */
     PyObject *empty_tuple;
 } S;
 
@@ -236,6 +237,10 @@ static int makes_handles(Core *self)
         tp->tp_version_tag == self->stock_debug_tag)
         return 1;
     if (_PyType_Lookup(tp, S.s_get_debug) != S.base_get_debug)
+        return 0;
+    /* stock call_soon makes its handle through self._call_soon: a subclass
+     * that overrides it gets the stock methods, which call it (decision 412) */
+    if (_PyType_Lookup(tp, S.s_internal_call_soon) != S.own_internal_call_soon)
         return 0;
     if (tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)
         self->stock_debug_tag = tp->tp_version_tag;
@@ -2525,17 +2530,22 @@ static void Core_dealloc(Core *self)
 
 /* An instance attribute that replaces a loop method our handles' cancel()
  * would otherwise call as the stock one (loop.get_debug = ..., a mock.patch)
- * turns that shortcut off for this loop, for good. */
+ * turns that shortcut off for this loop, for good; so does one that replaces
+ * a method the stock call_soon/call_later call (_call_soon, call_at: the
+ * stock methods then run, and call it; decision 412). */
+static int is_name(PyObject *name, PyObject *interned)
+{
+    return name == interned || (PyUnicode_Check(name) && PyUnicode_Compare(name, interned) == 0);
+}
+
 static int Core_setattro(PyObject *self, PyObject *name, PyObject *v)
 {
-    if (name == S.s_get_debug || name == S.s_timer_handle_cancelled ||
-        (PyUnicode_Check(name) && (PyUnicode_Compare(name, S.s_get_debug) == 0 ||
-                                   PyUnicode_Compare(name, S.s_timer_handle_cancelled) == 0)))
+    if (is_name(name, S.s_get_debug) || is_name(name, S.s_timer_handle_cancelled) ||
+        is_name(name, S.s_internal_call_soon) || is_name(name, S.s_call_at))
         ((Core *)self)->patched = 1;
-    if (name == S.s_time || (PyUnicode_Check(name) && PyUnicode_Compare(name, S.s_time) == 0))
+    if (is_name(name, S.s_time))
         ((Core *)self)->time_patched = 1;
-    if (name == S.s_run_once ||
-        (PyUnicode_Check(name) && PyUnicode_Compare(name, S.s_run_once) == 0))
+    if (is_name(name, S.s_run_once))
         ((Core *)self)->run_once_patched = 1;
     return PyObject_GenericSetAttr(self, name, v);
 }
@@ -2987,6 +2997,11 @@ PyMODINIT_FUNC PyInit__sched(void)
         return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_SystemError, "no Core.call_at");
     Py_INCREF(S.own_call_at);
     INTERN(s_run_once, "_run_once");
+    INTERN(s_internal_call_soon, "_call_soon");
+    S.own_internal_call_soon = PyDict_GetItemWithError(CoreType.tp_dict, S.s_internal_call_soon);
+    if (S.own_internal_call_soon == NULL)
+        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_SystemError, "no Core._call_soon");
+    Py_INCREF(S.own_internal_call_soon);
     S.own_run_once = PyDict_GetItemWithError(CoreType.tp_dict, S.s_run_once);
     if (S.own_run_once == NULL)
         return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_SystemError, "no Core._run_once");
