@@ -153,6 +153,7 @@ typedef struct {
     unsigned int own_time_tag; /* type version tag seen with Core.time */
     int time_patched;     /* an instance attribute named time was set */
     int run_once_patched; /* an instance attribute named _run_once was set */
+    unsigned int run_once_tag; /* type version tag seen with Core._run_once */
     /* {"loop": self} and {"loop": self, "name": None[, "context": None]}:
      * the keyword arguments of futures.Future/tasks.Task, made once (a call
      * with keyword names would build this dict on every call) */
@@ -223,19 +224,9 @@ static int plain(Core *self)
            PyList_CheckExact(self->scheduled);
 }
 
-/* plain(), and a handle made now would ask a stock get_debug() (Handle.__init__
- * calls loop.get_debug(): a subclass's or an instance attribute's answer
- * would decide its source traceback, so those take the stock method) */
-static int makes_handles(Core *self)
+/* makes_handles' class test, when the version tag has not cached it */
+__attribute__((noinline)) static int makes_handles_class(Core *self, PyTypeObject *tp)
 {
-    if (!plain(self) || self->patched)
-        return 0;
-    /* the answer holds until the class (or a base) changes, which changes
-     * its version tag */
-    PyTypeObject *tp = Py_TYPE(self);
-    if ((tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) && tp->tp_version_tag != 0 &&
-        tp->tp_version_tag == self->stock_debug_tag)
-        return 1;
     if (_PyType_Lookup(tp, S.s_get_debug) != S.base_get_debug)
         return 0;
     /* stock call_soon makes its handle through self._call_soon: a subclass
@@ -245,6 +236,22 @@ static int makes_handles(Core *self)
     if (tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)
         self->stock_debug_tag = tp->tp_version_tag;
     return 1;
+}
+
+/* plain(), and a handle made now would ask a stock get_debug() (Handle.__init__
+ * calls loop.get_debug(): a subclass's or an instance attribute's answer
+ * would decide its source traceback, so those take the stock method) */
+static inline int makes_handles(Core *self)
+{
+    if (!plain(self) || self->patched)
+        return 0;
+    /* the answer holds until the class (or a base) changes, which changes
+     * its version tag */
+    PyTypeObject *tp = Py_TYPE(self);
+    if ((tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) && tp->tp_version_tag != 0 &&
+        tp->tp_version_tag == self->stock_debug_tag)
+        return 1;
+    return makes_handles_class(self, tp);
 }
 
 static PyObject *tuple_of(PyObject *const *items, Py_ssize_t n)
@@ -2353,9 +2360,25 @@ static PyObject *run_turn(Core *self)
 /* self._run_once is this method: no subclass override, no instance attribute
  * (a wrapper that counts or times turns, a mock.patch). Otherwise the Python
  * loop must call that one for every turn, as stock does (decision 412). */
-static int own_run_once(Core *self)
+__attribute__((noinline)) static int own_run_once_class(Core *self, PyTypeObject *tp)
 {
-    return !self->run_once_patched && _PyType_Lookup(Py_TYPE(self), S.s_run_once) == S.own_run_once;
+    if (_PyType_Lookup(tp, S.s_run_once) != S.own_run_once)
+        return 0;
+    if (tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)
+        self->run_once_tag = tp->tp_version_tag;
+    return 1;
+}
+
+static inline int own_run_once(Core *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    if (self->run_once_patched)
+        return 0;
+    /* cached by the class's version tag, as own_time() */
+    if ((tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) && tp->tp_version_tag != 0 &&
+        tp->tp_version_tag == self->run_once_tag)
+        return 1;
+    return own_run_once_class(self, tp);
 }
 
 static PyObject *Core_run_once(Core *self, PyObject *unused)
