@@ -18,6 +18,7 @@ import contextvars
 import math
 import socket
 import sys
+import weakref
 
 import pytest
 from conftest import both
@@ -548,4 +549,28 @@ def test_odd_deadlines_run_in_the_stock_order(loop, stock):
 
     mine, theirs = both(loop, stock, script)
     assert len(theirs[1]) == 9 and len(theirs[2]) == 4
+    assert mine == theirs
+
+
+def test_a_weak_reference_to_a_handle_dies_with_it(loop, stock):
+    """A handle that ran and was dropped goes back to the free list
+    (handles.c): a weak reference to it is dead, and stays dead when the
+    memory is reused by the next handles (the weakref list is cleared
+    before reuse). Its callback's weak-reference callback ran once."""
+
+    def script(lp):
+        called = []
+        h = lp.call_soon(_noop, "x")
+        r = weakref.ref(h, lambda _r: called.append("dead"))
+        del h
+        lp.run_until_complete(asyncio.sleep(0))
+        out = [r() is None, list(called)]
+        more = [lp.call_soon(_noop) for _ in range(8)]
+        out += [r() is None, list(called), all(type(m).__name__ == "Handle" for m in more)]
+        for m in more:
+            m.cancel()
+        return out
+
+    mine, theirs = both(loop, stock, script)
+    assert theirs == [True, ["dead"], True, ["dead"], True]
     assert mine == theirs
