@@ -574,3 +574,264 @@ def test_a_weak_reference_to_a_handle_dies_with_it(loop, stock):
     mine, theirs = both(loop, stock, script)
     assert theirs == [True, ["dead"], True, ["dead"], True]
     assert mine == theirs
+
+
+# ------------- decision 414: completion callbacks and due timers, stock order
+#
+# The stock turn queues each ready reader's callback in _ready, then the due
+# timers, then runs them: a reader callback D that schedules C runs D, T, C.
+# The native turn delivers records at once in its I/O step: it now moves the
+# due timers to _ready before it delivers them. Each scenario arms its
+# endpoints, then a callback `kick` sends to them and schedules a timer T that
+# is already due (and, with ahead, a callback X): all are seen by the next
+# turn. The log of that turn (and of the ones after it) is compared.
+
+
+def _turn_log(lp, arm, ahead=False, debug=False):
+    """arm(lp, log) -> (send, close): endpoints ready to read; send() makes
+    their data arrive, close() releases them. Returns the log. debug: the
+    turns run in debug mode (uringloop's Python turn)."""
+    log = []
+    send, close = arm(lp, log)
+    lp.run_until_complete(asyncio.sleep(0.01))
+    lp.set_debug(debug)
+
+    def kick():
+        send()
+        lp.call_at(lp.time() - 1, log.append, "T")
+        if ahead:
+            lp.call_soon(log.append, "X")  # in _ready at the next poll
+
+    lp.call_soon(kick)
+    done = lp.create_future()
+    lp.call_later(0.05, done.set_result, None)
+    lp.run_until_complete(asyncio.wait_for(done, 5))
+    lp.set_debug(False)
+    close()
+    lp.run_until_complete(asyncio.sleep(0.01))
+    return log
+
+
+def _schedules(lp, log, name):
+    """D<name> logged, C<name> scheduled (what a reader callback schedules)."""
+    log.append("D" + name)
+    lp.call_soon(log.append, "C" + name)
+
+
+def _arm_streams(names, buffered=False):
+    def arm(lp, log):
+        pairs = [socket.socketpair() for _ in names]
+        transports = []
+        for (a, b), name in zip(pairs, names, strict=True):
+            b.settimeout(5)
+            if buffered:
+
+                class Proto(asyncio.BufferedProtocol):
+                    def get_buffer(self, hint, name=name):
+                        return bytearray(64)
+
+                    def buffer_updated(self, n, name=name):
+                        _schedules(lp, log, name)
+
+            else:
+
+                class Proto(asyncio.Protocol):
+                    def data_received(self, data, name=name):
+                        _schedules(lp, log, name)
+
+            async def accept(a=a, Proto=Proto):
+                return await lp.connect_accepted_socket(Proto, a)
+
+            transports.append(lp.run_until_complete(asyncio.wait_for(accept(), 5))[0])
+
+        def send():
+            for _, b in pairs:
+                b.send(b"x")
+
+        def close():
+            for t in transports:
+                t.close()
+            for _, b in pairs:
+                b.close()
+
+        return send, close
+
+    return arm
+
+
+def _arm_eof(lp, log):
+    """the peer's shutdown: eof_received (the Python receive path)"""
+    a, b = socket.socketpair()
+
+    class Proto(asyncio.Protocol):
+        def eof_received(self):
+            _schedules(lp, log, "")
+            return True  # half-open: nothing else is scheduled
+
+    async def accept():
+        return await lp.connect_accepted_socket(Proto, a)
+
+    transport, _ = lp.run_until_complete(asyncio.wait_for(accept(), 5))
+
+    def close():
+        transport.close()
+        b.close()
+
+    return (lambda: b.shutdown(socket.SHUT_WR)), close
+
+
+def _arm_sock_recv(lp, log):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+
+    async def reader():
+        await lp.sock_recv(a, 10)
+        log.append("W")  # the task's wake-up the future's result scheduled
+
+    task = lp.create_task(reader())
+
+    def close():
+        task.cancel()
+        a.close()
+        b.close()
+
+    return (lambda: b.send(b"x")), close
+
+
+def _arm_datagram(lp, log):
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b.bind(("127.0.0.1", 0))
+
+    class Proto(asyncio.DatagramProtocol):
+        def datagram_received(self, data, addr):
+            _schedules(lp, log, "")
+
+    async def make():
+        return await lp.create_datagram_endpoint(Proto, local_addr=("127.0.0.1", 0))
+
+    transport, _ = lp.run_until_complete(asyncio.wait_for(make(), 5))
+    to = transport.get_extra_info("sockname")
+
+    def close():
+        transport.close()
+        b.close()
+
+    return (lambda: b.sendto(b"x", to)), close
+
+
+def _arm_reader(lp, log):
+    """add_reader: stock's reader callback itself (its handle is queued, as
+    a held record's drain is: before the timers)."""
+    a, b = socket.socketpair()
+
+    def on_read():
+        a.recv(10)
+        _schedules(lp, log, "")
+
+    lp.add_reader(a.fileno(), on_read)
+
+    def close():
+        lp.remove_reader(a.fileno())
+        a.close()
+        b.close()
+
+    return (lambda: b.send(b"x")), close
+
+
+def test_data_received_runs_before_a_due_timer_what_it_schedules_after(loop, stock):
+    """D, T, C: without the change the turn delivered D at once and then
+    collected T, so C (queued by D) ran before T: D, C, T."""
+    mine, theirs = both(loop, stock, lambda lp: _turn_log(lp, _arm_streams([""])))
+    assert theirs == ["D", "T", "C"]
+    assert mine == theirs
+
+
+def test_buffered_protocol_and_a_due_timer(loop, stock):
+    mine, theirs = both(loop, stock, lambda lp: _turn_log(lp, _arm_streams([""], True)))
+    assert theirs == ["D", "T", "C"]
+    assert mine == theirs
+
+
+def _kinds(log):
+    """the log with the stream names left out (which of two sockets stock's
+    selector reports first is the kernel's order), and the names' order
+    among the Ds and among the Cs, which must agree"""
+    ds = [e[1:] for e in log if e[0] == "D"]
+    cs = [e[1:] for e in log if e[0] == "C"]
+    return [e[0] for e in log], ds == cs
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["Protocol", "BufferedProtocol"])
+def test_two_streams_in_one_batch_and_a_due_timer(loop, stock, buffered):
+    """D1, D2, T, C1, C2 (without the change: D1, D2, C1, C2, T)."""
+    arm = _arm_streams(["1", "2"], buffered)
+    mine, theirs = both(loop, stock, lambda lp: _kinds(_turn_log(lp, arm)))
+    assert theirs == (["D", "D", "T", "C", "C"], True)
+    assert mine == theirs
+
+
+def test_eof_received_and_a_due_timer(loop, stock):
+    """EOF takes the transport's Python receive path: the timers collected
+    before the record do not hold it back (it ran after T without that)."""
+    mine, theirs = both(loop, stock, lambda lp: _turn_log(lp, _arm_eof))
+    assert theirs == ["D", "T", "C"]
+    assert mine == theirs
+
+
+def test_sock_recv_result_and_a_due_timer(loop, stock):
+    """The reader callback that gives the sock_recv future its result runs
+    before T; the task it wakes after: T, W (without the change W, T)."""
+    mine, theirs = both(loop, stock, lambda lp: _turn_log(lp, _arm_sock_recv))
+    assert theirs == ["T", "W"]
+    assert mine == theirs
+
+
+def test_datagram_received_and_a_due_timer(loop, stock):
+    mine, theirs = both(loop, stock, lambda lp: _turn_log(lp, _arm_datagram))
+    assert theirs == ["D", "T", "C"]
+    assert mine == theirs
+
+
+def test_add_reader_callback_and_a_due_timer(loop, stock):
+    """add_reader's handle is queued before the timers (it stays there now
+    that the timers are collected before the records)."""
+    mine, theirs = both(loop, stock, lambda lp: _turn_log(lp, _arm_reader))
+    assert theirs == ["D", "T", "C"]
+    assert mine == theirs
+
+
+@pytest.mark.parametrize(
+    "arm, expected",
+    [
+        (_arm_streams([""]), ["X", "D", "T", "C"]),
+        (_arm_streams([""], True), ["X", "D", "T", "C"]),
+        (_arm_eof, ["X", "D", "T", "C"]),
+        (_arm_sock_recv, ["X", "T", "W"]),
+        (_arm_datagram, ["X", "D", "T", "C"]),
+        (_arm_reader, ["X", "D", "T", "C"]),
+    ],
+    ids=["Protocol", "BufferedProtocol", "eof", "sock_recv", "datagram", "add_reader"],
+)
+def test_ready_not_empty_at_the_poll_and_a_due_timer(loop, stock, arm, expected):
+    """X in _ready at the poll: stock runs X, the reader callbacks, T. A
+    record held behind X (its drain) goes before the timers collected ahead
+    of the batch; a sock_recv result's wake-up after them (without the
+    change: X, W, T)."""
+    mine, theirs = both(loop, stock, lambda lp: _turn_log(lp, arm, ahead=True))
+    assert theirs == expected
+    assert mine == theirs
+
+
+@pytest.mark.parametrize("ahead", [False, True], ids=["empty", "ahead"])
+@pytest.mark.parametrize(
+    "arm",
+    [_arm_streams([""]), _arm_streams([""], True), _arm_eof, _arm_sock_recv, _arm_datagram],
+    ids=["Protocol", "BufferedProtocol", "eof", "sock_recv", "datagram"],
+)
+def test_debug_mode_and_a_due_timer(loop, stock, arm, ahead):
+    """The Python turn (debug mode) collects the due timers before it
+    delivers its records too (without the change: D, C, T; X, W, T)."""
+    mine, theirs = both(loop, stock, lambda lp: _turn_log(lp, arm, ahead, debug=True))
+    plain = _turn_log(loop, arm, ahead)
+    assert "T" in theirs
+    assert mine == theirs == plain

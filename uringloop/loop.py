@@ -165,7 +165,17 @@ class _Turn:
             timeout = math.ceil(timeout * 1e3) * 1e-3
         # an exception from a signal handler comes out of wait() and propagates;
         # one from a completion callback is reported, and the turn goes on
-        error = self._engine.deliver(self._engine.wait(timeout))
+        n = self._engine.wait(timeout)
+        if n > 0 and loop._scheduled:
+            # the due timers go to _ready before the records' callbacks run,
+            # as the native turn does (decision 414)
+            loop._sched_early(True)
+            try:
+                error = self._engine.deliver(n)
+            finally:
+                loop._sched_early(False)
+        else:
+            error = self._engine.deliver(n)
         if error is not None:
             if isinstance(error, (SystemExit, KeyboardInterrupt)):
                 raise error
@@ -551,14 +561,18 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
                     writers.pop(fd, None)
                 return
             # the selectors module's mapping: an error or hangup wakes both
+            # (before any timers the turn collected ahead of its records, as
+            # stock's _process_events queues them: decision 414)
             if res & ~_POLLOUT:
                 r = readers.get(fd)
                 if r is not None and not r[0]._cancelled:
                     self._ready.append(r[0])
+                    self._sched_io_place(r[0], True)
             if res & ~_POLLIN:
                 w = writers.get(fd)
                 if w is not None and not w[0]._cancelled:
                     self._ready.append(w[0])
+                    self._sched_io_place(w[0], True)
 
         token[0] = self._engine.poll(fd, mask, on_ready, level=True)
         polls[fd] = token

@@ -210,19 +210,22 @@ static Py_ssize_t length(PyObject *o)
 
 /* the plain reading state, with nothing due in the loop's _ready before it:
  * 1 yes, 0 no, -1 error */
-static int takes_fast(Dgram *d)
+/* set by the native turn around a record's generic call (dgram.h) */
+Py_ssize_t ul_dgram_timers;
+
+static int takes_fast(Dgram *d, Py_ssize_t timers)
 {
     if (!d->recv_fast || d->ready == NULL)
         return 0;
     Py_ssize_t waiting = length(d->ready);
-    return waiting < 0 ? -1 : waiting == 0;
+    return waiting < 0 ? -1 : waiting - timers <= 0;
 }
 
-int ul_dgram_takes(PyObject *owner)
+int ul_dgram_takes(PyObject *owner, Py_ssize_t timers)
 {
     if (!Py_IS_TYPE(owner, &DgramType))
         return 0;
-    return takes_fast((Dgram *)owner);
+    return takes_fast((Dgram *)owner, timers);
 }
 
 int ul_dgram_deliver(PyObject *owner, PyObject *payload, PyObject *addr, const uint8_t *raw,
@@ -258,7 +261,7 @@ static PyObject *Dgram_vectorcall(PyObject *op, PyObject *const *args, size_t na
         PyTuple_CheckExact(args[2]) && PyTuple_GET_SIZE(args[2]) == 2) {
         int overflow;
         long res = PyLong_AsLongAndOverflow(args[0], &overflow);
-        int fast = takes_fast(d);
+        int fast = takes_fast(d, ul_dgram_timers);
         if (fast < 0)
             return NULL;
         if (fast && res >= 0 && !overflow)

@@ -21,12 +21,17 @@ int ul_addr_cache_traverse(ul_addr_cache *cache, visitproc visit, void *arg);
 void ul_addr_cache_free(ul_addr_cache **cache);
 
 /* A datagram record straight to its owner, without the (payload, address)
- * tuple and the callback's arguments: ul_dgram_takes(owner) is 1 when owner
+ * tuple and the callback's arguments: ul_dgram_takes(owner, timers) is 1 when owner
  * is a Dgram that would hand the record to datagram_received now (0 when
  * not, -1 with an exception set); ul_dgram_deliver then does (0, or -1 with
  * the exception the owner's call raised); addr was made from the rawlen-byte
  * sockaddr raw (ul_addr_obj), which sendto may then use for it. */
-int ul_dgram_takes(PyObject *owner);
+int ul_dgram_takes(PyObject *owner, Py_ssize_t timers);
+/* timers: how many of the loop's _ready are due timers collected before the
+ * batch (decision 414): they do not hold a datagram back. ul_dgram_timers
+ * says the same to a Dgram called with a record the generic way (set only
+ * around that call). */
+extern Py_ssize_t ul_dgram_timers;
 int ul_dgram_deliver(PyObject *owner, PyObject *payload, PyObject *addr, const uint8_t *raw,
                      uint32_t rawlen);
 

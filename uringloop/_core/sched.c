@@ -144,6 +144,12 @@ typedef struct {
     PyObject *dirty;      /* _dirty: transports with writes to flush before the wait */
     int in_batch;         /* the native turn is delivering records (stream.c) */
     Py_ssize_t batch_ready; /* ... and len(_ready) was this when it began */
+    /* timers due after the wait, moved to _ready before the batch's records
+     * were delivered (decision 414), while it is delivered; else 0. A reader's
+     * handle (a held record's drain, an add_reader callback) goes in at
+     * io_pos, before them, as stock's _process_events queues it. */
+    Py_ssize_t pre_timers, io_pos;
+    int collected;        /* this turn's due timers were collected before its records */
     int patched;          /* an instance attribute replaced a method handles call */
     int looping;          /* inside Loop.run_forever: _run_once runs turns until a stop */
     int depth;            /* _run_once calls in progress (a callback may call it) */
@@ -162,6 +168,8 @@ typedef struct {
      * _sock_owner, _sock_sending */
     PyObject *transports, *sock_state, *sock_owner, *sock_sending;
 } Core;
+
+static int io_place(Core *self, PyObject *h);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -819,6 +827,7 @@ struct Table {
     PyObject *decode;    /* decode(raw sockaddr) -> address, for what C does not build */
     ul_addr_cache *addrs; /* sender addresses, one object per peer (dgram.c) */
     ul_recv_fn read_pool; /* ul_read_pool, once set_read_pool() was called */
+    Py_ssize_t pre_timers; /* the Core's pre_timers while it delivers a batch (dgram.c) */
 };
 
 static PyTypeObject TableType;
@@ -1619,7 +1628,7 @@ static int table_deliver(Table *t, int n, PyObject **first)
             PyObject *owner = t->slots[slot].owner, *payload, *addr;
             const uint8_t *raw;
             uint32_t rawlen;
-            int takes = ul_dgram_takes(owner);
+            int takes = ul_dgram_takes(owner, t->pre_timers);
             if (takes > 0 && msg_parts(t, r, &payload, &addr, &raw, &rawlen) == 0) {
                 Py_INCREF(owner);
                 if (ul_dgram_deliver(owner, payload, addr, raw, rawlen) < 0)
@@ -1682,7 +1691,12 @@ static int table_deliver(Table *t, int n, PyObject **first)
         int took = (sf & SLOT_SENT)     ? stream_sent_record(cb, res, !final, data) /* a Stream's own send */
                    : (sf & SLOT_DIRECT) ? stream_direct_record(cb, res) /* into its protocol's buffer */
                                         : stream_deliver(cb, res, !final, data); /* a Stream's record: C to C */
-        if (took < 0 || (took == 0 && call_back(cb, res, !final, data) < 0))
+        if (took == 0) {
+            ul_dgram_timers = t->pre_timers;
+            took = call_back(cb, res, !final, data);
+            ul_dgram_timers = 0;
+        }
+        if (took < 0)
             keep_first(first);
         Py_DECREF(cb);
         if (PyMemoryView_Check(data)) {
@@ -2006,6 +2020,7 @@ static int report_or_raise(Core *self, PyObject *exc)
 }
 
 static int io_step_table(Core *self, Table *t, int64_t ns);
+static int collect_early(Core *self);
 
 /* A wait for a timer is rounded up to the whole millisecond, as the stock
  * loop's selector rounds it (EpollSelector.select: math.ceil(timeout * 1e3) *
@@ -2080,10 +2095,26 @@ static int io_step_table(Core *self, Table *t, int64_t ns)
         PyObject *ready = self->ready;
         self->batch_ready = ready != NULL && Py_IS_TYPE(ready, S.deque_type) ? Py_SIZE(ready) : -1;
         self->in_batch = self->batch_ready >= 0;
+        PyObject *failed = NULL;
+        if (self->in_batch && self->scheduled != NULL && PyList_CheckExact(self->scheduled) &&
+            PyList_GET_SIZE(self->scheduled) > 0 && plain(self) && collect_early(self) < 0)
+            failed = take_exception(); /* raised once the records are delivered */
         int rc = table_deliver(t, n, &first);
         self->in_batch = 0;
-        if (rc < 0)
+        self->pre_timers = 0;
+        t->pre_timers = 0;
+        if (rc < 0) {
+            Py_XDECREF(failed);
             return -1;
+        }
+        if (failed != NULL) {
+            if (first != NULL && report_or_raise(self, first) < 0) {
+                Py_DECREF(failed);
+                return -1;
+            }
+            give_exception(failed);
+            return -1;
+        }
         return first == NULL ? 0 : report_or_raise(self, first);
     }
 }
@@ -2246,6 +2277,117 @@ static int collect_due(Core *self)
     return rc;
 }
 
+/* Records are about to be delivered (the native I/O step): the due timers
+ * move to _ready first (decision 414). The stock turn queues each ready
+ * reader's callback, then the due timers, then runs them: what a reader
+ * callback schedules runs after the timers. Records delivered at once here
+ * run their callbacks now, so the timers must be in _ready before those
+ * callbacks schedule anything; the hold rules (ready_empty, the datagram's,
+ * Python's _sched_ahead) leave these timers out, and a reader's handle
+ * queued meanwhile goes before them (io_place). The turn collects no more
+ * after the records: stock reads the clock for its timers before it runs
+ * any reader callback. 0, or -1 with an exception set. */
+static int collect_early(Core *self)
+{
+    PyObject *ready = self->ready;
+    Py_ssize_t before = self->batch_ready;
+    self->collected = 1;
+    if (collect_due(self) < 0)
+        return -1;
+    if (self->ready == ready && ready != NULL && Py_IS_TYPE(ready, S.deque_type) &&
+        Py_SIZE(ready) > before && self->in_batch) {
+        self->pre_timers = Py_SIZE(ready) - before;
+        self->io_pos = before;
+        self->table->pre_timers = self->pre_timers;
+    }
+    return 0;
+}
+
+/* h (a reader's handle: a held record's drain, an add_reader callback) was
+ * just appended to _ready while timers collected before the batch are
+ * there: it moves in front of them, behind the readers' handles queued
+ * before it, where stock's _process_events puts it (decision 414). */
+static int io_place(Core *self, PyObject *h)
+{
+    PyObject *ready = self->ready;
+    if (self->pre_timers <= 0 || h == NULL || ready == NULL ||
+        !Py_IS_TYPE(ready, S.deque_type) || Py_SIZE(ready) <= self->io_pos)
+        return 0;
+    Py_INCREF(ready);
+    PyObject *last = PyObject_CallMethod(ready, "pop", NULL);
+    PyObject *r = NULL;
+    if (last == h) {
+        r = PyObject_CallMethod(ready, "insert", "nO", self->io_pos, h);
+        if (r != NULL)
+            self->io_pos++;
+    } else if (last != NULL) {
+        r = PyObject_CallMethodOneArg(ready, S.s_append, last); /* not ours: left */
+    }
+    Py_XDECREF(last);
+    Py_DECREF(ready);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* _sched_io_place(handle, reader): io_place for Python's held records
+ * (reader false: only when _ready held callbacks before the poll, as the
+ * record then waits behind them; a record held behind what this batch's
+ * callbacks scheduled waits for them, as stock's next turn reads it) and
+ * add_reader callbacks (reader true) */
+static PyObject *Core_sched_io_place(Core *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_sched_io_place(handle, reader)");
+        return NULL;
+    }
+    if (self->pre_timers > 0 && (args[1] == Py_True || self->batch_ready > 0) &&
+        io_place(self, args[0]) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* _sched_early(on): the Python (debug) turn's records are about to be
+ * delivered (on: the due timers move to _ready first, collect_early) or
+ * were (off: the state ends). The stock _run_once that follows collects
+ * what is due after them, as it would anyway (decision 414). */
+static PyObject *Core_sched_early(Core *self, PyObject *on)
+{
+    self->collected = 0;
+    self->pre_timers = 0;
+    if (self->table != NULL)
+        self->table->pre_timers = 0;
+    if (on != Py_True)
+        Py_RETURN_NONE;
+    PyObject *ready = self->ready;
+    if (ready == NULL || !Py_IS_TYPE(ready, S.deque_type) || self->scheduled == NULL ||
+        !PyList_CheckExact(self->scheduled) || PyList_GET_SIZE(self->scheduled) == 0 ||
+        self->table == NULL || self->in_batch)
+        Py_RETURN_NONE;
+    self->batch_ready = Py_SIZE(ready);
+    self->in_batch = 1; /* for collect_early only: the Python turn keeps its hold rule */
+    int rc = collect_early(self);
+    self->in_batch = 0;
+    self->collected = 0;
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* _sched_ahead(): callbacks in _ready that a record arriving now must wait
+ * for, as stock's reader callback would: bool(_ready), leaving out the
+ * timers collected before the batch (decision 414) */
+static PyObject *Core_sched_ahead(Core *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *ready = field(self, self->ready, "_ready");
+    if (ready == NULL)
+        return NULL;
+    Py_ssize_t n = Py_IS_TYPE(ready, S.deque_type) ? Py_SIZE(ready) : PyObject_Size(ready);
+    if (n < 0)
+        return NULL;
+    return PyBool_FromLong(n - self->pre_timers > 0);
+}
+
 /* the native turn can run: plain(), every attribute it reads is there, and
  * the engine is attached (it is from Loop.__init__ until close) */
 static int turn_ready(Core *self)
@@ -2327,7 +2469,11 @@ static PyObject *run_turn(Core *self)
         return NULL;
     }
 
-    if (self->scheduled != NULL && PyList_CheckExact(self->scheduled) && collect_due(self) < 0)
+    /* unless collected before the records were delivered (decision 414) */
+    int collected = self->collected;
+    self->collected = 0;
+    if (!collected && self->scheduled != NULL && PyList_CheckExact(self->scheduled) &&
+        collect_due(self) < 0)
         return NULL;
 
     /* run what is ready now; what these callbacks schedule waits a turn */
@@ -2608,6 +2754,9 @@ static PyMethodDef Core_methods[] = {
     {"_sched_detach", (PyCFunction)Core_sched_detach, METH_NOARGS, NULL},
     {"_sched_track_ready", (PyCFunction)Core_sched_track_ready, METH_NOARGS, NULL},
     {"_sched_looping", (PyCFunction)Core_sched_looping, METH_O, NULL},
+    {"_sched_io_place", (PyCFunction)(void (*)(void))Core_sched_io_place, METH_FASTCALL, NULL},
+    {"_sched_ahead", (PyCFunction)Core_sched_ahead, METH_NOARGS, NULL},
+    {"_sched_early", (PyCFunction)Core_sched_early, METH_O, NULL},
     {"_write_to_self", (PyCFunction)Core_write_to_self, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };

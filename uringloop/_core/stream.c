@@ -381,7 +381,8 @@ static int ready_empty(Core *loop)
     if (loop->in_batch)
         return loop->batch_ready == 0;
     PyObject *r = loop->ready;
-    return r != NULL && Py_IS_TYPE(r, S.deque_type) && Py_SIZE(r) == 0;
+    /* (the Python turn's due timers collected before its records: decision 414) */
+    return r != NULL && Py_IS_TYPE(r, S.deque_type) && Py_SIZE(r) <= loop->pre_timers;
 }
 
 /* self._drain queued at the end of _ready in the transport's context, as
@@ -405,8 +406,11 @@ static int stream_schedule_drain(Stream *s)
                                       kw_context);
     }
     Py_DECREF(drain);
+    /* behind what _ready held before the poll, before the timers collected
+     * ahead of this batch's records, as stock queues its reader (decision 414) */
+    int rc = h == NULL ? -1 : s->loop->pre_timers > 0 && s->loop->batch_ready > 0 ? io_place(s->loop, h) : 0;
     Py_XDECREF(h);
-    return h ? 0 : -1;
+    return rc;
 }
 
 /* A record that must wait behind what _ready held before the poll (the

@@ -207,7 +207,9 @@ class SocketTransportBase(TransportBase):
     def _schedule_drain(self):
         if not self._draining:
             self._draining = True
-            self._loop.call_soon(self._drain_held, context=self._context)
+            h = self._loop.call_soon(self._drain_held, context=self._context)
+            # before timers collected ahead of this batch (decision 414)
+            self._loop._sched_io_place(h, False)
 
     def _drain_held(self):
         self._draining = False

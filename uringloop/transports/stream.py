@@ -311,13 +311,17 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             self._start_reading()  # pause_reading cancelled it; resumed since?
             return
         if data is not None and type(data) is not bytes and (
-            not self._buffered or self._paused or self._held is not None or self._loop._ready
+            not self._buffered
+            or self._paused
+            or self._held is not None
+            or self._loop._sched_ahead()
         ):
             data = data.tobytes()  # a pool view lives only during this call
-        if self._held is not None or self._paused or self._loop._ready:
+        if self._held is not None or self._paused or self._loop._sched_ahead():
             # The stock loop queues a reader callback behind what is already
             # in _ready; so do we when anything is (a task woken this turn, a
-            # connection_made not yet run): the record waits in order.
+            # connection_made not yet run; not the timers the turn collected
+            # before its records, decision 414): the record waits in order.
             self._hold((res, data))
             return
         self._process(res, data)
