@@ -2453,6 +2453,7 @@ static PyObject *run_turn(Core *self)
             timeout = 0.0;
     }
 
+    self->collected = 0; /* (a turn that failed in its I/O step may have left it set) */
     if (self->table == NULL || self->table->engine == NULL) {
         /* the deadline's arithmetic or a replaced time() ran Python code that
          * closed the loop (a _run_once outside run_forever): the stock turn's
