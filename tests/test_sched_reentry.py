@@ -22,8 +22,11 @@ import weakref
 
 import pytest
 from conftest import both
+from transport_helpers import tls
 
 import uringloop
+
+assert tls  # a fixture, imported for the TLS test
 
 
 def _err(exc):
@@ -835,3 +838,51 @@ def test_debug_mode_and_a_due_timer(loop, stock, arm, ahead):
     plain = _turn_log(loop, arm, ahead)
     assert "T" in theirs
     assert mine == theirs == plain
+
+
+def _arm_tls(tls):
+    """a TLS server end (connect_accepted_socket(ssl=)); the client is a
+    blocking ssl socket whose handshake runs in a thread"""
+
+    def arm(lp, log):
+        import threading
+
+        a, b = socket.socketpair()
+        b.settimeout(5)
+        client = []
+        t = threading.Thread(
+            target=lambda: client.append(
+                tls.client_context().wrap_socket(b, server_hostname="localhost")
+            )
+        )
+
+        class Proto(asyncio.Protocol):
+            def data_received(self, data):
+                _schedules(lp, log, "")
+
+        async def accept():
+            t.start()
+            return await lp.connect_accepted_socket(Proto, a, ssl=tls.server_context())
+
+        transport, _ = lp.run_until_complete(asyncio.wait_for(accept(), 5))
+        t.join(5)
+        assert client, "the handshake did not finish"
+
+        def close():
+            transport.abort()
+            client[0].close()
+
+        return (lambda: client[0].send(b"x")), close
+
+    return arm
+
+
+@pytest.mark.parametrize("ahead", [False, True], ids=["empty", "ahead"])
+def test_tls_data_received_and_a_due_timer(loop, stock, tls, ahead):
+    """The TLS protocol's data_received (its record decrypted in the I/O
+    step) runs before T, what it schedules after (without the change the
+    empty case gave D, C, T)."""
+    arm = _arm_tls(tls)
+    mine, theirs = both(loop, stock, lambda lp: _turn_log(lp, arm, ahead))
+    assert theirs == (["X"] if ahead else []) + ["D", "T", "C"]
+    assert mine == theirs

@@ -149,7 +149,6 @@ typedef struct {
      * handle (a held record's drain, an add_reader callback) goes in at
      * io_pos, before them, as stock's _process_events queues it. */
     Py_ssize_t pre_timers, io_pos;
-    int collected;        /* this turn's due timers were collected before its records */
     int patched;          /* an instance attribute replaced a method handles call */
     int looping;          /* inside Loop.run_forever: _run_once runs turns until a stop */
     int depth;            /* _run_once calls in progress (a callback may call it) */
@@ -2034,7 +2033,9 @@ static int64_t wait_ns(double timeout)
     return (int64_t)ceil(timeout * 1e3) * 1000000;
 }
 
-/* the I/O step (engine attached): timeout < 0 waits without limit */
+/* the I/O step (engine attached): timeout < 0 waits without limit. 1 when
+ * it collected the due timers before its records (decision 414), 0, or -1
+ * with an exception set. */
 static int io_step(Core *self, double timeout)
 {
     int64_t ns = timeout < 0 ? -1 : timeout > 0 ? wait_ns(timeout) : 0;
@@ -2096,13 +2097,17 @@ static int io_step_table(Core *self, Table *t, int64_t ns)
         self->batch_ready = ready != NULL && Py_IS_TYPE(ready, S.deque_type) ? Py_SIZE(ready) : -1;
         self->in_batch = self->batch_ready >= 0;
         PyObject *failed = NULL;
-        if (self->in_batch && self->scheduled != NULL && PyList_CheckExact(self->scheduled) &&
-            PyList_GET_SIZE(self->scheduled) > 0 && plain(self) && collect_early(self) < 0)
+        int early = self->in_batch && self->scheduled != NULL &&
+                    PyList_CheckExact(self->scheduled) && PyList_GET_SIZE(self->scheduled) > 0 &&
+                    plain(self);
+        if (early && collect_early(self) < 0)
             failed = take_exception(); /* raised once the records are delivered */
         int rc = table_deliver(t, n, &first);
         self->in_batch = 0;
-        self->pre_timers = 0;
-        t->pre_timers = 0;
+        if (self->pre_timers != 0) {
+            self->pre_timers = 0;
+            t->pre_timers = 0;
+        }
         if (rc < 0) {
             Py_XDECREF(failed);
             return -1;
@@ -2115,7 +2120,9 @@ static int io_step_table(Core *self, Table *t, int64_t ns)
             give_exception(failed);
             return -1;
         }
-        return first == NULL ? 0 : report_or_raise(self, first);
+        if (first != NULL && report_or_raise(self, first) < 0)
+            return -1;
+        return early;
     }
 }
 
@@ -2291,7 +2298,6 @@ static int collect_early(Core *self)
 {
     PyObject *ready = self->ready;
     Py_ssize_t before = self->batch_ready;
-    self->collected = 1;
     if (collect_due(self) < 0)
         return -1;
     if (self->ready == ready && ready != NULL && Py_IS_TYPE(ready, S.deque_type) &&
@@ -2352,7 +2358,6 @@ static PyObject *Core_sched_io_place(Core *self, PyObject *const *args, Py_ssize
  * what is due after them, as it would anyway (decision 414). */
 static PyObject *Core_sched_early(Core *self, PyObject *on)
 {
-    self->collected = 0;
     self->pre_timers = 0;
     if (self->table != NULL)
         self->table->pre_timers = 0;
@@ -2367,7 +2372,6 @@ static PyObject *Core_sched_early(Core *self, PyObject *on)
     self->in_batch = 1; /* for collect_early only: the Python turn keeps its hold rule */
     int rc = collect_early(self);
     self->in_batch = 0;
-    self->collected = 0;
     if (rc < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -2453,7 +2457,7 @@ static PyObject *run_turn(Core *self)
             timeout = 0.0;
     }
 
-    self->collected = 0; /* (a turn that failed in its I/O step may have left it set) */
+    int collected = 0;
     if (self->table == NULL || self->table->engine == NULL) {
         /* the deadline's arithmetic or a replaced time() ran Python code that
          * closed the loop (a _run_once outside run_forever): the stock turn's
@@ -2466,13 +2470,11 @@ static PyObject *run_turn(Core *self)
         if (r == NULL)
             return NULL;
         Py_DECREF(r);
-    } else if (io_step(self, timeout) < 0) {
+    } else if ((collected = io_step(self, timeout)) < 0) {
         return NULL;
     }
 
     /* unless collected before the records were delivered (decision 414) */
-    int collected = self->collected;
-    self->collected = 0;
     if (!collected && self->scheduled != NULL && PyList_CheckExact(self->scheduled) &&
         collect_due(self) < 0)
         return NULL;
