@@ -168,12 +168,19 @@ class _Turn:
         n = self._engine.wait(timeout)
         if n > 0 and loop._scheduled:
             # the due timers go to _ready before the records' callbacks run,
-            # as the native turn does (decision 414)
-            loop._sched_early(True)
+            # as the native turn does (decision 414); what collecting raises
+            # (a foreign timer's comparison) comes after the records
+            failed = None
+            try:
+                loop._sched_early(True)
+            except Exception as exc:
+                failed = exc
             try:
                 error = self._engine.deliver(n)
             finally:
                 loop._sched_early(False)
+            if failed is not None:
+                raise failed
         else:
             error = self._engine.deliver(n)
         if error is not None:
