@@ -208,11 +208,12 @@ static Py_ssize_t length(PyObject *o)
     return Py_IS_TYPE(o, deque_type) ? Py_SIZE(o) : PyObject_Size(o);
 }
 
-/* the plain reading state, with nothing due in the loop's _ready before it:
- * 1 yes, 0 no, -1 error */
 /* set by the native turn around a record's generic call (dgram.h) */
 Py_ssize_t ul_dgram_timers;
 
+/* the plain reading state, with nothing due in the loop's _ready before it
+ * (but the timers collected before the batch: decision 414): 1 yes, 0 no,
+ * -1 error */
 static int takes_fast(Dgram *d, Py_ssize_t timers)
 {
     if (!d->recv_fast || d->ready == NULL)

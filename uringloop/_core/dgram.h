@@ -21,9 +21,9 @@ int ul_addr_cache_traverse(ul_addr_cache *cache, visitproc visit, void *arg);
 void ul_addr_cache_free(ul_addr_cache **cache);
 
 /* A datagram record straight to its owner, without the (payload, address)
- * tuple and the callback's arguments: ul_dgram_takes(owner, timers) is 1 when owner
- * is a Dgram that would hand the record to datagram_received now (0 when
- * not, -1 with an exception set); ul_dgram_deliver then does (0, or -1 with
+ * tuple and the callback's arguments: ul_dgram_takes(owner, timers) is 1
+ * when owner is a Dgram that would hand the record to datagram_received
+ * now (0 when not, -1 with an exception set); ul_dgram_deliver then does (0, or -1 with
  * the exception the owner's call raised); addr was made from the rawlen-byte
  * sockaddr raw (ul_addr_obj), which sendto may then use for it. */
 int ul_dgram_takes(PyObject *owner, Py_ssize_t timers);

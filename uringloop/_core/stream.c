@@ -408,7 +408,9 @@ static int stream_schedule_drain(Stream *s)
     Py_DECREF(drain);
     /* behind what _ready held before the poll, before the timers collected
      * ahead of this batch's records, as stock queues its reader (decision 414) */
-    int rc = h == NULL ? -1 : s->loop->pre_timers > 0 && s->loop->batch_ready > 0 ? io_place(s->loop, h) : 0;
+    int rc = h == NULL                                               ? -1
+             : s->loop->pre_timers > 0 && s->loop->batch_ready > 0 ? io_place(s->loop, h)
+                                                                     : 0;
     Py_XDECREF(h);
     return rc;
 }
