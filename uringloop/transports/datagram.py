@@ -206,9 +206,38 @@ class DatagramTransport(
             else:
                 self._protocol.error_received(exc)
         except (SystemExit, KeyboardInterrupt):
+            self._hold_rest()
             raise
         except BaseException as exc:
             self._protocol_raised(exc)
+
+    def _drain_held(self):
+        """The held datagrams, in order, as the stock reader callback takes
+        them: one a turn, so what one's callbacks scheduled (or what else is
+        due) runs before the next (decision 409)."""
+        self._draining = False
+        held = self._held
+        while held and self.is_reading():
+            self._process(*held.popleft())
+            if held and self._loop._ready:
+                self._schedule_drain()
+                return
+        if not held:
+            self._held = None
+            self._sync()
+            self._start_reading()
+
+    def _hold_rest(self):
+        """datagram_received or error_received let SystemExit or
+        KeyboardInterrupt out (from C too): the stock loop stops there, and
+        its reader callback reads the next datagram on a later turn. The
+        turn's other records are held and handed over from the next turn, and
+        a one-shot receive is re-armed there (decision 408)."""
+        if self._held is None:
+            self._held = collections.deque()
+            self._sync()
+        if not self._paused:
+            self._schedule_drain()
 
     def _protocol_raised(self, exc):
         """datagram_received or error_received raised: the stock transport
