@@ -177,6 +177,40 @@ def test_sendto_from_an_audit_hook_keeps_each_destination(tloop):
         rx_b.close()
 
 
+@pytest.mark.parametrize("how", ["close", "abort"])
+def test_an_audit_hook_closing_the_endpoint_inside_sendto(tloop, how):
+    """The hook closes the endpoint (Python code inside sendto, after the
+    C half chose the fd): the stock socket stays open until connection_lost
+    and the datagram leaves. On epoll the engine's close_fd closed the fd at
+    once, and the C half then sent on a closed (or reused) fd number: EBADF
+    through error_received (decision 407)."""
+    loop = tloop
+    if not _hook_added:
+        sys.addaudithook(_audit_hook)
+        _hook_added.append(True)
+    rx = _rx()
+    dest = rx.getsockname()
+
+    async def main():
+        tr, pr = await loop.create_datagram_endpoint(
+            lambda: Log(loop), local_addr=("127.0.0.1", 0)
+        )
+        _hook_action.append(("socket.sendto", lambda args: getattr(tr, how)()))
+        try:
+            tr.sendto(b"closing", dest)
+        finally:
+            _hook_action.clear()
+        await wait_for(pr.lost)
+        return pr.log
+
+    try:
+        log = run_in(loop, main())
+        assert [d for d, _ in _recv_all(rx, 1)] == [b"closing"]
+        assert log == [("p", "made"), ("p", "lost", None)]
+    finally:
+        rx.close()
+
+
 # ---------------------------------------------------------------- decision 408
 
 

@@ -386,7 +386,10 @@ static PyObject *Dgram_sendto(Dgram *d, PyObject *const *args, Py_ssize_t nargs,
         PyErr_Clear();
         goto slow;
     }
-    if (view.len == 0) {
+    if (view.len == 0 || !d->send_fast) {
+        /* (!send_fast: an audit hook or the buffer export, Python code,
+         * closed the transport, and on epoll the engine closed the fd at
+         * once: the Python path sends as stock, decision 407) */
         if (view.obj != NULL)
             PyBuffer_Release(&view);
         goto slow;
@@ -403,6 +406,11 @@ static PyObject *Dgram_sendto(Dgram *d, PyObject *const *args, Py_ssize_t nargs,
             if (view.obj != NULL)
                 PyBuffer_Release(&view);
             return NULL;
+        }
+        if (!d->send_fast) { /* a handler closed the transport: as above */
+            if (view.obj != NULL)
+                PyBuffer_Release(&view);
+            goto slow;
         }
     }
     if (view.obj != NULL)
