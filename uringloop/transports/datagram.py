@@ -219,7 +219,7 @@ class DatagramTransport(
         held = self._held
         while held and self.is_reading():
             self._process(*held.popleft())
-            if held and self._loop._ready:
+            if held and self.is_reading() and self._loop._ready:
                 self._schedule_drain()
                 return
         if not held:
