@@ -641,3 +641,74 @@ def test_odd_sendto_as_stock(tloop, case):
     finally:
         stock.close()
     assert _odd_case(tloop, case) == want
+
+
+# ------------------------------------------- error_received from the writer
+
+
+def _writer_error_case(loop, exc_type):
+    """Datagrams queued (EAGAIN) on a connected Unix endpoint whose peer
+    then goes: each queued one fails (ECONNREFUSED, then ENOTCONN...) in
+    the writer; error_received raises exc_type the first time."""
+    from test_datagram import _unix_pair
+
+    log = []
+
+    def handler(lp, ctx):
+        msg = ctx["message"]
+        # the stock class is _SelectorDatagramTransport: the method is compared
+        log.append(("handler", msg.split(" ")[:3], msg.rsplit(".", 1)[-1], repr(ctx["exception"])))
+
+    loop.set_exception_handler(handler)
+
+    class Raising(Log):
+        calls = 0
+
+        def error_received(self, exc):
+            super().error_received(exc)
+            self.calls += 1
+            if self.calls == 1 and exc_type is not None:
+                raise exc_type("from error_received")
+
+    a, b = _unix_pair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    try:
+        tr, pr = run_in(loop, loop.create_datagram_endpoint(lambda: Raising(loop, log), sock=a))
+        i = 0
+        while tr.get_write_buffer_size() == 0 and i < 100_000:
+            tr.sendto(b"%06d" % i)
+            i += 1
+        for _ in range(2):
+            tr.sendto(b"%06d" % i)
+            i += 1
+        log.append(("queued", len(tr._buffer)))
+        b.close()
+        for _ in range(8):  # each a bounded run
+            try:
+                run_in(loop, asyncio.sleep(0.01))
+            except (KeyboardInterrupt, SystemExit) as exc:
+                log.append(type(exc).__name__)
+        log.append(("still queued", tr.get_write_buffer_size() > 0))
+        tr.close()
+        run_in(loop, wait_for(asyncio.shield(pr.lost)))
+    finally:
+        b.close()
+    return log
+
+
+@pytest.mark.parametrize("exc_type", [None, ValueError, KeyboardInterrupt])
+def test_error_received_raising_in_the_writer(tloop, exc_type):
+    """A queued datagram's send fails in the writer: error_received, and the
+    stock writer stays registered whatever error_received does, so every
+    other queued datagram is tried (its error reported) and close() then
+    completes. Ours re-armed the writability poll only after
+    error_received returned: one that raised left the queue stuck for good
+    (close() never finished, connection_lost never came, the fd stayed
+    open), and an Exception was reported as an engine callback's, not as
+    the stock writer handle's (decision 408)."""
+    stock = asyncio.SelectorEventLoop()
+    try:
+        want = _writer_error_case(stock, exc_type)
+    finally:
+        stock.close()
+    assert _writer_error_case(tloop, exc_type) == want

@@ -239,18 +239,26 @@ class DatagramTransport(
         if not self._paused:
             self._schedule_drain()
 
-    def _protocol_raised(self, exc):
+    def _protocol_raised(self, exc, callback=None):
         """datagram_received or error_received raised: the stock transport
-        calls them from its reader callback and lets the exception out to the
-        callback's handle, which reports it (and the transport reads on)."""
+        calls them from its reader callback (or writer callback) and lets the
+        exception out to the callback's handle, which reports it (and the
+        transport reads on)."""
         self._raised = exc
         # (a copy of the current context: ours may be the one running)
-        events.Handle(self._read_ready, (), self._loop, None)._run()
+        events.Handle(callback or self._read_ready, (), self._loop, None)._run()
 
     def _read_ready(self):
         # named after the stock reader callback: the handle's report names it
         exc, self._raised = self._raised, None
         raise exc
+
+    def _writer_raised(self):
+        exc, self._raised = self._raised, None
+        raise exc
+
+    # named after the stock writer callback: the handle's report names it
+    _writer_raised.__qualname__ = "DatagramTransport._sendto_ready"
 
     # ------------------------------------------------------------- writing
 
@@ -338,9 +346,17 @@ class DatagramTransport(
                 self._buffer_size += len(data) + _HEADER
                 break
             except OSError as exc:
-                self._protocol.error_received(exc)
-                # the stock writer stays registered: the rest goes next time
+                # the stock writer stays registered: the rest goes next time,
+                # whatever error_received does (raise, even SystemExit or
+                # KeyboardInterrupt, decision 408)
                 self._wait_writable()
+                try:
+                    self._protocol.error_received(exc)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as err:
+                    # reported as the stock writer handle reports it
+                    self._protocol_raised(err, self._writer_raised)
                 return
             except (SystemExit, KeyboardInterrupt):
                 raise
