@@ -255,10 +255,15 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
         # context, and an entered context cannot be entered again: a copy
         # (the same values) stands in for it
         ctx = contextvars.copy_context()
-        handle = events.Handle(self._protocol.data_received, (), self._loop, ctx)
+        # the stock report names its reader callback, _read_ready (decision 409)
+        handle = events.Handle(self._read_ready, (), self._loop, ctx)
         cb = format_helpers._format_callback_source(handle._callback, handle._args)
         context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
         self._loop.call_exception_handler(context)
+
+    def _read_ready(self):
+        """Never called: named after the stock reader callback, which the
+        report of a raising data_received names (_data_failed)."""
 
     def _drain_held(self):
         held = self._held
