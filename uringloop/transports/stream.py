@@ -320,9 +320,13 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             # connection_made not yet run): the record waits in order.
             self._hold((res, data))
             return
-        self._process(res, data)
-        if not more:
-            self._start_reading()  # the op ended on data (emulated multishot)
+        try:
+            self._process(res, data)
+        finally:
+            if not more:
+                # the op ended on data (emulated multishot); also when
+                # SystemExit or KeyboardInterrupt went through (decision 405)
+                self._start_reading()
 
     def _process(self, res, data):
         if res > 0:
@@ -360,6 +364,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
                 if not len(buf):
                     raise RuntimeError("get_buffer() returned an empty buffer")
             except (SystemExit, KeyboardInterrupt):
+                self._keep_rest(data, pos, n)
                 raise
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
@@ -386,12 +391,27 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             try:
                 self._protocol.buffer_updated(k)
             except (SystemExit, KeyboardInterrupt):
+                self._keep_rest(data, pos, n)
                 raise
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
                 return
             if self._feeding_stops(data, pos, n):
                 return
+
+    def _keep_rest(self, data, pos, n):
+        """SystemExit or KeyboardInterrupt went through get_buffer() or
+        buffer_updated(): the bytes not handed over wait, first in line, for
+        the loop's next run, as the stock loop's socket keeps what its read
+        did not take (decision 405)."""
+        if pos < n and not self._closing and not self._conn_lost:
+            if self._held is None:
+                self._held = collections.deque()
+                self._sync()
+            rest = data[pos:]
+            self._held.appendleft((n - pos, rest if type(rest) is bytes else rest.tobytes()))
+            if not self._paused:
+                self._schedule_drain()
 
     def _feeding_stops(self, data, pos, n):
         if pos < n and (self._conn_lost or self._closing):
