@@ -260,3 +260,64 @@ def test_interrupt_in_a_receive_callback_loses_nothing(tloop, exc, mode, where, 
         run_in(tloop, wait_for(sender[0]))
         tr.close()
         run_in(tloop, wait_for(proto.lost))
+
+
+# --------------------------------------------------------------------------
+# decision 406: a buffer recv_into() would refuse
+
+
+_READ_ERROR = "Fatal read error on socket transport"
+_GET_BUFFER_FAILED = "Fatal error: protocol.get_buffer() call failed."
+_REFUSED = "recv_into() argument 1 must be read-write bytes-like object, not "
+
+
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        ("none", (_GET_BUFFER_FAILED, "TypeError", "object of type 'NoneType' has no len()")),
+        ("list", (_READ_ERROR, "TypeError", _REFUSED + "list")),
+        ("str", (_READ_ERROR, "TypeError", _REFUSED + "str")),
+        ("noncontiguous", (_READ_ERROR, "TypeError", _REFUSED + "memoryview")),
+    ],
+)
+def test_get_buffer_gives_what_recv_into_refuses(tloop, bad, expected):
+    """get_buffer() returns None, a list, a str or a non-contiguous view:
+    it is called once, and the fatal error is the stock one, recv_into's
+    own exception and text. Ours called get_buffer() a second time after
+    a None (None was also _feed_buffer's "no buffer yet"), and said
+    memoryview's words for the others (test_transport_ccore's
+    test_get_buffer_misbehaves checks only the log message and the type)
+    (decision 406)."""
+    bufs = {
+        "none": lambda: None,
+        "list": lambda: [0] * 100,
+        "str": lambda: "x" * 100,
+        "noncontiguous": lambda: memoryview(bytearray(200))[::2],
+    }
+
+    class Bad(_Keeps, asyncio.BufferedProtocol):
+        calls = 0
+
+        def get_buffer(self, sizehint):
+            self.calls += 1
+            return bufs[bad]() if self.calls == 1 else bytearray(100)
+
+        def buffer_updated(self, nbytes):
+            self.got += b"?" * nbytes
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        log = []
+        _catch_handler(loop, log)
+        a, b = socket.socketpair()
+        with b:
+            tr, proto = await loop.create_connection(Bad, sock=a)
+            b.sendall(b"data")
+            exc = await wait_for(proto.lost)
+        loop.set_exception_handler(None)
+        assert [entry[1:3] for entry in log] == [expected[:2]]
+        assert (type(exc).__name__, str(exc)) == expected[1:]
+        assert proto.calls == 1
+        assert not proto.got
+
+    run_in(tloop, main())
