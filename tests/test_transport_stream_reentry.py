@@ -321,3 +321,57 @@ def test_get_buffer_gives_what_recv_into_refuses(tloop, bad, expected):
         assert not proto.got
 
     run_in(tloop, main())
+
+
+def test_set_protocol_inside_buffer_updated_after_a_pause(tloop):
+    """pause_reading() inside the second buffer_updated while the rest of
+    100 KiB is already received, resume_reading(), then set_protocol() to a
+    Protocol inside the fourth: the rest goes to its data_received, in
+    order, as the stock loop's next read would give it. The bytes held
+    while paused are fed by the Python path (_drain_held, _feed_buffer),
+    which went on asking get_buffer() of the new protocol (an
+    AttributeError, a fatal error, the rest lost); the C feed's own switch
+    is test_transport_ccore's test_set_protocol_inside_buffer_updated_with_more_received
+    (decision 406)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        log = []
+        _catch_handler(loop, log)
+        new = _Plain(log)
+        old_lost = loop.create_future()
+
+        class Switch(_Keeps, asyncio.BufferedProtocol):
+            def __init__(self):
+                super().__init__()
+                self.buf = bytearray(10000)
+                self.calls = 0
+                self.lost = old_lost
+
+            def get_buffer(self, sizehint):
+                return self.buf
+
+            def buffer_updated(self, nbytes):
+                self.got += self.buf[:nbytes]
+                self.calls += 1
+                if self.calls == 2:
+                    self.transport.pause_reading()
+                    loop.call_soon(self.transport.resume_reading)
+                elif self.calls == 4:
+                    self.transport.set_protocol(new)
+                    new.transport = self.transport
+
+        data = pattern(100 * 1024, 7)
+        a, b = socket.socketpair()
+        with b:
+            b.sendall(data)
+            b.shutdown(socket.SHUT_WR)
+            tr, old = await loop.create_connection(Switch, sock=a)
+            await wait_for(new.lost)
+        loop.set_exception_handler(None)
+        assert old.calls == 4
+        assert bytes(old.got) + bytes(new.got) == data
+        assert not [e for e in log if e[0] == "handler"]
+        assert not old_lost.done()
+
+    run_in(tloop, main())

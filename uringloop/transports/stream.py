@@ -434,6 +434,19 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     def _feeding_stops(self, data, pos, n):
         if pos < n and (self._conn_lost or self._closing):
             return True
+        if pos < n and not self._buffered:
+            # set_protocol() to a Protocol inside buffer_updated: the rest is
+            # its data_received's, as the stock loop's next read would be; first
+            # in line (decision 406)
+            rest = data[pos:]
+            rest = rest if type(rest) is bytes else rest.tobytes()
+            if self._held is not None:
+                self._held.appendleft((n - pos, rest))
+                if not self._paused:
+                    self._schedule_drain()
+            else:
+                self._on_recv(n - pos, True, rest)
+            return True
         if pos < n and self._paused:
             if self._held is None:
                 self._held = collections.deque()
