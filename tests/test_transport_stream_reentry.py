@@ -3,13 +3,14 @@ decisions 404-406).
 
 Each scenario runs on io_uring, epoll and the stock ``asyncio.SelectorEventLoop``
 (the ``tloop`` fixture; the stock loop proves the expectation): a protocol's
-receive callbacks calling back into the transport from inside the C read
-loops (set_protocol from get_buffer, in the pool feed and in a direct read),
-SystemExit and KeyboardInterrupt going through data_received, get_buffer and
-buffer_updated in the pool and the direct read modes (the loop, run again,
-must get every byte, in order), and the write paths' copies of what the
-caller may still change. Only paths no other transport suite covers are
-here (each test says which).
+receive callbacks calling back into the transport from inside the read
+loops (set_protocol from get_buffer, in the pool feed and in a direct read;
+set_protocol from buffer_updated in the Python feed), SystemExit and
+KeyboardInterrupt going through data_received, get_buffer and buffer_updated
+in the pool and the direct read modes (the loop, run again, must get every
+byte, in order), and get_buffer results recv_into refuses. Each test failed
+on uringloop before its decision's fix; what the review found the same as
+stock is listed in decision 406, not kept here (other suites cover it).
 """
 
 from __future__ import annotations
