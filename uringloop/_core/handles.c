@@ -84,7 +84,11 @@ static void handle_dealloc(PyObject *h)
     PyTypeObject *tp = Py_TYPE(h);
     PyObject_GC_UnTrack(h);
     Py_TRASHCAN_BEGIN(h, handle_dealloc)
-    if (tp->tp_weaklistoffset > 0 && SLOT(h, tp->tp_weaklistoffset) != NULL)
+    /* 3.12+: the stock classes' __weakref__ is managed, before the object
+     * (a negative offset); the list must be cleared either way, or a weak
+     * reference would outlive the handle and see the next one made in its
+     * memory (decision 410) */
+    if (tp->tp_weaklistoffset != 0 && SLOT(h, tp->tp_weaklistoffset) != NULL)
         PyObject_ClearWeakRefs(h);
     handle_clear(h);
     free_list *fl = tp == ul_timer_type ? &free_timers : &free_handles;

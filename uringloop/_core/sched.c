@@ -61,7 +61,7 @@ typedef int (*ul_run_fn)(void *engine, int64_t timeout_ns);
 /* set once by setup(); the interpreter has one asyncio */
 static struct {
     PyTypeObject *handle_type, *timer_type, *deque_type;
-    PyObject *deque_append, *deque_popleft, *heapify;
+    PyObject *deque_append, *deque_popleft, *heapify, *heappop;
     PyObject *base_call_soon, *base_internal_call_soon, *base_call_at;
     PyObject *base_call_later, *base_run_once, *base_create_task;
     PyObject *tasks, *tasks_dict; /* asyncio.tasks: create_task looks up tasks.Task */
@@ -90,6 +90,8 @@ static struct {
     PyCFunction deque_append_c, deque_popleft_c;
     PyObject *stock_run; /* events.Handle._run */
     PyObject *own_time;  /* Core.time's descriptor */
+    PyObject *own_run_once, *s_run_once; /* Core._run_once's descriptor, its name */
+    PyObject *own_internal_call_soon, *s_internal_call_soon; /* Core._call_soon's */
     PyObject *empty_tuple;
 } S;
 
@@ -150,6 +152,8 @@ typedef struct {
                            * _run_once's loop runs signal handlers every 32) */
     unsigned int own_time_tag; /* type version tag seen with Core.time */
     int time_patched;     /* an instance attribute named time was set */
+    int run_once_patched; /* an instance attribute named _run_once was set */
+    unsigned int run_once_tag; /* type version tag seen with Core._run_once */
     /* {"loop": self} and {"loop": self, "name": None[, "context": None]}:
      * the keyword arguments of futures.Future/tasks.Task, made once (a call
      * with keyword names would build this dict on every call) */
@@ -220,10 +224,24 @@ static int plain(Core *self)
            PyList_CheckExact(self->scheduled);
 }
 
+/* makes_handles' class test, when the version tag has not cached it */
+__attribute__((noinline)) static int makes_handles_class(Core *self, PyTypeObject *tp)
+{
+    if (_PyType_Lookup(tp, S.s_get_debug) != S.base_get_debug)
+        return 0;
+    /* stock call_soon makes its handle through self._call_soon: a subclass
+     * that overrides it gets the stock methods, which call it (decision 412) */
+    if (_PyType_Lookup(tp, S.s_internal_call_soon) != S.own_internal_call_soon)
+        return 0;
+    if (tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)
+        self->stock_debug_tag = tp->tp_version_tag;
+    return 1;
+}
+
 /* plain(), and a handle made now would ask a stock get_debug() (Handle.__init__
  * calls loop.get_debug(): a subclass's or an instance attribute's answer
  * would decide its source traceback, so those take the stock method) */
-static int makes_handles(Core *self)
+static inline int makes_handles(Core *self)
 {
     if (!plain(self) || self->patched)
         return 0;
@@ -233,11 +251,7 @@ static int makes_handles(Core *self)
     if ((tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) && tp->tp_version_tag != 0 &&
         tp->tp_version_tag == self->stock_debug_tag)
         return 1;
-    if (_PyType_Lookup(tp, S.s_get_debug) != S.base_get_debug)
-        return 0;
-    if (tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)
-        self->stock_debug_tag = tp->tp_version_tag;
-    return 1;
+    return makes_handles_class(self, tp);
 }
 
 static PyObject *tuple_of(PyObject *const *items, Py_ssize_t n)
@@ -2010,6 +2024,15 @@ static int io_step(Core *self, double timeout)
 {
     int64_t ns = timeout < 0 ? -1 : timeout > 0 ? wait_ns(timeout) : 0;
     Table *t = self->table; /* held: a callback may detach the loop */
+    if (t->dispatching) {
+        /* a nested turn from a completion callback (data_received calling
+         * _run_once, a nest_asyncio-style run_until_complete): a run now would
+         * overwrite the records being delivered and recycle their buffers
+         * (the rest of the batch lost). Refused as Engine.wait refuses it on
+         * the Python turn (decision 410). */
+        PyErr_SetString(PyExc_RuntimeError, "run() from a completion callback");
+        return -1;
+    }
     Py_INCREF(t);
     int rc = io_step_table(self, t, ns);
     Py_DECREF(t);
@@ -2081,11 +2104,19 @@ static int seconds_until(PyObject *when, PyObject *t, double *out)
 }
 
 /* heappop(self._scheduled), the timer marked as no longer scheduled (new
- * reference). The heap is held meanwhile: a __lt__ may replace the attribute. */
+ * reference). The heap is held meanwhile: a __lt__ may replace the attribute.
+ * Python code run since the caller saw a timer at the head (a _cancelled's
+ * __bool__, a deadline's __ge__) may have emptied or replaced the heap: then
+ * heapq.heappop's errors, as the stock turn raises them (decision 410). */
 static PyObject *pop_timer(Core *self)
 {
-    PyObject *heap = Py_NewRef(self->scheduled);
-    PyObject *h = heappop(heap);
+    PyObject *heap = field(self, self->scheduled, "_scheduled");
+    if (heap == NULL)
+        return NULL;
+    Py_INCREF(heap);
+    PyObject *h = PyList_CheckExact(heap) && PyList_GET_SIZE(heap) > 0
+                      ? heappop(heap)
+                      : PyObject_CallOneArg(S.heappop, heap); /* heapq's own answer */
     Py_DECREF(heap);
     if (h != NULL && set_scheduled(h, Py_False) < 0)
         Py_CLEAR(h);
@@ -2134,10 +2165,9 @@ static int purge_cancelled(Core *self)
         Py_DECREF(first);
         if (c <= 0)
             return c;
-        Py_ssize_t left = PyLong_AsSsize_t(self->tcc);
-        if (left == -1 && PyErr_Occurred())
-            return -1;
-        PyObject *n = PyLong_FromSsize_t(left - 1);
+        /* self._timer_cancelled_count -= 1 (that __bool__ may have replaced it) */
+        PyObject *left = field(self, self->tcc, "_timer_cancelled_count");
+        PyObject *n = left ? PyNumber_InPlaceSubtract(left, S.one) : NULL;
         if (n == NULL)
             return -1;
         Py_XSETREF(self->tcc, n);
@@ -2180,7 +2210,10 @@ static int collect_due(Core *self)
         }
     }
     int rc = 0;
-    while (plain(self) && PyList_GET_SIZE(self->scheduled) > 0) {
+    /* any turn, debug mode or not (a completion callback may have entered it):
+     * only the heap's type matters here (decision 411) */
+    while (self->scheduled != NULL && PyList_CheckExact(self->scheduled) &&
+           PyList_GET_SIZE(self->scheduled) > 0) {
         PyObject *h = PyList_GET_ITEM(self->scheduled, 0);
         PyObject *w = is_timer(h) ? SLOT(h, S.off_when) : NULL;
         int later;
@@ -2278,10 +2311,23 @@ static PyObject *run_turn(Core *self)
             timeout = 0.0;
     }
 
-    if (io_step(self, timeout) < 0)
+    if (self->table == NULL || self->table->engine == NULL) {
+        /* the deadline's arithmetic or a replaced time() ran Python code that
+         * closed the loop (a _run_once outside run_forever): the stock turn's
+         * step, self._selector.select(timeout), as it is now (decision 410) */
+        PyObject *sel = PyObject_GetAttrString((PyObject *)self, "_selector");
+        PyObject *arg = timeout < 0 ? Py_NewRef(Py_None) : PyFloat_FromDouble(timeout);
+        PyObject *r = sel && arg ? PyObject_CallMethod(sel, "select", "O", arg) : NULL;
+        Py_XDECREF(arg);
+        Py_XDECREF(sel);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+    } else if (io_step(self, timeout) < 0) {
         return NULL;
+    }
 
-    if (plain(self) && collect_due(self) < 0)
+    if (self->scheduled != NULL && PyList_CheckExact(self->scheduled) && collect_due(self) < 0)
         return NULL;
 
     /* run what is ready now; what these callbacks schedule waits a turn */
@@ -2311,10 +2357,34 @@ static PyObject *run_turn(Core *self)
  * any Python callback runs them too).
  * Anywhere else (a test calling _run_once, a callback calling it, a subclass
  * with its own run_forever) it is exactly one turn. */
+/* self._run_once is this method: no subclass override, no instance attribute
+ * (a wrapper that counts or times turns, a mock.patch). Otherwise the Python
+ * loop must call that one for every turn, as stock does (decision 412). */
+__attribute__((noinline)) static int own_run_once_class(Core *self, PyTypeObject *tp)
+{
+    if (_PyType_Lookup(tp, S.s_run_once) != S.own_run_once)
+        return 0;
+    if (tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)
+        self->run_once_tag = tp->tp_version_tag;
+    return 1;
+}
+
+static inline int own_run_once(Core *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    if (self->run_once_patched)
+        return 0;
+    /* cached by the class's version tag, as own_time() */
+    if ((tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) && tp->tp_version_tag != 0 &&
+        tp->tp_version_tag == self->run_once_tag)
+        return 1;
+    return own_run_once_class(self, tp);
+}
+
 static PyObject *Core_run_once(Core *self, PyObject *unused)
 {
     (void)unused;
-    if (!self->looping || self->depth > 0) {
+    if (!self->looping || self->depth > 0 || !own_run_once(self)) {
         self->depth++;
         PyObject *r = run_turn(self);
         self->depth--;
@@ -2324,7 +2394,7 @@ static PyObject *Core_run_once(Core *self, PyObject *unused)
     PyObject *r;
     for (;;) {
         r = run_turn(self);
-        if (r == NULL || !self->looping)
+        if (r == NULL || !self->looping || !own_run_once(self))
             break;
         Py_DECREF(r);
         int stop = self->stopping == NULL ? 1 : truthy(self->stopping);
@@ -2483,15 +2553,23 @@ static void Core_dealloc(Core *self)
 
 /* An instance attribute that replaces a loop method our handles' cancel()
  * would otherwise call as the stock one (loop.get_debug = ..., a mock.patch)
- * turns that shortcut off for this loop, for good. */
+ * turns that shortcut off for this loop, for good; so does one that replaces
+ * a method the stock call_soon/call_later call (_call_soon, call_at: the
+ * stock methods then run, and call it; decision 412). */
+static int is_name(PyObject *name, PyObject *interned)
+{
+    return name == interned || (PyUnicode_Check(name) && PyUnicode_Compare(name, interned) == 0);
+}
+
 static int Core_setattro(PyObject *self, PyObject *name, PyObject *v)
 {
-    if (name == S.s_get_debug || name == S.s_timer_handle_cancelled ||
-        (PyUnicode_Check(name) && (PyUnicode_Compare(name, S.s_get_debug) == 0 ||
-                                   PyUnicode_Compare(name, S.s_timer_handle_cancelled) == 0)))
+    if (is_name(name, S.s_get_debug) || is_name(name, S.s_timer_handle_cancelled) ||
+        is_name(name, S.s_internal_call_soon) || is_name(name, S.s_call_at))
         ((Core *)self)->patched = 1;
-    if (name == S.s_time || (PyUnicode_Check(name) && PyUnicode_Compare(name, S.s_time) == 0))
+    if (is_name(name, S.s_time))
         ((Core *)self)->time_patched = 1;
+    if (is_name(name, S.s_run_once))
+        ((Core *)self)->run_once_patched = 1;
     return PyObject_GenericSetAttr(self, name, v);
 }
 
@@ -2821,6 +2899,13 @@ static PyObject *setup(PyObject *mod, PyObject *args)
         return NULL;
     S.futures_dict = Py_NewRef(PyModule_GetDict(futures));
     Py_DECREF(futures);
+    PyObject *heapq = PyImport_ImportModule("heapq");
+    if (heapq == NULL)
+        return NULL;
+    S.heappop = PyObject_GetAttrString(heapq, "heappop");
+    Py_DECREF(heapq);
+    if (S.heappop == NULL)
+        return NULL;
     ul_handle_offsets off = {
         .callback = S.off_callback, .args = S.off_args, .cancelled = S.off_cancelled,
         .loop = S.off_loop, .tb = S.off_tb, .repr = S.off_repr, .context = S.off_context,
@@ -2934,6 +3019,16 @@ PyMODINIT_FUNC PyInit__sched(void)
     if (S.own_call_at == NULL)
         return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_SystemError, "no Core.call_at");
     Py_INCREF(S.own_call_at);
+    INTERN(s_run_once, "_run_once");
+    INTERN(s_internal_call_soon, "_call_soon");
+    S.own_internal_call_soon = PyDict_GetItemWithError(CoreType.tp_dict, S.s_internal_call_soon);
+    if (S.own_internal_call_soon == NULL)
+        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_SystemError, "no Core._call_soon");
+    Py_INCREF(S.own_internal_call_soon);
+    S.own_run_once = PyDict_GetItemWithError(CoreType.tp_dict, S.s_run_once);
+    if (S.own_run_once == NULL)
+        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_SystemError, "no Core._run_once");
+    Py_INCREF(S.own_run_once);
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
