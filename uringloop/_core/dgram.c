@@ -85,7 +85,8 @@ typedef struct {
     struct sockaddr_in6 last_sa; /* big enough for AF_INET too */
 } Dgram;
 
-static PyObject *s_datagram_received, *s_protocol_raised, *s_sendto_py, *s_sendto_failed;
+static PyObject *s_datagram_received, *s_protocol_raised, *s_sendto_py, *s_sendto_failed,
+    *s_hold_rest;
 static PyTypeObject *deque_type; /* collections.deque: its length is Py_SIZE */
 static PyTypeObject DgramType;
 
@@ -192,6 +193,13 @@ static PyObject *deliver(Dgram *d, PyObject *payload, PyObject *addr)
     if (exc == NULL)
         Py_RETURN_NONE;
     if (fatal) { /* SystemExit, KeyboardInterrupt: up, as from a handle */
+        /* the stock loop stops here: the turn's later records are held for
+         * the next turn, not handed over behind the exception (decision 408) */
+        d->recv_fast = 0;
+        r = PyObject_CallMethodNoArgs(d->transport, s_hold_rest);
+        if (r == NULL)
+            PyErr_WriteUnraisable(d->transport);
+        Py_XDECREF(r);
         PyErr_SetRaisedException(exc);
         return NULL;
     }
@@ -307,24 +315,30 @@ static int convert(Dgram *d, PyObject *addr)
         if (v[i - 1] > max[i - 1])
             return 0;
     }
-    memset(&d->last_sa, 0, sizeof d->last_sa);
+    /* made aside: last_sa stays last_addr's until this one is whole (a
+     * name inet_pton refuses, sent by the socket module, must not leave
+     * last_addr naming a cleared sockaddr: decision 407) */
+    struct sockaddr_in6 sa;
+    socklen_t len;
+    memset(&sa, 0, sizeof sa);
     if (d->family == AF_INET) {
-        struct sockaddr_in *sin = (struct sockaddr_in *)&d->last_sa;
+        struct sockaddr_in *sin = (struct sockaddr_in *)&sa;
         if (inet_pton(AF_INET, name, &sin->sin_addr) != 1)
             return 0;
         sin->sin_family = AF_INET;
         sin->sin_port = htons((uint16_t)v[0]);
-        d->last_len = sizeof *sin;
+        len = sizeof *sin;
     } else {
-        struct sockaddr_in6 *sin6 = &d->last_sa;
-        if (inet_pton(AF_INET6, name, &sin6->sin6_addr) != 1)
+        if (inet_pton(AF_INET6, name, &sa.sin6_addr) != 1)
             return 0;
-        sin6->sin6_family = AF_INET6;
-        sin6->sin6_port = htons((uint16_t)v[0]);
-        sin6->sin6_flowinfo = htonl((uint32_t)v[1]);
-        sin6->sin6_scope_id = (uint32_t)v[2];
-        d->last_len = sizeof *sin6;
+        sa.sin6_family = AF_INET6;
+        sa.sin6_port = htons((uint16_t)v[0]);
+        sa.sin6_flowinfo = htonl((uint32_t)v[1]);
+        sa.sin6_scope_id = (uint32_t)v[2];
+        len = sizeof sa;
     }
+    d->last_sa = sa;
+    d->last_len = len;
     Py_XSETREF(d->last_addr, Py_NewRef(addr));
     return 1;
 }
@@ -352,11 +366,18 @@ static PyObject *Dgram_sendto(Dgram *d, PyObject *const *args, Py_ssize_t nargs,
     } else {
         to_peer = d->connected;
     }
+    /* the destination, copied: an audit hook or a buffer export (Python
+     * code) may send elsewhere before the syscall, which replaces last_sa
+     * (decision 407) */
+    struct sockaddr_in6 to;
+    socklen_t tolen = 0;
     if (!to_peer) {
         if (d->family != AF_INET && d->family != AF_INET6)
             goto slow;
         if (addr != d->last_addr && !convert(d, addr))
             goto slow;
+        to = d->last_sa;
+        tolen = d->last_len;
         if (PySys_Audit("socket.sendto", "OO", d->sock, addr) < 0)
             return NULL;
     }
@@ -369,7 +390,10 @@ static PyObject *Dgram_sendto(Dgram *d, PyObject *const *args, Py_ssize_t nargs,
         PyErr_Clear();
         goto slow;
     }
-    if (view.len == 0) {
+    if (view.len == 0 || !d->send_fast) {
+        /* (!send_fast: an audit hook or the buffer export, Python code,
+         * closed the transport, and on epoll the engine closed the fd at
+         * once: the Python path sends as stock, decision 407) */
         if (view.obj != NULL)
             PyBuffer_Release(&view);
         goto slow;
@@ -379,14 +403,18 @@ static PyObject *Dgram_sendto(Dgram *d, PyObject *const *args, Py_ssize_t nargs,
         if (to_peer)
             n = send(d->fd, view.buf, (size_t)view.len, 0);
         else
-            n = sendto(d->fd, view.buf, (size_t)view.len, 0, (struct sockaddr *)&d->last_sa,
-                       d->last_len);
+            n = sendto(d->fd, view.buf, (size_t)view.len, 0, (struct sockaddr *)&to, tolen);
         if (n >= 0 || errno != EINTR)
             break;
         if (PyErr_CheckSignals() < 0) { /* as the socket module: a handler may raise */
             if (view.obj != NULL)
                 PyBuffer_Release(&view);
             return NULL;
+        }
+        if (!d->send_fast) { /* a handler closed the transport: as above */
+            if (view.obj != NULL)
+                PyBuffer_Release(&view);
+            goto slow;
         }
     }
     if (view.obj != NULL)
@@ -676,7 +704,8 @@ int ul_dgram_init(PyObject *module)
     if (!(s_datagram_received = PyUnicode_InternFromString("datagram_received")) ||
         !(s_protocol_raised = PyUnicode_InternFromString("_protocol_raised")) ||
         !(s_sendto_py = PyUnicode_InternFromString("_sendto_py")) ||
-        !(s_sendto_failed = PyUnicode_InternFromString("_sendto_failed")))
+        !(s_sendto_failed = PyUnicode_InternFromString("_sendto_failed")) ||
+        !(s_hold_rest = PyUnicode_InternFromString("_hold_rest")))
         return -1;
     PyObject *collections = PyImport_ImportModule("collections");
     if (collections == NULL)

@@ -193,6 +193,7 @@ static PyObject *s_feed_buffer, *s_fatal_error, *s_maybe_pause, *s_maybe_resume,
 static PyObject *s_call_soon, *s_drain, *kw_context;
 static PyObject *s_writelines_slow;
 static PyObject *s_start_reading;
+static PyObject *s_protocol, *s_buffer_updated;
 static PyObject *s_send_now_tail, *s_flush, *m_data_failed, *m_get_buffer_failed, *m_updated_failed, *m_write_failed;
 
 /* transport.<name>(*args), inside the transport's context when enter */
@@ -244,6 +245,61 @@ static PyObject *pieces_rest(const Piece *pc, int cnt, int i, Py_ssize_t off)
     return b;
 }
 
+/* buffer_updated(n) of the transport's protocol now, in the transport's
+ * context (entered), as the stock read calls self._protocol.buffer_updated
+ * after get_buffer() and recv_into(): a protocol that get_buffer() set
+ * (set_protocol) is the one told, and one with no buffer_updated (a
+ * Protocol) fails the stock way, an AttributeError reported as that call's
+ * failure (decision 404). 0; 1 if it raised and that was reported (the
+ * transport closes); -1 with an exception set. */
+static int stream_updated(Stream *s, Py_ssize_t n)
+{
+    PyObject *updated, *protocol = NULL, *num = PyLong_FromSsize_t(n), *r = NULL;
+    if (num == NULL)
+        return -1;
+    if (s->buffered && s->on_updated != NULL) {
+        updated = Py_NewRef(s->on_updated);
+        protocol = s->updated_self ? Py_NewRef(s->protocol) : NULL;
+    } else {
+        PyObject *p = PyObject_GetAttr(s->transport, s_protocol);
+        updated = p ? PyObject_GetAttr(p, s_buffer_updated) : NULL;
+        Py_XDECREF(p);
+    }
+    if (updated != NULL)
+        r = stream_proto_call(updated, protocol, num);
+    Py_DECREF(num);
+    Py_XDECREF(updated);
+    Py_XDECREF(protocol);
+    int rc = r ? 0 : stream_protocol_failed(s, m_updated_failed);
+    Py_XDECREF(r);
+    return rc < 0 ? -1 : r ? 0 : 1;
+}
+
+static PyObject *stream_hold(Stream *s, PyObject *const *args);
+
+/* A protocol callback let SystemExit or KeyboardInterrupt through (set)
+ * with n received bytes not handed over yet (pc[i] from off on): they wait
+ * as a held record for the next _drain, first in line, as the stock loop
+ * leaves unread bytes in the socket for its next read when one of these
+ * goes through (decision 405). The exception stays set. */
+static void stream_keep_rest(Stream *s, const Piece *pc, int cnt, int i, Py_ssize_t off,
+                             Py_ssize_t n)
+{
+    if (n <= 0 || s->transport == NULL ||
+        !(PyErr_ExceptionMatches(PyExc_SystemExit) ||
+          PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)))
+        return;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *args[3] = {PyLong_FromSsize_t(n), Py_True, pieces_rest(pc, cnt, i, off)};
+    PyObject *r = args[0] && args[2] ? stream_hold(s, args) : NULL;
+    Py_XDECREF(args[0]);
+    Py_XDECREF(args[2]);
+    Py_XDECREF(r);
+    PyErr_Clear(); /* out of memory: the bytes are lost with it */
+    PyErr_Restore(type, value, tb);
+}
+
 /* a BufferedProtocol: received bytes (cnt pieces, total bytes: one record,
  * or a turn's pool records of the receive, decision 335) into get_buffer()'s
  * buffer, then buffer_updated(k); while the transport stays on its fast
@@ -255,9 +311,9 @@ static PyObject *pieces_rest(const Piece *pc, int cnt, int i, Py_ssize_t off)
  * which reports it as stock does. 0 or -1. */
 static int stream_feed_pieces(Stream *s, const Piece *pc, int cnt, Py_ssize_t total)
 {
-    PyObject *get_buffer = Py_NewRef(s->on_data), *updated = Py_NewRef(s->on_updated);
+    PyObject *get_buffer = Py_NewRef(s->on_data);
     PyObject *protocol = Py_XNewRef(s->protocol);
-    PyObject *gself = s->data_self ? protocol : NULL, *uself = s->updated_self ? protocol : NULL;
+    PyObject *gself = s->data_self ? protocol : NULL;
     int rc = 0, i = 0;
     Py_ssize_t pos = 0, off = 0; /* bytes fed; the next byte is pc[i].p[off] */
     s->bigfill = 0;
@@ -267,6 +323,8 @@ static int stream_feed_pieces(Stream *s, const Piece *pc, int cnt, Py_ssize_t to
         Py_XDECREF(num);
         if (buf == NULL) {
             rc = stream_protocol_failed(s, m_get_buffer_failed);
+            if (rc < 0)
+                stream_keep_rest(s, pc, cnt, i, off, total - pos);
             break;
         }
         Py_buffer dst;
@@ -302,14 +360,13 @@ static int stream_feed_pieces(Stream *s, const Piece *pc, int cnt, Py_ssize_t to
         PyBuffer_Release(&dst);
         Py_DECREF(buf);
         pos += k;
-        num = PyLong_FromSsize_t(k);
-        r = num ? stream_proto_call(updated, uself, num) : NULL;
-        Py_XDECREF(num);
-        if (r == NULL) {
-            rc = stream_protocol_failed(s, m_updated_failed);
+        if ((rc = stream_updated(s, k)) != 0) {
+            if (rc < 0)
+                stream_keep_rest(s, pc, cnt, i, off, total - pos);
+            else
+                rc = 0; /* reported: the transport closes */
             break;
         }
-        Py_DECREF(r);
         if (pos == total || s->transport == NULL)
             break;
         if (s->rfast && s->buffered && s->on_data == get_buffer && s->protocol == protocol)
@@ -327,7 +384,6 @@ static int stream_feed_pieces(Stream *s, const Piece *pc, int cnt, Py_ssize_t to
         break;
     }
     Py_DECREF(get_buffer);
-    Py_DECREF(updated);
     Py_XDECREF(protocol);
     return rc;
 }
@@ -531,22 +587,6 @@ static PyObject *Stream_call(Stream *s, PyObject *args, PyObject *kw)
     return stream_recv(s, 0, argv[1] == Py_True, argv[2], argv, 1);
 }
 
-/* buffer_updated(n), in the transport's context (entered). 0, or -1 with
- * an exception set. */
-static int stream_updated(Stream *s, Py_ssize_t n)
-{
-    PyObject *updated = Py_NewRef(s->on_updated);
-    PyObject *protocol = s->updated_self ? Py_NewRef(s->protocol) : NULL;
-    PyObject *num = PyLong_FromSsize_t(n);
-    PyObject *r = num ? stream_proto_call(updated, protocol, num) : NULL;
-    Py_XDECREF(num);
-    Py_DECREF(updated);
-    Py_XDECREF(protocol);
-    int rc = r ? 0 : stream_protocol_failed(s, m_updated_failed);
-    Py_XDECREF(r);
-    return rc;
-}
-
 /* the receive may go on in the protocol's buffer, or a Protocol's in a new
  * bytes (decisions 350, 373) */
 static inline int stream_direct_ok(Stream *s)
@@ -707,11 +747,12 @@ static int stream_read_direct(Stream *s, int how)
     for (int reads = 0; t != NULL && t->engine != NULL && stream_direct_ok(s); reads++) {
         if (!s->buffered) /* set_protocol inside buffer_updated */
             return stream_back_to_pool(s);
-        PyObject *protocol = Py_XNewRef(s->protocol);
+        PyObject *protocol = Py_XNewRef(s->protocol), *get_buffer = Py_NewRef(s->on_data);
         PyObject *num = PyLong_FromLong(-1);
-        PyObject *buf = num ? stream_proto_call(s->on_data, s->data_self ? protocol : NULL, num)
+        PyObject *buf = num ? stream_proto_call(get_buffer, s->data_self ? protocol : NULL, num)
                             : NULL;
         Py_XDECREF(num);
+        Py_DECREF(get_buffer); /* set_protocol inside it let go of s->on_data */
         Py_XDECREF(protocol);
         if (buf == NULL)
             return stream_protocol_failed(s, m_get_buffer_failed);
@@ -773,6 +814,24 @@ static int stream_read_direct(Stream *s, int how)
     return 0;
 }
 
+/* A direct receive's protocol callback let SystemExit or KeyboardInterrupt
+ * through (rc < 0, the exception set) before the next receive was armed:
+ * the pool receive is (_start_reading, which knows when not to), so that the
+ * loop, run again, reads on as the stock loop's reader does; the transport
+ * went deaf before (decision 405). The exception stays set. */
+static int stream_rearm(Stream *s, int rc)
+{
+    if (rc >= 0 || s->recv_ud != 0 || s->dbuf != NULL || s->rdirect != R_POOL ||
+        s->transport == NULL)
+        return rc;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (stream_back_to_pool(s) < 0)
+        PyErr_Clear(); /* the first exception is the one that goes on */
+    PyErr_Restore(type, value, tb);
+    return rc;
+}
+
 /* The direct receive's res bytes are in the protocol's buffer (dbuf):
  * buffer_updated(res) once the buffer is let go (the protocol may resize
  * it then), and the next receive (stream_read_direct) while they come big.
@@ -803,7 +862,9 @@ static int stream_direct_done(Stream *s, int32_t res, int enter)
         rc = r ? 0 : -1;
     } else if (!enter || PyContext_Enter(s->ctx) == 0) {
         rc = stream_updated(s, res);
-        if (rc == 0 && stream_direct_ok(s)) {
+        if (rc > 0) {
+            rc = 0; /* reported: the transport closes */
+        } else if (rc == 0 && stream_direct_ok(s)) {
             if (res >= s->loop->table->buf_size) {
                 rc = stream_read_direct(s, (size_t)res == len ? D_NOW : D_DRAINED);
             } else { /* small now: the pool again */
@@ -814,6 +875,7 @@ static int stream_direct_done(Stream *s, int32_t res, int enter)
             rc = -1;
     }
     Py_DECREF(data);
+    rc = stream_rearm(s, rc);
     Py_DECREF(s);
     return rc;
 }
@@ -860,6 +922,7 @@ static int stream_poll_record(Stream *s, int32_t res)
         if (PyContext_Exit(s->ctx) < 0)
             rc = -1;
     }
+    rc = stream_rearm(s, rc);
     Py_DECREF(s);
     return rc < 0 ? -1 : 1;
 }
@@ -949,16 +1012,23 @@ static PyObject *Stream_drain(Stream *s, PyObject *unused)
             break;
     }
     s->draining = 0;
-    if (r == NULL && i + 1 < PyList_GET_SIZE(held) && s->held == NULL) {
+    if (r == NULL && i + 1 < PyList_GET_SIZE(held)) {
         /* SystemExit or KeyboardInterrupt went through: the rest waits for
-         * another _drain, first in line (nothing was held meanwhile) */
+         * another _drain, first in line; behind what the failed feed kept
+         * of its own record (stream_keep_rest: held meanwhile, its _drain
+         * queued; decision 405) */
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
         PyObject *rest = PyList_GetSlice(held, i + 1, PyList_GET_SIZE(held));
-        if (rest != NULL && stream_schedule_drain(s) == 0)
+        if (rest != NULL && s->held != NULL) {
+            Py_ssize_t end = PyList_GET_SIZE(s->held);
+            PyList_SetSlice(s->held, end, end, rest);
+            Py_DECREF(rest);
+        } else if (rest != NULL && stream_schedule_drain(s) == 0) {
             s->held = rest;
-        else
+        } else {
             Py_XDECREF(rest);
+        }
         PyErr_Clear();
         PyErr_Restore(type, value, tb);
     }
@@ -1515,6 +1585,7 @@ static int stream_deliver(PyObject *owner, int32_t res, int more, PyObject *data
                     if (PyContext_Exit(s->ctx) < 0)
                         rc = -1;
                 }
+                rc = stream_rearm(s, rc);
                 Py_DECREF(s);
                 return rc < 0 ? -1 : 1;
             }
@@ -2092,6 +2163,8 @@ static int stream_init_module(PyObject *m)
     STREAM_INTERN(s_call_soon, "call_soon");
     STREAM_INTERN(s_drain, "_drain");
     STREAM_INTERN(s_start_reading, "_start_reading");
+    STREAM_INTERN(s_protocol, "_protocol");
+    STREAM_INTERN(s_buffer_updated, "buffer_updated");
     STREAM_INTERN(m_data_failed, "Fatal error: protocol.data_received() call failed.");
     STREAM_INTERN(m_get_buffer_failed, "Fatal error: protocol.get_buffer() call failed.");
     STREAM_INTERN(m_updated_failed, "Fatal error: protocol.buffer_updated() call failed.");

@@ -214,12 +214,18 @@ class SocketTransportBase(TransportBase):
     def _drain_held(self):
         self._draining = False
         held = self._held
-        while held and self.is_reading():
-            self._process(*held.popleft())
-        if not held:
-            self._held = None
-            self._sync()
-            self._start_reading()
+        try:
+            while held and self.is_reading():
+                self._process(*held.popleft())
+        finally:
+            if not held:
+                self._held = None
+                self._sync()
+                self._start_reading()
+            elif self.is_reading():
+                # SystemExit or KeyboardInterrupt went through a protocol
+                # callback: the rest for the loop's next run (decision 405)
+                self._schedule_drain()
 
     def _stop_reading(self):
         if self._recv_ud is not None and not self._engine.closed:

@@ -207,22 +207,59 @@ class DatagramTransport(
             else:
                 self._protocol.error_received(exc)
         except (SystemExit, KeyboardInterrupt):
+            self._hold_rest()
             raise
         except BaseException as exc:
             self._protocol_raised(exc)
 
-    def _protocol_raised(self, exc):
+    def _drain_held(self):
+        """The held datagrams, in order, as the stock reader callback takes
+        them: one a turn, so what one's callbacks scheduled (or what else is
+        due) runs before the next (decision 409)."""
+        self._draining = False
+        held = self._held
+        while held and self.is_reading():
+            self._process(*held.popleft())
+            if held and self.is_reading() and self._loop._ready:
+                self._schedule_drain()
+                return
+        if not held:
+            self._held = None
+            self._sync()
+            self._start_reading()
+
+    def _hold_rest(self):
+        """datagram_received or error_received let SystemExit or
+        KeyboardInterrupt out (from C too): the stock loop stops there, and
+        its reader callback reads the next datagram on a later turn. The
+        turn's other records are held and handed over from the next turn, and
+        a one-shot receive is re-armed there (decision 408)."""
+        if self._held is None:
+            self._held = collections.deque()
+            self._sync()
+        if not self._paused:
+            self._schedule_drain()
+
+    def _protocol_raised(self, exc, callback=None):
         """datagram_received or error_received raised: the stock transport
-        calls them from its reader callback and lets the exception out to the
-        callback's handle, which reports it (and the transport reads on)."""
+        calls them from its reader callback (or writer callback) and lets the
+        exception out to the callback's handle, which reports it (and the
+        transport reads on)."""
         self._raised = exc
         # (a copy of the current context: ours may be the one running)
-        events.Handle(self._read_ready, (), self._loop, None)._run()
+        events.Handle(callback or self._read_ready, (), self._loop, None)._run()
 
     def _read_ready(self):
         # named after the stock reader callback: the handle's report names it
         exc, self._raised = self._raised, None
         raise exc
+
+    def _writer_raised(self):
+        exc, self._raised = self._raised, None
+        raise exc
+
+    # named after the stock writer callback: the handle's report names it
+    _writer_raised.__qualname__ = "DatagramTransport._sendto_ready"
 
     # ------------------------------------------------------------- writing
 
@@ -310,9 +347,17 @@ class DatagramTransport(
                 self._buffer_size += len(data) + _HEADER
                 break
             except OSError as exc:
-                self._protocol.error_received(exc)
-                # the stock writer stays registered: the rest goes next time
+                # the stock writer stays registered: the rest goes next time,
+                # whatever error_received does (raise, even SystemExit or
+                # KeyboardInterrupt, decision 408)
                 self._wait_writable()
+                try:
+                    self._protocol.error_received(exc)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as err:
+                    # reported as the stock writer handle reports it
+                    self._protocol_raised(err, self._writer_raised)
                 return
             except (SystemExit, KeyboardInterrupt):
                 raise

@@ -255,18 +255,30 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
         # context, and an entered context cannot be entered again: a copy
         # (the same values) stands in for it
         ctx = contextvars.copy_context()
-        handle = events.Handle(self._protocol.data_received, (), self._loop, ctx)
+        # the stock report names its reader callback, _read_ready (decision 409)
+        handle = events.Handle(self._read_ready, (), self._loop, ctx)
         cb = format_helpers._format_callback_source(handle._callback, handle._args)
         context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
         self._loop.call_exception_handler(context)
 
+    def _read_ready(self):
+        """Never called: named after the stock reader callback, which the
+        report of a raising data_received names (_data_failed)."""
+
     def _drain_held(self):
         held = self._held
-        while held and self.is_reading():
-            res, data = held.popleft()
-            if res > 0:
-                self._held_bytes -= res
-            self._process(res, data)
+        try:
+            while held and self.is_reading():
+                res, data = held.popleft()
+                if res > 0:
+                    self._held_bytes -= res
+                self._process(res, data)
+        except (SystemExit, KeyboardInterrupt):
+            # data_received let it out: the stock loop stops, and its reader
+            # reads on at the next run; the rest held (EOF included) goes
+            # from there, not never (decision 408)
+            self._loop.call_soon(self._drain_held, context=self._context)
+            raise
         self._start_reading()
 
     def pause_reading(self):
@@ -434,6 +446,13 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         sent, self._writing = self._writing, 0
         if self._conn_lost:
             self._op_ended()
+            return
+        if res == -errno.EPIPE and self._poll_ud is not None:
+            # the read end closed: the stock selector runs the POLLIN watch
+            # (its reader) before its writer in that select, and the reader
+            # closes with BrokenPipeError(); on epoll the engine's write
+            # record came first (decision 409)
+            self._close(BrokenPipeError())
             return
         if res < 0 or data is not None:
             # an error (a short write says its errno in data): as the stock

@@ -59,6 +59,20 @@ _ACCEPT_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _ACCEPT_BUDGET = 64
 # SocketTransport._peername while the C core keeps the peer's address
 _IN_CORE = object()
+# _feed_buffer's buf when the caller has no buffer from get_buffer() yet
+_NO_BUFFER = object()
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE
+
+
+def _tp_name(obj):
+    """The type name CPython's argument errors say (getargs' converterr):
+    "None", a class's own name, a C type's dotted tp_name."""
+    if obj is None:
+        return "None"
+    tp = type(obj)
+    if tp.__flags__ & _HEAPTYPE or tp.__module__ == "builtins":
+        return tp.__name__
+    return f"{tp.__module__}.{tp.__name__}"
 
 
 class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transports.Transport):
@@ -324,9 +338,13 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             # before its records, decision 414): the record waits in order.
             self._hold((res, data))
             return
-        self._process(res, data)
-        if not more:
-            self._start_reading()  # the op ended on data (emulated multishot)
+        try:
+            self._process(res, data)
+        finally:
+            if not more:
+                # the op ended on data (emulated multishot); also when
+                # SystemExit or KeyboardInterrupt went through (decision 405)
+                self._start_reading()
 
     def _process(self, res, data):
         if res > 0:
@@ -348,7 +366,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             self._read_done = True
             self._fatal_error(_os_error(res), "Fatal read error on socket transport")
 
-    def _feed_buffer(self, data, pos=0, buf=None):
+    def _feed_buffer(self, data, pos=0, buf=_NO_BUFFER):
         """BufferedProtocol: the received bytes go into get_buffer()'s buffer,
         as many buffers as it takes. What is left when the protocol pauses
         reading is held for resume_reading. The C core calls this to go on
@@ -359,30 +377,35 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             return
         while pos < n:
             try:
-                if buf is None:
+                if buf is _NO_BUFFER:  # (None is what get_buffer() may have returned)
                     buf = self._protocol.get_buffer(n - pos)
                 if not len(buf):
                     raise RuntimeError("get_buffer() returned an empty buffer")
             except (SystemExit, KeyboardInterrupt):
+                self._keep_rest(data, pos, n)
                 raise
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
                 return
             try:
-                # a buffer recv_into() would refuse: the stock transport's
-                # read fails, with its message
-                view = memoryview(buf).cast("B")
-                if view.readonly:
+                # a buffer recv_into() would refuse (not a buffer, read-only,
+                # not contiguous): the stock transport's read fails, with
+                # recv_into's message (decision 406)
+                try:
+                    view = memoryview(buf).cast("B")
+                except (TypeError, ValueError, BufferError):
+                    view = None
+                if view is None or view.readonly:
                     raise TypeError(
                         "recv_into() argument 1 must be read-write bytes-like object, "
-                        f"not {type(buf).__name__}"
+                        f"not {_tp_name(buf)}"
                     )
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal read error on socket transport")
                 return
-            buf = None
+            buf = _NO_BUFFER
             k = min(len(view), n - pos)
             view[:k] = data if (pos == 0 and k == n) else memoryview(data)[pos:pos + k]
             view.release()  # the temporary slice above is already gone
@@ -390,6 +413,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             try:
                 self._protocol.buffer_updated(k)
             except (SystemExit, KeyboardInterrupt):
+                self._keep_rest(data, pos, n)
                 raise
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
@@ -397,8 +421,35 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             if self._feeding_stops(data, pos, n):
                 return
 
+    def _keep_rest(self, data, pos, n):
+        """SystemExit or KeyboardInterrupt went through get_buffer() or
+        buffer_updated(): the bytes not handed over wait, first in line, for
+        the loop's next run, as the stock loop's socket keeps what its read
+        did not take (decision 405)."""
+        if pos < n and not self._closing and not self._conn_lost:
+            if self._held is None:
+                self._held = collections.deque()
+                self._sync()
+            rest = data[pos:]
+            self._held.appendleft((n - pos, rest if type(rest) is bytes else rest.tobytes()))
+            if not self._paused:
+                self._schedule_drain()
+
     def _feeding_stops(self, data, pos, n):
         if pos < n and (self._conn_lost or self._closing):
+            return True
+        if pos < n and not self._buffered:
+            # set_protocol() to a Protocol inside buffer_updated: the rest is
+            # its data_received's, as the stock loop's next read would be; first
+            # in line (decision 406)
+            rest = data[pos:]
+            rest = rest if type(rest) is bytes else rest.tobytes()
+            if self._held is not None:
+                self._held.appendleft((n - pos, rest))
+                if not self._paused:
+                    self._schedule_drain()
+            else:
+                self._on_recv(n - pos, True, rest)
             return True
         if pos < n and self._paused:
             if self._held is None:
