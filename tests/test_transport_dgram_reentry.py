@@ -23,7 +23,7 @@ import socket
 import sys
 
 import pytest
-from transport_helpers import run_in, tloop, wait_for
+from transport_helpers import on_stock, run_in, tloop, wait_for
 
 assert tloop  # a fixture, imported for the tests below
 
@@ -631,15 +631,9 @@ def test_odd_sendto_as_stock(tloop, case):
     kept for the paths no other test takes (a bytes-like object of another
     item size, a bool port, a str subclass, IPv6 forms, the connected
     endpoint's warnings after close)."""
-    import asyncio as _asyncio
-
     if case.startswith("v6") and not socket.has_ipv6:
         pytest.skip("no IPv6 on this host")
-    stock = _asyncio.SelectorEventLoop()
-    try:
-        want = _odd_case(stock, case)
-    finally:
-        stock.close()
+    want = on_stock(_odd_case, case)
     assert _odd_case(tloop, case) == want
 
 
@@ -707,9 +701,5 @@ def test_error_received_raising_in_the_writer(tloop, exc_type):
     (close() never finished, connection_lost never came, the fd stayed
     open), and an Exception was reported as an engine callback's, not as
     the stock writer handle's (decision 408)."""
-    stock = asyncio.SelectorEventLoop()
-    try:
-        want = _writer_error_case(stock, exc_type)
-    finally:
-        stock.close()
+    want = on_stock(_writer_error_case, exc_type)
     assert _writer_error_case(tloop, exc_type) == want

@@ -15,7 +15,7 @@ import asyncio
 import os
 
 import pytest
-from transport_helpers import run_in, tloop
+from transport_helpers import on_stock, run_in, tloop
 
 assert tloop  # a fixture, imported for the tests below
 
@@ -107,11 +107,7 @@ def test_an_interrupt_while_held_bytes_are_handed_over(tloop):
     held bytes over: the stock loop stops, and its reader reads on at the
     next run. Ours stopped the drain and scheduled nothing: the rest, EOF
     and connection_lost never came (decision 408)."""
-    stock = asyncio.SelectorEventLoop()
-    try:
-        want = _read_scenario(stock)
-    finally:
-        stock.close()
+    want = on_stock(_read_scenario)
     got = _read_scenario(tloop)
     assert got == want
     assert got == (b"abc", 1, ["made", "eof", ("lost", "None")])
@@ -194,11 +190,7 @@ def test_write_pipe_as_stock(tloop, name):
     The others found no defect; kept for their paths (no other test calls
     close/abort/write from pause_writing, or closes with a write in flight
     and compares the log with stock)."""
-    stock = asyncio.SelectorEventLoop()
-    try:
-        want = _write_scenario(stock, name)
-    finally:
-        stock.close()
+    want = on_stock(_write_scenario, name)
     assert _write_scenario(tloop, name) == want
 
 
@@ -295,9 +287,5 @@ def test_read_pipe_calls_from_data_received_as_stock(tloop, tmp_path, kind, name
     for their paths (close, pause/resume, loop.stop from data_received
     called from the read's C core, on a pipe, a FIFO and a pty, each log
     compared with a stock loop's)."""
-    stock = asyncio.SelectorEventLoop()
-    try:
-        want = _read_act_scenario(stock, kind, name, tmp_path)
-    finally:
-        stock.close()
+    want = on_stock(_read_act_scenario, kind, name, tmp_path)
     assert _read_act_scenario(tloop, kind, name, tmp_path) == want

@@ -73,6 +73,16 @@ def tloop(request):
     assert len(after) <= len(before), f"fds leaked by the test ({request.param}): {leaked}"
 
 
+def on_stock(fn, *args):
+    """``fn(loop, *args)`` on a fresh stock selector loop, closed after: the
+    oracle's answer for a scenario that is then run on the loop under test."""
+    stock = asyncio.SelectorEventLoop()
+    try:
+        return fn(stock, *args)
+    finally:
+        stock.close()
+
+
 def run_in(lp, coro, timeout: float = 20.0):
     """Run coro on lp to completion, bounded by ``timeout`` seconds."""
     return lp.run_until_complete(asyncio.wait_for(coro, timeout))
