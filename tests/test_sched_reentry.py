@@ -262,30 +262,13 @@ def _chain(lp, n=10):
     return ran
 
 
-def test_run_once_wrapped_on_the_instance_sees_every_turn(loop, stock):
-    """A wrapper set on the loop (a turn counter, a lag monitor, mock.patch)
-    is called for every turn, as stock calls it (the C turn loop ran every
-    turn inside the first call: the wrapper saw one)."""
+@pytest.mark.parametrize("when, turns", [("before the run", 10), ("by a callback", 9)])
+def test_run_once_wrapped_on_the_instance_sees_every_turn(loop, stock, when, turns):
+    """A wrapper set on the loop (a turn counter, a lag monitor, mock.patch),
+    before the run or by a callback in its first turn, is called for every
+    turn from then on, as stock calls it (the C turn loop ran every turn
+    inside the first call: the wrapper saw one, or none)."""
 
-    def script(lp):
-        calls = []
-        inner = lp._run_once
-
-        def counting():
-            calls.append(1)
-            inner()
-
-        lp._run_once = counting
-        ran = _chain(lp)
-        del lp._run_once
-        return ran, len(calls)
-
-    mine, theirs = both(loop, stock, script)
-    assert theirs == (list(range(1, 11)), 10)
-    assert mine == theirs
-
-
-def test_run_once_wrapped_by_a_callback_mid_run(loop, stock):
     def script(lp):
         calls = []
         inner = lp._run_once
@@ -297,13 +280,16 @@ def test_run_once_wrapped_by_a_callback_mid_run(loop, stock):
         def install():
             lp._run_once = counting
 
-        lp.call_soon(install)
+        if when == "before the run":
+            install()
+        else:
+            lp.call_soon(install)
         ran = _chain(lp)
         del lp._run_once
         return ran, len(calls)
 
     mine, theirs = both(loop, stock, script)
-    assert theirs == (list(range(1, 11)), 9)  # every turn after the first
+    assert theirs == (list(range(1, 11)), turns)
     assert mine == theirs
 
 
