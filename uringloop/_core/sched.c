@@ -1595,6 +1595,11 @@ static int batch_skip(Table *t, uint8_t **skip, int i, int n, int lasts)
 static int table_deliver(Table *t, int n, PyObject **first)
 {
     *first = NULL;
+    if (t->dispatching) { /* a callback's dispatch(): its records are being delivered (417) */
+        PyErr_SetString(PyExc_RuntimeError,
+                        "deliver() from a completion callback: the records are being delivered");
+        return -1;
+    }
     if (t->records == NULL || n > t->record_cap) {
         PyErr_Format(PyExc_SystemError, "%d records for an array of %zd", n, t->record_cap);
         return -1;
@@ -1606,6 +1611,8 @@ static int table_deliver(Table *t, int n, PyObject **first)
     Py_INCREF(t);
     t->dispatching = 1;
     for (int i = 0; i < n; i++) {
+        if (t->records == NULL)
+            break; /* a callback fork()ed: in the child the rest is the parent's (417) */
         const ul_record *r = &t->records[i];
         if (skip != NULL && skip[i])
             continue;
@@ -1708,7 +1715,7 @@ static int table_deliver(Table *t, int n, PyObject **first)
             Py_XDECREF(rel);
         }
         Py_DECREF(data);
-        if (final)
+        if (final && t->records != NULL) /* (a fork()ed child's table let go of all) */
             table_put(t, slot); /* the slot lets go of its objects only now */
     }
     t->dispatching = 0;

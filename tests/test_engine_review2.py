@@ -1,0 +1,211 @@
+"""The second engine review (decisions 415-418): defects no other test saw.
+
+- 415: a multishot pool receive cancelled while its ring-dry ending
+  (-ENOBUFS, no MORE) still waited in the CQ ended with -ENOBUFS, an error
+  the transport reports as a fatal read error, instead of -ECANCELED.
+- 416: cancelling a send that rides in its head's batched SENDMSG
+  (io_uring) cancelled the head too: the head, never cancelled, ended with
+  -ECANCELED and its bytes never went out.
+- 417: a completion callback that called dispatch()/deliver() had the same
+  records delivered twice and corrupted the slot table (in_flight 2**32-1,
+  one slot handed out twice); a callback that fork()ed crashed the child
+  (SIGSEGV) as soon as it returned.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+
+import pytest
+from conftest import Collector, drain, nb_socketpair, run_until, wait_done
+
+from uringloop import engine
+
+
+def _fill(sock: socket.socket, chunk: int = 65536) -> int:
+    """Send until the socket's buffers are full; the bytes sent."""
+    n = 0
+    try:
+        while True:
+            n += sock.send(b"f" * chunk)
+    except BlockingIOError:
+        return n
+
+
+# ------------------------------------------------------------- 415
+
+
+def test_cancelled_stream_receive_never_ends_with_enobufs(make_engine, res_tracker):
+    """A multishot receive whose ring ran dry (the kernel ends it with
+    -ENOBUFS, which the engine hides by re-arming) is cancelled from a
+    callback while that ending still waits in the CQ (one record a run,
+    record_cap=1): its final record is -ECANCELED, as for any cancel, not
+    -ENOBUFS (which stream.py's _on_recv turned into a fatal read error on
+    resume_reading). epoll and the fallbacks never meet a dry ring: there
+    the same scenario is the plain cancel it should be."""
+    eng = make_engine(buf_count=4, buf_size=4096, record_cap=1, options=engine.OPT_NO_BUNDLE)
+    a, b = nb_socketpair(res_tracker)
+    _fill(b)
+    uds = []
+
+    def cancel_first(res, more, data):
+        if len(c.records) == 1:
+            assert eng.cancel(uds[0])
+
+    c = Collector("recv")
+    uds.append(eng.recv(a.fileno(), lambda *r: (c(*r), cancel_first(*r)), multishot=True))
+    wait_done(eng, c)
+    # (an emulated multishot, the fallbacks, may end on data that won the race)
+    assert c.res == -errno.ECANCELED or c.res > 0, c.records
+    assert all(res > 0 and more for res, more, _ in c.records[:-1]), c.records
+
+
+def test_cancelled_datagram_pool_receive_never_ends_with_enobufs(make_engine, udp_socket):
+    """The same for a multishot datagram-pool receive: 100 datagrams, then
+    (their records held, one a run: record_cap=1) 100 more, which the
+    datagram ring (128 buffers) cannot all take, so the kernel ends the
+    receive with -ENOBUFS; the cancel from the second record's callback
+    finds that ending in the CQ. The final record is -ECANCELED (or a
+    datagram that won the race, where multishot is emulated)."""
+    eng = make_engine(record_cap=1)
+    rx, tx = udp_socket(), udp_socket()
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+
+    def wave():
+        for i in range(100):
+            tx.sendto(b"%04d" % i, rx.getsockname())
+
+    uds = []
+
+    def cancel_second(res, more, data):
+        if len(c.records) == 2:
+            assert eng.cancel(uds[0])
+
+    c = Collector("recvmsg_pool")
+    wave()
+    uds.append(eng.recvmsg_pool(rx.fileno(), lambda *r: (c(*r), cancel_second(*r))))
+    run_until(eng, lambda: c.records, what="the first datagram")
+    wave()
+    wait_done(eng, c)
+    assert c.res == -errno.ECANCELED or c.res == 4, c.records[-3:]
+    assert all(res == 4 and more for res, more, _ in c.records[:-1]), c.records[-3:]
+
+
+# ------------------------------------------------------------- 416
+
+
+def test_cancel_of_a_queued_send_leaves_the_send_ahead_of_it(make_engine, res_tracker):
+    """Two sends queued in one turn on a full socket leave in one SENDMSG on
+    io_uring (the second rides with the first). Cancelling the second must
+    not cancel the first: the first goes out whole once the peer reads, the
+    second ends with -ECANCELED and none of its bytes go out."""
+    eng = make_engine()
+    a, b = nb_socketpair(res_tracker, sndbuf=4096)
+    _fill(a, 4096)
+    first, second = Collector("first"), Collector("second")
+    eng.send(a.fileno(), b"A" * 100, first)
+    ud2 = eng.send(a.fileno(), b"B" * 100, second)
+    for _ in range(3):
+        eng.run(0.01)
+    assert not first.done and not second.done  # both wait for room
+    assert eng.cancel(ud2)
+    got = bytearray()
+    deadline = time.monotonic() + 5
+    while not (first.done and second.done):
+        assert time.monotonic() < deadline, (first.records, second.records)
+        try:
+            got += b.recv(65536)
+        except BlockingIOError:
+            pass
+        eng.run(0.01)
+    try:
+        while True:
+            got += b.recv(65536)
+    except BlockingIOError:
+        pass
+    assert first.res == 100, first.records
+    assert second.res == -errno.ECANCELED, second.records
+    assert got.count(b"A") == 100 and got.count(b"B") == 0
+    assert got.endswith(b"A" * 100)
+
+
+# ------------------------------------------------------------- 417
+
+
+def test_dispatch_from_a_callback_is_refused(make_engine):
+    """dispatch()/deliver() from a completion callback raise RuntimeError (as
+    run() and close() do): the records being delivered are not delivered a
+    second time, and the slot table stays whole."""
+    eng = make_engine()
+    errors, calls = [], []
+
+    def cb(res, more, data):
+        calls.append(res)
+        for again in (eng.dispatch, eng.deliver):
+            try:
+                again(1)
+            except RuntimeError as exc:
+                errors.append(str(exc))
+
+    eng.nop(cb)
+    run_until(eng, lambda: calls, what="the nop's record")
+    settle_calls = list(calls)
+    assert settle_calls == [0], calls
+    assert len(errors) == 2 and all("completion callback" in e for e in errors), errors
+    assert eng.in_flight == 0
+    uds = [eng.nop(Collector()) for _ in range(3)]
+    assert len({ud & 0xFFFFFFFF for ud in uds}) == 3, [hex(u) for u in uds]
+    drain(eng)
+
+
+def test_fork_in_a_callback_leaves_a_working_child(make_engine):
+    """A callback that fork()s: in the child the engine is the parent's
+    (closed there); the rest of the batch is not delivered in the child
+    (those ops are the parent's) and the child goes on, instead of dying
+    with SIGSEGV when the callback returns. The parent delivers every record."""
+    eng = make_engine()
+    parent = os.getpid()
+    seen, status = [], []
+
+    def cb(res, more, data):
+        seen.append(res)
+        if len(seen) != 1:
+            return
+        pid = os.fork()
+        if pid == 0:
+            return  # the child returns into the delivery of the batch
+        deadline = time.monotonic() + 10
+        while True:
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status.append(st)
+                return
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                status.append("timeout")
+                return
+            time.sleep(0.01)
+
+    for _ in range(3):
+        eng.nop(cb)
+    try:
+        n = eng.wait(1)
+        eng.dispatch(n)
+    finally:
+        if os.getpid() != parent:
+            os._exit(0 if seen == [0] and eng.closed else 3)
+    assert seen == [0, 0, 0]
+    assert status == [0], (
+        f"child: {status} (signal {os.WTERMSIG(status[0])})"
+        if status and status[0] != "timeout" and os.WIFSIGNALED(status[0])
+        else status
+    )
+    drain(eng)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    pytest.main([__file__, "-q"])
