@@ -10,6 +10,8 @@
   records delivered twice and corrupted the slot table (in_flight 2**32-1,
   one slot handed out twice); a callback that fork()ed crashed the child
   (SIGSEGV) as soon as it returned.
+- 418: sendv() of a list that a buffer's __buffer__ (3.12+) changes read
+  freed items (SIGSEGV).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import sys
 import time
 
 import pytest
@@ -205,6 +208,44 @@ def test_fork_in_a_callback_leaves_a_working_child(make_engine):
         else status
     )
     drain(eng)
+
+
+# ------------------------------------------------------------- 418
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 12), reason="a Python class exports a buffer (__buffer__) from 3.12 on"
+)
+def test_sendv_survives_buffers_that_change_the_list(make_engine, res_tracker):
+    """sendv() reads the buffers of a list by index; a buffer's __buffer__
+    (PEP 688) that empties the list made it read freed items (SIGSEGV on
+    3.13). Now: RuntimeError, no slot taken; an item replaced in place is
+    harmless."""
+    eng = make_engine()
+    a, b = nb_socketpair(res_tracker)
+    bufs: list = []
+
+    class Shrinks:
+        def __buffer__(self, flags):
+            bufs.clear()
+            return memoryview(b"evil")
+
+    bufs[:] = [Shrinks()] + [bytearray(b"x" * 100) for _ in range(20)]
+    with pytest.raises(RuntimeError, match="changed size"):
+        eng.sendv(a.fileno(), bufs, Collector())
+    assert eng.in_flight == 0
+
+    class Swaps:
+        def __buffer__(self, flags):
+            bufs[1] = b"new"
+            return memoryview(b"old")
+
+    bufs[:] = [Swaps(), b"was"]
+    c = Collector("sendv")
+    eng.sendv(a.fileno(), bufs, c)
+    wait_done(eng, c)
+    assert c.res == 6
+    assert b.recv(64) == b"oldnew"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1202,10 +1202,20 @@ static PyObject *Table_sendv(Table *t, PyObject *const *args, Py_ssize_t nargs, 
     uint64_t total = 0;
     PyObject *result = NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *k;
+        PyObject *k, *item;
         const char *p;
         Py_ssize_t len;
-        if (read_buffer(PySequence_Fast_GET_ITEM(seq, i), &k, &p, &len) < 0)
+        /* a list (PySequence_Fast's own) may change under a buffer's
+         * __buffer__ (3.12+): its items are read by index, held while read
+         * (decision 418) */
+        if (PySequence_Fast_GET_SIZE(seq) != n) {
+            PyErr_SetString(PyExc_RuntimeError, "sendv(): the buffers changed size during iteration");
+            goto done;
+        }
+        item = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i));
+        int rc = read_buffer(item, &k, &p, &len);
+        Py_DECREF(item);
+        if (rc < 0)
             goto done;
         PyTuple_SET_ITEM(keep, i, k);
         iov[i].iov_base = (void *)p;
