@@ -210,6 +210,55 @@ def test_fork_in_a_callback_leaves_a_working_child(make_engine):
     drain(eng)
 
 
+def test_callbacks_that_raise_cancel_and_close_mid_batch(make_engine, res_tracker):
+    """One batch of records whose first callbacks raise KeyboardInterrupt and
+    SystemExit, cancel an op and close_fd() the fd of another op whose final
+    records come later in the same batch, and submit a new op: every record
+    of the batch is delivered once, in order, the first exception comes out
+    of dispatch(), the later ops' real results stand (their ops had ended in
+    C: cancel() says False), and the close and the new op complete at the
+    next run. (Engine level; the loop-level equivalents are in
+    test_sched.py and test_transport_*_reentry.py.)"""
+    eng = make_engine()
+    a, b = nb_socketpair(res_tracker)
+    b.send(b"ready")
+    log, uds, later = [], {}, {}
+    buf = bytearray(16)
+
+    def first(res, more, data):
+        log.append("first")
+        later["cancel"] = eng.cancel(uds["nop"])
+        later["close"] = Collector("close_fd")
+        eng.close_fd(a.fileno(), later["close"])
+        res_tracker.forget(a.fileno())
+        later["new"] = Collector("new")
+        eng.nop(later["new"])
+        raise KeyboardInterrupt("first")
+
+    def second(res, more, data):
+        log.append("second")
+        raise SystemExit("second")
+
+    def note(name):
+        return lambda res, more, data: log.append((name, res, more))
+
+    eng.nop(first)
+    eng.nop(second)
+    uds["nop"] = eng.nop(note("nop"))
+    eng.recv_into(a.fileno(), buf, note("recv_into"))
+    n = eng.wait(5)  # all four are ready at once: one batch
+    assert n == 4
+    with pytest.raises(KeyboardInterrupt, match="first"):
+        eng.dispatch(n)
+    assert log == ["first", "second", ("nop", 0, False), ("recv_into", 5, False)], log
+    assert later["cancel"] is False
+    assert bytes(buf[:5]) == b"ready"
+    wait_done(eng, later["close"], later["new"])
+    assert later["close"].res == 0 and later["new"].res == 0
+    assert eng.in_flight == 0
+    a.detach()
+
+
 # ------------------------------------------------------------- 418
 
 
