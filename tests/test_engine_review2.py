@@ -10,8 +10,10 @@
   records delivered twice and corrupted the slot table (in_flight 2**32-1,
   one slot handed out twice); a callback that fork()ed crashed the child
   (SIGSEGV) as soon as it returned.
-- 418: sendv() of a list that a buffer's __buffer__ (3.12+) changes read
-  freed items (SIGSEGV).
+- 418: bad input crashed or exhausted memory: sendv() of a list that a
+  buffer's __buffer__ (3.12+) changes read freed items (SIGSEGV); an op on
+  an unopened fd number far past the fd table grew the table to fd + 1
+  entries, every one written (1 GiB for 2**24).
 """
 
 from __future__ import annotations
@@ -295,6 +297,24 @@ def test_sendv_survives_buffers_that_change_the_list(make_engine, res_tracker):
     wait_done(eng, c)
     assert c.res == 6
     assert b.recv(64) == b"oldnew"
+
+
+@pytest.mark.parametrize("fd", [1 << 24, (1 << 31) - 1])
+def test_an_unopened_fd_far_past_the_table_is_ebadf(make_engine, fd):
+    """An op on a number that names no open file, far past the engine's fd
+    table: its record is -EBADF, as on any closed fd, and the table does not
+    grow to fd + 1 entries (60 bytes each, every one written: 1 GiB for
+    2**24, and an ENOMEM OSError, after int overflow, for 2**31 - 1; by
+    the same arithmetic 16 GiB for 2**28)."""
+    with pytest.raises(OSError):
+        os.fstat(fd)  # not open
+    eng = make_engine()
+    before = eng.stats()["fd_entries"]
+    c = Collector("recv")
+    eng.recv(fd, c, multishot=False)
+    wait_done(eng, c)
+    assert c.res == -errno.EBADF
+    assert eng.stats()["fd_entries"] == before
 
 
 if __name__ == "__main__":  # pragma: no cover
