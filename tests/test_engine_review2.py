@@ -5,7 +5,8 @@
   the transport reports as a fatal read error, instead of -ECANCELED.
 - 416: cancelling a send that rides in its head's batched SENDMSG
   (io_uring) cancelled the head too: the head, never cancelled, ended with
-  -ECANCELED and its bytes never went out.
+  -ECANCELED and its bytes never went out; and a batch of more than 1024
+  sends (empty ones add no iovec) overflowed batch_done's stack array.
 - 417: a completion callback that called dispatch()/deliver() had the same
   records delivered twice and corrupted the slot table (in_flight 2**32-1,
   one slot handed out twice); a callback that fork()ed crashed the child
@@ -135,6 +136,25 @@ def test_cancel_of_a_queued_send_leaves_the_send_ahead_of_it(make_engine, res_tr
     assert second.res == -errno.ECANCELED, second.records
     assert got.count(b"A") == 100 and got.count(b"B") == 0
     assert got.endswith(b"A" * 100)
+
+
+def test_more_than_1024_sends_in_one_batch(make_engine, res_tracker):
+    """A batch is bounded by its iovecs (1024), but an empty send adds none:
+    a send followed by 1,100 empty ones and another send, all queued in one
+    turn, made one batch of 1,102 ops on io_uring, whose completion wrote
+    past the 1,024 slots batch_done keeps on the stack (SIGSEGV). Every send
+    completes, in order, and the bytes arrive."""
+    eng = make_engine()
+    a, b = nb_socketpair(res_tracker)
+    log = []
+    eng.send(a.fileno(), b"x", lambda res, more, data: log.append(res))
+    for _ in range(1100):
+        eng.send(a.fileno(), b"", lambda res, more, data: log.append(res))
+    last = Collector("last")
+    eng.send(a.fileno(), b"y", lambda res, more, data: (log.append(res), last(res, more, data)))
+    wait_done(eng, last)
+    assert log == [1] + [0] * 1100 + [1]
+    assert b.recv(16) == b"xy"
 
 
 # ------------------------------------------------------------- 417

@@ -408,7 +408,9 @@ static uint32_t batch_gather(ul_engine *e, struct ul_op *h)
     int32_t s = h->oq_next;
     for (; s >= 0; s = ul__op_at(e, s)->oq_next) {
         struct ul_op *x = ul__op_at(e, s);
-        if (!batchable(h, x) || niov + op_iovs(x) > MAX_BATCH_IOV ||
+        /* at most MAX_BATCH_IOV ops too: an empty send adds no iovec, and
+         * batch_done/batch_release keep the slots on the stack (416) */
+        if (!batchable(h, x) || nops >= MAX_BATCH_IOV || niov + op_iovs(x) > MAX_BATCH_IOV ||
             bytes + (x->len - x->done) > INT32_MAX)
             break;
         niov += op_iovs(x);
