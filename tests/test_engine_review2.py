@@ -15,6 +15,17 @@
   buffer's __buffer__ (3.12+) changes read freed items (SIGSEGV); an op on
   an unopened fd number far past the fd table grew the table to fd + 1
   entries, every one written (1 GiB for 2**24).
+
+A follow-up (decisions 427-429) fixed what that review noticed and left:
+
+- 427: the engine's own fds (the wake eventfd, the ring fd, the epoll fd)
+  were taken by any op: close_fd() of the eventfd closed it, and the next
+  wake() wrote 8 bytes into whatever file took the number.
+- 428: a KeyboardInterrupt (or any exception) between Engine._cold's slot
+  and its C submission left the slot taken and its buffer pinned for good.
+- 429: a cancelled accept whose result was -ECONNABORTED/-EPROTO ended with
+  it (fixed as 415; the kernel gives no way to make that result at will, so
+  no test).
 """
 
 from __future__ import annotations
@@ -23,10 +34,20 @@ import errno
 import os
 import socket
 import sys
+import threading
 import time
 
 import pytest
-from conftest import Collector, drain, nb_socketpair, run_until, wait_done
+from conftest import (
+    _WAIT_SYSCALLS,
+    Collector,
+    drain,
+    nb_socketpair,
+    open_fds,
+    run_until,
+    wait_done,
+    wait_until_sleeping,
+)
 
 from uringloop import engine
 
@@ -335,6 +356,120 @@ def test_an_unopened_fd_far_past_the_table_is_ebadf(make_engine, fd):
     wait_done(eng, c)
     assert c.res == -errno.EBADF
     assert eng.stats()["fd_entries"] == before
+
+
+# ------------------------------------------------------------- 427
+
+
+def test_the_engines_own_fds_are_refused(make_engine, res_tracker):
+    """Every fd the engine opened for itself (found as the fds that appear
+    when it is made: the wake eventfd, the ring fd or the epoll fd) is
+    refused by every op as a bad fd is: a -EBADF record, the fd left as it
+    was. Before, close_fd() closed the eventfd (record 0) and the next
+    wake() wrote 8 bytes into whatever file reused the number. The engine
+    still works after: a wake from another thread ends a blocking wait,
+    and an op on a plain socket completes."""
+    before = open_fds()
+    eng = make_engine()
+    own = sorted(open_fds() - before)
+    assert own, "the engine opened no fd?"
+    idents = {fd: (os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in own}
+    names = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in own}
+    log = []
+    for fd in own:
+        buf = bytearray(8)
+        ops = [
+            ("close_fd", lambda c, fd=fd: eng.close_fd(fd, c)),
+            ("read", lambda c, fd=fd, buf=buf: eng.read(fd, buf, c)),
+            ("write", lambda c, fd=fd: eng.write(fd, (1).to_bytes(8, "little"), c)),
+            ("poll", lambda c, fd=fd: eng.poll(fd, 1, c)),
+            ("recv", lambda c, fd=fd: eng.recv(fd, c, multishot=False)),
+            ("read_pool", lambda c, fd=fd: eng.read_pool(fd, c, multishot=False)),
+            ("recv_into", lambda c, fd=fd, buf=buf: eng.recv_into(fd, buf, c)),
+            ("send", lambda c, fd=fd: eng.send(fd, b"12345678", c)),
+            ("sendv", lambda c, fd=fd: eng.sendv(fd, [b"1234", b"5678"], c)),
+            ("accept", lambda c, fd=fd: eng.accept(fd, c, multishot=False)),
+            ("shutdown", lambda c, fd=fd: eng.shutdown(fd, socket.SHUT_RDWR, c)),
+        ]
+        for name, submit in ops:
+            c = Collector(f"{name}({fd} -> {names[fd]})")
+            submit(c)
+            wait_done(eng, c, timeout=2)
+            log.append((c.name, c.records))
+        eng.cancel_fd(fd)
+    bad = [(name, recs) for name, recs in log if recs != [(-errno.EBADF, False, None)]]
+    assert not bad, bad
+    for fd, ident in idents.items():
+        st = os.fstat(fd)  # still open, still the same file
+        assert (st.st_dev, st.st_ino) == ident, fd
+    if os.uname().machine in _WAIT_SYSCALLS:
+        # a wake from another thread while this one sleeps in run(None): only
+        # the eventfd ends that wait (a lost wake is a hang pytest-timeout
+        # reports)
+        tid = threading.get_native_id()
+
+        def waker():
+            wait_until_sleeping(tid)
+            eng.wake()
+
+        thread = threading.Thread(target=waker, daemon=True)
+        thread.start()
+        eng.run(None)
+        thread.join(10)
+        assert eng.stats()["wakeups"] >= 1
+    a, b = nb_socketpair(res_tracker)
+    c = Collector("send")
+    eng.send(a.fileno(), b"ok", c)
+    wait_done(eng, c)
+    assert c.res == 2 and b.recv(8) == b"ok"
+    assert eng.in_flight == 0
+
+
+def test_a_rebuilt_ring_moves_the_refusal_to_its_new_fd(make_engine, res_tracker):
+    """A run from another thread after park() rebuilds the ring (io_uring):
+    the new ring fd is refused as the first was, and the old number, closed
+    by the engine, is the user's again (an op on a file that reuses it
+    works)."""
+    before = open_fds()
+    eng = make_engine()
+    if eng.backend != "io_uring":
+        pytest.skip("only io_uring rebuilds its ring (a run from another thread)")
+    eng.run(0)
+    first = open_fds() - before
+    assert eng.park()
+    out: dict = {}
+
+    def other():
+        try:
+            eng.run(0)  # a new ring for this thread
+            now = open_fds() - before
+            (new,) = now - first
+            (old,) = first - now
+            a, b = nb_socketpair(res_tracker)
+            if a.fileno() != old:  # the old ring's number names a socket now
+                os.dup2(a.fileno(), old)
+            try:
+                refused, reused = Collector("close_fd(new ring)"), Collector("send(old number)")
+                eng.close_fd(new, refused)
+                eng.send(old, b"reused", reused)
+                wait_done(eng, refused, reused)
+                out["records"] = (refused.records, reused.records)
+                out["got"] = b.recv(16) if reused.res == 6 else None
+                os.fstat(new)  # still open
+            finally:
+                if a.fileno() != old:
+                    os.close(old)
+            assert eng.park()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            out["error"] = exc
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive() and "error" not in out, out
+    assert out["records"] == ([(-errno.EBADF, False, None)], [(6, False, None)]), out
+    assert out["got"] == b"reused"
+    drain(eng)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -126,6 +126,22 @@ struct ul_fd *ul__fd(ul_engine *e, int fd)
     return &e->fds[fd];
 }
 
+/* fd is one of the engine's own (the wake eventfd, the ring fd, the epoll
+ * fd): no op may name it (decision 427). Closing the eventfd through
+ * close_fd, say, let the next wake write 8 bytes into whatever file took the
+ * number. The mark lives in the fd's table entry, so op_begin's test of it
+ * shares the `closing` test's load; the table is grown here to hold the fd
+ * (the one place that can fail: -1, out of memory). The mark goes when the
+ * engine closes the fd itself (a rebuilt ring: uring.c rebuild). */
+int ul__fd_own(ul_engine *e, int fd)
+{
+    struct ul_fd *f = ul__fd(e, fd);
+    if (!f)
+        return -1;
+    f->own = 1;
+    return 0;
+}
+
 /* ------------------------------------------------------------- records */
 
 /*
@@ -762,8 +778,9 @@ static struct ul_op *op_begin(ul_engine *e, uint64_t ud, int kind, int fd, int *
     op->fd = kind == K_NOP ? -1 : fd;
     op->fd_prev = op->fd_next = op->oq_next = op->wq_next = op->bl_next = op->bid = -1;
     e->in_flight++;
-    if (unopened || (f && f->closing)) {
-        /* an fd being closed takes no new work */
+    if (unopened || (f && (f->closing | f->own))) {
+        /* an fd being closed takes no new work; the engine's own fds none
+         * at all (decision 427) */
         op->fd = -1;
         ul__finish(e, op, -EBADF, 0, 0);
         return NULL;  /* *err stays 0: accepted, its record will come */
@@ -1352,6 +1369,14 @@ EXPORT ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errle
             snprintf(e->info.reason, sizeof e->info.reason, "io_uring unavailable: %.220s", why);
         else
             snprintf(e->info.reason, sizeof e->info.reason, "epoll requested");
+    }
+    if (ul__fd_own(e, e->wake_fd) < 0) {
+        /* (the backend marked its own fds in its init) */
+        snprintf(err, (size_t)errlen, "out of memory");
+        e->be->destroy(e);
+        close(e->wake_fd);
+        engine_free_memory(e);
+        return NULL;
     }
     e->info.buf_count = bc;
     e->info.buf_size = e->cfg.buf_size;

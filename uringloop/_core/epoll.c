@@ -1058,6 +1058,12 @@ int ul__epoll_init(ul_engine *e, char *err, int errlen)
         free(p);
         return -1;
     }
+    if (ul__fd_own(e, p->epfd) < 0) {  /* no op may name it (decision 427) */
+        snprintf(err, (size_t)errlen, "out of memory");
+        close(p->epfd);
+        free(p);
+        return -1;
+    }
     p->ready_head = p->ready_tail = -1;
     e->bs = p;
     e->be = &ul_epoll_backend;

@@ -148,6 +148,9 @@ struct ul_fd {
     int32_t oq_head, oq_tail;   /* ordered queue; the head is in progress */
     int32_t close_slot;         /* slot of the pending close, -1 if none */
     uint8_t closing, advancing;
+    uint8_t own;                /* one of the engine's own fds (the wake eventfd, the
+                                   ring fd, the epoll fd): every op on it ends with
+                                   -EBADF at once, as on a closing fd (decision 427) */
     /* epoll backend */
     uint8_t registered, regular, on_ready_list;
     uint8_t reg_out;            /* the registration asks for EPOLLOUT */
@@ -288,6 +291,7 @@ int ul__wake_prepare_sleep(ul_engine *e);
 void ul__wake_after_sleep(ul_engine *e);
 void ul__wake_drain(ul_engine *e);
 struct ul_fd *ul__fd(ul_engine *e, int fd);
+int ul__fd_own(ul_engine *e, int fd);
 int ul__may_continue(const struct ul_op *op);
 void ul__ident_capture(ul_engine *e, struct ul_op *op);
 int ul__ident_gone(ul_engine *e, struct ul_op *op);

@@ -1828,6 +1828,8 @@ static int rebuild(ul_engine *e, struct uring *u)
     u->dr = NULL;
     if (setup_ring(e, u, why, sizeof why) < 0)
         goto fail;
+    if (!ul__fd(e, u->ring_fd))
+        goto fail;  /* its table entry, marked below (decision 427) */
     if (old.bufring || old.dring) {
         /* buffers named by records not yet recycled stay out of the new rings */
         held = calloc(e->cfg.buf_count + UL_DGRAM_BUFS, 1);
@@ -1848,6 +1850,8 @@ static int rebuild(ul_engine *e, struct uring *u)
     munmap(old.sqes, old.sqes_sz);
     munmap(old.ring_ptr, old.ring_sz);
     close(old.ring_fd);
+    e->fds[old.ring_fd].own = 0;  /* the number may now name a file of the user's */
+    e->fds[u->ring_fd].own = 1;
     if (old.br)
         munmap(old.br, old.br_sz);
     if (old.dr)
@@ -1912,6 +1916,11 @@ int ul__uring_init(ul_engine *e, char *err, int errlen)
     e->bs = u;
     e->be = &ul_uring_backend;
     if (setup_ring(e, u, err, errlen) < 0) {
+        uring_destroy(e);
+        return -1;
+    }
+    if (ul__fd_own(e, u->ring_fd) < 0) {  /* no op may name it (decision 427) */
+        snprintf(err, (size_t)errlen, "out of memory");
         uring_destroy(e);
         return -1;
     }
