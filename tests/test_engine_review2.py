@@ -358,6 +358,74 @@ def test_an_unopened_fd_far_past_the_table_is_ebadf(make_engine, fd):
     assert eng.stats()["fd_entries"] == before
 
 
+# ------------------------------------------------------------- 428
+
+
+class _LibRaising:
+    """engine.lib, except that one function raises KeyboardInterrupt, before
+    calling the real one (call=False: the interrupt lands before C sees the
+    op) or after it (call=True: C has the op)."""
+
+    def __init__(self, lib, name: str, call: bool):
+        self._lib, self._name, self._call = lib, name, call
+
+    def __getattr__(self, name):
+        real = getattr(self._lib, name)
+        if name != self._name:
+            return real
+
+        def raising(*args):
+            if self._call:
+                real(*args)
+            raise KeyboardInterrupt(name)
+
+        return raising
+
+
+def test_an_interrupt_between_slot_and_submission_leaks_nothing(
+    make_engine, res_tracker, monkeypatch
+):
+    """A KeyboardInterrupt that lands after a cold submission (recv_into,
+    read, poll...: Engine._cold) took its slot and before the C call: the
+    slot goes back and the buffer is not pinned (before, the slot stayed
+    taken, in_flight 1 forever, and a bytearray could never be resized).
+    One that lands after C accepted the op leaves the slot to the op: its
+    buffer stays pinned until its record, which comes (a live op, and an op
+    C ended at once on a bad fd, whose record waits for the next run)."""
+    eng = make_engine()
+    a, b = nb_socketpair(res_tracker)
+    real = engine.lib
+
+    buf = bytearray(8)
+    for name, submit in [
+        ("ul_recv_into", lambda c: eng.recv_into(a.fileno(), buf, c)),
+        ("ul_read", lambda c: eng.read(a.fileno(), buf, c)),
+        ("ul_poll", lambda c: eng.poll(a.fileno(), 1, c)),
+    ]:
+        monkeypatch.setattr(engine, "lib", _LibRaising(real, name, call=False))
+        with pytest.raises(KeyboardInterrupt):
+            submit(Collector("never"))
+        assert eng.in_flight == 0, name
+        buf.append(0)  # not pinned: no BufferError
+
+    monkeypatch.setattr(engine, "lib", _LibRaising(real, "ul_recv_into", call=True))
+    live, ebadf = Collector("live"), Collector("ebadf")
+    with pytest.raises(KeyboardInterrupt):
+        eng.recv_into(a.fileno(), buf, live)
+    with pytest.raises(KeyboardInterrupt):
+        eng.recv_into(1 << 24, bytearray(8), ebadf)  # ended at once: EBADF
+    assert eng.in_flight == 2
+    with pytest.raises(BufferError):
+        buf.append(0)  # the live op's buffer stays pinned
+    monkeypatch.setattr(engine, "lib", real)
+    b.send(b"data")
+    wait_done(eng, live, ebadf)
+    assert live.records == [(4, False, None)] and bytes(buf[:4]) == b"data"
+    assert ebadf.records == [(-errno.EBADF, False, None)]
+    assert eng.in_flight == 0
+    buf.append(0)
+
+
 # ------------------------------------------------------------- 427
 
 

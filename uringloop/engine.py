@@ -82,7 +82,7 @@ _ENTRY_POINTS = tuple(
     int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
     for name in ("ul_run", "ul_nop", "ul_recv", "ul_send", "ul_sendv", "ul_accept",
                  "ul_shutdown", "ul_close_fd", "ul_cancel", "ul_cancel_fd", "ul_wake", "ul_ready",
-                 "ul_recv_into", "ul_poll")
+                 "ul_recv_into", "ul_poll", "ul_op_known")
 )
 
 # Engine methods that are the C table's own (bound per instance in __init__)
@@ -341,16 +341,16 @@ class Engine:
         t = self.__dict__.get("_t")
         return t is not None and t.dispatching
 
-    def _cold(self, cb, keep, submit) -> int:
-        """A submission through cffi (the cold ops): the slot comes from the
-        table; submit(ud) -> rc. Arguments were checked before."""
+    def _cold(self, cb, keep, fn, *args) -> int:
+        """A submission through cffi (the cold ops): fn(engine, ud, *args), a
+        lib function. Arguments were checked before. The table takes the slot
+        and calls fn in one C call, so no exception (a KeyboardInterrupt from
+        a signal handler) can come between the two and leave the slot taken
+        and keep pinned (decision 428); -errno raises OSError, the slot back
+        (kept on -EBUSY)."""
         if self._e is None:
             raise self._closed_error()
-        ud = self._t.take(cb, keep)
-        rc = submit(ud)
-        if rc < 0:
-            self._t.refused(ud, rc)  # raises OSError; keeps the slot on -EBUSY
-        return ud
+        return self._t.submit(cb, keep, fn, self._e, *args)
 
     # --------------------------------------------------------- operations
 
@@ -414,8 +414,7 @@ class Engine:
         fd = _check_fd(fd)
         flags = _c_int(flags, "flags")
         ptr, size = _write_buffer(buf, nbytes)
-        return self._cold(cb, (buf, ptr),
-                          lambda ud: lib.ul_recv_into(self._e, ud, fd, ptr, size, flags))
+        return self._cold(cb, (buf, ptr), lib.ul_recv_into, fd, ptr, size, flags)
 
     def sendmsg(self, fd: int, data, addr, cb, family: int = socket.AF_INET, flags: int = 0):
         fd = _check_fd(fd)
@@ -423,16 +422,14 @@ class Engine:
         ptr, size = _read_buffer(data)
         raw = encode_sockaddr(family, addr) if addr is not None else ffi.NULL
         alen = len(raw) if addr is not None else 0
-        return self._cold(cb, (data, ptr, raw),
-                          lambda ud: lib.ul_sendmsg(self._e, ud, fd, ptr, size, raw, alen, flags))
+        return self._cold(cb, (data, ptr, raw), lib.ul_sendmsg, fd, ptr, size, raw, alen, flags)
 
     def recvmsg(self, fd: int, buf, cb, family: int = socket.AF_INET, flags: int = 0) -> int:
         """Receive a datagram into buf; ``data`` is the sender's address."""
         fd = _check_fd(fd)
         flags = _c_int(flags, "flags")
         ptr, size = _write_buffer(buf)
-        return self._cold(cb, (buf, ptr),
-                          lambda ud: lib.ul_recvmsg(self._e, ud, fd, ptr, size, flags))
+        return self._cold(cb, (buf, ptr), lib.ul_recvmsg, fd, ptr, size, flags)
 
     def recvmsg_pool(self, fd: int, cb, multishot: bool = True) -> int:
         """Receive datagrams into the engine's datagram pool, one record each:
@@ -442,12 +439,12 @@ class Engine:
         ``-EMSGSIZE`` with ``more`` set: never delivered cut."""
         fd = _check_fd(fd)
         ms = 1 if multishot else 0
-        return self._cold(cb, None, lambda ud: lib.ul_recvmsg_pool(self._e, ud, fd, ms))
+        return self._cold(cb, None, lib.ul_recvmsg_pool, fd, ms)
 
     def connect(self, fd: int, family: int, addr, cb) -> int:
         fd = _check_fd(fd)
         raw = encode_sockaddr(family, addr)
-        return self._cold(cb, raw, lambda ud: lib.ul_connect(self._e, ud, fd, raw, len(raw)))
+        return self._cold(cb, raw, lib.ul_connect, fd, raw, len(raw))
 
     def poll(self, fd: int, events: int, cb, level: bool | int = False) -> int:
         """level: False, one record; True, a record (more) each run fd is
@@ -461,21 +458,19 @@ class Engine:
             raise ValueError("events must be a poll mask")
         if level not in (POLL_KEPT, POLL_DRAINED):
             level = int(bool(level))
-        return self._cold(cb, None, lambda ud: lib.ul_poll(self._e, ud, fd, events, level))
+        return self._cold(cb, None, lib.ul_poll, fd, events, level)
 
     def read(self, fd: int, buf, cb, offset: int = -1) -> int:
         fd = _check_fd(fd)
         offset = _c_offset(offset)
         ptr, size = _write_buffer(buf)
-        return self._cold(cb, (buf, ptr),
-                          lambda ud: lib.ul_read(self._e, ud, fd, ptr, size, offset))
+        return self._cold(cb, (buf, ptr), lib.ul_read, fd, ptr, size, offset)
 
     def write(self, fd: int, data, cb, offset: int = -1) -> int:
         fd = _check_fd(fd)
         offset = _c_offset(offset)
         ptr, size = _read_buffer(data)
-        return self._cold(cb, (data, ptr),
-                          lambda ud: lib.ul_write(self._e, ud, fd, ptr, size, offset))
+        return self._cold(cb, (data, ptr), lib.ul_write, fd, ptr, size, offset)
 
     def flush(self) -> None:
         """Hand queued operations to the kernel now, without waiting for any."""

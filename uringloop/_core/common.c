@@ -1194,6 +1194,18 @@ EXPORT int ul_ready(ul_engine *e)
     return e->npend > 0 || (e->be->ready != NULL && e->be->ready(e));
 }
 
+EXPORT int ul_op_known(ul_engine *e, uint64_t ud)
+{
+    struct ul_op *op = ul__op_find(e, ul__slot(ud));
+    if (op && op->ud == ud)
+        return 1;  /* live */
+    /* ended at once (a bad fd): the record waits in pend until the next run */
+    for (uint32_t i = 0; i < e->npend; i++)
+        if (e->pend[i].user_data == ud)
+            return 1;
+    return 0;
+}
+
 EXPORT int ul_flush(ul_engine *e)
 {
     if (e->closed)

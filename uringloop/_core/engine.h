@@ -248,6 +248,12 @@ int ul_run(ul_engine *e, int64_t timeout_ns);
  * syscall: 0 says nothing (the run may still find something). The native
  * turn runs ul_run(e, 0) with the GIL kept when it says 1 (decision 290). */
 int ul_ready(ul_engine *e);
+
+/* 1 when C accepted an op with this user_data and Python has not read its
+ * final record yet (the op is live, or its record waits for the next run):
+ * a submission that raised after the slot was taken asks this before it
+ * gives the slot back (decision 428). 0 otherwise. */
+int ul_op_known(ul_engine *e, uint64_t ud);
 /* CDEF END */
 
 #endif

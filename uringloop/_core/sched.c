@@ -773,6 +773,7 @@ typedef int (*ul_cancel_fn)(void *, uint64_t);
 typedef int (*ul_cancel_fd_fn)(void *, int);
 typedef void (*ul_wake_fn)(void *);
 typedef int (*ul_ready_fn)(void *);
+typedef int (*ul_op_known_fn)(void *, uint64_t);
 
 #define SLOT_USED 1
 #define SLOT_COALESCE 2 /* buffer records of one turn are joined into one chunk */
@@ -809,6 +810,7 @@ struct Table {
     ul_ready_fn ready;
     ul_recv_into_fn recv_into;
     ul_poll_fn poll;
+    ul_op_known_fn op_known;
     Slot *slots;
     uint32_t nslots, used;
     uint32_t *free; /* stack of free slots, lowest on top */
@@ -1333,39 +1335,55 @@ static PyObject *Table_run_nowait(Table *t, PyObject *unused)
     return PyLong_FromLong(t->run(t->engine, 0));
 }
 
-/* take(cb, keep) -> ud and refused(ud, rc): the cold submissions that
- * engine.py makes through cffi take their slots here too */
-static PyObject *Table_take(Table *t, PyObject *const *args, Py_ssize_t nargs)
+/* submit(cb, keep, fn, engine, *args) -> ud: the cold submissions that
+ * engine.py makes through cffi. The slot is taken and fn(engine, ud, *args)
+ * called with no Python code between them, nor between the call and its
+ * result: a KeyboardInterrupt (a signal handler runs only between bytecodes)
+ * cannot land after the slot was taken and before C has the op, which left the
+ * slot taken and its buffers pinned for good (decision 428). fn is a cffi
+ * function: an exception out of it comes from converting its arguments (C
+ * never saw the op) or, after the call, its result (memory exhausted): the
+ * slot comes back unless C says it holds an op with that user_data. */
+static PyObject *Table_submit(Table *t, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "take(cb, keep)");
+    PyObject *v[16];
+    if (nargs < 4 || nargs - 2 > (Py_ssize_t)(sizeof v / sizeof v[0])) {
+        PyErr_SetString(PyExc_TypeError, "submit(cb, keep, fn, engine, *args)");
         return NULL;
     }
     TABLE_OPEN(t);
     if (check_cb(args[0]) < 0)
         return NULL;
     uint64_t ud = table_take(t, args[0], args[1], 0);
-    return ud ? PyLong_FromUnsignedLongLong(ud) : NULL;
-}
-
-static PyObject *Table_refused(Table *t, PyObject *const *args, Py_ssize_t nargs)
-{
-    unsigned long long ud;
-    int rc;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "refused(ud, rc)");
-        return NULL;
-    }
-    ud = PyLong_AsUnsignedLongLong(args[0]);
-    if ((ud == (unsigned long long)-1 && PyErr_Occurred()) || as_int(args[1], &rc) < 0)
+    if (!ud)
         return NULL;
     uint32_t i = (uint32_t)ud;
-    if (rc >= 0 || i >= t->nslots || !(t->slots[i].flags & SLOT_USED) ||
-        t->slots[i].gen != (uint32_t)(ud >> 32)) {
-        PyErr_SetString(PyExc_ValueError, "refused(): not a slot taken for this submission");
-        return NULL;
+    PyObject *u = PyLong_FromUnsignedLongLong(ud), *r = NULL;
+    int rc = 0;
+    if (u != NULL) {
+        v[0] = args[3];
+        v[1] = u;
+        for (Py_ssize_t k = 4; k < nargs; k++)
+            v[k - 2] = args[k];
+        r = PyObject_Vectorcall(args[2], v, (size_t)(nargs - 2), NULL);
+        Py_DECREF(u);
     }
-    return table_refused(t, ud, rc);
+    if (r != NULL) {
+        int bad = !PyLong_Check(r) || as_int(r, &rc) < 0;
+        Py_DECREF(r);
+        if (!bad)
+            return submitted(t, ud, rc);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "submit(): fn must return an int");
+    }
+    /* still this submission's slot (a detached table let go of every slot) */
+    if (t->engine != NULL && (t->slots[i].flags & SLOT_USED) &&
+        t->slots[i].gen == (uint32_t)(ud >> 32) && !t->op_known(t->engine, ud)) {
+        PyObject *exc = take_exception();
+        table_put(t, i); /* may run code (the objects' finalizers): the error kept aside */
+        give_exception(exc);
+    }
+    return NULL;
 }
 
 static PyObject *Table_detach(Table *t, PyObject *unused)
@@ -1754,18 +1772,18 @@ static PyObject *Table_deliver(Table *t, PyObject *arg)
 static int Table_init(Table *t, PyObject *args, PyObject *kwds)
 {
     PyObject *native, *addr_of;
-    unsigned long long e, rec, pool, f[14];
+    unsigned long long e, rec, pool, f[15];
     Py_ssize_t cap, pool_size, buf_size;
     if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
         PyErr_SetString(PyExc_TypeError, "Table() takes no keyword arguments");
         return -1;
     }
     if (!PyArg_ParseTuple(args, "O!O:Table", &PyTuple_Type, &native, &addr_of) ||
-        !PyArg_ParseTuple(native, "KKnKnnKKKKKKKKKKKKKK:native", &e, &rec, &cap, &pool, &pool_size,
-                          &buf_size, &f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6], &f[7],
-                          &f[8], &f[9], &f[10], &f[11], &f[12], &f[13]))
+        !PyArg_ParseTuple(native, "KKnKnnKKKKKKKKKKKKKKK:native", &e, &rec, &cap, &pool,
+                          &pool_size, &buf_size, &f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6],
+                          &f[7], &f[8], &f[9], &f[10], &f[11], &f[12], &f[13], &f[14]))
         return -1;
-    for (int i = 0; i < 14; i++) {
+    for (int i = 0; i < 15; i++) {
         if (f[i] == 0) {
             PyErr_SetString(PyExc_ValueError, "Table: a null function address");
             return -1;
@@ -1795,6 +1813,7 @@ static int Table_init(Table *t, PyObject *args, PyObject *kwds)
     t->ready = (ul_ready_fn)(uintptr_t)f[11];
     t->recv_into = (ul_recv_into_fn)(uintptr_t)f[12];
     t->poll = (ul_poll_fn)(uintptr_t)f[13];
+    t->op_known = (ul_op_known_fn)(uintptr_t)f[14];
     Py_XSETREF(t->addr_of, Py_NewRef(addr_of));
     return 0;
 }
@@ -1899,9 +1918,9 @@ static PyMethodDef Table_methods[] = {
     {"wake", (PyCFunction)Table_wake, METH_NOARGS, "wake(): thread-safe"},
     {"run_nowait", (PyCFunction)Table_run_nowait, METH_NOARGS,
      "run_nowait() -> ul_run(engine, 0), the GIL kept"},
-    {"take", (PyCFunction)(void (*)(void))Table_take, METH_FASTCALL, "take(cb, keep) -> ud"},
-    {"refused", (PyCFunction)(void (*)(void))Table_refused, METH_FASTCALL,
-     "refused(ud, rc): C did not accept the op; raises OSError"},
+    {"submit", (PyCFunction)(void (*)(void))Table_submit, METH_FASTCALL,
+     "submit(cb, keep, fn, engine, *args) -> ud: a slot, then fn(engine, ud, *args) (a cffi "
+     "function returning 0 or -errno), with no Python code between them"},
     {"read_pool", (PyCFunction)(void (*)(void))Table_read_pool, FASTKW,
      "read_pool(fd, cb, multishot=True, nbytes=0, coalesce=False, view=False) -> user_data: "
      "recv's records, read(2) for pipes, FIFOs, ttys and character devices"},
