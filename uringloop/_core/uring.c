@@ -1115,10 +1115,6 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
     if (res == -ENOBUFS && op->cancelled && !kmore &&
         (ul__is_pool_read(op) || op->kind == K_RECVMSG_POOL))
         res = -ECANCELED;  /* nor is a dry ring, which re-arms an op not cancelled (415) */
-    if ((res == -ECONNABORTED || res == -EPROTO) && op->cancelled && !kmore &&
-        op->kind == K_ACCEPT)
-        res = -ECANCELED;  /* nor a connection its peer gave up, which an accept not
-                              cancelled just takes again (below; decision 429) */
 
     if ((e->cfg.options & UL_OPT_TEST_NOBUF) && op->kind == K_RECV && res > 0) {
         /* test only: data with no buffer; the buffer goes back unread */
@@ -1272,10 +1268,12 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
                 }
             }
         } else if (!kmore) {
-            if (!op->cancelled && (res == -ECONNABORTED || res == -EPROTO))
+            int gave_up = res == -ECONNABORTED || res == -EPROTO;
+            if (gave_up && !op->cancelled)
                 issue(e, u, op);  /* the peer gave up before we took it */
-            else
-                ul__finish(e, op, res, 0, 0);
+            else  /* hidden from a live accept, so a cancelled one ends as
+                     cancelled, as a dry ring does (415; decision 429) */
+                ul__finish(e, op, gave_up ? -ECANCELED : res, 0, 0);
         }
         break;
     case K_SEND:
