@@ -17,6 +17,7 @@ import os
 import pathlib
 import socket
 import struct
+import sys
 import tempfile
 
 import pytest
@@ -34,6 +35,17 @@ def _pair(kind=socket.SOCK_STREAM):
 
 def _outcome(exc: BaseException) -> tuple[str, str]:
     return type(exc).__name__, str(exc)
+
+
+def _need_stock(*names: str) -> None:
+    """Skip where the stock loop, the oracle, has no such method (3.10 has no
+    sock_sendto, sock_recvfrom, sock_recvfrom_into: added in 3.11)."""
+    missing = [n for n in names if not hasattr(asyncio.SelectorEventLoop, n)]
+    if missing:
+        pytest.skip(
+            f"the stock loop of Python {sys.version_info[0]}.{sys.version_info[1]} has no "
+            f"{', '.join(missing)} (added in 3.11): no answer to compare with"
+        )
 
 
 # --------------------------------------------------------------------------
@@ -166,6 +178,7 @@ def test_sock_sendto_odd_address_as_stock(tloop, case):
     datagram went), a path-like Unix address (stock: TypeError; sent) and an
     int (``bytes(5)``: five NULs, an abstract address). Such addresses now go
     to the socket module (decision 420)."""
+    _need_stock("sock_sendto", "sock_recvfrom")
     if case.startswith("v6") and not _v6_ok():
         pytest.skip("no IPv6 loopback on this host")
     want = on_stock(_sendto_case, case)
@@ -275,6 +288,9 @@ def test_bad_arguments_raise_the_stock_error(tloop, case):
     bytearray", "argument 'buffer'" where the socket module says "argument
     1", "memoryview: casts are restricted to C-contiguous views" and
     "memoryview: a bytes-like object is required" (decision 421)."""
+    method = case.split()[0]
+    if method in ("recvfrom", "recvfrom_into", "sendto"):
+        _need_stock("sock_" + method)
     want = on_stock(_bad_arg_case, case)
     assert _bad_arg_case(tloop, case) == want
 

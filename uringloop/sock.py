@@ -21,11 +21,11 @@ import errno
 import functools
 import gc
 import mmap
-import operator
 import os
 import socket
 import weakref
 from asyncio import exceptions
+from operator import index as _index
 
 from . import _sched
 from ._sched import owner_is as _owner_is
@@ -407,7 +407,7 @@ class SockMixin:
     async def _sock_recv(self, sock, n):
         fd = self._sock_fd(sock)
         if type(n) is not int:
-            n = operator.index(n)  # the socket module's TypeError (decision 421)
+            n = _index(n)  # the socket module's TypeError (decision 421)
         if n < 0:
             raise ValueError("negative buffersize in recv")
         if fd in self._sock_state:
@@ -498,7 +498,7 @@ class SockMixin:
         except TypeError:
             view = None
         if view is None or view.readonly:
-            _refuse_buffer(sock.recv_into, buf)
+            _refuse(sock.recv_into, buf)
         n = view.nbytes
         if fd in self._sock_state:
             st = await self._sock_settled(fd, sock)
@@ -547,7 +547,7 @@ class SockMixin:
         """Receive a datagram of up to bufsize bytes; returns (data, address)."""
         fd = self._sock_fd(sock)
         if type(bufsize) is not int:
-            bufsize = operator.index(bufsize)  # the socket module's TypeError
+            bufsize = _index(bufsize)  # the socket module's TypeError
         if bufsize < 0:
             raise ValueError("negative buffersize in recvfrom")
         datagram = await self._sock_next_datagram(fd, sock)
@@ -562,7 +562,7 @@ class SockMixin:
         if not nbytes:
             len(buf)  # the stock loop's first step, and its TypeError (decision 421)
         elif type(nbytes) is not int:
-            nbytes = operator.index(nbytes)
+            nbytes = _index(nbytes)
         try:
             view = memoryview(buf)
             if not view.readonly:
@@ -570,7 +570,7 @@ class SockMixin:
         except TypeError:
             view = None
         if view is None or view.readonly:
-            _refuse_buffer(sock.recvfrom_into, buf)
+            _refuse(sock.recvfrom_into, buf)
         if nbytes < 0:
             raise ValueError("negative buffersize in recvfrom_into")
         if nbytes > view.nbytes:
@@ -875,7 +875,7 @@ _big_recvs: dict = {}
 _big_socks: dict = {}
 
 
-def _refuse_buffer(method, buf):
+def _refuse(method, buf):
     """Raise what the socket module's recv_into/recvfrom_into raises for a
     buffer it cannot write into (read-only, not contiguous, not a buffer):
     its argument check comes before any I/O, and MSG_PEEK|MSG_DONTWAIT
