@@ -76,6 +76,24 @@ def _fileobj_to_fd(fileobj) -> int:
     return fd
 
 
+def _unpollable(fd: int) -> bool:
+    """Whether epoll refuses a character device (/dev/null, /dev/zero...: no
+    poll method; a tty or pty has one). The stock selector loop's add_reader
+    raises PermissionError for such an fd; io_uring would poll it as always
+    ready (decision 423). A probe on a scratch epoll, for character devices
+    only, on an fd's first registration."""
+    ep = select.epoll()
+    try:
+        ep.register(fd, select.EPOLLIN)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    finally:
+        ep.close()
+    return False
+
+
 def _ignore_completion(res, more, data):
     pass
 
@@ -408,6 +426,14 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
             acceptor = Acceptor(self, protocol_factory, sock, sslcontext, server, backlog,
                                 ssl_handshake_timeout, ssl_shutdown_timeout)
             self._acceptors[sock] = acceptor
+        else:
+            # serving again (another server on this socket): the stock loop's
+            # add_reader replaces the reader, so this call's arguments serve
+            # the next connections (decision 424)
+            acceptor.protocol_factory, acceptor.sslcontext = protocol_factory, sslcontext
+            acceptor.server, acceptor.backlog = server, backlog
+            acceptor.ssl_handshake_timeout = ssl_handshake_timeout
+            acceptor.ssl_shutdown_timeout = ssl_shutdown_timeout
         acceptor.start()
 
     if _HAS_SSL_SHUTDOWN_TIMEOUT:
@@ -532,7 +558,7 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
             entry[0] = handle
             return handle
         mode = os.fstat(fd).st_mode  # EBADF for a closed fd, as epoll would say
-        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or (stat.S_ISCHR(mode) and _unpollable(fd)):
             raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
         table[fd] = [handle, fileobj]
         try:
