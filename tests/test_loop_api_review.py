@@ -5,18 +5,21 @@ Each scenario runs on io_uring, epoll and the stock ``asyncio.SelectorEventLoop`
 (the ``tloop`` fixture) and compares its outcome with the stock loop's own
 (``on_stock``): the result, or the exception's type and message. Each test
 failed on uringloop before its decision's fix; what the review found the same
-as stock, or different and left, is listed in decisions 425 and 426.
+as stock, or different and left, is listed in decision 426.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import pty
 import socket
+import warnings
 
 import pytest
-from transport_helpers import on_stock, plain_listener, run_in, tloop, wait_for
+from conftest import LOOP_KINDS, make_loop
+from transport_helpers import fd_count, on_stock, plain_listener, run_in, tloop, wait_for
 
 assert tloop  # a fixture, imported for the tests below
 
@@ -133,3 +136,45 @@ def test_second_server_on_a_socket_takes_its_connections(tloop):
     expected = on_stock(_second_server_serves)
     assert expected == ["second"]
     assert _second_server_serves(tloop) == expected
+
+
+# --------------------------------------------------------------------------
+# decision 425: a datagram or pipe transport left open at the loop's close
+
+
+def _unclosed_warnings(kind):
+    """Open a datagram endpoint and a read and a write pipe transport, drop
+    them unclosed, close the loop, collect: the ResourceWarnings, each as its
+    first two words ("unclosed transport", "unclosed <socket.socket", ...)."""
+    lp = make_loop(kind)
+    r, w = os.pipe()
+
+    async def main():
+        await lp.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        await lp.connect_read_pipe(asyncio.Protocol, os.fdopen(r, "rb", 0))
+        await lp.connect_write_pipe(asyncio.Protocol, os.fdopen(w, "wb", 0))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            run_in(lp, main())
+        finally:
+            lp.close()
+            gc.collect()
+    return sorted(
+        " ".join(str(c.message).split()[:2]) for c in caught if c.category is ResourceWarning
+    )
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_unclosed_transport_warns_once_as_stock(kind):
+    """Stock: one "unclosed transport" per transport, its __del__ closing the
+    socket or pipe. Ours warned for the socket and the two pipe files too:
+    the collector finalized them before the transports (reference cycles
+    through the C cores)."""
+    gc.collect()
+    before = fd_count()
+    expected = _unclosed_warnings("stock")
+    assert expected == ["unclosed transport"] * 3
+    assert _unclosed_warnings(kind) == expected
+    assert fd_count() <= before
