@@ -112,14 +112,16 @@ struct ul_fd *ul__fd(ul_engine *e, int fd)
         /* up to the next 256 fds, not double: every entry is written (fd_reset),
          * so a doubled table keeps up to twice the entries resident, 60 bytes
          * each (decision 252) */
-        int n = (fd / UL_FD_STEP + 1) * UL_FD_STEP;
+        int64_t n = ((int64_t)fd / UL_FD_STEP + 1) * UL_FD_STEP;
+        if (n > INT32_MAX)
+            n = INT32_MAX;  /* above any open fd: fs.nr_open stops at 2^31 - 64 */
         struct ul_fd *p = ul__realloc(e->fds, (size_t)n * sizeof *p);
         if (!p)
             return NULL;
-        for (int i = e->nfds; i < n; i++)
+        for (int i = e->nfds; i < (int)n; i++)
             fd_reset(&p[i]);
         e->fds = p;
-        e->nfds = n;
+        e->nfds = (int)n;
     }
     return &e->fds[fd];
 }
@@ -745,8 +747,12 @@ static struct ul_op *op_begin(ul_engine *e, uint64_t ud, int kind, int fd, int *
         *err = -ENOMEM;
         return NULL;
     }
+    /* a number past the fd table that names no open file (a bad fd: at
+     * most 2^31 - 1) fails with EBADF, as it would in the kernel, without a
+     * table of fd + 1 entries (60 bytes each, written: decision 418) */
+    int unopened = kind != K_NOP && fd >= e->nfds && fcntl(fd, F_GETFD) < 0;
     struct ul_fd *f = NULL;
-    if (kind != K_NOP && !(f = ul__fd(e, fd))) {
+    if (kind != K_NOP && !unopened && !(f = ul__fd(e, fd))) {
         *err = -ENOMEM;
         return NULL;
     }
@@ -756,7 +762,7 @@ static struct ul_op *op_begin(ul_engine *e, uint64_t ud, int kind, int fd, int *
     op->fd = kind == K_NOP ? -1 : fd;
     op->fd_prev = op->fd_next = op->oq_next = op->wq_next = op->bl_next = op->bid = -1;
     e->in_flight++;
-    if (f && f->closing) {
+    if (unopened || (f && f->closing)) {
         /* an fd being closed takes no new work */
         op->fd = -1;
         ul__finish(e, op, -EBADF, 0, 0);

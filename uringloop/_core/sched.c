@@ -1202,10 +1202,20 @@ static PyObject *Table_sendv(Table *t, PyObject *const *args, Py_ssize_t nargs, 
     uint64_t total = 0;
     PyObject *result = NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *k;
+        PyObject *k, *item;
         const char *p;
         Py_ssize_t len;
-        if (read_buffer(PySequence_Fast_GET_ITEM(seq, i), &k, &p, &len) < 0)
+        /* a list (PySequence_Fast's own) may change under a buffer's
+         * __buffer__ (3.12+): its items are read by index, held while read
+         * (decision 418) */
+        if (PySequence_Fast_GET_SIZE(seq) != n) {
+            PyErr_SetString(PyExc_RuntimeError, "sendv(): the buffers changed size during iteration");
+            goto done;
+        }
+        item = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i));
+        int rc = read_buffer(item, &k, &p, &len);
+        Py_DECREF(item);
+        if (rc < 0)
             goto done;
         PyTuple_SET_ITEM(keep, i, k);
         iov[i].iov_base = (void *)p;
@@ -1595,6 +1605,11 @@ static int batch_skip(Table *t, uint8_t **skip, int i, int n, int lasts)
 static int table_deliver(Table *t, int n, PyObject **first)
 {
     *first = NULL;
+    if (t->dispatching) { /* a callback's dispatch(): its records are being delivered (417) */
+        PyErr_SetString(PyExc_RuntimeError,
+                        "deliver() from a completion callback: the records are being delivered");
+        return -1;
+    }
     if (t->records == NULL || n > t->record_cap) {
         PyErr_Format(PyExc_SystemError, "%d records for an array of %zd", n, t->record_cap);
         return -1;
@@ -1606,6 +1621,8 @@ static int table_deliver(Table *t, int n, PyObject **first)
     Py_INCREF(t);
     t->dispatching = 1;
     for (int i = 0; i < n; i++) {
+        if (t->records == NULL)
+            break; /* a callback fork()ed: in the child the rest is the parent's (417) */
         const ul_record *r = &t->records[i];
         if (skip != NULL && skip[i])
             continue;
@@ -1708,7 +1725,7 @@ static int table_deliver(Table *t, int n, PyObject **first)
             Py_XDECREF(rel);
         }
         Py_DECREF(data);
-        if (final)
+        if (final && t->records != NULL) /* (a fork()ed child's table let go of all) */
             table_put(t, slot); /* the slot lets go of its objects only now */
     }
     t->dispatching = 0;

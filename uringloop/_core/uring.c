@@ -408,7 +408,9 @@ static uint32_t batch_gather(ul_engine *e, struct ul_op *h)
     int32_t s = h->oq_next;
     for (; s >= 0; s = ul__op_at(e, s)->oq_next) {
         struct ul_op *x = ul__op_at(e, s);
-        if (!batchable(h, x) || niov + op_iovs(x) > MAX_BATCH_IOV ||
+        /* at most MAX_BATCH_IOV ops too: an empty send adds no iovec, and
+         * batch_done/batch_release keep the slots on the stack (416) */
+        if (!batchable(h, x) || nops >= MAX_BATCH_IOV || niov + op_iovs(x) > MAX_BATCH_IOV ||
             bytes + (x->len - x->done) > INT32_MAX)
             break;
         niov += op_iovs(x);
@@ -497,7 +499,9 @@ static void batch_done(ul_engine *e, struct uring *u, struct ul_op *h, int32_t r
     if (cut < n) {  /* the first short one is the head now */
         struct ul_op *x = ul__op_at(e, slots[cut]);
         x->rider = 0;
-        if (res < 0)
+        if (res == -ECANCELED && !x->cancelled)
+            issue(e, u, x);  /* a rider's cancel ended the SENDMSG, not x's (416) */
+        else if (res < 0)
             ul__stop(e, x, -res);
         else if (x->cancelled)
             ul__stop(e, x, ECANCELED);
@@ -1108,6 +1112,9 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
     }
     if (res == -EAGAIN && op->cancelled)
         res = -ECANCELED;  /* EAGAIN is never surfaced, not even for a cancelled op */
+    if (res == -ENOBUFS && op->cancelled && !kmore &&
+        (ul__is_pool_read(op) || op->kind == K_RECVMSG_POOL))
+        res = -ECANCELED;  /* nor is a dry ring, which re-arms an op not cancelled (415) */
 
     if ((e->cfg.options & UL_OPT_TEST_NOBUF) && op->kind == K_RECV && res > 0) {
         /* test only: data with no buffer; the buffer goes back unread */
