@@ -187,15 +187,33 @@ def _write_buffer(buf, nbytes: int = 0):
 
 
 def encode_sockaddr(family: int, address) -> bytes:
-    """The C ``struct sockaddr`` for a numeric address (no name resolution)."""
+    """The C ``struct sockaddr`` for a numeric address (no name resolution).
+
+    Only what the socket module itself would take for that family as it is:
+    anything else (a list, a port or flowinfo out of range, a zone to look
+    up, a path-like object, an int for a Unix path) raises TypeError or
+    ValueError, and the sock_* callers hand it to the socket module, which
+    resolves it or raises the stock loop's error (decision 420)."""
     if family == socket.AF_INET:
+        if type(address) is not tuple or len(address) != 2:
+            raise TypeError("not a plain AF_INET address")
         host, port = address
+        if type(host) is not str or type(port) is not int or not 0 <= port <= 0xFFFF:
+            raise ValueError("not a plain AF_INET address")
         return struct.pack("=HH4s8x", family, socket.htons(port), socket.inet_pton(family, host))
     if family == socket.AF_INET6:
-        host, port, flowinfo, scope_id = (tuple(address) + (0, 0))[:4]
-        if "%" in host:
-            host, _, zone = host.partition("%")
-            scope_id = int(zone) if zone.isdigit() else socket.if_nametoindex(zone)
+        if type(address) is not tuple or not 2 <= len(address) <= 4:
+            raise TypeError("not a plain AF_INET6 address")
+        host, port, flowinfo, scope_id = (address + (0, 0))[:4]
+        if (
+            type(host) is not str
+            or "%" in host  # a zone: getaddrinfo's to look up
+            or any(type(v) is not int for v in (port, flowinfo, scope_id))
+            or not 0 <= port <= 0xFFFF
+            or not 0 <= flowinfo <= 0xFFFFF
+            or not 0 <= scope_id <= 0xFFFFFFFF
+        ):
+            raise ValueError("not a plain AF_INET6 address")
         return struct.pack(
             "=HHI16sI",
             family,
@@ -205,7 +223,9 @@ def encode_sockaddr(family: int, address) -> bytes:
             scope_id,
         )
     if family == socket.AF_UNIX:
-        path = os.fsencode(address) if isinstance(address, str) else bytes(address)
+        # str or a bytes-like object, as the socket module takes (not a
+        # path-like object, not an int that bytes() would turn into NULs)
+        path = os.fsencode(address) if isinstance(address, str) else memoryview(address).tobytes()
         if len(path) > 107:
             raise OSError(errno.ENAMETOOLONG, "AF_UNIX path too long")
         return struct.pack("=H", family) + path + (b"" if path[:1] == b"\0" else b"\0")

@@ -76,6 +76,29 @@ def _fileobj_to_fd(fileobj) -> int:
     return fd
 
 
+def _unpollable(fd: int) -> bool:
+    """Whether epoll refuses a character device (/dev/null, /dev/zero...: no
+    poll method; a tty or pty has one). The stock selector loop's add_reader
+    raises PermissionError for such an fd; io_uring would poll it as always
+    ready (decision 423). A probe on a scratch epoll, for character devices
+    only, on an fd's first registration."""
+    ep = select.epoll()
+    try:
+        ep.register(fd, select.EPOLLIN)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    finally:
+        ep.close()
+    return False
+
+
+# weakrefs of transports left open at a loop's close, each holding the socket
+# or pipe file its transport's __del__ closes (Loop._keep_files_until_collected)
+_orphans: set = set()
+
+
 def _ignore_completion(res, more, data):
     pass
 
@@ -213,6 +236,7 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         # fd -> transport, as stock; stream transports are in the C registry
         # instead (_sched.stream_for_fd, decision 257)
         self._transports = weakref.WeakValueDictionary()
+        self._pipe_transports = weakref.WeakSet()  # for close(), decision 425
         self._dirty: list = []  # transports written to since the last flush
         self._acceptors: dict = {}  # listening socket -> Acceptor
         self._unix_server_sockets: dict = {}  # 3.13's cleanup_socket: sock -> inode
@@ -316,6 +340,21 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         self._engine.close()
         _subprocess.close_pidfds(self)
         self._close_self_pipe()
+        self._keep_files_until_collected()
+
+    def _keep_files_until_collected(self):
+        """A datagram or pipe transport still open at close is in a reference
+        cycle through its C core: the collector would finalize its socket or
+        pipe file (made first) before the transport's __del__ closes it, and
+        the file object would warn too. A weakref of the transport whose
+        callback holds that object keeps it reachable until the transport is
+        collected (weakref callbacks run before finalizers): the transport's
+        __del__ closes it and warns alone, as the stock transport does
+        (decision 425)."""
+        files = [(tr, tr._sock) for tr in self._transports.values() if tr._has_sock()]
+        files += [(tr, tr._pipe) for tr in self._pipe_transports if tr._pipe is not None]
+        for tr, f in files:
+            _orphans.add(weakref.ref(tr, lambda ref, f=f: _orphans.discard(ref)))
 
     # ---------------------------------------------------------- transports
 
@@ -408,6 +447,14 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
             acceptor = Acceptor(self, protocol_factory, sock, sslcontext, server, backlog,
                                 ssl_handshake_timeout, ssl_shutdown_timeout)
             self._acceptors[sock] = acceptor
+        else:
+            # serving again (another server on this socket): the stock loop's
+            # add_reader replaces the reader, so this call's arguments serve
+            # the next connections (decision 424)
+            acceptor.protocol_factory, acceptor.sslcontext = protocol_factory, sslcontext
+            acceptor.server, acceptor.backlog = server, backlog
+            acceptor.ssl_handshake_timeout = ssl_handshake_timeout
+            acceptor.ssl_shutdown_timeout = ssl_shutdown_timeout
         acceptor.start()
 
     if _HAS_SSL_SHUTDOWN_TIMEOUT:
@@ -476,10 +523,14 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
             transp._core.register()
 
     def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
-        return ReadPipeTransport(self, pipe, protocol, waiter, extra)
+        transport = ReadPipeTransport(self, pipe, protocol, waiter, extra)
+        self._pipe_transports.add(transport)
+        return transport
 
     def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
-        return WritePipeTransport(self, pipe, protocol, waiter, extra)
+        transport = WritePipeTransport(self, pipe, protocol, waiter, extra)
+        self._pipe_transports.add(transport)
+        return transport
 
     async def _make_subprocess_transport(self, protocol, args, shell, stdin, stdout, stderr,
                                          bufsize, extra=None, **kwargs):
@@ -532,7 +583,7 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
             entry[0] = handle
             return handle
         mode = os.fstat(fd).st_mode  # EBADF for a closed fd, as epoll would say
-        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or (stat.S_ISCHR(mode) and _unpollable(fd)):
             raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
         table[fd] = [handle, fileobj]
         try:

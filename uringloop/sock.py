@@ -25,6 +25,7 @@ import os
 import socket
 import weakref
 from asyncio import exceptions
+from operator import index as _index
 
 from . import _sched
 from ._sched import owner_is as _owner_is
@@ -405,6 +406,8 @@ class SockMixin:
 
     async def _sock_recv(self, sock, n):
         fd = self._sock_fd(sock)
+        if type(n) is not int:
+            n = _index(n)  # the socket module's TypeError (decision 421)
         if n < 0:
             raise ValueError("negative buffersize in recv")
         if fd in self._sock_state:
@@ -490,14 +493,12 @@ class SockMixin:
         fd = self._sock_fd(sock)
         try:
             view = memoryview(buf)
+            if not view.readonly:
+                view = view.cast("B")  # TypeError when not contiguous
         except TypeError:
             view = None
         if view is None or view.readonly:
-            raise TypeError(
-                f"recv_into() argument 'buffer' must be read-write bytes-like object, "
-                f"not {type(buf).__name__}"
-            )
-        view = view.cast("B")
+            _refuse(sock.recv_into, buf)
         n = view.nbytes
         if fd in self._sock_state:
             st = await self._sock_settled(fd, sock)
@@ -545,6 +546,8 @@ class SockMixin:
     async def sock_recvfrom(self, sock, bufsize):
         """Receive a datagram of up to bufsize bytes; returns (data, address)."""
         fd = self._sock_fd(sock)
+        if type(bufsize) is not int:
+            bufsize = _index(bufsize)  # the socket module's TypeError
         if bufsize < 0:
             raise ValueError("negative buffersize in recvfrom")
         datagram = await self._sock_next_datagram(fd, sock)
@@ -556,11 +559,18 @@ class SockMixin:
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         """Receive a datagram into buf; returns (nbytes, address)."""
         fd = self._sock_fd(sock)
-        view = memoryview(buf).cast("B")
-        if view.readonly:
-            raise TypeError(
-                "recvfrom_into() argument 'buffer' must be read-write bytes-like object"
-            )
+        if not nbytes:
+            len(buf)  # the stock loop's first step, and its TypeError (decision 421)
+        elif type(nbytes) is not int:
+            nbytes = _index(nbytes)
+        try:
+            view = memoryview(buf)
+            if not view.readonly:
+                view = view.cast("B")
+        except TypeError:
+            view = None
+        if view is None or view.readonly:
+            _refuse(sock.recvfrom_into, buf)
         if nbytes < 0:
             raise ValueError("negative buffersize in recvfrom_into")
         if nbytes > view.nbytes:
@@ -682,7 +692,11 @@ class SockMixin:
         """Send a datagram to address; returns the number of bytes sent."""
         fd = self._sock_fd(sock)
         if type(data) is not bytes:
-            data = memoryview(data).tobytes()
+            try:
+                data = memoryview(data).tobytes()
+            except TypeError:
+                sock.sendto(data, address)  # its TypeError, before any I/O (decision 421)
+                raise
         try:
             encode_sockaddr(sock.family, address)
         except (OSError, ValueError, TypeError):
@@ -861,6 +875,15 @@ _big_recvs: dict = {}
 _big_socks: dict = {}
 
 
+def _refuse(method, buf):
+    """Raise what the socket module's recv_into/recvfrom_into raises for a
+    buffer it cannot write into (read-only, not contiguous, not a buffer):
+    its argument check comes before any I/O, and MSG_PEEK|MSG_DONTWAIT
+    would leave the socket as it is if it ever let buf through."""
+    method(buf, 0, socket.MSG_PEEK | _MSG_DONTWAIT)
+    raise TypeError(f"{method.__name__}() argument 1 must be read-write bytes-like object")
+
+
 def _big_recv(fd, big, ud):
     if fd in _big_recvs:
         _big_recvs[fd] = None
@@ -910,10 +933,13 @@ def _accept_result(family, type, proto, res, data, late):
     # SOCK_NONBLOCK saying the fd already is non-blocking (accept4 made it so):
     # no probing getsockopt, no fcntl
     conn = socket.socket(family, type | socket.SOCK_NONBLOCK, proto, fileno=res)
-    try:
-        addr = conn.getpeername()
-    except OSError:
-        addr = ""
+    if data is not None:
+        addr = data  # what accept(2) said (decision 422)
+    else:  # the engine had no room for the address
+        try:
+            addr = conn.getpeername()
+        except OSError:
+            addr = ""
     return ("accept", (conn, addr)) if late else (conn, addr)
 
 

@@ -752,7 +752,7 @@ static struct ul_op *op_begin(ul_engine *e, uint64_t ud, int kind, int fd, int *
             return NULL;
         }
         e->st.addr_blocks++;
-    } else if (!ul__takes_addr(kind) && op->ax) {
+    } else if (!ul__takes_addr(kind) && kind != K_ACCEPT && op->ax) {
         free(op->ax);
         op->ax = NULL;
         e->st.addr_blocks--;
@@ -951,6 +951,18 @@ EXPORT int ul_accept(ul_engine *e, uint64_t ud, int fd, int multishot)
 {
     BEGIN(K_ACCEPT, fd);
     op->multishot = multishot != 0;
+    /* a one-shot accept (sock_accept) takes the peer's address as accept(2)
+     * gives it: getpeername() fails once the peer has reset the connection
+     * (decision 422). A multishot one (a server's) holds no address block:
+     * its connections' addresses are asked for by their transports. Without
+     * memory for the block the accept goes on without the address. */
+    if (op->multishot && op->ax) {
+        free(op->ax);
+        op->ax = NULL;
+        e->st.addr_blocks--;
+    } else if (!op->multishot && !op->ax && (op->ax = ul__realloc(NULL, sizeof *op->ax))) {
+        e->st.addr_blocks++;
+    }
     return submit(e, op);
 }
 

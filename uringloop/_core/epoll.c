@@ -570,11 +570,16 @@ static int try_accept(ul_engine *e, struct ul_op *op)
     for (int n = 0; n < BUDGET; n++) {
         if (!gate_open(op, POLLIN))
             return TRY_WAIT;
-        int r = accept4(op->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        /* a one-shot accept takes the peer's address (decision 422) */
+        int addr = !op->multishot && op->ax;
+        if (addr)
+            op->ax->addrlen = sizeof op->ax->addr;
+        int r = accept4(op->fd, addr ? (struct sockaddr *)&op->ax->addr : NULL,
+                        addr ? (socklen_t *)&op->ax->addrlen : NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         e->st.submitted++;
         if (r >= 0) {
             if (!op->multishot) {
-                ul__finish(e, op, r, 0, 0);
+                ul__finish(e, op, r, addr ? UL_F_ADDR : 0, 0);
                 return TRY_DONE;
             }
             ul__emit(e, op, r, UL_F_MORE, 0);

@@ -114,7 +114,8 @@ struct ul_op {
     struct iovec *iovs;         /* K_SENDV: the cursor's iovecs (an iovec block) */
     struct iovec *batch;        /* io_uring: a head's SENDMSG over it and its riders
                                    (an iovec block) */
-    struct ul_addr_block *ax;   /* ul__takes_addr kinds; kept across op_begin (above) */
+    struct ul_addr_block *ax;   /* ul__takes_addr kinds and one-shot accepts; kept
+                                   across op_begin (above) */
 };
 
 /* K_SENDV's iovecs, and a batch of sends (uring.c), live in an iovec block:

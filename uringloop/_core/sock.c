@@ -311,8 +311,9 @@ static PyObject *sock_send_now(PyObject *mod, PyObject *const *args, Py_ssize_t 
  * fd holds now, up to k more bytes (one recv, MSG_DONTWAIT), as one new
  * bytes: the rest is received in place, not into a bytes of its own that is
  * then joined to data (decision 337). data itself when nothing more is
- * there (EAGAIN) or at EOF (the next receive meets it again); OSError for
- * any other error. The caller checks that fd is still its socket's. */
+ * there (EAGAIN), at EOF (the next receive meets it again), or when k more
+ * bytes cannot be allocated (decision 419); OSError for any other error.
+ * The caller checks that fd is still its socket's. */
 static PyObject *recv_after(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)mod;
@@ -322,14 +323,30 @@ static PyObject *recv_after(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_TypeError, "recv_after(fd, data: bytes, k)");
         return NULL;
     }
-    if (as_int(args[0], &fd) < 0 || ((k = PyLong_AsSsize_t(args[2])) == -1 && PyErr_Occurred()))
+    if (as_int(args[0], &fd) < 0)
         return NULL;
+    if ((k = PyLong_AsSsize_t(args[2])) == -1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return NULL;
+        PyErr_Clear(); /* a sock_recv(n) past ssize_t: as much as fits */
+        k = PY_SSIZE_T_MAX;
+    }
     if (k <= 0)
         return Py_NewRef(args[1]);
     Py_ssize_t n0 = PyBytes_GET_SIZE(args[1]);
+    if (k > PY_SSIZE_T_MAX - n0)
+        k = PY_SSIZE_T_MAX - n0;
     PyObject *out = PyBytes_FromStringAndSize(NULL, n0 + k);
-    if (out == NULL)
-        return NULL;
+    if (out == NULL) {
+        /* no room for n (sock_recv(2**40)): data's bytes are off the socket
+         * already, so they are the result (decision 419); the stock loop's
+         * recv(n) fails before it reads anything */
+        if (!PyErr_ExceptionMatches(PyExc_MemoryError) &&
+            !PyErr_ExceptionMatches(PyExc_OverflowError))
+            return NULL;
+        PyErr_Clear();
+        return Py_NewRef(args[1]);
+    }
     memcpy(PyBytes_AS_STRING(out), PyBytes_AS_STRING(args[1]), (size_t)n0);
     ssize_t got;
     do

@@ -721,6 +721,11 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
         s->op_flags = SOCK_NONBLOCK | SOCK_CLOEXEC;
         if (op->multishot && u->ms_accept)
             s->ioprio = UL_ACCEPT_MULTISHOT;
+        if (!op->multishot && op->ax) {  /* the peer's address (decision 422) */
+            op->ax->addrlen = sizeof op->ax->addr;
+            s->addr = (uint64_t)(uintptr_t)&op->ax->addr;
+            s->off = (uint64_t)(uintptr_t)&op->ax->addrlen;
+        }
         break;
     case K_CONNECT:
         s->opcode = UL_OP_CONNECT;
@@ -1256,7 +1261,7 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
     case K_ACCEPT:
         if (res >= 0) {
             if (!op->multishot || (!kmore && op->cancelled)) {
-                ul__finish(e, op, res, 0, 0);
+                ul__finish(e, op, res, !op->multishot && op->ax ? UL_F_ADDR : 0, 0);
             } else {
                 ul__emit(e, op, res, UL_F_MORE, 0);
                 if (!kmore) {
