@@ -178,3 +178,52 @@ def test_unclosed_transport_warns_once_as_stock(kind):
     assert expected == ["unclosed transport"] * 3
     assert _unclosed_warnings(kind) == expected
     assert fd_count() <= before
+
+
+# --------------------------------------------------------------------------
+# decision 430: an fd closed while a reader watches it stays registered
+
+
+def _closed_while_watched(lp):
+    """A reader on a pipe whose read end is closed under it: what
+    remove_reader answers; then, on a number reused by a new pipe, whether a
+    reader added again (and one added after remove_reader) ever runs."""
+    got = []
+    r, w = os.pipe()
+    try:
+        lp.add_reader(r, got.append, "old")
+        run_in(lp, asyncio.sleep(0.01))
+        os.close(r)
+        for _ in range(3):
+            run_in(lp, asyncio.sleep(0.01))
+        r2, w2 = os.pipe()  # the lowest free number: r's
+        try:
+            out = [r2 == r]
+            lp.add_reader(r2, got.append, "again")  # the old key, as stock's selector keeps it
+            os.write(w2, b"x")
+            for _ in range(3):
+                run_in(lp, asyncio.sleep(0.01))
+            out.append(list(got))
+            out.append(lp.remove_reader(r2))
+            lp.add_reader(r2, got.append, "new")  # a fresh registration: it runs
+            for _ in range(3):
+                run_in(lp, asyncio.sleep(0.01))
+            out.append(got.count("new") > 0)
+            out.append(lp.remove_reader(r2))
+            return out
+        finally:
+            os.close(r2)
+            os.close(w2)
+    finally:
+        os.close(w)
+
+
+def test_fd_closed_while_watched_stays_registered(tloop):
+    """The stock selector keeps the key of an fd closed under it: remove_reader
+    answers True, and a reader added again on the number's next file replaces
+    the callback of the dead registration (it never runs). io_uring's poll
+    ended with the close and the loop dropped the registration: remove_reader
+    answered False, and the re-added reader ran (decision 430)."""
+    expected = on_stock(_closed_while_watched)
+    assert expected[0] is True  # the scenario reuses the number
+    assert _closed_while_watched(tloop) == expected

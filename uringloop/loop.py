@@ -612,11 +612,12 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
                 return  # a poll that was replaced or removed
             if res <= 0:
                 if not more:
-                    # the op ended (fd closed under it): keep the registration
-                    # honest, as a selector would after the fd vanished
+                    # the op ended (fd closed under it): the reader and writer
+                    # stay registered, as a selector keeps the key of an fd
+                    # closed under it (remove_* answers True, a callback added
+                    # again on the number's next file replaces theirs and
+                    # never runs); only the poll is gone (decision 430)
                     del polls[fd]
-                    readers.pop(fd, None)
-                    writers.pop(fd, None)
                 return
             # the selectors module's mapping: an error or hangup wakes both
             # (before any timers the turn collected ahead of its records, as
