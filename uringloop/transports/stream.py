@@ -427,13 +427,19 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         the loop's next run, as the stock loop's socket keeps what its read
         did not take (decision 405)."""
         if pos < n and not self._closing and not self._conn_lost:
-            if self._held is None:
-                self._held = collections.deque()
-                self._sync()
-            rest = data[pos:]
-            self._held.appendleft((n - pos, rest if type(rest) is bytes else rest.tobytes()))
-            if not self._paused:
-                self._schedule_drain()
+            self._hold_first(data, pos, n)
+
+    def _hold_first(self, data, pos, n):
+        """data[pos:n], the rest of a record the protocol stopped taking,
+        waits first in line (handed over from the next turn unless paused)."""
+        held = self._held
+        if held is None:
+            held = self._held = collections.deque()
+            self._sync()
+        rest = data[pos:]
+        held.appendleft((n - pos, rest if type(rest) is bytes else rest.tobytes()))
+        if not self._paused:
+            self._schedule_drain()
 
     def _feeding_stops(self, data, pos, n):
         if pos < n and (self._conn_lost or self._closing):
@@ -442,21 +448,14 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             # set_protocol() to a Protocol inside buffer_updated: the rest is
             # its data_received's, as the stock loop's next read would be; first
             # in line (decision 406)
-            rest = data[pos:]
-            rest = rest if type(rest) is bytes else rest.tobytes()
             if self._held is not None:
-                self._held.appendleft((n - pos, rest))
-                if not self._paused:
-                    self._schedule_drain()
+                self._hold_first(data, pos, n)
             else:
-                self._on_recv(n - pos, True, rest)
+                rest = data[pos:]
+                self._on_recv(n - pos, True, rest if type(rest) is bytes else rest.tobytes())
             return True
         if pos < n and self._paused:
-            if self._held is None:
-                self._held = collections.deque()
-                self._sync()
-            rest = data[pos:]
-            self._held.appendleft((n - pos, rest if type(rest) is bytes else rest.tobytes()))
+            self._hold_first(data, pos, n)
             return True
         return False
 
