@@ -666,6 +666,15 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             self._close_fd(None)
         # else: the queued data leaves first (_on_sent closes)
 
+    def abort(self):
+        c = self._core
+        if c.buffer and not c.sending and not self._conn_lost and not self._protocol_paused:
+            # the stock write() already sent what the kernel takes of these
+            # bytes: they leave now, only the rest is dropped (decision 444;
+            # aiohttp's write-then-abort). A failed send closes with its error.
+            self._send_now(pause=False)
+        self._force_close(None)
+
     def _drop_queue(self):
         c = self._core
         c.buffer = []
