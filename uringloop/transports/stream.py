@@ -666,14 +666,20 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             self._close_fd(None)
         # else: the queued data leaves first (_on_sent closes)
 
-    def abort(self):
+    def _force_close(self, exc):
+        """abort(), fatal errors, and 3.13's sslproto ``_abort``: the stock
+        write() has already sent what the kernel takes of the bytes queued
+        since the last send, so they leave now (one non-blocking send, its
+        error ignored: the transport closes anyway); only the rest is
+        dropped (decision 444; aiohttp's write-then-abort)."""
         c = self._core
         if c.buffer and not c.sending and not self._conn_lost and not self._protocol_paused:
-            # the stock write() already sent what the kernel takes of these
-            # bytes: they leave now, only the rest is dropped (decision 444;
-            # aiohttp's write-then-abort). A failed send closes with its error.
-            self._send_now(pause=False)
-        self._force_close(None)
+            buf = c.buffer
+            try:
+                self._sock.send(buf[0] if len(buf) == 1 else b"".join(buf))
+            except OSError:
+                pass
+        super()._force_close(exc)
 
     def _drop_queue(self):
         c = self._core
