@@ -1,13 +1,14 @@
 """What anyio's own test suite, run on uringloop against the stock loop
-(tools/thirdparty_suite.py, decisions 437-442), found, reduced to the plain
+(tools/thirdparty_suite.py, decisions 437-441), found, reduced to the plain
 asyncio API.
 
 Each scenario runs on io_uring, epoll, io_uring with every fallback and the
 stock ``asyncio.SelectorEventLoop`` (the ``tloop`` fixture); ``on_stock``
 gives the answer the loop under test must give. Each test failed on uringloop
-before its decision's fix; what differed and was left (a race in anyio's own
+before its decision's fix (the cancel test guards the fix's second half: it
+fails with only the first); what differed and was left (a race in anyio's own
 test, anyio's IPv6 tests on a host without IPv6 localhost) is listed in
-decision 441, not kept here.
+decisions 440 and 441, not kept here.
 """
 
 from __future__ import annotations

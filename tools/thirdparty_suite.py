@@ -2,7 +2,7 @@
 """Run anyio's own test suite on the stock loop and on uringloop, and compare.
 
 Not part of CI (its three runs take about 8 minutes on the 2-CPU machine);
-run by hand after changes to the loop's public behaviour (decisions 437-442):
+run by hand after changes to the loop's public behaviour (decisions 437-441):
 
     /work/venv/bin/python tools/thirdparty_suite.py              # everything
     /work/venv/bin/python tools/thirdparty_suite.py --ways io_uring -k connect
