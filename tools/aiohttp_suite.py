@@ -62,20 +62,26 @@ def aiohttp_version(python: str) -> str:
 
 def get_sdist(work: Path, version: str) -> Path:
     src = work / f"aiohttp-{version}"
-    if (src / "tests").is_dir():
-        return src
-    work.mkdir(parents=True, exist_ok=True)
-    tgz = work / f"aiohttp-{version}.tar.gz"
-    if not tgz.exists():
-        cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps"]
-        run([*cmd, f"aiohttp=={version}", "-d", str(work)]).check_returncode()
-    with tarfile.open(tgz) as tf:
-        tf.extractall(work, filter="data") if sys.version_info >= (3, 12) else tf.extractall(work)
     if not (src / "tests").is_dir():
-        sys.exit(
-            f"{tgz} has no tests/: take tests/ and requirements/ from the v{version} tag of "
-            f"github.com/aio-libs/aiohttp into {src}"
-        )
+        work.mkdir(parents=True, exist_ok=True)
+        tgz = work / f"aiohttp-{version}.tar.gz"
+        if not tgz.exists():
+            cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps"]
+            run([*cmd, f"aiohttp=={version}", "-d", str(work)]).check_returncode()
+        with tarfile.open(tgz) as tf:
+            if sys.version_info >= (3, 12):
+                tf.extractall(work, filter="data")
+            else:
+                tf.extractall(work)
+        if not (src / "tests").is_dir():
+            sys.exit(
+                f"{tgz} has no tests/: take tests/ and requirements/ from the v{version} tag "
+                f"of github.com/aio-libs/aiohttp into {src}"
+            )
+    # pytest runs in src, whose aiohttp/ (pure Python: no compiled parser or
+    # writer) would shadow the installed wheel's (decision 445)
+    if (src / "aiohttp").is_dir():
+        (src / "aiohttp").rename(src / "aiohttp.sdist-source")
     return src
 
 
