@@ -134,7 +134,7 @@ def _reap(loop, pid, transp):
         if proc is not None and proc.returncode is not None:
             # the transport's own Popen reaped it (close() polls it before it
             # kills): its status is the child's, as the threaded watcher of
-            # 3.10-3.12 reports it (decision 432)
+            # 3.10-3.11 reports it (decision 432)
             loop.call_soon(transp._process_exited, proc.returncode)
             return
         logger.warning(
