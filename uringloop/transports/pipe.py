@@ -483,7 +483,8 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         elif self._closing:
             self._stop_watching()
             if interrupted:
-                self._loop.call_soon(self._call_connection_lost, None)
+                if not self._lost:  # else _close() has scheduled it
+                    self._loop.call_soon(self._call_connection_lost, None)
             else:
                 self._call_connection_lost(None)
 
