@@ -732,7 +732,7 @@ class SockMixin:
         fut = self.create_future()
 
         def done(res, more, data):
-            if fut.done():
+            if fut is None or fut.done():
                 return
             if res < 0:
                 # the stock loop's words: an error that connect() itself
@@ -758,6 +758,13 @@ class SockMixin:
             if not self._engine.closed:
                 self._engine.cancel(ud)
             raise
+        finally:
+            # as the stock loop does: a failed connect's traceback keeps this
+            # frame, and the frame (through done's cell) must not keep the
+            # future, which keeps the exception: a reference cycle that kept
+            # the error alive until the collector ran (decision 437). A late
+            # completion (after a cancel) finds None and is dropped.
+            fut = None
 
     async def _sock_connect_plain(self, fd, sock, address):
         """The stock loop's connect, for addresses the engine cannot take."""

@@ -1,0 +1,73 @@
+"""A pytest plugin that runs anyio's own test suite on a chosen asyncio loop.
+
+Loaded with ``-p thirdparty_anyio_plugin`` (tools/ on PYTHONPATH) from inside
+anyio's unpacked sdist; anyio's tests are not edited. ``UL_THIRDPARTY_LOOP``
+chooses the loop:
+
+* ``stock``     -- the stock loop, as anyio's own CI runs it;
+* ``uringloop`` -- ``uringloop.new_event_loop`` (``URINGLOOP_BACKEND`` picks
+  io_uring or epoll): it becomes the ``loop_factory`` of every asyncio case's
+  ``anyio_backend`` options, and the event loop policy's loop, so that tests
+  calling ``asyncio.new_event_loop()`` or ``anyio.run(..., backend="asyncio")``
+  without options get it too.
+
+In both ways only anyio's plain asyncio cases run: the cases for other loops
+(uvloop, eager task factories) and for trio are deselected. The terminal
+summary says how many uringloop loops were made, the proof the binding took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+LOOP = os.environ.get("UL_THIRDPARTY_LOOP", "stock")
+if LOOP not in ("stock", "uringloop"):
+    raise SystemExit(f"UL_THIRDPARTY_LOOP must be stock or uringloop, not {LOOP!r}")
+
+_made = 0
+
+
+def _new_loop():
+    global _made
+    import uringloop
+
+    _made += 1
+    return uringloop.new_event_loop()
+
+
+class _Policy(asyncio.DefaultEventLoopPolicy):
+    def new_event_loop(self):
+        return _new_loop()
+
+
+def pytest_configure(config):
+    if LOOP == "uringloop":
+        asyncio.set_event_loop_policy(_Policy())
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        param = callspec.params.get("anyio_backend") if callspec is not None else None
+        if param is None:
+            keep.append(item)
+            continue
+        name, options = (param, {}) if isinstance(param, str) else param
+        if name != "asyncio" or options.get("loop_factory") or options.get("use_uvloop"):
+            drop.append(item)
+            continue
+        if LOOP == "uringloop":
+            callspec.params["anyio_backend"] = (name, {**options, "loop_factory": _new_loop})
+        keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(f"thirdparty plugin: loop={LOOP}, uringloop loops made: {_made}")
