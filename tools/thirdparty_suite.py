@@ -199,8 +199,10 @@ def run_way(suite: Suite, py: Path, src: Path, work: Path, way: str, extra: list
     with open(work / f"{way}.txt", "w") as out:
         proc = subprocess.run(cmd, cwd=src, env=env, stdout=out, stderr=subprocess.STDOUT,
                               timeout=3600)
-    print(f"[{way}] exit {proc.returncode}:",
-          (work / f"{way}.txt").read_text().strip().splitlines()[-1], flush=True)
+    # pytest's closing line (output at interpreter exit may follow it)
+    lines = (work / f"{way}.txt").read_text().strip().splitlines() or [""]
+    closing = [ln for ln in lines if re.search(r" in [\d.]+s\b", ln)]
+    print(f"[{way}] exit {proc.returncode}:", (closing or lines)[-1], flush=True)
     return proc.returncode
 
 
