@@ -333,7 +333,8 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         self._protocol = protocol
         self._buffer: list = []  # written since the last flush
         self._buffer_size = 0  # queued + the write in flight
-        self._conn_lost = 0
+        self._conn_lost = 0  # the stock counter of writes after the end (for its warning)
+        self._lost = False  # _close() ran: no write leaves any more (decision 431)
         self._closing = False  # Set when close() or write_eof() called.
         self._lost_pending = None
 
@@ -373,7 +374,7 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         return self._buffer_size
 
     def _watch_peer(self):
-        if self._pipe is not None and not self._conn_lost and self._poll_ud is None:
+        if self._pipe is not None and not self._lost and self._poll_ud is None:
             self._poll_ud = self._engine.poll(self._fileno, select.POLLIN, self._on_peer_cb)
 
     def _on_peer_closed(self, res, more, data):
@@ -381,7 +382,7 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         if res == _ECANCELED or self._pipe is None or self._lost_pending is not None:
             self._op_ended()
             return
-        if self._conn_lost:
+        if self._lost:
             return
         # the read end was closed (the stock transport's _read_ready)
         if self._loop.get_debug():
@@ -433,7 +434,7 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         """Called by the loop right before it waits: the turn's writes leave as
         one ordered engine write (or with the next, if one is in flight)."""
         self._dirty = False
-        if self._conn_lost or self._writing or not self._buffer:
+        if self._lost or self._writing or not self._buffer:
             return
         buf = self._buffer
         self._buffer = []
@@ -444,7 +445,7 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
     def _on_written(self, res, more, data):
         self._write_ud = None
         sent, self._writing = self._writing, 0
-        if self._conn_lost:
+        if self._lost:
             self._op_ended()
             return
         if res == -errno.EPIPE and self._poll_ud is not None:
@@ -464,15 +465,28 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
             self._fatal_error(exc, "Fatal write error on pipe transport")
             return
         self._buffer_size -= sent
-        self._maybe_resume_protocol()  # May append to buffer.
+        try:
+            self._maybe_resume_protocol()  # May append to buffer.
+        except (SystemExit, KeyboardInterrupt):
+            # the loop stops, as stock's does; what was written meanwhile
+            # still leaves and a write_eof still ends (decision 433)
+            self._written(interrupted=True)
+            raise
+        self._written()
+
+    def _written(self, interrupted=False):
+        """The write in flight is done: the next one, or the end of a close."""
         if self._buffer:
             if not self._dirty:
                 self._dirty = True
                 self._loop._dirty.append(self)
-            return
-        if self._closing:
+        elif self._closing:
             self._stop_watching()
-            self._call_connection_lost(None)
+            if interrupted:
+                if not self._lost:  # else _close() has scheduled it
+                    self._loop.call_soon(self._call_connection_lost, None)
+            else:
+                self._call_connection_lost(None)
 
     def _stop_watching(self):
         if self._poll_ud is not None and not self._engine.closed:
@@ -502,7 +516,7 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         self._closing = True
         self._buffer = []
         self._buffer_size = 0
-        self._conn_lost += 1
+        self._lost = True
         if self._write_ud is not None and not self._engine.closed:
             self._engine.cancel(self._write_ud)
         self._stop_watching()

@@ -130,6 +130,13 @@ def _reap(loop, pid, transp):
         watch_child(loop, pid, transp)
         return
     if status is None:
+        proc = getattr(transp, "_proc", None)
+        if proc is not None and proc.returncode is not None:
+            # the transport's own Popen reaped it (close() polls it before it
+            # kills): its status is the child's, as the threaded watcher of
+            # 3.10-3.11 reports it (decision 432)
+            loop.call_soon(transp._process_exited, proc.returncode)
+            return
         logger.warning(
             "child process pid %d exit status already read:  will report returncode 255", pid
         )
