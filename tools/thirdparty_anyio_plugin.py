@@ -2,7 +2,7 @@
 
 Loaded with ``-p thirdparty_anyio_plugin`` (tools/ on PYTHONPATH) from inside
 anyio's unpacked sdist; anyio's tests are not edited. ``UL_THIRDPARTY_LOOP``
-chooses the loop:
+chooses the loop (tools/thirdparty_loop.py):
 
 * ``stock``     -- the stock loop, as anyio's own CI runs it;
 * ``uringloop`` -- ``uringloop.new_event_loop`` (``URINGLOOP_BACKEND`` picks
@@ -18,34 +18,15 @@ summary says how many uringloop loops were made, the proof the binding took.
 
 from __future__ import annotations
 
-import asyncio
-import os
-
 import pytest
+import thirdparty_loop
 
-LOOP = os.environ.get("UL_THIRDPARTY_LOOP", "stock")
-if LOOP not in ("stock", "uringloop"):
-    raise SystemExit(f"UL_THIRDPARTY_LOOP must be stock or uringloop, not {LOOP!r}")
-
-_made = 0
-
-
-def _new_loop():
-    global _made
-    import uringloop
-
-    _made += 1
-    return uringloop.new_event_loop()
-
-
-class _Policy(asyncio.DefaultEventLoopPolicy):
-    def new_event_loop(self):
-        return _new_loop()
+LOOP = thirdparty_loop.LOOP
+_new_loop = thirdparty_loop.new_loop
 
 
 def pytest_configure(config):
-    if LOOP == "uringloop":
-        asyncio.set_event_loop_policy(_Policy())
+    thirdparty_loop.install()
 
 
 @pytest.hookimpl(trylast=True)
@@ -70,4 +51,4 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def pytest_terminal_summary(terminalreporter):
-    terminalreporter.write_line(f"thirdparty plugin: loop={LOOP}, uringloop loops made: {_made}")
+    terminalreporter.write_line(thirdparty_loop.summary_line())

@@ -1,26 +1,49 @@
 #!/usr/bin/env python3
-"""Run anyio's own test suite on the stock loop and on uringloop, and compare.
+"""Run a third party's own test suite on the stock loop and on uringloop, and compare.
 
-Not part of CI (its three runs take about 8 minutes on the 2-CPU machine);
-run by hand after changes to the loop's public behaviour (decisions 437-441):
+Not part of CI (each suite's three runs take minutes on the 2-CPU machine);
+run by hand after changes to the loop's public behaviour (decisions 437-441
+for anyio, 449-454 for websockets and uvicorn):
 
-    /work/venv/bin/python tools/thirdparty_suite.py              # everything
-    /work/venv/bin/python tools/thirdparty_suite.py --ways io_uring -k connect
+    /work/venv/bin/python tools/thirdparty_suite.py              # anyio, everything
+    /work/venv/bin/python tools/thirdparty_suite.py --ways io_uring -- -k connect
+    /work/venv/bin/python tools/thirdparty_suite.py --suite uvicorn
+    /work/venv/bin/python tools/thirdparty_suite.py --suite websockets --src DIR
 
-Steps, each skipped when its result is already in --work:
+``--suite`` picks the suite (anyio by default):
 
-1. ``pip download --no-binary :all: --no-deps anyio`` (the sdist carries
-   ``tests/``) and unpack it;
-2. a venv (--venv) made with this interpreter, with that anyio and its
-   ``test`` dependency group from the sdist's pyproject (less coverage and
-   uvloop/winloop, which the runs deselect). uringloop is NOT installed: the
-   runs put this checkout (built in place) on PYTHONPATH;
-3. anyio's suite, one process each way: ``stock``, ``io_uring`` and ``epoll``
+* ``anyio``: its sdist (which carries ``tests/``), its ``test`` dependency
+  group less coverage and uvloop/winloop, ``-m "not network"``; the plugin
+  rewrites each plain asyncio case's ``anyio_backend`` and deselects the
+  other loops' cases and trio's;
+* ``websockets``: its asyncio implementation's tests, ``tests/asyncio`` and
+  ``tests/legacy`` (unittest cases, collected by pytest). Its sdist has no
+  tests: give a source tree at a release tag with ``--src``, or the script
+  clones the tag named by the sdist's version from the Homepage in its
+  metadata. websockets itself is installed from that tree, so that code and
+  tests match; the dependencies are tox.ini's ``[testenv]`` deps less trio
+  (its tests are not run);
+* ``uvicorn``: its sdist's ``tests``, the ``standard`` extra and the ``dev``
+  dependency group less the linters, type checkers, coverage, twine,
+  pytest-xdist (one process: the runs replace uvicorn's ``addopts``, which
+  ask for 8 workers) and uvloop (so that ``loop="auto"`` means the stock
+  loop on the stock way).
+
+Steps, each skipped when its result is already in --work (default
+/tmp/ul-thirdparty-SUITE):
+
+1. the source: ``pip download --no-binary :all: --no-deps PACKAGE``, unpacked
+   (or --src);
+2. a venv (--venv) made with this interpreter, with the package and its test
+   dependencies (those that will not install: ``--skip-dep NAME``).
+   uringloop is NOT installed: the runs put this checkout (built in place) on
+   PYTHONPATH;
+3. the suite, one process each way: ``stock``, ``io_uring`` and ``epoll``
    (uringloop with URINGLOOP_BACKEND forced), bound to the loop by
-   tools/thirdparty_anyio_plugin.py (``-p``; anyio's tests are not edited),
-   with ``-p no:cacheprovider --timeout 60 -m "not network"``; trio and the
-   other loops' cases are deselected. Each run leaves ``<way>.txt`` (pytest's
-   output) and ``<way>.xml`` (JUnit) in --work;
+   tools/thirdparty_SUITE_plugin.py (``-p``; the suite's tests are not
+   edited), with ``-p no:cacheprovider --timeout 60``. Each run leaves
+   ``<way>.txt`` (pytest's output, whose last lines count the uringloop loops
+   made) and ``<way>.xml`` (JUnit) in --work;
 4. a summary (also ``summary.txt``): passed/failed/error/skipped per way, the
    tests that pass on stock and not on a uringloop way (the candidates), and
    the tests that do not pass on stock (not ours, listed only).
@@ -29,19 +52,57 @@ Steps, each skipped when its result is already in --work:
 from __future__ import annotations
 
 import argparse
+import configparser
 import os
+import re
 import subprocess
 import sys
 import tarfile
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from email.parser import Parser
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PLUGIN = "thirdparty_anyio_plugin"
-# the test group's entries the runs never need: coverage, and the other loops
-# (their cases are deselected)
-SKIP_DEPS = ("coverage", "uvloop", "winloop")
 WAYS = ("stock", "io_uring", "epoll")
+
+
+@dataclass(frozen=True)
+class Suite:
+    package: str
+    # requirement names (lowercase prefixes) the runs never need
+    skip_deps: tuple[str, ...]
+    # pytest arguments before the paths, and the paths
+    args: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ("tests",)
+    # what the venv always gets besides the suite's own list: cffi (uringloop's
+    # engine module imports it; the checkout is on PYTHONPATH) and
+    # pytest-timeout (--timeout)
+    always: tuple[str, ...] = ("cffi", "pytest", "pytest-timeout")
+    sdist_has_tests: bool = True
+    # the package's extras whose requirements the venv gets
+    extras: tuple[str, ...] = ()
+
+    @property
+    def plugin(self) -> str:
+        return f"thirdparty_{self.package}_plugin"
+
+
+SUITES = {
+    # the test group's entries the runs never need: coverage, and the other
+    # loops (their cases are deselected)
+    "anyio": Suite("anyio", skip_deps=("coverage", "uvloop", "winloop"),
+                   args=("-m", "not network")),
+    # trio: the trio implementation's tests are not run
+    "websockets": Suite("websockets", skip_deps=("trio",),
+                        paths=("tests/asyncio", "tests/legacy"), sdist_has_tests=False),
+    # uvicorn's addopts ask for 8 xdist workers: one process here
+    "uvicorn": Suite("uvicorn",
+                     skip_deps=("uvicorn", "ruff", "mypy", "types-", "coverage", "twine",
+                                "pytest-xdist", "uvloop"),
+                     args=("-o", "addopts=-rxXs --strict-config --strict-markers"),
+                     extras=("standard",)),
+}
 
 
 def sh(cmd, **kw):
@@ -49,16 +110,17 @@ def sh(cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
 
 
-def fetch_sdist(work: Path, version: str | None) -> Path:
-    """The unpacked anyio sdist in work (downloaded once)."""
-    spec = f"anyio=={version}" if version else "anyio"
-    have = sorted(work.glob("anyio-*.tar.gz"))
+def fetch_sdist(suite: Suite, work: Path, version: str | None) -> Path:
+    """The unpacked sdist in work (downloaded once)."""
+    name = suite.package
+    spec = f"{name}=={version}" if version else name
+    have = sorted(work.glob(f"{name}-*.tar.gz"))
     if version:
-        have = [p for p in have if p.name == f"anyio-{version}.tar.gz"]
+        have = [p for p in have if p.name == f"{name}-{version}.tar.gz"]
     if not have:
         sh([sys.executable, "-m", "pip", "download", "-q", "--no-binary", ":all:", "--no-deps",
             spec, "-d", str(work)])
-        have = sorted(work.glob("anyio-*.tar.gz"))
+        have = sorted(work.glob(f"{name}-*.tar.gz"))
     sdist = have[-1]
     src = work / sdist.name[: -len(".tar.gz")]
     if not src.is_dir():
@@ -67,48 +129,80 @@ def fetch_sdist(work: Path, version: str | None) -> Path:
     return src
 
 
-def test_deps(src: Path) -> list[str]:
-    import tomllib  # 3.11+: the script runs on the dev interpreter
+def clone_tests(sdist_src: Path, work: Path) -> Path:
+    """A source tree with tests: the tag of the sdist's version, cloned from
+    the Homepage its metadata names."""
+    meta = Parser().parsestr((sdist_src / "PKG-INFO").read_text())
+    version = meta["Version"]
+    home = next((u.split(",", 1)[1].strip() for u in meta.get_all("Project-URL", [])
+                 if u.lower().startswith(("homepage,", "source,"))), None)
+    dest = work / f"{sdist_src.name}-git"
+    if not dest.is_dir():
+        if home is None:
+            raise SystemExit(f"{sdist_src.name}: no tests in the sdist and no Homepage: use --src")
+        sh(["git", "clone", "-q", "--depth", "1", "--branch", version, home, str(dest)])
+    return dest
 
-    meta = tomllib.loads((src / "pyproject.toml").read_text())
+
+def _requirements(lines) -> list[str]:
+    return [" ".join(d.split()) for d in lines if isinstance(d, str) and d.strip()]
+
+
+def test_deps(suite: Suite, src: Path) -> list[str]:
+    if suite.package == "websockets":
+        tox = configparser.ConfigParser(interpolation=None)
+        tox.read(src / "tox.ini")
+        deps = []
+        for line in tox.get("testenv", "deps", fallback="").splitlines():
+            # "py311,py312,...: dep" applies to the Python environments
+            deps.append(line.split(":", 1)[1] if re.match(r"^[\w,]+:\s", line) else line)
+        deps = _requirements(deps)
+    else:
+        import tomllib  # 3.11+: the script runs on the dev interpreter
+
+        meta = tomllib.loads((src / "pyproject.toml").read_text())
+        groups = meta.get("dependency-groups", {})
+        deps = _requirements(groups.get("test" if suite.package == "anyio" else "dev", []))
+        for extra in suite.extras:
+            deps += _requirements(meta["project"]["optional-dependencies"][extra])
     out = []
-    for dep in meta.get("dependency-groups", {}).get("test", []):
-        if not isinstance(dep, str):
-            continue  # an include-group table
-        dep = " ".join(dep.split())
-        name = dep.split(";")[0].strip()
-        if not name.lower().startswith(SKIP_DEPS):
+    for dep in deps:
+        name = re.split(r"[\s;<>=!~\[]", dep, maxsplit=1)[0].lower()
+        if not name.startswith(suite.skip_deps):
             out.append(dep)
     return out
 
 
-def make_venv(venv: Path, src: Path) -> Path:
+def make_venv(suite: Suite, venv: Path, src: Path, skip: list[str]) -> Path:
     py = venv / "bin" / "python"
     stamp = venv / f".{src.name}-installed"
     if not py.exists():
         sh([sys.executable, "-m", "venv", str(venv)])
     if not stamp.exists():
-        # cffi: uringloop's engine module imports it (the checkout is on PYTHONPATH)
-        sh([str(py), "-m", "pip", "install", "-q", str(src), "cffi", *test_deps(src)])
+        deps = [d for d in test_deps(suite, src)
+                if not any(d.lower().startswith(s.lower()) for s in skip)]
+        sh([str(py), "-m", "pip", "install", "-q", str(src), *suite.always, *deps])
         stamp.touch()
     return py
 
 
-def run_way(py: Path, src: Path, work: Path, way: str, extra: list[str]) -> int:
+def run_way(suite: Suite, py: Path, src: Path, work: Path, way: str, extra: list[str]) -> int:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tools")])
     env["UL_THIRDPARTY_LOOP"] = "stock" if way == "stock" else "uringloop"
     env["URINGLOOP_BACKEND"] = "auto" if way == "stock" else way
     env.pop("PYTEST_ADDOPTS", None)
-    cmd = [str(py), "-m", "pytest", "-p", PLUGIN, "-p", "no:cacheprovider", "--timeout", "60",
-           "-m", "not network", "-q", "-rfEs", f"--junitxml={work / (way + '.xml')}", *extra,
-           "tests"]
+    cmd = [str(py), "-m", "pytest", "-p", suite.plugin, "-p", "no:cacheprovider",
+           "--timeout", "60", *suite.args, "-q", "-rfEs",
+           f"--junitxml={work / (way + '.xml')}", *extra, *suite.paths]
     print("+", f"[{way}]", " ".join(cmd), flush=True)
     with open(work / f"{way}.txt", "w") as out:
         proc = subprocess.run(cmd, cwd=src, env=env, stdout=out, stderr=subprocess.STDOUT,
                               timeout=3600)
-    print(f"[{way}] exit {proc.returncode}:",
-          (work / f"{way}.txt").read_text().strip().splitlines()[-1], flush=True)
+    # pytest's closing line (output at interpreter exit may follow it)
+    lines = (work / f"{way}.txt").read_text().strip().splitlines() or [""]
+    closing = [ln for ln in lines if re.search(r" in [\d.]+s\b", ln)]
+    print(f"[{way}] exit {proc.returncode}:", (closing or lines)[-1], flush=True)
     return proc.returncode
 
 
@@ -160,28 +254,41 @@ def summarize(work: Path, ways: list[str]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", type=Path, default=Path("/tmp/ul-thirdparty-anyio"),
-                    help="download, outputs and summary (default %(default)s)")
+    ap.add_argument("--suite", choices=sorted(SUITES), default="anyio",
+                    help="whose suite (default %(default)s)")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="download, outputs and summary (default /tmp/ul-thirdparty-SUITE)")
     ap.add_argument("--venv", type=Path, default=None,
                     help="the test venv (default WORK/venv)")
-    ap.add_argument("--anyio-version", default=None, help="pin anyio (default: newest)")
+    ap.add_argument("--version", "--anyio-version", dest="version", default=None,
+                    help="pin the package (default: newest)")
+    ap.add_argument("--src", type=Path, default=None,
+                    help="a source tree with tests/ to use instead of the sdist")
+    ap.add_argument("--skip-dep", action="append", default=[], metavar="NAME",
+                    help="leave out a test dependency that will not install (repeatable)")
     ap.add_argument("--ways", default=",".join(WAYS), help="comma-separated subset of "
                     + ",".join(WAYS))
     ap.add_argument("--summary-only", action="store_true", help="compare the last runs' XML")
     ap.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --)")
     args = ap.parse_args()
+    suite = SUITES[args.suite]
     ways = [w for w in args.ways.split(",") if w]
     if unknown := set(ways) - set(WAYS):
         ap.error(f"unknown ways: {sorted(unknown)}")
-    work = args.work.resolve()
+    work = (args.work or Path(f"/tmp/ul-thirdparty-{suite.package}")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     if not args.summary_only:
-        src = fetch_sdist(work, args.anyio_version)
-        py = make_venv((args.venv or work / "venv").resolve(), src)
-        print(f"anyio sdist: {src.name}; uringloop from {REPO} (PYTHONPATH)", flush=True)
+        if args.src is not None:
+            src = args.src.resolve()
+        else:
+            src = fetch_sdist(suite, work, args.version)
+            if not suite.sdist_has_tests:
+                src = clone_tests(src, work)
+        py = make_venv(suite, (args.venv or work / "venv").resolve(), src, args.skip_dep)
+        print(f"{suite.package} source: {src}; uringloop from {REPO} (PYTHONPATH)", flush=True)
         for way in ways:
             subprocess.run(["uptime"], check=False)
-            run_way(py, src, work, way, args.pytest_args)
+            run_way(suite, py, src, work, way, args.pytest_args)
     print(summarize(work, ways), end="")
     return 0
 
