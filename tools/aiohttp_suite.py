@@ -13,9 +13,10 @@ result is already in the work directory:
    install, its pins go one by one and the ones that fail are reported.
    uringloop is NOT installed: this checkout (built in place) goes on
    PYTHONPATH, with tools/ for the plugin.
-3. pytest in the unpacked sdist with ``-p uringloop_suite_plugin``
-   (tools/uringloop_suite_plugin.py: UL_SUITE_LOOP=stock leaves asyncio
-   alone, otherwise a policy makes uringloop loops, so aiohttp's ``pyloop``
+3. pytest in the unpacked sdist with ``-p thirdparty_aiohttp_plugin``
+   (tools/thirdparty_aiohttp_plugin.py on tools/thirdparty_loop.py:
+   UL_THIRDPARTY_LOOP=stock leaves asyncio alone, otherwise a policy makes
+   uringloop loops, so aiohttp's ``pyloop``
    factory, its ``loop`` fixture and ``run_app`` all get uringloop), with
    ``-p no:cacheprovider -p no:xdist --timeout 60``, aiohttp's marker filter,
    and a junit XML per way.
@@ -116,12 +117,12 @@ def run_way(vpy: Path, src: Path, work: Path, way: str, files: list[str]) -> Pat
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tools"), str(ROOT)])
     env.pop("URINGLOOP_BACKEND", None)
     if way == "stock":
-        env["UL_SUITE_LOOP"] = "stock"
+        env["UL_THIRDPARTY_LOOP"] = "stock"
     else:
-        env["UL_SUITE_LOOP"] = "uringloop"
+        env["UL_THIRDPARTY_LOOP"] = "uringloop"
         env["URINGLOOP_BACKEND"] = way
     cmd = [
-        str(vpy), "-m", "pytest", "-p", "uringloop_suite_plugin",
+        str(vpy), "-m", "pytest", "-p", "thirdparty_aiohttp_plugin",
         "-p", "no:cacheprovider", "-p", "no:xdist", "--timeout", "60",
         "-o", "addopts=", "-m", MARKERS, "-q", "-rfE", f"--junitxml={xml}",
         *([f"tests/{f}" for f in files] or ["tests"]),
