@@ -312,6 +312,15 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
                 self._sock_fd, self._core, True, 0, not buffered, buffered
             )
 
+    def resume_reading(self):
+        # A transport kept open after EOF (eof_received returned true) and
+        # paused then resumed: the stock transport adds its reader again, the
+        # socket reads EOF again and eof_received is called again (decision
+        # 461); so the receive is armed again and brings that EOF.
+        if self._read_done == "eof" and self._paused and not self._closing:
+            self._read_done = False
+        super().resume_reading()
+
     def _on_recv(self, res, more, data):
         """The multishot receive's records that the C core (stream.c) does not
         hand over itself: the final one, errors, EOF, and any while the
@@ -360,7 +369,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
         elif res == 0:
-            self._read_done = True
+            self._read_done = "eof"  # truthy; resume_reading reads it again
             self._on_eof()
         else:
             self._read_done = True
@@ -579,6 +588,14 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             return
         self._eof = True
         self._sync()
+        c = self._core
+        if not c.buffer and not c.sending and self._empty_waiter is None:
+            # Nothing queued or in flight: the stock transport shuts down at
+            # once, and its OSError (ENOTCONN once the peer has reset the
+            # connection) goes to the caller (decision 462).
+            self._shut = True
+            self._sock.shutdown(socket.SHUT_WR)
+            return
         self._mark_dirty()  # the shutdown leaves with (after) the queued data
 
     def _flush(self):
