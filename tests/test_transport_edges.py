@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import errno
+import fcntl
 import logging
 import os
 import socket
 import ssl
 import sys
+import termios
+import time
 
 import pytest
 from conftest import is_stock
@@ -198,6 +201,35 @@ def test_write_eof_after_reset_raises(tloop):
         assert info.value.errno == errno.ENOTCONN
         tr.close()
         assert await wait_for(proto.lost) is None
+
+    run_in(tloop, main())
+
+
+@pytest.mark.parametrize("how", ["abort", "close"])
+def test_abort_with_bytes_unread_resets_the_peer(tloop, how):
+    """abort() or close() from a callback queued ahead of the turn that brings bytes:
+    the stock transport has not read them, so its close(2) resets the
+    connection (the peer's recv: ConnectionResetError). Ours had taken them
+    from the kernel (held behind _ready, never handed over): the peer got
+    a clean EOF until SO_LINGER 0 (decision 463, found by
+    tools/difffuzz.py)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Recorder)
+        with peer:
+            await asyncio.sleep(0)  # the transport reads
+            peer.sendall(b"x" * 1000)
+            for _ in range(2000):  # loopback: in our socket's queue at once
+                if fcntl.ioctl(peer, termios.TIOCOUTQ, b"\0\0\0\0") == b"\0\0\0\0":
+                    break
+                time.sleep(0.001)
+            loop.call_soon(getattr(tr, how))  # ahead of the turn's records
+            assert await wait_for(proto.lost) is None
+            assert proto.events == ["made", "lost"]
+            peer.settimeout(5)
+            with pytest.raises(ConnectionResetError):
+                peer.recv(100)
 
     run_in(tloop, main())
 

@@ -34,6 +34,7 @@ import errno
 import functools
 import os
 import socket
+import struct
 import sys
 from asyncio import base_events, constants, futures, protocols, transports, trsock
 from asyncio.log import logger
@@ -61,6 +62,8 @@ _ACCEPT_BUDGET = 64
 _IN_CORE = object()
 # _feed_buffer's buf when the caller has no buffer from get_buffer() yet
 _NO_BUFFER = object()
+_INET = (socket.AF_INET, socket.AF_INET6)
+_LINGER0 = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close(2) resets
 _HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE
 
 
@@ -105,6 +108,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     _lost_exc = None
     _empty_waiter = None
     _read_done = False  # EOF or a read error was seen
+    _unread = False  # received bytes dropped at close (decision 463)
     _held = None  # deque of (res, data) records not yet handed over
     _draining = False  # a _drain_held is scheduled
 
@@ -329,6 +333,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         if not more:
             self._recv_ud = None
         if self._closing:
+            if res > 0:
+                self._unread = True  # bytes the stock loop would have left unread
             return  # the stock transport stops reading at close()
         if res == _ECANCELED and not more:
             self._start_reading()  # pause_reading cancelled it; resumed since?
@@ -697,6 +703,28 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             except OSError:
                 pass
         super()._force_close(exc)
+
+    def _close_fd(self, exc):
+        # Bytes taken from the kernel but never handed to the protocol (held
+        # while paused or behind _ready, or come after close()) were unread
+        # in the stock loop's socket, whose close(2) then resets a TCP
+        # connection: the peer gets ConnectionResetError, not EOF. SO_LINGER
+        # 0 makes our close(2) do the same (decision 463).
+        kind = self._sockobj
+        if not self._fd_closing and getattr(kind, "family", None) in _INET and self._has_unread():
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
+            except OSError:
+                pass
+        super()._close_fd(exc)
+
+    def _has_unread(self):
+        if self._unread:
+            return True
+        for held in (self._held, self._core.held):
+            if held and any(rec[0] > 0 for rec in held):
+                return True
+        return False
 
     def _drop_queue(self):
         c = self._core
