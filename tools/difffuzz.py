@@ -551,33 +551,45 @@ class _Runner:
 # comparing
 
 
-def _reset_or_fin(events: list) -> list:
-    """Decision 464: a stream end whose peer closes with bytes ours had taken
-    from the kernel but not delivered gets EOF (the peer's kernel saw no
-    unread data: FIN), where stock's peer, whose bytes were still unread in
-    the kernel, sends RST (ConnectionResetError). Both become one event."""
+def _left(events: list, family: str) -> list:
+    """What decision 464 leaves, made one event on both sides; Unix stream
+    sockets only. (a) A peer that closes with bytes ours had taken from the
+    kernel but not delivered: its close(2) found nothing unread, so this end
+    gets EOF; stock's peer had left them unread and this end gets
+    ECONNRESET (TCP is fixed: SO_LINGER 0, decision 463; a Unix socket has
+    no such reset to ask for). (b) A write to a peer that has closed: stock's
+    write() fails at once (EPIPE, connection_lost), ours leaves with the
+    turn's flush and the EOF that came meanwhile is handed over first, so
+    eof_received comes before the same connection_lost(BrokenPipeError).
+    So on a Unix socket how this end sees its peer gone (EOF then
+    connection_lost(None), EOF then EPIPE, EPIPE, ECONNRESET) is one event,
+    at the byte count where it comes."""
+    if family != "unix":
+        return events
+    gone = (None, "BrokenPipeError[32]", "ConnectionResetError[104]")
     out, i = [], 0
     while i < len(events):
         ev = events[i]
-        if ev[0] == "eof" and i + 1 < len(events) and events[i + 1] == ["lost", None, ev[1]]:
-            out.append(["lost", "fin-or-reset (decision 464)", ev[1]])
+        nxt = events[i + 1] if i + 1 < len(events) else None
+        if ev[0] == "eof" and nxt and nxt[0] == "lost" and nxt[1] in gone and nxt[2] == ev[1]:
+            out.append(["peer gone (decision 464)", ev[1]])  # (a), (b), both
             i += 2
             continue
-        if ev[0] == "lost" and ev[1] == "ConnectionResetError[104]":
-            ev = ["lost", "fin-or-reset (decision 464)", ev[2]]
+        if ev[0] == "lost" and ev[1] in gone[1:]:
+            ev = ["peer gone (decision 464)", ev[2]]
         out.append(ev)
         i += 1
     return out
 
 
-def differences(ref: dict, got: dict) -> list[str]:
+def differences(ref: dict, got: dict, family: str = "") -> list[str]:
     out = []
     for key in ("fatal", "leaked_fds"):
         if ref.get(key) != got.get(key):
             out.append(f"{key}: stock {ref.get(key)!r} ours {got.get(key)!r}")
     for s in sorted(set(ref["ends"]) | set(got["ends"])):
         a, b = ref["ends"].get(s, []), got["ends"].get(s, [])
-        if a != b and _reset_or_fin(a) == _reset_or_fin(b):
+        if a != b and _left(a, family) == _left(b, family):
             continue  # decision 464
         if a != b:
             out.append(f"end {s}: stock {a} ours {b}")
@@ -600,10 +612,10 @@ def check(prog: dict, kinds, stock_twice=True) -> dict:
     ref = run("stock", prog)
     if stock_twice:
         ref2 = run("stock", prog)
-        d = differences(ref, ref2)
+        d = differences(ref, ref2, prog["family"])
         if d:
             return {"stock": d}
-    return {k: differences(ref, run(k, prog)) for k in kinds}
+    return {k: differences(ref, run(k, prog), prog["family"]) for k in kinds}
 
 
 def shrink(prog: dict, kind: str) -> dict:
