@@ -563,9 +563,33 @@ def _left(events: list, family: str) -> list:
     eof_received comes before the same connection_lost(BrokenPipeError).
     So on a Unix socket how this end sees its peer gone (EOF then
     connection_lost(None), EOF then EPIPE, EPIPE, ECONNRESET) is one event,
-    at the byte count where it comes."""
-    if family != "unix":
-        return events
+    at the byte count where it comes (which covers (e) below for Unix)."""
+    if family == "pipe":
+        # (d) a read pipe's read(2) is made when the poll's record comes, not
+        # after the callbacks queued ahead of it as stock's reader callback:
+        # a writer sees the pipe drained a callback earlier and may not
+        # fill it, so a pause_writing/resume_writing pair can be missing
+        out = []
+        for ev in events:
+            if ev == ["resume_writing"] and out and out[-1] == ["pause_writing"]:
+                out.pop()
+                continue
+            out.append(ev)
+        return out
+    if family == "tcp":
+        # (e) decision 426(b): close() closes our fd at once, stock's at
+        # connection_lost a turn later, so the peer may get its EOF before
+        # its own close() of that turn: EOF then connection_lost(None), not
+        # connection_lost(None) alone
+        out, i = [], 0
+        while i < len(events):
+            ev = events[i]
+            if ev[0] == "eof" and events[i + 1 : i + 2] == [["lost", None, ev[1]]]:
+                ev = ["lost", None, ev[1]]
+                i += 1
+            out.append(ev)
+            i += 1
+        return out
     gone = (None, "BrokenPipeError[32]", "ConnectionResetError[104]")
     out, i = [], 0
     while i < len(events):
@@ -575,7 +599,7 @@ def _left(events: list, family: str) -> list:
             out.append(["peer gone (decision 464)", ev[1]])  # (a), (b), both
             i += 2
             continue
-        if ev[0] == "lost" and ev[1] in gone[1:]:
+        if ev[0] == "lost" and ev[1] in gone:  # None too: (e)
             ev = ["peer gone (decision 464)", ev[2]]
         out.append(ev)
         i += 1
