@@ -82,26 +82,57 @@ class Suite:
     sdist_has_tests: bool = True
     # the package's extras whose requirements the venv gets
     extras: tuple[str, ...] = ()
+    # the test requirements: the pyproject dependency group of that name, or
+    # (group None) tox.ini's [testenv] deps, or (tox False) only `deps`
+    group: str | None = None
+    tox: bool = False
+    # requirements named here: the sdist lacks the repository's list
+    deps: tuple[str, ...] = ()
+    # the pytest plugin module in tools/ (default thirdparty_PACKAGE_plugin)
+    plugin_module: str | None = None
 
     @property
     def plugin(self) -> str:
-        return f"thirdparty_{self.package}_plugin"
+        return self.plugin_module or f"thirdparty_{self.package}_plugin"
 
 
 SUITES = {
     # the test group's entries the runs never need: coverage, and the other
     # loops (their cases are deselected)
     "anyio": Suite("anyio", skip_deps=("coverage", "uvloop", "winloop"),
-                   args=("-m", "not network")),
+                   args=("-m", "not network"), group="test"),
     # trio: the trio implementation's tests are not run
     "websockets": Suite("websockets", skip_deps=("trio",),
-                        paths=("tests/asyncio", "tests/legacy"), sdist_has_tests=False),
+                        paths=("tests/asyncio", "tests/legacy"), sdist_has_tests=False,
+                        tox=True),
     # uvicorn's addopts ask for 8 xdist workers: one process here
     "uvicorn": Suite("uvicorn",
                      skip_deps=("uvicorn", "ruff", "mypy", "types-", "coverage", "twine",
                                 "pytest-xdist", "uvloop"),
                      args=("-o", "addopts=-rxXs --strict-config --strict-markers"),
-                     extras=("standard",)),
+                     extras=("standard",), group="dev"),
+    # httpx and httpcore: the sdists carry tests/ but not requirements.txt; the
+    # test entries of the repository's requirements.txt (at the release),
+    # unpinned, less coverage, the linters and docs. The "network" marker
+    # needs the internet.
+    "httpx": Suite("httpx", skip_deps=(), args=("-m", "not network"),
+                   extras=("brotli", "cli", "http2", "socks", "zstd"),
+                   deps=("chardet", "cryptography", "trio", "trustme", "uvicorn"),
+                   plugin_module="thirdparty_policy_plugin"),
+    # trio: httpcore's tests import it; the @pytest.mark.trio tests
+    # (pytest-trio's) are deselected. pytest-httpbin serves on loopback.
+    "httpcore": Suite("httpcore", skip_deps=(), args=("-m", "not trio"),
+                      extras=("asyncio", "trio", "http2", "socks"),
+                      deps=("pytest-httpbin", "pytest-trio", "werkzeug<3.1"),
+                      plugin_module="thirdparty_policy_plugin"),
+    # starlette: its [full] extra and dev group less itself, the linters, type
+    # checkers, coverage, twine and pytest-codspeed (benchmarks/, not run).
+    # trio stays (tests import it); anyio_backend is anyio's own "asyncio".
+    "starlette": Suite("starlette",
+                       skip_deps=("starlette", "ruff", "mypy", "types-", "coverage", "twine",
+                                  "pytest-codspeed"),
+                       extras=("full",), group="dev",
+                       plugin_module="thirdparty_policy_plugin"),
 }
 
 
@@ -149,20 +180,21 @@ def _requirements(lines) -> list[str]:
 
 
 def test_deps(suite: Suite, src: Path) -> list[str]:
-    if suite.package == "websockets":
+    deps = list(suite.deps)
+    if suite.tox:
         tox = configparser.ConfigParser(interpolation=None)
         tox.read(src / "tox.ini")
-        deps = []
+        lines = []
         for line in tox.get("testenv", "deps", fallback="").splitlines():
             # "py311,py312,...: dep" applies to the Python environments
-            deps.append(line.split(":", 1)[1] if re.match(r"^[\w,]+:\s", line) else line)
-        deps = _requirements(deps)
+            lines.append(line.split(":", 1)[1] if re.match(r"^[\w,]+:\s", line) else line)
+        deps += _requirements(lines)
     else:
         import tomllib  # 3.11+: the script runs on the dev interpreter
 
         meta = tomllib.loads((src / "pyproject.toml").read_text())
-        groups = meta.get("dependency-groups", {})
-        deps = _requirements(groups.get("test" if suite.package == "anyio" else "dev", []))
+        if suite.group is not None:
+            deps += _requirements(meta.get("dependency-groups", {}).get(suite.group, []))
         for extra in suite.extras:
             deps += _requirements(meta["project"]["optional-dependencies"][extra])
     out = []
