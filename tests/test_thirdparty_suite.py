@@ -42,9 +42,11 @@ def _junit(path: Path, cases: dict[str, str]) -> None:
 
 def test_summary_counts_modules_and_candidates(driver, tmp_path):
     _junit(tmp_path / "stock.xml", {"tests.test_a::t1": "passed", "tests.test_a::t2": "passed",
-                                    "tests.test_b::t3": "failed", "tests.test_b::t4": "skipped"})
+                                    "tests.test_b::t3": "failed",
+                                    "tests.test_b.TestC::t4": "skipped"})
     _junit(tmp_path / "io_uring.xml", {"tests.test_a::t1": "passed", "tests.test_a::t2": "error",
-                                       "tests.test_b::t3": "passed", "tests.test_b::t4": "skipped"})
+                                       "tests.test_b::t3": "passed",
+                                       "tests.test_b.TestC::t4": "skipped"})
     text = driver.summarize(tmp_path, ["stock", "io_uring"])
     assert "stock     passed 2  failed 1  error 0  skipped 1" in text
     assert "io_uring  passed 2  failed 0  error 1  skipped 1" in text
@@ -52,6 +54,7 @@ def test_summary_counts_modules_and_candidates(driver, tmp_path):
     # per module, marked where the ways differ
     assert [ln.split()[0] for ln in lines if "tests.test_" in ln and "=" in ln] == ["*", "*"]
     assert "stock=2/0/0  io_uring=1/1/0" in text
+    assert "stock=0/1/1  io_uring=1/0/1" in text  # a class's tests count in its module
     # the candidate, the reverse, and stock's own failure
     assert "pass on stock, not on io_uring: 1" in text
     assert "  error: tests.test_a::t2" in lines

@@ -333,11 +333,15 @@ def summarize(work: Path, ways: list[str]) -> str:
         counts = {k: sum(1 for v in r.values() if v == k)
                   for k in ("passed", "failed", "error", "skipped")}
         lines.append(f"{w:9} " + "  ".join(f"{k} {n}" for k, n in counts.items()))
-    # per test module: passed/failed+error/skipped, * where the ways differ
+    # per test module (the classname less its classes, CapWords by
+    # convention): passed/failed+error/skipped, * where the ways differ
     per_file: dict[str, dict[str, tuple[int, int, int]]] = {}
     for w, r in res.items():
         for tid, v in r.items():
-            module = tid.split("::")[0]
+            parts = tid.split("::")[0].split(".")
+            while len(parts) > 1 and parts[-1][:1].isupper():
+                parts.pop()
+            module = ".".join(parts)
             p, x, s = per_file.setdefault(module, {}).get(w, (0, 0, 0))
             per_file[module][w] = (p + (v == "passed"), x + (v in ("failed", "error")),
                                    s + (v == "skipped"))
