@@ -863,13 +863,14 @@ def _stop_from_a_reader(lp, kind, timer, debug=False):
     return log
 
 
+@pytest.mark.parametrize("debug", [False, True], ids=["native", "debug"])
 @pytest.mark.parametrize("timer", [False, True], ids=["alone", "timer"])
 @pytest.mark.parametrize("kind", ["datagram", "stream"])
-def test_stop_from_a_reader_callback_leaves_what_it_scheduled(loop, stock, kind, timer):
+def test_stop_from_a_reader_callback_leaves_what_it_scheduled(loop, stock, kind, timer, debug):
     """stop() in a reader callback: the stock turn runs what was queued with
     it (a due timer) and stops; what the callback scheduled runs on the next
-    run (decision 455). Without it, ours ran C before stopping."""
-    mine, theirs = both(loop, stock, lambda lp: _stop_from_a_reader(lp, kind, timer))
+    run (decision 455). Without it, ours ran C before stopping (both turns)."""
+    mine, theirs = both(loop, stock, lambda lp: _stop_from_a_reader(lp, kind, timer, debug))
     assert theirs == ["D"] + (["T"] if timer else []) + ["stopped", "C"]
     assert mine == theirs
 
@@ -880,14 +881,15 @@ def test_stop_from_a_reader_callback_leaves_what_it_scheduled(loop, stock, kind,
     [_arm_sock_recv, _arm_streams([""]), _arm_datagram],
     ids=["sock_recv", "stream", "datagram"],
 )
-def test_what_ready_callbacks_schedule_runs_before_a_wake_up(loop, stock, arm, timer):
+@pytest.mark.parametrize("debug", [False, True], ids=["native", "debug"])
+def test_what_ready_callbacks_schedule_runs_before_a_wake_up(loop, stock, arm, timer, debug):
     """X, in _ready at the poll, schedules Y: stock runs X, the readers' handles
     (sock_recv's sets the future's result: W scheduled), T, then Y, W
     (decision 456). Without it, the result set in the I/O step queued W
-    ahead of Y: X, T, W, Y."""
+    ahead of Y: X, T, W, Y (both turns)."""
 
     def script(lp):
-        log = _turn_log(lp, arm, ahead="chain")
+        log = _turn_log(lp, arm, ahead="chain", debug=debug)
         return log if timer else [e for e in log if e != "T"]
 
     mine, theirs = both(loop, stock, script)

@@ -73,7 +73,7 @@ static struct {
     double max_timeout, min_cancelled_fraction;
     Py_ssize_t min_scheduled;
     PyObject *s_time, *s_context, *s_cancelled, *s_scheduled, *s_when, *s_run;
-    PyObject *s_popleft, *s_append, *s_call_at;
+    PyObject *s_popleft, *s_append, *s_call_at, *s_pop, *s_extend;
     PyObject *s_done, *s_set_result, *s_dispatching, *s_raise_error;
     PyObject *s_name, *s_task;
     PyObject *task_kwnames; /* ("loop", "name", "context"); 3.10: ("loop", "name") */
@@ -333,7 +333,7 @@ static int ready_append(Core *self, PyObject *h)
     return 0;
 }
 
-static PyObject *ready_popleft(Core *self)
+static inline __attribute__((always_inline)) PyObject *ready_popleft(Core *self)
 {
     if (self->ready != NULL && Py_IS_TYPE(self->ready, S.deque_type)) {
         if (S.deque_popleft_c != NULL)
@@ -2007,7 +2007,7 @@ static inline void release(PyObject *h)
 }
 
 /* Handle._run for one handle; 0, or -1 when an exception must propagate */
-static int run_handle(Core *self, PyObject *h)
+static inline __attribute__((always_inline)) int run_handle(Core *self, PyObject *h)
 {
     int c = handle_cancelled(h);
     if (c != 0)
@@ -2402,7 +2402,7 @@ static int io_place(Core *self, PyObject *h)
         return 0;
     }
     Py_INCREF(ready);
-    PyObject *last = PyObject_CallMethod(ready, "pop", NULL);
+    PyObject *last = PyObject_CallMethodNoArgs(ready, S.s_pop);
     PyObject *r = NULL;
     if (last == h) {
         r = PyObject_CallMethod(ready, "insert", "nO", self->io_pos, h);
@@ -2438,10 +2438,79 @@ static PyObject *Core_sched_io_place(Core *self, PyObject *const *args, Py_ssize
  * delivered (on: the due timers move to _ready first, collect_early) or
  * were (off: the state ends). The stock _run_once that follows collects
  * what is due after them, as it would anyway (decision 414). */
+/* The Python (debug) turn's batch was delivered: stock's _run_once runs
+ * all of _ready next. What the batch's callbacks scheduled (beyond the
+ * callbacks _ready held at the poll, the readers' handles and the timers
+ * collected early) goes into a handle that puts it back in _ready: placed
+ * after the readers' handles when callbacks were in _ready at the poll
+ * (decision 456), after the timers when a stop() is pending (455), as
+ * run_cut does in the native turn. 0, or -1 with an exception set. */
+static int requeue_later(Core *self)
+{
+    PyObject *ready = self->ready;
+    if (ready == NULL || !Py_IS_TYPE(ready, S.deque_type))
+        return 0;
+    Py_ssize_t cut = self->io_pos + self->pre_timers, n = Py_SIZE(ready) - cut;
+    if (n <= 0 || cut < 0)
+        return 0;
+    int stop = self->stopping == NULL ? 0 : truthy(self->stopping);
+    if (stop < 0)
+        return -1;
+    if (self->batch_ready <= 0 && !stop)
+        return 0;
+    Py_ssize_t pos = self->batch_ready > 0 ? self->io_pos : cut;
+    PyObject *later = PyList_New(n);
+    if (later == NULL)
+        return -1;
+    Py_INCREF(ready);
+    int rc = 0;
+    for (Py_ssize_t i = n; i > 0; i--) {
+        PyObject *h = PyObject_CallMethodNoArgs(ready, S.s_pop);
+        if (h == NULL) {
+            PyObject *tail = PyList_GetSlice(later, i, n);
+            PyObject *r = tail ? PyObject_CallMethodOneArg(ready, S.s_extend, tail) : NULL;
+            Py_XDECREF(r);
+            Py_XDECREF(tail);
+            rc = -1;
+            break;
+        }
+        PyList_SET_ITEM(later, i - 1, h);
+    }
+    PyObject *extend = rc == 0 ? PyObject_GetAttrString(ready, "extend") : NULL;
+    PyObject *args = extend ? PyTuple_Pack(1, later) : NULL;
+    PyObject *h = args ? soon(self, extend, args, NULL) : NULL;
+    if (h == NULL && rc == 0) { /* (they go back) */
+        PyObject *exc = take_exception();
+        PyObject *r = PyObject_CallMethodOneArg(ready, S.s_extend, later);
+        Py_XDECREF(r);
+        give_exception(exc);
+        rc = -1;
+    } else if (h != NULL && pos < cut) {
+        PyObject *last = PyObject_CallMethodNoArgs(ready, S.s_pop);
+        PyObject *r = last ? PyObject_CallMethod(ready, "insert", "nO", pos, last) : NULL;
+        rc = r ? 0 : -1;
+        Py_XDECREF(r);
+        Py_XDECREF(last);
+    }
+    Py_XDECREF(h);
+    Py_XDECREF(args);
+    Py_XDECREF(extend);
+    Py_DECREF(later);
+    Py_DECREF(ready);
+    return rc;
+}
+
 static PyObject *Core_sched_early(Core *self, PyObject *on)
 {
     if (self->in_batch) /* (the native turn's batch: its own) */
         Py_RETURN_NONE;
+    if (on != Py_True && self->batching && requeue_later(self) < 0) {
+        self->pre_timers = 0;
+        if (self->table != NULL)
+            self->table->pre_timers = 0;
+        batch_begin(self, self->table, 0);
+        return NULL;
+    }
     self->pre_timers = 0;
     if (self->table != NULL)
         self->table->pre_timers = 0;
@@ -2495,6 +2564,13 @@ static int turn_ready(Core *self)
            self->stopping != NULL && self->table != NULL && self->table->engine != NULL;
 }
 
+/* run_handle kept out of line for the rare paths (run_n): its copy inlined
+ * in the turn's run step stays the only hot one */
+__attribute__((noinline)) static int run_handle_cold(Core *self, PyObject *h)
+{
+    return run_handle(self, h);
+}
+
 /* n handles off _ready, run: 0, or -1 with the exception set */
 static int run_n(Core *self, Py_ssize_t n)
 {
@@ -2502,7 +2578,7 @@ static int run_n(Core *self, Py_ssize_t n)
         PyObject *h = ready_popleft(self);
         if (h == NULL)
             return -1;
-        int r = run_handle(self, h);
+        int r = run_handle_cold(self, h);
         release(h);
         if (r < 0)
             return -1;
@@ -2532,10 +2608,10 @@ __attribute__((noinline)) static PyObject *run_cut(Core *self, PyObject *ready,
         return NULL;
     Py_INCREF(ready);
     for (Py_ssize_t i = n; i > 0; i--) {
-        PyObject *h = PyObject_CallMethod(ready, "pop", NULL);
+        PyObject *h = PyObject_CallMethodNoArgs(ready, S.s_pop);
         if (h == NULL) { /* (what was taken goes back) */
             PyObject *tail = PyList_GetSlice(later, i, n);
-            PyObject *r = tail ? PyObject_CallMethod(ready, "extend", "O", tail) : NULL;
+            PyObject *r = tail ? PyObject_CallMethodOneArg(ready, S.s_extend, tail) : NULL;
             Py_XDECREF(r);
             Py_XDECREF(tail);
             Py_DECREF(later);
@@ -2547,7 +2623,7 @@ __attribute__((noinline)) static PyObject *run_cut(Core *self, PyObject *ready,
     int rc = run_n(self, at);
     /* joins _ready after the handles ahead ran, or when the turn stops short */
     PyObject *exc = rc < 0 ? take_exception() : NULL;
-    PyObject *r = PyObject_CallMethod(ready, "extend", "O", later);
+    PyObject *r = PyObject_CallMethodOneArg(ready, S.s_extend, later);
     Py_DECREF(later);
     Py_DECREF(ready);
     if (r == NULL) {
@@ -3302,6 +3378,8 @@ PyMODINIT_FUNC PyInit__sched(void)
     INTERN(s_run, "_run");
     INTERN(s_popleft, "popleft");
     INTERN(s_append, "append");
+    INTERN(s_pop, "pop");
+    INTERN(s_extend, "extend");
     INTERN(s_call_at, "call_at");
     INTERN(s_done, "done");
     INTERN(s_set_result, "set_result");
