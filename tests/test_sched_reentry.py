@@ -588,9 +588,7 @@ def _turn_log(lp, arm, ahead=False, debug=False):
     def kick():
         send()
         lp.call_at(lp.time() - 1, log.append, "T")
-        if ahead == "chain":  # X in _ready at the next poll schedules Y
-            lp.call_soon(lambda: (log.append("X"), lp.call_soon(log.append, "Y")))
-        elif ahead:
+        if ahead:
             lp.call_soon(log.append, "X")  # in _ready at the next poll
 
     lp.call_soon(kick)
@@ -872,27 +870,6 @@ def test_stop_from_a_reader_callback_leaves_what_it_scheduled(loop, stock, kind,
     run (decision 455). Without it, ours ran C before stopping (both turns)."""
     mine, theirs = both(loop, stock, lambda lp: _stop_from_a_reader(lp, kind, timer, debug))
     assert theirs == ["D"] + (["T"] if timer else []) + ["stopped", "C"]
-    assert mine == theirs
-
-
-@pytest.mark.parametrize("timer", [False, True], ids=["alone", "timer"])
-@pytest.mark.parametrize(
-    "arm",
-    [_arm_sock_recv, _arm_streams([""]), _arm_datagram],
-    ids=["sock_recv", "stream", "datagram"],
-)
-@pytest.mark.parametrize("debug", [False, True], ids=["native", "debug"])
-def test_what_ready_callbacks_schedule_runs_before_a_wake_up(loop, stock, arm, timer, debug):
-    """X, in _ready at the poll, schedules Y: stock runs X, the readers' handles
-    (sock_recv's sets the future's result: W scheduled), T, then Y, W
-    (decision 456). Without it, the result set in the I/O step queued W
-    ahead of Y: X, T, W, Y (both turns)."""
-
-    def script(lp):
-        log = _turn_log(lp, arm, ahead="chain", debug=debug)
-        return log if timer else [e for e in log if e != "T"]
-
-    mine, theirs = both(loop, stock, script)
     assert mine == theirs
 
 

@@ -154,7 +154,6 @@ typedef struct {
      * and the timers collected early: not what the batch's callbacks
      * scheduled), until the turn reads it; 0: no batch (decision 455) */
     Py_ssize_t batch_cut;
-    Py_ssize_t batch_io; /* ... and its io_pos then: the readers' handles end there */
     /* timers due after the wait, moved to _ready before the batch's records
      * were delivered (decision 414), while it is delivered; else 0. A reader's
      * handle (a held record's drain, an add_reader callback) goes in at
@@ -2177,10 +2176,8 @@ static int io_step_table(Core *self, Table *t, int64_t ns)
             failed = take_exception(); /* raised once the records are delivered */
         int rc = table_deliver(t, n, &first);
         self->in_batch = 0;
-        if (self->batching) {
+        if (self->batching)
             self->batch_cut = 1 + self->io_pos + self->pre_timers;
-            self->batch_io = self->io_pos;
-        }
         batch_begin(self, t, 0);
         if (self->pre_timers != 0) {
             self->pre_timers = 0;
@@ -2438,13 +2435,13 @@ static PyObject *Core_sched_io_place(Core *self, PyObject *const *args, Py_ssize
  * delivered (on: the due timers move to _ready first, collect_early) or
  * were (off: the state ends). The stock _run_once that follows collects
  * what is due after them, as it would anyway (decision 414). */
-/* The Python (debug) turn's batch was delivered: stock's _run_once runs
- * all of _ready next. What the batch's callbacks scheduled (beyond the
- * callbacks _ready held at the poll, the readers' handles and the timers
- * collected early) goes into a handle that puts it back in _ready: placed
- * after the readers' handles when callbacks were in _ready at the poll
- * (decision 456), after the timers when a stop() is pending (455), as
- * run_cut does in the native turn. 0, or -1 with an exception set. */
+/* The Python (debug) turn's batch was delivered, a stop() pending: stock's
+ * _run_once runs all of _ready next. What the batch's callbacks scheduled
+ * (beyond the callbacks _ready held at the poll, the readers' handles and
+ * the timers collected early) goes into a handle placed after those, which
+ * puts it back at the front of _ready: it runs on the next run, first, as
+ * run_cut leaves it in the native turn (decision 455). 0, or -1 with an
+ * exception set. */
 static int requeue_later(Core *self)
 {
     PyObject *ready = self->ready;
@@ -2454,47 +2451,44 @@ static int requeue_later(Core *self)
     if (n <= 0 || cut < 0)
         return 0;
     int stop = self->stopping == NULL ? 0 : truthy(self->stopping);
-    if (stop < 0)
-        return -1;
-    if (self->batch_ready <= 0 && !stop)
-        return 0;
-    Py_ssize_t pos = self->batch_ready > 0 ? self->io_pos : cut;
+    if (stop <= 0)
+        return stop;
+    /* popped from the right: the list is in reverse order, as extendleft wants */
     PyObject *later = PyList_New(n);
     if (later == NULL)
         return -1;
     Py_INCREF(ready);
     int rc = 0;
-    for (Py_ssize_t i = n; i > 0; i--) {
+    for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *h = PyObject_CallMethodNoArgs(ready, S.s_pop);
         if (h == NULL) {
-            PyObject *tail = PyList_GetSlice(later, i, n);
-            PyObject *r = tail ? PyObject_CallMethodOneArg(ready, S.s_extend, tail) : NULL;
-            Py_XDECREF(r);
-            Py_XDECREF(tail);
-            rc = -1;
-            break;
+            PyObject *taken = PyList_GetSlice(later, 0, i);
+            if (taken != NULL && PyList_Reverse(taken) == 0) {
+                PyObject *r = PyObject_CallMethodOneArg(ready, S.s_extend, taken);
+                Py_XDECREF(r);
+            }
+            Py_XDECREF(taken);
+            Py_DECREF(later);
+            Py_DECREF(ready);
+            return -1;
         }
-        PyList_SET_ITEM(later, i - 1, h);
+        PyList_SET_ITEM(later, i, h);
     }
-    PyObject *extend = rc == 0 ? PyObject_GetAttrString(ready, "extend") : NULL;
-    PyObject *args = extend ? PyTuple_Pack(1, later) : NULL;
-    PyObject *h = args ? soon(self, extend, args, NULL) : NULL;
-    if (h == NULL && rc == 0) { /* (they go back) */
+    PyObject *front = PyObject_GetAttrString(ready, "extendleft");
+    PyObject *args = front ? PyTuple_Pack(1, later) : NULL;
+    PyObject *h = args ? soon(self, front, args, NULL) : NULL;
+    if (h == NULL) { /* (they go back) */
         PyObject *exc = take_exception();
-        PyObject *r = PyObject_CallMethodOneArg(ready, S.s_extend, later);
-        Py_XDECREF(r);
+        if (PyList_Reverse(later) == 0) {
+            PyObject *r = PyObject_CallMethodOneArg(ready, S.s_extend, later);
+            Py_XDECREF(r);
+        }
         give_exception(exc);
         rc = -1;
-    } else if (h != NULL && pos < cut) {
-        PyObject *last = PyObject_CallMethodNoArgs(ready, S.s_pop);
-        PyObject *r = last ? PyObject_CallMethod(ready, "insert", "nO", pos, last) : NULL;
-        rc = r ? 0 : -1;
-        Py_XDECREF(r);
-        Py_XDECREF(last);
     }
     Py_XDECREF(h);
     Py_XDECREF(args);
-    Py_XDECREF(extend);
+    Py_XDECREF(front);
     Py_DECREF(later);
     Py_DECREF(ready);
     return rc;
@@ -2525,7 +2519,7 @@ static PyObject *Core_sched_early(Core *self, PyObject *on)
     if (self->scheduled == NULL || !PyList_CheckExact(self->scheduled) ||
         PyList_GET_SIZE(self->scheduled) == 0 || self->table == NULL)
         Py_RETURN_NONE;
-    self->in_batch = 1; /* for collect_early only: the Python turn keeps its hold rule */
+    self->in_batch = 1; /* for collect_early only (the readers see `batching`) */
     int rc = collect_early(self);
     self->in_batch = 0;
     if (rc < 0)
@@ -2590,52 +2584,15 @@ static int run_n(Core *self, Py_ssize_t n)
  * _ready beyond cut: the stock turn's ntodo is the callbacks _ready held at
  * the poll, the readers' handles and the timers collected early; what its
  * readers schedule is queued behind them. Ours ran those readers' callbacks
- * in the I/O step. With callbacks in _ready at the poll, what they schedule
- * runs ahead of what the batch scheduled (a sock_* future's wake-up): that
- * joins _ready once the readers' handles ran (decision 456); with a stop()
- * pending, the turn runs only stock's ntodo (decision 455). */
-__attribute__((noinline)) static PyObject *run_cut(Core *self, PyObject *ready,
-                                                   Py_ssize_t ntodo, Py_ssize_t cut)
+ * in the I/O step: with a stop() pending, the turn runs only stock's ntodo
+ * (decision 455). */
+__attribute__((noinline)) static PyObject *run_cut(Core *self, Py_ssize_t ntodo,
+                                                   Py_ssize_t cut)
 {
     int stop = truthy(self->stopping);
     if (stop < 0)
         return NULL;
-    if (self->batch_ready <= 0 || !Py_IS_TYPE(ready, S.deque_type))
-        return run_n(self, stop ? cut : ntodo) < 0 ? NULL : Py_NewRef(Py_None);
-    Py_ssize_t at = self->batch_io, n = ntodo - cut;
-    PyObject *later = PyList_New(n);
-    if (later == NULL)
-        return NULL;
-    Py_INCREF(ready);
-    for (Py_ssize_t i = n; i > 0; i--) {
-        PyObject *h = PyObject_CallMethodNoArgs(ready, S.s_pop);
-        if (h == NULL) { /* (what was taken goes back) */
-            PyObject *tail = PyList_GetSlice(later, i, n);
-            PyObject *r = tail ? PyObject_CallMethodOneArg(ready, S.s_extend, tail) : NULL;
-            Py_XDECREF(r);
-            Py_XDECREF(tail);
-            Py_DECREF(later);
-            Py_DECREF(ready);
-            return NULL;
-        }
-        PyList_SET_ITEM(later, i - 1, h);
-    }
-    int rc = run_n(self, at);
-    /* joins _ready after the handles ahead ran, or when the turn stops short */
-    PyObject *exc = rc < 0 ? take_exception() : NULL;
-    PyObject *r = PyObject_CallMethodOneArg(ready, S.s_extend, later);
-    Py_DECREF(later);
-    Py_DECREF(ready);
-    if (r == NULL) {
-        Py_XDECREF(exc);
-        return NULL;
-    }
-    Py_DECREF(r);
-    if (exc != NULL) {
-        give_exception(exc);
-        return NULL;
-    }
-    return run_n(self, cut - at) < 0 ? NULL : Py_NewRef(Py_None);
+    return run_n(self, stop ? cut : ntodo) < 0 ? NULL : Py_NewRef(Py_None);
 }
 
 /* one turn: BaseEventLoop._run_once, step for step */
@@ -2727,7 +2684,7 @@ static PyObject *run_turn(Core *self)
         Py_ssize_t cut = self->batch_cut - 1;
         self->batch_cut = 0;
         if (cut < ntodo)
-            return run_cut(self, ready, ntodo, cut);
+            return run_cut(self, ntodo, cut);
     }
     for (Py_ssize_t i = 0; i < ntodo; i++) {
         PyObject *h = ready_popleft(self);
