@@ -2683,7 +2683,7 @@ static PyObject *run_turn(Core *self)
     if (self->batch_cut > 0) {
         Py_ssize_t cut = self->batch_cut - 1;
         self->batch_cut = 0;
-        if (cut < ntodo)
+        if (cut < ntodo && self->stopping != Py_False) /* (a stop() pending: run_cut) */
             return run_cut(self, ntodo, cut);
     }
     for (Py_ssize_t i = 0; i < ntodo; i++) {
