@@ -9,7 +9,8 @@
  *    record; while the transport is plainly reading (`recv_fast`, kept by
  *    the transport: pool receive, not paused, not closing, nothing held) and
  *    the loop's ready queue is empty (a datagram must not overtake callbacks
- *    already due, as the stock reader handle would not), it calls
+ *    already due, as the stock reader handle would not; for the endpoint's
+ *    first record of a batch, empty at the poll: decision 454), it calls
  *    protocol.datagram_received(payload, address) in the transport's context.
  *    Any other record goes to `slow` (the Python _on_recv, in the context).
  *    What the protocol raises goes to transport._protocol_raised (reported
