@@ -1,10 +1,10 @@
 """What aiohttp's own test suite found different on uringloop (decisions 443-448).
 
-aiohttp's suite (tools/aiohttp_suite.py runs it three ways: stock asyncio,
-uringloop io_uring, uringloop epoll) is not run here; each defect it found is
-kept as its minimal scenario, run on every kind and compared with the stock
-``SelectorEventLoop`` (``on_stock``). Each test failed on uringloop before its
-decision's fix.
+aiohttp's suite (``tools/thirdparty_suite.py --suite aiohttp`` runs it three
+ways: stock asyncio, uringloop io_uring, uringloop epoll) is not run here;
+each defect it found is kept as its minimal scenario, run on every kind and
+compared with the stock ``SelectorEventLoop`` (``on_stock``). Each test failed
+on uringloop before its decision's fix.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """A pytest plugin that runs aiohttp's own test suite on a chosen loop.
 
 Loaded with ``-p thirdparty_aiohttp_plugin`` (tools/ and the built uringloop
-tree on PYTHONPATH) by tools/aiohttp_suite.py; aiohttp's tests are not edited
-(decision 443). ``UL_THIRDPARTY_LOOP`` chooses the loop
+tree on PYTHONPATH) by ``tools/thirdparty_suite.py --suite aiohttp``; aiohttp's
+tests are not edited (decisions 443, 470). ``UL_THIRDPARTY_LOOP`` chooses the loop
 (tools/thirdparty_loop.py): on the uringloop way the event loop policy's loops
 are uringloop's, so aiohttp's ``--aiohttp-loop=pyloop`` factory
 (``asyncio.new_event_loop``), its ``loop`` fixture and ``run_app``/

@@ -11,8 +11,11 @@ chooses the loop (tools/thirdparty_loop.py):
   calling ``asyncio.new_event_loop()`` or ``anyio.run(..., backend="asyncio")``
   without options get it too.
 
-In both ways only anyio's plain asyncio cases run: the cases for other loops
-(uvloop, eager task factories) and for trio are deselected. The terminal
+In both ways only anyio's asyncio cases run: plain, and on Python 3.12+ its
+eager task factory cases (``asyncio+eager``: their factory calls
+``asyncio.new_event_loop()``, so the policy makes them uringloop's, with the
+eager factory set; decision 471); the cases for other loops (uvloop) and for
+trio are deselected. The terminal
 summary says how many uringloop loops were made, the proof the binding took.
 """
 
@@ -39,10 +42,14 @@ def pytest_collection_modifyitems(session, config, items):
             keep.append(item)
             continue
         name, options = (param, {}) if isinstance(param, str) else param
-        if name != "asyncio" or options.get("loop_factory") or options.get("use_uvloop"):
+        factory = options.get("loop_factory")
+        # 3.12+: anyio's eager task cases make their loop with
+        # asyncio.new_event_loop(), the policy's: kept, as they are
+        eager = getattr(factory, "__name__", "") == "eager_task_loop_factory"
+        if name != "asyncio" or (factory and not eager) or options.get("use_uvloop"):
             drop.append(item)
             continue
-        if LOOP == "uringloop":
+        if LOOP == "uringloop" and not eager:
             callspec.params["anyio_backend"] = (name, {**options, "loop_factory": _new_loop})
         keep.append(item)
     if drop:

@@ -3,12 +3,15 @@
 
 Not part of CI (each suite's three runs take minutes on the 2-CPU machine);
 run by hand after changes to the loop's public behaviour (decisions 437-441
-for anyio, 449-454 for websockets and uvicorn):
+for anyio, 443-446 for aiohttp, 449-453 for websockets and uvicorn, 466-471
+for httpx, httpcore and starlette):
 
     /work/venv/bin/python tools/thirdparty_suite.py              # anyio, everything
     /work/venv/bin/python tools/thirdparty_suite.py --ways io_uring -- -k connect
     /work/venv/bin/python tools/thirdparty_suite.py --suite uvicorn
     /work/venv/bin/python tools/thirdparty_suite.py --suite websockets --src DIR
+    /work/venv/bin/python tools/thirdparty_suite.py --suite aiohttp \
+        --tests tests/test_web_functional.py --tests tests/test_client_functional.py
 
 ``--suite`` picks the suite (anyio by default):
 
@@ -27,7 +30,25 @@ for anyio, 449-454 for websockets and uvicorn):
   dependency group less the linters, type checkers, coverage, twine,
   pytest-xdist (one process: the runs replace uvicorn's ``addopts``, which
   ask for 8 workers) and uvloop (so that ``loop="auto"`` means the stock
-  loop on the stock way).
+  loop on the stock way);
+* ``httpx``, ``httpcore``: their sdists' ``tests`` (the sdists lack the
+  repositories' requirements.txt: its test entries are named in SUITES,
+  unpinned), the package's extras the repository installs, ``-m "not
+  network"`` (httpx: the internet) and ``-m "not trio"`` (httpcore:
+  pytest-trio's tests); bound by tools/thirdparty_policy_plugin.py, which
+  also deselects anyio's trio cases and points httpx's uvicorn test server
+  (``loop="asyncio"``) at uringloop;
+* ``starlette``: its sdist's ``tests``, the ``full`` extra and the ``dev``
+  group less linters, type checkers, coverage, twine and pytest-codspeed;
+  tools/thirdparty_policy_plugin.py too (its TestClient's portal thread runs
+  anyio without a loop factory: the policy);
+* ``aiohttp``: the version the dev interpreter has (not the newest), its
+  sdist's ``tests`` run against its wheel (C parser and writer: the sdist's
+  ``aiohttp/`` is moved aside) and ``requirements/test.txt`` (when the file
+  will not install whole, its pins go one by one and the failures are
+  reported), ``-p no:xdist -o addopts=`` and aiohttp's own marker filter;
+  the whole suite takes 20-40 minutes a way here, so name files with
+  ``--tests``.
 
 Steps, each skipped when its result is already in --work (default
 /tmp/ul-thirdparty-SUITE):
@@ -41,12 +62,14 @@ Steps, each skipped when its result is already in --work (default
 3. the suite, one process each way: ``stock``, ``io_uring`` and ``epoll``
    (uringloop with URINGLOOP_BACKEND forced), bound to the loop by
    tools/thirdparty_SUITE_plugin.py (``-p``; the suite's tests are not
-   edited), with ``-p no:cacheprovider --timeout 60``. Each run leaves
+   edited; ``--tests PATH`` narrows the paths), with ``-p no:cacheprovider
+   --timeout 60``. Each run leaves
    ``<way>.txt`` (pytest's output, whose last lines count the uringloop loops
    made) and ``<way>.xml`` (JUnit) in --work;
-4. a summary (also ``summary.txt``): passed/failed/error/skipped per way, the
-   tests that pass on stock and not on a uringloop way (the candidates), and
-   the tests that do not pass on stock (not ours, listed only).
+4. a summary (also ``summary.txt``): passed/failed/error/skipped per way and
+   per test module (``*`` where the ways differ), the tests that pass on
+   stock and not on a uringloop way (the candidates), and the tests that do
+   not pass on stock (not ours, listed only).
 """
 
 from __future__ import annotations
@@ -82,26 +105,74 @@ class Suite:
     sdist_has_tests: bool = True
     # the package's extras whose requirements the venv gets
     extras: tuple[str, ...] = ()
+    # the test requirements: the pyproject dependency group of that name, or
+    # (group None) tox.ini's [testenv] deps, or (tox False) only `deps`
+    group: str | None = None
+    tox: bool = False
+    # requirements named here: the sdist lacks the repository's list
+    deps: tuple[str, ...] = ()
+    # the pytest plugin module in tools/ (default thirdparty_PACKAGE_plugin)
+    plugin_module: str | None = None
+    # a requirements file in the source tree (pip -r); when the whole of it
+    # will not install, its pins go one by one and the failures are reported
+    requirements: str | None = None
+    # install the package's wheel of the sdist's version, not the sdist, and
+    # move the sdist's package directory aside (pytest runs in the sdist, whose
+    # pure-Python copy would shadow the wheel's compiled modules)
+    wheel: bool = False
+    # without --version: the version the dev interpreter has installed, not
+    # the newest
+    dev_version: bool = False
 
     @property
     def plugin(self) -> str:
-        return f"thirdparty_{self.package}_plugin"
+        return self.plugin_module or f"thirdparty_{self.package}_plugin"
 
 
 SUITES = {
     # the test group's entries the runs never need: coverage, and the other
     # loops (their cases are deselected)
     "anyio": Suite("anyio", skip_deps=("coverage", "uvloop", "winloop"),
-                   args=("-m", "not network")),
+                   args=("-m", "not network"), group="test"),
     # trio: the trio implementation's tests are not run
     "websockets": Suite("websockets", skip_deps=("trio",),
-                        paths=("tests/asyncio", "tests/legacy"), sdist_has_tests=False),
+                        paths=("tests/asyncio", "tests/legacy"), sdist_has_tests=False,
+                        tox=True),
     # uvicorn's addopts ask for 8 xdist workers: one process here
     "uvicorn": Suite("uvicorn",
                      skip_deps=("uvicorn", "ruff", "mypy", "types-", "coverage", "twine",
                                 "pytest-xdist", "uvloop"),
                      args=("-o", "addopts=-rxXs --strict-config --strict-markers"),
-                     extras=("standard",)),
+                     extras=("standard",), group="dev"),
+    # httpx and httpcore: the sdists carry tests/ but not requirements.txt; the
+    # test entries of the repository's requirements.txt (at the release),
+    # unpinned, less coverage, the linters and docs. The "network" marker
+    # needs the internet.
+    "httpx": Suite("httpx", skip_deps=(), args=("-m", "not network"),
+                   extras=("brotli", "cli", "http2", "socks", "zstd"),
+                   deps=("chardet", "cryptography", "trio", "trustme", "uvicorn"),
+                   plugin_module="thirdparty_policy_plugin"),
+    # trio: httpcore's tests import it; the @pytest.mark.trio tests
+    # (pytest-trio's) are deselected. pytest-httpbin serves on loopback.
+    "httpcore": Suite("httpcore", skip_deps=(), args=("-m", "not trio"),
+                      extras=("asyncio", "trio", "http2", "socks"),
+                      deps=("pytest-httpbin", "pytest-trio", "werkzeug<3.1"),
+                      plugin_module="thirdparty_policy_plugin"),
+    # starlette: its [full] extra and dev group less itself, the linters, type
+    # checkers, coverage, twine and pytest-codspeed (benchmarks/, not run).
+    # trio stays (tests import it); anyio_backend is anyio's own "asyncio".
+    "starlette": Suite("starlette",
+                       skip_deps=("starlette", "ruff", "mypy", "types-", "coverage", "twine",
+                                  "pytest-codspeed"),
+                       extras=("full",), group="dev",
+                       plugin_module="thirdparty_policy_plugin"),
+    # aiohttp (decisions 443-446, 470): the dev venv's version, its wheel (C
+    # parser and writer), requirements/test.txt whole; aiohttp's own marker
+    # filter, without its xdist and coverage addopts
+    "aiohttp": Suite("aiohttp", skip_deps=(),
+                     args=("-p", "no:xdist", "-o", "addopts=",
+                           "-m", "not dev_mode and not autobahn and not internal"),
+                     requirements="requirements/test.txt", wheel=True, dev_version=True),
 }
 
 
@@ -126,6 +197,8 @@ def fetch_sdist(suite: Suite, work: Path, version: str | None) -> Path:
     if not src.is_dir():
         with tarfile.open(sdist) as tf:
             tf.extractall(work)
+    if suite.wheel and (src / name).is_dir():
+        (src / name).rename(src / f"{name}.sdist-source")
     return src
 
 
@@ -149,20 +222,21 @@ def _requirements(lines) -> list[str]:
 
 
 def test_deps(suite: Suite, src: Path) -> list[str]:
-    if suite.package == "websockets":
+    deps = list(suite.deps)
+    if suite.tox:
         tox = configparser.ConfigParser(interpolation=None)
         tox.read(src / "tox.ini")
-        deps = []
+        lines = []
         for line in tox.get("testenv", "deps", fallback="").splitlines():
             # "py311,py312,...: dep" applies to the Python environments
-            deps.append(line.split(":", 1)[1] if re.match(r"^[\w,]+:\s", line) else line)
-        deps = _requirements(deps)
+            lines.append(line.split(":", 1)[1] if re.match(r"^[\w,]+:\s", line) else line)
+        deps += _requirements(lines)
     else:
         import tomllib  # 3.11+: the script runs on the dev interpreter
 
         meta = tomllib.loads((src / "pyproject.toml").read_text())
-        groups = meta.get("dependency-groups", {})
-        deps = _requirements(groups.get("test" if suite.package == "anyio" else "dev", []))
+        if suite.group is not None:
+            deps += _requirements(meta.get("dependency-groups", {}).get(suite.group, []))
         for extra in suite.extras:
             deps += _requirements(meta["project"]["optional-dependencies"][extra])
     out = []
@@ -181,12 +255,38 @@ def make_venv(suite: Suite, venv: Path, src: Path, skip: list[str]) -> Path:
     if not stamp.exists():
         deps = [d for d in test_deps(suite, src)
                 if not any(d.lower().startswith(s.lower()) for s in skip)]
-        sh([str(py), "-m", "pip", "install", "-q", str(src), *suite.always, *deps])
+        pip = [str(py), "-m", "pip", "install", "-q"]
+        if suite.wheel:
+            version = Parser().parsestr((src / "PKG-INFO").read_text())["Version"]
+            pip += ["--prefer-binary", "--only-binary", suite.package]
+            target = f"{suite.package}=={version}"
+        else:
+            target = str(src)
+        req = src / suite.requirements if suite.requirements else None
+        cmd = [*pip, target, *suite.always, *deps, *(["-r", str(req)] if req else [])]
+        print("+", " ".join(cmd), flush=True)
+        if subprocess.run(cmd, check=False).returncode != 0:
+            if req is None:
+                raise SystemExit("the venv's install failed (--skip-dep NAME leaves one out)")
+            # the file's pins one by one, the failures reported
+            sh([*pip, target, *suite.always, *deps])
+            failed = []
+            for line in req.read_text().splitlines():
+                pin = line.split("#", 1)[0].strip()
+                name = re.split(r"[\s;<>=!~\[]", pin, maxsplit=1)[0].lower()
+                if not pin or pin.startswith("-") or name == suite.package:
+                    continue
+                if any(pin.lower().startswith(s.lower()) for s in skip):
+                    continue
+                if subprocess.run([*pip, pin], check=False).returncode != 0:
+                    failed.append(pin)
+            print(f"{req.name}: would not install: {failed or 'none'}", flush=True)
         stamp.touch()
     return py
 
 
-def run_way(suite: Suite, py: Path, src: Path, work: Path, way: str, extra: list[str]) -> int:
+def run_way(suite: Suite, py: Path, src: Path, work: Path, way: str, extra: list[str],
+            paths: list[str] | None = None) -> int:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tools")])
     env["UL_THIRDPARTY_LOOP"] = "stock" if way == "stock" else "uringloop"
@@ -194,7 +294,7 @@ def run_way(suite: Suite, py: Path, src: Path, work: Path, way: str, extra: list
     env.pop("PYTEST_ADDOPTS", None)
     cmd = [str(py), "-m", "pytest", "-p", suite.plugin, "-p", "no:cacheprovider",
            "--timeout", "60", *suite.args, "-q", "-rfEs",
-           f"--junitxml={work / (way + '.xml')}", *extra, *suite.paths]
+           f"--junitxml={work / (way + '.xml')}", *extra, *(paths or suite.paths)]
     print("+", f"[{way}]", " ".join(cmd), flush=True)
     with open(work / f"{way}.txt", "w") as out:
         proc = subprocess.run(cmd, cwd=src, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -233,6 +333,24 @@ def summarize(work: Path, ways: list[str]) -> str:
         counts = {k: sum(1 for v in r.values() if v == k)
                   for k in ("passed", "failed", "error", "skipped")}
         lines.append(f"{w:9} " + "  ".join(f"{k} {n}" for k, n in counts.items()))
+    # per test module (the classname less its classes, CapWords by
+    # convention): passed/failed+error/skipped, * where the ways differ
+    per_file: dict[str, dict[str, tuple[int, int, int]]] = {}
+    for w, r in res.items():
+        for tid, v in r.items():
+            parts = tid.split("::")[0].split(".")
+            while len(parts) > 1 and parts[-1][:1].isupper():
+                parts.pop()
+            module = ".".join(parts)
+            p, x, s = per_file.setdefault(module, {}).get(w, (0, 0, 0))
+            per_file[module][w] = (p + (v == "passed"), x + (v in ("failed", "error")),
+                                   s + (v == "skipped"))
+    lines.append("\nper module (passed/failed+error/skipped; * where the ways differ):")
+    for module in sorted(per_file):
+        sig = {w: per_file[module].get(w, (0, 0, 0)) for w in res}
+        mark = "*" if len(set(sig.values())) > 1 else " "
+        lines.append(f"{mark} {module:50} "
+                     + "  ".join(f"{w}={p}/{x}/{s}" for w, (p, x, s) in sig.items()))
     stock = res.get("stock")
     if stock is not None:
         for w, r in res.items():
@@ -261,13 +379,17 @@ def main() -> int:
     ap.add_argument("--venv", type=Path, default=None,
                     help="the test venv (default WORK/venv)")
     ap.add_argument("--version", "--anyio-version", dest="version", default=None,
-                    help="pin the package (default: newest)")
+                    help="pin the package (default: newest; aiohttp: the version this "
+                    "interpreter has)")
     ap.add_argument("--src", type=Path, default=None,
                     help="a source tree with tests/ to use instead of the sdist")
     ap.add_argument("--skip-dep", action="append", default=[], metavar="NAME",
                     help="leave out a test dependency that will not install (repeatable)")
     ap.add_argument("--ways", default=",".join(WAYS), help="comma-separated subset of "
                     + ",".join(WAYS))
+    ap.add_argument("--tests", action="append", default=None, metavar="PATH",
+                    help="run these test files or directories (relative to the source tree) "
+                    "instead of the suite's (repeatable)")
     ap.add_argument("--summary-only", action="store_true", help="compare the last runs' XML")
     ap.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --)")
     args = ap.parse_args()
@@ -281,14 +403,19 @@ def main() -> int:
         if args.src is not None:
             src = args.src.resolve()
         else:
-            src = fetch_sdist(suite, work, args.version)
+            version = args.version
+            if version is None and suite.dev_version:
+                from importlib.metadata import version as installed_version
+
+                version = installed_version(suite.package)
+            src = fetch_sdist(suite, work, version)
             if not suite.sdist_has_tests:
                 src = clone_tests(src, work)
         py = make_venv(suite, (args.venv or work / "venv").resolve(), src, args.skip_dep)
         print(f"{suite.package} source: {src}; uringloop from {REPO} (PYTHONPATH)", flush=True)
         for way in ways:
             subprocess.run(["uptime"], check=False)
-            run_way(suite, py, src, work, way, args.pytest_args)
+            run_way(suite, py, src, work, way, args.pytest_args, args.tests)
     print(summarize(work, ways), end="")
     return 0
 
