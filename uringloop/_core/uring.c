@@ -652,7 +652,7 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
             s->opcode = UL_OP_SEND;
             s->addr = (uint64_t)(uintptr_t)(op->buf + op->done);
             s->len = op->len - op->done;
-            s->op_flags = (uint32_t)(op->msg_flags | MSG_DONTWAIT);
+            s->op_flags = (uint32_t)op->msg_flags;
             break;
         }
         /* a batch, or a K_SENDV alone: the msghdr heads its iovec block */
@@ -670,7 +670,7 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
             m->msg_iovlen = UL_MIN(op->niov - op->iov_idx, (uint32_t)UL_IOV_MAX);
         }
         s->addr = (uint64_t)(uintptr_t)m;
-        s->op_flags = (uint32_t)(op->msg_flags | MSG_WAITALL | MSG_DONTWAIT);
+        s->op_flags = (uint32_t)(op->msg_flags | MSG_WAITALL);
         break;
     }
     case K_WRITE:
