@@ -708,6 +708,38 @@ def _arm_datagram(lp, log):
     return (lambda: b.sendto(b"x", to)), close
 
 
+def _arm_datagrams(names):
+    """one UDP endpoint per name, each sent one datagram by send()"""
+
+    def arm(lp, log):
+        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b.bind(("127.0.0.1", 0))
+        transports = []
+        for name in names:
+
+            class Proto(asyncio.DatagramProtocol):
+                def datagram_received(self, data, addr, name=name):
+                    _schedules(lp, log, name)
+
+            async def make(Proto=Proto):
+                return await lp.create_datagram_endpoint(Proto, local_addr=("127.0.0.1", 0))
+
+            transports.append(lp.run_until_complete(asyncio.wait_for(make(), 5))[0])
+
+        def send():
+            for t in transports:
+                b.sendto(b"x", t.get_extra_info("sockname"))
+
+        def close():
+            for t in transports:
+                t.close()
+            b.close()
+
+        return send, close
+
+    return arm
+
+
 def _arm_reader(lp, log):
     """add_reader: stock's reader callback itself (its handle is queued, as
     a held record's drain is: before the timers)."""
@@ -756,6 +788,88 @@ def test_two_streams_in_one_batch_and_a_due_timer(loop, stock, buffered):
     arm = _arm_streams(["1", "2"], buffered)
     mine, theirs = both(loop, stock, lambda lp: _kinds(_turn_log(lp, arm)))
     assert theirs == (["D", "D", "T", "C", "C"], True)
+    assert mine == theirs
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["native", "debug"])
+@pytest.mark.parametrize("ahead", [False, True], ids=["empty", "ahead"])
+@pytest.mark.parametrize(
+    "arm",
+    [_arm_streams(["1", "2"]), _arm_streams(["1", "2"], True), _arm_datagrams(["1", "2"])],
+    ids=["Protocol", "BufferedProtocol", "datagram"],
+)
+def test_two_readers_in_one_batch_run_before_what_they_schedule(loop, stock, arm, ahead, debug):
+    """Each reader callback of one poll is a handle of the same stock turn:
+    D1, D2, then what they schedule (decision 454). Without it, two datagram
+    endpoints (and two streams in debug mode, the Python receive path) ran
+    D1, C1, D2 (with a callback X ahead: X, D1, C1, D2; T before or after)."""
+    mine, theirs = both(loop, stock, lambda lp: _kinds(_turn_log(lp, arm, ahead, debug)))
+    assert theirs == ((["X"] if ahead else []) + ["D", "D", "T", "C", "C"], True)
+    assert mine == theirs
+
+
+def _stop_from_a_reader(lp, kind, timer, debug=False):
+    """A reader callback (datagram_received or data_received) schedules C and
+    calls loop.stop(): the log of that run and of the next."""
+    log = []
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def on_data():
+        log.append("D")
+        lp.call_soon(log.append, "C")
+        lp.stop()
+
+    if kind == "datagram":
+        b.bind(("127.0.0.1", 0))
+
+        class Proto(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                on_data()
+
+        make = lp.create_datagram_endpoint(Proto, local_addr=("127.0.0.1", 0))
+        transport = lp.run_until_complete(asyncio.wait_for(make, 5))[0]
+        to = transport.get_extra_info("sockname")
+        send = lambda: b.sendto(b"x", to)  # noqa: E731
+    else:
+        a, b = socket.socketpair()
+
+        class Proto(asyncio.Protocol):
+            def data_received(self, data):
+                on_data()
+
+        make = lp.connect_accepted_socket(Proto, a)
+        transport = lp.run_until_complete(asyncio.wait_for(make, 5))[0]
+        send = lambda: b.send(b"x")  # noqa: E731
+    lp.run_until_complete(asyncio.sleep(0.01))
+    lp.set_debug(debug)
+
+    def kick():
+        send()
+        if timer:
+            lp.call_at(lp.time() - 1, log.append, "T")
+
+    lp.call_soon(kick)
+    guard = lp.call_later(5, lp.stop)
+    lp.run_forever()
+    guard.cancel()
+    log.append("stopped")
+    lp.set_debug(False)
+    _stop_soon(lp)
+    transport.close()
+    b.close()
+    lp.run_until_complete(asyncio.sleep(0.01))
+    return log
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["native", "debug"])
+@pytest.mark.parametrize("timer", [False, True], ids=["alone", "timer"])
+@pytest.mark.parametrize("kind", ["datagram", "stream"])
+def test_stop_from_a_reader_callback_leaves_what_it_scheduled(loop, stock, kind, timer, debug):
+    """stop() in a reader callback: the stock turn runs what was queued with
+    it (a due timer) and stops; what the callback scheduled runs on the next
+    run (decision 455). Without it, ours ran C before stopping (both turns)."""
+    mine, theirs = both(loop, stock, lambda lp: _stop_from_a_reader(lp, kind, timer, debug))
+    assert theirs == ["D"] + (["T"] if timer else []) + ["stopped", "C"]
     assert mine == theirs
 
 

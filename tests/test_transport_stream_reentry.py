@@ -263,6 +263,52 @@ def test_interrupt_in_a_receive_callback_loses_nothing(tloop, exc, mode, where, 
         run_in(tloop, wait_for(proto.lost))
 
 
+@pytest.mark.parametrize("keep_open", [True, False], ids=["keep_open", "close"])
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+def test_interrupt_out_of_eof_received_calls_it_again(tloop, exc, keep_open):
+    """SystemExit or KeyboardInterrupt out of eof_received: the stock reader
+    stays registered, and on the next run the socket, still at EOF, calls
+    eof_received again (decision 457). Ours called it once: the loop, run
+    again, waited for the second call until the bound."""
+    log = []
+
+    class Proto(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.lost = tloop.create_future()
+
+        def eof_received(self):
+            log.append("eof")
+            if log.count("eof") == 1:
+                raise exc()
+            return keep_open
+
+        def connection_lost(self, err):
+            log.append("lost")
+            self.lost.set_result(None)
+
+    a, b = socket.socketpair()
+    tr, proto = run_in(tloop, tloop.create_connection(Proto, sock=a))
+
+    async def two_eofs():
+        while log.count("eof") < 2:
+            await asyncio.sleep(0.001)
+
+    waiter = tloop.create_task(wait_for(two_eofs(), 5))
+    with b:
+        b.shutdown(socket.SHUT_WR)
+        for _ in range(2):
+            try:
+                tloop.run_until_complete(waiter)
+                break
+            except exc:
+                log.append("interrupted")
+            except asyncio.TimeoutError:
+                break
+        tr.close()
+        run_in(tloop, wait_for(proto.lost))
+    assert log == ["eof", "interrupted", "eof", "lost"]
+
+
 # --------------------------------------------------------------------------
 # decision 406: a buffer recv_into() would refuse
 

@@ -189,10 +189,12 @@ class _Turn:
         # an exception from a signal handler comes out of wait() and propagates;
         # one from a completion callback is reported, and the turn goes on
         n = self._engine.wait(timeout)
-        if n > 0 and loop._scheduled:
+        if n > 0:
             # the due timers go to _ready before the records' callbacks run,
             # as the native turn does (decision 414); what collecting raises
-            # (a foreign timer's comparison) comes after the records
+            # (a foreign timer's comparison) comes after the records. The
+            # readers' first records of the batch wait only for what _ready
+            # holds now, as the native turn's (decision 454).
             failed = None
             try:
                 loop._sched_early(True)

@@ -9,7 +9,8 @@
  *    record; while the transport is plainly reading (`recv_fast`, kept by
  *    the transport: pool receive, not paused, not closing, nothing held) and
  *    the loop's ready queue is empty (a datagram must not overtake callbacks
- *    already due, as the stock reader handle would not), it calls
+ *    already due, as the stock reader handle would not; for the endpoint's
+ *    first record of a batch, empty at the poll: decision 454), it calls
  *    protocol.datagram_received(payload, address) in the transport's context.
  *    Any other record goes to `slow` (the Python _on_recv, in the context).
  *    What the protocol raises goes to transport._protocol_raised (reported
@@ -81,6 +82,7 @@ typedef struct {
     PyObject *last_addr;   /* the address last_sa was made from */
     int fd, family, connected;
     int recv_fast, send_fast;
+    unsigned int seq; /* the last batch a record came in (decision 454) */
     socklen_t last_len;
     struct sockaddr_in6 last_sa; /* big enough for AF_INET too */
 } Dgram;
@@ -217,24 +219,41 @@ static Py_ssize_t length(PyObject *o)
 }
 
 /* set by the native turn around a record's generic call (dgram.h) */
-Py_ssize_t ul_dgram_timers;
+Py_ssize_t ul_dgram_timers, ul_dgram_before = -1;
+unsigned int ul_dgram_seq;
+
+int ul_dgram_first(PyObject *owner, unsigned int seq)
+{
+    if (!Py_IS_TYPE(owner, &DgramType) || ((Dgram *)owner)->seq == seq)
+        return 0;
+    ((Dgram *)owner)->seq = seq;
+    return 1;
+}
 
 /* the plain reading state, with nothing due in the loop's _ready before it
  * (but the timers collected before the batch: decision 414): 1 yes, 0 no,
- * -1 error */
-static int takes_fast(Dgram *d, Py_ssize_t timers)
+ * -1 error. The endpoint's first record of a batch waits only for what was
+ * in _ready at the poll: the stock reader callbacks of one poll are queued
+ * together, ahead of what any of them schedules; its later ones for what
+ * that record's callback scheduled too, as stock reads a datagram a turn
+ * (decision 454). */
+static int takes_fast(Dgram *d, Py_ssize_t timers, Py_ssize_t before, unsigned int seq)
 {
     if (!d->recv_fast || d->ready == NULL)
         return 0;
+    if (before >= 0 && d->seq != seq) {
+        d->seq = seq;
+        return before == 0;
+    }
     Py_ssize_t waiting = length(d->ready);
     return waiting < 0 ? -1 : waiting - timers <= 0;
 }
 
-int ul_dgram_takes(PyObject *owner, Py_ssize_t timers)
+int ul_dgram_takes(PyObject *owner, Py_ssize_t timers, Py_ssize_t before, unsigned int seq)
 {
     if (!Py_IS_TYPE(owner, &DgramType))
         return 0;
-    return takes_fast((Dgram *)owner, timers);
+    return takes_fast((Dgram *)owner, timers, before, seq);
 }
 
 int ul_dgram_deliver(PyObject *owner, PyObject *payload, PyObject *addr, const uint8_t *raw,
@@ -270,7 +289,7 @@ static PyObject *Dgram_vectorcall(PyObject *op, PyObject *const *args, size_t na
         PyTuple_CheckExact(args[2]) && PyTuple_GET_SIZE(args[2]) == 2) {
         int overflow;
         long res = PyLong_AsLongAndOverflow(args[0], &overflow);
-        int fast = takes_fast(d, ul_dgram_timers);
+        int fast = takes_fast(d, ul_dgram_timers, ul_dgram_before, ul_dgram_seq);
         if (fast < 0)
             return NULL;
         if (fast && res >= 0 && !overflow)

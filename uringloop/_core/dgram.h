@@ -26,12 +26,17 @@ void ul_addr_cache_free(ul_addr_cache **cache);
  * now (0 when not, -1 with an exception set); ul_dgram_deliver then does (0, or -1 with
  * the exception the owner's call raised); addr was made from the rawlen-byte
  * sockaddr raw (ul_addr_obj), which sendto may then use for it. */
-int ul_dgram_takes(PyObject *owner, Py_ssize_t timers);
+int ul_dgram_takes(PyObject *owner, Py_ssize_t timers, Py_ssize_t before, unsigned int seq);
 /* timers: how many of the loop's _ready are due timers collected before the
- * batch (decision 414): they do not hold a datagram back. ul_dgram_timers
- * says the same to a Dgram called with a record the generic way (set only
- * around that call). */
-extern Py_ssize_t ul_dgram_timers;
+ * batch (decision 414): they do not hold a datagram back. before: len(_ready)
+ * at the batch's poll (-1: no batch), seq the batch's number: an endpoint's
+ * first record of a batch waits only for what was there (decision 454).
+ * ul_dgram_timers, _before and _seq say the same to a Dgram called with a
+ * record the generic way (set only around that call). */
+extern Py_ssize_t ul_dgram_timers, ul_dgram_before;
+extern unsigned int ul_dgram_seq;
+/* 1 when owner is a Dgram that had no record of batch seq yet (it has now), else 0 */
+int ul_dgram_first(PyObject *owner, unsigned int seq);
 int ul_dgram_deliver(PyObject *owner, PyObject *payload, PyObject *addr, const uint8_t *raw,
                      uint32_t rawlen);
 

@@ -73,7 +73,7 @@ static struct {
     double max_timeout, min_cancelled_fraction;
     Py_ssize_t min_scheduled;
     PyObject *s_time, *s_context, *s_cancelled, *s_scheduled, *s_when, *s_run;
-    PyObject *s_popleft, *s_append, *s_call_at;
+    PyObject *s_popleft, *s_append, *s_call_at, *s_pop, *s_extend;
     PyObject *s_done, *s_set_result, *s_dispatching, *s_raise_error;
     PyObject *s_name, *s_task;
     PyObject *task_kwnames; /* ("loop", "name", "context"); 3.10: ("loop", "name") */
@@ -144,6 +144,16 @@ typedef struct {
     PyObject *dirty;      /* _dirty: transports with writes to flush before the wait */
     int in_batch;         /* the native turn is delivering records (stream.c) */
     Py_ssize_t batch_ready; /* ... and len(_ready) was this when it began */
+    /* either turn (the Python one too, _sched_early) is delivering a batch
+     * whose poll found batch_ready callbacks in _ready; batch_seq counts the
+     * batches (a reader's first record of one: decision 454) */
+    int batching;
+    unsigned int batch_seq;
+    /* 1 + how many of _ready the stock turn would run after the native
+     * turn's last batch (what was there at the poll, the readers' handles
+     * and the timers collected early: not what the batch's callbacks
+     * scheduled), until the turn reads it; 0: no batch (decision 455) */
+    Py_ssize_t batch_cut;
     /* timers due after the wait, moved to _ready before the batch's records
      * were delivered (decision 414), while it is delivered; else 0. A reader's
      * handle (a held record's drain, an add_reader callback) goes in at
@@ -322,7 +332,7 @@ static int ready_append(Core *self, PyObject *h)
     return 0;
 }
 
-static PyObject *ready_popleft(Core *self)
+static inline __attribute__((always_inline)) PyObject *ready_popleft(Core *self)
 {
     if (self->ready != NULL && Py_IS_TYPE(self->ready, S.deque_type)) {
         if (S.deque_popleft_c != NULL)
@@ -829,6 +839,11 @@ struct Table {
     ul_addr_cache *addrs; /* sender addresses, one object per peer (dgram.c) */
     ul_recv_fn read_pool; /* ul_read_pool, once set_read_pool() was called */
     Py_ssize_t pre_timers; /* the Core's pre_timers while it delivers a batch (dgram.c) */
+    /* the Core's batch_ready while it delivers a batch, else -1; its
+     * batch_seq (dgram.c: a datagram endpoint's first record of the batch,
+     * decision 454) */
+    Py_ssize_t batch_before;
+    unsigned int batch_seq;
 };
 
 static PyTypeObject TableType;
@@ -1662,7 +1677,7 @@ static int table_deliver(Table *t, int n, PyObject **first)
             PyObject *owner = t->slots[slot].owner, *payload, *addr;
             const uint8_t *raw;
             uint32_t rawlen;
-            int takes = ul_dgram_takes(owner, t->pre_timers);
+            int takes = ul_dgram_takes(owner, t->pre_timers, t->batch_before, t->batch_seq);
             if (takes > 0 && msg_parts(t, r, &payload, &addr, &raw, &rawlen) == 0) {
                 Py_INCREF(owner);
                 if (ul_dgram_deliver(owner, payload, addr, raw, rawlen) < 0)
@@ -1727,8 +1742,11 @@ static int table_deliver(Table *t, int n, PyObject **first)
                                         : stream_deliver(cb, res, !final, data); /* a Stream's record: C to C */
         if (took == 0) {
             ul_dgram_timers = t->pre_timers;
+            ul_dgram_before = t->batch_before;
+            ul_dgram_seq = t->batch_seq;
             took = call_back(cb, res, !final, data);
             ul_dgram_timers = 0;
+            ul_dgram_before = -1;
         }
         if (took < 0)
             keep_first(first);
@@ -1783,6 +1801,7 @@ static int Table_init(Table *t, PyObject *args, PyObject *kwds)
                           &pool_size, &buf_size, &f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6],
                           &f[7], &f[8], &f[9], &f[10], &f[11], &f[12], &f[13], &f[14]))
         return -1;
+    t->batch_before = -1; /* no batch yet (decision 454) */
     for (int i = 0; i < 15; i++) {
         if (f[i] == 0) {
             PyErr_SetString(PyExc_ValueError, "Table: a null function address");
@@ -1987,7 +2006,7 @@ static inline void release(PyObject *h)
 }
 
 /* Handle._run for one handle; 0, or -1 when an exception must propagate */
-static int run_handle(Core *self, PyObject *h)
+static inline __attribute__((always_inline)) int run_handle(Core *self, PyObject *h)
 {
     int c = handle_cancelled(h);
     if (c != 0)
@@ -2057,6 +2076,21 @@ static int report_or_raise(Core *self, PyObject *exc)
 static int io_step_table(Core *self, Table *t, int64_t ns);
 static int collect_early(Core *self);
 
+/* on: a batch of records is about to be delivered, the poll having found
+ * batch_ready callbacks in _ready; off: it was (decision 454) */
+static void batch_begin(Core *self, Table *t, int on)
+{
+    self->batching = on;
+    if (on) {
+        self->batch_seq++;
+        self->io_pos = self->batch_ready; /* readers' handles go here (io_place) */
+    }
+    if (t != NULL) {
+        t->batch_before = on ? self->batch_ready : -1;
+        t->batch_seq = self->batch_seq;
+    }
+}
+
 /* A wait for a timer is rounded up to the whole millisecond, as the stock
  * loop's selector rounds it (EpollSelector.select: math.ceil(timeout * 1e3) *
  * 1e-3): the stock contract is only that a timer never runs before its time.
@@ -2086,6 +2120,7 @@ static int io_step(Core *self, double timeout)
         return -1;
     }
     Py_INCREF(t);
+    self->batch_cut = 0; /* set by a batch, read by the turn's run step */
     int rc = io_step_table(self, t, ns);
     Py_DECREF(t);
     return rc;
@@ -2132,6 +2167,7 @@ static int io_step_table(Core *self, Table *t, int64_t ns)
         PyObject *ready = self->ready;
         self->batch_ready = ready != NULL && Py_IS_TYPE(ready, S.deque_type) ? Py_SIZE(ready) : -1;
         self->in_batch = self->batch_ready >= 0;
+        batch_begin(self, t, self->in_batch);
         PyObject *failed = NULL;
         int early = self->in_batch && self->scheduled != NULL &&
                     PyList_CheckExact(self->scheduled) && PyList_GET_SIZE(self->scheduled) > 0 &&
@@ -2140,6 +2176,9 @@ static int io_step_table(Core *self, Table *t, int64_t ns)
             failed = take_exception(); /* raised once the records are delivered */
         int rc = table_deliver(t, n, &first);
         self->in_batch = 0;
+        if (self->batching)
+            self->batch_cut = 1 + self->io_pos + self->pre_timers;
+        batch_begin(self, t, 0);
         if (self->pre_timers != 0) {
             self->pre_timers = 0;
             t->pre_timers = 0;
@@ -2352,11 +2391,15 @@ static int collect_early(Core *self)
 static int io_place(Core *self, PyObject *h)
 {
     PyObject *ready = self->ready;
-    if (self->pre_timers <= 0 || h == NULL || ready == NULL ||
-        !Py_IS_TYPE(ready, S.deque_type) || Py_SIZE(ready) <= self->io_pos)
+    if (!self->batching || h == NULL || ready == NULL || !Py_IS_TYPE(ready, S.deque_type) ||
+        Py_SIZE(ready) <= self->io_pos)
         return 0;
+    if (Py_SIZE(ready) == self->io_pos + 1) { /* in place already: nothing behind it */
+        self->io_pos++;
+        return 0;
+    }
     Py_INCREF(ready);
-    PyObject *last = PyObject_CallMethod(ready, "pop", NULL);
+    PyObject *last = PyObject_CallMethodNoArgs(ready, S.s_pop);
     PyObject *r = NULL;
     if (last == h) {
         r = PyObject_CallMethod(ready, "insert", "nO", self->io_pos, h);
@@ -2382,7 +2425,7 @@ static PyObject *Core_sched_io_place(Core *self, PyObject *const *args, Py_ssize
         PyErr_SetString(PyExc_TypeError, "_sched_io_place(handle, reader)");
         return NULL;
     }
-    if (self->pre_timers > 0 && (args[1] == Py_True || self->batch_ready > 0) &&
+    if (self->batching && (args[1] == Py_True || self->batch_ready > 0) &&
         io_place(self, args[0]) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -2392,20 +2435,91 @@ static PyObject *Core_sched_io_place(Core *self, PyObject *const *args, Py_ssize
  * delivered (on: the due timers move to _ready first, collect_early) or
  * were (off: the state ends). The stock _run_once that follows collects
  * what is due after them, as it would anyway (decision 414). */
+/* The Python (debug) turn's batch was delivered, a stop() pending: stock's
+ * _run_once runs all of _ready next. What the batch's callbacks scheduled
+ * (beyond the callbacks _ready held at the poll, the readers' handles and
+ * the timers collected early) goes into a handle placed after those, which
+ * puts it back at the front of _ready: it runs on the next run, first, as
+ * run_cut leaves it in the native turn (decision 455). 0, or -1 with an
+ * exception set. */
+static int requeue_later(Core *self)
+{
+    PyObject *ready = self->ready;
+    if (ready == NULL || !Py_IS_TYPE(ready, S.deque_type))
+        return 0;
+    Py_ssize_t cut = self->io_pos + self->pre_timers, n = Py_SIZE(ready) - cut;
+    if (n <= 0 || cut < 0)
+        return 0;
+    int stop = self->stopping == NULL ? 0 : truthy(self->stopping);
+    if (stop <= 0)
+        return stop;
+    /* popped from the right: the list is in reverse order, as extendleft wants */
+    PyObject *later = PyList_New(n);
+    if (later == NULL)
+        return -1;
+    Py_INCREF(ready);
+    int rc = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *h = PyObject_CallMethodNoArgs(ready, S.s_pop);
+        if (h == NULL) {
+            PyObject *taken = PyList_GetSlice(later, 0, i);
+            if (taken != NULL && PyList_Reverse(taken) == 0) {
+                PyObject *r = PyObject_CallMethodOneArg(ready, S.s_extend, taken);
+                Py_XDECREF(r);
+            }
+            Py_XDECREF(taken);
+            Py_DECREF(later);
+            Py_DECREF(ready);
+            return -1;
+        }
+        PyList_SET_ITEM(later, i, h);
+    }
+    PyObject *front = PyObject_GetAttrString(ready, "extendleft");
+    PyObject *args = front ? PyTuple_Pack(1, later) : NULL;
+    PyObject *h = args ? soon(self, front, args, NULL) : NULL;
+    if (h == NULL) { /* (they go back) */
+        PyObject *exc = take_exception();
+        if (PyList_Reverse(later) == 0) {
+            PyObject *r = PyObject_CallMethodOneArg(ready, S.s_extend, later);
+            Py_XDECREF(r);
+        }
+        give_exception(exc);
+        rc = -1;
+    }
+    Py_XDECREF(h);
+    Py_XDECREF(args);
+    Py_XDECREF(front);
+    Py_DECREF(later);
+    Py_DECREF(ready);
+    return rc;
+}
+
 static PyObject *Core_sched_early(Core *self, PyObject *on)
 {
+    if (self->in_batch) /* (the native turn's batch: its own) */
+        Py_RETURN_NONE;
+    if (on != Py_True && self->batching && requeue_later(self) < 0) {
+        self->pre_timers = 0;
+        if (self->table != NULL)
+            self->table->pre_timers = 0;
+        batch_begin(self, self->table, 0);
+        return NULL;
+    }
     self->pre_timers = 0;
     if (self->table != NULL)
         self->table->pre_timers = 0;
-    if (on != Py_True)
-        Py_RETURN_NONE;
     PyObject *ready = self->ready;
-    if (ready == NULL || !Py_IS_TYPE(ready, S.deque_type) || self->scheduled == NULL ||
-        !PyList_CheckExact(self->scheduled) || PyList_GET_SIZE(self->scheduled) == 0 ||
-        self->table == NULL || self->in_batch)
+    if (on != Py_True || ready == NULL || !Py_IS_TYPE(ready, S.deque_type)) {
+        batch_begin(self, self->table, 0);
         Py_RETURN_NONE;
+    }
+    /* the reader rules of the native turn's batch (decision 454) */
     self->batch_ready = Py_SIZE(ready);
-    self->in_batch = 1; /* for collect_early only: the Python turn keeps its hold rule */
+    batch_begin(self, self->table, 1);
+    if (self->scheduled == NULL || !PyList_CheckExact(self->scheduled) ||
+        PyList_GET_SIZE(self->scheduled) == 0 || self->table == NULL)
+        Py_RETURN_NONE;
+    self->in_batch = 1; /* for collect_early only (the readers see `batching`) */
     int rc = collect_early(self);
     self->in_batch = 0;
     if (rc < 0)
@@ -2413,12 +2527,20 @@ static PyObject *Core_sched_early(Core *self, PyObject *on)
     Py_RETURN_NONE;
 }
 
-/* _sched_ahead(): callbacks in _ready that a record arriving now must wait
- * for, as stock's reader callback would: bool(_ready), leaving out the
- * timers collected before the batch (decision 414) */
-static PyObject *Core_sched_ahead(Core *self, PyObject *unused)
+/* _sched_ahead([dgram]): callbacks in _ready that a record arriving now must
+ * wait for, as stock's reader callback would: bool(_ready), leaving out the
+ * timers collected before the batch (decision 414). With a datagram
+ * transport's Dgram, its first record of a batch waits only for what _ready
+ * held at the poll: the stock reader callbacks of one poll run before what
+ * any of them schedules (decision 454). */
+static PyObject *Core_sched_ahead(Core *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    (void)unused;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "_sched_ahead([dgram])");
+        return NULL;
+    }
+    if (nargs == 1 && self->batching && ul_dgram_first(args[0], self->batch_seq))
+        return PyBool_FromLong(self->batch_ready > 0);
     PyObject *ready = field(self, self->ready, "_ready");
     if (ready == NULL)
         return NULL;
@@ -2434,6 +2556,43 @@ static int turn_ready(Core *self)
 {
     return plain(self) && self->tcc != NULL && self->clock_res != NULL &&
            self->stopping != NULL && self->table != NULL && self->table->engine != NULL;
+}
+
+/* run_handle kept out of line for the rare paths (run_n): its copy inlined
+ * in the turn's run step stays the only hot one */
+__attribute__((noinline)) static int run_handle_cold(Core *self, PyObject *h)
+{
+    return run_handle(self, h);
+}
+
+/* n handles off _ready, run: 0, or -1 with the exception set */
+static int run_n(Core *self, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *h = ready_popleft(self);
+        if (h == NULL)
+            return -1;
+        int r = run_handle_cold(self, h);
+        release(h);
+        if (r < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The turn's run step after a batch whose callbacks scheduled what is in
+ * _ready beyond cut: the stock turn's ntodo is the callbacks _ready held at
+ * the poll, the readers' handles and the timers collected early; what its
+ * readers schedule is queued behind them. Ours ran those readers' callbacks
+ * in the I/O step: with a stop() pending, the turn runs only stock's ntodo
+ * (decision 455). */
+__attribute__((noinline)) static PyObject *run_cut(Core *self, Py_ssize_t ntodo,
+                                                   Py_ssize_t cut)
+{
+    int stop = truthy(self->stopping);
+    if (stop < 0)
+        return NULL;
+    return run_n(self, stop ? cut : ntodo) < 0 ? NULL : Py_NewRef(Py_None);
 }
 
 /* one turn: BaseEventLoop._run_once, step for step */
@@ -2521,6 +2680,12 @@ static PyObject *run_turn(Core *self)
                                                                         : PyObject_Size(ready);
     if (ntodo < 0)
         return NULL;
+    if (self->batch_cut > 0) {
+        Py_ssize_t cut = self->batch_cut - 1;
+        self->batch_cut = 0;
+        if (cut < ntodo && self->stopping != Py_False) /* (a stop() pending: run_cut) */
+            return run_cut(self, ntodo, cut);
+    }
     for (Py_ssize_t i = 0; i < ntodo; i++) {
         PyObject *h = ready_popleft(self);
         if (h == NULL)
@@ -2794,7 +2959,7 @@ static PyMethodDef Core_methods[] = {
     {"_sched_track_ready", (PyCFunction)Core_sched_track_ready, METH_NOARGS, NULL},
     {"_sched_looping", (PyCFunction)Core_sched_looping, METH_O, NULL},
     {"_sched_io_place", (PyCFunction)(void (*)(void))Core_sched_io_place, METH_FASTCALL, NULL},
-    {"_sched_ahead", (PyCFunction)Core_sched_ahead, METH_NOARGS, NULL},
+    {"_sched_ahead", (PyCFunction)(void (*)(void))Core_sched_ahead, METH_FASTCALL, NULL},
     {"_sched_early", (PyCFunction)Core_sched_early, METH_O, NULL},
     {"_write_to_self", (PyCFunction)Core_write_to_self, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
@@ -3170,6 +3335,8 @@ PyMODINIT_FUNC PyInit__sched(void)
     INTERN(s_run, "_run");
     INTERN(s_popleft, "popleft");
     INTERN(s_append, "append");
+    INTERN(s_pop, "pop");
+    INTERN(s_extend, "extend");
     INTERN(s_call_at, "call_at");
     INTERN(s_done, "done");
     INTERN(s_set_result, "set_result");

@@ -434,7 +434,7 @@ static int stream_feed(Stream *s, PyObject *data)
  * the stock loop runs all reader callbacks of one poll before any of those. */
 static int ready_empty(Core *loop)
 {
-    if (loop->in_batch)
+    if (loop->batching) /* (the Python turn's too: decision 454) */
         return loop->batch_ready == 0;
     PyObject *r = loop->ready;
     /* (the Python turn's due timers collected before its records: decision 414) */
@@ -465,7 +465,7 @@ static int stream_schedule_drain(Stream *s)
     /* behind what _ready held before the poll, before the timers collected
      * ahead of this batch's records, as stock queues its reader (decision 414) */
     int rc = h == NULL                                               ? -1
-             : s->loop->pre_timers > 0 && s->loop->batch_ready > 0 ? io_place(s->loop, h)
+             : s->loop->batch_ready > 0 ? io_place(s->loop, h)
                                                                      : 0;
     Py_XDECREF(h);
     return rc;

@@ -188,10 +188,11 @@ class DatagramTransport(
             item = (data[0], data[1], None)
         else:  # one-shot into _rbuf: data is the address
             item = (bytes(self._rbuf[:res]), data, None)
-        if self._held is not None or self._paused or self._loop._sched_ahead():
+        if self._held is not None or self._paused or self._loop._sched_ahead(self._dg):
             # the stock loop queues its reader callback behind what is already
             # in _ready (not the timers collected before the records, decision
-            # 414): the datagram waits in order
+            # 414; for its first record of a batch, only what was there at
+            # the poll, decision 454): the datagram waits in order
             self._hold(item)
             return
         self._process(*item)

@@ -432,12 +432,16 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     def _hold_first(self, data, pos, n):
         """data[pos:n], the rest of a record the protocol stopped taking,
         waits first in line (handed over from the next turn unless paused)."""
+        rest = data[pos:]
+        self._hold_record(n - pos, rest if type(rest) is bytes else rest.tobytes())
+
+    def _hold_record(self, res, data):
+        """The record (res, data) waits first in line."""
         held = self._held
         if held is None:
             held = self._held = collections.deque()
             self._sync()
-        rest = data[pos:]
-        held.appendleft((n - pos, rest if type(rest) is bytes else rest.tobytes()))
+        held.appendleft((res, data))
         if not self._paused:
             self._schedule_drain()
 
@@ -465,6 +469,10 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         try:
             keep_open = self._protocol.eof_received()
         except (SystemExit, KeyboardInterrupt):
+            # the stock reader stays registered: the socket, still at EOF,
+            # calls eof_received again on the next run (decision 457)
+            if not self._closing and not self._conn_lost:
+                self._hold_record(0, None)
             raise
         except BaseException as exc:
             self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
