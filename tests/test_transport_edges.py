@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import errno
+import fcntl
 import logging
 import os
 import socket
 import ssl
 import sys
+import termios
+import time
 
 import pytest
 from conftest import is_stock
@@ -126,6 +130,106 @@ def test_eof_held_while_paused(tloop):
             assert proto.buf == data
             tr.close()
             assert await wait_for(proto.lost) is None
+
+    run_in(tloop, main())
+
+
+class _KeepOpen(Recorder):
+    """Keeps the transport open at EOF and counts every eof_received."""
+
+    def eof_received(self):
+        self.events.append("eof")
+        if not self.eof.done():
+            self.eof.set_result(None)
+        return True
+
+
+async def _until(cond, what):
+    """Wait (bounded) until cond() holds."""
+    for _ in range(2000):
+        if cond():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_resume_after_eof_reads_eof_again(tloop):
+    """A transport kept open at EOF, paused and resumed: the stock transport
+    adds its reader again and calls eof_received a second time (the socket
+    reads EOF again); so does ours (decision 461, found by
+    tools/difffuzz.py)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, _KeepOpen)
+        with peer:
+            peer.shutdown(socket.SHUT_WR)
+            await wait_for(proto.eof)
+            tr.pause_reading()
+            tr.resume_reading()
+            await _until(lambda: proto.events.count("eof") == 2, "the second eof_received")
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert proto.events == ["made", "eof", "eof"]
+            assert not tr.is_closing()
+            tr.close()
+            assert await wait_for(proto.lost) is None
+
+    run_in(tloop, main())
+
+
+def test_write_eof_after_reset_raises(tloop):
+    """write_eof() with nothing queued on a connection the peer has reset:
+    the stock transport's shutdown() raises OSError(ENOTCONN) to the caller;
+    ours submitted the shutdown and dropped its error (decision 462, found
+    by tools/difffuzz.py)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, _KeepOpen)
+        peer.close()  # FIN; the write below then draws its RST
+        await wait_for(proto.eof)
+        tr.write(b"x" * 1000)
+        sock = tr.get_extra_info("socket")
+
+        def reset():  # tcpi_state, TCP_CLOSE == 7
+            return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == 7
+
+        await _until(lambda: tr.get_write_buffer_size() == 0 and reset(), "the reset")
+        with pytest.raises(OSError) as info:
+            tr.write_eof()
+        assert info.value.errno == errno.ENOTCONN
+        tr.close()
+        assert await wait_for(proto.lost) is None
+
+    run_in(tloop, main())
+
+
+@pytest.mark.parametrize("how", ["abort", "close"])
+def test_abort_with_bytes_unread_resets_the_peer(tloop, how):
+    """abort() or close() from a callback queued ahead of the turn that brings bytes:
+    the stock transport has not read them, so its close(2) resets the
+    connection (the peer's recv: ConnectionResetError). Ours had taken them
+    from the kernel (held behind _ready, never handed over): the peer got
+    a clean EOF until SO_LINGER 0 (decision 463, found by
+    tools/difffuzz.py)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Recorder)
+        with peer:
+            await asyncio.sleep(0)  # the transport reads
+            peer.sendall(b"x" * 1000)
+            for _ in range(2000):  # loopback: in our socket's queue at once
+                if fcntl.ioctl(peer, termios.TIOCOUTQ, b"\0\0\0\0") == b"\0\0\0\0":
+                    break
+                time.sleep(0.001)
+            loop.call_soon(getattr(tr, how))  # ahead of the turn's records
+            assert await wait_for(proto.lost) is None
+            assert proto.events == ["made", "lost"]
+            peer.settimeout(5)
+            with pytest.raises(ConnectionResetError):
+                peer.recv(100)
 
     run_in(tloop, main())
 

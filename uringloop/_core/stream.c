@@ -1893,6 +1893,8 @@ static PyMemberDef Stream_members[] = {
     {"recv_ud", T_ULONGLONG, offsetof(Stream, recv_ud), 0, NULL},
     {"rsize", T_PYSSIZET, offsetof(Stream, rsize), 0, NULL},
     {"fd", T_INT, offsetof(Stream, fd), READONLY, NULL},
+    /* the records waiting behind _ready: (res, more, data) tuples, or None */
+    {"held", T_OBJECT, offsetof(Stream, held), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 

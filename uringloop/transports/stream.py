@@ -34,6 +34,7 @@ import errno
 import functools
 import os
 import socket
+import struct
 import sys
 from asyncio import base_events, constants, futures, protocols, transports, trsock
 from asyncio.log import logger
@@ -61,6 +62,8 @@ _ACCEPT_BUDGET = 64
 _IN_CORE = object()
 # _feed_buffer's buf when the caller has no buffer from get_buffer() yet
 _NO_BUFFER = object()
+_INET = (socket.AF_INET, socket.AF_INET6)
+_LINGER0 = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close(2) resets
 _HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE
 
 
@@ -105,6 +108,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     _lost_exc = None
     _empty_waiter = None
     _read_done = False  # EOF or a read error was seen
+    _unread = False  # received bytes dropped at close (decision 463)
     _held = None  # deque of (res, data) records not yet handed over
     _draining = False  # a _drain_held is scheduled
 
@@ -312,6 +316,15 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
                 self._sock_fd, self._core, True, 0, not buffered, buffered
             )
 
+    def resume_reading(self):
+        # A transport kept open after EOF (eof_received returned true) and
+        # paused then resumed: the stock transport adds its reader again, the
+        # socket reads EOF again and eof_received is called again (decision
+        # 461); so the receive is armed again and brings that EOF.
+        if self._read_done == "eof" and self._paused and not self._closing:
+            self._read_done = False
+        super().resume_reading()
+
     def _on_recv(self, res, more, data):
         """The multishot receive's records that the C core (stream.c) does not
         hand over itself: the final one, errors, EOF, and any while the
@@ -320,6 +333,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         if not more:
             self._recv_ud = None
         if self._closing:
+            if res > 0:
+                self._unread = True  # bytes the stock loop would have left unread
             return  # the stock transport stops reading at close()
         if res == _ECANCELED and not more:
             self._start_reading()  # pause_reading cancelled it; resumed since?
@@ -360,7 +375,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
         elif res == 0:
-            self._read_done = True
+            self._read_done = "eof"  # truthy; resume_reading reads it again
             self._on_eof()
         else:
             self._read_done = True
@@ -587,6 +602,14 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             return
         self._eof = True
         self._sync()
+        c = self._core
+        if not c.buffer and not c.sending and self._empty_waiter is None:
+            # Nothing queued or in flight: the stock transport shuts down at
+            # once, and its OSError (ENOTCONN once the peer has reset the
+            # connection) goes to the caller (decision 462).
+            self._shut = True
+            self._sock.shutdown(socket.SHUT_WR)
+            return
         self._mark_dirty()  # the shutdown leaves with (after) the queued data
 
     def _flush(self):
@@ -688,6 +711,28 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             except OSError:
                 pass
         super()._force_close(exc)
+
+    def _close_fd(self, exc):
+        # Bytes taken from the kernel but never handed to the protocol (held
+        # while paused or behind _ready, or come after close()) were unread
+        # in the stock loop's socket, whose close(2) then resets a TCP
+        # connection: the peer gets ConnectionResetError, not EOF. SO_LINGER
+        # 0 makes our close(2) do the same (decision 463).
+        kind = self._sockobj
+        if not self._fd_closing and getattr(kind, "family", None) in _INET and self._has_unread():
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
+            except OSError:
+                pass
+        super()._close_fd(exc)
+
+    def _has_unread(self):
+        if self._unread:
+            return True
+        for held in (self._held, self._core.held):
+            if held and any(rec[0] > 0 for rec in held):
+                return True
+        return False
 
     def _drop_queue(self):
         c = self._core

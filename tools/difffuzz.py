@@ -1,0 +1,748 @@
+"""Differential fuzzer: random transport programs on the stock loop and on uringloop.
+
+From a seed, ``generate(seed)`` makes a program: a family (a TCP or Unix
+stream pair made by create_server/create_connection, two UDP endpoints, or an
+``os.pipe`` through connect_read_pipe/connect_write_pipe), the protocols'
+kinds, and a list of operations on the two ends (writes of every size,
+writelines, write_eof, pause/resume_reading, set_write_buffer_limits,
+get_write_buffer_size, is_closing, close, abort, RST, sendto, callbacks
+through call_soon/call_later, loop.stop and a re-run). ``run(kind, program)``
+runs it on a new loop of that kind, one operation at a time from outside the
+loop (each is scheduled with ``call_soon``, then the loop runs until nothing
+changes any more), and returns a trace: what each end's protocol saw and what
+each call returned or raised. The traces of io_uring, epoll and
+io_uring-fallbacks must equal the stock loop's.
+
+Normalised away (decision 460), nothing else:
+
+* how bytes are split across ``data_received``/``buffer_updated`` calls: each
+  end's received bytes are compared as one concatenation, and the events that
+  end sees (eof, connection_lost) carry the byte count received before them;
+* where an end's events fall relative to the other end's (each end's events
+  are a sequence of their own), and the number of loop turns anything takes;
+* ``get_write_buffer_size()``: only whether it is 0 (how much the kernel took
+  at once is not the loop's choice; the Known limits say io_uring counts a
+  small write of the turn as queued until the turn ends);
+* object ids and addresses in messages; the stock loop's own nondeterminism
+  (a program whose stock traces differ between two runs is skipped).
+
+A run is bounded (``TIMEOUT`` seconds, SIGALRM): a hang is a finding, as is an
+exception out of the runner or an fd left open after the loop has closed.
+
+    python tools/difffuzz.py --seeds 200            # seeds 0..199, every kind
+    python tools/difffuzz.py --seed 17 --kind epoll --shrink --script /tmp/r.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import random
+import re
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import time
+import zlib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # run as a script from a built tree
+    sys.path.insert(0, ROOT)
+
+KINDS = ["io_uring", "epoll", "io_uring-fallbacks"]
+FAMILIES = ["tcp", "unix", "udp", "pipe"]
+TIMEOUT = 20.0  # seconds for one program on one loop
+SETTLE_MAX = 3.0  # seconds one operation may keep things changing
+
+STREAM_SIZES = [0, 1, 7, 100, 1000, 4096, 16384, 65536, 200_000, 1_000_000]
+DGRAM_SIZES = [0, 1, 100, 1400, 8192, 32768, 65507, 65508]
+PIPE_SIZES = [0, 1, 100, 4096, 65536, 70_000, 200_000]
+
+
+_TYPES = {"bytes": bytes, "bytearray": bytearray, "memoryview": memoryview}
+_WRAPS = ("soon", "later", "stoprun", "nosettle")
+
+
+class Hang(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------
+# loops
+
+
+def make_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind == "stock":
+        return asyncio.SelectorEventLoop()
+    from uringloop import Loop, engine
+
+    if kind == "io_uring-fallbacks":
+        # the kind tests/conftest.py's fallback_options() makes
+        opts = (
+            engine.OPT_NO_MULTISHOT
+            | engine.OPT_NO_BUFRING
+            | engine.OPT_NO_DEFER
+            | engine.OPT_NO_CANCEL_FD
+            | engine.OPT_NO_BUNDLE
+            | engine.OPT_TEST_EAGAIN
+        )
+        return Loop(backend="io_uring", options=opts)
+    return Loop(backend=kind)
+
+
+# --------------------------------------------------------------------------
+# programs
+
+
+def generate(seed: int, family: str | None = None) -> dict:
+    r = random.Random(seed)
+    fam = family or r.choice(FAMILIES)
+    prog = {"seed": seed, "family": fam, "ops": []}
+    n = r.randint(4, 24)
+    if fam in ("tcp", "unix"):
+        prog["buffered"] = {s: r.random() < 0.4 for s in "ab"}
+        prog["bufsize"] = {s: r.choice([1, 100, 4096, 65536]) for s in "ab"}
+        prog["keep_open"] = {s: r.random() < 0.4 for s in "ab"}
+        gen = _stream_op
+    elif fam == "udp":
+        gen = _dgram_op
+    else:
+        prog["keep_open"] = {"r": False}
+        gen = _pipe_op
+    paused = {"n": None}  # pipes: bytes written since the reader paused
+    for _ in range(n):
+        op = gen(r, fam)
+        if fam == "pipe":
+            # Decision 162 (Known limits): a paused pipe transport reads up to
+            # 256 KiB more than stock's before it stops, so a writer that
+            # fills the pipe behind a paused reader gets further on ours (its
+            # close/abort then loses fewer bytes, it sees no EPIPE). Programs
+            # keep what is written behind a paused reader within the pipe's
+            # 64 KiB; writes of any size while it reads.
+            if op[0] == "pause_reading":
+                paused["n"] = 0
+            elif op[0] == "resume_reading":
+                paused["n"] = None
+            elif op[0] in ("write", "writelines") and paused["n"] is not None:
+                sizes = [op[2]] if op[0] == "write" else op[2]
+                if paused["n"] + sum(sizes) > 32768:
+                    op = ["bufsize", "w"]
+                else:
+                    paused["n"] += sum(sizes)
+        w = r.random()
+        if w < 0.12:
+            op = ["soon", op]
+        elif w < 0.18:
+            op = ["later", op]
+        elif w < 0.24:
+            op = ["stoprun", op]
+        elif w < 0.28:
+            op = ["nosettle", op]
+        prog["ops"].append(op)
+    return prog
+
+
+def _stream_op(r: random.Random, fam: str) -> list:
+    s = r.choice("ab")
+    k = r.random()
+    if k < 0.30:
+        return ["write", s, r.choice(STREAM_SIZES), r.choice(["bytes", "bytearray", "memoryview"])]
+    if k < 0.38:
+        return ["writelines", s, [r.choice(STREAM_SIZES[:8]) for _ in range(r.randint(0, 4))]]
+    if k < 0.44:
+        return ["write_eof", s]
+    if k < 0.52:
+        return ["pause_reading", s]
+    if k < 0.60:
+        return ["resume_reading", s]
+    if k < 0.66:
+        return ["limits", s, r.choice([0, 1, 100, 4096, 65536])]
+    if k < 0.72:
+        return ["bufsize", s]
+    if k < 0.76:
+        return ["is_closing", s]
+    if k < 0.82:
+        return ["close", s]
+    if k < 0.87:
+        return ["abort", s]
+    if k < 0.91 and fam == "tcp":
+        return ["rst", s]
+    return ["write", s, r.choice(STREAM_SIZES[:6]), "bytes"]
+
+
+def _dgram_op(r: random.Random, fam: str) -> list:
+    s = r.choice("ab")
+    k = r.random()
+    if k < 0.55:
+        return ["sendto", s, r.choice(DGRAM_SIZES)]
+    if k < 0.63:
+        return ["pause_reading", s]
+    if k < 0.71:
+        return ["resume_reading", s]
+    if k < 0.77:
+        return ["bufsize", s]
+    if k < 0.82:
+        return ["is_closing", s]
+    if k < 0.88:
+        return ["limits", s, r.choice([0, 1, 100, 65536])]
+    if k < 0.94:
+        return ["close", s]
+    return ["abort", s]
+
+
+def _pipe_op(r: random.Random, fam: str) -> list:
+    k = r.random()
+    if k < 0.35:
+        return ["write", "w", r.choice(PIPE_SIZES), r.choice(["bytes", "bytearray"])]
+    if k < 0.42:
+        return ["writelines", "w", [r.choice(PIPE_SIZES[:5]) for _ in range(r.randint(0, 3))]]
+    if k < 0.47:
+        return ["write_eof", "w"]
+    if k < 0.55:
+        return ["pause_reading", "r"]
+    if k < 0.63:
+        return ["resume_reading", "r"]
+    if k < 0.68:
+        return ["limits", "w", r.choice([0, 1, 100, 4096, 65536])]
+    if k < 0.74:
+        return ["bufsize", "w"]
+    if k < 0.78:
+        return ["is_closing", r.choice("rw")]
+    if k < 0.88:
+        return ["close", r.choice("rw")]
+    if k < 0.92:
+        return ["abort", "w"]
+    return ["write", "w", r.choice(PIPE_SIZES[:4]), "bytes"]
+
+
+def payload(n: int, salt: int) -> bytes:
+    return random.Random(n * 7919 + salt).randbytes(n)
+
+
+# --------------------------------------------------------------------------
+# protocols: each end appends its events to its own list
+
+
+class End:
+    def __init__(self, trace, side, keep_open=False):
+        self.trace, self.side, self.keep_open = trace, side, keep_open
+        self.events = trace["ends"].setdefault(side, [])
+        self.data = bytearray()
+        self.transport = None
+        self.lost = False
+
+    def log(self, *ev):
+        self.events.append(list(ev))
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.log("made")
+
+    def connection_lost(self, exc):
+        self.lost = True
+        self.log("lost", _exc(exc), len(self.data))
+
+    def pause_writing(self):
+        self.log("pause_writing")
+
+    def resume_writing(self):
+        self.log("resume_writing")
+
+    def eof_received(self):
+        self.log("eof", len(self.data))
+        return True if self.keep_open else None
+
+
+class StreamEnd(End, asyncio.Protocol):
+    def data_received(self, data):
+        self.data += data
+
+
+class BufferedEnd(End, asyncio.BufferedProtocol):
+    def __init__(self, trace, side, keep_open=False, size=65536):
+        super().__init__(trace, side, keep_open)
+        self.buf = bytearray(size)
+
+    def get_buffer(self, sizehint):
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.data += self.buf[:nbytes]
+
+
+class DgramEnd(End, asyncio.DatagramProtocol):
+    def datagram_received(self, data, addr):
+        self.log("dgram", len(data), zlib.crc32(data))
+        self.data += data
+
+    def error_received(self, exc):
+        self.log("error_received", _exc(exc))
+
+
+def _exc(exc):
+    if exc is None:
+        return None
+    name = type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{name}[{exc.errno}]"
+    return name
+
+
+def _msg(text) -> str:
+    return re.sub(r"0x[0-9a-f]+|fd=-?\d+|\bfd \d+", "#", str(text))
+
+
+# --------------------------------------------------------------------------
+# running a program on one loop
+
+
+def run(kind: str, prog: dict) -> dict:
+    """The program's normalised trace on a new loop of this kind."""
+    gc.collect()
+    fds_before = _fds()
+    trace = {"ends": {}, "ops": [], "handler": [], "log": [], "fatal": None}
+    log = _LogTrace(trace["log"])
+    logging.getLogger("asyncio").addHandler(log)
+    logging.getLogger("asyncio").propagate = False
+    loop = make_loop(kind)
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, TIMEOUT)
+    try:
+        _Runner(loop, prog, trace).go()
+    except Hang:
+        trace["fatal"] = "hang"
+    except Exception as exc:  # a finding: the runner itself failed
+        trace["fatal"] = f"{type(exc).__name__}: {_msg(exc)}"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        with contextlib.suppress(Exception):
+            if not loop.is_running():
+                loop.close()
+        logging.getLogger("asyncio").removeHandler(log)
+        logging.getLogger("asyncio").propagate = True
+    gc.collect()
+    leaked = sorted(v for k, v in _fds().items() if fds_before.get(k) != v)
+    trace["leaked_fds"] = [re.sub(r"\[\d+\]", "[#]", v) for v in leaked]
+    return trace
+
+
+class _LogTrace(logging.Handler):
+    """The asyncio logger's records (warnings such as "socket.send() raised
+    exception.") are behaviour too."""
+
+    def __init__(self, out):
+        super().__init__(logging.DEBUG)
+        self.out = out
+
+    def emit(self, record):
+        self.out.append([record.levelname, _msg(record.getMessage())])
+
+
+def _alarm(signum, frame):
+    raise Hang()
+
+
+def _fds() -> dict:
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+    return out
+
+
+class _Runner:
+    def __init__(self, loop, prog, trace):
+        self.loop, self.prog, self.trace = loop, prog, trace
+        self.ends: dict[str, End] = {}
+        self.server = None
+        self.tmpdir = None
+        self.salt = 0
+        loop.set_exception_handler(self._handler)
+
+    def _handler(self, loop, ctx):
+        exc = ctx.get("exception")
+        self.trace["handler"].append([_msg(ctx.get("message", "")), _exc(exc)])
+
+    def go(self):
+        loop = self.loop
+        try:
+            loop.run_until_complete(self.setup())
+            self.settle()
+            for i, op in enumerate(self.prog["ops"]):
+                self.step(i, op)
+            self.teardown()
+        finally:
+            if self.tmpdir is not None:
+                self.tmpdir.cleanup()
+
+    # -- setup / teardown
+
+    async def setup(self):
+        fam, loop, p = self.prog["family"], self.loop, self.prog
+        if fam in ("tcp", "unix"):
+
+            def mk(side):
+                if p["buffered"][side]:
+                    return BufferedEnd(self.trace, side, p["keep_open"][side], p["bufsize"][side])
+                return StreamEnd(self.trace, side, p["keep_open"][side])
+
+            self.ends["b"] = mk("b")
+            self.ends["a"] = mk("a")
+            if fam == "tcp":
+                self.server = await loop.create_server(lambda: self.ends["b"], "127.0.0.1", 0)
+                port = self.server.sockets[0].getsockname()[1]
+                await loop.create_connection(lambda: self.ends["a"], "127.0.0.1", port)
+            else:
+                self.tmpdir = tempfile.TemporaryDirectory(prefix="difffuzz-")
+                path = os.path.join(self.tmpdir.name, "s")
+                self.server = await loop.create_unix_server(lambda: self.ends["b"], path)
+                await loop.create_unix_connection(lambda: self.ends["a"], path)
+            for _ in range(1000):
+                if self.ends["b"].transport is not None:
+                    break
+                await asyncio.sleep(0.001)
+        elif fam == "udp":
+            self.ends["a"] = DgramEnd(self.trace, "a")
+            self.ends["b"] = DgramEnd(self.trace, "b")
+            for s in "ab":
+                await loop.create_datagram_endpoint(
+                    lambda s=s: self.ends[s], local_addr=("127.0.0.1", 0)
+                )
+            self.addr = {s: self.ends[s].transport.get_extra_info("sockname") for s in "ab"}
+        else:
+            rfd, wfd = os.pipe()
+            self.ends["r"] = StreamEnd(self.trace, "r")
+            self.ends["w"] = End(self.trace, "w")
+            await loop.connect_read_pipe(lambda: self.ends["r"], os.fdopen(rfd, "rb", 0))
+            await loop.connect_write_pipe(lambda: self.ends["w"], os.fdopen(wfd, "wb", 0))
+
+    def teardown(self):
+        for s in sorted(self.ends):
+            e = self.ends[s]
+            if e.transport is not None and not e.transport.is_closing():
+                getattr(e.transport, "abort", e.transport.close)()  # a read pipe has no abort
+        self.settle()
+        if self.server is not None:
+            self.server.close()
+            self.loop.run_until_complete(asyncio.wait_for(self.server.wait_closed(), 5))
+        self.settle()
+        for s in sorted(self.ends):
+            e = self.ends[s]
+            self.trace["ends"][s].append(["data", len(e.data), zlib.crc32(e.data)])
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+
+    # -- one operation
+
+    def step(self, i, op):
+        loop = self.loop
+        wrap = op[0] if op[0] in ("soon", "later", "stoprun", "nosettle") else None
+        inner = op[1] if wrap else op
+        rec = self.trace["ops"]
+
+        def do():
+            rec.append([i, *self.call(inner)])
+
+        if wrap == "later":
+            loop.call_later(0, do)
+            loop.call_soon(rec.append, [i, "marker-soon"])
+        elif wrap == "soon":
+            loop.call_soon(do)
+            loop.call_soon(rec.append, [i, "marker-soon"])
+        else:
+            loop.call_soon(do)
+        if wrap == "stoprun":
+            loop.call_soon(loop.stop)
+            loop.run_forever()
+        if wrap != "nosettle":
+            self.settle()
+        else:
+            loop.call_soon(loop.stop)
+            loop.run_forever()
+
+    def call(self, op):
+        name, side = op[0], op[1]
+        e = self.ends[side]
+        t = e.transport
+        try:
+            if name == "write":
+                data = payload(op[2], self._salt())
+                data = _TYPES[op[3]](data)
+                res = t.write(data)
+            elif name == "writelines":
+                parts = [payload(n, self._salt()) for n in op[2]]
+                res = t.writelines(parts)
+            elif name == "sendto":
+                other = "b" if side == "a" else "a"
+                res = t.sendto(payload(op[2], self._salt()), self.addr[other])
+            elif name == "write_eof":
+                res = t.write_eof()
+            elif name == "pause_reading":
+                res = t.pause_reading()
+            elif name == "resume_reading":
+                res = t.resume_reading()
+            elif name == "limits":
+                t.set_write_buffer_limits(high=op[2])
+                res = t.get_write_buffer_limits()
+            elif name == "bufsize":
+                res = t.get_write_buffer_size()
+                res = "0" if res == 0 else ">0" if isinstance(res, int) and res > 0 else repr(res)
+            elif name == "is_closing":
+                res = t.is_closing()
+            elif name == "close":
+                res = t.close()
+            elif name == "abort":
+                res = t.abort()
+            elif name == "rst":
+                if t.is_closing():
+                    return [name, side, "closing"]
+                sock = t.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                res = t.abort()
+            else:
+                raise AssertionError(name)
+        except Exception as exc:
+            msg = _msg(exc)
+            pipe = self.prog["family"] == "pipe"
+            if name == "abort" and pipe and isinstance(exc, AttributeError):
+                # decision 434(c): abort() after the pipe transport closed is
+                # an AttributeError on both, naming a different attribute
+                msg = "(attribute: decision 434(c))"
+            return [name, side, "raised", type(exc).__name__, msg]
+        return [name, side, "ok", res if not isinstance(res, tuple) else list(res)]
+
+    def _salt(self):
+        self.salt += 1
+        return self.salt
+
+    def settle(self):
+        """Run the loop until nothing has changed for a few short sleeps."""
+
+        async def quiet():
+            deadline = time.monotonic() + SETTLE_MAX
+            prev, stable = None, 0
+            while stable < 4 and time.monotonic() < deadline:
+                await asyncio.sleep(0.002)
+                cur = self._snapshot()
+                stable = stable + 1 if cur == prev else 0
+                prev = cur
+
+        self.loop.run_until_complete(quiet())
+
+    def _snapshot(self):
+        out = [len(self.trace["ops"]), len(self.trace["handler"])]
+        for s in sorted(self.ends):
+            e = self.ends[s]
+            out += [len(e.events), len(e.data)]
+            t = e.transport
+            if t is not None and not e.lost:
+                with contextlib.suppress(Exception):
+                    out.append(t.get_write_buffer_size())
+        return out
+
+
+# --------------------------------------------------------------------------
+# comparing
+
+
+def _left(events: list, family: str) -> list:
+    """What decision 464 leaves, made one event on both sides; Unix stream
+    sockets only. (a) A peer that closes with bytes ours had taken from the
+    kernel but not delivered: its close(2) found nothing unread, so this end
+    gets EOF; stock's peer had left them unread and this end gets
+    ECONNRESET (TCP is fixed: SO_LINGER 0, decision 463; a Unix socket has
+    no such reset to ask for). (b) A write to a peer that has closed: stock's
+    write() fails at once (EPIPE, connection_lost), ours leaves with the
+    turn's flush and the EOF that came meanwhile is handed over first, so
+    eof_received comes before the same connection_lost(BrokenPipeError).
+    So on a Unix socket how this end sees its peer gone (EOF then
+    connection_lost(None), EOF then EPIPE, EPIPE, ECONNRESET) is one event,
+    at the byte count where it comes (which covers (e) below for Unix)."""
+    if family == "pipe":
+        # (d) a read pipe's read(2) is made when the poll's record comes, not
+        # after the callbacks queued ahead of it as stock's reader callback:
+        # a writer sees the pipe drained a callback earlier and may not
+        # fill it, so a pause_writing/resume_writing pair can be missing
+        out = []
+        for ev in events:
+            if ev == ["resume_writing"] and out and out[-1] == ["pause_writing"]:
+                out.pop()
+                continue
+            out.append(ev)
+        return out
+    if family == "tcp":
+        # (e) decision 426(b): close() closes our fd at once, stock's at
+        # connection_lost a turn later, so the peer may get its EOF before
+        # its own close() of that turn: EOF then connection_lost(None), not
+        # connection_lost(None) alone
+        out, i = [], 0
+        while i < len(events):
+            ev = events[i]
+            if ev[0] == "eof" and events[i + 1 : i + 2] == [["lost", None, ev[1]]]:
+                ev = ["lost", None, ev[1]]
+                i += 1
+            out.append(ev)
+            i += 1
+        return out
+    gone = (None, "BrokenPipeError[32]", "ConnectionResetError[104]")
+    out, i = [], 0
+    while i < len(events):
+        ev = events[i]
+        nxt = events[i + 1] if i + 1 < len(events) else None
+        if ev[0] == "eof" and nxt and nxt[0] == "lost" and nxt[1] in gone and nxt[2] == ev[1]:
+            out.append(["peer gone (decision 464)", ev[1]])  # (a), (b), both
+            i += 2
+            continue
+        if ev[0] == "lost" and ev[1] in gone:  # None too: (e)
+            ev = ["peer gone (decision 464)", ev[2]]
+        out.append(ev)
+        i += 1
+    return out
+
+
+def differences(ref: dict, got: dict, family: str = "") -> list[str]:
+    out = []
+    for key in ("fatal", "leaked_fds"):
+        if ref.get(key) != got.get(key):
+            out.append(f"{key}: stock {ref.get(key)!r} ours {got.get(key)!r}")
+    for s in sorted(set(ref["ends"]) | set(got["ends"])):
+        a, b = ref["ends"].get(s, []), got["ends"].get(s, [])
+        if a != b and _left(a, family) == _left(b, family):
+            continue  # decision 464
+        if a != b:
+            out.append(f"end {s}: stock {a} ours {b}")
+    if ref["ops"] != got["ops"]:
+        for x, y in zip(ref["ops"], got["ops"], strict=False):
+            if x != y:
+                out.append(f"op: stock {x} ours {y}")
+                break
+        else:
+            out.append(f"ops: stock {len(ref['ops'])} results, ours {len(got['ops'])}")
+    if ref["handler"] != got["handler"]:
+        out.append(f"exception handler: stock {ref['handler']} ours {got['handler']}")
+    if ref["log"] != got["log"]:
+        out.append(f"asyncio log: stock {ref['log']} ours {got['log']}")
+    return out
+
+
+def check(prog: dict, kinds, stock_twice=True) -> dict:
+    """{kind: [differences]} for this program; {'stock': [...]} if stock itself varies."""
+    ref = run("stock", prog)
+    if stock_twice:
+        ref2 = run("stock", prog)
+        d = differences(ref, ref2, prog["family"])
+        if d:
+            return {"stock": d}
+    return {k: differences(ref, run(k, prog), prog["family"]) for k in kinds}
+
+
+def shrink(prog: dict, kind: str) -> dict:
+    """ddmin over the op list, keeping a program that still differs on `kind`."""
+
+    def fails(ops):
+        p = dict(prog, ops=ops)
+        res = check(p, [kind], stock_twice=True)
+        return bool(res.get(kind))
+
+    ops = list(prog["ops"])
+    n = 2
+    while len(ops) >= 2:
+        size = max(1, len(ops) // n)
+        chunks = [ops[i : i + size] for i in range(0, len(ops), size)]
+        for j in range(len(chunks)):
+            rest = [o for c in chunks[:j] + chunks[j + 1 :] for o in c]
+            if fails(rest):
+                ops, n = rest, max(n - 1, 2)
+                break
+        else:
+            if n >= len(ops):
+                break
+            n = min(len(ops), n * 2)
+    # unwrap soon/later/stoprun where the plain op still fails
+    for j, op in enumerate(ops):
+        if op[0] in ("soon", "later", "stoprun", "nosettle"):
+            cand = ops[:j] + [op[1]] + ops[j + 1 :]
+            if fails(cand):
+                ops = cand
+    return dict(prog, ops=ops)
+
+
+def script(prog: dict) -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    return f'''"""difffuzz repro, seed {prog["seed"]} (the dev interpreter, a built tree)."""
+import json, sys
+sys.path.insert(0, {here!r})
+import difffuzz
+
+PROGRAM = json.loads({__import__("json").dumps(prog)!r})
+for kind in ["stock"] + difffuzz.KINDS:
+    print(kind, json.dumps(difffuzz.run(kind, PROGRAM)))
+for kind, diffs in difffuzz.check(PROGRAM, difffuzz.KINDS).items():
+    print(kind, "SAME" if not diffs else "DIFFERENT")
+    for d in diffs:
+        print("   ", d)
+'''
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=20, help="run seeds start..start+N-1")
+    ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--seed", type=int, help="one seed only")
+    ap.add_argument("--kind", action="append", choices=KINDS, help="default: all three")
+    ap.add_argument("--family", choices=FAMILIES)
+    ap.add_argument("--shrink", action="store_true", help="minimise a failing seed's op list")
+    ap.add_argument("--script", help="write the (minimal) failing program as a script here")
+    ap.add_argument("--verbose", "-v", action="store_true")
+    args = ap.parse_args(argv)
+    kinds = args.kind or KINDS
+    seeds = [args.seed] if args.seed is not None else range(args.start, args.start + args.seeds)
+    failed, varied, ops_mix = 0, 0, {}
+    t0 = time.monotonic()
+    for seed in seeds:
+        prog = generate(seed, args.family)
+        for op in prog["ops"]:
+            name = f"{op[0]}:{op[1][0]}" if op[0] in _WRAPS else op[0]
+            ops_mix[name] = ops_mix.get(name, 0) + 1
+        res = check(prog, kinds)
+        if "stock" in res:
+            varied += 1
+            if args.verbose:
+                print(f"seed {seed} ({prog['family']}): stock varies: {res['stock'][:2]}")
+            continue
+        bad = {k: d for k, d in res.items() if d}
+        if not bad:
+            if args.verbose:
+                print(f"seed {seed} ({prog['family']}): same")
+            continue
+        failed += 1
+        for k, d in bad.items():
+            print(f"seed {seed} ({prog['family']}) {k}:")
+            for line in d:
+                print("    " + line[:2000])
+        if args.shrink:
+            kind = next(iter(bad))
+            small = shrink(prog, kind)
+            print(f"  minimal ({kind}): {small}")
+            if args.script:
+                with open(args.script, "w") as f:
+                    f.write(script(small))
+                print(f"  script: {args.script}")
+        sys.stdout.flush()
+    n = len(seeds)
+    print(
+        f"{n} seeds x {len(kinds)} kinds ({', '.join(kinds)}) in {time.monotonic() - t0:.0f} s: "
+        f"{failed} differ, {varied} skipped (stock varies)"
+    )
+    print("op mix:", dict(sorted(ops_mix.items())))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
