@@ -114,7 +114,11 @@ def test_forced_eagain_paths(eagain_engine, tcp_listener, res_tracker):
     sent = Collector("send")
     eng.send(c.fileno(), payload, sent)
     settle(eng)
-    assert eng.stats()["eagain_retries"] == 3  # the send's stand-in came back EAGAIN
+    # the send's stand-in came back EAGAIN; the real send that follows its
+    # poll may find the buffer still full and say EAGAIN too (MSG_DONTWAIT:
+    # the kernel's own poll is off for sends, decision 474)
+    after_send = eng.stats()["eagain_retries"]
+    assert after_send in (3, 4)
     assert not sent.done
     got = bytearray()
     while len(got) < filled + len(payload):
@@ -130,7 +134,7 @@ def test_forced_eagain_paths(eagain_engine, tcp_listener, res_tracker):
     rcv = Collector("recv")
     eng.recv(s.fileno(), rcv, multishot=False)
     settle(eng)
-    assert eng.stats()["eagain_retries"] == 4
+    assert eng.stats()["eagain_retries"] == after_send + 1
     c.send(b"late")
     wait_done(eng, rcv)
     assert rcv.payload() == b"late"
@@ -142,7 +146,7 @@ def test_forced_eagain_paths(eagain_engine, tcp_listener, res_tracker):
     eng.send(s.fileno(), b"back", out)
     wait_done(eng, out)
     assert more.payload() == b"now" and out.res == 4
-    assert eng.stats()["eagain_retries"] == 4
+    assert eng.stats()["eagain_retries"] == after_send + 1
 
 
 def test_forced_eagain_datagrams(eagain_engine, udp_socket):

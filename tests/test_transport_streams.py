@@ -748,25 +748,17 @@ def test_fd_count_fixture_sees_a_leak(tmp_path):
         os.close(fd)
 
 
-def test_a_send_stuck_behind_a_paused_unix_reader_leaves_the_kernel(tloop, tmp_path, request):
-    """A Unix stream end whose peer has paused reading, with 1 MB queued,
-    then the loop stopped and run again twice with a small write each time
-    (tools/difffuzz.py seed 1272): on io_uring the stuck send goes to an
-    io-wq worker that blocks in the kernel, so every stop of the loop
-    spends 2 s failing to take it out (park) and the loop stays bound to
-    this thread. Stock's loop then runs from another thread; ours on
-    io_uring cannot: a known defect, left (decision 465), expected to fail
-    there until it is fixed (strict: a fix shows)."""
+@pytest.mark.parametrize("family", ["unix", "tcp"])
+def test_a_send_stuck_behind_a_paused_reader_leaves_the_kernel(tloop, tmp_path, family):
+    """A stream end whose peer has paused reading and half-closed, with more
+    queued than the socket buffers hold, then the loop stopped and run again
+    twice with a small write each time (tools/difffuzz.py seed 1272). On
+    io_uring the stuck send went to an io-wq worker after a poll wake-up
+    that brought no progress (the peer's shutdown) and blocked there; park
+    could not take it out, so every stop of the loop spent 2 s and left the
+    loop bound to this thread. Sends now carry MSG_DONTWAIT (decision 474):
+    the loop runs from another thread afterwards, as stock's does."""
     import threading
-
-    if request.node.callspec.params["tloop"] == "io_uring":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="decision 465: a send blocked in an io-wq worker keeps park "
-                "from taking it out of the kernel (left, not fixed)",
-            )
-        )
 
     class P(asyncio.Protocol):
         transport = None
@@ -782,8 +774,13 @@ def test_a_send_stuck_behind_a_paused_unix_reader_leaves_the_kernel(tloop, tmp_p
     path = str(tmp_path / "s")
 
     async def setup():
-        srv = await lp.create_unix_server(lambda: b, path)
-        await lp.create_unix_connection(lambda: a, path)
+        if family == "unix":
+            srv = await lp.create_unix_server(lambda: b, path)
+            await lp.create_unix_connection(lambda: a, path)
+        else:
+            srv = await lp.create_server(lambda: b, "127.0.0.1", 0)
+            port = srv.sockets[0].getsockname()[1]
+            await lp.create_connection(lambda: a, "127.0.0.1", port)
         for _ in range(1000):
             if b.transport is not None:
                 break
@@ -797,7 +794,7 @@ def test_a_send_stuck_behind_a_paused_unix_reader_leaves_the_kernel(tloop, tmp_p
     a.transport.pause_reading()
     a.transport.write_eof()
     settle()
-    b.transport.write(b"x" * 1_000_000)
+    b.transport.write(b"x" * (1_000_000 if family == "unix" else 24_000_000))
     settle()
     for data in (memoryview(b"y" * 7), b"z"):
         lp.call_soon(b.transport.write, data)

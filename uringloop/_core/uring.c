@@ -645,14 +645,18 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
         break;
     case K_SEND:
     case K_SENDV: {
-        /* MSG_WAITALL: on a stream socket the kernel finishes a short send
-         * itself; a cancel still reports the bytes that went out */
+        /* MSG_DONTWAIT (474): a full socket buffer completes the send with
+         * what went out, or -EAGAIN, which our own POLL_ADD waits out; a
+         * send the kernel polled for itself could be handed to an io-wq
+         * worker and block there, where no cancel takes it out (465).
+         * MSG_WAITALL: a SENDMSG's partial progress is reported as a short
+         * send, which the engine continues */
         uint32_t nb = op->nbatch ? 0 : batch_gather(e, op);
         if (nb == 0 && op->kind == K_SEND) {
             s->opcode = UL_OP_SEND;
             s->addr = (uint64_t)(uintptr_t)(op->buf + op->done);
             s->len = op->len - op->done;
-            s->op_flags = (uint32_t)op->msg_flags;
+            s->op_flags = (uint32_t)(op->msg_flags | MSG_DONTWAIT);
             break;
         }
         /* a batch, or a K_SENDV alone: the msghdr heads its iovec block */
@@ -670,7 +674,7 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
             m->msg_iovlen = UL_MIN(op->niov - op->iov_idx, (uint32_t)UL_IOV_MAX);
         }
         s->addr = (uint64_t)(uintptr_t)m;
-        s->op_flags = (uint32_t)(op->msg_flags | MSG_WAITALL);
+        s->op_flags = (uint32_t)(op->msg_flags | MSG_WAITALL | MSG_DONTWAIT);
         break;
     }
     case K_WRITE:
