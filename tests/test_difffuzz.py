@@ -109,3 +109,23 @@ def test_a_stock_run_still_busy_at_settle_max_is_skipped(monkeypatch):
     assert difffuzz.run("stock", prog).get("slow")
     res = difffuzz.check(prog, [])
     assert list(res) == ["stock"] and "still busy" in res["stock"][0]
+
+
+def test_tcp_reset_or_epipe_is_one_ending():
+    """Decision 477(a), seed 2580: a write to a TCP peer that has reset ends
+    with ECONNRESET on stock, EPIPE on ours; one event, other endings not."""
+    stock = {
+        "ends": {"a": [["made"], ["lost", "ConnectionResetError[104]", 0], ["data", 0, 0]]},
+        "ops": [],
+        "handler": [],
+        "log": [],
+        "fatal": None,
+        "leaked_fds": [],
+    }
+    import copy
+
+    ours = copy.deepcopy(stock)
+    ours["ends"]["a"][1][1] = "BrokenPipeError[32]"
+    assert difffuzz.differences(stock, ours, "tcp") == []
+    ours["ends"]["a"][1] = ["lost", None, 0]
+    assert difffuzz.differences(stock, ours, "tcp")
