@@ -646,6 +646,20 @@ def _left(events: list, family: str) -> list:
     return out
 
 
+def _stock_bug(x: list, y: list) -> bool:
+    """A stock failure ours does not copy. Python 3.12+'s
+    `_SelectorSocketTransport.writelines` has no `_conn_lost` check: after
+    connection_lost (the transport's `_loop` is None) a call with data it
+    cannot send at once raises AttributeError from `self._loop._add_writer`
+    (3.12.1 and 3.13.0 here; seed 55); `write()` and ours warn and return."""
+    return (
+        x[1] == y[1] == "writelines"
+        and x[3:5] == ["raised", "AttributeError"]
+        and x[5] == "'NoneType' object has no attribute '_add_writer'"
+        and y[3:] == ["ok", None]
+    )
+
+
 def differences(ref: dict, got: dict, family: str = "") -> list[str]:
     out = []
     for key in ("fatal", "leaked_fds"):
@@ -659,10 +673,10 @@ def differences(ref: dict, got: dict, family: str = "") -> list[str]:
             out.append(f"end {s}: stock {a} ours {b}")
     if ref["ops"] != got["ops"]:
         for x, y in zip(ref["ops"], got["ops"], strict=False):
-            if x != y:
+            if x != y and not _stock_bug(x, y):
                 out.append(f"op: stock {x} ours {y}")
                 break
-        else:
+        if len(ref["ops"]) != len(got["ops"]):
             out.append(f"ops: stock {len(ref['ops'])} results, ours {len(got['ops'])}")
     if ref["handler"] != got["handler"]:
         out.append(f"exception handler: stock {ref['handler']} ours {got['handler']}")
