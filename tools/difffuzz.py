@@ -24,7 +24,8 @@ Normalised away (decision 460), nothing else:
   at once is not the loop's choice; the Known limits say io_uring counts a
   small write of the turn as queued until the turn ends);
 * object ids and addresses in messages; the stock loop's own nondeterminism
-  (a program whose stock traces differ between two runs is skipped).
+  (a program whose stock traces differ between two runs is skipped, as is one
+  whose stock run is still busy when an op's ``SETTLE_MAX`` ends, 476).
 
 A run is bounded (``TIMEOUT`` seconds, SIGALRM): a hang is a finding, as is an
 exception out of the runner or an fd left open after the loop has closed.
@@ -116,8 +117,25 @@ def generate(seed: int, family: str | None = None) -> dict:
         prog["keep_open"] = {"r": False}
         gen = _pipe_op
     paused = {"n": None}  # pipes: bytes written since the reader paused
+    unsettled: list[int] = []  # ops run for one turn since the last settled op
     for _ in range(n):
         op = gen(r, fam)
+        if op[0] == "pause_reading" and fam != "udp":
+            # Decisions 162 and 475: a write run for one turn only (nosettle)
+            # may leave bytes in the kernel that the reader has not read when
+            # the next op pauses it. Stock's pause cancels its reader callback
+            # and leaves them there, so its writer stays paused; ours has
+            # read them or reads them anyway (a pipe's read stays armed while
+            # paused, 162; a socket's multishot receive takes what comes
+            # before its cancel, decision 75, io_uring only), so its writer
+            # resumes. More than 32 KiB pending that way: those ops settle.
+            pending = sum(_written(prog["ops"][j][1]) for j in unsettled)
+            if pending > 32768:
+                for j in unsettled:
+                    prog["ops"][j] = prog["ops"][j][1]
+                pending = 0
+            if fam == "pipe" and paused["n"] is None:
+                paused["n"] = pending  # counted against 32 KiB below
         if fam == "pipe":
             # Decision 162 (Known limits): a paused pipe transport reads up to
             # 256 KiB more than stock's before it stops, so a writer that
@@ -125,9 +143,7 @@ def generate(seed: int, family: str | None = None) -> dict:
             # close/abort then loses fewer bytes, it sees no EPIPE). Programs
             # keep what is written behind a paused reader within the pipe's
             # 64 KiB; writes of any size while it reads.
-            if op[0] == "pause_reading":
-                paused["n"] = 0
-            elif op[0] == "resume_reading":
+            if op[0] == "resume_reading":
                 paused["n"] = None
             elif op[0] in ("write", "writelines") and paused["n"] is not None:
                 sizes = [op[2]] if op[0] == "write" else op[2]
@@ -144,8 +160,21 @@ def generate(seed: int, family: str | None = None) -> dict:
             op = ["stoprun", op]
         elif w < 0.28:
             op = ["nosettle", op]
+        if op[0] == "nosettle":
+            unsettled.append(len(prog["ops"]))
+        else:
+            unsettled = []
         prog["ops"].append(op)
     return prog
+
+
+def _written(op: list) -> int:
+    """Bytes a write or writelines op sends (0 for any other op)."""
+    if op[0] == "write":
+        return op[2]
+    if op[0] == "writelines":
+        return sum(op[2])
+    return 0
 
 
 def _stream_op(r: random.Random, fam: str) -> list:
@@ -532,6 +561,10 @@ class _Runner:
                 cur = self._snapshot()
                 stable = stable + 1 if cur == prev else 0
                 prev = cur
+            if stable < 4:
+                # still changing at SETTLE_MAX: what the next op finds depends
+                # on the loop's speed (decision 476); not compared
+                self.trace["slow"] = True
 
         self.loop.run_until_complete(quiet())
 
@@ -581,12 +614,19 @@ def _left(events: list, family: str) -> list:
         # connection_lost a turn later, so the peer may get its EOF before
         # its own close() of that turn: EOF then connection_lost(None), not
         # connection_lost(None) alone
+        # (477) a write to a peer that has reset: stock's send() meets the
+        # reset (ECONNRESET), ours is sent after the turn's poll, whose
+        # receive has taken the error, so the send gets EPIPE (seed 2580):
+        # connection_lost(ECONNRESET or EPIPE) is one event
+        reset = ("BrokenPipeError[32]", "ConnectionResetError[104]")
         out, i = [], 0
         while i < len(events):
             ev = events[i]
             if ev[0] == "eof" and events[i + 1 : i + 2] == [["lost", None, ev[1]]]:
                 ev = ["lost", None, ev[1]]
                 i += 1
+            elif ev[0] == "lost" and ev[1] in reset:
+                ev = ["lost", "reset or EPIPE (decision 477)", ev[2]]
             out.append(ev)
             i += 1
         return out
@@ -658,6 +698,13 @@ def differences(ref: dict, got: dict, family: str = "") -> list[str]:
 def check(prog: dict, kinds, stock_twice=True) -> dict:
     """{kind: [differences]} for this program; {'stock': [...]} if stock itself varies."""
     ref = run("stock", prog)
+    if ref.get("slow"):
+        # Decision 476: an op whose stock run was still moving bytes at
+        # SETTLE_MAX (seed 2017: 1 MB through a 1-byte BufferedProtocol
+        # buffer, one recv_into(1) a turn, ~950 KB in 3 s) hands the next op
+        # a state that depends on the loop's speed; ours, faster, had
+        # settled. Skipped, as a stock run that varies.
+        return {"stock": [f"stock still busy after an op's {SETTLE_MAX} s settle"]}
     if stock_twice:
         ref2 = run("stock", prog)
         d = differences(ref, ref2, prog["family"])
@@ -762,7 +809,7 @@ def main(argv=None):
     n = len(seeds)
     print(
         f"{n} seeds x {len(kinds)} kinds ({', '.join(kinds)}) in {time.monotonic() - t0:.0f} s: "
-        f"{failed} differ, {varied} skipped (stock varies)"
+        f"{failed} differ, {varied} skipped (stock varies or is still busy at SETTLE_MAX)"
     )
     print("op mix:", dict(sorted(ops_mix.items())))
     return 1 if failed else 0
