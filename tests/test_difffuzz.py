@@ -9,6 +9,7 @@ Seeds 8 and 55 are programs that differed before decisions 461 and 462.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 
@@ -111,21 +112,29 @@ def test_a_stock_run_still_busy_at_settle_max_is_skipped(monkeypatch):
     assert list(res) == ["stock"] and "still busy" in res["stock"][0]
 
 
-def test_tcp_reset_or_epipe_is_one_ending():
-    """Decision 477(a), seed 2580: a write to a TCP peer that has reset ends
-    with ECONNRESET on stock, EPIPE on ours; one event, other endings not."""
-    stock = {
-        "ends": {"a": [["made"], ["lost", "ConnectionResetError[104]", 0], ["data", 0, 0]]},
-        "ops": [],
-        "handler": [],
-        "log": [],
-        "fatal": None,
-        "leaked_fds": [],
-    }
-    import copy
+# seed 2580 shrunk (decisions 477(a), 478): b resets in a turn run alone,
+# then a writes 64 KiB; stock's send meets the reset
+RESET_2580 = {
+    "seed": 2580,
+    "family": "tcp",
+    "ops": [["nosettle", ["rst", "b"]], ["write", "a", 65536, "bytearray"]],
+    "buffered": {"a": True, "b": True},
+    "bufsize": {"a": 4096, "b": 1},
+    "keep_open": {"a": False, "b": True},
+}
 
-    ours = copy.deepcopy(stock)
-    ours["ends"]["a"][1][1] = "BrokenPipeError[32]"
-    assert difffuzz.differences(stock, ours, "tcp") == []
-    ours["ends"]["a"][1] = ["lost", None, 0]
-    assert difffuzz.differences(stock, ours, "tcp")
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_write_after_reset_ends_as_stock(kind):
+    """Decision 478: the write's connection_lost is ConnectionResetError on
+    every kind, as stock's (it was BrokenPipeError, 477(a)); EPIPE and
+    ECONNRESET are no longer one event on TCP."""
+    if "reset" not in _stock:
+        _stock["reset"] = difffuzz.run("stock", RESET_2580)
+    ref = _stock["reset"]
+    assert ref["ends"]["a"][1] == ["lost", "ConnectionResetError[104]", 0], ref
+    got = difffuzz.run(kind, RESET_2580)
+    assert difffuzz.differences(ref, got, "tcp") == []
+    epipe = copy.deepcopy(ref)
+    epipe["ends"]["a"][1][1] = "BrokenPipeError[32]"
+    assert difffuzz.differences(ref, epipe, "tcp")

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import ssl
+import struct
 import sys
 import termios
 import time
@@ -230,6 +231,29 @@ def test_abort_with_bytes_unread_resets_the_peer(tloop, how):
             peer.settimeout(5)
             with pytest.raises(ConnectionResetError):
                 peer.recv(100)
+
+    run_in(tloop, main())
+
+
+def test_write_after_peer_reset_reports_the_reset(tloop):
+    """The peer resets (SO_LINGER 0), then a write() of more than the
+    high-water mark runs from a callback queued ahead of the turn's records.
+    The stock write() sends at once and send(2) meets the pending reset:
+    connection_lost(ConnectionResetError). Our receive had taken the reset
+    (its record held behind _ready), so the send got EPIPE and ours ended
+    with BrokenPipeError until decision 478 (tools/difffuzz.py seed 2580)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Recorder)
+        await asyncio.sleep(0)  # the transport reads
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()  # RST
+        loop.call_soon(tr.write, b"x" * (128 * 1024))  # ahead of the turn's records
+        exc = await wait_for(proto.lost)
+        assert type(exc) is ConnectionResetError, repr(exc)
+        assert exc.errno == errno.ECONNRESET
+        assert proto.events == ["made", "lost"]
 
     run_in(tloop, main())
 

@@ -614,19 +614,12 @@ def _left(events: list, family: str) -> list:
         # connection_lost a turn later, so the peer may get its EOF before
         # its own close() of that turn: EOF then connection_lost(None), not
         # connection_lost(None) alone
-        # (477) a write to a peer that has reset: stock's send() meets the
-        # reset (ECONNRESET), ours is sent after the turn's poll, whose
-        # receive has taken the error, so the send gets EPIPE (seed 2580):
-        # connection_lost(ECONNRESET or EPIPE) is one event
-        reset = ("BrokenPipeError[32]", "ConnectionResetError[104]")
         out, i = [], 0
         while i < len(events):
             ev = events[i]
             if ev[0] == "eof" and events[i + 1 : i + 2] == [["lost", None, ev[1]]]:
                 ev = ["lost", None, ev[1]]
                 i += 1
-            elif ev[0] == "lost" and ev[1] in reset:
-                ev = ["lost", "reset or EPIPE (decision 477)", ev[2]]
             out.append(ev)
             i += 1
         return out

@@ -697,6 +697,28 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             self._close_fd(None)
         # else: the queued data leaves first (_on_sent closes)
 
+    def _fatal_error(self, exc, message="Fatal error on transport"):
+        # A TCP reset that our receive took (its record held behind _ready,
+        # not handed over yet) consumed the socket's pending error, so a send
+        # made after it gets EPIPE; the stock write() sends before its reader
+        # callback runs and gets the reset itself. Report what stock does
+        # (decision 478). Every write failure (write(), _on_sent, the C
+        # flush) comes through here.
+        if (
+            type(exc) is BrokenPipeError
+            and message == "Fatal write error on socket transport"
+            and getattr(self._sockobj, "family", None) in _INET
+            and self._held_reset()
+        ):
+            exc = _os_error(-errno.ECONNRESET)
+        super()._fatal_error(exc, message)
+
+    def _held_reset(self):
+        for held in (self._held, self._core.held):
+            if held and any(rec[0] == -errno.ECONNRESET for rec in held):
+                return True
+        return False
+
     def _force_close(self, exc):
         """abort(), fatal errors, and 3.13's sslproto ``_abort``: the stock
         write() has already sent what the kernel takes of the bytes queued
