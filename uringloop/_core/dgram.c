@@ -222,12 +222,18 @@ static Py_ssize_t length(PyObject *o)
 Py_ssize_t ul_dgram_timers, ul_dgram_before = -1;
 unsigned int ul_dgram_seq;
 
+/* 1 when batch seq brings d's first record (noted now), else 0 */
+static inline int first_of_batch(Dgram *d, unsigned int seq)
+{
+    if (d->seq == seq)
+        return 0;
+    d->seq = seq;
+    return 1;
+}
+
 int ul_dgram_first(PyObject *owner, unsigned int seq)
 {
-    if (!Py_IS_TYPE(owner, &DgramType) || ((Dgram *)owner)->seq == seq)
-        return 0;
-    ((Dgram *)owner)->seq = seq;
-    return 1;
+    return Py_IS_TYPE(owner, &DgramType) && first_of_batch((Dgram *)owner, seq);
 }
 
 /* the plain reading state, with nothing due in the loop's _ready before it
@@ -241,10 +247,8 @@ static int takes_fast(Dgram *d, Py_ssize_t timers, Py_ssize_t before, unsigned i
 {
     if (!d->recv_fast || d->ready == NULL)
         return 0;
-    if (before >= 0 && d->seq != seq) {
-        d->seq = seq;
+    if (before >= 0 && first_of_batch(d, seq))
         return before == 0;
-    }
     Py_ssize_t waiting = length(d->ready);
     return waiting < 0 ? -1 : waiting - timers <= 0;
 }

@@ -714,10 +714,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         super()._fatal_error(exc, message)
 
     def _held_reset(self):
-        for held in (self._held, self._core.held):
-            if held and any(rec[0] == -errno.ECONNRESET for rec in held):
-                return True
-        return False
+        return any(rec[0] == -errno.ECONNRESET for rec in self._held_records())
 
     def _force_close(self, exc):
         """abort(), fatal errors, and 3.13's sslproto ``_abort``: the stock
@@ -749,12 +746,13 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         super()._close_fd(exc)
 
     def _has_unread(self):
-        if self._unread:
-            return True
+        return self._unread or any(rec[0] > 0 for rec in self._held_records())
+
+    def _held_records(self):
+        """The records waiting behind _ready, Python's then C's."""
         for held in (self._held, self._core.held):
-            if held and any(rec[0] > 0 for rec in held):
-                return True
-        return False
+            if held:
+                yield from held
 
     def _drop_queue(self):
         c = self._core
