@@ -253,3 +253,65 @@ def test_errno_of_a_refused_first_receive_matches_stock():
         assert ei.value.errno == errno.EAGAIN
     finally:
         a.close()
+
+
+def test_park_takes_out_a_request_that_reached_io_wq_after_its_cancel(tmp_path):
+    """Engine level: park's ASYNC_CANCEL can reach a request while the kernel
+    is between two of its own poll retries (a sendmsg whose poll says
+    writable and whose attempt says EAGAIN); it finds nothing (-ENOENT), and
+    the request then goes to an io-wq worker, here one that blocks (the
+    socket is blocking: a misuse for asyncio, not for the engine). Park now
+    asks again every 10 ms, and a cancel that finds the request running in
+    the worker interrupts it (decision 483): every park succeeds, and the
+    engine then runs from another thread. Without it the second park timed
+    out (2 s) and left the engine bound."""
+    from conftest import Collector, require_uring, run_until
+
+    from uringloop import engine
+
+    require_uring()
+    path = str(tmp_path / "r")
+    r = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    r.bind(path)
+    a = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setblocking(False)
+    eng = engine.Engine("io_uring")
+    try:
+        n = 0
+        while True:
+            try:
+                a.sendto(b"d" * 100, path)
+            except BlockingIOError:
+                break
+            n += 1
+        a.setblocking(True)
+        col = Collector("sendmsg")
+        eng.sendmsg(a.fileno(), b"x" * 100, path, col, socket.AF_UNIX)
+        eng.run(0.02)  # in the worker by now
+        parks = [eng.park()]
+        for _ in range(3):  # re-issued, then parked in the same breath
+            eng.run(0)
+            parks.append(eng.park())
+        assert parks == [True, True, True, True]
+        errors = []
+
+        def other():
+            try:
+                eng.run(0)
+                eng.park()
+            except Exception as exc:  # noqa: BLE001 - the point is to report it
+                errors.append(exc)
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(30)
+        assert errors == []
+        r.setblocking(False)
+        for _ in range(n):
+            r.recv(200)
+        run_until(eng, lambda: col.done, what="the sendmsg")
+        assert col.res == 100
+    finally:
+        eng.close()
+        a.close()
+        r.close()
