@@ -754,7 +754,7 @@ def _left(events: list, family: str) -> list:
         # a writer sees the pipe drained a callback earlier and may not
         # fill it, so a pause_writing/resume_writing pair can be missing
         return _no_pause_pair(events)
-    if family == "tcp":
+    if family in ("tcp", "tls"):  # TLS: a TCP socket below (decision 485)
         # (e) decision 426(b): close() closes our fd at once, stock's at
         # connection_lost a turn later, so the peer may get its EOF before
         # its own close() of that turn: EOF then connection_lost(None), not
