@@ -2,8 +2,10 @@
 
 From a seed, ``generate(seed)`` makes a program: a family (a TCP or Unix
 stream pair made by create_server/create_connection, two UDP endpoints, or an
-``os.pipe`` through connect_read_pipe/connect_write_pipe), the protocols'
-kinds, and a list of operations on the two ends (writes of every size,
+``os.pipe`` through connect_read_pipe/connect_write_pipe; with ``--family
+tls`` a TLS pair made by create_server/create_connection(ssl=...) or by
+start_tls on a plain pair, decision 485), the protocols' kinds, and a
+list of operations on the two ends (writes of every size,
 writelines, write_eof, pause/resume_reading, set_write_buffer_limits,
 get_write_buffer_size, is_closing, close, abort, RST, sendto, callbacks
 through call_soon/call_later, loop.stop and a re-run). ``run(kind, program)``
@@ -23,6 +25,9 @@ Normalised away (decision 460), nothing else:
 * ``get_write_buffer_size()``: only whether it is 0 (how much the kernel took
   at once is not the loop's choice; the Known limits say io_uring counts a
   small write of the turn as queued until the turn ends);
+* what stock handed over that its peer did not write (CPython gh-156275,
+  decision 485): ours must hand over a prefix of the peer's writes;
+* stock failures ours does not copy (``_stock_bug``, decisions 464(g), 488);
 * object ids and addresses in messages; the stock loop's own nondeterminism
   (a program whose stock traces differ between two runs is skipped, as is one
   whose stock run is still busy when an op's ``SETTLE_MAX`` ends, 476).
@@ -792,7 +797,9 @@ def _stock_bug(x: list, y: list) -> bool:
     (3.12.1 and 3.13.0 here; seed 55); `write()` and ours warn and return.
     Python 3.10's read pipe transport inherits `is_reading()` from
     ReadTransport, which raises NotImplementedError, and its
-    pause_reading/resume_reading call it (decision 426(h)); ours has one."""
+    pause_reading/resume_reading call it (decision 426(h)); ours has one;
+    3.10's datagram transport has neither (488). 3.13.0's writelines and
+    3.12+'s write after some connection_lost paths: `_WRITELINES_BUG` (488)."""
     if (
         x[1] == y[1]
         and x[1] in ("pause_reading", "resume_reading")
