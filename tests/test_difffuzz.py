@@ -177,6 +177,30 @@ def test_stock_writelines_after_lost_and_missing_pause():
     assert difffuzz.differences(paused, mine)
 
 
+def test_tls_flow_flips_at_a_zero_high_water_mark():
+    """Decision 490: with high=0 the stock SSL protocol flips
+    pause_writing/resume_writing at each `_control_app_writing` (one a
+    read), so their number follows the reads (seeds 440, 578); a flip after
+    connection_lost reaches the handler. Let through on that end only,
+    and only at high=0."""
+    ref = {"ends": {"a": [["made"]], "b": [["made"]]}, "handler": [], "log": [], "fatal": None}
+    ref["leaked_fds"] = []
+    ref["ops"] = [[0, "limits", "b", "ok", [0, 0]]]
+    ref["ends"]["b"] += [["pause_writing"], ["resume_writing"], ["pause_writing"]]
+    ref["handler"] = [["protocol.resume_writing() failed", "AttributeError"]]
+    got = copy.deepcopy(ref)
+    got["ends"]["b"] = [["made"], ["pause_writing"], ["resume_writing"]]
+    got["handler"] = []
+    assert difffuzz.differences(ref, got, "tls") == []
+    assert difffuzz.differences(ref, got, "tcp")
+    other = copy.deepcopy(got)
+    other["ends"]["a"].append(["pause_writing"])
+    assert difffuzz.differences(ref, other, "tls")
+    high = copy.deepcopy(ref)
+    high["ops"] = [[0, "limits", "b", "ok", [1, 4]]]
+    assert difffuzz.differences(high, dict(got, ops=high["ops"]), "tls")
+
+
 def test_a_changed_trace_is_a_difference():
     """The comparison sees what it must: a byte, an event moved before a
     byte count, an exception type, a log line, a leaked fd, a hang."""
