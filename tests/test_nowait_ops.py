@@ -4,9 +4,9 @@ io_uring hands a request whose poll said "ready" and whose attempt said
 EAGAIN, APOLL_MAX_RETRY (128) times over, to an io-wq worker, which tries it
 once more *blocking*. Where that attempt ignores the socket's O_NONBLOCK
 (IORING_OP_SEND and IORING_OP_RECV call the socket's sendmsg/recvmsg with the
-SQE's flags alone) it sleeps there, ASYNC_CANCEL does not end it, and park
-(decision 31) spends its 2 s at every stop and leaves the loop bound to its
-thread. Each scenario: an op of a kind whose poll and attempt disagree, the
+SQE's flags alone) it sleeps there; a park (decision 31) whose cancel met the
+request before it reached the worker spent its 2 s at every stop and left the
+loop bound to its thread (decision 483: park now cancels again). Each scenario: an op of a kind whose poll and attempt disagree, the
 loop stopped and run again, then from another thread (as stock's can), then
 the op finished by real data, every kind against the stock loop.
 """
@@ -70,9 +70,10 @@ def test_a_receive_whose_poll_says_error_leaves_the_kernel(tloop, how):
     """sock_recv/sock_recv_into on a UDP socket whose error queue keeps
     EPOLLERR up: IORING_OP_RECV went to io-wq after 128 retries and blocked
     there (the loop stopped in 2 s, then could not run from another thread:
-    "the engine is bound to the thread that last ran it"). With MSG_DONTWAIT
-    (decision 479) the receive waits in the engine; stock spins in its
-    selector the same way. Data sent then is what the receive returns."""
+    "the engine is bound to the thread that last ran it"). Park's repeated
+    cancel (decision 483) takes the worker's receive out at each stop (479:
+    the receive keeps IORING_RECVSEND_POLL_FIRST, no MSG_DONTWAIT); stock
+    spins in its selector. Data sent then is what the receive returns."""
     lp = tloop
     a, addr = _udp_with_queued_error()
     b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -214,33 +215,6 @@ def test_a_unix_datagram_transport_to_a_full_peer_buffers_as_stock(tloop, tmp_pa
     assert got == [b"%03d" % i for i in range(40)]
     assert "pause" in events_full and not any(isinstance(e, tuple) for e in events_full)
     assert ours == stock
-
-
-def test_receives_carry_dontwait_and_wait_in_the_engine():
-    """The engine's own readiness wait comes first for a one-shot receive
-    (decision 479): a waiting sock_recv costs a POLL_ADD and a RECV, and no
-    EAGAIN (the RECV comes only once the socket is readable)."""
-    from conftest import make_loop
-
-    lp = make_loop("io_uring")
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    try:
-
-        async def main():
-            for _ in range(20):
-                lp.call_later(0.001, b.send, b"x")
-                assert await wait_for(lp.sock_recv(a, 100)) == b"x"
-
-        before = lp._engine.stats()
-        run_in(lp, main())
-        after = lp._engine.stats()
-        assert after["eagain_retries"] == before["eagain_retries"]
-        assert after["submitted"] - before["submitted"] == 40
-    finally:
-        a.close()
-        b.close()
-        lp.close()
 
 
 def test_errno_of_a_refused_first_receive_matches_stock():

@@ -364,10 +364,9 @@ def test_a_request_response_sock_recv_waits_before_it_tries(loop, res_tracker, r
     ends on the loop: every receive is asked for before its data comes.
     epoll: after a one-shot receive that found the socket empty, the next
     one waits first (decision 368): 2 syscalls for ops per receive (the
-    re-arm, the read), where the attempt at submit made 3. io_uring: 2
-    SQEs per receive, the engine's POLL_ADD then the RECV (decision 479:
-    receives carry MSG_DONTWAIT, so IORING_RECVSEND_POLL_FIRST's single SQE,
-    decision 357, is gone); with every fallback forced the echo is only
+    re-arm, the read), where the attempt at submit made 3. io_uring: 1
+    SQE per receive (decision 357's poll first), unchanged; with every
+    fallback forced (no buffer ring, so no poll first) the echo is only
     checked, not counted."""
     lp = loop
     a, b = _pair(res_tracker)
@@ -405,4 +404,4 @@ def test_a_request_response_sock_recv_waits_before_it_tries(loop, res_tracker, r
     if kind == "epoll":
         assert per_round_trip <= 4.1, per_round_trip  # was 6: recv (EAGAIN), MOD, recv
     elif kind == "io_uring":
-        assert per_round_trip <= 4.1, per_round_trip  # 2.0 before decision 479
+        assert per_round_trip <= 2.1, per_round_trip

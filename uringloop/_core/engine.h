@@ -152,14 +152,13 @@ uint8_t *ul_pool(ul_engine *e);
  * ul_run runs); then no record will come for it. */
 int ul_nop(ul_engine *e, uint64_t ud);
 /* max caps a one-shot receive (0 = the pool buffer size). A one-shot
- * receive waits for data before it tries: io_uring always (decision 357;
- * in the engine's own POLL_ADD since 479),
+ * receive waits for data before it tries: io_uring always (decision 357),
  * epoll after the fd's last one-shot receive found it empty and none since
  * filled its length (decision 368); a hint, the result is the same. */
 int ul_recv(ul_engine *e, uint64_t ud, int fd, int multishot, uint32_t max);
 /* flags: MSG_* flags for recv(2), and UL_RECV_WAIT_FIRST: a read of fd
  * has just come short or said EAGAIN, so the receive waits for data before
- * it tries (io_uring: the engine's POLL_ADD first, decision 479; epoll: no attempt at
+ * it tries (io_uring: IORING_RECVSEND_POLL_FIRST; epoll: no attempt at
  * submit when the fd is idle, as its re-arm reports data already there).
  * A hint: the result is the same either way (decision 389).
  * UL_RECV_DRAINED: as UL_RECV_WAIT_FIRST, from an owner that keeps fd open

@@ -91,8 +91,6 @@ struct ul_op {
                                    K_RECVMSG_POOL: its last recvmmsg filled its batch,
                                    so the next takes DGRAM_BUDGET at once */
     uint8_t wait_first;         /* K_RECV_INTO asked with UL_RECV_WAIT_FIRST */
-    uint8_t polled;             /* io_uring one-shot receive: its readiness wait
-                                   (the engine's POLL_ADD) was asked for */
     uint8_t drained;            /* K_RECV_INTO with UL_RECV_DRAINED, or K_POLL with
                                    UL_POLL_DRAINED: epoll may wait with no re-arm */
     int fd;

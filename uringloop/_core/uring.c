@@ -534,27 +534,6 @@ static int would_block(const struct ul_op *op)
     return poll(&p, 1, 0) == 0;
 }
 
-/*
- * Receives other than the kernel's multishot ones carry MSG_DONTWAIT
- * (decision 479): IORING_OP_RECV calls the socket's recvmsg with the SQE's
- * flags alone (the file's O_NONBLOCK is not looked at; RECVMSG/SENDMSG go
- * through the syscalls' path, which adds MSG_DONTWAIT for it), so a receive the kernel handed to an io-wq worker (after
- * APOLL_MAX_RETRY wake-ups whose poll said ready and whose receive said
- * EAGAIN: a UDP socket's error queue keeps EPOLLERR up) blocked there, out
- * of reach of ASYNC_CANCEL, and park spent its 2 s at every stop. The flag
- * makes the kernel's EAGAIN final (REQ_F_NOWAIT), which also turns
- * IORING_RECVSEND_POLL_FIRST into an EAGAIN at every issue; so the receive
- * that waits before it tries (decision 357: a one-shot pool receive; a
- * K_RECV_INTO whose last read came short) waits in the engine's own POLL_ADD
- * first, once, and then receives.
- */
-static int polls_first(const struct ul_op *op)
-{
-    if (op->polled)
-        return 0;
-    return (op->kind == K_RECV && !op->multishot) || (op->kind == K_RECV_INTO && op->wait_first);
-}
-
 /* ul_op.forced bits (UL_OPT_TEST_EAGAIN) */
 #define FORCED_DONE 1        /* the op was issued once: never force it again */
 #define FORCED_NOP 2         /* a NOP stands in for the op's first issue */
@@ -568,11 +547,6 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
     }
     if (op->has_ident && gone(e, op))
         return;
-    if (polls_first(op)) {
-        op->polled = 1;
-        issue_poll(e, u, op);
-        return;
-    }
     if (ul__is_pool_read(op) && !u->bufring && op->bid < 0) {
         int bid = ul__pool_take(e);
         if (bid < 0) {  /* pool exhausted: retry after the next recycle */
@@ -630,13 +604,16 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
                 s->ioprio = UL_RECV_MULTISHOT | (u->bundle ? UL_RECVSEND_BUNDLE : 0);
             } else {
                 s->len = op->len;
+                /* a one-shot receive (sock_recv) is asked for before its
+                 * data comes: the kernel arms its poll without a receive
+                 * that would fail first (decision 357; 5.19, as the ring) */
+                if (!op->multishot)
+                    s->ioprio = UL_RECVSEND_POLL_FIRST;
             }
         } else {
             s->addr = (uint64_t)(uintptr_t)(e->pool + (size_t)op->bid * e->cfg.buf_size);
             s->len = op->len;
         }
-        if (!(s->ioprio & UL_RECV_MULTISHOT))
-            s->op_flags = MSG_DONTWAIT;  /* see polls_first */
         break;
     case K_READ_POOL:
         /* offset -1: the file's position, as read(2) (pipes have none) */
@@ -660,7 +637,11 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
         s->opcode = UL_OP_RECV;
         s->addr = (uint64_t)(uintptr_t)op->buf;
         s->len = op->len;
-        s->op_flags = (uint32_t)(op->msg_flags | MSG_DONTWAIT);  /* see polls_first */
+        s->op_flags = (uint32_t)op->msg_flags;
+        /* a read of the socket just came short: poll before the receive,
+         * as decision 357's one-shot pool receive (5.19, as the ring) */
+        if (op->wait_first && u->bufring)
+            s->ioprio = UL_RECVSEND_POLL_FIRST;
         break;
     case K_SEND:
     case K_SENDV: {
@@ -1091,8 +1072,6 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
         op->parked = 0;
         if (op->nbatch)
             batch_release(e, op);  /* its riders go back to the queue */
-        if (kud & KUD_POLL)
-            op->polled = 0;  /* a receive that waits first waits first again */
         ul__backlog_push(e, op);
         return;
     }
