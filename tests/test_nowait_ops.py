@@ -7,8 +7,9 @@ once more *blocking*. Where that attempt ignores the socket's O_NONBLOCK
 SQE's flags alone) it sleeps there; a park (decision 31) whose cancel met the
 request before it reached the worker spent its 2 s at every stop and left the
 loop bound to its thread (decision 483: park now cancels again). Each
-scenario: an op of a kind whose poll and attempt disagree, the loop stopped and run again, then from another thread (as stock's can), then
-the op finished by real data, every kind against the stock loop.
+scenario: an op of a kind whose poll and attempt disagree, the loop stopped
+and run again, then from another thread (as stock's can), then the op
+finished by real data, every kind against the stock loop.
 """
 
 from __future__ import annotations
