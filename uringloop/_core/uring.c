@@ -1752,6 +1752,23 @@ static int in_kernel(const struct ul_op *op)
     return op->state == S_ACTIVE && op->kind != K_CLOSE;
 }
 
+/* park's cancel, again, for each parked op still in the kernel */
+static void recancel_parked(ul_engine *e, struct uring *u)
+{
+    uint32_t live = e->in_flight;
+    for (uint32_t c = 0; c < e->nchunks && live; c++) {
+        if (!e->chunks[c])
+            continue;
+        for (uint32_t i = 0; i < CHUNK_SIZE && live; i++) {
+            struct ul_op *op = &e->chunks[c][i];
+            if (op->ud)
+                live--;
+            if (op->ud && op->parked && in_kernel(op) && !op->rider)
+                cancel_kud(e, u, op->kud);
+        }
+    }
+}
+
 static int uring_park(ul_engine *e)
 {
     struct uring *u = e->bs;
@@ -1784,13 +1801,22 @@ static int uring_park(ul_engine *e)
     /* A request that does not let go in time (a read blocked in an io-wq
      * worker) leaves the engine bound to this thread; the next run here
      * carries on as if nothing happened. */
-    int64_t deadline = mono_ns() + 2000000000LL;
+    int64_t now = mono_ns(), deadline = now + 2000000000LL, again = now + 10000000LL;
     for (;;) {
         reap(e, u);
         if (!any_live_op(e, in_kernel))
             break;
-        if (mono_ns() > deadline)
+        now = mono_ns();
+        if (now > deadline)
             return -ETIME;
+        if (now > again) {
+            /* a cancel that found nothing (the request was between two of
+             * the kernel's own poll retries) is asked again: the request may
+             * have gone to an io-wq worker since, where a cancel interrupts
+             * it (decision 483) */
+            recancel_parked(e, u);
+            again = now + 10000000LL;
+        }
         struct ul_sqe *s;
         while (u->ncancels && (s = get_sqe(e, u)))
             prep_cancel(s, u->cancels[--u->ncancels]);
