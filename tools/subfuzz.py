@@ -3,12 +3,12 @@
 From a seed, ``generate(seed)`` makes one to four children (each a
 ``sys.executable -S -c CHILD STEPS`` whose steps the generator picks: write N
 bytes to stdout or stderr, echo stdin to stdout in chunks, read stdin to EOF
-then answer its length and CRC, close stdout early and go on, sleep a little;
+then answer its length and CRC, close stdout or stdin early and go on, sleep;
 then exit with a code, kill itself with a signal, or block until killed;
 SIGTERM ignored or not) with their stdio (PIPE, DEVNULL, a file's fd, stderr
 merged into stdout) and whether the parent drives them through
-``loop.subprocess_exec`` and a SubprocessProtocol or through
-``asyncio.create_subprocess_exec`` streams, then the parent's operations on
+``loop.subprocess_exec``/``subprocess_shell`` and a SubprocessProtocol or
+``asyncio.create_subprocess_exec``'s streams, then the parent's ops on
 them, interleaved (writes, drain, write_eof, close of stdin, reads of every
 kind, communicate, wait, kill/terminate/send_signal, pause/resume_reading of
 a pipe transport, transport.close(), get_returncode, a write to stdin after
@@ -17,18 +17,21 @@ and a re-run). ``run(kind, program)`` runs it on a new loop and returns its
 trace; the traces of io_uring, epoll and io_uring-fallbacks must equal the
 stock loop's (run twice: a program whose stock runs differ is skipped).
 
-The generator keeps programs deterministic (decision 491): an op that waits
+The generator keeps programs deterministic (decision 492): an op that waits
 for a child's end comes only when the child will end (its stdin closed if it
 reads it), a signal only to a child that blocks at its end and only after
-every byte it writes before blocking has arrived (op ``sync``), streams
-children write at most 60,000 bytes a pipe (nothing blocks unread).
+every byte it writes before blocking has arrived and it blocks (op
+``sync``), stdin is written only while the child will read it or blocks,
+streams children write at most 60,000 bytes a pipe (nothing blocks unread).
+``--study RUNS`` runs stock alone RUNS times a seed and prints what varies.
 
 The trace: per child, the protocol's callbacks (connection_made,
 pipe_connection_lost with the fd, exception and that fd's byte count,
 process_exited, connection_lost), the bytes of each fd as one length and
 CRC, the return code; each op's result or exception (type and errno); the
 exception handler's calls; the asyncio log; fds left open; children of this
-process left after the run (zombies). Normalised: see ``_norm_events``.
+process left after the run (zombies). Normalised (decision 491): see
+``_norm_events``, and pids in log messages.
 
     python tools/subfuzz.py --seeds 100              # seeds 0..99, every kind
     python tools/subfuzz.py --seed 17 --kind epoll --shrink --script /tmp/r.py
