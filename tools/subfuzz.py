@@ -228,7 +228,7 @@ def _child_ops(r: random.Random, i: int, c: dict) -> list:
     keeps each op one whose result does not depend on timing."""
     ops: list = [["spawn", i]]
     st = {"stdin": c["stdin"] == "pipe", "ended": False, "dead": False, "paused": set(),
-          "synced": False}
+          "synced": False, "partial": set()}
     block = c["tail"][0] == "block"
     streams = c["mode"] == "streams"  # else "proto" or "shell": a SubprocessProtocol
     budget = c.get("budget", 0)
@@ -258,7 +258,10 @@ def _child_ops(r: random.Random, i: int, c: dict) -> list:
             elif k < 0.85 and not streams:
                 ops.append(["pclose", i])
             elif streams and pipes:
-                ops.append(["read", i, r.choice(pipes), r.choice([1, 100, -1])])
+                fd = r.choice(pipes)
+                n = -1 if fd in st["partial"] else r.choice([1, 100, -1])
+                ops.append(["read", i, fd, n])
+                st["partial"].add(fd) if n > 0 else None
             elif streams and c["stdin"] == "pipe":
                 ops.append(["write", i, r.choice([0, 1, 100]), True])  # after the exit
             continue
@@ -292,7 +295,12 @@ def _child_ops(r: random.Random, i: int, c: dict) -> list:
             n = r.choice([1, 100, 4096, 100_000, -1]) if how != "readline" else 0
             if how == "readexactly" and n < 0:
                 n = 10
+            if fd in st["partial"]:
+                # after read(n), what is left depends on how much had come:
+                # only read() to the end (seed 1075)
+                how, n = "read", -1
             ops.append([how, i, fd, n])
+            st["partial"].add(fd) if how == "read" and n > 0 else None
         elif k < 0.52 and not streams and pipes:
             fd = r.choice(pipes)
             if fd in st["paused"] and r.random() < 0.6:
@@ -657,8 +665,11 @@ class _Runner:
                 k["data"][op[2]] += exc.partial
                 return ["incomplete", len(exc.partial)]
             k["data"][op[2]] += b
-            # read(n) returns what has come, up to n: only whether it was EOF
-            return "eof" if not b else ("data" if name == "read" else len(b))
+            # read(n) returns what has come, up to n: only whether it was EOF;
+            # read() all that is left (its bytes are in the fd's total)
+            if name == "read":
+                return None if op[3] < 0 else "eof" if not b else "data"
+            return "eof" if not b else len(b)
         if name == "communicate":
             inp = None if op[2] is None else payload(op[2], self._salt())
             out, err = await p.communicate(inp)
