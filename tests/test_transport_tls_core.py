@@ -304,6 +304,40 @@ def test_read_sizes_and_record_splits(tloop, tls, buffered):
     both(run)
 
 
+class ByteArrayApp(BufApp):
+    """get_buffer() hands over the bytearray itself, not a memoryview."""
+
+    def get_buffer(self, sizehint):
+        self.log.append("app.get_buffer")
+        return self.buf
+
+
+def test_bytearray_buffer_gets_every_record(tloop, tls):
+    """Decision 485 (difffuzz tls seed 41): two records in one feed into a
+    BufferedProtocol whose get_buffer() returns a bytearray. The stock
+    protocol reads the second into ``buf[offset:]``, a copy, and hands over
+    stale bytes of the same count (CPython gh-156275); ours reads it into
+    the buffer. The calls (get_buffer, buffer_updated counts) are the
+    stock class's; the bytes are the peer's."""
+    got = {}
+
+    def run(cls):
+        log = []
+        app = ByteArrayApp(log, size=1000)
+        p = Pair(tloop, tls, cls, app)
+        first, _ = p.peer_records(b"A" * 30)
+        second, _ = p.peer_records(b"B" * 30)
+        p.feed(first + second)
+        p.turn()
+        got[cls] = bytes(app.data)
+        return log
+
+    both(run)
+    assert got[CLASSES["ours"]] == b"A" * 30 + b"B" * 30
+    # the stock bug this differs from (if a CPython fixes it, both are right)
+    assert got[CLASSES["stock"]] in (b"A" * 30 + b"\0" * 30, b"A" * 30 + b"B" * 30)
+
+
 def test_read_counts_no_want_read_in_steady_state(tloop, tls):
     """Whole records in: one read per record, no SSLWantReadError (the stock
     class raises one per feed); a partial record raises as stock does."""

@@ -2,8 +2,10 @@
 
 From a seed, ``generate(seed)`` makes a program: a family (a TCP or Unix
 stream pair made by create_server/create_connection, two UDP endpoints, or an
-``os.pipe`` through connect_read_pipe/connect_write_pipe), the protocols'
-kinds, and a list of operations on the two ends (writes of every size,
+``os.pipe`` through connect_read_pipe/connect_write_pipe; with ``--family
+tls`` a TLS pair made by create_server/create_connection(ssl=...) or by
+start_tls on a plain pair, decision 485), the protocols' kinds, and a
+list of operations on the two ends (writes of every size,
 writelines, write_eof, pause/resume_reading, set_write_buffer_limits,
 get_write_buffer_size, is_closing, close, abort, RST, sendto, callbacks
 through call_soon/call_later, loop.stop and a re-run). ``run(kind, program)``
@@ -23,6 +25,9 @@ Normalised away (decision 460), nothing else:
 * ``get_write_buffer_size()``: only whether it is 0 (how much the kernel took
   at once is not the loop's choice; the Known limits say io_uring counts a
   small write of the turn as queued until the turn ends);
+* what stock handed over that its peer did not write (CPython gh-156275,
+  decision 485): ours must hand over a prefix of the peer's writes;
+* stock failures ours does not copy (``_stock_bug``, decisions 464(g), 488);
 * object ids and addresses in messages; the stock loop's own nondeterminism
   (a program whose stock traces differ between two runs is skipped, as is one
   whose stock run is still busy when an op's ``SETTLE_MAX`` ends, 476).
@@ -57,7 +62,8 @@ if ROOT not in sys.path:  # run as a script from a built tree
     sys.path.insert(0, ROOT)
 
 KINDS = ["io_uring", "epoll", "io_uring-fallbacks"]
-FAMILIES = ["tcp", "unix", "udp", "pipe"]
+FAMILIES = ["tcp", "unix", "udp", "pipe"]  # a seed's family when none is asked for
+ALL_FAMILIES = [*FAMILIES, "tls"]  # tls only when asked (the seeds above keep their programs)
 TIMEOUT = 20.0  # seconds for one program on one loop
 SETTLE_MAX = 3.0  # seconds one operation may keep things changing
 
@@ -106,21 +112,31 @@ def generate(seed: int, family: str | None = None) -> dict:
     fam = family or r.choice(FAMILIES)
     prog = {"seed": seed, "family": fam, "ops": []}
     n = r.randint(4, 24)
-    if fam in ("tcp", "unix"):
+    if fam in ("tcp", "unix", "tls"):
         prog["buffered"] = {s: r.random() < 0.4 for s in "ab"}
         prog["bufsize"] = {s: r.choice([1, 100, 4096, 65536]) for s in "ab"}
         prog["keep_open"] = {s: r.random() < 0.4 for s in "ab"}
         gen = _stream_op
+        if fam == "tls":
+            gen = _tls_op
+    if fam == "tls":
+        # a TLS pair from create_server/create_connection, or a plain pair
+        # that exchanges `plain` bytes each way, then start_tls on both ends;
+        # the SSL timeouts of both ends (None: the default)
+        prog["start_tls"] = r.random() < 0.35
+        prog["plain"] = {s: r.choice([0, 1, 100, 4096]) for s in "ab"}
+        prog["handshake_timeout"] = r.choice([None, 0.5, 10.0])
+        prog["shutdown_timeout"] = r.choice([None, 0.02, 0.5, 30.0])
     elif fam == "udp":
         gen = _dgram_op
-    else:
+    elif fam == "pipe":
         prog["keep_open"] = {"r": False}
         gen = _pipe_op
     paused = {"n": None}  # pipes: bytes written since the reader paused
     unsettled: list[int] = []  # ops run for one turn since the last settled op
     for _ in range(n):
         op = gen(r, fam)
-        if op[0] == "pause_reading" and fam != "udp":
+        if op[0] in ("pause_reading", "abort", "rst") and fam != "udp":
             # Decisions 162 and 475: a write run for one turn only (nosettle)
             # may leave bytes in the kernel that the reader has not read when
             # the next op pauses it. Stock's pause cancels its reader callback
@@ -129,12 +145,17 @@ def generate(seed: int, family: str | None = None) -> dict:
             # paused, 162; a socket's multishot receive takes what comes
             # before its cancel, decision 75, io_uring only), so its writer
             # resumes. More than 32 KiB pending that way: those ops settle.
+            # Decision 489: the same before an abort (or RST): on io_uring
+            # the write's queued send and the peer's armed receive go on in
+            # the kernel while the loop is stopped, so ours has sent more
+            # when abort() drops the rest (seed 132, Unix: 1 MB against
+            # stock's 219,264 bytes).
             pending = sum(_written(prog["ops"][j][1]) for j in unsettled)
             if pending > 32768:
                 for j in unsettled:
                     prog["ops"][j] = prog["ops"][j][1]
                 pending = 0
-            if fam == "pipe" and paused["n"] is None:
+            if fam == "pipe" and op[0] == "pause_reading" and paused["n"] is None:
                 paused["n"] = pending  # counted against 32 KiB below
         if fam == "pipe":
             # Decision 162 (Known limits): a paused pipe transport reads up to
@@ -201,6 +222,40 @@ def _stream_op(r: random.Random, fam: str) -> list:
     if k < 0.87:
         return ["abort", s]
     if k < 0.91 and fam == "tcp":
+        return ["rst", s]
+    return ["write", s, r.choice(STREAM_SIZES[:6]), "bytes"]
+
+
+def _tls_op(r: random.Random, fam: str) -> list:
+    s = r.choice("ab")
+    k = r.random()
+    if k < 0.26:
+        return ["write", s, r.choice(STREAM_SIZES), r.choice(["bytes", "bytearray", "memoryview"])]
+    if k < 0.32:
+        return ["writelines", s, [r.choice(STREAM_SIZES[:8]) for _ in range(r.randint(0, 4))]]
+    if k < 0.36:
+        return ["write_eof", s]
+    if k < 0.38:
+        return ["can_write_eof", s]
+    if k < 0.45:
+        return ["pause_reading", s]
+    if k < 0.52:
+        return ["resume_reading", s]
+    if k < 0.55:
+        return ["is_reading", s]
+    if k < 0.60:
+        return ["limits", s, r.choice([0, 1, 100, 4096, 65536])]
+    if k < 0.65:
+        return ["bufsize", s]
+    if k < 0.68:
+        return ["is_closing", s]
+    if k < 0.73:
+        return ["extra", s]
+    if k < 0.80:
+        return ["close", s]
+    if k < 0.85:
+        return ["abort", s]
+    if k < 0.89:
         return ["rst", s]
     return ["write", s, r.choice(STREAM_SIZES[:6]), "bytes"]
 
@@ -331,8 +386,30 @@ def _msg(text) -> str:
 # running a program on one loop
 
 
+_TLS: list = []
+
+
+def tls_contexts():
+    """(server, client) SSLContexts for 'localhost', one trustme CA a process."""
+    if not _TLS:
+        import ssl
+
+        import trustme
+
+        ca = trustme.CA()
+        cert = ca.issue_cert("localhost", "127.0.0.1")
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(server)
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ca.configure_trust(client)
+        _TLS.extend([server, client])
+    return _TLS[0], _TLS[1]
+
+
 def run(kind: str, prog: dict) -> dict:
     """The program's normalised trace on a new loop of this kind."""
+    if prog["family"] == "tls":
+        tls_contexts()  # made before the fds are counted
     gc.collect()
     fds_before = _fds()
     trace = {"ends": {}, "ops": [], "handler": [], "log": [], "fatal": None}
@@ -393,6 +470,10 @@ class _Runner:
         self.server = None
         self.tmpdir = None
         self.salt = 0
+        self.sent: dict[str, bytearray] = {}  # each end's written bytes, in order
+        # TLS: nothing changes for 4 x 10 ms, so a shutdown timeout of 20 ms
+        # that runs fires within the settle of the op that started it
+        self.quiet = 0.01 if prog["family"] == "tls" else 0.002
         loop.set_exception_handler(self._handler)
 
     def _handler(self, loop, ctx):
@@ -433,10 +514,9 @@ class _Runner:
                 path = os.path.join(self.tmpdir.name, "s")
                 self.server = await loop.create_unix_server(lambda: self.ends["b"], path)
                 await loop.create_unix_connection(lambda: self.ends["a"], path)
-            for _ in range(1000):
-                if self.ends["b"].transport is not None:
-                    break
-                await asyncio.sleep(0.001)
+            await self._accepted()
+        elif fam == "tls":
+            await self._setup_tls()
         elif fam == "udp":
             self.ends["a"] = DgramEnd(self.trace, "a")
             self.ends["b"] = DgramEnd(self.trace, "b")
@@ -452,6 +532,54 @@ class _Runner:
             await loop.connect_read_pipe(lambda: self.ends["r"], os.fdopen(rfd, "rb", 0))
             await loop.connect_write_pipe(lambda: self.ends["w"], os.fdopen(wfd, "wb", 0))
 
+    async def _accepted(self):
+        for _ in range(5000):
+            if self.ends["b"].transport is not None:
+                break
+            await asyncio.sleep(0.001)
+
+    async def _setup_tls(self):
+        loop, p = self.loop, self.prog
+        sctx, cctx = tls_contexts()
+        kw = {"ssl_handshake_timeout": p["handshake_timeout"]}
+        if p["shutdown_timeout"] is not None and sys.version_info >= (3, 11):
+            kw["ssl_shutdown_timeout"] = p["shutdown_timeout"]  # 3.10 has none
+
+        def mk(side):
+            if p["buffered"][side]:
+                return BufferedEnd(self.trace, side, p["keep_open"][side], p["bufsize"][side])
+            return StreamEnd(self.trace, side, p["keep_open"][side])
+
+        a, b = self.ends["a"], self.ends["b"] = mk("a"), mk("b")
+        if not p["start_tls"]:
+            self.server = await loop.create_server(lambda: b, "127.0.0.1", 0, ssl=sctx, **kw)
+            port = self.server.sockets[0].getsockname()[1]
+            await loop.create_connection(
+                lambda: a, "127.0.0.1", port, ssl=cctx, server_hostname="localhost", **kw
+            )
+            await self._accepted()
+            return
+        self.server = await loop.create_server(lambda: b, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        await loop.create_connection(lambda: a, "127.0.0.1", port)
+        await self._accepted()
+        # plain bytes each way, all received before the upgrade
+        for s in "ab":
+            data = payload(p["plain"][s], self._salt())
+            self.ends[s].transport.write(data)
+            self.sent.setdefault(s, bytearray()).extend(data)
+        for _ in range(5000):
+            if len(a.data) == p["plain"]["b"] and len(b.data) == p["plain"]["a"]:
+                break
+            await asyncio.sleep(0.001)
+        tb, ta = await asyncio.gather(
+            loop.start_tls(b.transport, b, sctx, server_side=True, **kw),
+            loop.start_tls(a.transport, a, cctx, server_hostname="localhost", **kw),
+        )
+        a.transport, b.transport = ta, tb
+        a.log("start_tls", len(a.data))
+        b.log("start_tls", len(b.data))
+
     def teardown(self):
         for s in sorted(self.ends):
             e = self.ends[s]
@@ -465,6 +593,15 @@ class _Runner:
         for s in sorted(self.ends):
             e = self.ends[s]
             self.trace["ends"][s].append(["data", len(e.data), zlib.crc32(e.data)])
+        if self.prog["family"] != "udp":
+            # decision 485: what a stream end received is a prefix of what
+            # its peer's write()/writelines() calls that returned gave
+            peer = {"a": "b", "b": "a", "r": "w"}
+            self.trace["intact"] = {
+                s: bytes(self.sent.get(peer[s], b"")).startswith(self.ends[s].data)
+                for s in sorted(self.ends)
+                if s in peer
+            }
         self.loop.run_until_complete(self.loop.shutdown_asyncgens())
 
     # -- one operation
@@ -502,16 +639,35 @@ class _Runner:
         try:
             if name == "write":
                 data = payload(op[2], self._salt())
-                data = _TYPES[op[3]](data)
-                res = t.write(data)
+                res = t.write(_TYPES[op[3]](data))
+                self.sent.setdefault(side, bytearray()).extend(data)
             elif name == "writelines":
                 parts = [payload(n, self._salt()) for n in op[2]]
                 res = t.writelines(parts)
+                if 0 in op[2] and any(op[2]):
+                    self.trace.setdefault("empty_part", []).append(side)  # 488
+                self.sent.setdefault(side, bytearray()).extend(b"".join(parts))
             elif name == "sendto":
                 other = "b" if side == "a" else "a"
                 res = t.sendto(payload(op[2], self._salt()), self.addr[other])
             elif name == "write_eof":
                 res = t.write_eof()
+            elif name == "can_write_eof":
+                res = t.can_write_eof()
+            elif name == "is_reading":
+                res = t.is_reading()
+            elif name == "extra":
+                # the SSL keys: the object's type, whether there is a peer
+                # certificate (the client's is the server's; the server asks
+                # for none), the cipher's name, the context's presence
+                so, pc = t.get_extra_info("ssl_object"), t.get_extra_info("peercert")
+                ci, cx = t.get_extra_info("cipher"), t.get_extra_info("sslcontext")
+                res = [
+                    None if so is None else type(so).__name__,
+                    None if pc is None else bool(pc),
+                    None if ci is None else ci[0],
+                    cx is not None,
+                ]
             elif name == "pause_reading":
                 res = t.pause_reading()
             elif name == "resume_reading":
@@ -557,7 +713,7 @@ class _Runner:
             deadline = time.monotonic() + SETTLE_MAX
             prev, stable = None, 0
             while stable < 4 and time.monotonic() < deadline:
-                await asyncio.sleep(0.002)
+                await asyncio.sleep(self.quiet)
                 cur = self._snapshot()
                 stable = stable + 1 if cur == prev else 0
                 prev = cur
@@ -602,14 +758,8 @@ def _left(events: list, family: str) -> list:
         # after the callbacks queued ahead of it as stock's reader callback:
         # a writer sees the pipe drained a callback earlier and may not
         # fill it, so a pause_writing/resume_writing pair can be missing
-        out = []
-        for ev in events:
-            if ev == ["resume_writing"] and out and out[-1] == ["pause_writing"]:
-                out.pop()
-                continue
-            out.append(ev)
-        return out
-    if family == "tcp":
+        return _no_pause_pair(events)
+    if family in ("tcp", "tls"):  # TLS: a TCP socket below (decision 485)
         # (e) decision 426(b): close() closes our fd at once, stock's at
         # connection_lost a turn later, so the peer may get its EOF before
         # its own close() of that turn: EOF then connection_lost(None), not
@@ -647,7 +797,9 @@ def _stock_bug(x: list, y: list) -> bool:
     (3.12.1 and 3.13.0 here; seed 55); `write()` and ours warn and return.
     Python 3.10's read pipe transport inherits `is_reading()` from
     ReadTransport, which raises NotImplementedError, and its
-    pause_reading/resume_reading call it (decision 426(h)); ours has one."""
+    pause_reading/resume_reading call it (decision 426(h)); ours has one;
+    3.10's datagram transport has neither (488). 3.13.0's writelines and
+    3.12+'s write after some connection_lost paths: `_WRITELINES_BUG` (488)."""
     if (
         x[1] == y[1]
         and x[1] in ("pause_reading", "resume_reading")
@@ -656,32 +808,126 @@ def _stock_bug(x: list, y: list) -> bool:
     ):
         return True  # Python 3.10's read pipe has no is_reading() (426(h)); seed 7
     return (
-        x[1] == y[1] == "writelines"
-        and x[3:5] == ["raised", "AttributeError"]
-        and x[5] == "'NoneType' object has no attribute '_add_writer'"
+        x[1] == y[1]
+        and x[1] in ("write", "writelines")
+        and x[3:4] == ["raised"]
+        and x[5] in _WRITELINES_BUG
         and y[3:] == ["ok", None]
     )
 
 
-def differences(ref: dict, got: dict, family: str = "") -> list[str]:
+# what 3.12's and 3.13's writelines() raise after connection_lost: 3.12.1
+# calls the cleared `_loop._add_writer`, 3.13.0 the cleared `_write_ready`
+# (its `_call_connection_lost` sets it to None); and what 3.12+'s write()
+# raises after a connection_lost that came with `_conn_lost` still 0 (a
+# close whose buffer drained through the writelines path): it sends on the
+# cleared socket and its `_fatal_error` calls the cleared loop; decisions
+# 464(g), 488
+_WRITELINES_BUG = (
+    "'NoneType' object has no attribute '_add_writer'",
+    "'NoneType' object is not callable",
+    "'NoneType' object has no attribute 'call_exception_handler'",
+)
+
+
+def _stock_lacks_pause(ops: list) -> set:
+    """Decision 488: the ends whose stock pause_reading() raised
+    NotImplementedError (Python 3.10: the datagram transport has none, the
+    read pipe's calls the missing is_reading(), 426(h)). Stock's end kept
+    reading; ours paused. Their events are not compared."""
+    return {
+        x[2]
+        for x in ops
+        if len(x) > 4 and x[1] == "pause_reading" and x[3:5] == ["raised", "NotImplementedError"]
+    }
+
+
+def _no_pause_pair(events: list) -> list:
+    out = []
+    for ev in events:
+        if ev == ["resume_writing"] and out and out[-1] == ["pause_writing"]:
+            out.pop()
+            continue
+        out.append(ev)
+    return out
+
+
+def _zero_high(ops: list) -> set:
+    """Decision 490: the TLS ends given a high-water mark of 0. The stock
+    SSL protocol's `_control_app_writing` pauses when the buffer's size >=
+    high (0 >= 0: empty too) and resumes when it is <= low: at 0 each call
+    (one per `_process_outgoing`, at the end of each read and write) flips
+    pause_writing/resume_writing, so their number follows how the bytes
+    were split over reads (460), and ours reads more a call (393)."""
+    return {x[2] for x in ops if len(x) > 4 and x[1] == "limits" and x[3] == "ok" and x[4][1] == 0}
+
+
+def _no_flow(events: list) -> list:
+    return [ev for ev in events if ev[0] not in ("pause_writing", "resume_writing")]
+
+
+def _no_crc(events: list) -> list:
+    return [ev[:2] if ev[0] == "data" else ev for ev in events]
+
+
+def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> list[str]:
+    """What differs between stock's trace and got (ours; or stock's second
+    run, ours=False: its bytes are not checked against what was written)."""
     out = []
     for key in ("fatal", "leaked_fds"):
         if ref.get(key) != got.get(key):
             out.append(f"{key}: stock {ref.get(key)!r} ours {got.get(key)!r}")
+    for s, ok in sorted(got.get("intact", {}).items()):
+        if ours and not ok:
+            out.append(f"end {s}: received bytes that are not a prefix of its peer's writes")
+    unpaused = _stock_lacks_pause(ref["ops"])
+    zero_high = _zero_high(ref["ops"]) if family == "tls" else set()
     for s in sorted(set(ref["ends"]) | set(got["ends"])):
         a, b = ref["ends"].get(s, []), got["ends"].get(s, [])
+        if s in unpaused:
+            continue  # decision 488
+        if a != b and s in zero_high and _no_flow(a) == _no_flow(b):
+            continue  # decision 490
+        if a != b and s in ref.get("empty_part", ()) and _no_pause_pair(a) == _no_pause_pair(b):
+            # decision 488: 3.12+'s writelines() leaves a 0-byte part in the
+            # stock transport's buffer after sending the rest, so its next
+            # write() is queued behind it, not sent: a large one pauses and
+            # resumes the protocol; ours (and 3.11's) sends at once
+            continue
+        if a != b and not ref.get("intact", {}).get(s, True):
+            # CPython gh-156275 (decision 485): stock's SSL protocol reads a
+            # BufferedProtocol's second record of a read into a copy of a
+            # bytearray buffer's tail and hands over stale bytes of the same
+            # count; ours reads into the buffer. Only the CRC is not compared
+            a, b = _no_crc(a), _no_crc(b)
         if a != b and _left(a, family) == _left(b, family):
             continue  # decision 464
         if a != b:
             out.append(f"end {s}: stock {a} ours {b}")
     if ref["ops"] != got["ops"]:
+        broken = set()  # ends whose stock writelines() failed after connection_lost
         for x, y in zip(ref["ops"], got["ops"], strict=False):
-            if x != y and not _stock_bug(x, y):
+            if x != y and _stock_bug(x, y):
+                if x[1] in ("write", "writelines"):
+                    # decision 488: the failed call left its bytes in the
+                    # stock transport's buffer, so what that end's later
+                    # calls see (get_write_buffer_size, the limits' test
+                    # that calls the cleared protocol) is stock's bug too
+                    broken.add(x[2])
+                continue
+            if x != y and not (len(x) > 2 and x[2] in broken):
                 out.append(f"op: stock {x} ours {y}")
                 break
         if len(ref["ops"]) != len(got["ops"]):
             out.append(f"ops: stock {len(ref['ops'])} results, ours {len(got['ops'])}")
-    if ref["handler"] != got["handler"]:
+    rh, gh = ref["handler"], got["handler"]
+    if rh != gh and zero_high:
+        # decision 490: a flip that comes after connection_lost calls the
+        # cleared app protocol (stock's too): AttributeError to the handler
+        flips = ("protocol.pause_writing() failed", "protocol.resume_writing() failed")
+        keep = lambda h: not (h[0] in flips and h[1] == "AttributeError")  # noqa: E731
+        rh, gh = [h for h in rh if keep(h)], [h for h in gh if keep(h)]
+    if rh != gh:
         out.append(f"exception handler: stock {ref['handler']} ours {got['handler']}")
     if ref["log"] != got["log"]:
         out.append(f"asyncio log: stock {ref['log']} ours {got['log']}")
@@ -700,7 +946,7 @@ def check(prog: dict, kinds, stock_twice=True) -> dict:
         return {"stock": [f"stock still busy after an op's {SETTLE_MAX} s settle"]}
     if stock_twice:
         ref2 = run("stock", prog)
-        d = differences(ref, ref2, prog["family"])
+        d = differences(ref, ref2, prog["family"], ours=False)
         if d:
             return {"stock": d}
     return {k: differences(ref, run(k, prog), prog["family"]) for k in kinds}
@@ -760,7 +1006,7 @@ def main(argv=None):
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--seed", type=int, help="one seed only")
     ap.add_argument("--kind", action="append", choices=KINDS, help="default: all three")
-    ap.add_argument("--family", choices=FAMILIES)
+    ap.add_argument("--family", choices=ALL_FAMILIES, help=f"default: one of {FAMILIES} a seed")
     ap.add_argument("--shrink", action="store_true", help="minimise a failing seed's op list")
     ap.add_argument("--script", help="write the (minimal) failing program as a script here")
     ap.add_argument("--verbose", "-v", action="store_true")

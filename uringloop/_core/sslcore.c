@@ -528,11 +528,22 @@ static int read_buffered(PyObject *self, PyObject *incoming, PyObject *target, P
     if (left < 0)
         goto done;
     while (left) {
-        /* the first read into buf, the next ones into buf[offset:] */
+        /* the first read into buf, the next ones into memoryview(buf)
+         * [offset:]: the stock buf[offset:] of a bytearray is a copy, the
+         * bytes read into it are lost and the app is handed stale ones
+         * (CPython gh-156275, decision 485); the views are gone before
+         * buffer_updated, which may resize buf */
         PyObject *n = PyLong_FromSsize_t(wants - offset);
         if (n == NULL)
             goto done;
-        PyObject *into = offset ? PySequence_GetSlice(buf, offset, PY_SSIZE_T_MAX) : Py_NewRef(buf);
+        PyObject *into;
+        if (offset) {
+            PyObject *view = PyMemoryView_FromObject(buf);
+            into = view == NULL ? NULL : PySequence_GetSlice(view, offset, PY_SSIZE_T_MAX);
+            Py_XDECREF(view);
+        } else {
+            into = Py_NewRef(buf);
+        }
         PyObject *count = into == NULL ? NULL : call2(target, s_read, n, into);
         Py_DECREF(n);
         Py_XDECREF(into);

@@ -448,11 +448,14 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         if self._lost:
             self._op_ended()
             return
-        if res == -errno.EPIPE and self._poll_ud is not None:
+        if self._poll_ud is not None and (
+            res == -errno.EPIPE or (res >= 0 and data == -errno.EPIPE)
+        ):
             # the read end closed: the stock selector runs the POLLIN watch
             # (its reader) before its writer in that select, and the reader
             # closes with BrokenPipeError(); on epoll the engine's write
-            # record came first (decision 409)
+            # record came first (decision 409), also as a short write whose
+            # error is EPIPE (decision 486)
             self._close(BrokenPipeError())
             return
         if res < 0 or data is not None:
