@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import inspect
 import os
 import socket
 import threading
@@ -139,6 +140,15 @@ def test_a_datagram_sendto_a_full_receiver_waits_in_the_engine(tloop, tmp_path):
         r.close()
 
 
+def _stock_keeps_header_bytes() -> bool:
+    """Stock's datagram transport adds len + 8 per queued datagram but
+    subtracts only len when it sends one (3.13.0)."""
+    cls = asyncio.selector_events._SelectorDatagramTransport
+    return "+ 8" in inspect.getsource(cls.sendto) and (
+        "self._buffer_size -= len(data)\n" in inspect.getsource(cls._sendto_ready)
+    )
+
+
 class _DgramProto(asyncio.DatagramProtocol):
     def __init__(self):
         self.events = []
@@ -215,6 +225,16 @@ def test_a_unix_datagram_transport_to_a_full_peer_buffers_as_stock(tloop, tmp_pa
     sizes, events_full, got, end = ours
     assert got == [b"%03d" % i for i in range(40)]
     assert "pause" in events_full and not any(isinstance(e, tuple) for e in events_full)
+    # every datagram sent: ours counts nothing left. Stock 3.13.0 counts 8
+    # header bytes per queued datagram and takes back only the payload's
+    # length as it sends one (_sendto_ready), so its count stays at 8 per
+    # datagram it queued; ours does not copy that
+    if _stock_keeps_header_bytes():
+        assert stock[3][0] > 0 and stock[3][0] % 8 == 0
+        stock = (*stock[:3], (0, stock[3][1]))
+        if not type(lp).__module__.startswith("uringloop"):  # the stock kind
+            ours = stock
+    assert end[0] == 0 or ours is stock
     assert ours == stock
 
 
