@@ -1752,6 +1752,37 @@ static int in_kernel(const struct ul_op *op)
     return op->state == S_ACTIVE && op->kind != K_CLOSE;
 }
 
+/* park's cancels. The first pass marks each op in the kernel parked and
+ * cancels it; a later pass (again) cancels the parked ones still there
+ * (decision 483). The scan stops after the last of the in_flight live ops,
+ * not at the table's end (1,024 ops a chunk): live ops gather in low slots,
+ * since the slot table hands out the lowest free slots first */
+static void park_cancel(ul_engine *e, struct uring *u, int again)
+{
+    uint32_t live = e->in_flight;
+    for (uint32_t c = 0; c < e->nchunks && live; c++) {
+        if (!e->chunks[c])
+            continue;
+        for (uint32_t i = 0; i < CHUNK_SIZE && live; i++) {
+            struct ul_op *op = &e->chunks[c][i];
+            if (!op->ud)
+                continue;
+            live--;
+            if (!in_kernel(op) || op->rider)  /* a rider leaves with its batch's head */
+                continue;
+            if (again ? !op->parked : op->cancelled)
+                continue;
+            if (!again) {
+                op->parked = 1;
+                /* the next run issues it again by number, after user code
+                 * ran: remember which file it is for (see common.c) */
+                ul__ident_capture(e, op);
+            }
+            cancel_kud(e, u, op->kud);
+        }
+    }
+}
+
 static int uring_park(ul_engine *e)
 {
     struct uring *u = e->bs;
@@ -1760,37 +1791,26 @@ static int uring_park(ul_engine *e)
     if (u->owner != &tls_marker)
         return -EEXIST;
     u->parked = 1;  /* from here on, issue() sends ops to the backlog */
-    /* the scan stops after the last of the in_flight live ops, not at the
-     * table's end (1,024 ops a chunk): live ops gather in low slots, since
-     * the slot table hands out the lowest free slots first */
-    uint32_t live = e->in_flight;
-    for (uint32_t c = 0; c < e->nchunks && live; c++) {
-        if (!e->chunks[c])
-            continue;
-        for (uint32_t i = 0; i < CHUNK_SIZE && live; i++) {
-            struct ul_op *op = &e->chunks[c][i];
-            if (op->ud)
-                live--;
-            if (op->ud && op->state == S_ACTIVE && op->kind != K_CLOSE && !op->cancelled &&
-                !op->rider) {  /* a rider leaves with its batch's head */
-                op->parked = 1;
-                /* the next run issues it again by number, after user code
-                 * ran: remember which file it is for (see common.c) */
-                ul__ident_capture(e, op);
-                cancel_kud(e, u, op->kud);
-            }
-        }
-    }
+    park_cancel(e, u, 0);
     /* A request that does not let go in time (a read blocked in an io-wq
      * worker) leaves the engine bound to this thread; the next run here
      * carries on as if nothing happened. */
-    int64_t deadline = mono_ns() + 2000000000LL;
+    int64_t now = mono_ns(), deadline = now + 2000000000LL, again = now + 10000000LL;
     for (;;) {
         reap(e, u);
         if (!any_live_op(e, in_kernel))
             break;
-        if (mono_ns() > deadline)
+        now = mono_ns();
+        if (now > deadline)
             return -ETIME;
+        if (now > again) {
+            /* a cancel that found nothing (the request was between two of
+             * the kernel's own poll retries) is asked again: the request may
+             * have gone to an io-wq worker since, where a cancel interrupts
+             * it (decision 483) */
+            park_cancel(e, u, 1);
+            again = now + 10000000LL;
+        }
         struct ul_sqe *s;
         while (u->ncancels && (s = get_sqe(e, u)))
             prep_cancel(s, u->cancels[--u->ncancels]);
