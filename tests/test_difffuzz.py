@@ -100,6 +100,44 @@ def test_tls_seed_same_as_stock(seed, kind):
     assert difffuzz.differences(ref, got, "tls") == []
 
 
+# TLS seed 427 shrunk (decision 497): b pauses reading, a closes (its
+# close_notify), b writes 1 MB; a's unwrap() fails (application data after
+# close_notify) and its transport closes with b's bytes in flight
+CLOSE_427 = {
+    "seed": 427,
+    "family": "tls",
+    "ops": [["pause_reading", "b"], ["close", "a"], ["write", "b", 1000000, "bytearray"]],
+    "buffered": {"a": False, "b": False},
+    "bufsize": {"a": 4096, "b": 1},
+    "keep_open": {"a": True, "b": True},
+    "start_tls": False,
+    "plain": {"a": 0, "b": 4096},
+    "handshake_timeout": 0.5,
+    "shutdown_timeout": 30.0,
+}
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+@pytest.mark.parametrize("seed", [427, 399])
+def test_tls_close_with_bytes_in_flight_ends_as_stock(seed, kind):
+    """Decisions 497, 498: a TCP transport closed while its receive had
+    taken bytes it drops (427: records of the same run, io_uring; 399: the
+    peer's close_notify in a record made before the close, with its
+    receive's cancel, io_uring-fallbacks) resets the connection, as the
+    stock one's unread bytes do: the peer's connection_lost gets
+    ConnectionResetError (ours: None, the close had sent FIN)."""
+    pytest.importorskip("trustme")
+    prog = CLOSE_427 if seed == 427 else difffuzz.generate(seed, "tls")
+    key = ("close", seed)
+    if key not in _stock:
+        _stock[key] = difffuzz.run("stock", prog)
+    ref = _stock[key]
+    assert ref["fatal"] is None and not ref["leaked_fds"], ref
+    assert ["lost", "ConnectionResetError[104]", 0] in ref["ends"]["b"], ref
+    got = difffuzz.run(kind, prog)
+    assert difffuzz.differences(ref, got, "tls") == []
+
+
 def test_a_changed_tls_trace_is_a_difference():
     """The TLS trace's own fields are compared: the start_tls event's byte
     count, an SSL key's value (the cipher's name), bytes that are not the

@@ -18,6 +18,7 @@ import select
 import socket
 import weakref
 
+import pytest
 from conftest import Collector, drain, fd_is_open, recv_exact, run_until, settle, wait_done
 
 
@@ -351,3 +352,38 @@ def test_drain_after_mixed_cancels(eng, socketpair):
             assert col.res == 1
         else:
             assert col.res == -errno.ECANCELED
+
+
+
+def test_close_reset_and_reset_if_data(eng, tcp_pair):
+    """close_reset(close_ud, fd) makes that pending close reset the connection
+    (SO_LINGER 0 before close(2)); once the close is done, or for another
+    close's user_data, it answers -ENOENT. close_fd(reset_if_data=True) with
+    no receive bringing bytes still sends FIN (decision 497)."""
+    for ask in ("reset", "if_data"):
+        c, s = tcp_pair()
+        col = Collector("recv")
+        eng.recv(s.fileno(), col, multishot=True)
+        settle(eng)
+        fd = s.detach()
+        closed = Collector("close")
+        ud = eng.close_fd(fd, closed, reset_if_data=ask == "if_data")
+        reset = False
+        if ask == "reset":
+            rc = eng.close_reset(ud ^ (1 << 40), fd)  # another generation: not this close
+            assert rc == -errno.ENOENT
+            # 0 while the close waits for the receive's cancel (io_uring);
+            # -ENOENT where the cancel ended it at once and the fd is closed
+            rc = eng.close_reset(ud, fd)
+            assert rc in (0, -errno.ENOENT)
+            reset = rc == 0
+        wait_done(eng, col, closed)
+        assert closed.final[0] == 0
+        assert eng.close_reset(ud, fd) == -errno.ENOENT  # done
+        c.settimeout(5)
+        if reset:
+            with pytest.raises(ConnectionResetError):
+                c.recv(100)
+        else:
+            assert c.recv(100) == b""
+        c.close()

@@ -235,6 +235,47 @@ def test_abort_with_bytes_unread_resets_the_peer(tloop, how):
     run_in(tloop, main())
 
 
+def test_close_in_data_received_resets_the_peer(tloop):
+    """A transport closed from its first data_received while the peer sends
+    1 MB: the stock transport leaves the rest unread in the kernel and its
+    close(2) resets; the peer's first error is ConnectionResetError. Our
+    io_uring receive had taken more in the same run (its records reach the
+    transport after the close was decided) and the close sent FIN; the
+    peer's sends then met EPIPE. The engine's close now resets when a
+    receive brings bytes the closing transport drops (decision 497, the
+    plain-TCP form of TLS seed 427)."""
+
+    class Closer(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            self.transport.close()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tr, proto, peer = await _connected(loop, Closer)
+        with peer:
+            peer.setblocking(False)
+            data = memoryview(b"x" * 1_000_000)
+            sent, err = 0, None
+            for _ in range(4000):  # bounded: each pass sleeps a turn or 1 ms
+                try:
+                    if sent < len(data):
+                        sent += peer.send(data[sent:])
+                    else:
+                        peer.send(b"y")  # on until the connection's fate shows
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    err = exc
+                    break
+                await asyncio.sleep(0.001)
+            assert type(err) is ConnectionResetError, repr(err)
+            assert await wait_for(proto.lost) is None
+            assert proto.events == ["made", "data", "lost"]
+
+    run_in(tloop, main())
+
+
 def test_write_after_peer_reset_reports_the_reset(tloop):
     """The peer resets (SO_LINGER 0), then a write() of more than the
     high-water mark runs from a callback queued ahead of the turn's records.

@@ -415,9 +415,15 @@ class Engine:
     def shutdown(self, fd: int, how: int, cb) -> int:
         return self._t.shutdown(fd, how, cb)
 
-    def close_fd(self, fd: int, cb) -> int:
-        """Cancel every op on fd, wait for their final records, then close it."""
-        return self._t.close_fd(fd, cb)
+    def close_fd(self, fd: int, cb, reset_if_data: bool = False) -> int:
+        """Cancel every op on fd, wait for their final records, then close it
+        (reset_if_data: with SO_LINGER 0 if a receive brought bytes meanwhile)."""
+        return self._t.close_fd(fd, cb, reset_if_data)
+
+    def close_reset(self, close_ud: int, fd: int) -> int:
+        """The pending close of fd (close_fd's user_data) sets SO_LINGER 0
+        before close(2). 0, or -ENOENT when that close is no longer pending."""
+        return lib.ul_close_reset(self._e, close_ud, fd)
 
     def cancel(self, ud: int) -> bool:
         """Ask the op to stop. Its final record still comes."""

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -200,6 +201,9 @@ static int reserve(ul_engine *e, uint32_t ops)
 void ul__emit(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid)
 {
     ul_record r = {op->ud, res, flags, bid};
+    if (e->nreset && res > 0 && (op->kind == K_RECV || op->kind == K_RECV_INTO) &&
+        op->fd >= 0 && op->fd < e->nfds && e->fds[op->fd].reset_if_data)
+        e->fds[op->fd].reset = 1; /* bytes the closing owner will not read (497) */
     if (e->guard && res == -EFAULT)
         e->st.guard_faults++;  /* a kernel write hit a buffer the engine gave up? */
     if (e->in_run && e->nrec < e->cfg.record_cap && e->npend == 0) {
@@ -710,6 +714,12 @@ static void do_close(ul_engine *e, int fd)
     struct ul_fd *f = &e->fds[fd];
     int32_t slot = f->close_slot;
     f->closing = 0;
+    if (f->reset_if_data)
+        e->nreset--;
+    if (f->reset) {
+        struct linger l = {1, 0}; /* close(2) resets the connection (decision 497) */
+        (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    }
     if (e->be->before_close)
         e->be->before_close(e, fd);
     int r = close(fd);
@@ -1108,7 +1118,7 @@ EXPORT int ul_cancel_fd(ul_engine *e, int fd)
     return cancel_fd(e, fd);
 }
 
-EXPORT int ul_close_fd(ul_engine *e, uint64_t ud, int fd)
+EXPORT int ul_close_fd(ul_engine *e, uint64_t ud, int fd, int reset_if_data)
 {
     if (foreign_thread(e))
         return -EEXIST;
@@ -1119,10 +1129,40 @@ EXPORT int ul_close_fd(ul_engine *e, uint64_t ud, int fd)
     struct ul_fd *f = &e->fds[fd];
     f->closing = 1;
     f->close_slot = (int32_t)ul__slot(ud);
+    if (reset_if_data) {
+        f->reset_if_data = 1;
+        e->nreset++;
+        /* bytes a receive of fd brought before this call that still wait in
+         * pend (a receive between shots whose cancel ended it at once, its
+         * records made outside a run): the closing caller drops them too
+         * (TLS seed 399, decision 498). The record's op is live, or it has
+         * ended and its slot is free, still naming its kind and fd. */
+        for (uint32_t i = 0; i < e->npend && !f->reset; i++) {
+            const ul_record *r = &e->pend[i];
+            struct ul_op *o = r->res > 0 ? ul__op_find(e, ul__slot(r->user_data)) : NULL;
+            if (o && (o->ud == r->user_data || (o->state == S_FREE && o->ud == 0)) &&
+                o->fd == fd && (o->kind == K_RECV || o->kind == K_RECV_INTO))
+                f->reset = 1;
+        }
+    }
     cancel_fd(e, fd);
     f = &e->fds[fd];
     if (f->closing && f->nops == 0)
         do_close(e, fd);
+    return 0;
+}
+
+EXPORT int ul_close_reset(ul_engine *e, uint64_t close_ud, int fd)
+{
+    if (foreign_thread(e))
+        return -EEXIST;
+    if (e->closed || fd < 0 || fd >= e->nfds || !e->fds[fd].closing)
+        return -ENOENT;
+    struct ul_fd *f = &e->fds[fd];
+    struct ul_op *op = f->close_slot >= 0 ? op_at(e, f->close_slot) : NULL;
+    if (op == NULL || op->ud != close_ud)
+        return -ENOENT; /* another close of this number: not the caller's */
+    f->reset = 1;
     return 0;
 }
 

@@ -205,7 +205,17 @@ int ul_poll(ul_engine *e, uint64_t ud, int fd, uint32_t events, int level);
 int ul_read(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len, int64_t offset);
 int ul_write(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len, int64_t offset);
 int ul_shutdown(ul_engine *e, uint64_t ud, int fd, int how);
-int ul_close_fd(ul_engine *e, uint64_t ud, int fd);
+/* reset_if_data: the close resets a TCP connection (SO_LINGER 0 just
+ * before close(2)) if a receive (recv, recv_into) on fd delivers bytes
+ * after this call, its cancel's included: bytes the caller will not read,
+ * which the stock loop would have left in the kernel, whose close(2) then
+ * resets (decisions 463, 497). */
+int ul_close_fd(ul_engine *e, uint64_t ud, int fd, int reset_if_data);
+/* The close of fd (close_ud, still pending: its ops are being cancelled)
+ * resets the connection: for bytes of a record delivered before the close
+ * was asked for that the caller dropped (decision 497). 0, or -ENOENT when
+ * that close is not pending (done already). */
+int ul_close_reset(ul_engine *e, uint64_t close_ud, int fd);
 
 /* 0 when found (its record will come), -ENOENT otherwise. */
 int ul_cancel(ul_engine *e, uint64_t target_ud);

@@ -149,6 +149,9 @@ struct ul_fd {
     int32_t oq_head, oq_tail;   /* ordered queue; the head is in progress */
     int32_t close_slot;         /* slot of the pending close, -1 if none */
     uint8_t closing, advancing;
+    uint8_t reset;              /* the pending close resets (ul_close_reset, or a
+                                   receive brought bytes after reset_if_data) */
+    uint8_t reset_if_data;      /* the pending close_fd asked for it (decision 497) */
     uint8_t own;                /* one of the engine's own fds (the wake eventfd, the
                                    ring fd, the epoll fd): every op on it ends with
                                    -EBADF at once, as on a closing fd (decision 427) */
@@ -207,6 +210,7 @@ struct ul_engine {
 
     struct ul_fd *fds;
     int nfds;
+    uint32_t nreset;            /* fds whose pending close has reset_if_data (497) */
 
     ul_record *rec;             /* what Python reads after ul_run */
     uint32_t nrec;

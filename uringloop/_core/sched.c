@@ -778,7 +778,7 @@ typedef int (*ul_send_fn)(void *, uint64_t, int, const char *, uint32_t, int);
 typedef int (*ul_sendv_fn)(void *, uint64_t, int, const void *, uint32_t, int);
 typedef int (*ul_accept_fn)(void *, uint64_t, int, int);
 typedef int (*ul_shutdown_fn)(void *, uint64_t, int, int);
-typedef int (*ul_close_fd_fn)(void *, uint64_t, int);
+typedef int (*ul_close_fd_fn)(void *, uint64_t, int, int);
 typedef int (*ul_cancel_fn)(void *, uint64_t);
 typedef int (*ul_cancel_fd_fn)(void *, int);
 typedef void (*ul_wake_fn)(void *);
@@ -1292,15 +1292,18 @@ static PyObject *Table_shutdown(Table *t, PyObject *const *args, Py_ssize_t narg
 
 static PyObject *Table_close_fd(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
 {
-    static const char *const names[] = {"fd", "cb"};
-    PyObject *a[2];
+    static const char *const names[] = {"fd", "cb", "reset_if_data"};
+    PyObject *a[3];
     int fd;
     TABLE_OPEN(t);
-    if (parse_args("close_fd", args, nargs, kw, names, 2, 2, a) < 0 || get_fd(a[0], &fd) < 0 ||
+    if (parse_args("close_fd", args, nargs, kw, names, 2, 3, a) < 0 || get_fd(a[0], &fd) < 0 ||
         check_cb(a[1]) < 0)
         return NULL;
+    int reset = get_bool(a[2], 0);
+    if (reset < 0)
+        return NULL;
     uint64_t ud = table_take(t, a[1], NULL, 0);
-    return ud ? submitted(t, ud, t->close_fd(t->engine, ud, fd)) : NULL;
+    return ud ? submitted(t, ud, t->close_fd(t->engine, ud, fd, reset)) : NULL;
 }
 
 static PyObject *Table_cancel(Table *t, PyObject *arg)
@@ -1931,7 +1934,7 @@ static PyMethodDef Table_methods[] = {
     {"shutdown", (PyCFunction)(void (*)(void))Table_shutdown, FASTKW,
      "shutdown(fd, how, cb) -> user_data"},
     {"close_fd", (PyCFunction)(void (*)(void))Table_close_fd, FASTKW,
-     "close_fd(fd, cb) -> user_data"},
+     "close_fd(fd, cb, reset_if_data=False) -> user_data"},
     {"cancel", (PyCFunction)Table_cancel, METH_O, "cancel(ud) -> bool"},
     {"cancel_fd", (PyCFunction)Table_cancel_fd, METH_O, "cancel_fd(fd) -> int"},
     {"wake", (PyCFunction)Table_wake, METH_NOARGS, "wake(): thread-safe"},

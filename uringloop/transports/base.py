@@ -247,7 +247,7 @@ class SocketTransportBase(TransportBase):
         self._sync()
         self._close_fd(exc)
 
-    def _close_fd(self, exc):
+    def _close_fd(self, exc, reset_if_data=False):
         """The fd goes through the engine's close (cancel all, wait, close).
         connection_lost(exc) is scheduled now, as the stock loop schedules it,
         but runs only once the close has completed: usually the close record
@@ -262,8 +262,9 @@ class SocketTransportBase(TransportBase):
         if self._engine.closed or self._sock_closed():
             self._sock.close()
             self._fd_closed = True
-            return
-        self._engine.close_fd(self._detach_fd(), self._on_closed)
+            return None
+        # its user_data; reset_if_data: engine.close_fd's (decision 497)
+        return self._engine.close_fd(self._detach_fd(), self._on_closed, reset_if_data)
 
     def _detach_fd(self):
         return self._sock.detach()

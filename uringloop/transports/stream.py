@@ -109,6 +109,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     _empty_waiter = None
     _read_done = False  # EOF or a read error was seen
     _unread = False  # received bytes dropped at close (decision 463)
+    _close_reset = None  # (close_fd's user_data, fd): a TCP close in flight (497)
     _held = None  # deque of (res, data) records not yet handed over
     _draining = False  # a _drain_held is scheduled
 
@@ -334,7 +335,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             self._recv_ud = None
         if self._closing:
             if res > 0:
-                self._unread = True  # bytes the stock loop would have left unread
+                self._dropped()  # bytes the stock loop would have left unread
             return  # the stock transport stops reading at close()
         if res == _ECANCELED and not more:
             self._start_reading()  # pause_reading cancelled it; resumed since?
@@ -462,6 +463,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
 
     def _feeding_stops(self, data, pos, n):
         if pos < n and (self._conn_lost or self._closing):
+            self._dropped()
             return True
         if pos < n and not self._buffered:
             # set_protocol() to a Protocol inside buffer_updated: the rest is
@@ -737,13 +739,30 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         # in the stock loop's socket, whose close(2) then resets a TCP
         # connection: the peer gets ConnectionResetError, not EOF. SO_LINGER
         # 0 makes our close(2) do the same (decision 463).
+        # Records of the receive in flight may still come, in this engine run
+        # (reaped before the close) or in the one that closes the fd: their
+        # bytes make the engine's close reset too (decision 497).
         kind = self._sockobj
-        if not self._fd_closing and getattr(kind, "family", None) in _INET and self._has_unread():
+        inet = not self._fd_closing and getattr(kind, "family", None) in _INET
+        if inet and self._has_unread():
             try:
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
             except OSError:
                 pass
-        super()._close_fd(exc)
+            inet = False  # resets already
+        fd = self._sock_fd
+        ud = super()._close_fd(exc, inet)
+        if inet and ud:
+            self._close_reset = (ud, fd)
+
+    def _dropped(self):
+        """Received bytes dropped because the transport is closing: unread in
+        the stock loop's socket, whose close(2) resets (decisions 463, 497)."""
+        self._unread = True
+        pending = self._close_reset
+        if pending is not None:
+            self._close_reset = None
+            self._engine.close_reset(*pending)  # -ENOENT: closed already
 
     def _has_unread(self):
         return self._unread or any(rec[0] > 0 for rec in self._held_records())
