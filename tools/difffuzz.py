@@ -1080,6 +1080,14 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
         if s in unpaused:
             continue  # decision 488
         a, b = _soon_apart(a), _soon_apart(b)  # 499(a)
+        if a != b and len(a) == len(b):
+            # 499(g): a hook's call that failed on stock as _stock_bug's
+            # (3.13's writelines after connection_lost, tcp 58)
+            hooked = ("hook", "hook-soon")
+            a = [
+                y if x[0] == y[0] in hooked and _stock_bug(x[1:], y[1:]) else x
+                for x, y in zip(a, b, strict=True)
+            ]
         if a != b and s in cut:
             a, b = _no_counts(a), _no_counts(b)  # 499(c)
         if a != b and peer.get(s) in cut and family != "udp":
@@ -1146,8 +1154,14 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
         flips = ("protocol.pause_writing() failed", "protocol.resume_writing() failed")
         keep = lambda h: not (h[0] in flips and h[1] == "AttributeError")  # noqa: E731
         rh, gh = [h for h in rh if keep(h)], [h for h in gh if keep(h)]
-    twice = ["Exception in callback _UnixWritePipeTransport._call_connection_lost(None)"]
-    if rh != gh and [twice + ["AttributeError"]] == [h for h in rh if h not in gh]:
+    twice = "Exception in callback _UnixWritePipeTransport._call_connection_lost("  # 3.13: "()"
+    extra = [h for h in rh if h not in gh]
+    if (
+        rh != gh
+        and len(extra) == 1
+        and extra[0][0].startswith(twice)
+        and extra[0][1] == "AttributeError"
+    ):
         # decision 499(e): stock's write pipe calls _call_connection_lost
         # twice when its protocol's resume_writing() closes it (write_eof()
         # queues one with call_soon, _write_ready then calls it itself); the
