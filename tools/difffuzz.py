@@ -929,8 +929,17 @@ _GONE = (None, "BrokenPipeError[32]", "BrokenPipeError", "ConnectionResetError[1
 def _soon_apart(events: list) -> list:
     """Decision 499(a): a hook's call_soon'd op runs after the turn's other
     callbacks, and how many of this end's callbacks a turn holds is not
-    compared (460): its results are a sequence of their own."""
-    return [e for e in events if e[0] != "hook-soon"] + [e for e in events if e[0] == "hook-soon"]
+    compared (460): its results are a sequence of their own, each marked
+    with the side of connection_lost it ran on."""
+    out, soon, lost = [], [], False
+    for e in events:
+        lost = lost or e[0] == "lost"
+        if e[0] == "hook-soon":
+            # which side of connection_lost it ran on is kept (501)
+            soon.append([*e, "after lost" if lost else "before lost"])
+        else:
+            out.append(e)
+    return out + soon
 
 
 def _gone_after_lost_hook(events: list) -> list:
