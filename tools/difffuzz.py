@@ -1088,7 +1088,6 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
         a, b = ref["ends"].get(s, []), got["ends"].get(s, [])
         if s in unpaused:
             continue  # decision 488
-        a, b = _soon_apart(a), _soon_apart(b)  # 499(a)
         if a != b and len(a) == len(b):
             # 499(g): a hook's call that failed on stock as _stock_bug's
             # (3.13's writelines after connection_lost, tcp 58)
@@ -1097,6 +1096,7 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
                 y if x[0] == y[0] in hooked and _stock_bug(x[1:], y[1:]) else x
                 for x, y in zip(a, b, strict=True)
             ]
+        a, b = _soon_apart(a), _soon_apart(b)  # 499(a)
         if a != b and s in cut:
             a, b = _no_counts(a), _no_counts(b)  # 499(c)
         if a != b and peer.get(s) in cut and family != "udp":
