@@ -133,7 +133,10 @@ def test_tls_close_with_bytes_in_flight_ends_as_stock(seed, kind):
         _stock[key] = difffuzz.run("stock", prog)
     ref = _stock[key]
     assert ref["fatal"] is None and not ref["leaked_fds"], ref
-    assert ["lost", "ConnectionResetError[104]", 0] in ref["ends"]["b"], ref
+    if seed == 399 or sys.version_info >= (3, 11):
+        # on 3.10 stock's b ends 427 with connection_lost(None): its
+        # sslproto (ours too on 3.10) fails a elsewhere; compared all the same
+        assert ["lost", "ConnectionResetError[104]", 0] in ref["ends"]["b"], ref
     got = difffuzz.run(kind, prog)
     assert difffuzz.differences(ref, got, "tls") == []
 
