@@ -28,8 +28,14 @@ import subfuzz  # noqa: E402
 # close(); 26: four children that block: kill, terminate ignored, a bad
 # executable; 37: communicate, stderr merged, a file's fd as stdin and stdout
 SEEDS = [6, 10, 20, 26, 37]
+# --extra (decisions 504-507): 5: three children with pass_fds, a new
+# session, env added or replaced, cwd and preexec_fn; 44: pidfd_open refused
+# (uringloop's stock child-watcher path), a streams child in a new session
+# left running as the loop closes (what is warned, left open, reaped), a
+# shell one in a process group
+EXTRA_SEEDS = [5, 44]
 
-_stock: dict[int, dict] = {}
+_stock: dict = {}
 
 
 @pytest.fixture(autouse=True)
@@ -38,10 +44,10 @@ def _test_kinds(monkeypatch):
     monkeypatch.setattr(difffuzz, "make_loop", make_loop)
 
 
-def _stock_trace(seed):
-    if seed not in _stock:
-        _stock[seed] = subfuzz.run("stock", subfuzz.generate(seed))
-    return _stock[seed]
+def _stock_trace(seed, extra=False):
+    if (seed, extra) not in _stock:
+        _stock[seed, extra] = subfuzz.run("stock", subfuzz.generate(seed, extra))
+    return _stock[seed, extra]
 
 
 @pytest.mark.parametrize("kind", LOOP_KINDS)
@@ -51,6 +57,50 @@ def test_seed_same_as_stock(seed, kind):
     assert ref["fatal"] is None and not ref["leaked_fds"] and not ref["zombies"], ref
     got = subfuzz.run(kind, subfuzz.generate(seed))
     assert subfuzz.differences(ref, got) == []
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+@pytest.mark.parametrize("seed", EXTRA_SEEDS)
+def test_extra_seed_same_as_stock(seed, kind):
+    prog = subfuzz.generate(seed, extra=True)
+    ref = _stock_trace(seed, True)
+    assert ref["fatal"] is None and ref["reports"] and all(ref["reports"]), ref
+    if prog["abandon"]:
+        assert ref["zombies"] and ref["warnings"] and ref["after_close"], ref
+    got = subfuzz.run(kind, prog)
+    assert subfuzz.differences(ref, got) == []
+
+
+def test_extra_keeps_the_programs():
+    """Decision 504: --extra only adds to a seed's program; without the
+    additions it is the program of the seed as before (the seeds replayed
+    above stay what they were)."""
+    for seed in range(300):
+        prog = subfuzz.generate(seed, extra=True)
+        del prog["pidfd_refused"], prog["abandon"]
+        for c in prog["children"]:
+            del c["opts"]
+        assert prog == subfuzz.generate(seed), seed
+
+
+def test_extra_changes_are_differences():
+    """What --extra adds to the trace is compared: a child's report, the
+    state after the loop closed, a warning; whether a closed loop's child
+    was reaped only where ours ran with pidfd_open refused (decision 506)."""
+    ref = _stock_trace(44, True)
+    assert not _changed(ref, lambda t: None)
+    rep = ref["reports"][0]
+    for key in ("sid", "pgid", "pgid_parent", "path"):
+        assert _changed(ref, lambda t, key=key: t["reports"][0].__setitem__(key, not rep[key]))
+    assert _changed(ref, lambda t: t["reports"][1].__setitem__("umask", 18))
+    assert _changed(ref, lambda t: t["reports"][0].__setitem__("cwd", "<cwd>"))
+    assert _changed(ref, lambda t: t["reports"][0].__setitem__("env", None))
+    assert _changed(ref, lambda t: t["reports"][0].__setitem__("passed", [False]))
+    assert _changed(ref, lambda t: t["after_close"][0].__setitem__(0, -9))
+    assert _changed(ref, lambda t: t["warnings"].append("ResourceWarning: unclosed transport"))
+    assert not _changed(ref, lambda t: t.__setitem__("reaped", ref["reaped"] + 1))
+    refused = _changed(ref, lambda t: t.update(reaped=ref["reaped"] + 1, pidfd_refused=True))
+    assert bool(refused) == (sys.version_info < (3, 12))
 
 
 def _changed(ref, edit):

@@ -33,7 +33,14 @@ exception handler's calls; the asyncio log; fds left open; children of this
 process left after the run (zombies). Normalised (decision 491): see
 ``_norm_events``, and pids in log messages.
 
+``--extra`` (decisions 504-507) adds, from a second generator (a seed's
+program is otherwise the same): pass_fds, start_new_session/process_group,
+env, cwd and preexec_fn per child (the child reports what it got, in a
+file), pidfd_open refused for the uringloop kinds, and the loop closed with
+children running (what is warned, left open, reaped).
+
     python tools/subfuzz.py --seeds 100              # seeds 0..99, every kind
+    python tools/subfuzz.py --extra --seeds 300      # with the spawn options
     python tools/subfuzz.py --seed 17 --kind epoll --shrink --script /tmp/r.py
 """
 
@@ -42,6 +49,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import gc
 import json
 import logging
@@ -54,6 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -85,7 +94,27 @@ def wr(fd, b):
         except BrokenPipeError:
             os._exit(77)
         m = m[n:]
-steps, tail, ignterm = json.loads(sys.argv[1])
+spec = json.loads(sys.argv[1])
+steps, tail, ignterm = spec[:3]
+if len(spec) > 3:  # --extra: report what the spawn options made (a file)
+    pfds = spec[3]
+    fds = []
+    for fd in range(3, 256):
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        fds.append(fd)
+    um = os.umask(0)
+    os.umask(um)
+    rep = {"passed": [fd in fds for fd in pfds], "others": len(set(fds) - set(pfds)),
+           "sid": os.getsid(0) == os.getpid(), "pgid": os.getpgid(0) == os.getpid(),
+           "pgid_parent": os.getpgid(0) == os.getpgid(os.getppid()),
+           "env": os.environ.get("SUBFUZZ_X"), "path": "PATH" in os.environ,
+           "cwd": os.getcwd(), "umask": um}
+    with open(sys.argv[3] + ".t", "w") as f:
+        json.dump(rep, f)
+    os.rename(sys.argv[3] + ".t", sys.argv[3])
 if ignterm:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 for st in steps:
@@ -138,7 +167,27 @@ class Hang(Exception):
 # programs
 
 
-def generate(seed: int) -> dict:
+def generate(seed: int, extra: bool = False) -> dict:
+    """The program of a seed; ``extra`` (--extra, decision 504) adds spawn
+    options, a pidfd_open refused and a loop closed with children running,
+    drawn from a second generator: the program without them is the same."""
+    prog = _generate(seed)
+    if extra:
+        x = random.Random(f"extra-{seed}")
+        for c in prog["children"]:
+            c["opts"] = {
+                "pass_fds": x.choice([0, 0, 1, 2]),
+                "session": x.choice([None, None, "new_session", "process_group"]),
+                "env": x.choice([None, None, "add", "replace"]),
+                "cwd": x.random() < 0.3,
+                "preexec": x.random() < 0.3,
+            }
+        prog["pidfd_refused"] = x.random() < 0.3
+        prog["abandon"] = x.random() < 0.25
+    return prog
+
+
+def _generate(seed: int) -> dict:
     r = random.Random(seed)
     nchild = r.choice([1, 1, 2, 2, 3, 4])
     children = [_child(r) for _ in range(nchild)]
@@ -390,6 +439,72 @@ class Proto(asyncio.SubprocessProtocol):
 
 
 def run(kind: str, prog: dict) -> dict:
+    unraisable = []
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda u: unraisable.append(
+        f"unraisable {difffuzz._exc(u.exc_value)}: {_msg(u.exc_value)}")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            refused = kind != "stock" and bool(prog.get("pidfd_refused"))
+            with _pidfd_refused(refused):
+                trace = _run(kind, prog)
+            if refused:
+                trace["pidfd_refused"] = True
+            gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    if prog.get("abandon") or caught or unraisable:
+        # what the loop's close and the garbage collector warn (a repr's
+        # class and fd numbers are each loop's own: only the words before
+        # it), and the exceptions a __del__ raised
+        # it), and the exceptions a __del__ raised. Not "unclosed file":
+        # stock's pipe transports hold Popen's FileIO objects, and which of
+        # the two the collector finalises first in their cycle decides
+        # whether the FileIO warns before the transport's __del__ closes it;
+        # ours hold the fds (the same fds closed either way; decision 506)
+        trace["warnings"] = sorted(
+            [f"{w.category.__name__}: {_msg(re.sub(r' ?<.*', '', str(w.message)))}"
+             for w in caught if not str(w.message).startswith("unclosed file")] + unraisable
+        )
+    return trace
+
+
+@contextlib.contextmanager
+def _pidfd_refused(on):
+    """uringloop with pidfd_open refused (ENOSYS): its stock child-watcher
+    path (decision 113), as tests/test_subprocess_pipe.py forces it."""
+    if not on:
+        yield
+        return
+    from uringloop.transports import subprocess as ul_subprocess
+
+    def refused(pid, flags=0):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    saved = ul_subprocess._pidfd_ok, os.pidfd_open
+    ul_subprocess._pidfd_ok, os.pidfd_open = None, refused
+    policy = asyncio.get_event_loop_policy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        policy.set_child_watcher(asyncio.ThreadedChildWatcher())
+    try:
+        yield
+    finally:
+        ul_subprocess._pidfd_ok, os.pidfd_open = saved
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            policy.set_child_watcher(None)
+
+
+# logged only by the loop that is told pidfd_open is refused (once a process)
+_REFUSED_LOG = "uringloop: os.pidfd_open() refused"
+# stock 3.11's ThreadedChildWatcher, from its thread, when a child of a closed
+# loop ends (decision 506)
+_CLOSED_LOG = re.compile(r"^Loop .* that handles pid # is closed$")
+
+
+def _run(kind: str, prog: dict) -> dict:
     gc.collect()
     fds_before = difffuzz._fds()
     kids_before = _children()
@@ -414,14 +529,41 @@ def run(kind: str, prog: dict) -> dict:
         with contextlib.suppress(Exception):
             if not loop.is_running():
                 loop.close()
-        alog.removeHandler(log)
-        alog.propagate = True
+        if prog.get("abandon"):
+            # the loop closed with children running: what is left of them
+            trace["after_close"] = runner.after_close()
         runner.cleanup()
     gc.collect()
     leaked = sorted(v for k, v in difffuzz._fds().items() if fds_before.get(k) != v)
     trace["leaked_fds"] = [re.sub(r"\[\d+\]", "[#]", v) for v in leaked]
+    if kind == "stock" and prog.get("abandon"):
+        # 3.12+'s PidfdChildWatcher leaves the pidfd of a child still running
+        # at close open for good (only its reader callback closes it); ours
+        # are closed by close() (decision 506): stock's leak is not copied
+        trace["leaked_fds"] = [v for v in trace["leaked_fds"] if v != "anon_inode:[pidfd]"]
     left = _children() - kids_before
     trace["zombies"] = len(left)
+    if prog.get("abandon"):
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        # stock's watcher thread (and ours where pidfd_open is refused)
+        # reaps them; a zombie left after that is reaped below
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline and _children() - kids_before:
+            time.sleep(0.005)
+        # reaped by the closed loop's watcher: stock 3.11's thread does it,
+        # uringloop's pidfds (and 3.12+'s PidfdChildWatcher) are gone with
+        # the loop: compared only where pidfd_open is refused and stock's
+        # own watcher is the thread too (3.11 and older; decision 506)
+        trace["reaped"] = len(left - _children())
+        time.sleep(0.05)  # a watcher thread's log line
+    alog.removeHandler(log)
+    alog.propagate = True
+    trace["log"] = [x for x in trace["log"] if not x[1].startswith(_REFUSED_LOG)
+                    and not _CLOSED_LOG.match(x[1])]
+    if any(k.get("report") is not None for k in runner.kids):
+        trace["reports"] = [k.get("report") for k in runner.kids]
     diag = os.environ.get("SUBFUZZ_DIAG")
     if diag and (left or trace["fatal"] or any(o[2] == "timeout" for o in trace["ops"])):
         with open(os.path.join(diag, f"{prog['seed']}-{kind}-{time.time():.0f}.json"), "w") as f:
@@ -435,7 +577,7 @@ def run(kind: str, prog: dict) -> dict:
 
 
 def _msg(text) -> str:
-    return re.sub(r"\bpid \d+", "pid #", difffuzz._msg(text))
+    return re.sub(r"\b(pid|subprocess) \d+", r"\1 #", difffuzz._msg(text))
 
 
 class _LogTrace(difffuzz._LogTrace):
@@ -462,12 +604,17 @@ def _children() -> set:
     return out
 
 
+def _preexec():
+    os.umask(0o027)  # the child reports its umask
+
+
 class _Runner:
     def __init__(self, loop, prog, trace):
         self.loop, self.prog, self.trace = loop, prog, trace
         self.salt = 0
         self.kids: list[dict] = []
         self.files: list = []
+        self.fds: list = []
         self.tmp = tempfile.TemporaryDirectory(prefix="subfuzz-")
         loop.set_exception_handler(self._handler)
         for c in prog["children"]:
@@ -480,7 +627,38 @@ class _Runner:
         self.trace["handler"].append([_msg(ctx.get("message", "")),
                                       difffuzz._exc(ctx.get("exception"))])
 
+    def after_close(self):
+        """Per abandoned child: its transport's get_returncode() and whether
+        its stdio pipes are closed, once the loop has closed."""
+        out = []
+        for k in self.kids:
+            if not k.get("abandoned"):
+                continue
+            p = k["proc"]
+            if k["c"]["mode"] == "streams":
+                p = p._transport
+            pipes = [None if p.get_pipe_transport(fd) is None
+                     else p.get_pipe_transport(fd).is_closing() for fd in (0, 1, 2)]
+            out.append([p.get_returncode(), p.is_closing(), pipes])
+        return out
+
+    def read_reports(self):
+        for k in self.kids:
+            path = k.get("report_path")
+            if path and os.path.exists(path):
+                with open(path) as f:
+                    rep = json.load(f)
+                cwd = rep["cwd"]
+                rep["cwd"] = ("<cwd>" if cwd == os.getcwd() else
+                              "<tmp>/" + os.path.basename(cwd) if cwd.startswith(self.tmp.name)
+                              else cwd)
+                k["report"] = rep
+
     def cleanup(self):
+        self.read_reports()
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         for f in self.files:
             with contextlib.suppress(OSError):
                 f.close()
@@ -542,6 +720,32 @@ class _Runner:
         args = [sys.executable, "-S", "-c", CHILD, spec, k["ready"]]
         kw = {"stdin": self._stdio(k, "stdin"), "stdout": self._stdio(k, "stdout"),
               "stderr": self._stdio(k, "stderr")}
+        o = c.get("opts")
+        if o is not None:
+            k["report_path"] = k["ready"] + ".report"
+            pfds = []
+            for _ in range(o["pass_fds"]):
+                rfd, wfd = os.pipe()
+                self.fds += [rfd, wfd]
+                pfds.append(wfd)
+            args[4] = json.dumps([c["steps"], c["tail"], c["ignterm"], pfds])
+            args.append(k["report_path"])
+            if pfds:
+                kw["pass_fds"] = pfds
+            if o["session"] == "new_session":
+                kw["start_new_session"] = True
+            elif o["session"] == "process_group" and sys.version_info >= (3, 11):
+                kw["process_group"] = 0
+            if o["env"] == "add":
+                kw["env"] = dict(os.environ, SUBFUZZ_X="added")
+            elif o["env"] == "replace":
+                kw["env"] = {"SUBFUZZ_X": "replaced"}
+            if o["cwd"]:
+                d = os.path.join(self.tmp.name, "cwd")
+                os.makedirs(d, exist_ok=True)
+                kw["cwd"] = d
+            if o["preexec"]:
+                kw["preexec_fn"] = _preexec
         if c["mode"] != "streams":
             proto = Proto(k["rec"], self.loop)
             k["proto"] = proto
@@ -739,6 +943,13 @@ class _Runner:
         for idx, k in enumerate(self.kids):
             if k["proc"] is None:
                 continue
+            if self.prog.get("abandon") and k["c"]["tail"][0] == "block" and not k["dead"]:
+                # left running as the loop closes (decision 505): its bytes
+                # before the block have come; its callbacks from here on are
+                # the closing's, not compared
+                r = self._abandon(k)
+                self.trace["ops"].append(["abandon", idx, *r])
+                continue
             r = self._end(k)
             self.trace["ops"].append(["end", idx, *r])
         self.loop.run_until_complete(asyncio.sleep(0.01))
@@ -749,8 +960,19 @@ class _Runner:
                     with open(k["files"][which], "rb") as f:
                         rec["data"][fd] = f.read()
             rec["data"] = {fd: [len(b), zlib.crc32(b)] for fd, b in sorted(rec["data"].items())}
-            if k["c"]["mode"] != "streams" and k["proc"] is not None:
+            if k["c"]["mode"] != "streams" and k["proc"] is not None and not k.get("abandoned"):
                 k["proc"].close()
+
+    def _abandon(self, k):
+        k["abandoned"] = True
+        try:
+            self.loop.run_until_complete(asyncio.wait_for(self.sync(k), OP_TIMEOUT))
+        except asyncio.TimeoutError:
+            return ["timeout"]
+        except (Exception, asyncio.CancelledError) as exc:
+            return ["raised", difffuzz._exc(exc)]
+        k["rec"]["events"] = "abandoned"
+        return ["ok"]
 
     def _end(self, k):
         async def end():
@@ -809,7 +1031,9 @@ def _norm_events(events: list) -> list:
 
 def differences(ref: dict, got: dict) -> list[str]:
     out = []
-    for key in ("fatal", "leaked_fds", "zombies"):
+    for key in ("fatal", "leaked_fds", "zombies", "reports", "after_close", "warnings", "reaped"):
+        if key == "reaped" and not (got.get("pidfd_refused") and sys.version_info < (3, 12)):
+            continue
         if ref.get(key) != got.get(key):
             out.append(f"{key}: stock {ref.get(key)!r} ours {got.get(key)!r}")
     for i, (a, b) in enumerate(zip(ref["children"], got["children"], strict=False)):
@@ -881,10 +1105,10 @@ for kind, diffs in subfuzz.check(PROGRAM, subfuzz.KINDS).items():
 '''
 
 
-def study(seeds, runs: int) -> None:
+def study(seeds, runs: int, extra=False) -> None:
     """Run stock `runs` times a seed; print what varies between runs."""
     for seed in seeds:
-        prog = generate(seed)
+        prog = generate(seed, extra)
         traces = [run("stock", prog) for _ in range(runs)]
         seen = {json.dumps(t, sort_keys=True) for t in traces}
         if len(seen) > 1:
@@ -904,20 +1128,30 @@ def main(argv=None):
     ap.add_argument("--shrink", action="store_true", help="minimise a failing seed's op list")
     ap.add_argument("--script", help="write the (minimal) failing program as a script here")
     ap.add_argument("--study", type=int, metavar="RUNS", help="only run stock RUNS times a seed")
+    ap.add_argument("--extra", action="store_true",
+                    help="spawn options, pidfd_open refused, the loop closed with children running")
     ap.add_argument("--verbose", "-v", action="store_true")
     args = ap.parse_args(argv)
     kinds = args.kind or KINDS
     seeds = [args.seed] if args.seed is not None else range(args.start, args.start + args.seeds)
     if args.study:
-        study(seeds, args.study)
+        study(seeds, args.study, args.extra)
         return 0
     failed, varied, mix = 0, 0, {}
     t0 = time.monotonic()
     for seed in seeds:
-        prog = generate(seed)
+        prog = generate(seed, args.extra)
         for op in prog["ops"]:
             name = f"stoprun:{op[1][0]}" if op[0] == "stoprun" else op[0]
             mix[name] = mix.get(name, 0) + 1
+        if args.extra:
+            for key in ("pidfd_refused", "abandon"):
+                mix[key] = mix.get(key, 0) + prog[key]
+            for c in prog["children"]:
+                for key, v in c["opts"].items():
+                    if v:
+                        name = f"{key}={v}" if isinstance(v, str) else key
+                        mix[name] = mix.get(name, 0) + 1
         res = check(prog, kinds)
         if "stock" in res:
             varied += 1
