@@ -7,7 +7,9 @@ log, fds left) must equal the stock loop's, as the tool normalises it.
 Seeds 8 and 55 are programs that differed before decisions 461 and 462.
 The TLS family (decision 485) replays seed 2 (a start_tls upgrade) and a
 program made from seed 41 (a bytearray BufferedProtocol buffer: ours handed
-over stale bytes before 485).
+over stale bytes before 485). With `callbacks=True` (decision 499) the
+programs also act from inside the protocols' callbacks: tcp 58, unix 42,
+pipe 15.
 """
 
 from __future__ import annotations
@@ -334,3 +336,39 @@ def test_write_after_reset_ends_as_stock(kind):
     epipe = copy.deepcopy(ref)
     epipe["ends"]["a"][1][1] = "BrokenPipeError[32]"
     assert difffuzz.differences(ref, epipe, "tcp")
+
+
+# decision 499: programs with actions run from inside the protocols'
+# callbacks (`generate(seed, family, callbacks=True)`): tcp 58 (b's
+# connection_lost makes a write, 499(b)), unix 42 (b's pause_writing
+# writes from inside b's own write(); data_received writes and sets
+# limits), pipe 15 (the writer's resume_writing closes it; stock's
+# double _call_connection_lost, 499(e))
+CB_SEEDS = [(58, "tcp"), (42, "unix"), (15, "pipe")]
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+@pytest.mark.parametrize("seed,family", CB_SEEDS)
+def test_callback_seed_same_as_stock(seed, family, kind):
+    prog = difffuzz.generate(seed, family, callbacks=True)
+    key = ("cb", seed, family)
+    if key not in _stock:
+        _stock[key] = difffuzz.run("stock", prog)
+    ref = _stock[key]
+    assert ref["fatal"] is None and not ref["leaked_fds"], ref
+    # the bytes a write made from inside a write's pause_writing are
+    # recorded after that write's (they were recorded first, 499)
+    assert all(ref.get("intact", {}).values()), ref
+    assert any(ev[0] == "hook" for evs in ref["ends"].values() for ev in evs), ref
+    got = difffuzz.run(kind, prog)
+    assert difffuzz.differences(ref, got, family) == []
+
+
+def test_callbacks_keep_the_seeds_programs():
+    """Decision 499: the hooks come from a second generator, so a seed's
+    ops and settings are the ones the replays above were made from."""
+    for seed in range(300):
+        for family in (None, *difffuzz.ALL_FAMILIES):
+            old = difffuzz.generate(seed, family)
+            new = difffuzz.generate(seed, family, callbacks=True)
+            assert new.pop("hooks") and new == old

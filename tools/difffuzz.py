@@ -107,7 +107,7 @@ def make_loop(kind: str) -> asyncio.AbstractEventLoop:
 # programs
 
 
-def generate(seed: int, family: str | None = None) -> dict:
+def generate(seed: int, family: str | None = None, callbacks: bool = False) -> dict:
     r = random.Random(seed)
     fam = family or r.choice(FAMILIES)
     prog = {"seed": seed, "family": fam, "ops": []}
@@ -186,7 +186,51 @@ def generate(seed: int, family: str | None = None) -> dict:
         else:
             unsettled = []
         prog["ops"].append(op)
+    if callbacks:
+        # decision 499: actions run from inside the protocols' callbacks,
+        # from a second generator so the ops above are the seed's old ones
+        prog["hooks"] = _hooks(random.Random(seed * 1_000_003 + 499), fam, gen)
     return prog
+
+
+# the callbacks an end's hooks may fire on (decision 499)
+_HOOK_EVENTS = {
+    "stream": ["data", "data", "eof", "pause_writing", "resume_writing", "lost"],
+    "udp": ["dgram", "dgram", "error_received", "pause_writing", "resume_writing", "lost"],
+    "r": ["data", "data", "eof", "lost"],
+    "w": ["pause_writing", "resume_writing", "lost"],
+}
+
+
+def _hooks(r: random.Random, fam: str, gen) -> list:
+    """One to three hooks: when end `end`'s callback `event` fires (data: once
+    `at` bytes have come, at the `nth` call; eof: returning `ret`), run `ops`
+    from inside it, once."""
+    out = []
+    for _ in range(r.randint(1, 3)):
+        if fam == "pipe":
+            end = r.choice("rw")
+            events = _HOOK_EVENTS[end]
+        else:
+            end = r.choice("ab")
+            events = _HOOK_EVENTS["udp" if fam == "udp" else "stream"]
+        h = {"end": end, "event": r.choice(events)}
+        if h["event"] == "data":
+            h["at"] = r.choice([1, 1, 100, 5000, 70_000])
+        elif h["event"] == "dgram":
+            h["nth"] = r.choice([1, 1, 2, 3])
+        elif h["event"] == "eof":
+            h["ret"] = r.choice([True, False, None])
+        ops = []
+        for _ in range(r.randint(1, 2)):
+            k = r.random()
+            op = ["stop"] if k < 0.08 else gen(r, fam)
+            if 0.08 <= k < 0.23:
+                op = ["soon", op]
+            ops.append(op)
+        h["ops"] = ops
+        out.append(h)
+    return out
 
 
 def _written(op: list) -> int:
@@ -320,9 +364,30 @@ class End:
         self.data = bytearray()
         self.transport = None
         self.lost = False
+        self.hooks: list = []  # [index, hook] not fired yet (decision 499)
+        self.runner = None
+        self.ndgram = 0
 
     def log(self, *ev):
         self.events.append(list(ev))
+
+    def fire(self, event):
+        """Run the hooks on this callback whose condition holds (once each);
+        the eof hook's `ret` is returned (-1: none)."""
+        ret = -1
+        for item in list(self.hooks):
+            j, h = item
+            if h["event"] != event:
+                continue
+            if event == "data" and len(self.data) < h["at"]:
+                continue
+            if event == "dgram" and self.ndgram < h["nth"]:
+                continue
+            self.hooks.remove(item)
+            if event == "eof":
+                ret = h["ret"]
+            self.runner.hook(self, j, h)
+        return ret
 
     def connection_made(self, transport):
         self.transport = transport
@@ -331,21 +396,28 @@ class End:
     def connection_lost(self, exc):
         self.lost = True
         self.log("lost", _exc(exc), len(self.data))
+        self.fire("lost")
 
     def pause_writing(self):
         self.log("pause_writing")
+        self.fire("pause_writing")
 
     def resume_writing(self):
         self.log("resume_writing")
+        self.fire("resume_writing")
 
     def eof_received(self):
         self.log("eof", len(self.data))
+        ret = self.fire("eof")
+        if ret != -1:
+            return ret
         return True if self.keep_open else None
 
 
 class StreamEnd(End, asyncio.Protocol):
     def data_received(self, data):
         self.data += data
+        self.fire("data")
 
 
 class BufferedEnd(End, asyncio.BufferedProtocol):
@@ -358,15 +430,19 @@ class BufferedEnd(End, asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes):
         self.data += self.buf[:nbytes]
+        self.fire("data")
 
 
 class DgramEnd(End, asyncio.DatagramProtocol):
     def datagram_received(self, data, addr):
         self.log("dgram", len(data), zlib.crc32(data))
         self.data += data
+        self.ndgram += 1
+        self.fire("dgram")
 
     def error_received(self, exc):
         self.log("error_received", _exc(exc))
+        self.fire("error_received")
 
 
 def _exc(exc):
@@ -485,6 +561,10 @@ class _Runner:
         try:
             loop.run_until_complete(self.setup())
             self.settle()
+            for j, h in enumerate(self.prog.get("hooks", ())):
+                e = self.ends[h["end"]]  # armed once set up (decision 499)
+                e.runner = self
+                e.hooks.append([j, h])
             for i, op in enumerate(self.prog["ops"]):
                 self.step(i, op)
             self.teardown()
@@ -606,6 +686,34 @@ class _Runner:
 
     # -- one operation
 
+    def hook(self, end, j, h):
+        """Hook j's ops, from inside `end`'s callback; each result goes to
+        that end's own events (a call_soon'd one when it runs)."""
+        for op in h["ops"]:
+            inner = op[1] if op[0] == "soon" else op
+            if h["event"] in _SPLIT and inner[0] in _CUT:
+                # decision 499(c): an end stops reading where a read's bytes
+                # end (or when its writer's buffer crossed a mark, which
+                # follows them), and how they split is not compared (460)
+                self.trace.setdefault("cut", []).append(inner[1])
+            if h["event"] == "data" and inner[0] in ("abort", "rst") and inner[1] != end.side:
+                # 499(c): the peer drops its socket where this end's read
+                # ended; what this end had read ahead by then follows the split
+                self.trace.setdefault("cut", []).append(end.side)
+            if h["event"] in ("data", "pause_writing") and inner[0] == "abort" and inner[1] == "w":
+                # 499(c): a pipe writer's abort drops what its reader had not
+                # taken, and ours reads a pipe ahead (decision 162)
+                self.trace.setdefault("cut", []).append("r")
+            if h["event"] == "lost" and inner[0] != "stop":
+                self.trace.setdefault("lost_hook", []).append(end.side)  # 499(b)
+            if op[0] == "stop":
+                self.loop.stop()
+                end.log("hook", j, "stop")
+            elif op[0] == "soon":
+                self.loop.call_soon(lambda op=op: end.log("hook-soon", j, *self.call(op[1])))
+            else:
+                end.log("hook", j, *self.call(op))
+
     def step(self, i, op):
         loop = self.loop
         wrap = op[0] if op[0] in ("soon", "later", "stoprun", "nosettle") else None
@@ -639,14 +747,29 @@ class _Runner:
         try:
             if name == "write":
                 data = payload(op[2], self._salt())
-                res = t.write(_TYPES[op[3]](data))
-                self.sent.setdefault(side, bytearray()).extend(data)
+                # recorded first: a hook in pause_writing writes from inside
+                # this write, after its bytes (decision 499)
+                sent = self.sent.setdefault(side, bytearray())
+                n = len(sent)
+                sent += data
+                try:
+                    res = t.write(_TYPES[op[3]](data))
+                except Exception:
+                    del sent[n : n + len(data)]
+                    raise
             elif name == "writelines":
                 parts = [payload(n, self._salt()) for n in op[2]]
-                res = t.writelines(parts)
+                data = b"".join(parts)
+                sent = self.sent.setdefault(side, bytearray())
+                n = len(sent)
+                sent += data
+                try:
+                    res = t.writelines(parts)
+                except Exception:
+                    del sent[n : n + len(data)]
+                    raise
                 if 0 in op[2] and any(op[2]):
                     self.trace.setdefault("empty_part", []).append(side)  # 488
-                self.sent.setdefault(side, bytearray()).extend(b"".join(parts))
             elif name == "sendto":
                 other = "b" if side == "a" else "a"
                 res = t.sendto(payload(op[2], self._salt()), self.addr[other])
@@ -722,7 +845,14 @@ class _Runner:
                 # on the loop's speed (decision 476); not compared
                 self.trace["slow"] = True
 
-        self.loop.run_until_complete(quiet())
+        # a hook's loop.stop() ends run_until_complete early (decision 499)
+        task = self.loop.create_task(quiet())
+        while not task.done():
+            try:
+                self.loop.run_until_complete(task)
+            except RuntimeError as exc:
+                if "stopped before" not in str(exc):
+                    raise
 
     def _snapshot(self):
         out = [len(self.trace["ops"]), len(self.trace["handler"])]
@@ -767,8 +897,8 @@ def _left(events: list, family: str) -> list:
         out, i = [], 0
         while i < len(events):
             ev = events[i]
-            if ev[0] == "eof" and events[i + 1 : i + 2] == [["lost", None, ev[1]]]:
-                ev = ["lost", None, ev[1]]
+            if ev[0] == "eof" and events[i + 1 : i + 2] == [["lost", None, *ev[1:2]]]:
+                ev = ["lost", None, *ev[1:2]]
                 i += 1
             out.append(ev)
             i += 1
@@ -778,15 +908,72 @@ def _left(events: list, family: str) -> list:
     while i < len(events):
         ev = events[i]
         nxt = events[i + 1] if i + 1 < len(events) else None
-        if ev[0] == "eof" and nxt and nxt[0] == "lost" and nxt[1] in gone and nxt[2] == ev[1]:
-            out.append(["peer gone (decision 464)", ev[1]])  # (a), (b), both
+        # (counts may be gone: 499(c))
+        if ev[0] == "eof" and nxt and nxt[0] == "lost" and nxt[1] in gone and nxt[2:] == ev[1:]:
+            out.append(["peer gone (decision 464)", *ev[1:]])  # (a), (b), both
             i += 2
             continue
         if ev[0] == "lost" and ev[1] in gone:  # None too: (e)
-            ev = ["peer gone (decision 464)", ev[2]]
+            ev = ["peer gone (decision 464)", *ev[2:]]
         out.append(ev)
         i += 1
     return out
+
+
+_CUT = ("close", "abort", "rst", "pause_reading")
+_SPLIT = ("data", "dgram", "pause_writing", "resume_writing")  # when follows the split
+# a write pipe's BrokenPipeError() when its reader goes has no errno
+_GONE = (None, "BrokenPipeError[32]", "BrokenPipeError", "ConnectionResetError[104]")
+
+
+def _soon_apart(events: list) -> list:
+    """Decision 499(a): a hook's call_soon'd op runs after the turn's other
+    callbacks, and how many of this end's callbacks a turn holds is not
+    compared (460): its results are a sequence of their own, each marked
+    with the side of connection_lost it ran on."""
+    out, soon, lost = [], [], False
+    for e in events:
+        lost = lost or e[0] == "lost"
+        if e[0] == "hook-soon":
+            # which side of connection_lost it ran on is kept (501)
+            soon.append([*e, "after lost" if lost else "before lost"])
+        else:
+            out.append(e)
+    return out + soon
+
+
+def _gone_after_lost_hook(events: list) -> list:
+    """Decision 499(b): the peer acted from inside its connection_lost after
+    a close(). Stock's socket is still open then (`_call_connection_lost`
+    closes it after the protocol's callback), so what this end writes there
+    is left unread in it and the close resets: ECONNRESET. Ours closed the
+    fd at close() (426(b)): this end gets EOF (and runs its eof hooks) then
+    EPIPE or nothing. One event, at the byte count where it comes."""
+    i = next((i for i, ev in enumerate(events) if ev[0] in ("eof", "lost")), None)
+    if i is None:
+        return events
+    for k in range(i, len(events)):
+        ev = events[k]
+        if ev[0] == "lost":
+            if ev[1] in _GONE and all(e[0] in ("eof", "hook") for e in events[i:k]):
+                return [*events[:i], ["peer gone (decision 499)", *ev[2:]], *events[k + 1 :]]
+            return events
+    return events
+
+
+def _peer_closing_apart(events: list, side: str) -> list:
+    peer = {"a": "b", "b": "a", "r": "w", "w": "r"}[side]
+    hooked = ("hook", "hook-soon")
+    return [ev[:4] if ev[0] in hooked and ev[3:4] == [peer] else ev for ev in events]
+
+
+def _no_counts(events: list) -> list:
+    """Decision 499(c): an end that stopped reading from inside a read's
+    callback: its events without byte counts (its bytes are a prefix of its
+    peer's writes, checked apart)."""
+    return [
+        ev[:1] if ev[0] in ("data", "eof") else ev[:2] if ev[0] == "lost" else ev for ev in events
+    ]
 
 
 def _stock_bug(x: list, y: list) -> bool:
@@ -800,6 +987,15 @@ def _stock_bug(x: list, y: list) -> bool:
     pause_reading/resume_reading call it (decision 426(h)); ours has one;
     3.10's datagram transport has neither (488). 3.13.0's writelines and
     3.12+'s write after some connection_lost paths: `_WRITELINES_BUG` (488)."""
+    if (
+        x[1] == y[1] == "abort"
+        and x[3:] == ["raised", "AttributeError", _ABORT_BUG]
+        and y[3] == "ok"
+    ):
+        # decision 499(f): stock's connection_lost came with `_conn_lost` 0
+        # (a close whose buffer drained, 3.11 unix seed 163 with callbacks):
+        # its abort() then calls the cleared loop's call_soon
+        return True
     if (
         x[1] == y[1]
         and x[1] in ("pause_reading", "resume_reading")
@@ -815,6 +1011,8 @@ def _stock_bug(x: list, y: list) -> bool:
         and y[3:] == ["ok", None]
     )
 
+
+_ABORT_BUG = "'NoneType' object has no attribute 'call_soon'"
 
 # what 3.12's and 3.13's writelines() raise after connection_lost: 3.12.1
 # calls the cleared `_loop._add_writer`, 3.13.0 the cleared `_write_ready`
@@ -882,10 +1080,41 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
             out.append(f"end {s}: received bytes that are not a prefix of its peer's writes")
     unpaused = _stock_lacks_pause(ref["ops"])
     zero_high = _zero_high(ref["ops"]) if family == "tls" else set()
+    cut = set(ref.get("cut", ())) | set(got.get("cut", ()))
+    lost_hook = set(ref.get("lost_hook", ())) | set(got.get("lost_hook", ()))
+    peer = {"a": "b", "b": "a", "r": "w", "w": "r"}
+    gone = set()  # ends whose peer's going was normalised: their ops differ too
     for s in sorted(set(ref["ends"]) | set(got["ends"])):
         a, b = ref["ends"].get(s, []), got["ends"].get(s, [])
         if s in unpaused:
             continue  # decision 488
+        if a != b and len(a) == len(b):
+            # 499(g): a hook's call that failed on stock as _stock_bug's
+            # (3.13's writelines after connection_lost, tcp 58)
+            hooked = ("hook", "hook-soon")
+            a = [
+                y if x[0] == y[0] in hooked and _stock_bug(x[1:], y[1:]) else x
+                for x, y in zip(a, b, strict=True)
+            ]
+        a, b = _soon_apart(a), _soon_apart(b)  # 499(a)
+        if a != b and s in cut:
+            a, b = _no_counts(a), _no_counts(b)  # 499(c)
+        if a != b and peer.get(s) in cut and family != "udp":
+            # 499(c): the peer stopped reading (or the writer aborted) at a
+            # split; whether this end's writes were all taken then (its flow
+            # control, whether it sees the peer go with a flush pending) follows it
+            a, b = _no_flow(_gone_after_lost_hook(a)), _no_flow(_gone_after_lost_hook(b))
+            gone.add(s)
+        if a != b and s in lost_hook:
+            # 499(b): this end's connection_lost acted on its peer, which
+            # meets a closed socket on ours (426(b): the fd was closed at
+            # close(); is_closing() True, write_eof() ENOTCONN after the
+            # reset) and an open one on stock: those results not compared
+            a, b = _peer_closing_apart(a, s), _peer_closing_apart(b, s)
+        if a != b and peer.get(s) in lost_hook and family in ("tcp", "unix", "tls", "pipe"):
+            if _gone_after_lost_hook(a) == _gone_after_lost_hook(b):
+                gone.add(s)
+                continue  # 499(b)
         if a != b and s in zero_high and _no_flow(a) == _no_flow(b):
             continue  # decision 490
         if a != b and s in ref.get("empty_part", ()) and _no_pause_pair(a) == _no_pause_pair(b):
@@ -901,6 +1130,7 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
             # count; ours reads into the buffer. Only the CRC is not compared
             a, b = _no_crc(a), _no_crc(b)
         if a != b and _left(a, family) == _left(b, family):
+            gone.add(s)
             continue  # decision 464
         if a != b:
             out.append(f"end {s}: stock {a} ours {b}")
@@ -915,6 +1145,12 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
                     # that calls the cleared protocol) is stock's bug too
                     broken.add(x[2])
                 continue
+            if x != y and len(x) > 2 and x[2] in gone and family in ("unix", "tcp", "tls"):
+                # decision 499(d): this end saw its peer go as EOF on one
+                # loop and as a reset on the other (464, 499(b)); a reset
+                # closed it, an EOF kept it open (keep_open), so what its
+                # calls return after that differs as well
+                continue
             if x != y and not (len(x) > 2 and x[2] in broken):
                 out.append(f"op: stock {x} ours {y}")
                 break
@@ -927,9 +1163,26 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
         flips = ("protocol.pause_writing() failed", "protocol.resume_writing() failed")
         keep = lambda h: not (h[0] in flips and h[1] == "AttributeError")  # noqa: E731
         rh, gh = [h for h in rh if keep(h)], [h for h in gh if keep(h)]
+    twice = "Exception in callback _UnixWritePipeTransport._call_connection_lost("  # 3.13: "()"
+    extra = [h for h in rh if h not in gh]
+    if (
+        rh != gh
+        and len(extra) == 1
+        and extra[0][0].startswith(twice)
+        and extra[0][1] == "AttributeError"
+    ):
+        # decision 499(e): stock's write pipe calls _call_connection_lost
+        # twice when its protocol's resume_writing() closes it (write_eof()
+        # queues one with call_soon, _write_ready then calls it itself); the
+        # second finds its protocol None. Ours calls it once (3.11 seed 15)
+        rh = [h for h in rh if h in gh]
     if rh != gh:
         out.append(f"exception handler: stock {ref['handler']} ours {got['handler']}")
-    if ref["log"] != got["log"]:
+    rl, gl = ref["log"], got["log"]
+    if rl != gl and family == "pipe" and "r" in cut:
+        # 499(c): how many writes met the closed reader follows the split
+        rl, gl = sorted({tuple(x) for x in rl}), sorted({tuple(x) for x in gl})
+    if rl != gl:
         out.append(f"asyncio log: stock {ref['log']} ours {got['log']}")
     return out
 
@@ -980,7 +1233,12 @@ def shrink(prog: dict, kind: str) -> dict:
             cand = ops[:j] + [op[1]] + ops[j + 1 :]
             if fails(cand):
                 ops = cand
-    return dict(prog, ops=ops)
+    prog = dict(prog, ops=ops)
+    for h in list(prog.get("hooks", ())):  # decision 499: drop hooks not needed
+        cand = dict(prog, hooks=[x for x in prog["hooks"] if x is not h])
+        if bool(check(cand, [kind], stock_twice=True).get(kind)):
+            prog = cand
+    return prog
 
 
 def script(prog: dict) -> str:
@@ -1007,6 +1265,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, help="one seed only")
     ap.add_argument("--kind", action="append", choices=KINDS, help="default: all three")
     ap.add_argument("--family", choices=ALL_FAMILIES, help=f"default: one of {FAMILIES} a seed")
+    ap.add_argument(
+        "--callbacks", action="store_true", help="add actions run from inside callbacks (499)"
+    )
     ap.add_argument("--shrink", action="store_true", help="minimise a failing seed's op list")
     ap.add_argument("--script", help="write the (minimal) failing program as a script here")
     ap.add_argument("--verbose", "-v", action="store_true")
@@ -1016,7 +1277,7 @@ def main(argv=None):
     failed, varied, ops_mix = 0, 0, {}
     t0 = time.monotonic()
     for seed in seeds:
-        prog = generate(seed, args.family)
+        prog = generate(seed, args.family, args.callbacks)
         for op in prog["ops"]:
             name = f"{op[0]}:{op[1][0]}" if op[0] in _WRAPS else op[0]
             ops_mix[name] = ops_mix.get(name, 0) + 1
