@@ -102,6 +102,23 @@ def test_a_receive_whose_poll_says_error_leaves_the_kernel(tloop, how):
         b.close()
 
 
+def _full_unix_receiver(tmp_path):
+    """A bound Unix datagram receiver r that reads nothing, and a
+    non-blocking sender a that filled its queue with n datagrams of 100 B."""
+    path = str(tmp_path / "r")
+    r = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    r.bind(path)
+    a = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setblocking(False)
+    n = 0
+    while True:
+        try:
+            a.sendto(b"d" * 100, path)
+        except BlockingIOError:
+            return r, a, path, n
+        n += 1
+
+
 def test_a_datagram_sendto_a_full_receiver_waits_in_the_engine(tloop, tmp_path):
     """sock_sendto (IORING_OP_SENDMSG) to a Unix datagram receiver whose
     queue is full: the unconnected sender's poll says writable, its sendmsg
@@ -113,19 +130,8 @@ def test_a_datagram_sendto_a_full_receiver_waits_in_the_engine(tloop, tmp_path):
     leaves once the receiver reads."""
     lp = tloop
     skip_if_stock_lacks(lp, "sock_sendto")
-    path = str(tmp_path / "r")
-    r = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    r.bind(path)
-    a = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    a.setblocking(False)
+    r, a, path, n = _full_unix_receiver(tmp_path)
     try:
-        n = 0
-        while True:
-            try:
-                a.sendto(b"d" * 100, path)
-            except BlockingIOError:
-                break
-            n += 1
         task = lp.create_task(lp.sock_sendto(a, b"x" * 100, path))
         lp.run_until_complete(asyncio.sleep(0.05))
         lp.call_soon(lp.stop)
@@ -267,20 +273,9 @@ def test_park_takes_out_a_request_that_reached_io_wq_after_its_cancel(tmp_path):
     from uringloop import engine
 
     require_uring()
-    path = str(tmp_path / "r")
-    r = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    r.bind(path)
-    a = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    a.setblocking(False)
+    r, a, path, n = _full_unix_receiver(tmp_path)
     eng = engine.Engine("io_uring")
     try:
-        n = 0
-        while True:
-            try:
-                a.sendto(b"d" * 100, path)
-            except BlockingIOError:
-                break
-            n += 1
         a.setblocking(True)
         col = Collector("sendmsg")
         eng.sendmsg(a.fileno(), b"x" * 100, path, col, socket.AF_UNIX)
