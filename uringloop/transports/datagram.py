@@ -92,8 +92,6 @@ class DatagramTransport(
         self._closing = False
         self._paused = False
         self._fd_closing = False
-        self._fd_closed = False
-        self._lost_is_due = False
         self._lost_exc = None
         self._recv_ud = None  # the receive op, until its final record
         # UDP on the datagram pool; Unix datagrams may outgrow its buffers

@@ -103,8 +103,6 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     _eof = False  # write_eof() called
     _shut = False  # its shutdown submitted
     _fd_closing = False  # close_fd submitted
-    _fd_closed = False  # ... and its record came
-    _lost_is_due = False  # the stock loop would call connection_lost by now
     _lost_exc = None
     _empty_waiter = None
     _read_done = False  # EOF or a read error was seen
