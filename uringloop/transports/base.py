@@ -247,21 +247,18 @@ class SocketTransportBase(TransportBase):
         self._close_fd(exc)
 
     def _close_fd(self, exc, reset_if_data=False):
-        """The fd goes through the engine's close (cancel all, wait, close),
-        which owns it from here; connection_lost(exc) runs when the stock loop
-        would run it, from the call_soon made now, whether or not the close
-        has completed by then (decision 509): a callback the protocol queues
-        after this one runs after connection_lost, as stock. The socket object
-        is already detached (its fileno() -1), so nothing of ours uses the fd
-        again; the engine closes it once every op on it has ended, at the
-        latest in the loop's next engine run when a receive's cancel ends it
-        there."""
+        """The fd goes to the engine's close (cancel every op on it, wait for
+        their final records, close(2)), detached from the socket object, so
+        nothing of ours uses it again. connection_lost(exc) is queued now, as
+        the stock loop queues it, and does not wait for that close (decision
+        509): a callback the protocol queues after this runs after
+        connection_lost, as stock. The fd is closed by then unless a
+        receive's cancel was still to end in the next engine run (510)."""
         if self._fd_closing:
             return
         self._fd_closing = True
         self._sync()
-        self._lost_exc = exc
-        self._loop.call_soon(self._lost_due, context=self._context)
+        self._loop.call_soon(self._call_connection_lost, exc, context=self._context)
         if self._engine.closed or self._sock_closed():
             self._sock.close()
             return None
@@ -270,9 +267,6 @@ class SocketTransportBase(TransportBase):
 
     def _detach_fd(self):
         return self._sock.detach()
-
-    def _lost_due(self):
-        self._call_connection_lost(self._lost_exc)
 
     def _call_connection_lost(self, exc):
         if not self._has_sock():

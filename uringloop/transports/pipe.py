@@ -22,10 +22,10 @@ error paths and calls through ``call_soon``); only the I/O differs:
   flight at a time, what comes meanwhile leaves with the next.
 * The write end of a pipe or socket is polled for POLLIN, as the stock
   transport adds a reader: it fires when the read end is closed.
-* The pipe object is closed only after every op of ours on its fd has had
-  its final record (a cancelled op included), so a reused fd number never
-  meets a stale op; ``connection_lost`` then runs as the stock loop schedules
-  it, or when that last record comes if it came later.
+* ``connection_lost`` runs when the stock loop runs it (decision 509); the
+  pipe object is closed then, or, if an op of ours on its fd has not had its
+  final record yet (a cancelled op included), when that record comes (or
+  the loop closes), so a reused fd number never meets a stale op.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ __all__ = ["ReadPipeTransport", "WritePipeTransport"]
 
 
 class _PipeBase(TransportBase):
-    """What both directions share: repr, the deferred connection_lost."""
+    """What both directions share: repr, connection_lost and the deferred close."""
 
     __slots__ = ()
 
