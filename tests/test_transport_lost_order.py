@@ -336,3 +336,41 @@ def _loop_closed_right_after_lost(loop, kind):
 def test_loop_closed_right_after_lost_leaves_no_fd(tloop, kind):
     assert on_stock(_loop_closed_right_after_lost, kind) == [True]
     assert _loop_closed_right_after_lost(tloop, kind) == [True]
+
+
+def _write_pipe_closed_in_connection_made(loop):
+    """close() in connection_made: the peer watch queued at creation runs
+    after it; connection_lost comes without waiting for the reader, and the
+    pipe is closed a few turns later while the reader is still open."""
+
+    async def main():
+        log = []
+
+        class W(asyncio.Protocol):
+            def connection_made(self, tr):
+                tr.close()
+
+            def connection_lost(self, exc):
+                log.append(("lost", exc))
+
+        r, w = os.pipe()
+        try:
+            await loop.connect_write_pipe(W, os.fdopen(w, "wb", 0))
+            for _ in range(5):
+                await asyncio.sleep(0)
+            try:
+                os.fstat(w)
+                log.append("pipe open")
+            except OSError:
+                log.append("pipe closed")
+        finally:
+            os.close(r)
+        return log
+
+    return run_in(loop, main())
+
+
+def test_write_pipe_closed_in_connection_made(tloop):
+    want = on_stock(_write_pipe_closed_in_connection_made)
+    assert want == [("lost", None), "pipe closed"]
+    assert _write_pipe_closed_in_connection_made(tloop) == want

@@ -512,6 +512,11 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         if self._poll_ud is not None and not self._engine.closed:
             self._engine.cancel(self._poll_ud)
 
+    def _forget(self):
+        # close() in connection_made: the peer watch queued at __init__ ran
+        # after it and armed; the pipe's close must not wait for the reader
+        self._stop_watching()
+
     def can_write_eof(self):
         return True
 
