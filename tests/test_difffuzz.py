@@ -242,6 +242,16 @@ def test_tls_flow_flips_at_a_zero_high_water_mark():
     high = copy.deepcopy(ref)
     high["ops"] = [[0, "limits", "b", "ok", [1, 4]]]
     assert difffuzz.differences(high, dict(got, ops=high["ops"]), "tls")
+    # decision 520: the same mark set from a hook (a's data callback set b's,
+    # tls 74 and 80): its result is in the firing end's events
+    hooked = copy.deepcopy(high)
+    hooked["ends"]["a"].append(["hook", 0, "limits", "b", "ok", [0, 0]])
+    mine = copy.deepcopy(got)
+    mine["ops"], mine["ends"]["a"] = hooked["ops"], hooked["ends"]["a"]
+    assert difffuzz.differences(hooked, mine, "tls") == []
+    hooked["ends"]["a"][-1][-1] = [1, 4]
+    mine["ends"]["a"][-1][-1] = [1, 4]
+    assert difffuzz.differences(hooked, mine, "tls")
 
 
 def test_a_changed_trace_is_a_difference():

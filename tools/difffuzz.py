@@ -1050,14 +1050,23 @@ def _no_pause_pair(events: list) -> list:
     return out
 
 
-def _zero_high(ops: list) -> set:
+def _zero_high(trace: dict) -> set:
     """Decision 490: the TLS ends given a high-water mark of 0. The stock
     SSL protocol's `_control_app_writing` pauses when the buffer's size >=
     high (0 >= 0: empty too) and resumes when it is <= low: at 0 each call
     (one per `_process_outgoing`, at the end of each read and write) flips
     pause_writing/resume_writing, so their number follows how the bytes
-    were split over reads (460), and ours reads more a call (393)."""
-    return {x[2] for x in ops if len(x) > 4 and x[1] == "limits" and x[3] == "ok" and x[4][1] == 0}
+    were split over reads (460), and ours reads more a call (393). By an
+    op or by a hook (decision 520: tls 74 and 80), whose results are in the
+    firing end's events as ["hook", j, name, side, ...]."""
+    calls = list(trace["ops"])
+    for events in trace["ends"].values():
+        calls += [ev[1:] for ev in events if ev[0] in ("hook", "hook-soon")]
+    return {
+        x[2]
+        for x in calls
+        if len(x) > 4 and x[1] == "limits" and x[3] == "ok" and x[4][1] == 0
+    }
 
 
 def _no_flow(events: list) -> list:
@@ -1079,7 +1088,7 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
         if ours and not ok:
             out.append(f"end {s}: received bytes that are not a prefix of its peer's writes")
     unpaused = _stock_lacks_pause(ref["ops"])
-    zero_high = _zero_high(ref["ops"]) if family == "tls" else set()
+    zero_high = _zero_high(ref) if family == "tls" else set()
     cut = set(ref.get("cut", ())) | set(got.get("cut", ()))
     lost_hook = set(ref.get("lost_hook", ())) | set(got.get("lost_hook", ()))
     peer = {"a": "b", "b": "a", "r": "w", "w": "r"}
