@@ -1063,9 +1063,7 @@ def _zero_high(trace: dict) -> set:
     for events in trace["ends"].values():
         calls += [ev[1:] for ev in events if ev[0] in ("hook", "hook-soon")]
     return {
-        x[2]
-        for x in calls
-        if len(x) > 4 and x[1] == "limits" and x[3] == "ok" and x[4][1] == 0
+        x[2] for x in calls if len(x) > 4 and x[1] == "limits" and x[3] == "ok" and x[4][1] == 0
     }
 
 
