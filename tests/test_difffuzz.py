@@ -272,6 +272,38 @@ def test_send_warnings_after_a_lost_hook():
     assert difffuzz.differences(ref, got, "tls") == []
 
 
+def test_tcp_peer_reset_from_a_hook():
+    """Decision 523. (a) tcp 346 (io_uring): a write from a callback to a
+    peer that closed and reset leaves with the turn's flush, so the EOF
+    that came with it is handed over first: EOF then EPIPE where stock has
+    EPIPE alone, at the same count. (b) tcp 332: an end that RSTs (or
+    aborts with bytes unread) from a hook resets its peer, whose kernel
+    drops what it had not read: the peer's counts are not compared, and
+    (c, tcp 388) nor is how many of its writes met the lost connection."""
+    ref = {"ends": {"a": [["made"]], "b": [["made"]]}, "handler": [], "fatal": None}
+    ref.update(leaked_fds=[], ops=[], log=[])
+    got = copy.deepcopy(ref)
+    ref["ends"]["b"] += [["lost", "BrokenPipeError[32]", 8301], ["data", 8301, 1]]
+    got["ends"]["b"] += [["eof", 8301], ["lost", "BrokenPipeError[32]", 8301], ["data", 8301, 1]]
+    assert difffuzz.differences(ref, got, "tcp") == []
+    got["ends"]["b"][1] = ["eof", 8300]
+    assert difffuzz.differences(ref, got, "tcp")
+    got["ends"]["b"][1:] = [["eof", 8301], ["lost", "ConnectionResetError[104]", 8301]]
+    assert difffuzz.differences(ref, got, "tcp")
+
+    ref = {"ends": {"a": [["made"]], "b": [["made"]]}, "handler": [], "fatal": None}
+    ref.update(leaked_fds=[], ops=[], log=[["WARNING", "socket.send() raised exception."]])
+    ref["ends"]["b"] += [["lost", "ConnectionResetError[104]", 160769], ["data", 160769, 1]]
+    got = copy.deepcopy(ref)
+    got["ends"]["b"][1:] = [["lost", "ConnectionResetError[104]", 200001], ["data", 200001, 2]]
+    got["log"] = []
+    assert difffuzz.differences(ref, got, "tcp")
+    ref["reset_peer"] = ["b"]
+    assert difffuzz.differences(ref, got, "tcp") == []
+    got["ends"]["b"][1][1] = None
+    assert difffuzz.differences(ref, got, "tcp")
+
+
 def test_a_changed_trace_is_a_difference():
     """The comparison sees what it must: a byte, an event moved before a
     byte count, an exception type, a log line, a leaked fd, a hang."""
