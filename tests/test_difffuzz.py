@@ -304,6 +304,27 @@ def test_tcp_peer_reset_from_a_hook():
     assert difffuzz.differences(ref, got, "tcp")
 
 
+def test_unix_eof_hook_where_stock_was_reset():
+    """Decision 524 (unix 560): 464(a)'s EOF on ours, ECONNRESET on stock;
+    the end's eof hook ran on ours only, so its results (and its call_soon'd
+    ones) go with the EOF. Another hook's results still count."""
+    ref = {"ends": {"a": [["made"]], "b": [["made"]]}, "handler": [], "fatal": None}
+    ref.update(leaked_fds=[], ops=[], log=[])
+    got = copy.deepcopy(ref)
+    ref["ends"]["a"] += [["lost", "ConnectionResetError[104]", 0], ["data", 0, 0]]
+    got["ends"]["a"] += [
+        ["eof", 0],
+        ["hook", 1, "limits", "a", "ok", [25, 100]],
+        ["lost", None, 0],
+        ["data", 0, 0],
+        ["hook-soon", 1, "write_eof", "b", "ok", None],
+    ]
+    assert difffuzz.differences(ref, got, "unix") == []
+    assert difffuzz.differences(ref, got, "tcp")
+    got["ends"]["a"].append(["hook-soon", 0, "write", "b", "ok", None])
+    assert difffuzz.differences(ref, got, "unix")
+
+
 def test_a_changed_trace_is_a_difference():
     """The comparison sees what it must: a byte, an event moved before a
     byte count, an exception type, a log line, a leaked fd, a hang."""

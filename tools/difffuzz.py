@@ -922,20 +922,27 @@ def _left(events: list, family: str) -> list:
             i += 1
         return out
     gone = (None, "BrokenPipeError[32]", "ConnectionResetError[104]")
-    out, i = [], 0
+    out, i, eof_hooks = [], 0, set()
     while i < len(events):
         ev = events[i]
-        nxt = events[i + 1] if i + 1 < len(events) else None
+        # an eof hook's results come between (decision 524: unix 560): its
+        # callback ran on ours only, so they go with the EOF, and so do
+        # those of its call_soon'd ops
+        k = i + 1
+        while k < len(events) and events[k][0] == "hook":
+            k += 1
+        nxt = events[k] if k < len(events) else None
         # (counts may be gone: 499(c))
         if ev[0] == "eof" and nxt and nxt[0] == "lost" and nxt[1] in gone and nxt[2:] == ev[1:]:
             out.append(["peer gone (decision 464)", *ev[1:]])  # (a), (b), both
-            i += 2
+            eof_hooks |= {e[1] for e in events[i + 1 : k]}
+            i = k + 1
             continue
         if ev[0] == "lost" and ev[1] in gone:  # None too: (e)
             ev = ["peer gone (decision 464)", *ev[2:]]
         out.append(ev)
         i += 1
-    return out
+    return [ev for ev in out if not (ev[0] == "hook-soon" and ev[1] in eof_hooks)]
 
 
 _CUT = ("close", "abort", "rst", "pause_reading")
