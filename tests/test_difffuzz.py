@@ -325,6 +325,20 @@ def test_unix_eof_hook_where_stock_was_reset():
     assert difffuzz.differences(ref, got, "unix")
 
 
+def test_flow_hooks_follow_the_flow_events():
+    """Decision 524 (pipe 370): the reader paused from its data hook (a
+    cut, 499(c)), so its writer's flow control is not compared; nor are
+    the results of a hook that fired on that flow control. Another hook's
+    are."""
+    ref = {"ends": {"r": [["made"]], "w": [["made"]]}, "handler": [], "fatal": None}
+    ref.update(leaked_fds=[], ops=[], log=[], cut=["r"], flow_hooks=[2])
+    got = copy.deepcopy(ref)
+    got["ends"]["w"] += [["resume_writing"], ["hook", 2, "writelines", "w", "ok", None]]
+    assert difffuzz.differences(ref, got, "pipe") == []
+    got["ends"]["w"].append(["hook", 1, "pause_reading", "r", "ok", None])
+    assert difffuzz.differences(ref, got, "pipe")
+
+
 def test_a_changed_trace_is_a_difference():
     """The comparison sees what it must: a byte, an event moved before a
     byte count, an exception type, a log line, a leaked fd, a hang."""

@@ -712,6 +712,12 @@ class _Runner:
                 # 499(c): a pipe writer's abort drops what its reader had not
                 # taken, and ours reads a pipe ahead (decision 162)
                 self.trace.setdefault("cut", []).append("r")
+            if h["event"] in ("pause_writing", "resume_writing") and j not in self.trace.get(
+                "flow_hooks", ()
+            ):
+                # decision 524: where an end's flow control is not compared,
+                # neither is what its flow hooks did (pipe 370)
+                self.trace.setdefault("flow_hooks", []).append(j)
             if h["event"] == "lost" and inner[0] != "stop":
                 self.trace.setdefault("lost_hook", []).append(end.side)  # 499(b)
             if op[0] == "stop":
@@ -1092,8 +1098,15 @@ def _zero_high(trace: dict) -> set:
     }
 
 
-def _no_flow(events: list) -> list:
-    return [ev for ev in events if ev[0] not in ("pause_writing", "resume_writing")]
+def _no_flow(events: list, flow_hooks=()) -> list:
+    """An end's events without its flow control, and without the results of
+    the hooks that fired on it (decision 524: pipe 370)."""
+    return [
+        ev
+        for ev in events
+        if ev[0] not in ("pause_writing", "resume_writing")
+        and not (ev[0] in ("hook", "hook-soon") and ev[1] in flow_hooks)
+    ]
 
 
 def _no_crc(events: list) -> list:
@@ -1114,6 +1127,7 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
     zero_high = _zero_high(ref) if family == "tls" else set()
     cut = set(ref.get("cut", ())) | set(got.get("cut", ()))
     reset_peer = set(ref.get("reset_peer", ())) | set(got.get("reset_peer", ()))
+    flow_hooks = set(ref.get("flow_hooks", ())) | set(got.get("flow_hooks", ()))
     lost_hook = set(ref.get("lost_hook", ())) | set(got.get("lost_hook", ()))
     peer = {"a": "b", "b": "a", "r": "w", "w": "r"}
     gone = set()  # ends whose peer's going was normalised: their ops differ too
@@ -1136,7 +1150,8 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
             # 499(c): the peer stopped reading (or the writer aborted) at a
             # split; whether this end's writes were all taken then (its flow
             # control, whether it sees the peer go with a flush pending) follows it
-            a, b = _no_flow(_gone_after_lost_hook(a)), _no_flow(_gone_after_lost_hook(b))
+            a = _no_flow(_gone_after_lost_hook(a), flow_hooks)
+            b = _no_flow(_gone_after_lost_hook(b), flow_hooks)
             gone.add(s)
         if a != b and s in lost_hook:
             # 499(b): this end's connection_lost acted on its peer, which
@@ -1148,7 +1163,7 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
             if _gone_after_lost_hook(a) == _gone_after_lost_hook(b):
                 gone.add(s)
                 continue  # 499(b)
-        if a != b and s in zero_high and _no_flow(a) == _no_flow(b):
+        if a != b and s in zero_high and _no_flow(a, flow_hooks) == _no_flow(b, flow_hooks):
             continue  # decision 490
         if a != b and s in ref.get("empty_part", ()) and _no_pause_pair(a) == _no_pause_pair(b):
             # decision 488: 3.12+'s writelines() leaves a 0-byte part in the
