@@ -9,7 +9,8 @@ The TLS family (decision 485) replays seed 2 (a start_tls upgrade) and a
 program made from seed 41 (a bytearray BufferedProtocol buffer: ours handed
 over stale bytes before 485). With `callbacks=True` (decision 499) the
 programs also act from inside the protocols' callbacks: tcp 58, unix 42,
-pipe 15.
+pipe 15, and unix 295 (resume_writing ran ahead of a ready callback before
+decision 522).
 """
 
 from __future__ import annotations
