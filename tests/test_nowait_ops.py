@@ -307,3 +307,36 @@ def test_park_takes_out_a_request_that_reached_io_wq_after_its_cancel(tmp_path):
         eng.close()
         a.close()
         r.close()
+
+
+def test_park_takes_out_a_cancelled_request_that_reached_io_wq(tmp_path):
+    """As above, but the request was cancelled by its owner just before the
+    park (a `wait_for` timing out, say): that cancel meets the same window
+    (-ENOENT), and park, which left a cancelled op to its own cancel, waited
+    its 2 s for the worker and left the engine bound, each time; the op
+    never ended until the receiver read. Park's re-cancel now asks for those
+    too (decision 527): every park succeeds at once and the cancelled op
+    ends, -ECANCELED, with the receiver still full."""
+    from conftest import Collector, require_uring, run_until
+
+    from uringloop import engine
+
+    require_uring()
+    r, a, path, _n = _full_unix_receiver(tmp_path)
+    eng = engine.Engine("io_uring")
+    try:
+        a.setblocking(True)
+        col = Collector("sendmsg")
+        ud = eng.sendmsg(a.fileno(), b"x" * 100, path, col, socket.AF_UNIX)
+        eng.run(0.02)  # in the worker by now
+        parks = [eng.park()]
+        eng.run(0)  # re-issued: between the kernel's poll retries
+        assert eng.cancel(ud) is True
+        parks.append(eng.park())
+        assert parks == [True, True]
+        run_until(eng, lambda: col.done, what="the cancelled sendmsg")
+        assert col.res == -errno.ECANCELED
+    finally:
+        eng.close()
+        a.close()
+        r.close()

@@ -1753,8 +1753,10 @@ static int in_kernel(const struct ul_op *op)
 }
 
 /* park's cancels. The first pass marks each op in the kernel parked and
- * cancels it; a later pass (again) cancels the parked ones still there
- * (decision 483). The scan stops after the last of the in_flight live ops,
+ * cancels it; a later pass (again) cancels every one still there (decision
+ * 483), the ones the user had cancelled before the park too: that cancel
+ * can meet the same window, and the request then sleeps in io-wq as well
+ * (decision 527). The scan stops after the last of the in_flight live ops,
  * not at the table's end (1,024 ops a chunk): live ops gather in low slots,
  * since the slot table hands out the lowest free slots first */
 static void park_cancel(ul_engine *e, struct uring *u, int again)
@@ -1770,8 +1772,8 @@ static void park_cancel(ul_engine *e, struct uring *u, int again)
             live--;
             if (!in_kernel(op) || op->rider)  /* a rider leaves with its batch's head */
                 continue;
-            if (again ? !op->parked : op->cancelled)
-                continue;
+            if (!again && op->cancelled)
+                continue;  /* its cancel is on its way; asked again later */
             if (!again) {
                 op->parked = 1;
                 /* the next run issues it again by number, after user code
