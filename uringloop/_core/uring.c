@@ -690,7 +690,12 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
         if (op->kind == K_RECVMSG)
             op->ax->msg.msg_namelen = sizeof(struct sockaddr_storage);
         s->addr = (uint64_t)(uintptr_t)&op->ax->msg;
-        s->op_flags = (uint32_t)op->msg_flags;
+        /* a datagram send carries MSG_DONTWAIT too (decision 529): a Unix
+         * datagram sendmsg copies its bytes before it finds the receiver
+         * full and says EAGAIN; the kernel's own retries of that request
+         * go on from the spent iterator, and the one that finds room sends
+         * an empty datagram and says 0. Each of our issues starts afresh */
+        s->op_flags = (uint32_t)(op->msg_flags | (op->kind == K_SENDMSG ? MSG_DONTWAIT : 0));
         break;
     case K_RECVMSG_POOL:
         s->opcode = UL_OP_RECVMSG;
