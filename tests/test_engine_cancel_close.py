@@ -416,8 +416,10 @@ def test_reset_if_data_ignores_records_of_the_numbers_closed_file(make_engine, t
     if fd_is_open(fd):
         assert eng.backend == "io_uring", "epoll's receive ended: its record waits in pend"
         wait_done(eng, closed, cols[fd])
-        pytest.skip("io_uring left the receive's completion in the kernel's queue, "
-                    "not in pend: the close waits for it, the number is not free")
+        pytest.skip(
+            "io_uring left the receive's completion in the kernel's queue, "
+            "not in pend: the close waits for it, the number is not free"
+        )
     os.dup2(s2.fileno(), fd)  # the new connection takes the number
     s2.close()
     new_closed = Collector("new close")
