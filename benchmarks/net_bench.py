@@ -594,8 +594,13 @@ def summarise(results, loops):
         for loop in loops:
             runs = per.get(loop, {}).get("runs", [])
             if runs:
+                # a window in which the client completed nothing (the server
+                # starved on a loaded machine) has no cost per request: its
+                # per-request fields are 0 by construction and stay out of
+                # their medians; its req/s (0) counts
+                served = [r for r in runs if r.get("requests", 1) > 0] or runs
                 med[loop] = {
-                    k: statistics.median(r[k] for r in runs)
+                    k: statistics.median(r[k] for r in (served if k.endswith("_per_req") else runs))
                     for k in runs[0]
                     if isinstance(runs[0][k], (int, float))
                 }
@@ -603,8 +608,8 @@ def summarise(results, loops):
                 med[loop]["min"] = min(r[key] for r in runs)
                 med[loop]["max"] = max(r[key] for r in runs)
                 if key == "rps" and all("cpu_us_per_req" in r for r in runs):
-                    med[loop]["cpu_min"] = min(r["cpu_us_per_req"] for r in runs)
-                    med[loop]["cpu_max"] = max(r["cpu_us_per_req"] for r in runs)
+                    med[loop]["cpu_min"] = min(r["cpu_us_per_req"] for r in served)
+                    med[loop]["cpu_max"] = max(r["cpu_us_per_req"] for r in served)
                 med[loop]["n"] = len(runs)
         ref = med.get("uvloop")
         for loop in loops:

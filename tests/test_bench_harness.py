@@ -554,3 +554,20 @@ def test_results_md_keeps_the_runs_note():
     meta = dict.fromkeys(["date", "machine", "command", "settings", "versions", "malloc"], "-")
     md = nb.markdown(rows, dict(meta, note="(main at abc, load 0.25)"))
     assert "Command: `-`  \n(main at abc, load 0.25)  \nSettings: -" in md
+
+
+def test_a_window_that_served_nothing_stays_out_of_the_cost_medians():
+    """A loaded machine can starve a server for a whole window: the client
+    completes 0 requests and the run's CPU per request is 0 by construction.
+    Its req/s (0) is a result; its costs per request are none, and must not
+    pull the median or the CPU whiskers down (seen: uvloop's 0-request window
+    in 7 repetitions made its median 6.21 instead of 6.24 µs)."""
+    nb = _net_bench()
+    runs = [
+        {"rps": r, "requests": r, "cpu_us_per_req": c, "sys_us_per_req": c / 2}
+        for r, c in ((1000.0, 6.0), (0.0, 0.0), (900.0, 6.4), (800.0, 6.2))
+    ]
+    (row,) = nb.summarise({"echo-1k-c100-protocol-tcp": {"uvloop": {"runs": runs}}}, ["uvloop"])
+    assert row["cpu_us_per_req"] == 6.2 and row["sys_us_per_req"] == 3.1
+    assert (row["cpu_min"], row["cpu_max"]) == (6.0, 6.4)
+    assert row["rps"] == 850.0 and row["min"] == 0.0

@@ -9,7 +9,8 @@ The TLS family (decision 485) replays seed 2 (a start_tls upgrade) and a
 program made from seed 41 (a bytearray BufferedProtocol buffer: ours handed
 over stale bytes before 485). With `callbacks=True` (decision 499) the
 programs also act from inside the protocols' callbacks: tcp 58, unix 42,
-pipe 15.
+pipe 15, and unix 295 (resume_writing ran ahead of a ready callback before
+decision 522).
 """
 
 from __future__ import annotations
@@ -242,6 +243,101 @@ def test_tls_flow_flips_at_a_zero_high_water_mark():
     high = copy.deepcopy(ref)
     high["ops"] = [[0, "limits", "b", "ok", [1, 4]]]
     assert difffuzz.differences(high, dict(got, ops=high["ops"]), "tls")
+    # decision 520: the same mark set from a hook (a's data callback set b's,
+    # tls 74 and 80): its result is in the firing end's events
+    hooked = copy.deepcopy(high)
+    hooked["ends"]["a"].append(["hook", 0, "limits", "b", "ok", [0, 0]])
+    mine = copy.deepcopy(got)
+    mine["ops"], mine["ends"]["a"] = hooked["ops"], hooked["ends"]["a"]
+    assert difffuzz.differences(hooked, mine, "tls") == []
+    hooked["ends"]["a"][-1][-1] = [1, 4]
+    mine["ends"]["a"][-1][-1] = [1, 4]
+    assert difffuzz.differences(hooked, mine, "tls")
+
+
+def test_send_warnings_after_a_lost_hook():
+    """Decision 521: b's connection_lost wrote on a after b's close(); ours
+    had closed b's socket (426(b)), so a's connection was lost one write
+    earlier and its later writes warn once more (unix 299). The warnings'
+    count is let through with such a hook only."""
+    ref = {"ends": {"a": [["made"]], "b": [["made"]]}, "handler": [], "fatal": None}
+    ref.update(leaked_fds=[], ops=[], log=[])
+    got = copy.deepcopy(ref)
+    got["log"] = [["WARNING", "socket.send() raised exception."]]
+    assert difffuzz.differences(ref, got, "unix")
+    ref["lost_hook"] = got["lost_hook"] = ["b"]
+    assert difffuzz.differences(ref, got, "unix") == []
+    got["log"].append(["WARNING", "Fatal write error"])
+    assert difffuzz.differences(ref, got, "unix")
+    got["log"] = [["WARNING", "SSL connection is closed"]]  # tls 193
+    assert difffuzz.differences(ref, got, "tls") == []
+
+
+def test_tcp_peer_reset_from_a_hook():
+    """Decision 523. (a) tcp 346 (io_uring): a write from a callback to a
+    peer that closed and reset leaves with the turn's flush, so the EOF
+    that came with it is handed over first: EOF then EPIPE where stock has
+    EPIPE alone, at the same count. (b) tcp 332: an end that RSTs (or
+    aborts with bytes unread) from a hook resets its peer, whose kernel
+    drops what it had not read: the peer's counts are not compared, and
+    (c, tcp 388) nor is how many of its writes met the lost connection."""
+    ref = {"ends": {"a": [["made"]], "b": [["made"]]}, "handler": [], "fatal": None}
+    ref.update(leaked_fds=[], ops=[], log=[])
+    got = copy.deepcopy(ref)
+    ref["ends"]["b"] += [["lost", "BrokenPipeError[32]", 8301], ["data", 8301, 1]]
+    got["ends"]["b"] += [["eof", 8301], ["lost", "BrokenPipeError[32]", 8301], ["data", 8301, 1]]
+    assert difffuzz.differences(ref, got, "tcp") == []
+    got["ends"]["b"][1] = ["eof", 8300]
+    assert difffuzz.differences(ref, got, "tcp")
+    got["ends"]["b"][1:] = [["eof", 8301], ["lost", "ConnectionResetError[104]", 8301]]
+    assert difffuzz.differences(ref, got, "tcp")
+
+    ref = {"ends": {"a": [["made"]], "b": [["made"]]}, "handler": [], "fatal": None}
+    ref.update(leaked_fds=[], ops=[], log=[["WARNING", "socket.send() raised exception."]])
+    ref["ends"]["b"] += [["lost", "ConnectionResetError[104]", 160769], ["data", 160769, 1]]
+    got = copy.deepcopy(ref)
+    got["ends"]["b"][1:] = [["lost", "ConnectionResetError[104]", 200001], ["data", 200001, 2]]
+    got["log"] = []
+    assert difffuzz.differences(ref, got, "tcp")
+    ref["reset_peer"] = ["b"]
+    assert difffuzz.differences(ref, got, "tcp") == []
+    got["ends"]["b"][1][1] = None
+    assert difffuzz.differences(ref, got, "tcp")
+
+
+def test_unix_eof_hook_where_stock_was_reset():
+    """Decision 524 (unix 560): 464(a)'s EOF on ours, ECONNRESET on stock;
+    the end's eof hook ran on ours only, so its results (and its call_soon'd
+    ones) go with the EOF. Another hook's results still count."""
+    ref = {"ends": {"a": [["made"]], "b": [["made"]]}, "handler": [], "fatal": None}
+    ref.update(leaked_fds=[], ops=[], log=[])
+    got = copy.deepcopy(ref)
+    ref["ends"]["a"] += [["lost", "ConnectionResetError[104]", 0], ["data", 0, 0]]
+    got["ends"]["a"] += [
+        ["eof", 0],
+        ["hook", 1, "limits", "a", "ok", [25, 100]],
+        ["lost", None, 0],
+        ["data", 0, 0],
+        ["hook-soon", 1, "write_eof", "b", "ok", None],
+    ]
+    assert difffuzz.differences(ref, got, "unix") == []
+    assert difffuzz.differences(ref, got, "tcp")
+    got["ends"]["a"].append(["hook-soon", 0, "write", "b", "ok", None])
+    assert difffuzz.differences(ref, got, "unix")
+
+
+def test_flow_hooks_follow_the_flow_events():
+    """Decision 524 (pipe 370): the reader paused from its data hook (a
+    cut, 499(c)), so its writer's flow control is not compared; nor are
+    the results of a hook that fired on that flow control. Another hook's
+    are."""
+    ref = {"ends": {"r": [["made"]], "w": [["made"]]}, "handler": [], "fatal": None}
+    ref.update(leaked_fds=[], ops=[], log=[], cut=["r"], flow_hooks=[2])
+    got = copy.deepcopy(ref)
+    got["ends"]["w"] += [["resume_writing"], ["hook", 2, "writelines", "w", "ok", None]]
+    assert difffuzz.differences(ref, got, "pipe") == []
+    got["ends"]["w"].append(["hook", 1, "pause_reading", "r", "ok", None])
+    assert difffuzz.differences(ref, got, "pipe")
 
 
 def test_a_changed_trace_is_a_difference():
@@ -343,8 +439,10 @@ def test_write_after_reset_ends_as_stock(kind):
 # connection_lost makes a write, 499(b)), unix 42 (b's pause_writing
 # writes from inside b's own write(); data_received writes and sets
 # limits), pipe 15 (the writer's resume_writing closes it; stock's
-# double _call_connection_lost, 499(e))
-CB_SEEDS = [(58, "tcp"), (42, "unix"), (15, "pipe")]
+# double _call_connection_lost, 499(e)), unix 295 (a 1 MB write run for one
+# turn; b's resume_writing calls write_eof(): before 522 it ran ahead of
+# the next op's write on io_uring, which then raised)
+CB_SEEDS = [(58, "tcp"), (42, "unix"), (15, "pipe"), (295, "unix")]
 
 
 @pytest.mark.parametrize("kind", LOOP_KINDS)

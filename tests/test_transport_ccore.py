@@ -6,6 +6,7 @@ expectation), plus reference and object counts of the C core itself."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -1345,3 +1346,48 @@ def test_every_way_out_of_a_drained_direct_wait(tloop, kind, way):
         assert bytes(new.got) == bytes(again)
 
     run_in(tloop, main())
+
+
+def test_resume_writing_waits_behind_ready_callbacks(tloop):
+    """A send's completion that drains the buffer below the low-water mark
+    calls resume_writing behind the callbacks _ready held before the poll,
+    as the stock writer callback is queued there (decision 522; difffuzz
+    unix 295: the kernel finished a 1 MB send while the loop was stopped,
+    and resume_writing ran before the program's next callback)."""
+    log = []
+
+    class Writer(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def pause_writing(self):
+            log.append("pause")
+
+        def resume_writing(self):
+            log.append("resume")
+
+    sock, peer = socket.socketpair()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)  # the kernel takes < 64 KiB
+    w = Writer()
+    with peer:
+        run_in(tloop, tloop.create_unix_connection(lambda: w, sock=sock))
+        w.transport.set_write_buffer_limits(high=4096)
+        tloop.call_soon(w.transport.write, b"x" * 100_000)
+        tloop.call_soon(tloop.stop)
+        tloop.run_forever()
+        assert log == ["pause"]
+        # the loop stopped: the peer takes what the kernel holds, so the
+        # rest of the write fits; then one turn with a callback ready first
+        peer.settimeout(5)
+        got = len(peer.recv(1 << 20))
+        peer.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                got += len(peer.recv(1 << 20))
+        assert 4096 < got < 100_000
+        tloop.call_soon(log.append, "ready first")
+        tloop.call_soon(tloop.stop)
+        tloop.run_forever()
+        assert log == ["pause", "ready first", "resume"]
+        w.transport.abort()
+        run_in(tloop, asyncio.sleep(0.01))

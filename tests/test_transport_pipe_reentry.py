@@ -208,6 +208,50 @@ def test_write_pipe_as_stock(tloop, name):
     assert _write_scenario(tloop, name) == want
 
 
+def _resume_scenario(loop, act):
+    """The writer pauses (high 1000, 100,000 B: the pipe takes 64 KiB), the
+    loop stops, the read end drains; then one turn with a callback ready
+    before its poll (which may close or abort the transport)."""
+    log = []
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    try:
+        tr, _ = run_in(loop, loop.connect_write_pipe(lambda: Log(log), os.fdopen(w, "wb", 0)))
+        tr.set_write_buffer_limits(high=1000)
+        loop.call_soon(tr.write, b"x" * 100_000)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        got = len(os.read(r, 1 << 20))
+        log.append(("peer read", got > 1000))
+
+        def ready_first():
+            log.append("ready first")
+            if act:
+                getattr(tr, act)()
+
+        loop.call_soon(ready_first)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        _turns(loop, 2, log)
+        if not tr.is_closing():
+            tr.close()
+            _turns(loop, 2, log)
+    finally:
+        os.close(r)
+    return log
+
+
+@pytest.mark.parametrize("act", [None, "close", "abort"])
+def test_resume_writing_waits_behind_ready_callbacks(tloop, act):
+    """The write that drains the buffer completes in the turn's poll, and
+    resume_writing runs behind the callbacks _ready held before it, as the
+    stock writer callback is queued there; after close() it still comes
+    (stock's writer runs), after abort() not (decision 522)."""
+    want = on_stock(_resume_scenario, act)
+    assert want[:4] == ["made", "pause", ("peer read", True), "ready first"]
+    assert _resume_scenario(tloop, act) == want
+
+
 # ------------------------------------- read pipes: calls from data_received
 
 _READ_ACTS = {

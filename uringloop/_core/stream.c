@@ -194,6 +194,7 @@ static PyObject *s_call_soon, *s_drain, *kw_context;
 static PyObject *s_writelines_slow;
 static PyObject *s_start_reading;
 static PyObject *s_protocol, *s_buffer_updated;
+static PyObject *s_resume_behind;
 static PyObject *s_send_now_tail, *s_flush, *m_data_failed, *m_get_buffer_failed, *m_updated_failed, *m_write_failed;
 
 /* transport.<name>(*args), inside the transport's context when enter */
@@ -1482,7 +1483,9 @@ static PyObject *stream_sent(Stream *s, int32_t res, int more, PyObject *data,
     if (PyContext_Enter(s->ctx) < 0)
         goto out;
     if (s->wpaused && s->buffer_size <= s->low) { /* may write more */
-        r = stream_call(s, s_maybe_resume, NULL, 0, 0);
+        /* the stock writer callback that resumes is queued behind what
+         * _ready held before the poll: so is this resume then (decision 522) */
+        r = stream_call(s, ready_empty(s->loop) ? s_maybe_resume : s_resume_behind, NULL, 0, 0);
         if (r == NULL)
             goto exit;
         Py_DECREF(r);
@@ -2159,6 +2162,7 @@ static int stream_init_module(PyObject *m)
     STREAM_INTERN(s_fatal_error, "_fatal_error");
     STREAM_INTERN(s_maybe_pause, "_maybe_pause_protocol");
     STREAM_INTERN(s_maybe_resume, "_maybe_resume_protocol");
+    STREAM_INTERN(s_resume_behind, "_resume_behind");
     STREAM_INTERN(s_send_now, "_send_now");
     STREAM_INTERN(s_flush, "_flush");
     STREAM_INTERN(s_send_now_tail, "_send_now_tail");

@@ -468,6 +468,18 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
             self._fatal_error(exc, "Fatal write error on pipe transport")
             return
         self._buffer_size -= sent
+        if (
+            self._protocol_paused
+            and not self._closing
+            and self._buffer_size <= self._low_water
+            and self._loop._sched_ahead()
+        ):
+            # the stock writer callback (which resumes) is queued behind what
+            # _ready held before the poll: so is the resume (decision 522)
+            h = self._loop.call_soon(self._resume_behind, context=self._context)
+            self._loop._sched_io_place(h, False)  # before timers collected early (414)
+            self._written()
+            return
         try:
             self._maybe_resume_protocol()  # May append to buffer.
         except (SystemExit, KeyboardInterrupt):
@@ -476,6 +488,12 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
             self._written(interrupted=True)
             raise
         self._written()
+
+    def _resume_behind(self):
+        # not after abort() or a fatal error (stock's removes its writer);
+        # after close()/write_eof() stock's writer still runs and resumes
+        if not self._lost and not self._writing:
+            self._maybe_resume_protocol()
 
     def _written(self, interrupted=False):
         """The write in flight is done: the next one, or the end of a close."""

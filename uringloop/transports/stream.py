@@ -570,6 +570,14 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             # callback would, from the loop, not from inside write()
             self._loop.call_soon(self._resume_if_drained, context=self._context)
 
+    def _resume_behind(self):
+        """A send's completion drained the buffer to the low-water mark while
+        _ready held callbacks from before the poll: the stock writer callback
+        (which calls resume_writing) is queued behind them, so the resume is
+        too (decision 522; the C core's Stream.sent calls this)."""
+        h = self._loop.call_soon(self._resume_if_drained, context=self._context)
+        self._loop._sched_io_place(h, False)  # before timers collected early (414)
+
     def _resume_if_drained(self):
         if not self._core.sending and not self._conn_lost:
             self._maybe_resume_protocol()
