@@ -387,3 +387,45 @@ def test_close_reset_and_reset_if_data(eng, tcp_pair):
         else:
             assert c.recv(100) == b""
         c.close()
+
+
+def test_reset_if_data_ignores_records_of_the_numbers_closed_file(make_engine, tcp_pair):
+    """A receive's record with bytes waits in pend (its run made more records
+    than record_cap) when its fd is closed, plainly and at once; another TCP
+    socket then gets the number and is closed with reset_if_data before that
+    record is delivered. The record is the old file's: the new close sends
+    FIN. It reset (close_fd's look through pend took the ended op's stale
+    fd for the new file's, decision 526)."""
+    eng = make_engine(record_cap=1)
+    (c1, s1), (c0, s0) = tcp_pair(), tcp_pair()
+    c2, s2 = tcp_pair()  # the new connection, moved to the number below
+    socks = {s1.fileno(): s1, s0.fileno(): s0}
+    cols = {fd: Collector(f"recv {fd}") for fd in socks}
+    for fd, col in cols.items():
+        eng.recv(fd, col, multishot=False)
+    settle(eng, 1)
+    c1.send(b"a" * 10)
+    c0.send(b"b" * 10)
+    run_until(eng, lambda: any(col.records for col in cols.values()))
+    waiting = [fd for fd, col in cols.items() if not col.records]
+    assert len(waiting) == 1, cols  # one record a run
+    fd = waiting[0]
+    socks[fd].detach()
+    closed = Collector("close")
+    eng.close_fd(fd, closed)
+    if fd_is_open(fd):
+        assert eng.backend == "io_uring", "epoll's receive ended: its record waits in pend"
+        wait_done(eng, closed, cols[fd])
+        pytest.skip(
+            "io_uring left the receive's completion in the kernel's queue, "
+            "not in pend: the close waits for it, the number is not free"
+        )
+    os.dup2(s2.fileno(), fd)  # the new connection takes the number
+    s2.close()
+    new_closed = Collector("new close")
+    eng.close_fd(fd, new_closed, reset_if_data=True)
+    wait_done(eng, closed, new_closed, cols[fd])
+    assert cols[fd].records[0][0] == 10  # the old file's bytes, in pend until now
+    assert closed.final[0] == 0 and new_closed.final[0] == 0
+    c2.settimeout(5)
+    assert c2.recv(100) == b""  # FIN: the new socket received nothing

@@ -148,6 +148,39 @@ def test_a_datagram_sendto_a_full_receiver_waits_in_the_engine(tloop, tmp_path):
         r.close()
 
 
+def test_a_datagram_sendto_a_receiver_that_reads_while_the_loop_runs_sends_it_whole(
+    tloop, tmp_path
+):
+    """As above, but the receiver reads while the loop runs: sock_sendto
+    returns 100 and the receiver gets the 100 bytes, as stock's. On io_uring
+    it returned 0 and an empty datagram went out (3 of 3): the Unix datagram
+    sendmsg copies the bytes before it finds the receiver full, and the
+    kernel's own retries of the request went on from the spent iterator
+    until one found room. The send now carries MSG_DONTWAIT: its EAGAIN
+    ends the request, the engine polls and issues it afresh (decision
+    529)."""
+    lp = tloop
+    skip_if_stock_lacks(lp, "sock_sendto")
+    r, a, path, n = _full_unix_receiver(tmp_path)
+    r.setblocking(False)
+
+    async def scenario():
+        task = asyncio.ensure_future(lp.sock_sendto(a, b"x" * 100, path))
+        await asyncio.sleep(0.02)  # the request waits for room
+        assert not task.done()
+        got = [r.recv(200) for _ in range(n)]
+        assert got == [b"d" * 100] * n
+        return await asyncio.wait_for(task, 5)
+
+    try:
+        assert run_in(lp, scenario()) == 100
+        r.settimeout(5)
+        assert r.recv(200) == b"x" * 100
+    finally:
+        a.close()
+        r.close()
+
+
 def _stock_keeps_header_bytes() -> bool:
     """Stock's datagram transport adds len + 8 per queued datagram but
     subtracts only len when it sends one (3.13.0)."""
@@ -258,27 +291,29 @@ def test_errno_of_a_refused_first_receive_matches_stock():
         a.close()
 
 
-def test_park_takes_out_a_request_that_reached_io_wq_after_its_cancel(tmp_path):
+def test_park_takes_out_a_request_that_reached_io_wq_after_its_cancel():
     """Engine level: park's ASYNC_CANCEL can reach a request while the kernel
-    is between two of its own poll retries (a sendmsg whose poll says
-    writable and whose attempt says EAGAIN); it finds nothing (-ENOENT), and
-    the request then goes to an io-wq worker, here one that blocks (the
-    socket is blocking: a misuse for asyncio, not for the engine). Park now
-    asks again every 10 ms, and a cancel that finds the request running in
-    the worker interrupts it (decision 483): every park succeeds, and the
-    engine then runs from another thread. Without it the second park timed
-    out (2 s) and left the engine bound."""
+    is between two of its own poll retries (a receive on a UDP socket whose
+    error queue keeps EPOLLERR up: its poll says an event, its attempt says
+    EAGAIN); it finds nothing (-ENOENT), and the request then goes to an
+    io-wq worker, where IORING_OP_RECV blocks. Park now asks again every
+    10 ms, and a cancel that finds the request running in the worker
+    interrupts it (decision 483): every park succeeds, and the engine then
+    runs from another thread. Without it the second park timed out (2 s)
+    and left the engine bound. (A blocking socket's sendmsg to a full Unix
+    receiver was the request here until 529 gave sendmsg MSG_DONTWAIT.)"""
     from conftest import Collector, require_uring, run_until
 
     from uringloop import engine
 
     require_uring()
-    r, a, path, n = _full_unix_receiver(tmp_path)
+    a, addr = _udp_with_queued_error()
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b.bind(addr)  # the port a is connected to: its datagrams reach a
     eng = engine.Engine("io_uring")
     try:
-        a.setblocking(True)
-        col = Collector("sendmsg")
-        eng.sendmsg(a.fileno(), b"x" * 100, path, col, socket.AF_UNIX)
+        col = Collector("recv")
+        eng.recv(a.fileno(), col, multishot=False)
         eng.run(0.02)  # in the worker by now
         parks = [eng.park()]
         for _ in range(3):  # re-issued, then parked in the same breath
@@ -298,12 +333,43 @@ def test_park_takes_out_a_request_that_reached_io_wq_after_its_cancel(tmp_path):
         t.start()
         t.join(30)
         assert errors == []
-        r.setblocking(False)
-        for _ in range(n):
-            r.recv(200)
-        run_until(eng, lambda: col.done, what="the sendmsg")
-        assert col.res == 100
+        b.sendto(b"data", a.getsockname())
+        run_until(eng, lambda: col.done, what="the receive")
+        assert col.final[:1] == (4,) and col.payload() == b"data"
     finally:
         eng.close()
         a.close()
-        r.close()
+        b.close()
+
+
+def test_park_takes_out_a_cancelled_request_that_reached_io_wq():
+    """Engine level: a receive on a UDP socket whose error queue keeps
+    EPOLLERR up (the first test's), re-issued from the backlog by a run that
+    stops at once and cancelled by its owner just before the park (a
+    `wait_for` timing out, say): that cancel meets 483's window (-ENOENT),
+    and the request goes to io-wq and sleeps. Park, which left a cancelled
+    op to its own cancel, waited its 2 s and left the engine bound, each
+    time; the op ended only when a datagram came. Park's re-cancel now asks
+    for those too (decision 527): the park succeeds at once and the
+    cancelled receive ends, -ECANCELED, with nothing sent."""
+    from conftest import Collector, require_uring, run_until
+
+    from uringloop import engine
+
+    require_uring()
+    a, _addr = _udp_with_queued_error()
+    eng = engine.Engine("io_uring")
+    try:
+        col = Collector("recv")
+        ud = eng.recv(a.fileno(), col, multishot=False)
+        eng.run(0.02)  # in the worker by now
+        parks = [eng.park()]
+        eng.run(0)  # re-issued: between the kernel's poll retries
+        assert eng.cancel(ud) is True
+        parks.append(eng.park())
+        assert parks == [True, True]
+        run_until(eng, lambda: col.done, what="the cancelled receive")
+        assert col.res == -errno.ECANCELED
+    finally:
+        eng.close()
+        a.close()

@@ -725,6 +725,15 @@ static void do_close(ul_engine *e, int fd)
     int r = close(fd);
     int res = (r < 0 && errno != EINTR) ? -errno : 0;
     fd_reset(&e->fds[fd]);
+    /* records of this file's ended ops still waiting in pend name the
+     * number, which a new file may get before they are delivered: they no
+     * longer name it, or its close_fd(reset_if_data) would take them for
+     * its own bytes and reset (decision 526) */
+    for (uint32_t i = 0; i < e->npend; i++) {
+        struct ul_op *o = ul__op_find(e, ul__slot(e->pend[i].user_data));
+        if (o && o->state == S_FREE && o->ud == 0 && o->fd == fd)
+            o->fd = -1;
+    }
     if (slot >= 0)
         ul__finish(e, op_at(e, slot), res, 0, 0);
 }

@@ -690,7 +690,12 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
         if (op->kind == K_RECVMSG)
             op->ax->msg.msg_namelen = sizeof(struct sockaddr_storage);
         s->addr = (uint64_t)(uintptr_t)&op->ax->msg;
-        s->op_flags = (uint32_t)op->msg_flags;
+        /* a datagram send carries MSG_DONTWAIT too (decision 529): a Unix
+         * datagram sendmsg copies its bytes before it finds the receiver
+         * full and says EAGAIN; the kernel's own retries of that request
+         * go on from the spent iterator, and the one that finds room sends
+         * an empty datagram and says 0. Each of our issues starts afresh */
+        s->op_flags = (uint32_t)(op->msg_flags | (op->kind == K_SENDMSG ? MSG_DONTWAIT : 0));
         break;
     case K_RECVMSG_POOL:
         s->opcode = UL_OP_RECVMSG;
@@ -1753,8 +1758,10 @@ static int in_kernel(const struct ul_op *op)
 }
 
 /* park's cancels. The first pass marks each op in the kernel parked and
- * cancels it; a later pass (again) cancels the parked ones still there
- * (decision 483). The scan stops after the last of the in_flight live ops,
+ * cancels it; a later pass (again) cancels every one still there (decision
+ * 483), the ones the user had cancelled before the park too: that cancel
+ * can meet the same window, and the request then sleeps in io-wq as well
+ * (decision 527). The scan stops after the last of the in_flight live ops,
  * not at the table's end (1,024 ops a chunk): live ops gather in low slots,
  * since the slot table hands out the lowest free slots first */
 static void park_cancel(ul_engine *e, struct uring *u, int again)
@@ -1770,8 +1777,8 @@ static void park_cancel(ul_engine *e, struct uring *u, int again)
             live--;
             if (!in_kernel(op) || op->rider)  /* a rider leaves with its batch's head */
                 continue;
-            if (again ? !op->parked : op->cancelled)
-                continue;
+            if (!again && op->cancelled)
+                continue;  /* its cancel is on its way; asked again later */
             if (!again) {
                 op->parked = 1;
                 /* the next run issues it again by number, after user code
