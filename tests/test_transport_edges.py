@@ -300,8 +300,9 @@ def test_write_after_peer_reset_reports_the_reset(tloop):
 
 
 def test_connection_lost_once_and_fd_closed(tloop):
-    """connection_lost comes once; on uringloop the fd is already closed then
-    (the engine closes it first), on every loop it is closed right after."""
+    """connection_lost comes once; on uringloop, closed from a task, the fd is
+    already closed then (the engine run before that turn closed it; decision
+    510), on every loop it is closed right after."""
 
     async def main():
         loop = asyncio.get_running_loop()

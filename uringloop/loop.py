@@ -340,6 +340,8 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         # cancels and reaps every operation still in flight, then frees the engine
         self._sched_detach()
         self._engine.close()
+        for tr in list(self._pipe_transports):
+            tr._engine_closed()  # a pipe whose ops had not ended (decision 509)
         _subprocess.close_pidfds(self)
         self._close_self_pipe()
         self._keep_files_until_collected()

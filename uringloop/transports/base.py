@@ -10,10 +10,9 @@ here (``_force_close``, ``_sync``, ``_drop_queue``, ``_detach_fd``,
 
 The socket transports' close (decision 3 of the architecture): the fd goes
 through the engine's ``close_fd`` (cancel every op on it, wait for their final
-records, close), and ``connection_lost`` runs only once the fd is really
-closed, so a reused fd number never meets a stale op. It is scheduled when the
-stock loop would schedule it; when the close record comes later than that
-callback, the record calls it.
+records, close), so a reused fd number never meets a stale op and no buffer
+goes while the kernel may write it. ``connection_lost`` does not wait for
+that: it runs when the stock loop would run it (decision 509).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import collections
 import errno
 import os
 import warnings
-from asyncio import events, trsock
+from asyncio import trsock
 from asyncio.log import logger
 
 ECANCELED = -errno.ECANCELED
@@ -248,40 +247,26 @@ class SocketTransportBase(TransportBase):
         self._close_fd(exc)
 
     def _close_fd(self, exc, reset_if_data=False):
-        """The fd goes through the engine's close (cancel all, wait, close).
-        connection_lost(exc) is scheduled now, as the stock loop schedules it,
-        but runs only once the close has completed: usually the close record
-        comes in the very next engine run, before that callback; if not, the
-        close record calls it."""
+        """The fd goes to the engine's close (cancel every op on it, wait for
+        their final records, close(2)), detached from the socket object, so
+        nothing of ours uses it again. connection_lost(exc) is queued now, as
+        the stock loop queues it, and does not wait for that close (decision
+        509): a callback the protocol queues after this runs after
+        connection_lost, as stock. The fd is closed by then unless a
+        receive's cancel was still to end in the next engine run (510)."""
         if self._fd_closing:
             return
         self._fd_closing = True
         self._sync()
-        self._lost_exc = exc
-        self._loop.call_soon(self._lost_due, context=self._context)
+        self._loop.call_soon(self._call_connection_lost, exc, context=self._context)
         if self._engine.closed or self._sock_closed():
             self._sock.close()
-            self._fd_closed = True
             return None
         # its user_data; reset_if_data: engine.close_fd's (decision 497)
-        return self._engine.close_fd(self._detach_fd(), self._on_closed, reset_if_data)
+        return self._engine.close_fd(self._detach_fd(), ignore, reset_if_data)
 
     def _detach_fd(self):
         return self._sock.detach()
-
-    def _on_closed(self, res, more, data):
-        self._fd_closed = True
-        if self._lost_is_due and self._loop is not None and not self._loop.is_closed():
-            # the stock loop would have called it already: now, not a turn
-            # later, run as a handle so an exception is reported as stock
-            events.Handle(
-                self._call_connection_lost, (self._lost_exc,), self._loop, self._context
-            )._run()
-
-    def _lost_due(self):
-        self._lost_is_due = True
-        if self._fd_closed:
-            self._call_connection_lost(self._lost_exc)
 
     def _call_connection_lost(self, exc):
         if not self._has_sock():

@@ -92,9 +92,6 @@ class DatagramTransport(
         self._closing = False
         self._paused = False
         self._fd_closing = False
-        self._fd_closed = False
-        self._lost_is_due = False
-        self._lost_exc = None
         self._recv_ud = None  # the receive op, until its final record
         # UDP on the datagram pool; Unix datagrams may outgrow its buffers
         self._pool = sock.family in _POOL_FAMILIES and hasattr(self._engine, "recvmsg_pool")

@@ -22,10 +22,10 @@ error paths and calls through ``call_soon``); only the I/O differs:
   flight at a time, what comes meanwhile leaves with the next.
 * The write end of a pipe or socket is polled for POLLIN, as the stock
   transport adds a reader: it fires when the read end is closed.
-* The pipe object is closed only after every op of ours on its fd has had
-  its final record (a cancelled op included), so a reused fd number never
-  meets a stale op; ``connection_lost`` then runs as the stock loop schedules
-  it, or when that last record comes if it came later.
+* ``connection_lost`` runs when the stock loop runs it (decision 509); the
+  pipe object is closed then, or, if an op of ours on its fd has not had its
+  final record yet (a cancelled op included), when that record comes (or
+  the loop closes), so a reused fd number never meets a stale op.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ __all__ = ["ReadPipeTransport", "WritePipeTransport"]
 
 
 class _PipeBase(TransportBase):
-    """What both directions share: repr, the deferred connection_lost."""
+    """What both directions share: repr, connection_lost and the deferred close."""
 
     __slots__ = ()
 
@@ -85,32 +85,46 @@ class _PipeBase(TransportBase):
     def _call_connection_lost(self, exc):
         if self._pipe is None:
             return
-        if self._ops_pending():
-            # a cancelled op has not had its final record yet: the pipe is
-            # closed (and connection_lost called) when it comes
-            self._lost_pending = (exc,)
-            return
-        self._lost_pending = None
+        pipe = self._pipe
         try:
             self._protocol.connection_lost(exc)
         finally:
-            self._pipe.close()
             self._pipe = None
             self._protocol = None
             self._loop = None
+            self._forget()
+            if self._ops_pending() and not self._engine.closed:
+                # connection_lost runs when the stock loop runs it (decision
+                # 509); the pipe is closed when the last op's final record
+                # comes (a cancelled op included), as no op of ours may
+                # outlive its fd
+                self._pipe_closing = pipe
+            else:
+                pipe.close()
+
+    def _forget(self):
+        """connection_lost has run: more to let go of."""
 
     def _op_ended(self):
-        """An op's final record came: the connection_lost that waited for it."""
-        if self._lost_pending is not None and not self._ops_pending():
-            loop = self._loop
-            if loop is not None and not loop.is_closed():
-                loop.call_soon(self._call_connection_lost, *self._lost_pending,
-                               context=self._context)
+        """An op's final record came: the pipe that waited for it is closed."""
+        pipe = self._pipe_closing
+        if pipe is not None and not self._ops_pending():
+            self._pipe_closing = None
+            pipe.close()
+
+    def _engine_closed(self):
+        """The loop closed: its engine has reaped every op (their records
+        never come), so a pipe that waited for them is closed now."""
+        pipe, self._pipe_closing = self._pipe_closing, None
+        if pipe is not None:
+            pipe.close()
 
     def __del__(self, _warn=warnings.warn):
         if self._pipe is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._pipe.close()
+        elif self._pipe_closing is not None:
+            self._pipe_closing.close()  # connection_lost has run: no warning
 
 
 class _ReadHooks:
@@ -141,7 +155,7 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
         self._protocol = protocol
         self._closing = False
         self._paused = False
-        self._lost_pending = None
+        self._pipe_closing = None  # the pipe, after connection_lost, until its ops end
 
         mode = os.fstat(self._fileno).st_mode
         if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
@@ -178,6 +192,9 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
 
     def _io_info(self):
         return ["polling" if self._ud is not None and self.is_reading() else "idle"]
+
+    def _forget(self):
+        self._core.set_protocol(None, False)
 
     def _ops_pending(self):
         return self._ud is not None
@@ -336,7 +353,7 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         self._conn_lost = 0  # the stock counter of writes after the end (for its warning)
         self._lost = False  # _close() ran: no write leaves any more (decision 431)
         self._closing = False  # Set when close() or write_eof() called.
-        self._lost_pending = None
+        self._pipe_closing = None  # the pipe, after connection_lost, until its ops end
 
         mode = os.fstat(self._fileno).st_mode
         is_char = stat.S_ISCHR(mode)
@@ -379,7 +396,7 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
 
     def _on_peer_closed(self, res, more, data):
         self._poll_ud = None
-        if res == _ECANCELED or self._pipe is None or self._lost_pending is not None:
+        if res == _ECANCELED or self._pipe is None:
             self._op_ended()
             return
         if self._lost:
@@ -512,6 +529,11 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
     def _stop_watching(self):
         if self._poll_ud is not None and not self._engine.closed:
             self._engine.cancel(self._poll_ud)
+
+    def _forget(self):
+        # close() in connection_made: the peer watch queued at __init__ ran
+        # after it and armed; the pipe's close must not wait for the reader
+        self._stop_watching()
 
     def can_write_eof(self):
         return True

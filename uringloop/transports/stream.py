@@ -16,8 +16,9 @@ What the engine gives a stream transport, and how this module uses it:
   its completion and leaves as the next single send. ``write_eof`` is an
   engine ``shutdown``, which the engine orders after the queued send.
 * Closing goes through the engine's ``close_fd`` (cancel every op on the fd,
-  wait for their final records, close): ``connection_lost`` is called only
-  after the fd is really closed, so a reused fd number never meets a stale op.
+  wait for their final records, close), so a reused fd number never meets a
+  stale op; ``connection_lost`` runs when the stock loop runs it, without
+  waiting for that close (decision 509).
 
 Everything the protocol sees follows ``selector_events._SelectorSocketTransport``
 of the running Python: the same messages, the same error paths, the same
@@ -103,9 +104,6 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     _eof = False  # write_eof() called
     _shut = False  # its shutdown submitted
     _fd_closing = False  # close_fd submitted
-    _fd_closed = False  # ... and its record came
-    _lost_is_due = False  # the stock loop would call connection_lost by now
-    _lost_exc = None
     _empty_waiter = None
     _read_done = False  # EOF or a read error was seen
     _unread = False  # received bytes dropped at close (decision 463)
