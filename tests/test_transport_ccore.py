@@ -16,7 +16,7 @@ import sys
 
 import pytest
 from conftest import is_stock
-from transport_helpers import plain_listener, run_in, tloop, wait_for
+from transport_helpers import on_stock, plain_listener, run_in, tloop, wait_for
 
 assert tloop  # a fixture, imported for the tests below
 
@@ -1348,12 +1348,13 @@ def test_every_way_out_of_a_drained_direct_wait(tloop, kind, way):
     run_in(tloop, main())
 
 
-def test_resume_writing_waits_behind_ready_callbacks(tloop):
-    """A send's completion that drains the buffer below the low-water mark
-    calls resume_writing behind the callbacks _ready held before the poll,
-    as the stock writer callback is queued there (decision 522; difffuzz
-    unix 295: the kernel finished a 1 MB send while the loop was stopped,
-    and resume_writing ran before the program's next callback)."""
+def _resume_scenario(loop, act):
+    """The writer pauses (a Unix socketpair, SO_SNDBUF 32 KiB, high 4096,
+    100,000 B written in a turn run alone), the loop stops, the plain peer
+    drains; then one turn with a callback ready before its poll, which may
+    close() or abort() the transport. "close early"/"eof early": close() or
+    write_eof() in the first turn, so the send completes while closing or at
+    EOF (the Python _on_sent path)."""
     log = []
 
     class Writer(asyncio.Protocol):
@@ -1366,16 +1367,23 @@ def test_resume_writing_waits_behind_ready_callbacks(tloop):
         def resume_writing(self):
             log.append("resume")
 
+        def connection_lost(self, exc):
+            log.append(("lost", exc))
+
     sock, peer = socket.socketpair()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)  # the kernel takes < 64 KiB
     w = Writer()
     with peer:
-        run_in(tloop, tloop.create_unix_connection(lambda: w, sock=sock))
-        w.transport.set_write_buffer_limits(high=4096)
-        tloop.call_soon(w.transport.write, b"x" * 100_000)
-        tloop.call_soon(tloop.stop)
-        tloop.run_forever()
-        assert log == ["pause"]
+        run_in(loop, loop.create_unix_connection(lambda: w, sock=sock))
+        tr = w.transport
+        tr.set_write_buffer_limits(high=4096)
+        loop.call_soon(tr.write, b"x" * 100_000)
+        if act == "close early":
+            loop.call_soon(tr.close)
+        elif act == "eof early":
+            loop.call_soon(tr.write_eof)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
         # the loop stopped: the peer takes what the kernel holds, so the
         # rest of the write fits; then one turn with a callback ready first
         peer.settimeout(5)
@@ -1384,10 +1392,37 @@ def test_resume_writing_waits_behind_ready_callbacks(tloop):
         with contextlib.suppress(BlockingIOError):
             while True:
                 got += len(peer.recv(1 << 20))
-        assert 4096 < got < 100_000
-        tloop.call_soon(log.append, "ready first")
-        tloop.call_soon(tloop.stop)
-        tloop.run_forever()
-        assert log == ["pause", "ready first", "resume"]
-        w.transport.abort()
-        run_in(tloop, asyncio.sleep(0.01))
+        log.append(("peer got", 4096 < got < 100_000))
+
+        def ready_first():
+            log.append("ready first")
+            if act in ("close", "abort", "close, abort"):
+                for name in act.split(", "):
+                    getattr(tr, name)()
+
+        loop.call_soon(ready_first)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        run_in(loop, asyncio.sleep(0.01))
+        log.append("next turns")
+        if not tr.is_closing():
+            tr.abort()
+            run_in(loop, asyncio.sleep(0.01))
+    return log
+
+
+@pytest.mark.parametrize(
+    "act", [None, "close", "abort", "close, abort", "close early", "eof early"]
+)
+def test_resume_writing_waits_behind_ready_callbacks(tloop, act):
+    """A send's completion that drains the buffer below the low-water mark
+    calls resume_writing behind the callbacks _ready held before the poll,
+    as the stock writer callback is queued there (decision 522; difffuzz
+    unix 295: the kernel finished a 1 MB send while the loop was stopped,
+    and resume_writing ran before the program's next callback). After
+    close() from that callback it still comes, then connection_lost; after
+    abort() not (530); closing or at EOF when the send completes, the same
+    order (531). Compared with a stock run."""
+    want = on_stock(_resume_scenario, act)
+    assert want[:3] == ["pause", ("peer got", True), "ready first"]
+    assert _resume_scenario(tloop, act) == want

@@ -219,6 +219,8 @@ def _resume_scenario(loop, act):
         tr, _ = run_in(loop, loop.connect_write_pipe(lambda: Log(log), os.fdopen(w, "wb", 0)))
         tr.set_write_buffer_limits(high=1000)
         loop.call_soon(tr.write, b"x" * 100_000)
+        if act == "close early":  # the write completes while closing (532)
+            loop.call_soon(tr.close)
         loop.call_soon(loop.stop)
         loop.run_forever()
         got = len(os.read(r, 1 << 20))
@@ -226,7 +228,7 @@ def _resume_scenario(loop, act):
 
         def ready_first():
             log.append("ready first")
-            if act:
+            if act in ("close", "abort"):
                 getattr(tr, act)()
 
         loop.call_soon(ready_first)
@@ -241,12 +243,13 @@ def _resume_scenario(loop, act):
     return log
 
 
-@pytest.mark.parametrize("act", [None, "close", "abort"])
+@pytest.mark.parametrize("act", [None, "close", "abort", "close early"])
 def test_resume_writing_waits_behind_ready_callbacks(tloop, act):
     """The write that drains the buffer completes in the turn's poll, and
     resume_writing runs behind the callbacks _ready held before it, as the
     stock writer callback is queued there; after close() it still comes
-    (stock's writer runs), after abort() not (decision 522)."""
+    (stock's writer runs), after abort() not (decision 522). Closed before
+    the write completes: resume, then connection_lost, behind them (532)."""
     want = on_stock(_resume_scenario, act)
     assert want[:4] == ["made", "pause", ("peer read", True), "ready first"]
     assert _resume_scenario(tloop, act) == want

@@ -487,15 +487,19 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         self._buffer_size -= sent
         if (
             self._protocol_paused
-            and not self._closing
             and self._buffer_size <= self._low_water
             and self._loop._sched_ahead()
         ):
             # the stock writer callback (which resumes) is queued behind what
-            # _ready held before the poll: so is the resume (decision 522)
-            h = self._loop.call_soon(self._resume_behind, context=self._context)
+            # _ready held before the poll: so is the resume (decision 522),
+            # and after close()/write_eof() the end that follows it (532)
+            closing = self._closing
+            h = self._loop.call_soon(
+                self._written_behind if closing else self._resume_behind, context=self._context
+            )
             self._loop._sched_io_place(h, False)  # before timers collected early (414)
-            self._written()
+            if not closing:
+                self._written()
             return
         try:
             self._maybe_resume_protocol()  # May append to buffer.
@@ -511,6 +515,18 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         # after close()/write_eof() stock's writer still runs and resumes
         if not self._lost and not self._writing:
             self._maybe_resume_protocol()
+
+    def _written_behind(self):
+        # closing: stock's writer resumes, then calls connection_lost (or
+        # writes the rest); not after abort() or a fatal error
+        if self._lost:
+            return
+        try:
+            self._maybe_resume_protocol()
+        except (SystemExit, KeyboardInterrupt):
+            self._written(interrupted=True)
+            raise
+        self._written()
 
     def _written(self, interrupted=False):
         """The write in flight is done: the next one, or the end of a close."""

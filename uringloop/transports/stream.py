@@ -110,6 +110,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     _close_reset = None  # (close_fd's user_data, fd): a TCP close in flight (497)
     _held = None  # deque of (res, data) records not yet handed over
     _draining = False  # a _drain_held is scheduled
+    _resume_h = None  # the deferred resume's handle (decisions 522, 530)
 
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
@@ -568,13 +569,23 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             # callback would, from the loop, not from inside write()
             self._loop.call_soon(self._resume_if_drained, context=self._context)
 
-    def _resume_behind(self):
+    def _resume_behind(self, after=False):
         """A send's completion drained the buffer to the low-water mark while
         _ready held callbacks from before the poll: the stock writer callback
         (which calls resume_writing) is queued behind them, so the resume is
-        too (decision 522; the C core's Stream.sent calls this)."""
-        h = self._loop.call_soon(self._resume_if_drained, context=self._context)
+        too (decision 522; the C core's Stream.sent calls this). Like stock's
+        writer handle, abort() and fatal errors cancel it; close() does not
+        (decision 530). after: _after_sent follows the resume (531)."""
+        h = self._loop.call_soon(self._resume_deferred, after, context=self._context)
         self._loop._sched_io_place(h, False)  # before timers collected early (414)
+        self._resume_h = h
+
+    def _resume_deferred(self, after):
+        self._resume_h = None
+        if not self._core.sending:
+            self._maybe_resume_protocol()  # may write more
+        if after and not self._conn_lost:
+            self._after_sent()
 
     def _resume_if_drained(self):
         if not self._core.sending and not self._conn_lost:
@@ -667,6 +678,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
                 self._empty_waiter.set_exception(exc)
             return
         c.buffer_size -= sent
+        if self._protocol_paused and c.buffer_size <= self._low_water and self._loop._sched_ahead():
+            self._resume_behind(True)  # behind _ready, as stock's writer (531)
+            return
         self._maybe_resume_protocol()  # may write more
         self._after_sent()
 
@@ -730,6 +744,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         since the last send, so they leave now (one non-blocking send, its
         error ignored: the transport closes anyway); only the rest is
         dropped (decision 444; aiohttp's write-then-abort)."""
+        if self._resume_h is not None:  # stock's _remove_writer cancels its writer
+            self._resume_h.cancel()
+            self._resume_h = None
         c = self._core
         if c.buffer and not c.sending and not self._conn_lost and not self._protocol_paused:
             buf = c.buffer
