@@ -1354,7 +1354,10 @@ def _resume_scenario(loop, act):
     drains; then one turn with a callback ready before its poll, which may
     close() or abort() the transport. "close early"/"eof early": close() or
     write_eof() in the first turn, so the send completes while closing or at
-    EOF (the Python _on_sent path)."""
+    EOF (the Python _on_sent path). "close, resume writes": resume_writing
+    writes 10 B after that close() (533). Every resume_writing queues a
+    marker; the peer's byte count at EOF ends the log (not after abort():
+    stock's buffer still held bytes, the kernel had taken ours)."""
     log = []
 
     class Writer(asyncio.Protocol):
@@ -1366,6 +1369,9 @@ def _resume_scenario(loop, act):
 
         def resume_writing(self):
             log.append("resume")
+            loop.call_soon(log.append, "soon from resume")
+            if act == "close, resume writes":
+                self.transport.write(b"y" * 10)
 
         def connection_lost(self, exc):
             log.append(("lost", exc))
@@ -1396,23 +1402,30 @@ def _resume_scenario(loop, act):
 
         def ready_first():
             log.append("ready first")
-            if act in ("close", "abort", "close, abort"):
-                for name in act.split(", "):
+            if act in ("close", "abort", "close, abort", "close, resume writes"):
+                for name in act.split(", ")[:1 if "writes" in act else 2]:
                     getattr(tr, name)()
 
         loop.call_soon(ready_first)
         loop.call_soon(loop.stop)
         loop.run_forever()
+        log.append("turn ended")
         run_in(loop, asyncio.sleep(0.01))
         log.append("next turns")
         if not tr.is_closing():
             tr.abort()
             run_in(loop, asyncio.sleep(0.01))
+        peer.settimeout(5)
+        while data := peer.recv(1 << 20):  # to EOF: the transport is closed
+            got += len(data)
+        if "abort" not in (act or ""):  # stock's abort drops what its buffer held
+            log.append(("peer total", got))
     return log
 
 
 @pytest.mark.parametrize(
-    "act", [None, "close", "abort", "close, abort", "close early", "eof early"]
+    "act",
+    [None, "close", "abort", "close, abort", "close early", "eof early", "close, resume writes"],
 )
 def test_resume_writing_waits_behind_ready_callbacks(tloop, act):
     """A send's completion that drains the buffer below the low-water mark
@@ -1422,7 +1435,9 @@ def test_resume_writing_waits_behind_ready_callbacks(tloop, act):
     and resume_writing ran before the program's next callback). After
     close() from that callback it still comes, then connection_lost; after
     abort() not (530); closing or at EOF when the send completes, the same
-    order (531). Compared with a stock run."""
+    order (531). A write from that resume_writing after close() leaves,
+    then connection_lost comes from the resume's callback, as from stock's
+    writer (533). Compared with a stock run."""
     want = on_stock(_resume_scenario, act)
     assert want[:3] == ["pause", ("peer got", True), "ready first"]
     assert _resume_scenario(tloop, act) == want

@@ -234,6 +234,7 @@ def _resume_scenario(loop, act):
         loop.call_soon(ready_first)
         loop.call_soon(loop.stop)
         loop.run_forever()
+        log.append("turn ended")
         _turns(loop, 2, log)
         if not tr.is_closing():
             tr.close()
@@ -249,7 +250,9 @@ def test_resume_writing_waits_behind_ready_callbacks(tloop, act):
     resume_writing runs behind the callbacks _ready held before it, as the
     stock writer callback is queued there; after close() it still comes
     (stock's writer runs), after abort() not (decision 522). Closed before
-    the write completes: resume, then connection_lost, behind them (532)."""
+    the write completes: resume, then connection_lost, behind them (532).
+    Closed by that callback: connection_lost comes from the resume's
+    handle, before the stopped turn ends, as from stock's writer (534)."""
     want = on_stock(_resume_scenario, act)
     assert want[:4] == ["made", "pause", ("peer read", True), "ready first"]
     assert _resume_scenario(tloop, act) == want

@@ -246,19 +246,21 @@ class SocketTransportBase(TransportBase):
         self._sync()
         self._close_fd(exc)
 
-    def _close_fd(self, exc, reset_if_data=False):
+    def _close_fd(self, exc, reset_if_data=False, queue_lost=True):
         """The fd goes to the engine's close (cancel every op on it, wait for
         their final records, close(2)), detached from the socket object, so
         nothing of ours uses it again. connection_lost(exc) is queued now, as
         the stock loop queues it, and does not wait for that close (decision
         509): a callback the protocol queues after this runs after
         connection_lost, as stock. The fd is closed by then unless a
-        receive's cancel was still to end in the next engine run (510)."""
+        receive's cancel was still to end in the next engine run (510).
+        queue_lost False: the caller calls connection_lost itself (533)."""
         if self._fd_closing:
             return
         self._fd_closing = True
         self._sync()
-        self._loop.call_soon(self._call_connection_lost, exc, context=self._context)
+        if queue_lost:
+            self._loop.call_soon(self._call_connection_lost, exc, context=self._context)
         if self._engine.closed or self._sock_closed():
             self._sock.close()
             return None

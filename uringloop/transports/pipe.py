@@ -342,6 +342,8 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
 
 
 class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.WriteTransport):
+    _resume_h = None  # the deferred resume's handle (decisions 522, 534)
+
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         super().__init__(extra, loop)
         self._extra["pipe"] = pipe
@@ -499,6 +501,7 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
             )
             self._loop._sched_io_place(h, False)  # before timers collected early (414)
             if not closing:
+                self._resume_h = h
                 self._written()
             return
         try:
@@ -512,9 +515,14 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
 
     def _resume_behind(self):
         # not after abort() or a fatal error (stock's removes its writer);
-        # after close()/write_eof() stock's writer still runs and resumes
+        # after close()/write_eof() stock's writer still runs, resumes, then
+        # calls connection_lost itself (decision 534)
+        self._resume_h = None
         if not self._lost and not self._writing:
-            self._maybe_resume_protocol()
+            if self._closing:
+                self._written_behind()
+            else:
+                self._maybe_resume_protocol()
 
     def _written_behind(self):
         # closing: stock's writer resumes, then calls connection_lost (or
@@ -559,9 +567,10 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
             return
         assert self._pipe
         self._closing = True
-        if not self._buffer_size:
+        if not self._buffer_size and self._resume_h is None:
             self._stop_watching()
             self._loop.call_soon(self._call_connection_lost, None)
+        # else: the write in flight ends it, or the deferred resume (534)
 
     def close(self):
         if self._pipe is not None and not self._closing:

@@ -582,10 +582,20 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
 
     def _resume_deferred(self, after):
         self._resume_h = None
-        if not self._core.sending:
-            self._maybe_resume_protocol()  # may write more
-        if after and not self._conn_lost:
-            self._after_sent()
+        c = self._core
+        if c.sending:
+            return  # its completion resumes, and closes if closing
+        self._maybe_resume_protocol()  # may write more
+        if self._conn_lost or not (after or self._closing):
+            return
+        if self._closing and c.buffer:
+            # a close() came before this ran (decision 533): stock's writer
+            # had emptied its buffer, so the write() from resume_writing sent
+            # at once; what the kernel takes leaves now here too
+            self._send_now(pause=False)
+            if self._conn_lost:
+                return  # the send failed: _fatal_error closed
+        self._after_sent(True)
 
     def _resume_if_drained(self):
         if not self._core.sending and not self._conn_lost:
@@ -684,7 +694,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         self._maybe_resume_protocol()  # may write more
         self._after_sent()
 
-    def _after_sent(self):
+    def _after_sent(self, lost_now=False):
+        """lost_now: in the place of stock's writer callback, which calls
+        connection_lost itself once closing and empty (decision 533)."""
         if self._core.buffer:
             self._mark_dirty()
             return
@@ -693,7 +705,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         if self._closing:
             self._conn_lost += 1
             self._sync()
-            self._close_fd(None)
+            self._close_fd(None, not lost_now)
+            if lost_now:
+                self._call_connection_lost(None)
 
     # ------------------------------------------------------------- closing
 
@@ -713,11 +727,12 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             self._send_now(pause=False)
             if self._conn_lost:
                 return  # the send failed: _fatal_error closed
-        if not c.buffer and not c.sending:
+        if not c.buffer and not c.sending and self._resume_h is None:
             self._conn_lost += 1
             self._sync()
             self._close_fd(None)
-        # else: the queued data leaves first (_on_sent closes)
+        # else: the queued data leaves first (_on_sent closes), or the
+        # deferred resume runs first and closes, as stock's writer (533)
 
     def _fatal_error(self, exc, message="Fatal error on transport"):
         # A TCP reset that our receive took (its record held behind _ready,
@@ -756,7 +771,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
                 pass
         super()._force_close(exc)
 
-    def _close_fd(self, exc):
+    def _close_fd(self, exc, queue_lost=True):
         # Bytes taken from the kernel but never handed to the protocol (held
         # while paused or behind _ready, or come after close()) were unread
         # in the stock loop's socket, whose close(2) then resets a TCP
@@ -774,7 +789,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
                 pass
             inet = False  # resets already
         fd = self._sock_fd
-        ud = super()._close_fd(exc, inet)
+        ud = super()._close_fd(exc, inet, queue_lost)
         if inet and ud:
             self._close_reset = (ud, fd)
 
