@@ -907,7 +907,6 @@ def _left(events: list, family: str) -> list:
         # (e) decision 426(b): close() closes our fd at once, stock's at
         # connection_lost a turn later, so the peer may get its EOF before
         # its own close() of that turn: EOF then connection_lost(None), not
-        # connection_lost(None) alone
         # connection_lost(None) alone. (b) on TCP (decision 523, tcp 346,
         # io_uring): a write from a callback to a peer that has closed and
         # reset leaves with the turn's flush (decision 71; epoll sends it

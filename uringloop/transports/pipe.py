@@ -495,13 +495,10 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
             # the stock writer callback (which resumes) is queued behind what
             # _ready held before the poll: so is the resume (decision 522),
             # and after close()/write_eof() the end that follows it (532)
-            closing = self._closing
-            h = self._loop.call_soon(
-                self._written_behind if closing else self._resume_behind, context=self._context
-            )
+            h = self._loop.call_soon(self._resume_behind, context=self._context)
             self._loop._sched_io_place(h, False)  # before timers collected early (414)
-            if not closing:
-                self._resume_h = h
+            self._resume_h = h
+            if not self._closing:
                 self._written()
             return
         try:
