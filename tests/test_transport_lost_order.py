@@ -379,7 +379,7 @@ def test_write_pipe_closed_in_connection_made(tloop):
     assert _write_pipe_closed_in_connection_made(tloop) == want
 
 
-def _closing_send_completes(loop, kind, paused, extra):
+def _closing_send_completes(loop, kind, paused, extra, debug=False):
     """close() with bytes the kernel has not taken yet: a Unix socketpair
     with SO_SNDBUF 32 KiB and 100,000 B, or a 4 KiB pipe and 6,000 B; paused
     (high-water mark 4096 / 1024) or not. The loop stops, the peer drains,
@@ -388,8 +388,12 @@ def _closing_send_completes(loop, kind, paused, extra):
     ready before the poll, or another connection whose record comes in the
     same poll and whose data_received queues X. Stock's writer callback,
     queued at the poll, resumes and calls connection_lost itself: before T,
-    X and the turn's end, behind the ready callback (decision 535)."""
+    X and the turn's end, behind the ready callback (decision 535). debug:
+    the loop in debug mode (ours runs the Python turn then)."""
     log = []
+    if debug:
+        loop.set_debug(True)
+        loop.slow_callback_duration = 100  # (no slow-callback warnings)
 
     class W(asyncio.Protocol):
         def connection_made(self, tr):
@@ -489,14 +493,15 @@ def _closing_send_completes(loop, kind, paused, extra):
     return log
 
 
+@pytest.mark.parametrize("debug", [False, True], ids=["native", "debug"])
 @pytest.mark.parametrize("extra", [None, "timer", "ready", "reader"])
 @pytest.mark.parametrize("paused", [False, True], ids=["running", "paused"])
 @pytest.mark.parametrize("kind", ["stream", "pipe"])
-def test_closing_send_completes_where_stock_writer_runs(tloop, kind, paused, extra):
+def test_closing_send_completes_where_stock_writer_runs(tloop, kind, paused, extra, debug):
     """The send that empties a closing transport completes in a poll:
     resume_writing and connection_lost come where stock's writer callback
     runs them, inside the stopped turn, ahead of a due timer and of what
     another reader of that poll schedules, behind a ready callback (535)."""
-    want = on_stock(_closing_send_completes, kind, paused, extra)
+    want = on_stock(_closing_send_completes, kind, paused, extra, debug)
     assert ("lost", None) in want and want.index(("lost", None)) < want.index("turn ended")
-    assert _closing_send_completes(tloop, kind, paused, extra) == want
+    assert _closing_send_completes(tloop, kind, paused, extra, debug) == want
