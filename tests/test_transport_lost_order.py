@@ -13,9 +13,12 @@ and on the loop under test, in the same test, and the logs must be equal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import functools
 import os
 import socket
+import time
 
 import pytest
 from transport_helpers import on_stock, run_in, tloop, tls, wait_for
@@ -374,3 +377,131 @@ def test_write_pipe_closed_in_connection_made(tloop):
     want = on_stock(_write_pipe_closed_in_connection_made)
     assert want == [("lost", None), "pipe closed"]
     assert _write_pipe_closed_in_connection_made(tloop) == want
+
+
+def _closing_send_completes(loop, kind, paused, extra, debug=False):
+    """close() with bytes the kernel has not taken yet: a Unix socketpair
+    with SO_SNDBUF 32 KiB and 100,000 B, or a 4 KiB pipe and 6,000 B; paused
+    (high-water mark 4096 / 1024) or not. The loop stops, the peer drains,
+    so the send completes by the next poll; that turn runs with stop()
+    pending (a stopped turn) and: nothing else, a due timer (T), a callback
+    ready before the poll, or another connection whose record comes in the
+    same poll and whose data_received queues X. Stock's writer callback,
+    queued at the poll, resumes and calls connection_lost itself: before T,
+    X and the turn's end, behind the ready callback (decision 535). debug:
+    the loop in debug mode (ours runs the Python turn then)."""
+    log = []
+    if debug:
+        loop.set_debug(True)
+        loop.slow_callback_duration = 100  # (no slow-callback warnings)
+
+    class W(asyncio.Protocol):
+        def connection_made(self, tr):
+            self.tr = tr
+
+        def pause_writing(self):
+            log.append("pause")
+
+        def resume_writing(self):
+            log.append("resume")
+
+        def connection_lost(self, exc):
+            log.append(("lost", exc))
+
+    class R(asyncio.Protocol):
+        def connection_made(self, tr):
+            self.tr = tr
+
+        def data_received(self, data):
+            loop.call_soon(log.append, "X")
+
+    w = W()
+    r = R()
+    rsock, rpeer = socket.socketpair()
+    if kind == "stream":
+        sock, peer = socket.socketpair()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
+        run_in(loop, loop.create_unix_connection(lambda: w, sock=sock))
+        size, high = 100_000, 4096
+
+        def drain():
+            peer.setblocking(False)
+            n = 0
+            with contextlib.suppress(BlockingIOError):
+                while data := peer.recv(1 << 20):
+                    n += len(data)
+            return n
+
+        def rest():
+            peer.settimeout(5)
+            n = 0
+            while data := peer.recv(1 << 20):
+                n += len(data)
+            peer.close()
+            return n
+    else:
+        rfd, wfd = os.pipe()
+        fcntl.fcntl(wfd, fcntl.F_SETPIPE_SZ, 4096)
+        os.set_blocking(rfd, False)
+        run_in(loop, loop.connect_write_pipe(lambda: w, os.fdopen(wfd, "wb", 0)))
+        size, high = 6000, 1024
+
+        def drain():
+            n = 0
+            with contextlib.suppress(BlockingIOError):
+                while data := os.read(rfd, 1 << 20):
+                    n += len(data)
+            return n
+
+        def rest():
+            n = drain()
+            os.close(rfd)
+            return n
+    try:
+        if extra == "reader":
+            run_in(loop, loop.create_unix_connection(lambda: r, sock=rsock))
+        w.tr.set_write_buffer_limits(high=high if paused else 1 << 20)
+
+        def first():
+            w.tr.write(b"x" * size)
+            w.tr.close()
+
+        loop.call_soon(first)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        if extra == "reader":
+            rpeer.send(b"r")
+        got = drain()
+        time.sleep(0.005)  # (io_uring-fallbacks, epoll: the send's retry)
+        if extra == "timer":
+            loop.call_later(0, log.append, "T")
+            time.sleep(0.002)
+        elif extra == "ready":
+            loop.call_soon(log.append, "ready first")
+        loop.stop()
+        loop.run_forever()
+        log.append("turn ended")
+        run_in(loop, asyncio.sleep(0.01))
+        got += rest()
+        log.append(("peer got", got == size))
+    finally:
+        if extra == "reader":
+            r.tr.close()
+            run_in(loop, asyncio.sleep(0))
+        rsock.close()
+        rpeer.close()
+    return log
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["native", "debug"])
+@pytest.mark.parametrize("extra", [None, "timer", "ready", "reader"])
+@pytest.mark.parametrize("paused", [False, True], ids=["running", "paused"])
+@pytest.mark.parametrize("kind", ["stream", "pipe"])
+def test_closing_send_completes_where_stock_writer_runs(tloop, kind, paused, extra, debug):
+    """The send that empties a closing transport completes in a poll:
+    resume_writing and connection_lost come where stock's writer callback
+    runs them, inside the stopped turn, ahead of a due timer and of what
+    another reader of that poll schedules, behind a ready callback (535)."""
+    want = on_stock(_closing_send_completes, kind, paused, extra, debug)
+    assert ("lost", None) in want and want.index(("lost", None)) < want.index("turn ended")
+    assert _closing_send_completes(tloop, kind, paused, extra, debug) == want

@@ -304,6 +304,60 @@ def test_read_sizes_and_record_splits(tloop, tls, buffered):
     both(run)
 
 
+class LenLoggingSSLObject(ssl.SSLObject):
+    """Logs the length each read() is asked for."""
+
+    lens: list = []
+
+    def read(self, len=1024, buffer=None):
+        type(self).lens.append(len)
+        return super().read(len, buffer)
+
+
+def test_copied_reads_allocate_a_record_not_max_size(tloop, tls):
+    """Decision 550: a plain SSLObject is asked for one record's plaintext a
+    read (16 KiB), not max_size (256 KiB), so a read's block stays under
+    glibc's mmap threshold (the stock class's 256 KiB is an mmap, an mremap
+    and an munmap a read in glibc's default state). Measured as the traced
+    peak while one 1,000-byte record and one 20,000-byte message (two
+    records) are read;
+    the bytes and the calls are the stock class's (the test above). An
+    sslobject_class still gets max_size, as from the stock class."""
+    import tracemalloc
+
+    def peak(cls, size):
+        app = App([])
+        p = Pair(tloop, tls, cls, app)
+        data, _ = p.peer_records(pattern(size, 7))
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            p.feed(data)
+            p.turn()
+            top = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+        assert bytes(app.data) == pattern(size, 7)
+        return top
+
+    for size in (1000, 20_000):
+        stock, ours = peak(CLASSES["stock"], size), peak(CLASSES["ours"], size)
+        assert stock >= 256 * KiB, (size, stock)
+        # the chunks, their join and the app's bytearray, one record's block
+        assert ours < 3 * size + 32 * KiB, (size, ours)
+
+    lens = {}
+    for name, cls in CLASSES.items():
+        sub = type("LenLogging", (LenLoggingSSLObject,), {"lens": []})
+        p = Pair(tloop, tls, cls, App([]), sslobject_class=sub)
+        data, _ = p.peer_records(pattern(40_000, 3))
+        p.feed(data)
+        p.turn()
+        lens[name] = sub.lens
+    # (ours skips the reads that would raise SSLWantReadError: fewer calls)
+    assert set(lens["ours"]) == set(lens["stock"]) == {256 * KiB}, lens
+
+
 class ByteArrayApp(BufApp):
     """get_buffer() hands over the bytearray itself, not a memoryview."""
 

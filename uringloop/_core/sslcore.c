@@ -55,7 +55,17 @@ static struct {
     PyObject *stock_get_buffer; /* sslproto.SSLProtocol.get_buffer */
     PyObject *msg;           /* 'Fatal error on SSL protocol' */
     PyObject *empty;         /* b'' */
+    PyObject *read_cap;      /* READ_CAP, an int */
 } C;
+
+/* The most a plain SSLObject's inner read is asked for a call (decision
+ * 550): one TLS record's plaintext (2^14). The stock protocol asks for
+ * max_size (256 KiB), so every read mallocs 256 KiB and shrinks it: under
+ * glibc's default thresholds an mmap, an mremap and an munmap a read. A
+ * record never holds more, so the reads and the bytes handed over are the
+ * same; a smaller block never reaches the mmap threshold, and its free
+ * never triggers a heap trim (glibc checks only for 64 KiB and more). */
+#define READ_CAP 16384
 
 static PyObject *s_state, *s_incoming, *s_outgoing, *s_sslobj, *s_pending, *s_read, *s_write,
     *s_app_reading_paused, *s_app_is_buffer, *s_app_protocol, *s_data_received,
@@ -428,6 +438,17 @@ static int read_copied(PyObject *self, PyObject *incoming, PyObject *target, PyO
     PyObject *max_size = PyObject_GetAttr(self, s_max_size);
     if (max_size == NULL)
         return -1;
+    /* an exact int above READ_CAP asked of the inner _ssl object: capped
+     * (anything else goes as it is, for the stock errors) */
+    PyObject *len = max_size;
+    Proto *p = PROTO(self);
+    if (target != p->target_for && PyLong_CheckExact(max_size)) {
+        long m = PyLong_AsLong(max_size);
+        if (m == -1 && PyErr_Occurred())
+            PyErr_Clear();
+        else if (m > READ_CAP && m <= INT_MAX)
+            len = C.read_cap;
+    }
     PyObject *first = NULL, *list = NULL;
     int eof = 0, rc = -1;
     for (;;) {
@@ -436,7 +457,7 @@ static int read_copied(PyObject *self, PyObject *incoming, PyObject *target, PyO
             goto done;
         if (!left)
             break;
-        PyObject *chunk = call1(target, s_read, max_size);
+        PyObject *chunk = call1(target, s_read, len);
         if (chunk == NULL) {
             if (clear_again())
                 break;
@@ -1037,7 +1058,8 @@ int ul_ssl_init(PyObject *module)
     SSL_INTERN(s_join, "join");
     SSL_INTERN(s_append, "append");
     if (!(C.msg = PyUnicode_InternFromString("Fatal error on SSL protocol")) ||
-        !(C.empty = PyBytes_FromStringAndSize(NULL, 0)))
+        !(C.empty = PyBytes_FromStringAndSize(NULL, 0)) ||
+        !(C.read_cap = PyLong_FromLong(READ_CAP)))
         return -1;
     /* as a class statement's type: object.__new__ */
     ProtoCoreType.tp_new = PyBaseObject_Type.tp_new;

@@ -488,15 +488,15 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
             return
         self._buffer_size -= sent
         if (
-            self._protocol_paused
-            and self._buffer_size <= self._low_water
-            and self._loop._sched_ahead()
-        ):
+            self._closing or (self._protocol_paused and self._buffer_size <= self._low_water)
+        ) and self._loop._sched_ahead():
             # the stock writer callback (which resumes) is queued behind what
             # _ready held before the poll: so is the resume (decision 522),
-            # and after close()/write_eof() the end that follows it (532)
+            # and after close()/write_eof() the end that follows it (532),
+            # paused or not (535); where stock's poll queues it, before the
+            # timers collected early (414) and what the batch scheduled (535)
             h = self._loop.call_soon(self._resume_behind, context=self._context)
-            self._loop._sched_io_place(h, False)  # before timers collected early (414)
+            self._loop._sched_io_place(h, True)
             self._resume_h = h
             if not self._closing:
                 self._written()

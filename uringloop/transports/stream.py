@@ -577,7 +577,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         writer handle, abort() and fatal errors cancel it; close() does not
         (decision 530). after: _after_sent follows the resume (531)."""
         h = self._loop.call_soon(self._resume_deferred, after, context=self._context)
-        self._loop._sched_io_place(h, False)  # before timers collected early (414)
+        # where stock's poll queues its writer: before the timers collected
+        # early (414) and what this batch's callbacks scheduled (535)
+        self._loop._sched_io_place(h, True)
         self._resume_h = h
 
     def _resume_deferred(self, after):
@@ -688,26 +690,38 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
                 self._empty_waiter.set_exception(exc)
             return
         c.buffer_size -= sent
-        if self._protocol_paused and c.buffer_size <= self._low_water and self._loop._sched_ahead():
-            self._resume_behind(True)  # behind _ready, as stock's writer (531)
+        if (
+            self._closing or (self._protocol_paused and c.buffer_size <= self._low_water)
+        ) and self._loop._sched_ahead():
+            # stock's writer, which resumes and (closing) calls
+            # connection_lost, runs behind _ready (531, 535)
+            self._resume_behind(True)
             return
         self._maybe_resume_protocol()  # may write more
         self._after_sent()
 
     def _after_sent(self, lost_now=False):
         """lost_now: in the place of stock's writer callback, which calls
-        connection_lost itself once closing and empty (decision 533)."""
+        connection_lost itself once closing and empty (decision 533); else
+        (a completion, in the I/O step) connection_lost's handle goes where
+        stock's poll queues that writer: ahead of the timers collected
+        early and of what the batch's callbacks scheduled, so inside a
+        stopped turn too (535)."""
         if self._core.buffer:
             self._mark_dirty()
             return
         if self._empty_waiter is not None and not self._empty_waiter.done():
             self._empty_waiter.set_result(None)
-        if self._closing:
+        if self._closing and not self._conn_lost:  # (resume_writing may have closed)
             self._conn_lost += 1
             self._sync()
-            self._close_fd(None, not lost_now)
+            self._close_fd(None, False)
             if lost_now:
                 self._call_connection_lost(None)
+            else:
+                loop = self._loop
+                h = loop.call_soon(self._call_connection_lost, None, context=self._context)
+                loop._sched_io_place(h, True)
 
     # ------------------------------------------------------------- closing
 
