@@ -17,18 +17,22 @@ context, so the server's row also holds the client sockets' receive of the
 server's data (and the other way round).
 
 Rows (per request):
-  syscalls          raw_syscalls:sys_enter
-  switches          sched:sched_switch (sleeps, mostly)
+  syscalls          raw_syscalls:sys_enter; indented below it, syscalls:sys_enter_<name>
+                    for the SYSCALLS named (decision 551)
+  switches          sched:sched_switch (sleeps, mostly); preempted: prev_state == 0
+  page faults       exceptions:page_fault_user
   wakeups           sched:sched_wakeup done by this side (of the other side, of ksoftirqd)
   xmit data / ack   net:net_dev_xmit, len > 100 / len <= 100 (a pure ACK is 66 bytes)
-  net_rx softirqs   irq:softirq_entry vec == NET_RX
+  softirqs          irq:softirq_entry; net_rx: vec == NET_RX
   seg->srv data/ack tcp:tcp_probe on the server's sockets (sport == port), data_len > 0 / == 0
   seg->cli data/ack tcp:tcp_probe on the client's sockets (dport == port)
-  recv ok / EAGAIN  sock:sock_recv_length ret > 0 / ret < 0
-  sends             sock:sock_send_length
+  recv ok / EAGAIN  sock:sock_recv_length ret > 0 / ret < 0; ok split by size
+  skbs copied out   skb:skb_copy_datagram_iovec (each skb a receive copies to user space)
+  sends             sock:sock_send_length, split by size
   data_ready        sock:sk_data_ready (a socket told of data)
   uring ...         io_uring:io_uring_task_add, _local_work_run, _task_work_run,
-                    _poll_arm, _submit_req, _complete, _cqring_wait
+                    _poll_arm, _submit_req, _complete, _cqring_wait, io-wq:
+                    _queue_async_work, _req_failed
 
 Needs perf and root (tracepoints). A report: nothing is asserted.
 """
@@ -49,24 +53,51 @@ sys.path.insert(0, HERE)
 import net_bench  # noqa: E402
 
 NET_RX = 3
+# the syscalls counted one by one under "syscalls" (all of them)
+SYSCALLS = (
+    "recvfrom",
+    "recvmsg",
+    "read",
+    "sendto",
+    "sendmsg",
+    "write",
+    "io_uring_enter",
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_ctl",
+    "brk",
+    "mmap",
+    "munmap",
+)
 
 
 def events(port):
     """(label, tracepoint, filter or None) for a server on TCP port `port`."""
     return [
         ("syscalls", "raw_syscalls:sys_enter", None),
+        *[(f"  {name}", f"syscalls:sys_enter_{name}", None) for name in SYSCALLS],
         ("switches", "sched:sched_switch", None),
+        ("  preempted", "sched:sched_switch", "prev_state == 0"),
+        ("page faults", "exceptions:page_fault_user", None),
         ("wakeups", "sched:sched_wakeup", None),
         ("xmit data", "net:net_dev_xmit", "len > 100"),
         ("xmit ack", "net:net_dev_xmit", "len <= 100"),
-        ("net_rx softirqs", "irq:softirq_entry", f"vec == {NET_RX}"),
+        ("softirqs", "irq:softirq_entry", None),
+        ("  net_rx", "irq:softirq_entry", f"vec == {NET_RX}"),
         ("seg->srv data", "tcp:tcp_probe", f"sport == {port} && data_len > 0"),
         ("seg->srv ack", "tcp:tcp_probe", f"sport == {port} && data_len == 0"),
         ("seg->cli data", "tcp:tcp_probe", f"dport == {port} && data_len > 0"),
         ("seg->cli ack", "tcp:tcp_probe", f"dport == {port} && data_len == 0"),
         ("recv ok", "sock:sock_recv_length", "ret > 0"),
+        ("  recv < 16 KiB", "sock:sock_recv_length", "ret > 0 && ret < 16384"),
+        ("  recv 16-64 KiB", "sock:sock_recv_length", "ret >= 16384 && ret < 65536"),
+        ("  recv >= 64 KiB", "sock:sock_recv_length", "ret >= 65536"),
         ("recv EAGAIN", "sock:sock_recv_length", "ret < 0"),
+        ("skbs copied out", "skb:skb_copy_datagram_iovec", None),
         ("sends", "sock:sock_send_length", None),
+        ("  send < 16 KiB", "sock:sock_send_length", "ret >= 0 && ret < 16384"),
+        ("  send 16-64 KiB", "sock:sock_send_length", "ret >= 16384 && ret < 65536"),
+        ("  send >= 64 KiB", "sock:sock_send_length", "ret >= 65536"),
         ("data_ready", "sock:sk_data_ready", None),
         ("uring task_add", "io_uring:io_uring_task_add", None),
         ("uring local_work_run", "io_uring:io_uring_local_work_run", None),
@@ -75,6 +106,8 @@ def events(port):
         ("uring submit_req", "io_uring:io_uring_submit_req", None),
         ("uring complete", "io_uring:io_uring_complete", None),
         ("uring cqring_wait", "io_uring:io_uring_cqring_wait", None),
+        ("uring io-wq", "io_uring:io_uring_queue_async_work", None),
+        ("uring req_failed", "io_uring:io_uring_req_failed", None),
     ]
 
 
@@ -182,6 +215,8 @@ def main():
     ap.add_argument("--freq", type=int, default=4999, help="--record's sampling frequency (Hz)")
     opts = ap.parse_args()
     opts.verify = True
+    if opts.record:
+        os.makedirs(opts.record, exist_ok=True)
     loops = [x for x in opts.loops.split(",") if x]
     wls = [w for w in net_bench.select_workloads(opts.workloads) if w["transport"] == "tcp"]
     if not wls:
