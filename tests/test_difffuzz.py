@@ -556,3 +556,13 @@ def test_tls_eof_warning_where_stock_was_reset():
     assert difffuzz.differences(ref, got, "tls") == []
     got["log"].append(["WARNING", "Fatal error on transport"])
     assert difffuzz.differences(ref, got, "tls")
+
+
+def test_a_hooks_queued_write_after_its_close_becomes_is_closing():
+    """Decision 554: unix 694's hook closes a, then queues a write on a. The
+    write is taken or dropped by a race on both loops (whether the end's
+    writer drained first), so the generator makes it an is_closing (it was
+    ["soon", ["write", "a", 100, "bytes"]])."""
+    prog = difffuzz.generate(694, "unix", callbacks=True)
+    hook = next(h for h in prog["hooks"] if ["close", "a"] in h["ops"])
+    assert hook["ops"][hook["ops"].index(["close", "a"]) + 1] == ["soon", ["is_closing", "a"]]

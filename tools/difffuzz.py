@@ -228,6 +228,20 @@ def _hooks(r: random.Random, fam: str, gen) -> list:
             if 0.08 <= k < 0.23:
                 op = ["soon", op]
             ops.append(op)
+        # Decision 554: a write queued (soon) after this hook's close() of
+        # the same end meets a timing race on both loops: it is taken while
+        # the end still holds bytes, dropped once connection_lost ran. On
+        # io_uring the kernel sends the held bytes while the hook runs, and
+        # the completion's connection_lost takes stock's writer's place,
+        # ahead of the queued write (535); stock's writer had not drained
+        # (unix 694: 100 bytes fewer). Such a write becomes an is_closing; the
+        # draws above are unchanged, so other seeds keep their programs.
+        closed = set()
+        for i, op in enumerate(ops):
+            if op[0] == "close":
+                closed.add(op[1])
+            elif op[0] == "soon" and op[1][0] in ("write", "writelines") and op[1][1] in closed:
+                ops[i] = ["soon", ["is_closing", op[1][1]]]
         h["ops"] = ops
         out.append(h)
     return out
