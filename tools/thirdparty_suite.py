@@ -4,7 +4,7 @@
 Not part of CI (each suite's three runs take minutes on the 2-CPU machine);
 run by hand after changes to the loop's public behaviour (decisions 437-441
 for anyio, 443-446 for aiohttp, 449-453 for websockets and uvicorn, 466-471
-for httpx, httpcore and starlette):
+for httpx, httpcore and starlette; 540-542 all seven again after 472-536):
 
     /work/venv/bin/python tools/thirdparty_suite.py              # anyio, everything
     /work/venv/bin/python tools/thirdparty_suite.py --ways io_uring -- -k connect
@@ -65,7 +65,8 @@ Steps, each skipped when its result is already in --work (default
    edited; ``--tests PATH`` narrows the paths), with ``-p no:cacheprovider
    --timeout 60``. Each run leaves
    ``<way>.txt`` (pytest's output, whose last lines count the uringloop loops
-   made) and ``<way>.xml`` (JUnit) in --work;
+   made) and ``<way>.xml`` (JUnit) in --work (``--ways ''`` stops after
+   the venv);
 4. a summary (also ``summary.txt``): passed/failed/error/skipped per way and
    per test module (``*`` where the ways differ), the tests that pass on
    stock and not on a uringloop way (the candidates), and the tests that do
