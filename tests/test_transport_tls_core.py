@@ -358,6 +358,45 @@ def test_copied_reads_allocate_a_record_not_max_size(tloop, tls):
     assert set(lens["ours"]) == set(lens["stock"]) == {256 * KiB}, lens
 
 
+class IntSub(int):
+    pass
+
+
+def test_odd_max_size_reads_as_stock(tloop, tls):
+    """Decision 555: only an exact int in (16 KiB, INT_MAX] is capped (550);
+    any other max_size set on the instance reaches the inner read as it is,
+    so the reads end as the stock class's do: the same bytes in the same
+    data_received calls, or the same error through _fatal_error. A
+    1,000-byte record, then 40,000 bytes (three records) in one feed."""
+    values = [0, -1, 1, 16383, 16384, 16385, (1 << 31) - 1, 1 << 31, 1 << 63, True,
+              IntSub(1 << 20), 3.5, "x"]
+
+    def run(cls):
+        logs = []
+        for value in values:
+            log = [value]
+            app = App(log)
+            p = Pair(tloop, tls, cls, app)
+            for size in (1000, 40_000):
+                data, _ = p.peer_records(pattern(size, 2))
+                # set only around the read (the stock get_buffer compares it)
+                p.proto.get_buffer(len(data))[: len(data)] = data
+                p.proto.max_size = value
+                p.proto.buffer_updated(len(data))
+                p.proto.max_size = 256 * KiB
+                p.turn()
+            log.append(bytes(app.data) == pattern(1000, 2) + pattern(40_000, 2))
+            log.append(p.proto._state.name)
+            logs.append([x if not isinstance(x, tuple) or x[0] != "app.lost"
+                         else ("app.lost", type(x[1]).__name__) for x in log])
+        return logs
+
+    logs = both(run)
+    # 0: close_notify to the app, then the SSLError of a read after the
+    # shutdown; -1: ValueError; 2**63: OverflowError; 3.5, 'x': TypeError
+    assert [log[0] for log in logs if not log[-2]] == [0, -1, 1 << 63, 3.5, "x"], logs
+
+
 class ByteArrayApp(BufApp):
     """get_buffer() hands over the bytearray itself, not a memoryview."""
 
