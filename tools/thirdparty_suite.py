@@ -4,7 +4,8 @@
 Not part of CI (each suite's three runs take minutes on the 2-CPU machine);
 run by hand after changes to the loop's public behaviour (decisions 437-441
 for anyio, 443-446 for aiohttp, 449-453 for websockets and uvicorn, 466-471
-for httpx, httpcore and starlette; 540-542 all seven again after 472-536):
+for httpx, httpcore and starlette; 540-542 all seven again after 472-536;
+557-559 anyio, websockets and uvicorn on Python 3.13):
 
     /work/venv/bin/python tools/thirdparty_suite.py              # anyio, everything
     /work/venv/bin/python tools/thirdparty_suite.py --ways io_uring -- -k connect
