@@ -513,18 +513,12 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
     def _resume_behind(self):
         # not after abort() or a fatal error (stock's removes its writer);
         # after close()/write_eof() stock's writer still runs, resumes, then
-        # calls connection_lost itself (decision 534)
+        # calls connection_lost itself, or writes the rest (decision 534)
         self._resume_h = None
-        if not self._lost and not self._writing:
-            if self._closing:
-                self._written_behind()
-            else:
-                self._maybe_resume_protocol()
-
-    def _written_behind(self):
-        # closing: stock's writer resumes, then calls connection_lost (or
-        # writes the rest); not after abort() or a fatal error
-        if self._lost:
+        if self._lost or self._writing:
+            return
+        if not self._closing:
+            self._maybe_resume_protocol()
             return
         try:
             self._maybe_resume_protocol()
