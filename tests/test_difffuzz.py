@@ -566,3 +566,57 @@ def test_a_hooks_queued_write_after_its_close_becomes_is_closing():
     prog = difffuzz.generate(694, "unix", callbacks=True)
     hook = next(h for h in prog["hooks"] if ["close", "a"] in h["ops"])
     assert hook["ops"][hook["ops"].index(["close", "a"]) + 1] == ["soon", ["is_closing", "a"]]
+
+
+def test_stock_close_stuck_behind_an_empty_part_is_skipped(monkeypatch):
+    """Decision 573: on 3.12+ a writelines() whose last part is empty
+    leaves that part in stock's buffer for good, so a close() after it
+    never ends (3.13 tcp seed 942 with --callbacks, plain seed 990). A
+    stock trace that met it (synthetic, so the test runs on any Python)
+    makes check() skip the program; ours is not run. One without it is
+    compared."""
+    stuck = {
+        "ends": {"b": [["made"]], "a": [["made"], ["lost", None, 65544]]},
+        "ops": [[0, "writelines", "b", "ok", None], [1, "close", "b", "ok", None]],
+        "handler": [],
+        "log": [],
+        "fatal": "TimeoutError: ",
+        "empty_part": ["b"],
+        "stuck_empty": ["b"],
+        "leaked_fds": ["socket:[#]"],
+    }
+    runs = []
+    monkeypatch.setattr(difffuzz, "run", lambda kind, prog: runs.append(kind) or stuck)
+    prog = {
+        "seed": 942,
+        "family": "tcp",
+        "ops": [["writelines", "b", [65536, 1, 7, 0]], ["close", "b"]],
+        "buffered": {"a": True, "b": False},
+        "bufsize": {"a": 100, "b": 4096},
+        "keep_open": {"a": False, "b": False},
+        "hooks": [],
+    }
+    res = difffuzz.check(prog, ["epoll"])
+    assert list(res) == ["stock"] and "0-byte part" in res["stock"][0]
+    assert runs == ["stock"]
+    stuck = dict(stuck, stuck_empty=[])  # a hang of another cause
+    ends = {"b": [["made"], ["lost", None, 0]], "a": stuck["ends"]["a"]}
+    ours = dict(stuck, fatal=None, leaked_fds=[], ends=ends)
+    monkeypatch.setattr(difffuzz, "run", lambda kind, prog: stuck if kind == "stock" else ours)
+    assert difffuzz.check(prog, ["epoll"])["epoll"]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="3.11's writelines joins its parts")
+def test_stock_marks_a_close_behind_only_empty_parts():
+    """Decision 573: the stock run of seed 990's shrunk program records the
+    stuck buffer at its close (the marker check() skips on)."""
+    prog = {
+        "seed": 990,
+        "family": "tcp",
+        "ops": [["writelines", "a", [1000, 7, 0]], ["close", "a"]],
+        "buffered": {"a": True, "b": True},
+        "bufsize": {"a": 4096, "b": 4096},
+        "keep_open": {"a": False, "b": False},
+    }
+    assert difffuzz.run("stock", prog).get("stuck_empty") == ["a"]
+    assert list(difffuzz.check(prog, ["epoll"])) == ["stock"]
