@@ -620,3 +620,34 @@ def test_stock_marks_a_close_behind_only_empty_parts():
     }
     assert difffuzz.run("stock", prog).get("stuck_empty") == ["a"]
     assert list(difffuzz.check(prog, ["epoll"])) == ["stock"]
+
+
+def test_stock_socket_lost_twice_after_a_resume_writing_close(monkeypatch):
+    """Decision 574: stock's socket transport calls _call_connection_lost
+    twice when resume_writing() closes it from the writer that drained the
+    buffer (unix seed 909 with --callbacks, shrunk); the second call's
+    AttributeError goes to the handler. Ours calls it once. Synthetic
+    traces: that one handler entry is let through, another is not."""
+    prog = {
+        "seed": 909,
+        "family": "unix",
+        "ops": [["write", "b", 1000000, "bytearray"]],
+        "buffered": {"a": False, "b": False},
+        "bufsize": {"a": 100, "b": 100},
+        "keep_open": {"a": True, "b": False},
+        "hooks": [{"end": "b", "event": "resume_writing", "ops": [["close", "b"]]}],
+    }
+    ours = {
+        "ends": {"b": [["made"], ["lost", None, 0]], "a": [["made"], ["lost", None, 9]]},
+        "ops": [[0, "write", "b", "ok", None]],
+        "handler": [],
+        "log": [],
+        "fatal": None,
+        "leaked_fds": [],
+    }
+    name = "Exception in callback _SelectorSocketTransport._call_connection_lost()"
+    stock = dict(ours, handler=[[name, "AttributeError"]])
+    monkeypatch.setattr(difffuzz, "run", lambda kind, prog: stock if kind == "stock" else ours)
+    assert difffuzz.check(prog, ["epoll"]) == {"epoll": []}
+    stock = dict(ours, handler=[[name, "RuntimeError"]])
+    assert difffuzz.check(prog, ["epoll"])["epoll"]
