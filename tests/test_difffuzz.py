@@ -651,3 +651,42 @@ def test_stock_socket_lost_twice_after_a_resume_writing_close(monkeypatch):
     assert difffuzz.check(prog, ["epoll"]) == {"epoll": []}
     stock = dict(ours, handler=[[name, "RuntimeError"]])
     assert difffuzz.check(prog, ["epoll"])["epoll"]
+
+
+def test_reader_cut_by_its_own_write_from_the_peers_lost_hook(monkeypatch):
+    """Decision 575: b closes from resume_writing; its connection_lost hook
+    makes a write to it, which fails (EPIPE) and drops what a had not read
+    yet: where a's reads had got follows the loop's read sizes (unix seed
+    909 with --callbacks, shrunk; stock 877056, fallbacks 884736). Synthetic
+    traces from that run: the counts are let through, the events are not."""
+    prog = {
+        "seed": 909,
+        "family": "unix",
+        "ops": [["write", "b", 1000000, "bytearray"]],
+        "buffered": {"a": False, "b": False},
+        "bufsize": {"a": 100, "b": 100},
+        "keep_open": {"a": True, "b": False},
+        "hooks": [],
+    }
+    b_end = [["made"], ["pause_writing"], ["resume_writing"], ["hook", 0, "close", "b", "ok", None]]
+    b_end += [["lost", None, 0], ["hook", 1, "write", "a", "ok", None], ["data", 0, 0]]
+
+    def trace(n, crc):
+        a_end = [["made"], ["lost", "BrokenPipeError[32]", n], ["data", n, crc]]
+        return {
+            "ends": {"b": b_end, "a": a_end},
+            "ops": [[0, "write", "b", "ok", None]],
+            "handler": [],
+            "log": [],
+            "fatal": None,
+            "cut": ["b"],
+            "flow_hooks": [0],
+            "lost_hook": ["b"],
+            "leaked_fds": [],
+        }
+
+    stock, ours = trace(877056, 1078317418), trace(884736, 2691271189)
+    monkeypatch.setattr(difffuzz, "run", lambda kind, prog: stock if kind == "stock" else ours)
+    assert difffuzz.check(prog, ["io_uring-fallbacks"]) == {"io_uring-fallbacks": []}
+    ours["ends"]["a"].insert(1, ["pause_writing"])  # an event more is a difference
+    assert difffuzz.check(prog, ["io_uring-fallbacks"])["io_uring-fallbacks"]
