@@ -623,7 +623,7 @@ def test_stock_marks_a_close_behind_only_empty_parts():
 
 
 def test_stock_socket_lost_twice_after_a_resume_writing_close(monkeypatch):
-    """Decision 574: stock's socket transport calls _call_connection_lost
+    """Decision 574(a): stock's socket transport calls _call_connection_lost
     twice when resume_writing() closes it from the writer that drained the
     buffer (unix seed 909 with --callbacks, shrunk); the second call's
     AttributeError goes to the handler. Ours calls it once. Synthetic
@@ -654,7 +654,7 @@ def test_stock_socket_lost_twice_after_a_resume_writing_close(monkeypatch):
 
 
 def test_reader_cut_by_its_own_write_from_the_peers_lost_hook(monkeypatch):
-    """Decision 575: b closes from resume_writing; its connection_lost hook
+    """Decision 574(b): b closes from resume_writing; its connection_lost hook
     makes a write to it, which fails (EPIPE) and drops what a had not read
     yet: where a's reads had got follows the loop's read sizes (unix seed
     909 with --callbacks, shrunk; stock 877056, fallbacks 884736). Synthetic
@@ -690,3 +690,34 @@ def test_reader_cut_by_its_own_write_from_the_peers_lost_hook(monkeypatch):
     assert difffuzz.check(prog, ["io_uring-fallbacks"]) == {"io_uring-fallbacks": []}
     ours["ends"]["a"].append(["hook", 5, "is_closing", "a", "ok", True])  # one more: differs
     assert difffuzz.check(prog, ["io_uring-fallbacks"])["io_uring-fallbacks"]
+
+
+def test_pipe_writers_buffer_behind_a_hook_paused_reader(monkeypatch):
+    """Decision 574(c): a resume_writing hook pauses the reader (cut); ours
+    reads a paused pipe ahead (162), so the writer's buffer is empty where
+    stock's is not (pipe seed 940 with --callbacks, shrunk). Synthetic
+    traces: that bufsize result is let through, another op's is not."""
+    prog = {
+        "seed": 940,
+        "family": "pipe",
+        "ops": [["write", "w", 70000, "bytes"], ["bufsize", "w"]],
+        "keep_open": {"r": False},
+        "hooks": [],
+    }
+
+    def trace(size, cut=("r",)):
+        return {
+            "ends": {"r": [["made"]], "w": [["made"]]},
+            "ops": [[0, "write", "w", "ok", None], [1, "bufsize", "w", "ok", size]],
+            "handler": [],
+            "log": [],
+            "fatal": None,
+            "cut": list(cut),
+            "leaked_fds": [],
+        }
+
+    runs = {"stock": trace(">0"), "epoll": trace("0")}
+    monkeypatch.setattr(difffuzz, "run", lambda kind, prog: runs[kind])
+    assert difffuzz.check(prog, ["epoll"]) == {"epoll": []}
+    runs = {"stock": trace(">0", cut=()), "epoll": trace("0", cut=())}  # reader not cut
+    assert difffuzz.check(prog, ["epoll"])["epoll"]
