@@ -3,6 +3,7 @@
     python benchmarks/kcounts.py          # echo-1k-c100, Protocol and BufferedProtocol, TCP
     python benchmarks/kcounts.py --loops uvloop,uringloop-io_uring --workloads echo-1k-c100-protocol
     python benchmarks/kcounts.py --reps 3 --record /tmp/prof   # where the server's CPU goes
+    python benchmarks/kcounts.py --record /tmp/pf --event page-faults   # where it faults
 
 Timings on a shared machine move by tens of per cent; counts of what the
 kernel did do not. Each run is net_bench's (benchmarks/net_bench.py): a
@@ -20,7 +21,9 @@ Rows (per request):
   syscalls          raw_syscalls:sys_enter; indented below it, syscalls:sys_enter_<name>
                     for the SYSCALLS named (decision 551)
   switches          sched:sched_switch (sleeps, mostly); preempted: prev_state == 0
-  page faults       exceptions:page_fault_user
+  page faults       the page-faults software event, user and kernel mode (a receive's copy
+                    into a fresh page faults in the kernel); in user mode:
+                    exceptions:page_fault_user
   wakeups           sched:sched_wakeup done by this side (of the other side, of ksoftirqd)
   xmit data / ack   net:net_dev_xmit, len > 100 / len <= 100 (a pure ACK is 66 bytes)
   softirqs          irq:softirq_entry; net_rx: vec == NET_RX
@@ -68,6 +71,7 @@ SYSCALLS = (
     "brk",
     "mmap",
     "munmap",
+    "madvise",
 )
 
 
@@ -78,7 +82,8 @@ def events(port):
         *[(f"  {name}", f"syscalls:sys_enter_{name}", None) for name in SYSCALLS],
         ("switches", "sched:sched_switch", None),
         ("  preempted", "sched:sched_switch", "prev_state == 0"),
-        ("page faults", "exceptions:page_fault_user", None),
+        ("page faults", "page-faults", None),
+        ("  in user mode", "exceptions:page_fault_user", None),
         ("wakeups", "sched:sched_wakeup", None),
         ("xmit data", "net:net_dev_xmit", "len > 100"),
         ("xmit ack", "net:net_dev_xmit", "len <= 100"),
@@ -150,9 +155,8 @@ def run_one(wl, loop, opts, tmp):
                 "record",
                 "-q",
                 "-e",
-                "cpu-clock",
-                "-F",
-                str(opts.freq),
+                opts.event,
+                *(["-F", str(opts.freq)] if opts.event == "cpu-clock" else ["-c", "1"]),
                 "-g",
                 "-o",
                 data,
@@ -213,6 +217,13 @@ def main():
         "DIR/<workload>-<loop>-<rep>.data, then a table of where its time went",
     )
     ap.add_argument("--freq", type=int, default=4999, help="--record's sampling frequency (Hz)")
+    ap.add_argument(
+        "--event",
+        default="cpu-clock",
+        help="--record's event; another one (page-faults, exceptions:page_fault_user) is "
+        "recorded at every occurrence and the table counts them per request, user-space "
+        "samples split by their innermost function",
+    )
     opts = ap.parse_args()
     opts.verify = True
     if opts.record:
@@ -241,7 +252,7 @@ def main():
         with open(opts.json, "w") as f:
             json.dump({"loadavg": os.getloadavg(), "runs": runs}, f, indent=1)
     if opts.record:
-        profile_report(runs, wls, loops)
+        profile_report(runs, wls, loops, opts.event)
     else:
         report(runs, wls, loops)
 
@@ -258,9 +269,11 @@ PARTS = (
 )
 
 
-def classify(frames):
+def classify(frames, split_user=False):
     """(syscall, part) of one sample's stack (leaf first: (sym, dso) pairs)."""
     if not frames or "kernel.kallsyms" not in frames[0][1]:
+        if split_user and frames:
+            return "user", next((s for s, d in frames if not s.startswith("[unknown]")), "?")
         return "user", ""
     syms = [f[0] for f in frames]
     call = "no syscall (irq, fault)"
@@ -280,8 +293,8 @@ def classify(frames):
     return call, "rest"
 
 
-def profile(path):
-    """{(syscall, part): ns} from a perf record -g file."""
+def profile(path, split_user=False):
+    """{(syscall, part): ns, or events} from a perf record -g file."""
     out = subprocess.run(
         ["perf", "script", "-i", path, "-F", "period,ip,sym,dso"],
         capture_output=True,
@@ -301,15 +314,21 @@ def profile(path):
                 continue
             sym, _, dso = parts[1].rpartition(" (")
             frames.append((sym, dso))
-        key = classify(frames)
+        key = classify(frames, split_user)
         acc[key] = acc.get(key, 0) + period
     return acc
 
 
-def profile_report(runs, wls, loops):
+def profile_report(runs, wls, loops, event="cpu-clock"):
+    clock = event == "cpu-clock"
     print(
         f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
-        "server CPU (cpu-clock samples) per request, ns, all reps pooled"
+        + (
+            "server CPU (cpu-clock samples) per request, ns"
+            if clock
+            else f"server {event} per request (user-space ones by innermost function)"
+        )
+        + ", all reps pooled"
     )
     for wl in wls:
         got = {
@@ -321,19 +340,20 @@ def profile_report(runs, wls, loops):
         for lp in shown:
             n = sum(r["completed"] for r in got[lp])
             for r in got[lp]:
-                for key, ns in profile(r["data"]).items():
+                for key, ns in profile(r["data"], not clock).items():
                     table.setdefault(key, {}).setdefault(lp, 0)
                     table[key][lp] += ns / n
         print(f"\n## {wl['id']}")
         print("| syscall | part | " + " | ".join(shown) + " |")
         print("|" + "---|" * (2 + len(shown)))
         total = {lp: sum(v.get(lp, 0) for v in table.values()) for lp in shown}
+        fmt = 0 if clock else 2
         for key in sorted(table, key=lambda k: -max(table[k].values())):
             vals = [table[key].get(lp, 0) for lp in shown]
-            if max(vals) < 20:
+            if max(vals) < (20 if clock else 0.05):
                 continue
-            print(f"| {key[0]} | {key[1]} | " + " | ".join(f"{v:.0f}" for v in vals) + " |")
-        print("| all | | " + " | ".join(f"{total[lp]:.0f}" for lp in shown) + " |")
+            print(f"| {key[0]} | {key[1]} | " + " | ".join(f"{v:.{fmt}f}" for v in vals) + " |")
+        print("| all | | " + " | ".join(f"{total[lp]:.{fmt}f}" for lp in shown) + " |")
 
 
 def loadavg():
