@@ -59,6 +59,48 @@ def pytest_collection_finish(session):
 
 
 # --------------------------------------------------------------------------
+# where the suite's time goes (URINGLOOP_TEST_TIMES=DIR, decision 560)
+
+_TIMES_DIR = os.environ.get("URINGLOOP_TEST_TIMES", "")
+
+
+def _thread_schedstat() -> tuple[int, int]:
+    """(ns on a CPU, ns waiting for one) of the calling thread, or zeros."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            run, wait = f.read().split()[:2]
+        return int(run), int(wait)
+    except (OSError, ValueError):
+        return 0, 0
+
+
+if _TIMES_DIR:
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        """One line per test (setup, call and teardown together) in
+        DIR/times-<python>-<cwd's name>-<pid>.tsv: node id, wall seconds, this process's
+        CPU seconds (every thread), its reaped children's CPU seconds, and
+        the main thread's seconds waiting for a CPU (the load's share). Wall
+        minus the three is time the test spent blocked: sleeping, waiting."""
+        t0, c0, k0 = time.monotonic(), time.process_time(), os.times()
+        s0 = _thread_schedstat()[1]
+        yield
+        k1 = os.times()
+        kids = (k1.children_user + k1.children_system) - (k0.children_user + k0.children_system)
+        line = (
+            f"{item.nodeid}\t{time.monotonic() - t0:.4f}\t{time.process_time() - c0:.4f}"
+            f"\t{kids:.4f}\t{(_thread_schedstat()[1] - s0) / 1e9:.4f}\n"
+        )
+        name = (
+            f"times-{sys.version_info[0]}.{sys.version_info[1]}"
+            f"-{os.path.basename(os.getcwd())}-{os.getpid()}.tsv"
+        )
+        with open(os.path.join(_TIMES_DIR, name), "a") as f:
+            f.write(line)
+
+
+# --------------------------------------------------------------------------
 # backends
 
 

@@ -566,3 +566,158 @@ def test_a_hooks_queued_write_after_its_close_becomes_is_closing():
     prog = difffuzz.generate(694, "unix", callbacks=True)
     hook = next(h for h in prog["hooks"] if ["close", "a"] in h["ops"])
     assert hook["ops"][hook["ops"].index(["close", "a"]) + 1] == ["soon", ["is_closing", "a"]]
+
+
+def test_stock_close_stuck_behind_an_empty_part_is_skipped(monkeypatch):
+    """Decision 573: on 3.12+ a writelines() whose last part is empty
+    leaves that part in stock's buffer for good, so a close() after it
+    never ends (3.13 tcp seed 942 with --callbacks, plain seed 990). A
+    stock trace that met it (synthetic, so the test runs on any Python)
+    makes check() skip the program; ours is not run. One without it is
+    compared."""
+    stuck = {
+        "ends": {"b": [["made"]], "a": [["made"], ["lost", None, 65544]]},
+        "ops": [[0, "writelines", "b", "ok", None], [1, "close", "b", "ok", None]],
+        "handler": [],
+        "log": [],
+        "fatal": "TimeoutError: ",
+        "empty_part": ["b"],
+        "stuck_empty": ["b"],
+        "leaked_fds": ["socket:[#]"],
+    }
+    runs = []
+    monkeypatch.setattr(difffuzz, "run", lambda kind, prog: runs.append(kind) or stuck)
+    prog = {
+        "seed": 942,
+        "family": "tcp",
+        "ops": [["writelines", "b", [65536, 1, 7, 0]], ["close", "b"]],
+        "buffered": {"a": True, "b": False},
+        "bufsize": {"a": 100, "b": 4096},
+        "keep_open": {"a": False, "b": False},
+        "hooks": [],
+    }
+    res = difffuzz.check(prog, ["epoll"])
+    assert list(res) == ["stock"] and "0-byte part" in res["stock"][0]
+    assert runs == ["stock"]
+    stuck = dict(stuck, stuck_empty=[])  # a hang of another cause
+    ends = {"b": [["made"], ["lost", None, 0]], "a": stuck["ends"]["a"]}
+    ours = dict(stuck, fatal=None, leaked_fds=[], ends=ends)
+    monkeypatch.setattr(difffuzz, "run", lambda kind, prog: stuck if kind == "stock" else ours)
+    assert difffuzz.check(prog, ["epoll"])["epoll"]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="3.11's writelines joins its parts")
+def test_stock_marks_a_close_behind_only_empty_parts():
+    """Decision 573: the stock run of seed 990's shrunk program records the
+    stuck buffer at its close (the marker check() skips on)."""
+    prog = {
+        "seed": 990,
+        "family": "tcp",
+        "ops": [["writelines", "a", [1000, 7, 0]], ["close", "a"]],
+        "buffered": {"a": True, "b": True},
+        "bufsize": {"a": 4096, "b": 4096},
+        "keep_open": {"a": False, "b": False},
+    }
+    assert difffuzz.run("stock", prog).get("stuck_empty") == ["a"]
+    assert list(difffuzz.check(prog, ["epoll"])) == ["stock"]
+
+
+def test_stock_socket_lost_twice_after_a_resume_writing_close(monkeypatch):
+    """Decision 574(a): stock's socket transport calls _call_connection_lost
+    twice when resume_writing() closes it from the writer that drained the
+    buffer (unix seed 909 with --callbacks, shrunk); the second call's
+    AttributeError goes to the handler. Ours calls it once. Synthetic
+    traces: that one handler entry is let through, another is not."""
+    prog = {
+        "seed": 909,
+        "family": "unix",
+        "ops": [["write", "b", 1000000, "bytearray"]],
+        "buffered": {"a": False, "b": False},
+        "bufsize": {"a": 100, "b": 100},
+        "keep_open": {"a": True, "b": False},
+        "hooks": [{"end": "b", "event": "resume_writing", "ops": [["close", "b"]]}],
+    }
+    ours = {
+        "ends": {"b": [["made"], ["lost", None, 0]], "a": [["made"], ["lost", None, 9]]},
+        "ops": [[0, "write", "b", "ok", None]],
+        "handler": [],
+        "log": [],
+        "fatal": None,
+        "leaked_fds": [],
+    }
+    name = "Exception in callback _SelectorSocketTransport._call_connection_lost()"
+    stock = dict(ours, handler=[[name, "AttributeError"]])
+    monkeypatch.setattr(difffuzz, "run", lambda kind, prog: stock if kind == "stock" else ours)
+    assert difffuzz.check(prog, ["epoll"]) == {"epoll": []}
+    stock = dict(ours, handler=[[name, "RuntimeError"]])
+    assert difffuzz.check(prog, ["epoll"])["epoll"]
+
+
+def test_reader_cut_by_its_own_write_from_the_peers_lost_hook(monkeypatch):
+    """Decision 574(b): b closes from resume_writing; its connection_lost hook
+    makes a write to it, which fails (EPIPE) and drops what a had not read
+    yet: where a's reads had got follows the loop's read sizes (unix seed
+    909 with --callbacks, shrunk; stock 877056, fallbacks 884736). Synthetic
+    traces from that run: the counts are let through, the events are not."""
+    prog = {
+        "seed": 909,
+        "family": "unix",
+        "ops": [["write", "b", 1000000, "bytearray"]],
+        "buffered": {"a": False, "b": False},
+        "bufsize": {"a": 100, "b": 100},
+        "keep_open": {"a": True, "b": False},
+        "hooks": [],
+    }
+    b_end = [["made"], ["pause_writing"], ["resume_writing"], ["hook", 0, "close", "b", "ok", None]]
+    b_end += [["lost", None, 0], ["hook", 1, "write", "a", "ok", None], ["data", 0, 0]]
+
+    def trace(n, crc):
+        a_end = [["made"], ["lost", "BrokenPipeError[32]", n], ["data", n, crc]]
+        return {
+            "ends": {"b": b_end, "a": a_end},
+            "ops": [[0, "write", "b", "ok", None]],
+            "handler": [],
+            "log": [],
+            "fatal": None,
+            "cut": ["b"],
+            "flow_hooks": [0],
+            "lost_hook": ["b"],
+            "leaked_fds": [],
+        }
+
+    stock, ours = trace(877056, 1078317418), trace(884736, 2691271189)
+    monkeypatch.setattr(difffuzz, "run", lambda kind, prog: stock if kind == "stock" else ours)
+    assert difffuzz.check(prog, ["io_uring-fallbacks"]) == {"io_uring-fallbacks": []}
+    ours["ends"]["a"].append(["hook", 5, "is_closing", "a", "ok", True])  # one more: differs
+    assert difffuzz.check(prog, ["io_uring-fallbacks"])["io_uring-fallbacks"]
+
+
+def test_pipe_writers_buffer_behind_a_hook_paused_reader(monkeypatch):
+    """Decision 574(c): a resume_writing hook pauses the reader (cut); ours
+    reads a paused pipe ahead (162), so the writer's buffer is empty where
+    stock's is not (pipe seed 940 with --callbacks, shrunk). Synthetic
+    traces: that bufsize result is let through, another op's is not."""
+    prog = {
+        "seed": 940,
+        "family": "pipe",
+        "ops": [["write", "w", 70000, "bytes"], ["bufsize", "w"]],
+        "keep_open": {"r": False},
+        "hooks": [],
+    }
+
+    def trace(size, cut=("r",)):
+        return {
+            "ends": {"r": [["made"]], "w": [["made"]]},
+            "ops": [[0, "write", "w", "ok", None], [1, "bufsize", "w", "ok", size]],
+            "handler": [],
+            "log": [],
+            "fatal": None,
+            "cut": list(cut),
+            "leaked_fds": [],
+        }
+
+    runs = {"stock": trace(">0"), "epoll": trace("0")}
+    monkeypatch.setattr(difffuzz, "run", lambda kind, prog: runs[kind])
+    assert difffuzz.check(prog, ["epoll"]) == {"epoll": []}
+    runs = {"stock": trace(">0", cut=()), "epoll": trace("0", cut=())}  # reader not cut
+    assert difffuzz.check(prog, ["epoll"])["epoll"]

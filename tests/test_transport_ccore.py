@@ -87,7 +87,8 @@ def test_write_partly_taken_then_mutate(tloop):
         loop = asyncio.get_running_loop()
         tr, proto, peer = await _connected(loop, Lost)
         with peer:
-            tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            # 64 KiB: below it loopback TCP crawls (decision 561)
+            tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
             buf = bytearray(bytes(range(256)) * 8192)  # 2 MiB: more than the kernel takes
             expected = bytes(buf)
             tr.write(buf)
@@ -116,7 +117,8 @@ def test_write_while_a_send_is_in_flight_leaves_after_it(tloop):
         loop = asyncio.get_running_loop()
         tr, proto, peer = await _connected(loop, Lost)
         with peer:
-            tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            # 64 KiB: below it loopback TCP crawls (decision 561)
+            tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
             tr.set_write_buffer_limits(high=8 << 20)  # no pausing, no direct send
             first = bytes(range(256)) * 4096  # 1 MiB: more than the kernel takes
             tr.write(first)

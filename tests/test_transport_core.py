@@ -519,11 +519,14 @@ def test_server_close_stops_accepting_at_once(any_loop):
     run_in(loop, main())
 
 
-def test_accept_survives_descriptor_exhaustion(any_loop):
+def test_accept_survives_descriptor_exhaustion(any_loop, monkeypatch):
     """EMFILE: the exception handler hears of it, accepting pauses for
     ACCEPT_RETRY_DELAY and resumes; the waiting connection is not lost.
     (The limit is lowered before the server starts: io_uring's accept takes
-    RLIMIT_NOFILE when the op is armed, not when a connection comes.)"""
+    RLIMIT_NOFILE when the op is armed, not when a connection comes.) The
+    pause is 0.1 s here, not 1 s: both loops read the constant when they
+    pause (decision 561)."""
+    monkeypatch.setattr(asyncio.constants, "ACCEPT_RETRY_DELAY", 0.1)
     loop = any_loop
     contexts = []
     loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))

@@ -588,10 +588,13 @@ def test_server_object(tloop):
     run_in(tloop, main())
 
 
-def test_accept_out_of_fds_resumes(tloop, caplog):
+def test_accept_out_of_fds_resumes(tloop, caplog, monkeypatch):
     """accept() failing with EMFILE: the server logs it, stops accepting for a
-    while and resumes, and every connection queued meanwhile is served."""
+    while and resumes, and every connection queued meanwhile is served. The
+    while (ACCEPT_RETRY_DELAY) is 0.1 s here, not 1 s (decision 561)."""
     import resource
+
+    monkeypatch.setattr(asyncio.constants, "ACCEPT_RETRY_DELAY", 0.1)
 
     from transport_helpers import open_fds
 

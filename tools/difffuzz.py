@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import gc
 import logging
@@ -783,6 +784,8 @@ class _Runner:
         name, side = op[0], op[1]
         e = self.ends[side]
         t = e.transport
+        if name in ("close", "write_eof") and _stuck_empty(t):
+            self.trace.setdefault("stuck_empty", []).append(side)  # 573
         try:
             if name == "write":
                 data = payload(op[2], self._salt())
@@ -1214,6 +1217,21 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
             if _gone_after_lost_hook(a) == _gone_after_lost_hook(b):
                 gone.add(s)
                 continue  # 499(b)
+            ga, gb = _gone_after_lost_hook(a), _gone_after_lost_hook(b)
+            cut_at = ("peer gone (decision 499)", "data")
+            if any(ev[0] == cut_at[0] for ev in ga) and [
+                ev[:1] if ev[0] in cut_at else ev for ev in ga
+            ] == [ev[:1] if ev[0] in cut_at else ev for ev in gb]:
+                # Decision 574(b): this end's own write from its peer's
+                # connection_lost met the closed peer (EPIPE) with the
+                # peer's last bytes still unread here; the fatal error
+                # drops them, so the count it ends at is how far its reads
+                # had got, which follows each loop's read sizes (unix seed
+                # 909 with --callbacks: stock 877056, io_uring 1000000,
+                # fallbacks 884736, on 3.11 to 3.13). Its bytes are still
+                # checked as a prefix of the peer's writes
+                gone.add(s)
+                continue
         if a != b and s in zero_high and _no_flow(a, flow_hooks) == _no_flow(b, flow_hooks):
             continue  # decision 490
         if a != b and s in eof_cut and _no_flow(a, flow_hooks) == _no_flow(b, flow_hooks):
@@ -1254,6 +1272,15 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
                 # closed it, an EOF kept it open (keep_open), so what its
                 # calls return after that differs as well
                 continue
+            if x != y and family == "pipe" and "r" in cut and x[1:3] == y[1:3] == ["bufsize", "w"]:
+                # Decision 574(c): a hook paused the reader where a read's
+                # bytes ended (499(c)); ours keeps reading a paused pipe, up
+                # to 256 KiB held (162, Known limits), so the writer's
+                # buffer emptied where stock's kept bytes (pipe seed 940
+                # with --callbacks: a resume_writing hook's soon
+                # pause_reading; the generator bounds only the program's own
+                # writes behind a pause)
+                continue
             if x != y and not (len(x) > 2 and x[2] in broken):
                 out.append(f"op: stock {x} ours {y}")
                 break
@@ -1266,7 +1293,10 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
         flips = ("protocol.pause_writing() failed", "protocol.resume_writing() failed")
         keep = lambda h: not (h[0] in flips and h[1] == "AttributeError")  # noqa: E731
         rh, gh = [h for h in rh if keep(h)], [h for h in gh if keep(h)]
-    twice = "Exception in callback _UnixWritePipeTransport._call_connection_lost("  # 3.13: "()"
+    twice = (  # 3.13: "()"
+        "Exception in callback _UnixWritePipeTransport._call_connection_lost(",
+        "Exception in callback _SelectorSocketTransport._call_connection_lost(",  # 574
+    )
     extra = [h for h in rh if h not in gh]
     if (
         rh != gh
@@ -1278,6 +1308,10 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
         # twice when its protocol's resume_writing() closes it (write_eof()
         # queues one with call_soon, _write_ready then calls it itself); the
         # second finds its protocol None. Ours calls it once (3.11 seed 15)
+        # Decision 574(a): the socket transport's does the same when
+        # resume_writing() closes it from the writer that drained its
+        # buffer (close() queues one, _write_send calls it again; 3.11,
+        # 3.12 and 3.13, unix seed 909 with --callbacks)
         rh = [h for h in rh if h in gh]
     if rh != gh:
         out.append(f"exception handler: stock {ref['handler']} ours {got['handler']}")
@@ -1324,6 +1358,18 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
     return out
 
 
+def _stuck_empty(t) -> bool:
+    """Decision 573: a stock 3.12+ socket transport whose buffer holds only
+    0-byte parts (left by writelines()), which its writer never drops."""
+    buf = getattr(t, "_buffer", None)
+    return (
+        type(t).__module__ == "asyncio.selector_events"
+        and isinstance(buf, collections.deque)
+        and len(buf) > 0
+        and not any(len(b) for b in buf)
+    )
+
+
 def check(prog: dict, kinds, stock_twice=True) -> dict:
     """{kind: [differences]} for this program; {'stock': [...]} if stock itself varies."""
     ref = run("stock", prog)
@@ -1334,6 +1380,16 @@ def check(prog: dict, kinds, stock_twice=True) -> dict:
         # a state that depends on the loop's speed; ours, faster, had
         # settled. Skipped, as a stock run that varies.
         return {"stock": [f"stock still busy after an op's {SETTLE_MAX} s settle"]}
+    if ref.get("stuck_empty"):
+        # Decision 573: 3.12+'s writelines() leaves a 0-byte last part in
+        # the stock transport's buffer (488(c)) and its writer never drops
+        # it (a sendmsg of it sends 0; `_adjust_leftover_buffer(0)` stops),
+        # so a close() or write_eof() with only such parts queued never
+        # ends: no connection_lost or EOF, the socket kept open (3.13 with
+        # --callbacks, tcp seed 942: writelines [65536, 1, 7, 0] then
+        # close; plain tcp seed 990: [1000, 7, 0] then close). Ours and
+        # 3.11 close. What follows is not comparable: skipped.
+        return {"stock": ["3.12+ writelines() left a 0-byte part: stock's close never ends"]}
     if stock_twice:
         ref2 = run("stock", prog)
         d = differences(ref, ref2, prog["family"], ours=False)
