@@ -5,7 +5,10 @@ Not part of CI (each suite's three runs take minutes on the 2-CPU machine);
 run by hand after changes to the loop's public behaviour (decisions 437-441
 for anyio, 443-446 for aiohttp, 449-453 for websockets and uvicorn, 466-471
 for httpx, httpcore and starlette; 540-542 all seven again after 472-536;
-557-559 anyio, websockets and uvicorn on Python 3.13):
+557-559 anyio, websockets and uvicorn on Python 3.13; 564-567 all seven on
+3.12 and httpx, httpcore, starlette and aiohttp's other files on 3.13. For
+another Python, run this script with it from a copy of the tree built in
+place for it, and give aiohttp ``--version``):
 
     /work/venv/bin/python tools/thirdparty_suite.py              # anyio, everything
     /work/venv/bin/python tools/thirdparty_suite.py --ways io_uring -- -k connect
@@ -43,11 +46,12 @@ for httpx, httpcore and starlette; 540-542 all seven again after 472-536;
   group less linters, type checkers, coverage, twine and pytest-codspeed;
   tools/thirdparty_policy_plugin.py too (its TestClient's portal thread runs
   anyio without a loop factory: the policy);
-* ``aiohttp``: the version the dev interpreter has (not the newest), its
-  sdist's ``tests`` run against its wheel (C parser and writer: the sdist's
-  ``aiohttp/`` is moved aside) and ``requirements/test.txt`` (when the file
-  will not install whole, its pins go one by one and the failures are
-  reported), ``-p no:xdist -o addopts=`` and aiohttp's own marker filter;
+* ``aiohttp``: the version the interpreter running this has (not the newest;
+  ``--version`` where it has none), its sdist's ``tests`` run against its
+  wheel (C parser and writer: the sdist's ``aiohttp/`` is moved aside) and
+  ``requirements/test.txt`` (when the file will not install whole, its pins
+  go one by one and the failures are reported), ``-p no:xdist -o
+  addopts=`` and aiohttp's own marker filter;
   the whole suite takes 20-40 minutes a way here, so name files with
   ``--tests``.
 
@@ -122,7 +126,7 @@ class Suite:
     # move the sdist's package directory aside (pytest runs in the sdist, whose
     # pure-Python copy would shadow the wheel's compiled modules)
     wheel: bool = False
-    # without --version: the version the dev interpreter has installed, not
+    # without --version: the version the running interpreter has installed, not
     # the newest
     dev_version: bool = False
 
