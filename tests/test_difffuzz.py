@@ -622,21 +622,26 @@ def test_stock_marks_a_close_behind_only_empty_parts():
     assert list(difffuzz.check(prog, ["epoll"])) == ["stock"]
 
 
+# unix seed 909 with --callbacks, shrunk (decision 574): b writes 1 MB to a;
+# the two tests below add their own hooks
+_UNIX_909 = {
+    "seed": 909,
+    "family": "unix",
+    "ops": [["write", "b", 1000000, "bytearray"]],
+    "buffered": {"a": False, "b": False},
+    "bufsize": {"a": 100, "b": 100},
+    "keep_open": {"a": True, "b": False},
+    "hooks": [],
+}
+
+
 def test_stock_socket_lost_twice_after_a_resume_writing_close(monkeypatch):
     """Decision 574(a): stock's socket transport calls _call_connection_lost
     twice when resume_writing() closes it from the writer that drained the
     buffer (unix seed 909 with --callbacks, shrunk); the second call's
     AttributeError goes to the handler. Ours calls it once. Synthetic
     traces: that one handler entry is let through, another is not."""
-    prog = {
-        "seed": 909,
-        "family": "unix",
-        "ops": [["write", "b", 1000000, "bytearray"]],
-        "buffered": {"a": False, "b": False},
-        "bufsize": {"a": 100, "b": 100},
-        "keep_open": {"a": True, "b": False},
-        "hooks": [{"end": "b", "event": "resume_writing", "ops": [["close", "b"]]}],
-    }
+    prog = dict(_UNIX_909, hooks=[{"end": "b", "event": "resume_writing", "ops": [["close", "b"]]}])
     ours = {
         "ends": {"b": [["made"], ["lost", None, 0]], "a": [["made"], ["lost", None, 9]]},
         "ops": [[0, "write", "b", "ok", None]],
@@ -659,15 +664,7 @@ def test_reader_cut_by_its_own_write_from_the_peers_lost_hook(monkeypatch):
     yet: where a's reads had got follows the loop's read sizes (unix seed
     909 with --callbacks, shrunk; stock 877056, fallbacks 884736). Synthetic
     traces from that run: the counts are let through, the events are not."""
-    prog = {
-        "seed": 909,
-        "family": "unix",
-        "ops": [["write", "b", 1000000, "bytearray"]],
-        "buffered": {"a": False, "b": False},
-        "bufsize": {"a": 100, "b": 100},
-        "keep_open": {"a": True, "b": False},
-        "hooks": [],
-    }
+    prog = _UNIX_909
     b_end = [["made"], ["pause_writing"], ["resume_writing"], ["hook", 0, "close", "b", "ok", None]]
     b_end += [["lost", None, 0], ["hook", 1, "write", "a", "ok", None], ["data", 0, 0]]
 
