@@ -623,7 +623,7 @@ def test_stock_marks_a_close_behind_only_empty_parts():
 
 
 # unix seed 909 with --callbacks, shrunk (decision 574): b writes 1 MB to a;
-# the two tests below add their own hooks
+# the first test below gives b a resume_writing hook that closes it
 _UNIX_909 = {
     "seed": 909,
     "family": "unix",
