@@ -1003,6 +1003,9 @@ def _soon_apart(events: list) -> list:
     return out + soon
 
 
+_PEER_GONE = "peer gone (decision 499)"
+
+
 def _gone_after_lost_hook(events: list) -> list:
     """Decision 499(b): the peer acted from inside its connection_lost after
     a close(). Stock's socket is still open then (`_call_connection_lost`
@@ -1017,7 +1020,7 @@ def _gone_after_lost_hook(events: list) -> list:
         ev = events[k]
         if ev[0] == "lost":
             if ev[1] in _GONE and all(e[0] in ("eof", "hook") for e in events[i:k]):
-                return [*events[:i], ["peer gone (decision 499)", *ev[2:]], *events[k + 1 :]]
+                return [*events[:i], [_PEER_GONE, *ev[2:]], *events[k + 1 :]]
             return events
     return events
 
@@ -1214,14 +1217,11 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
             # reset) and an open one on stock: those results not compared
             a, b = _peer_closing_apart(a, s), _peer_closing_apart(b, s)
         if a != b and peer.get(s) in lost_hook and family in ("tcp", "unix", "tls", "pipe"):
-            if _gone_after_lost_hook(a) == _gone_after_lost_hook(b):
+            ga, gb = _gone_after_lost_hook(a), _gone_after_lost_hook(b)
+            if ga == gb:
                 gone.add(s)
                 continue  # 499(b)
-            ga, gb = _gone_after_lost_hook(a), _gone_after_lost_hook(b)
-            cut_at = ("peer gone (decision 499)", "data")
-            if any(ev[0] == cut_at[0] for ev in ga) and [
-                ev[:1] if ev[0] in cut_at else ev for ev in ga
-            ] == [ev[:1] if ev[0] in cut_at else ev for ev in gb]:
+            if any(ev[0] == _PEER_GONE for ev in ga) and _uncounted(ga) == _uncounted(gb):
                 # Decision 574(b): this end's own write from its peer's
                 # connection_lost met the closed peer (EPIPE) with the
                 # peer's last bytes still unread here; the fatal error
@@ -1356,6 +1356,12 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
     if rl != gl:
         out.append(f"asyncio log: stock {ref['log']} ours {got['log']}")
     return out
+
+
+def _uncounted(events: list) -> list:
+    """Decision 574(b): an end's events with the byte counts of its
+    peer-gone marker and its data left out."""
+    return [ev[:1] if ev[0] in (_PEER_GONE, "data") else ev for ev in events]
 
 
 def _stuck_empty(t) -> bool:
