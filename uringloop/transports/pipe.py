@@ -66,6 +66,16 @@ _grown = 0
 _grown_lock = threading.Lock()
 
 
+def _fresh_lock() -> None:
+    """A forked child: the lock anew (another thread may have held it). The
+    count stays: the child's copies of the transports give theirs back."""
+    global _grown_lock
+    _grown_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_lock)
+
+
 def _reserve(n: int, within: bool = True) -> bool:
     """Add n bytes to what the grown pipes take (n < 0: give back); refused
     past GROW_BUDGET unless not `within` (the kernel granted it already)."""
