@@ -213,3 +213,90 @@ def test_growth_refused_is_ignored(any_loop, monkeypatch, err):
     assert sizes == [default, default]
     assert asked == ([] if is_stock(any_loop) else [ul_pipe.GROW_TO])
     assert ul_pipe._grown == 0
+
+
+# streams argv[1] bytes to stdout and reports the pipe's size, twice: the
+# second time after a line (or EOF) on stdin; exits at stdin's EOF
+_CHILD_TWICE = """
+import fcntl, os, sys
+pattern = bytes(range(256)) * 256
+for _ in range(2):
+    n = int(sys.argv[1])
+    while n:
+        n -= os.write(1, pattern[:min(n, len(pattern))])
+    os.write(1, b"%d\\n" % fcntl.fcntl(1, fcntl.F_GETPIPE_SZ))
+    sys.stdin.readline()
+sys.stdin.read()
+"""
+
+
+def test_growth_past_the_budget_asks_again_later(any_loop, monkeypatch):
+    """With the budget one pipe's growth, a second streaming child's pipe is
+    refused while the first holds it, and grows when it streams again after
+    the first has gone (it asks again every GROW_AFTER full reads). Fails
+    without the asking again (the second child's pipe stays at the default)."""
+    default = _default_size()
+    grown = default if is_stock(any_loop) else ul_pipe.GROW_TO
+    monkeypatch.setattr(ul_pipe, "GROW_BUDGET", ul_pipe.GROW_TO - default)
+    n = 4 * MIB
+
+    async def part(proc):
+        data = await proc.stdout.readexactly(n)
+        assert data == _expect(n)
+        return int(await proc.stdout.readline())
+
+    async def main():
+        def spawn():
+            return asyncio.create_subprocess_exec(
+                sys.executable, "-c", _CHILD_TWICE, str(n), stdin=PIPE, stdout=PIPE
+            )
+
+        a = await spawn()
+        b = await spawn()
+        sizes = [await part(a), await part(b)]
+        a.stdin.close()  # a streams once more, then ends: its pipe closes
+        sizes.append(await part(a))
+        assert await a.stdout.read() == b"" and await a.wait() == 0
+        b.stdin.write(b"again\n")
+        sizes.append(await part(b))
+        b.stdin.close()
+        assert await b.stdout.read() == b"" and await b.wait() == 0
+        return sizes
+
+    assert run_in(any_loop, main(), timeout=60) == [grown, default, grown, grown]
+    assert ul_pipe._grown == 0
+
+
+def test_growth_where_pidfds_are_refused(loop, monkeypatch):
+    """The stock child watcher's path (pidfd_open refused, decision 506b)
+    grows a streaming child's pipe too."""
+    import warnings
+    from asyncio import unix_events
+
+    from uringloop.transports import subprocess as ul_subprocess
+
+    def refused(pid, flags=0):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(ul_subprocess, "_pidfd_ok", None)
+    monkeypatch.setattr(os, "pidfd_open", refused)
+    policy = asyncio.get_event_loop_policy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        policy.set_child_watcher(unix_events.ThreadedChildWatcher())
+    n = 4 * MIB
+
+    async def main():
+        proc = await _child(n, 0)
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0
+        return _split(out, n)
+
+    try:
+        data, sizes = run_in(loop, main())
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            policy.set_child_watcher(None)
+    assert data == _expect(n)
+    assert sizes == [ul_pipe.GROW_TO, _default_size()]

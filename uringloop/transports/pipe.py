@@ -251,14 +251,19 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
 
     def _grow(self):
         """The child streams: its pipe grows to GROW_TO, within the budget;
-        never shrunk (the child may have grown it), refusals ignored."""
+        never shrunk (the child may have grown it), refusals ignored. Past
+        the budget it asks again after GROW_AFTER more full reads."""
         size, self._grow_to = self._grow_to, 0
         fd = self._fileno
         try:
             old = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
         except OSError:
             return
-        if old >= size or not _reserve(size - old):
+        if old >= size:
+            return
+        if not _reserve(size - old):
+            self._grow_to = size  # other pipes hold the budget: later, maybe
+            self._core.rgrow = GROW_AFTER
             return
         try:
             new = fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
