@@ -11,8 +11,10 @@ glibc's debug symbols, Debian's libc6-dbg), makes the row's one-connection
 warm-up client and a short measured client (--duration), and prints every
 change of the threshold: its new value (the freed block's size), the C frames
 that freed it and the innermost Python frames (`_Py_DumpTraceback` called from
-gdb). Then `mp_` and the heap's top as the server left them. --pads adds a
-nonexistent PYTHONPATH entry of each length (decision 570's start-up layouts).
+gdb), and the thresholds the run ended with. --pads adds a nonexistent
+PYTHONPATH entry of each length (decision 570's start-up layouts).
+`mp_state(pid)` reads a running process's thresholds, arena size and top
+chunk with `gdb -p` (kcounts.py --heap).
 A report: nothing is asserted.
 """
 

@@ -169,7 +169,8 @@ def run_one(wl, loop, opts, tmp, pad=0):
         heap0 = heapstate.mp_state(server.proc.pid) if opts.heap else None
         sout, cout = os.path.join(tmp, "server.perf"), os.path.join(tmp, "client.perf")
         if opts.record:
-            data = os.path.join(opts.record, f"{wl['id']}-{loop}-{opts.rep}.data")
+            tag = f"{loop}-pad{pad}" if pad else loop
+            data = os.path.join(opts.record, f"{wl['id']}-{tag}-{opts.rep}.data")
             targs = [
                 "perf",
                 "record",
