@@ -571,3 +571,36 @@ def test_a_window_that_served_nothing_stays_out_of_the_cost_medians():
     assert row["cpu_us_per_req"] == 6.2 and row["sys_us_per_req"] == 3.1
     assert (row["cpu_min"], row["cpu_max"]) == (6.0, 6.4)
     assert row["rps"] == 850.0 and row["min"] == 0.0
+
+
+GDB_HIT = """\
+READY 4321
+HIT 208896
+#0  __GI___libc_free (mem=0x7ffff70ac010) at ./malloc/malloc.c:3371
+#1  0x00007ffff7baee7a in _PyObject_Free (ctx=<optimized out>, p=0x2) at Objects/obmalloc.c:2285
+#2  0x00007ffff7ba0fb0 in dictresize (mp=0x1) at Objects/dictobject.c:1500
+Stack (most recent call first):
+  File "<frozen importlib._bootstrap>", line 241 in _call_with_frames_removed
+  File "/x/uringloop/engine.py", line 27 in <module>
+ENDHIT
+"""
+
+
+def test_heap_tools_parse_gdb_and_count_unix_rows():
+    """benchmarks/heapstate.py reads a threshold change out of its gdb log
+    (value, C frames, Python frames without importlib's), and kcounts.py's
+    events for a Unix server (no port) leave out the tcp_probe rows only."""
+    sys.path.insert(0, BENCH)
+    try:
+        import heapstate
+        import kcounts
+    finally:
+        sys.path.remove(BENCH)
+    ((at, size, cframes, py),) = heapstate.hits(GDB_HIT)
+    assert at > GDB_HIT.index("READY") and size == 208896
+    assert cframes == ["__GI___libc_free", "_PyObject_Free", "dictresize"]
+    assert py == ["engine.py:27 <module>"]
+    assert heapstate.pad_entry(0) == "" and len(heapstate.pad_entry(7)) == 7
+    tcp, unix = kcounts.events(4321), kcounts.events(None)
+    assert [e for e in tcp if not e[1].startswith("tcp:")] == unix
+    assert len(tcp) - len(unix) == 4
