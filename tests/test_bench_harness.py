@@ -372,6 +372,28 @@ def test_results_md_has_the_busy_columns_and_the_client_mode():
     assert "Client: loadgen, io_uring mode." in md
 
 
+def test_each_repetition_starts_its_server_with_another_layout(tmp_path):
+    """Every repetition's server gets a PYTHONPATH of another length (a
+    nonexistent entry beside the tree), so that repetitions sample where
+    start-up leaves glibc's heap (decisions 585, 586, 588)."""
+    nb = _net_bench()
+    wl = nb.select_workloads("echo-1k-c1-protocol-tcp")[0]
+    seen = []
+    for rep in range(3):
+        server = nb.Server("asyncio", wl, 0, str(tmp_path), None, rep)
+        try:
+            assert server.addr, server.stderr()
+            with open(f"/proc/{server.proc.pid}/environ", "rb") as f:
+                env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
+        finally:
+            server.stop()
+        entries = env[b"PYTHONPATH"].decode().split(os.pathsep)
+        assert entries[0] == nb.ROOT
+        assert not any(os.path.exists(e) for e in entries[1:])
+        seen.append(len(env[b"PYTHONPATH"]))
+    assert len(set(seen)) == 3, seen
+
+
 def test_http_rows_drive_both_servers_with_loadgen_http():
     """net_bench has loadgen --http rows for both HTTP servers beside wrk's,
     asks for net_server.py's body, and its table names that client."""
