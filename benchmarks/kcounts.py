@@ -28,7 +28,7 @@ Rows (per request):
   xmit data / ack   net:net_dev_xmit, len > 100 / len <= 100 (a pure ACK is 66 bytes)
   softirqs          irq:softirq_entry; net_rx: vec == NET_RX
   seg->srv data/ack tcp:tcp_probe on the server's sockets (sport == port), data_len > 0 / == 0
-  seg->cli data/ack tcp:tcp_probe on the client's sockets (dport == port)
+  seg->cli data/ack tcp:tcp_probe on the client's sockets (dport == port); TCP rows only
   recv ok / EAGAIN  sock:sock_recv_length ret > 0 / ret < 0; ok split by size
   skbs copied out   skb:skb_copy_datagram_iovec (each skb a receive copies to user space)
   sends             sock:sock_send_length, split by size
@@ -36,6 +36,13 @@ Rows (per request):
   uring ...         io_uring:io_uring_task_add, _local_work_run, _task_work_run,
                     _poll_arm, _submit_req, _complete, _cqring_wait, io-wq:
                     _queue_async_work, _req_failed
+
+With --heap, rows (bytes, not per request) of the server's glibc malloc state
+read with gdb after the warm-up client and after the run: mp_'s mmap and trim
+thresholds (glibc raises them when an mmapped block is freed, decision 584),
+the main arena's size and its top chunk. --pads N,... runs each loop once per
+start-up layout (a nonexistent PYTHONPATH entry N characters long, decision
+570), each a column.
 
 Needs perf and root (tracepoints). A report: nothing is asserted.
 """
@@ -53,6 +60,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import heapstate  # noqa: E402
 import net_bench  # noqa: E402
 
 NET_RX = 3
@@ -76,8 +84,9 @@ SYSCALLS = (
 
 
 def events(port):
-    """(label, tracepoint, filter or None) for a server on TCP port `port`."""
-    return [
+    """(label, tracepoint, filter or None) for a server on TCP port `port`
+    (None: a Unix socket server, no tcp_probe rows)."""
+    evs = [
         ("syscalls", "raw_syscalls:sys_enter", None),
         *[(f"  {name}", f"syscalls:sys_enter_{name}", None) for name in SYSCALLS],
         ("switches", "sched:sched_switch", None),
@@ -114,6 +123,7 @@ def events(port):
         ("uring io-wq", "io_uring:io_uring_queue_async_work", None),
         ("uring req_failed", "io_uring:io_uring_req_failed", None),
     ]
+    return [e for e in evs if port is not None or not e[1].startswith("tcp:")]
 
 
 def perf_args(evs, out):
@@ -139,17 +149,28 @@ def parse_perf(path, evs):
     return {label: v for (label, _, _), v in zip(evs, vals, strict=True)}
 
 
-def run_one(wl, loop, opts, tmp):
-    server = net_bench.Server(loop, wl, opts.server_cpu, tmp, None)
+def run_one(wl, loop, opts, tmp, pad=0):
+    saved = os.environ.get("PYTHONPATH")
+    if pad:
+        os.environ["PYTHONPATH"] = heapstate.pad_entry(pad)
+    try:
+        server = net_bench.Server(loop, wl, opts.server_cpu, tmp, None)
+    finally:
+        if pad:
+            os.environ.pop("PYTHONPATH")
+            if saved is not None:
+                os.environ["PYTHONPATH"] = saved
     try:
         if server.skip:
             return {"skip": server.skip}
-        port = int(server.addr)
+        port = int(server.addr) if wl["transport"] == "tcp" else None
         evs = events(port)
         net_bench.warm_connection(wl, server, opts)
+        heap0 = heapstate.mp_state(server.proc.pid) if opts.heap else None
         sout, cout = os.path.join(tmp, "server.perf"), os.path.join(tmp, "client.perf")
         if opts.record:
-            data = os.path.join(opts.record, f"{wl['id']}-{loop}-{opts.rep}.data")
+            tag = f"{loop}-pad{pad}" if pad else loop
+            data = os.path.join(opts.record, f"{wl['id']}-{tag}-{opts.rep}.data")
             targs = [
                 "perf",
                 "record",
@@ -192,6 +213,11 @@ def run_one(wl, loop, opts, tmp):
         for side, path in (("server", sout), ("client", cout)):
             counts = parse_perf(path, evs)
             out[side] = {k: v / n for k, v in counts.items()}
+        if opts.heap:
+            heap1 = heapstate.mp_state(server.proc.pid)
+            for when, st in (("after warm-up", heap0), ("after the run", heap1)):
+                for key in ("mmap_threshold", "trim_threshold", "heap", "top"):
+                    out["server"][f"glibc {key}, {when} (bytes)"] = st[key] if st else -1
         return out
     finally:
         server.stop()
@@ -224,14 +250,29 @@ def main():
         "recorded at every occurrence and the table counts them per request, user-space "
         "samples split by their innermost function",
     )
+    ap.add_argument(
+        "--heap",
+        action="store_true",
+        help="also read the server's glibc malloc state (mp_'s thresholds, the main "
+        "arena's size and top chunk) with gdb after the warm-up client and after the run "
+        "(needs glibc's debug symbols, Debian's libc6-dbg; decision 585)",
+    )
+    ap.add_argument(
+        "--pads",
+        default="0",
+        help="start-up layouts: a nonexistent PYTHONPATH entry of each of these lengths "
+        "(0: none), each a column of its own (decision 570)",
+    )
     opts = ap.parse_args()
     opts.verify = True
     if opts.record:
         os.makedirs(opts.record, exist_ok=True)
     loops = [x for x in opts.loops.split(",") if x]
-    wls = [w for w in net_bench.select_workloads(opts.workloads) if w["transport"] == "tcp"]
+    wls = [w for w in net_bench.select_workloads(opts.workloads) if w["transport"] != "udp"]
     if not wls:
-        sys.exit("kcounts: TCP echo workloads only (tcp_probe filters on the port)")
+        sys.exit("kcounts: TCP and Unix echo workloads only")
+    pads = [int(x) for x in opts.pads.split(",") if x]
+    cols = [(lp, pad) for pad in pads for lp in loops]
     os.sched_setaffinity(0, {opts.client_cpu})
     net_bench.build_loadgen()
     runs = []
@@ -239,8 +280,10 @@ def main():
         for wl in wls:
             for r in range(opts.reps):
                 opts.rep = r
-                for loop in loops[r % len(loops) :] + loops[: r % len(loops)]:
-                    res = run_one(wl, loop, opts, tmp)
+                for loop, pad in cols[r % len(cols) :] + cols[: r % len(cols)]:
+                    res = run_one(wl, loop, opts, tmp, pad)
+                    if len(pads) > 1:
+                        loop = f"{loop} pad {pad}"
                     res.update(workload=wl["id"], loop=loop, rep=r)
                     runs.append(res)
                     net_bench.log(
@@ -251,6 +294,8 @@ def main():
     if opts.json:
         with open(opts.json, "w") as f:
             json.dump({"loadavg": os.getloadavg(), "runs": runs}, f, indent=1)
+    if len(pads) > 1:
+        loops = [f"{lp} pad {pad}" for lp, pad in cols]
     if opts.record:
         profile_report(runs, wls, loops, opts.event)
     else:
@@ -383,10 +428,11 @@ def report(runs, wls, loops):
         print("|" + "---|" * (2 + len(shown)))
         for side in ("server", "client"):
             for label in labels:
-                vals = [statistics.median(r[side][label] for r in got[lp]) for lp in shown]
+                vals = [statistics.median(r[side].get(label, 0) for r in got[lp]) for lp in shown]
                 if not any(vals):
                     continue
-                print(f"| {side} | {label} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+                fmt = ".0f" if label.startswith("glibc ") else ".3f"
+                print(f"| {side} | {label} | " + " | ".join(f"{v:{fmt}}" for v in vals) + " |")
 
 
 if __name__ == "__main__":

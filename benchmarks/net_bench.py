@@ -22,6 +22,10 @@ loadgen's plain echo and HTTP rows use its epoll mode, or its io_uring mode
 with --client-mode uring (TLS and idle always use epoll). Repetitions are
 interleaved: for each workload, every repetition runs every loop once, the
 starting loop rotating, so drift on a shared machine hits all loops alike.
+Each repetition starts its servers with a PYTHONPATH of another length (a
+nonexistent entry), so that start-up leaves glibc's heap in another layout:
+the 100 KiB streams rows' page faults follow that layout (design.md decisions
+585, 586), and a series with one layout would be one draw of it.
 
 Writes results.json, results.md (medians, min-max, ratios against uvloop) and
 chart.png (per family: req/s beside server CPU per request) into --out
@@ -301,8 +305,17 @@ def make_cert(tmp):
     return cert, key
 
 
+def layout_pad(rep):
+    """A nonexistent PYTHONPATH entry whose length depends on the repetition
+    (0 for the first): it moves where start-up leaves glibc's heap blocks, so
+    that the repetitions sample the heap's fault mode rather than draw it once
+    (decisions 585, 586, 588)."""
+    n = (rep * 7) % 61
+    return "/" + "p" * (n - 1) if n else ""
+
+
 class Server:
-    def __init__(self, loop, wl, cpu, tmp, cert):
+    def __init__(self, loop, wl, cpu, tmp, cert, rep=0):
         self.addr = self.skip = None
         self.loop = loop
         args = [sys.executable, SERVER, "--loop", loop, "--kind", wl["kind"], "--cpu", str(cpu)]
@@ -314,7 +327,9 @@ class Server:
         if wl["kind"] == "tls":
             args += ["--cert", cert[0], "--key", cert[1]]
         env = dict(os.environ)
-        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (ROOT, layout_pad(rep), env.get("PYTHONPATH", "")) if p
+        )
         env.pop("URINGLOOP_BACKEND", None)
         env.pop("PYTHONASYNCIODEBUG", None)
         self.errf = tempfile.TemporaryFile()
@@ -1088,7 +1103,7 @@ def main():
                     if entry.get("skip") or entry.get("error"):
                         continue
                     try:
-                        server = Server(lp, wl, opts.server_cpu, tmp, cert)
+                        server = Server(lp, wl, opts.server_cpu, tmp, cert, rep)
                     except RuntimeError as exc:
                         entry["error"] = str(exc).splitlines()[0][:300]
                         log(f"  {wl['id']:28} {lp:20} ERROR {entry['error']}")

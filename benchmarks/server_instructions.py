@@ -2,19 +2,34 @@
 """User instructions per request of a server that sleeps between requests.
 
 instructions.py runs both ends of a scenario in one loop, which never sleeps.
-This runs net_server.py's sock echo (``sock_recv(conn, 65536)`` then
-``sock_sendall``) alone under ``valgrind --tool=callgrind``, one connection
-over a Unix socket, driven from this process by a blocking client that sends
-1 KiB, reads the echo back, and pauses ``--gap`` ms before the next message
-(so that every receive of the server is asked for before its data comes, as
-with loadgen at c=1: without the pause the client, at native speed, always
-has the next message waiting for the slowed-down server, and a loop that
-tries ``recv`` first never waits). N and 2N requests, the difference over N:
-start-up cancelled out. Kernel time is not counted (callgrind's Ir is user
-space); count syscalls with perf or strace (net_bench.py --strace).
+This runs one of net_server.py's echo servers (``--kind``: sock, protocol,
+buffered or streams) alone under ``valgrind --tool=callgrind``, over a Unix
+socket or loopback TCP (``--tcp``), driven from this process by a client of
+non-blocking sockets and a selector, in rounds: it waits ``--gap`` ms, sends
+one ``--size``-byte message on each of its ``--conns`` connections, and reads
+every echo back before the next round. N and 2N requests in all, the
+difference over N: start-up and shut-down cancelled out. Kernel time is not
+counted (callgrind's Ir is user space); count syscalls with perf or strace
+(net_bench.py --strace, kcounts.py). libc's copies are shown apart: callgrind
+counts a ``rep movsb`` byte by byte, so they are most of a 100 KiB echo's
+count and move with the heap's layout (glibc picks its copy loop by the
+addresses too).
+
+The gap (default 3 ms with one connection, 0 with more) decides whether the
+server sleeps. With one connection and no gap the client, at native speed,
+always has the next message waiting for the slowed-down server, and a loop
+that tries ``recv`` first never waits; with the gap every receive is asked
+for before its data comes, as with loadgen at c=1. With ``--conns 10`` a
+round's messages reach the server, far slower under valgrind than the
+client, while it works: turns batch as in net_bench's c=10 rows, where the
+server is the busy side. Rounds, not connections that each send again as
+soon as their echo is back: those keep the slowed-down server's _ready
+non-empty at every poll, a state loadgen at native speed hardly makes
+(decision 577), and the count would be of that state.
 
     python benchmarks/server_instructions.py --loop rloop --loop uringloop-io_uring
     python benchmarks/server_instructions.py --loop uringloop-epoll --breakdown 25
+    python benchmarks/server_instructions.py --kind buffered --size 102400 --tcp --conns 10 -n 200
 
 Needs valgrind. A report: nothing is asserted.
 """
@@ -23,6 +38,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import selectors
 import shutil
 import socket
 import subprocess
@@ -36,65 +53,117 @@ sys.path.insert(0, HERE)
 
 import instructions  # noqa: E402  (after the path set-up above)
 
+KINDS = ("sock", "protocol", "buffered", "streams")
+# libc's copy functions: callgrind counts a ``rep movsb`` byte by byte, and which
+# path glibc takes (``rep movsb`` or vector loops) depends on the sizes and on the
+# two addresses (4 KiB aliasing), so their count moves with the heap's layout
+COPY = re.compile(r":__(memcpy|memmove|mempcpy)\w*$")
+
 SERVER = r"""
-import os, socket, sys
+import argparse, asyncio, os, sys
 sys.path.insert(0, {here!r})
 import net_server
 loop = net_server.make_loop({loop!r})
-ls = socket.socket(socket.AF_UNIX)
-ls.bind({path!r})
-ls.listen(1)
-ls.setblocking(False)
-print("READY", flush=True)
-
-async def main():
-    conn, _ = await loop.sock_accept(ls)
-    conn.setblocking(False)
-    await net_server.sock_client(loop, conn)
-
-loop.run_until_complete(main())
-loop.close()
+asyncio.set_event_loop(loop)
+args = argparse.Namespace(kind={kind!r}, unix={unix!r}, tcp={tcp!r}, cert=None, key=None)
+addr = loop.run_until_complete(net_server.serve(loop, args))
+# the end: stdin's EOF, seen by the loop (under valgrind a blocked io_uring_enter holds
+# off signals and other threads); an idle reader costs no request anything
+loop.add_reader(0, loop.stop)
+print("READY", addr if isinstance(addr, str) else addr[1], flush=True)
+loop.run_forever()
+os._exit(0)
 """
 
 
-def count(loop: str, n: int, gap: float, tmp: str, size: int = 1024) -> tuple[int, str]:
+def drive(addr, n: int, conns: int, size: int, gap: float, name: str) -> None:
+    """n echo requests in rounds: gap, then one message on each of conns
+    connections, then every echo back before the next round."""
+    family = socket.AF_UNIX if isinstance(addr, str) else socket.AF_INET
+    msg = os.urandom(size)
+    sel = selectors.DefaultSelector()
+    socks = []
+    for _ in range(conns):
+        s = socket.socket(family)
+        s.settimeout(60)
+        s.connect(addr)
+        if family == socket.AF_INET:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setblocking(False)
+        socks.append(s)
+    try:
+        while n > 0:
+            time.sleep(gap)
+            # per connection of the round: [what is left to send, what came back]
+            todo = {s: [memoryview(msg), bytearray()] for s in socks[: min(n, conns)]}
+            n -= len(todo)
+            for s in todo:
+                sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE)
+            while todo:
+                events = sel.select(60)
+                if not events:
+                    raise RuntimeError(f"{name}: no echo for 60 s")
+                for key, mask in events:
+                    s = key.fileobj
+                    out, got = todo[s]
+                    if mask & selectors.EVENT_WRITE and len(out):
+                        try:
+                            out = todo[s][0] = out[s.send(out) :]
+                        except BlockingIOError:
+                            pass
+                        if not len(out):
+                            sel.modify(s, selectors.EVENT_READ)
+                    if mask & selectors.EVENT_READ:
+                        try:
+                            piece = s.recv(1 << 18)
+                        except BlockingIOError:
+                            continue
+                        if not piece:
+                            raise RuntimeError(f"{name}: the server closed early")
+                        got += piece
+                        if len(got) > size or (len(got) == size and got != msg):
+                            raise RuntimeError(f"{name}: the echo differs")
+                        if len(got) == size:
+                            sel.unregister(s)
+                            del todo[s]
+    finally:
+        sel.close()
+        for s in socks:
+            s.close()
+
+
+def count(
+    loop: str,
+    n: int,
+    gap: float,
+    tmp: str,
+    kind: str = "sock",
+    size: int = 1024,
+    tcp: bool = False,
+    conns: int = 1,
+) -> tuple[int, str]:
     """callgrind's total for a server run of n requests, and its output file."""
-    path = os.path.join(tmp, f"s.{n}")
+    path = None if tcp else os.path.join(tmp, f"s.{n}")
     out = os.path.join(tmp, f"cg.{loop}.{n}.out")
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=ROOT)
+    code = SERVER.format(here=HERE, loop=loop, kind=kind, unix=path, tcp=0 if tcp else None)
     srv = subprocess.Popen(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            f"--callgrind-out-file={out}",
-            sys.executable,
-            "-c",
-            SERVER.format(here=HERE, loop=loop, path=path),
-        ],
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=env,
     )
     try:
-        line = srv.stdout.readline()
-        if not line.startswith(b"READY"):
+        line = srv.stdout.readline().split()
+        if line[:1] != [b"READY"]:
             raise RuntimeError(f"{loop}: the server did not start ({line!r})")
-        c = socket.socket(socket.AF_UNIX)
-        c.settimeout(60)
-        c.connect(path)
-        msg = os.urandom(size)
-        for _ in range(n):
-            time.sleep(gap)
-            c.sendall(msg)
-            got = b""
-            while len(got) < size:
-                piece = c.recv(65536)
-                if not piece:
-                    raise RuntimeError(f"{loop}: the server closed early")
-                got += piece
-            if got != msg:
-                raise RuntimeError(f"{loop}: the echo differs")
-        c.close()
+        addr = ("127.0.0.1", int(line[1])) if tcp else path
+        drive(addr, n, conns, size, gap, loop)
+        # let the server see the EOFs, then stop it: its loop stops at its stdin's
+        # EOF (callgrind writes its file at the exit)
+        time.sleep(1.0)
+        srv.stdin.close()
         srv.wait(timeout=120)
     finally:
         if srv.poll() is None:
@@ -112,21 +181,55 @@ def main(argv=None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--loop", action="append", help="net_server.py's loop names (repeatable)")
-    ap.add_argument("-n", type=int, default=500, help="requests of the short run (the long: 2n)")
-    ap.add_argument("--gap", type=float, default=3.0, help="ms the client waits before a message")
+    ap.add_argument("--kind", choices=KINDS, default="sock", help="net_server.py's server kind")
+    ap.add_argument("--size", type=int, default=1024, help="bytes a message")
+    ap.add_argument("--tcp", action="store_true", help="loopback TCP (default: a Unix socket)")
+    ap.add_argument("--conns", type=int, default=1, help="client connections")
+    ap.add_argument(
+        "-n",
+        type=int,
+        default=500,
+        help="requests of the short run (the long: 2n); a few hundred where a request "
+        "costs little (start-up's own noise is thousands)",
+    )
+    ap.add_argument(
+        "--gap",
+        type=float,
+        default=None,
+        help="ms a connection waits after an echo before its next message "
+        "(default 3 with one connection, 0 with more)",
+    )
     ap.add_argument("--breakdown", type=int, default=0, metavar="K")
+    ap.add_argument("--keep", metavar="DIR", help="keep callgrind's files in DIR")
     opts = ap.parse_args(argv)
     if not shutil.which("valgrind"):
         print("valgrind is not installed", file=sys.stderr)
         return 2
+    gap = (opts.gap if opts.gap is not None else 3.0 if opts.conns == 1 else 0.0) / 1000
     loops = opts.loop or ["uvloop", "rloop", "uringloop-io_uring", "uringloop-epoll"]
+    conf = dict(kind=opts.kind, size=opts.size, tcp=opts.tcp, conns=opts.conns)
+    print(
+        f"{opts.kind}, {opts.size} B, {'TCP' if opts.tcp else 'Unix'}, c={opts.conns}, "
+        f"gap {gap * 1000:g} ms, n={opts.n}",
+        flush=True,
+    )
     for lp in loops:
         with tempfile.TemporaryDirectory(prefix="srvinstr-") as tmp:
-            small, p1 = count(lp, opts.n, opts.gap / 1000, tmp)
-            big, p2 = count(lp, 2 * opts.n, opts.gap / 1000, tmp)
-            print(f"{lp:22} {(big - small) / opts.n:10,.0f} instructions per request", flush=True)
-            for name, per in instructions.breakdown((p1, p2), opts.n, opts.breakdown):
+            small, p1 = count(lp, opts.n, gap, tmp, **conf)
+            big, p2 = count(lp, 2 * opts.n, gap, tmp, **conf)
+            per_fn = instructions.breakdown((p1, p2), opts.n, 1 << 30)
+            copy = sum(per for name, per in per_fn if COPY.search(name))
+            print(
+                f"{lp:22} {(big - small) / opts.n:10,.0f} instructions per request "
+                f"(memcpy/memmove {copy:,.0f}, the rest {(big - small) / opts.n - copy:,.0f})",
+                flush=True,
+            )
+            for name, per in per_fn[: opts.breakdown]:
                 print(f"    {per:9,.0f}  {name}")
+            if opts.keep:
+                os.makedirs(opts.keep, exist_ok=True)
+                for p in (p1, p2):
+                    shutil.copy(p, opts.keep)
     return 0
 
 

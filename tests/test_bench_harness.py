@@ -372,6 +372,28 @@ def test_results_md_has_the_busy_columns_and_the_client_mode():
     assert "Client: loadgen, io_uring mode." in md
 
 
+def test_each_repetition_starts_its_server_with_another_layout(tmp_path):
+    """Every repetition's server gets a PYTHONPATH of another length (a
+    nonexistent entry beside the tree), so that repetitions sample where
+    start-up leaves glibc's heap (decisions 585, 586, 588)."""
+    nb = _net_bench()
+    wl = nb.select_workloads("echo-1k-c1-protocol-tcp")[0]
+    seen = []
+    for rep in range(3):
+        server = nb.Server("asyncio", wl, 0, str(tmp_path), None, rep)
+        try:
+            assert server.addr, server.stderr()
+            with open(f"/proc/{server.proc.pid}/environ", "rb") as f:
+                env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
+        finally:
+            server.stop()
+        entries = env[b"PYTHONPATH"].decode().split(os.pathsep)
+        assert entries[0] == nb.ROOT
+        assert not any(os.path.exists(e) for e in entries[1:])
+        seen.append(len(env[b"PYTHONPATH"]))
+    assert len(set(seen)) == 3, seen
+
+
 def test_http_rows_drive_both_servers_with_loadgen_http():
     """net_bench has loadgen --http rows for both HTTP servers beside wrk's,
     asks for net_server.py's body, and its table names that client."""
@@ -571,3 +593,36 @@ def test_a_window_that_served_nothing_stays_out_of_the_cost_medians():
     assert row["cpu_us_per_req"] == 6.2 and row["sys_us_per_req"] == 3.1
     assert (row["cpu_min"], row["cpu_max"]) == (6.0, 6.4)
     assert row["rps"] == 850.0 and row["min"] == 0.0
+
+
+GDB_HIT = """\
+READY 4321
+HIT 208896
+#0  __GI___libc_free (mem=0x7ffff70ac010) at ./malloc/malloc.c:3371
+#1  0x00007ffff7baee7a in _PyObject_Free (ctx=<optimized out>, p=0x2) at Objects/obmalloc.c:2285
+#2  0x00007ffff7ba0fb0 in dictresize (mp=0x1) at Objects/dictobject.c:1500
+Stack (most recent call first):
+  File "<frozen importlib._bootstrap>", line 241 in _call_with_frames_removed
+  File "/x/uringloop/engine.py", line 27 in <module>
+ENDHIT
+"""
+
+
+def test_heap_tools_parse_gdb_and_count_unix_rows():
+    """benchmarks/heapstate.py reads a threshold change out of its gdb log
+    (value, C frames, Python frames without importlib's), and kcounts.py's
+    events for a Unix server (no port) leave out the tcp_probe rows only."""
+    sys.path.insert(0, BENCH)
+    try:
+        import heapstate
+        import kcounts
+    finally:
+        sys.path.remove(BENCH)
+    ((at, size, cframes, py),) = heapstate.hits(GDB_HIT)
+    assert at > GDB_HIT.index("READY") and size == 208896
+    assert cframes == ["__GI___libc_free", "_PyObject_Free", "dictresize"]
+    assert py == ["engine.py:27 <module>"]
+    assert heapstate.pad_entry(0) == "" and len(heapstate.pad_entry(7)) == 7
+    tcp, unix = kcounts.events(4321), kcounts.events(None)
+    assert [e for e in tcp if not e[1].startswith("tcp:")] == unix
+    assert len(tcp) - len(unix) == 4
