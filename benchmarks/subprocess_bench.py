@@ -14,7 +14,10 @@ uringloop (io_uring, epoll), side by side.
   its minor page faults per MiB. ``--pipe-size N`` sets the
   child's stdout pipe to N bytes (F_SETPIPE_SZ, right after the spawn) where
   the loop gives one (the stock loop's and uringloop's; uvloop gives a
-  socketpair), to measure what a bigger pipe does (decision 325).
+  socketpair), to measure what a bigger pipe does (decision 325). uringloop
+  enlarges the child's pipe itself once the child streams (decision 580):
+  ``io_uring@N`` / ``epoll@N`` as a loop name grows it to N bytes instead,
+  ``@0`` never (as before decision 580).
 * spawn: ``/bin/true`` spawned and waited for, ``--spawns`` times one after
   the other, then the same number 20 at a time. Processes/s, and the parent's
   CPU per process.
@@ -63,7 +66,14 @@ def make_loop(kind):
     sys.path.insert(0, ROOT)
     import uringloop
 
-    return uringloop.Loop(backend=kind)
+    backend, _, grow = kind.partition("@")
+    if grow:  # io_uring@N: the child's pipe grows to N bytes once it streams, 0: never
+        from uringloop.transports import pipe
+
+        pipe.GROW_TO = int(grow)
+        if not pipe.GROW_TO:
+            pipe.GROW_AFTER = 0
+    return uringloop.Loop(backend=backend)
 
 
 def _self():

@@ -57,6 +57,10 @@ typedef struct {
     Py_ssize_t rsize;     /* > 0: the read op is a level poll, and each of its
                            * records is one read(2) of up to rsize bytes into a
                            * new bytes (a pipe transport, decision 365) */
+    Py_ssize_t rgrow;     /* > 0: full reads (rsize bytes) left before the
+                           * transport hears of them: the last clears rfast, so
+                           * its record goes to _on_recv (a child's pipe that
+                           * streams is enlarged there, decision 580) */
     int fd;
     uint32_t peer_addr;   /* an IPv4 peer's address (network order), where peer */
     uint16_t peer_port;   /* ... and its port (host order) */
@@ -1551,8 +1555,11 @@ static int stream_read_pipe(Stream *s)
         s->rsize = 0;
         Py_DECREF(b);
         b = Py_NewRef(Py_None);
-    } else if (n < s->rsize && _PyBytes_Resize(&b, n) < 0) {
-        return -1;
+    } else if (n < s->rsize) {
+        if (_PyBytes_Resize(&b, n) < 0)
+            return -1;
+    } else if (s->rgrow > 0 && --s->rgrow == 0) {
+        s->rfast = 0; /* the transport's _on_read sees this one (decision 580) */
     }
     PyObject *r = stream_recv(s, n < 0 ? -err : (int32_t)n, 1, b, NULL, 1);
     Py_DECREF(b);
@@ -1895,6 +1902,7 @@ static PyMemberDef Stream_members[] = {
     {"inline_sends", T_UINT, offsetof(Stream, inline_sends), 0, NULL},
     {"recv_ud", T_ULONGLONG, offsetof(Stream, recv_ud), 0, NULL},
     {"rsize", T_PYSSIZET, offsetof(Stream, rsize), 0, NULL},
+    {"rgrow", T_PYSSIZET, offsetof(Stream, rgrow), 0, NULL},
     {"fd", T_INT, offsetof(Stream, fd), READONLY, NULL},
     /* the records waiting behind _ready: (res, more, data) tuples, or None */
     {"held", T_OBJECT, offsetof(Stream, held), READONLY, NULL},

@@ -22,6 +22,11 @@ error paths and calls through ``call_soon``); only the I/O differs:
   flight at a time, what comes meanwhile leaves with the next.
 * The write end of a pipe or socket is polled for POLLIN, as the stock
   transport adds a reader: it fires when the read end is closed.
+* A child's stdout/stderr pipe that the loop made for ``PIPE`` (only those:
+  ``subprocess.py`` asks, through ``_grow_when_streaming``) is enlarged to
+  ``GROW_TO`` once the child has filled it ``GROW_AFTER`` times (the C core
+  counts full reads), within a per-process budget ``GROW_BUDGET`` that a
+  pipe gives back when it closes; refusals are ignored (decisions 580-582).
 * ``connection_lost`` runs when the stock loop runs it (decision 509); the
   pipe object is closed then, or, if an op of ours on its fd has not had its
   final record yet (a cancelled op included), when that record comes (or
@@ -33,10 +38,12 @@ from __future__ import annotations
 import collections
 import contextvars
 import errno
+import fcntl
 import functools
 import os
 import select
 import stat
+import threading
 import warnings
 from asyncio import constants, events, format_helpers, futures, transports
 from asyncio.log import logger
@@ -47,6 +54,37 @@ from .base import TransportBase
 from .base import os_error as _os_error
 
 __all__ = ["ReadPipeTransport", "WritePipeTransport"]
+
+# A child's stdout/stderr pipe made for PIPE grows to GROW_TO bytes after
+# GROW_AFTER reads that found it full (decision 580); the pipes grown in this
+# process add at most GROW_BUDGET bytes to the user's pipe quota (decision
+# 581). _grown: what they add now (given back when each closes).
+GROW_TO = 256 * 1024
+GROW_AFTER = 16
+GROW_BUDGET = 2 * 1024 * 1024
+_grown = 0
+_grown_lock = threading.Lock()
+
+
+def _fresh_lock() -> None:
+    """A forked child: the lock anew (another thread may have held it). The
+    count stays: the child's copies of the transports give theirs back."""
+    global _grown_lock
+    _grown_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_lock)
+
+
+def _reserve(n: int, within: bool = True) -> bool:
+    """Add n bytes to what the grown pipes take (n < 0: give back); refused
+    past GROW_BUDGET unless not `within` (the kernel granted it already)."""
+    global _grown
+    with _grown_lock:
+        if within and n > 0 and _grown + n > GROW_BUDGET:
+            return False
+        _grown += n
+        return True
 
 
 class _PipeBase(TransportBase):
@@ -105,6 +143,9 @@ class _PipeBase(TransportBase):
     def _forget(self):
         """connection_lost has run: more to let go of."""
 
+    def _forget_growth(self):
+        """The pipe's growth (decision 580) goes back to the budget."""
+
     def _op_ended(self):
         """An op's final record came: the pipe that waited for it is closed."""
         pipe = self._pipe_closing
@@ -120,6 +161,7 @@ class _PipeBase(TransportBase):
             pipe.close()
 
     def __del__(self, _warn=warnings.warn):
+        self._forget_growth()
         if self._pipe is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._pipe.close()
@@ -145,6 +187,7 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
     # one read(2) per poll record (decision 365): a default pipe's capacity, and
     # a bytes below glibc's mmap threshold (128 KiB), as is a turn's bytes
     read_size = 64 * 1024
+    _grew = 0  # what the pipe's growth took from the budget (decision 581)
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         super().__init__(extra)
@@ -170,6 +213,7 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
         self._held = collections.deque()  # (res, data) that came after pause_reading
         self._held_bytes = 0
         self._cancelled = False  # the read in flight was asked to stop
+        self._grow_to = 0  # > 0: a child's pipe, grown at the core's GROW_AFTER-th full read
         # data_received runs in this context, as the stock reader handle's
         self._context = contextvars.copy_context()
         # The poll's owner: the C core of the stream transports (stream.c),
@@ -195,6 +239,43 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
 
     def _forget(self):
         self._core.set_protocol(None, False)
+        self._forget_growth()
+
+    def _grow_when_streaming(self):
+        """A child's stdout/stderr pipe made for PIPE (subprocess.py): once
+        GROW_AFTER reads have found it full, it is enlarged (decision 580)."""
+        if self._closing or self._grow_to or self._grew or GROW_AFTER <= 0:
+            return
+        self._grow_to = GROW_TO
+        self._core.rgrow = GROW_AFTER
+
+    def _grow(self):
+        """The child streams: its pipe grows to GROW_TO, within the budget;
+        never shrunk (the child may have grown it), refusals ignored. Past
+        the budget it asks again after GROW_AFTER more full reads."""
+        size, self._grow_to = self._grow_to, 0
+        fd = self._fileno
+        try:
+            old = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+        except OSError:
+            return
+        if old >= size:
+            return
+        if not _reserve(size - old):
+            self._grow_to = size  # other pipes hold the budget: later, maybe
+            self._core.rgrow = GROW_AFTER
+            return
+        try:
+            new = fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+        except OSError:  # EPERM (the user's quota, pipe-max-size), EBUSY
+            new = old
+        _reserve(new - size, False)  # what was granted, not what was asked for
+        self._grew = max(new - old, 0)
+
+    def _forget_growth(self):
+        grew, self._grew = self._grew, 0
+        if grew:
+            _reserve(-grew, False)
 
     def _ops_pending(self):
         return self._ud is not None
@@ -215,6 +296,10 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
         self._sync()
 
     def _on_read(self, res, more, data):
+        if self._grow_to and not self._core.rgrow:
+            # the core's GROW_AFTER-th full read; it cleared rfast to say so
+            self._grow()
+            self._sync()
         if not more:
             self._ud = None
         elif data is None and res > 0:
@@ -333,6 +418,8 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
     def _close(self, exc):
         self._closing = True
         self._core.rsize = 0  # what is still in the pipe stays there, as stock
+        self._core.rgrow = 0
+        self._grow_to = 0
         self._held.clear()
         self._held_bytes = 0
         self._sync()

@@ -26,6 +26,8 @@ import threading
 from asyncio import unix_events
 from asyncio.log import logger
 
+from .pipe import ReadPipeTransport
+
 __all__ = ["make_subprocess_transport", "SubprocessTransport"]
 
 SubprocessTransport = unix_events._UnixSubprocessTransport
@@ -56,9 +58,11 @@ def _pidfd_usable() -> bool:
 async def make_subprocess_transport(loop, protocol, args, shell, stdin, stdout, stderr,
                                     bufsize, extra=None, **kwargs):
     if not _pidfd_usable():
-        return await unix_events._UnixSelectorEventLoop._make_subprocess_transport(
+        transp = await unix_events._UnixSelectorEventLoop._make_subprocess_transport(
             loop, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=extra, **kwargs
         )
+        _grow_when_streaming(transp)
+        return transp
     waiter = loop.create_future()
     transp = SubprocessTransport(loop, protocol, args, shell, stdin, stdout, stderr, bufsize,
                                  waiter=waiter, extra=extra, **kwargs)
@@ -71,7 +75,18 @@ async def make_subprocess_transport(loop, protocol, args, shell, stdin, stdout, 
         transp.close()
         await transp._wait()
         raise
+    _grow_when_streaming(transp)
     return transp
+
+
+def _grow_when_streaming(transp) -> None:
+    """The child's stdout and stderr pipes, which Popen made for PIPE (never
+    a user's fd: those get no pipe transport), grow once the child streams
+    (decision 580). The child sees the kernel's default size at its start."""
+    for fd in (1, 2):
+        pipe = transp.get_pipe_transport(fd)
+        if isinstance(pipe, ReadPipeTransport):
+            pipe._grow_when_streaming()
 
 
 def watch_child(loop, pid: int, transp) -> None:
