@@ -22,6 +22,8 @@ sockets read by plain Python carry a timeout, threads are joined with a timeout.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import functools
 import gc
 import os
@@ -586,6 +588,32 @@ def pump_send(eng, sock: socket.socket, data: bytes, timeout: float = 10.0) -> N
 
 LOOP_KINDS = ["io_uring", "epoll", "io_uring-fallbacks"]
 ANY_LOOP_KINDS = [*LOOP_KINDS, "stock"]
+
+
+@pytest.fixture
+def pidfd_refused(monkeypatch):
+    """pidfd_open refused (ENOSYS), with the child watcher the stock policy
+    picks then (3.12+ would take PidfdChildWatcher, as the patch does not
+    reach its probe): subprocesses go the stock watcher's way (decision 506b)."""
+    from asyncio import unix_events
+
+    from uringloop.transports import subprocess as ul_subprocess
+
+    def refused(pid, flags=0):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(ul_subprocess, "_pidfd_ok", None)
+    monkeypatch.setattr(os, "pidfd_open", refused)
+    policy = asyncio.get_event_loop_policy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        policy.set_child_watcher(unix_events.ThreadedChildWatcher())
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            policy.set_child_watcher(None)
 
 
 def make_loop(kind: str):

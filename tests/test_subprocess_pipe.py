@@ -16,13 +16,9 @@ import signal
 import socket
 import subprocess
 import threading
-import warnings
-from asyncio import unix_events
 
 import pytest
 from conftest import epoll_events, is_stock, make_loop, run_in
-
-from uringloop.transports import subprocess as ul_subprocess
 
 PIPE = asyncio.subprocess.PIPE
 MIB = 1024 * 1024
@@ -249,19 +245,7 @@ def test_children_of_several_loops_in_several_threads(loop):
     assert sorted(codes) == [[n] * 5 for n in range(4)]
 
 
-def test_pidfd_refused_falls_back_to_stock_watcher(loop, monkeypatch, caplog):
-    def refused(pid, flags=0):
-        raise OSError(errno.ENOSYS, "Function not implemented")
-
-    monkeypatch.setattr(ul_subprocess, "_pidfd_ok", None)
-    monkeypatch.setattr(os, "pidfd_open", refused)
-    # what the stock policy picks where pidfd_open fails (3.12+ would take
-    # PidfdChildWatcher here, as the patch above does not reach its probe)
-    policy = asyncio.get_event_loop_policy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        policy.set_child_watcher(unix_events.ThreadedChildWatcher())
-
+def test_pidfd_refused_falls_back_to_stock_watcher(loop, pidfd_refused, caplog):
     async def main():
         proc = await asyncio.create_subprocess_exec(
             "sh", "-c", "echo hi; exit 4", stdout=PIPE
@@ -269,13 +253,8 @@ def test_pidfd_refused_falls_back_to_stock_watcher(loop, monkeypatch, caplog):
         out, _ = await proc.communicate()
         assert out == b"hi\n" and proc.returncode == 4
 
-    try:
-        with caplog.at_level(logging.WARNING, logger="asyncio"):
-            run_in(loop, main())
-    finally:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            policy.set_child_watcher(None)
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        run_in(loop, main())
     assert "pidfd_open() refused" in caplog.text
 
 

@@ -71,6 +71,15 @@ async def _child(nout: int, nerr: int, *extra: str):
     )
 
 
+async def _stream_once(n: int) -> tuple[bytes, list[int]]:
+    """A child that writes n bytes to stdout, run to its end: what it wrote
+    and the pipe sizes it reported."""
+    proc = await _child(n, 0)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    return _split(out, n)
+
+
 def test_streaming_child_pipes_grow_a_short_ones_do_not(any_loop):
     """A child writing 4 MiB to stdout and to stderr sees both pipes grown to
     GROW_TO after it wrote (the stock loop's stay the default); one writing
@@ -161,10 +170,7 @@ def test_growth_budget_holds_with_many_children(any_loop, monkeypatch):
             assert await p.wait() == 0
         await asyncio.sleep(0)  # the pipes' connection_lost
         after = ul_pipe._grown
-        proc = await _child(n, 0)
-        out, _ = await proc.communicate()
-        assert proc.returncode == 0
-        data, again = _split(out, n)
+        data, again = await _stream_once(n)
         assert data == _expect(n)
         return sizes, held, after, again[0]
 
@@ -201,14 +207,7 @@ def test_growth_refused_is_ignored(any_loop, monkeypatch, err):
 
     monkeypatch.setattr(ul_pipe, "fcntl", Fcntl)
     n = 4 * MIB
-
-    async def main():
-        proc = await _child(n, 0)
-        out, _ = await proc.communicate()
-        assert proc.returncode == 0
-        return _split(out, n)
-
-    data, sizes = run_in(any_loop, main())
+    data, sizes = run_in(any_loop, _stream_once(n))
     assert data == _expect(n)
     assert sizes == [default, default]
     assert asked == ([] if is_stock(any_loop) else [ul_pipe.GROW_TO])
@@ -267,36 +266,10 @@ def test_growth_past_the_budget_asks_again_later(any_loop, monkeypatch):
     assert ul_pipe._grown == 0
 
 
-def test_growth_where_pidfds_are_refused(loop, monkeypatch):
+def test_growth_where_pidfds_are_refused(loop, pidfd_refused):
     """The stock child watcher's path (pidfd_open refused, decision 506b)
     grows a streaming child's pipe too."""
-    import warnings
-    from asyncio import unix_events
-
-    from uringloop.transports import subprocess as ul_subprocess
-
-    def refused(pid, flags=0):
-        raise OSError(errno.ENOSYS, "Function not implemented")
-
-    monkeypatch.setattr(ul_subprocess, "_pidfd_ok", None)
-    monkeypatch.setattr(os, "pidfd_open", refused)
-    policy = asyncio.get_event_loop_policy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        policy.set_child_watcher(unix_events.ThreadedChildWatcher())
     n = 4 * MIB
-
-    async def main():
-        proc = await _child(n, 0)
-        out, _ = await proc.communicate()
-        assert proc.returncode == 0
-        return _split(out, n)
-
-    try:
-        data, sizes = run_in(loop, main())
-    finally:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            policy.set_child_watcher(None)
+    data, sizes = run_in(loop, _stream_once(n))
     assert data == _expect(n)
     assert sizes == [ul_pipe.GROW_TO, _default_size()]
