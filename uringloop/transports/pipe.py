@@ -27,6 +27,10 @@ error paths and calls through ``call_soon``); only the I/O differs:
   ``GROW_TO`` once the child has filled it ``GROW_AFTER`` times (the C core
   counts full reads), within a per-process budget ``GROW_BUDGET`` that a
   pipe gives back when it closes; refusals are ignored (decisions 580-582).
+  A grown pipe is then emptied by one readv(2) into up to ``READV_BUFS``
+  bytes of 64 KiB, so the child wakes once per pipe-full; the first goes to
+  ``data_received`` at once, the others one a turn after it (decisions
+  589-590).
 * ``connection_lost`` runs when the stock loop runs it (decision 509); the
   pipe object is closed then, or, if an op of ours on its fd has not had its
   final record yet (a cancelled op included), when that record comes (or
