@@ -17,9 +17,7 @@ uringloop (io_uring, epoll), side by side.
   socketpair), to measure what a bigger pipe does (decision 325). uringloop
   enlarges the child's pipe itself once the child streams (decision 580):
   ``io_uring@N`` / ``epoll@N`` as a loop name grows it to N bytes instead,
-  ``@0`` never (as before decision 580). ``io_uring:N`` drains a grown pipe
-  with one readv into at most N bytes of 64 KiB a poll record (decision
-  589; default 4), ``:1`` one read of 64 KiB (as before).
+  ``@0`` never (as before decision 580).
 * spawn: ``/bin/true`` spawned and waited for, ``--spawns`` times one after
   the other, then the same number 20 at a time. Processes/s, and the parent's
   CPU per process.
@@ -68,13 +66,7 @@ def make_loop(kind):
     sys.path.insert(0, ROOT)
     import uringloop
 
-    kind, _, bufs = kind.partition(":")
     backend, _, grow = kind.partition("@")
-    if bufs:  # io_uring:1: a grown pipe is read 64 KiB a record, not one readv
-        from uringloop.transports import pipe
-
-        pipe.READV_SPREAD = bufs.endswith("s")
-        pipe.READV_BUFS = int(bufs.rstrip("s"))
     if grow:  # io_uring@N: the child's pipe grows to N bytes once it streams, 0: never
         from uringloop.transports import pipe
 

@@ -61,12 +61,6 @@ typedef struct {
                            * transport hears of them: the last clears rfast, so
                            * its record goes to _on_recv (a child's pipe that
                            * streams is enlarged there, decision 580) */
-    Py_ssize_t rbufs;     /* > 1: a poll record on the fast path drains up to
-                           * rbufs * rsize bytes in one readv(2) into as many
-                           * bytes, each its own record (a grown pipe,
-                           * decision 589) */
-    char rspread;         /* the rest of such a readv is held and handed over
-                           * one bytes a _drain, one a turn (decision 590) */
     int fd;
     uint32_t peer_addr;   /* an IPv4 peer's address (network order), where peer */
     uint16_t peer_port;   /* ... and its port (host order) */
@@ -1021,26 +1015,6 @@ static PyObject *Stream_drain(Stream *s, PyObject *unused)
         }
         if (r == NULL)
             break;
-        if (cnt == 0 && s->rspread && s->rsize > 0 && s->rbufs > 1 &&
-            i + 1 < PyList_GET_SIZE(held)) {
-            /* a grown pipe's readv: one bytes a turn (decision 590) */
-            PyObject *rest = PyList_GetSlice(held, i + 1, PyList_GET_SIZE(held));
-            s->draining = 0;
-            if (rest != NULL && s->held != NULL) { /* first in line */
-                int rc = PyList_SetSlice(s->held, 0, 0, rest);
-                Py_DECREF(rest);
-                if (rc < 0)
-                    Py_CLEAR(r);
-            } else if (rest != NULL && stream_schedule_drain(s) == 0) {
-                s->held = rest;
-            } else {
-                Py_XDECREF(rest);
-                Py_CLEAR(r);
-            }
-            Py_DECREF(held);
-            Py_DECREF(s);
-            return r;
-        }
     }
     s->draining = 0;
     if (r == NULL && i + 1 < PyList_GET_SIZE(held)) {
@@ -1552,29 +1526,6 @@ static PyObject *Stream_sent(Stream *s, PyObject *const *args, Py_ssize_t nargs)
     return stream_sent(s, (int32_t)res, args[1] == Py_True, args[2], args);
 }
 
-/* bytes a pipe's readv fills at most (rbufs is capped here) */
-#define PIPE_BUFS_MAX 8
-
-/* the rest of a multi-bytes read (b[i..used-1], the last one last bytes
- * long) after a record went wrong: held, in order, as records
- * that came later would be (a _drain hands them over), the exception kept.
- * The references are taken. */
-static void stream_read_pipe_keep(Stream *s, PyObject **b, int i, int used, Py_ssize_t last)
-{
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    for (; i < used; i++) {
-        PyObject *args[3] = {PyLong_FromSsize_t(i == used - 1 ? last : s->rsize), Py_True, b[i]};
-        PyObject *r = args[0] && s->transport != NULL ? stream_hold(s, args) : NULL;
-        Py_XDECREF(args[0]);
-        Py_XDECREF(r);
-        if (r == NULL)
-            PyErr_Clear(); /* no memory left: these bytes are lost with it */
-        Py_DECREF(b[i]);
-    }
-    PyErr_Restore(type, value, tb);
-}
-
 /* A pipe transport's poll record (rsize > 0): the pipe is readable. One
  * read(2) of up to rsize bytes straight into the bytes data_received gets,
  * no pool buffer between (decision 365), handed over as the read op's
@@ -1582,82 +1533,38 @@ static void stream_read_pipe_keep(Stream *s, PyObject **b, int i, int used, Py_s
  * which it reads no more (rsize 0) and the transport ends the poll. One
  * read a record: the level poll brings the rest at the next turn, so a
  * turn's bytes stay what one read takes (more per turn made the consumer's
- * allocations pass glibc's mmap threshold, decision 366). A grown pipe on
- * the fast path (rbufs > 1) is drained by one readv(2) into rbufs bytes of
- * rsize each, so its writer wakes once per pipe-full; the filled ones go
- * over as consecutive records, the first as any record, the others at once
- * behind it (_ready does not count: they came with it), or held behind it
- * when it was, or to _on_read when the protocol paused meanwhile (decision
- * 589). Nothing when someone else read it first (EAGAIN): the poll waits
- * on. 1, or -1 with an exception set. */
+ * allocations pass glibc's mmap threshold, decision 366). Nothing when
+ * someone else read it first (EAGAIN): the poll waits on. 1, or -1 with an
+ * exception set. */
 static int stream_read_pipe(Stream *s)
 {
-    if (s->rspread && s->rbufs > 1 && s->held != NULL && !s->draining)
-        return 1; /* a readv's bytes wait to go one a turn: read when they went */
-    int k = s->rfast && s->rbufs > 1 ? (int)(s->rbufs < PIPE_BUFS_MAX ? s->rbufs : PIPE_BUFS_MAX) : 1;
-    PyObject *b[PIPE_BUFS_MAX];
-    struct iovec iov[PIPE_BUFS_MAX];
-    for (int i = 0; i < k; i++) {
-        b[i] = PyBytes_FromStringAndSize(NULL, s->rsize);
-        if (b[i] == NULL) {
-            while (i-- > 0)
-                Py_DECREF(b[i]);
-            return -1;
-        }
-        iov[i].iov_base = PyBytes_AS_STRING(b[i]);
-        iov[i].iov_len = (size_t)s->rsize;
-    }
+    PyObject *b = PyBytes_FromStringAndSize(NULL, s->rsize);
+    if (b == NULL)
+        return -1;
     ssize_t n;
     int err;
     do {
-        n = k == 1 ? read(s->fd, iov[0].iov_base, iov[0].iov_len) : readv(s->fd, iov, k);
+        n = read(s->fd, PyBytes_AS_STRING(b), (size_t)s->rsize);
         err = errno;
     } while (n < 0 && err == EINTR);
-    int used = n > 0 ? (int)((n + s->rsize - 1) / s->rsize) : 0;
-    for (int i = used > 1 ? used : 1; i < k; i++)
-        Py_DECREF(b[i]); /* not reached by the read */
     if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
-        Py_DECREF(b[0]);
+        Py_DECREF(b);
         return 1;
     }
-    Py_ssize_t last = n - (Py_ssize_t)(used - 1) * s->rsize; /* the last one's length */
     if (n <= 0) { /* the last read: the transport ends the poll */
         s->rsize = 0;
-        Py_DECREF(b[0]);
-        b[0] = Py_NewRef(Py_None);
-        used = 1;
-    } else if (last < s->rsize) {
-        if (_PyBytes_Resize(&b[used - 1], last) < 0) {
-            for (int i = 0; i < used - 1; i++)
-                Py_DECREF(b[i]);
+        Py_DECREF(b);
+        b = Py_NewRef(Py_None);
+    } else if (n < s->rsize) {
+        if (_PyBytes_Resize(&b, n) < 0)
             return -1;
-        }
-    } else if (k == 1 && s->rgrow > 0 && --s->rgrow == 0) {
+    } else if (s->rgrow > 0 && --s->rgrow == 0) {
         s->rfast = 0; /* the transport's _on_read sees this one (decision 580) */
     }
-    char draining = s->draining;
-    for (int i = 0; i < used; i++) {
-        /* the ones behind the first came with it: _ready does not count for
-         * them, unless the first was held (then they are held behind it) */
-        s->draining = i > 0 && s->held == NULL && !s->rspread ? 1 : draining;
-        int32_t res = n <= 0 ? (n < 0 ? -err : 0) : i == used - 1 ? (int32_t)last : (int32_t)s->rsize;
-        PyObject *r;
-        if (i > 0 && s->rspread && s->transport != NULL) {
-            PyObject *args[3] = {PyLong_FromLong(res), Py_True, b[i]};
-            r = args[0] ? stream_hold(s, args) : NULL;
-            Py_XDECREF(args[0]);
-        } else {
-            r = stream_recv(s, res, 1, b[i], NULL, 1);
-        }
-        s->draining = draining;
-        Py_DECREF(b[i]);
-        if (r == NULL) {
-            stream_read_pipe_keep(s, b, i + 1, used, last);
-            return -1;
-        }
-        Py_DECREF(r);
-    }
-    return 1;
+    PyObject *r = stream_recv(s, n < 0 ? -err : (int32_t)n, 1, b, NULL, 1);
+    Py_DECREF(b);
+    Py_XDECREF(r);
+    return r ? 1 : -1;
 }
 
 /* The table's delivery of a record whose owner is a Stream (the receive)
@@ -1996,8 +1903,6 @@ static PyMemberDef Stream_members[] = {
     {"recv_ud", T_ULONGLONG, offsetof(Stream, recv_ud), 0, NULL},
     {"rsize", T_PYSSIZET, offsetof(Stream, rsize), 0, NULL},
     {"rgrow", T_PYSSIZET, offsetof(Stream, rgrow), 0, NULL},
-    {"rbufs", T_PYSSIZET, offsetof(Stream, rbufs), 0, NULL},
-    {"rspread", T_BOOL, offsetof(Stream, rspread), 0, NULL},
     {"fd", T_INT, offsetof(Stream, fd), READONLY, NULL},
     /* the records waiting behind _ready: (res, more, data) tuples, or None */
     {"held", T_OBJECT, offsetof(Stream, held), READONLY, NULL},

@@ -27,10 +27,6 @@ error paths and calls through ``call_soon``); only the I/O differs:
   ``GROW_TO`` once the child has filled it ``GROW_AFTER`` times (the C core
   counts full reads), within a per-process budget ``GROW_BUDGET`` that a
   pipe gives back when it closes; refusals are ignored (decisions 580-582).
-  A grown pipe is then emptied by one readv(2) into up to ``READV_BUFS``
-  bytes of 64 KiB, so the child wakes once per pipe-full; the first goes to
-  ``data_received`` at once, the others one a turn after it (decisions
-  589-590).
 * ``connection_lost`` runs when the stock loop runs it (decision 509); the
   pipe object is closed then, or, if an op of ours on its fd has not had its
   final record yet (a cancelled op included), when that record comes (or
@@ -66,11 +62,6 @@ __all__ = ["ReadPipeTransport", "WritePipeTransport"]
 GROW_TO = 256 * 1024
 GROW_AFTER = 16
 GROW_BUDGET = 2 * 1024 * 1024
-# A grown pipe is drained by one readv(2) into up to READV_BUFS bytes of
-# read_size each (its size / read_size of them), handed over as as many
-# records: its writer wakes once per pipe-full (decision 589). 1: one read.
-READV_BUFS = 4
-READV_SPREAD = True
 _grown = 0
 _grown_lock = threading.Lock()
 
@@ -269,7 +260,6 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
         except OSError:
             return
         if old >= size:
-            self._drain_with(old)
             return
         if not _reserve(size - old):
             self._grow_to = size  # other pipes hold the budget: later, maybe
@@ -281,14 +271,6 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
             new = old
         _reserve(new - size, False)  # what was granted, not what was asked for
         self._grew = max(new - old, 0)
-        self._drain_with(new)
-
-    def _drain_with(self, size):
-        """A pipe of `size` bytes: each fast-path poll record empties it with
-        one readv(2) into size / read_size bytes, at most READV_BUFS
-        (decision 589)."""
-        self._core.rbufs = max(min(size // self.read_size, READV_BUFS), 1)
-        self._core.rspread = READV_SPREAD
 
     def _forget_growth(self):
         grew, self._grew = self._grew, 0
