@@ -499,7 +499,10 @@ def test_loadgen_reconnect_http_connection_close(loadgen, kind):
     res = json.loads(lines[1])
     assert res["http"] is True and res["reconnect"] is True
     assert res["status_errors"] == 0 and res["verify_errors"] == 0
-    assert res["requests"] > 0 and res["connects"] == res["completed"] + 4
+    # a slot opens its next connection at the server's close, after its
+    # response counted: up to the 4 slots may be waiting for that close
+    assert res["requests"] > 0
+    assert res["completed"] <= res["connects"] <= res["completed"] + 4
 
 
 def test_loadgen_reconnect_http_refuses_a_second_response(loadgen):
