@@ -30,9 +30,20 @@
  * the server certainly holds it), then "READY n" is printed and the program
  * waits until stdin closes, then exits (closing with RST, no TIME_WAIT).
  *
+ * With --reconnect (TCP, epoll mode, no TLS) a connection carries one message
+ * only: each of the N slots connects (non-blocking, TCP_NODELAY), sends one
+ * message of -s bytes, reads the whole echo, closes and connects again; under
+ * --http the request carries `Connection: close`, the response is read whole
+ * and then the server's close (EOF) is awaited before the slot reconnects.
+ * requests/s is then connections/s; latency runs from socket() to the whole
+ * reply. Who closes first: the echo client (its TIME_WAIT is reused on
+ * loopback under net.ipv4.tcp_tw_reuse = 2, the default), the HTTP server.
+ * Closes are plain FIN (no SO_LINGER 0), so the server sees an ordinary EOF.
+ *
  * Usage: loadgen (--tcp HOST:PORT | --unix PATH) [-c CONNS] [-s SIZE]
  *                [-d SECONDS] [-w WARMUP_SECONDS] [--mode epoll|uring]
  *                [--verify] [--tls] [--idle] [--http PATH [--expect BODY]]
+ *                [--reconnect]
  * Exit status: 0 on success, 1 on a usage/connect error, 2 when a byte
  * differed under --verify, a response was not 200 or could not be read, or a
  * connection closed early.
@@ -108,6 +119,10 @@ static size_t out_len;            /* bytes of one message: msg_size or the reque
 static uint64_t errors_status;    /* --http: responses whose status was not 200 */
 static size_t last_resp;          /* --http: the last whole response's length */
 static int measuring;
+static int reconnect;             /* --reconnect: one message per connection */
+static struct sockaddr_storage peer_sa; /* --reconnect: where to connect */
+static socklen_t peer_len;
+static uint64_t connects;         /* --reconnect: connections opened */
 #ifndef LOADGEN_NO_TLS
 static SSL_CTX *ssl_ctx;
 #endif
@@ -362,7 +377,7 @@ static int http_head(Conn *c)
                 if ((clen = clen * 10 + (*v - '0')) > (1LL << 40))
                     bad_response(c, "a Content-Length above 1 TiB");
         } else if (h == 'c' && len > 11 && !strncasecmp((const char *)p, "connection:", 11)) {
-            if (has_token(p + 11, eol, "close"))
+            if (!reconnect && has_token(p + 11, eol, "close"))
                 bad_response(c, "the server closes the connection (Connection: close); "
                                 "--http keeps connections alive");
         } else if (h == 't' && len > 18 &&
@@ -464,18 +479,51 @@ static int window_over(void)
 
 /* ------------------------------------------------------------------ epoll */
 
+/* --reconnect: open c's next connection (non-blocking; its send waits for
+ * EPOLLOUT) and start its one message; latency counts from here */
+static void conn_start(int ep, Conn *c)
+{
+    next_msg(c);
+    c->fd = socket(peer_sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0)
+        die("socket");
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(c->fd, (struct sockaddr *)&peer_sa, peer_len) < 0 && errno != EINPROGRESS) {
+        if (errno == EADDRNOTAVAIL)
+            fprintf(stderr, "loadgen: no ephemeral port left (TIME_WAIT; "
+                            "net.ipv4.tcp_tw_reuse?)\n");
+        die("connect");
+    }
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) < 0)
+        die("epoll_ctl");
+    c->want_out = 1;
+    connects++;
+}
+
+static void conn_restart(int ep, Conn *c)
+{
+    close(c->fd);
+    conn_start(ep, c);
+}
+
 static void run_epoll(int conns, int idle)
 {
     int ep = epoll_create1(EPOLL_CLOEXEC);
     if (ep < 0)
         die("epoll_create1");
-    for (int i = 0; i < conns; i++) {
+    for (int i = 0; i < conns && !reconnect; i++) {
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &cs[i]};
         if (epoll_ctl(ep, EPOLL_CTL_ADD, cs[i].fd, &ev) < 0)
             die("epoll_ctl");
     }
     int done_idle = 0;
     for (int i = 0; i < conns; i++) {
+        if (reconnect) {
+            conn_start(ep, &cs[i]);
+            continue;
+        }
         next_msg(&cs[i]);
         pump_write(ep, &cs[i]);
     }
@@ -494,6 +542,18 @@ static void run_epoll(int conns, int idle)
             if (!(evs[k].events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
                 continue;
             for (;;) { /* TLS may hold decrypted bytes past one read: drain */
+                if (c->rdone) { /* --reconnect --http: the response is whole, await EOF */
+                    unsigned char extra[64];
+                    ssize_t r = io_read(c, extra, sizeof extra);
+                    if (r == -1)
+                        break;
+                    if (r > 0)
+                        bad_response(c, "bytes after the response, before the server's close");
+                    if (r < 0)
+                        closed_early(c, strerror(errno));
+                    conn_restart(ep, c);
+                    break;
+                }
                 ssize_t r = io_read(c, in_ptr(c), in_room(c));
                 if (r == -1)
                     break;
@@ -518,6 +578,12 @@ static void run_epoll(int conns, int idle)
                 if (c->sent < out_len) {
                     fprintf(stderr, "loadgen: reply arrived before the send finished\n");
                     exit(2);
+                }
+                if (reconnect && http_path)
+                    continue; /* the server closes: read its EOF */
+                if (reconnect) {
+                    conn_restart(ep, c);
+                    break;
                 }
                 next_msg(c);
                 pump_write(ep, c);
@@ -695,10 +761,11 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--idle")) idle = 1;
         else if (!strcmp(a, "--http") && v) http_path = v, i++;
         else if (!strcmp(a, "--expect") && v) expect = v, i++;
+        else if (!strcmp(a, "--reconnect")) reconnect = 1;
         else {
             fprintf(stderr, "usage: loadgen (--tcp HOST:PORT | --unix PATH) [-c N] [-s SIZE] "
                             "[-d SEC] [-w SEC] [--mode epoll|uring] [--verify] [--tls] [--idle] "
-                            "[--http PATH [--expect BODY]]\n");
+                            "[--http PATH [--expect BODY]] [--reconnect]\n");
             return 1;
         }
     }
@@ -720,6 +787,10 @@ int main(int argc, char **argv)
     }
     if (expect)
         expect_len = strlen(expect);
+    if (reconnect && (!tcp || use_tls || idle)) {
+        fprintf(stderr, "loadgen: --reconnect wants --tcp, no --tls, no --idle\n");
+        return 1;
+    }
 #ifdef LOADGEN_NO_TLS
     if (use_tls) {
         fprintf(stderr, "loadgen: built without OpenSSL (LOADGEN_NO_TLS)\n");
@@ -744,16 +815,28 @@ int main(int argc, char **argv)
     }
     out_len = msg_size;
     if (http_path) { /* wrk's request: the request line and Host */
-        size_t n = strlen(http_path) + (tcp ? strlen(tcp) : 9) + 32;
+        size_t n = strlen(http_path) + (tcp ? strlen(tcp) : 9) + 64;
         req = malloc(n);
         if (!req)
             die("malloc");
-        out_len = (size_t)snprintf(req, n, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", http_path,
-                                   tcp ? tcp : "localhost");
+        out_len = (size_t)snprintf(req, n, "GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n", http_path,
+                                   tcp ? tcp : "localhost",
+                                   reconnect ? "Connection: close\r\n" : "");
     }
 
+    if (reconnect) {
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai;
+        int rc = getaddrinfo(host, port, &hints, &ai);
+        if (rc != 0) {
+            fprintf(stderr, "loadgen: getaddrinfo: %s\n", gai_strerror(rc));
+            return 1;
+        }
+        memcpy(&peer_sa, ai->ai_addr, ai->ai_addrlen);
+        peer_len = ai->ai_addrlen;
+        freeaddrinfo(ai);
+    }
     Ring ring;
-    if (use_uring && (use_tls || idle))
+    if (use_uring && (use_tls || idle || reconnect))
         use_uring = 0;
     if (use_uring && ring_init(&ring, 2 * (unsigned)conns) < 0) {
         fprintf(stderr, "loadgen: io_uring unavailable (%s): epoll mode\n", strerror(errno));
@@ -774,6 +857,9 @@ int main(int argc, char **argv)
     }
     for (int i = 0; i < conns; i++) {
         Conn *c = &cs[i];
+        c->fd = -1;
+        if (reconnect)
+            goto bufs;
         c->fd = open_conn(host, port, unix_path);
 #ifndef LOADGEN_NO_TLS
         if (use_tls)
@@ -781,6 +867,7 @@ int main(int argc, char **argv)
 #endif
         if (!use_uring)
             fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
+    bufs:
         if (http_path) {
             c->hbuf = malloc(HTTP_BUF);
             if (!c->hbuf)
@@ -802,12 +889,13 @@ int main(int argc, char **argv)
     printf("{\"requests\": %llu, \"seconds\": %.6f, \"rps\": %.1f, \"p50_us\": %.1f, "
            "\"p99_us\": %.1f, \"conns\": %d, \"size\": %zu, \"verified\": %s, "
            "\"verify_errors\": %llu, \"completed\": %llu, \"cpu_s\": %.6f, \"mode\": \"%s\", "
-           "\"http\": %s, \"status_errors\": %llu}\n",
+           "\"http\": %s, \"status_errors\": %llu, \"reconnect\": %s, \"connects\": %llu}\n",
            (unsigned long long)measured, secs, (double)measured / secs, percentile(0.50),
            percentile(0.99), conns, http_path ? last_resp : msg_size, verify ? "true" : "false",
            (unsigned long long)errors_verify, (unsigned long long)completed, cpu,
            use_uring ? "uring" : "epoll", http_path ? "true" : "false",
-           (unsigned long long)errors_status);
+           (unsigned long long)errors_status, reconnect ? "true" : "false",
+           (unsigned long long)connects);
     fflush(stdout);
     return errors_verify || errors_status ? 2 : 0;
 }

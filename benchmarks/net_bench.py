@@ -9,7 +9,11 @@ core; the client (benchmarks/loadgen.c, or wrk for the http-aiohttp and
 http-httptools rows) runs pinned to the other, and so does this driver. The
 same two HTTP servers are also driven by loadgen's --http mode (the
 http-loadgen-* rows), a client that costs less per request than wrk -t1, so
-that the server, not the client, is the side near 100 % busy. Every loadgen
+that the server, not the client, is the side near 100 % busy. The conn-*
+rows are short-lived connections (loadgen --reconnect, decision 593): each
+of 50 slots connects, sends one 1 KiB echo (or one HTTP request with
+`Connection: close`), reads the whole reply, closes and connects again, so
+requests/s is connections/s and server CPU per request is per connection. Every loadgen
 row's measured client follows a one-connection warm-up client that has closed
 its connection, as wrk's rows follow their warm-up wrk (decision 376). Server CPU
 time per request is the server process's time on a CPU
@@ -121,6 +125,34 @@ def _workloads():
                 "label": kind,
             }
         )
+    # short-lived connections (decision 593): loadgen --reconnect, one message
+    # (or one `Connection: close` request) per connection; req/s = conns/s
+    wl.append(
+        {
+            "id": "conn-1k-c50-protocol-tcp",
+            "family": "one echo 1 KiB per connection, 50 slots",
+            "client": "loadgen",
+            "reconnect": True,
+            "kind": "protocol",
+            "transport": "tcp",
+            "size": 1024,
+            "conns": 50,
+            "label": "protocol tcp",
+        }
+    )
+    wl.append(
+        {
+            "id": "conn-http-httptools",
+            "family": "one HTTP request per connection, loadgen, 50 slots",
+            "client": "loadgen",
+            "reconnect": True,
+            "http": "/",
+            "kind": "httptools",
+            "transport": "tcp",
+            "conns": 50,
+            "label": "httptools",
+        }
+    )
     wl.append(
         {
             "id": "tls-1k-c10",
@@ -367,8 +399,9 @@ def client_target(wl, server):
 
 
 def client_mode(wl, opts):
-    """loadgen's mode: --client-mode for the plain echo and HTTP rows, epoll for TLS."""
-    return "epoll" if wl["kind"] == "tls" else opts.client_mode
+    """loadgen's mode: --client-mode for the plain echo and HTTP rows, epoll for
+    TLS and the conn-* (--reconnect) rows."""
+    return "epoll" if wl["kind"] == "tls" or wl.get("reconnect") else opts.client_mode
 
 
 def loadgen_args(wl, server, opts, conns=None, duration=None, warmup=None):
@@ -398,6 +431,8 @@ def loadgen_args(wl, server, opts, conns=None, duration=None, warmup=None):
             args.append("--verify")
     if wl["kind"] == "tls":
         args.append("--tls")
+    if wl.get("reconnect"):
+        args.append("--reconnect")
     return args
 
 
@@ -462,6 +497,8 @@ def run_loadgen(wl, server, opts, strace_out=None):
     res = json.loads(line)
     if res.get("http"):
         res["mode"] = "http-" + res["mode"]
+    if res.get("reconnect"):
+        res["mode"] = "reconnect-" + res["mode"]
     res.update(window(res["requests"], res["seconds"], t0, t1, s0, s1))
     res["client_cpu_us_per_req"] = res["cpu_s"] * 1e6 / max(res["requests"], 1)
     res["client_busy_pct"] = 100 * res["cpu_s"] / res["seconds"]
@@ -491,6 +528,8 @@ CLIENT_MODES = {
     "epoll": "loadgen, epoll mode",
     "http-uring": "loadgen --http, io_uring mode",
     "http-epoll": "loadgen --http, epoll mode",
+    "reconnect-epoll": "loadgen --reconnect, epoll mode",
+    "reconnect-http-epoll": "loadgen --reconnect --http (Connection: close), epoll mode",
     "wrk": "wrk -t1",
 }
 

@@ -430,6 +430,122 @@ def test_http_rows_drive_both_servers_with_loadgen_http():
     assert "Client: loadgen --http, epoll mode." in md
 
 
+# ------------------------------------------------------------------ --reconnect (593, 594)
+
+
+def _reconnect_run(exe, port, *extra):
+    r = subprocess.run(
+        [exe, "--tcp", f"127.0.0.1:{port}", "-c", "4", "-d", "0.5", "-w", "0.1",
+         "--verify", "--reconnect", *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = r.stdout.splitlines()
+    return r.returncode, lines, r.stderr
+
+
+def test_loadgen_reconnect_sends_one_echo_per_connection(loadgen):
+    """--reconnect: every connection carries exactly one message, echoed whole,
+    then the client closes it (the server sees EOF, not a reset) and opens the
+    next; connects = completed + the 4 slots open at the end."""
+    per_conn = []  # per finished connection: (bytes received, ended by EOF)
+
+    def serve(conn, stop):
+        conn.settimeout(30)
+        got, eof = 0, False
+        try:
+            while not stop.is_set():
+                data = conn.recv(65536)
+                if not data:
+                    eof = True
+                    break
+                got += len(data)
+                conn.sendall(data)
+        except OSError:
+            pass
+        finally:
+            per_conn.append((got, eof))
+            conn.close()
+
+    with thread_server(serve) as port:
+        rc, lines, err = _reconnect_run(loadgen, port, "-s", "3000")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            res = json.loads(lines[1]) if len(lines) > 1 else {}
+            if len(per_conn) >= res.get("connects", 0):
+                break
+            time.sleep(0.05)
+    assert rc == 0, err
+    assert lines[0] == "START"
+    res = json.loads(lines[1])
+    assert res["reconnect"] is True and res["mode"] == "epoll"
+    assert res["verify_errors"] == 0 and res["requests"] > 0
+    assert res["connects"] == res["completed"] + 4
+    # the slots open when loadgen exits end with a reset, their echo unread
+    assert sum(p == (3000, True) for p in per_conn) >= res["completed"]
+    assert sum(not p[1] for p in per_conn) <= 4
+    assert all(p[0] <= 3000 for p in per_conn)
+
+
+@pytest.mark.parametrize("kind", ["httptools", "aiohttp"])
+def test_loadgen_reconnect_http_connection_close(loadgen, kind):
+    """--reconnect --http asks for `Connection: close`: the benchmark servers
+    (stock loop) answer and close; every response is 200 with the body."""
+    pytest.importorskip(kind, reason=f"{kind} is not installed (net_server.py's {kind} kind)")
+    with stock_server(kind) as port:
+        rc, lines, err = _reconnect_run(loadgen, port, *HTTP_ARGS)
+    assert rc == 0, err
+    res = json.loads(lines[1])
+    assert res["http"] is True and res["reconnect"] is True
+    assert res["status_errors"] == 0 and res["verify_errors"] == 0
+    # a slot opens its next connection at the server's close, after its
+    # response counted: up to the 4 slots may be waiting for that close
+    assert res["requests"] > 0
+    assert res["completed"] <= res["connects"] <= res["completed"] + 4
+
+
+def test_loadgen_reconnect_http_refuses_a_second_response(loadgen):
+    """After the response the client waits for the server's close: bytes
+    before it (here the response once more) are refused, exit 2."""
+
+    def serve(conn, stop):
+        conn.settimeout(30)
+        try:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            assert b"Connection: close\r\n" in data
+            conn.sendall(HTTP_OK % 0)
+            time.sleep(0.05)
+            conn.sendall(HTTP_OK % 1)
+            while not stop.is_set() and conn.recv(65536):
+                pass
+        except (OSError, AssertionError):
+            pass
+        finally:
+            conn.close()
+
+    with thread_server(serve) as port:
+        rc, lines, err = _reconnect_run(loadgen, port, *HTTP_ARGS)
+    assert rc == 2
+    assert "bytes after the response" in err
+
+
+def test_conn_rows_use_loadgen_reconnect():
+    """net_bench's conn-* rows: loadgen --reconnect, always its epoll mode."""
+    nb = _net_bench()
+    rows = {w["id"]: w for w in nb.select_workloads("conn-")}
+    assert set(rows) == {"conn-1k-c50-protocol-tcp", "conn-http-httptools"}
+    server = types.SimpleNamespace(addr="8080")
+    opts = types.SimpleNamespace(duration=1.0, warmup=0.5, client_mode="uring", verify=True)
+    for wl in rows.values():
+        args = nb.loadgen_args(wl, server, opts)
+        assert args[-1] == "--reconnect"
+        assert args[args.index("--mode") + 1] == "epoll"
+    assert "--http" in nb.loadgen_args(rows["conn-http-httptools"], server, opts)
+
+
 # ------------------------------------------------------------------ decisions 376, 379
 
 

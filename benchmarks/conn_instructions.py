@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""User instructions per short-lived connection of a server (decision 595).
+
+Like server_instructions.py (whose server template and callgrind run this
+borrows), but each request is its own connection: connect, send one
+``--size``-byte message, read the echo back, close (the client closes first,
+as loadgen --reconnect's echo rows do), wait ``--gap`` ms, next. The server
+(net_server.py ``--kind``, loopback TCP) runs alone under
+``valgrind --tool=callgrind``; N and 2N connections, the difference over N:
+start-up and shut-down cancelled out. User space only: count syscalls with
+strace (net_bench.py --strace on the conn-* rows).
+
+    python benchmarks/conn_instructions.py --loop uvloop --loop uringloop-io_uring -n 200
+
+Needs valgrind. A report: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from server_instructions import SERVER  # noqa: E402  (after the path set-up above)
+
+
+def drive(port: int, n: int, size: int, gap: float) -> None:
+    msg = os.urandom(size)
+    for _ in range(n):
+        time.sleep(gap)
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall(msg)
+            got = b""
+            while len(got) < size:
+                piece = s.recv(size - len(got))
+                if not piece:
+                    raise RuntimeError("the server closed early")
+                got += piece
+            if got != msg:
+                raise RuntimeError("the echo differs")
+
+
+def count(loop: str, kind: str, n: int, size: int, gap: float, tmp: str) -> int:
+    out = os.path.join(tmp, f"cg.{loop}.{n}.out")
+    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=ROOT)
+    code = SERVER.format(here=HERE, loop=loop, kind=kind, unix=None, tcp=0)
+    srv = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        line = srv.stdout.readline().split()
+        if line[:1] != [b"READY"]:
+            raise RuntimeError(f"{loop}: the server did not start ({line!r})")
+        drive(int(line[1]), n, size, gap)
+        time.sleep(1.0)  # the last EOFs seen, then stdin's EOF stops the loop
+        srv.stdin.close()
+        srv.wait(timeout=120)
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+    with open(out) as f:
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError(f"{loop}: no total in {out}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--loop", action="append", required=True)
+    ap.add_argument("--kind", default="protocol")
+    ap.add_argument("-n", type=int, default=200, help="connections of the short run")
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--gap", type=float, default=2.0, help="ms between connections")
+    ap.add_argument("--keep", metavar="DIR", help="keep callgrind's files in DIR")
+    a = ap.parse_args(argv)
+    tmp = a.keep or tempfile.mkdtemp(prefix="conn_instr.")
+    os.makedirs(tmp, exist_ok=True)
+    for loop in a.loop:
+        c1 = count(loop, a.kind, a.n, a.size, a.gap / 1000, tmp)
+        c2 = count(loop, a.kind, 2 * a.n, a.size, a.gap / 1000, tmp)
+        print(f"{loop:20} {a.kind:9} {(c2 - c1) / a.n:10.0f} instructions/connection", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
