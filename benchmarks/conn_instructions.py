@@ -20,16 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from server_instructions import SERVER  # noqa: E402  (after the path set-up above)
+from server_instructions import callgrind_server  # noqa: E402  (after the path set-up above)
 
 
 def drive(port: int, n: int, size: int, gap: float) -> None:
@@ -50,33 +48,10 @@ def drive(port: int, n: int, size: int, gap: float) -> None:
 
 
 def count(loop: str, kind: str, n: int, size: int, gap: float, tmp: str) -> int:
-    out = os.path.join(tmp, f"cg.{loop}.{n}.out")
-    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=ROOT)
-    code = SERVER.format(here=HERE, loop=loop, kind=kind, unix=None, tcp=0)
-    srv = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c", code],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
+    total, _ = callgrind_server(
+        loop, kind, tmp, str(n), True, lambda addr: drive(addr[1], n, size, gap)
     )
-    try:
-        line = srv.stdout.readline().split()
-        if line[:1] != [b"READY"]:
-            raise RuntimeError(f"{loop}: the server did not start ({line!r})")
-        drive(int(line[1]), n, size, gap)
-        time.sleep(1.0)  # the last EOFs seen, then stdin's EOF stops the loop
-        srv.stdin.close()
-        srv.wait(timeout=120)
-    finally:
-        if srv.poll() is None:
-            srv.kill()
-            srv.wait()
-    with open(out) as f:
-        for line in f:
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
-    raise RuntimeError(f"{loop}: no total in {out}")
+    return total
 
 
 def main(argv=None) -> int:

@@ -132,19 +132,14 @@ def drive(addr, n: int, conns: int, size: int, gap: float, name: str) -> None:
             s.close()
 
 
-def count(
-    loop: str,
-    n: int,
-    gap: float,
-    tmp: str,
-    kind: str = "sock",
-    size: int = 1024,
-    tcp: bool = False,
-    conns: int = 1,
+def callgrind_server(
+    loop: str, kind: str, tmp: str, tag: str, tcp: bool, client
 ) -> tuple[int, str]:
-    """callgrind's total for a server run of n requests, and its output file."""
-    path = None if tcp else os.path.join(tmp, f"s.{n}")
-    out = os.path.join(tmp, f"cg.{loop}.{n}.out")
+    """net_server.py's `kind` server on `loop` alone under callgrind (loopback
+    TCP, or a Unix socket in tmp), driven by client(addr); callgrind's total
+    and its output file."""
+    path = None if tcp else os.path.join(tmp, f"s.{tag}")
+    out = os.path.join(tmp, f"cg.{loop}.{tag}.out")
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=ROOT)
     code = SERVER.format(here=HERE, loop=loop, kind=kind, unix=path, tcp=0 if tcp else None)
     srv = subprocess.Popen(
@@ -158,8 +153,7 @@ def count(
         line = srv.stdout.readline().split()
         if line[:1] != [b"READY"]:
             raise RuntimeError(f"{loop}: the server did not start ({line!r})")
-        addr = ("127.0.0.1", int(line[1])) if tcp else path
-        drive(addr, n, conns, size, gap, loop)
+        client(("127.0.0.1", int(line[1])) if tcp else path)
         # let the server see the EOFs, then stop it: its loop stops at its stdin's
         # EOF (callgrind writes its file at the exit)
         time.sleep(1.0)
@@ -174,6 +168,22 @@ def count(
             if line.startswith(("summary:", "totals:")):
                 return int(line.split()[1]), out
     raise RuntimeError(f"{loop}: no total in {out}")
+
+
+def count(
+    loop: str,
+    n: int,
+    gap: float,
+    tmp: str,
+    kind: str = "sock",
+    size: int = 1024,
+    tcp: bool = False,
+    conns: int = 1,
+) -> tuple[int, str]:
+    """callgrind's total for a server run of n requests, and its output file."""
+    return callgrind_server(
+        loop, kind, tmp, str(n), tcp, lambda addr: drive(addr, n, conns, size, gap, loop)
+    )
 
 
 def main(argv=None) -> int:
