@@ -31,6 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import net_bench  # noqa: E402
+from net_bench import pad_entry  # noqa: E402  (kcounts and the tests use it from here too)
 
 GDB_SCRIPT = """\
 set pagination off
@@ -107,11 +108,6 @@ class GdbServer:
             self.proc.kill()
         self.proc.wait()
         self.out.close()
-
-
-def pad_entry(pad):
-    """A nonexistent PYTHONPATH entry `pad` characters long ('' for 0)."""
-    return "" if pad == 0 else ("/" + "p" * (pad - 1))
 
 
 def mp_state(pid):

@@ -150,16 +150,7 @@ def parse_perf(path, evs):
 
 
 def run_one(wl, loop, opts, tmp, pad=0):
-    saved = os.environ.get("PYTHONPATH")
-    if pad:
-        os.environ["PYTHONPATH"] = heapstate.pad_entry(pad)
-    try:
-        server = net_bench.Server(loop, wl, opts.server_cpu, tmp, None)
-    finally:
-        if pad:
-            os.environ.pop("PYTHONPATH")
-            if saved is not None:
-                os.environ["PYTHONPATH"] = saved
+    server = net_bench.Server(loop, wl, opts.server_cpu, tmp, None, pad)
     try:
         if server.skip:
             return {"skip": server.skip}

@@ -337,17 +337,21 @@ def make_cert(tmp):
     return cert, key
 
 
-def layout_pad(rep):
-    """A nonexistent PYTHONPATH entry whose length depends on the repetition
-    (0 for the first): it moves where start-up leaves glibc's heap blocks, so
-    that the repetitions sample the heap's fault mode rather than draw it once
-    (decisions 585, 586, 588)."""
-    n = (rep * 7) % 61
+def pad_entry(n):
+    """A nonexistent PYTHONPATH entry n characters long ('' for 0): it moves
+    where start-up leaves glibc's heap blocks (decision 570)."""
     return "/" + "p" * (n - 1) if n else ""
 
 
+def layout_pad(rep):
+    """The padding of repetition rep's servers (none for the first), so that
+    the repetitions sample the heap's fault mode rather than draw it once
+    (decisions 585, 586, 588)."""
+    return (rep * 7) % 61
+
+
 class Server:
-    def __init__(self, loop, wl, cpu, tmp, cert, rep=0):
+    def __init__(self, loop, wl, cpu, tmp, cert, pad=0):
         self.addr = self.skip = None
         self.loop = loop
         args = [sys.executable, SERVER, "--loop", loop, "--kind", wl["kind"], "--cpu", str(cpu)]
@@ -360,7 +364,7 @@ class Server:
             args += ["--cert", cert[0], "--key", cert[1]]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (ROOT, layout_pad(rep), env.get("PYTHONPATH", "")) if p
+            p for p in (ROOT, pad_entry(pad), env.get("PYTHONPATH", "")) if p
         )
         env.pop("URINGLOOP_BACKEND", None)
         env.pop("PYTHONASYNCIODEBUG", None)
@@ -1142,7 +1146,7 @@ def main():
                     if entry.get("skip") or entry.get("error"):
                         continue
                     try:
-                        server = Server(lp, wl, opts.server_cpu, tmp, cert, rep)
+                        server = Server(lp, wl, opts.server_cpu, tmp, cert, layout_pad(rep))
                     except RuntimeError as exc:
                         entry["error"] = str(exc).splitlines()[0][:300]
                         log(f"  {wl['id']:28} {lp:20} ERROR {entry['error']}")

@@ -380,7 +380,7 @@ def test_each_repetition_starts_its_server_with_another_layout(tmp_path):
     wl = nb.select_workloads("echo-1k-c1-protocol-tcp")[0]
     seen = []
     for rep in range(3):
-        server = nb.Server("asyncio", wl, 0, str(tmp_path), None, rep)
+        server = nb.Server("asyncio", wl, 0, str(tmp_path), None, nb.layout_pad(rep))
         try:
             assert server.addr, server.stderr()
             with open(f"/proc/{server.proc.pid}/environ", "rb") as f:
