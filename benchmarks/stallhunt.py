@@ -362,7 +362,20 @@ def sampled(opts, wl, server, rec, out, nhit):
         storm.start()
     try:
         res = net_bench.run_loadgen(wl, server, opts)
-        rec.update({k: res[k] for k in ("requests", "rps", "p99_us", "completed", "connects")})
+        rec.update(
+            {
+                k: res.get(k)
+                for k in (
+                    "requests",
+                    "rps",
+                    "p99_us",
+                    "completed",
+                    "connects",
+                    "server_wait_pct",
+                    "note",
+                )
+            }
+        )
     except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
         rec["error"] = " ".join(str(exc).split())[:400]
     finally:

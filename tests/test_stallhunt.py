@@ -82,3 +82,20 @@ def test_a_connection_the_server_never_reads_is_reported():
         for s in (stuck, busy, *held, lsock):
             s.close()
     assert why and "idle" in why[0], why
+
+
+def test_net_bench_says_when_the_server_waited_for_its_cpu():
+    """Decision 610: a pinned server kept off its core by other load reads
+    as a stall; net_bench's window carries the wait (schedstat's second
+    field) and a note past STARVED_PCT."""
+    import net_bench
+
+    ticks = net_bench.cpu_ticks(os.getpid())
+    assert len(ticks) == 5 and ticks[4] >= 0
+    t0 = (0, 0, 0, 0, 0)
+    # 1 s window, 0.1 s on a CPU, 0.6 s runnable but waiting
+    starved = net_bench.window(1000, 1.0, t0, (100_000_000, 5, 5, 10, 600_000_000), None, None)
+    assert round(starved["server_wait_pct"]) == 60
+    assert "waited for a CPU 60 %" in starved["note"]
+    fine = net_bench.window(1000, 1.0, t0, (100_000_000, 5, 5, 10, 1_000_000), None, None)
+    assert round(fine["server_wait_pct"], 1) == 0.1 and "note" not in fine
