@@ -117,6 +117,41 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     max_size = 256 * 1024  # as the stock transport; reads are pool-buffer sized
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        self._begin(loop, sock.fileno(), extra)
+        self._init_socket(loop, sock, server is not None)
+        self._made(loop, protocol, server)
+        base_events._set_nodelay(sock)
+        self._started(loop, protocol, waiter)
+
+    @classmethod
+    def _accepted(cls, loop, fd, kind, protocol, server, nodelay):
+        """An accepted TCP connection's transport (IPv4 or IPv6; Acceptor,
+        decision 597), made from its fd and the listener's _Kind with no
+        socket object: the stock extra info and TCP_NODELAY come from the
+        C core's accepted(), which asks the fd itself (a socket object
+        would cost a getsockname of its own), and the object is made only
+        when something asks for it (decision 258). The stock order
+        otherwise: as __init__."""
+        self = cls.__new__(cls)
+        self._sockobj = None  # (a failure below leaves nothing to close)
+        self._begin(loop, fd, None)
+        sockname, peername = self._core.accepted(nodelay)
+        self._sockname = sockname
+        if peername is True:
+            self._peername = _IN_CORE
+        else:
+            if type(peername) is tuple:
+                host = _share(peername[0])
+                if host is not peername[0]:
+                    peername = (host, *peername[1:])
+            self._peername = peername
+        self._engine = loop._engine
+        self._made(loop, protocol, server)
+        self._started(loop, protocol, None)
+        self._sockobj = kind  # the transport's from here: it closes the fd
+        return self
+
+    def _begin(self, loop, fd, extra):
         super().__init__(extra, loop)
         self._extra = extra or None
         self._tsock = None
@@ -125,8 +160,10 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         # (c.buffer, c.buffer_size, c.sending, c.dirty), the receive and send
         # callbacks, and write() itself (the class's write is the core's);
         # also the fd number and an IPv4 peer's address (decisions 311, 312)
-        self._core = c = _sched.Stream(self, loop, sock.fileno(), ctx)
-        self._init_socket(loop, sock, server is not None)
+        self._core = _sched.Stream(self, loop, fd, ctx)
+
+    def _made(self, loop, protocol, server):
+        c = self._core
         self._buffered = False
         c.high, c.low = self._high_water, self._low_water
         # epoll: write() sends at once when the transport is idle (as stock
@@ -145,7 +182,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             else:
                 server._attach()
         c.register()  # the loop's transport for its fd (decision 257)
-        base_events._set_nodelay(sock)
+
+    def _started(self, loop, protocol, waiter):
         loop.call_soon(protocol.connection_made, self)
         # only start reading when connection_made() has been called
         loop.call_soon(self._start_reading)
@@ -912,6 +950,12 @@ class Acceptor:
         self.ssl_shutdown_timeout = ssl_shutdown_timeout
         self.family, self.type, self.proto = sock.family, sock.type, sock.proto
         self.kind = _Kind(self.family, self.type | _SOCK_NONBLOCK, self.proto)
+        # an IPv4 or IPv6 TCP listener's connections are made with no socket
+        # object (SocketTransport._accepted, decision 597); TCP_NODELAY on
+        # them as base_events._set_nodelay decides for the accepted socket,
+        # which has the listener's family, type and proto (599)
+        self.plain = self.family in _INET and self.type == socket.SOCK_STREAM
+        self.nodelay = self.plain and self.proto == socket.IPPROTO_TCP
         self.ud = None
         self.turn = -1  # the loop's turn of the latest connection made
         self.made = 0  # connections made in that turn
@@ -1019,6 +1063,9 @@ class Acceptor:
 
     def _connection(self, fd):
         loop = self.loop
+        if self.plain and not self.sslcontext and not loop._debug:
+            self._plain_connection(fd)
+            return
         try:
             # the engine accepts with SOCK_NONBLOCK: saying so here makes the
             # socket object non-blocking (timeout 0) without the ioctl that
@@ -1049,14 +1096,37 @@ class Acceptor:
         except BaseException as exc:
             if transport is None:
                 conn.close()
-            if loop._debug:
-                context = {
-                    "message": "Error on transport creation for incoming connection",
-                    "exception": exc,
-                }
-                if protocol is not None:
-                    context["protocol"] = protocol
-                loop.call_exception_handler(context)
+            self._creation_failed(exc, protocol)
+
+    def _plain_connection(self, fd):
+        """_connection for an IPv4 or IPv6 TCP listener's connection outside
+        debug mode (whose log line shows the socket object): the transport
+        is made from the fd, no socket object (decision 597)."""
+        protocol = transport = None
+        try:
+            protocol = self.protocol_factory()
+            self.loop._ensure_fd_no_transport(fd)
+            transport = SocketTransport._accepted(
+                self.loop, fd, self.kind, protocol, self.server, self.nodelay
+            )
+        except (SystemExit, KeyboardInterrupt):
+            if transport is None:
+                os.close(fd)
+            raise
+        except BaseException as exc:
+            if transport is None:
+                os.close(fd)
+            self._creation_failed(exc, protocol)
+
+    def _creation_failed(self, exc, protocol):
+        if self.loop._debug:
+            context = {
+                "message": "Error on transport creation for incoming connection",
+                "exception": exc,
+            }
+            if protocol is not None:
+                context["protocol"] = protocol
+            self.loop.call_exception_handler(context)
 
     def __repr__(self):
         return f"<Acceptor fd={self.sock.fileno()} server={self.server!r}>"
