@@ -55,6 +55,7 @@ _SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 # the stock default low-water mark (64 KiB // 4) is computed per transport:
 # a new int object each time unless this one replaces it
 _DEFAULT_LOW = 16 * 1024
+_DEFAULT_HIGH = 64 * 1024
 _ACCEPT_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # connections an Acceptor makes per turn; more wait, accepted, for the next
 # turns (decision 314: as epoll's engine accepts 32 per op per run)
@@ -152,7 +153,13 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         return self
 
     def _begin(self, loop, fd, extra):
-        super().__init__(extra, loop)
+        # what transports._FlowControlMixin.__init__(extra, loop) sets (the
+        # same in 3.10-3.13), its default limits without its calls: 64 KiB
+        # and a quarter of it (decision 600)
+        self._loop = loop
+        self._protocol_paused = False
+        self._high_water = _DEFAULT_HIGH
+        self._low_water = _DEFAULT_LOW
         self._extra = extra or None
         self._tsock = None
         self._context = ctx = contextvars.copy_context()
@@ -218,6 +225,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             tsock = self._tsock
             if tsock is None:
                 tsock = self._tsock = trsock.TransportSocket(self._socket())
+            elif type(tsock) is not trsock.TransportSocket:
+                # the closed socket kept by _call_connection_lost
+                tsock = self._tsock = trsock.TransportSocket(tsock)
             return tsock
         extra = self._extra
         return default if extra is None else extra.get(name, default)
@@ -267,8 +277,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     def _call_connection_lost(self, exc):
         if self._tsock is None and self._has_sock():
             # asked for after the close, the extra socket is the closed
-            # socket, as stock
-            self._tsock = trsock.TransportSocket(self._sock)
+            # socket, as stock: kept, wrapped when asked for (decision 600)
+            self._tsock = self._sock
         super()._call_connection_lost(exc)
 
     @property
@@ -394,7 +404,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         try:
             self._process(res, data)
         finally:
-            if not more:
+            if not more and not self._closing:
                 # the op ended on data (emulated multishot); also when
                 # SystemExit or KeyboardInterrupt went through (decision 405)
                 self._start_reading()
@@ -767,9 +777,15 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         if self._closing:
             return
         self._closing = True
-        self._sync()
         self._stop_reading()
         c = self._core
+        if not c.buffer and not c.sending and self._resume_h is None:
+            # nothing to send first: the fd closes now, and _close_fd's
+            # _sync covers _closing and _conn_lost (decision 600)
+            self._conn_lost += 1
+            self._close_fd(None)
+            return
+        self._sync()
         if c.buffer and not c.sending and not self._protocol_paused:
             # what the kernel takes leaves now, as the stock write() would
             # already have sent it: a closing transport does not wait a turn
@@ -855,6 +871,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             self._engine.close_reset(*pending)  # -ENOENT: closed already
 
     def _has_unread(self):
+        if self._held is None and not self._core.held:
+            return self._unread  # (every close asks: no generator then)
         return self._unread or any(rec[0] > 0 for rec in self._held_records())
 
     def _held_records(self):
