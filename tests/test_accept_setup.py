@@ -135,3 +135,39 @@ def test_accepted_sockname_shared(tloop):
         await wait_for(server.wait_closed())
 
     run_in(tloop, main())
+
+
+def test_accepted_receive_identity_costs_no_syscall(tloop, request):
+    """On io_uring (kernel multishot receives, 6.7+) an accepted connection's
+    receive takes its file's identity from the ring, not with a getsockopt
+    of its own (decision 601): ident_captures does not move over 3 echoed
+    connections, ident_cookies counts one per connection."""
+    stats = getattr(tloop, "engine_stats", None)
+    if stats is None or request.node.callspec.params["tloop"] != "io_uring":
+        pytest.skip("the ring's identity is io_uring's, with kernel multishot receives")
+    from uringloop import engine
+
+    ops = engine.backend_info().get("opcodes") or ()
+    if "READ_MULTISHOT" not in ops or "URING_CMD" not in ops:
+        pytest.skip("SOCKET_URING_OP_GETSOCKOPT needs kernel 6.7 (as READ_MULTISHOT)")
+
+    async def main():
+        made = []
+        server = await tloop.create_server(lambda: Echo(made), "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        before = stats()
+        for _ in range(3):
+            r, w = await wait_for(asyncio.open_connection(*addr))
+            w.write(b"z")
+            assert await wait_for(r.readexactly(1)) == b"z"
+            w.close()
+            await wait_for(made[-1].lost)
+        after = stats()
+        server.close()
+        await wait_for(server.wait_closed())
+        return before, after
+
+    before, after = run_in(tloop, main())
+    assert after["ident_cookies"] - before["ident_cookies"] >= 3
+    # the client side's receives (open_connection) take theirs from the ring too
+    assert after["ident_captures"] == before["ident_captures"]
