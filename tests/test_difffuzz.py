@@ -15,9 +15,12 @@ decision 522).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
+import socket
 import sys
+import tempfile
 
 import pytest
 from conftest import LOOP_KINDS, make_loop
@@ -718,3 +721,95 @@ def test_pipe_writers_buffer_behind_a_hook_paused_reader(monkeypatch):
     assert difffuzz.check(prog, ["epoll"]) == {"epoll": []}
     runs = {"stock": trace(">0", cut=()), "epoll": trace("0", cut=())}  # reader not cut
     assert difffuzz.check(prog, ["epoll"])["epoll"]
+
+
+def test_stock_paused_for_good_behind_an_empty_part():
+    """Decision 612 (488(c) extended; unix 2239 with --callbacks on 3.12.1,
+    shrunk: a paused, b's writelines [16384, 4096, 100, 0], then a 200,000 B
+    write): 3.12+'s stock queues the write behind the 0-byte part and pauses
+    b, and a reads no more before the teardown, so no resume_writing comes;
+    ours and 3.11 send at once. Let through on an end that wrote such a
+    writelines, a pause alone or in a pair; a resume alone is not."""
+    ref = {"ends": {"a": [["made"]], "b": [["made"]]}, "handler": [], "fatal": None}
+    ref.update(leaked_fds=[], ops=[], log=[], empty_part=["b"])
+    ref["ends"]["b"] += [["pause_writing"], ["lost", None, 0], ["data", 0, 0]]
+    got = copy.deepcopy(ref)
+    got["ends"]["b"] = [["made"], ["lost", None, 0], ["data", 0, 0]]
+    assert difffuzz.differences(ref, got, "unix") == []
+    wrong = copy.deepcopy(got)
+    wrong["ends"]["b"][1:1] = [["resume_writing"]]
+    assert difffuzz.differences(ref, wrong, "unix")
+    del ref["empty_part"]
+    assert difffuzz.differences(ref, got, "unix")
+
+
+def test_more_keeps_the_seeds_programs():
+    """Decision 611: `--more`'s ops come from a third generator and go
+    between the seed's ops, which keep their order and draws; each family
+    gets only its own new shapes."""
+    seen = set()
+    for seed in range(200):
+        for family in (None, *difffuzz.ALL_FAMILIES):
+            old = difffuzz.generate(seed, family, callbacks=True)
+            new = difffuzz.generate(seed, family, callbacks=True, more=True)
+            added = [op for op in new["ops"] if op[0] in difffuzz._MORE_OPS]
+            kept = [op for op in new["ops"] if op[0] not in difffuzz._MORE_OPS]
+            assert dict(new, ops=kept) == old
+            seen |= {(new["family"], op[0]) for op in added}
+    assert {op for fam, op in seen if fam == "udp"} == {"limits_low"}
+    assert {op for fam, op in seen if fam == "pipe"} == {"limits_low", "writelines_typed"}
+    for fam in ("tcp", "unix", "tls"):
+        assert {op for f, op in seen if f == fam} == set(difffuzz._MORE_OPS)
+
+
+def _sendfile_steps(kind, via):
+    """A 100,000 B file sent on a Unix socketpair whose peer reads nothing
+    yet: whether the sendfile has ended after 20 turns, then (once the peer
+    has read it all) its result and the bytes read."""
+    lp = make_loop(kind)
+    a, b = socket.socketpair()
+    for s in (a, b):
+        s.setblocking(False)
+    data = os.urandom(100_000)
+
+    async def main():
+        with tempfile.TemporaryFile() as f:
+            f.write(data)
+            f.seek(0)
+            if via == "sock":
+                task = lp.create_task(lp.sock_sendfile(a, f))
+            else:
+                tr, _ = await lp.create_unix_connection(asyncio.Protocol, sock=a)
+                task = lp.create_task(lp.sendfile(tr, f))
+            for _ in range(20):
+                await asyncio.sleep(0)
+            early = task.done()
+            got = bytearray()
+            while len(got) < len(data):
+                got += await asyncio.wait_for(lp.sock_recv(b, 65536), 10)
+            res = await asyncio.wait_for(task, 10)
+            if via != "sock":
+                tr.close()
+            return early, res, bytes(got) == data
+
+    try:
+        return lp.run_until_complete(main())
+    finally:
+        a.close()
+        b.close()
+        lp.close()
+
+
+@pytest.mark.parametrize("via", ["sock", "transport"])
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_sendfile_ends_once_the_socket_is_writable_again(kind, via):
+    """Decision 614 (unix 6050 and 6004 with --more): stock's sendfile
+    waits for the socket to turn writable after each sendfile(2) that sent
+    something, the last too, so with the peer not reading it has not ended
+    (a Unix socket is writable again only below a quarter of its send
+    buffer) and the transport's write() raises "sendfile is in progress";
+    ours ended as soon as the kernel had taken the file."""
+    if ("sendfile", via) not in _stock:
+        _stock["sendfile", via] = _sendfile_steps("stock", via)
+    assert _stock["sendfile", via] == (False, 100_000, True)
+    assert _sendfile_steps(kind, via) == _stock["sendfile", via]
