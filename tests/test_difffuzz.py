@@ -813,3 +813,58 @@ def test_sendfile_ends_once_the_socket_is_writable_again(kind, via):
         _stock["sendfile", via] = _sendfile_steps("stock", via)
     assert _stock["sendfile", via] == (False, 100_000, True)
     assert _sendfile_steps(kind, via) == _stock["sendfile", via]
+
+
+def _write_after_reader_closed(kind):
+    """The read pipe closed in one loop run, another run, then a write()
+    queued before the next poll: what each protocol saw, in order."""
+    lp = make_loop(kind)
+    log = []
+
+    class P(asyncio.Protocol):
+        def __init__(self, name):
+            self.name = name
+
+        def connection_made(self, transport):
+            log.append(f"{self.name} made")
+
+        def connection_lost(self, exc):
+            log.append(f"{self.name} lost {type(exc).__name__}")
+
+    def turn(fn):
+        lp.call_soon(fn)
+        lp.call_soon(lp.stop)
+        lp.run_forever()
+
+    rfd, wfd = os.pipe()
+    try:
+        r, _ = lp.run_until_complete(lp.connect_read_pipe(lambda: P("r"), os.fdopen(rfd, "rb", 0)))
+        w, _ = lp.run_until_complete(lp.connect_write_pipe(lambda: P("w"), os.fdopen(wfd, "wb", 0)))
+        turn(r.close)
+        turn(lambda: log.append("turn"))
+        lp.call_soon(lambda: (log.append("write"), w.write(b"x" * 100)))
+        lp.run_until_complete(asyncio.sleep(0.01))  # settles (the test waits below)
+        for _ in range(100):
+            if "w lost" in " ".join(log):
+                break
+            lp.run_until_complete(asyncio.sleep(0.01))
+        w.close()
+        lp.run_until_complete(asyncio.sleep(0))
+        return log
+    finally:
+        lp.close()
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_write_pipe_queued_write_meets_the_closed_reader(kind):
+    """Decision 616 (pipe 6058 with --more, shrunk to a close of r and a
+    write of w a run later): stock's write pipe learns that its reader went
+    from a reader callback queued behind what _ready held at the poll, so a
+    write() queued before that poll meets the closed pipe itself (EPIPE:
+    connection_lost(BrokenPipeError)); ours closed from the engine's record
+    ahead of that write, which then went nowhere (connection_lost(None))."""
+    if "pipe_reader_closed" not in _stock:
+        _stock["pipe_reader_closed"] = _write_after_reader_closed("stock")
+    ref = _stock["pipe_reader_closed"]
+    assert ref[-1] == "w lost BrokenPipeError", ref
+    assert _write_after_reader_closed(kind) == ref

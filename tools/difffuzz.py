@@ -616,6 +616,7 @@ class _Runner:
         self.tmpdir = None
         self.salt = 0
         self.sent: dict[str, bytearray] = {}  # each end's written bytes, in order
+        self.sendfiling: set = set()  # ends with a loop.sendfile() running (611)
         # TLS with a 20 ms shutdown timeout: nothing changes for 4 x 10 ms,
         # so the timeout, if it runs, fires within the settle of the op that
         # started it (decision 485); no other timer of a program is that
@@ -798,6 +799,14 @@ class _Runner:
                 # decision 524: where an end's flow control is not compared,
                 # neither is what its flow hooks did (pipe 370)
                 self.trace.setdefault("flow_hooks", []).append(j)
+            if inner[0] in ("write_eof", "close", "abort", "rst") and inner[1] in self.sendfiling:
+                # decision 615: sendfile(2) goes on the socket itself, so the
+                # shutdown or close cuts it at once where it had got, which
+                # follows how far this callback's end had read (unix 6264
+                # with --more --callbacks: b's data hook at 70,000 B ends a's
+                # 1 MB sendfile; b then has 262,144 B on stock and epoll,
+                # 524,288 on io_uring, 131,072 on io_uring-fallbacks)
+                self.trace.setdefault("cut", []).append({"a": "b", "b": "a"}[inner[1]])
             if h["event"] == "lost" and inner[0] != "stop":
                 self.trace.setdefault("lost_hook", []).append(end.side)  # 499(b)
             if op[0] == "stop":
@@ -953,9 +962,11 @@ class _Runner:
         f.write(data)
         f.seek(0)
         task = self.loop.create_task(self.loop.sendfile(t, f, op[3]))
+        self.sendfiling.add(side)
 
         def done(task):
             f.close()
+            self.sendfiling.discard(side)
             if task.cancelled():
                 res = ["cancelled"]
             elif task.exception() is not None:
