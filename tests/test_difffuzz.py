@@ -760,6 +760,11 @@ def test_more_keeps_the_seeds_programs():
     assert {op for fam, op in seen if fam == "pipe"} == {"limits_low", "writelines_typed"}
     for fam in ("tcp", "unix", "tls"):
         assert {op for f, op in seen if f == fam} == set(difffuzz._MORE_OPS)
+    # 3.12+'s writelines after connection_lost (488) fails in the typed
+    # writelines as in the plain one (tcp 7507 and 7508 on 3.12.1)
+    for bug in difffuzz._WRITELINES_BUG:
+        x = [4, "writelines_typed", "a", "raised", "TypeError", bug]
+        assert difffuzz._stock_bug(x, [4, "writelines_typed", "a", "ok", None])
 
 
 def _sendfile_steps(kind, via):
