@@ -873,3 +873,19 @@ def test_write_pipe_queued_write_meets_the_closed_reader(kind):
     ref = _stock["pipe_reader_closed"]
     assert ref[-1] == "w lost BrokenPipeError", ref
     assert _write_after_reader_closed(kind) == ref
+
+
+def test_stock_pipe_lost_three_times_after_a_close_and_abort_hook():
+    """Decision 617 (pipe 7515 with --more --callbacks, shrunk: w writes
+    200,000 B, its resume_writing hook calls close() then abort()): stock's
+    write pipe queues _call_connection_lost twice and its writer calls it
+    too; both queued calls fail with AttributeError. Two such entries are let
+    through, a third or another error is not."""
+    ours = {"ends": {"r": [["made"]], "w": [["made"]]}, "ops": [], "handler": [], "log": []}
+    ours.update(fatal=None, leaked_fds=[])
+    name = "Exception in callback _UnixWritePipeTransport._call_connection_lost(None)"
+    stock = dict(ours, handler=[[name, "AttributeError"]] * 2)
+    assert difffuzz.differences(stock, ours, "pipe") == []
+    assert difffuzz.differences(dict(ours, handler=[[name, "AttributeError"]] * 3), ours, "pipe")
+    other = dict(ours, handler=[[name, "AttributeError"], [name, "RuntimeError"]])
+    assert difffuzz.differences(other, ours, "pipe")

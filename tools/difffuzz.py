@@ -1430,9 +1430,8 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
     extra = [h for h in rh if h not in gh]
     if (
         rh != gh
-        and len(extra) == 1
-        and extra[0][0].startswith(twice)
-        and extra[0][1] == "AttributeError"
+        and 1 <= len(extra) <= 2
+        and all(h[0].startswith(twice) and h[1] == "AttributeError" for h in extra)
     ):
         # decision 499(e): stock's write pipe calls _call_connection_lost
         # twice when its protocol's resume_writing() closes it (write_eof()
@@ -1442,6 +1441,10 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
         # resume_writing() closes it from the writer that drained its
         # buffer (close() queues one, _write_send calls it again; 3.11,
         # 3.12 and 3.13, unix seed 909 with --callbacks)
+        # Decision 617: a hook that calls close() then abort() there queues
+        # two, so stock's third and second fail (pipe 7515 with --more
+        # --callbacks, 3.11 and 3.12, shrunk to a 200,000 B write whose
+        # resume_writing hook closes and aborts w)
         rh = [h for h in rh if h in gh]
     if rh != gh:
         out.append(f"exception handler: stock {ref['handler']} ours {got['handler']}")
