@@ -16,6 +16,8 @@ import socket
 import pytest
 from conftest import Collector, run_until, settle
 
+from uringloop import engine
+
 
 def test_recv_on_reused_number_with_exhausted_pool_completes(make_engine, res_tracker):
     """Review P2: on epoll a receive whose first try yields (pool empty) on a
@@ -140,3 +142,72 @@ def test_identity_costs_nothing_per_event_of_a_multishot_receive(make_engine, re
     assert got.payload() == b"".join(b"m%d" % i for i in range(10))
     eng.cancel_fd(a.fileno())
     run_until(eng, lambda: got.done)
+
+
+def _ring_cookies(eng, fallbacks):
+    """Skip unless this engine takes a multishot receive's identity from the
+    ring (io_uring with multishot receives, kernel 6.7+: decision 601)."""
+    if eng.backend != "io_uring" or fallbacks:
+        pytest.skip("the ring's getsockopt is io_uring's, with kernel multishot receives")
+    ops = engine.backend_info().get("opcodes") or ()
+    if "READ_MULTISHOT" not in ops or "URING_CMD" not in ops:
+        pytest.skip("SOCKET_URING_OP_GETSOCKOPT needs kernel 6.7 (as READ_MULTISHOT)")
+
+
+def test_multishot_receive_takes_its_identity_from_the_ring(make_engine, res_tracker):
+    """A multishot receive still in flight after its run has its file's
+    identity without a syscall (the ring's getsockopt SQE next to it,
+    decision 601: ident_cookies, not ident_captures), and it guards as the
+    syscall's did: the receive, taken out by park() and issued again by
+    number after the user closed the socket and the number was reused, ends
+    with EBADF and never reads the new socket."""
+    eng = make_engine()
+    _ring_cookies(eng, make_engine.fallbacks)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    got = Collector("ms")
+    eng.recv(a.fileno(), got, multishot=True)
+    settle(eng)
+    stats = eng.stats()
+    assert (stats["ident_cookies"], stats["ident_captures"]) == (1, 0)
+    b.send(b"old")
+    run_until(eng, lambda: len(got.records) == 1)
+    assert got.records[0][2] == b"old"
+    n = a.fileno()
+    assert eng.park()
+    a.close()  # behind the engine's back
+    b.close()
+    y1, y2 = (res_tracker.sock(s) for s in socket.socketpair())
+    y1.setblocking(False)
+    assert y1.fileno() == n
+    y2.send(b"new")
+    run_until(eng, lambda: got.done, what="the parked receive on the reused number")
+    assert got.final[0] == -errno.EBADF
+    assert eng.stats()["ident_checks"] >= 1
+    assert y1.recv(16) == b"new"
+
+
+def test_multishot_receive_cancelled_before_the_kernel_saw_it_with_its_ring_identity(
+    make_engine, res_tracker
+):
+    """A multishot receive cancelled before any enter (its SQE and the
+    getsockopt SQE behind it both become NOPs, so the kernel never writes
+    into the ended op's slot); the slot's next receive takes its own
+    identity and works."""
+    eng = make_engine()
+    _ring_cookies(eng, make_engine.fallbacks)
+    a, b = (res_tracker.sock(s) for s in socket.socketpair())
+    a.setblocking(False)
+    old = Collector("old")
+    ud = eng.recv(a.fileno(), old, multishot=True)
+    eng.cancel(ud)  # before any run: cancel_unsubmitted
+    new = Collector("new")
+    eng.recv(a.fileno(), new, multishot=True)
+    settle(eng)
+    assert old.done and old.res == -errno.ECANCELED
+    assert eng.stats()["ident_cookies"] == 1
+    b.send(b"x")
+    run_until(eng, lambda: len(new.records) == 1)
+    assert new.records[0][2] == b"x"
+    eng.cancel_fd(a.fileno())
+    run_until(eng, lambda: new.done)

@@ -830,6 +830,11 @@ class SockMixin:
                     break  # end of file
                 offset += sent
                 total += sent
+                # the next call, or the end, once the socket is writable
+                # again: the stock loop's add_writer after each send
+                # (decision 614: with the peer not reading, a sendfile the
+                # kernel took whole has not ended on stock)
+                await self._sock_writable(fd)
         finally:
             if total > 0:
                 os.lseek(fileno, offset, os.SEEK_SET)

@@ -454,7 +454,10 @@ static void backlog_unlink(ul_engine *e, struct ul_op *op)
  * with -EBADF. Taking it costs a syscall, so only these ops pay, only once,
  * and only when they did not finish at once (io_uring: after the run that
  * handed them to the kernel, if still in flight; epoll: when they start to
- * wait). One-shot receives and accepts (sock_recv's hot path) carry none:
+ * wait). On io_uring 6.7+ a multishot receive's is no syscall: a getsockopt
+ * SQE next to the receive's has the kernel write it while the same enter
+ * consumes both (uring.c take_cookie, ident_cookies; decision 601); the
+ * syscall stays for the rest. One-shot receives and accepts (sock_recv's hot path) carry none:
  * theirs is the EAGAIN reissue only, which this kernel does not take; see
  * docs/design.md.
  */

@@ -664,6 +664,12 @@ static PyObject *build_addr(const uint8_t *raw, uint32_t len, PyObject *decode, 
     return a;
 }
 
+PyObject *ul_addr_new(const uint8_t *raw, uint32_t len)
+{
+    uint32_t key;
+    return build_addr(raw, len, NULL, &key);
+}
+
 PyObject *ul_addr_obj(ul_addr_cache **cache, const uint8_t *raw, uint32_t len,
                       PyObject *decode)
 {

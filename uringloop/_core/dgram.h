@@ -17,6 +17,9 @@ typedef struct ul_addr_cache ul_addr_cache;
  * family. *cache is allocated on first use. */
 PyObject *ul_addr_obj(ul_addr_cache **cache, const uint8_t *raw, uint32_t len,
                       PyObject *decode);
+/* raw IPv4 or IPv6 sockaddr (len bytes) -> address, uncached (new reference);
+ * only for those two families */
+PyObject *ul_addr_new(const uint8_t *raw, uint32_t len);
 int ul_addr_cache_traverse(ul_addr_cache *cache, visitproc visit, void *arg);
 void ul_addr_cache_free(ul_addr_cache **cache);
 

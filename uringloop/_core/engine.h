@@ -123,6 +123,7 @@ typedef struct ul_stats {
                                     handed their pages back (or ever) */
     uint32_t fd_entries;         /* entries of the engine's fd table */
     uint64_t pool_takes;         /* stream pool buffers taken (for records or tries) */
+    uint64_t ident_cookies;      /* io_uring: file identities the ring gave (no syscall) */
 } ul_stats;
 
 typedef struct ul_engine ul_engine;

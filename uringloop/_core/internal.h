@@ -35,6 +35,7 @@
 #define KUD_SPECIAL (3ULL << 62)
 #define KUD_WAKE (KUD_SPECIAL | 1)
 #define KUD_IGNORE (KUD_SPECIAL | 2)
+#define KUD_COOKIE (KUD_SPECIAL | 3) /* io_uring: a ring-taken identity (uring.c) */
 
 #define UL_FD_STEP 256          /* the fd table grows by this many entries */
 #define CHUNK_SHIFT 10
@@ -93,6 +94,8 @@ struct ul_op {
     uint8_t wait_first;         /* K_RECV_INTO asked with UL_RECV_WAIT_FIRST */
     uint8_t drained;            /* K_RECV_INTO with UL_RECV_DRAINED, or K_POLL with
                                    UL_POLL_DRAINED: epoll may wait with no re-arm */
+    uint8_t ring_ident;         /* io_uring: a getsockopt SQE next to the op's writes
+                                   ident (uring.c, ring_cookie) */
     int fd;
     uint32_t sqe_idx;           /* io_uring: SQ index of the op's latest SQE */
     uint32_t reg_gen;           /* epoll: the fd's reg_gen when ident was last

@@ -1738,6 +1738,74 @@ static PyObject *Stream_keep_peer(Stream *s, PyObject *peer)
     Py_RETURN_TRUE;
 }
 
+/* sa (len bytes, from getsockname or getpeername) as the socket module
+ * makes an IPv4 or IPv6 address, shared through cache when one is given;
+ * None for another family */
+static PyObject *inet_name(const struct sockaddr_storage *sa, socklen_t len, ul_addr_cache **cache)
+{
+    if (!((sa->ss_family == AF_INET && len >= sizeof(struct sockaddr_in)) ||
+          (sa->ss_family == AF_INET6 && len >= sizeof(struct sockaddr_in6))))
+        Py_RETURN_NONE;
+    return cache ? ul_addr_obj(cache, (const uint8_t *)sa, len, NULL)
+                 : ul_addr_new((const uint8_t *)sa, len);
+}
+
+/* the local addresses of accepted connections: a server's connections
+ * mostly share one (base.py's _share, done here before the tuple is made) */
+static ul_addr_cache *accepted_socknames;
+
+/* accepted(nodelay): what the stock transport asks an accepted TCP socket
+ * (IPv4 or IPv6) for when it is made, straight from the fd, with no socket
+ * object (whose making costs a getsockname of its own, decision 597):
+ * (sockname, peername), each None when the call fails, as the stock
+ * transport's extra info; sockname shared with the server's other
+ * connections; an IPv4 peer is kept here as keep_peer keeps it (decision
+ * 311) and peername is then True. nodelay: TCP_NODELAY is set after,
+ * as base_events._set_nodelay does (its error raised). */
+static PyObject *Stream_accepted(Stream *s, PyObject *nodelay)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    PyObject *sockname = getsockname(s->fd, (struct sockaddr *)&ss, &len) < 0
+                             ? Py_NewRef(Py_None)
+                             : inet_name(&ss, len, &accepted_socknames);
+    if (sockname == NULL)
+        return NULL;
+    PyObject *peer;
+    s->peer = 0;
+    len = sizeof ss;
+    if (getpeername(s->fd, (struct sockaddr *)&ss, &len) < 0) {
+        peer = Py_NewRef(Py_None);
+    } else if (ss.ss_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
+        struct sockaddr_in sin;
+        memcpy(&sin, &ss, sizeof sin);
+        s->peer_addr = sin.sin_addr.s_addr;
+        s->peer_port = ntohs(sin.sin_port);
+        s->peer = 1;
+        peer = Py_NewRef(Py_True);
+    } else {
+        peer = inet_name(&ss, len, NULL);
+    }
+    if (peer == NULL)
+        goto fail;
+    int on = PyObject_IsTrue(nodelay);
+    if (on < 0)
+        goto fail;
+    if (on && setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto fail;
+    }
+    PyObject *r = PyTuple_Pack(2, sockname, peer);
+    Py_DECREF(sockname);
+    Py_DECREF(peer);
+    return r;
+fail:
+    s->peer = 0;
+    Py_DECREF(sockname);
+    Py_XDECREF(peer);
+    return NULL;
+}
+
 /* register(): the transport is the loop's for its fd (stream_for_fd finds
  * it); unregister(): no longer (sendfile hands the fd to sock_sendfile) */
 static PyObject *Stream_register(Stream *s, PyObject *unused)
@@ -1919,6 +1987,8 @@ static PyMethodDef Stream_methods[] = {
     {"_fatal_error", (PyCFunction)(void (*)(void))Stream_fatal_error, METH_FASTCALL, NULL},
     {"register", (PyCFunction)Stream_register, METH_NOARGS, "the loop's transport for its fd"},
     {"keep_peer", (PyCFunction)Stream_keep_peer, METH_O, "keep an IPv4 peername here"},
+    {"accepted", (PyCFunction)Stream_accepted, METH_O,
+     "an accepted TCP socket's (sockname, peername), TCP_NODELAY set"},
     {"unregister", (PyCFunction)Stream_unregister, METH_NOARGS, "no longer"},
     {NULL, NULL, 0, NULL},
 };

@@ -72,6 +72,8 @@ struct uring {
     size_t dr_sz;
     uint16_t dr_tail;
     int ms_recv, ms_accept, bufring, cancel_fd;
+    int ring_cookie;            /* a multishot recv's identity comes from the ring
+                                   (take_cookie; 6.7's SOCKET_URING_OP_GETSOCKOPT) */
     int ms_read;                /* READ_MULTISHOT (6.7+) on the buffer ring */
     int dring;                  /* datagrams: multishot RECVMSG on group 1 */
     uint64_t *cancels;          /* cancel requests that found no SQE */
@@ -311,6 +313,38 @@ static void note_fresh(struct uring *u, struct ul_op *op)
     u->nfresh++;
 }
 
+/*
+ * A multishot receive's identity from the ring (decision 601): a getsockopt
+ * (SOL_SOCKET, SO_COOKIE) URING_CMD SQE right behind the receive's, so the
+ * enter that hands the receive to the kernel resolves the fd number for both
+ * (SUBMIT_ALL: one enter consumes every SQE queued; no flush comes between
+ * the two, for there must be room for this one without one), and the kernel
+ * writes the cookie into op->ident while it consumes the SQE (the command
+ * runs inline, before the enter returns). capture_fresh then takes it with
+ * no syscall; 0 there (not written: refused, or not consumed) takes the
+ * syscall as before. The op's memory outlives the write: an op ends only
+ * through its final CQE, which comes after the enter that consumed both,
+ * or through cancel_unsubmitted, which turns this SQE into a NOP too.
+ */
+static void take_cookie(ul_engine *e, struct uring *u, struct ul_op *op)
+{
+    unsigned head = __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
+    if (u->sqe_tail - head >= u->sq_entries)
+        return;
+    struct ul_sqe *s = get_sqe(e, u);
+    if (!s)
+        return;
+    op->ident = 0;
+    op->ring_ident = 1;
+    s->opcode = UL_OP_URING_CMD;
+    s->fd = op->fd;
+    s->off = 2;                                     /* cmd_op: SOCKET_URING_OP_GETSOCKOPT */
+    s->addr = (uint64_t)SOL_SOCKET | (57ULL << 32); /* level; optname SO_COOKIE */
+    s->file_index = sizeof op->ident;               /* optlen */
+    s->addr3 = (uint64_t)(uintptr_t)&op->ident;     /* optval */
+    s->user_data = KUD_COOKIE;
+}
+
 /* After the enter that consumed them (no user code ran since): identities of
  * the noted ops still in flight. Ops noted during this run's reap were not
  * consumed yet, but no user code ran since their first request was, so their
@@ -319,8 +353,17 @@ static void capture_fresh(ul_engine *e, struct uring *u)
 {
     for (uint32_t i = 0; i < u->nfresh; i++) {
         struct ul_op *op = ul__op_find(e, u->fresh[i].slot);
-        if (op && op->ud == u->fresh[i].ud && op->state != S_FREE)
-            ul__ident_capture(e, op);
+        if (!op || op->ud != u->fresh[i].ud || op->state == S_FREE)
+            continue;
+        if (op->ring_ident) {  /* the enter ran take_cookie's SQE too */
+            op->ring_ident = 0;
+            if (!op->has_ident && op->ident) {
+                op->has_ident = 1;
+                e->st.ident_cookies++;
+                continue;
+            }
+        }
+        ul__ident_capture(e, op);
     }
     u->nfresh = 0;
 }
@@ -602,6 +645,8 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
             s->buf_group = 0;
             if (op->multishot && u->ms_recv) {
                 s->ioprio = UL_RECV_MULTISHOT | (u->bundle ? UL_RECVSEND_BUNDLE : 0);
+                if (u->ring_cookie && !op->has_ident)
+                    take_cookie(e, u, op);
             } else {
                 s->len = op->len;
                 /* a one-shot receive (sock_recv) is asked for before its
@@ -849,6 +894,18 @@ static int cancel_unsubmitted(ul_engine *e, struct uring *u, struct ul_op *op)
     s->opcode = UL_OP_NOP;
     s->fd = -1;
     s->user_data = KUD_IGNORE;
+    uint32_t next = op->sqe_idx + 1;
+    struct ul_sqe *c = &u->sqes[next & u->sq_mask];
+    if (op->ring_ident && next - head < u->sqe_tail - head && c->user_data == KUD_COOKIE &&
+        c->addr3 == (uint64_t)(uintptr_t)&op->ident) {
+        /* its take_cookie SQE: the kernel must not write into the op's
+         * slot once the op has ended */
+        memset(c, 0, sizeof *c);
+        c->opcode = UL_OP_NOP;
+        c->fd = -1;
+        c->user_data = KUD_IGNORE;
+    }
+    op->ring_ident = 0;
     if ((ul__is_pool_read(op) || op->kind == K_RECVMSG_POOL) && op->bid >= 0) {
         /* engine-picked buffer, unused */
         ul__pool_put(e, (uint16_t)op->bid);
@@ -1056,6 +1113,13 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
     }
     if (kud == KUD_IGNORE)
         return;
+    if (kud == KUD_COOKIE) {
+        /* take_cookie's getsockopt: refused as such (an older kernel, an
+         * LSM), it is not asked again; the identity was taken anyway */
+        if (res == -EOPNOTSUPP || res == -EINVAL || res == -EACCES || res == -EPERM)
+            u->ring_cookie = 0;
+        return;
+    }
     uint64_t ud = kud & ~KUD_POLL;
     struct ul_op *op = ul__op_find(e, ul__slot(ud));
     int kmore = (cflags & UL_CQE_F_MORE) != 0;
@@ -1972,6 +2036,9 @@ int ul__uring_init(ul_engine *e, char *err, int errlen)
     u->bundle = u->ms_recv && (u->features & UL_FEAT_RECVSEND_BUNDLE) &&
                 !(opt & UL_OPT_NO_BUNDLE);
     u->ms_accept = k519 && !(opt & UL_OPT_NO_MULTISHOT);
+    /* SOCKET_URING_OP_GETSOCKOPT came with 6.7, as READ_MULTISHOT */
+    u->ring_cookie = u->ms_recv && pr.ops[UL_OP_READ_MULTISHOT] && pr.ops[UL_OP_URING_CMD] &&
+                     !(opt & UL_OPT_TEST_EAGAIN);
     if (u->ms_recv)
         setup_dring(e, u, NULL);  /* else datagram buffers are engine-picked */
     u->ms_read = u->bufring && pr.ops[UL_OP_READ_MULTISHOT] && !(opt & UL_OPT_NO_MULTISHOT);

@@ -219,8 +219,11 @@ class SocketTransportBase(TransportBase):
         finally:
             if not held:
                 self._held = None
-                self._sync()
-                self._start_reading()
+                if not self._closing:
+                    # (closing: the fast paths are off already and nothing
+                    # is read; decision 600)
+                    self._sync()
+                    self._start_reading()
             elif self.is_reading():
                 # SystemExit or KeyboardInterrupt went through a protocol
                 # callback: the rest for the loop's next run (decision 405)

@@ -430,6 +430,7 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
 
 class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.WriteTransport):
     _resume_h = None  # the deferred resume's handle (decisions 522, 534)
+    _peer_h = None  # the deferred "read end closed" handle (decision 616)
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         super().__init__(extra, loop)
@@ -489,6 +490,20 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
             self._op_ended()
             return
         if self._lost:
+            return
+        if self._loop._sched_ahead():
+            # Decision 616: the stock reader callback (_read_ready) is queued
+            # behind what _ready held before the poll, so a write() queued
+            # there meets the closed pipe itself (EPIPE: BrokenPipeError), and
+            # a close() there removes the reader (_stop_watching cancels this)
+            h = self._peer_h = self._loop.call_soon(self._peer_closed, context=self._context)
+            self._loop._sched_io_place(h, True)
+            return
+        self._peer_closed()
+
+    def _peer_closed(self):
+        self._peer_h = None
+        if self._lost or self._pipe is None:
             return
         # the read end was closed (the stock transport's _read_ready)
         if self._loop.get_debug():
@@ -554,9 +569,14 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         if self._lost:
             self._op_ended()
             return
-        if self._poll_ud is not None and (
-            res == -errno.EPIPE or (res >= 0 and data == -errno.EPIPE)
-        ):
+        epipe = res == -errno.EPIPE or (res >= 0 and data == -errno.EPIPE)
+        if epipe and self._peer_h is not None:
+            # the read end closed and its deferred handle (decision 616) is
+            # queued: it closes with BrokenPipeError(), as stock's reader
+            # callback, which runs before its writer's (the bytes in flight
+            # still count in _buffer_size)
+            return
+        if self._poll_ud is not None and epipe:
             # the read end closed: the stock selector runs the POLLIN watch
             # (its reader) before its writer in that select, and the reader
             # closes with BrokenPipeError(); on epoll the engine's write
@@ -629,6 +649,9 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
                 self._call_connection_lost(None)
 
     def _stop_watching(self):
+        if self._peer_h is not None:  # stock's _remove_reader cancels its handle
+            self._peer_h.cancel()
+            self._peer_h = None
         if self._poll_ud is not None and not self._engine.closed:
             self._engine.cancel(self._poll_ud)
 

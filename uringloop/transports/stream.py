@@ -55,6 +55,7 @@ _SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 # the stock default low-water mark (64 KiB // 4) is computed per transport:
 # a new int object each time unless this one replaces it
 _DEFAULT_LOW = 16 * 1024
+_DEFAULT_HIGH = 64 * 1024
 _ACCEPT_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # connections an Acceptor makes per turn; more wait, accepted, for the next
 # turns (decision 314: as epoll's engine accepts 32 per op per run)
@@ -117,7 +118,48 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     max_size = 256 * 1024  # as the stock transport; reads are pool-buffer sized
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
-        super().__init__(extra, loop)
+        self._begin(loop, sock.fileno(), extra)
+        self._init_socket(loop, sock, server is not None)
+        self._made(loop, protocol, server)
+        base_events._set_nodelay(sock)
+        self._started(loop, protocol, waiter)
+
+    @classmethod
+    def _accepted(cls, loop, fd, kind, protocol, server, nodelay):
+        """An accepted TCP connection's transport (IPv4 or IPv6; Acceptor,
+        decision 597), made from its fd and the listener's _Kind with no
+        socket object: the stock extra info and TCP_NODELAY come from the
+        C core's accepted(), which asks the fd itself (a socket object
+        would cost a getsockname of its own), and the object is made only
+        when something asks for it (decision 258). The stock order
+        otherwise: as __init__."""
+        self = cls.__new__(cls)
+        self._sockobj = None  # (a failure below leaves nothing to close)
+        self._begin(loop, fd, None)
+        sockname, peername = self._core.accepted(nodelay)
+        self._sockname = sockname
+        if peername is True:
+            self._peername = _IN_CORE
+        else:
+            if type(peername) is tuple:
+                host = _share(peername[0])
+                if host is not peername[0]:
+                    peername = (host, *peername[1:])
+            self._peername = peername
+        self._engine = loop._engine
+        self._made(loop, protocol, server)
+        self._started(loop, protocol, None)
+        self._sockobj = kind  # the transport's from here: it closes the fd
+        return self
+
+    def _begin(self, loop, fd, extra):
+        # what transports._FlowControlMixin.__init__(extra, loop) sets (the
+        # same in 3.10-3.13), its default limits without its calls: 64 KiB
+        # and a quarter of it (decision 600)
+        self._loop = loop
+        self._protocol_paused = False
+        self._high_water = _DEFAULT_HIGH
+        self._low_water = _DEFAULT_LOW
         self._extra = extra or None
         self._tsock = None
         self._context = ctx = contextvars.copy_context()
@@ -125,8 +167,10 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         # (c.buffer, c.buffer_size, c.sending, c.dirty), the receive and send
         # callbacks, and write() itself (the class's write is the core's);
         # also the fd number and an IPv4 peer's address (decisions 311, 312)
-        self._core = c = _sched.Stream(self, loop, sock.fileno(), ctx)
-        self._init_socket(loop, sock, server is not None)
+        self._core = _sched.Stream(self, loop, fd, ctx)
+
+    def _made(self, loop, protocol, server):
+        c = self._core
         self._buffered = False
         c.high, c.low = self._high_water, self._low_water
         # epoll: write() sends at once when the transport is idle (as stock
@@ -145,7 +189,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             else:
                 server._attach()
         c.register()  # the loop's transport for its fd (decision 257)
-        base_events._set_nodelay(sock)
+
+    def _started(self, loop, protocol, waiter):
         loop.call_soon(protocol.connection_made, self)
         # only start reading when connection_made() has been called
         loop.call_soon(self._start_reading)
@@ -180,6 +225,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             tsock = self._tsock
             if tsock is None:
                 tsock = self._tsock = trsock.TransportSocket(self._socket())
+            elif type(tsock) is not trsock.TransportSocket:
+                # the closed socket kept by _call_connection_lost
+                tsock = self._tsock = trsock.TransportSocket(tsock)
             return tsock
         extra = self._extra
         return default if extra is None else extra.get(name, default)
@@ -229,8 +277,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     def _call_connection_lost(self, exc):
         if self._tsock is None and self._has_sock():
             # asked for after the close, the extra socket is the closed
-            # socket, as stock
-            self._tsock = trsock.TransportSocket(self._sock)
+            # socket, as stock: kept, wrapped when asked for (decision 600)
+            self._tsock = self._sock
         super()._call_connection_lost(exc)
 
     @property
@@ -356,7 +404,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         try:
             self._process(res, data)
         finally:
-            if not more:
+            if not more and not self._closing:
                 # the op ended on data (emulated multishot); also when
                 # SystemExit or KeyboardInterrupt went through (decision 405)
                 self._start_reading()
@@ -729,9 +777,15 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         if self._closing:
             return
         self._closing = True
-        self._sync()
         self._stop_reading()
         c = self._core
+        if not c.buffer and not c.sending and self._resume_h is None:
+            # nothing to send first: the fd closes now, and _close_fd's
+            # _sync covers _closing and _conn_lost (decision 600)
+            self._conn_lost += 1
+            self._close_fd(None)
+            return
+        self._sync()
         if c.buffer and not c.sending and not self._protocol_paused:
             # what the kernel takes leaves now, as the stock write() would
             # already have sent it: a closing transport does not wait a turn
@@ -817,6 +871,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             self._engine.close_reset(*pending)  # -ENOENT: closed already
 
     def _has_unread(self):
+        if self._held is None and not self._core.held:
+            return self._unread  # (every close asks: no generator then)
         return self._unread or any(rec[0] > 0 for rec in self._held_records())
 
     def _held_records(self):
@@ -912,6 +968,12 @@ class Acceptor:
         self.ssl_shutdown_timeout = ssl_shutdown_timeout
         self.family, self.type, self.proto = sock.family, sock.type, sock.proto
         self.kind = _Kind(self.family, self.type | _SOCK_NONBLOCK, self.proto)
+        # an IPv4 or IPv6 TCP listener's connections are made with no socket
+        # object (SocketTransport._accepted, decision 597); TCP_NODELAY on
+        # them as base_events._set_nodelay decides for the accepted socket,
+        # which has the listener's family, type and proto (599)
+        self.plain = self.family in _INET and self.type == socket.SOCK_STREAM
+        self.nodelay = self.plain and self.proto == socket.IPPROTO_TCP
         self.ud = None
         self.turn = -1  # the loop's turn of the latest connection made
         self.made = 0  # connections made in that turn
@@ -1019,6 +1081,9 @@ class Acceptor:
 
     def _connection(self, fd):
         loop = self.loop
+        if self.plain and not self.sslcontext and not loop._debug:
+            self._plain_connection(fd)
+            return
         try:
             # the engine accepts with SOCK_NONBLOCK: saying so here makes the
             # socket object non-blocking (timeout 0) without the ioctl that
@@ -1049,14 +1114,37 @@ class Acceptor:
         except BaseException as exc:
             if transport is None:
                 conn.close()
-            if loop._debug:
-                context = {
-                    "message": "Error on transport creation for incoming connection",
-                    "exception": exc,
-                }
-                if protocol is not None:
-                    context["protocol"] = protocol
-                loop.call_exception_handler(context)
+            self._creation_failed(exc, protocol)
+
+    def _plain_connection(self, fd):
+        """_connection for an IPv4 or IPv6 TCP listener's connection outside
+        debug mode (whose log line shows the socket object): the transport
+        is made from the fd, no socket object (decision 597)."""
+        protocol = transport = None
+        try:
+            protocol = self.protocol_factory()
+            self.loop._ensure_fd_no_transport(fd)
+            transport = SocketTransport._accepted(
+                self.loop, fd, self.kind, protocol, self.server, self.nodelay
+            )
+        except (SystemExit, KeyboardInterrupt):
+            if transport is None:
+                os.close(fd)
+            raise
+        except BaseException as exc:
+            if transport is None:
+                os.close(fd)
+            self._creation_failed(exc, protocol)
+
+    def _creation_failed(self, exc, protocol):
+        if self.loop._debug:
+            context = {
+                "message": "Error on transport creation for incoming connection",
+                "exception": exc,
+            }
+            if protocol is not None:
+                context["protocol"] = protocol
+            self.loop.call_exception_handler(context)
 
     def __repr__(self):
         return f"<Acceptor fd={self.sock.fileno()} server={self.server!r}>"

@@ -1,0 +1,173 @@
+"""What an accepted TCP connection's transport says about itself, on every
+kind and on the stock loop (decisions 597-600): uringloop makes an IPv4 or
+IPv6 listener's connections from the fd, with no socket object (sockname,
+peername and TCP_NODELAY come from the C core's Stream.accepted), and the
+transport must still answer as the stock one does."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+from transport_helpers import run_in, tloop, wait_for
+
+assert tloop  # a fixture, imported for the tests below
+
+
+def _has_ipv6():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+class Echo(asyncio.Protocol):
+    def __init__(self, made):
+        self.made = made
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.made.append(self)
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+def _listener(family, host, proto):
+    sock = socket.socket(family, socket.SOCK_STREAM, proto)
+    sock.bind((host, 0))
+    return sock
+
+
+async def _serve_one(loop, family, host, proto):
+    """One connection to a server on a listener made with proto; what its
+    transport says before and after it closes."""
+    made = []
+    server = await loop.create_server(lambda: Echo(made), sock=_listener(family, host, proto))
+    addr = server.sockets[0].getsockname()
+    r, w = await wait_for(asyncio.open_connection(*addr[:2]))
+    w.write(b"x")
+    assert await wait_for(r.readexactly(1)) == b"x"
+    t = made[0].transport
+    tsock = t.get_extra_info("socket")
+    seen = {
+        "sockname": t.get_extra_info("sockname"),
+        "peername": t.get_extra_info("peername"),
+        "family": tsock.family,
+        "type": tsock.type,
+        "proto": tsock.proto,
+        "nodelay": tsock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+        "sockname_now": tsock.getsockname(),
+    }
+    client = w.get_extra_info("sockname")
+    w.close()
+    assert await wait_for(made[0].lost) is None
+    closed = t.get_extra_info("socket")
+    after = {
+        "socket": type(closed).__name__,
+        "fileno": closed.fileno(),
+        "family": closed.family,
+        "sockname": t.get_extra_info("sockname"),
+        "peername": t.get_extra_info("peername"),
+    }
+    server.close()
+    await wait_for(server.wait_closed())
+    return addr, client, seen, after
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+@pytest.mark.parametrize("proto", [socket.IPPROTO_TCP, 0])
+def test_accepted_transport_answers_as_stock(tloop, family, proto):
+    """sockname, peername, the socket extra's family/type/proto, and
+    TCP_NODELAY (set only when the listener's proto is IPPROTO_TCP, as
+    base_events._set_nodelay decides for the accepted socket, which has the
+    listener's proto); after the close, the socket extra is a closed socket
+    of that family and the names stay."""
+    if family == "ipv6" and not _has_ipv6():
+        pytest.skip("no IPv6 loopback here")
+    fam, host = (socket.AF_INET, "127.0.0.1") if family == "ipv4" else (socket.AF_INET6, "::1")
+
+    async def main():
+        addr, client, seen, after = await _serve_one(tloop, fam, host, proto)
+        assert seen["sockname"] == addr == seen["sockname_now"]
+        assert seen["peername"] == client
+        assert (seen["family"], seen["type"], seen["proto"]) == (fam, socket.SOCK_STREAM, proto)
+        assert bool(seen["nodelay"]) == (proto == socket.IPPROTO_TCP)
+        assert after == {
+            "socket": "TransportSocket",
+            "fileno": -1,
+            "family": fam,
+            "sockname": addr,
+            "peername": client,
+        }
+
+    run_in(tloop, main())
+
+
+def test_accepted_sockname_shared(tloop):
+    """Connections of one listener share one sockname tuple on uringloop
+    (equal on the stock loop): kept by the C core's cache."""
+
+    async def main():
+        made = []
+        server = await tloop.create_server(lambda: Echo(made), "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        conns = [await wait_for(asyncio.open_connection(*addr)) for _ in range(3)]
+        for r, w in conns:
+            w.write(b"y")
+            assert await wait_for(r.readexactly(1)) == b"y"
+        names = [p.transport.get_extra_info("sockname") for p in made]
+        assert names == [addr] * 3
+        if type(tloop).__module__.startswith("uringloop"):
+            assert names[0] is names[1] is names[2]
+        for _, w in conns:
+            w.close()
+        for p in made:
+            await wait_for(p.lost)
+        server.close()
+        await wait_for(server.wait_closed())
+
+    run_in(tloop, main())
+
+
+def test_accepted_receive_identity_costs_no_syscall(tloop, request):
+    """On io_uring (kernel multishot receives, 6.7+) an accepted connection's
+    receive takes its file's identity from the ring, not with a getsockopt
+    of its own (decision 601): ident_captures does not move over 3 echoed
+    connections, ident_cookies counts one per connection."""
+    stats = getattr(tloop, "engine_stats", None)
+    if stats is None or request.node.callspec.params["tloop"] != "io_uring":
+        pytest.skip("the ring's identity is io_uring's, with kernel multishot receives")
+    from uringloop import engine
+
+    ops = engine.backend_info().get("opcodes") or ()
+    if "READ_MULTISHOT" not in ops or "URING_CMD" not in ops:
+        pytest.skip("SOCKET_URING_OP_GETSOCKOPT needs kernel 6.7 (as READ_MULTISHOT)")
+
+    async def main():
+        made = []
+        server = await tloop.create_server(lambda: Echo(made), "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        before = stats()
+        for _ in range(3):
+            r, w = await wait_for(asyncio.open_connection(*addr))
+            w.write(b"z")
+            assert await wait_for(r.readexactly(1)) == b"z"
+            w.close()
+            await wait_for(made[-1].lost)
+        after = stats()
+        server.close()
+        await wait_for(server.wait_closed())
+        return before, after
+
+    before, after = run_in(tloop, main())
+    assert after["ident_cookies"] - before["ident_cookies"] >= 3
+    # the client side's receives (open_connection) take theirs from the ring too
+    assert after["ident_captures"] == before["ident_captures"]
