@@ -218,19 +218,22 @@ def stat_ticks(pid):
 def cpu_ticks(pid):
     """pid's CPU time and sleeps: (ns on a CPU, summed over its threads'
     /proc/<pid>/task/*/schedstat; utime and stime in clock ticks; voluntary
-    context switches of its threads)."""
-    ns = sleeps = 0
+    context switches of its threads; ns runnable but waiting for a CPU,
+    schedstat's second field, which counts a wait once the thread runs)."""
+    ns = sleeps = waited = 0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                ns += int(f.read().split()[0])
+                fields = f.read().split()
+                ns += int(fields[0])
+                waited += int(fields[1])
             with open(f"/proc/{pid}/task/{tid}/status") as f:
                 for line in f:
                     if line.startswith("voluntary_ctxt_switches:"):
                         sleeps += int(line.split()[1])
         except FileNotFoundError:  # a thread that just ended
             pass
-    return (ns, *stat_ticks(pid), sleeps)
+    return (ns, *stat_ticks(pid), sleeps, waited)
 
 
 # engine counters reported per request (net_server.py prints them on SIGUSR1)
@@ -248,9 +251,15 @@ def engine_stats(server):
     return json.loads(line[6:])
 
 
+# a server that waited this much of its window for a CPU was starved by other
+# load on its core (it is pinned: it cannot move): its row says so
+STARVED_PCT = 10
+
+
 def window(requests, seconds, t0, t1, s0, s1):
     """A measured window's server costs: CPU per request (user + system, and
-    each), busy %, sleeps and the engine's counters where the server reports them."""
+    each), busy %, sleeps, the share of the window it was runnable but kept
+    off its CPU, and the engine's counters where the server reports them."""
     n = max(requests, 1)
     cpu = (t1[0] - t0[0]) / 1e3 / n
     user, system = t1[1] - t0[1], t1[2] - t0[2]
@@ -263,7 +272,15 @@ def window(requests, seconds, t0, t1, s0, s1):
         "sys_us_per_req": cpu * (1 - share),
         "sleeps_per_req": (t1[3] - t0[3]) / n,
         "server_busy_pct": (t1[0] - t0[0]) / 1e7 / seconds,
+        "server_wait_pct": (t1[4] - t0[4]) / 1e7 / seconds,
     }
+    if out["server_wait_pct"] >= STARVED_PCT:
+        # decision 610: a pinned server starved by another process's kernel
+        # time on its core reads as a stall (even 0 requests); not the loop's
+        out["note"] = (
+            f"server waited for a CPU {out['server_wait_pct']:.0f} % of the window "
+            "(other load on its core)"
+        )
     if s0 is not None and s1 is not None:
         for k in ENGINE_COUNTS:
             out[f"{k}_per_req"] = (s1[k] - s0[k]) / n
@@ -492,6 +509,11 @@ def run_loadgen(wl, server, opts, strace_out=None):
     line = readline(cli, limit)
     t1 = cpu_ticks(server.proc.pid) if server.alive() else None
     s1 = engine_stats(server) if t1 is not None else None
+    if s1 is not None and server.alive():
+        # a wait for a CPU is counted when the thread next runs: answering
+        # SIGUSR1 made it run, so a starvation that lasted to the window's end
+        # is in this read
+        t1 = (*t1[:4], cpu_ticks(server.proc.pid)[4])
     _, err = cli.communicate(timeout=60)
     if cli.returncode != 0 or not line or t1 is None:
         raise RuntimeError(
