@@ -936,10 +936,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             self._sockobj = kind.closed
             fd = c.fd
         ud = engine.close_fd(fd, _ignore, inet)  # its user_data
-        if inet and ud and c.recv_ud:
-            # only a receive still in flight can bring bytes that _dropped
-            # turns into a reset; after its final record none come (622)
-            self._close_reset = ud
+        if inet and ud:
+            self._close_reset = ud  # (the fd: the core's, decision 622)
 
     def _dropped(self):
         """Received bytes dropped because the transport is closing: unread in
