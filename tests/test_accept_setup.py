@@ -171,3 +171,59 @@ def test_accepted_receive_identity_costs_no_syscall(tloop, request):
     assert after["ident_cookies"] - before["ident_cookies"] >= 3
     # the client side's receives (open_connection) take theirs from the ring too
     assert after["ident_captures"] == before["ident_captures"]
+
+
+def test_accepted_fd_of_an_open_transport_is_refused(tloop):
+    """An accepted connection whose fd number an open transport still holds
+    (its fd closed behind its back) is refused, the connection closed
+    (uringloop's _ensure_fd_no_transport on every transport it makes); the
+    Acceptor asks that check in Python only when a registry has the number
+    (decision 620), so this is the case the quick filter must not skip."""
+    if not type(tloop).__module__.startswith("uringloop"):
+        pytest.skip("the stock loop registers the new transport over the old one")
+    import os
+
+    async def main():
+        made, calls = [], []
+
+        def factory():
+            calls.append(1)
+            return Echo(made)
+
+        server = await tloop.create_server(factory, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        ra, wa = await wait_for(asyncio.open_connection(*addr))
+        wa.write(b"a")
+        assert await wait_for(ra.readexactly(1)) == b"a"
+        ta = made[0].transport
+        fd = ta.get_extra_info("socket").fileno()
+        csock = socket.socket()  # the client's, made before the number is free
+        csock.setblocking(False)
+        saved = os.dup(fd)  # the file lives on; its number is free
+        os.close(fd)
+        holes = []  # every lower free number taken: the accept gets fd
+        try:
+            while True:
+                n = os.open(os.devnull, os.O_RDONLY)
+                if n >= fd:
+                    os.close(n)
+                    break
+                holes.append(n)
+            await wait_for(tloop.sock_connect(csock, addr))
+            assert await wait_for(tloop.sock_recv(csock, 10)) == b""  # refused: closed
+            assert len(calls) == 2 and len(made) == 1  # no connection_made
+        finally:
+            os.dup2(saved, fd)  # the transport's file at its number again
+            os.close(saved)
+            for n in holes:
+                os.close(n)
+            csock.close()
+        # the first connection is untouched: it still echoes
+        wa.write(b"b")
+        assert await wait_for(ra.readexactly(1)) == b"b"
+        wa.close()
+        assert await wait_for(made[0].lost) is None
+        server.close()
+        await wait_for(server.wait_closed())
+
+    run_in(tloop, main())

@@ -2166,7 +2166,22 @@ static PyObject *stream_for_fd(PyObject *mod, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
+/* ignore(res, more, data): an op's records no one needs (a close_fd's, a
+ * shutdown's), dropped with no Python frame (decision 622) */
+static PyObject *ignore_records(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    (void)args;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "ignore(res, more, data)");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef stream_functions[] = {
+    {"ignore", (PyCFunction)(void (*)(void))ignore_records, METH_FASTCALL,
+     "ignore(res, more, data): a completion callback that does nothing"},
     {"stream_for_fd", (PyCFunction)(void (*)(void))stream_for_fd, METH_FASTCALL,
      "stream_for_fd(loop, fd): the stream transport registered for fd, or None"},
     {"core_method", (PyCFunction)(void (*)(void))core_method, METH_FASTCALL,

@@ -37,6 +37,7 @@ import os
 import socket
 import struct
 import sys
+import warnings
 from asyncio import base_events, constants, futures, protocols, transports, trsock
 from asyncio.log import logger
 
@@ -67,6 +68,7 @@ _NO_BUFFER = object()
 _INET = (socket.AF_INET, socket.AF_INET6)
 _LINGER0 = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close(2) resets
 _HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE
+_stream_for_fd = _sched.stream_for_fd
 
 
 def _tp_name(obj):
@@ -108,7 +110,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     _empty_waiter = None
     _read_done = False  # EOF or a read error was seen
     _unread = False  # received bytes dropped at close (decision 463)
-    _close_reset = None  # (close_fd's user_data, fd): a TCP close in flight (497)
+    _close_reset = None  # close_fd's user_data: a TCP close in flight (497)
     _held = None  # deque of (res, data) records not yet handed over
     _draining = False  # a _drain_held is scheduled
     _resume_h = None  # the deferred resume's handle (decisions 522, 530)
@@ -132,11 +134,21 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         C core's accepted(), which asks the fd itself (a socket object
         would cost a getsockname of its own), and the object is made only
         when something asks for it (decision 258). The stock order
-        otherwise: as __init__."""
+        otherwise: as __init__, whose _begin, _made and _started are
+        written out here, with what a fresh transport already has left out
+        (decision 619)."""
         self = cls.__new__(cls)
         self._sockobj = None  # (a failure below leaves nothing to close)
-        self._begin(loop, fd, None)
-        sockname, peername = self._core.accepted(nodelay)
+        # _begin: the Stream's own limits are the default ones (64 KiB, 16)
+        self._loop = loop
+        self._protocol_paused = False
+        self._high_water = _DEFAULT_HIGH
+        self._low_water = _DEFAULT_LOW
+        self._extra = None
+        self._tsock = None
+        self._context = ctx = contextvars.copy_context()
+        self._core = c = _sched.Stream(self, loop, fd, ctx)
+        sockname, peername = c.accepted(nodelay)
         self._sockname = sockname
         if peername is True:
             self._peername = _IN_CORE
@@ -146,9 +158,26 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
                 if host is not peername[0]:
                     peername = (host, *peername[1:])
             self._peername = peername
-        self._engine = loop._engine
-        self._made(loop, protocol, server)
-        self._started(loop, protocol, None)
+        self._engine = engine = loop._engine
+        # _made: set_protocol, and the fast paths on (what _sync computes
+        # for a transport neither closing, paused, holding nor writing)
+        c.direct = engine.backend == "epoll"
+        self._server = server
+        self._closing = False
+        self._paused = False
+        self._buffered = buffered = isinstance(protocol, protocols.BufferedProtocol)
+        self._protocol = protocol
+        c.set_protocol(protocol, buffered)
+        c.rfast = c.wfast = True
+        if server is not None:
+            if _SERVER_TRACKS_TRANSPORTS:
+                server._attach(self)
+            else:
+                server._attach()
+        c.register()  # the loop's transport for its fd (decision 257)
+        # _started
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(self._start_reading)
         self._sockobj = kind  # the transport's from here: it closes the fd
         return self
 
@@ -261,25 +290,46 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     def _has_sock(self):
         return self._sockobj is not None
 
-    def _sock_closed(self):
-        s = self._sockobj
-        return type(s) is not _Kind and s.fileno() < 0
-
-    def _detach_fd(self):
-        s = self._sockobj
-        if type(s) is _Kind:
-            # never made: after the close, the extra socket is a closed
-            # socket of the same kind, as stock
-            self._sockobj = s.closed
-            return self._sock_fd
-        return s.detach()
+    def __del__(self, _warn=warnings.warn):
+        # base.py's, with _has_sock written out: it runs for every transport
+        if self._sockobj is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._sock.close()
+            self._unclosed()
 
     def _call_connection_lost(self, exc):
-        if self._tsock is None and self._has_sock():
+        # base.py's, with _has_sock and _forget written out (decision 621)
+        s = self._sockobj
+        if s is None:
+            return
+        if type(s) is _Kind:
+            s = self._sock
+        if self._tsock is None:
             # asked for after the close, the extra socket is the closed
             # socket, as stock: kept, wrapped when asked for (decision 600)
-            self._tsock = self._sock
-        super()._call_connection_lost(exc)
+            self._tsock = s
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            # (a plain socket closed already, as a _Kind's closed one is,
+            # has nothing left for close() to do)
+            if type(s) is not socket.socket or not s._closed or s.fileno() >= 0:
+                s.close()
+            self._sockobj = None
+            self._protocol = None
+            self._loop = None
+            # _forget, written out
+            self._core.set_protocol(None, False)
+            server = self._server
+            if server is not None:
+                if _SERVER_TRACKS_TRANSPORTS:
+                    server._detach(self)
+                else:
+                    server._detach()
+                self._server = None
+            if self._empty_waiter is not None and not self._empty_waiter.done():
+                self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
 
     @property
     def _recv_ud(self):
@@ -348,8 +398,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     def _start_reading(self):
         """Arm the multishot receive, unless one is still alive (a cancelled
         one re-arms from its final record) or there is nothing left to read."""
+        c = self._core  # (its recv_ud and fd: the properties' own, read here)
         if (
-            self._recv_ud is None
+            not c.recv_ud
             and not self._read_done
             and not self._closing
             and not self._paused
@@ -360,9 +411,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             # pool buffer straight into its own: each record comes as a
             # short-lived memoryview
             buffered = self._buffered
-            self._recv_ud = self._engine.recv(
-                self._sock_fd, self._core, True, 0, not buffered, buffered
-            )
+            c.recv_ud = self._engine.recv(c.fd, c, True, 0, not buffered, buffered) or 0
 
     def resume_reading(self):
         # A transport kept open after EOF (eof_received returned true) and
@@ -379,7 +428,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         transport is paused, closing, holding records or has callbacks ahead
         of it in _ready."""
         if not more:
-            self._recv_ud = None
+            self._core.recv_ud = 0  # (the _recv_ud property's None)
         if self._closing:
             if res > 0:
                 self._dropped()  # bytes the stock loop would have left unread
@@ -402,7 +451,11 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             self._hold((res, data))
             return
         try:
-            self._process(res, data)
+            if res == 0:  # EOF: _process's branch, without its call
+                self._read_done = "eof"  # truthy; resume_reading reads it again
+                self._on_eof()
+            else:
+                self._process(res, data)
         finally:
             if not more and not self._closing:
                 # the op ended on data (emulated multishot); also when
@@ -777,8 +830,10 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         if self._closing:
             return
         self._closing = True
-        self._stop_reading()
         c = self._core
+        ud = c.recv_ud  # _stop_reading, written out (decision 621)
+        if ud and not self._engine.closed:
+            self._engine.cancel(ud)
         if not c.buffer and not c.sending and self._resume_h is None:
             # nothing to send first: the fd closes now, and _close_fd's
             # _sync covers _closing and _conn_lost (decision 600)
@@ -848,18 +903,41 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         # Records of the receive in flight may still come, in this engine run
         # (reaped before the close) or in the one that closes the fd: their
         # bytes make the engine's close reset too (decision 497).
+        # The rest is base.py's _close_fd with its hooks (_sync,
+        # _sock_closed, _detach_fd) written out (decision 621).
+        if self._fd_closing:
+            return
         kind = self._sockobj
-        inet = not self._fd_closing and getattr(kind, "family", None) in _INET
-        if inet and self._has_unread():
+        c = self._core
+        inet = getattr(kind, "family", None) in _INET
+        # (_has_unread's own quick answer first: no call when nothing is held)
+        if inet and (self._unread or self._held is not None or c.held) and self._has_unread():
             try:
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
             except OSError:
                 pass
             inet = False  # resets already
-        fd = self._sock_fd
-        ud = super()._close_fd(exc, inet, queue_lost)
+        self._fd_closing = True
+        # what _sync computes now: every caller has counted the connection
+        # lost (_conn_lost), and the fd is closing
+        c.rfast = c.wfast = False
+        if queue_lost:
+            self._loop.call_soon(self._call_connection_lost, exc, context=self._context)
+        engine = self._engine
+        made = type(kind) is not _Kind
+        if engine.closed or (made and kind.fileno() < 0):
+            self._sock.close()
+            return
+        if made:
+            fd = kind.detach()
+        else:
+            # never made: after the close, the extra socket is a closed
+            # socket of the same kind, as stock
+            self._sockobj = kind.closed
+            fd = c.fd
+        ud = engine.close_fd(fd, _ignore, inet)  # its user_data
         if inet and ud:
-            self._close_reset = (ud, fd)
+            self._close_reset = ud  # (the fd: the core's, decision 622)
 
     def _dropped(self):
         """Received bytes dropped because the transport is closing: unread in
@@ -868,7 +946,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         pending = self._close_reset
         if pending is not None:
             self._close_reset = None
-            self._engine.close_reset(*pending)  # -ENOENT: closed already
+            self._engine.close_reset(pending, self._core.fd)  # -ENOENT: closed already
 
     def _has_unread(self):
         if self._held is None and not self._core.held:
@@ -885,18 +963,6 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         c = self._core
         c.buffer = []
         c.buffer_size = 0
-
-    def _forget(self):
-        self._core.set_protocol(None, False)
-        server = self._server
-        if server is not None:
-            if _SERVER_TRACKS_TRANSPORTS:
-                server._detach(self)
-            else:
-                server._detach()
-            self._server = None
-        if self._empty_waiter is not None and not self._empty_waiter.done():
-            self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
 
     # ------------------------------------------------------------ sendfile
 
@@ -929,18 +995,17 @@ class _Kind:
     proto: the listener's), and one closed socket of that kind, for the
     socket extra of a closed transport whose object was never made."""
 
-    __slots__ = ("family", "type", "proto", "_closed")
+    __slots__ = ("family", "type", "proto", "__dict__")
 
     def __init__(self, family, type, proto):
         self.family, self.type, self.proto = family, type, proto
-        self._closed = None
 
-    @property
+    @functools.cached_property
     def closed(self):
-        if self._closed is None:
-            self._closed = socket.socket(self.family, self.type, self.proto)
-            self._closed.close()
-        return self._closed
+        # made on first asking, then an attribute: no call per connection
+        sock = socket.socket(self.family, self.type, self.proto)
+        sock.close()
+        return sock
 
 
 class Acceptor:
@@ -1082,7 +1147,28 @@ class Acceptor:
     def _connection(self, fd):
         loop = self.loop
         if self.plain and not self.sslcontext and not loop._debug:
-            self._plain_connection(fd)
+            # an IPv4 or IPv6 TCP listener's connection outside debug mode
+            # (whose log line shows the socket object): the transport is
+            # made from the fd, no socket object (decision 597)
+            protocol = transport = None
+            try:
+                protocol = self.protocol_factory()
+                # stock's check that no open transport has the fd (the
+                # number of one closed behind its transport's back): asked
+                # in Python only when either registry has an entry (620)
+                if fd in loop._transports.data or _stream_for_fd(loop, fd) is not None:
+                    loop._ensure_fd_no_transport(fd)
+                transport = SocketTransport._accepted(
+                    loop, fd, self.kind, protocol, self.server, self.nodelay
+                )
+            except (SystemExit, KeyboardInterrupt):
+                if transport is None:
+                    os.close(fd)
+                raise
+            except BaseException as exc:
+                if transport is None:
+                    os.close(fd)
+                self._creation_failed(exc, protocol)
             return
         try:
             # the engine accepts with SOCK_NONBLOCK: saying so here makes the
@@ -1114,26 +1200,6 @@ class Acceptor:
         except BaseException as exc:
             if transport is None:
                 conn.close()
-            self._creation_failed(exc, protocol)
-
-    def _plain_connection(self, fd):
-        """_connection for an IPv4 or IPv6 TCP listener's connection outside
-        debug mode (whose log line shows the socket object): the transport
-        is made from the fd, no socket object (decision 597)."""
-        protocol = transport = None
-        try:
-            protocol = self.protocol_factory()
-            self.loop._ensure_fd_no_transport(fd)
-            transport = SocketTransport._accepted(
-                self.loop, fd, self.kind, protocol, self.server, self.nodelay
-            )
-        except (SystemExit, KeyboardInterrupt):
-            if transport is None:
-                os.close(fd)
-            raise
-        except BaseException as exc:
-            if transport is None:
-                os.close(fd)
             self._creation_failed(exc, protocol)
 
     def _creation_failed(self, exc, protocol):
