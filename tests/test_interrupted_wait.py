@@ -10,6 +10,7 @@ operation submitted in the same call as the wait.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import select
 import signal
@@ -146,3 +147,40 @@ def test_a_timed_wait_that_submits_and_times_out_is_not_interrupted(eng, socketp
     assert n == 0 and col == [], (n, col)
     eng.cancel(ud)
     drain(eng)
+
+
+class Interrupt(KeyboardInterrupt):
+    pass
+
+
+def test_a_signal_caught_outside_python_code_is_handled_before_the_wait(any_loop):
+    """A signal caught while no Python code runs (here libc's kill(2) called
+    by the loop itself through ctypes, which, unlike os.kill, does not look
+    for handlers to run after it; also the C scheduler's own code) has its
+    handler run before the loop sleeps, as stock's select() runs it: a
+    handler that raises ends run_forever at once, it does not wait for I/O
+    that never comes (Ctrl-C's KeyboardInterrupt is such a handler). The
+    call_later is the bound that wakes the loop without the fix."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("Python runs signal handlers in the main thread only")
+
+    def interrupt(signum, frame):
+        raise Interrupt
+
+    old = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        any_loop.call_soon(libc.kill, os.getpid(), signal.SIGUSR1)
+        gave_up = []
+        # (C callables both: Python code in the first would run the handler)
+        bound = [
+            any_loop.call_later(5, gave_up.append, True),
+            any_loop.call_later(5, any_loop.stop),
+        ]
+        with pytest.raises(Interrupt):
+            any_loop.run_forever()
+        for h in bound:
+            h.cancel()
+        assert not gave_up, "the handler ran only when the loop woke for its timer"
+    finally:
+        signal.signal(signal.SIGUSR1, old)

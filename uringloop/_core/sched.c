@@ -2142,6 +2142,12 @@ static int io_step_table(Core *self, Table *t, int64_t ns)
         int probe = ns != 0 && t->ready(t->engine);
         n = ns == 0 || probe ? t->run(t->engine, 0) : 0;
         if (ns != 0 && n == 0) {
+            /* a signal caught since Python code last ran (during a C
+             * callback, or this turn's own C code) has its handler run
+             * before the wait, as stock's select() runs it (its Python
+             * frames check): else it would wait for the next I/O */
+            if (PyErr_CheckSignals() < 0)
+                return -1;
             Py_BEGIN_ALLOW_THREADS
             n = t->run(t->engine, ns);
             Py_END_ALLOW_THREADS
