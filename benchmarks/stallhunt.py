@@ -20,12 +20,16 @@ ss of the port, each server thread's /proc stack, wchan and state, the
 server's fd table and io_uring fdinfo, then a Python traceback of every
 server thread (faulthandler on SIGUSR2, registered by this script's server
 mode), the engine counters, and whether a fresh connection is still served.
---busy C[,C] adds one busy-loop process per listed CPU (the server runs on
-CPU 0, the client on CPU 1); --signal-hz sends the server a signal with a
-Python-level handler that often (net_bench itself sends SIGUSR1 twice a run,
-for the engine counters). Every attempt goes to --out/attempts.jsonl and
-a summary is printed. A report, not a test: nothing is asserted; exit 1 when
-there was a hit.
+If the engine counters do not come within 10 s of their SIGUSR1, the hit
+says when they came (up to 30 s more) and how long the server waited for a
+CPU meanwhile (stats_late_s, stats_wait_s: a starved server's wait covers its
+delay). --busy C[,C] adds one busy-loop process per listed CPU (the server
+runs on CPU 0, the client on CPU 1); --signal-hz sends the server a signal
+with a Python-level handler that often (net_bench itself sends SIGUSR1 twice a
+run, for the engine counters); --fallbacks makes the uringloop-io_uring
+servers force every engine fallback (the tests' io_uring-fallbacks kind).
+Every attempt goes to --out/attempts.jsonl and a summary is printed. A
+report, not a test: nothing is asserted; exit 1 when there was a hit.
 """
 
 import argparse
@@ -69,7 +73,22 @@ def serve():
     make_loop = net_server.make_loop
 
     def made(name):
-        loop = make_loop(name)
+        if name == "uringloop-io_uring" and os.environ.get("STALLHUNT_FALLBACKS"):
+            # --fallbacks: every engine fallback forced, as the tests'
+            # io_uring-fallbacks kind (tests/conftest.py fallback_options)
+            from uringloop import Loop, engine
+
+            opts = (
+                engine.OPT_NO_MULTISHOT
+                | engine.OPT_NO_BUFRING
+                | engine.OPT_NO_DEFER
+                | engine.OPT_NO_CANCEL_FD
+                | engine.OPT_NO_BUNDLE
+                | engine.OPT_TEST_EAGAIN
+            )
+            loop = Loop(backend="io_uring", options=opts)
+        else:
+            loop = make_loop(name)
         if name.startswith("uringloop-"):  # for gdb on a hit (capture)
             from uringloop.engine import ffi
 
@@ -398,14 +417,36 @@ def sampled(opts, wl, server, rec, out, nhit):
     if bad and server.alive():
         if not sampler.fired:
             capture(server, port, hit_dir, dump=False)
-        try:
-            rec["stats"] = net_bench.engine_stats(server)
-        except RuntimeError as exc:
-            rec["stats"] = str(exc)[:200]
+        late_stats(server, rec)
         rec["probe"] = probe(port, bool(wl.get("http")))
         capture(server, port, os.path.join(hit_dir, "after"), dump=True)
     rec["server_alive"] = server.alive()
     return rec
+
+
+def late_stats(server, rec):
+    """The engine counters after a hit (SIGUSR1), and if they do not come in
+    10 s, when they come (up to 30 s more) and how long the server waited
+    for a CPU meanwhile (schedstat's run_delay, counted when it runs): a
+    late answer with a wait as long as its delay is a starved server; one
+    without is a handler that waited for something else (decision 632)."""
+    if not server.loop.startswith("uringloop-") or not server.alive():
+        return
+    pid = server.proc.pid
+    w0, t0 = net_bench.cpu_ticks(pid)[4], time.monotonic()
+    server.proc.send_signal(signal.SIGUSR1)
+    line = net_bench.readline(server.proc, 10)
+    if line is None:
+        line = net_bench.readline(server.proc, 30)
+        rec["stats_late_s"] = round(time.monotonic() - t0, 3)
+        try:
+            rec["stats_wait_s"] = round((net_bench.cpu_ticks(pid)[4] - w0) / 1e9, 3)
+        except FileNotFoundError:
+            pass
+    if line and line.startswith("STATS "):
+        rec["stats"] = json.loads(line[6:])
+    else:
+        rec["stats"] = f"server said {line!r} for its engine counters"
 
 
 def shapes(opts):
@@ -443,12 +484,20 @@ def main():
         help="send the server SIGWINCH (a Python-level no-op handler) this often while "
         "the client runs: signals cut the engine's waits short (EINTR)",
     )
+    ap.add_argument(
+        "--fallbacks",
+        action="store_true",
+        help="uringloop-io_uring servers force every engine fallback (the tests' "
+        "io_uring-fallbacks kind)",
+    )
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
     ap.add_argument("--out", default=None)
     opts = ap.parse_args()
     opts.verify = True
     opts.client_mode = "epoll"
+    if opts.fallbacks:
+        os.environ["STALLHUNT_FALLBACKS"] = "1"  # the servers' environment (serve)
     out = opts.out or tempfile.mkdtemp(prefix="stallhunt-")
     os.makedirs(out, exist_ok=True)
     os.sched_setaffinity(0, {opts.client_cpu})
@@ -473,6 +522,7 @@ def main():
                 rec = attempt(opts, (loop, wid, slots, pad), tmp, out, len(hits))
                 rec["busy"] = opts.busy
                 rec["signal_hz"] = opts.signal_hz
+                rec["fallbacks"] = opts.fallbacks
                 same = [
                     r["requests"]
                     for r in records

@@ -80,7 +80,7 @@ _I32 = 0x7FFFFFFF
 # The C functions _sched.Table calls directly (their addresses, taken once).
 _ENTRY_POINTS = tuple(
     int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
-    for name in ("ul_run", "ul_nop", "ul_recv", "ul_send", "ul_sendv", "ul_accept",
+    for name in ("ul_run_turn", "ul_nop", "ul_recv", "ul_send", "ul_sendv", "ul_accept",
                  "ul_shutdown", "ul_close_fd", "ul_cancel", "ul_cancel_fd", "ul_wake", "ul_ready",
                  "ul_recv_into", "ul_poll", "ul_op_known")
 )

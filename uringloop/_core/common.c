@@ -1200,7 +1200,14 @@ static int64_t now_ns(void)
 }
 
 
-EXPORT int ul_run(ul_engine *e, int64_t timeout_ns)
+static int run_engine(ul_engine *e, int64_t timeout_ns, int once);
+
+EXPORT int ul_run(ul_engine *e, int64_t timeout_ns) { return run_engine(e, timeout_ns, 0); }
+
+EXPORT int ul_run_turn(ul_engine *e, int64_t timeout_ns) { return run_engine(e, timeout_ns, 1); }
+
+/* once: ul_run_turn, which returns after one wait (decision 632) */
+static int run_engine(ul_engine *e, int64_t timeout_ns, int once)
 {
     if (e->closed)
         return -EBADF;
@@ -1240,6 +1247,11 @@ EXPORT int ul_run(ul_engine *e, int64_t timeout_ns)
             trim = 0;
             pool_trim(e);
         }
+        /* a signal that came as the wait ended (after the trim's timeout,
+         * with an event that made no record) cut no wait short: back to the
+         * caller, which runs its handler, before waiting again */
+        if (once)
+            break;
         if (timeout_ns > 0 && (t = deadline - now_ns()) <= 0)
             break;
     }

@@ -251,6 +251,14 @@ void ul_test_fail_allocs(int on);
  * (-EINTR: a signal arrived; call again after running Python handlers). */
 int ul_run(ul_engine *e, int64_t timeout_ns);
 
+/* ul_run for a caller that runs Python's signal handlers between calls (the
+ * native turn, sched.c): a run that waits returns 0 after a kernel wakeup
+ * that made no record (an event no op wanted, the idle trim's timeout)
+ * instead of waiting again inside, since a signal delivered in that moment
+ * ended no wait with EINTR and its handler would otherwise wait for the
+ * next I/O (decision 632). */
+int ul_run_turn(ul_engine *e, int64_t timeout_ns);
+
 /* 1 when a ul_run would find a completion without waiting: records are
  * pending, the io_uring CQ holds entries, the kernel flags deferred work
  * for us, or a send from Python waits to be submitted (io_uring: it completes

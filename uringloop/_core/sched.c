@@ -25,7 +25,7 @@
  * Handle/TimerHandle or whose slots were deleted, a context that is not a
  * contextvars.Context.
  *
- * The I/O step calls the engine's ul_run directly (its address comes from
+ * The I/O step calls the engine's ul_run_turn directly (its address comes from
  * cffi, Engine.native()) and delivers the completion records here too
  * (Table: the engine's slots, its hot submissions and deliver(), also what
  * Engine.dispatch uses).
@@ -1787,7 +1787,7 @@ static PyObject *Table_deliver(Table *t, PyObject *arg)
 }
 
 /* Table(native, addr_of): native = (ul_engine *, records, record_cap, pool,
- * pool_size, buf_size, ul_run, ul_nop, ul_recv, ul_send, ul_sendv, ul_accept,
+ * pool_size, buf_size, ul_run_turn, ul_nop, ul_recv, ul_send, ul_sendv, ul_accept,
  * ul_shutdown, ul_close_fd, ul_cancel, ul_cancel_fd, ul_wake, ul_ready, ul_recv_into,
  * ul_poll),
  * addresses as ints */
@@ -2151,6 +2151,11 @@ static int io_step_table(Core *self, Table *t, int64_t ns)
             Py_BEGIN_ALLOW_THREADS
             n = t->run(t->engine, ns);
             Py_END_ALLOW_THREADS
+            /* ul_run_turn: a wakeup with no record ends the turn, and a
+             * signal that came with it, ending no wait with EINTR, has its
+             * handler run now, not at the next I/O (decision 632) */
+            if (n == 0 && PyErr_CheckSignals() < 0)
+                return -1;
         }
         if (n == -EINTR) {
             /* signal handlers run now (and may raise); a blocking wait goes on */
