@@ -134,20 +134,13 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         C core's accepted(), which asks the fd itself (a socket object
         would cost a getsockname of its own), and the object is made only
         when something asks for it (decision 258). The stock order
-        otherwise: as __init__, whose _begin, _made and _started are
-        written out here, with what a fresh transport already has left out
-        (decision 619)."""
+        otherwise: as __init__, whose _made and _started are written out
+        here, with what a fresh transport already has left out (decision
+        619)."""
         self = cls.__new__(cls)
         self._sockobj = None  # (a failure below leaves nothing to close)
-        # _begin: the Stream's own limits are the default ones (64 KiB, 16)
-        self._loop = loop
-        self._protocol_paused = False
-        self._high_water = _DEFAULT_HIGH
-        self._low_water = _DEFAULT_LOW
-        self._extra = None
-        self._tsock = None
-        self._context = ctx = contextvars.copy_context()
-        self._core = c = _sched.Stream(self, loop, fd, ctx)
+        self._begin(loop, fd, None)  # (the Stream's own limits are _begin's)
+        c = self._core
         sockname, peername = c.accepted(nodelay)
         self._sockname = sockname
         if peername is True:
