@@ -78,15 +78,7 @@ def serve():
             # io_uring-fallbacks kind (tests/conftest.py fallback_options)
             from uringloop import Loop, engine
 
-            opts = (
-                engine.OPT_NO_MULTISHOT
-                | engine.OPT_NO_BUFRING
-                | engine.OPT_NO_DEFER
-                | engine.OPT_NO_CANCEL_FD
-                | engine.OPT_NO_BUNDLE
-                | engine.OPT_TEST_EAGAIN
-            )
-            loop = Loop(backend="io_uring", options=opts)
+            loop = Loop(backend="io_uring", options=engine.OPT_TEST_FALLBACKS)
         else:
             loop = make_loop(name)
         if name.startswith("uringloop-"):  # for gdb on a hit (capture)

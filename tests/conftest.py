@@ -117,14 +117,7 @@ def fallback_options() -> int:
     """Every fallback forced, and the test-only OPT_TEST_EAGAIN: each op's
     first issue takes the EAGAIN -> readiness wait -> reissue path (connect:
     EINPROGRESS -> POLLOUT -> SO_ERROR), which this kernel never takes."""
-    return (
-        engine.OPT_NO_MULTISHOT
-        | engine.OPT_NO_BUFRING
-        | engine.OPT_NO_DEFER
-        | engine.OPT_NO_CANCEL_FD
-        | engine.OPT_NO_BUNDLE
-        | engine.OPT_TEST_EAGAIN
-    )
+    return engine.OPT_TEST_FALLBACKS
 
 
 def guard_problems(eng) -> list[str]:

@@ -92,15 +92,7 @@ def make_loop(kind: str) -> asyncio.AbstractEventLoop:
 
     if kind == "io_uring-fallbacks":
         # the kind tests/conftest.py's fallback_options() makes
-        opts = (
-            engine.OPT_NO_MULTISHOT
-            | engine.OPT_NO_BUFRING
-            | engine.OPT_NO_DEFER
-            | engine.OPT_NO_CANCEL_FD
-            | engine.OPT_NO_BUNDLE
-            | engine.OPT_TEST_EAGAIN
-        )
-        return Loop(backend="io_uring", options=opts)
+        return Loop(backend="io_uring", options=engine.OPT_TEST_FALLBACKS)
     return Loop(backend=kind)
 
 
@@ -862,28 +854,16 @@ class _Runner:
                 except Exception:
                     del sent[n : n + len(data)]
                     raise
-            elif name == "writelines":
+            elif name in ("writelines", "writelines_typed"):
                 parts = [payload(n, self._salt()) for n in op[2]]
                 data = b"".join(parts)
                 sent = self.sent.setdefault(side, bytearray())
                 n = len(sent)
                 sent += data
+                if name == "writelines_typed":  # decision 611: bytearray and memoryview parts
+                    parts = [_TYPES[k](x) for k, x in zip(op[3], parts, strict=True)]
                 try:
                     res = t.writelines(parts)
-                except Exception:
-                    del sent[n : n + len(data)]
-                    raise
-                if 0 in op[2] and any(op[2]):
-                    self.trace.setdefault("empty_part", []).append(side)  # 488
-            elif name == "writelines_typed":
-                # decision 611: bytearray and memoryview parts
-                parts = [payload(n, self._salt()) for n in op[2]]
-                data = b"".join(parts)
-                sent = self.sent.setdefault(side, bytearray())
-                n = len(sent)
-                sent += data
-                try:
-                    res = t.writelines([_TYPES[k](x) for k, x in zip(op[3], parts, strict=True)])
                 except Exception:
                     del sent[n : n + len(data)]
                     raise

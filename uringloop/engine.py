@@ -38,6 +38,7 @@ __all__ = [
     "OPT_TEST_EAGAIN",
     "OPT_GUARD",
     "OPT_TEST_NOBUF",
+    "OPT_TEST_FALLBACKS",
     "RECV_WAIT_FIRST",
     "RECV_DRAINED",
     "POLL_KEPT",
@@ -52,6 +53,16 @@ OPT_NO_BUNDLE = lib.UL_OPT_NO_BUNDLE
 # test only: an op's first issue completes with EAGAIN (a connect with
 # EINPROGRESS), so the readiness-retry paths run on kernels that never take them
 OPT_TEST_EAGAIN = lib.UL_OPT_TEST_EAGAIN
+# test only: every fallback forced plus the EAGAIN paths (the tests' and the
+# tools' io_uring-fallbacks kind)
+OPT_TEST_FALLBACKS = (
+    OPT_NO_MULTISHOT
+    | OPT_NO_BUFRING
+    | OPT_NO_DEFER
+    | OPT_NO_CANCEL_FD
+    | OPT_NO_BUNDLE
+    | OPT_TEST_EAGAIN
+)
 # pool guard mode (also URINGLOOP_GUARD=1): unowned pool buffers are PROT_NONE
 OPT_GUARD = lib.UL_OPT_GUARD
 # test only (io_uring): pool receives complete with data but no buffer id, so
