@@ -276,6 +276,74 @@ def test_close_in_data_received_resets_the_peer(tloop):
     run_in(tloop, main())
 
 
+@pytest.mark.parametrize("held", [True, False], ids=["held", "in-flight"])
+def test_close_between_held_parts_resets_the_peer(tloop, held):
+    """A BufferedProtocol with a 16-byte buffer closes in its second
+    buffer_updated, the peer's 1,000 B (one send, one record, all taken
+    from the kernel) only partly fed. held: it paused reading in the first
+    and resumed once our receive had ended (its final record in, no receive
+    in flight), so the rest comes from the held records. in-flight: no
+    pause, the C core feeds. The stock transport read 32 B and its close(2)
+    finds 968 B unread: the peer's recv meets ConnectionResetError. Ours
+    sent FIN (held: every kind; in-flight: epoll): the engine's close
+    completed within close_fd, so `_dropped`'s `close_reset` came too late;
+    now `_close_fd` sees the core's feed_rest and resets itself (decisions
+    497, 622 (d), 634)."""
+
+    class Pauser(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.lost = asyncio.get_running_loop().create_future()
+            self.paused = asyncio.get_running_loop().create_future()
+            self.got = 0
+
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def get_buffer(self, sizehint):
+            return bytearray(16)
+
+        def buffer_updated(self, nbytes):
+            self.got += nbytes
+            if not self.paused.done():
+                if held:
+                    self.transport.pause_reading()
+                self.paused.set_result(None)
+            else:
+                self.transport.close()
+
+        def eof_received(self):
+            return None
+
+        def connection_lost(self, exc):
+            self.lost.set_result(exc)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        lst = plain_listener()
+        with lst:
+            conn = loop.create_connection(Pauser, *lst.getsockname())
+            (tr, proto), (peer, _) = await wait_for(asyncio.gather(conn, loop.sock_accept(lst)))
+        with peer:
+            peer.sendall(b"x" * 1000)  # one send: one record on every uringloop kind
+            await wait_for(proto.paused)
+            core = getattr(tr, "_core", None)
+            if held:
+                for _ in range(1000):  # bounded: the cancelled receive's final record
+                    if core is None or not core.recv_ud:
+                        break
+                    await asyncio.sleep(0.001)
+                assert core is None or not core.recv_ud
+                tr.resume_reading()
+            assert await wait_for(proto.lost) is None
+            assert proto.got == 32
+            peer.settimeout(10)
+            with pytest.raises(ConnectionResetError):
+                while peer.recv(4096):  # nothing is sent to it: b"" would be FIN
+                    pass
+
+    run_in(tloop, main())
+
+
 def test_write_after_peer_reset_reports_the_reset(tloop):
     """The peer resets (SO_LINGER 0), then a write() of more than the
     high-water mark runs from a callback queued ahead of the turn's records.

@@ -75,6 +75,8 @@ typedef struct {
     char bigfill;  /* the last feed filled a whole get_buffer() buffer of a pool buffer or more,
                     * or a Protocol's last chunk was DIRECT_MIN pool buffers or more */
     char dkind;    /* the SLOT_DIRECT op in flight is a Protocol's poll (decision 373) */
+    char feed_rest; /* buffer_updated runs with more of its record to come: a close
+                     * there drops it, and _close_fd resets (decision 634) */
 } Stream;
 
 /* Stream.rdirect. A BufferedProtocol whose reads fill its buffer (of at
@@ -365,7 +367,10 @@ static int stream_feed_pieces(Stream *s, const Piece *pc, int cnt, Py_ssize_t to
         PyBuffer_Release(&dst);
         Py_DECREF(buf);
         pos += k;
-        if ((rc = stream_updated(s, k)) != 0) {
+        s->feed_rest = pos < total;
+        rc = stream_updated(s, k);
+        s->feed_rest = 0;
+        if (rc != 0) {
             if (rc < 0)
                 stream_keep_rest(s, pc, cnt, i, off, total - pos);
             else
@@ -1974,6 +1979,8 @@ static PyMemberDef Stream_members[] = {
     {"fd", T_INT, offsetof(Stream, fd), READONLY, NULL},
     /* the records waiting behind _ready: (res, more, data) tuples, or None */
     {"held", T_OBJECT, offsetof(Stream, held), READONLY, NULL},
+    /* set by _feed_buffer too (decision 634) */
+    {"feed_rest", T_BOOL, offsetof(Stream, feed_rest), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -484,6 +484,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         n = len(data)
         if pos and self._feeding_stops(data, pos, n):
             return
+        c = self._core
         while pos < n:
             try:
                 if buf is _NO_BUFFER:  # (None is what get_buffer() may have returned)
@@ -519,14 +520,20 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             view[:k] = data if (pos == 0 and k == n) else memoryview(data)[pos:pos + k]
             view.release()  # the temporary slice above is already gone
             pos += k
+            # a close in buffer_updated drops the rest: _close_fd resets
+            # itself, as the engine's close may complete at once (634)
+            c.feed_rest = pos < n
             try:
                 self._protocol.buffer_updated(k)
             except (SystemExit, KeyboardInterrupt):
+                c.feed_rest = False
                 self._keep_rest(data, pos, n)
                 raise
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+                c.feed_rest = False
                 return
+            c.feed_rest = False
             if self._feeding_stops(data, pos, n):
                 return
 
@@ -904,7 +911,10 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         c = self._core
         inet = getattr(kind, "family", None) in _INET
         # (_has_unread's own quick answer first: no call when nothing is held)
-        if inet and (self._unread or self._held is not None or c.held) and self._has_unread():
+        if inet and (
+            c.feed_rest
+            or ((self._unread or self._held is not None or c.held) and self._has_unread())
+        ):
             try:
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
             except OSError:
