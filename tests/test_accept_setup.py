@@ -227,3 +227,43 @@ def test_accepted_fd_of_an_open_transport_is_refused(tloop):
         await wait_for(server.wait_closed())
 
     run_in(tloop, main())
+
+
+@pytest.mark.parametrize("kind", ["io_uring", "epoll", "stock"])
+def test_a_subclass_own_make_socket_transport_makes_accepted_transports(kind):
+    """A loop subclass that overrides _make_socket_transport (stock's
+    _accept_connection2 calls it for every accepted connection) has it called
+    for a TCP listener's connections too: the fd-only path of decision 597 is
+    for the loop's own method alone."""
+    import uringloop
+
+    base = asyncio.SelectorEventLoop if kind == "stock" else uringloop.Loop
+    made_by_sub = []
+
+    class Sub(base):
+        def _make_socket_transport(self, sock, protocol, *args, **kwargs):
+            made_by_sub.append(sock.family)
+            return super()._make_socket_transport(sock, protocol, *args, **kwargs)
+
+    lp = Sub() if kind == "stock" else Sub(backend=kind)
+    try:
+
+        async def main():
+            made = []
+            server = await lp.create_server(lambda: Echo(made), "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            writer.close()
+            await writer.wait_closed()
+            await asyncio.wait_for(made[0].lost, 10)
+            server.close()
+            await server.wait_closed()
+
+        lp.run_until_complete(asyncio.wait_for(main(), 10))
+    finally:
+        lp.close()
+    # the client's own transport is made by the same method: the server's is
+    # the one more
+    assert made_by_sub.count(socket.AF_INET) == 2, made_by_sub

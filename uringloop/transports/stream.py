@@ -1040,7 +1040,15 @@ class Acceptor:
         # object (SocketTransport._accepted, decision 597); TCP_NODELAY on
         # them as base_events._set_nodelay decides for the accepted socket,
         # which has the listener's family, type and proto (599)
-        self.plain = self.family in _INET and self.type == socket.SOCK_STREAM
+        # (not when a Loop subclass makes its own transports: its
+        # _make_socket_transport is called per connection, as stock calls it)
+        from ..loop import Loop
+
+        self.plain = (
+            self.family in _INET
+            and self.type == socket.SOCK_STREAM
+            and type(loop)._make_socket_transport is Loop._make_socket_transport
+        )
         self.nodelay = self.plain and self.proto == socket.IPPROTO_TCP
         self.ud = None
         self.turn = -1  # the loop's turn of the latest connection made
