@@ -877,6 +877,15 @@ static int uring_reserve(ul_engine *e, uint32_t ops)
  * The window covers every op issued since the last enter: fresh submissions,
  * short-send continuations, multishot re-arms and EAGAIN reissues alike.
  */
+/* an unsubmitted SQE turned into a NOP whose completion is ignored */
+static void sqe_ignored_nop(struct ul_sqe *s)
+{
+    memset(s, 0, sizeof *s);
+    s->opcode = UL_OP_NOP;
+    s->fd = -1;
+    s->user_data = KUD_IGNORE;
+}
+
 static int cancel_unsubmitted(ul_engine *e, struct uring *u, struct ul_op *op)
 {
     /* a batch of sends (a head and its riders) ends through its completion;
@@ -890,20 +899,14 @@ static int cancel_unsubmitted(ul_engine *e, struct uring *u, struct ul_op *op)
     struct ul_sqe *s = &u->sqes[op->sqe_idx & u->sq_mask];
     if (s->user_data != op->kud)
         return 0;
-    memset(s, 0, sizeof *s);
-    s->opcode = UL_OP_NOP;
-    s->fd = -1;
-    s->user_data = KUD_IGNORE;
+    sqe_ignored_nop(s);
     uint32_t next = op->sqe_idx + 1;
     struct ul_sqe *c = &u->sqes[next & u->sq_mask];
     if (op->ring_ident && next - head < u->sqe_tail - head && c->user_data == KUD_COOKIE &&
         c->addr3 == (uint64_t)(uintptr_t)&op->ident) {
         /* its take_cookie SQE: the kernel must not write into the op's
          * slot once the op has ended */
-        memset(c, 0, sizeof *c);
-        c->opcode = UL_OP_NOP;
-        c->fd = -1;
-        c->user_data = KUD_IGNORE;
+        sqe_ignored_nop(c);
     }
     op->ring_ident = 0;
     if ((ul__is_pool_read(op) || op->kind == K_RECVMSG_POOL) && op->bid >= 0) {
