@@ -389,3 +389,41 @@ def test_many_small_messages_each_wake_the_reader(tloop, unix, tmp_path):
     assert ok
     if not is_stock(tloop):
         assert feeds >= 300
+
+
+def test_a_read_pipe_with_a_stream_reader_protocol(tloop):
+    """connect_read_pipe with a StreamReaderProtocol (the stdin-reading
+    idiom): the pipe's 64 KiB reads go into the reader's buffer on ours,
+    the stream byte-exact and paused past 2 * limit as stock."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        rfd, wfd = os.pipe()
+        reader = asyncio.StreamReader(limit=4096, loop=loop)
+        tr, _ = await wait_for(
+            loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(rfd, "rb")
+            )
+        )
+        msg = os.urandom(1 << 20)
+        wtr, _ = await wait_for(loop.connect_write_pipe(asyncio.Protocol, os.fdopen(wfd, "wb")))
+        wtr.write(msg)
+        for _ in range(2000):
+            if reader._paused:
+                break
+            await asyncio.sleep(0.001)
+        paused = (reader._paused, tr.is_reading())
+        got = bytearray()
+        while len(got) < len(msg):
+            got += await wait_for(reader.read(65536))
+        wtr.close()
+        rest = await wait_for(reader.read())
+        feeds = _feeds(tr)
+        tr.close()
+        return bytes(got) == msg, rest, paused, feeds
+
+    same, rest, paused, feeds = run_in(tloop, main())
+    assert same and rest == b""
+    assert paused == (True, False)
+    if not is_stock(tloop):
+        assert feeds > 0
