@@ -1043,6 +1043,16 @@ def versions(loops):
 # ------------------------------------------------------------------ main
 
 
+def default_out(root, date):
+    """The first of root/date, root/date-2, root/date-3, ... that does not
+    exist: a run without --out never writes over an earlier run's results."""
+    out, n = os.path.join(root, date), 1
+    while os.path.exists(out):
+        n += 1
+        out = os.path.join(root, f"{date}-{n}")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1065,7 +1075,12 @@ def main():
         "echo-100k-c10-sock-unix, ...); --list shows them",
     )
     ap.add_argument("--list", action="store_true", help="list the workload ids and exit")
-    ap.add_argument("--out", default=None, help="results folder (benchmarks/results/<UTC date>)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="results folder (benchmarks/results/<UTC date>, or <date>-2, -3, ... "
+        "when that one exists: a default never overwrites a published run)",
+    )
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
     ap.add_argument(
@@ -1119,7 +1134,7 @@ def main():
         )
 
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    out = opts.out or os.path.join(HERE, "results", date)
+    out = opts.out or default_out(os.path.join(HERE, "results"), date)
     os.makedirs(out, exist_ok=True)
     mach, mach_short = machine()
     malloc_env = {

@@ -742,3 +742,15 @@ def test_heap_tools_parse_gdb_and_count_unix_rows():
     tcp, unix = kcounts.events(4321), kcounts.events(None)
     assert [e for e in tcp if not e[1].startswith("tcp:")] == unix
     assert len(tcp) - len(unix) == 4
+
+
+def test_default_results_folder_never_overwrites_an_earlier_run(tmp_path):
+    """Without --out a run writes to results/<date>; when that exists (an
+    earlier, maybe published, run of the same day) it takes <date>-2, -3."""
+    nb = _net_bench()
+    root = str(tmp_path)
+    assert nb.default_out(root, "2026-12-05") == os.path.join(root, "2026-12-05")
+    os.makedirs(os.path.join(root, "2026-12-05"))
+    assert nb.default_out(root, "2026-12-05") == os.path.join(root, "2026-12-05-2")
+    os.makedirs(os.path.join(root, "2026-12-05-2"))
+    assert nb.default_out(root, "2026-12-05") == os.path.join(root, "2026-12-05-3")
