@@ -53,6 +53,8 @@ typedef struct {
     unsigned int sends;     /* flushes that sent (tests count them) */
     unsigned int inline_sends; /* of those, taken whole by the socket at once: no engine op */
     unsigned int directs;   /* send() calls made by write() itself (tests count them) */
+    unsigned int nows;      /* sendmsg() calls of the queue by write() and the held
+                             * writes' release (stream_send_now; tests count them) */
     unsigned long long recv_ud; /* the transport's multishot recv (0: none) */
     Py_ssize_t rsize;     /* > 0: the read op is a level poll, and each of its
                            * records is one read(2) of up to rsize bytes into a
@@ -80,6 +82,9 @@ typedef struct {
     char sreader;  /* the protocol is a stock asyncio.StreamReaderProtocol: its
                     * chunks may go straight into its reader (decision 636) */
     unsigned int feeds; /* chunks put straight into a StreamReader's buffer (tests count them) */
+    char chain;     /* buffer_updated runs for a direct read that filled its buffer:
+                     * the next read follows at once (decision 646) */
+    Py_ssize_t hold; /* bytes of the queue that are held bytearrays (decision 646) */
 } Stream;
 
 /* Stream.rdirect. A BufferedProtocol whose reads fill its buffer (of at
@@ -222,6 +227,8 @@ static PyObject *stream_call(Stream *s, PyObject *name, PyObject *const *args, P
     return r;
 }
 
+static int stream_unhold_rc(Stream *s);
+
 /* A protocol callback raised (the exception is set): SystemExit and
  * KeyboardInterrupt go on (-1); anything else is the transport's fatal error
  * with the stock message (0, or -1 if that raised). */
@@ -230,6 +237,8 @@ static int stream_protocol_failed(Stream *s, PyObject *msg)
     if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
         return -1;
     PyObject *exc = take_exception();
+    if (s->hold > 0 && stream_unhold_rc(s) < 0) /* the stock write sent them (646) */
+        PyErr_Clear();
     PyObject *args[2] = {exc, msg};
     PyObject *r = stream_call(s, s_fatal_error, args, 2, 0);
     Py_DECREF(exc);
@@ -1018,7 +1027,28 @@ static int stream_read_bytes(Stream *s, int now)
  * buffer, or one recv_into would refuse, is let go and the pool receive
  * takes over (_start_reading): it asks get_buffer again when bytes come and
  * reports a bad buffer the stock way. 0, or -1 with an exception set. */
+static int stream_read_direct_loop(Stream *s, int how);
+
+/* stream_read_direct_loop, then what its callbacks held leaves (decision 646) */
 static int stream_read_direct(Stream *s, int how)
+{
+    int rc = stream_read_direct_loop(s, how);
+    if (s->hold > 0) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (stream_unhold_rc(s) < 0) {
+            if (type != NULL)
+                PyErr_Clear(); /* the first exception is the one that goes on */
+            else
+                rc = -1;
+        }
+        if (type != NULL)
+            PyErr_Restore(type, value, tb);
+    }
+    return rc;
+}
+
+static int stream_read_direct_loop(Stream *s, int how)
 {
     Table *t = s->loop->table;
     if (!s->buffered)
@@ -1065,7 +1095,10 @@ static int stream_read_direct(Stream *s, int how)
             PyMem_Free(b);
             if (got <= 0) /* EOF, an error: the op's final record */
                 return stream_final(s, (int32_t)got, 0);
-            if (stream_updated(s, got) < 0)
+            s->chain = (size_t)got == len && reads + 1 < DIRECT_READS;
+            int urc = stream_updated(s, got);
+            s->chain = 0;
+            if (urc < 0)
                 return -1;
             how = (size_t)got == len ? D_NOW : D_DRAINED;
             if (got < t->buf_size && stream_direct_ok(s)) /* small now: the pool again */
@@ -1140,7 +1173,9 @@ static int stream_direct_done(Stream *s, int32_t res, int enter)
         Py_XDECREF(r);
         rc = r ? 0 : -1;
     } else if (!enter || PyContext_Enter(s->ctx) == 0) {
+        s->chain = (size_t)res == len;
         rc = stream_updated(s, res);
+        s->chain = 0;
         if (rc > 0) {
             rc = 0; /* reported: the transport closes */
         } else if (rc == 0 && stream_direct_ok(s)) {
@@ -1150,6 +1185,8 @@ static int stream_direct_done(Stream *s, int32_t res, int enter)
                 rc = stream_back_to_pool(s);
             }
         }
+        if (s->hold > 0 && rc == 0 && stream_unhold_rc(s) < 0) /* the chain ended */
+            rc = -1;
         if (enter && PyContext_Exit(s->ctx) < 0)
             rc = -1;
     }
@@ -1342,9 +1379,13 @@ static int stream_mark_dirty(Stream *s)
  * non-blocking sendmsg() of the queue now, as the stock transport sends on
  * every write (see SocketTransport._send_now for why not at the end of the
  * turn), without joining the chunks. What the kernel left stays queued; the
- * transport then decides about pausing the protocol. */
+ * transport then decides about pausing the protocol. The queue may hold
+ * bytearrays here (held writes, decision 646, or a gathered write's own
+ * buffer): what is left of them is queued as bytes (a copy), so the queue
+ * is bytes again afterwards and nothing is held. */
 static PyObject *stream_send_now(Stream *s)
 {
+    s->hold = 0;
     PyObject *buf = stream_queue_list(s);
     if (buf == NULL)
         return NULL;
@@ -1354,17 +1395,26 @@ static PyObject *stream_send_now(Stream *s)
     struct iovec iov[64];
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *b = PyList_GET_ITEM(buf, i);
-        if (!PyBytes_CheckExact(b))
+        if (PyBytes_CheckExact(b)) {
+            iov[i].iov_base = PyBytes_AS_STRING(b);
+            iov[i].iov_len = (size_t)PyBytes_GET_SIZE(b);
+        } else if (PyByteArray_CheckExact(b)) {
+            iov[i].iov_base = PyByteArray_AS_STRING(b);
+            iov[i].iov_len = (size_t)PyByteArray_GET_SIZE(b);
+        } else {
             return stream_call(s, s_send_now, NULL, 0, 0);
-        iov[i].iov_base = PyBytes_AS_STRING(b);
-        iov[i].iov_len = (size_t)PyBytes_GET_SIZE(b);
+        }
     }
     struct msghdr msg = {0};
     msg.msg_iov = iov;
     msg.msg_iovlen = (size_t)n;
-    ssize_t k = sendmsg(s->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    ssize_t k;
+    s->nows++;
+    do
+        k = sendmsg(s->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    while (k < 0 && errno == EINTR);
     if (k < 0) {
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
             PyErr_SetFromErrno(PyExc_OSError);
             PyObject *exc = take_exception();
             PyObject *args[2] = {exc, m_write_failed};
@@ -1374,17 +1424,21 @@ static PyObject *stream_send_now(Stream *s)
         }
         k = 0;
     }
-    /* drop what left; the first chunk left partly is cut (a copy of its rest) */
+    /* drop what left; what is left of the chunks becomes bytes (the first,
+     * partly sent, cut) */
     Py_ssize_t left = k, i = 0;
-    while (i < n && left >= PyBytes_GET_SIZE(PyList_GET_ITEM(buf, i)))
-        left -= PyBytes_GET_SIZE(PyList_GET_ITEM(buf, i++));
-    if (left > 0) {
-        PyObject *b = PyList_GET_ITEM(buf, i);
-        PyObject *rest = PyBytes_FromStringAndSize(PyBytes_AS_STRING(b) + left,
-                                                   PyBytes_GET_SIZE(b) - left);
+    while (i < n && left >= (Py_ssize_t)iov[i].iov_len)
+        left -= (Py_ssize_t)iov[i++].iov_len;
+    for (Py_ssize_t j = i; j < n; j++) {
+        PyObject *b = PyList_GET_ITEM(buf, j);
+        Py_ssize_t cut = j == i ? left : 0;
+        if (cut == 0 && PyBytes_CheckExact(b))
+            continue;
+        PyObject *rest = PyBytes_FromStringAndSize((char *)iov[j].iov_base + cut,
+                                                   (Py_ssize_t)iov[j].iov_len - cut);
         if (rest == NULL)
             return NULL;
-        PyList_SetItem(buf, i, rest); /* steals rest, drops b */
+        PyList_SetItem(buf, j, rest); /* steals rest, drops b */
     }
     if (i > 0 && PyList_SetSlice(buf, 0, i, NULL) < 0)
         return NULL;
@@ -1392,6 +1446,29 @@ static PyObject *stream_send_now(Stream *s)
     if (s->buffer_size > s->high || s->wpaused)
         return stream_call(s, s_send_now_tail, NULL, 0, 0);
     Py_RETURN_NONE;
+}
+
+/* The held writes leave now (decision 646): at the end of the read chain
+ * that held them, and before anything else may see or change the queue. */
+static PyObject *stream_unhold(Stream *s)
+{
+    if (s->hold == 0)
+        Py_RETURN_NONE;
+    if (s->transport == NULL || !stream_queue_ok(s)) {
+        s->hold = 0;
+        Py_RETURN_NONE;
+    }
+    return stream_send_now(s);
+}
+
+/* stream_unhold where only success matters: 0, or -1 with an exception set */
+static int stream_unhold_rc(Stream *s)
+{
+    if (s->hold == 0)
+        return 0;
+    PyObject *r = stream_unhold(s);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
 }
 
 /* write() on an idle transport (nothing queued, none in flight, no write
@@ -1482,12 +1559,62 @@ static PyObject *stream_queued(Stream *s)
  * syscall from about 16 KiB up, and more with each byte. */
 #define DIRECT_MUTABLE (16 * 1024)
 
+/* data is referenced by its caller's expression alone: no one else can
+ * change it after write() returns, so the queue may keep it as it is */
+static inline int stream_unique_temp(PyObject *data)
+{
+#if PY_VERSION_HEX >= 0x030E0000
+    return PyUnstable_Object_IsUniqueReferencedTemporary(data);
+#else
+    return Py_REFCNT(data) == 1;
+#endif
+}
+
+/* A write that may wait for the next one of its read chain (decision 646):
+ * a bytearray of DIRECT_MUTABLE bytes or more written from a
+ * buffer_updated whose read filled its buffer (the next read follows at
+ * once), that is a temporary of the caller's (the usual
+ * `write(self.buf[:n])`: kept, not copied), with only held writes queued,
+ * none in flight, not paused, and the held bytes not over the high-water
+ * mark: a write far past it leaves at once, as before. */
+static inline int stream_holdable(Stream *s, PyObject *data, Py_ssize_t len)
+{
+    return s->chain && PyByteArray_CheckExact(data) && len >= DIRECT_MUTABLE &&
+           !s->sending && !s->wpaused && s->buffer_size == s->hold &&
+           s->buffer_size + len <= s->high && stream_unique_temp(data);
+}
+
 /* write(data): the transport's write() */
 static PyObject *Stream_write(Stream *s, PyObject *data)
 {
     if (!s->wfast || s->transport == NULL || !stream_queue_ok(s))
         goto slow;
     PyObject *b;
+    if (s->hold > 0) {
+        /* writes are held (decision 646): this one is held too, or they
+         * leave with it in one sendmsg(); anything else sends them first */
+        if (!s->sending && s->buffer_size == s->hold &&
+            (PyBytes_CheckExact(data) || PyByteArray_CheckExact(data))) {
+            Py_ssize_t len = Py_SIZE(data);
+            if (len == 0)
+                Py_RETURN_NONE;
+            int held = stream_holdable(s, data, len);
+            if (stream_append(s, data) < 0)
+                return NULL;
+            s->buffer_size += len;
+            if (held) {
+                s->hold += len;
+                Py_RETURN_NONE;
+            }
+            return stream_send_now(s);
+        }
+        PyObject *r = stream_unhold(s);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+        if (!s->wfast || s->transport == NULL || !stream_queue_ok(s))
+            goto slow;
+    }
     if (!s->sending && stream_queue_len(s) == 0 &&
         (PyBytes_CheckExact(data) || PyByteArray_CheckExact(data) || PyMemoryView_Check(data))) {
         /* idle: epoll sends at once while the turn delivers records (a
@@ -1502,6 +1629,19 @@ static PyObject *Stream_write(Stream *s, PyObject *data)
         Py_ssize_t len = PyMemoryView_Check(data) ? PyMemoryView_GET_BUFFER(data)->len
                                                    : Py_SIZE(data);
         PyObject *r;
+        if (s->chain && stream_holdable(s, data, len)) {
+            /* the queue is a list holding the bytearray itself */
+            PyObject *l = PyList_New(1);
+            if (l == NULL)
+                return NULL;
+            PyList_SET_ITEM(l, 0, Py_NewRef(data));
+            Py_XSETREF(s->buffer, l);
+            s->buffer_size += len;
+            s->hold = len;
+            if (!s->dirty && stream_mark_dirty(s) < 0)
+                return NULL;
+            Py_RETURN_NONE;
+        }
         if (((!s->dirty && ((s->direct && s->loop->in_batch) || len > s->high)) ||
              (len >= DIRECT_MUTABLE && !PyBytes_CheckExact(data))) &&
             stream_write_direct(s, data, &r))
@@ -1549,6 +1689,8 @@ static PyObject *Stream_writelines(Stream *s, PyObject *items)
         PyErr_SetString(PyExc_RuntimeError, "the transport is gone");
         return NULL;
     }
+    if (s->hold > 0 && stream_unhold_rc(s) < 0) /* held writes leave first (646) */
+        return NULL;
     if (!s->wfast || !stream_queue_ok(s) ||
         !(PyList_CheckExact(items) || PyTuple_CheckExact(items)))
         return stream_call(s, s_writelines_slow, &items, 1, 0);
@@ -1600,6 +1742,14 @@ out:
     return result;
 }
 
+/* unhold(): held writes leave now, before the transport's Python code
+ * looks at or changes the queue (decision 646) */
+static PyObject *Stream_unhold(Stream *s, PyObject *unused)
+{
+    (void)unused;
+    return stream_unhold(s);
+}
+
 /* Empties the spare dirty list as list.clear() does, without
  * PyList_SetSlice's general path (decisions 261, 262), and keeps its
  * storage: no one else can reach that list (code that its items'
@@ -1624,6 +1774,8 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
 {
     (void)unused;
     s->dirty = 0;
+    if (s->hold > 0 && stream_unhold_rc(s) < 0) /* not left yet: a chain that raised */
+        return NULL;
     Table *t = s->loop->table;
     if (!s->wfast || s->transport == NULL || t == NULL || t->engine == NULL ||
         !stream_queue_ok(s))
@@ -2244,6 +2396,7 @@ static int Stream_set_buffer(Stream *s, PyObject *v, void *unused)
         return -1;
     }
     Py_XSETREF(s->buffer, Py_NewRef(v));
+    s->hold = 0; /* Python's queue: nothing of it is held (decision 646) */
     return 0;
 }
 
@@ -2283,6 +2436,7 @@ static PyMemberDef Stream_members[] = {
     {"low", T_PYSSIZET, offsetof(Stream, low), 0, NULL},
     {"sends", T_UINT, offsetof(Stream, sends), 0, NULL},
     {"directs", T_UINT, offsetof(Stream, directs), 0, NULL},
+    {"nows", T_UINT, offsetof(Stream, nows), 0, NULL},
     {"inline_sends", T_UINT, offsetof(Stream, inline_sends), 0, NULL},
     {"feeds", T_UINT, offsetof(Stream, feeds), 0, NULL},
     {"recv_ud", T_ULONGLONG, offsetof(Stream, recv_ud), 0, NULL},
@@ -2293,6 +2447,8 @@ static PyMemberDef Stream_members[] = {
     {"held", T_OBJECT, offsetof(Stream, held), READONLY, NULL},
     /* set by _feed_buffer too (decision 634) */
     {"feed_rest", T_BOOL, offsetof(Stream, feed_rest), 0, NULL},
+    /* bytes of held writes in the queue (decision 646) */
+    {"hold", T_PYSSIZET, offsetof(Stream, hold), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -2301,6 +2457,7 @@ static PyMethodDef Stream_methods[] = {
     {"_drain", (PyCFunction)Stream_drain, METH_NOARGS, "hand the held records over"},
     {"writelines", (PyCFunction)Stream_writelines, METH_O, "the transport's writelines (3.12+)"},
     {"_flush", (PyCFunction)Stream_flush, METH_NOARGS, "the turn's writes leave"},
+    {"unhold", (PyCFunction)Stream_unhold, METH_NOARGS, "held writes leave now (646)"},
     {"sent", (PyCFunction)(void (*)(void))Stream_sent, METH_FASTCALL, "a send's completion"},
     {"set_protocol", (PyCFunction)(void (*)(void))Stream_set_protocol, METH_FASTCALL, NULL},
     {"_fatal_error", (PyCFunction)(void (*)(void))Stream_fatal_error, METH_FASTCALL, NULL},

@@ -439,6 +439,12 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         if c is not None:
             c.high, c.low = self._high_water, self._low_water
 
+    def set_write_buffer_limits(self, high=None, low=None):
+        c = getattr(self, "_core", None)
+        if c is not None and c.hold:
+            c.unhold()  # sent by the stock write(), under the old marks (646)
+        super().set_write_buffer_limits(high, low)
+
     def _maybe_pause_protocol(self):
         super()._maybe_pause_protocol()
         self._core.wpaused = self._protocol_paused
@@ -665,7 +671,10 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     # ------------------------------------------------------------- writing
 
     def get_write_buffer_size(self):
-        return self._core.buffer_size
+        c = self._core
+        if c.hold:
+            c.unhold()  # what the stock write() sent already (decision 646)
+        return c.buffer_size
 
     def _write_slow(self, data):
         """write() when the C core's fast path does not apply (at EOF, during
@@ -681,6 +690,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             raise RuntimeError("unable to write; sendfile is in progress")
         if not data:
             return
+        if self._core.hold:
+            self._core.unhold()  # held writes leave first (decision 646)
         if self._conn_lost:
             if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 logger.warning("socket.send() raised exception.")
@@ -710,7 +721,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         whose drain() does not yield would never let the turn end."""
         c = self._core
         buf = c.buffer
-        data = buf[0] if len(buf) == 1 else b"".join(buf)
+        data = buf[0] if len(buf) == 1 and type(buf[0]) is bytes else b"".join(buf)
         try:
             n = self._sock.send(data)
         except (BlockingIOError, InterruptedError):
@@ -778,6 +789,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
                 raise RuntimeError("unable to writelines; sendfile is in progress")
             if not list_of_data:
                 return
+            if self._core.hold:
+                self._core.unhold()  # held writes leave first (decision 646)
             chunks = [memoryview(data).tobytes() for data in list_of_data]
             if self._conn_lost:
                 return  # the stock transport drops them silently here
@@ -796,9 +809,11 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     def write_eof(self):
         if self._closing or self._eof:
             return
+        c = self._core
+        if c.hold:
+            c.unhold()  # the stock write() sent them before (decision 646)
         self._eof = True
         self._sync()
-        c = self._core
         if not c.buffer and not c.sending and self._empty_waiter is None:
             # Nothing queued or in flight: the stock transport shuts down at
             # once, and its OSError (ENOTCONN once the peer has reset the
@@ -893,8 +908,12 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     def close(self):
         if self._closing:
             return
-        self._closing = True
         c = self._core
+        if c.hold:
+            c.unhold()  # the stock write() sent them before (decision 646)
+        if self._closing:
+            return  # the send failed: _fatal_error closed
+        self._closing = True
         ud = c.recv_ud  # _stop_reading, written out (decision 621)
         if ud and not self._engine.closed:
             self._engine.cancel(ud)
@@ -950,6 +969,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             self._resume_h.cancel()
             self._resume_h = None
         c = self._core
+        if c.hold:
+            c.unhold()  # the stock write() sent them before (decision 646)
         if c.buffer and not c.sending and not self._conn_lost and not self._protocol_paused:
             buf = c.buffer
             try:
@@ -1036,6 +1057,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     def _make_empty_waiter(self):
         if self._empty_waiter is not None:
             raise RuntimeError("Empty waiter is already set")
+        if self._core.hold:
+            self._core.unhold()  # held writes leave first (decision 646)
         self._empty_waiter = self._loop.create_future()
         self._sync()
         if not self._core.buffer and not self._core.sending:
