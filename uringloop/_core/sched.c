@@ -1434,7 +1434,7 @@ typedef struct {
     const char *p;
     Py_ssize_t n;
 } Piece;
-static int stream_gathers(PyObject *owner); /* stream.c */
+static int stream_gathers(PyObject *owner, int coalesced); /* stream.c */
 static int stream_deliver_pieces(PyObject *owner, const Piece *pc, int cnt, Py_ssize_t total);
 
 /* the data a record carries: pool bytes, a peer address, the errno of a
@@ -1694,9 +1694,10 @@ static int table_deliver(Table *t, int n, PyObject **first)
             if (takes != 0)
                 PyErr_Clear(); /* the generic way meets the same error and reports it */
         }
-        int gather = (t->slots[slot].flags & SLOT_VIEW) && (r->flags & UL_F_BUFFER) &&
-                     !final && r->res > 0 && in_pool(t, r) &&
-                     stream_gathers(t->slots[slot].owner);
+        int gather = (t->slots[slot].flags & (SLOT_VIEW | SLOT_COALESCE)) &&
+                     (r->flags & UL_F_BUFFER) && !final && r->res > 0 && in_pool(t, r) &&
+                     stream_gathers(t->slots[slot].owner,
+                                    !(t->slots[slot].flags & SLOT_VIEW));
         if (gather && batch_skip(t, &skip, i, n, lasts) < 0) {
             PyErr_Clear(); /* no marks: record by record, as a view each */
             gather = 0;
@@ -1704,7 +1705,8 @@ static int table_deliver(Table *t, int n, PyObject **first)
         if (gather) {
             /* a BufferedProtocol's receive on its fast path: the op's pool
              * records of the batch fill get_buffer()'s buffers in one go
-             * (decision 335); its final record comes on its own */
+             * (decision 335), a StreamReaderProtocol's go into its reader's
+             * buffer (decision 636); its final record comes on its own */
             Piece pc[GATHER_MAX];
             int cnt = 0, end = lasts ? t->slots[slot].last : n - 1;
             Py_ssize_t total = 0;

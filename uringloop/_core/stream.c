@@ -79,6 +79,9 @@ typedef struct {
     char dkind;    /* the SLOT_DIRECT op in flight is a Protocol's poll (decision 373) */
     char feed_rest; /* buffer_updated runs with more of its record to come: a close
                      * there drops it, and _close_fd resets (decision 634) */
+    char sreader;  /* the protocol is a stock asyncio.StreamReaderProtocol: its
+                    * chunks may go straight into its reader (decision 636) */
+    unsigned int feeds; /* chunks put straight into a StreamReader's buffer (tests count them) */
     char chain;     /* buffer_updated runs for a direct read that filled its buffer:
                      * the next read follows at once (decision 646) */
     Py_ssize_t hold; /* bytes of the queue that are held bytearrays (decision 646) */
@@ -259,6 +262,256 @@ static PyObject *pieces_rest(const Piece *pc, int cnt, int i, Py_ssize_t off)
         q += pc[j].n - off;
     }
     return b;
+}
+
+/* ---- chunks straight into a stock StreamReader (decision 636) ----
+ *
+ * asyncio's streams take a chunk as StreamReaderProtocol.data_received(data)
+ * -> StreamReader.feed_data(data): self._buffer.extend(data), then
+ * _wakeup_waiter() and the pause check. Those functions (and the
+ * _stream_reader property) are the same code in CPython 3.10-3.13. When the
+ * transport's protocol is exactly a StreamReaderProtocol, its reader exactly
+ * a StreamReader with an exact bytearray buffer, and the stock functions are
+ * still the ones the loop saw at import (transports/stream.py checks them
+ * there and hands them over), the chunk's bytes go into that bytearray
+ * itself (a pool buffer's bytes appended, a direct read received into its
+ * tail) and the rest of feed_data is done here, with no bytes made for the
+ * chunk and no Python frame. Anything else (debug mode, the reader gone or
+ * at EOF, a buffer exported, patched methods, a subclass) is today's
+ * data_received call. */
+static PyTypeObject *sr_proto_type, *sr_reader_type;
+static PyObject *sr_data_received, *sr_stream_reader, *sr_feed_data, *sr_wakeup;
+static PyObject *sr_code[3]; /* the three functions' __code__, as captured */
+static PyObject *s_data_received, *s_stream_reader, *s_feed_data, *s_wakeup_waiter;
+static PyObject *s_stream_reader_wr, *s_eof, *s_rbuffer, *s_waiter, *s_transport, *s_paused;
+static PyObject *s_limit, *s_pause_reading, *s_cancelled, *s_set_result, *sr_two;
+
+/* stream_reader_stock(StreamReaderProtocol, StreamReader, data_received,
+ * _stream_reader, feed_data, _wakeup_waiter): the stock objects, checked by
+ * the caller; None turns the feed off */
+static PyObject *stream_reader_stock(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (nargs == 1 && args[0] == Py_None) {
+        Py_CLEAR(sr_proto_type);
+        Py_RETURN_NONE;
+    }
+    if (nargs != 6 || !PyType_Check(args[0]) || !PyType_Check(args[1]) ||
+        !PyFunction_Check(args[2]) || !PyFunction_Check(args[4]) || !PyFunction_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "stream_reader_stock(protocol type, reader type, "
+                                         "data_received, _stream_reader, feed_data, _wakeup_waiter)");
+        return NULL;
+    }
+    Py_XSETREF(sr_proto_type, (PyTypeObject *)Py_NewRef(args[0]));
+    Py_XSETREF(sr_reader_type, (PyTypeObject *)Py_NewRef(args[1]));
+    Py_XSETREF(sr_data_received, Py_NewRef(args[2]));
+    Py_XSETREF(sr_stream_reader, Py_NewRef(args[3]));
+    Py_XSETREF(sr_feed_data, Py_NewRef(args[4]));
+    Py_XSETREF(sr_wakeup, Py_NewRef(args[5]));
+    Py_XSETREF(sr_code[0], Py_NewRef(PyFunction_GET_CODE(args[2])));
+    Py_XSETREF(sr_code[1], Py_NewRef(PyFunction_GET_CODE(args[4])));
+    Py_XSETREF(sr_code[2], Py_NewRef(PyFunction_GET_CODE(args[5])));
+    Py_RETURN_NONE;
+}
+
+/* obj.name is the stock function fn bound to obj, as the stock code's
+ * self.feed_data / self._wakeup_waiter finds it: neither the class's
+ * attribute replaced nor an instance attribute shadowing it */
+static int sr_method_is(PyObject *obj, PyObject *name, PyObject *fn)
+{
+    PyObject *m = PyObject_GetAttr(obj, name);
+    int ok = m != NULL && PyMethod_Check(m) && PyMethod_GET_FUNCTION(m) == fn &&
+             PyMethod_GET_SELF(m) == obj;
+    if (m == NULL)
+        PyErr_Clear();
+    Py_XDECREF(m);
+    return ok;
+}
+
+/* The StreamReader the next chunk may go straight into: 1 with *reader and
+ * *buf (its _buffer) as new references, or 0 (nothing set): the chunk takes
+ * data_received, which does what the stock code does in every other case. */
+static int stream_reader_of(Stream *s, PyObject **reader, PyObject **buf)
+{
+    PyTypeObject *pt = sr_proto_type, *rt = sr_reader_type;
+    *reader = *buf = NULL;
+    if (!s->sreader || pt == NULL || s->protocol == NULL || !Py_IS_TYPE(s->protocol, pt) ||
+        s->loop->debug != Py_False || _PyType_Lookup(pt, s_data_received) != sr_data_received ||
+        _PyType_Lookup(pt, s_stream_reader) != sr_stream_reader ||
+        PyFunction_GET_CODE(sr_data_received) != sr_code[0] ||
+        PyFunction_GET_CODE(sr_feed_data) != sr_code[1] ||
+        PyFunction_GET_CODE(sr_wakeup) != sr_code[2])
+        return 0;
+    PyObject *wr = PyObject_GetAttr(s->protocol, s_stream_reader_wr), *r = NULL;
+    if (wr == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (PyWeakref_CheckRefExact(wr)) {
+#if PY_VERSION_HEX >= 0x030D0000
+        if (PyWeakref_GetRef(wr, &r) < 0) {
+            PyErr_Clear();
+            r = NULL;
+        }
+#else
+        r = Py_NewRef(PyWeakref_GET_OBJECT(wr));
+#endif
+    }
+    Py_DECREF(wr);
+    if (r == NULL || !Py_IS_TYPE(r, rt) || !sr_method_is(r, s_feed_data, sr_feed_data) ||
+        !sr_method_is(r, s_wakeup_waiter, sr_wakeup)) {
+        Py_XDECREF(r);
+        return 0;
+    }
+    PyObject *eof = PyObject_GetAttr(r, s_eof);
+    PyObject *b = eof == Py_False ? PyObject_GetAttr(r, s_rbuffer) : NULL;
+    Py_XDECREF(eof);
+    if (b == NULL || !PyByteArray_CheckExact(b) || ((PyByteArrayObject *)b)->ob_exports > 0) {
+        PyErr_Clear();
+        Py_XDECREF(b);
+        Py_DECREF(r);
+        return 0;
+    }
+    *reader = r;
+    *buf = b;
+    return 1;
+}
+
+/* what StreamReader.feed_data does after its extend: _wakeup_waiter(), then
+ * the pause check (its NotImplementedError branch too). 0, or -1 with an
+ * exception set (one the stock code would raise in data_received). */
+static int stream_reader_after(PyObject *reader)
+{
+    PyObject *w = PyObject_GetAttr(reader, s_waiter), *x;
+    if (w == NULL)
+        return -1;
+    if (w != Py_None) {
+        int t = -1;
+        if (PyObject_SetAttr(reader, s_waiter, Py_None) == 0 &&
+            (x = PyObject_CallMethodNoArgs(w, s_cancelled)) != NULL) {
+            t = PyObject_IsTrue(x);
+            Py_DECREF(x);
+        }
+        if (t == 0) {
+            x = PyObject_CallMethodOneArg(w, s_set_result, Py_None);
+            t = x ? 1 : -1;
+            Py_XDECREF(x);
+        }
+        if (t < 0) {
+            Py_DECREF(w);
+            return -1;
+        }
+    }
+    Py_DECREF(w);
+    PyObject *tr = PyObject_GetAttr(reader, s_transport);
+    if (tr == NULL)
+        return -1;
+    int rc = 0, paused = 1;
+    if (tr != Py_None) {
+        x = PyObject_GetAttr(reader, s_paused);
+        paused = x ? PyObject_IsTrue(x) : -1;
+        Py_XDECREF(x);
+    }
+    if (paused == 0) { /* len(self._buffer) > 2 * self._limit */
+        PyObject *b = PyObject_GetAttr(reader, s_rbuffer);
+        Py_ssize_t n = b ? PyObject_Size(b) : -1;
+        Py_XDECREF(b);
+        PyObject *lim = n >= 0 ? PyObject_GetAttr(reader, s_limit) : NULL;
+        int gt = -1, overflow = 1;
+        long long l = lim && PyLong_CheckExact(lim) ? PyLong_AsLongLongAndOverflow(lim, &overflow) : 0;
+        if (lim != NULL && !overflow && l > -(1LL << 60) && l < (1LL << 60)) {
+            gt = (long long)n > 2 * l;
+        } else if (lim != NULL) {
+            PyObject *two = PyNumber_Multiply(sr_two, lim), *len = PyLong_FromSsize_t(n);
+            gt = two && len ? PyObject_RichCompareBool(len, two, Py_GT) : -1;
+            Py_XDECREF(two);
+            Py_XDECREF(len);
+        }
+        Py_XDECREF(lim);
+        if (gt < 0) {
+            rc = -1;
+        } else if (gt) {
+            x = PyObject_CallMethodNoArgs(tr, s_pause_reading);
+            if (x != NULL) {
+                Py_DECREF(x);
+                rc = PyObject_SetAttr(reader, s_paused, Py_True);
+            } else if (PyErr_ExceptionMatches(PyExc_NotImplementedError)) {
+                PyErr_Clear(); /* the transport cannot pause: forgotten, as stock */
+                rc = PyObject_SetAttr(reader, s_transport, Py_None);
+            } else {
+                rc = -1;
+            }
+        }
+    } else if (paused < 0) {
+        rc = -1;
+    }
+    Py_DECREF(tr);
+    return rc;
+}
+
+/* the chunk's cnt pieces (total bytes) appended to buf, as extend() would */
+static int stream_reader_extend(PyObject *buf, const Piece *pc, int cnt, Py_ssize_t total)
+{
+    Py_ssize_t n0 = PyByteArray_GET_SIZE(buf);
+    if (total > PY_SSIZE_T_MAX - n0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (PyByteArray_Resize(buf, n0 + total) < 0)
+        return -1;
+    char *p = PyByteArray_AS_STRING(buf) + n0;
+    for (int i = 0; i < cnt; i++) {
+        memcpy(p, pc[i].p, (size_t)pc[i].n);
+        p += pc[i].n;
+    }
+    return 0;
+}
+
+/* data_received(data) on the transport's fast path, in the transport's
+ * context (entered). 0, or -1 with an exception set. */
+static int stream_data(Stream *s, PyObject *data)
+{
+    PyObject *cb = Py_NewRef(s->on_data); /* set_protocol may replace them */
+    PyObject *protocol = s->data_self ? Py_NewRef(s->protocol) : NULL;
+    PyObject *r = stream_proto_call(cb, protocol, data);
+    Py_DECREF(cb);
+    Py_XDECREF(protocol);
+    int rc = r ? 0 : stream_protocol_failed(s, m_data_failed);
+    Py_XDECREF(r);
+    return rc;
+}
+
+/* A Protocol's chunk on the fast path: its cnt pieces (total > 0 bytes;
+ * data, when not NULL, is the chunk as one bytes) straight into the
+ * StreamReader's buffer, or data_received(bytes). In the transport's
+ * context (entered). 1 when the protocol took it, 0 when it raised (reported
+ * as stock: the transport fails), -1 with an exception set. */
+static int stream_chunk(Stream *s, PyObject *data, const Piece *pc, int cnt, Py_ssize_t total)
+{
+    PyObject *reader, *buf;
+    int rc;
+    if (stream_reader_of(s, &reader, &buf)) {
+        rc = stream_reader_extend(buf, pc, cnt, total);
+        Py_DECREF(buf);
+        if (rc == 0) {
+            s->feeds++;
+            rc = stream_reader_after(reader);
+        }
+        Py_DECREF(reader);
+        return rc == 0 ? 1 : stream_protocol_failed(s, m_data_failed);
+    }
+    PyObject *own = data ? Py_NewRef(data) : pieces_rest(pc, cnt, 0, 0);
+    if (own == NULL)
+        return -1;
+    PyObject *cb = Py_NewRef(s->on_data); /* set_protocol may replace them */
+    PyObject *protocol = s->data_self ? Py_NewRef(s->protocol) : NULL;
+    PyObject *r = stream_proto_call(cb, protocol, own);
+    Py_DECREF(cb);
+    Py_XDECREF(protocol);
+    Py_DECREF(own);
+    rc = r ? 1 : stream_protocol_failed(s, m_data_failed);
+    Py_XDECREF(r);
+    return rc;
 }
 
 /* buffer_updated(n) of the transport's protocol now, in the transport's
@@ -566,16 +819,10 @@ static PyObject *stream_recv(Stream *s, int32_t res, int more, PyObject *data,
             if (s->buffered) {
                 rc = stream_feed(s, data);
             } else {
-                /* set_protocol may replace them */
-                PyObject *cb = Py_NewRef(s->on_data);
-                PyObject *protocol = s->data_self ? Py_NewRef(s->protocol) : NULL;
-                PyObject *r = stream_proto_call(cb, protocol, data);
-                Py_DECREF(cb);
-                Py_XDECREF(protocol);
-                rc = r ? 0 : stream_protocol_failed(s, m_data_failed);
-                Py_XDECREF(r);
-                if (r != NULL && s->loop->table != NULL) {
-                    s->bigfill = PyBytes_GET_SIZE(data) >= DIRECT_MIN * s->loop->table->buf_size;
+                Piece pc = {PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)};
+                rc = stream_chunk(s, data, &pc, 1, pc.n);
+                if (rc > 0 && s->loop->table != NULL) {
+                    s->bigfill = pc.n >= DIRECT_MIN * s->loop->table->buf_size;
                     stream_maybe_direct(s);
                 }
             }
@@ -642,20 +889,6 @@ static int stream_final(Stream *s, int32_t res, int enter)
     return r ? 0 : -1;
 }
 
-/* data_received(data) for a direct receive's bytes, in the transport's
- * context (entered). 0, or -1 with an exception set. */
-static int stream_data(Stream *s, PyObject *data)
-{
-    PyObject *cb = Py_NewRef(s->on_data); /* set_protocol may replace them */
-    PyObject *protocol = s->data_self ? Py_NewRef(s->protocol) : NULL;
-    PyObject *r = stream_proto_call(cb, protocol, data);
-    Py_DECREF(cb);
-    Py_XDECREF(protocol);
-    int rc = r ? 0 : stream_protocol_failed(s, m_data_failed);
-    Py_XDECREF(r);
-    return rc;
-}
-
 /* A Protocol's direct receive waits in the engine for the socket to
  * become readable: a one-shot poll(POLLIN), no buffer (a connection that
  * goes quiet holds nothing: decision 373), whose record is the Stream's
@@ -705,6 +938,29 @@ static ssize_t stream_recv_bytes(Stream *s, PyObject **out)
     return got;
 }
 
+/* one recv(MSG_DONTWAIT) of up to DIRECT_BYTES into the tail of a
+ * StreamReader's bytearray buf (grown for it, cut back to what came:
+ * decision 636), as stream_recv_bytes returns. */
+static ssize_t stream_recv_tail(Stream *s, PyObject *buf)
+{
+    Py_ssize_t n0 = PyByteArray_GET_SIZE(buf);
+    if (n0 > PY_SSIZE_T_MAX - DIRECT_BYTES) {
+        PyErr_NoMemory();
+        return RECV_NOMEM;
+    }
+    if (PyByteArray_Resize(buf, n0 + DIRECT_BYTES) < 0)
+        return RECV_NOMEM;
+    ssize_t got;
+    do
+        got = recv(s->fd, PyByteArray_AS_STRING(buf) + n0, DIRECT_BYTES, MSG_DONTWAIT);
+    while (got < 0 && errno == EINTR);
+    if (got < 0)
+        got = errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    if (PyByteArray_Resize(buf, n0 + (got > 0 ? got : 0)) < 0)
+        return RECV_NOMEM; /* the bytes are lost with the memory: as a failed read */
+    return got;
+}
+
 /* The receive of a Protocol whose chunks come big (decision 373), in the
  * transport's context (entered): each read lands in a new bytes of
  * DIRECT_BYTES, cut to what came (an in-place shrink of the heap block)
@@ -725,15 +981,28 @@ static int stream_read_bytes(Stream *s, int now)
             return stream_back_to_pool(s);
         if (!now || reads >= DIRECT_READS) /* drained: a read here came short */
             return stream_arm_poll(s, !now && reads > 0);
-        PyObject *b;
-        ssize_t got = stream_recv_bytes(s, &b);
-        if (got == RECV_NOMEM)
-            return -1;
-        if (got == -EAGAIN)
-            return stream_arm_poll(s, 1);
-        if (got <= 0) /* EOF, an error: the op's final record */
-            return stream_final(s, (int32_t)got, 0);
-        int rc = stream_data(s, b);
+        PyObject *b, *reader;
+        int into = stream_reader_of(s, &reader, &b);
+        ssize_t got = into ? stream_recv_tail(s, b) : stream_recv_bytes(s, &b);
+        if (got <= 0 || got == RECV_NOMEM) {
+            if (into) {
+                Py_DECREF(reader);
+                Py_DECREF(b);
+            }
+            if (got == RECV_NOMEM)
+                return -1;
+            if (got == -EAGAIN)
+                return stream_arm_poll(s, 1);
+            return stream_final(s, (int32_t)got, 0); /* EOF, an error: the op's final record */
+        }
+        int rc;
+        if (into) { /* the rest of feed_data (decision 636) */
+            s->feeds++;
+            rc = stream_reader_after(reader) == 0 ? 0 : stream_protocol_failed(s, m_data_failed);
+            Py_DECREF(reader);
+        } else {
+            rc = stream_data(s, b);
+        }
         Py_DECREF(b);
         if (rc < 0)
             return -1;
@@ -1775,11 +2044,48 @@ static int stream_deliver(PyObject *owner, int32_t res, int more, PyObject *data
 /* A BufferedProtocol's receive on its fast path (nothing held, not paused
  * or closing, nothing ahead of it in _ready): table_deliver may hand it a
  * turn's pool records at once (stream_deliver_pieces). */
-static int stream_gathers(PyObject *owner)
+static int stream_gathers(PyObject *owner, int coalesced)
 {
     Stream *s = (Stream *)owner;
-    return Py_IS_TYPE(owner, &StreamType) && s->buffered && s->rfast && s->held == NULL &&
-           s->on_data != NULL && s->transport != NULL && ready_empty(s->loop);
+    return Py_IS_TYPE(owner, &StreamType) &&
+           (coalesced ? !s->buffered && s->sreader : s->buffered) && s->rfast &&
+           s->held == NULL && s->on_data != NULL && s->transport != NULL && ready_empty(s->loop);
+}
+
+/* A StreamReaderProtocol's pool records of a turn (cnt pieces), in the
+ * transport's context (entered): chunks of up to COALESCE_MAX bytes, as
+ * coalesce() would join them, each straight into its reader's buffer
+ * (decision 636) or, when no longer on the fast path, a record of its own
+ * for stream_recv. 0, or -1 with an exception set. */
+static int stream_chunks(Stream *s, const Piece *pc, int cnt)
+{
+    for (int i = 0; i < cnt;) {
+        Py_ssize_t n = pc[i].n;
+        int j = i + 1;
+        while (j < cnt && n + pc[j].n <= COALESCE_MAX)
+            n += pc[j++].n;
+        int rc;
+        if (s->rfast && !s->buffered && s->on_data != NULL && s->transport != NULL &&
+            s->held == NULL && ready_empty(s->loop)) {
+            rc = stream_chunk(s, NULL, pc + i, j - i, n);
+            if (rc > 0 && s->loop->table != NULL) {
+                s->bigfill = n >= DIRECT_MIN * s->loop->table->buf_size;
+                stream_maybe_direct(s);
+            }
+        } else {
+            PyObject *b = pieces_rest(pc + i, j - i, 0, 0), *r = NULL;
+            if (b != NULL) {
+                r = stream_recv(s, (int32_t)n, 1, b, NULL, 0);
+                Py_DECREF(b);
+            }
+            Py_XDECREF(r);
+            rc = r ? 0 : -1;
+        }
+        if (rc < 0)
+            return -1;
+        i = j;
+    }
+    return 0;
 }
 
 /* a turn's pool records of the receive (cnt pieces, total bytes) into
@@ -1790,12 +2096,13 @@ static int stream_deliver_pieces(PyObject *owner, const Piece *pc, int cnt, Py_s
     Stream *s = (Stream *)owner;
     int rc = -1;
     Py_INCREF(s);
+    int buffered = s->buffered;
     if (PyContext_Enter(s->ctx) == 0) {
-        rc = stream_feed_pieces(s, pc, cnt, total);
+        rc = buffered ? stream_feed_pieces(s, pc, cnt, total) : stream_chunks(s, pc, cnt);
         if (PyContext_Exit(s->ctx) < 0)
             rc = -1;
     }
-    if (rc == 0)
+    if (rc == 0 && buffered)
         stream_maybe_direct(s);
     Py_DECREF(s);
     return rc < 0 ? -1 : 1;
@@ -1858,6 +2165,10 @@ static PyObject *Stream_set_protocol(Stream *s, PyObject *const *args, Py_ssize_
     if (s->dbuf != NULL)
         s->rdirect = R_STALE; /* its bytes are the old protocol's: handed over as bytes */
     s->buffered = (char)buffered;
+    /* the stock StreamReaderProtocol, its stock data_received found on the class */
+    s->sreader = (char)(!buffered && sr_proto_type != NULL && args[0] != Py_None &&
+                        Py_IS_TYPE(args[0], sr_proto_type) && data_self &&
+                        on_data == sr_data_received);
     s->data_self = data_self;
     s->updated_self = updated_self;
     Py_XSETREF(s->on_data, on_data);
@@ -2127,6 +2438,7 @@ static PyMemberDef Stream_members[] = {
     {"directs", T_UINT, offsetof(Stream, directs), 0, NULL},
     {"nows", T_UINT, offsetof(Stream, nows), 0, NULL},
     {"inline_sends", T_UINT, offsetof(Stream, inline_sends), 0, NULL},
+    {"feeds", T_UINT, offsetof(Stream, feeds), 0, NULL},
     {"recv_ud", T_ULONGLONG, offsetof(Stream, recv_ud), 0, NULL},
     {"rsize", T_PYSSIZET, offsetof(Stream, rsize), 0, NULL},
     {"rgrow", T_PYSSIZET, offsetof(Stream, rgrow), 0, NULL},
@@ -2348,6 +2660,8 @@ static PyMethodDef stream_functions[] = {
      "ignore(res, more, data): a completion callback that does nothing"},
     {"stream_for_fd", (PyCFunction)(void (*)(void))stream_for_fd, METH_FASTCALL,
      "stream_for_fd(loop, fd): the stream transport registered for fd, or None"},
+    {"stream_reader_stock", (PyCFunction)(void (*)(void))stream_reader_stock, METH_FASTCALL,
+     "stream_reader_stock(...): asyncio's stock stream objects (decision 636), or None"},
     {"core_method", (PyCFunction)(void (*)(void))core_method, METH_FASTCALL,
      "core_method(slot, name): a transport method that is its Stream's"},
     {NULL, NULL, 0, NULL},
@@ -2428,6 +2742,22 @@ static int stream_init_module(PyObject *m)
     STREAM_INTERN(s_start_reading, "_start_reading");
     STREAM_INTERN(s_protocol, "_protocol");
     STREAM_INTERN(s_buffer_updated, "buffer_updated");
+    STREAM_INTERN(s_data_received, "data_received");
+    STREAM_INTERN(s_stream_reader, "_stream_reader");
+    STREAM_INTERN(s_feed_data, "feed_data");
+    STREAM_INTERN(s_wakeup_waiter, "_wakeup_waiter");
+    STREAM_INTERN(s_stream_reader_wr, "_stream_reader_wr");
+    STREAM_INTERN(s_eof, "_eof");
+    STREAM_INTERN(s_rbuffer, "_buffer");
+    STREAM_INTERN(s_waiter, "_waiter");
+    STREAM_INTERN(s_transport, "_transport");
+    STREAM_INTERN(s_paused, "_paused");
+    STREAM_INTERN(s_limit, "_limit");
+    STREAM_INTERN(s_pause_reading, "pause_reading");
+    STREAM_INTERN(s_cancelled, "cancelled");
+    STREAM_INTERN(s_set_result, "set_result");
+    if (!(sr_two = PyLong_FromLong(2)))
+        return -1;
     STREAM_INTERN(m_data_failed, "Fatal error: protocol.data_received() call failed.");
     STREAM_INTERN(m_get_buffer_failed, "Fatal error: protocol.get_buffer() call failed.");
     STREAM_INTERN(m_updated_failed, "Fatal error: protocol.buffer_updated() call failed.");

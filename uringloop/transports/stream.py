@@ -71,6 +71,70 @@ _HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE
 _stream_for_fd = _sched.stream_for_fd
 
 
+def _stock_streams():
+    """Hand the C core asyncio's stock StreamReaderProtocol.data_received,
+    its _stream_reader property, StreamReader.feed_data and _wakeup_waiter,
+    so that a stock StreamReaderProtocol's chunks go straight into its
+    reader's buffer (decision 636). Only on the versions whose code was read
+    (3.10-3.13: the same source), and only if they are the module's own,
+    unpatched functions with the names and constants of that code."""
+    if sys.version_info[:2] not in ((3, 10), (3, 11), (3, 12), (3, 13)):
+        return None
+    from asyncio import streams
+
+    proto, reader = streams.StreamReaderProtocol, streams.StreamReader
+    prop = proto.__dict__.get("_stream_reader")
+    feed_names = {"NotImplementedError", "_buffer", "_eof", "_limit", "_paused", "_transport"}
+    feed_names |= {"_wakeup_waiter", "extend", "len", "pause_reading"}
+    funcs = (
+        (
+            proto.__dict__.get("data_received"),
+            "StreamReaderProtocol.data_received",
+            {"_stream_reader", "feed_data"},
+            (None,),
+        ),
+        (
+            getattr(prop, "fget", None),
+            "StreamReaderProtocol._stream_reader",
+            {"_stream_reader_wr"},
+            (None,),
+        ),
+        (
+            reader.__dict__.get("feed_data"),
+            "StreamReader.feed_data",
+            feed_names,
+            (None, "feed_data after feed_eof", 2, True),
+        ),
+        (
+            reader.__dict__.get("_wakeup_waiter"),
+            "StreamReader._wakeup_waiter",
+            {"_waiter", "cancelled", "set_result"},
+            ("Wakeup read*() functions waiting for data or EOF.", None),
+        ),
+    )
+    for fn, qualname, names, consts in funcs:
+        code = getattr(fn, "__code__", None)
+        if (
+            type(fn) is not type(_stock_streams)
+            or fn.__qualname__ != qualname
+            or fn.__module__ != "asyncio.streams"
+            or code.co_filename != streams.__file__
+            or set(code.co_names) != names
+            or code.co_consts != consts
+        ):
+            return None
+    if type(prop) is not property or prop.fset is not None or prop.fdel is not None:
+        return None
+    if "len" in vars(streams) or "NotImplementedError" in vars(streams):
+        return None
+    args = (proto, reader, funcs[0][0], prop, funcs[2][0], funcs[3][0])
+    _sched.stream_reader_stock(*args)
+    return args
+
+
+_STOCK_STREAMS = _stock_streams()
+
+
 def _tp_name(obj):
     """The type name CPython's argument errors say (getargs' converterr):
     "None", a class's own name, a C type's dotted tp_name."""
