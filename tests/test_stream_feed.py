@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 
 import pytest
 from conftest import is_stock
@@ -359,10 +360,16 @@ def test_many_small_messages_each_wake_the_reader(tloop, unix, tmp_path):
     async def main():
         loop = asyncio.get_running_loop()
 
+        done = loop.create_future()
+
         async def echo(r, w):
-            while data := await r.read(65536):
-                w.write(data)
-            w.close()
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+            finally:
+                w.close()
+                if not done.done():
+                    done.set_result(None)
 
         if unix:
             path = str(tmp_path / "s")
@@ -380,8 +387,9 @@ def test_many_small_messages_each_wake_the_reader(tloop, unix, tmp_path):
             ok = ok and await wait_for(cr.readexactly(1024)) == msg
         feeds = _feeds(cw.transport)
         cw.close()
+        await wait_for(done)  # the server's handler saw EOF and closed its end
         srv.close()
-        await asyncio.sleep(0)
+        await wait_for(srv.wait_closed())
         assert loop is asyncio.get_running_loop()
         return ok, feeds
 
@@ -412,7 +420,11 @@ def test_a_read_pipe_with_a_stream_reader_protocol(tloop):
             if reader._paused:
                 break
             await asyncio.sleep(0.001)
-        paused = (reader._paused, tr.is_reading())
+        try:
+            reading = tr.is_reading()
+        except NotImplementedError:  # 3.10's stock read pipe transport has none
+            reading = None
+        paused = (reader._paused, reading)
         got = bytearray()
         while len(got) < len(msg):
             got += await wait_for(reader.read(65536))
@@ -424,6 +436,7 @@ def test_a_read_pipe_with_a_stream_reader_protocol(tloop):
 
     same, rest, paused, feeds = run_in(tloop, main())
     assert same and rest == b""
-    assert paused == (True, False)
+    no_is_reading = is_stock(tloop) and sys.version_info < (3, 11)
+    assert paused == (True, None if no_is_reading else False)
     if not is_stock(tloop):
         assert feeds > 0
