@@ -895,10 +895,10 @@ def test_stock_pipe_lost_three_times_after_a_close_and_abort_hook():
 # hold (646: b echoes `self.buf[:n]` from a 64 KiB BufferedProtocol buffer)
 # and the StreamReader feed (636-638: b is a stock StreamReaderProtocol)
 FAST_SEEDS = [
-    (1, "tcp", "echo"),
-    (4, "unix", "echo"),
-    (2, "tcp", "streams"),
-    (3, "unix", "streams"),
+    (26, "tcp", "echo"),
+    (26, "unix", "echo"),
+    (0, "tcp", "streams"),
+    (23, "unix", "streams"),
 ]
 
 
@@ -920,7 +920,7 @@ def test_fast_seed_same_as_stock(seed, family, mode, kind):
         assert reached.get("feeds", 0) > 0, reached  # the reader was fed by C
         assert any(ev[0] == "read" for ev in ref["ends"]["b"]), ref
     else:
-        assert reached.get("nows", 0) + reached.get("hold", 0) > 0, reached
+        assert reached.get("hold", 0) > 0, reached  # an echo write was held
     assert difffuzz.differences(ref, got, family) == []
 
 

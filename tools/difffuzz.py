@@ -527,6 +527,7 @@ class End:
         self.runner = None
         self.ndgram = 0
         self.eof_sent = False
+        self.counters: dict = {}  # decision 657: the core's feeds/nows seen
 
     def log(self, *ev):
         self.events.append(list(ev))
@@ -949,10 +950,10 @@ class _Runner:
         b.log("start_tls", len(b.data))
 
     def teardown(self):
+        self._counters()
         for e in self.ends.values():  # decision 657: the fast paths' counters
-            core = getattr(e.transport, "_core", None)
-            for name in ("feeds", "nows"):
-                REACHED[name] += getattr(core, name, 0) or 0
+            for name, n in e.counters.items():
+                REACHED[name] += n
         for s in sorted(self.ends):
             e = self.ends[s]
             if e.transport is not None and not e.transport.is_closing():
@@ -987,6 +988,9 @@ class _Runner:
                 # decision 657: a raise from the callback is the transport's
                 # fatal error, an abort() there; counted as one below
                 inner = ["abort", inner[1]]
+            if getattr(end, "echo", None) and inner[0] in (*_CUT, "write_eof"):
+                # decision 657: the echo stops where this read ended
+                self.trace.setdefault("echo_cut", []).append({"a": "b", "b": "a"}[end.side])
             if h["event"] in _SPLIT and inner[0] in _CUT:
                 # decision 499(c): an end stops reading where a read's bytes
                 # end (or when its writer's buffer crossed a mark, which
@@ -1262,7 +1266,18 @@ class _Runner:
                 if "stopped before" not in str(exc):
                     raise
 
+    def _counters(self):
+        """Decision 657: each end's core counters as last seen (a closed
+        transport's core is gone by teardown)."""
+        for e in self.ends.values():
+            core = getattr(e.transport, "_core", None)
+            for name in ("feeds", "nows"):
+                n = getattr(core, name, None)
+                if isinstance(n, int):
+                    e.counters[name] = max(e.counters.get(name, 0), n)
+
     def _snapshot(self):
+        self._counters()
         out = [len(self.trace["ops"]), len(self.trace["handler"])]
         for s in sorted(self.ends):
             e = self.ends[s]
@@ -1575,6 +1590,7 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
     echo_mix = set(ref.get("echo_mix", ())) | set(got.get("echo_mix", ()))
     reader_paused = set(ref.get("reader_paused", ())) | set(got.get("reader_paused", ()))
     echoing = set(ref.get("echoing", ()))
+    echo_cut = set(ref.get("echo_cut", ())) | set(got.get("echo_cut", ()))
     queued = _queued_then_limits(ref) | _queued_then_limits(got)
     peer = {"a": "b", "b": "a", "r": "w", "w": "r"}
     gone = set()  # ends whose peer's going was normalised: their ops differ too
@@ -1603,11 +1619,12 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
             # queued over a 16 KiB mark on epoll); a pause_writing/
             # resume_writing pair of the echoing end is not compared
             a, b = _no_pause_pair(a), _no_pause_pair(b)
-        if a != b and peer.get(s) in cut and peer.get(s) in echoing:
-            # decision 657: the echoing peer stopped reading at a split
-            # (499(c)), so how much it echoed follows the split too (tcp 12
-            # with --fast: b's hook paused it at 70,000 B; a had 196,608 B
-            # of echo on stock, 193,536 on epoll)
+        if a != b and s in echo_cut:
+            # decision 657: the echoing peer stopped reading or echoing at a
+            # split (499(c)), so how much it echoed follows the split too
+            # (tcp 12 with --fast: b's hook paused it at 70,000 B; a had
+            # 196,608 B of echo on stock, 193,536 on epoll; tcp 142: its
+            # hook's write_eof)
             a, b = _no_counts(a), _no_counts(b)
         if a != b and peer.get(s) in reader_paused:
             # decision 657: the peer's StreamReader paused its transport
