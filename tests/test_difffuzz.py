@@ -889,3 +889,68 @@ def test_stock_pipe_lost_three_times_after_a_close_and_abort_hook():
     assert difffuzz.differences(dict(ours, handler=[[name, "AttributeError"]] * 3), ours, "pipe")
     other = dict(ours, handler=[[name, "AttributeError"], [name, "RuntimeError"]])
     assert difffuzz.differences(other, ours, "pipe")
+
+
+# decision 657: `generate(seed, family, fast=True)` programs reach the write
+# hold (646: b echoes `self.buf[:n]` from a 64 KiB BufferedProtocol buffer)
+# and the StreamReader feed (636-638: b is a stock StreamReaderProtocol)
+FAST_SEEDS = [
+    (26, "tcp", "echo"),
+    (26, "unix", "echo"),
+    (0, "tcp", "streams"),
+    (23, "unix", "streams"),
+]
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+@pytest.mark.parametrize("seed,family,mode", FAST_SEEDS)
+def test_fast_seed_same_as_stock(seed, family, mode, kind):
+    prog = difffuzz.generate(seed, family, fast=True)
+    assert prog["fast"]["mode"] == mode
+    key = ("fast", seed, family)
+    if key not in _stock:
+        _stock[key] = difffuzz.run("stock", prog)
+    ref = _stock[key]
+    assert ref["fatal"] is None and not ref["leaked_fds"], ref
+    assert all(ref["intact"].values()), ref
+    before = dict(difffuzz.REACHED)
+    got = difffuzz.run(kind, prog)
+    reached = {k: v - before.get(k, 0) for k, v in difffuzz.REACHED.items()}
+    if mode == "streams":
+        assert reached.get("feeds", 0) > 0, reached  # the reader was fed by C
+        assert any(ev[0] == "read" for ev in ref["ends"]["b"]), ref
+    else:
+        assert reached.get("hold", 0) > 0, reached  # an echo write was held
+    assert difffuzz.differences(ref, got, family) == []
+
+
+def test_fast_keeps_the_seeds_ops():
+    """Decision 657: `--fast` draws from its own generator: a stream seed's
+    ops stay, in order, among the inserted ones; other families become a
+    stream family; both modes come up."""
+    modes = set()
+    for seed in range(100):
+        for family in ("tcp", "unix"):
+            old = difffuzz.generate(seed, family)
+            new = difffuzz.generate(seed, family, fast=True)
+            it = iter(new["ops"])
+            assert all(op in it for op in old["ops"])  # a subsequence
+            modes.add(new["fast"]["mode"])
+        assert difffuzz.generate(seed, "udp", fast=True)["family"] in ("tcp", "unix")
+    assert modes == {"echo", "streams"}
+
+
+def test_fast_read_results_are_compared_until_the_reader_is_cut():
+    """Decision 657: a StreamReader end's read results are compared; after
+    its close with the reader paused only which reads ran is."""
+    ev = [["made"], ["read", "readexactly", 100, "ok", 100], ["data", 100, 1]]
+    ref = {"ends": {"b": ev}, "ops": [], "handler": [], "log": [], "fatal": None}
+    ref["leaked_fds"] = []
+    got = copy.deepcopy(ref)
+    got["ends"]["b"][1] = ["read", "readexactly", 100, "raised", "IncompleteReadError", 5]
+    assert difffuzz.differences(ref, got, "unix")
+    cut_ref, cut_got = copy.deepcopy(ref), copy.deepcopy(got)
+    for t in (cut_ref, cut_got):
+        t["ends"]["b"].insert(1, [difffuzz._READ_CUT])
+        t["cut"] = ["b"]
+    assert difffuzz.differences(cut_ref, cut_got, "unix") == []
