@@ -468,7 +468,8 @@ static int stream_reader_extend(PyObject *buf, const Piece *pc, int cnt, Py_ssiz
 }
 
 /* data_received(data) on the transport's fast path, in the transport's
- * context (entered). 0, or -1 with an exception set. */
+ * context (entered). 1 called, 0 it raised and that was reported, or -1
+ * with an exception set. */
 static int stream_data(Stream *s, PyObject *data)
 {
     PyObject *cb = Py_NewRef(s->on_data); /* set_protocol may replace them */
@@ -476,7 +477,7 @@ static int stream_data(Stream *s, PyObject *data)
     PyObject *r = stream_proto_call(cb, protocol, data);
     Py_DECREF(cb);
     Py_XDECREF(protocol);
-    int rc = r ? 0 : stream_protocol_failed(s, m_data_failed);
+    int rc = r ? 1 : stream_protocol_failed(s, m_data_failed);
     Py_XDECREF(r);
     return rc;
 }
@@ -503,14 +504,8 @@ static int stream_chunk(Stream *s, PyObject *data, const Piece *pc, int cnt, Py_
     PyObject *own = data ? Py_NewRef(data) : pieces_rest(pc, cnt, 0, 0);
     if (own == NULL)
         return -1;
-    PyObject *cb = Py_NewRef(s->on_data); /* set_protocol may replace them */
-    PyObject *protocol = s->data_self ? Py_NewRef(s->protocol) : NULL;
-    PyObject *r = stream_proto_call(cb, protocol, own);
-    Py_DECREF(cb);
-    Py_XDECREF(protocol);
+    rc = stream_data(s, own);
     Py_DECREF(own);
-    rc = r ? 1 : stream_protocol_failed(s, m_data_failed);
-    Py_XDECREF(r);
     return rc;
 }
 
