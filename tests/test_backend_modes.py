@@ -114,11 +114,14 @@ def test_forced_eagain_paths(eagain_engine, tcp_listener, res_tracker):
     sent = Collector("send")
     eng.send(c.fileno(), payload, sent)
     settle(eng)
-    # the send's stand-in came back EAGAIN; the real send that follows its
-    # poll may find the buffer still full and say EAGAIN too (MSG_DONTWAIT:
-    # the kernel's own poll is off for sends, decision 474)
+    # the send's stand-in came back EAGAIN; each real send that follows a
+    # POLLOUT wake may find the buffer full again and say EAGAIN too
+    # (MSG_DONTWAIT: the kernel's own poll is off for sends, decision 474).
+    # How often that happens while the peer reads nothing depends on the
+    # loopback's ACK timing (a loaded CI machine saw two such rounds), so the
+    # count is at least the stand-in's one, not an exact number.
     after_send = eng.stats()["eagain_retries"]
-    assert after_send in (3, 4)
+    assert after_send >= 3
     assert not sent.done
     got = bytearray()
     while len(got) < filled + len(payload):
