@@ -633,10 +633,14 @@ class StreamsEnd(End):
     def __init__(self, trace, side):
         super().__init__(trace, side)
         self.reader = None
+        self.writer = None
         self.reading = False
 
-    def connected(self, reader, transport):
-        self.reader, self.transport = reader, transport
+    def connected(self, reader, transport, writer=None):
+        # decision 670: a start_server end keeps its StreamWriter, as an
+        # application's handler does; 3.13's protocol holds none, and a
+        # writer dropped there closes the transport at once (its __del__)
+        self.reader, self.transport, self.writer = reader, transport, writer
         self.log("made")
 
     def sread(self, loop, op):
@@ -884,7 +888,7 @@ class _Runner:
         if fast["how"] == "start_server":
 
             def connected(reader, writer):
-                b.connected(reader, writer.transport)
+                b.connected(reader, writer.transport, writer)
 
             return None, connected
 
