@@ -743,6 +743,81 @@ def test_stock_paused_for_good_behind_an_empty_part():
     assert difffuzz.differences(ref, got, "unix")
 
 
+def test_stock_writelines_without_pause():
+    """Decision 671 (unix 10 with --fast on 3.12.1 and 3.13.0: a writelines
+    of 147,457 B to a paused peer, which then aborted): 3.12.1's and 3.13.0's
+    stock writelines() queues past the high-water mark without
+    pause_writing (CPython gh-127655); ours pauses as write() does. On an
+    end that wrote a writelines where stock's does not pause, a pause alone
+    or in a pair is let through; a resume alone is not, nor a pause on
+    another end."""
+    ref = {"ends": {"a": [["made"]], "b": [["made"]]}, "handler": [], "fatal": None}
+    ref.update(leaked_fds=[], ops=[], log=[], wl_no_pause=["a"])
+    ref["ends"]["a"] += [["lost", "ConnectionResetError[104]", 4196], ["data", 4196, 1]]
+    ref["ends"]["b"] += [["lost", None, 0], ["data", 0, 0]]
+    got = copy.deepcopy(ref)
+    got["ends"]["a"][1:1] = [["pause_writing"]]
+    assert difffuzz.differences(ref, got, "unix") == []
+    got["ends"]["a"][2:2] = [["resume_writing"], ["pause_writing"]]
+    assert difffuzz.differences(ref, got, "unix") == []
+    wrong = copy.deepcopy(ref)
+    wrong["ends"]["a"][1:1] = [["resume_writing"]]
+    assert difffuzz.differences(ref, wrong, "unix")
+    wrong = copy.deepcopy(ref)
+    wrong["ends"]["b"][1:1] = [["pause_writing"]]
+    assert difffuzz.differences(ref, wrong, "unix")
+    del ref["wl_no_pause"]
+    assert difffuzz.differences(ref, got, "unix")
+
+
+def test_stock_writelines_pauses_as_the_tool_says():
+    """Decision 671: the tool's `_STOCK_WL_PAUSES` is what this Python's
+    stock socket transport does: a writelines() of 1 MB to a peer that does
+    not read, past a high-water mark of 4 KiB, pauses the protocol on 3.10,
+    3.11 (write()) and a fixed 3.12/3.13, not on 3.12.1 or 3.13.0."""
+    paused = []
+
+    class P(asyncio.Protocol):
+        def pause_writing(self):
+            paused.append(True)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        with b:
+            t, _ = await loop.create_connection(P, sock=a)
+            t.set_write_buffer_limits(high=4096)
+            t.writelines([b"x" * 65536] * 16)
+            queued = t.get_write_buffer_size()
+            t.abort()
+            await asyncio.sleep(0)
+        return queued
+
+    loop = asyncio.SelectorEventLoop()
+    try:
+        queued = loop.run_until_complete(asyncio.wait_for(main(), 10))
+    finally:
+        loop.close()
+    assert queued > 4096
+    assert bool(paused) == difffuzz._STOCK_WL_PAUSES
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_fast_stock_writelines_without_pause(kind):
+    """Decision 671: unix 10 with --fast (a's writelines to a paused peer,
+    which aborts) is the same as stock on every Python; it differed on
+    3.12.1 and 3.13.0 (stock never paused a) before the rule."""
+    prog = difffuzz.generate(10, "unix", fast=True)
+    assert any(op[0] == "writelines" and op[1] == "a" for op in prog["ops"])
+    key = ("fast", 10, "unix")
+    if key not in _stock:
+        _stock[key] = difffuzz.run("stock", prog)
+    ref = _stock[key]
+    assert ref["fatal"] is None and not ref["leaked_fds"], ref
+    got = difffuzz.run(kind, prog)
+    assert difffuzz.differences(ref, got, "unix") == []
+
+
 def test_more_keeps_the_seeds_programs():
     """Decision 611: `--more`'s ops come from a third generator and go
     between the seed's ops, which keep their order and draws; each family
