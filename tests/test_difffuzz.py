@@ -818,6 +818,53 @@ def test_fast_stock_writelines_without_pause(kind):
     assert difffuzz.differences(ref, got, "unix") == []
 
 
+def test_stock_went_through_its_empty_part(monkeypatch):
+    """Decision 672 (unix 94 with --fast on 3.12.1 and 3.13.0): 3.12+'s stock
+    end sends the 0-byte part its writelines() left when the peer closes:
+    EPIPE, and every read of its StreamReader raises; ours reads the peer's
+    last bytes first, then fails. The events until stock's failure are
+    compared; ours failing earlier, or differing before it, is not let
+    through, nor is it on an end with no empty part, nor where stock's
+    writelines() is write()'s (3.10, 3.11)."""
+    monkeypatch.setattr(difffuzz, "_STOCK_OWN_WL", True)
+    read = lambda n, how="ok": ["read", "read", 100, how, n]  # noqa: E731
+    epipe = ["read", "read", 100, "raised", "BrokenPipeError[32]", None]
+    ref = {"ends": {"a": [["made"]], "b": [["made"]]}, "handler": [], "fatal": None}
+    ref.update(leaked_fds=[], ops=[], log=[], empty_part=["b"])
+    ref["ends"]["a"] += [["lost", None, 4196], ["data", 4196, 1]]
+    ref["ends"]["b"] += [read("n"), epipe, epipe, ["data", 100, 2]]
+    got = copy.deepcopy(ref)
+    got["ends"]["b"] = [["made"], read("n"), read("n"), read(2), epipe, ["data", 202, 3]]
+    assert difffuzz.differences(ref, got, "unix") == []
+    early = copy.deepcopy(got)
+    early["ends"]["b"] = [["made"], epipe, epipe, epipe, ["data", 0, 0]]
+    assert difffuzz.differences(ref, early, "unix")
+    other = copy.deepcopy(got)
+    other["ends"]["b"][1] = read(7)
+    assert difffuzz.differences(ref, other, "unix")
+    monkeypatch.setattr(difffuzz, "_STOCK_OWN_WL", False)
+    assert difffuzz.differences(ref, got, "unix")
+    monkeypatch.setattr(difffuzz, "_STOCK_OWN_WL", True)
+    del ref["empty_part"]
+    assert difffuzz.differences(ref, got, "unix")
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_fast_stock_went_through_its_empty_part(kind):
+    """Decision 672: unix 94 with --fast (b's writelines [4096, 100, 0],
+    then a closes) is the same as stock on every Python; it differed on
+    3.12.1 and 3.13.0 (stock's b failed at a's close) before the rule."""
+    prog = difffuzz.generate(94, "unix", fast=True)
+    assert ["writelines", "b", [4096, 100, 0]] in prog["ops"]
+    key = ("fast", 94, "unix")
+    if key not in _stock:
+        _stock[key] = difffuzz.run("stock", prog)
+    ref = _stock[key]
+    assert ref["fatal"] is None and not ref["leaked_fds"], ref
+    got = difffuzz.run(kind, prog)
+    assert difffuzz.differences(ref, got, "unix") == []
+
+
 def test_more_keeps_the_seeds_programs():
     """Decision 611: `--more`'s ops come from a third generator and go
     between the seed's ops, which keep their order and draws; each family
