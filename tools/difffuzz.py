@@ -1501,9 +1501,7 @@ def _stock_writelines_pauses() -> bool:
     writelines() (3.11 has none: WriteTransport's calls write()) did not
     until CPython gh-127655 (3.12.9, 3.13.2): 3.12.1 and 3.13.0 queue past
     the mark with no pause_writing; ours pauses as write() does."""
-    from asyncio import selector_events
-
-    fn = vars(selector_events._SelectorSocketTransport).get("writelines")
+    fn = vars(_selector_events._SelectorSocketTransport).get("writelines")
     code = getattr(fn, "__code__", None)
     return code is None or "_maybe_pause_protocol" in code.co_names
 
