@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import os
 import socket
 import sys
 import tempfile
+import warnings
 
 import pytest
 from conftest import LOOP_KINDS, make_loop
@@ -1050,6 +1052,24 @@ def test_fast_seed_same_as_stock(seed, family, mode, how, kind):
     else:
         assert reached.get("hold", 0) > 0, reached  # an echo write was held
     assert difffuzz.differences(ref, got, family) == []
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_fast_close_with_held_records_drops_no_socket(kind):
+    """Decision 673 (tcp 0 with --fast, io_uring and epoll): b, an accepted
+    connection with no socket object (decision 258), is closed with records
+    held; 463's SO_LINGER 0 made the socket object, which the close then
+    took for never made and dropped undetached: its finalizer closed the fd
+    the engine was closing too (ResourceWarning "unclosed <socket.socket
+    ...>"). No socket object is left to the garbage collector."""
+    prog = difffuzz.generate(0, "tcp", fast=True)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        got = difffuzz.run(kind, prog)
+        gc.collect()
+    assert got["fatal"] is None and not got["leaked_fds"], got
+    unclosed = [str(w.message) for w in seen if w.category is ResourceWarning]
+    assert not [m for m in unclosed if "socket.socket" in m], unclosed
 
 
 def test_fast_keeps_the_seeds_ops():
