@@ -13,6 +13,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import time
 import types
 
 import pytest
-from conftest import require_uring
+from conftest import require_uring, uring_unavailable_reason
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks")
@@ -754,3 +755,71 @@ def test_default_results_folder_never_overwrites_an_earlier_run(tmp_path):
     assert nb.default_out(root, "2026-12-05") == os.path.join(root, "2026-12-05-2")
     os.makedirs(os.path.join(root, "2026-12-05-2"))
     assert nb.default_out(root, "2026-12-05") == os.path.join(root, "2026-12-05-3")
+
+
+def test_hostmodes_probe_and_counting_server(tmp_path):
+    """benchmarks/hostmodes.py (decisions 660-662): the probe reports its
+    windows' CPU time per round trip with the CPU's other figures, and the
+    counting streams server answers SIGUSR1 with its reads and, on uringloop,
+    the streams' feeds and sends, while still echoing byte for byte."""
+    out = tmp_path / "probe.json"
+    r = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "hostmodes.py"), "probe", "--cpu", "0"]
+        + ["--seconds", "0.3", "--window", "0.1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    got = json.loads(out.read_text())
+    assert len(got["windows"]) >= 2
+    for w in got["windows"]:
+        assert w["ns"] > 0
+        assert set(w) == {"ns", "others", "steal", "preempted", "other_cpu_busy"}
+    assert got["summary"]["q1"] <= got["summary"]["median"] <= got["summary"]["max"]
+
+    for loop in ("uringloop-io_uring", "uringloop-epoll", "asyncio"):
+        if loop == "uringloop-io_uring" and uring_unavailable_reason() is not None:
+            continue  # the other two still run; io_uring's own tests say why it cannot
+        path = str(tmp_path / f"{loop}.sock")
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        env.pop("URINGLOOP_BACKEND", None)
+        proc = subprocess.Popen(
+            [sys.executable, os.path.join(BENCH, "hostmodes.py"), "serve", "--loop", loop]
+            + ["--kind", "streams", "--unix", path],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            ready, _, _ = select.select([proc.stdout], [], [], 30)
+            assert ready, "the counting server did not start"
+            assert proc.stdout.readline().startswith("READY ")
+            with socket.socket(socket.AF_UNIX) as c:
+                c.settimeout(10)
+                c.connect(path)
+                for i in range(3):
+                    msg = bytes([65 + i]) * 1024
+                    c.sendall(msg)
+                    got = b""
+                    while len(got) < len(msg):
+                        got += c.recv(65536)
+                    assert got == msg
+                proc.send_signal(signal.SIGUSR1)
+                ready, _, _ = select.select([proc.stdout], [], [], 10)
+                assert ready, "no STATS"
+                line = proc.stdout.readline()
+            assert line.startswith("STATS ")
+            stats = json.loads(line[6:])
+            assert stats["reads"] == 3
+            if loop.startswith("uringloop-"):
+                assert stats["stream_feeds"] == 3 and stats["stream_sends"] == 3
+                assert "records" in stats
+            else:
+                assert stats["stream_feeds"] == 0 and "records" not in stats
+        finally:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
