@@ -36,6 +36,7 @@ A report: nothing is asserted. Timings only; no perf counters are needed.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -112,6 +113,29 @@ def probe(cpu, seconds, window, batch=200):
         b.close()
         os.sched_setaffinity(0, before)
     return out
+
+
+def tick(cpu, every, units):
+    """Until killed: every `every` seconds, `units` round trips of the probe's
+    work on `cpu`, printed as `<monotonic s> <thread-CPU ns per unit>`: a few
+    per cent of the CPU, sampled while a server runs there (--tick)."""
+    os.sched_setaffinity(0, {cpu})
+    with contextlib.suppress(OSError):
+        os.nice(-5)  # woken on time next to a busy server (root only)
+    a, b = socket.socketpair()
+    msg = b"x" * 1024
+    d = {}
+    while True:
+        time.sleep(every)
+        t0 = time.thread_time_ns()
+        for _ in range(units):
+            a.send(msg)
+            x = b.recv(65536)
+            b.send(x)
+            y = a.recv(65536)
+            for i in range(20):
+                d[i] = y[i : i + 8]
+        print(f"{time.monotonic():.4f} {(time.thread_time_ns() - t0) / units:.0f}", flush=True)
 
 
 def summarise(values):
@@ -270,6 +294,11 @@ def cmd_windows(args):
                 + " ".join(f"{w['cpu_us']:.2f}" for w in row["seconds"])
                 + f"  (% of each second it waited for its CPU: {waited})"
             )
+            if args.tick:
+                print(
+                    f"{'':20}   probe ns/round trip "
+                    + " ".join(f"{w.get('tick_ns') or 0:.0f}" for w in row["seconds"])
+                )
             if loop.startswith("uringloop-"):
                 for k in COUNTERS:
                     print(
@@ -303,6 +332,14 @@ def one_run(nb, wl, server, opts, args):
         if line != "START":
             raise RuntimeError(f"loadgen did not start measuring: {line!r}")
         seconds = []
+        ticker = None
+        if args.tick:
+            ticker = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "tick", str(args.server_cpu)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        edges = [time.monotonic()]
         t_prev, s_prev = nb.cpu_ticks(server.proc.pid), stats_of(server)
         j_prev = cpu_jiffies(args.server_cpu)
         for _ in range(args.windows):
@@ -321,7 +358,17 @@ def one_run(nb, wl, server, opts, args):
                 if k in s:
                     w[k] = (s[k] - s_prev[k]) / n
             seconds.append(w)
+            edges.append(time.monotonic())
             t_prev, s_prev, j_prev = t, s, j
+        if ticker is not None:
+            ticker.kill()
+            lines = ticker.communicate()[0].split("\n")
+            samples = [tuple(map(float, x.split())) for x in lines if x]
+            for w, lo, hi in zip(seconds, edges[:-1], edges[1:], strict=True):
+                got = sorted(ns for at, ns in samples if lo <= at < hi)
+                # the probe's own ns per round trip while this second's server ran
+                w["tick_ns"] = statistics.median(got) if got else None
+                w["ticks"] = len(got)
         line = nb.readline(cli, 60)
         cli.communicate(timeout=60)
         res = json.loads(line)
@@ -337,6 +384,9 @@ def one_run(nb, wl, server, opts, args):
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "serve":
         serve(sys.argv[2:])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "tick":
+        tick(int(sys.argv[2]), 0.05, 40)
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -355,6 +405,9 @@ def main():
     w.add_argument("--client-cpu", type=int, default=1)
     w.add_argument("--probe", type=float, default=0, help="probe seconds before each server")
     w.add_argument("--fixed", action="store_true", help="PYTHONHASHSEED=0 and setarch -R")
+    w.add_argument(
+        "--tick", action="store_true", help="sample the probe on the server's CPU meanwhile"
+    )
     w.add_argument("--json", help="append one JSON line per server (and probe)")
     sub.add_parser("serve", help="(internal) the counting server")
     args = ap.parse_args()

@@ -777,6 +777,17 @@ def test_hostmodes_probe_and_counting_server(tmp_path):
         assert w["ns"] > 0
         assert set(w) == {"ns", "others", "steal", "preempted", "other_cpu_busy"}
     assert got["summary"]["q1"] <= got["summary"]["median"] <= got["summary"]["max"]
+    # --tick's sampler: "<monotonic s> <ns per round trip>" every 50 ms until killed
+    ticker = subprocess.Popen(
+        [sys.executable, os.path.join(BENCH, "hostmodes.py"), "tick", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.4)
+    ticker.kill()
+    samples = [line.split() for line in ticker.communicate(timeout=30)[0].splitlines()]
+    assert len(samples) >= 2
+    assert all(float(at) > 0 and int(ns) > 0 for at, ns in samples)
 
     for loop in ("uringloop-io_uring", "uringloop-epoll", "asyncio"):
         if loop == "uringloop-io_uring" and uring_unavailable_reason() is not None:
