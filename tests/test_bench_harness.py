@@ -834,3 +834,35 @@ def test_hostmodes_probe_and_counting_server(tmp_path):
             proc.wait()
             proc.stdout.close()
             proc.stderr.close()
+
+
+def test_net_bench_probe_lists_the_runs_made_on_a_slow_host(tmp_path):
+    """--probe (decision 662): every loadgen run carries the probe's ns per
+    round trip, sampled on the server's CPU during its window, and results.md
+    lists the runs whose probe was 1.25x the run's best quartile or more."""
+    out = tmp_path / "res"
+    r = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "net_bench.py"), "--probe", "--no-chart"]
+        + ["--workloads", "echo-1k-c1-protocol-unix", "--loops", "asyncio", "--reps", "2"]
+        + ["--duration", "0.4", "--warmup", "0.1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs = json.loads((out / "results.json").read_text())["results"]
+    runs = runs["echo-1k-c1-protocol-unix"]["asyncio"]["runs"]
+    assert len(runs) == 2 and all(run["probe_ns"] > 0 for run in runs)
+    md = (out / "results.md").read_text()
+    assert "## Host probe (--probe)" in md and "of 2 runs at 1.25x" in md
+
+    nb = _net_bench()
+    fake = {
+        "w1": {"uvloop": {"runs": [{"probe_ns": 5000.0}, {"probe_ns": 5100.0}]}},
+        "w2": {"uringloop-epoll": {"runs": [{"probe_ns": 4900.0}, {"probe_ns": 7400.0}]}},
+        "w3": {"asyncio": {"runs": [{"cpu_us_per_req": 1.0}]}},  # no probe: not counted
+    }
+    text = "\n".join(nb.probe_section(fake))
+    assert "1 of 4 runs at 1.25x" in text
+    assert "- w2: uringloop-epoll #2 7,400" in text and "- w1" not in text
+    assert nb.probe_section({"w": {"uvloop": {"runs": [{"cpu_us_per_req": 1.0}]}}}) == []
