@@ -30,7 +30,8 @@ switch between modes inside one process while its counters stay put is
 meeting the machine, not a state of its own (decision 660). --probe S runs
 the probe for S seconds before each server (its last window printed).
 --fixed starts the servers with PYTHONHASHSEED=0 under `setarch -R` (no
-address randomisation): the same start-up every time.
+address randomisation) and one PYTHONPATH (no net_bench padding): the same
+start-up every time.
 
 A report: nothing is asserted. Timings only; no perf counters are needed.
 """
@@ -266,8 +267,9 @@ def cmd_windows(args):
             else:
                 cmd += ["--tcp", "0"]
             env = dict(os.environ)
+            pad = 0 if args.fixed else nb.layout_pad(rep)  # net_bench's, unless --fixed
             env["PYTHONPATH"] = os.pathsep.join(
-                p for p in (nb.ROOT, nb.pad_entry(nb.layout_pad(rep)), env.get("PYTHONPATH")) if p
+                p for p in (nb.ROOT, nb.pad_entry(pad), env.get("PYTHONPATH")) if p
             )
             env.pop("URINGLOOP_BACKEND", None)
             env.pop("PYTHONASYNCIODEBUG", None)
@@ -404,7 +406,7 @@ def main():
     w.add_argument("--server-cpu", type=int, default=0)
     w.add_argument("--client-cpu", type=int, default=1)
     w.add_argument("--probe", type=float, default=0, help="probe seconds before each server")
-    w.add_argument("--fixed", action="store_true", help="PYTHONHASHSEED=0 and setarch -R")
+    w.add_argument("--fixed", action="store_true", help="PYTHONHASHSEED=0, setarch -R, no padding")
     w.add_argument(
         "--tick", action="store_true", help="sample the probe on the server's CPU meanwhile"
     )
