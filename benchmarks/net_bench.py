@@ -29,7 +29,10 @@ starting loop rotating, so drift on a shared machine hits all loops alike.
 Each repetition starts its servers with a PYTHONPATH of another length (a
 nonexistent entry), so that start-up leaves glibc's heap in another layout:
 the 100 KiB streams rows' page faults follow that layout (design.md decisions
-585, 586), and a series with one layout would be one draw of it.
+585, 586), and a series with one layout would be one draw of it. --probe
+samples a loop-free fixed workload (benchmarks/hostmodes.py) on the server's
+CPU during every measured window and lists the runs made while the host ran
+slow (decisions 660-662).
 
 Writes results.json, results.md (medians, min-max, ratios against uvloop) and
 chart.png (per family: req/s beside server CPU per request) into --out
@@ -249,6 +252,37 @@ def engine_stats(server):
     if not line or not line.startswith("STATS "):
         raise RuntimeError(f"server said {line!r} for its engine counters: {server.stderr()}")
     return json.loads(line[6:])
+
+
+def start_probe(opts):
+    """--probe: hostmodes.py's sampler on the server's CPU for the measured
+    window (40 round trips of a 1 KiB Unix socketpair echo every 50 ms, about
+    1 % of that CPU): it shows the host's slow seconds, which every loop meets
+    (decisions 660-662)."""
+    if not getattr(opts, "probe", False):
+        return None
+    return subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "hostmodes.py"), "tick", str(opts.server_cpu)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=pin(opts.server_cpu),
+    )
+
+
+def stop_probe(ticker, since, until):
+    """The sampler's median ns per round trip between two time.monotonic()
+    readings, or None."""
+    if ticker is None:
+        return None
+    ticker.kill()
+    out = ticker.communicate()[0]
+    got = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and since <= float(parts[0]) <= until:
+            got.append(float(parts[1]))
+    return statistics.median(got) if got else None
 
 
 # a server that waited this much of its window for a CPU was starved by other
@@ -493,20 +527,28 @@ def run_loadgen(wl, server, opts, strace_out=None):
             stderr=subprocess.DEVNULL,
         )
         time.sleep(0.5)
-    cli = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=pin(opts.client_cpu)
-    )
-    limit = opts.warmup + opts.duration + 60
-    line = readline(cli, limit)
-    if line != "START":
-        cli.kill()
-        _, err = cli.communicate()
-        raise RuntimeError(
-            f"loadgen did not start measuring ({line!r}): {err.decode(errors='replace')[-500:]}"
+    # the probe starts before the client, so its start-up is over by the window
+    ticker = start_probe(opts)
+    m0 = m1 = time.monotonic()
+    try:
+        cli = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=pin(opts.client_cpu)
         )
-    t0 = cpu_ticks(server.proc.pid)
-    s0 = engine_stats(server)
-    line = readline(cli, limit)
+        limit = opts.warmup + opts.duration + 60
+        line = readline(cli, limit)
+        if line != "START":
+            cli.kill()
+            _, err = cli.communicate()
+            raise RuntimeError(
+                f"loadgen did not start measuring ({line!r}): {err.decode(errors='replace')[-500:]}"
+            )
+        m0 = time.monotonic()
+        t0 = cpu_ticks(server.proc.pid)
+        s0 = engine_stats(server)
+        line = readline(cli, limit)
+        m1 = time.monotonic()
+    finally:
+        probe_ns = stop_probe(ticker, m0, m1)
     t1 = cpu_ticks(server.proc.pid) if server.alive() else None
     s1 = engine_stats(server) if t1 is not None else None
     if s1 is not None and server.alive():
@@ -528,6 +570,8 @@ def run_loadgen(wl, server, opts, strace_out=None):
     res.update(window(res["requests"], res["seconds"], t0, t1, s0, s1))
     res["client_cpu_us_per_req"] = res["cpu_s"] * 1e6 / max(res["requests"], 1)
     res["client_busy_pct"] = 100 * res["cpu_s"] / res["seconds"]
+    if probe_ns is not None:
+        res["probe_ns"] = probe_ns
     if tracer is not None:
         tracer.send_signal(signal.SIGINT)
         tracer.wait(timeout=60)
@@ -856,6 +900,7 @@ def markdown(rows, meta):
         for wid, lp, st in traced:
             top = ", ".join(f"{k} {v:.3f}" for k, v in list(st.items())[:4] if k != "total")
             out.append(f"| {wid} | {lp} | {st['total']:.3f} | {top} |")
+    out += probe_section(meta.get("_results", {}))
     if notes:
         # a loop that does not start at all gives the same note for every workload: say it once
         seen, uniq = set(), []
@@ -869,6 +914,44 @@ def markdown(rows, meta):
             uniq.append(n)
         out += ["", "## Notes (skipped runs)", ""] + uniq
     return "\n".join(out) + "\n"
+
+
+# a run whose probe took this much over the run's best quartile met a slow host
+PROBE_SLOW = 1.25
+
+
+def probe_section(results):
+    """--probe's figures (decision 662): each run's probe, ns per round trip,
+    and the runs whose probe was PROBE_SLOW x the whole run's best quartile or
+    more, whose figures are the host's slow seconds as much as the loop's."""
+    runs = [
+        (wid, lp, i, r["probe_ns"])
+        for wid, per in results.items()
+        for lp, e in per.items()
+        for i, r in enumerate(e.get("runs", []))
+        if r.get("probe_ns")
+    ]
+    if not runs:
+        return []
+    ns = sorted(x[3] for x in runs)
+    q1 = ns[len(ns) // 4]
+    slow = [x for x in runs if x[3] >= PROBE_SLOW * q1]
+    out = [
+        "",
+        "## Host probe (--probe)",
+        "",
+        f"A loop-free probe (benchmarks/hostmodes.py: a 1 KiB round trip on a Unix "
+        f"socketpair) sampled on the server's CPU during every measured window: median "
+        f"{statistics.median(ns):,.0f} ns a round trip, best quartile {q1:,.0f}, "
+        f"{len(slow)} of {len(runs)} runs at {PROBE_SLOW}x that or more, listed here "
+        "(repetition, probe ns): the host ran slow in them, whatever the loop (decision 660).",
+        "",
+    ]
+    by = {}
+    for wid, lp, i, p in slow:
+        by.setdefault(wid, []).append(f"{lp} #{i + 1} {p:,.0f}")
+    out += [f"- {wid}: " + ", ".join(v) for wid, v in by.items()] or ["- none"]
+    return out
 
 
 # what each kind of chart panel shows: (row value, its min and max, scale, y label, title tail)
@@ -1100,6 +1183,13 @@ def main():
         "(syscalls per request; that run's speed is not used)",
     )
     ap.add_argument(
+        "--probe",
+        action="store_true",
+        help="sample benchmarks/hostmodes.py's fixed work on the server's CPU during each "
+        "measured window (about 1 %% of it): results.md lists the runs made while the "
+        "host ran slow (decisions 660-662)",
+    )
+    ap.add_argument(
         "--render",
         metavar="RESULTS_JSON",
         help="measure nothing: rewrite results.md and chart.png next to a saved results.json",
@@ -1216,6 +1306,7 @@ def main():
                             f"{run['cpu_us_per_req']:6.2f} µs CPU/req p99 {run['p99_us']:.0f} µs "
                             f"busy server {run['server_busy_pct']:.0f} % "
                             f"client {run['client_busy_pct']:.0f} % ({run['mode']})"
+                            + (f" probe {run['probe_ns']:,.0f} ns" if run.get("probe_ns") else "")
                             + (f" ({run['note']})" if run.get("note") else "")
                         )
             if opts.strace and wl["client"] == "loadgen":

@@ -13,6 +13,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import time
 import types
 
 import pytest
-from conftest import require_uring
+from conftest import require_uring, uring_unavailable_reason
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks")
@@ -754,3 +755,114 @@ def test_default_results_folder_never_overwrites_an_earlier_run(tmp_path):
     assert nb.default_out(root, "2026-12-05") == os.path.join(root, "2026-12-05-2")
     os.makedirs(os.path.join(root, "2026-12-05-2"))
     assert nb.default_out(root, "2026-12-05") == os.path.join(root, "2026-12-05-3")
+
+
+def test_hostmodes_probe_and_counting_server(tmp_path):
+    """benchmarks/hostmodes.py (decisions 660-662): the probe reports its
+    windows' CPU time per round trip with the CPU's other figures, and the
+    counting streams server answers SIGUSR1 with its reads and, on uringloop,
+    the streams' feeds and sends, while still echoing byte for byte."""
+    out = tmp_path / "probe.json"
+    r = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "hostmodes.py"), "probe", "--cpu", "0"]
+        + ["--seconds", "0.3", "--window", "0.1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    got = json.loads(out.read_text())
+    assert len(got["windows"]) >= 2
+    for w in got["windows"]:
+        assert w["ns"] > 0
+        assert set(w) == {"ns", "others", "steal", "preempted", "other_cpu_busy"}
+    assert got["summary"]["q1"] <= got["summary"]["median"] <= got["summary"]["max"]
+    # --tick's sampler: "<monotonic s> <ns per round trip>" every 50 ms until killed
+    ticker = subprocess.Popen(
+        [sys.executable, os.path.join(BENCH, "hostmodes.py"), "tick", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.4)
+    ticker.kill()
+    samples = [line.split() for line in ticker.communicate(timeout=30)[0].splitlines()]
+    assert len(samples) >= 2
+    assert all(float(at) > 0 and int(ns) > 0 for at, ns in samples)
+
+    for loop in ("uringloop-io_uring", "uringloop-epoll", "asyncio"):
+        if loop == "uringloop-io_uring" and uring_unavailable_reason() is not None:
+            continue  # the other two still run; io_uring's own tests say why it cannot
+        path = str(tmp_path / f"{loop}.sock")
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        env.pop("URINGLOOP_BACKEND", None)
+        proc = subprocess.Popen(
+            [sys.executable, os.path.join(BENCH, "hostmodes.py"), "serve", "--loop", loop]
+            + ["--kind", "streams", "--unix", path],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            ready, _, _ = select.select([proc.stdout], [], [], 30)
+            assert ready, "the counting server did not start"
+            assert proc.stdout.readline().startswith("READY ")
+            with socket.socket(socket.AF_UNIX) as c:
+                c.settimeout(10)
+                c.connect(path)
+                for i in range(3):
+                    msg = bytes([65 + i]) * 1024
+                    c.sendall(msg)
+                    got = b""
+                    while len(got) < len(msg):
+                        got += c.recv(65536)
+                    assert got == msg
+                proc.send_signal(signal.SIGUSR1)
+                ready, _, _ = select.select([proc.stdout], [], [], 10)
+                assert ready, "no STATS"
+                line = proc.stdout.readline()
+            assert line.startswith("STATS ")
+            stats = json.loads(line[6:])
+            assert stats["reads"] == 3
+            if loop.startswith("uringloop-"):
+                assert stats["stream_feeds"] == 3 and stats["stream_sends"] == 3
+                assert "records" in stats
+            else:
+                assert stats["stream_feeds"] == 0 and "records" not in stats
+        finally:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+
+
+def test_net_bench_probe_lists_the_runs_made_on_a_slow_host(tmp_path):
+    """--probe (decision 662): every loadgen run carries the probe's ns per
+    round trip, sampled on the server's CPU during its window, and results.md
+    lists the runs whose probe was 1.25x the run's best quartile or more."""
+    out = tmp_path / "res"
+    r = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "net_bench.py"), "--probe", "--no-chart"]
+        + ["--workloads", "echo-1k-c1-protocol-unix", "--loops", "asyncio", "--reps", "2"]
+        + ["--duration", "0.4", "--warmup", "0.1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs = json.loads((out / "results.json").read_text())["results"]
+    runs = runs["echo-1k-c1-protocol-unix"]["asyncio"]["runs"]
+    assert len(runs) == 2 and all(run["probe_ns"] > 0 for run in runs)
+    md = (out / "results.md").read_text()
+    assert "## Host probe (--probe)" in md and "of 2 runs at 1.25x" in md
+
+    nb = _net_bench()
+    fake = {
+        "w1": {"uvloop": {"runs": [{"probe_ns": 5000.0}, {"probe_ns": 5100.0}]}},
+        "w2": {"uringloop-epoll": {"runs": [{"probe_ns": 4900.0}, {"probe_ns": 7400.0}]}},
+        "w3": {"asyncio": {"runs": [{"cpu_us_per_req": 1.0}]}},  # no probe: not counted
+    }
+    text = "\n".join(nb.probe_section(fake))
+    assert "1 of 4 runs at 1.25x" in text
+    assert "- w2: uringloop-epoll #2 7,400" in text and "- w1" not in text
+    assert nb.probe_section({"w": {"uvloop": {"runs": [{"cpu_us_per_req": 1.0}]}}}) == []
