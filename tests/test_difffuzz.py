@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import os
 import socket
 import sys
 import tempfile
+import warnings
 
 import pytest
 from conftest import LOOP_KINDS, make_loop
@@ -743,6 +745,128 @@ def test_stock_paused_for_good_behind_an_empty_part():
     assert difffuzz.differences(ref, got, "unix")
 
 
+def test_stock_writelines_without_pause():
+    """Decision 671 (unix 10 with --fast on 3.12.1 and 3.13.0: a writelines
+    of 147,457 B to a paused peer, which then aborted): 3.12.1's and 3.13.0's
+    stock writelines() queues past the high-water mark without
+    pause_writing (CPython gh-127655); ours pauses as write() does. On an
+    end that wrote a writelines where stock's does not pause, a pause alone
+    or in a pair is let through; a resume alone is not, nor a pause on
+    another end."""
+    ref = {"ends": {"a": [["made"]], "b": [["made"]]}, "handler": [], "fatal": None}
+    ref.update(leaked_fds=[], ops=[], log=[], wl_no_pause=["a"])
+    ref["ends"]["a"] += [["lost", "ConnectionResetError[104]", 4196], ["data", 4196, 1]]
+    ref["ends"]["b"] += [["lost", None, 0], ["data", 0, 0]]
+    got = copy.deepcopy(ref)
+    got["ends"]["a"][1:1] = [["pause_writing"]]
+    assert difffuzz.differences(ref, got, "unix") == []
+    got["ends"]["a"][2:2] = [["resume_writing"], ["pause_writing"]]
+    assert difffuzz.differences(ref, got, "unix") == []
+    wrong = copy.deepcopy(ref)
+    wrong["ends"]["a"][1:1] = [["resume_writing"]]
+    assert difffuzz.differences(ref, wrong, "unix")
+    wrong = copy.deepcopy(ref)
+    wrong["ends"]["b"][1:1] = [["pause_writing"]]
+    assert difffuzz.differences(ref, wrong, "unix")
+    del ref["wl_no_pause"]
+    assert difffuzz.differences(ref, got, "unix")
+
+
+def test_stock_writelines_pauses_as_the_tool_says():
+    """Decision 671: the tool's `_STOCK_WL_PAUSES` is what this Python's
+    stock socket transport does: a writelines() of 1 MB to a peer that does
+    not read, past a high-water mark of 4 KiB, pauses the protocol on 3.10,
+    3.11 (write()) and a fixed 3.12/3.13, not on 3.12.1 or 3.13.0."""
+    paused = []
+
+    class P(asyncio.Protocol):
+        def pause_writing(self):
+            paused.append(True)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        with b:
+            t, _ = await loop.create_connection(P, sock=a)
+            t.set_write_buffer_limits(high=4096)
+            t.writelines([b"x" * 65536] * 16)
+            queued = t.get_write_buffer_size()
+            t.abort()
+            await asyncio.sleep(0)
+        return queued
+
+    loop = asyncio.SelectorEventLoop()
+    try:
+        queued = loop.run_until_complete(asyncio.wait_for(main(), 10))
+    finally:
+        loop.close()
+    assert queued > 4096
+    assert bool(paused) == difffuzz._STOCK_WL_PAUSES
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_fast_stock_writelines_without_pause(kind):
+    """Decision 671: unix 10 with --fast (a's writelines to a paused peer,
+    which aborts) is the same as stock on every Python; it differed on
+    3.12.1 and 3.13.0 (stock never paused a) before the rule."""
+    prog = difffuzz.generate(10, "unix", fast=True)
+    assert any(op[0] == "writelines" and op[1] == "a" for op in prog["ops"])
+    key = ("fast", 10, "unix")
+    if key not in _stock:
+        _stock[key] = difffuzz.run("stock", prog)
+    ref = _stock[key]
+    assert ref["fatal"] is None and not ref["leaked_fds"], ref
+    got = difffuzz.run(kind, prog)
+    assert difffuzz.differences(ref, got, "unix") == []
+
+
+def test_stock_went_through_its_empty_part(monkeypatch):
+    """Decision 672 (unix 94 with --fast on 3.12.1 and 3.13.0): 3.12+'s stock
+    end sends the 0-byte part its writelines() left when the peer closes:
+    EPIPE, and every read of its StreamReader raises; ours reads the peer's
+    last bytes first, then fails. The events until stock's failure are
+    compared; ours failing earlier, or differing before it, is not let
+    through, nor is it on an end with no empty part, nor where stock's
+    writelines() is write()'s (3.10, 3.11)."""
+    monkeypatch.setattr(difffuzz, "_STOCK_OWN_WL", True)
+    read = lambda n, how="ok": ["read", "read", 100, how, n]  # noqa: E731
+    epipe = ["read", "read", 100, "raised", "BrokenPipeError[32]", None]
+    ref = {"ends": {"a": [["made"]], "b": [["made"]]}, "handler": [], "fatal": None}
+    ref.update(leaked_fds=[], ops=[], log=[], empty_part=["b"])
+    ref["ends"]["a"] += [["lost", None, 4196], ["data", 4196, 1]]
+    ref["ends"]["b"] += [read("n"), epipe, epipe, ["data", 100, 2]]
+    got = copy.deepcopy(ref)
+    got["ends"]["b"] = [["made"], read("n"), read("n"), read(2), epipe, ["data", 202, 3]]
+    assert difffuzz.differences(ref, got, "unix") == []
+    early = copy.deepcopy(got)
+    early["ends"]["b"] = [["made"], epipe, epipe, epipe, ["data", 0, 0]]
+    assert difffuzz.differences(ref, early, "unix")
+    other = copy.deepcopy(got)
+    other["ends"]["b"][1] = read(7)
+    assert difffuzz.differences(ref, other, "unix")
+    monkeypatch.setattr(difffuzz, "_STOCK_OWN_WL", False)
+    assert difffuzz.differences(ref, got, "unix")
+    monkeypatch.setattr(difffuzz, "_STOCK_OWN_WL", True)
+    del ref["empty_part"]
+    assert difffuzz.differences(ref, got, "unix")
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_fast_stock_went_through_its_empty_part(kind):
+    """Decision 672: unix 94 with --fast (b's writelines [4096, 100, 0],
+    then a closes) is the same as stock on every Python; it differed on
+    3.12.1 and 3.13.0 (stock's b failed at a's close) before the rule."""
+    prog = difffuzz.generate(94, "unix", fast=True)
+    assert ["writelines", "b", [4096, 100, 0]] in prog["ops"]
+    key = ("fast", 94, "unix")
+    if key not in _stock:
+        _stock[key] = difffuzz.run("stock", prog)
+    ref = _stock[key]
+    assert ref["fatal"] is None and not ref["leaked_fds"], ref
+    got = difffuzz.run(kind, prog)
+    assert difffuzz.differences(ref, got, "unix") == []
+
+
 def test_more_keeps_the_seeds_programs():
     """Decision 611: `--more`'s ops come from a third generator and go
     between the seed's ops, which keep their order and draws; each family
@@ -894,20 +1018,24 @@ def test_stock_pipe_lost_three_times_after_a_close_and_abort_hook():
 # decision 657: `generate(seed, family, fast=True)` programs reach the write
 # hold (646: b echoes `self.buf[:n]` from a 64 KiB BufferedProtocol buffer)
 # and the StreamReader feed (636-638: b is a stock StreamReaderProtocol)
+# and how a streams end b is made: tcp 0 and unix 0 by create_server with a
+# StreamReaderProtocol, unix 23 by start_unix_server (decision 670: on 3.13
+# its end was closed at once, its StreamWriter dropped, and never fed)
 FAST_SEEDS = [
-    (26, "tcp", "echo"),
-    (26, "unix", "echo"),
-    (0, "tcp", "streams"),
-    # unix 23 (start_unix_server) is not fed on 3.13 (open, see design 659)
-    (0, "unix", "streams"),
+    (26, "tcp", "echo", None),
+    (26, "unix", "echo", None),
+    (0, "tcp", "streams", "protocol"),
+    (0, "unix", "streams", "protocol"),
+    (23, "unix", "streams", "start_server"),
 ]
 
 
 @pytest.mark.parametrize("kind", LOOP_KINDS)
-@pytest.mark.parametrize("seed,family,mode", FAST_SEEDS)
-def test_fast_seed_same_as_stock(seed, family, mode, kind):
+@pytest.mark.parametrize("seed,family,mode,how", FAST_SEEDS)
+def test_fast_seed_same_as_stock(seed, family, mode, how, kind):
     prog = difffuzz.generate(seed, family, fast=True)
     assert prog["fast"]["mode"] == mode
+    assert prog["fast"].get("how") == how
     key = ("fast", seed, family)
     if key not in _stock:
         _stock[key] = difffuzz.run("stock", prog)
@@ -920,9 +1048,28 @@ def test_fast_seed_same_as_stock(seed, family, mode, kind):
     if mode == "streams":
         assert reached.get("feeds", 0) > 0, reached  # the reader was fed by C
         assert any(ev[0] == "read" for ev in ref["ends"]["b"]), ref
+        assert ref["ends"]["b"][-1][:2] != ["data", 0], ref  # b's reads got bytes
     else:
         assert reached.get("hold", 0) > 0, reached  # an echo write was held
     assert difffuzz.differences(ref, got, family) == []
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_fast_close_with_held_records_drops_no_socket(kind):
+    """Decision 673 (tcp 0 with --fast, io_uring and epoll): b, an accepted
+    connection with no socket object (decision 258), is closed with records
+    held; 463's SO_LINGER 0 made the socket object, which the close then
+    took for never made and dropped undetached: its finalizer closed the fd
+    the engine was closing too (ResourceWarning "unclosed <socket.socket
+    ...>"). No socket object is left to the garbage collector."""
+    prog = difffuzz.generate(0, "tcp", fast=True)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        got = difffuzz.run(kind, prog)
+        gc.collect()
+    assert got["fatal"] is None and not got["leaked_fds"], got
+    unclosed = [str(w.message) for w in seen if w.category is ResourceWarning]
+    assert not [m for m in unclosed if "socket.socket" in m], unclosed
 
 
 def test_fast_keeps_the_seeds_ops():

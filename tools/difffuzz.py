@@ -58,6 +58,7 @@ import sys
 import tempfile
 import time
 import zlib
+from asyncio import selector_events as _selector_events
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a script from a built tree
@@ -633,10 +634,14 @@ class StreamsEnd(End):
     def __init__(self, trace, side):
         super().__init__(trace, side)
         self.reader = None
+        self.writer = None
         self.reading = False
 
-    def connected(self, reader, transport):
-        self.reader, self.transport = reader, transport
+    def connected(self, reader, transport, writer=None):
+        # decision 670: a start_server end keeps its StreamWriter, as an
+        # application's handler does; 3.13's protocol holds none, and a
+        # writer dropped there closes the transport at once (its __del__)
+        self.reader, self.transport, self.writer = reader, transport, writer
         self.log("made")
 
     def sread(self, loop, op):
@@ -884,7 +889,7 @@ class _Runner:
         if fast["how"] == "start_server":
 
             def connected(reader, writer):
-                b.connected(reader, writer.transport)
+                b.connected(reader, writer.transport, writer)
 
             return None, connected
 
@@ -1135,6 +1140,8 @@ class _Runner:
                     raise
                 if 0 in op[2] and any(op[2]):
                     self.trace.setdefault("empty_part", []).append(side)  # 488
+                if not _STOCK_WL_PAUSES and any(op[2]) and self.prog["family"] in ("tcp", "unix"):
+                    self.trace.setdefault("wl_no_pause", []).append(side)  # 671
             elif name == "limits_low":
                 kw = {k: v for k, v in zip(("high", "low"), op[2:], strict=True) if v is not None}
                 t.set_write_buffer_limits(**kw)
@@ -1488,6 +1495,46 @@ _WRITELINES_BUG = (
 )
 
 
+def _stock_writelines_pauses() -> bool:
+    """Decision 671: whether the stock socket transport's writelines() pauses
+    the protocol past the high-water mark. 3.12's and 3.13's own
+    writelines() (3.11 has none: WriteTransport's calls write()) did not
+    until CPython gh-127655 (3.12.9, 3.13.2): 3.12.1 and 3.13.0 queue past
+    the mark with no pause_writing; ours pauses as write() does."""
+    fn = vars(_selector_events._SelectorSocketTransport).get("writelines")
+    code = getattr(fn, "__code__", None)
+    return code is None or "_maybe_pause_protocol" in code.co_names
+
+
+_STOCK_WL_PAUSES = _stock_writelines_pauses()
+# decision 672: 3.12+'s stock transport has its own writelines(), which
+# leaves a 0-byte part in its buffer (488(c)); 3.11's is write()'s
+_STOCK_OWN_WL = "writelines" in vars(_selector_events._SelectorSocketTransport)
+_EPIPE = "BrokenPipeError[32]"
+
+
+def _failed_at(events: list) -> int | None:
+    """Decision 672: where an end's connection failed (its `lost` with an
+    error, or its StreamReader's first read that raised one), or None."""
+    for i, ev in enumerate(events):
+        if ev[0] == "lost" and ev[1] in _GONE[1:]:
+            return i
+        if ev[0] == "read" and "raised" in ev and ev[ev.index("raised") + 1] in _GONE[1:]:
+            return i
+    return None
+
+
+def _empty_part_went(a: list, b: list) -> bool:
+    """Decision 672: stock's end (a) failed with EPIPE first, ours (b) failed
+    there or later, and the two agree until stock's failure. 3.12+'s stock
+    writelines() leaves a 0-byte part in the buffer, so its writer stays
+    armed; when the peer closes, it sends that part: EPIPE, a fatal error,
+    the bytes the peer sent before its close never read. Ours (and 3.11's)
+    has nothing to send, reads them, and fails at its next write or read."""
+    k, j = _failed_at(a), _failed_at(b)
+    return k is not None and j is not None and j >= k and _EPIPE in a[k] and a[:k] == b[:k]
+
+
 def _stock_lacks_pause(ops: list) -> set:
     """Decision 488: the ends whose stock pause_reading() raised
     NotImplementedError (Python 3.10: the datagram transport has none, the
@@ -1592,6 +1639,7 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
     reader_paused = set(ref.get("reader_paused", ())) | set(got.get("reader_paused", ()))
     echoing = set(ref.get("echoing", ()))
     echo_cut = set(ref.get("echo_cut", ())) | set(got.get("echo_cut", ()))
+    wl_no_pause = set(ref.get("wl_no_pause", ()))  # decision 671: stock's only
     queued = _queued_then_limits(ref) | _queued_then_limits(got)
     peer = {"a": "b", "b": "a", "r": "w", "w": "r"}
     gone = set()  # ends whose peer's going was normalised: their ops differ too
@@ -1608,6 +1656,16 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
                 for x, y in zip(a, b, strict=True)
             ]
         a, b = _soon_apart(a), _soon_apart(b)  # 499(a)
+        if a != b and s in wl_no_pause:
+            # decision 671: 3.12.1's and 3.13.0's stock writelines() queues
+            # past the high-water mark without pausing the protocol (CPython
+            # gh-127655, fixed in 3.12.9 and 3.13.2); ours pauses as write()
+            # does (unix 10 with --fast on 3.12.1 and 3.13.0: a's writelines
+            # of 147,457 B to a paused peer, then the peer aborted: stock
+            # never paused a, ours paused it for good). On an end that wrote
+            # a writelines there, its pauses are not compared (612's rule);
+            # the rest of its events still are, by the rules below
+            a, b = _no_pause(a), _no_pause(b)
         if a != b and (s in cut or s in reset_peer):
             a, b = _no_counts(a), _no_counts(b)  # 499(c), 523
         if a != b and s in echo_mix:
@@ -1678,6 +1736,14 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
             # Decision 612: or pauses it for good, where the peer reads no
             # more before the end goes (unix 2239 on 3.12 with --callbacks:
             # pause_writing, then connection_lost)
+            continue
+        if a != b and s in ref.get("empty_part", ()) and _STOCK_OWN_WL and _empty_part_went(a, b):
+            # decision 672 (unix 94 with --fast on 3.12.1 and 3.13.0, every
+            # kind: b's writelines [4096, 100, 0], then a closed; stock's b
+            # sent its 0-byte part at the close: EPIPE, every read of its
+            # StreamReader raised; ours read 102 B first): the events until
+            # stock's failure are compared, ours' bytes as a prefix (485)
+            gone.add(s)
             continue
         if a != b and not ref.get("intact", {}).get(s, True):
             # CPython gh-156275 (decision 485): stock's SSL protocol reads a

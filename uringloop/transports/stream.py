@@ -1005,6 +1005,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             except OSError:
                 pass
             inet = False  # resets already
+            # decision 673: asking made an accepted connection's socket
+            # object (258); it is detached below, not dropped with its fd
+            kind = self._sockobj
         self._fd_closing = True
         # what _sync computes now: every caller has counted the connection
         # lost (_conn_lost), and the fd is closing
