@@ -21,7 +21,9 @@ import time
 import tracemalloc
 
 import pytest
-from conftest import run_in
+from conftest import is_stock, run_in
+
+from uringloop import _sched
 
 MSG = 102400  # net_bench's 100 KiB message
 N = 65536  # net_server's sock_recv size
@@ -158,3 +160,42 @@ def test_receives_asked_while_a_wide_one_waits_come_after_it(loop, socketpair):
         return len(r1), len(r2)
 
     assert run_in(lp, main()) == (N, 100)
+
+
+def test_a_big_receive_after_one_that_filled_its_n_reads_in_c(any_loop, socketpair):
+    """Decision 678: the inline recv(n) of decision 351 (the socket's last big
+    receive filled its n) is sock.c's recv_start's, no Python frame: what it
+    returns is the stock loop's, EOF b"", and the peer's reset raised as
+    ConnectionResetError, as the stock loop's recv raises it. The C count of
+    such receives moves on every uringloop kind (before the change it was
+    sock.py's: there was no such count, sock_counts() had three fields)."""
+    lp = any_loop
+    a, b = socketpair()
+    c, d = socketpair()
+    data = os.urandom(3 * N)
+    before = None if is_stock(lp) else _sched.sock_counts()[3]
+
+    async def main():
+        _send(b, data)
+        _wait_queued(a, len(data))
+        got = [await lp.sock_recv(a, N) for _ in range(3)]
+        b.shutdown(socket.SHUT_WR)
+        eof = await lp.sock_recv(a, N)
+        # a reset: d closes with bytes of c's unread, after 2 x 64 KiB to c
+        _send(d, data[: 2 * N])
+        c.send(b"x")
+        _wait_queued(c, 2 * N)
+        first = [await lp.sock_recv(c, N) for _ in range(2)]
+        d.close()
+        with pytest.raises(ConnectionResetError):
+            await lp.sock_recv(c, N)
+        return got, eof, first
+
+    got, eof, first = run_in(lp, main())
+    assert got == [data[:N], data[N : 2 * N], data[2 * N :]]
+    assert eof == b""
+    assert first == [data[:N], data[N : 2 * N]]
+    if before is not None:
+        # the second and third of a's, its EOF, the second of c's (the
+        # reset raises: not counted)
+        assert _sched.sock_counts()[3] - before == 4

@@ -467,6 +467,8 @@ class SockMixin:
         fut = _recv_start(self, sock, n)
         if fut is None:
             return await self._sock_recv(sock, n)
+        if type(fut) is bytes:  # a big receive's inline try found them (678)
+            return fut
         try:
             res, data = await fut
         except _CancelledError:
@@ -525,14 +527,15 @@ class SockMixin:
                 return data
             ref = _big_socks.get(fd)
             if ref is not None and ref() is sock and fd not in _big_recvs:
-                if fd in _wide_socks:  # the last one came big, short of n (675)
+                if fd not in _wide_socks:
+                    # the last one filled its n: the stock loop's first try, a
+                    # recv(n) straight into the result (no pool buffer, no
+                    # copy); not while a big receive is in flight (it reads on)
+                    data = _recv_now(fd, n)
+                    if data is not None:
+                        return self._sock_big_done(fd, sock, n, data)
+                elif n <= _READY_MAX:  # the last one came big, short of n (675)
                     return await self._sock_recv_ready(fd, sock, n)
-                # the last one filled its n: the stock loop's first try, a
-                # recv(n) straight into the result (no pool buffer, no copy);
-                # not while a big receive is in flight (it reads on)
-                data = _recv_now(fd, n)
-                if data is not None:
-                    return self._sock_big_done(fd, sock, n, data)
             big, n = n, 0  # a pool buffer's worth first, the rest below
         fut = self._sock_op(fd, sock, _recv_result)
         fut._ud = self._engine.recv(fd, fut, multishot=False, nbytes=n)

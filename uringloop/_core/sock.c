@@ -23,7 +23,9 @@
  *    more than a pool buffer, less than its n; n at most READY_MAX) submits
  *    a one-shot POLLIN poll instead, its future's converter _ready_result
  *    and _big_recvs[fd] the _POLLING mark; sock.py receives into the result
- *    once it is readable (decision 675).
+ *    once it is readable (decision 675). A big sock_recv on a socket whose
+ *    last big receive filled its n (_big_socks, not wide) makes decision
+ *    351's inline recv(n) here and returns the bytes themselves (678).
  *  - recv_after(fd, data, k): a big sock_recv's rest, received in place
  *    after its first pool buffer's bytes (decision 337).
  *  - recv_now(fd, n): a big sock_recv on a socket whose receives come big,
@@ -47,7 +49,7 @@ static struct {
     Py_ssize_t off_fd, off_sock, off_convert, off_track, off_ud; /* _OpFuture's slots */
     Py_ssize_t off_timeout;    /* PySocketSockObject.sock_timeout */
     int layout;                /* the probes agreed: fd and timeout are read in place */
-    unsigned long long recvs, sends, polls; /* steps taken here (tests read them) */
+    unsigned long long recvs, sends, polls, nows; /* steps taken here (tests read them) */
 } K;
 
 static inline int sock_fd_of(PyObject *sock)
@@ -155,8 +157,23 @@ static int sock_big_is(PyObject *key, PyObject *sock)
 /* sock.py's _READY_MAX: a wide receive of more waits in a pool buffer */
 #define READY_MAX (1 << 20)
 
-/* recv_start(loop, sock, n or a writable buffer) -> the op's _OpFuture, or
- * None: take sock.py's path */
+static PyObject *recv_now_fd(int fd, Py_ssize_t n);
+
+/* What sock.py's _sock_big_done does after the inline try of a socket whose
+ * _big_socks entry names it and which is not in _wide_socks: k bytes came
+ * of n. 0, or -1 with an exception set. */
+static int sock_big_done(PyObject *key, Py_ssize_t n, Py_ssize_t k, Py_ssize_t bufsize)
+{
+    if (k == n)
+        return 0; /* filled again: the entry stays */
+    if (k > bufsize && n <= READY_MAX)
+        return PySet_Add(K.wide_socks, key);
+    return PyDict_DelItem(K.big_socks, key);
+}
+
+/* recv_start(loop, sock, n or a writable buffer) -> the op's _OpFuture, the
+ * received bytes (a big sock_recv's inline try found them), or None: take
+ * sock.py's path */
 static PyObject *sock_recv_start(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)mod;
@@ -203,17 +220,21 @@ static PyObject *sock_recv_start(PyObject *mod, PyObject *const *args, Py_ssize_
      * socket last seen on fd (the claim of decision 41); a big receive on a
      * socket whose last one filled its n (the inline try of decision 351):
      * sock.py */
-    int poll = 0;
+    int poll = 0, now = 0;
     r = PyDict_Contains(self->sock_state, key);
     if (r == 0 && big && PyDict_GET_SIZE(K.big_socks)) {
         r = sock_big_is(key, sock);
-        /* its last big receive came short of n but past a pool buffer:
-         * wait for readiness here, receive into the result in sock.py */
-        if (r > 0 && K.wide_socks != NULL && n <= READY_MAX) {
+        /* its last big receive came short of n but past a pool buffer: wait
+         * for readiness here, receive into the result in sock.py; it filled
+         * its n: the inline recv(n) of decision 351, here (678) */
+        if (r > 0 && K.wide_socks != NULL) {
             int w = PySet_Contains(K.wide_socks, key);
-            if (w != 0)
-                r = w < 0 ? -1 : 0;
-            poll = w > 0;
+            if (w < 0)
+                r = -1;
+            else if (w == 0)
+                now = 1, r = 0;
+            else if (n <= READY_MAX)
+                poll = 1, r = 0;
         }
     }
     if (r == 0 && PyDict_GET_SIZE(K.big_recvs))
@@ -225,6 +246,21 @@ static PyObject *sock_recv_start(PyObject *mod, PyObject *const *args, Py_ssize_
     if (r <= 0) {
         Py_DECREF(key);
         return r < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    if (now) {
+        /* what is there now, into the result (sock_recv returns it as it
+         * is); only EAGAIN goes on to the pool receive, as in sock.py */
+        PyObject *data = recv_now_fd(fd, n);
+        if (data != Py_None) {
+            if (data != NULL &&
+                sock_big_done(key, n, PyBytes_GET_SIZE(data), t->buf_size) < 0)
+                Py_CLEAR(data);
+            Py_DECREF(key);
+            if (data != NULL)
+                K.nows++;
+            return data;
+        }
+        Py_DECREF(data);
     }
     if (self->future_kw == NULL && make_kw(self, 0) < 0) {
         Py_DECREF(key);
@@ -413,6 +449,8 @@ static PyObject *recv_after(PyObject *mod, PyObject *const *args, Py_ssize_t nar
  * into a bytes of n made smaller to what came, as the socket module's
  * recv(n) does it: b"" at EOF, None when nothing is there (EAGAIN), OSError
  * for any other error (decision 351). */
+static PyObject *recv_now_fd(int fd, Py_ssize_t n);
+
 static PyObject *recv_now(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)mod;
@@ -424,6 +462,11 @@ static PyObject *recv_now(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     }
     if (as_int(args[0], &fd) < 0 || ((n = PyLong_AsSsize_t(args[1])) == -1 && PyErr_Occurred()))
         return NULL;
+    return recv_now_fd(fd, n);
+}
+
+static PyObject *recv_now_fd(int fd, Py_ssize_t n)
+{
     PyObject *out = PyBytes_FromStringAndSize(NULL, n > 0 ? n : 0);
     if (out == NULL)
         return NULL;
@@ -518,12 +561,12 @@ static PyObject *sock_setup(PyObject *mod, PyObject *args)
 }
 
 /* counts() -> (receives started here, first sends made here, of the receives
- * the polls of decision 675) */
+ * the polls of decision 675, big receives that took their bytes inline (678)) */
 static PyObject *sock_counts(PyObject *mod, PyObject *unused)
 {
     (void)mod;
     (void)unused;
-    return Py_BuildValue("(KKK)", K.recvs, K.sends, K.polls);
+    return Py_BuildValue("(KKKK)", K.recvs, K.sends, K.polls, K.nows);
 }
 
 static PyMethodDef sock_functions[] = {
@@ -539,7 +582,8 @@ static PyMethodDef sock_functions[] = {
      "sock_setup(socket.socket, _big_recvs, _big_socks, _recv_result, nonblocking, timed) -> "
      "layout ok"},
     {"sock_counts", sock_counts, METH_NOARGS,
-     "sock_counts() -> (receives started in C, first sends made in C, polls of those)"},
+     "sock_counts() -> (receives started in C, first sends made in C, polls of those, inline "
+     "big receives)"},
     {NULL, NULL, 0, NULL},
 };
 
