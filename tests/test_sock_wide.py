@@ -12,6 +12,7 @@ buffer, and what it returns is what the stock loop's returns.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import os
 import socket
@@ -199,3 +200,35 @@ def test_a_big_receive_after_one_that_filled_its_n_reads_in_c(any_loop, socketpa
         # the second and third of a's, its EOF, the second of c's (the
         # reset raises: not counted)
         assert _sched.sock_counts()[3] - before == 4
+
+
+def test_a_socket_on_the_number_of_a_closed_wide_waiter_is_not_held(loop, socketpair):
+    """A wide receive waits; its socket is closed behind the loop's back and
+    a new socket gets its number: the new socket's receive is not held
+    behind the old wait (it would wait for the old file's bytes, which may
+    never come), and the old wait ends with EBADF, as receives on a closed
+    socket do (decision 675)."""
+    lp = loop
+    a, b = socketpair()
+    data = os.urandom(MSG)
+
+    async def main():
+        await _echo_rounds(lp, a, b, data)
+        t1 = lp.create_task(lp.sock_recv(a, N))
+        await asyncio.sleep(0)
+        fd = a.fileno()
+        a.close()
+        c, d = socketpair()
+        if c.fileno() != fd:
+            return fd, c.fileno(), None, None
+        d.send(b"hi")
+        got = await asyncio.wait_for(lp.sock_recv(c, 100), 5)
+        with pytest.raises(OSError) as info:
+            await asyncio.wait_for(t1, 5)
+        return fd, c.fileno(), got, info.value.errno
+
+    fd, cfd, got, err = run_in(lp, main())
+    if cfd != fd:
+        pytest.skip(f"the new socket got fd {cfd}, not the closed one's {fd}")
+    assert got == b"hi"
+    assert err == errno.EBADF

@@ -444,7 +444,12 @@ class SockMixin:
     def _sock_behind(self, fd, sock):
         """A receive asked on fd while a big receive there waits for
         readiness (_sock_recv_ready): the socket's state holds it (and every
-        later one) until that receive has read, as a cancelled op's does."""
+        later one) until that receive has read, as a cancelled op's does.
+        Not a receive of another socket now on fd (the waiting one's was
+        closed behind the loop's back): its op's claim cancels that poll."""
+        ref = _big_socks.get(fd)
+        if ref is None or ref() is not sock:
+            return
         if fd not in _behind:
             st = self._sock_get_state(fd, sock, create=True)
             st.pending += 1
