@@ -25,6 +25,7 @@ import pytest
 from conftest import is_stock, run_in
 
 from uringloop import _sched
+from uringloop import sock as _sockmod
 
 MSG = 102400  # net_bench's 100 KiB message
 N = 65536  # net_server's sock_recv size
@@ -207,7 +208,7 @@ def test_a_socket_on_the_number_of_a_closed_wide_waiter_is_not_held(loop, socket
     a new socket gets its number: the new socket's receive is not held
     behind the old wait (it would wait for the old file's bytes, which may
     never come), and the old wait ends with EBADF, as receives on a closed
-    socket do (decision 675)."""
+    socket do; no entry is left in _big_recvs for its number (decision 675)."""
     lp = loop
     a, b = socketpair()
     data = os.urandom(MSG)
@@ -225,10 +226,12 @@ def test_a_socket_on_the_number_of_a_closed_wide_waiter_is_not_held(loop, socket
         got = await asyncio.wait_for(lp.sock_recv(c, 100), 5)
         with pytest.raises(OSError) as info:
             await asyncio.wait_for(t1, 5)
-        return fd, c.fileno(), got, info.value.errno
+        # nothing left that would send every later receive on fd to sock.py
+        return fd, c.fileno(), got, info.value.errno, fd in _sockmod._big_recvs
 
-    fd, cfd, got, err = run_in(lp, main())
+    fd, cfd, got, err, left = run_in(lp, main())
     if cfd != fd:
         pytest.skip(f"the new socket got fd {cfd}, not the closed one's {fd}")
     assert got == b"hi"
     assert err == errno.EBADF
+    assert not left

@@ -433,8 +433,13 @@ class SockMixin:
         return self._sock_big_done(fd, sock, n, data)
 
     def _sock_ready_end(self, fd):
-        """A wide receive is done waiting: later receives on fd go on."""
-        if _big_recvs.get(fd) is _POLLING:
+        """A wide receive is done waiting: later receives on fd go on. Its
+        entry goes, and so does a None there: a receive that was not held
+        (another socket's, now on fd) spoiled it, as it spoils a big receive
+        in flight, which then drops it (_big_recv); an int is such a big
+        receive's own, and stays."""
+        mark = _big_recvs.get(fd, 0)
+        if mark is _POLLING or mark is None:
             del _big_recvs[fd]
         if _behind:
             st = _behind.pop(fd, None)
