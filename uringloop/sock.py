@@ -45,6 +45,11 @@ _SEND_CHUNK = 1 << 30
 # A datagram receive larger than this gets a lazily mapped buffer instead of a
 # zero-filled bytearray (what recv(2**32) costs the stock loop: address space).
 _BIG_DGRAM = 1 << 20
+# a big sock_recv on a socket whose big receives come short of their n waits
+# for readiness and then receives into its result (decision 675) up to this n;
+# a larger n takes a pool buffer first, as before (decision 419)
+_READY_MAX = 1 << 20
+_POLLIN = 0x001
 _U32_MAX = (1 << 32) - 1
 # errors a non-blocking inet connect() returns itself, before any handshake
 # (the stock loop raises them with strerror); the others come through SO_ERROR
@@ -371,12 +376,99 @@ class SockMixin:
     def _sock_big_done(self, fd, sock, n, data):
         """data from a receive above a pool buffer: when it filled its n,
         more is likely waiting, and the next such receive on fd tries a
-        recv(n) into its result at once (_big_socks, decision 351)."""
-        if len(data) == n:
+        recv(n) into its result at once (_big_socks, decision 351); when it
+        brought more than a pool buffer but less than n, the next one waits
+        for readiness, then receives into its result (_wide_socks, 675)."""
+        k = len(data)
+        if k == n:
             _big_socks[fd] = weakref.ref(sock)
+            _wide_socks.discard(fd)
+        elif k > self._sock_bufsize and n <= _READY_MAX:
+            _big_socks[fd] = weakref.ref(sock)
+            _wide_socks.add(fd)
         else:
             _big_socks.pop(fd, None)
+            _wide_socks.discard(fd)
         return data
+
+    async def _sock_recv_ready(self, fd, sock, n):
+        """A big sock_recv on a stream socket whose last big receive brought
+        more than a pool buffer and less than its n (decision 675): wait until
+        the socket is readable, then one recv(n) into the result, as the
+        stock loop's reader does; no pool buffer, so no copy of its bytes.
+        A receive asked meanwhile on fd waits for this one (_sock_behind)."""
+        _big_recvs[fd] = _POLLING  # later receives on fd: not C's, see _sock_behind
+        try:
+            while True:
+                fut = self._sock_op(fd, sock, _ready_result, track=False)
+                fut._ud = self._engine.poll(fd, _POLLIN, fut)
+                res, _ = await fut  # a poll takes no byte: a cancel keeps nothing
+                data = self._sock_ready_recv(fd, sock, n, res)
+                if data is not None:  # else nothing there after all: wait again
+                    return self._sock_big_done(fd, sock, n, data)
+        finally:
+            self._sock_ready_end(fd)
+
+    def _sock_ready_recv(self, fd, sock, n, res):
+        """The poll of a wide receive came back (res: its events or -errno):
+        recv(n) into the result now; None when nothing is there."""
+        if res < 0:
+            raise self._sock_error(res, sock)
+        if sock.fileno() != fd:  # closed meanwhile: its recv would say so
+            raise _error(-errno.EBADF)
+        return _recv_now(fd, n)
+
+    def _sock_polled(self, fd, sock, n, res):
+        """A wide receive whose poll sock.c started (recv_start) came back:
+        its bytes, or None when nothing is there (the caller waits again,
+        still holding the receives asked meanwhile)."""
+        try:
+            data = self._sock_ready_recv(fd, sock, n, res)
+        except BaseException:
+            self._sock_ready_end(fd)
+            raise
+        if data is None:
+            return None
+        self._sock_ready_end(fd)
+        return self._sock_big_done(fd, sock, n, data)
+
+    def _sock_ready_end(self, fd):
+        """A wide receive is done waiting: later receives on fd go on. Its
+        entry goes, and so does a None there: a receive that was not held
+        (another socket's, now on fd) spoiled it, as it spoils a big receive
+        in flight, which then drops it (_big_recv); an int is such a big
+        receive's own, and stays."""
+        mark = _big_recvs.get(fd, 0)
+        if mark is _POLLING or mark is None:
+            del _big_recvs[fd]
+        if _behind:
+            st = _behind.pop(fd, None)
+            if st is not None:
+                self._sock_unhold(fd, st)
+
+    def _sock_behind(self, fd, sock):
+        """A receive asked on fd while a big receive there waits for
+        readiness (_sock_recv_ready): the socket's state holds it (and every
+        later one) until that receive has read, as a cancelled op's does.
+        Not a receive of another socket now on fd (the waiting one's was
+        closed behind the loop's back): its op's claim cancels that poll."""
+        ref = _big_socks.get(fd)
+        if ref is None or ref() is not sock:
+            return
+        if fd not in _behind:
+            st = self._sock_get_state(fd, sock, create=True)
+            st.pending += 1
+            _behind[fd] = st
+
+    def _sock_unhold(self, fd, st):
+        st.pending -= 1
+        if not st.pending:
+            for w in st.waiters:
+                if not w.done():
+                    w.set_result(None)
+            st.waiters.clear()
+        if st.empty() and self._sock_state.get(fd) is st:
+            del self._sock_state[fd]
 
     async def sock_recv(self, sock, n):
         """Receive up to n bytes from sock (non-blocking)."""
@@ -385,27 +477,35 @@ class SockMixin:
         fut = _recv_start(self, sock, n)
         if fut is None:
             return await self._sock_recv(sock, n)
+        if type(fut) is bytes:  # a big receive's inline try found them (678)
+            return fut
         try:
             res, data = await fut
         except _CancelledError:
+            if fut._convert is _ready_result:  # a poll (675): nothing to keep
+                self._sock_ready_end(fut._fd)
+                raise
             if _big_recvs and n > self._sock_bufsize:  # big: C noted it in _big_recvs
                 _big_recvs.pop(fut._fd, None)
             self._sock_on_cancel(fut, fut._fd, sock, _recv_result, True)
             raise
-        if (
-            _big_recvs
-            and n > self._sock_bufsize
-            and _big_recvs.pop(fut._fd, None) == fut._ud
-            and res == self._sock_bufsize
-        ):
-            data = self._sock_recv_after(fut._fd, sock, data, n - res)
-            return self._sock_big_done(fut._fd, sock, n, data)
+        if _big_recvs and n > self._sock_bufsize:
+            if fut._convert is _ready_result:  # C waited for readiness (675)
+                data = self._sock_polled(fut._fd, sock, n, res)
+                if data is None:  # nothing there after all: wait again
+                    data = await self._sock_recv_ready(fut._fd, sock, n)
+                return data
+            if _big_recvs.pop(fut._fd, None) == fut._ud and res == self._sock_bufsize:
+                data = self._sock_recv_after(fut._fd, sock, data, n - res)
+                return self._sock_big_done(fut._fd, sock, n, data)
         if res < 0:
             raise self._sock_error(res, sock)
         return data if data is not None else b""
 
     async def _sock_recv(self, sock, n):
         fd = self._sock_fd(sock)
+        if _big_recvs and _big_recvs.get(fd) is _POLLING:
+            self._sock_behind(fd, sock)
         if type(n) is not int:
             n = _index(n)  # the socket module's TypeError (decision 421)
         if n < 0:
@@ -437,12 +537,15 @@ class SockMixin:
                 return data
             ref = _big_socks.get(fd)
             if ref is not None and ref() is sock and fd not in _big_recvs:
-                # the last one filled its n: the stock loop's first try, a
-                # recv(n) straight into the result (no pool buffer, no copy);
-                # not while a big receive is in flight (it reads on)
-                data = _recv_now(fd, n)
-                if data is not None:
-                    return self._sock_big_done(fd, sock, n, data)
+                if fd not in _wide_socks:
+                    # the last one filled its n: the stock loop's first try, a
+                    # recv(n) straight into the result (no pool buffer, no
+                    # copy); not while a big receive is in flight (it reads on)
+                    data = _recv_now(fd, n)
+                    if data is not None:
+                        return self._sock_big_done(fd, sock, n, data)
+                elif n <= _READY_MAX:  # the last one came big, short of n (675)
+                    return await self._sock_recv_ready(fd, sock, n)
             big, n = n, 0  # a pool buffer's worth first, the rest below
         fut = self._sock_op(fd, sock, _recv_result)
         fut._ud = self._engine.recv(fd, fut, multishot=False, nbytes=n)
@@ -491,6 +594,8 @@ class SockMixin:
 
     async def _sock_recv_into(self, sock, buf):
         fd = self._sock_fd(sock)
+        if _big_recvs and _big_recvs.get(fd) is _POLLING:
+            self._sock_behind(fd, sock)
         try:
             view = memoryview(buf)
             if not view.readonly:
@@ -546,6 +651,8 @@ class SockMixin:
     async def sock_recvfrom(self, sock, bufsize):
         """Receive a datagram of up to bufsize bytes; returns (data, address)."""
         fd = self._sock_fd(sock)
+        if _big_recvs and _big_recvs.get(fd) is _POLLING:
+            self._sock_behind(fd, sock)
         if type(bufsize) is not int:
             bufsize = _index(bufsize)  # the socket module's TypeError
         if bufsize < 0:
@@ -559,6 +666,8 @@ class SockMixin:
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         """Receive a datagram into buf; returns (nbytes, address)."""
         fd = self._sock_fd(sock)
+        if _big_recvs and _big_recvs.get(fd) is _POLLING:
+            self._sock_behind(fd, sock)
         if not nbytes:
             len(buf)  # the stock loop's first step, and its TypeError (decision 421)
         elif type(nbytes) is not int:
@@ -886,6 +995,17 @@ _big_recvs: dict = {}
 # and changes nothing.
 _big_socks: dict = {}
 
+# fds in _big_socks whose socket's last big receive brought more than a pool
+# buffer and less than its n: the next one waits for readiness, then receives
+# into its result (SockMixin._sock_recv_ready, decision 675)
+_wide_socks: set = set()
+
+# _big_recvs' value for fd while such a receive waits for readiness there:
+# sock.c's recv_start leaves any receive on fd to sock.py then, whose paths
+# hold it behind the waiting one (_behind: fd -> the socket state holding them)
+_POLLING = object()
+_behind: dict = {}
+
 
 def _refuse(method, buf):
     """Raise what the socket module's recv_into/recvfrom_into raises for a
@@ -906,6 +1026,11 @@ def _big_recv(fd, big, ud):
 
 # Result converters: (res, data, late) -> the await's value, or, when late, what
 # the socket keeps for its next receive/accept (kind, value).
+
+
+def _ready_result(res, data, late):
+    # a wide receive's poll (decision 675): it brings no byte; it marks the op
+    return ("data", b"") if late else None
 
 
 def _recv_result(res, data, late):
@@ -971,7 +1096,10 @@ def setup_native():
     try:
         a.setblocking(False)
         b.settimeout(2.5)
-        return _sched.sock_setup(socket.socket, _big_recvs, _big_socks, _recv_result, a, b)
+        return _sched.sock_setup(
+            socket.socket, _big_recvs, _big_socks, _recv_result, a, b,
+            _wide_socks, _POLLING, _ready_result,
+        )
     finally:
         a.close()
         b.close()

@@ -19,6 +19,13 @@
  *    as the stock loop's sock.send(data). Returns None when all of data went
  *    out, else the bytes that did (0 for EAGAIN); raises what sock.send
  *    raises.
+ *    A big sock_recv on a socket in _wide_socks (its last big receive brought
+ *    more than a pool buffer, less than its n; n at most READY_MAX) submits
+ *    a one-shot POLLIN poll instead, its future's converter _ready_result
+ *    and _big_recvs[fd] the _POLLING mark; sock.py receives into the result
+ *    once it is readable (decision 675). A big sock_recv on a socket whose
+ *    last big receive filled its n (_big_socks, not wide) makes decision
+ *    351's inline recv(n) here and returns the bytes themselves (678).
  *  - recv_after(fd, data, k): a big sock_recv's rest, received in place
  *    after its first pool buffer's bytes (decision 337).
  *  - recv_now(fd, n): a big sock_recv on a socket whose receives come big,
@@ -35,11 +42,14 @@ static struct {
     PyObject *big_recvs;       /* sock.py's _big_recvs */
     PyObject *big_socks;       /* sock.py's _big_socks */
     PyObject *recv_result;     /* sock.py's _recv_result: a fast receive's converter */
+    PyObject *wide_socks;      /* sock.py's _wide_socks (a set of fds; decision 675) */
+    PyObject *polling;         /* sock.py's _POLLING: _big_recvs' mark of a waiting poll */
+    PyObject *ready_result;    /* sock.py's _ready_result: the converter that marks a poll */
     PyObject *s_data;          /* "data" (WeakValueDictionary.data) */
     Py_ssize_t off_fd, off_sock, off_convert, off_track, off_ud; /* _OpFuture's slots */
     Py_ssize_t off_timeout;    /* PySocketSockObject.sock_timeout */
     int layout;                /* the probes agreed: fd and timeout are read in place */
-    unsigned long long recvs, sends; /* steps taken here (tests read them) */
+    unsigned long long recvs, sends, polls, nows; /* steps taken here (tests read them) */
 } K;
 
 static inline int sock_fd_of(PyObject *sock)
@@ -144,8 +154,26 @@ static int sock_big_is(PyObject *key, PyObject *sock)
     return weakref_peek(ref, &obj) < 0 ? -1 : obj == sock;
 }
 
-/* recv_start(loop, sock, n or a writable buffer) -> the op's _OpFuture, or
- * None: take sock.py's path */
+/* sock.py's _READY_MAX: a wide receive of more waits in a pool buffer */
+#define READY_MAX (1 << 20)
+
+static PyObject *recv_now_fd(int fd, Py_ssize_t n);
+
+/* What sock.py's _sock_big_done does after the inline try of a socket whose
+ * _big_socks entry names it and which is not in _wide_socks: k bytes came
+ * of n. 0, or -1 with an exception set. */
+static int sock_big_done(PyObject *key, Py_ssize_t n, Py_ssize_t k, Py_ssize_t bufsize)
+{
+    if (k == n)
+        return 0; /* filled again: the entry stays */
+    if (k > bufsize && n <= READY_MAX)
+        return PySet_Add(K.wide_socks, key);
+    return PyDict_DelItem(K.big_socks, key);
+}
+
+/* recv_start(loop, sock, n or a writable buffer) -> the op's _OpFuture, the
+ * received bytes (a big sock_recv's inline try found them), or None: take
+ * sock.py's path */
 static PyObject *sock_recv_start(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)mod;
@@ -192,9 +220,23 @@ static PyObject *sock_recv_start(PyObject *mod, PyObject *const *args, Py_ssize_
      * socket last seen on fd (the claim of decision 41); a big receive on a
      * socket whose last one filled its n (the inline try of decision 351):
      * sock.py */
+    int poll = 0, now = 0;
     r = PyDict_Contains(self->sock_state, key);
-    if (r == 0 && big && PyDict_GET_SIZE(K.big_socks))
+    if (r == 0 && big && PyDict_GET_SIZE(K.big_socks)) {
         r = sock_big_is(key, sock);
+        /* its last big receive came short of n but past a pool buffer: wait
+         * for readiness here, receive into the result in sock.py; it filled
+         * its n: the inline recv(n) of decision 351, here (678) */
+        if (r > 0 && K.wide_socks != NULL) {
+            int w = PySet_Contains(K.wide_socks, key);
+            if (w < 0)
+                r = -1;
+            else if (w == 0)
+                now = 1, r = 0;
+            else if (n <= READY_MAX)
+                poll = 1, r = 0;
+        }
+    }
     if (r == 0 && PyDict_GET_SIZE(K.big_recvs))
         r = PyDict_Contains(K.big_recvs, key);
     if (r == 0)
@@ -204,6 +246,21 @@ static PyObject *sock_recv_start(PyObject *mod, PyObject *const *args, Py_ssize_
     if (r <= 0) {
         Py_DECREF(key);
         return r < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    if (now) {
+        /* what is there now, into the result (sock_recv returns it as it
+         * is); only EAGAIN goes on to the pool receive, as in sock.py */
+        PyObject *data = recv_now_fd(fd, n);
+        if (data != Py_None) {
+            if (data != NULL &&
+                sock_big_done(key, n, PyBytes_GET_SIZE(data), t->buf_size) < 0)
+                Py_CLEAR(data);
+            Py_DECREF(key);
+            if (data != NULL)
+                K.nows++;
+            return data;
+        }
+        Py_DECREF(data);
     }
     if (self->future_kw == NULL && make_kw(self, 0) < 0) {
         Py_DECREF(key);
@@ -216,9 +273,34 @@ static PyObject *sock_recv_start(PyObject *mod, PyObject *const *args, Py_ssize_
     }
     slot_put(fut, K.off_fd, key);
     slot_put(fut, K.off_sock, sock);
-    slot_put(fut, K.off_convert, K.recv_result);
-    slot_put(fut, K.off_track, Py_True);
+    /* a poll takes no byte: nothing is owed after a cancel (track False) */
+    slot_put(fut, K.off_convert, poll ? K.ready_result : K.recv_result);
+    slot_put(fut, K.off_track, poll ? Py_False : Py_True);
     slot_put(fut, K.off_ud, Py_None);
+    if (poll) {
+        if (PyDict_SetItem(K.big_recvs, key, K.polling) < 0) {
+            Py_DECREF(key);
+            Py_DECREF(fut);
+            return NULL;
+        }
+        uint64_t pud = table_take(t, fut, NULL, 0);
+        PyObject *pudo = pud ? submitted(t, pud, t->poll(t->engine, pud, fd, POLLIN, 0)) : NULL;
+        if (pudo == NULL) {
+            PyObject *exc = take_exception();
+            if (PyDict_DelItem(K.big_recvs, key) < 0)
+                PyErr_Clear();
+            give_exception(exc);
+            Py_DECREF(key);
+            Py_DECREF(fut);
+            return NULL;
+        }
+        Py_DECREF(key);
+        slot_put(fut, K.off_ud, pudo);
+        Py_DECREF(pudo);
+        K.recvs++;
+        K.polls++;
+        return fut;
+    }
     /* a big receive is noted in _big_recvs before it is submitted (the only
      * step that may fail); its user_data replaces the None after, which
      * cannot fail: the key is there */
@@ -367,6 +449,8 @@ static PyObject *recv_after(PyObject *mod, PyObject *const *args, Py_ssize_t nar
  * into a bytes of n made smaller to what came, as the socket module's
  * recv(n) does it: b"" at EOF, None when nothing is there (EAGAIN), OSError
  * for any other error (decision 351). */
+static PyObject *recv_now_fd(int fd, Py_ssize_t n);
+
 static PyObject *recv_now(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)mod;
@@ -378,6 +462,11 @@ static PyObject *recv_now(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     }
     if (as_int(args[0], &fd) < 0 || ((n = PyLong_AsSsize_t(args[1])) == -1 && PyErr_Occurred()))
         return NULL;
+    return recv_now_fd(fd, n);
+}
+
+static PyObject *recv_now_fd(int fd, Py_ssize_t n)
+{
     PyObject *out = PyBytes_FromStringAndSize(NULL, n > 0 ? n : 0);
     if (out == NULL)
         return NULL;
@@ -396,16 +485,23 @@ static PyObject *recv_now(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     return out;
 }
 
-/* sock_setup(socket.socket, _big_recvs, _big_socks, _recv_result, nonblocking, timed):
- * the last two are connected sockets of socket.socket, one with timeout 0,
- * one with 2.5 s, to check the layout read in place */
+/* sock_setup(socket.socket, _big_recvs, _big_socks, _recv_result, nonblocking, timed
+ * [, _wide_socks, _POLLING, _ready_result]): nonblocking and timed are
+ * connected sockets of socket.socket, one with timeout 0, one with 2.5 s, to
+ * check the layout read in place; without the last three no poll starts here */
 static PyObject *sock_setup(PyObject *mod, PyObject *args)
 {
     (void)mod;
     PyObject *type, *big, *big_socks, *recv_result, *nb, *timed;
-    if (!PyArg_ParseTuple(args, "O!O!O!OOO:sock_setup", &PyType_Type, &type, &PyDict_Type, &big,
-                          &PyDict_Type, &big_socks, &recv_result, &nb, &timed))
+    PyObject *wide = NULL, *polling = NULL, *ready_result = NULL;
+    if (!PyArg_ParseTuple(args, "O!O!O!OOO|O!OO:sock_setup", &PyType_Type, &type, &PyDict_Type,
+                          &big, &PyDict_Type, &big_socks, &recv_result, &nb, &timed, &PySet_Type,
+                          &wide, &polling, &ready_result))
         return NULL;
+    if (wide != NULL && (polling == NULL || ready_result == NULL)) {
+        PyErr_SetString(PyExc_TypeError, "sock_setup: _wide_socks needs _POLLING and _ready_result");
+        return NULL;
+    }
     if (S.op_future_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "sock_setup: setup() first");
         return NULL;
@@ -422,6 +518,9 @@ static PyObject *sock_setup(PyObject *mod, PyObject *args)
     Py_XSETREF(K.big_recvs, Py_NewRef(big));
     Py_XSETREF(K.big_socks, Py_NewRef(big_socks));
     Py_XSETREF(K.recv_result, Py_NewRef(recv_result));
+    Py_XSETREF(K.wide_socks, Py_XNewRef(wide));
+    Py_XSETREF(K.polling, Py_XNewRef(polling));
+    Py_XSETREF(K.ready_result, Py_XNewRef(ready_result));
     K.layout = 0;
     /* family, the int after the fd: a member; the timeout comes after proto
      * and the error handler's pointer */
@@ -461,12 +560,13 @@ static PyObject *sock_setup(PyObject *mod, PyObject *args)
     return PyBool_FromLong(ok);
 }
 
-/* counts() -> (receives started here, first sends made here) */
+/* counts() -> (receives started here, first sends made here, of the receives
+ * the polls of decision 675, big receives that took their bytes inline (678)) */
 static PyObject *sock_counts(PyObject *mod, PyObject *unused)
 {
     (void)mod;
     (void)unused;
-    return Py_BuildValue("(KK)", K.recvs, K.sends);
+    return Py_BuildValue("(KKKK)", K.recvs, K.sends, K.polls, K.nows);
 }
 
 static PyMethodDef sock_functions[] = {
@@ -482,7 +582,8 @@ static PyMethodDef sock_functions[] = {
      "sock_setup(socket.socket, _big_recvs, _big_socks, _recv_result, nonblocking, timed) -> "
      "layout ok"},
     {"sock_counts", sock_counts, METH_NOARGS,
-     "sock_counts() -> (receives started in C, first sends made in C)"},
+     "sock_counts() -> (receives started in C, first sends made in C, polls of those, inline "
+     "big receives)"},
     {NULL, NULL, 0, NULL},
 };
 
