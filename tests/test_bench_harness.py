@@ -24,6 +24,8 @@ import types
 import pytest
 from conftest import require_uring, uring_unavailable_reason
 
+import uringloop
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks")
 CC = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
@@ -793,7 +795,9 @@ def test_hostmodes_probe_and_counting_server(tmp_path):
         if loop == "uringloop-io_uring" and uring_unavailable_reason() is not None:
             continue  # the other two still run; io_uring's own tests say why it cannot
         path = str(tmp_path / f"{loop}.sock")
-        env = dict(os.environ, PYTHONPATH=ROOT)
+        # the uringloop this test imported: the checkout built in place, or the
+        # installed package where CI runs from outside an unbuilt checkout
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(uringloop.__file__)))
         env.pop("URINGLOOP_BACKEND", None)
         proc = subprocess.Popen(
             [sys.executable, os.path.join(BENCH, "hostmodes.py"), "serve", "--loop", loop]
