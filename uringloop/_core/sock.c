@@ -449,8 +449,6 @@ static PyObject *recv_after(PyObject *mod, PyObject *const *args, Py_ssize_t nar
  * into a bytes of n made smaller to what came, as the socket module's
  * recv(n) does it: b"" at EOF, None when nothing is there (EAGAIN), OSError
  * for any other error (decision 351). */
-static PyObject *recv_now_fd(int fd, Py_ssize_t n);
-
 static PyObject *recv_now(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)mod;
@@ -579,8 +577,8 @@ static PyMethodDef sock_functions[] = {
     {"send_now", (PyCFunction)(void (*)(void))sock_send_now, METH_FASTCALL,
      "send_now(loop, sock, data): None (all sent), the bytes sent, or -1 (sock.py's path)"},
     {"sock_setup", sock_setup, METH_VARARGS,
-     "sock_setup(socket.socket, _big_recvs, _big_socks, _recv_result, nonblocking, timed) -> "
-     "layout ok"},
+     "sock_setup(socket.socket, _big_recvs, _big_socks, _recv_result, nonblocking, timed"
+     "[, _wide_socks, _POLLING, _ready_result]) -> layout ok"},
     {"sock_counts", sock_counts, METH_NOARGS,
      "sock_counts() -> (receives started in C, first sends made in C, polls of those, inline "
      "big receives)"},
