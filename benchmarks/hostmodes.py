@@ -87,13 +87,7 @@ def probe(cpu, seconds, window, batch=200):
             k0 = cpu_jiffies(other) if other_ok else (0, 0)
             n = 0
             while time.monotonic() - w0 < window:
-                for _ in range(batch):
-                    a.send(msg)
-                    x = b.recv(65536)
-                    b.send(x)
-                    y = a.recv(65536)
-                    for i in range(20):
-                        d[i] = y[i : i + 8]
+                _round_trips(a, b, msg, d, batch)
                 n += batch
             t1 = time.thread_time_ns()
             r1 = resource.getrusage(resource.RUSAGE_THREAD)
@@ -116,6 +110,18 @@ def probe(cpu, seconds, window, batch=200):
     return out
 
 
+def _round_trips(a, b, msg, d, count):
+    """The probe's unit of fixed work, count times: a 1 KiB round trip on a
+    Unix socketpair and a few small slices stored in a dict."""
+    for _ in range(count):
+        a.send(msg)
+        x = b.recv(65536)
+        b.send(x)
+        y = a.recv(65536)
+        for i in range(20):
+            d[i] = y[i : i + 8]
+
+
 def tick(cpu, every, units):
     """Until killed: every `every` seconds, `units` round trips of the probe's
     work on `cpu`, printed as `<monotonic s> <thread-CPU ns per unit>`: a few
@@ -129,13 +135,7 @@ def tick(cpu, every, units):
     while True:
         time.sleep(every)
         t0 = time.thread_time_ns()
-        for _ in range(units):
-            a.send(msg)
-            x = b.recv(65536)
-            b.send(x)
-            y = a.recv(65536)
-            for i in range(20):
-                d[i] = y[i : i + 8]
+        _round_trips(a, b, msg, d, units)
         print(f"{time.monotonic():.4f} {(time.thread_time_ns() - t0) / units:.0f}", flush=True)
 
 

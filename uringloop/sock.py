@@ -293,14 +293,7 @@ class SockMixin:
                 return
         elif res >= 0:
             self._sock_keep(fd, sock, convert(res, data, True))
-        st.pending -= 1
-        if not st.pending:
-            for w in st.waiters:
-                if not w.done():
-                    w.set_result(None)
-            st.waiters.clear()
-        if st.empty():
-            del self._sock_state[fd]
+        self._sock_unhold(fd, st)
 
     def _sock_op(self, fd, sock, convert, track=True):
         """The future (and engine callback) of a sock_* op about to start; the
