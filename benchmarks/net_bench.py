@@ -261,13 +261,19 @@ def start_probe(opts):
     (decisions 660-662)."""
     if not getattr(opts, "probe", False):
         return None
-    return subprocess.Popen(
+    ticker = subprocess.Popen(
         [sys.executable, os.path.join(HERE, "hostmodes.py"), "tick", str(opts.server_cpu)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
         preexec_fn=pin(opts.server_cpu),
     )
+    # The client starts once the sampler runs: its first sample is out. A
+    # loaded host can take longer to start Python than loadgen takes to warm
+    # up and measure, and the window then had no sample (decision 702).
+    if select.select([ticker.stdout], [], [], 60)[0]:
+        ticker.stdout.readline()
+    return ticker
 
 
 def stop_probe(ticker, since, until):
@@ -527,7 +533,7 @@ def run_loadgen(wl, server, opts, strace_out=None):
             stderr=subprocess.DEVNULL,
         )
         time.sleep(0.5)
-    # the probe starts before the client, so its start-up is over by the window
+    # the probe's sampler runs before the client starts (start_probe)
     ticker = start_probe(opts)
     m0 = m1 = time.monotonic()
     try:
