@@ -617,6 +617,7 @@ static int is_rqueued(const ul_engine *e, const struct ul_op *op)
 void ul__finish(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid)
 {
     int fd = op->fd;
+    int32_t slot = (int32_t)ul__slot(op->ud);
     int ordered_head = 0;
     if (op->on_backlog)
         backlog_unlink(e, op);
@@ -636,11 +637,12 @@ void ul__finish(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uin
         if (f->oq_head < 0)
             f->oq_tail = -1;
         ordered_head = 1;
-    } else if (is_rqueued(e, op) && f->rq_head >= 0 && op_at(e, f->rq_head) == op) {
+    } else if (f->rq_head == slot && is_rqueued(e, op)) {
         f->rq_head = op->oq_next;
         if (f->rq_head < 0)
             f->rq_tail = -1;
-        ordered_head = 2;
+        else
+            ordered_head = 2;  /* another receive waits its turn */
     }
     if (ordered_head == 1)
         oq_advance(e, fd);
