@@ -12,11 +12,12 @@ received after them (nothing lost).
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 
 import pytest
-from conftest import run_in
+from conftest import Collector, run_in, run_until, settle
 
 from uringloop import sock as _sockmod
 
@@ -260,3 +261,70 @@ def test_cancel_after_the_bytes_came_loses_nothing(loop, socketpair, monkeypatch
 
     data, rest = run_in(loop, main())
     assert rest == data
+
+
+# ------------------------------------------------------------ the engine
+
+
+def test_engine_one_shot_receives_complete_in_asked_order(eng, res_tracker):
+    """The engine alone (both backends): one-shot pool receives of one fd,
+    asked before any byte came, take the bytes in the order asked, a cancel
+    of one waiting behind another included; ul_recv_busy says when one waits
+    (decision 689). Before decision 688 io_uring's came in the kernel's
+    wake-up order."""
+    a, b = (res_tracker.sock(s) for s in socket.socketpair())
+    a.setblocking(False)
+    fd = a.fileno()
+    assert not eng.recv_busy(fd)
+    sizes = [1000, 100, 1000, 500, 1000]
+    cols = [Collector(f"r{i}") for i in range(len(sizes))]
+    uds = [eng.recv(fd, c, multishot=False, nbytes=n) for c, n in zip(cols, sizes, strict=True)]
+    settle(eng)
+    assert eng.recv_busy(fd)
+    eng.cancel(uds[3])  # waits behind the others (io_uring: in C, not the kernel)
+    data = os.urandom(DATA)
+    b.settimeout(5)
+    b.sendall(data)
+    run_until(eng, lambda: all(c.done for c in cols))
+    assert cols[3].res == -errno.ECANCELED
+    got = [c.final[2] for i, c in enumerate(cols) if i != 3]
+    assert [data.find(g) for g in got] == [0, 1000, 1100, 2100]
+    assert b"".join(got) == data[:3100]
+    assert not eng.recv_busy(fd)
+    b.close()
+    rest = bytearray()
+    while True:
+        c = Collector("rest")
+        eng.recv(fd, c, multishot=False)
+        run_until(eng, lambda c=c: c.done)
+        if c.res <= 0:
+            break
+        rest += c.final[2]
+    assert bytes(rest) == data[3100:]
+
+
+def test_engine_cancel_of_the_head_lets_the_next_one_go(eng, res_tracker):
+    """The receive in the kernel cancelled: the one behind it goes on and
+    takes the first bytes; a close of the fd ends the ones still waiting."""
+    a, b = (res_tracker.sock(s) for s in socket.socketpair())
+    a.setblocking(False)
+    fd = a.fileno()
+    first, second, third = Collector("1"), Collector("2"), Collector("3")
+    ud = eng.recv(fd, first, multishot=False, nbytes=100)
+    eng.recv(fd, second, multishot=False, nbytes=100)
+    settle(eng)
+    eng.cancel(ud)
+    run_until(eng, lambda: first.done)
+    assert first.res == -errno.ECANCELED
+    b.send(b"x" * 150)
+    run_until(eng, lambda: second.done)
+    assert second.final[:1] == (100,) and second.final[2] == b"x" * 100
+    eng.recv(fd, third, multishot=False, nbytes=100)
+    fourth = Collector("4")
+    eng.recv(fd, fourth, multishot=False, nbytes=100)
+    run_until(eng, lambda: third.done)
+    assert third.final[2] == b"x" * 50
+    closed = Collector("close")
+    eng.close_fd(a.detach(), closed)
+    run_until(eng, lambda: fourth.done and closed.done)
+    assert fourth.res == -errno.ECANCELED
