@@ -510,8 +510,9 @@ def test_sigint_interrupts_a_blocking_turn(loop):
         # to the waiting thread itself: kill(getpid()) lets the kernel pick any
         # thread that does not block SIGINT (this one, a leftover executor
         # thread), and one taken by another thread does not end this thread's
-        # syscall with EINTR (the test failed 2 runs in 4 that way with the
-        # CPython runners started in the background, decision 385)
+        # syscall with EINTR (decision 385's failures of this test, with
+        # pytest started in the background, were more likely SIGINT ignored:
+        # decision 703, below)
         signal.pthread_kill(main_ident, signal.SIGINT)
 
     # Python's default handler, whatever this process inherited: a pytest
