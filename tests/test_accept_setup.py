@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 
 import pytest
 from transport_helpers import run_in, tloop, wait_for
@@ -267,3 +268,45 @@ def test_a_subclass_own_make_socket_transport_makes_accepted_transports(kind):
     # the client's own transport is made by the same method: the server's is
     # the one more
     assert made_by_sub.count(socket.AF_INET) == 2, made_by_sub
+
+
+def test_accepted_fd_of_a_closed_transport_skips_the_python_check(tloop):
+    """A connection accepted on the number of a transport that closed (still
+    registered for it while alive: here its protocol keeps it) is made
+    without loop._ensure_fd_no_transport's Python check: the Acceptor's
+    filter passes over a registered transport that is closing (decision
+    693), as the check itself would. Every connection is made and echoes."""
+    if not type(tloop).__module__.startswith("uringloop"):
+        pytest.skip("the filter is uringloop's Acceptor's")
+
+    async def main():
+        made, checks = [], []
+        real = tloop._ensure_fd_no_transport
+
+        def counting(fd):
+            if sys._getframe(1).f_code.co_name == "_connection":  # the Acceptor's
+                checks.append(fd)
+            return real(fd)
+
+        tloop._ensure_fd_no_transport = counting
+        try:
+            server = await tloop.create_server(lambda: Echo(made), "127.0.0.1", 0)
+            addr = server.sockets[0].getsockname()
+            fds = []
+            for i in range(6):
+                r, w = await wait_for(asyncio.open_connection(*addr))
+                w.write(b"%d" % i)
+                assert await wait_for(r.readexactly(1)) == b"%d" % i
+                fds.append(made[-1].transport._core.fd)
+                w.close()
+                assert await wait_for(made[-1].lost) is None
+                await asyncio.sleep(0.01)  # the engine's close of the fd completes
+            server.close()
+            await wait_for(server.wait_closed())
+        finally:
+            del tloop._ensure_fd_no_transport
+        return fds, checks
+
+    fds, checks = run_in(tloop, main())
+    assert len(set(fds)) < len(fds), f"no fd number was reused: {fds}"
+    assert checks == [], (fds, checks)

@@ -1257,7 +1257,11 @@ class Acceptor:
                 # stock's check that no open transport has the fd (the
                 # number of one closed behind its transport's back): asked
                 # in Python only when either registry has an entry (620)
-                if fd in loop._transports.data or _stream_for_fd(loop, fd) is not None:
+                # that may be open: the stream registry's entry for the
+                # number is mostly the previous connection's, closed (693)
+                if fd in loop._transports.data or (
+                    (t := _stream_for_fd(loop, fd)) is not None and not t.is_closing()
+                ):
                     loop._ensure_fd_no_transport(fd)
                 transport = SocketTransport._accepted(
                     loop, fd, self.kind, protocol, self.server, self.nodelay
