@@ -86,6 +86,7 @@ typedef struct {
                      * the next read follows at once (decision 646) */
     Py_ssize_t hold; /* bytes of the queue that are held bytearrays (decision 646) */
     char borrowed; /* transport is not a reference of the Stream's: release() (694) */
+    char release_due; /* release() was refused while an op was in flight (695) */
 } Stream;
 
 /* Stream.rdirect. A BufferedProtocol whose reads fill its buffer (of at
@@ -2300,17 +2301,48 @@ static PyObject *Stream_unregister(Stream *s, PyObject *unused)
  * closing for good (what _ensure_fd_no_transport ignores). Refused
  * (nothing done) when anything but the transport's _core slot and the
  * caller's call (self._core.release()) holds a reference to the Stream. */
+static void stream_release(Stream *s, Py_ssize_t refs)
+{
+    if (s->borrowed || s->transport == NULL)
+        return;
+    if (Py_REFCNT(s) <= refs && s->recv_ud == 0 && s->sending == 0 && !s->dirty &&
+        !s->draining && s->held == NULL && s->dbuf == NULL && s->hold == 0 &&
+        (s->buffer == NULL || (PyList_CheckExact(s->buffer) && PyList_GET_SIZE(s->buffer) == 0))) {
+        stream_unregister(s);
+        s->release_due = 0;
+        s->borrowed = 1;
+        /* release(): alive, the caller's self; table_put_final: this may
+         * be its last reference (its __del__ unlinks s, which the caller
+         * holds) */
+        Py_DECREF(s->transport);
+        return;
+    }
+    s->release_due = 1; /* table_put_final tries again (decision 695) */
+}
+
 static PyObject *Stream_release(Stream *s, PyObject *unused)
 {
     (void)unused;
-    if (!s->borrowed && s->transport != NULL && Py_REFCNT(s) <= 2 && s->recv_ud == 0 &&
-        s->sending == 0 && !s->dirty && s->held == NULL && s->dbuf == NULL && s->hold == 0 &&
-        (s->buffer == NULL || (PyList_CheckExact(s->buffer) && PyList_GET_SIZE(s->buffer) == 0))) {
-        stream_unregister(s);
-        s->borrowed = 1;
-        Py_DECREF(s->transport); /* alive: the caller's self */
-    }
+    stream_release(s, 2);
     Py_RETURN_NONE;
+}
+
+/* table_deliver's end of a slot, after its op's final record: a Stream
+ * whose release() came while an op of its own was in flight (a server's
+ * close(): its cancelled receive ends a run later) is released once the
+ * slot has let go of it, if then only its transport holds it (decision
+ * 695) */
+static void table_put_final(Table *t, uint32_t slot)
+{
+    PyObject *o = t->slots[slot].owner;
+    if (o == NULL || !Py_IS_TYPE(o, &StreamType) || !((Stream *)o)->release_due) {
+        table_put(t, slot);
+        return;
+    }
+    Py_INCREF(o);
+    table_put(t, slot);
+    stream_release((Stream *)o, 2); /* the transport's _core, and o here */
+    Py_DECREF(o);
 }
 
 /* unlink(): the transport is going (its __del__); a released Stream forgets it */
