@@ -107,7 +107,8 @@ enum { R_POOL, R_SWITCHING, R_DIRECT, R_HELD, R_STALE };
  * stock loop's _transports, a WeakValueDictionary: a KeyedRef and a dict
  * entry, 125 bytes a connection): the Stream last registered for each fd
  * number, borrowed. A Stream leaves it when it is cleared, with its
- * transport (the transport keeps its Stream for life), so an entry never
+ * transport (the transport keeps its Stream for life), or when released
+ * (a lost transport, closing for good: decision 694), so an entry never
  * outlives the transport, as a weak value would not (decision 257). One
  * table for the process: an fd number is one file at a time; a lookup
  * checks the loop. */
