@@ -42,6 +42,7 @@ server died.
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -261,13 +262,19 @@ def start_probe(opts):
     (decisions 660-662)."""
     if not getattr(opts, "probe", False):
         return None
-    return subprocess.Popen(
+    ticker = subprocess.Popen(
         [sys.executable, os.path.join(HERE, "hostmodes.py"), "tick", str(opts.server_cpu)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
         preexec_fn=pin(opts.server_cpu),
     )
+    # The client starts once the sampler runs: its first sample is out. A
+    # loaded host can take longer to start Python than loadgen takes to warm
+    # up and measure, and the window then had no sample (decision 702).
+    if select.select([ticker.stdout], [], [], 60)[0]:
+        ticker.stdout.readline()
+    return ticker
 
 
 def stop_probe(ticker, since, until):
@@ -342,17 +349,32 @@ def pin(cpu):
 
 
 def build_loadgen(cc="cc"):
+    """Build LOADGEN; a file of this process's own, renamed onto LOADGEN when
+    complete: another net_bench of the same tree (two CI legs, two suites at
+    once) may be running the old one, and `cc -o LOADGEN` rewrote it under
+    that run's exec (EACCES; decision 705)."""
     os.makedirs(os.path.dirname(LOADGEN), exist_ok=True)
     src = os.path.join(HERE, "loadgen.c")
-    base = [cc, "-O2", "-Wall", "-Wextra", "-o", LOADGEN, src]
-    r = subprocess.run(base + ["-lssl", "-lcrypto"], capture_output=True, text=True)
-    if r.returncode == 0:
-        return True
-    log("net_bench: loadgen without OpenSSL (no TLS workload):", r.stderr.strip().splitlines()[-1:])
-    r = subprocess.run(base[:-2] + ["-DLOADGEN_NO_TLS"] + base[-2:], capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit("net_bench: cannot build loadgen:\n" + r.stderr)
-    return False
+    tmp = f"{LOADGEN}.{os.getpid()}.tmp"
+    base = [cc, "-O2", "-Wall", "-Wextra", "-o", tmp, src]
+    try:
+        r = subprocess.run(base + ["-lssl", "-lcrypto"], capture_output=True, text=True)
+        tls = r.returncode == 0
+        if not tls:
+            log(
+                "net_bench: loadgen without OpenSSL (no TLS workload):",
+                r.stderr.strip().splitlines()[-1:],
+            )
+            r = subprocess.run(
+                base[:-2] + ["-DLOADGEN_NO_TLS"] + base[-2:], capture_output=True, text=True
+            )
+            if r.returncode != 0:
+                sys.exit("net_bench: cannot build loadgen:\n" + r.stderr)
+        os.replace(tmp, LOADGEN)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return tls
 
 
 def make_cert(tmp):
@@ -527,7 +549,7 @@ def run_loadgen(wl, server, opts, strace_out=None):
             stderr=subprocess.DEVNULL,
         )
         time.sleep(0.5)
-    # the probe starts before the client, so its start-up is over by the window
+    # the probe's sampler runs before the client starts (start_probe)
     ticker = start_probe(opts)
     m0 = m1 = time.monotonic()
     try:

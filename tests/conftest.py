@@ -538,6 +538,24 @@ def wait_until_sleeping(tid: int) -> None:
             time.sleep(0.001)
 
 
+def wait_child_exited(pid: int, reaped: bool = False, timeout: float = 30.0) -> None:
+    """Until child pid has exited, without reaping it: its status stays for
+    whoever reaps it (waitid's WNOWAIT). With ``reaped``, until someone else
+    (the stock loop's threaded watcher) has reaped it too. The state, not a
+    guessed delay: a loaded machine may take far longer than usual to run a
+    shell to its exit (decision 701). Bounded, so a child that never exits
+    fails the test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) and not reaped:
+                return
+        except ChildProcessError:
+            return  # reaped
+        assert time.monotonic() < deadline, f"child {pid} not gone after {timeout}s"
+        time.sleep(0.002)
+
+
 def fd_is_open(fd: int) -> bool:
     try:
         os.fstat(fd)

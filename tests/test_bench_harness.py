@@ -791,9 +791,18 @@ def test_hostmodes_probe_and_counting_server(tmp_path):
         stdout=subprocess.PIPE,
         text=True,
     )
-    time.sleep(0.4)
-    ticker.kill()
-    samples = [line.split() for line in ticker.communicate(timeout=30)[0].splitlines()]
+    # two samples, however long a loaded machine takes to start the sampler
+    # (a guessed 0.4 s was not enough for Python to start and print twice)
+    try:
+        lines = []
+        for _ in range(2):
+            ready, _, _ = select.select([ticker.stdout], [], [], 30)
+            assert ready, f"the sampler printed {len(lines)} samples in 30 s"
+            lines.append(ticker.stdout.readline())
+    finally:
+        ticker.kill()
+    lines += ticker.communicate(timeout=30)[0].splitlines()
+    samples = [line.split() for line in lines if line.strip()]
     assert len(samples) >= 2
     assert all(float(at) > 0 and int(ns) > 0 for at, ns in samples)
 

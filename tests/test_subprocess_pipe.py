@@ -18,7 +18,7 @@ import subprocess
 import threading
 
 import pytest
-from conftest import epoll_events, is_stock, make_loop, run_in
+from conftest import epoll_events, is_stock, make_loop, run_in, wait_child_exited
 
 PIPE = asyncio.subprocess.PIPE
 MIB = 1024 * 1024
@@ -197,9 +197,7 @@ def test_signal_handlers_fire_while_children_run(loop):
 def test_child_exited_before_the_loop_watched_it(loop):
     async def main():
         proc = await asyncio.create_subprocess_exec("sh", "-c", "exit 3")
-        import time
-
-        time.sleep(0.3)  # the child is a zombie before its pidfd is polled
+        wait_child_exited(proc.pid)  # a zombie before its pidfd is polled
         assert await proc.wait() == 3
 
     run_in(loop, main())

@@ -16,10 +16,9 @@ import logging
 import os
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import is_stock
+from conftest import is_stock, wait_child_exited
 from transport_helpers import on_stock, run_in, tloop, wait_for
 
 assert tloop  # a fixture, imported for the tests below
@@ -208,7 +207,11 @@ def _closed_before_the_exit_is_seen(loop):
             stdin=subprocess.PIPE, stdout=None, stderr=None,
         )
         t.get_pipe_transport(0).write(b"\n")  # written at once (nothing queued)
-        time.sleep(0.2)  # the child exits; the loop does not run meanwhile
+        # the child exits; the loop does not run meanwhile. Stock 3.10-3.11:
+        # its threaded watcher's waitpid reaps the child as it exits (then
+        # close()'s Popen.poll() finds no child); wait for that too, or
+        # close() can reap it first and the watcher reports 255.
+        wait_child_exited(t.get_pid(), reaped=is_stock(loop))
         t.close()  # Popen.poll() in close() reaps it
         await wait_for(t._wait())
         log.append(("returncode", t.get_returncode()))

@@ -93,7 +93,7 @@ _ENTRY_POINTS = tuple(
     int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
     for name in ("ul_run_turn", "ul_nop", "ul_recv", "ul_send", "ul_sendv", "ul_accept",
                  "ul_shutdown", "ul_close_fd", "ul_cancel", "ul_cancel_fd", "ul_wake", "ul_ready",
-                 "ul_recv_into", "ul_poll", "ul_op_known")
+                 "ul_recv_into", "ul_poll", "ul_op_known", "ul_recv_busy")
 )
 
 # Engine methods that are the C table's own (bound per instance in __init__)
@@ -442,6 +442,11 @@ class Engine:
 
     def cancel_fd(self, fd: int) -> int:
         return self._t.cancel_fd(fd)
+
+    def recv_busy(self, fd: int) -> bool:
+        """A receive of fd waits in the engine (engine.h ul_recv_busy): a
+        recv(2) made now would take bytes before it (decision 689)."""
+        return self._e is not None and lib.ul_recv_busy(self._e, fd) != 0
 
     def wake(self) -> None:
         """Thread-safe: make a sleeping run() return."""

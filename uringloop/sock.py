@@ -529,7 +529,12 @@ class SockMixin:
                 data, _addr = await self._sock_recv_datagram(fd, sock, n)
                 return data
             ref = _big_socks.get(fd)
-            if ref is not None and ref() is sock and fd not in _big_recvs:
+            # not while a receive asked before waits in the engine: it goes
+            # first (decision 689), so this one takes its turn there too
+            if (
+                ref is not None and ref() is sock and fd not in _big_recvs
+                and not self._engine.recv_busy(fd)
+            ):
                 if fd not in _wide_socks:
                     # the last one filled its n: the stock loop's first try, a
                     # recv(n) straight into the result (no pool buffer, no

@@ -592,6 +592,11 @@ static void fd_unlink(ul_engine *e, struct ul_fd *f, struct ul_op *op)
 
 static void do_close(ul_engine *e, int fd);
 static void oq_advance(ul_engine *e, int fd);
+static void rq_advance(ul_engine *e, int fd);
+
+/* ul_fd.advancing: which of the fd's queues a loop below is starting */
+#define ADV_OQ 1
+#define ADV_RQ 2
 
 static int is_ordered(const struct ul_op *op)
 {
@@ -599,9 +604,20 @@ static int is_ordered(const struct ul_op *op)
            (op->kind == K_WRITE && op->offset < 0);
 }
 
+/* io_uring: a one-shot pool receive (sock_recv, sock_recv_into) takes its
+ * turn in its fd's receive queue (rq_head, linked by oq_next): one is in the
+ * kernel at a time, so concurrent receives of a stream take its bytes in
+ * the order they were asked, not in the order the kernel wakes them
+ * (decision 688). epoll's readers of an fd go in order already (its rq). */
+static int is_rqueued(const ul_engine *e, const struct ul_op *op)
+{
+    return e->recv_queue && op->kind == K_RECV && !op->multishot;
+}
+
 void ul__finish(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid)
 {
     int fd = op->fd;
+    int32_t slot = (int32_t)ul__slot(op->ud);
     int ordered_head = 0;
     if (op->on_backlog)
         backlog_unlink(e, op);
@@ -621,9 +637,17 @@ void ul__finish(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uin
         if (f->oq_head < 0)
             f->oq_tail = -1;
         ordered_head = 1;
+    } else if (f->rq_head == slot && is_rqueued(e, op)) {
+        f->rq_head = op->oq_next;
+        if (f->rq_head < 0)
+            f->rq_tail = -1;
+        else
+            ordered_head = 2;  /* another receive waits its turn */
     }
-    if (ordered_head)
+    if (ordered_head == 1)
         oq_advance(e, fd);
+    else if (ordered_head == 2)
+        rq_advance(e, fd);
     f = &e->fds[fd];
     if (f->closing && f->nops == 0)
         do_close(e, fd);
@@ -696,9 +720,9 @@ static void start_op(ul_engine *e, struct ul_op *op)
 static void oq_advance(ul_engine *e, int fd)
 {
     struct ul_fd *f = &e->fds[fd];
-    if (f->advancing)
+    if (f->advancing & ADV_OQ)
         return;  /* the outer call continues the loop */
-    f->advancing = 1;
+    f->advancing |= ADV_OQ;
     for (;;) {
         f = &e->fds[fd];
         /* a closing fd starts nothing new: close_fd cancels what is queued */
@@ -709,7 +733,27 @@ static void oq_advance(ul_engine *e, int fd)
             break;
         start_op(e, op);
     }
-    e->fds[fd].advancing = 0;
+    e->fds[fd].advancing &= (uint8_t)~ADV_OQ;
+}
+
+/* The head of fd's receive queue ended: the next receive goes to the kernel
+ * (a start that ends at once, an error, lets the one after it go too). */
+static void rq_advance(ul_engine *e, int fd)
+{
+    struct ul_fd *f = &e->fds[fd];
+    if (f->advancing & ADV_RQ)
+        return;  /* the outer call continues the loop */
+    f->advancing |= ADV_RQ;
+    for (;;) {
+        f = &e->fds[fd];
+        if (f->rq_head < 0 || f->closing)
+            break;
+        struct ul_op *op = op_at(e, f->rq_head);
+        if (op->state != S_QUEUED)
+            break;
+        start_op(e, op);
+    }
+    e->fds[fd].advancing &= (uint8_t)~ADV_RQ;
 }
 
 static void do_close(ul_engine *e, int fd)
@@ -831,6 +875,17 @@ static int submit(ul_engine *e, struct ul_op *op)
         f->oq_tail = slot;
         oq_advance(e, op->fd);
         return 0;
+    }
+    if (is_rqueued(e, op)) {
+        struct ul_fd *f = &e->fds[op->fd];
+        int32_t slot = (int32_t)ul__slot(op->ud);
+        if (f->rq_tail >= 0) {  /* a receive of fd is in the kernel: wait behind it */
+            op->state = S_QUEUED;
+            op_at(e, f->rq_tail)->oq_next = slot;
+            f->rq_tail = slot;
+            return 0;
+        }
+        f->rq_head = f->rq_tail = slot;
     }
     start_op(e, op);
     return 0;
@@ -1039,20 +1094,23 @@ EXPORT int ul_shutdown(ul_engine *e, uint64_t ud, int fd, int how)
 struct ul_op *ul__op_at(ul_engine *e, int32_t slot) { return op_at(e, slot); }
 
 /* An op waiting behind the head of its fd's ordered queue (nothing of it was
- * sent) leaves the queue and finishes with res. */
+ * sent), or of its receive queue (io_uring), leaves the queue and finishes
+ * with res. */
 void ul__oq_drop(ul_engine *e, struct ul_op *op, int32_t res)
 {
     struct ul_fd *f = &e->fds[op->fd];
+    int rq = is_rqueued(e, op);
+    int32_t *head = rq ? &f->rq_head : &f->oq_head, *tail = rq ? &f->rq_tail : &f->oq_tail;
     int32_t slot = (int32_t)ul__slot(op->ud), prev = -1;
-    for (int32_t s = f->oq_head; s >= 0; prev = s, s = op_at(e, s)->oq_next) {
+    for (int32_t s = *head; s >= 0; prev = s, s = op_at(e, s)->oq_next) {
         if (s != slot)
             continue;
         if (prev >= 0)
             op_at(e, prev)->oq_next = op->oq_next;
         else
-            f->oq_head = op->oq_next;
-        if (f->oq_tail == slot)
-            f->oq_tail = prev;
+            *head = op->oq_next;
+        if (*tail == slot)
+            *tail = prev;
         break;
     }
     ul__finish(e, op, res, 0, 0);
@@ -1268,6 +1326,11 @@ EXPORT int ul_ready(ul_engine *e)
     if (e->closed)
         return 0;
     return e->npend > 0 || (e->be->ready != NULL && e->be->ready(e));
+}
+
+EXPORT int ul_recv_busy(ul_engine *e, int fd)
+{
+    return !e->closed && fd >= 0 && fd < e->nfds && e->fds[fd].rq_head >= 0;
 }
 
 EXPORT int ul_op_known(ul_engine *e, uint64_t ud)

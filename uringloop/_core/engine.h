@@ -268,6 +268,13 @@ int ul_run_turn(ul_engine *e, int64_t timeout_ns);
  * turn runs ul_run(e, 0) with the GIL kept when it says 1 (decision 290). */
 int ul_ready(ul_engine *e);
 
+/* 1 when a receive of fd waits in the engine: io_uring, a one-shot pool
+ * receive (ul_recv, multishot 0) is live on fd (they take their turns, in
+ * the order asked, one in the kernel at a time: decision 688); epoll, a
+ * read-side op waits for fd's readiness. A receive made outside the engine
+ * (recv(2) of the caller's own) then would take bytes before it. */
+int ul_recv_busy(ul_engine *e, int fd);
+
 /* 1 when C accepted an op with this user_data and Python has not read its
  * final record yet (the op is live, or its record waits for the next run):
  * a submission that raised after the slot was taken asks this before it

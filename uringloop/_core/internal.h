@@ -101,7 +101,8 @@ struct ul_op {
     uint32_t reg_gen;           /* epoll: the fd's reg_gen when ident was last
                                    known to hold */
     int32_t fd_prev, fd_next;   /* list of live ops on fd */
-    int32_t oq_next;            /* ordered queue (send/write/shutdown) */
+    int32_t oq_next;            /* ordered queue (send/write/shutdown); io_uring: the
+                                   fd's queue of one-shot pool receives (rq_head) */
     int32_t wq_next;            /* epoll wait queue */
     int32_t bl_next;            /* backlog (a list through the ops: never allocates) */
     int32_t bid;                /* pool buffer taken by a one-shot pool recv */
@@ -151,7 +152,7 @@ struct ul_fd {
     uint32_t nops;
     int32_t oq_head, oq_tail;   /* ordered queue; the head is in progress */
     int32_t close_slot;         /* slot of the pending close, -1 if none */
-    uint8_t closing, advancing;
+    uint8_t closing, advancing; /* advancing: ADV_OQ, ADV_RQ (common.c) */
     uint8_t reset;              /* the pending close resets (ul_close_reset, or a
                                    receive brought bytes after reset_if_data) */
     uint8_t reset_if_data;      /* the pending close_fd asked for it (decision 497) */
@@ -168,7 +169,10 @@ struct ul_fd {
     uint8_t rwait;              /* the last one-shot pool receive (sock_recv) on fd
                                    found it empty and has not filled its length
                                    since: the next one waits first (decision 368) */
-    int32_t rq_head, rq_tail;   /* ops waiting for readability */
+    int32_t rq_head, rq_tail;   /* epoll: ops waiting for readability; io_uring: the
+                                   fd's one-shot pool receives (sock_recv), in the
+                                   order asked, linked by oq_next; only the head
+                                   is in the kernel (decision 688) */
     int32_t wq_head, wq_tail;   /* ops waiting for writability */
     int32_t pq_head, pq_tail;   /* poll ops */
     int32_t ready_next;
@@ -202,6 +206,8 @@ struct ul_engine {
     ul_info info;
     ul_stats st;
     int closed;
+    int recv_queue;             /* io_uring: one-shot pool receives of an fd wait
+                                   their turn in C (rq_head; decision 688) */
     int guard;                  /* pool guard mode: see ul__guard() */
     int in_run;                 /* atomic: read by other threads' submissions */
     const void *run_thread;     /* the thread in ul_run while in_run */

@@ -785,6 +785,7 @@ typedef int (*ul_cancel_fd_fn)(void *, int);
 typedef void (*ul_wake_fn)(void *);
 typedef int (*ul_ready_fn)(void *);
 typedef int (*ul_op_known_fn)(void *, uint64_t);
+typedef int (*ul_recv_busy_fn)(void *, int);
 
 #define SLOT_USED 1
 #define SLOT_COALESCE 2 /* buffer records of one turn are joined into one chunk */
@@ -822,6 +823,7 @@ struct Table {
     ul_recv_into_fn recv_into;
     ul_poll_fn poll;
     ul_op_known_fn op_known;
+    ul_recv_busy_fn recv_busy;
     Slot *slots;
     uint32_t nslots, used;
     uint32_t *free; /* stack of free slots, lowest on top */
@@ -1792,24 +1794,24 @@ static PyObject *Table_deliver(Table *t, PyObject *arg)
 /* Table(native, addr_of): native = (ul_engine *, records, record_cap, pool,
  * pool_size, buf_size, ul_run_turn, ul_nop, ul_recv, ul_send, ul_sendv, ul_accept,
  * ul_shutdown, ul_close_fd, ul_cancel, ul_cancel_fd, ul_wake, ul_ready, ul_recv_into,
- * ul_poll),
+ * ul_poll, ul_op_known, ul_recv_busy),
  * addresses as ints */
 static int Table_init(Table *t, PyObject *args, PyObject *kwds)
 {
     PyObject *native, *addr_of;
-    unsigned long long e, rec, pool, f[15];
+    unsigned long long e, rec, pool, f[16];
     Py_ssize_t cap, pool_size, buf_size;
     if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
         PyErr_SetString(PyExc_TypeError, "Table() takes no keyword arguments");
         return -1;
     }
     if (!PyArg_ParseTuple(args, "O!O:Table", &PyTuple_Type, &native, &addr_of) ||
-        !PyArg_ParseTuple(native, "KKnKnnKKKKKKKKKKKKKKK:native", &e, &rec, &cap, &pool,
+        !PyArg_ParseTuple(native, "KKnKnnKKKKKKKKKKKKKKKK:native", &e, &rec, &cap, &pool,
                           &pool_size, &buf_size, &f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6],
-                          &f[7], &f[8], &f[9], &f[10], &f[11], &f[12], &f[13], &f[14]))
+                          &f[7], &f[8], &f[9], &f[10], &f[11], &f[12], &f[13], &f[14], &f[15]))
         return -1;
     t->batch_before = -1; /* no batch yet (decision 454) */
-    for (int i = 0; i < 15; i++) {
+    for (int i = 0; i < 16; i++) {
         if (f[i] == 0) {
             PyErr_SetString(PyExc_ValueError, "Table: a null function address");
             return -1;
@@ -1840,6 +1842,7 @@ static int Table_init(Table *t, PyObject *args, PyObject *kwds)
     t->recv_into = (ul_recv_into_fn)(uintptr_t)f[12];
     t->poll = (ul_poll_fn)(uintptr_t)f[13];
     t->op_known = (ul_op_known_fn)(uintptr_t)f[14];
+    t->recv_busy = (ul_recv_busy_fn)(uintptr_t)f[15];
     Py_XSETREF(t->addr_of, Py_NewRef(addr_of));
     return 0;
 }

@@ -235,6 +235,11 @@ static PyObject *sock_recv_start(PyObject *mod, PyObject *const *args, Py_ssize_
                 now = 1, r = 0;
             else if (n <= READY_MAX)
                 poll = 1, r = 0;
+            /* a receive asked before this one waits in the engine: a
+             * recv(n) here (351) or a poll's (675) would take bytes before
+             * it, so this one takes its turn as a pool receive (689) */
+            if ((now | poll) && t->recv_busy(t->engine, fd))
+                now = poll = 0;
         }
     }
     if (r == 0 && PyDict_GET_SIZE(K.big_recvs))

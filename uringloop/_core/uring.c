@@ -2048,6 +2048,7 @@ int ul__uring_init(ul_engine *e, char *err, int errlen)
     u->cancel_fd = k519 && !(opt & UL_OPT_NO_CANCEL_FD);
     arm_wake(e, u);
 
+    e->recv_queue = 1;  /* one-shot pool receives of an fd in order (decision 688) */
     e->info.backend = UL_BACKEND_URING;
     e->info.ring_flags = u->setup_flags;
     e->info.features = u->features;
