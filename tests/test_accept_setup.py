@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 
 import pytest
 from transport_helpers import run_in, tloop, wait_for
@@ -267,3 +268,138 @@ def test_a_subclass_own_make_socket_transport_makes_accepted_transports(kind):
     # the client's own transport is made by the same method: the server's is
     # the one more
     assert made_by_sub.count(socket.AF_INET) == 2, made_by_sub
+
+
+def test_accepted_fd_of_a_closed_transport_skips_the_python_check(tloop):
+    """A connection accepted on the number of a transport that closed (still
+    registered for it while alive: here its protocol keeps it) is made
+    without loop._ensure_fd_no_transport's Python check: the Acceptor's
+    filter passes over a registered transport that is closing (decision
+    693), as the check itself would. Every connection is made and echoes."""
+    if not type(tloop).__module__.startswith("uringloop"):
+        pytest.skip("the filter is uringloop's Acceptor's")
+
+    async def main():
+        made, checks = [], []
+        real = tloop._ensure_fd_no_transport
+
+        def counting(fd):
+            if sys._getframe(1).f_code.co_name == "_connection":  # the Acceptor's
+                checks.append(fd)
+            return real(fd)
+
+        tloop._ensure_fd_no_transport = counting
+        try:
+            server = await tloop.create_server(lambda: Echo(made), "127.0.0.1", 0)
+            addr = server.sockets[0].getsockname()
+            fds = []
+            for i in range(6):
+                r, w = await wait_for(asyncio.open_connection(*addr))
+                w.write(b"%d" % i)
+                assert await wait_for(r.readexactly(1)) == b"%d" % i
+                fds.append(made[-1].transport._core.fd)
+                w.close()
+                assert await wait_for(made[-1].lost) is None
+                await asyncio.sleep(0.01)  # the engine's close of the fd completes
+            server.close()
+            await wait_for(server.wait_closed())
+        finally:
+            del tloop._ensure_fd_no_transport
+        return fds, checks
+
+    fds, checks = run_in(tloop, main())
+    assert len(set(fds)) < len(fds), f"no fd number was reused: {fds}"
+    assert checks == [], (fds, checks)
+
+
+@pytest.mark.parametrize("closer", ["client", "server"])
+def test_a_lost_transport_goes_with_its_last_reference(tloop, closer):
+    """Once connection_lost has run and the protocol has let go of it, an
+    accepted uringloop transport is freed with its last reference, no
+    garbage collection needed: its C core stops holding it (decision 694),
+    at once, or when the core's last op ends (the server's close leaves
+    its cancelled receive to finish: 695). The stock transport keeps a
+    bound method of its own, a cycle. Every callback came, in the stock
+    order, on every kind. The client is a thread's blocking socket, so the
+    server's loop waits in the engine for each of its records."""
+    import gc
+    import threading
+    import weakref
+
+    logs, refs, cores = [], [], []
+
+    class Logged(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            self.log = [("made",)]
+            logs.append(self.log)
+            refs.append(weakref.ref(transport))
+
+        def data_received(self, data):
+            self.log.append(("data", data))
+            self.transport.write(data)
+            if closer == "server":
+                self.transport.close()
+
+        def eof_received(self):
+            self.log.append(("eof",))
+
+        def connection_lost(self, exc):
+            self.log.append(("lost", exc))
+            if closer == "client" and hasattr(self.transport, "_core"):
+                # a C core kept past its transport, taken once released
+                # (a reference taken before would refuse the release)
+                t = self.transport
+                asyncio.get_running_loop().call_soon(lambda: cores.append(t._core))
+            else:
+                cores.append(None)
+
+    def client(port, n, done):
+        try:
+            for i in range(n):
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                    s.sendall(b"%d" % i)
+                    assert s.recv(10) == b"%d" % i
+                    if closer == "server":
+                        assert s.recv(10) == b""
+        finally:
+            done.set()
+
+    async def main():
+        server = await tloop.create_server(Logged, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        gc.collect()
+        gc.disable()
+        try:
+            done = threading.Event()
+            th = threading.Thread(target=client, args=(port, 5, done))
+            th.start()
+            for _ in range(1000):  # the client's 5 connections, then their ends
+                if done.is_set() and len(cores) == 5:
+                    break
+                await asyncio.sleep(0.01)
+            th.join(10)
+            for _ in range(3):  # the engine's close of the last fd, its records
+                await asyncio.sleep(0.01)
+            alive = sum(r() is not None for r in refs)
+        finally:
+            gc.enable()
+        server.close()
+        await wait_for(server.wait_closed())
+        return alive
+
+    alive = run_in(tloop, main())
+    want = [("made",), ("data", b"0"), ("eof",), ("lost", None)]
+    if closer == "server":
+        want = [("made",), ("data", b"0"), ("lost", None)]
+    assert logs == [[(e[0], b"%d" % i) if e[0] == "data" else e for e in want] for i in range(5)]
+    if type(tloop).__module__.startswith("uringloop"):
+        assert alive == 0
+        from uringloop import _sched
+
+        for core in filter(None, cores):  # unlinked by the transport's __del__:
+            # it reaches no freed transport, nor does the fd registry
+            assert _sched.stream_for_fd(tloop, core.fd) is None
+            assert core._fatal_error(OSError(), "x") is None
+            core.release()
+            core.unlink()

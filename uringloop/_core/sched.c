@@ -1438,6 +1438,7 @@ typedef struct {
 } Piece;
 static int stream_gathers(PyObject *owner, int coalesced); /* stream.c */
 static int stream_deliver_pieces(PyObject *owner, const Piece *pc, int cnt, Py_ssize_t total);
+static void table_put_final(Table *t, uint32_t slot); /* stream.c */
 
 /* the data a record carries: pool bytes, a peer address, the errno of a
  * short send (UL_F_SHORT), or None */
@@ -1770,7 +1771,7 @@ static int table_deliver(Table *t, int n, PyObject **first)
         }
         Py_DECREF(data);
         if (final && t->records != NULL) /* (a fork()ed child's table let go of all) */
-            table_put(t, slot); /* the slot lets go of its objects only now */
+            table_put_final(t, slot); /* the slot lets go of its objects only now */
     }
     t->dispatching = 0;
     PyMem_Free(skip);

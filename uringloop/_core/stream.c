@@ -85,6 +85,8 @@ typedef struct {
     char chain;     /* buffer_updated runs for a direct read that filled its buffer:
                      * the next read follows at once (decision 646) */
     Py_ssize_t hold; /* bytes of the queue that are held bytearrays (decision 646) */
+    char borrowed; /* transport is not a reference of the Stream's: release() (694) */
+    char release_due; /* release() was refused while an op was in flight (695) */
 } Stream;
 
 /* Stream.rdirect. A BufferedProtocol whose reads fill its buffer (of at
@@ -105,7 +107,8 @@ enum { R_POOL, R_SWITCHING, R_DIRECT, R_HELD, R_STALE };
  * stock loop's _transports, a WeakValueDictionary: a KeyedRef and a dict
  * entry, 125 bytes a connection): the Stream last registered for each fd
  * number, borrowed. A Stream leaves it when it is cleared, with its
- * transport (the transport keeps its Stream for life), so an entry never
+ * transport (the transport keeps its Stream for life), or when released
+ * (a lost transport, closing for good: decision 694), so an entry never
  * outlives the transport, as a weak value would not (decision 257). One
  * table for the process: an fd number is one file at a time; a lookup
  * checks the loop. */
@@ -2286,6 +2289,75 @@ static PyObject *Stream_unregister(Stream *s, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* release(): the transport's connection_lost has run; unless the Stream is
+ * still someone else's (an engine op's slot, the loop's dirty list, a
+ * queued _drain, held records or writes), the Stream stops holding its
+ * transport, so the pair is no reference cycle: both go when the last
+ * reference to the transport does, with no collection of the garbage
+ * collector (decision 694). From then on only the transport reaches the
+ * Stream (its _core), and a lost transport starts no op, queues nothing and
+ * holds nothing, so the Stream never calls a transport that is gone; the
+ * transport's __del__ calls unlink() all the same. It leaves the fd
+ * registry too: it holds transports that may be open, and a lost one is
+ * closing for good (what _ensure_fd_no_transport ignores). Refused
+ * (nothing done) when anything but the transport's _core slot and the
+ * caller's call (self._core.release()) holds a reference to the Stream. */
+static void stream_release(Stream *s, Py_ssize_t refs)
+{
+    if (s->borrowed || s->transport == NULL)
+        return;
+    if (Py_REFCNT(s) <= refs && s->recv_ud == 0 && s->sending == 0 && !s->dirty &&
+        !s->draining && s->held == NULL && s->dbuf == NULL && s->hold == 0 &&
+        (s->buffer == NULL || (PyList_CheckExact(s->buffer) && PyList_GET_SIZE(s->buffer) == 0))) {
+        stream_unregister(s);
+        s->release_due = 0;
+        s->borrowed = 1;
+        /* release(): alive, the caller's self; table_put_final: this may
+         * be its last reference (its __del__ unlinks s, which the caller
+         * holds) */
+        Py_DECREF(s->transport);
+        return;
+    }
+    s->release_due = 1; /* table_put_final tries again (decision 695) */
+}
+
+static PyObject *Stream_release(Stream *s, PyObject *unused)
+{
+    (void)unused;
+    stream_release(s, 2);
+    Py_RETURN_NONE;
+}
+
+/* table_deliver's end of a slot, after its op's final record: a Stream
+ * whose release() came while an op of its own was in flight (a server's
+ * close(): its cancelled receive ends a run later) is released once the
+ * slot has let go of it, if then only its transport holds it (decision
+ * 695) */
+static void table_put_final(Table *t, uint32_t slot)
+{
+    PyObject *o = t->slots[slot].owner;
+    if (o == NULL || !Py_IS_TYPE(o, &StreamType) || !((Stream *)o)->release_due) {
+        table_put(t, slot);
+        return;
+    }
+    Py_INCREF(o);
+    table_put(t, slot);
+    stream_release((Stream *)o, 2); /* the transport's _core, and o here */
+    Py_DECREF(o);
+}
+
+/* unlink(): the transport is going (its __del__); a released Stream forgets it */
+static PyObject *Stream_unlink(Stream *s, PyObject *unused)
+{
+    (void)unused;
+    if (s->borrowed) {
+        stream_unregister(s);
+        s->transport = NULL;
+        s->borrowed = 0;
+    }
+    Py_RETURN_NONE;
+}
+
 /* _fatal_error(exc, message): the transport's (the loop's flush calls it on
  * what is on its dirty list) */
 static PyObject *Stream_fatal_error(Stream *s, PyObject *const *args, Py_ssize_t nargs)
@@ -2321,7 +2393,8 @@ static PyObject *Stream_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 
 static int Stream_traverse(Stream *s, visitproc visit, void *arg)
 {
-    Py_VISIT(s->transport);
+    if (!s->borrowed)
+        Py_VISIT(s->transport);
     Py_VISIT(s->loop);
     Py_VISIT(s->ctx);
     Py_VISIT(s->on_data);
@@ -2335,6 +2408,10 @@ static int Stream_traverse(Stream *s, visitproc visit, void *arg)
 static int Stream_clear(Stream *s)
 {
     stream_unregister(s);
+    if (s->borrowed) {
+        s->transport = NULL;
+        s->borrowed = 0;
+    }
     Py_CLEAR(s->transport);
     Py_CLEAR(s->loop);
     Py_CLEAR(s->ctx);
@@ -2461,6 +2538,9 @@ static PyMethodDef Stream_methods[] = {
     {"accepted", (PyCFunction)Stream_accepted, METH_O,
      "an accepted TCP socket's (sockname, peername), TCP_NODELAY set"},
     {"unregister", (PyCFunction)Stream_unregister, METH_NOARGS, "no longer"},
+    {"release", (PyCFunction)Stream_release, METH_NOARGS,
+     "connection_lost has run: stop holding the transport, if nothing else holds the Stream"},
+    {"unlink", (PyCFunction)Stream_unlink, METH_NOARGS, "the transport is going"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -353,6 +353,12 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._sock.close()
             self._unclosed()
+        else:
+            # a released Stream (694) that something still holds forgets
+            # this transport (_core is unset only if _begin failed)
+            c = getattr(self, "_core", None)
+            if c is not None:
+                c.unlink()
 
     def _call_connection_lost(self, exc):
         # base.py's, with _has_sock and _forget written out (decision 621)
@@ -387,6 +393,10 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
                 self._server = None
             if self._empty_waiter is not None and not self._empty_waiter.done():
                 self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
+            # the Stream stops holding this transport unless something else
+            # holds the Stream (an op in flight, ...): no reference cycle
+            # left for the garbage collector (decision 694)
+            self._core.release()
 
     @property
     def _recv_ud(self):
@@ -1257,7 +1267,11 @@ class Acceptor:
                 # stock's check that no open transport has the fd (the
                 # number of one closed behind its transport's back): asked
                 # in Python only when either registry has an entry (620)
-                if fd in loop._transports.data or _stream_for_fd(loop, fd) is not None:
+                # that may be open: the stream registry's entry for the
+                # number is mostly the previous connection's, closed (693)
+                if fd in loop._transports.data or (
+                    (t := _stream_for_fd(loop, fd)) is not None and not t.is_closing()
+                ):
                     loop._ensure_fd_no_transport(fd)
                 transport = SocketTransport._accepted(
                     loop, fd, self.kind, protocol, self.server, self.nodelay
