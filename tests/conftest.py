@@ -538,6 +538,16 @@ def wait_until_sleeping(tid: int) -> None:
             time.sleep(0.001)
 
 
+def send_all(sock, data) -> None:
+    """All of data into a non-blocking sock's peer's receive queue (bounded
+    by a timeout); sock is non-blocking again after."""
+    sock.settimeout(5)
+    try:
+        sock.sendall(data)
+    finally:
+        sock.setblocking(False)
+
+
 def wait_child_exited(pid: int, reaped: bool = False, timeout: float = 30.0) -> None:
     """Until child pid has exited, without reaping it: its status stays for
     whoever reaps it (waitid's WNOWAIT). With ``reaped``, until someone else

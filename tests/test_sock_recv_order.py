@@ -17,20 +17,11 @@ import os
 import socket
 
 import pytest
-from conftest import Collector, run_in, run_until, settle
+from conftest import Collector, run_in, run_until, send_all, settle
 
 from uringloop import sock as _sockmod
 
 DATA = 100000
-
-
-def _send(sock, data) -> None:
-    """All of data into the peer's receive queue (bounded by a timeout)."""
-    sock.settimeout(5)
-    try:
-        sock.sendall(data)
-    finally:
-        sock.setblocking(False)
 
 
 async def _recv_one(lp, a, kind, n):
@@ -63,7 +54,7 @@ async def _ordered(lp, a, b, asks, cancel=()):
     for i in cancel:
         tasks[i].cancel()
     await asyncio.sleep(0)
-    _send(b, data)
+    send_all(b, data)
     b.shutdown(socket.SHUT_WR)
     results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
     got = []
@@ -149,7 +140,7 @@ async def _make_wide(lp, a, b):
     """A big receive that brings more than a pool buffer and less than its
     n: the socket's next big receive waits for readiness (decision 675)."""
     chunk = os.urandom(40000)
-    _send(b, chunk)
+    send_all(b, chunk)
     got = b""
     while len(got) < len(chunk):
         got += await asyncio.wait_for(lp.sock_recv(a, 65536), 10)
@@ -183,7 +174,7 @@ def test_inline_big_receive_waits_for_the_ones_before(loop, socketpair):
 
     async def main():
         fill = os.urandom(3 * 65536)
-        _send(b, fill)
+        send_all(b, fill)
         got = await asyncio.wait_for(loop.sock_recv(a, 65536), 10)
         got += await asyncio.wait_for(loop.sock_recv(a, 65536), 10)
         got += await asyncio.wait_for(loop.sock_recv(a, 65536), 10)
@@ -208,7 +199,7 @@ def test_a_big_receive_asked_after_the_bytes_came(loop, socketpair, state):
             await _make_wide(loop, a, b)
         else:
             fill = os.urandom(3 * 65536)
-            _send(b, fill)
+            send_all(b, fill)
             got = b""
             while len(got) < len(fill):
                 got += await asyncio.wait_for(loop.sock_recv(a, 65536), 10)
@@ -217,7 +208,7 @@ def test_a_big_receive_asked_after_the_bytes_came(loop, socketpair, state):
         data = os.urandom(DATA)
         first = loop.create_task(loop.sock_recv(a, 1000))
         await asyncio.sleep(0)  # it waits in the engine
-        _send(b, data)
+        send_all(b, data)
         b.shutdown(socket.SHUT_WR)
         # asked in this very step (wait_for would make a task of it, which
         # starts after the next engine run); run_in bounds the wait
@@ -252,7 +243,7 @@ def test_cancel_after_the_bytes_came_loses_nothing(loop, socketpair, monkeypatch
         first = loop.create_task(loop.sock_recv(a, 1000))
         await asyncio.sleep(0)
         holder["victim"] = first
-        _send(b, data)
+        send_all(b, data)
         b.shutdown(socket.SHUT_WR)
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(first, 10)

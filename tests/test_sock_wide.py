@@ -22,7 +22,7 @@ import time
 import tracemalloc
 
 import pytest
-from conftest import is_stock, run_in
+from conftest import is_stock, run_in, send_all
 
 from uringloop import _sched
 from uringloop import sock as _sockmod
@@ -44,20 +44,11 @@ def _wait_queued(sock, n: int) -> None:
         time.sleep(0.001)
 
 
-def _send(sock, data) -> None:
-    """All of data into sock's peer's receive queue (bounded by a timeout)."""
-    sock.settimeout(5)
-    try:
-        sock.sendall(data)
-    finally:
-        sock.setblocking(False)
-
-
 async def _echo_rounds(lp, a, b, data, rounds=2):
     """Receive `rounds` messages as net_server does: 64 KiB, then the rest
     (more than a pool buffer): the receives of `a` are wide after it."""
     for _ in range(rounds):
-        _send(b, data)
+        send_all(b, data)
         _wait_queued(a, len(data))
         got = b""
         while len(got) < len(data):
@@ -84,7 +75,7 @@ def test_a_wide_receive_that_waits_lands_in_its_result(any_loop, socketpair, tcp
                 base = tracemalloc.get_traced_memory()[0]
                 task = lp.create_task(lp.sock_recv(a, N))
                 await asyncio.sleep(0)  # it waits: nothing is there
-                _send(b, data)
+                send_all(b, data)
                 first = await asyncio.wait_for(task, 10)
                 peaks.append(tracemalloc.get_traced_memory()[1] - base)
             finally:
@@ -133,7 +124,7 @@ def test_receives_asked_while_a_wide_one_waits_come_after_it(loop, socketpair):
         buf = bytearray(1000)
         t3 = lp.create_task(lp.sock_recv_into(a, buf))
         await asyncio.sleep(0)
-        _send(b, more)
+        send_all(b, more)
         r1 = await asyncio.wait_for(t1, 10)
         r2 = await asyncio.wait_for(t2, 10)
         r3 = await asyncio.wait_for(t3, 10)
@@ -151,7 +142,7 @@ def test_receives_asked_while_a_wide_one_waits_come_after_it(loop, socketpair):
         t1.cancel()
         with pytest.raises(asyncio.CancelledError):
             await t1
-        _send(b, data)
+        send_all(b, data)
         r2 = await asyncio.wait_for(t2, 10)
         r3 = await asyncio.wait_for(t3, 10)
         got = r2 + r3
@@ -178,13 +169,13 @@ def test_a_big_receive_after_one_that_filled_its_n_reads_in_c(any_loop, socketpa
     before = None if is_stock(lp) else _sched.sock_counts()[3]
 
     async def main():
-        _send(b, data)
+        send_all(b, data)
         _wait_queued(a, len(data))
         got = [await lp.sock_recv(a, N) for _ in range(3)]
         b.shutdown(socket.SHUT_WR)
         eof = await lp.sock_recv(a, N)
         # a reset: d closes with bytes of c's unread, after 2 x 64 KiB to c
-        _send(d, data[: 2 * N])
+        send_all(d, data[: 2 * N])
         c.send(b"x")
         _wait_queued(c, 2 * N)
         first = [await lp.sock_recv(c, N) for _ in range(2)]

@@ -715,45 +715,39 @@ static void start_op(ul_engine *e, struct ul_op *op)
         ul__finish(e, op, r, 0, 0);
 }
 
-/* Start queued ordered ops until one stays in progress. Iterative on purpose:
+/* Start the queued ops of fd's ordered queue (ADV_OQ) or, io_uring, its
+ * receive queue (ADV_RQ) until one stays in progress. Iterative on purpose:
  * a long queue of sends that complete at once must not recurse. */
-static void oq_advance(ul_engine *e, int fd)
+static void q_advance(ul_engine *e, int fd, uint8_t which)
 {
     struct ul_fd *f = &e->fds[fd];
-    if (f->advancing & ADV_OQ)
+    if (f->advancing & which)
         return;  /* the outer call continues the loop */
-    f->advancing |= ADV_OQ;
+    f->advancing |= which;
     for (;;) {
         f = &e->fds[fd];
+        int32_t head = which == ADV_RQ ? f->rq_head : f->oq_head;
         /* a closing fd starts nothing new: close_fd cancels what is queued */
-        if (f->oq_head < 0 || f->closing)
+        if (head < 0 || f->closing)
             break;
-        struct ul_op *op = op_at(e, f->oq_head);
+        struct ul_op *op = op_at(e, head);
         if (op->state != S_QUEUED)
             break;
         start_op(e, op);
     }
-    e->fds[fd].advancing &= (uint8_t)~ADV_OQ;
+    e->fds[fd].advancing &= (uint8_t)~which;
+}
+
+static void oq_advance(ul_engine *e, int fd)
+{
+    q_advance(e, fd, ADV_OQ);
 }
 
 /* The head of fd's receive queue ended: the next receive goes to the kernel
  * (a start that ends at once, an error, lets the one after it go too). */
 static void rq_advance(ul_engine *e, int fd)
 {
-    struct ul_fd *f = &e->fds[fd];
-    if (f->advancing & ADV_RQ)
-        return;  /* the outer call continues the loop */
-    f->advancing |= ADV_RQ;
-    for (;;) {
-        f = &e->fds[fd];
-        if (f->rq_head < 0 || f->closing)
-            break;
-        struct ul_op *op = op_at(e, f->rq_head);
-        if (op->state != S_QUEUED)
-            break;
-        start_op(e, op);
-    }
-    e->fds[fd].advancing &= (uint8_t)~ADV_RQ;
+    q_advance(e, fd, ADV_RQ);
 }
 
 static void do_close(ul_engine *e, int fd)
