@@ -591,12 +591,11 @@ static void fd_unlink(ul_engine *e, struct ul_fd *f, struct ul_op *op)
 }
 
 static void do_close(ul_engine *e, int fd);
-static void oq_advance(ul_engine *e, int fd);
-static void rq_advance(ul_engine *e, int fd);
 
 /* ul_fd.advancing: which of the fd's queues a loop below is starting */
 #define ADV_OQ 1
 #define ADV_RQ 2
+static void q_advance(ul_engine *e, int fd, uint8_t which);
 
 static int is_ordered(const struct ul_op *op)
 {
@@ -617,8 +616,7 @@ static int is_rqueued(const ul_engine *e, const struct ul_op *op)
 void ul__finish(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid)
 {
     int fd = op->fd;
-    int32_t slot = (int32_t)ul__slot(op->ud);
-    int ordered_head = 0;
+    uint8_t advance = 0; /* ADV_OQ or ADV_RQ: that queue's next op goes */
     if (op->on_backlog)
         backlog_unlink(e, op);
     ul__emit(e, op, res, flags & ~UL_F_MORE, bid);
@@ -636,18 +634,16 @@ void ul__finish(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uin
         f->oq_head = op->oq_next;
         if (f->oq_head < 0)
             f->oq_tail = -1;
-        ordered_head = 1;
-    } else if (f->rq_head == slot && is_rqueued(e, op)) {
+        advance = ADV_OQ;
+    } else if (is_rqueued(e, op) && f->rq_head >= 0 && op_at(e, f->rq_head) == op) {
         f->rq_head = op->oq_next;
         if (f->rq_head < 0)
             f->rq_tail = -1;
         else
-            ordered_head = 2;  /* another receive waits its turn */
+            advance = ADV_RQ;  /* another receive waits its turn */
     }
-    if (ordered_head == 1)
-        oq_advance(e, fd);
-    else if (ordered_head == 2)
-        rq_advance(e, fd);
+    if (advance)
+        q_advance(e, fd, advance);
     f = &e->fds[fd];
     if (f->closing && f->nops == 0)
         do_close(e, fd);
@@ -736,18 +732,6 @@ static void q_advance(ul_engine *e, int fd, uint8_t which)
         start_op(e, op);
     }
     e->fds[fd].advancing &= (uint8_t)~which;
-}
-
-static void oq_advance(ul_engine *e, int fd)
-{
-    q_advance(e, fd, ADV_OQ);
-}
-
-/* The head of fd's receive queue ended: the next receive goes to the kernel
- * (a start that ends at once, an error, lets the one after it go too). */
-static void rq_advance(ul_engine *e, int fd)
-{
-    q_advance(e, fd, ADV_RQ);
 }
 
 static void do_close(ul_engine *e, int fd)
@@ -867,7 +851,7 @@ static int submit(ul_engine *e, struct ul_op *op)
         else
             f->oq_head = slot;
         f->oq_tail = slot;
-        oq_advance(e, op->fd);
+        q_advance(e, op->fd, ADV_OQ);
         return 0;
     }
     if (is_rqueued(e, op)) {
