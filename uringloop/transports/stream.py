@@ -253,7 +253,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         # (c.buffer, c.buffer_size, c.sending, c.dirty), the receive and send
         # callbacks, and write() itself (the class's write is the core's);
         # also the fd number and an IPv4 peer's address (decisions 311, 312)
-        self._core = _sched.Stream(self, loop, fd, ctx)
+        # (True: its EOF record may take the C core's own path, stream_eof:
+        # decision 707)
+        self._core = _sched.Stream(self, loop, fd, ctx, True)
 
     def _made(self, loop, protocol, server):
         c = self._core
@@ -677,6 +679,25 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         if not keep_open:
             self.close()
         # else: the receive op has ended; the protocol may still write
+
+    def _eof_done(self, keep_open, exc):
+        """The rest of _on_eof and of _on_recv's finally after the C core
+        called eof_received() for an EOF record (stream.c stream_eof,
+        decision 707): its answer when not None or False, or the exception
+        it raised (keep_open None then)."""
+        try:
+            if exc is not None:
+                if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                    # as _on_eof: the EOF waits for the next run (457)
+                    if not self._closing and not self._conn_lost:
+                        self._hold_record(0, None)
+                    raise exc
+                self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            elif not keep_open:
+                self.close()
+        finally:
+            if not self._closing:
+                self._start_reading()
 
     # ------------------------------------------------------------- writing
 
