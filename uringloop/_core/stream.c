@@ -212,7 +212,7 @@ static PyObject *s_call_soon, *s_drain, *kw_context;
 static PyObject *s_writelines_slow;
 static PyObject *s_start_reading;
 static PyObject *s_read_done, *s_eof_text, *s_eof_received, *s_eof_done, *s_close, *s_closing;
-static PyObject *s_protocol, *s_buffer_updated;
+static PyObject *s_protocol, *s_buffer_updated, *s_get_buffer;
 static PyObject *s_resume_behind;
 static PyObject *s_send_now_tail, *s_flush, *m_data_failed, *m_get_buffer_failed, *m_updated_failed, *m_write_failed;
 
@@ -2193,9 +2193,9 @@ static int stream_sent_record(PyObject *owner, int32_t res, int more, PyObject *
  * bound method's __func__, its __self__ the protocol) is kept alone and
  * called with the protocol first, as the interpreter calls a method: no
  * bound-method object kept per transport (72 bytes). *self says which. */
-static PyObject *stream_bind(PyObject *protocol, const char *name, char *self)
+static PyObject *stream_bind(PyObject *protocol, PyObject *name, char *self)
 {
-    PyObject *m = PyObject_GetAttrString(protocol, name);
+    PyObject *m = PyObject_GetAttr(protocol, name);
     *self = 0;
     if (m != NULL && PyMethod_Check(m) && PyMethod_GET_SELF(m) == protocol &&
         PyFunction_Check(PyMethod_GET_FUNCTION(m))) {
@@ -2222,9 +2222,9 @@ static PyObject *Stream_set_protocol(Stream *s, PyObject *const *args, Py_ssize_
     if (args[0] != Py_None) {
         /* a protocol without these methods takes the Python path, which
          * fails as the stock transport does, when data comes */
-        on_data = stream_bind(args[0], buffered ? "get_buffer" : "data_received", &data_self);
+        on_data = stream_bind(args[0], buffered ? s_get_buffer : s_data_received, &data_self);
         if (on_data != NULL && buffered) {
-            on_updated = stream_bind(args[0], "buffer_updated", &updated_self);
+            on_updated = stream_bind(args[0], s_buffer_updated, &updated_self);
             if (on_updated == NULL)
                 Py_CLEAR(on_data);
         }
@@ -2449,8 +2449,29 @@ static PyObject *Stream_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_TypeError, "Stream() takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "OO!iO!|p:Stream", &transport, &CoreType, &loop, &fd,
-                          &PyContext_Type, &ctx, &eofc))
+    /* PyArg_ParseTuple("OO!iO!|p") written out: its format parsing was
+     * most of a Stream's making, once per connection (decision 710) */
+    Py_ssize_t n = PyTuple_GET_SIZE(args);
+    if (n < 4 || n > 5) {
+        PyErr_Format(PyExc_TypeError, "Stream() takes 4 or 5 arguments (%zd given)", n);
+        return NULL;
+    }
+    transport = PyTuple_GET_ITEM(args, 0);
+    loop = PyTuple_GET_ITEM(args, 1);
+    ctx = PyTuple_GET_ITEM(args, 3);
+    if (!PyObject_TypeCheck(loop, &CoreType) || !PyContext_CheckExact(ctx)) {
+        PyErr_SetString(PyExc_TypeError, "Stream(transport, loop, fd, context[, eof])");
+        return NULL;
+    }
+    long lfd = PyLong_AsLong(PyTuple_GET_ITEM(args, 2));
+    if (lfd == -1 && PyErr_Occurred())
+        return NULL;
+    if (lfd < INT_MIN || lfd > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "Stream(): fd out of range");
+        return NULL;
+    }
+    fd = (int)lfd;
+    if (n == 5 && (eofc = PyObject_IsTrue(PyTuple_GET_ITEM(args, 4))) < 0)
         return NULL;
     Stream *s = (Stream *)tp->tp_alloc(tp, 0);
     if (s == NULL)
@@ -2897,6 +2918,7 @@ static int stream_init_module(PyObject *m)
     STREAM_INTERN(s_closing, "_closing");
     STREAM_INTERN(s_protocol, "_protocol");
     STREAM_INTERN(s_buffer_updated, "buffer_updated");
+    STREAM_INTERN(s_get_buffer, "get_buffer");
     STREAM_INTERN(s_data_received, "data_received");
     STREAM_INTERN(s_stream_reader, "_stream_reader");
     STREAM_INTERN(s_feed_data, "feed_data");
