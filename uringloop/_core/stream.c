@@ -77,6 +77,9 @@ typedef struct {
     char bigfill;  /* the last feed filled a whole get_buffer() buffer of a pool buffer or more,
                     * or a Protocol's last chunk was DIRECT_MIN pool buffers or more */
     char dkind;    /* the SLOT_DIRECT op in flight is a Protocol's poll (decision 373) */
+    char dfull;    /* the last direct read filled its buffer: the next read is the rest of
+                    * a big message, and coming short of a pool buffer it is its tail,
+                    * not a sign that the reads came small (decision 718) */
     char feed_rest; /* buffer_updated runs with more of its record to come: a close
                      * there drops it, and _close_fd resets (decision 634) */
     char sreader;  /* the protocol is a stock asyncio.StreamReaderProtocol: its
@@ -679,8 +682,10 @@ static void stream_maybe_direct(Stream *s)
     if (s->bigfill && s->rdirect == R_POOL && s->recv_ud != 0 && s->rfast &&
         s->held == NULL && s->on_data != NULL && (!s->buffered || s->on_updated != NULL) &&
         s->transport != NULL && t != NULL && t->engine != NULL &&
-        t->cancel(t->engine, s->recv_ud) == 0)
+        t->cancel(t->engine, s->recv_ud) == 0) {
         s->rdirect = R_SWITCHING;
+        s->dfull = 1; /* bigfill: the feed filled its buffer (decision 718) */
+    }
 }
 
 /* one record's bytes (a pool view, or the bytes of a record that was held) */
@@ -872,6 +877,7 @@ enum { D_SUBMIT, D_NOW, D_DRAINED };
  * protocol's kind changed. 0, or -1 with an exception set. */
 static int stream_back_to_pool(Stream *s)
 {
+    s->dfull = 0;
     PyObject *r = stream_call(s, s_start_reading, NULL, 0, 0);
     Py_XDECREF(r);
     return r ? 0 : -1;
@@ -967,8 +973,9 @@ static ssize_t stream_recv_tail(Stream *s, PyObject *buf)
  * is likely readable (a poll said so), read at once; while a read fills
  * its bytes the next one follows at once too (as decision 350), up to
  * DIRECT_READS; otherwise the Stream waits with a poll (stream_arm_poll).
- * A read of less than a pool buffer, or a BufferedProtocol set meanwhile,
- * goes back to the pool receive; EAGAIN waits again. EOF and errors are a
+ * A read of less than a pool buffer (not the tail after a read that
+ * filled its bytes: dfull, decision 718), or a BufferedProtocol set
+ * meanwhile, goes back to the pool receive; EAGAIN waits again. EOF and errors are a
  * final record for stream_recv (the transport's _on_recv). 0, or -1 with
  * an exception set. */
 static int stream_read_bytes(Stream *s, int now)
@@ -1005,7 +1012,12 @@ static int stream_read_bytes(Stream *s, int now)
         if (rc < 0)
             return -1;
         now = got == DIRECT_BYTES;
-        if (got < t->buf_size && stream_direct_ok(s)) /* small now: the pool again */
+        /* small now: the pool again; not a big message's tail, after a
+         * read that filled its bytes (the next message may be big too, and
+         * the poll holds nothing; decision 718) */
+        int tail = s->dfull;
+        s->dfull = (char)now;
+        if (got < t->buf_size && !tail && stream_direct_ok(s))
             return stream_back_to_pool(s);
     }
     return 0;
@@ -1093,14 +1105,18 @@ static int stream_read_direct_loop(Stream *s, int how)
             PyMem_Free(b);
             if (got <= 0) /* EOF, an error: the op's final record */
                 return stream_final(s, (int32_t)got, 0);
+            s->dfull = (size_t)got == len;
             s->chain = (size_t)got == len && reads + 1 < DIRECT_READS;
             int urc = stream_updated(s, got);
             s->chain = 0;
             if (urc < 0)
                 return -1;
+            /* a read here follows one that filled its buffer: one that
+             * comes short, even of a pool buffer, is the tail of a big
+             * message, and the next receive stays the protocol's (it waits
+             * first); a first read that comes small goes back to the pool
+             * (stream_direct_done; decision 718) */
             how = (size_t)got == len ? D_NOW : D_DRAINED;
-            if (got < t->buf_size && stream_direct_ok(s)) /* small now: the pool again */
-                return stream_back_to_pool(s);
             continue;
         }
         uint64_t ud = table_take(t, (PyObject *)s, NULL, SLOT_DIRECT);
@@ -1177,7 +1193,9 @@ static int stream_direct_done(Stream *s, int32_t res, int enter)
         if (rc > 0) {
             rc = 0; /* reported: the transport closes */
         } else if (rc == 0 && stream_direct_ok(s)) {
-            if (res >= s->loop->table->buf_size) {
+            int tail = s->dfull; /* this read went on from one that filled its buffer */
+            s->dfull = (size_t)res == len;
+            if (res >= s->loop->table->buf_size || tail) {
                 rc = stream_read_direct(s, (size_t)res == len ? D_NOW : D_DRAINED);
             } else { /* small now: the pool again */
                 rc = stream_back_to_pool(s);
@@ -1221,7 +1239,9 @@ static int stream_poll_record(Stream *s, int32_t res)
         if (got == -EAGAIN) {
             rc = stream_arm_poll(s, 1);
         } else if (got > 0) {
-            int more = got >= s->loop->table->buf_size;
+            /* a big message's tail keeps the poll (decision 718) */
+            int more = got >= s->loop->table->buf_size || s->dfull;
+            s->dfull = got == DIRECT_BYTES;
             PyObject *args[3] = {PyLong_FromSsize_t(got), more ? Py_True : Py_False, b};
             PyObject *r = args[0] ? stream_hold(s, args) : NULL;
             Py_XDECREF(args[0]);
