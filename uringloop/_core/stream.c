@@ -818,7 +818,8 @@ static PyObject *stream_recv(Stream *s, int32_t res, int more, PyObject *data,
                 rc = stream_feed(s, data);
             } else {
                 Piece pc = {PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)};
-                rc = stream_chunk(s, data, &pc, 1, pc.n);
+                /* not a stock StreamReaderProtocol (636): data_received itself */
+                rc = s->sreader ? stream_chunk(s, data, &pc, 1, pc.n) : stream_data(s, data);
                 if (rc > 0 && s->loop->table != NULL) {
                     s->bigfill = pc.n >= DIRECT_MIN * s->loop->table->buf_size;
                     stream_maybe_direct(s);
