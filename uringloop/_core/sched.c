@@ -1706,13 +1706,19 @@ static int table_deliver(Table *t, int n, PyObject **first)
                      (r->flags & UL_F_BUFFER) && !final && r->res > 0 && in_pool(t, r) &&
                      stream_gathers(t->slots[slot].owner,
                                     !(t->slots[slot].flags & SLOT_VIEW));
-        if (gather && lasts && !lasts_made) {
-            batch_lasts(t, i, n);
-            lasts_made = 1;
-        }
-        if (gather && batch_skip(&skip, n) < 0) {
-            PyErr_Clear(); /* no marks: record by record, as a view each */
-            gather = 0;
+        int gend = n - 1;
+        if (gather) {
+            if (lasts && !lasts_made) {
+                batch_lasts(t, i, n);
+                lasts_made = 1;
+            }
+            if (lasts)
+                gend = t->slots[slot].last;
+            /* marks only for an op with records later in the batch (713) */
+            if (gend > i && batch_skip(&skip, n) < 0) {
+                PyErr_Clear(); /* no marks: record by record, as a view each */
+                gather = 0;
+            }
         }
         if (gather) {
             /* a BufferedProtocol's receive on its fast path: the op's pool
@@ -1720,7 +1726,7 @@ static int table_deliver(Table *t, int n, PyObject **first)
              * (decision 335), a StreamReaderProtocol's go into its reader's
              * buffer (decision 636); its final record comes on its own */
             Piece pc[GATHER_MAX];
-            int cnt = 0, end = lasts ? t->slots[slot].last : n - 1;
+            int cnt = 0, end = gend;
             Py_ssize_t total = 0;
             for (int j = i; j <= end && cnt < GATHER_MAX; j++) {
                 const ul_record *rj = &t->records[j];
@@ -1732,7 +1738,8 @@ static int table_deliver(Table *t, int n, PyObject **first)
                 pc[cnt].p = t->pool + (Py_ssize_t)rj->bid * t->buf_size;
                 pc[cnt++].n = rj->res;
                 total += rj->res;
-                skip[j] = 1;
+                if (j > i)
+                    skip[j] = 1; /* (record i is behind the batch's walk already) */
             }
             PyObject *cb = Py_NewRef(t->slots[slot].owner);
             if (stream_deliver_pieces(cb, pc, cnt, total) < 0)
