@@ -1488,8 +1488,9 @@ static inline int stream_sent_in_batch(Stream *s)
  * the rest: the caller may reuse a mutable buffer), and later writes of the
  * turn gather behind it into one send at the turn's flush: the Stream goes
  * on the dirty list, or, when the socket took it all in the batch, is
- * stamped with the batch (stream_sent_in_batch, decision 714). Returns 1 if it took the write (*r is
- * the result), 0 if data has no simple buffer (the caller queues a copy). */
+ * stamped with the batch (stream_sent_in_batch, decision 714). Returns 1 if
+ * it took the write (*r is the result), 0 if data has no simple buffer (the
+ * caller queues a copy). */
 static int stream_write_direct(Stream *s, PyObject *data, PyObject **r)
 {
     Py_buffer view;
