@@ -70,6 +70,9 @@ typedef struct {
     char buffered, rfast, wfast, dirty, wpaused;
     char direct; /* write() sends at once when idle while the turn delivers
                     records (the epoll backend; decisions 210, 398) */
+    char wdirect; /* such a send took a whole write in the loop's batch wseq:
+                   * later writes of that batch queue behind it (decision 714) */
+    unsigned int wseq;
     char draining; /* _drain is handing held records over: _ready does not count */
     char data_self, updated_self; /* on_data/on_updated are functions: pass protocol */
     char registered; /* in fd_streams (the loop's fd -> transport registry) */
@@ -823,7 +826,8 @@ static PyObject *stream_recv(Stream *s, int32_t res, int more, PyObject *data,
                 rc = stream_feed(s, data);
             } else {
                 Piece pc = {PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)};
-                rc = stream_chunk(s, data, &pc, 1, pc.n);
+                /* not a stock StreamReaderProtocol (636): data_received itself */
+                rc = s->sreader ? stream_chunk(s, data, &pc, 1, pc.n) : stream_data(s, data);
                 if (rc > 0 && s->loop->table != NULL) {
                     s->bigfill = pc.n >= DIRECT_MIN * s->loop->table->buf_size;
                     stream_maybe_direct(s);
@@ -1489,14 +1493,24 @@ static int stream_unhold_rc(Stream *s)
     return r ? 0 : -1;
 }
 
+/* A write of the batch being delivered was taken whole by the socket at
+ * write() (stream_write_direct): the batch's later writes gather for the
+ * turn's flush, as when that write put the Stream on the dirty list */
+static inline int stream_sent_in_batch(Stream *s)
+{
+    return s->wdirect && s->loop->in_batch && s->wseq == s->loop->batch_seq;
+}
+
 /* write() on an idle transport (nothing queued, none in flight, no write
  * yet this turn) with direct set, from a callback of the turn's records
  * (decision 398): one non-blocking send() now, as the stock
  * transport and uvloop do; only what the kernel leaves is queued (a copy of
- * the rest: the caller may reuse a mutable buffer), and the Stream goes on
- * the dirty list either way, so later writes of the turn gather behind it
- * into one send at the turn's flush. Returns 1 if it took the write (*r is
- * the result), 0 if data has no simple buffer (the caller queues a copy). */
+ * the rest: the caller may reuse a mutable buffer), and later writes of the
+ * turn gather behind it into one send at the turn's flush: the Stream goes
+ * on the dirty list, or, when the socket took it all in the batch, is
+ * stamped with the batch (stream_sent_in_batch, decision 714). Returns 1 if
+ * it took the write (*r is the result), 0 if data has no simple buffer (the
+ * caller queues a copy). */
 static int stream_write_direct(Stream *s, PyObject *data, PyObject **r)
 {
     Py_buffer view;
@@ -1533,6 +1547,15 @@ static int stream_write_direct(Stream *s, PyObject *data, PyObject **r)
     }
     if (k == len) {
         PyBuffer_Release(&view);
+        if (s->loop->in_batch) {
+            /* nothing to flush: the batch's later writes queue (and go on
+             * the dirty list) as the dirty mark made them, without the mark
+             * and the flush's visit (decision 714) */
+            s->wdirect = 1;
+            s->wseq = s->loop->batch_seq;
+            *r = Py_NewRef(Py_None);
+            return 1;
+        }
         *r = stream_mark_dirty(s) < 0 ? NULL : Py_NewRef(Py_None);
         return 1;
     }
@@ -1660,7 +1683,8 @@ static PyObject *Stream_write(Stream *s, PyObject *data)
                 return NULL;
             Py_RETURN_NONE;
         }
-        if (((!s->dirty && ((s->direct && s->loop->in_batch) || len > s->high)) ||
+        if (((!s->dirty && !stream_sent_in_batch(s) &&
+              ((s->direct && s->loop->in_batch) || len > s->high)) ||
              (len >= DIRECT_MUTABLE && !PyBytes_CheckExact(data))) &&
             stream_write_direct(s, data, &r))
             return r;
