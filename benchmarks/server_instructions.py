@@ -3,12 +3,14 @@
 
 instructions.py runs both ends of a scenario in one loop, which never sleeps.
 This runs one of net_server.py's echo servers (``--kind``: sock, protocol,
-buffered or streams) alone under ``valgrind --tool=callgrind``, over a Unix
-socket or loopback TCP (``--tcp``), driven from this process by a client of
-non-blocking sockets and a selector, in rounds: it waits ``--gap`` ms, sends
-one ``--size``-byte message on each of its ``--conns`` connections, and reads
-every echo back before the next round. N and 2N requests in all, the
-difference over N: start-up and shut-down cancelled out. Kernel time is not
+buffered or streams; or httptools, its HTTP server, which gets a keep-alive
+GET and answers its fixed response: ``--size`` does not apply) alone under
+``valgrind --tool=callgrind``, over a Unix socket or loopback TCP (``--tcp``),
+driven from this process by a client of non-blocking sockets and a selector,
+in rounds: it waits ``--gap`` ms, sends one ``--size``-byte message on each
+of its ``--conns`` connections, and reads every echo back before the next
+round. N and 2N requests in all, the difference over N: start-up and
+shut-down cancelled out. Kernel time is not
 counted (callgrind's Ir is user space); count syscalls with perf or strace
 (net_bench.py --strace, kcounts.py). libc's copies are shown apart: callgrind
 counts a ``rep movsb`` byte by byte, so they are most of a 100 KiB echo's
@@ -30,6 +32,7 @@ non-empty at every poll, a state loadgen at native speed hardly makes
     python benchmarks/server_instructions.py --loop rloop --loop uringloop-io_uring
     python benchmarks/server_instructions.py --loop uringloop-epoll --breakdown 25
     python benchmarks/server_instructions.py --kind buffered --size 102400 --tcp --conns 10 -n 200
+    python benchmarks/server_instructions.py --kind httptools --tcp --conns 100 -n 1000
 
 Needs valgrind. A report: nothing is asserted.
 """
@@ -52,8 +55,12 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import instructions  # noqa: E402  (after the path set-up above)
+import net_server  # noqa: E402
 
-KINDS = ("sock", "protocol", "buffered", "streams")
+# the httptools kind's request (loop_bench.py's) and the answer it must bring back
+HTTP_REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: loop_bench\r\n\r\n"
+
+KINDS = ("sock", "protocol", "buffered", "streams", "httptools")
 # libc's copy functions: callgrind counts a ``rep movsb`` byte by byte, and which
 # path glibc takes (``rep movsb`` or vector loops) depends on the sizes and on the
 # two addresses (4 KiB aliasing), so their count moves with the heap's layout
@@ -76,11 +83,14 @@ os._exit(0)
 """
 
 
-def drive(addr, n: int, conns: int, size: int, gap: float, name: str) -> None:
+def drive(addr, n: int, conns: int, size: int, gap: float, name: str, http: bool = False) -> None:
     """n echo requests in rounds: gap, then one message on each of conns
-    connections, then every echo back before the next round."""
+    connections, then every echo back before the next round (http: the message
+    is an HTTP GET and what comes back net_server.py's fixed response)."""
     family = socket.AF_UNIX if isinstance(addr, str) else socket.AF_INET
-    msg = os.urandom(size)
+    msg = HTTP_REQUEST if http else os.urandom(size)
+    answer = net_server.HTTP_RESPONSE if http else msg
+    size = len(answer)
     sel = selectors.DefaultSelector()
     socks = []
     for _ in range(conns):
@@ -121,7 +131,7 @@ def drive(addr, n: int, conns: int, size: int, gap: float, name: str) -> None:
                         if not piece:
                             raise RuntimeError(f"{name}: the server closed early")
                         got += piece
-                        if len(got) > size or (len(got) == size and got != msg):
+                        if len(got) > size or (len(got) == size and got != answer):
                             raise RuntimeError(f"{name}: the echo differs")
                         if len(got) == size:
                             sel.unregister(s)
@@ -182,7 +192,12 @@ def count(
 ) -> tuple[int, str]:
     """callgrind's total for a server run of n requests, and its output file."""
     return callgrind_server(
-        loop, kind, tmp, str(n), tcp, lambda addr: drive(addr, n, conns, size, gap, loop)
+        loop,
+        kind,
+        tmp,
+        str(n),
+        tcp,
+        lambda addr: drive(addr, n, conns, size, gap, loop, http=kind == "httptools"),
     )
 
 
@@ -192,7 +207,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--loop", action="append", help="net_server.py's loop names (repeatable)")
     ap.add_argument("--kind", choices=KINDS, default="sock", help="net_server.py's server kind")
-    ap.add_argument("--size", type=int, default=1024, help="bytes a message")
+    ap.add_argument("--size", type=int, default=1024, help="bytes a message (not httptools)")
     ap.add_argument("--tcp", action="store_true", help="loopback TCP (default: a Unix socket)")
     ap.add_argument("--conns", type=int, default=1, help="client connections")
     ap.add_argument(
@@ -218,8 +233,9 @@ def main(argv=None) -> int:
     gap = (opts.gap if opts.gap is not None else 3.0 if opts.conns == 1 else 0.0) / 1000
     loops = opts.loop or ["uvloop", "rloop", "uringloop-io_uring", "uringloop-epoll"]
     conf = dict(kind=opts.kind, size=opts.size, tcp=opts.tcp, conns=opts.conns)
+    what = "GET" if opts.kind == "httptools" else f"{opts.size} B"
     print(
-        f"{opts.kind}, {opts.size} B, {'TCP' if opts.tcp else 'Unix'}, c={opts.conns}, "
+        f"{opts.kind}, {what}, {'TCP' if opts.tcp else 'Unix'}, c={opts.conns}, "
         f"gap {gap * 1000:g} ms, n={opts.n}",
         flush=True,
     )

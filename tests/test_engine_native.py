@@ -455,6 +455,55 @@ def test_recv_coalesce_several_ops_in_one_run(make_engine):
             b.close()
 
 
+def test_recv_coalesce_one_record_ops_between_longer_runs(make_engine):
+    """Coalescing receives in one run, ops of one record (a small request,
+    taken alone with no skip marks and no scan: decision 713) between ops of
+    several: every op's chunk byte-exact, one data callback per op and run,
+    the several-record ops still joined; the EOFs come in a later run."""
+    eng = make_engine(buf_size=4096)
+    pairs = [socket.socketpair() for _ in range(9)]
+    try:
+        calls = {i: [] for i in range(len(pairs))}
+        payloads = {}
+        turn = [0]
+        for i, (a, b) in enumerate(pairs):
+            a.setblocking(False)
+            size = 60 + i if i % 2 == 0 else 2 * 4096 + 300 + i
+            payloads[i] = bytes((i * 11 + k) & 0xFF for k in range(size))
+            b.sendall(payloads[i])
+        r0 = eng.stats()["records"]
+        for i, (a, _) in enumerate(pairs):
+            eng.recv(a.fileno(), lambda r, m, d, i=i: calls[i].append((turn[0], r, m, d)),
+                     coalesce=True)
+
+        def run_until(done):
+            deadline = time.monotonic() + 5
+            while not done():
+                assert time.monotonic() < deadline, calls
+                turn[0] += 1
+                eng.run(0.05)
+
+        run_until(lambda: all(sum(x[1] for x in c) == len(payloads[i])
+                              for i, c in calls.items()))
+        records = eng.stats()["records"] - r0
+        for i, c in calls.items():
+            assert all(x[2] and x[1] == len(x[3]) for x in c), (i, c)
+            assert b"".join(x[3] for x in c) == payloads[i], i
+            turns = [x[0] for x in c]
+            assert len(turns) == len(set(turns)), ("two data callbacks in one run", i, turns)
+        assert records > sum(map(len, calls.values())), "nothing was coalesced"
+        for _, b in pairs:
+            b.shutdown(socket.SHUT_WR)
+        run_until(lambda: all(c[-1][2] is False for c in calls.values()))
+        for i, c in calls.items():
+            assert c[-1][1:3] == (0, False), (i, c[-1])
+        assert eng.in_flight == 0
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
 # --------------------------------------------------- D2: wake vs close
 
 

@@ -902,6 +902,109 @@ async def _until_got(proto, n):
         await asyncio.sleep(0.001)
 
 
+class _Sized(_Hints):
+    """_Hints with a buffer of `size` bytes."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.buf = bytearray(size)
+
+
+@pytest.mark.parametrize(
+    "bufsize,msgsize,split",
+    [
+        (65536, 70 * 1024, False),  # 64 KiB, then a 6 KiB tail
+        (65536, 70 * 1024, True),  # the same, the tail sent once the 64 KiB are in
+        (20480, 50 * 1024, False),  # 20 KiB, 20 KiB, then a 10 KiB tail
+        (4096, 70 * 1024, False),  # a buffer smaller than a pool buffer: the pool's reads
+    ],
+)
+def test_a_short_tail_keeps_big_reads_in_the_protocols_buffer(tloop, bufsize, msgsize, split):
+    """Messages that fill a BufferedProtocol's buffer and end with a tail
+    shorter than a pool buffer (16 KiB), one at a time: the byte stream
+    arrives exact, and once the reads came big the next message is still
+    received into the protocol's buffer (get_buffer(-1), as stock) for a
+    buffer of a pool buffer or more. Before decision 718 the short tail sent
+    the transport back to the pool receive, so every other message was
+    copied from pool buffers (hints 71680, 6144 for 70 KiB). split: the
+    tail comes after the first 64 KiB were received, so it is the record of
+    a receive that waited, not a read that followed at once."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        tr, proto = await loop.create_connection(lambda: _Sized(bufsize), sock=a)
+        sent = bytearray()
+        marks = []
+        for i in range(8):
+            msg = bytes((i + k) % 256 for k in range(251)) * (msgsize // 251)
+            msg += bytes([i]) * (msgsize - len(msg))
+            parts = [msg[:bufsize], msg[bufsize:]] if split else [msg]
+            for part in parts:
+                await loop.sock_sendall(b, part)
+                sent += part
+                await wait_for(_until_got(proto, len(sent)))
+            marks.append(len(proto.hints))
+        b.close()
+        await wait_for(proto.lost)
+        assert bytes(proto.got) == bytes(sent)
+        return proto.hints[marks[1] :]
+
+    hints = run_in(tloop, main())
+    if bufsize >= 16384:
+        assert set(hints) == {-1}, hints
+
+
+class _Chunks(asyncio.Protocol):
+    def __init__(self):
+        self.got = bytearray()
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data):
+        self.got += data
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+def test_a_short_tail_keeps_a_protocols_big_reads(tloop):
+    """120 KiB messages to a Protocol, one at a time: a 112 KiB read, then
+    an 8 KiB tail. The byte stream arrives exact, and the tail no longer
+    sends the transport back to the pool receive (decision 718): the next
+    message is read straight into its bytes again after a poll, two records
+    a message here (the waits run as tasks, so each read waits behind
+    _ready: one poll record a read). Before: 5.5, every other message came
+    through the pool, its 16 KiB records copied out, then the cancel of the
+    switch back."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        tr, proto = await loop.create_connection(_Chunks, sock=a)
+        sent = bytearray()
+        stats = None
+        n = 10
+        for i in range(2 + n):
+            if i == 2 and not is_stock(loop):
+                stats = loop.engine_stats()
+            msg = bytes((i + k) % 256 for k in range(241)) * (120 * 1024 // 241)
+            msg += bytes([i]) * (120 * 1024 - len(msg))
+            await loop.sock_sendall(b, msg)
+            sent += msg
+            await wait_for(_until_got(proto, len(sent)))
+        records = None if stats is None else loop.engine_stats()["records"] - stats["records"]
+        b.close()
+        await wait_for(proto.lost)
+        assert bytes(proto.got) == bytes(sent)
+        return records, n
+
+    records, n = run_in(tloop, main())
+    if records is not None:  # the stock loop has no engine to count
+        assert records <= 2.5 * n, records
+
+
 @pytest.mark.parametrize("then", ["pause_reading", "close"])
 def test_pause_or_close_inside_buffer_updated_with_more_received(tloop, then):
     """pause_reading() or close() inside the second buffer_updated while the

@@ -182,6 +182,53 @@ def test_a_tasks_writes_leave_together_in_the_turns_flush(loop):
     run_in(loop, main())  # bounded: 10 s
 
 
+def test_a_direct_send_taken_whole_is_not_flushed_and_the_batchs_next_write_gathers(loop):
+    """epoll: a write from data_received that the socket takes whole in
+    write() leaves nothing for the turn's flush, so the Stream does not go on
+    the dirty list (decision 714; it did, to be visited by a flush that found
+    nothing); a second write of the same batch still queues and leaves at the
+    flush (one direct send and one flush a record, as before). io_uring
+    queues both for the flush. Counted by the Stream as in the test above."""
+    served, marks = [], []
+
+    class TwoPart(asyncio.Protocol):
+        def connection_made(self, transport):
+            served.append(transport)
+            self.transport = transport
+
+        def data_received(self, data):
+            core = self.transport._core
+            self.transport.write(b"<")
+            first = core.dirty
+            self.transport.write(data)
+            marks.append((first, core.dirty))
+
+    async def main():
+        async with await loop.create_server(TwoPart, "127.0.0.1", 0) as srv:
+            r, w = await asyncio.open_connection(*srv.sockets[0].getsockname())
+            w.write(b"x")
+            assert await r.readexactly(2) == b"<x"
+            c = served[-1]._core
+            directs, sends = c.directs, c.sends
+            for i in range(20):
+                msg = b"%03d" % i
+                w.write(msg)
+                # no wait_for (see the test above): run_in bounds the wait
+                assert await r.readexactly(4) == b"<" + msg
+            counts = c.directs - directs, c.sends - sends
+            w.close()
+            await w.wait_closed()
+        return counts
+
+    counts = run_in(loop, main())  # bounded: 10 s
+    if loop.backend == "epoll":
+        assert counts == (20, 20)
+        assert set(marks) == {(False, True)}
+    else:
+        assert counts == (0, 20)
+        assert set(marks) == {(True, True)}
+
+
 @pytest.mark.parametrize("kind", LOOP_KINDS)
 def test_a_flush_of_one_chunk_is_send_not_sendmsg(tmp_path, kind):
     """A turn's flush of a single queued chunk (the usual turn of a

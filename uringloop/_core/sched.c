@@ -1614,11 +1614,22 @@ static void keep_first(PyObject **first)
         Py_XDECREF(exc);
 }
 
+/* The batch index of each slot's last record from record i on, in the
+ * slot's `last` (table_deliver's `lasts`: when every index fits), made once
+ * a batch, at its first coalesced or gathered record. */
+static void batch_lasts(Table *t, int i, int n)
+{
+    for (int j = i; j < n; j++) {
+        uint32_t sj = (uint32_t)t->records[j].user_data;
+        if (sj < t->nslots)
+            t->slots[sj].last = (uint16_t)j;
+    }
+}
+
 /* The batch's skip marks (records already delivered with an earlier one of
- * their op), made at its first coalesced or gathered record, with each
- * slot's last record index from there on when lasts. 0, or -1 with
- * MemoryError set. */
-static int batch_skip(Table *t, uint8_t **skip, int i, int n, int lasts)
+ * their op), made at the first coalesced or gathered record whose op has
+ * more records later in the batch. 0, or -1 with MemoryError set. */
+static int batch_skip(uint8_t **skip, int n)
 {
     if (*skip != NULL)
         return 0;
@@ -1626,12 +1637,6 @@ static int batch_skip(Table *t, uint8_t **skip, int i, int n, int lasts)
         PyErr_NoMemory();
         return -1;
     }
-    if (lasts)
-        for (int j = i; j < n; j++) {
-            uint32_t sj = (uint32_t)t->records[j].user_data;
-            if (sj < t->nslots)
-                t->slots[sj].last = (uint16_t)j;
-        }
     return 0;
 }
 
@@ -1657,7 +1662,7 @@ static int table_deliver(Table *t, int n, PyObject **first)
     uint8_t *skip = NULL;
     /* the batch index of each slot's last record lives in the slot's `last`
      * (when every index fits: else coalesce scans to the batch's end) */
-    int lasts = n <= UINT16_MAX + 1;
+    int lasts = n <= UINT16_MAX + 1, lasts_made = 0;
     Py_INCREF(t);
     t->dispatching = 1;
     for (int i = 0; i < n; i++) {
@@ -1701,9 +1706,19 @@ static int table_deliver(Table *t, int n, PyObject **first)
                      (r->flags & UL_F_BUFFER) && !final && r->res > 0 && in_pool(t, r) &&
                      stream_gathers(t->slots[slot].owner,
                                     !(t->slots[slot].flags & SLOT_VIEW));
-        if (gather && batch_skip(t, &skip, i, n, lasts) < 0) {
-            PyErr_Clear(); /* no marks: record by record, as a view each */
-            gather = 0;
+        int gend = n - 1;
+        if (gather) {
+            if (lasts && !lasts_made) {
+                batch_lasts(t, i, n);
+                lasts_made = 1;
+            }
+            if (lasts)
+                gend = t->slots[slot].last;
+            /* marks only for an op with records later in the batch (713) */
+            if (gend > i && batch_skip(&skip, n) < 0) {
+                PyErr_Clear(); /* no marks: record by record, as a view each */
+                gather = 0;
+            }
         }
         if (gather) {
             /* a BufferedProtocol's receive on its fast path: the op's pool
@@ -1711,7 +1726,7 @@ static int table_deliver(Table *t, int n, PyObject **first)
              * (decision 335), a StreamReaderProtocol's go into its reader's
              * buffer (decision 636); its final record comes on its own */
             Piece pc[GATHER_MAX];
-            int cnt = 0, end = lasts ? t->slots[slot].last : n - 1;
+            int cnt = 0, end = gend;
             Py_ssize_t total = 0;
             for (int j = i; j <= end && cnt < GATHER_MAX; j++) {
                 const ul_record *rj = &t->records[j];
@@ -1723,7 +1738,8 @@ static int table_deliver(Table *t, int n, PyObject **first)
                 pc[cnt].p = t->pool + (Py_ssize_t)rj->bid * t->buf_size;
                 pc[cnt++].n = rj->res;
                 total += rj->res;
-                skip[j] = 1;
+                if (j > i)
+                    skip[j] = 1; /* (record i is behind the batch's walk already) */
             }
             PyObject *cb = Py_NewRef(t->slots[slot].owner);
             if (stream_deliver_pieces(cb, pc, cnt, total) < 0)
@@ -1733,8 +1749,20 @@ static int table_deliver(Table *t, int n, PyObject **first)
         }
         if ((t->slots[slot].flags & SLOT_COALESCE) && (r->flags & UL_F_BUFFER) && !final &&
             in_pool(t, r)) {
-            if (batch_skip(t, &skip, i, n, lasts) == 0)
-                data = coalesce(t, i, lasts ? t->slots[slot].last : n - 1, skip, &res, &final);
+            if (lasts && !lasts_made) {
+                batch_lasts(t, i, n);
+                lasts_made = 1;
+            }
+            int end = lasts ? t->slots[slot].last : n - 1;
+            if (end == i) {
+                /* the op's only record in the rest of the batch (the usual
+                 * request: one record a connection a turn): its bytes alone,
+                 * no marks and no scan (what coalesce() makes of it) */
+                data = PyBytes_FromStringAndSize(t->pool + (Py_ssize_t)r->bid * t->buf_size,
+                                                 res);
+            } else if (batch_skip(&skip, n) == 0) {
+                data = coalesce(t, i, end, skip, &res, &final);
+            }
         } else {
             data = record_data(t, r, slot);
         }

@@ -70,6 +70,9 @@ typedef struct {
     char buffered, rfast, wfast, dirty, wpaused;
     char direct; /* write() sends at once when idle while the turn delivers
                     records (the epoll backend; decisions 210, 398) */
+    char wdirect; /* such a send took a whole write in the loop's batch wseq:
+                   * later writes of that batch queue behind it (decision 714) */
+    unsigned int wseq;
     char draining; /* _drain is handing held records over: _ready does not count */
     char data_self, updated_self; /* on_data/on_updated are functions: pass protocol */
     char registered; /* in fd_streams (the loop's fd -> transport registry) */
@@ -77,6 +80,9 @@ typedef struct {
     char bigfill;  /* the last feed filled a whole get_buffer() buffer of a pool buffer or more,
                     * or a Protocol's last chunk was DIRECT_MIN pool buffers or more */
     char dkind;    /* the SLOT_DIRECT op in flight is a Protocol's poll (decision 373) */
+    char dfull;    /* the last direct read filled its buffer: the next read is the rest of
+                    * a big message, and coming short of a pool buffer it is its tail,
+                    * not a sign that the reads came small (decision 718) */
     char feed_rest; /* buffer_updated runs with more of its record to come: a close
                      * there drops it, and _close_fd resets (decision 634) */
     char sreader;  /* the protocol is a stock asyncio.StreamReaderProtocol: its
@@ -681,8 +687,10 @@ static void stream_maybe_direct(Stream *s)
     if (s->bigfill && s->rdirect == R_POOL && s->recv_ud != 0 && s->rfast &&
         s->held == NULL && s->on_data != NULL && (!s->buffered || s->on_updated != NULL) &&
         s->transport != NULL && t != NULL && t->engine != NULL &&
-        t->cancel(t->engine, s->recv_ud) == 0)
+        t->cancel(t->engine, s->recv_ud) == 0) {
         s->rdirect = R_SWITCHING;
+        s->dfull = 1; /* bigfill: the feed filled its buffer (decision 718) */
+    }
 }
 
 /* one record's bytes (a pool view, or the bytes of a record that was held) */
@@ -889,7 +897,8 @@ static PyObject *stream_recv(Stream *s, int32_t res, int more, PyObject *data,
                 rc = stream_feed(s, data);
             } else {
                 Piece pc = {PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)};
-                rc = stream_chunk(s, data, &pc, 1, pc.n);
+                /* not a stock StreamReaderProtocol (636): data_received itself */
+                rc = s->sreader ? stream_chunk(s, data, &pc, 1, pc.n) : stream_data(s, data);
                 if (rc > 0 && s->loop->table != NULL) {
                     s->bigfill = pc.n >= DIRECT_MIN * s->loop->table->buf_size;
                     stream_maybe_direct(s);
@@ -945,6 +954,7 @@ enum { D_SUBMIT, D_NOW, D_DRAINED };
  * protocol's kind changed. 0, or -1 with an exception set. */
 static int stream_back_to_pool(Stream *s)
 {
+    s->dfull = 0;
     PyObject *r = stream_call(s, s_start_reading, NULL, 0, 0);
     Py_XDECREF(r);
     return r ? 0 : -1;
@@ -1040,8 +1050,9 @@ static ssize_t stream_recv_tail(Stream *s, PyObject *buf)
  * is likely readable (a poll said so), read at once; while a read fills
  * its bytes the next one follows at once too (as decision 350), up to
  * DIRECT_READS; otherwise the Stream waits with a poll (stream_arm_poll).
- * A read of less than a pool buffer, or a BufferedProtocol set meanwhile,
- * goes back to the pool receive; EAGAIN waits again. EOF and errors are a
+ * A read of less than a pool buffer (not the tail after a read that
+ * filled its bytes: dfull, decision 718), or a BufferedProtocol set
+ * meanwhile, goes back to the pool receive; EAGAIN waits again. EOF and errors are a
  * final record for stream_recv (the transport's _on_recv). 0, or -1 with
  * an exception set. */
 static int stream_read_bytes(Stream *s, int now)
@@ -1078,7 +1089,12 @@ static int stream_read_bytes(Stream *s, int now)
         if (rc < 0)
             return -1;
         now = got == DIRECT_BYTES;
-        if (got < t->buf_size && stream_direct_ok(s)) /* small now: the pool again */
+        /* small now: the pool again; not a big message's tail, after a
+         * read that filled its bytes (the next message may be big too, and
+         * the poll holds nothing; decision 718) */
+        int tail = s->dfull;
+        s->dfull = (char)now;
+        if (got < t->buf_size && !tail && stream_direct_ok(s))
             return stream_back_to_pool(s);
     }
     return 0;
@@ -1166,14 +1182,18 @@ static int stream_read_direct_loop(Stream *s, int how)
             PyMem_Free(b);
             if (got <= 0) /* EOF, an error: the op's final record */
                 return stream_final(s, (int32_t)got, 0);
+            s->dfull = (size_t)got == len;
             s->chain = (size_t)got == len && reads + 1 < DIRECT_READS;
             int urc = stream_updated(s, got);
             s->chain = 0;
             if (urc < 0)
                 return -1;
+            /* a read here follows one that filled its buffer: one that
+             * comes short, even of a pool buffer, is the tail of a big
+             * message, and the next receive stays the protocol's (it waits
+             * first); a first read that comes small goes back to the pool
+             * (stream_direct_done; decision 718) */
             how = (size_t)got == len ? D_NOW : D_DRAINED;
-            if (got < t->buf_size && stream_direct_ok(s)) /* small now: the pool again */
-                return stream_back_to_pool(s);
             continue;
         }
         uint64_t ud = table_take(t, (PyObject *)s, NULL, SLOT_DIRECT);
@@ -1250,7 +1270,9 @@ static int stream_direct_done(Stream *s, int32_t res, int enter)
         if (rc > 0) {
             rc = 0; /* reported: the transport closes */
         } else if (rc == 0 && stream_direct_ok(s)) {
-            if (res >= s->loop->table->buf_size) {
+            int tail = s->dfull; /* this read went on from one that filled its buffer */
+            s->dfull = (size_t)res == len;
+            if (res >= s->loop->table->buf_size || tail) {
                 rc = stream_read_direct(s, (size_t)res == len ? D_NOW : D_DRAINED);
             } else { /* small now: the pool again */
                 rc = stream_back_to_pool(s);
@@ -1294,7 +1316,9 @@ static int stream_poll_record(Stream *s, int32_t res)
         if (got == -EAGAIN) {
             rc = stream_arm_poll(s, 1);
         } else if (got > 0) {
-            int more = got >= s->loop->table->buf_size;
+            /* a big message's tail keeps the poll (decision 718) */
+            int more = got >= s->loop->table->buf_size || s->dfull;
+            s->dfull = got == DIRECT_BYTES;
             PyObject *args[3] = {PyLong_FromSsize_t(got), more ? Py_True : Py_False, b};
             PyObject *r = args[0] ? stream_hold(s, args) : NULL;
             Py_XDECREF(args[0]);
@@ -1542,14 +1566,24 @@ static int stream_unhold_rc(Stream *s)
     return r ? 0 : -1;
 }
 
+/* A write of the batch being delivered was taken whole by the socket at
+ * write() (stream_write_direct): the batch's later writes gather for the
+ * turn's flush, as when that write put the Stream on the dirty list */
+static inline int stream_sent_in_batch(Stream *s)
+{
+    return s->wdirect && s->loop->in_batch && s->wseq == s->loop->batch_seq;
+}
+
 /* write() on an idle transport (nothing queued, none in flight, no write
  * yet this turn) with direct set, from a callback of the turn's records
  * (decision 398): one non-blocking send() now, as the stock
  * transport and uvloop do; only what the kernel leaves is queued (a copy of
- * the rest: the caller may reuse a mutable buffer), and the Stream goes on
- * the dirty list either way, so later writes of the turn gather behind it
- * into one send at the turn's flush. Returns 1 if it took the write (*r is
- * the result), 0 if data has no simple buffer (the caller queues a copy). */
+ * the rest: the caller may reuse a mutable buffer), and later writes of the
+ * turn gather behind it into one send at the turn's flush: the Stream goes
+ * on the dirty list, or, when the socket took it all in the batch, is
+ * stamped with the batch (stream_sent_in_batch, decision 714). Returns 1 if
+ * it took the write (*r is the result), 0 if data has no simple buffer (the
+ * caller queues a copy). */
 static int stream_write_direct(Stream *s, PyObject *data, PyObject **r)
 {
     Py_buffer view;
@@ -1586,6 +1620,15 @@ static int stream_write_direct(Stream *s, PyObject *data, PyObject **r)
     }
     if (k == len) {
         PyBuffer_Release(&view);
+        if (s->loop->in_batch) {
+            /* nothing to flush: the batch's later writes queue (and go on
+             * the dirty list) as the dirty mark made them, without the mark
+             * and the flush's visit (decision 714) */
+            s->wdirect = 1;
+            s->wseq = s->loop->batch_seq;
+            *r = Py_NewRef(Py_None);
+            return 1;
+        }
         *r = stream_mark_dirty(s) < 0 ? NULL : Py_NewRef(Py_None);
         return 1;
     }
@@ -1713,7 +1756,8 @@ static PyObject *Stream_write(Stream *s, PyObject *data)
                 return NULL;
             Py_RETURN_NONE;
         }
-        if (((!s->dirty && ((s->direct && s->loop->in_batch) || len > s->high)) ||
+        if (((!s->dirty && !stream_sent_in_batch(s) &&
+              ((s->direct && s->loop->in_batch) || len > s->high)) ||
              (len >= DIRECT_MUTABLE && !PyBytes_CheckExact(data))) &&
             stream_write_direct(s, data, &r))
             return r;
