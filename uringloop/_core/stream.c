@@ -93,6 +93,7 @@ typedef struct {
     Py_ssize_t hold; /* bytes of the queue that are held bytearrays (decision 646) */
     char borrowed; /* transport is not a reference of the Stream's: release() (694) */
     char release_due; /* release() was refused while an op was in flight (695) */
+    char eofc;     /* a SocketTransport's: its EOF record may take stream_eof (707) */
 } Stream;
 
 /* Stream.rdirect. A BufferedProtocol whose reads fill its buffer (of at
@@ -216,7 +217,8 @@ static PyObject *s_feed_buffer, *s_fatal_error, *s_maybe_pause, *s_maybe_resume,
 static PyObject *s_call_soon, *s_drain, *kw_context;
 static PyObject *s_writelines_slow;
 static PyObject *s_start_reading;
-static PyObject *s_protocol, *s_buffer_updated;
+static PyObject *s_read_done, *s_eof_text, *s_eof_received, *s_eof_done, *s_close, *s_closing;
+static PyObject *s_protocol, *s_buffer_updated, *s_get_buffer;
 static PyObject *s_resume_behind;
 static PyObject *s_send_now_tail, *s_flush, *m_data_failed, *m_get_buffer_failed, *m_updated_failed, *m_write_failed;
 
@@ -805,6 +807,75 @@ static PyObject *stream_recv_slow(Stream *s, int32_t res, int more, PyObject *da
     return r;
 }
 
+/* A SocketTransport's EOF record (its receive's final one) when nothing
+ * unusual surrounds it (rfast: not closing, paused, holding or lost; no
+ * records held here; nothing in _ready ahead of it, as _on_recv's
+ * _sched_ahead() asks; out of debug mode with the stock get_debug, so
+ * _on_eof logs nothing): what _on_recv's EOF branch, _on_eof and its
+ * finally do, without their frames (decision 707). eof_received() is
+ * called here; a falsy None or False answer closes (the transport's close,
+ * looked up as Python would), then _start_reading runs unless the
+ * transport is closing; any other answer or an exception goes to the
+ * transport's _eof_done(keep_open, exc), which holds the rest of _on_eof
+ * in Python. enter: the transport's context is not current yet. */
+static int stream_eof_ok(Stream *s)
+{
+    if (!s->eofc || !s->rfast || s->transport == NULL || s->held != NULL || s->draining ||
+        !makes_handles(s->loop))
+        return 0;
+    PyObject *ready = s->loop->ready;
+    return Py_IS_TYPE(ready, S.deque_type) && Py_SIZE(ready) <= s->loop->pre_timers;
+}
+
+static PyObject *stream_eof(Stream *s, int enter)
+{
+    PyObject *t = Py_NewRef(s->transport);
+    Py_INCREF(s);
+    PyObject *r = NULL;
+    if (enter && PyContext_Enter(s->ctx) < 0)
+        goto out;
+    s->recv_ud = 0; /* the _recv_ud property's None */
+    PyObject *proto = NULL, *keep = NULL;
+    if (PyObject_SetAttr(t, s_read_done, s_eof_text) < 0 || /* truthy: resume_reading reads it again */
+        (proto = PyObject_GetAttr(t, s_protocol)) == NULL)
+        goto done;
+    keep = PyObject_VectorcallMethod(s_eof_received, &proto, 1, NULL);
+    Py_DECREF(proto);
+    if (keep == NULL || (keep != Py_None && keep != Py_False)) {
+        PyObject *exc = keep == NULL ? take_exception() : Py_NewRef(Py_None);
+        if (exc == NULL)
+            goto done;
+        PyObject *argv[3] = {t, keep != NULL ? keep : Py_None, exc};
+        r = PyObject_VectorcallMethod(s_eof_done, argv, 3, NULL);
+        Py_DECREF(exc);
+        goto done;
+    }
+    r = PyObject_VectorcallMethod(s_close, &t, 1, NULL);
+    /* _on_recv's finally, also when close raised */
+    PyObject *exc = r == NULL ? take_exception() : NULL;
+    PyObject *closing = PyObject_GetAttr(t, s_closing);
+    int c = closing == NULL ? -1 : PyObject_IsTrue(closing);
+    Py_XDECREF(closing);
+    PyObject *again = c == 0 ? PyObject_VectorcallMethod(s_start_reading, &t, 1, NULL) : NULL;
+    if (c == 0 && again != NULL) {
+        Py_DECREF(again);
+        give_exception(exc);
+    } else if (c != 1) {
+        Py_XDECREF(exc); /* the finally's own exception replaces it */
+        Py_CLEAR(r);
+    } else {
+        give_exception(exc);
+    }
+done:
+    Py_XDECREF(keep);
+    if (enter && PyContext_Exit(s->ctx) < 0)
+        Py_CLEAR(r);
+out:
+    Py_DECREF(s);
+    Py_DECREF(t);
+    return r;
+}
+
 /* a record: straight to the protocol when nothing unusual surrounds it,
  * else held (stream_hold) or the transport's _on_recv. The fast path reads
  * only more and data; res and args serve the others (stream_recv_slow).
@@ -843,6 +914,8 @@ static PyObject *stream_recv(Stream *s, int32_t res, int more, PyObject *data,
     }
     if (s->transport == NULL)
         Py_RETURN_NONE;
+    if (res == 0 && !more && data == Py_None && args == NULL && stream_eof_ok(s))
+        return stream_eof(s, enter);
     return stream_recv_slow(s, res, more, data, args, 0, enter);
 }
 
@@ -2164,9 +2237,9 @@ static int stream_sent_record(PyObject *owner, int32_t res, int more, PyObject *
  * bound method's __func__, its __self__ the protocol) is kept alone and
  * called with the protocol first, as the interpreter calls a method: no
  * bound-method object kept per transport (72 bytes). *self says which. */
-static PyObject *stream_bind(PyObject *protocol, const char *name, char *self)
+static PyObject *stream_bind(PyObject *protocol, PyObject *name, char *self)
 {
-    PyObject *m = PyObject_GetAttrString(protocol, name);
+    PyObject *m = PyObject_GetAttr(protocol, name);
     *self = 0;
     if (m != NULL && PyMethod_Check(m) && PyMethod_GET_SELF(m) == protocol &&
         PyFunction_Check(PyMethod_GET_FUNCTION(m))) {
@@ -2193,9 +2266,9 @@ static PyObject *Stream_set_protocol(Stream *s, PyObject *const *args, Py_ssize_
     if (args[0] != Py_None) {
         /* a protocol without these methods takes the Python path, which
          * fails as the stock transport does, when data comes */
-        on_data = stream_bind(args[0], buffered ? "get_buffer" : "data_received", &data_self);
+        on_data = stream_bind(args[0], buffered ? s_get_buffer : s_data_received, &data_self);
         if (on_data != NULL && buffered) {
-            on_updated = stream_bind(args[0], "buffer_updated", &updated_self);
+            on_updated = stream_bind(args[0], s_buffer_updated, &updated_self);
             if (on_updated == NULL)
                 Py_CLEAR(on_data);
         }
@@ -2415,13 +2488,34 @@ static PyObject *Stream_fatal_error(Stream *s, PyObject *const *args, Py_ssize_t
 static PyObject *Stream_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
     PyObject *transport, *loop, *ctx;
-    int fd;
+    int fd, eofc = 0;
     if (kw != NULL && PyDict_GET_SIZE(kw) > 0) {
         PyErr_SetString(PyExc_TypeError, "Stream() takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "OO!iO!:Stream", &transport, &CoreType, &loop, &fd,
-                          &PyContext_Type, &ctx))
+    /* PyArg_ParseTuple("OO!iO!|p") written out: its format parsing was
+     * most of a Stream's making, once per connection (decision 710) */
+    Py_ssize_t n = PyTuple_GET_SIZE(args);
+    if (n < 4 || n > 5) {
+        PyErr_Format(PyExc_TypeError, "Stream() takes 4 or 5 arguments (%zd given)", n);
+        return NULL;
+    }
+    transport = PyTuple_GET_ITEM(args, 0);
+    loop = PyTuple_GET_ITEM(args, 1);
+    ctx = PyTuple_GET_ITEM(args, 3);
+    if (!PyObject_TypeCheck(loop, &CoreType) || !PyContext_CheckExact(ctx)) {
+        PyErr_SetString(PyExc_TypeError, "Stream(transport, loop, fd, context[, eof])");
+        return NULL;
+    }
+    long lfd = PyLong_AsLong(PyTuple_GET_ITEM(args, 2));
+    if (lfd == -1 && PyErr_Occurred())
+        return NULL;
+    if (lfd < INT_MIN || lfd > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "Stream(): fd out of range");
+        return NULL;
+    }
+    fd = (int)lfd;
+    if (n == 5 && (eofc = PyObject_IsTrue(PyTuple_GET_ITEM(args, 4))) < 0)
         return NULL;
     Stream *s = (Stream *)tp->tp_alloc(tp, 0);
     if (s == NULL)
@@ -2430,6 +2524,7 @@ static PyObject *Stream_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     s->loop = (Core *)Py_NewRef(loop);
     s->ctx = Py_NewRef(ctx);
     s->fd = fd;
+    s->eofc = (char)eofc;
     s->high = 64 * 1024;
     s->low = 16 * 1024;
     return (PyObject *)s;
@@ -2859,8 +2954,15 @@ static int stream_init_module(PyObject *m)
     STREAM_INTERN(s_call_soon, "call_soon");
     STREAM_INTERN(s_drain, "_drain");
     STREAM_INTERN(s_start_reading, "_start_reading");
+    STREAM_INTERN(s_read_done, "_read_done");
+    STREAM_INTERN(s_eof_text, "eof");
+    STREAM_INTERN(s_eof_received, "eof_received");
+    STREAM_INTERN(s_eof_done, "_eof_done");
+    STREAM_INTERN(s_close, "close");
+    STREAM_INTERN(s_closing, "_closing");
     STREAM_INTERN(s_protocol, "_protocol");
     STREAM_INTERN(s_buffer_updated, "buffer_updated");
+    STREAM_INTERN(s_get_buffer, "get_buffer");
     STREAM_INTERN(s_data_received, "data_received");
     STREAM_INTERN(s_stream_reader, "_stream_reader");
     STREAM_INTERN(s_feed_data, "feed_data");

@@ -253,7 +253,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         # (c.buffer, c.buffer_size, c.sending, c.dirty), the receive and send
         # callbacks, and write() itself (the class's write is the core's);
         # also the fd number and an IPv4 peer's address (decisions 311, 312)
-        self._core = _sched.Stream(self, loop, fd, ctx)
+        # (True: its EOF record may take the C core's own path, stream_eof:
+        # decision 707)
+        self._core = _sched.Stream(self, loop, fd, ctx, True)
 
     def _made(self, loop, protocol, server):
         c = self._core
@@ -678,6 +680,25 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             self.close()
         # else: the receive op has ended; the protocol may still write
 
+    def _eof_done(self, keep_open, exc):
+        """The rest of _on_eof and of _on_recv's finally after the C core
+        called eof_received() for an EOF record (stream.c stream_eof,
+        decision 707): its answer when not None or False, or the exception
+        it raised (keep_open None then)."""
+        try:
+            if exc is not None:
+                if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                    # as _on_eof: the EOF waits for the next run (457)
+                    if not self._closing and not self._conn_lost:
+                        self._hold_record(0, None)
+                    raise exc
+                self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            elif not keep_open:
+                self.close()
+        finally:
+            if not self._closing:
+                self._start_reading()
+
     # ------------------------------------------------------------- writing
 
     def get_write_buffer_size(self):
@@ -931,6 +952,31 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             # nothing to send first: the fd closes now, and _close_fd's
             # _sync covers _closing and _conn_lost (decision 600)
             self._conn_lost += 1
+            kind = self._sockobj
+            engine = self._engine
+            if (
+                type(kind) is _Kind
+                and not self._fd_closing
+                and not c.feed_rest
+                and not self._unread
+                and self._held is None
+                and not c.held
+                and engine._e is not None
+            ):
+                # _close_fd's case of an accepted connection whose socket
+                # object was never made, with nothing unread (no reset),
+                # written out (decision 708): closing for good, the socket
+                # extra a closed socket of its kind, the fd closed through
+                # the engine
+                self._fd_closing = True
+                c.rfast = c.wfast = False
+                self._loop.call_soon(self._call_connection_lost, None, context=self._context)
+                self._sockobj = kind.closed
+                inet = kind.family in _INET
+                ud = engine.close_fd(c.fd, _ignore, inet)
+                if inet and ud:
+                    self._close_reset = ud
+                return
             self._close_fd(None)
             return
         self._sync()
@@ -1176,7 +1222,24 @@ class Acceptor:
             if self.stopped:
                 os.close(res)  # won the race against the server's close
                 return
-            self._take(res)
+            # _take, written out (decision 708): a connection now, unless
+            # this turn made its budget's worth: a burst (a multishot accept
+            # hands over up to a batch of records, 4,096, in one run) would
+            # make every transport with its handles at once, and the handles
+            # freed a turn later leave pymalloc's pools half empty under the
+            # transports for good (decision 314). The rest wait, in order,
+            # for the next turns.
+            turn = self.loop._turns
+            if turn != self.turn:
+                self.turn, self.made = turn, 0
+            if self.waiting is None and self.made < _ACCEPT_BUDGET:
+                self.made += 1
+                self._connection(res)
+            else:
+                if self.waiting is None:
+                    self.waiting = collections.deque()
+                    self.loop.call_soon(self._make_waiting)
+                self.waiting.append(res)
             if not more:
                 self.start()
             return
@@ -1210,25 +1273,6 @@ class Acceptor:
         )
         if not more:
             self.start()
-
-    def _take(self, fd):
-        """A connection now, unless this turn made its budget's worth: a burst
-        (a multishot accept hands over up to a batch of records, 4,096, in
-        one run) would make every transport with its handles at once, and
-        the handles freed a turn later leave pymalloc's pools half empty
-        under the transports for good (decision 314). The rest wait, in
-        order, for the next turns."""
-        turn = self.loop._turns
-        if turn != self.turn:
-            self.turn, self.made = turn, 0
-        if self.waiting is None and self.made < _ACCEPT_BUDGET:
-            self.made += 1
-            self._connection(fd)
-            return
-        if self.waiting is None:
-            self.waiting = collections.deque()
-            self.loop.call_soon(self._make_waiting)
-        self.waiting.append(fd)
 
     def _make_waiting(self, again=False):
         """Up to the budget of the waiting connections. again: queued by
