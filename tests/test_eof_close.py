@@ -33,6 +33,19 @@ SCENARIOS = {
 ANSWERS = {"none": None, "false": False, "zero": 0, "true": True, "one": 1}
 
 
+class _Recorded(asyncio.Protocol):
+    """A protocol with its transport kept and made/lost futures."""
+
+    def __init__(self):
+        loop = asyncio.get_running_loop()
+        self.made = loop.create_future()
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.made.set_result(None)
+
+
 async def _pair(loop, factory, side):
     """(transport, protocol, peer socket): the transport is create_server's
     (an accepted connection) or create_connection's, the peer a plain socket."""
@@ -81,15 +94,7 @@ def test_eof_received_decides_what_follows(tloop, how, side):
         errors = []
         loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
 
-        class P(asyncio.Protocol):
-            def __init__(self):
-                self.made = loop.create_future()
-                self.lost = loop.create_future()
-
-            def connection_made(self, transport):
-                self.transport = transport
-                self.made.set_result(None)
-
+        class P(_Recorded):
             def data_received(self, data):
                 events.append(("data", bytes(data)))
 
@@ -152,15 +157,7 @@ def test_plain_eof_takes_the_c_core_path(tloop, side):
         loop = asyncio.get_running_loop()
         events = []
 
-        class P(asyncio.Protocol):
-            def __init__(self):
-                self.made = loop.create_future()
-                self.lost = loop.create_future()
-
-            def connection_made(self, transport):
-                self.transport = transport
-                self.made.set_result(None)
-
+        class P(_Recorded):
             def eof_received(self):
                 events.append("eof")
 
