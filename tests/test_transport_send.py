@@ -304,6 +304,46 @@ def test_a_short_direct_send_goes_on_in_order(any_loop, end):
     run_in(loop, main(), timeout=30)
 
 
+def test_a_short_single_chunk_send_goes_on_in_order(any_loop):
+    """The turn's queue is one write (the flush's single-chunk path, decision
+    722) and the socket takes part of it: the rest goes on through the engine
+    from the first byte not taken, later writes leave behind it, and the
+    peer gets every byte once, in order."""
+    loop = any_loop
+
+    async def main():
+        tr, pr, peer = await _pair(loop, rcvbuf=16384)
+        with peer:
+            sock = tr.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            tr.set_write_buffer_limits(high=64 << 20)  # no send at write() time
+            # one odd-sized bytes: the queue is that object itself, not a list
+            first = b"".join(_pattern(i, 65536) for i in range(24)) + _pattern(99, 4093)
+            tr.write(first)
+            total = bytearray(first)
+            queued = tr.get_write_buffer_size()
+            if not is_stock(loop):
+                c = tr._core
+                sends, inline = c.sends, c.inline_sends
+            await asyncio.sleep(0)  # the flush: part leaves, the rest waits
+            if not is_stock(loop):
+                assert c.sends - sends == 1 and c.inline_sends == inline
+                assert 0 < c.sending < queued  # a short send: the rest is in flight
+                assert c.buffer_size == c.sending
+            for i in range(40, 50):  # later turns queue behind it
+                piece = _pattern(i, 1000 + i)
+                tr.write(piece)
+                total += piece
+                await asyncio.sleep(0)
+            tr.close()
+            got = await _read_until_eof(loop, peer)
+            assert len(got) == len(total)
+            assert got == bytes(total)
+            assert await pr.lost is None
+
+    run_in(loop, main(), timeout=30)
+
+
 def test_abort_while_the_rest_is_in_flight(any_loop):
     """abort() while the rest of a short direct send is in the engine: the
     send is cancelled, connection_lost(None) comes once, the fd is closed

@@ -1904,11 +1904,36 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
     /* a single write is the queue itself (bytes); a list's chunks are checked */
     int listed = PyList_CheckExact(buf);
     struct iovec small[16], *iov = small;
+    PyObject *result = NULL;
+    Py_ssize_t total = 0, k = 0, first = 0;
+    if (!listed && !s->wpaused && PyBytes_GET_SIZE(buf) <= INT32_MAX) {
+        /* one write (the usual turn): a plain send() of the bytes, with no
+         * iovec or msghdr built for it (decision 722); a rest goes to the
+         * engine below, as the general path's does */
+        total = PyBytes_GET_SIZE(buf);
+        s->sends++;
+        do
+            k = send(s->fd, PyBytes_AS_STRING(buf), (size_t)total, MSG_DONTWAIT | MSG_NOSIGNAL);
+        while (k < 0 && errno == EINTR);
+        if (k < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                return PyErr_SetFromErrno(PyExc_OSError); /* as below */
+            k = 0;
+        }
+        s->buffer_size -= k;
+        if (k == total) { /* all of it (decision 310) */
+            s->inline_sends++;
+            Py_CLEAR(s->buffer);
+            Py_RETURN_NONE;
+        }
+        small[0].iov_base = PyBytes_AS_STRING(buf) + k;
+        small[0].iov_len = (size_t)(total - k);
+        Py_INCREF(t);
+        goto rest;
+    }
     if (n > 16 && !(iov = PyMem_Malloc((size_t)n * sizeof *iov)))
         return PyErr_NoMemory();
     Py_INCREF(t);
-    PyObject *result = NULL;
-    Py_ssize_t total = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *b = listed ? PyList_GET_ITEM(buf, i) : buf;
         if (!PyBytes_CheckExact(b))
@@ -1923,7 +1948,6 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
      * completion's business). Nothing of ours is in flight on the fd: the
      * Stream's sends are its fd's only ordered ops (sendall refuses a
      * transport's socket, write_eof and sendfile leave the fast path) */
-    Py_ssize_t k = 0, first = 0;
     s->sends++;
     if (!s->wpaused) {
         /* one chunk (the usual turn: one write) is send(): sendmsg() makes
@@ -1961,6 +1985,7 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
             left -= (Py_ssize_t)iov[first].iov_len;
         }
     }
+rest:;
     uint64_t ud;
     int rc;
     if (n == 1) {

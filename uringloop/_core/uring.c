@@ -1108,20 +1108,22 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
     if ((cflags & UL_CQE_F_BUFFER) && u->bufring &&
         !ul__is_dbid(e, (uint16_t)(cflags >> UL_CQE_BUFFER_SHIFT)))
         u->br_avail -= cqe_nbufs(e, res);  /* the kernel took them from the stream ring */
-    if (kud == KUD_WAKE) {
-        ul__wake_drain(e);
-        if (!(cflags & UL_CQE_F_MORE))
-            arm_wake(e, u);
-        return;
-    }
-    if (kud == KUD_IGNORE)
-        return;
-    if (kud == KUD_COOKIE) {
-        /* take_cookie's getsockopt: refused as such (an older kernel, an
-         * LSM), it is not asked again; the identity was taken anyway */
-        if (res == -EOPNOTSUPP || res == -EINVAL || res == -EACCES || res == -EPERM)
-            u->ring_cookie = 0;
-        return;
+    if ((kud & KUD_SPECIAL) == KUD_SPECIAL) {  /* one test for an op's CQE (decision 723) */
+        if (kud == KUD_WAKE) {
+            ul__wake_drain(e);
+            if (!(cflags & UL_CQE_F_MORE))
+                arm_wake(e, u);
+            return;
+        }
+        if (kud == KUD_IGNORE)
+            return;
+        if (kud == KUD_COOKIE) {
+            /* take_cookie's getsockopt: refused as such (an older kernel, an
+             * LSM), it is not asked again; the identity was taken anyway */
+            if (res == -EOPNOTSUPP || res == -EINVAL || res == -EACCES || res == -EPERM)
+                u->ring_cookie = 0;
+            return;
+        }
     }
     uint64_t ud = kud & ~KUD_POLL;
     struct ul_op *op = ul__op_find(e, ul__slot(ud));
@@ -1137,6 +1139,12 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
         }
         return;
     }
+    /* the common CQE (a receive's data, a send's count) is none of the cases
+     * below until the switch: each of them wants a negative result, a
+     * readiness wait, a test option or a test stand-in (decision 723) */
+    if (res >= 0 && !(kud & KUD_POLL) && !(op->forced & (FORCED_NOP | FORCED_INPROGRESS)) &&
+        !(e->cfg.options & UL_OPT_TEST_NOBUF))
+        goto dispatch;
     if (op->parked && !op->cancelled && !kmore && (res == -ECANCELED || res == -EINTR)) {
         /* ul_park took it out of the kernel: it waits for the next run. (A
          * connect issued again is what Linux expects: on a TCP socket whose
@@ -1215,6 +1223,7 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
         return;
     }
 
+dispatch:
     switch (op->kind) {
     case K_READ_POOL:
     case K_RECV: {
