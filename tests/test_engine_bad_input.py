@@ -185,3 +185,110 @@ def test_op_on_closed_fd_number_is_ebadf(eng, op):
 def test_bogus_backend_is_value_error():
     with pytest.raises(ValueError):
         engine.Engine(backend="bogus")
+
+
+class _BadBool:
+    def __bool__(self):
+        raise ZeroDivisionError("no truth value")
+
+
+def _bad_calls(fd, cb):
+    """(method, args, kwargs, exception): bad arguments to the C table's
+    methods, whole positional calls (the transports' form) among them."""
+    big = 2**31
+    return [
+        # recv / read_pool(fd, cb, multishot=True, nbytes=0, coalesce=False, view=False)
+        *[
+            c
+            for m in ("recv", "read_pool")
+            for c in [
+                (m, (), {}, TypeError),
+                (m, (fd,), {}, TypeError),
+                (m, (fd, cb, True, 0, False, False, 0), {}, TypeError),
+                (m, (fd, cb), {"bogus": 1}, TypeError),
+                (m, (fd, cb), {"fd": fd}, TypeError),
+                (m, (fd, cb, True), {"multishot": True}, TypeError),
+                (m, ("3", cb, True, 0, False, False), {}, TypeError),
+                (m, (3.0, cb, True, 0, False, False), {}, TypeError),
+                (m, (None, cb), {}, TypeError),
+                (m, (-1, cb, True, 0, False, False), {}, ValueError),
+                (m, (big, cb, True, 0, False, False), {}, ValueError),
+                (m, (2**70, cb, True, 0, False, False), {}, ValueError),
+                (m, (-(2**70), cb), {}, ValueError),
+                (m, (fd, 5, True, 0, False, False), {}, TypeError),
+                (m, (fd, None), {}, TypeError),
+                (m, (fd, cb, True, "0", False, False), {}, TypeError),
+                (m, (fd, cb, True, -1, False, False), {}, ValueError),
+                (m, (fd, cb, True, 2**32, False, False), {}, ValueError),
+                (m, (fd, cb, True, 2**70, False, False), {}, ValueError),
+                (m, (fd, cb), {"nbytes": 1.5}, TypeError),
+                (m, (fd, cb, _BadBool(), 0, False, False), {}, ZeroDivisionError),
+                (m, (fd, cb, True, 0, _BadBool(), False), {}, ZeroDivisionError),
+                (m, (fd, cb, True, 0, False, _BadBool()), {}, ZeroDivisionError),
+                (m, (fd, cb), {"view": _BadBool()}, ZeroDivisionError),
+            ]
+        ],
+        # close_fd(fd, cb, reset_if_data=False)
+        ("close_fd", (), {}, TypeError),
+        ("close_fd", (fd,), {}, TypeError),
+        ("close_fd", (fd, cb, False, 0), {}, TypeError),
+        ("close_fd", (fd, cb), {"reset": True}, TypeError),
+        ("close_fd", (fd, cb, False), {"reset_if_data": False}, TypeError),
+        ("close_fd", ("3", cb, False), {}, TypeError),
+        ("close_fd", (b"3", cb, False), {}, TypeError),
+        ("close_fd", (-1, cb, False), {}, ValueError),
+        ("close_fd", (big, cb, False), {}, ValueError),
+        ("close_fd", (2**70, cb, False), {}, ValueError),
+        ("close_fd", (fd, "cb", False), {}, TypeError),
+        ("close_fd", (fd, cb, _BadBool()), {}, ZeroDivisionError),
+        ("close_fd", (fd, cb), {"reset_if_data": _BadBool()}, ZeroDivisionError),
+        # send / sendv(fd, data, cb, flags=0)
+        ("send", (fd, b"x"), {}, TypeError),
+        ("send", (fd, b"x", cb, 0, 0), {}, TypeError),
+        ("send", (-1, b"x", cb, 0), {}, ValueError),
+        ("send", (fd, "x", cb, 0), {}, TypeError),
+        ("send", (fd, b"x", cb, "0"), {}, TypeError),
+        ("send", (fd, b"x", cb, big), {}, ValueError),
+        ("send", (fd, b"x", 1, 0), {}, TypeError),
+        ("sendv", (fd, [b"x"]), {}, TypeError),
+        ("sendv", (fd, 5, cb, 0), {}, TypeError),
+        ("sendv", (fd, [b"x"], cb, big), {}, ValueError),
+        ("sendv", (big, [b"x"], cb, 0), {}, ValueError),
+        # accept(fd, cb, multishot=True)
+        ("accept", (fd,), {}, TypeError),
+        ("accept", (fd, cb, True, 1), {}, TypeError),
+        ("accept", ("3", cb, True), {}, TypeError),
+        ("accept", (-1, cb, True), {}, ValueError),
+        ("accept", (fd, 1, True), {}, TypeError),
+        ("accept", (fd, cb, _BadBool()), {}, ZeroDivisionError),
+        # shutdown(fd, how, cb)
+        ("shutdown", (fd, socket.SHUT_WR), {}, TypeError),
+        ("shutdown", (fd, 7, cb), {}, ValueError),
+        ("shutdown", (fd, "1", cb), {}, ValueError),
+        ("shutdown", (-1, socket.SHUT_WR, cb), {}, ValueError),
+        ("shutdown", (fd, socket.SHUT_WR, 1), {}, TypeError),
+    ]
+
+
+def test_bad_arguments_to_the_table_methods_raise_as_before(eng, socketpair):
+    """Every count, keyword, type and range check of recv, read_pool,
+    close_fd, send, sendv, accept and shutdown raises its exception, whether
+    the call names its arguments or gives them all positionally (the form
+    the transports use, which skips the keyword parse: decision 720); no op is
+    left behind. And the good positional calls still work."""
+    a, b = socketpair()
+    fd = a.fileno()
+    for name, args, kwargs, exc in _bad_calls(fd, noop_cb):
+        with pytest.raises(exc):
+            getattr(eng, name)(*args, **kwargs)
+        assert eng.in_flight == 0, (name, args, kwargs)
+    assert_nothing_pending(eng)
+    col = Collector()
+    eng.recv(fd, col, False, 0, False, False)
+    b.send(b"abc")
+    wait_done(eng, col)
+    assert col.records[0][0] == 3
+    col = Collector()
+    eng.close_fd(a.detach(), col, False)
+    wait_done(eng, col)
+    assert col.records == [(0, False, None)]

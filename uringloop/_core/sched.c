@@ -994,6 +994,20 @@ static int parse_args(const char *fn, PyObject *const *args, Py_ssize_t nargs,
     return 0;
 }
 
+/* The arguments of a FASTKW method: those given when the call passes every
+ * one positionally (how the transports and engine.py's methods call: no copy,
+ * no scan), else parse_args's into buf. NULL with the exception set. The
+ * checks of each argument's type and range follow, as before (decision 720). */
+static inline PyObject *const *take_args(const char *fn, PyObject *const *args,
+                                         Py_ssize_t nargs, PyObject *kwnames,
+                                         const char *const *names, int nreq, int nmax,
+                                         PyObject **buf)
+{
+    if (kwnames == NULL && nargs == nmax)
+        return args;
+    return parse_args(fn, args, nargs, kwnames, names, nreq, nmax, buf) < 0 ? NULL : buf;
+}
+
 static int get_fd(PyObject *o, int *out)
 {
     if (!PyLong_Check(o)) {
@@ -1052,8 +1066,12 @@ static int as_int(PyObject *o, int *out)
     return 0;
 }
 
-static int get_bool(PyObject *o, int dflt)
+static inline int get_bool(PyObject *o, int dflt)
 {
+    if (o == Py_True)
+        return 1;
+    if (o == Py_False)
+        return 0;
     return o == NULL ? dflt : PyObject_IsTrue(o);
 }
 
@@ -1122,7 +1140,7 @@ static PyObject *pool_read(Table *t, PyObject *const *args, Py_ssize_t nargs, Py
                            const char *name, ul_recv_fn fn)
 {
     static const char *const names[] = {"fd", "cb", "multishot", "nbytes", "coalesce", "view"};
-    PyObject *a[6];
+    PyObject *buf[6], *const *a;
     int fd;
     long long nbytes = 0;
     TABLE_OPEN(t);
@@ -1130,7 +1148,7 @@ static PyObject *pool_read(Table *t, PyObject *const *args, Py_ssize_t nargs, Py
         PyErr_Format(PyExc_RuntimeError, "%s: not set up", name);
         return NULL;
     }
-    if (parse_args(name, args, nargs, kw, names, 2, 6, a) < 0 || get_fd(a[0], &fd) < 0 ||
+    if (!(a = take_args(name, args, nargs, kw, names, 2, 6, buf)) || get_fd(a[0], &fd) < 0 ||
         check_cb(a[1]) < 0)
         return NULL;
     if (get_int(a[3], -(1LL << 62), UINT32_MAX, "nbytes", &nbytes) < 0)
@@ -1177,13 +1195,13 @@ static PyObject *Table_set_read_pool(Table *t, PyObject *arg)
 static PyObject *Table_send(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
 {
     static const char *const names[] = {"fd", "data", "cb", "flags"};
-    PyObject *a[4], *keep;
+    PyObject *buf[4], *const *a, *keep;
     int fd;
     long long flags = 0;
     const char *ptr;
     Py_ssize_t len;
     TABLE_OPEN(t);
-    if (parse_args("send", args, nargs, kw, names, 3, 4, a) < 0 || get_fd(a[0], &fd) < 0 ||
+    if (!(a = take_args("send", args, nargs, kw, names, 3, 4, buf)) || get_fd(a[0], &fd) < 0 ||
         get_int(a[3], INT32_MIN, INT32_MAX, "flags", &flags) < 0 || check_cb(a[2]) < 0 ||
         read_buffer(a[1], &keep, &ptr, &len) < 0)
         return NULL;
@@ -1197,11 +1215,11 @@ static PyObject *Table_send(Table *t, PyObject *const *args, Py_ssize_t nargs, P
 static PyObject *Table_sendv(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
 {
     static const char *const names[] = {"fd", "buffers", "cb", "flags"};
-    PyObject *a[4];
+    PyObject *buf[4], *const *a;
     int fd;
     long long flags = 0;
     TABLE_OPEN(t);
-    if (parse_args("sendv", args, nargs, kw, names, 3, 4, a) < 0 || get_fd(a[0], &fd) < 0 ||
+    if (!(a = take_args("sendv", args, nargs, kw, names, 3, 4, buf)) || get_fd(a[0], &fd) < 0 ||
         get_int(a[3], INT32_MIN, INT32_MAX, "flags", &flags) < 0 || check_cb(a[2]) < 0)
         return NULL;
     PyObject *seq = PySequence_Fast(a[1], "buffers must be a sequence of bytes-like objects");
@@ -1260,10 +1278,10 @@ done:
 static PyObject *Table_accept(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
 {
     static const char *const names[] = {"fd", "cb", "multishot"};
-    PyObject *a[3];
+    PyObject *buf[3], *const *a;
     int fd;
     TABLE_OPEN(t);
-    if (parse_args("accept", args, nargs, kw, names, 2, 3, a) < 0 || get_fd(a[0], &fd) < 0 ||
+    if (!(a = take_args("accept", args, nargs, kw, names, 2, 3, buf)) || get_fd(a[0], &fd) < 0 ||
         check_cb(a[1]) < 0)
         return NULL;
     int multishot = get_bool(a[2], 1);
@@ -1276,11 +1294,11 @@ static PyObject *Table_accept(Table *t, PyObject *const *args, Py_ssize_t nargs,
 static PyObject *Table_shutdown(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
 {
     static const char *const names[] = {"fd", "how", "cb"};
-    PyObject *a[3];
+    PyObject *buf[3], *const *a;
     int fd;
     long long how = -1;
     TABLE_OPEN(t);
-    if (parse_args("shutdown", args, nargs, kw, names, 3, 3, a) < 0 || get_fd(a[0], &fd) < 0)
+    if (!(a = take_args("shutdown", args, nargs, kw, names, 3, 3, buf)) || get_fd(a[0], &fd) < 0)
         return NULL;
     if (!PyLong_Check(a[1]) || get_int(a[1], SHUT_RD, SHUT_RDWR, "shutdown mode", &how) < 0) {
         PyErr_Clear();
@@ -1296,10 +1314,11 @@ static PyObject *Table_shutdown(Table *t, PyObject *const *args, Py_ssize_t narg
 static PyObject *Table_close_fd(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
 {
     static const char *const names[] = {"fd", "cb", "reset_if_data"};
-    PyObject *a[3];
+    PyObject *buf[3], *const *a;
     int fd;
     TABLE_OPEN(t);
-    if (parse_args("close_fd", args, nargs, kw, names, 2, 3, a) < 0 || get_fd(a[0], &fd) < 0 ||
+    if (!(a = take_args("close_fd", args, nargs, kw, names, 2, 3, buf)) ||
+        get_fd(a[0], &fd) < 0 ||
         check_cb(a[1]) < 0)
         return NULL;
     int reset = get_bool(a[2], 0);
