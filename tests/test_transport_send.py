@@ -256,11 +256,13 @@ def test_a_flush_of_one_chunk_is_send_not_sendmsg(tmp_path, kind):
 
 
 @pytest.mark.parametrize("end", ["close", "write_eof"])
-def test_a_short_direct_send_goes_on_in_order(any_loop, end):
-    """The socket takes part of the turn's queue: the rest goes on through the
-    engine from the first byte it did not take, the next turns' writes leave
-    behind it, and close() (or write_eof()) while that send is in flight
-    still delivers every byte, in order, before the EOF."""
+@pytest.mark.parametrize("queue", ["chunks", "single"])
+def test_a_short_direct_send_goes_on_in_order(any_loop, queue, end):
+    """The socket takes part of the turn's queue (40 chunks, or one write:
+    the flush's single-chunk path, decision 722): the rest goes on through
+    the engine from the first byte it did not take, the next turns' writes
+    leave behind it, and close() (or write_eof()) while that send is in
+    flight still delivers every byte, in order, before the EOF."""
     loop = any_loop
 
     async def main():
@@ -269,20 +271,29 @@ def test_a_short_direct_send_goes_on_in_order(any_loop, end):
             sock = tr.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
             tr.set_write_buffer_limits(high=64 << 20)  # no send at write() time
-            tr.write(b"<")  # the stock loop sends this in write(); here the flush does (398)
-            total = bytearray(b"<")
-            # 40 chunks (more than the flush's 16 iovecs on the stack), with
-            # one odd size so the cut falls inside a chunk
-            for i in range(40):
-                piece = _pattern(i, 65536 if i != 7 else 4093)
-                tr.write(piece)
-                total += piece
+            if queue == "chunks":
+                tr.write(b"<")  # the stock loop sends this in write(); here the flush does (398)
+                total = bytearray(b"<")
+                # 40 chunks (more than the flush's 16 iovecs on the stack),
+                # with one odd size so the cut falls inside a chunk
+                for i in range(40):
+                    piece = _pattern(i, 65536 if i != 7 else 4093)
+                    tr.write(piece)
+                    total += piece
+            else:
+                # one odd-sized bytes: the queue is that object itself, not a list
+                first = b"".join(_pattern(i, 65536) for i in range(24)) + _pattern(99, 4093)
+                tr.write(first)
+                total = bytearray(first)
             queued = tr.get_write_buffer_size()
-            await asyncio.sleep(0)  # the flush: part leaves, the rest waits
             if not is_stock(loop):
                 c = tr._core
-                # some went at once (the flush's sendmsg), the rest is one
-                # engine send, in flight until the peer reads
+                sends, inline = c.sends, c.inline_sends
+            await asyncio.sleep(0)  # the flush: part leaves, the rest waits
+            if not is_stock(loop):
+                # one send at once (the flush's send or sendmsg), the rest
+                # one engine send, in flight until the peer reads
+                assert c.sends - sends == 1 and c.inline_sends == inline
                 assert 0 < c.sending < queued
                 assert c.buffer_size == c.sending
             for i in range(40, 50):  # later turns queue behind it
@@ -299,46 +310,6 @@ def test_a_short_direct_send_goes_on_in_order(any_loop, end):
             assert got == bytes(total)
             if end == "write_eof":
                 tr.close()
-            assert await pr.lost is None
-
-    run_in(loop, main(), timeout=30)
-
-
-def test_a_short_single_chunk_send_goes_on_in_order(any_loop):
-    """The turn's queue is one write (the flush's single-chunk path, decision
-    722) and the socket takes part of it: the rest goes on through the engine
-    from the first byte not taken, later writes leave behind it, and the
-    peer gets every byte once, in order."""
-    loop = any_loop
-
-    async def main():
-        tr, pr, peer = await _pair(loop, rcvbuf=16384)
-        with peer:
-            sock = tr.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
-            tr.set_write_buffer_limits(high=64 << 20)  # no send at write() time
-            # one odd-sized bytes: the queue is that object itself, not a list
-            first = b"".join(_pattern(i, 65536) for i in range(24)) + _pattern(99, 4093)
-            tr.write(first)
-            total = bytearray(first)
-            queued = tr.get_write_buffer_size()
-            if not is_stock(loop):
-                c = tr._core
-                sends, inline = c.sends, c.inline_sends
-            await asyncio.sleep(0)  # the flush: part leaves, the rest waits
-            if not is_stock(loop):
-                assert c.sends - sends == 1 and c.inline_sends == inline
-                assert 0 < c.sending < queued  # a short send: the rest is in flight
-                assert c.buffer_size == c.sending
-            for i in range(40, 50):  # later turns queue behind it
-                piece = _pattern(i, 1000 + i)
-                tr.write(piece)
-                total += piece
-                await asyncio.sleep(0)
-            tr.close()
-            got = await _read_until_eof(loop, peer)
-            assert len(got) == len(total)
-            assert got == bytes(total)
             assert await pr.lost is None
 
     run_in(loop, main(), timeout=30)
