@@ -1923,7 +1923,8 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
         s->buffer_size -= k;
         if (k == total) { /* all of it (decision 310) */
             s->inline_sends++;
-            Py_CLEAR(s->buffer);
+            s->buffer = NULL;
+            bytes_drop(buf); /* the spare when ours was the last (decision 730) */
             Py_RETURN_NONE;
         }
         small[0].iov_base = PyBytes_AS_STRING(buf) + k;
