@@ -93,3 +93,38 @@ def test_a_reused_bytes_reads_as_a_fresh_one(any_loop):
     pr, sent = run_in(any_loop, _round_trips(any_loop, keep=False), timeout=30)
     assert pr.bad_hashes == 0
     assert b"".join(pr.pieces) == b"".join(sent)
+
+
+class BufferedEcho(asyncio.BufferedProtocol):
+    """echoes each piece as a bytearray it overwrites right after write():
+    the write must have copied it (stock's 3.10/3.11 copy into its buffer),
+    into the spare bytes when one fits (decision 733)"""
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.buf = bytearray(65536)
+
+    def get_buffer(self, sizehint):
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        piece = self.buf[:nbytes]
+        self.transport.write(piece)
+        piece[:] = b"\0" * nbytes
+
+
+async def _buffered_round_trips(loop):
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        peer = loop.run_in_executor(None, _peer, listener)
+        tr, _ = await loop.create_connection(BufferedEcho, "127.0.0.1", port)
+        try:
+            return await peer
+        finally:
+            tr.close()
+
+
+def test_a_written_bytearray_is_copied_into_the_spare_as_it_was(any_loop):
+    """the peer gets each piece as written, not as overwritten after"""
+    sent = run_in(any_loop, _buffered_round_trips(any_loop), timeout=30)
+    assert len(sent) == len(SIZES)
