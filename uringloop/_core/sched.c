@@ -1473,8 +1473,8 @@ static void table_put_final(Table *t, uint32_t slot); /* stream.c */
  * own would need one each: these builds share one). */
 #define SPARE_MIN 513     /* smaller ones are obmalloc's, as cheap */
 #define SPARE_MAX 65536
-#if PY_VERSION_HEX < 0x030E0000
-#define SPARE_BYTES 1     /* ob_shash is there to reset */
+#if PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+#define SPARE_BYTES 1     /* ob_shash is there to reset; one GIL guards the slot */
 #else
 #define SPARE_BYTES 0
 #endif
