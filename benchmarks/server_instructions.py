@@ -195,12 +195,18 @@ def callgrind_server(
     out = os.path.join(tmp, f"cg.{loop}.{tag}.out")
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=ROOT)
     code = SERVER.format(here=HERE, loop=loop, kind=kind, unix=path, tcp=0 if tcp else None)
+    # an empty working directory: `python -c` puts it first on sys.path, and the
+    # start-up's imports list it (a busy /tmp's listing, which changes between
+    # the N and 2N runs, was thousands of instructions per request of noise)
+    cwd = os.path.join(tmp, f"cwd.{tag}")
+    os.makedirs(cwd, exist_ok=True)
     srv = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c", code],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=env,
+        cwd=cwd,
     )
     try:
         line = srv.stdout.readline().split()
