@@ -772,6 +772,35 @@ def test_get_debug_as_stock(loop, stock):
     assert sub(Asks()) == sub(StockAsks()) == ([False], True)
 
 
+def test_loop_made_by_object_new_as_stock():
+    """Core.__new__ is object.__new__ (decision 736), as the stock loops':
+    an abstract subclass cannot be made, the arguments go to __init__ alone,
+    instance attributes set and read back as on the stock loop."""
+    import abc
+
+    def make(base):
+        class Abstract(base, metaclass=abc.ABCMeta):
+            @abc.abstractmethod
+            def extra(self): ...
+
+        class Args(base):
+            def __init__(self, a, *, b):
+                super().__init__()
+                self.got = (a, b)
+
+        err = error_of(Abstract)
+        lp = Args(1, b=2)
+        try:
+            lp.mine = "x"
+            return (err[0], err[1].replace(base.__name__, "B")), lp.got, lp.mine
+        finally:
+            lp.close()
+
+    mine, theirs = make(uringloop.Loop), make(asyncio.SelectorEventLoop)
+    assert mine[0][0] is TypeError and "abstract" in mine[0][1]
+    assert mine == theirs
+
+
 def _chain(lp, steps, at=None):
     """A coroutine running a call_soon chain of ``steps`` callbacks (one per
     turn); ``at(k)`` is called from step k. Returns the steps run."""

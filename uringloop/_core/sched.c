@@ -3053,6 +3053,21 @@ static PyMethodDef Core_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* object.__new__ (the stock loops' own), not PyType_GenericNew: CPython 3.11
+ * gives an instance of a class with a managed __dict__ its inline values only
+ * there; without them the first attribute set materializes a dict, and then
+ * no `loop.method()` in Python code specializes (LOAD_METHOD gives up on a
+ * materialized managed dict): aiohttp's create_future, time, create_task on
+ * every request took the generic lookup (decision 736). The arguments are
+ * __init__'s: object.__new__ is handed none, as it wants from a class whose
+ * __new__ is not its own. */
+static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    (void)args;
+    (void)kwds;
+    return PyBaseObject_Type.tp_new(type, S.empty_tuple, NULL);
+}
+
 static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "uringloop._sched.Core",
@@ -3065,7 +3080,7 @@ static PyTypeObject CoreType = {
     .tp_members = Core_members,
     .tp_methods = Core_methods,
     .tp_setattro = Core_setattro,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Core_new,
 };
 
 /* ------------------------------------------------------ handle.cancel()
