@@ -3055,10 +3055,11 @@ static PyMethodDef Core_methods[] = {
 
 /* object.__new__ (the stock loops' own), not PyType_GenericNew: CPython 3.11
  * gives an instance of a class with a managed __dict__ its inline values only
- * there; without them the first attribute set materializes a dict, and then
- * no `loop.method()` in Python code specializes (LOAD_METHOD gives up on a
- * materialized managed dict): aiohttp's create_future, time, create_task on
- * every request took the generic lookup (decision 736). The arguments are
+ * there; without them the first attribute set materializes a dict, and a
+ * `loop.method()` in Python code specializes to LOAD_METHOD_WITH_DICT, not
+ * the stock loop's LOAD_METHOD_WITH_VALUES: aiohttp's create_future, time,
+ * create_task on every request probed the instance dict (decision 736). The
+ * arguments are
  * __init__'s: object.__new__ is handed none, as it wants from a class whose
  * __new__ is not its own. */
 static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
