@@ -3059,9 +3059,8 @@ static PyMethodDef Core_methods[] = {
  * `loop.method()` in Python code specializes to LOAD_METHOD_WITH_DICT, not
  * the stock loop's LOAD_METHOD_WITH_VALUES: aiohttp's create_future, time,
  * create_task on every request probed the instance dict (decision 736). The
- * arguments are
- * __init__'s: object.__new__ is handed none, as it wants from a class whose
- * __new__ is not its own. */
+ * arguments are __init__'s: object.__new__ is handed none, as it wants from
+ * a class whose __new__ is not its own. */
 static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     (void)args;
