@@ -463,6 +463,8 @@ def main():
     ]
     if not wls:
         sys.exit("kcounts: TCP and Unix workloads of loadgen or wrk only")
+    if opts.heap and any(w["client"] == "wrk" for w in wls):
+        sys.exit("kcounts: --heap is read on loadgen rows only, not on wrk's")
     opts.wrk = shutil.which("wrk")
     if not opts.wrk and any(w["client"] == "wrk" for w in wls):
         sys.exit("kcounts: wrk is not installed (apt-get install -y wrk)")
