@@ -376,6 +376,8 @@ def run_one(wl, loop, opts, tmp, pad=0):
         for side, path in (("server", sout), ("client", cout)):
             counts = parse_perf(path, evs)
             out[side] = {k: v / n for k, v in counts.items()}
+            waits, got = events_per_wait(out[side])
+            out[side]["epoll events per wait (>=)"] = got / waits if waits else 0.0
         if opts.heap:
             heap1 = heapstate.mp_state(server.proc.pid)
             for when, st in (("after warm-up", heap0), ("after the run", heap1)):
