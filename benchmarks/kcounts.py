@@ -4,6 +4,9 @@
     python benchmarks/kcounts.py --loops uvloop,uringloop-io_uring --workloads echo-1k-c100-protocol
     python benchmarks/kcounts.py --reps 3 --record /tmp/prof   # where the server's CPU goes
     python benchmarks/kcounts.py --record /tmp/pf --event page-faults   # where it faults
+    python benchmarks/kcounts.py --workloads http-httptools --loops uvloop,uringloop-io_uring
+    python benchmarks/kcounts.py --workloads http-httptools --record /tmp/w --record-side client \
+        --symbols sock_def_readable,do_epoll_wait --json /tmp/w/runs.json   # where wrk's time goes
 
 Timings on a shared machine move by tens of per cent; counts of what the
 kernel did do not. Each run is net_bench's (benchmarks/net_bench.py): a
@@ -17,9 +20,25 @@ running: the loopback delivery of a send runs as a softirq in the sender's
 context, so the server's row also holds the client sockets' receive of the
 server's data (and the other way round).
 
+A wrk row (http-httptools, http-aiohttp; decision 725) runs a warm-up wrk,
+then the measured `wrk -t1` started stopped (a shell that stops itself and
+execs wrk under its pid) so that `perf stat -p` (or `perf record -p`) is
+attached to it and to the server before it sends anything; both sides'
+user and system CPU per request come from /proc/<pid>/stat (ticks), and
+the requests from wrk's summary. `--record-side client` profiles the
+client (wrk or loadgen) instead of the server, with the wake-ups split out
+of the send's softirq; under cpu-clock (no PMU on this VM) a wake
+callback runs with interrupts off, so its samples land on
+`_raw_spin_unlock_irqrestore` in `sock_def_readable`: `--symbols
+sock_def_readable` is the whole wake path (epoll's callback, io_uring's
+poll wake and task-work add, the try_to_wake_up of a sleeper).
+
 Rows (per request):
   syscalls          raw_syscalls:sys_enter; indented below it, syscalls:sys_enter_<name>
                     for the SYSCALLS named (decision 551)
+  epoll_*wait -> N  syscalls:sys_exit_epoll_wait / _epoll_pwait by return (events handed
+                    back), in buckets; "epoll events per wait (>=)" sums them at each
+                    bucket's lower bound (exact below 4)
   switches          sched:sched_switch (sleeps, mostly); preempted: prev_state == 0
   page faults       the page-faults software event, user and kernel mode (a receive's copy
                     into a fresh page faults in the kernel); in user mode:
@@ -50,6 +69,7 @@ Needs perf and root (tracepoints). A report: nothing is asserted.
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -83,12 +103,43 @@ SYSCALLS = (
 )
 
 
+# the buckets of an epoll wait's return (events handed back): wrk and
+# loadgen call epoll_wait, libuv (uvloop) and our epoll backend epoll_pwait
+# or epoll_wait; both are counted, each bucket summed over the two
+EPOLL_BUCKETS = ((0, 0), (1, 1), (2, 3), (4, 7), (8, 15), (16, 31), (32, 63), (64, 1 << 30))
+
+
+def epoll_returns():
+    """(label, tracepoint, filter) rows of the epoll waits' returns, by bucket."""
+    rows = []
+    for name in ("epoll_wait", "epoll_pwait"):
+        for lo, hi in EPOLL_BUCKETS:
+            what = f"{lo}" if lo == hi else (f"{lo}-{hi}" if hi < 1 << 30 else f">= {lo}")
+            flt = f"ret == {lo}" if lo == hi else f"ret >= {lo} && ret <= {hi}"
+            rows.append((f"  {name} -> {what}", f"syscalls:sys_exit_{name}", flt))
+    return rows
+
+
+def events_per_wait(counts):
+    """(waits, events handed back: each bucket at its lower bound, exact
+    below 4) per request, from one side's counts."""
+    waits = got = 0.0
+    for label, v in counts.items():
+        if "epoll_wait -> " in label or "epoll_pwait -> " in label:
+            what = label.split("-> ")[1]
+            lo = int(what.removeprefix(">= ").split("-")[0])
+            waits += v
+            got += v * lo
+    return waits, got
+
+
 def events(port):
     """(label, tracepoint, filter or None) for a server on TCP port `port`
     (None: a Unix socket server, no tcp_probe rows)."""
     evs = [
         ("syscalls", "raw_syscalls:sys_enter", None),
         *[(f"  {name}", f"syscalls:sys_enter_{name}", None) for name in SYSCALLS],
+        *epoll_returns(),
         ("switches", "sched:sched_switch", None),
         ("  preempted", "sched:sched_switch", "prev_state == 0"),
         ("page faults", "page-faults", None),
@@ -149,6 +200,134 @@ def parse_perf(path, evs):
     return {label: v for (label, _, _), v in zip(evs, vals, strict=True)}
 
 
+def record_args(opts, data):
+    return [
+        "perf",
+        "record",
+        "-q",
+        "-e",
+        opts.event,
+        *(["-F", str(opts.freq)] if opts.event == "cpu-clock" else ["-c", "1"]),
+        "-g",
+        "-o",
+        data,
+    ]
+
+
+def wrk_args(wl, server, opts, seconds, latency=False):
+    return [
+        opts.wrk,
+        "-t1",
+        f"-c{wl['conns']}",
+        f"-d{max(1, round(seconds))}s",
+        *(["--latency"] if latency else []),
+        f"http://127.0.0.1:{server.addr}/",
+    ]
+
+
+def start_stopped(args, cpu):
+    """`args` started pinned to `cpu`, stopped before its exec (a shell that
+    stops itself, then execs it under the same pid): a tracer attached to
+    the pid now sees the whole of its run, and /proc/<pid>/stat at its exit
+    holds its CPU time (decision 725)."""
+    proc = subprocess.Popen(
+        ["sh", "-c", 'kill -STOP $$; exec "$@"', "sh", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=net_bench.pin(cpu),
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return proc
+        time.sleep(0.01)
+    proc.kill()
+    raise RuntimeError("the client did not stop before its exec")
+
+
+def run_client_traced(wl, server, opts, tmp, evs, tag):
+    """A wrk row (or --record-side client): the client started stopped, the
+    tracers attached to both pids, then the client let go; per request: the
+    counts of both sides (perf stat) or the recorded side's profile, and the
+    CPU time of both sides from /proc (user and system)."""
+    wrk = wl["client"] == "wrk"
+    if wrk:
+        if opts.warmup > 0:
+            subprocess.run(
+                wrk_args(wl, server, opts, opts.warmup),
+                capture_output=True,
+                preexec_fn=net_bench.pin(opts.client_cpu),
+                timeout=opts.warmup + 60,
+            )
+        args = wrk_args(wl, server, opts, opts.duration)
+    else:
+        net_bench.warm_connection(wl, server, opts)
+        args = net_bench.loadgen_args(wl, server, opts)
+    cli = start_stopped(args, opts.client_cpu)
+    out = {}
+    tracers = []
+    try:
+        for side, pid in (("server", server.proc.pid), ("client", cli.pid)):
+            if opts.record:
+                if side != opts.record_side:
+                    continue
+                data = os.path.join(opts.record, f"{wl['id']}-{tag}-{side}-{opts.rep}.data")
+                out["data"] = data
+                targs = record_args(opts, data)
+            else:
+                targs = perf_args(evs, os.path.join(tmp, f"{side}.perf"))
+            tracers.append(
+                subprocess.Popen(
+                    targs + ["-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                )
+            )
+        time.sleep(0.5)  # perf attached before the client runs
+        t0 = net_bench.cpu_ticks(server.proc.pid)
+        os.kill(cli.pid, signal.SIGCONT)
+        os.waitid(os.P_PID, cli.pid, os.WEXITED | os.WNOWAIT)
+        t1 = net_bench.cpu_ticks(server.proc.pid)
+        cticks = net_bench.stat_ticks(cli.pid)
+    finally:
+        for tr in tracers:
+            tr.send_signal(signal.SIGINT)
+            tr.communicate(timeout=60)
+        if cli.poll() is None:
+            cli.kill()
+    stdout, stderr = cli.communicate(timeout=60)
+    if cli.returncode != 0:
+        raise RuntimeError(f"client exit {cli.returncode}: {stderr[-500:]}")
+    if wrk:
+        m = net_bench.WRK_RE["requests"].search(stdout)
+        if not m or "Non-2xx" in stdout or "Socket errors" in stdout:
+            raise RuntimeError(f"wrk: {stdout[-500:]}")
+        done = int(m.group(1))
+        rps = done / (net_bench._us(m.group(2), m.group(3)) / 1e6)
+    else:
+        res = json.loads([x for x in stdout.splitlines() if x.startswith("{")][-1])
+        done, rps = res["completed"], res["rps"]
+    n = max(done, 1)
+    out.update(completed=done, rps=rps)
+    if opts.record:
+        return out
+    tick_us = 1e6 / net_bench.CLK_TCK
+    cpu = {
+        "server": (t1[1] - t0[1], t1[2] - t0[2]),
+        "client": cticks,
+    }
+    for side in ("server", "client"):
+        counts = parse_perf(os.path.join(tmp, f"{side}.perf"), evs)
+        row = {k: v / n for k, v in counts.items()}
+        user, system = cpu[side]
+        row["CPU user (us, /proc ticks)"] = user * tick_us / n
+        row["CPU system (us, /proc ticks)"] = system * tick_us / n
+        waits, got = events_per_wait(row)
+        row["epoll events per wait (>=)"] = got / waits if waits else 0.0
+        out[side] = row
+    return out
+
+
 def run_one(wl, loop, opts, tmp, pad=0):
     server = net_bench.Server(loop, wl, opts.server_cpu, tmp, None, pad)
     try:
@@ -156,23 +335,16 @@ def run_one(wl, loop, opts, tmp, pad=0):
             return {"skip": server.skip}
         port = int(server.addr) if wl["transport"] == "tcp" else None
         evs = events(port)
+        if wl["client"] == "wrk" or (opts.record and opts.record_side == "client"):
+            tag = f"{loop}-pad{pad}" if pad else loop
+            return run_client_traced(wl, server, opts, tmp, evs, tag)
         net_bench.warm_connection(wl, server, opts)
         heap0 = heapstate.mp_state(server.proc.pid) if opts.heap else None
         sout, cout = os.path.join(tmp, "server.perf"), os.path.join(tmp, "client.perf")
         if opts.record:
             tag = f"{loop}-pad{pad}" if pad else loop
             data = os.path.join(opts.record, f"{wl['id']}-{tag}-{opts.rep}.data")
-            targs = [
-                "perf",
-                "record",
-                "-q",
-                "-e",
-                opts.event,
-                *(["-F", str(opts.freq)] if opts.event == "cpu-clock" else ["-c", "1"]),
-                "-g",
-                "-o",
-                data,
-            ]
+            targs = record_args(opts, data)
         else:
             targs = perf_args(evs, sout)
         tracer = subprocess.Popen(
@@ -204,6 +376,8 @@ def run_one(wl, loop, opts, tmp, pad=0):
         for side, path in (("server", sout), ("client", cout)):
             counts = parse_perf(path, evs)
             out[side] = {k: v / n for k, v in counts.items()}
+            waits, got = events_per_wait(out[side])
+            out[side]["epoll events per wait (>=)"] = got / waits if waits else 0.0
         if opts.heap:
             heap1 = heapstate.mp_state(server.proc.pid)
             for when, st in (("after warm-up", heap0), ("after the run", heap1)):
@@ -233,6 +407,31 @@ def main():
         help="instead of counting: perf record -e cpu-clock -g the server into "
         "DIR/<workload>-<loop>-<rep>.data, then a table of where its time went",
     )
+    ap.add_argument(
+        "--record-side",
+        choices=("server", "client"),
+        default="server",
+        help="--record's process: the server (default) or the client (wrk, loadgen)",
+    )
+    ap.add_argument(
+        "--split-wakes",
+        action="store_true",
+        help="--record's table splits out the wake-ups paid in a send's softirq "
+        "(try_to_wake_up, io_uring's poll wake, epoll's callback); on for the client",
+    )
+    ap.add_argument(
+        "--symbols",
+        default="",
+        metavar="SYM,...",
+        help="--record's table also gives, per request and as a share of the side's "
+        "time, the samples with each of these functions anywhere in their stack",
+    )
+    ap.add_argument(
+        "--from-json",
+        metavar="FILE",
+        help="run nothing: print the tables of an earlier run's --json (with --record and "
+        "the same DIR: its profiles again, e.g. with other --symbols)",
+    )
     ap.add_argument("--freq", type=int, default=4999, help="--record's sampling frequency (Hz)")
     ap.add_argument(
         "--event",
@@ -259,16 +458,31 @@ def main():
     if opts.record:
         os.makedirs(opts.record, exist_ok=True)
     loops = [x for x in opts.loops.split(",") if x]
-    wls = [w for w in net_bench.select_workloads(opts.workloads) if w["transport"] != "udp"]
+    wls = [
+        w
+        for w in net_bench.select_workloads(opts.workloads)
+        if w["transport"] != "udp" and w["client"] in ("loadgen", "wrk")
+    ]
     if not wls:
-        sys.exit("kcounts: TCP and Unix echo workloads only")
+        sys.exit("kcounts: TCP and Unix workloads of loadgen or wrk only")
+    if opts.heap and any(w["client"] == "wrk" for w in wls):
+        sys.exit("kcounts: --heap is read on loadgen rows only, not on wrk's")
+    opts.wrk = shutil.which("wrk")
+    if not opts.wrk and any(w["client"] == "wrk" for w in wls):
+        sys.exit("kcounts: wrk is not installed (apt-get install -y wrk)")
     pads = [int(x) for x in opts.pads.split(",") if x]
     cols = [(lp, pad) for pad in pads for lp in loops]
-    os.sched_setaffinity(0, {opts.client_cpu})
-    net_bench.build_loadgen()
     runs = []
+    if opts.from_json:
+        # no runs: the tables of an earlier --json (with --record: its files)
+        with open(opts.from_json) as f:
+            runs = json.load(f)["runs"]
+        wls = [w for w in wls if any(r["workload"] == w["id"] for r in runs)]
+    else:
+        os.sched_setaffinity(0, {opts.client_cpu})
+        net_bench.build_loadgen()
     with tempfile.TemporaryDirectory() as tmp:
-        for wl in wls:
+        for wl in wls if not opts.from_json else ():
             for r in range(opts.reps):
                 opts.rep = r
                 for loop, pad in cols[r % len(cols) :] + cols[: r % len(cols)]:
@@ -282,13 +496,15 @@ def main():
                         + (res["skip"] if "skip" in res else f"{res['completed']} requests")
                         + (f" -> {res['data']}" if "data" in res else "")
                     )
-    if opts.json:
+    if opts.json and not opts.from_json:
         with open(opts.json, "w") as f:
             json.dump({"loadavg": os.getloadavg(), "runs": runs}, f, indent=1)
     if len(pads) > 1:
         loops = [f"{lp} pad {pad}" for lp, pad in cols]
     if opts.record:
-        profile_report(runs, wls, loops, opts.event)
+        split = opts.split_wakes or opts.record_side == "client"
+        syms = [x for x in opts.symbols.split(",") if x]
+        profile_report(runs, wls, loops, opts.event, opts.record_side, split, syms)
     else:
         report(runs, wls, loops)
 
@@ -305,7 +521,18 @@ PARTS = (
 )
 
 
-def classify(frames, split_user=False):
+# with --split-wakes (the default for --record-side client), tried before
+# PARTS: the wake-up a socket's data (or ACK) pays for inside the softirq of
+# the sender's syscall, by whom it wakes (decision 725)
+WAKE_PARTS = (
+    ("wake: try_to_wake_up", ("try_to_wake_up",)),
+    ("wake: io_uring poll/task work", ("io_poll_wake", "__io_req_task_work_add")),
+    ("wake: epoll callback", ("ep_poll_callback",)),
+    ("wake: sock_def_readable, rest", ("sock_def_readable",)),
+)
+
+
+def classify(frames, split_user=False, parts=PARTS):
     """(syscall, part) of one sample's stack (leaf first: (sym, dso) pairs)."""
     if not frames or "kernel.kallsyms" not in frames[0][1]:
         if split_user and frames:
@@ -323,14 +550,15 @@ def classify(frames, split_user=False):
         call = "recv (" + call + ")"
     elif call in ("sendto", "sendmsg", "write"):
         call = "send (" + call + ")"
-    for part, names in PARTS:
+    for part, names in parts:
         if any(sym in names for sym in syms):
             return call, part
     return call, "rest"
 
 
-def profile(path, split_user=False):
-    """{(syscall, part): ns, or events} from a perf record -g file."""
+def profile(path, split_user=False, parts=PARTS, symbols=()):
+    """{(syscall, part): ns, or events} from a perf record -g file, and
+    {("contains", sym): ns} for each of `symbols` anywhere in a stack."""
     out = subprocess.run(
         ["perf", "script", "-i", path, "-F", "period,ip,sym,dso"],
         capture_output=True,
@@ -345,24 +573,32 @@ def profile(path, split_user=False):
         period = int(lines[0])
         frames = []
         for ln in lines[1:]:
-            parts = ln.strip().split(None, 1)
-            if len(parts) < 2:
+            fields = ln.strip().split(None, 1)
+            if len(fields) < 2:
                 continue
-            sym, _, dso = parts[1].rpartition(" (")
+            sym, _, dso = fields[1].rpartition(" (")
             frames.append((sym, dso))
-        key = classify(frames, split_user)
+        key = classify(frames, split_user, parts)
         acc[key] = acc.get(key, 0) + period
+        if symbols:
+            inside = {f[0] for f in frames}
+            for sym in symbols:
+                if sym in inside:
+                    acc[("contains", sym)] = acc.get(("contains", sym), 0) + period
     return acc
 
 
-def profile_report(runs, wls, loops, event="cpu-clock"):
+def profile_report(
+    runs, wls, loops, event="cpu-clock", side="server", split_wakes=False, symbols=()
+):
     clock = event == "cpu-clock"
+    parts = WAKE_PARTS + PARTS if split_wakes else PARTS
     print(
         f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
         + (
-            "server CPU (cpu-clock samples) per request, ns"
+            f"{side} CPU (cpu-clock samples) per request, ns"
             if clock
-            else f"server {event} per request (user-space ones by innermost function)"
+            else f"{side} {event} per request (user-space ones by innermost function)"
         )
         + ", all reps pooled"
     )
@@ -376,12 +612,13 @@ def profile_report(runs, wls, loops, event="cpu-clock"):
         for lp in shown:
             n = sum(r["completed"] for r in got[lp])
             for r in got[lp]:
-                for key, ns in profile(r["data"], not clock).items():
+                for key, ns in profile(r["data"], not clock, parts, symbols).items():
                     table.setdefault(key, {}).setdefault(lp, 0)
                     table[key][lp] += ns / n
         print(f"\n## {wl['id']}")
         print("| syscall | part | " + " | ".join(shown) + " |")
         print("|" + "---|" * (2 + len(shown)))
+        incl = {k: table.pop(k) for k in list(table) if k[0] == "contains"}
         total = {lp: sum(v.get(lp, 0) for v in table.values()) for lp in shown}
         fmt = 0 if clock else 2
         for key in sorted(table, key=lambda k: -max(table[k].values())):
@@ -390,6 +627,21 @@ def profile_report(runs, wls, loops, event="cpu-clock"):
                 continue
             print(f"| {key[0]} | {key[1]} | " + " | ".join(f"{v:.{fmt}f}" for v in vals) + " |")
         print("| all | | " + " | ".join(f"{total[lp]:.{fmt}f}" for lp in shown) + " |")
+        if symbols:
+            # a uniform slowdown of the side (a noisy host) moves every ns
+            # figure; a path's share of the side's total does not
+            print("\n| in the stack | " + " | ".join(f"{lp} (share)" for lp in shown) + " |")
+            print("|" + "---|" * (1 + len(shown)))
+            for sym in symbols:
+                vals = [incl.get(("contains", sym), {}).get(lp, 0) for lp in shown]
+                print(
+                    f"| {sym} | "
+                    + " | ".join(
+                        f"{v:.{fmt}f} ({100 * v / total[lp] if total[lp] else 0:.1f} %)"
+                        for v, lp in zip(vals, shown, strict=True)
+                    )
+                    + " |"
+                )
 
 
 def loadavg():

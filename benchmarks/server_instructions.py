@@ -4,7 +4,10 @@
 instructions.py runs both ends of a scenario in one loop, which never sleeps.
 This runs one of net_server.py's echo servers (``--kind``: sock, protocol,
 buffered or streams; or httptools, its HTTP server, which gets a keep-alive
-GET and answers its fixed response: ``--size`` does not apply) alone under
+GET and answers its fixed response; or aiohttp, its aiohttp.web hello world,
+which gets the same GET over loopback TCP only and whose answer, with its
+Date header, is checked by its status line, Content-Length and body:
+``--size`` does not apply to either) alone under
 ``valgrind --tool=callgrind``, over a Unix socket or loopback TCP (``--tcp``),
 driven from this process by a client of non-blocking sockets and a selector,
 in rounds: it waits ``--gap`` ms, sends one ``--size``-byte message on each
@@ -33,6 +36,7 @@ non-empty at every poll, a state loadgen at native speed hardly makes
     python benchmarks/server_instructions.py --loop uringloop-epoll --breakdown 25
     python benchmarks/server_instructions.py --kind buffered --size 102400 --tcp --conns 10 -n 200
     python benchmarks/server_instructions.py --kind httptools --tcp --conns 100 -n 1000
+    python benchmarks/server_instructions.py --kind aiohttp --tcp --conns 100 -n 2000
 
 Needs valgrind. A report: nothing is asserted.
 """
@@ -60,7 +64,11 @@ import net_server  # noqa: E402
 # the httptools kind's request (loop_bench.py's) and the answer it must bring back
 HTTP_REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: loop_bench\r\n\r\n"
 
-KINDS = ("sock", "protocol", "buffered", "streams", "httptools")
+KINDS = ("sock", "protocol", "buffered", "streams", "httptools", "aiohttp")
+# the aiohttp kind's answer: its Date header changes, so the check is this status
+# line, a complete head, Content-Length and this body
+AIOHTTP_STATUS = b"HTTP/1.1 200 OK\r\n"
+AIOHTTP_BODY = b"Hello, World!"
 # libc's copy functions: callgrind counts a ``rep movsb`` byte by byte, and which
 # path glibc takes (``rep movsb`` or vector loops) depends on the sizes and on the
 # two addresses (4 KiB aliasing), so their count moves with the heap's layout
@@ -83,11 +91,42 @@ os._exit(0)
 """
 
 
-def drive(addr, n: int, conns: int, size: int, gap: float, name: str, http: bool = False) -> None:
+def aiohttp_done(got: bytes, name: str) -> bool:
+    """Whether got is one whole aiohttp hello-world answer (RuntimeError if it
+    is not one, or is more than one)."""
+    head_end = got.find(b"\r\n\r\n")
+    if head_end < 0:
+        if len(got) > 4096:
+            raise RuntimeError(f"{name}: no end of the head in 4 KiB")
+        return False
+    head = bytes(got[: head_end + 4])
+    m = re.search(rb"\r\nContent-Length: (\d+)\r\n", head, re.IGNORECASE)
+    if not head.startswith(AIOHTTP_STATUS) or m is None:
+        raise RuntimeError(f"{name}: not a 200 with a Content-Length: {head!r}")
+    want = len(head) + int(m.group(1))
+    if len(got) < want:
+        return False
+    if len(got) > want or bytes(got[len(head) :]) != AIOHTTP_BODY:
+        raise RuntimeError(f"{name}: the answer differs: {bytes(got)!r}")
+    return True
+
+
+def drive(
+    addr,
+    n: int,
+    conns: int,
+    size: int,
+    gap: float,
+    name: str,
+    http: bool = False,
+    aiohttp: bool = False,
+) -> None:
     """n echo requests in rounds: gap, then one message on each of conns
     connections, then every echo back before the next round (http: the message
-    is an HTTP GET and what comes back net_server.py's fixed response)."""
+    is an HTTP GET and what comes back net_server.py's fixed response; aiohttp:
+    the same GET, and the answer aiohttp_done() checks)."""
     family = socket.AF_UNIX if isinstance(addr, str) else socket.AF_INET
+    http = http or aiohttp
     msg = HTTP_REQUEST if http else os.urandom(size)
     answer = net_server.HTTP_RESPONSE if http else msg
     size = len(answer)
@@ -131,9 +170,13 @@ def drive(addr, n: int, conns: int, size: int, gap: float, name: str, http: bool
                         if not piece:
                             raise RuntimeError(f"{name}: the server closed early")
                         got += piece
-                        if len(got) > size or (len(got) == size and got != answer):
-                            raise RuntimeError(f"{name}: the echo differs")
-                        if len(got) == size:
+                        if aiohttp:
+                            done = aiohttp_done(got, name)
+                        else:
+                            if len(got) > size or (len(got) == size and got != answer):
+                                raise RuntimeError(f"{name}: the echo differs")
+                            done = len(got) == size
+                        if done:
                             sel.unregister(s)
                             del todo[s]
     finally:
@@ -152,12 +195,18 @@ def callgrind_server(
     out = os.path.join(tmp, f"cg.{loop}.{tag}.out")
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=ROOT)
     code = SERVER.format(here=HERE, loop=loop, kind=kind, unix=path, tcp=0 if tcp else None)
+    # an empty working directory: `python -c` puts it first on sys.path, and the
+    # start-up's imports list it (a busy /tmp's listing, which changes between
+    # the N and 2N runs, was thousands of instructions per request of noise)
+    cwd = os.path.join(tmp, f"cwd.{tag}")
+    os.makedirs(cwd, exist_ok=True)
     srv = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c", code],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=env,
+        cwd=cwd,
     )
     try:
         line = srv.stdout.readline().split()
@@ -197,8 +246,23 @@ def count(
         tmp,
         str(n),
         tcp,
-        lambda addr: drive(addr, n, conns, size, gap, loop, http=kind == "httptools"),
+        lambda addr: client(addr, n, conns, size, gap, loop, kind),
     )
+
+
+def client(addr, n: int, conns: int, size: int, gap: float, name: str, kind: str) -> None:
+    """drive()'s rounds; for aiohttp, after one request on a connection of its
+    own (as net_bench's warm-up client): CPython 3.11 shrinks a class's shared
+    instance keys by one with every instance made, so an attribute first set
+    after a burst of instances never joins them, and every later instance
+    materializes its dict. aiohttp's StreamWriter sets buffer_size, output_size
+    and _eof only when it writes: a first round of `conns` requests made
+    `conns` writers before the first write or not, by the loop's order, and
+    that cost (about 1,900 instructions a request) came or went with it
+    (decision 739)."""
+    if kind == "aiohttp":
+        drive(addr, 1, 1, size, 0, name, aiohttp=True)
+    drive(addr, n, conns, size, gap, name, http=kind == "httptools", aiohttp=kind == "aiohttp")
 
 
 def main(argv=None) -> int:
@@ -230,10 +294,12 @@ def main(argv=None) -> int:
     if not shutil.which("valgrind"):
         print("valgrind is not installed", file=sys.stderr)
         return 2
+    if opts.kind == "aiohttp" and not opts.tcp:
+        ap.error("--kind aiohttp serves loopback TCP only: add --tcp")
     gap = (opts.gap if opts.gap is not None else 3.0 if opts.conns == 1 else 0.0) / 1000
     loops = opts.loop or ["uvloop", "rloop", "uringloop-io_uring", "uringloop-epoll"]
     conf = dict(kind=opts.kind, size=opts.size, tcp=opts.tcp, conns=opts.conns)
-    what = "GET" if opts.kind == "httptools" else f"{opts.size} B"
+    what = "GET" if opts.kind in ("httptools", "aiohttp") else f"{opts.size} B"
     print(
         f"{opts.kind}, {what}, {'TCP' if opts.tcp else 'Unix'}, c={opts.conns}, "
         f"gap {gap * 1000:g} ms, n={opts.n}",

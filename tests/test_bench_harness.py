@@ -753,6 +753,50 @@ def test_heap_tools_parse_gdb_and_count_unix_rows():
     assert len(tcp) - len(unix) == 4
 
 
+def test_kcounts_wrk_parts_waits_and_stopped_start():
+    """kcounts.py's wrk support (decision 725): the epoll waits' return
+    buckets give events per wait (lower bounds), a client profile splits the
+    wake-ups out of a send's softirq (without the split it stays the NET_RX
+    one), and a client started stopped runs only once let go, under the
+    same pid."""
+    sys.path.insert(0, BENCH)
+    try:
+        import kcounts
+    finally:
+        sys.path.remove(BENCH)
+    rows = kcounts.epoll_returns()
+    assert len(rows) == 2 * len(kcounts.EPOLL_BUCKETS)
+    assert ("  epoll_wait -> 2-3", "syscalls:sys_exit_epoll_wait", "ret >= 2 && ret <= 3") in rows
+    assert all(r in kcounts.events(None) for r in rows)
+    counts = {"  epoll_wait -> 1": 2.0, "  epoll_pwait -> 2-3": 1.0, "  epoll_wait -> >= 64": 1.0}
+    assert kcounts.events_per_wait(counts) == (4.0, 2.0 + 2.0 + 64.0)
+    k = "[kernel.kallsyms]"
+    stack = [
+        ("io_poll_wake", k),
+        ("__wake_up_sync_key", k),
+        ("sock_def_readable", k),
+        ("net_rx_action", k),
+        ("tcp_sendmsg", k),
+        ("__x64_sys_write", k),
+        ("do_syscall_64", k),
+        ("write", "libc.so.6"),
+    ]
+    split = kcounts.WAKE_PARTS + kcounts.PARTS
+    assert kcounts.classify(stack, parts=split) == ("send (write)", "wake: io_uring poll/task work")
+    assert kcounts.classify(stack) == ("send (write)", "net_rx softirq")
+    proc = kcounts.start_stopped([sys.executable, "-c", "print('ran')"], 0)
+    try:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            assert f.read().rsplit(")", 1)[1].split()[0] == "T"
+        os.kill(proc.pid, signal.SIGCONT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and out == "ran\n"
+
+
 def test_default_results_folder_never_overwrites_an_earlier_run(tmp_path):
     """Without --out a run writes to results/<date>; when that exists (an
     earlier, maybe published, run of the same day) it takes <date>-2, -3."""

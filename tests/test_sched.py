@@ -720,6 +720,87 @@ def test_create_task_debug_factory_closed_and_patched_as_stock(loop, stock):
         "traced", (RuntimeError, "Event loop is closed"))
 
 
+def test_get_debug_as_stock(loop, stock):
+    """get_debug() is a C method (decision 735): its answer (the _debug object
+    itself, however set), what futures and tasks make of it (their source
+    traceback), a deleted _debug, an instance attribute, a subclass calling
+    super(): as on the stock loop."""
+
+    def script(lp):
+        out = [lp.get_debug()]
+        lp.set_debug(True)
+        out.append(lp.get_debug())
+        out.append(lp.create_future()._source_traceback is not None)
+        t = lp.create_task(_named())
+        out.append(t._source_traceback is not None)
+        lp.run_until_complete(t)
+        lp.set_debug(False)
+        out.append((lp.get_debug(), lp.create_future()._source_traceback))
+        lp._debug = 0
+        out.append(repr(lp.get_debug()))
+        del lp._debug
+        name = type(lp).__name__
+        for fn in (lp.get_debug, lp.create_future, asyncio.BaseEventLoop.get_debug.__get__(lp)):
+            err = error_of(fn)
+            out.append(err and (err[0], err[1].replace(name, "L")))
+        lp._debug = False
+        lp.get_debug = lambda: True
+        out.append(lp.create_future()._source_traceback is not None)
+        del lp.get_debug
+        out.append((lp.get_debug(), lp.create_future()._source_traceback))
+        return out
+
+    mine, theirs = both(loop, stock, script)
+    assert mine[:6] == [False, True, True, True, (False, None), "0"]
+    assert mine[6] == (AttributeError, "'L' object has no attribute '_debug'")
+    assert mine == theirs
+
+    class Asks(uringloop.Loop):
+        def get_debug(self):
+            return [super().get_debug()]
+
+    class StockAsks(asyncio.SelectorEventLoop):
+        def get_debug(self):
+            return [super().get_debug()]
+
+    def sub(lp):
+        try:
+            return lp.get_debug(), lp.create_future()._source_traceback is not None
+        finally:
+            lp.close()
+
+    assert sub(Asks()) == sub(StockAsks()) == ([False], True)
+
+
+def test_loop_made_by_object_new_as_stock():
+    """Core.__new__ is object.__new__ (decision 736), as the stock loops':
+    an abstract subclass cannot be made, the arguments go to __init__ alone,
+    instance attributes set and read back as on the stock loop."""
+    import abc
+
+    def make(base):
+        class Abstract(base, metaclass=abc.ABCMeta):
+            @abc.abstractmethod
+            def extra(self): ...
+
+        class Args(base):
+            def __init__(self, a, *, b):
+                super().__init__()
+                self.got = (a, b)
+
+        err = error_of(Abstract)
+        lp = Args(1, b=2)
+        try:
+            lp.mine = "x"
+            return (err[0], err[1].replace(base.__name__, "B")), lp.got, lp.mine
+        finally:
+            lp.close()
+
+    mine, theirs = make(uringloop.Loop), make(asyncio.SelectorEventLoop)
+    assert mine[0][0] is TypeError and "abstract" in mine[0][1]
+    assert mine == theirs
+
+
 def _chain(lp, steps, at=None):
     """A coroutine running a call_soon chain of ``steps`` callbacks (one per
     turn); ``at(k)`` is called from step k. Returns the steps run."""

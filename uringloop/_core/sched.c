@@ -91,6 +91,7 @@ static struct {
     PyCFunction deque_append_c, deque_popleft_c;
     PyObject *stock_run; /* events.Handle._run */
     PyObject *own_time;  /* Core.time's descriptor */
+    PyObject *own_get_debug; /* Core.get_debug's descriptor */
     PyObject *own_run_once, *s_run_once; /* Core._run_once's descriptor, its name */
     PyObject *own_internal_call_soon, *s_internal_call_soon; /* Core._call_soon's */
     PyObject *empty_tuple;
@@ -242,10 +243,17 @@ static int plain(Core *self)
            PyList_CheckExact(self->scheduled);
 }
 
+/* fn, what a class finds for get_debug, is the stock method's: ours, or
+ * BaseEventLoop's (a subclass may name it) */
+static inline int stock_get_debug(PyObject *fn)
+{
+    return fn != NULL && (fn == S.own_get_debug || fn == S.base_get_debug);
+}
+
 /* makes_handles' class test, when the version tag has not cached it */
 __attribute__((noinline)) static int makes_handles_class(Core *self, PyTypeObject *tp)
 {
-    if (_PyType_Lookup(tp, S.s_get_debug) != S.base_get_debug)
+    if (!stock_get_debug(_PyType_Lookup(tp, S.s_get_debug)))
         return 0;
     /* stock call_soon makes its handle through self._call_soon: a subclass
      * that overrides it gets the stock methods, which call it (decision 412) */
@@ -616,6 +624,17 @@ static PyObject *Core_create_future(Core *self, PyObject *unused)
     PyObject *fut = PyObject_Call(fut_type, S.empty_tuple, self->future_kw);
     Py_DECREF(fut_type);
     return fut;
+}
+
+/* get_debug(): BaseEventLoop.get_debug (`return self._debug`) without its
+ * Python frame. futures.Future.__init__ (the C one as the Python one) asks
+ * the loop's get_debug() for every future and task: three a request of the
+ * aiohttp server, each a Python call (decision 735). With _debug deleted,
+ * the AttributeError of stock's `self._debug`. */
+static PyObject *Core_get_debug(Core *self, PyObject *unused)
+{
+    (void)unused;
+    return Py_XNewRef(field(self, self->debug, "_debug"));
 }
 
 /* ------------------------------------------------------------ scheduling */
@@ -3074,6 +3093,7 @@ static PyMethodDef Core_methods[] = {
      "Create a Future object attached to the loop."},
     {"time", (PyCFunction)Core_time, METH_NOARGS,
      "Return the time according to the event loop's clock (time.monotonic())."},
+    {"get_debug", (PyCFunction)Core_get_debug, METH_NOARGS, NULL},
     {"_run_once", (PyCFunction)Core_run_once, METH_NOARGS, NULL},
     {"_sched_attach", (PyCFunction)Core_sched_attach, METH_VARARGS, NULL},
     {"_sched_detach", (PyCFunction)Core_sched_detach, METH_NOARGS, NULL},
@@ -3085,6 +3105,21 @@ static PyMethodDef Core_methods[] = {
     {"_write_to_self", (PyCFunction)Core_write_to_self, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
+
+/* object.__new__ (the stock loops' own), not PyType_GenericNew: CPython 3.11
+ * gives an instance of a class with a managed __dict__ its inline values only
+ * there; without them the first attribute set materializes a dict, and a
+ * `loop.method()` in Python code specializes to LOAD_METHOD_WITH_DICT, not
+ * the stock loop's LOAD_METHOD_WITH_VALUES: aiohttp's create_future, time,
+ * create_task on every request probed the instance dict (decision 736). The
+ * arguments are __init__'s: object.__new__ is handed none, as it wants from
+ * a class whose __new__ is not its own. */
+static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    (void)args;
+    (void)kwds;
+    return PyBaseObject_Type.tp_new(type, S.empty_tuple, NULL);
+}
 
 static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -3098,7 +3133,7 @@ static PyTypeObject CoreType = {
     .tp_members = Core_members,
     .tp_methods = Core_methods,
     .tp_setattro = Core_setattro,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Core_new,
 };
 
 /* ------------------------------------------------------ handle.cancel()
@@ -3138,7 +3173,7 @@ static PyObject *handle_cancel(PyObject *h, int timer)
     int fast = meth == stock && core != NULL && core->debug == Py_False && !core->patched &&
                (cancelled == Py_True || cancelled == Py_False) &&
                (scheduled == Py_True || scheduled == Py_False) &&
-               stock_loop_method(loop, S.s_get_debug, S.base_get_debug) &&
+               stock_get_debug(_PyType_Lookup(Py_TYPE(loop), S.s_get_debug)) &&
                (!timer || (stock_loop_method(loop, S.s_timer_handle_cancelled,
                                              S.base_timer_handle_cancelled) &&
                            core->tcc != NULL));
@@ -3491,6 +3526,10 @@ PyMODINIT_FUNC PyInit__sched(void)
     if (S.own_time == NULL)
         return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_SystemError, "no Core.time");
     Py_INCREF(S.own_time);
+    S.own_get_debug = PyDict_GetItemWithError(CoreType.tp_dict, S.s_get_debug);
+    if (S.own_get_debug == NULL)
+        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_SystemError, "no Core.get_debug");
+    Py_INCREF(S.own_get_debug);
     S.own_call_at = PyDict_GetItemWithError(CoreType.tp_dict, S.s_call_at);
     if (S.own_call_at == NULL)
         return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_SystemError, "no Core.call_at");
