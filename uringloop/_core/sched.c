@@ -1478,6 +1478,60 @@ static int stream_gathers(PyObject *owner, int coalesced); /* stream.c */
 static int stream_deliver_pieces(PyObject *owner, const Piece *pc, int cnt, Py_ssize_t total);
 static void table_put_final(Table *t, uint32_t slot); /* stream.c */
 
+/* One spare bytes object of a received record's size (decision 730). A
+ * 1 KiB record's bytes is past obmalloc's 512 and glibc's tcache (1,032):
+ * every request's bytes was a malloc and a free in the arena's bins
+ * (about 420 instructions of a 3,500 protocol echo at c=1). A bytes whose
+ * last reference is ours when we let go of it (the record's data after its
+ * callback, a Stream's written bytes after its send) is kept instead, and
+ * the next record of a size between half its and its own is copied into
+ * it: no one else can see it (refcount 1, an exact bytes, which has no
+ * weakrefs and no GC links), and it is handed out as a fresh one would be
+ * (refcount 1, size set, NUL after the data, hash not computed). Under the
+ * GIL only; one slot for the process (a sub-interpreter with a GIL of its
+ * own would need one each: these builds share one). */
+#define SPARE_MIN 513     /* smaller ones are obmalloc's, as cheap */
+#define SPARE_MAX 65536
+#if PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+#define SPARE_BYTES 1     /* ob_shash is there to reset; one GIL guards the slot */
+#else
+#define SPARE_BYTES 0
+#endif
+static PyObject *spare_bytes;
+static Py_ssize_t spare_cap;
+
+/* bytes of src[0:n], the spare's memory when it fits */
+static PyObject *bytes_of(const char *src, Py_ssize_t n)
+{
+    PyObject *b = spare_bytes;
+    if (SPARE_BYTES && b != NULL && n <= spare_cap && n > spare_cap / 2) {
+        spare_bytes = NULL;
+        Py_SET_SIZE(b, n);
+#if SPARE_BYTES
+        _Py_COMP_DIAG_PUSH
+        _Py_COMP_DIAG_IGNORE_DEPR_DECLS
+        ((PyBytesObject *)b)->ob_shash = -1;
+        _Py_COMP_DIAG_POP
+#endif
+        memcpy(PyBytes_AS_STRING(b), src, (size_t)n);
+        PyBytes_AS_STRING(b)[n] = '\0';
+        return b;
+    }
+    return PyBytes_FromStringAndSize(src, n);
+}
+
+/* Py_DECREF(b), or b kept as the spare: our reference is its last */
+static inline void bytes_drop(PyObject *b)
+{
+    if (SPARE_BYTES && Py_REFCNT(b) == 1 && spare_bytes == NULL && PyBytes_CheckExact(b) &&
+        PyBytes_GET_SIZE(b) >= SPARE_MIN && PyBytes_GET_SIZE(b) <= SPARE_MAX) {
+        spare_bytes = b;
+        spare_cap = PyBytes_GET_SIZE(b);
+        return;
+    }
+    Py_DECREF(b);
+}
+
 /* the data a record carries: pool bytes, a peer address, the errno of a
  * short send (UL_F_SHORT), or None */
 static PyObject *record_data(Table *t, const ul_record *r, uint32_t slot)
@@ -1491,7 +1545,7 @@ static PyObject *record_data(Table *t, const ul_record *r, uint32_t slot)
                                 "(bid %d, %d bytes)", (int)r->bid, (int)r->res);
         if (t->slots[slot].flags & SLOT_VIEW) /* see table_deliver */
             return PyMemoryView_FromMemory((char *)t->pool + start, r->res, PyBUF_READ);
-        return PyBytes_FromStringAndSize(t->pool + start, r->res);
+        return bytes_of(t->pool + start, r->res);
     }
     if (r->flags & UL_F_SHORT)
         return PyLong_FromLong(-(long)r->bid);
@@ -1796,8 +1850,7 @@ static int table_deliver(Table *t, int n, PyObject **first)
                 /* the op's only record in the rest of the batch (the usual
                  * request: one record a connection a turn): its bytes alone,
                  * no marks and no scan (what coalesce() makes of it) */
-                data = PyBytes_FromStringAndSize(t->pool + (Py_ssize_t)r->bid * t->buf_size,
-                                                 res);
+                data = bytes_of(t->pool + (Py_ssize_t)r->bid * t->buf_size, res);
             } else if (batch_skip(&skip, n) == 0) {
                 data = coalesce(t, i, end, skip, &res, &final);
             }
@@ -1835,7 +1888,7 @@ static int table_deliver(Table *t, int n, PyObject **first)
                 keep_first(first);
             Py_XDECREF(rel);
         }
-        Py_DECREF(data);
+        bytes_drop(data); /* (kept as the next record's when ours was the last) */
         if (final && t->records != NULL) /* (a fork()ed child's table let go of all) */
             table_put_final(t, slot); /* the slot lets go of its objects only now */
     }

@@ -1764,9 +1764,14 @@ static PyObject *Stream_write(Stream *s, PyObject *data)
     }
     if (PyBytes_CheckExact(data)) {
         b = Py_NewRef(data);
-    } else if (PyByteArray_CheckExact(data) || PyMemoryView_Check(data)) {
+    } else if (PyByteArray_CheckExact(data)) {
         /* the send leaves later: a mutable buffer is copied now, as the
-         * stock loop of 3.10/3.11 copies into its bytearray */
+         * stock loop of 3.10/3.11 copies into its bytearray; into the spare
+         * bytes when it fits (decision 733: the last flush let it go) */
+        b = bytes_of(PyByteArray_AS_STRING(data), PyByteArray_GET_SIZE(data));
+        if (b == NULL)
+            return NULL;
+    } else if (PyMemoryView_Check(data)) {
         b = PyBytes_FromObject(data);
         if (b == NULL)
             return NULL;
@@ -1923,7 +1928,8 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
         s->buffer_size -= k;
         if (k == total) { /* all of it (decision 310) */
             s->inline_sends++;
-            Py_CLEAR(s->buffer);
+            s->buffer = NULL;
+            bytes_drop(buf); /* the spare when ours was the last (decision 730) */
             Py_RETURN_NONE;
         }
         small[0].iov_base = PyBytes_AS_STRING(buf) + k;
