@@ -12,6 +12,9 @@
  * which drained the socket: drained_by_short_read); an fd whose readers stop
  * early (the per-turn budget, or an empty buffer pool) goes on a ready list
  * and is tried again next turn without waiting, so no edge is ever lost.
+ * A stream receive tried at submission on an idle fd (UL_RECV_STREAM) stops
+ * at a short read too: its wait registers the fd anew, which reports what
+ * came since the read (decision 745).
  *
  * The fd-number trap. A user may close a socket behind our back and get the
  * same number for a new one; the kernel then dropped our registration. So
