@@ -846,3 +846,137 @@ def test_big_direct_reads_make_no_epoll_ctl_per_message(loop, socketpair, kind):
     state["tr"].close()
     loop.run_until_complete(asyncio.sleep(0.01))
     assert ctls == 0, ctls
+
+
+def _stream_pair(kind, socketpair, tcp_pair):
+    """(a, b): the socket read and its peer, Unix or TCP stream."""
+    if kind == "unix":
+        return socketpair()
+    c, s = tcp_pair()
+    return s, c
+
+
+def _queued_in(sock, n: int) -> None:
+    """Wait (5 s at most) until n bytes are in sock's receive queue."""
+    for _ in range(500):
+        if _queued(sock) >= n:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{n} bytes never reached the receive queue")
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "unflagged"])
+def test_epoll_a_stream_receive_stops_at_a_short_read_at_submit(
+    res_tracker, socketpair, tcp_pair, kind, stream
+):
+    """epoll: a multishot pool receive its caller marks as a stream socket's
+    (stream=True: a stream transport's) takes a short read at submission as
+    the socket read empty, as one in an event run does (decision 745): one
+    recv and the fd's registration at submit, not a second recv that says
+    EAGAIN (unflagged: today's three). The registration reports what came
+    since, so bytes sent later, and the EOF, come."""
+    eng = engine.Engine("epoll")
+    try:
+        a, b = _stream_pair(kind, socketpair, tcp_pair)
+        b.send(b"first")
+        _queued_in(a, 5)
+        c = Collector()
+        before = eng.stats()["submitted"]
+        eng.recv(a.fileno(), c, True, 0, False, False, stream)
+        assert eng.stats()["submitted"] - before == (2 if stream else 3)
+        assert c.records == [] or c.records == [(5, True, b"first")]
+        run_until(eng, lambda: len(c.records) == 1, what="the first bytes")
+        assert c.records == [(5, True, b"first")]
+        b.send(b"later")
+        run_until(eng, lambda: len(c.records) == 2, what="bytes sent later")
+        assert c.records[1] == (5, True, b"later")
+        b.shutdown(socket.SHUT_WR)
+        run_until(eng, lambda: c.done, what="EOF")
+        assert c.records[-1] == (0, False, None)
+    finally:
+        eng.close()
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+@pytest.mark.parametrize("where", ["new", "re-armed"])
+def test_epoll_a_stream_receive_short_at_submit_still_sees_a_queued_eof(
+    res_tracker, socketpair, tcp_pair, kind, where
+):
+    """The FIN queued behind the bytes a submit-time short read took raises
+    no edge after that read (decision 745): the registration the wait makes
+    (ADD for a new fd; MOD for one registered before, whose receive was
+    cancelled, and whose edge for these bytes was reported to no one)
+    reports it, so the EOF comes (the run_until bound otherwise)."""
+    eng = engine.Engine("epoll")
+    try:
+        a, b = _stream_pair(kind, socketpair, tcp_pair)
+        if where == "re-armed":
+            c = Collector()
+            ud = eng.recv(a.fileno(), c, True, 0, False, False, True)
+            settle(eng, 1)
+            eng.cancel(ud)
+            run_until(eng, lambda: c.done, what="the cancel")
+        b.send(b"bye")
+        b.shutdown(socket.SHUT_WR)
+        _queued_in(a, 3)
+        settle(eng, 1)  # an edge, if any, spent on nobody
+        c = Collector()
+        eng.recv(a.fileno(), c, True, 0, False, False, True)
+        run_until(eng, lambda: c.done, what="the EOF behind the bytes")
+        assert c.records == [(3, True, b"bye"), (0, False, None)]
+    finally:
+        eng.close()
+
+
+def test_epoll_a_stream_receive_behind_a_waiting_send_reads_on(res_tracker, socketpair):
+    """A stream receive submitted while another op of the fd waits (a send
+    on a full socket) reads on to EAGAIN at submit, as before (decision
+    745): the wait then changes no registration, and the edge of a FIN
+    queued behind the bytes was spent already, so a stop at the short read
+    would leave the EOF unseen (the run_until bound)."""
+    eng = engine.Engine("epoll")
+    try:
+        a, b = socketpair()
+        while True:  # a's send buffer full: b reads nothing yet
+            try:
+                a.send(b"x" * 65536)
+            except BlockingIOError:
+                break
+        sent = Collector()
+        sud = eng.send(a.fileno(), b"y" * 65536, sent)
+        settle(eng, 1)
+        assert sent.records == []  # it waits
+        b.send(b"bye")
+        b.shutdown(socket.SHUT_WR)
+        settle(eng, 1)  # the edge, reported with nobody to read
+        c = Collector()
+        eng.recv(a.fileno(), c, True, 0, False, False, True)
+        run_until(eng, lambda: c.done, what="the EOF behind the bytes")
+        assert c.records == [(3, True, b"bye"), (0, False, None)]
+        eng.cancel(sud)
+        run_until(eng, lambda: sent.done, what="the send's cancel")
+    finally:
+        eng.close()
+
+
+@pytest.mark.parametrize("type_", [socket.SOCK_SEQPACKET, socket.SOCK_DGRAM],
+                         ids=["seqpacket", "dgram"])
+def test_epoll_an_unflagged_record_socket_reads_every_record(res_tracker, socketpair, type_):
+    """A record socket's receive is not marked as a stream's (decision 745):
+    each read is one record, "short" says nothing about the next, so the
+    three queued before the receive and the two sent later all come."""
+    eng = engine.Engine("epoll")
+    try:
+        a, b = socketpair(socket.AF_UNIX, type_)
+        for m in (b"one", b"two", b"three"):
+            b.send(m)
+        c = Collector()
+        eng.recv(a.fileno(), c)
+        run_until(eng, lambda: len(c.records) == 3, what="the queued records")
+        for m in (b"four", b"five"):
+            b.send(m)
+        run_until(eng, lambda: len(c.records) == 5, what="records sent later")
+        assert [r[2] for r in c.records] == [b"one", b"two", b"three", b"four", b"five"]
+    finally:
+        eng.close()

@@ -669,3 +669,110 @@ def test_engine_view_receive_is_released_after_the_callback(loop):
     finally:
         a.close()
         b.close()
+
+
+class _Collect(asyncio.Protocol):
+    """Every byte, until the EOF (``done``)."""
+
+    def __init__(self, loop):
+        self.data = bytearray()
+        self.done = loop.create_future()
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.data += data
+
+    def eof_received(self):
+        if not self.done.done():
+            self.done.set_result(bytes(self.data))
+
+    def connection_lost(self, exc):
+        if not self.done.done():
+            self.done.set_exception(exc or ConnectionError("lost before the EOF"))
+
+
+def _connected(kind, res_tracker):
+    """(ours, peer): a connected Unix or TCP stream pair, ours non-blocking."""
+    if kind == "unix":
+        a, b = socket.socketpair()
+    else:
+        with socket.create_server(("127.0.0.1", 0)) as lst:
+            b = socket.create_connection(lst.getsockname(), timeout=5)
+            lst.settimeout(5)
+            a, _ = lst.accept()
+    for s in (a, b):
+        res_tracker.sock(s)
+    a.setblocking(False)
+    b.settimeout(10)
+    return a, b
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+def test_a_new_transport_gets_every_byte_a_racing_writer_sends(any_loop, res_tracker, kind):
+    """A new connection's first receive takes a short read as the socket
+    read empty on epoll (decision 745): bytes a writer thread sends while
+    the transport starts reading, right after that read or before its
+    registration, still come, whole and in order, and so does the EOF.
+    20 connections, the first bytes sent before the transport is made."""
+    import random
+    import threading
+
+    async def one(i):
+        a, b = _connected(kind, res_tracker)
+        rnd = random.Random(i)
+        chunks = [bytes([65 + j % 26]) * rnd.randint(1, 3000) for j in range(40)]
+        b.sendall(chunks[0])
+
+        def writer():
+            for c in chunks[1:]:
+                b.sendall(c)
+            b.shutdown(socket.SHUT_WR)
+
+        t = threading.Thread(target=writer)
+        _, proto = await any_loop.connect_accepted_socket(lambda: _Collect(any_loop), a)
+        t.start()
+        try:
+            got = await asyncio.wait_for(proto.done, 10)
+        finally:
+            t.join(10)
+        proto.transport.close()
+        assert got == b"".join(chunks)
+
+    async def main():
+        for i in range(20):
+            await one(i)
+
+    run_in(any_loop, main(), timeout=60)
+
+
+def test_a_seqpacket_transport_reads_every_record(any_loop, res_tracker):
+    """A stream transport made (through the loop's own
+    _make_socket_transport: the public calls refuse one) on a SOCK_SEQPACKET
+    socket does not tell the engine it is a stream socket (decision 745), so
+    a record shorter than the buffer says nothing about the next: the three
+    queued before it reads, and two sent later, all come."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for s in (a, b):
+        res_tracker.sock(s)
+    a.setblocking(False)
+    for m in (b"one", b"two", b"three"):
+        b.send(m)
+
+    async def main():
+        proto = _Collect(any_loop)
+        tr = any_loop._make_socket_transport(a, proto)
+        if not is_stock(any_loop):
+            assert tr._stream_sock is False
+        while len(proto.data) < 11:
+            await asyncio.sleep(0.001)
+        for m in (b"four", b"five"):
+            b.send(m)
+        while len(proto.data) < 19:
+            await asyncio.sleep(0.001)
+        tr.close()
+        return bytes(proto.data)
+
+    assert run_in(any_loop, main()) == b"onetwothreefourfive"

@@ -393,14 +393,17 @@ class Engine:
         return self._t.nop(cb)
 
     def recv(self, fd: int, cb, multishot: bool = True, nbytes: int = 0,
-             coalesce: bool = False, view: bool = False) -> int:
+             coalesce: bool = False, view: bool = False, stream: bool = False) -> int:
         """Receive into the engine's pool; ``data`` is the bytes received.
         nbytes caps a one-shot receive (0: the pool buffer size). coalesce:
         the records one turn brings for this op come as one callback with the
         bytes joined (a stream transport wants one data_received per turn).
         view: ``data`` is a read-only memoryview of the pool buffer instead,
-        valid only during the callback (released after it; no bytes made)."""
-        return self._t.recv(fd, cb, multishot, nbytes, coalesce, view)
+        valid only during the callback (released after it; no bytes made).
+        stream: fd is a SOCK_STREAM socket (the caller knows; epoll then
+        takes a short read at submission as the socket read empty, decision
+        745; not for other sockets)."""
+        return self._t.recv(fd, cb, multishot, nbytes, coalesce, view, stream)
 
     def read_pool(self, fd: int, cb, multishot: bool = True, nbytes: int = 0,
                   coalesce: bool = False, view: bool = False) -> int:

@@ -880,7 +880,8 @@ EXPORT int ul_nop(ul_engine *e, uint64_t ud)
 EXPORT int ul_recv(ul_engine *e, uint64_t ud, int fd, int multishot, uint32_t max)
 {
     BEGIN(K_RECV, fd);
-    op->multishot = multishot != 0;
+    op->multishot = (multishot & ~UL_RECV_STREAM) != 0;
+    op->stream = (multishot & UL_RECV_STREAM) ? 1 : 0;  /* the caller's word (decision 745) */
     op->len = (max == 0 || max > e->cfg.buf_size) ? e->cfg.buf_size : max;
     return submit(e, op);
 }
@@ -888,7 +889,7 @@ EXPORT int ul_recv(ul_engine *e, uint64_t ud, int fd, int multishot, uint32_t ma
 EXPORT int ul_read_pool(ul_engine *e, uint64_t ud, int fd, int multishot, uint32_t max)
 {
     BEGIN(K_READ_POOL, fd);
-    op->multishot = multishot != 0;
+    op->multishot = (multishot & ~UL_RECV_STREAM) != 0;
     op->len = (max == 0 || max > e->cfg.buf_size) ? e->cfg.buf_size : max;
     return submit(e, op);
 }

@@ -62,6 +62,12 @@
  * below; implies UL_RECV_WAIT_FIRST; the bit is MSG_FASTOPEN's, a send flag
  * that means nothing to recv(2); decision 391) */
 #define UL_RECV_DRAINED 0x20000000
+/* ul_recv's multishot argument, or'd in: fd is a SOCK_STREAM socket (its
+ * caller knows: a stream transport). epoll then takes a short read as the
+ * socket read empty also at submission, when the fd is idle (its
+ * registration is then made or re-armed, which reports what came since),
+ * and asks no SO_TYPE; io_uring ignores it (decision 745) */
+#define UL_RECV_STREAM 2
 
 typedef struct ul_record {
     uint64_t user_data;
@@ -157,6 +163,7 @@ int ul_nop(ul_engine *e, uint64_t ud);
  * epoll after the fd's last one-shot receive found it empty and none since
  * filled its length (decision 368); a hint, the result is the same. */
 int ul_recv(ul_engine *e, uint64_t ud, int fd, int multishot, uint32_t max);
+/* multishot: 0 or 1, or'd with UL_RECV_STREAM (above) */
 /* flags: MSG_* flags for recv(2), and UL_RECV_WAIT_FIRST: a read of fd
  * has just come short or said EAGAIN, so the receive waits for data before
  * it tries (io_uring: IORING_RECVSEND_POLL_FIRST; epoll: no attempt at

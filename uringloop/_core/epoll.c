@@ -12,6 +12,9 @@
  * which drained the socket: drained_by_short_read); an fd whose readers stop
  * early (the per-turn budget, or an empty buffer pool) goes on a ready list
  * and is tried again next turn without waiting, so no edge is ever lost.
+ * A stream receive tried at submission on an idle fd (UL_RECV_STREAM) stops
+ * at a short read too: its wait registers the fd anew, which reports what
+ * came since the read (decision 745).
  *
  * The fd-number trap. A user may close a socket behind our back and get the
  * same number for a new one; the kernel then dropped our registration. So
@@ -58,11 +61,14 @@
 
 enum { TRY_WAIT = 0, TRY_DONE = 1, TRY_YIELD = 2 };
 enum { Q_READ, Q_WRITE, Q_POLL };
+enum { DR_NO = 0, DR_EVENT = 1, DR_SUBMIT = 2 };  /* ep.drained_ok */
 
 struct ep {
     int epfd;
-    int drained_ok;  /* the readers being run were woken by an event that
-                        carried no hang-up or error: a short stream read
+    int drained_ok;  /* DR_EVENT: the readers being run were woken by an
+                        event that carried no hang-up or error; DR_SUBMIT: a
+                        stream receive is tried at submission on an idle fd
+                        (decision 745). Either way a short stream read
                         drained the socket (try_recv_pool) */
     int32_t ready_head, ready_tail;  /* fds to retry next turn, linked through
                                         ul_fd.ready_next: never allocates */
@@ -358,11 +364,18 @@ static ssize_t nowait_write(struct ul_op *op, char *b, size_t n)
  * say EAGAIN. Any byte, FIN or error that arrives later raises a new edge,
  * so waiting is safe, except when the event we are serving already carried
  * a hang-up or an error (FIN queued behind the data: no new edge will come,
- * read on to the 0). Datagram sockets are never drained by a short read. */
+ * read on to the 0). Datagram sockets are never drained by a short read.
+ * At submission (DR_SUBMIT, decision 745) the fd is idle, so the wait that
+ * follows (re)registers it (enqueue: ADD, or MOD), which reports what is
+ * queued by then, a FIN behind the bytes read included, and every later
+ * byte, FIN or error raises an edge of that registration; there the op's
+ * caller has said it is a stream socket (UL_RECV_STREAM), or it is not
+ * taken as one: no SO_TYPE asked, the syscall the shortcut saves. */
 static int drained_by_short_read(ul_engine *e, struct ul_op *op)
 {
-    if (!((struct ep *)e->bs)->drained_ok)
-        return 0;
+    int ok = ((struct ep *)e->bs)->drained_ok;
+    if (ok != DR_EVENT)
+        return ok == DR_SUBMIT && op->stream == 1;
     if (!op->stream) {
         int type = 0;
         socklen_t len = sizeof type;
@@ -559,7 +572,7 @@ static int try_recvmsg_pool(ul_engine *e, struct ul_op *op)
         if (!op->multishot)
             return TRY_DONE;
         n += r;
-        if (r < k && ((struct ep *)e->bs)->drained_ok)
+        if (r < k && ((struct ep *)e->bs)->drained_ok == DR_EVENT)
             return TRY_WAIT;
     }
     return TRY_YIELD;
@@ -829,10 +842,19 @@ static int ep_submit(ul_engine *e, struct ul_op *op)
      * response exchange it is asked for before its data comes, and its
      * attempt would only say EAGAIN (decision 368; io_uring: 357) */
     int wait_first = op->wait_first || (op->kind == K_RECV && !op->multishot && f->rwait);
-    int r = (op->kind != K_SEND && queue_of(op) == Q_READ &&
-             (f->rq_head >= 0 || (wait_first && fd_idle(f))))
-                ? TRY_WAIT
-                : try_op(e, op);
+    int idle = fd_idle(f), r;
+    if (op->kind != K_SEND && queue_of(op) == Q_READ && (f->rq_head >= 0 || (wait_first && idle))) {
+        r = TRY_WAIT;
+    } else if (op->kind == K_RECV && op->stream == 1 && idle) {
+        /* a stream transport's receive: a short read ends the attempt, the
+         * fd's re-arm reports what came since (decision 745) */
+        struct ep *p = e->bs;
+        p->drained_ok = DR_SUBMIT;
+        r = try_op(e, op);
+        p->drained_ok = DR_NO;
+    } else {
+        r = try_op(e, op);
+    }
     if (r == TRY_WAIT)
         wait_for(e, op);
     else if (r == TRY_YIELD && enqueue(e, op) == 0)
@@ -955,9 +977,9 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
         if ((ev & (EPOLLIN | EPOLLPRI)) && f->rq_head < 0 && !polls_want_in(e, f))
             f->missed = 1;
         if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI)) {
-            p->drained_ok = !(ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
+            p->drained_ok = (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) ? DR_NO : DR_EVENT;
             run_queue(e, fd, Q_READ, 0);
-            p->drained_ok = 0;
+            p->drained_ok = DR_NO;
         }
         if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR))
             run_queue(e, fd, Q_WRITE, 0);

@@ -1154,12 +1154,14 @@ static PyObject *Table_nop(Table *t, PyObject *cb)
     return ud ? submitted(t, ud, t->nop(t->engine, ud)) : NULL;
 }
 
-/* recv and read_pool: the same arguments, the same records */
+/* recv and read_pool: the same arguments, the same records (stream: fd is a
+ * SOCK_STREAM socket, UL_RECV_STREAM; read_pool ignores it) */
 static PyObject *pool_read(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw,
                            const char *name, ul_recv_fn fn)
 {
-    static const char *const names[] = {"fd", "cb", "multishot", "nbytes", "coalesce", "view"};
-    PyObject *buf[6], *const *a;
+    static const char *const names[] = {"fd",       "cb",   "multishot", "nbytes",
+                                         "coalesce", "view", "stream"};
+    PyObject *buf[7], *const *a;
     int fd;
     long long nbytes = 0;
     TABLE_OPEN(t);
@@ -1167,7 +1169,7 @@ static PyObject *pool_read(Table *t, PyObject *const *args, Py_ssize_t nargs, Py
         PyErr_Format(PyExc_RuntimeError, "%s: not set up", name);
         return NULL;
     }
-    if (!(a = take_args(name, args, nargs, kw, names, 2, 6, buf)) || get_fd(a[0], &fd) < 0 ||
+    if (!(a = take_args(name, args, nargs, kw, names, 2, 7, buf)) || get_fd(a[0], &fd) < 0 ||
         check_cb(a[1]) < 0)
         return NULL;
     if (get_int(a[3], -(1LL << 62), UINT32_MAX, "nbytes", &nbytes) < 0)
@@ -1176,14 +1178,16 @@ static PyObject *pool_read(Table *t, PyObject *const *args, Py_ssize_t nargs, Py
         PyErr_Format(PyExc_ValueError, "negative buffersize in %s", name);
         return NULL;
     }
-    int multishot = get_bool(a[2], 1), coalesce = get_bool(a[4], 0), view = get_bool(a[5], 0);
-    if (multishot < 0 || coalesce < 0 || view < 0)
+    int multishot = get_bool(a[2], 1), coalesce = get_bool(a[4], 0), view = get_bool(a[5], 0),
+        stream = get_bool(a[6], 0);
+    if (multishot < 0 || coalesce < 0 || view < 0 || stream < 0)
         return NULL;
     uint64_t ud = table_take(t, a[1], NULL,
                              (coalesce ? SLOT_COALESCE : 0) | (view ? SLOT_VIEW : 0));
     if (!ud)
         return NULL;
-    return submitted(t, ud, fn(t->engine, ud, fd, multishot, (uint32_t)nbytes));
+    return submitted(t, ud, fn(t->engine, ud, fd, multishot | (stream ? UL_RECV_STREAM : 0),
+                               (uint32_t)nbytes));
 }
 
 static PyObject *Table_recv(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)

@@ -178,6 +178,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     _held = None  # deque of (res, data) records not yet handed over
     _draining = False  # a _drain_held is scheduled
     _resume_h = None  # the deferred resume's handle (decisions 522, 530)
+    _stream_sock = True  # the socket is SOCK_STREAM (an accepted one is; 745)
 
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
@@ -185,6 +186,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         self._begin(loop, sock.fileno(), extra)
+        if sock.type != socket.SOCK_STREAM:  # (a SOCK_SEQPACKET one: decision 745)
+            self._stream_sock = False
         self._init_socket(loop, sock, server is not None)
         self._made(loop, protocol, server)
         base_events._set_nodelay(sock)
@@ -485,8 +488,13 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             # data_received per turn); a BufferedProtocol's bytes go from the
             # pool buffer straight into its own: each record comes as a
             # short-lived memoryview
+            # (stream: the socket is SOCK_STREAM, so epoll may take a short
+            # read at submission as the socket read empty: decision 745)
             buffered = self._buffered
-            c.recv_ud = self._engine.recv(c.fd, c, True, 0, not buffered, buffered) or 0
+            c.recv_ud = (
+                self._engine.recv(c.fd, c, True, 0, not buffered, buffered, self._stream_sock)
+                or 0
+            )
 
     def resume_reading(self):
         # A transport kept open after EOF (eof_received returned true) and
