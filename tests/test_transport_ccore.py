@@ -16,7 +16,7 @@ import sys
 
 import pytest
 from conftest import is_stock
-from transport_helpers import on_stock, plain_listener, run_in, tloop, wait_for
+from transport_helpers import on_stock, pattern, plain_listener, run_in, tloop, wait_for
 
 assert tloop  # a fixture, imported for the tests below
 
@@ -521,6 +521,98 @@ def test_records_behind_ready_callbacks_wait_in_c(tloop, buffered):
         assert marks == list(range(20))
         if not is_stock(loop):
             assert calls == [0], calls  # only the EOF went through Python
+
+    run_in(tloop, main())
+
+
+@pytest.mark.parametrize("way", ["pause", "close"])
+def test_several_records_of_one_transport_held_in_one_turn(tloop, way):
+    """A BufferedProtocol (1,000-byte buffer) whose peer's 300,000 bytes
+    wait in the socket until reading resumes behind a spinning callback:
+    its receive brings many records at once, all held behind _ready (on
+    uringloop, several waiting in the C core for one Stream; decision 740),
+    then handed over in order. pause: buffer_updated pauses reading at
+    every 40,000 bytes and a callback resumes it: nothing comes while
+    paused, every byte comes once and in order, EOF last. close: it closes
+    the transport at 100,000 bytes: nothing comes after, what came is the
+    data's start, connection_lost(None)."""
+
+    data = pattern(300_000, 740)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        spin = {"on": True}
+        most = [0]
+        box = []
+
+        def spinner():  # keeps _ready non-empty at every poll
+            if not spin["on"]:
+                return
+            core = getattr(box[0], "_core", None) if box else None
+            held = core.held if core is not None else None
+            if held:
+                most[0] = max(most[0], len(held))
+            loop.call_soon(spinner)
+
+        class Buf(Lost, asyncio.BufferedProtocol):
+            def __init__(self):
+                super().__init__()
+                self.buf = bytearray(1000)
+                self.got = bytearray()
+                self.events = []
+                self.stopped = False  # paused or closed by us
+                self.late = 0  # buffer_updated calls while stopped
+                self.eof = loop.create_future()
+
+            def get_buffer(self, sizehint):
+                return self.buf
+
+            def buffer_updated(self, nbytes):
+                if self.stopped:
+                    self.late += 1
+                before = len(self.got)
+                self.got += self.buf[:nbytes]
+                if way == "close" and len(self.got) >= 100_000:
+                    self.stopped = True
+                    self.transport.close()
+                elif way == "pause" and before // 40_000 != len(self.got) // 40_000:
+                    self.stopped = True
+                    self.transport.pause_reading()
+                    loop.call_soon(self.resume)
+
+            def resume(self):
+                self.stopped = False
+                self.transport.resume_reading()
+
+            def eof_received(self):
+                self.events.append("eof")
+                self.eof.set_result(None)
+
+        tr, proto, peer = await _connected(loop, Buf)
+        box.append(tr)
+        with peer:
+            tr.pause_reading()
+            await wait_for(loop.sock_sendall(peer, data))  # all in our socket
+            peer.shutdown(socket.SHUT_WR)
+            await asyncio.sleep(0.01)  # (a hang bound is wait_for's below)
+            loop.call_soon(spinner)
+            tr.resume_reading()
+            try:
+                if way == "pause":
+                    await wait_for(proto.eof)
+                    tr.close()
+                assert await wait_for(proto.lost) is None
+            finally:
+                spin["on"] = False
+        assert proto.late == 0
+        if way == "pause":
+            assert bytes(proto.got) == data
+            assert proto.events == ["eof"]
+        else:
+            assert 100_000 <= len(proto.got) < len(data)
+            assert bytes(proto.got) == data[: len(proto.got)]
+        if not is_stock(loop):
+            assert most[0] >= 3, most[0]  # the case this test is about
 
     run_in(tloop, main())
 

@@ -34,6 +34,23 @@
  * the transport's context, as the Python callbacks were (ctx.run).
  */
 
+/* A record held behind _ready (stream_hold; decision 740): res as Python
+ * passed it, or NULL for a record of C's, whose int (nres) is made only
+ * where Python sees it; more; data (bytes or None), a reference. */
+typedef struct {
+    PyObject *res;
+    PyObject *data;
+    Py_ssize_t nres;
+    char more;
+} HeldRec;
+
+/* A Stream's held records, in order: a block of PyMem's, not a list of
+ * tuples (decision 740) */
+typedef struct {
+    Py_ssize_t n, cap;
+    HeldRec r[];
+} HeldQ;
+
 typedef struct {
     PyObject_HEAD
     PyObject *transport;
@@ -45,7 +62,7 @@ typedef struct {
     PyObject *buffer;     /* list of bytes written since the last flush; NULL
                            * until the first write that queues, and after a
                            * vectored send took it */
-    PyObject *held;       /* list of (res, more, data) records waiting behind _ready, or NULL */
+    HeldQ *held;          /* the records waiting behind _ready, or NULL (decision 740) */
     Py_buffer *dbuf;      /* the protocol's buffer a direct receive fills, or NULL (decision 350) */
     Py_ssize_t buffer_size; /* queued + in the send in flight */
     Py_ssize_t sending;     /* length of the send in flight (0: none) */
@@ -550,7 +567,7 @@ static int stream_updated(Stream *s, Py_ssize_t n)
     return rc < 0 ? -1 : r ? 0 : 1;
 }
 
-static PyObject *stream_hold(Stream *s, PyObject *const *args);
+static int stream_hold(Stream *s, PyObject *res, Py_ssize_t nres, int more, PyObject *data);
 
 /* A protocol callback let SystemExit or KeyboardInterrupt through (set)
  * with n received bytes not handed over yet (pc[i] from off on): they wait
@@ -566,11 +583,10 @@ static void stream_keep_rest(Stream *s, const Piece *pc, int cnt, int i, Py_ssiz
         return;
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
-    PyObject *args[3] = {PyLong_FromSsize_t(n), Py_True, pieces_rest(pc, cnt, i, off)};
-    PyObject *r = args[0] && args[2] ? stream_hold(s, args) : NULL;
-    Py_XDECREF(args[0]);
-    Py_XDECREF(args[2]);
-    Py_XDECREF(r);
+    PyObject *rest = pieces_rest(pc, cnt, i, off);
+    if (rest != NULL)
+        (void)stream_hold(s, NULL, n, 1, rest);
+    Py_XDECREF(rest);
     PyErr_Clear(); /* out of memory: the bytes are lost with it */
     PyErr_Restore(type, value, tb);
 }
@@ -721,27 +737,28 @@ static int ready_empty(Core *loop)
     return r != NULL && Py_IS_TYPE(r, S.deque_type) && Py_SIZE(r) <= loop->pre_timers;
 }
 
-/* self._drain queued at the end of _ready in the transport's context, as
+/* The drain queued at the end of _ready in the transport's context, as
  * the stock loop queues a reader's handle: appended to _ready itself
  * (`_add_callback`), not through `loop.call_soon`, which it never calls for
- * I/O (decision 377). In debug mode, with a patched get_debug or a foreign
- * _ready, loop.call_soon(self._drain, context=) as before. The bound method
- * is the queued handle's alone: a Stream kept it once made, 72 bytes for
- * every connection that ever had a record wait (decision 313). 0 or -1. */
+ * I/O (decision 377); its callback the Stream itself, called with no
+ * argument (Stream_call: _drain), so no bound method is made and none is
+ * kept (decisions 313, 741). In debug mode, with a patched get_debug or a
+ * foreign _ready, loop.call_soon(self._drain, context=) as before (a bound
+ * method, which the debug turn's reports name). 0 or -1. */
 static int stream_schedule_drain(Stream *s)
 {
-    PyObject *drain = PyObject_GetAttr((PyObject *)s, s_drain);
-    if (drain == NULL)
-        return -1;
     PyObject *h;
     if (s->ctx != NULL && PyContext_CheckExact(s->ctx) && makes_handles(s->loop)) {
-        h = soon(s->loop, drain, S.empty_tuple, s->ctx);
+        h = soon(s->loop, (PyObject *)s, S.empty_tuple, s->ctx);
     } else {
+        PyObject *drain = PyObject_GetAttr((PyObject *)s, s_drain);
+        if (drain == NULL)
+            return -1;
         PyObject *argv[3] = {(PyObject *)s->loop, drain, s->ctx};
         h = PyObject_VectorcallMethod(s_call_soon, argv, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
                                       kw_context);
+        Py_DECREF(drain);
     }
-    Py_DECREF(drain);
     /* behind what _ready held before the poll, before the timers collected
      * ahead of this batch's records, as stock queues its reader (decision 414) */
     int rc = h == NULL                                               ? -1
@@ -751,41 +768,108 @@ static int stream_schedule_drain(Stream *s)
     return rc;
 }
 
+/* The held records: a HeldQ of HELDQ_CAP0 records at first, doubled when
+ * full (several records of one Stream held in one turn) */
+#define HELDQ_CAP0 2
+
+static HeldQ *heldq_new(void)
+{
+    HeldQ *q = PyMem_Malloc(sizeof(HeldQ) + HELDQ_CAP0 * sizeof(HeldRec));
+    if (q == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    q->n = 0;
+    q->cap = HELDQ_CAP0;
+    return q;
+}
+
+/* room for one more record at the end of *qp (it may move). 0 or -1 */
+static int heldq_room(HeldQ **qp)
+{
+    HeldQ *q = *qp;
+    if (q->n < q->cap)
+        return 0;
+    Py_ssize_t cap = q->cap * 2;
+    q = PyMem_Realloc(q, sizeof(HeldQ) + (size_t)cap * sizeof(HeldRec));
+    if (q == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    q->cap = cap;
+    *qp = q;
+    return 0;
+}
+
+/* records [from, to) of q let go of their references */
+static void heldq_drop(HeldQ *q, Py_ssize_t from, Py_ssize_t to)
+{
+    for (Py_ssize_t i = from; i < to; i++) {
+        Py_XDECREF(q->r[i].res);
+        Py_DECREF(q->r[i].data);
+    }
+}
+
+/* q and its records gone */
+static void heldq_free(HeldQ *q)
+{
+    heldq_drop(q, 0, q->n);
+    PyMem_Free(q);
+}
+
+/* a record's res as an int (PyLong_AsLong's -1 with an exception set for
+ * what is none) */
+static inline long held_res(const HeldRec *a)
+{
+    return a->res != NULL ? PyLong_AsLong(a->res) : (long)a->nres;
+}
+
 /* A record that must wait behind what _ready held before the poll (the
  * stock loop queues its reader callback there): it joins the Stream's held
- * records, and the first of them queues one _drain call (in the transport's
+ * records, and the first of them queues one drain (in the transport's
  * context), as the stock loop re-queues its reader handle. Every record that
  * comes while some are held waits with them, in order. A pool view lives
- * only during this call: its bytes are copied. */
-static PyObject *stream_hold(Stream *s, PyObject *const *args)
+ * only during this call: its bytes are copied (into the spare bytes where
+ * it fits, decision 730). res is Python's int for the record (a record that
+ * came through Python, kept as it came), or NULL: nres is its value, made
+ * an int only where Python sees it (decision 740). 0, or -1 with an
+ * exception set. */
+static int stream_hold(Stream *s, PyObject *res, Py_ssize_t nres, int more, PyObject *data)
 {
-    PyObject *data = args[2];
-    PyObject *keep = data == Py_None || PyBytes_CheckExact(data) ? Py_NewRef(data)
-                                                                 : PyBytes_FromObject(data);
+    PyObject *keep;
+    if (data == Py_None || PyBytes_CheckExact(data))
+        keep = Py_NewRef(data);
+    else if (PyMemoryView_Check(data) && PyBuffer_IsContiguous(PyMemoryView_GET_BUFFER(data), 'C'))
+        keep = bytes_of(PyMemoryView_GET_BUFFER(data)->buf, PyMemoryView_GET_BUFFER(data)->len);
+    else
+        keep = PyBytes_FromObject(data);
     if (keep == NULL)
-        return NULL;
-    PyObject *rec = PyTuple_Pack(3, args[0], args[1], keep);
-    Py_DECREF(keep);
-    if (rec == NULL)
-        return NULL;
+        return -1;
     if (s->held == NULL) {
-        PyObject *held = PyList_New(0);
-        if (held == NULL)
+        HeldQ *q = heldq_new();
+        if (q == NULL)
             goto fail;
         if (stream_schedule_drain(s) < 0) {
-            Py_DECREF(held);
+            PyMem_Free(q);
             goto fail;
         }
-        s->held = held;
+        if (s->held == NULL) {
+            s->held = q;
+        } else {
+            PyMem_Free(q); /* (call_soon's Python held some meanwhile) */
+        }
     }
-    int rc = PyList_Append(s->held, rec);
-    Py_DECREF(rec);
-    if (rc < 0)
-        return NULL;
-    Py_RETURN_NONE;
+    if (heldq_room(&s->held) < 0)
+        goto fail;
+    HeldRec *a = &s->held->r[s->held->n++];
+    a->res = Py_XNewRef(res);
+    a->data = keep;
+    a->nres = nres;
+    a->more = (char)(more != 0);
+    return 0;
 fail:
-    Py_DECREF(rec);
-    return NULL;
+    Py_DECREF(keep);
+    return -1;
 }
 
 /* A record (res, more, data) as Python sees it, for the paths that hand it
@@ -796,13 +880,16 @@ fail:
 static PyObject *stream_recv_slow(Stream *s, int32_t res, int more, PyObject *data,
                                   PyObject *const *args, int hold, int enter)
 {
+    if (hold) /* the int is made only if Python asks for it (decision 740) */
+        return stream_hold(s, args ? args[0] : NULL, res, more, data) < 0 ? NULL
+                                                                         : Py_NewRef(Py_None);
     PyObject *own[3] = {NULL, more ? Py_True : Py_False, data};
     if (args == NULL) {
         if (!(own[0] = PyLong_FromLong(res)))
             return NULL;
         args = own;
     }
-    PyObject *r = hold ? stream_hold(s, args) : stream_call(s, s_on_recv, args, 3, enter);
+    PyObject *r = stream_call(s, s_on_recv, args, 3, enter);
     Py_XDECREF(own[0]);
     return r;
 }
@@ -919,11 +1006,17 @@ static PyObject *stream_recv(Stream *s, int32_t res, int more, PyObject *data,
     return stream_recv_slow(s, res, more, data, args, 0, enter);
 }
 
+static PyObject *Stream_drain(Stream *s, PyObject *unused);
+
 /* the receive callback called from Python: self(res, more, data) (the
  * table's records come through stream_deliver: no vectorcall pointer is
- * kept per Stream, decision 311) */
+ * kept per Stream, decision 311); self() is the queued drain of held
+ * records (stream_schedule_drain, decision 741) */
 static PyObject *Stream_call(Stream *s, PyObject *args, PyObject *kw)
 {
+    if (PyTuple_CheckExact(args) && PyTuple_GET_SIZE(args) == 0 &&
+        (kw == NULL || PyDict_GET_SIZE(kw) == 0))
+        return Stream_drain(s, NULL); /* the queued drain (decision 741) */
     if (!PyTuple_CheckExact(args) || PyTuple_GET_SIZE(args) != 3 ||
         (kw != NULL && PyDict_GET_SIZE(kw) > 0)) {
         PyErr_SetString(PyExc_TypeError, "Stream(res, more, data)");
@@ -1319,12 +1412,9 @@ static int stream_poll_record(Stream *s, int32_t res)
             /* a big message's tail keeps the poll (decision 718) */
             int more = got >= s->loop->table->buf_size || s->dfull;
             s->dfull = got == DIRECT_BYTES;
-            PyObject *args[3] = {PyLong_FromSsize_t(got), more ? Py_True : Py_False, b};
-            PyObject *r = args[0] ? stream_hold(s, args) : NULL;
-            Py_XDECREF(args[0]);
+            int h = stream_hold(s, NULL, got, more, b);
             Py_DECREF(b);
-            Py_XDECREF(r);
-            rc = r == NULL ? -1 : more ? stream_arm_poll(s, got < DIRECT_BYTES) : 0;
+            rc = h < 0 ? -1 : more ? stream_arm_poll(s, got < DIRECT_BYTES) : 0;
         } else if (got != RECV_NOMEM) {
             rc = stream_final(s, (int32_t)got, 1);
         }
@@ -1350,11 +1440,7 @@ static int stream_direct_record(PyObject *owner, int32_t res)
     if (s->dkind)
         return stream_poll_record(s, res);
     if (res > 0 && s->rdirect == R_DIRECT && (s->held != NULL || !ready_empty(s->loop))) {
-        PyObject *args[3] = {PyLong_FromLong(res), Py_False, Py_None};
-        PyObject *r = args[0] ? stream_hold(s, args) : NULL;
-        Py_XDECREF(args[0]);
-        Py_XDECREF(r);
-        if (r == NULL)
+        if (stream_hold(s, NULL, res, 0, Py_None) < 0)
             return -1;
         s->rdirect = R_HELD;
         return 1;
@@ -1368,84 +1454,93 @@ static int stream_direct_record(PyObject *owner, int32_t res)
 static PyObject *Stream_drain(Stream *s, PyObject *unused)
 {
     (void)unused;
-    PyObject *held = s->held;
-    if (held == NULL || s->draining)
+    HeldQ *q = s->held;
+    if (q == NULL || s->draining)
         Py_RETURN_NONE;
-    s->held = NULL;
+    s->held = NULL; /* q is ours now: nothing else changes it */
     s->draining = 1;
     Py_INCREF(s);
-    PyObject *r = Py_NewRef(Py_None);
+    int ok = 1;
     Py_ssize_t i = 0;
-    for (; i < PyList_GET_SIZE(held); i++) {
+    for (; i < q->n; i++) {
         int cnt = 0;
-        PyObject *const *a = &PyTuple_GET_ITEM(PyList_GET_ITEM(held, i), 0);
-        if (a[2] == Py_None && a[1] == Py_False && s->dbuf != NULL && s->recv_ud == 0 &&
+        const HeldRec *a = &q->r[i];
+        if (a->data == Py_None && !a->more && s->dbuf != NULL && s->recv_ud == 0 &&
             (s->rdirect == R_HELD || s->rdirect == R_STALE)) {
             /* a direct receive's bytes, still in the protocol's buffer */
-            Py_DECREF(r);
-            r = stream_direct_done(s, (int32_t)PyLong_AsLong(a[0]), 0) < 0 ? NULL
-                                                                           : Py_NewRef(Py_None);
-            if (r == NULL)
+            if (stream_direct_done(s, (int32_t)held_res(a), 0) < 0) {
+                ok = 0;
                 break;
+            }
             continue;
         }
         if (s->buffered && s->rfast && s->on_data != NULL && s->transport != NULL) {
             /* a BufferedProtocol's data records in a row are fed together,
-             * as when they come (decision 335); held is ours, so are they */
+             * as when they come (decision 335); q is ours, so are they */
             Piece pc[GATHER_MAX];
             Py_ssize_t total = 0;
-            for (; cnt < GATHER_MAX && i + cnt < PyList_GET_SIZE(held); cnt++) {
-                PyObject *const *a = &PyTuple_GET_ITEM(PyList_GET_ITEM(held, i + cnt), 0);
-                if (a[1] != Py_True || !PyBytes_CheckExact(a[2]) || PyBytes_GET_SIZE(a[2]) == 0)
+            for (; cnt < GATHER_MAX && i + cnt < q->n; cnt++) {
+                const HeldRec *b = &q->r[i + cnt];
+                if (!b->more || !PyBytes_CheckExact(b->data) || PyBytes_GET_SIZE(b->data) == 0)
                     break;
-                pc[cnt].p = PyBytes_AS_STRING(a[2]);
-                total += pc[cnt].n = PyBytes_GET_SIZE(a[2]);
+                pc[cnt].p = PyBytes_AS_STRING(b->data);
+                total += pc[cnt].n = PyBytes_GET_SIZE(b->data);
             }
             if (cnt > 0) {
-                Py_DECREF(r);
-                if (stream_feed_pieces(s, pc, cnt, total) < 0) {
-                    r = NULL;
-                } else {
-                    r = Py_NewRef(Py_None);
+                if (stream_feed_pieces(s, pc, cnt, total) < 0)
+                    ok = 0;
+                else
                     stream_maybe_direct(s);
-                }
                 i += cnt - 1; /* the last one handed over */
             }
         }
         if (cnt == 0) {
-            PyObject *rec = Py_NewRef(PyList_GET_ITEM(held, i));
-            Py_DECREF(r);
-            PyObject *const *args = &PyTuple_GET_ITEM(rec, 0);
-            r = stream_recv(s, 0, args[1] == Py_True, args[2], args, 0);
-            Py_DECREF(rec);
+            /* a record that came through Python goes on with its own int;
+             * one of C's is made an int only if it goes to Python (no
+             * args: stream_recv's EOF path is not taken while draining) */
+            PyObject *r;
+            if (a->res != NULL) {
+                PyObject *args[3] = {a->res, a->more ? Py_True : Py_False, a->data};
+                r = stream_recv(s, 0, a->more, a->data, args, 0);
+            } else {
+                r = stream_recv(s, (int32_t)a->nres, a->more, a->data, NULL, 0);
+            }
+            if (r == NULL)
+                ok = 0;
+            Py_XDECREF(r);
         }
-        if (r == NULL)
+        if (!ok)
             break;
     }
     s->draining = 0;
-    if (r == NULL && i + 1 < PyList_GET_SIZE(held)) {
+    if (!ok && i + 1 < q->n) {
         /* SystemExit or KeyboardInterrupt went through: the rest waits for
          * another _drain, first in line; behind what the failed feed kept
          * of its own record (stream_keep_rest: held meanwhile, its _drain
          * queued; decision 405) */
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
-        PyObject *rest = PyList_GetSlice(held, i + 1, PyList_GET_SIZE(held));
-        if (rest != NULL && s->held != NULL) {
-            Py_ssize_t end = PyList_GET_SIZE(s->held);
-            PyList_SetSlice(s->held, end, end, rest);
-            Py_DECREF(rest);
-        } else if (rest != NULL && stream_schedule_drain(s) == 0) {
-            s->held = rest;
-        } else {
-            Py_XDECREF(rest);
+        Py_ssize_t done = i + 1, rest = q->n - done;
+        heldq_drop(q, 0, done);
+        memmove(q->r, q->r + done, (size_t)rest * sizeof(HeldRec));
+        q->n = rest;
+        if (s->held != NULL) {
+            Py_ssize_t k = 0;
+            for (; k < rest && heldq_room(&s->held) == 0; k++)
+                s->held->r[s->held->n++] = q->r[k]; /* its references move */
+            memmove(q->r, q->r + k, (size_t)(rest - k) * sizeof(HeldRec));
+            q->n = rest - k; /* out of memory: the rest is lost */
+        } else if (stream_schedule_drain(s) == 0) {
+            s->held = q;
+            q = NULL;
         }
         PyErr_Clear();
         PyErr_Restore(type, value, tb);
     }
-    Py_DECREF(held);
+    if (q != NULL)
+        heldq_free(q);
     Py_DECREF(s);
-    return r;
+    return ok ? Py_NewRef(Py_None) : NULL;
 }
 
 static int stream_mark_dirty(Stream *s)
@@ -2571,7 +2666,12 @@ static int Stream_traverse(Stream *s, visitproc visit, void *arg)
     Py_VISIT(s->on_updated);
     Py_VISIT(s->protocol);
     Py_VISIT(s->buffer);
-    Py_VISIT(s->held);
+    if (s->held != NULL) {
+        for (Py_ssize_t i = 0; i < s->held->n; i++) {
+            Py_VISIT(s->held->r[i].res);
+            Py_VISIT(s->held->r[i].data);
+        }
+    }
     return 0;
 }
 
@@ -2589,7 +2689,10 @@ static int Stream_clear(Stream *s)
     Py_CLEAR(s->on_updated);
     Py_CLEAR(s->protocol);
     Py_CLEAR(s->buffer);
-    Py_CLEAR(s->held);
+    HeldQ *q = s->held;
+    s->held = NULL;
+    if (q != NULL)
+        heldq_free(q);
     return 0;
 }
 
@@ -2642,6 +2745,28 @@ static int Stream_set_buffer(Stream *s, PyObject *v, void *unused)
     return 0;
 }
 
+/* held: the records waiting behind _ready, as (res, more, data) tuples
+ * made for the asking (a list; None when there are none) */
+static PyObject *Stream_get_held(Stream *s, void *unused)
+{
+    (void)unused;
+    HeldQ *q = s->held;
+    if (q == NULL || q->n == 0)
+        Py_RETURN_NONE;
+    PyObject *l = PyList_New(q->n);
+    for (Py_ssize_t i = 0; l != NULL && i < q->n; i++) {
+        const HeldRec *a = &q->r[i];
+        PyObject *res = a->res != NULL ? Py_NewRef(a->res) : PyLong_FromSsize_t(a->nres);
+        PyObject *t = res ? PyTuple_Pack(3, res, a->more ? Py_True : Py_False, a->data) : NULL;
+        Py_XDECREF(res);
+        if (t == NULL)
+            Py_CLEAR(l);
+        else
+            PyList_SET_ITEM(l, i, t);
+    }
+    return l;
+}
+
 /* peer: what keep_peer kept, as a new (host, port) tuple (the socket
  * module's: inet_ntop's text and an int), or None */
 static PyObject *Stream_get_peer(Stream *s, void *unused)
@@ -2662,6 +2787,7 @@ static PyObject *Stream_get_peer(Stream *s, void *unused)
 static PyGetSetDef Stream_getset[] = {
     {"buffer", (getter)Stream_get_buffer, (setter)Stream_set_buffer, NULL, NULL},
     {"peer", (getter)Stream_get_peer, NULL, NULL, NULL},
+    {"held", (getter)Stream_get_held, NULL, NULL, NULL},
     BOOL_ATTR("rfast", rfast),       /* the receive fast path may run */
     BOOL_ATTR("wfast", wfast),       /* the write/flush/sent fast paths may run */
     BOOL_ATTR("dirty", dirty),       /* on the loop's dirty list */
@@ -2685,8 +2811,6 @@ static PyMemberDef Stream_members[] = {
     {"rsize", T_PYSSIZET, offsetof(Stream, rsize), 0, NULL},
     {"rgrow", T_PYSSIZET, offsetof(Stream, rgrow), 0, NULL},
     {"fd", T_INT, offsetof(Stream, fd), READONLY, NULL},
-    /* the records waiting behind _ready: (res, more, data) tuples, or None */
-    {"held", T_OBJECT, offsetof(Stream, held), READONLY, NULL},
     /* set by _feed_buffer too (decision 634) */
     {"feed_rest", T_BOOL, offsetof(Stream, feed_rest), 0, NULL},
     /* bytes of held writes in the queue (decision 646) */
