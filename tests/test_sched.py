@@ -740,9 +740,16 @@ def test_get_debug_as_stock(loop, stock):
         out.append(repr(lp.get_debug()))
         del lp._debug
         name = type(lp).__name__
-        for fn in (lp.get_debug, lp.create_future, asyncio.BaseEventLoop.get_debug.__get__(lp)):
+        # (the stock Python get_debug reads our Core's `_debug` slot: from
+        # 3.13 a member descriptor's AttributeError names the class with its
+        # module, a known limit in docs/design.md, so that one is read as
+        # the short name; get_debug and create_future must match as they are)
+        qual = f"{type(lp).__module__}.{name}"
+        stock_fn = asyncio.BaseEventLoop.get_debug.__get__(lp)
+        for fn in (lp.get_debug, lp.create_future, stock_fn):
             err = error_of(fn)
-            out.append(err and (err[0], err[1].replace(name, "L")))
+            msg = err and (err[1].replace(qual, name) if fn is stock_fn else err[1])
+            out.append(err and (err[0], msg.replace(name, "L")))
         lp._debug = False
         lp.get_debug = lambda: True
         out.append(lp.create_future()._source_traceback is not None)
