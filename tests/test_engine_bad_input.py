@@ -197,14 +197,19 @@ def _bad_calls(fd, cb):
     methods, whole positional calls (the transports' form) among them."""
     big = 2**31
     return [
-        # recv / read_pool(fd, cb, multishot=True, nbytes=0, coalesce=False, view=False)
+        # recv(fd, cb, multishot=True, nbytes=0, coalesce=False, view=False,
+        # stream=False) / read_pool(the same but stream)
+        ("recv", (fd, cb, True, 0, False, False, False, 0), {}, TypeError),
+        ("recv", (fd, cb, True, 0, False, False, _BadBool()), {}, ZeroDivisionError),
+        ("recv", (fd, cb), {"stream": _BadBool()}, ZeroDivisionError),
+        ("read_pool", (fd, cb, True, 0, False, False, False), {}, TypeError),
+        ("read_pool", (fd, cb), {"stream": False}, TypeError),
         *[
             c
             for m in ("recv", "read_pool")
             for c in [
                 (m, (), {}, TypeError),
                 (m, (fd,), {}, TypeError),
-                (m, (fd, cb, True, 0, False, False, 0), {}, TypeError),
                 (m, (fd, cb), {"bogus": 1}, TypeError),
                 (m, (fd, cb), {"fd": fd}, TypeError),
                 (m, (fd, cb, True), {"multishot": True}, TypeError),

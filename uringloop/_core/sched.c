@@ -1157,7 +1157,7 @@ static PyObject *Table_nop(Table *t, PyObject *cb)
 /* recv and read_pool: the same arguments, the same records (stream: fd is a
  * SOCK_STREAM socket, UL_RECV_STREAM; read_pool ignores it) */
 static PyObject *pool_read(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw,
-                           const char *name, ul_recv_fn fn)
+                           const char *name, ul_recv_fn fn, int nmax)
 {
     static const char *const names[] = {"fd",       "cb",   "multishot", "nbytes",
                                          "coalesce", "view", "stream"};
@@ -1169,7 +1169,7 @@ static PyObject *pool_read(Table *t, PyObject *const *args, Py_ssize_t nargs, Py
         PyErr_Format(PyExc_RuntimeError, "%s: not set up", name);
         return NULL;
     }
-    if (!(a = take_args(name, args, nargs, kw, names, 2, 7, buf)) || get_fd(a[0], &fd) < 0 ||
+    if (!(a = take_args(name, args, nargs, kw, names, 2, nmax, buf)) || get_fd(a[0], &fd) < 0 ||
         check_cb(a[1]) < 0)
         return NULL;
     if (get_int(a[3], -(1LL << 62), UINT32_MAX, "nbytes", &nbytes) < 0)
@@ -1179,7 +1179,7 @@ static PyObject *pool_read(Table *t, PyObject *const *args, Py_ssize_t nargs, Py
         return NULL;
     }
     int multishot = get_bool(a[2], 1), coalesce = get_bool(a[4], 0), view = get_bool(a[5], 0),
-        stream = get_bool(a[6], 0);
+        stream = nmax > 6 ? get_bool(a[6], 0) : 0; /* (recv's alone: decision 745) */
     if (multishot < 0 || coalesce < 0 || view < 0 || stream < 0)
         return NULL;
     uint64_t ud = table_take(t, a[1], NULL,
@@ -1192,13 +1192,13 @@ static PyObject *pool_read(Table *t, PyObject *const *args, Py_ssize_t nargs, Py
 
 static PyObject *Table_recv(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
 {
-    return pool_read(t, args, nargs, kw, "recv", t->recv);
+    return pool_read(t, args, nargs, kw, "recv", t->recv, 7);
 }
 
 static PyObject *Table_read_pool(Table *t, PyObject *const *args, Py_ssize_t nargs,
                                  PyObject *kw)
 {
-    return pool_read(t, args, nargs, kw, "read_pool", t->read_pool);
+    return pool_read(t, args, nargs, kw, "read_pool", t->read_pool, 6);
 }
 
 /* set_read_pool(address of ul_read_pool) */
