@@ -1985,6 +1985,35 @@ static void stream_dirty_clear(PyObject *buf)
  * no record and no completion; only a rest (the socket buffer was full: a
  * short send, or EAGAIN) goes to the engine's ordered queue, from where the
  * kernel left off (decision 305). */
+/* One non-blocking send of iov[0:n] (send() for one chunk: sendmsg() makes
+ * the kernel copy in a msghdr and an iovec first, decision 370): the bytes
+ * the socket took (0 for EAGAIN), taken off buffer_size; -1 with the stock
+ * write's error set (the flush's caller reports it as "Fatal write error on
+ * socket transport") */
+static Py_ssize_t stream_send_once(Stream *s, struct iovec *iov, Py_ssize_t n)
+{
+    Py_ssize_t k;
+    do {
+        if (n == 1) {
+            k = send(s->fd, iov[0].iov_base, iov[0].iov_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        } else {
+            struct msghdr msg = {0};
+            msg.msg_iov = iov;
+            msg.msg_iovlen = (size_t)n;
+            k = sendmsg(s->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        }
+    } while (k < 0 && errno == EINTR);
+    if (k < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        k = 0;
+    }
+    s->buffer_size -= k;
+    return k;
+}
+
 static PyObject *Stream_flush(Stream *s, PyObject *unused)
 {
     (void)unused;
@@ -2011,24 +2040,19 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
          * iovec or msghdr built for it (decision 722); a rest goes to the
          * engine below, as the general path's does */
         total = PyBytes_GET_SIZE(buf);
+        small[0].iov_base = PyBytes_AS_STRING(buf);
+        small[0].iov_len = (size_t)total;
         s->sends++;
-        do
-            k = send(s->fd, PyBytes_AS_STRING(buf), (size_t)total, MSG_DONTWAIT | MSG_NOSIGNAL);
-        while (k < 0 && errno == EINTR);
-        if (k < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK)
-                return PyErr_SetFromErrno(PyExc_OSError); /* as below */
-            k = 0;
-        }
-        s->buffer_size -= k;
+        if ((k = stream_send_once(s, small, 1)) < 0)
+            return NULL;
         if (k == total) { /* all of it (decision 310) */
             s->inline_sends++;
             s->buffer = NULL;
             bytes_drop(buf); /* the spare when ours was the last (decision 730) */
             Py_RETURN_NONE;
         }
-        small[0].iov_base = PyBytes_AS_STRING(buf) + k;
-        small[0].iov_len = (size_t)(total - k);
+        small[0].iov_base = (char *)small[0].iov_base + k;
+        small[0].iov_len -= (size_t)k;
         Py_INCREF(t);
         goto rest;
     }
@@ -2051,25 +2075,8 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
      * transport's socket, write_eof and sendfile leave the fast path) */
     s->sends++;
     if (!s->wpaused) {
-        /* one chunk (the usual turn: one write) is send(): sendmsg() makes
-         * the kernel copy in a msghdr and an iovec first (decision 370) */
-        struct msghdr msg = {0};
-        msg.msg_iov = iov;
-        msg.msg_iovlen = (size_t)n;
-        do
-            k = n == 1 ? send(s->fd, iov[0].iov_base, iov[0].iov_len, MSG_DONTWAIT | MSG_NOSIGNAL)
-                       : sendmsg(s->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
-        while (k < 0 && errno == EINTR);
-        if (k < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK) {
-                /* the stock write's error: the flush's caller reports it as
-                 * "Fatal write error on socket transport" */
-                PyErr_SetFromErrno(PyExc_OSError);
-                goto out;
-            }
-            k = 0;
-        }
-        s->buffer_size -= k;
+        if ((k = stream_send_once(s, iov, n)) < 0)
+            goto out;
         if (k == total) { /* all of it: no queue until the next write (decision 310) */
             s->inline_sends++;
             Py_CLEAR(s->buffer);
