@@ -449,19 +449,6 @@ static int read_copied(PyObject *self, PyObject *incoming, PyObject *target, PyO
         else if (m > READ_CAP && m <= INT_MAX)
             len = C.read_cap;
     }
-    /* a capped read (a plain SSLObject's inner object) goes into the
-     * protocol's receive buffer, and the bytes are made of what came
-     * (decision 763): _ssl's read(len) allocates len and shrinks it to what
-     * came, about 840 instructions a read in malloc for a 1 KiB record. The
-     * buffer is free here: what the raw transport received into it is in
-     * incoming already (buffer_updated wrote it there), and the next receive
-     * into it comes after this read. Held: a callback may replace the
-     * field, and the read releases the GIL with the buffer exported, so
-     * nothing can resize it meanwhile. */
-    PyObject *scratch = NULL;
-    if (len == C.read_cap && p->ssl_buffer != NULL && PyByteArray_CheckExact(p->ssl_buffer) &&
-        PyByteArray_GET_SIZE(p->ssl_buffer) >= READ_CAP)
-        scratch = Py_NewRef(p->ssl_buffer);
     PyObject *first = NULL, *list = NULL;
     int eof = 0, rc = -1;
     for (;;) {
@@ -470,19 +457,7 @@ static int read_copied(PyObject *self, PyObject *incoming, PyObject *target, PyO
             goto done;
         if (!left)
             break;
-        PyObject *chunk;
-        if (scratch != NULL) {
-            PyObject *count = call2(target, s_read, len, scratch);
-            Py_ssize_t c = count == NULL ? -1 : PyLong_AsSsize_t(count);
-            Py_XDECREF(count);
-            if (c > PyByteArray_GET_SIZE(scratch) || (c < 0 && !PyErr_Occurred()))
-                PyErr_SetString(PyExc_SystemError, "SSLObject.read() into a buffer: bad count");
-            chunk = PyErr_Occurred() ? NULL
-                                     : PyBytes_FromStringAndSize(PyByteArray_AS_STRING(scratch), c);
-        }
-        else {
-            chunk = call1(target, s_read, len);
-        }
+        PyObject *chunk = call1(target, s_read, len);
         if (chunk == NULL) {
             if (clear_again())
                 break;
@@ -542,7 +517,6 @@ static int read_copied(PyObject *self, PyObject *incoming, PyObject *target, PyO
 done:
     Py_XDECREF(first);
     Py_XDECREF(list);
-    Py_XDECREF(scratch);
     Py_DECREF(max_size);
     return rc;
 }
