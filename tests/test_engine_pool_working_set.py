@@ -47,6 +47,35 @@ def test_sequential_receives_reuse_a_few_buffers(eng, socketpair):
     assert c.records[-1] == (0, False, None)
 
 
+def test_the_ring_shrinks_to_what_the_runs_take(eng, socketpair):
+    """A ring that no run comes near emptying shrinks (decision 759): after
+    more than two windows of runs that each take one buffer, 200 sequential
+    receives land in at most 16 pool buffers, as epoll's free stack reuses a
+    few (before: the ring of 64 walked whole, 64 buffers 16 KiB apart, the
+    TLS echo's receive copy into cache-cold memory)."""
+    a, b = socketpair()
+    seen = []
+    c = Collector()
+
+    def cb(res, more, data):
+        if res > 0:
+            seen.append(_buffer_index(eng, data))
+        c(res, more, None)
+
+    eng.recv(a.fileno(), cb, view=True)
+    settle(eng, 2)
+    for i in range(800):
+        b.send(b"m%d" % i)
+        run_until(eng, lambda i=i: len(seen) == i + 1, what=f"message {i}")
+    assert len(set(seen[-200:])) <= 16, sorted(set(seen[-200:]))
+    if eng.backend == "io_uring" and eng.info()["buffer_ring"]:
+        assert eng.stats()["rearms"] == 0  # the smaller ring never ran dry
+        assert eng.stats()["ring_want"] == 16
+    b.close()
+    run_until(eng, lambda: c.done, what="EOF")
+    assert c.records[-1] == (0, False, None)
+
+
 def test_a_burst_larger_than_the_ring_is_all_received(eng, res_tracker):
     """More sockets with data at once than the ring holds at first: every
     receive that found the ring empty is armed again after the next top-up,
