@@ -813,6 +813,7 @@ typedef int (*ul_recv_busy_fn)(void *, int);
 #define SLOT_SENT 16    /* a Stream's own send: its records go to stream_sent_record (stream.c) */
 #define SLOT_DIRECT 32  /* a Stream's receive into its protocol's buffer, or a Protocol's poll between
                           * direct reads (decision 373): stream_direct_record */
+#define SLOT_KEPT 64    /* with SLOT_DIRECT: a Protocol's kept multishot poll (decision 765) */
 #define SLOT_CHUNK 1024
 #define GEN_MASK ((1u << 30) - 1)
 #define MAX_IOV 1024
@@ -1702,7 +1703,7 @@ static int call_back(PyObject *cb, int32_t res_v, int more, PyObject *data)
 }
 
 static int stream_sent_record(PyObject *owner, int32_t res, int more, PyObject *data);
-static int stream_direct_record(PyObject *owner, int32_t res, int more, uint64_t ud);
+static int stream_direct_record(PyObject *owner, int32_t res, int more, uint64_t ud, int kept);
 
 static void keep_first(PyObject **first)
 {
@@ -1873,7 +1874,7 @@ static int table_deliver(Table *t, int n, PyObject **first)
         PyObject *cb = Py_NewRef(t->slots[slot].owner);
         uint16_t sf = t->slots[slot].flags;
         int took = (sf & SLOT_SENT)     ? stream_sent_record(cb, res, !final, data) /* a Stream's own send */
-                   : (sf & SLOT_DIRECT) ? stream_direct_record(cb, res, !final, r->user_data) /* into its protocol's buffer */
+                   : (sf & SLOT_DIRECT) ? stream_direct_record(cb, res, !final, r->user_data, sf & SLOT_KEPT) /* into its protocol's buffer */
                                         : stream_deliver(cb, res, !final, data); /* a Stream's record: C to C */
         if (took == 0) {
             ul_dgram_timers = t->pre_timers;

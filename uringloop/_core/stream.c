@@ -76,7 +76,6 @@ typedef struct {
     unsigned long long pms; /* a Protocol's direct reads' multishot poll, kept while they go
                              * on (0: none); recv_ud == pms while the Stream waits on it
                              * (UL_POLL_MULTI, decision 765) */
-    unsigned int porphans;  /* such polls let go of (cancelled), final record not yet in */
     char phup;     /* a record of it said RDHUP, HUP or ERR: a FIN or error queued behind
                     * the bytes a short read took raises no later wake-up, so the waits
                     * are one-shot polls from then on, as before (decision 765) */
@@ -1090,7 +1089,7 @@ static int stream_arm_poll(Stream *s, int drained)
          * a one-shot poll then, as before, the kept one staying (decision
          * 765) */
         if (s->pms == 0) {
-            uint64_t ud = table_take(t, (PyObject *)s, NULL, SLOT_DIRECT);
+            uint64_t ud = table_take(t, (PyObject *)s, NULL, SLOT_DIRECT | SLOT_KEPT);
             int rc = ud ? t->poll(t->engine, ud, s->fd, POLLIN | POLLRDHUP, UL_POLL_MULTI) : -1;
             if (rc < 0) {
                 if (ud)
@@ -1463,30 +1462,25 @@ static int stream_poll_record(Stream *s, int32_t res)
  * records held already) stay in the protocol's buffer, and a held record
  * (res, False, None) stands for them until _drain (R_HELD). 1, or -1 with
  * an exception set. */
-static int stream_direct_record(PyObject *owner, int32_t res, int more, uint64_t ud)
+static int stream_direct_record(PyObject *owner, int32_t res, int more, uint64_t ud, int kept)
 {
     Stream *s = (Stream *)owner;
-    if (ud != s->recv_ud && ud == s->pms && s->pms != 0) {
-        /* the kept multishot poll while a one-shot poll waits (after a read
-         * that filled its bytes): that one reports; a FIN or an error here
-         * still makes the later waits one-shot polls (decision 765) */
-        if (!more)
+    if (kept && ud != s->recv_ud) {
+        /* a kept multishot poll the Stream does not wait on (decision 765):
+         * nothing read, nothing said. Its own (pms) while a one-shot poll
+         * waits after a read that filled its bytes: that one reports, but a
+         * FIN or error seen here still makes the later waits one-shot
+         * polls. One let go of (cancelled when the reads ended): its records
+         * until the final one, which frees the slot. */
+        if (ud == s->pms && !more)
             s->pms = 0;
-        else if (res >= 0 && (res & (POLLRDHUP | POLLHUP | POLLERR)))
+        else if (ud == s->pms && res >= 0 && (res & (POLLRDHUP | POLLHUP | POLLERR)))
             s->phup = 1;
-        return 1;
-    }
-    if (ud != s->recv_ud && (more || s->porphans > 0)) {
-        /* a multishot poll the Stream let go of (cancelled: its reads
-         * ended): nothing read, nothing said; its final record frees its
-         * slot (decision 765) */
-        if (!more && s->porphans > 0)
-            s->porphans--;
         return 1;
     }
     s->recv_ud = 0;
     if (s->dkind) {
-        if (ud == s->pms) {
+        if (kept) { /* the kept poll the Stream waits on (recv_ud == pms) */
             if (!more)
                 s->pms = 0; /* ended (cancelled, an error): as a one-shot poll's record */
             else if (res >= 0 && (res & (POLLRDHUP | POLLHUP | POLLERR)))
@@ -1495,12 +1489,12 @@ static int stream_direct_record(PyObject *owner, int32_t res, int more, uint64_t
         int rc = stream_poll_record(s, res);
         if (s->pms != 0 && (s->phup || !s->dkind || s->rdirect != R_DIRECT)) {
             /* the reads ended (the pool receive again, EOF, paused, another
-             * protocol), or a FIN or error was seen: the kept poll goes, and
-             * its records until the final one are dropped (the engine drops
-             * them once the cancel is asked) */
+             * protocol), or a FIN or error was seen: the kept poll goes; the
+             * engine drops its records once the cancel is asked, and those
+             * in the batch already reach the test above */
             Table *t = s->loop->table;
-            if (t != NULL && t->engine != NULL && t->cancel(t->engine, s->pms) == 0)
-                s->porphans++;
+            if (t != NULL && t->engine != NULL)
+                (void)t->cancel(t->engine, s->pms); /* -ENOENT: it ended already */
             s->pms = 0;
         }
         return rc;
