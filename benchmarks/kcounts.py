@@ -351,7 +351,12 @@ def run_client_traced(wl, server, opts, tmp, evs, tag):
 
 
 def run_one(wl, loop, opts, tmp, pad=0):
-    server = net_bench.Server(loop, wl, opts.server_cpu, tmp, None, pad)
+    # the TLS row's certificate: made once per run, as net_bench makes it
+    cert = None
+    if wl["kind"] == "tls":
+        cert = getattr(opts, "cert", None) or net_bench.make_cert(tmp)
+        opts.cert = cert
+    server = net_bench.Server(loop, wl, opts.server_cpu, tmp, cert, pad)
     try:
         if server.skip:
             return {"skip": server.skip}

@@ -7,7 +7,10 @@ buffered or streams; or httptools, its HTTP server, which gets a keep-alive
 GET and answers its fixed response; or aiohttp, its aiohttp.web hello world,
 which gets the same GET over loopback TCP only and whose answer, with its
 Date header, is checked by its status line, Content-Length and body:
-``--size`` does not apply to either) alone under
+``--size`` does not apply to either; or tls, its protocol echo under TLS
+with a certificate made as net_bench.py makes it, whose client does each
+connection's handshake before the rounds with the stdlib's ssl, so that only
+the echo's records are counted) alone under
 ``valgrind --tool=callgrind``, over a Unix socket or loopback TCP (``--tcp``),
 driven from this process by a client of non-blocking sockets and a selector,
 in rounds: it waits ``--gap`` ms, sends one ``--size``-byte message on each
@@ -37,6 +40,7 @@ non-empty at every poll, a state loadgen at native speed hardly makes
     python benchmarks/server_instructions.py --kind buffered --size 102400 --tcp --conns 10 -n 200
     python benchmarks/server_instructions.py --kind httptools --tcp --conns 100 -n 1000
     python benchmarks/server_instructions.py --kind aiohttp --tcp --conns 100 -n 2000
+    python benchmarks/server_instructions.py --kind tls --tcp --conns 10 -n 500
 
 Needs valgrind. A report: nothing is asserted.
 """
@@ -49,6 +53,7 @@ import re
 import selectors
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -59,12 +64,13 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import instructions  # noqa: E402  (after the path set-up above)
+import net_bench  # noqa: E402
 import net_server  # noqa: E402
 
 # the httptools kind's request (loop_bench.py's) and the answer it must bring back
 HTTP_REQUEST = b"GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: loop_bench\r\n\r\n"
 
-KINDS = ("sock", "protocol", "buffered", "streams", "httptools", "aiohttp")
+KINDS = ("sock", "protocol", "buffered", "streams", "httptools", "aiohttp", "tls")
 # the aiohttp kind's answer: its Date header changes, so the check is this status
 # line, a complete head, Content-Length and this body
 AIOHTTP_STATUS = b"HTTP/1.1 200 OK\r\n"
@@ -80,7 +86,7 @@ sys.path.insert(0, {here!r})
 import net_server
 loop = net_server.make_loop({loop!r})
 asyncio.set_event_loop(loop)
-args = argparse.Namespace(kind={kind!r}, unix={unix!r}, tcp={tcp!r}, cert=None, key=None)
+args = argparse.Namespace(kind={kind!r}, unix={unix!r}, tcp={tcp!r}, cert={cert!r}, key={key!r})
 addr = loop.run_until_complete(net_server.serve(loop, args))
 # the end: stdin's EOF, seen by the loop (under valgrind a blocked io_uring_enter holds
 # off signals and other threads); an idle reader costs no request anything
@@ -120,11 +126,13 @@ def drive(
     name: str,
     http: bool = False,
     aiohttp: bool = False,
+    tls: bool = False,
 ) -> None:
     """n echo requests in rounds: gap, then one message on each of conns
     connections, then every echo back before the next round (http: the message
     is an HTTP GET and what comes back net_server.py's fixed response; aiohttp:
-    the same GET, and the answer aiohttp_done() checks)."""
+    the same GET, and the answer aiohttp_done() checks; tls: each connection
+    is a TLS client's, its handshake done before the first round)."""
     family = socket.AF_UNIX if isinstance(addr, str) else socket.AF_INET
     http = http or aiohttp
     msg = HTTP_REQUEST if http else os.urandom(size)
@@ -132,12 +140,17 @@ def drive(
     size = len(answer)
     sel = selectors.DefaultSelector()
     socks = []
+    ctx = tls_client_context() if tls else None
     for _ in range(conns):
         s = socket.socket(family)
         s.settimeout(60)
         s.connect(addr)
         if family == socket.AF_INET:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ctx is not None:
+            # a blocking handshake (timeout 60 s): the server's share of it is
+            # start-up, the same in the N and 2N runs
+            s = ctx.wrap_socket(s, server_hostname="localhost")
         s.setblocking(False)
         socks.append(s)
     try:
@@ -158,14 +171,19 @@ def drive(
                     if mask & selectors.EVENT_WRITE and len(out):
                         try:
                             out = todo[s][0] = out[s.send(out) :]
-                        except BlockingIOError:
+                        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                             pass
                         if not len(out):
                             sel.modify(s, selectors.EVENT_READ)
                     if mask & selectors.EVENT_READ:
                         try:
                             piece = s.recv(1 << 18)
-                        except BlockingIOError:
+                            # a TLS socket's records already decrypted (the
+                            # selector does not see them)
+                            while tls and piece and s.pending():
+                                piece += s.recv(1 << 18)
+                        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                            # TLS: a partial record, or only a session ticket
                             continue
                         if not piece:
                             raise RuntimeError(f"{name}: the server closed early")
@@ -185,16 +203,33 @@ def drive(
             s.close()
 
 
+def tls_client_context() -> ssl.SSLContext:
+    """The tls kind's client: no certificate check (net_bench's certificate is
+    made for the run); TLS 1.3 as loadgen's."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def callgrind_server(
     loop: str, kind: str, tmp: str, tag: str, tcp: bool, client
 ) -> tuple[int, str]:
     """net_server.py's `kind` server on `loop` alone under callgrind (loopback
     TCP, or a Unix socket in tmp), driven by client(addr); callgrind's total
-    and its output file."""
+    and its output file. The tls kind's certificate and key are tmp's
+    cert.pem and key.pem (made by net_bench.make_cert if absent)."""
     path = None if tcp else os.path.join(tmp, f"s.{tag}")
     out = os.path.join(tmp, f"cg.{loop}.{tag}.out")
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=ROOT)
-    code = SERVER.format(here=HERE, loop=loop, kind=kind, unix=path, tcp=0 if tcp else None)
+    cert = key = None
+    if kind == "tls":
+        cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        if not os.path.exists(cert):
+            net_bench.make_cert(tmp)
+    code = SERVER.format(
+        here=HERE, loop=loop, kind=kind, unix=path, tcp=0 if tcp else None, cert=cert, key=key
+    )
     # an empty working directory: `python -c` puts it first on sys.path, and the
     # start-up's imports list it (a busy /tmp's listing, which changes between
     # the N and 2N runs, was thousands of instructions per request of noise)
@@ -262,7 +297,17 @@ def client(addr, n: int, conns: int, size: int, gap: float, name: str, kind: str
     (decision 739)."""
     if kind == "aiohttp":
         drive(addr, 1, 1, size, 0, name, aiohttp=True)
-    drive(addr, n, conns, size, gap, name, http=kind == "httptools", aiohttp=kind == "aiohttp")
+    drive(
+        addr,
+        n,
+        conns,
+        size,
+        gap,
+        name,
+        http=kind == "httptools",
+        aiohttp=kind == "aiohttp",
+        tls=kind == "tls",
+    )
 
 
 def main(argv=None) -> int:

@@ -284,7 +284,7 @@ def test_accepted_fd_of_a_closed_transport_skips_the_python_check(tloop):
         real = tloop._ensure_fd_no_transport
 
         def counting(fd):
-            if sys._getframe(1).f_code.co_name == "_connection":  # the Acceptor's
+            if sys._getframe(1).f_code.co_name in ("_connection", "_on_accept"):  # the Acceptor's
                 checks.append(fd)
             return real(fd)
 
@@ -403,3 +403,197 @@ def test_a_lost_transport_goes_with_its_last_reference(tloop, closer):
             assert core._fatal_error(OSError(), "x") is None
             core.release()
             core.unlink()
+
+
+# --------------------------------------------------------------------------
+# decisions 753-755: an accepted connection's Python steps
+
+
+def _stream_py_calls(names):
+    """A sys.setprofile hook recording calls of stream.py functions whose
+    names are in names (and the list it appends to)."""
+    calls = []
+
+    def hook(frame, event, arg):
+        if event == "call":
+            code = frame.f_code
+            if code.co_name in names and code.co_filename.endswith("stream.py"):
+                calls.append(code.co_name)
+
+    return hook, calls
+
+
+def test_an_accepted_connection_skips_the_frames_written_out(tloop):
+    """A plain accepted connection (echo, the client's EOF, close, lost, the
+    transport freed) runs no Acceptor._connection or SocketTransport._begin
+    (written out in _on_accept and _accepted, decision 753), no Python
+    __del__ (the C core's, 754) and no _start_reading (the Stream's
+    start_reading, 755); the callbacks as stock."""
+    if not type(tloop).__module__.startswith("uringloop"):
+        pytest.skip("the frames counted are uringloop's stream.py's")
+    import gc
+    import weakref
+
+    names = ("_connection", "_begin", "_start_reading", "_del_slow", "__del__",
+             "_on_accept", "_accepted", "close", "_call_connection_lost")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        events, refs, lost = [], [], loop.create_future()
+
+        class P(asyncio.Protocol):
+            def connection_made(self, transport):
+                events.append("made")
+                refs.append(weakref.ref(transport))
+                self.t = transport
+
+            def data_received(self, data):
+                events.append(("data", data))
+                self.t.write(data)
+
+            def eof_received(self):
+                events.append("eof")
+
+            def connection_lost(self, exc):
+                events.append(("lost", exc))
+                self.t = None
+                lost.set_result(None)
+
+        server = await loop.create_server(P, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        hook, calls = _stream_py_calls(names)
+        peer = socket.socket()  # (a plain socket: every transport here is the server's)
+        peer.setblocking(False)
+        sys.setprofile(hook)
+        try:
+            with peer:
+                await wait_for(loop.sock_connect(peer, addr))
+                await wait_for(loop.sock_sendall(peer, b"x"))
+                assert await wait_for(loop.sock_recv(peer, 10)) == b"x"
+                peer.shutdown(socket.SHUT_WR)
+                await wait_for(lost)
+                assert await wait_for(loop.sock_recv(peer, 10)) == b""
+            for _ in range(3):  # the engine's close of the fd, its records
+                await asyncio.sleep(0.01)
+            gc.collect()
+        finally:
+            sys.setprofile(None)
+        server.close()
+        await wait_for(server.wait_closed())
+        return events, calls, refs
+
+    events, calls, refs = run_in(tloop, main())
+    assert events == ["made", ("data", b"x"), "eof", ("lost", None)]
+    assert all(r() is None for r in refs)
+    assert calls == ["_on_accept", "_accepted", "close", "_call_connection_lost"], calls
+
+
+@pytest.mark.parametrize("what", ["pause", "close", "patched"])
+def test_an_accepted_connection_starts_reading_as_stock(tloop, what, monkeypatch):
+    """The first _start_reading of an accepted connection is the Stream's
+    (decision 755); what connection_made did still decides: paused, nothing
+    comes until resume_reading; closed, nothing is read; a class whose
+    _start_reading is replaced gets it called, as the stock loop calls its
+    _add_reader from its own handle."""
+    if what == "patched" and not type(tloop).__module__.startswith("uringloop"):
+        pytest.skip("the method patched is uringloop's SocketTransport._start_reading")
+    events = []
+    if what == "patched":
+        from uringloop.transports.stream import SocketTransport
+
+        real = SocketTransport._start_reading
+
+        def counting(self):
+            if self._server is not None:  # (not the client's transport)
+                events.append("start")
+            return real(self)
+
+        monkeypatch.setattr(SocketTransport, "_start_reading", counting)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        lost = loop.create_future()
+
+        class P(asyncio.Protocol):
+            def connection_made(self, transport):
+                events.append("made")
+                self.t = transport
+                if what == "pause":
+                    transport.pause_reading()
+                    loop.call_later(0.05, self.resume)
+                elif what == "close":
+                    transport.close()
+
+            def resume(self):
+                events.append("resume")
+                self.t.resume_reading()
+
+            def data_received(self, data):
+                events.append(("data", bytes(data)))
+                self.t.close()
+
+            def connection_lost(self, exc):
+                events.append(("lost", exc))
+                lost.set_result(None)
+
+        server = await loop.create_server(P, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        r, w = await wait_for(asyncio.open_connection(*addr))
+        w.write(b"abc")
+        await wait_for(lost)
+        w.close()
+        try:
+            await wait_for(w.wait_closed())
+        except ConnectionError:
+            pass  # (closed with the bytes unread: a reset, as stock)
+        server.close()
+        await wait_for(server.wait_closed())
+
+    run_in(tloop, main())
+    if what == "close":
+        assert events == ["made", ("lost", None)]
+    elif what == "pause":
+        assert events == ["made", "resume", ("data", b"abc"), ("lost", None)]
+    else:
+        assert events == ["made", "start", ("data", b"abc"), ("lost", None)], events
+
+
+def test_a_transports_del_is_the_c_cores_with_the_python_rest():
+    """SocketTransport.__del__ is the C core's (decision 754): with the
+    socket gone (_sockobj None) it unlinks the transport's _core, or does
+    nothing without one; an unclosed transport gets _del_slow, base.py's:
+    its ResourceWarning, its socket closed."""
+    import warnings
+
+    from uringloop.transports.stream import SocketTransport
+
+    class FakeCore:
+        unlinked = 0
+
+        def __init__(self, fd):
+            self.fd = fd
+
+        def unlink(self):
+            FakeCore.unlinked += 1
+
+    t = SocketTransport.__new__(SocketTransport)
+    t._sockobj = None
+    assert SocketTransport.__del__(t) is None  # no _core: nothing
+    t._core = FakeCore(-1)  # not a Stream: the Python method unlinks it
+    t.__del__()
+    assert FakeCore.unlinked == 1
+    a, b = socket.socketpair()
+    with b:
+        u = SocketTransport.__new__(SocketTransport)
+        u._sockobj, u._server, u._closing, u._core = a, None, False, FakeCore(a.fileno())
+        u._loop = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            u.__del__()
+        assert [str(w.message).split()[:2] for w in caught] == [["unclosed", "transport"]]
+        assert a.fileno() == -1  # closed
+        u._sockobj = None
+    with pytest.raises(TypeError):
+        SocketTransport.__del__(object())
+    with pytest.raises(TypeError):
+        SocketTransport.__del__(t, 1)

@@ -934,3 +934,37 @@ def test_net_bench_probe_lists_the_runs_made_on_a_slow_host(tmp_path):
     assert "1 of 4 runs at 1.25x" in text
     assert "- w2: uringloop-epoll #2 7,400" in text and "- w1" not in text
     assert nb.probe_section({"w": {"uvloop": {"runs": [{"cpu_us_per_req": 1.0}]}}}) == []
+
+
+@pytest.mark.parametrize("backend", ["io_uring", "epoll"])
+def test_server_instructions_tls_kind_drives_the_tls_echo(tmp_path, backend):
+    """server_instructions.py's tls kind, without valgrind: net_server.py's TLS
+    echo server with net_bench's certificate, its client's handshakes done,
+    then 30 verified 1 KiB echoes in rounds over 3 connections."""
+    if backend == "io_uring":
+        require_uring()
+    sys.path.insert(0, BENCH)
+    try:
+        import net_bench
+        import server_instructions
+    finally:
+        sys.path.remove(BENCH)
+    assert "tls" in server_instructions.KINDS
+    cert, key = net_bench.make_cert(str(tmp_path))
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    srv = subprocess.Popen(
+        [sys.executable, os.path.join(BENCH, "net_server.py"), "--loop", f"uringloop-{backend}"]
+        + ["--kind", "tls", "--tcp", "0", "--cert", cert, "--key", key],
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        ready, _, _ = select.select([srv.stdout], [], [], 30)
+        assert ready, "net_server.py did not start in 30 s"
+        line = srv.stdout.readline().split()
+        assert line[:1] == [b"READY"], line
+        # drive() raises on a wrong echo, an early close, or no echo for 60 s
+        server_instructions.drive(("127.0.0.1", int(line[1])), 30, 3, 1024, 0, backend, tls=True)
+    finally:
+        srv.kill()
+        srv.wait()

@@ -130,6 +130,9 @@ typedef struct ul_stats {
     uint32_t fd_entries;         /* entries of the engine's fd table */
     uint64_t pool_takes;         /* stream pool buffers taken (for records or tries) */
     uint64_t ident_cookies;      /* io_uring: file identities the ring gave (no syscall) */
+    uint32_t ring_want;          /* io_uring: buffers the stream ring is kept at (grows when
+                                    it runs dry, shrinks when runs take little: decision
+                                    759); 0 without a buffer ring and on epoll */
 } ul_stats;
 
 typedef struct ul_engine ul_engine;

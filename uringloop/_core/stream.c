@@ -2608,6 +2608,52 @@ static PyObject *Stream_unlink(Stream *s, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* start_reading(): an accepted TCP transport's first _start_reading, the
+ * handle SocketTransport._accepted queues after connection_made (decision
+ * 755). stream.py's _start_reading arms the multishot receive unless one is
+ * alive (recv_ud), the transport has seen its EOF or a read error
+ * (_read_done), or it is closing, paused or holding records; rfast is false
+ * whenever it is closing, paused, holding (_held not None) or lost (_sync,
+ * 600), so with rfast set the first three need no look. Then the receive
+ * is the one _start_reading submits for such a transport: recv(fd, self,
+ * True, 0, not buffered, buffered, True) (the Acceptor's transports are
+ * SOCK_STREAM sockets: _stream_sock, 745). Anything else (rfast off,
+ * _read_done not False, the transport gone, the engine closed) calls the
+ * transport's _start_reading, which decides as before. */
+static PyObject *Stream_start_reading(Stream *s, PyObject *unused)
+{
+    (void)unused;
+    PyObject *t = s->transport;
+    if (t == NULL)
+        Py_RETURN_NONE; /* (connection_lost has run: nothing to read for) */
+    if (s->recv_ud != 0)
+        Py_RETURN_NONE;
+    Table *tb = s->loop->table;
+    if (s->rfast && tb != NULL && tb->engine != NULL && tb->recv != NULL) {
+        PyObject *done = PyObject_GetAttr(t, s_read_done);
+        if (done == NULL)
+            return NULL;
+        Py_DECREF(done); /* (False is immortal enough: the class's, compared) */
+        if (done == Py_False) {
+            uint64_t ud =
+                table_take(tb, (PyObject *)s, NULL, s->buffered ? SLOT_VIEW : SLOT_COALESCE);
+            if (!ud)
+                return NULL;
+            int rc = tb->recv(tb->engine, ud, s->fd, 1 | UL_RECV_STREAM, 0);
+            if (rc < 0)
+                return table_refused(tb, ud, rc);
+            s->recv_ud = ud;
+            Py_RETURN_NONE;
+        }
+    }
+    Py_INCREF(s);
+    Py_INCREF(t);
+    PyObject *r = stream_call(s, s_start_reading, NULL, 0, 0);
+    Py_DECREF(t);
+    Py_DECREF(s);
+    return r;
+}
+
 /* _fatal_error(exc, message): the transport's (the loop's flush calls it on
  * what is on its dirty list) */
 static PyObject *Stream_fatal_error(Stream *s, PyObject *const *args, Py_ssize_t nargs)
@@ -2835,6 +2881,8 @@ static PyMethodDef Stream_methods[] = {
     {"set_protocol", (PyCFunction)(void (*)(void))Stream_set_protocol, METH_FASTCALL, NULL},
     {"_fatal_error", (PyCFunction)(void (*)(void))Stream_fatal_error, METH_FASTCALL, NULL},
     {"register", (PyCFunction)Stream_register, METH_NOARGS, "the loop's transport for its fd"},
+    {"start_reading", (PyCFunction)Stream_start_reading, METH_NOARGS,
+     "an accepted transport's first _start_reading (755)"},
     {"keep_peer", (PyCFunction)Stream_keep_peer, METH_O, "keep an IPv4 peername here"},
     {"accepted", (PyCFunction)Stream_accepted, METH_O,
      "an accepted TCP socket's (sockname, peername), TCP_NODELAY set"},
@@ -2877,12 +2925,46 @@ typedef struct {
                           * slot's own value, no argument (is_closing) */
     PyObject *name;
     PyObject *slot;      /* the member descriptor (its error when the slot is empty) */
+    /* __del__ (decision 754): the _sockobj slot's offset and the Python
+     * method that does the rest; slow is NULL for the other methods */
+    Py_ssize_t sock_offset;
+    PyObject *slow;
 } CoreMethod;
+
+/* __del__(transport): a transport whose socket is gone (_sockobj None, as
+ * _call_connection_lost leaves it) unlinks its Stream, if it has one, here;
+ * any other (an unclosed transport: its ResourceWarning and close; a _core
+ * that is not a Stream; _sockobj never set) calls the class's Python method
+ * (decision 754) */
+static PyObject *CoreMethod_del(CoreMethod *m, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames)
+{
+    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
+        PyErr_Format(PyExc_TypeError, "%U() takes no arguments (%zd given)", m->name,
+                     nargs - 1);
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(args[0], m->owner)) {
+        PyErr_Format(PyExc_TypeError, "%U() needs a %s, not %.200s", m->name, m->owner->tp_name,
+                     Py_TYPE(args[0])->tp_name);
+        return NULL;
+    }
+    if (*(PyObject **)((char *)args[0] + m->sock_offset) == Py_None) {
+        PyObject *core = *(PyObject **)((char *)args[0] + m->offset);
+        if (core == NULL) /* _begin failed before making it: nothing to unlink */
+            Py_RETURN_NONE;
+        if (Py_IS_TYPE(core, &StreamType))
+            return Stream_unlink((Stream *)core, NULL);
+    }
+    return PyObject_Vectorcall(m->slow, args, 1, NULL);
+}
 
 static PyObject *CoreMethod_vectorcall(CoreMethod *m, PyObject *const *args, size_t nargsf,
                                        PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (m->slow != NULL)
+        return CoreMethod_del(m, args, nargs, kwnames);
     if (m->fn == NULL && nargs == 1 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0) &&
         PyObject_TypeCheck(args[0], m->owner)) {
         /* is_closing(): return self._closing, read from its slot (decision 306) */
@@ -2929,6 +3011,7 @@ static int CoreMethod_traverse(CoreMethod *m, visitproc visit, void *arg)
 {
     Py_VISIT(m->owner);
     Py_VISIT(m->slot);
+    Py_VISIT(m->slow);
     return 0;
 }
 
@@ -2938,6 +3021,7 @@ static void CoreMethod_dealloc(CoreMethod *m)
     Py_CLEAR(m->owner);
     Py_CLEAR(m->name);
     Py_CLEAR(m->slot);
+    Py_CLEAR(m->slow);
     Py_TYPE(m)->tp_free((PyObject *)m);
 }
 
@@ -2963,12 +3047,15 @@ static PyTypeObject CoreMethodType = {
 
 /* core_method(slot, name): the transport class's method name ("write" or
  * "writelines") over the Stream in slot (the class's _core member); or
- * "is_closing", which returns the value in slot (the class's _closing) */
+ * "is_closing", which returns the value in slot (the class's _closing);
+ * core_method(slot, "__del__", sock_slot, slow): see CoreMethod_del */
 static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)mod;
-    if (nargs != 2 || !Py_IS_TYPE(args[0], &PyMemberDescr_Type) || !PyUnicode_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "core_method(member descriptor, name)");
+    if ((nargs != 2 && nargs != 4) || !Py_IS_TYPE(args[0], &PyMemberDescr_Type) ||
+        !PyUnicode_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "core_method(member descriptor, name[, member "
+                                         "descriptor, function])");
         return NULL;
     }
     PyMemberDescrObject *md = (PyMemberDescrObject *)args[0];
@@ -2976,15 +3063,33 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_TypeError, "core_method: not an object slot");
         return NULL;
     }
-    PyCFunction fn;
-    if (PyUnicode_CompareWithASCIIString(args[1], "write") == 0)
+    PyCFunction fn = NULL;
+    Py_ssize_t sock_offset = 0;
+    int del = PyUnicode_CompareWithASCIIString(args[1], "__del__") == 0;
+    if (del != (nargs == 4)) {
+        PyErr_SetString(PyExc_TypeError, "core_method: __del__ takes a slot and a function");
+        return NULL;
+    }
+    if (del) {
+        if (!Py_IS_TYPE(args[2], &PyMemberDescr_Type) || !PyCallable_Check(args[3]) ||
+            ((PyMemberDescrObject *)args[2])->d_common.d_type != md->d_common.d_type ||
+            ((PyMemberDescrObject *)args[2])->d_member->type != Py_T_OBJECT_EX) {
+            PyErr_SetString(PyExc_TypeError,
+                            "core_method: __del__ takes an object slot of the same class "
+                            "and a function");
+            return NULL;
+        }
+        sock_offset = ((PyMemberDescrObject *)args[2])->d_member->offset;
+    }
+    else if (PyUnicode_CompareWithASCIIString(args[1], "write") == 0)
         fn = (PyCFunction)Stream_write;
     else if (PyUnicode_CompareWithASCIIString(args[1], "writelines") == 0)
         fn = (PyCFunction)Stream_writelines;
     else if (PyUnicode_CompareWithASCIIString(args[1], "is_closing") == 0)
         fn = NULL;
     else {
-        PyErr_SetString(PyExc_ValueError, "core_method: write, writelines or is_closing");
+        PyErr_SetString(PyExc_ValueError,
+                        "core_method: write, writelines, is_closing or __del__");
         return NULL;
     }
     CoreMethod *m = PyObject_GC_New(CoreMethod, &CoreMethodType);
@@ -2996,6 +3101,8 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
     m->fn = fn;
     m->name = Py_NewRef(args[1]);
     m->slot = Py_NewRef(args[0]);
+    m->sock_offset = sock_offset;
+    m->slow = del ? Py_NewRef(args[3]) : NULL;
     PyObject_GC_Track(m);
     return (PyObject *)m;
 }

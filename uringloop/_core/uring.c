@@ -37,13 +37,17 @@
 #include "uapi.h"
 
 #define EXPORT __attribute__((visibility("default")))
-/* Pool buffers the stream ring holds at first (ring_top_up); it doubles
- * whenever the ring runs dry. Small: the kernel takes the ring's entries
- * first in, first out, so every buffer the ring holds is in the rotation, and
- * one connection's receives then walk them all (64 of them were 64 pages
- * cold in the cache and the TLB: the kernel's receive copy took 5x an
+/* Pool buffers the stream ring holds at first (ring_top_up) and after an idle
+ * trim; it doubles whenever the ring runs dry, and halves, down to
+ * UL_RING_WANT_MIN, after UL_RING_WINDOW runs in a row in which none took more
+ * than a third of it (decision 759). Small at first: the kernel takes the
+ * ring's entries first in, first out, so every buffer the ring holds is in
+ * the rotation, and one connection's receives walk them all (64 of them were
+ * 64 pages cold in the cache and the TLB: the receive's copy took 2-5x an
  * epoll recvfrom's at one connection, decision 748) */
 #define UL_RING_WANT0 4
+#define UL_RING_WANT_MIN 16
+#define UL_RING_WINDOW 256
 #define UL_IOV_MAX 1024   /* UIO_MAXIOV: more iovecs go out in the next SENDMSG */
 
 struct uring {
@@ -70,6 +74,9 @@ struct uring {
     unsigned br_avail;          /* buffers in the ring the kernel has not reported yet */
     unsigned br_want;           /* how many the ring should hold: see ring_top_up */
     int br_dry;                 /* a receive found the ring empty since the last top-up */
+    unsigned br_took;           /* ring buffers the kernel took since the last top-up */
+    unsigned br_peak;           /* the most of them between two top-ups, this window */
+    unsigned br_runs;           /* top-ups in this window (see ring_top_up) */
     uint16_t *br_pos;           /* the ring index each stream-pool bid was last pushed at */
     int bundle;                 /* multishot recv takes several ring buffers per CQE */
     struct ul_buf *dr;          /* the datagram pool's ring (buffer group 1) */
@@ -990,12 +997,33 @@ static void uring_recycle(ul_engine *e, uint16_t bid)
  * buffer again, and every receive lands in memory that is cold in the cache
  * and, the first time round, not even mapped. br_want starts small and
  * doubles at the next run after a receive found the ring empty (-ENOBUFS:
- * the engine re-arms it then, after this top-up), up to the whole pool. */
+ * the engine re-arms it then, after this top-up), up to the whole pool.
+ * It also shrinks (decision 759): the ring is walked whole whatever a run
+ * takes of it, so a ring of 64 under 10 connections put each receive in a
+ * buffer last written 64 receives before (64 pages, 16 KiB apart), where
+ * epoll's free stack reuses the same few. After UL_RING_WINDOW top-ups in a
+ * row with no receive finding the ring empty, br_want halves while half of
+ * it still holds one and a half times the most any run took in that window
+ * (br_peak), down to UL_RING_WANT_MIN. A ring that holds more than br_want
+ * after a halving drains to it: a recycled buffer goes to the free stack
+ * while the ring holds br_want or more (uring_recycle). */
 static void ring_top_up(ul_engine *e, struct uring *u)
 {
-    if (u->br_dry && u->br_want < e->cfg.buf_count)
-        u->br_want *= 2;  /* once per run, however many receives found it dry */
+    if (u->br_took > u->br_peak)
+        u->br_peak = u->br_took;
+    u->br_took = 0;
+    if (u->br_dry) {
+        if (u->br_want < e->cfg.buf_count)
+            u->br_want *= 2;  /* once per run, however many receives found it dry */
+        u->br_runs = u->br_peak = 0;
+    } else if (++u->br_runs >= UL_RING_WINDOW) {
+        unsigned half = u->br_want / 2;
+        if (half >= UL_RING_WANT_MIN && half >= u->br_peak + u->br_peak / 2)
+            u->br_want = half;
+        u->br_runs = u->br_peak = 0;
+    }
     u->br_dry = 0;
+    e->st.ring_want = u->br_want;
     while (u->br_avail < u->br_want) {
         int bid = ul__pool_take(e);
         if (bid < 0)
@@ -1074,6 +1102,7 @@ static void uring_trim(ul_engine *e)
                 ul__out_of_memory("the buffer ring, registered again");
             u->br_want = want0;
             u->br_dry = 0;
+            u->br_took = u->br_runs = u->br_peak = 0;
             ring_top_up(e, u);
         }
     }
@@ -1110,8 +1139,11 @@ static void cqe_bufs_used(ul_engine *e, struct uring *u, uint16_t first, int32_t
 static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uint32_t cflags)
 {
     if ((cflags & UL_CQE_F_BUFFER) && u->bufring &&
-        !ul__is_dbid(e, (uint16_t)(cflags >> UL_CQE_BUFFER_SHIFT)))
-        u->br_avail -= cqe_nbufs(e, res);  /* the kernel took them from the stream ring */
+        !ul__is_dbid(e, (uint16_t)(cflags >> UL_CQE_BUFFER_SHIFT))) {
+        unsigned nb = cqe_nbufs(e, res);
+        u->br_avail -= nb;  /* the kernel took them from the stream ring */
+        u->br_took += nb;
+    }
     if ((kud & KUD_SPECIAL) == KUD_SPECIAL) {  /* one test for an op's CQE (decision 723) */
         if (kud == KUD_WAKE) {
             ul__wake_drain(e);

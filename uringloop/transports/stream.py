@@ -206,8 +206,16 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         619)."""
         self = cls.__new__(cls)
         self._sockobj = None  # (a failure below leaves nothing to close)
-        self._begin(loop, fd, None)  # (the Stream's own limits are _begin's)
-        c = self._core
+        # _begin(loop, fd, None), written out (decision 753); the Stream's
+        # own limits are _begin's
+        self._loop = loop
+        self._protocol_paused = False
+        self._high_water = _DEFAULT_HIGH
+        self._low_water = _DEFAULT_LOW
+        self._extra = None
+        self._tsock = None
+        self._context = ctx = contextvars.copy_context()
+        self._core = c = _sched.Stream(self, loop, fd, ctx, True)
         sockname, peername = c.accepted(nodelay)
         self._sockname = sockname
         if peername is True:
@@ -235,16 +243,22 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             else:
                 server._attach()
         c.register()  # the loop's transport for its fd (decision 257)
-        # _started
+        # _started; the first _start_reading is the Stream's (decision 755:
+        # the common case in C, anything else calls _start_reading), unless
+        # the class's _start_reading is not this module's
         loop.call_soon(protocol.connection_made, self)
-        loop.call_soon(self._start_reading)
+        if cls._start_reading is _START_READING:
+            loop.call_soon(c.start_reading)
+        else:
+            loop.call_soon(self._start_reading)
         self._sockobj = kind  # the transport's from here: it closes the fd
         return self
 
     def _begin(self, loop, fd, extra):
         # what transports._FlowControlMixin.__init__(extra, loop) sets (the
         # same in 3.10-3.13), its default limits without its calls: 64 KiB
-        # and a quarter of it (decision 600)
+        # and a quarter of it (decision 600); _accepted has it written out
+        # (753): keep the two the same
         self._loop = loop
         self._protocol_paused = False
         self._high_water = _DEFAULT_HIGH
@@ -352,8 +366,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     def _has_sock(self):
         return self._sockobj is not None
 
-    def __del__(self, _warn=warnings.warn):
-        # base.py's, with _has_sock written out: it runs for every transport
+    def _del_slow(self, _warn=warnings.warn):
+        # __del__ (below the class: its common case is the C core's,
+        # decision 754); base.py's, with _has_sock written out
         if self._sockobj is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._sock.close()
@@ -1145,6 +1160,13 @@ if _PY312:
 # is_closing(): base.py's `return self._closing`, read from the slot in C
 # (aiohttp asks once per request; decision 306)
 SocketTransport.is_closing = _sched.core_method(SocketTransport._closing, "is_closing")
+_START_READING = SocketTransport._start_reading  # (what _accepted compares)
+# __del__ runs for every transport: one whose socket is gone (_sockobj None)
+# unlinks its Stream in C, with no Python frame; anything else is _del_slow's
+# (decision 754)
+SocketTransport.__del__ = _sched.core_method(
+    SocketTransport._core, "__del__", SocketTransport._sockobj, SocketTransport._del_slow
+)
 
 
 class _Kind:
@@ -1237,12 +1259,35 @@ class Acceptor:
             # freed a turn later leave pymalloc's pools half empty under the
             # transports for good (decision 314). The rest wait, in order,
             # for the next turns.
-            turn = self.loop._turns
+            loop = self.loop
+            turn = loop._turns
             if turn != self.turn:
                 self.turn, self.made = turn, 0
             if self.waiting is None and self.made < _ACCEPT_BUDGET:
                 self.made += 1
-                self._connection(res)
+                if self.plain and not self.sslcontext and not loop._debug:
+                    # _connection's first case, written out (decision 753):
+                    # keep the two the same
+                    protocol = transport = None
+                    try:
+                        protocol = self.protocol_factory()
+                        if res in loop._transports.data or (
+                            (t := _stream_for_fd(loop, res)) is not None and not t.is_closing()
+                        ):
+                            loop._ensure_fd_no_transport(res)
+                        transport = SocketTransport._accepted(
+                            loop, res, self.kind, protocol, self.server, self.nodelay
+                        )
+                    except (SystemExit, KeyboardInterrupt):
+                        if transport is None:
+                            os.close(res)
+                        raise
+                    except BaseException as exc:
+                        if transport is None:
+                            os.close(res)
+                        self._creation_failed(exc, protocol)
+                else:
+                    self._connection(res)
             else:
                 if self.waiting is None:
                     self.waiting = collections.deque()
@@ -1312,7 +1357,8 @@ class Acceptor:
         if self.plain and not self.sslcontext and not loop._debug:
             # an IPv4 or IPv6 TCP listener's connection outside debug mode
             # (whose log line shows the socket object): the transport is
-            # made from the fd, no socket object (decision 597)
+            # made from the fd, no socket object (decision 597). _on_accept
+            # has this case written out (753): keep the two the same
             protocol = transport = None
             try:
                 protocol = self.protocol_factory()
