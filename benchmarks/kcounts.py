@@ -133,9 +133,10 @@ def events_per_wait(counts):
     return waits, got
 
 
-def events(port):
+def events(port, timers=False):
     """(label, tracepoint, filter or None) for a server on TCP port `port`
-    (None: a Unix socket server, no tcp_probe rows)."""
+    (None: a Unix socket server, no tcp_probe rows); with `timers`, the
+    rows of TIMER_EVENTS too."""
     evs = [
         ("syscalls", "raw_syscalls:sys_enter", None),
         *[(f"  {name}", f"syscalls:sys_enter_{name}", None) for name in SYSCALLS],
@@ -174,7 +175,28 @@ def events(port):
         ("uring io-wq", "io_uring:io_uring_queue_async_work", None),
         ("uring req_failed", "io_uring:io_uring_req_failed", None),
     ]
+    if timers:
+        evs += TIMER_EVENTS
     return [e for e in evs if port is not None or not e[1].startswith("tcp:")]
+
+
+# --timers (decision 747): what a wait's timer, the wake-up IPIs and the
+# guest's MSR writes (each a VM exit on a guest without an offloaded APIC
+# timer) cost the side; a futex is a thread's lock or the GIL's
+TSC_DEADLINE_MSR = 0x6E0
+TIMER_EVENTS = [
+    ("futex", "syscalls:sys_enter_futex", None),
+    ("hrtimer start", "timer:hrtimer_start", None),
+    ("hrtimer cancel", "timer:hrtimer_cancel", None),
+    ("hrtimer expire", "timer:hrtimer_expire_entry", None),
+    ("local timer irq", "irq_vectors:local_timer_entry", None),
+    ("reschedule irq", "irq_vectors:reschedule_entry", None),
+    ("call function irq", "irq_vectors:call_function_single_entry", None),
+    ("IPIs sent", "ipi:ipi_send_cpu", None),
+    ("MSR writes", "msr:write_msr", None),
+    ("  TSC deadline", "msr:write_msr", f"msr == {TSC_DEADLINE_MSR}"),
+    ("MSR reads", "msr:read_msr", None),
+]
 
 
 def perf_args(evs, out):
@@ -339,7 +361,7 @@ def run_one(wl, loop, opts, tmp, pad=0):
         if server.skip:
             return {"skip": server.skip}
         port = int(server.addr) if wl["transport"] == "tcp" else None
-        evs = events(port)
+        evs = events(port, opts.timers)
         if wl["client"] == "wrk" or (opts.record and opts.record_side == "client"):
             tag = f"{loop}-pad{pad}" if pad else loop
             return run_client_traced(wl, server, opts, tmp, evs, tag)
@@ -444,6 +466,13 @@ def main():
         help="--record's event; another one (page-faults, exceptions:page_fault_user) is "
         "recorded at every occurrence and the table counts them per request, user-space "
         "samples split by their innermost function",
+    )
+    ap.add_argument(
+        "--timers",
+        action="store_true",
+        help="also count futex calls, hrtimer starts, cancels and expiries, timer, "
+        "reschedule and call-function interrupts, IPIs sent and MSR writes (the "
+        "TSC deadline's apart) and reads per request (decision 747)",
     )
     ap.add_argument(
         "--heap",

@@ -751,6 +751,11 @@ def test_heap_tools_parse_gdb_and_count_unix_rows():
     tcp, unix = kcounts.events(4321), kcounts.events(None)
     assert [e for e in tcp if not e[1].startswith("tcp:")] == unix
     assert len(tcp) - len(unix) == 4
+    # --timers (decision 747) adds its rows after the others, to both kinds
+    timed = kcounts.events(4321, timers=True)
+    assert timed[: len(tcp)] == tcp and timed[len(tcp) :] == kcounts.TIMER_EVENTS
+    assert ("  TSC deadline", "msr:write_msr", "msr == 1760") in timed
+    assert kcounts.events(None, timers=True)[len(unix) :] == kcounts.TIMER_EVENTS
 
 
 def test_kcounts_wrk_parts_waits_and_stopped_start():

@@ -37,11 +37,15 @@
 #include "uapi.h"
 
 #define EXPORT __attribute__((visibility("default")))
-/* Pool buffers the stream ring holds at first (ring_top_up): enough for a
- * turn of 1 KiB echo at 64 connections; it doubles whenever the ring runs dry,
- * and halves, down to UL_RING_WANT_MIN, after UL_RING_WINDOW runs in a row in
- * which none took more than a third of it (decision 759) */
-#define UL_RING_WANT0 64
+/* Pool buffers the stream ring holds at first (ring_top_up) and after an idle
+ * trim; it doubles whenever the ring runs dry, and halves, down to
+ * UL_RING_WANT_MIN, after UL_RING_WINDOW runs in a row in which none took more
+ * than a third of it (decision 759). Small at first: the kernel takes the
+ * ring's entries first in, first out, so every buffer the ring holds is in
+ * the rotation, and one connection's receives walk them all (64 of them were
+ * 64 pages cold in the cache and the TLB: the receive's copy took 2-5x an
+ * epoll recvfrom's at one connection, decision 748) */
+#define UL_RING_WANT0 4
 #define UL_RING_WANT_MIN 16
 #define UL_RING_WINDOW 256
 #define UL_IOV_MAX 1024   /* UIO_MAXIOV: more iovecs go out in the next SENDMSG */
