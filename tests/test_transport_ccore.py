@@ -1323,8 +1323,8 @@ async def _two_big_messages(loop, protocol, pair=None, check=True):
         await loop.sock_sendall(b, msg)
         sent += msg
         await wait_for(_until_got(proto, len(sent)))
-    if check:
-        assert proto.chunks[1] in ((100 * 1024, None), (100 * 1024, True)), proto.chunks
+    if check:  # (the first may come in pieces: a ring of 4 buffers at first, decision 748)
+        assert proto.chunks[-1] in ((100 * 1024, None), (100 * 1024, True)), proto.chunks
     return tr, proto, b, sent
 
 
