@@ -497,6 +497,13 @@ def test_an_accepted_connection_starts_reading_as_stock(tloop, what, monkeypatch
     _add_reader from its own handle."""
     if what == "patched" and not type(tloop).__module__.startswith("uringloop"):
         pytest.skip("the method patched is uringloop's SocketTransport._start_reading")
+    ours = type(tloop).__module__.startswith("uringloop")
+    if what == "pause" and sys.version_info < (3, 11) and not ours:
+        pytest.skip(
+            "3.10's stock transport adds its reader after connection_made even when "
+            "connection_made paused it (its _add_reader checks only _closing; 3.11 "
+            "checks is_reading()): ours waits for resume_reading on every version"
+        )
     events = []
     if what == "patched":
         from uringloop.transports.stream import SocketTransport

@@ -951,7 +951,7 @@ def test_server_instructions_tls_kind_drives_the_tls_echo(tmp_path, backend):
         sys.path.remove(BENCH)
     assert "tls" in server_instructions.KINDS
     cert, key = net_bench.make_cert(str(tmp_path))
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(uringloop.__file__)))
     srv = subprocess.Popen(
         [sys.executable, os.path.join(BENCH, "net_server.py"), "--loop", f"uringloop-{backend}"]
         + ["--kind", "tls", "--tcp", "0", "--cert", cert, "--key", key],

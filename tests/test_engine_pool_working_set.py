@@ -47,31 +47,6 @@ def test_sequential_receives_reuse_a_few_buffers(eng, socketpair):
     assert c.records[-1] == (0, False, None)
 
 
-def test_one_connection_rotates_through_a_few_ring_buffers(eng, socketpair):
-    """One socket's receives, one message at a time, land in at most 8 pool
-    buffers: the ring's first size is small (decision 748). The kernel takes
-    ring entries first in, first out, so a ring that held 64 walked 64 buffers
-    (64 pages cold in the cache and the TLB at one connection); the test above
-    allowed that. epoll takes from the free stack's top: one or two."""
-    a, b = socketpair()
-    seen = []
-    c = Collector()
-
-    def cb(res, more, data):
-        if res > 0:
-            seen.append(_buffer_index(eng, data))
-        c(res, more, None)
-
-    eng.recv(a.fileno(), cb, view=True)
-    settle(eng, 2)
-    for i in range(200):
-        b.send(b"m%d" % i)
-        run_until(eng, lambda i=i: len(seen) == i + 1, what=f"message {i}")
-    assert len(set(seen)) <= 8, sorted(set(seen))
-    b.close()
-    run_until(eng, lambda: c.done, what="EOF")
-
-
 def test_the_ring_shrinks_to_what_the_runs_take(eng, res_tracker, socketpair):
     """A ring that a burst grew and that no run then comes near emptying
     shrinks (decision 759): after a burst on 20 sockets at once has grown it

@@ -40,12 +40,12 @@
 /* Pool buffers the stream ring holds at first (ring_top_up) and after an idle
  * trim; it doubles whenever the ring runs dry, and halves, down to
  * UL_RING_WANT_MIN, after UL_RING_WINDOW runs in a row in which none took more
- * than a third of it (decision 759). Small at first: the kernel takes the
- * ring's entries first in, first out, so every buffer the ring holds is in
- * the rotation, and one connection's receives walk them all (64 of them were
- * 64 pages cold in the cache and the TLB: the receive's copy took 2-5x an
- * epoll recvfrom's at one connection, decision 748) */
-#define UL_RING_WANT0 4
+ * than a third of it (decision 759): the kernel takes the ring's entries first
+ * in, first out, so every buffer the ring holds is in the rotation, and one
+ * connection's receives walk them all. Not smaller at first: a ring of 4 cut
+ * a 100 KiB message already waiting into two data_received calls where the
+ * stock loop makes one (decision 748) */
+#define UL_RING_WANT0 64
 #define UL_RING_WANT_MIN 16
 #define UL_RING_WINDOW 256
 #define UL_IOV_MAX 1024   /* UIO_MAXIOV: more iovecs go out in the next SENDMSG */
