@@ -390,6 +390,37 @@ def test_poll_level_kept(eng, pipe):
     assert eng.in_flight == 0
 
 
+def test_poll_multi(eng, socketpair):
+    """engine.POLL_MULTI (decision 765): a record (more) each time the fd may
+    have become ready, one SQE for all of them on io_uring (a multishot
+    POLL_ADD; epoll takes it as a level poll); after the cancel, its final
+    record and nothing more."""
+    a, b = socketpair()
+    col = Collector()
+    before = eng.stats()["submitted"]
+    ud = eng.poll(a.fileno(), select.POLLIN, col, level=engine.POLL_MULTI)
+    settle(eng)
+    assert not col.records  # nothing to read yet
+    for k in range(1, 4):
+        b.send(b"x")
+        run_until(eng, lambda k=k: len(col.records) >= k, what="a multi poll's record")
+        assert a.recv(10) == b"x"  # read empty: the next record is for the next byte
+        settle(eng)
+    if eng.backend == "io_uring":
+        assert len(col.records) == 3, col.records  # one a byte, none while empty
+        assert eng.stats()["submitted"] - before == 1  # its one SQE
+    assert col.finals == 0
+    assert all(more and res & select.POLLIN for res, more, _ in col.records)
+    assert eng.cancel(ud)
+    b.send(b"after the cancel")
+    wait_done(eng, col)
+    assert col.final[0] == -errno.ECANCELED or col.final[0] & select.POLLIN
+    n = len(col.records)
+    settle(eng)
+    assert len(col.records) == n, "multi poll fired after its final record"
+    assert eng.in_flight == 0
+
+
 def test_epoll_kept_level_poll_rearms_without_epoll_ctl(pipe):
     """Decision 382: on epoll a kept level poll's fd is registered level-
     triggered while such polls are all that waits on it, so its re-arm at

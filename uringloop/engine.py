@@ -79,6 +79,9 @@ POLL_KEPT = lib.UL_POLL_KEPT
 # poll(level=POLL_DRAINED): one record, from an owner that keeps the fd open
 # and has just read it until a read came short (engine.h; decision 391)
 POLL_DRAINED = lib.UL_POLL_DRAINED
+# poll(level=POLL_MULTI): a record (more) each time the fd may have become
+# ready, until cancelled; io_uring: one multishot POLL_ADD (decision 765)
+POLL_MULTI = lib.UL_POLL_MULTI
 
 _BACKENDS = {
     "auto": lib.UL_BACKEND_AUTO,
@@ -339,6 +342,8 @@ class Engine:
         # GIL release per submission. Bound once here, so eng.send(...) is one
         # C call; the methods below say the same for help() and subclasses.
         t = self._t = _sched.Table(self._entry_points(e), self._addr_of)
+        # a Protocol's direct reads wait on one multishot poll (decision 765)
+        t.poll_multi = self.backend == "io_uring"
         dsize, dcount, dfirst = ffi.new("uint32_t *"), ffi.new("uint32_t *"), ffi.new("uint32_t *")
         dpool = lib.ul_dgram_pool(e, dsize, dcount, dfirst)
         t.set_dgram_pool(int(ffi.cast("uintptr_t", dpool)), dsize[0], dcount[0], dfirst[0],
@@ -497,11 +502,12 @@ class Engine:
         open until the final record (epoll re-arms it with no syscall,
         decision 382); POLL_DRAINED, as False from an owner that keeps fd
         open and whose last read of it came short (epoll waits with no
-        syscall, decision 391)."""
+        syscall, decision 391); POLL_MULTI, as True, where io_uring keeps
+        one multishot poll (decision 765)."""
         fd = _check_fd(fd)
         if not isinstance(events, int) or events < 0 or events > _U32:
             raise ValueError("events must be a poll mask")
-        if level not in (POLL_KEPT, POLL_DRAINED):
+        if level not in (POLL_KEPT, POLL_DRAINED, POLL_MULTI):
             level = int(bool(level))
         return self._cold(cb, None, lib.ul_poll, fd, events, level)
 

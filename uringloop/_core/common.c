@@ -1038,6 +1038,7 @@ EXPORT int ul_poll(ul_engine *e, uint64_t ud, int fd, uint32_t events, int level
     op->events = events;
     op->level = level == UL_POLL_KEPT ? UL_POLL_KEPT : level != 0 && level != UL_POLL_DRAINED;
     op->drained = level == UL_POLL_DRAINED;
+    op->multishot = level == UL_POLL_MULTI; /* io_uring: IORING_POLL_ADD_MULTI */
     return submit(e, op);
 }
 

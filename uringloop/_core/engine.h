@@ -212,6 +212,15 @@ int ul_connect(ul_engine *e, uint64_t ud, int fd, const char *addr, uint32_t add
  * with nothing waiting on it) or a hang-up was seen (decision 391).
  * io_uring treats it as 0. */
 #define UL_POLL_DRAINED 3
+/* 4 (UL_POLL_MULTI): a record (MORE) each time fd may have become ready
+ * since the last one (a hint: a record may find nothing), until cancelled
+ * or an error, from an owner that keeps fd open until the op's final record
+ * or closes it through ul_close_fd. io_uring: one multishot POLL_ADD, issued
+ * again when the kernel ends it by itself (wake-ups that come before the
+ * loop runs the poll's task work make one record); epoll: as 1. A record
+ * that comes after the op was asked to cancel is dropped: the final record
+ * follows (decision 765). */
+#define UL_POLL_MULTI 4
 int ul_poll(ul_engine *e, uint64_t ud, int fd, uint32_t events, int level);
 int ul_read(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len, int64_t offset);
 int ul_write(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len, int64_t offset);

@@ -813,6 +813,7 @@ typedef int (*ul_recv_busy_fn)(void *, int);
 #define SLOT_SENT 16    /* a Stream's own send: its records go to stream_sent_record (stream.c) */
 #define SLOT_DIRECT 32  /* a Stream's receive into its protocol's buffer, or a Protocol's poll between
                           * direct reads (decision 373): stream_direct_record */
+#define SLOT_KEPT 64    /* with SLOT_DIRECT: a Protocol's kept multishot poll (decision 765) */
 #define SLOT_CHUNK 1024
 #define GEN_MASK ((1u << 30) - 1)
 #define MAX_IOV 1024
@@ -866,6 +867,9 @@ struct Table {
      * decision 454) */
     Py_ssize_t batch_before;
     unsigned int batch_seq;
+    /* a Protocol's direct reads wait on one multishot poll kept while they
+     * go on (UL_POLL_MULTI; the io_uring backend; decision 765) */
+    char poll_multi;
 };
 
 static PyTypeObject TableType;
@@ -1699,7 +1703,7 @@ static int call_back(PyObject *cb, int32_t res_v, int more, PyObject *data)
 }
 
 static int stream_sent_record(PyObject *owner, int32_t res, int more, PyObject *data);
-static int stream_direct_record(PyObject *owner, int32_t res);
+static int stream_direct_record(PyObject *owner, int32_t res, int more, uint64_t ud, int kept);
 
 static void keep_first(PyObject **first)
 {
@@ -1870,7 +1874,7 @@ static int table_deliver(Table *t, int n, PyObject **first)
         PyObject *cb = Py_NewRef(t->slots[slot].owner);
         uint16_t sf = t->slots[slot].flags;
         int took = (sf & SLOT_SENT)     ? stream_sent_record(cb, res, !final, data) /* a Stream's own send */
-                   : (sf & SLOT_DIRECT) ? stream_direct_record(cb, res) /* into its protocol's buffer */
+                   : (sf & SLOT_DIRECT) ? stream_direct_record(cb, res, !final, r->user_data, sf & SLOT_KEPT) /* into its protocol's buffer */
                                         : stream_deliver(cb, res, !final, data); /* a Stream's record: C to C */
         if (took == 0) {
             ul_dgram_timers = t->pre_timers;
@@ -2044,7 +2048,25 @@ static PyObject *Table_get_attached(Table *t, void *c)
     return PyBool_FromLong(t->engine != NULL);
 }
 
+static PyObject *Table_get_poll_multi(Table *t, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(t->poll_multi);
+}
+
+static int Table_set_poll_multi(Table *t, PyObject *v, void *c)
+{
+    (void)c;
+    int on = v == NULL ? 0 : PyObject_IsTrue(v);
+    if (on < 0)
+        return -1;
+    t->poll_multi = (char)on;
+    return 0;
+}
+
 static PyGetSetDef Table_getset[] = {
+    {"poll_multi", (getter)Table_get_poll_multi, (setter)Table_set_poll_multi,
+     "a Protocol's direct reads wait on one multishot poll (decision 765)", NULL},
     {"in_flight", (getter)Table_get_in_flight, NULL, "slots taken (ops not yet final)", NULL},
     {"dispatching", (getter)Table_get_dispatching, NULL, "records are being delivered", NULL},
     {"attached", (getter)Table_get_attached, NULL, "the engine is open", NULL},

@@ -73,6 +73,12 @@ typedef struct {
     unsigned int nows;      /* sendmsg() calls of the queue by write() and the held
                              * writes' release (stream_send_now; tests count them) */
     unsigned long long recv_ud; /* the transport's multishot recv (0: none) */
+    unsigned long long pms; /* a Protocol's direct reads' multishot poll, kept while they go
+                             * on (0: none); recv_ud == pms while the Stream waits on it
+                             * (UL_POLL_MULTI, decision 765) */
+    char phup;     /* a record of it said RDHUP, HUP or ERR: a FIN or error queued behind
+                    * the bytes a short read took raises no later wake-up, so the waits
+                    * are one-shot polls from then on, as before (decision 765) */
     Py_ssize_t rsize;     /* > 0: the read op is a level poll, and each of its
                            * records is one read(2) of up to rsize bytes into a
                            * new bytes (a pipe transport, decision 365) */
@@ -1074,6 +1080,29 @@ static int stream_final(Stream *s, int32_t res, int enter)
 static int stream_arm_poll(Stream *s, int drained)
 {
     Table *t = s->loop->table;
+    if (t->poll_multi && drained && !s->phup) {
+        /* io_uring, after a read that came short or said EAGAIN: one
+         * multishot poll for the reads' whole run, no SQE per wait; it
+         * stays armed between its records, so every byte, FIN or error
+         * after that read wakes it again. Not after a read that filled its
+         * bytes (more may wait already, which no later wake-up reports):
+         * a one-shot poll then, as before, the kept one staying (decision
+         * 765) */
+        if (s->pms == 0) {
+            uint64_t ud = table_take(t, (PyObject *)s, NULL, SLOT_DIRECT | SLOT_KEPT);
+            int rc = ud ? t->poll(t->engine, ud, s->fd, POLLIN | POLLRDHUP, UL_POLL_MULTI) : -1;
+            if (rc < 0) {
+                if (ud)
+                    table_refused(t, ud, rc);
+                return -1;
+            }
+            s->pms = ud;
+        }
+        s->dkind = 1;
+        s->recv_ud = s->pms;
+        s->rdirect = R_DIRECT;
+        return 0;
+    }
     uint64_t ud = table_take(t, (PyObject *)s, NULL, SLOT_DIRECT);
     int rc = ud ? t->poll(t->engine, ud, s->fd, POLLIN, drained ? UL_POLL_DRAINED : 0) : -1;
     if (rc < 0) {
@@ -1433,12 +1462,43 @@ static int stream_poll_record(Stream *s, int32_t res)
  * records held already) stay in the protocol's buffer, and a held record
  * (res, False, None) stands for them until _drain (R_HELD). 1, or -1 with
  * an exception set. */
-static int stream_direct_record(PyObject *owner, int32_t res)
+static int stream_direct_record(PyObject *owner, int32_t res, int more, uint64_t ud, int kept)
 {
     Stream *s = (Stream *)owner;
+    if (kept && ud != s->recv_ud) {
+        /* a kept multishot poll the Stream does not wait on (decision 765):
+         * nothing read, nothing said. Its own (pms) while a one-shot poll
+         * waits after a read that filled its bytes: that one reports, but a
+         * FIN or error seen here still makes the later waits one-shot
+         * polls. One let go of (cancelled when the reads ended): its records
+         * until the final one, which frees the slot. */
+        if (ud == s->pms && !more)
+            s->pms = 0;
+        else if (ud == s->pms && res >= 0 && (res & (POLLRDHUP | POLLHUP | POLLERR)))
+            s->phup = 1;
+        return 1;
+    }
     s->recv_ud = 0;
-    if (s->dkind)
-        return stream_poll_record(s, res);
+    if (s->dkind) {
+        if (kept) { /* the kept poll the Stream waits on (recv_ud == pms) */
+            if (!more)
+                s->pms = 0; /* ended (cancelled, an error): as a one-shot poll's record */
+            else if (res >= 0 && (res & (POLLRDHUP | POLLHUP | POLLERR)))
+                s->phup = 1;
+        }
+        int rc = stream_poll_record(s, res);
+        if (s->pms != 0 && (s->phup || !s->dkind || s->rdirect != R_DIRECT)) {
+            /* the reads ended (the pool receive again, EOF, paused, another
+             * protocol), or a FIN or error was seen: the kept poll goes; the
+             * engine drops its records once the cancel is asked, and those
+             * in the batch already reach the test above */
+            Table *t = s->loop->table;
+            if (t != NULL && t->engine != NULL)
+                (void)t->cancel(t->engine, s->pms); /* -ENOENT: it ended already */
+            s->pms = 0;
+        }
+        return rc;
+    }
     if (res > 0 && s->rdirect == R_DIRECT && (s->held != NULL || !ready_empty(s->loop))) {
         if (stream_hold(s, NULL, res, 0, Py_None) < 0)
             return -1;
@@ -2861,6 +2921,8 @@ static PyMemberDef Stream_members[] = {
     {"inline_sends", T_UINT, offsetof(Stream, inline_sends), 0, NULL},
     {"feeds", T_UINT, offsetof(Stream, feeds), 0, NULL},
     {"recv_ud", T_ULONGLONG, offsetof(Stream, recv_ud), 0, NULL},
+    {"pms", T_ULONGLONG, offsetof(Stream, pms), READONLY,
+     "the direct reads' kept multishot poll (0: none; decision 765)"},
     {"rsize", T_PYSSIZET, offsetof(Stream, rsize), 0, NULL},
     {"rgrow", T_PYSSIZET, offsetof(Stream, rgrow), 0, NULL},
     {"fd", T_INT, offsetof(Stream, fd), READONLY, NULL},

@@ -800,6 +800,8 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
     case K_POLL:
         s->opcode = UL_OP_POLL_ADD;
         s->op_flags = op->events;
+        if (op->multishot)  /* UL_POLL_MULTI (decision 765) */
+            s->len = UL_POLL_ADD_MULTI;
         break;
     default:
         s->opcode = UL_OP_NOP;
@@ -1411,7 +1413,17 @@ dispatch:
             ul__sent(e, op, res);
         break;
     case K_POLL:
-        if (res >= 0 && op->level && !op->cancelled) {
+        if (op->multishot) {  /* UL_POLL_MULTI (decision 765), as a multishot accept */
+            if (res >= 0 && !op->cancelled) {
+                ul__emit(e, op, res, UL_F_MORE, 0);
+                if (!kmore) {  /* the kernel ended it by itself: again next run */
+                    e->st.rearms++;
+                    ul__backlog_push(e, op);
+                }
+            } else if (!kmore) {
+                ul__finish(e, op, res, 0, 0);
+            }  /* else a record after the cancel was asked: its final CQE follows */
+        } else if (res >= 0 && op->level && !op->cancelled) {
             ul__emit(e, op, res, UL_F_MORE, 0);
             e->st.rearms++;
             ul__backlog_push(e, op);  /* level-triggered: re-arm next run */
