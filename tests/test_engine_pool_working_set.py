@@ -24,9 +24,9 @@ def _buffer_index(eng, view: memoryview) -> int:
     return (addr - pool) // eng._buf_size
 
 
-def test_sequential_receives_reuse_a_few_buffers(eng, socketpair):
-    """300 messages, one at a time, on one socket touch a handful of pool
-    buffers (before: 300 different ones, each 16 KiB apart, on io_uring)."""
+def _one_at_a_time(eng, socketpair, n: int) -> list[int]:
+    """n messages, one at a time, on one socket's multishot receive: the pool
+    buffer each landed in. Then the peer closes and the receive ends at EOF."""
     a, b = socketpair()
     seen = []
     c = Collector()
@@ -38,13 +38,20 @@ def test_sequential_receives_reuse_a_few_buffers(eng, socketpair):
 
     eng.recv(a.fileno(), cb, view=True)
     settle(eng, 2)
-    for i in range(300):
+    for i in range(n):
         b.send(b"m%d" % i)
         run_until(eng, lambda i=i: len(seen) == i + 1, what=f"message {i}")
-    assert len(set(seen)) <= 128, sorted(set(seen))
     b.close()
     run_until(eng, lambda: c.done, what="EOF")
     assert c.records[-1] == (0, False, None)
+    return seen
+
+
+def test_sequential_receives_reuse_a_few_buffers(eng, socketpair):
+    """300 messages, one at a time, on one socket touch a handful of pool
+    buffers (before: 300 different ones, each 16 KiB apart, on io_uring)."""
+    seen = _one_at_a_time(eng, socketpair, 300)
+    assert len(set(seen)) <= 128, sorted(set(seen))
 
 
 def test_the_ring_shrinks_to_what_the_runs_take(eng, res_tracker, socketpair):
@@ -70,28 +77,12 @@ def test_the_ring_shrinks_to_what_the_runs_take(eng, res_tracker, socketpair):
     for _, y in pairs:
         y.close()
     run_until(eng, lambda: all(col.done for col in cols), what="the burst's EOFs")
-    a, b = socketpair()
-    seen = []
-    c = Collector()
-
-    def cb(res, more, data):
-        if res > 0:
-            seen.append(_buffer_index(eng, data))
-        c(res, more, None)
-
-    eng.recv(a.fileno(), cb, view=True)
-    settle(eng, 2)
     rearms = eng.stats()["rearms"]
-    for i in range(1200):
-        b.send(b"m%d" % i)
-        run_until(eng, lambda i=i: len(seen) == i + 1, what=f"message {i}")
+    seen = _one_at_a_time(eng, socketpair, 1200)
     assert len(set(seen[-200:])) <= 16, sorted(set(seen[-200:]))
     if ring:
         assert eng.stats()["rearms"] == rearms  # the smaller ring never ran dry
         assert eng.stats()["ring_want"] == 16
-    b.close()
-    run_until(eng, lambda: c.done, what="EOF")
-    assert c.records[-1] == (0, False, None)
 
 
 def test_a_burst_larger_than_the_ring_is_all_received(eng, res_tracker):

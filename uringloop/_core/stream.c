@@ -2998,37 +2998,24 @@ typedef struct {
  * any other (an unclosed transport: its ResourceWarning and close; a _core
  * that is not a Stream; _sockobj never set) calls the class's Python method
  * (decision 754) */
-static PyObject *CoreMethod_del(CoreMethod *m, PyObject *const *args, Py_ssize_t nargs,
-                                PyObject *kwnames)
+static PyObject *CoreMethod_del(CoreMethod *m, PyObject *self)
 {
-    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
-        PyErr_Format(PyExc_TypeError, "%U() takes no arguments (%zd given)", m->name,
-                     nargs - 1);
-        return NULL;
-    }
-    if (!PyObject_TypeCheck(args[0], m->owner)) {
-        PyErr_Format(PyExc_TypeError, "%U() needs a %s, not %.200s", m->name, m->owner->tp_name,
-                     Py_TYPE(args[0])->tp_name);
-        return NULL;
-    }
-    if (*(PyObject **)((char *)args[0] + m->sock_offset) == Py_None) {
-        PyObject *core = *(PyObject **)((char *)args[0] + m->offset);
+    if (*(PyObject **)((char *)self + m->sock_offset) == Py_None) {
+        PyObject *core = *(PyObject **)((char *)self + m->offset);
         if (core == NULL) /* _begin failed before making it: nothing to unlink */
             Py_RETURN_NONE;
         if (Py_IS_TYPE(core, &StreamType))
             return Stream_unlink((Stream *)core, NULL);
     }
-    return PyObject_Vectorcall(m->slow, args, 1, NULL);
+    return PyObject_Vectorcall(m->slow, &self, 1, NULL);
 }
 
 static PyObject *CoreMethod_vectorcall(CoreMethod *m, PyObject *const *args, size_t nargsf,
                                        PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (m->slow != NULL)
-        return CoreMethod_del(m, args, nargs, kwnames);
-    if (m->fn == NULL && nargs == 1 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0) &&
-        PyObject_TypeCheck(args[0], m->owner)) {
+    if (m->fn == NULL && m->slow == NULL && nargs == 1 &&
+        (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0) && PyObject_TypeCheck(args[0], m->owner)) {
         /* is_closing(): return self._closing, read from its slot (decision 306) */
         PyObject *v = *(PyObject **)((char *)args[0] + m->offset);
         if (v == NULL) /* never set: the descriptor's own AttributeError */
@@ -3050,6 +3037,8 @@ static PyObject *CoreMethod_vectorcall(CoreMethod *m, PyObject *const *args, siz
                      Py_TYPE(args[0])->tp_name);
         return NULL;
     }
+    if (m->slow != NULL)
+        return CoreMethod_del(m, args[0]);
     PyObject *core = *(PyObject **)((char *)args[0] + m->offset);
     if (core == NULL || !Py_IS_TYPE(core, &StreamType)) {
         PyErr_SetString(PyExc_RuntimeError, "the transport has no C core");
