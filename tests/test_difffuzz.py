@@ -260,6 +260,63 @@ def test_tls_flow_flips_at_a_zero_high_water_mark():
     assert difffuzz.differences(hooked, mine, "tls")
 
 
+# tls 20021 with --callbacks --more, shrunk (decision 773): a (TLS, paused
+# reading) writes 64 KiB; b's first data callback aborts b; then a's
+# set_write_buffer_limits(high=0). Stock's b had read three of the four
+# records (the fourth unread: its abort reset a, whose SSL protocol lost its
+# app protocol), so the zero mark's flip called pause_writing on None
+TLS_20021 = {
+    "seed": 20021,
+    "family": "tls",
+    "ops": [["pause_reading", "a"], ["write", "a", 65536, "bytes"], ["limits_low", "a", 0, None]],
+    "buffered": {"a": False, "b": True},
+    "bufsize": {"a": 100, "b": 100},
+    "keep_open": {"a": False, "b": True},
+    "start_tls": True,
+    "plain": {"a": 0, "b": 1},
+    "handshake_timeout": 0.5,
+    "shutdown_timeout": None,
+    "hooks": [{"end": "b", "event": "data", "at": 1, "ops": [["abort", "b"], ["extra", "a"]]}],
+}
+
+
+def test_tls_zero_high_water_mark_from_limits_low():
+    """Decision 773: `--more`'s limits_low op (high=0, low left out) makes
+    the zero mark of 490 as the limits op does; the flip after
+    connection_lost that reaches stock's handler is let through there
+    too, and only at high=0 (the traces of tls 20021)."""
+    ref = {"ends": {"a": [["made"], ["start_tls", 1]], "b": [["made"]]}, "log": [], "fatal": None}
+    ref["leaked_fds"] = []
+    ref["ops"] = [
+        [0, "pause_reading", "a", "ok", None],
+        [1, "write", "a", "ok", None],
+        [2, "limits_low", "a", "ok", [0, 0]],
+    ]
+    ref["handler"] = [["protocol.pause_writing() failed", "AttributeError"]]
+    got = copy.deepcopy(ref)
+    got["ends"]["a"].append(["pause_writing"])
+    got["handler"] = []
+    ref["ends"]["a"].append(["lost", None, 1])
+    got["ends"]["a"].append(["lost", None, 1])
+    assert difffuzz.differences(ref, got, "tls") == []
+    assert difffuzz.differences(ref, got, "tcp")
+    high = copy.deepcopy(ref)
+    high["ops"][2][4] = [100, 100]
+    assert difffuzz.differences(high, dict(got, ops=high["ops"]), "tls")
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_tls_20021_same_as_stock(kind):
+    """The shrunk program itself (decision 773), on every kind."""
+    pytest.importorskip("trustme")
+    if "tls20021" not in _stock:
+        _stock["tls20021"] = difffuzz.run("stock", TLS_20021)
+    ref = _stock["tls20021"]
+    assert ref["fatal"] is None and not ref["leaked_fds"], ref
+    got = difffuzz.run(kind, TLS_20021)
+    assert difffuzz.differences(ref, got, "tls") == []
+
+
 def test_send_warnings_after_a_lost_hook():
     """Decision 521: b's connection_lost wrote on a after b's close(); ours
     had closed b's socket (426(b)), so a's connection was lost one write

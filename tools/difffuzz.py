@@ -1573,12 +1573,15 @@ def _zero_high(trace: dict) -> set:
     pause_writing/resume_writing, so their number follows how the bytes
     were split over reads (460), and ours reads more a call (393). By an
     op or by a hook (decision 520: tls 74 and 80), whose results are in the
-    firing end's events as ["hook", j, name, side, ...]."""
+    firing end's events as ["hook", j, name, side, ...]. Decision 773: by
+    `--more`'s `limits_low` too (high 0, low left out: tls 20021)."""
     calls = list(trace["ops"])
     for events in trace["ends"].values():
         calls += [ev[1:] for ev in events if ev[0] in ("hook", "hook-soon")]
     return {
-        x[2] for x in calls if len(x) > 4 and x[1] == "limits" and x[3] == "ok" and x[4][1] == 0
+        x[2]
+        for x in calls
+        if len(x) > 4 and x[1] in ("limits", "limits_low") and x[3] == "ok" and x[4][1] == 0
     }
 
 
