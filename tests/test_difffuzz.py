@@ -317,6 +317,37 @@ def test_tls_20021_same_as_stock(kind):
     assert difffuzz.differences(ref, got, "tls") == []
 
 
+def test_no_unsettled_write_over_32k_meets_a_bufsize():
+    """Decision 774 (unix 21012 with --callbacks --more, io_uring): a 1 MB
+    write run for one turn (nosettle), then get_write_buffer_size(): the
+    kernel had moved the whole write between the loop's turns on io_uring
+    (0 left; stock 780,736 B), as before an abort (489). Such a write now
+    settles, as before a pause or an abort."""
+    for seed in range(21000, 21060):
+        for fam in ("tcp", "unix", "pipe", "tls"):
+            unsettled = 0
+            for op in difffuzz.generate(seed, fam, callbacks=True, more=True)["ops"]:
+                inner = op[1] if op[0] in difffuzz._WRAPS else op
+                if inner[0] == "bufsize":
+                    assert unsettled <= 32768, (seed, fam)
+                if op[0] == "nosettle":
+                    unsettled += difffuzz._written(inner)
+                else:
+                    unsettled = 0
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_unix_21012_same_as_stock(kind):
+    """The seed itself (decision 774), on every kind."""
+    prog = difffuzz.generate(21012, "unix", callbacks=True, more=True)
+    if "unix21012" not in _stock:
+        _stock["unix21012"] = difffuzz.run("stock", prog)
+    ref = _stock["unix21012"]
+    assert ref["fatal"] is None and not ref["leaked_fds"], ref
+    got = difffuzz.run(kind, prog)
+    assert difffuzz.differences(ref, got, "unix") == []
+
+
 def test_send_warnings_after_a_lost_hook():
     """Decision 521: b's connection_lost wrote on a after b's close(); ours
     had closed b's socket (426(b)), so a's connection was lost one write
