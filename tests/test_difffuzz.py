@@ -348,6 +348,132 @@ def test_unix_21012_same_as_stock(kind):
     assert difffuzz.differences(ref, got, "unix") == []
 
 
+# pipe 21058 with --callbacks --more, shrunk (decision 775): r's hook at
+# 100 B queues a write of w (call_soon), its hook at 70,000 B writes at
+# once; on io_uring-fallbacks one turn held both reads, so the second hook's
+# write came first and r's bytes are the same writes in another order
+PIPE_21058 = {
+    "seed": 21058,
+    "family": "pipe",
+    "ops": [["stoprun", ["write", "w", 70000, "bytes"]]],
+    "keep_open": {"r": False},
+    "hooks": [
+        {
+            "end": "r",
+            "event": "data",
+            "at": 70000,
+            "ops": [["write", "w", 65536, "bytes"], ["soon", ["resume_reading", "r"]]],
+        },
+        {
+            "end": "r",
+            "event": "data",
+            "at": 100,
+            "ops": [["soon", ["write", "w", 70000, "bytearray"]]],
+        },
+    ],
+}
+
+# pipe 21038 with --callbacks --more, shrunk (decision 776): w writes
+# 70,000 B (4,464 left queued); r's first read stops the loop and queues a
+# writelines of w [65536, 100]; stock's writer callback for the next poll
+# runs behind it (the buffer crossed the mark: pause_writing), ours flushed
+# the 4,464 B as the event came in (no pause), every kind
+PIPE_21038 = {
+    "seed": 21038,
+    "family": "pipe",
+    "ops": [["write", "w", 70000, "bytearray"]],
+    "keep_open": {"r": False},
+    "hooks": [
+        {"end": "w", "event": "pause_writing", "ops": [["resume_reading", "r"]]},
+        {
+            "end": "r",
+            "event": "data",
+            "at": 1,
+            "ops": [["soon", ["writelines", "w", [65536, 100]]], ["stop"]],
+        },
+    ],
+}
+
+
+def test_hook_writes_in_another_order_are_compared_by_count():
+    """Decision 775 (the traces of pipe 21058): the same two hook writes of
+    w in another order on r's events: r's bytes are compared by count, not
+    CRC; a missing write or another count still differs."""
+    ref = {"ends": {"w": [["made"], ["lost", None, 0], ["data", 0, 0]]}, "ops": [], "log": []}
+    ref.update(handler=[], fatal=None, leaked_fds=[])
+    got = copy.deepcopy(ref)
+    ref["ends"]["r"] = [
+        ["made"],
+        ["hook-soon", 1, "write", "w", "ok", None],
+        ["hook", 0, "write", "w", "ok", None],
+        ["lost", None, 205536],
+        ["data", 205536, 1246941940],
+    ]
+    got["ends"]["r"] = [
+        ["made"],
+        ["hook", 0, "write", "w", "ok", None],
+        ["hook-soon", 1, "write", "w", "ok", None],
+        ["lost", None, 205536],
+        ["data", 205536, 3852236559],
+    ]
+    assert difffuzz.differences(ref, got, "pipe") == []
+    other = copy.deepcopy(got)
+    other["ends"]["r"][4] = ["data", 205535, 3852236559]
+    assert difffuzz.differences(ref, other, "pipe")
+    same_order = copy.deepcopy(ref)
+    same_order["ends"]["r"][4] = ["data", 205536, 3852236559]
+    assert difffuzz.differences(ref, same_order, "pipe")
+
+
+def test_flow_of_an_end_written_from_a_hooks_soon():
+    """Decision 776 (the traces of pipe 21038): an end written to by a
+    hook's call_soon'd op: its pause/resume_writing and the hooks on them
+    are not compared; its other events are."""
+    ref = {"ends": {}, "ops": [[0, "write", "w", "ok", None]], "log": [], "handler": []}
+    ref.update(fatal=None, leaked_fds=[], flow_hooks=[0])
+    ref["ends"]["r"] = [
+        ["made"],
+        ["hook", 1, "stop"],
+        ["hook-soon", 1, "writelines", "w", "ok", None],
+        ["lost", None, 135636],
+        ["data", 135636, 2071982269],
+    ]
+    got = copy.deepcopy(ref)
+    del got["flow_hooks"]
+    ref["ends"]["w"] = [
+        ["made"],
+        ["pause_writing"],
+        ["hook", 0, "resume_reading", "r", "ok", None],
+        ["resume_writing"],
+        ["lost", None, 0],
+        ["data", 0, 0],
+    ]
+    got["ends"]["w"] = [["made"], ["lost", None, 0], ["data", 0, 0]]
+    assert difffuzz.differences(ref, got, "pipe") == []
+    lost = copy.deepcopy(got)
+    lost["ends"]["w"][1] = ["lost", "BrokenPipeError[32]", 0]
+    assert difffuzz.differences(ref, lost, "pipe")
+    direct = copy.deepcopy(ref)
+    direct["ends"]["r"][2][0] = "hook"
+    mine = dict(got, ends=dict(got["ends"], r=direct["ends"]["r"]))
+    assert difffuzz.differences(direct, mine, "pipe")
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+@pytest.mark.parametrize("seed", [21058, 21038])
+def test_pipe_hook_soon_seeds_same_as_stock(seed, kind):
+    """The shrunk programs themselves (decisions 775, 776), on every kind."""
+    prog = PIPE_21058 if seed == 21058 else PIPE_21038
+    key = ("pipe-soon", seed)
+    if key not in _stock:
+        _stock[key] = difffuzz.run("stock", prog)
+    ref = _stock[key]
+    assert ref["fatal"] is None and not ref["leaked_fds"], ref
+    got = difffuzz.run(kind, prog)
+    assert all(got["intact"].values()), got
+    assert difffuzz.differences(ref, got, "pipe") == []
+
+
 def test_send_warnings_after_a_lost_hook():
     """Decision 521: b's connection_lost wrote on a after b's close(); ours
     had closed b's socket (426(b)), so a's connection was lost one write
