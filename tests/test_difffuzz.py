@@ -474,6 +474,75 @@ def test_pipe_hook_soon_seeds_same_as_stock(seed, kind):
     assert difffuzz.differences(ref, got, "pipe") == []
 
 
+# tls 21011 with --callbacks --more, shrunk (decision 777): a aborts, its
+# connection_lost hook pauses b's reading, then b closes. Stock's b met the
+# EOF paused (FLUSHING) and its close() did nothing: never lost, its socket
+# leaked; ours had sent a's FIN at abort() (426(b)), b shut down at the EOF
+TLS_21011 = {
+    "seed": 21011,
+    "family": "tls",
+    "ops": [["abort", "a"], ["close", "b"]],
+    "buffered": {"a": True, "b": False},
+    "bufsize": {"a": 4096, "b": 100},
+    "keep_open": {"a": False, "b": False},
+    "start_tls": True,
+    "plain": {"a": 100, "b": 100},
+    "handshake_timeout": 10.0,
+    "shutdown_timeout": 0.5,
+    "hooks": [{"end": "a", "event": "lost", "ops": [["pause_reading", "b"]]}],
+}
+
+
+def test_a_tls_end_stock_held_paused_at_eof():
+    """Decision 777 (the traces of tls 21011): the end stock never ended
+    (paused at EOF, its close() a no-op, its socket leaked) while ours saw
+    its peer go: not compared, nor the leaked socket; an end that stock
+    ended, another family, or ours ending it with another error still
+    differ."""
+    a_events = [
+        ["made"],
+        ["start_tls", 100],
+        ["lost", None, 100],
+        ["hook", 0, "pause_reading", "b", "ok", None],
+        ["data", 100, 3223565510],
+    ]
+    ref = {"ends": {"a": a_events, "b": [["made"], ["start_tls", 100], ["data", 100, 2827844534]]}}
+    ref["ops"] = [[0, "abort", "a", "ok", None], [1, "close", "b", "ok", None]]
+    ref.update(handler=[], log=[], fatal=None, lost_hook=["a"], leaked_fds=["socket:[#]"])
+    got = copy.deepcopy(ref)
+    got["leaked_fds"] = []
+    got["ends"]["b"] = [
+        ["made"],
+        ["start_tls", 100],
+        ["eof", 100],
+        ["lost", None, 100],
+        ["data", 100, 2827844534],
+    ]
+    assert difffuzz.differences(ref, got, "tls") == []
+    assert difffuzz.differences(ref, got, "tcp")
+    ended = copy.deepcopy(ref)
+    ended["ends"]["b"].insert(2, ["eof", 100])
+    assert difffuzz.differences(ended, got, "tls")
+    failed = copy.deepcopy(got)
+    failed["ends"]["b"][3] = ["lost", "SSLError", 100]
+    assert difffuzz.differences(ref, failed, "tls")
+    two = copy.deepcopy(ref)
+    two["leaked_fds"] = ["socket:[#]", "socket:[#]"]
+    assert difffuzz.differences(two, got, "tls")
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_tls_21011_same_as_stock(kind):
+    """The shrunk program itself (decision 777), on every kind."""
+    pytest.importorskip("trustme")
+    if "tls21011" not in _stock:
+        _stock["tls21011"] = difffuzz.run("stock", TLS_21011)
+    ref = _stock["tls21011"]
+    assert ref["fatal"] is None, ref
+    got = difffuzz.run(kind, TLS_21011)
+    assert difffuzz.differences(ref, got, "tls") == []
+
+
 def test_send_warnings_after_a_lost_hook():
     """Decision 521: b's connection_lost wrote on a after b's close(); ours
     had closed b's socket (426(b)), so a's connection was lost one write
