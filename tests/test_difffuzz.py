@@ -348,7 +348,7 @@ def test_unix_21012_same_as_stock(kind):
     assert difffuzz.differences(ref, got, "unix") == []
 
 
-# pipe 21058 with --callbacks --more, shrunk (decision 775): r's hook at
+# pipe 21058 with --callbacks --more, shrunk (decision 775(a)): r's hook at
 # 100 B queues a write of w (call_soon), its hook at 70,000 B writes at
 # once; on io_uring-fallbacks one turn held both reads, so the second hook's
 # write came first and r's bytes are the same writes in another order
@@ -373,7 +373,7 @@ PIPE_21058 = {
     ],
 }
 
-# pipe 21038 with --callbacks --more, shrunk (decision 776): w writes
+# pipe 21038 with --callbacks --more, shrunk (decision 775(b)): w writes
 # 70,000 B (4,464 left queued); r's first read stops the loop and queues a
 # writelines of w [65536, 100]; stock's writer callback for the next poll
 # runs behind it (the buffer crossed the mark: pause_writing), ours flushed
@@ -396,7 +396,7 @@ PIPE_21038 = {
 
 
 def test_hook_writes_in_another_order_are_compared_by_count():
-    """Decision 775 (the traces of pipe 21058): the same two hook writes of
+    """Decision 775(a) (the traces of pipe 21058): the same two hook writes of
     w in another order on r's events: r's bytes are compared by count, not
     CRC; a missing write or another count still differs."""
     ref = {"ends": {"w": [["made"], ["lost", None, 0], ["data", 0, 0]]}, "ops": [], "log": []}
@@ -426,7 +426,7 @@ def test_hook_writes_in_another_order_are_compared_by_count():
 
 
 def test_flow_of_an_end_written_from_a_hooks_soon():
-    """Decision 776 (the traces of pipe 21038): an end written to by a
+    """Decision 775(b) (the traces of pipe 21038): an end written to by a
     hook's call_soon'd op: its pause/resume_writing and the hooks on them
     are not compared; its other events are."""
     ref = {"ends": {}, "ops": [[0, "write", "w", "ok", None]], "log": [], "handler": []}
@@ -462,7 +462,7 @@ def test_flow_of_an_end_written_from_a_hooks_soon():
 @pytest.mark.parametrize("kind", LOOP_KINDS)
 @pytest.mark.parametrize("seed", [21058, 21038])
 def test_pipe_hook_soon_seeds_same_as_stock(seed, kind):
-    """The shrunk programs themselves (decisions 775, 776), on every kind."""
+    """The shrunk programs themselves (decision 775), on every kind."""
     prog = PIPE_21058 if seed == 21058 else PIPE_21038
     key = ("pipe-soon", seed)
     if key not in _stock:
@@ -474,7 +474,7 @@ def test_pipe_hook_soon_seeds_same_as_stock(seed, kind):
     assert difffuzz.differences(ref, got, "pipe") == []
 
 
-# tls 21011 with --callbacks --more, shrunk (decision 777): a aborts, its
+# tls 21011 with --callbacks --more, shrunk (decision 776): a aborts, its
 # connection_lost hook pauses b's reading, then b closes. Stock's b met the
 # EOF paused (FLUSHING) and its close() did nothing: never lost, its socket
 # leaked; ours had sent a's FIN at abort() (426(b)), b shut down at the EOF
@@ -494,7 +494,7 @@ TLS_21011 = {
 
 
 def test_a_tls_end_stock_held_paused_at_eof():
-    """Decision 777 (the traces of tls 21011): the end stock never ended
+    """Decision 776 (the traces of tls 21011): the end stock never ended
     (paused at EOF, its close() a no-op, its socket leaked) while ours saw
     its peer go: not compared, nor the leaked socket; an end that stock
     ended, another family, or ours ending it with another error still
@@ -533,7 +533,7 @@ def test_a_tls_end_stock_held_paused_at_eof():
 
 @pytest.mark.parametrize("kind", LOOP_KINDS)
 def test_tls_21011_same_as_stock(kind):
-    """The shrunk program itself (decision 777), on every kind."""
+    """The shrunk program itself (decision 776), on every kind."""
     pytest.importorskip("trustme")
     if "tls21011" not in _stock:
         _stock["tls21011"] = difffuzz.run("stock", TLS_21011)

@@ -71,7 +71,7 @@ def test_extra_seed_same_as_stock(seed, kind):
     assert subfuzz.differences(ref, got) == []
 
 
-# --extra seed 21042, reduced (decision 778): a child writes 70,000 B to its
+# --extra seed 21042, reduced (decision 777): a child writes 70,000 B to its
 # stderr pipe, which the parent pauses, then 1 B to its stdout file, then
 # blocks; the loop closes with it running (abandon)
 PAUSED_ABANDON = {
@@ -99,7 +99,7 @@ PAUSED_ABANDON = {
 
 @pytest.mark.parametrize("kind", LOOP_KINDS)
 def test_an_abandoned_child_paused_on_a_full_pipe(kind):
-    """Decision 778: a child left running as the loop closes has its paused
+    """Decision 777: a child left running as the loop closes has its paused
     pipes resumed first, as every other child's end does, so its bytes
     before the block come on every loop (stock's child had stayed blocked
     on the full pipe and never wrote its stdout byte; ours, reading the

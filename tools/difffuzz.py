@@ -1626,7 +1626,7 @@ def _no_crc(events: list) -> list:
 
 
 def _soon_mix(ref: dict, got: dict) -> set:
-    """Decision 775: the ends whose peer's writes from hooks ran in another
+    """Decision 775(a): the ends whose peer's writes from hooks ran in another
     order. A hook-soon runs after the turn's callbacks (499(a)); where a
     turn held more reads (460: pipe 21058 with --callbacks --more on
     io_uring-fallbacks, whose pipe read stays armed, 162) a later hook's
@@ -1648,7 +1648,7 @@ def _soon_mix(ref: dict, got: dict) -> set:
 
 
 def _soon_written(ref: dict, got: dict) -> set:
-    """Decision 776: the ends written to by a hook's call_soon'd op. That
+    """Decision 775(b): the ends written to by a hook's call_soon'd op. That
     write runs in the next turn's callbacks, after the loop has polled:
     stock's writer callback for the same poll is queued behind it, ours
     flushes as the event comes in, so whether the write found the buffer
@@ -1667,7 +1667,7 @@ def _soon_written(ref: dict, got: dict) -> set:
 
 
 def _stock_tls_held(ref: dict, got: dict, family: str) -> set:
-    """Decision 777 (tls 21011 with --callbacks --more, epoll and
+    """Decision 776 (tls 21011 with --callbacks --more, epoll and
     io_uring-fallbacks): a's connection_lost hook paused b's reading after
     a's abort. Stock's socket was still open when a's protocol was told
     (499(b)), so b's EOF came after the pause: stock's SSL protocol, paused,
@@ -1700,7 +1700,7 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
     for key in ("fatal", "leaked_fds"):
         r, g = ref.get(key), got.get(key)
         if key == "leaked_fds" and held and r and not g and len(r) <= len(held):
-            continue  # decision 777: stock's held TLS ends keep their sockets
+            continue  # decision 776: stock's held TLS ends keep their sockets
         if r != g:
             out.append(f"{key}: stock {r!r} ours {g!r}")
     for s, ok in sorted(got.get("intact", {}).items()):
@@ -1737,7 +1737,7 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
             ]
         a, b = _soon_apart(a), _soon_apart(b)  # 499(a)
         if s in held:
-            gone.add(s)  # decision 777: its calls' results differ too
+            gone.add(s)  # decision 776: its calls' results differ too
             continue
         if a != b and s in wl_no_pause:
             # decision 671: 3.12.1's and 3.13.0's stock writelines() queues
@@ -1754,9 +1754,9 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
         if a != b and s in echo_mix:
             a, b = _no_crc(a), _no_crc(b)  # decision 657
         if a != b and s in soon_mix:
-            a, b = _no_crc(a), _no_crc(b)  # decision 775
+            a, b = _no_crc(a), _no_crc(b)  # decision 775(a)
         if a != b and s in soon_written:
-            a, b = _no_flow(a, flow_hooks), _no_flow(b, flow_hooks)  # decision 776
+            a, b = _no_flow(a, flow_hooks), _no_flow(b, flow_hooks)  # decision 775(b)
         if a != b and s in echoing:
             # decision 657: the echo's writes race the peer's reads within a
             # turn (where each end's callbacks fall is not compared, 460), so

@@ -966,7 +966,7 @@ class _Runner:
     def _abandon(self, k):
         k["abandoned"] = True
         if k["c"]["mode"] != "streams":
-            # decision 778: its paused pipes resumed first, as `_end` does, so
+            # decision 777: its paused pipes resumed first, as `_end` does, so
             # that its bytes before the block come (stock: a child paused on
             # a full pipe never gets there; ours had read the paused pipe on,
             # 162, and the child went on: seed 21042 with --extra)
