@@ -260,7 +260,7 @@ def test_tls_flow_flips_at_a_zero_high_water_mark():
     assert difffuzz.differences(hooked, mine, "tls")
 
 
-# tls 20021 with --callbacks --more, shrunk (decision 773): a (TLS, paused
+# tls 20021 with --callbacks --more, shrunk (decision 774(a)): a (TLS, paused
 # reading) writes 64 KiB; b's first data callback aborts b; then a's
 # set_write_buffer_limits(high=0). Stock's b had read three of the four
 # records (the fourth unread: its abort reset a, whose SSL protocol lost its
@@ -281,7 +281,7 @@ TLS_20021 = {
 
 
 def test_tls_zero_high_water_mark_from_limits_low():
-    """Decision 773: `--more`'s limits_low op (high=0, low left out) makes
+    """Decision 774(a): `--more`'s limits_low op (high=0, low left out) makes
     the zero mark of 490 as the limits op does; the flip after
     connection_lost that reaches stock's handler is let through there
     too, and only at high=0 (the traces of tls 20021)."""
@@ -307,7 +307,7 @@ def test_tls_zero_high_water_mark_from_limits_low():
 
 @pytest.mark.parametrize("kind", LOOP_KINDS)
 def test_tls_20021_same_as_stock(kind):
-    """The shrunk program itself (decision 773), on every kind."""
+    """The shrunk program itself (decision 774(a)), on every kind."""
     pytest.importorskip("trustme")
     if "tls20021" not in _stock:
         _stock["tls20021"] = difffuzz.run("stock", TLS_20021)
@@ -318,7 +318,7 @@ def test_tls_20021_same_as_stock(kind):
 
 
 def test_no_unsettled_write_over_32k_meets_a_bufsize():
-    """Decision 774 (unix 21012 with --callbacks --more, io_uring): a 1 MB
+    """Decision 774(b) (unix 21012 with --callbacks --more, io_uring): a 1 MB
     write run for one turn (nosettle), then get_write_buffer_size(): the
     kernel had moved the whole write between the loop's turns on io_uring
     (0 left; stock 780,736 B), as before an abort (489). Such a write now
@@ -338,7 +338,7 @@ def test_no_unsettled_write_over_32k_meets_a_bufsize():
 
 @pytest.mark.parametrize("kind", LOOP_KINDS)
 def test_unix_21012_same_as_stock(kind):
-    """The seed itself (decision 774), on every kind."""
+    """The seed itself (decision 774(b)), on every kind."""
     prog = difffuzz.generate(21012, "unix", callbacks=True, more=True)
     if "unix21012" not in _stock:
         _stock["unix21012"] = difffuzz.run("stock", prog)
@@ -541,6 +541,42 @@ def test_tls_21011_same_as_stock(kind):
     assert ref["fatal"] is None, ref
     got = difffuzz.run(kind, TLS_21011)
     assert difffuzz.differences(ref, got, "tls") == []
+
+
+# --fast unix 20004, shrunk (decision 778; `--fast --family pipe` picks
+# tcp/unix by seed): b a StreamReader of limit 100, its transport paused,
+# a readexactly(65536) pending, a's 150,000 B write, b resumed, a
+# read(65536); the run ends with b's reader paused past 2 * limit
+FAST_20004 = {
+    "seed": 20004,
+    "family": "unix",
+    "ops": [
+        ["pause_reading", "b"],
+        ["sread", "b", "readexactly", 65536],
+        ["write", "a", 150000, "bytearray"],
+        ["resume_reading", "b"],
+        ["sread", "b", "read", 65536],
+    ],
+    "buffered": {"a": True, "b": False},
+    "bufsize": {"a": 100, "b": 1},
+    "keep_open": {"a": False, "b": False},
+    "fast": {"mode": "streams", "limit": 100, "how": "protocol"},
+}
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_a_reader_paused_at_the_runs_end(kind):
+    """Decision 778: a StreamReader end whose reader still holds past
+    2 * limit when the run ends is cut there, as 657(a)'s close: how much
+    it had been fed follows each loop's read sizes (stock 131,072 B, ours
+    114,688), so its counts are not compared (its bytes are, as a prefix)."""
+    if "fast20004" not in _stock:
+        _stock["fast20004"] = difffuzz.run("stock", FAST_20004)
+    ref = _stock["fast20004"]
+    assert ref["fatal"] is None and not ref["leaked_fds"], ref
+    got = difffuzz.run(kind, FAST_20004)
+    assert all(got["intact"].values()), got
+    assert difffuzz.differences(ref, got, "unix") == []
 
 
 def test_send_warnings_after_a_lost_hook():

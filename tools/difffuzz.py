@@ -154,7 +154,7 @@ def generate(
             # the kernel while the loop is stopped, so ours has sent more
             # when abort() drops the rest (seed 132, Unix: 1 MB against
             # stock's 219,264 bytes).
-            # Decision 774: the same before a get_write_buffer_size(): on
+            # Decision 774(b): the same before a get_write_buffer_size(): on
             # io_uring the kernel had moved all of a 1 MB write between the
             # loop's turns (unix 21012 with --callbacks --more: ours 0,
             # stock 780,736 B left after one turn).
@@ -966,6 +966,13 @@ class _Runner:
                 REACHED[name] += n
         for s in sorted(self.ends):
             e = self.ends[s]
+            reader = getattr(e, "reader", None)
+            if reader is not None and reader._paused:
+                # decision 778: the run ends with the reader holding past
+                # 2 * limit, as 657(a)'s close: how much it had been fed
+                # follows each loop's read sizes (--fast unix 20004:
+                # stock 131,072 B, ours 114,688)
+                self.trace.setdefault("cut", []).append(s)
             if e.transport is not None and not e.transport.is_closing():
                 getattr(e.transport, "abort", e.transport.close)()  # a read pipe has no abort
         self.settle()
@@ -1577,7 +1584,7 @@ def _zero_high(trace: dict) -> set:
     pause_writing/resume_writing, so their number follows how the bytes
     were split over reads (460), and ours reads more a call (393). By an
     op or by a hook (decision 520: tls 74 and 80), whose results are in the
-    firing end's events as ["hook", j, name, side, ...]. Decision 773: by
+    firing end's events as ["hook", j, name, side, ...]. Decision 774(a): by
     `--more`'s `limits_low` too (high 0, low left out: tls 20021)."""
     calls = list(trace["ops"])
     for events in trace["ends"].values():
