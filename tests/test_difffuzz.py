@@ -543,7 +543,7 @@ def test_tls_21011_same_as_stock(kind):
     assert difffuzz.differences(ref, got, "tls") == []
 
 
-# --fast unix 20004, shrunk (decision 778; `--fast --family pipe` picks
+# --fast unix 20004, shrunk (decision 778(a); `--fast --family pipe` picks
 # tcp/unix by seed): b a StreamReader of limit 100, its transport paused,
 # a readexactly(65536) pending, a's 150,000 B write, b resumed, a
 # read(65536); the run ends with b's reader paused past 2 * limit
@@ -566,7 +566,7 @@ FAST_20004 = {
 
 @pytest.mark.parametrize("kind", LOOP_KINDS)
 def test_a_reader_paused_at_the_runs_end(kind):
-    """Decision 778: a StreamReader end whose reader still holds past
+    """Decision 778(a): a StreamReader end whose reader still holds past
     2 * limit when the run ends is cut there, as 657(a)'s close: how much
     it had been fed follows each loop's read sizes (stock 131,072 B, ours
     114,688), so its counts are not compared (its bytes are, as a prefix)."""
@@ -577,6 +577,42 @@ def test_a_reader_paused_at_the_runs_end(kind):
     got = difffuzz.run(kind, FAST_20004)
     assert all(got["intact"].values()), got
     assert difffuzz.differences(ref, got, "unix") == []
+
+
+# --fast tcp 21040, shrunk (decision 778(b)): b echoes a's 100 B; b's data
+# hook then sets b's limits and asks get_write_buffer_size()
+FAST_21040 = {
+    "seed": 21040,
+    "family": "tcp",
+    "ops": [["write", "a", 100, "memoryview"]],
+    "buffered": {"a": False, "b": True},
+    "bufsize": {"a": 65536, "b": 65536},
+    "keep_open": {"a": True, "b": True},
+    "fast": {"mode": "echo", "split": None, "high": None, "cap": 200000},
+    "hooks": [
+        {"end": "b", "event": "data", "at": 1, "ops": [["limits", "b", 300000], ["bufsize", "b"]]}
+    ],
+}
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_an_echoing_ends_bufsize_from_a_hook(kind):
+    """Decision 778(b): the echo's write came first in that callback, so
+    the Known limit (a turn's small write counted as queued on io_uring)
+    decides the hook's get_write_buffer_size(): not compared on the
+    echoing end, and only there."""
+    if "fast21040" not in _stock:
+        _stock["fast21040"] = difffuzz.run("stock", FAST_21040)
+    ref = _stock["fast21040"]
+    assert ref["fatal"] is None and ref.get("echoing") == ["b"], ref
+    got = difffuzz.run(kind, FAST_21040)
+    assert difffuzz.differences(ref, got, "tcp") == []
+    other = copy.deepcopy(ref)
+    del other["echoing"]
+    flipped = copy.deepcopy(other)
+    ev = next(e for e in flipped["ends"]["b"] if e[0] == "hook" and e[2] == "bufsize")
+    ev[5] = ">0" if ev[5] == "0" else "0"
+    assert difffuzz.differences(other, flipped, "tcp")
 
 
 def test_send_warnings_after_a_lost_hook():
