@@ -49,6 +49,10 @@
 #define UL_RING_WANT_MIN 16
 #define UL_RING_WINDOW 256
 #define UL_IOV_MAX 1024   /* UIO_MAXIOV: more iovecs go out in the next SENDMSG */
+/* Pieces of deferred completion work one no-wait enter may run (decision 767):
+ * the kernel runs max(20, min_complete) of them per GETEVENTS enter
+ * (IO_LOCAL_TW_DEFAULT_MAX), so a busy ring paid an enter per 20 records */
+#define UL_TW_BATCH 64
 
 struct uring {
     int ring_fd, enter_fd;
@@ -1567,11 +1571,42 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
             flags |= UL_ENTER_EXT_ARG;
             min = 1;
         }
+        /* A no-wait enter with deferred work flagged asks for up to
+         * UL_TW_BATCH pieces of it, not the kernel's 20 (decision 767): it
+         * enters with min_complete = lag after moving the published CQ head
+         * back by lag over CQEs already reaped, so the CQ holds lag events
+         * before any new one and the kernel, having run up to lag pieces of
+         * work (or all there is), finds min_complete met and returns without
+         * waiting. The head goes back where it was once the enter returns;
+         * only this thread enters or moves the head (SINGLE_ISSUER), and the
+         * kernel reads the head only for the CQ's free room, which the lag
+         * keeps above half the ring. */
+        unsigned lag = 0, head = 0;
+        if (!wait && (sqflags & UL_SQ_TASKRUN) && !(sqflags & UL_SQ_CQ_OVERFLOW) &&
+            (u->setup_flags & UL_SETUP_DEFER_TASKRUN)) {
+            unsigned room = e->nrec < e->cfg.record_cap ? e->cfg.record_cap - e->nrec : 0;
+            lag = UL_MIN(UL_MIN((unsigned)UL_TW_BATCH, (u->cq_mask + 1) / 4), room);
+            if (lag <= 20 || ready + lag > (u->cq_mask + 1) / 2)
+                lag = 0;  /* no more than the kernel runs anyway, or no room to spare */
+        }
+        if (lag) {
+            head = *u->cq_khead;
+            __atomic_store_n(u->cq_khead, head - lag, __ATOMIC_RELEASE);
+            min = lag;
+            /* and a zero timeout: should a kernel count the CQ otherwise, the
+             * enter still cannot sleep for more than a timer's expiry */
+            memset(&arg, 0, sizeof arg);
+            ts.tv_sec = ts.tv_nsec = 0;
+            arg.ts = (uint64_t)(uintptr_t)&ts;
+            flags |= UL_ENTER_EXT_ARG;
+        }
         /* a timed wait that also submits: when it ends, see below */
         int64_t until = wait && to_submit > 0 && timeout_ns > 0 ? mono_ns() + timeout_ns : 0;
-        int r = sys_enter(u->enter_fd, to_submit, min, flags, wait ? &arg : NULL,
-                          wait ? sizeof arg : 0);
+        int r = sys_enter(u->enter_fd, to_submit, min, flags, wait || lag ? &arg : NULL,
+                          wait || lag ? sizeof arg : 0);
         int saved = errno;
+        if (lag)
+            __atomic_store_n(u->cq_khead, head, __ATOMIC_RELEASE);
         if (wait) {
             ul__wake_after_sleep(e);
             e->st.waits++;
