@@ -53,12 +53,15 @@
  * the kernel runs max(20, min_complete) of them per GETEVENTS enter
  * (IO_LOCAL_TW_DEFAULT_MAX), so a busy ring paid an enter per 20 records */
 #define UL_TW_BATCH 64
+#define UL_TW_KERNEL 20
 
 struct uring {
     int ring_fd, enter_fd;
     uint32_t enter_flags;
     uint32_t setup_flags, features;
     int enabled, wake_armed;
+    int tw_busy;                /* the last no-wait enter for deferred work took as many
+                                   pieces as the kernel runs in one (decision 767) */
     int parked;                 /* ul_park: no request of ours in the kernel; ops wait in
                                    the backlog, the ring fd is not registered */
     const void *owner;
@@ -1551,7 +1554,7 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
     unsigned to_submit = u->sqe_tail - __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
     unsigned ready = __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) - *u->cq_khead;
     unsigned sqflags = __atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE);
-    int wait = timeout_ns != 0 && e->nrec == 0 && ready == 0;
+    int wait = timeout_ns != 0 && e->nrec == 0 && ready == 0, tw = 0;
     int need = to_submit || wait || (sqflags & (UL_SQ_CQ_OVERFLOW | UL_SQ_TASKRUN)) ||
                !(u->setup_flags & UL_SETUP_TASKRUN_FLAG);
     if (need) {
@@ -1580,13 +1583,14 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
          * waiting. The head goes back where it was once the enter returns;
          * only this thread enters or moves the head (SINGLE_ISSUER), and the
          * kernel reads the head only for the CQ's free room, which the lag
-         * keeps above half the ring. */
+         * keeps above half the ring. Only while the last such enter took 20
+         * or more (tw_busy): a ring that is not behind enters as before. */
         unsigned lag = 0, head = 0;
-        if (!wait && (sqflags & UL_SQ_TASKRUN) && !(sqflags & UL_SQ_CQ_OVERFLOW) &&
-            (u->setup_flags & UL_SETUP_DEFER_TASKRUN)) {
+        tw = !wait && (sqflags & UL_SQ_TASKRUN) && (u->setup_flags & UL_SETUP_DEFER_TASKRUN);
+        if (tw && u->tw_busy && !(sqflags & UL_SQ_CQ_OVERFLOW)) {
             unsigned room = e->nrec < e->cfg.record_cap ? e->cfg.record_cap - e->nrec : 0;
             lag = UL_MIN(UL_MIN((unsigned)UL_TW_BATCH, (u->cq_mask + 1) / 4), room);
-            if (lag <= 20 || ready + lag > (u->cq_mask + 1) / 2)
+            if (lag <= UL_TW_KERNEL || ready + lag > (u->cq_mask + 1) / 2)
                 lag = 0;  /* no more than the kernel runs anyway, or no room to spare */
         }
         if (lag) {
@@ -1628,7 +1632,10 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
             err = -EINTR;
     }
     unsigned sent_tail = u->sqe_tail;
+    uint64_t cqes0 = e->st.cqes;
     reap(e, u);
+    if (tw)  /* the kernel ran as many pieces as it would: more may wait (767) */
+        u->tw_busy = e->st.cqes - cqes0 >= ready + UL_TW_KERNEL;
     /* Reaping can start work: the next queued send of an fd (ordered queue),
      * the rest of a short send, an EAGAIN readiness wait. Hand it to the
      * kernel in this run rather than the next turn's, so N queued sends take
