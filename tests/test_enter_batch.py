@@ -4,9 +4,9 @@ With SINGLE_ISSUER|DEFER_TASKRUN a receive's completion waits in the kernel
 as deferred work until the ring's thread enters with GETEVENTS, and one such
 enter runs at most 20 pieces of it (the kernel's IO_LOCAL_TW_DEFAULT_MAX)
 unless it asks for more completions: a turn that found work flagged took 20
-records an enter. A no-wait enter now asks for up to 64 without ever
-waiting (uring.c, UL_TW_BATCH), and that bound is what keeps a callback chain
-from waiting behind an unbounded batch.
+records an enter. Once one such enter has taken 20, the next asks for up
+to 64 without ever waiting (uring.c, UL_TW_BATCH, tw_busy), and that bound
+is what keeps a callback chain from waiting behind an unbounded batch.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def test_buffered_echo_at_100_connections_enters_the_kernel_rarely(loop):
     loopback TCP, client and server in one loop: a round is 200 receives
     (100 requests, 100 replies), all of them deferred work by the time the
     loop enters. At 20 a no-wait enter a round took at least 10 enters (0.10
-    a request, 0.10-0.12 measured); asking for up to 64, about 4 (0.04-0.05).
+    a request: 0.100 measured); asking for up to 64, 4 (0.040).
     epoll: one epoll_wait a turn, each returning every ready socket (0.03)."""
     if loop.backend == "io_uring" and not _defer_taskrun(loop):
         pytest.skip(
@@ -120,9 +120,9 @@ def test_a_callback_chain_sees_a_big_batch_in_bounded_slices(loop):
     waiting as deferred work and a callback that re-schedules itself on every
     turn (the ready queue never empties), every turn still takes records
     (none is starved: no turn of the chain passes without data while data
-    waits) and no turn takes more than 64 on io_uring (the kernel ran 20 an
-    enter before: the bound held then too). epoll hands over what one
-    epoll_wait returns, every ready socket."""
+    waits) and no turn takes more than 64 on io_uring (20, 64, 64, 52
+    measured; ten turns of 20 before: the bound held then too). epoll hands
+    over what one epoll_wait returns, every ready socket."""
     if loop.backend == "io_uring" and not _defer_taskrun(loop):
         pytest.skip("the ring is not DEFER_TASKRUN (a fallback kind): no deferred work")
     n = 200
