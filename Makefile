@@ -18,6 +18,7 @@ ASAN_TESTS = tests/test_engine_ops.py tests/test_engine_cancel_close.py \
              tests/test_transport_stream_reentry.py tests/test_transport_dgram_reentry.py \
              tests/test_transport_pipe_reentry.py tests/test_engine_review2.py \
              tests/test_sock_review.py tests/test_sock_wide.py tests/test_subprocess_review.py tests/test_difffuzz.py \
+             tests/test_enter_batch.py \
              tests/test_eof_close.py \
              tests/test_accept_setup.py \
              tests/test_nowait_ops.py tests/test_subfuzz.py tests/test_transport_lost_order.py \

@@ -49,12 +49,19 @@
 #define UL_RING_WANT_MIN 16
 #define UL_RING_WINDOW 256
 #define UL_IOV_MAX 1024   /* UIO_MAXIOV: more iovecs go out in the next SENDMSG */
+/* Pieces of deferred completion work one no-wait enter may run (decision 767):
+ * the kernel runs max(20, min_complete) of them per GETEVENTS enter
+ * (IO_LOCAL_TW_DEFAULT_MAX), so a busy ring paid an enter per 20 records */
+#define UL_TW_BATCH 64
+#define UL_TW_KERNEL 20
 
 struct uring {
     int ring_fd, enter_fd;
     uint32_t enter_flags;
     uint32_t setup_flags, features;
     int enabled, wake_armed;
+    int tw_busy;                /* the last no-wait enter for deferred work took as many
+                                   pieces as the kernel runs in one (decision 767) */
     int parked;                 /* ul_park: no request of ours in the kernel; ops wait in
                                    the backlog, the ring fd is not registered */
     const void *owner;
@@ -1547,7 +1554,7 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
     unsigned to_submit = u->sqe_tail - __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
     unsigned ready = __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) - *u->cq_khead;
     unsigned sqflags = __atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE);
-    int wait = timeout_ns != 0 && e->nrec == 0 && ready == 0;
+    int wait = timeout_ns != 0 && e->nrec == 0 && ready == 0, tw = 0;
     int need = to_submit || wait || (sqflags & (UL_SQ_CQ_OVERFLOW | UL_SQ_TASKRUN)) ||
                !(u->setup_flags & UL_SETUP_TASKRUN_FLAG);
     if (need) {
@@ -1567,11 +1574,43 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
             flags |= UL_ENTER_EXT_ARG;
             min = 1;
         }
+        /* A no-wait enter with deferred work flagged asks for up to
+         * UL_TW_BATCH pieces of it, not the kernel's 20 (decision 767): it
+         * enters with min_complete = lag after moving the published CQ head
+         * back by lag over CQEs already reaped, so the CQ holds lag events
+         * before any new one and the kernel, having run up to lag pieces of
+         * work (or all there is), finds min_complete met and returns without
+         * waiting. The head goes back where it was once the enter returns;
+         * only this thread enters or moves the head (SINGLE_ISSUER), and the
+         * kernel reads the head only for the CQ's free room, which the lag
+         * keeps above half the ring. Only while the last such enter took 20
+         * or more (tw_busy): a ring that is not behind enters as before. */
+        unsigned lag = 0, head = 0;
+        tw = !wait && (sqflags & UL_SQ_TASKRUN) && (u->setup_flags & UL_SETUP_DEFER_TASKRUN);
+        if (tw && u->tw_busy && !(sqflags & UL_SQ_CQ_OVERFLOW)) {
+            unsigned room = e->nrec < e->cfg.record_cap ? e->cfg.record_cap - e->nrec : 0;
+            lag = UL_MIN(UL_MIN((unsigned)UL_TW_BATCH, (u->cq_mask + 1) / 4), room);
+            if (lag <= UL_TW_KERNEL || ready + lag > (u->cq_mask + 1) / 2)
+                lag = 0;  /* no more than the kernel runs anyway, or no room to spare */
+        }
+        if (lag) {
+            head = *u->cq_khead;
+            __atomic_store_n(u->cq_khead, head - lag, __ATOMIC_RELEASE);
+            min = lag;
+            /* and a zero timeout: should a kernel count the CQ otherwise, the
+             * enter still cannot sleep for more than a timer's expiry */
+            memset(&arg, 0, sizeof arg);
+            ts.tv_sec = ts.tv_nsec = 0;
+            arg.ts = (uint64_t)(uintptr_t)&ts;
+            flags |= UL_ENTER_EXT_ARG;
+        }
         /* a timed wait that also submits: when it ends, see below */
         int64_t until = wait && to_submit > 0 && timeout_ns > 0 ? mono_ns() + timeout_ns : 0;
-        int r = sys_enter(u->enter_fd, to_submit, min, flags, wait ? &arg : NULL,
-                          wait ? sizeof arg : 0);
+        int r = sys_enter(u->enter_fd, to_submit, min, flags, wait || lag ? &arg : NULL,
+                          wait || lag ? sizeof arg : 0);
         int saved = errno;
+        if (lag)
+            __atomic_store_n(u->cq_khead, head, __ATOMIC_RELEASE);
         if (wait) {
             ul__wake_after_sleep(e);
             e->st.waits++;
@@ -1593,7 +1632,10 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
             err = -EINTR;
     }
     unsigned sent_tail = u->sqe_tail;
+    uint64_t cqes0 = e->st.cqes;
     reap(e, u);
+    if (tw)  /* the kernel ran as many pieces as it would: more may wait (767) */
+        u->tw_busy = e->st.cqes - cqes0 >= ready + UL_TW_KERNEL;
     /* Reaping can start work: the next queued send of an fd (ordered queue),
      * the rest of a short send, an EAGAIN readiness wait. Hand it to the
      * kernel in this run rather than the next turn's, so N queued sends take
