@@ -260,6 +260,361 @@ def test_tls_flow_flips_at_a_zero_high_water_mark():
     assert difffuzz.differences(hooked, mine, "tls")
 
 
+# tls 20021 with --callbacks --more, shrunk (decision 774(a)): a (TLS, paused
+# reading) writes 64 KiB; b's first data callback aborts b; then a's
+# set_write_buffer_limits(high=0). Stock's b had read three of the four
+# records (the fourth unread: its abort reset a, whose SSL protocol lost its
+# app protocol), so the zero mark's flip called pause_writing on None
+TLS_20021 = {
+    "seed": 20021,
+    "family": "tls",
+    "ops": [["pause_reading", "a"], ["write", "a", 65536, "bytes"], ["limits_low", "a", 0, None]],
+    "buffered": {"a": False, "b": True},
+    "bufsize": {"a": 100, "b": 100},
+    "keep_open": {"a": False, "b": True},
+    "start_tls": True,
+    "plain": {"a": 0, "b": 1},
+    "handshake_timeout": 0.5,
+    "shutdown_timeout": None,
+    "hooks": [{"end": "b", "event": "data", "at": 1, "ops": [["abort", "b"], ["extra", "a"]]}],
+}
+
+
+def test_tls_zero_high_water_mark_from_limits_low():
+    """Decision 774(a): `--more`'s limits_low op (high=0, low left out) makes
+    the zero mark of 490 as the limits op does; the flip after
+    connection_lost that reaches stock's handler is let through there
+    too, and only at high=0 (the traces of tls 20021)."""
+    ref = {"ends": {"a": [["made"], ["start_tls", 1]], "b": [["made"]]}, "log": [], "fatal": None}
+    ref["leaked_fds"] = []
+    ref["ops"] = [
+        [0, "pause_reading", "a", "ok", None],
+        [1, "write", "a", "ok", None],
+        [2, "limits_low", "a", "ok", [0, 0]],
+    ]
+    ref["handler"] = [["protocol.pause_writing() failed", "AttributeError"]]
+    got = copy.deepcopy(ref)
+    got["ends"]["a"].append(["pause_writing"])
+    got["handler"] = []
+    ref["ends"]["a"].append(["lost", None, 1])
+    got["ends"]["a"].append(["lost", None, 1])
+    assert difffuzz.differences(ref, got, "tls") == []
+    assert difffuzz.differences(ref, got, "tcp")
+    high = copy.deepcopy(ref)
+    high["ops"][2][4] = [100, 100]
+    assert difffuzz.differences(high, dict(got, ops=high["ops"]), "tls")
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_tls_20021_same_as_stock(kind):
+    """The shrunk program itself (decision 774(a)), on every kind."""
+    pytest.importorskip("trustme")
+    if "tls20021" not in _stock:
+        _stock["tls20021"] = difffuzz.run("stock", TLS_20021)
+    ref = _stock["tls20021"]
+    assert ref["fatal"] is None and not ref["leaked_fds"], ref
+    got = difffuzz.run(kind, TLS_20021)
+    assert difffuzz.differences(ref, got, "tls") == []
+
+
+def test_no_unsettled_write_over_32k_meets_a_bufsize():
+    """Decision 774(b) (unix 21012 with --callbacks --more, io_uring): a 1 MB
+    write run for one turn (nosettle), then get_write_buffer_size(): the
+    kernel had moved the whole write between the loop's turns on io_uring
+    (0 left; stock 780,736 B), as before an abort (489). Such a write now
+    settles, as before a pause or an abort."""
+    for seed in range(21000, 21060):
+        for fam in ("tcp", "unix", "pipe", "tls"):
+            unsettled = 0
+            for op in difffuzz.generate(seed, fam, callbacks=True, more=True)["ops"]:
+                inner = op[1] if op[0] in difffuzz._WRAPS else op
+                if inner[0] == "bufsize":
+                    assert unsettled <= 32768, (seed, fam)
+                if op[0] == "nosettle":
+                    unsettled += difffuzz._written(inner)
+                else:
+                    unsettled = 0
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_unix_21012_same_as_stock(kind):
+    """The seed itself (decision 774(b)), on every kind."""
+    prog = difffuzz.generate(21012, "unix", callbacks=True, more=True)
+    if "unix21012" not in _stock:
+        _stock["unix21012"] = difffuzz.run("stock", prog)
+    ref = _stock["unix21012"]
+    assert ref["fatal"] is None and not ref["leaked_fds"], ref
+    got = difffuzz.run(kind, prog)
+    assert difffuzz.differences(ref, got, "unix") == []
+
+
+# pipe 21058 with --callbacks --more, shrunk (decision 775(a)): r's hook at
+# 100 B queues a write of w (call_soon), its hook at 70,000 B writes at
+# once; on io_uring-fallbacks one turn held both reads, so the second hook's
+# write came first and r's bytes are the same writes in another order
+PIPE_21058 = {
+    "seed": 21058,
+    "family": "pipe",
+    "ops": [["stoprun", ["write", "w", 70000, "bytes"]]],
+    "keep_open": {"r": False},
+    "hooks": [
+        {
+            "end": "r",
+            "event": "data",
+            "at": 70000,
+            "ops": [["write", "w", 65536, "bytes"], ["soon", ["resume_reading", "r"]]],
+        },
+        {
+            "end": "r",
+            "event": "data",
+            "at": 100,
+            "ops": [["soon", ["write", "w", 70000, "bytearray"]]],
+        },
+    ],
+}
+
+# pipe 21038 with --callbacks --more, shrunk (decision 775(b)): w writes
+# 70,000 B (4,464 left queued); r's first read stops the loop and queues a
+# writelines of w [65536, 100]; stock's writer callback for the next poll
+# runs behind it (the buffer crossed the mark: pause_writing), ours flushed
+# the 4,464 B as the event came in (no pause), every kind
+PIPE_21038 = {
+    "seed": 21038,
+    "family": "pipe",
+    "ops": [["write", "w", 70000, "bytearray"]],
+    "keep_open": {"r": False},
+    "hooks": [
+        {"end": "w", "event": "pause_writing", "ops": [["resume_reading", "r"]]},
+        {
+            "end": "r",
+            "event": "data",
+            "at": 1,
+            "ops": [["soon", ["writelines", "w", [65536, 100]]], ["stop"]],
+        },
+    ],
+}
+
+
+def test_hook_writes_in_another_order_are_compared_by_count():
+    """Decision 775(a) (the traces of pipe 21058): the same two hook writes of
+    w in another order on r's events: r's bytes are compared by count, not
+    CRC; a missing write or another count still differs."""
+    ref = {"ends": {"w": [["made"], ["lost", None, 0], ["data", 0, 0]]}, "ops": [], "log": []}
+    ref.update(handler=[], fatal=None, leaked_fds=[])
+    got = copy.deepcopy(ref)
+    ref["ends"]["r"] = [
+        ["made"],
+        ["hook-soon", 1, "write", "w", "ok", None],
+        ["hook", 0, "write", "w", "ok", None],
+        ["lost", None, 205536],
+        ["data", 205536, 1246941940],
+    ]
+    got["ends"]["r"] = [
+        ["made"],
+        ["hook", 0, "write", "w", "ok", None],
+        ["hook-soon", 1, "write", "w", "ok", None],
+        ["lost", None, 205536],
+        ["data", 205536, 3852236559],
+    ]
+    assert difffuzz.differences(ref, got, "pipe") == []
+    other = copy.deepcopy(got)
+    other["ends"]["r"][4] = ["data", 205535, 3852236559]
+    assert difffuzz.differences(ref, other, "pipe")
+    same_order = copy.deepcopy(ref)
+    same_order["ends"]["r"][4] = ["data", 205536, 3852236559]
+    assert difffuzz.differences(ref, same_order, "pipe")
+
+
+def test_flow_of_an_end_written_from_a_hooks_soon():
+    """Decision 775(b) (the traces of pipe 21038): an end written to by a
+    hook's call_soon'd op: its pause/resume_writing and the hooks on them
+    are not compared; its other events are."""
+    ref = {"ends": {}, "ops": [[0, "write", "w", "ok", None]], "log": [], "handler": []}
+    ref.update(fatal=None, leaked_fds=[], flow_hooks=[0])
+    ref["ends"]["r"] = [
+        ["made"],
+        ["hook", 1, "stop"],
+        ["hook-soon", 1, "writelines", "w", "ok", None],
+        ["lost", None, 135636],
+        ["data", 135636, 2071982269],
+    ]
+    got = copy.deepcopy(ref)
+    del got["flow_hooks"]
+    ref["ends"]["w"] = [
+        ["made"],
+        ["pause_writing"],
+        ["hook", 0, "resume_reading", "r", "ok", None],
+        ["resume_writing"],
+        ["lost", None, 0],
+        ["data", 0, 0],
+    ]
+    got["ends"]["w"] = [["made"], ["lost", None, 0], ["data", 0, 0]]
+    assert difffuzz.differences(ref, got, "pipe") == []
+    lost = copy.deepcopy(got)
+    lost["ends"]["w"][1] = ["lost", "BrokenPipeError[32]", 0]
+    assert difffuzz.differences(ref, lost, "pipe")
+    direct = copy.deepcopy(ref)
+    direct["ends"]["r"][2][0] = "hook"
+    mine = dict(got, ends=dict(got["ends"], r=direct["ends"]["r"]))
+    assert difffuzz.differences(direct, mine, "pipe")
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+@pytest.mark.parametrize("seed", [21058, 21038])
+def test_pipe_hook_soon_seeds_same_as_stock(seed, kind):
+    """The shrunk programs themselves (decision 775), on every kind."""
+    prog = PIPE_21058 if seed == 21058 else PIPE_21038
+    key = ("pipe-soon", seed)
+    if key not in _stock:
+        _stock[key] = difffuzz.run("stock", prog)
+    ref = _stock[key]
+    assert ref["fatal"] is None and not ref["leaked_fds"], ref
+    got = difffuzz.run(kind, prog)
+    assert all(got["intact"].values()), got
+    assert difffuzz.differences(ref, got, "pipe") == []
+
+
+# tls 21011 with --callbacks --more, shrunk (decision 776): a aborts, its
+# connection_lost hook pauses b's reading, then b closes. Stock's b met the
+# EOF paused (FLUSHING) and its close() did nothing: never lost, its socket
+# leaked; ours had sent a's FIN at abort() (426(b)), b shut down at the EOF
+TLS_21011 = {
+    "seed": 21011,
+    "family": "tls",
+    "ops": [["abort", "a"], ["close", "b"]],
+    "buffered": {"a": True, "b": False},
+    "bufsize": {"a": 4096, "b": 100},
+    "keep_open": {"a": False, "b": False},
+    "start_tls": True,
+    "plain": {"a": 100, "b": 100},
+    "handshake_timeout": 10.0,
+    "shutdown_timeout": 0.5,
+    "hooks": [{"end": "a", "event": "lost", "ops": [["pause_reading", "b"]]}],
+}
+
+
+def test_a_tls_end_stock_held_paused_at_eof():
+    """Decision 776 (the traces of tls 21011): the end stock never ended
+    (paused at EOF, its close() a no-op, its socket leaked) while ours saw
+    its peer go: not compared, nor the leaked socket; an end that stock
+    ended, another family, or ours ending it with another error still
+    differ."""
+    a_events = [
+        ["made"],
+        ["start_tls", 100],
+        ["lost", None, 100],
+        ["hook", 0, "pause_reading", "b", "ok", None],
+        ["data", 100, 3223565510],
+    ]
+    ref = {"ends": {"a": a_events, "b": [["made"], ["start_tls", 100], ["data", 100, 2827844534]]}}
+    ref["ops"] = [[0, "abort", "a", "ok", None], [1, "close", "b", "ok", None]]
+    ref.update(handler=[], log=[], fatal=None, lost_hook=["a"], leaked_fds=["socket:[#]"])
+    got = copy.deepcopy(ref)
+    got["leaked_fds"] = []
+    got["ends"]["b"] = [
+        ["made"],
+        ["start_tls", 100],
+        ["eof", 100],
+        ["lost", None, 100],
+        ["data", 100, 2827844534],
+    ]
+    assert difffuzz.differences(ref, got, "tls") == []
+    assert difffuzz.differences(ref, got, "tcp")
+    ended = copy.deepcopy(ref)
+    ended["ends"]["b"].insert(2, ["eof", 100])
+    assert difffuzz.differences(ended, got, "tls")
+    failed = copy.deepcopy(got)
+    failed["ends"]["b"][3] = ["lost", "SSLError", 100]
+    assert difffuzz.differences(ref, failed, "tls")
+    two = copy.deepcopy(ref)
+    two["leaked_fds"] = ["socket:[#]", "socket:[#]"]
+    assert difffuzz.differences(two, got, "tls")
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_tls_21011_same_as_stock(kind):
+    """The shrunk program itself (decision 776), on every kind."""
+    pytest.importorskip("trustme")
+    if "tls21011" not in _stock:
+        _stock["tls21011"] = difffuzz.run("stock", TLS_21011)
+    ref = _stock["tls21011"]
+    assert ref["fatal"] is None, ref
+    got = difffuzz.run(kind, TLS_21011)
+    assert difffuzz.differences(ref, got, "tls") == []
+
+
+# --fast unix 20004, shrunk (decision 778(a); `--fast --family pipe` picks
+# tcp/unix by seed): b a StreamReader of limit 100, its transport paused,
+# a readexactly(65536) pending, a's 150,000 B write, b resumed, a
+# read(65536); the run ends with b's reader paused past 2 * limit
+FAST_20004 = {
+    "seed": 20004,
+    "family": "unix",
+    "ops": [
+        ["pause_reading", "b"],
+        ["sread", "b", "readexactly", 65536],
+        ["write", "a", 150000, "bytearray"],
+        ["resume_reading", "b"],
+        ["sread", "b", "read", 65536],
+    ],
+    "buffered": {"a": True, "b": False},
+    "bufsize": {"a": 100, "b": 1},
+    "keep_open": {"a": False, "b": False},
+    "fast": {"mode": "streams", "limit": 100, "how": "protocol"},
+}
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_a_reader_paused_at_the_runs_end(kind):
+    """Decision 778(a): a StreamReader end whose reader still holds past
+    2 * limit when the run ends is cut there, as 657(a)'s close: how much
+    it had been fed follows each loop's read sizes (stock 131,072 B, ours
+    114,688), so its counts are not compared (its bytes are, as a prefix)."""
+    if "fast20004" not in _stock:
+        _stock["fast20004"] = difffuzz.run("stock", FAST_20004)
+    ref = _stock["fast20004"]
+    assert ref["fatal"] is None and not ref["leaked_fds"], ref
+    got = difffuzz.run(kind, FAST_20004)
+    assert all(got["intact"].values()), got
+    assert difffuzz.differences(ref, got, "unix") == []
+
+
+# --fast tcp 21040, shrunk (decision 778(b)): b echoes a's 100 B; b's data
+# hook then sets b's limits and asks get_write_buffer_size()
+FAST_21040 = {
+    "seed": 21040,
+    "family": "tcp",
+    "ops": [["write", "a", 100, "memoryview"]],
+    "buffered": {"a": False, "b": True},
+    "bufsize": {"a": 65536, "b": 65536},
+    "keep_open": {"a": True, "b": True},
+    "fast": {"mode": "echo", "split": None, "high": None, "cap": 200000},
+    "hooks": [
+        {"end": "b", "event": "data", "at": 1, "ops": [["limits", "b", 300000], ["bufsize", "b"]]}
+    ],
+}
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_an_echoing_ends_bufsize_from_a_hook(kind):
+    """Decision 778(b): the echo's write came first in that callback, so
+    the Known limit (a turn's small write counted as queued on io_uring)
+    decides the hook's get_write_buffer_size(): not compared on the
+    echoing end, and only there."""
+    if "fast21040" not in _stock:
+        _stock["fast21040"] = difffuzz.run("stock", FAST_21040)
+    ref = _stock["fast21040"]
+    assert ref["fatal"] is None and ref.get("echoing") == ["b"], ref
+    got = difffuzz.run(kind, FAST_21040)
+    assert difffuzz.differences(ref, got, "tcp") == []
+    other = copy.deepcopy(ref)
+    del other["echoing"]
+    flipped = copy.deepcopy(other)
+    ev = next(e for e in flipped["ends"]["b"] if e[0] == "hook" and e[2] == "bufsize")
+    ev[5] = ">0" if ev[5] == "0" else "0"
+    assert difffuzz.differences(other, flipped, "tcp")
+
+
 def test_send_warnings_after_a_lost_hook():
     """Decision 521: b's connection_lost wrote on a after b's close(); ours
     had closed b's socket (426(b)), so a's connection was lost one write

@@ -71,6 +71,48 @@ def test_extra_seed_same_as_stock(seed, kind):
     assert subfuzz.differences(ref, got) == []
 
 
+# --extra seed 21042, reduced (decision 777): a child writes 70,000 B to its
+# stderr pipe, which the parent pauses, then 1 B to its stdout file, then
+# blocks; the loop closes with it running (abandon)
+PAUSED_ABANDON = {
+    "seed": 21042,
+    "children": [
+        {
+            "mode": "proto",
+            "stdin": "fd",
+            "stdout": "fd",
+            "stderr": "pipe",
+            "ignterm": False,
+            "stdin_file": 100,
+            "steps": [["err", 70000, 572], ["out", 1, 964], ["sleep", 5]],
+            "reader": None,
+            "closein": False,
+            "tail": ["block"],
+            "opts": {"pass_fds": 0, "session": None, "env": None, "cwd": False, "preexec": False},
+        }
+    ],
+    "ops": [["spawn", 0], ["pause", 0, 2]],
+    "pidfd_refused": False,
+    "abandon": True,
+}
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_an_abandoned_child_paused_on_a_full_pipe(kind):
+    """Decision 777: a child left running as the loop closes has its paused
+    pipes resumed first, as every other child's end does, so its bytes
+    before the block come on every loop (stock's child had stayed blocked
+    on the full pipe and never wrote its stdout byte; ours, reading the
+    paused pipe on (162), had)."""
+    if "paused-abandon" not in _stock:
+        _stock["paused-abandon"] = subfuzz.run("stock", PAUSED_ABANDON)
+    ref = _stock["paused-abandon"]
+    assert ["abandon", 0, "ok"] in ref["ops"], ref
+    assert ref["children"][0]["data"][1][0] == 1, ref
+    got = subfuzz.run(kind, PAUSED_ABANDON)
+    assert subfuzz.differences(ref, got) == []
+
+
 def test_extra_keeps_the_programs():
     """Decision 504: --extra only adds to a seed's program; without the
     additions it is the program of the seed as before (the seeds replayed

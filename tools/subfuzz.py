@@ -965,6 +965,15 @@ class _Runner:
 
     def _abandon(self, k):
         k["abandoned"] = True
+        if k["c"]["mode"] != "streams":
+            # decision 777: its paused pipes resumed first, as `_end` does, so
+            # that its bytes before the block come (stock: a child paused on
+            # a full pipe never gets there; ours had read the paused pipe on,
+            # 162, and the child went on: seed 21042 with --extra)
+            for fd in (1, 2):
+                t = k["proc"].get_pipe_transport(fd)
+                if t is not None and not t.is_closing():
+                    t.resume_reading()
         try:
             self.loop.run_until_complete(asyncio.wait_for(self.sync(k), OP_TIMEOUT))
         except asyncio.TimeoutError:
