@@ -2891,6 +2891,29 @@ static int Stream_set_buffer(Stream *s, PyObject *v, void *unused)
     return 0;
 }
 
+/* idle: what close() asks of the queue (decision 790), in one read where it
+ * read buffer, sending, feed_rest and held (and buffer's getter made an
+ * empty list to answer): 0 while bytes are queued (the list's truth, as
+ * `not c.buffer` read it) or a send is in flight; 1 when neither; 2 when
+ * neither and no record is held here (held) or fed in part (feed_rest) */
+static PyObject *Stream_get_idle(Stream *s, void *unused)
+{
+    (void)unused;
+    PyObject *q = s->buffer;
+    int queued = 0;
+    if (q != NULL) {
+        if (PyBytes_CheckExact(q))
+            queued = 1; /* a single chunk: the getter's [q] */
+        else if (PyList_CheckExact(q))
+            queued = PyList_GET_SIZE(q) > 0;
+        else if ((queued = PyObject_IsTrue(q)) < 0)
+            return NULL;
+    }
+    if (queued || s->sending)
+        return PyLong_FromLong(0);
+    return PyLong_FromLong(s->feed_rest || (s->held != NULL && s->held->n > 0) ? 1 : 2);
+}
+
 /* held: the records waiting behind _ready, as (res, more, data) tuples
  * made for the asking (a list; None when there are none) */
 static PyObject *Stream_get_held(Stream *s, void *unused)
@@ -2934,6 +2957,7 @@ static PyGetSetDef Stream_getset[] = {
     {"buffer", (getter)Stream_get_buffer, (setter)Stream_set_buffer, NULL, NULL},
     {"peer", (getter)Stream_get_peer, NULL, NULL, NULL},
     {"held", (getter)Stream_get_held, NULL, NULL, NULL},
+    {"idle", (getter)Stream_get_idle, NULL, NULL, NULL},
     BOOL_ATTR("rfast", rfast),       /* the receive fast path may run */
     BOOL_ATTR("wfast", wfast),       /* the write/flush/sent fast paths may run */
     BOOL_ATTR("dirty", dirty),       /* on the loop's dirty list */

@@ -971,19 +971,22 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         ud = c.recv_ud  # _stop_reading, written out (decision 621)
         if ud and not self._engine.closed:
             self._engine.cancel(ud)
-        if not c.buffer and not c.sending and self._resume_h is None:
+        # c.idle: 0 bytes queued or a send in flight, 1 neither, 2 neither
+        # and nothing fed in part (feed_rest) or held (held): one read of
+        # the Stream for the four (decision 790)
+        idle = c.idle
+        if idle and self._resume_h is None:
             # nothing to send first: the fd closes now, and _close_fd's
             # _sync covers _closing and _conn_lost (decision 600)
             self._conn_lost += 1
             kind = self._sockobj
             engine = self._engine
             if (
-                type(kind) is _Kind
+                idle == 2
+                and type(kind) is _Kind
                 and not self._fd_closing
-                and not c.feed_rest
                 and not self._unread
                 and self._held is None
-                and not c.held
                 and engine._e is not None
             ):
                 # _close_fd's case of an accepted connection whose socket
