@@ -41,6 +41,20 @@ non-empty at every poll, a state loadgen at native speed hardly makes
     python benchmarks/server_instructions.py --kind httptools --tcp --conns 100 -n 1000
     python benchmarks/server_instructions.py --kind aiohttp --tcp --conns 100 -n 2000
     python benchmarks/server_instructions.py --kind tls --tcp --conns 10 -n 500
+    python benchmarks/server_instructions.py --kind protocol --tcp --cache --breakdown 30
+    python benchmarks/server_instructions.py --kind protocol --tcp --cold --breakdown 30
+
+``--cache`` adds callgrind's cache and branch simulation (CACHE_SIM: this
+host's 32 KiB L1s, one core's 1 MiB L2 as the last level): data references,
+L1 and last-level misses and mispredicted branches per request, and with
+``--breakdown`` per function, ordered by ``--sort``. The simulated caches see
+the server's user-space accesses only, never the kernel's or other tasks',
+so between requests they stay as warm as the server's own footprint lets
+them. ``--cold`` empties them at every wait that may block (coldwait.c,
+preloaded; decision 779): a request's misses are then the cache lines it
+touches after a wake-up, the most a wake-up into caches the kernel and the
+other tasks used meanwhile can cost; the line after a row says how often
+a request emptied them (1.00 at c=1 with its gap, 30 ms).
 
 Needs valgrind. A report: nothing is asserted.
 """
@@ -212,8 +226,122 @@ def tls_client_context() -> ssl.SSLContext:
     return ctx
 
 
+# --cache: callgrind's cache and branch simulation, with this host's caches
+# given (its guest CPUID reports a 320 MiB direct-mapped L3): 32 KiB 8-way L1s
+# and, as the last level, one core's 1 MiB 8-way L2 (the 32 MiB L3 is shared
+# with the other tasks and guests)
+CACHE_SIM = [
+    "--cache-sim=yes",
+    "--branch-sim=yes",
+    "--I1=32768,8,64",
+    "--D1=32768,8,64",
+    "--LL=1048576,8,64",
+]
+# the per-request columns --cache prints: (label, callgrind's events summed)
+CACHE_COLUMNS = (
+    ("Ir", ("Ir",)),
+    ("D refs", ("Dr", "Dw")),
+    ("D1 miss", ("D1mr", "D1mw")),
+    ("LL D miss", ("DLmr", "DLmw")),
+    ("I1 miss", ("I1mr",)),
+    ("LL I miss", ("ILmr",)),
+    ("mispred", ("Bcm", "Bim")),
+)
+
+
+def coldwait_so(tmp: str) -> str:
+    """coldwait.c built into tmp (--cold's preload)."""
+    so = os.path.join(tmp, "coldwait.so")
+    if not os.path.exists(so):
+        subprocess.run(
+            ["cc", "-O2", "-shared", "-fPIC", "-o", so, os.path.join(HERE, "coldwait.c"), "-ldl"],
+            check=True,
+        )
+    return so
+
+
+def callgrind_events(path: str) -> tuple[list[str], dict[str, list[int]]]:
+    """A callgrind file's event names and each function's exclusive costs
+    ("function [object]" -> a count per event); a call's inclusive cost line
+    (the one after calls=) is not the caller's own."""
+    names: dict[tuple[str, str], str] = {}
+
+    def name(kind: str, value: str) -> str:
+        value = value.strip()
+        if value.startswith("("):
+            ref, _, rest = value.partition(")")
+            key = (kind, ref + ")")
+            if rest.strip():
+                names[key] = rest.strip()
+            return names.get(key, value)
+        return value
+
+    events: list[str] = []
+    npos = 1
+    costs: dict[str, list[int]] = {}
+    ob = fn = ""
+    skip = False
+    with open(path) as f:
+        for line in f:
+            if line.startswith("events:"):
+                events = line.split()[1:]
+            elif line.startswith("positions:"):
+                npos = len(line.split()) - 1
+            elif line.startswith("ob="):
+                ob = os.path.basename(name("ob", line[3:]))
+            elif line.startswith("cob="):
+                name("ob", line[4:])
+            elif line.startswith("fn="):
+                fn = name("fn", line[3:])
+            elif line.startswith("cfn="):
+                name("fn", line[4:])
+            elif line.startswith(("fl=", "fi=", "fe=", "cfi=", "cfl=")):
+                name("fl", line.split("=", 1)[1])
+            elif line.startswith("calls="):
+                skip = True
+            elif line[:1].isdigit() or line[:1] in "+-*":
+                if skip:
+                    skip = False
+                    continue
+                vals = line.split()[npos:]
+                row = costs.setdefault(f"{fn} [{ob}]", [0] * len(events))
+                for i, v in enumerate(vals):
+                    row[i] += int(v, 0)
+    return events, costs
+
+
+def cache_per_request(paths: tuple[str, str], n: int):
+    """(label -> count per request, [(function, {label: per request})]) from
+    a run of n and one of 2n requests."""
+    ev1, small = callgrind_events(paths[0])
+    ev2, big = callgrind_events(paths[1])
+    if ev1 != ev2:
+        raise RuntimeError(f"the runs' events differ: {ev1} {ev2}")
+
+    def cols(row1, row2):
+        d = [(b - a) / n for a, b in zip(row1, row2, strict=True)]
+        return {
+            label: sum(d[ev1.index(e)] for e in evs if e in ev1) for label, evs in CACHE_COLUMNS
+        }
+
+    zero = [0] * len(ev1)
+    per_fn = [(k, cols(small.get(k, zero), big.get(k, zero))) for k in set(small) | set(big)]
+    total = cols(
+        [sum(r[i] for r in small.values()) for i in range(len(ev1))],
+        [sum(r[i] for r in big.values()) for i in range(len(ev1))],
+    )
+    return total, per_fn
+
+
 def callgrind_server(
-    loop: str, kind: str, tmp: str, tag: str, tcp: bool, client
+    loop: str,
+    kind: str,
+    tmp: str,
+    tag: str,
+    tcp: bool,
+    client,
+    cache: bool = False,
+    cold: bool = False,
 ) -> tuple[int, str]:
     """net_server.py's `kind` server on `loop` alone under callgrind (loopback
     TCP, or a Unix socket in tmp), driven by client(addr); callgrind's total
@@ -235,8 +363,14 @@ def callgrind_server(
     # the N and 2N runs, was thousands of instructions per request of noise)
     cwd = os.path.join(tmp, f"cwd.{tag}")
     os.makedirs(cwd, exist_ok=True)
+    tool = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    if cache or cold:
+        tool += CACHE_SIM
+    if cold:
+        env["LD_PRELOAD"] = coldwait_so(tmp)
+        env["COLDWAIT_LOG"] = os.path.join(tmp, f"coldwait.{tag}.log")
     srv = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c", code],
+        [*tool, sys.executable, "-c", code],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -273,6 +407,8 @@ def count(
     size: int = 1024,
     tcp: bool = False,
     conns: int = 1,
+    cache: bool = False,
+    cold: bool = False,
 ) -> tuple[int, str]:
     """callgrind's total for a server run of n requests, and its output file."""
     return callgrind_server(
@@ -282,6 +418,8 @@ def count(
         str(n),
         tcp,
         lambda addr: client(addr, n, conns, size, gap, loop, kind),
+        cache=cache,
+        cold=cold,
     )
 
 
@@ -331,19 +469,45 @@ def main(argv=None) -> int:
         type=float,
         default=None,
         help="ms a connection waits after an echo before its next message "
-        "(default 3 with one connection, 0 with more)",
+        "(default 3 with one connection, 30 with --cold, 0 with more)",
     )
     ap.add_argument("--breakdown", type=int, default=0, metavar="K")
     ap.add_argument("--keep", metavar="DIR", help="keep callgrind's files in DIR")
+    ap.add_argument(
+        "--cache",
+        action="store_true",
+        help="also simulate the caches and branches (CACHE_SIM): data and instruction "
+        "misses and mispredicted branches per request; --breakdown then lists them",
+    )
+    ap.add_argument(
+        "--cold",
+        action="store_true",
+        help="--cache with the simulated caches emptied at every wait that may block "
+        "(coldwait.c): a request's misses are then the lines it touches",
+    )
+    ap.add_argument(
+        "--sort",
+        default="D1 miss",
+        choices=[c[0] for c in CACHE_COLUMNS],
+        help="--cache's breakdown order",
+    )
     opts = ap.parse_args(argv)
     if not shutil.which("valgrind"):
         print("valgrind is not installed", file=sys.stderr)
         return 2
     if opts.kind == "aiohttp" and not opts.tcp:
         ap.error("--kind aiohttp serves loopback TCP only: add --tcp")
-    gap = (opts.gap if opts.gap is not None else 3.0 if opts.conns == 1 else 0.0) / 1000
+    # --cold: every wait empties callgrind's caches and drops its translations,
+    # so a request takes the server some ms; with 3 ms between them the next
+    # message is often there before io_uring's wait (which then does not
+    # wait), and the count is of that state: 30 ms
+    one_gap = 30.0 if opts.cold else 3.0
+    gap = (opts.gap if opts.gap is not None else one_gap if opts.conns == 1 else 0.0) / 1000
     loops = opts.loop or ["uvloop", "rloop", "uringloop-io_uring", "uringloop-epoll"]
-    conf = dict(kind=opts.kind, size=opts.size, tcp=opts.tcp, conns=opts.conns)
+    cache = opts.cache or opts.cold
+    conf = dict(
+        kind=opts.kind, size=opts.size, tcp=opts.tcp, conns=opts.conns, cache=cache, cold=opts.cold
+    )
     what = "GET" if opts.kind in ("httptools", "aiohttp") else f"{opts.size} B"
     print(
         f"{opts.kind}, {what}, {'TCP' if opts.tcp else 'Unix'}, c={opts.conns}, "
@@ -354,6 +518,31 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="srvinstr-") as tmp:
             small, p1 = count(lp, opts.n, gap, tmp, **conf)
             big, p2 = count(lp, 2 * opts.n, gap, tmp, **conf)
+            if cache:
+                total, per_fn = cache_per_request((p1, p2), opts.n)
+                waits = ""
+                if opts.cold:
+                    w1, w2 = (
+                        int(open(os.path.join(tmp, f"coldwait.{k}.log")).read())
+                        for k in (opts.n, 2 * opts.n)
+                    )
+                    waits = f"  (caches emptied {(w2 - w1) / opts.n:.2f} times a request)"
+                print(
+                    f"{lp:22} per request"
+                    + "".join(f"  {label} {v:,.0f}" for label, v in total.items())
+                    + waits,
+                    flush=True,
+                )
+                per_fn.sort(key=lambda kv: -kv[1][opts.sort])
+                if opts.breakdown:
+                    print("    " + "".join(f"{label[:8]:>8}" for label, _ in CACHE_COLUMNS))
+                for name, c in per_fn[: opts.breakdown]:
+                    print("    " + "".join(f"{v:8,.0f}" for v in c.values()) + f"  {name}")
+                if opts.keep:
+                    os.makedirs(opts.keep, exist_ok=True)
+                    for p in (p1, p2):
+                        shutil.copy(p, opts.keep)
+                continue
             per_fn = instructions.breakdown((p1, p2), opts.n, 1 << 30)
             copy = sum(per for name, per in per_fn if COPY.search(name))
             print(

@@ -968,3 +968,120 @@ def test_server_instructions_tls_kind_drives_the_tls_echo(tmp_path, backend):
     finally:
         srv.kill()
         srv.wait()
+
+
+def _server_instructions():
+    sys.path.insert(0, BENCH)
+    try:
+        import server_instructions
+    finally:
+        sys.path.remove(BENCH)
+    return server_instructions
+
+
+# a callgrind file of a run with the cache simulation: names given once and then
+# referred to by number, costs on a line number (relative ones too), and a call
+# whose cost line is the callee's inclusive cost, not the caller's own
+CALLGRIND_CACHE = """\
+version: 1
+creator: callgrind-3.19.0
+positions: line
+events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim
+summary: {total}
+
+ob=(1) /usr/lib/libc.so.6
+fl=(1) ???
+fn=(1) memcpy
+0 {memcpy}
+
+ob=(2) /x/_sched.so
+fl=(2) sched.c
+fn=(2) run_turn
+10 {turn}
++2 {turn}
+cob=(1)
+cfi=(1)
+cfn=(1)
+calls=1 0
+12 {memcpy}
+fn=(3) table_deliver
+5 {deliver}
+"""
+
+
+def _cache_file(path, n):
+    """A run of n requests: fixed start-up costs plus n times each request's."""
+
+    def cost(base, per):
+        return " ".join(str(b + n * p) for b, p in zip(base, per, strict=True))
+
+    memcpy = cost([100] * 13, [136, 70, 70, 5, 16, 17, 5, 16, 17, 3, 0, 0, 0])
+    turn = cost([50] * 13, [120, 50, 20, 15, 8, 0, 15, 8, 0, 20, 2, 1, 1])
+    deliver = cost([7] * 13, [226, 96, 0, 20, 7, 0, 19, 7, 0, 30, 2, 0, 0])
+    with open(path, "w") as f:
+        f.write(CALLGRIND_CACHE.format(total="0", memcpy=memcpy, turn=turn, deliver=deliver))
+
+
+def test_server_instructions_cache_columns_per_request(tmp_path):
+    """--cache's reading of callgrind's files: each function's own counts (a
+    call's inclusive line is not the caller's), compressed names resolved,
+    the N and 2N runs' difference over N summed into the printed columns."""
+    si = _server_instructions()
+    p1, p2 = str(tmp_path / "cg.500.out"), str(tmp_path / "cg.1000.out")
+    _cache_file(p1, 500)
+    _cache_file(p2, 1000)
+    total, per_fn = si.cache_per_request((p1, p2), 500)
+    got = {name: cols for name, cols in per_fn}
+    assert set(got) == {"memcpy [libc.so.6]", "run_turn [_sched.so]", "table_deliver [_sched.so]"}
+    assert got["memcpy [libc.so.6]"] == {
+        "Ir": 136,
+        "D refs": 140,
+        "D1 miss": 33,
+        "LL D miss": 33,
+        "I1 miss": 5,
+        "LL I miss": 5,
+        "mispred": 0,
+    }
+    # two cost lines of its own; the call's line is memcpy's, not run_turn's
+    assert got["run_turn [_sched.so]"]["Ir"] == 240
+    assert got["run_turn [_sched.so]"]["mispred"] == 6
+    assert total == {
+        "Ir": 136 + 240 + 226,
+        "D refs": 140 + 140 + 96,
+        "D1 miss": 33 + 16 + 7,
+        "LL D miss": 33 + 16 + 7,
+        "I1 miss": 5 + 30 + 20,
+        "LL I miss": 5 + 30 + 19,
+        "mispred": 0 + 6 + 2,
+    }
+
+
+def test_coldwait_counts_the_waits_that_may_block(tmp_path):
+    """coldwait.c (server_instructions.py --cold), preloaded outside valgrind
+    (its client requests do nothing there): it counts an epoll_wait with a
+    timeout and an io_uring_enter through syscall() that asks for GETEVENTS
+    with a min_complete, and nothing else; min_complete and flags are read as
+    the unsigned ints they are, whatever the upper half of their registers."""
+    if not os.path.exists("/usr/include/valgrind/callgrind.h"):
+        pytest.skip("valgrind's callgrind.h is not installed (coldwait.c includes it)")
+    si = _server_instructions()
+    so = si.coldwait_so(str(tmp_path))
+    log = tmp_path / "waits"
+    code = r"""
+import ctypes, select
+ep = select.epoll()
+ep.poll(0.001)   # a timeout: counted
+ep.poll(0)       # no wait
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+U = ctypes.c_ulong
+high = 1 << 63   # an int's undefined upper half, set
+# io_uring_enter(-1, ...): EBADF, after the wrapper's count
+libc.syscall(ctypes.c_long(426), -1, 0, U(high | 1), U(high | 1), None, 0)  # counted
+libc.syscall(ctypes.c_long(426), -1, 0, U(0), U(1), None, 0)  # min_complete 0
+libc.syscall(ctypes.c_long(426), -1, 1, U(1), U(0), None, 0)  # no GETEVENTS
+libc.syscall(ctypes.c_long(39))  # getpid
+"""
+    env = dict(os.environ, LD_PRELOAD=so, COLDWAIT_LOG=str(log))
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    assert int(log.read_text()) == 2
