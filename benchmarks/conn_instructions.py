@@ -8,7 +8,9 @@ as loadgen --reconnect's echo rows do), wait ``--gap`` ms, next. The server
 (net_server.py ``--kind``, loopback TCP) runs alone under
 ``valgrind --tool=callgrind``; N and 2N connections, the difference over N:
 start-up and shut-down cancelled out. User space only: count syscalls with
-strace (net_bench.py --strace on the conn-* rows).
+strace (net_bench.py --strace on the conn-* rows). ``--kind httptools``: the
+conn-http-httptools row's exchange, a GET and the fixed response, then the
+client's close (decision 788).
 
     python benchmarks/conn_instructions.py --loop uvloop --loop uringloop-io_uring -n 200
 
@@ -27,11 +29,17 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from server_instructions import callgrind_server  # noqa: E402  (after the path set-up above)
+import net_server  # noqa: E402  (after the path set-up above)
+from server_instructions import HTTP_REQUEST, callgrind_server  # noqa: E402
 
 
-def drive(port: int, n: int, size: int, gap: float) -> None:
-    msg = os.urandom(size)
+def drive(port: int, n: int, size: int, gap: float, http: bool = False) -> None:
+    """n connections, one after the other (http: each sends loop_bench's GET
+    and reads net_server.py's fixed response, the conn-http-httptools row's
+    exchange; else a size-byte message and its echo)."""
+    msg = HTTP_REQUEST if http else os.urandom(size)
+    want = net_server.HTTP_RESPONSE if http else msg
+    size = len(want)
     for _ in range(n):
         time.sleep(gap)
         with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
@@ -43,13 +51,14 @@ def drive(port: int, n: int, size: int, gap: float) -> None:
                 if not piece:
                     raise RuntimeError("the server closed early")
                 got += piece
-            if got != msg:
-                raise RuntimeError("the echo differs")
+            if got != want:
+                raise RuntimeError("the answer differs")
 
 
 def count(loop: str, kind: str, n: int, size: int, gap: float, tmp: str) -> int:
+    http = kind == "httptools"
     total, _ = callgrind_server(
-        loop, kind, tmp, str(n), True, lambda addr: drive(addr[1], n, size, gap)
+        loop, kind, tmp, str(n), True, lambda addr: drive(addr[1], n, size, gap, http)
     )
     return total
 
@@ -59,7 +68,7 @@ def main(argv=None) -> int:
     ap.add_argument("--loop", action="append", required=True)
     ap.add_argument("--kind", default="protocol")
     ap.add_argument("-n", type=int, default=200, help="connections of the short run")
-    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--size", type=int, default=1024, help="the echo's message (not httptools)")
     ap.add_argument("--gap", type=float, default=2.0, help="ms between connections")
     ap.add_argument("--keep", metavar="DIR", help="keep callgrind's files in DIR")
     a = ap.parse_args(argv)

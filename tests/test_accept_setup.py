@@ -423,33 +423,34 @@ def _stream_py_calls(names):
     return hook, calls
 
 
-def test_an_accepted_connection_skips_the_frames_written_out(tloop):
-    """A plain accepted connection (echo, the client's EOF, close, lost, the
-    transport freed) runs no Acceptor._connection or SocketTransport._begin
-    (written out in _on_accept and _accepted, decision 753), no Python
-    __del__ (the C core's, 754) and no _start_reading (the Stream's
-    start_reading, 755); the callbacks as stock."""
-    if not type(tloop).__module__.startswith("uringloop"):
-        pytest.skip("the frames counted are uringloop's stream.py's")
+def _one_accepted_connection(tloop, hook, buffered=False):
+    """One accepted connection under sys.setprofile(hook): the peer sends
+    b"x", reads the echo, shuts its side; the server's protocol lets the EOF
+    close (eof_received answers None), then the transport is lost and freed.
+    The protocol's events and weak references to the server's transports."""
     import gc
     import weakref
-
-    names = ("_connection", "_begin", "_start_reading", "_del_slow", "__del__",
-             "_on_accept", "_accepted", "close", "_call_connection_lost")
 
     async def main():
         loop = asyncio.get_running_loop()
         events, refs, lost = [], [], loop.create_future()
 
-        class P(asyncio.Protocol):
+        class P(asyncio.BufferedProtocol if buffered else asyncio.Protocol):
             def connection_made(self, transport):
                 events.append("made")
                 refs.append(weakref.ref(transport))
                 self.t = transport
+                self.buf = bytearray(16)
 
             def data_received(self, data):
                 events.append(("data", data))
                 self.t.write(data)
+
+            def get_buffer(self, sizehint):
+                return self.buf
+
+            def buffer_updated(self, nbytes):
+                self.data_received(bytes(self.buf[:nbytes]))
 
             def eof_received(self):
                 events.append("eof")
@@ -461,7 +462,6 @@ def test_an_accepted_connection_skips_the_frames_written_out(tloop):
 
         server = await loop.create_server(P, "127.0.0.1", 0)
         addr = server.sockets[0].getsockname()
-        hook, calls = _stream_py_calls(names)
         peer = socket.socket()  # (a plain socket: every transport here is the server's)
         peer.setblocking(False)
         sys.setprofile(hook)
@@ -480,12 +480,51 @@ def test_an_accepted_connection_skips_the_frames_written_out(tloop):
             sys.setprofile(None)
         server.close()
         await wait_for(server.wait_closed())
-        return events, calls, refs
+        return events, refs
 
-    events, calls, refs = run_in(tloop, main())
+    events, refs = run_in(tloop, main())
     assert events == ["made", ("data", b"x"), "eof", ("lost", None)]
     assert all(r() is None for r in refs)
+
+
+def test_an_accepted_connection_skips_the_frames_written_out(tloop):
+    """A plain accepted connection (echo, the client's EOF, close, lost, the
+    transport freed) runs no Acceptor._connection or SocketTransport._begin
+    (written out in _on_accept and _accepted, decision 753), no Python
+    __del__ (the C core's, 754) and no _start_reading (the Stream's
+    start_reading, 755); the callbacks as stock."""
+    if not type(tloop).__module__.startswith("uringloop"):
+        pytest.skip("the frames counted are uringloop's stream.py's")
+    names = ("_connection", "_begin", "_start_reading", "_del_slow", "__del__",
+             "_on_accept", "_accepted", "close", "_call_connection_lost")
+    hook, calls = _stream_py_calls(names)
+    _one_accepted_connection(tloop, hook)
     assert calls == ["_on_accept", "_accepted", "close", "_call_connection_lost"], calls
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["protocol", "buffered"])
+def test_an_accepted_connection_calls_its_stream_once_at_each_end(tloop, buffered):
+    """The Stream's calls from Python over one accepted connection's life:
+    _accepted's accepted() also binds the protocol, sets direct and turns the
+    fast paths on (decision 785), and _call_connection_lost's lost() unbinds
+    it and releases the transport (786): no set_protocol or release call of
+    their own; the callbacks (a Protocol's and a BufferedProtocol's) and the
+    transport freed with its last reference (694) as stock."""
+    if not type(tloop).__module__.startswith("uringloop"):
+        pytest.skip("the calls counted are uringloop's C core's")
+    calls = []
+
+    def hook(frame, event, arg):
+        if event == "c_call":
+            name = getattr(arg, "__qualname__", "")
+            if name.startswith("Stream."):
+                calls.append(name)
+
+    _one_accepted_connection(tloop, hook, buffered)
+    assert calls.count("Stream.accepted") == 1, calls
+    assert calls.count("Stream.lost") == 1, calls
+    assert "Stream.set_protocol" not in calls, calls
+    assert "Stream.release" not in calls, calls
 
 
 @pytest.mark.parametrize("what", ["pause", "close", "patched"])

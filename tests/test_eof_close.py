@@ -191,3 +191,50 @@ def test_plain_eof_takes_the_c_core_path(tloop, side):
             assert calls == ([] if side == "server" else ["_close_fd"]), calls
 
     run_in(tloop, main())
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+@pytest.mark.parametrize("queued", [False, True], ids=["nothing-queued", "queued"])
+def test_close_asks_the_stream_once_and_makes_no_queue(tloop, side, queued):
+    """close() reads the Stream's idle (0: bytes queued or a send in flight,
+    1: neither, 2: neither and nothing fed in part or held) where it read
+    buffer, sending, feed_rest and held, whose buffer getter made an empty
+    list to answer (decision 790): a close with nothing queued leaves the
+    Stream with no write queue; with bytes queued (idle 0) they all leave
+    before the EOF, as stock."""
+    import gc
+
+    if is_stock(tloop):
+        pytest.skip("the Stream is uringloop's C core")
+    big = b"x" * (8 << 20)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        class P(_Recorded):
+            def connection_lost(self, exc):
+                self.lost.set_result(exc)
+
+        tr, proto, peer, server = await _pair(loop, P, side)
+        core = tr._core
+        with peer:
+            await asyncio.sleep(0)
+            if queued:
+                tr.write(big)  # more than the socket takes: queued, sending
+                assert core.idle == 0
+                tr.close()
+                got = await _read_until_eof(loop, peer)
+                assert len(got) == len(big) and got == big
+            else:
+                assert core.idle == 2
+                peer.shutdown(socket.SHUT_WR)  # the EOF closes (eof_received: None)
+                assert await _read_until_eof(loop, peer) == b""
+            assert await wait_for(proto.lost) is None
+        if server is not None:
+            server.close()
+            await wait_for(server.wait_closed())
+        return [o for o in gc.get_referents(core) if type(o) is list]
+
+    lists = run_in(tloop, main())
+    if not queued:
+        assert lists == [], lists

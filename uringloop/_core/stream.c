@@ -2444,6 +2444,41 @@ static PyObject *stream_bind(PyObject *protocol, PyObject *name, char *self)
     return m;
 }
 
+/* set_protocol's work: bind proto's receive methods once (buffered: the
+ * BufferedProtocol's); None unbinds. Fails for no reason of its own (a
+ * protocol without the methods takes the Python path). */
+static void stream_set_protocol(Stream *s, PyObject *proto, int buffered)
+{
+    PyObject *on_data = NULL, *on_updated = NULL, *protocol = NULL;
+    char data_self = 0, updated_self = 0;
+    if (proto != Py_None) {
+        /* a protocol without these methods takes the Python path, which
+         * fails as the stock transport does, when data comes */
+        on_data = stream_bind(proto, buffered ? s_get_buffer : s_data_received, &data_self);
+        if (on_data != NULL && buffered) {
+            on_updated = stream_bind(proto, s_buffer_updated, &updated_self);
+            if (on_updated == NULL)
+                Py_CLEAR(on_data);
+        }
+        if (on_data == NULL)
+            PyErr_Clear();
+        else if (data_self || updated_self)
+            protocol = Py_NewRef(proto);
+    }
+    if (s->dbuf != NULL)
+        s->rdirect = R_STALE; /* its bytes are the old protocol's: handed over as bytes */
+    s->buffered = (char)buffered;
+    /* the stock StreamReaderProtocol, its stock data_received found on the class */
+    s->sreader = (char)(!buffered && sr_proto_type != NULL && proto != Py_None &&
+                        Py_IS_TYPE(proto, sr_proto_type) && data_self &&
+                        on_data == sr_data_received);
+    s->data_self = data_self;
+    s->updated_self = updated_self;
+    Py_XSETREF(s->on_data, on_data);
+    Py_XSETREF(s->on_updated, on_updated);
+    Py_XSETREF(s->protocol, protocol);
+}
+
 /* set_protocol(protocol, buffered): bind its receive methods once; None unbinds */
 static PyObject *Stream_set_protocol(Stream *s, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -2454,34 +2489,7 @@ static PyObject *Stream_set_protocol(Stream *s, PyObject *const *args, Py_ssize_
     int buffered = PyObject_IsTrue(args[1]);
     if (buffered < 0)
         return NULL;
-    PyObject *on_data = NULL, *on_updated = NULL, *protocol = NULL;
-    char data_self = 0, updated_self = 0;
-    if (args[0] != Py_None) {
-        /* a protocol without these methods takes the Python path, which
-         * fails as the stock transport does, when data comes */
-        on_data = stream_bind(args[0], buffered ? s_get_buffer : s_data_received, &data_self);
-        if (on_data != NULL && buffered) {
-            on_updated = stream_bind(args[0], s_buffer_updated, &updated_self);
-            if (on_updated == NULL)
-                Py_CLEAR(on_data);
-        }
-        if (on_data == NULL)
-            PyErr_Clear();
-        else if (data_self || updated_self)
-            protocol = Py_NewRef(args[0]);
-    }
-    if (s->dbuf != NULL)
-        s->rdirect = R_STALE; /* its bytes are the old protocol's: handed over as bytes */
-    s->buffered = (char)buffered;
-    /* the stock StreamReaderProtocol, its stock data_received found on the class */
-    s->sreader = (char)(!buffered && sr_proto_type != NULL && args[0] != Py_None &&
-                        Py_IS_TYPE(args[0], sr_proto_type) && data_self &&
-                        on_data == sr_data_received);
-    s->data_self = data_self;
-    s->updated_self = updated_self;
-    Py_XSETREF(s->on_data, on_data);
-    Py_XSETREF(s->on_updated, on_updated);
-    Py_XSETREF(s->protocol, protocol);
+    stream_set_protocol(s, args[0], buffered);
     Py_RETURN_NONE;
 }
 
@@ -2538,8 +2546,13 @@ static ul_addr_cache *accepted_socknames;
  * connections; an IPv4 peer is kept here as keep_peer keeps it (decision
  * 311) and peername is then True. nodelay: TCP_NODELAY is set after,
  * as base_events._set_nodelay does (its error raised). */
-static PyObject *Stream_accepted(Stream *s, PyObject *nodelay)
+static PyObject *Stream_accepted(Stream *s, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (nargs != 1 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "accepted(nodelay[, protocol, buffered, direct])");
+        return NULL;
+    }
+    PyObject *nodelay = args[0];
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
     PyObject *sockname = getsockname(s->fd, (struct sockaddr *)&ss, &len) < 0
@@ -2570,6 +2583,16 @@ static PyObject *Stream_accepted(Stream *s, PyObject *nodelay)
     if (on && setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         goto fail;
+    }
+    if (nargs == 4) {
+        /* SocketTransport._accepted's set_protocol(protocol, buffered), its
+         * direct and its fast paths on, in the one call (decision 785) */
+        int buffered = PyObject_IsTrue(args[2]), direct = PyObject_IsTrue(args[3]);
+        if (buffered < 0 || direct < 0)
+            goto fail;
+        stream_set_protocol(s, args[1], buffered);
+        s->direct = (char)direct;
+        s->rfast = s->wfast = 1;
     }
     PyObject *r = PyTuple_Pack(2, sockname, peer);
     Py_DECREF(sockname);
@@ -2634,6 +2657,16 @@ static void stream_release(Stream *s, Py_ssize_t refs)
 static PyObject *Stream_release(Stream *s, PyObject *unused)
 {
     (void)unused;
+    stream_release(s, 2);
+    Py_RETURN_NONE;
+}
+
+/* lost(): the end of the transport's _call_connection_lost, its
+ * set_protocol(None, False) and release() in one call (decision 786) */
+static PyObject *Stream_lost(Stream *s, PyObject *unused)
+{
+    (void)unused;
+    stream_set_protocol(s, Py_None, 0);
     stream_release(s, 2);
     Py_RETURN_NONE;
 }
@@ -2858,6 +2891,29 @@ static int Stream_set_buffer(Stream *s, PyObject *v, void *unused)
     return 0;
 }
 
+/* idle: what close() asks of the queue (decision 790), in one read where it
+ * read buffer, sending, feed_rest and held (and buffer's getter made an
+ * empty list to answer): 0 while bytes are queued (the list's truth, as
+ * `not c.buffer` read it) or a send is in flight; 1 when neither; 2 when
+ * neither and no record is held here (held) or fed in part (feed_rest) */
+static PyObject *Stream_get_idle(Stream *s, void *unused)
+{
+    (void)unused;
+    PyObject *q = s->buffer;
+    int queued = 0;
+    if (q != NULL) {
+        if (PyBytes_CheckExact(q))
+            queued = 1; /* a single chunk: the getter's [q] */
+        else if (PyList_CheckExact(q))
+            queued = PyList_GET_SIZE(q) > 0;
+        else if ((queued = PyObject_IsTrue(q)) < 0)
+            return NULL;
+    }
+    if (queued || s->sending)
+        return PyLong_FromLong(0);
+    return PyLong_FromLong(s->feed_rest || (s->held != NULL && s->held->n > 0) ? 1 : 2);
+}
+
 /* held: the records waiting behind _ready, as (res, more, data) tuples
  * made for the asking (a list; None when there are none) */
 static PyObject *Stream_get_held(Stream *s, void *unused)
@@ -2901,6 +2957,7 @@ static PyGetSetDef Stream_getset[] = {
     {"buffer", (getter)Stream_get_buffer, (setter)Stream_set_buffer, NULL, NULL},
     {"peer", (getter)Stream_get_peer, NULL, NULL, NULL},
     {"held", (getter)Stream_get_held, NULL, NULL, NULL},
+    {"idle", (getter)Stream_get_idle, NULL, NULL, NULL},
     BOOL_ATTR("rfast", rfast),       /* the receive fast path may run */
     BOOL_ATTR("wfast", wfast),       /* the write/flush/sent fast paths may run */
     BOOL_ATTR("dirty", dirty),       /* on the loop's dirty list */
@@ -2946,12 +3003,15 @@ static PyMethodDef Stream_methods[] = {
     {"start_reading", (PyCFunction)Stream_start_reading, METH_NOARGS,
      "an accepted transport's first _start_reading (755)"},
     {"keep_peer", (PyCFunction)Stream_keep_peer, METH_O, "keep an IPv4 peername here"},
-    {"accepted", (PyCFunction)Stream_accepted, METH_O,
-     "an accepted TCP socket's (sockname, peername), TCP_NODELAY set"},
+    {"accepted", (PyCFunction)(void (*)(void))Stream_accepted, METH_FASTCALL,
+     "an accepted TCP socket's (sockname, peername), TCP_NODELAY set; with protocol, "
+     "buffered and direct also set_protocol, direct and the fast paths on"},
     {"unregister", (PyCFunction)Stream_unregister, METH_NOARGS, "no longer"},
     {"release", (PyCFunction)Stream_release, METH_NOARGS,
      "connection_lost has run: stop holding the transport, if nothing else holds the Stream"},
     {"unlink", (PyCFunction)Stream_unlink, METH_NOARGS, "the transport is going"},
+    {"lost", (PyCFunction)Stream_lost, METH_NOARGS,
+     "connection_lost has run: set_protocol(None, False), then release()"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -216,7 +216,12 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         self._tsock = None
         self._context = ctx = contextvars.copy_context()
         self._core = c = _sched.Stream(self, loop, fd, ctx, True)
-        sockname, peername = c.accepted(nodelay)
+        self._engine = engine = loop._engine
+        self._buffered = buffered = isinstance(protocol, protocols.BufferedProtocol)
+        # _made's set_protocol, the direct flag and the fast paths on (what
+        # _sync computes for a transport neither closing, paused, holding nor
+        # writing) are the accepted() call's too (decision 785)
+        sockname, peername = c.accepted(nodelay, protocol, buffered, engine.backend == "epoll")
         self._sockname = sockname
         if peername is True:
             self._peername = _IN_CORE
@@ -226,17 +231,11 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
                 if host is not peername[0]:
                     peername = (host, *peername[1:])
             self._peername = peername
-        self._engine = engine = loop._engine
-        # _made: set_protocol, and the fast paths on (what _sync computes
-        # for a transport neither closing, paused, holding nor writing)
-        c.direct = engine.backend == "epoll"
+        # _made (its set_protocol in accepted() above)
         self._server = server
         self._closing = False
         self._paused = False
-        self._buffered = buffered = isinstance(protocol, protocols.BufferedProtocol)
         self._protocol = protocol
-        c.set_protocol(protocol, buffered)
-        c.rfast = c.wfast = True
         if server is not None:
             if _SERVER_TRACKS_TRANSPORTS:
                 server._attach(self)
@@ -402,8 +401,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             self._sockobj = None
             self._protocol = None
             self._loop = None
-            # _forget, written out
-            self._core.set_protocol(None, False)
+            # _forget, written out (its set_protocol(None, False) is the
+            # lost() call below, decision 786)
             server = self._server
             if server is not None:
                 if _SERVER_TRACKS_TRANSPORTS:
@@ -413,10 +412,11 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
                 self._server = None
             if self._empty_waiter is not None and not self._empty_waiter.done():
                 self._empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
-            # the Stream stops holding this transport unless something else
-            # holds the Stream (an op in flight, ...): no reference cycle
-            # left for the garbage collector (decision 694)
-            self._core.release()
+            # the protocol's methods unbound, and the Stream stops holding
+            # this transport unless something else holds the Stream (an op in
+            # flight, ...): no reference cycle left for the garbage collector
+            # (decisions 694, 786)
+            self._core.lost()
 
     @property
     def _recv_ud(self):
@@ -971,19 +971,22 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         ud = c.recv_ud  # _stop_reading, written out (decision 621)
         if ud and not self._engine.closed:
             self._engine.cancel(ud)
-        if not c.buffer and not c.sending and self._resume_h is None:
+        # c.idle: 0 bytes queued or a send in flight, 1 neither, 2 neither
+        # and nothing fed in part (feed_rest) or held (held): one read of
+        # the Stream for the four (decision 790)
+        idle = c.idle
+        if idle and self._resume_h is None:
             # nothing to send first: the fd closes now, and _close_fd's
             # _sync covers _closing and _conn_lost (decision 600)
             self._conn_lost += 1
             kind = self._sockobj
             engine = self._engine
             if (
-                type(kind) is _Kind
+                idle == 2
+                and type(kind) is _Kind
                 and not self._fd_closing
-                and not c.feed_rest
                 and not self._unread
                 and self._held is None
-                and not c.held
                 and engine._e is not None
             ):
                 # _close_fd's case of an accepted connection whose socket
