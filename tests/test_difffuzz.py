@@ -67,10 +67,15 @@ def _test_kinds(monkeypatch):
     monkeypatch.setattr(difffuzz, "make_loop", make_loop)
 
 
+def _stock_of(key, prog):
+    """Stock's trace of prog, run once per session under key."""
+    if key not in _stock:
+        _stock[key] = difffuzz.run("stock", prog)
+    return _stock[key]
+
+
 def _stock_trace(seed):
-    if seed not in _stock:
-        _stock[seed] = difffuzz.run("stock", difffuzz.generate(seed))
-    return _stock[seed]
+    return _stock_of(seed, difffuzz.generate(seed))
 
 
 @pytest.mark.parametrize("kind", LOOP_KINDS)
@@ -88,10 +93,7 @@ def _tls_prog(seed):
 
 
 def _stock_tls(seed):
-    key = ("tls", seed)
-    if key not in _stock:
-        _stock[key] = difffuzz.run("stock", _tls_prog(seed))
-    return _stock[key]
+    return _stock_of(("tls", seed), _tls_prog(seed))
 
 
 @pytest.mark.parametrize("kind", LOOP_KINDS)
@@ -137,9 +139,7 @@ def test_tls_close_with_bytes_in_flight_ends_as_stock(seed, kind):
     pytest.importorskip("trustme")
     prog = CLOSE_427 if seed == 427 else difffuzz.generate(seed, "tls")
     key = ("close", seed)
-    if key not in _stock:
-        _stock[key] = difffuzz.run("stock", prog)
-    ref = _stock[key]
+    ref = _stock_of(key, prog)
     assert ref["fatal"] is None and not ref["leaked_fds"], ref
     if seed == 399 or sys.version_info >= (3, 11):
         # on 3.10 stock's b ends 427 with connection_lost(None): its
@@ -309,9 +309,7 @@ def test_tls_zero_high_water_mark_from_limits_low():
 def test_tls_20021_same_as_stock(kind):
     """The shrunk program itself (decision 774(a)), on every kind."""
     pytest.importorskip("trustme")
-    if "tls20021" not in _stock:
-        _stock["tls20021"] = difffuzz.run("stock", TLS_20021)
-    ref = _stock["tls20021"]
+    ref = _stock_of("tls20021", TLS_20021)
     assert ref["fatal"] is None and not ref["leaked_fds"], ref
     got = difffuzz.run(kind, TLS_20021)
     assert difffuzz.differences(ref, got, "tls") == []
@@ -340,9 +338,7 @@ def test_no_unsettled_write_over_32k_meets_a_bufsize():
 def test_unix_21012_same_as_stock(kind):
     """The seed itself (decision 774(b)), on every kind."""
     prog = difffuzz.generate(21012, "unix", callbacks=True, more=True)
-    if "unix21012" not in _stock:
-        _stock["unix21012"] = difffuzz.run("stock", prog)
-    ref = _stock["unix21012"]
+    ref = _stock_of("unix21012", prog)
     assert ref["fatal"] is None and not ref["leaked_fds"], ref
     got = difffuzz.run(kind, prog)
     assert difffuzz.differences(ref, got, "unix") == []
@@ -465,9 +461,7 @@ def test_pipe_hook_soon_seeds_same_as_stock(seed, kind):
     """The shrunk programs themselves (decision 775), on every kind."""
     prog = PIPE_21058 if seed == 21058 else PIPE_21038
     key = ("pipe-soon", seed)
-    if key not in _stock:
-        _stock[key] = difffuzz.run("stock", prog)
-    ref = _stock[key]
+    ref = _stock_of(key, prog)
     assert ref["fatal"] is None and not ref["leaked_fds"], ref
     got = difffuzz.run(kind, prog)
     assert all(got["intact"].values()), got
@@ -535,11 +529,16 @@ def test_a_tls_end_stock_held_paused_at_eof():
 def test_tls_21011_same_as_stock(kind):
     """The shrunk program itself (decision 776), on every kind."""
     pytest.importorskip("trustme")
-    if "tls21011" not in _stock:
-        _stock["tls21011"] = difffuzz.run("stock", TLS_21011)
-    ref = _stock["tls21011"]
-    assert ref["fatal"] is None, ref
+    if sys.version_info >= (3, 12):
+        # checked on 3.12.1 and 3.13.0: stock's b stays paused at the EOF
+        # with a's data held, so the run ends at the harness's timeout, and
+        # ours does the same when b's pause comes before the abort's EOF
+        # (io_uring's timing) and ends cleanly when after (epoll's)
+        pytest.skip("stock 3.12+ does not finish this program (b paused at "
+                    "EOF until the harness's timeout): nothing to compare")
+    ref = _stock_of("tls21011", TLS_21011)
     got = difffuzz.run(kind, TLS_21011)
+    assert ref["fatal"] is None, ref
     assert difffuzz.differences(ref, got, "tls") == []
 
 
@@ -570,9 +569,7 @@ def test_a_reader_paused_at_the_runs_end(kind):
     2 * limit when the run ends is cut there, as 657(a)'s close: how much
     it had been fed follows each loop's read sizes (stock 131,072 B, ours
     114,688), so its counts are not compared (its bytes are, as a prefix)."""
-    if "fast20004" not in _stock:
-        _stock["fast20004"] = difffuzz.run("stock", FAST_20004)
-    ref = _stock["fast20004"]
+    ref = _stock_of("fast20004", FAST_20004)
     assert ref["fatal"] is None and not ref["leaked_fds"], ref
     got = difffuzz.run(kind, FAST_20004)
     assert all(got["intact"].values()), got
@@ -601,9 +598,7 @@ def test_an_echoing_ends_bufsize_from_a_hook(kind):
     the Known limit (a turn's small write counted as queued on io_uring)
     decides the hook's get_write_buffer_size(): not compared on the
     echoing end, and only there."""
-    if "fast21040" not in _stock:
-        _stock["fast21040"] = difffuzz.run("stock", FAST_21040)
-    ref = _stock["fast21040"]
+    ref = _stock_of("fast21040", FAST_21040)
     assert ref["fatal"] is None and ref.get("echoing") == ["b"], ref
     got = difffuzz.run(kind, FAST_21040)
     assert difffuzz.differences(ref, got, "tcp") == []
@@ -786,9 +781,7 @@ def test_write_after_reset_ends_as_stock(kind):
     """Decision 478: the write's connection_lost is ConnectionResetError on
     every kind, as stock's (it was BrokenPipeError, 477(a)); EPIPE and
     ECONNRESET are no longer one event on TCP."""
-    if "reset" not in _stock:
-        _stock["reset"] = difffuzz.run("stock", RESET_2580)
-    ref = _stock["reset"]
+    ref = _stock_of("reset", RESET_2580)
     assert ref["ends"]["a"][1] == ["lost", "ConnectionResetError[104]", 0], ref
     got = difffuzz.run(kind, RESET_2580)
     assert difffuzz.differences(ref, got, "tcp") == []
@@ -817,9 +810,7 @@ CB_SEEDS = [(58, "tcp"), (42, "unix"), (15, "pipe"), (295, "unix"), (232, "udp")
 def test_callback_seed_same_as_stock(seed, family, kind):
     prog = difffuzz.generate(seed, family, callbacks=True)
     key = ("cb", seed, family)
-    if key not in _stock:
-        _stock[key] = difffuzz.run("stock", prog)
-    ref = _stock[key]
+    ref = _stock_of(key, prog)
     assert ref["fatal"] is None and not ref["leaked_fds"], ref
     # the bytes a write made from inside a write's pause_writing are
     # recorded after that write's (they were recorded first, 499)
@@ -1167,9 +1158,7 @@ def test_fast_stock_writelines_without_pause(kind):
     prog = difffuzz.generate(10, "unix", fast=True)
     assert any(op[0] == "writelines" and op[1] == "a" for op in prog["ops"])
     key = ("fast", 10, "unix")
-    if key not in _stock:
-        _stock[key] = difffuzz.run("stock", prog)
-    ref = _stock[key]
+    ref = _stock_of(key, prog)
     assert ref["fatal"] is None and not ref["leaked_fds"], ref
     got = difffuzz.run(kind, prog)
     assert difffuzz.differences(ref, got, "unix") == []
@@ -1214,9 +1203,7 @@ def test_fast_stock_went_through_its_empty_part(kind):
     prog = difffuzz.generate(94, "unix", fast=True)
     assert ["writelines", "b", [4096, 100, 0]] in prog["ops"]
     key = ("fast", 94, "unix")
-    if key not in _stock:
-        _stock[key] = difffuzz.run("stock", prog)
-    ref = _stock[key]
+    ref = _stock_of(key, prog)
     assert ref["fatal"] is None and not ref["leaked_fds"], ref
     got = difffuzz.run(kind, prog)
     assert difffuzz.differences(ref, got, "unix") == []
@@ -1392,9 +1379,7 @@ def test_fast_seed_same_as_stock(seed, family, mode, how, kind):
     assert prog["fast"]["mode"] == mode
     assert prog["fast"].get("how") == how
     key = ("fast", seed, family)
-    if key not in _stock:
-        _stock[key] = difffuzz.run("stock", prog)
-    ref = _stock[key]
+    ref = _stock_of(key, prog)
     assert ref["fatal"] is None and not ref["leaked_fds"], ref
     assert all(ref["intact"].values()), ref
     before = dict(difffuzz.REACHED)
