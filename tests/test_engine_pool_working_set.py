@@ -85,6 +85,58 @@ def test_the_ring_shrinks_to_what_the_runs_take(eng, res_tracker, socketpair):
         assert eng.stats()["ring_want"] == 16
 
 
+def _burst(eng, res_tracker, n: int = 20) -> None:
+    """n sockets at once, 64 KiB each (4 pool buffers): a ring of 16 runs dry
+    and doubles. Each is read whole, then the peers close."""
+    pairs = [tuple(map(res_tracker.sock, socket.socketpair())) for _ in range(n)]
+    cols = [Collector(str(i)) for i in range(n)]
+    for (x, y), col in zip(pairs, cols, strict=True):
+        y.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)  # a message in one send
+        eng.recv(x.fileno(), col)
+    settle(eng, 2)
+    for i, (_, y) in enumerate(pairs):
+        y.sendall((b"socket %d " % i * 8000)[:65536])
+    run_until(eng, lambda: all(len(col.payload()) == 65536 for col in cols), what="the burst")
+    for _, y in pairs:
+        y.close()
+    run_until(eng, lambda: all(col.done for col in cols), what="the burst's EOFs")
+    for i, col in enumerate(cols):
+        assert col.payload() == (b"socket %d " % i * 8000)[:65536]
+
+
+def test_the_idle_trim_keeps_the_shrunk_ring_size(eng, res_tracker, socketpair):
+    """A ring that shrank to 16 (decision 759), grew again in a burst, and was
+    then taken back by the idle trim (decision 251) is registered again at
+    16, the size its last whole window ended at, not at its first 64
+    (decision 797): the runs after it take a few buffers, no re-arm, and
+    only those stay resident; a burst after it still doubles the ring."""
+    ring = eng.backend == "io_uring" and eng.info()["buffer_ring"]
+    trims_ring = ring and "DEFER_TASKRUN" in eng.info()["ring_flags"]
+    _burst(eng, res_tracker)
+    _one_at_a_time(eng, socketpair, 1200)
+    if ring:
+        assert eng.stats()["ring_want"] == 16
+    _burst(eng, res_tracker, 100)  # 400 buffers: past what the trim waits for (128)
+    if ring:
+        assert eng.stats()["ring_want"] > 16  # it ran dry and doubled
+    assert eng.stats()["pool_resident"] > 128
+    eng.run(0)  # the last records' buffers go back
+    assert eng.run(0.3) == 0  # idle: the trim
+    if trims_ring:
+        assert eng.stats()["ring_want"] == 16  # was 64
+        assert eng.stats()["pool_resident"] <= 16
+    rearms = eng.stats()["rearms"]
+    seen = _one_at_a_time(eng, socketpair, 100)
+    if trims_ring or not ring:  # without the trim the grown ring is walked whole
+        assert len(set(seen)) <= 16, sorted(set(seen))
+    if trims_ring:
+        assert eng.stats()["rearms"] == rearms
+        assert eng.stats()["ring_want"] == 16
+    _burst(eng, res_tracker)
+    if ring:
+        assert eng.stats()["ring_want"] > 16
+
+
 def test_a_burst_larger_than_the_ring_is_all_received(eng, res_tracker):
     """More sockets with data at once than the ring holds at first: every
     receive that found the ring empty is armed again after the next top-up,

@@ -38,7 +38,8 @@
 
 #define EXPORT __attribute__((visibility("default")))
 /* Pool buffers the stream ring holds at first (ring_top_up) and after an idle
- * trim; it doubles whenever the ring runs dry, and halves, down to
+ * trim (or the size its last whole window ended at, if smaller: decision 797);
+ * it doubles whenever the ring runs dry, and halves, down to
  * UL_RING_WANT_MIN, after UL_RING_WINDOW runs in a row in which none took more
  * than a third of it (decision 759): the kernel takes the ring's entries first
  * in, first out, so every buffer the ring holds is in the rotation, and one
@@ -84,6 +85,9 @@ struct uring {
     unsigned br_took;           /* ring buffers the kernel took since the last top-up */
     unsigned br_peak;           /* the most of them between two top-ups, this window */
     unsigned br_runs;           /* top-ups in this window (see ring_top_up) */
+    unsigned br_home;           /* br_want at the end of the last whole window
+                                   (0: none yet): an idle trim starts the ring
+                                   again there, at most UL_RING_WANT0 (797) */
     uint16_t *br_pos;           /* the ring index each stream-pool bid was last pushed at */
     int bundle;                 /* multishot recv takes several ring buffers per CQE */
     struct ul_buf *dr;          /* the datagram pool's ring (buffer group 1) */
@@ -1029,6 +1033,7 @@ static void ring_top_up(ul_engine *e, struct uring *u)
         unsigned half = u->br_want / 2;
         if (half >= UL_RING_WANT_MIN && half >= u->br_peak + u->br_peak / 2)
             u->br_want = half;
+        u->br_home = u->br_want;  /* a whole window without running dry held it */
         u->br_runs = u->br_peak = 0;
     }
     u->br_dry = 0;
@@ -1078,8 +1083,10 @@ static int is_pool_read(const struct ul_op *op)
  * kernel takes ring buffers only inside our io_uring_enter (a receive's
  * task work runs there, never in io_uring_register), and no io-wq worker can
  * be holding one (no pool read is live). The ring is registered again,
- * empty, and topped up to its first size from the free stack's top, and the
- * rest of the stack's pages go back. Two register calls per burst, never any
+ * empty, and topped up from the free stack's top to its first size, or to
+ * the size its last whole window ended at if that is smaller (br_home: the
+ * size decision 759's halvings had reached, decision 797), and the rest of
+ * the stack's pages go back. Two register calls per burst, never any
  * per op. On the rungs without DEFER_TASKRUN only the free stack is trimmed.
  */
 static void uring_trim(ul_engine *e)
@@ -1090,6 +1097,8 @@ static void uring_trim(ul_engine *e)
         return;
     }
     uint32_t want0 = UL_MIN(UL_RING_WANT0, e->cfg.buf_count);
+    if (u->br_home && u->br_home < want0)
+        want0 = u->br_home;
     if ((u->setup_flags & UL_SETUP_DEFER_TASKRUN) && u->enabled && !u->parked &&
         u->owner == &tls_marker && u->br_avail > want0 &&
         __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) == *u->cq_khead &&
