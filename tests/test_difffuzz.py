@@ -74,6 +74,16 @@ def _stock_of(key, prog):
     return _stock[key]
 
 
+def _assert_same_as_stock(key, prog, kind, family, intact=True):
+    """prog on kind gives stock's trace (stock ran clean, once under key)."""
+    ref = _stock_of(key, prog)
+    assert ref["fatal"] is None and not ref["leaked_fds"], ref
+    got = difffuzz.run(kind, prog)
+    if intact:
+        assert all(got["intact"].values()), got
+    assert difffuzz.differences(ref, got, family) == []
+
+
 def _stock_trace(seed):
     return _stock_of(seed, difffuzz.generate(seed))
 
@@ -309,10 +319,7 @@ def test_tls_zero_high_water_mark_from_limits_low():
 def test_tls_20021_same_as_stock(kind):
     """The shrunk program itself (decision 774(a)), on every kind."""
     pytest.importorskip("trustme")
-    ref = _stock_of("tls20021", TLS_20021)
-    assert ref["fatal"] is None and not ref["leaked_fds"], ref
-    got = difffuzz.run(kind, TLS_20021)
-    assert difffuzz.differences(ref, got, "tls") == []
+    _assert_same_as_stock("tls20021", TLS_20021, kind, "tls", intact=False)
 
 
 def test_no_unsettled_write_over_32k_meets_a_bufsize():
@@ -338,10 +345,7 @@ def test_no_unsettled_write_over_32k_meets_a_bufsize():
 def test_unix_21012_same_as_stock(kind):
     """The seed itself (decision 774(b)), on every kind."""
     prog = difffuzz.generate(21012, "unix", callbacks=True, more=True)
-    ref = _stock_of("unix21012", prog)
-    assert ref["fatal"] is None and not ref["leaked_fds"], ref
-    got = difffuzz.run(kind, prog)
-    assert difffuzz.differences(ref, got, "unix") == []
+    _assert_same_as_stock("unix21012", prog, kind, "unix", intact=False)
 
 
 # pipe 21058 with --callbacks --more, shrunk (decision 775(a)): r's hook at
@@ -461,11 +465,7 @@ def test_pipe_hook_soon_seeds_same_as_stock(seed, kind):
     """The shrunk programs themselves (decision 775), on every kind."""
     prog = PIPE_21058 if seed == 21058 else PIPE_21038
     key = ("pipe-soon", seed)
-    ref = _stock_of(key, prog)
-    assert ref["fatal"] is None and not ref["leaked_fds"], ref
-    got = difffuzz.run(kind, prog)
-    assert all(got["intact"].values()), got
-    assert difffuzz.differences(ref, got, "pipe") == []
+    _assert_same_as_stock(key, prog, kind, "pipe")
 
 
 # tls 21011 with --callbacks --more, shrunk (decision 776): a aborts, its
@@ -569,11 +569,7 @@ def test_a_reader_paused_at_the_runs_end(kind):
     2 * limit when the run ends is cut there, as 657(a)'s close: how much
     it had been fed follows each loop's read sizes (stock 131,072 B, ours
     114,688), so its counts are not compared (its bytes are, as a prefix)."""
-    ref = _stock_of("fast20004", FAST_20004)
-    assert ref["fatal"] is None and not ref["leaked_fds"], ref
-    got = difffuzz.run(kind, FAST_20004)
-    assert all(got["intact"].values()), got
-    assert difffuzz.differences(ref, got, "unix") == []
+    _assert_same_as_stock("fast20004", FAST_20004, kind, "unix")
 
 
 # --fast tcp 21040, shrunk (decision 778(b)): b echoes a's 100 B; b's data
@@ -1158,10 +1154,7 @@ def test_fast_stock_writelines_without_pause(kind):
     prog = difffuzz.generate(10, "unix", fast=True)
     assert any(op[0] == "writelines" and op[1] == "a" for op in prog["ops"])
     key = ("fast", 10, "unix")
-    ref = _stock_of(key, prog)
-    assert ref["fatal"] is None and not ref["leaked_fds"], ref
-    got = difffuzz.run(kind, prog)
-    assert difffuzz.differences(ref, got, "unix") == []
+    _assert_same_as_stock(key, prog, kind, "unix", intact=False)
 
 
 def test_stock_went_through_its_empty_part(monkeypatch):
@@ -1203,10 +1196,7 @@ def test_fast_stock_went_through_its_empty_part(kind):
     prog = difffuzz.generate(94, "unix", fast=True)
     assert ["writelines", "b", [4096, 100, 0]] in prog["ops"]
     key = ("fast", 94, "unix")
-    ref = _stock_of(key, prog)
-    assert ref["fatal"] is None and not ref["leaked_fds"], ref
-    got = difffuzz.run(kind, prog)
-    assert difffuzz.differences(ref, got, "unix") == []
+    _assert_same_as_stock(key, prog, kind, "unix", intact=False)
 
 
 def test_more_keeps_the_seeds_programs():
