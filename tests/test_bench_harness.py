@@ -9,6 +9,7 @@ catches a wrong status or body and refuses a chunked one, and that the driver
 reports each side's CPU time (the busy columns)."""
 
 import contextlib
+import importlib
 import json
 import os
 import select
@@ -307,13 +308,17 @@ def test_loadgen_http_catches_bad_responses(loadgen, mode, respond):
         assert res["verify_errors"] > 0 and res["status_errors"] == 0, res
 
 
-def _net_bench():
+def _bench(name):
+    """benchmarks/<name>.py, imported."""
     sys.path.insert(0, BENCH)
     try:
-        import net_bench
+        return importlib.import_module(name)
     finally:
         sys.path.remove(BENCH)
-    return net_bench
+
+
+def _net_bench():
+    return _bench("net_bench")
 
 
 FAKE_WRK = """
@@ -401,11 +406,7 @@ def test_http_rows_drive_both_servers_with_loadgen_http():
     """net_bench has loadgen --http rows for both HTTP servers beside wrk's,
     asks for net_server.py's body, and its table names that client."""
     nb = _net_bench()
-    sys.path.insert(0, BENCH)
-    try:
-        import net_server
-    finally:
-        sys.path.remove(BENCH)
+    net_server = _bench("net_server")
     assert nb.HTTP_BODY.encode() == net_server.HTTP_BODY
     rows = {w["id"]: w for w in nb.select_workloads("http")}
     for kind in ("aiohttp", "httptools"):
@@ -737,12 +738,8 @@ def test_heap_tools_parse_gdb_and_count_unix_rows():
     """benchmarks/heapstate.py reads a threshold change out of its gdb log
     (value, C frames, Python frames without importlib's), and kcounts.py's
     events for a Unix server (no port) leave out the tcp_probe rows only."""
-    sys.path.insert(0, BENCH)
-    try:
-        import heapstate
-        import kcounts
-    finally:
-        sys.path.remove(BENCH)
+    heapstate = _bench("heapstate")
+    kcounts = _bench("kcounts")
     ((at, size, cframes, py),) = heapstate.hits(GDB_HIT)
     assert at > GDB_HIT.index("READY") and size == 208896
     assert cframes == ["__GI___libc_free", "_PyObject_Free", "dictresize"]
@@ -764,11 +761,7 @@ def test_kcounts_wrk_parts_waits_and_stopped_start():
     wake-ups out of a send's softirq (without the split it stays the NET_RX
     one), and a client started stopped runs only once let go, under the
     same pid."""
-    sys.path.insert(0, BENCH)
-    try:
-        import kcounts
-    finally:
-        sys.path.remove(BENCH)
+    kcounts = _bench("kcounts")
     rows = kcounts.epoll_returns()
     assert len(rows) == 2 * len(kcounts.EPOLL_BUCKETS)
     assert ("  epoll_wait -> 2-3", "syscalls:sys_exit_epoll_wait", "ret >= 2 && ret <= 3") in rows
@@ -943,12 +936,8 @@ def test_server_instructions_tls_kind_drives_the_tls_echo(tmp_path, backend):
     then 30 verified 1 KiB echoes in rounds over 3 connections."""
     if backend == "io_uring":
         require_uring()
-    sys.path.insert(0, BENCH)
-    try:
-        import net_bench
-        import server_instructions
-    finally:
-        sys.path.remove(BENCH)
+    net_bench = _bench("net_bench")
+    server_instructions = _bench("server_instructions")
     assert "tls" in server_instructions.KINDS
     cert, key = net_bench.make_cert(str(tmp_path))
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(uringloop.__file__)))
@@ -971,12 +960,7 @@ def test_server_instructions_tls_kind_drives_the_tls_echo(tmp_path, backend):
 
 
 def _server_instructions():
-    sys.path.insert(0, BENCH)
-    try:
-        import server_instructions
-    finally:
-        sys.path.remove(BENCH)
-    return server_instructions
+    return _bench("server_instructions")
 
 
 # a callgrind file of a run with the cache simulation: names given once and then

@@ -1076,8 +1076,9 @@ static int is_pool_read(const struct ul_op *op)
 /*
  * Idle after a burst (ul_run's trim, decision 251). br_want halves only
  * after a whole quiet window (759), and the kernel walks every buffer the
- * ring holds, so after a burst the ring keeps the burst's buffers resident, and a ring's entries cannot be
- * taken back one by one. So the ring itself is taken back: unregistered, the
+ * ring holds, so after a burst the ring keeps the burst's buffers
+ * resident, and a ring's entries cannot be taken back one by one. So the
+ * ring itself is taken back: unregistered, the
  * buffers the kernel had not taken are ours again. Every one it took was
  * reported: the CQ is empty and nothing overflowed; with DEFER_TASKRUN the
  * kernel takes ring buffers only inside our io_uring_enter (a receive's
