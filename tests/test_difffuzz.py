@@ -236,6 +236,39 @@ def test_stock_writelines_after_lost_and_missing_pause():
     assert difffuzz.differences(paused, mine)
 
 
+def test_a_hooks_stock_writelines_bug_breaks_that_ends_later_calls():
+    """Decision 806: a hook's writelines() that failed on stock after
+    connection_lost (488's bug, let through by 499(g)) left its bytes in the
+    stock transport's buffer as an op's does, so that end's later
+    set_write_buffer_limits (which calls the cleared loop) is stock's bug
+    too (3.12.1 and 3.13.0, --fast tcp and unix 22010). Only that end's."""
+    lost = "'NoneType' object is not callable"
+    cleared = "'NoneType' object has no attribute 'call_exception_handler'"
+    ref = {"ends": {"a": [["made"]], "b": [["made"]]}, "handler": [], "log": [], "fatal": None}
+    ref["leaked_fds"] = []
+    got = copy.deepcopy(ref)
+    ref["ends"]["b"].append(["hook", 0, "writelines", "b", "raised", "TypeError", lost])
+    got["ends"]["b"].append(["hook", 0, "writelines", "b", "ok", None])
+    ref["ops"] = [[0, "limits", "b", "raised", "AttributeError", cleared]]
+    got["ops"] = [[0, "limits", "b", "ok", [25, 100]]]
+    assert difffuzz.differences(ref, got) == []
+    other = copy.deepcopy(ref)
+    other["ops"] = [[0, "limits", "a", "raised", "AttributeError", cleared]]
+    mine = copy.deepcopy(got)
+    mine["ops"] = [[0, "limits", "a", "ok", [25, 100]]]
+    assert difffuzz.differences(other, mine)
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_fast_22010_same_as_stock(family, kind):
+    """Decision 806: the program of `--fast --family tcp/unix --seed 22010`
+    (a hook's writelines after close, later set_write_buffer_limits on that
+    end) gives stock's trace; it differed on 3.12.1 and 3.13.0 only."""
+    prog = difffuzz.generate(22010, family, fast=True)
+    _assert_same_as_stock(f"fast22010-{family}", prog, kind, family)
+
+
 def test_tls_flow_flips_at_a_zero_high_water_mark():
     """Decision 490: with high=0 the stock SSL protocol flips
     pause_writing/resume_writing at each `_control_app_writing` (one a
