@@ -269,6 +269,50 @@ def test_fast_22010_same_as_stock(family, kind):
     _assert_same_as_stock(f"fast22010-{family}", prog, kind, family)
 
 
+# decision 807: b's loop.sendfile() on a TLS end (the stock fallback: a chunk
+# written, then a wait for the drain, with b's high-water mark 0) while b
+# write()s: the writes go out among the file's chunks on every loop
+TLS_SENDFILE_MIX = {
+    "seed": 807,
+    "family": "tls",
+    "ops": [
+        ["limits", "b", 0],
+        ["sendfile", "b", 100000, 0],
+        ["write", "b", 1000, "memoryview"],
+        ["write", "b", 7, "bytes"],
+        ["write", "b", 1000000, "memoryview"],
+        ["close", "b"],
+    ],
+    "buffered": {"a": False, "b": False},
+    "bufsize": {"a": 4096, "b": 4096},
+    "keep_open": {"a": True, "b": True},
+    "start_tls": False,
+    "plain": {"a": 0, "b": 0},
+    "handshake_timeout": None,
+    "shutdown_timeout": None,
+}
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_writes_during_a_tls_sendfile_are_not_a_prefix_on_stock_either(kind):
+    """Decision 807: the sent record takes the file's bytes when the
+    sendfile ends, so a's bytes are no prefix of it, stock's as ours (tls
+    22028 with --callbacks --more); their count is still compared with
+    stock's (485's rule where stock's bytes are no prefix)."""
+    if sys.version_info < (3, 11):
+        pytest.skip(
+            "3.10's SSL protocol (_SSLPipe) lets the sendfile end within its op: "
+            "no write runs during it"
+        )
+    ref = _stock_of("tls-sendfile-mix", TLS_SENDFILE_MIX)
+    assert ref["fatal"] is None and "a" in ref.get("sendfile_mix", ()), ref
+    got = difffuzz.run(kind, TLS_SENDFILE_MIX)
+    assert difffuzz.differences(ref, got, "tls") == []
+    other = copy.deepcopy(got)
+    next(e for e in other["ends"]["a"] if e[0] == "data")[1] += 1  # the count
+    assert difffuzz.differences(ref, other, "tls")
+
+
 def test_tls_flow_flips_at_a_zero_high_water_mark():
     """Decision 490: with high=0 the stock SSL protocol flips
     pause_writing/resume_writing at each `_control_app_writing` (one a
