@@ -32,7 +32,10 @@ the 100 KiB streams rows' page faults follow that layout (design.md decisions
 585, 586), and a series with one layout would be one draw of it. --probe
 samples a loop-free fixed workload (benchmarks/hostmodes.py) on the server's
 CPU during every measured window and lists the runs made while the host ran
-slow (decisions 660-662).
+slow (decisions 660-662). rsloop, whose wheels need glibc 2.39, runs through
+benchmarks/rsloop_env.py's folder (`make rsloop-env`) when it does not import
+as it is: every server of the run then starts under that glibc (decisions
+799, 800; --rsloop-env), and results.md's Malloc line names the libc.
 
 Writes results.json, results.md (medians, min-max, ratios against uvloop) and
 chart.png (per family: req/s beside server CPU per request) into --out
