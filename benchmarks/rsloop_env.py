@@ -231,7 +231,8 @@ def describe(man):
     return (
         f"Debian {man.get('suite', SUITE)}'s glibc {man['glibc']} "
         f"(libc6 {man['debs']['libc6']['version']}), started through its loader "
-        f"{LOADER.split(os.sep)[-1]} --library-path from {os.path.relpath(man['dir'], HERE)}/ "
+        f"{LOADER.split(os.sep)[-1]} --library-path from "
+        f"{os.path.relpath(man['dir'], os.path.dirname(HERE))}/ "
         f"(benchmarks/rsloop_env.py)"
     )
 
