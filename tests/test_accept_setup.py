@@ -491,22 +491,24 @@ def test_an_accepted_connection_skips_the_frames_written_out(tloop):
     """A plain accepted connection (echo, the client's EOF, close, lost, the
     transport freed) runs no Acceptor._connection or SocketTransport._begin
     (written out in _on_accept and _accepted, decision 753), no Python
-    __del__ (the C core's, 754) and no _start_reading (the Stream's
-    start_reading, 755); the callbacks as stock."""
+    __del__ (the C core's, 754), no _start_reading (the Stream's
+    start_reading, 755) and no _accepted (made in C, 811); the callbacks as
+    stock."""
     if not type(tloop).__module__.startswith("uringloop"):
         pytest.skip("the frames counted are uringloop's stream.py's")
     names = ("_connection", "_begin", "_start_reading", "_del_slow", "__del__",
              "_on_accept", "_accepted", "close", "_call_connection_lost")
     hook, calls = _stream_py_calls(names)
     _one_accepted_connection(tloop, hook)
-    assert calls == ["_on_accept", "_accepted", "close", "_call_connection_lost"], calls
+    assert calls == ["_on_accept", "close", "_call_connection_lost"], calls
 
 
 @pytest.mark.parametrize("buffered", [False, True], ids=["protocol", "buffered"])
 def test_an_accepted_connection_calls_its_stream_once_at_each_end(tloop, buffered):
     """The Stream's calls from Python over one accepted connection's life:
     _accepted's accepted() also binds the protocol, sets direct and turns the
-    fast paths on (decision 785), and _call_connection_lost's lost() unbinds
+    fast paths on (decision 785; the whole of _accepted is one C call,
+    accepted_transport, since 811), and _call_connection_lost's lost() unbinds
     it and releases the transport (786): no set_protocol or release call of
     their own; the callbacks (a Protocol's and a BufferedProtocol's) and the
     transport freed with its last reference (694) as stock."""
@@ -517,11 +519,14 @@ def test_an_accepted_connection_calls_its_stream_once_at_each_end(tloop, buffere
     def hook(frame, event, arg):
         if event == "c_call":
             name = getattr(arg, "__qualname__", "")
-            if name.startswith("Stream."):
+            if name.startswith("Stream.") or name == "accepted_transport":
                 calls.append(name)
 
     _one_accepted_connection(tloop, hook, buffered)
-    assert calls.count("Stream.accepted") == 1, calls
+    # (the transport made in C, decision 811: accepted()'s work inside
+    # accepted_transport, no call of its own from Python)
+    assert calls.count("accepted_transport") == 1, calls
+    assert "Stream.accepted" not in calls, calls
     assert calls.count("Stream.lost") == 1, calls
     assert "Stream.set_protocol" not in calls, calls
     assert "Stream.release" not in calls, calls

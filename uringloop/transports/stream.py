@@ -203,7 +203,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         when something asks for it (decision 258). The stock order
         otherwise: as __init__, whose _made and _started are written out
         here, with what a fresh transport already has left out (decision
-        619)."""
+        619). The Acceptor calls its copy in C, _sched.accepted_transport
+        (stream.c, decision 811): keep the two the same."""
         self = cls.__new__(cls)
         self._sockobj = None  # (a failure below leaves nothing to close)
         # _begin(loop, fd, None), written out (decision 753); the Stream's
@@ -1170,6 +1171,20 @@ _START_READING = SocketTransport._start_reading  # (what _accepted compares)
 SocketTransport.__del__ = _sched.core_method(
     SocketTransport._core, "__del__", SocketTransport._sockobj, SocketTransport._del_slow
 )
+# SocketTransport._accepted in C, with no Python frame: what the Acceptor
+# calls for its plain connections (decision 811); it writes the slots below,
+# in _accepted's order, and makes _accepted's calls: keep the two the same
+_ACCEPTED_SLOTS = (
+    "_sockobj", "_loop", "_protocol_paused", "_high_water", "_low_water", "_extra", "_tsock",
+    "_context", "_core", "_engine", "_buffered", "_sockname", "_peername", "_server",
+    "_closing", "_paused", "_protocol",
+)
+_sched.accepted_setup(
+    SocketTransport, tuple(getattr(SocketTransport, n) for n in _ACCEPTED_SLOTS),
+    _DEFAULT_HIGH, _DEFAULT_LOW, _IN_CORE, _share, protocols.BufferedProtocol,
+    _START_READING, _SERVER_TRACKS_TRANSPORTS,
+)
+_accepted_transport = _sched.accepted_transport
 
 
 class _Kind:
@@ -1278,7 +1293,8 @@ class Acceptor:
                             (t := _stream_for_fd(loop, res)) is not None and not t.is_closing()
                         ):
                             loop._ensure_fd_no_transport(res)
-                        transport = SocketTransport._accepted(
+                        # SocketTransport._accepted in C (decision 811)
+                        transport = _accepted_transport(
                             loop, res, self.kind, protocol, self.server, self.nodelay
                         )
                     except (SystemExit, KeyboardInterrupt):
@@ -1374,7 +1390,8 @@ class Acceptor:
                     (t := _stream_for_fd(loop, fd)) is not None and not t.is_closing()
                 ):
                     loop._ensure_fd_no_transport(fd)
-                transport = SocketTransport._accepted(
+                # SocketTransport._accepted in C (decision 811)
+                transport = _accepted_transport(
                     loop, fd, self.kind, protocol, self.server, self.nodelay
                 )
             except (SystemExit, KeyboardInterrupt):
