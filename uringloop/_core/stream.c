@@ -245,6 +245,27 @@ static PyObject *s_protocol, *s_buffer_updated, *s_get_buffer;
 static PyObject *s_resume_behind;
 static PyObject *s_send_now_tail, *s_flush, *m_data_failed, *m_get_buffer_failed, *m_updated_failed, *m_write_failed;
 
+/* SocketTransport's slots, for accepted_transport and stream_close_fast
+ * (decisions 811, 812): set by accepted_setup */
+enum {
+    A_SOCKOBJ, A_LOOP, A_PPAUSED, A_HIGH, A_LOW, A_EXTRA, A_TSOCK, A_CONTEXT, A_CORE,
+    A_ENGINE, A_BUFFERED, A_SOCKNAME, A_PEERNAME, A_SERVER, A_CLOSING, A_PAUSED,
+    A_PROTOCOL, A_N
+};
+static struct {
+    PyTypeObject *cls; /* SocketTransport; NULL until accepted_setup */
+    Py_ssize_t off[A_N];
+    PyObject *high, *low, *in_core, *share, *buffered_type, *start_reading;
+    int tracks; /* Server._attach/_detach take the transport (3.13+) */
+    /* close_setup: stream.py's close, _Kind, _ignore, _INET (decision 812) */
+    PyObject *close, *kind_type, *ignore, *inet;
+} acc;
+static PyObject *s_engine, *s_backend, *s_epoll, *s_attach, *s_connection_made,
+    *s_start_reading_c, *s_resume_h, *s_fd_closing, *s_unread, *s_held, *s_e, *s_conn_lost,
+    *s_call_connection_lost, *s_closed, *s_family, *s_close_fd, *s_close_reset;
+static PyObject *sr_one;
+static int stream_close_fast(Stream *s, PyObject *t);
+
 /* transport.<name>(*args), inside the transport's context when enter */
 static PyObject *stream_call(Stream *s, PyObject *name, PyObject *const *args, Py_ssize_t n,
                              int enter)
@@ -943,7 +964,9 @@ static PyObject *stream_eof(Stream *s, int enter)
         Py_DECREF(exc);
         goto done;
     }
-    r = PyObject_VectorcallMethod(s_close, &t, 1, NULL);
+    /* close(): its common case here in C (decision 812), else the method */
+    int fast = stream_close_fast(s, t);
+    r = fast > 0 ? Py_NewRef(Py_None) : fast < 0 ? NULL : PyObject_VectorcallMethod(s_close, &t, 1, NULL);
     /* _on_recv's finally, also when close raised */
     PyObject *exc = r == NULL ? take_exception() : NULL;
     PyObject *closing = PyObject_GetAttr(t, s_closing);
@@ -3249,20 +3272,6 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
  * _engine, the engine's backend, server._attach, loop.call_soon,
  * protocol.connection_made, the class's _start_reading). _accepted stays the
  * rule: keep the two the same. */
-enum {
-    A_SOCKOBJ, A_LOOP, A_PPAUSED, A_HIGH, A_LOW, A_EXTRA, A_TSOCK, A_CONTEXT, A_CORE,
-    A_ENGINE, A_BUFFERED, A_SOCKNAME, A_PEERNAME, A_SERVER, A_CLOSING, A_PAUSED,
-    A_PROTOCOL, A_N
-};
-static struct {
-    PyTypeObject *cls; /* SocketTransport; NULL until accepted_setup */
-    Py_ssize_t off[A_N];
-    PyObject *high, *low, *in_core, *share, *buffered_type, *start_reading;
-    int tracks; /* Server._attach/_detach take the transport (3.13+) */
-} acc;
-static PyObject *s_engine, *s_backend, *s_epoll, *s_attach, *s_connection_made,
-    *s_start_reading_c;
-
 #define ASLOT(o, i) (*(PyObject **)((char *)(o) + acc.off[i]))
 
 static inline void aset(PyObject *o, int i, PyObject *v) /* v: a new reference */
@@ -3441,6 +3450,134 @@ fail:
     return NULL;
 }
 
+/* close_setup(close, _Kind, _ignore, _INET): what stream_close_fast needs */
+static PyObject *close_setup(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (nargs != 4 || !PyType_Check(args[1]) || !PyTuple_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "close_setup(close, kind_type, ignore, inet)");
+        return NULL;
+    }
+    Py_XSETREF(acc.close, Py_NewRef(args[0]));
+    Py_XSETREF(acc.kind_type, Py_NewRef(args[1]));
+    Py_XSETREF(acc.ignore, Py_NewRef(args[2]));
+    Py_XSETREF(acc.inet, Py_NewRef(args[3]));
+    Py_RETURN_NONE;
+}
+
+/* t.<name> is falsy (1), truthy (0), or -1 */
+static int attr_false(PyObject *t, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(t, name);
+    if (v == NULL)
+        return -1;
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r < 0 ? -1 : !r;
+}
+
+/* t.<name> is None (1), not (0), or -1 */
+static int attr_none(PyObject *t, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(t, name);
+    if (v == NULL)
+        return -1;
+    Py_DECREF(v);
+    return v == Py_None;
+}
+
+/* The transport's close() at its EOF (stream_eof), for an exact
+ * SocketTransport whose class keeps stream.py's close: the case close()
+ * writes out for an accepted connection (decision 708) in C, with no Python
+ * frame (decision 812). close() there: not closing; nothing held back
+ * (c.hold); no receive alive (stream_eof cleared recv_ud); c.idle 2 (nothing
+ * queued, being sent, fed in part or held); no deferred resume (_resume_h);
+ * the socket a _Kind (its object never made), not _fd_closing, nothing
+ * _unread, no _held records, the engine open (engine._e). Those are all
+ * reads with no side effect, made first here; then close()'s steps in its
+ * order: _closing, _conn_lost += 1, _fd_closing, the fast paths off,
+ * loop.call_soon(_call_connection_lost, None, context=), _sockobj the
+ * kind's closed socket, engine.close_fd(fd, _ignore, inet), _close_reset.
+ * 1: closed here; 0: anything else, for the transport's close(); -1: an
+ * error (raised where close() would have raised it). */
+static int stream_close_fast(Stream *s, PyObject *t)
+{
+    if (acc.close == NULL || Py_TYPE(t) != acc.cls ||
+        _PyType_Lookup(acc.cls, s_close) != acc.close || ASLOT(t, A_CLOSING) != Py_False ||
+        s->hold != 0 || s->recv_ud != 0 || s->sending != 0 || s->feed_rest ||
+        (s->held != NULL && s->held->n > 0))
+        return 0;
+    PyObject *q = s->buffer;
+    if (q != NULL && !(PyList_CheckExact(q) && PyList_GET_SIZE(q) == 0))
+        return 0; /* (queued, or not a list: close() decides) */
+    PyObject *kind = ASLOT(t, A_SOCKOBJ), *engine = ASLOT(t, A_ENGINE);
+    PyObject *loop = ASLOT(t, A_LOOP), *ctx = ASLOT(t, A_CONTEXT);
+    if (kind == NULL || !Py_IS_TYPE(kind, (PyTypeObject *)acc.kind_type) || engine == NULL ||
+        loop == NULL || ctx == NULL)
+        return 0;
+    int ok;
+    if ((ok = attr_none(t, s_resume_h)) <= 0 || (ok = attr_false(t, s_fd_closing)) <= 0 ||
+        (ok = attr_false(t, s_unread)) <= 0 || (ok = attr_none(t, s_held)) <= 0)
+        return ok;
+    if ((ok = attr_none(engine, s_e)) != 0)
+        return ok < 0 ? -1 : 0;
+    /* close()'s steps */
+    Py_INCREF(kind);
+    Py_INCREF(engine);
+    Py_INCREF(loop);
+    Py_INCREF(ctx);
+    int rc = -1;
+    PyObject *v, *w;
+    aset(t, A_CLOSING, Py_NewRef(Py_True));
+    if ((v = PyObject_GetAttr(t, s_conn_lost)) == NULL)
+        goto out;
+    w = PyNumber_Add(v, sr_one);
+    Py_DECREF(v);
+    if (w == NULL)
+        goto out;
+    ok = PyObject_SetAttr(t, s_conn_lost, w);
+    Py_DECREF(w);
+    if (ok < 0 || PyObject_SetAttr(t, s_fd_closing, Py_True) < 0)
+        goto out;
+    s->rfast = s->wfast = 0;
+    if ((v = PyObject_GetAttr(t, s_call_connection_lost)) == NULL)
+        goto out;
+    PyObject *argv[4] = {loop, v, Py_None, ctx};
+    w = PyObject_VectorcallMethod(s_call_soon, argv, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                  kw_context);
+    Py_DECREF(v);
+    if (w == NULL)
+        goto out;
+    Py_DECREF(w);
+    if ((v = PyObject_GetAttr(kind, s_closed)) == NULL)
+        goto out;
+    aset(t, A_SOCKOBJ, v);
+    if ((v = PyObject_GetAttr(kind, s_family)) == NULL)
+        goto out;
+    int inet = PySequence_Contains(acc.inet, v);
+    Py_DECREF(v);
+    if (inet < 0 || (v = PyLong_FromLong(s->fd)) == NULL)
+        goto out;
+    PyObject *cargv[4] = {engine, v, acc.ignore, inet ? Py_True : Py_False};
+    w = PyObject_VectorcallMethod(s_close_fd, cargv, 4, NULL);
+    Py_DECREF(v);
+    if (w == NULL)
+        goto out;
+    ok = inet ? PyObject_IsTrue(w) : 0;
+    if (ok > 0)
+        ok = PyObject_SetAttr(t, s_close_reset, w);
+    Py_DECREF(w);
+    if (ok < 0)
+        goto out;
+    rc = 1;
+out:
+    Py_DECREF(kind);
+    Py_DECREF(engine);
+    Py_DECREF(loop);
+    Py_DECREF(ctx);
+    return rc;
+}
+
 /* stream_for_fd(loop, fd): the stream transport of loop registered for fd
  * (alive: see fd_streams), or None */
 static PyObject *stream_for_fd(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
@@ -3483,6 +3620,8 @@ static PyMethodDef stream_functions[] = {
      "core_method(slot, name): a transport method that is its Stream's"},
     {"accepted_setup", (PyCFunction)(void (*)(void))accepted_setup, METH_FASTCALL,
      "accepted_setup(...): what accepted_transport needs of stream.py (decision 811)"},
+    {"close_setup", (PyCFunction)(void (*)(void))close_setup, METH_FASTCALL,
+     "close_setup(close, kind_type, ignore, inet): for the C close at EOF (decision 812)"},
     {"accepted_transport", (PyCFunction)(void (*)(void))accepted_transport, METH_FASTCALL,
      "accepted_transport(loop, fd, kind, protocol, server, nodelay): an accepted "
      "connection's SocketTransport (decision 811)"},
@@ -3591,6 +3730,19 @@ static int stream_init_module(PyObject *m)
     STREAM_INTERN(s_attach, "_attach");
     STREAM_INTERN(s_connection_made, "connection_made");
     STREAM_INTERN(s_start_reading_c, "start_reading");
+    STREAM_INTERN(s_resume_h, "_resume_h");
+    STREAM_INTERN(s_fd_closing, "_fd_closing");
+    STREAM_INTERN(s_unread, "_unread");
+    STREAM_INTERN(s_held, "_held");
+    STREAM_INTERN(s_e, "_e");
+    STREAM_INTERN(s_conn_lost, "_conn_lost");
+    STREAM_INTERN(s_call_connection_lost, "_call_connection_lost");
+    STREAM_INTERN(s_closed, "closed");
+    STREAM_INTERN(s_family, "family");
+    STREAM_INTERN(s_close_fd, "close_fd");
+    STREAM_INTERN(s_close_reset, "_close_reset");
+    if (!(sr_one = PyLong_FromLong(1)))
+        return -1;
     if (!(sr_two = PyLong_FromLong(2)))
         return -1;
     STREAM_INTERN(m_data_failed, "Fatal error: protocol.data_received() call failed.");

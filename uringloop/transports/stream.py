@@ -994,7 +994,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
                 # object was never made, with nothing unread (no reset),
                 # written out (decision 708): closing for good, the socket
                 # extra a closed socket of its kind, the fd closed through
-                # the engine
+                # the engine. At the transport's EOF the Stream does this
+                # whole case in C, stream_close_fast (decision 812): keep
+                # the two the same
                 self._fd_closing = True
                 c.rfast = c.wfast = False
                 self._loop.call_soon(self._call_connection_lost, None, context=self._context)
@@ -1203,6 +1205,11 @@ class _Kind:
         sock = socket.socket(self.family, self.type, self.proto)
         sock.close()
         return sock
+
+
+# close()'s case of an accepted connection's EOF (the Stream's stream_eof
+# calls it), in C with no Python frame (decision 812): keep the two the same
+_sched.close_setup(SocketTransport.close, _Kind, _ignore, _INET)
 
 
 class Acceptor:
