@@ -3495,7 +3495,9 @@ static int attr_none(PyObject *t, PyObject *name)
  * the socket a _Kind (its object never made), not _fd_closing, nothing
  * _unread, no _held records, the engine open (engine._e). Those are all
  * reads with no side effect, made first here; then close()'s steps in its
- * order: _closing, _conn_lost += 1, _fd_closing, the fast paths off,
+ * order (a read that raises leaves it to close(), which raises it after
+ * the steps it takes before that read): _closing, _conn_lost += 1,
+ * _fd_closing, the fast paths off,
  * loop.call_soon(_call_connection_lost, None, context=), _sockobj the
  * kind's closed socket, engine.close_fd(fd, _ignore, inet), _close_reset.
  * 1: closed here; 0: anything else, for the transport's close(); -1: an
@@ -3517,10 +3519,13 @@ static int stream_close_fast(Stream *s, PyObject *t)
         return 0;
     int ok;
     if ((ok = attr_none(t, s_resume_h)) <= 0 || (ok = attr_false(t, s_fd_closing)) <= 0 ||
-        (ok = attr_false(t, s_unread)) <= 0 || (ok = attr_none(t, s_held)) <= 0)
-        return ok;
-    if ((ok = attr_none(engine, s_e)) != 0)
-        return ok < 0 ? -1 : 0;
+        (ok = attr_false(t, s_unread)) <= 0 || (ok = attr_none(t, s_held)) <= 0 ||
+        (ok = attr_none(engine, s_e)) != 0) {
+        /* (a read that raised: close() meets it again, after its own steps) */
+        if (ok < 0)
+            PyErr_Clear();
+        return 0;
+    }
     /* close()'s steps */
     Py_INCREF(kind);
     Py_INCREF(engine);
