@@ -966,7 +966,10 @@ static PyObject *stream_eof(Stream *s, int enter)
     }
     /* close(): its common case here in C (decision 812), else the method */
     int fast = stream_close_fast(s, t);
-    r = fast > 0 ? Py_NewRef(Py_None) : fast < 0 ? NULL : PyObject_VectorcallMethod(s_close, &t, 1, NULL);
+    if (fast == 0)
+        r = PyObject_VectorcallMethod(s_close, &t, 1, NULL);
+    else
+        r = fast > 0 ? Py_NewRef(Py_None) : NULL;
     /* _on_recv's finally, also when close raised */
     PyObject *exc = r == NULL ? take_exception() : NULL;
     PyObject *closing = PyObject_GetAttr(t, s_closing);
@@ -3425,8 +3428,8 @@ static PyObject *accepted_transport(PyObject *mod, PyObject *const *args, Py_ssi
     aset(self, A_PROTOCOL, Py_NewRef(protocol));
     if (server != Py_None) {
         PyObject *argv[2] = {server, self};
-        tmp = PyObject_VectorcallMethod(s_attach, argv,
-                                        (acc.tracks ? 2 : 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        size_t nargsf = (acc.tracks ? 2 : 1) | PY_VECTORCALL_ARGUMENTS_OFFSET;
+        tmp = PyObject_VectorcallMethod(s_attach, argv, nargsf, NULL);
         if (tmp == NULL)
             goto fail;
         Py_DECREF(tmp);
