@@ -33,7 +33,7 @@ ASAN_TESTS = tests/test_engine_ops.py tests/test_engine_cancel_close.py \
 # instead of an ASan report: tests/test_sock_review.py asks for one (419).
 ASAN_OPTIONS_RUN = detect_leaks=0:abort_on_error=1:allocator_may_return_null=1
 
-.PHONY: build test test-guard list-guard-tests test-debug asan lint bench bench-net demo clean
+.PHONY: build test test-guard list-guard-tests test-debug asan lint bench bench-net rsloop-env demo clean
 
 ## build: compile the extensions (cffi engine, C scheduler) in place
 build:
@@ -98,6 +98,11 @@ BENCH_ARGS ?=
 bench-net: build
 	@command -v wrk >/dev/null || echo "bench-net: wrk is not installed, the HTTP workloads will be skipped (apt-get update && apt-get install -y wrk)" >&2
 	$(PY) benchmarks/net_bench.py $(BENCH_ARGS)
+
+## rsloop-env: benchmarks/.rsloop-env/, Debian trixie's glibc and rsloop's manylinux_2_39
+## wheel, so that the benchmarks can run rsloop on an older glibc (downloads; optional)
+rsloop-env:
+	$(PY) benchmarks/rsloop_env.py
 
 ## demo: the examples against the in-place build (aiohttp_hello.py needs aiohttp, tls_echo.py trustme)
 demo: build

@@ -7,7 +7,9 @@ Loops (one fresh loop per repetition):
 ``uvloop``    ``uvloop.new_event_loop()`` (left out, with a note, if uvloop is not installed)
 ``rloop``     ``rloop.new_event_loop()`` (left out, with a note, if rloop is not installed)
 ``rsloop``    ``rsloop.new_event_loop()`` (left out, with a note, if rsloop is not installed:
-              its Linux wheels need glibc 2.38)
+              its Linux wheels need glibc 2.39; where it does not import but
+              benchmarks/.rsloop-env was built, the whole run restarts under that
+              environment's glibc, every loop alike: ``--rsloop-env``, decision 801)
 ``io_uring``  ``uringloop.Loop(backend="io_uring")``
 ``epoll``     ``uringloop.Loop(backend="epoll")``
 
@@ -1131,7 +1133,8 @@ def print_report(
     out = ["## uringloop event-loop benchmark\n"]
     argv = getattr(sys, "orig_argv", [sys.executable, *sys.argv])
     out.append(
-        f"kernel {platform.release()} | Python {platform.python_version()} "
+        f"kernel {platform.release()} | glibc {platform.libc_ver()[1]} | "
+        f"Python {platform.python_version()} "
         f"({platform.python_implementation()}) | {os.cpu_count()} CPUs | "
         f"command: `{shlex.join(argv)}`"
     )
@@ -1284,6 +1287,14 @@ def parse_args(argv=None):
     )
     p.add_argument("--top", type=int, default=12, help="rows per --profile table (12)")
     p.add_argument(
+        "--rsloop-env",
+        default="auto",
+        metavar="auto|off|DIR",
+        help="when rsloop is among the loops and does not import as it is: rerun this whole "
+        "benchmark (every loop) under the glibc of benchmarks/.rsloop-env (auto, when built), "
+        "of DIR, or never (off); benchmarks/rsloop_env.py builds it (decision 801)",
+    )
+    p.add_argument(
         "--clock",
         choices=("wall", "cpu"),
         default="wall",
@@ -1315,10 +1326,52 @@ def _available_loops(wanted) -> tuple[list[str], dict[str, str]]:
     return loops, why
 
 
+# set in the restarted process (decision 801): the environment's folder
+RSLOOP_ENV_VAR = "LOOP_BENCH_RSLOOP_ENV"
+
+
+def rsloop_env_restart(args, argv):
+    """The command and environment that rerun this benchmark, every loop in
+    it, under the rsloop environment's glibc (decision 801), or None: rsloop
+    is not wanted, imports as it is, the environment was not built, or this
+    is the rerun."""
+    if os.environ.get(RSLOOP_ENV_VAR):
+        return None
+    sys.path.insert(0, HERE)
+    try:
+        import rsloop_env
+    finally:
+        sys.path.remove(HERE)
+    wanted = "rsloop" in (args.loops or LOOPS) or args.profile == "rsloop"
+    man = rsloop_env.choose(args.rsloop_env, wanted)
+    if man is None:
+        return None
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (rsloop_env.site_dir(man["dir"]), env.get("PYTHONPATH")) if p
+    )
+    env[RSLOOP_ENV_VAR] = rsloop_env.describe(man)
+    cmd = rsloop_env.command_prefix(man["dir"]) + [os.path.abspath(__file__), *argv]
+    return cmd, env
+
+
 def main(argv=None) -> int:
     global time
     args = parse_args(argv)
+    if argv is None:  # from the command line: a test's main([...]) never restarts
+        restart = rsloop_env_restart(args, sys.argv[1:])
+        if restart is not None:
+            _log(f"restarting under the rsloop environment: {shlex.join(restart[0])}")
+            sys.stdout.flush()
+            os.execve(restart[0][0], restart[0], restart[1])
     notes = _import_loops()
+    if os.environ.get(RSLOOP_ENV_VAR):
+        notes.append(
+            f"every loop ran in one process on {os.environ[RSLOOP_ENV_VAR]}, not on the "
+            "host's glibc; importing rsloop replaces asyncio.open_connection, "
+            "start_server, create_subprocess_exec/shell and set_event_loop with wrappers "
+            "that pass other loops on to the originals (decision 801)"
+        )
     if args.clock == "cpu":
         time = _CpuClock()
         notes.append(
@@ -1366,6 +1419,12 @@ def main(argv=None) -> int:
             except NotImplementedError as exc:  # rloop: connect_accepted_socket, ...
                 skipped[(name, x)] = "cannot (see notes)"
                 notes.append(f"{name} on {LABELS[x]}: the loop cannot run it ({exc!r})")
+            except RuntimeError as exc:
+                # rsloop raises its own errors as RuntimeError (its TLS: 'No such file
+                # or directory (os error 2)'): a peer's limit, not a failure of the run
+                skipped[(name, x)] = "cannot (see notes)" if x in PEERS else "FAILED (see notes)"
+                notes.append(f"{name} on {LABELS[x]}: {exc!r}")
+                failed = failed or x not in PEERS
             except (BenchError, OSError) as exc:
                 skipped[(name, x)] = "FAILED (see notes)"
                 notes.append(f"{name} on {LABELS[x]}: {exc!r}")
@@ -1383,7 +1442,7 @@ def main(argv=None) -> int:
                 cpu: list = []
                 try:
                     ops, el, per_op = run_once(x, scen, n, cpu)
-                except (BenchError, OSError) as exc:
+                except (BenchError, OSError, RuntimeError) as exc:
                     skipped[(name, x)] = "FAILED (see notes)"
                     notes.append(f"{name} on {LABELS[x]}: {exc!r}")
                     failed = True

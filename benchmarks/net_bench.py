@@ -32,7 +32,10 @@ the 100 KiB streams rows' page faults follow that layout (design.md decisions
 585, 586), and a series with one layout would be one draw of it. --probe
 samples a loop-free fixed workload (benchmarks/hostmodes.py) on the server's
 CPU during every measured window and lists the runs made while the host ran
-slow (decisions 660-662).
+slow (decisions 660-662). rsloop, whose wheels need glibc 2.39, runs through
+benchmarks/rsloop_env.py's folder (`make rsloop-env`) when it does not import
+as it is: every server of the run then starts under that glibc (decisions
+799, 800; --rsloop-env), and results.md's Malloc line names the libc.
 
 Writes results.json, results.md (medians, min-max, ratios against uvloop) and
 chart.png (per family: req/s beside server CPU per request) into --out
@@ -57,6 +60,8 @@ import sys
 import tempfile
 import threading
 import time
+
+import rsloop_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -423,11 +428,32 @@ def layout_pad(rep):
     return (rep * 7) % 61
 
 
+def server_launch(libc):
+    """Every server's (argv up to the script, extra PYTHONPATH entries): this
+    Python as it is, or, when the run uses the rsloop environment (libc: its
+    manifest), this Python started through that environment's glibc loader,
+    with rsloop's unpacked wheel on the path. One libc for every loop's server
+    in a run (decision 800)."""
+    if libc is None:
+        return [sys.executable], []
+    return rsloop_env.command_prefix(libc["dir"]), [rsloop_env.site_dir(libc["dir"])]
+
+
+def libc_line(libc):
+    """The results header's statement of the libc the servers and the
+    client ran with."""
+    host = f"the host's glibc {platform.libc_ver()[1]}"
+    if libc is None:
+        return f"every server on {host}, as the client"
+    return f"every server (all loops alike) on {rsloop_env.describe(libc)}; the client on {host}"
+
+
 class Server:
-    def __init__(self, loop, wl, cpu, tmp, cert, pad=0):
+    def __init__(self, loop, wl, cpu, tmp, cert, pad=0, libc=None):
         self.addr = self.skip = None
         self.loop = loop
-        args = [sys.executable, SERVER, "--loop", loop, "--kind", wl["kind"], "--cpu", str(cpu)]
+        launch, extra_path = server_launch(libc)
+        args = launch + [SERVER, "--loop", loop, "--kind", wl["kind"], "--cpu", str(cpu)]
         if wl["transport"] == "unix":
             path = os.path.join(tmp, f"s{os.getpid()}-{time.monotonic_ns()}.sock")
             args += ["--unix", path]
@@ -437,7 +463,7 @@ class Server:
             args += ["--cert", cert[0], "--key", cert[1]]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (ROOT, pad_entry(pad), env.get("PYTHONPATH", "")) if p
+            p for p in (ROOT, pad_entry(pad), *extra_path, env.get("PYTHONPATH", "")) if p
         )
         env.pop("URINGLOOP_BACKEND", None)
         env.pop("PYTHONASYNCIODEBUG", None)
@@ -1127,9 +1153,12 @@ def machine():
     ), f"{os.cpu_count()} CPUs, Linux {platform.release()}"
 
 
-def versions(loops):
+def versions(loops, libc=None):
     out = []
     for lp in loops:
+        if lp == "rsloop" and libc is not None:
+            out.append(f"rsloop {libc['rsloop']} ({libc['wheel']['file']}, rsloop environment)")
+            continue
         mod = "uringloop" if lp.startswith("uringloop") else lp
         if mod == "asyncio" or lp == "uringloop-epoll":
             continue
@@ -1212,6 +1241,14 @@ def main():
         "host ran slow (decisions 660-662)",
     )
     ap.add_argument(
+        "--rsloop-env",
+        default="auto",
+        metavar="auto|off|DIR",
+        help="run every server under the rsloop environment's glibc (benchmarks/rsloop_env.py): "
+        "auto (default) when rsloop is among the loops, does not import as it is, and "
+        "benchmarks/.rsloop-env was built; off: never; DIR: that folder's (decision 800)",
+    )
+    ap.add_argument(
         "--render",
         metavar="RESULTS_JSON",
         help="measure nothing: rewrite results.md and chart.png next to a saved results.json",
@@ -1234,6 +1271,9 @@ def main():
         if lp not in ALL_LOOPS:
             sys.exit(f"net_bench: unknown loop {lp!r}; loops: {', '.join(ALL_LOOPS)}")
     wls = select_workloads(opts.workloads)
+    libc = rsloop_env.choose(opts.rsloop_env, "rsloop" in loops)
+    if libc is not None:
+        log(f"net_bench: {libc_line(libc)}")
     if os.cpu_count() < 2:
         log("net_bench: fewer than 2 CPUs: server and client share one core")
     os.sched_setaffinity(0, {opts.client_cpu})
@@ -1265,10 +1305,14 @@ def main():
         f"--http always checks the status, 200); TLS client: loadgen.c with "
         f"OpenSSL (TLS 1.3); busy % = a side's utime+stime over the window / the window "
         f"(server: /proc/<pid>/stat; loadgen: getrusage; wrk: /proc/<pid>/stat at its exit)",
-        "versions": versions(loops),
-        "malloc": ("glibc malloc with " + ", ".join(f"{k}={v}" for k, v in malloc_env.items()))
-        if malloc_env
-        else "glibc malloc, default settings (no MALLOC_* or GLIBC_TUNABLES set)",
+        "versions": versions(loops, libc),
+        "malloc": libc_line(libc)
+        + "; "
+        + (
+            ("glibc malloc with " + ", ".join(f"{k}={v}" for k, v in malloc_env.items()))
+            if malloc_env
+            else "glibc malloc, default settings (no MALLOC_* or GLIBC_TUNABLES set)"
+        ),
     }
 
     results = {}
@@ -1295,7 +1339,7 @@ def main():
                     if entry.get("skip") or entry.get("error"):
                         continue
                     try:
-                        server = Server(lp, wl, opts.server_cpu, tmp, cert, layout_pad(rep))
+                        server = Server(lp, wl, opts.server_cpu, tmp, cert, layout_pad(rep), libc)
                     except RuntimeError as exc:
                         entry["error"] = str(exc).splitlines()[0][:300]
                         log(f"  {wl['id']:28} {lp:20} ERROR {entry['error']}")
@@ -1336,7 +1380,7 @@ def main():
                     entry = per.get(lp, {})
                     if entry.get("skip") or entry.get("error"):
                         continue
-                    server = Server(lp, wl, opts.server_cpu, tmp, cert)
+                    server = Server(lp, wl, opts.server_cpu, tmp, cert, libc=libc)
                     try:
                         run = run_loadgen(wl, server, opts, os.path.join(tmp, "strace.txt"))
                     except (RuntimeError, subprocess.TimeoutExpired) as exc:

@@ -47,8 +47,9 @@ def make_loop(name):
             import rsloop
         except ImportError as exc:
             raise RuntimeError(
-                f"not installed ({exc}); its Linux wheels need glibc 2.38, this machine has "
-                f"{platform.libc_ver()[1]}, and its source build needs a nightly Rust toolchain"
+                f"not installed ({exc}); its Linux wheels need glibc 2.39, this process runs "
+                f"on {platform.libc_ver()[1]}: `make rsloop-env` builds benchmarks/.rsloop-env, "
+                "which net_bench.py then runs every server under (benchmarks/rsloop_env.py)"
             ) from None
 
         return rsloop.new_event_loop()

@@ -26,7 +26,10 @@ Each measurement runs in a fresh interpreter; repetition r runs every loop
 once, the order rotated by r, so drift on a shared machine reaches every loop
 alike. Reported: the median over ``--repeat`` repetitions, [min-max], and the
 ratio of medians against uvloop (``x uv``; for CPU lower is better). Loops
-that are not installed, or do not support subprocesses, say so.
+that are not installed, or do not support subprocesses, say so. Where rsloop
+does not import but benchmarks/.rsloop-env was built (benchmarks/rsloop_env.py),
+every loop's measuring interpreter runs under that environment's glibc
+(``--rsloop-env``, decision 801); the first line says which glibc.
 
     python benchmarks/subprocess_bench.py --mib 256 --spawns 300 --repeat 5
 
@@ -182,6 +185,28 @@ def child(kind, mib, spawns, pipe_size=0):
     return out
 
 
+def child_launch(spec, wanted):
+    """(argv up to the script, environment, the libc in words) for every
+    measuring interpreter: this Python, or this Python under the rsloop
+    environment's glibc when rsloop is wanted and does not import as it is
+    (one libc for every loop: decision 801)."""
+    import platform
+
+    sys.path.insert(0, HERE)
+    try:
+        import rsloop_env
+    finally:
+        sys.path.remove(HERE)
+    man = rsloop_env.choose(spec, wanted)
+    if man is None:
+        return [sys.executable], None, f"the host's glibc {platform.libc_ver()[1]}"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (rsloop_env.site_dir(man["dir"]), env.get("PYTHONPATH")) if p
+    )
+    return rsloop_env.command_prefix(man["dir"]), env, rsloop_env.describe(man)
+
+
 def main():
     import statistics
 
@@ -192,11 +217,16 @@ def main():
     ap.add_argument("--loops", nargs="*", default=list(LOOPS))
     ap.add_argument("--pipe-size", type=int, default=0,
                     help="F_SETPIPE_SZ for the child's stdout pipe, where it is a pipe")
+    ap.add_argument("--rsloop-env", default="auto", metavar="auto|off|DIR",
+                    help="run every loop's interpreter under the rsloop environment's glibc "
+                    "(auto: when rsloop is among the loops, does not import as it is and "
+                    "benchmarks/.rsloop-env was built; decision 801)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.mib, args.spawns, args.pipe_size)))
         return
+    launch, env, libc = child_launch(args.rsloop_env, "rsloop" in args.loops)
     runs = {k: [] for k in args.loops}
     errors = {}
     for rep in range(args.repeat):
@@ -205,9 +235,9 @@ def main():
             if kind in errors:
                 continue
             res = subprocess.run(
-                [sys.executable, __file__, "--child", kind, "--mib", str(args.mib),
-                 "--spawns", str(args.spawns), "--pipe-size", str(args.pipe_size)],
-                capture_output=True, text=True, timeout=900,
+                launch + [os.path.abspath(__file__), "--child", kind, "--mib", str(args.mib),
+                          "--spawns", str(args.spawns), "--pipe-size", str(args.pipe_size)],
+                capture_output=True, text=True, timeout=900, env=env,
             )
             try:
                 r = json.loads(res.stdout.strip().splitlines()[-1])
@@ -219,6 +249,7 @@ def main():
                 runs[kind].append(r)
     med = {k: {c: statistics.median(r[c] for r in v) for c, _ in COLS if all(c in r for r in v)}
            for k, v in runs.items() if v}
+    print(f"every loop's interpreter on {libc}")
     print(f"{args.repeat} repetitions, {args.mib} MiB per pipe run, {args.spawns} spawns; "
           "median [min-max], x uv = ratio of medians against uvloop"
           + (f"; child's stdout pipe set to {args.pipe_size} bytes" if args.pipe_size else ""))

@@ -1069,3 +1069,198 @@ libc.syscall(ctypes.c_long(39))  # getpid
     env = dict(os.environ, LD_PRELOAD=so, COLDWAIT_LOG=str(log))
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
     assert int(log.read_text()) == 2
+
+
+# ------------------------------------------------- rsloop's environment (799-801)
+
+PACKAGES_FIXTURE = """Package: libc6
+Source: glibc
+Version: 2.41-12+deb13u5
+Depends: libgcc-s1
+Description: GNU C Library: Shared libraries
+ Contains the standard libraries
+ that are used by nearly all programs.
+Filename: pool/main/g/glibc/libc6_2.41-12+deb13u5_amd64.deb
+SHA256: {libc6}
+
+Package: libgcc-s1
+Version: 14.2.0-19
+Filename: pool/main/g/gcc-14/libgcc-s1_14.2.0-19_amd64.deb
+SHA256: {gcc}
+
+Package: libc6
+Version: 0.0-older-duplicate
+Filename: pool/elsewhere.deb
+"""
+
+
+def _deb(files):
+    """A .deb (ar archive, data.tar.gz) holding files {path: bytes}."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for path, data in files.items():
+            info = tarfile.TarInfo("./" + path)
+            info.size = len(data)
+            info.mode = 0o755
+            tar.addfile(info, io.BytesIO(data))
+    out = b"!<arch>\n"
+    for name, data in (
+        (b"debian-binary", b"2.0\n"),
+        (b"control.tar.xz", b"x"),  # odd length: the member after it is padded
+        (b"data.tar.gz", buf.getvalue()),
+    ):
+        head = name.ljust(16) + b"0".ljust(12) + b"0".ljust(6) + b"0".ljust(6)
+        head += b"100644".ljust(8) + str(len(data)).encode().ljust(10) + b"`\n"
+        out += head + data + (b"\n" if len(data) & 1 else b"")
+    return out
+
+
+def test_rsloop_env_parses_the_index_and_checks_each_hash(tmp_path):
+    """rsloop_env.py reads a Debian Packages file (continuation lines, the
+    first stanza of a name wins), finds Packages.xz's SHA256 in InRelease,
+    refuses a download whose SHA256 is not the index's, and unpacks a .deb's
+    data.tar without dpkg-deb. No network."""
+    re_ = _bench("rsloop_env")
+    deb = _deb({"usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2": b"loader"})
+    good = re_.sha256_of(deb)
+    pkgs = re_.parse_packages(PACKAGES_FIXTURE.format(libc6=good, gcc="0" * 64))
+    assert pkgs["libc6"]["Version"] == "2.41-12+deb13u5"
+    assert pkgs["libc6"]["SHA256"] == good
+    assert pkgs["libc6"]["Description"].endswith("used by nearly all programs.")
+    assert pkgs["libgcc-s1"]["Filename"].endswith("libgcc-s1_14.2.0-19_amd64.deb")
+    assert re_.check_sha256(deb, pkgs["libc6"]["SHA256"], "libc6") == good
+    with pytest.raises(ValueError, match="SHA256"):
+        re_.check_sha256(deb, pkgs["libgcc-s1"]["SHA256"], "libgcc-s1")
+    with pytest.raises(ValueError, match="SHA256"):
+        re_.check_sha256(deb + b"!", good, "libc6")
+    with pytest.raises(ValueError, match="SHA256"):
+        re_.check_sha256(deb, None, "not in the index")
+    inrelease = (
+        "Suite: trixie\nMD5Sum:\n"
+        " d41d8cd98f00b204e9800998ecf8427e 12 main/binary-amd64/Packages.xz\n"
+        f"SHA256:\n {'a' * 64} 100 main/binary-arm64/Packages.xz\n"
+        f" {'b' * 64} 200 main/binary-amd64/Packages.xz\n"
+    )
+    assert re_.release_sha256(inrelease, "main/binary-amd64/Packages.xz") == "b" * 64
+    assert re_.release_sha256(inrelease, "main/binary-i386/Packages.xz") is None
+    re_.extract_deb(deb, str(tmp_path / "root"))
+    assert (tmp_path / re_.LOADER).read_bytes() == b"loader"
+
+
+def _fake_rsloop_env(tmp_path, log):
+    """An environment folder whose 'loader' is a script: it writes its
+    arguments and PYTHONPATH to log, then runs the Python it was given."""
+    env = tmp_path / "env"
+    loader = env / "root/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+    loader.parent.mkdir(parents=True)
+    loader.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$@" > {log}\necho "PYTHONPATH=$PYTHONPATH" >> {log}\n'
+        'shift 2\nexec "$@"\n'
+    )
+    loader.chmod(0o755)
+    (env / "site").mkdir()
+    man = {
+        "suite": "trixie",
+        "glibc": "2.41",
+        "rsloop": "0.1.66",
+        "debs": {"libc6": {"version": "2.41-12+deb13u5"}},
+        "wheel": {"file": "rsloop-0.1.66-cp311-cp311-manylinux_2_39_x86_64.whl"},
+    }
+    (env / "manifest.json").write_text(json.dumps(man))
+    return env
+
+
+def test_net_bench_starts_every_server_through_the_rsloop_env_loader(tmp_path):
+    """With the rsloop environment (decision 800), a server of any loop (here
+    stock asyncio) starts as `<env>/.../ld-linux-x86-64.so.2 --library-path
+    <python's LIBDIR>:<env's libs>:<host's libs> <python> net_server.py ...`,
+    the environment's site/ on its PYTHONPATH; the results header names the
+    libc the servers and the client ran on."""
+    nb = _net_bench()
+    re_ = _bench("rsloop_env")
+    log = tmp_path / "argv"
+    env = _fake_rsloop_env(tmp_path, log)
+    man = re_.load(str(env))
+    assert man is not None and man["dir"] == str(env)
+    assert re_.choose(str(env), wanted=False) is None
+    assert re_.choose("off", wanted=True) is None
+    assert re_.choose(str(env), wanted=True) == man
+    with pytest.raises(SystemExit):
+        re_.choose(str(tmp_path / "none"), wanted=True)
+    wl = nb.select_workloads("echo-1k-c1-protocol-tcp")[0]
+    server = nb.Server("asyncio", wl, 0, str(tmp_path), None, libc=man)
+    try:
+        assert server.addr, server.stderr()
+    finally:
+        server.stop()
+    lines = log.read_text().splitlines()
+    libdirs = lines[1].split(os.pathsep)
+    assert lines[0] == "--library-path"
+    assert libdirs[0] == re_.python_libdir()
+    assert libdirs[1] == str(env / "root/usr/lib/x86_64-linux-gnu")
+    assert lines[2] == sys.executable
+    assert lines[3] == nb.SERVER
+    assert lines[4:6] == ["--loop", "asyncio"]
+    path = lines[-1].split("=", 1)[1].split(os.pathsep)
+    assert path[0] == nb.ROOT and str(env / "site") in path
+    md = _render(nb, {})
+    assert "Malloc: -" in md  # _render's meta; the real line is libc_line's
+    line = nb.libc_line(man)
+    assert "every server (all loops alike) on Debian trixie's glibc 2.41" in line
+    assert f"the client on the host's glibc {nb.platform.libc_ver()[1]}" in line
+    assert nb.libc_line(None) == (
+        f"every server on the host's glibc {nb.platform.libc_ver()[1]}, as the client"
+    )
+    assert "rsloop 0.1.66 (rsloop-0.1.66-cp311" in nb.versions(["rsloop"], man)
+
+
+def test_loop_and_subprocess_bench_rerun_every_loop_under_the_rsloop_env(tmp_path, monkeypatch):
+    """loop_bench (in one process) restarts itself, every loop, under the
+    environment's loader; subprocess_bench starts every loop's interpreter
+    through it (decision 801); neither does without rsloop among its loops,
+    and a loop_bench restarted so does not restart again."""
+    lb = _bench("loop_bench")
+    sb = _bench("subprocess_bench")
+    re_ = _bench("rsloop_env")
+    env = _fake_rsloop_env(tmp_path, tmp_path / "argv")
+    monkeypatch.delenv(lb.RSLOOP_ENV_VAR, raising=False)
+    args = lb.parse_args(["--loop", "uvloop", "--loop", "rsloop", "--rsloop-env", str(env)])
+    cmd, cenv = lb.rsloop_env_restart(args, ["--quick"])
+    assert cmd[0] == str(env / re_.LOADER)
+    assert cmd[3:] == [sys.executable, os.path.abspath(lb.__file__), "--quick"]
+    assert cenv["PYTHONPATH"].split(os.pathsep)[0] == str(env / "site")
+    assert "glibc 2.41" in cenv[lb.RSLOOP_ENV_VAR]
+    args = lb.parse_args(["--loop", "uvloop", "--rsloop-env", str(env)])
+    assert lb.rsloop_env_restart(args, []) is None
+    monkeypatch.setenv(lb.RSLOOP_ENV_VAR, "already")
+    args = lb.parse_args(["--loop", "rsloop", "--rsloop-env", str(env)])
+    assert lb.rsloop_env_restart(args, []) is None
+    launch, senv, said = sb.child_launch(str(env), True)
+    assert launch[0] == str(env / re_.LOADER) and launch[-1] == sys.executable
+    assert senv["PYTHONPATH"].split(os.pathsep)[0] == str(env / "site")
+    assert "glibc 2.41" in said
+    launch, senv, said = sb.child_launch(str(env), False)
+    assert launch == [sys.executable] and senv is None and "host's glibc" in said
+
+
+def test_rsloop_server_serves_an_echo_in_the_built_env(loadgen, tmp_path):
+    """The environment `make rsloop-env` built (benchmarks/.rsloop-env): an
+    rsloop protocol echo server started as net_bench starts it echoes what
+    loadgen sends, every byte verified."""
+    re_ = _bench("rsloop_env")
+    man = re_.load(re_.ENV_DIR)
+    if man is None:
+        pytest.skip("benchmarks/.rsloop-env was not built (make rsloop-env downloads it)")
+    nb = _net_bench()
+    wl = nb.select_workloads("echo-1k-c1-protocol-tcp")[0]
+    server = nb.Server("rsloop", wl, 0, str(tmp_path), None, libc=man)
+    try:
+        assert server.addr, server.skip or server.stderr()
+        rc, lines, err = run_loadgen(loadgen, server.addr, "epoll")
+    finally:
+        server.stop()
+    assert rc == 0, err
+    assert json.loads(lines[-1])["requests"] > 0
