@@ -203,7 +203,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         when something asks for it (decision 258). The stock order
         otherwise: as __init__, whose _made and _started are written out
         here, with what a fresh transport already has left out (decision
-        619)."""
+        619). The Acceptor calls its copy in C, _sched.accepted_transport
+        (stream.c, decision 811): keep the two the same."""
         self = cls.__new__(cls)
         self._sockobj = None  # (a failure below leaves nothing to close)
         # _begin(loop, fd, None), written out (decision 753); the Stream's
@@ -993,7 +994,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
                 # object was never made, with nothing unread (no reset),
                 # written out (decision 708): closing for good, the socket
                 # extra a closed socket of its kind, the fd closed through
-                # the engine
+                # the engine. At the transport's EOF the Stream does this
+                # whole case in C, stream_close_fast (decision 812): keep
+                # the two the same
                 self._fd_closing = True
                 c.rfast = c.wfast = False
                 self._loop.call_soon(self._call_connection_lost, None, context=self._context)
@@ -1170,6 +1173,20 @@ _START_READING = SocketTransport._start_reading  # (what _accepted compares)
 SocketTransport.__del__ = _sched.core_method(
     SocketTransport._core, "__del__", SocketTransport._sockobj, SocketTransport._del_slow
 )
+# SocketTransport._accepted in C, with no Python frame: what the Acceptor
+# calls for its plain connections (decision 811); it writes the slots below,
+# in _accepted's order, and makes _accepted's calls: keep the two the same
+_ACCEPTED_SLOTS = (
+    "_sockobj", "_loop", "_protocol_paused", "_high_water", "_low_water", "_extra", "_tsock",
+    "_context", "_core", "_engine", "_buffered", "_sockname", "_peername", "_server",
+    "_closing", "_paused", "_protocol",
+)
+_sched.accepted_setup(
+    SocketTransport, tuple(getattr(SocketTransport, n) for n in _ACCEPTED_SLOTS),
+    _DEFAULT_HIGH, _DEFAULT_LOW, _IN_CORE, _share, protocols.BufferedProtocol,
+    _START_READING, _SERVER_TRACKS_TRANSPORTS,
+)
+_accepted_transport = _sched.accepted_transport
 
 
 class _Kind:
@@ -1188,6 +1205,11 @@ class _Kind:
         sock = socket.socket(self.family, self.type, self.proto)
         sock.close()
         return sock
+
+
+# close()'s case of an accepted connection's EOF (the Stream's stream_eof
+# calls it), in C with no Python frame (decision 812): keep the two the same
+_sched.close_setup(SocketTransport.close, _Kind, _ignore, _INET)
 
 
 class Acceptor:
@@ -1278,7 +1300,8 @@ class Acceptor:
                             (t := _stream_for_fd(loop, res)) is not None and not t.is_closing()
                         ):
                             loop._ensure_fd_no_transport(res)
-                        transport = SocketTransport._accepted(
+                        # SocketTransport._accepted in C (decision 811)
+                        transport = _accepted_transport(
                             loop, res, self.kind, protocol, self.server, self.nodelay
                         )
                     except (SystemExit, KeyboardInterrupt):
@@ -1374,7 +1397,8 @@ class Acceptor:
                     (t := _stream_for_fd(loop, fd)) is not None and not t.is_closing()
                 ):
                     loop._ensure_fd_no_transport(fd)
-                transport = SocketTransport._accepted(
+                # SocketTransport._accepted in C (decision 811)
+                transport = _accepted_transport(
                     loop, fd, self.kind, protocol, self.server, self.nodelay
                 )
             except (SystemExit, KeyboardInterrupt):
