@@ -578,9 +578,9 @@ def test_an_accepted_connections_eof_close_as_stock(tloop, how, monkeypatch):
 @pytest.mark.parametrize("buffered", [False, True], ids=["protocol", "buffered"])
 def test_an_accepted_connection_calls_its_stream_once_at_each_end(tloop, buffered):
     """The Stream's calls from Python over one accepted connection's life:
-    _accepted's accepted() also binds the protocol, sets direct and turns the
-    fast paths on (decision 785; the whole of _accepted is one C call,
-    accepted_transport, since 811), and _call_connection_lost's lost() unbinds
+    the transport is made by one C call, accepted_transport (decision 811),
+    which also binds the protocol, sets direct and turns the fast paths on
+    (785), and _call_connection_lost's lost() unbinds
     it and releases the transport (786): no set_protocol or release call of
     their own; the callbacks (a Protocol's and a BufferedProtocol's) and the
     transport freed with its last reference (694) as stock."""

@@ -2564,18 +2564,14 @@ static PyObject *inet_name(const struct sockaddr_storage *sa, socklen_t len, ul_
  * mostly share one (base.py's _share, done here before the tuple is made) */
 static ul_addr_cache *accepted_socknames;
 
-/* accepted(nodelay): what the stock transport asks an accepted TCP socket
- * (IPv4 or IPv6) for when it is made, straight from the fd, with no socket
- * object (whose making costs a getsockname of its own, decision 597):
- * (sockname, peername), each None when the call fails, as the stock
- * transport's extra info; sockname shared with the server's other
- * connections; an IPv4 peer is kept here as keep_peer keeps it (decision
- * 311) and peername is then True. nodelay: TCP_NODELAY is set after,
- * as base_events._set_nodelay does (its error raised). */
-/* accepted()'s work: the accepted socket's sockname and peername (True: an
- * IPv4 peer kept in the Stream, decision 311), TCP_NODELAY when nodelay;
- * with a protocol, its binding, the direct flag and the fast paths on
- * (decision 785). 0, or -1 with nothing bound and nothing returned. */
+/* what the stock transport asks an accepted TCP socket (IPv4 or IPv6) for
+ * when it is made, straight from the fd with no socket object (decision
+ * 597): the socket's sockname and peername (each None when its call fails;
+ * sockname shared with the server's other connections; True: an IPv4 peer
+ * kept in the Stream, decision 311), TCP_NODELAY when nodelay (its error
+ * raised, as base_events._set_nodelay); then the protocol's binding, the
+ * direct flag and the fast paths on (decision 785). 0, or -1 with nothing
+ * bound and nothing returned. */
 static int stream_accepted(Stream *s, PyObject *nodelay, PyObject *protocol, int buffered,
                            int direct, PyObject **sockname_out, PyObject **peer_out)
 {
@@ -2610,13 +2606,11 @@ static int stream_accepted(Stream *s, PyObject *nodelay, PyObject *protocol, int
         PyErr_SetFromErrno(PyExc_OSError);
         goto fail;
     }
-    if (protocol != NULL) {
-        /* SocketTransport._accepted's set_protocol(protocol, buffered), its
-         * direct and its fast paths on, in the one call (decision 785) */
-        stream_set_protocol(s, protocol, buffered);
-        s->direct = (char)direct;
-        s->rfast = s->wfast = 1;
-    }
+    /* _made's set_protocol(protocol, buffered), the direct flag and the fast
+     * paths on (decision 785) */
+    stream_set_protocol(s, protocol, buffered);
+    s->direct = (char)direct;
+    s->rfast = s->wfast = 1;
     *sockname_out = sockname;
     *peer_out = peer;
     return 0;
@@ -2625,26 +2619,6 @@ fail:
     Py_DECREF(sockname);
     Py_XDECREF(peer);
     return -1;
-}
-
-static PyObject *Stream_accepted(Stream *s, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 1 && nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "accepted(nodelay[, protocol, buffered, direct])");
-        return NULL;
-    }
-    int buffered = 0, direct = 0;
-    if (nargs == 4 &&
-        ((buffered = PyObject_IsTrue(args[2])) < 0 || (direct = PyObject_IsTrue(args[3])) < 0))
-        return NULL;
-    PyObject *sockname, *peer;
-    if (stream_accepted(s, args[0], nargs == 4 ? args[1] : NULL, buffered, direct, &sockname,
-                        &peer) < 0)
-        return NULL;
-    PyObject *r = PyTuple_Pack(2, sockname, peer);
-    Py_DECREF(sockname);
-    Py_DECREF(peer);
-    return r;
 }
 
 /* register(): the transport is the loop's for its fd (stream_for_fd finds
@@ -2744,7 +2718,7 @@ static PyObject *Stream_unlink(Stream *s, PyObject *unused)
 }
 
 /* start_reading(): an accepted TCP transport's first _start_reading, the
- * handle SocketTransport._accepted queues after connection_made (decision
+ * handle accepted_transport queues after connection_made (decision
  * 755). stream.py's _start_reading arms the multishot receive unless one is
  * alive (recv_ud), the transport has seen its EOF or a read error
  * (_read_done), or it is closing, paused or holding records; rfast is false
@@ -3052,9 +3026,6 @@ static PyMethodDef Stream_methods[] = {
     {"start_reading", (PyCFunction)Stream_start_reading, METH_NOARGS,
      "an accepted transport's first _start_reading (755)"},
     {"keep_peer", (PyCFunction)Stream_keep_peer, METH_O, "keep an IPv4 peername here"},
-    {"accepted", (PyCFunction)(void (*)(void))Stream_accepted, METH_FASTCALL,
-     "an accepted TCP socket's (sockname, peername), TCP_NODELAY set; with protocol, "
-     "buffered and direct also set_protocol, direct and the fast paths on"},
     {"unregister", (PyCFunction)Stream_unregister, METH_NOARGS, "no longer"},
     {"release", (PyCFunction)Stream_release, METH_NOARGS,
      "connection_lost has run: stop holding the transport, if nothing else holds the Stream"},
@@ -3267,14 +3238,19 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
     return (PyObject *)m;
 }
 
-/* An accepted TCP connection's transport made in C (decision 811):
- * SocketTransport._accepted, the Acceptor's plain case, with no Python
- * frame. Its slots are written at their offsets (the member descriptors
- * accepted_setup was given, checked once), in _accepted's order, and the
- * calls are the ones _accepted makes, through the same lookups (the loop's
- * _engine, the engine's backend, server._attach, loop.call_soon,
- * protocol.connection_made, the class's _start_reading). _accepted stays the
- * rule: keep the two the same. */
+/* An accepted TCP connection's transport (IPv4 or IPv6), the Acceptor's
+ * (decisions 597, 811), made from its fd and the listener's _Kind with no
+ * socket object and no Python frame: the stock extra info and TCP_NODELAY
+ * come from stream_accepted, which asks the fd itself, and the socket object
+ * is made only when something asks for it (decision 258). Otherwise the
+ * stock order: SocketTransport.__init__'s _begin, _made and _started
+ * written out, with what a fresh transport already has left out (decisions
+ * 619, 753). The slots are written at their offsets (the member descriptors
+ * accepted_setup was given, checked once), and the calls go through the
+ * lookups Python would make (the loop's _engine, the engine's backend,
+ * server._attach, loop.call_soon, protocol.connection_made, the class's
+ * _start_reading), so a subclass or a patched method is still called.
+ * stream.py's _begin and _made are the rule: keep this the same. */
 #define ASLOT(o, i) (*(PyObject **)((char *)(o) + acc.off[i]))
 
 static inline void aset(PyObject *o, int i, PyObject *v) /* v: a new reference */
@@ -3285,7 +3261,7 @@ static inline void aset(PyObject *o, int i, PyObject *v) /* v: a new reference *
 }
 
 /* accepted_setup(cls, slots, high, low, in_core, share, BufferedProtocol,
- * _start_reading, tracks): slots the member descriptors of _accepted's 17
+ * _start_reading, tracks): slots the member descriptors of the transport's 17
  * attributes in the enum's order, each an object slot of cls or a base */
 static PyObject *accepted_setup(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -3362,7 +3338,7 @@ static PyObject *accepted_transport(PyObject *mod, PyObject *const *args, Py_ssi
         return NULL;
     PyObject *tmp, *sockname, *peer;
     aset(self, A_SOCKOBJ, Py_NewRef(Py_None)); /* (a failure below leaves nothing to close) */
-    /* _begin(loop, fd, None), as _accepted writes it out */
+    /* _begin(loop, fd, None), written out */
     aset(self, A_LOOP, Py_NewRef(loop));
     aset(self, A_PPAUSED, Py_NewRef(Py_False));
     aset(self, A_HIGH, Py_NewRef(acc.high));
