@@ -491,22 +491,96 @@ def test_an_accepted_connection_skips_the_frames_written_out(tloop):
     """A plain accepted connection (echo, the client's EOF, close, lost, the
     transport freed) runs no Acceptor._connection or SocketTransport._begin
     (written out in _on_accept and _accepted, decision 753), no Python
-    __del__ (the C core's, 754) and no _start_reading (the Stream's
-    start_reading, 755); the callbacks as stock."""
+    __del__ (the C core's, 754), no _start_reading (the Stream's
+    start_reading, 755), no _accepted (made in C, 811) and no close (the
+    EOF's close is the Stream's, 812); the callbacks as stock."""
     if not type(tloop).__module__.startswith("uringloop"):
         pytest.skip("the frames counted are uringloop's stream.py's")
     names = ("_connection", "_begin", "_start_reading", "_del_slow", "__del__",
              "_on_accept", "_accepted", "close", "_call_connection_lost")
     hook, calls = _stream_py_calls(names)
     _one_accepted_connection(tloop, hook)
-    assert calls == ["_on_accept", "_accepted", "close", "_call_connection_lost"], calls
+    assert calls == ["_on_accept", "_call_connection_lost"], calls
+
+
+@pytest.mark.parametrize("how", ["patched", "queued"])
+def test_an_accepted_connections_eof_close_as_stock(tloop, how, monkeypatch):
+    """The close() an accepted connection's EOF makes is the Stream's C copy
+    (decision 812) only while the class keeps stream.py's close and nothing
+    is pending: a patched close is called once at the EOF, as stock calls
+    its own; bytes eof_received wrote (queued on io_uring until the flush)
+    leave before the peer's EOF, whichever close ran. The callbacks as
+    stock."""
+    if how == "patched" and not type(tloop).__module__.startswith("uringloop"):
+        pytest.skip("the method patched is uringloop's SocketTransport.close")
+    closes = []
+    if how == "patched":
+        from uringloop.transports.stream import SocketTransport
+
+        real = SocketTransport.close
+
+        def counting(self):
+            if self._server is not None:  # (the server's transports only)
+                closes.append("close")
+            return real(self)
+
+        monkeypatch.setattr(SocketTransport, "close", counting)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        events, lost = [], loop.create_future()
+
+        class P(asyncio.Protocol):
+            def connection_made(self, transport):
+                events.append("made")
+                self.t = transport
+
+            def data_received(self, data):
+                events.append(("data", data))
+
+            def eof_received(self):
+                events.append("eof")
+                if how == "queued":
+                    self.t.write(b"bye")
+
+            def connection_lost(self, exc):
+                events.append(("lost", exc))
+                lost.set_result(None)
+
+        server = await loop.create_server(P, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        peer = socket.socket()
+        peer.setblocking(False)
+        got = b""
+        with peer:
+            await wait_for(loop.sock_connect(peer, addr))
+            await wait_for(loop.sock_sendall(peer, b"x"))
+            peer.shutdown(socket.SHUT_WR)
+            await wait_for(lost)
+            while True:
+                piece = await wait_for(loop.sock_recv(peer, 10))
+                if not piece:
+                    break
+                got += piece
+        server.close()
+        await wait_for(server.wait_closed())
+        return events, got
+
+    events, got = run_in(tloop, main())
+    assert events == ["made", ("data", b"x"), "eof", ("lost", None)], events
+    if how == "patched":
+        assert closes == ["close"], closes
+        assert got == b""
+    else:
+        assert got == b"bye"
 
 
 @pytest.mark.parametrize("buffered", [False, True], ids=["protocol", "buffered"])
 def test_an_accepted_connection_calls_its_stream_once_at_each_end(tloop, buffered):
     """The Stream's calls from Python over one accepted connection's life:
-    _accepted's accepted() also binds the protocol, sets direct and turns the
-    fast paths on (decision 785), and _call_connection_lost's lost() unbinds
+    the transport is made by one C call, accepted_transport (decision 811),
+    which also binds the protocol, sets direct and turns the fast paths on
+    (785), and _call_connection_lost's lost() unbinds
     it and releases the transport (786): no set_protocol or release call of
     their own; the callbacks (a Protocol's and a BufferedProtocol's) and the
     transport freed with its last reference (694) as stock."""
@@ -517,11 +591,14 @@ def test_an_accepted_connection_calls_its_stream_once_at_each_end(tloop, buffere
     def hook(frame, event, arg):
         if event == "c_call":
             name = getattr(arg, "__qualname__", "")
-            if name.startswith("Stream."):
+            if name.startswith("Stream.") or name == "accepted_transport":
                 calls.append(name)
 
     _one_accepted_connection(tloop, hook, buffered)
-    assert calls.count("Stream.accepted") == 1, calls
+    # (the transport made in C, decision 811: accepted()'s work inside
+    # accepted_transport, no call of its own from Python)
+    assert calls.count("accepted_transport") == 1, calls
+    assert "Stream.accepted" not in calls, calls
     assert calls.count("Stream.lost") == 1, calls
     assert "Stream.set_protocol" not in calls, calls
     assert "Stream.release" not in calls, calls

@@ -245,6 +245,27 @@ static PyObject *s_protocol, *s_buffer_updated, *s_get_buffer;
 static PyObject *s_resume_behind;
 static PyObject *s_send_now_tail, *s_flush, *m_data_failed, *m_get_buffer_failed, *m_updated_failed, *m_write_failed;
 
+/* SocketTransport's slots, for accepted_transport and stream_close_fast
+ * (decisions 811, 812): set by accepted_setup */
+enum {
+    A_SOCKOBJ, A_LOOP, A_PPAUSED, A_HIGH, A_LOW, A_EXTRA, A_TSOCK, A_CONTEXT, A_CORE,
+    A_ENGINE, A_BUFFERED, A_SOCKNAME, A_PEERNAME, A_SERVER, A_CLOSING, A_PAUSED,
+    A_PROTOCOL, A_N
+};
+static struct {
+    PyTypeObject *cls; /* SocketTransport; NULL until accepted_setup */
+    Py_ssize_t off[A_N];
+    PyObject *high, *low, *in_core, *share, *buffered_type, *start_reading;
+    int tracks; /* Server._attach/_detach take the transport (3.13+) */
+    /* close_setup: stream.py's close, _Kind, _ignore, _INET (decision 812) */
+    PyObject *close, *kind_type, *ignore, *inet;
+} acc;
+static PyObject *s_engine, *s_backend, *s_epoll, *s_attach, *s_connection_made,
+    *s_start_reading_c, *s_resume_h, *s_fd_closing, *s_unread, *s_held, *s_e, *s_conn_lost,
+    *s_call_connection_lost, *s_closed, *s_family, *s_close_fd, *s_close_reset;
+static PyObject *sr_one;
+static int stream_close_fast(Stream *s, PyObject *t);
+
 /* transport.<name>(*args), inside the transport's context when enter */
 static PyObject *stream_call(Stream *s, PyObject *name, PyObject *const *args, Py_ssize_t n,
                              int enter)
@@ -943,7 +964,12 @@ static PyObject *stream_eof(Stream *s, int enter)
         Py_DECREF(exc);
         goto done;
     }
-    r = PyObject_VectorcallMethod(s_close, &t, 1, NULL);
+    /* close(): its common case here in C (decision 812), else the method */
+    int fast = stream_close_fast(s, t);
+    if (fast == 0)
+        r = PyObject_VectorcallMethod(s_close, &t, 1, NULL);
+    else
+        r = fast > 0 ? Py_NewRef(Py_None) : NULL;
     /* _on_recv's finally, also when close raised */
     PyObject *exc = r == NULL ? take_exception() : NULL;
     PyObject *closing = PyObject_GetAttr(t, s_closing);
@@ -2538,28 +2564,24 @@ static PyObject *inet_name(const struct sockaddr_storage *sa, socklen_t len, ul_
  * mostly share one (base.py's _share, done here before the tuple is made) */
 static ul_addr_cache *accepted_socknames;
 
-/* accepted(nodelay): what the stock transport asks an accepted TCP socket
- * (IPv4 or IPv6) for when it is made, straight from the fd, with no socket
- * object (whose making costs a getsockname of its own, decision 597):
- * (sockname, peername), each None when the call fails, as the stock
- * transport's extra info; sockname shared with the server's other
- * connections; an IPv4 peer is kept here as keep_peer keeps it (decision
- * 311) and peername is then True. nodelay: TCP_NODELAY is set after,
- * as base_events._set_nodelay does (its error raised). */
-static PyObject *Stream_accepted(Stream *s, PyObject *const *args, Py_ssize_t nargs)
+/* what the stock transport asks an accepted TCP socket (IPv4 or IPv6) for
+ * when it is made, straight from the fd with no socket object (decision
+ * 597): the socket's sockname and peername (each None when its call fails;
+ * sockname shared with the server's other connections; True: an IPv4 peer
+ * kept in the Stream, decision 311), TCP_NODELAY when nodelay (its error
+ * raised, as base_events._set_nodelay); then the protocol's binding, the
+ * direct flag and the fast paths on (decision 785). 0, or -1 with nothing
+ * bound and nothing returned. */
+static int stream_accepted(Stream *s, PyObject *nodelay, PyObject *protocol, int buffered,
+                           int direct, PyObject **sockname_out, PyObject **peer_out)
 {
-    if (nargs != 1 && nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "accepted(nodelay[, protocol, buffered, direct])");
-        return NULL;
-    }
-    PyObject *nodelay = args[0];
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
     PyObject *sockname = getsockname(s->fd, (struct sockaddr *)&ss, &len) < 0
                              ? Py_NewRef(Py_None)
                              : inet_name(&ss, len, &accepted_socknames);
     if (sockname == NULL)
-        return NULL;
+        return -1;
     PyObject *peer;
     s->peer = 0;
     len = sizeof ss;
@@ -2584,25 +2606,19 @@ static PyObject *Stream_accepted(Stream *s, PyObject *const *args, Py_ssize_t na
         PyErr_SetFromErrno(PyExc_OSError);
         goto fail;
     }
-    if (nargs == 4) {
-        /* SocketTransport._accepted's set_protocol(protocol, buffered), its
-         * direct and its fast paths on, in the one call (decision 785) */
-        int buffered = PyObject_IsTrue(args[2]), direct = PyObject_IsTrue(args[3]);
-        if (buffered < 0 || direct < 0)
-            goto fail;
-        stream_set_protocol(s, args[1], buffered);
-        s->direct = (char)direct;
-        s->rfast = s->wfast = 1;
-    }
-    PyObject *r = PyTuple_Pack(2, sockname, peer);
-    Py_DECREF(sockname);
-    Py_DECREF(peer);
-    return r;
+    /* _made's set_protocol(protocol, buffered), the direct flag and the fast
+     * paths on (decision 785) */
+    stream_set_protocol(s, protocol, buffered);
+    s->direct = (char)direct;
+    s->rfast = s->wfast = 1;
+    *sockname_out = sockname;
+    *peer_out = peer;
+    return 0;
 fail:
     s->peer = 0;
     Py_DECREF(sockname);
     Py_XDECREF(peer);
-    return NULL;
+    return -1;
 }
 
 /* register(): the transport is the loop's for its fd (stream_for_fd finds
@@ -2702,7 +2718,7 @@ static PyObject *Stream_unlink(Stream *s, PyObject *unused)
 }
 
 /* start_reading(): an accepted TCP transport's first _start_reading, the
- * handle SocketTransport._accepted queues after connection_made (decision
+ * handle accepted_transport queues after connection_made (decision
  * 755). stream.py's _start_reading arms the multishot receive unless one is
  * alive (recv_ud), the transport has seen its EOF or a read error
  * (_read_done), or it is closing, paused or holding records; rfast is false
@@ -2756,6 +2772,23 @@ static PyObject *Stream_fatal_error(Stream *s, PyObject *const *args, Py_ssize_t
     return stream_call(s, s_fatal_error, args, nargs, 0);
 }
 
+/* a new Stream; the checks are the caller's (Stream_new, accepted_transport) */
+static PyObject *stream_make(PyTypeObject *tp, PyObject *transport, PyObject *loop, int fd,
+                             PyObject *ctx, int eofc)
+{
+    Stream *s = (Stream *)tp->tp_alloc(tp, 0);
+    if (s == NULL)
+        return NULL;
+    s->transport = Py_NewRef(transport);
+    s->loop = (Core *)Py_NewRef(loop);
+    s->ctx = Py_NewRef(ctx);
+    s->fd = fd;
+    s->eofc = (char)eofc;
+    s->high = 64 * 1024;
+    s->low = 16 * 1024;
+    return (PyObject *)s;
+}
+
 /* Stream(transport, loop, fd, context) */
 static PyObject *Stream_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
@@ -2789,17 +2822,7 @@ static PyObject *Stream_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     fd = (int)lfd;
     if (n == 5 && (eofc = PyObject_IsTrue(PyTuple_GET_ITEM(args, 4))) < 0)
         return NULL;
-    Stream *s = (Stream *)tp->tp_alloc(tp, 0);
-    if (s == NULL)
-        return NULL;
-    s->transport = Py_NewRef(transport);
-    s->loop = (Core *)Py_NewRef(loop);
-    s->ctx = Py_NewRef(ctx);
-    s->fd = fd;
-    s->eofc = (char)eofc;
-    s->high = 64 * 1024;
-    s->low = 16 * 1024;
-    return (PyObject *)s;
+    return stream_make(tp, transport, loop, fd, ctx, eofc);
 }
 
 static int Stream_traverse(Stream *s, visitproc visit, void *arg)
@@ -3003,9 +3026,6 @@ static PyMethodDef Stream_methods[] = {
     {"start_reading", (PyCFunction)Stream_start_reading, METH_NOARGS,
      "an accepted transport's first _start_reading (755)"},
     {"keep_peer", (PyCFunction)Stream_keep_peer, METH_O, "keep an IPv4 peername here"},
-    {"accepted", (PyCFunction)(void (*)(void))Stream_accepted, METH_FASTCALL,
-     "an accepted TCP socket's (sockname, peername), TCP_NODELAY set; with protocol, "
-     "buffered and direct also set_protocol, direct and the fast paths on"},
     {"unregister", (PyCFunction)Stream_unregister, METH_NOARGS, "no longer"},
     {"release", (PyCFunction)Stream_release, METH_NOARGS,
      "connection_lost has run: stop holding the transport, if nothing else holds the Stream"},
@@ -3218,6 +3238,330 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
     return (PyObject *)m;
 }
 
+/* An accepted TCP connection's transport (IPv4 or IPv6), the Acceptor's
+ * (decisions 597, 811), made from its fd and the listener's _Kind with no
+ * socket object and no Python frame: the stock extra info and TCP_NODELAY
+ * come from stream_accepted, which asks the fd itself, and the socket object
+ * is made only when something asks for it (decision 258). Otherwise the
+ * stock order: SocketTransport.__init__'s _begin, _made and _started
+ * written out, with what a fresh transport already has left out (decisions
+ * 619, 753). The slots are written at their offsets (the member descriptors
+ * accepted_setup was given, checked once), and the calls go through the
+ * lookups Python would make (the loop's _engine, the engine's backend,
+ * server._attach, loop.call_soon, protocol.connection_made, the class's
+ * _start_reading), so a subclass or a patched method is still called.
+ * stream.py's _begin and _made are the rule: keep this the same. */
+#define ASLOT(o, i) (*(PyObject **)((char *)(o) + acc.off[i]))
+
+static inline void aset(PyObject *o, int i, PyObject *v) /* v: a new reference */
+{
+    PyObject *old = ASLOT(o, i);
+    ASLOT(o, i) = v;
+    Py_XDECREF(old);
+}
+
+/* accepted_setup(cls, slots, high, low, in_core, share, BufferedProtocol,
+ * _start_reading, tracks): slots the member descriptors of the transport's 17
+ * attributes in the enum's order, each an object slot of cls or a base */
+static PyObject *accepted_setup(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (nargs != 9 || !PyType_Check(args[0]) || !PyTuple_CheckExact(args[1]) ||
+        PyTuple_GET_SIZE(args[1]) != A_N || !PyCallable_Check(args[5]) ||
+        !PyType_Check(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "accepted_setup(cls, slots, high, low, in_core, share, "
+                                         "buffered_type, start_reading, tracks)");
+        return NULL;
+    }
+    PyTypeObject *cls = (PyTypeObject *)args[0];
+    Py_ssize_t off[A_N];
+    for (int i = 0; i < A_N; i++) {
+        PyObject *d = PyTuple_GET_ITEM(args[1], i);
+        if (!Py_IS_TYPE(d, &PyMemberDescr_Type) ||
+            ((PyMemberDescrObject *)d)->d_member->type != Py_T_OBJECT_EX ||
+            !PyType_IsSubtype(cls, ((PyMemberDescrObject *)d)->d_common.d_type)) {
+            PyErr_Format(PyExc_TypeError, "accepted_setup: slot %d is not an object slot of %s",
+                         i, cls->tp_name);
+            return NULL;
+        }
+        off[i] = ((PyMemberDescrObject *)d)->d_member->offset;
+    }
+    int tracks = PyObject_IsTrue(args[8]);
+    if (tracks < 0)
+        return NULL;
+    Py_XSETREF(acc.cls, (PyTypeObject *)Py_NewRef(cls));
+    memcpy(acc.off, off, sizeof off);
+    Py_XSETREF(acc.high, Py_NewRef(args[2]));
+    Py_XSETREF(acc.low, Py_NewRef(args[3]));
+    Py_XSETREF(acc.in_core, Py_NewRef(args[4]));
+    Py_XSETREF(acc.share, Py_NewRef(args[5]));
+    Py_XSETREF(acc.buffered_type, Py_NewRef(args[6]));
+    Py_XSETREF(acc.start_reading, Py_NewRef(args[7]));
+    acc.tracks = tracks;
+    Py_RETURN_NONE;
+}
+
+/* loop.call_soon(fn, *args), looked up on the loop as Python does */
+static int acc_call_soon(PyObject *loop, PyObject *fn, PyObject *arg)
+{
+    if (fn == NULL)
+        return -1;
+    PyObject *argv[3] = {loop, fn, arg};
+    PyObject *h = PyObject_VectorcallMethod(s_call_soon, argv,
+                                            (arg != NULL ? 3 : 2) | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                            NULL);
+    Py_DECREF(fn);
+    Py_XDECREF(h);
+    return h == NULL ? -1 : 0;
+}
+
+/* accepted_transport(loop, fd, kind, protocol, server, nodelay): see above */
+static PyObject *accepted_transport(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (acc.cls == NULL || nargs != 6 || !PyObject_TypeCheck(args[0], &CoreType)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "accepted_transport(loop, fd, kind, protocol, server, nodelay)");
+        return NULL;
+    }
+    PyObject *loop = args[0], *kind = args[2], *protocol = args[3], *server = args[4];
+    long lfd = PyLong_AsLong(args[1]);
+    if (lfd == -1 && PyErr_Occurred())
+        return NULL;
+    if (lfd < INT_MIN || lfd > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "accepted_transport(): fd out of range");
+        return NULL;
+    }
+    /* self = cls.__new__(cls) */
+    PyObject *self = acc.cls->tp_new(acc.cls, S.empty_tuple, NULL);
+    if (self == NULL)
+        return NULL;
+    PyObject *tmp, *sockname, *peer;
+    aset(self, A_SOCKOBJ, Py_NewRef(Py_None)); /* (a failure below leaves nothing to close) */
+    /* _begin(loop, fd, None), written out */
+    aset(self, A_LOOP, Py_NewRef(loop));
+    aset(self, A_PPAUSED, Py_NewRef(Py_False));
+    aset(self, A_HIGH, Py_NewRef(acc.high));
+    aset(self, A_LOW, Py_NewRef(acc.low));
+    aset(self, A_EXTRA, Py_NewRef(Py_None));
+    aset(self, A_TSOCK, Py_NewRef(Py_None));
+    PyObject *ctx = PyContext_CopyCurrent();
+    if (ctx == NULL)
+        goto fail;
+    aset(self, A_CONTEXT, ctx);
+    PyObject *core = stream_make(&StreamType, self, loop, (int)lfd, ctx, 1);
+    if (core == NULL)
+        goto fail;
+    aset(self, A_CORE, core);
+    Stream *c = (Stream *)core;
+    PyObject *engine = PyObject_GetAttr(loop, s_engine);
+    if (engine == NULL)
+        goto fail;
+    aset(self, A_ENGINE, engine);
+    int buffered = PyObject_IsInstance(protocol, acc.buffered_type);
+    if (buffered < 0)
+        goto fail;
+    aset(self, A_BUFFERED, Py_NewRef(buffered ? Py_True : Py_False));
+    tmp = PyObject_GetAttr(engine, s_backend);
+    if (tmp == NULL)
+        goto fail;
+    int direct = PyObject_RichCompareBool(tmp, s_epoll, Py_EQ);
+    Py_DECREF(tmp);
+    if (direct < 0 || stream_accepted(c, args[5], protocol, buffered, direct, &sockname, &peer) < 0)
+        goto fail;
+    aset(self, A_SOCKNAME, sockname);
+    if (peer == Py_True) {
+        Py_DECREF(peer);
+        peer = Py_NewRef(acc.in_core);
+    } else if (PyTuple_CheckExact(peer) && PyTuple_GET_SIZE(peer) > 0) {
+        PyObject *host = PyTuple_GET_ITEM(peer, 0);
+        PyObject *shared = PyObject_CallOneArg(acc.share, host);
+        if (shared == NULL) {
+            Py_DECREF(peer);
+            goto fail;
+        }
+        if (shared != host) { /* (host, *peername[1:]) */
+            Py_ssize_t n = PyTuple_GET_SIZE(peer);
+            tmp = PyTuple_New(n);
+            if (tmp == NULL) {
+                Py_DECREF(shared);
+                Py_DECREF(peer);
+                goto fail;
+            }
+            PyTuple_SET_ITEM(tmp, 0, shared);
+            for (Py_ssize_t i = 1; i < n; i++)
+                PyTuple_SET_ITEM(tmp, i, Py_NewRef(PyTuple_GET_ITEM(peer, i)));
+            Py_SETREF(peer, tmp);
+        } else {
+            Py_DECREF(shared);
+        }
+    }
+    aset(self, A_PEERNAME, peer);
+    /* _made (its set_protocol in stream_accepted above) */
+    aset(self, A_SERVER, Py_NewRef(server));
+    aset(self, A_CLOSING, Py_NewRef(Py_False));
+    aset(self, A_PAUSED, Py_NewRef(Py_False));
+    aset(self, A_PROTOCOL, Py_NewRef(protocol));
+    if (server != Py_None) {
+        PyObject *argv[2] = {server, self};
+        size_t nargsf = (acc.tracks ? 2 : 1) | PY_VECTORCALL_ARGUMENTS_OFFSET;
+        tmp = PyObject_VectorcallMethod(s_attach, argv, nargsf, NULL);
+        if (tmp == NULL)
+            goto fail;
+        Py_DECREF(tmp);
+    }
+    if (stream_register(c) < 0)
+        goto fail;
+    /* _started; the first _start_reading the Stream's (decision 755) unless
+     * the class's _start_reading is not stream.py's */
+    if (acc_call_soon(loop, PyObject_GetAttr(protocol, s_connection_made), self) < 0)
+        goto fail;
+    if (acc_call_soon(loop,
+                      _PyType_Lookup(acc.cls, s_start_reading) == acc.start_reading
+                          ? PyObject_GetAttr(core, s_start_reading_c)
+                          : PyObject_GetAttr(self, s_start_reading),
+                      NULL) < 0)
+        goto fail;
+    aset(self, A_SOCKOBJ, Py_NewRef(kind)); /* the transport's from here: it closes the fd */
+    return self;
+fail:
+    Py_DECREF(self);
+    return NULL;
+}
+
+/* close_setup(close, _Kind, _ignore, _INET): what stream_close_fast needs */
+static PyObject *close_setup(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (nargs != 4 || !PyType_Check(args[1]) || !PyTuple_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "close_setup(close, kind_type, ignore, inet)");
+        return NULL;
+    }
+    Py_XSETREF(acc.close, Py_NewRef(args[0]));
+    Py_XSETREF(acc.kind_type, Py_NewRef(args[1]));
+    Py_XSETREF(acc.ignore, Py_NewRef(args[2]));
+    Py_XSETREF(acc.inet, Py_NewRef(args[3]));
+    Py_RETURN_NONE;
+}
+
+/* t.<name> is falsy (1), truthy (0), or -1 */
+static int attr_false(PyObject *t, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(t, name);
+    if (v == NULL)
+        return -1;
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r < 0 ? -1 : !r;
+}
+
+/* t.<name> is None (1), not (0), or -1 */
+static int attr_none(PyObject *t, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(t, name);
+    if (v == NULL)
+        return -1;
+    Py_DECREF(v);
+    return v == Py_None;
+}
+
+/* The transport's close() at its EOF (stream_eof), for an exact
+ * SocketTransport whose class keeps stream.py's close: the case close()
+ * writes out for an accepted connection (decision 708) in C, with no Python
+ * frame (decision 812). close() there: not closing; nothing held back
+ * (c.hold); no receive alive (stream_eof cleared recv_ud); c.idle 2 (nothing
+ * queued, being sent, fed in part or held); no deferred resume (_resume_h);
+ * the socket a _Kind (its object never made), not _fd_closing, nothing
+ * _unread, no _held records, the engine open (engine._e). Those are all
+ * reads with no side effect, made first here; then close()'s steps in its
+ * order (a read that raises leaves it to close(), which raises it after
+ * the steps it takes before that read): _closing, _conn_lost += 1,
+ * _fd_closing, the fast paths off,
+ * loop.call_soon(_call_connection_lost, None, context=), _sockobj the
+ * kind's closed socket, engine.close_fd(fd, _ignore, inet), _close_reset.
+ * 1: closed here; 0: anything else, for the transport's close(); -1: an
+ * error (raised where close() would have raised it). */
+static int stream_close_fast(Stream *s, PyObject *t)
+{
+    if (acc.close == NULL || Py_TYPE(t) != acc.cls ||
+        _PyType_Lookup(acc.cls, s_close) != acc.close || ASLOT(t, A_CLOSING) != Py_False ||
+        s->hold != 0 || s->recv_ud != 0 || s->sending != 0 || s->feed_rest ||
+        (s->held != NULL && s->held->n > 0))
+        return 0;
+    PyObject *q = s->buffer;
+    if (q != NULL && !(PyList_CheckExact(q) && PyList_GET_SIZE(q) == 0))
+        return 0; /* (queued, or not a list: close() decides) */
+    PyObject *kind = ASLOT(t, A_SOCKOBJ), *engine = ASLOT(t, A_ENGINE);
+    PyObject *loop = ASLOT(t, A_LOOP), *ctx = ASLOT(t, A_CONTEXT);
+    if (kind == NULL || !Py_IS_TYPE(kind, (PyTypeObject *)acc.kind_type) || engine == NULL ||
+        loop == NULL || ctx == NULL)
+        return 0;
+    int ok;
+    if ((ok = attr_none(t, s_resume_h)) <= 0 || (ok = attr_false(t, s_fd_closing)) <= 0 ||
+        (ok = attr_false(t, s_unread)) <= 0 || (ok = attr_none(t, s_held)) <= 0 ||
+        (ok = attr_none(engine, s_e)) != 0) {
+        /* (a read that raised: close() meets it again, after its own steps) */
+        if (ok < 0)
+            PyErr_Clear();
+        return 0;
+    }
+    /* close()'s steps */
+    Py_INCREF(kind);
+    Py_INCREF(engine);
+    Py_INCREF(loop);
+    Py_INCREF(ctx);
+    int rc = -1;
+    PyObject *v, *w;
+    aset(t, A_CLOSING, Py_NewRef(Py_True));
+    if ((v = PyObject_GetAttr(t, s_conn_lost)) == NULL)
+        goto out;
+    w = PyNumber_Add(v, sr_one);
+    Py_DECREF(v);
+    if (w == NULL)
+        goto out;
+    ok = PyObject_SetAttr(t, s_conn_lost, w);
+    Py_DECREF(w);
+    if (ok < 0 || PyObject_SetAttr(t, s_fd_closing, Py_True) < 0)
+        goto out;
+    s->rfast = s->wfast = 0;
+    if ((v = PyObject_GetAttr(t, s_call_connection_lost)) == NULL)
+        goto out;
+    PyObject *argv[4] = {loop, v, Py_None, ctx};
+    w = PyObject_VectorcallMethod(s_call_soon, argv, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                  kw_context);
+    Py_DECREF(v);
+    if (w == NULL)
+        goto out;
+    Py_DECREF(w);
+    if ((v = PyObject_GetAttr(kind, s_closed)) == NULL)
+        goto out;
+    aset(t, A_SOCKOBJ, v);
+    if ((v = PyObject_GetAttr(kind, s_family)) == NULL)
+        goto out;
+    int inet = PySequence_Contains(acc.inet, v);
+    Py_DECREF(v);
+    if (inet < 0 || (v = PyLong_FromLong(s->fd)) == NULL)
+        goto out;
+    PyObject *cargv[4] = {engine, v, acc.ignore, inet ? Py_True : Py_False};
+    w = PyObject_VectorcallMethod(s_close_fd, cargv, 4, NULL);
+    Py_DECREF(v);
+    if (w == NULL)
+        goto out;
+    ok = inet ? PyObject_IsTrue(w) : 0;
+    if (ok > 0)
+        ok = PyObject_SetAttr(t, s_close_reset, w);
+    Py_DECREF(w);
+    if (ok < 0)
+        goto out;
+    rc = 1;
+out:
+    Py_DECREF(kind);
+    Py_DECREF(engine);
+    Py_DECREF(loop);
+    Py_DECREF(ctx);
+    return rc;
+}
+
 /* stream_for_fd(loop, fd): the stream transport of loop registered for fd
  * (alive: see fd_streams), or None */
 static PyObject *stream_for_fd(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
@@ -3258,6 +3602,13 @@ static PyMethodDef stream_functions[] = {
      "stream_reader_stock(...): asyncio's stock stream objects (decision 636), or None"},
     {"core_method", (PyCFunction)(void (*)(void))core_method, METH_FASTCALL,
      "core_method(slot, name): a transport method that is its Stream's"},
+    {"accepted_setup", (PyCFunction)(void (*)(void))accepted_setup, METH_FASTCALL,
+     "accepted_setup(...): what accepted_transport needs of stream.py (decision 811)"},
+    {"close_setup", (PyCFunction)(void (*)(void))close_setup, METH_FASTCALL,
+     "close_setup(close, kind_type, ignore, inet): for the C close at EOF (decision 812)"},
+    {"accepted_transport", (PyCFunction)(void (*)(void))accepted_transport, METH_FASTCALL,
+     "accepted_transport(loop, fd, kind, protocol, server, nodelay): an accepted "
+     "connection's SocketTransport (decision 811)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -3357,6 +3708,25 @@ static int stream_init_module(PyObject *m)
     STREAM_INTERN(s_pause_reading, "pause_reading");
     STREAM_INTERN(s_cancelled, "cancelled");
     STREAM_INTERN(s_set_result, "set_result");
+    STREAM_INTERN(s_engine, "_engine");
+    STREAM_INTERN(s_backend, "backend");
+    STREAM_INTERN(s_epoll, "epoll");
+    STREAM_INTERN(s_attach, "_attach");
+    STREAM_INTERN(s_connection_made, "connection_made");
+    STREAM_INTERN(s_start_reading_c, "start_reading");
+    STREAM_INTERN(s_resume_h, "_resume_h");
+    STREAM_INTERN(s_fd_closing, "_fd_closing");
+    STREAM_INTERN(s_unread, "_unread");
+    STREAM_INTERN(s_held, "_held");
+    STREAM_INTERN(s_e, "_e");
+    STREAM_INTERN(s_conn_lost, "_conn_lost");
+    STREAM_INTERN(s_call_connection_lost, "_call_connection_lost");
+    STREAM_INTERN(s_closed, "closed");
+    STREAM_INTERN(s_family, "family");
+    STREAM_INTERN(s_close_fd, "close_fd");
+    STREAM_INTERN(s_close_reset, "_close_reset");
+    if (!(sr_one = PyLong_FromLong(1)))
+        return -1;
     if (!(sr_two = PyLong_FromLong(2)))
         return -1;
     STREAM_INTERN(m_data_failed, "Fatal error: protocol.data_received() call failed.");

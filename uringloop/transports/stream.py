@@ -193,71 +193,11 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         base_events._set_nodelay(sock)
         self._started(loop, protocol, waiter)
 
-    @classmethod
-    def _accepted(cls, loop, fd, kind, protocol, server, nodelay):
-        """An accepted TCP connection's transport (IPv4 or IPv6; Acceptor,
-        decision 597), made from its fd and the listener's _Kind with no
-        socket object: the stock extra info and TCP_NODELAY come from the
-        C core's accepted(), which asks the fd itself (a socket object
-        would cost a getsockname of its own), and the object is made only
-        when something asks for it (decision 258). The stock order
-        otherwise: as __init__, whose _made and _started are written out
-        here, with what a fresh transport already has left out (decision
-        619)."""
-        self = cls.__new__(cls)
-        self._sockobj = None  # (a failure below leaves nothing to close)
-        # _begin(loop, fd, None), written out (decision 753); the Stream's
-        # own limits are _begin's
-        self._loop = loop
-        self._protocol_paused = False
-        self._high_water = _DEFAULT_HIGH
-        self._low_water = _DEFAULT_LOW
-        self._extra = None
-        self._tsock = None
-        self._context = ctx = contextvars.copy_context()
-        self._core = c = _sched.Stream(self, loop, fd, ctx, True)
-        self._engine = engine = loop._engine
-        self._buffered = buffered = isinstance(protocol, protocols.BufferedProtocol)
-        # _made's set_protocol, the direct flag and the fast paths on (what
-        # _sync computes for a transport neither closing, paused, holding nor
-        # writing) are the accepted() call's too (decision 785)
-        sockname, peername = c.accepted(nodelay, protocol, buffered, engine.backend == "epoll")
-        self._sockname = sockname
-        if peername is True:
-            self._peername = _IN_CORE
-        else:
-            if type(peername) is tuple:
-                host = _share(peername[0])
-                if host is not peername[0]:
-                    peername = (host, *peername[1:])
-            self._peername = peername
-        # _made (its set_protocol in accepted() above)
-        self._server = server
-        self._closing = False
-        self._paused = False
-        self._protocol = protocol
-        if server is not None:
-            if _SERVER_TRACKS_TRANSPORTS:
-                server._attach(self)
-            else:
-                server._attach()
-        c.register()  # the loop's transport for its fd (decision 257)
-        # _started; the first _start_reading is the Stream's (decision 755:
-        # the common case in C, anything else calls _start_reading), unless
-        # the class's _start_reading is not this module's
-        loop.call_soon(protocol.connection_made, self)
-        if cls._start_reading is _START_READING:
-            loop.call_soon(c.start_reading)
-        else:
-            loop.call_soon(self._start_reading)
-        self._sockobj = kind  # the transport's from here: it closes the fd
-        return self
-
     def _begin(self, loop, fd, extra):
         # what transports._FlowControlMixin.__init__(extra, loop) sets (the
         # same in 3.10-3.13), its default limits without its calls: 64 KiB
-        # and a quarter of it (decision 600); _accepted has it written out
-        # (753): keep the two the same
+        # and a quarter of it (decision 600); stream.c's accepted_transport
+        # has it written out (753, 811): keep the two the same
         self._loop = loop
         self._protocol_paused = False
         self._high_water = _DEFAULT_HIGH
@@ -993,7 +933,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
                 # object was never made, with nothing unread (no reset),
                 # written out (decision 708): closing for good, the socket
                 # extra a closed socket of its kind, the fd closed through
-                # the engine
+                # the engine. At the transport's EOF the Stream does this
+                # whole case in C, stream_close_fast (decision 812): keep
+                # the two the same
                 self._fd_closing = True
                 c.rfast = c.wfast = False
                 self._loop.call_soon(self._call_connection_lost, None, context=self._context)
@@ -1163,13 +1105,27 @@ if _PY312:
 # is_closing(): base.py's `return self._closing`, read from the slot in C
 # (aiohttp asks once per request; decision 306)
 SocketTransport.is_closing = _sched.core_method(SocketTransport._closing, "is_closing")
-_START_READING = SocketTransport._start_reading  # (what _accepted compares)
+_START_READING = SocketTransport._start_reading  # (what accepted_transport compares)
 # __del__ runs for every transport: one whose socket is gone (_sockobj None)
 # unlinks its Stream in C, with no Python frame; anything else is _del_slow's
 # (decision 754)
 SocketTransport.__del__ = _sched.core_method(
     SocketTransport._core, "__del__", SocketTransport._sockobj, SocketTransport._del_slow
 )
+# An accepted TCP connection's transport is made in C with no Python frame,
+# stream.c's accepted_transport (decisions 597, 785, 811); these are the
+# slots it writes, in its order
+_ACCEPTED_SLOTS = (
+    "_sockobj", "_loop", "_protocol_paused", "_high_water", "_low_water", "_extra", "_tsock",
+    "_context", "_core", "_engine", "_buffered", "_sockname", "_peername", "_server",
+    "_closing", "_paused", "_protocol",
+)
+_sched.accepted_setup(
+    SocketTransport, tuple(getattr(SocketTransport, n) for n in _ACCEPTED_SLOTS),
+    _DEFAULT_HIGH, _DEFAULT_LOW, _IN_CORE, _share, protocols.BufferedProtocol,
+    _START_READING, _SERVER_TRACKS_TRANSPORTS,
+)
+_accepted_transport = _sched.accepted_transport
 
 
 class _Kind:
@@ -1188,6 +1144,11 @@ class _Kind:
         sock = socket.socket(self.family, self.type, self.proto)
         sock.close()
         return sock
+
+
+# close()'s case of an accepted connection's EOF (the Stream's stream_eof
+# calls it), in C with no Python frame (decision 812): keep the two the same
+_sched.close_setup(SocketTransport.close, _Kind, _ignore, _INET)
 
 
 class Acceptor:
@@ -1216,7 +1177,7 @@ class Acceptor:
         self.family, self.type, self.proto = sock.family, sock.type, sock.proto
         self.kind = _Kind(self.family, self.type | _SOCK_NONBLOCK, self.proto)
         # an IPv4 or IPv6 TCP listener's connections are made with no socket
-        # object (SocketTransport._accepted, decision 597); TCP_NODELAY on
+        # object (accepted_transport, decisions 597, 811); TCP_NODELAY on
         # them as base_events._set_nodelay decides for the accepted socket,
         # which has the listener's family, type and proto (599)
         # (not when a Loop subclass makes its own transports: its
@@ -1278,7 +1239,8 @@ class Acceptor:
                             (t := _stream_for_fd(loop, res)) is not None and not t.is_closing()
                         ):
                             loop._ensure_fd_no_transport(res)
-                        transport = SocketTransport._accepted(
+                        # the transport, made in C (decision 811)
+                        transport = _accepted_transport(
                             loop, res, self.kind, protocol, self.server, self.nodelay
                         )
                     except (SystemExit, KeyboardInterrupt):
@@ -1374,7 +1336,8 @@ class Acceptor:
                     (t := _stream_for_fd(loop, fd)) is not None and not t.is_closing()
                 ):
                     loop._ensure_fd_no_transport(fd)
-                transport = SocketTransport._accepted(
+                # the transport, made in C (decision 811)
+                transport = _accepted_transport(
                     loop, fd, self.kind, protocol, self.server, self.nodelay
                 )
             except (SystemExit, KeyboardInterrupt):
