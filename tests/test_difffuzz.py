@@ -236,6 +236,83 @@ def test_stock_writelines_after_lost_and_missing_pause():
     assert difffuzz.differences(paused, mine)
 
 
+def test_a_hooks_stock_writelines_bug_breaks_that_ends_later_calls():
+    """Decision 806: a hook's writelines() that failed on stock after
+    connection_lost (488's bug, let through by 499(g)) left its bytes in the
+    stock transport's buffer as an op's does, so that end's later
+    set_write_buffer_limits (which calls the cleared loop) is stock's bug
+    too (3.12.1 and 3.13.0, --fast tcp and unix 22010). Only that end's."""
+    lost = "'NoneType' object is not callable"
+    cleared = "'NoneType' object has no attribute 'call_exception_handler'"
+    ref = {"ends": {"a": [["made"]], "b": [["made"]]}, "handler": [], "log": [], "fatal": None}
+    ref["leaked_fds"] = []
+    got = copy.deepcopy(ref)
+    ref["ends"]["b"].append(["hook", 0, "writelines", "b", "raised", "TypeError", lost])
+    got["ends"]["b"].append(["hook", 0, "writelines", "b", "ok", None])
+    ref["ops"] = [[0, "limits", "b", "raised", "AttributeError", cleared]]
+    got["ops"] = [[0, "limits", "b", "ok", [25, 100]]]
+    assert difffuzz.differences(ref, got) == []
+    other = copy.deepcopy(ref)
+    other["ops"] = [[0, "limits", "a", "raised", "AttributeError", cleared]]
+    mine = copy.deepcopy(got)
+    mine["ops"] = [[0, "limits", "a", "ok", [25, 100]]]
+    assert difffuzz.differences(other, mine)
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_fast_22010_same_as_stock(family, kind):
+    """Decision 806: the program of `--fast --family tcp/unix --seed 22010`
+    (a hook's writelines after close, later set_write_buffer_limits on that
+    end) gives stock's trace; it differed on 3.12.1 and 3.13.0 only."""
+    prog = difffuzz.generate(22010, family, fast=True)
+    _assert_same_as_stock(f"fast22010-{family}", prog, kind, family)
+
+
+# decision 807: b's loop.sendfile() on a TLS end (the stock fallback: a chunk
+# written, then a wait for the drain, with b's high-water mark 0) while b
+# write()s: the writes go out among the file's chunks on every loop
+TLS_SENDFILE_MIX = {
+    "seed": 807,
+    "family": "tls",
+    "ops": [
+        ["limits", "b", 0],
+        ["sendfile", "b", 100000, 0],
+        ["write", "b", 1000, "memoryview"],
+        ["write", "b", 7, "bytes"],
+        ["write", "b", 1000000, "memoryview"],
+        ["close", "b"],
+    ],
+    "buffered": {"a": False, "b": False},
+    "bufsize": {"a": 4096, "b": 4096},
+    "keep_open": {"a": True, "b": True},
+    "start_tls": False,
+    "plain": {"a": 0, "b": 0},
+    "handshake_timeout": None,
+    "shutdown_timeout": None,
+}
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_writes_during_a_tls_sendfile_are_not_a_prefix_on_stock_either(kind):
+    """Decision 807: the sent record takes the file's bytes when the
+    sendfile ends, so a's bytes are no prefix of it, stock's as ours (tls
+    22028 with --callbacks --more); their count is still compared with
+    stock's (485's rule where stock's bytes are no prefix)."""
+    if sys.version_info < (3, 11):
+        pytest.skip(
+            "3.10's SSL protocol (_SSLPipe) lets the sendfile end within its op: "
+            "no write runs during it"
+        )
+    ref = _stock_of("tls-sendfile-mix", TLS_SENDFILE_MIX)
+    assert ref["fatal"] is None and "a" in ref.get("sendfile_mix", ()), ref
+    got = difffuzz.run(kind, TLS_SENDFILE_MIX)
+    assert difffuzz.differences(ref, got, "tls") == []
+    other = copy.deepcopy(got)
+    next(e for e in other["ends"]["a"] if e[0] == "data")[1] += 1  # the count
+    assert difffuzz.differences(ref, other, "tls")
+
+
 def test_tls_flow_flips_at_a_zero_high_water_mark():
     """Decision 490: with high=0 the stock SSL protocol flips
     pause_writing/resume_writing at each `_control_app_writing` (one a
