@@ -720,3 +720,70 @@ def test_a_transports_del_is_the_c_cores_with_the_python_rest():
         SocketTransport.__del__(object())
     with pytest.raises(TypeError):
         SocketTransport.__del__(t, 1)
+
+
+# --------------------------------------------------------------------------
+# decision 816: an HTTP server's write-then-close makes no socket object
+
+
+def test_an_accepted_connections_write_then_close_makes_no_socket(tloop):
+    """The conn-http-httptools row's server end: the protocol writes its
+    answer and closes in data_received. On io_uring the write is queued to
+    the turn's end, so close() sends it at once (_send_now); that send went
+    through the transport's socket object, made from the _Kind for the one
+    call (socket.__init__, its enums). Now it is a write(2) on the fd: no
+    socket object is made, and the peer reads the answer, then the EOF."""
+    if not type(tloop).__module__.startswith("uringloop"):
+        pytest.skip("the frames counted are uringloop's stream.py's")
+    made = []
+
+    def hook(frame, event, arg):
+        if event == "call":
+            code = frame.f_code
+            # (not the _Kind's closed socket, made once for its listener)
+            if (
+                code.co_name == "__init__"
+                and code.co_filename.endswith("socket.py")
+                and frame.f_back.f_code.co_name != "closed"
+            ) or (code.co_name == "_sock" and code.co_filename.endswith("stream.py")):
+                made.append((code.co_name, frame.f_back.f_code.co_name))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        lost = loop.create_future()
+
+        class P(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.t = transport
+
+            def data_received(self, data):
+                self.t.write(b"answer:" + data)
+                self.t.close()
+
+            def connection_lost(self, exc):
+                lost.set_result(exc)
+
+        server = await loop.create_server(P, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        peer = socket.socket()
+        peer.setblocking(False)
+        got = b""
+        with peer:
+            await wait_for(loop.sock_connect(peer, addr))
+            sys.setprofile(hook)
+            try:
+                await wait_for(loop.sock_sendall(peer, b"x"))
+                while True:
+                    piece = await wait_for(loop.sock_recv(peer, 100))
+                    if not piece:
+                        break
+                    got += piece
+                assert await wait_for(lost) is None
+            finally:
+                sys.setprofile(None)
+        server.close()
+        await wait_for(server.wait_closed())
+        return got
+
+    assert run_in(tloop, main()) == b"answer:x"
+    assert made == [], made
