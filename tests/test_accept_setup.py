@@ -920,7 +920,9 @@ def test_an_accepted_connections_close_after_a_write_to_a_reset_peer_as_stock(tl
         assert type(exc) is ConnectionResetError, repr(exc)
 
 
-@pytest.mark.parametrize("how", ["write_eof", "abort", "big-abort", "paused", "patched"])
+@pytest.mark.parametrize(
+    "how", ["write_eof", "abort", "big-abort", "paused", "patched", "engine-cancel"]
+)
 def test_an_accepted_connections_close_after_a_write_interplay_as_stock(tloop, how, monkeypatch):
     """close() after a queued write with the other ways out around it, as
     stock: write_eof first (the bytes, then the EOF); abort() after the
@@ -930,7 +932,8 @@ def test_an_accepted_connections_close_after_a_write_interplay_as_stock(tloop, h
     by a write the kernel took in part (Python's close, which sends nothing
     and waits for the queue to drain: every byte, then the EOF); the
     class's close patched (called, and it reaches stream.py's Python close,
-    decision 820's class check)."""
+    decision 820's class check); the engine's cancel replaced (called, by
+    stream.py's Python close: 820's check that it is the table's)."""
     patched = []
     if how == "patched":
         if not type(tloop).__module__.startswith("uringloop"):
@@ -945,6 +948,17 @@ def test_an_accepted_connections_close_after_a_write_interplay_as_stock(tloop, h
             return real(self)
 
         monkeypatch.setattr(SocketTransport, "close", counting)
+    cancels = []
+    if how == "engine-cancel":
+        if not type(tloop).__module__.startswith("uringloop"):
+            pytest.skip("the method replaced is uringloop's engine's cancel")
+        real_cancel = tloop._engine.cancel
+
+        def cancel(ud):
+            cancels.append(ud)
+            return real_cancel(ud)
+
+        monkeypatch.setattr(tloop._engine, "cancel", cancel)
     hook, calls = _stream_py_calls(("close",))
     big = b"y" * (16 << 20)
     paused = []
@@ -971,7 +985,9 @@ def test_an_accepted_connections_close_after_a_write_interplay_as_stock(tloop, h
             t.write(b"answer")
             t.close()
 
-    exc, got, end = _write_then_close(tloop, act, hook if how == "patched" else None)
+    exc, got, end = _write_then_close(
+        tloop, act, hook if how in ("patched", "engine-cancel") else None
+    )
     assert exc is None
     if how == "big-abort":
         assert end in ("eof", ConnectionResetError)
@@ -984,3 +1000,7 @@ def test_an_accepted_connections_close_after_a_write_interplay_as_stock(tloop, h
     if how == "patched":
         assert patched == ["close"]
         assert calls == ["close"], calls  # stream.py's Python close
+    if how == "engine-cancel":
+        # an engine.cancel that is not the table's own may run Python code
+        # between the reads and the send: stream.py's close calls it
+        assert len(cancels) >= 1 and calls == ["close"], (cancels, calls)

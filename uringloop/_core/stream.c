@@ -3506,7 +3506,9 @@ static int attr_none(PyObject *t, PyObject *name)
  * deferred resume (_resume_h); the socket a _Kind (its object never made),
  * not _fd_closing, nothing _unread, no _held records, the engine open
  * (engine._e); bytes queued (decision 820) only as bytes or bytearrays, at
- * most CLOSE_IOV chunks, with the protocol not paused. Those are all reads
+ * most CLOSE_IOV chunks, with the protocol not paused; a receive alive only
+ * when engine.cancel is the loop's table's (no Python code may change the
+ * queue before its send). Those are all reads
  * with no side effect, made first here; then close()'s steps in its order
  * (a read that raises leaves it to close(), which raises it after the steps
  * it takes before that read): _closing; the receive cancelled
@@ -3565,6 +3567,22 @@ static int stream_close_fast(Stream *s, PyObject *t)
             PyErr_Clear();
         return 0;
     }
+    PyObject *cancel = NULL;
+    if (s->recv_ud != 0) {
+        /* close()'s engine.cancel(ud), only when it is the loop's table's
+         * own (Engine binds it so, unless a subclass overrides it): no
+         * Python code runs between these reads and the send */
+        if ((cancel = PyObject_GetAttr(engine, S.s_cancel)) == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        if (!PyCFunction_Check(cancel) ||
+            PyCFunction_GET_FUNCTION(cancel) != (PyCFunction)Table_cancel ||
+            PyCFunction_GET_SELF(cancel) != (PyObject *)s->loop->table) {
+            Py_DECREF(cancel);
+            return 0;
+        }
+    }
     /* close()'s steps */
     Py_INCREF(kind);
     Py_INCREF(engine);
@@ -3574,11 +3592,10 @@ static int stream_close_fast(Stream *s, PyObject *t)
     int rc = -1;
     PyObject *v, *w;
     aset(t, A_CLOSING, Py_NewRef(Py_True));
-    if (s->recv_ud != 0) { /* _stop_reading: the engine is open (engine._e) */
+    if (cancel != NULL) { /* _stop_reading: the engine is open (engine._e) */
         if ((v = PyLong_FromUnsignedLongLong(s->recv_ud)) == NULL)
             goto out;
-        PyObject *cancel_argv[2] = {engine, v};
-        w = PyObject_VectorcallMethod(S.s_cancel, cancel_argv, 2, NULL);
+        w = PyObject_CallOneArg(cancel, v);
         Py_DECREF(v);
         if (w == NULL)
             goto out;
@@ -3703,6 +3720,7 @@ static int stream_close_fast(Stream *s, PyObject *t)
         goto out;
     rc = 1;
 out:
+    Py_XDECREF(cancel);
     Py_DECREF(s);
     Py_DECREF(kind);
     Py_DECREF(engine);
