@@ -905,7 +905,10 @@ def test_net_bench_probe_lists_the_runs_made_on_a_slow_host(tmp_path):
     r = subprocess.run(
         [sys.executable, os.path.join(BENCH, "net_bench.py"), "--probe", "--no-chart"]
         + ["--workloads", "echo-1k-c1-protocol-unix", "--loops", "asyncio", "--reps", "2"]
-        + ["--duration", "0.4", "--warmup", "0.1", "--out", str(out)],
+        # a 1 s window: the sampler ticks every 50 ms, and at 0.4 s a
+        # sampler kept off its CPU by a loaded host (a helper's nice 19 run
+        # at load 4.4) left one window without a sample (decision 831)
+        + ["--duration", "1.0", "--warmup", "0.1", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
