@@ -787,3 +787,220 @@ def test_an_accepted_connections_write_then_close_makes_no_socket(tloop):
 
     assert run_in(tloop, main()) == b"answer:x"
     assert made == [], made
+
+
+# --------------------------------------------------------------------------
+# decision 820: close() right after a queued write is the Stream's
+
+
+def _write_then_close(tloop, act, hook=None, reads=True):
+    """One accepted connection whose protocol runs act(transport, peer) in
+    data_received (after the peer's b"x"); the peer then reads to its EOF
+    (reads) or a reset. The server's connection_lost exception, what the
+    peer read, and how its read ended ("eof" or the exception's type)."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        lost = loop.create_future()
+        box = {}
+
+        class P(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.t = transport
+
+            def data_received(self, data):
+                act(self.t, box["peer"])
+
+            def connection_lost(self, exc):
+                lost.set_result(exc)
+
+        server = await loop.create_server(P, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        peer = box["peer"] = socket.socket()
+        peer.setblocking(False)
+        got = bytearray()
+
+        async def read():
+            while True:  # (concurrently: a big answer waits for the peer's reads)
+                try:
+                    piece = await wait_for(loop.sock_recv(peer, 1 << 20))
+                except OSError as e:
+                    return type(e)
+                if not piece:
+                    return "eof"
+                got.extend(piece)
+
+        with peer:
+            await wait_for(loop.sock_connect(peer, addr))
+            if hook is not None:
+                sys.setprofile(hook)
+            try:
+                await wait_for(loop.sock_sendall(peer, b"x"))
+                reader = asyncio.ensure_future(read()) if reads else None
+                exc = await wait_for(lost)
+            finally:
+                sys.setprofile(None)
+            end = await wait_for(reader) if reads else None
+        server.close()
+        await wait_for(server.wait_closed())
+        return exc, bytes(got), end
+
+    return run_in(tloop, main())
+
+
+def test_an_accepted_connections_close_after_a_write_runs_no_python(tloop):
+    """The conn-http row's server end (write the answer, close, in
+    data_received): on io_uring the write waits for the turn's flush, so
+    close() finds it queued; the Stream sends it and closes the fd in C
+    (stream_close_fast through the class's core method close, decision 820):
+    no close, _send_now, _close_fd, _flush_slow or _sync frame on any kind
+    (epoll's write leaves at once, and its close was 708's Python case). The
+    peer reads the answer, then the EOF."""
+    if not type(tloop).__module__.startswith("uringloop"):
+        pytest.skip("the frames counted are uringloop's stream.py's")
+    names = ("close", "_send_now", "_close_fd", "_flush_slow", "_sync", "_call_connection_lost")
+    hook, calls = _stream_py_calls(names)
+
+    def act(t, peer):
+        t.write(b"answer")
+        t.close()
+
+    exc, got, end = _write_then_close(tloop, act, hook)
+    assert (exc, got, end) == (None, b"answer", "eof")
+    assert calls == ["_call_connection_lost"], calls
+
+
+@pytest.mark.parametrize("chunks", [1, 3])
+def test_an_accepted_connections_close_after_a_big_write_as_stock(tloop, chunks):
+    """close() with more queued than the socket takes (the high-water mark
+    raised, so write() queues it all): what the kernel takes leaves at the
+    close, the rest at the turn's flush, then the fd closes (decision 820's
+    partial send: the queue's rest as before); the peer reads every byte in
+    order, then the EOF; connection_lost(None), as stock."""
+    data = [bytes([65 + i]) * ((24 << 20) // chunks) + bytes(range(256)) * 7 for i in range(chunks)]
+    left = []
+
+    def act(t, peer):
+        t.set_write_buffer_limits(high=64 << 20)
+        for d in data:
+            t.write(d)
+        t.close()
+        left.append(t.get_write_buffer_size())
+
+    exc, got, end = _write_then_close(tloop, act)
+    assert exc is None and end == "eof"
+    assert got == b"".join(data)
+    assert 0 < left[0] < sum(map(len, data))  # the socket took a part at close()
+
+
+def test_an_accepted_connections_close_after_a_write_to_a_reset_peer_as_stock(tloop):
+    """The peer has reset the connection (SO_LINGER 0) when the protocol
+    writes and closes: the send at close() (a queued write's, io_uring) or
+    at write() (epoll, stock) fails, and connection_lost gets the error as
+    from the stock loop's write(): ConnectionResetError (decision 478 maps a
+    BrokenPipeError after a reset record our receive took)."""
+
+    def act(t, peer):
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        peer.close()  # the reset reaches the server's socket at once (loopback)
+        t.write(b"answer")
+        t.close()
+
+    exc, got, end = _write_then_close(tloop, act, reads=False)
+    from uringloop.engine import OPT_NO_DEFER
+
+    engine = getattr(tloop, "_engine", None)
+    if engine is not None and engine.options & OPT_NO_DEFER:
+        # without DEFER_TASKRUN the kernel runs the receive's task work when
+        # the peer's close(2) returns: its record (not reaped yet, so not
+        # held for 478 to see) took the reset, and the send gets EPIPE; the
+        # same before decision 820 (_send_now's write)
+        assert type(exc) is BrokenPipeError, repr(exc)
+    else:
+        assert type(exc) is ConnectionResetError, repr(exc)
+
+
+@pytest.mark.parametrize(
+    "how", ["write_eof", "abort", "big-abort", "paused", "patched", "engine-cancel"]
+)
+def test_an_accepted_connections_close_after_a_write_interplay_as_stock(tloop, how, monkeypatch):
+    """close() after a queued write with the other ways out around it, as
+    stock: write_eof first (the bytes, then the EOF); abort() after the
+    close (nothing more: the close sent it all, connection_lost(None)
+    once); abort() after a close that left bytes queued (they are dropped:
+    the peer reads a prefix, connection_lost(None)); the protocol paused
+    by a write the kernel took in part (Python's close, which sends nothing
+    and waits for the queue to drain: every byte, then the EOF); the
+    class's close patched (called, and it reaches stream.py's Python close,
+    decision 820's class check); the engine's cancel replaced (called, by
+    stream.py's Python close: 820's check that it is the table's)."""
+    patched = []
+    if how == "patched":
+        if not type(tloop).__module__.startswith("uringloop"):
+            pytest.skip("the method patched is uringloop's SocketTransport.close")
+        from uringloop.transports.stream import SocketTransport
+
+        real = SocketTransport.close
+
+        def counting(self):
+            if self._server is not None:
+                patched.append("close")
+            return real(self)
+
+        monkeypatch.setattr(SocketTransport, "close", counting)
+    cancels = []
+    if how == "engine-cancel":
+        if not type(tloop).__module__.startswith("uringloop"):
+            pytest.skip("the method replaced is uringloop's engine's cancel")
+        real_cancel = tloop._engine.cancel
+
+        def cancel(ud):
+            cancels.append(ud)
+            return real_cancel(ud)
+
+        monkeypatch.setattr(tloop._engine, "cancel", cancel)
+    hook, calls = _stream_py_calls(("close",))
+    big = b"y" * (16 << 20)
+    paused = []
+
+    def act(t, peer):
+        if how == "write_eof":
+            t.write(b"answer")
+            t.write_eof()
+            t.close()
+        elif how == "abort":
+            t.write(b"answer")
+            t.close()
+            t.abort()
+        elif how == "big-abort":
+            t.set_write_buffer_limits(high=64 << 20)
+            t.write(big)
+            t.close()
+            t.abort()
+        elif how == "paused":
+            t.write(big)  # over the mark: sent at once, the kernel's rest pauses
+            paused.append(t.get_write_buffer_size() > 0)
+            t.close()
+        else:
+            t.write(b"answer")
+            t.close()
+
+    exc, got, end = _write_then_close(
+        tloop, act, hook if how in ("patched", "engine-cancel") else None
+    )
+    assert exc is None
+    if how == "big-abort":
+        assert end in ("eof", ConnectionResetError)
+        assert big.startswith(got) and len(got) < len(big)
+    elif how == "paused":
+        assert paused == [True]
+        assert (got, end) == (big, "eof")
+    else:
+        assert (got, end) == (b"answer", "eof")
+    if how == "patched":
+        assert patched == ["close"]
+        assert calls == ["close"], calls  # stream.py's Python close
+    if how == "engine-cancel":
+        # an engine.cancel that is not the table's own may run Python code
+        # between the reads and the send: stream.py's close calls it
+        assert len(cancels) >= 1 and calls == ["close"], (cancels, calls)

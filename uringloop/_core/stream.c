@@ -117,6 +117,9 @@ typedef struct {
     char borrowed; /* transport is not a reference of the Stream's: release() (694) */
     char release_due; /* release() was refused while an op was in flight (695) */
     char eofc;     /* a SocketTransport's: its EOF record may take stream_eof (707) */
+    char fdclosing; /* stream_close_fast closed the fd (the transport's _fd_closing):
+                     * the turn's flush has nothing to do (_flush_slow's return;
+                     * decision 820) */
 } Stream;
 
 /* Stream.rdirect. A BufferedProtocol whose reads fill its buffer (of at
@@ -2107,6 +2110,8 @@ static PyObject *Stream_flush(Stream *s, PyObject *unused)
     if (s->hold > 0 && stream_unhold_rc(s) < 0) /* not left yet: a chain that raised */
         return NULL;
     Table *t = s->loop->table;
+    if (!s->wfast && s->fdclosing)
+        Py_RETURN_NONE; /* _flush_slow's: the fd is closing (decision 820) */
     if (!s->wfast || s->transport == NULL || t == NULL || t->engine == NULL ||
         !stream_queue_ok(s))
         return s->transport ? stream_call(s, s_flush_slow, NULL, 0, 0) : Py_NewRef(Py_None);
@@ -3071,6 +3076,7 @@ typedef struct {
      * method that does the rest; slow is NULL for the other methods */
     Py_ssize_t sock_offset;
     PyObject *slow;
+    char close; /* close() (decision 820): stream_close_fast, else slow */
 } CoreMethod;
 
 /* __del__(transport): a transport whose socket is gone (_sockobj None, as
@@ -3094,6 +3100,23 @@ static PyObject *CoreMethod_vectorcall(CoreMethod *m, PyObject *const *args, siz
                                        PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (m->close) {
+        /* close(): an exact SocketTransport's common cases in C (decisions
+         * 812, 820), anything else (a subclass, a patched close, another
+         * state, the wrong arguments) stream.py's close */
+        if (nargs == 1 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0) &&
+            Py_TYPE(args[0]) == acc.cls) {
+            PyObject *core = *(PyObject **)((char *)args[0] + m->offset);
+            if (core != NULL && Py_IS_TYPE(core, &StreamType)) {
+                int rc = stream_close_fast((Stream *)core, args[0]);
+                if (rc < 0)
+                    return NULL;
+                if (rc > 0)
+                    Py_RETURN_NONE;
+            }
+        }
+        return PyObject_Vectorcall(m->slow, args, nargsf, kwnames);
+    }
     if (m->fn == NULL && m->slow == NULL && nargs == 1 &&
         (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0) && PyObject_TypeCheck(args[0], m->owner)) {
         /* is_closing(): return self._closing, read from its slot (decision 306) */
@@ -3179,14 +3202,15 @@ static PyTypeObject CoreMethodType = {
 /* core_method(slot, name): the transport class's method name ("write" or
  * "writelines") over the Stream in slot (the class's _core member); or
  * "is_closing", which returns the value in slot (the class's _closing);
- * core_method(slot, "__del__", sock_slot, slow): see CoreMethod_del */
+ * core_method(slot, "__del__", sock_slot, slow): see CoreMethod_del;
+ * core_method(slot, "close", slow): stream_close_fast, else slow (820) */
 static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)mod;
-    if ((nargs != 2 && nargs != 4) || !Py_IS_TYPE(args[0], &PyMemberDescr_Type) ||
+    if ((nargs < 2 || nargs > 4) || !Py_IS_TYPE(args[0], &PyMemberDescr_Type) ||
         !PyUnicode_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError, "core_method(member descriptor, name[, member "
-                                         "descriptor, function])");
+                                         "descriptor], [function])");
         return NULL;
     }
     PyMemberDescrObject *md = (PyMemberDescrObject *)args[0];
@@ -3197,8 +3221,13 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
     PyCFunction fn = NULL;
     Py_ssize_t sock_offset = 0;
     int del = PyUnicode_CompareWithASCIIString(args[1], "__del__") == 0;
+    int close = PyUnicode_CompareWithASCIIString(args[1], "close") == 0;
     if (del != (nargs == 4)) {
         PyErr_SetString(PyExc_TypeError, "core_method: __del__ takes a slot and a function");
+        return NULL;
+    }
+    if (close != (nargs == 3) || (close && !PyCallable_Check(args[2]))) {
+        PyErr_SetString(PyExc_TypeError, "core_method: close takes a function");
         return NULL;
     }
     if (del) {
@@ -3212,6 +3241,8 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
         }
         sock_offset = ((PyMemberDescrObject *)args[2])->d_member->offset;
     }
+    else if (close)
+        fn = NULL;
     else if (PyUnicode_CompareWithASCIIString(args[1], "write") == 0)
         fn = (PyCFunction)Stream_write;
     else if (PyUnicode_CompareWithASCIIString(args[1], "writelines") == 0)
@@ -3220,7 +3251,7 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
         fn = NULL;
     else {
         PyErr_SetString(PyExc_ValueError,
-                        "core_method: write, writelines, is_closing or __del__");
+                        "core_method: write, writelines, is_closing, close or __del__");
         return NULL;
     }
     CoreMethod *m = PyObject_GC_New(CoreMethod, &CoreMethodType);
@@ -3233,7 +3264,8 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
     m->name = Py_NewRef(args[1]);
     m->slot = Py_NewRef(args[0]);
     m->sock_offset = sock_offset;
-    m->slow = del ? Py_NewRef(args[3]) : NULL;
+    m->slow = del ? Py_NewRef(args[3]) : close ? Py_NewRef(args[2]) : NULL;
+    m->close = (char)close;
     PyObject_GC_Track(m);
     return (PyObject *)m;
 }
@@ -3465,32 +3497,62 @@ static int attr_none(PyObject *t, PyObject *name)
     return v == Py_None;
 }
 
-/* The transport's close() at its EOF (stream_eof), for an exact
- * SocketTransport whose class keeps stream.py's close: the case close()
- * writes out for an accepted connection (decision 708) in C, with no Python
- * frame (decision 812). close() there: not closing; nothing held back
- * (c.hold); no receive alive (stream_eof cleared recv_ud); c.idle 2 (nothing
- * queued, being sent, fed in part or held); no deferred resume (_resume_h);
- * the socket a _Kind (its object never made), not _fd_closing, nothing
- * _unread, no _held records, the engine open (engine._e). Those are all
- * reads with no side effect, made first here; then close()'s steps in its
- * order (a read that raises leaves it to close(), which raises it after
- * the steps it takes before that read): _closing, _conn_lost += 1,
- * _fd_closing, the fast paths off,
- * loop.call_soon(_call_connection_lost, None, context=), _sockobj the
- * kind's closed socket, engine.close_fd(fd, _ignore, inet), _close_reset.
- * 1: closed here; 0: anything else, for the transport's close(); -1: an
- * error (raised where close() would have raised it). */
+/* The transport's close() for an exact SocketTransport whose class keeps
+ * stream.py's close: the case close() writes out for an accepted connection
+ * (decision 708) in C, with no Python frame, at its EOF (stream_eof,
+ * decision 812) and as the class's close (the core method, decision 820).
+ * close() there: not closing; nothing held back (c.hold); no send in
+ * flight; nothing fed in part or held (c.idle 2 once the queue is out); no
+ * deferred resume (_resume_h); the socket a _Kind (its object never made),
+ * not _fd_closing, nothing _unread, no _held records, the engine open
+ * (engine._e); bytes queued (decision 820) only as bytes or bytearrays, at
+ * most CLOSE_IOV chunks, with the protocol not paused; a receive alive only
+ * when engine.cancel is the loop's table's (no Python code may change the
+ * queue before its send). Those are all reads
+ * with no side effect, made first here; then close()'s steps in its order
+ * (a read that raises leaves it to close(), which raises it after the steps
+ * it takes before that read): _closing; the receive cancelled
+ * (engine.cancel(recv_ud), _stop_reading's); the fast paths off (_sync);
+ * the queue sent at once, as close()'s _send_now(pause=False) (one
+ * non-blocking send; an error is _fatal_error's with the queue as it was,
+ * and close() ends there; what the kernel leaves stays queued, for the
+ * turn's flush, and _on_sent closes when it has gone); then, nothing left,
+ * _conn_lost += 1, _fd_closing, loop.call_soon(_call_connection_lost,
+ * None, context=), _sockobj the kind's closed socket,
+ * engine.close_fd(fd, _ignore, inet), _close_reset. 1: closed here (or
+ * closing behind the rest of the queue); 0: anything else, for the
+ * transport's close(); -1: an error (raised where close() would have
+ * raised it). */
+#define CLOSE_IOV 16
+
 static int stream_close_fast(Stream *s, PyObject *t)
 {
-    if (acc.close == NULL || Py_TYPE(t) != acc.cls ||
+    if (acc.close == NULL || Py_TYPE(t) != acc.cls || s->transport != t ||
         _PyType_Lookup(acc.cls, s_close) != acc.close || ASLOT(t, A_CLOSING) != Py_False ||
-        s->hold != 0 || s->recv_ud != 0 || s->sending != 0 || s->feed_rest ||
+        s->hold != 0 || s->sending != 0 || s->feed_rest ||
         (s->held != NULL && s->held->n > 0))
         return 0;
     PyObject *q = s->buffer;
-    if (q != NULL && !(PyList_CheckExact(q) && PyList_GET_SIZE(q) == 0))
-        return 0; /* (queued, or not a list: close() decides) */
+    Py_ssize_t n = 0; /* chunks queued */
+    if (q != NULL) {
+        if (PyBytes_CheckExact(q))
+            n = 1;
+        else if (PyList_CheckExact(q))
+            n = PyList_GET_SIZE(q);
+        else
+            return 0; /* (not a list: close() decides) */
+    }
+    if (n > 0) {
+        /* close() sends them at once, unless the protocol is paused (its
+         * resume may write more, decision 533) */
+        if (n > CLOSE_IOV || s->wpaused || ASLOT(t, A_PPAUSED) != Py_False)
+            return 0;
+        for (Py_ssize_t i = 0; q != NULL && PyList_CheckExact(q) && i < n; i++) {
+            PyObject *b = PyList_GET_ITEM(q, i);
+            if (!PyBytes_CheckExact(b) && !PyByteArray_CheckExact(b))
+                return 0;
+        }
+    }
     PyObject *kind = ASLOT(t, A_SOCKOBJ), *engine = ASLOT(t, A_ENGINE);
     PyObject *loop = ASLOT(t, A_LOOP), *ctx = ASLOT(t, A_CONTEXT);
     if (kind == NULL || !Py_IS_TYPE(kind, (PyTypeObject *)acc.kind_type) || engine == NULL ||
@@ -3505,14 +3567,117 @@ static int stream_close_fast(Stream *s, PyObject *t)
             PyErr_Clear();
         return 0;
     }
+    PyObject *cancel = NULL;
+    if (s->recv_ud != 0) {
+        /* close()'s engine.cancel(ud), only when it is the loop's table's
+         * own (Engine binds it so, unless a subclass overrides it): no
+         * Python code runs between these reads and the send */
+        if ((cancel = PyObject_GetAttr(engine, S.s_cancel)) == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        if (!PyCFunction_Check(cancel) ||
+            PyCFunction_GET_FUNCTION(cancel) != (PyCFunction)Table_cancel ||
+            PyCFunction_GET_SELF(cancel) != (PyObject *)s->loop->table) {
+            Py_DECREF(cancel);
+            return 0;
+        }
+    }
     /* close()'s steps */
     Py_INCREF(kind);
     Py_INCREF(engine);
     Py_INCREF(loop);
     Py_INCREF(ctx);
+    Py_INCREF(s);
     int rc = -1;
     PyObject *v, *w;
     aset(t, A_CLOSING, Py_NewRef(Py_True));
+    if (cancel != NULL) { /* _stop_reading: the engine is open (engine._e) */
+        if ((v = PyLong_FromUnsignedLongLong(s->recv_ud)) == NULL)
+            goto out;
+        w = PyObject_CallOneArg(cancel, v);
+        Py_DECREF(v);
+        if (w == NULL)
+            goto out;
+        Py_DECREF(w);
+    }
+    s->rfast = s->wfast = 0; /* _sync: closing */
+    if (n > 0) {
+        /* _send_now(pause=False): what the kernel takes leaves now */
+        q = stream_queue_list(s);
+        if (q == NULL)
+            goto out;
+        Py_INCREF(q);
+        struct iovec iov[CLOSE_IOV];
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *b = PyList_GET_ITEM(q, i);
+            if (PyBytes_CheckExact(b)) {
+                iov[i].iov_base = PyBytes_AS_STRING(b);
+                iov[i].iov_len = (size_t)PyBytes_GET_SIZE(b);
+            } else {
+                iov[i].iov_base = PyByteArray_AS_STRING(b);
+                iov[i].iov_len = (size_t)PyByteArray_GET_SIZE(b);
+            }
+        }
+        ssize_t k;
+        do {
+            if (n == 1) {
+                k = send(s->fd, iov[0].iov_base, iov[0].iov_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+            } else {
+                struct msghdr msg = {0};
+                msg.msg_iov = iov;
+                msg.msg_iovlen = (size_t)n;
+                k = sendmsg(s->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+            }
+        } while (k < 0 && errno == EINTR);
+        if (k < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                /* _send_now's error: _fatal_error with the queue as it was,
+                 * and close() ends */
+                PyErr_SetFromErrno(PyExc_OSError);
+                Py_DECREF(q);
+                PyObject *exc = take_exception();
+                PyObject *args[2] = {exc, m_write_failed};
+                w = stream_call(s, s_fatal_error, args, 2, 0);
+                Py_DECREF(exc);
+                if (w != NULL) {
+                    Py_DECREF(w);
+                    rc = 1;
+                }
+                goto out;
+            }
+            k = 0;
+        }
+        /* drop what left; the rest, as bytes (the first cut), stays queued */
+        Py_ssize_t left = k, i = 0;
+        while (i < n && left >= (Py_ssize_t)iov[i].iov_len)
+            left -= (Py_ssize_t)iov[i++].iov_len;
+        for (Py_ssize_t j = i; j < n; j++) {
+            PyObject *b = PyList_GET_ITEM(q, j);
+            Py_ssize_t cut = j == i ? left : 0;
+            if (cut == 0 && PyBytes_CheckExact(b))
+                continue;
+            PyObject *rest = PyBytes_FromStringAndSize((char *)iov[j].iov_base + cut,
+                                                       (Py_ssize_t)iov[j].iov_len - cut);
+            if (rest == NULL) {
+                Py_DECREF(q);
+                goto out;
+            }
+            PyList_SetItem(q, j, rest); /* steals rest, drops b */
+        }
+        s->buffer_size -= k;
+        if (i < n) {
+            /* the rest leaves at the turn's flush (the Stream is on the
+             * dirty list since its write), and _on_sent closes */
+            int cut = i > 0 ? PyList_SetSlice(q, 0, i, NULL) : 0;
+            Py_DECREF(q);
+            if (cut == 0)
+                rc = 1;
+            goto out;
+        }
+        Py_DECREF(q);
+        Py_CLEAR(s->buffer); /* (close()'s `c.buffer = []`) */
+    }
     if ((v = PyObject_GetAttr(t, s_conn_lost)) == NULL)
         goto out;
     w = PyNumber_Add(v, sr_one);
@@ -3523,7 +3688,7 @@ static int stream_close_fast(Stream *s, PyObject *t)
     Py_DECREF(w);
     if (ok < 0 || PyObject_SetAttr(t, s_fd_closing, Py_True) < 0)
         goto out;
-    s->rfast = s->wfast = 0;
+    s->fdclosing = 1;
     if ((v = PyObject_GetAttr(t, s_call_connection_lost)) == NULL)
         goto out;
     PyObject *argv[4] = {loop, v, Py_None, ctx};
@@ -3555,6 +3720,8 @@ static int stream_close_fast(Stream *s, PyObject *t)
         goto out;
     rc = 1;
 out:
+    Py_XDECREF(cancel);
+    Py_DECREF(s);
     Py_DECREF(kind);
     Py_DECREF(engine);
     Py_DECREF(loop);

@@ -942,8 +942,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
                 # object was never made, with nothing unread (no reset),
                 # written out (decision 708): closing for good, the socket
                 # extra a closed socket of its kind, the fd closed through
-                # the engine. At the transport's EOF the Stream does this
-                # whole case in C, stream_close_fast (decision 812): keep
+                # the engine. The class's close() is the C core's, which does
+                # this whole case in C, stream_close_fast (decisions 812,
+                # 820), and this method only where it does not apply: keep
                 # the two the same
                 self._fd_closing = True
                 c.rfast = c.wfast = False
@@ -963,6 +964,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             # for its last bytes (sslproto's close_notify, for one). Not while
             # the protocol is paused: it may still hold bytes (sslproto's BIO)
             # that it writes on resume_writing, which _on_sent will call.
+            # (stream_close_fast does this in C for an accepted connection,
+            # decision 820: keep the two the same)
             self._send_now(pause=False)
             if self._conn_lost:
                 return  # the send failed: _fatal_error closed
@@ -1155,8 +1158,14 @@ class _Kind:
         return sock
 
 
-# close()'s case of an accepted connection's EOF (the Stream's stream_eof
-# calls it), in C with no Python frame (decision 812): keep the two the same
+# close(): an exact SocketTransport's accepted connection with nothing
+# pending (708's case) or with bytes queued and no send in flight (its
+# _send_now, then 708's case) is closed in C with no Python frame, at its
+# EOF (the Stream's stream_eof, decision 812) and when called
+# (stream_close_fast, decision 820); anything else (a subclass, a patched
+# close, another state) is the Python close above, the rule: keep the two
+# the same
+SocketTransport.close = _sched.core_method(SocketTransport._core, "close", SocketTransport.close)
 _sched.close_setup(SocketTransport.close, _Kind, _ignore, _INET)
 
 
