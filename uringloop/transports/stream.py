@@ -474,14 +474,13 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         if res == _ECANCELED and not more:
             self._start_reading()  # pause_reading cancelled it; resumed since?
             return
-        if data is not None and type(data) is not bytes and (
-            not self._buffered
-            or self._paused
-            or self._held is not None
-            or self._loop._sched_ahead()
-        ):
+        # (the transport's first record of a batch waits only for what
+        # _ready held at the poll: stock queues every reader callback of a
+        # poll before it runs any; decisions 454, 824)
+        wait = self._held is not None or self._paused or self._loop._sched_ahead(self._core)
+        if data is not None and type(data) is not bytes and (not self._buffered or wait):
             data = data.tobytes()  # a pool view lives only during this call
-        if self._held is not None or self._paused or self._loop._sched_ahead():
+        if wait:
             # The stock loop queues a reader callback behind what is already
             # in _ready; so do we when anything is (a task woken this turn, a
             # connection_made not yet run; not the timers the turn collected
