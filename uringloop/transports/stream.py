@@ -1105,6 +1105,34 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         self._sync()
 
 
+def _prime_instance_keys(cls, names):
+    """Put names in cls's shared instance keys now, before any instance but
+    one exists (decision 825). CPython 3.11/3.12 let those keys take one
+    key less with every instance made (down to one): a key first set once
+    a burst of connections has made 30 transports never joins them, and
+    every transport that sets it later makes a dict of its own (an
+    allocation, its keys copied, each store a dict insert). The state
+    below is set on a transport only when it changes (decision 256), most
+    of it at close, after such a burst: an instance made and let go here
+    sets each name once. Not needed (and harmless) on other versions."""
+    t = cls.__new__(cls)
+    t._sockobj = None  # (__del__: no socket, nothing to do)
+    for name in names:
+        setattr(t, name, getattr(cls, name))
+    del t
+
+
+# SocketTransport's state in its instance dict (the class's values above):
+# every name a transport may set, those of its close first
+_prime_instance_keys(
+    SocketTransport,
+    (
+        "_read_done", "_conn_lost", "_fd_closing", "_close_reset", "_unread", "_held",
+        "_draining", "_resume_h", "_eof", "_shut", "_empty_waiter", "_stream_sock",
+        "_protocol_connected",
+    ),
+)
+
 # write(data), and writelines(list_of_data) on 3.12+ (before, the stock one
 # calls write): the C core's, with no bound method per transport
 SocketTransport.write = _sched.core_method(SocketTransport._core, "write")
