@@ -1122,16 +1122,12 @@ def _prime_instance_keys(cls, names):
     del t
 
 
-# SocketTransport's state in its instance dict (the class's values above):
-# every name a transport may set, those of its close first
-_prime_instance_keys(
-    SocketTransport,
-    (
-        "_read_done", "_conn_lost", "_fd_closing", "_close_reset", "_unread", "_held",
-        "_draining", "_resume_h", "_eof", "_shut", "_empty_waiter", "_stream_sock",
-        "_protocol_connected",
-    ),
-)
+# what every connection's close sets (the EOF's _read_done, close()'s
+# _conn_lost and _fd_closing, a TCP close's _close_reset; 708, 812): a server
+# whose first connections came one by one has these keys already. Not the
+# state of rarer paths: each key makes every transport's values array 8
+# bytes longer (test_transport_memory's figure, decision 825)
+_prime_instance_keys(SocketTransport, ("_read_done", "_conn_lost", "_fd_closing", "_close_reset"))
 
 # write(data), and writelines(list_of_data) on 3.12+ (before, the stock one
 # calls write): the C core's, with no bound method per transport
