@@ -14,7 +14,15 @@ and the fixed response, then the client's close (decision 788); with
 --reconnect --http's): the GET says ``Connection: close``, the server closes
 after its answer and the client reads to the EOF (decision 817).
 
+``--conc C`` keeps C connections open at once, as loadgen --reconnect -c C
+does (the conn-1k-c50-protocol-tcp and conn-http-httptools rows run 50): a
+selector client of non-blocking sockets that opens the next connection as
+soon as one is done, no gap (decision 824). The server, slowed down under
+valgrind, then always has connections waiting: its turns batch accepts and
+completions as a busy server's do.
+
     python benchmarks/conn_instructions.py --loop uvloop --loop uringloop-io_uring -n 200
+    python benchmarks/conn_instructions.py --loop uvloop --loop uringloop-epoll --conc 50
 
 Needs valgrind. A report: nothing is asserted.
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import selectors
 import socket
 import sys
 import tempfile
@@ -63,18 +72,87 @@ def drive(
                 raise RuntimeError("the answer differs")
 
 
+def drive_conc(
+    port: int, n: int, conc: int, size: int, http: bool = False, server_close: bool = False
+) -> None:
+    """drive()'s exchange on n connections, conc of them open at once: the next
+    one is opened as soon as one is done (loadgen --reconnect's -c)."""
+    msg = (ROW_REQUEST if server_close else HTTP_REQUEST) if http else os.urandom(size)
+    want = net_server.HTTP_RESPONSE if http else msg
+    sel = selectors.DefaultSelector()
+    started = 0
+
+    def start() -> None:
+        nonlocal started
+        s = socket.socket()
+        s.setblocking(False)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.connect_ex(("127.0.0.1", port))
+        # [what is left to send, what came back]
+        sel.register(s, selectors.EVENT_WRITE, [memoryview(msg), bytearray()])
+        started += 1
+
+    try:
+        while started < min(n, conc):
+            start()
+        while sel.get_map():
+            events = sel.select(60)
+            if not events:
+                raise RuntimeError("no answer for 60 s")
+            for key, mask in events:
+                s, st = key.fileobj, key.data
+                if mask & selectors.EVENT_WRITE:
+                    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        raise OSError(err, os.strerror(err))
+                    try:
+                        st[0] = st[0][s.send(st[0]) :]
+                    except BlockingIOError:
+                        pass
+                    if not len(st[0]):
+                        sel.modify(s, selectors.EVENT_READ, st)
+                    continue
+                try:
+                    piece = s.recv(1 << 16)
+                except BlockingIOError:
+                    continue
+                got = st[1]
+                if piece:
+                    got += piece
+                    if len(got) > len(want) or (len(got) == len(want) and got != want):
+                        raise RuntimeError("the answer differs")
+                    if len(got) < len(want) or server_close:
+                        continue
+                elif not server_close or len(got) != len(want):
+                    raise RuntimeError("the server closed early")
+                sel.unregister(s)
+                s.close()
+                if started < n:
+                    start()
+    finally:
+        for key in list(sel.get_map().values()):
+            key.fileobj.close()
+        sel.close()
+
+
 def count(
-    loop: str, kind: str, n: int, size: int, gap: float, tmp: str, server_close: bool = False
+    loop: str,
+    kind: str,
+    n: int,
+    size: int,
+    gap: float,
+    tmp: str,
+    server_close: bool = False,
+    conc: int = 1,
 ) -> int:
     http = kind == "httptools"
-    total, _ = callgrind_server(
-        loop,
-        kind,
-        tmp,
-        str(n),
-        True,
-        lambda addr: drive(addr[1], n, size, gap, http, server_close and http),
-    )
+    sc = server_close and http
+    if conc > 1:
+        client = lambda addr: drive_conc(addr[1], n, conc, size, http, sc)  # noqa: E731
+    else:
+        client = lambda addr: drive(addr[1], n, size, gap, http, sc)  # noqa: E731
+    tag = str(n) if conc == 1 else f"{n}c{conc}"
+    total, _ = callgrind_server(loop, kind, tmp, tag, True, client)
     return total
 
 
@@ -84,7 +162,10 @@ def main(argv=None) -> int:
     ap.add_argument("--kind", default="protocol")
     ap.add_argument("-n", type=int, default=200, help="connections of the short run")
     ap.add_argument("--size", type=int, default=1024, help="the echo's message (not httptools)")
-    ap.add_argument("--gap", type=float, default=2.0, help="ms between connections")
+    ap.add_argument("--gap", type=float, default=2.0, help="ms between connections (--conc 1)")
+    ap.add_argument(
+        "--conc", type=int, default=1, help="connections open at once (more than 1: no gap)"
+    )
     ap.add_argument("--keep", metavar="DIR", help="keep callgrind's files in DIR")
     ap.add_argument(
         "--server-close",
@@ -95,9 +176,12 @@ def main(argv=None) -> int:
     tmp = a.keep or tempfile.mkdtemp(prefix="conn_instr.")
     os.makedirs(tmp, exist_ok=True)
     for loop in a.loop:
-        c1 = count(loop, a.kind, a.n, a.size, a.gap / 1000, tmp, a.server_close)
-        c2 = count(loop, a.kind, 2 * a.n, a.size, a.gap / 1000, tmp, a.server_close)
-        print(f"{loop:20} {a.kind:9} {(c2 - c1) / a.n:10.0f} instructions/connection", flush=True)
+        c1 = count(loop, a.kind, a.n, a.size, a.gap / 1000, tmp, a.server_close, a.conc)
+        c2 = count(loop, a.kind, 2 * a.n, a.size, a.gap / 1000, tmp, a.server_close, a.conc)
+        print(
+            f"{loop:20} {a.kind:9} c={a.conc:<3} {(c2 - c1) / a.n:10.0f} instructions/connection",
+            flush=True,
+        )
     return 0
 
 

@@ -1004,3 +1004,84 @@ def test_an_accepted_connections_close_after_a_write_interplay_as_stock(tloop, h
         # an engine.cancel that is not the table's own may run Python code
         # between the reads and the send: stream.py's close calls it
         assert len(cancels) >= 1 and calls == ["close"], (cancels, calls)
+# a burst of accepted connections (decision 825), run in a fresh interpreter:
+# what it checks is the class's shared instance keys, which the process's
+# earlier connections have settled
+_BURST = r"""
+import asyncio, ctypes, socket, sys
+import uringloop
+from uringloop.transports.stream import SocketTransport
+
+N = 40
+P = ctypes.sizeof(ctypes.c_void_p)
+
+
+def has_dict(obj):
+    # the managed dict's slot, three pointers before the object: 3.11 a dict
+    # pointer (NULL while the values array is inline), 3.12 a dict or the
+    # values array tagged with its low bit
+    v = ctypes.c_void_p.from_address(id(obj) - 3 * P).value or 0
+    return bool(v) if sys.version_info < (3, 12) else not (v & 1)
+
+
+lp = uringloop.Loop(backend=sys.argv[1])
+
+
+async def main():
+    lost, made = [], []
+
+    class Proto(asyncio.Protocol):
+        def connection_made(self, t):
+            made.append(t)
+
+        def connection_lost(self, exc):
+            lost.append(made[0])  # (any: all are checked)
+
+    server = await lp.create_server(Proto, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    # N connections made at once: N transports before any of them closes
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(N)]
+    while len(made) < N:
+        await asyncio.sleep(0.01)
+    assert all(type(t) is SocketTransport for t in made)
+    for c in clients:
+        c.close()  # the server's EOF: eof_received, close
+    while sum(t.is_closing() for t in made) < N:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    print(sum(has_dict(t) for t in made), N)
+    server.close()
+    await server.wait_closed()
+
+
+lp.run_until_complete(asyncio.wait_for(main(), 30))
+lp.close()
+"""
+
+
+@pytest.mark.skipif(
+    sys.version_info[:2] not in ((3, 11), (3, 12)),
+    reason="reads the managed dict slot of CPython 3.11/3.12's object layout",
+)
+@pytest.mark.parametrize("kind", ["io_uring", "epoll"])
+def test_a_burst_of_accepted_connections_closes_without_instance_dicts(kind):
+    """CPython 3.11/3.12 let a class's shared instance keys grow by less with
+    every instance made: an attribute a transport first sets at its close
+    (_conn_lost, _fd_closing, _close_reset, _read_done) never joined them
+    once a burst of connections had made 30 transports, and every transport
+    after made a dict of its own at close (decision 825). stream.py puts
+    those keys in at import: no transport of the burst has a dict."""
+    import subprocess
+
+    from conftest import require_uring
+
+    if kind == "io_uring":
+        require_uring()
+    out = subprocess.run(
+        [sys.executable, "-c", _BURST, kind],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "40"], out.stdout

@@ -808,6 +808,76 @@ def test_two_readers_in_one_batch_run_before_what_they_schedule(loop, stock, arm
     assert mine == theirs
 
 
+def _arm_eofs(names, keep_open=True, data=()):
+    """one stream per name, each shut down by its peer (eof_received logs
+    D<name> and schedules C<name>; keep_open False: the transport closes
+    then, and connection_lost is queued). The peers named in data send a
+    byte before their shutdown (data_received: d<name>, c<name>)."""
+
+    def arm(lp, log):
+        pairs = [socket.socketpair() for _ in names]
+        transports = []
+        for (a, b), name in zip(pairs, names, strict=True):
+            b.settimeout(5)
+
+            class Proto(asyncio.Protocol):
+                def data_received(self, data, name=name):
+                    log.append("d" + name)
+                    lp.call_soon(log.append, "c" + name)
+
+                def eof_received(self, name=name):
+                    _schedules(lp, log, name)
+                    return keep_open
+
+            async def accept(a=a, Proto=Proto):
+                return await lp.connect_accepted_socket(Proto, a)
+
+            transports.append(lp.run_until_complete(asyncio.wait_for(accept(), 5))[0])
+
+        def send():
+            for (_, b), name in zip(pairs, names, strict=True):
+                if name in data:
+                    b.send(b"x")
+                b.shutdown(socket.SHUT_WR)
+
+        def close():
+            for t in transports:
+                t.close()
+            for _, b in pairs:
+                b.close()
+
+        return send, close
+
+    return arm
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["native", "debug"])
+@pytest.mark.parametrize("ahead", [False, True], ids=["empty", "ahead"])
+@pytest.mark.parametrize("keep_open", [True, None], ids=["half_open", "close"])
+def test_two_eofs_in_one_batch_run_before_what_they_schedule(loop, stock, keep_open, ahead, debug):
+    """Two peers' EOFs seen by one poll: stock queues both reader callbacks
+    before it runs either, so D1, D2, T, C1, C2 (decision 824). Without it
+    the second EOF waited behind what the first one's eof_received (or its
+    close's connection_lost) had queued: D1, T, C1, D2, C2 (a busy server's
+    connections took the Python receive path for every EOF)."""
+    arm = _arm_eofs(["1", "2"], keep_open)
+    mine, theirs = both(loop, stock, lambda lp: _kinds(_turn_log(lp, arm, ahead, debug)))
+    assert theirs == ((["X"] if ahead else []) + ["D", "D", "T", "C", "C"], True)
+    assert mine == theirs
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["native", "debug"])
+def test_an_eof_after_data_in_one_batch_waits_for_what_the_data_scheduled(loop, stock, debug):
+    """A byte, then the EOF, from one peer: stock reads the byte in one turn
+    and the EOF in the next, after what data_received scheduled (d, T, c,
+    D, C); the EOF, the stream's second record of the batch, still waits
+    for it (decision 824 leaves that rule)."""
+    arm = _arm_eofs([""], data=[""])
+    mine, theirs = both(loop, stock, lambda lp: _turn_log(lp, arm, False, debug))
+    assert theirs == ["d", "T", "c", "D", "C"]
+    assert mine == theirs
+
+
 def _stop_from_a_reader(lp, kind, timer, debug=False):
     """A reader callback (datagram_received or data_received) schedules C and
     calls loop.stop(): the log of that run and of the next."""

@@ -726,7 +726,7 @@ _STATS = (
     "enters", "waits", "submitted", "records", "cq_overflows", "rearms",
     "eagain_retries", "wakeups", "guard_faults", "in_flight", "bufs_free", "ident_captures",
     "ident_checks", "cqes", "addr_blocks", "pool_resident", "fd_entries", "pool_takes",
-    "ident_cookies", "ring_want",
+    "ident_cookies", "ring_want", "pend_walked",
 )
 
 _SETUP_FLAGS = {

@@ -198,6 +198,24 @@ static int reserve(ul_engine *e, uint32_t ops)
     return 0;
 }
 
+/* fd may have records in pend (its stamps are of records pend still holds) */
+static inline int pend_has(const ul_engine *e, const struct ul_fd *f)
+{
+    return f->pend_any && (int32_t)(f->pend_hi - e->pend_taken) >= 0;
+}
+
+/* where fd's records may start in pend: npend when it has none there. A close
+ * looks for them (decisions 498, 526); walking all of pend made each close of
+ * a batch that closes many cost as much as the records the batch's earlier
+ * cancels and sends left there (decision 827) */
+static uint32_t pend_from(const ul_engine *e, const struct ul_fd *f)
+{
+    if (!pend_has(e, f))
+        return e->npend;
+    int32_t d = (int32_t)(f->pend_lo - e->pend_taken);
+    return d > 0 ? (uint32_t)d : 0;
+}
+
 void ul__emit(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid)
 {
     ul_record r = {op->ud, res, flags, bid};
@@ -211,6 +229,14 @@ void ul__emit(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint1
         if (flags & UL_F_BUFFER)
             ul__pool_used(e, bid);
     } else {
+        if (op->fd >= 0 && op->fd < e->nfds) {
+            struct ul_fd *f = &e->fds[op->fd];
+            uint32_t seq = e->pend_taken + e->npend;
+            if (!pend_has(e, f))
+                f->pend_lo = seq;
+            f->pend_hi = seq;
+            f->pend_any = 1;
+        }
         pend_push(e, r);
     }
 }
@@ -225,6 +251,7 @@ static void pend_move(ul_engine *e)
     }
     memmove(e->pend, e->pend + n, (e->npend - n) * sizeof *e->pend);
     e->npend -= n;
+    e->pend_taken += n;
 }
 
 /* ---------------------------------------------------------------- pool */
@@ -749,12 +776,15 @@ static void do_close(ul_engine *e, int fd)
         e->be->before_close(e, fd);
     int r = close(fd);
     int res = (r < 0 && errno != EINTR) ? -errno : 0;
+    uint32_t from = pend_from(e, &e->fds[fd]);
     fd_reset(&e->fds[fd]);
     /* records of this file's ended ops still waiting in pend name the
      * number, which a new file may get before they are delivered: they no
      * longer name it, or its close_fd(reset_if_data) would take them for
-     * its own bytes and reset (decision 526) */
-    for (uint32_t i = 0; i < e->npend; i++) {
+     * its own bytes and reset (decision 526). Only from its first one
+     * there (decision 827). */
+    e->st.pend_walked += e->npend - from;
+    for (uint32_t i = from; i < e->npend; i++) {
         struct ul_op *o = ul__op_find(e, ul__slot(e->pend[i].user_data));
         if (o && o->state == S_FREE && o->ud == 0 && o->fd == fd)
             o->fd = -1;
@@ -1187,7 +1217,9 @@ EXPORT int ul_close_fd(ul_engine *e, uint64_t ud, int fd, int reset_if_data)
          * records made outside a run): the closing caller drops them too
          * (TLS seed 399, decision 498). The record's op is live, or it has
          * ended and its slot is free, still naming its kind and fd. */
-        for (uint32_t i = 0; i < e->npend && !f->reset; i++) {
+        uint32_t from = pend_from(e, f); /* (decision 827) */
+        e->st.pend_walked += e->npend - from;
+        for (uint32_t i = from; i < e->npend && !f->reset; i++) {
             const ul_record *r = &e->pend[i];
             struct ul_op *o = r->res > 0 ? ul__op_find(e, ul__slot(r->user_data)) : NULL;
             if (o && (o->ud == r->user_data || (o->state == S_FREE && o->ud == 0)) &&

@@ -133,6 +133,7 @@ typedef struct ul_stats {
     uint32_t ring_want;          /* io_uring: buffers the stream ring is kept at (grows when
                                     it runs dry, shrinks when runs take little: decision
                                     759); 0 without a buffer ring and on epoll */
+    uint64_t pend_walked;        /* records of pend a close looked at (decision 827) */
 } ul_stats;
 
 typedef struct ul_engine ul_engine;

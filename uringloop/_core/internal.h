@@ -169,6 +169,7 @@ struct ul_fd {
     uint8_t rwait;              /* the last one-shot pool receive (sock_recv) on fd
                                    found it empty and has not filled its length
                                    since: the next one waits first (decision 368) */
+    uint8_t pend_any;           /* pend_lo/pend_hi are set (decision 827) */
     int32_t rq_head, rq_tail;   /* epoll: ops waiting for readability; io_uring: the
                                    fd's one-shot pool receives (sock_recv), in the
                                    order asked, linked by oq_next; only the head
@@ -177,6 +178,10 @@ struct ul_fd {
     int32_t pq_head, pq_tail;   /* poll ops */
     int32_t ready_next;
     uint32_t reg_gen;           /* epoll: (re)registrations so far */
+    /* the pend sequence numbers (pend_taken + index) of the first and the last
+     * record of this fd's ops that may still wait in pend: a close walks pend
+     * from there, not from its start (decision 827) */
+    uint32_t pend_lo, pend_hi;
 };
 
 struct ul_backend {
@@ -225,6 +230,7 @@ struct ul_engine {
     uint32_t nrec;
     ul_record *pend;            /* records made outside a run, or past rec's capacity */
     uint32_t npend, pend_cap;
+    uint32_t pend_taken;        /* records pend_move has taken from pend, ever (mod 2^32) */
 
     uint8_t *pool;
     size_t pool_bytes;

@@ -2693,12 +2693,13 @@ static PyObject *Core_sched_early(Core *self, PyObject *on)
     Py_RETURN_NONE;
 }
 
-/* _sched_ahead([dgram]): callbacks in _ready that a record arriving now must
+/* _sched_ahead([owner]): callbacks in _ready that a record arriving now must
  * wait for, as stock's reader callback would: bool(_ready), leaving out the
  * timers collected before the batch (decision 414). With a datagram
  * transport's Dgram, its first record of a batch waits only for what _ready
  * held at the poll: the stock reader callbacks of one poll run before what
- * any of them schedules (decision 454). */
+ * any of them schedules (decision 454); so does a stream transport's Stream
+ * with the record it is delivering, its first of the batch (decision 824). */
 static PyObject *Core_sched_ahead(Core *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs > 1) {
@@ -2706,6 +2707,9 @@ static PyObject *Core_sched_ahead(Core *self, PyObject *const *args, Py_ssize_t 
         return NULL;
     }
     if (nargs == 1 && self->batching && ul_dgram_first(args[0], self->batch_seq))
+        return PyBool_FromLong(self->batch_ready > 0);
+    if (nargs == 1 && Py_IS_TYPE(args[0], &StreamType) && ((Stream *)args[0])->loop == self &&
+        stream_first((Stream *)args[0])) /* (decision 824) */
         return PyBool_FromLong(self->batch_ready > 0);
     PyObject *ready = field(self, self->ready, "_ready");
     if (ready == NULL)

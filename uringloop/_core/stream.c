@@ -120,6 +120,8 @@ typedef struct {
     char fdclosing; /* stream_close_fast closed the fd (the transport's _fd_closing):
                      * the turn's flush has nothing to do (_flush_slow's return;
                      * decision 820) */
+    char rfirst;   /* the record being delivered is the Stream's first of batch rseq */
+    unsigned int rseq; /* the loop's batch whose records the Stream had last (824) */
 } Stream;
 
 /* Stream.rdirect. A BufferedProtocol whose reads fill its buffer (of at
@@ -767,6 +769,29 @@ static int ready_empty(Core *loop)
     return r != NULL && Py_IS_TYPE(r, S.deque_type) && Py_SIZE(r) <= loop->pre_timers;
 }
 
+/* A record of the loop's batch reaches the Stream (the table's delivery):
+ * whether it is the Stream's first of the batch is noted (decision 824) */
+static inline void stream_mark(Stream *s)
+{
+    Core *loop = s->loop;
+    if (loop != NULL && loop->batching) {
+        s->rfirst = s->rseq != loop->batch_seq;
+        s->rseq = loop->batch_seq;
+    }
+}
+
+/* The record being delivered is the Stream's first of the batch the loop
+ * delivers now: it waits only for what _ready held at the poll, as the data
+ * records do (ready_empty), since stock queues every reader's callback of a
+ * poll before it runs any; a later one of the same batch waits for what
+ * the earlier ones scheduled too, as stock reads a socket once a turn
+ * (decisions 454, 824) */
+static inline int stream_first(Stream *s)
+{
+    Core *loop = s->loop;
+    return loop != NULL && loop->batching && s->rseq == loop->batch_seq && s->rfirst;
+}
+
 /* The drain queued at the end of _ready in the transport's context, as
  * the stock loop queues a reader's handle: appended to _ready itself
  * (`_add_callback`), not through `loop.call_soon`, which it never calls for
@@ -927,7 +952,9 @@ static PyObject *stream_recv_slow(Stream *s, int32_t res, int more, PyObject *da
 /* A SocketTransport's EOF record (its receive's final one) when nothing
  * unusual surrounds it (rfast: not closing, paused, holding or lost; no
  * records held here; nothing in _ready ahead of it, as _on_recv's
- * _sched_ahead() asks; out of debug mode with the stock get_debug, so
+ * _sched_ahead(stream) asks: for the Stream's first record of the batch
+ * what _ready held at the poll, as for data, decision 824; for a later one
+ * all of _ready; out of debug mode with the stock get_debug, so
  * _on_eof logs nothing): what _on_recv's EOF branch, _on_eof and its
  * finally do, without their frames (decision 707). eof_received() is
  * called here; a falsy None or False answer closes (the transport's close,
@@ -940,6 +967,8 @@ static int stream_eof_ok(Stream *s)
     if (!s->eofc || !s->rfast || s->transport == NULL || s->held != NULL || s->draining ||
         !makes_handles(s->loop))
         return 0;
+    if (stream_first(s))
+        return ready_empty(s->loop);
     PyObject *ready = s->loop->ready;
     return Py_IS_TYPE(ready, S.deque_type) && Py_SIZE(ready) <= s->loop->pre_timers;
 }
@@ -1507,6 +1536,7 @@ static int stream_direct_record(PyObject *owner, int32_t res, int more, uint64_t
             s->phup = 1;
         return 1;
     }
+    stream_mark(s);
     s->recv_ud = 0;
     if (s->dkind) {
         if (kept) { /* the kept poll the Stream waits on (recv_ud == pms) */
@@ -2345,6 +2375,7 @@ static int stream_deliver(PyObject *owner, int32_t res, int more, PyObject *data
         return stream_read_pipe((Stream *)owner);
     } else if (Py_IS_TYPE(owner, &StreamType)) {
         Stream *s = (Stream *)owner;
+        stream_mark(s);
         if (s->rdirect == R_SWITCHING && !more) {
             /* the pool receive cancelled for a direct one has ended: that
              * one follows, unless something else came up meanwhile */
@@ -2434,6 +2465,7 @@ static int stream_deliver_pieces(PyObject *owner, const Piece *pc, int cnt, Py_s
 {
     Stream *s = (Stream *)owner;
     int rc = -1;
+    stream_mark(s);
     Py_INCREF(s);
     int buffered = s->buffered;
     if (PyContext_Enter(s->ctx) == 0) {

@@ -474,14 +474,13 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         if res == _ECANCELED and not more:
             self._start_reading()  # pause_reading cancelled it; resumed since?
             return
-        if data is not None and type(data) is not bytes and (
-            not self._buffered
-            or self._paused
-            or self._held is not None
-            or self._loop._sched_ahead()
-        ):
+        # (the transport's first record of a batch waits only for what
+        # _ready held at the poll: stock queues every reader callback of a
+        # poll before it runs any; decisions 454, 824)
+        wait = self._held is not None or self._paused or self._loop._sched_ahead(self._core)
+        if data is not None and type(data) is not bytes and (not self._buffered or wait):
             data = data.tobytes()  # a pool view lives only during this call
-        if self._held is not None or self._paused or self._loop._sched_ahead():
+        if wait:
             # The stock loop queues a reader callback behind what is already
             # in _ready; so do we when anything is (a task woken this turn, a
             # connection_made not yet run; not the timers the turn collected
@@ -1108,6 +1107,30 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         self._empty_waiter = None
         self._sync()
 
+
+def _prime_instance_keys(cls, names):
+    """Put names in cls's shared instance keys now, before any instance but
+    one exists (decision 825). CPython 3.11/3.12 let those keys take one
+    key less with every instance made (down to one): a key first set once
+    a burst of connections has made 30 transports never joins them, and
+    every transport that sets it later makes a dict of its own (an
+    allocation, its keys copied, each store a dict insert). The state
+    below is set on a transport only when it changes (decision 256), most
+    of it at close, after such a burst: an instance made and let go here
+    sets each name once. Not needed (and harmless) on other versions."""
+    t = cls.__new__(cls)
+    t._sockobj = None  # (__del__: no socket, nothing to do)
+    for name in names:
+        setattr(t, name, getattr(cls, name))
+    del t
+
+
+# what every connection's close sets (the EOF's _read_done, close()'s
+# _conn_lost and _fd_closing, a TCP close's _close_reset; 708, 812): a server
+# whose first connections came one by one has these keys already. Not the
+# state of rarer paths: each key makes every transport's values array 8
+# bytes longer (test_transport_memory's figure, decision 825)
+_prime_instance_keys(SocketTransport, ("_read_done", "_conn_lost", "_fd_closing", "_close_reset"))
 
 # write(data), and writelines(list_of_data) on 3.12+ (before, the stock one
 # calls write): the C core's, with no bound method per transport
