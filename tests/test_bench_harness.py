@@ -1279,7 +1279,9 @@ def test_buffered_counts_counts_the_protocols_calls_per_request(tmp_path, loop):
     if loop == "uringloop-io_uring":
         require_uring()
     out = tmp_path / "counts.json"
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    # the uringloop this test imported: the checkout built in place, or the
+    # installed package where CI runs from outside an unbuilt checkout
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(uringloop.__file__)))
     r = subprocess.run(
         [
             sys.executable,
