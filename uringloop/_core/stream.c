@@ -2106,20 +2106,21 @@ static void stream_dirty_clear(PyObject *buf)
  * kernel left off (decision 305). */
 /* One non-blocking send of iov[0:n] (send() for one chunk: sendmsg() makes
  * the kernel copy in a msghdr and an iovec first, decision 370): the bytes
- * the socket took (0 for EAGAIN), taken off buffer_size; -1 with the stock
- * write's error set (the flush's caller reports it as "Fatal write error on
- * socket transport") */
-static Py_ssize_t stream_send_once(Stream *s, struct iovec *iov, Py_ssize_t n)
+ * the socket took (0 for EAGAIN); -1 with the stock write's error set (the
+ * caller reports it as "Fatal write error on socket transport"). The flush's
+ * (stream_send_once, which takes them off buffer_size) and close()'s
+ * (stream_close_fast, decision 820) */
+static Py_ssize_t sendv_once(int fd, struct iovec *iov, Py_ssize_t n)
 {
     Py_ssize_t k;
     do {
         if (n == 1) {
-            k = send(s->fd, iov[0].iov_base, iov[0].iov_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+            k = send(fd, iov[0].iov_base, iov[0].iov_len, MSG_DONTWAIT | MSG_NOSIGNAL);
         } else {
             struct msghdr msg = {0};
             msg.msg_iov = iov;
             msg.msg_iovlen = (size_t)n;
-            k = sendmsg(s->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+            k = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
         }
     } while (k < 0 && errno == EINTR);
     if (k < 0) {
@@ -2129,7 +2130,14 @@ static Py_ssize_t stream_send_once(Stream *s, struct iovec *iov, Py_ssize_t n)
         }
         k = 0;
     }
-    s->buffer_size -= k;
+    return k;
+}
+
+static Py_ssize_t stream_send_once(Stream *s, struct iovec *iov, Py_ssize_t n)
+{
+    Py_ssize_t k = sendv_once(s->fd, iov, n);
+    if (k > 0)
+        s->buffer_size -= k;
     return k;
 }
 
@@ -3651,34 +3659,20 @@ static int stream_close_fast(Stream *s, PyObject *t)
                 iov[i].iov_len = (size_t)PyByteArray_GET_SIZE(b);
             }
         }
-        ssize_t k;
-        do {
-            if (n == 1) {
-                k = send(s->fd, iov[0].iov_base, iov[0].iov_len, MSG_DONTWAIT | MSG_NOSIGNAL);
-            } else {
-                struct msghdr msg = {0};
-                msg.msg_iov = iov;
-                msg.msg_iovlen = (size_t)n;
-                k = sendmsg(s->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
-            }
-        } while (k < 0 && errno == EINTR);
+        Py_ssize_t k = sendv_once(s->fd, iov, n);
         if (k < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK) {
-                /* _send_now's error: _fatal_error with the queue as it was,
-                 * and close() ends */
-                PyErr_SetFromErrno(PyExc_OSError);
-                Py_DECREF(q);
-                PyObject *exc = take_exception();
-                PyObject *args[2] = {exc, m_write_failed};
-                w = stream_call(s, s_fatal_error, args, 2, 0);
-                Py_DECREF(exc);
-                if (w != NULL) {
-                    Py_DECREF(w);
-                    rc = 1;
-                }
-                goto out;
+            /* _send_now's error: _fatal_error with the queue as it was, and
+             * close() ends */
+            Py_DECREF(q);
+            PyObject *exc = take_exception();
+            PyObject *args[2] = {exc, m_write_failed};
+            w = stream_call(s, s_fatal_error, args, 2, 0);
+            Py_DECREF(exc);
+            if (w != NULL) {
+                Py_DECREF(w);
+                rc = 1;
             }
-            k = 0;
+            goto out;
         }
         /* drop what left; the rest, as bytes (the first cut), stays queued */
         Py_ssize_t left = k, i = 0;
