@@ -2106,21 +2106,20 @@ static void stream_dirty_clear(PyObject *buf)
  * kernel left off (decision 305). */
 /* One non-blocking send of iov[0:n] (send() for one chunk: sendmsg() makes
  * the kernel copy in a msghdr and an iovec first, decision 370): the bytes
- * the socket took (0 for EAGAIN); -1 with the stock write's error set (the
- * caller reports it as "Fatal write error on socket transport"). The flush's
- * (stream_send_once, which takes them off buffer_size) and close()'s
- * (stream_close_fast, decision 820) */
-static Py_ssize_t sendv_once(int fd, struct iovec *iov, Py_ssize_t n)
+ * the socket took (0 for EAGAIN), taken off buffer_size; -1 with the stock
+ * write's error set (the caller reports it as "Fatal write error on socket
+ * transport"). The flush's, and close()'s (stream_close_fast, decision 820) */
+static Py_ssize_t stream_send_once(Stream *s, struct iovec *iov, Py_ssize_t n)
 {
     Py_ssize_t k;
     do {
         if (n == 1) {
-            k = send(fd, iov[0].iov_base, iov[0].iov_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+            k = send(s->fd, iov[0].iov_base, iov[0].iov_len, MSG_DONTWAIT | MSG_NOSIGNAL);
         } else {
             struct msghdr msg = {0};
             msg.msg_iov = iov;
             msg.msg_iovlen = (size_t)n;
-            k = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+            k = sendmsg(s->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
         }
     } while (k < 0 && errno == EINTR);
     if (k < 0) {
@@ -2130,14 +2129,7 @@ static Py_ssize_t sendv_once(int fd, struct iovec *iov, Py_ssize_t n)
         }
         k = 0;
     }
-    return k;
-}
-
-static Py_ssize_t stream_send_once(Stream *s, struct iovec *iov, Py_ssize_t n)
-{
-    Py_ssize_t k = sendv_once(s->fd, iov, n);
-    if (k > 0)
-        s->buffer_size -= k;
+    s->buffer_size -= k;
     return k;
 }
 
@@ -3659,7 +3651,7 @@ static int stream_close_fast(Stream *s, PyObject *t)
                 iov[i].iov_len = (size_t)PyByteArray_GET_SIZE(b);
             }
         }
-        Py_ssize_t k = sendv_once(s->fd, iov, n);
+        Py_ssize_t k = stream_send_once(s, iov, n);
         if (k < 0) {
             /* _send_now's error: _fatal_error with the queue as it was, and
              * close() ends */
@@ -3691,7 +3683,6 @@ static int stream_close_fast(Stream *s, PyObject *t)
             }
             PyList_SetItem(q, j, rest); /* steals rest, drops b */
         }
-        s->buffer_size -= k;
         if (i < n) {
             /* the rest leaves at the turn's flush (the Stream is on the
              * dirty list since its write), and _on_sent closes */
