@@ -69,6 +69,41 @@ def test_a_receives_ring_identity_ends_no_wait(make_engine, res_tracker):
     run_until(eng, lambda: got.done)
 
 
+def test_a_refused_ring_identity_still_reports(make_engine, res_tracker):
+    """The identity's CQE is skipped only on success: a getsockopt the kernel
+    refuses (a multishot receive asked of a pipe, which has no socket
+    command) still posts its CQE, which turns the ring's identity off for the
+    engine (decision 601), and the next receive takes its identity by a
+    syscall, as before 846."""
+    import os
+
+    eng = make_engine()
+    _uring_cookies(eng, make_engine.fallbacks)
+    r, w = os.pipe()
+    try:
+        bad = Collector("pipe")
+        eng.recv(r, bad, multishot=True)
+        run_until(eng, lambda: bad.done, what="the pipe's receive")
+        assert bad.final[0] < 0
+        settle(eng)
+        a, b = (res_tracker.sock(s) for s in socket.socketpair())
+        a.setblocking(False)
+        before = eng.stats()
+        got = Collector("ms")
+        ud = eng.recv(a.fileno(), got, multishot=True)
+        settle(eng)
+        after = eng.stats()
+        assert after["ident_cookies"] == before["ident_cookies"]
+        assert after["ident_captures"] - before["ident_captures"] == 1
+        b.send(b"x")
+        run_until(eng, lambda: len(got.records) == 1)
+        eng.cancel(ud)
+        run_until(eng, lambda: got.done)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 @pytest.mark.parametrize("how", ["cancel", "close_fd"])
 def test_a_cancel_from_python_makes_the_engine_ready(make_engine, res_tracker, how):
     """A receive waiting in the kernel, cancelled (or its fd closed) outside
@@ -172,3 +207,27 @@ def test_a_server_closed_connection_whose_data_is_there_waits_for_nothing(kind):
         lp.close()
     assert lost == [None] * (n + 5)
     assert waits == (n if kind == "epoll" else 0), f"{waits} waiting runs for {n} connections"
+
+
+def test_a_streams_receive_from_python_is_tried_without_a_wait(make_engine, res_tracker):
+    """A multishot receive submitted outside a run on a socket whose bytes
+    are there already: ul_ready says 1 and one run without a wait brings its
+    record, as epoll's read at submission does (decision 848). Before 848
+    ul_ready said 0 on io_uring, and the turn submitted it in a waiting run
+    (which found the data and returned without sleeping)."""
+    from uringloop.engine import lib
+
+    eng = make_engine()
+    a, b = (res_tracker.sock(s) for s in socket.socketpair())
+    a.setblocking(False)
+    eng.run(0)  # the ring enabled and ours
+    b.send(b"there")
+    got = Collector("ms")
+    ud = eng.recv(a.fileno(), got, multishot=True)
+    assert lib.ul_ready(eng._e) == 1
+    waits = eng.stats()["waits"]
+    eng.run(0)
+    assert [r[2] for r in got.records] == [b"there"]
+    assert eng.stats()["waits"] == waits
+    eng.cancel(ud)
+    run_until(eng, lambda: got.done)
