@@ -21,7 +21,8 @@ timeout other than 0) and every call of those kinds. Per connection:
   engine    uringloop's engine_stats() (enters, waits, submitted, records,
             cqes), asked of the server over its stdin
   syscalls  with --strace: `strace -c -f` attached to the server over the
-            window, by name
+            windows, by name (its stops then count in vcsw, and a slower
+            server waits less often: read those from a run without it)
 
 Two windows of one server, after `--warmup` connections: N connections,
 then 2N, each between two snapshots taken while the server sleeps in its
