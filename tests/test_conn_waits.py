@@ -167,9 +167,12 @@ def test_a_server_closed_connection_whose_data_is_there_waits_for_nothing(kind):
     wait, and their records come back from them. The parent tree made one
     waiting run a connection, which found its completion and returned
     without sleeping. epoll's accept comes from an epoll_wait with a
-    timeout, which returns at once: one a connection. Every client reads the
+    timeout, which returns at once: one a connection (at most). Every client reads the
     answer, then EOF."""
     lp = make_loop(kind)
+    if kind != "epoll" and "TASKRUN_FLAG" not in lp._engine.info()["ring_flags"]:
+        lp.close()
+        pytest.skip("no IORING_SETUP_TASKRUN_FLAG (Linux < 5.19): deferred work is not visible")
     n = 30
     lost: list = []
     waiter: list = [None]
@@ -206,7 +209,10 @@ def test_a_server_closed_connection_whose_data_is_there_waits_for_nothing(kind):
     finally:
         lp.close()
     assert lost == [None] * (n + 5)
-    assert waits == (n if kind == "epoll" else 0), f"{waits} waiting runs for {n} connections"
+    if kind == "epoll":
+        assert waits <= n, f"{waits} waiting runs for {n} connections"
+    else:
+        assert waits == 0, f"{waits} waiting runs for {n} connections"
 
 
 def test_a_streams_receive_from_python_is_tried_without_a_wait(make_engine, res_tracker):
