@@ -438,3 +438,23 @@ def test_the_other_core_methods_name_themselves():
     )
     assert m.fallback is None and not hasattr(m, "__signature__")
     assert isinstance(m.__doc__, str)
+
+
+def test_a_patched_on_recv_still_gets_the_closing_transports_last_record(tloop, monkeypatch):
+    """The closing transport's final receive record is the Stream's only
+    while the class keeps stream.py's _on_recv (decision 833): a patched
+    _on_recv gets it, as before."""
+    if not _ours(tloop):
+        pytest.skip("the method patched is uringloop's SocketTransport._on_recv")
+    from uringloop.transports.stream import SocketTransport
+
+    orig, seen = SocketTransport._on_recv, []
+
+    def on_recv(self, res, more, data):
+        seen.append((res < 0, more, data))
+        return orig(self, res, more, data)
+
+    monkeypatch.setattr(SocketTransport, "_on_recv", on_recv)
+    events, got, end, handled, t, counts = _exchange(tloop, _write_close)
+    assert (events[-2:], got, end) == ([("lost", None), "after"], b"answer", "eof")
+    assert (True, False, None) in seen, seen
