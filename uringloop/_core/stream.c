@@ -262,13 +262,23 @@ static struct {
     Py_ssize_t off[A_N];
     PyObject *high, *low, *in_core, *share, *buffered_type, *start_reading;
     int tracks; /* Server._attach/_detach take the transport (3.13+) */
-    /* close_setup: stream.py's close, _Kind, _ignore, _INET (decision 812) */
-    PyObject *close, *kind_type, *ignore, *inet;
+    /* close_setup: stream.py's close, _Kind, _ignore, _INET (decision 812);
+     * its _on_recv and socket.socket (decisions 833, 834) */
+    PyObject *close, *kind_type, *ignore, *inet, *on_recv, *socket_type;
 } acc;
+#define ASLOT(o, i) (*(PyObject **)((char *)(o) + acc.off[i]))
+static inline void aset(PyObject *o, int i, PyObject *v) /* v: a new reference */
+{
+    PyObject *old = ASLOT(o, i);
+    ASLOT(o, i) = v;
+    Py_XDECREF(old);
+}
 static PyObject *s_engine, *s_backend, *s_epoll, *s_attach, *s_connection_made,
     *s_start_reading_c, *s_resume_h, *s_fd_closing, *s_unread, *s_held, *s_e, *s_conn_lost,
-    *s_call_connection_lost, *s_closed, *s_family, *s_close_fd, *s_close_reset;
-static PyObject *sr_one;
+    *s_call_connection_lost, *s_closed, *s_family, *s_close_fd, *s_close_reset, *s_connection_lost,
+    *s_protocol_connected, *s_empty_waiter, *s_sock_closed, *s_fileno, *s_detach, *s_set_exception,
+    *s_lost, *m_closed_by_peer;
+static PyObject *sr_one, *sr_zero;
 static int stream_close_fast(Stream *s, PyObject *t);
 
 /* transport.<name>(*args), inside the transport's context when enter */
@@ -1027,6 +1037,18 @@ out:
     return r;
 }
 
+/* A receive's final record with no bytes (the -ECANCELED of close()'s
+ * cancel, an error, an EOF) for an exact SocketTransport whose class keeps
+ * stream.py's _on_recv, once the transport is closing (its _closing slot
+ * True): all _on_recv does then is note that the receive has ended (decision
+ * 833). Reads only. */
+static inline int stream_closing_final(Stream *s)
+{
+    PyObject *t = s->transport;
+    return acc.on_recv != NULL && t != NULL && Py_TYPE(t) == acc.cls &&
+           ASLOT(t, A_CLOSING) == Py_True && _PyType_Lookup(acc.cls, s_on_recv) == acc.on_recv;
+}
+
 /* a record: straight to the protocol when nothing unusual surrounds it,
  * else held (stream_hold) or the transport's _on_recv. The fast path reads
  * only more and data; res and args serve the others (stream_recv_slow).
@@ -1067,6 +1089,14 @@ static PyObject *stream_recv(Stream *s, int32_t res, int more, PyObject *data,
         Py_RETURN_NONE;
     if (res == 0 && !more && data == Py_None && args == NULL && stream_eof_ok(s))
         return stream_eof(s, enter);
+    if (res <= 0 && !more && data == Py_None && args == NULL && stream_closing_final(s)) {
+        /* _on_recv's first steps, written out (decision 833): the receive
+         * has ended (`self._core.recv_ud = 0`), and a closing transport
+         * hands nothing over (its `if self._closing: ... return`; bytes,
+         * res > 0, are _dropped's, in Python) */
+        s->recv_ud = 0;
+        Py_RETURN_NONE;
+    }
     return stream_recv_slow(s, res, more, data, args, 0, enter);
 }
 
@@ -3088,6 +3118,171 @@ static PyTypeObject StreamType = {
     .tp_new = Stream_new,
 };
 
+/* The AttributeError a member descriptor raises for an unset slot */
+static void slot_unset(PyObject *t, const char *name)
+{
+    PyErr_Format(PyExc_AttributeError, "'%.200s' object has no attribute '%s'",
+                 Py_TYPE(t)->tp_name, name);
+}
+
+/* _call_connection_lost's finally for the C copy below (decision 834), its
+ * steps in order: s (the socket object, exactly a socket.socket) closed
+ * unless it is closed already (s._closed and s.fileno() < 0); _sockobj,
+ * _protocol, _loop None; the server's _detach (with the transport on
+ * 3.13+), _server None; a pending _empty_waiter's ConnectionError; the
+ * Stream's lost(). 0, or -1 with the exception set where Python raises it
+ * (the steps after it not taken) */
+static int lost_finally(PyObject *t, PyObject *s)
+{
+    PyObject *v = PyObject_GetAttr(s, s_sock_closed);
+    if (v == NULL)
+        return -1;
+    int close = PyObject_Not(v);
+    Py_DECREF(v);
+    if (close == 0) {
+        if ((v = PyObject_CallMethodNoArgs(s, s_fileno)) == NULL)
+            return -1;
+        close = PyObject_RichCompareBool(v, sr_zero, Py_GE);
+        Py_DECREF(v);
+    }
+    if (close < 0)
+        return -1;
+    if (close) {
+        if ((v = PyObject_CallMethodNoArgs(s, s_close)) == NULL)
+            return -1;
+        Py_DECREF(v);
+    }
+    aset(t, A_SOCKOBJ, Py_NewRef(Py_None));
+    aset(t, A_PROTOCOL, Py_NewRef(Py_None));
+    aset(t, A_LOOP, Py_NewRef(Py_None));
+    /* _forget, written out */
+    PyObject *server = ASLOT(t, A_SERVER);
+    if (server == NULL) {
+        slot_unset(t, "_server");
+        return -1;
+    }
+    if (server != Py_None) {
+        Py_INCREF(server);
+        PyObject *argv[2] = {server, t};
+        v = PyObject_VectorcallMethod(s_detach, argv,
+                                      (acc.tracks ? 2 : 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_DECREF(server);
+        if (v == NULL)
+            return -1;
+        Py_DECREF(v);
+        aset(t, A_SERVER, Py_NewRef(Py_None));
+    }
+    if ((v = PyObject_GetAttr(t, s_empty_waiter)) == NULL)
+        return -1;
+    if (v != Py_None) {
+        PyObject *d = PyObject_CallMethodNoArgs(v, S.s_done);
+        int done = d == NULL ? -1 : PyObject_IsTrue(d);
+        Py_XDECREF(d);
+        if (done == 0) {
+            PyObject *e = PyObject_CallOneArg(PyExc_ConnectionError, m_closed_by_peer);
+            d = e == NULL ? NULL : PyObject_CallMethodOneArg(v, s_set_exception, e);
+            Py_XDECREF(e);
+            done = d == NULL ? -1 : 0;
+            Py_XDECREF(d);
+        }
+        if (done < 0) {
+            Py_DECREF(v);
+            return -1;
+        }
+    }
+    Py_DECREF(v);
+    /* self._core.lost(): the reference Python's attribute read holds is
+     * held here too (release() counts the references to the Stream) */
+    PyObject *core = ASLOT(t, A_CORE);
+    if (core == NULL) {
+        slot_unset(t, "_core");
+        return -1;
+    }
+    Py_INCREF(core);
+    v = Py_IS_TYPE(core, &StreamType) ? Stream_lost((Stream *)core, NULL)
+                                      : PyObject_CallMethodNoArgs(core, s_lost);
+    Py_DECREF(core);
+    if (v == NULL)
+        return -1;
+    Py_DECREF(v);
+    return 0;
+}
+
+/* _call_connection_lost(exc) of an exact SocketTransport, stream.py's
+ * steps in C with no frame (decision 834): `if s is None: return`; the
+ * socket extra kept; `if self._protocol_connected:
+ * self._protocol.connection_lost(exc)`; then the finally (lost_finally),
+ * run as Python runs it while an exception goes through: that exception
+ * is the one being handled meanwhile (sys.exception(), and the __context__
+ * of one the finally raises, which then replaces it). Taken only where the
+ * socket object is a socket.socket (a _Kind's object is made in Python
+ * first, a subclass's close may be anything) and the slots it reads are
+ * set: 0 (nothing done) for the Python method otherwise. 1: done; -1: an
+ * exception set. */
+static int transport_lost_fast(PyObject *t, PyObject *exc)
+{
+    PyObject *s = ASLOT(t, A_SOCKOBJ);
+    if (acc.socket_type == NULL || s == NULL || ASLOT(t, A_TSOCK) == NULL)
+        return 0;
+    if (s == Py_None)
+        return 1;
+    if (!Py_IS_TYPE(s, (PyTypeObject *)acc.socket_type))
+        return 0;
+    Py_INCREF(t);
+    Py_INCREF(s);
+    if (ASLOT(t, A_TSOCK) == Py_None)
+        aset(t, A_TSOCK, Py_NewRef(s)); /* the extra socket after the close (600) */
+    /* try: */
+    PyObject *v = PyObject_GetAttr(t, s_protocol_connected);
+    int ok = v == NULL ? -1 : PyObject_IsTrue(v);
+    Py_XDECREF(v);
+    if (ok > 0) {
+        PyObject *proto = ASLOT(t, A_PROTOCOL);
+        if (proto == NULL) {
+            slot_unset(t, "_protocol");
+            ok = -1;
+        } else {
+            Py_INCREF(proto);
+            PyObject *argv[2] = {proto, exc};
+            v = PyObject_VectorcallMethod(s_connection_lost, argv,
+                                          2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            Py_DECREF(proto);
+            ok = v == NULL ? -1 : 0;
+            Py_XDECREF(v);
+        }
+    }
+    /* finally: */
+    PyObject *prev = ok < 0 ? take_exception() : NULL;
+    int rc;
+    if (prev == NULL) {
+        rc = lost_finally(t, s);
+    } else {
+#if PY_VERSION_HEX >= 0x030B0000
+        PyObject *handled = PyErr_GetHandledException();
+        PyErr_SetHandledException(prev);
+        rc = lost_finally(t, s);
+        PyErr_SetHandledException(handled);
+        Py_XDECREF(handled);
+#else
+        PyObject *ht, *hv, *htb;
+        PyErr_GetExcInfo(&ht, &hv, &htb);
+        PyErr_SetExcInfo(Py_NewRef((PyObject *)Py_TYPE(prev)), Py_NewRef(prev),
+                         PyException_GetTraceback(prev));
+        rc = lost_finally(t, s);
+        PyErr_SetExcInfo(ht, hv, htb);
+#endif
+        if (rc == 0) {
+            give_exception(prev); /* the try's exception goes on */
+            rc = -1;
+        } else {
+            Py_DECREF(prev); /* replaced (its __context__ now) */
+        }
+    }
+    Py_DECREF(s);
+    Py_DECREF(t);
+    return rc < 0 ? -1 : 1;
+}
+
 /* A method of the transport that is its Stream's (write, writelines), or
  * that reads one of its slots (is_closing, decision 306): a
  * class attribute the interpreter calls as m(transport, arg) with no bound
@@ -3109,6 +3304,7 @@ typedef struct {
     Py_ssize_t sock_offset;
     PyObject *slow;
     char close; /* close() (decision 820): stream_close_fast, else slow */
+    char lost;  /* _call_connection_lost (decision 834): transport_lost_fast, else slow */
 } CoreMethod;
 
 /* __del__(transport): a transport whose socket is gone (_sockobj None, as
@@ -3146,6 +3342,20 @@ static PyObject *CoreMethod_vectorcall(CoreMethod *m, PyObject *const *args, siz
                 if (rc > 0)
                     Py_RETURN_NONE;
             }
+        }
+        return PyObject_Vectorcall(m->slow, args, nargsf, kwnames);
+    }
+    if (m->lost) {
+        /* _call_connection_lost(exc): an exact SocketTransport's in C
+         * (decision 834), anything else (a subclass, other arguments, a
+         * socket object that is not a socket.socket) stream.py's */
+        if (nargs == 2 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0) &&
+            Py_TYPE(args[0]) == acc.cls) {
+            int rc = transport_lost_fast(args[0], args[1]);
+            if (rc < 0)
+                return NULL;
+            if (rc > 0)
+                Py_RETURN_NONE;
         }
         return PyObject_Vectorcall(m->slow, args, nargsf, kwnames);
     }
@@ -3216,6 +3426,63 @@ static PyObject *CoreMethod_repr(CoreMethod *m)
     return PyUnicode_FromFormat("<core method %U of %s>", m->name, m->owner->tp_name);
 }
 
+/* What a function answers of itself (decision 835): close and
+ * _call_connection_lost answer __name__, __qualname__, __module__ and
+ * __doc__ as the Python function they stand for (the fallback, the rule),
+ * and __signature__ as inspect.signature() of it: asyncio's
+ * Handle.__repr__ and its exception and slow-callback reports
+ * (format_helpers._format_callback_source: a bound method's __qualname__,
+ * asked of its __func__; no source location, as for a bound method of a
+ * function, since there is no __wrapped__) read as they did, and
+ * inspect.signature() gives the Python one. fallback is that function. The
+ * others (no Python function behind them) give their name, the class's
+ * qualified name dotted with it, the class's module, the type's doc string,
+ * fallback None and no __signature__. */
+static PyObject *CoreMethod_about(CoreMethod *m, void *what)
+{
+    const char *name = (const char *)what;
+    if ((m->close || m->lost) && strcmp(name, "fallback") == 0)
+        return Py_NewRef(m->slow);
+    if ((m->close || m->lost) && strcmp(name, "__signature__") == 0) {
+        PyObject *inspect = PyImport_ImportModule("inspect");
+        if (inspect == NULL)
+            return NULL;
+        PyObject *sig = PyObject_CallMethod(inspect, "signature", "O", m->slow);
+        Py_DECREF(inspect);
+        return sig;
+    }
+    if (m->close || m->lost)
+        return PyObject_GetAttrString(m->slow, name);
+    if (strcmp(name, "fallback") == 0)
+        Py_RETURN_NONE;
+    if (strcmp(name, "__name__") == 0)
+        return Py_NewRef(m->name);
+    if (strcmp(name, "__qualname__") == 0) {
+        PyObject *q = PyObject_GetAttrString((PyObject *)m->owner, "__qualname__");
+        if (q == NULL)
+            return NULL;
+        PyObject *r = PyUnicode_FromFormat("%U.%U", q, m->name);
+        Py_DECREF(q);
+        return r;
+    }
+    if (strcmp(name, "__module__") == 0)
+        return PyObject_GetAttrString((PyObject *)m->owner, "__module__");
+    if (strcmp(name, "__doc__") == 0)
+        return PyUnicode_FromString(Py_TYPE(m)->tp_doc);
+    PyErr_SetString(PyExc_AttributeError, name);
+    return NULL;
+}
+
+static PyGetSetDef CoreMethod_getset[] = {
+    {"__name__", (getter)CoreMethod_about, NULL, NULL, "__name__"},
+    {"__qualname__", (getter)CoreMethod_about, NULL, NULL, "__qualname__"},
+    {"__module__", (getter)CoreMethod_about, NULL, NULL, "__module__"},
+    {"__doc__", (getter)CoreMethod_about, NULL, NULL, "__doc__"},
+    {"__signature__", (getter)CoreMethod_about, NULL, NULL, "__signature__"},
+    {"fallback", (getter)CoreMethod_about, NULL, NULL, "fallback"},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyTypeObject CoreMethodType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "uringloop._sched.CoreMethod",
@@ -3229,13 +3496,16 @@ static PyTypeObject CoreMethodType = {
     .tp_traverse = (traverseproc)CoreMethod_traverse,
     .tp_dealloc = (destructor)CoreMethod_dealloc,
     .tp_repr = (reprfunc)CoreMethod_repr,
+    .tp_getset = CoreMethod_getset,
 };
 
 /* core_method(slot, name): the transport class's method name ("write" or
  * "writelines") over the Stream in slot (the class's _core member); or
  * "is_closing", which returns the value in slot (the class's _closing);
  * core_method(slot, "__del__", sock_slot, slow): see CoreMethod_del;
- * core_method(slot, "close", slow): stream_close_fast, else slow (820) */
+ * core_method(slot, "close", slow): stream_close_fast, else slow (820);
+ * core_method(slot, "_call_connection_lost", slow): transport_lost_fast, else
+ * slow (834) */
 static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)mod;
@@ -3254,12 +3524,14 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
     Py_ssize_t sock_offset = 0;
     int del = PyUnicode_CompareWithASCIIString(args[1], "__del__") == 0;
     int close = PyUnicode_CompareWithASCIIString(args[1], "close") == 0;
+    int lost = PyUnicode_CompareWithASCIIString(args[1], "_call_connection_lost") == 0;
     if (del != (nargs == 4)) {
         PyErr_SetString(PyExc_TypeError, "core_method: __del__ takes a slot and a function");
         return NULL;
     }
-    if (close != (nargs == 3) || (close && !PyCallable_Check(args[2]))) {
-        PyErr_SetString(PyExc_TypeError, "core_method: close takes a function");
+    if ((close || lost) != (nargs == 3) || ((close || lost) && !PyCallable_Check(args[2]))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "core_method: close and _call_connection_lost take a function");
         return NULL;
     }
     if (del) {
@@ -3273,7 +3545,7 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
         }
         sock_offset = ((PyMemberDescrObject *)args[2])->d_member->offset;
     }
-    else if (close)
+    else if (close || lost)
         fn = NULL;
     else if (PyUnicode_CompareWithASCIIString(args[1], "write") == 0)
         fn = (PyCFunction)Stream_write;
@@ -3283,7 +3555,8 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
         fn = NULL;
     else {
         PyErr_SetString(PyExc_ValueError,
-                        "core_method: write, writelines, is_closing, close or __del__");
+                        "core_method: write, writelines, is_closing, close, "
+                        "_call_connection_lost or __del__");
         return NULL;
     }
     CoreMethod *m = PyObject_GC_New(CoreMethod, &CoreMethodType);
@@ -3296,8 +3569,9 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
     m->name = Py_NewRef(args[1]);
     m->slot = Py_NewRef(args[0]);
     m->sock_offset = sock_offset;
-    m->slow = del ? Py_NewRef(args[3]) : close ? Py_NewRef(args[2]) : NULL;
+    m->slow = del ? Py_NewRef(args[3]) : (close || lost) ? Py_NewRef(args[2]) : NULL;
     m->close = (char)close;
+    m->lost = (char)lost;
     PyObject_GC_Track(m);
     return (PyObject *)m;
 }
@@ -3315,14 +3589,6 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
  * server._attach, loop.call_soon, protocol.connection_made, the class's
  * _start_reading), so a subclass or a patched method is still called.
  * stream.py's _begin and _made are the rule: keep this the same. */
-#define ASLOT(o, i) (*(PyObject **)((char *)(o) + acc.off[i]))
-
-static inline void aset(PyObject *o, int i, PyObject *v) /* v: a new reference */
-{
-    PyObject *old = ASLOT(o, i);
-    ASLOT(o, i) = v;
-    Py_XDECREF(old);
-}
 
 /* accepted_setup(cls, slots, high, low, in_core, share, BufferedProtocol,
  * _start_reading, tracks): slots the member descriptors of the transport's 17
@@ -3493,18 +3759,24 @@ fail:
     return NULL;
 }
 
-/* close_setup(close, _Kind, _ignore, _INET): what stream_close_fast needs */
+/* close_setup(close, _Kind, _ignore, _INET, _on_recv, socket.socket): what
+ * stream_close_fast, stream_closing_final and the C _call_connection_lost
+ * need */
 static PyObject *close_setup(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)mod;
-    if (nargs != 4 || !PyType_Check(args[1]) || !PyTuple_CheckExact(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "close_setup(close, kind_type, ignore, inet)");
+    if (nargs != 6 || !PyType_Check(args[1]) || !PyTuple_CheckExact(args[3]) ||
+        !PyType_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "close_setup(close, kind_type, ignore, inet, on_recv, socket_type)");
         return NULL;
     }
     Py_XSETREF(acc.close, Py_NewRef(args[0]));
     Py_XSETREF(acc.kind_type, Py_NewRef(args[1]));
     Py_XSETREF(acc.ignore, Py_NewRef(args[2]));
     Py_XSETREF(acc.inet, Py_NewRef(args[3]));
+    Py_XSETREF(acc.on_recv, Py_NewRef(args[4]));
+    Py_XSETREF(acc.socket_type, Py_NewRef(args[5]));
     Py_RETURN_NONE;
 }
 
@@ -3789,7 +4061,8 @@ static PyMethodDef stream_functions[] = {
     {"accepted_setup", (PyCFunction)(void (*)(void))accepted_setup, METH_FASTCALL,
      "accepted_setup(...): what accepted_transport needs of stream.py (decision 811)"},
     {"close_setup", (PyCFunction)(void (*)(void))close_setup, METH_FASTCALL,
-     "close_setup(close, kind_type, ignore, inet): for the C close at EOF (decision 812)"},
+     "close_setup(close, kind_type, ignore, inet, on_recv, socket_type): for the C close "
+     "(decisions 812, 820) and connection_lost (833, 834)"},
     {"accepted_transport", (PyCFunction)(void (*)(void))accepted_transport, METH_FASTCALL,
      "accepted_transport(loop, fd, kind, protocol, server, nodelay): an accepted "
      "connection's SocketTransport (decision 811)"},
@@ -3909,9 +4182,20 @@ static int stream_init_module(PyObject *m)
     STREAM_INTERN(s_family, "family");
     STREAM_INTERN(s_close_fd, "close_fd");
     STREAM_INTERN(s_close_reset, "_close_reset");
+    STREAM_INTERN(s_connection_lost, "connection_lost");
+    STREAM_INTERN(s_protocol_connected, "_protocol_connected");
+    STREAM_INTERN(s_empty_waiter, "_empty_waiter");
+    STREAM_INTERN(s_sock_closed, "_closed");
+    STREAM_INTERN(s_fileno, "fileno");
+    STREAM_INTERN(s_detach, "_detach");
+    STREAM_INTERN(s_set_exception, "set_exception");
+    STREAM_INTERN(s_lost, "lost");
+    STREAM_INTERN(m_closed_by_peer, "Connection is closed by peer");
     if (!(sr_one = PyLong_FromLong(1)))
         return -1;
     if (!(sr_two = PyLong_FromLong(2)))
+        return -1;
+    if (!(sr_zero = PyLong_FromLong(0)))
         return -1;
     STREAM_INTERN(m_data_failed, "Fatal error: protocol.data_received() call failed.");
     STREAM_INTERN(m_get_buffer_failed, "Fatal error: protocol.get_buffer() call failed.");

@@ -320,7 +320,12 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
                 c.unlink()
 
     def _call_connection_lost(self, exc):
-        # base.py's, with _has_sock and _forget written out (decision 621)
+        # base.py's, with _has_sock and _forget written out (decision 621).
+        # The class's _call_connection_lost is the C core's (below the
+        # class), which does these steps in C for an exact SocketTransport
+        # whose socket object is a socket.socket (stream.c's
+        # transport_lost_fast, decision 834), and this method otherwise: keep
+        # the two the same
         s = self._sockobj
         if s is None:
             return
@@ -468,6 +473,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         if not more:
             self._core.recv_ud = 0  # (the _recv_ud property's None)
         if self._closing:
+            # (a final record with no bytes: stream.c's stream_closing_final
+            # does these two steps itself, decision 833: keep them the same)
             if res > 0:
                 self._dropped()  # bytes the stock loop would have left unread
             return  # the stock transport stops reading at close()
@@ -1197,7 +1204,19 @@ class _Kind:
 # close, another state) is the Python close above, the rule: keep the two
 # the same
 SocketTransport.close = _sched.core_method(SocketTransport._core, "close", SocketTransport.close)
-_sched.close_setup(SocketTransport.close, _Kind, _ignore, _INET)
+# _call_connection_lost(exc): an exact SocketTransport's in C, the same
+# steps (decision 834); a subclass, a socket object that is not a
+# socket.socket (or still a _Kind) and anything else call the Python method
+# above, the rule: keep the two the same. Both core methods answer
+# __qualname__, __doc__, __wrapped__ (so inspect.signature and a handle's
+# repr) as that function (835). A closing transport's final record with no
+# bytes does _on_recv's steps in C (833): keep its closing case the same.
+SocketTransport._call_connection_lost = _sched.core_method(
+    SocketTransport._core, "_call_connection_lost", SocketTransport._call_connection_lost
+)
+_sched.close_setup(
+    SocketTransport.close, _Kind, _ignore, _INET, SocketTransport._on_recv, socket.socket
+)
 
 
 class Acceptor:
