@@ -1251,6 +1251,68 @@ def test_loop_and_subprocess_bench_rerun_every_loop_under_the_rsloop_env(tmp_pat
     assert launch == [sys.executable] and senv is None and "host's glibc" in said
 
 
+def test_kcounts_stallhunt_and_heapstate_start_servers_under_the_rsloop_env(
+    tmp_path, monkeypatch
+):
+    """kcounts.py, stallhunt.py and heapstate.py take --rsloop-env as
+    net_bench does (decision 841): kcounts and stallhunt hand its manifest
+    to net_bench.Server (which starts the server through the environment's
+    loader, the test above), heapstate builds the same command for gdb;
+    without it, this Python as it is."""
+    import argparse
+    import subprocess
+
+    nb = _net_bench()
+    kc = _bench("kcounts")
+    sh = _bench("stallhunt")
+    hs = _bench("heapstate")
+    re_ = _bench("rsloop_env")
+    for name in ("kcounts", "stallhunt", "heapstate"):
+        out = subprocess.run(
+            [sys.executable, os.path.join(BENCH, f"{name}.py"), "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "--rsloop-env auto|off|DIR" in out.stdout, name
+    env = _fake_rsloop_env(tmp_path, tmp_path / "argv")
+    man = re_.choose(str(env), wanted=True)
+    seen = []
+
+    class FakeServer:
+        def __init__(self, loop, wl, cpu, tmp, cert, pad=0, libc=None):
+            seen.append(libc)
+            self.skip = "fake"
+
+        def stop(self):
+            pass
+
+    class RefusedServer(FakeServer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            raise RuntimeError("fake")
+
+    wl = nb.select_workloads("echo-1k-c1-protocol-tcp")[0]
+    monkeypatch.setattr(nb, "Server", FakeServer)
+    opts = argparse.Namespace(server_cpu=0, libc=man)
+    assert kc.run_one(wl, "asyncio", opts, str(tmp_path), 0) == {"skip": "fake"}
+    opts.libc = None
+    kc.run_one(wl, "asyncio", opts, str(tmp_path), 0)
+    monkeypatch.setattr(nb, "Server", RefusedServer)
+    opts.libc = man
+    rec = sh.attempt(opts, ("asyncio", wl["id"], 1, 0), str(tmp_path), str(tmp_path), 0)
+    assert rec["error"] == "server start: fake"
+    assert seen == [man, None, man]
+    args, cenv = hs.server_command("asyncio", wl, 0, str(tmp_path), 0, man)
+    assert args[0] == str(env / re_.LOADER) and args[3] == sys.executable
+    assert args[4:7] == [nb.SERVER, "--loop", "asyncio"]
+    assert str(env / "site") in cenv["PYTHONPATH"].split(os.pathsep)
+    args, cenv = hs.server_command("asyncio", wl, 0, str(tmp_path), 0)
+    assert args[:2] == [sys.executable, nb.SERVER]
+    assert cenv["PYTHONPATH"] == nb.ROOT
+
+
 def test_rsloop_server_serves_an_echo_in_the_built_env(loadgen, tmp_path):
     """The environment `make rsloop-env` built (benchmarks/.rsloop-env): an
     rsloop protocol echo server started as net_bench starts it echoes what

@@ -303,6 +303,12 @@ int ul_recv_busy(ul_engine *e, int fd);
  * a submission that raised after the slot was taken asks this before it
  * gives the slot back (decision 428). 0 otherwise. */
 int ul_op_known(ul_engine *e, uint64_t ud);
+/* 1 when an op on fd has ended with result res (a negative errno) and its
+ * record has not been handed out yet: io_uring's CQ holds it unreaped (a
+ * ring without DEFER_TASKRUN posts a receive's completion when the task
+ * work runs, at any syscall's return), or it waits in the engine for the
+ * next run. A look at memory, no syscall, nothing consumed (decision 839). */
+int ul_ended_with(ul_engine *e, int fd, int32_t res);
 /* CDEF END */
 
 #endif

@@ -1743,6 +1743,28 @@ static int uring_ready(ul_engine *e)
            (__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & (UL_SQ_CQ_OVERFLOW | UL_SQ_TASKRUN));
 }
 
+/* ul_ended_with's look at the CQ: a CQE of a live op on fd with res, not
+ * reaped yet (nothing consumed; the next reap takes it as before). A ring
+ * without DEFER_TASKRUN posts a receive's -ECONNRESET when the task work
+ * runs, at the return of any syscall of this thread, the peer's close(2)
+ * of a socketpair or loopback connection included (decision 839). */
+static int uring_ended_with(ul_engine *e, int fd, int32_t res)
+{
+    struct uring *u = e->bs;
+    if (!u->enabled || u->owner != &tls_marker)
+        return 0;
+    unsigned tail = __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE);
+    for (unsigned head = *u->cq_khead; head != tail; head++) {
+        const struct ul_cqe *c = &u->cqes[head & u->cq_mask];
+        if (c->res != res || (c->user_data & KUD_SPECIAL) == KUD_SPECIAL)
+            continue;
+        struct ul_op *op = ul__op_find(e, ul__slot(c->user_data & ~KUD_POLL));
+        if (op && op->kud == c->user_data && op->state == S_ACTIVE && op->fd == fd)
+            return 1;
+    }
+    return 0;
+}
+
 static int uring_flush(ul_engine *e)
 {
     struct uring *u = e->bs;
@@ -1813,6 +1835,7 @@ const struct ul_backend ul_uring_backend = {
     .quiet = uring_quiet,
     .ready = uring_ready,
     .trim = uring_trim,
+    .ended_with = uring_ended_with,
 };
 
 /* ---------------------------------------------------------------- init */

@@ -999,7 +999,15 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         super()._fatal_error(exc, message)
 
     def _held_reset(self):
-        return any(rec[0] == -errno.ECONNRESET for rec in self._held_records())
+        if any(rec[0] == -errno.ECONNRESET for rec in self._held_records()):
+            return True
+        # or the receive's record is made and not reaped yet: a ring without
+        # DEFER_TASKRUN runs the receive's task work (which takes the reset)
+        # as any syscall of this thread returns, the peer's close(2) in a
+        # callback included (decision 839)
+        if self._fd_closing:
+            return False  # (fd may name another file now)
+        return self._engine.ended_with(self._core.fd, -errno.ECONNRESET)
 
     def _force_close(self, exc):
         """abort(), fatal errors, and 3.13's sslproto ``_abort``: the stock
