@@ -1044,7 +1044,7 @@ def test_server_instructions_cache_columns_per_request(tmp_path):
 
 
 def test_coldwait_counts_the_waits_that_may_block(tmp_path):
-    """coldwait.c (server_instructions.py --cold), preloaded outside valgrind
+    """coldwait.c (server_instructions.py --cold, conn_counts.py), preloaded outside valgrind
     (its client requests do nothing there): it counts an epoll_wait with a
     timeout and an io_uring_enter through syscall() that asks for GETEVENTS
     with a min_complete, and nothing else; min_complete and flags are read as
@@ -1071,7 +1071,9 @@ libc.syscall(ctypes.c_long(39))  # getpid
 """
     env = dict(os.environ, LD_PRELOAD=so, COLDWAIT_LOG=str(log))
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
-    assert int(log.read_text()) == 2
+    # the waits, then every call of those kinds up to the last wait (conn_counts.py):
+    # the epoll wait with a timeout, the zero-timeout one, the counted enter
+    assert [int(x) for x in log.read_text().split()] == [2, 3]
 
 
 # ------------------------------------------------- rsloop's environment (799-801)
@@ -1378,3 +1380,49 @@ def test_buffered_counts_counts_the_protocols_calls_per_request(tmp_path, loop):
         assert run["engine"] == {}
     else:
         assert run["engine"]["records"] > 0 and "submitted" in run["engine"]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uringloop-io_uring", "uringloop-epoll"])
+def test_conn_counts_counts_waits_per_connection(tmp_path, loop):
+    """benchmarks/conn_counts.py (decision 845): net_server's echo server
+    natively with coldwait.so preloaded, short-lived connections one at a
+    time; per connection at least one wait that may block (the accept's),
+    every wait among the calls of its kind, the server's context switches
+    read, and uringloop's engine counters (its waits are coldwait's, and
+    every connection's four records: accept, data, EOF, close). Fails
+    without the tool."""
+    if not os.path.exists("/usr/include/valgrind/callgrind.h"):
+        pytest.skip("valgrind's callgrind.h is not installed (coldwait.c includes it)")
+    if loop == "uringloop-io_uring":
+        require_uring()
+    out = tmp_path / "counts.json"
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(uringloop.__file__)))
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(BENCH, "conn_counts.py"),
+            "--loop",
+            loop,
+            "-n",
+            "10",
+            "--warmup",
+            "2",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    per = json.loads(out.read_text())["per_connection"][loop]
+    assert 1 <= per["waits"] <= per["enters"], per
+    assert per["vcsw"] >= 0 and "ivcsw" in per
+    if loop == "asyncio":
+        assert not any(k.startswith("engine ") for k in per)
+    else:
+        # the engine counts a wait when it ends, coldwait when it starts: one a window apart
+        assert abs(per["engine waits"] - per["waits"]) <= 2 / 30 + 1e-9, per
+        # (and the stats requests' own records, a few a window)
+        assert 4 - 1e-9 <= per["engine records"] <= 4.2, per

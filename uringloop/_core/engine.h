@@ -282,10 +282,13 @@ int ul_run_turn(ul_engine *e, int64_t timeout_ns);
 /* 1 when a ul_run would find a completion without waiting: records are
  * pending, the io_uring CQ holds entries, the kernel flags deferred work
  * for us, or a send from Python waits to be submitted (io_uring: it completes
- * within the enter that submits it when the socket has room; decision 340)
- * (epoll: an fd waits on the retry list). A hint read from memory, no
- * syscall: 0 says nothing (the run may still find something). The native
- * turn runs ul_run(e, 0) with the GIL kept when it says 1 (decision 290). */
+ * within the enter that submits it when the socket has room; decision 340),
+ * or a cancel or a stream's multishot receive from Python does (io_uring:
+ * the cancel's target ends within that enter; the receive's bytes are often
+ * there already; decisions 847, 848) (epoll: an fd waits on the retry
+ * list). A hint read from memory, no syscall: 0 says nothing (the run may
+ * still find something). The native turn runs ul_run(e, 0) with the GIL
+ * kept when it says 1 (decision 290). */
 int ul_ready(ul_engine *e);
 
 /* 1 when a receive of fd waits in the engine: io_uring, a one-shot pool
