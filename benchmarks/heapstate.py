@@ -31,6 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import net_bench  # noqa: E402
+import rsloop_env  # noqa: E402
 from net_bench import pad_entry  # noqa: E402  (kcounts and the tests use it from here too)
 
 GDB_SCRIPT = """\
@@ -56,23 +57,37 @@ continue
 """
 
 
+def server_command(loop, wl, cpu, tmp, pad, libc=None):
+    """net_server.py's argv and environment, as net_bench.Server starts it:
+    this Python, or (libc: --rsloop-env's manifest) this Python through that
+    environment's glibc loader with rsloop's site on the path (decision
+    841). gdb then debugs the loader, which maps the environment's glibc:
+    the watchpoint and mp_state need that glibc's debug symbols, which the
+    environment does not carry (gdb says so, and no change is seen)."""
+    launch, extra_path = net_bench.server_launch(libc)
+    args = launch + [net_bench.SERVER, "--loop", loop, "--kind", wl["kind"]]
+    args += ["--cpu", str(cpu)]
+    if wl["transport"] == "unix":
+        args += ["--unix", os.path.join(tmp, f"s{time.monotonic_ns()}.sock")]
+    else:
+        args += ["--tcp", "0"]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (net_bench.ROOT, pad_entry(pad), *extra_path) if p
+    )
+    env.pop("URINGLOOP_BACKEND", None)
+    return args, env
+
+
 class GdbServer:
     """net_server.py under gdb; .addr as net_bench.Server's, .log the gdb output."""
 
-    def __init__(self, loop, wl, cpu, tmp, pad):
+    def __init__(self, loop, wl, cpu, tmp, pad, libc=None):
         self.log = os.path.join(tmp, f"gdb-{time.monotonic_ns()}.log")
         script = os.path.join(tmp, "watch.gdb")
         with open(script, "w") as f:
             f.write(GDB_SCRIPT)
-        args = [sys.executable, net_bench.SERVER, "--loop", loop, "--kind", wl["kind"]]
-        args += ["--cpu", str(cpu)]
-        if wl["transport"] == "unix":
-            args += ["--unix", os.path.join(tmp, f"s{time.monotonic_ns()}.sock")]
-        else:
-            args += ["--tcp", "0"]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = net_bench.ROOT + os.pathsep + pad_entry(pad)
-        env.pop("URINGLOOP_BACKEND", None)
+        args, env = server_command(loop, wl, cpu, tmp, pad, libc)
         self.out = open(self.log, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
             ["gdb", "-q", "-batch", "-x", script, "--args", *args],
@@ -166,17 +181,20 @@ def main():
     ap.add_argument("--client-cpu", type=int, default=1)
     ap.add_argument("--client-mode", choices=("epoll", "uring"), default="epoll")
     ap.add_argument("--frames", type=int, default=3, help="Python frames shown per change")
+    rsloop_env.add_option(ap)
     opts = ap.parse_args()
     opts.verify = True
     opts.warmup = 0.0
     net_bench.build_loadgen()
     loops = [x for x in opts.loops.split(",") if x]
+    libc = rsloop_env.choose(opts.rsloop_env, "rsloop" in loops)
+    print(f"heapstate: {net_bench.libc_line(libc)}", flush=True)
     pads = [int(x) for x in opts.pads.split(",") if x]
     with tempfile.TemporaryDirectory() as tmp:
         for wl in net_bench.select_workloads(opts.workloads):
             for pad in pads:
                 for loop in loops:
-                    srv = GdbServer(loop, wl, opts.server_cpu, tmp, pad)
+                    srv = GdbServer(loop, wl, opts.server_cpu, tmp, pad, libc)
                     try:
                         if srv.skip:
                             print(f"\n## {wl['id']} {loop} pad {pad}: skipped, {srv.skip}")

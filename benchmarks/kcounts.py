@@ -82,6 +82,7 @@ sys.path.insert(0, HERE)
 
 import heapstate  # noqa: E402
 import net_bench  # noqa: E402
+import rsloop_env  # noqa: E402
 
 NET_RX = 3
 # the syscalls counted one by one under "syscalls" (all of them)
@@ -356,7 +357,8 @@ def run_one(wl, loop, opts, tmp, pad=0):
     if wl["kind"] == "tls":
         cert = getattr(opts, "cert", None) or net_bench.make_cert(tmp)
         opts.cert = cert
-    server = net_bench.Server(loop, wl, opts.server_cpu, tmp, cert, pad)
+    libc = getattr(opts, "libc", None)  # --rsloop-env's manifest (decision 841)
+    server = net_bench.Server(loop, wl, opts.server_cpu, tmp, cert, pad, libc=libc)
     try:
         if server.skip:
             return {"skip": server.skip}
@@ -487,6 +489,7 @@ def main():
         help="start-up layouts: a nonexistent PYTHONPATH entry of each of these lengths "
         "(0: none), each a column of its own (decision 570)",
     )
+    rsloop_env.add_option(ap)
     opts = ap.parse_args()
     opts.verify = True
     if opts.record:
@@ -513,6 +516,8 @@ def main():
             runs = json.load(f)["runs"]
         wls = [w for w in wls if any(r["workload"] == w["id"] for r in runs)]
     else:
+        opts.libc = rsloop_env.choose(opts.rsloop_env, "rsloop" in loops)
+        net_bench.log(f"kcounts: {net_bench.libc_line(opts.libc)}")
         os.sched_setaffinity(0, {opts.client_cpu})
         net_bench.build_loadgen()
     with tempfile.TemporaryDirectory() as tmp:

@@ -246,6 +246,19 @@ def importable(module, python=sys.executable):
     return r.returncode == 0
 
 
+def add_option(ap, what="every server"):
+    """The --rsloop-env option net_bench.py has, for the scripts that start
+    net_bench's servers (kcounts, stallhunt, heapstate; decision 841)."""
+    ap.add_argument(
+        "--rsloop-env",
+        default="auto",
+        metavar="auto|off|DIR",
+        help=f"run {what} under the rsloop environment's glibc (benchmarks/rsloop_env.py): "
+        "auto (default) when rsloop is among the loops, does not import as it is, and "
+        "benchmarks/.rsloop-env was built; off: never; DIR: that folder's (decisions 800, 841)",
+    )
+
+
 def choose(spec, wanted, python=sys.executable):
     """The environment's manifest when the benchmark should use it, else None.
     spec: 'off', 'auto' (the default folder, used when rsloop is wanted, does

@@ -563,7 +563,7 @@ def main(argv=None) -> int:
                 waits = ""
                 if opts.cold:
                     w1, w2 = (
-                        int(open(os.path.join(tmp, f"coldwait.{k}.log")).read())
+                        int(open(os.path.join(tmp, f"coldwait.{k}.log")).read().split()[0])
                         for k in (opts.n, 2 * opts.n)
                     )
                     waits = f"  (caches emptied {(w2 - w1) / opts.n:.2f} times a request)"

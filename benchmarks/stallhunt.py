@@ -51,6 +51,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import net_bench  # noqa: E402
+import rsloop_env  # noqa: E402
 
 LOOPS = ["uringloop-io_uring", "uringloop-epoll"]
 WORKLOADS = [
@@ -342,7 +343,8 @@ def attempt(opts, shape, tmp, out, nhit):
     wl = dict(next(w for w in net_bench.WORKLOADS if w["id"] == wid), conns=slots)
     rec = {"loop": loop, "wl": wid, "slots": slots, "pad": pad, "t": time.time()}
     try:
-        server = net_bench.Server(loop, wl, opts.server_cpu, tmp, None, pad)
+        libc = getattr(opts, "libc", None)  # --rsloop-env's manifest (decision 841)
+        server = net_bench.Server(loop, wl, opts.server_cpu, tmp, None, pad, libc=libc)
     except RuntimeError as exc:
         rec["error"] = f"server start: {exc}"
         return rec
@@ -485,8 +487,10 @@ def main():
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
     ap.add_argument("--out", default=None)
+    rsloop_env.add_option(ap)
     opts = ap.parse_args()
     opts.verify = True
+    opts.libc = rsloop_env.choose(opts.rsloop_env, "rsloop" in opts.loops.split(","))
     opts.client_mode = "epoll"
     if opts.fallbacks:
         os.environ["STALLHUNT_FALLBACKS"] = "1"  # the servers' environment (serve)
@@ -501,6 +505,7 @@ def main():
     records, hits = [], []
     end = time.monotonic() + opts.minutes * 60
     net_bench.log(f"stallhunt: {len(base)} shapes x pads {pads}, results in {out}")
+    net_bench.log(f"stallhunt: {net_bench.libc_line(opts.libc)}")
     try:
         with (
             tempfile.TemporaryDirectory(prefix="stallhunt-srv-") as tmp,

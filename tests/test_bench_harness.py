@@ -1095,7 +1095,7 @@ def test_server_instructions_cache_columns_per_request(tmp_path):
 
 
 def test_coldwait_counts_the_waits_that_may_block(tmp_path):
-    """coldwait.c (server_instructions.py --cold), preloaded outside valgrind
+    """coldwait.c (server_instructions.py --cold, conn_counts.py), preloaded outside valgrind
     (its client requests do nothing there): it counts an epoll_wait with a
     timeout and an io_uring_enter through syscall() that asks for GETEVENTS
     with a min_complete, and nothing else; min_complete and flags are read as
@@ -1122,7 +1122,9 @@ libc.syscall(ctypes.c_long(39))  # getpid
 """
     env = dict(os.environ, LD_PRELOAD=so, COLDWAIT_LOG=str(log))
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
-    assert int(log.read_text()) == 2
+    # the waits, then every call of those kinds up to the last wait (conn_counts.py):
+    # the epoll wait with a timeout, the zero-timeout one, the counted enter
+    assert [int(x) for x in log.read_text().split()] == [2, 3]
 
 
 # ------------------------------------------------- rsloop's environment (799-801)
@@ -1300,6 +1302,68 @@ def test_loop_and_subprocess_bench_rerun_every_loop_under_the_rsloop_env(tmp_pat
     assert launch == [sys.executable] and senv is None and "host's glibc" in said
 
 
+def test_kcounts_stallhunt_and_heapstate_start_servers_under_the_rsloop_env(
+    tmp_path, monkeypatch
+):
+    """kcounts.py, stallhunt.py and heapstate.py take --rsloop-env as
+    net_bench does (decision 841): kcounts and stallhunt hand its manifest
+    to net_bench.Server (which starts the server through the environment's
+    loader, the test above), heapstate builds the same command for gdb;
+    without it, this Python as it is."""
+    import argparse
+    import subprocess
+
+    nb = _net_bench()
+    kc = _bench("kcounts")
+    sh = _bench("stallhunt")
+    hs = _bench("heapstate")
+    re_ = _bench("rsloop_env")
+    for name in ("kcounts", "stallhunt", "heapstate"):
+        out = subprocess.run(
+            [sys.executable, os.path.join(BENCH, f"{name}.py"), "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "--rsloop-env auto|off|DIR" in out.stdout, name
+    env = _fake_rsloop_env(tmp_path, tmp_path / "argv")
+    man = re_.choose(str(env), wanted=True)
+    seen = []
+
+    class FakeServer:
+        def __init__(self, loop, wl, cpu, tmp, cert, pad=0, libc=None):
+            seen.append(libc)
+            self.skip = "fake"
+
+        def stop(self):
+            pass
+
+    class RefusedServer(FakeServer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            raise RuntimeError("fake")
+
+    wl = nb.select_workloads("echo-1k-c1-protocol-tcp")[0]
+    monkeypatch.setattr(nb, "Server", FakeServer)
+    opts = argparse.Namespace(server_cpu=0, libc=man)
+    assert kc.run_one(wl, "asyncio", opts, str(tmp_path), 0) == {"skip": "fake"}
+    opts.libc = None
+    kc.run_one(wl, "asyncio", opts, str(tmp_path), 0)
+    monkeypatch.setattr(nb, "Server", RefusedServer)
+    opts.libc = man
+    rec = sh.attempt(opts, ("asyncio", wl["id"], 1, 0), str(tmp_path), str(tmp_path), 0)
+    assert rec["error"] == "server start: fake"
+    assert seen == [man, None, man]
+    args, cenv = hs.server_command("asyncio", wl, 0, str(tmp_path), 0, man)
+    assert args[0] == str(env / re_.LOADER) and args[3] == sys.executable
+    assert args[4:7] == [nb.SERVER, "--loop", "asyncio"]
+    assert str(env / "site") in cenv["PYTHONPATH"].split(os.pathsep)
+    args, cenv = hs.server_command("asyncio", wl, 0, str(tmp_path), 0)
+    assert args[:2] == [sys.executable, nb.SERVER]
+    assert cenv["PYTHONPATH"] == nb.ROOT
+
+
 def test_rsloop_server_serves_an_echo_in_the_built_env(loadgen, tmp_path):
     """The environment `make rsloop-env` built (benchmarks/.rsloop-env): an
     rsloop protocol echo server started as net_bench starts it echoes what
@@ -1367,3 +1431,49 @@ def test_buffered_counts_counts_the_protocols_calls_per_request(tmp_path, loop):
         assert run["engine"] == {}
     else:
         assert run["engine"]["records"] > 0 and "submitted" in run["engine"]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uringloop-io_uring", "uringloop-epoll"])
+def test_conn_counts_counts_waits_per_connection(tmp_path, loop):
+    """benchmarks/conn_counts.py (decision 845): net_server's echo server
+    natively with coldwait.so preloaded, short-lived connections one at a
+    time; per connection at least one wait that may block (the accept's),
+    every wait among the calls of its kind, the server's context switches
+    read, and uringloop's engine counters (its waits are coldwait's, and
+    every connection's four records: accept, data, EOF, close). Fails
+    without the tool."""
+    if not os.path.exists("/usr/include/valgrind/callgrind.h"):
+        pytest.skip("valgrind's callgrind.h is not installed (coldwait.c includes it)")
+    if loop == "uringloop-io_uring":
+        require_uring()
+    out = tmp_path / "counts.json"
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(uringloop.__file__)))
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(BENCH, "conn_counts.py"),
+            "--loop",
+            loop,
+            "-n",
+            "10",
+            "--warmup",
+            "2",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    per = json.loads(out.read_text())["per_connection"][loop]
+    assert 1 <= per["waits"] <= per["enters"], per
+    assert per["vcsw"] >= 0 and "ivcsw" in per
+    if loop == "asyncio":
+        assert not any(k.startswith("engine ") for k in per)
+    else:
+        # the engine counts a wait when it ends, coldwait when it starts: one a window apart
+        assert abs(per["engine waits"] - per["waits"]) <= 2 / 30 + 1e-9, per
+        # (and the stats requests' own records, a few a window)
+        assert 4 - 1e-9 <= per["engine records"] <= 4.2, per

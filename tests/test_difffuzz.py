@@ -1541,3 +1541,16 @@ def test_fast_read_results_are_compared_until_the_reader_is_cut():
         t["ends"]["b"].insert(1, [difffuzz._READ_CUT])
         t["cut"] = ["b"]
     assert difffuzz.differences(cut_ref, cut_got, "unix") == []
+
+
+def test_a_second_sendfiles_stock_keyerror_is_stocks_bug():
+    """Decision 844(e): a second loop.sendfile on a transport while one
+    runs fails on both loops: stock's `_sendfile_native` with KeyError from
+    `del self._transports[fd]` (its entry is gone already), ours with the
+    empty waiter's RuntimeError, which stock would meet next. Not compared;
+    any other outcome still is."""
+    stock = ["-", "sendfile-done", "b", "raised", "KeyError", "8"]
+    ours = ["-", "sendfile-done", "b", "raised", "RuntimeError", "Empty waiter is already set"]
+    assert difffuzz._stock_bug(stock, ours)
+    assert not difffuzz._stock_bug(stock, ["-", "sendfile-done", "b", "ok", 100])
+    assert not difffuzz._stock_bug(["-", "sendfile-done", "b", "ok", 100], ours)

@@ -1485,6 +1485,16 @@ def _stock_bug(x: list, y: list) -> bool:
         # its abort() then calls the cleared loop's call_soon
         return True
     if (
+        x[1] == y[1] == "sendfile-done"
+        and x[3:5] == ["raised", "KeyError"]
+        and y[3:] == ["raised", "RuntimeError", "Empty waiter is already set"]
+    ):
+        # decision 844(e): a second loop.sendfile while one runs; stock's
+        # `_sendfile_native` deletes the transport's `_transports` entry
+        # first and fails there (KeyError: the fd), before the empty
+        # waiter's RuntimeError that ours raises (unix 910108, 940015)
+        return True
+    if (
         x[1] == y[1]
         and x[1] in ("pause_reading", "resume_reading")
         and x[3:5] == ["raised", "NotImplementedError"]

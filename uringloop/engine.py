@@ -456,6 +456,12 @@ class Engine:
         recv(2) made now would take bytes before it (decision 689)."""
         return self._e is not None and lib.ul_recv_busy(self._e, fd) != 0
 
+    def ended_with(self, fd: int, res: int) -> bool:
+        """An op of fd has ended with res and its record has not come yet:
+        io_uring's CQ holds it unreaped, or it waits for the next run
+        (engine.h ul_ended_with; decision 839)."""
+        return self._e is not None and lib.ul_ended_with(self._e, fd, res) != 0
+
     def wake(self) -> None:
         """Thread-safe: make a sleeping run() return."""
         self._t.wake()

@@ -1345,6 +1345,23 @@ EXPORT int ul_recv_busy(ul_engine *e, int fd)
     return !e->closed && fd >= 0 && fd < e->nfds && e->fds[fd].rq_head >= 0;
 }
 
+EXPORT int ul_ended_with(ul_engine *e, int fd, int32_t res)
+{
+    if (e->closed || fd < 0 || fd >= e->nfds)
+        return 0;
+    /* a record made outside a run (ul_flush's or ul_park's reap, an op
+     * that ended at submission) names a live op of fd or one that ended */
+    const struct ul_fd *f = &e->fds[fd];
+    for (uint32_t i = pend_from(e, f); i < e->npend; i++) {
+        if (e->pend[i].res != res)
+            continue;
+        const struct ul_op *o = ul__op_find(e, ul__slot(e->pend[i].user_data));
+        if (o && o->fd == fd && (o->ud == e->pend[i].user_data || (o->state == S_FREE && o->ud == 0)))
+            return 1;
+    }
+    return e->be->ended_with != NULL && e->be->ended_with(e, fd, res);
+}
+
 EXPORT int ul_op_known(ul_engine *e, uint64_t ud)
 {
     struct ul_op *op = ul__op_find(e, ul__slot(ud));

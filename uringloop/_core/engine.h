@@ -282,10 +282,13 @@ int ul_run_turn(ul_engine *e, int64_t timeout_ns);
 /* 1 when a ul_run would find a completion without waiting: records are
  * pending, the io_uring CQ holds entries, the kernel flags deferred work
  * for us, or a send from Python waits to be submitted (io_uring: it completes
- * within the enter that submits it when the socket has room; decision 340)
- * (epoll: an fd waits on the retry list). A hint read from memory, no
- * syscall: 0 says nothing (the run may still find something). The native
- * turn runs ul_run(e, 0) with the GIL kept when it says 1 (decision 290). */
+ * within the enter that submits it when the socket has room; decision 340),
+ * or a cancel or a stream's multishot receive from Python does (io_uring:
+ * the cancel's target ends within that enter; the receive's bytes are often
+ * there already; decisions 847, 848) (epoll: an fd waits on the retry
+ * list). A hint read from memory, no syscall: 0 says nothing (the run may
+ * still find something). The native turn runs ul_run(e, 0) with the GIL
+ * kept when it says 1 (decision 290). */
 int ul_ready(ul_engine *e);
 
 /* 1 when a receive of fd waits in the engine: io_uring, a one-shot pool
@@ -300,6 +303,12 @@ int ul_recv_busy(ul_engine *e, int fd);
  * a submission that raised after the slot was taken asks this before it
  * gives the slot back (decision 428). 0 otherwise. */
 int ul_op_known(ul_engine *e, uint64_t ud);
+/* 1 when an op on fd has ended with result res (a negative errno) and its
+ * record has not been handed out yet: io_uring's CQ holds it unreaped (a
+ * ring without DEFER_TASKRUN posts a receive's completion when the task
+ * work runs, at any syscall's return), or it waits in the engine for the
+ * next run. A look at memory, no syscall, nothing consumed (decision 839). */
+int ul_ended_with(ul_engine *e, int fd, int32_t res);
 /* CDEF END */
 
 #endif

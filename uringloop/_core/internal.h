@@ -202,6 +202,9 @@ struct ul_backend {
                                     (ul_ready); NULL: never assumed */
     void (*trim)(ul_engine *e);  /* idle after a burst: hand cold pool pages back
                                     (NULL: ul__pool_release(e, UL_POOL_KEEP)) */
+    int (*ended_with)(ul_engine *e, int fd, int32_t res); /* a completion of an op
+                                    on fd with res waits unreaped (ul_ended_with;
+                                    NULL: none can) */
 };
 
 struct ul_engine {

@@ -32,6 +32,7 @@
 #define UL_FEAT_SUBMIT_STABLE (1U << 2)
 #define UL_FEAT_FAST_POLL (1U << 5)
 #define UL_FEAT_EXT_ARG (1U << 8)
+#define UL_FEAT_CQE_SKIP (1U << 11)
 #define UL_FEAT_RECVSEND_BUNDLE (1U << 14)
 
 /* opcodes */
@@ -44,6 +45,7 @@ enum {
 
 /* sqe flags */
 #define UL_SQE_BUFFER_SELECT (1U << 5)
+#define UL_SQE_CQE_SKIP_SUCCESS (1U << 6)
 
 /* cqe flags */
 #define UL_CQE_F_BUFFER (1U << 0)

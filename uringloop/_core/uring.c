@@ -104,6 +104,12 @@ struct uring {
     uint32_t nfresh, fresh_cap;
     int sends_queued;           /* a send from Python waits in the backlog for the run
                                    (uring_ready; decision 340) */
+    int try_first;              /* a cancel or a stream's first receive from Python waits
+                                   in the SQ: the turn submits it without a wait
+                                   (uring_ready; decisions 847, 848) */
+    uint8_t skip;               /* UL_SQE_CQE_SKIP_SUCCESS where the kernel has it (5.17),
+                                   else 0: for the SQEs whose success nobody reads
+                                   (decision 846) */
 };
 
 static __thread char tls_marker;
@@ -364,6 +370,7 @@ static void take_cookie(ul_engine *e, struct uring *u, struct ul_op *op)
     s->addr = (uint64_t)SOL_SOCKET | (57ULL << 32); /* level; optname SO_COOKIE */
     s->file_index = sizeof op->ident;               /* optlen */
     s->addr3 = (uint64_t)(uintptr_t)&op->ident;     /* optval */
+    s->flags = u->skip;  /* its success is the cookie written, not a CQE (846) */
     s->user_data = KUD_COOKIE;
 }
 
@@ -661,6 +668,12 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
         s->fd = -1;
         break;
     case K_RECV:
+        /* a stream's receive from Python (a connection's first, a resume):
+         * its data is often there already, and the enter that submits it
+         * then brings its record; the turn tries that enter without a
+         * wait first, as epoll tries the read at submission (848) */
+        if (op->multishot && !e->in_run)
+            u->try_first = 1;
         s->opcode = UL_OP_RECV;
         if (u->bufring) {
             s->flags = UL_SQE_BUFFER_SELECT;
@@ -834,11 +847,12 @@ static int uring_submit(ul_engine *e, struct ul_op *op)
     return 0;
 }
 
-static void prep_cancel(struct ul_sqe *s, uint64_t kud)
+static void prep_cancel(const struct uring *u, struct ul_sqe *s, uint64_t kud)
 {
     s->opcode = UL_OP_ASYNC_CANCEL;
     s->fd = -1;
     s->addr = kud;
+    s->flags = u->skip;  /* its target's final CQE is what tells (846) */
     s->user_data = KUD_IGNORE;
 }
 
@@ -852,9 +866,11 @@ static int cancel_live(ul_engine *e, uint64_t kud)
 
 static void cancel_kud(ul_engine *e, struct uring *u, uint64_t kud)
 {
+    if (!e->in_run)
+        u->try_first = 1;  /* the turn enters without waiting (847) */
     struct ul_sqe *s = get_sqe(e, u);
     if (s) {
-        prep_cancel(s, kud);
+        prep_cancel(u, s, kud);
         return;
     }
     if (u->ncancels == u->cancels_cap) {
@@ -902,11 +918,12 @@ static int uring_reserve(ul_engine *e, uint32_t ops)
  * short-send continuations, multishot re-arms and EAGAIN reissues alike.
  */
 /* an unsubmitted SQE turned into a NOP whose completion is ignored */
-static void sqe_ignored_nop(struct ul_sqe *s)
+static void sqe_ignored_nop(const struct uring *u, struct ul_sqe *s)
 {
     memset(s, 0, sizeof *s);
     s->opcode = UL_OP_NOP;
     s->fd = -1;
+    s->flags = u->skip;
     s->user_data = KUD_IGNORE;
 }
 
@@ -923,14 +940,14 @@ static int cancel_unsubmitted(ul_engine *e, struct uring *u, struct ul_op *op)
     struct ul_sqe *s = &u->sqes[op->sqe_idx & u->sq_mask];
     if (s->user_data != op->kud)
         return 0;
-    sqe_ignored_nop(s);
+    sqe_ignored_nop(u, s);
     uint32_t next = op->sqe_idx + 1;
     struct ul_sqe *c = &u->sqes[next & u->sq_mask];
     if (op->ring_ident && next - head < u->sqe_tail - head && c->user_data == KUD_COOKIE &&
         c->addr3 == (uint64_t)(uintptr_t)&op->ident) {
         /* its take_cookie SQE: the kernel must not write into the op's
          * slot once the op has ended */
-        sqe_ignored_nop(c);
+        sqe_ignored_nop(u, c);
     }
     op->ring_ident = 0;
     if ((ul__is_pool_read(op) || op->kind == K_RECVMSG_POOL) && op->bid >= 0) {
@@ -960,7 +977,10 @@ static int uring_cancel_fd(ul_engine *e, int fd)
     s->opcode = UL_OP_ASYNC_CANCEL;
     s->fd = fd;
     s->op_flags = UL_ASYNC_CANCEL_FD | UL_ASYNC_CANCEL_ALL;
+    s->flags = u->skip;
     s->user_data = KUD_IGNORE;
+    if (!e->in_run)
+        u->try_first = 1;  /* the turn enters without waiting (847) */
     return 0;
 }
 
@@ -1552,13 +1572,14 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
         arm_wake(e, u);
     struct ul_sqe *s;
     while (u->ncancels && (s = get_sqe(e, u)))  /* cancels that found no SQE before */
-        prep_cancel(s, u->cancels[--u->ncancels]);
+        prep_cancel(u, s, u->cancels[--u->ncancels]);
     if (u->bufring)
         ring_top_up(e, u);
     struct ul_op *op;
     for (uint32_t n = e->bl_count; n-- && ul__backlog_pop(e, &op);)
         issue(e, u, op);
     u->sends_queued = 0;
+    u->try_first = 0;
 
     __atomic_store_n(u->sq_ktail, u->sqe_tail, __ATOMIC_RELEASE);
     unsigned to_submit = u->sqe_tail - __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
@@ -1702,18 +1723,46 @@ static int uring_quiet(ul_engine *e)
  * or an overflow. Or a send from Python waits to be submitted: a send to a
  * socket with room completes within the enter that submits it (and a peer's
  * receive on this ring with it, as deferred work the same enter runs), so the
- * turn submits it without a wait (decision 340). Only on the ring's own
- * thread, enabled and not parked. */
+ * turn submits it without a wait (decision 340). So does a cancel from Python
+ * (close(), a receive stopped): its target ends within the enter that
+ * submits it (a request waiting on its poll: the cancel queues its final
+ * completion as task work, which that enter runs), so a wait would take
+ * only that completion and return at once (decision 847), and a stream's
+ * receive from Python, whose data is often there already (848): should
+ * that run find nothing, the turn's waiting run follows. Only on the
+ * ring's own thread, enabled and not parked. */
 static int uring_ready(ul_engine *e)
 {
     struct uring *u = e->bs;
     if (!u->enabled || u->parked || u->owner != &tls_marker)
         return 0;
-    if (u->sends_queued ||
+    if (u->sends_queued || u->try_first ||
         __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) != *u->cq_khead)
         return 1;
     return (u->setup_flags & UL_SETUP_TASKRUN_FLAG) &&
            (__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & (UL_SQ_CQ_OVERFLOW | UL_SQ_TASKRUN));
+}
+
+/* ul_ended_with's look at the CQ: a CQE of a live op on fd with res, not
+ * reaped yet (nothing consumed; the next reap takes it as before). A ring
+ * without DEFER_TASKRUN posts a receive's -ECONNRESET when the task work
+ * runs, at the return of any syscall of this thread, the peer's close(2)
+ * of a socketpair or loopback connection included (decision 839). */
+static int uring_ended_with(ul_engine *e, int fd, int32_t res)
+{
+    struct uring *u = e->bs;
+    if (!u->enabled || u->owner != &tls_marker)
+        return 0;
+    unsigned tail = __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE);
+    for (unsigned head = *u->cq_khead; head != tail; head++) {
+        const struct ul_cqe *c = &u->cqes[head & u->cq_mask];
+        if (c->res != res || (c->user_data & KUD_SPECIAL) == KUD_SPECIAL)
+            continue;
+        struct ul_op *op = ul__op_find(e, ul__slot(c->user_data & ~KUD_POLL));
+        if (op && op->kud == c->user_data && op->state == S_ACTIVE && op->fd == fd)
+            return 1;
+    }
+    return 0;
 }
 
 static int uring_flush(ul_engine *e)
@@ -1786,6 +1835,7 @@ const struct ul_backend ul_uring_backend = {
     .quiet = uring_quiet,
     .ready = uring_ready,
     .trim = uring_trim,
+    .ended_with = uring_ended_with,
 };
 
 /* ---------------------------------------------------------------- init */
@@ -1996,7 +2046,7 @@ static int uring_park(ul_engine *e)
         }
         struct ul_sqe *s;
         while (u->ncancels && (s = get_sqe(e, u)))
-            prep_cancel(s, u->cancels[--u->ncancels]);
+            prep_cancel(u, s, u->cancels[--u->ncancels]);
         __atomic_store_n(u->sq_ktail, u->sqe_tail, __ATOMIC_RELEASE);
         unsigned to_submit = u->sqe_tail - __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
         struct ul_kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 10000000};
@@ -2155,6 +2205,7 @@ int ul__uring_init(ul_engine *e, char *err, int errlen)
         setup_dring(e, u, NULL);  /* else datagram buffers are engine-picked */
     u->ms_read = u->bufring && pr.ops[UL_OP_READ_MULTISHOT] && !(opt & UL_OPT_NO_MULTISHOT);
     u->cancel_fd = k519 && !(opt & UL_OPT_NO_CANCEL_FD);
+    u->skip = (u->features & UL_FEAT_CQE_SKIP) ? UL_SQE_CQE_SKIP_SUCCESS : 0;
     arm_wake(e, u);
 
     e->recv_queue = 1;  /* one-shot pool receives of an fd in order (decision 688) */

@@ -999,7 +999,15 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         super()._fatal_error(exc, message)
 
     def _held_reset(self):
-        return any(rec[0] == -errno.ECONNRESET for rec in self._held_records())
+        if any(rec[0] == -errno.ECONNRESET for rec in self._held_records()):
+            return True
+        # or the receive's record is made and not reaped yet: a ring without
+        # DEFER_TASKRUN runs the receive's task work (which takes the reset)
+        # as any syscall of this thread returns, the peer's close(2) in a
+        # callback included (decision 839)
+        if self._fd_closing:
+            return False  # (fd may name another file now)
+        return self._engine.ended_with(self._core.fd, -errno.ECONNRESET)
 
     def _force_close(self, exc):
         """abort(), fatal errors, and 3.13's sslproto ``_abort``: the stock
@@ -1200,8 +1208,10 @@ SocketTransport.close = _sched.core_method(SocketTransport._core, "close", Socke
 # steps (decision 834); a subclass, a socket object that is not a
 # socket.socket (or still a _Kind) and anything else call the Python method
 # above, the rule: keep the two the same. Both core methods answer
-# __qualname__, __doc__, __wrapped__ (so inspect.signature and a handle's
-# repr) as that function (835). A closing transport's final record with no
+# __name__, __qualname__, __module__, __doc__ and __signature__ as that
+# function (so a handle's repr and inspect.signature read as before; no
+# __wrapped__, which would add a source location a bound method never had:
+# 835). A closing transport's final record with no
 # bytes does _on_recv's steps in C (833): keep its closing case the same.
 SocketTransport._call_connection_lost = _sched.core_method(
     SocketTransport._core, "_call_connection_lost", SocketTransport._call_connection_lost
