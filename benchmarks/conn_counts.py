@@ -130,10 +130,16 @@ class Server:
         env = dict(
             os.environ,
             PYTHONHASHSEED="0",
-            PYTHONPATH=ROOT,
             LD_PRELOAD=server_instructions.coldwait_so(tmp),
             COLDWAIT_LOG=self.log,
         )
+        if server_instructions.checkout_is_built():
+            env["PYTHONPATH"] = ROOT
+        else:
+            # no build of the checkout for this interpreter (a clone that was
+            # pip-installed, as CI's): the installed package, never the
+            # checkout's unbuilt half (decision 852's rule)
+            env.pop("PYTHONPATH", None)
         cwd = os.path.join(tmp, "cwd")
         os.makedirs(cwd, exist_ok=True)
         self.proc = subprocess.Popen(

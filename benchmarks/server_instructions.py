@@ -100,15 +100,46 @@ sys.path.insert(0, {here!r})
 import net_server
 loop = net_server.make_loop({loop!r})
 asyncio.set_event_loop(loop)
+# which uringloop the server runs (the checkout's or the interpreter's installed one)
+_ul = sys.modules.get("uringloop")
+_ul = os.path.dirname(_ul.__file__) if _ul is not None else "-"
 args = argparse.Namespace(kind={kind!r}, unix={unix!r}, tcp={tcp!r}, cert={cert!r}, key={key!r})
 addr = loop.run_until_complete(net_server.serve(loop, args))
 # the end: stdin's EOF, seen by the loop (under valgrind a blocked io_uring_enter holds
 # off signals and other threads); an idle reader costs no request anything
 loop.add_reader(0, loop.stop)
-print("READY", addr if isinstance(addr, str) else addr[1], flush=True)
+print("READY", addr if isinstance(addr, str) else addr[1], _ul, flush=True)
 loop.run_forever()
 os._exit(0)
 """
+
+
+def checkout_is_built() -> bool:
+    """Whether the checkout's uringloop has its _sched extension built for the
+    running interpreter (``make build`` builds it in place for one Python)."""
+    import importlib.machinery
+
+    pkg = os.path.join(ROOT, "uringloop")
+    return any(
+        os.path.exists(os.path.join(pkg, "_sched" + suffix))
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES
+    )
+
+
+def uringloop_dir() -> str:
+    """The uringloop package the server runs: the checkout's if it is built for
+    this interpreter, else the one installed for it (``pip install .``)."""
+    if checkout_is_built():
+        return os.path.join(ROOT, "uringloop")
+    import importlib.util
+
+    spec = importlib.util.find_spec("uringloop")
+    if spec is None or spec.origin is None:
+        raise RuntimeError(
+            f"the checkout is not built for {sys.executable} and no uringloop is "
+            "installed for it: pip install the checkout into its environment"
+        )
+    return os.path.dirname(spec.origin)
 
 
 def aiohttp_done(got: bytes, name: str) -> bool:
@@ -349,7 +380,14 @@ def callgrind_server(
     cert.pem and key.pem (made by net_bench.make_cert if absent)."""
     path = None if tcp else os.path.join(tmp, f"s.{tag}")
     out = os.path.join(tmp, f"cg.{loop}.{tag}.out")
-    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    if checkout_is_built():
+        env["PYTHONPATH"] = ROOT
+    else:
+        # this interpreter has no build of the checkout (its extension is another
+        # Python's): the server runs the one installed in this interpreter's
+        # environment, never the checkout's half (decision 852)
+        env.pop("PYTHONPATH", None)
     cert = key = None
     if kind == "tls":
         cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
@@ -381,6 +419,8 @@ def callgrind_server(
         line = srv.stdout.readline().split()
         if line[:1] != [b"READY"]:
             raise RuntimeError(f"{loop}: the server did not start ({line!r})")
+        if loop.startswith("uringloop") and line[2:3] != [os.fsencode(uringloop_dir())]:
+            raise RuntimeError(f"{loop}: the server ran {line[2:3]!r}, not {uringloop_dir()}")
         client(("127.0.0.1", int(line[1])) if tcp else path)
         # let the server see the EOFs, then stop it: its loop stops at its stdin's
         # EOF (callgrind writes its file at the exit)

@@ -966,6 +966,57 @@ def _server_instructions():
     return _bench("server_instructions")
 
 
+def test_server_instructions_runs_this_interpreters_uringloop(monkeypatch):
+    """The callgrind scripts' server imports the checkout only if it is built
+    for the running Python, else the installed uringloop (decision 852): a
+    checkout built for another version is not put on the server's path."""
+    import importlib.machinery
+    import importlib.util
+
+    si = _server_instructions()
+    pkg = os.path.join(si.ROOT, "uringloop")
+    assert si.checkout_is_built() == os.path.samefile(os.path.dirname(uringloop.__file__), pkg)
+    if si.checkout_is_built():
+        assert si.uringloop_dir() == pkg
+    # as on another Python: no _sched with this suffix in the checkout
+    other = [".cpython-399-x86_64-linux-gnu.so"]
+    monkeypatch.setattr(importlib.machinery, "EXTENSION_SUFFIXES", other)
+    assert not si.checkout_is_built()
+    found = importlib.util.find_spec("uringloop")
+    assert si.uringloop_dir() == os.path.dirname(found.origin)
+
+
+def test_server_instructions_server_names_its_uringloop(tmp_path):
+    """The server template's READY line names the uringloop package it
+    imported (decision 852), which callgrind_server checks: run here
+    without valgrind, on the checkout it imports under this Python."""
+    si = _server_instructions()
+    code = si.SERVER.format(
+        here=BENCH, loop="uringloop-epoll", kind="protocol", unix=None, tcp=0, cert=None, key=None
+    )
+    root = os.path.dirname(os.path.dirname(uringloop.__file__))
+    env = dict(os.environ, PYTHONPATH=root)
+    srv = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        cwd=str(tmp_path),
+    )
+    try:
+        ready, _, _ = select.select([srv.stdout], [], [], 30)
+        assert ready, "the server did not start in 30 s"
+        line = srv.stdout.readline().split()
+        assert line[:1] == [b"READY"] and len(line) == 3, line
+        assert os.path.samefile(line[2], os.path.dirname(uringloop.__file__))
+        srv.stdin.close()  # its loop stops at the EOF
+        assert srv.wait(timeout=30) == 0
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+
+
 # a callgrind file of a run with the cache simulation: names given once and then
 # referred to by number, costs on a line number (relative ones too), and a call
 # whose cost line is the callee's inclusive cost, not the caller's own

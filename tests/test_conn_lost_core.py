@@ -76,6 +76,7 @@ def _exchange(lp, act, hook=None, peer_act=None):
         loop = asyncio.get_running_loop()
         events, handled, box = [], [], {}
         lost = loop.create_future()
+        received = loop.create_future()
         loop.set_exception_handler(lambda _, ctx: handled.append(ctx))
 
         class P(asyncio.Protocol):
@@ -88,6 +89,8 @@ def _exchange(lp, act, hook=None, peer_act=None):
                 if act is not None:
                     act(self.t, box["peer"])
                 loop.call_soon(events.append, "after")
+                if not received.done():
+                    received.set_result(None)
 
             def eof_received(self):
                 events.append("eof")
@@ -112,6 +115,11 @@ def _exchange(lp, act, hook=None, peer_act=None):
                 await wait_for(loop.sock_connect(peer, addr))
                 await wait_for(loop.sock_sendall(peer, b"GET"))
                 if peer_act is not None:
+                    # once the server has the bytes and what they scheduled
+                    # has run: the peer's act then comes in a batch of its
+                    # own, as on the rows (in the same batch as the bytes an
+                    # EOF waits for them, 824, through Python)
+                    await wait_for(received)
                     peer_act(peer)
                 else:
                     while True:
