@@ -20,6 +20,7 @@ import copy
 import gc
 import os
 import socket
+import struct
 import sys
 import tempfile
 import warnings
@@ -1554,3 +1555,62 @@ def test_a_second_sendfiles_stock_keyerror_is_stocks_bug():
     assert difffuzz._stock_bug(stock, ours)
     assert not difffuzz._stock_bug(stock, ["-", "sendfile-done", "b", "ok", 100])
     assert not difffuzz._stock_bug(["-", "sendfile-done", "b", "ok", 100], ours)
+
+
+def _sendfile_closed_when_writable(kind):
+    """Decision 858 (tcp 910082): b's loop.sendfile sends 99,990 B in one
+    sendfile(2) and waits for b to turn writable; a's data_received, at
+    70,000 B, closes a and resets b. The result of the sendfile, what a got."""
+    lp = make_loop(kind)
+    # stock's _call_connection_lost sets an exception on the done empty
+    # waiter (InvalidStateError, its own bug): not what is compared
+    lp.set_exception_handler(lambda loop, ctx: None)
+
+    async def main():
+        got = 0
+        b = None
+
+        class A(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.t = transport
+
+            def data_received(self, data):
+                nonlocal got
+                got += len(data)
+                if got >= 70_000 and not self.t.is_closing():
+                    self.t.close()
+                    sock = b.get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    b.abort()
+
+        srv = await lp.create_server(A, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        b, _ = await lp.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        with tempfile.TemporaryFile() as f:
+            f.write(os.urandom(100_000))
+            f.flush()
+            try:
+                res = await asyncio.wait_for(lp.sendfile(b, f, 10), 10)
+            except (OSError, asyncio.TimeoutError) as exc:
+                res = repr(exc)
+        srv.close()
+        await asyncio.wait_for(srv.wait_closed(), 10)
+        return res, got
+
+    try:
+        return lp.run_until_complete(main())
+    finally:
+        lp.close()
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_sendfile_closed_in_the_turn_the_socket_turns_writable(kind):
+    """Decision 858 (tcp 910082 with --callbacks --more --fast): stock's
+    writer callback makes the next sendfile(2) in the turn the socket turns
+    writable, and it meets the end of the file before the reset closes the
+    socket (_call_connection_lost): 99,990. Ours resumed the task a turn
+    later, after the hook had closed b's fd: EBADF."""
+    if "sendfile_closed" not in _stock:
+        _stock["sendfile_closed"] = _sendfile_closed_when_writable("stock")
+    assert _stock["sendfile_closed"] == (99_990, 99_990)
+    assert _sendfile_closed_when_writable(kind) == _stock["sendfile_closed"]

@@ -508,6 +508,85 @@ def test_sock_sendfile_offset_past_end(any_loop, socketpair, data_file):
     assert run_in(lp, main()) == (0, 3)
 
 
+@pytest.mark.parametrize("via", ["sock", "transport"])
+def test_sendfile_closed_under_it_sends_nothing_to_a_new_socket(loop, via, tmp_path):
+    """Decision 859: a sendfile waiting for its socket to turn writable when
+    the socket (sock.close()) or its transport (close()) closes, a new socket
+    taking the fd's number, then the old socket turning writable (its peer
+    reads): no byte goes to the new socket, and the sendfile fails with
+    EBADF, what the stock loop's sendfile(2) on sock.fileno() (-1) gives.
+    (Stock itself does not end here: its writer is gone with the fd.) Before,
+    the task resumed by the poll's record called sendfile(2) on the number
+    (io_uring's poll keeps the old socket alive: `sock` sent 262,144 B to
+    the new socket); without the check, the record of the poll the
+    transport's close cancelled did (epoll: `transport`). A number the
+    engine has not closed yet (io_uring's transport close) is not taken."""
+    lp = loop
+    a, peer = socket.socketpair()
+    for s in (a, peer):
+        s.setblocking(False)
+    made = []
+    path = tmp_path / "big.bin"
+    path.write_bytes(_payload(4_000_000, seed=3))
+
+    async def main():
+        with open(path, "rb") as f:
+            if via == "sock":
+                sock = a
+                task = lp.create_task(lp.sock_sendfile(a, f))
+            else:
+                tr, _ = await lp.create_unix_connection(asyncio.Protocol, sock=a)
+                sock = tr.get_extra_info("socket")
+                task = lp.create_task(lp.sendfile(tr, f))
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert not task.done()  # waits: the peer does not read
+            fd = sock.fileno()
+            if via == "sock":
+                a.close()
+            else:
+                tr.close()
+            other = None
+            for _ in range(50):  # a new socket takes fd's number, if free
+                x, y = socket.socketpair()
+                x.setblocking(False)
+                y.setblocking(False)
+                made.extend((x, y))
+                if fd in (x.fileno(), y.fileno()):
+                    other = y if x.fileno() == fd else x
+                    break
+            for _ in range(50):  # the old socket's peer reads: writable
+                try:
+                    peer.recv(1 << 20)
+                except BlockingIOError:
+                    pass
+                await asyncio.sleep(0)
+            stray = 0
+            if other is not None:
+                try:
+                    stray = len(other.recv(1 << 20))
+                except BlockingIOError:
+                    pass
+            if task.done():
+                exc = task.exception()
+                res = (type(exc), exc.errno) if isinstance(exc, OSError) else repr(exc)
+            else:
+                task.cancel()  # (epoll's poll of a socket closed behind it)
+                await asyncio.gather(task, return_exceptions=True)
+                res = "pending"
+            return stray, res
+
+    try:
+        stray, res = run_in(lp, main(), timeout=30)
+    finally:
+        for s in made + [a, peer]:
+            s.close()
+    assert stray == 0
+    assert res in ((OSError, errno.EBADF), "pending")
+    if via == "transport":
+        assert res == (OSError, errno.EBADF)
+
+
 def test_sock_sendfile_not_regular_file(any_loop, socketpair):
     lp = any_loop
     a, b = socketpair()

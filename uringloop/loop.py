@@ -246,6 +246,7 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
         self._signal_handlers: dict[int, events.Handle] = {}
         self._ssock = self._csock = None
         self._sock_state: dict = {}
+        self._sendfiling: dict = {}  # fd -> its sock_sendfile's before_close (860)
         self._sock_sending: dict = {}  # socket -> its sock_sendall ops in the engine
         self._sock_owner: dict = {}  # fd -> weakref of the socket last seen there
         self._child_pidfds: dict[int, int] = {}  # pidfd -> pid (transports/subprocess.py)

@@ -22,6 +22,7 @@ import functools
 import gc
 import mmap
 import os
+import select
 import socket
 import weakref
 from asyncio import exceptions
@@ -915,37 +916,114 @@ class SockMixin:
         blocksize = count if count else fsize
         if not blocksize:
             return 0  # empty file
+        # One sendfile(2) now, each next one from the writability poll's
+        # record, as the stock loop's writer callback makes it (decision
+        # 858): in the turn the socket is found writable, not a turn later
+        # in the resumed task, after the turn's other callbacks (a hook that
+        # closes the transport) ran. A sendfile(2) that sent something is
+        # followed by that wait, the last too (decision 614).
         fd = sock.fileno()
+        fut = self.create_future()
+        engine = self._engine
         total = 0
-        try:
-            while True:
-                size = min(count - total, _SENDFILE_CHUNK) if count else _SENDFILE_CHUNK
-                if size <= 0:
-                    break
-                try:
-                    sent = os.sendfile(fd, fileno, offset, size)
-                except (BlockingIOError, InterruptedError):
-                    await self._sock_writable(fd)
-                    continue
-                except OSError as exc:
-                    if total == 0:
-                        raise exceptions.SendfileNotAvailableError(
-                            "os.sendfile call failed"
-                        ) from exc
-                    raise
-                if sent == 0:
-                    break  # end of file
-                offset += sent
-                total += sent
-                # the next call, or the end, once the socket is writable
-                # again: the stock loop's add_writer after each send
-                # (decision 614: with the peer not reading, a sendfile the
-                # kernel took whole has not ended on stock)
-                await self._sock_writable(fd)
-        finally:
+        ud = 0  # the writability poll in flight, 0 when none
+        token = 0  # which poll's record ready() waits for (stale ones dropped)
+
+        def end(exc=None):
+            # the file's position after the bytes sent, then the result
             if total > 0:
-                os.lseek(fileno, offset, os.SEEK_SET)
-        return total
+                try:
+                    os.lseek(fileno, offset, os.SEEK_SET)
+                except OSError as err:
+                    exc = exc or err
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(total)
+
+        def wait():
+            nonlocal ud, token
+            token += 1
+            mine = token
+            try:
+                ud = engine.poll(fd, 0x004, lambda res, more, data: ready(mine, res))  # POLLOUT
+            except Exception as exc:
+                end(exc)
+
+        def step():
+            nonlocal offset, total
+            size = min(count - total, _SENDFILE_CHUNK) if count else _SENDFILE_CHUNK
+            if size <= 0:
+                end()
+                return
+            try:
+                if sock.fileno() != fd:
+                    # closed under the sendfile (decision 859): fd may name
+                    # another file by now. The stock loop's sock.fileno() is
+                    # -1 then, and its sendfile(2) on -1 fails so
+                    raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+                sent = os.sendfile(fd, fileno, offset, size)
+            except (BlockingIOError, InterruptedError):
+                wait()
+                return
+            except OSError as exc:
+                if total == 0:
+                    err = exceptions.SendfileNotAvailableError("os.sendfile call failed")
+                    err.__cause__ = exc
+                    end(err)
+                else:
+                    end(exc)
+                return
+            if sent == 0:
+                end()  # end of file
+                return
+            offset += sent
+            total += sent
+            wait()
+
+        def ready(mine, res):
+            nonlocal ud
+            if mine != token or fut is None or fut.done():
+                return  # stale, or cancelled
+            ud = 0
+            if res < 0 and sock.fileno() == fd:
+                end(_error(res))
+                return
+            step()  # (a poll the transport's close cancelled: EBADF there)
+
+        def before_close():
+            # the transport closes fd now (decision 860), where the stock
+            # loop closes it in _call_connection_lost, after the writer
+            # callback its last select queued: if the socket is writable,
+            # the next sendfile(2) is made first, as there
+            nonlocal ud
+            if not ud or fut is None or fut.done() or not _writable_now(fd):
+                return
+            if not engine.closed:
+                engine.cancel(ud)
+            ud = 0
+            step()
+
+        step()
+        sendfiling = self._sendfiling
+        if not fut.done():
+            sendfiling[fd] = before_close
+        try:
+            return await fut
+        except _CancelledError:
+            if ud:
+                if not engine.closed:
+                    engine.cancel(ud)
+                ud = 0
+                if total > 0:
+                    os.lseek(fileno, offset, os.SEEK_SET)
+            raise
+        finally:
+            if sendfiling.get(fd) is before_close:
+                del sendfiling[fd]
+            # (as sock_connect's: no cycle through the error; a late record
+            # after a cancel finds None)
+            fut = None
 
     async def _sock_writable(self, fd):
         fut = self.create_future()
@@ -964,6 +1042,14 @@ class SockMixin:
             if not self._engine.closed:
                 self._engine.cancel(ud)
             raise
+
+
+def _writable_now(fd):
+    """fd polls writable (or in error, which the stock selector's write
+    interest reports too) at this moment: one poll(2), no wait."""
+    p = select.poll()
+    p.register(fd, select.POLLOUT)
+    return bool(p.poll(0))
 
 
 # A stream receive asked for more than a pool buffer and the buffer came back

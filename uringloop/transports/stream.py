@@ -1042,8 +1042,14 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         # _sock_closed, _detach_fd) written out (decision 621).
         if self._fd_closing:
             return
-        kind = self._sockobj
         c = self._core
+        sendfiling = self._loop._sendfiling
+        if sendfiling and c.fd in sendfiling:
+            # a loop.sendfile on this transport: its next sendfile(2) first
+            # if the socket is writable, as the stock writer callback's
+            # before _call_connection_lost's close (decision 860)
+            sendfiling[c.fd]()
+        kind = self._sockobj
         inet = getattr(kind, "family", None) in _INET
         # (_has_unread's own quick answer first: no call when nothing is held)
         if inet and (
