@@ -24,21 +24,10 @@ import socket
 
 import pytest
 from conftest import Collector, make_loop, run_in, run_until, settle
-
-from uringloop import engine
+from test_engine_fd_reuse import _ring_cookies
 
 GET = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-
-
-def _uring_cookies(eng, fallbacks):
-    """Skip unless this engine takes a multishot receive's identity from the
-    ring (decision 601: io_uring, kernel multishot receives, 6.7+)."""
-    if eng.backend != "io_uring" or fallbacks:
-        pytest.skip("the ring's getsockopt is io_uring's, with kernel multishot receives")
-    ops = engine.backend_info().get("opcodes") or ()
-    if "READ_MULTISHOT" not in ops or "URING_CMD" not in ops:
-        pytest.skip("SOCKET_URING_OP_GETSOCKOPT needs kernel 6.7 (as READ_MULTISHOT)")
 
 
 def test_a_receives_ring_identity_ends_no_wait(make_engine, res_tracker):
@@ -48,7 +37,7 @@ def test_a_receives_ring_identity_ends_no_wait(make_engine, res_tracker):
     the same. Before 846 the getsockopt's CQE ended the first wait at once
     (no record), and the run waited a second time: 2 waits, 1 CQE."""
     eng = make_engine()
-    _uring_cookies(eng, make_engine.fallbacks)
+    _ring_cookies(eng, make_engine.fallbacks)
     a, b = (res_tracker.sock(s) for s in socket.socketpair())
     a.setblocking(False)
     eng.run(0)  # the ring enabled, its wake poll armed
@@ -78,7 +67,7 @@ def test_a_refused_ring_identity_still_reports(make_engine, res_tracker):
     import os
 
     eng = make_engine()
-    _uring_cookies(eng, make_engine.fallbacks)
+    _ring_cookies(eng, make_engine.fallbacks)
     r, w = os.pipe()
     try:
         bad = Collector("pipe")
