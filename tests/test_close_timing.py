@@ -65,6 +65,7 @@ class End(asyncio.Protocol):
         return self.keep_open
 
     keep_open = False
+
     def connection_lost(self, exc):
         self.log.append((self.name, "lost", type(exc).__name__ if exc else None))
         if self.on_lost is not None:
