@@ -339,3 +339,38 @@ def test_loop_close_with_a_closed_transport_not_yet_lost_leaks_no_fd(kind):
     gc.collect()
     assert _probe(fd) == "EBADF"
     assert fd_count() == before
+
+
+def test_a_closed_transport_collected_before_its_lost_handle_ran_closes_its_fd(tloop):
+    """close() and then the _call_connection_lost handle is dropped from the
+    loop's ready queue (no one runs it) and the transport collected: its
+    fd is closed then (stock: the socket object's finalizer; ours: the
+    Stream's clear releases the held close, decision 873)."""
+    lp = tloop
+    log = []
+    state = {}
+
+    async def main():
+        server, a, b = await _pair(lp, log, "tcp")
+        a.keep_open = True
+        state["fd"] = fd = a.fd
+        tr = a.transport
+        tr.close()
+        assert _probe(fd) == "open"
+        mine = [h for h in lp._ready if getattr(h._callback, "__self__", None) is tr]
+        assert len(mine) == 1, list(lp._ready)
+        lp._ready.remove(mine[0])
+        del mine, tr
+        a.transport = None
+        for _ in range(3):  # (ours: the cancelled receive's last record, which holds it)
+            await asyncio.sleep(0)
+        gc.collect()
+        state["after gc"] = _probe(fd)
+        b.transport.close()
+        await wait_for(b.done)
+        server.close()
+        await wait_for(server.wait_closed())
+
+    run_in(lp, main())
+    assert state["after gc"] == "EBADF"
+    assert not any(e[0] == "a" for e in log), log

@@ -2947,6 +2947,10 @@ static int Stream_traverse(Stream *s, visitproc visit, void *arg)
 
 static int Stream_clear(Stream *s)
 {
+    if (s->close_ud != 0) /* a transport that never ran _call_connection_lost, collected
+                           * (dealloc, or the collector's clear of a cycle): s->loop
+                           * is still set here (decision 873) */
+        (void)stream_close_release(s, 0);
     stream_unregister(s);
     if (s->borrowed) {
         s->transport = NULL;
@@ -2969,8 +2973,6 @@ static int Stream_clear(Stream *s)
 static void Stream_dealloc(Stream *s)
 {
     PyObject_GC_UnTrack(s);
-    if (s->close_ud != 0)
-        (void)stream_close_release(s, 0); /* (a transport that never ran _call_connection_lost) */
     if (s->dbuf != NULL) { /* its op's slot held s: the receive is over */
         PyBuffer_Release(s->dbuf);
         PyMem_Free(s->dbuf);
