@@ -4047,11 +4047,13 @@ static int stream_close_fast(Stream *s, PyObject *t)
     Py_DECREF(v);
     if (w == NULL)
         goto out;
-    if (PyLong_CheckExact(w) && (s->close_ud = PyLong_AsUnsignedLongLong(w)) == (unsigned long long)-1 &&
-        PyErr_Occurred()) {
-        s->close_ud = 0;
-        Py_DECREF(w);
-        goto out;
+    if (PyLong_CheckExact(w)) { /* the close's user_data, for the release */
+        s->close_ud = PyLong_AsUnsignedLongLong(w);
+        if (s->close_ud == (unsigned long long)-1 && PyErr_Occurred()) {
+            s->close_ud = 0;
+            Py_DECREF(w);
+            goto out;
+        }
     }
     ok = inet ? PyObject_IsTrue(w) : 0;
     if (ok > 0)
