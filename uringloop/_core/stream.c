@@ -3125,6 +3125,278 @@ static void slot_unset(PyObject *t, const char *name)
                  Py_TYPE(t)->tp_name, name);
 }
 
+/* The stock Server's _attach and _detach in C (decisions 861-863): for the
+ * exact asyncio.base_events.Server whose class's _attach/_detach are the
+ * functions (and code) server_setup was given at import, found on the class
+ * and not on the instance, with the generic attribute protocol. 3.10-3.12:
+ * _active_count read and written as the Python code does; 3.13+: the exact
+ * weakref.WeakSet _clients with its class's add/discard/__len__ stock, no
+ * pending removals and a set for data: WeakSet.add's
+ * data.add(ref(transport, _remove)), discard's data.discard(ref(transport)),
+ * len(data) - len(_pending_removals). Anything else (a subclass, a patch on
+ * the class or the instance, a missing or non-int _active_count, _sockets
+ * None where _attach asserts, another _clients, pending removals) calls the
+ * method as before: base_events.py and _weakrefset.py are the rule. */
+static struct {
+    PyTypeObject *server, *weakset; /* NULL until server_setup; weakset: 3.13+ */
+    PyObject *attach, *detach, *attach_code, *detach_code;
+    PyObject *add, *discard, *len, *add_code, *discard_code, *len_code;
+} srv;
+static PyObject *s_sockets, *s_active_count, *s_wakeup, *s_clients, *s_pending_removals, *s_data,
+    *s_remove, *s_add, *s_discard, *s_dunder_len;
+
+#if PY_VERSION_HEX >= 0x030D0000 && PY_VERSION_HEX < 0x030E0000
+/* exported by 3.13 (pycore_object.h), as PyObject_VectorcallMethod uses it */
+PyAPI_FUNC(int) _PyObject_GetMethod(PyObject *obj, PyObject *name, PyObject **method);
+#endif
+
+/* obj.<name> as PyObject_VectorcallMethod finds it: 1 and *m the function
+ * found on the type (no instance attribute over it), 0 and *m the attribute
+ * itself, -1 with the error set */
+static int srv_method(PyObject *obj, PyObject *name, PyObject **m)
+{
+#if PY_VERSION_HEX < 0x030E0000
+    int r = _PyObject_GetMethod(obj, name, m);
+    return *m == NULL ? -1 : r;
+#else
+    if ((*m = PyObject_GetAttr(obj, name)) == NULL)
+        return -1;
+    if (PyMethod_Check(*m) && PyMethod_GET_SELF(*m) == obj) {
+        Py_SETREF(*m, Py_NewRef(PyMethod_GET_FUNCTION(*m)));
+        return 1;
+    }
+    return 0;
+#endif
+}
+
+/* what srv_method found, called as the method call obj.<name>(*arg) */
+static int srv_call(PyObject *m, int unbound, PyObject *obj, PyObject *arg)
+{
+    PyObject *argv[3] = {NULL, obj, arg};
+    size_t n = arg != NULL ? 2 : 1;
+    PyObject *v = unbound
+                      ? PyObject_Vectorcall(m, argv + 1, n | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)
+                      : PyObject_Vectorcall(m, argv + 2, (n - 1) | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                            NULL);
+    Py_XDECREF(v);
+    return v == NULL ? -1 : 0;
+}
+
+/* obj.<name> is fn, its class's function with that code and no instance
+ * attribute over it: 1, 0, or -1 */
+static int srv_is(PyObject *obj, PyObject *name, PyObject *fn, PyObject *code)
+{
+    PyObject *m;
+    int unbound = srv_method(obj, name, &m);
+    if (unbound < 0)
+        return -1;
+    int r = unbound && m == fn && PyFunction_GET_CODE(m) == code;
+    Py_DECREF(m);
+    return r;
+}
+
+/* the attribute, or NULL with no error set (the Python call raises it) */
+static PyObject *srv_get(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        PyErr_Clear();
+    return v;
+}
+
+/* server._sockets is None: 1, 0, or -1 */
+static int srv_sockets_none(PyObject *server)
+{
+    PyObject *v = PyObject_GetAttr(server, s_sockets);
+    if (v == NULL)
+        return -1;
+    Py_DECREF(v);
+    return v == Py_None;
+}
+
+/* self._wakeup() */
+static int srv_wakeup(PyObject *server)
+{
+    PyObject *argv[1] = {server};
+    PyObject *v = PyObject_VectorcallMethod(s_wakeup, argv, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_XDECREF(v);
+    return v == NULL ? -1 : 0;
+}
+
+/* The WeakSet clients (exact, its class's method name the stock fn, __len__
+ * stock, nothing pending) and its data (an exact set) and _pending_removals
+ * (an empty list): 1 with new references in *data and *pending, 0 (take the
+ * Python call; no error set), -1 */
+static int srv_weakset(PyObject *c, PyObject *name, PyObject *fn, PyObject *code,
+                       PyObject **data, PyObject **pending)
+{
+    if (!Py_IS_TYPE(c, srv.weakset) || _PyType_Lookup(srv.weakset, s_dunder_len) != srv.len ||
+        PyFunction_GET_CODE(srv.len) != srv.len_code)
+        return 0;
+    int r = srv_is(c, name, fn, code);
+    if (r <= 0) {
+        if (r < 0)
+            PyErr_Clear();
+        return 0;
+    }
+    if ((*pending = srv_get(c, s_pending_removals)) == NULL)
+        return 0;
+    if (!PyList_CheckExact(*pending) || PyList_GET_SIZE(*pending) != 0 ||
+        (*data = srv_get(c, s_data)) == NULL) {
+        Py_DECREF(*pending);
+        return 0;
+    }
+    if (!PySet_CheckExact(*data)) {
+        Py_DECREF(*pending);
+        Py_DECREF(*data);
+        return 0;
+    }
+    return 1;
+}
+
+/* _attach's body (the method found is the stock one): 1 done, 0 take the
+ * Python call (nothing done, no error set), -1 */
+static int srv_attach_body(PyObject *server, PyObject *t)
+{
+    /* assert self._sockets is not None (Python raises it, or not with -O) */
+    int r = srv_sockets_none(server);
+    if (r != 0) {
+        if (r < 0)
+            PyErr_Clear();
+        return 0;
+    }
+    if (srv.weakset == NULL) { /* self._active_count += 1 */
+        PyObject *v = srv_get(server, s_active_count);
+        if (v == NULL)
+            return 0;
+        if (!PyLong_CheckExact(v)) {
+            Py_DECREF(v);
+            return 0;
+        }
+        Py_SETREF(v, PyNumber_InPlaceAdd(v, sr_one));
+        r = v == NULL ? -1 : PyObject_SetAttr(server, s_active_count, v);
+        Py_XDECREF(v);
+        return r < 0 ? -1 : 1;
+    }
+    /* self._clients.add(transport): WeakSet.add with nothing pending */
+    PyObject *c = srv_get(server, s_clients), *data, *pending, *wr;
+    if (c == NULL)
+        return 0;
+    r = srv_weakset(c, s_add, srv.add, srv.add_code, &data, &pending);
+    if (r > 0) {
+        PyObject *remove = srv_get(c, s_remove);
+        if (remove == NULL) {
+            r = 0;
+        } else {
+            wr = PyWeakref_NewRef(t, remove);
+            r = wr == NULL || PySet_Add(data, wr) < 0 ? -1 : 1;
+            Py_XDECREF(wr);
+            Py_DECREF(remove);
+        }
+        Py_DECREF(data);
+        Py_DECREF(pending);
+    }
+    Py_DECREF(c);
+    return r;
+}
+
+/* _detach's body, as srv_attach_body */
+static int srv_detach_body(PyObject *server, PyObject *t)
+{
+    int zero, r;
+    if (srv.weakset == NULL) {
+        /* assert self._active_count > 0; self._active_count -= 1 */
+        PyObject *v = srv_get(server, s_active_count);
+        if (v == NULL)
+            return 0;
+        if (!PyLong_CheckExact(v) || PyObject_RichCompareBool(v, sr_zero, Py_GT) != 1) {
+            Py_DECREF(v);
+            return 0;
+        }
+        Py_SETREF(v, PyNumber_InPlaceSubtract(v, sr_one));
+        r = v == NULL ? -1 : PyObject_SetAttr(server, s_active_count, v);
+        zero = r < 0 ? -1 : PyObject_RichCompareBool(v, sr_zero, Py_EQ);
+        Py_XDECREF(v);
+    } else {
+        /* self._clients.discard(transport): WeakSet.discard with nothing
+         * pending; then len(self._clients) */
+        PyObject *c = srv_get(server, s_clients), *data, *pending, *wr;
+        if (c == NULL)
+            return 0;
+        r = srv_weakset(c, s_discard, srv.discard, srv.discard_code, &data, &pending);
+        Py_DECREF(c);
+        if (r <= 0)
+            return r;
+        wr = PyWeakref_NewRef(t, NULL);
+        zero = wr == NULL || PySet_Discard(data, wr) < 0
+                   ? -1
+                   : PySet_GET_SIZE(data) - PyList_GET_SIZE(pending) == 0;
+        Py_XDECREF(wr);
+        Py_DECREF(data);
+        Py_DECREF(pending);
+    }
+    /* if ... == 0 and self._sockets is None: self._wakeup() */
+    if (zero > 0 && (zero = srv_sockets_none(server)) > 0)
+        zero = srv_wakeup(server);
+    return zero < 0 ? -1 : 1;
+}
+
+/* server._attach(transport) (3.13+; server._attach() before), or
+ * server._detach(...): in C for the stock Server (above), else the call */
+static int server_attach_detach(PyObject *server, PyObject *t, int detach)
+{
+    PyObject *m;
+    int unbound = srv_method(server, detach ? s_detach : s_attach, &m);
+    if (unbound < 0)
+        return -1;
+    if (unbound && Py_IS_TYPE(server, srv.server) &&
+        m == (detach ? srv.detach : srv.attach) &&
+        PyFunction_GET_CODE(m) == (detach ? srv.detach_code : srv.attach_code) &&
+        Py_TYPE(server)->tp_getattro == PyObject_GenericGetAttr &&
+        Py_TYPE(server)->tp_setattro == PyObject_GenericSetAttr) {
+        int r = detach ? srv_detach_body(server, t) : srv_attach_body(server, t);
+        if (r != 0) {
+            Py_DECREF(m);
+            return r < 0 ? -1 : 0;
+        }
+    }
+    int r = srv_call(m, unbound, server, acc.tracks ? t : NULL);
+    Py_DECREF(m);
+    return r;
+}
+
+/* server_setup(Server, _attach, _detach, WeakSet, add, discard, __len__)
+ * (the last four None before 3.13): the stock functions, read at import */
+static PyObject *server_setup(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    int tracks = nargs == 7 && args[3] != Py_None;
+    if (nargs != 7 || !PyType_Check(args[0]) || !PyFunction_Check(args[1]) ||
+        !PyFunction_Check(args[2]) ||
+        (tracks && (!PyType_Check(args[3]) || !PyFunction_Check(args[4]) ||
+                    !PyFunction_Check(args[5]) || !PyFunction_Check(args[6])))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "server_setup(Server, attach, detach, WeakSet, add, discard, len)");
+        return NULL;
+    }
+    Py_XSETREF(srv.server, (PyTypeObject *)Py_NewRef(args[0]));
+    Py_XSETREF(srv.attach, Py_NewRef(args[1]));
+    Py_XSETREF(srv.detach, Py_NewRef(args[2]));
+    Py_XSETREF(srv.attach_code, Py_NewRef(PyFunction_GET_CODE(args[1])));
+    Py_XSETREF(srv.detach_code, Py_NewRef(PyFunction_GET_CODE(args[2])));
+    Py_CLEAR(srv.weakset);
+    if (tracks) {
+        Py_XSETREF(srv.add, Py_NewRef(args[4]));
+        Py_XSETREF(srv.discard, Py_NewRef(args[5]));
+        Py_XSETREF(srv.len, Py_NewRef(args[6]));
+        Py_XSETREF(srv.add_code, Py_NewRef(PyFunction_GET_CODE(args[4])));
+        Py_XSETREF(srv.discard_code, Py_NewRef(PyFunction_GET_CODE(args[5])));
+        Py_XSETREF(srv.len_code, Py_NewRef(PyFunction_GET_CODE(args[6])));
+        srv.weakset = (PyTypeObject *)Py_NewRef(args[3]);
+    }
+    Py_RETURN_NONE;
+}
+
 /* _call_connection_lost's finally for the C copy below (decision 834), its
  * steps in order: s (the socket object, exactly a socket.socket) closed
  * unless it is closed already (s._closed and s.fileno() < 0); _sockobj,
@@ -3163,13 +3435,10 @@ static int lost_finally(PyObject *t, PyObject *s)
     }
     if (server != Py_None) {
         Py_INCREF(server);
-        PyObject *argv[2] = {server, t};
-        v = PyObject_VectorcallMethod(s_detach, argv,
-                                      (acc.tracks ? 2 : 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        int r = server_attach_detach(server, t, 1);
         Py_DECREF(server);
-        if (v == NULL)
+        if (r < 0)
             return -1;
-        Py_DECREF(v);
         aset(t, A_SERVER, Py_NewRef(Py_None));
     }
     if ((v = PyObject_GetAttr(t, s_empty_waiter)) == NULL)
@@ -3732,14 +4001,8 @@ static PyObject *accepted_transport(PyObject *mod, PyObject *const *args, Py_ssi
     aset(self, A_CLOSING, Py_NewRef(Py_False));
     aset(self, A_PAUSED, Py_NewRef(Py_False));
     aset(self, A_PROTOCOL, Py_NewRef(protocol));
-    if (server != Py_None) {
-        PyObject *argv[2] = {server, self};
-        size_t nargsf = (acc.tracks ? 2 : 1) | PY_VECTORCALL_ARGUMENTS_OFFSET;
-        tmp = PyObject_VectorcallMethod(s_attach, argv, nargsf, NULL);
-        if (tmp == NULL)
-            goto fail;
-        Py_DECREF(tmp);
-    }
+    if (server != Py_None && server_attach_detach(server, self, 0) < 0)
+        goto fail;
     if (stream_register(c) < 0)
         goto fail;
     /* _started; the first _start_reading the Stream's (decision 755) unless
@@ -4063,6 +4326,9 @@ static PyMethodDef stream_functions[] = {
     {"close_setup", (PyCFunction)(void (*)(void))close_setup, METH_FASTCALL,
      "close_setup(close, kind_type, ignore, inet, on_recv, socket_type): for the C close "
      "(decisions 812, 820) and connection_lost (833, 834)"},
+    {"server_setup", (PyCFunction)(void (*)(void))server_setup, METH_FASTCALL,
+     "server_setup(Server, attach, detach, WeakSet, add, discard, len): the stock Server's "
+     "_attach/_detach in C (decision 861)"},
     {"accepted_transport", (PyCFunction)(void (*)(void))accepted_transport, METH_FASTCALL,
      "accepted_transport(loop, fd, kind, protocol, server, nodelay): an accepted "
      "connection's SocketTransport (decision 811)"},
@@ -4190,6 +4456,16 @@ static int stream_init_module(PyObject *m)
     STREAM_INTERN(s_detach, "_detach");
     STREAM_INTERN(s_set_exception, "set_exception");
     STREAM_INTERN(s_lost, "lost");
+    STREAM_INTERN(s_sockets, "_sockets");
+    STREAM_INTERN(s_active_count, "_active_count");
+    STREAM_INTERN(s_wakeup, "_wakeup");
+    STREAM_INTERN(s_clients, "_clients");
+    STREAM_INTERN(s_pending_removals, "_pending_removals");
+    STREAM_INTERN(s_data, "data");
+    STREAM_INTERN(s_remove, "_remove");
+    STREAM_INTERN(s_add, "add");
+    STREAM_INTERN(s_discard, "discard");
+    STREAM_INTERN(s_dunder_len, "__len__");
     STREAM_INTERN(m_closed_by_peer, "Connection is closed by peer");
     if (!(sr_one = PyLong_FromLong(1)))
         return -1;
