@@ -3127,20 +3127,26 @@ static void slot_unset(PyObject *t, const char *name)
 
 /* The stock Server's _attach and _detach in C (decisions 861-863): for the
  * exact asyncio.base_events.Server whose class's _attach/_detach are the
- * functions (and code) server_setup was given at import, found on the class
- * and not on the instance, with the generic attribute protocol. 3.10-3.12:
- * _active_count read and written as the Python code does; 3.13+: the exact
- * weakref.WeakSet _clients with its class's add/discard/__len__ stock, no
- * pending removals and a set for data: WeakSet.add's
- * data.add(ref(transport, _remove)), discard's data.discard(ref(transport)),
- * len(data) - len(_pending_removals). Anything else (a subclass, a patch on
- * the class or the instance, a missing or non-int _active_count, _sockets
- * None where _attach asserts, another _clients, pending removals) calls the
- * method as before: base_events.py and _weakrefset.py are the rule. */
+ * functions (and code) server_setup was given at import, with no instance
+ * attribute over them. 3.10-3.12: _active_count read and written as the
+ * Python code does; 3.13+: the exact weakref.WeakSet _clients with its
+ * class's add/discard/__len__ stock (none on the instance), no pending
+ * removals and a set for data: WeakSet.add's data.add(ref(transport,
+ * _remove)), discard's data.discard(ref(transport)), len(data) -
+ * len(_pending_removals). The instance attributes are read from the
+ * instance's dict, which is what Python's attribute read finds while the
+ * class has no attribute of those names: checked with the class's
+ * functions once per version of the class (its tp_version_tag, which any
+ * change to the class or a base renews, as the eval loop's caches check).
+ * Anything else (a subclass, a patch on the class or the instance, a
+ * missing or non-int _active_count, _sockets None where _attach asserts,
+ * another _clients, pending removals) calls the method as before:
+ * base_events.py and _weakrefset.py are the rule. */
 static struct {
     PyTypeObject *server, *weakset; /* NULL until server_setup; weakset: 3.13+ */
     PyObject *attach, *detach, *attach_code, *detach_code;
     PyObject *add, *discard, *len, *add_code, *discard_code, *len_code;
+    unsigned int server_ver, weakset_ver; /* the class versions checked */
 } srv;
 static PyObject *s_sockets, *s_active_count, *s_wakeup, *s_clients, *s_pending_removals, *s_data,
     *s_remove, *s_add, *s_discard, *s_dunder_len;
@@ -3169,144 +3175,199 @@ static int srv_method(PyObject *obj, PyObject *name, PyObject **m)
 #endif
 }
 
-/* what srv_method found, called as the method call obj.<name>(*arg) */
-static int srv_call(PyObject *m, int unbound, PyObject *obj, PyObject *arg)
+/* tp's version is the one checked: from 3.12 a change to the class sets
+ * its version to 0 (not a version); 3.10 and 3.11 clear the valid-version
+ * flag and keep the old number until the next lookup gives a new one (3.13
+ * no longer sets the flag) */
+static inline int srv_version_ok(PyTypeObject *tp, unsigned int ver)
 {
-    PyObject *argv[3] = {NULL, obj, arg};
-    size_t n = arg != NULL ? 2 : 1;
-    PyObject *v = unbound
-                      ? PyObject_Vectorcall(m, argv + 1, n | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)
-                      : PyObject_Vectorcall(m, argv + 2, (n - 1) | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                            NULL);
-    Py_XDECREF(v);
-    return v == NULL ? -1 : 0;
+#if PY_VERSION_HEX < 0x030C0000
+    if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG))
+        return 0;
+#endif
+    return tp->tp_version_tag != 0 && tp->tp_version_tag == ver;
 }
 
-/* obj.<name> is fn, its class's function with that code and no instance
- * attribute over it: 1, 0, or -1 */
-static int srv_is(PyObject *obj, PyObject *name, PyObject *fn, PyObject *code)
+/* the version to keep for tp once checked (0: none, checked again) */
+static inline unsigned int srv_version(PyTypeObject *tp)
 {
-    PyObject *m;
-    int unbound = srv_method(obj, name, &m);
-    if (unbound < 0)
-        return -1;
-    int r = unbound && m == fn && PyFunction_GET_CODE(m) == code;
-    Py_DECREF(m);
-    return r;
+#if PY_VERSION_HEX < 0x030C0000
+    if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG))
+        return 0;
+#endif
+    return tp->tp_version_tag;
 }
 
-/* the attribute, or NULL with no error set (the Python call raises it) */
-static PyObject *srv_get(PyObject *obj, PyObject *name)
+/* the class attribute name is fn with its code at setup */
+static int srv_class_fn(PyTypeObject *tp, PyObject *name, PyObject *fn, PyObject *code)
 {
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (v == NULL)
-        PyErr_Clear();
-    return v;
+    return _PyType_Lookup(tp, name) == fn && PyFunction_GET_CODE(fn) == code;
 }
 
-/* server._sockets is None: 1, 0, or -1 */
-static int srv_sockets_none(PyObject *server)
+/* The exact stock Server class: its _attach/_detach the stock functions, no
+ * class attribute _sockets or _active_count/_clients, generic attribute
+ * access (the names' lookups once per class version; the functions' code
+ * every time, as assigning __code__ does not change the class) */
+static int srv_server_ok(PyTypeObject *tp)
 {
-    PyObject *v = PyObject_GetAttr(server, s_sockets);
-    if (v == NULL)
-        return -1;
-    Py_DECREF(v);
-    return v == Py_None;
+    if (tp != srv.server || PyFunction_GET_CODE(srv.attach) != srv.attach_code ||
+        PyFunction_GET_CODE(srv.detach) != srv.detach_code)
+        return 0;
+    if (srv_version_ok(tp, srv.server_ver))
+        return 1;
+    if (tp->tp_getattro != PyObject_GenericGetAttr || tp->tp_setattro != PyObject_GenericSetAttr ||
+        !srv_class_fn(tp, s_attach, srv.attach, srv.attach_code) ||
+        !srv_class_fn(tp, s_detach, srv.detach, srv.detach_code) ||
+        _PyType_Lookup(tp, s_sockets) != NULL ||
+        _PyType_Lookup(tp, srv.weakset != NULL ? s_clients : s_active_count) != NULL)
+        return 0;
+    srv.server_ver = srv_version(tp);
+    return 1;
 }
 
-/* self._wakeup() */
-static int srv_wakeup(PyObject *server)
+/* The same for the exact stock WeakSet: add, discard and __len__ stock, no
+ * class attribute _pending_removals, data or _remove */
+static int srv_weakset_ok(PyTypeObject *tp)
 {
-    PyObject *argv[1] = {server};
-    PyObject *v = PyObject_VectorcallMethod(s_wakeup, argv, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    Py_XDECREF(v);
-    return v == NULL ? -1 : 0;
-}
-
-/* The WeakSet clients (exact, its class's method name the stock fn, __len__
- * stock, nothing pending) and its data (an exact set) and _pending_removals
- * (an empty list): 1 with new references in *data and *pending, 0 (take the
- * Python call; no error set), -1 */
-static int srv_weakset(PyObject *c, PyObject *name, PyObject *fn, PyObject *code,
-                       PyObject **data, PyObject **pending)
-{
-    if (!Py_IS_TYPE(c, srv.weakset) || _PyType_Lookup(srv.weakset, s_dunder_len) != srv.len ||
+    if (tp != srv.weakset || PyFunction_GET_CODE(srv.add) != srv.add_code ||
+        PyFunction_GET_CODE(srv.discard) != srv.discard_code ||
         PyFunction_GET_CODE(srv.len) != srv.len_code)
         return 0;
-    int r = srv_is(c, name, fn, code);
-    if (r <= 0) {
-        if (r < 0)
-            PyErr_Clear();
+    if (srv_version_ok(tp, srv.weakset_ver))
+        return 1;
+    if (tp->tp_getattro != PyObject_GenericGetAttr ||
+        !srv_class_fn(tp, s_add, srv.add, srv.add_code) ||
+        !srv_class_fn(tp, s_discard, srv.discard, srv.discard_code) ||
+        !srv_class_fn(tp, s_dunder_len, srv.len, srv.len_code) ||
+        _PyType_Lookup(tp, s_pending_removals) != NULL || _PyType_Lookup(tp, s_data) != NULL ||
+        _PyType_Lookup(tp, s_remove) != NULL)
         return 0;
-    }
-    if ((*pending = srv_get(c, s_pending_removals)) == NULL)
+    srv.weakset_ver = srv_version(tp);
+    return 1;
+}
+
+/* obj's instance dict (made if it is not yet: what it holds is the same),
+ * or NULL with no error set */
+static PyObject *srv_dict(PyObject *obj)
+{
+    PyObject *d = PyObject_GenericGetDict(obj, NULL);
+    if (d == NULL)
+        PyErr_Clear();
+    else if (!PyDict_CheckExact(d))
+        Py_CLEAR(d);
+    return d;
+}
+
+/* d[name] (a new reference), or NULL with no error set */
+static PyObject *srv_get(PyObject *d, PyObject *name)
+{
+    PyObject *v = PyDict_GetItemWithError(d, name);
+    if (v == NULL)
+        PyErr_Clear();
+    return Py_XNewRef(v);
+}
+
+/* name is not in d: 1, else (or an error, cleared) 0 */
+static int srv_absent(PyObject *d, PyObject *name)
+{
+    if (PyDict_GetItemWithError(d, name) != NULL)
         return 0;
-    if (!PyList_CheckExact(*pending) || PyList_GET_SIZE(*pending) != 0 ||
-        (*data = srv_get(c, s_data)) == NULL) {
-        Py_DECREF(*pending);
-        return 0;
-    }
-    if (!PySet_CheckExact(*data)) {
-        Py_DECREF(*pending);
-        Py_DECREF(*data);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
         return 0;
     }
     return 1;
 }
 
-/* _attach's body (the method found is the stock one): 1 done, 0 take the
- * Python call (nothing done, no error set), -1 */
-static int srv_attach_body(PyObject *server, PyObject *t)
+/* if self._sockets is None: self._wakeup() (d: the Server's dict) */
+static int srv_maybe_wakeup(PyObject *server, PyObject *d)
+{
+    PyObject *v = PyDict_GetItemWithError(d, s_sockets);
+    if (v == NULL) { /* (not in the dict: Python's lookup, and its error) */
+        if (PyErr_Occurred() || (v = PyObject_GetAttr(server, s_sockets)) == NULL)
+            return -1;
+        Py_DECREF(v); /* (still referenced by whatever answered it, or not used) */
+    }
+    if (v != Py_None)
+        return 0;
+    PyObject *argv[1] = {server};
+    v = PyObject_VectorcallMethod(s_wakeup, argv, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_XDECREF(v);
+    return v == NULL ? -1 : 0;
+}
+
+/* The WeakSet clients (exact and stock, name not on the instance, nothing
+ * pending, data a set): 1 with new references in *data and *pending (and
+ * *remove when remove is not NULL), 0 (take the Python call; no error set) */
+static int srv_weakset(PyObject *c, PyObject *name, PyObject **data, PyObject **pending,
+                       PyObject **remove)
+{
+    if (!srv_weakset_ok(Py_TYPE(c)))
+        return 0;
+    PyObject *d = srv_dict(c);
+    if (d == NULL)
+        return 0;
+    int ok = 0;
+    *data = *pending = NULL;
+    if (srv_absent(d, name) && (*pending = srv_get(d, s_pending_removals)) != NULL &&
+        PyList_CheckExact(*pending) && PyList_GET_SIZE(*pending) == 0 &&
+        (*data = srv_get(d, s_data)) != NULL && PySet_CheckExact(*data))
+        ok = remove == NULL || (*remove = srv_get(d, s_remove)) != NULL;
+    Py_DECREF(d);
+    if (!ok) {
+        Py_XDECREF(*data);
+        Py_XDECREF(*pending);
+    }
+    return ok;
+}
+
+/* _attach's body (d: the stock Server's dict): 1 done, 0 take the Python
+ * call (nothing done, no error set), -1 */
+static int srv_attach_body(PyObject *d, PyObject *t)
 {
     /* assert self._sockets is not None (Python raises it, or not with -O) */
-    int r = srv_sockets_none(server);
-    if (r != 0) {
-        if (r < 0)
-            PyErr_Clear();
+    PyObject *v = PyDict_GetItemWithError(d, s_sockets);
+    if (v == NULL || v == Py_None) {
+        PyErr_Clear();
         return 0;
     }
+    int r;
     if (srv.weakset == NULL) { /* self._active_count += 1 */
-        PyObject *v = srv_get(server, s_active_count);
-        if (v == NULL)
+        if ((v = srv_get(d, s_active_count)) == NULL)
             return 0;
         if (!PyLong_CheckExact(v)) {
             Py_DECREF(v);
             return 0;
         }
         Py_SETREF(v, PyNumber_InPlaceAdd(v, sr_one));
-        r = v == NULL ? -1 : PyObject_SetAttr(server, s_active_count, v);
+        r = v == NULL ? -1 : PyDict_SetItem(d, s_active_count, v);
         Py_XDECREF(v);
         return r < 0 ? -1 : 1;
     }
     /* self._clients.add(transport): WeakSet.add with nothing pending */
-    PyObject *c = srv_get(server, s_clients), *data, *pending, *wr;
+    PyObject *c = srv_get(d, s_clients), *data, *pending, *remove, *wr;
     if (c == NULL)
         return 0;
-    r = srv_weakset(c, s_add, srv.add, srv.add_code, &data, &pending);
-    if (r > 0) {
-        PyObject *remove = srv_get(c, s_remove);
-        if (remove == NULL) {
-            r = 0;
-        } else {
-            wr = PyWeakref_NewRef(t, remove);
-            r = wr == NULL || PySet_Add(data, wr) < 0 ? -1 : 1;
-            Py_XDECREF(wr);
-            Py_DECREF(remove);
-        }
-        Py_DECREF(data);
-        Py_DECREF(pending);
-    }
+    r = srv_weakset(c, s_add, &data, &pending, &remove);
     Py_DECREF(c);
+    if (r <= 0)
+        return r;
+    wr = PyWeakref_NewRef(t, remove);
+    r = wr == NULL || PySet_Add(data, wr) < 0 ? -1 : 1;
+    Py_XDECREF(wr);
+    Py_DECREF(remove);
+    Py_DECREF(data);
+    Py_DECREF(pending);
     return r;
 }
 
 /* _detach's body, as srv_attach_body */
-static int srv_detach_body(PyObject *server, PyObject *t)
+static int srv_detach_body(PyObject *server, PyObject *d, PyObject *t)
 {
     int zero, r;
     if (srv.weakset == NULL) {
         /* assert self._active_count > 0; self._active_count -= 1 */
-        PyObject *v = srv_get(server, s_active_count);
+        PyObject *v = srv_get(d, s_active_count);
         if (v == NULL)
             return 0;
         if (!PyLong_CheckExact(v) || PyObject_RichCompareBool(v, sr_zero, Py_GT) != 1) {
@@ -3314,16 +3375,17 @@ static int srv_detach_body(PyObject *server, PyObject *t)
             return 0;
         }
         Py_SETREF(v, PyNumber_InPlaceSubtract(v, sr_one));
-        r = v == NULL ? -1 : PyObject_SetAttr(server, s_active_count, v);
+        r = v == NULL ? -1 : PyDict_SetItem(d, s_active_count, v);
         zero = r < 0 ? -1 : PyObject_RichCompareBool(v, sr_zero, Py_EQ);
         Py_XDECREF(v);
     } else {
         /* self._clients.discard(transport): WeakSet.discard with nothing
-         * pending; then len(self._clients) */
-        PyObject *c = srv_get(server, s_clients), *data, *pending, *wr;
+         * pending; then len(self._clients) (the same list and set, which a
+         * weakref callback run meanwhile changes in place) */
+        PyObject *c = srv_get(d, s_clients), *data, *pending, *wr;
         if (c == NULL)
             return 0;
-        r = srv_weakset(c, s_discard, srv.discard, srv.discard_code, &data, &pending);
+        r = srv_weakset(c, s_discard, &data, &pending, NULL);
         Py_DECREF(c);
         if (r <= 0)
             return r;
@@ -3336,8 +3398,8 @@ static int srv_detach_body(PyObject *server, PyObject *t)
         Py_DECREF(pending);
     }
     /* if ... == 0 and self._sockets is None: self._wakeup() */
-    if (zero > 0 && (zero = srv_sockets_none(server)) > 0)
-        zero = srv_wakeup(server);
+    if (zero > 0)
+        zero = srv_maybe_wakeup(server, d);
     return zero < 0 ? -1 : 1;
 }
 
@@ -3345,24 +3407,31 @@ static int srv_detach_body(PyObject *server, PyObject *t)
  * server._detach(...): in C for the stock Server (above), else the call */
 static int server_attach_detach(PyObject *server, PyObject *t, int detach)
 {
-    PyObject *m;
-    int unbound = srv_method(server, detach ? s_detach : s_attach, &m);
-    if (unbound < 0)
-        return -1;
-    if (unbound && Py_IS_TYPE(server, srv.server) &&
-        m == (detach ? srv.detach : srv.attach) &&
-        PyFunction_GET_CODE(m) == (detach ? srv.detach_code : srv.attach_code) &&
-        Py_TYPE(server)->tp_getattro == PyObject_GenericGetAttr &&
-        Py_TYPE(server)->tp_setattro == PyObject_GenericSetAttr) {
-        int r = detach ? srv_detach_body(server, t) : srv_attach_body(server, t);
-        if (r != 0) {
-            Py_DECREF(m);
-            return r < 0 ? -1 : 0;
+    PyObject *name = detach ? s_detach : s_attach;
+    if (srv_server_ok(Py_TYPE(server))) {
+        PyObject *d = srv_dict(server);
+        if (d != NULL) {
+            int r = srv_absent(d, name);
+            if (r)
+                r = detach ? srv_detach_body(server, d, t) : srv_attach_body(d, t);
+            Py_DECREF(d);
+            if (r != 0)
+                return r < 0 ? -1 : 0;
         }
     }
-    int r = srv_call(m, unbound, server, acc.tracks ? t : NULL);
+    PyObject *m;
+    int unbound = srv_method(server, name, &m);
+    if (unbound < 0)
+        return -1;
+    PyObject *argv[3] = {NULL, server, t};
+    size_t n = acc.tracks ? 2 : 1;
+    PyObject *v = unbound
+                      ? PyObject_Vectorcall(m, argv + 1, n | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)
+                      : PyObject_Vectorcall(m, argv + 2, (n - 1) | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                            NULL);
     Py_DECREF(m);
-    return r;
+    Py_XDECREF(v);
+    return v == NULL ? -1 : 0;
 }
 
 /* server_setup(Server, _attach, _detach, WeakSet, add, discard, __len__)
@@ -3385,6 +3454,7 @@ static PyObject *server_setup(PyObject *mod, PyObject *const *args, Py_ssize_t n
     Py_XSETREF(srv.attach_code, Py_NewRef(PyFunction_GET_CODE(args[1])));
     Py_XSETREF(srv.detach_code, Py_NewRef(PyFunction_GET_CODE(args[2])));
     Py_CLEAR(srv.weakset);
+    srv.server_ver = srv.weakset_ver = 0;
     if (tracks) {
         Py_XSETREF(srv.add, Py_NewRef(args[4]));
         Py_XSETREF(srv.discard, Py_NewRef(args[5]));
