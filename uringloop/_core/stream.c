@@ -3321,6 +3321,25 @@ static int srv_weakset(PyObject *c, PyObject *name, PyObject **data, PyObject **
     return ok;
 }
 
+/* ref(t) as the key WeakSet.discard looks up: the first plain weakref in
+ * t's list of weakrefs (the one WeakSet.add made, or a basic ref) is equal
+ * to ref(t) and hashes as it does (both compare and hash their referent,
+ * t), and is found by its identity; a new ref(t) when there is none */
+static PyObject *srv_ref_key(PyObject *t)
+{
+#ifndef Py_GIL_DISABLED
+    Py_ssize_t off = Py_TYPE(t)->tp_weaklistoffset;
+    if (off != 0 && !PyType_Check(t)) {
+        PyWeakReference *r = *(PyWeakReference **)((char *)t + off);
+        while (r != NULL && !PyWeakref_CheckRefExact((PyObject *)r))
+            r = r->wr_next;
+        if (r != NULL && r->wr_object == t)
+            return Py_NewRef((PyObject *)r);
+    }
+#endif
+    return PyWeakref_NewRef(t, NULL);
+}
+
 /* _attach's body (d: the stock Server's dict): 1 done, 0 take the Python
  * call (nothing done, no error set), -1 */
 static int srv_attach_body(PyObject *d, PyObject *t)
@@ -3389,7 +3408,7 @@ static int srv_detach_body(PyObject *server, PyObject *d, PyObject *t)
         Py_DECREF(c);
         if (r <= 0)
             return r;
-        wr = PyWeakref_NewRef(t, NULL);
+        wr = srv_ref_key(t);
         zero = wr == NULL || PySet_Discard(data, wr) < 0
                    ? -1
                    : PySet_GET_SIZE(data) - PyList_GET_SIZE(pending) == 0;
