@@ -436,3 +436,32 @@ def test_pending_removals_while_iterating_as_stock(tloop):
         return states
 
     assert _run(tloop, main) == [(1, 2, 1), (0, 2, 2), (1, 2, 1), (0, 0, 0)]
+
+
+@pytest.mark.skipif(not TRACKS, reason="_clients is 3.13's")
+def test_other_weakrefs_to_a_transport_leave_its_detach_as_stock(tloop):
+    """A transport with other weakrefs to it (a basic ref, one with a
+    callback, a ref subclass's) leaves _clients at its detach all the same,
+    and those refs are untouched (the discard's key is a ref equal to
+    ref(transport))."""
+
+    class R(weakref.ref):
+        pass
+
+    async def main(c):
+        server = await c.start()
+        await c.connect(3)
+        held = []
+        for i, t in enumerate(c.made):
+            refs = [R(t), weakref.ref(t, lambda r: None)]
+            if i != 1:
+                refs.insert(i, weakref.ref(t))  # a basic ref, first or last
+            held.append(refs)
+        before = _state(server._clients)
+        await c.close_peers()
+        alive = [[r() is c.made[i] for r in refs] for i, refs in enumerate(held)]
+        return before, _state(server._clients), alive
+
+    before, after, alive = _run(tloop, main)
+    assert (before, after) == ((0, 3, 3), (0, 0, 0))
+    assert alive == [[True] * 3, [True] * 2, [True] * 3]
