@@ -3175,10 +3175,10 @@ static int srv_method(PyObject *obj, PyObject *name, PyObject **m)
 #endif
 }
 
-/* tp's version is the one checked: from 3.12 a change to the class sets
- * its version to 0 (not a version); 3.10 and 3.11 clear the valid-version
- * flag and keep the old number until the next lookup gives a new one (3.13
- * no longer sets the flag) */
+/* tp's version is the one checked: from 3.12 a change to the class or a
+ * base sets its version to 0 (not a version); before 3.12 the valid-version
+ * flag is checked too, as those versions mark a changed class by clearing
+ * it (3.13 no longer sets the flag) */
 static inline int srv_version_ok(PyTypeObject *tp, unsigned int ver)
 {
 #if PY_VERSION_HEX < 0x030C0000
