@@ -233,10 +233,11 @@ def _bad_calls(fd, cb):
                 (m, (fd, cb), {"view": _BadBool()}, ZeroDivisionError),
             ]
         ],
-        # close_fd(fd, cb, reset_if_data=False)
+        # close_fd(fd, cb, reset_if_data=False, hold=False) (decision 873)
         ("close_fd", (), {}, TypeError),
         ("close_fd", (fd,), {}, TypeError),
-        ("close_fd", (fd, cb, False, 0), {}, TypeError),
+        ("close_fd", (fd, cb, False, False, 0), {}, TypeError),
+        ("close_fd", (fd, cb), {"held": True}, TypeError),
         ("close_fd", (fd, cb), {"reset": True}, TypeError),
         ("close_fd", (fd, cb, False), {"reset_if_data": False}, TypeError),
         ("close_fd", ("3", cb, False), {}, TypeError),

@@ -186,12 +186,10 @@ def test_connection_lost_once_after_fd_closed(any_loop):
             for _ in range(5):
                 await asyncio.sleep(0)
             assert pr.events == ["made", "lost"], how
-            if not is_stock(loop):
-                # ours, closed from a task: the engine run before
-                # connection_lost's turn has closed the fd (the stock loop
-                # closes it right after connection_lost; inside a receive
-                # callback ours closes it in the next engine run, 510)
-                assert pr.fd_open_at_lost is False
+            # the fd is closed right after connection_lost, as the stock
+            # loop's _call_connection_lost closes it (ours holds the
+            # engine's close until then, decision 873)
+            assert pr.fd_open_at_lost is True
             assert tr.get_extra_info("socket").fileno() == -1
             assert await _read_all(loop, peer) == b""
             peer.close()

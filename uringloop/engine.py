@@ -96,7 +96,7 @@ _ENTRY_POINTS = tuple(
     int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
     for name in ("ul_run_turn", "ul_nop", "ul_recv", "ul_send", "ul_sendv", "ul_accept",
                  "ul_shutdown", "ul_close_fd", "ul_cancel", "ul_cancel_fd", "ul_wake", "ul_ready",
-                 "ul_recv_into", "ul_poll", "ul_op_known", "ul_recv_busy")
+                 "ul_recv_into", "ul_poll", "ul_op_known", "ul_recv_busy", "ul_close_release")
 )
 
 # Engine methods that are the C table's own (bound per instance in __init__)
@@ -434,10 +434,17 @@ class Engine:
     def shutdown(self, fd: int, how: int, cb) -> int:
         return self._t.shutdown(fd, how, cb)
 
-    def close_fd(self, fd: int, cb, reset_if_data: bool = False) -> int:
+    def close_fd(self, fd: int, cb, reset_if_data: bool = False, hold: bool = False) -> int:
         """Cancel every op on fd, wait for their final records, then close it
-        (reset_if_data: with SO_LINGER 0 if a receive brought bytes meanwhile)."""
-        return self._t.close_fd(fd, cb, reset_if_data)
+        (reset_if_data: with SO_LINGER 0 if a receive brought bytes meanwhile;
+        hold: not before close_release, decision 873)."""
+        return self._t.close_fd(fd, cb, reset_if_data, hold)
+
+    def close_release(self, close_ud: int, fd: int) -> int:
+        """The held close of fd (close_fd(..., hold=True)'s user_data) may
+        close(2) now, or when fd's last op ends. 0, or -ENOENT when that
+        close is not pending and held (decision 873)."""
+        return lib.ul_close_release(self._e, close_ud, fd) if self._e is not None else -errno.ENOENT
 
     def close_reset(self, close_ud: int, fd: int) -> int:
         """The pending close of fd (close_fd's user_data) sets SO_LINGER 0

@@ -672,7 +672,7 @@ void ul__finish(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uin
     if (advance)
         q_advance(e, fd, advance);
     f = &e->fds[fd];
-    if (f->closing && f->nops == 0)
+    if (f->closing && f->nops == 0 && !f->held)
         do_close(e, fd);
 }
 
@@ -1209,7 +1209,11 @@ EXPORT int ul_close_fd(ul_engine *e, uint64_t ud, int fd, int reset_if_data)
     struct ul_fd *f = &e->fds[fd];
     f->closing = 1;
     f->close_slot = (int32_t)ul__slot(ud);
-    if (reset_if_data) {
+    if (reset_if_data & UL_CLOSE_HOLD) {
+        f->held = 1;      /* ul_close_release closes (decision 873) */
+        e->in_flight--;   /* no kernel op: the loop does not poll for it */
+    }
+    if (reset_if_data & 1) {
         f->reset_if_data = 1;
         e->nreset++;
         /* bytes a receive of fd brought before this call that still wait in
@@ -1229,8 +1233,33 @@ EXPORT int ul_close_fd(ul_engine *e, uint64_t ud, int fd, int reset_if_data)
     }
     cancel_fd(e, fd);
     f = &e->fds[fd];
-    if (f->closing && f->nops == 0)
+    if (f->closing && f->nops == 0 && !f->held)
         do_close(e, fd);
+    return 0;
+}
+
+static void release_close(ul_engine *e, int fd)
+{
+    struct ul_fd *f = &e->fds[fd];
+    f->held = 0;
+    e->in_flight++; /* ul__finish counts the close op out */
+    if (f->nops == 0)
+        do_close(e, fd);
+    else if (e->be->settle && !e->closed && !e->in_run)
+        (void)e->be->settle(e); /* its ops' cancels end now: the close with them (875) */
+}
+
+EXPORT int ul_close_release(ul_engine *e, uint64_t close_ud, int fd)
+{
+    if (foreign_thread(e))
+        return -EEXIST;
+    if (e->closed || fd < 0 || fd >= e->nfds || !e->fds[fd].closing || !e->fds[fd].held)
+        return -ENOENT;
+    struct ul_fd *f = &e->fds[fd];
+    struct ul_op *op = f->close_slot >= 0 ? op_at(e, f->close_slot) : NULL;
+    if (op == NULL || op->ud != close_ud)
+        return -ENOENT; /* another close of this number: not the caller's */
+    release_close(e, fd);
     return 0;
 }
 
@@ -1567,6 +1596,11 @@ EXPORT ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errle
 
 EXPORT int ul_free(ul_engine *e, int64_t timeout_ns)
 {
+    /* closes still held (their transport's _call_connection_lost never
+     * ran: the loop closed first) close now, or as their ops end below */
+    for (int fd = 0; !e->closed && fd < e->nfds; fd++)
+        if (e->fds[fd].closing && e->fds[fd].held)
+            release_close(e, fd);
     /* cancel everything still live, then reap until nothing is in flight */
     for (uint32_t c = 0; c < e->nchunks; c++) {
         if (!e->chunks[c])

@@ -232,6 +232,15 @@ int ul_shutdown(ul_engine *e, uint64_t ud, int fd, int how);
  * which the stock loop would have left in the kernel, whose close(2) then
  * resets (decisions 463, 497). */
 int ul_close_fd(ul_engine *e, uint64_t ud, int fd, int reset_if_data);
+/* reset_if_data | UL_CLOSE_HOLD: the close(2) also waits for
+ * ul_close_release (the stock transport closes its socket in
+ * _call_connection_lost, a turn after close(); decision 873). ul_free
+ * releases what is still held. */
+#define UL_CLOSE_HOLD 2
+/* The held close of fd (close_ud) may close now: at once if no op of fd is
+ * live, else when the last one ends. 0, or -ENOENT when that close is not
+ * pending and held. */
+int ul_close_release(ul_engine *e, uint64_t close_ud, int fd);
 /* The close of fd (close_ud, still pending: its ops are being cancelled)
  * resets the connection: for bytes of a record delivered before the close
  * was asked for that the caller dropped (decision 497). 0, or -ENOENT when

@@ -156,6 +156,9 @@ struct ul_fd {
     uint8_t reset;              /* the pending close resets (ul_close_reset, or a
                                    receive brought bytes after reset_if_data) */
     uint8_t reset_if_data;      /* the pending close_fd asked for it (decision 497) */
+    uint8_t held;               /* the pending close waits for ul_close_release too,
+                                   and its op is not counted in in_flight until
+                                   then (UL_CLOSE_HOLD, decision 873) */
     uint8_t own;                /* one of the engine's own fds (the wake eventfd, the
                                    ring fd, the epoll fd): every op on it ends with
                                    -EBADF at once, as on a closing fd (decision 427) */
@@ -202,6 +205,10 @@ struct ul_backend {
                                     (ul_ready); NULL: never assumed */
     void (*trim)(ul_engine *e);  /* idle after a burst: hand cold pool pages back
                                     (NULL: ul__pool_release(e, UL_POOL_KEEP)) */
+    int (*settle)(ul_engine *e); /* submit what waits in the SQ and reap what is
+                                    done, not waiting (a held close released while
+                                    its fd's cancels are unsubmitted, decision 875;
+                                    NULL: the cancels end at once) */
     int (*ended_with)(ul_engine *e, int fd, int32_t res); /* a completion of an op
                                     on fd with res waits unreaped (ul_ended_with;
                                     NULL: none can) */

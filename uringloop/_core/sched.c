@@ -805,6 +805,7 @@ typedef void (*ul_wake_fn)(void *);
 typedef int (*ul_ready_fn)(void *);
 typedef int (*ul_op_known_fn)(void *, uint64_t);
 typedef int (*ul_recv_busy_fn)(void *, int);
+typedef int (*ul_close_release_fn)(void *, uint64_t, int);
 
 #define SLOT_USED 1
 #define SLOT_COALESCE 2 /* buffer records of one turn are joined into one chunk */
@@ -844,6 +845,7 @@ struct Table {
     ul_poll_fn poll;
     ul_op_known_fn op_known;
     ul_recv_busy_fn recv_busy;
+    ul_close_release_fn close_release; /* a held close's release (decision 873) */
     Slot *slots;
     uint32_t nslots, used;
     uint32_t *free; /* stack of free slots, lowest on top */
@@ -1340,17 +1342,18 @@ static PyObject *Table_shutdown(Table *t, PyObject *const *args, Py_ssize_t narg
 
 static PyObject *Table_close_fd(Table *t, PyObject *const *args, Py_ssize_t nargs, PyObject *kw)
 {
-    static const char *const names[] = {"fd", "cb", "reset_if_data"};
-    PyObject *buf[3], *const *a;
+    static const char *const names[] = {"fd", "cb", "reset_if_data", "hold"};
+    PyObject *buf[4], *const *a;
     int fd;
     TABLE_OPEN(t);
-    if (!(a = take_args("close_fd", args, nargs, kw, names, 2, 3, buf)) ||
+    if (!(a = take_args("close_fd", args, nargs, kw, names, 2, 4, buf)) ||
         get_fd(a[0], &fd) < 0 ||
         check_cb(a[1]) < 0)
         return NULL;
-    int reset = get_bool(a[2], 0);
-    if (reset < 0)
+    int reset = get_bool(a[2], 0), hold = get_bool(a[3], 0);
+    if (reset < 0 || hold < 0)
         return NULL;
+    reset |= hold ? 2 : 0; /* UL_CLOSE_HOLD (decision 873) */
     uint64_t ud = table_take(t, a[1], NULL, 0);
     return ud ? submitted(t, ud, t->close_fd(t->engine, ud, fd, reset)) : NULL;
 }
@@ -1921,24 +1924,25 @@ static PyObject *Table_deliver(Table *t, PyObject *arg)
 /* Table(native, addr_of): native = (ul_engine *, records, record_cap, pool,
  * pool_size, buf_size, ul_run_turn, ul_nop, ul_recv, ul_send, ul_sendv, ul_accept,
  * ul_shutdown, ul_close_fd, ul_cancel, ul_cancel_fd, ul_wake, ul_ready, ul_recv_into,
- * ul_poll, ul_op_known, ul_recv_busy),
+ * ul_poll, ul_op_known, ul_recv_busy, ul_close_release),
  * addresses as ints */
 static int Table_init(Table *t, PyObject *args, PyObject *kwds)
 {
     PyObject *native, *addr_of;
-    unsigned long long e, rec, pool, f[16];
+    unsigned long long e, rec, pool, f[17];
     Py_ssize_t cap, pool_size, buf_size;
     if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
         PyErr_SetString(PyExc_TypeError, "Table() takes no keyword arguments");
         return -1;
     }
     if (!PyArg_ParseTuple(args, "O!O:Table", &PyTuple_Type, &native, &addr_of) ||
-        !PyArg_ParseTuple(native, "KKnKnnKKKKKKKKKKKKKKKK:native", &e, &rec, &cap, &pool,
+        !PyArg_ParseTuple(native, "KKnKnnKKKKKKKKKKKKKKKKK:native", &e, &rec, &cap, &pool,
                           &pool_size, &buf_size, &f[0], &f[1], &f[2], &f[3], &f[4], &f[5], &f[6],
-                          &f[7], &f[8], &f[9], &f[10], &f[11], &f[12], &f[13], &f[14], &f[15]))
+                          &f[7], &f[8], &f[9], &f[10], &f[11], &f[12], &f[13], &f[14], &f[15],
+                          &f[16]))
         return -1;
     t->batch_before = -1; /* no batch yet (decision 454) */
-    for (int i = 0; i < 16; i++) {
+    for (int i = 0; i < 17; i++) {
         if (f[i] == 0) {
             PyErr_SetString(PyExc_ValueError, "Table: a null function address");
             return -1;
@@ -1970,6 +1974,7 @@ static int Table_init(Table *t, PyObject *args, PyObject *kwds)
     t->poll = (ul_poll_fn)(uintptr_t)f[13];
     t->op_known = (ul_op_known_fn)(uintptr_t)f[14];
     t->recv_busy = (ul_recv_busy_fn)(uintptr_t)f[15];
+    t->close_release = (ul_close_release_fn)(uintptr_t)f[16];
     Py_XSETREF(t->addr_of, Py_NewRef(addr_of));
     return 0;
 }
@@ -2086,7 +2091,7 @@ static PyMethodDef Table_methods[] = {
     {"shutdown", (PyCFunction)(void (*)(void))Table_shutdown, FASTKW,
      "shutdown(fd, how, cb) -> user_data"},
     {"close_fd", (PyCFunction)(void (*)(void))Table_close_fd, FASTKW,
-     "close_fd(fd, cb, reset_if_data=False) -> user_data"},
+     "close_fd(fd, cb, reset_if_data=False, hold=False) -> user_data"},
     {"cancel", (PyCFunction)Table_cancel, METH_O, "cancel(ud) -> bool"},
     {"cancel_fd", (PyCFunction)Table_cancel_fd, METH_O, "cancel_fd(fd) -> int"},
     {"wake", (PyCFunction)Table_wake, METH_NOARGS, "wake(): thread-safe"},

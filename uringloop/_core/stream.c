@@ -122,7 +122,39 @@ typedef struct {
                      * decision 820) */
     char rfirst;   /* the record being delivered is the Stream's first of batch rseq */
     unsigned int rseq; /* the loop's batch whose records the Stream had last (824) */
+    unsigned long long close_ud; /* the transport's held close of fd (engine close_fd's
+                                  * hold): released where _call_connection_lost
+                                  * closes the socket (0: none; decision 873) */
 } Stream;
+
+static int stream_flush_dirty(Core *self);
+
+/* The held close of the Stream's fd may close(2) now (or when its ops
+ * end): where the stock transport's _call_connection_lost closes its
+ * socket (decision 873). The writes of the loop's transports queued
+ * since the last flush go to the kernel first (flush: the turn's
+ * _flush_dirty): the stock write() sent them when called, before this
+ * close (a peer in the same process, decision 874). A closed engine (the
+ * table detached) has closed it (ul_free). 0, or -1 with the flush's
+ * exception set (the close released all the same). */
+static int stream_close_release(Stream *s, int flush)
+{
+    unsigned long long ud = s->close_ud;
+    s->close_ud = 0;
+    Core *loop = s->loop;
+    int rc = 0;
+    if (loop == NULL || ud == 0)
+        return 0;
+    Py_INCREF(loop);
+    if (flush && loop->dirty != NULL && PyList_CheckExact(loop->dirty) &&
+        PyList_GET_SIZE(loop->dirty) > 0)
+        rc = stream_flush_dirty(loop);
+    Table *t = loop->table;
+    if (t != NULL && t->engine != NULL)
+        (void)t->close_release(t->engine, ud, s->fd);
+    Py_DECREF(loop);
+    return rc;
+}
 
 /* Stream.rdirect. A BufferedProtocol whose reads fill its buffer (of at
  * least a pool buffer) takes them in its own buffer, no pool in between:
@@ -2749,6 +2781,8 @@ static PyObject *Stream_release(Stream *s, PyObject *unused)
 static PyObject *Stream_lost(Stream *s, PyObject *unused)
 {
     (void)unused;
+    if (s->close_ud != 0 && stream_close_release(s, 1) < 0)
+        return NULL; /* (Python's _call_connection_lost, decision 873) */
     stream_set_protocol(s, Py_None, 0);
     stream_release(s, 2);
     Py_RETURN_NONE;
@@ -2913,6 +2947,10 @@ static int Stream_traverse(Stream *s, visitproc visit, void *arg)
 
 static int Stream_clear(Stream *s)
 {
+    if (s->close_ud != 0) /* a transport that never ran _call_connection_lost, collected
+                           * (dealloc, or the collector's clear of a cycle): s->loop
+                           * is still set here (decision 873) */
+        (void)stream_close_release(s, 0);
     stream_unregister(s);
     if (s->borrowed) {
         s->transport = NULL;
@@ -3068,6 +3106,8 @@ static PyMemberDef Stream_members[] = {
     {"inline_sends", T_UINT, offsetof(Stream, inline_sends), 0, NULL},
     {"feeds", T_UINT, offsetof(Stream, feeds), 0, NULL},
     {"recv_ud", T_ULONGLONG, offsetof(Stream, recv_ud), 0, NULL},
+    {"close_ud", T_ULONGLONG, offsetof(Stream, close_ud), 0,
+     "the transport's held close of fd, released by lost() (0: none; decision 873)"},
     {"pms", T_ULONGLONG, offsetof(Stream, pms), READONLY,
      "the direct reads' kept multishot poll (0: none; decision 765)"},
     {"rsize", T_PYSSIZET, offsetof(Stream, rsize), 0, NULL},
@@ -3513,6 +3553,11 @@ static int lost_finally(PyObject *t, PyObject *s)
             return -1;
         Py_DECREF(v);
     }
+    /* the socket's close(2), held since close() (decision 873) */
+    PyObject *c = ASLOT(t, A_CORE);
+    if (c != NULL && Py_IS_TYPE(c, &StreamType) && ((Stream *)c)->close_ud != 0 &&
+        stream_close_release((Stream *)c, 1) < 0)
+        return -1;
     aset(t, A_SOCKOBJ, Py_NewRef(Py_None));
     aset(t, A_PROTOCOL, Py_NewRef(Py_None));
     aset(t, A_LOOP, Py_NewRef(Py_None));
@@ -4348,11 +4393,20 @@ static int stream_close_fast(Stream *s, PyObject *t)
     Py_DECREF(v);
     if (inet < 0 || (v = PyLong_FromLong(s->fd)) == NULL)
         goto out;
-    PyObject *cargv[4] = {engine, v, acc.ignore, inet ? Py_True : Py_False};
-    w = PyObject_VectorcallMethod(s_close_fd, cargv, 4, NULL);
+    /* held until _call_connection_lost (decision 873) */
+    PyObject *cargv[5] = {engine, v, acc.ignore, inet ? Py_True : Py_False, Py_True};
+    w = PyObject_VectorcallMethod(s_close_fd, cargv, 5, NULL);
     Py_DECREF(v);
     if (w == NULL)
         goto out;
+    if (PyLong_CheckExact(w)) { /* the close's user_data, for the release */
+        s->close_ud = PyLong_AsUnsignedLongLong(w);
+        if (s->close_ud == (unsigned long long)-1 && PyErr_Occurred()) {
+            s->close_ud = 0;
+            Py_DECREF(w);
+            goto out;
+        }
+    }
     ok = inet ? PyObject_IsTrue(w) : 0;
     if (ok > 0)
         ok = PyObject_SetAttr(t, s_close_reset, w);

@@ -1765,6 +1765,19 @@ static int uring_ended_with(ul_engine *e, int fd, int32_t res)
     return 0;
 }
 
+/* A held close was released (the transport's _call_connection_lost,
+ * decision 875) while its fd's cancels wait in the SQ: the enter that
+ * submits them ends their targets (847), whose final completions this reap
+ * takes (into pend, as a reap outside a run does), so the close(2) is made
+ * now, where the stock loop closes, not at the next run. */
+static int uring_settle(ul_engine *e)
+{
+    struct uring *u = e->bs;
+    if (!u->enabled || u->owner != &tls_marker || u->parked)
+        return 0;  /* the next run submits them */
+    return flush_reap(e, u);
+}
+
 static int uring_flush(ul_engine *e)
 {
     struct uring *u = e->bs;
@@ -1833,6 +1846,7 @@ const struct ul_backend ul_uring_backend = {
     .park = uring_park,
     .reserve = uring_reserve,
     .quiet = uring_quiet,
+    .settle = uring_settle,
     .ready = uring_ready,
     .trim = uring_trim,
     .ended_with = uring_ended_with,

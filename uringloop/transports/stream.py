@@ -959,7 +959,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
                 self._loop.call_soon(self._call_connection_lost, None, context=self._context)
                 self._sockobj = kind.closed
                 inet = kind.family in _INET
-                ud = engine.close_fd(c.fd, _ignore, inet)
+                # the close(2) held until _call_connection_lost (decision 873)
+                ud = c.close_ud = engine.close_fd(c.fd, _ignore, inet, True)
                 if inet and ud:
                     self._close_reset = ud
                 return
@@ -1084,7 +1085,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             # socket of the same kind, as stock
             self._sockobj = kind.closed
             fd = c.fd
-        ud = engine.close_fd(fd, _ignore, inet)  # its user_data
+        # its user_data; the close(2) held until _call_connection_lost's
+        # close of the socket (the core's lost(), decision 873)
+        ud = c.close_ud = engine.close_fd(fd, _ignore, inet, True)
         if inet and ud:
             self._close_reset = ud  # (the fd: the core's, decision 622)
 
