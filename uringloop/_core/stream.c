@@ -3131,6 +3131,367 @@ static void slot_unset(PyObject *t, const char *name)
                  Py_TYPE(t)->tp_name, name);
 }
 
+/* The stock Server's _attach and _detach in C (decisions 861-863): for the
+ * exact asyncio.base_events.Server whose class's _attach/_detach are the
+ * functions (and code) server_setup was given at import, with no instance
+ * attribute over them. 3.10-3.12: _active_count read and written as the
+ * Python code does; 3.13+: the exact weakref.WeakSet _clients with its
+ * class's add/discard/__len__ stock (none on the instance), no pending
+ * removals and a set for data: WeakSet.add's data.add(ref(transport,
+ * _remove)), discard's data.discard(ref(transport)), len(data) -
+ * len(_pending_removals). The instance attributes are read from the
+ * instance's dict, which is what Python's attribute read finds while the
+ * class has no attribute of those names: checked with the class's
+ * functions once per version of the class (its tp_version_tag, which any
+ * change to the class or a base renews, as the eval loop's caches check).
+ * Anything else (a subclass, a patch on the class or the instance, a
+ * missing or non-int _active_count, _sockets None where _attach asserts,
+ * another _clients, pending removals) calls the method as before:
+ * base_events.py and _weakrefset.py are the rule. */
+static struct {
+    PyTypeObject *server, *weakset; /* NULL until server_setup; weakset: 3.13+ */
+    PyObject *attach, *detach, *attach_code, *detach_code;
+    PyObject *add, *discard, *len, *add_code, *discard_code, *len_code;
+    unsigned int server_ver, weakset_ver; /* the class versions checked */
+} srv;
+static PyObject *s_sockets, *s_active_count, *s_wakeup, *s_clients, *s_pending_removals, *s_data,
+    *s_remove, *s_add, *s_discard, *s_dunder_len;
+
+#if PY_VERSION_HEX >= 0x030D0000 && PY_VERSION_HEX < 0x030E0000
+/* exported by 3.13 (pycore_object.h), as PyObject_VectorcallMethod uses it */
+PyAPI_FUNC(int) _PyObject_GetMethod(PyObject *obj, PyObject *name, PyObject **method);
+#endif
+
+/* obj.<name> as PyObject_VectorcallMethod finds it: 1 and *m the function
+ * found on the type (no instance attribute over it), 0 and *m the attribute
+ * itself, -1 with the error set */
+static int srv_method(PyObject *obj, PyObject *name, PyObject **m)
+{
+#if PY_VERSION_HEX < 0x030E0000
+    int r = _PyObject_GetMethod(obj, name, m);
+    return *m == NULL ? -1 : r;
+#else
+    if ((*m = PyObject_GetAttr(obj, name)) == NULL)
+        return -1;
+    if (PyMethod_Check(*m) && PyMethod_GET_SELF(*m) == obj) {
+        Py_SETREF(*m, Py_NewRef(PyMethod_GET_FUNCTION(*m)));
+        return 1;
+    }
+    return 0;
+#endif
+}
+
+/* tp's version is the one checked: from 3.12 a change to the class or a
+ * base sets its version to 0 (not a version); before 3.12 the valid-version
+ * flag is checked too, as those versions mark a changed class by clearing
+ * it (3.13 no longer sets the flag) */
+static inline int srv_version_ok(PyTypeObject *tp, unsigned int ver)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG))
+        return 0;
+#endif
+    return tp->tp_version_tag != 0 && tp->tp_version_tag == ver;
+}
+
+/* the version to keep for tp once checked (0: none, checked again) */
+static inline unsigned int srv_version(PyTypeObject *tp)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG))
+        return 0;
+#endif
+    return tp->tp_version_tag;
+}
+
+/* the class attribute name is fn with its code at setup */
+static int srv_class_fn(PyTypeObject *tp, PyObject *name, PyObject *fn, PyObject *code)
+{
+    return _PyType_Lookup(tp, name) == fn && PyFunction_GET_CODE(fn) == code;
+}
+
+/* The exact stock Server class: its _attach/_detach the stock functions, no
+ * class attribute _sockets or _active_count/_clients, generic attribute
+ * access (the names' lookups once per class version; the functions' code
+ * every time, as assigning __code__ does not change the class) */
+static int srv_server_ok(PyTypeObject *tp)
+{
+    if (tp != srv.server || PyFunction_GET_CODE(srv.attach) != srv.attach_code ||
+        PyFunction_GET_CODE(srv.detach) != srv.detach_code)
+        return 0;
+    if (srv_version_ok(tp, srv.server_ver))
+        return 1;
+    if (tp->tp_getattro != PyObject_GenericGetAttr || tp->tp_setattro != PyObject_GenericSetAttr ||
+        !srv_class_fn(tp, s_attach, srv.attach, srv.attach_code) ||
+        !srv_class_fn(tp, s_detach, srv.detach, srv.detach_code) ||
+        _PyType_Lookup(tp, s_sockets) != NULL ||
+        _PyType_Lookup(tp, srv.weakset != NULL ? s_clients : s_active_count) != NULL)
+        return 0;
+    srv.server_ver = srv_version(tp);
+    return 1;
+}
+
+/* The same for the exact stock WeakSet: add, discard and __len__ stock, no
+ * class attribute _pending_removals, data or _remove */
+static int srv_weakset_ok(PyTypeObject *tp)
+{
+    if (tp != srv.weakset || PyFunction_GET_CODE(srv.add) != srv.add_code ||
+        PyFunction_GET_CODE(srv.discard) != srv.discard_code ||
+        PyFunction_GET_CODE(srv.len) != srv.len_code)
+        return 0;
+    if (srv_version_ok(tp, srv.weakset_ver))
+        return 1;
+    if (tp->tp_getattro != PyObject_GenericGetAttr ||
+        !srv_class_fn(tp, s_add, srv.add, srv.add_code) ||
+        !srv_class_fn(tp, s_discard, srv.discard, srv.discard_code) ||
+        !srv_class_fn(tp, s_dunder_len, srv.len, srv.len_code) ||
+        _PyType_Lookup(tp, s_pending_removals) != NULL || _PyType_Lookup(tp, s_data) != NULL ||
+        _PyType_Lookup(tp, s_remove) != NULL)
+        return 0;
+    srv.weakset_ver = srv_version(tp);
+    return 1;
+}
+
+/* obj's instance dict (made if it is not yet: what it holds is the same),
+ * or NULL with no error set */
+static PyObject *srv_dict(PyObject *obj)
+{
+    PyObject *d = PyObject_GenericGetDict(obj, NULL);
+    if (d == NULL)
+        PyErr_Clear();
+    else if (!PyDict_CheckExact(d))
+        Py_CLEAR(d);
+    return d;
+}
+
+/* d[name] (a new reference), or NULL with no error set */
+static PyObject *srv_get(PyObject *d, PyObject *name)
+{
+    PyObject *v = PyDict_GetItemWithError(d, name);
+    if (v == NULL)
+        PyErr_Clear();
+    return Py_XNewRef(v);
+}
+
+/* name is not in d: 1, else (or an error, cleared) 0 */
+static int srv_absent(PyObject *d, PyObject *name)
+{
+    if (PyDict_GetItemWithError(d, name) != NULL)
+        return 0;
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+/* if self._sockets is None: self._wakeup() (d: the Server's dict) */
+static int srv_maybe_wakeup(PyObject *server, PyObject *d)
+{
+    PyObject *v = PyDict_GetItemWithError(d, s_sockets);
+    if (v == NULL) { /* (not in the dict: Python's lookup, and its error) */
+        if (PyErr_Occurred() || (v = PyObject_GetAttr(server, s_sockets)) == NULL)
+            return -1;
+        Py_DECREF(v); /* (still referenced by whatever answered it, or not used) */
+    }
+    if (v != Py_None)
+        return 0;
+    PyObject *argv[1] = {server};
+    v = PyObject_VectorcallMethod(s_wakeup, argv, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_XDECREF(v);
+    return v == NULL ? -1 : 0;
+}
+
+/* The WeakSet clients (exact and stock, name not on the instance, nothing
+ * pending, data a set): 1 with new references in *data and *pending (and
+ * *remove when remove is not NULL), 0 (take the Python call; no error set) */
+static int srv_weakset(PyObject *c, PyObject *name, PyObject **data, PyObject **pending,
+                       PyObject **remove)
+{
+    if (!srv_weakset_ok(Py_TYPE(c)))
+        return 0;
+    PyObject *d = srv_dict(c);
+    if (d == NULL)
+        return 0;
+    int ok = 0;
+    *data = *pending = NULL;
+    if (srv_absent(d, name) && (*pending = srv_get(d, s_pending_removals)) != NULL &&
+        PyList_CheckExact(*pending) && PyList_GET_SIZE(*pending) == 0 &&
+        (*data = srv_get(d, s_data)) != NULL && PySet_CheckExact(*data))
+        ok = remove == NULL || (*remove = srv_get(d, s_remove)) != NULL;
+    Py_DECREF(d);
+    if (!ok) {
+        Py_XDECREF(*data);
+        Py_XDECREF(*pending);
+    }
+    return ok;
+}
+
+/* ref(t) as the key WeakSet.discard looks up: the first plain weakref in
+ * t's list of weakrefs (the one WeakSet.add made, or a basic ref) is equal
+ * to ref(t) and hashes as it does (both compare and hash their referent,
+ * t), and is found by its identity; a new ref(t) when there is none */
+static PyObject *srv_ref_key(PyObject *t)
+{
+#ifndef Py_GIL_DISABLED
+    Py_ssize_t off = Py_TYPE(t)->tp_weaklistoffset;
+    if (off != 0 && !PyType_Check(t)) {
+        PyWeakReference *r = *(PyWeakReference **)((char *)t + off);
+        while (r != NULL && !PyWeakref_CheckRefExact((PyObject *)r))
+            r = r->wr_next;
+        if (r != NULL && r->wr_object == t)
+            return Py_NewRef((PyObject *)r);
+    }
+#endif
+    return PyWeakref_NewRef(t, NULL);
+}
+
+/* _attach's body (d: the stock Server's dict): 1 done, 0 take the Python
+ * call (nothing done, no error set), -1 */
+static int srv_attach_body(PyObject *d, PyObject *t)
+{
+    /* assert self._sockets is not None (Python raises it, or not with -O) */
+    PyObject *v = PyDict_GetItemWithError(d, s_sockets);
+    if (v == NULL || v == Py_None) {
+        PyErr_Clear();
+        return 0;
+    }
+    int r;
+    if (srv.weakset == NULL) { /* self._active_count += 1 */
+        if ((v = srv_get(d, s_active_count)) == NULL)
+            return 0;
+        if (!PyLong_CheckExact(v)) {
+            Py_DECREF(v);
+            return 0;
+        }
+        Py_SETREF(v, PyNumber_InPlaceAdd(v, sr_one));
+        r = v == NULL ? -1 : PyDict_SetItem(d, s_active_count, v);
+        Py_XDECREF(v);
+        return r < 0 ? -1 : 1;
+    }
+    /* self._clients.add(transport): WeakSet.add with nothing pending */
+    PyObject *c = srv_get(d, s_clients), *data, *pending, *remove, *wr;
+    if (c == NULL)
+        return 0;
+    r = srv_weakset(c, s_add, &data, &pending, &remove);
+    Py_DECREF(c);
+    if (r <= 0)
+        return r;
+    wr = PyWeakref_NewRef(t, remove);
+    r = wr == NULL || PySet_Add(data, wr) < 0 ? -1 : 1;
+    Py_XDECREF(wr);
+    Py_DECREF(remove);
+    Py_DECREF(data);
+    Py_DECREF(pending);
+    return r;
+}
+
+/* _detach's body, as srv_attach_body */
+static int srv_detach_body(PyObject *server, PyObject *d, PyObject *t)
+{
+    int zero, r;
+    if (srv.weakset == NULL) {
+        /* assert self._active_count > 0; self._active_count -= 1 */
+        PyObject *v = srv_get(d, s_active_count);
+        if (v == NULL)
+            return 0;
+        if (!PyLong_CheckExact(v) || PyObject_RichCompareBool(v, sr_zero, Py_GT) != 1) {
+            Py_DECREF(v);
+            return 0;
+        }
+        Py_SETREF(v, PyNumber_InPlaceSubtract(v, sr_one));
+        r = v == NULL ? -1 : PyDict_SetItem(d, s_active_count, v);
+        zero = r < 0 ? -1 : PyObject_RichCompareBool(v, sr_zero, Py_EQ);
+        Py_XDECREF(v);
+    } else {
+        /* self._clients.discard(transport): WeakSet.discard with nothing
+         * pending; then len(self._clients) (the same list and set, which a
+         * weakref callback run meanwhile changes in place) */
+        PyObject *c = srv_get(d, s_clients), *data, *pending, *wr;
+        if (c == NULL)
+            return 0;
+        r = srv_weakset(c, s_discard, &data, &pending, NULL);
+        Py_DECREF(c);
+        if (r <= 0)
+            return r;
+        wr = srv_ref_key(t);
+        zero = wr == NULL || PySet_Discard(data, wr) < 0
+                   ? -1
+                   : PySet_GET_SIZE(data) - PyList_GET_SIZE(pending) == 0;
+        Py_XDECREF(wr);
+        Py_DECREF(data);
+        Py_DECREF(pending);
+    }
+    /* if ... == 0 and self._sockets is None: self._wakeup() */
+    if (zero > 0)
+        zero = srv_maybe_wakeup(server, d);
+    return zero < 0 ? -1 : 1;
+}
+
+/* server._attach(transport) (3.13+; server._attach() before), or
+ * server._detach(...): in C for the stock Server (above), else the call */
+static int server_attach_detach(PyObject *server, PyObject *t, int detach)
+{
+    PyObject *name = detach ? s_detach : s_attach;
+    if (srv_server_ok(Py_TYPE(server))) {
+        PyObject *d = srv_dict(server);
+        if (d != NULL) {
+            int r = srv_absent(d, name);
+            if (r)
+                r = detach ? srv_detach_body(server, d, t) : srv_attach_body(d, t);
+            Py_DECREF(d);
+            if (r != 0)
+                return r < 0 ? -1 : 0;
+        }
+    }
+    PyObject *m;
+    int unbound = srv_method(server, name, &m);
+    if (unbound < 0)
+        return -1;
+    PyObject *argv[3] = {NULL, server, t};
+    size_t n = acc.tracks ? 2 : 1;
+    PyObject *v = unbound
+                      ? PyObject_Vectorcall(m, argv + 1, n | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)
+                      : PyObject_Vectorcall(m, argv + 2, (n - 1) | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                            NULL);
+    Py_DECREF(m);
+    Py_XDECREF(v);
+    return v == NULL ? -1 : 0;
+}
+
+/* server_setup(Server, _attach, _detach, WeakSet, add, discard, __len__)
+ * (the last four None before 3.13): the stock functions, read at import */
+static PyObject *server_setup(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    int tracks = nargs == 7 && args[3] != Py_None;
+    if (nargs != 7 || !PyType_Check(args[0]) || !PyFunction_Check(args[1]) ||
+        !PyFunction_Check(args[2]) ||
+        (tracks && (!PyType_Check(args[3]) || !PyFunction_Check(args[4]) ||
+                    !PyFunction_Check(args[5]) || !PyFunction_Check(args[6])))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "server_setup(Server, attach, detach, WeakSet, add, discard, len)");
+        return NULL;
+    }
+    Py_XSETREF(srv.server, (PyTypeObject *)Py_NewRef(args[0]));
+    Py_XSETREF(srv.attach, Py_NewRef(args[1]));
+    Py_XSETREF(srv.detach, Py_NewRef(args[2]));
+    Py_XSETREF(srv.attach_code, Py_NewRef(PyFunction_GET_CODE(args[1])));
+    Py_XSETREF(srv.detach_code, Py_NewRef(PyFunction_GET_CODE(args[2])));
+    Py_CLEAR(srv.weakset);
+    srv.server_ver = srv.weakset_ver = 0;
+    if (tracks) {
+        Py_XSETREF(srv.add, Py_NewRef(args[4]));
+        Py_XSETREF(srv.discard, Py_NewRef(args[5]));
+        Py_XSETREF(srv.len, Py_NewRef(args[6]));
+        Py_XSETREF(srv.add_code, Py_NewRef(PyFunction_GET_CODE(args[4])));
+        Py_XSETREF(srv.discard_code, Py_NewRef(PyFunction_GET_CODE(args[5])));
+        Py_XSETREF(srv.len_code, Py_NewRef(PyFunction_GET_CODE(args[6])));
+        srv.weakset = (PyTypeObject *)Py_NewRef(args[3]);
+    }
+    Py_RETURN_NONE;
+}
+
 /* _call_connection_lost's finally for the C copy below (decision 834), its
  * steps in order: s (the socket object, exactly a socket.socket) closed
  * unless it is closed already (s._closed and s.fileno() < 0); _sockobj,
@@ -3169,13 +3530,10 @@ static int lost_finally(PyObject *t, PyObject *s)
     }
     if (server != Py_None) {
         Py_INCREF(server);
-        PyObject *argv[2] = {server, t};
-        v = PyObject_VectorcallMethod(s_detach, argv,
-                                      (acc.tracks ? 2 : 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        int r = server_attach_detach(server, t, 1);
         Py_DECREF(server);
-        if (v == NULL)
+        if (r < 0)
             return -1;
-        Py_DECREF(v);
         aset(t, A_SERVER, Py_NewRef(Py_None));
     }
     if ((v = PyObject_GetAttr(t, s_empty_waiter)) == NULL)
@@ -3747,14 +4105,8 @@ static PyObject *accepted_make(PyObject *loop, int lfd, PyObject *kind, PyObject
     aset(self, A_CLOSING, Py_NewRef(Py_False));
     aset(self, A_PAUSED, Py_NewRef(Py_False));
     aset(self, A_PROTOCOL, Py_NewRef(protocol));
-    if (server != Py_None) {
-        PyObject *argv[2] = {server, self};
-        size_t nargsf = (acc.tracks ? 2 : 1) | PY_VECTORCALL_ARGUMENTS_OFFSET;
-        tmp = PyObject_VectorcallMethod(s_attach, argv, nargsf, NULL);
-        if (tmp == NULL)
-            goto fail;
-        Py_DECREF(tmp);
-    }
+    if (server != Py_None && server_attach_detach(server, self, 0) < 0)
+        goto fail;
     if (stream_register(c) < 0)
         goto fail;
     /* _started; the first _start_reading the Stream's (decision 755) unless
@@ -4406,6 +4758,9 @@ static PyMethodDef stream_functions[] = {
     {"close_setup", (PyCFunction)(void (*)(void))close_setup, METH_FASTCALL,
      "close_setup(close, kind_type, ignore, inet, on_recv, socket_type): for the C close "
      "(decisions 812, 820) and connection_lost (833, 834)"},
+    {"server_setup", (PyCFunction)(void (*)(void))server_setup, METH_FASTCALL,
+     "server_setup(Server, attach, detach, WeakSet, add, discard, len): the stock Server's "
+     "_attach/_detach in C (decision 861)"},
     {"accepted_transport", (PyCFunction)(void (*)(void))accepted_transport, METH_FASTCALL,
      "accepted_transport(loop, fd, kind, protocol, server, nodelay): an accepted "
      "connection's SocketTransport (decision 811)"},
@@ -4533,6 +4888,16 @@ static int stream_init_module(PyObject *m)
     STREAM_INTERN(s_detach, "_detach");
     STREAM_INTERN(s_set_exception, "set_exception");
     STREAM_INTERN(s_lost, "lost");
+    STREAM_INTERN(s_sockets, "_sockets");
+    STREAM_INTERN(s_active_count, "_active_count");
+    STREAM_INTERN(s_wakeup, "_wakeup");
+    STREAM_INTERN(s_clients, "_clients");
+    STREAM_INTERN(s_pending_removals, "_pending_removals");
+    STREAM_INTERN(s_data, "data");
+    STREAM_INTERN(s_remove, "_remove");
+    STREAM_INTERN(s_add, "add");
+    STREAM_INTERN(s_discard, "discard");
+    STREAM_INTERN(s_dunder_len, "__len__");
     STREAM_INTERN(m_closed_by_peer, "Connection is closed by peer");
     if (!(sr_one = PyLong_FromLong(1)))
         return -1;

@@ -37,7 +37,9 @@ import os
 import socket
 import struct
 import sys
+import types
 import warnings
+import weakref
 from asyncio import base_events, constants, futures, protocols, transports, trsock
 from asyncio.log import logger
 
@@ -1182,6 +1184,41 @@ _sched.accepted_setup(
     _START_READING, _SERVER_TRACKS_TRANSPORTS,
 )
 _accepted_transport = _sched.accepted_transport
+
+
+def _stock_functions(cls, module, names):
+    """cls's functions of those names, if they are still the module's own (a
+    function patched in before this import is not taken for stock), else None."""
+    fns = tuple(cls.__dict__.get(n) for n in names)
+    ok = all(
+        type(f) is types.FunctionType
+        and f.__module__ == module
+        and f.__qualname__ == f"{cls.__qualname__}.{n}"
+        for f, n in zip(fns, names, strict=True)
+    )
+    return fns if ok else None
+
+
+# The stock Server's _attach and _detach (asyncio's; every accepted
+# transport's, at its creation and its _call_connection_lost) run in C with no
+# Python frame for the exact Server with its class's functions unpatched, and
+# on 3.13+ the exact WeakSet _clients with its class's add, discard and
+# __len__ (decisions 861-863); anything else calls the method as before
+_SERVER_FUNCTIONS = _stock_functions(
+    base_events.Server, "asyncio.base_events", ("_attach", "_detach")
+)
+_WEAKSET_FUNCTIONS = (
+    _stock_functions(weakref.WeakSet, "_weakrefset", ("add", "discard", "__len__"))
+    if _SERVER_TRACKS_TRANSPORTS
+    else None
+)
+if _SERVER_FUNCTIONS is not None and (_WEAKSET_FUNCTIONS or not _SERVER_TRACKS_TRANSPORTS):
+    _sched.server_setup(
+        base_events.Server,
+        *_SERVER_FUNCTIONS,
+        weakref.WeakSet if _WEAKSET_FUNCTIONS else None,
+        *(_WEAKSET_FUNCTIONS or (None, None, None)),
+    )
 
 
 class _Kind:
