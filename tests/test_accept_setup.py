@@ -284,7 +284,12 @@ def test_accepted_fd_of_a_closed_transport_skips_the_python_check(tloop):
         real = tloop._ensure_fd_no_transport
 
         def counting(fd):
-            if sys._getframe(1).f_code.co_name in ("_connection", "_on_accept"):  # the Acceptor's
+            # the Acceptor's (an fd number, not from the sock_* methods'
+            # check; from _on_accept's frame, or since 867 from C under
+            # the loop's)
+            if isinstance(fd, int) and not sys._getframe(1).f_code.co_filename.endswith(
+                "/uringloop/sock.py"
+            ):
                 checks.append(fd)
             return real(fd)
 
@@ -493,15 +498,16 @@ def test_an_accepted_connection_skips_the_frames_written_out(tloop):
     (written out in _on_accept and _accepted, decision 753), no Python
     __del__ (the C core's, 754), no _start_reading (the Stream's
     start_reading, 755), no _accepted (made in C, 811) and no close (the
-    EOF's close is the Stream's, 812) and no _call_connection_lost (the
-    core method's C, 834); the callbacks as stock."""
+    EOF's close is the Stream's, 812), no _call_connection_lost (the
+    core method's C, 834) and no _on_accept (its record taken in C, 867);
+    the callbacks as stock."""
     if not type(tloop).__module__.startswith("uringloop"):
         pytest.skip("the frames counted are uringloop's stream.py's")
     names = ("_connection", "_begin", "_start_reading", "_del_slow", "__del__",
              "_on_accept", "_accepted", "close", "_call_connection_lost")
     hook, calls = _stream_py_calls(names)
     _one_accepted_connection(tloop, hook)
-    assert calls == ["_on_accept"], calls
+    assert calls == [], calls
 
 
 @pytest.mark.parametrize("how", ["patched", "queued"])
@@ -579,7 +585,8 @@ def test_an_accepted_connections_eof_close_as_stock(tloop, how, monkeypatch):
 @pytest.mark.parametrize("buffered", [False, True], ids=["protocol", "buffered"])
 def test_an_accepted_connection_calls_its_stream_once_at_each_end(tloop, buffered):
     """The Stream's calls from Python over one accepted connection's life:
-    the transport is made by one C call, accepted_transport (decision 811),
+    the transport is made by accepted_transport's C (decision 811), called
+    from the accept record's C (867), no call from Python,
     which also binds the protocol, sets direct and turns the fast paths on
     (785), and _call_connection_lost's lost() (in C since 834) unbinds it
     and releases the transport (786): no set_protocol or release call of
@@ -597,8 +604,9 @@ def test_an_accepted_connection_calls_its_stream_once_at_each_end(tloop, buffere
 
     _one_accepted_connection(tloop, hook, buffered)
     # (the transport made in C, decision 811: accepted()'s work inside
-    # accepted_transport, no call of its own from Python)
-    assert calls.count("accepted_transport") == 1, calls
+    # accepted_transport's, no call of its own from Python; and that called
+    # from the accept record's C, not from Python: 867)
+    assert calls.count("accepted_transport") == 0, calls
     assert "Stream.accepted" not in calls, calls
     assert "Stream.lost" not in calls, calls  # (the C _call_connection_lost's, 834)
     assert "Stream.set_protocol" not in calls, calls

@@ -44,7 +44,7 @@ from .sock import SockMixin, _OpFuture
 from .transports import subprocess as _subprocess
 from .transports.datagram import DatagramTransport
 from .transports.pipe import ReadPipeTransport, WritePipeTransport
-from .transports.stream import Acceptor, SocketTransport
+from .transports.stream import Acceptor, SocketTransport, _acceptor_setup
 
 _SSL_SHUTDOWN_TIMEOUT = getattr(constants, "SSL_SHUTDOWN_TIMEOUT", 30.0)
 _HAS_SSL_SHUTDOWN_TIMEOUT = sys.version_info >= (3, 11)
@@ -759,3 +759,6 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
             except (ValueError, OSError) as exc:
                 asyncio.log.logger.info("set_wakeup_fd(-1) failed: %s", exc)
         return True
+
+
+_acceptor_setup(Loop)  # the Acceptor's records in C for this class (decision 867)

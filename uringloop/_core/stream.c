@@ -2429,6 +2429,10 @@ static int stream_read_pipe(Stream *s)
  * record's fields, without the result int, the bools and the vectorcall of
  * the owner that the generic call builds (decision 260). 1 when handed
  * over, 0 for any other owner, -1 with an exception set. */
+static PyTypeObject AcceptorCoreType;
+static PyTypeObject *aco_cls; /* stream.py's Acceptor (acceptor_setup), or NULL */
+static int accept_record(PyObject *owner, int32_t res, int more);
+
 static int stream_deliver(PyObject *owner, int32_t res, int more, PyObject *data)
 {
     PyObject *r;
@@ -2464,6 +2468,8 @@ static int stream_deliver(PyObject *owner, int32_t res, int more, PyObject *data
                PyCFunction_GET_SELF(owner) != NULL &&
                Py_IS_TYPE(PyCFunction_GET_SELF(owner), &StreamType)) {
         r = stream_sent((Stream *)PyCFunction_GET_SELF(owner), res, more, data, NULL);
+    } else if (Py_IS_TYPE(owner, aco_cls)) {
+        return accept_record(owner, res, more); /* an Acceptor's record (decision 867) */
     } else {
         return 0;
     }
@@ -4048,6 +4054,9 @@ static int acc_call_soon(PyObject *loop, PyObject *fn, PyObject *arg)
     return h == NULL ? -1 : 0;
 }
 
+static PyObject *accepted_make(PyObject *loop, int lfd, PyObject *kind, PyObject *protocol,
+                               PyObject *server, PyObject *nodelay);
+
 /* accepted_transport(loop, fd, kind, protocol, server, nodelay): see above */
 static PyObject *accepted_transport(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -4057,7 +4066,6 @@ static PyObject *accepted_transport(PyObject *mod, PyObject *const *args, Py_ssi
                         "accepted_transport(loop, fd, kind, protocol, server, nodelay)");
         return NULL;
     }
-    PyObject *loop = args[0], *kind = args[2], *protocol = args[3], *server = args[4];
     long lfd = PyLong_AsLong(args[1]);
     if (lfd == -1 && PyErr_Occurred())
         return NULL;
@@ -4065,6 +4073,13 @@ static PyObject *accepted_transport(PyObject *mod, PyObject *const *args, Py_ssi
         PyErr_SetString(PyExc_OverflowError, "accepted_transport(): fd out of range");
         return NULL;
     }
+    return accepted_make(args[0], (int)lfd, args[2], args[3], args[4], args[5]);
+}
+
+/* accepted_transport's body (the Acceptor's record in C calls it too) */
+static PyObject *accepted_make(PyObject *loop, int lfd, PyObject *kind, PyObject *protocol,
+                               PyObject *server, PyObject *nodelay)
+{
     /* self = cls.__new__(cls) */
     PyObject *self = acc.cls->tp_new(acc.cls, S.empty_tuple, NULL);
     if (self == NULL)
@@ -4100,7 +4115,7 @@ static PyObject *accepted_transport(PyObject *mod, PyObject *const *args, Py_ssi
         goto fail;
     int direct = PyObject_RichCompareBool(tmp, s_epoll, Py_EQ);
     Py_DECREF(tmp);
-    if (direct < 0 || stream_accepted(c, args[5], protocol, buffered, direct, &sockname, &peer) < 0)
+    if (direct < 0 || stream_accepted(c, nodelay, protocol, buffered, direct, &sockname, &peer) < 0)
         goto fail;
     aset(self, A_SOCKNAME, sockname);
     if (peer == Py_True) {
@@ -4155,6 +4170,332 @@ fail:
     Py_DECREF(self);
     return NULL;
 }
+
+/* ------------------------------------------------ the Acceptor's records */
+
+/* AcceptorCore: the C base of stream.py's Acceptor (decision 867). Its
+ * per-turn state (turn, made, waiting, stopped, ud) and what the record's
+ * plain case reads (loop, protocol_factory, sslcontext, server, kind, plain,
+ * nodelay) are C fields, which the Python methods read and write as the
+ * attributes they were; _ctx and _bound are the context copied at
+ * __init__ and the bound _on_accept made there (what the partial of
+ * ctx.run held). Calling the Acceptor is ctx.run(_bound, res, more, data):
+ * it is the accept's completion callback. accept_record takes the plain
+ * case of a record in C (stream_deliver); anything else is that call. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *loop, *protocol_factory, *sslcontext, *server, *kind, *plain, *nodelay;
+    PyObject *waiting, *stopped, *ud, *ctx, *bound;
+    long long turn;
+    Py_ssize_t made;
+} AcceptorCore;
+
+static struct {
+    PyTypeObject *cls;   /* stream.py's Acceptor; NULL until acceptor_setup */
+    PyObject *on_accept; /* its _on_accept function */
+    PyTypeObject *loop_cls; /* uringloop.Loop */
+    PyObject *globals;   /* stream.py's globals: _ACCEPT_BUDGET, read per record */
+    PyObject *s_budget, *s_data, *s_is_closing, *s_ensure, *s_creation_failed;
+} aco;
+
+static int AcceptorCore_traverse(AcceptorCore *a, visitproc visit, void *arg)
+{
+    Py_VISIT(a->loop);
+    Py_VISIT(a->protocol_factory);
+    Py_VISIT(a->sslcontext);
+    Py_VISIT(a->server);
+    Py_VISIT(a->kind);
+    Py_VISIT(a->plain);
+    Py_VISIT(a->nodelay);
+    Py_VISIT(a->waiting);
+    Py_VISIT(a->stopped);
+    Py_VISIT(a->ud);
+    Py_VISIT(a->ctx);
+    Py_VISIT(a->bound);
+    return 0;
+}
+
+static int AcceptorCore_clear(AcceptorCore *a)
+{
+    Py_CLEAR(a->loop);
+    Py_CLEAR(a->protocol_factory);
+    Py_CLEAR(a->sslcontext);
+    Py_CLEAR(a->server);
+    Py_CLEAR(a->kind);
+    Py_CLEAR(a->plain);
+    Py_CLEAR(a->nodelay);
+    Py_CLEAR(a->waiting);
+    Py_CLEAR(a->stopped);
+    Py_CLEAR(a->ud);
+    Py_CLEAR(a->ctx);
+    Py_CLEAR(a->bound);
+    return 0;
+}
+
+static void AcceptorCore_dealloc(AcceptorCore *a)
+{
+    PyObject_GC_UnTrack(a);
+    AcceptorCore_clear(a);
+    Py_TYPE(a)->tp_free((PyObject *)a);
+}
+
+/* self(res, more, data): ctx.run(self._on_accept, res, more, data), with
+ * the bound method and the context made at __init__ */
+static PyObject *AcceptorCore_call(AcceptorCore *a, PyObject *args, PyObject *kw)
+{
+    if (a->ctx == NULL || a->bound == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "the Acceptor has no _ctx or _bound");
+        return NULL;
+    }
+    PyObject *ctx = Py_NewRef(a->ctx), *fn = Py_NewRef(a->bound), *r = NULL;
+    if (PyContext_Enter(ctx) == 0) {
+        r = PyObject_Call(fn, args, kw);
+        if (PyContext_Exit(ctx) < 0)
+            Py_CLEAR(r);
+    }
+    Py_DECREF(fn);
+    Py_DECREF(ctx);
+    return r;
+}
+
+/* _on_accept's except clauses, for the plain case in C: the fd closed
+ * (the transport was not made), then SystemExit and KeyboardInterrupt go
+ * on, anything else to _creation_failed(exc, protocol), each with exc as
+ * the exception being handled (sys.exc_info(), the __context__ of one
+ * raised meanwhile), as Python's except clause has it. 0 or -1. */
+static int accept_failed(AcceptorCore *a, int fd, PyObject *protocol)
+{
+    PyObject *exc = take_exception();
+    if (exc == NULL) {
+        PyErr_SetString(PyExc_SystemError, "accept_failed with no exception");
+        return -1;
+    }
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *handled = PyErr_GetHandledException();
+    PyErr_SetHandledException(exc);
+#else
+    PyObject *ht, *hv, *htb;
+    PyErr_GetExcInfo(&ht, &hv, &htb);
+    PyErr_SetExcInfo(Py_NewRef((PyObject *)Py_TYPE(exc)), Py_NewRef(exc),
+                     PyException_GetTraceback(exc));
+#endif
+    int rc = 0;
+    if (close(fd) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError); /* (os.close's error; exc its __context__) */
+        rc = -1;
+    } else if (PyErr_GivenExceptionMatches(exc, PyExc_SystemExit) ||
+               PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt)) {
+        rc = 1;
+    } else {
+        PyObject *argv[3] = {(PyObject *)a, exc, protocol != NULL ? protocol : Py_None};
+        PyObject *r = PyObject_VectorcallMethod(aco.s_creation_failed, argv,
+                                                3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        rc = r == NULL ? -1 : 0;
+        Py_XDECREF(r);
+    }
+#if PY_VERSION_HEX >= 0x030B0000
+    PyErr_SetHandledException(handled);
+    Py_XDECREF(handled);
+#else
+    PyErr_SetExcInfo(ht, hv, htb);
+#endif
+    if (rc == 1) {
+        give_exception(exc); /* raise */
+        return -1;
+    }
+    Py_DECREF(exc);
+    return rc;
+}
+
+/* fd in loop._transports.data, or an open stream transport registered for
+ * it (_on_accept's test before _ensure_fd_no_transport): 1, 0 or -1 */
+static int accept_fd_taken(Core *loop, int fd)
+{
+    PyObject *tr = loop->transports;
+    if (tr == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "'Loop' object has no attribute '_transports'");
+        return -1;
+    }
+    PyObject *data = PyObject_GetAttr(tr, aco.s_data);
+    if (data == NULL)
+        return -1;
+    int in = 0;
+    if (!PyDict_CheckExact(data) || PyDict_GET_SIZE(data) > 0) {
+        PyObject *key = PyLong_FromLong(fd);
+        in = key == NULL ? -1 : PySequence_Contains(data, key);
+        Py_XDECREF(key);
+    }
+    Py_DECREF(data);
+    if (in != 0)
+        return in;
+    if (fd >= 0 && fd < fd_streams_cap && fd_streams[fd] != NULL &&
+        (PyObject *)fd_streams[fd]->loop == (PyObject *)loop && fd_streams[fd]->transport != NULL) {
+        PyObject *t = Py_NewRef(fd_streams[fd]->transport);
+        PyObject *v = PyObject_CallMethodNoArgs(t, aco.s_is_closing);
+        Py_DECREF(t);
+        if (v == NULL)
+            return -1;
+        int closing = PyObject_IsTrue(v);
+        Py_DECREF(v);
+        return closing < 0 ? -1 : !closing;
+    }
+    return 0;
+}
+
+/* An accept record of an exact Acceptor whose _bound is stream.py's
+ * _on_accept: the plain case (a connection made now, more records to
+ * come) in C, the same steps in the same order (_on_accept's first
+ * branch and _connection's first case, decision 753): the turn's budget,
+ * protocol_factory() in the context, the fd check, accepted_make. 1 taken,
+ * -1 taken with an exception, 0 for the call (everything else: stopped,
+ * waiting or over the budget, the last record, an error, TLS, debug, a
+ * listener that is not plain, a Loop subclass, a patched _on_accept or
+ * _ACCEPT_BUDGET that is not an int): nothing is changed before that
+ * answer. */
+static int accept_record(PyObject *owner, int32_t res, int more)
+{
+    AcceptorCore *a = (AcceptorCore *)owner;
+    if (res < 0 || !more || a->bound == NULL || !PyMethod_Check(a->bound) ||
+        PyMethod_GET_FUNCTION(a->bound) != aco.on_accept || PyMethod_GET_SELF(a->bound) != owner ||
+        a->stopped != Py_False || a->loop == NULL || !Py_IS_TYPE(a->loop, aco.loop_cls) ||
+        a->waiting != Py_None || a->plain != Py_True || a->sslcontext != Py_None ||
+        a->protocol_factory == NULL || a->kind == NULL || a->server == NULL ||
+        a->nodelay == NULL || a->ctx == NULL)
+        return 0;
+    Core *loop = (Core *)a->loop;
+    if (loop->debug != Py_False)
+        return 0;
+    PyObject *budget = PyDict_GetItemWithError(aco.globals, aco.s_budget);
+    if (budget == NULL || !PyLong_CheckExact(budget)) {
+        PyErr_Clear();
+        return 0;
+    }
+    long long cap = PyLong_AsLongLong(budget);
+    if (cap == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    long long turn = (long long)loop->turns;
+    Py_ssize_t made = turn != a->turn ? 0 : a->made;
+    if (made >= cap)
+        return 0;
+    PyObject *ctx = Py_NewRef(a->ctx);
+    if (PyContext_Enter(ctx) < 0) {
+        Py_DECREF(ctx);
+        return -1;
+    }
+    Py_INCREF(a);
+    Py_INCREF(loop);
+    a->turn = turn;
+    a->made = made + 1;
+    PyObject *protocol = NULL, *transport = NULL;
+    PyObject *factory = Py_NewRef(a->protocol_factory);
+    protocol = PyObject_CallNoArgs(factory);
+    Py_DECREF(factory);
+    int rc = 0;
+    if (protocol == NULL) {
+        rc = -1;
+    } else {
+        int taken = accept_fd_taken(loop, res);
+        if (taken > 0) {
+            PyObject *key = PyLong_FromLong(res);
+            PyObject *v = key ? PyObject_CallMethodOneArg((PyObject *)loop, aco.s_ensure, key) : NULL;
+            Py_XDECREF(key);
+            taken = v == NULL ? -1 : 0;
+            Py_XDECREF(v);
+        }
+        if (taken < 0) {
+            rc = -1;
+        } else if (a->kind == NULL || a->server == NULL || a->nodelay == NULL) {
+            /* (the factory deleted them: Python's AttributeError) */
+            PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '%s'",
+                         Py_TYPE(a)->tp_name,
+                         a->kind == NULL ? "kind" : a->server == NULL ? "server" : "nodelay");
+            rc = -1;
+        } else {
+            PyObject *kind = Py_NewRef(a->kind), *server = Py_NewRef(a->server),
+                     *nodelay = Py_NewRef(a->nodelay);
+            transport = accepted_make((PyObject *)loop, res, kind, protocol, server, nodelay);
+            Py_DECREF(kind);
+            Py_DECREF(server);
+            Py_DECREF(nodelay);
+            rc = transport == NULL ? -1 : 0;
+        }
+    }
+    if (rc < 0)
+        rc = accept_failed(a, res, protocol);
+    Py_XDECREF(transport);
+    Py_XDECREF(protocol);
+    if (PyContext_Exit(ctx) < 0)
+        rc = -1;
+    Py_DECREF(ctx);
+    Py_DECREF(loop);
+    Py_DECREF(a);
+    return rc < 0 ? -1 : 1;
+}
+
+/* acceptor_setup(Acceptor, Acceptor._on_accept, Loop, stream.py's globals) */
+static PyObject *acceptor_setup(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)mod;
+    if (nargs != 4 || !PyType_Check(args[0]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[0], &AcceptorCoreType) ||
+        !PyFunction_Check(args[1]) || !PyType_Check(args[2]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[2], &CoreType) || !PyDict_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "acceptor_setup(cls, on_accept, loop_cls, globals)");
+        return NULL;
+    }
+#define ACO_INTERN(v, s) \
+    if (aco.v == NULL && (aco.v = PyUnicode_InternFromString(s)) == NULL) \
+        return NULL;
+    ACO_INTERN(s_budget, "_ACCEPT_BUDGET");
+    ACO_INTERN(s_data, "data");
+    ACO_INTERN(s_is_closing, "is_closing");
+    ACO_INTERN(s_ensure, "_ensure_fd_no_transport");
+    ACO_INTERN(s_creation_failed, "_creation_failed");
+#undef ACO_INTERN
+    Py_XSETREF(aco.cls, (PyTypeObject *)Py_NewRef(args[0]));
+    aco_cls = aco.cls;
+    Py_XSETREF(aco.on_accept, Py_NewRef(args[1]));
+    Py_XSETREF(aco.loop_cls, (PyTypeObject *)Py_NewRef(args[2]));
+    Py_XSETREF(aco.globals, Py_NewRef(args[3]));
+    Py_RETURN_NONE;
+}
+
+#define ACO_MEMBER(name, field) \
+    {name, Py_T_OBJECT_EX, offsetof(AcceptorCore, field), 0, NULL}
+static PyMemberDef AcceptorCore_members[] = {
+    ACO_MEMBER("loop", loop),
+    ACO_MEMBER("protocol_factory", protocol_factory),
+    ACO_MEMBER("sslcontext", sslcontext),
+    ACO_MEMBER("server", server),
+    ACO_MEMBER("kind", kind),
+    ACO_MEMBER("plain", plain),
+    ACO_MEMBER("nodelay", nodelay),
+    ACO_MEMBER("waiting", waiting),
+    ACO_MEMBER("stopped", stopped),
+    ACO_MEMBER("ud", ud),
+    ACO_MEMBER("_ctx", ctx),
+    ACO_MEMBER("_bound", bound),
+    {"turn", T_LONGLONG, offsetof(AcceptorCore, turn), 0, NULL},
+    {"made", T_PYSSIZET, offsetof(AcceptorCore, made), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+#undef ACO_MEMBER
+
+static PyTypeObject AcceptorCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "uringloop._sched.AcceptorCore",
+    .tp_basicsize = sizeof(AcceptorCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "the Acceptor's per-turn state and the fields its accept records read in C",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)AcceptorCore_dealloc,
+    .tp_traverse = (traverseproc)AcceptorCore_traverse,
+    .tp_clear = (inquiry)AcceptorCore_clear,
+    .tp_call = (ternaryfunc)AcceptorCore_call,
+    .tp_members = AcceptorCore_members,
+};
 
 /* close_setup(close, _Kind, _ignore, _INET, _on_recv, socket.socket): what
  * stream_close_fast, stream_closing_final and the C _call_connection_lost
@@ -4462,6 +4803,8 @@ static PyMethodDef stream_functions[] = {
      "stream_for_fd(loop, fd): the stream transport registered for fd, or None"},
     {"stream_reader_stock", (PyCFunction)(void (*)(void))stream_reader_stock, METH_FASTCALL,
      "stream_reader_stock(...): asyncio's stock stream objects (decision 636), or None"},
+    {"acceptor_setup", (PyCFunction)(void (*)(void))acceptor_setup, METH_FASTCALL,
+     "acceptor_setup(cls, on_accept, loop_cls, globals): the Acceptor's records in C"},
     {"core_method", (PyCFunction)(void (*)(void))core_method, METH_FASTCALL,
      "core_method(slot, name): a transport method that is its Stream's"},
     {"accepted_setup", (PyCFunction)(void (*)(void))accepted_setup, METH_FASTCALL,
@@ -4629,6 +4972,9 @@ static int stream_init_module(PyObject *m)
     Py_DECREF(context);
     if (PyType_Ready(&StreamType) < 0 || PyType_Ready(&CoreMethodType) < 0 ||
         PyModule_AddFunctions(m, stream_functions) < 0)
+        return -1;
+    if (PyType_Ready(&AcceptorCoreType) < 0 ||
+        PyModule_AddObject(m, "AcceptorCore", Py_NewRef((PyObject *)&AcceptorCoreType)) < 0)
         return -1;
     if (PyModule_AddObject(m, "Stream", Py_NewRef((PyObject *)&StreamType)) < 0) {
         Py_DECREF((PyObject *)&StreamType);

@@ -1267,7 +1267,7 @@ _sched.close_setup(
 )
 
 
-class Acceptor:
+class Acceptor(_sched.AcceptorCore):
     """One listening socket served by a multishot engine accept.
 
     Each accepted fd becomes a socket built from the listener's own family,
@@ -1278,6 +1278,14 @@ class Acceptor:
     for constants.ACCEPT_RETRY_DELAY and resumes, as in the stock loop; the
     connections meanwhile wait in the kernel's backlog. At most
     _ACCEPT_BUDGET connections are made a turn (decision 314).
+
+    The per-turn state (turn, made, waiting, stopped, ud) and what a
+    record's plain case reads are the C base's fields: the engine's
+    callback is the Acceptor itself (a call is ctx.run of the _on_accept
+    bound at __init__), and a record of the plain case (a connection made
+    now by an exact Acceptor of an exact Loop, outside debug mode, no TLS)
+    is taken in C with _on_accept's steps (decision 867); everything else
+    calls _on_accept. Keep the two the same.
     """
 
     def __init__(self, loop, protocol_factory, sock, sslcontext, server, backlog,
@@ -1312,12 +1320,15 @@ class Acceptor:
         self.waiting = None  # deque of accepted fds over the budget, in order
         self.stopped = False
         self.resting = False  # out of descriptors: accepting waits a while
-        self._cb = functools.partial(contextvars.copy_context().run, self._on_accept)
+        # the callback: ctx.run(self._bound, res, more, data) (decision 867;
+        # what functools.partial(ctx.run, self._on_accept) was)
+        self._ctx = contextvars.copy_context()
+        self._bound = self._on_accept
 
     def start(self):
         if self.stopped or self.resting or self.ud is not None or self.sock.fileno() < 0:
             return
-        self.ud = self.loop._engine.accept(self.sock.fileno(), self._cb, multishot=True)
+        self.ud = self.loop._engine.accept(self.sock.fileno(), self, multishot=True)
 
     def stop(self):
         self.stopped = True
@@ -1509,3 +1520,10 @@ class Acceptor:
 
     def __repr__(self):
         return f"<Acceptor fd={self.sock.fileno()} server={self.server!r}>"
+
+
+def _acceptor_setup(loop_cls):
+    """An exact Acceptor's plain-case records are taken in C while its
+    _bound is this _on_accept and its loop is exactly loop_cls (decision
+    867); loop.py calls this once Loop is made."""
+    _sched.acceptor_setup(Acceptor, Acceptor._on_accept, loop_cls, globals())
