@@ -4055,7 +4055,7 @@ static int acc_call_soon(PyObject *loop, PyObject *fn, PyObject *arg)
 }
 
 static PyObject *accepted_make(PyObject *loop, int lfd, PyObject *kind, PyObject *protocol,
-                               PyObject *server, PyObject *nodelay);
+                               PyObject *server, PyObject *nodelay, PyObject *ctx);
 
 /* accepted_transport(loop, fd, kind, protocol, server, nodelay): see above */
 static PyObject *accepted_transport(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
@@ -4073,17 +4073,23 @@ static PyObject *accepted_transport(PyObject *mod, PyObject *const *args, Py_ssi
         PyErr_SetString(PyExc_OverflowError, "accepted_transport(): fd out of range");
         return NULL;
     }
-    return accepted_make(args[0], (int)lfd, args[2], args[3], args[4], args[5]);
+    return accepted_make(args[0], (int)lfd, args[2], args[3], args[4], args[5], NULL);
 }
 
-/* accepted_transport's body (the Acceptor's record in C calls it too) */
+/* accepted_transport's body (the Acceptor's record in C calls it too).
+ * ctx: the transport's context, a new reference stolen, or NULL for a copy
+ * of the current one (accepted_transport's); accept_record hands over the
+ * connection's own copy, entered now and left to no one else (decision
+ * 879). */
 static PyObject *accepted_make(PyObject *loop, int lfd, PyObject *kind, PyObject *protocol,
-                               PyObject *server, PyObject *nodelay)
+                               PyObject *server, PyObject *nodelay, PyObject *ctx)
 {
     /* self = cls.__new__(cls) */
     PyObject *self = acc.cls->tp_new(acc.cls, S.empty_tuple, NULL);
-    if (self == NULL)
+    if (self == NULL) {
+        Py_XDECREF(ctx);
         return NULL;
+    }
     PyObject *tmp, *sockname, *peer;
     aset(self, A_SOCKOBJ, Py_NewRef(Py_None)); /* (a failure below leaves nothing to close) */
     /* _begin(loop, fd, None), written out */
@@ -4093,8 +4099,7 @@ static PyObject *accepted_make(PyObject *loop, int lfd, PyObject *kind, PyObject
     aset(self, A_LOW, Py_NewRef(acc.low));
     aset(self, A_EXTRA, Py_NewRef(Py_None));
     aset(self, A_TSOCK, Py_NewRef(Py_None));
-    PyObject *ctx = PyContext_CopyCurrent();
-    if (ctx == NULL)
+    if (ctx == NULL && (ctx = PyContext_CopyCurrent()) == NULL)
         goto fail;
     aset(self, A_CONTEXT, ctx);
     PyObject *core = stream_make(&StreamType, self, loop, (int)lfd, ctx, 1);
@@ -4346,7 +4351,8 @@ static int accept_fd_taken(Core *loop, int fd)
  * _on_accept: the plain case (a connection made now, more records to
  * come) in C, the same steps in the same order (_on_accept's first
  * branch and _connection's first case, decision 753): the turn's budget,
- * protocol_factory() in the context, the fd check, accepted_make. 1 taken,
+ * protocol_factory() in a copy of the context (879), the fd check,
+ * accepted_make. 1 taken,
  * -1 taken with an exception, 0 for the call (everything else: stopped,
  * waiting or over the budget, the last record, an error, TLS, debug, a
  * listener that is not plain, a Loop subclass, a patched _on_accept or
@@ -4379,7 +4385,12 @@ static int accept_record(PyObject *owner, int32_t res, int more)
     Py_ssize_t made = turn != a->turn ? 0 : a->made;
     if (made >= cap)
         return 0;
-    PyObject *ctx = Py_NewRef(a->ctx);
+    /* the connection's own copy of the Acceptor's context, as stock's accept
+     * task copies its reader's (decision 879): what the factory sets is
+     * its connection's only; the transport keeps this copy (accepted_make) */
+    PyObject *ctx = PyContext_Copy(a->ctx);
+    if (ctx == NULL)
+        return -1;
     if (PyContext_Enter(ctx) < 0) {
         Py_DECREF(ctx);
         return -1;
@@ -4415,7 +4426,8 @@ static int accept_record(PyObject *owner, int32_t res, int more)
         } else {
             PyObject *kind = Py_NewRef(a->kind), *server = Py_NewRef(a->server),
                      *nodelay = Py_NewRef(a->nodelay);
-            transport = accepted_make((PyObject *)loop, res, kind, protocol, server, nodelay);
+            transport = accepted_make((PyObject *)loop, res, kind, protocol, server, nodelay,
+                                      Py_NewRef(ctx));
             Py_DECREF(kind);
             Py_DECREF(server);
             Py_DECREF(nodelay);

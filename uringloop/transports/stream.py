@@ -1285,7 +1285,8 @@ class Acceptor(_sched.AcceptorCore):
     bound at __init__), and a record of the plain case (a connection made
     now by an exact Acceptor of an exact Loop, outside debug mode, no TLS)
     is taken in C with _on_accept's steps (decision 867); everything else
-    calls _on_accept. Keep the two the same.
+    calls _on_accept. Keep the two the same. Each connection is made in its
+    own copy of the Acceptor's context, as stock's accept task is (879).
     """
 
     def __init__(self, loop, protocol_factory, sock, sslcontext, server, backlog,
@@ -1356,30 +1357,9 @@ class Acceptor(_sched.AcceptorCore):
                 self.turn, self.made = turn, 0
             if self.waiting is None and self.made < _ACCEPT_BUDGET:
                 self.made += 1
-                if self.plain and not self.sslcontext and not loop._debug:
-                    # _connection's first case, written out (decision 753):
-                    # keep the two the same
-                    protocol = transport = None
-                    try:
-                        protocol = self.protocol_factory()
-                        if res in loop._transports.data or (
-                            (t := _stream_for_fd(loop, res)) is not None and not t.is_closing()
-                        ):
-                            loop._ensure_fd_no_transport(res)
-                        # the transport, made in C (decision 811)
-                        transport = _accepted_transport(
-                            loop, res, self.kind, protocol, self.server, self.nodelay
-                        )
-                    except (SystemExit, KeyboardInterrupt):
-                        if transport is None:
-                            os.close(res)
-                        raise
-                    except BaseException as exc:
-                        if transport is None:
-                            os.close(res)
-                        self._creation_failed(exc, protocol)
-                else:
-                    self._connection(res)
+                # in the connection's own copy of the context, as stock's
+                # accept task (decision 879)
+                self._ctx.copy().run(self._connection, res)
             else:
                 if self.waiting is None:
                     self.waiting = collections.deque()
@@ -1432,7 +1412,7 @@ class Acceptor(_sched.AcceptorCore):
         try:
             while waiting and self.made < _ACCEPT_BUDGET:
                 self.made += 1
-                self._connection(waiting.popleft())
+                self._ctx.copy().run(self._connection, waiting.popleft())
         finally:  # (stop() empties waiting; an error here leaves the rest to the next turn)
             if self.waiting is waiting:
                 if waiting:
@@ -1449,8 +1429,10 @@ class Acceptor(_sched.AcceptorCore):
         if self.plain and not self.sslcontext and not loop._debug:
             # an IPv4 or IPv6 TCP listener's connection outside debug mode
             # (whose log line shows the socket object): the transport is
-            # made from the fd, no socket object (decision 597). _on_accept
-            # has this case written out (753): keep the two the same
+            # made from the fd, no socket object (decision 597). stream.c's
+            # accept_record has this case written out (867): keep the two
+            # the same. Called in the connection's own copy of the
+            # Acceptor's context (879)
             protocol = transport = None
             try:
                 protocol = self.protocol_factory()
