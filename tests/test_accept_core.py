@@ -195,13 +195,7 @@ def test_a_burst_over_the_budget_is_made_in_accept_order_across_turns(tloop):
         addr = server.sockets[0].getsockname()
         clients = []
         try:
-            # every client connects before the loop runs again: the kernel
-            # completes the handshakes, the accepts come in one burst
-            for _ in range(n):
-                c = socket.socket()
-                clients.append(c)
-                c.connect(addr)
-                c.setblocking(False)
+            _connect_all(addr, n, clients)
             order = [c.getsockname() for c in clients]
             await wait_for(_until_count(made, n), 30)
             for i, c in enumerate(clients):
@@ -226,6 +220,18 @@ def test_a_burst_over_the_budget_is_made_in_accept_order_across_turns(tloop):
             per_turn[t] = per_turn.get(t, 0) + 1
         assert max(per_turn.values()) <= _ACCEPT_BUDGET, per_turn
         assert len(per_turn) >= 3, per_turn
+
+
+def _connect_all(addr, n, clients):
+    """n blocking connects to addr, each socket then non-blocking, appended
+    to clients as made (the caller's finally closes them). Made before the
+    loop runs again, the handshakes complete in the kernel and the accepts
+    come in one burst."""
+    for _ in range(n):
+        c = socket.socket()
+        clients.append(c)
+        c.connect(addr)
+        c.setblocking(False)
 
 
 async def _until_count(made, k):
@@ -407,11 +413,7 @@ def test_a_server_closed_while_connections_come_closes_them(tloop):
         addr = server.sockets[0].getsockname()
         clients = []
         try:
-            for _ in range(n):
-                c = socket.socket()
-                clients.append(c)
-                c.connect(addr)
-                c.setblocking(False)
+            _connect_all(addr, n, clients)
             server.close()
             ends = [await _read_end(loop, c) for c in clients]
         finally:
@@ -491,11 +493,7 @@ def test_a_server_closed_by_the_protocol_factory_closes_the_rest_of_the_batch(tl
         addr = server.sockets[0].getsockname()
         clients = []
         try:
-            for _ in range(n):
-                c = socket.socket()
-                clients.append(c)
-                c.connect(addr)
-                c.setblocking(False)
+            _connect_all(addr, n, clients)
             ends = [await _read_end(loop, c) for c in clients]
         finally:
             for c in clients:
@@ -590,13 +588,8 @@ def test_each_connections_factory_runs_in_its_own_context_copy(tloop, how, tls, 
         if how == "burst":
             clients = []
             try:
-                # every client connects before the loop runs again: the
-                # accepts come in one burst, over the budget
-                for _ in range(n):
-                    c = socket.socket()
-                    clients.append(c)
-                    c.connect(addr)
-                    c.setblocking(False)
+                # one burst, over the budget
+                _connect_all(addr, n, clients)
                 await wait_for(_until_all(seen, "made", n), 30)
                 for c in clients:
                     await wait_for(loop.sock_sendall(c, b"x"))

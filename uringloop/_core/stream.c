@@ -4389,10 +4389,11 @@ static int accept_record(PyObject *owner, int32_t res, int more)
      * task copies its reader's (decision 879): what the factory sets is
      * its connection's only; the transport keeps this copy (accepted_make) */
     PyObject *ctx = PyContext_Copy(a->ctx);
-    if (ctx == NULL)
-        return -1;
-    if (PyContext_Enter(ctx) < 0) {
-        Py_DECREF(ctx);
+    if (ctx == NULL || PyContext_Enter(ctx) < 0) {
+        /* (no memory for the copy): the record is taken, its fd closed, as
+         * _on_accept's failures close theirs */
+        Py_XDECREF(ctx);
+        close(res);
         return -1;
     }
     Py_INCREF(a);
