@@ -1198,7 +1198,7 @@ EXPORT int ul_cancel_fd(ul_engine *e, int fd)
     return cancel_fd(e, fd);
 }
 
-EXPORT int ul_close_fd(ul_engine *e, uint64_t ud, int fd, int reset_if_data)
+EXPORT int ul_close_fd(ul_engine *e, uint64_t ud, int fd, int flags)
 {
     if (foreign_thread(e))
         return -EEXIST;
@@ -1209,11 +1209,11 @@ EXPORT int ul_close_fd(ul_engine *e, uint64_t ud, int fd, int reset_if_data)
     struct ul_fd *f = &e->fds[fd];
     f->closing = 1;
     f->close_slot = (int32_t)ul__slot(ud);
-    if (reset_if_data & UL_CLOSE_HOLD) {
+    if (flags & UL_CLOSE_HOLD) {
         f->held = 1;      /* ul_close_release closes (decision 873) */
         e->in_flight--;   /* no kernel op: the loop does not poll for it */
     }
-    if (reset_if_data & 1) {
+    if (flags & UL_CLOSE_RESET_IF_DATA) {
         f->reset_if_data = 1;
         e->nreset++;
         /* bytes a receive of fd brought before this call that still wait in

@@ -226,17 +226,17 @@ int ul_poll(ul_engine *e, uint64_t ud, int fd, uint32_t events, int level);
 int ul_read(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len, int64_t offset);
 int ul_write(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len, int64_t offset);
 int ul_shutdown(ul_engine *e, uint64_t ud, int fd, int how);
-/* reset_if_data: the close resets a TCP connection (SO_LINGER 0 just
- * before close(2)) if a receive (recv, recv_into) on fd delivers bytes
- * after this call, its cancel's included: bytes the caller will not read,
- * which the stock loop would have left in the kernel, whose close(2) then
- * resets (decisions 463, 497). */
-int ul_close_fd(ul_engine *e, uint64_t ud, int fd, int reset_if_data);
-/* reset_if_data | UL_CLOSE_HOLD: the close(2) also waits for
- * ul_close_release (the stock transport closes its socket in
- * _call_connection_lost, a turn after close(); decision 873). ul_free
+/* flags: UL_CLOSE_RESET_IF_DATA, the close resets a TCP connection
+ * (SO_LINGER 0 just before close(2)) if a receive (recv, recv_into) on fd
+ * delivers bytes after this call, its cancel's included: bytes the caller
+ * will not read, which the stock loop would have left in the kernel, whose
+ * close(2) then resets (decisions 463, 497). UL_CLOSE_HOLD, the close(2)
+ * also waits for ul_close_release (the stock transport closes its socket
+ * in _call_connection_lost, a turn after close(); decision 873); ul_free
  * releases what is still held. */
+#define UL_CLOSE_RESET_IF_DATA 1
 #define UL_CLOSE_HOLD 2
+int ul_close_fd(ul_engine *e, uint64_t ud, int fd, int flags);
 /* The held close of fd (close_ud) may close now: at once if no op of fd is
  * live, else when the last one ends. 0, or -ENOENT when that close is not
  * pending and held. */

@@ -3221,20 +3221,10 @@ static int srv_method(PyObject *obj, PyObject *name, PyObject **m)
 #endif
 }
 
-/* tp's version is the one checked: from 3.12 a change to the class or a
- * base sets its version to 0 (not a version); before 3.12 the valid-version
- * flag is checked too, as those versions mark a changed class by clearing
- * it (3.13 no longer sets the flag) */
-static inline int srv_version_ok(PyTypeObject *tp, unsigned int ver)
-{
-#if PY_VERSION_HEX < 0x030C0000
-    if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG))
-        return 0;
-#endif
-    return tp->tp_version_tag != 0 && tp->tp_version_tag == ver;
-}
-
-/* the version to keep for tp once checked (0: none, checked again) */
+/* the version to keep for tp once checked (0: none, checked again): from
+ * 3.12 a change to the class or a base sets its version to 0 (not a
+ * version); before 3.12 the valid-version flag is checked too, as those
+ * versions mark a changed class by clearing it (3.13 no longer sets it) */
 static inline unsigned int srv_version(PyTypeObject *tp)
 {
 #if PY_VERSION_HEX < 0x030C0000
@@ -3242,6 +3232,12 @@ static inline unsigned int srv_version(PyTypeObject *tp)
         return 0;
 #endif
     return tp->tp_version_tag;
+}
+
+/* tp's version is the one checked */
+static inline int srv_version_ok(PyTypeObject *tp, unsigned int ver)
+{
+    return ver != 0 && srv_version(tp) == ver;
 }
 
 /* the class attribute name is fn with its code at setup */
@@ -4200,7 +4196,7 @@ static struct {
     PyObject *on_accept; /* its _on_accept function */
     PyTypeObject *loop_cls; /* uringloop.Loop */
     PyObject *globals;   /* stream.py's globals: _ACCEPT_BUDGET, read per record */
-    PyObject *s_budget, *s_data, *s_is_closing, *s_ensure, *s_creation_failed;
+    PyObject *s_budget, *s_is_closing, *s_ensure, *s_creation_failed;
 } aco;
 
 static int AcceptorCore_traverse(AcceptorCore *a, visitproc visit, void *arg)
@@ -4321,7 +4317,7 @@ static int accept_fd_taken(Core *loop, int fd)
         PyErr_SetString(PyExc_AttributeError, "'Loop' object has no attribute '_transports'");
         return -1;
     }
-    PyObject *data = PyObject_GetAttr(tr, aco.s_data);
+    PyObject *data = PyObject_GetAttr(tr, s_data);
     if (data == NULL)
         return -1;
     int in = 0;
@@ -4462,7 +4458,6 @@ static PyObject *acceptor_setup(PyObject *mod, PyObject *const *args, Py_ssize_t
     if (aco.v == NULL && (aco.v = PyUnicode_InternFromString(s)) == NULL) \
         return NULL;
     ACO_INTERN(s_budget, "_ACCEPT_BUDGET");
-    ACO_INTERN(s_data, "data");
     ACO_INTERN(s_is_closing, "is_closing");
     ACO_INTERN(s_ensure, "_ensure_fd_no_transport");
     ACO_INTERN(s_creation_failed, "_creation_failed");
