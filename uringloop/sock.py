@@ -916,11 +916,13 @@ class SockMixin:
         blocksize = count if count else fsize
         if not blocksize:
             return 0  # empty file
-        # One sendfile(2) now, each next one from the writability poll's
-        # record, as the stock loop's writer callback makes it (decision
-        # 858): in the turn the socket is found writable, not a turn later
-        # in the resumed task, after the turn's other callbacks (a hook that
-        # closes the transport) ran. A sendfile(2) that sent something is
+        # One sendfile(2) now, each next one where the stock loop's writer
+        # callback (_sock_sendfile_native_impl) makes it (decision 858): in
+        # the turn the socket is found writable, not a turn later in the
+        # resumed task, after the turn's other callbacks (a hook that closes
+        # the transport) ran; from the poll's record, or from a handle placed
+        # where stock's select queues its writer when callbacks _ready held
+        # come first (decision 890). A sendfile(2) that sent something is
         # followed by that wait, the last too (decision 614).
         fd = sock.fileno()
         fut = self.create_future()
@@ -928,6 +930,7 @@ class SockMixin:
         total = 0
         ud = 0  # the writability poll in flight, 0 when none
         token = 0  # which poll's record ready() waits for (stale ones dropped)
+        queued = None  # the writer's handle in _ready, and the poll's result
 
         def end(exc=None):
             # the file's position after the bytes sent, then the result
@@ -950,7 +953,7 @@ class SockMixin:
             except Exception as exc:
                 end(exc)
 
-        def step():
+        def step(again):
             nonlocal offset, total
             size = min(count - total, _SENDFILE_CHUNK) if count else _SENDFILE_CHUNK
             if size <= 0:
@@ -967,6 +970,11 @@ class SockMixin:
                 wait()
                 return
             except OSError as exc:
+                if again and exc.errno == errno.ENOTCONN and type(exc) is not ConnectionError:
+                    # stock's normalisation after the first call (decision 891)
+                    err = ConnectionError("socket is not connected", errno.ENOTCONN)
+                    err.__cause__ = exc
+                    exc = err
                 if total == 0:
                     err = exceptions.SendfileNotAvailableError("os.sendfile call failed")
                     err.__cause__ = exc
@@ -982,41 +990,94 @@ class SockMixin:
             wait()
 
         def ready(mine, res):
-            nonlocal ud
-            if mine != token or fut is None or fut.done():
-                return  # stale, or cancelled
+            nonlocal ud, queued
+            if mine != token or fut is None:
+                return  # stale, or the task has ended
             ud = 0
-            if res < 0 and sock.fileno() == fd:
-                end(_error(res))
+            if loop._sched_ahead():
+                # stock's writer handle runs behind what _ready held at its
+                # select (and before what this batch's callbacks schedule):
+                # placed there, as an add_writer callback is (decision 890)
+                h = loop.call_soon(writer, res)
+                loop._sched_io_place(h, True)
+                queued = (h, res)
                 return
-            step()  # (a poll the transport's close cancelled: EBADF there)
+            writer(res)
 
-        def before_close():
+        def writer(res):
+            # stock's _sock_sendfile_native_impl run by its writer callback
+            nonlocal queued
+            queued = None
+            if fut is None:
+                return
+            if fut.cancelled():
+                # cancelled by a callback that ran ahead of the writer in
+                # its turn: stock's impl sets the file's position and returns
+                if total > 0:
+                    os.lseek(fileno, offset, os.SEEK_SET)
+                return
+            if fut.done():
+                return
+            if res < 0:
+                if sock.fileno() == fd:
+                    end(_error(res))
+                # else the poll the socket's close cancelled: stock's writer
+                # went with the fd and its sendfile never ends (decision 892)
+                return
+            step(True)
+
+        def before_close(removed):
             # the transport closes fd now (decision 860), where the stock
             # loop closes it in _call_connection_lost, after the writer
             # callback its last select queued: if the socket is writable,
-            # the next sendfile(2) is made first, as there
-            nonlocal ud
-            if not ud or fut is None or fut.done() or not _writable_now(fd):
+            # the next sendfile(2) is made first, as there. removed: the
+            # transport's close(), which removes stock's writer (its queued
+            # handle too): the sendfile then never ends (decision 892)
+            nonlocal ud, queued, token
+            if fut is None or fut.done():
+                return
+            if removed:
+                token += 1  # the poll's record, if any, is dropped
+                if queued is not None:
+                    queued[0].cancel()
+                    queued = None
+                if ud:
+                    if not engine.closed:
+                        engine.cancel(ud)
+                    ud = 0
+                return
+            if queued is not None:
+                # stock's writer handle is queued ahead of the
+                # _call_connection_lost the close queues (decision 890)
+                h, res = queued
+                h.cancel()
+                writer(res)
+                return
+            if not ud or not _writable_now(fd):
                 return
             if not engine.closed:
                 engine.cancel(ud)
             ud = 0
-            step()
+            step(True)
 
-        step()
+        loop = self
+        step(False)
         sendfiling = self._sendfiling
         if not fut.done():
             sendfiling[fd] = before_close
         try:
             return await fut
         except _CancelledError:
+            # stock's cancellation callback removes the writer (its queued
+            # handle too) and leaves the file's position as it was
+            # (decision 891)
             if ud:
                 if not engine.closed:
                     engine.cancel(ud)
                 ud = 0
-                if total > 0:
-                    os.lseek(fileno, offset, os.SEEK_SET)
+            if queued is not None:
+                queued[0].cancel()
+                queued = None
             raise
         finally:
             if sendfiling.get(fd) is before_close:

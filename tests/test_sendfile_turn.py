@@ -1,0 +1,309 @@
+"""sendfile's next sendfile(2) in the turn and place of the stock loop's
+writer callback (decisions 890-893).
+
+The stock loop's `sock_sendfile` makes one sendfile(2), then `add_writer`s
+`_sock_sendfile_native_impl`, which makes the next one when its select finds
+the socket writable: a handle queued behind what `_ready` held at that select
+and ahead of the timers and of what the turn's callbacks schedule. Each
+scenario runs on the stock loop and on every uringloop kind and compares the
+outcomes. The sender is one end of a Unix socketpair (a raw socket for
+`sock_sendfile`, a transport for `loop.sendfile`); its peer does not read
+until a callback drains it, which turns the sender writable for the next
+poll (a Unix socket is writable again only below a quarter of its send
+buffer). 100,000 B go in the first sendfile(2) and the next one meets the
+file's end (decision 614's case); of 4,000,000 B the first takes a part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+from conftest import LOOP_KINDS, finish_loop, make_loop, run_in
+
+SIZE = 100_000  # the kernel takes it whole
+BIG = 4_000_000  # the kernel takes a part: the rest waits for the peer
+
+_stock: dict = {}  # scenario -> the stock loop's outcome
+
+
+def _payload(n):
+    return bytes((i * 7 + 3) & 0xFF for i in range(256)) * (n // 256) + bytes(n % 256)
+
+
+def _drain(sock):
+    got = 0
+    while True:
+        try:
+            data = sock.recv(1 << 20)
+        except BlockingIOError:
+            return got
+        if not data:
+            return got
+        got += len(data)
+
+
+async def _turns(n):
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def _scenario(kind, tmp_path, size, body):
+    """body(lp, sender, peer, f, start) on a new loop of kind; start(via)
+    starts the sendfile of f as a task: (task, transport or None)."""
+    lp = make_loop(kind)
+    # the stock transport's _call_connection_lost sets an exception on the
+    # sendfile's done empty waiter (InvalidStateError, decision 613): its
+    # own bug, not compared
+    lp.set_exception_handler(lambda loop, ctx: None)
+    sender, peer = socket.socketpair()
+    sender.setblocking(False)
+    peer.setblocking(False)
+    path = tmp_path / f"{kind}-{size}.bin"
+    path.write_bytes(_payload(size))
+
+    async def main():
+        with open(path, "rb") as f:
+
+            async def start(via):
+                if via == "sock":
+                    return lp.create_task(lp.sock_sendfile(sender, f)), None
+                tr, _ = await lp.create_unix_connection(asyncio.Protocol, sock=sender)
+                return lp.create_task(lp.sendfile(tr, f)), tr
+
+            return await body(lp, sender, peer, f, start)
+
+    try:
+        return run_in(lp, main(), timeout=30)
+    finally:
+        problems = finish_loop(lp)
+        for s in (sender, peer):
+            s.close()
+        assert not problems, problems
+
+
+def _outcome(task):
+    """What the sendfile's task ended with, or "pending"."""
+    if not task.done():
+        return "pending"
+    if task.cancelled():
+        return "cancelled"
+    exc = task.exception()
+    if exc is None:
+        return task.result()
+    return (type(exc).__name__, getattr(exc, "errno", None))
+
+
+async def _end(task):
+    # a sendfile stock never ends: cancelled here, as the loop's teardown would
+    if not task.done():
+        task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def _compare(name, kind, tmp_path, size, body, expected):
+    if name not in _stock:
+        _stock[name] = _scenario("stock", tmp_path, size, body)
+    assert _stock[name] == expected  # stock's, so the test means what it says
+    assert _scenario(kind, tmp_path, size, body) == expected
+
+
+# --------------------------------------------------------------------------
+# 910082 shrunk: in the turn whose poll finds the sender writable, a callback
+# that _ready held at that poll (so ahead of stock's writer) closes the
+# socket or resets the transport
+
+
+def _closed_when_writable(via, how):
+    async def body(lp, sender, peer, f, start):
+        task, tr = await start(via)
+        await _turns(5)
+        assert not task.done()  # the file went whole; waits for writability
+
+        def close_it():
+            if how == "abort":
+                tr.abort()
+            elif how == "close" and tr is not None:
+                tr.close()
+            else:
+                sender.close()
+
+        def drain():
+            _drain(peer)  # the sender is writable at the next poll
+            lp.call_soon(close_it)  # in _ready at that poll
+
+        lp.call_soon(drain)
+        await _turns(20)
+        res = _outcome(task)
+        await _end(task)
+        return res, f.tell()
+
+    return body
+
+
+@pytest.mark.parametrize(
+    "via,how,expected",
+    [
+        # stock's writer makes the next sendfile(2) (the file's end) before
+        # _call_connection_lost closes the socket
+        ("transport", "abort", (SIZE, SIZE)),
+        # stock's close() removes the writer, its queued handle too: the
+        # sendfile never ends
+        ("transport", "close", ("pending", 0)),
+        # stock's writer runs after the close: sendfile(2) on -1
+        ("sock", "close", (("OSError", 9), SIZE)),
+    ],
+)
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_closed_in_the_turn_the_socket_turns_writable(kind, via, how, expected, tmp_path):
+    """Decisions 890, 892 (tcp 910082 shrunk to a socketpair): the next
+    sendfile(2) runs where stock's writer callback runs, behind the callback
+    _ready held at the poll that closes the socket or the transport. Before
+    890 the poll's record made it at once, ahead of that callback: 100,000
+    where stock's close() waits on or its sock.close() gives EBADF."""
+    body = _closed_when_writable(via, how)
+    _compare(f"closed-{via}-{how}", kind, tmp_path, SIZE, body, expected)
+
+
+# --------------------------------------------------------------------------
+# the place of the next sendfile(2) in its turn
+
+
+def _order(via):
+    async def body(lp, sender, peer, f, start):
+        task, tr = await start(via)
+        await _turns(5)
+        assert not task.done()
+        seen = []
+
+        def look(name, then=None):
+            # the file's position: 0 until the sendfile ends, then where it
+            # ended (stock's impl sets it when it meets the file's end)
+            seen.append((name, f.tell()))
+            if then is not None:
+                lp.call_soon(look, then)
+
+        def drain():
+            _drain(peer)  # the sender is writable at the next poll
+            lp.call_soon(look, "held", "scheduled")  # in _ready at that poll
+            lp.call_later(0, look, "timer")  # due at that poll
+
+        lp.call_soon(drain)
+        await _turns(20)
+        await _end(task)
+        return _outcome(task), seen
+
+    return body
+
+
+@pytest.mark.parametrize("via", ["sock", "transport"])
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_the_next_sendfile_runs_in_the_writers_place(kind, via, tmp_path):
+    """Decision 890: a callback _ready held at the poll that finds the
+    socket writable runs before the next sendfile(2) (position 0); a timer
+    due at that poll and a callback the held one schedules run after it
+    (the file's end), as around stock's writer handle. Before 890 the
+    poll's record made it at once: the held callback saw 100,000."""
+    expected = (SIZE, [("held", 0), ("timer", SIZE), ("scheduled", SIZE)])
+    _compare(f"order-{via}", kind, tmp_path, SIZE, _order(via), expected)
+
+
+# --------------------------------------------------------------------------
+# cancellation and close during the writability wait
+
+
+def _cancelled(via, when):
+    async def body(lp, sender, peer, f, start):
+        task, tr = await start(via)
+        await _turns(5)
+        assert not task.done()
+        if when == "waiting":
+            task.cancel()  # nothing writable yet
+            await _turns(5)
+        else:
+
+            def drain():
+                _drain(peer)
+                lp.call_soon(task.cancel)  # ahead of stock's writer
+
+            lp.call_soon(drain)
+            await _turns(5)
+        res = _outcome(task)
+        await _end(task)
+        pos = f.tell()
+        await _turns(10)
+        # what the peer got: nothing more is sent after the cancel
+        return res, pos, _drain(peer)
+
+    return body
+
+
+@pytest.mark.parametrize(
+    "when,size,expected",
+    [
+        # stock's cancellation callback removes the writer: the file's
+        # position stays where it was
+        ("waiting", BIG, "waiting"),
+        # stock's writer, behind the cancel in its turn, sets the position
+        # where the sendfile got to
+        ("queued", SIZE, ("cancelled", SIZE, 0)),
+    ],
+)
+@pytest.mark.parametrize("via", ["sock", "transport"])
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_cancel_during_the_writability_wait(kind, via, when, size, expected, tmp_path):
+    """Decision 891: a sendfile cancelled while it waits for writability
+    leaves the file's position as stock's does (stock's cancellation
+    callback removes its writer before it runs); cancelled in the turn the
+    socket turned writable, by a callback ahead of stock's writer, the
+    writer still sets it. Nothing is sent after the cancel. Before 891 the
+    cancel set the position to the bytes sent (262,144 of 4 MB)."""
+    name = f"cancel-{via}-{when}"
+    body = _cancelled(via, when)
+    if name not in _stock:
+        _stock[name] = _scenario("stock", tmp_path, size, body)
+    stock = _stock[name]
+    if expected == "waiting":
+        assert stock[:2] == ("cancelled", 0)
+    else:
+        assert stock == expected
+    assert _scenario(kind, tmp_path, size, body) == stock
+
+
+def _closed_waiting(via, how):
+    async def body(lp, sender, peer, f, start):
+        task, tr = await start(via)
+        await _turns(5)
+        assert not task.done()  # the peer does not read
+        if how == "abort":
+            tr.abort()
+        else:
+            tr.close()
+        await _turns(5)  # closed (stock: _call_connection_lost)
+        _drain(peer)
+        await _turns(20)
+        res = _outcome(task)
+        await _end(task)
+        return res, f.tell()
+
+    return body
+
+
+@pytest.mark.parametrize("how", ["close", "abort"])
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_transport_closed_during_the_writability_wait(kind, how, tmp_path):
+    """Decision 892: loop.sendfile on a transport closed (close() or
+    abort()) while the sendfile waits for writability, the peer reading
+    after the close: stock's writer is gone (close() removes it, the
+    socket's close(2) takes it out of epoll) and the sendfile never ends;
+    ours waits on too. Before 892 the record of the poll the close
+    cancelled ended it with EBADF."""
+    _compare(
+        f"closed-waiting-{how}",
+        kind,
+        tmp_path,
+        BIG,
+        _closed_waiting("transport", how),
+        ("pending", 0),
+    )
