@@ -307,3 +307,63 @@ def test_transport_closed_during_the_writability_wait(kind, how, tmp_path):
         _closed_waiting("transport", how),
         ("pending", 0),
     )
+
+
+def _reset_by_a_reader(how):
+    async def body(lp, sender, peer, f, start):
+        task, tr = await start("transport")
+        await _turns(5)
+        assert not task.done()  # the file went whole; waits for writability
+        c, d = socket.socketpair()
+        c.setblocking(False)
+
+        def closer():
+            # a reader callback of the poll that finds the sender writable,
+            # queued ahead of stock's writer (its data came first): 910082's
+            # a, whose data hook reset b
+            lp.remove_reader(c)
+            c.recv(1)
+            if how == "abort":
+                tr.abort()
+            else:
+                tr.close()
+
+        def ready_both():
+            d.send(b"x")  # c readable first,
+            _drain(peer)  # then the sender writable: one poll finds both
+
+        lp.add_reader(c, closer)
+        try:
+            lp.call_soon(ready_both)
+            await _turns(20)
+            res = _outcome(task)
+            await _end(task)
+        finally:
+            lp.remove_reader(c)
+            c.close()
+            d.close()
+        return res, f.tell()
+
+    return body
+
+
+@pytest.mark.parametrize(
+    "how,expected",
+    [
+        # stock's writer, queued by the same select, runs before
+        # _call_connection_lost closes the socket: the file's end
+        ("abort", (SIZE, SIZE)),
+        # stock's close() in the reader removes the writer queued behind it
+        ("close", ("pending", 0)),
+    ],
+)
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_reset_by_a_reader_of_the_same_poll(kind, how, expected, tmp_path):
+    """Decisions 858, 860, 892 (the shape of tcp 910082): one poll finds a
+    socket readable (an add_reader callback), then loop.sendfile's socket
+    writable; the reader aborts or closes the sendfile's transport. Its
+    abort lets stock's writer make the next sendfile(2) first (the file's
+    end); its close removes the writer (the sendfile waits on). Before 858
+    the task made it a turn later, after the close: EBADF; before 892 the
+    close ended it with the file's end."""
+    _compare(f"reader-{how}", kind, tmp_path, SIZE, _reset_by_a_reader(how), expected)
