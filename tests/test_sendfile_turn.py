@@ -26,6 +26,7 @@ SIZE = 100_000  # the kernel takes it whole
 BIG = 4_000_000  # the kernel takes a part: the rest waits for the peer
 
 _stock: dict = {}  # scenario -> the stock loop's outcome
+_short: list = []  # a first sendfile(2) of SIZE that took a part (see _whole)
 
 
 def _payload(n):
@@ -42,6 +43,14 @@ def _drain(sock):
         if not data:
             return got
         got += len(data)
+
+
+def _whole(peer):
+    """_drain for the scenarios whose first sendfile(2) took the whole file:
+    the kernel sometimes takes 65,536 B of it (one splice pipe's worth) and
+    the rest in the next call, a different scenario, run again (_compare)."""
+    if _drain(peer) != SIZE:
+        _short.append(True)
 
 
 async def _turns(n):
@@ -102,11 +111,21 @@ async def _end(task):
     await asyncio.gather(task, return_exceptions=True)
 
 
+def _run(kind, tmp_path, size, body):
+    # a run whose first sendfile(2) took a part of SIZE is run again
+    for _ in range(5):
+        _short.clear()
+        res = _scenario(kind, tmp_path, size, body)
+        if not _short:
+            return res
+    pytest.skip("the kernel took 65,536 B in the first sendfile(2) of 5 runs")
+
+
 def _compare(name, kind, tmp_path, size, body, expected):
     if name not in _stock:
-        _stock[name] = _scenario("stock", tmp_path, size, body)
+        _stock[name] = _run("stock", tmp_path, size, body)
     assert _stock[name] == expected  # stock's, so the test means what it says
-    assert _scenario(kind, tmp_path, size, body) == expected
+    assert _run(kind, tmp_path, size, body) == expected
 
 
 # --------------------------------------------------------------------------
@@ -130,7 +149,7 @@ def _closed_when_writable(via, how):
                 sender.close()
 
         def drain():
-            _drain(peer)  # the sender is writable at the next poll
+            _whole(peer)  # the sender is writable at the next poll
             lp.call_soon(close_it)  # in _ready at that poll
 
         lp.call_soon(drain)
@@ -185,7 +204,7 @@ def _order(via):
                 lp.call_soon(look, then)
 
         def drain():
-            _drain(peer)  # the sender is writable at the next poll
+            _whole(peer)  # the sender is writable at the next poll
             lp.call_soon(look, "held", "scheduled")  # in _ready at that poll
             lp.call_later(0, look, "timer")  # due at that poll
 
@@ -224,7 +243,7 @@ def _cancelled(via, when):
         else:
 
             def drain():
-                _drain(peer)
+                _whole(peer)
                 lp.call_soon(task.cancel)  # ahead of stock's writer
 
             lp.call_soon(drain)
@@ -232,8 +251,9 @@ def _cancelled(via, when):
         res = _outcome(task)
         await _end(task)
         pos = f.tell()
+        _drain(peer)  # what the first sendfile(2) sent, if not drained yet
         await _turns(10)
-        # what the peer got: nothing more is sent after the cancel
+        # nothing more is sent after the cancel
         return res, pos, _drain(peer)
 
     return body
@@ -244,7 +264,7 @@ def _cancelled(via, when):
     [
         # stock's cancellation callback removes the writer: the file's
         # position stays where it was
-        ("waiting", BIG, "waiting"),
+        ("waiting", BIG, ("cancelled", 0, 0)),
         # stock's writer, behind the cancel in its turn, sets the position
         # where the sendfile got to
         ("queued", SIZE, ("cancelled", SIZE, 0)),
@@ -259,16 +279,7 @@ def test_cancel_during_the_writability_wait(kind, via, when, size, expected, tmp
     socket turned writable, by a callback ahead of stock's writer, the
     writer still sets it. Nothing is sent after the cancel. Before 891 the
     cancel set the position to the bytes sent (262,144 of 4 MB)."""
-    name = f"cancel-{via}-{when}"
-    body = _cancelled(via, when)
-    if name not in _stock:
-        _stock[name] = _scenario("stock", tmp_path, size, body)
-    stock = _stock[name]
-    if expected == "waiting":
-        assert stock[:2] == ("cancelled", 0)
-    else:
-        assert stock == expected
-    assert _scenario(kind, tmp_path, size, body) == stock
+    _compare(f"cancel-{via}-{when}", kind, tmp_path, size, _cancelled(via, when), expected)
 
 
 def _closed_waiting(via, how):
@@ -330,7 +341,7 @@ def _reset_by_a_reader(how):
 
         def ready_both():
             d.send(b"x")  # c readable first,
-            _drain(peer)  # then the sender writable: one poll finds both
+            _whole(peer)  # then the sender writable: one poll finds both
 
         lp.add_reader(c, closer)
         try:
