@@ -17,6 +17,8 @@ file's end (decision 614's case); of 4,000,000 B the first takes a part.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
 
 import pytest
@@ -378,3 +380,38 @@ def test_reset_by_a_reader_of_the_same_poll(kind, how, expected, tmp_path):
     the task made it a turn later, after the close: EBADF; before 892 the
     close ended it with the file's end."""
     _compare(f"reader-{how}", kind, tmp_path, SIZE, _reset_by_a_reader(how), expected)
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_enotconn_after_the_first_sendfile_is_a_connectionerror(kind, tmp_path, monkeypatch):
+    """Decision 891: stock's writer normalises ENOTCONN from a sendfile(2)
+    after the first (the connection closed in the middle) to
+    ConnectionError, as ours now does; OSError(ENOTCONN) before. (Linux
+    sockets rarely give ENOTCONN there: os.sendfile is patched, for both
+    loops, to send 1,000 B, then fail so.)"""
+    real = os.sendfile
+    calls = []
+
+    def sendfile(out_fd, in_fd, offset, count):
+        calls.append(count)
+        if len(calls) == 1:
+            return real(out_fd, in_fd, offset, 1000)
+        raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
+
+    monkeypatch.setattr(os, "sendfile", sendfile)
+
+    async def body(lp, sender, peer, f, start):
+        calls.clear()  # (each loop's run)
+        task, tr = await start("sock")
+        for _ in range(50):
+            if task.done():
+                break
+            await asyncio.sleep(0)
+        res = _outcome(task)
+        await _end(task)
+        return res, f.tell(), len(calls)
+
+    # (stock makes it ConnectionError("socket is not connected", ENOTCONN),
+    # so its errno is the message)
+    expected = (("ConnectionError", "socket is not connected"), 1000, 2)
+    _compare("enotconn", kind, tmp_path, SIZE, body, expected)

@@ -1058,6 +1058,7 @@ class SockMixin:
             if not engine.closed:
                 engine.cancel(ud)
             ud = 0
+            token += 1  # (its record is dropped)
             step(True)
 
         loop = self
