@@ -931,6 +931,7 @@ class SockMixin:
         ud = 0  # the writability poll in flight, 0 when none
         token = 0  # which poll's record ready() waits for (stale ones dropped)
         queued = None  # the writer's handle in _ready, and the poll's result
+        aborted = False  # an abort() closed the socket while it was not writable
 
         def end(exc=None):
             # the file's position after the bytes sent, then the result
@@ -994,6 +995,12 @@ class SockMixin:
             if mine != token or fut is None:
                 return  # stale, or the task has ended
             ud = 0
+            if res < 0 and aborted and sock.fileno() != fd and _writable_now(fd, True):
+                # the poll an abort() cancelled, the socket writable now
+                # and not closed yet (its close(2) waits for
+                # _call_connection_lost): stock's writer, still registered,
+                # is queued by this select, behind that close (decision 892)
+                res = 0x004
             if loop._sched_ahead():
                 # stock's writer handle runs behind what _ready held at its
                 # select (and before what this batch's callbacks schedule):
@@ -1033,7 +1040,7 @@ class SockMixin:
             # the next sendfile(2) is made first, as there. removed: the
             # transport's close(), which removes stock's writer (its queued
             # handle too): the sendfile then never ends (decision 892)
-            nonlocal ud, queued, token
+            nonlocal ud, queued, token, aborted
             if fut is None or fut.done():
                 return
             if removed:
@@ -1053,7 +1060,10 @@ class SockMixin:
                 h.cancel()
                 writer(res)
                 return
-            if not ud or not _writable_now(fd):
+            if not ud:
+                return
+            if not _writable_now(fd):
+                aborted = True  # (ready() asks again at the poll's record)
                 return
             if not engine.closed:
                 engine.cancel(ud)
@@ -1106,12 +1116,16 @@ class SockMixin:
             raise
 
 
-def _writable_now(fd):
+def _writable_now(fd, open_only=False):
     """fd polls writable (or in error, which the stock selector's write
-    interest reports too) at this moment: one poll(2), no wait."""
+    interest reports too) at this moment: one poll(2), no wait. open_only:
+    not for a closed fd (POLLNVAL)."""
     p = select.poll()
     p.register(fd, select.POLLOUT)
-    return bool(p.poll(0))
+    ready = p.poll(0)
+    if open_only:
+        return any(ev & ~select.POLLNVAL for _, ev in ready)
+    return bool(ready)
 
 
 # A stream receive asked for more than a pool buffer and the buffer came back
