@@ -925,6 +925,11 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         if self._closing:
             return  # the send failed: _fatal_error closed
         self._closing = True
+        sendfiling = self._loop._sendfiling
+        if sendfiling and c.fd in sendfiling and not c.buffer:
+            # a loop.sendfile on this transport: stock's close() removes its
+            # writer, and the sendfile waits on (decision 892)
+            sendfiling[c.fd](True)
         ud = c.recv_ud  # _stop_reading, written out (decision 621)
         if ud and not self._engine.closed:
             self._engine.cancel(ud)
@@ -1050,8 +1055,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         if sendfiling and c.fd in sendfiling:
             # a loop.sendfile on this transport: its next sendfile(2) first
             # if the socket is writable, as the stock writer callback's
-            # before _call_connection_lost's close (decision 860)
-            sendfiling[c.fd]()
+            # before _call_connection_lost's close (decisions 860, 890)
+            sendfiling[c.fd](False)
         kind = self._sockobj
         inet = getattr(kind, "family", None) in _INET
         # (_has_unread's own quick answer first: no call when nothing is held)
