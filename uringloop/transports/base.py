@@ -101,6 +101,8 @@ class SocketTransportBase(TransportBase):
 
     __slots__ = ()
 
+    _close_ud = 0  # _close_fd's held close, until released (decision 884)
+
     def _init_socket(self, loop, sock, share=False):
         """The stock transport's extra info, and the socket. Asked for when
         the transport is made, as stock (a peer that resets the connection
@@ -163,6 +165,10 @@ class SocketTransportBase(TransportBase):
         if self._has_sock():
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._sock.close()
+            if self._close_ud:
+                # closed, collected before its _call_connection_lost ran:
+                # the held close goes now (decision 884)
+                self._release_close()
             self._unclosed()
 
     def _unclosed(self):
@@ -270,8 +276,18 @@ class SocketTransportBase(TransportBase):
         if self._engine.closed or self._sock_closed():
             self._sock.close()
             return None
-        # its user_data; reset_if_data: engine.close_fd's (decision 497)
-        return self._engine.close_fd(self._detach_fd(), ignore, reset_if_data)
+        # its user_data; reset_if_data: engine.close_fd's (decision 497);
+        # the close(2) held until _call_connection_lost closes the socket,
+        # as stock's (decision 884; the stream transports', 873)
+        ud = self._engine.close_fd(self._detach_fd(), ignore, reset_if_data, True)
+        self._close_ud = ud
+        return ud
+
+    def _release_close(self):
+        """The held close of the fd (_close_fd's) may close(2) now, or when
+        its ops end (engine.close_release; a closed engine closed it)."""
+        ud, self._close_ud = self._close_ud, 0
+        self._engine.close_release(ud, self._sock_fd)
 
     def _detach_fd(self):
         return self._sock.detach()
@@ -284,6 +300,8 @@ class SocketTransportBase(TransportBase):
                 self._protocol.connection_lost(exc)
         finally:
             self._sock.close()
+            if self._close_ud:
+                self._release_close()
             self._sock = None
             self._protocol = None
             self._loop = None
