@@ -336,9 +336,7 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
             # eof_received and _call_connection_lost are call_soon'd from
             # there, a turn after the poll; from the I/O step here they
             # would run in this turn (decision 885)
-            h = self._end_h = self._loop.call_soon(
-                self._read_end, res, data, context=self._context
-            )
+            h = self._end_h = self._loop.call_soon(self._read_end, res, data, context=self._context)
             self._loop._sched_io_place(h, True)
             return
         self._process(res, data)
