@@ -13,6 +13,7 @@ os.fstat (open, or EBADF)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import gc
 import os
@@ -395,3 +396,79 @@ def test_subprocess_close_closes_its_pipes_where_stock_does(tloop):
         ("pipe_connection_lost", 2, (c, c, c)),
         ("turn", 2, (c, c, c)),
     ]
+
+
+def _no_copy(ctx):
+    raise MemoryError  # as PyContext_Copy without memory
+
+
+@pytest.mark.parametrize("path", ["on_accept", "make_waiting"])
+@pytest.mark.parametrize("kind", ["io_uring", "epoll", "io_uring-fallbacks"])
+def test_an_accepted_fd_is_closed_when_its_context_copy_fails(kind, path, monkeypatch):
+    """The Python accept path (here: debug mode) copies the Acceptor's
+    context for each connection (decision 879); when the copy fails
+    (MemoryError) the accepted fd is closed, as C's accept_record closes
+    it (decision 887), and the client sees the connection end. on_accept:
+    the record's own connection; make_waiting: one that waited over the
+    turn's budget (the waiting fds are made by _make_waiting)."""
+    backend = os.environ.get("URINGLOOP_BACKEND")
+    if backend and backend != kind.split("-")[0]:
+        pytest.skip(f"URINGLOOP_BACKEND={backend}: not {kind}")
+    from uringloop.transports import stream
+
+    gc.collect()
+    before = fd_count()
+    lp = make_loop(kind)
+    lp.set_debug(True)  # the Python path (_on_accept, _make_waiting)
+    errors = []
+    lp.set_exception_handler(lambda loop, context: errors.append(context.get("exception")))
+    made = []
+
+    async def main():
+        def factory():
+            made.append(1)
+            return asyncio.Protocol()
+
+        server = await lp.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        acceptor = lp._acceptors[server.sockets[0]._sock]
+        monkeypatch.setattr(stream, "_ctx_copy", _no_copy)
+        if path == "make_waiting":
+            # a connection that waited over a turn's budget (an fd the
+            # Acceptor owns, in its waiting queue) made by _make_waiting
+            mine, peer = socket.socketpair()
+            acceptor.waiting = collections.deque([mine.detach()])
+            with pytest.raises(MemoryError):
+                acceptor._make_waiting()
+            peer.setblocking(False)
+            try:
+                got = await wait_for(lp.sock_recv(peer, 10))
+            finally:
+                peer.close()
+            server.close()
+            await wait_for(server.wait_closed())
+            return got
+        client = socket.socket()
+        client.setblocking(False)
+        try:
+            await wait_for(lp.sock_connect(client, ("127.0.0.1", port)))
+            got = await wait_for(lp.sock_recv(client, 10))
+        except (ConnectionResetError, MemoryError) as exc:
+            got = exc
+        finally:
+            client.close()
+        server.close()
+        await wait_for(server.wait_closed())
+        return got
+
+    try:
+        try:
+            got = lp.run_until_complete(main())
+        except MemoryError:
+            got = "raised"
+    finally:
+        lp.close()
+    assert made == []
+    assert got == b"" or got == "raised", (got, errors)
+    gc.collect()
+    assert fd_count() == before
