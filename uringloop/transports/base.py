@@ -12,7 +12,9 @@ The socket transports' close (decision 3 of the architecture): the fd goes
 through the engine's ``close_fd`` (cancel every op on it, wait for their final
 records, close), so a reused fd number never meets a stale op and no buffer
 goes while the kernel may write it. ``connection_lost`` does not wait for
-that: it runs when the stock loop would run it (decision 509).
+that: it runs when the stock loop would run it (decision 509). The close(2)
+is held until ``_call_connection_lost`` closes the socket, where stock's
+does (decisions 873, 884).
 """
 
 from __future__ import annotations

@@ -30,7 +30,12 @@ error paths and calls through ``call_soon``); only the I/O differs:
 * ``connection_lost`` runs when the stock loop runs it (decision 509); the
   pipe object is closed then, or, if an op of ours on its fd has not had its
   final record yet (a cancelled op included), when that record comes (or
-  the loop closes), so a reused fd number never meets a stale op.
+  the loop closes), so a reused fd number never meets a stale op. The pipe
+  object owns the fd (stock closes the caller's object), so the engine's
+  held close (873) is not used here (decision 886).
+* A read's EOF or error record goes through a handle placed where the stock
+  reader callback is queued, which call_soon's eof_received and
+  _call_connection_lost, a turn after the poll, as stock's (decision 885).
 """
 
 from __future__ import annotations
