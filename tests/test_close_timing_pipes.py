@@ -135,6 +135,28 @@ def test_a_pipe_is_closed_after_connection_lost_and_its_reader_sees_eof_as_stock
     ]
 
 
+def test_a_reader_closed_before_its_eof_handle_runs_gets_no_eof(tloop):
+    """difffuzz pipe 980008, shrunk (decision 885): the writer's
+    write_eof(); its connection_lost (the pipe closed right after) queues
+    the reader's close(). Stock: the next poll sees the EOF and queues the
+    reader callback behind that close(), which removes the reader (the
+    callback's handle cancelled): no eof_received, only connection_lost.
+    Ours took the EOF in the I/O step and call_soon'd eof_received ahead of
+    the close."""
+    lp = tloop
+    log = []
+
+    async def main():
+        rp, wp, r, w = await _pipe_pair(lp, log)
+        wp.on_lost = lambda: lp.call_soon(rp.transport.close)
+        lp.call_soon(wp.transport.write_eof)
+        await wait_for(wp.done)
+        await wait_for(rp.done)
+
+    run_in(lp, main())
+    assert log == [("w", "lost"), ("r", "lost")]
+
+
 class _Dgram(asyncio.DatagramProtocol):
     def __init__(self, log):
         self.log = log
