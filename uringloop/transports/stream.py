@@ -1272,6 +1272,12 @@ _sched.close_setup(
 )
 
 
+# the Python accept path's copy of the Acceptor's context for a connection
+# (879); a module attribute, so a test can make it fail as PyContext_Copy
+# does without memory (decision 887)
+_ctx_copy = contextvars.Context.copy
+
+
 class Acceptor(_sched.AcceptorCore):
     """One listening socket served by a multishot engine accept.
 
@@ -1364,7 +1370,12 @@ class Acceptor(_sched.AcceptorCore):
                 self.made += 1
                 # in the connection's own copy of the context, as stock's
                 # accept task (decision 879)
-                self._ctx.copy().run(self._connection, res)
+                try:
+                    ctx = _ctx_copy(self._ctx)
+                except BaseException:
+                    os.close(res)  # (MemoryError: closed, as C's accept_record; 887)
+                    raise
+                ctx.run(self._connection, res)
             else:
                 if self.waiting is None:
                     self.waiting = collections.deque()
@@ -1417,7 +1428,13 @@ class Acceptor(_sched.AcceptorCore):
         try:
             while waiting and self.made < _ACCEPT_BUDGET:
                 self.made += 1
-                self._ctx.copy().run(self._connection, waiting.popleft())
+                fd = waiting.popleft()
+                try:
+                    ctx = _ctx_copy(self._ctx)
+                except BaseException:
+                    os.close(fd)  # (MemoryError: closed, as C's accept_record; 887)
+                    raise
+                ctx.run(self._connection, fd)
         finally:  # (stop() empties waiting; an error here leaves the rest to the next turn)
             if self.waiting is waiting:
                 if waiting:
