@@ -916,11 +916,13 @@ class SockMixin:
         blocksize = count if count else fsize
         if not blocksize:
             return 0  # empty file
-        # One sendfile(2) now, each next one from the writability poll's
-        # record, as the stock loop's writer callback makes it (decision
-        # 858): in the turn the socket is found writable, not a turn later
-        # in the resumed task, after the turn's other callbacks (a hook that
-        # closes the transport) ran. A sendfile(2) that sent something is
+        # One sendfile(2) now, each next one where the stock loop's writer
+        # callback (_sock_sendfile_native_impl) makes it (decision 858): in
+        # the turn the socket is found writable, not a turn later in the
+        # resumed task, after the turn's other callbacks (a hook that closes
+        # the transport) ran; from the poll's record, or from a handle placed
+        # where stock's select queues its writer when callbacks _ready held
+        # come first (decision 890). A sendfile(2) that sent something is
         # followed by that wait, the last too (decision 614).
         fd = sock.fileno()
         fut = self.create_future()
@@ -928,6 +930,8 @@ class SockMixin:
         total = 0
         ud = 0  # the writability poll in flight, 0 when none
         token = 0  # which poll's record ready() waits for (stale ones dropped)
+        queued = None  # the writer's handle in _ready, and the poll's result
+        aborted = False  # an abort() closed the socket while it was not writable
 
         def end(exc=None):
             # the file's position after the bytes sent, then the result
@@ -950,7 +954,7 @@ class SockMixin:
             except Exception as exc:
                 end(exc)
 
-        def step():
+        def step(again):
             nonlocal offset, total
             size = min(count - total, _SENDFILE_CHUNK) if count else _SENDFILE_CHUNK
             if size <= 0:
@@ -967,6 +971,11 @@ class SockMixin:
                 wait()
                 return
             except OSError as exc:
+                if again and exc.errno == errno.ENOTCONN and type(exc) is not ConnectionError:
+                    # stock's normalisation after the first call (decision 891)
+                    err = ConnectionError("socket is not connected", errno.ENOTCONN)
+                    err.__cause__ = exc
+                    exc = err
                 if total == 0:
                     err = exceptions.SendfileNotAvailableError("os.sendfile call failed")
                     err.__cause__ = exc
@@ -982,41 +991,104 @@ class SockMixin:
             wait()
 
         def ready(mine, res):
-            nonlocal ud
-            if mine != token or fut is None or fut.done():
-                return  # stale, or cancelled
+            nonlocal ud, queued
+            if mine != token or fut is None:
+                return  # stale, or the task has ended
             ud = 0
-            if res < 0 and sock.fileno() == fd:
-                end(_error(res))
+            if res < 0 and aborted and sock.fileno() != fd and _writable_now(fd, True):
+                # the poll an abort() cancelled, the socket writable now
+                # and not closed yet (its close(2) waits for
+                # _call_connection_lost): stock's writer, still registered,
+                # is queued by this select, behind that close (decision 892)
+                res = 0x004
+            if loop._sched_ahead():
+                # stock's writer handle runs behind what _ready held at its
+                # select (and before what this batch's callbacks schedule):
+                # placed there, as an add_writer callback is (decision 890)
+                h = loop.call_soon(writer, res)
+                loop._sched_io_place(h, True)
+                queued = (h, res)
                 return
-            step()  # (a poll the transport's close cancelled: EBADF there)
+            writer(res)
 
-        def before_close():
+        def writer(res):
+            # stock's _sock_sendfile_native_impl run by its writer callback
+            nonlocal queued
+            queued = None
+            if fut is None:
+                return
+            if fut.cancelled():
+                # cancelled by a callback that ran ahead of the writer in
+                # its turn: stock's impl sets the file's position and returns
+                if total > 0:
+                    os.lseek(fileno, offset, os.SEEK_SET)
+                return
+            if fut.done():
+                return
+            if res < 0:
+                if sock.fileno() == fd:
+                    end(_error(res))
+                # else the poll the socket's close cancelled: stock's writer
+                # went with the fd and its sendfile never ends (decision 892)
+                return
+            step(True)
+
+        def before_close(removed):
             # the transport closes fd now (decision 860), where the stock
             # loop closes it in _call_connection_lost, after the writer
             # callback its last select queued: if the socket is writable,
-            # the next sendfile(2) is made first, as there
-            nonlocal ud
-            if not ud or fut is None or fut.done() or not _writable_now(fd):
+            # the next sendfile(2) is made first, as there. removed: the
+            # transport's close(), which removes stock's writer (its queued
+            # handle too): the sendfile then never ends (decision 892)
+            nonlocal ud, queued, token, aborted
+            if fut is None or fut.done():
+                return
+            if removed:
+                token += 1  # the poll's record, if any, is dropped
+                if queued is not None:
+                    queued[0].cancel()
+                    queued = None
+                if ud:
+                    if not engine.closed:
+                        engine.cancel(ud)
+                    ud = 0
+                return
+            if queued is not None:
+                # stock's writer handle is queued ahead of the
+                # _call_connection_lost the close queues (decision 890)
+                h, res = queued
+                h.cancel()
+                writer(res)
+                return
+            if not ud:
+                return
+            if not _writable_now(fd):
+                aborted = True  # (ready() asks again at the poll's record)
                 return
             if not engine.closed:
                 engine.cancel(ud)
             ud = 0
-            step()
+            token += 1  # (its record is dropped)
+            step(True)
 
-        step()
+        loop = self
+        step(False)
         sendfiling = self._sendfiling
         if not fut.done():
             sendfiling[fd] = before_close
         try:
             return await fut
         except _CancelledError:
+            # stock's cancellation callback removes the writer (its queued
+            # handle too) and leaves the file's position as it was
+            # (decision 891)
             if ud:
                 if not engine.closed:
                     engine.cancel(ud)
                 ud = 0
-                if total > 0:
-                    os.lseek(fileno, offset, os.SEEK_SET)
+            if queued is not None:
+                queued[0].cancel()
+                queued = None
             raise
         finally:
             if sendfiling.get(fd) is before_close:
@@ -1044,12 +1116,16 @@ class SockMixin:
             raise
 
 
-def _writable_now(fd):
+def _writable_now(fd, open_only=False):
     """fd polls writable (or in error, which the stock selector's write
-    interest reports too) at this moment: one poll(2), no wait."""
+    interest reports too) at this moment: one poll(2), no wait. open_only:
+    not for a closed fd (POLLNVAL)."""
     p = select.poll()
     p.register(fd, select.POLLOUT)
-    return bool(p.poll(0))
+    ready = p.poll(0)
+    if open_only:
+        return any(ev & ~select.POLLNVAL for _, ev in ready)
+    return bool(ready)
 
 
 # A stream receive asked for more than a pool buffer and the buffer came back

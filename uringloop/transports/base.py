@@ -12,7 +12,9 @@ The socket transports' close (decision 3 of the architecture): the fd goes
 through the engine's ``close_fd`` (cancel every op on it, wait for their final
 records, close), so a reused fd number never meets a stale op and no buffer
 goes while the kernel may write it. ``connection_lost`` does not wait for
-that: it runs when the stock loop would run it (decision 509).
+that: it runs when the stock loop would run it (decision 509). The close(2)
+is held until ``_call_connection_lost`` closes the socket, where stock's
+does (decisions 873, 884).
 """
 
 from __future__ import annotations
@@ -101,6 +103,8 @@ class SocketTransportBase(TransportBase):
 
     __slots__ = ()
 
+    _close_ud = 0  # _close_fd's held close, until released (decision 884)
+
     def _init_socket(self, loop, sock, share=False):
         """The stock transport's extra info, and the socket. Asked for when
         the transport is made, as stock (a peer that resets the connection
@@ -163,6 +167,10 @@ class SocketTransportBase(TransportBase):
         if self._has_sock():
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._sock.close()
+            if self._close_ud:
+                # closed, collected before its _call_connection_lost ran:
+                # the held close goes now (decision 884)
+                self._release_close()
             self._unclosed()
 
     def _unclosed(self):
@@ -270,8 +278,18 @@ class SocketTransportBase(TransportBase):
         if self._engine.closed or self._sock_closed():
             self._sock.close()
             return None
-        # its user_data; reset_if_data: engine.close_fd's (decision 497)
-        return self._engine.close_fd(self._detach_fd(), ignore, reset_if_data)
+        # its user_data; reset_if_data: engine.close_fd's (decision 497);
+        # the close(2) held until _call_connection_lost closes the socket,
+        # as stock's (decision 884; the stream transports', 873)
+        ud = self._engine.close_fd(self._detach_fd(), ignore, reset_if_data, True)
+        self._close_ud = ud
+        return ud
+
+    def _release_close(self):
+        """The held close of the fd (_close_fd's) may close(2) now, or when
+        its ops end (engine.close_release; a closed engine closed it)."""
+        ud, self._close_ud = self._close_ud, 0
+        self._engine.close_release(ud, self._sock_fd)
 
     def _detach_fd(self):
         return self._sock.detach()
@@ -284,6 +302,8 @@ class SocketTransportBase(TransportBase):
                 self._protocol.connection_lost(exc)
         finally:
             self._sock.close()
+            if self._close_ud:
+                self._release_close()
             self._sock = None
             self._protocol = None
             self._loop = None

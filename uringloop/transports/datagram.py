@@ -22,8 +22,11 @@ What the engine gives a datagram transport, and how this module uses it:
   kernel says EAGAIN do datagrams queue, in order, behind a one-shot engine
   poll for writability, and the protocol is paused past the high-water mark.
 * Closing goes through the engine's ``close_fd`` (cancel every op on the fd,
-  wait for their final records, close): ``connection_lost`` runs exactly once,
-  after the fd is really closed, so a reused fd number never meets a stale op.
+  wait for their final records, close), held: the close(2) also waits for
+  ``_call_connection_lost``, which releases it where the stock transport
+  closes its socket, after ``connection_lost`` (decision 884; a transport
+  collected first releases it in ``__del__``, a closed loop has closed it).
+  A reused fd number never meets a stale op.
 """
 
 from __future__ import annotations

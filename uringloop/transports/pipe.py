@@ -30,7 +30,12 @@ error paths and calls through ``call_soon``); only the I/O differs:
 * ``connection_lost`` runs when the stock loop runs it (decision 509); the
   pipe object is closed then, or, if an op of ours on its fd has not had its
   final record yet (a cancelled op included), when that record comes (or
-  the loop closes), so a reused fd number never meets a stale op.
+  the loop closes), so a reused fd number never meets a stale op. The pipe
+  object owns the fd (stock closes the caller's object), so the engine's
+  held close (873) is not used here (decision 886).
+* A read's EOF or error record goes through a handle placed where the stock
+  reader callback is queued, which call_soon's eof_received and
+  _call_connection_lost, a turn after the poll, as stock's (decision 885).
 """
 
 from __future__ import annotations
@@ -188,6 +193,7 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
     # a bytes below glibc's mmap threshold (128 KiB), as is a turn's bytes
     read_size = 64 * 1024
     _grew = 0  # what the pipe's growth took from the budget (decision 581)
+    _end_h = None  # the EOF or error record's handle, queued as stock's reader (885)
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         super().__init__(extra)
@@ -288,7 +294,7 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
         self._core.rfast = not (self._paused or self._closing or self._held)
 
     def _start_reading(self):
-        if self._ud is None and self.is_reading() and not self._held:
+        if self._ud is None and self.is_reading() and not self._held and self._end_h is None:
             self._ud = self._engine.poll(
                 self._fileno, select.POLLIN, self._core, level=engine.POLL_KEPT
             )
@@ -328,6 +334,28 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
                         and self._held_bytes >= self.max_size):
                     self._cancelled = True  # enough held: leave the rest in the pipe
                     self._engine.cancel(self._ud)
+            return
+        if res <= 0:
+            # EOF or a read error: the stock reader callback (_read_ready)
+            # runs from _ready, where the selector queued it, and its
+            # eof_received and _call_connection_lost are call_soon'd from
+            # there, a turn after the poll; from the I/O step here they
+            # would run in this turn (decision 885)
+            h = self._end_h = self._loop.call_soon(self._read_end, res, data, context=self._context)
+            self._loop._sched_io_place(h, True)
+            return
+        self._process(res, data)
+
+    def _read_end(self, res, data):
+        """The EOF or error record, from the turn's _ready (as stock's reader
+        callback); paused since: held for resume_reading (stock's pause
+        removed its reader: it reads the EOF again when resumed)."""
+        self._end_h = None
+        if self._closing:
+            return
+        if self._paused or self._held:
+            self._held.append((res, data))
+            self._sync()
             return
         self._process(res, data)
 
@@ -417,6 +445,9 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
 
     def _close(self, exc):
         self._closing = True
+        if self._end_h is not None:  # stock's _remove_reader cancels its handle
+            self._end_h.cancel()
+            self._end_h = None
         self._core.rsize = 0  # what is still in the pipe stays there, as stock
         self._core.rgrow = 0
         self._grow_to = 0

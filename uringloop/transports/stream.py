@@ -925,6 +925,11 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         if self._closing:
             return  # the send failed: _fatal_error closed
         self._closing = True
+        sendfiling = self._loop._sendfiling
+        if sendfiling and c.fd in sendfiling and not c.buffer:
+            # a loop.sendfile on this transport: stock's close() removes its
+            # writer, and the sendfile waits on (decision 892)
+            sendfiling[c.fd](True)
         ud = c.recv_ud  # _stop_reading, written out (decision 621)
         if ud and not self._engine.closed:
             self._engine.cancel(ud)
@@ -1050,8 +1055,8 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         if sendfiling and c.fd in sendfiling:
             # a loop.sendfile on this transport: its next sendfile(2) first
             # if the socket is writable, as the stock writer callback's
-            # before _call_connection_lost's close (decision 860)
-            sendfiling[c.fd]()
+            # before _call_connection_lost's close (decisions 860, 890)
+            sendfiling[c.fd](False)
         kind = self._sockobj
         inet = getattr(kind, "family", None) in _INET
         # (_has_unread's own quick answer first: no call when nothing is held)
@@ -1267,6 +1272,12 @@ _sched.close_setup(
 )
 
 
+# the Python accept path's copy of the Acceptor's context for a connection
+# (879); a module attribute, so a test can make it fail as PyContext_Copy
+# does without memory (decision 887)
+_ctx_copy = contextvars.Context.copy
+
+
 class Acceptor(_sched.AcceptorCore):
     """One listening socket served by a multishot engine accept.
 
@@ -1359,7 +1370,12 @@ class Acceptor(_sched.AcceptorCore):
                 self.made += 1
                 # in the connection's own copy of the context, as stock's
                 # accept task (decision 879)
-                self._ctx.copy().run(self._connection, res)
+                try:
+                    ctx = _ctx_copy(self._ctx)
+                except BaseException:
+                    os.close(res)  # (MemoryError: closed, as C's accept_record; 887)
+                    raise
+                ctx.run(self._connection, res)
             else:
                 if self.waiting is None:
                     self.waiting = collections.deque()
@@ -1412,7 +1428,13 @@ class Acceptor(_sched.AcceptorCore):
         try:
             while waiting and self.made < _ACCEPT_BUDGET:
                 self.made += 1
-                self._ctx.copy().run(self._connection, waiting.popleft())
+                fd = waiting.popleft()
+                try:
+                    ctx = _ctx_copy(self._ctx)
+                except BaseException:
+                    os.close(fd)  # (MemoryError: closed, as C's accept_record; 887)
+                    raise
+                ctx.run(self._connection, fd)
         finally:  # (stop() empties waiting; an error here leaves the rest to the next turn)
             if self.waiting is waiting:
                 if waiting:
