@@ -21,20 +21,11 @@ import warnings
 
 import pytest
 from conftest import make_loop
-from transport_helpers import fd_count, run_in, tloop, wait_for
+from transport_helpers import fd_count, fd_state, run_in, tloop, wait_for
 
 assert tloop  # a fixture, imported for the tests below
 
 _LINGER0 = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close(2) resets
-
-
-def _probe(fd):
-    """'open' while fd names a file, else the errno's name (EBADF)."""
-    try:
-        os.fstat(fd)
-    except OSError as exc:
-        return errno.errorcode[exc.errno]
-    return "open"
 
 
 class End(asyncio.Protocol):
@@ -135,13 +126,13 @@ def test_the_fd_is_open_until_connection_lost_and_closed_right_after(tloop, how,
         me, peer = (a, b) if side == "client" else (b, a)
         fd = me.fd
         seen = {}
-        me.on_lost = lambda: seen.setdefault("in connection_lost", _probe(fd))
+        me.on_lost = lambda: seen.setdefault("in connection_lost", fd_state(fd))
 
         def act():
-            seen["before"] = _probe(fd)
+            seen["before"] = fd_state(fd)
             getattr(me.transport, how)()
-            seen["after " + how] = _probe(fd)
-            lp.call_soon(lambda: seen.setdefault("next callback", _probe(fd)))
+            seen["after " + how] = fd_state(fd)
+            lp.call_soon(lambda: seen.setdefault("next callback", fd_state(fd)))
 
         lp.call_soon(act)
         await wait_for(me.done)
@@ -273,12 +264,12 @@ def test_abort_with_unsent_data_keeps_the_fd_until_connection_lost(tloop):
         assert a.transport.get_write_buffer_size() > 0
         fd = a.fd
         seen = {}
-        a.on_lost = lambda: seen.setdefault("in connection_lost", _probe(fd))
+        a.on_lost = lambda: seen.setdefault("in connection_lost", fd_state(fd))
 
         def act():
             a.transport.abort()
-            seen["after abort"] = _probe(fd)
-            lp.call_soon(lambda: seen.setdefault("next callback", _probe(fd)))
+            seen["after abort"] = fd_state(fd)
+            lp.call_soon(lambda: seen.setdefault("next callback", fd_state(fd)))
 
         lp.call_soon(act)
         await wait_for(a.done)
@@ -326,7 +317,7 @@ def test_loop_close_with_a_closed_transport_not_yet_lost_leaks_no_fd(kind):
     lp.run_forever()  # runs act(), stops before the lost handle
     fd = state["fd"]
     assert not any(e[0] == "a" and e[1] == "lost" for e in log), log
-    assert _probe(fd) == "open"
+    assert fd_state(fd) == "open"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         lp.close()  # (the lost handle never runs)
@@ -334,10 +325,10 @@ def test_loop_close_with_a_closed_transport_not_yet_lost_leaks_no_fd(kind):
         str(w.message) for w in caught
     ]
     if kind != "stock":
-        assert _probe(fd) == "EBADF"  # ul_free closed it (decision 873)
+        assert fd_state(fd) == "EBADF"  # ul_free closed it (decision 873)
     state.clear()  # (the protocol holds its transport, and that its socket)
     gc.collect()
-    assert _probe(fd) == "EBADF"
+    assert fd_state(fd) == "EBADF"
     assert fd_count() == before
 
 
@@ -356,7 +347,7 @@ def test_a_closed_transport_collected_before_its_lost_handle_ran_closes_its_fd(t
         state["fd"] = fd = a.fd
         tr = a.transport
         tr.close()
-        assert _probe(fd) == "open"
+        assert fd_state(fd) == "open"
         mine = [h for h in lp._ready if getattr(h._callback, "__self__", None) is tr]
         assert len(mine) == 1, list(lp._ready)
         lp._ready.remove(mine[0])
@@ -365,7 +356,7 @@ def test_a_closed_transport_collected_before_its_lost_handle_ran_closes_its_fd(t
         for _ in range(3):  # (ours: the cancelled receive's last record, which holds it)
             await asyncio.sleep(0)
         gc.collect()
-        state["after gc"] = _probe(fd)
+        state["after gc"] = fd_state(fd)
         b.transport.close()
         await wait_for(b.done)
         server.close()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import errno
 import gc
 import os
 import socket
@@ -24,18 +23,9 @@ import warnings
 
 import pytest
 from conftest import make_loop
-from transport_helpers import fd_count, run_in, tloop, wait_for
+from transport_helpers import fd_count, fd_state, run_in, tloop, wait_for
 
 assert tloop  # a fixture, imported for the tests below
-
-
-def _probe(fd):
-    """'open' while fd names a file, else the errno's name (EBADF)."""
-    try:
-        os.fstat(fd)
-    except OSError as exc:
-        return errno.errorcode[exc.errno]
-    return "open"
 
 
 class _PipeEnd(asyncio.Protocol):
@@ -89,25 +79,25 @@ def test_a_pipe_is_closed_after_connection_lost_and_its_reader_sees_eof_as_stock
         me, fd = (rp, r) if how == "read-close" else (wp, w)
 
         def on_lost():
-            log.append(("in connection_lost", _probe(fd)))
-            lp.call_soon(lambda: log.append(("queued in connection_lost", _probe(fd))))
+            log.append(("in connection_lost", fd_state(fd)))
+            lp.call_soon(lambda: log.append(("queued in connection_lost", fd_state(fd))))
 
         me.on_lost = on_lost
         turn = [0]
 
         def ticker():
             turn[0] += 1
-            log.append(("turn", turn[0], _probe(fd)))
+            log.append(("turn", turn[0], fd_state(fd)))
             if turn[0] < 4:
                 lp.call_soon(ticker)
 
         def act():
-            log.append(("before", _probe(fd)))
+            log.append(("before", fd_state(fd)))
             if how == "write-abort":
                 wp.transport.abort()
             else:
                 me.transport.close()
-            log.append(("after", _probe(fd)))
+            log.append(("after", fd_state(fd)))
             lp.call_soon(ticker)
 
         lp.call_soon(act)
@@ -164,7 +154,7 @@ class _Dgram(asyncio.DatagramProtocol):
         self.done = asyncio.get_running_loop().create_future()
 
     def connection_lost(self, exc):
-        self.log.append(("in connection_lost", _probe(self.fd)))
+        self.log.append(("in connection_lost", fd_state(self.fd)))
         self.done.set_result(exc)
 
 
@@ -207,10 +197,10 @@ def test_a_datagram_transport_keeps_its_fd_until_connection_lost(tloop, family, 
         fd = p.fd
 
         def act():
-            log.append(("before", _probe(fd)))
+            log.append(("before", fd_state(fd)))
             getattr(tr, how)()
-            log.append(("after", _probe(fd)))
-            lp.call_soon(lambda: log.append(("next callback", _probe(fd))))
+            log.append(("after", fd_state(fd)))
+            lp.call_soon(lambda: log.append(("next callback", fd_state(fd))))
 
         lp.call_soon(act)
         await wait_for(p.done)
@@ -296,15 +286,15 @@ def test_loop_close_with_a_closed_transport_not_yet_lost_leaks_no_fd(kind, what)
     lp.call_soon(act)
     lp.run_forever()
     fd = state["fd"]
-    assert _probe(fd) == "open"
+    assert fd_state(fd) == "open"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         lp.close()  # (the lost handle never runs)
         if kind != "stock" and what in ("udp", "unix"):
-            assert _probe(fd) == "EBADF"  # ul_free made the held close
+            assert fd_state(fd) == "EBADF"  # ul_free made the held close
         state.clear()
         gc.collect()
-    assert _probe(fd) == "EBADF"
+    assert fd_state(fd) == "EBADF"
     assert fd_count() == before
 
 
@@ -329,7 +319,7 @@ def test_a_closed_transport_collected_before_its_lost_handle_ran_closes_its_fd(t
             other = rp if p is wp else wp
             tr = p.transport
         tr.close()
-        assert _probe(fd) == "open"
+        assert fd_state(fd) == "open"
         mine = [h for h in lp._ready if getattr(h._callback, "__self__", None) is tr]
         assert len(mine) == 1, list(lp._ready)
         lp._ready.remove(mine[0])
@@ -340,7 +330,7 @@ def test_a_closed_transport_collected_before_its_lost_handle_ran_closes_its_fd(t
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             gc.collect()
-        state["after gc"] = _probe(fd)
+        state["after gc"] = fd_state(fd)
         if what not in ("udp", "unix"):
             if not other.transport.is_closing():
                 other.transport.close()
@@ -366,7 +356,7 @@ def test_subprocess_close_closes_its_pipes_where_stock_does(tloop):
         fds = []
 
         def probes():
-            return tuple(_probe(x) for x in fds)
+            return tuple(fd_state(x) for x in fds)
 
         class SP(asyncio.SubprocessProtocol):
             def pipe_connection_lost(self, fd, exc):

@@ -15,6 +15,7 @@ must be back where it was before the loop was made, so no test leaks an fd
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import os
 import socket
@@ -44,6 +45,16 @@ def open_fds() -> dict[int, str]:
         except OSError:
             pass  # the fd listdir itself used, closed by now
     return out
+
+
+def fd_state(fd: int) -> str:
+    """'open' while fd names a file, else the errno's name (EBADF): where a
+    closed transport's close(2) has happened (decisions 873, 884)."""
+    try:
+        os.fstat(fd)
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+    return "open"
 
 
 def fd_count() -> int:

@@ -1368,14 +1368,7 @@ class Acceptor(_sched.AcceptorCore):
                 self.turn, self.made = turn, 0
             if self.waiting is None and self.made < _ACCEPT_BUDGET:
                 self.made += 1
-                # in the connection's own copy of the context, as stock's
-                # accept task (decision 879)
-                try:
-                    ctx = _ctx_copy(self._ctx)
-                except BaseException:
-                    os.close(res)  # (MemoryError: closed, as C's accept_record; 887)
-                    raise
-                ctx.run(self._connection, res)
+                self._connect_copied(res)
             else:
                 if self.waiting is None:
                     self.waiting = collections.deque()
@@ -1415,6 +1408,17 @@ class Acceptor(_sched.AcceptorCore):
         if not more:
             self.start()
 
+    def _connect_copied(self, fd):
+        """_connection(fd) in the connection's own copy of the context, as
+        stock's accept task (decision 879); a copy that fails (MemoryError)
+        closes the fd first, as C's accept_record (decision 887)."""
+        try:
+            ctx = _ctx_copy(self._ctx)
+        except BaseException:
+            os.close(fd)
+            raise
+        ctx.run(self._connection, fd)
+
     def _make_waiting(self, again=False):
         """Up to the budget of the waiting connections. again: queued by
         this method from _ready, so this is a later turn (the first call may
@@ -1428,13 +1432,7 @@ class Acceptor(_sched.AcceptorCore):
         try:
             while waiting and self.made < _ACCEPT_BUDGET:
                 self.made += 1
-                fd = waiting.popleft()
-                try:
-                    ctx = _ctx_copy(self._ctx)
-                except BaseException:
-                    os.close(fd)  # (MemoryError: closed, as C's accept_record; 887)
-                    raise
-                ctx.run(self._connection, fd)
+                self._connect_copied(waiting.popleft())
         finally:  # (stop() empties waiting; an error here leaves the rest to the next turn)
             if self.waiting is waiting:
                 if waiting:
