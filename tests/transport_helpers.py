@@ -57,6 +57,15 @@ def fd_state(fd: int) -> str:
     return "open"
 
 
+def drop_lost_handle(lp, tr) -> None:
+    """Take tr's one queued handle (its _call_connection_lost, after close())
+    out of lp's _ready: the transport then never reaches it, as one
+    collected before it runs (decisions 873, 884)."""
+    mine = [h for h in lp._ready if getattr(h._callback, "__self__", None) is tr]
+    assert len(mine) == 1, list(lp._ready)
+    lp._ready.remove(mine[0])
+
+
 def fd_count() -> int:
     return len(open_fds())
 
