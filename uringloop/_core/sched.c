@@ -1353,9 +1353,10 @@ static PyObject *Table_close_fd(Table *t, PyObject *const *args, Py_ssize_t narg
     int reset = get_bool(a[2], 0), hold = get_bool(a[3], 0);
     if (reset < 0 || hold < 0)
         return NULL;
-    reset |= hold ? 2 : 0; /* engine.h's flags: UL_CLOSE_RESET_IF_DATA 1, UL_CLOSE_HOLD 2 (873) */
+    /* engine.h's flags: UL_CLOSE_RESET_IF_DATA 1, UL_CLOSE_HOLD 2 (873) */
+    int flags = (reset ? 1 : 0) | (hold ? 2 : 0);
     uint64_t ud = table_take(t, a[1], NULL, 0);
-    return ud ? submitted(t, ud, t->close_fd(t->engine, ud, fd, reset)) : NULL;
+    return ud ? submitted(t, ud, t->close_fd(t->engine, ud, fd, flags)) : NULL;
 }
 
 static PyObject *Table_cancel(Table *t, PyObject *arg)
