@@ -1,6 +1,7 @@
 """The driver of the third-party suites, tools/thirdparty_suite.py (decisions
 438, 449, 466, 470), without the suites: its summary, its test dependencies,
-its `--tests` paths and its requirements file's one-by-one fallback.
+its `--tests` paths, its requirements file's one-by-one fallback, and
+`--python`/`--uringloop` (another interpreter and a tree built for it, 913).
 
 No network and no venv: subprocess.run is replaced where the driver would
 call pip or pytest.
@@ -129,3 +130,45 @@ def test_requirements_fall_back_to_one_pin_at_a_time(driver, tmp_path, monkeypat
     assert [c[-1] for c in calls[2:]] == ["good==1", "bad==2"]
     assert "test.txt: would not install: ['bad==2']" in capsys.readouterr().out
     assert (venv / ".aiohttp-3.0-installed").exists()
+
+
+def test_python_and_uringloop_options(driver, tmp_path, monkeypatch):
+    """--python makes the venv; --uringloop's tree comes first on the runs'
+    PYTHONPATH, this checkout's tools/ after it (decision 913)."""
+    calls = []
+
+    def fake_run(cmd, check=False, **kw):
+        calls.append((cmd, kw.get("env")))
+        if "stdout" in kw:
+            kw["stdout"].write(" 1 passed in 0.01s\n")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(driver.subprocess, "run", fake_run)
+    monkeypatch.setattr(driver, "test_deps", lambda suite, src: [])
+    suite = driver.SUITES["anyio"]
+    (tmp_path / "venv").mkdir()
+    driver.make_venv(suite, tmp_path / "venv", tmp_path, [], "/opt/py3.13/bin/python")
+    assert calls[0][0] == ["/opt/py3.13/bin/python", "-m", "venv", str(tmp_path / "venv")]
+    tree = tmp_path / "tree313"
+    driver.run_way(suite, Path("py"), tmp_path, tmp_path, "io_uring", [], tree=tree)
+    cmd, env = calls[-1]
+    assert cmd[:3] == ["py", "-m", "pytest"]
+    assert env["PYTHONPATH"].split(":") == [str(tree), str(TOOLS)]
+    assert env["URINGLOOP_BACKEND"] == "io_uring"
+
+
+def test_uringloop_tree_is_checked(driver, tmp_path):
+    """The venv's interpreter must import uringloop's built modules from the
+    tree given, not fail and not find another copy (this checkout, the
+    cwd here, among them: decision 913)."""
+    tree = tmp_path / "tree"
+    (tree / "uringloop").mkdir(parents=True)
+    (tree / "uringloop" / "__init__.py").write_text("")
+    (tree / "uringloop" / "_sched.py").write_text("")  # stands for the built module
+    found = driver.check_uringloop(Path(sys.executable), tree)
+    assert found == f"{sys.version.split()[0]} {tree / 'uringloop' / '__init__.py'}"
+    (tree / "uringloop" / "_sched.py").unlink()  # an unbuilt tree
+    with pytest.raises(SystemExit, match="does not import uringloop built in"):
+        driver.check_uringloop(Path(sys.executable), tree)
+    with pytest.raises(SystemExit, match="does not import uringloop built in"):
+        driver.check_uringloop(Path(sys.executable), tmp_path / "empty")

@@ -318,7 +318,9 @@ def test_deps(suite: Suite, src: Path) -> list[str]:
     return out
 
 
-def make_venv(suite: Suite, venv: Path, src: Path, skip: list[str], python: str) -> Path:
+def make_venv(
+    suite: Suite, venv: Path, src: Path, skip: list[str], python: str = sys.executable
+) -> Path:
     py = venv / "bin" / "python"
     stamp = venv / f".{src.name}-installed"
     if not py.exists():
@@ -367,8 +369,10 @@ def check_uringloop(py: Path, tree: Path) -> str:
     code = (
         "import sys, uringloop, uringloop._sched; print(sys.version.split()[0], uringloop.__file__)"
     )
+    # cwd "/": python -c puts its cwd first on sys.path (a checkout there would
+    # be imported instead)
     proc = subprocess.run(
-        [str(py), "-c", code], env=env, capture_output=True, text=True, check=False
+        [str(py), "-c", code], env=env, cwd=os.sep, capture_output=True, text=True, check=False
     )
     where = proc.stdout.split()[-1] if proc.returncode == 0 and proc.stdout.split() else ""
     if not where.startswith(str(tree) + os.sep):
