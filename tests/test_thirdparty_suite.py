@@ -35,19 +35,35 @@ def _junit(path: Path, cases: dict[str, str]) -> None:
     body = []
     for tid, kind in cases.items():
         cls, name = tid.rsplit("::", 1)
-        inner = {"passed": "", "failed": "<failure/>", "error": "<error/>",
-                 "skipped": "<skipped/>"}[kind]
+        inner = {
+            "passed": "",
+            "failed": "<failure/>",
+            "error": "<error/>",
+            "skipped": "<skipped/>",
+        }[kind]
         body.append(f'<testcase classname="{cls}" name="{name}">{inner}</testcase>')
     path.write_text(f"<testsuites><testsuite>{''.join(body)}</testsuite></testsuites>")
 
 
 def test_summary_counts_modules_and_candidates(driver, tmp_path):
-    _junit(tmp_path / "stock.xml", {"tests.test_a::t1": "passed", "tests.test_a::t2": "passed",
-                                    "tests.test_b::t3": "failed",
-                                    "tests.test_b.TestC::t4": "skipped"})
-    _junit(tmp_path / "io_uring.xml", {"tests.test_a::t1": "passed", "tests.test_a::t2": "error",
-                                       "tests.test_b::t3": "passed",
-                                       "tests.test_b.TestC::t4": "skipped"})
+    _junit(
+        tmp_path / "stock.xml",
+        {
+            "tests.test_a::t1": "passed",
+            "tests.test_a::t2": "passed",
+            "tests.test_b::t3": "failed",
+            "tests.test_b.TestC::t4": "skipped",
+        },
+    )
+    _junit(
+        tmp_path / "io_uring.xml",
+        {
+            "tests.test_a::t1": "passed",
+            "tests.test_a::t2": "error",
+            "tests.test_b::t3": "passed",
+            "tests.test_b.TestC::t4": "skipped",
+        },
+    )
     text = driver.summarize(tmp_path, ["stock", "io_uring"])
     assert "stock     passed 2  failed 1  error 0  skipped 1" in text
     assert "io_uring  passed 2  failed 0  error 1  skipped 1" in text
@@ -64,20 +80,28 @@ def test_summary_counts_modules_and_candidates(driver, tmp_path):
     assert (tmp_path / "summary.txt").read_text() == text
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="the driver reads pyproject.toml with "
-                    "tomllib (3.11+; it runs on the dev interpreter)")
+@pytest.mark.skipif(
+    sys.version_info < (3, 11),
+    reason="the driver reads pyproject.toml with tomllib (3.11+; it runs on the dev interpreter)",
+)
 def test_deps_from_group_extras_and_named(driver, tmp_path):
     (tmp_path / "pyproject.toml").write_text(
         '[project]\nname = "starlette"\n'
         '[project.optional-dependencies]\nfull = ["jinja2", "httpx>=0.27"]\n'
         '[dependency-groups]\ndev = ["starlette[full]", "mypy>=1", "trio>=0.3", '
-        '"pytest-codspeed", "blockbuster"]\n')
+        '"pytest-codspeed", "blockbuster"]\n'
+    )
     assert driver.test_deps(driver.SUITES["starlette"], tmp_path) == [
-        "trio>=0.3", "blockbuster", "jinja2", "httpx>=0.27"]
+        "trio>=0.3",
+        "blockbuster",
+        "jinja2",
+        "httpx>=0.27",
+    ]
     (tmp_path / "pyproject.toml").write_text(
         '[project]\nname = "httpx"\n[project.optional-dependencies]\n'
         'brotli = ["brotli"]\ncli = ["click==8.*"]\nhttp2 = ["h2"]\nsocks = ["socksio"]\n'
-        'zstd = ["zstandard"]\n')
+        'zstd = ["zstandard"]\n'
+    )
     deps = driver.test_deps(driver.SUITES["httpx"], tmp_path)
     assert deps[:5] == ["chardet", "cryptography", "trio", "trustme", "uvicorn"]
     assert deps[5:] == ["brotli", "click==8.*", "h2", "socksio", "zstandard"]
@@ -93,8 +117,9 @@ def test_tests_option_replaces_the_suite_paths(driver, tmp_path, monkeypatch):
 
     monkeypatch.setattr(driver.subprocess, "run", fake_run)
     suite = driver.SUITES["aiohttp"]
-    driver.run_way(suite, Path("py"), tmp_path, tmp_path, "epoll", ["-k", "x"],
-                   ["tests/test_loop.py"])
+    driver.run_way(
+        suite, Path("py"), tmp_path, tmp_path, "epoll", ["-k", "x"], ["tests/test_loop.py"]
+    )
     driver.run_way(suite, Path("py"), tmp_path, tmp_path, "stock", [])
     assert seen[0][-3:] == ["-k", "x", "tests/test_loop.py"]
     assert seen[0][seen[0].index("-p") + 1] == "thirdparty_aiohttp_plugin"
@@ -107,7 +132,8 @@ def test_requirements_fall_back_to_one_pin_at_a_time(driver, tmp_path, monkeypat
     (src / "requirements").mkdir(parents=True)
     (src / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: aiohttp\nVersion: 3.0\n")
     (src / "requirements" / "test.txt").write_text(
-        "-r base.txt\naiohttp==3.0\ngood==1  # a comment\nbad==2\n")
+        "-r base.txt\naiohttp==3.0\ngood==1  # a comment\nbad==2\n"
+    )
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").touch()
