@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Where a one-connection round trip's time goes, server and client (decisions 909-911).
+"""Where a one-connection round trip's time goes, server and client (decisions 909-912).
 
     python benchmarks/c1gaps.py --loops rsloop,uringloop-io_uring
     python benchmarks/c1gaps.py --workload echo-1k-c1-sock-tcp --reps 3
