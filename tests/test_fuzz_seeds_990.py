@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import tempfile
 
 import pytest
@@ -65,8 +66,15 @@ class _KeptOpen(asyncio.Protocol):
         self.ev.append(("write", self.t.write(b"x"), self.t.get_write_buffer_size()))
 
     def _w2(self):
+        lost = self.t.is_closing()  # Unix: the first write() met EPIPE
         r = self.t.writelines([b"y" * 100, b"z" * 16384])
-        self.ev.append(("writelines", r, self.t.get_write_buffer_size(), self.t.is_closing()))
+        size = self.t.get_write_buffer_size()
+        if lost and sys.version_info >= (3, 12):
+            # stock 3.12+'s writelines() after connection_lost leaves its
+            # parts in the buffer (its bug, decisions 499(g), 806): ours
+            # drops them as write() does; not compared
+            size = "lost"
+        self.ev.append(("writelines", r, size, self.t.is_closing()))
 
     def eof_received(self):
         self.ev.append("eof")
