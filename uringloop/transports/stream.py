@@ -711,10 +711,11 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         self._mark_dirty()
         if c.sending:
             self._maybe_pause_protocol()
-        elif c.buffer_size > self._high_water or self._read_done:
+        elif c.buffer_size > self._high_water or (self._read_done and not self._closing):
             # past the mark; or after the peer's EOF, where the stock
             # write()'s own send is what meets a peer gone since (EPIPE in
-            # the second write, not one send of both at the flush: 903)
+            # the second write, not one send of both at the flush: 903;
+            # closing, stock's buffer is not empty: it only queues)
             self._send_now()
 
     def _send_now(self, pause=True):
@@ -818,7 +819,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
                 self._mark_dirty()
             if c.sending:
                 self._maybe_pause_protocol()  # as in write()
-            elif c.buffer_size > self._high_water or (self._read_done and c.buffer):
+            elif c.buffer_size > self._high_water or (
+                self._read_done and c.buffer and not self._closing
+            ):
                 self._send_now()  # (after the peer's EOF: as in write(), 903)
 
     def write_eof(self):
