@@ -1614,3 +1614,71 @@ def test_sendfile_closed_in_the_turn_the_socket_turns_writable(kind):
         _stock["sendfile_closed"] = _sendfile_closed_when_writable("stock")
     assert _stock["sendfile_closed"] == (99_990, 99_990)
     assert _sendfile_closed_when_writable(kind) == _stock["sendfile_closed"]
+
+
+# tcp 990109 with --fast --callbacks --more, shrunk (decision 904)
+SENDFILE_THEN_WRITE = {
+    "seed": 990109,
+    "family": "tcp",
+    "ops": [["sendfile", "a", 1000000, 0]],
+    "buffered": {"a": True, "b": True},
+    "bufsize": {"a": 4096, "b": 65536},
+    "keep_open": {"a": False, "b": False},
+    "hooks": [
+        {"end": "b", "event": "lost", "ops": [["write", "a", 1000000, "bytes"]]},
+        {
+            "end": "b",
+            "event": "data",
+            "at": 150000,
+            "ops": [["write", "b", 16384, "bytearray"], ["raise", "b"]],
+        },
+    ],
+    "fast": {"mode": "echo", "split": None, "high": 100000, "cap": 200000},
+}
+
+
+@pytest.mark.parametrize("kind", ["stock", *LOOP_KINDS])
+def test_a_sendfiles_bytes_are_recorded_before_a_write_taken_after_it(kind):
+    """Decision 904 (tcp 990109 with --fast --callbacks --more, io_uring):
+    a's sendfile ended (its transport takes writes again) and b's lost hook
+    wrote on a before the sendfile task's done callback ran; that callback
+    put the file's bytes in a's sent record after the write's, so b's bytes
+    (the file's) read as no prefix of a's writes. The record takes the
+    file's bytes first once the task is done."""
+    got = difffuzz.run(kind, copy.deepcopy(SENDFILE_THEN_WRITE))
+    assert got["fatal"] is None and not got["leaked_fds"], got
+    assert all(got["intact"].values()), got
+
+
+def test_a_hooks_bufsize_after_its_own_write_is_the_known_limit():
+    """Decision 905 (--fast tcp 990102, io_uring kinds): a's data hook
+    writes 16 KiB on b, then asks b's get_write_buffer_size(): stock's
+    write() had sent it ("0"), io_uring queues a callback's small write for
+    the turn's flush (">0"; Known limits). Let through only in that order
+    (stock "0", ours ">0") and only after a write of the same hook on the
+    same end."""
+    ref = {"ends": {"a": [["made"]], "b": [["made"]]}, "handler": [], "fatal": None}
+    ref.update(leaked_fds=[], ops=[], log=[])
+    ref["ends"]["a"] += [
+        ["hook", 0, "write", "b", "ok", None],
+        ["hook", 0, "bufsize", "b", "ok", "0"],
+    ]
+    got = copy.deepcopy(ref)
+    got["ends"]["a"][2] = ["hook", 0, "bufsize", "b", "ok", ">0"]
+    assert difffuzz.differences(ref, got, "tcp") == []
+    assert difffuzz.differences(got, ref, "tcp")  # ours "0" where stock's ">0"
+    other = copy.deepcopy(got)  # asked about another end
+    other["ends"]["a"][1] = ["hook", 0, "write", "a", "ok", None]
+    base = copy.deepcopy(ref)
+    base["ends"]["a"][1] = ["hook", 0, "write", "a", "ok", None]
+    assert difffuzz.differences(base, other, "tcp")
+    apart = copy.deepcopy(ref)  # the write came from another hook
+    apart["ends"]["a"][2][1] = 1
+    ours = copy.deepcopy(apart)
+    ours["ends"]["a"][2][5] = ">0"
+    assert difffuzz.differences(apart, ours, "tcp")
+    failed = copy.deepcopy(ref)  # the write raised: nothing queued
+    failed["ends"]["a"][1] = ["hook", 0, "write", "b", "raised", "RuntimeError", "x"]
+    ours = copy.deepcopy(failed)
+    ours["ends"]["a"][2][5] = ">0"
+    assert difffuzz.differences(failed, ours, "tcp")

@@ -611,6 +611,8 @@ class BufferedEnd(End, asyncio.BufferedProtocol):
         if m <= 0 or t.is_closing() or self.eof_sent:
             return
         k = self.echo["split"]
+        if self.runner.prog["family"] != "tls":
+            self.runner._sendfile_taken(self.side)  # 903
         sent = self.runner.sent.setdefault(self.side, bytearray())
         n0 = len(sent)
         sent += self.buf[:m]
@@ -795,6 +797,7 @@ class _Runner:
         self.salt = 0
         self.sent: dict[str, bytearray] = {}  # each end's written bytes, in order
         self.sendfiling: set = set()  # ends with a loop.sendfile() running (611)
+        self.sendfile_rec: dict = {}  # end -> its sendfile's sent record, until taken (903)
         self.unsettled = False  # the last op ran one turn only (nosettle)
         # TLS with a 20 ms shutdown timeout: nothing changes for 4 x 10 ms,
         # so the timeout, if it runs, fires within the settle of the op that
@@ -1133,6 +1136,8 @@ class _Runner:
             self.trace.setdefault("cut", []).append(side)
         if name in ("close", "write_eof") and _stuck_empty(t):
             self.trace.setdefault("stuck_empty", []).append(side)  # 573
+        if name in writes and self.prog["family"] != "tls":
+            self._sendfile_taken(side)  # 903
         try:
             if name == "write":
                 data = payload(op[2], self._salt())
@@ -1229,6 +1234,19 @@ class _Runner:
             return [name, side, "raised", type(exc).__name__, msg]
         return [name, side, "ok", res if not isinstance(res, tuple) else list(res)]
 
+    def _sendfile_taken(self, side):
+        """Decision 903: a socket end's sendfile whose task has ended puts
+        its bytes in the sent record before a write() made before the
+        task's done callback ran: the transport took writes again at the
+        task's end (stock's _sendfile_native resets its empty waiter there),
+        so that write's bytes left after the file's; recorded in the done
+        callback's turn, they read as a peer's bytes out of order (tcp
+        990109 with --fast --callbacks --more: b's lost hook wrote on a in
+        between)."""
+        rec = self.sendfile_rec.get(side)
+        if rec is not None and rec[0].done():
+            rec[1]()
+
     def _sendfile(self, op, side, t):
         """Decision 611: loop.sendfile(t, file, offset) as a task; its result
         goes to the ops' record when it ends (the settle waits for it or
@@ -1242,14 +1260,14 @@ class _Runner:
         task = self.loop.create_task(self.loop.sendfile(t, f, op[3]))
         self.sendfiling.add(side)
 
-        def done(task):
-            f.close()
-            self.sendfiling.discard(side)
+        def record():
+            if self.sendfile_rec.get(side, (None,))[0] is not task:
+                return  # taken already (903)
+            del self.sendfile_rec[side]
             if task.cancelled():
-                res = ["cancelled"]
-            elif task.exception() is not None:
-                exc = task.exception()
-                res = ["raised", type(exc).__name__, _msg(exc)]
+                return
+            exc = task.exception()
+            if exc is not None:
                 if not isinstance(exc, RuntimeError):
                     # failed part way, how far not known (a RuntimeError is
                     # raised before anything is sent): the peer's bytes must
@@ -1258,7 +1276,20 @@ class _Runner:
             else:
                 n = task.result()
                 self.sent.setdefault(side, bytearray()).extend(data[op[3] : op[3] + n])
-                res = ["ok", n]
+
+        self.sendfile_rec[side] = (task, record)
+
+        def done(task):
+            f.close()
+            self.sendfiling.discard(side)
+            record()
+            if task.cancelled():
+                res = ["cancelled"]
+            elif task.exception() is not None:
+                exc = task.exception()
+                res = ["raised", type(exc).__name__, _msg(exc)]
+            else:
+                res = ["ok", task.result()]
             self.trace["ops"].append(["-", "sendfile-done", side, *res])
 
         task.add_done_callback(done)
@@ -1677,6 +1708,36 @@ def _no_echo_bufsize(events: list, echoing: set) -> list:
     ]
 
 
+def _hook_write_bufsize(a: list, b: list) -> list:
+    """Decision 905: a hook's get_write_buffer_size() of an end the same
+    hook wrote on just before, ">0" on ours where stock's is "0", is the
+    Known limit (io_uring counts a small write made from a callback as
+    queued until the turn's flush; stock's write() had sent it: --fast tcp
+    990102, a's data hook writes 16 KiB on b, then asks b), as 778(b) for
+    the echoing end: stock's event is taken as ours. a: stock's events, b:
+    ours (the same length); returns a."""
+    hooked = ("hook", "hook-soon")
+    out, wrote, fire = [], set(), None
+    for x, y in zip(a, b, strict=True):
+        key = tuple(x[:2]) if x[0] in hooked else None
+        if key != fire:
+            wrote, fire = set(), key  # one callback's calls are consecutive
+        if key is not None and x[2] in ("write", "writelines", "writelines_typed"):
+            if x[4:5] == ["ok"]:
+                wrote.add(x[3])
+        elif (
+            key is not None
+            and x[2] == "bufsize"
+            and x[3] in wrote
+            and x[:5] == y[:5]
+            and x[5:] == ["0"]
+            and y[5:] == [">0"]
+        ):
+            x = y
+        out.append(x)
+    return out
+
+
 def _soon_mix(ref: dict, got: dict) -> set:
     """Decision 775(a): the ends whose peer's writes from hooks ran in another
     order. A hook-soon runs after the turn's callbacks (499(a)); where a
@@ -1824,6 +1885,8 @@ def differences(ref: dict, got: dict, family: str = "", ours: bool = True) -> li
             a, b = _no_flow(a, flow_hooks), _no_flow(b, flow_hooks)  # decision 775(b)
         if a != b and echoing:
             a, b = _no_echo_bufsize(a, echoing), _no_echo_bufsize(b, echoing)  # 778(b)
+        if a != b and len(a) == len(b):
+            a = _hook_write_bufsize(a, b)  # 905
         if a != b and s in echoing:
             # decision 657: the echo's writes race the peer's reads within a
             # turn (where each end's callbacks fall is not compared, 460), so

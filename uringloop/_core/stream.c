@@ -1027,6 +1027,7 @@ static PyObject *stream_eof(Stream *s, int enter)
     if (PyObject_SetAttr(t, s_read_done, s_eof_text) < 0 || /* truthy: resume_reading reads it again */
         (proto = PyObject_GetAttr(t, s_protocol)) == NULL)
         goto done;
+    s->wfast = 0; /* _sync with _read_done set: writes from here leave at once (903) */
     keep = PyObject_VectorcallMethod(s_eof_received, &proto, 1, NULL);
     Py_DECREF(proto);
     if (keep == NULL || (keep != Py_None && keep != Py_False)) {

@@ -398,7 +398,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         c.rfast = not (self._closing or self._paused or self._held is not None or self._conn_lost)
         c.wfast = not (
             self._eof or self._empty_waiter is not None or self._conn_lost
-            or self._fd_closing or self._closing
+            or self._fd_closing or self._closing or self._read_done
         )
 
     def _mark_dirty(self):
@@ -636,6 +636,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     def _on_eof(self):
         if self._loop.get_debug():
             logger.debug("%r received EOF", self)
+        self._sync()  # _read_done: writes from here on leave at once (903)
         try:
             keep_open = self._protocol.eof_received()
         except (SystemExit, KeyboardInterrupt):
@@ -710,7 +711,11 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         self._mark_dirty()
         if c.sending:
             self._maybe_pause_protocol()
-        elif c.buffer_size > self._high_water:
+        elif c.buffer_size > self._high_water or (self._read_done and not self._closing):
+            # past the mark; or after the peer's EOF, where the stock
+            # write()'s own send is what meets a peer gone since (EPIPE in
+            # the second write, not one send of both at the flush: 903;
+            # closing, stock's buffer is not empty: it only queues)
             self._send_now()
 
     def _send_now(self, pause=True):
@@ -814,8 +819,10 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
                 self._mark_dirty()
             if c.sending:
                 self._maybe_pause_protocol()  # as in write()
-            elif c.buffer_size > self._high_water:
-                self._send_now()
+            elif c.buffer_size > self._high_water or (
+                self._read_done and c.buffer and not self._closing
+            ):
+                self._send_now()  # (after the peer's EOF: as in write(), 903)
 
     def write_eof(self):
         if self._closing or self._eof:
