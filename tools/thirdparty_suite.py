@@ -6,9 +6,11 @@ run by hand after changes to the loop's public behaviour (decisions 437-441
 for anyio, 443-446 for aiohttp, 449-453 for websockets and uvicorn, 466-471
 for httpx, httpcore and starlette; 540-542 all seven again after 472-536;
 557-559 anyio, websockets and uvicorn on Python 3.13; 564-567 all seven on
-3.12 and httpx, httpcore, starlette and aiohttp's other files on 3.13. For
-another Python, run this script with it from a copy of the tree built in
-place for it, and give aiohttp ``--version``):
+3.12 and httpx, httpcore, starlette and aiohttp's other files on 3.13;
+913-918 all seven on 3.13 and 3.12 after 861-895. For another Python, give
+``--python`` that interpreter and ``--uringloop`` a copy of the tree built in
+place for it (``make build PY=`` a venv of that interpreter with cffi and
+setuptools); the script itself runs on the dev interpreter):
 
     /work/venv/bin/python tools/thirdparty_suite.py              # anyio, everything
     /work/venv/bin/python tools/thirdparty_suite.py --ways io_uring -- -k connect
@@ -16,6 +18,8 @@ place for it, and give aiohttp ``--version``):
     /work/venv/bin/python tools/thirdparty_suite.py --suite websockets --src DIR
     /work/venv/bin/python tools/thirdparty_suite.py --suite aiohttp \
         --tests tests/test_web_functional.py --tests tests/test_client_functional.py
+    /work/venv/bin/python tools/thirdparty_suite.py --suite httpcore \
+        --python /root/.pyenv/versions/3.13.0/bin/python --uringloop /tmp/tree313
 
 ``--suite`` picks the suite (anyio by default):
 
@@ -60,10 +64,12 @@ Steps, each skipped when its result is already in --work (default
 
 1. the source: ``pip download --no-binary :all: --no-deps PACKAGE``, unpacked
    (or --src);
-2. a venv (--venv) made with this interpreter, with the package and its test
-   dependencies (those that will not install: ``--skip-dep NAME``).
-   uringloop is NOT installed: the runs put this checkout (built in place) on
-   PYTHONPATH;
+2. a venv (--venv) made with --python (default this interpreter), with the
+   package and its test dependencies (those that will not install:
+   ``--skip-dep NAME``). uringloop is NOT installed: the runs put
+   --uringloop (default this checkout; built in place for the venv's
+   interpreter, which is checked before the runs) on PYTHONPATH, and this
+   checkout's tools/ for the plugins;
 3. the suite, one process each way: ``stock``, ``io_uring`` and ``epoll``
    (uringloop with URINGLOOP_BACKEND forced), bound to the loop by
    tools/thirdparty_SUITE_plugin.py (``-p``; the suite's tests are not
@@ -138,47 +144,87 @@ class Suite:
 SUITES = {
     # the test group's entries the runs never need: coverage, and the other
     # loops (their cases are deselected)
-    "anyio": Suite("anyio", skip_deps=("coverage", "uvloop", "winloop"),
-                   args=("-m", "not network"), group="test"),
+    "anyio": Suite(
+        "anyio",
+        skip_deps=("coverage", "uvloop", "winloop"),
+        args=("-m", "not network"),
+        group="test",
+    ),
     # trio: the trio implementation's tests are not run
-    "websockets": Suite("websockets", skip_deps=("trio",),
-                        paths=("tests/asyncio", "tests/legacy"), sdist_has_tests=False,
-                        tox=True),
+    "websockets": Suite(
+        "websockets",
+        skip_deps=("trio",),
+        paths=("tests/asyncio", "tests/legacy"),
+        sdist_has_tests=False,
+        tox=True,
+    ),
     # uvicorn's addopts ask for 8 xdist workers: one process here
-    "uvicorn": Suite("uvicorn",
-                     skip_deps=("uvicorn", "ruff", "mypy", "types-", "coverage", "twine",
-                                "pytest-xdist", "uvloop"),
-                     args=("-o", "addopts=-rxXs --strict-config --strict-markers"),
-                     extras=("standard",), group="dev"),
+    "uvicorn": Suite(
+        "uvicorn",
+        skip_deps=(
+            "uvicorn",
+            "ruff",
+            "mypy",
+            "types-",
+            "coverage",
+            "twine",
+            "pytest-xdist",
+            "uvloop",
+        ),
+        args=("-o", "addopts=-rxXs --strict-config --strict-markers"),
+        extras=("standard",),
+        group="dev",
+    ),
     # httpx and httpcore: the sdists carry tests/ but not requirements.txt; the
     # test entries of the repository's requirements.txt (at the release),
     # unpinned, less coverage, the linters and docs. The "network" marker
     # needs the internet.
-    "httpx": Suite("httpx", skip_deps=(), args=("-m", "not network"),
-                   extras=("brotli", "cli", "http2", "socks", "zstd"),
-                   deps=("chardet", "cryptography", "trio", "trustme", "uvicorn"),
-                   plugin_module="thirdparty_policy_plugin"),
+    "httpx": Suite(
+        "httpx",
+        skip_deps=(),
+        args=("-m", "not network"),
+        extras=("brotli", "cli", "http2", "socks", "zstd"),
+        deps=("chardet", "cryptography", "trio", "trustme", "uvicorn"),
+        plugin_module="thirdparty_policy_plugin",
+    ),
     # trio: httpcore's tests import it; the @pytest.mark.trio tests
     # (pytest-trio's) are deselected. pytest-httpbin serves on loopback.
-    "httpcore": Suite("httpcore", skip_deps=(), args=("-m", "not trio"),
-                      extras=("asyncio", "trio", "http2", "socks"),
-                      deps=("pytest-httpbin", "pytest-trio", "werkzeug<3.1"),
-                      plugin_module="thirdparty_policy_plugin"),
+    "httpcore": Suite(
+        "httpcore",
+        skip_deps=(),
+        args=("-m", "not trio"),
+        extras=("asyncio", "trio", "http2", "socks"),
+        deps=("pytest-httpbin", "pytest-trio", "werkzeug<3.1"),
+        plugin_module="thirdparty_policy_plugin",
+    ),
     # starlette: its [full] extra and dev group less itself, the linters, type
     # checkers, coverage, twine and pytest-codspeed (benchmarks/, not run).
     # trio stays (tests import it); anyio_backend is anyio's own "asyncio".
-    "starlette": Suite("starlette",
-                       skip_deps=("starlette", "ruff", "mypy", "types-", "coverage", "twine",
-                                  "pytest-codspeed"),
-                       extras=("full",), group="dev",
-                       plugin_module="thirdparty_policy_plugin"),
+    "starlette": Suite(
+        "starlette",
+        skip_deps=("starlette", "ruff", "mypy", "types-", "coverage", "twine", "pytest-codspeed"),
+        extras=("full",),
+        group="dev",
+        plugin_module="thirdparty_policy_plugin",
+    ),
     # aiohttp (decisions 443-446, 470): the dev venv's version, its wheel (C
     # parser and writer), requirements/test.txt whole; aiohttp's own marker
     # filter, without its xdist and coverage addopts
-    "aiohttp": Suite("aiohttp", skip_deps=(),
-                     args=("-p", "no:xdist", "-o", "addopts=",
-                           "-m", "not dev_mode and not autobahn and not internal"),
-                     requirements="requirements/test.txt", wheel=True, dev_version=True),
+    "aiohttp": Suite(
+        "aiohttp",
+        skip_deps=(),
+        args=(
+            "-p",
+            "no:xdist",
+            "-o",
+            "addopts=",
+            "-m",
+            "not dev_mode and not autobahn and not internal",
+        ),
+        requirements="requirements/test.txt",
+        wheel=True,
+        dev_version=True,
+    ),
 }
 
 
@@ -195,8 +241,21 @@ def fetch_sdist(suite: Suite, work: Path, version: str | None) -> Path:
     if version:
         have = [p for p in have if p.name == f"{name}-{version}.tar.gz"]
     if not have:
-        sh([sys.executable, "-m", "pip", "download", "-q", "--no-binary", ":all:", "--no-deps",
-            spec, "-d", str(work)])
+        sh(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-binary",
+                ":all:",
+                "--no-deps",
+                spec,
+                "-d",
+                str(work),
+            ]
+        )
         have = sorted(work.glob(f"{name}-*.tar.gz"))
     sdist = have[-1]
     src = work / sdist.name[: -len(".tar.gz")]
@@ -213,8 +272,14 @@ def clone_tests(sdist_src: Path, work: Path) -> Path:
     the Homepage its metadata names."""
     meta = Parser().parsestr((sdist_src / "PKG-INFO").read_text())
     version = meta["Version"]
-    home = next((u.split(",", 1)[1].strip() for u in meta.get_all("Project-URL", [])
-                 if u.lower().startswith(("homepage,", "source,"))), None)
+    home = next(
+        (
+            u.split(",", 1)[1].strip()
+            for u in meta.get_all("Project-URL", [])
+            if u.lower().startswith(("homepage,", "source,"))
+        ),
+        None,
+    )
     dest = work / f"{sdist_src.name}-git"
     if not dest.is_dir():
         if home is None:
@@ -253,14 +318,19 @@ def test_deps(suite: Suite, src: Path) -> list[str]:
     return out
 
 
-def make_venv(suite: Suite, venv: Path, src: Path, skip: list[str]) -> Path:
+def make_venv(
+    suite: Suite, venv: Path, src: Path, skip: list[str], python: str = sys.executable
+) -> Path:
     py = venv / "bin" / "python"
     stamp = venv / f".{src.name}-installed"
     if not py.exists():
-        sh([sys.executable, "-m", "venv", str(venv)])
+        sh([python, "-m", "venv", str(venv)])
     if not stamp.exists():
-        deps = [d for d in test_deps(suite, src)
-                if not any(d.lower().startswith(s.lower()) for s in skip)]
+        deps = [
+            d
+            for d in test_deps(suite, src)
+            if not any(d.lower().startswith(s.lower()) for s in skip)
+        ]
         pip = [str(py), "-m", "pip", "install", "-q"]
         if suite.wheel:
             version = Parser().parsestr((src / "PKG-INFO").read_text())["Version"]
@@ -291,20 +361,66 @@ def make_venv(suite: Suite, venv: Path, src: Path, skip: list[str]) -> Path:
     return py
 
 
-def run_way(suite: Suite, py: Path, src: Path, work: Path, way: str, extra: list[str],
-            paths: list[str] | None = None) -> int:
+def check_uringloop(py: Path, tree: Path) -> str:
+    """The venv's interpreter imports uringloop's built modules from tree (not
+    an installed copy); its version and the module's path, for the log."""
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    env.pop("URINGLOOP_BACKEND", None)
+    code = (
+        "import sys, uringloop, uringloop._sched; print(sys.version.split()[0], uringloop.__file__)"
+    )
+    # cwd "/": python -c puts its cwd first on sys.path (a checkout there would
+    # be imported instead)
+    proc = subprocess.run(
+        [str(py), "-c", code], env=env, cwd=os.sep, capture_output=True, text=True, check=False
+    )
+    where = proc.stdout.split()[-1] if proc.returncode == 0 and proc.stdout.split() else ""
+    if not where.startswith(str(tree) + os.sep):
+        raise SystemExit(
+            f"{py} does not import uringloop built in {tree} "
+            f"(make build PY= this interpreter there):\n"
+            f"{proc.stdout}{proc.stderr}"
+        )
+    return proc.stdout.strip()
+
+
+def run_way(
+    suite: Suite,
+    py: Path,
+    src: Path,
+    work: Path,
+    way: str,
+    extra: list[str],
+    paths: list[str] | None = None,
+    tree: Path = REPO,
+) -> int:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tools")])
+    env["PYTHONPATH"] = os.pathsep.join([str(tree), str(REPO / "tools")])
     env["UL_THIRDPARTY_LOOP"] = "stock" if way == "stock" else "uringloop"
     env["URINGLOOP_BACKEND"] = "auto" if way == "stock" else way
     env.pop("PYTEST_ADDOPTS", None)
-    cmd = [str(py), "-m", "pytest", "-p", suite.plugin, "-p", "no:cacheprovider",
-           "--timeout", "60", *suite.args, "-q", "-rfEs",
-           f"--junitxml={work / (way + '.xml')}", *extra, *(paths or suite.paths)]
+    cmd = [
+        str(py),
+        "-m",
+        "pytest",
+        "-p",
+        suite.plugin,
+        "-p",
+        "no:cacheprovider",
+        "--timeout",
+        "60",
+        *suite.args,
+        "-q",
+        "-rfEs",
+        f"--junitxml={work / (way + '.xml')}",
+        *extra,
+        *(paths or suite.paths),
+    ]
     print("+", f"[{way}]", " ".join(cmd), flush=True)
     with open(work / f"{way}.txt", "w") as out:
-        proc = subprocess.run(cmd, cwd=src, env=env, stdout=out, stderr=subprocess.STDOUT,
-                              timeout=3600)
+        proc = subprocess.run(
+            cmd, cwd=src, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=3600
+        )
     # pytest's closing line (output at interpreter exit may follow it)
     lines = (work / f"{way}.txt").read_text().strip().splitlines() or [""]
     closing = [ln for ln in lines if re.search(r" in [\d.]+s\b", ln)]
@@ -336,8 +452,10 @@ def summarize(work: Path, ways: list[str]) -> str:
     res = {w: outcomes(work / f"{w}.xml") for w in ways if (work / f"{w}.xml").exists()}
     lines = []
     for w, r in res.items():
-        counts = {k: sum(1 for v in r.values() if v == k)
-                  for k in ("passed", "failed", "error", "skipped")}
+        counts = {
+            k: sum(1 for v in r.values() if v == k)
+            for k in ("passed", "failed", "error", "skipped")
+        }
         lines.append(f"{w:9} " + "  ".join(f"{k} {n}" for k, n in counts.items()))
     # per test module (the classname less its classes, CapWords by
     # convention): passed/failed+error/skipped, * where the ways differ
@@ -349,14 +467,18 @@ def summarize(work: Path, ways: list[str]) -> str:
                 parts.pop()
             module = ".".join(parts)
             p, x, s = per_file.setdefault(module, {}).get(w, (0, 0, 0))
-            per_file[module][w] = (p + (v == "passed"), x + (v in ("failed", "error")),
-                                   s + (v == "skipped"))
+            per_file[module][w] = (
+                p + (v == "passed"),
+                x + (v in ("failed", "error")),
+                s + (v == "skipped"),
+            )
     lines.append("\nper module (passed/failed+error/skipped; * where the ways differ):")
     for module in sorted(per_file):
         sig = {w: per_file[module].get(w, (0, 0, 0)) for w in res}
         mark = "*" if len(set(sig.values())) > 1 else " "
-        lines.append(f"{mark} {module:50} "
-                     + "  ".join(f"{w}={p}/{x}/{s}" for w, (p, x, s) in sig.items()))
+        lines.append(
+            f"{mark} {module:50} " + "  ".join(f"{w}={p}/{x}/{s}" for w, (p, x, s) in sig.items())
+        )
     stock = res.get("stock")
     if stock is not None:
         for w, r in res.items():
@@ -378,24 +500,60 @@ def summarize(work: Path, ways: list[str]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--suite", choices=sorted(SUITES), default="anyio",
-                    help="whose suite (default %(default)s)")
-    ap.add_argument("--work", type=Path, default=None,
-                    help="download, outputs and summary (default /tmp/ul-thirdparty-SUITE)")
-    ap.add_argument("--venv", type=Path, default=None,
-                    help="the test venv (default WORK/venv)")
-    ap.add_argument("--version", "--anyio-version", dest="version", default=None,
-                    help="pin the package (default: newest; aiohttp: the version this "
-                    "interpreter has)")
-    ap.add_argument("--src", type=Path, default=None,
-                    help="a source tree with tests/ to use instead of the sdist")
-    ap.add_argument("--skip-dep", action="append", default=[], metavar="NAME",
-                    help="leave out a test dependency that will not install (repeatable)")
-    ap.add_argument("--ways", default=",".join(WAYS), help="comma-separated subset of "
-                    + ",".join(WAYS))
-    ap.add_argument("--tests", action="append", default=None, metavar="PATH",
-                    help="run these test files or directories (relative to the source tree) "
-                    "instead of the suite's (repeatable)")
+    ap.add_argument(
+        "--suite", choices=sorted(SUITES), default="anyio", help="whose suite (default %(default)s)"
+    )
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="download, outputs and summary (default /tmp/ul-thirdparty-SUITE)",
+    )
+    ap.add_argument("--venv", type=Path, default=None, help="the test venv (default WORK/venv)")
+    ap.add_argument(
+        "--version",
+        "--anyio-version",
+        dest="version",
+        default=None,
+        help="pin the package (default: newest; aiohttp: the version this interpreter has)",
+    )
+    ap.add_argument(
+        "--src",
+        type=Path,
+        default=None,
+        help="a source tree with tests/ to use instead of the sdist",
+    )
+    ap.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the interpreter the venv is made with (default this one)",
+    )
+    ap.add_argument(
+        "--uringloop",
+        type=Path,
+        default=REPO,
+        metavar="DIR",
+        help="the uringloop checkout the runs import, built in place for "
+        "--python's version (default this checkout)",
+    )
+    ap.add_argument(
+        "--skip-dep",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="leave out a test dependency that will not install (repeatable)",
+    )
+    ap.add_argument(
+        "--ways", default=",".join(WAYS), help="comma-separated subset of " + ",".join(WAYS)
+    )
+    ap.add_argument(
+        "--tests",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="run these test files or directories (relative to the source tree) "
+        "instead of the suite's (repeatable)",
+    )
     ap.add_argument("--summary-only", action="store_true", help="compare the last runs' XML")
     ap.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --)")
     args = ap.parse_args()
@@ -417,11 +575,18 @@ def main() -> int:
             src = fetch_sdist(suite, work, version)
             if not suite.sdist_has_tests:
                 src = clone_tests(src, work)
-        py = make_venv(suite, (args.venv or work / "venv").resolve(), src, args.skip_dep)
-        print(f"{suite.package} source: {src}; uringloop from {REPO} (PYTHONPATH)", flush=True)
+        py = make_venv(
+            suite, (args.venv or work / "venv").resolve(), src, args.skip_dep, args.python
+        )
+        tree = args.uringloop.resolve()
+        found = check_uringloop(py, tree) if ways else ""
+        print(
+            f"{suite.package} source: {src}; uringloop from {tree} (PYTHONPATH): Python {found}",
+            flush=True,
+        )
         for way in ways:
             subprocess.run(["uptime"], check=False)
-            run_way(suite, py, src, work, way, args.pytest_args, args.tests)
+            run_way(suite, py, src, work, way, args.pytest_args, args.tests, tree)
     print(summarize(work, ways), end="")
     return 0
 

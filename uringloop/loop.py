@@ -225,6 +225,29 @@ class _Turn:
         pass
 
 
+# 3.13's cleanup_socket (create_unix_server, stock's code, fills
+# _unix_server_sockets): stock's _UnixSelectorEventLoop._stop_serving takes
+# the path, calls super()._stop_serving(sock), then stats and unlinks the
+# file. Ours runs that very function on a stand-in whose super() is our
+# close of the listening socket, so the cleanup's calls, logging and
+# exceptions are stock's, made from stock's frame (blockbuster's allow list
+# names asyncio/unix_events.py::_stop_serving: decisions 566, 915).
+_STOCK_UNIX_STOP = unix_events._UnixSelectorEventLoop.__dict__.get("_stop_serving")
+
+
+class _StopServingSocket(selector_events.BaseSelectorEventLoop):
+    def _stop_serving(self, sock):
+        self._ul_loop._stop_serving_socket(sock)
+
+
+class _StockUnixStop(unix_events._UnixSelectorEventLoop, _StopServingSocket):
+    """Never a loop (made by object.__new__, no __init__): the self of stock's
+    _stop_serving for one call, with the loop's _unix_server_sockets."""
+
+    def __del__(self):
+        pass
+
+
 class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
     """An asyncio event loop on io_uring (or epoll where io_uring is refused)."""
 
@@ -474,17 +497,24 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
 
     def _stop_serving(self, sock):
         """Stop accepting on a listening socket and close it (Server.close() calls
-        this). The fd is closed by the engine once the ops on it have ended, so a
-        reused fd number can never receive a stale accept."""
+        this). A Unix server's socket with 3.13's cleanup_socket goes through
+        stock's own _UnixSelectorEventLoop._stop_serving, whose super() call is
+        _stop_serving_socket here (decision 915)."""
+        if sock in self._unix_server_sockets and _STOCK_UNIX_STOP is not None:
+            stand_in = object.__new__(_StockUnixStop)
+            stand_in._unix_server_sockets = self._unix_server_sockets
+            stand_in._ul_loop = self
+            _STOCK_UNIX_STOP(stand_in, sock)
+        else:
+            self._stop_serving_socket(sock)
+
+    def _stop_serving_socket(self, sock):
+        """Stop accepting on a listening socket and close it. The fd is closed
+        by the engine once the ops on it have ended, so a reused fd number can
+        never receive a stale accept."""
         acceptor = self._acceptors.pop(sock, None)
         if acceptor is not None:
             acceptor.stop()
-        path = None
-        if sock in self._unix_server_sockets:  # 3.13's cleanup_socket
-            try:
-                path = sock.getsockname()
-            except OSError:
-                pass
         if sock.fileno() < 0 or self.is_closed():
             sock.close()
         else:
@@ -501,16 +531,6 @@ class Loop(SockMixin, _sched.Core, asyncio.BaseEventLoop):
             except OSError:
                 pass
             self._engine.close_fd(sock.detach(), _ignore_completion)
-        if sock in self._unix_server_sockets:
-            prev_ino = self._unix_server_sockets.pop(sock)
-            if path:
-                try:
-                    if os.stat(path).st_ino == prev_ino:
-                        os.unlink(path)
-                except FileNotFoundError:
-                    pass
-                except OSError as err:
-                    logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
 
     async def _sendfile_native(self, transp, file, offset, count):
         """loop.sendfile on our transport: sendfile(2) on its socket once the
