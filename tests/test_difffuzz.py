@@ -60,6 +60,7 @@ BYTEARRAY_41 = {
 }
 
 _stock: dict = {}
+_tool_make_loop = difffuzz.make_loop  # the tool's own, before the fixture below
 
 
 @pytest.fixture(autouse=True)
@@ -1682,3 +1683,74 @@ def test_a_hooks_bufsize_after_its_own_write_is_the_known_limit():
     ours = copy.deepcopy(failed)
     ours["ends"]["a"][2][5] = ">0"
     assert difffuzz.differences(failed, ours, "tcp")
+
+
+def _triage_traces():
+    """A synthetic program and traces for 923's --triage: stock's and a
+    differing one (one more data event on a)."""
+    same = {
+        "ends": {"a": [["made"], ["lost", None, 0]], "b": [["made"], ["lost", None, 0]]},
+        "ops": [[0, "write", "a", "ok", None]],
+        "handler": [],
+        "log": [],
+        "fatal": None,
+        "leaked_fds": [],
+    }
+    other = copy.deepcopy(same)
+    other["ends"]["a"].insert(1, ["data", 7, 1234])
+    return same, other
+
+
+@pytest.mark.parametrize(
+    "case, differing, rc",
+    [
+        ("read-ahead", {"io_uring"}, 0),  # stock's result without the multishot receive
+        ("not-triaged", {"io_uring"}, 1),  # the same program, no --triage
+        ("still-differs", {"io_uring", difffuzz.NOMULTISHOT}, 1),
+        ("epoll-too", {"io_uring", "epoll"}, 1),
+        ("second-run-differs", {"io_uring"}, 1),  # one of the two reruns differs
+    ],
+)
+def test_triage_counts_read_ahead_only_when_no_multishot_gives_stocks_result(
+    monkeypatch, capsys, case, differing, rc
+):
+    """Decision 923: --triage reruns a seed that differs on io_uring alone,
+    twice, on io_uring without the multishot receive; only when both reruns
+    equal stock's run is it counted as 894's read-ahead instead of a
+    difference. Synthetic traces through main()."""
+    same, other = _triage_traces()
+    runs = []
+
+    def run(kind, prog):
+        runs.append(kind)
+        if case == "second-run-differs" and kind == difffuzz.NOMULTISHOT:
+            return other if runs.count(kind) == 2 else same
+        return other if kind in differing else same
+
+    monkeypatch.setattr(difffuzz, "run", run)
+    argv = ["--seed", "3", "--family", "tcp"] + ([] if case == "not-triaged" else ["--triage"])
+    assert difffuzz.main(argv) == rc
+    out = capsys.readouterr().out
+    assert ("1 read-ahead (894)" in out) == (rc == 0)
+    assert (" 1 differ" in out) == (rc == 1)
+    reruns = runs.count(difffuzz.NOMULTISHOT)
+    if case in ("not-triaged", "epoll-too"):
+        assert reruns == 0
+    elif case == "still-differs":
+        assert reruns == 1  # the first rerun differs: no second
+    else:
+        assert reruns == 2
+
+
+def test_nomultishot_kind_is_io_uring_without_the_multishot_receive():
+    """Decision 923: the kind --triage reruns with is io_uring with
+    OPT_NO_MULTISHOT and nothing else."""
+    from uringloop import engine
+
+    loop = _tool_make_loop(difffuzz.NOMULTISHOT)
+    try:
+        if loop.backend != "io_uring":
+            pytest.skip(f"io_uring is not available here: {loop.backend_reason}")
+        assert loop._engine.options == engine.OPT_NO_MULTISHOT
+    finally:
+        loop.close()
