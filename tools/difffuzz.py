@@ -73,8 +73,8 @@ if ROOT not in sys.path:  # run as a script from a built tree
     sys.path.insert(0, ROOT)
 
 KINDS = ["io_uring", "epoll", "io_uring-fallbacks"]
-# Not in the default set: io_uring without the multishot receive, which
-# --triage reruns a seed that differs on io_uring with (decision 923).
+# io_uring without the multishot receive, not in the default set: --triage
+# runs a seed that differs on io_uring alone again on it (decision 923).
 NOMULTISHOT = "io_uring-nomultishot"
 FAMILIES = ["tcp", "unix", "udp", "pipe"]  # a seed's family when none is asked for
 ALL_FAMILIES = [*FAMILIES, "tls"]  # tls only when asked (the seeds above keep their programs)
