@@ -28,6 +28,7 @@ import tempfile
 
 import pytest
 from conftest import ANY_LOOP_KINDS, finish_loop, make_loop, run_in
+from transport_helpers import pattern
 
 _stock: dict = {}  # scenario -> the stock loop's outcome
 
@@ -144,10 +145,6 @@ def test_writes_after_the_peers_eof_leave_at_once(kind, family, where, debug):
     assert got == ref
 
 
-def _payload(n, salt):
-    return bytes((i * 7 + salt) & 0xFF for i in range(256)) * (n // 256) + bytes(n % 256)
-
-
 class _Echo(asyncio.BufferedProtocol):
     """b of 990109: echoes what it reads; at 150,000 B it writes 16 KiB and
     raises (a fatal error: abort); its connection_lost writes 1 MB on a."""
@@ -168,14 +165,14 @@ class _Echo(asyncio.BufferedProtocol):
         self.t.write(self.buf[:n])
         if len(self.data) >= 150_000 and not self.fired:
             self.fired = True
-            more = _payload(16384, 5)
+            more = pattern(16384, 5)
             self.run["sent_b"] += more
             self.t.write(more)
             raise ValueError("990109's hook")
 
     def connection_lost(self, exc):
         self.lost = True
-        big = _payload(1_000_000, 9)
+        big = pattern(1_000_000, 9)
         try:
             self.run["ta"].write(big)
         except RuntimeError as e:  # io_uring-fallbacks: the sendfile still runs
@@ -209,7 +206,7 @@ def test_each_end_receives_a_prefix_of_its_peers_writes_990109(kind):
     run = {"sent_b": bytearray()}
     b = _Echo(run)
     a = _Reader()
-    file_data = _payload(1_000_000, 3)
+    file_data = pattern(1_000_000, 3)
     f = tempfile.TemporaryFile()
     f.write(file_data)
     f.seek(0)
