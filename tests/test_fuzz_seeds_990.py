@@ -340,6 +340,7 @@ def _sendfile_then_hook(kind, stop, debug):
             assert stop and "stopped before" in str(e), e
             res = run_in(lp, rest(), 30)
         ta.abort()
+        run["tb"].abort()  # (3.12+'s wait_closed waits for it)
         srv.close()
         run_in(lp, srv.wait_closed())
     finally:
