@@ -6,7 +6,7 @@ Pins itself to --cpu, makes the named loop, serves, and prints one line on
 stdout: ``READY <tcp port or unix path>``, or ``SKIP <reason>`` (exit 3) when
 this loop cannot serve this workload here. It runs until killed (SIGTERM).
 On uringloop, SIGUSR1 makes it print ``STATS <json>``: the engine's counters
-(``loop.engine_stats()``).
+(``loop.engine_stats()``) and the loop's turns (``turns``).
 
 Server kinds (all echo servers write back exactly what they read):
   protocol   asyncio.Protocol, data_received -> transport.write
@@ -213,6 +213,17 @@ async def serve(loop, args):
     return srv.sockets[0].getsockname()
 
 
+def stats(loop):
+    """The engine's counters and the loop's turns (``_turns``, the scheduler's
+    count of ``_run_once`` calls): a turn that finds no record and no
+    deferred work makes no kernel entry, so turns against enters tell a
+    server that spins through empty turns from one whose every turn takes
+    records (decision 938)."""
+    out = loop.engine_stats()
+    out["turns"] = loop._turns
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--loop", required=True, choices=LOOPS)
@@ -255,7 +266,7 @@ def main():
         # waited for the next event (net_bench's 10 s, "said None")
         loop.add_signal_handler(
             signal.SIGUSR1,
-            lambda: print("STATS " + json.dumps(loop.engine_stats()), flush=True),
+            lambda: print("STATS " + json.dumps(stats(loop)), flush=True),
         )
     where = addr if isinstance(addr, str) else addr[1]
     print(f"READY {where}", flush=True)

@@ -897,6 +897,70 @@ def test_hostmodes_probe_and_counting_server(tmp_path):
             proc.stderr.close()
 
 
+def _stats_line(proc):
+    proc.send_signal(signal.SIGUSR1)
+    ready, _, _ = select.select([proc.stdout], [], [], 10)
+    assert ready, "no STATS in 10 s"
+    line = proc.stdout.readline()
+    assert line.startswith("STATS "), line
+    return json.loads(line[6:])
+
+
+@pytest.mark.parametrize("backend", ["io_uring", "epoll"])
+def test_net_server_reports_its_turns_and_net_bench_per_request(tmp_path, backend):
+    """net_server.py's STATS line carries the loop's turns beside the engine's
+    counters, and net_bench's window() reports them per request (decision
+    938): 5 echoes one after another over a Unix socket, each sent only once
+    the last came back, take at least one turn each. A server of an older
+    tree, without turns, still gives the other counters."""
+    if backend == "io_uring":
+        require_uring()
+    nb = _net_bench()
+    assert "turns" in nb.ENGINE_COUNTS
+    path = str(tmp_path / "s.sock")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(uringloop.__file__)))
+    env.pop("URINGLOOP_BACKEND", None)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(BENCH, "net_server.py"), "--loop", f"uringloop-{backend}"]
+        + ["--kind", "protocol", "--unix", path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "net_server.py did not start in 30 s"
+        assert proc.stdout.readline().startswith("READY ")
+        with socket.socket(socket.AF_UNIX) as c:
+            c.settimeout(10)
+            c.connect(path)
+            c.sendall(b"w")  # the connection is accepted and served
+            assert c.recv(16) == b"w"
+            s0 = _stats_line(proc)
+            for i in range(5):
+                msg = bytes([65 + i]) * 1024
+                c.sendall(msg)
+                got = b""
+                while len(got) < len(msg):
+                    got += c.recv(65536)
+                assert got == msg
+            s1 = _stats_line(proc)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert isinstance(s1["turns"], int) and s1["turns"] >= s0["turns"] + 5, (s0, s1)
+    ticks = (0, 0, 0, 0, 0)
+    out = nb.window(5, 1.0, ticks, ticks, s0, s1)
+    assert out["turns_per_req"] >= 1.0, out
+    assert out["enters_per_req"] > 0 and out["records_per_req"] >= 1.0, out
+    old = {k: v for k, v in s0.items() if k != "turns"}
+    out = nb.window(5, 1.0, ticks, ticks, old, s1)
+    assert "turns_per_req" not in out and out["enters_per_req"] > 0, out
+
+
 def test_net_bench_probe_lists_the_runs_made_on_a_slow_host(tmp_path):
     """--probe (decision 662): every loadgen run carries the probe's ns per
     round trip, sampled on the server's CPU during its window, and results.md
