@@ -451,11 +451,12 @@ def libc_line(libc):
 
 
 class Server:
-    def __init__(self, loop, wl, cpu, tmp, cert, pad=0, libc=None):
+    def __init__(self, loop, wl, cpu, tmp, cert, pad=0, libc=None, extra=()):
         self.addr = self.skip = None
         self.loop = loop
         launch, extra_path = server_launch(libc)
         args = launch + [SERVER, "--loop", loop, "--kind", wl["kind"], "--cpu", str(cpu)]
+        args += list(extra)  # more of net_server.py's options (turn_batches.py: --spin)
         if wl["transport"] == "unix":
             path = os.path.join(tmp, f"s{os.getpid()}-{time.monotonic_ns()}.sock")
             args += ["--unix", path]

@@ -11,6 +11,7 @@ On uringloop, SIGUSR1 makes it print ``STATS <json>``: the engine's counters
 Server kinds (all echo servers write back exactly what they read):
   protocol   asyncio.Protocol, data_received -> transport.write
   buffered   asyncio.BufferedProtocol with a 64 KiB buffer
+             (these two with --spin N: N turns of an empty loop after each write)
   streams    asyncio.start_server, read(64 KiB) -> write -> drain
   sock       loop.sock_accept / sock_recv(64 KiB) / sock_sendall on a task per connection
   tls        the protocol server under TLS (--cert/--key)
@@ -86,6 +87,27 @@ class BufferedEcho(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes):
         # a copy: the transport may keep what it could not send yet
         self.transport.write(self.buf[:nbytes])
+
+
+def spinning(spin):
+    """The protocol and buffered echo servers made slower per request by a
+    known amount: `spin` turns of an empty Python loop after each write
+    (--spin; decision 940)."""
+    turns = range(spin)
+
+    class SpinEcho(Echo):
+        def data_received(self, data):
+            self.transport.write(data)
+            for _ in turns:
+                pass
+
+    class SpinBufferedEcho(BufferedEcho):
+        def buffer_updated(self, nbytes):
+            self.transport.write(self.buf[:nbytes])
+            for _ in turns:
+                pass
+
+    return SpinEcho, SpinBufferedEcho
 
 
 async def streams_handler(reader, writer):
@@ -198,10 +220,11 @@ async def serve(loop, args):
                 streams_handler, "127.0.0.1", args.tcp, backlog=backlog
             )
     else:
+        echo, buffered = spinning(args.spin) if args.spin else (Echo, BufferedEcho)
         factory = {
-            "protocol": Echo,
+            "protocol": echo,
             "tls": Echo,
-            "buffered": BufferedEcho,
+            "buffered": buffered,
             "httptools": HttpToolsProtocol,
         }[kind]
         if unix:
@@ -233,6 +256,7 @@ def main():
     ap.add_argument("--cpu", type=int, default=None)
     ap.add_argument("--cert")
     ap.add_argument("--key")
+    ap.add_argument("--spin", type=int, default=0, help="protocol, buffered: busy work a request")
     args = ap.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})

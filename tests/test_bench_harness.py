@@ -93,8 +93,9 @@ def run_loadgen(exe, port, mode, size=3000, *extra):
 
 
 @contextlib.contextmanager
-def stock_server(kind):
-    """net_server.py's `kind` server on the stock loop; yields its TCP port."""
+def stock_server(kind, *extra):
+    """net_server.py's `kind` server on the stock loop (extra: more of its
+    options); yields its TCP port."""
     env = dict(os.environ, PYTHONPATH=ROOT)
     env.pop("PYTHONASYNCIODEBUG", None)
     srv = subprocess.Popen(
@@ -107,6 +108,7 @@ def stock_server(kind):
             kind,
             "--tcp",
             "0",
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -139,6 +141,59 @@ def test_loadgen_verifies_against_stock_echo_server(loadgen, mode, size):
     assert res["conns"] == 4 and res["size"] == size
     assert res["mode"] == mode
     assert res["cpu_s"] > 0
+
+
+@pytest.mark.parametrize("kind", ["protocol", "buffered"])
+def test_loadgen_think_and_net_server_spin_keep_the_echo_whole(loadgen, kind):
+    """turn_batches.py's knobs (decision 940): net_server's --spin echo still
+    echoes every byte, and loadgen --think spends its NS before every message
+    in its one thread, so a window of `seconds` holds at most seconds / think
+    + one message per connection (a count bound, not a timing: a slower
+    machine only makes fewer)."""
+    think_ns = 20_000_000
+    with stock_server(kind, "--spin", "5") as port:
+        rc, lines, err = run_loadgen(loadgen, port, "epoll", 3000, "--think", str(think_ns))
+    assert rc == 0, err
+    assert lines[0] == "START"
+    res = json.loads(lines[1])
+    assert res["verified"] is True and res["verify_errors"] == 0
+    assert res["requests"] > 0
+    assert res["requests"] <= res["seconds"] * 1e9 / think_ns + res["conns"], res
+
+
+def test_turn_batches_counts_sends_a_turn_and_events_a_wait():
+    """turn_batches.py's reading of `perf script` (decision 939): the server's
+    sends between two of its kernel waits (io_uring_enter, epoll_wait,
+    epoll_pwait; the first, partial turn left out; the last closed by its
+    next wait), the client's epoll_wait returns, other processes ignored."""
+    tb = _bench("turn_batches")
+    text = "\n".join(
+        [
+            "   10 syscalls:sys_enter_sendto: fd: 0x5",  # before the server's first wait
+            "   10 syscalls:sys_enter_io_uring_enter: fd: 0x3, to_submit: 0x0",
+            "   10 syscalls:sys_enter_sendto: fd: 0x5",
+            "   10 syscalls:sys_enter_sendto: fd: 0x6",
+            "   20 syscalls:sys_exit_epoll_wait: 0x3",
+            "   20 syscalls:sys_enter_sendto: fd: 0x7",  # the client's sends: not the server's
+            "   10 syscalls:sys_enter_io_uring_enter: fd: 0x3",
+            "   30 syscalls:sys_enter_sendto: fd: 0x5",  # another process
+            "   10 syscalls:sys_enter_epoll_pwait: epfd: 0x4",
+            "   10 syscalls:sys_enter_writev: fd: 0x9",
+            "   10 syscalls:sys_enter_write: fd: 0x9",
+            "   10 syscalls:sys_enter_sendmsg: fd: 0x9",
+            "   20 syscalls:sys_exit_epoll_wait: 0x40",
+            "   10 syscalls:sys_enter_epoll_wait: epfd: 0x4",
+            "   10 syscalls:sys_enter_sendto: fd: 0x5",  # a turn the record cut: not closed
+            "   20 syscalls:sys_exit_epoll_pwait: 0xfffffffffffffffc",  # -EINTR: no count
+            "garbage line",
+        ]
+    )
+    turns, waits = tb.parse_script(text, 10, 20)
+    assert turns == [2, 0, 3]
+    assert waits == [3, 64]
+    d = tb.dist([5, 1, 9, 3, 7, 2, 8, 4, 6, 10])
+    assert d == {"n": 10, "mean": 5.5, "p10": 2, "median": 6, "p90": 10}
+    assert tb.dist([]) is None and tb.fmt_dist(None) == "-"
 
 
 @contextlib.contextmanager
