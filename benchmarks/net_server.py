@@ -220,7 +220,8 @@ async def serve(loop, args):
                 streams_handler, "127.0.0.1", args.tcp, backlog=backlog
             )
     else:
-        echo, buffered = spinning(args.spin) if args.spin else (Echo, BufferedEcho)
+        spin = getattr(args, "spin", 0)  # (server_instructions.py's Namespace has none)
+        echo, buffered = spinning(spin) if spin else (Echo, BufferedEcho)
         factory = {
             "protocol": echo,
             "tls": Echo,

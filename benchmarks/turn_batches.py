@@ -1,4 +1,4 @@
-"""How many requests a server's turn takes, and what sets it (decisions 938-940).
+"""How many requests a server's turn takes, and what sets it (decisions 938-941).
 
     python benchmarks/turn_batches.py              # Protocol + Buffered Unix, io_uring
     python benchmarks/turn_batches.py --think 0,400 --spin 0,30 --reps 5
@@ -14,9 +14,9 @@ syscall tracepoints on both processes for S seconds in the middle of the
 window: the server's sends between two of its kernel waits (`io_uring_enter`,
 `epoll_wait`, `epoll_pwait`: the requests a turn answered, each echo being one
 send) and the client's events per `epoll_wait` (the replies it found at once),
-as distributions (mean, p10, median, p90). Tracing costs both sides about
-the same per request, so the distributions are those of a slightly slower
-pair; the counts come from the whole window.
+as distributions (mean, p10, median, p90, the share of zeros). Tracing
+costs both sides about the same per request, so the distributions are
+those of a slightly slower pair; the counts come from the whole window.
 
 `--think NS` (loadgen: NS ns of busy work before each message) and `--spin N`
 (net_server's protocol and buffered echo: N turns of an empty Python loop
@@ -77,18 +77,26 @@ def parse_script(text, server_pid, client_pid):
 
 
 def dist(xs):
-    """mean, p10, median, p90 and count of a list of counts (None if empty)."""
+    """mean, p10, median, p90, count and the share of zeros (a turn that
+    answered nothing) of a list of counts (None if empty)."""
     if not xs:
         return None
     s = sorted(xs)
     at = lambda q: s[min(len(s) - 1, int(q * len(s)))]  # noqa: E731
-    return {"n": len(s), "mean": sum(s) / len(s), "p10": at(0.1), "median": at(0.5), "p90": at(0.9)}
+    return {
+        "n": len(s),
+        "mean": sum(s) / len(s),
+        "p10": at(0.1),
+        "median": at(0.5),
+        "p90": at(0.9),
+        "zero": s.count(0) / len(s),
+    }
 
 
 def fmt_dist(d):
     if d is None:
         return "-"
-    return f"{d['mean']:5.1f} ({d['p10']}/{d['median']}/{d['p90']}, n={d['n']})"
+    return f"{d['mean']:5.1f} ({d['p10']}/{d['median']}/{d['p90']}, n={d['n']}, 0: {d['zero']:.0%})"
 
 
 def run_one(wl, loop, opts, tmp, think, spin):

@@ -191,8 +191,9 @@ def test_turn_batches_counts_sends_a_turn_and_events_a_wait():
     turns, waits = tb.parse_script(text, 10, 20)
     assert turns == [2, 0, 3]
     assert waits == [3, 64]
-    d = tb.dist([5, 1, 9, 3, 7, 2, 8, 4, 6, 10])
-    assert d == {"n": 10, "mean": 5.5, "p10": 2, "median": 6, "p90": 10}
+    d = tb.dist([5, 1, 9, 3, 7, 2, 8, 4, 0, 10])
+    assert d == {"n": 10, "mean": 4.9, "p10": 1, "median": 5, "p90": 10, "zero": 0.1}
+    assert tb.fmt_dist(d) == "  4.9 (1/5/10, n=10, 0: 10%)"
     assert tb.dist([]) is None and tb.fmt_dist(None) == "-"
 
 
