@@ -393,15 +393,15 @@ class _Writer(asyncio.Protocol):
 
 
 class _Aborted(asyncio.Protocol):
-    """b: paused at once (a's bytes stay unread), aborted by the test; its
-    connection_lost queues a look at a.is_closing() with call_soon."""
+    """b: paused before a writes (a's bytes stay unread), aborted by the
+    test; its connection_lost queues a look at a.is_closing() with
+    call_soon."""
 
     def __init__(self, run, a):
         self.run, self.a, self.t = run, a, None
 
     def connection_made(self, t):
         self.t = t
-        t.pause_reading()
 
     def connection_lost(self, exc):
         self.run["b"] = type(exc).__name__
@@ -431,6 +431,8 @@ def _send_fails_behind_ready(kind, family, debug):
             port = srv.sockets[0].getsockname()[1]
             await lp.create_connection(lambda: a, "127.0.0.1", port)
         await _wait(lambda: b.t is not None, "b's connection_made")
+        await asyncio.sleep(0.01)  # (3.10's stock reader is added after connection_made)
+        b.t.pause_reading()
         a.t.write(pattern(8_000_000, 3))
         for _ in range(5):  # the kernel took what it takes; the rest waits
             await asyncio.sleep(0.01)
