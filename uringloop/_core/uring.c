@@ -49,6 +49,9 @@
 #define UL_RING_WANT0 64
 #define UL_RING_WANT_MIN 16
 #define UL_RING_WINDOW 256
+/* A stream receive with the kernel's byte limit takes at most this many ring
+ * buffers in one bundle (decision 925): epoll's RECV_IOV */
+#define UL_RECV_BUNDLE_BUFS 8
 #define UL_IOV_MAX 1024   /* UIO_MAXIOV: more iovecs go out in the next SENDMSG */
 /* Pieces of deferred completion work one no-wait enter may run (decision 767):
  * the kernel runs max(20, min_complete) of them per GETEVENTS enter
@@ -93,6 +96,8 @@ struct uring {
     uint32_t recv_limit;        /* a stream's multishot recv ends after this many bytes
                                    (sqe->optlen, 6.16+; 0: none): its re-arm waits in
                                    the backlog for the next run (decision 924) */
+    unsigned limit_bufs;        /* with recv_limit: the most ring buffers one bundle of a
+                                   stream's receive maps (its sqe->len; 0 without it) */
     struct ul_buf *dr;          /* the datagram pool's ring (buffer group 1) */
     size_t dr_sz;
     uint16_t dr_tail;
@@ -717,6 +722,8 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
                  * F_MORE), and the re-arm waits in the backlog for the next
                  * run, which comes after Python has had these records */
                 s->file_index = u->recv_limit;  /* optlen */
+                s->len = u->limit_bufs * e->cfg.buf_size;  /* a bundle's most (925) */
+                op->done = 0;  /* bytes this arm took (on_cqe, decision 925) */
                 if (u->ring_cookie && !op->has_ident)
                     take_cookie(e, u, op);
             } else {
@@ -1088,7 +1095,12 @@ static void ring_top_up(ul_engine *e, struct uring *u)
         u->br_runs = u->br_peak = 0;
     } else if (++u->br_runs >= UL_RING_WINDOW) {
         unsigned half = u->br_want / 2;
-        if (half >= UL_RING_WANT_MIN && half >= u->br_peak + u->br_peak / 2)
+        /* and, with the receive's byte limit, more than a bundle's buffers
+         * above the peak: a limited receive maps up to limit_bufs ring
+         * buffers for each bundle, and one that maps the ring's last ends
+         * the receive (the kernel's REQ_F_BL_EMPTY): a re-arm (decision 925) */
+        if (half >= UL_RING_WANT_MIN && half >= u->br_peak + u->br_peak / 2 &&
+            half > u->br_peak + u->limit_bufs)
             u->br_want = half;
         u->br_home = u->br_want;  /* a whole window without running dry held it */
         u->br_runs = u->br_peak = 0;
@@ -1361,6 +1373,14 @@ dispatch:
              * Never name a buffer we do not hold (bid 0 would be provided twice). */
             ul__finish(e, op, -EIO, 0, 0);
         } else if (res > 0) {
+            if (op->multishot && u->recv_limit && op->kind == K_RECV) {
+                op->done += (uint32_t)res;
+                /* the kernel ended a limited receive short of its limit: its
+                 * bundle mapped the ring's last buffers (REQ_F_BL_EMPTY).
+                 * The ring grows, as when a receive finds it dry (925) */
+                if (!kmore && !op->cancelled && op->done < u->recv_limit)
+                    u->br_dry = 1;
+            }
             if ((cflags & UL_CQE_F_BUFFER) && res > (int32_t)e->cfg.buf_size) {
                 /* a bundle: a record per buffer, in order; the last one is
                  * this CQE's record as for a single buffer */
@@ -2255,6 +2275,12 @@ int ul__uring_init(ul_engine *e, char *err, int errlen)
     u->ms_accept = k519 && !(opt & UL_OPT_NO_MULTISHOT);
     u->recv_limit = u->ms_recv && pr.recv_limit && !(opt & UL_OPT_NO_RECV_LIMIT)
                         ? UL_RECV_TURN_BYTES : 0;
+    /* a limited receive's bundle maps buffers for all the limit has left
+     * (the kernel's max_len), and one that maps the ring's last ends the
+     * receive: its own length (sqe->len, the kernel's per-invocation cap)
+     * keeps a bundle to UL_RECV_BUNDLE_BUFS buffers (decision 925) */
+    u->limit_bufs = u->recv_limit ? UL_MIN(UL_RECV_BUNDLE_BUFS,
+                                           u->recv_limit / e->cfg.buf_size + 1) : 0;
     /* SOCKET_URING_OP_GETSOCKOPT came with 6.7, as READ_MULTISHOT */
     u->ring_cookie = u->ms_recv && pr.ops[UL_OP_READ_MULTISHOT] && pr.ops[UL_OP_URING_CMD] &&
                      !(opt & UL_OPT_TEST_EAGAIN);
