@@ -98,6 +98,8 @@ struct uring {
                                    the backlog for the next run (decision 924) */
     unsigned limit_bufs;        /* with recv_limit: the most ring buffers one bundle of a
                                    stream's receive maps (its sqe->len; 0 without it) */
+    int recv_capped;            /* a limited receive's bundle filled its sqe->len in this
+                                   reap: its continuation is deferred work (925) */
     struct ul_buf *dr;          /* the datagram pool's ring (buffer group 1) */
     size_t dr_sz;
     uint16_t dr_tail;
@@ -1380,6 +1382,12 @@ dispatch:
                  * The ring grows, as when a receive finds it dry (925) */
                 if (!kmore && !op->cancelled && op->done < u->recv_limit)
                     u->br_dry = 1;
+                /* a bundle that filled its length (sqe->len): the kernel
+                 * goes on with the socket's rest as deferred work, which
+                 * this run takes too (uring_run), so that the records handed
+                 * over hold what one recv(max_size) would have (925) */
+                if (kmore && (uint32_t)res >= u->limit_bufs * e->cfg.buf_size)
+                    u->recv_capped = 1;
             }
             if ((cflags & UL_CQE_F_BUFFER) && res > (int32_t)e->cfg.buf_size) {
                 /* a bundle: a record per buffer, in order; the last one is
@@ -1732,12 +1740,17 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
      * the rest of a short send, an EAGAIN readiness wait. Hand it to the
      * kernel in this run rather than the next turn's, so N queued sends take
      * one turn, not N (a few passes at most: each needs a completion). */
-    for (int pass = 0; pass < 16 && u->sqe_tail != sent_tail && e->nrec < e->cfg.record_cap;
+    /* So can a limited receive whose bundle filled its length: the kernel
+     * goes on with it as deferred work, which a GETEVENTS enter runs (925) */
+    for (int pass = 0; pass < 16 && (u->sqe_tail != sent_tail || u->recv_capped) &&
+                       e->nrec < e->cfg.record_cap;
          pass++) {
         sent_tail = u->sqe_tail;
+        u->recv_capped = 0;
         if (flush_reap(e, u) < 0)
             break;
     }
+    u->recv_capped = 0;
     /* What the last pass produced (a busy socket re-arms an emulated
      * multishot receive on every pass) goes to the kernel now: left in the SQ
      * it would be submitted by the next run, after user code may have closed
