@@ -725,7 +725,6 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
                  * run, which comes after Python has had these records */
                 s->file_index = u->recv_limit;  /* optlen */
                 s->len = u->limit_bufs * e->cfg.buf_size;  /* a bundle's most (925) */
-                op->done = 0;  /* bytes this arm took (on_cqe, decision 925) */
                 if (u->ring_cookie && !op->has_ident)
                     take_cookie(e, u, op);
             } else {
@@ -1097,12 +1096,7 @@ static void ring_top_up(ul_engine *e, struct uring *u)
         u->br_runs = u->br_peak = 0;
     } else if (++u->br_runs >= UL_RING_WINDOW) {
         unsigned half = u->br_want / 2;
-        /* and, with the receive's byte limit, more than a bundle's buffers
-         * above the peak: a limited receive maps up to limit_bufs ring
-         * buffers for each bundle, and one that maps the ring's last ends
-         * the receive (the kernel's REQ_F_BL_EMPTY): a re-arm (decision 925) */
-        if (half >= UL_RING_WANT_MIN && half >= u->br_peak + u->br_peak / 2 &&
-            half > u->br_peak + u->limit_bufs)
+        if (half >= UL_RING_WANT_MIN && half >= u->br_peak + u->br_peak / 2)
             u->br_want = half;
         u->br_home = u->br_want;  /* a whole window without running dry held it */
         u->br_runs = u->br_peak = 0;
@@ -1376,12 +1370,6 @@ dispatch:
             ul__finish(e, op, -EIO, 0, 0);
         } else if (res > 0) {
             if (op->multishot && u->recv_limit && op->kind == K_RECV) {
-                op->done += (uint32_t)res;
-                /* the kernel ended a limited receive short of its limit: its
-                 * bundle mapped the ring's last buffers (REQ_F_BL_EMPTY).
-                 * The ring grows, as when a receive finds it dry (925) */
-                if (!kmore && !op->cancelled && op->done < u->recv_limit)
-                    u->br_dry = 1;
                 /* a bundle that filled its length (sqe->len): the kernel
                  * goes on with the socket's rest as deferred work, which
                  * this run takes too (uring_run), so that the records handed
