@@ -43,7 +43,10 @@
  * Usage: loadgen (--tcp HOST:PORT | --unix PATH) [-c CONNS] [-s SIZE]
  *                [-d SECONDS] [-w WARMUP_SECONDS] [--mode epoll|uring]
  *                [--verify] [--tls] [--idle] [--http PATH [--expect BODY]]
- *                [--reconnect]
+ *                [--reconnect] [--think NS]
+ * --think NS: before each message (the first included), NS nanoseconds of
+ * busy work (a spin on CLOCK_MONOTONIC), outside the latency: a client slower
+ * per request by a known amount (decision 940).
  * Exit status: 0 on success, 1 on a usage/connect error, 2 when a byte
  * differed under --verify, a response was not 200 or could not be read, or a
  * connection closed early.
@@ -123,6 +126,7 @@ static int reconnect;             /* --reconnect: one message per connection */
 static struct sockaddr_storage peer_sa; /* --reconnect: where to connect */
 static socklen_t peer_len;
 static uint64_t connects;         /* --reconnect: connections opened */
+static uint64_t think_ns;         /* --think: ns of busy work before each next message */
 #ifndef LOADGEN_NO_TLS
 static SSL_CTX *ssl_ctx;
 #endif
@@ -276,6 +280,11 @@ static void pump_write(int ep, Conn *c)
 
 static void next_msg(Conn *c)
 {
+    if (think_ns) { /* the client made slower per request by a known amount (decision 940) */
+        uint64_t until = now_ns() + think_ns;
+        while (now_ns() < until)
+            ;
+    }
     c->seq++;
     c->sent = c->got = c->hhead = 0;
     c->rdone = 0;
@@ -762,10 +771,11 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--http") && v) http_path = v, i++;
         else if (!strcmp(a, "--expect") && v) expect = v, i++;
         else if (!strcmp(a, "--reconnect")) reconnect = 1;
+        else if (!strcmp(a, "--think") && v) think_ns = (uint64_t)atoll(v), i++;
         else {
             fprintf(stderr, "usage: loadgen (--tcp HOST:PORT | --unix PATH) [-c N] [-s SIZE] "
                             "[-d SEC] [-w SEC] [--mode epoll|uring] [--verify] [--tls] [--idle] "
-                            "[--http PATH [--expect BODY]] [--reconnect]\n");
+                            "[--http PATH [--expect BODY]] [--reconnect] [--think NS]\n");
             return 1;
         }
     }

@@ -245,8 +245,9 @@ def cpu_ticks(pid):
     return (ns, *stat_ticks(pid), sleeps, waited)
 
 
-# engine counters reported per request (net_server.py prints them on SIGUSR1)
-ENGINE_COUNTS = ("enters", "waits", "submitted", "cqes", "records")
+# engine counters reported per request (net_server.py prints them on SIGUSR1;
+# turns: the loop's _run_once calls, decision 938)
+ENGINE_COUNTS = ("enters", "waits", "submitted", "cqes", "records", "turns")
 
 
 def engine_stats(server):
@@ -329,7 +330,8 @@ def window(requests, seconds, t0, t1, s0, s1):
         )
     if s0 is not None and s1 is not None:
         for k in ENGINE_COUNTS:
-            out[f"{k}_per_req"] = (s1[k] - s0[k]) / n
+            if k in s0 and k in s1:  # (a server of an older tree has no turns)
+                out[f"{k}_per_req"] = (s1[k] - s0[k]) / n
     return out
 
 
@@ -449,11 +451,12 @@ def libc_line(libc):
 
 
 class Server:
-    def __init__(self, loop, wl, cpu, tmp, cert, pad=0, libc=None):
+    def __init__(self, loop, wl, cpu, tmp, cert, pad=0, libc=None, extra=()):
         self.addr = self.skip = None
         self.loop = loop
         launch, extra_path = server_launch(libc)
         args = launch + [SERVER, "--loop", loop, "--kind", wl["kind"], "--cpu", str(cpu)]
+        args += list(extra)  # more of net_server.py's options (turn_batches.py: --spin)
         if wl["transport"] == "unix":
             path = os.path.join(tmp, f"s{os.getpid()}-{time.monotonic_ns()}.sock")
             args += ["--unix", path]
@@ -915,11 +918,11 @@ def markdown(rows, meta):
             "samples split them (utime, stime); sleeps: voluntary context switches; "
             "the engine's counters (`loop.engine_stats()`) "
             "for uringloop: kernel entries, of them waits, SQEs submitted (epoll: syscalls "
-            "for ops), CQEs reaped, records.",
+            "for ops), CQEs reaped, records, the loop's turns.",
             "",
             "| workload | loop | CPU µs/req | user | system | system share | sleeps "
-            "| enters | waits | SQEs | CQEs | records |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| enters | waits | SQEs | CQEs | records | turns |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in split:
             counts = " | ".join(

@@ -6,11 +6,12 @@ Pins itself to --cpu, makes the named loop, serves, and prints one line on
 stdout: ``READY <tcp port or unix path>``, or ``SKIP <reason>`` (exit 3) when
 this loop cannot serve this workload here. It runs until killed (SIGTERM).
 On uringloop, SIGUSR1 makes it print ``STATS <json>``: the engine's counters
-(``loop.engine_stats()``).
+(``loop.engine_stats()``) and the loop's turns (``turns``).
 
 Server kinds (all echo servers write back exactly what they read):
   protocol   asyncio.Protocol, data_received -> transport.write
   buffered   asyncio.BufferedProtocol with a 64 KiB buffer
+             (these two with --spin N: N turns of an empty loop after each write)
   streams    asyncio.start_server, read(64 KiB) -> write -> drain
   sock       loop.sock_accept / sock_recv(64 KiB) / sock_sendall on a task per connection
   tls        the protocol server under TLS (--cert/--key)
@@ -86,6 +87,27 @@ class BufferedEcho(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes):
         # a copy: the transport may keep what it could not send yet
         self.transport.write(self.buf[:nbytes])
+
+
+def spinning(spin):
+    """The protocol and buffered echo servers made slower per request by a
+    known amount: `spin` turns of an empty Python loop after each write
+    (--spin; decision 940)."""
+    turns = range(spin)
+
+    class SpinEcho(Echo):
+        def data_received(self, data):
+            self.transport.write(data)
+            for _ in turns:
+                pass
+
+    class SpinBufferedEcho(BufferedEcho):
+        def buffer_updated(self, nbytes):
+            self.transport.write(self.buf[:nbytes])
+            for _ in turns:
+                pass
+
+    return SpinEcho, SpinBufferedEcho
 
 
 async def streams_handler(reader, writer):
@@ -198,10 +220,12 @@ async def serve(loop, args):
                 streams_handler, "127.0.0.1", args.tcp, backlog=backlog
             )
     else:
+        spin = getattr(args, "spin", 0)  # (server_instructions.py's Namespace has none)
+        echo, buffered = spinning(spin) if spin else (Echo, BufferedEcho)
         factory = {
-            "protocol": Echo,
+            "protocol": echo,
             "tls": Echo,
-            "buffered": BufferedEcho,
+            "buffered": buffered,
             "httptools": HttpToolsProtocol,
         }[kind]
         if unix:
@@ -213,6 +237,17 @@ async def serve(loop, args):
     return srv.sockets[0].getsockname()
 
 
+def stats(loop):
+    """The engine's counters and the loop's turns (``_turns``, the scheduler's
+    count of ``_run_once`` calls): a turn that finds no record and no
+    deferred work makes no kernel entry, so turns against enters tell a
+    server that spins through empty turns from one whose every turn takes
+    records (decision 938)."""
+    out = loop.engine_stats()
+    out["turns"] = loop._turns
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--loop", required=True, choices=LOOPS)
@@ -222,6 +257,7 @@ def main():
     ap.add_argument("--cpu", type=int, default=None)
     ap.add_argument("--cert")
     ap.add_argument("--key")
+    ap.add_argument("--spin", type=int, default=0, help="protocol, buffered: busy work a request")
     args = ap.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
@@ -255,7 +291,7 @@ def main():
         # waited for the next event (net_bench's 10 s, "said None")
         loop.add_signal_handler(
             signal.SIGUSR1,
-            lambda: print("STATS " + json.dumps(loop.engine_stats()), flush=True),
+            lambda: print("STATS " + json.dumps(stats(loop)), flush=True),
         )
     where = addr if isinstance(addr, str) else addr[1]
     print(f"READY {where}", flush=True)

@@ -93,8 +93,9 @@ def run_loadgen(exe, port, mode, size=3000, *extra):
 
 
 @contextlib.contextmanager
-def stock_server(kind):
-    """net_server.py's `kind` server on the stock loop; yields its TCP port."""
+def stock_server(kind, *extra):
+    """net_server.py's `kind` server on the stock loop (extra: more of its
+    options); yields its TCP port."""
     env = dict(os.environ, PYTHONPATH=ROOT)
     env.pop("PYTHONASYNCIODEBUG", None)
     srv = subprocess.Popen(
@@ -107,6 +108,7 @@ def stock_server(kind):
             kind,
             "--tcp",
             "0",
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -139,6 +141,60 @@ def test_loadgen_verifies_against_stock_echo_server(loadgen, mode, size):
     assert res["conns"] == 4 and res["size"] == size
     assert res["mode"] == mode
     assert res["cpu_s"] > 0
+
+
+@pytest.mark.parametrize("kind", ["protocol", "buffered"])
+def test_loadgen_think_and_net_server_spin_keep_the_echo_whole(loadgen, kind):
+    """turn_batches.py's knobs (decision 940): net_server's --spin echo still
+    echoes every byte, and loadgen --think spends its NS before every message
+    in its one thread, so a window of `seconds` holds at most seconds / think
+    + one message per connection (a count bound, not a timing: a slower
+    machine only makes fewer)."""
+    think_ns = 20_000_000
+    with stock_server(kind, "--spin", "5") as port:
+        rc, lines, err = run_loadgen(loadgen, port, "epoll", 3000, "--think", str(think_ns))
+    assert rc == 0, err
+    assert lines[0] == "START"
+    res = json.loads(lines[1])
+    assert res["verified"] is True and res["verify_errors"] == 0
+    assert res["requests"] > 0
+    assert res["requests"] <= res["seconds"] * 1e9 / think_ns + res["conns"], res
+
+
+def test_turn_batches_counts_sends_a_turn_and_events_a_wait():
+    """turn_batches.py's reading of `perf script` (decision 939): the server's
+    sends between two of its kernel waits (io_uring_enter, epoll_wait,
+    epoll_pwait; the first, partial turn left out; the last closed by its
+    next wait), the client's epoll_wait returns, other processes ignored."""
+    tb = _bench("turn_batches")
+    text = "\n".join(
+        [
+            "   10 syscalls:sys_enter_sendto: fd: 0x5",  # before the server's first wait
+            "   10 syscalls:sys_enter_io_uring_enter: fd: 0x3, to_submit: 0x0",
+            "   10 syscalls:sys_enter_sendto: fd: 0x5",
+            "   10 syscalls:sys_enter_sendto: fd: 0x6",
+            "   20 syscalls:sys_exit_epoll_wait: 0x3",
+            "   20 syscalls:sys_enter_sendto: fd: 0x7",  # the client's sends: not the server's
+            "   10 syscalls:sys_enter_io_uring_enter: fd: 0x3",
+            "   30 syscalls:sys_enter_sendto: fd: 0x5",  # another process
+            "   10 syscalls:sys_enter_epoll_pwait: epfd: 0x4",
+            "   10 syscalls:sys_enter_writev: fd: 0x9",
+            "   10 syscalls:sys_enter_write: fd: 0x9",
+            "   10 syscalls:sys_enter_sendmsg: fd: 0x9",
+            "   20 syscalls:sys_exit_epoll_wait: 0x40",
+            "   10 syscalls:sys_enter_epoll_wait: epfd: 0x4",
+            "   10 syscalls:sys_enter_sendto: fd: 0x5",  # a turn the record cut: not closed
+            "   20 syscalls:sys_exit_epoll_pwait: 0xfffffffffffffffc",  # -EINTR: no count
+            "garbage line",
+        ]
+    )
+    turns, waits = tb.parse_script(text, 10, 20)
+    assert turns == [2, 0, 3]
+    assert waits == [3, 64]
+    d = tb.dist([5, 1, 9, 3, 7, 2, 8, 4, 0, 10])
+    assert d == {"n": 10, "mean": 4.9, "p10": 1, "median": 5, "p90": 10, "zero": 0.1}
+    assert tb.fmt_dist(d) == "  4.9 (1/5/10, n=10, 0: 10%)"
+    assert tb.dist([]) is None and tb.fmt_dist(None) == "-"
 
 
 @contextlib.contextmanager
@@ -895,6 +951,70 @@ def test_hostmodes_probe_and_counting_server(tmp_path):
             proc.wait()
             proc.stdout.close()
             proc.stderr.close()
+
+
+def _stats_line(proc):
+    proc.send_signal(signal.SIGUSR1)
+    ready, _, _ = select.select([proc.stdout], [], [], 10)
+    assert ready, "no STATS in 10 s"
+    line = proc.stdout.readline()
+    assert line.startswith("STATS "), line
+    return json.loads(line[6:])
+
+
+@pytest.mark.parametrize("backend", ["io_uring", "epoll"])
+def test_net_server_reports_its_turns_and_net_bench_per_request(tmp_path, backend):
+    """net_server.py's STATS line carries the loop's turns beside the engine's
+    counters, and net_bench's window() reports them per request (decision
+    938): 5 echoes one after another over a Unix socket, each sent only once
+    the last came back, take at least one turn each. A server of an older
+    tree, without turns, still gives the other counters."""
+    if backend == "io_uring":
+        require_uring()
+    nb = _net_bench()
+    assert "turns" in nb.ENGINE_COUNTS
+    path = str(tmp_path / "s.sock")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(uringloop.__file__)))
+    env.pop("URINGLOOP_BACKEND", None)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(BENCH, "net_server.py"), "--loop", f"uringloop-{backend}"]
+        + ["--kind", "protocol", "--unix", path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "net_server.py did not start in 30 s"
+        assert proc.stdout.readline().startswith("READY ")
+        with socket.socket(socket.AF_UNIX) as c:
+            c.settimeout(10)
+            c.connect(path)
+            c.sendall(b"w")  # the connection is accepted and served
+            assert c.recv(16) == b"w"
+            s0 = _stats_line(proc)
+            for i in range(5):
+                msg = bytes([65 + i]) * 1024
+                c.sendall(msg)
+                got = b""
+                while len(got) < len(msg):
+                    got += c.recv(65536)
+                assert got == msg
+            s1 = _stats_line(proc)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert isinstance(s1["turns"], int) and s1["turns"] >= s0["turns"] + 5, (s0, s1)
+    ticks = (0, 0, 0, 0, 0)
+    out = nb.window(5, 1.0, ticks, ticks, s0, s1)
+    assert out["turns_per_req"] >= 1.0, out
+    assert out["enters_per_req"] > 0 and out["records_per_req"] >= 1.0, out
+    old = {k: v for k, v in s0.items() if k != "turns"}
+    out = nb.window(5, 1.0, ticks, ticks, old, s1)
+    assert "turns_per_req" not in out and out["enters_per_req"] > 0, out
 
 
 def test_net_bench_probe_lists_the_runs_made_on_a_slow_host(tmp_path):

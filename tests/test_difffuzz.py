@@ -1558,6 +1558,38 @@ def test_a_second_sendfiles_stock_keyerror_is_stocks_bug():
     assert not difffuzz._stock_bug(["-", "sendfile-done", "b", "ok", 100], ours)
 
 
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_a_second_sendfile_started_while_the_first_waits_keeps_the_firsts_bytes(kind):
+    """Decision 933 (unix 993088 with --fast --callbacks --more, every
+    kind): a writes 100,000 B its paused peer does not take, then starts
+    two sendfiles; the second fails at once (both loops), the first waits
+    for the buffer and sends its file once b reads. The second's sent
+    record replaced the first's, so the file's bytes b got were read as not
+    a prefix of a's writes. Each sendfile now keeps its own record."""
+    prog = {
+        "seed": 993088,
+        "family": "unix",
+        "ops": [
+            ["write", "a", 100000, "bytearray"],
+            ["sendfile", "a", 100000, 10],
+            ["sendfile", "a", 100000, 0],
+            ["sread", "b", "readexactly", 65536],
+            ["sread", "b", "readexactly", 65536],
+        ],
+        "buffered": {"a": False, "b": False},
+        "bufsize": {"a": 100, "b": 1},
+        "keep_open": {"a": True, "b": False},
+        "hooks": [],
+        "fast": {"mode": "streams", "limit": 4096, "how": "start_server"},
+    }
+    res = difffuzz.check(prog, [kind])
+    if "stock" in res:
+        pytest.skip(f"the stock loop varied on this program: {res['stock'][:1]}")
+    got = difffuzz.run(kind, prog)
+    assert ["-", "sendfile-done", "a", "ok", 99990] in got["ops"], got["ops"]
+    assert res == {kind: []}
+
+
 def _sendfile_closed_when_writable(kind):
     """Decision 858 (tcp 910082): b's loop.sendfile sends 99,990 B in one
     sendfile(2) and waits for b to turn writable; a's data_received, at

@@ -17,6 +17,17 @@ BufferedProtocol whose data callback at 150,000 B writes 16 KiB and raises
 each end received is a prefix of what the other wrote, in the order its
 transport took it: the file, then the write accepted once the sendfile
 ended (the fuzzer's record had them the other way round, 904).
+
+990104 (`--fast --callbacks --more --family tcp --seed 990104`, io_uring
+kinds, with or without the multishot receive), shrunk: b's loop.sendfile()
+of 1,000,000 B to a; a's first data_received (at 5,000 B or more) queues a
+write() on b with call_soon. The first sendfile(2) hands the kernel the
+whole file and a's bytes arrive before stock's add_writer registers b:
+its select then reports a's reader before b's writer, and the write runs
+before the sendfile's task has ended ("sendfile is in progress").
+io_uring posted b's writability poll, complete at its submission, ahead
+of a's receive the kernel held as deferred work: the sendfile had ended
+when the write ran (932).
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ import sys
 import tempfile
 
 import pytest
-from conftest import ANY_LOOP_KINDS, finish_loop, make_loop, run_in
+from conftest import ANY_LOOP_KINDS, finish_loop, make_loop, require_uring, run_in
 from transport_helpers import pattern
 
 _stock: dict = {}  # scenario -> the stock loop's outcome
@@ -244,3 +255,117 @@ def test_each_end_receives_a_prefix_of_its_peers_writes_990109(kind):
     assert sent_a.startswith(bytes(b.data)), (len(b.data), res)
     assert bytes(run["sent_b"]).startswith(bytes(a.data)), len(a.data)
     assert len(b.data) >= 150_000
+
+
+_NOMULTISHOT = "io_uring-nomultishot"  # difffuzz's kind (923): 895 blamed that receive
+
+
+def _loop_990104(kind):
+    if kind != _NOMULTISHOT:
+        return make_loop(kind)
+    require_uring()
+    from uringloop import Loop, engine
+
+    return Loop(backend="io_uring", options=engine.OPT_NO_MULTISHOT)
+
+
+class _Hooked(asyncio.Protocol):
+    """a of 990104: its first data_received at 5,000 B or more queues a
+    write() on b (and, with stop, stops the loop, as the fuzzer's hook)."""
+
+    def __init__(self, run, stop):
+        self.run, self.stop, self.n, self.t, self.hooked = run, stop, 0, None, False
+
+    def connection_made(self, t):
+        self.t = t
+
+    def data_received(self, data):
+        self.n += len(data)
+        if self.hooked or self.n < 5000:
+            return
+        self.hooked = True
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self._write)
+        if self.stop:
+            loop.stop()
+
+    def _write(self):
+        try:
+            self.run["tb"].write(b"w" * 1000)
+        except RuntimeError as e:
+            self.run["write"] = ("raised", str(e), self.run["task"].done())
+        else:
+            self.run["write"] = ("ok", None, self.run["task"].done())
+
+    def eof_received(self):
+        return True
+
+
+def _sendfile_then_hook(kind, stop, debug):
+    lp = _loop_990104(kind)
+    lp.set_debug(debug)
+    handled = []
+    lp.set_exception_handler(lambda loop, ctx: handled.append(ctx.get("message")))
+    run = {}
+    a = _Hooked(run, stop)
+    b = _Peer()
+    file_data = pattern(1_000_000, 4)
+    f = tempfile.TemporaryFile()
+    f.write(file_data)
+    f.seek(0)
+
+    async def main():
+        srv = await lp.create_server(lambda: b, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        ta, _ = await lp.create_connection(lambda: a, "127.0.0.1", port)
+        await _wait(lambda: getattr(b, "t", None) is not None, "b's connection_made")
+        run["tb"] = b.t
+        return ta, srv
+
+    async def rest():
+        if "task" not in run:
+            # started in the run that waits for it: a loop stopped between
+            # its first sendfile(2) and the next run is another case (932)
+            run["task"] = lp.create_task(lp.sendfile(run["tb"], f))
+        res = await asyncio.wait_for(asyncio.shield(run["task"]), 10)
+        await _wait(lambda: "write" in run, "a's hook's write")
+        await _wait(lambda: a.n >= len(file_data) + (run["write"][0] == "ok") * 1000, "a's bytes")
+        return res
+
+    try:
+        ta, srv = run_in(lp, main())
+        try:
+            res = run_in(lp, rest(), 30)
+        except RuntimeError as e:  # a's hook stopped the loop: run it again
+            assert stop and "stopped before" in str(e), e
+            res = run_in(lp, rest(), 30)
+        ta.abort()
+        run["tb"].abort()  # (3.12+'s wait_closed waits for it)
+        srv.close()
+        run_in(lp, srv.wait_closed())
+    finally:
+        f.close()
+        problems = finish_loop(lp)
+    assert not problems, problems
+    return {"sendfile": res, "write": run["write"], "a": a.n, "handler": handled}
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
+@pytest.mark.parametrize("stop", [False, True], ids=["run", "stop"])
+@pytest.mark.parametrize("kind", [*ANY_LOOP_KINDS, _NOMULTISHOT])
+def test_a_write_queued_by_the_peers_first_read_finds_the_sendfile_running_990104(
+    kind, stop, debug
+):
+    """990104 (932): b's sendfile of 1,000,000 B; a's first read queues a
+    write() on b, which raises as stock's: the sendfile is still running,
+    its writer reported behind a's reader; a gets the file and nothing more.
+    (TCP only: a Unix socket the first sendfile(2) filled is not writable at
+    the registration, so no kind reports its writer early there.)"""
+    key = ("990104", stop, debug)
+    if key not in _stock:
+        _stock[key] = _sendfile_then_hook("stock", stop, debug)
+    ref = _stock[key]
+    got = ref if kind == "stock" else _sendfile_then_hook(kind, stop, debug)
+    assert ref["write"] == ("raised", "unable to write; sendfile is in progress", False), ref
+    assert ref["sendfile"] == 1_000_000 and ref["a"] == 1_000_000, ref
+    assert got == ref

@@ -810,7 +810,10 @@ class _Runner:
         self.salt = 0
         self.sent: dict[str, bytearray] = {}  # each end's written bytes, in order
         self.sendfiling: set = set()  # ends with a loop.sendfile() running (611)
-        self.sendfile_rec: dict = {}  # end -> its sendfile's sent record, until taken (903)
+        # end -> [(task, record)] of its sendfiles' sent records, until taken
+        # (903; a list: a second sendfile on the end may start while the
+        # first waits, and fail, 932)
+        self.sendfile_rec: dict = {}
         self.unsettled = False  # the last op ran one turn only (nosettle)
         # TLS with a 20 ms shutdown timeout: nothing changes for 4 x 10 ms,
         # so the timeout, if it runs, fires within the settle of the op that
@@ -1256,9 +1259,9 @@ class _Runner:
         callback's turn, they read as a peer's bytes out of order (tcp
         990109 with --fast --callbacks --more: b's lost hook wrote on a in
         between)."""
-        rec = self.sendfile_rec.get(side)
-        if rec is not None and rec[0].done():
-            rec[1]()
+        for task, rec in list(self.sendfile_rec.get(side, ())):
+            if task.done():
+                rec()
 
     def _sendfile(self, op, side, t):
         """Decision 611: loop.sendfile(t, file, offset) as a task; its result
@@ -1274,9 +1277,11 @@ class _Runner:
         self.sendfiling.add(side)
 
         def record():
-            if self.sendfile_rec.get(side, (None,))[0] is not task:
+            recs = self.sendfile_rec.get(side, [])
+            mine = [x for x in recs if x[0] is task]
+            if not mine:
                 return  # taken already (903)
-            del self.sendfile_rec[side]
+            recs.remove(mine[0])
             if task.cancelled():
                 return
             exc = task.exception()
@@ -1290,12 +1295,13 @@ class _Runner:
                 n = task.result()
                 self.sent.setdefault(side, bytearray()).extend(data[op[3] : op[3] + n])
 
-        self.sendfile_rec[side] = (task, record)
+        self.sendfile_rec.setdefault(side, []).append((task, record))
 
         def done(task):
             f.close()
-            self.sendfiling.discard(side)
             record()
+            if not self.sendfile_rec.get(side):  # (another may still run, 932)
+                self.sendfiling.discard(side)
             if task.cancelled():
                 res = ["cancelled"]
             elif task.exception() is not None:

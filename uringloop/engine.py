@@ -473,6 +473,13 @@ class Engine:
         (engine.h ul_ended_with; decision 839)."""
         return self._e is not None and lib.ul_ended_with(self._e, fd, res) != 0
 
+    def ready_now(self) -> bool:
+        """The next run would find a record without waiting (engine.h
+        ul_ready): io_uring's CQ holds one, the kernel flags deferred work
+        (a completion that came and is not posted yet), or a send or a
+        receive from Python waits to be submitted (decision 932)."""
+        return self._e is not None and lib.ul_ready(self._e) != 0
+
     def wake(self) -> None:
         """Thread-safe: make a sleeping run() return."""
         self._t.wake()

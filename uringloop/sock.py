@@ -932,6 +932,8 @@ class SockMixin:
         token = 0  # which poll's record ready() waits for (stale ones dropped)
         queued = None  # the writer's handle in _ready, and the poll's result
         aborted = False  # an abort() closed the socket while it was not writable
+        behind = False  # the poll's record goes behind its batch's records (932)
+        uring = engine.backend == "io_uring"
 
         def end(exc=None):
             # the file's position after the bytes sent, then the result
@@ -946,9 +948,18 @@ class SockMixin:
                 fut.set_result(total)
 
         def wait():
-            nonlocal ud, token
+            nonlocal ud, token, behind
             token += 1
             mine = token
+            # Decision 932: where stock's add_writer finds the socket
+            # writable, its select reports the writer behind the fds whose
+            # readiness came before (epoll's ready list: the peer's bytes
+            # this sendfile(2) sent, a send of the turn). io_uring completes
+            # the poll at its submission, ahead of the completions the
+            # kernel holds as deferred work then (ready_now), which the
+            # same enter posts after it: its writer then runs behind the
+            # batch's records, as an add_writer callback's handle does.
+            behind = uring and engine.ready_now() and _writable_now(fd)
             try:
                 ud = engine.poll(fd, 0x004, lambda res, more, data: ready(mine, res))  # POLLOUT
             except Exception as exc:
@@ -1001,10 +1012,11 @@ class SockMixin:
                 # _call_connection_lost): stock's writer, still registered,
                 # is queued by this select, behind that close (decision 892)
                 res = 0x004
-            if loop._sched_ahead():
+            if behind or loop._sched_ahead():
                 # stock's writer handle runs behind what _ready held at its
                 # select (and before what this batch's callbacks schedule):
-                # placed there, as an add_writer callback is (decision 890)
+                # placed there, as an add_writer callback is (decision 890);
+                # behind the batch's records that came before it (932)
                 h = loop.call_soon(writer, res)
                 loop._sched_io_place(h, True)
                 queued = (h, res)
