@@ -163,8 +163,20 @@ def test_a_paused_reader_took_at_most_one_stock_recv(kind, family):
     has taken at most 256 KiB (+ one pool buffer) from the kernel, as
     stock's one recv(256 KiB); then every byte comes after resume_reading,
     in order. Before decision 924, io_uring took about 1 MB (the ring's
-    first 64 buffers) and io_uring-fallbacks 290 KB."""
-    out = _paused_reader_takes(kind, family, 2_000_000)
+    first 64 buffers; it still does without OPT_RECV_LIMIT, decision 945) and
+    io_uring-fallbacks 290 KB."""
+    options = None
+    if kind == "io_uring":
+        # the kernel's limit is asked for (decision 945: off by default)
+        from uringloop import engine
+
+        options = engine.OPT_RECV_LIMIT
+        lp = _loop_with(options)
+        info = lp._engine.info()
+        lp.close()
+        if info["recv_limit"] == 0:
+            pytest.skip("no total byte limit for a multishot receive on this kernel (6.16+)")
+    out = _paused_reader_takes(kind, family, 2_000_000, options)
     if out["prefilled"] <= MAX_SIZE + SLACK:
         pytest.skip(f"the kernel took only {out['prefilled']} B ahead of the reader")
     assert out["ok"], "the bytes after resume differ from a's write"
@@ -172,20 +184,18 @@ def test_a_paused_reader_took_at_most_one_stock_recv(kind, family):
 
 
 def test_without_the_kernels_limit_the_receive_runs_on_and_loses_nothing():
-    """Where the kernel has no total byte limit for a multishot receive (before
-    6.16: the probe says so; forced here by OPT_NO_RECV_LIMIT) the receive runs
-    as before decision 924, until the pause's cancel: more than stock's one
-    recv is taken ahead of the protocol (the Known limit), held, and handed
-    over first on resume, every byte in order."""
-    from uringloop import engine
-
-    lp = _loop_with(engine.OPT_NO_RECV_LIMIT)
+    """Without the kernel's total byte limit for a multishot receive (the
+    default, decision 945; before 6.16 there is none) the receive runs as
+    before decision 924, until the pause's cancel: more than stock's one recv
+    is taken ahead of the protocol (the Known limit), held, and handed over
+    first on resume, every byte in order."""
+    lp = _loop_with(0)
     info = lp._engine.info()
     lp.close()
     if not info["multishot_recv"]:
         pytest.skip("no multishot receive on this kernel: nothing to limit")
     assert info["recv_limit"] == 0
-    out = _paused_reader_takes("io_uring", "unix", 2_000_000, engine.OPT_NO_RECV_LIMIT)
+    out = _paused_reader_takes("io_uring", "unix", 2_000_000, 0)
     if out["prefilled"] <= 2 * (MAX_SIZE + SLACK):
         pytest.skip(f"the kernel took only {out['prefilled']} B ahead of the reader")
     assert out["ok"], "the bytes after resume differ from a's write"
@@ -193,14 +203,20 @@ def test_without_the_kernels_limit_the_receive_runs_on_and_loses_nothing():
 
 
 def test_the_engine_says_where_the_receive_is_limited():
-    """engine info's recv_limit: io_uring 256 KiB where the probe found the
-    kernel's total byte limit (6.16+) and the multishot receive runs, else 0;
+    """engine info's recv_limit: io_uring 0 by default, and with OPT_RECV_LIMIT
+    256 KiB where the probe found the kernel's total byte limit (6.16+) and the
+    multishot receive runs, else 0;
     epoll's read loop always stops at 256 KiB a turn."""
     from uringloop import engine
 
     with engine.Engine("epoll") as e:
         assert e.info()["recv_limit"] == MAX_SIZE
     lp = make_loop("io_uring")
+    try:
+        assert lp._engine.info()["recv_limit"] == 0  # asked for only (decision 945)
+    finally:
+        lp.close()
+    lp = _loop_with(engine.OPT_RECV_LIMIT)
     try:
         info = lp._engine.info()
     finally:

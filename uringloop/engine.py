@@ -35,7 +35,7 @@ __all__ = [
     "OPT_NO_DEFER",
     "OPT_NO_CANCEL_FD",
     "OPT_NO_BUNDLE",
-    "OPT_NO_RECV_LIMIT",
+    "OPT_RECV_LIMIT",
     "OPT_TEST_EAGAIN",
     "OPT_GUARD",
     "OPT_TEST_NOBUF",
@@ -51,9 +51,10 @@ OPT_NO_BUFRING = lib.UL_OPT_NO_BUFRING
 OPT_NO_DEFER = lib.UL_OPT_NO_DEFER
 OPT_NO_CANCEL_FD = lib.UL_OPT_NO_CANCEL_FD
 OPT_NO_BUNDLE = lib.UL_OPT_NO_BUNDLE
-# a stream's multishot receive runs until cancelled, as where the kernel (before
-# 6.16) has no total byte limit for it (decision 924)
-OPT_NO_RECV_LIMIT = lib.UL_OPT_NO_RECV_LIMIT
+# a stream's multishot receive takes the kernel's total byte limit (6.16+) where
+# the probe finds it (decision 924); asked for only (decision 945): without it the
+# receive runs until cancelled, as where the kernel has no such limit
+OPT_RECV_LIMIT = lib.UL_OPT_RECV_LIMIT
 # test only: an op's first issue completes with EAGAIN (a connect with
 # EINPROGRESS), so the readiness-retry paths run on kernels that never take them
 OPT_TEST_EAGAIN = lib.UL_OPT_TEST_EAGAIN

@@ -39,9 +39,10 @@
 #define UL_OPT_NO_DEFER 4       /* skip the SINGLE_ISSUER|DEFER_TASKRUN rung */
 #define UL_OPT_NO_CANCEL_FD 8   /* cancel per op even where CANCEL_FD exists */
 #define UL_OPT_NO_BUNDLE 64     /* multishot recv takes one pool buffer per completion */
-/* a stream's multishot recv runs unbounded until cancelled, as on kernels
- * before 6.16 (no total byte limit: what the probe finds there; decision 924) */
-#define UL_OPT_NO_RECV_LIMIT 8192
+/* a stream's multishot recv takes the kernel's total byte limit where the probe
+ * finds it (6.16+; decision 924); without it (the default since decision 945)
+ * it runs until cancelled, as on kernels before 6.16 */
+#define UL_OPT_RECV_LIMIT 8192
 /* The most a stream's receive takes from the kernel between two hand-overs of
  * records to Python: the stock loop's one recv(max_size) a turn (decision 924) */
 #define UL_RECV_TURN_BYTES 262144

@@ -2274,7 +2274,9 @@ int ul__uring_init(ul_engine *e, char *err, int errlen)
     u->bundle = u->ms_recv && (u->features & UL_FEAT_RECVSEND_BUNDLE) &&
                 !(opt & UL_OPT_NO_BUNDLE);
     u->ms_accept = k519 && !(opt & UL_OPT_NO_MULTISHOT);
-    u->recv_limit = u->ms_recv && pr.recv_limit && !(opt & UL_OPT_NO_RECV_LIMIT)
+    /* asked for only (decision 945): on by default it cost the 100 KiB echo a
+     * second copy and made a fresh connection's second big message come split */
+    u->recv_limit = u->ms_recv && pr.recv_limit && (opt & UL_OPT_RECV_LIMIT)
                         ? UL_RECV_TURN_BYTES : 0;
     /* a limited receive's bundle maps buffers for all the limit has left
      * (the kernel's max_len), and one that maps the ring's last ends the
