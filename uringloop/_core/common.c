@@ -1355,6 +1355,7 @@ static int run_engine(ul_engine *e, int64_t timeout_ns, int once)
             break;
     }
     e->woken = 0;
+    e->handovers++;  /* what this run took goes to Python now (decision 924) */
     __atomic_store_n(&e->in_run, 0, __ATOMIC_RELEASE);
     e->st.records += e->nrec;
     if (e->nrec > 0 || r >= 0)

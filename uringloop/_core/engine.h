@@ -39,6 +39,13 @@
 #define UL_OPT_NO_DEFER 4       /* skip the SINGLE_ISSUER|DEFER_TASKRUN rung */
 #define UL_OPT_NO_CANCEL_FD 8   /* cancel per op even where CANCEL_FD exists */
 #define UL_OPT_NO_BUNDLE 64     /* multishot recv takes one pool buffer per completion */
+/* a stream's multishot recv takes the kernel's total byte limit where the probe
+ * finds it (6.16+; decision 924); without it (the default since decision 945)
+ * it runs until cancelled, as on kernels before 6.16 */
+#define UL_OPT_RECV_LIMIT 8192
+/* The most a stream's receive takes from the kernel between two hand-overs of
+ * records to Python: the stock loop's one recv(max_size) a turn (decision 924) */
+#define UL_RECV_TURN_BYTES 262144
 /* Test only (io_uring; epoll ignores it): the first time an op is issued on
  * an fd that is not ready for it, recv/recv_into/recvmsg/send/sendv/sendmsg/
  * accept complete with -EAGAIN without doing anything (a NOP stands in, as a
@@ -95,6 +102,10 @@ typedef struct ul_info {
     uint32_t buf_count, buf_size;
     int multishot_read;          /* ul_read_pool uses READ_MULTISHOT */
     int recv_bundle;             /* multishot recv fills several pool buffers per CQE */
+    uint32_t recv_limit;         /* io_uring: a stream's multishot recv ends after this many
+                                    bytes and is re-armed by the next run (6.16+; 0: runs
+                                    until cancelled); epoll: what a receive takes a turn
+                                    (decision 924) */
     uint32_t op_bytes;           /* the engine's record per op slot */
     char reason[256];            /* why this backend (fallback reason) */
 } ul_info;
@@ -106,6 +117,8 @@ typedef struct ul_probe {
     int last_op;                 /* highest opcode the kernel knows, -1 if unknown */
     uint8_t ops[256];            /* 1 = opcode supported */
     char reason[256];
+    int recv_limit;              /* a multishot RECV takes a total byte limit (sqe->optlen,
+                                    6.16+): 1, or 0 where its prep refuses it (decision 924) */
 } ul_probe;
 
 typedef struct ul_stats {

@@ -463,23 +463,43 @@ static int try_read_pool(ul_engine *e, struct ul_op *op)
  * (decision 339). */
 #define RECV_IOV 8
 
+/* A multishot stream receive takes at most UL_RECV_TURN_BYTES between two
+ * hand-overs of records to Python (ul_run's returns: its attempt at
+ * submission, its event's and the retry list's in the run after it count
+ * together), the stock loop's one recv(max_size) a turn; the rest stays in
+ * the socket, where the peer's send queue and a reset see it, until the next
+ * run (decision 924). op->done counts what it took since op->turn. */
 static int try_recv_pool(ul_engine *e, struct ul_op *op)
 {
     if (op->kind == K_READ_POOL)
         return try_read_pool(e, op);
+    if (op->multishot && op->turn != e->handovers) {
+        op->turn = e->handovers;
+        op->done = 0;
+    }
     int used = 0; /* buffers read into this turn: at most BUDGET */
     while (used < BUDGET) {
+        size_t room = op->multishot ? UL_RECV_TURN_BYTES - op->done : op->len;
+        if (room == 0)
+            return TRY_YIELD;  /* the rest after Python has had these */
         int want = op->multishot && op->wide ? RECV_IOV : 1, m = 0;
         if (want > BUDGET - used)
             want = BUDGET - used;
+        if ((size_t)want * op->len > room)
+            want = (int)((room + op->len - 1) / op->len);
         uint16_t bids[RECV_IOV];
         struct iovec iov[RECV_IOV];
         m = take_bufs(e, op, iov, bids, want);
         if (m == 0)
             return TRY_YIELD;  /* buffers come back at the next recycle */
+        size_t asked = (size_t)m * op->len;
+        if (asked > room) {  /* the last buffer takes what is left of the turn's */
+            iov[m - 1].iov_len -= asked - room;
+            asked = room;
+        }
         ssize_t r;
         if (m == 1) {
-            r = recv(op->fd, iov[0].iov_base, op->len, MSG_DONTWAIT);
+            r = recv(op->fd, iov[0].iov_base, iov[0].iov_len, MSG_DONTWAIT);
         } else {
             struct msghdr msg = {0};
             msg.msg_iov = iov;
@@ -498,7 +518,9 @@ static int try_recv_pool(ul_engine *e, struct ul_op *op)
         used += k > 0 ? k : 1;
         if (r > 0) {
             op->wide = (size_t)r >= op->len;
-            if ((size_t)r < (size_t)m * op->len && drained_by_short_read(e, op))
+            if (op->multishot)
+                op->done += (uint32_t)r;
+            if ((size_t)r < asked && drained_by_short_read(e, op))
                 return TRY_WAIT;
             continue;
         }
@@ -1095,5 +1117,6 @@ int ul__epoll_init(ul_engine *e, char *err, int errlen)
     e->bs = p;
     e->be = &ul_epoll_backend;
     e->info.backend = UL_BACKEND_EPOLL;
+    e->info.recv_limit = UL_RECV_TURN_BYTES;
     return 0;
 }

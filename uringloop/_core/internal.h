@@ -111,6 +111,9 @@ struct ul_op {
     uint32_t nbatch;            /* ops in the batch below, the head included */
     int msg_flags;
     uint32_t events;            /* poll mask, or shutdown's how */
+    uint32_t turn;              /* epoll multishot K_RECV: the engine's handovers when
+                                   its done (bytes taken since) was last reset
+                                   (decision 924) */
     uint64_t ident;             /* the file fd named when the op was asked for
                                    (ul__ident), valid when has_ident */
     char *buf;
@@ -227,6 +230,9 @@ struct ul_engine {
     int in_run;                 /* atomic: read by other threads' submissions */
     const void *run_thread;     /* the thread in ul_run while in_run */
     int woken;                  /* the wake eventfd fired during this run */
+    uint32_t handovers;         /* ul_run returns (records handed to Python), mod 2^32:
+                                   epoll's stream receive takes at most
+                                   UL_RECV_TURN_BYTES between two (decision 924) */
 
     struct ul_op **chunks;
     uint32_t nchunks;
@@ -284,6 +290,20 @@ static inline int ul__is_pool_read(const struct ul_op *op)
 {
     return op->kind == K_RECV || op->kind == K_READ_POOL;
 }
+/* A stream receive took n more bytes: 1 once what it took since the engine
+ * last handed records to Python (ul_run's return) reaches the stock loop's
+ * one recv(max_size), UL_RECV_TURN_BYTES: it goes on only in the next run
+ * (decision 924). op->done and op->turn, which receives use for nothing else. */
+static inline int ul__turn_full(ul_engine *e, struct ul_op *op, uint32_t n)
+{
+    if (op->turn != e->handovers) {
+        op->turn = e->handovers;
+        op->done = 0;
+    }
+    op->done += n;
+    return op->done >= UL_RECV_TURN_BYTES;
+}
+
 static inline int ul__is_send(const struct ul_op *op)
 {
     return op->kind == K_SEND || op->kind == K_SENDV || op->kind == K_WRITE;

@@ -49,6 +49,9 @@
 #define UL_RING_WANT0 64
 #define UL_RING_WANT_MIN 16
 #define UL_RING_WINDOW 256
+/* A stream receive with the kernel's byte limit takes at most this many ring
+ * buffers in one bundle (decision 925): epoll's RECV_IOV */
+#define UL_RECV_BUNDLE_BUFS 8
 #define UL_IOV_MAX 1024   /* UIO_MAXIOV: more iovecs go out in the next SENDMSG */
 /* Pieces of deferred completion work one no-wait enter may run (decision 767):
  * the kernel runs max(20, min_complete) of them per GETEVENTS enter
@@ -90,6 +93,13 @@ struct uring {
                                    again there, at most UL_RING_WANT0 (797) */
     uint16_t *br_pos;           /* the ring index each stream-pool bid was last pushed at */
     int bundle;                 /* multishot recv takes several ring buffers per CQE */
+    uint32_t recv_limit;        /* a stream's multishot recv ends after this many bytes
+                                   (sqe->optlen, 6.16+; 0: none): its re-arm waits in
+                                   the backlog for the next run (decision 924) */
+    unsigned limit_bufs;        /* with recv_limit: the most ring buffers one bundle of a
+                                   stream's receive maps (its sqe->len; 0 without it) */
+    int recv_capped;            /* a limited receive's bundle filled its sqe->len in this
+                                   reap: its continuation is deferred work (925) */
     struct ul_buf *dr;          /* the datagram pool's ring (buffer group 1) */
     size_t dr_sz;
     uint16_t dr_tail;
@@ -151,8 +161,13 @@ static const struct { int op; const char *name; } required_ops[] = {
 
 /* Some sandboxes filter io_uring_enter separately from io_uring_setup: the
  * probe submits a NOP through the ring and reaps it. Returns 0, or the errno
- * that refused it. */
-static int probe_enter(int fd, const struct ul_uring_params *p)
+ * that refused it. Then, in the same ring, whether a multishot RECV takes a
+ * total byte limit (sqe->optlen, which shares file_index's slot; Linux 6.16):
+ * a RECV on fd -1 asking for one fails its prep with -EINVAL where the kernel
+ * has no such limit (a nonzero file_index, or the multishot flag itself
+ * before 6.0), and passes it where it has, to fail on the file: -EBADF
+ * (decision 924). *recv_limit says which. */
+static int probe_enter(int fd, const struct ul_uring_params *p, int *recv_limit)
 {
     size_t sz = p->sq_off.array + p->sq_entries * sizeof(unsigned);
     size_t cq_sz = p->cq_off.cqes + p->cq_entries * sizeof(struct ul_cqe);
@@ -164,26 +179,49 @@ static int probe_enter(int fd, const struct ul_uring_params *p)
     struct ul_sqe *sqes = mmap(NULL, sqes_sz, PROT_READ | PROT_WRITE,
                                MAP_SHARED | MAP_POPULATE, fd, UL_OFF_SQES);
     int err = 0;
+    *recv_limit = 0;
     if (r == MAP_FAILED || sqes == MAP_FAILED) {
         err = errno;
     } else {
-        unsigned tail = *(unsigned *)(r + p->sq_off.tail);
-        unsigned idx = tail & *(unsigned *)(r + p->sq_off.ring_mask);
-        ((unsigned *)(r + p->sq_off.array))[idx] = idx;
-        memset(&sqes[idx], 0, sizeof sqes[idx]);
-        sqes[idx].opcode = UL_OP_NOP;
-        sqes[idx].fd = -1;
-        sqes[idx].user_data = 1;
-        __atomic_store_n((unsigned *)(r + p->sq_off.tail), tail + 1, __ATOMIC_RELEASE);
-        int n;
-        do
-            n = sys_enter(fd, 1, 1, UL_ENTER_GETEVENTS, NULL, 0);
-        while (n < 0 && errno == EINTR);
-        if (n < 0)
-            err = errno;
-        else if (__atomic_load_n((unsigned *)(r + p->cq_off.tail), __ATOMIC_ACQUIRE) ==
-                 *(unsigned *)(r + p->cq_off.head))
-            err = EIO;  /* entered, yet the NOP never completed */
+        unsigned mask = *(unsigned *)(r + p->sq_off.ring_mask);
+        unsigned cmask = *(unsigned *)(r + p->cq_off.ring_mask);
+        struct ul_cqe *cqes = (struct ul_cqe *)(r + p->cq_off.cqes);
+        for (int step = 0; step < 2 && !err; step++) {
+            unsigned tail = *(unsigned *)(r + p->sq_off.tail);
+            unsigned idx = tail & mask;
+            ((unsigned *)(r + p->sq_off.array))[idx] = idx;
+            memset(&sqes[idx], 0, sizeof sqes[idx]);
+            sqes[idx].user_data = 1;
+            if (step == 0) {
+                sqes[idx].opcode = UL_OP_NOP;
+                sqes[idx].fd = -1;
+            } else {
+                sqes[idx].opcode = UL_OP_RECV;
+                sqes[idx].fd = -1;
+                sqes[idx].flags = UL_SQE_BUFFER_SELECT;
+                sqes[idx].ioprio = UL_RECV_MULTISHOT;
+                sqes[idx].file_index = UL_RECV_TURN_BYTES;  /* optlen */
+            }
+            unsigned head = *(unsigned *)(r + p->cq_off.head);
+            __atomic_store_n((unsigned *)(r + p->sq_off.tail), tail + 1, __ATOMIC_RELEASE);
+            int n;
+            do
+                n = sys_enter(fd, 1, 1, UL_ENTER_GETEVENTS, NULL, 0);
+            while (n < 0 && errno == EINTR);
+            if (n < 0) {
+                if (step == 0)
+                    err = errno;
+                break;
+            }
+            if (__atomic_load_n((unsigned *)(r + p->cq_off.tail), __ATOMIC_ACQUIRE) == head) {
+                if (step == 0)
+                    err = EIO;  /* entered, yet the NOP never completed */
+                break;
+            }
+            if (step == 1)
+                *recv_limit = cqes[head & cmask].res == -EBADF;
+            __atomic_store_n((unsigned *)(r + p->cq_off.head), head + 1, __ATOMIC_RELEASE);
+        }
     }
     if (r != MAP_FAILED)
         munmap(r, sz);
@@ -235,7 +273,8 @@ static void probe_once(void)
                 p->ops[pr->ops[i].op] = 1;
     }
     free(pr);
-    int enter_err = (p->features & UL_FEAT_SINGLE_MMAP) ? probe_enter(fd, &params) : 0;
+    int enter_err = (p->features & UL_FEAT_SINGLE_MMAP) ? probe_enter(fd, &params, &p->recv_limit)
+                                                        : 0;
     close(fd);
     if (enter_err) {
         p->err = enter_err;
@@ -680,6 +719,12 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
             s->buf_group = 0;
             if (op->multishot && u->ms_recv) {
                 s->ioprio = UL_RECV_MULTISHOT | (u->bundle ? UL_RECVSEND_BUNDLE : 0);
+                /* at most stock's one recv(max_size) between two hand-overs:
+                 * the kernel ends the receive there (a record without
+                 * F_MORE), and the re-arm waits in the backlog for the next
+                 * run, which comes after Python has had these records */
+                s->file_index = u->recv_limit;  /* optlen */
+                s->len = u->limit_bufs * e->cfg.buf_size;  /* a bundle's most (925) */
                 if (u->ring_cookie && !op->has_ident)
                     take_cookie(e, u, op);
             } else {
@@ -1324,6 +1369,14 @@ dispatch:
              * Never name a buffer we do not hold (bid 0 would be provided twice). */
             ul__finish(e, op, -EIO, 0, 0);
         } else if (res > 0) {
+            if (op->multishot && u->recv_limit && op->kind == K_RECV) {
+                /* a bundle that filled its length (sqe->len): the kernel
+                 * goes on with the socket's rest as deferred work, which
+                 * this run takes too (uring_run), so that the records handed
+                 * over hold what one recv(max_size) would have (925) */
+                if (kmore && (uint32_t)res >= u->limit_bufs * e->cfg.buf_size)
+                    u->recv_capped = 1;
+            }
             if ((cflags & UL_CQE_F_BUFFER) && res > (int32_t)e->cfg.buf_size) {
                 /* a bundle: a record per buffer, in order; the last one is
                  * this CQE's record as for a single buffer */
@@ -1338,10 +1391,14 @@ dispatch:
                 ul__finish(e, op, res, UL_F_BUFFER, bid);
             } else {
                 ul__emit(e, op, res, UL_F_MORE | UL_F_BUFFER, bid);
-                if (!kmore) {  /* kernel ended it, or one-shot emulation: go again */
+                if (!kmore) {  /* kernel ended it (its byte limit too: the re-arm
+                                  waits for the next run, decision 924), or
+                                  one-shot emulation: go again */
                     e->st.rearms++;
                     if (op->kind == K_RECV ? u->ms_recv : (u->ms_read && !op->no_ms))
                         ul__backlog_push(e, op);
+                    else if (op->kind == K_RECV && ul__turn_full(e, op, (uint32_t)res))
+                        ul__backlog_push(e, op);  /* emulated: the rest next run (924) */
                     else
                         issue(e, u, op);
                 }
@@ -1671,12 +1728,17 @@ static int uring_run(ul_engine *e, int64_t timeout_ns)
      * the rest of a short send, an EAGAIN readiness wait. Hand it to the
      * kernel in this run rather than the next turn's, so N queued sends take
      * one turn, not N (a few passes at most: each needs a completion). */
-    for (int pass = 0; pass < 16 && u->sqe_tail != sent_tail && e->nrec < e->cfg.record_cap;
+    /* So can a limited receive whose bundle filled its length: the kernel
+     * goes on with it as deferred work, which a GETEVENTS enter runs (925) */
+    for (int pass = 0; pass < 16 && (u->sqe_tail != sent_tail || u->recv_capped) &&
+                       e->nrec < e->cfg.record_cap;
          pass++) {
         sent_tail = u->sqe_tail;
+        u->recv_capped = 0;
         if (flush_reap(e, u) < 0)
             break;
     }
+    u->recv_capped = 0;
     /* What the last pass produced (a busy socket re-arms an emulated
      * multishot receive on every pass) goes to the kernel now: left in the SQ
      * it would be submitted by the next run, after user code may have closed
@@ -2212,6 +2274,16 @@ int ul__uring_init(ul_engine *e, char *err, int errlen)
     u->bundle = u->ms_recv && (u->features & UL_FEAT_RECVSEND_BUNDLE) &&
                 !(opt & UL_OPT_NO_BUNDLE);
     u->ms_accept = k519 && !(opt & UL_OPT_NO_MULTISHOT);
+    /* asked for only (decision 945): on by default it cost the 100 KiB echo a
+     * second copy and made a fresh connection's second big message come split */
+    u->recv_limit = u->ms_recv && pr.recv_limit && (opt & UL_OPT_RECV_LIMIT)
+                        ? UL_RECV_TURN_BYTES : 0;
+    /* a limited receive's bundle maps buffers for all the limit has left
+     * (the kernel's max_len), and one that maps the ring's last ends the
+     * receive: its own length (sqe->len, the kernel's per-invocation cap)
+     * keeps a bundle to UL_RECV_BUNDLE_BUFS buffers (decision 925) */
+    u->limit_bufs = u->recv_limit ? UL_MIN(UL_RECV_BUNDLE_BUFS,
+                                           u->recv_limit / e->cfg.buf_size + 1) : 0;
     /* SOCKET_URING_OP_GETSOCKOPT came with 6.7, as READ_MULTISHOT */
     u->ring_cookie = u->ms_recv && pr.ops[UL_OP_READ_MULTISHOT] && pr.ops[UL_OP_URING_CMD] &&
                      !(opt & UL_OPT_TEST_EAGAIN);
@@ -2230,6 +2302,7 @@ int ul__uring_init(ul_engine *e, char *err, int errlen)
     e->info.multishot_accept = u->ms_accept;
     e->info.multishot_read = u->ms_read;
     e->info.recv_bundle = u->bundle;
+    e->info.recv_limit = u->recv_limit;
     e->info.buffer_ring = u->bufring;
     e->info.cancel_fd = u->cancel_fd;
     e->info.reason[0] = 0;
