@@ -180,6 +180,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     _held = None  # deque of (res, data) records not yet handed over
     _draining = False  # a _drain_held is scheduled
     _resume_h = None  # the deferred resume's handle (decisions 522, 530)
+    _send_failed = None  # a send's failure behind _ready: (res, data) (decision 950)
     _stream_sock = True  # the socket is SOCK_STREAM (an accepted one is; 745)
 
     _start_tls_compatible = True
@@ -877,15 +878,21 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         sent, c.sending = c.sending, 0
         if self._conn_lost:
             return  # aborted: close_fd cancelled it
+        if (res < 0 or data is not None) and self._loop._sched_ahead():
+            # stock's writer callback, whose send fails, runs behind what
+            # _ready held at the poll (unix 993067: a call_soon'd
+            # is_closing() first, False); so does the failure here. The
+            # send stays "in flight" until then: write() only queues, as
+            # behind stock's unsent buffer, close() waits for it, abort()
+            # cancels it as stock's _remove_writer does (decision 950)
+            c.sending = sent
+            self._send_failed = (res, data)
+            h = self._loop.call_soon(self._send_failed_now, context=self._context)
+            self._loop._sched_io_place(h, True)  # where stock's poll queues its writer
+            self._resume_h = h
+            return
         if res < 0 or data is not None:
-            # an error, nothing sent; or (data = -errno) one after res bytes
-            # went out: the stock transport reports the error either way
-            exc = _os_error(res if res < 0 else (data or -errno.EIO))
-            c.buffer = []
-            c.buffer_size = 0
-            self._fatal_error(exc, "Fatal write error on socket transport")
-            if self._empty_waiter is not None and not self._empty_waiter.done():
-                self._empty_waiter.set_exception(exc)
+            self._send_error(res, data)
             return
         c.buffer_size -= sent
         if (
@@ -897,6 +904,26 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
             return
         self._maybe_resume_protocol()  # may write more
         self._after_sent()
+
+    def _send_error(self, res, data):
+        # an error, nothing sent; or (data = -errno) one after res bytes
+        # went out: the stock transport reports the error either way
+        exc = _os_error(res if res < 0 else (data or -errno.EIO))
+        c = self._core
+        c.buffer = []
+        c.buffer_size = 0
+        self._fatal_error(exc, "Fatal write error on socket transport")
+        if self._empty_waiter is not None and not self._empty_waiter.done():
+            self._empty_waiter.set_exception(exc)
+
+    def _send_failed_now(self):
+        """The failure _on_sent held behind _ready (decision 950)."""
+        self._resume_h = None
+        failed, self._send_failed = self._send_failed, None
+        if failed is not None:
+            self._core.sending = 0
+            if not self._conn_lost:
+                self._send_error(*failed)
 
     def _after_sent(self, lost_now=False):
         """lost_now: in the place of stock's writer callback, which calls
@@ -1033,6 +1060,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         if self._resume_h is not None:  # stock's _remove_writer cancels its writer
             self._resume_h.cancel()
             self._resume_h = None
+            if self._send_failed is not None:  # (decision 950) no send is in flight
+                self._send_failed = None
+                self._core.sending = 0
         c = self._core
         if c.hold:
             c.unhold()  # the stock write() sent them before (decision 646)
