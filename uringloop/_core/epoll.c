@@ -473,10 +473,8 @@ static int try_recv_pool(ul_engine *e, struct ul_op *op)
 {
     if (op->kind == K_READ_POOL)
         return try_read_pool(e, op);
-    if (op->multishot && op->turn != e->handovers) {
-        op->turn = e->handovers;
-        op->done = 0;
-    }
+    if (op->multishot)
+        ul__turn_taken(e, op);
     int used = 0; /* buffers read into this turn: at most BUDGET */
     while (used < BUDGET) {
         size_t room = op->multishot ? UL_RECV_TURN_BYTES - op->done : op->len;

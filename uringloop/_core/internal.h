@@ -290,17 +290,22 @@ static inline int ul__is_pool_read(const struct ul_op *op)
 {
     return op->kind == K_RECV || op->kind == K_READ_POOL;
 }
-/* A stream receive took n more bytes: 1 once what it took since the engine
- * last handed records to Python (ul_run's return) reaches the stock loop's
- * one recv(max_size), UL_RECV_TURN_BYTES: it goes on only in the next run
- * (decision 924). op->done and op->turn, which receives use for nothing else. */
-static inline int ul__turn_full(ul_engine *e, struct ul_op *op, uint32_t n)
+/* What a stream receive took since the engine last handed records to Python
+ * (ul_run's return): op->done, reset when op->turn is behind (decision 924).
+ * op->done and op->turn, which receives use for nothing else. */
+static inline uint32_t ul__turn_taken(ul_engine *e, struct ul_op *op)
 {
     if (op->turn != e->handovers) {
         op->turn = e->handovers;
         op->done = 0;
     }
-    op->done += n;
+    return op->done;
+}
+/* A stream receive took n more bytes: 1 once that reaches the stock loop's
+ * one recv(max_size), UL_RECV_TURN_BYTES: it goes on only in the next run. */
+static inline int ul__turn_full(ul_engine *e, struct ul_op *op, uint32_t n)
+{
+    op->done = ul__turn_taken(e, op) + n;
     return op->done >= UL_RECV_TURN_BYTES;
 }
 

@@ -179,7 +179,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     _close_reset = None  # close_fd's user_data: a TCP close in flight (497)
     _held = None  # deque of (res, data) records not yet handed over
     _draining = False  # a _drain_held is scheduled
-    _resume_h = None  # the deferred resume's handle (decisions 522, 530)
+    _resume_h = None  # the deferred resume's or a held send failure's handle (522, 530, 950)
     _send_failed = None  # a send's failure behind _ready: (res, data) (decision 950)
     _stream_sock = True  # the socket is SOCK_STREAM (an accepted one is; 745)
 
@@ -878,21 +878,21 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         sent, c.sending = c.sending, 0
         if self._conn_lost:
             return  # aborted: close_fd cancelled it
-        if (res < 0 or data is not None) and self._loop._sched_ahead():
-            # stock's writer callback, whose send fails, runs behind what
-            # _ready held at the poll (unix 993067: a call_soon'd
-            # is_closing() first, False); so does the failure here. The
-            # send stays "in flight" until then: write() only queues, as
-            # behind stock's unsent buffer, close() waits for it, abort()
-            # cancels it as stock's _remove_writer does (decision 950)
-            c.sending = sent
-            self._send_failed = (res, data)
-            h = self._loop.call_soon(self._send_failed_now, context=self._context)
-            self._loop._sched_io_place(h, True)  # where stock's poll queues its writer
-            self._resume_h = h
-            return
         if res < 0 or data is not None:
-            self._send_error(res, data)
+            if self._loop._sched_ahead():
+                # stock's writer callback, whose send fails, runs behind what
+                # _ready held at the poll (unix 993067: a call_soon'd
+                # is_closing() first, False); so does the failure here. The
+                # send stays "in flight" until then: write() only queues, as
+                # behind stock's unsent buffer, close() waits for it, abort()
+                # cancels it as stock's _remove_writer does (decision 950)
+                c.sending = sent
+                self._send_failed = (res, data)
+                h = self._loop.call_soon(self._send_failed_now, context=self._context)
+                self._loop._sched_io_place(h, True)  # where stock's poll queues its writer
+                self._resume_h = h
+            else:
+                self._send_error(res, data)
             return
         c.buffer_size -= sent
         if (
