@@ -28,11 +28,15 @@ error paths and calls through ``call_soon``); only the I/O differs:
   counts full reads), within a per-process budget ``GROW_BUDGET`` that a
   pipe gives back when it closes; refusals are ignored (decisions 580-582).
 * ``connection_lost`` runs when the stock loop runs it (decision 509); the
-  pipe object is closed then, or, if an op of ours on its fd has not had its
-  final record yet (a cancelled op included), when that record comes (or
-  the loop closes), so a reused fd number never meets a stale op. The pipe
-  object owns the fd (stock closes the caller's object), so the engine's
-  held close (873) is not used here (decision 886).
+  pipe object is closed then, once no op of ours on its fd is live (the
+  engine's ``settle_fd`` ends the cancels still waiting to be submitted,
+  decision 962), or else when the last op's final record comes (or the loop
+  closes), so a reused fd number never meets a stale op. The pipe object
+  owns the fd (stock closes the caller's object), so the engine's held
+  close (873) is not used here (decision 886).
+* A write's failure found at a poll (the read end closed: EPIPE; a tty's
+  EIO) is handled behind what ``_ready`` held then, where stock's reader or
+  writer callback is queued (decisions 960, 961).
 * A read's EOF or error record goes through a handle placed where the stock
   reader callback is queued, which call_soon's eof_received and
   _call_connection_lost, a turn after the poll, as stock's (decision 885).
