@@ -354,7 +354,6 @@ def test_drain_after_mixed_cancels(eng, socketpair):
             assert col.res == -errno.ECANCELED
 
 
-
 def test_close_reset_and_reset_if_data(eng, tcp_pair):
     """close_reset(close_ud, fd) makes that pending close reset the connection
     (SO_LINGER 0 before close(2)); once the close is done, or for another
