@@ -1786,3 +1786,57 @@ def test_nomultishot_kind_is_io_uring_without_the_multishot_receive():
         assert loop._engine.options == engine.OPT_NO_MULTISHOT
     finally:
         loop.close()
+
+
+# unix 996011 (--fast --callbacks --more) made small (decision 954): a's
+# 1 MB write waits for b (paused), a's loop.sendfile waits for the empty
+# waiter, a closes; b resumes, so stock's `_write_ready` drains a's buffer,
+# resolves the waiter and calls `_call_connection_lost` itself
+LOST_IN_WRITE_READY = {
+    "seed": -1,
+    "family": "unix",
+    "ops": [
+        ["pause_reading", "b"],
+        ["write", "a", 1_000_000, "bytes"],
+        ["sendfile", "a", 100, 0],
+        ["close", "a"],
+        ["resume_reading", "b"],
+    ],
+    "buffered": {"a": False, "b": False},
+    "bufsize": {"a": 65536, "b": 65536},
+    "keep_open": {"a": False, "b": False},
+}
+
+
+def test_stocks_empty_waiter_bug_from_its_write_ready_is_skipped():
+    """Decision 954: 613's stock bug (set_exception on the done empty
+    waiter, InvalidStateError) met where `_write_ready` calls
+    `_call_connection_lost` after `_remove_writer` cancelled that running
+    handle: the handler's message is "Exception in callback None()", which
+    613's rule did not know. The exception's innermost frame tells it: the
+    stock run is skipped as 613's."""
+    ref = _stock_of("lost-in-write-ready", LOST_IN_WRITE_READY)
+    assert ref["handler"] == [["Exception in callback None()", "InvalidStateError"]], ref
+    res = difffuzz.check(LOST_IN_WRITE_READY, [])
+    assert list(res) == ["stock"] and "InvalidStateError" in res["stock"][0], res
+    assert ref["empty_waiter_bug"] is True
+
+
+def test_the_empty_waiter_bug_is_told_by_its_frame_only():
+    """Decision 954: an InvalidStateError raised elsewhere (a protocol's
+    own, a future set twice by the test) is not 613's bug."""
+
+    def twice():
+        f = asyncio.get_event_loop_policy().new_event_loop()
+        try:
+            fut = f.create_future()
+            fut.set_result(None)
+            fut.set_exception(ValueError())
+        finally:
+            f.close()
+
+    with pytest.raises(asyncio.InvalidStateError) as ei:
+        twice()
+    assert not difffuzz._empty_waiter_bug(ei.value)
+    assert not difffuzz._empty_waiter_bug(ValueError())
+    assert not difffuzz._empty_waiter_bug(None)
