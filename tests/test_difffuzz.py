@@ -645,8 +645,10 @@ def test_tls_21011_same_as_stock(kind):
         # with a's data held, so the run ends at the harness's timeout, and
         # ours does the same when b's pause comes before the abort's EOF
         # (io_uring's timing) and ends cleanly when after (epoll's)
-        pytest.skip("stock 3.12+ does not finish this program (b paused at "
-                    "EOF until the harness's timeout): nothing to compare")
+        pytest.skip(
+            "stock 3.12+ does not finish this program (b paused at "
+            "EOF until the harness's timeout): nothing to compare"
+        )
     ref = _stock_of("tls21011", TLS_21011)
     got = difffuzz.run(kind, TLS_21011)
     assert ref["fatal"] is None, ref

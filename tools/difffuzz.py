@@ -2274,8 +2274,10 @@ def main(argv=None):
         "--callbacks", action="store_true", help="add actions run from inside callbacks (499)"
     )
     ap.add_argument(
-        "--more", action="store_true", help="insert writelines of bytearray/memoryview parts, "
-        "limits with a low mark, loop.sendfile, a server closed with its connection live (611)"
+        "--more",
+        action="store_true",
+        help="insert writelines of bytearray/memoryview parts, "
+        "limits with a low mark, loop.sendfile, a server closed with its connection live (611)",
     )
     ap.add_argument(
         "--fast",
