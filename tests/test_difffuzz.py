@@ -1842,3 +1842,46 @@ def test_the_empty_waiter_bug_is_told_by_its_frame_only():
     assert not difffuzz._empty_waiter_bug(ei.value)
     assert not difffuzz._empty_waiter_bug(ValueError())
     assert not difffuzz._empty_waiter_bug(None)
+
+
+# --fast tcp and unix 996035 shrunk (decision 955): a writes 150,000 B to
+# b, an echoing BufferedProtocol; a's first read (100 B buffer) writes b's
+# EOF, which stops b's echo
+ECHO_STOPPED_BY_PEER = {
+    "seed": 996035,
+    "family": "tcp",
+    "ops": [["write", "a", 150000, "bytes"]],
+    "buffered": {"a": True, "b": True},
+    "bufsize": {"a": 100, "b": 65536},
+    "keep_open": {"a": True, "b": True},
+    "hooks": [
+        {
+            "end": "a",
+            "event": "data",
+            "at": 100,
+            "ops": [["write_eof", "b"], ["write", "b", 65536, "bytearray"]],
+        }
+    ],
+    "fast": {"mode": "echo", "split": None, "high": None, "cap": 200000},
+}
+
+
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_an_echo_stopped_from_the_peers_read_follows_the_split(kind, family):
+    """Decision 955: a's first read stops its echoing peer b (write_eof);
+    how much b had echoed by then follows where a's read fell among b's
+    reads: stock's select reads one 64 KiB buffer a turn (a's first read
+    in b's second turn: 131,072 B echoed), ours hands b the turn's buffers
+    in a row (335: 150,000 B). a's counts are not compared; its bytes are
+    still a prefix of b's echo, and its other events are compared."""
+    prog = dict(ECHO_STOPPED_BY_PEER, family=family)
+    ref = _stock_of(f"echo-stopped-{family}", prog)
+    assert ref["fatal"] is None and not ref["leaked_fds"], ref
+    got = difffuzz.run(kind, prog)
+    assert all(got["intact"].values()), got
+    assert difffuzz.differences(ref, got, family) == []
+    assert "a" in ref["echo_cut"], ref
+    other = copy.deepcopy(got)
+    other["ends"]["a"][1][2] = "close"  # the hook's other results still count
+    assert difffuzz.differences(ref, other, family)

@@ -1051,6 +1051,17 @@ class _Runner:
             if getattr(end, "echo", None) and inner[0] in (*_CUT, "write_eof"):
                 # decision 657: the echo stops where this read ended
                 self.trace.setdefault("echo_cut", []).append({"a": "b", "b": "a"}[end.side])
+            target = self.ends.get(inner[1]) if len(inner) > 1 else None
+            stops = inner[0] in (*_CUT, "write_eof") and h["event"] in _SPLIT
+            if stops and target is not end and getattr(target, "echo", None):
+                # decision 955: this end's read stopped its echoing peer, so
+                # how much the peer had echoed follows where this end's read
+                # fell among the peer's: stock's select reads one buffer a
+                # turn and interleaves them, ours hands the peer the turn's
+                # buffers in a row (335, the Known limit; 951): --fast tcp and
+                # unix 996035, a's first read at 100 B writes b's EOF after
+                # stock's 131,072 B of echo, ours 150,000 (epoll tcp 127,973)
+                self.trace.setdefault("echo_cut", []).append(end.side)
             if h["event"] in _SPLIT and inner[0] in _CUT:
                 # decision 499(c): an end stops reading where a read's bytes
                 # end (or when its writer's buffer crossed a mark, which
