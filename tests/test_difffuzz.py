@@ -1829,7 +1829,7 @@ def test_the_empty_waiter_bug_is_told_by_its_frame_only():
     own, a future set twice by the test) is not 613's bug."""
 
     def twice():
-        f = asyncio.get_event_loop_policy().new_event_loop()
+        f = asyncio.SelectorEventLoop()
         try:
             fut = f.create_future()
             fut.set_result(None)
