@@ -645,8 +645,10 @@ def test_tls_21011_same_as_stock(kind):
         # with a's data held, so the run ends at the harness's timeout, and
         # ours does the same when b's pause comes before the abort's EOF
         # (io_uring's timing) and ends cleanly when after (epoll's)
-        pytest.skip("stock 3.12+ does not finish this program (b paused at "
-                    "EOF until the harness's timeout): nothing to compare")
+        pytest.skip(
+            "stock 3.12+ does not finish this program (b paused at "
+            "EOF until the harness's timeout): nothing to compare"
+        )
     ref = _stock_of("tls21011", TLS_21011)
     got = difffuzz.run(kind, TLS_21011)
     assert ref["fatal"] is None, ref
@@ -1786,3 +1788,100 @@ def test_nomultishot_kind_is_io_uring_without_the_multishot_receive():
         assert loop._engine.options == engine.OPT_NO_MULTISHOT
     finally:
         loop.close()
+
+
+# unix 996011 (--fast --callbacks --more) made small (decision 954): a's
+# 1 MB write waits for b (paused), a's loop.sendfile waits for the empty
+# waiter, a closes; b resumes, so stock's `_write_ready` drains a's buffer,
+# resolves the waiter and calls `_call_connection_lost` itself
+LOST_IN_WRITE_READY = {
+    "seed": -1,
+    "family": "unix",
+    "ops": [
+        ["pause_reading", "b"],
+        ["write", "a", 1_000_000, "bytes"],
+        ["sendfile", "a", 100, 0],
+        ["close", "a"],
+        ["resume_reading", "b"],
+    ],
+    "buffered": {"a": False, "b": False},
+    "bufsize": {"a": 65536, "b": 65536},
+    "keep_open": {"a": False, "b": False},
+}
+
+
+def test_stocks_empty_waiter_bug_from_its_write_ready_is_skipped():
+    """Decision 954: 613's stock bug (set_exception on the done empty
+    waiter, InvalidStateError) met where `_write_ready` calls
+    `_call_connection_lost` after `_remove_writer` cancelled that running
+    handle: the handler's message is "Exception in callback None()", which
+    613's rule did not know. The exception's innermost frame tells it: the
+    stock run is skipped as 613's."""
+    ref = _stock_of("lost-in-write-ready", LOST_IN_WRITE_READY)
+    assert ref["handler"] == [["Exception in callback None()", "InvalidStateError"]], ref
+    res = difffuzz.check(LOST_IN_WRITE_READY, [])
+    assert list(res) == ["stock"] and "InvalidStateError" in res["stock"][0], res
+    assert ref["empty_waiter_bug"] is True
+
+
+def test_the_empty_waiter_bug_is_told_by_its_frame_only():
+    """Decision 954: an InvalidStateError raised elsewhere (a protocol's
+    own, a future set twice by the test) is not 613's bug."""
+
+    def twice():
+        f = asyncio.SelectorEventLoop()
+        try:
+            fut = f.create_future()
+            fut.set_result(None)
+            fut.set_exception(ValueError())
+        finally:
+            f.close()
+
+    with pytest.raises(asyncio.InvalidStateError) as ei:
+        twice()
+    assert not difffuzz._empty_waiter_bug(ei.value)
+    assert not difffuzz._empty_waiter_bug(ValueError())
+    assert not difffuzz._empty_waiter_bug(None)
+
+
+# --fast tcp and unix 996035 shrunk (decision 955): a writes 150,000 B to
+# b, an echoing BufferedProtocol; a's first read (100 B buffer) writes b's
+# EOF, which stops b's echo
+ECHO_STOPPED_BY_PEER = {
+    "seed": 996035,
+    "family": "tcp",
+    "ops": [["write", "a", 150000, "bytes"]],
+    "buffered": {"a": True, "b": True},
+    "bufsize": {"a": 100, "b": 65536},
+    "keep_open": {"a": True, "b": True},
+    "hooks": [
+        {
+            "end": "a",
+            "event": "data",
+            "at": 100,
+            "ops": [["write_eof", "b"], ["write", "b", 65536, "bytearray"]],
+        }
+    ],
+    "fast": {"mode": "echo", "split": None, "high": None, "cap": 200000},
+}
+
+
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_an_echo_stopped_from_the_peers_read_follows_the_split(kind, family):
+    """Decision 955: a's first read stops its echoing peer b (write_eof);
+    how much b had echoed by then follows where a's read fell among b's
+    reads: stock's select reads one 64 KiB buffer a turn (a's first read
+    in b's second turn: 131,072 B echoed), ours hands b the turn's buffers
+    in a row (335: 150,000 B). a's counts are not compared; its bytes are
+    still a prefix of b's echo, and its other events are compared."""
+    prog = dict(ECHO_STOPPED_BY_PEER, family=family)
+    ref = _stock_of(f"echo-stopped-{family}", prog)
+    assert ref["fatal"] is None and not ref["leaked_fds"], ref
+    got = difffuzz.run(kind, prog)
+    assert all(got["intact"].values()), got
+    assert difffuzz.differences(ref, got, family) == []
+    assert "a" in ref["echo_cut"], ref
+    other = copy.deepcopy(got)
+    other["ends"]["a"][1][2] = "close"  # the hook's other results still count
+    assert difffuzz.differences(ref, other, family)

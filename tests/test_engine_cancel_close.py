@@ -354,7 +354,6 @@ def test_drain_after_mixed_cancels(eng, socketpair):
             assert col.res == -errno.ECANCELED
 
 
-
 def test_close_reset_and_reset_if_data(eng, tcp_pair):
     """close_reset(close_ud, fd) makes that pending close reset the connection
     (SO_LINGER 0 before close(2)); once the close is done, or for another
@@ -464,3 +463,33 @@ def test_a_close_walks_only_its_own_records_in_pend(eng, reset):
             if a.fileno() >= 0:
                 a.close()
             b.close()
+
+
+def test_settle_fd_ends_the_fds_cancelled_ops_and_counts_the_live_ones(eng):
+    """settle_fd (decision 962): a poll of a pipe's write end waiting in the
+    kernel is live (1); once cancelled, settle_fd ends it at once (io_uring:
+    the cancel is submitted and the poll's final record reaped within that
+    call; epoll: the cancel ended it already): 0 live, the fd may close
+    before the next run, which delivers the -ECANCELED record. An fd with
+    no op, or out of range: 0."""
+    r, w = os.pipe()
+    try:
+        col = Collector()
+        ud = eng.poll(w, select.POLLIN, col)
+        eng.run(0)  # submitted: the read end is open, nothing fires
+        assert not col.records
+        assert eng.settle_fd(w) == 1
+        assert eng.cancel(ud) is True
+        assert eng.settle_fd(w) == 0
+        assert not col.records  # the record waits for the next run
+        os.close(w)
+        w = -1
+        eng.run(0)
+        assert col.records == [(-errno.ECANCELED, False, None)]
+        assert eng.in_flight == 0
+        assert eng.settle_fd(r) == 0
+        assert eng.settle_fd(1 << 20) == 0
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)

@@ -474,6 +474,13 @@ class Engine:
         (engine.h ul_ended_with; decision 839)."""
         return self._e is not None and lib.ul_ended_with(self._e, fd, res) != 0
 
+    def settle_fd(self, fd: int) -> int:
+        """fd's ops still live once its cancels waiting to be submitted
+        have ended (io_uring: one enter, no wait; their records come at the
+        next run): 0, none can act on fd any more, its owner may close it
+        now (engine.h ul_fd_settle; decision 962)."""
+        return lib.ul_fd_settle(self._e, fd) if self._e is not None else 0
+
     def ready_now(self) -> bool:
         """The next run would find a record without waiting (engine.h
         ul_ready): io_uring's CQ holds one, the kernel flags deferred work

@@ -1392,6 +1392,24 @@ EXPORT int ul_ended_with(ul_engine *e, int fd, int32_t res)
     return e->be->ended_with != NULL && e->be->ended_with(e, fd, res);
 }
 
+/* The owner of fd is about to close(2) it (a pipe transport's
+ * _call_connection_lost, decision 962): its ops' cancels that wait in the
+ * SQ are submitted and what is done reaped (the backend's settle, 875: a
+ * cancel ends its target within that enter, 847; the records wait in pend
+ * for the next run). Returns the fd's ops still live: 0, none can act on fd
+ * any more. Not inside a run, from another thread or on a parked ring: the
+ * count as it is (the next run ends them). */
+EXPORT int ul_fd_settle(ul_engine *e, int fd)
+{
+    if (e->closed || fd < 0 || fd >= e->nfds)
+        return 0;
+    if (foreign_thread(e))
+        return -EEXIST;
+    if (e->fds[fd].nops > 0 && e->be->settle && !e->in_run)
+        (void)e->be->settle(e);
+    return (int)e->fds[fd].nops;
+}
+
 EXPORT int ul_op_known(ul_engine *e, uint64_t ud)
 {
     struct ul_op *op = ul__op_find(e, ul__slot(ud));

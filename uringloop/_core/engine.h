@@ -331,6 +331,11 @@ int ul_op_known(ul_engine *e, uint64_t ud);
  * work runs, at any syscall's return), or it waits in the engine for the
  * next run. A look at memory, no syscall, nothing consumed (decision 839). */
 int ul_ended_with(ul_engine *e, int fd, int32_t res);
+/* The ops of fd still live, after the fd's cancels waiting in io_uring's SQ
+ * were submitted and what is done reaped (their records come at the next
+ * run): 0 when none is, and fd's owner may close(2) it with no op of ours
+ * left to act on the number (decision 962). -EEXIST from another thread. */
+int ul_fd_settle(ul_engine *e, int fd);
 /* CDEF END */
 
 #endif

@@ -28,11 +28,15 @@ error paths and calls through ``call_soon``); only the I/O differs:
   counts full reads), within a per-process budget ``GROW_BUDGET`` that a
   pipe gives back when it closes; refusals are ignored (decisions 580-582).
 * ``connection_lost`` runs when the stock loop runs it (decision 509); the
-  pipe object is closed then, or, if an op of ours on its fd has not had its
-  final record yet (a cancelled op included), when that record comes (or
-  the loop closes), so a reused fd number never meets a stale op. The pipe
-  object owns the fd (stock closes the caller's object), so the engine's
-  held close (873) is not used here (decision 886).
+  pipe object is closed then, once no op of ours on its fd is live (the
+  engine's ``settle_fd`` ends the cancels still waiting to be submitted,
+  decision 962), or else when the last op's final record comes (or the loop
+  closes), so a reused fd number never meets a stale op. The pipe object
+  owns the fd (stock closes the caller's object), so the engine's held
+  close (873) is not used here (decision 886).
+* A write's failure found at a poll (the read end closed: EPIPE; a tty's
+  EIO) is handled behind what ``_ready`` held then, where stock's reader or
+  writer callback is queued (decisions 960, 961).
 * A read's EOF or error record goes through a handle placed where the stock
   reader callback is queued, which call_soon's eof_received and
   _call_connection_lost, a turn after the poll, as stock's (decision 885).
@@ -136,11 +140,18 @@ class _PipeBase(TransportBase):
             self._protocol = None
             self._loop = None
             self._forget()
-            if self._ops_pending() and not self._engine.closed:
+            if (
+                self._ops_pending()
+                and not self._engine.closed
+                and self._engine.settle_fd(self._fileno) != 0
+            ):
                 # connection_lost runs when the stock loop runs it (decision
                 # 509); the pipe is closed when the last op's final record
                 # comes (a cancelled op included), as no op of ours may
-                # outlive its fd
+                # outlive its fd. An op whose cancel ends now (settle_fd:
+                # io_uring's cancel still unsubmitted, epoll's ended at once;
+                # only its record waits for the next run) does not hold it:
+                # the pipe closes here, as stock's (decision 962)
                 self._pipe_closing = pipe
             else:
                 pipe.close()
@@ -462,6 +473,7 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
 class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.WriteTransport):
     _resume_h = None  # the deferred resume's handle (decisions 522, 534)
     _peer_h = None  # the deferred "read end closed" handle (decision 616)
+    _fail_h = None  # a failed write's handle, held behind _ready (decision 961)
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         super().__init__(extra, loop)
@@ -520,8 +532,8 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         if res == _ECANCELED or self._pipe is None:
             self._op_ended()
             return
-        if self._lost:
-            return
+        if self._lost or self._peer_h is not None:
+            return  # (the write's EPIPE queued the reader's place already, 960)
         if self._loop._sched_ahead():
             # Decision 616: the stock reader callback (_read_ready) is queued
             # behind what _ready held before the poll, so a write() queued
@@ -613,16 +625,32 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
             # closes with BrokenPipeError(); on epoll the engine's write
             # record came first (decision 409), also as a short write whose
             # error is EPIPE (decision 486)
+            if self._loop._sched_ahead():
+                # that reader callback is queued behind what _ready held at
+                # the poll: so is the close, as 616's (decision 960)
+                h = self._peer_h = self._loop.call_soon(self._peer_closed, context=self._context)
+                self._loop._sched_io_place(h, True)
+                return
             self._close(BrokenPipeError())
             return
         if res < 0 or data is not None:
             # an error (a short write says its errno in data): as the stock
             # transport's failed os.write
-            self._buffer = []
-            self._buffer_size = 0
-            self._conn_lost += 1
             exc = _os_error(res if res < 0 else data)
-            self._fatal_error(exc, "Fatal write error on pipe transport")
+            if self._loop._sched_ahead():
+                # stock's writer callback, whose os.write fails, runs behind
+                # what _ready held at the poll; so does the failure (as 950's
+                # stream send). The write stays "in flight" until then: a
+                # write() only queues, the flush sends nothing; abort() and
+                # the peer watch's close cancel it, as stock's _remove_writer
+                # (decision 961)
+                self._writing = sent
+                h = self._fail_h = self._loop.call_soon(
+                    self._write_failed, exc, context=self._context
+                )
+                self._loop._sched_io_place(h, True)
+                return
+            self._write_failed(exc)
             return
         self._buffer_size -= sent
         if (
@@ -647,6 +675,16 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
             self._written(interrupted=True)
             raise
         self._written()
+
+    def _write_failed(self, exc):
+        """The failed write (stock's _write_ready), in the I/O step or, held
+        behind _ready, from its handle (decision 961)."""
+        self._fail_h = None
+        self._writing = 0
+        self._buffer = []
+        self._buffer_size = 0
+        self._conn_lost += 1
+        self._fatal_error(exc, "Fatal write error on pipe transport")
 
     def _resume_behind(self):
         # not after abort() or a fatal error (stock's removes its writer);
@@ -683,6 +721,9 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         if self._peer_h is not None:  # stock's _remove_reader cancels its handle
             self._peer_h.cancel()
             self._peer_h = None
+        if self._fail_h is not None:  # and _remove_writer its writer's (961)
+            self._fail_h.cancel()
+            self._fail_h = None
         if self._poll_ud is not None and not self._engine.closed:
             self._engine.cancel(self._poll_ud)
 
