@@ -1422,6 +1422,25 @@ def test_loop_and_subprocess_bench_rerun_every_loop_under_the_rsloop_env(tmp_pat
     assert launch == [sys.executable] and senv is None and "host's glibc" in said
 
 
+@pytest.mark.parametrize("backend", ["io_uring", "epoll"])
+def test_spawn_breakdown_sees_every_exit_and_undoes_its_hooks(backend, monkeypatch):
+    """spawn_breakdown.py (decisions 972-974) times each Popen and sees each
+    child's exit through uringloop's child watch (transports/subprocess.py's
+    _reap): 4 children, 2 at a time, all 4 exits seen, each before its
+    wait() returned; the hooks on Popen and _reap are gone afterwards."""
+    if backend == "io_uring":
+        require_uring()
+    from uringloop.transports import subprocess as us
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    sbd = _bench("spawn_breakdown")
+    execute, reap = subprocess.Popen._execute_child, us._reap
+    r = sbd.child(backend, 4, 2, False)
+    assert r["exits_seen"] == 4
+    assert r["rate"] > 0 and r["popen"] > 0 and r["seen"] is not None and r["to_wait"] >= 0
+    assert subprocess.Popen._execute_child is execute and us._reap is reap
+
+
 def test_kcounts_stallhunt_and_heapstate_start_servers_under_the_rsloop_env(
     tmp_path, monkeypatch
 ):
