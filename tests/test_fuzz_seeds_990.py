@@ -39,17 +39,13 @@ import tempfile
 
 import pytest
 from conftest import ANY_LOOP_KINDS, finish_loop, make_loop, require_uring, run_in
-from transport_helpers import pattern
+from transport_helpers import pattern, until
 
 _stock: dict = {}  # scenario -> the stock loop's outcome
 
 
-async def _wait(pred, what, turns=4000):
-    for _ in range(turns):
-        if pred():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError(f"timed out waiting for {what}")
+async def _wait(pred, what):
+    await until(pred, what, turns=4000, step=0.001)
 
 
 class _Peer(asyncio.Protocol):

@@ -25,7 +25,7 @@ import termios
 
 import pytest
 from conftest import ANY_LOOP_KINDS, finish_loop, make_loop, run_in
-from transport_helpers import pattern
+from transport_helpers import pattern, until
 
 MAX_SIZE = 256 * 1024  # selector_events' max_size: stock's one recv a turn
 SLACK = 16384  # one pool buffer (the engine's default buf_size)
@@ -141,12 +141,8 @@ def _paused_reader_takes(kind, family, size, options=None):
     return out
 
 
-async def _until(pred, what, turns=20000):
-    for _ in range(turns):
-        if pred():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError(f"timed out waiting for {what}")
+async def _until(pred, what):
+    await until(pred, what, turns=20000, step=0.001)
 
 
 def _loop_with(options):

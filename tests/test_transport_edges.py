@@ -21,7 +21,7 @@ import warnings
 
 import pytest
 from conftest import is_stock
-from transport_helpers import pattern, plain_listener, run_in, tloop, tls, wait_for
+from transport_helpers import pattern, plain_listener, run_in, tloop, tls, until, wait_for
 
 assert tloop and tls  # fixtures, imported for the tests below
 
@@ -147,15 +147,6 @@ class _KeepOpen(Recorder):
         return True
 
 
-async def _until(cond, what):
-    """Wait (bounded) until cond() holds."""
-    for _ in range(2000):
-        if cond():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_resume_after_eof_reads_eof_again(tloop):
     """A transport kept open at EOF, paused and resumed: the stock transport
     adds its reader again and calls eof_received a second time (the socket
@@ -170,7 +161,7 @@ def test_resume_after_eof_reads_eof_again(tloop):
             await wait_for(proto.eof)
             tr.pause_reading()
             tr.resume_reading()
-            await _until(lambda: proto.events.count("eof") == 2, "the second eof_received")
+            await until(lambda: proto.events.count("eof") == 2, "the second eof_received")
             for _ in range(5):
                 await asyncio.sleep(0)
             assert proto.events == ["made", "eof", "eof"]
@@ -198,7 +189,7 @@ def test_write_eof_after_reset_raises(tloop):
         def reset():  # tcpi_state, TCP_CLOSE == 7
             return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == 7
 
-        await _until(lambda: tr.get_write_buffer_size() == 0 and reset(), "the reset")
+        await until(lambda: tr.get_write_buffer_size() == 0 and reset(), "the reset")
         with pytest.raises(OSError) as info:
             tr.write_eof()
         assert info.value.errno == errno.ENOTCONN

@@ -113,6 +113,15 @@ async def wait_for(aw, timeout: float = 10.0):
     return await asyncio.wait_for(aw, timeout)
 
 
+async def until(pred, what: str, turns: int = 2000, step: float = 0.005):
+    """Wait (bounded: ``turns`` sleeps of ``step`` seconds) until pred() holds."""
+    for _ in range(turns):
+        if pred():
+            return
+        await asyncio.sleep(step)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 # --------------------------------------------------------------------------
 # TLS: one trustme CA per test session (key generation is the slow part)
 

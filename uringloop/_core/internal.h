@@ -111,8 +111,9 @@ struct ul_op {
     uint32_t nbatch;            /* ops in the batch below, the head included */
     int msg_flags;
     uint32_t events;            /* poll mask, or shutdown's how */
-    uint32_t turn;              /* epoll multishot K_RECV: the engine's handovers when
-                                   its done (bytes taken since) was last reset
+    uint32_t turn;              /* a multishot K_RECV counted by the engine (epoll's, the
+                                   emulated one on io_uring): the engine's handovers
+                                   when its done (bytes taken since) was last reset
                                    (decision 924) */
     uint64_t ident;             /* the file fd named when the op was asked for
                                    (ul__ident), valid when has_ident */

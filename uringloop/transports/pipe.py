@@ -539,10 +539,15 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
             # behind what _ready held before the poll, so a write() queued
             # there meets the closed pipe itself (EPIPE: BrokenPipeError), and
             # a close() there removes the reader (_stop_watching cancels this)
-            h = self._peer_h = self._loop.call_soon(self._peer_closed, context=self._context)
-            self._loop._sched_io_place(h, True)
+            self._peer_closed_behind()
             return
         self._peer_closed()
+
+    def _peer_closed_behind(self):
+        """Queue _peer_closed where the stock reader callback is queued:
+        behind what _ready held at the poll (decisions 616, 960)."""
+        h = self._peer_h = self._loop.call_soon(self._peer_closed, context=self._context)
+        self._loop._sched_io_place(h, True)
 
     def _peer_closed(self):
         self._peer_h = None
@@ -628,8 +633,7 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
             if self._loop._sched_ahead():
                 # that reader callback is queued behind what _ready held at
                 # the poll: so is the close, as 616's (decision 960)
-                h = self._peer_h = self._loop.call_soon(self._peer_closed, context=self._context)
-                self._loop._sched_io_place(h, True)
+                self._peer_closed_behind()
                 return
             self._close(BrokenPipeError())
             return
