@@ -1410,6 +1410,19 @@ EXPORT int ul_fd_settle(ul_engine *e, int fd)
     return (int)e->fds[fd].nops;
 }
 
+EXPORT int ul_fd_closing(ul_engine *e, int fd)
+{
+    if (e->closed || fd < 0 || fd >= e->nfds)
+        return 0;
+    if (foreign_thread(e))
+        return -EEXIST;
+    if (e->fds[fd].nops > 0)
+        return -EBUSY;
+    if (e->be->fd_closing)
+        e->be->fd_closing(e, fd);
+    return 0;
+}
+
 EXPORT int ul_op_known(ul_engine *e, uint64_t ud)
 {
     struct ul_op *op = ul__op_find(e, ul__slot(ud));

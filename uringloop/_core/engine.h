@@ -147,6 +147,9 @@ typedef struct ul_stats {
                                     it runs dry, shrinks when runs take little: decision
                                     759); 0 without a buffer ring and on epoll */
     uint64_t pend_walked;        /* records of pend a close looked at (decision 827) */
+    uint64_t ctl_failed;         /* epoll: epoll_ctl calls that failed, a fallback's
+                                    first try included (MOD on a number whose file
+                                    was closed: ENOENT; decision 989); io_uring: 0 */
 } ul_stats;
 
 typedef struct ul_engine ul_engine;
@@ -336,6 +339,14 @@ int ul_ended_with(ul_engine *e, int fd, int32_t res);
  * run): 0 when none is, and fd's owner may close(2) it with no op of ours
  * left to act on the number (decision 962). -EEXIST from another thread. */
 int ul_fd_settle(ul_engine *e, int fd);
+/* fd's owner closes it next, with close(2) of its own, and no op of the
+ * engine's is live on it (ul_fd_settle said 0): epoll takes the fd out of its
+ * set (EPOLL_CTL_DEL, as a close through ul_close_fd does) and forgets the
+ * registration, so the next file to get the number is armed with one ADD,
+ * not a MOD that fails with ENOENT first (decision 989). io_uring: nothing.
+ * 0; -EBUSY (nothing done) while ops of fd are live; -EEXIST from another
+ * thread. */
+int ul_fd_closing(ul_engine *e, int fd);
 /* CDEF END */
 
 #endif

@@ -199,6 +199,7 @@ struct ul_backend {
     int (*flush)(ul_engine *e);                      /* submit now, no wait */
     void (*recycle)(ul_engine *e, uint16_t bid);     /* give a pool buffer back */
     void (*before_close)(ul_engine *e, int fd);      /* last chance before close(2) */
+    void (*fd_closing)(ul_engine *e, int fd);        /* ul_fd_closing: its owner closes fd */
     void (*destroy)(ul_engine *e);
     void (*forget)(ul_engine *e);                    /* fork child: close fds, free heap */
     int (*reserve)(ul_engine *e, uint32_t ops);      /* room for ops live ops, or -ENOMEM */

@@ -154,7 +154,15 @@ class _PipeBase(TransportBase):
                 # the pipe closes here, as stock's (decision 962)
                 self._pipe_closing = pipe
             else:
-                pipe.close()
+                self._close_pipe(pipe)
+
+    def _close_pipe(self, pipe):
+        """No op of ours is live on the fd: epoll lets go of its registration
+        before the pipe closes it (the next file of the number is armed with
+        one ADD, decision 989)."""
+        if not self._engine.closed:
+            self._engine.fd_closing(self._fileno)
+        pipe.close()
 
     def _forget(self):
         """connection_lost has run: more to let go of."""
@@ -167,7 +175,7 @@ class _PipeBase(TransportBase):
         pipe = self._pipe_closing
         if pipe is not None and not self._ops_pending():
             self._pipe_closing = None
-            pipe.close()
+            self._close_pipe(pipe)
 
     def _engine_closed(self):
         """The loop closed: its engine has reaped every op (their records
