@@ -482,6 +482,8 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
     _resume_h = None  # the deferred resume's handle (decisions 522, 534)
     _peer_h = None  # the deferred "read end closed" handle (decision 616)
     _fail_h = None  # a failed write's handle, held behind _ready (decision 961)
+    _told = 0  # of the write in flight, bytes taken off _buffer_size (decision 990)
+    _wgen = 0  # writes ended: a held shrink of an earlier one is void
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         super().__init__(extra, loop)
@@ -617,10 +619,34 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         self._buffer = []
         data = buf[0] if len(buf) == 1 else b"".join(buf)
         self._writing = len(data)
-        self._write_ud = self._engine.write(self._fileno, data, self._on_written_cb)
+        self._write_ud = self._engine.write_progress(self._fileno, data, self._on_written_cb)
+
+    def _wrote_part(self, n):
+        """The write in flight waits with n more bytes out (a progress record,
+        decision 990): stock's writer callback took them off its buffer, and
+        that callback runs behind what _ready held at the poll; so does this."""
+        if self._lost:
+            return
+        if self._loop._sched_ahead():
+            h = self._loop.call_soon(self._shrink, n, self._wgen, context=self._context)
+            self._loop._sched_io_place(h, True)
+        else:
+            self._shrink(n, self._wgen)
+
+    def _shrink(self, n, wgen):
+        # not after the write's end, a failure or a close (stock's buffer
+        # was cleared or its writer removed)
+        if wgen == self._wgen and not self._lost and self._writing:
+            self._buffer_size -= n
+            self._told += n
 
     def _on_written(self, res, more, data):
+        if more:
+            self._wrote_part(res)
+            return
         self._write_ud = None
+        self._wgen += 1  # a shrink still held (none should be) is void now
+        told, self._told = self._told, 0
         sent, self._writing = self._writing, 0
         if self._lost:
             self._op_ended()
@@ -664,7 +690,7 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
                 return
             self._write_failed(exc)
             return
-        self._buffer_size -= sent
+        self._buffer_size -= sent - told  # what the progress records left
         if (
             self._closing or (self._protocol_paused and self._buffer_size <= self._low_water)
         ) and self._loop._sched_ahead():
