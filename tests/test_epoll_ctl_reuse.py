@@ -83,3 +83,35 @@ def test_fd_closing_refuses_while_an_op_is_live(kind):
         lp.close()
         os.close(r)
         os.close(w)
+
+
+@pytest.mark.parametrize("kind", LOOP_KINDS)
+def test_a_closed_read_pipe_whose_file_lives_on_leaves_the_loop_asleep(kind):
+    """A read pipe is registered level-triggered (decision 382). When its
+    file outlives the number (a dup here; a child's copy alike), close(2)
+    leaves the registration in the epoll set, where the number can no longer
+    reach it: with the pipe readable, every wait returned at once (83,440
+    waits in a 0.2 s sleep before 989). The transport's close takes it out
+    first now (fd_closing: EPOLL_CTL_DEL)."""
+    lp = make_loop(kind)
+    r, w = os.pipe()
+    r2 = os.dup(r)
+    try:
+
+        async def main():
+            rt, _ = await lp.connect_read_pipe(asyncio.Protocol, os.fdopen(r, "rb", 0))
+            await asyncio.sleep(0)
+            rt.close()
+            for _ in range(5):
+                await asyncio.sleep(0)
+            os.write(w, b"x")  # readable: a registration left behind fires
+            before = lp.engine_stats()["enters"]
+            await asyncio.sleep(0.05)
+            return lp.engine_stats()["enters"] - before
+
+        enters = run_in(lp, main())
+        assert enters < 20, f"{enters} waits in one 0.05 s sleep: the loop spins"
+    finally:
+        lp.close()
+        os.close(r2)
+        os.close(w)
