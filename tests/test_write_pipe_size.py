@@ -8,11 +8,8 @@ whole until its final record: with 200,000 B queued and a reader taking
 64 KiB pieces, a look a turn after each piece saw stock's buffer shrink and
 ours not. The write now says what it took each time it waits with part of
 its bytes out (``ul_write_progress``); the transport takes that off behind
-what ``_ready`` held, where stock's callback runs.
-
-Left (decision 991): the final record's bytes come off in the I/O step, a
-look before stock's writer callback; the sequences are compared up to that
-point. Every scenario runs on the stock loop too.
+what ``_ready`` held, where stock's callback runs; so do the final
+record's (decision 991). Every scenario runs on the stock loop too.
 """
 
 from __future__ import annotations
@@ -39,7 +36,7 @@ def _loop(kind):
     return Loop(backend="io_uring", options=engine.OPT_NO_MULTISHOT)
 
 
-def _looks(kind, debug, total=200_000):
+def _looks(kind, debug, total=200_000, close=False):
     """(tag, depth, size, is_closing) after the write, then three looks
     (each call_soon'd by the one before) after each 64 KiB piece read."""
     lp = _loop(kind)
@@ -77,6 +74,9 @@ def _looks(kind, debug, total=200_000):
 
         wt.write(b"x" * total)
         seq.append(("write", 0, wt.get_write_buffer_size(), wt.is_closing()))
+        if close:
+            wt.close()
+            seq.append(("close", 0, wt.get_write_buffer_size(), wt.is_closing()))
         lp.call_soon(look, "soon", 0)
         later(read_piece)
         await done
@@ -91,20 +91,6 @@ def _looks(kind, debug, total=200_000):
     return seq
 
 
-def _until_last_piece(seq):
-    """The looks before the write's final record could have come (a size
-    under one piece is the last piece, taken whole by it)."""
-    out = []
-    for row in seq:
-        if row[2] < _PIECE and out and out[-1][2] >= _PIECE and row[0] == out[-1][0]:
-            out.append(row)  # the progress that leaves the last piece
-            continue
-        if row[2] < _PIECE and row[0] != "write":
-            break
-        out.append(row)
-    return out
-
-
 @pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
 @pytest.mark.parametrize("kind", _KINDS)
 def test_write_pipe_size_shrinks_as_stock_at_each_piece(kind, debug):
@@ -114,7 +100,15 @@ def test_write_pipe_size_shrinks_as_stock_at_each_piece(kind, debug):
     # stock's buffer shrinks a piece at a time (proves the scenario)
     sizes = [row[2] for row in want]
     assert sizes[0] == 200_000 - _PIECE and 200_000 - 2 * _PIECE in sizes
-    got = _looks(kind, debug)
-    cut = _until_last_piece(want)
-    assert len(cut) >= 9, cut
-    assert got[: len(cut)] == cut
+    assert _looks(kind, debug) == want
+
+
+@pytest.mark.parametrize("kind", _KINDS)
+def test_write_pipe_size_and_close_as_stock_when_closed_with_bytes_queued(kind):
+    """close() right after the write: is_closing() at once, the size as
+    stock's at each look, the last piece's look included."""
+    if "close" not in _stock:
+        _stock["close"] = _looks("stock", False, close=True)
+    want = _stock["close"]
+    assert [row[3] for row in want[1:]] == [True] * (len(want) - 1)
+    assert _looks(kind, False, close=True) == want

@@ -690,21 +690,23 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
                 return
             self._write_failed(exc)
             return
-        self._buffer_size -= sent - told  # what the progress records left
-        if (
-            self._closing or (self._protocol_paused and self._buffer_size <= self._low_water)
-        ) and self._loop._sched_ahead():
+        rest = sent - told  # what the progress records left
+        if self._loop._sched_ahead():
+            # stock's writer callback takes its last bytes off, resumes and,
+            # after close()/write_eof(), ends, behind what _ready held before
+            # the poll: so do we (decisions 522, 532, 535, 991)
             # the stock writer callback (which resumes) is queued behind what
             # _ready held before the poll: so is the resume (decision 522),
             # and after close()/write_eof() the end that follows it (532),
             # paused or not (535); where stock's poll queues it, before the
             # timers collected early (414) and what the batch scheduled (535)
-            h = self._loop.call_soon(self._resume_behind, context=self._context)
+            h = self._loop.call_soon(self._resume_behind, rest, context=self._context)
             self._loop._sched_io_place(h, True)
             self._resume_h = h
             if not self._closing:
                 self._written()
             return
+        self._buffer_size -= rest
         try:
             self._maybe_resume_protocol()  # May append to buffer.
         except (SystemExit, KeyboardInterrupt):
@@ -724,11 +726,13 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         self._conn_lost += 1
         self._fatal_error(exc, "Fatal write error on pipe transport")
 
-    def _resume_behind(self):
+    def _resume_behind(self, rest=0):
         # not after abort() or a fatal error (stock's removes its writer);
         # after close()/write_eof() stock's writer still runs, resumes, then
         # calls connection_lost itself, or writes the rest (decision 534)
         self._resume_h = None
+        if not self._lost:
+            self._buffer_size -= rest  # the write's last bytes (991)
         if self._lost or self._writing:
             return
         if not self._closing:
