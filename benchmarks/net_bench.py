@@ -37,7 +37,9 @@ benchmarks/rsloop_env.py's folder (`make rsloop-env`) when it does not import
 as it is: every server of the run then starts under that glibc (decisions
 799, 800; --rsloop-env), and results.md's Malloc line names the libc.
 
-Writes results.json, results.md (medians, min-max, ratios against uvloop) and
+Writes results.json, results.md (medians, min-max, ratios against uvloop; for
+a row whose repetitions fell at two host speeds, each speed's repetitions and
+in-speed ratios too: two_speeds(), decisions 995-998) and
 chart.png (per family: req/s beside server CPU per request) into --out
 (default benchmarks/results/<UTC date>/). A report, not a test: nothing here
 is asserted; the exit status is 1 only when a client saw wrong bytes or a
