@@ -58,7 +58,7 @@ def test_two_speeds_are_told_apart_with_counts_and_in_speed_ratios():
     """Every loop's repetitions at about 38,000/s or about 16,000/s (run j's
     echo 100 KiB row): the split is found, with each speed's repetitions,
     medians and ratios against uvloop's in the same speed; the plain medians
-    stay as they were, the summary's row is marked, and the chart says it."""
+    stay as they were and the summary's row is marked."""
     nb = _bench("net_bench")
     loops = ["uvloop", "uringloop-io_uring", "uringloop-epoll"]
     results = _results(
@@ -105,15 +105,28 @@ def test_two_speeds_are_told_apart_with_counts_and_in_speed_ratios():
     )
     assert f"- {ROW}: slow ≤ 17,500/s < fast ≥ 37,000/s (Otsu's cut)" in md
 
+
+def test_chart_says_a_row_has_two_speeds():
+    """The chart's bars stay the plain medians; the x label of a row at two
+    host speeds says so, in both of its family's panels."""
     pytest.importorskip("matplotlib", reason="matplotlib draws net_bench's chart")
     import matplotlib.pyplot as plt
 
-    fig = nb.chart_figure(
-        list(rows.values()), loops, {"date": "-", "reps": 5, "machine_short": "-"}
+    nb = _bench("net_bench")
+    loops = ["uvloop", "uringloop-io_uring"]
+    results = _results(
+        {
+            "uvloop": [(38000, 25), (37000, 26), (16000, 60), (15000, 62), (15500, 61)],
+            "uringloop-io_uring": [(40000, 23), (39000, 24), (17000, 55), (16500, 56), (17500, 54)],
+        }
     )
+    rows = nb.summarise(results, loops)
+    fig = nb.chart_figure(rows, loops, {"date": "-", "reps": 5, "machine_short": "-"})
     try:
         ticks = [t.get_text() for ax in fig.axes for t in ax.get_xticklabels()]
         assert ticks == ["protocol tcp\n(2 speeds)"] * 2
+        rps = [p.get_height() for p in fig.axes[0].patches]
+        assert rps == [16.0, 17.5]
     finally:
         plt.close(fig)
 
@@ -232,7 +245,8 @@ def test_pool_runs_will_not_write_next_to_an_input(tmp_path):
 
     src = os.path.join(RUN_J, "reruns", "j4", "results.json")
     mine = tmp_path / "results.json"
-    mine.write_text(open(src).read())
+    with open(src) as f:
+        mine.write_text(f.read())
     proc = subprocess.run(
         [sys.executable, os.path.join(BENCH, "pool_runs.py"), str(mine), "--out", str(tmp_path)],
         capture_output=True,
