@@ -37,7 +37,9 @@ benchmarks/rsloop_env.py's folder (`make rsloop-env`) when it does not import
 as it is: every server of the run then starts under that glibc (decisions
 799, 800; --rsloop-env), and results.md's Malloc line names the libc.
 
-Writes results.json, results.md (medians, min-max, ratios against uvloop) and
+Writes results.json, results.md (medians, min-max, ratios against uvloop; for
+a row whose repetitions fell at two host speeds, each speed's repetitions and
+in-speed ratios too: two_speeds(), decisions 995-998) and
 chart.png (per family: req/s beside server CPU per request) into --out
 (default benchmarks/results/<UTC date>/). A report, not a test: nothing here
 is asserted; the exit status is 1 only when a client saw wrong bytes or a
@@ -48,6 +50,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -757,14 +760,96 @@ def run_idle(wl, server, opts):
 # ------------------------------------------------------------------ report
 
 
-def summarise(results, loops):
-    """results: {wid: {loop: {"runs": [...], "skip": str|None}}} -> rows."""
+# two host speeds (decision 995): a loop at both sides of the row's cut, its
+# fast repetitions' median this many times its slow ones', in two loops or more
+SPEED_RATIO = 1.5
+
+
+def two_speeds(per, cut=None):
+    """Whether one requests/s row's repetitions fell at two host speeds
+    (decision 995). per: {loop: {"runs": [...]}}. The cut: `cut` (req/s) when
+    given, else the one that splits all loops' served repetitions, pooled, in
+    log req/s, into the two groups with the largest between-group variance
+    (Otsu's cut, one-dimensional 2-means). Two speeds when at least two loops
+    each have repetitions on both sides and their fast side's median is
+    SPEED_RATIO x their slow side's or more: a host speed reaches whichever
+    loop runs then, while the loops' own levels (one loop 0.6x another) or one
+    loop's own modes (decision 585) show in one loop. A given `cut` is always
+    applied. Returns None, or {"slow_max", "fast_min": req/s either side of
+    the cut, "cut": the given one or None, "both": the loops that count,
+    "fast", "slow": {loop: [runs]}}. Windows that served nothing stay out."""
+    runs = [(r["rps"], lp, r) for lp, e in per.items() for r in e.get("runs", []) if r.get("rps")]
+    if len(runs) < 4:
+        return None
+    runs.sort(key=lambda x: x[0])
+    if cut is None:
+        logs = [math.log(x[0]) for x in runs]
+        n, total = len(logs), sum(logs)
+        best, k, left = -1.0, 0, 0.0
+        for i in range(1, n):
+            left += logs[i - 1]
+            # between-group variance, times n: i (n - i) / n (mean_a - mean_b)^2
+            gap = left / i - (total - left) / (n - i)
+            between = i * (n - i) * gap * gap
+            if between > best:
+                best, k = between, i
+    else:
+        k = sum(1 for x in runs if x[0] <= cut)
+        if k in (0, len(runs)):
+            return None
+    slow, fast = {}, {}
+    for i, (_, lp, r) in enumerate(runs):
+        (slow if i < k else fast).setdefault(lp, []).append(r)
+    both = [
+        lp
+        for lp in per
+        if lp in slow
+        and lp in fast
+        and statistics.median(r["rps"] for r in fast[lp])
+        >= SPEED_RATIO * statistics.median(r["rps"] for r in slow[lp])
+    ]
+    if cut is None and len(both) < 2:
+        return None
+    return {
+        "slow_max": runs[k - 1][0],
+        "fast_min": runs[k][0],
+        "cut": cut,
+        "both": both,
+        "fast": fast,
+        "slow": slow,
+    }
+
+
+def speed_stats(runs, ref):
+    """One speed's repetitions of one loop: count, medians, ratios against
+    uvloop's in the same speed (ref: its stats, or None)."""
+    if not runs:
+        return {"n": 0}
+    served = [r for r in runs if "cpu_us_per_req" in r]
+    st = {"n": len(runs), "rps": statistics.median(r["rps"] for r in runs)}
+    if served:
+        st["cpu_us_per_req"] = statistics.median(r["cpu_us_per_req"] for r in served)
+    if ref and ref.get("n"):
+        st["ratio"] = st["rps"] / ref["rps"]
+        if st.get("cpu_us_per_req") and ref.get("cpu_us_per_req"):
+            st["cpu_ratio"] = st["cpu_us_per_req"] / ref["cpu_us_per_req"]
+    return st
+
+
+def summarise(results, loops, cuts=None):
+    """results: {wid: {loop: {"runs": [...], "skip": str|None}}} -> rows.
+    cuts: {wid: req/s}, cuts given by hand for two_speeds()."""
     rows = []
     for wl in WORKLOADS:
         if wl["id"] not in results:
             continue
         per = results[wl["id"]]
         key = "kib_per_conn" if wl["client"] == "idle" else "rps"
+        speeds = None
+        if key == "rps":
+            speeds = two_speeds(
+                {lp: per[lp] for lp in loops if lp in per}, (cuts or {}).get(wl["id"])
+            )
         med = {}
         for loop in loops:
             runs = per.get(loop, {}).get("runs", [])
@@ -772,10 +857,14 @@ def summarise(results, loops):
                 # a window in which the client completed nothing (the server
                 # starved on a loaded machine) has no cost per request: its
                 # per-request fields are 0 by construction and stay out of
-                # their medians; its req/s (0) counts
+                # their medians; its req/s (0) counts. A field some runs lack
+                # (pooled runs, one made without --probe: pool_runs.py) is the
+                # median of those that have it
                 served = [r for r in runs if r.get("requests", 1) > 0] or runs
                 med[loop] = {
-                    k: statistics.median(r[k] for r in (served if k.endswith("_per_req") else runs))
+                    k: statistics.median(
+                        r[k] for r in (served if k.endswith("_per_req") else runs) if k in r
+                    )
                     for k in runs[0]
                     if isinstance(runs[0][k], (int, float))
                 }
@@ -805,6 +894,16 @@ def summarise(results, loops):
                     row["ratio"] = m[key] / ref[key] if ref[key] else None
                     if wl["client"] != "idle" and ref.get("cpu_us_per_req"):
                         row["cpu_ratio"] = m["cpu_us_per_req"] / ref["cpu_us_per_req"]
+                if speeds:
+                    row["speeds"] = {
+                        "slow_max": speeds["slow_max"],
+                        "fast_min": speeds["fast_min"],
+                        "cut": speeds["cut"],
+                        "both": speeds["both"],
+                    }
+                    for sp in ("fast", "slow"):
+                        ref_sp = speed_stats(speeds[sp].get("uvloop"), None)
+                        row["speeds"][sp] = speed_stats(speeds[sp].get(loop), ref_sp)
             rows.append(row)
     return rows
 
@@ -840,8 +939,57 @@ def summary(rows):
                 cells.append(f"{r['ratio']:.2f}")
             else:
                 cells.append(f"{r['ratio']:.2f} / {r.get('cpu_ratio', 0):.2f}")
-        lines.append(f"| {wid} | {base} | " + " | ".join(cells) + " |")
+        mark = " (two host speeds: see below)" if "speeds" in ref else ""
+        lines.append(f"| {wid}{mark} | {base} | " + " | ".join(cells) + " |")
     return head + lines
+
+
+def speeds_section(rows):
+    """The rows whose repetitions fell at two host speeds (decision 995):
+    each speed's repetitions, medians and ratios against uvloop's in the same
+    speed, beside the plain medians; nothing when no row has two speeds."""
+    split = [r for r in rows if "speeds" in r and "n" in r]
+    if not split:
+        return []
+
+    def cell(st):
+        if not st.get("n"):
+            return "0 | – | –"
+        ratios = f"{fmt(st.get('ratio'), 2)} / {fmt(st.get('cpu_ratio'), 2)}"
+        return f"{st['n']} | {fmt(st['rps'])} ({fmt(st.get('cpu_us_per_req'), 1)} µs) | {ratios}"
+
+    out = [
+        "",
+        "## Rows at two host speeds: each speed apart (decision 995)",
+        "",
+        "These rows' repetitions fell at two speeds of the host, for several loops: pooled "
+        "over every loop, their requests/s split at one cut (Otsu's, in log requests/s, unless "
+        f"a cut was given) with at least two loops on both sides, each with its fast median "
+        f"{SPEED_RATIO}x its slow one or more. A plain median above then says which speed a "
+        "loop drew more often; here each speed's repetitions apart, their medians (req/s and "
+        "server CPU µs/req) and ratios against uvloop's in the same speed (– when uvloop drew "
+        "none there). The tables above stay the plain medians over all repetitions.",
+        "",
+        "| workload | loop | all reps: ×uvloop / CPU ×uvloop | fast: reps | median | "
+        "×uvloop / CPU ×uvloop | slow: reps | median | ×uvloop / CPU ×uvloop |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    cuts = {}
+    for r in split:
+        sp = r["speeds"]
+        cuts.setdefault(r["workload"], sp)
+        plain = f"{fmt(r.get('ratio'), 2)} / {fmt(r.get('cpu_ratio'), 2)} ({r['n']})"
+        out.append(
+            f"| {r['workload']} | {r['loop']} | {plain} | {cell(sp['fast'])} | {cell(sp['slow'])} |"
+        )
+    out.append("")
+    for wid, sp in cuts.items():
+        how = f"the cut given, {fmt(sp['cut'])}/s" if sp.get("cut") is not None else "Otsu's cut"
+        out.append(
+            f"- {wid}: slow ≤ {fmt(sp['slow_max'])}/s < fast ≥ {fmt(sp['fast_min'])}/s ({how}); "
+            f"at both speeds, {SPEED_RATIO}x apart or more: " + (", ".join(sp["both"]) or "none")
+        )
+    return out
 
 
 def markdown(rows, meta):
@@ -861,6 +1009,7 @@ def markdown(rows, meta):
         "then lower is better); idle: RSS per connection ×uvloop (lower is better).",
         "",
         *summary(rows),
+        *speeds_section(rows),
         "",
     ]
     notes = []
@@ -1079,6 +1228,8 @@ def chart_figure(rows, loops, meta):
         for r in frows:
             if r["label"] not in labels:
                 labels.append(r["label"])
+        # a row at two host speeds (decision 995): its bars mix them, say so
+        two = {r["label"] for r in frows if "speeds" in r}
         for i, lp in enumerate(shown):
             xs, ys, lo, hi = [], [], [], []
             for j, lab in enumerate(labels):
@@ -1103,7 +1254,10 @@ def chart_figure(rows, loops, meta):
                 error_kw={"elinewidth": 0.8},
             )
         ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, fontsize=8 if span == 2 else 9)
+        ax.set_xticklabels(
+            [f"{lab}\n(2 speeds)" if lab in two else lab for lab in labels],
+            fontsize=8 if span == 2 else 9,
+        )
         ax.set_title(f"{fam}:\n{what}", fontsize=10, loc="left")
         ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
@@ -1256,6 +1410,13 @@ def main():
         metavar="RESULTS_JSON",
         help="measure nothing: rewrite results.md and chart.png next to a saved results.json",
     )
+    ap.add_argument(
+        "--cut",
+        action="append",
+        metavar="WORKLOAD=REQ_PER_S",
+        help="split that row's repetitions into two host speeds at that req/s, whatever "
+        "the rule finds (repeatable; decision 995)",
+    )
     opts = ap.parse_args()
     if opts.list:
         for w in WORKLOADS:
@@ -1401,11 +1562,22 @@ def main():
     return 1 if failed else 0
 
 
+def parse_cuts(specs):
+    """--cut WORKLOAD=REQ_PER_S, repeated -> {workload: req/s}."""
+    cuts = {}
+    for spec in specs or ():
+        wid, sep, rps = spec.partition("=")
+        if not sep or wid not in {w["id"] for w in WORKLOADS}:
+            raise SystemExit(f"--cut {spec!r}: want WORKLOAD=REQ_PER_S, WORKLOAD an id (--list)")
+        cuts[wid] = float(rps)
+    return cuts
+
+
 def write_report(meta, results, out, opts):
     loops = meta.get("loops") or [
         lp for lp in ALL_LOOPS if any(lp in per for per in results.values())
     ]
-    rows = summarise(results, loops)
+    rows = summarise(results, loops, parse_cuts(getattr(opts, "cut", None)))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"meta": meta, "results": results, "rows": rows}, f, indent=1)
     md = markdown(rows, dict(meta, _results=results))
