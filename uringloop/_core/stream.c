@@ -53,6 +53,9 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
+    /* laid out widest first, with no holes: 224 bytes, 240 with the GC
+     * header, one pymalloc size class below the 272 the declaration order
+     * of the fields' history made (decision 984) */
     PyObject *transport;
     Core *loop;
     PyObject *ctx;
@@ -67,35 +70,41 @@ typedef struct {
     Py_ssize_t buffer_size; /* queued + in the send in flight */
     Py_ssize_t sending;     /* length of the send in flight (0: none) */
     Py_ssize_t high, low;   /* the transport's water marks */
+    Py_ssize_t hold; /* bytes of the queue that are held bytearrays (decision 646) */
+    unsigned long long recv_ud; /* the transport's multishot recv (0: none) */
+    unsigned long long pms; /* a Protocol's direct reads' multishot poll, kept while they go
+                             * on (0: none); recv_ud == pms while the Stream waits on it
+                             * (UL_POLL_MULTI, decision 765) */
+    unsigned long long close_ud; /* the transport's held close of fd (engine close_fd's
+                                  * hold): released where _call_connection_lost
+                                  * closes the socket (0: none; decision 873) */
+    int rsize;            /* > 0: the read op is a level poll, and each of its
+                           * records is one read(2) of up to rsize bytes into a
+                           * new bytes (a pipe transport, decision 365) */
+    int rgrow;            /* > 0: full reads (rsize bytes) left before the
+                           * transport hears of them: the last clears rfast, so
+                           * its record goes to _on_recv (a child's pipe that
+                           * streams is enlarged there, decision 580) */
     unsigned int sends;     /* flushes that sent (tests count them) */
     unsigned int inline_sends; /* of those, taken whole by the socket at once: no engine op */
     unsigned int directs;   /* send() calls made by write() itself (tests count them) */
     unsigned int nows;      /* sendmsg() calls of the queue by write() and the held
                              * writes' release (stream_send_now; tests count them) */
-    unsigned long long recv_ud; /* the transport's multishot recv (0: none) */
-    unsigned long long pms; /* a Protocol's direct reads' multishot poll, kept while they go
-                             * on (0: none); recv_ud == pms while the Stream waits on it
-                             * (UL_POLL_MULTI, decision 765) */
-    char phup;     /* a record of it said RDHUP, HUP or ERR: a FIN or error queued behind
-                    * the bytes a short read took raises no later wake-up, so the waits
-                    * are one-shot polls from then on, as before (decision 765) */
-    Py_ssize_t rsize;     /* > 0: the read op is a level poll, and each of its
-                           * records is one read(2) of up to rsize bytes into a
-                           * new bytes (a pipe transport, decision 365) */
-    Py_ssize_t rgrow;     /* > 0: full reads (rsize bytes) left before the
-                           * transport hears of them: the last clears rfast, so
-                           * its record goes to _on_recv (a child's pipe that
-                           * streams is enlarged there, decision 580) */
+    unsigned int feeds; /* chunks put straight into a StreamReader's buffer (tests count them) */
+    unsigned int wseq;
+    unsigned int rseq; /* the loop's batch whose records the Stream had last (824) */
     int fd;
     uint32_t peer_addr;   /* an IPv4 peer's address (network order), where peer */
     uint16_t peer_port;   /* ... and its port (host order) */
     char peer;            /* the transport's peername is kept here (keep_peer) */
+    char phup;     /* a record of it said RDHUP, HUP or ERR: a FIN or error queued behind
+                    * the bytes a short read took raises no later wake-up, so the waits
+                    * are one-shot polls from then on, as before (decision 765) */
     char buffered, rfast, wfast, dirty, wpaused;
     char direct; /* write() sends at once when idle while the turn delivers
                     records (the epoll backend; decisions 210, 398) */
     char wdirect; /* such a send took a whole write in the loop's batch wseq:
                    * later writes of that batch queue behind it (decision 714) */
-    unsigned int wseq;
     char draining; /* _drain is handing held records over: _ready does not count */
     char data_self, updated_self; /* on_data/on_updated are functions: pass protocol */
     char registered; /* in fd_streams (the loop's fd -> transport registry) */
@@ -110,10 +119,8 @@ typedef struct {
                      * there drops it, and _close_fd resets (decision 634) */
     char sreader;  /* the protocol is a stock asyncio.StreamReaderProtocol: its
                     * chunks may go straight into its reader (decision 636) */
-    unsigned int feeds; /* chunks put straight into a StreamReader's buffer (tests count them) */
     char chain;     /* buffer_updated runs for a direct read that filled its buffer:
                      * the next read follows at once (decision 646) */
-    Py_ssize_t hold; /* bytes of the queue that are held bytearrays (decision 646) */
     char borrowed; /* transport is not a reference of the Stream's: release() (694) */
     char release_due; /* release() was refused while an op was in flight (695) */
     char eofc;     /* a SocketTransport's: its EOF record may take stream_eof (707) */
@@ -121,10 +128,6 @@ typedef struct {
                      * the turn's flush has nothing to do (_flush_slow's return;
                      * decision 820) */
     char rfirst;   /* the record being delivered is the Stream's first of batch rseq */
-    unsigned int rseq; /* the loop's batch whose records the Stream had last (824) */
-    unsigned long long close_ud; /* the transport's held close of fd (engine close_fd's
-                                  * hold): released where _call_connection_lost
-                                  * closes the socket (0: none; decision 873) */
 } Stream;
 
 static int stream_flush_dirty(Core *self);
@@ -3117,8 +3120,8 @@ static PyMemberDef Stream_members[] = {
      "the transport's held close of fd, released by lost() (0: none; decision 873)"},
     {"pms", T_ULONGLONG, offsetof(Stream, pms), READONLY,
      "the direct reads' kept multishot poll (0: none; decision 765)"},
-    {"rsize", T_PYSSIZET, offsetof(Stream, rsize), 0, NULL},
-    {"rgrow", T_PYSSIZET, offsetof(Stream, rgrow), 0, NULL},
+    {"rsize", T_INT, offsetof(Stream, rsize), 0, NULL},
+    {"rgrow", T_INT, offsetof(Stream, rgrow), 0, NULL},
     {"fd", T_INT, offsetof(Stream, fd), READONLY, NULL},
     /* set by _feed_buffer too (decision 634) */
     {"feed_rest", T_BOOL, offsetof(Stream, feed_rest), 0, NULL},
