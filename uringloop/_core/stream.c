@@ -288,8 +288,8 @@ static PyObject *s_send_now_tail, *s_flush, *m_data_failed, *m_get_buffer_failed
 /* SocketTransport's slots, for accepted_transport and stream_close_fast
  * (decisions 811, 812): set by accepted_setup */
 enum {
-    A_SOCKOBJ, A_LOOP, A_PPAUSED, A_HIGH, A_LOW, A_EXTRA, A_TSOCK, A_CONTEXT, A_CORE,
-    A_ENGINE, A_BUFFERED, A_SOCKNAME, A_PEERNAME, A_SERVER, A_CLOSING, A_PAUSED,
+    A_SOCKOBJ, A_LOOP, A_PPAUSED, A_HIGH, A_LOW, A_EXTRA, A_TSOCK, A_CORE,
+    A_ENGINE, A_SOCKNAME, A_PEERNAME, A_SERVER, A_CLOSING, A_PAUSED,
     A_PROTOCOL, A_N
 };
 static struct {
@@ -3123,6 +3123,8 @@ static PyMemberDef Stream_members[] = {
     {"rsize", T_INT, offsetof(Stream, rsize), 0, NULL},
     {"rgrow", T_INT, offsetof(Stream, rgrow), 0, NULL},
     {"fd", T_INT, offsetof(Stream, fd), READONLY, NULL},
+    /* the transport's _context (decision 985) */
+    {"ctx", T_OBJECT, offsetof(Stream, ctx), READONLY, NULL},
     /* set by _feed_buffer too (decision 634) */
     {"feed_rest", T_BOOL, offsetof(Stream, feed_rest), 0, NULL},
     /* bytes of held writes in the queue (decision 646) */
@@ -4000,7 +4002,7 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
  * stream.py's _begin and _made are the rule: keep this the same. */
 
 /* accepted_setup(cls, slots, high, low, in_core, share, BufferedProtocol,
- * _start_reading, tracks): slots the member descriptors of the transport's 17
+ * _start_reading, tracks): slots the member descriptors of the transport's 15
  * attributes in the enum's order, each an object slot of cls or a base */
 static PyObject *accepted_setup(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -4101,8 +4103,9 @@ static PyObject *accepted_make(PyObject *loop, int lfd, PyObject *kind, PyObject
     aset(self, A_TSOCK, Py_NewRef(Py_None));
     if (ctx == NULL && (ctx = PyContext_CopyCurrent()) == NULL)
         goto fail;
-    aset(self, A_CONTEXT, ctx);
+    /* (the transport's _context is its Stream's: decision 985) */
     PyObject *core = stream_make(&StreamType, self, loop, (int)lfd, ctx, 1);
+    Py_DECREF(ctx);
     if (core == NULL)
         goto fail;
     aset(self, A_CORE, core);
@@ -4114,7 +4117,6 @@ static PyObject *accepted_make(PyObject *loop, int lfd, PyObject *kind, PyObject
     int buffered = PyObject_IsInstance(protocol, acc.buffered_type);
     if (buffered < 0)
         goto fail;
-    aset(self, A_BUFFERED, Py_NewRef(buffered ? Py_True : Py_False));
     tmp = PyObject_GetAttr(engine, s_backend);
     if (tmp == NULL)
         goto fail;
@@ -4608,7 +4610,7 @@ static int stream_close_fast(Stream *s, PyObject *t)
         }
     }
     PyObject *kind = ASLOT(t, A_SOCKOBJ), *engine = ASLOT(t, A_ENGINE);
-    PyObject *loop = ASLOT(t, A_LOOP), *ctx = ASLOT(t, A_CONTEXT);
+    PyObject *loop = ASLOT(t, A_LOOP), *ctx = s->ctx;
     if (kind == NULL || !Py_IS_TYPE(kind, (PyTypeObject *)acc.kind_type) || engine == NULL ||
         loop == NULL || ctx == NULL)
         return 0;
