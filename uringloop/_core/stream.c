@@ -53,9 +53,10 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    /* laid out widest first, with no holes: 224 bytes, 240 with the GC
-     * header, one pymalloc size class below the 272 the declaration order
-     * of the fields' history made (decision 984) */
+    /* laid out widest first, with no holes, and C's own flags a bit each:
+     * 208 bytes, 224 with the GC header, two pymalloc size classes below
+     * the 272 the declaration order of the fields' history made (decisions
+     * 984, 987) */
     PyObject *transport;
     Core *loop;
     PyObject *ctx;
@@ -81,10 +82,6 @@ typedef struct {
     int rsize;            /* > 0: the read op is a level poll, and each of its
                            * records is one read(2) of up to rsize bytes into a
                            * new bytes (a pipe transport, decision 365) */
-    int rgrow;            /* > 0: full reads (rsize bytes) left before the
-                           * transport hears of them: the last clears rfast, so
-                           * its record goes to _on_recv (a child's pipe that
-                           * streams is enlarged there, decision 580) */
     unsigned int sends;     /* flushes that sent (tests count them) */
     unsigned int inline_sends; /* of those, taken whole by the socket at once: no engine op */
     unsigned int directs;   /* send() calls made by write() itself (tests count them) */
@@ -96,38 +93,54 @@ typedef struct {
     int fd;
     uint32_t peer_addr;   /* an IPv4 peer's address (network order), where peer */
     uint16_t peer_port;   /* ... and its port (host order) */
-    char peer;            /* the transport's peername is kept here (keep_peer) */
-    char phup;     /* a record of it said RDHUP, HUP or ERR: a FIN or error queued behind
-                    * the bytes a short read took raises no later wake-up, so the waits
-                    * are one-shot polls from then on, as before (decision 765) */
+    unsigned char rgrow;  /* > 0: full reads (rsize bytes) left before the
+                           * transport hears of them: the last clears rfast, so
+                           * its record goes to _on_recv (a child's pipe that
+                           * streams is enlarged there, decision 580; pipe.py's
+                           * GROW_AFTER, 16) */
+    /* the flags Python reads and sets (BOOL_ATTR, T_BOOL: a byte each) */
     char buffered, rfast, wfast, dirty, wpaused;
     char direct; /* write() sends at once when idle while the turn delivers
                     records (the epoll backend; decisions 210, 398) */
-    char wdirect; /* such a send took a whole write in the loop's batch wseq:
-                   * later writes of that batch queue behind it (decision 714) */
-    char draining; /* _drain is handing held records over: _ready does not count */
-    char data_self, updated_self; /* on_data/on_updated are functions: pass protocol */
-    char registered; /* in fd_streams (the loop's fd -> transport registry) */
-    char rdirect;  /* R_*: where a BufferedProtocol's receive stands (decision 350) */
-    char bigfill;  /* the last feed filled a whole get_buffer() buffer of a pool buffer or more,
-                    * or a Protocol's last chunk was DIRECT_MIN pool buffers or more */
-    char dkind;    /* the SLOT_DIRECT op in flight is a Protocol's poll (decision 373) */
-    char dfull;    /* the last direct read filled its buffer: the next read is the rest of
-                    * a big message, and coming short of a pool buffer it is its tail,
-                    * not a sign that the reads came small (decision 718) */
     char feed_rest; /* buffer_updated runs with more of its record to come: a close
                      * there drops it, and _close_fd resets (decision 634) */
-    char sreader;  /* the protocol is a stock asyncio.StreamReaderProtocol: its
-                    * chunks may go straight into its reader (decision 636) */
-    char chain;     /* buffer_updated runs for a direct read that filled its buffer:
-                     * the next read follows at once (decision 646) */
-    char borrowed; /* transport is not a reference of the Stream's: release() (694) */
-    char release_due; /* release() was refused while an op was in flight (695) */
-    char eofc;     /* a SocketTransport's: its EOF record may take stream_eof (707) */
-    char fdclosing; /* stream_close_fast closed the fd (the transport's _fd_closing):
-                     * the turn's flush has nothing to do (_flush_slow's return;
-                     * decision 820) */
-    char rfirst;   /* the record being delivered is the Stream's first of batch rseq */
+    char rdirect;  /* R_*: where a BufferedProtocol's receive stands (decision 350) */
+    char dkind;    /* the SLOT_DIRECT op in flight is a Protocol's poll (decision 373) */
+    /* C's own flags, a bit each (decision 987): every one is set to 0 or 1 */
+    unsigned char peer : 1;  /* the transport's peername is kept here (keep_peer) */
+    unsigned char phup : 1;  /* a record of it said RDHUP, HUP or ERR: a FIN or error
+                              * queued behind the bytes a short read took raises no
+                              * later wake-up, so the waits are one-shot polls from
+                              * then on, as before (decision 765) */
+    unsigned char wdirect : 1; /* such a send took a whole write in the loop's batch
+                                * wseq: later writes of that batch queue behind it
+                                * (decision 714) */
+    unsigned char draining : 1; /* _drain is handing held records over: _ready does
+                                 * not count */
+    unsigned char data_self : 1, updated_self : 1; /* on_data/on_updated are functions:
+                                                    * pass protocol */
+    unsigned char registered : 1; /* in fd_streams (the loop's fd -> transport registry) */
+    unsigned char bigfill : 1; /* the last feed filled a whole get_buffer() buffer of a
+                                * pool buffer or more, or a Protocol's last chunk was
+                                * DIRECT_MIN pool buffers or more */
+    unsigned char dfull : 1;   /* the last direct read filled its buffer: the next read
+                                * is the rest of a big message, and coming short of a
+                                * pool buffer it is its tail, not a sign that the reads
+                                * came small (decision 718) */
+    unsigned char sreader : 1; /* the protocol is a stock asyncio.StreamReaderProtocol:
+                                * its chunks may go straight into its reader (636) */
+    unsigned char chain : 1;   /* buffer_updated runs for a direct read that filled its
+                                * buffer: the next read follows at once (decision 646) */
+    unsigned char borrowed : 1; /* transport is not a reference of the Stream's:
+                                 * release() (694) */
+    unsigned char release_due : 1; /* release() was refused while an op was in flight (695) */
+    unsigned char eofc : 1;    /* a SocketTransport's: its EOF record may take
+                                * stream_eof (707) */
+    unsigned char fdclosing : 1; /* stream_close_fast closed the fd (the transport's
+                                  * _fd_closing): the turn's flush has nothing to do
+                                  * (_flush_slow's return; decision 820) */
+    unsigned char rfirst : 1;  /* the record being delivered is the Stream's first of
+                                * batch rseq */
 } Stream;
 
 static int stream_flush_dirty(Core *self);
@@ -3121,7 +3134,7 @@ static PyMemberDef Stream_members[] = {
     {"pms", T_ULONGLONG, offsetof(Stream, pms), READONLY,
      "the direct reads' kept multishot poll (0: none; decision 765)"},
     {"rsize", T_INT, offsetof(Stream, rsize), 0, NULL},
-    {"rgrow", T_INT, offsetof(Stream, rgrow), 0, NULL},
+    {"rgrow", T_UBYTE, offsetof(Stream, rgrow), 0, NULL},
     {"fd", T_INT, offsetof(Stream, fd), READONLY, NULL},
     /* the transport's _context (decision 985) */
     {"ctx", T_OBJECT, offsetof(Stream, ctx), READONLY, NULL},
