@@ -219,8 +219,11 @@ def test_an_idle_engine_hands_every_pool_page_back(eng, res_tracker):
     for i, ((_, b), c) in enumerate(zip(pairs[:80], cols, strict=False)):
         n0 = len(c.payload())
         b.sendall(b"after %d" % i)
-        run_until(eng, lambda c=c, n0=n0, i=i: len(c.payload()) - n0 == len(b"after %d" % i),
-                  what=f"socket {i}'s bytes")
+        run_until(
+            eng,
+            lambda c=c, n0=n0, i=i: len(c.payload()) - n0 == len(b"after %d" % i),
+            what=f"socket {i}'s bytes",
+        )
         assert c.payload()[n0:] == b"after %d" % i
     for _, b in pairs:
         b.close()
