@@ -731,10 +731,9 @@ def test_stream_core_is_224_bytes(tloop):
     laid out widest first with no holes, C's own flags a bit each, pipe's
     rsize and rgrow an int and a byte (on uringloop, decisions 984 and 987):
     224 bytes, was 272 (two pymalloc size classes). The fields Python reads
-    and sets keep their values, and the bits work: a round trip each way,
-    a second transport on the same fd number replaces the first in the fd
-    registry (the registered bit), and the peer address kept in the core
-    (the peer bit) reads back."""
+    and sets keep their values, and the bits work: a round trip on each of
+    two connections, and the peer address kept in the core (the peer bit)
+    reads back."""
 
     async def main():
         loop = asyncio.get_running_loop()
