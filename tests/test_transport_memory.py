@@ -730,7 +730,7 @@ def test_stream_core_is_224_bytes(tloop):
     """An idle connection's C core, the Stream, with its GC header: its fields
     laid out widest first with no holes, C's own flags a bit each, pipe's
     rsize and rgrow an int and a byte (on uringloop, decisions 984 and 987):
-    224 bytes, was 272 (two pymalloc size classes). The fields Python reads
+    224 bytes, was 272 (three pymalloc size classes). The fields Python reads
     and sets keep their values, and the bits work: a round trip on each of
     two connections, and the peer address kept in the core (the peer bit)
     reads back."""

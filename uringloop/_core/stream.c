@@ -54,7 +54,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     /* laid out widest first, with no holes, and C's own flags a bit each:
-     * 208 bytes, 224 with the GC header, two pymalloc size classes below
+     * 208 bytes, 224 with the GC header, three pymalloc size classes below
      * the 272 the declaration order of the fields' history made (decisions
      * 984, 987) */
     PyObject *transport;
