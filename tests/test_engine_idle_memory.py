@@ -178,3 +178,53 @@ def test_an_idle_wait_that_submits_still_trims(eng, res_tracker):
     for _, b in pairs:
         b.close()
     run_until(eng, lambda: all(c.done for c in cols) and polled.done, what="every end")
+
+
+def test_an_idle_engine_hands_every_pool_page_back(eng, res_tracker):
+    """After a burst and an idle wait, no pool page stays resident: the free
+    stack's top and, on io_uring with DEFER_TASKRUN, the buffers the stream
+    ring holds go back too (decision 986; before, 64 buffers' pages stayed:
+    256 pages after 64 KiB reads). The next bytes land in those buffers
+    (zeroed pages faulted in) and arrive whole. Where the kernel may fill a
+    ring buffer outside our own enter (no DEFER_TASKRUN), or armed receives
+    hold engine-picked buffers, those stay as they were."""
+    pairs, cols, held = _armed_pairs(eng, res_tracker)
+    page_per_buf = eng.info()["buf_size"] // mmap.PAGESIZE
+    ring_kept = (
+        eng.backend == "io_uring"
+        and eng.info()["buffer_ring"]
+        and "DEFER_TASKRUN" not in eng.info()["ring_flags"]
+    )
+    bound = (held + (64 if ring_kept else 0)) * page_per_buf
+    for burst in range(2):
+        want = []
+        for i, (_, b) in enumerate(pairs):
+            msg = (b"burst %d socket %d " % (burst, i) * 4000)[:65536]
+            b.sendall(msg)
+            want.append(msg)
+        got_before = [len(c.payload()) for c in cols]
+        run_until(
+            eng,
+            lambda g0=got_before, w0=want: all(
+                len(c.payload()) - g == len(w) for c, g, w in zip(cols, g0, w0, strict=True)
+            ),
+            what=f"burst {burst}",
+        )
+        for c, g, w in zip(cols, got_before, want, strict=True):
+            assert c.payload()[g:] == w
+        eng.run(0)  # the last records' buffers go back
+        assert eng.run(0.3) == 0  # idle: nothing arrives
+        assert _pool_pages_resident(eng) <= bound, (burst, bound)
+    # a few bytes into the released buffers, each socket in turn
+    for i, ((_, b), c) in enumerate(zip(pairs[:80], cols, strict=False)):
+        n0 = len(c.payload())
+        b.sendall(b"after %d" % i)
+        run_until(
+            eng,
+            lambda c=c, n0=n0, i=i: len(c.payload()) - n0 == len(b"after %d" % i),
+            what=f"socket {i}'s bytes",
+        )
+        assert c.payload()[n0:] == b"after %d" % i
+    for _, b in pairs:
+        b.close()
+    run_until(eng, lambda: all(c.done for c in cols), what="every EOF")

@@ -313,22 +313,26 @@ void ul__pool_put(ul_engine *e, uint16_t bid)
  */
 void ul__pool_release(ul_engine *e, uint32_t keep)
 {
-    if (e->nfree <= keep)
-        return;
-    for (uint32_t i = 0; i < e->nfree - keep; i++)
+    /* (and the buffers the caller marked 3: uring_trim's ring) */
+    for (uint32_t i = 0; i + keep < e->nfree; i++)
         if (e->resident[e->free_bids[i]] == 1)
             e->resident[e->free_bids[i]] = 2;  /* to hand back */
     size_t bs = e->cfg.buf_size;
     for (uint32_t b = 0; b < e->cfg.buf_count;) {
-        if (e->resident[b] != 2) {
+        if (e->resident[b] < 2) {
             b++;
             continue;
         }
-        uint32_t start = b;
-        for (; b < e->cfg.buf_count && e->resident[b] == 2; b++)
-            e->resident[b] = 0;
+        /* 2: free, its pages go back and it counts no more; 3: a buffer
+         * the stream ring holds (uring_trim): its pages go back, and it
+         * stays counted, as the kernel takes it without ul__pool_touch */
+        uint32_t start = b, gone = 0;
+        for (; b < e->cfg.buf_count && e->resident[b] >= 2; b++) {
+            gone += e->resident[b] == 2;
+            e->resident[b] = e->resident[b] == 2 ? 0 : 1;
+        }
         madvise(e->pool + start * bs, (b - start) * bs, MADV_DONTNEED);
-        e->nresident -= b - start;
+        e->nresident -= gone;
     }
 }
 
@@ -338,7 +342,7 @@ static void pool_trim(ul_engine *e)
     if (e->be->trim)
         e->be->trim(e);
     else
-        ul__pool_release(e, UL_POOL_KEEP);
+        ul__pool_release(e, 0);  /* every free buffer: decision 986 */
     /* what stays resident now (the ring, buffers held) is not worth another
      * idle wakeup until as much again is used */
     e->trim_at = e->nresident + UL_POOL_KEEP > 2 * UL_POOL_KEEP ? e->nresident + UL_POOL_KEEP

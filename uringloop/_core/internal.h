@@ -213,7 +213,7 @@ struct ul_backend {
     int (*ready)(ul_engine *e);  /* a run would find a completion without waiting
                                     (ul_ready); NULL: never assumed */
     void (*trim)(ul_engine *e);  /* idle after a burst: hand cold pool pages back
-                                    (NULL: ul__pool_release(e, UL_POOL_KEEP)) */
+                                    (NULL: ul__pool_release(e, 0), decision 986) */
     int (*settle)(ul_engine *e); /* submit what waits in the SQ and reap what is
                                     done, not waiting (a held close released while
                                     its fd's cancels are unsubmitted, decision 875;
@@ -344,7 +344,7 @@ static inline void ul__pool_touch(ul_engine *e, uint16_t bid)
         e->nresident++;
     }
 }
-#define UL_POOL_KEEP 64         /* free buffers ul__pool_release keeps (the stack's top) */
+#define UL_POOL_KEEP 64         /* a trim waits for this many buffers more (pool_trim) */
 #define UL_TRIM_IDLE_NS 100000000LL  /* idle this long after a burst: trim (ul_run) */
 void ul__pool_release(ul_engine *e, uint32_t keep);
 void ul__pool_used(ul_engine *e, uint16_t bid);

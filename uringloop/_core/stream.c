@@ -53,6 +53,10 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
+    /* laid out widest first, with no holes, and C's own flags a bit each:
+     * 208 bytes, 224 with the GC header, three pymalloc size classes below
+     * the 272 the declaration order of the fields' history made (decisions
+     * 984, 987) */
     PyObject *transport;
     Core *loop;
     PyObject *ctx;
@@ -67,64 +71,76 @@ typedef struct {
     Py_ssize_t buffer_size; /* queued + in the send in flight */
     Py_ssize_t sending;     /* length of the send in flight (0: none) */
     Py_ssize_t high, low;   /* the transport's water marks */
+    Py_ssize_t hold; /* bytes of the queue that are held bytearrays (decision 646) */
+    unsigned long long recv_ud; /* the transport's multishot recv (0: none) */
+    unsigned long long pms; /* a Protocol's direct reads' multishot poll, kept while they go
+                             * on (0: none); recv_ud == pms while the Stream waits on it
+                             * (UL_POLL_MULTI, decision 765) */
+    unsigned long long close_ud; /* the transport's held close of fd (engine close_fd's
+                                  * hold): released where _call_connection_lost
+                                  * closes the socket (0: none; decision 873) */
+    int rsize;            /* > 0: the read op is a level poll, and each of its
+                           * records is one read(2) of up to rsize bytes into a
+                           * new bytes (a pipe transport, decision 365) */
     unsigned int sends;     /* flushes that sent (tests count them) */
     unsigned int inline_sends; /* of those, taken whole by the socket at once: no engine op */
     unsigned int directs;   /* send() calls made by write() itself (tests count them) */
     unsigned int nows;      /* sendmsg() calls of the queue by write() and the held
                              * writes' release (stream_send_now; tests count them) */
-    unsigned long long recv_ud; /* the transport's multishot recv (0: none) */
-    unsigned long long pms; /* a Protocol's direct reads' multishot poll, kept while they go
-                             * on (0: none); recv_ud == pms while the Stream waits on it
-                             * (UL_POLL_MULTI, decision 765) */
-    char phup;     /* a record of it said RDHUP, HUP or ERR: a FIN or error queued behind
-                    * the bytes a short read took raises no later wake-up, so the waits
-                    * are one-shot polls from then on, as before (decision 765) */
-    Py_ssize_t rsize;     /* > 0: the read op is a level poll, and each of its
-                           * records is one read(2) of up to rsize bytes into a
-                           * new bytes (a pipe transport, decision 365) */
-    Py_ssize_t rgrow;     /* > 0: full reads (rsize bytes) left before the
-                           * transport hears of them: the last clears rfast, so
-                           * its record goes to _on_recv (a child's pipe that
-                           * streams is enlarged there, decision 580) */
+    unsigned int feeds; /* chunks put straight into a StreamReader's buffer (tests count them) */
+    unsigned int wseq;
+    unsigned int rseq; /* the loop's batch whose records the Stream had last (824) */
     int fd;
     uint32_t peer_addr;   /* an IPv4 peer's address (network order), where peer */
     uint16_t peer_port;   /* ... and its port (host order) */
-    char peer;            /* the transport's peername is kept here (keep_peer) */
+    unsigned char rgrow;  /* > 0: full reads (rsize bytes) left before the
+                           * transport hears of them: the last clears rfast, so
+                           * its record goes to _on_recv (a child's pipe that
+                           * streams is enlarged there, decision 580; pipe.py's
+                           * GROW_AFTER, 16) */
+    /* the flags Python reads and sets (BOOL_ATTR, T_BOOL: a byte each) */
     char buffered, rfast, wfast, dirty, wpaused;
     char direct; /* write() sends at once when idle while the turn delivers
                     records (the epoll backend; decisions 210, 398) */
-    char wdirect; /* such a send took a whole write in the loop's batch wseq:
-                   * later writes of that batch queue behind it (decision 714) */
-    unsigned int wseq;
-    char draining; /* _drain is handing held records over: _ready does not count */
-    char data_self, updated_self; /* on_data/on_updated are functions: pass protocol */
-    char registered; /* in fd_streams (the loop's fd -> transport registry) */
-    char rdirect;  /* R_*: where a BufferedProtocol's receive stands (decision 350) */
-    char bigfill;  /* the last feed filled a whole get_buffer() buffer of a pool buffer or more,
-                    * or a Protocol's last chunk was DIRECT_MIN pool buffers or more */
-    char dkind;    /* the SLOT_DIRECT op in flight is a Protocol's poll (decision 373) */
-    char dfull;    /* the last direct read filled its buffer: the next read is the rest of
-                    * a big message, and coming short of a pool buffer it is its tail,
-                    * not a sign that the reads came small (decision 718) */
     char feed_rest; /* buffer_updated runs with more of its record to come: a close
                      * there drops it, and _close_fd resets (decision 634) */
-    char sreader;  /* the protocol is a stock asyncio.StreamReaderProtocol: its
-                    * chunks may go straight into its reader (decision 636) */
-    unsigned int feeds; /* chunks put straight into a StreamReader's buffer (tests count them) */
-    char chain;     /* buffer_updated runs for a direct read that filled its buffer:
-                     * the next read follows at once (decision 646) */
-    Py_ssize_t hold; /* bytes of the queue that are held bytearrays (decision 646) */
-    char borrowed; /* transport is not a reference of the Stream's: release() (694) */
-    char release_due; /* release() was refused while an op was in flight (695) */
-    char eofc;     /* a SocketTransport's: its EOF record may take stream_eof (707) */
-    char fdclosing; /* stream_close_fast closed the fd (the transport's _fd_closing):
-                     * the turn's flush has nothing to do (_flush_slow's return;
-                     * decision 820) */
-    char rfirst;   /* the record being delivered is the Stream's first of batch rseq */
-    unsigned int rseq; /* the loop's batch whose records the Stream had last (824) */
-    unsigned long long close_ud; /* the transport's held close of fd (engine close_fd's
-                                  * hold): released where _call_connection_lost
-                                  * closes the socket (0: none; decision 873) */
+    char rdirect;  /* R_*: where a BufferedProtocol's receive stands (decision 350) */
+    char dkind;    /* the SLOT_DIRECT op in flight is a Protocol's poll (decision 373) */
+    /* C's own flags, a bit each (decision 987): every one is set to 0 or 1 */
+    unsigned char peer : 1;  /* the transport's peername is kept here (keep_peer) */
+    unsigned char phup : 1;  /* a record of it said RDHUP, HUP or ERR: a FIN or error
+                              * queued behind the bytes a short read took raises no
+                              * later wake-up, so the waits are one-shot polls from
+                              * then on, as before (decision 765) */
+    unsigned char wdirect : 1; /* such a send took a whole write in the loop's batch
+                                * wseq: later writes of that batch queue behind it
+                                * (decision 714) */
+    unsigned char draining : 1; /* _drain is handing held records over: _ready does
+                                 * not count */
+    unsigned char data_self : 1, updated_self : 1; /* on_data/on_updated are functions:
+                                                    * pass protocol */
+    unsigned char registered : 1; /* in fd_streams (the loop's fd -> transport registry) */
+    unsigned char bigfill : 1; /* the last feed filled a whole get_buffer() buffer of a
+                                * pool buffer or more, or a Protocol's last chunk was
+                                * DIRECT_MIN pool buffers or more */
+    unsigned char dfull : 1;   /* the last direct read filled its buffer: the next read
+                                * is the rest of a big message, and coming short of a
+                                * pool buffer it is its tail, not a sign that the reads
+                                * came small (decision 718) */
+    unsigned char sreader : 1; /* the protocol is a stock asyncio.StreamReaderProtocol:
+                                * its chunks may go straight into its reader (636) */
+    unsigned char chain : 1;   /* buffer_updated runs for a direct read that filled its
+                                * buffer: the next read follows at once (decision 646) */
+    unsigned char borrowed : 1; /* transport is not a reference of the Stream's:
+                                 * release() (694) */
+    unsigned char release_due : 1; /* release() was refused while an op was in flight (695) */
+    unsigned char eofc : 1;    /* a SocketTransport's: its EOF record may take
+                                * stream_eof (707) */
+    unsigned char fdclosing : 1; /* stream_close_fast closed the fd (the transport's
+                                  * _fd_closing): the turn's flush has nothing to do
+                                  * (_flush_slow's return; decision 820) */
+    unsigned char rfirst : 1;  /* the record being delivered is the Stream's first of
+                                * batch rseq */
 } Stream;
 
 static int stream_flush_dirty(Core *self);
@@ -285,8 +301,8 @@ static PyObject *s_send_now_tail, *s_flush, *m_data_failed, *m_get_buffer_failed
 /* SocketTransport's slots, for accepted_transport and stream_close_fast
  * (decisions 811, 812): set by accepted_setup */
 enum {
-    A_SOCKOBJ, A_LOOP, A_PPAUSED, A_HIGH, A_LOW, A_EXTRA, A_TSOCK, A_CONTEXT, A_CORE,
-    A_ENGINE, A_BUFFERED, A_SOCKNAME, A_PEERNAME, A_SERVER, A_CLOSING, A_PAUSED,
+    A_SOCKOBJ, A_LOOP, A_PPAUSED, A_HIGH, A_LOW, A_EXTRA, A_TSOCK, A_CORE,
+    A_ENGINE, A_SOCKNAME, A_PEERNAME, A_SERVER, A_CLOSING, A_PAUSED,
     A_PROTOCOL, A_N
 };
 static struct {
@@ -3117,9 +3133,11 @@ static PyMemberDef Stream_members[] = {
      "the transport's held close of fd, released by lost() (0: none; decision 873)"},
     {"pms", T_ULONGLONG, offsetof(Stream, pms), READONLY,
      "the direct reads' kept multishot poll (0: none; decision 765)"},
-    {"rsize", T_PYSSIZET, offsetof(Stream, rsize), 0, NULL},
-    {"rgrow", T_PYSSIZET, offsetof(Stream, rgrow), 0, NULL},
+    {"rsize", T_INT, offsetof(Stream, rsize), 0, NULL},
+    {"rgrow", T_UBYTE, offsetof(Stream, rgrow), 0, NULL},
     {"fd", T_INT, offsetof(Stream, fd), READONLY, NULL},
+    /* the transport's _context (decision 985) */
+    {"ctx", T_OBJECT, offsetof(Stream, ctx), READONLY, NULL},
     /* set by _feed_buffer too (decision 634) */
     {"feed_rest", T_BOOL, offsetof(Stream, feed_rest), 0, NULL},
     /* bytes of held writes in the queue (decision 646) */
@@ -3997,7 +4015,7 @@ static PyObject *core_method(PyObject *mod, PyObject *const *args, Py_ssize_t na
  * stream.py's _begin and _made are the rule: keep this the same. */
 
 /* accepted_setup(cls, slots, high, low, in_core, share, BufferedProtocol,
- * _start_reading, tracks): slots the member descriptors of the transport's 17
+ * _start_reading, tracks): slots the member descriptors of the transport's 15
  * attributes in the enum's order, each an object slot of cls or a base */
 static PyObject *accepted_setup(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -4098,8 +4116,9 @@ static PyObject *accepted_make(PyObject *loop, int lfd, PyObject *kind, PyObject
     aset(self, A_TSOCK, Py_NewRef(Py_None));
     if (ctx == NULL && (ctx = PyContext_CopyCurrent()) == NULL)
         goto fail;
-    aset(self, A_CONTEXT, ctx);
+    /* (the transport's _context is its Stream's: decision 985) */
     PyObject *core = stream_make(&StreamType, self, loop, (int)lfd, ctx, 1);
+    Py_DECREF(ctx);
     if (core == NULL)
         goto fail;
     aset(self, A_CORE, core);
@@ -4111,7 +4130,6 @@ static PyObject *accepted_make(PyObject *loop, int lfd, PyObject *kind, PyObject
     int buffered = PyObject_IsInstance(protocol, acc.buffered_type);
     if (buffered < 0)
         goto fail;
-    aset(self, A_BUFFERED, Py_NewRef(buffered ? Py_True : Py_False));
     tmp = PyObject_GetAttr(engine, s_backend);
     if (tmp == NULL)
         goto fail;
@@ -4605,7 +4623,7 @@ static int stream_close_fast(Stream *s, PyObject *t)
         }
     }
     PyObject *kind = ASLOT(t, A_SOCKOBJ), *engine = ASLOT(t, A_ENGINE);
-    PyObject *loop = ASLOT(t, A_LOOP), *ctx = ASLOT(t, A_CONTEXT);
+    PyObject *loop = ASLOT(t, A_LOOP), *ctx = s->ctx;
     if (kind == NULL || !Py_IS_TYPE(kind, (PyTypeObject *)acc.kind_type) || engine == NULL ||
         loop == NULL || ctx == NULL)
         return 0;

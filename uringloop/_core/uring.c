@@ -1159,17 +1159,18 @@ static void uring_trim(ul_engine *e)
 {
     struct uring *u = e->bs;
     if (!u->bufring) {
-        ul__pool_release(e, UL_POOL_KEEP);
+        ul__pool_release(e, 0);  /* every free buffer: decision 986 */
         return;
     }
     uint32_t want0 = UL_MIN(UL_RING_WANT0, e->cfg.buf_count);
     if (u->br_home && u->br_home < want0)
         want0 = u->br_home;
-    if ((u->setup_flags & UL_SETUP_DEFER_TASKRUN) && u->enabled && !u->parked &&
-        u->owner == &tls_marker && u->br_avail > want0 &&
-        __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) == *u->cq_khead &&
-        !(__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & UL_SQ_CQ_OVERFLOW) &&
-        !any_live_op(e, is_pool_read)) {
+    int quiet = (u->setup_flags & UL_SETUP_DEFER_TASKRUN) && u->enabled && !u->parked &&
+                u->owner == &tls_marker &&
+                __atomic_load_n(u->cq_ktail, __ATOMIC_ACQUIRE) == *u->cq_khead &&
+                !(__atomic_load_n(u->sq_kflags, __ATOMIC_ACQUIRE) & UL_SQ_CQ_OVERFLOW) &&
+                !any_live_op(e, is_pool_read);
+    if (quiet && u->br_avail > want0) {
         struct ul_buf_reg reg;
         memset(&reg, 0, sizeof reg);
         reg.bgid = 0;
@@ -1190,7 +1191,20 @@ static void uring_trim(ul_engine *e)
             ring_top_up(e, u);
         }
     }
-    ul__pool_release(e, 0);  /* the ring holds the hot ones */
+    if (quiet) {
+        /* The ring's buffers hold nothing anyone will read: the kernel
+         * fills one only inside our io_uring_enter (DEFER_TASKRUN) and
+         * every one it filled was reported (the CQ is empty). Their pages
+         * go back too; the kernel's next receive into one faults in a
+         * zeroed page (decision 986). Before, the ring's 64 kept theirs:
+         * 256 KiB after any burst, for good. */
+        for (uint16_t p = (uint16_t)(u->br_tail - u->br_avail); p != u->br_tail; p++) {
+            uint16_t bid = u->br[p & u->br_mask].bid;
+            if (e->resident[bid] == 1)
+                e->resident[bid] = 3; /* (ul__pool_release: still counted) */
+        }
+    }
+    ul__pool_release(e, 0);
 }
 
 /* ------------------------------------------------------------ completion */

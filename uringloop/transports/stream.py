@@ -33,6 +33,7 @@ import collections
 import contextvars
 import errno
 import functools
+import operator
 import os
 import socket
 import struct
@@ -161,12 +162,20 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     # The stock extra info (socket, sockname, peername) is in slots as well,
     # not in an extra dict (184 bytes with its keys): _extra is only the
     # dict a caller passed, or None; the socket's TransportSocket is made
-    # when first asked for.
+    # when first asked for. The context and the kind of protocol are the
+    # C core's (Stream.ctx, Stream.buffered): _context and _buffered are
+    # read through it (decision 985).
     __slots__ = (
-        "_core", "_sockobj", "_engine", "_protocol", "_context", "_server",
-        "_buffered", "_closing", "_paused", "_sockname", "_peername", "_tsock",
+        "_core", "_sockobj", "_engine", "_protocol", "_server",
+        "_closing", "_paused", "_sockname", "_peername", "_tsock",
         "__dict__", "__weakref__",
     )
+
+    # the transport's context, the one its C core runs the protocol in
+    # (no slot of its own: decision 985)
+    _context = property(operator.attrgetter("_core.ctx"))
+    # the protocol is a BufferedProtocol (set_protocol sets it in the core)
+    _buffered = property(operator.attrgetter("_core.buffered"))
 
     _protocol_connected = True  # set_protocol() ran (in __init__)
     _conn_lost = 0
@@ -207,7 +216,7 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         self._low_water = _DEFAULT_LOW
         self._extra = extra or None
         self._tsock = None
-        self._context = ctx = contextvars.copy_context()
+        ctx = contextvars.copy_context()
         # the hot half, in C (uringloop/_core/stream.c): the write queue
         # (c.buffer, c.buffer_size, c.sending, c.dirty), the receive and send
         # callbacks, and write() itself (the class's write is the core's);
@@ -218,7 +227,6 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
 
     def _made(self, loop, protocol, server):
         c = self._core
-        self._buffered = False
         c.high, c.low = self._high_water, self._low_water
         # epoll: write() sends at once when the transport is idle (as stock
         # and uvloop) while the turn delivers records (a protocol callback's
@@ -387,9 +395,9 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
 
     def set_protocol(self, protocol):
         # the kind of protocol decides, once, how received bytes are handed over
-        self._buffered = isinstance(protocol, protocols.BufferedProtocol)
+        buffered = isinstance(protocol, protocols.BufferedProtocol)
         self._protocol = protocol
-        self._core.set_protocol(protocol, self._buffered)
+        self._core.set_protocol(protocol, buffered)
         self._sync()
 
     def _sync(self):
@@ -1220,7 +1228,7 @@ SocketTransport.__del__ = _sched.core_method(
 # slots it writes, in its order
 _ACCEPTED_SLOTS = (
     "_sockobj", "_loop", "_protocol_paused", "_high_water", "_low_water", "_extra", "_tsock",
-    "_context", "_core", "_engine", "_buffered", "_sockname", "_peername", "_server",
+    "_core", "_engine", "_sockname", "_peername", "_server",
     "_closing", "_paused", "_protocol",
 )
 _sched.accepted_setup(
