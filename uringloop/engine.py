@@ -481,6 +481,13 @@ class Engine:
         now (engine.h ul_fd_settle; decision 962)."""
         return lib.ul_fd_settle(self._e, fd) if self._e is not None else 0
 
+    def fd_closing(self, fd: int) -> int:
+        """fd's owner closes it next, no op of ours being live on it: epoll
+        drops its registration (EPOLL_CTL_DEL), so the next file to get the
+        number is armed with one ADD (engine.h ul_fd_closing; decision
+        989). 0, or -EBUSY while ops of fd are live."""
+        return lib.ul_fd_closing(self._e, fd) if self._e is not None else 0
+
     def ready_now(self) -> bool:
         """The next run would find a record without waiting (engine.h
         ul_ready): io_uring's CQ holds one, the kernel flags deferred work
@@ -554,6 +561,15 @@ class Engine:
         offset = _c_offset(offset)
         ptr, size = _read_buffer(data)
         return self._cold(cb, (data, ptr), lib.ul_write, fd, ptr, size, offset)
+
+    def write_progress(self, fd: int, data, cb) -> int:
+        """An ordered write (as write at offset -1) that, each time it waits
+        with bytes written since its last record, makes a record with more
+        set saying how many; the final record says the total (engine.h
+        ul_write_progress; decision 990)."""
+        fd = _check_fd(fd)
+        ptr, size = _read_buffer(data)
+        return self._cold(cb, (data, ptr), lib.ul_write_progress, fd, ptr, size)
 
     def flush(self) -> None:
         """Hand queued operations to the kernel now, without waiting for any."""
@@ -759,7 +775,7 @@ _STATS = (
     "enters", "waits", "submitted", "records", "cq_overflows", "rearms",
     "eagain_retries", "wakeups", "guard_faults", "in_flight", "bufs_free", "ident_captures",
     "ident_checks", "cqes", "addr_blocks", "pool_resident", "fd_entries", "pool_takes",
-    "ident_cookies", "ring_want", "pend_walked",
+    "ident_cookies", "ring_want", "pend_walked", "ctl_failed",
 )
 
 _SETUP_FLAGS = {

@@ -707,6 +707,16 @@ void ul__iov_advance(struct ul_op *op, uint32_t n)
 }
 
 /* A send or ordered write made progress (res >= 0) or failed (res < 0). */
+/* op waits with bytes written since its last record: a ul_write_progress
+ * write says how many (a record with MORE; decision 990) */
+void ul__progress(ul_engine *e, struct ul_op *op)
+{
+    if (op->progress && op->done > op->told && !op->cancelled) {
+        ul__emit(e, op, (int32_t)(op->done - op->told), UL_F_MORE, 0);
+        op->told = op->done;
+    }
+}
+
 void ul__sent(ul_engine *e, struct ul_op *op, int32_t res)
 {
     if (res < 0) {
@@ -726,6 +736,8 @@ void ul__sent(ul_engine *e, struct ul_op *op, int32_t res)
         ul__stop(e, op, ECANCELED);
     } else if (e->be->submit(e, op) < 0) {
         ul__stop(e, op, EIO);
+    } else {
+        ul__progress(e, op);
     }
 }
 
@@ -1095,6 +1107,16 @@ EXPORT int ul_write(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t
     return submit(e, op);
 }
 
+EXPORT int ul_write_progress(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len)
+{
+    BEGIN(K_WRITE, fd);
+    op->buf = (char *)buf;
+    op->len = len;
+    op->offset = -1;
+    op->progress = 1;
+    return submit(e, op);
+}
+
 EXPORT int ul_shutdown(ul_engine *e, uint64_t ud, int fd, int how)
 {
     BEGIN(K_SHUTDOWN, fd);
@@ -1412,6 +1434,19 @@ EXPORT int ul_fd_settle(ul_engine *e, int fd)
     if (e->fds[fd].nops > 0 && e->be->settle && !e->in_run)
         (void)e->be->settle(e);
     return (int)e->fds[fd].nops;
+}
+
+EXPORT int ul_fd_closing(ul_engine *e, int fd)
+{
+    if (e->closed || fd < 0 || fd >= e->nfds)
+        return 0;
+    if (foreign_thread(e))
+        return -EEXIST;
+    if (e->fds[fd].nops > 0)
+        return -EBUSY;
+    if (e->be->fd_closing)
+        e->be->fd_closing(e, fd);
+    return 0;
 }
 
 EXPORT int ul_op_known(ul_engine *e, uint64_t ud)

@@ -147,6 +147,9 @@ typedef struct ul_stats {
                                     it runs dry, shrinks when runs take little: decision
                                     759); 0 without a buffer ring and on epoll */
     uint64_t pend_walked;        /* records of pend a close looked at (decision 827) */
+    uint64_t ctl_failed;         /* epoll: epoll_ctl calls that failed, a fallback's
+                                    first try included (MOD on a number whose file
+                                    was closed: ENOENT; decision 989); io_uring: 0 */
 } ul_stats;
 
 typedef struct ul_engine ul_engine;
@@ -238,6 +241,14 @@ int ul_connect(ul_engine *e, uint64_t ud, int fd, const char *addr, uint32_t add
 int ul_poll(ul_engine *e, uint64_t ud, int fd, uint32_t events, int level);
 int ul_read(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len, int64_t offset);
 int ul_write(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len, int64_t offset);
+/* As ul_write at offset -1 (ordered), and each time it waits with bytes
+ * written since its last record, a record (UL_F_MORE) says how many: an
+ * owner that counts what is still to leave (a write pipe's
+ * get_write_buffer_size) sees it shrink as the stock transport's buffer does
+ * at each writer callback. The final record says the total, as ul_write's;
+ * a write that leaves whole at its first try makes no other record
+ * (decision 990). */
+int ul_write_progress(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len);
 int ul_shutdown(ul_engine *e, uint64_t ud, int fd, int how);
 /* flags: UL_CLOSE_RESET_IF_DATA, the close resets a TCP connection
  * (SO_LINGER 0 just before close(2)) if a receive (recv, recv_into) on fd
@@ -336,6 +347,14 @@ int ul_ended_with(ul_engine *e, int fd, int32_t res);
  * run): 0 when none is, and fd's owner may close(2) it with no op of ours
  * left to act on the number (decision 962). -EEXIST from another thread. */
 int ul_fd_settle(ul_engine *e, int fd);
+/* fd's owner closes it next, with close(2) of its own, and no op of the
+ * engine's is live on it (ul_fd_settle said 0): epoll takes the fd out of its
+ * set (EPOLL_CTL_DEL, as a close through ul_close_fd does) and forgets the
+ * registration, so the next file to get the number is armed with one ADD,
+ * not a MOD that fails with ENOENT first (decision 989). io_uring: nothing.
+ * 0; -EBUSY (nothing done) while ops of fd are live; -EEXIST from another
+ * thread. */
+int ul_fd_closing(ul_engine *e, int fd);
 /* CDEF END */
 
 #endif

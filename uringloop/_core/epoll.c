@@ -236,10 +236,15 @@ static int arm(ul_engine *e, int fd, int force_mod)
         return 0;
     int op = f->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
     int r = epoll_ctl(p->epfd, op, fd, &ev);
-    if (r < 0 && op == EPOLL_CTL_MOD && errno == ENOENT)
+    if (r < 0 && op == EPOLL_CTL_MOD && errno == ENOENT) {
+        e->st.ctl_failed++;  /* the file was closed behind us (decision 989) */
         r = epoll_ctl(p->epfd, op = EPOLL_CTL_ADD, fd, &ev);
-    else if (r < 0 && op == EPOLL_CTL_ADD && errno == EEXIST)
+    } else if (r < 0 && op == EPOLL_CTL_ADD && errno == EEXIST) {
+        e->st.ctl_failed++;
         r = epoll_ctl(p->epfd, op = EPOLL_CTL_MOD, fd, &ev);
+    }
+    if (r < 0)
+        e->st.ctl_failed++;
     e->st.submitted++;
     if (r < 0) {
         if (errno == EPERM)
@@ -649,8 +654,10 @@ static int try_write_all(ul_engine *e, struct ul_op *op)
         e->st.submitted++;
         if (r < 0 && errno == EINTR)
             continue;
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            ul__progress(e, op);
             return TRY_WAIT;
+        }
         if (r <= 0) {
             ul__stop(e, op, r < 0 ? errno : 0);  /* says what went out before */
             return TRY_DONE;
@@ -1055,6 +1062,19 @@ static void ep_before_close(ul_engine *e, int fd)
         epoll_ctl(p->epfd, EPOLL_CTL_DEL, fd, NULL);
 }
 
+/* ul_fd_closing: no op of ours is live on fd and its owner closes it next.
+ * The DEL keeps review D3's rule where the file outlives the number (a dup,
+ * a fork child's copy): no registration is left to report that file's
+ * events under a number another file gets. Forgotten, the number is armed
+ * next with one ADD (decision 989). */
+static void ep_fd_closing(ul_engine *e, int fd)
+{
+    struct ul_fd *f = &e->fds[fd];
+    ep_before_close(e, fd);
+    f->registered = f->regular = f->reg_out = f->reg_lt = 0;
+    f->missed = f->hup = f->rwait = 0;
+}
+
 static void ep_destroy(ul_engine *e)
 {
     struct ep *p = e->bs;
@@ -1079,6 +1099,7 @@ const struct ul_backend ul_epoll_backend = {
     .flush = NULL,
     .recycle = ep_recycle,
     .before_close = ep_before_close,
+    .fd_closing = ep_fd_closing,
     .destroy = ep_destroy,
     .forget = ep_forget,
     .quiet = ep_quiet,

@@ -94,9 +94,13 @@ struct ul_op {
     uint8_t wait_first;         /* K_RECV_INTO asked with UL_RECV_WAIT_FIRST */
     uint8_t drained;            /* K_RECV_INTO with UL_RECV_DRAINED, or K_POLL with
                                    UL_POLL_DRAINED: epoll may wait with no re-arm */
+    uint8_t progress;           /* K_WRITE from ul_write_progress: a record (MORE) for
+                                   the bytes written each time it waits with some
+                                   written (ul__progress, decision 990) */
     uint8_t ring_ident;         /* io_uring: a getsockopt SQE next to the op's writes
                                    ident (uring.c, ring_cookie) */
     int fd;
+    uint32_t told;              /* progress: of done, the bytes records said */
     uint32_t sqe_idx;           /* io_uring: SQ index of the op's latest SQE */
     uint32_t reg_gen;           /* epoll: the fd's reg_gen when ident was last
                                    known to hold */
@@ -199,6 +203,7 @@ struct ul_backend {
     int (*flush)(ul_engine *e);                      /* submit now, no wait */
     void (*recycle)(ul_engine *e, uint16_t bid);     /* give a pool buffer back */
     void (*before_close)(ul_engine *e, int fd);      /* last chance before close(2) */
+    void (*fd_closing)(ul_engine *e, int fd);        /* ul_fd_closing: its owner closes fd */
     void (*destroy)(ul_engine *e);
     void (*forget)(ul_engine *e);                    /* fork child: close fds, free heap */
     int (*reserve)(ul_engine *e, uint32_t ops);      /* room for ops live ops, or -ENOMEM */
@@ -282,6 +287,7 @@ static inline uint32_t ul__slot(uint64_t ud) { return (uint32_t)ud; }
 void ul__emit(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid);
 void ul__finish(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid);
 void ul__sent(ul_engine *e, struct ul_op *op, int32_t res);
+void ul__progress(ul_engine *e, struct ul_op *op);
 void ul__stop(ul_engine *e, struct ul_op *op, int err);
 void ul__iov_advance(struct ul_op *op, uint32_t n);
 void ul__oq_drop(ul_engine *e, struct ul_op *op, int32_t res);

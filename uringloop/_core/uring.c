@@ -1917,6 +1917,7 @@ const struct ul_backend ul_uring_backend = {
     .flush = uring_flush,
     .recycle = uring_recycle,
     .before_close = NULL,
+    .fd_closing = NULL,
     .destroy = uring_destroy,
     .forget = uring_forget,
     .park = uring_park,

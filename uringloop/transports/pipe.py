@@ -154,7 +154,15 @@ class _PipeBase(TransportBase):
                 # the pipe closes here, as stock's (decision 962)
                 self._pipe_closing = pipe
             else:
-                pipe.close()
+                self._close_pipe(pipe)
+
+    def _close_pipe(self, pipe):
+        """No op of ours is live on the fd: epoll lets go of its registration
+        before the pipe closes it (the next file of the number is armed with
+        one ADD, decision 989)."""
+        if not self._engine.closed:
+            self._engine.fd_closing(self._fileno)
+        pipe.close()
 
     def _forget(self):
         """connection_lost has run: more to let go of."""
@@ -167,7 +175,7 @@ class _PipeBase(TransportBase):
         pipe = self._pipe_closing
         if pipe is not None and not self._ops_pending():
             self._pipe_closing = None
-            pipe.close()
+            self._close_pipe(pipe)
 
     def _engine_closed(self):
         """The loop closed: its engine has reaped every op (their records
@@ -474,6 +482,8 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
     _resume_h = None  # the deferred resume's handle (decisions 522, 534)
     _peer_h = None  # the deferred "read end closed" handle (decision 616)
     _fail_h = None  # a failed write's handle, held behind _ready (decision 961)
+    _told = 0  # of the write in flight, bytes taken off _buffer_size (decision 990)
+    _wgen = 0  # writes ended: a held shrink of an earlier one is void
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         super().__init__(extra, loop)
@@ -609,10 +619,34 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         self._buffer = []
         data = buf[0] if len(buf) == 1 else b"".join(buf)
         self._writing = len(data)
-        self._write_ud = self._engine.write(self._fileno, data, self._on_written_cb)
+        self._write_ud = self._engine.write_progress(self._fileno, data, self._on_written_cb)
+
+    def _wrote_part(self, n):
+        """The write in flight waits with n more bytes out (a progress record,
+        decision 990): stock's writer callback took them off its buffer, and
+        that callback runs behind what _ready held at the poll; so does this."""
+        if self._lost:
+            return
+        if self._loop._sched_ahead():
+            h = self._loop.call_soon(self._shrink, n, self._wgen, context=self._context)
+            self._loop._sched_io_place(h, True)
+        else:
+            self._shrink(n, self._wgen)
+
+    def _shrink(self, n, wgen):
+        # not after the write's end, a failure or a close (stock's buffer
+        # was cleared or its writer removed)
+        if wgen == self._wgen and not self._lost and self._writing:
+            self._buffer_size -= n
+            self._told += n
 
     def _on_written(self, res, more, data):
+        if more:
+            self._wrote_part(res)
+            return
         self._write_ud = None
+        self._wgen += 1  # a shrink still held (none should be) is void now
+        told, self._told = self._told, 0
         sent, self._writing = self._writing, 0
         if self._lost:
             self._op_ended()
@@ -656,21 +690,23 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
                 return
             self._write_failed(exc)
             return
-        self._buffer_size -= sent
-        if (
-            self._closing or (self._protocol_paused and self._buffer_size <= self._low_water)
-        ) and self._loop._sched_ahead():
+        rest = sent - told  # what the progress records left
+        if self._loop._sched_ahead():
+            # stock's writer callback takes its last bytes off, resumes and,
+            # after close()/write_eof(), ends, behind what _ready held before
+            # the poll: so do we (decisions 522, 532, 535, 991)
             # the stock writer callback (which resumes) is queued behind what
             # _ready held before the poll: so is the resume (decision 522),
             # and after close()/write_eof() the end that follows it (532),
             # paused or not (535); where stock's poll queues it, before the
             # timers collected early (414) and what the batch scheduled (535)
-            h = self._loop.call_soon(self._resume_behind, context=self._context)
+            h = self._loop.call_soon(self._resume_behind, rest, context=self._context)
             self._loop._sched_io_place(h, True)
             self._resume_h = h
             if not self._closing:
                 self._written()
             return
+        self._buffer_size -= rest
         try:
             self._maybe_resume_protocol()  # May append to buffer.
         except (SystemExit, KeyboardInterrupt):
@@ -690,11 +726,13 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         self._conn_lost += 1
         self._fatal_error(exc, "Fatal write error on pipe transport")
 
-    def _resume_behind(self):
+    def _resume_behind(self, rest=0):
         # not after abort() or a fatal error (stock's removes its writer);
         # after close()/write_eof() stock's writer still runs, resumes, then
         # calls connection_lost itself, or writes the rest (decision 534)
         self._resume_h = None
+        if not self._lost:
+            self._buffer_size -= rest  # the write's last bytes (991)
         if self._lost or self._writing:
             return
         if not self._closing:

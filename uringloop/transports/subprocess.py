@@ -110,7 +110,11 @@ def watch_child(loop, pid: int, transp) -> None:
 
     def on_exit(res, more, data):
         if pidfds.pop(pidfd, None) is not None:  # else close_pidfds closed it
-            os.close(pidfd)  # the poll was one-shot: nothing of ours is on it now
+            # the poll was one-shot: nothing of ours is on it now; epoll lets
+            # go of its registration, so the next pidfd of the number is
+            # armed with one ADD (decision 989)
+            loop._engine.fd_closing(pidfd)
+            os.close(pidfd)
         if res == -errno.ECANCELED:
             return  # the loop is closing
         _reap(loop, pid, transp)
