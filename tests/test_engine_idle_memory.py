@@ -123,6 +123,25 @@ def _armed_pairs(eng, res_tracker, n=200):
     return pairs, cols, held
 
 
+def _burst(eng, pairs, cols, burst):
+    """64 KiB into every pair at once, each received whole and in order."""
+    want = []
+    for i, (_, b) in enumerate(pairs):
+        msg = (b"burst %d socket %d " % (burst, i) * 4000)[:65536]
+        b.sendall(msg)
+        want.append(msg)
+    got_before = [len(c.payload()) for c in cols]
+    run_until(
+        eng,
+        lambda: all(
+            len(c.payload()) - g == len(w) for c, g, w in zip(cols, got_before, want, strict=True)
+        ),
+        what=f"burst {burst}",
+    )
+    for c, g, w in zip(cols, got_before, want, strict=True):
+        assert c.payload()[g:] == w
+
+
 def test_pool_pages_go_back_after_a_burst(eng, res_tracker):
     """A burst that walks most of the pool, then an idle wait: the pool pages
     beyond the working set are handed back (before: every page the burst
@@ -131,21 +150,7 @@ def test_pool_pages_go_back_after_a_burst(eng, res_tracker):
     pairs, cols, held = _armed_pairs(eng, res_tracker)
     page_per_buf = eng.info()["buf_size"] // mmap.PAGESIZE
     for burst in range(2):
-        want = []
-        for i, (_, b) in enumerate(pairs):
-            msg = (b"burst %d socket %d " % (burst, i) * 4000)[:65536]
-            b.sendall(msg)
-            want.append(msg)
-        got_before = [len(c.payload()) for c in cols]
-        run_until(
-            eng,
-            lambda g0=got_before, w0=want: all(
-                len(c.payload()) - g == len(w) for c, g, w in zip(cols, g0, w0, strict=True)
-            ),
-            what=f"burst {burst}",
-        )
-        for c, g, w in zip(cols, got_before, want, strict=True):
-            assert c.payload()[g:] == w
+        _burst(eng, pairs, cols, burst)
         assert _pool_pages_resident(eng) > 2 * (64 + held) * page_per_buf
         assert eng.stats()["pool_resident"] > 2 * 64
         eng.run(0)  # the last records' buffers go back
@@ -197,21 +202,7 @@ def test_an_idle_engine_hands_every_pool_page_back(eng, res_tracker):
     )
     bound = (held + (64 if ring_kept else 0)) * page_per_buf
     for burst in range(2):
-        want = []
-        for i, (_, b) in enumerate(pairs):
-            msg = (b"burst %d socket %d " % (burst, i) * 4000)[:65536]
-            b.sendall(msg)
-            want.append(msg)
-        got_before = [len(c.payload()) for c in cols]
-        run_until(
-            eng,
-            lambda g0=got_before, w0=want: all(
-                len(c.payload()) - g == len(w) for c, g, w in zip(cols, g0, w0, strict=True)
-            ),
-            what=f"burst {burst}",
-        )
-        for c, g, w in zip(cols, got_before, want, strict=True):
-            assert c.payload()[g:] == w
+        _burst(eng, pairs, cols, burst)
         eng.run(0)  # the last records' buffers go back
         assert eng.run(0.3) == 0  # idle: nothing arrives
         assert _pool_pages_resident(eng) <= bound, (burst, bound)
