@@ -26,6 +26,7 @@ import asyncio
 import errno
 import functools
 import gc
+import importlib
 import os
 import resource
 import socket
@@ -764,3 +765,13 @@ def error_of(fn, *args, **kw):
     except Exception as exc:
         return type(exc), str(exc)
     return None
+
+
+def bench_module(name):
+    """benchmarks/<name>.py, imported (the benchmark scripts are not a package)."""
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    sys.path.insert(0, bench)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(bench)

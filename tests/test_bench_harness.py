@@ -9,7 +9,6 @@ catches a wrong status or body and refuses a chunked one, and that the driver
 reports each side's CPU time (the busy columns)."""
 
 import contextlib
-import importlib
 import json
 import os
 import select
@@ -23,7 +22,7 @@ import time
 import types
 
 import pytest
-from conftest import require_uring, uring_unavailable_reason
+from conftest import bench_module, require_uring, uring_unavailable_reason
 
 import uringloop
 
@@ -364,13 +363,7 @@ def test_loadgen_http_catches_bad_responses(loadgen, mode, respond):
         assert res["verify_errors"] > 0 and res["status_errors"] == 0, res
 
 
-def _bench(name):
-    """benchmarks/<name>.py, imported."""
-    sys.path.insert(0, BENCH)
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(BENCH)
+_bench = bench_module
 
 
 def _net_bench():

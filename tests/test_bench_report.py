@@ -4,7 +4,6 @@ repetitions and in-speed ratios against uvloop are reported beside the plain
 medians, and a row without two speeds is reported exactly as before. Report
 only: no server, no network, nothing timed."""
 
-import importlib
 import json
 import os
 import random
@@ -12,6 +11,7 @@ import re
 import sys
 
 import pytest
+from conftest import bench_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks")
@@ -19,12 +19,7 @@ RUN_J = os.path.join(BENCH, "results", "2026-12-07-j")
 ROW = "echo-100k-c10-protocol-tcp"
 
 
-def _bench(name):
-    sys.path.insert(0, BENCH)
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(BENCH)
+_bench = bench_module
 
 
 def _run(rps, cpu):

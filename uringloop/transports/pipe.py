@@ -692,14 +692,11 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
             return
         rest = sent - told  # what the progress records left
         if self._loop._sched_ahead():
-            # stock's writer callback takes its last bytes off, resumes and,
-            # after close()/write_eof(), ends, behind what _ready held before
-            # the poll: so do we (decisions 522, 532, 535, 991)
-            # the stock writer callback (which resumes) is queued behind what
-            # _ready held before the poll: so is the resume (decision 522),
-            # and after close()/write_eof() the end that follows it (532),
-            # paused or not (535); where stock's poll queues it, before the
-            # timers collected early (414) and what the batch scheduled (535)
+            # stock's writer callback, queued behind what _ready held before
+            # the poll, takes the write's last bytes off (991), resumes (522)
+            # and, after close()/write_eof(), ends (532), paused or not (535);
+            # so do we, where stock's poll queues it: before the timers
+            # collected early (414) and what the batch scheduled (535)
             h = self._loop.call_soon(self._resume_behind, rest, context=self._context)
             self._loop._sched_io_place(h, True)
             self._resume_h = h
