@@ -10,6 +10,7 @@ registered again at its first size)."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import select
@@ -37,6 +38,76 @@ def _pool_pages_resident(eng) -> int:
 def test_an_op_record_carries_no_address(eng):
     """The per-op record: 352 bytes with the address fields inside."""
     assert eng.info()["op_bytes"] <= 160
+
+
+def _drain_peer(sock, want, eng, timeout=10.0):
+    """Read from sock until want bytes arrived, running eng meanwhile."""
+    got = bytearray()
+    for _ in range(int(timeout / 0.01)):
+        if len(got) >= want:
+            break
+        eng.run(0)
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            select.select([sock], [], [], 0.01)
+            continue
+        assert chunk, "the peer closed"
+        got += chunk
+    assert len(got) >= want, f"peer got {len(got)} of {want} bytes"
+    return bytes(got)
+
+
+def test_an_op_record_carries_no_send_counts(eng, tcp_pair, res_tracker):
+    """The counts and iovecs only a vectored send or a batch of queued sends
+    use (niov, iov_idx, nbatch, iovs, batch) are in the iovec block such a
+    send takes anyway (decision 1003): 160 -> 136 bytes a record, so an idle
+    connection's receive op is 24 bytes smaller. Sends of every shape still
+    leave in order, each with its whole count: vectored and plain, queued in
+    one turn (io_uring batches them: a vectored head and vectored riders,
+    the head's own iovecs kept under the batch's) into a small send buffer,
+    so the batch comes back short and is cut inside a rider; then a vectored
+    send cancelled while queued behind one the kernel cannot take."""
+    assert eng.info()["op_bytes"] <= 136
+    c, s = tcp_pair(sndbuf=4096)
+    log = []
+    shapes = [
+        ("v1", [b"a" * 70_000, bytearray(b"b" * 50_001), memoryview(b"xc" * 40_000)[1:]]),
+        ("s1", b"d" * 30_000),
+        ("v2", [b"e" * 9, b"f" * 90_000]),
+        ("s2", b"g" * 7),
+        ("v3", [b"h" * 3, b"i" * 5, b"j" * 120_000]),
+    ]
+    cols = []
+    for name, data in shapes:
+        col = Collector(name, log)
+        cols.append(col)
+        if isinstance(data, list):
+            eng.sendv(c.fileno(), data, col)
+        else:
+            eng.send(c.fileno(), data, col)
+    want = b"".join(
+        b"".join(bytes(p) for p in d) if isinstance(d, list) else d for _, d in shapes
+    )
+    assert _drain_peer(s, len(want), eng) == want
+    drain(eng)
+    for (name, data), col in zip(shapes, cols, strict=True):
+        n = sum(map(len, data)) if isinstance(data, list) else len(data)
+        assert col.records == [(n, False, None)], (name, col.records)
+    assert [name for name, _, _ in log] == [name for name, _ in shapes]
+    # a vectored send queued behind one that waits, cancelled there
+    big, queued = Collector("big"), Collector("queued")
+    eng.send(c.fileno(), b"k" * (4 << 20), big)
+    settle(eng)
+    ud = eng.sendv(c.fileno(), [b"l" * 10, b"m" * 20], queued)
+    settle(eng)
+    eng.cancel(ud)
+    got = _drain_peer(s, 4 << 20, eng)
+    drain(eng)
+    assert got == b"k" * (4 << 20)
+    assert big.records == [(4 << 20, False, None)]
+    assert queued.res == -errno.ECANCELED
+    assert eng.in_flight == 0
 
 
 def test_the_fd_table_grows_by_steps(eng, socketpair):

@@ -641,8 +641,9 @@ static int try_write_all(ul_engine *e, struct ul_op *op)
         char *b = op->buf + op->done;
         size_t n = op->len - op->done;
         if (op->kind == K_SENDV) {
-            struct msghdr m = {.msg_iov = op->iovs + op->iov_idx,
-                               .msg_iovlen = UL_MIN(op->niov - op->iov_idx, 1024u)};
+            struct ul_iov_block *c = ul__op_iov(op);
+            struct msghdr m = {.msg_iov = c->v + c->idx,
+                               .msg_iovlen = UL_MIN(c->n - c->idx, 1024u)};
             r = sendmsg(op->fd, &m, op->msg_flags | MSG_DONTWAIT);
         } else if (op->kind == K_SEND) {
             r = send(op->fd, b, n, op->msg_flags | MSG_DONTWAIT);

@@ -111,8 +111,6 @@ struct ul_op {
     int32_t bl_next;            /* backlog (a list through the ops: never allocates) */
     int32_t bid;                /* pool buffer taken by a one-shot pool recv */
     uint32_t len, done;
-    uint32_t niov, iov_idx;     /* K_SENDV: count, first iovec not fully sent */
-    uint32_t nbatch;            /* ops in the batch below, the head included */
     int msg_flags;
     uint32_t events;            /* poll mask, or shutdown's how */
     uint32_t turn;              /* a multishot K_RECV counted by the engine (epoll's, the
@@ -123,36 +121,64 @@ struct ul_op {
                                    (ul__ident), valid when has_ident */
     char *buf;
     int64_t offset;
-    struct iovec *iovs;         /* K_SENDV: the cursor's iovecs (an iovec block) */
-    struct iovec *batch;        /* io_uring: a head's SENDMSG over it and its riders
-                                   (an iovec block) */
+    struct ul_iov_block *blk;   /* K_SENDV: its cursor's iovec block; io_uring, a batch's
+                                   head: the batch's block, whose `under` keeps the
+                                   head's own (decision 1003; ul__op_iov, ul__op_batch) */
     struct ul_addr_block *ax;   /* ul__takes_addr kinds and one-shot accepts; kept
                                    across op_begin (above) */
 };
 
 /* K_SENDV's iovecs, and a batch of sends (uring.c), live in an iovec block:
  * the iovecs behind the msghdr that io_uring's SENDMSG reads, one allocation
- * for both, owned by the op until its final record. */
+ * for both, owned by the op until its final record. The counts only sends
+ * use are the block's too, not every op record's (decision 1003): an idle
+ * connection's receive op is 24 bytes smaller. */
 struct ul_iov_block {
     struct msghdr msg;
+    uint32_t n;                 /* K_SENDV: its iovecs; a batch: its ops, the head included */
+    uint32_t idx;               /* K_SENDV: the first iovec not fully sent */
+    struct ul_iov_block *under; /* a batch's: its head's own block (a K_SENDV head), or NULL */
+    uint8_t batch;              /* this is a batch's block */
     struct iovec v[];
 };
 
-static inline struct iovec *ul__iov_block_new(uint32_t n)
+static inline struct ul_iov_block *ul__iov_block_new(uint32_t n, uint8_t batch)
 {
     struct ul_iov_block *b = malloc(sizeof *b + (size_t)n * sizeof(struct iovec));
-    return b ? b->v : NULL;
+    if (b) {
+        b->n = n;
+        b->idx = 0;
+        b->under = NULL;
+        b->batch = batch;
+    }
+    return b;
 }
 
-static inline struct msghdr *ul__iov_block_msg(struct iovec *v)
+static inline void ul__iov_block_free(struct ul_iov_block *b)
 {
-    return &((struct ul_iov_block *)((char *)v - offsetof(struct ul_iov_block, v)))->msg;
+    free(b);
 }
 
-static inline void ul__iov_block_free(struct iovec *v)
+/* a K_SENDV op's own (cursor) block, batched or not */
+static inline struct ul_iov_block *ul__op_iov(const struct ul_op *op)
 {
-    if (v)
-        free((char *)v - offsetof(struct ul_iov_block, v));
+    struct ul_iov_block *b = op->blk;
+    return b && b->batch ? b->under : b;
+}
+
+/* the batch op heads (io_uring), or NULL */
+static inline struct ul_iov_block *ul__op_batch(const struct ul_op *op)
+{
+    struct ul_iov_block *b = op->blk;
+    return b && b->batch ? b : NULL;
+}
+
+/* the batch's block goes; the head's own is its block again */
+static inline void ul__op_unbatch(struct ul_op *op)
+{
+    struct ul_iov_block *b = op->blk;
+    op->blk = b->under;
+    ul__iov_block_free(b);
 }
 
 struct ul_fd {
