@@ -103,8 +103,7 @@ static void fd_reset(struct ul_fd *f)
 {
     memset(f, 0, sizeof *f);
     f->ops_head = f->oq_head = f->oq_tail = f->close_slot = -1;
-    f->rq_head = f->rq_tail = f->wq_head = f->wq_tail = -1;
-    f->pq_head = f->pq_tail = f->ready_next = -1;
+    f->rq_head = f->rq_tail = -1;
 }
 
 struct ul_fd *ul__fd(ul_engine *e, int fd)
@@ -122,6 +121,8 @@ struct ul_fd *ul__fd(ul_engine *e, int fd)
         for (int i = e->nfds; i < (int)n; i++)
             fd_reset(&p[i]);
         e->fds = p;
+        if (e->be && e->be->fd_grow && e->be->fd_grow(e, (int)n) < 0)
+            return NULL;  /* (the entries past nfds are unused until then) */
         e->nfds = (int)n;
     }
     return &e->fds[fd];
@@ -1652,6 +1653,7 @@ EXPORT ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errle
     e->info.buf_size = e->cfg.buf_size;
     e->info.guard = e->guard;
     e->info.op_bytes = sizeof(struct ul_op);
+    e->info.fd_bytes = (uint32_t)sizeof(struct ul_fd) + e->be_fd_bytes;
     return e;
 }
 

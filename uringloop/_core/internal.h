@@ -196,25 +196,13 @@ struct ul_fd {
     uint8_t own;                /* one of the engine's own fds (the wake eventfd, the
                                    ring fd, the epoll fd): every op on it ends with
                                    -EBADF at once, as on a closing fd (decision 427) */
-    /* epoll backend */
-    uint8_t registered, regular, on_ready_list;
-    uint8_t reg_out;            /* the registration asks for EPOLLOUT */
-    uint8_t reg_lt;             /* ... and is level-triggered (kept_polls_only) */
-    uint8_t missed;             /* a wait reported fd readable with no op to take it,
-                                   since the last (re)registration (decision 391) */
-    uint8_t hup;                /* a wait reported a hang-up or an error on fd */
-    uint8_t rwait;              /* the last one-shot pool receive (sock_recv) on fd
-                                   found it empty and has not filled its length
-                                   since: the next one waits first (decision 368) */
     uint8_t pend_any;           /* pend_lo/pend_hi are set (decision 827) */
     int32_t rq_head, rq_tail;   /* epoll: ops waiting for readability; io_uring: the
                                    fd's one-shot pool receives (sock_recv), in the
                                    order asked, linked by oq_next; only the head
                                    is in the kernel (decision 688) */
-    int32_t wq_head, wq_tail;   /* ops waiting for writability */
-    int32_t pq_head, pq_tail;   /* poll ops */
-    int32_t ready_next;
-    uint32_t reg_gen;           /* epoll: (re)registrations so far */
+    /* (what only epoll keeps per fd is its own table's, epoll.c struct
+     * ep_fd: 76 -> 44 bytes an entry on io_uring, decision 1004) */
     /* the pend sequence numbers (pend_taken + index) of the first and the last
      * record of this fd's ops that may still wait in pend: a close walks pend
      * from there, not from its start (decision 827) */
@@ -244,6 +232,9 @@ struct ul_backend {
                                     done, not waiting (a held close released while
                                     its fd's cancels are unsubmitted, decision 875;
                                     NULL: the cancels end at once) */
+    int (*fd_grow)(ul_engine *e, int n); /* the fd table grew to n entries: the
+                                    backend's own table too (0, or -ENOMEM; NULL:
+                                    none, decision 1004) */
     int (*ended_with)(ul_engine *e, int fd, int32_t res); /* a completion of an op
                                     on fd with res waits unreaped (ul_ended_with;
                                     NULL: none can) */
@@ -252,6 +243,8 @@ struct ul_backend {
 struct ul_engine {
     const struct ul_backend *be;
     void *bs;                   /* backend state */
+    uint32_t be_fd_bytes;       /* what the backend keeps per fd beside fds (info's
+                                   fd_bytes, decision 1004) */
     ul_config cfg;
     ul_info info;
     ul_stats st;
