@@ -150,14 +150,16 @@ static int queue_of(const struct ul_op *op)
     }
 }
 
-static int32_t *qhead(ul_engine *e, struct ul_fd *f, int q)
+/* fd f's queue q: its head and tail (x: f's entry here, for Q_WRITE and
+ * Q_POLL; NULL will do for Q_READ) */
+static int32_t *qhead(struct ul_fd *f, struct ep_fd *x, int q)
 {
-    return q == Q_READ ? &f->rq_head : q == Q_WRITE ? &XF(e, f)->wq_head : &XF(e, f)->pq_head;
+    return q == Q_READ ? &f->rq_head : q == Q_WRITE ? &x->wq_head : &x->pq_head;
 }
 
-static int32_t *qtail(ul_engine *e, struct ul_fd *f, int q)
+static int32_t *qtail(struct ul_fd *f, struct ep_fd *x, int q)
 {
-    return q == Q_READ ? &f->rq_tail : q == Q_WRITE ? &XF(e, f)->wq_tail : &XF(e, f)->pq_tail;
+    return q == Q_READ ? &f->rq_tail : q == Q_WRITE ? &x->wq_tail : &x->pq_tail;
 }
 
 static int fd_idle(ul_engine *e, const struct ul_fd *f)
@@ -169,7 +171,8 @@ static int fd_idle(ul_engine *e, const struct ul_fd *f)
 static void q_push(ul_engine *e, struct ul_fd *f, struct ul_op *op, int front)
 {
     int q = queue_of(op);
-    int32_t *h = qhead(e, f, q), *t = qtail(e, f, q), s = slot_of(op);
+    struct ep_fd *x = q == Q_READ ? NULL : XF(e, f);
+    int32_t *h = qhead(f, x, q), *t = qtail(f, x, q), s = slot_of(op);
     op->in_wait = 1;
     if (front) {
         op->wq_next = *h;
@@ -189,7 +192,8 @@ static void q_push(ul_engine *e, struct ul_fd *f, struct ul_op *op, int front)
 static void q_remove(ul_engine *e, struct ul_fd *f, struct ul_op *op)
 {
     int q = queue_of(op);
-    int32_t *h = qhead(e, f, q), *t = qtail(e, f, q), s = slot_of(op), prev = -1;
+    struct ep_fd *x = q == Q_READ ? NULL : XF(e, f);
+    int32_t *h = qhead(f, x, q), *t = qtail(f, x, q), s = slot_of(op), prev = -1;
     for (int32_t i = *h; i >= 0; prev = i, i = op_at(e, i)->wq_next) {
         if (i != s)
             continue;
@@ -208,11 +212,11 @@ static void q_remove(ul_engine *e, struct ul_fd *f, struct ul_op *op)
 static void mark_ready(ul_engine *e, int fd)
 {
     struct ep *p = e->bs;
-    struct ul_fd *f = &e->fds[fd];
-    if (XF(e, f)->on_ready_list)
+    struct ep_fd *x = EX(e, fd);
+    if (x->on_ready_list)
         return;
-    XF(e, f)->on_ready_list = 1;
-    XF(e, f)->ready_next = -1;
+    x->on_ready_list = 1;
+    x->ready_next = -1;
     if (p->ready_tail >= 0)
         EX(e, p->ready_tail)->ready_next = fd;
     else
@@ -250,9 +254,10 @@ static int op_wants_out(const struct ul_op *op)
 /* EPOLLOUT is wanted: an op of f's waits for writability */
 static int wants_out(ul_engine *e, const struct ul_fd *f)
 {
-    if (XF(e, f)->wq_head >= 0)
+    const struct ep_fd *x = XF(e, f);
+    if (x->wq_head >= 0)
         return 1;
-    for (int32_t s = XF(e, f)->pq_head; s >= 0; s = op_at(e, s)->wq_next)
+    for (int32_t s = x->pq_head; s >= 0; s = op_at(e, s)->wq_next)
         if (op_wants_out(op_at(e, s)))
             return 1;
     return 0;
@@ -262,9 +267,10 @@ static int wants_out(ul_engine *e, const struct ul_fd *f)
  * level-triggered (decision 382) */
 static int kept_polls_only(ul_engine *e, const struct ul_fd *f)
 {
-    if (f->rq_head >= 0 || XF(e, f)->wq_head >= 0 || XF(e, f)->pq_head < 0)
+    const struct ep_fd *x = XF(e, f);
+    if (f->rq_head >= 0 || x->wq_head >= 0 || x->pq_head < 0)
         return 0;
-    for (int32_t s = XF(e, f)->pq_head; s >= 0; s = op_at(e, s)->wq_next) {
+    for (int32_t s = x->pq_head; s >= 0; s = op_at(e, s)->wq_next) {
         const struct ul_op *op = op_at(e, s);
         if (op->level != UL_POLL_KEPT || op_wants_out(op))
             return 0;
@@ -281,13 +287,14 @@ static int arm(ul_engine *e, int fd, int force_mod)
 {
     struct ep *p = e->bs;
     struct ul_fd *f = &e->fds[fd];
+    struct ep_fd *x = EX(e, fd);
     int out = wants_out(e, f), lt = kept_polls_only(e, f);
     struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | (lt ? 0 : EPOLLET) |
                                        (out ? EPOLLOUT : 0),
                              .data.u64 = (uint64_t)fd};
-    if (XF(e, f)->registered && !force_mod)
+    if (x->registered && !force_mod)
         return 0;
-    int op = XF(e, f)->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    int op = x->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
     int r = epoll_ctl(p->epfd, op, fd, &ev);
     if (r < 0 && op == EPOLL_CTL_MOD && errno == ENOENT) {
         e->st.ctl_failed++;  /* the file was closed behind us (decision 989) */
@@ -301,14 +308,14 @@ static int arm(ul_engine *e, int fd, int force_mod)
     e->st.submitted++;
     if (r < 0) {
         if (errno == EPERM)
-            XF(e, f)->regular = 1;
+            x->regular = 1;
         return -errno;
     }
-    XF(e, f)->registered = 1;
-    XF(e, f)->reg_out = (uint8_t)out;
-    XF(e, f)->reg_lt = (uint8_t)lt;
-    XF(e, f)->missed = 0;  /* the MOD re-reports what is there (waits_as_registered) */
-    XF(e, f)->reg_gen++;  /* events may come from another file than before */
+    x->registered = 1;
+    x->reg_out = (uint8_t)out;
+    x->reg_lt = (uint8_t)lt;
+    x->missed = 0;  /* the MOD re-reports what is there (waits_as_registered) */
+    x->reg_gen++;  /* events may come from another file than before */
     return 0;
 }
 
@@ -336,7 +343,8 @@ static int polls_want_in(ul_engine *e, const struct ul_fd *f)
  * (decision 356). */
 static int waits_as_registered(ul_engine *e, const struct ul_fd *f, const struct ul_op *op)
 {
-    return op->drained && XF(e, f)->registered && !XF(e, f)->reg_lt && !XF(e, f)->reg_out && !XF(e, f)->missed && !XF(e, f)->hup &&
+    const struct ep_fd *x = XF(e, f);
+    return op->drained && x->registered && !x->reg_lt && !x->reg_out && !x->missed && !x->hup &&
            !op_wants_out(op);
 }
 
@@ -793,7 +801,7 @@ static int try_op(ul_engine *e, struct ul_op *op)
 static int purge_stale(ul_engine *e, int fd)
 {
     struct ul_fd *f = &e->fds[fd];
-    int32_t heads[2] = {f->rq_head, XF(e, f)->wq_head};
+    int32_t heads[2] = {f->rq_head, EX(e, fd)->wq_head};
     int any = 0;
     for (int q = 0; q < 2; q++)
         for (int32_t s = heads[q]; s >= 0; s = op_at(e, s)->wq_next)
@@ -803,7 +811,7 @@ static int purge_stale(ul_engine *e, int fd)
     uint64_t now = ul__ident_now(e, fd);
     int n = 0;
     for (int q = Q_READ; q <= Q_WRITE; q++) {
-        int32_t s = *qhead(e, &e->fds[fd], q);
+        int32_t s = *qhead(&e->fds[fd], EX(e, fd), q);
         while (s >= 0) {
             struct ul_op *op = op_at(e, s);
             s = op->wq_next;
@@ -838,13 +846,14 @@ static int enqueue(ul_engine *e, struct ul_op *op)
     if (!was_idle && purge_stale(e, op->fd))
         was_idle = 1;
     f = &e->fds[op->fd];
+    struct ep_fd *x = EX(e, op->fd);
     q_push(e, f, op, 0);
-    op->reg_gen = XF(e, f)->reg_gen;
-    if (!was_idle && XF(e, f)->registered && !XF(e, f)->reg_lt && (XF(e, f)->reg_out || !op_wants_out(op)))
+    op->reg_gen = x->reg_gen;
+    if (!was_idle && x->registered && !x->reg_lt && (x->reg_out || !op_wants_out(op)))
         return 0;
     if (was_idle && waits_as_registered(e, f, op))
         return 0;  /* a drained receive (decision 391) */
-    int r = (XF(e, f)->regular && op->kind == K_READ_POOL) ? -EPERM : arm(e, op->fd, 1);
+    int r = (x->regular && op->kind == K_READ_POOL) ? -EPERM : arm(e, op->fd, 1);
     if (r == -EPERM && op->kind == K_READ_POOL) {
         /* a file epoll cannot watch (a regular file, /dev/zero) is always
          * ready: the pool read goes on from the ready list, turn by turn */
@@ -874,7 +883,7 @@ static void poll_arm(ul_engine *e, struct ul_op *op, int rearm)
     q_push(e, f, op, 0);
     /* a kept poll on its level-triggered registration: nothing to do
      * (decision 382; its owner kept the fd, so it names the same file) */
-    if (rearm && op->level == UL_POLL_KEPT && XF(e, f)->registered && XF(e, f)->reg_lt &&
+    if (rearm && op->level == UL_POLL_KEPT && EX(e, op->fd)->registered && EX(e, op->fd)->reg_lt &&
         kept_polls_only(e, f))
         return;
     /* a drained poll on an edge-triggered one: nothing to do (decision 391) */
@@ -922,7 +931,7 @@ static int ep_submit(ul_engine *e, struct ul_op *op)
      * no one-shot receive since that filled its length: in a request /
      * response exchange it is asked for before its data comes, and its
      * attempt would only say EAGAIN (decision 368; io_uring: 357) */
-    int wait_first = op->wait_first || (op->kind == K_RECV && !op->multishot && XF(e, f)->rwait);
+    int wait_first = op->wait_first || (op->kind == K_RECV && !op->multishot && EX(e, op->fd)->rwait);
     int idle = fd_idle(e, f), r;
     if (op->kind != K_SEND && queue_of(op) == Q_READ && (f->rq_head >= 0 || (wait_first && idle))) {
         r = TRY_WAIT;
@@ -958,7 +967,7 @@ static void run_queue(ul_engine *e, int fd, int q, int retried)
 {
     for (;;) {
         struct ul_fd *f = &e->fds[fd];
-        int32_t s = *qhead(e, f, q);
+        int32_t s = *qhead(f, EX(e, fd), q);
         if (s < 0)
             return;
         struct ul_op *op = op_at(e, s);
@@ -967,12 +976,12 @@ static void run_queue(ul_engine *e, int fd, int q, int retried)
          * when that may be another file than op's (a re-registration since
          * op's identity was last known to hold) is the identity compared:
          * one syscall per re-registration, not per event. */
-        if (op->has_ident && (retried || op->reg_gen != XF(e, f)->reg_gen)) {
+        if (op->has_ident && (retried || op->reg_gen != EX(e, fd)->reg_gen)) {
             if (ul__ident_gone(e, op)) {  /* the number names another file now */
                 ul__stop(e, op, EBADF);
                 continue;
             }
-            op->reg_gen = XF(e, f)->reg_gen;
+            op->reg_gen = EX(e, fd)->reg_gen;
         }
         int r = try_op(e, op);
         if (r == TRY_DONE)
@@ -987,7 +996,7 @@ static void run_queue(ul_engine *e, int fd, int q, int retried)
 static void run_polls(ul_engine *e, int fd, uint32_t events)
 {
     struct ul_fd *f = &e->fds[fd];
-    int32_t s = XF(e, f)->pq_head;
+    int32_t s = EX(e, fd)->pq_head;
     while (s >= 0) {
         struct ul_op *op = op_at(e, s);
         s = op->wq_next;
@@ -1053,10 +1062,11 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
             arm(e, fd, 1);
         /* what a drained op may not wait through (waits_as_registered) */
         struct ul_fd *f = &e->fds[fd];
+        struct ep_fd *x = EX(e, fd);
         if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-            XF(e, f)->hup = 1;
+            x->hup = 1;
         if ((ev & (EPOLLIN | EPOLLPRI)) && f->rq_head < 0 && !polls_want_in(e, f))
-            XF(e, f)->missed = 1;
+            x->missed = 1;
         if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI)) {
             p->drained_ok = (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) ? DR_NO : DR_EVENT;
             run_queue(e, fd, Q_READ, 0);
@@ -1072,10 +1082,10 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
     int32_t fd = p->ready_head;
     p->ready_head = p->ready_tail = -1;
     while (fd >= 0) {
-        struct ul_fd *f = &e->fds[fd];
-        int32_t next = XF(e, f)->ready_next;
-        XF(e, f)->on_ready_list = 0;
-        XF(e, f)->ready_next = -1;
+        struct ep_fd *x = EX(e, fd);
+        int32_t next = x->ready_next;
+        x->on_ready_list = 0;
+        x->ready_next = -1;
         run_queue(e, fd, Q_READ, 1);
         run_queue(e, fd, Q_WRITE, 1);
         fd = next;
@@ -1131,10 +1141,10 @@ static void ep_before_close_reset(ul_engine *e, int fd)
  * next with one ADD (decision 989). */
 static void ep_fd_closing(ul_engine *e, int fd)
 {
-    struct ul_fd *f = &e->fds[fd];
     ep_before_close(e, fd);
-    XF(e, f)->registered = XF(e, f)->regular = XF(e, f)->reg_out = XF(e, f)->reg_lt = 0;
-    XF(e, f)->missed = XF(e, f)->hup = XF(e, f)->rwait = 0;
+    struct ep_fd *x = EX(e, fd);
+    x->registered = x->regular = x->reg_out = x->reg_lt = 0;
+    x->missed = x->hup = x->rwait = 0;
 }
 
 static void ep_destroy(ul_engine *e)
