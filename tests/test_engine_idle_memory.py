@@ -149,8 +149,13 @@ def test_an_fd_entry_holds_only_what_every_backend_uses(eng, socketpair):
             eng.send(hi, b"y" * 10, sent)
             eng.recv(hi, got)
             b.send(b"x")
-            run_until(eng, lambda: got.payload() == b"x" and sent.done and polled.done,
-                      what="the byte, the send and the poll")
+            run_until(
+                eng,
+                lambda got=got, sent=sent, polled=polled: (
+                    got.payload() == b"x" and sent.done and polled.done
+                ),
+                what="the byte, the send and the poll",
+            )
             assert sent.res == 10 and polled.res & select.POLLOUT
             assert b.recv(16) == b"y" * 10
             eng.cancel_fd(hi)

@@ -100,11 +100,6 @@ static struct ep_fd *EX(ul_engine *e, int fd)
     return &((struct ep *)e->bs)->x[fd];
 }
 
-static struct ep_fd *XF(ul_engine *e, const struct ul_fd *f)
-{
-    return EX(e, (int)(f - e->fds));
-}
-
 /* a new or closed fd's entry, as common.c's fd_reset makes the engine's */
 static void ep_fd_reset(struct ep_fd *x)
 {
@@ -162,16 +157,16 @@ static int32_t *qtail(struct ul_fd *f, struct ep_fd *x, int q)
     return q == Q_READ ? &f->rq_tail : q == Q_WRITE ? &x->wq_tail : &x->pq_tail;
 }
 
-static int fd_idle(ul_engine *e, const struct ul_fd *f)
+static int fd_idle(ul_engine *e, const struct ul_fd *f, int fd)
 {
-    const struct ep_fd *x = XF(e, f);
+    const struct ep_fd *x = EX(e, fd);
     return f->rq_head < 0 && x->wq_head < 0 && x->pq_head < 0;
 }
 
 static void q_push(ul_engine *e, struct ul_fd *f, struct ul_op *op, int front)
 {
     int q = queue_of(op);
-    struct ep_fd *x = q == Q_READ ? NULL : XF(e, f);
+    struct ep_fd *x = q == Q_READ ? NULL : EX(e, op->fd); /* (f is op->fd's) */
     int32_t *h = qhead(f, x, q), *t = qtail(f, x, q), s = slot_of(op);
     op->in_wait = 1;
     if (front) {
@@ -192,7 +187,7 @@ static void q_push(ul_engine *e, struct ul_fd *f, struct ul_op *op, int front)
 static void q_remove(ul_engine *e, struct ul_fd *f, struct ul_op *op)
 {
     int q = queue_of(op);
-    struct ep_fd *x = q == Q_READ ? NULL : XF(e, f);
+    struct ep_fd *x = q == Q_READ ? NULL : EX(e, op->fd); /* (f is op->fd's) */
     int32_t *h = qhead(f, x, q), *t = qtail(f, x, q), s = slot_of(op), prev = -1;
     for (int32_t i = *h; i >= 0; prev = i, i = op_at(e, i)->wq_next) {
         if (i != s)
@@ -252,9 +247,9 @@ static int op_wants_out(const struct ul_op *op)
 }
 
 /* EPOLLOUT is wanted: an op of f's waits for writability */
-static int wants_out(ul_engine *e, const struct ul_fd *f)
+static int wants_out(ul_engine *e, int fd)
 {
-    const struct ep_fd *x = XF(e, f);
+    const struct ep_fd *x = EX(e, fd);
     if (x->wq_head >= 0)
         return 1;
     for (int32_t s = x->pq_head; s >= 0; s = op_at(e, s)->wq_next)
@@ -265,9 +260,9 @@ static int wants_out(ul_engine *e, const struct ul_fd *f)
 
 /* Only kept level polls for reading wait on f: it may be registered
  * level-triggered (decision 382) */
-static int kept_polls_only(ul_engine *e, const struct ul_fd *f)
+static int kept_polls_only(ul_engine *e, const struct ul_fd *f, int fd)
 {
-    const struct ep_fd *x = XF(e, f);
+    const struct ep_fd *x = EX(e, fd);
     if (f->rq_head >= 0 || x->wq_head >= 0 || x->pq_head < 0)
         return 0;
     for (int32_t s = x->pq_head; s >= 0; s = op_at(e, s)->wq_next) {
@@ -288,7 +283,7 @@ static int arm(ul_engine *e, int fd, int force_mod)
     struct ep *p = e->bs;
     struct ul_fd *f = &e->fds[fd];
     struct ep_fd *x = EX(e, fd);
-    int out = wants_out(e, f), lt = kept_polls_only(e, f);
+    int out = wants_out(e, fd), lt = kept_polls_only(e, f, fd);
     struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | (lt ? 0 : EPOLLET) |
                                        (out ? EPOLLOUT : 0),
                              .data.u64 = (uint64_t)fd};
@@ -320,9 +315,9 @@ static int arm(ul_engine *e, int fd, int force_mod)
 }
 
 /* A poll of f's waits for what a read would take */
-static int polls_want_in(ul_engine *e, const struct ul_fd *f)
+static int polls_want_in(ul_engine *e, int fd)
 {
-    for (int32_t s = XF(e, f)->pq_head; s >= 0; s = op_at(e, s)->wq_next)
+    for (int32_t s = EX(e, fd)->pq_head; s >= 0; s = op_at(e, s)->wq_next)
         if (op_at(e, s)->events & (POLLIN | POLLRDNORM | POLLPRI | POLLRDHUP))
             return 1;
     return 0;
@@ -341,9 +336,9 @@ static int polls_want_in(ul_engine *e, const struct ul_fd *f)
  * after it). Otherwise the re-arm, which reports what is there now. A
  * registration asking for EPOLLOUT is re-armed too, which drops it
  * (decision 356). */
-static int waits_as_registered(ul_engine *e, const struct ul_fd *f, const struct ul_op *op)
+static int waits_as_registered(ul_engine *e, const struct ul_op *op)
 {
-    const struct ep_fd *x = XF(e, f);
+    const struct ep_fd *x = EX(e, op->fd);
     return op->drained && x->registered && !x->reg_lt && !x->reg_out && !x->missed && !x->hup &&
            !op_wants_out(op);
 }
@@ -834,7 +829,7 @@ static int purge_stale(ul_engine *e, int fd)
 static int enqueue(ul_engine *e, struct ul_op *op)
 {
     struct ul_fd *f = &e->fds[op->fd];
-    int was_idle = fd_idle(e, f);
+    int was_idle = fd_idle(e, f, op->fd);
     /* it will be tried again later by number: remember which file it is
      * for (common.c, identity); ops start to wait only while the number is
      * known to name their file (at submission, or in a run) */
@@ -851,7 +846,7 @@ static int enqueue(ul_engine *e, struct ul_op *op)
     op->reg_gen = x->reg_gen;
     if (!was_idle && x->registered && !x->reg_lt && (x->reg_out || !op_wants_out(op)))
         return 0;
-    if (was_idle && waits_as_registered(e, f, op))
+    if (was_idle && waits_as_registered(e, op))
         return 0;  /* a drained receive (decision 391) */
     int r = (x->regular && op->kind == K_READ_POOL) ? -EPERM : arm(e, op->fd, 1);
     if (r == -EPERM && op->kind == K_READ_POOL) {
@@ -879,15 +874,15 @@ static void wait_for(ul_engine *e, struct ul_op *op)
 static void poll_arm(ul_engine *e, struct ul_op *op, int rearm)
 {
     struct ul_fd *f = &e->fds[op->fd];
-    int was_idle = fd_idle(e, f);
+    int was_idle = fd_idle(e, f, op->fd);
     q_push(e, f, op, 0);
     /* a kept poll on its level-triggered registration: nothing to do
      * (decision 382; its owner kept the fd, so it names the same file) */
     if (rearm && op->level == UL_POLL_KEPT && EX(e, op->fd)->registered && EX(e, op->fd)->reg_lt &&
-        kept_polls_only(e, f))
+        kept_polls_only(e, f, op->fd))
         return;
     /* a drained poll on an edge-triggered one: nothing to do (decision 391) */
-    if (!rearm && was_idle && waits_as_registered(e, f, op))
+    if (!rearm && was_idle && waits_as_registered(e, op))
         return;
     int r = arm(e, op->fd, 1);
     if (r == -EPERM) {  /* regular file: always ready */
@@ -932,7 +927,7 @@ static int ep_submit(ul_engine *e, struct ul_op *op)
      * response exchange it is asked for before its data comes, and its
      * attempt would only say EAGAIN (decision 368; io_uring: 357) */
     int wait_first = op->wait_first || (op->kind == K_RECV && !op->multishot && EX(e, op->fd)->rwait);
-    int idle = fd_idle(e, f), r;
+    int idle = fd_idle(e, f, op->fd), r;
     if (op->kind != K_SEND && queue_of(op) == Q_READ && (f->rq_head >= 0 || (wait_first && idle))) {
         r = TRY_WAIT;
     } else if (op->kind == K_RECV && op->stream == 1 && idle) {
@@ -1058,14 +1053,14 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
             continue;
         /* level-triggered, but no kept poll waits any more: edge-triggered
          * again, or the fd would fire at every wait (decision 382) */
-        if (EX(e, fd)->reg_lt && !kept_polls_only(e, &e->fds[fd]))
+        if (EX(e, fd)->reg_lt && !kept_polls_only(e, &e->fds[fd], fd))
             arm(e, fd, 1);
         /* what a drained op may not wait through (waits_as_registered) */
         struct ul_fd *f = &e->fds[fd];
         struct ep_fd *x = EX(e, fd);
         if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
             x->hup = 1;
-        if ((ev & (EPOLLIN | EPOLLPRI)) && f->rq_head < 0 && !polls_want_in(e, f))
+        if ((ev & (EPOLLIN | EPOLLPRI)) && f->rq_head < 0 && !polls_want_in(e, fd))
             x->missed = 1;
         if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI)) {
             p->drained_ok = (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) ? DR_NO : DR_EVENT;
