@@ -163,7 +163,7 @@ static int fd_idle(ul_engine *e, const struct ul_fd *f, int fd)
     return f->rq_head < 0 && x->wq_head < 0 && x->pq_head < 0;
 }
 
-static void q_push(ul_engine *e, struct ul_fd *f, struct ul_op *op, int front)
+static inline void q_push(ul_engine *e, struct ul_fd *f, struct ul_op *op, int front)
 {
     int q = queue_of(op);
     struct ep_fd *x = q == Q_READ ? NULL : EX(e, op->fd); /* (f is op->fd's) */
@@ -1049,15 +1049,18 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
             continue;
         }
         int fd = (int)tag;
-        if (fd >= e->nfds || !EX(e, fd)->registered)
+        if (fd >= e->nfds)
+            continue;
+        /* (no table grows during a run: one pointer for the event) */
+        struct ep_fd *x = EX(e, fd);
+        if (!x->registered)
             continue;
         /* level-triggered, but no kept poll waits any more: edge-triggered
          * again, or the fd would fire at every wait (decision 382) */
-        if (EX(e, fd)->reg_lt && !kept_polls_only(e, &e->fds[fd], fd))
+        if (x->reg_lt && !kept_polls_only(e, &e->fds[fd], fd))
             arm(e, fd, 1);
         /* what a drained op may not wait through (waits_as_registered) */
         struct ul_fd *f = &e->fds[fd];
-        struct ep_fd *x = EX(e, fd);
         if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
             x->hup = 1;
         if ((ev & (EPOLLIN | EPOLLPRI)) && f->rq_head < 0 && !polls_want_in(e, fd))
@@ -1069,7 +1072,7 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
         }
         if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR))
             run_queue(e, fd, Q_WRITE, 0);
-        if (EX(e, fd)->pq_head >= 0)
+        if (x->pq_head >= 0)
             run_polls(e, fd, ev);
     }
     /* fds that stopped early last time (budget, pool): go on, no waiting. The
