@@ -1609,3 +1609,23 @@ def test_conn_counts_counts_waits_per_connection(tmp_path, loop):
         assert abs(per["engine waits"] - per["waits"]) <= 2 / 30 + 1e-9, per
         # (and the stats requests' own records, a few a window)
         assert 4 - 1e-9 <= per["engine records"] <= 4.2, per
+
+
+def test_conn_instructions_gives_the_garbage_collectors_share(tmp_path):
+    """conn_instructions' gc column (decision 1011): the inclusive cost of
+    each call of gc_collect_main from another function, its compressed
+    name resolved, its own recursion and other callees left out."""
+    ci = bench_module("conn_instructions")
+    path = tmp_path / "cg.out"
+    path.write_text(
+        "version: 1\ncreator: callgrind-3.19.0\npositions: line\nevents: Ir\n\n"
+        "ob=(1) /lib/libpython3.11.so\nfl=(1) gcmodule.c\n"
+        "fn=(1) _PyObject_GC_Link\n10 50\n"
+        "cfn=(2) gc_collect_main\ncalls=1 300\n12 4000\n"
+        "cfn=(3) PyObject_Malloc\ncalls=2 40\n13 70\n\n"
+        "fn=(2)\n300 900\n"
+        "cfn=(2)\ncalls=1 300\n301 200\n\n"
+        "fn=(4) run_turn\n5 20\n"
+        "cfn=(2)\ncalls=1 300\n+2 3500\n"
+    )
+    assert ci.gc_cost(str(path)) == 4000 + 3500
