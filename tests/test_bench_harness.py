@@ -1629,3 +1629,68 @@ def test_conn_instructions_gives_the_garbage_collectors_share(tmp_path):
         "cfn=(2)\ncalls=1 300\n+2 3500\n"
     )
     assert ci.gc_cost(str(path)) == 4000 + 3500
+
+
+def test_conn_rows_run_an_unmeasured_repetition_of_every_loop_first(tmp_path, monkeypatch):
+    """net_bench's conn-* rows (loadgen --reconnect) start with one run of
+    each loop whose figures are dropped, before the row's first measured
+    window (decision 1013: the row's first runs were slow for every loop);
+    the other rows do not, and each loop keeps --reps measured runs."""
+    nb = _net_bench()
+    calls, saved = [], {}
+
+    class FakeServer:
+        def __init__(self, loop, wl, cpu, tmp, cert, pad=0, libc=None, extra=()):
+            self.loop, self.skip = loop, None
+
+        def stop(self):
+            pass
+
+    def fake_run(wl, server, opts, strace_out=None):
+        calls.append((wl["id"], server.loop))
+        return {
+            "rps": float(len(calls)),
+            "p50_us": 1.0,
+            "p99_us": 2.0,
+            "cpu_us_per_req": 3.0,
+            "server_busy_pct": 90.0,
+            "client_busy_pct": 50.0,
+            "mode": "epoll",
+        }
+
+    monkeypatch.setattr(nb, "Server", FakeServer)
+    monkeypatch.setattr(nb, "run_loadgen", fake_run)
+    monkeypatch.setattr(nb, "build_loadgen", lambda: True)
+    monkeypatch.setattr(nb, "versions", lambda loops, libc=None: {})
+    monkeypatch.setattr(nb.rsloop_env, "choose", lambda *a: None)
+    monkeypatch.setattr(nb.os, "sched_setaffinity", lambda *a: None)
+    monkeypatch.setattr(nb, "write_report", lambda meta, results, out, opts: saved.update(results))
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "net_bench.py",
+            "--quick",
+            "--reps",
+            "3",
+            "--loops",
+            "uvloop,asyncio",
+            "--workloads",
+            "echo-1k-c1-protocol-tcp,conn-1k-c50-protocol-tcp",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert nb.main() == 0
+    echo = [lp for wid, lp in calls if wid == "echo-1k-c1-protocol-tcp"]
+    conn = [lp for wid, lp in calls if wid == "conn-1k-c50-protocol-tcp"]
+    assert echo == ["uvloop", "asyncio", "asyncio", "uvloop", "uvloop", "asyncio"]
+    # the unmeasured pass, then the three rotated repetitions
+    assert conn == ["uvloop", "asyncio"] + echo
+    for wid in ("echo-1k-c1-protocol-tcp", "conn-1k-c50-protocol-tcp"):
+        for lp in ("uvloop", "asyncio"):
+            assert len(saved[wid][lp]["runs"]) == 3
+    # the warm-up's figures are not among the measured runs
+    first = {wid: calls.index((wid, "uvloop")) + 1 for wid, _ in calls}
+    conn_rps = [r["rps"] for r in saved["conn-1k-c50-protocol-tcp"]["uvloop"]["runs"]]
+    assert float(first["conn-1k-c50-protocol-tcp"]) not in conn_rps
