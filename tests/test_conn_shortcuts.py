@@ -2,11 +2,12 @@
 the engine's C methods with no Python-level lookup when they are the loop's
 own (decisions 1009-1010): loop.call_soon (connection_made, the first
 _start_reading, _call_connection_lost), the Stream's start_reading bound
-method, engine.close_fd and engine.cancel at the close. What Python would
-find instead (a call_soon set on the loop, a Loop subclass's, an engine's
-close_fd or cancel replaced) is called as before. The events are the stock
-loop's (each behaviour test runs on it too, unless it counts uringloop's
-own shortcuts)."""
+method, isinstance(protocol, BufferedProtocol), engine.close_fd and
+engine.cancel at the close. What Python would find instead (a call_soon set
+on the loop, a Loop subclass's, an engine's close_fd or cancel replaced, a
+protocol's own __class__) is called or asked as before. The events are the
+stock loop's (each behaviour test runs on it too, unless it counts
+uringloop's own shortcuts)."""
 
 from __future__ import annotations
 
@@ -117,8 +118,9 @@ def test_a_connections_set_up_and_close_take_the_c_shortcuts(tloop, how):
     call_soon with no lookup, the Stream's start_reading made from its
     method, the fd's close submitted through the table with no call of
     engine.close_fd, and at a close in data_received (its receive alive)
-    the receive cancelled the same way (each count 0 before 1009-1010). The
-    events as stock."""
+    the receive cancelled the same way, and the protocol found not a
+    BufferedProtocol with no __class__ look-up (each count 0 before
+    1009-1010). The events as stock."""
     counts = _counts() if _ours(tloop) else None
     events, got, end, handled = _exchange(tloop, how)
     assert (events, got, end, handled) == (*_want(how), "eof", [])
@@ -132,6 +134,7 @@ def test_a_connections_set_up_and_close_take_the_c_shortcuts(tloop, how):
         "start_reading": 1,
         "close_fd": 1,
         "cancel": 1 if how == "write-close" else 0,
+        "isinstance": 1,
     }, delta
 
 
@@ -211,3 +214,54 @@ def test_an_engines_replaced_close_fd_or_cancel_is_called_as_before(name):
     assert (events, got, end, handled) == (*_want("write-close"), "eof", [])
     assert after.get(name) == counts.get(name)
     assert len(calls) >= 1, calls
+
+
+def test_a_protocol_whose_class_says_buffered_is_read_as_stock_reads_it(tloop):
+    """isinstance(protocol, BufferedProtocol) asks a protocol's __class__
+    when its type is not a subclass: a Protocol whose __class__ property
+    names a BufferedProtocol subclass is given its reads through
+    get_buffer and buffer_updated, on the stock loop as on ours (1010's
+    shortcut takes only the classes whose __class__ is object's own)."""
+
+    class Buf(asyncio.BufferedProtocol):
+        pass
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        events = []
+        done = loop.create_future()
+
+        class P(asyncio.Protocol):
+            __class__ = property(lambda self: Buf)
+
+            def connection_made(self, transport):
+                self.t = transport
+                self.buf = bytearray(4096)
+
+            def get_buffer(self, sizehint):
+                events.append("get_buffer")
+                return self.buf
+
+            def buffer_updated(self, nbytes):
+                events.append(("updated", bytes(self.buf[:nbytes])))
+                self.t.close()
+
+            def data_received(self, data):
+                events.append(("data", data))
+                self.t.close()
+
+            def connection_lost(self, exc):
+                if not done.done():
+                    done.set_result(None)
+
+        server = await loop.create_server(P, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        got, end = await wait_for(asyncio.to_thread(_peer, addr, "write-close", None))
+        await wait_for(done)
+        server.close()
+        await wait_for(server.wait_closed())
+        return events, got, end
+
+    events, got, end = run_in(tloop, main())
+    assert events[0] == "get_buffer" and events[-1] == ("updated", b"GET"), events
+    assert (got, end) == (b"", "eof")

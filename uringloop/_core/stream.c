@@ -313,6 +313,7 @@ static struct {
     /* close_setup: stream.py's close, _Kind, _ignore, _INET (decision 812);
      * its _on_recv and socket.socket (decisions 833, 834) */
     PyObject *close, *kind_type, *ignore, *inet, *on_recv, *socket_type;
+    PyObject *object_class; /* object's __class__ descriptor (is_buffered) */
 } acc;
 #define ASLOT(o, i) (*(PyObject **)((char *)(o) + acc.off[i]))
 static inline void aset(PyObject *o, int i, PyObject *v) /* v: a new reference */
@@ -326,7 +327,7 @@ static PyObject *s_engine, *s_backend, *s_epoll, *s_attach, *s_connection_made,
     *s_call_connection_lost, *s_closed, *s_family, *s_close_fd, *s_close_reset, *s_connection_lost,
     *s_protocol_connected, *s_empty_waiter, *s_sock_closed, *s_fileno, *s_detach, *s_set_exception,
     *s_lost, *m_closed_by_peer;
-static PyObject *sr_one, *sr_zero;
+static PyObject *sr_one, *sr_zero, *s_dunder_class;
 static int stream_close_fast(Stream *s, PyObject *t);
 
 /* transport.<name>(*args), inside the transport's context when enter */
@@ -4053,6 +4054,7 @@ static PyObject *accepted_setup(PyObject *mod, PyObject *const *args, Py_ssize_t
     Py_XSETREF(acc.buffered_type, Py_NewRef(args[6]));
     Py_XSETREF(acc.start_reading, Py_NewRef(args[7]));
     acc.tracks = tracks;
+    Py_XSETREF(acc.object_class, Py_XNewRef(_PyType_Lookup(&PyBaseObject_Type, s_dunder_class)));
     Py_RETURN_NONE;
 }
 
@@ -4061,16 +4063,16 @@ static PyObject *accepted_setup(PyObject *mod, PyObject *const *args, Py_ssize_t
  * times, start_reading once, close_fd once (and cancel once when it closes
  * while its receive is alive) */
 static struct {
-    unsigned long long call_soon, start_reading, close_fd, cancel;
+    unsigned long long call_soon, start_reading, close_fd, cancel, isinstance;
 } shortcut_n;
 
 static PyObject *shortcut_counts(PyObject *mod, PyObject *unused)
 {
     (void)mod;
     (void)unused;
-    return Py_BuildValue("{sKsKsKsK}", "call_soon", shortcut_n.call_soon, "start_reading",
+    return Py_BuildValue("{sKsKsKsKsK}", "call_soon", shortcut_n.call_soon, "start_reading",
                          shortcut_n.start_reading, "close_fd", shortcut_n.close_fd, "cancel",
-                         shortcut_n.cancel);
+                         shortcut_n.cancel, "isinstance", shortcut_n.isinstance);
 }
 
 /* loop.call_soon(fn[, arg][, context=ctx]), looked up on the loop as Python
@@ -4099,6 +4101,28 @@ static PyObject *loop_call_soon(PyObject *loop, PyObject *fn, PyObject *arg, PyO
         argv[2] = ctx;
     return PyObject_VectorcallMethod(s_call_soon, argv, n | PY_VECTORCALL_ARGUMENTS_OFFSET,
                                      ctx != NULL ? kw_context : NULL);
+}
+
+/* isinstance(protocol, BufferedProtocol), as PyObject_IsInstance answers it
+ * for a class whose metaclass is type: a subclass is one; anything else makes
+ * isinstance ask the instance's __class__, which a class whose attribute
+ * look-up is the generic one and whose __class__ is object's own descriptor
+ * (a data descriptor: no instance attribute hides it) answers with the type
+ * itself, so: not one, with no look-up (decision 1010). Anything else asks
+ * PyObject_IsInstance. */
+static int is_buffered(PyObject *protocol)
+{
+    PyTypeObject *tp = Py_TYPE(protocol);
+    if (acc.object_class != NULL && PyType_CheckExact(acc.buffered_type)) {
+        if (PyType_IsSubtype(tp, (PyTypeObject *)acc.buffered_type))
+            return 1;
+        if (tp->tp_getattro == PyObject_GenericGetAttr &&
+            _PyType_Lookup(tp, s_dunder_class) == acc.object_class) {
+            shortcut_n.isinstance++;
+            return 0;
+        }
+    }
+    return PyObject_IsInstance(protocol, acc.buffered_type);
 }
 
 /* loop.call_soon(fn[, arg]) for accepted_make; fn a new reference (or NULL,
@@ -4171,7 +4195,7 @@ static PyObject *accepted_make(PyObject *loop, int lfd, PyObject *kind, PyObject
     if (engine == NULL)
         goto fail;
     aset(self, A_ENGINE, engine);
-    int buffered = PyObject_IsInstance(protocol, acc.buffered_type);
+    int buffered = is_buffered(protocol);
     if (buffered < 0)
         goto fail;
     tmp = PyObject_GetAttr(engine, s_backend);
@@ -5046,6 +5070,7 @@ static int stream_init_module(PyObject *m)
     STREAM_INTERN(s_attach, "_attach");
     STREAM_INTERN(s_connection_made, "connection_made");
     STREAM_INTERN(s_start_reading_c, "start_reading");
+    STREAM_INTERN(s_dunder_class, "__class__");
     if (strcmp(Stream_methods[STREAM_START_READING].ml_name, "start_reading") != 0) {
         PyErr_SetString(PyExc_SystemError, "Stream_methods: STREAM_START_READING moved");
         return -1;
