@@ -24,6 +24,11 @@ completions as a busy server's do.
     python benchmarks/conn_instructions.py --loop uvloop --loop uringloop-io_uring -n 200
     python benchmarks/conn_instructions.py --loop uvloop --loop uringloop-epoll --conc 50
 
+Each line also gives the cyclic garbage collector's share (``gc``, the
+instructions under ``gc_collect_main``) and the count without it: where a
+collection falls moves a loop's count by thousands between runs (the "two
+modes" of decisions 837 and 869; 1011).
+
 Needs valgrind. A report: nothing is asserted.
 """
 
@@ -152,7 +157,44 @@ def count(
     else:
         client = lambda addr: drive(addr[1], n, size, gap, http, sc)  # noqa: E731
     tag = str(n) if conc == 1 else f"{n}c{conc}"
-    total, _ = callgrind_server(loop, kind, tmp, tag, True, client)
+    total, out = callgrind_server(loop, kind, tmp, tag, True, client)
+    return total, gc_cost(out)
+
+
+def gc_cost(path: str) -> int:
+    """The cyclic garbage collector's instructions in a callgrind file: the
+    inclusive cost of every call of ``gc_collect_main`` from another
+    function. A collection comes once so many container objects are made
+    (700 on 3.11), wherever that falls: an N run and its 2N run may hold
+    one collection more or less, a few thousand instructions a connection
+    that are no function's of ours (decision 1011)."""
+    names: dict[str, str] = {}
+
+    def name(value: str) -> str:
+        value = value.strip()
+        if value.startswith("("):
+            ref, _, rest = value.partition(")")
+            if rest.strip():
+                names[ref] = rest.strip()
+            return names.get(ref, value)
+        return value
+
+    total = 0
+    fn = cfn = ""
+    pending = False
+    with open(path) as f:
+        for line in f:
+            if line.startswith("fn="):
+                fn = name(line[3:])
+            elif line.startswith("cfn="):
+                cfn = name(line[4:])
+            elif line.startswith("calls="):
+                pending = True
+            elif pending and (line[:1].isdigit() or line[:1] in "+-*"):
+                pending = False
+                parts = line.split()
+                if cfn == "gc_collect_main" and fn != cfn and len(parts) > 1:
+                    total += int(parts[1], 0)
     return total
 
 
@@ -176,10 +218,12 @@ def main(argv=None) -> int:
     tmp = a.keep or tempfile.mkdtemp(prefix="conn_instr.")
     os.makedirs(tmp, exist_ok=True)
     for loop in a.loop:
-        c1 = count(loop, a.kind, a.n, a.size, a.gap / 1000, tmp, a.server_close, a.conc)
-        c2 = count(loop, a.kind, 2 * a.n, a.size, a.gap / 1000, tmp, a.server_close, a.conc)
+        c1, g1 = count(loop, a.kind, a.n, a.size, a.gap / 1000, tmp, a.server_close, a.conc)
+        c2, g2 = count(loop, a.kind, 2 * a.n, a.size, a.gap / 1000, tmp, a.server_close, a.conc)
+        gc = (g2 - g1) / a.n
         print(
-            f"{loop:20} {a.kind:9} c={a.conc:<3} {(c2 - c1) / a.n:10.0f} instructions/connection",
+            f"{loop:20} {a.kind:9} c={a.conc:<3} {(c2 - c1) / a.n:10.0f} instructions/connection"
+            f"  (gc {gc:.0f}, without gc {(c2 - c1) / a.n - gc:.0f})",
             flush=True,
         )
     return 0

@@ -1609,3 +1609,88 @@ def test_conn_counts_counts_waits_per_connection(tmp_path, loop):
         assert abs(per["engine waits"] - per["waits"]) <= 2 / 30 + 1e-9, per
         # (and the stats requests' own records, a few a window)
         assert 4 - 1e-9 <= per["engine records"] <= 4.2, per
+
+
+def test_conn_instructions_gives_the_garbage_collectors_share(tmp_path):
+    """conn_instructions' gc column (decision 1011): the inclusive cost of
+    each call of gc_collect_main from another function, its compressed
+    name resolved, its own recursion and other callees left out."""
+    ci = bench_module("conn_instructions")
+    path = tmp_path / "cg.out"
+    path.write_text(
+        "version: 1\ncreator: callgrind-3.19.0\npositions: line\nevents: Ir\n\n"
+        "ob=(1) /lib/libpython3.11.so\nfl=(1) gcmodule.c\n"
+        "fn=(1) _PyObject_GC_Link\n10 50\n"
+        "cfn=(2) gc_collect_main\ncalls=1 300\n12 4000\n"
+        "cfn=(3) PyObject_Malloc\ncalls=2 40\n13 70\n\n"
+        "fn=(2)\n300 900\n"
+        "cfn=(2)\ncalls=1 300\n301 200\n\n"
+        "fn=(4) run_turn\n5 20\n"
+        "cfn=(2)\ncalls=1 300\n+2 3500\n"
+    )
+    assert ci.gc_cost(str(path)) == 4000 + 3500
+
+
+def test_conn_rows_run_an_unmeasured_repetition_of_every_loop_first(tmp_path, monkeypatch):
+    """net_bench's conn-* rows (loadgen --reconnect) start with one run of
+    each loop whose figures are dropped, before the row's first measured
+    window (decision 1013: the row's first runs were slow for every loop);
+    the other rows do not, and each loop keeps --reps measured runs."""
+    nb = _net_bench()
+    calls, saved = [], {}
+
+    class FakeServer:
+        def __init__(self, loop, wl, cpu, tmp, cert, pad=0, libc=None, extra=()):
+            self.loop, self.skip = loop, None
+
+        def stop(self):
+            pass
+
+    def fake_run(wl, server, opts, strace_out=None):
+        calls.append((wl["id"], server.loop))
+        return {
+            "rps": float(len(calls)),
+            "p50_us": 1.0,
+            "p99_us": 2.0,
+            "cpu_us_per_req": 3.0,
+            "server_busy_pct": 90.0,
+            "client_busy_pct": 50.0,
+            "mode": "epoll",
+        }
+
+    monkeypatch.setattr(nb, "Server", FakeServer)
+    monkeypatch.setattr(nb, "run_loadgen", fake_run)
+    monkeypatch.setattr(nb, "build_loadgen", lambda: True)
+    monkeypatch.setattr(nb, "versions", lambda loops, libc=None: {})
+    monkeypatch.setattr(nb.rsloop_env, "choose", lambda *a: None)
+    monkeypatch.setattr(nb.os, "sched_setaffinity", lambda *a: None)
+    monkeypatch.setattr(nb, "write_report", lambda meta, results, out, opts: saved.update(results))
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "net_bench.py",
+            "--quick",
+            "--reps",
+            "3",
+            "--loops",
+            "uvloop,asyncio",
+            "--workloads",
+            "echo-1k-c1-protocol-tcp,conn-1k-c50-protocol-tcp",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert nb.main() == 0
+    echo = [lp for wid, lp in calls if wid == "echo-1k-c1-protocol-tcp"]
+    conn = [lp for wid, lp in calls if wid == "conn-1k-c50-protocol-tcp"]
+    assert echo == ["uvloop", "asyncio", "asyncio", "uvloop", "uvloop", "asyncio"]
+    # the unmeasured pass, then the three rotated repetitions
+    assert conn == ["uvloop", "asyncio"] + echo
+    for wid in ("echo-1k-c1-protocol-tcp", "conn-1k-c50-protocol-tcp"):
+        for lp in ("uvloop", "asyncio"):
+            assert len(saved[wid][lp]["runs"]) == 3
+    # the warm-up's figures are not among the measured runs
+    first = {wid: calls.index((wid, "uvloop")) + 1 for wid, _ in calls}
+    conn_rps = [r["rps"] for r in saved["conn-1k-c50-protocol-tcp"]["uvloop"]["runs"]]
+    assert float(first["conn-1k-c50-protocol-tcp"]) not in conn_rps

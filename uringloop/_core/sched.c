@@ -79,6 +79,7 @@ static struct {
     PyObject *s_name, *s_task;
     PyObject *task_kwnames; /* ("loop", "name", "context"); 3.10: ("loop", "name") */
     PyObject *own_call_at; /* Core.call_at's descriptor */
+    PyObject *own_call_soon, *s_call_soon; /* Core.call_soon's descriptor, its name */
     PyObject *context_kwnames; /* the last kwnames tuple seen to be ("context",) */
     /* handle.cancel(): the stock methods, and the loop methods they call */
     PyObject *stock_handle_cancel, *stock_timer_cancel;
@@ -170,6 +171,7 @@ typedef struct {
     unsigned int own_time_tag; /* type version tag seen with Core.time */
     int time_patched;     /* an instance attribute named time was set */
     int run_once_patched; /* an instance attribute named _run_once was set */
+    int soon_patched;     /* an instance attribute named call_soon was set (1009) */
     unsigned int run_once_tag; /* type version tag seen with Core._run_once */
     /* {"loop": self} and {"loop": self, "name": None[, "context": None]}:
      * the keyword arguments of futures.Future/tasks.Task, made once (a call
@@ -3096,6 +3098,8 @@ static int Core_setattro(PyObject *self, PyObject *name, PyObject *v)
         ((Core *)self)->time_patched = 1;
     if (is_name(name, S.s_run_once))
         ((Core *)self)->run_once_patched = 1;
+    if (is_name(name, S.s_call_soon))
+        ((Core *)self)->soon_patched = 1;
     return PyObject_GenericSetAttr(self, name, v);
 }
 
@@ -3570,6 +3574,11 @@ PyMODINIT_FUNC PyInit__sched(void)
     if (S.own_call_at == NULL)
         return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_SystemError, "no Core.call_at");
     Py_INCREF(S.own_call_at);
+    INTERN(s_call_soon, "call_soon");
+    S.own_call_soon = PyDict_GetItemWithError(CoreType.tp_dict, S.s_call_soon);
+    if (S.own_call_soon == NULL)
+        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_SystemError, "no Core.call_soon");
+    Py_INCREF(S.own_call_soon);
     INTERN(s_run_once, "_run_once");
     INTERN(s_internal_call_soon, "_call_soon");
     S.own_internal_call_soon = PyDict_GetItemWithError(CoreType.tp_dict, S.s_internal_call_soon);

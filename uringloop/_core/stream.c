@@ -325,6 +325,7 @@ static struct {
     /* close_setup: stream.py's close, _Kind, _ignore, _INET (decision 812);
      * its _on_recv and socket.socket (decisions 833, 834) */
     PyObject *close, *kind_type, *ignore, *inet, *on_recv, *socket_type;
+    PyObject *object_class; /* object's __class__ descriptor (is_buffered) */
 } acc;
 #define ASLOT(o, i) (*(PyObject **)((char *)(o) + acc.off[i]))
 static inline void aset(PyObject *o, int i, PyObject *v) /* v: a new reference */
@@ -338,7 +339,7 @@ static PyObject *s_engine, *s_backend, *s_epoll, *s_attach, *s_connection_made,
     *s_call_connection_lost, *s_closed, *s_family, *s_close_fd, *s_connection_lost,
     *s_protocol_connected, *s_empty_waiter, *s_sock_closed, *s_fileno, *s_detach, *s_set_exception,
     *s_lost, *m_closed_by_peer;
-static PyObject *sr_one, *sr_zero;
+static PyObject *sr_one, *sr_zero, *s_dunder_class;
 static int stream_close_fast(Stream *s, PyObject *t);
 
 /* transport.<name>(*args), inside the transport's context when enter */
@@ -3315,6 +3316,7 @@ static PyMemberDef Stream_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
+#define STREAM_START_READING 9 /* Stream_methods' start_reading (checked at import) */
 static PyMethodDef Stream_methods[] = {
     {"write", (PyCFunction)Stream_write, METH_O, "the transport's write(data)"},
     {"_drain", (PyCFunction)Stream_drain, METH_NOARGS, "hand the held records over"},
@@ -4222,18 +4224,84 @@ static PyObject *accepted_setup(PyObject *mod, PyObject *const *args, Py_ssize_t
     Py_XSETREF(acc.buffered_type, Py_NewRef(args[6]));
     Py_XSETREF(acc.start_reading, Py_NewRef(args[7]));
     acc.tracks = tracks;
+    Py_XSETREF(acc.object_class, Py_XNewRef(_PyType_Lookup(&PyBaseObject_Type, s_dunder_class)));
     Py_RETURN_NONE;
 }
 
-/* loop.call_soon(fn, *args), looked up on the loop as Python does */
+/* How often each shortcut of decisions 1009-1010 was taken, for the tests
+ * (shortcut_counts()): a connection of the conn-* rows takes call_soon 3
+ * times, start_reading once, close_fd once (and cancel once when it closes
+ * while its receive is alive) */
+static struct {
+    unsigned long long call_soon, start_reading, close_fd, cancel, isinstance;
+} shortcut_n;
+
+static PyObject *shortcut_counts(PyObject *mod, PyObject *unused)
+{
+    (void)mod;
+    (void)unused;
+    return Py_BuildValue("{sKsKsKsKsK}", "call_soon", shortcut_n.call_soon, "start_reading",
+                         shortcut_n.start_reading, "close_fd", shortcut_n.close_fd, "cancel",
+                         shortcut_n.cancel, "isinstance", shortcut_n.isinstance);
+}
+
+/* loop.call_soon(fn[, arg][, context=ctx]), looked up on the loop as Python
+ * does; when that finds Core's own call_soon (the loop's class keeps it, no
+ * instance attribute of the name: Core_setattro's soon_patched) and it would
+ * make its handle itself (makes_handles), its soon() with no method lookup,
+ * no keyword parsed (decision 1009): the same handle, appended as there.
+ * ctx NULL: no context argument (the handle copies the current one). The
+ * handle, a new reference, or NULL. */
+static PyObject *loop_call_soon(PyObject *loop, PyObject *fn, PyObject *arg, PyObject *ctx)
+{
+    if (PyObject_TypeCheck(loop, &CoreType) && !((Core *)loop)->soon_patched &&
+        _PyType_Lookup(Py_TYPE(loop), S.s_call_soon) == S.own_call_soon &&
+        makes_handles((Core *)loop)) {
+        PyObject *argt = arg != NULL ? PyTuple_Pack(1, arg) : Py_NewRef(S.empty_tuple);
+        if (argt == NULL)
+            return NULL;
+        PyObject *h = soon((Core *)loop, fn, argt, ctx);
+        Py_DECREF(argt);
+        shortcut_n.call_soon++;
+        return h;
+    }
+    PyObject *argv[4] = {loop, fn, arg, ctx};
+    Py_ssize_t n = arg != NULL ? 3 : 2;
+    if (ctx != NULL && arg == NULL)
+        argv[2] = ctx;
+    return PyObject_VectorcallMethod(s_call_soon, argv, n | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                     ctx != NULL ? kw_context : NULL);
+}
+
+/* isinstance(protocol, BufferedProtocol), as PyObject_IsInstance answers it
+ * for a class whose metaclass is type: a subclass is one; anything else makes
+ * isinstance ask the instance's __class__, which a class whose attribute
+ * look-up is the generic one and whose __class__ is object's own descriptor
+ * (a data descriptor: no instance attribute hides it) answers with the type
+ * itself, so: not one, with no look-up (decision 1010). Anything else asks
+ * PyObject_IsInstance. */
+static int is_buffered(PyObject *protocol)
+{
+    PyTypeObject *tp = Py_TYPE(protocol);
+    if (acc.object_class != NULL && PyType_CheckExact(acc.buffered_type)) {
+        if (PyType_IsSubtype(tp, (PyTypeObject *)acc.buffered_type))
+            return 1;
+        if (tp->tp_getattro == PyObject_GenericGetAttr &&
+            _PyType_Lookup(tp, s_dunder_class) == acc.object_class) {
+            shortcut_n.isinstance++;
+            return 0;
+        }
+    }
+    return PyObject_IsInstance(protocol, acc.buffered_type);
+}
+
+/* loop.call_soon(fn[, arg]) for accepted_make; fn a new reference (or NULL,
+ * an error), dropped */
 static int acc_call_soon(PyObject *loop, PyObject *fn, PyObject *arg)
 {
     if (fn == NULL)
         return -1;
-    PyObject *argv[3] = {loop, fn, arg};
-    PyObject *h = PyObject_VectorcallMethod(s_call_soon, argv,
-                                            (arg != NULL ? 3 : 2) | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                            NULL);
+    PyObject *h = loop_call_soon(loop, fn, arg, NULL);
     Py_DECREF(fn);
     Py_XDECREF(h);
     return h == NULL ? -1 : 0;
@@ -4297,7 +4365,7 @@ static PyObject *accepted_make(PyObject *loop, int lfd, PyObject *kind, PyObject
     if (engine == NULL)
         goto fail;
     aset(self, A_ENGINE, engine);
-    int buffered = PyObject_IsInstance(protocol, acc.buffered_type);
+    int buffered = is_buffered(protocol);
     if (buffered < 0)
         goto fail;
     tmp = PyObject_GetAttr(engine, s_backend);
@@ -4350,7 +4418,11 @@ static PyObject *accepted_make(PyObject *loop, int lfd, PyObject *kind, PyObject
         goto fail;
     if (acc_call_soon(loop,
                       _PyType_Lookup(acc.cls, s_start_reading) == acc.start_reading
-                          ? PyObject_GetAttr(core, s_start_reading_c)
+                          /* core.start_reading: what its method descriptor
+                           * makes (Stream has no instance dict and no
+                           * subclass), with no lookup (decision 1010) */
+                          ? (shortcut_n.start_reading++,
+                             PyCFunction_NewEx(&Stream_methods[STREAM_START_READING], core, NULL))
                           : PyObject_GetAttr(self, s_start_reading),
                       NULL) < 0)
         goto fail;
@@ -4758,7 +4830,9 @@ static int attr_none(PyObject *t, PyObject *name)
  * turn's flush, and _on_sent closes when it has gone); then, nothing left,
  * _conn_lost += 1, _fd_closing, loop.call_soon(_call_connection_lost,
  * None, context=), _sockobj the kind's closed socket,
- * engine.close_fd(fd, _ignore, inet), _close_reset. 1: closed here (or
+ * engine.close_fd(fd, _ignore, inet), _close_reset (engine.cancel and
+ * engine.close_fd, when they are the loop's table's bound methods, as that
+ * table's steps with no call: decision 1010). 1: closed here (or
  * closing behind the rest of the queue); 0: anything else, for the
  * transport's close(); -1: an error (raised where close() would have
  * raised it). */
@@ -4834,13 +4908,23 @@ static int stream_close_fast(Stream *s, PyObject *t)
     PyObject *v, *w;
     aset(t, A_CLOSING, Py_NewRef(Py_True));
     if (cancel != NULL) { /* _stop_reading: the engine is open (engine._e) */
-        if ((v = PyLong_FromUnsignedLongLong(s->recv_ud)) == NULL)
-            goto out;
-        w = PyObject_CallOneArg(cancel, v);
-        Py_DECREF(v);
-        if (w == NULL)
-            goto out;
-        Py_DECREF(w);
+        Table *tb = s->loop->table; /* (cancel is its bound Table_cancel) */
+        if (tb->engine != NULL) {
+            /* Table_cancel(ud)'s steps, the ud a C value (decision 1010) */
+            if (tb->cancel(tb->engine, s->recv_ud) == -EEXIST) {
+                Py_XDECREF(foreign_thread_error());
+                goto out;
+            }
+            shortcut_n.cancel++;
+        } else {
+            if ((v = PyLong_FromUnsignedLongLong(s->recv_ud)) == NULL)
+                goto out;
+            w = PyObject_CallOneArg(cancel, v);
+            Py_DECREF(v);
+            if (w == NULL)
+                goto out;
+            Py_DECREF(w);
+        }
     }
     s->rfast = s->wfast = 0; /* _sync: closing */
     if (n > 0) {
@@ -4910,9 +4994,7 @@ static int stream_close_fast(Stream *s, PyObject *t)
     s->fdclosing = 1;
     if ((v = PyObject_GetAttr(t, s_call_connection_lost)) == NULL)
         goto out;
-    PyObject *argv[4] = {loop, v, Py_None, ctx};
-    w = PyObject_VectorcallMethod(s_call_soon, argv, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                  kw_context);
+    w = loop_call_soon(loop, v, Py_None, ctx);
     Py_DECREF(v);
     if (w == NULL)
         goto out;
@@ -4924,12 +5006,48 @@ static int stream_close_fast(Stream *s, PyObject *t)
         goto out;
     int inet = PySequence_Contains(acc.inet, v);
     Py_DECREF(v);
-    if (inet < 0 || (v = PyLong_FromLong(s->fd)) == NULL)
+    if (inet < 0 || (v = PyObject_GetAttr(engine, s_close_fd)) == NULL)
         goto out;
     /* held until _call_connection_lost (decision 873) */
-    PyObject *cargv[5] = {engine, v, acc.ignore, inet ? Py_True : Py_False, Py_True};
-    w = PyObject_VectorcallMethod(s_close_fd, cargv, 5, NULL);
+    Table *tb = s->loop->table;
+    if (PyCFunction_Check(v) &&
+        PyCFunction_GET_FUNCTION(v) == (PyCFunction)(void (*)(void))Table_close_fd &&
+        PyCFunction_GET_SELF(v) == (PyObject *)tb && tb->engine != NULL &&
+        PyCallable_Check(acc.ignore)) {
+        /* engine.close_fd is the loop's table's (Engine binds it so):
+         * Table_close_fd's steps, nothing to parse, the user_data kept as
+         * the C value it is (decision 1010) */
+        Py_DECREF(v);
+        uint64_t cud = table_take(tb, acc.ignore, NULL, 0);
+        if (cud == 0)
+            goto out;
+        int r = tb->close_fd(tb->engine, cud, s->fd, (inet ? 1 : 0) | 2);
+        if (r < 0) {
+            Py_XDECREF(table_refused(tb, cud, r));
+            goto out;
+        }
+        s->close_ud = cud;
+        shortcut_n.close_fd++;
+        if (inet) { /* _close_reset: the ud (never 0) */
+            if ((w = PyLong_FromUnsignedLongLong(cud)) == NULL)
+                goto out;
+            ok = PyObject_SetAttr(t, s_close_reset, w);
+            Py_DECREF(w);
+            if (ok < 0)
+                goto out;
+        }
+        rc = 1;
+        goto out;
+    }
+    PyObject *fdo = PyLong_FromLong(s->fd);
+    if (fdo == NULL) {
+        Py_DECREF(v);
+        goto out;
+    }
+    PyObject *cargv[4] = {fdo, acc.ignore, inet ? Py_True : Py_False, Py_True};
+    w = PyObject_Vectorcall(v, cargv, 4, NULL);
     Py_DECREF(v);
+    Py_DECREF(fdo);
     if (w == NULL)
         goto out;
     if (PyLong_CheckExact(w)) { /* the close's user_data, for the release */
@@ -5005,6 +5123,8 @@ static PyMethodDef stream_functions[] = {
     {"server_setup", (PyCFunction)(void (*)(void))server_setup, METH_FASTCALL,
      "server_setup(Server, attach, detach, WeakSet, add, discard, len): the stock Server's "
      "_attach/_detach in C (decision 861)"},
+    {"shortcut_counts", (PyCFunction)shortcut_counts, METH_NOARGS,
+     "shortcut_counts(): how often each C shortcut of decisions 1009-1010 was taken"},
     {"accepted_transport", (PyCFunction)(void (*)(void))accepted_transport, METH_FASTCALL,
      "accepted_transport(loop, fd, kind, protocol, server, nodelay): an accepted "
      "connection's SocketTransport (decision 811)"},
@@ -5112,6 +5232,11 @@ static int stream_init_module(PyObject *m)
     STREAM_INTERN(s_attach, "_attach");
     STREAM_INTERN(s_connection_made, "connection_made");
     STREAM_INTERN(s_start_reading_c, "start_reading");
+    STREAM_INTERN(s_dunder_class, "__class__");
+    if (strcmp(Stream_methods[STREAM_START_READING].ml_name, "start_reading") != 0) {
+        PyErr_SetString(PyExc_SystemError, "Stream_methods: STREAM_START_READING moved");
+        return -1;
+    }
     STREAM_INTERN(s_resume_h, "_resume_h");
     STREAM_INTERN(s_unread, "_unread");
     STREAM_INTERN(s_held, "_held");

@@ -1134,11 +1134,18 @@ static int any_live_op(ul_engine *e, int (*pred)(const struct ul_op *op))
     return 0;
 }
 
-/* A pool read: a one-shot READ on a file without non-blocking reads runs in
- * an io-wq worker, which takes its ring buffer at any time. */
+/* An op an io-wq worker may run, taking a ring buffer at any time, outside
+ * our io_uring_enter: a READ on a file without non-blocking reads, and a
+ * one-shot receive, which the kernel hands to io-wq after its poll woke it
+ * spuriously too often (APOLL_MAX_RETRY, 128 on 6.x; at once on 5.x): the
+ * worker takes a ring buffer and blocks in recv(2), its record not posted
+ * until the bytes come. A multishot receive stays on its poll (and
+ * OPT_NO_MULTISHOT's re-issued ones were seen to, 200 wake-ups). (Decision
+ * 1014: with such a worker, the trim gave its buffer to the free stack and
+ * the ring again, and another socket's bytes were read as this one's.) */
 static int is_pool_read(const struct ul_op *op)
 {
-    return op->kind == K_READ_POOL;
+    return op->kind == K_READ_POOL || (op->kind == K_RECV && !op->multishot);
 }
 
 /*
