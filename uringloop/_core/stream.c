@@ -5027,15 +5027,10 @@ static int stream_close_fast(Stream *s, PyObject *t)
             goto out;
         }
         s->close_ud = cud;
+        s->chold = 1;
+        /* _close_reset = the ud (never 0) where inet: the Stream's bit (1002) */
+        s->creset = inet != 0;
         shortcut_n.close_fd++;
-        if (inet) { /* _close_reset: the ud (never 0) */
-            if ((w = PyLong_FromUnsignedLongLong(cud)) == NULL)
-                goto out;
-            ok = PyObject_SetAttr(t, s_close_reset, w);
-            Py_DECREF(w);
-            if (ok < 0)
-                goto out;
-        }
         rc = 1;
         goto out;
     }
