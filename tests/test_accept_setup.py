@@ -1075,8 +1075,10 @@ def test_a_burst_of_accepted_connections_closes_without_instance_dicts(kind):
     every instance made: an attribute a transport first sets at its close
     (_conn_lost, _fd_closing, _close_reset, _read_done) never joined them
     once a burst of connections had made 30 transports, and every transport
-    after made a dict of its own at close (decision 825). stream.py puts
-    those keys in at import: no transport of the burst has a dict."""
+    after made a dict of its own at close (decision 825). stream.py put
+    those keys in at import; since decision 1002 they are the C core's
+    (properties), set on no transport: no transport of the burst has a
+    dict."""
     import subprocess
 
     from conftest import require_uring

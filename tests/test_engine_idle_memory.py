@@ -10,6 +10,7 @@ registered again at its first size)."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import select
@@ -39,6 +40,76 @@ def test_an_op_record_carries_no_address(eng):
     assert eng.info()["op_bytes"] <= 160
 
 
+def _drain_peer(sock, want, eng, timeout=10.0):
+    """Read from sock until want bytes arrived, running eng meanwhile."""
+    got = bytearray()
+    for _ in range(int(timeout / 0.01)):
+        if len(got) >= want:
+            break
+        eng.run(0)
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            select.select([sock], [], [], 0.01)
+            continue
+        assert chunk, "the peer closed"
+        got += chunk
+    assert len(got) >= want, f"peer got {len(got)} of {want} bytes"
+    return bytes(got)
+
+
+def test_an_op_record_carries_no_send_counts(eng, tcp_pair, res_tracker):
+    """The counts and iovecs only a vectored send or a batch of queued sends
+    use (niov, iov_idx, nbatch, iovs, batch) are in the iovec block such a
+    send takes anyway (decision 1003): 160 -> 136 bytes a record, so an idle
+    connection's receive op is 24 bytes smaller. Sends of every shape still
+    leave in order, each with its whole count: vectored and plain, queued in
+    one turn (io_uring batches them: a vectored head and vectored riders,
+    the head's own iovecs kept under the batch's) into a small send buffer,
+    so the batch comes back short and is cut inside a rider; then a vectored
+    send cancelled while queued behind one the kernel cannot take."""
+    assert eng.info()["op_bytes"] <= 136
+    c, s = tcp_pair(sndbuf=4096)
+    log = []
+    shapes = [
+        ("v1", [b"a" * 70_000, bytearray(b"b" * 50_001), memoryview(b"xc" * 40_000)[1:]]),
+        ("s1", b"d" * 30_000),
+        ("v2", [b"e" * 9, b"f" * 90_000]),
+        ("s2", b"g" * 7),
+        ("v3", [b"h" * 3, b"i" * 5, b"j" * 120_000]),
+    ]
+    cols = []
+    for name, data in shapes:
+        col = Collector(name, log)
+        cols.append(col)
+        if isinstance(data, list):
+            eng.sendv(c.fileno(), data, col)
+        else:
+            eng.send(c.fileno(), data, col)
+    want = b"".join(
+        b"".join(bytes(p) for p in d) if isinstance(d, list) else d for _, d in shapes
+    )
+    assert _drain_peer(s, len(want), eng) == want
+    drain(eng)
+    for (name, data), col in zip(shapes, cols, strict=True):
+        n = sum(map(len, data)) if isinstance(data, list) else len(data)
+        assert col.records == [(n, False, None)], (name, col.records)
+    assert [name for name, _, _ in log] == [name for name, _ in shapes]
+    # a vectored send queued behind one that waits, cancelled there
+    big, queued = Collector("big"), Collector("queued")
+    eng.send(c.fileno(), b"k" * (4 << 20), big)
+    settle(eng)
+    ud = eng.sendv(c.fileno(), [b"l" * 10, b"m" * 20], queued)
+    settle(eng)
+    eng.cancel(ud)
+    got = _drain_peer(s, 4 << 20, eng)
+    drain(eng)
+    assert got == b"k" * (4 << 20)
+    assert big.records == [(4 << 20, False, None)]
+    assert queued.res == -errno.ECANCELED
+    assert eng.in_flight == 0
+
+
 def test_the_fd_table_grows_by_steps(eng, socketpair):
     """An op on fd 1100 grows the fd table to 1,280 entries (60 bytes each,
     all written), not to the next power of two (2,048)."""
@@ -55,6 +126,43 @@ def test_the_fd_table_grows_by_steps(eng, socketpair):
         drain(eng)
     finally:
         os.close(hi)
+
+
+def test_an_fd_entry_holds_only_what_every_backend_uses(eng, socketpair):
+    """What only epoll keeps per fd (its registration flags, its write and
+    poll queues, its retry list link, its registration count) is in a table
+    of its own beside the engine's (decision 1004): an fd table entry is 44
+    bytes, was 76, so an io_uring connection's is 32 bytes smaller; epoll
+    keeps its 32 beside it. Epoll's table grows with the engine's: a
+    writer, a poll and a receive on fd 1100 (past the first 256 entries),
+    then the number closed and made again and its ops again."""
+    info = eng.info()
+    extra = 0 if info["backend"] == "io_uring" else 32
+    assert info["fd_bytes"] <= 44 + extra, info["fd_bytes"]
+    a, b = socketpair()
+    hi = 1100
+    for _ in range(2):
+        os.dup2(a.fileno(), hi)
+        try:
+            got, sent, polled = Collector("got"), Collector("sent"), Collector("polled")
+            eng.poll(hi, select.POLLOUT, polled)
+            eng.send(hi, b"y" * 10, sent)
+            eng.recv(hi, got)
+            b.send(b"x")
+            run_until(
+                eng,
+                lambda got=got, sent=sent, polled=polled: (
+                    got.payload() == b"x" and sent.done and polled.done
+                ),
+                what="the byte, the send and the poll",
+            )
+            assert sent.res == 10 and polled.res & select.POLLOUT
+            assert b.recv(16) == b"y" * 10
+            eng.cancel_fd(hi)
+            drain(eng)
+        finally:
+            eng.fd_closing(hi)  # its owner closes it: forgotten (989)
+            os.close(hi)
 
 
 def test_stream_ops_take_no_address_block(eng, socketpair, tcp_listener):

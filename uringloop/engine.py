@@ -699,6 +699,7 @@ class Engine:
             "buf_size": i.buf_size,
             "guard": bool(i.guard),
             "op_bytes": i.op_bytes,
+            "fd_bytes": i.fd_bytes,
         }
 
     def stats(self) -> dict:

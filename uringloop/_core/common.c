@@ -103,8 +103,7 @@ static void fd_reset(struct ul_fd *f)
 {
     memset(f, 0, sizeof *f);
     f->ops_head = f->oq_head = f->oq_tail = f->close_slot = -1;
-    f->rq_head = f->rq_tail = f->wq_head = f->wq_tail = -1;
-    f->pq_head = f->pq_tail = f->ready_next = -1;
+    f->rq_head = f->rq_tail = -1;
 }
 
 struct ul_fd *ul__fd(ul_engine *e, int fd)
@@ -122,6 +121,8 @@ struct ul_fd *ul__fd(ul_engine *e, int fd)
         for (int i = e->nfds; i < (int)n; i++)
             fd_reset(&p[i]);
         e->fds = p;
+        if (e->be && e->be->fd_grow && e->be->fd_grow(e, (int)n) < 0)
+            return NULL;  /* (the entries past nfds are unused until then) */
         e->nfds = (int)n;
     }
     return &e->fds[fd];
@@ -651,9 +652,12 @@ void ul__finish(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uin
     if (op->on_backlog)
         backlog_unlink(e, op);
     ul__emit(e, op, res, flags & ~UL_F_MORE, bid);
-    if (op->kind == K_SENDV)
-        ul__iov_block_free(op->iovs);  /* the kernel is done with them at the final CQE */
-    op->iovs = NULL;
+    if (op->blk) {  /* the kernel is done with them at the final CQE */
+        if (op->blk->batch)
+            ul__op_unbatch(op);  /* (a batch ends before its head's final record) */
+        ul__iov_block_free(op->blk);
+        op->blk = NULL;
+    }
     op->ud = 0;
     op->state = S_FREE;
     e->in_flight--;
@@ -694,15 +698,16 @@ void ul__stop(ul_engine *e, struct ul_op *op, int err)
 /* K_SENDV's cursor: n more bytes went out */
 void ul__iov_advance(struct ul_op *op, uint32_t n)
 {
-    while (op->iov_idx < op->niov) {
-        struct iovec *v = &op->iovs[op->iov_idx];
+    struct ul_iov_block *b = ul__op_iov(op);
+    while (b->idx < b->n) {
+        struct iovec *v = &b->v[b->idx];
         if (n < v->iov_len) {
             v->iov_base = (char *)v->iov_base + n;
             v->iov_len -= n;
             return;
         }
         n -= (uint32_t)v->iov_len;
-        op->iov_idx++;
+        b->idx++;
     }
 }
 
@@ -973,18 +978,17 @@ EXPORT int ul_sendv(ul_engine *e, uint64_t ud, int fd, const void *iov, uint32_t
         return -EINVAL;  /* a record's res must be able to say it */
     if (niov <= 1)  /* one buffer (or none): a plain send */
         return ul_send(e, ud, fd, niov ? v[0].iov_base : NULL, (uint32_t)total, flags);
-    struct iovec *copy = ul__iov_block_new(niov);
+    struct ul_iov_block *copy = ul__iov_block_new(niov, 0);
     if (!copy)
         return -ENOMEM;
-    memcpy(copy, v, niov * sizeof *copy);
+    memcpy(copy->v, v, niov * sizeof *v);
     int err = 0;
     struct ul_op *op = op_begin(e, ud, K_SENDV, fd, &err);
     if (!op) {
         ul__iov_block_free(copy);
         return err;
     }
-    op->iovs = copy;
-    op->niov = niov;
+    op->blk = copy;
     op->len = (uint32_t)total;
     op->msg_flags = flags | MSG_NOSIGNAL;
     op->offset = -1;
@@ -1519,10 +1523,10 @@ static void engine_free(ul_engine *e, int unmap_pool)
         for (uint32_t j = 0; e->chunks[i] && j < CHUNK_SIZE; j++) {
             struct ul_op *op = &e->chunks[i][j];
             free(op->ax);
-            if (op->ud) {
-                if (op->kind == K_SENDV)
-                    ul__iov_block_free(op->iovs);
-                ul__iov_block_free(op->batch);
+            if (op->ud && op->blk) {
+                if (op->blk->batch)
+                    ul__op_unbatch(op);
+                ul__iov_block_free(op->blk);
             }
         }
         free(e->chunks[i]);
@@ -1649,6 +1653,7 @@ EXPORT ul_engine *ul_new(int backend, const ul_config *cfg, char *err, int errle
     e->info.buf_size = e->cfg.buf_size;
     e->info.guard = e->guard;
     e->info.op_bytes = sizeof(struct ul_op);
+    e->info.fd_bytes = (uint32_t)sizeof(struct ul_fd) + e->be_fd_bytes;
     return e;
 }
 

@@ -107,6 +107,8 @@ typedef struct ul_info {
                                     until cancelled); epoll: what a receive takes a turn
                                     (decision 924) */
     uint32_t op_bytes;           /* the engine's record per op slot */
+    uint32_t fd_bytes;           /* the fd table's entry per fd number, with what the
+                                    backend keeps beside it (decision 1004) */
     char reason[256];            /* why this backend (fallback reason) */
 } ul_info;
 

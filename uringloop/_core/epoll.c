@@ -73,7 +73,54 @@ struct ep {
     int32_t ready_head, ready_tail;  /* fds to retry next turn, linked through
                                         ul_fd.ready_next: never allocates */
     struct epoll_event evs[NEVENTS];
+    struct ep_fd *x; /* what epoll keeps per fd, beside the engine's fd table
+                        (e->fds): as many entries (ep_fd_grow; decision 1004) */
 };
+
+/* What only this backend keeps per fd: its own table, so that io_uring's fd
+ * table entries are 44 bytes, not 76 (decision 1004). Entry i is fd i's. */
+struct ep_fd {
+    uint8_t registered, regular, on_ready_list;
+    uint8_t reg_out;            /* the registration asks for EPOLLOUT */
+    uint8_t reg_lt;             /* ... and is level-triggered (kept_polls_only) */
+    uint8_t missed;             /* a wait reported fd readable with no op to take it,
+                                   since the last (re)registration (decision 391) */
+    uint8_t hup;                /* a wait reported a hang-up or an error on fd */
+    uint8_t rwait;              /* the last one-shot pool receive (sock_recv) on fd
+                                   found it empty and has not filled its length
+                                   since: the next one waits first (decision 368) */
+    int32_t wq_head, wq_tail;   /* ops waiting for writability */
+    int32_t pq_head, pq_tail;   /* poll ops */
+    int32_t ready_next;
+    uint32_t reg_gen;           /* (re)registrations so far */
+};
+
+static struct ep_fd *EX(ul_engine *e, int fd)
+{
+    return &((struct ep *)e->bs)->x[fd];
+}
+
+/* a new or closed fd's entry, as common.c's fd_reset makes the engine's */
+static void ep_fd_reset(struct ep_fd *x)
+{
+    memset(x, 0, sizeof *x);
+    x->wq_head = x->wq_tail = x->pq_head = x->pq_tail = x->ready_next = -1;
+}
+
+/* the engine's fd table grew to n entries (ul__fd): this one too */
+static int ep_fd_grow(ul_engine *e, int n)
+{
+    struct ep *p = e->bs;
+    if (p == NULL)
+        return 0;  /* (ul__epoll_init grows it to nfds) */
+    struct ep_fd *x = ul__realloc(p->x, (size_t)n * sizeof *x);
+    if (!x)
+        return -ENOMEM;
+    for (int i = e->nfds; i < n; i++)
+        ep_fd_reset(&x[i]);
+    p->x = x;
+    return 0;
+}
 
 static struct ul_op *op_at(ul_engine *e, int32_t slot)
 {
@@ -98,25 +145,29 @@ static int queue_of(const struct ul_op *op)
     }
 }
 
-static int32_t *qhead(struct ul_fd *f, int q)
+/* fd f's queue q: its head and tail (x: f's entry here, for Q_WRITE and
+ * Q_POLL; NULL will do for Q_READ) */
+static int32_t *qhead(struct ul_fd *f, struct ep_fd *x, int q)
 {
-    return q == Q_READ ? &f->rq_head : q == Q_WRITE ? &f->wq_head : &f->pq_head;
+    return q == Q_READ ? &f->rq_head : q == Q_WRITE ? &x->wq_head : &x->pq_head;
 }
 
-static int32_t *qtail(struct ul_fd *f, int q)
+static int32_t *qtail(struct ul_fd *f, struct ep_fd *x, int q)
 {
-    return q == Q_READ ? &f->rq_tail : q == Q_WRITE ? &f->wq_tail : &f->pq_tail;
+    return q == Q_READ ? &f->rq_tail : q == Q_WRITE ? &x->wq_tail : &x->pq_tail;
 }
 
-static int fd_idle(const struct ul_fd *f)
+static int fd_idle(ul_engine *e, const struct ul_fd *f, int fd)
 {
-    return f->rq_head < 0 && f->wq_head < 0 && f->pq_head < 0;
+    const struct ep_fd *x = EX(e, fd);
+    return f->rq_head < 0 && x->wq_head < 0 && x->pq_head < 0;
 }
 
-static void q_push(ul_engine *e, struct ul_fd *f, struct ul_op *op, int front)
+static inline void q_push(ul_engine *e, struct ul_fd *f, struct ul_op *op, int front)
 {
     int q = queue_of(op);
-    int32_t *h = qhead(f, q), *t = qtail(f, q), s = slot_of(op);
+    struct ep_fd *x = q == Q_READ ? NULL : EX(e, op->fd); /* (f is op->fd's) */
+    int32_t *h = qhead(f, x, q), *t = qtail(f, x, q), s = slot_of(op);
     op->in_wait = 1;
     if (front) {
         op->wq_next = *h;
@@ -136,7 +187,8 @@ static void q_push(ul_engine *e, struct ul_fd *f, struct ul_op *op, int front)
 static void q_remove(ul_engine *e, struct ul_fd *f, struct ul_op *op)
 {
     int q = queue_of(op);
-    int32_t *h = qhead(f, q), *t = qtail(f, q), s = slot_of(op), prev = -1;
+    struct ep_fd *x = q == Q_READ ? NULL : EX(e, op->fd); /* (f is op->fd's) */
+    int32_t *h = qhead(f, x, q), *t = qtail(f, x, q), s = slot_of(op), prev = -1;
     for (int32_t i = *h; i >= 0; prev = i, i = op_at(e, i)->wq_next) {
         if (i != s)
             continue;
@@ -155,13 +207,13 @@ static void q_remove(ul_engine *e, struct ul_fd *f, struct ul_op *op)
 static void mark_ready(ul_engine *e, int fd)
 {
     struct ep *p = e->bs;
-    struct ul_fd *f = &e->fds[fd];
-    if (f->on_ready_list)
+    struct ep_fd *x = EX(e, fd);
+    if (x->on_ready_list)
         return;
-    f->on_ready_list = 1;
-    f->ready_next = -1;
+    x->on_ready_list = 1;
+    x->ready_next = -1;
     if (p->ready_tail >= 0)
-        e->fds[p->ready_tail].ready_next = fd;
+        EX(e, p->ready_tail)->ready_next = fd;
     else
         p->ready_head = fd;
     p->ready_tail = fd;
@@ -172,18 +224,18 @@ static void unmark_ready(ul_engine *e, int fd)
 {
     struct ep *p = e->bs;
     int32_t prev = -1;
-    for (int32_t i = p->ready_head; i >= 0; prev = i, i = e->fds[i].ready_next) {
+    for (int32_t i = p->ready_head; i >= 0; prev = i, i = EX(e, i)->ready_next) {
         if (i != fd)
             continue;
         if (prev >= 0)
-            e->fds[prev].ready_next = e->fds[fd].ready_next;
+            EX(e, prev)->ready_next = EX(e, fd)->ready_next;
         else
-            p->ready_head = e->fds[fd].ready_next;
+            p->ready_head = EX(e, fd)->ready_next;
         if (p->ready_tail == fd)
             p->ready_tail = prev;
         break;
     }
-    e->fds[fd].on_ready_list = 0;
+    EX(e, fd)->on_ready_list = 0;
 }
 
 /* op waits for writability: a writer (send, write, connect) or a poll for
@@ -195,11 +247,12 @@ static int op_wants_out(const struct ul_op *op)
 }
 
 /* EPOLLOUT is wanted: an op of f's waits for writability */
-static int wants_out(ul_engine *e, const struct ul_fd *f)
+static int wants_out(ul_engine *e, int fd)
 {
-    if (f->wq_head >= 0)
+    const struct ep_fd *x = EX(e, fd);
+    if (x->wq_head >= 0)
         return 1;
-    for (int32_t s = f->pq_head; s >= 0; s = op_at(e, s)->wq_next)
+    for (int32_t s = x->pq_head; s >= 0; s = op_at(e, s)->wq_next)
         if (op_wants_out(op_at(e, s)))
             return 1;
     return 0;
@@ -207,11 +260,12 @@ static int wants_out(ul_engine *e, const struct ul_fd *f)
 
 /* Only kept level polls for reading wait on f: it may be registered
  * level-triggered (decision 382) */
-static int kept_polls_only(ul_engine *e, const struct ul_fd *f)
+static int kept_polls_only(ul_engine *e, const struct ul_fd *f, int fd)
 {
-    if (f->rq_head >= 0 || f->wq_head >= 0 || f->pq_head < 0)
+    const struct ep_fd *x = EX(e, fd);
+    if (f->rq_head >= 0 || x->wq_head >= 0 || x->pq_head < 0)
         return 0;
-    for (int32_t s = f->pq_head; s >= 0; s = op_at(e, s)->wq_next) {
+    for (int32_t s = x->pq_head; s >= 0; s = op_at(e, s)->wq_next) {
         const struct ul_op *op = op_at(e, s);
         if (op->level != UL_POLL_KEPT || op_wants_out(op))
             return 0;
@@ -228,13 +282,14 @@ static int arm(ul_engine *e, int fd, int force_mod)
 {
     struct ep *p = e->bs;
     struct ul_fd *f = &e->fds[fd];
-    int out = wants_out(e, f), lt = kept_polls_only(e, f);
+    struct ep_fd *x = EX(e, fd);
+    int out = wants_out(e, fd), lt = kept_polls_only(e, f, fd);
     struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | (lt ? 0 : EPOLLET) |
                                        (out ? EPOLLOUT : 0),
                              .data.u64 = (uint64_t)fd};
-    if (f->registered && !force_mod)
+    if (x->registered && !force_mod)
         return 0;
-    int op = f->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    int op = x->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
     int r = epoll_ctl(p->epfd, op, fd, &ev);
     if (r < 0 && op == EPOLL_CTL_MOD && errno == ENOENT) {
         e->st.ctl_failed++;  /* the file was closed behind us (decision 989) */
@@ -248,21 +303,21 @@ static int arm(ul_engine *e, int fd, int force_mod)
     e->st.submitted++;
     if (r < 0) {
         if (errno == EPERM)
-            f->regular = 1;
+            x->regular = 1;
         return -errno;
     }
-    f->registered = 1;
-    f->reg_out = (uint8_t)out;
-    f->reg_lt = (uint8_t)lt;
-    f->missed = 0;  /* the MOD re-reports what is there (waits_as_registered) */
-    f->reg_gen++;  /* events may come from another file than before */
+    x->registered = 1;
+    x->reg_out = (uint8_t)out;
+    x->reg_lt = (uint8_t)lt;
+    x->missed = 0;  /* the MOD re-reports what is there (waits_as_registered) */
+    x->reg_gen++;  /* events may come from another file than before */
     return 0;
 }
 
 /* A poll of f's waits for what a read would take */
-static int polls_want_in(ul_engine *e, const struct ul_fd *f)
+static int polls_want_in(ul_engine *e, int fd)
 {
-    for (int32_t s = f->pq_head; s >= 0; s = op_at(e, s)->wq_next)
+    for (int32_t s = EX(e, fd)->pq_head; s >= 0; s = op_at(e, s)->wq_next)
         if (op_at(e, s)->events & (POLLIN | POLLRDNORM | POLLPRI | POLLRDHUP))
             return 1;
     return 0;
@@ -281,9 +336,10 @@ static int polls_want_in(ul_engine *e, const struct ul_fd *f)
  * after it). Otherwise the re-arm, which reports what is there now. A
  * registration asking for EPOLLOUT is re-armed too, which drops it
  * (decision 356). */
-static int waits_as_registered(const struct ul_fd *f, const struct ul_op *op)
+static int waits_as_registered(ul_engine *e, const struct ul_op *op)
 {
-    return op->drained && f->registered && !f->reg_lt && !f->reg_out && !f->missed && !f->hup &&
+    const struct ep_fd *x = EX(e, op->fd);
+    return op->drained && x->registered && !x->reg_lt && !x->reg_out && !x->missed && !x->hup &&
            !op_wants_out(op);
 }
 
@@ -441,7 +497,7 @@ static int try_read_pool(ul_engine *e, struct ul_op *op)
         e->st.submitted++;
         if (r > 0 && !op->multishot) {
             if ((size_t)r >= op->len)  /* more is likely there: try first again */
-                e->fds[op->fd].rwait = 0;
+                EX(e, op->fd)->rwait = 0;
             ul__finish(e, op, (int32_t)r, UL_F_BUFFER, bids[0]);
             return TRY_DONE;  /* n was 1 */
         }
@@ -513,7 +569,7 @@ static int try_recv_pool(ul_engine *e, struct ul_op *op)
         e->st.submitted++;
         if (r > 0 && !op->multishot) {
             if ((size_t)r >= op->len)  /* more is likely there: try first again */
-                e->fds[op->fd].rwait = 0;
+                EX(e, op->fd)->rwait = 0;
             ul__finish(e, op, (int32_t)r, UL_F_BUFFER, bids[0]);
             return TRY_DONE; /* m == 1 */
         }
@@ -531,7 +587,7 @@ static int try_recv_pool(ul_engine *e, struct ul_op *op)
             continue;
         if (r < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
             if (!op->multishot)  /* the next sock_recv waits first (decision 368) */
-                e->fds[op->fd].rwait = 1;
+                EX(e, op->fd)->rwait = 1;
             return TRY_WAIT;
         }
         ul__finish(e, op, r == 0 ? 0 : -err, 0, 0);
@@ -641,8 +697,9 @@ static int try_write_all(ul_engine *e, struct ul_op *op)
         char *b = op->buf + op->done;
         size_t n = op->len - op->done;
         if (op->kind == K_SENDV) {
-            struct msghdr m = {.msg_iov = op->iovs + op->iov_idx,
-                               .msg_iovlen = UL_MIN(op->niov - op->iov_idx, 1024u)};
+            struct ul_iov_block *c = ul__op_iov(op);
+            struct msghdr m = {.msg_iov = c->v + c->idx,
+                               .msg_iovlen = UL_MIN(c->n - c->idx, 1024u)};
             r = sendmsg(op->fd, &m, op->msg_flags | MSG_DONTWAIT);
         } else if (op->kind == K_SEND) {
             r = send(op->fd, b, n, op->msg_flags | MSG_DONTWAIT);
@@ -739,7 +796,7 @@ static int try_op(ul_engine *e, struct ul_op *op)
 static int purge_stale(ul_engine *e, int fd)
 {
     struct ul_fd *f = &e->fds[fd];
-    int32_t heads[2] = {f->rq_head, f->wq_head};
+    int32_t heads[2] = {f->rq_head, EX(e, fd)->wq_head};
     int any = 0;
     for (int q = 0; q < 2; q++)
         for (int32_t s = heads[q]; s >= 0; s = op_at(e, s)->wq_next)
@@ -749,7 +806,7 @@ static int purge_stale(ul_engine *e, int fd)
     uint64_t now = ul__ident_now(e, fd);
     int n = 0;
     for (int q = Q_READ; q <= Q_WRITE; q++) {
-        int32_t s = *qhead(&e->fds[fd], q);
+        int32_t s = *qhead(&e->fds[fd], EX(e, fd), q);
         while (s >= 0) {
             struct ul_op *op = op_at(e, s);
             s = op->wq_next;
@@ -772,7 +829,7 @@ static int purge_stale(ul_engine *e, int fd)
 static int enqueue(ul_engine *e, struct ul_op *op)
 {
     struct ul_fd *f = &e->fds[op->fd];
-    int was_idle = fd_idle(f);
+    int was_idle = fd_idle(e, f, op->fd);
     /* it will be tried again later by number: remember which file it is
      * for (common.c, identity); ops start to wait only while the number is
      * known to name their file (at submission, or in a run) */
@@ -784,13 +841,14 @@ static int enqueue(ul_engine *e, struct ul_op *op)
     if (!was_idle && purge_stale(e, op->fd))
         was_idle = 1;
     f = &e->fds[op->fd];
+    struct ep_fd *x = EX(e, op->fd);
     q_push(e, f, op, 0);
-    op->reg_gen = f->reg_gen;
-    if (!was_idle && f->registered && !f->reg_lt && (f->reg_out || !op_wants_out(op)))
+    op->reg_gen = x->reg_gen;
+    if (!was_idle && x->registered && !x->reg_lt && (x->reg_out || !op_wants_out(op)))
         return 0;
-    if (was_idle && waits_as_registered(f, op))
+    if (was_idle && waits_as_registered(e, op))
         return 0;  /* a drained receive (decision 391) */
-    int r = (f->regular && op->kind == K_READ_POOL) ? -EPERM : arm(e, op->fd, 1);
+    int r = (x->regular && op->kind == K_READ_POOL) ? -EPERM : arm(e, op->fd, 1);
     if (r == -EPERM && op->kind == K_READ_POOL) {
         /* a file epoll cannot watch (a regular file, /dev/zero) is always
          * ready: the pool read goes on from the ready list, turn by turn */
@@ -802,7 +860,7 @@ static int enqueue(ul_engine *e, struct ul_op *op)
         ul__finish(e, op, r == -EPERM ? -EINVAL : r, 0, 0);
         return r;
     }
-    op->reg_gen = e->fds[op->fd].reg_gen;
+    op->reg_gen = EX(e, op->fd)->reg_gen;
     return 0;
 }
 
@@ -816,15 +874,15 @@ static void wait_for(ul_engine *e, struct ul_op *op)
 static void poll_arm(ul_engine *e, struct ul_op *op, int rearm)
 {
     struct ul_fd *f = &e->fds[op->fd];
-    int was_idle = fd_idle(f);
+    int was_idle = fd_idle(e, f, op->fd);
     q_push(e, f, op, 0);
     /* a kept poll on its level-triggered registration: nothing to do
      * (decision 382; its owner kept the fd, so it names the same file) */
-    if (rearm && op->level == UL_POLL_KEPT && f->registered && f->reg_lt &&
-        kept_polls_only(e, f))
+    if (rearm && op->level == UL_POLL_KEPT && EX(e, op->fd)->registered && EX(e, op->fd)->reg_lt &&
+        kept_polls_only(e, f, op->fd))
         return;
     /* a drained poll on an edge-triggered one: nothing to do (decision 391) */
-    if (!rearm && was_idle && waits_as_registered(f, op))
+    if (!rearm && was_idle && waits_as_registered(e, op))
         return;
     int r = arm(e, op->fd, 1);
     if (r == -EPERM) {  /* regular file: always ready */
@@ -868,8 +926,8 @@ static int ep_submit(ul_engine *e, struct ul_op *op)
      * no one-shot receive since that filled its length: in a request /
      * response exchange it is asked for before its data comes, and its
      * attempt would only say EAGAIN (decision 368; io_uring: 357) */
-    int wait_first = op->wait_first || (op->kind == K_RECV && !op->multishot && f->rwait);
-    int idle = fd_idle(f), r;
+    int wait_first = op->wait_first || (op->kind == K_RECV && !op->multishot && EX(e, op->fd)->rwait);
+    int idle = fd_idle(e, f, op->fd), r;
     if (op->kind != K_SEND && queue_of(op) == Q_READ && (f->rq_head >= 0 || (wait_first && idle))) {
         r = TRY_WAIT;
     } else if (op->kind == K_RECV && op->stream == 1 && idle) {
@@ -904,7 +962,7 @@ static void run_queue(ul_engine *e, int fd, int q, int retried)
 {
     for (;;) {
         struct ul_fd *f = &e->fds[fd];
-        int32_t s = *qhead(f, q);
+        int32_t s = *qhead(f, EX(e, fd), q);
         if (s < 0)
             return;
         struct ul_op *op = op_at(e, s);
@@ -913,12 +971,12 @@ static void run_queue(ul_engine *e, int fd, int q, int retried)
          * when that may be another file than op's (a re-registration since
          * op's identity was last known to hold) is the identity compared:
          * one syscall per re-registration, not per event. */
-        if (op->has_ident && (retried || op->reg_gen != f->reg_gen)) {
+        if (op->has_ident && (retried || op->reg_gen != EX(e, fd)->reg_gen)) {
             if (ul__ident_gone(e, op)) {  /* the number names another file now */
                 ul__stop(e, op, EBADF);
                 continue;
             }
-            op->reg_gen = f->reg_gen;
+            op->reg_gen = EX(e, fd)->reg_gen;
         }
         int r = try_op(e, op);
         if (r == TRY_DONE)
@@ -933,7 +991,7 @@ static void run_queue(ul_engine *e, int fd, int q, int retried)
 static void run_polls(ul_engine *e, int fd, uint32_t events)
 {
     struct ul_fd *f = &e->fds[fd];
-    int32_t s = f->pq_head;
+    int32_t s = EX(e, fd)->pq_head;
     while (s >= 0) {
         struct ul_op *op = op_at(e, s);
         s = op->wq_next;
@@ -991,18 +1049,22 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
             continue;
         }
         int fd = (int)tag;
-        if (fd >= e->nfds || !e->fds[fd].registered)
+        if (fd >= e->nfds)
+            continue;
+        /* (no table grows during a run: one pointer for the event) */
+        struct ep_fd *x = EX(e, fd);
+        if (!x->registered)
             continue;
         /* level-triggered, but no kept poll waits any more: edge-triggered
          * again, or the fd would fire at every wait (decision 382) */
-        if (e->fds[fd].reg_lt && !kept_polls_only(e, &e->fds[fd]))
+        if (x->reg_lt && !kept_polls_only(e, &e->fds[fd], fd))
             arm(e, fd, 1);
         /* what a drained op may not wait through (waits_as_registered) */
         struct ul_fd *f = &e->fds[fd];
         if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-            f->hup = 1;
-        if ((ev & (EPOLLIN | EPOLLPRI)) && f->rq_head < 0 && !polls_want_in(e, f))
-            f->missed = 1;
+            x->hup = 1;
+        if ((ev & (EPOLLIN | EPOLLPRI)) && f->rq_head < 0 && !polls_want_in(e, fd))
+            x->missed = 1;
         if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI)) {
             p->drained_ok = (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) ? DR_NO : DR_EVENT;
             run_queue(e, fd, Q_READ, 0);
@@ -1010,7 +1072,7 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
         }
         if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR))
             run_queue(e, fd, Q_WRITE, 0);
-        if (e->fds[fd].pq_head >= 0)
+        if (x->pq_head >= 0)
             run_polls(e, fd, ev);
     }
     /* fds that stopped early last time (budget, pool): go on, no waiting. The
@@ -1018,10 +1080,10 @@ static int ep_run(ul_engine *e, int64_t timeout_ns)
     int32_t fd = p->ready_head;
     p->ready_head = p->ready_tail = -1;
     while (fd >= 0) {
-        struct ul_fd *f = &e->fds[fd];
-        int32_t next = f->ready_next;
-        f->on_ready_list = 0;
-        f->ready_next = -1;
+        struct ep_fd *x = EX(e, fd);
+        int32_t next = x->ready_next;
+        x->on_ready_list = 0;
+        x->ready_next = -1;
         run_queue(e, fd, Q_READ, 1);
         run_queue(e, fd, Q_WRITE, 1);
         fd = next;
@@ -1056,10 +1118,18 @@ static void ep_recycle(ul_engine *e, uint16_t bid)
 static void ep_before_close(ul_engine *e, int fd)
 {
     struct ep *p = e->bs;
-    if (e->fds[fd].on_ready_list)
+    if (EX(e, fd)->on_ready_list)
         unmark_ready(e, fd);
-    if (e->fds[fd].registered)
+    if (EX(e, fd)->registered)
         epoll_ctl(p->epfd, EPOLL_CTL_DEL, fd, NULL);
+}
+
+/* fd is closed next, and its engine entry reset (common.c do_close): its
+ * entry here too (decision 1004) */
+static void ep_before_close_reset(ul_engine *e, int fd)
+{
+    ep_before_close(e, fd);
+    ep_fd_reset(EX(e, fd));
 }
 
 /* ul_fd_closing: no op of ours is live on fd and its owner closes it next.
@@ -1069,10 +1139,10 @@ static void ep_before_close(ul_engine *e, int fd)
  * next with one ADD (decision 989). */
 static void ep_fd_closing(ul_engine *e, int fd)
 {
-    struct ul_fd *f = &e->fds[fd];
     ep_before_close(e, fd);
-    f->registered = f->regular = f->reg_out = f->reg_lt = 0;
-    f->missed = f->hup = f->rwait = 0;
+    struct ep_fd *x = EX(e, fd);
+    x->registered = x->regular = x->reg_out = x->reg_lt = 0;
+    x->missed = x->hup = x->rwait = 0;
 }
 
 static void ep_destroy(ul_engine *e)
@@ -1081,6 +1151,7 @@ static void ep_destroy(ul_engine *e)
     if (!p)
         return;
     close(p->epfd);
+    free(p->x);
     free(p);
     e->bs = NULL;
 }
@@ -1098,12 +1169,13 @@ const struct ul_backend ul_epoll_backend = {
     .run = ep_run,
     .flush = NULL,
     .recycle = ep_recycle,
-    .before_close = ep_before_close,
+    .before_close = ep_before_close_reset,
     .fd_closing = ep_fd_closing,
     .destroy = ep_destroy,
     .forget = ep_forget,
     .quiet = ep_quiet,
     .ready = ep_ready,
+    .fd_grow = ep_fd_grow,
 };
 
 int ul__epoll_init(ul_engine *e, char *err, int errlen)
@@ -1133,8 +1205,18 @@ int ul__epoll_init(ul_engine *e, char *err, int errlen)
         return -1;
     }
     p->ready_head = p->ready_tail = -1;
+    /* this backend's fd table, as long as the engine's (decision 1004) */
+    if (e->nfds > 0 && !(p->x = ul__realloc(NULL, (size_t)e->nfds * sizeof *p->x))) {
+        snprintf(err, (size_t)errlen, "out of memory");
+        close(p->epfd);
+        free(p);
+        return -1;
+    }
+    for (int i = 0; i < e->nfds; i++)
+        ep_fd_reset(&p->x[i]);
     e->bs = p;
     e->be = &ul_epoll_backend;
+    e->be_fd_bytes = sizeof(struct ep_fd);
     e->info.backend = UL_BACKEND_EPOLL;
     e->info.recv_limit = UL_RECV_TURN_BYTES;
     return 0;

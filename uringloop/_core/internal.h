@@ -111,8 +111,6 @@ struct ul_op {
     int32_t bl_next;            /* backlog (a list through the ops: never allocates) */
     int32_t bid;                /* pool buffer taken by a one-shot pool recv */
     uint32_t len, done;
-    uint32_t niov, iov_idx;     /* K_SENDV: count, first iovec not fully sent */
-    uint32_t nbatch;            /* ops in the batch below, the head included */
     int msg_flags;
     uint32_t events;            /* poll mask, or shutdown's how */
     uint32_t turn;              /* a multishot K_RECV counted by the engine (epoll's, the
@@ -123,36 +121,64 @@ struct ul_op {
                                    (ul__ident), valid when has_ident */
     char *buf;
     int64_t offset;
-    struct iovec *iovs;         /* K_SENDV: the cursor's iovecs (an iovec block) */
-    struct iovec *batch;        /* io_uring: a head's SENDMSG over it and its riders
-                                   (an iovec block) */
+    struct ul_iov_block *blk;   /* K_SENDV: its cursor's iovec block; io_uring, a batch's
+                                   head: the batch's block, whose `under` keeps the
+                                   head's own (decision 1003; ul__op_iov, ul__op_batch) */
     struct ul_addr_block *ax;   /* ul__takes_addr kinds and one-shot accepts; kept
                                    across op_begin (above) */
 };
 
 /* K_SENDV's iovecs, and a batch of sends (uring.c), live in an iovec block:
  * the iovecs behind the msghdr that io_uring's SENDMSG reads, one allocation
- * for both, owned by the op until its final record. */
+ * for both, owned by the op until its final record. The counts only sends
+ * use are the block's too, not every op record's (decision 1003): an idle
+ * connection's receive op is 24 bytes smaller. */
 struct ul_iov_block {
     struct msghdr msg;
+    uint32_t n;                 /* K_SENDV: its iovecs; a batch: its ops, the head included */
+    uint32_t idx;               /* K_SENDV: the first iovec not fully sent */
+    struct ul_iov_block *under; /* a batch's: its head's own block (a K_SENDV head), or NULL */
+    uint8_t batch;              /* this is a batch's block */
     struct iovec v[];
 };
 
-static inline struct iovec *ul__iov_block_new(uint32_t n)
+static inline struct ul_iov_block *ul__iov_block_new(uint32_t n, uint8_t batch)
 {
     struct ul_iov_block *b = malloc(sizeof *b + (size_t)n * sizeof(struct iovec));
-    return b ? b->v : NULL;
+    if (b) {
+        b->n = n;
+        b->idx = 0;
+        b->under = NULL;
+        b->batch = batch;
+    }
+    return b;
 }
 
-static inline struct msghdr *ul__iov_block_msg(struct iovec *v)
+static inline void ul__iov_block_free(struct ul_iov_block *b)
 {
-    return &((struct ul_iov_block *)((char *)v - offsetof(struct ul_iov_block, v)))->msg;
+    free(b);
 }
 
-static inline void ul__iov_block_free(struct iovec *v)
+/* a K_SENDV op's own (cursor) block, batched or not */
+static inline struct ul_iov_block *ul__op_iov(const struct ul_op *op)
 {
-    if (v)
-        free((char *)v - offsetof(struct ul_iov_block, v));
+    struct ul_iov_block *b = op->blk;
+    return b && b->batch ? b->under : b;
+}
+
+/* the batch op heads (io_uring), or NULL */
+static inline struct ul_iov_block *ul__op_batch(const struct ul_op *op)
+{
+    struct ul_iov_block *b = op->blk;
+    return b && b->batch ? b : NULL;
+}
+
+/* the batch's block goes; the head's own is its block again */
+static inline void ul__op_unbatch(struct ul_op *op)
+{
+    struct ul_iov_block *b = op->blk;
+    op->blk = b->under;
+    ul__iov_block_free(b);
 }
 
 struct ul_fd {
@@ -170,25 +196,13 @@ struct ul_fd {
     uint8_t own;                /* one of the engine's own fds (the wake eventfd, the
                                    ring fd, the epoll fd): every op on it ends with
                                    -EBADF at once, as on a closing fd (decision 427) */
-    /* epoll backend */
-    uint8_t registered, regular, on_ready_list;
-    uint8_t reg_out;            /* the registration asks for EPOLLOUT */
-    uint8_t reg_lt;             /* ... and is level-triggered (kept_polls_only) */
-    uint8_t missed;             /* a wait reported fd readable with no op to take it,
-                                   since the last (re)registration (decision 391) */
-    uint8_t hup;                /* a wait reported a hang-up or an error on fd */
-    uint8_t rwait;              /* the last one-shot pool receive (sock_recv) on fd
-                                   found it empty and has not filled its length
-                                   since: the next one waits first (decision 368) */
     uint8_t pend_any;           /* pend_lo/pend_hi are set (decision 827) */
     int32_t rq_head, rq_tail;   /* epoll: ops waiting for readability; io_uring: the
                                    fd's one-shot pool receives (sock_recv), in the
                                    order asked, linked by oq_next; only the head
                                    is in the kernel (decision 688) */
-    int32_t wq_head, wq_tail;   /* ops waiting for writability */
-    int32_t pq_head, pq_tail;   /* poll ops */
-    int32_t ready_next;
-    uint32_t reg_gen;           /* epoll: (re)registrations so far */
+    /* (what only epoll keeps per fd is its own table's, epoll.c struct
+     * ep_fd: 76 -> 44 bytes an entry on io_uring, decision 1004) */
     /* the pend sequence numbers (pend_taken + index) of the first and the last
      * record of this fd's ops that may still wait in pend: a close walks pend
      * from there, not from its start (decision 827) */
@@ -218,6 +232,9 @@ struct ul_backend {
                                     done, not waiting (a held close released while
                                     its fd's cancels are unsubmitted, decision 875;
                                     NULL: the cancels end at once) */
+    int (*fd_grow)(ul_engine *e, int n); /* the fd table grew to n entries: the
+                                    backend's own table too (0, or -ENOMEM; NULL:
+                                    none, decision 1004) */
     int (*ended_with)(ul_engine *e, int fd, int32_t res); /* a completion of an op
                                     on fd with res waits unreaped (ul_ended_with;
                                     NULL: none can) */
@@ -226,6 +243,8 @@ struct ul_backend {
 struct ul_engine {
     const struct ul_backend *be;
     void *bs;                   /* backend state */
+    uint32_t be_fd_bytes;       /* what the backend keeps per fd beside fds (info's
+                                   fd_bytes, decision 1004) */
     ul_config cfg;
     ul_info info;
     ul_stats st;

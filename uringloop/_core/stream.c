@@ -92,6 +92,8 @@ typedef struct {
     unsigned int rseq; /* the loop's batch whose records the Stream had last (824) */
     int fd;
     uint32_t peer_addr;   /* an IPv4 peer's address (network order), where peer */
+    uint32_t conn_lost;   /* a SocketTransport's _conn_lost (the property's; stock's
+                           * count, kept to 2**32 - 1; decision 1002) */
     uint16_t peer_port;   /* ... and its port (host order) */
     unsigned char rgrow;  /* > 0: full reads (rsize bytes) left before the
                            * transport hears of them: the last clears rfast, so
@@ -99,11 +101,7 @@ typedef struct {
                            * streams is enlarged there, decision 580; pipe.py's
                            * GROW_AFTER, 16) */
     /* the flags Python reads and sets (BOOL_ATTR, T_BOOL: a byte each) */
-    char buffered, rfast, wfast, dirty, wpaused;
-    char direct; /* write() sends at once when idle while the turn delivers
-                    records (the epoll backend; decisions 210, 398) */
-    char feed_rest; /* buffer_updated runs with more of its record to come: a close
-                     * there drops it, and _close_fd resets (decision 634) */
+    char buffered, rfast, wfast, dirty;
     char rdirect;  /* R_*: where a BufferedProtocol's receive stands (decision 350) */
     char dkind;    /* the SLOT_DIRECT op in flight is a Protocol's poll (decision 373) */
     /* C's own flags, a bit each (decision 987): every one is set to 0 or 1 */
@@ -136,12 +134,26 @@ typedef struct {
     unsigned char release_due : 1; /* release() was refused while an op was in flight (695) */
     unsigned char eofc : 1;    /* a SocketTransport's: its EOF record may take
                                 * stream_eof (707) */
-    unsigned char fdclosing : 1; /* stream_close_fast closed the fd (the transport's
-                                  * _fd_closing): the turn's flush has nothing to do
+    unsigned char fdclosing : 1; /* the transport's _fd_closing (the property's,
+                                  * decision 1002): the turn's flush has nothing to do
                                   * (_flush_slow's return; decision 820) */
     unsigned char rfirst : 1;  /* the record being delivered is the Stream's first of
                                 * batch rseq */
+    /* flags Python sets too, a bit each behind getsets (decision 1002) */
+    unsigned char wpaused : 1; /* the protocol's writing is paused */
+    unsigned char direct : 1;  /* write() sends at once when idle while the turn delivers
+                                * records (the epoll backend; decisions 210, 398) */
+    unsigned char feed_rest : 1; /* buffer_updated runs with more of its record to come: a
+                                  * close there drops it, and _close_fd resets (634) */
+    unsigned char rdone : 2;   /* a SocketTransport's _read_done: RD_NO (False), RD_ERR
+                                * (True: a read error), RD_EOF ("eof") (decision 1002) */
+    unsigned char chold : 1;   /* close_ud is held: not released yet (decision 873) */
+    unsigned char creset : 1;  /* _close_reset is close_ud, else None (decision 1002) */
 } Stream;
+
+enum { RD_NO = 0, RD_ERR = 1, RD_EOF = 2 };
+_Static_assert(sizeof(Stream) == 208 || sizeof(void *) != 8,
+               "the Stream is 208 bytes, 224 with its GC header (decisions 984, 1002)");
 
 static int stream_flush_dirty(Core *self);
 
@@ -155,8 +167,8 @@ static int stream_flush_dirty(Core *self);
  * exception set (the close released all the same). */
 static int stream_close_release(Stream *s, int flush)
 {
-    unsigned long long ud = s->close_ud;
-    s->close_ud = 0;
+    unsigned long long ud = s->chold ? s->close_ud : 0;
+    s->chold = 0; /* (close_ud stays: close_reset's, decision 1002) */
     Core *loop = s->loop;
     int rc = 0;
     if (loop == NULL || ud == 0)
@@ -293,7 +305,7 @@ static PyObject *s_feed_buffer, *s_fatal_error, *s_maybe_pause, *s_maybe_resume,
 static PyObject *s_call_soon, *s_drain, *kw_context;
 static PyObject *s_writelines_slow;
 static PyObject *s_start_reading;
-static PyObject *s_read_done, *s_eof_text, *s_eof_received, *s_eof_done, *s_close, *s_closing;
+static PyObject *s_eof_text, *s_eof_received, *s_eof_done, *s_close, *s_closing;
 static PyObject *s_protocol, *s_buffer_updated, *s_get_buffer;
 static PyObject *s_resume_behind;
 static PyObject *s_send_now_tail, *s_flush, *m_data_failed, *m_get_buffer_failed, *m_updated_failed, *m_write_failed;
@@ -323,8 +335,8 @@ static inline void aset(PyObject *o, int i, PyObject *v) /* v: a new reference *
     Py_XDECREF(old);
 }
 static PyObject *s_engine, *s_backend, *s_epoll, *s_attach, *s_connection_made,
-    *s_start_reading_c, *s_resume_h, *s_fd_closing, *s_unread, *s_held, *s_e, *s_conn_lost,
-    *s_call_connection_lost, *s_closed, *s_family, *s_close_fd, *s_close_reset, *s_connection_lost,
+    *s_start_reading_c, *s_resume_h, *s_unread, *s_held, *s_e,
+    *s_call_connection_lost, *s_closed, *s_family, *s_close_fd, *s_connection_lost,
     *s_protocol_connected, *s_empty_waiter, *s_sock_closed, *s_fileno, *s_detach, *s_set_exception,
     *s_lost, *m_closed_by_peer;
 static PyObject *sr_one, *sr_zero, *s_dunder_class;
@@ -1041,8 +1053,8 @@ static PyObject *stream_eof(Stream *s, int enter)
         goto out;
     s->recv_ud = 0; /* the _recv_ud property's None */
     PyObject *proto = NULL, *keep = NULL;
-    if (PyObject_SetAttr(t, s_read_done, s_eof_text) < 0 || /* truthy: resume_reading reads it again */
-        (proto = PyObject_GetAttr(t, s_protocol)) == NULL)
+    s->rdone = RD_EOF; /* _read_done = "eof": truthy; resume_reading reads it again */
+    if ((proto = PyObject_GetAttr(t, s_protocol)) == NULL)
         goto done;
     s->wfast = 0; /* _sync with _read_done set: writes from here leave at once (903) */
     keep = PyObject_VectorcallMethod(s_eof_received, &proto, 1, NULL);
@@ -2732,7 +2744,7 @@ static int stream_accepted(Stream *s, PyObject *nodelay, PyObject *protocol, int
     /* _made's set_protocol(protocol, buffered), the direct flag and the fast
      * paths on (decision 785) */
     stream_set_protocol(s, protocol, buffered);
-    s->direct = (char)direct;
+    s->direct = direct != 0;
     s->rfast = s->wfast = 1;
     *sockname_out = sockname;
     *peer_out = peer;
@@ -2805,7 +2817,7 @@ static PyObject *Stream_release(Stream *s, PyObject *unused)
 static PyObject *Stream_lost(Stream *s, PyObject *unused)
 {
     (void)unused;
-    if (s->close_ud != 0 && stream_close_release(s, 1) < 0)
+    if (s->chold && stream_close_release(s, 1) < 0)
         return NULL; /* (Python's _call_connection_lost, decision 873) */
     stream_set_protocol(s, Py_None, 0);
     stream_release(s, 2);
@@ -2864,11 +2876,7 @@ static PyObject *Stream_start_reading(Stream *s, PyObject *unused)
         Py_RETURN_NONE;
     Table *tb = s->loop->table;
     if (s->rfast && tb != NULL && tb->engine != NULL && tb->recv != NULL) {
-        PyObject *done = PyObject_GetAttr(t, s_read_done);
-        if (done == NULL)
-            return NULL;
-        Py_DECREF(done); /* (False is immortal enough: the class's, compared) */
-        if (done == Py_False) {
+        if (s->rdone == RD_NO) { /* (_read_done, the property's: decision 1002) */
             uint64_t ud =
                 table_take(tb, (PyObject *)s, NULL, s->buffered ? SLOT_VIEW : SLOT_COALESCE);
             if (!ud)
@@ -2971,7 +2979,7 @@ static int Stream_traverse(Stream *s, visitproc visit, void *arg)
 
 static int Stream_clear(Stream *s)
 {
-    if (s->close_ud != 0) /* a transport that never ran _call_connection_lost, collected
+    if (s->chold) /* a transport that never ran _call_connection_lost, collected
                            * (dealloc, or the collector's clear of a cycle): s->loop
                            * is still set here (decision 873) */
         (void)stream_close_release(s, 0);
@@ -3019,6 +3027,162 @@ static int Stream_set_bool(Stream *s, PyObject *v, void *c)
         return -1;
     }
     *((char *)s + (Py_ssize_t)c) = (char)b;
+    return 0;
+}
+
+/* the flags Python sets that are bits (decision 1002) */
+#define BIT_GETSET(field)                                                     \
+    static PyObject *Stream_get_##field(Stream *s, void *unused)              \
+    {                                                                         \
+        (void)unused;                                                         \
+        return PyBool_FromLong(s->field);                                     \
+    }                                                                         \
+    static int Stream_set_##field(Stream *s, PyObject *v, void *unused)       \
+    {                                                                         \
+        (void)unused;                                                         \
+        int b = v ? PyObject_IsTrue(v) : -1;                                  \
+        if (b < 0) {                                                          \
+            if (!PyErr_Occurred())                                            \
+                PyErr_SetString(PyExc_AttributeError, "cannot delete this attribute"); \
+            return -1;                                                        \
+        }                                                                     \
+        s->field = b != 0;                                                    \
+        return 0;                                                             \
+    }
+BIT_GETSET(wpaused)
+BIT_GETSET(direct)
+BIT_GETSET(feed_rest)
+BIT_GETSET(fdclosing)
+
+static int no_delete(PyObject *v)
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete this attribute");
+        return -1;
+    }
+    return 0;
+}
+
+/* read_done: a SocketTransport's _read_done (False, True or "eof") */
+static PyObject *Stream_get_read_done(Stream *s, void *unused)
+{
+    (void)unused;
+    if (s->rdone == RD_EOF)
+        return Py_NewRef(s_eof_text);
+    return PyBool_FromLong(s->rdone == RD_ERR);
+}
+
+static int Stream_set_read_done(Stream *s, PyObject *v, void *unused)
+{
+    (void)unused;
+    if (no_delete(v) < 0)
+        return -1;
+    if (PyUnicode_Check(v)) {
+        int eq = PyUnicode_Compare(v, s_eof_text) == 0;
+        if (eq) {
+            s->rdone = RD_EOF;
+            return 0;
+        }
+        if (PyErr_Occurred())
+            return -1;
+    }
+    int b = PyObject_IsTrue(v);
+    if (b < 0)
+        return -1;
+    s->rdone = b ? RD_ERR : RD_NO;
+    return 0;
+}
+
+/* conn_lost: a SocketTransport's _conn_lost, stock's count (an int >= 0) */
+static PyObject *Stream_get_conn_lost(Stream *s, void *unused)
+{
+    (void)unused;
+    return PyLong_FromUnsignedLong(s->conn_lost);
+}
+
+static int Stream_set_conn_lost(Stream *s, PyObject *v, void *unused)
+{
+    (void)unused;
+    if (no_delete(v) < 0)
+        return -1;
+    PyObject *i = PyNumber_Index(v);
+    if (i == NULL)
+        return -1;
+    int neg = PyObject_RichCompareBool(i, sr_zero, Py_LT);
+    unsigned long long n = 0;
+    if (neg == 0) {
+        n = PyLong_AsUnsignedLongLong(i);
+        if (n == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear(); /* bigger than 64 bits */
+            n = UINT32_MAX;
+        }
+    }
+    Py_DECREF(i);
+    if (neg < 0)
+        return -1;
+    if (neg > 0) {
+        PyErr_SetString(PyExc_ValueError, "conn_lost is a count");
+        return -1;
+    }
+    s->conn_lost = n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
+    return 0;
+}
+
+/* close_ud: the transport's held close of fd, released by lost() (0: none;
+ * decision 873). The user_data stays in the Stream after the release, for
+ * close_reset (decision 1002) */
+static PyObject *Stream_get_close_ud(Stream *s, void *unused)
+{
+    (void)unused;
+    return PyLong_FromUnsignedLongLong(s->chold ? s->close_ud : 0);
+}
+
+static int Stream_set_close_ud(Stream *s, PyObject *v, void *unused)
+{
+    (void)unused;
+    if (no_delete(v) < 0)
+        return -1;
+    unsigned long long ud = PyLong_AsUnsignedLongLong(v);
+    if (ud == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    if (ud != s->close_ud)
+        s->creset = 0; /* (another close's) */
+    s->close_ud = ud;
+    s->chold = ud != 0;
+    return 0;
+}
+
+/* close_reset: a SocketTransport's _close_reset, the user_data of its TCP
+ * close in flight that ul_close_reset may still make reset, or None: it is
+ * always the close's own (close_ud), so a bit says it (decision 1002) */
+static PyObject *Stream_get_close_reset(Stream *s, void *unused)
+{
+    (void)unused;
+    if (!s->creset)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(s->close_ud);
+}
+
+static int Stream_set_close_reset(Stream *s, PyObject *v, void *unused)
+{
+    (void)unused;
+    if (no_delete(v) < 0)
+        return -1;
+    if (v == Py_None) {
+        s->creset = 0;
+        return 0;
+    }
+    unsigned long long ud = PyLong_AsUnsignedLongLong(v);
+    if (ud == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    if (ud != s->close_ud) {
+        if (s->chold) {
+            PyErr_SetString(PyExc_ValueError, "close_reset is the held close's user_data");
+            return -1;
+        }
+        s->close_ud = ud;
+    }
+    s->creset = 1;
     return 0;
 }
 
@@ -3113,9 +3277,19 @@ static PyGetSetDef Stream_getset[] = {
     BOOL_ATTR("rfast", rfast),       /* the receive fast path may run */
     BOOL_ATTR("wfast", wfast),       /* the write/flush/sent fast paths may run */
     BOOL_ATTR("dirty", dirty),       /* on the loop's dirty list */
-    BOOL_ATTR("wpaused", wpaused),   /* the protocol's writing is paused */
     BOOL_ATTR("buffered", buffered), /* a BufferedProtocol */
-    BOOL_ATTR("direct", direct),     /* write() sends at once when idle */
+#define BIT_ATTR(name, field) \
+    {name, (getter)Stream_get_##field, (setter)Stream_set_##field, NULL, NULL}
+    BIT_ATTR("wpaused", wpaused),     /* the protocol's writing is paused */
+    BIT_ATTR("direct", direct),       /* write() sends at once when idle */
+    BIT_ATTR("feed_rest", feed_rest), /* set by _feed_buffer too (decision 634) */
+    /* a SocketTransport's close state, its properties' (decision 1002) */
+    BIT_ATTR("fd_closing", fdclosing),
+    BIT_ATTR("read_done", read_done),
+    BIT_ATTR("conn_lost", conn_lost),
+    BIT_ATTR("close_reset", close_reset),
+    {"close_ud", (getter)Stream_get_close_ud, (setter)Stream_set_close_ud,
+     "the transport's held close of fd, released by lost() (0: none; decision 873)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -3130,8 +3304,6 @@ static PyMemberDef Stream_members[] = {
     {"inline_sends", T_UINT, offsetof(Stream, inline_sends), 0, NULL},
     {"feeds", T_UINT, offsetof(Stream, feeds), 0, NULL},
     {"recv_ud", T_ULONGLONG, offsetof(Stream, recv_ud), 0, NULL},
-    {"close_ud", T_ULONGLONG, offsetof(Stream, close_ud), 0,
-     "the transport's held close of fd, released by lost() (0: none; decision 873)"},
     {"pms", T_ULONGLONG, offsetof(Stream, pms), READONLY,
      "the direct reads' kept multishot poll (0: none; decision 765)"},
     {"rsize", T_INT, offsetof(Stream, rsize), 0, NULL},
@@ -3139,8 +3311,6 @@ static PyMemberDef Stream_members[] = {
     {"fd", T_INT, offsetof(Stream, fd), READONLY, NULL},
     /* the transport's _context (decision 985) */
     {"ctx", T_OBJECT, offsetof(Stream, ctx), READONLY, NULL},
-    /* set by _feed_buffer too (decision 634) */
-    {"feed_rest", T_BOOL, offsetof(Stream, feed_rest), 0, NULL},
     /* bytes of held writes in the queue (decision 646) */
     {"hold", T_PYSSIZET, offsetof(Stream, hold), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
@@ -3578,7 +3748,7 @@ static int lost_finally(PyObject *t, PyObject *s)
     }
     /* the socket's close(2), held since close() (decision 873) */
     PyObject *c = ASLOT(t, A_CORE);
-    if (c != NULL && Py_IS_TYPE(c, &StreamType) && ((Stream *)c)->close_ud != 0 &&
+    if (c != NULL && Py_IS_TYPE(c, &StreamType) && ((Stream *)c)->chold &&
         stream_close_release((Stream *)c, 1) < 0)
         return -1;
     aset(t, A_SOCKOBJ, Py_NewRef(Py_None));
@@ -4702,7 +4872,9 @@ static int stream_close_fast(Stream *s, PyObject *t)
         loop == NULL || ctx == NULL)
         return 0;
     int ok;
-    if ((ok = attr_none(t, s_resume_h)) <= 0 || (ok = attr_false(t, s_fd_closing)) <= 0 ||
+    if (s->fdclosing) /* (_fd_closing: the property's, decision 1002) */
+        return 0;
+    if ((ok = attr_none(t, s_resume_h)) <= 0 ||
         (ok = attr_false(t, s_unread)) <= 0 || (ok = attr_none(t, s_held)) <= 0 ||
         (ok = attr_none(engine, s_e)) != 0) {
         /* (a read that raised: close() meets it again, after its own steps) */
@@ -4816,16 +4988,9 @@ static int stream_close_fast(Stream *s, PyObject *t)
         Py_DECREF(q);
         Py_CLEAR(s->buffer); /* (close()'s `c.buffer = []`) */
     }
-    if ((v = PyObject_GetAttr(t, s_conn_lost)) == NULL)
-        goto out;
-    w = PyNumber_Add(v, sr_one);
-    Py_DECREF(v);
-    if (w == NULL)
-        goto out;
-    ok = PyObject_SetAttr(t, s_conn_lost, w);
-    Py_DECREF(w);
-    if (ok < 0 || PyObject_SetAttr(t, s_fd_closing, Py_True) < 0)
-        goto out;
+    /* _conn_lost += 1, _fd_closing: the Stream's (decision 1002) */
+    if (s->conn_lost < UINT32_MAX)
+        s->conn_lost++;
     s->fdclosing = 1;
     if ((v = PyObject_GetAttr(t, s_call_connection_lost)) == NULL)
         goto out;
@@ -4862,15 +5027,10 @@ static int stream_close_fast(Stream *s, PyObject *t)
             goto out;
         }
         s->close_ud = cud;
+        s->chold = 1;
+        /* _close_reset = the ud (never 0) where inet: the Stream's bit (1002) */
+        s->creset = inet != 0;
         shortcut_n.close_fd++;
-        if (inet) { /* _close_reset: the ud (never 0) */
-            if ((w = PyLong_FromUnsignedLongLong(cud)) == NULL)
-                goto out;
-            ok = PyObject_SetAttr(t, s_close_reset, w);
-            Py_DECREF(w);
-            if (ok < 0)
-                goto out;
-        }
         rc = 1;
         goto out;
     }
@@ -4886,19 +5046,17 @@ static int stream_close_fast(Stream *s, PyObject *t)
     if (w == NULL)
         goto out;
     if (PyLong_CheckExact(w)) { /* the close's user_data, for the release */
-        s->close_ud = PyLong_AsUnsignedLongLong(w);
-        if (s->close_ud == (unsigned long long)-1 && PyErr_Occurred()) {
-            s->close_ud = 0;
+        unsigned long long ud = PyLong_AsUnsignedLongLong(w);
+        if (ud == (unsigned long long)-1 && PyErr_Occurred()) {
             Py_DECREF(w);
             goto out;
         }
+        s->close_ud = ud;
+        s->chold = ud != 0;
+        /* _close_reset = ud where inet (decision 1002: the Stream's bit) */
+        s->creset = inet && ud != 0;
     }
-    ok = inet ? PyObject_IsTrue(w) : 0;
-    if (ok > 0)
-        ok = PyObject_SetAttr(t, s_close_reset, w);
     Py_DECREF(w);
-    if (ok < 0)
-        goto out;
     rc = 1;
 out:
     Py_XDECREF(cancel);
@@ -5041,7 +5199,6 @@ static int stream_init_module(PyObject *m)
     STREAM_INTERN(s_call_soon, "call_soon");
     STREAM_INTERN(s_drain, "_drain");
     STREAM_INTERN(s_start_reading, "_start_reading");
-    STREAM_INTERN(s_read_done, "_read_done");
     STREAM_INTERN(s_eof_text, "eof");
     STREAM_INTERN(s_eof_received, "eof_received");
     STREAM_INTERN(s_eof_done, "_eof_done");
@@ -5076,16 +5233,13 @@ static int stream_init_module(PyObject *m)
         return -1;
     }
     STREAM_INTERN(s_resume_h, "_resume_h");
-    STREAM_INTERN(s_fd_closing, "_fd_closing");
     STREAM_INTERN(s_unread, "_unread");
     STREAM_INTERN(s_held, "_held");
     STREAM_INTERN(s_e, "_e");
-    STREAM_INTERN(s_conn_lost, "_conn_lost");
     STREAM_INTERN(s_call_connection_lost, "_call_connection_lost");
     STREAM_INTERN(s_closed, "closed");
     STREAM_INTERN(s_family, "family");
     STREAM_INTERN(s_close_fd, "close_fd");
-    STREAM_INTERN(s_close_reset, "_close_reset");
     STREAM_INTERN(s_connection_lost, "connection_lost");
     STREAM_INTERN(s_protocol_connected, "_protocol_connected");
     STREAM_INTERN(s_empty_waiter, "_empty_waiter");

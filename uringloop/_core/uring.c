@@ -493,7 +493,10 @@ static int batchable(const struct ul_op *h, const struct ul_op *x)
 
 static uint32_t op_iovs(const struct ul_op *x)
 {
-    return x->kind == K_SEND ? (x->len > x->done ? 1 : 0) : x->niov - x->iov_idx;
+    if (x->kind == K_SEND)
+        return x->len > x->done ? 1 : 0;
+    const struct ul_iov_block *c = ul__op_iov(x);
+    return c->n - c->idx;
 }
 
 /* the iovecs of x's unsent bytes, appended at v */
@@ -506,8 +509,9 @@ static uint32_t put_iovs(struct ul_op *x, struct iovec *v)
         v->iov_len = x->len - x->done;
         return 1;
     }
-    uint32_t n = x->niov - x->iov_idx;
-    memcpy(v, x->iovs + x->iov_idx, n * sizeof *v);
+    const struct ul_iov_block *c = ul__op_iov(x);
+    uint32_t n = c->n - c->idx;
+    memcpy(v, c->v + c->idx, n * sizeof *v);
     return n;
 }
 
@@ -530,9 +534,10 @@ static uint32_t batch_gather(ul_engine *e, struct ul_op *h)
     }
     if (nops == 1 || niov == 0)
         return 0;
-    struct iovec *v = ul__iov_block_new(niov);
-    if (!v)
+    struct ul_iov_block *b = ul__iov_block_new(niov, 1);
+    if (!b)
         return 0;  /* no batch: the head goes alone */
+    struct iovec *v = b->v;
     uint32_t at = put_iovs(h, v);
     s = h->oq_next;
     for (uint32_t i = 1; i < nops; i++, s = ul__op_at(e, s)->oq_next) {
@@ -541,8 +546,9 @@ static uint32_t batch_gather(ul_engine *e, struct ul_op *h)
         x->rider = 1;
         x->state = S_ACTIVE;
     }
-    h->batch = v;
-    h->nbatch = nops;
+    b->n = nops;       /* (ops, not iovecs: the SENDMSG's count is at) */
+    b->under = h->blk; /* a K_SENDV head's own block, for its cursor */
+    h->blk = b;
     return at;
 }
 
@@ -551,13 +557,11 @@ static uint32_t batch_gather(ul_engine *e, struct ul_op *h)
 static void batch_release(ul_engine *e, struct ul_op *h)
 {
     int32_t slots[MAX_BATCH_IOV];
-    uint32_t n = h->nbatch;
+    uint32_t n = h->blk->n;
     int32_t s = h->oq_next;
     for (uint32_t i = 1; i < n; i++, s = ul__op_at(e, s)->oq_next)
         slots[i] = s;
-    ul__iov_block_free(h->batch);
-    h->batch = NULL;
-    h->nbatch = 0;
+    ul__op_unbatch(h);
     for (uint32_t i = 1; i < n; i++) {
         struct ul_op *x = ul__op_at(e, slots[i]);
         x->rider = 0;
@@ -575,13 +579,11 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op);
 static void batch_done(ul_engine *e, struct uring *u, struct ul_op *h, int32_t res)
 {
     int32_t slots[MAX_BATCH_IOV];
-    uint32_t n = h->nbatch, left = res > 0 ? (uint32_t)res : 0, cut = n;
+    uint32_t n = h->blk->n, left = res > 0 ? (uint32_t)res : 0, cut = n;
     int32_t s = (int32_t)ul__slot(h->ud);
     for (uint32_t i = 0; i < n; i++, s = ul__op_at(e, s)->oq_next)
         slots[i] = s;
-    ul__iov_block_free(h->batch);
-    h->batch = NULL;
-    h->nbatch = 0;
+    ul__op_unbatch(h);
     for (uint32_t i = 0; i < n; i++) {  /* the bytes, in queue order */
         struct ul_op *x = ul__op_at(e, slots[i]);
         uint32_t take = UL_MIN(left, x->len - x->done);
@@ -776,7 +778,7 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
          * worker and block there, where no cancel takes it out (465).
          * MSG_WAITALL: a SENDMSG's partial progress is reported as a short
          * send, which the engine continues */
-        uint32_t nb = op->nbatch ? 0 : batch_gather(e, op);
+        uint32_t nb = ul__op_batch(op) ? 0 : batch_gather(e, op);
         if (nb == 0 && op->kind == K_SEND) {
             s->opcode = UL_OP_SEND;
             s->addr = (uint64_t)(uintptr_t)(op->buf + op->done);
@@ -786,17 +788,18 @@ static void issue(ul_engine *e, struct uring *u, struct ul_op *op)
         }
         /* a batch, or a K_SENDV alone: the msghdr heads its iovec block */
         s->opcode = UL_OP_SENDMSG;
-        struct msghdr *m = ul__iov_block_msg(nb ? op->batch : op->iovs);
+        struct ul_iov_block *b = nb ? op->blk : ul__op_iov(op);  /* the batch's, or the K_SENDV's */
+        struct msghdr *m = &b->msg;
         memset(m, 0, sizeof *m);
         if (nb) {
-            m->msg_iov = op->batch;
+            m->msg_iov = b->v;
             m->msg_iovlen = nb;
             int32_t r = op->oq_next;
-            for (uint32_t i = 1; i < op->nbatch; i++, r = ul__op_at(e, r)->oq_next)
+            for (uint32_t i = 1; i < b->n; i++, r = ul__op_at(e, r)->oq_next)
                 ul__op_at(e, r)->kud = op->ud;  /* a rider's cancel cancels the batch */
         } else {
-            m->msg_iov = op->iovs + op->iov_idx;
-            m->msg_iovlen = UL_MIN(op->niov - op->iov_idx, (uint32_t)UL_IOV_MAX);
+            m->msg_iov = b->v + b->idx;
+            m->msg_iovlen = UL_MIN(b->n - b->idx, (uint32_t)UL_IOV_MAX);
         }
         s->addr = (uint64_t)(uintptr_t)m;
         s->op_flags = (uint32_t)(op->msg_flags | MSG_WAITALL | MSG_DONTWAIT);
@@ -977,7 +980,7 @@ static int cancel_unsubmitted(ul_engine *e, struct uring *u, struct ul_op *op)
     /* a batch of sends (a head and its riders) ends through its completion;
      * batches are issued and submitted within one run, so they are hardly
      * ever found unsubmitted */
-    if (op->rider || op->nbatch)
+    if (op->rider || ul__op_batch(op))
         return 0;
     unsigned head = __atomic_load_n(u->sq_khead, __ATOMIC_ACQUIRE);
     if (op->sqe_idx - head >= u->sqe_tail - head)
@@ -1291,7 +1294,7 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
          * connect issued again is what Linux expects: on a TCP socket whose
          * handshake went on meanwhile it says 0, EALREADY or the error.) */
         op->parked = 0;
-        if (op->nbatch)
+        if (ul__op_batch(op))
             batch_release(e, op);  /* its riders go back to the queue */
         ul__backlog_push(e, op);
         return;
@@ -1329,7 +1332,7 @@ static void on_cqe(ul_engine *e, struct uring *u, uint64_t kud, int32_t res, uin
     }
     if (!op->cancelled && op->kind != K_NOP && op->kind != K_POLL &&
         (res == -EAGAIN || (op->kind == K_CONNECT && (res == -EINPROGRESS || res == -EALREADY)))) {
-        if (op->nbatch)
+        if (ul__op_batch(op))
             batch_release(e, op);  /* the head waits alone; the riders queue again */
         if (((ul__is_pool_read(op) && !u->bufring) || (op->kind == K_RECVMSG_POOL && !u->dring)) &&
             op->bid >= 0) {
@@ -1522,7 +1525,7 @@ dispatch:
     case K_SEND:
     case K_SENDV:
     case K_WRITE:
-        if (op->nbatch)
+        if (ul__op_batch(op))
             batch_done(e, u, op, res);
         else
             ul__sent(e, op, res);

@@ -149,6 +149,16 @@ def _tp_name(obj):
     return f"{tp.__module__}.{tp.__name__}"
 
 
+def _core_field(name):
+    """A transport attribute that is its C core's field `name` (decision
+    1002): read with no Python frame, set through the core."""
+
+    def set_field(self, value):
+        setattr(self._core, name, value)
+
+    return property(operator.attrgetter("_core." + name), set_field)
+
+
 class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transports.Transport):
     """A stream socket's transport: the stock selector transport's behaviour,
     the engine's I/O."""
@@ -177,15 +187,19 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     # the protocol is a BufferedProtocol (set_protocol sets it in the core)
     _buffered = property(operator.attrgetter("_core.buffered"))
 
+    # the state a close sets is the C core's, read and set through it: no
+    # key of the instance's, so no entry in every transport's attribute
+    # values array (48 -> 16 bytes a transport on 3.11/3.12, decision 1002)
+    _conn_lost = _core_field("conn_lost")  # stock's count (0: open)
+    _fd_closing = _core_field("fd_closing")  # close_fd submitted
+    _read_done = _core_field("read_done")  # "eof" (EOF) or True (a read error) was seen
+    _close_reset = _core_field("close_reset")  # close_fd's user_data: a TCP close in flight (497)
+
     _protocol_connected = True  # set_protocol() ran (in __init__)
-    _conn_lost = 0
     _eof = False  # write_eof() called
     _shut = False  # its shutdown submitted
-    _fd_closing = False  # close_fd submitted
     _empty_waiter = None
-    _read_done = False  # EOF or a read error was seen
     _unread = False  # received bytes dropped at close (decision 463)
-    _close_reset = None  # close_fd's user_data: a TCP close in flight (497)
     _held = None  # deque of (res, data) records not yet handed over
     _draining = False  # a _drain_held is scheduled
     _resume_h = None  # the deferred resume's or a held send failure's handle (522, 530, 950)
@@ -403,11 +417,11 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
     def _sync(self):
         """The C core's fast paths run only while nothing unusual is going on;
         called after every change of the state they depend on."""
-        c = self._core
-        c.rfast = not (self._closing or self._paused or self._held is not None or self._conn_lost)
+        c = self._core  # (_conn_lost, _fd_closing, _read_done: c's, 1002)
+        c.rfast = not (self._closing or self._paused or self._held is not None or c.conn_lost)
         c.wfast = not (
-            self._eof or self._empty_waiter is not None or self._conn_lost
-            or self._fd_closing or self._closing or self._read_done
+            self._eof or self._empty_waiter is not None or c.conn_lost
+            or c.fd_closing or self._closing or c.read_done
         )
 
     def _mark_dirty(self):
@@ -1183,30 +1197,6 @@ class SocketTransport(SocketTransportBase, transports._FlowControlMixin, transpo
         self._empty_waiter = None
         self._sync()
 
-
-def _prime_instance_keys(cls, names):
-    """Put names in cls's shared instance keys now, before any instance but
-    one exists (decision 825). CPython 3.11/3.12 let those keys take one
-    key less with every instance made (down to one): a key first set once
-    a burst of connections has made 30 transports never joins them, and
-    every transport that sets it later makes a dict of its own (an
-    allocation, its keys copied, each store a dict insert). The state
-    below is set on a transport only when it changes (decision 256), most
-    of it at close, after such a burst: an instance made and let go here
-    sets each name once. Not needed (and harmless) on other versions."""
-    t = cls.__new__(cls)
-    t._sockobj = None  # (__del__: no socket, nothing to do)
-    for name in names:
-        setattr(t, name, getattr(cls, name))
-    del t
-
-
-# what every connection's close sets (the EOF's _read_done, close()'s
-# _conn_lost and _fd_closing, a TCP close's _close_reset; 708, 812): a server
-# whose first connections came one by one has these keys already. Not the
-# state of rarer paths: each key makes every transport's values array 8
-# bytes longer (test_transport_memory's figure, decision 825)
-_prime_instance_keys(SocketTransport, ("_read_done", "_conn_lost", "_fd_closing", "_close_reset"))
 
 # write(data), and writelines(list_of_data) on 3.12+ (before, the stock one
 # calls write): the C core's, with no bound method per transport
