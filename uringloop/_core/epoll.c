@@ -874,11 +874,12 @@ static void wait_for(ul_engine *e, struct ul_op *op)
 static void poll_arm(ul_engine *e, struct ul_op *op, int rearm)
 {
     struct ul_fd *f = &e->fds[op->fd];
+    const struct ep_fd *x = EX(e, op->fd);
     int was_idle = fd_idle(e, f, op->fd);
     q_push(e, f, op, 0);
     /* a kept poll on its level-triggered registration: nothing to do
      * (decision 382; its owner kept the fd, so it names the same file) */
-    if (rearm && op->level == UL_POLL_KEPT && EX(e, op->fd)->registered && EX(e, op->fd)->reg_lt &&
+    if (rearm && op->level == UL_POLL_KEPT && x->registered && x->reg_lt &&
         kept_polls_only(e, f, op->fd))
         return;
     /* a drained poll on an edge-triggered one: nothing to do (decision 391) */
