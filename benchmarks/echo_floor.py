@@ -99,6 +99,7 @@ def main():
     ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
+    ap.add_argument("--client-mode", choices=("epoll", "uring"), default="epoll")
     ap.add_argument("--json", help="every repetition's window, by workload and server")
     args = ap.parse_args()
     every = {w["id"]: w for w in net_bench._workloads()}
@@ -113,7 +114,7 @@ def main():
         warmup=args.warmup,
         duration=args.duration,
         verify=True,
-        client_mode="epoll",
+        client_mode=args.client_mode,
         client_cpu=args.client_cpu,
         server_cpu=args.server_cpu,
         probe=False,
