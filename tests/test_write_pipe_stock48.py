@@ -154,3 +154,55 @@ def test_write_pipe_written_to_while_full_as_stock(kind, piece, action):
 def test_write_pipe_written_to_while_full_as_stock_debug(kind, action):
     """The same in debug mode (the Python turn)."""
     _check(kind, 3, action, debug=True)
+
+
+def _noncontiguous_write(kind):
+    """A write of a non-contiguous memoryview while bytes are queued: what
+    write() does (stock's refuses it at once, its bytearray's `+=`), the
+    size after, and how the transport ends."""
+    lp = _loop(kind)
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIECE)
+    os.set_blocking(r, False)
+    seq = []
+
+    class P(asyncio.Protocol):
+        def connection_lost(self, exc):
+            seq.append(("lost", type(exc).__name__))
+
+    async def main():
+        wt, _ = await lp.connect_write_pipe(P, os.fdopen(w, "wb", 0))
+        wt.write(b"x" * 100_000)
+        try:
+            wt.write(memoryview(bytearray(range(64)))[::2])
+        except Exception as exc:  # noqa: BLE001 - the exception is the result
+            seq.append(("raised", type(exc).__name__, str(exc)))
+        seq.append(("size", wt.get_write_buffer_size()))
+        got = 0
+        while got < 100_000:
+            await asyncio.sleep(0)
+            try:
+                got += len(os.read(r, _PIECE))
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        seq.append(("read", got))
+        wt.close()
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    try:
+        run_in(lp, main(), timeout=15)
+    finally:
+        lp.close()
+        os.close(r)
+    return seq
+
+
+@pytest.mark.parametrize("kind", _KINDS)
+def test_write_pipe_refuses_a_noncontiguous_view_queued_as_stock(kind):
+    """A non-contiguous memoryview written behind queued bytes: stock's
+    write() raises TypeError and the transport goes on; it is not queued to
+    fail later in the writer's writev."""
+    want = _noncontiguous_write("stock")
+    assert want[0][:2] == ("raised", "TypeError")
+    assert _noncontiguous_write(kind) == want

@@ -612,6 +612,9 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
             self._add_writer()
             if n > 0:
                 data = memoryview(data)[n:]
+        if type(data) is memoryview and not data.c_contiguous:
+            # stock's `self._buffer += data` refuses it here, at write()
+            raise TypeError("can't concat memoryview to bytearray")
         # stock copies into its bytearray what the caller may change; bytes
         # (and what is left of them) are kept as they are (1028)
         if type(data) is not bytes and not (
