@@ -250,3 +250,136 @@ def test_fd_tables_grow_under_waiting_ops(eng, socketpair):
         for hi in highs:
             eng.fd_closing(hi)
             os.close(hi)
+
+
+# ---------------------------------------------------------------- 1002
+
+
+def _peer(addr, eof):
+    """Sends b"GET" (then its EOF when eof), reads to the end: what it read
+    and how its read ended."""
+    got = bytearray()
+    with socket.create_connection(addr, timeout=10) as s:
+        s.sendall(b"GET")
+        if eof:
+            s.shutdown(socket.SHUT_WR)
+        try:
+            while True:
+                piece = s.recv(65536)
+                if not piece:
+                    return bytes(got), "eof"
+                got.extend(piece)
+        except ConnectionResetError:
+            return bytes(got), "reset"
+
+
+def _eof_kept_once(p):
+    """eof_received: the first keeps the transport open, writes, and pauses
+    and resumes reading (stock then reads the EOF again, 461); the second
+    closes."""
+    p.n = getattr(p, "n", 0) + 1
+    if p.n == 1:
+        p.t.write(b"bye")
+        p.t.pause_reading()
+        asyncio.get_running_loop().call_soon(p.t.resume_reading)
+        return True
+    return None
+
+
+def _writes(p, n):
+    for _ in range(n):
+        p.t.write(b"x")
+
+
+_CLOSE_ORDERS = {
+    "close in data_received, six writes after": (
+        {"data": lambda p: (p.t.close(), _writes(p, 6))},
+        False,
+    ),
+    "abort in data_received, six writes after": (
+        {"data": lambda p: (p.t.abort(), _writes(p, 6))},
+        False,
+    ),
+    "write, close, abort": (
+        {"data": lambda p: (p.t.write(b"ans"), p.t.close(), p.t.abort())},
+        False,
+    ),
+    "abort, close": ({"data": lambda p: (p.t.abort(), p.t.close())}, False),
+    "the peer's EOF, abort in eof_received": ({"eof": lambda p: p.t.abort()}, True),
+    "the peer's EOF kept open, paused, resumed": ({"eof": _eof_kept_once}, True),
+    "the peer's EOF, write and close in eof_received": (
+        {"eof": lambda p: (p.t.write(b"bye"), p.t.close())},
+        True,
+    ),
+    "write_eof, close": (
+        {"data": lambda p: (p.t.write(b"a"), p.t.write_eof(), p.t.close())},
+        False,
+    ),
+    "writes in connection_lost": (
+        {"data": lambda p: p.t.close(), "lost": lambda p: _writes(p, 7)},
+        False,
+    ),
+}
+
+
+def _close_order(lp, name):
+    steps, eof = _CLOSE_ORDERS[name]
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        log, handled = [], []
+        lost = loop.create_future()
+        loop.set_exception_handler(lambda _, ctx: handled.append(ctx["message"]))
+
+        def step(p, what):
+            return steps.get(what, lambda p: None)(p)
+
+        class P(asyncio.Protocol):
+            def connection_made(self, t):
+                self.t = t
+                log.append(("made", t._conn_lost))
+
+            def data_received(self, data):
+                log.append(("data", data, self.t._conn_lost, self.t.is_closing()))
+                step(self, "data")
+                log.append(("after data", self.t._conn_lost, self.t.is_closing()))
+
+            def eof_received(self):
+                log.append(("eof", self.t._conn_lost))
+                keep = step(self, "eof")
+                log.append(("after eof", self.t._conn_lost, self.t.is_closing()))
+                return keep
+
+            def connection_lost(self, exc):
+                log.append(("lost", type(exc).__name__ if exc else None, self.t._conn_lost))
+                step(self, "lost")
+                log.append(("after lost", self.t._conn_lost))
+                if not lost.done():
+                    lost.set_result(None)
+
+        server = await loop.create_server(P, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        peer = await wait_for(asyncio.to_thread(_peer, addr, eof))
+        await wait_for(lost)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        server.close()
+        await wait_for(server.wait_closed())
+        return log, peer, handled
+
+    return run_in(lp, main())
+
+
+@pytest.mark.parametrize("name", list(_CLOSE_ORDERS))
+def test_close_orders_count_and_end_as_stock(tloop, name, caplog):
+    """The close state the C Stream keeps (1002: _conn_lost, and uringloop's
+    _read_done, _fd_closing) read at every protocol callback of close(),
+    abort() and the peer's EOF in several orders, with writes after the
+    loss, and what the peer reads: as on the stock loop. (close()'s C count
+    of 1002 left out: _conn_lost 0 in connection_lost, 14 of 27 fail.)"""
+    from transport_helpers import on_stock
+
+    with caplog.at_level("CRITICAL", logger="asyncio"):
+        got = _close_order(tloop, name)
+        want = on_stock(_close_order, name)
+    assert got == want
