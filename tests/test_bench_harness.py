@@ -1565,6 +1565,56 @@ def test_buffered_counts_counts_the_protocols_calls_per_request(tmp_path, loop):
         assert run["engine"]["records"] > 0 and "submitted" in run["engine"]
 
 
+@pytest.mark.parametrize("loop", ["uringloop-io_uring", "uringloop-epoll"])
+def test_echo_floor_runs_the_c_server_beside_the_loop(tmp_path, loop):
+    """benchmarks/echo_floor.py (decision 1034): benchmarks/echo_floor.c, the
+    echo server with no loop, and net_server.py's server for the loop, each
+    through net_bench's measured loadgen window on the 100 KiB Unix echo,
+    every byte verified; both windows come back with requests, the server's
+    and loadgen's CPU per request, and uringloop's engine counters for the
+    loop's (none for the C server). Counts, no timing. Fails without the
+    tool."""
+    if loop == "uringloop-io_uring":
+        require_uring()
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler (cc) to build loadgen.c and echo_floor.c")
+    out = tmp_path / "floor.json"
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(uringloop.__file__)))
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(BENCH, "echo_floor.py"),
+            "--loops",
+            loop,
+            "--reps",
+            "1",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0.1",
+            "--server-cpu",
+            "0",
+            "--client-cpu",
+            "0",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "medians of 1" in r.stdout, r.stdout
+    runs = json.loads(out.read_text())["echo-100k-c10-protocol-unix"]
+    assert set(runs) == {"c-floor", loop}
+    for name, (w,) in runs.items():
+        assert w["verified"] and w["verify_errors"] == 0, w
+        assert w["requests"] >= 10 and w["cpu_us_per_req"] > 0, w
+        assert w["client_cpu_us_per_req"] > 0, w
+        assert ("records_per_req" in w) == (name != "c-floor"), w
+
+
 @pytest.mark.parametrize("loop", ["asyncio", "uringloop-io_uring", "uringloop-epoll"])
 def test_conn_counts_counts_waits_per_connection(tmp_path, loop):
     """benchmarks/conn_counts.py (decision 845): net_server's echo server
