@@ -206,3 +206,56 @@ def test_write_pipe_refuses_a_noncontiguous_view_queued_as_stock(kind):
     want = _noncontiguous_write("stock")
     assert want[0][:2] == ("raised", "TypeError")
     assert _noncontiguous_write(kind) == want
+
+
+def _released_view_write(kind):
+    """Bytes queued, then a view of bytes written and released at once (a
+    ``with memoryview(...)`` block's end): what the reader gets, and how
+    the transport ends."""
+    lp = _loop(kind)
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIECE)
+    os.set_blocking(r, False)
+    seq = []
+    want = b"x" * 100_000 + b"hello" * 1000
+
+    class P(asyncio.Protocol):
+        def connection_lost(self, exc):
+            seq.append(("lost", type(exc).__name__))
+
+    async def main():
+        wt, _ = await lp.connect_write_pipe(P, os.fdopen(w, "wb", 0))
+        wt.write(b"x" * 100_000)
+        with memoryview(b"hello" * 1000) as view:
+            wt.write(view)
+        seq.append(("size", wt.get_write_buffer_size()))
+        got = bytearray()
+        for _ in range(2000):
+            if len(got) >= len(want) or seq[-1][0] == "lost":
+                break
+            await asyncio.sleep(0.001)
+            try:
+                got += os.read(r, _PIECE)
+            except BlockingIOError:
+                pass
+        seq.append(("read", bytes(got) == want))
+        wt.close()
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    try:
+        run_in(lp, main(), timeout=15)
+    finally:
+        lp.close()
+        os.close(r)
+    return seq
+
+
+@pytest.mark.parametrize("kind", _KINDS)
+def test_write_pipe_keeps_a_view_the_caller_released_as_stock(kind):
+    """A memoryview of bytes written behind queued bytes and released by the
+    caller right after write() (stock copies it into its buffer): every byte
+    still reaches the reader, and the transport ends cleanly."""
+    want = _released_view_write("stock")
+    assert ("read", True) in want and want[-1] == ("lost", "NoneType")
+    assert _released_view_write(kind) == want

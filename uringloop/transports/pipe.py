@@ -617,9 +617,11 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
             raise TypeError("can't concat memoryview to bytearray")
         # stock copies into its bytearray what the caller may change; bytes
         # (and what is left of them) are kept as they are (1028)
-        if type(data) is not bytes and not (
-            type(data) is memoryview and type(data.obj) is bytes and data.format == "B"
-        ):
+        if type(data) is memoryview and type(data.obj) is bytes and data.format == "B":
+            # a view of our own: the caller may release theirs (a `with`
+            # block's end) while the piece waits
+            data = data[:]
+        elif type(data) is not bytes:
             data = bytes(data)
         self._buffer.append(data)
         self._buffer_size += len(data)
