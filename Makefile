@@ -26,7 +26,7 @@ ASAN_TESTS = tests/test_engine_ops.py tests/test_engine_cancel_close.py \
              tests/test_stream_feed.py \
              tests/test_write_gather.py tests/test_sock_recv_order.py tests/test_recv_spare.py \
              tests/test_review47.py tests/test_conn_shortcuts.py tests/test_conn_lost_core.py \
-             tests/test_epoll_ctl_reuse.py tests/test_transport_memory.py
+             tests/test_epoll_ctl_reuse.py tests/test_transport_memory.py tests/test_review48.py
 # CPython itself is not ASan-built: its allocations look leaked, so leak
 # detection stays off; any other ASan report aborts the test process. pytest
 # captures sys.stdout/stderr only (--capture=sys), so a report written to fd 2

@@ -58,6 +58,14 @@ def _drain_peer(sock, want, eng, timeout=10.0):
     return bytes(got)
 
 
+def test_an_op_record_is_two_cache_lines(eng):
+    """An op record is 128 bytes (decision 1046): four one-bit flags share
+    a byte and the write-progress fields are gone, so a record of the op
+    array never straddles a third 64-byte line and an idle connection's
+    receive op is 8 bytes smaller than 1003's 136."""
+    assert eng.info()["op_bytes"] == 128
+
+
 def test_an_op_record_carries_no_send_counts(eng, tcp_pair, res_tracker):
     """The counts and iovecs only a vectored send or a batch of queued sends
     use (niov, iov_idx, nbatch, iovs, batch) are in the iovec block such a

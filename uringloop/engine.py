@@ -562,15 +562,6 @@ class Engine:
         ptr, size = _read_buffer(data)
         return self._cold(cb, (data, ptr), lib.ul_write, fd, ptr, size, offset)
 
-    def write_progress(self, fd: int, data, cb) -> int:
-        """An ordered write (as write at offset -1) that, each time it waits
-        with bytes written since its last record, makes a record with more
-        set saying how many; the final record says the total (engine.h
-        ul_write_progress; decision 990)."""
-        fd = _check_fd(fd)
-        ptr, size = _read_buffer(data)
-        return self._cold(cb, (data, ptr), lib.ul_write_progress, fd, ptr, size)
-
     def flush(self) -> None:
         """Hand queued operations to the kernel now, without waiting for any."""
         if self._e is None:

@@ -712,16 +712,6 @@ void ul__iov_advance(struct ul_op *op, uint32_t n)
 }
 
 /* A send or ordered write made progress (res >= 0) or failed (res < 0). */
-/* op waits with bytes written since its last record: a ul_write_progress
- * write says how many (a record with MORE; decision 990) */
-void ul__progress(ul_engine *e, struct ul_op *op)
-{
-    if (op->progress && op->done > op->told && !op->cancelled) {
-        ul__emit(e, op, (int32_t)(op->done - op->told), UL_F_MORE, 0);
-        op->told = op->done;
-    }
-}
-
 void ul__sent(ul_engine *e, struct ul_op *op, int32_t res)
 {
     if (res < 0) {
@@ -741,8 +731,6 @@ void ul__sent(ul_engine *e, struct ul_op *op, int32_t res)
         ul__stop(e, op, ECANCELED);
     } else if (e->be->submit(e, op) < 0) {
         ul__stop(e, op, EIO);
-    } else {
-        ul__progress(e, op);
     }
 }
 
@@ -1108,16 +1096,6 @@ EXPORT int ul_write(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t
     op->buf = (char *)buf;
     op->len = len;
     op->offset = offset < 0 ? -1 : offset;
-    return submit(e, op);
-}
-
-EXPORT int ul_write_progress(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len)
-{
-    BEGIN(K_WRITE, fd);
-    op->buf = (char *)buf;
-    op->len = len;
-    op->offset = -1;
-    op->progress = 1;
     return submit(e, op);
 }
 

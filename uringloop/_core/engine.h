@@ -243,14 +243,6 @@ int ul_connect(ul_engine *e, uint64_t ud, int fd, const char *addr, uint32_t add
 int ul_poll(ul_engine *e, uint64_t ud, int fd, uint32_t events, int level);
 int ul_read(ul_engine *e, uint64_t ud, int fd, char *buf, uint32_t len, int64_t offset);
 int ul_write(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len, int64_t offset);
-/* As ul_write at offset -1 (ordered), and each time it waits with bytes
- * written since its last record, a record (UL_F_MORE) says how many: an
- * owner that counts what is still to leave (a write pipe's
- * get_write_buffer_size) sees it shrink as the stock transport's buffer does
- * at each writer callback. The final record says the total, as ul_write's;
- * a write that leaves whole at its first try makes no other record
- * (decision 990). */
-int ul_write_progress(ul_engine *e, uint64_t ud, int fd, const char *buf, uint32_t len);
 int ul_shutdown(ul_engine *e, uint64_t ud, int fd, int how);
 /* flags: UL_CLOSE_RESET_IF_DATA, the close resets a TCP connection
  * (SO_LINGER 0 just before close(2)) if a receive (recv, recv_into) on fd

@@ -711,10 +711,8 @@ static int try_write_all(ul_engine *e, struct ul_op *op)
         e->st.submitted++;
         if (r < 0 && errno == EINTR)
             continue;
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            ul__progress(e, op);
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return TRY_WAIT;
-        }
         if (r <= 0) {
             ul__stop(e, op, r < 0 ? errno : 0);  /* says what went out before */
             return TRY_DONE;

@@ -82,25 +82,22 @@ struct ul_op {
     uint8_t on_backlog;
     uint8_t has_ident;          /* ident is valid */
     uint8_t forced;             /* UL_OPT_TEST_EAGAIN state (uring.c FORCED_*) */
-    uint8_t no_ms;              /* K_READ_POOL: the file refused READ_MULTISHOT (not
-                                   pollable): one-shot reads from then on */
     uint8_t stream;             /* epoll K_RECV: 0 not known yet, 1 a stream socket,
                                    2 not one (SO_TYPE read once per op) */
-    uint8_t rider;              /* queued send whose bytes ride in its head's SENDMSG */
     uint8_t wide;               /* epoll multishot K_RECV: its last read took a whole
                                    buffer or more, so the next reads RECV_IOV at once;
                                    K_RECVMSG_POOL: its last recvmmsg filled its batch,
                                    so the next takes DGRAM_BUDGET at once */
-    uint8_t wait_first;         /* K_RECV_INTO asked with UL_RECV_WAIT_FIRST */
     uint8_t drained;            /* K_RECV_INTO with UL_RECV_DRAINED, or K_POLL with
                                    UL_POLL_DRAINED: epoll may wait with no re-arm */
-    uint8_t progress;           /* K_WRITE from ul_write_progress: a record (MORE) for
-                                   the bytes written each time it waits with some
-                                   written (ul__progress, decision 990) */
-    uint8_t ring_ident;         /* io_uring: a getsockopt SQE next to the op's writes
+    /* four flags share one byte, so that the record is 128 bytes */
+    uint8_t rider : 1;          /* queued send whose bytes ride in its head's SENDMSG */
+    uint8_t no_ms : 1;          /* K_READ_POOL: the file refused READ_MULTISHOT (not
+                                   pollable): one-shot reads from then on */
+    uint8_t wait_first : 1;     /* K_RECV_INTO asked with UL_RECV_WAIT_FIRST */
+    uint8_t ring_ident : 1;     /* io_uring: a getsockopt SQE next to the op's writes
                                    ident (uring.c, ring_cookie) */
     int fd;
-    uint32_t told;              /* progress: of done, the bytes records said */
     uint32_t sqe_idx;           /* io_uring: SQ index of the op's latest SQE */
     uint32_t reg_gen;           /* epoll: the fd's reg_gen when ident was last
                                    known to hold */
@@ -306,7 +303,6 @@ static inline uint32_t ul__slot(uint64_t ud) { return (uint32_t)ud; }
 void ul__emit(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid);
 void ul__finish(ul_engine *e, struct ul_op *op, int32_t res, uint16_t flags, uint16_t bid);
 void ul__sent(ul_engine *e, struct ul_op *op, int32_t res);
-void ul__progress(ul_engine *e, struct ul_op *op);
 void ul__stop(ul_engine *e, struct ul_op *op, int err);
 void ul__iov_advance(struct ul_op *op, uint32_t n);
 void ul__oq_drop(ul_engine *e, struct ul_op *op, int32_t res);

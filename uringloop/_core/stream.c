@@ -4246,15 +4246,18 @@ static PyObject *shortcut_counts(PyObject *mod, PyObject *unused)
 }
 
 /* loop.call_soon(fn[, arg][, context=ctx]), looked up on the loop as Python
- * does; when that finds Core's own call_soon (the loop's class keeps it, no
- * instance attribute of the name: Core_setattro's soon_patched) and it would
- * make its handle itself (makes_handles), its soon() with no method lookup,
- * no keyword parsed (decision 1009): the same handle, appended as there.
- * ctx NULL: no context argument (the handle copies the current one). The
- * handle, a new reference, or NULL. */
+ * does; when that finds Core's own call_soon (the loop's class keeps it and
+ * looks attributes up the generic way, no instance attribute of the name:
+ * Core_setattro's soon_patched) and it would make its handle itself
+ * (makes_handles), its soon() with no method lookup, no keyword parsed
+ * (decision 1009): the same handle, appended as there. A class with a
+ * __getattribute__ (or __getattr__) of its own is asked, as stock's
+ * transports ask it (decision 1021). ctx NULL: no context argument (the
+ * handle copies the current one). The handle, a new reference, or NULL. */
 static PyObject *loop_call_soon(PyObject *loop, PyObject *fn, PyObject *arg, PyObject *ctx)
 {
     if (PyObject_TypeCheck(loop, &CoreType) && !((Core *)loop)->soon_patched &&
+        Py_TYPE(loop)->tp_getattro == PyObject_GenericGetAttr &&
         _PyType_Lookup(Py_TYPE(loop), S.s_call_soon) == S.own_call_soon &&
         makes_handles((Core *)loop)) {
         PyObject *argt = arg != NULL ? PyTuple_Pack(1, arg) : Py_NewRef(S.empty_tuple);

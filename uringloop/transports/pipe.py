@@ -13,13 +13,13 @@ error paths and calls through ``call_soon``); only the I/O differs:
   pause), and cancels it only beyond that: a consumer that drains at once (a
   StreamReader) then pauses and resumes at no engine cost. Everything held
   goes out, in order, before newer bytes, after ``resume_reading``.
-* ``write()`` with nothing queued writes at once, as the stock transport
-  does (a pipe's reader is often a process that reacts right away, or code
-  that reads the other end synchronously). What the kernel does not take,
-  and every write after it, is queued: the turn's buffers are joined and
-  leave as ONE ordered engine ``write`` when the loop flushes its dirty
-  transports (``Loop._flush_dirty``, right before it waits); one write in
-  flight at a time, what comes meanwhile leaves with the next.
+* Writing is stock's (decision 1027): ``write()`` with nothing queued
+  writes at once; what the kernel does not take is queued and an engine
+  POLLOUT poll stands for stock's writer. At its record the writer callback
+  runs where stock's runs (behind what ``_ready`` held at the poll) and
+  writes the whole queue in one call (``os.writev`` of its pieces, 1028), so
+  the bytes enter the pipe, and the sizes, pause/resume and connection_lost
+  come, where and when stock's do (decision 1017's two differences).
 * The write end of a pipe or socket is polled for POLLIN, as the stock
   transport adds a reader: it fires when the read end is closed.
 * A child's stdout/stderr pipe that the loop made for ``PIPE`` (only those:
@@ -34,9 +34,9 @@ error paths and calls through ``call_soon``); only the I/O differs:
   closes), so a reused fd number never meets a stale op. The pipe object
   owns the fd (stock closes the caller's object), so the engine's held
   close (873) is not used here (decision 886).
-* A write's failure found at a poll (the read end closed: EPIPE; a tty's
-  EIO) is handled behind what ``_ready`` held then, where stock's reader or
-  writer callback is queued (decisions 960, 961).
+* The read end's close found at a poll is handled behind what ``_ready``
+  held then, where stock's reader callback is queued (decisions 616, 960);
+  a write's failure, in the writer callback, as stock's.
 * A read's EOF or error record goes through a handle placed where the stock
   reader callback is queued, which call_soon's eof_received and
   _call_connection_lost, a turn after the poll, as stock's (decision 885).
@@ -72,6 +72,8 @@ GROW_TO = 256 * 1024
 GROW_AFTER = 16
 GROW_BUDGET = 2 * 1024 * 1024
 _grown = 0
+# pieces one os.writev takes (more are joined first): the kernel's UIO_MAXIOV
+_IOV_MAX = 1024
 _grown_lock = threading.Lock()
 
 
@@ -479,11 +481,15 @@ class ReadPipeTransport(_PipeBase, transports.ReadTransport):
 
 
 class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.WriteTransport):
-    _resume_h = None  # the deferred resume's handle (decisions 522, 534)
+    """Stock's write path (decision 1027): what the kernel does not take
+    waits for the pipe to be writable (an engine POLLOUT poll, stock's
+    writer), and the writer callback, run where stock's runs (behind what
+    ``_ready`` held at the poll), writes the whole buffer in one call. The
+    buffer is stock's bytearray as a list of pieces, written with one
+    ``os.writev`` (decision 1028): a caller's bytes are kept, not copied."""
+
     _peer_h = None  # the deferred "read end closed" handle (decision 616)
-    _fail_h = None  # a failed write's handle, held behind _ready (decision 961)
-    _told = 0  # of the write in flight, bytes taken off _buffer_size (decision 990)
-    _wgen = 0  # writes ended: a held shrink of an earlier one is void
+    _write_h = None  # the writer callback's handle, behind _ready (1027)
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         super().__init__(extra, loop)
@@ -491,8 +497,8 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         self._pipe = pipe
         self._fileno = pipe.fileno()
         self._protocol = protocol
-        self._buffer: list = []  # written since the last flush
-        self._buffer_size = 0  # queued + the write in flight
+        self._buffer: list = []  # pieces: bytes, or memoryviews of bytes
+        self._buffer_size = 0  # their bytes (stock's len(self._buffer))
         self._conn_lost = 0  # the stock counter of writes after the end (for its warning)
         self._lost = False  # _close() ran: no write leaves any more (decision 431)
         self._closing = False  # Set when close() or write_eof() called.
@@ -510,12 +516,11 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
 
         os.set_blocking(self._fileno, False)
         self._engine = loop._engine
-        self._writing = 0  # length of the write in flight (0: none)
-        self._write_ud = None
+        self._writing = False  # stock's writer is registered (1027)
+        self._write_ud = None  # its POLLOUT poll
         self._poll_ud = None  # the "read end closed" poll
-        self._dirty = False
         self._context = ctx = contextvars.copy_context()
-        self._on_written_cb = functools.partial(ctx.run, self._on_written)
+        self._on_writable_cb = functools.partial(ctx.run, self._on_writable)
         self._on_peer_cb = functools.partial(ctx.run, self._on_peer_closed)
         self._loop.call_soon(self._protocol.connection_made, self)
         if is_socket or is_fifo:
@@ -525,7 +530,10 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
             self._loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
     def _io_info(self):
-        return ["polling" if self._writing else "idle", f"bufsize={self.get_write_buffer_size()}"]
+        return [
+            "polling" if self._writing else "idle",
+            f"bufsize={self.get_write_buffer_size()}",
+        ]
 
     def _ops_pending(self):
         return self._write_ud is not None or self._poll_ud is not None
@@ -543,7 +551,10 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
             self._op_ended()
             return
         if self._lost or self._peer_h is not None:
-            return  # (the write's EPIPE queued the reader's place already, 960)
+            return  # (the writer's record queued the reader's place already)
+        self._peer_closing()
+
+    def _peer_closing(self):
         if self._loop._sched_ahead():
             # Decision 616: the stock reader callback (_read_ready) is queued
             # behind what _ready held before the poll, so a write() queued
@@ -573,6 +584,8 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
 
     def write(self, data):
         assert isinstance(data, (bytes, bytearray, memoryview)), repr(data)
+        if isinstance(data, bytearray):
+            data = memoryview(data)
         if not data:
             return
         if self._conn_lost or self._closing:
@@ -581,11 +594,9 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
             self._conn_lost += 1
             return
         if not self._buffer_size:
-            # Nothing queued: write now, as the stock transport does. A pipe's
-            # reader is often a process (or a thread) that reacts at once, and
-            # code may read the other end synchronously right after write().
-            # Only what the kernel does not take waits for the turn's engine
-            # write, gathered with what comes after it.
+            # Attempt to send it right away first (stock's). A pipe's reader
+            # is often a process (or a thread) that reacts at once, and code
+            # may read the other end synchronously right after write().
             try:
                 n = os.write(self._fileno, data)
             except (BlockingIOError, InterruptedError):
@@ -598,171 +609,129 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
                 return
             if n == len(data):
                 return
-            data = memoryview(data)[n:]
-        # leaves later: copy what the caller may change (the stock transport
-        # copies what the kernel did not take into its bytearray)
-        data = data if type(data) is bytes else bytes(data)
+            self._add_writer()
+            if n > 0:
+                data = memoryview(data)[n:]
+        if type(data) is memoryview and not data.c_contiguous:
+            # stock's `self._buffer += data` refuses it here, at write()
+            raise TypeError("can't concat memoryview to bytearray")
+        # stock copies into its bytearray what the caller may change; bytes
+        # (and what is left of them) are kept as they are (1028)
+        if type(data) is memoryview and type(data.obj) is bytes and data.format == "B":
+            # a view of our own: the caller may release theirs (a `with`
+            # block's end) while the piece waits
+            data = data[:]
+        elif type(data) is not bytes:
+            data = bytes(data)
         self._buffer.append(data)
         self._buffer_size += len(data)
-        if not self._dirty:
-            self._dirty = True
-            self._loop._dirty.append(self)
         self._maybe_pause_protocol()
 
-    def _flush(self):
-        """Called by the loop right before it waits: the turn's writes leave as
-        one ordered engine write (or with the next, if one is in flight)."""
-        self._dirty = False
-        if self._lost or self._writing or not self._buffer:
-            return
-        buf = self._buffer
-        self._buffer = []
-        data = buf[0] if len(buf) == 1 else b"".join(buf)
-        self._writing = len(data)
-        self._write_ud = self._engine.write_progress(self._fileno, data, self._on_written_cb)
+    def _add_writer(self):
+        """Stock's _add_writer: the pipe's next writable poll runs the writer
+        callback."""
+        self._writing = True
+        if self._write_ud is None and self._write_h is None:
+            self._write_ud = self._engine.poll(self._fileno, select.POLLOUT, self._on_writable_cb)
 
-    def _wrote_part(self, n):
-        """The write in flight waits with n more bytes out (a progress record,
-        decision 990): stock's writer callback took them off its buffer, and
-        that callback runs behind what _ready held at the poll; so does this."""
-        if self._lost:
-            return
-        if self._loop._sched_ahead():
-            h = self._loop.call_soon(self._shrink, n, self._wgen, context=self._context)
-            self._loop._sched_io_place(h, True)
-        else:
-            self._shrink(n, self._wgen)
+    def _remove_writer(self):
+        """Stock's _remove_writer: its handle, queued or not, never runs; the
+        poll is cancelled (its record ends it)."""
+        self._writing = False
+        h, self._write_h = self._write_h, None
+        if h is not None:
+            h.cancel()
+        if self._write_ud is not None and not self._engine.closed:
+            self._engine.cancel(self._write_ud)
 
-    def _shrink(self, n, wgen):
-        # not after the write's end, a failure or a close (stock's buffer
-        # was cleared or its writer removed)
-        if wgen == self._wgen and not self._lost and self._writing:
-            self._buffer_size -= n
-            self._told += n
-
-    def _on_written(self, res, more, data):
-        if more:
-            self._wrote_part(res)
-            return
+    def _on_writable(self, res, more, data):
         self._write_ud = None
-        self._wgen += 1  # a shrink still held (none should be) is void now
-        told, self._told = self._told, 0
-        sent, self._writing = self._writing, 0
-        if self._lost:
+        if res == _ECANCELED or self._pipe is None:
+            if self._pipe is not None and self._writing and not self._lost:
+                self._add_writer()  # removed, then added before this record
+                return
             self._op_ended()
             return
-        epipe = res == -errno.EPIPE or (res >= 0 and data == -errno.EPIPE)
-        if epipe and self._peer_h is not None:
-            # the read end closed and its deferred handle (decision 616) is
-            # queued: it closes with BrokenPipeError(), as stock's reader
-            # callback, which runs before its writer's (the bytes in flight
-            # still count in _buffer_size)
+        if self._lost or not self._writing:
             return
-        if self._poll_ud is not None and epipe:
-            # the read end closed: the stock selector runs the POLLIN watch
-            # (its reader) before its writer in that select, and the reader
-            # closes with BrokenPipeError(); on epoll the engine's write
-            # record came first (decision 409), also as a short write whose
-            # error is EPIPE (decision 486)
-            if self._loop._sched_ahead():
-                # that reader callback is queued behind what _ready held at
-                # the poll: so is the close, as 616's (decision 960)
-                self._peer_closed_behind()
+        if res > 0 and res & ~select.POLLOUT and self._poll_ud is not None and self._peer_h is None:
+            # the read end closed: the stock selector queues the POLLIN
+            # watch's callback (its reader) before its writer's in that
+            # select, and the reader closes with BrokenPipeError() (and
+            # removes the writer); the peer watch's own record, later in
+            # this batch or the next, finds that done (decisions 409, 960)
+            self._peer_closing()
+            if self._lost or not self._writing:
                 return
-            self._close(BrokenPipeError())
-            return
-        if res < 0 or data is not None:
-            # an error (a short write says its errno in data): as the stock
-            # transport's failed os.write
-            exc = _os_error(res if res < 0 else data)
-            if self._loop._sched_ahead():
-                # stock's writer callback, whose os.write fails, runs behind
-                # what _ready held at the poll; so does the failure (as 950's
-                # stream send). The write stays "in flight" until then: a
-                # write() only queues, the flush sends nothing; abort() and
-                # the peer watch's close cancel it, as stock's _remove_writer
-                # (decision 961)
-                self._writing = sent
-                h = self._fail_h = self._loop.call_soon(
-                    self._write_failed, exc, context=self._context
-                )
-                self._loop._sched_io_place(h, True)
-                return
-            self._write_failed(exc)
-            return
-        rest = sent - told  # what the progress records left
         if self._loop._sched_ahead():
-            # stock's writer callback, queued behind what _ready held before
-            # the poll, takes the write's last bytes off (991), resumes (522)
-            # and, after close()/write_eof(), ends (532), paused or not (535);
-            # so do we, where stock's poll queues it: before the timers
-            # collected early (414) and what the batch scheduled (535)
-            h = self._loop.call_soon(self._resume_behind, rest, context=self._context)
+            # stock's writer callback is queued behind what _ready held at
+            # the poll (as the readers' of decision 414)
+            h = self._write_h = self._loop.call_soon(self._write_ready, context=self._context)
             self._loop._sched_io_place(h, True)
-            self._resume_h = h
-            if not self._closing:
-                self._written()
             return
-        self._buffer_size -= rest
+        self._write_ready()
+
+    def _write_ready(self):
+        """Stock's writer callback: one os.write of the whole buffer."""
+        self._write_h = None
+        if self._lost or not self._writing or not self._buffer_size:
+            return
+        buf = self._buffer
         try:
-            self._maybe_resume_protocol()  # May append to buffer.
-        except (SystemExit, KeyboardInterrupt):
-            # the loop stops, as stock's does; what was written meanwhile
-            # still leaves and a write_eof still ends (decision 433)
-            self._written(interrupted=True)
-            raise
-        self._written()
-
-    def _write_failed(self, exc):
-        """The failed write (stock's _write_ready), in the I/O step or, held
-        behind _ready, from its handle (decision 961)."""
-        self._fail_h = None
-        self._writing = 0
-        self._buffer = []
-        self._buffer_size = 0
-        self._conn_lost += 1
-        self._fatal_error(exc, "Fatal write error on pipe transport")
-
-    def _resume_behind(self, rest=0):
-        # not after abort() or a fatal error (stock's removes its writer);
-        # after close()/write_eof() stock's writer still runs, resumes, then
-        # calls connection_lost itself, or writes the rest (decision 534)
-        self._resume_h = None
-        if not self._lost:
-            self._buffer_size -= rest  # the write's last bytes (991)
-        if self._lost or self._writing:
-            return
-        if not self._closing:
-            self._maybe_resume_protocol()
-            return
-        try:
-            self._maybe_resume_protocol()
-        except (SystemExit, KeyboardInterrupt):
-            self._written(interrupted=True)
-            raise
-        self._written()
-
-    def _written(self, interrupted=False):
-        """The write in flight is done: the next one, or the end of a close."""
-        if self._buffer:
-            if not self._dirty:
-                self._dirty = True
-                self._loop._dirty.append(self)
-        elif self._closing:
-            self._stop_watching()
-            if interrupted:
-                if not self._lost:  # else _close() has scheduled it
-                    self._loop.call_soon(self._call_connection_lost, None)
+            if len(buf) == 1:
+                n = os.write(self._fileno, buf[0])
             else:
+                if len(buf) > _IOV_MAX:
+                    buf[:] = [b"".join(buf)]
+                n = os.writev(self._fileno, buf)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except (SystemExit, KeyboardInterrupt):
+            self._add_writer()
+            raise
+        except BaseException as exc:
+            buf.clear()
+            self._buffer_size = 0
+            self._conn_lost += 1
+            # Remove writer here, _fatal_error() doesn't it
+            # because _buffer is empty.
+            self._remove_writer()
+            self._fatal_error(exc, "Fatal write error on pipe transport")
+            return
+        if n == self._buffer_size:
+            buf.clear()
+            self._buffer_size = 0
+            self._remove_writer()
+            try:
+                self._maybe_resume_protocol()  # May append to buffer.
+            except (SystemExit, KeyboardInterrupt):
+                # the loop stops, as stock's does; what was written meanwhile
+                # still leaves (write() registered the writer again) and a
+                # write_eof still ends (decision 433)
+                if self._closing and not self._buffer_size and not self._lost:
+                    self._stop_watching()
+                    self._loop.call_soon(self._call_connection_lost, None)
+                raise
+            if self._closing:
+                self._stop_watching()
                 self._call_connection_lost(None)
+            return
+        elif n > 0:
+            self._buffer_size -= n
+            i = 0
+            while n >= len(buf[i]):
+                n -= len(buf[i])
+                i += 1
+            if i:
+                del buf[:i]
+            if n:
+                buf[0] = memoryview(buf[0])[n:]
+        self._add_writer()
 
     def _stop_watching(self):
         if self._peer_h is not None:  # stock's _remove_reader cancels its handle
             self._peer_h.cancel()
             self._peer_h = None
-        if self._fail_h is not None:  # and _remove_writer its writer's (961)
-            self._fail_h.cancel()
-            self._fail_h = None
         if self._poll_ud is not None and not self._engine.closed:
             self._engine.cancel(self._poll_ud)
 
@@ -770,6 +739,7 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
         # close() in connection_made: the peer watch queued at __init__ ran
         # after it and armed; the pipe's close must not wait for the reader
         self._stop_watching()
+        self._remove_writer()
 
     def can_write_eof(self):
         return True
@@ -779,10 +749,10 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
             return
         assert self._pipe
         self._closing = True
-        if not self._buffer_size and self._resume_h is None:
+        if not self._buffer_size:
             self._stop_watching()
             self._loop.call_soon(self._call_connection_lost, None)
-        # else: the write in flight ends it, or the deferred resume (534)
+        # else: the writer callback ends it when the buffer is out
 
     def close(self):
         if self._pipe is not None and not self._closing:
@@ -794,10 +764,10 @@ class WritePipeTransport(_PipeBase, transports._FlowControlMixin, transports.Wri
 
     def _close(self, exc=None):
         self._closing = True
-        self._buffer = []
+        if self._buffer_size or self._writing:
+            self._remove_writer()
+        self._buffer.clear()
         self._buffer_size = 0
         self._lost = True
-        if self._write_ud is not None and not self._engine.closed:
-            self._engine.cancel(self._write_ud)
         self._stop_watching()
         self._loop.call_soon(self._call_connection_lost, exc)
