@@ -70,6 +70,7 @@ import rsloop_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+PKG = os.path.join(ROOT, "uringloop")
 LOADGEN = os.path.join(HERE, "_build", "loadgen")
 SERVER = os.path.join(HERE, "net_server.py")
 ALL_LOOPS = ["asyncio", "uvloop", "rloop", "rsloop", "uringloop-io_uring", "uringloop-epoll"]
@@ -470,8 +471,12 @@ class Server:
         if wl["kind"] == "tls":
             args += ["--cert", cert[0], "--key", cert[1]]
         env = dict(os.environ)
+        # the checkout's uringloop where it is built in place; else the one
+        # the caller's PYTHONPATH or site-packages gives (CI runs an unbuilt
+        # clone's benchmarks against the installed package, decision 852)
+        root = ROOT if any(f.startswith("_sched") for f in os.listdir(PKG)) else ""
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (ROOT, pad_entry(pad), *extra_path, env.get("PYTHONPATH", "")) if p
+            p for p in (root, pad_entry(pad), *extra_path, env.get("PYTHONPATH", "")) if p
         )
         env.pop("URINGLOOP_BACKEND", None)
         env.pop("PYTHONASYNCIODEBUG", None)
