@@ -1,5 +1,5 @@
 /* echo_floor: the echo server that costs the least, for the 100 KiB echo
- * rows' ceiling (decision 1035).
+ * rows' ceiling (decision 1034).
  *
  * No loop, no Python: one thread, level-triggered epoll, and for each
  * readable connection one recv() of up to 256 KiB (uvloop's read size)
