@@ -456,6 +456,14 @@ def libc_line(libc):
     return f"every server (all loops alike) on {rsloop_env.describe(libc)}; the client on {host}"
 
 
+def server_root():
+    """The servers' first PYTHONPATH entry: the checkout, where its uringloop
+    is built in place; else none, and the caller's PYTHONPATH or
+    site-packages gives the package (CI runs an unbuilt clone's benchmarks
+    against the installed package; decisions 852, 1047)."""
+    return ROOT if any(f.startswith("_sched") for f in os.listdir(PKG)) else ""
+
+
 class Server:
     def __init__(self, loop, wl, cpu, tmp, cert, pad=0, libc=None, extra=()):
         self.addr = self.skip = None
@@ -471,12 +479,8 @@ class Server:
         if wl["kind"] == "tls":
             args += ["--cert", cert[0], "--key", cert[1]]
         env = dict(os.environ)
-        # the checkout's uringloop where it is built in place; else the one
-        # the caller's PYTHONPATH or site-packages gives (CI runs an unbuilt
-        # clone's benchmarks against the installed package, decision 852)
-        root = ROOT if any(f.startswith("_sched") for f in os.listdir(PKG)) else ""
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (root, pad_entry(pad), *extra_path, env.get("PYTHONPATH", "")) if p
+            p for p in (server_root(), pad_entry(pad), *extra_path, env.get("PYTHONPATH", "")) if p
         )
         env.pop("URINGLOOP_BACKEND", None)
         env.pop("PYTHONASYNCIODEBUG", None)
